@@ -1,0 +1,443 @@
+//! Project automation for the degrade workspace, run as `cargo xtask <command>`.
+//!
+//! Why an xtask and not a Makefile or shell scripts: the only thing a contributor (or CI) needs is
+//! the Rust toolchain, the commands behave the same on every platform, and CI runs exactly what a
+//! developer runs locally (`.ci/run` is `cargo xtask test` followed by `cargo xtask lint`).
+//!
+//! The crate has no dependencies on purpose: it builds in a second on a fresh clone and never
+//! competes with the workspace for dependency versions.
+//!
+//! Adding a command (e.g. `demo`): create `src/demo.rs` with
+//! `pub(crate) fn run(args: &[String]) -> Result` using the helpers below ([`Step`],
+//! [`workspace_root`]), add `mod demo;`, one arm in [`dispatch`] and one line in [`USAGE`].
+
+use std::{
+    env,
+    ffi::{OsStr, OsString},
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::Instant,
+};
+
+#[cfg(test)]
+mod tidy;
+
+/// What every command returns: `Err` carries the message printed before exiting non-zero.
+pub(crate) type Result<T = ()> = std::result::Result<T, String>;
+
+const USAGE: &str = "\
+Usage: cargo xtask <command> [args]
+
+Commands:
+  test [-p <crate>]... [-- <test args>]
+        check prerequisites (e.g. redis-server), then
+        cargo test --workspace --all-features (unit, integration and doc tests);
+        -p narrows to one package, arguments after -- go to the test binaries
+  lint  in order, stopping at the first failure:
+        cargo fmt --all -- --check
+        cargo clippy --workspace --all-targets --all-features -- -D warnings
+        cargo doc --workspace --no-deps --all-features   (RUSTDOCFLAGS=-D warnings)
+        cargo bench --workspace --bench '*' -- --test    (each bench runs once)
+        loom models of degrade-core                      (RUSTFLAGS=--cfg degrade_loom)
+  ci    test, then lint (what .ci/run runs)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    };
+    match dispatch(command, rest) {
+        Some(Ok(())) => ExitCode::SUCCESS,
+        Some(Err(message)) => {
+            eprintln!("xtask: error: {message}");
+            ExitCode::FAILURE
+        }
+        None => {
+            eprintln!("xtask: unknown command `{command}`\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs `command`; `None` when there is no such command.
+fn dispatch(command: &str, args: &[String]) -> Option<Result> {
+    Some(match command {
+        "test" => test(args),
+        "lint" => no_args("lint", args).and_then(|()| lint()),
+        "ci" => no_args("ci", args).and_then(|()| ci()),
+        // New commands go here, e.g. `"demo" => demo::run(args),`.
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        _ => return None,
+    })
+}
+
+fn no_args(command: &str, args: &[String]) -> Result {
+    match args.first() {
+        None => Ok(()),
+        Some(arg) => Err(format!(
+            "`cargo xtask {command}` takes no arguments, got `{arg}`"
+        )),
+    }
+}
+
+/// The workspace root: the parent of the directory holding xtask's Cargo.toml.
+pub(crate) fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+// ---------------------------------------------------------------------------------------------
+// test
+
+fn test(args: &[String]) -> Result {
+    let started = Instant::now();
+    let (packages, passthrough) = parse_test_args(args)?;
+    let root = workspace_root();
+    check_prerequisites(&root, &packages)?;
+
+    let mut cargo_args = vec!["test".to_owned()];
+    if packages.is_empty() {
+        cargo_args.push("--workspace".to_owned());
+    }
+    for package in &packages {
+        cargo_args.extend(["-p".to_owned(), package.clone()]);
+    }
+    cargo_args.push("--all-features".to_owned());
+    if !passthrough.is_empty() {
+        cargo_args.push("--".to_owned());
+        cargo_args.extend(passthrough);
+    }
+    Step::cargo("test", cargo_args).run(&root)?;
+    println!("==> test: ok in {}", seconds(started));
+    Ok(())
+}
+
+/// Splits `[-p <crate>]... [-- <args>]` into the packages and the arguments for the test binaries.
+fn parse_test_args(args: &[String]) -> Result<(Vec<String>, Vec<String>)> {
+    let mut packages = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--" => return Ok((packages, iter.cloned().collect())),
+            "-p" | "--package" => match iter.next() {
+                Some(package) => packages.push(package.clone()),
+                None => return Err(format!("`{arg}` needs a package name")),
+            },
+            _ => {
+                if let Some(package) = arg.strip_prefix("--package=") {
+                    packages.push(package.to_owned());
+                } else {
+                    return Err(format!(
+                        "unexpected argument `{arg}` to `cargo xtask test` \
+                         (use `-p <crate>`, and put test-binary arguments after `--`)"
+                    ));
+                }
+            }
+        }
+    }
+    Ok((packages, Vec::new()))
+}
+
+/// An external binary some tests need.
+struct Prerequisite {
+    binary: &'static str,
+    /// Who needs it in this checkout; empty means not required.
+    needed_by: fn(&Path) -> Vec<User>,
+    how_to_install: &'static str,
+}
+
+/// A package that needs a prerequisite, and why.
+struct User {
+    dir: String,
+    package: Option<String>,
+    reason: &'static str,
+}
+
+/// Binaries the test suite may need. Checked by `cargo xtask test`; `.ci/run` installs them.
+const PREREQUISITES: &[Prerequisite] = &[Prerequisite {
+    binary: "redis-server",
+    needed_by: crates_with_redis_feature,
+    how_to_install: "apt-get install -y redis-server",
+}];
+
+/// Crates whose Cargo.toml declares a `redis` feature: their tests start a `redis-server`.
+fn crates_with_redis_feature(root: &Path) -> Vec<User> {
+    package_manifests(&root.join("crates"))
+        .into_iter()
+        .filter_map(|(dir, text)| {
+            let has_feature = text.lines().any(|line| {
+                line.split_whitespace()
+                    .collect::<String>()
+                    .starts_with("redis=[")
+            });
+            has_feature.then(|| User {
+                dir: relative(root, &dir),
+                package: manifest_package_name(&text),
+                reason: "feature redis",
+            })
+        })
+        .collect()
+}
+
+/// Fails listing every missing binary; with `-p`, only the named packages' needs count.
+fn check_prerequisites(root: &Path, packages: &[String]) -> Result {
+    let mut problems = Vec::new();
+    for prerequisite in PREREQUISITES {
+        let users: Vec<User> = (prerequisite.needed_by)(root)
+            .into_iter()
+            .filter(|user| {
+                packages.is_empty()
+                    || user
+                        .package
+                        .as_ref()
+                        .is_some_and(|name| packages.contains(name))
+            })
+            .collect();
+        if users.is_empty() {
+            continue;
+        }
+        let needed_by = users
+            .iter()
+            .map(|user| format!("{} ({})", user.dir, user.reason))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match find_on_path(prerequisite.binary) {
+            Some(path) => println!(
+                "==> prerequisite {} found at {} (needed by {needed_by})",
+                prerequisite.binary,
+                path.display()
+            ),
+            None => problems.push(format!(
+                "{} not found on PATH: needed by {needed_by}; install it with `{}`",
+                prerequisite.binary, prerequisite.how_to_install
+            )),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "missing prerequisites:\n  {}",
+            problems.join("\n  ")
+        ))
+    }
+}
+
+fn find_on_path(binary: &str) -> Option<PathBuf> {
+    let path = env::var_os("PATH")?;
+    env::split_paths(&path)
+        .map(|dir| dir.join(format!("{binary}{}", env::consts::EXE_SUFFIX)))
+        .find(|candidate| is_executable(candidate))
+}
+
+#[cfg(unix)]
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(not(unix))]
+fn is_executable(path: &Path) -> bool {
+    path.is_file()
+}
+
+/// `(package dir, Cargo.toml text)` for every direct subdirectory of `dir` holding a Cargo.toml,
+/// sorted by path. A missing `dir` yields nothing.
+pub(crate) fn package_manifests(dir: &Path) -> Vec<(PathBuf, String)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut manifests: Vec<(PathBuf, String)> = entries
+        .filter_map(|entry| {
+            let dir = entry.ok()?.path();
+            let text = fs::read_to_string(dir.join("Cargo.toml")).ok()?;
+            Some((dir, text))
+        })
+        .collect();
+    manifests.sort();
+    manifests
+}
+
+/// The `name` in the `[package]` table, read without a TOML parser (good enough for our manifests).
+fn manifest_package_name(text: &str) -> Option<String> {
+    let mut in_package = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_package = line == "[package]";
+        } else if in_package
+            && let Some(value) = line.strip_prefix("name").map(str::trim_start)
+            && let Some(value) = value.strip_prefix('=')
+        {
+            return Some(value.trim().trim_matches('"').to_owned());
+        }
+    }
+    None
+}
+
+/// `path` relative to `root`, with `/` separators, for messages.
+pub(crate) fn relative(root: &Path, path: &Path) -> String {
+    let relative = path.strip_prefix(root).unwrap_or(path);
+    relative
+        .components()
+        .map(|component| component.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+// ---------------------------------------------------------------------------------------------
+// lint
+
+fn lint() -> Result {
+    let started = Instant::now();
+    let root = workspace_root();
+    let steps = [
+        Step::cargo("fmt", ["fmt", "--all", "--", "--check"])
+            .hint("run `cargo fmt --all` to fix the formatting"),
+        Step::cargo(
+            "clippy",
+            [
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        Step::cargo("doc", ["doc", "--workspace", "--no-deps", "--all-features"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+        // `--bench '*'`: only the criterion targets. Plain `cargo bench` would also rerun every
+        // library's unit tests in release mode, which `test` has already covered.
+        Step::cargo(
+            "bench",
+            ["bench", "--workspace", "--bench", "*", "--", "--test"],
+        ),
+    ];
+    for step in &steps {
+        step.run(&root)?;
+    }
+
+    // Its own target dir: the changed RUSTFLAGS would otherwise invalidate the main build cache.
+    if root.join("crates/degrade-core/tests/loom.rs").is_file() {
+        Step::cargo(
+            "loom",
+            ["test", "-p", "degrade-core", "--release", "--test", "loom"],
+        )
+        .env("RUSTFLAGS", "--cfg degrade_loom")
+        .env("CARGO_TARGET_DIR", root.join("target").join("loom"))
+        .run(&root)?;
+    } else {
+        println!("==> loom: skipped, crates/degrade-core/tests/loom.rs does not exist");
+    }
+    println!("==> lint: ok in {}", seconds(started));
+    Ok(())
+}
+
+fn ci() -> Result {
+    let started = Instant::now();
+    test(&[])?;
+    lint()?;
+    println!("==> ci: ok in {}", seconds(started));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// running steps
+
+/// One cargo invocation: prints `==> <command line>`, runs it in the workspace root, then prints
+/// its wall time; a failure names the step.
+pub(crate) struct Step {
+    name: &'static str,
+    args: Vec<String>,
+    envs: Vec<(&'static str, OsString)>,
+    hint: Option<&'static str>,
+}
+
+impl Step {
+    /// `cargo <args>`, called `name` in failure messages.
+    pub(crate) fn cargo<I, S>(name: &'static str, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            name,
+            args: args.into_iter().map(Into::into).collect(),
+            envs: Vec::new(),
+            hint: None,
+        }
+    }
+
+    /// Sets an environment variable for this step only.
+    pub(crate) fn env(mut self, key: &'static str, value: impl AsRef<OsStr>) -> Self {
+        self.envs.push((key, value.as_ref().to_owned()));
+        self
+    }
+
+    /// Advice printed when the step fails.
+    pub(crate) fn hint(mut self, hint: &'static str) -> Self {
+        self.hint = Some(hint);
+        self
+    }
+
+    pub(crate) fn run(&self, root: &Path) -> Result {
+        let shown = self.command_line();
+        println!("==> {shown}");
+        let started = Instant::now();
+        // `CARGO` is the cargo running us, so `cargo +nightly xtask` stays on nightly.
+        let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(key, value)| (key, value)))
+            .current_dir(root)
+            .status()
+            .map_err(|err| format!("step `{}`: could not start `{shown}`: {err}", self.name))?;
+        if status.success() {
+            println!("ok in {}", seconds(started));
+            return Ok(());
+        }
+        let mut message = format!(
+            "step `{}` failed ({status}) after {}: {shown}",
+            self.name,
+            seconds(started)
+        );
+        if let Some(hint) = self.hint {
+            let _ = write!(message, "\n  hint: {hint}");
+        }
+        Err(message)
+    }
+
+    fn command_line(&self) -> String {
+        let envs = self
+            .envs
+            .iter()
+            .map(|(key, value)| format!("{key}={}", quote(&value.to_string_lossy())));
+        let args = self.args.iter().map(|arg| quote(arg));
+        envs.chain(["cargo".to_owned()])
+            .chain(args)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn quote(word: &str) -> String {
+    if word.is_empty() || word.contains(|c: char| c.is_whitespace() || "*?[]$'\"".contains(c)) {
+        format!("'{word}'")
+    } else {
+        word.to_owned()
+    }
+}
+
+fn seconds(started: Instant) -> String {
+    format!("{:.1}s", started.elapsed().as_secs_f64())
+}
