@@ -1,1 +1,80 @@
-//! placeholder
+//! # degrade-core
+//!
+//! The shared vocabulary of [degrade](https://example.invalid/degrade): the pieces every policy
+//! crate (triggers, rate limiting, breaker, canary, rollout, OpenTelemetry) builds on, and the
+//! [`DegradeLayer`] admission middleware.
+//!
+//! | piece | what it is |
+//! |---|---|
+//! | [`Clock`], [`TokioClock`], `ManualClock` | one clock for all policy code; reads `tokio::time::Instant`, so paused tokio time and `ManualClock` both drive it |
+//! | [`Level`] | Normal, Light, Moderate, Heavy, Emergency |
+//! | [`ladder`] | the pure level controller: enter/exit thresholds, dwell, stepwise recovery, pin |
+//! | [`LevelHandle`], [`Controller`] | the published level (an atomic for the hot path, a `watch` for subscribers, a bounded history) and the driver that feeds the ladder |
+//! | [`Policy`] | what each level means, as data: admit share per priority, sampling ratio, errors-only, critical-only, batch hints |
+//! | [`Priority`], [`priority`] | request priority and the classifiers that assign it |
+//! | [`Outcome`], [`Classifier`] | success / failure / slow / ignored, shared by breaker, canary and triggers |
+//! | [`window`] | lock-free windowed counters (consecutive, last N, time buckets) |
+//! | [`rejection`] | the [`Rejection`] trait, [`Shed`], and the single HTTP / gRPC mapping of every crate's rejections |
+//! | [`DegradeLayer`] | admission by level and priority |
+//!
+//! ## A first stack
+//!
+//! ```
+//! use degrade_core::{Controller, DegradeLayer, Level, Policy, Priority};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let controller = Controller::new(Default::default()).unwrap();
+//! let layer = DegradeLayer::builder(controller.handle())
+//!     .policy(Policy::default())
+//!     .prioritize(|req: &&str| if req.starts_with("/pay") { Priority::Critical } else { Priority::Low })
+//!     .build()
+//!     .unwrap();
+//!
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service_fn(|_req: &str| async { Ok::<_, std::convert::Infallible>("ok") });
+//!
+//! controller.pin(Level::Emergency); // Emergency admits critical requests only
+//! assert!(svc.ready().await.unwrap().call("/pay").await.is_ok());
+//! let err = svc.ready().await.unwrap().call("/search").await.unwrap_err();
+//! assert!(err.is::<degrade_core::Shed>());
+//! # }
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod builder;
+mod clock;
+mod config;
+pub mod degrade;
+mod handle;
+pub mod ladder;
+mod level;
+mod outcome;
+pub mod policy;
+pub mod priority;
+pub mod rejection;
+mod sync;
+pub mod window;
+
+pub use builder::ServiceBuilderExt;
+#[cfg(feature = "test-util")]
+pub use clock::ManualClock;
+pub use clock::{Clock, TokioClock};
+pub use config::ConfigError;
+pub use degrade::DegradeLayer;
+pub use handle::{Controller, LevelHandle};
+pub use ladder::{LadderConfig, Transition};
+pub use level::{Level, ParseLevelError};
+#[cfg(feature = "grpc")]
+pub use outcome::GrpcClassifier;
+#[cfg(feature = "http")]
+pub use outcome::HttpClassifier;
+pub use outcome::{Classifier, DefaultClassifier, Outcome};
+pub use policy::Policy;
+pub use priority::{Prioritize, Priority};
+pub use rejection::{Rejection, RejectionKind, Shed};
+
+/// The error type of every degrade service: callers downcast it to a rejection type
+/// (`err.is::<degrade_core::Shed>()`) or to their inner service's error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -1,0 +1,140 @@
+//! One clock for all policy code.
+//!
+//! Every time-dependent decision in degrade reads time through a [`Clock`]. The clock returns
+//! [`tokio::time::Instant`], never `std::time::Instant`, so a test can drive it either with
+//! `#[tokio::test(start_paused = true)]` / `tokio::time::advance`, or with a [`ManualClock`]
+//! (feature `test-util`) that moves only when told. A peer that read `std::time::Instant` could
+//! not be tested with paused time at all.
+//!
+//! A clock is a type parameter (defaulting to the zero-sized [`TokioClock`]), not an
+//! `Arc<dyn Clock>`, so production code pays nothing for the indirection.
+
+use tokio::time::Instant;
+
+/// A source of the current time.
+///
+/// ```
+/// use degrade_core::{Clock, TokioClock};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let clock = TokioClock;
+/// let a = clock.now();
+/// let b = clock.now();
+/// assert!(b >= a);
+/// # }
+/// ```
+pub trait Clock: Clone + Send + Sync + 'static {
+    /// The current instant.
+    fn now(&self) -> Instant;
+}
+
+/// The production clock: [`tokio::time::Instant::now`], which also follows tokio's paused test
+/// time.
+///
+/// ```
+/// # use degrade_core::{Clock, TokioClock};
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// let before = TokioClock.now();
+/// tokio::time::advance(std::time::Duration::from_secs(5)).await;
+/// assert_eq!(TokioClock.now() - before, std::time::Duration::from_secs(5));
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokioClock;
+
+impl Clock for TokioClock {
+    #[inline]
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+#[cfg(feature = "test-util")]
+mod manual {
+    use super::Clock;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    /// A clock that moves only when [`advance`](ManualClock::advance) is called. Clones share
+    /// the same time (feature `test-util`).
+    ///
+    /// ```
+    /// use degrade_core::{Clock, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let other = clock.clone();
+    /// let start = clock.now();
+    /// other.advance(Duration::from_millis(1500));
+    /// assert_eq!(clock.now() - start, Duration::from_millis(1500));
+    /// ```
+    #[derive(Debug, Clone)]
+    pub struct ManualClock {
+        origin: Instant,
+        elapsed_nanos: Arc<AtomicU64>,
+    }
+
+    impl ManualClock {
+        /// A clock starting at the current instant.
+        ///
+        /// ```
+        /// # use degrade_core::{Clock, ManualClock};
+        /// let c = ManualClock::new();
+        /// assert_eq!(c.now(), c.now());
+        /// ```
+        pub fn new() -> Self {
+            Self {
+                origin: Instant::now(),
+                elapsed_nanos: Arc::new(AtomicU64::new(0)),
+            }
+        }
+
+        /// Moves time forward by `by` for this clock and every clone of it. Time saturates
+        /// instead of overflowing (after about 584 years).
+        ///
+        /// ```
+        /// # use degrade_core::{Clock, ManualClock}; use std::time::Duration;
+        /// let c = ManualClock::new();
+        /// let t0 = c.now();
+        /// c.advance(Duration::from_secs(1));
+        /// assert_eq!(c.now() - t0, Duration::from_secs(1));
+        /// ```
+        pub fn advance(&self, by: Duration) {
+            let add = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+            let _ = self
+                .elapsed_nanos
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                    Some(t.saturating_add(add))
+                });
+        }
+
+        /// Time elapsed since the clock was made.
+        ///
+        /// ```
+        /// # use degrade_core::ManualClock; use std::time::Duration;
+        /// let c = ManualClock::new();
+        /// c.advance(Duration::from_millis(3));
+        /// assert_eq!(c.elapsed(), Duration::from_millis(3));
+        /// ```
+        pub fn elapsed(&self) -> Duration {
+            Duration::from_nanos(self.elapsed_nanos.load(Ordering::Acquire))
+        }
+    }
+
+    impl Default for ManualClock {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl Clock for ManualClock {
+        fn now(&self) -> Instant {
+            self.origin + self.elapsed()
+        }
+    }
+}
+
+#[cfg(feature = "test-util")]
+pub use manual::ManualClock;

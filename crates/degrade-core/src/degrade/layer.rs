@@ -1,0 +1,259 @@
+//! The [`DegradeLayer`] and its builder.
+
+use super::{Degrade, Errors, GrpcResponses, HttpResponses, Shared};
+use crate::config::ConfigError;
+use crate::degrade::DegradeSnapshot;
+use crate::handle::LevelHandle;
+use crate::policy::Policy;
+use crate::priority::Fixed;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+use tower_layer::Layer;
+
+/// Admission by level and priority; see the [`degrade`](crate::degrade) module.
+///
+/// Cloning the layer shares its state: every service made from it, by any clone, counts into
+/// the same counters.
+///
+/// ```
+/// use degrade_core::{Controller, DegradeLayer, Policy};
+/// let c = Controller::new(Default::default()).unwrap();
+/// let layer = DegradeLayer::new(c.handle(), Policy::default()).unwrap();
+/// let router_layer = layer.clone(); // same counters
+/// assert_eq!(router_layer.snapshot(), layer.snapshot());
+/// ```
+pub struct DegradeLayer<P = Fixed, M = Errors> {
+    shared: Arc<Shared<P>>,
+    _mode: PhantomData<fn() -> M>,
+}
+
+impl<P, M> Clone for DegradeLayer<P, M> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl<P, M> fmt::Debug for DegradeLayer<P, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DegradeLayer")
+            .field("shared", &self.shared)
+            .finish()
+    }
+}
+
+impl DegradeLayer {
+    /// A layer following `handle`'s level under `policy`; every request gets
+    /// [`Priority::Normal`](crate::Priority::Normal) until a classifier is set with
+    /// [`builder`](DegradeLayer::builder). Fails if the policy is invalid.
+    ///
+    /// ```
+    /// use degrade_core::{Controller, DegradeLayer, Policy};
+    /// let c = Controller::new(Default::default()).unwrap();
+    /// let mut bad = Policy::default();
+    /// bad.light.sampling = 7.0;
+    /// let err = DegradeLayer::new(c.handle(), bad).unwrap_err();
+    /// assert_eq!(err.field(), "policy.light.sampling");
+    /// ```
+    pub fn new(handle: LevelHandle, policy: Policy) -> Result<Self, ConfigError> {
+        DegradeLayer::builder(handle).policy(policy).build()
+    }
+
+    /// A builder, to set the priority classifier, the policy and the retry hint.
+    ///
+    /// ```
+    /// use degrade_core::{Controller, DegradeLayer, Priority};
+    /// use std::time::Duration;
+    /// let c = Controller::new(Default::default()).unwrap();
+    /// let layer = DegradeLayer::builder(c.handle())
+    ///     .prioritize(|_: &()| Priority::High)
+    ///     .retry_after(Duration::from_secs(5))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn builder(handle: LevelHandle) -> DegradeBuilder {
+        DegradeBuilder {
+            handle,
+            policy: Policy::default(),
+            prioritizer: Fixed::default(),
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+impl<P, M> DegradeLayer<P, M> {
+    /// The same layer (same shared state) answering shed HTTP requests itself with 503 and
+    /// `Retry-After` (feature `http`).
+    ///
+    /// ```
+    /// # use degrade_core::{Controller, DegradeLayer, Policy};
+    /// # let c = Controller::new(Default::default()).unwrap();
+    /// let http_layer = DegradeLayer::new(c.handle(), Policy::default()).unwrap().http();
+    /// # let _ = http_layer;
+    /// ```
+    #[cfg(feature = "http")]
+    pub fn http(self) -> DegradeLayer<P, HttpResponses> {
+        DegradeLayer {
+            shared: self.shared,
+            _mode: PhantomData,
+        }
+    }
+
+    /// The same layer (same shared state) answering shed gRPC calls itself with UNAVAILABLE
+    /// and `RetryInfo` (feature `grpc`).
+    ///
+    /// ```
+    /// # use degrade_core::{Controller, DegradeLayer, Policy};
+    /// # let c = Controller::new(Default::default()).unwrap();
+    /// let grpc_layer = DegradeLayer::new(c.handle(), Policy::default()).unwrap().grpc();
+    /// # let _ = grpc_layer;
+    /// ```
+    #[cfg(feature = "grpc")]
+    pub fn grpc(self) -> DegradeLayer<P, GrpcResponses> {
+        DegradeLayer {
+            shared: self.shared,
+            _mode: PhantomData,
+        }
+    }
+
+    /// The same layer (same shared state) returning rejections as `BoxError`s.
+    ///
+    /// ```
+    /// # use degrade_core::{Controller, DegradeLayer, Policy};
+    /// # let c = Controller::new(Default::default()).unwrap();
+    /// let layer = DegradeLayer::new(c.handle(), Policy::default()).unwrap().errors();
+    /// # let _ = layer;
+    /// ```
+    pub fn errors(self) -> DegradeLayer<P, Errors> {
+        DegradeLayer {
+            shared: self.shared,
+            _mode: PhantomData,
+        }
+    }
+
+    /// The counters shared by every service of this layer.
+    ///
+    /// ```
+    /// # use degrade_core::{Controller, DegradeLayer, Policy};
+    /// # let c = Controller::new(Default::default()).unwrap();
+    /// let layer = DegradeLayer::new(c.handle(), Policy::default()).unwrap();
+    /// assert_eq!(layer.snapshot().offered(), 0);
+    /// ```
+    pub fn snapshot(&self) -> DegradeSnapshot {
+        self.shared.snapshot()
+    }
+}
+
+// Without the features the marker types are unused outside docs.
+#[allow(dead_code)]
+fn _modes_exist(_: HttpResponses, _: GrpcResponses) {}
+
+impl<S, P, M> Layer<S> for DegradeLayer<P, M> {
+    type Service = Degrade<S, P, M>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Degrade::new(inner, Arc::clone(&self.shared))
+    }
+}
+
+/// Builds a [`DegradeLayer`]; see [`DegradeLayer::builder`].
+///
+/// ```
+/// use degrade_core::{Controller, DegradeLayer, Policy};
+/// let c = Controller::new(Default::default()).unwrap();
+/// let layer = DegradeLayer::builder(c.handle()).policy(Policy::default()).build().unwrap();
+/// # let _ = layer;
+/// ```
+pub struct DegradeBuilder<P = Fixed> {
+    handle: LevelHandle,
+    policy: Policy,
+    prioritizer: P,
+    retry_after: Duration,
+}
+
+impl<P> fmt::Debug for DegradeBuilder<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DegradeBuilder")
+            .field("policy", &self.policy)
+            .field("retry_after", &self.retry_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P> DegradeBuilder<P> {
+    /// The level → admit-share table (default [`Policy::default`]).
+    ///
+    /// ```
+    /// # use degrade_core::{Controller, DegradeLayer, Policy};
+    /// # let c = Controller::new(Default::default()).unwrap();
+    /// let _ = DegradeLayer::builder(c.handle()).policy(Policy::default());
+    /// ```
+    #[must_use]
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// How requests get their priority: a closure `Fn(&Request) -> Priority` or any
+    /// [`Prioritize`](crate::Prioritize) (such as
+    /// `HeaderPriority` or `RoutePriority` with feature `http`).
+    ///
+    /// ```
+    /// # use degrade_core::{Controller, DegradeLayer, Priority};
+    /// # let c = Controller::new(Default::default()).unwrap();
+    /// let _ = DegradeLayer::builder(c.handle()).prioritize(|n: &u8| Priority::from_scale(*n));
+    /// ```
+    pub fn prioritize<Q>(self, prioritizer: Q) -> DegradeBuilder<Q> {
+        DegradeBuilder {
+            handle: self.handle,
+            policy: self.policy,
+            prioritizer,
+            retry_after: self.retry_after,
+        }
+    }
+
+    /// The `retry_after` given with every rejection (default 1 s).
+    ///
+    /// ```
+    /// # use degrade_core::{Controller, DegradeLayer}; use std::time::Duration;
+    /// # let c = Controller::new(Default::default()).unwrap();
+    /// let err = DegradeLayer::builder(c.handle()).retry_after(Duration::ZERO).build().unwrap_err();
+    /// assert_eq!(err.field(), "retry_after");
+    /// ```
+    #[must_use]
+    pub fn retry_after(mut self, retry_after: Duration) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+
+    /// Validates and builds the layer.
+    ///
+    /// ```
+    /// # use degrade_core::{Controller, DegradeLayer};
+    /// # let c = Controller::new(Default::default()).unwrap();
+    /// assert!(DegradeLayer::builder(c.handle()).build().is_ok());
+    /// ```
+    pub fn build(self) -> Result<DegradeLayer<P>, ConfigError> {
+        self.policy.validate().map_err(|e| e.within("policy"))?;
+        if self.retry_after.is_zero() {
+            return Err(ConfigError::new(
+                "retry_after",
+                "must be greater than zero",
+            ));
+        }
+        Ok(DegradeLayer {
+            shared: Arc::new(Shared::new(
+                self.handle,
+                self.policy.admit_table(),
+                self.prioritizer,
+                self.retry_after,
+            )),
+            _mode: PhantomData,
+        })
+    }
+}
