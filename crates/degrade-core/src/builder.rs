@@ -25,11 +25,17 @@ mod sealed {
 /// ```
 pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
     /// Adds a [`DegradeLayer`].
-    fn degrade<P, M>(self, layer: DegradeLayer<P, M>) -> ServiceBuilder<Stack<DegradeLayer<P, M>, L>>;
+    fn degrade<P, M>(
+        self,
+        layer: DegradeLayer<P, M>,
+    ) -> ServiceBuilder<Stack<DegradeLayer<P, M>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
-    fn degrade<P, M>(self, layer: DegradeLayer<P, M>) -> ServiceBuilder<Stack<DegradeLayer<P, M>, L>> {
+    fn degrade<P, M>(
+        self,
+        layer: DegradeLayer<P, M>,
+    ) -> ServiceBuilder<Stack<DegradeLayer<P, M>, L>> {
         self.layer(layer)
     }
 }

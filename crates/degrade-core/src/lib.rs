@@ -78,3 +78,13 @@ pub use rejection::{Rejection, RejectionKind, Shed};
 /// The error type of every degrade service: callers downcast it to a rejection type
 /// (`err.is::<degrade_core::Shed>()`) or to their inner service's error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+// The README's examples are compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
+// The workspace README's example too.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct WorkspaceReadmeDoctests;

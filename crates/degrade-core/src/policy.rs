@@ -361,7 +361,11 @@ impl Policy {
             }
             prev = Some(lp);
         }
-        if let Some(i) = self.critical.iter().position(|c| c.trim_end_matches('*').is_empty()) {
+        if let Some(i) = self
+            .critical
+            .iter()
+            .position(|c| c.trim_end_matches('*').is_empty())
+        {
             return Err(ConfigError::new(
                 format!("critical[{i}]"),
                 "must not be empty (an empty prefix would make everything critical)",
@@ -396,15 +400,33 @@ mod tests {
     #[test]
     fn each_rule_names_its_field() {
         let cases: Vec<(Box<dyn Fn(&mut Policy)>, &str)> = vec![
-            (Box::new(|p| p.light.admit.low = f64::NAN), "light.admit.low"),
+            (
+                Box::new(|p| p.light.admit.low = f64::NAN),
+                "light.admit.low",
+            ),
             (Box::new(|p| p.light.admit.low = 1.5), "light.admit.low"),
-            (Box::new(|p| p.normal.admit.background = -0.1), "normal.admit.background"),
-            (Box::new(|p| p.heavy.admit.critical = 0.5), "heavy.admit.high"),
+            (
+                Box::new(|p| p.normal.admit.background = -0.1),
+                "normal.admit.background",
+            ),
+            (
+                Box::new(|p| p.heavy.admit.critical = 0.5),
+                "heavy.admit.high",
+            ),
             (Box::new(|p| p.light.sampling = 2.0), "light.sampling"),
             (Box::new(|p| p.heavy.sampling = 0.9), "heavy.sampling"),
-            (Box::new(|p| p.moderate.admit.background = 0.5), "moderate.admit.background"),
-            (Box::new(|p| p.moderate.batch_size = Some(0)), "moderate.batch_size"),
-            (Box::new(|p| p.heavy.batch_wait = Some(Duration::ZERO)), "heavy.batch_wait"),
+            (
+                Box::new(|p| p.moderate.admit.background = 0.5),
+                "moderate.admit.background",
+            ),
+            (
+                Box::new(|p| p.moderate.batch_size = Some(0)),
+                "moderate.batch_size",
+            ),
+            (
+                Box::new(|p| p.heavy.batch_wait = Some(Duration::ZERO)),
+                "heavy.batch_wait",
+            ),
             (Box::new(|p| p.critical.push("*".into())), "critical[0]"),
         ];
         for (mutate, field) in cases {
@@ -418,7 +440,10 @@ mod tests {
     fn admit_table_is_in_basis_points() {
         let t = Policy::default().admit_table();
         assert_eq!(t[Level::Light.index()][Priority::Low.index()], 5_000);
-        assert_eq!(t[Level::Emergency.index()][Priority::Critical.index()], 10_000);
+        assert_eq!(
+            t[Level::Emergency.index()][Priority::Critical.index()],
+            10_000
+        );
         assert_eq!(t[Level::Emergency.index()][Priority::High.index()], 0);
     }
 }

@@ -117,9 +117,7 @@ impl Priority {
         if value.is_empty() || value.len() > 3 || !value.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        let n = value
-            .iter()
-            .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+        let n = value.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
         u8::try_from(n).ok().map(Priority::from_scale)
     }
 }
@@ -249,7 +247,10 @@ mod http_impl {
         /// ```
         pub fn new(name: &str, default: Priority) -> Result<Self, ConfigError> {
             let name = HeaderName::try_from(name).map_err(|_| {
-                ConfigError::new("priority.header", format!("`{name}` is not a valid header name"))
+                ConfigError::new(
+                    "priority.header",
+                    format!("`{name}` is not a valid header name"),
+                )
             })?;
             Ok(Self { name, default })
         }

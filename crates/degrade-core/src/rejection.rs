@@ -360,8 +360,7 @@ pub mod grpc {
     pub fn response<B: Default>(rejection: &dyn Rejection) -> http::Response<B> {
         let mut res = status(rejection).into_http::<B>();
         if let Ok(v) = http::HeaderValue::from_str(rejection.reason()) {
-            res.headers_mut()
-                .insert(super::http::REJECTION_HEADER, v);
+            res.headers_mut().insert(super::http::REJECTION_HEADER, v);
         }
         res
     }

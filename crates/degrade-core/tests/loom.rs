@@ -45,8 +45,15 @@ fn count_window_model(a: &'static [Outcome], b: &'static [Outcome]) {
         let total = (a.len() + b.len()) as u64;
         let s = w.snapshot();
         assert_eq!(s.calls, total.min(2), "{s:?}");
-        let failures = a.iter().chain(b).filter(|o| **o == Outcome::Failure).count() as u64;
-        assert!(s.failures <= failures && s.failures + s.slow <= s.calls, "{s:?}");
+        let failures = a
+            .iter()
+            .chain(b)
+            .filter(|o| **o == Outcome::Failure)
+            .count() as u64;
+        assert!(
+            s.failures <= failures && s.failures + s.slow <= s.calls,
+            "{s:?}"
+        );
 
         w.record(Outcome::Success);
         w.record(Outcome::Success);
@@ -83,7 +90,10 @@ fn count_window_record_racing_reset_stays_consistent() {
         t.join().unwrap();
 
         let s = w.snapshot();
-        assert!(s.calls <= 2 && s.failures == s.calls - s.slow && s.slow <= 1, "{s:?}");
+        assert!(
+            s.calls <= 2 && s.failures == s.calls - s.slow && s.slow <= 1,
+            "{s:?}"
+        );
 
         w.record(Outcome::Success);
         w.record(Outcome::Success);

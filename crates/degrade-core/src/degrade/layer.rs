@@ -241,10 +241,7 @@ impl<P> DegradeBuilder<P> {
     pub fn build(self) -> Result<DegradeLayer<P>, ConfigError> {
         self.policy.validate().map_err(|e| e.within("policy"))?;
         if self.retry_after.is_zero() {
-            return Err(ConfigError::new(
-                "retry_after",
-                "must be greater than zero",
-            ));
+            return Err(ConfigError::new("retry_after", "must be greater than zero"));
         }
         Ok(DegradeLayer {
             shared: Arc::new(Shared::new(

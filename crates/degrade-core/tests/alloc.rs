@@ -1,0 +1,101 @@
+//! The admit path allocates nothing: a counting global allocator measures every allocation made
+//! while admitted requests go through the `DegradeLayer`.
+//!
+//! This file holds a single test so no other test thread allocates while it measures.
+#![cfg(feature = "http")]
+
+use degrade_core::priority::HeaderPriority;
+use degrade_core::{Controller, DegradeLayer, Level, Priority};
+use futures_util::FutureExt;
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use std::alloc::System;
+use std::convert::Infallible;
+use std::future::ready;
+use tower::{Layer, Service, ServiceExt};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+fn call_all<S, R>(svc: &mut S, reqs: Vec<R>) -> (usize, usize)
+where
+    S: Service<R>,
+{
+    let (mut ok, mut err) = (0, 0);
+    for req in reqs {
+        svc.ready().now_or_never().unwrap().ok().unwrap();
+        match svc.call(req).now_or_never().unwrap() {
+            Ok(_) => ok += 1,
+            Err(_) => err += 1,
+        }
+    }
+    (ok, err)
+}
+
+#[test]
+fn admit_path_allocates_nothing() {
+    let controller = Controller::new(Default::default()).unwrap();
+
+    // Error mode with a closure classifier; full and fractional shares.
+    let layer = DegradeLayer::builder(controller.handle())
+        .prioritize(|n: &u32| {
+            if *n % 2 == 0 {
+                Priority::Low
+            } else {
+                Priority::Critical
+            }
+        })
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(tower::service_fn(|n: u32| ready(Ok::<_, Infallible>(n))));
+    let reqs: Vec<u32> = (0..1000).collect();
+    call_all(&mut svc, vec![1, 2, 3]); // warm up thread-locals
+    let region = Region::new(GLOBAL);
+    let (ok, err) = call_all(&mut svc, reqs);
+    let change = region.change();
+    assert_eq!((ok, err), (1000, 0));
+    assert_eq!(change.allocations, 0, "admit (Normal level): {change:?}");
+    assert_eq!(change.reallocations, 0);
+
+    // Light: Low is admitted at 50 %, Critical in full. Count only admitted requests: the shed
+    // ones box their `Shed` error, which is the reject path.
+    controller.pin(Level::Light);
+    let reqs: Vec<u32> = (0..1000).map(|i| i * 2 + 1).collect(); // all Critical
+    let region = Region::new(GLOBAL);
+    let (ok, _) = call_all(&mut svc, reqs);
+    let change = region.change();
+    assert_eq!(ok, 1000);
+    assert_eq!(change.allocations, 0, "admit (Light level): {change:?}");
+
+    // HTTP mode with a header classifier: requests are built before measuring.
+    controller.pin(Level::Normal);
+    let layer = DegradeLayer::builder(controller.handle())
+        .prioritize(HeaderPriority::new("x-priority", Priority::Normal).unwrap())
+        .build()
+        .unwrap()
+        .http();
+    let mut svc = layer.layer(tower::service_fn(|_: http::Request<()>| {
+        ready(Ok::<_, Infallible>(http::Response::new(())))
+    }));
+    let reqs: Vec<_> = (0..1000)
+        .map(|i| {
+            http::Request::builder()
+                .header("x-priority", if i % 2 == 0 { "low" } else { "critical" })
+                .body(())
+                .unwrap()
+        })
+        .collect();
+    call_all(
+        &mut svc,
+        vec![
+            http::Request::builder()
+                .header("x-priority", "low")
+                .body(())
+                .unwrap(),
+        ],
+    );
+    let region = Region::new(GLOBAL);
+    let (ok, _) = call_all(&mut svc, reqs);
+    let change = region.change();
+    assert_eq!(ok, 1000);
+    assert_eq!(change.allocations, 0, "admit (HTTP mode): {change:?}");
+}

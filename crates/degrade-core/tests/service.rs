@@ -1,0 +1,197 @@
+//! The `DegradeLayer` as a tower service, and the controller on paused and manual time.
+
+use degrade_core::ladder::{LadderConfig, Reading};
+use degrade_core::{BoxError, Controller, DegradeLayer, Level, Policy, Priority, Shed};
+use futures_util::FutureExt;
+use proptest::prelude::*;
+use std::convert::Infallible;
+use std::future::ready;
+use std::time::Duration;
+use tower::{Layer, Service, ServiceExt};
+
+fn echo() -> impl Service<
+    u8,
+    Response = u8,
+    Error = Infallible,
+    Future = std::future::Ready<Result<u8, Infallible>>,
+> + Clone {
+    tower::service_fn(|n: u8| ready(Ok::<_, Infallible>(n)))
+}
+
+fn call<S: Service<u8, Error = BoxError>>(svc: &mut S, n: u8) -> Result<S::Response, BoxError> {
+    svc.ready().now_or_never().unwrap()?;
+    svc.call(n).now_or_never().unwrap()
+}
+
+#[test]
+fn shed_error_carries_level_priority_and_retry_after() {
+    let c = Controller::new(Default::default()).unwrap();
+    let layer = DegradeLayer::builder(c.handle())
+        .prioritize(|_: &u8| Priority::Low)
+        .retry_after(Duration::from_secs(7))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    assert_eq!(call(&mut svc, 1).unwrap(), 1);
+    c.pin(Level::Moderate);
+    let err = call(&mut svc, 1).unwrap_err();
+    let shed = err.downcast_ref::<Shed>().unwrap();
+    assert_eq!(
+        (shed.level, shed.priority),
+        (Level::Moderate, Priority::Low)
+    );
+    assert_eq!(shed.retry_after, Duration::from_secs(7));
+}
+
+#[test]
+fn clones_of_the_layer_and_services_share_counters() {
+    let c = Controller::new(Default::default()).unwrap();
+    let layer = DegradeLayer::new(c.handle(), Policy::default()).unwrap();
+    let mut a = layer.clone().layer(echo());
+    let mut b = layer.layer(echo());
+    let mut a2 = a.clone();
+    for svc in [&mut a, &mut b, &mut a2] {
+        call(svc, 0).unwrap();
+    }
+    assert_eq!(a.snapshot().offered(), 3);
+    assert_eq!(b.snapshot(), a2.snapshot());
+}
+
+proptest! {
+    /// At any level, once some request of priority `q` has been admitted, no request of a
+    /// higher priority is shed at that level.
+    #[test]
+    fn never_sheds_a_higher_priority_while_admitting_a_lower_one(
+        level in 0usize..5, prios in prop::collection::vec(0u8..5, 1..400)
+    ) {
+        let c = Controller::new(Default::default()).unwrap();
+        c.pin(Level::from_index(level).unwrap());
+        let layer = DegradeLayer::builder(c.handle())
+            .prioritize(|n: &u8| Priority::ALL[usize::from(*n)])
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(echo());
+        let mut lowest_admitted: Option<u8> = None;
+        let mut highest_shed: Option<u8> = None;
+        for p in prios {
+            match call(&mut svc, p) {
+                Ok(_) => lowest_admitted = Some(lowest_admitted.map_or(p, |l| l.min(p))),
+                Err(e) => {
+                    prop_assert!(e.is::<Shed>());
+                    highest_shed = Some(highest_shed.map_or(p, |h| h.max(p)));
+                }
+            }
+            if let (Some(low), Some(high)) = (lowest_admitted, highest_shed) {
+                // A shed priority above an admitted one is only allowed for a fractional share
+                // of that very priority.
+                prop_assert!(high <= low, "shed {} while admitting {}", high, low);
+            }
+        }
+        let snap = layer.snapshot();
+        prop_assert_eq!(snap.offered(), snap.admitted_total() + snap.shed_total());
+    }
+}
+
+fn fast_ladder() -> LadderConfig {
+    LadderConfig {
+        escalate_after: 1,
+        recover_after: 1,
+        dwell: Duration::from_secs(10),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn paused_tokio_time_drives_the_controller() {
+    let c = Controller::new(fast_ladder()).unwrap();
+    c.observe(&[Reading::new("cpu", 0.99)]);
+    assert_eq!(c.level(), Level::Emergency);
+    tokio::time::advance(Duration::from_secs(9)).await;
+    c.observe(&[Reading::new("cpu", 0.0)]);
+    assert_eq!(c.level(), Level::Emergency, "the dwell has not passed");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    c.observe(&[Reading::new("cpu", 0.0)]);
+    assert_eq!(c.level(), Level::Heavy);
+    let h = c.handle().history();
+    assert_eq!(h[1].time_at_previous, Duration::from_secs(10));
+}
+
+#[cfg(feature = "test-util")]
+#[test]
+fn manual_clock_drives_the_controller_and_subscribers_see_each_change() {
+    use degrade_core::ManualClock;
+    let clock = ManualClock::new();
+    let c = Controller::with_clock(fast_ladder(), clock.clone()).unwrap();
+    let mut rx = c.handle().subscribe();
+    c.observe(&[Reading::new("queue", 0.91)]);
+    assert_eq!(*rx.borrow_and_update(), Level::Heavy);
+    for expected in [Level::Moderate, Level::Light, Level::Normal] {
+        c.observe(&[Reading::new("queue", 0.0)]);
+        assert!(!rx.has_changed().unwrap(), "no step before the dwell");
+        clock.advance(Duration::from_secs(10));
+        c.observe(&[Reading::new("queue", 0.0)]);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), expected);
+    }
+}
+
+#[test]
+fn history_is_bounded() {
+    let c = Controller::new(LadderConfig {
+        history: 3,
+        ..Default::default()
+    })
+    .unwrap();
+    for l in [
+        Level::Light,
+        Level::Heavy,
+        Level::Normal,
+        Level::Emergency,
+        Level::Light,
+    ] {
+        c.pin(l);
+    }
+    let h = c.handle().history();
+    assert_eq!(h.len(), 3);
+    assert_eq!(
+        h.iter().map(|t| t.to).collect::<Vec<_>>(),
+        [Level::Normal, Level::Emergency, Level::Light]
+    );
+}
+
+#[cfg(feature = "grpc")]
+#[test]
+fn grpc_mode_answers_unavailable_with_retry_info() {
+    let c = Controller::new(Default::default()).unwrap();
+    c.pin(Level::Emergency);
+    let layer = DegradeLayer::builder(c.handle())
+        .prioritize(
+            degrade_core::priority::GrpcMethodPriority::new(Priority::Normal)
+                .service("grpc.health.v1.Health", Priority::Critical),
+        )
+        .retry_after(Duration::from_secs(2))
+        .build()
+        .unwrap()
+        .grpc();
+    let mut svc = layer.layer(tower::service_fn(|_: http::Request<()>| {
+        ready(Ok::<_, Infallible>(http::Response::new(())))
+    }));
+    let req = |path: &str| http::Request::builder().uri(path).body(()).unwrap();
+    let ok = svc
+        .call(req("/grpc.health.v1.Health/Check"))
+        .now_or_never()
+        .unwrap()
+        .unwrap();
+    assert!(ok.headers().get("grpc-status").is_none());
+    let shed = svc
+        .call(req("/shop.Catalog/List"))
+        .now_or_never()
+        .unwrap()
+        .unwrap();
+    let status = tonic::Status::from_header_map(shed.headers()).unwrap();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        degrade_core::rejection::grpc::retry_delay(&status),
+        Some(Duration::from_secs(2))
+    );
+}
