@@ -399,7 +399,8 @@ mod tests {
 
     #[test]
     fn each_rule_names_its_field() {
-        let cases: Vec<(Box<dyn Fn(&mut Policy)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut Policy)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (
                 Box::new(|p| p.light.admit.low = f64::NAN),
                 "light.admit.low",

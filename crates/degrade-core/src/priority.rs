@@ -195,7 +195,7 @@ impl PrefixTable {
         self.entries.retain(|(p, _)| *p != prefix);
         self.entries.push((prefix, priority));
         // Longest first, so the first match is the most specific one.
-        self.entries.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.entries.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
     }
 
     fn lookup(&self, path: &str) -> Option<Priority> {

@@ -289,7 +289,7 @@ pub mod http {
     }
 
     /// The HTTP response for a service error, if it is a rejection (see
-    /// [`find`](super::find)); for use in axum's `HandleErrorLayer`.
+    /// [`find`]); for use in axum's `HandleErrorLayer`.
     ///
     /// ```
     /// use degrade_core::{rejection, BoxError, Level, Priority, Shed};

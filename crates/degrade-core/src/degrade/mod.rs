@@ -27,10 +27,10 @@
 //!
 //! * [`Errors`] (the default): the service error is a `BoxError`; a rejection downcasts to
 //!   [`Shed`].
-//! * [`HttpResponses`] (feature `http`, [`DegradeLayer::http`]): a shed request gets a 503 with
+//! * [`HttpResponses`] (feature `http`, `DegradeLayer::http`): a shed request gets a 503 with
 //!   `Retry-After`, and the service keeps its inner error type, so an axum `Router` of
 //!   `Infallible` services stays infallible.
-//! * [`GrpcResponses`] (feature `grpc`, [`DegradeLayer::grpc`]): a shed call gets a gRPC
+//! * [`GrpcResponses`] (feature `grpc`, `DegradeLayer::grpc`): a shed call gets a gRPC
 //!   UNAVAILABLE status with `RetryInfo`.
 //!
 //! # Shared state
