@@ -37,6 +37,7 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
+    #[inline]
     pub(super) fn called(fut: F) -> Self {
         Self {
             state: State::Called { fut },
@@ -57,6 +58,7 @@ where
 {
     type Output = Result<T, crate::BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Called { fut } => Poll::Ready(ready!(fut.poll(cx)).map_err(Into::into)),
@@ -113,6 +115,7 @@ pin_project! {
 
 #[cfg(feature = "http")]
 impl<F, B> RespondFuture<F, B> {
+    #[inline]
     pub(super) fn called(fut: F) -> Self {
         Self {
             state: RespondState::Called { fut },
@@ -133,6 +136,7 @@ where
 {
     type Output = Result<http::Response<B>, E>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             RespondStateProj::Called { fut } => fut.poll(cx),

@@ -172,6 +172,7 @@ impl<P> Shared<P> {
         }
     }
 
+    #[inline]
     fn admit<R>(&self, req: &R) -> Result<(), Shed>
     where
         P: Prioritize<R>,
@@ -393,10 +394,12 @@ where
     type Error = crate::BoxError;
     type Future = ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, req: R) -> Self::Future {
         match self.shared.admit(&req) {
             Ok(()) => ResponseFuture::called(self.inner.call(req)),
@@ -416,10 +419,12 @@ where
     type Error = S::Error;
     type Future = RespondFuture<S::Future, ResB>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
         match self.shared.admit(&req) {
             Ok(()) => RespondFuture::called(self.inner.call(req)),
@@ -439,10 +444,12 @@ where
     type Error = S::Error;
     type Future = RespondFuture<S::Future, ResB>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
         match self.shared.admit(&req) {
             Ok(()) => RespondFuture::called(self.inner.call(req)),
