@@ -1,1 +1,158 @@
-fn main() {}
+//! Admission cost of the `DegradeLayer`, next to a no-layer baseline and tower's `LoadShed`.
+//!
+//! Groups (members are `BenchmarkId::new(who, case)`):
+//!
+//! * `admission`: one iteration is `poll_ready` + `call` + poll of the response future to
+//!   completion, on one thread, without a runtime ([`degrade_benches::call_now`]), over the
+//!   same immediately-ready inner service ([`degrade_benches::inner`]):
+//!   * `baseline/no-layer`: the bare inner service;
+//!   * `degrade/admit`: level Normal, everything admitted;
+//!   * `degrade/admit-half`: level Light, priority Low (share 0.5: the deterministic stride
+//!     alternates admit and shed, so half the iterations take each path);
+//!   * `degrade/reject`: level Heavy, priority Low (share 0: always shed). The reject path boxes
+//!     the `Shed` into the `BoxError`, so this includes one allocation and its free;
+//!   * `tower/load_shed`: tower's `LoadShed` over the same ready inner service (its admit path);
+//!   * `tower/load_shed-reject`: `LoadShed` over a never-ready service (its reject path, which
+//!     also boxes its `Overloaded` error).
+//! * `admission-2-threads`: one shared service (one layer, so one set of counters) called
+//!   through clones from 1 or 2 threads via `iter_custom`; the figure is wall time per call, so
+//!   the 1-thread / 2-threads ratio is the throughput gain of the second thread.
+//! * `clock`: the cost of reading the time: degrade's `TokioClock::now` next to
+//!   `std::time::Instant::now` and `tokio::time::Instant::now`.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use degrade_benches::{NeverReady, Req, call_now, contended, inner};
+use degrade_core::{Clock, Controller, DegradeLayer, Level, Policy, Priority, Shed, TokioClock};
+use std::hint::black_box;
+use std::time::Duration;
+use tower::Layer;
+use tower::load_shed::LoadShed;
+
+/// A controller pinned at `level`; kept alive by the caller for as long as the layer is used.
+fn pinned(level: Level) -> Controller {
+    let c = Controller::new(Default::default()).expect("default ladder config is valid");
+    if level != Level::Normal {
+        c.pin(level);
+    }
+    c
+}
+
+fn admission(c: &mut Criterion) {
+    let mut g = c.benchmark_group("admission");
+
+    let mut svc = inner();
+    g.bench_function(BenchmarkId::new("baseline", "no-layer"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+
+    let normal = pinned(Level::Normal);
+    let mut svc = DegradeLayer::new(normal.handle(), Policy::default())
+        .expect("default policy is valid")
+        .layer(inner());
+    assert!(call_now(&mut svc, 1).is_ok(), "Normal admits");
+    g.bench_function(BenchmarkId::new("degrade", "admit"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+
+    let light = pinned(Level::Light);
+    let mut svc = DegradeLayer::builder(light.handle())
+        .prioritize(|_: &Req| Priority::Low)
+        .build()
+        .expect("default policy is valid")
+        .layer(inner());
+    let admitted = (0..100).filter(|_| call_now(&mut svc, 1).is_ok()).count();
+    assert_eq!(admitted, 50, "Light admits half of Low");
+    g.bench_function(BenchmarkId::new("degrade", "admit-half"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+
+    let heavy = pinned(Level::Heavy);
+    let mut svc = DegradeLayer::builder(heavy.handle())
+        .prioritize(|_: &Req| Priority::Low)
+        .build()
+        .expect("default policy is valid")
+        .layer(inner());
+    let err = call_now(&mut svc, 1).expect_err("Heavy sheds Low");
+    assert!(err.is::<Shed>(), "the rejection is a Shed");
+    g.bench_function(BenchmarkId::new("degrade", "reject"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+
+    let mut svc = LoadShed::new(inner());
+    assert!(call_now(&mut svc, 1).is_ok(), "a ready inner is not shed");
+    g.bench_function(BenchmarkId::new("tower", "load_shed"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+
+    let mut svc = LoadShed::new(NeverReady);
+    assert!(
+        call_now(&mut svc, 1).is_err(),
+        "a never-ready inner is shed"
+    );
+    g.bench_function(BenchmarkId::new("tower", "load_shed-reject"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+
+    g.finish();
+}
+
+fn admission_2_threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("admission-2-threads");
+    // One element per call: criterion also reports calls per second.
+    g.throughput(Throughput::Elements(1));
+
+    let normal = pinned(Level::Normal);
+    let degrade = DegradeLayer::new(normal.handle(), Policy::default())
+        .expect("default policy is valid")
+        .layer(inner());
+    let baseline = inner();
+    let load_shed = LoadShed::new(inner());
+
+    for (threads, case) in [(1, "1-thread"), (2, "2-threads")] {
+        g.bench_function(BenchmarkId::new("baseline", case), |b| {
+            b.iter_custom(|iters| contended(&baseline, threads, iters))
+        });
+        g.bench_function(BenchmarkId::new("degrade", case), |b| {
+            b.iter_custom(|iters| contended(&degrade, threads, iters))
+        });
+        g.bench_function(
+            BenchmarkId::new("tower", format!("load_shed-{case}")),
+            |b| b.iter_custom(|iters| contended(&load_shed, threads, iters)),
+        );
+    }
+    assert!(
+        degrade.snapshot().admitted_total() > 0,
+        "the shared layer counted the calls"
+    );
+
+    g.finish();
+}
+
+fn clock(c: &mut Criterion) {
+    let mut g = c.benchmark_group("clock");
+    let clock = TokioClock;
+    g.bench_function(BenchmarkId::new("degrade", "TokioClock::now"), |b| {
+        b.iter(|| black_box(black_box(&clock).now()))
+    });
+    g.bench_function(BenchmarkId::new("std", "Instant::now"), |b| {
+        b.iter(|| black_box(std::time::Instant::now()))
+    });
+    g.bench_function(BenchmarkId::new("tokio", "Instant::now"), |b| {
+        b.iter(|| black_box(tokio::time::Instant::now()))
+    });
+    g.finish();
+}
+
+/// Modest settings so the whole suite runs in about a minute and a half.
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = admission, admission_2_threads, clock
+}
+criterion_main!(benches);

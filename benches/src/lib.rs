@@ -1,1 +1,136 @@
-//! Benchmarks live in `benches/`.
+//! Shared harness of the degrade benchmarks.
+//!
+//! The benchmarks themselves live in `benches/` (one `[[bench]]` per family, see the crate's
+//! `README.md`); this library holds what every family measures the same way, so that a peer and
+//! degrade always go through the identical harness:
+//!
+//! * [`call_now`]: one `poll_ready` + `call` + poll of the response future to completion, on
+//!   a no-op waker, without any runtime;
+//! * [`inner`]: the trivial inner service every stack wraps (an immediately ready echo);
+//! * [`NeverReady`]: an inner service that is never ready, to drive peers such as tower's
+//!   `LoadShed` down their reject path;
+//! * [`contended`]: `n` threads calling clones of one service, for `iter_custom`.
+
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::Barrier;
+use std::task::{Context, Poll, Waker};
+use std::thread;
+use std::time::{Duration, Instant};
+use tower::Service;
+
+/// The request type of the admission benchmarks: small, `Copy`, and opaque to the optimiser
+/// once passed through [`black_box`].
+pub type Req = u64;
+
+/// The inner service of every admission benchmark: answers its request at once
+/// (`tower::service_fn(|r| std::future::ready(Ok(r)))`).
+///
+/// ```
+/// let mut svc = degrade_benches::inner();
+/// assert_eq!(degrade_benches::call_now(&mut svc, 7), Ok(7));
+/// ```
+pub fn inner()
+-> impl Service<Req, Response = Req, Error = Infallible, Future = Ready<Result<Req, Infallible>>>
++ Clone
++ Send
++ Sync
++ 'static {
+    tower::service_fn(|r: Req| ready(Ok::<_, Infallible>(r)))
+}
+
+/// One request through `svc`: `poll_ready`, `call`, and a poll of the response future, all on
+/// a no-op waker and without a runtime. This is one iteration of every admission benchmark.
+///
+/// # Panics
+///
+/// If the service is not ready at once or its future does not complete on the first poll:
+/// every service measured here must be synchronous.
+///
+/// ```
+/// let mut svc = degrade_benches::inner();
+/// assert_eq!(degrade_benches::call_now(&mut svc, 1), Ok(1));
+/// ```
+#[inline]
+pub fn call_now<S: Service<R>, R>(svc: &mut S, req: R) -> Result<S::Response, S::Error> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match svc.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        Poll::Ready(Err(e)) => return Err(e),
+        Poll::Pending => panic!("benchmarked service was not ready at once"),
+    }
+    let fut = pin!(svc.call(req));
+    match fut.poll(&mut cx) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("benchmarked response future did not complete on first poll"),
+    }
+}
+
+/// An inner service that is never ready, so that a peer which sheds on `poll_ready` (tower's
+/// `LoadShed`) takes its reject path.
+///
+/// ```
+/// use tower::load_shed::LoadShed;
+/// let mut svc = LoadShed::new(degrade_benches::NeverReady);
+/// assert!(degrade_benches::call_now(&mut svc, 1).is_err());
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NeverReady;
+
+impl Service<Req> for NeverReady {
+    type Response = Req;
+    type Error = Infallible;
+    type Future = Ready<Result<Req, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Pending
+    }
+
+    fn call(&mut self, _: Req) -> Self::Future {
+        unreachable!("NeverReady is never ready, so it is never called")
+    }
+}
+
+/// Wall time for `threads` threads together making `iters` calls (split as evenly as
+/// possible), each thread through its own clone of `svc`. Divided by `iters` (as
+/// `iter_custom` does) it is the time per call at that throughput.
+///
+/// Threads are spawned and parked on a barrier before the clock starts, so thread creation is
+/// not measured; the clock stops when the last thread is joined. Each call's result is passed
+/// through [`black_box`] and dropped.
+///
+/// ```
+/// let t = degrade_benches::contended(&degrade_benches::inner(), 2, 1_000);
+/// assert!(t > std::time::Duration::ZERO);
+/// ```
+pub fn contended<S>(svc: &S, threads: usize, iters: u64) -> Duration
+where
+    S: Service<Req> + Clone + Send,
+{
+    assert!(threads > 0, "at least one thread");
+    let n = threads as u64;
+    let barrier = Barrier::new(threads + 1);
+    thread::scope(|scope| {
+        let workers: Vec<_> = (0..n)
+            .map(|i| {
+                let calls = iters / n + u64::from(i < iters % n);
+                let mut svc = svc.clone();
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    for _ in 0..calls {
+                        let _ = black_box(call_now(&mut svc, black_box(i)));
+                    }
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        for w in workers {
+            w.join().expect("benchmark thread panicked");
+        }
+        start.elapsed()
+    })
+}
