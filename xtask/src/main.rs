@@ -4,8 +4,9 @@
 //! the Rust toolchain, the commands behave the same on every platform, and CI runs exactly what a
 //! developer runs locally (`.ci/run` is `cargo xtask test` followed by `cargo xtask lint`).
 //!
-//! The crate has no dependencies on purpose: it builds in a second on a fresh clone and never
-//! competes with the workspace for dependency versions.
+//! `test`, `lint` and `ci` use only std. The `demo` needs a real server and client, so the crate
+//! depends on degrade-core, tokio, axum and hyper-util, all at the workspace's versions: the demo
+//! never pulls a second copy of anything, and `cargo xtask test` reuses what it builds.
 //!
 //! Adding a command (e.g. `demo`): create `src/demo.rs` with
 //! `pub(crate) fn run(args: &[String]) -> Result` using the helpers below ([`Step`],
@@ -21,6 +22,7 @@ use std::{
     time::Instant,
 };
 
+mod demo;
 #[cfg(test)]
 mod tidy;
 
@@ -42,6 +44,10 @@ Commands:
         cargo bench --workspace --bench '*' -- --test    (each bench runs once)
         loom models of degrade-core                      (RUSTFLAGS=--cfg degrade_loom)
   ci    test, then lint (what .ci/run runs)
+  demo [--quick] [--duration SECS] [--out DIR]
+        a real axum service at fixed capacity behind the DegradeLayer, driven open-loop
+        through warm-up, an overload ramp to 3x capacity and recovery; live view, summary,
+        accounting check and <out>/summary.json (default target/degrade-demo)
 ";
 
 fn main() -> ExitCode {
@@ -70,6 +76,7 @@ fn dispatch(command: &str, args: &[String]) -> Option<Result> {
         "lint" => no_args("lint", args).and_then(|()| lint()),
         "ci" => no_args("ci", args).and_then(|()| ci()),
         // New commands go here, e.g. `"demo" => demo::run(args),`.
+        "demo" => demo::run(args),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

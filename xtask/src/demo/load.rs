@@ -1,0 +1,421 @@
+//! An open-loop HTTP load generator: Poisson arrivals at a rate that may change over time, a
+//! priority drawn per request from a [`Mix`], outcomes recorded per second and per priority.
+//!
+//! Open loop means an arrival never waits for an earlier response: the offered rate is what the
+//! schedule says, however slow the server gets. A closed-loop generator (N workers, each sending
+//! its next request when the previous one returns) slows down with the server and hides exactly
+//! the overload we want to show (coordinated omission).
+//!
+//! The demo uses it today; the overload goodput benchmark is meant to reuse [`run`] with its own
+//! rate schedule, so nothing here knows about demo phases.
+
+use degrade_core::Priority;
+use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// The header a shed response carries (`degrade_core::rejection::http::REJECTION_HEADER`).
+const REJECTION_HEADER: &str = "degrade-rejection";
+
+/// A small seeded PRNG (splitmix64). Good enough for inter-arrival times and priority draws, and
+/// it keeps a run reproducible without a `rand` dependency.
+#[derive(Debug, Clone)]
+pub(crate) struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`, from the top 53 bits.
+    pub(crate) fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// An exponential variate with mean `1 / rate`: the gap between two Poisson arrivals.
+    pub(crate) fn exponential(&mut self, rate: f64) -> f64 {
+        // 1 - u is in (0, 1], so the logarithm is finite.
+        -(1.0 - self.next_f64()).ln() / rate
+    }
+}
+
+/// The share of each priority in the offered load.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mix {
+    /// Weights by `Priority::index()`, normalised to sum to 1.
+    shares: [f64; 5],
+}
+
+impl Mix {
+    /// Weights in any unit (they are normalised); fails unless they are finite, non-negative
+    /// and not all zero.
+    pub(crate) fn new(weights: [(Priority, f64); 5]) -> Result<Self, String> {
+        let mut shares = [0.0; 5];
+        for (priority, weight) in weights {
+            if !(weight.is_finite() && weight >= 0.0) {
+                return Err(format!(
+                    "mix weight of {priority} must be >= 0, got {weight}"
+                ));
+            }
+            shares[priority.index()] += weight;
+        }
+        let total: f64 = shares.iter().sum();
+        if total <= 0.0 {
+            return Err("mix weights are all zero".to_owned());
+        }
+        shares.iter_mut().for_each(|share| *share /= total);
+        Ok(Self { shares })
+    }
+
+    /// The share of `priority`, in `[0, 1]`.
+    pub(crate) fn share(&self, priority: Priority) -> f64 {
+        self.shares[priority.index()]
+    }
+
+    /// The priority for a uniform draw `u` in `[0, 1)`.
+    fn pick(&self, u: f64) -> Priority {
+        let mut acc = 0.0;
+        for priority in Priority::ALL {
+            acc += self.shares[priority.index()];
+            if u < acc {
+                return priority;
+            }
+        }
+        // Rounding left `acc` a hair below 1: the last priority with any weight.
+        *Priority::ALL
+            .iter()
+            .rev()
+            .find(|p| self.shares[p.index()] > 0.0)
+            .unwrap_or(&Priority::Normal)
+    }
+}
+
+/// What to send, how fast and for how long.
+#[derive(Debug, Clone)]
+pub(crate) struct LoadConfig<R> {
+    /// Every request is `GET uri`.
+    pub(crate) uri: Uri,
+    /// Arrivals stop after this long (measured from [`Recorder::new`]).
+    pub(crate) duration: Duration,
+    /// Offered rate in requests per second at an elapsed time.
+    pub(crate) rate: R,
+    pub(crate) mix: Mix,
+    /// The request header carrying the priority name.
+    pub(crate) priority_header: HeaderName,
+    pub(crate) seed: u64,
+    /// Per request, from send to the last body byte; past it the request counts as an error.
+    pub(crate) timeout: Duration,
+    /// Arrivals beyond this many requests in flight are counted as dropped, not sent, so a dead
+    /// server cannot make the generator exhaust memory or file descriptors.
+    pub(crate) max_outstanding: u64,
+}
+
+/// Counts for one priority (in one second, or summed over a span).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Tally {
+    /// Arrivals, sent or not.
+    pub(crate) offered: u64,
+    /// 200 responses.
+    pub(crate) ok: u64,
+    /// 503 responses carrying the `degrade-rejection` header.
+    pub(crate) shed: u64,
+    /// Anything else: other statuses, connection errors, timeouts.
+    pub(crate) errors: u64,
+    /// Not sent: too many requests were already in flight.
+    pub(crate) dropped: u64,
+}
+
+impl Tally {
+    pub(crate) fn add(&mut self, other: &Tally) {
+        self.offered += other.offered;
+        self.ok += other.ok;
+        self.shed += other.shed;
+        self.errors += other.errors;
+        self.dropped += other.dropped;
+    }
+
+    /// Arrivals that have not been answered (yet).
+    pub(crate) fn pending(&self) -> u64 {
+        self.offered - self.ok - self.shed - self.errors - self.dropped
+    }
+}
+
+/// Everything about the requests *sent* in one second of the run (outcomes are filed under the
+/// second of the send, so a second's figures add up once its requests have returned).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Second {
+    /// By `Priority::index()`.
+    pub(crate) tally: [Tally; 5],
+    /// Latency of each 200 response in microseconds, by `Priority::index()`. A plain vector:
+    /// this is a demo and a benchmark driver, not the library's hot path.
+    pub(crate) latency_us: [Vec<u32>; 5],
+    /// The latest the generator sent an arrival of this second, in microseconds after its
+    /// scheduled time. More than a few milliseconds means the process did not get the CPU to
+    /// keep the schedule: arrivals then leave in bursts and the run says more about the
+    /// machine than about the server.
+    pub(crate) max_send_lag_us: u32,
+}
+
+impl Second {
+    pub(crate) fn total(&self) -> Tally {
+        let mut total = Tally::default();
+        self.tally.iter().for_each(|t| total.add(t));
+        total
+    }
+
+    pub(crate) fn add(&mut self, other: &Second) {
+        for i in 0..5 {
+            self.tally[i].add(&other.tally[i]);
+            self.latency_us[i].extend_from_slice(&other.latency_us[i]);
+        }
+        self.max_send_lag_us = self.max_send_lag_us.max(other.max_send_lag_us);
+    }
+}
+
+/// Where the generator files outcomes; readable while the run goes on (for a live view).
+#[derive(Debug)]
+pub(crate) struct Recorder {
+    start: Instant,
+    seconds: Mutex<Vec<Second>>,
+    outstanding: AtomicU64,
+}
+
+impl Recorder {
+    /// Time zero of the run is now.
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            start: Instant::now(),
+            seconds: Mutex::new(Vec::new()),
+            outstanding: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// Requests sent and not yet answered.
+    pub(crate) fn outstanding(&self) -> u64 {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// A copy of second `index` (empty if nothing was sent in it).
+    pub(crate) fn second(&self, index: usize) -> Second {
+        self.lock().get(index).cloned().unwrap_or_default()
+    }
+
+    /// A copy of every second so far.
+    pub(crate) fn seconds(&self) -> Vec<Second> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Second>> {
+        // A panicking request task cannot leave the counters half-written: every update is
+        // one field at a time, so the data is still good after a poison.
+        self.seconds.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn update(&self, index: usize, f: impl FnOnce(&mut Second)) {
+        let mut seconds = self.lock();
+        if seconds.len() <= index {
+            seconds.resize_with(index + 1, Second::default);
+        }
+        f(&mut seconds[index]);
+    }
+}
+
+/// One request's fate, as the client saw it.
+enum Outcome {
+    Ok(Duration),
+    Shed,
+    Error,
+}
+
+/// Runs the arrivals of `config` and returns once every request sent has been answered or has
+/// timed out. Outcomes go to `recorder`, whose start is time zero of the schedule.
+pub(crate) async fn run<R>(config: LoadConfig<R>, recorder: Arc<Recorder>)
+where
+    R: Fn(Duration) -> f64,
+{
+    let mut connector = HttpConnector::new();
+    // Without it, Nagle's algorithm adds up to 40 ms to small requests: latency we would
+    // wrongly blame on the server.
+    connector.set_nodelay(true);
+    // One shared pooled client: a connection per request in flight at most, reused afterwards.
+    let client: Client<HttpConnector, Empty<&'static [u8]>> =
+        Client::builder(TokioExecutor::new()).build(connector);
+
+    let mut rng = SplitMix64::new(config.seed);
+    let mut tasks = JoinSet::new();
+    let start = recorder.start();
+    // The schedule in seconds since start: each arrival draws the gap to the next one from the
+    // rate at its own time (piecewise-constant thinning would be exact, but the rate changes
+    // slowly next to the gaps, so this is close enough for a demo and a benchmark).
+    let mut next = 0.0_f64;
+    let end = config.duration.as_secs_f64();
+    loop {
+        let now = start.elapsed().as_secs_f64();
+        // Every arrival whose time has come is sent now. Timers have millisecond resolution, so
+        // at thousands of requests per second several arrivals share one wake-up; they still
+        // never wait for a response.
+        while next <= now && next < end {
+            let at = Duration::from_secs_f64(next);
+            let lag_us = ((now - next) * 1e6) as u32;
+            let priority = config.mix.pick(rng.next_f64());
+            send(
+                &config, &client, &recorder, &mut tasks, at, priority, lag_us,
+            );
+            let rate = (config.rate)(at);
+            // A zero rate means a pause: look again a millisecond later.
+            next += if rate > 0.0 {
+                rng.exponential(rate)
+            } else {
+                0.001
+            };
+        }
+        if next >= end {
+            break;
+        }
+        // Reap finished tasks so the set does not grow with the run.
+        while tasks.try_join_next().is_some() {}
+        tokio::time::sleep_until(start + Duration::from_secs_f64(next)).await;
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+fn send<R>(
+    config: &LoadConfig<R>,
+    client: &Client<HttpConnector, Empty<&'static [u8]>>,
+    recorder: &Arc<Recorder>,
+    tasks: &mut JoinSet<()>,
+    at: Duration,
+    priority: Priority,
+    lag_us: u32,
+) {
+    let index = at.as_secs() as usize;
+    let p = priority.index();
+    recorder.update(index, |s| {
+        s.tally[p].offered += 1;
+        s.max_send_lag_us = s.max_send_lag_us.max(lag_us);
+    });
+    if recorder.outstanding() >= config.max_outstanding {
+        recorder.update(index, |s| s.tally[p].dropped += 1);
+        return;
+    }
+    let request = Request::get(config.uri.clone())
+        .header(
+            config.priority_header.clone(),
+            HeaderValue::from_static(priority.as_str()),
+        )
+        .body(Empty::new());
+    let request = match request {
+        Ok(request) => request,
+        Err(_) => {
+            recorder.update(index, |s| s.tally[p].errors += 1);
+            return;
+        }
+    };
+    recorder.outstanding.fetch_add(1, Ordering::Relaxed);
+    let client = client.clone();
+    let recorder = Arc::clone(recorder);
+    let timeout = config.timeout;
+    tasks.spawn(async move {
+        let sent = Instant::now();
+        let exchange = async {
+            let response = client.request(request).await.map_err(drop)?;
+            let status = response.status();
+            let shed = response.headers().contains_key(REJECTION_HEADER);
+            // Read the whole body: the latency ends at the last byte, and an unread body would
+            // keep the connection out of the pool.
+            response.into_body().collect().await.map_err(drop)?;
+            Ok::<_, ()>(match status {
+                StatusCode::OK => Outcome::Ok(sent.elapsed()),
+                StatusCode::SERVICE_UNAVAILABLE if shed => Outcome::Shed,
+                _ => Outcome::Error,
+            })
+        };
+        let outcome = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(())) | Err(_) => Outcome::Error,
+        };
+        recorder.update(index, |s| match outcome {
+            Outcome::Ok(latency) => {
+                s.tally[p].ok += 1;
+                let micros = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+                s.latency_us[p].push(micros);
+            }
+            Outcome::Shed => s.tally[p].shed += 1,
+            Outcome::Error => s.tally[p].errors += 1,
+        });
+        recorder.outstanding.fetch_sub(1, Ordering::Relaxed);
+    });
+}
+
+/// The `q`-quantile (nearest rank) of `values`, sorting them; `None` when empty.
+pub(crate) fn quantile(values: &mut [u32], q: f64) -> Option<u32> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable();
+    let rank = (q * values.len() as f64).ceil() as usize;
+    Some(values[rank.clamp(1, values.len()) - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponential_gaps_have_the_right_mean() {
+        let mut rng = SplitMix64::new(7);
+        let n = 200_000;
+        let mean = (0..n).map(|_| rng.exponential(800.0)).sum::<f64>() / n as f64;
+        assert!((mean * 800.0 - 1.0).abs() < 0.01, "mean gap {mean}");
+    }
+
+    #[test]
+    fn the_mix_draws_each_priority_at_its_share() {
+        let mix = Mix::new([
+            (Priority::Critical, 10.0),
+            (Priority::High, 20.0),
+            (Priority::Normal, 30.0),
+            (Priority::Low, 25.0),
+            (Priority::Background, 15.0),
+        ])
+        .unwrap();
+        let mut rng = SplitMix64::new(1);
+        let mut counts = [0u32; 5];
+        let n = 100_000;
+        for _ in 0..n {
+            counts[mix.pick(rng.next_f64()).index()] += 1;
+        }
+        for p in Priority::ALL {
+            let share = f64::from(counts[p.index()]) / f64::from(n);
+            assert!((share - mix.share(p)).abs() < 0.01, "{p}: {share}");
+        }
+    }
+
+    #[test]
+    fn quantiles_use_the_nearest_rank() {
+        let mut v: Vec<u32> = (1..=100).rev().collect();
+        assert_eq!(quantile(&mut v, 0.5), Some(50));
+        assert_eq!(quantile(&mut v, 0.99), Some(99));
+        assert_eq!(quantile(&mut v, 1.0), Some(100));
+        assert_eq!(quantile(&mut [], 0.5), None);
+    }
+}
