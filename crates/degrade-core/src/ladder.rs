@@ -18,6 +18,10 @@
 //! * **Dwell and stepwise recovery.** The ladder never steps down sooner than `dwell` after its
 //!   last transition, and steps down one level at a time, so recovery from Emergency to Normal
 //!   takes at least four dwells and each step is observed before the next.
+//! * **Recovery backoff.** A step down that proves premature — pressure escalates again within
+//!   the dwell that followed it — makes the next step down wait `dwell_backoff` times longer
+//!   (default 2×, up to `max_dwell`, default 4 × `dwell`). A service whose load only falls
+//!   because it is shedding probes recovery less and less often instead of bouncing every dwell.
 //!
 //! Escalation is meant to be fast: with `jump` (the default) a sustained pressure far over the
 //! next threshold goes straight to the level it points at, and escalation waits for no dwell
@@ -188,6 +192,14 @@ pub struct LadderConfig {
     /// Minimum time after any transition before stepping down (default 30 s).
     #[serde(with = "humantime_serde")]
     pub dwell: Duration,
+    /// When a step down proves premature (pressure escalates again within the dwell that
+    /// followed it), the next step down waits this many times longer, up to `max_dwell`
+    /// (default 2.0; 1.0 turns the backoff off). Once a step down holds, the next one waits the
+    /// plain `dwell` again.
+    pub dwell_backoff: f64,
+    /// The longest the backoff may stretch the dwell (default: four times `dwell`).
+    #[serde(with = "humantime_serde")]
+    pub max_dwell: Option<Duration>,
     /// Minimum time after any transition before escalating (default 0: react at once).
     #[serde(with = "humantime_serde")]
     pub escalate_cooldown: Duration,
@@ -207,6 +219,8 @@ impl Default for LadderConfig {
             escalate_after: 3,
             recover_after: 3,
             dwell: Duration::from_secs(30),
+            dwell_backoff: 2.0,
+            max_dwell: None,
             escalate_cooldown: Duration::ZERO,
             jump: true,
             unknown: UnknownPolicy::Ignore,
@@ -223,8 +237,9 @@ impl LadderConfig {
     ///
     /// Rules: thresholds are finite numbers in `(0, 1]`; each `exit` is below its `enter`;
     /// `enter` and `exit` both rise strictly from Light to Emergency; `escalate_after` and
-    /// `recover_after` are at least 1; `dwell` is greater than zero; `unknown.assume` is in
-    /// `[0, 1]`; `history` is in `1..=1_000_000`.
+    /// `recover_after` are at least 1; `dwell` is greater than zero; `dwell_backoff` is in
+    /// `[1, 100]`; `max_dwell`, when set, is at least `dwell`; `unknown.assume` is in `[0, 1]`;
+    /// `history` is in `1..=1_000_000`.
     ///
     /// ```
     /// use degrade_core::ladder::LadderConfig;
@@ -283,6 +298,18 @@ impl LadderConfig {
         if self.dwell.is_zero() {
             return Err(ConfigError::new("dwell", "must be greater than zero"));
         }
+        if !(self.dwell_backoff.is_finite() && (1.0..=100.0).contains(&self.dwell_backoff)) {
+            return Err(ConfigError::new(
+                "dwell_backoff",
+                format!(
+                    "must be a finite number in [1, 100], got {}",
+                    self.dwell_backoff
+                ),
+            ));
+        }
+        if self.max_dwell.is_some_and(|m| m < self.dwell) {
+            return Err(ConfigError::new("max_dwell", "must be at least `dwell`"));
+        }
         if let UnknownPolicy::Assume(p) = self.unknown {
             check_range("unknown.assume", p, 0.0, 1.0)?;
         }
@@ -293,6 +320,19 @@ impl LadderConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl LadderConfig {
+    /// The longest the dwell backoff may stretch the dwell: `max_dwell`, or four times `dwell`.
+    ///
+    /// ```
+    /// # use degrade_core::ladder::LadderConfig; use std::time::Duration;
+    /// assert_eq!(LadderConfig::default().effective_max_dwell(), Duration::from_secs(120));
+    /// ```
+    pub fn effective_max_dwell(&self) -> Duration {
+        self.max_dwell
+            .unwrap_or_else(|| self.dwell.saturating_mul(4))
     }
 }
 
@@ -459,6 +499,10 @@ pub struct Ladder {
     /// The instant of the last transition (or of creation / unpinning).
     since: Instant,
     pinned: Option<Level>,
+    /// The dwell in force: `config.dwell`, stretched by the backoff after premature recoveries.
+    dwell: Duration,
+    /// The cause of the last transition, to tell a premature recovery from one that held.
+    last_cause: Option<Cause>,
     up_run: u32,
     /// The lowest pressure of the current escalation run and the signal that set it.
     up_min: f64,
@@ -484,6 +528,7 @@ impl Ladder {
                 exit[level.index()] = b.exit;
             }
         }
+        let dwell = config.dwell;
         Ok(Self {
             config,
             enter,
@@ -491,6 +536,8 @@ impl Ladder {
             level: Level::Normal,
             since: now,
             pinned: None,
+            dwell,
+            last_cause: None,
             up_run: 0,
             up_min: f64::INFINITY,
             up_signal: None,
@@ -520,6 +567,23 @@ impl Ladder {
     /// ```
     pub fn pinned(&self) -> Option<Level> {
         self.pinned
+    }
+
+    /// The dwell now in force before the next step down: `dwell`, or longer after premature
+    /// recoveries (see [`LadderConfig::dwell_backoff`]).
+    ///
+    /// ```
+    /// # use degrade_core::ladder::{Ladder, LadderConfig}; use std::time::Duration;
+    /// let ladder = Ladder::new(LadderConfig::default(), tokio::time::Instant::now()).unwrap();
+    /// assert_eq!(ladder.current_dwell(), Duration::from_secs(30));
+    /// ```
+    pub fn current_dwell(&self) -> Duration {
+        // A step down that was not undone within its dwell held: the next one waits the base.
+        if self.last_cause == Some(Cause::Recovered) {
+            self.config.dwell
+        } else {
+            self.dwell
+        }
     }
 
     /// The configuration the ladder was built with.
@@ -700,7 +764,7 @@ impl Ladder {
         let blocked = any_unknown && self.config.unknown == UnknownPolicy::Hold;
         if self.level > Level::Normal && pressure < exit && !blocked {
             self.down_run = self.down_run.saturating_add(1);
-            if self.down_run >= self.config.recover_after && elapsed >= self.config.dwell {
+            if self.down_run >= self.config.recover_after && elapsed >= self.current_dwell() {
                 let to = self.level.down();
                 return Some(self.transition(
                     to,
@@ -736,10 +800,30 @@ impl Ladder {
             threshold,
             time_at_previous: now.saturating_duration_since(self.since),
         };
+        self.adapt_dwell(&t);
         self.level = to;
         self.since = now;
+        self.last_cause = Some(cause);
         self.reset_runs();
         t
+    }
+
+    /// Stretches the dwell after a premature recovery and restores it once a recovery holds.
+    fn adapt_dwell(&mut self, t: &Transition) {
+        match (self.last_cause, t.cause) {
+            // Escalating again within one dwell of a step down: that step was premature.
+            (Some(Cause::Recovered), Cause::Escalated) if t.time_at_previous < self.dwell => {
+                let longer = self.dwell.mul_f64(self.config.dwell_backoff);
+                self.dwell = longer.min(self.config.effective_max_dwell());
+            }
+            // A step down after a step down: the first one held.
+            (Some(Cause::Recovered), Cause::Recovered) => self.dwell = self.config.dwell,
+            (_, Cause::Pinned) => self.dwell = self.config.dwell,
+            _ => {}
+        }
+        if t.to == Level::Normal {
+            self.dwell = self.config.dwell;
+        }
     }
 }
 
@@ -930,6 +1014,59 @@ mod tests {
             .unwrap();
         assert_eq!(tr.signal.as_deref(), Some("memory"));
         assert_eq!(tr.to, Level::Heavy);
+    }
+
+    #[test]
+    fn a_premature_recovery_stretches_the_next_dwell_until_a_recovery_holds() {
+        let t0 = Instant::now();
+        let cfg = LadderConfig {
+            dwell: secs(10),
+            jump: false,
+            ..Default::default()
+        };
+        let mut l = Ladder::new(cfg, t0).unwrap();
+        let mut t = t0;
+        feed(&mut l, &mut t, Some(0.85), 3); // Light at t=3
+        feed(&mut l, &mut t, Some(0.85), 3); // Moderate at t=6
+        assert_eq!(l.level(), Level::Moderate);
+        let down = feed(&mut l, &mut t, Some(0.0), 10); // Light at t=16
+        assert_eq!(down[0].to, Level::Light);
+        // Pressure returns at once: the step down was premature.
+        feed(&mut l, &mut t, Some(0.85), 3);
+        assert_eq!(l.level(), Level::Moderate);
+        assert_eq!(l.current_dwell(), secs(20));
+        // Again: the dwell doubles once more, then stops at four times the base.
+        let down = feed(&mut l, &mut t, Some(0.0), 20);
+        assert_eq!((down.len(), down[0].time_at_previous), (1, secs(20)));
+        feed(&mut l, &mut t, Some(0.85), 3);
+        assert_eq!(l.current_dwell(), secs(40));
+        let down = feed(&mut l, &mut t, Some(0.0), 40);
+        assert_eq!(down[0].time_at_previous, secs(40));
+        feed(&mut l, &mut t, Some(0.85), 3);
+        assert_eq!(l.current_dwell(), secs(40), "capped at max_dwell");
+        // Calm for good: the first step waits the stretched dwell; once it has held, the base
+        // dwell is back.
+        let down = feed(&mut l, &mut t, Some(0.0), 100);
+        let waits: Vec<_> = down.iter().map(|t| t.time_at_previous).collect();
+        assert_eq!(waits, [secs(40), secs(10)]);
+        assert_eq!(l.level(), Level::Normal);
+        assert_eq!(l.current_dwell(), secs(10));
+    }
+
+    #[test]
+    fn backoff_of_one_keeps_the_dwell_fixed() {
+        let t0 = Instant::now();
+        let cfg = LadderConfig {
+            dwell: secs(10),
+            dwell_backoff: 1.0,
+            ..Default::default()
+        };
+        let mut l = Ladder::new(cfg, t0).unwrap();
+        let mut t = t0;
+        feed(&mut l, &mut t, Some(0.75), 3);
+        feed(&mut l, &mut t, Some(0.0), 10);
+        feed(&mut l, &mut t, Some(0.75), 3);
+        assert_eq!(l.current_dwell(), secs(10));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use degrade_core::ladder::{Band, Ladder, LadderConfig, UnknownPolicy};
 use degrade_core::window::TimeWindow;
 use degrade_core::{Controller, DegradeLayer, Policy, Priority};
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use std::num::NonZeroU32;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -86,6 +87,30 @@ fn sample_counts_at_least_one() {
 #[test]
 fn dwell_greater_than_zero() {
     assert_eq!(ladder_err(|c| c.dwell = Duration::ZERO), "ladder.dwell");
+}
+
+#[test]
+fn dwell_backoff_in_range() {
+    assert_eq!(
+        ladder_err(|c| c.dwell_backoff = 0.5),
+        "ladder.dwell_backoff"
+    );
+    assert_eq!(
+        ladder_err(|c| c.dwell_backoff = f64::NAN),
+        "ladder.dwell_backoff"
+    );
+    assert_eq!(
+        ladder_err(|c| c.dwell_backoff = 1e9),
+        "ladder.dwell_backoff"
+    );
+}
+
+#[test]
+fn max_dwell_not_below_dwell() {
+    assert_eq!(
+        ladder_err(|c| c.max_dwell = Some(Duration::from_secs(1))),
+        "ladder.max_dwell"
+    );
 }
 
 #[test]
@@ -186,6 +211,13 @@ fn any_f64() -> impl Strategy<Value = f64> {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/config.txt",
+        ))),
+        ..ProptestConfig::default()
+    })]
+
     #[test]
     fn no_ladder_config_panics(
         t in prop::collection::vec(any_f64(), 8),

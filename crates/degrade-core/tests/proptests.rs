@@ -3,6 +3,7 @@
 use degrade_core::Level;
 use degrade_core::ladder::{Cause, Ladder, LadderConfig, Reading, Transition};
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -63,7 +64,14 @@ fn run(ladder: &mut Ladder, t: &mut Instant, samples: &[Sample]) -> Vec<Transiti
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        // Integration tests have no lib.rs beside them for proptest's default lookup.
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/proptests.txt",
+        ))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn never_steps_down_before_the_dwell_and_only_one_level_at_a_time(
@@ -147,7 +155,8 @@ proptest! {
         run(&mut ladder, &mut t, &s);
         let start = ladder.level();
         // Calm: one sample a second, long enough for every step's dwell and sample count.
-        let per_step = cfg.dwell.as_secs() + u64::from(cfg.recover_after) + 1;
+        // The dwell may have been stretched by premature recoveries, up to the max.
+        let per_step = cfg.effective_max_dwell().as_secs() + u64::from(cfg.recover_after) + 1;
         let calm: Vec<Sample> = (0..(per_step * 4)).map(|_| (1_000, Some(0.05))).collect();
         let trs = run(&mut ladder, &mut t, &calm);
         prop_assert_eq!(ladder.level(), Level::Normal);
@@ -155,6 +164,19 @@ proptest! {
         for tr in &trs {
             prop_assert_eq!(tr.to, tr.from.down());
             prop_assert!(tr.time_at_previous >= cfg.dwell);
+        }
+    }
+
+    #[test]
+    fn the_dwell_stays_between_its_base_and_its_max(cfg in config(), s in noisy_samples(400)) {
+        let t0 = Instant::now();
+        let mut ladder = Ladder::new(cfg.clone(), t0).unwrap();
+        let mut t = t0;
+        for (dt, p) in &s {
+            t += Duration::from_millis(*dt);
+            ladder.observe(&[Reading { signal: "s", pressure: *p }], t);
+            prop_assert!(ladder.current_dwell() >= cfg.dwell);
+            prop_assert!(ladder.current_dwell() <= cfg.effective_max_dwell());
         }
     }
 

@@ -4,6 +4,7 @@ use degrade_core::ladder::{LadderConfig, Reading};
 use degrade_core::{BoxError, Controller, DegradeLayer, Level, Policy, Priority, Shed};
 use futures_util::FutureExt;
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use std::convert::Infallible;
 use std::future::ready;
 use std::time::Duration;
@@ -58,6 +59,13 @@ fn clones_of_the_layer_and_services_share_counters() {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/service.txt",
+        ))),
+        ..ProptestConfig::default()
+    })]
+
     /// At any level, once some request of priority `q` has been admitted, no request of a
     /// higher priority is shed at that level.
     #[test]
