@@ -236,6 +236,11 @@ fn ladder_config(dwell: Duration) -> LadderConfig {
         dwell,
         escalate_cooldown: Duration::from_millis(200),
         jump: false,
+        // Shedding empties the queue at once, so a step down under sustained overload is
+        // undone within a fraction of a second; the recovery backoff stretches the next dwell
+        // (2x per premature step). Capped at 2x here so the short recovery phase of `--quick`
+        // still sees the way back to Normal.
+        max_dwell: Some(dwell * 2),
         ..Default::default()
     }
 }

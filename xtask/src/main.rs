@@ -42,8 +42,8 @@ Commands:
         cargo clippy --workspace --all-targets --all-features -- -D warnings
         cargo doc --workspace --no-deps --all-features   (RUSTDOCFLAGS=-D warnings)
         cargo bench --workspace --bench '*' -- --test    (each bench runs once)
-        loom models of degrade-core                      (RUSTFLAGS=--cfg degrade_loom)
-  ci    test, then lint (what .ci/run runs)
+        loom models of every crate with tests/loom.rs   (RUSTFLAGS=--cfg degrade_loom)
+  ci    test, then lint, then demo --quick (what .ci/run runs)
   demo [--quick] [--duration SECS] [--out DIR]
         a real axum service at fixed capacity behind the DegradeLayer, driven open-loop
         through warm-up, an overload ramp to 3x capacity and recovery; live view, summary,
@@ -334,26 +334,64 @@ fn lint() -> Result {
         step.run(&root)?;
     }
 
-    // Its own target dir: the changed RUSTFLAGS would otherwise invalidate the main build cache.
-    if root.join("crates/degrade-core/tests/loom.rs").is_file() {
-        Step::cargo(
-            "loom",
-            ["test", "-p", "degrade-core", "--release", "--test", "loom"],
-        )
-        .env("RUSTFLAGS", "--cfg degrade_loom")
-        .env("CARGO_TARGET_DIR", root.join("target").join("loom"))
-        .run(&root)?;
+    // Every package with a `tests/loom.rs`, in one run with its own target dir: the changed
+    // RUSTFLAGS would otherwise invalidate the main build cache.
+    let loom_packages = loom_packages(&root)?;
+    if loom_packages.is_empty() {
+        println!("==> loom: skipped, no crates/*/tests/loom.rs");
     } else {
-        println!("==> loom: skipped, crates/degrade-core/tests/loom.rs does not exist");
+        let mut args = vec!["test".to_owned()];
+        for p in &loom_packages {
+            args.push("-p".to_owned());
+            args.push(p.clone());
+        }
+        args.extend(["--release", "--test", "loom"].map(str::to_owned));
+        Step::cargo("loom", args)
+            .env("RUSTFLAGS", "--cfg degrade_loom")
+            .env("CARGO_TARGET_DIR", root.join("target").join("loom"))
+            .run(&root)?;
     }
     println!("==> lint: ok in {}", seconds(started));
     Ok(())
+}
+
+/// The package names of the crates that have loom models (`crates/*/tests/loom.rs`).
+fn loom_packages(root: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let dir = root.join("crates");
+    let entries = fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let crate_dir = entry.path();
+        if !crate_dir.join("tests/loom.rs").is_file() {
+            continue;
+        }
+        let manifest = crate_dir.join("Cargo.toml");
+        let text = fs::read_to_string(&manifest)
+            .map_err(|e| format!("cannot read {}: {e}", manifest.display()))?;
+        let name = text
+            .lines()
+            .find_map(|l| {
+                let v = l
+                    .trim()
+                    .strip_prefix("name")?
+                    .trim_start()
+                    .strip_prefix('=')?;
+                Some(v.trim().trim_matches('"').to_owned())
+            })
+            .ok_or_else(|| format!("no package name in {}", manifest.display()))?;
+        names.push(name);
+    }
+    names.sort();
+    Ok(names)
 }
 
 fn ci() -> Result {
     let started = Instant::now();
     test(&[])?;
     lint()?;
+    // The README's other command: the demo must keep working at every landing.
+    println!("==> cargo xtask demo --quick");
+    demo::run(&["--quick".to_owned()])?;
     println!("==> ci: ok in {}", seconds(started));
     Ok(())
 }
