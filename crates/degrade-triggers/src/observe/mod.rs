@@ -1,0 +1,572 @@
+//! The [`ObserveLayer`]: latency, errors, timeouts and in-flight requests, measured where the
+//! requests are, for the latency, error-rate, timeout-rate and in-flight signals.
+//!
+//! # Why measure in a layer
+//!
+//! CPU and memory say how hard the machine works, not whether the service still answers in
+//! time. A backend that slows down leaves the CPU idle while requests pile up. The layer times
+//! every request (from `call` to the end of its response future), classifies its result with
+//! the same [`Classifier`] the breaker and the canary use, and records both into a lock-free
+//! histogram (quantiles within 1/128 = 0.79 % of the exact value, one relaxed `fetch_add` per
+//! request plus plain stores on per-thread counter slots, no allocation, no lock).
+//!
+//! The histogram has one bucket per nanosecond below 128 ns, then 64 buckets per power of two;
+//! a quantile is reported as the middle of its bucket. The shards only count up: a signal's
+//! window is the difference between the counts now and a copy it took at least one window
+//! ago, so nothing on the request path ever clears or rotates a bucket.
+//!
+//! The signals read it on the [`Monitor`](crate::Monitor)'s schedule, each over its own sliding
+//! window:
+//!
+//! * [`ObserveLayer::latency`]: p50, p99 or mean latency in milliseconds, against per-level
+//!   thresholds or an SLA;
+//! * [`ObserveLayer::error_rate`] and [`ObserveLayer::timeout_rate`]: percent of calls;
+//! * [`ObserveLayer::in_flight`]: calls started and not yet finished, now.
+//!
+//! A call whose outcome is [`Outcome::Ignored`](degrade_core::Outcome::Ignored) (a rejection
+//! by a degrade layer further in, or as the classifier says) is not counted; a call whose future
+//! is dropped before it completes is counted as cancelled, with no latency. A failure counts as
+//! a timeout when its error is tower's or tokio's `Elapsed`, directly or in a `BoxError`.
+//!
+//! Put the `ObserveLayer` *inside* the `DegradeLayer` so that it measures the requests the
+//! service actually serves, not the shed ones that are answered at once.
+//!
+//! ```
+//! use degrade_triggers::{ObserveLayer, observe::LatencyConfig};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let observe = ObserveLayer::new();
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(observe.clone())
+//!     .service_fn(|n: u32| async move { if n % 10 == 0 { Err("boom") } else { Ok(n) } });
+//! for n in 0..100 {
+//!     let _ = svc.ready().await.unwrap().call(n).await;
+//! }
+//! let snap = observe.snapshot();
+//! assert_eq!((snap.calls, snap.failures, snap.in_flight), (100, 10, 0));
+//! let latency = observe.latency(LatencyConfig::default()).unwrap(); // a Signal for the Monitor
+//! # let _ = latency;
+//! # }
+//! ```
+
+mod future;
+pub(crate) mod histogram;
+mod signal;
+
+pub use self::future::ResponseFuture;
+pub use self::signal::{InFlightConfig, LatencyConfig, LatencyStat, ObserveSignal, RateConfig};
+
+use self::future::Guard;
+use self::histogram::{COUNTERS, Counts, FAILURES, Histogram, SLOW, TIMEOUTS};
+use degrade_core::ladder::Thresholds;
+use degrade_core::{Classifier, Clock, DefaultClassifier, TokioClock};
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower_layer::Layer;
+use tower_service::Service;
+
+pub(crate) struct Inner<K, C> {
+    pub(crate) hist: Histogram,
+    pub(crate) classifier: K,
+    pub(crate) clock: C,
+    pub(crate) slow: Option<Duration>,
+}
+
+/// Gives the signals the histogram without the layer's type parameters.
+pub(crate) trait Source: Send + Sync + 'static {
+    fn histogram(&self) -> &Histogram;
+}
+
+impl<K: Send + Sync + 'static, C: Clock> Source for Inner<K, C> {
+    fn histogram(&self) -> &Histogram {
+        &self.hist
+    }
+}
+
+/// Records every request's latency and outcome; see the [module docs](self).
+///
+/// Cloning the layer shares its histogram: every service made from it, by any clone (axum
+/// clones per connection), records into the same one.
+///
+/// ```
+/// use degrade_triggers::ObserveLayer;
+/// let layer = ObserveLayer::new();
+/// let twin = layer.clone();
+/// assert_eq!(layer.snapshot(), twin.snapshot());
+/// ```
+pub struct ObserveLayer<K = DefaultClassifier, C = TokioClock> {
+    inner: Arc<Inner<K, C>>,
+}
+
+impl<K, C> Clone for ObserveLayer<K, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K, C> fmt::Debug for ObserveLayer<K, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObserveLayer")
+            .field("slow", &self.inner.slow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObserveLayer {
+    /// A layer with the [`DefaultClassifier`] (every `Err` is a failure, except degrade
+    /// rejections), on the tokio clock, with no slow-call threshold.
+    ///
+    /// ```
+    /// # use degrade_triggers::ObserveLayer;
+    /// assert_eq!(ObserveLayer::new().snapshot().calls, 0);
+    /// ```
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder, to set the classifier, the clock and the slow-call threshold.
+    ///
+    /// ```
+    /// use degrade_core::HttpClassifier;
+    /// use degrade_triggers::ObserveLayer;
+    /// use std::time::Duration;
+    ///
+    /// let layer = ObserveLayer::builder()
+    ///     .classifier(HttpClassifier::default())
+    ///     .slow(Duration::from_millis(500))
+    ///     .build();
+    /// # let _ = layer;
+    /// ```
+    pub fn builder() -> ObserveBuilder {
+        ObserveBuilder {
+            classifier: DefaultClassifier,
+            clock: TokioClock,
+            slow: None,
+        }
+    }
+}
+
+impl Default for ObserveLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K, C> ObserveLayer<K, C>
+where
+    K: Send + Sync + 'static,
+    C: Clock,
+{
+    /// Counters and latencies since the layer was built.
+    ///
+    /// ```
+    /// # use degrade_triggers::ObserveLayer;
+    /// let s = ObserveLayer::new().snapshot();
+    /// assert_eq!((s.calls, s.p99), (0, None));
+    /// ```
+    pub fn snapshot(&self) -> ObserveSnapshot {
+        let mut counts = Counts::new(true);
+        self.inner.hist.read(&mut counts, true);
+        ObserveSnapshot::from_counts(&counts, self.inner.hist.in_flight())
+    }
+
+    /// The latency signal (named `"latency"` unless the config says otherwise).
+    ///
+    /// # Errors
+    ///
+    /// When the configuration is invalid; the field is named.
+    ///
+    /// ```
+    /// use degrade_triggers::{LevelThresholds, ObserveLayer, observe::{LatencyConfig, LatencyStat}};
+    /// use std::time::Duration;
+    /// let layer = ObserveLayer::new();
+    /// let by_levels = layer.latency(LatencyConfig {
+    ///     stat: LatencyStat::P99,
+    ///     thresholds: LevelThresholds::new(100.0, 250.0, 500.0, 1000.0),
+    ///     ..Default::default()
+    /// })?;
+    /// let by_sla = layer.latency(LatencyConfig { sla: Some(Duration::from_millis(300)), ..Default::default() })?;
+    /// # let _ = (by_levels, by_sla);
+    /// # Ok::<(), degrade_core::ConfigError>(())
+    /// ```
+    pub fn latency(
+        &self,
+        config: LatencyConfig,
+    ) -> Result<ObserveSignal, degrade_core::ConfigError> {
+        ObserveSignal::latency(self.source(), config, &Thresholds::default())
+    }
+
+    /// The error-rate signal: percent of calls that failed (timeouts included).
+    ///
+    /// # Errors
+    ///
+    /// When the configuration is invalid; the field is named.
+    ///
+    /// ```
+    /// # use degrade_triggers::{ObserveLayer, observe::RateConfig};
+    /// let s = ObserveLayer::new().error_rate(RateConfig::errors())?;
+    /// # let _ = s;
+    /// # Ok::<(), degrade_core::ConfigError>(())
+    /// ```
+    pub fn error_rate(
+        &self,
+        config: RateConfig,
+    ) -> Result<ObserveSignal, degrade_core::ConfigError> {
+        ObserveSignal::rate(
+            self.source(),
+            config,
+            FAILURES,
+            "errors",
+            &Thresholds::default(),
+        )
+    }
+
+    /// The timeout-rate signal: percent of calls that failed with a timeout.
+    ///
+    /// # Errors
+    ///
+    /// When the configuration is invalid; the field is named.
+    ///
+    /// ```
+    /// # use degrade_triggers::{ObserveLayer, observe::RateConfig};
+    /// let s = ObserveLayer::new().timeout_rate(RateConfig::timeouts())?;
+    /// # let _ = s;
+    /// # Ok::<(), degrade_core::ConfigError>(())
+    /// ```
+    pub fn timeout_rate(
+        &self,
+        config: RateConfig,
+    ) -> Result<ObserveSignal, degrade_core::ConfigError> {
+        ObserveSignal::rate(
+            self.source(),
+            config,
+            TIMEOUTS,
+            "timeouts",
+            &Thresholds::default(),
+        )
+    }
+
+    /// The slow-call-rate signal: percent of calls slower than the layer's `slow` threshold.
+    ///
+    /// # Errors
+    ///
+    /// When the configuration is invalid; the field is named.
+    ///
+    /// ```
+    /// # use degrade_triggers::{ObserveLayer, observe::RateConfig};
+    /// let s = ObserveLayer::new().slow_rate(RateConfig::errors())?;
+    /// # let _ = s;
+    /// # Ok::<(), degrade_core::ConfigError>(())
+    /// ```
+    pub fn slow_rate(
+        &self,
+        config: RateConfig,
+    ) -> Result<ObserveSignal, degrade_core::ConfigError> {
+        ObserveSignal::rate(self.source(), config, SLOW, "slow", &Thresholds::default())
+    }
+
+    /// The in-flight signal: calls started and not yet finished.
+    ///
+    /// # Errors
+    ///
+    /// When the configuration is invalid; the field is named.
+    ///
+    /// ```
+    /// # use degrade_triggers::{ObserveLayer, observe::InFlightConfig};
+    /// let s = ObserveLayer::new().in_flight(InFlightConfig::default())?;
+    /// # let _ = s;
+    /// # Ok::<(), degrade_core::ConfigError>(())
+    /// ```
+    pub fn in_flight(
+        &self,
+        config: InFlightConfig,
+    ) -> Result<ObserveSignal, degrade_core::ConfigError> {
+        ObserveSignal::in_flight(self.source(), config, &Thresholds::default())
+    }
+
+    /// The signals of [`TriggersConfig`](crate::TriggersConfig), anchored to its ladder.
+    pub(crate) fn signals(
+        &self,
+        latency: Option<&LatencyConfig>,
+        rates: [(Option<&RateConfig>, &'static str); 2],
+        in_flight: Option<&InFlightConfig>,
+        anchors: &Thresholds,
+    ) -> Result<Vec<ObserveSignal>, degrade_core::ConfigError> {
+        let mut out = Vec::new();
+        if let Some(c) = latency {
+            out.push(
+                ObserveSignal::latency(self.source(), c.clone(), anchors)
+                    .map_err(|e| e.within("latency"))?,
+            );
+        }
+        for (config, field) in rates {
+            let counter = if field == "timeouts" {
+                TIMEOUTS
+            } else {
+                FAILURES
+            };
+            if let Some(c) = config {
+                out.push(
+                    ObserveSignal::rate(self.source(), c.clone(), counter, field, anchors)
+                        .map_err(|e| e.within(field))?,
+                );
+            }
+        }
+        if let Some(c) = in_flight {
+            out.push(
+                ObserveSignal::in_flight(self.source(), c.clone(), anchors)
+                    .map_err(|e| e.within("in_flight"))?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn source(&self) -> Arc<dyn Source> {
+        Arc::clone(&self.inner) as Arc<dyn Source>
+    }
+}
+
+impl<S, K, C> Layer<S> for ObserveLayer<K, C> {
+    type Service = Observe<S, K, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe {
+            inner,
+            shared: Arc::clone(&self.inner),
+        }
+    }
+}
+
+/// Builds an [`ObserveLayer`]; see [`ObserveLayer::builder`].
+///
+/// ```
+/// use degrade_triggers::ObserveLayer;
+/// let layer = ObserveLayer::builder().build();
+/// # let _ = layer;
+/// ```
+pub struct ObserveBuilder<K = DefaultClassifier, C = TokioClock> {
+    classifier: K,
+    clock: C,
+    slow: Option<Duration>,
+}
+
+impl<K, C> fmt::Debug for ObserveBuilder<K, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObserveBuilder")
+            .field("slow", &self.slow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, C> ObserveBuilder<K, C> {
+    /// How results are judged (default [`DefaultClassifier`]; `HttpClassifier` for HTTP
+    /// statuses, `GrpcClassifier` for gRPC codes).
+    ///
+    /// ```
+    /// use degrade_core::{Classifier, Outcome};
+    /// use degrade_triggers::ObserveLayer;
+    /// #[derive(Clone)]
+    /// struct Strict;
+    /// impl Classifier<u32, String> for Strict {
+    ///     fn classify_response(&self, n: &u32) -> Outcome { if *n == 0 { Outcome::Failure } else { Outcome::Success } }
+    ///     fn classify_error(&self, _: &String) -> Outcome { Outcome::Failure }
+    /// }
+    /// let layer = ObserveLayer::builder().classifier(Strict).build();
+    /// # let _ = layer;
+    /// ```
+    pub fn classifier<K2>(self, classifier: K2) -> ObserveBuilder<K2, C> {
+        ObserveBuilder {
+            classifier,
+            clock: self.clock,
+            slow: self.slow,
+        }
+    }
+
+    /// The clock that times requests (default `TokioClock`; a `ManualClock` in tests).
+    ///
+    /// ```
+    /// use degrade_core::ManualClock;
+    /// use degrade_triggers::ObserveLayer;
+    /// let layer = ObserveLayer::builder().clock(ManualClock::new()).build();
+    /// # let _ = layer;
+    /// ```
+    pub fn clock<C2: Clock>(self, clock: C2) -> ObserveBuilder<K, C2> {
+        ObserveBuilder {
+            classifier: self.classifier,
+            clock,
+            slow: self.slow,
+        }
+    }
+
+    /// A successful call at least this long counts as slow ([`Outcome::Slow`](degrade_core::Outcome::Slow)).
+    ///
+    /// ```
+    /// # use degrade_triggers::ObserveLayer; use std::time::Duration;
+    /// let layer = ObserveLayer::builder().slow(Duration::from_secs(1)).build();
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn slow(mut self, threshold: Duration) -> Self {
+        self.slow = Some(threshold);
+        self
+    }
+
+    /// Builds the layer and its histogram (the only allocation: about 20 KB per shard, one
+    /// shard per CPU up to 16).
+    ///
+    /// ```
+    /// # use degrade_triggers::ObserveLayer;
+    /// let layer = ObserveLayer::builder().build();
+    /// # let _ = layer;
+    /// ```
+    pub fn build(self) -> ObserveLayer<K, C> {
+        ObserveLayer {
+            inner: Arc::new(Inner {
+                hist: Histogram::new(),
+                classifier: self.classifier,
+                clock: self.clock,
+                slow: self.slow,
+            }),
+        }
+    }
+}
+
+/// Counters and latencies of an [`ObserveLayer`] since it was built.
+///
+/// ```
+/// use degrade_triggers::ObserveLayer;
+/// let s = ObserveLayer::new().snapshot();
+/// assert_eq!(s.failures + s.slow, 0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub struct ObserveSnapshot {
+    /// Calls recorded (cancelled and ignored calls excluded).
+    pub calls: u64,
+    /// Calls that failed, timeouts included.
+    pub failures: u64,
+    /// Failed calls that timed out.
+    pub timeouts: u64,
+    /// Successful calls slower than the slow threshold.
+    pub slow: u64,
+    /// Calls whose future was dropped before completing.
+    pub cancelled: u64,
+    /// Calls in flight now.
+    pub in_flight: u64,
+    /// Mean latency.
+    pub mean: Option<Duration>,
+    /// Median latency (within 0.79 %).
+    pub p50: Option<Duration>,
+    /// 99th percentile latency (within 0.79 %).
+    pub p99: Option<Duration>,
+}
+
+impl ObserveSnapshot {
+    fn from_counts(c: &Counts, in_flight: u64) -> Self {
+        debug_assert_eq!(c.counters.len(), COUNTERS);
+        Self {
+            calls: c.calls,
+            failures: c.counters[FAILURES],
+            timeouts: c.counters[TIMEOUTS],
+            slow: c.counters[SLOW],
+            cancelled: c.counters[histogram::CANCELLED],
+            in_flight,
+            mean: c.mean().map(|ns| Duration::from_nanos(ns as u64)),
+            p50: c.quantile(0.50).map(Duration::from_nanos),
+            p99: c.quantile(0.99).map(Duration::from_nanos),
+        }
+    }
+}
+
+/// The service made by [`ObserveLayer`]: passes requests and responses through unchanged and
+/// records each call's latency and outcome.
+///
+/// ```
+/// use degrade_triggers::ObserveLayer;
+/// use tower::Layer;
+/// let svc = ObserveLayer::new().layer(42u8);
+/// assert_eq!(*svc.get_ref(), 42);
+/// ```
+pub struct Observe<S, K = DefaultClassifier, C = TokioClock> {
+    inner: S,
+    shared: Arc<Inner<K, C>>,
+}
+
+impl<S: Clone, K, C> Clone for Observe<S, K, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K, C> fmt::Debug for Observe<S, K, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Observe")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, C> Observe<S, K, C> {
+    /// The inner service.
+    ///
+    /// ```
+    /// # use degrade_triggers::ObserveLayer; use tower::Layer;
+    /// assert_eq!(*ObserveLayer::new().layer(7u8).get_ref(), 7);
+    /// ```
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    ///
+    /// ```
+    /// # use degrade_triggers::ObserveLayer; use tower::Layer;
+    /// let mut svc = ObserveLayer::new().layer(1u8);
+    /// *svc.get_mut() = 2;
+    /// assert_eq!(*svc.get_ref(), 2);
+    /// ```
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the wrapper, returning the inner service.
+    ///
+    /// ```
+    /// # use degrade_triggers::ObserveLayer; use tower::Layer;
+    /// assert_eq!(ObserveLayer::new().layer("inner").into_inner(), "inner");
+    /// ```
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, K, C, R> Service<R> for Observe<S, K, C>
+where
+    S: Service<R>,
+    S::Error: 'static,
+    K: Classifier<S::Response, S::Error>,
+    C: Clock,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, K, C>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: R) -> Self::Future {
+        let guard = Guard::new(Arc::clone(&self.shared), self.shared.clock.now());
+        ResponseFuture::new(self.inner.call(req), guard)
+    }
+}

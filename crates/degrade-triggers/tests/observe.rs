@@ -1,0 +1,275 @@
+//! The `ObserveLayer`: quantiles within the histogram's stated error, outcomes (failures,
+//! timeouts, slow, ignored, cancelled), in-flight, and the windowed signals built on it.
+
+use degrade_core::{BoxError, Level, ManualClock, Priority, Shed};
+use degrade_triggers::observe::{InFlightConfig, LatencyConfig, LatencyStat, RateConfig};
+use degrade_triggers::{LevelThresholds, ObserveLayer, Signal};
+use futures_util::FutureExt;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tower::{Layer, Service, ServiceExt};
+
+/// The histogram's stated bound on a quantile's relative error: half a bucket, 1/128.
+const STATED_ERROR: f64 = 1.0 / 128.0;
+
+/// Latencies from 50 µs to about 3 s, log-uniform, from a fixed-seed generator.
+fn latencies(n: usize) -> Vec<Duration> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+            Duration::from_nanos((50_000.0 * (60_000.0f64).powf(u)) as u64)
+        })
+        .collect()
+}
+
+/// The nearest-rank quantile of the exact values.
+fn exact(sorted: &[Duration], q: f64) -> Duration {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
+    sorted[rank - 1]
+}
+
+fn relative_error(estimate: Duration, exact: Duration) -> f64 {
+    (estimate.as_nanos() as f64 - exact.as_nanos() as f64).abs() / exact.as_nanos() as f64
+}
+
+#[test]
+fn p99_and_p50_are_within_the_stated_error_over_100_000_samples() {
+    let clock = ManualClock::new();
+    let layer = ObserveLayer::builder().clock(clock.clone()).build();
+    let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
+    let values = latencies(100_000);
+    for d in &values {
+        // Each call starts, takes exactly `d` on the manual clock, then completes.
+        let fut = svc.call(());
+        clock.advance(*d);
+        fut.now_or_never().unwrap().unwrap();
+    }
+    let mut sorted = values.clone();
+    sorted.sort();
+    let snap = layer.snapshot();
+    assert_eq!(snap.calls, 100_000);
+    for (q, got) in [(0.99, snap.p99.unwrap()), (0.50, snap.p50.unwrap())] {
+        let want = exact(&sorted, q);
+        let err = relative_error(got, want);
+        assert!(
+            err <= STATED_ERROR,
+            "q{q}: histogram {got:?}, exact {want:?}, relative error {err:.5} > {STATED_ERROR:.5}"
+        );
+    }
+    let mean = values.iter().sum::<Duration>() / values.len() as u32;
+    assert!(relative_error(snap.mean.unwrap(), mean) < 1e-6);
+
+    // The latency signal reports the same p99, in milliseconds.
+    let mut signal = layer
+        .latency(LatencyConfig {
+            stat: LatencyStat::P99,
+            ..Default::default()
+        })
+        .unwrap();
+    let s = signal.sample(clock_now(&clock)).unwrap().unwrap();
+    assert!((s.value - snap.p99.unwrap().as_secs_f64() * 1e3).abs() < 1e-9);
+}
+
+fn clock_now(clock: &ManualClock) -> tokio::time::Instant {
+    degrade_core::Clock::now(clock)
+}
+
+#[tokio::test(start_paused = true)]
+async fn outcomes_are_classified_and_counted() {
+    let layer = ObserveLayer::builder()
+        .slow(Duration::from_millis(100))
+        .build();
+    // Inner: 0 ok, 1 error, 2 a degrade rejection (ignored), 3 a tower timeout.
+    let inner = tower::service_fn(|n: u8| async move {
+        match n {
+            0 => Ok(()),
+            1 => Err::<(), BoxError>("boom".into()),
+            2 => Err(Box::new(Shed::new(
+                Level::Heavy,
+                Priority::Low,
+                Duration::from_secs(1),
+            )) as BoxError),
+            _ => {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(())
+            }
+        }
+    });
+    let timeout = tower::timeout::TimeoutLayer::new(Duration::from_millis(10));
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .layer(timeout)
+        .service(inner);
+    for n in [0, 0, 1, 2, 3] {
+        let _ = svc.ready().await.unwrap().call(n).await;
+    }
+    let snap = layer.snapshot();
+    assert_eq!(snap.calls, 4, "the rejection is not a call: {snap:?}");
+    assert_eq!(snap.failures, 2, "{snap:?}");
+    assert_eq!(snap.timeouts, 1, "{snap:?}");
+    assert_eq!(snap.in_flight, 0);
+    assert!(snap.p99.unwrap() >= Duration::from_millis(10));
+}
+
+#[test]
+fn slow_calls_and_cancelled_calls() {
+    let clock = ManualClock::new();
+    let layer = ObserveLayer::builder()
+        .clock(clock.clone())
+        .slow(Duration::from_millis(100))
+        .build();
+    let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
+    let fut = svc.call(());
+    clock.advance(Duration::from_millis(150));
+    fut.now_or_never().unwrap().unwrap();
+
+    // A call whose future is dropped: counted as cancelled, not as a latency.
+    let mut pending = layer.layer(tower::service_fn(|()| {
+        std::future::pending::<Result<(), BoxError>>()
+    }));
+    let fut = pending.call(());
+    assert_eq!(layer.snapshot().in_flight, 1);
+    drop(fut);
+    let snap = layer.snapshot();
+    assert_eq!(
+        (snap.calls, snap.slow, snap.cancelled, snap.in_flight),
+        (1, 1, 1, 0)
+    );
+}
+
+#[test]
+fn in_flight_counts_started_and_unfinished_calls() {
+    let layer = ObserveLayer::new();
+    let mut svc = layer.layer(tower::service_fn(|()| {
+        std::future::pending::<Result<(), BoxError>>()
+    }));
+    let mut futs: Vec<_> = (0..150).map(|_| Box::pin(svc.call(()))).collect();
+    let mut cx = Context::from_waker(Waker::noop());
+    for f in &mut futs {
+        assert!(f.as_mut().poll(&mut cx).is_pending());
+    }
+    let mut signal = layer.in_flight(InFlightConfig::default()).unwrap();
+    let s = signal.sample(tokio::time::Instant::now()).unwrap().unwrap();
+    assert_eq!(s.value, 150.0);
+    assert!(
+        (s.pressure - 0.75).abs() < 1e-12,
+        "half way Light → Moderate: {s:?}"
+    );
+    futs.truncate(50);
+    assert_eq!(layer.snapshot().in_flight, 50);
+}
+
+#[test]
+fn error_rate_is_windowed_and_unknown_below_min_calls() {
+    let clock = ManualClock::new();
+    let layer = ObserveLayer::builder().clock(clock.clone()).build();
+    let mut svc = layer.layer(tower::service_fn(|fail: bool| async move {
+        if fail {
+            Err::<(), BoxError>("boom".into())
+        } else {
+            Ok(())
+        }
+    }));
+    let mut call = |fail: bool| {
+        let fut = pin!(svc.call(fail));
+        match fut.poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(_) => {}
+            Poll::Pending => unreachable!(),
+        }
+    };
+    let mut errors = layer
+        .error_rate(RateConfig {
+            window: Duration::from_secs(4),
+            min_calls: 20,
+            ..RateConfig::errors()
+        })
+        .unwrap();
+    for _ in 0..10 {
+        call(true);
+    }
+    assert_eq!(
+        errors.sample(clock_now(&clock)).unwrap(),
+        None,
+        "10 calls < min_calls"
+    );
+    for _ in 0..30 {
+        call(false);
+    }
+    // 10 of 40 failed: 25 %, Heavy exactly.
+    let s = errors.sample(clock_now(&clock)).unwrap().unwrap();
+    assert_eq!(s.value, 25.0);
+    assert_eq!(s.pressure, 0.90);
+    // The window slides: a second later, 40 good calls; five seconds later the failures are out.
+    for step in 1..=5 {
+        clock.advance(Duration::from_secs(1));
+        for _ in 0..40 {
+            call(false);
+        }
+        let s = errors.sample(clock_now(&clock)).unwrap().unwrap();
+        if step == 5 {
+            assert_eq!(s.value, 0.0, "the failures left the window");
+        }
+    }
+}
+
+#[test]
+fn latency_signal_against_an_sla() {
+    let clock = ManualClock::new();
+    let layer = ObserveLayer::builder().clock(clock.clone()).build();
+    let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
+    for _ in 0..100 {
+        let fut = svc.call(());
+        clock.advance(Duration::from_millis(240));
+        fut.now_or_never().unwrap().unwrap();
+    }
+    let mut latency = layer
+        .latency(LatencyConfig {
+            stat: LatencyStat::Mean,
+            sla: Some(Duration::from_millis(300)),
+            thresholds: LevelThresholds::new(1.0, 2.0, 3.0, 4.0), // ignored with an SLA
+            ..Default::default()
+        })
+        .unwrap();
+    let s = latency.sample(clock_now(&clock)).unwrap().unwrap();
+    // 240 ms of a 300 ms SLA is 80 %: Moderate.
+    assert!((s.value - 240.0).abs() < 1e-9);
+    assert!((s.pressure - 0.80).abs() < 1e-9, "{s:?}");
+}
+
+#[test]
+fn clones_of_the_layer_and_services_share_one_histogram() {
+    let layer = ObserveLayer::new();
+    let twin = layer.clone();
+    let mut a = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
+    let mut b = twin
+        .layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }))
+        .clone();
+    a.call(()).now_or_never().unwrap().unwrap();
+    b.call(()).now_or_never().unwrap().unwrap();
+    assert_eq!(layer.snapshot().calls, 2);
+    assert_eq!(twin.snapshot().calls, 2);
+}
+
+#[test]
+fn recording_from_many_threads_loses_nothing() {
+    let layer = ObserveLayer::new();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let layer = layer.clone();
+            s.spawn(move || {
+                let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
+                for _ in 0..10_000 {
+                    svc.call(()).now_or_never().unwrap().unwrap();
+                }
+            });
+        }
+    });
+    let snap = layer.snapshot();
+    assert_eq!((snap.calls, snap.in_flight), (40_000, 0));
+}
