@@ -1,0 +1,491 @@
+//! The async driver of a rollout: analyses at every interval, moves the router's weight, runs
+//! the promote and rollback hooks, persists its state, and takes manual gates.
+
+use crate::judge::{Judge, Judgement};
+use crate::rollout::{Action, Event, Rollout, RolloutConfig, RolloutState};
+use crate::service::CanaryHandle;
+use crate::store::{MemoryStore, StateStore};
+use degrade_core::{BoxError, Clock, TokioClock};
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+type Hook = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// A manual gate.
+///
+/// ```
+/// use degrade_canary::Gate;
+/// assert_ne!(Gate::Pause, Gate::Resume);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Promote now.
+    Promote,
+    /// Roll back now.
+    Abort,
+    /// Hold the current step (a Fail still rolls back).
+    Pause,
+    /// Continue; the step's bake time starts over.
+    Resume,
+}
+
+impl From<Gate> for Event {
+    fn from(g: Gate) -> Self {
+        match g {
+            Gate::Promote => Event::Promote,
+            Gate::Abort => Event::Abort,
+            Gate::Pause => Event::Pause,
+            Gate::Resume => Event::Resume,
+        }
+    }
+}
+
+/// Builds a [`RolloutController`]; from [`RolloutController::builder`].
+///
+/// ```
+/// use degrade_canary::{Canary, FileStore, RolloutConfig, RolloutController};
+/// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+/// let b = RolloutController::builder(RolloutConfig::default(), router.handle())
+///     .store(FileStore::new("/tmp/rollout.json"))
+///     .on_promote(|| async { /* make v2 the new stable */ })
+///     .on_rollback(|| async { /* page someone */ });
+/// # let _ = b;
+/// ```
+pub struct ControllerBuilder<Clk = TokioClock> {
+    cfg: RolloutConfig,
+    handle: CanaryHandle,
+    store: Box<dyn StateStore>,
+    clock: Clk,
+    on_promote: Option<Hook>,
+    on_rollback: Option<Hook>,
+}
+
+impl<Clk> fmt::Debug for ControllerBuilder<Clk> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControllerBuilder")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Clk: Clock> ControllerBuilder<Clk> {
+    /// Persists the rollout in `store` (default: in memory only).
+    ///
+    /// ```
+    /// # use degrade_canary::{Canary, MemoryStore, RolloutConfig, RolloutController};
+    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let b = RolloutController::builder(RolloutConfig::default(), router.handle()).store(MemoryStore::default());
+    /// # let _ = b;
+    /// ```
+    #[must_use]
+    pub fn store(mut self, store: impl StateStore) -> Self {
+        self.store = Box::new(store);
+        self
+    }
+
+    /// Reads bake times from `clock` (default: the tokio clock).
+    ///
+    /// ```
+    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let b = RolloutController::builder(RolloutConfig::default(), router.handle())
+    ///     .clock(degrade_core::TokioClock);
+    /// # let _ = b;
+    /// ```
+    pub fn clock<C2: Clock>(self, clock: C2) -> ControllerBuilder<C2> {
+        ControllerBuilder {
+            cfg: self.cfg,
+            handle: self.handle,
+            store: self.store,
+            clock,
+            on_promote: self.on_promote,
+            on_rollback: self.on_rollback,
+        }
+    }
+
+    /// Runs `hook` after a promotion (the weight is then the last step's), e.g. to make the
+    /// candidate the new stable.
+    ///
+    /// ```
+    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let b = RolloutController::builder(RolloutConfig::default(), router.handle())
+    ///     .on_promote(|| async { println!("promoted") });
+    /// # let _ = b;
+    /// ```
+    #[must_use]
+    pub fn on_promote<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.on_promote = Some(Box::new(move || Box::pin(hook())));
+        self
+    }
+
+    /// Runs `hook` after a rollback (the weight is then 0).
+    ///
+    /// ```
+    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let b = RolloutController::builder(RolloutConfig::default(), router.handle())
+    ///     .on_rollback(|| async { println!("rolled back") });
+    /// # let _ = b;
+    /// ```
+    #[must_use]
+    pub fn on_rollback<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.on_rollback = Some(Box::new(move || Box::pin(hook())));
+        self
+    }
+
+    /// Validates the configuration, resumes the persisted rollout if the store holds one (at
+    /// its step and weight; the step's bake time and the judge's evidence start over) or
+    /// starts a new one at the first step, and sets the router's weight accordingly.
+    ///
+    /// ```
+    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let c = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap();
+    /// assert_eq!(router.weight().get(), 100); // the first step: 1 %
+    /// assert_eq!(c.state().step, 0);
+    /// # }
+    /// ```
+    pub fn start(self) -> Result<RolloutController<Clk>, BoxError> {
+        self.cfg.validate()?;
+        let now = self.clock.now();
+        let rollout = match self.store.load()? {
+            Some(saved) => {
+                tracing::info!(step = saved.step, weight_bp = saved.weight_bp, phase = ?saved.phase, "rollout resumed from store");
+                Rollout::resume(self.cfg.clone(), saved, now)?
+            }
+            None => Rollout::new(self.cfg.clone(), now)?,
+        };
+        let mut judge = Judge::new(self.cfg.judge.clone())?;
+        judge.start(&self.handle.snapshot());
+        self.handle.weight().set(rollout.state().weight_bp)?;
+        let rollout_state = rollout.state();
+        self.store.save(&rollout_state)?;
+        Ok(RolloutController {
+            interval: self.cfg.analysis_interval,
+            rollout,
+            judge,
+            handle: self.handle,
+            store: self.store,
+            clock: self.clock,
+            on_promote: self.on_promote,
+            on_rollback: self.on_rollback,
+            last: None,
+            saved: rollout_state,
+        })
+    }
+}
+
+/// Drives a [`Rollout`] against a live [`Canary`](crate::Canary) router.
+///
+/// Call [`tick`](Self::tick) at each analysis (tests do, with a `ManualClock`), or
+/// [`spawn`](Self::spawn) it to analyse every `analysis_interval` and take gates from a
+/// [`Gates`] handle.
+///
+/// ```
+/// use degrade_canary::{Canary, Phase, RolloutConfig, RolloutController, Gate};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let router = Canary::builder().build(
+///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
+///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
+/// );
+/// let mut c = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap();
+/// c.gate(Gate::Abort).await.unwrap();
+/// assert_eq!(c.state().phase, Phase::RolledBack);
+/// assert_eq!(router.weight().get(), 0);
+/// # }
+/// ```
+pub struct RolloutController<Clk = TokioClock> {
+    rollout: Rollout,
+    judge: Judge,
+    handle: CanaryHandle,
+    store: Box<dyn StateStore>,
+    clock: Clk,
+    interval: Duration,
+    on_promote: Option<Hook>,
+    on_rollback: Option<Hook>,
+    last: Option<Judgement>,
+    saved: RolloutState,
+}
+
+impl<Clk> fmt::Debug for RolloutController<Clk> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RolloutController")
+            .field("state", &self.rollout.state())
+            .field("last", &self.last)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RolloutController {
+    /// A builder over the router behind `handle`.
+    ///
+    /// ```
+    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let b = RolloutController::builder(RolloutConfig::default(), router.handle());
+    /// # let _ = b;
+    /// ```
+    pub fn builder(cfg: RolloutConfig, handle: CanaryHandle) -> ControllerBuilder {
+        ControllerBuilder {
+            cfg,
+            handle,
+            store: Box::new(MemoryStore::default()),
+            clock: TokioClock,
+            on_promote: None,
+            on_rollback: None,
+        }
+    }
+}
+
+impl<Clk: Clock> RolloutController<Clk> {
+    /// The rollout's state.
+    ///
+    /// ```
+    /// # use degrade_canary::{Canary, Phase, RolloutConfig, RolloutController};
+    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let c = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap();
+    /// assert_eq!(c.state().phase, Phase::Progressing);
+    /// # });
+    /// ```
+    pub fn state(&self) -> RolloutState {
+        self.rollout.state()
+    }
+
+    /// The judgement of the last analysis.
+    ///
+    /// ```
+    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let c = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap();
+    /// assert!(c.last_judgement().is_none());
+    /// # });
+    /// ```
+    pub fn last_judgement(&self) -> Option<&Judgement> {
+        self.last.as_ref()
+    }
+
+    /// One analysis: the judge looks at the router's statistics and the rollout acts on the
+    /// verdict. Returns the judgement. An error means the state could not be persisted (the
+    /// router's weight has been set regardless).
+    ///
+    /// ```
+    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController, Verdict};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let mut c = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap();
+    /// assert_eq!(c.tick().await.unwrap().verdict, Verdict::Inconclusive); // no data yet
+    /// # }
+    /// ```
+    pub async fn tick(&mut self) -> io::Result<Judgement> {
+        let judgement = self.judge.look(&self.handle.snapshot());
+        tracing::debug!(
+            verdict = %judgement.verdict,
+            reason = judgement.reason,
+            stable_samples = judgement.samples.0,
+            canary_samples = judgement.samples.1,
+            error_llr = judgement.error_llr,
+            latency_llr = judgement.latency_llr,
+            "canary analysis"
+        );
+        let actions = self
+            .rollout
+            .on(Event::Analysis(judgement.verdict), self.clock.now());
+        self.last = Some(judgement.clone());
+        self.apply(actions).await?;
+        Ok(judgement)
+    }
+
+    /// Applies a manual gate.
+    ///
+    /// ```
+    /// # use degrade_canary::{Canary, Gate, Phase, PauseReason, RolloutConfig, RolloutController};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let mut c = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap();
+    /// c.gate(Gate::Pause).await.unwrap();
+    /// assert_eq!(c.state().phase, Phase::Paused(PauseReason::Manual));
+    /// # }
+    /// ```
+    pub async fn gate(&mut self, gate: Gate) -> io::Result<()> {
+        let actions = self.rollout.on(gate.into(), self.clock.now());
+        self.apply(actions).await
+    }
+
+    /// Sets the weight, persists the new state, then runs the hooks: a crash during a hook
+    /// never undoes a rollback.
+    async fn apply(&mut self, actions: Vec<Action>) -> io::Result<()> {
+        for action in &actions {
+            if let Action::SetWeight(bp) = *action {
+                // The rollout only produces checked weights.
+                let _ = self.handle.weight().set(bp);
+            }
+        }
+        let state = self.rollout.state();
+        if self.saved != state {
+            self.store.save(&state)?;
+            self.saved = state;
+        }
+        for action in actions {
+            let hook = match action {
+                Action::Promote => &self.on_promote,
+                Action::RollBack => &self.on_rollback,
+                Action::SetWeight(_) => continue,
+            };
+            if let Some(hook) = hook {
+                hook().await;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<Clk: Clock> RolloutController<Clk> {
+    /// Runs the controller on the tokio runtime: an analysis every `analysis_interval` (the
+    /// first one interval from now), gates as they arrive, until the rollout is promoted or
+    /// rolled back. The task returns the final state (or the store's error).
+    ///
+    /// ```
+    /// use degrade_canary::{Canary, Phase, RolloutConfig, RolloutController};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let c = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap();
+    /// let (task, gates) = c.spawn();
+    /// gates.promote();
+    /// assert_eq!(task.await.unwrap().unwrap().phase, Phase::Promoted);
+    /// # }
+    /// ```
+    pub fn spawn(mut self) -> (JoinHandle<io::Result<RolloutState>>, Gates) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let start = tokio::time::Instant::now() + self.interval;
+            let mut interval = tokio::time::interval_at(start, self.interval);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !self.state().phase.is_terminal() {
+                tokio::select! {
+                    _ = interval.tick() => { self.tick().await?; }
+                    gate = rx.recv() => match gate {
+                        Some(gate) => self.gate(gate).await?,
+                        // Every Gates handle is gone: keep analysing.
+                        None => { interval.tick().await; self.tick().await?; }
+                    },
+                }
+            }
+            Ok(self.state())
+        });
+        (task, Gates(tx))
+    }
+}
+
+/// Sends manual gates to a [`spawn`](RolloutController::spawn)ed controller. Clones send to
+/// the same controller; a gate sent after the rollout ended is dropped.
+///
+/// ```
+/// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+/// let (task, gates) = RolloutController::builder(RolloutConfig::default(), router.handle())
+///     .start().unwrap().spawn();
+/// gates.abort();
+/// task.await.unwrap().unwrap();
+/// assert_eq!(router.weight().get(), 0);
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Gates(mpsc::UnboundedSender<Gate>);
+
+impl Gates {
+    /// Sends `gate`.
+    ///
+    /// ```
+    /// # use degrade_canary::{Canary, Gate, RolloutConfig, RolloutController};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let (task, gates) = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap().spawn();
+    /// gates.send(Gate::Promote);
+    /// # task.await.unwrap().unwrap();
+    /// # }
+    /// ```
+    pub fn send(&self, gate: Gate) {
+        let _ = self.0.send(gate);
+    }
+
+    /// Promote now.
+    ///
+    /// ```
+    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let (task, gates) = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap().spawn();
+    /// gates.promote();
+    /// # task.await.unwrap().unwrap();
+    /// # }
+    /// ```
+    pub fn promote(&self) {
+        self.send(Gate::Promote);
+    }
+
+    /// Roll back now.
+    ///
+    /// ```
+    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let (task, gates) = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap().spawn();
+    /// gates.abort();
+    /// # task.await.unwrap().unwrap();
+    /// # }
+    /// ```
+    pub fn abort(&self) {
+        self.send(Gate::Abort);
+    }
+
+    /// Hold the current step.
+    ///
+    /// ```
+    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let (task, gates) = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap().spawn();
+    /// gates.pause();
+    /// gates.abort();
+    /// # task.await.unwrap().unwrap();
+    /// # }
+    /// ```
+    pub fn pause(&self) {
+        self.send(Gate::Pause);
+    }
+
+    /// Continue after a pause.
+    ///
+    /// ```
+    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let (task, gates) = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap().spawn();
+    /// gates.pause();
+    /// gates.resume();
+    /// gates.abort();
+    /// # task.await.unwrap().unwrap();
+    /// # }
+    /// ```
+    pub fn resume(&self) {
+        self.send(Gate::Resume);
+    }
+}
