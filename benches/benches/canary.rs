@@ -1,0 +1,136 @@
+//! Cost of the canary split, next to a no-layer baseline, tower's `Steer` and
+//! tower-resilience's `WeightedRouter`.
+//!
+//! Group `canary` (members are `BenchmarkId::new(who, case)`); one iteration is `poll_ready` +
+//! `call` + poll of the response future to completion on one thread without a runtime
+//! ([`degrade_benches::call_now`]), over the same immediately-ready inner service on every arm:
+//!
+//! * `baseline/no-layer`: the bare inner service;
+//! * `degrade/unkeyed-10pct`: `Canary` at 10 %, no key (the deterministic stride: one relaxed
+//!   `fetch_add`), recording the arm, the outcome and the latency (two `TokioClock` reads);
+//! * `degrade/keyed-10pct`: the same with a sticky key from a closure (hash, no stride);
+//! * `degrade/unkeyed-10pct-frozen-clock`: `unkeyed-10pct` with a clock that returns a fixed
+//!   instant — the split and the statistics without the OS clock reads;
+//! * `degrade/weight-0`: everything stable, no key;
+//! * `tower/steer-10pct`: tower's `Steer` over the two arms with a picker doing the same
+//!   deterministic stride (`Steer` has no weights of its own, and records nothing);
+//! * `tower-resilience/weighted-90-10`: tower-resilience's `WeightedRouter`, deterministic
+//!   strategy, weights 90 / 10 (records nothing).
+//!
+//! Group `canary-clock`: the two clock reads the `Canary` makes per request, for reading the
+//! figures above (`TokioClock::now` twice).
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use degrade_benches::{Req, call_now, inner};
+use degrade_canary::key::key_fn;
+use degrade_canary::{Canary, Weight};
+use degrade_core::{Clock, TokioClock};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tower::steer::Steer;
+use tower_resilience_router::WeightedRouter;
+
+/// A clock that always answers the same instant: isolates the router's own work from the
+/// cost of reading the OS clock. Not for production use (every latency reads as zero).
+#[derive(Debug, Clone, Copy)]
+struct FrozenClock(tokio::time::Instant);
+
+impl Clock for FrozenClock {
+    fn now(&self) -> tokio::time::Instant {
+        self.0
+    }
+}
+
+fn canary(c: &mut Criterion) {
+    let mut g = c.benchmark_group("canary");
+
+    let mut svc = inner();
+    g.bench_function(BenchmarkId::new("baseline", "no-layer"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+
+    let mut svc = Canary::builder()
+        .weight(Weight::new(1_000).expect("10 % is a valid weight"))
+        .build(inner(), inner());
+    for _ in 0..20 {
+        assert!(call_now(&mut svc, 1).is_ok());
+    }
+    assert_eq!(svc.snapshot().canary.routed, 2, "10 % of 20 requests");
+    g.bench_function(BenchmarkId::new("degrade", "unkeyed-10pct"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+
+    let mut svc = Canary::builder()
+        .weight(Weight::new(1_000).expect("10 % is a valid weight"))
+        .key(key_fn(|r: &Req| Some(*r)))
+        .build(inner(), inner());
+    g.bench_function(BenchmarkId::new("degrade", "keyed-10pct"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+
+    // The same router with a clock that costs nothing: the split and the statistics alone,
+    // without the two OS clock reads (compare with the `canary-clock` group).
+    let mut svc = Canary::builder()
+        .weight(Weight::new(1_000).expect("10 % is a valid weight"))
+        .clock(FrozenClock(tokio::time::Instant::now()))
+        .build(inner(), inner());
+    g.bench_function(BenchmarkId::new("degrade", "unkeyed-10pct-frozen-clock"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+
+    let mut svc = Canary::builder().build(inner(), inner());
+    g.bench_function(BenchmarkId::new("degrade", "weight-0"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+    assert_eq!(svc.snapshot().canary.routed, 0);
+
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut svc = Steer::new(vec![inner(), inner()], move |_: &Req, _: &[_]| {
+        let n = seq.fetch_add(1, Ordering::Relaxed) % 10_000;
+        usize::from((n + 1) * 1_000 / 10_000 != n * 1_000 / 10_000)
+    });
+    assert!(call_now(&mut svc, 1).is_ok());
+    g.bench_function(BenchmarkId::new("tower", "steer-10pct"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+
+    let mut svc = WeightedRouter::builder()
+        .route(inner(), 90)
+        .route(inner(), 10)
+        .deterministic()
+        .build();
+    assert!(call_now(&mut svc, 1).is_ok());
+    g.bench_function(BenchmarkId::new("tower-resilience", "weighted-90-10"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+
+    g.finish();
+}
+
+fn canary_clock(c: &mut Criterion) {
+    let mut g = c.benchmark_group("canary-clock");
+    let clock = TokioClock;
+    g.bench_function(BenchmarkId::new("degrade", "TokioClock::now-x2"), |b| {
+        b.iter(|| {
+            let start = black_box(&clock).now();
+            black_box(black_box(&clock).now() - start)
+        })
+    });
+    g.finish();
+}
+
+/// Modest settings so the whole family runs in well under a minute.
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = canary, canary_clock
+}
+criterion_main!(benches);

@@ -1,0 +1,168 @@
+//! Cost of the `ObserveLayer` on the request path, next to a no-layer baseline, and the cost of
+//! one `Monitor` tick.
+//!
+//! Groups (members are `BenchmarkId::new(who, case)`):
+//!
+//! * `observe`: one iteration is `poll_ready` + `call` + poll of the response future to
+//!   completion, on one thread, without a runtime ([`degrade_benches::call_now`]), over the same
+//!   immediately-ready inner service ([`degrade_benches::inner`]):
+//!   * `baseline/no-layer`: the bare inner service;
+//!   * `degrade/observe`: the `ObserveLayer` (default classifier, tokio clock): two clock reads,
+//!     the in-flight gauge up and down, the latency bucket and the latency sum;
+//!   * `degrade/observe-frozen-clock`: the same layer on a clock that returns a fixed instant,
+//!     to separate the layer's own bookkeeping from the two clock reads it makes per request;
+//!   * `degrade/admit+observe`: the `DegradeLayer` (level Normal) over the `ObserveLayer`, the
+//!     stack a service runs.
+//! * `observe-2-threads`: one shared layer called through clones from 1 or 2 threads via
+//!   `iter_custom`; the figure is wall time per call.
+//! * `monitor-tick`: one `Monitor::tick` (sample every signal, smooth, feed the ladder):
+//!   * `baseline/no-signals`: a monitor without signals (the ladder and the snapshot alone);
+//!   * `degrade/observe-signals`: p99 latency, error rate, timeout rate and in-flight over an
+//!     `ObserveLayer` holding 100,000 calls;
+//!   * `degrade/os-signals`: cgroup-aware CPU and memory (host fallback on this machine) and the
+//!     three PSI files, read from the real machine.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use degrade_benches::{call_now, contended, inner};
+use degrade_core::{Clock, Controller, DegradeLayer, Policy};
+use degrade_triggers::os::{PsiConfig, PsiResource};
+use degrade_triggers::{Monitor, ObserveLayer, TriggersConfig};
+use std::hint::black_box;
+use std::time::Duration;
+use tower::{Layer, ServiceBuilder};
+
+/// A clock that never moves: reading it costs a copy, so a layer on it shows its cost without
+/// the clock's.
+#[derive(Debug, Clone, Copy)]
+struct Frozen(tokio::time::Instant);
+
+impl Clock for Frozen {
+    fn now(&self) -> tokio::time::Instant {
+        self.0
+    }
+}
+
+fn observe(c: &mut Criterion) {
+    let mut g = c.benchmark_group("observe");
+
+    let mut svc = inner();
+    g.bench_function(BenchmarkId::new("baseline", "no-layer"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+
+    let layer = ObserveLayer::new();
+    let mut svc = layer.layer(inner());
+    assert!(call_now(&mut svc, 1).is_ok());
+    g.bench_function(BenchmarkId::new("degrade", "observe"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+    assert!(layer.snapshot().calls > 1, "the layer recorded the calls");
+
+    let frozen = ObserveLayer::builder()
+        .clock(Frozen(tokio::time::Instant::now()))
+        .build();
+    let mut svc = frozen.layer(inner());
+    assert!(call_now(&mut svc, 1).is_ok());
+    g.bench_function(BenchmarkId::new("degrade", "observe-frozen-clock"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+    assert!(frozen.snapshot().calls > 1, "the layer recorded the calls");
+
+    let controller = Controller::new(Default::default()).expect("default ladder config is valid");
+    let observe = ObserveLayer::new();
+    let mut svc = ServiceBuilder::new()
+        .layer(DegradeLayer::new(controller.handle(), Policy::default()).expect("valid policy"))
+        .layer(observe.clone())
+        .service(inner());
+    assert!(call_now(&mut svc, 1).is_ok());
+    g.bench_function(BenchmarkId::new("degrade", "admit+observe"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+
+    g.finish();
+}
+
+fn observe_2_threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("observe-2-threads");
+    g.throughput(Throughput::Elements(1));
+    let baseline = inner();
+    let layer = ObserveLayer::new();
+    let observed = layer.layer(inner());
+    for (threads, case) in [(1, "1-thread"), (2, "2-threads")] {
+        g.bench_function(BenchmarkId::new("baseline", case), |b| {
+            b.iter_custom(|iters| contended(&baseline, threads, iters))
+        });
+        g.bench_function(BenchmarkId::new("degrade", case), |b| {
+            b.iter_custom(|iters| contended(&observed, threads, iters))
+        });
+    }
+    let snap = layer.snapshot();
+    assert_eq!(snap.in_flight, 0, "every call ended");
+    g.finish();
+}
+
+fn monitor_tick(c: &mut Criterion) {
+    let mut g = c.benchmark_group("monitor-tick");
+
+    let controller = Controller::new(Default::default()).expect("default ladder config is valid");
+    let mut monitor = Monitor::new(controller);
+    g.bench_function(BenchmarkId::new("baseline", "no-signals"), |b| {
+        b.iter(|| black_box(monitor.tick()))
+    });
+
+    let layer = ObserveLayer::new();
+    let mut svc = layer.layer(inner());
+    for i in 0..100_000 {
+        let _ = call_now(&mut svc, i);
+    }
+    let config = TriggersConfig {
+        cpu: None,
+        memory: None,
+        in_flight: Some(Default::default()),
+        ..Default::default()
+    };
+    let controller = Controller::new(Default::default()).expect("default ladder config is valid");
+    let mut monitor = config
+        .monitor_with(controller, &layer)
+        .expect("valid triggers config");
+    monitor.tick();
+    assert!(
+        monitor.snapshot().signal("latency").and_then(|r| r.pressure).is_some(),
+        "the latency window holds calls"
+    );
+    g.bench_function(BenchmarkId::new("degrade", "observe-signals"), |b| {
+        b.iter(|| black_box(monitor.tick()))
+    });
+
+    let config = TriggersConfig {
+        psi: [PsiResource::Cpu, PsiResource::Memory, PsiResource::Io]
+            .into_iter()
+            .map(|resource| PsiConfig {
+                resource,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let controller = Controller::new(Default::default()).expect("default ladder config is valid");
+    let mut monitor = config.monitor(controller).expect("valid triggers config");
+    g.bench_function(BenchmarkId::new("degrade", "os-signals"), |b| {
+        b.iter(|| black_box(monitor.tick()))
+    });
+
+    g.finish();
+}
+
+/// Modest settings so the family runs in well under a minute.
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = observe, observe_2_threads, monitor_tick
+}
+criterion_main!(benches);
