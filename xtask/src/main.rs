@@ -351,23 +351,57 @@ fn lint() -> Result {
             .env("CARGO_TARGET_DIR", root.join("target").join("loom"))
             .run(&root)?;
     }
+    // Models of private cells live in the library (`mod loom_models`), next to the cell.
+    for package in lib_loom_packages(&root)? {
+        Step::cargo(
+            "loom (lib)",
+            ["test", "-p", &package, "--release", "--lib", "loom_models"],
+        )
+        .env("RUSTFLAGS", "--cfg degrade_loom")
+        .env("CARGO_TARGET_DIR", root.join("target").join("loom"))
+        .run(&root)?;
+    }
     println!("==> lint: ok in {}", seconds(started));
     Ok(())
 }
 
-/// The package names of the crates that have loom models (`crates/*/tests/loom.rs`).
-fn loom_packages(root: &Path) -> Result<Vec<String>> {
+/// The package names of the crates whose library holds loom models (`mod loom_models`).
+fn lib_loom_packages(root: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
+    for (crate_dir, name) in packages(root)? {
+        if tree_contains(&crate_dir.join("src"), "mod loom_models") {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+fn tree_contains(dir: &Path, needle: &str) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            tree_contains(&p, needle)
+        } else {
+            p.extension() == Some(OsStr::new("rs"))
+                && fs::read_to_string(&p).is_ok_and(|t| t.contains(needle))
+        }
+    })
+}
+
+/// Every crate under `crates/` with its package name.
+fn packages(root: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let mut out = Vec::new();
     let dir = root.join("crates");
     let entries = fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
     for entry in entries.flatten() {
         let crate_dir = entry.path();
-        if !crate_dir.join("tests/loom.rs").is_file() {
-            continue;
-        }
         let manifest = crate_dir.join("Cargo.toml");
-        let text = fs::read_to_string(&manifest)
-            .map_err(|e| format!("cannot read {}: {e}", manifest.display()))?;
+        let Ok(text) = fs::read_to_string(&manifest) else {
+            continue;
+        };
         let name = text
             .lines()
             .find_map(|l| {
@@ -379,10 +413,19 @@ fn loom_packages(root: &Path) -> Result<Vec<String>> {
                 Some(v.trim().trim_matches('"').to_owned())
             })
             .ok_or_else(|| format!("no package name in {}", manifest.display()))?;
-        names.push(name);
+        out.push((crate_dir, name));
     }
-    names.sort();
-    Ok(names)
+    out.sort();
+    Ok(out)
+}
+
+/// The package names of the crates that have loom models (`crates/*/tests/loom.rs`).
+fn loom_packages(root: &Path) -> Result<Vec<String>> {
+    Ok(packages(root)?
+        .into_iter()
+        .filter(|(dir, _)| dir.join("tests/loom.rs").is_file())
+        .map(|(_, name)| name)
+        .collect())
 }
 
 fn ci() -> Result {
