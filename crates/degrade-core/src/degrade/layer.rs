@@ -1,6 +1,10 @@
 //! The [`DegradeLayer`] and its builder.
 
-use super::{Degrade, Errors, GrpcResponses, HttpResponses, Shared};
+#[cfg(feature = "grpc")]
+use super::GrpcResponses;
+#[cfg(feature = "http")]
+use super::HttpResponses;
+use super::{Degrade, Errors, Shared};
 use crate::config::ConfigError;
 use crate::degrade::DegradeSnapshot;
 use crate::handle::LevelHandle;
@@ -148,10 +152,6 @@ impl<P, M> DegradeLayer<P, M> {
         self.shared.snapshot()
     }
 }
-
-// Without the features the marker types are unused outside docs.
-#[allow(dead_code)]
-fn _modes_exist(_: HttpResponses, _: GrpcResponses) {}
 
 impl<S, P, M> Layer<S> for DegradeLayer<P, M> {
     type Service = Degrade<S, P, M>;

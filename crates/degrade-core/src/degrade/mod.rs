@@ -408,36 +408,45 @@ where
     }
 }
 
+/// How an answer mode turns a rejection into a response of its own (feature `http`): the HTTP
+/// mode answers 429/503 with `Retry-After`, the gRPC mode a trailers-only status. Every degrade
+/// layer with answer modes uses these, so each wire form is written once.
+///
+/// ```
+/// use degrade_core::degrade::{HttpResponses, Respond};
+/// use degrade_core::{Level, Priority, Shed};
+/// use std::time::Duration;
+///
+/// let res: http::Response<()> =
+///     HttpResponses::respond(&Shed::new(Level::Heavy, Priority::Low, Duration::from_secs(1)));
+/// assert_eq!(res.status(), 503);
+/// ```
 #[cfg(feature = "http")]
-impl<S, P, ReqB, ResB> Service<http::Request<ReqB>> for Degrade<S, P, HttpResponses>
-where
-    S: Service<http::Request<ReqB>, Response = http::Response<ResB>>,
-    P: Prioritize<http::Request<ReqB>>,
-    ResB: Default,
-{
-    type Response = http::Response<ResB>;
-    type Error = S::Error;
-    type Future = RespondFuture<S::Future, ResB>;
+pub trait Respond {
+    /// The response for `rejection`.
+    fn respond<B: Default>(rejection: &dyn crate::Rejection) -> http::Response<B>;
+}
 
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
-        match self.shared.admit(&req) {
-            Ok(()) => RespondFuture::called(self.inner.call(req)),
-            Err(shed) => RespondFuture::rejected(crate::rejection::http::response(&shed)),
-        }
+#[cfg(feature = "http")]
+impl Respond for HttpResponses {
+    fn respond<B: Default>(rejection: &dyn crate::Rejection) -> http::Response<B> {
+        crate::rejection::http::response(rejection)
     }
 }
 
 #[cfg(feature = "grpc")]
-impl<S, P, ReqB, ResB> Service<http::Request<ReqB>> for Degrade<S, P, GrpcResponses>
+impl Respond for GrpcResponses {
+    fn respond<B: Default>(rejection: &dyn crate::Rejection) -> http::Response<B> {
+        crate::rejection::grpc::response(rejection)
+    }
+}
+
+#[cfg(feature = "http")]
+impl<S, P, M, ReqB, ResB> Service<http::Request<ReqB>> for Degrade<S, P, M>
 where
     S: Service<http::Request<ReqB>, Response = http::Response<ResB>>,
     P: Prioritize<http::Request<ReqB>>,
+    M: Respond,
     ResB: Default,
 {
     type Response = http::Response<ResB>;
@@ -453,7 +462,7 @@ where
     fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
         match self.shared.admit(&req) {
             Ok(()) => RespondFuture::called(self.inner.call(req)),
-            Err(shed) => RespondFuture::rejected(crate::rejection::grpc::response(&shed)),
+            Err(shed) => RespondFuture::rejected(M::respond(&shed)),
         }
     }
 }
