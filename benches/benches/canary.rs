@@ -76,9 +76,10 @@ fn canary(c: &mut Criterion) {
         .weight(Weight::new(1_000).expect("10 % is a valid weight"))
         .clock(FrozenClock(tokio::time::Instant::now()))
         .build(inner(), inner());
-    g.bench_function(BenchmarkId::new("degrade", "unkeyed-10pct-frozen-clock"), |b| {
-        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
-    });
+    g.bench_function(
+        BenchmarkId::new("degrade", "unkeyed-10pct-frozen-clock"),
+        |b| b.iter(|| black_box(call_now(&mut svc, black_box(1)))),
+    );
 
     let mut svc = Canary::builder().build(inner(), inner());
     g.bench_function(BenchmarkId::new("degrade", "weight-0"), |b| {
@@ -102,9 +103,10 @@ fn canary(c: &mut Criterion) {
         .deterministic()
         .build();
     assert!(call_now(&mut svc, 1).is_ok());
-    g.bench_function(BenchmarkId::new("tower-resilience", "weighted-90-10"), |b| {
-        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
-    });
+    g.bench_function(
+        BenchmarkId::new("tower-resilience", "weighted-90-10"),
+        |b| b.iter(|| black_box(call_now(&mut svc, black_box(1)))),
+    );
 
     g.finish();
 }

@@ -127,7 +127,11 @@ fn monitor_tick(c: &mut Criterion) {
         .expect("valid triggers config");
     monitor.tick();
     assert!(
-        monitor.snapshot().signal("latency").and_then(|r| r.pressure).is_some(),
+        monitor
+            .snapshot()
+            .signal("latency")
+            .and_then(|r| r.pressure)
+            .is_some(),
         "the latency window holds calls"
     );
     g.bench_function(BenchmarkId::new("degrade", "observe-signals"), |b| {
