@@ -21,7 +21,7 @@
 //! figures above (`TokioClock::now` twice).
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use degrade_benches::{Req, call_now, inner};
+use degrade_benches::{FrozenClock, Req, call_now, inner};
 use degrade_canary::key::key_fn;
 use degrade_canary::{Canary, Weight};
 use degrade_core::{Clock, TokioClock};
@@ -31,17 +31,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tower::steer::Steer;
 use tower_resilience_router::WeightedRouter;
-
-/// A clock that always answers the same instant: isolates the router's own work from the
-/// cost of reading the OS clock. Not for production use (every latency reads as zero).
-#[derive(Debug, Clone, Copy)]
-struct FrozenClock(tokio::time::Instant);
-
-impl Clock for FrozenClock {
-    fn now(&self) -> tokio::time::Instant {
-        self.0
-    }
-}
 
 fn canary(c: &mut Criterion) {
     let mut g = c.benchmark_group("canary");
@@ -74,7 +63,7 @@ fn canary(c: &mut Criterion) {
     // without the two OS clock reads (compare with the `canary-clock` group).
     let mut svc = Canary::builder()
         .weight(Weight::new(1_000).expect("10 % is a valid weight"))
-        .clock(FrozenClock(tokio::time::Instant::now()))
+        .clock(FrozenClock::now_frozen())
         .build(inner(), inner());
     g.bench_function(
         BenchmarkId::new("degrade", "unkeyed-10pct-frozen-clock"),

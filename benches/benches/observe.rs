@@ -23,24 +23,13 @@
 //!     three PSI files, read from the real machine.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use degrade_benches::{call_now, contended, inner};
-use degrade_core::{Clock, Controller, DegradeLayer, Policy};
+use degrade_benches::{FrozenClock, call_now, contended, inner};
+use degrade_core::{Controller, DegradeLayer, Policy};
 use degrade_triggers::os::{PsiConfig, PsiResource};
 use degrade_triggers::{Monitor, ObserveLayer, TriggersConfig};
 use std::hint::black_box;
 use std::time::Duration;
 use tower::{Layer, ServiceBuilder};
-
-/// A clock that never moves: reading it costs a copy, so a layer on it shows its cost without
-/// the clock's.
-#[derive(Debug, Clone, Copy)]
-struct Frozen(tokio::time::Instant);
-
-impl Clock for Frozen {
-    fn now(&self) -> tokio::time::Instant {
-        self.0
-    }
-}
 
 fn observe(c: &mut Criterion) {
     let mut g = c.benchmark_group("observe");
@@ -59,7 +48,7 @@ fn observe(c: &mut Criterion) {
     assert!(layer.snapshot().calls > 1, "the layer recorded the calls");
 
     let frozen = ObserveLayer::builder()
-        .clock(Frozen(tokio::time::Instant::now()))
+        .clock(FrozenClock::now_frozen())
         .build();
     let mut svc = frozen.layer(inner());
     assert!(call_now(&mut svc, 1).is_ok());

@@ -9,7 +9,9 @@
 //! * [`inner`]: the trivial inner service every stack wraps (an immediately ready echo);
 //! * [`NeverReady`]: an inner service that is never ready, to drive peers such as tower's
 //!   `LoadShed` down their reject path;
-//! * [`contended`]: `n` threads calling clones of one service, for `iter_custom`.
+//! * [`contended`]: `n` threads calling clones of one service, for `iter_custom`;
+//! * [`FrozenClock`]: a clock that never moves, to show a timing layer's cost without the
+//!   clock's.
 
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
@@ -133,4 +135,30 @@ where
         }
         start.elapsed()
     })
+}
+
+/// A `degrade_core::Clock` that always answers the same instant: reading it costs a copy, so a
+/// layer that times requests shows its own cost without the OS clock's. Not for production use
+/// (every latency reads as zero).
+///
+/// ```
+/// use degrade_benches::FrozenClock;
+/// use degrade_core::Clock;
+/// let c = FrozenClock::now_frozen();
+/// assert_eq!(c.now(), c.now());
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct FrozenClock(pub tokio::time::Instant);
+
+impl FrozenClock {
+    /// A clock frozen at the current instant.
+    pub fn now_frozen() -> Self {
+        Self(tokio::time::Instant::now())
+    }
+}
+
+impl degrade_core::Clock for FrozenClock {
+    fn now(&self) -> tokio::time::Instant {
+        self.0
+    }
 }
