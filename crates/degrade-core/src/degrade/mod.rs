@@ -134,7 +134,6 @@ impl<P> Shared<P> {
         prioritizer: P,
         retry_after: Duration,
     ) -> Self {
-        crate::rejection::register::<Shed>();
         Self {
             handle,
             table,
