@@ -1,67 +1,63 @@
-//! `cargo xtask demo`: a real axum service with a fixed capacity, behind the `DegradeLayer`,
-//! driven by an open-loop load generator through warm-up, an overload ramp, a hold at three
-//! times capacity and a recovery. Prints one line per second, the level transitions as they
-//! happen, a per-phase summary and an accounting check, and writes `summary.json`.
+//! `cargo xtask demo`: a real axum service with a fixed capacity behind the full degrade stack
+//! (a DegradeLayer driven by degrade-triggers, a keyed rate limit, a breaker, a canary between
+//! two backend versions), driven by an open-loop load generator through warm-up, an overload
+//! ramp to 3x capacity, a backend outage, a canary of a bad then a good version, and recovery.
+//! The overload part of the scenario is then replayed against the same service unprotected and
+//! behind tower's `ConcurrencyLimit` + `LoadShed`.
+//!
+//! It shows a live line per second, prints a per-phase summary and an accounting check, and
+//! writes `summary.json`, `report.html` (self-contained, charts drawn with plotters) and
+//! `overview.svg` (the comparison chart the README shows).
 //!
 //! Nothing is simulated except the backend's work: requests travel over real loopback TCP, the
-//! level is moved by the real `Controller` from a real queue measurement, and the layer's own
-//! counters are checked against what the client saw.
-//!
-//! The signal is a simple in-process queue pressure until `degrade-triggers` lands; the later
-//! HTML report will read the same per-second timeline written to `summary.json`.
+//! level is moved by the real `Monitor` and `Controller` from a real queue measurement, the
+//! breaker and the canary judge see real responses, and each layer's counters are checked
+//! against what the client saw.
 
-mod load;
+mod html;
+mod live;
+pub(crate) mod load;
 mod report;
+pub(crate) mod service;
 
 use crate::{Result, workspace_root};
-use axum::Router;
-use axum::extract::State;
-use axum::routing::get;
 use axum::serve::ListenerExt as _;
-use degrade_core::ladder::{Band, Cause, LadderConfig, Reading, Thresholds};
-use degrade_core::priority::HeaderPriority;
-use degrade_core::{Controller, DegradeLayer, Policy, Priority};
-use http::{HeaderName, StatusCode};
-use std::io::Write as _;
+use degrade_breaker::State as BreakerState;
+use degrade_canary::{
+    Judgement, Phase as RolloutPhase, RolloutConfig, RolloutController, Step, Verdict,
+};
+use degrade_core::ladder::{Cause, LadderConfig};
+use degrade_core::{Level, Priority, Transition};
+use degrade_triggers::{Gauge, LevelThresholds, Monitor, Scale, Smoothing};
+use http::HeaderName;
+use service::{Backend, Candidate, Parts, Protection};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::time::{Instant, MissedTickBehavior};
 
-/// Requests the backend serves at once (its fixed capacity in concurrency).
-const PERMITS: usize = 8;
-/// Work per request once it holds a permit. 20 ms makes the capacity 400 req/s, so the peak of
-/// 3x capacity is 1,200 req/s: the client and the server share this process and, in a debug
-/// build, each request costs them about half a millisecond of CPU together. At 10 ms (2,400 req/s
-/// at the peak) a 2-core machine doing anything else falls behind its own schedule, and the
-/// demo measures the machine instead of the server.
-const SERVICE_TIME: Duration = Duration::from_millis(20);
-/// The queue that reads as pressure 1.0, in multiples of `PERMITS`: pressure is requests in the
-/// system (waiting for or holding a permit) over `QUEUE_SCALE * PERMITS` = 48. Busy with no
-/// queue reads 0.17; the ladder's thresholds ([`ladder_config`]) are set against this scale.
-const QUEUE_SCALE: usize = 6;
-/// How often the signal is sampled and fed to the controller.
-const SAMPLE_EVERY: Duration = Duration::from_millis(100);
-const PRIORITY_HEADER: &str = "x-priority";
+/// How often the control loop samples the queue, ticks the monitor and records the state.
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// Past this many requests in flight, arrivals are dropped by the client instead of sent. Each
 /// request in flight may need its own connection; staying under the listener's accept backlog
 /// (1,024 in tokio) keeps a burst from overflowing it, which would turn into SYN retransmits and
-/// requests that take 1, 3 or 7 s for reasons that have nothing to do with the server. A healthy
-/// run has a few dozen in flight.
+/// requests that take 1, 3 or 7 s for reasons that have nothing to do with the server.
 const MAX_OUTSTANDING: u64 = 1_000;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 const SEED: u64 = 0x00de_57ad_e5ee_d001;
-
-/// The backend's capacity in requests per second: `PERMITS` requests every `SERVICE_TIME`.
-fn capacity() -> f64 {
-    PERMITS as f64 / SERVICE_TIME.as_secs_f64()
-}
+/// The offered load outside the overload part, in multiples of capacity.
+const BASE_LOAD: f64 = 0.6;
+/// The queue (requests waiting for or holding a permit) at which the queue signal alone points
+/// at Light, Moderate, Heavy and Emergency. Busy with no queue is 8 (the permits); each request
+/// queued beyond them adds 5 ms of waiting on average, so Heavy at 16 keeps the queueing delay
+/// near one service time, and Emergency at 22 catches a backend slower than its nominal
+/// capacity (a loaded machine) before the queue runs away.
+const QUEUE_THRESHOLDS: [f64; 4] = [10.0, 13.0, 16.0, 22.0];
 
 /// The offered-load mix, by priority.
-fn mix() -> load::Mix {
+pub(crate) fn mix() -> load::Mix {
     load::Mix::new([
         (Priority::Critical, 10.0),
         (Priority::High, 20.0),
@@ -72,11 +68,25 @@ fn mix() -> load::Mix {
     .expect("the demo mix is valid")
 }
 
+/// Twelve application clients share the interactive traffic; one bulk-sync job sends all the
+/// background traffic, more than its quota once the load passes 2x.
+pub(crate) fn client_of(priority: Priority, random: u64) -> &'static str {
+    const APPS: [&str; 12] = [
+        "app-01", "app-02", "app-03", "app-04", "app-05", "app-06", "app-07", "app-08", "app-09",
+        "app-10", "app-11", "app-12",
+    ];
+    match priority {
+        Priority::Background => "bulk-sync",
+        _ => APPS[(random % APPS.len() as u64) as usize],
+    }
+}
+
 const USAGE: &str = "\
 Usage: cargo xtask demo [--quick] [--duration SECS] [--out DIR]
-  --quick           a 20 s run (default 60 s) with a 1 s dwell (default 2 s)
-  --duration SECS   total length; the phases keep their proportions (at least 8)
-  --out DIR         where summary.json goes (default <workspace>/target/degrade-demo)";
+  --quick           a 20 s protected run and two 9 s comparison runs (default 90 s and 40 s)
+  --duration SECS   length of the protected run; the phases keep their proportions (at least 14)
+  --out DIR         where summary.json, report.html and overview.svg go
+                    (default <workspace>/target/degrade-demo)";
 
 #[derive(Debug)]
 struct Options {
@@ -105,8 +115,10 @@ impl Options {
                     let secs: u64 = text
                         .parse()
                         .map_err(|_| format!("--duration: `{text}` is not a whole number"))?;
-                    if secs < 8 {
-                        return Err(format!("--duration must be at least 8 seconds, got {secs}"));
+                    if secs < 14 {
+                        return Err(format!(
+                            "--duration must be at least 14 seconds, got {secs}"
+                        ));
                     }
                     duration = Some(secs);
                 }
@@ -119,64 +131,123 @@ impl Options {
             }
         }
         Ok(Some(Self {
-            total_secs: duration.unwrap_or(if quick { 20 } else { 60 }),
+            total_secs: duration.unwrap_or(if quick { 20 } else { 90 }),
             quick,
             out: out.unwrap_or_else(|| workspace_root().join("target").join("degrade-demo")),
         }))
     }
 }
 
+/// What happens to the backend when a phase starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Event {
+    None,
+    /// The backend's dependency goes down for the whole phase.
+    Outage,
+    /// A canary rollout of this candidate starts.
+    Canary(Candidate),
+}
+
 /// One part of the scenario: whole seconds `[start, end)`, the offered rate going linearly from
 /// `from` to `to` times capacity.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize)]
 pub(crate) struct Phase {
     pub(crate) name: &'static str,
     pub(crate) start: u64,
     pub(crate) end: u64,
     pub(crate) from: f64,
     pub(crate) to: f64,
+    pub(crate) event: Event,
 }
 
-/// The four phases, 20 % / 25 % / 30 % / 25 % of the run, cut at whole seconds so the
-/// per-second figures fall in exactly one phase.
-#[derive(Debug, Clone, Copy)]
+/// A list of phases back to back, cut at whole seconds so the per-second figures fall in
+/// exactly one phase.
+#[derive(Debug, Clone)]
 pub(crate) struct Scenario {
-    pub(crate) phases: [Phase; 4],
+    pub(crate) phases: Vec<Phase>,
     pub(crate) capacity: f64,
 }
 
 impl Scenario {
-    fn new(total: u64) -> Self {
-        let cut = |share: f64| (total as f64 * share).round() as u64;
-        let (a, b, c) = (cut(0.20), cut(0.45), cut(0.75));
-        let phase = |name, start, end, from, to| Phase {
-            name,
-            start,
-            end,
-            from,
-            to,
-        };
+    /// The protected run: every phase, `total` seconds long.
+    fn full(total: u64) -> Self {
+        let parts: [(&'static str, f64, f64, f64, Event); 7] = [
+            ("warm-up", 0.12, BASE_LOAD, BASE_LOAD, Event::None),
+            ("ramp", 0.10, BASE_LOAD, 3.0, Event::None),
+            ("overload", 0.20, 3.0, 3.0, Event::None),
+            ("outage", 0.14, BASE_LOAD, BASE_LOAD, Event::Outage),
+            (
+                "canary-bad",
+                0.14,
+                BASE_LOAD,
+                BASE_LOAD,
+                Event::Canary(Candidate::Bad),
+            ),
+            (
+                "canary-good",
+                0.20,
+                BASE_LOAD,
+                BASE_LOAD,
+                Event::Canary(Candidate::Good),
+            ),
+            ("recovery", 0.10, BASE_LOAD, BASE_LOAD, Event::None),
+        ];
+        let mut phases = Vec::new();
+        let mut share = 0.0;
+        let mut start = 0;
+        for (name, part, from, to, event) in parts {
+            share += part;
+            let end = ((total as f64 * share).round() as u64).max(start + 1);
+            phases.push(Phase {
+                name,
+                start,
+                end,
+                from,
+                to,
+                event,
+            });
+            start = end;
+        }
         Self {
-            phases: [
-                phase("warm-up", 0, a, 0.5, 0.5),
-                phase("ramp", a, b, 0.5, 3.0),
-                phase("overload", b, c, 3.0, 3.0),
-                phase("recovery", c, total, 0.5, 0.5),
-            ],
-            capacity: capacity(),
+            phases,
+            capacity: service::capacity(),
         }
     }
 
-    fn total(&self) -> u64 {
-        self.phases[3].end
+    /// The comparison runs: the protected run's warm-up, ramp and overload, then `recovery`
+    /// seconds at the base load.
+    fn overload_part(&self, recovery: u64) -> Self {
+        let mut phases: Vec<Phase> = self.phases[..3].to_vec();
+        let start = phases[2].end;
+        phases.push(Phase {
+            name: "recovery",
+            start,
+            end: start + recovery,
+            from: BASE_LOAD,
+            to: BASE_LOAD,
+            event: Event::None,
+        });
+        Self {
+            phases,
+            capacity: self.capacity,
+        }
     }
 
-    /// The phase holding second `second` (the last one past the end).
-    pub(crate) fn phase_at(&self, second: u64) -> &Phase {
+    pub(crate) fn total(&self) -> u64 {
+        self.phases.last().map_or(0, |p| p.end)
+    }
+
+    /// The index of the phase holding second `second` (the last one past the end).
+    pub(crate) fn phase_index(&self, second: u64) -> usize {
         self.phases
             .iter()
-            .find(|p| second < p.end)
-            .unwrap_or(&self.phases[3])
+            .position(|p| second < p.end)
+            .unwrap_or(self.phases.len() - 1)
+    }
+
+    pub(crate) fn phase_at(&self, second: u64) -> &Phase {
+        &self.phases[self.phase_index(second)]
     }
 
     /// Target offered rate (requests per second) at `t`.
@@ -189,112 +260,87 @@ impl Scenario {
     }
 }
 
-/// The ladder for a queue signal in front of a fixed-capacity backend.
+/// The ladder: default thresholds (the queue scale maps onto them), one level at a time.
 ///
-/// A queue is not a utilisation: below capacity it stays near empty, above it it grows without
-/// bound at (admitted rate - capacity), and after shedding it drains. The defaults (thresholds
-/// 0.70 / 0.80 / 0.90 / 0.95, jump) suit a signal that rises in proportion to load, like CPU;
-/// fed a queue they were tried here and misbehave in two ways:
-///
-/// * **Jump lands on Emergency.** Over capacity the queue crosses every threshold within the two
-///   samples `escalate_after` needs, so `jump` always goes to Emergency, which admits critical
-///   traffic only (10 % of 3x = 30 % of capacity). Escalating one level at a time (`jump:
-///   false`) lets each step take effect first.
-/// * **Thresholds close together overshoot.** At 3x capacity the right share lies between Heavy
-///   (admits 20 % = 0.6x capacity) and Moderate (45 % = 1.35x): the ladder settles at Heavy and,
-///   once per dwell, probes Moderate, where the queue grows by ~18 requests per sample. The
-///   backlog of that probe drains at Heavy at about the rate it grew, so with Emergency only
-///   0.05 above Heavy the residue of a probe often read as "Heavy is not enough". Here the first
-///   three levels sit low (the queue is 4, 7 and 11 requests deep beyond the busy permits) and
-///   Emergency at a full scale of 48 in the system, which only a queue that keeps growing at
-///   Heavy reaches. `escalate_cooldown` (200 ms) gives a step two samples to act.
-///
-/// The exits sit below the enters for hysteresis; `recover_after` 3 and the dwell make recovery
-/// stepwise, one level per dwell.
+/// A queue is not a utilisation: over capacity it grows at (admitted rate − capacity), after
+/// shedding it drains. So the ladder climbs one level at a time (`jump: false`) and lets each
+/// step act for two samples (`escalate_cooldown`) before the next; a jump straight to Emergency
+/// would admit critical traffic only. Recovery is stepwise, one level per dwell, and a step
+/// down undone within its dwell doubles the next dwell (capped at 2x so the short `--quick` run
+/// still sees the way back to Normal).
 fn ladder_config(dwell: Duration) -> LadderConfig {
     LadderConfig {
-        thresholds: Thresholds {
-            light: Band {
-                enter: 0.25,
-                exit: 0.18,
-            },
-            moderate: Band {
-                enter: 0.32,
-                exit: 0.25,
-            },
-            heavy: Band {
-                enter: 0.40,
-                exit: 0.32,
-            },
-            emergency: Band {
-                enter: 1.00,
-                exit: 0.80,
-            },
-        },
         escalate_after: 2,
-        recover_after: 3,
+        recover_after: 4,
         dwell,
-        escalate_cooldown: Duration::from_millis(200),
+        escalate_cooldown: SAMPLE_EVERY * 2,
         jump: false,
-        // Shedding empties the queue at once, so a step down under sustained overload is
-        // undone within a fraction of a second; the recovery backoff stretches the next dwell
-        // (2x per premature step). Capped at 2x here so the short recovery phase of `--quick`
-        // still sees the way back to Normal.
         max_dwell: Some(dwell * 2),
         ..Default::default()
     }
 }
 
-/// The backend: a fixed number of permits, and a count of the requests in it (waiting for a
-/// permit or holding one), which is the queue signal.
-#[derive(Debug)]
-struct Backend {
-    permits: Semaphore,
-    in_system: AtomicUsize,
-}
-
-impl Backend {
-    /// Queue pressure in `[0, 1]`: requests in the system over `QUEUE_SCALE × PERMITS`.
-    fn pressure(&self) -> f64 {
-        let in_system = self.in_system.load(Ordering::Relaxed);
-        (in_system as f64 / (QUEUE_SCALE * PERMITS) as f64).clamp(0.0, 1.0)
-    }
-}
-
-/// Counts a request in the backend for as long as its handler future lives, including when
-/// the client gives up and hyper drops the future mid-wait.
-struct InSystem<'a>(&'a AtomicUsize);
-
-impl<'a> InSystem<'a> {
-    fn enter(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
-    }
-}
-
-impl Drop for InSystem<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-async fn work(State(backend): State<Arc<Backend>>) -> (StatusCode, &'static str) {
-    let _counted = InSystem::enter(&backend.in_system);
-    // Waiting here is the backend's queue: over capacity, latency rises with it.
-    let Ok(_permit) = backend.permits.acquire().await else {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "backend closed");
+/// The canary rollout: fewer samples and shorter bakes than the defaults (2 000 per arm, 2 min
+/// per step), so a release is decided within a phase of the demo.
+fn rollout_config(quick: bool) -> RolloutConfig {
+    let mut config = RolloutConfig::default();
+    let bake = Duration::from_millis(if quick { 500 } else { 2_000 });
+    let weights: &[f64] = if quick {
+        &[25.0, 50.0, 100.0]
+    } else {
+        &[10.0, 25.0, 50.0, 100.0]
     };
-    // This sleep models the backend's work (CPU, a database call) while it holds one of its
-    // few permits; it is not used as a clock.
-    tokio::time::sleep(SERVICE_TIME).await;
-    (StatusCode::OK, "ok")
+    config.steps = weights.iter().map(|&w| Step::new(w, bake)).collect();
+    config.analysis_interval = Duration::from_millis(250);
+    config.inconclusive_limit = 1_000;
+    config.judge.min_samples = if quick { 40 } else { 150 };
+    config
 }
 
-/// One reading of the signal, for the timeline.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Sample {
-    pub(crate) t: Duration,
-    pub(crate) pressure: f64,
+/// One reading of the control loop.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub(crate) struct ControlSample {
+    pub(crate) t: f64,
+    pub(crate) in_system: usize,
+    pub(crate) pressure: Option<f64>,
+    pub(crate) level: Level,
+    pub(crate) breaker: Option<BreakerState>,
+    pub(crate) canary_percent: Option<f64>,
+}
+
+/// A canary decision, for the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct CanaryEvent {
+    pub(crate) t: f64,
+    pub(crate) candidate: Candidate,
+    pub(crate) verdict: String,
+    pub(crate) reason: &'static str,
+    pub(crate) weight_percent: f64,
+    pub(crate) outcome: Option<&'static str>,
+    pub(crate) samples: (u64, u64),
+}
+
+/// A breaker transition, for the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct BreakerEvent {
+    pub(crate) t: f64,
+    pub(crate) from: BreakerState,
+    pub(crate) to: BreakerState,
+}
+
+/// Everything one run leaves behind.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) protection: Protection,
+    pub(crate) scenario: Scenario,
+    pub(crate) seconds: Vec<load::Second>,
+    pub(crate) control: Vec<ControlSample>,
+    pub(crate) transitions: Vec<Transition>,
+    pub(crate) canary: Vec<CanaryEvent>,
+    pub(crate) breaker: Vec<BreakerEvent>,
+    pub(crate) start: Instant,
+    pub(crate) backend_calls: u64,
+    pub(crate) parts: Option<Parts>,
 }
 
 /// Runs the demo; see the module documentation.
@@ -311,37 +357,51 @@ pub(crate) fn run(args: &[String]) -> Result {
 }
 
 async fn demo(options: Options) -> Result {
-    let scenario = Scenario::new(options.total_secs);
-    // A short run needs the short dwell to step all the way down within its recovery phase.
+    let scenario = Scenario::full(options.total_secs);
+    let comparison = scenario.overload_part(if options.quick { 1 } else { 4 });
+    // A short run needs the short dwell to step all the way down within its later phases.
     let dwell = if options.quick || options.total_secs < 40 {
         Duration::from_secs(1)
     } else {
         Duration::from_secs(2)
     };
     let ladder = ladder_config(dwell);
-    let controller =
-        Controller::new(ladder.clone()).map_err(|err| format!("ladder config: {err}"))?;
-    let handle = controller.handle();
-    let layer = DegradeLayer::builder(handle.clone())
-        .policy(Policy::default())
-        .prioritize(
-            HeaderPriority::new(PRIORITY_HEADER, Priority::Normal)
-                .map_err(|err| format!("priority header: {err}"))?,
-        )
-        .retry_after(Duration::from_secs(1))
-        .build()
-        .map_err(|err| format!("degrade layer: {err}"))?
-        .http();
+    let rollout = rollout_config(options.quick || options.total_secs < 40);
+    live::header(&scenario, &comparison, &ladder);
 
-    // --- the service ------------------------------------------------------------------------
-    let backend = Arc::new(Backend {
-        permits: Semaphore::new(PERMITS),
-        in_system: AtomicUsize::new(0),
-    });
-    let app = Router::new()
-        .route("/work", get(work))
-        .with_state(Arc::clone(&backend))
-        .layer(layer.clone());
+    let mut runs = Vec::new();
+    for (protection, scenario) in [
+        (Protection::Degrade, &scenario),
+        (Protection::Unprotected, &comparison),
+        (Protection::Tower, &comparison),
+    ] {
+        runs.push(run_one(protection, scenario, &ladder, &rollout).await?);
+    }
+
+    let summary = report::Summary::new(&runs, &ladder, &rollout);
+    summary.print();
+    let paths = summary.write(&options.out)?;
+    let html = html::write(&options.out, &summary, &runs)?;
+    println!();
+    for path in paths.iter().chain(&html) {
+        println!("wrote {}", path.display());
+    }
+    if summary.accounting_ok() {
+        Ok(())
+    } else {
+        Err("accounting MISMATCH (see above)".to_owned())
+    }
+}
+
+/// One run of `scenario` against the backend behind `protection`.
+async fn run_one(
+    protection: Protection,
+    scenario: &Scenario,
+    ladder: &LadderConfig,
+    rollout: &RolloutConfig,
+) -> Result<Run> {
+    let backend = Backend::new();
+    let (app, parts) = service::app(protection, &backend, ladder)?;
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|err| format!("cannot bind 127.0.0.1:0: {err}"))?;
@@ -360,224 +420,246 @@ async fn demo(options: Options) -> Result {
             })
             .await
     });
+    live::run_header(protection, scenario, addr);
 
-    print_header(&scenario, &ladder, addr);
-
-    // --- the signal -------------------------------------------------------------------------
     let recorder = load::Recorder::new();
     let start = recorder.start();
-    let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
-    let stop_sampling = Arc::new(AtomicBool::new(false));
-    let sampler = tokio::spawn(sample(
-        controller.clone(),
-        Arc::clone(&backend),
+    let stop_control = Arc::new(AtomicBool::new(false));
+    let control = tokio::spawn(control_loop(ControlLoop {
+        parts: parts.clone(),
+        backend: Arc::clone(&backend),
+        scenario: scenario.clone(),
+        rollout: rollout.clone(),
         start,
-        Arc::clone(&samples),
-        Arc::clone(&stop_sampling),
-    ));
+        stop: Arc::clone(&stop_control),
+        state: Arc::clone(&live::STATE),
+    }));
 
-    // --- the load ---------------------------------------------------------------------------
+    let rate_scenario = scenario.clone();
     let config = load::LoadConfig {
         uri: format!("http://{addr}/work")
             .parse()
             .map_err(|err| format!("bad uri: {err}"))?,
         duration: Duration::from_secs(scenario.total()),
-        rate: move |t| scenario.rate_at(t),
+        rate: move |t| rate_scenario.rate_at(t),
         mix: mix(),
-        priority_header: HeaderName::from_static(PRIORITY_HEADER),
+        priority_header: HeaderName::from_static(service::PRIORITY_HEADER),
+        client_header: HeaderName::from_static(service::CLIENT_HEADER),
+        client_of,
         seed: SEED,
         timeout: CLIENT_TIMEOUT,
         max_outstanding: MAX_OUTSTANDING,
     };
     let generator = tokio::spawn(load::run(config, Arc::clone(&recorder)));
-
-    // --- the live view: one line per second, for the second that just ended ------------------
-    for second in 0..scenario.total() {
-        tokio::time::sleep_until(start + Duration::from_secs(second + 1)).await;
-        let line = live_line(
-            &scenario,
-            second,
-            &recorder.second(second as usize),
-            &controller,
-        );
-        let mut stdout = std::io::stdout().lock();
-        let _ = writeln!(stdout, "{line}");
-        let _ = stdout.flush();
-    }
+    live::follow(scenario, &recorder, start).await;
 
     // Every request sent has an outcome once the generator returns (answer or timeout).
     generator
         .await
         .map_err(|err| format!("load generator failed: {err}"))?;
-    stop_sampling.store(true, Ordering::Relaxed);
-    sampler
+    stop_control.store(true, Ordering::Relaxed);
+    let (control, canary, breaker) = control
         .await
-        .map_err(|err| format!("sampler failed: {err}"))?;
-    let snapshot = layer.snapshot();
+        .map_err(|err| format!("control loop failed: {err}"))?;
 
-    // --- shut down: the client is gone with the generator, so the server's connections close --
     let _ = stop_server.send(());
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(err))) => return Err(format!("server failed: {err}")),
         Ok(Err(err)) => return Err(format!("server task failed: {err}")),
-        Err(_) => return Err("server did not shut down within 5 s".to_owned()),
+        Err(_) => return Err("server did not shut down within 10 s".to_owned()),
     }
-
-    let samples = samples
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    let summary = report::Summary::new(
-        &scenario,
-        &ladder,
-        &recorder.seconds(),
-        &samples,
-        &handle.history(),
+    let transitions = parts
+        .as_ref()
+        .map(|p| p.controller.handle().history())
+        .unwrap_or_default();
+    Ok(Run {
+        protection,
+        scenario: scenario.clone(),
+        seconds: recorder.seconds(),
+        control,
+        transitions,
+        canary,
+        breaker,
         start,
-        &snapshot,
-    );
-    summary.print();
-    let path = summary.write(&options.out)?;
-    println!("\nwrote {}", path.display());
-    if summary.accounting.ok {
-        Ok(())
-    } else {
-        Err("accounting MISMATCH (see above)".to_owned())
-    }
+        backend_calls: backend.calls.load(Ordering::Relaxed),
+        parts,
+    })
 }
 
-fn print_header(scenario: &Scenario, ladder: &LadderConfig, addr: std::net::SocketAddr) {
-    println!("degrade demo: GET http://{addr}/work behind DegradeLayer (http mode)");
-    println!(
-        "backend: {PERMITS} permits x {} ms service time = capacity {:.0} req/s; \
-         signal: queue pressure = in-system / {} sampled every {} ms",
-        SERVICE_TIME.as_millis(),
-        scenario.capacity,
-        QUEUE_SCALE * PERMITS,
-        SAMPLE_EVERY.as_millis(),
-    );
-    let t = &ladder.thresholds;
-    println!(
-        "ladder: enter light {:.2} moderate {:.2} heavy {:.2} emergency {:.2}; escalate_after {} \
-         (jump {}, cooldown {:?}), recover_after {}, dwell {:?}",
-        t.light.enter,
-        t.moderate.enter,
-        t.heavy.enter,
-        t.emergency.enter,
-        ladder.escalate_after,
-        ladder.jump,
-        ladder.escalate_cooldown,
-        ladder.recover_after,
-        ladder.dwell,
-    );
-    println!(
-        "mix: critical 10% high 20% normal 30% low 25% background 15% (header {PRIORITY_HEADER})"
-    );
-    let phases = scenario
-        .phases
-        .iter()
-        .map(|p| {
-            let rate = |x: f64| format!("{:.0}", x * scenario.capacity);
-            if p.from == p.to {
-                format!("{} {}-{}s @ {}/s", p.name, p.start, p.end, rate(p.from))
-            } else {
-                let (from, to) = (rate(p.from), rate(p.to));
-                format!("{} {}-{}s {from}->{to}/s", p.name, p.start, p.end)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    println!("phases: {phases}\n");
-}
-
-/// Samples the queue every `SAMPLE_EVERY`, feeds the controller and prints each transition.
-async fn sample(
-    controller: Controller,
+struct ControlLoop {
+    parts: Option<Parts>,
     backend: Arc<Backend>,
+    scenario: Scenario,
+    rollout: RolloutConfig,
     start: Instant,
-    samples: Arc<Mutex<Vec<Sample>>>,
     stop: Arc<AtomicBool>,
-) {
+    state: Arc<live::Shared>,
+}
+
+/// Every `SAMPLE_EVERY`: applies the phase's event, ticks the monitor (which feeds the ladder),
+/// ticks the canary controller on its analysis interval, and records the state.
+async fn control_loop(
+    cl: ControlLoop,
+) -> (Vec<ControlSample>, Vec<CanaryEvent>, Vec<BreakerEvent>) {
+    let ControlLoop {
+        parts,
+        backend,
+        scenario,
+        rollout,
+        start,
+        stop,
+        state,
+    } = cl;
+    let mut samples = Vec::new();
+    let mut canary_events = Vec::new();
+    let mut breaker_events = Vec::new();
+    let scale = Scale::new(LevelThresholds::new(
+        QUEUE_THRESHOLDS[0],
+        QUEUE_THRESHOLDS[1],
+        QUEUE_THRESHOLDS[2],
+        QUEUE_THRESHOLDS[3],
+    ))
+    .expect("the demo's queue thresholds rise");
+    let mut monitor = parts.as_ref().map(|p| {
+        let queue = Arc::clone(&backend);
+        Monitor::new(p.controller.clone())
+            .interval(SAMPLE_EVERY)
+            .smoothing(Smoothing::none())
+            .signal(Gauge::new("queue", scale, move || {
+                Some(queue.in_system() as f64)
+            }))
+    });
+    let mut breaker_state = parts.as_ref().map(|p| p.breaker.state());
+    let mut canary: Option<(Candidate, RolloutController)> = None;
+    let mut last_analysis = start;
+    let mut phase_index = usize::MAX;
     let mut interval = tokio::time::interval(SAMPLE_EVERY);
-    // After a stall, sample at the normal pace rather than in a burst of stale readings.
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     while !stop.load(Ordering::Relaxed) {
         interval.tick().await;
-        let pressure = backend.pressure();
-        let t = start.elapsed();
-        samples
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Sample { t, pressure });
-        if let Some(transition) = controller.observe(&[Reading::new("queue", pressure)]) {
-            let relation = match transition.cause {
-                Cause::Recovered => "<",
-                Cause::Escalated | Cause::Pinned => ">=",
-            };
-            let mut stdout = std::io::stdout().lock();
-            let _ = writeln!(
-                stdout,
-                "  >> t={:.1}s level {} -> {} ({}: {} {:.2} {relation} {:.2}, after {:.1}s at {})",
-                t.as_secs_f64(),
-                transition.from,
-                transition.to,
-                transition.cause,
-                transition.signal.as_deref().unwrap_or("-"),
-                transition.value.unwrap_or(f64::NAN),
-                transition.threshold.unwrap_or(f64::NAN),
-                transition.time_at_previous.as_secs_f64(),
-                transition.from,
-            );
-            let _ = stdout.flush();
+        let now = Instant::now();
+        let t = now.saturating_duration_since(start);
+        let index = scenario.phase_index(t.as_secs());
+        if index != phase_index && t.as_secs() < scenario.total() {
+            phase_index = index;
+            let phase = scenario.phases[index];
+            backend.set_outage(phase.event == Event::Outage);
+            if let (Event::Canary(candidate), Some(p)) = (phase.event, &parts) {
+                backend.deploy(candidate);
+                match RolloutController::builder(rollout.clone(), p.canary.clone()).start() {
+                    Ok(controller) => canary = Some((candidate, controller)),
+                    Err(err) => live::note(&format!("cannot start the canary rollout: {err}")),
+                }
+                last_analysis = now;
+                canary_events.push(CanaryEvent {
+                    t: t.as_secs_f64(),
+                    candidate,
+                    verdict: "started".to_owned(),
+                    reason: "rollout started",
+                    weight_percent: f64::from(p.canary.weight().get()) / 100.0,
+                    outcome: None,
+                    samples: (0, 0),
+                });
+            }
         }
+        let mut pressure = None;
+        if let Some(monitor) = monitor.as_mut() {
+            if let Some(transition) = monitor.tick() {
+                live::transition(&transition, t);
+            }
+            pressure = monitor.snapshot().signals.first().and_then(|s| s.pressure);
+        }
+        if let Some((candidate, controller)) = canary.as_mut()
+            && now.saturating_duration_since(last_analysis) >= rollout.analysis_interval
+        {
+            last_analysis = now;
+            let before = controller.state();
+            match controller.tick().await {
+                Ok(judgement) => {
+                    let after = controller.state();
+                    if after != before || judgement.verdict == Verdict::Fail {
+                        let event =
+                            canary_event(t, *candidate, &judgement, after.phase, after.weight_bp);
+                        live::note(&format!(
+                            "t={:.1}s canary {:?}: {} ({}) -> weight {:.0}%{}",
+                            event.t,
+                            candidate,
+                            event.verdict,
+                            event.reason,
+                            event.weight_percent,
+                            event.outcome.map(|o| format!(", {o}")).unwrap_or_default()
+                        ));
+                        canary_events.push(event);
+                    }
+                    if after.phase.is_terminal() {
+                        canary = None;
+                    }
+                }
+                Err(err) => live::note(&format!("canary controller failed: {err}")),
+            }
+        }
+        let level = parts
+            .as_ref()
+            .map_or(Level::Normal, |p| p.controller.level());
+        let breaker = parts.as_ref().map(|p| p.breaker.state());
+        if let (Some(new), Some(old)) = (breaker, breaker_state)
+            && new != old
+        {
+            live::note(&format!(
+                "t={:.1}s breaker {old:?} -> {new:?}",
+                t.as_secs_f64()
+            ));
+            breaker_events.push(BreakerEvent {
+                t: t.as_secs_f64(),
+                from: old,
+                to: new,
+            });
+            breaker_state = Some(new);
+        }
+        let canary_percent = parts
+            .as_ref()
+            .map(|p| f64::from(p.canary.weight().get()) / 100.0);
+        let sample = ControlSample {
+            t: t.as_secs_f64(),
+            in_system: backend.in_system(),
+            pressure,
+            level,
+            breaker,
+            canary_percent,
+        };
+        state.set(&sample);
+        samples.push(sample);
+    }
+    (samples, canary_events, breaker_events)
+}
+
+fn canary_event(
+    t: Duration,
+    candidate: Candidate,
+    judgement: &Judgement,
+    phase: RolloutPhase,
+    weight_bp: u32,
+) -> CanaryEvent {
+    CanaryEvent {
+        t: t.as_secs_f64(),
+        candidate,
+        verdict: judgement.verdict.to_string(),
+        reason: judgement.reason,
+        weight_percent: f64::from(weight_bp) / 100.0,
+        outcome: match phase {
+            RolloutPhase::Promoted => Some("promoted"),
+            RolloutPhase::RolledBack => Some("rolled back"),
+            _ => None,
+        },
+        samples: judgement.samples,
     }
 }
 
-fn live_line(
-    scenario: &Scenario,
-    second: u64,
-    s: &load::Second,
-    controller: &Controller,
-) -> String {
-    let short = |p: Priority| match p {
-        Priority::Critical => "crit",
-        Priority::High => "high",
-        Priority::Normal => "norm",
-        Priority::Low => "low",
-        Priority::Background => "bg",
-    };
-    let by_priority = Priority::ALL
-        .iter()
-        .rev()
-        .map(|&p| {
-            let t = s.tally[p.index()];
-            format!("{} {:>4}/{:<4}", short(p), t.ok, t.shed)
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut latencies: Vec<u32> = s.latency_us.iter().flatten().copied().collect();
-    let p50 = report::ms(load::quantile(&mut latencies, 0.50));
-    let p99 = report::ms(load::quantile(&mut latencies, 0.99));
-    let total = s.total();
-    let mut extra = String::new();
-    if total.errors + total.dropped > 0 {
-        extra = format!(" err {} drop {}", total.errors, total.dropped);
+/// What `Cause` reads as in a transition line.
+pub(crate) fn relation(cause: Cause) -> &'static str {
+    match cause {
+        Cause::Recovered => "<",
+        Cause::Escalated | Cause::Pinned => ">=",
     }
-    if total.pending() > 0 {
-        extra.push_str(&format!(" (pending {})", total.pending()));
-    }
-    if s.max_send_lag_us > report::LATE_US {
-        extra.push_str(&format!(
-            " GENERATOR LATE {}",
-            report::ms(Some(s.max_send_lag_us))
-        ));
-    }
-    format!(
-        "t={:>3}s phase={:<8} rate={:>4}/s level={:<9} | {by_priority} (admitted/shed) | p50 {p50} p99 {p99}{extra}",
-        second + 1,
-        scenario.phase_at(second).name,
-        total.offered,
-        controller.level().as_str(),
-    )
 }

@@ -1,13 +1,13 @@
 //! An open-loop HTTP load generator: Poisson arrivals at a rate that may change over time, a
-//! priority drawn per request from a [`Mix`], outcomes recorded per second and per priority.
+//! priority and a client drawn per request, outcomes recorded per second and per priority.
 //!
 //! Open loop means an arrival never waits for an earlier response: the offered rate is what the
 //! schedule says, however slow the server gets. A closed-loop generator (N workers, each sending
 //! its next request when the previous one returns) slows down with the server and hides exactly
 //! the overload we want to show (coordinated omission).
 //!
-//! The demo uses it today; the overload goodput benchmark is meant to reuse [`run`] with its own
-//! rate schedule, so nothing here knows about demo phases.
+//! `cargo xtask demo` and `cargo xtask bench overload` both drive their servers with [`run`],
+//! each with its own rate schedule, so nothing here knows about phases.
 
 use degrade_core::Priority;
 use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
@@ -21,7 +21,8 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// The header a shed response carries (`degrade_core::rejection::http::REJECTION_HEADER`).
+/// The header a degrade rejection carries (`degrade_core::rejection::http::REJECTION_HEADER`):
+/// `shed` from the DegradeLayer, `circuit_open` from the breaker, a rate limit cause otherwise.
 const REJECTION_HEADER: &str = "degrade-rejection";
 
 /// A small seeded PRNG (splitmix64). Good enough for inter-arrival times and priority draws, and
@@ -117,6 +118,10 @@ pub(crate) struct LoadConfig<R> {
     pub(crate) mix: Mix,
     /// The request header carrying the priority name.
     pub(crate) priority_header: HeaderName,
+    /// The request header carrying the client's name.
+    pub(crate) client_header: HeaderName,
+    /// The client sending a request of this priority, given a uniform random number.
+    pub(crate) client_of: fn(Priority, u64) -> &'static str,
     pub(crate) seed: u64,
     /// Per request, from send to the last body byte; past it the request counts as an error.
     pub(crate) timeout: Duration,
@@ -132,10 +137,18 @@ pub(crate) struct Tally {
     pub(crate) offered: u64,
     /// 200 responses.
     pub(crate) ok: u64,
-    /// 503 responses carrying the `degrade-rejection` header.
+    /// 503 `degrade-rejection: shed`: refused by the DegradeLayer at the current level.
     pub(crate) shed: u64,
-    /// Anything else: other statuses, connection errors, timeouts.
+    /// 429: refused by the rate limit.
+    pub(crate) rate_limited: u64,
+    /// 503 `degrade-rejection: circuit_open`: refused by the open breaker.
+    pub(crate) circuit_open: u64,
+    /// 503 without a degrade header: tower's LoadShed in the comparison run.
+    pub(crate) overloaded: u64,
+    /// Any other status (the backend's 500s).
     pub(crate) errors: u64,
+    /// No answer: connection errors and client timeouts.
+    pub(crate) timeouts: u64,
     /// Not sent: too many requests were already in flight.
     pub(crate) dropped: u64,
 }
@@ -145,13 +158,32 @@ impl Tally {
         self.offered += other.offered;
         self.ok += other.ok;
         self.shed += other.shed;
+        self.rate_limited += other.rate_limited;
+        self.circuit_open += other.circuit_open;
+        self.overloaded += other.overloaded;
         self.errors += other.errors;
+        self.timeouts += other.timeouts;
         self.dropped += other.dropped;
+    }
+
+    /// Refused by a protection, whichever.
+    pub(crate) fn rejected(&self) -> u64 {
+        self.shed + self.rate_limited + self.circuit_open + self.overloaded
+    }
+
+    /// Arrivals with an outcome.
+    pub(crate) fn settled(&self) -> u64 {
+        self.ok + self.rejected() + self.errors + self.timeouts + self.dropped
     }
 
     /// Arrivals that have not been answered (yet).
     pub(crate) fn pending(&self) -> u64 {
-        self.offered - self.ok - self.shed - self.errors - self.dropped
+        self.offered - self.settled()
+    }
+
+    /// Share of the offered requests answered 200, in percent (`None` when nothing was offered).
+    pub(crate) fn success_percent(&self) -> Option<f64> {
+        (self.offered > 0).then(|| 100.0 * self.ok as f64 / self.offered as f64)
     }
 }
 
@@ -169,6 +201,10 @@ pub(crate) struct Second {
     /// keep the schedule: arrivals then leave in bursts and the run says more about the
     /// machine than about the server.
     pub(crate) max_send_lag_us: u32,
+    /// Answers served by the candidate version (`v2` in the body): successes, errors.
+    pub(crate) v2: [u64; 2],
+    /// 200 responses that *completed* in this second, whenever they were sent: the goodput.
+    pub(crate) completed_ok: u64,
 }
 
 impl Second {
@@ -184,6 +220,9 @@ impl Second {
             self.latency_us[i].extend_from_slice(&other.latency_us[i]);
         }
         self.max_send_lag_us = self.max_send_lag_us.max(other.max_send_lag_us);
+        self.v2[0] += other.v2[0];
+        self.v2[1] += other.v2[1];
+        self.completed_ok += other.completed_ok;
     }
 }
 
@@ -241,9 +280,26 @@ impl Recorder {
 
 /// One request's fate, as the client saw it.
 enum Outcome {
-    Ok(Duration),
+    Ok(Duration, bool),
     Shed,
-    Error,
+    RateLimited,
+    CircuitOpen,
+    Overloaded,
+    Error(bool),
+    Timeout,
+}
+
+/// Which protection refused a request, from its status and `degrade-rejection` header; `None`
+/// for an answer of the service itself.
+fn rejection(status: StatusCode, header: Option<&[u8]>) -> Option<Outcome> {
+    match (status, header) {
+        (StatusCode::TOO_MANY_REQUESTS, _) => Some(Outcome::RateLimited),
+        (StatusCode::SERVICE_UNAVAILABLE, Some(b"shed")) => Some(Outcome::Shed),
+        (StatusCode::SERVICE_UNAVAILABLE, Some(b"circuit_open")) => Some(Outcome::CircuitOpen),
+        (StatusCode::SERVICE_UNAVAILABLE, Some(_)) => Some(Outcome::RateLimited),
+        (StatusCode::SERVICE_UNAVAILABLE, None) => Some(Outcome::Overloaded),
+        _ => None,
+    }
 }
 
 /// Runs the arrivals of `config` and returns once every request sent has been answered or has
@@ -277,8 +333,18 @@ where
             let at = Duration::from_secs_f64(next);
             let lag_us = ((now - next) * 1e6) as u32;
             let priority = config.mix.pick(rng.next_f64());
+            let client_name = (config.client_of)(priority, rng.next_u64());
             send(
-                &config, &client, &recorder, &mut tasks, at, priority, lag_us,
+                &config,
+                &client,
+                &recorder,
+                &mut tasks,
+                Arrival {
+                    at,
+                    priority,
+                    client: client_name,
+                    lag_us,
+                },
             );
             let rate = (config.rate)(at);
             // A zero rate means a pause: look again a millisecond later.
@@ -298,15 +364,27 @@ where
     while tasks.join_next().await.is_some() {}
 }
 
+/// One scheduled request.
+struct Arrival {
+    at: Duration,
+    priority: Priority,
+    client: &'static str,
+    lag_us: u32,
+}
+
 fn send<R>(
     config: &LoadConfig<R>,
     client: &Client<HttpConnector, Empty<&'static [u8]>>,
     recorder: &Arc<Recorder>,
     tasks: &mut JoinSet<()>,
-    at: Duration,
-    priority: Priority,
-    lag_us: u32,
+    arrival: Arrival,
 ) {
+    let Arrival {
+        at,
+        priority,
+        client: client_name,
+        lag_us,
+    } = arrival;
     let index = at.as_secs() as usize;
     let p = priority.index();
     recorder.update(index, |s| {
@@ -322,11 +400,15 @@ fn send<R>(
             config.priority_header.clone(),
             HeaderValue::from_static(priority.as_str()),
         )
+        .header(
+            config.client_header.clone(),
+            HeaderValue::from_static(client_name),
+        )
         .body(Empty::new());
     let request = match request {
         Ok(request) => request,
         Err(_) => {
-            recorder.update(index, |s| s.tally[p].errors += 1);
+            recorder.update(index, |s| s.tally[p].timeouts += 1);
             return;
         }
     };
@@ -339,29 +421,54 @@ fn send<R>(
         let exchange = async {
             let response = client.request(request).await.map_err(drop)?;
             let status = response.status();
-            let shed = response.headers().contains_key(REJECTION_HEADER);
+            let refused = rejection(
+                status,
+                response
+                    .headers()
+                    .get(REJECTION_HEADER)
+                    .map(HeaderValue::as_bytes),
+            );
             // Read the whole body: the latency ends at the last byte, and an unread body would
             // keep the connection out of the pool.
-            response.into_body().collect().await.map_err(drop)?;
-            Ok::<_, ()>(match status {
-                StatusCode::OK => Outcome::Ok(sent.elapsed()),
-                StatusCode::SERVICE_UNAVAILABLE if shed => Outcome::Shed,
-                _ => Outcome::Error,
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(drop)?
+                .to_bytes();
+            let v2 = body.starts_with(b"v2");
+            Ok::<_, ()>(match (status, refused) {
+                (StatusCode::OK, _) => Outcome::Ok(sent.elapsed(), v2),
+                (_, Some(refused)) => refused,
+                (_, None) => Outcome::Error(v2),
             })
         };
         let outcome = match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(())) | Err(_) => Outcome::Error,
+            Ok(Err(())) | Err(_) => Outcome::Timeout,
         };
+        let ok = matches!(outcome, Outcome::Ok(..));
         recorder.update(index, |s| match outcome {
-            Outcome::Ok(latency) => {
+            Outcome::Ok(latency, v2) => {
                 s.tally[p].ok += 1;
+                s.v2[0] += u64::from(v2);
                 let micros = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
                 s.latency_us[p].push(micros);
             }
             Outcome::Shed => s.tally[p].shed += 1,
-            Outcome::Error => s.tally[p].errors += 1,
+            Outcome::RateLimited => s.tally[p].rate_limited += 1,
+            Outcome::CircuitOpen => s.tally[p].circuit_open += 1,
+            Outcome::Overloaded => s.tally[p].overloaded += 1,
+            Outcome::Error(v2) => {
+                s.tally[p].errors += 1;
+                s.v2[1] += u64::from(v2);
+            }
+            Outcome::Timeout => s.tally[p].timeouts += 1,
         });
+        if ok {
+            let done = recorder.start.elapsed().as_secs() as usize;
+            recorder.update(done, |s| s.completed_ok += 1);
+        }
         recorder.outstanding.fetch_sub(1, Ordering::Relaxed);
     });
 }

@@ -1,10 +1,12 @@
-//! The end of the demo: per-phase figures, the level history, the accounting check, and
-//! `summary.json` (which also carries the per-second timeline the HTML report will chart).
+//! The end of the demo: per-phase figures of every run, the checks the issue asks for, the
+//! accounting of each layer against the client, and `summary.json` (which also carries the
+//! per-second timelines the HTML report charts).
 
 use super::load::{self, Second, Tally};
-use super::{PERMITS, QUEUE_SCALE, SAMPLE_EVERY, SERVICE_TIME, Sample, Scenario};
+use super::service;
+use super::{BreakerEvent, CanaryEvent, Run, SAMPLE_EVERY};
 use crate::Result;
-use degrade_core::degrade::DegradeSnapshot;
+use degrade_canary::RolloutConfig;
 use degrade_core::ladder::LadderConfig;
 use degrade_core::{Level, Priority, Transition};
 use serde::Serialize;
@@ -25,140 +27,364 @@ pub(crate) fn ms(micros: Option<u32>) -> String {
     }
 }
 
-fn ms_value(micros: Option<u32>) -> Option<f64> {
+pub(crate) fn ms_value(micros: Option<u32>) -> Option<f64> {
     micros.map(|us| (f64::from(us) / 10.0).round() / 100.0)
 }
 
 /// Everything the demo reports, as written to `summary.json`.
 #[derive(Debug, Serialize)]
 pub(crate) struct Summary {
-    scenario: ScenarioJson,
-    phases: Vec<PhaseJson>,
-    transitions: Vec<TransitionJson>,
-    pub(crate) accounting: Accounting,
-    /// The worst lateness of the load generator against its schedule.
-    max_send_lag_ms: f64,
-    timeline: Vec<SecondJson>,
-    /// Every reading of the signal: `[seconds since start, pressure]`.
-    signal: Vec<[f64; 2]>,
+    pub(crate) setup: Setup,
+    /// The issue's bar at 3x overload, per run.
+    pub(crate) checks: Vec<Check>,
+    pub(crate) runs: Vec<RunJson>,
 }
 
 #[derive(Debug, Serialize)]
-struct ScenarioJson {
+pub(crate) struct Setup {
     capacity_rps: f64,
     permits: usize,
     service_time_ms: u128,
+    tower_concurrency_limit: usize,
     signal: String,
     sample_every_ms: u128,
-    duration_s: u64,
     mix: Vec<(&'static str, f64)>,
+    rate_limit_per_client: String,
     ladder: LadderConfig,
+    canary_steps_percent: Vec<f64>,
+    canary_min_samples: u64,
+}
+
+/// Unloaded against 3x for one run.
+#[derive(Debug, Serialize)]
+pub(crate) struct Check {
+    pub(crate) run: &'static str,
+    /// p99 of the 200 responses in the warm-up (0.6x capacity).
+    pub(crate) unloaded_p99_ms: Option<f64>,
+    /// p99 of the 200 responses while the offered load holds at 3x.
+    pub(crate) overload_p99_ms: Option<f64>,
+    pub(crate) p99_ratio: Option<f64>,
+    /// Critical requests answered 200 at 3x, in percent of those offered.
+    pub(crate) critical_success_percent: Option<f64>,
+    /// 200 responses per second at 3x, in percent of capacity.
+    pub(crate) goodput_percent_of_capacity: f64,
+    /// p99 within 2x of unloaded and critical success at least 99.9 %.
+    pub(crate) meets_bar: bool,
 }
 
 #[derive(Debug, Serialize)]
-struct PriorityJson {
-    priority: &'static str,
+pub(crate) struct RunJson {
+    pub(crate) protection: &'static str,
+    pub(crate) name: &'static str,
+    pub(crate) duration_s: u64,
+    pub(crate) phases: Vec<PhaseJson>,
+    pub(crate) transitions: Vec<TransitionJson>,
+    pub(crate) breaker: Vec<BreakerEvent>,
+    pub(crate) canary: Vec<CanaryEvent>,
+    pub(crate) accounting: Accounting,
+    /// The worst lateness of the load generator against its schedule.
+    pub(crate) max_send_lag_ms: f64,
+    pub(crate) timeline: Vec<SecondJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct PriorityJson {
+    pub(crate) priority: &'static str,
     #[serde(flatten)]
-    tally: Tally,
-    p50_ms: Option<f64>,
-    p99_ms: Option<f64>,
+    pub(crate) tally: Tally,
+    pub(crate) p99_ms: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
-struct PhaseJson {
-    name: &'static str,
-    start_s: u64,
-    end_s: u64,
-    target_rps_from: f64,
-    target_rps_to: f64,
-    offered_rps: f64,
-    total: Tally,
-    p50_ms: Option<f64>,
-    p99_ms: Option<f64>,
-    highest_level: Level,
-    by_priority: Vec<PriorityJson>,
+pub(crate) struct PhaseJson {
+    pub(crate) name: &'static str,
+    pub(crate) start_s: u64,
+    pub(crate) end_s: u64,
+    pub(crate) target_rps_from: f64,
+    pub(crate) target_rps_to: f64,
+    /// offered = ok + shed + rate_limited + circuit_open + overloaded + errors + timeouts +
+    /// dropped.
+    pub(crate) total: Tally,
+    /// 200 responses completed per second during the phase (by completion time).
+    pub(crate) goodput_rps: f64,
+    pub(crate) p50_ms: Option<f64>,
+    pub(crate) p99_ms: Option<f64>,
+    pub(crate) critical_success_percent: Option<f64>,
+    pub(crate) highest_level: Level,
+    pub(crate) level_transitions: usize,
+    pub(crate) by_priority: Vec<PriorityJson>,
 }
 
 #[derive(Debug, Serialize)]
-struct SecondJson {
-    t_s: u64,
-    phase: &'static str,
-    target_rps: f64,
-    total: Tally,
-    p50_ms: Option<f64>,
-    p99_ms: Option<f64>,
+pub(crate) struct SecondJson {
+    pub(crate) t_s: u64,
+    pub(crate) phase: &'static str,
+    pub(crate) target_rps: f64,
+    pub(crate) total: Tally,
+    pub(crate) p50_ms: Option<f64>,
+    pub(crate) p99_ms: Option<f64>,
     /// The highest level held at any moment of this second.
-    highest_level: Level,
-    pressure_max: Option<f64>,
-    max_send_lag_ms: f64,
-    by_priority: Vec<PriorityJson>,
+    pub(crate) highest_level: Level,
+    /// 200 responses by priority, most important first.
+    pub(crate) ok_by_priority: [u64; 5],
+    /// Offered by priority, most important first.
+    pub(crate) offered_by_priority: [u64; 5],
+    /// Answers of the candidate version: successes, errors.
+    pub(crate) v2: [u64; 2],
+    pub(crate) max_send_lag_ms: f64,
 }
 
 #[derive(Debug, Serialize)]
-struct TransitionJson {
-    t_s: f64,
-    from: Level,
-    to: Level,
-    cause: String,
-    signal: Option<String>,
-    value: Option<f64>,
-    threshold: Option<f64>,
-    time_at_previous_s: f64,
+pub(crate) struct TransitionJson {
+    pub(crate) t_s: f64,
+    pub(crate) from: Level,
+    pub(crate) to: Level,
+    pub(crate) cause: String,
+    pub(crate) signal: Option<String>,
+    pub(crate) value: Option<f64>,
+    pub(crate) threshold: Option<f64>,
 }
 
-/// Client-side and server-side totals and whether they agree.
+/// The client's outcomes against each layer's own counters.
 #[derive(Debug, Serialize)]
 pub(crate) struct Accounting {
-    client: Tally,
-    server_offered: u64,
-    server_admitted: u64,
-    server_shed: u64,
-    /// Shed by the layer, by level then priority.
-    server_shed_by_level: Vec<(Level, [u64; 5])>,
-    /// offered == ok + shed + errors + dropped, with nothing pending.
-    client_ok: bool,
-    /// The layer saw what the client says reached the server (exactly, per priority, when
-    /// the client had no errors; within the errors otherwise).
-    server_ok: bool,
-    pub(crate) ok: bool,
+    pub(crate) client: Tally,
+    /// offered == every outcome, with nothing pending.
+    pub(crate) client_ok: bool,
+    /// Each layer's counters against the client's (see `lines`).
+    pub(crate) layers_ok: bool,
+    pub(crate) lines: Vec<String>,
+    pub(crate) backend_calls: u64,
 }
 
 impl Summary {
-    pub(crate) fn new(
-        scenario: &Scenario,
-        ladder: &LadderConfig,
-        seconds: &[Second],
-        samples: &[Sample],
-        history: &[Transition],
-        start: Instant,
-        snapshot: &DegradeSnapshot,
-    ) -> Self {
-        let levels = Levels::new(history, start);
+    pub(crate) fn new(runs: &[Run], ladder: &LadderConfig, rollout: &RolloutConfig) -> Self {
         let mix = super::mix();
-        let scenario_json = ScenarioJson {
-            capacity_rps: scenario.capacity,
-            permits: PERMITS,
-            service_time_ms: SERVICE_TIME.as_millis(),
+        let rl = service::rate_limit();
+        let setup = Setup {
+            capacity_rps: service::capacity(),
+            permits: service::PERMITS,
+            service_time_ms: service::SERVICE_TIME.as_millis(),
+            tower_concurrency_limit: service::TOWER_LIMIT,
             signal: format!(
-                "queue: requests waiting for or holding a permit / {}",
-                QUEUE_SCALE * PERMITS
+                "queue: requests waiting for or holding a backend permit; light/moderate/heavy/\
+                 emergency at {:?}",
+                super::QUEUE_THRESHOLDS
             ),
             sample_every_ms: SAMPLE_EVERY.as_millis(),
-            duration_s: scenario.total(),
             mix: Priority::ALL
                 .iter()
                 .rev()
                 .map(|&p| (p.as_str(), mix.share(p)))
                 .collect(),
+            rate_limit_per_client: format!(
+                "{} per {:?}, burst {}",
+                rl.quota,
+                rl.period,
+                rl.burst.unwrap_or(0)
+            ),
             ladder: ladder.clone(),
+            canary_steps_percent: rollout.steps.iter().map(|s| s.weight_percent).collect(),
+            canary_min_samples: rollout.judge.min_samples,
         };
+        let runs: Vec<RunJson> = runs.iter().map(RunJson::new).collect();
+        let checks = runs.iter().map(Check::new).collect();
+        Self {
+            setup,
+            checks,
+            runs,
+        }
+    }
 
+    pub(crate) fn accounting_ok(&self) -> bool {
+        self.runs
+            .iter()
+            .all(|r| r.accounting.client_ok && r.accounting.layers_ok)
+    }
+
+    pub(crate) fn print(&self) {
+        let mut out = String::new();
+        for run in &self.runs {
+            let _ = writeln!(
+                out,
+                "\n== {} (by send time; latency = 200 responses, send to last byte) ==",
+                run.name
+            );
+            let _ = writeln!(
+                out,
+                "{:<12} {:>6} {:>8} {:>7} {:>6} {:>5} {:>5} {:>6} {:>6} {:>5} {:>8} {:>8} {:>7} {:<9}",
+                "phase",
+                "secs",
+                "offered",
+                "ok",
+                "shed",
+                "429",
+                "open",
+                "over",
+                "err",
+                "t/o",
+                "p50",
+                "p99",
+                "crit%",
+                "level<="
+            );
+            for p in &run.phases {
+                let t = &p.total;
+                let _ = writeln!(
+                    out,
+                    "{:<12} {:>6} {:>8} {:>7} {:>6} {:>5} {:>5} {:>6} {:>6} {:>5} {:>8} {:>8} {:>7} {:<9}",
+                    p.name,
+                    format!("{}-{}", p.start_s, p.end_s),
+                    t.offered,
+                    t.ok,
+                    t.shed,
+                    t.rate_limited,
+                    t.circuit_open,
+                    t.overloaded,
+                    t.errors,
+                    t.timeouts + t.dropped,
+                    fmt_ms(p.p50_ms),
+                    fmt_ms(p.p99_ms),
+                    p.critical_success_percent
+                        .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}")),
+                    p.highest_level.as_str(),
+                );
+            }
+            if !run.transitions.is_empty() {
+                let levels = run
+                    .transitions
+                    .iter()
+                    .map(|t| format!("{:.1}s {}", t.t_s, t.to.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let _ = writeln!(out, "level: {levels}");
+            }
+            if !run.breaker.is_empty() {
+                let breaker = run
+                    .breaker
+                    .iter()
+                    .map(|b| format!("{:.1}s {:?}", b.t, b.to))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let _ = writeln!(out, "breaker: {breaker}");
+            }
+            for c in run.canary.iter().filter(|c| c.outcome.is_some()) {
+                let _ = writeln!(
+                    out,
+                    "canary {:?}: {} at {:.1}s ({}; samples stable {} / canary {})",
+                    c.candidate,
+                    c.outcome.unwrap_or("-"),
+                    c.t,
+                    c.reason,
+                    c.samples.0,
+                    c.samples.1
+                );
+            }
+            let a = &run.accounting;
+            let verdict = |ok: bool| if ok { "ok" } else { "!!! MISMATCH !!!" };
+            let c = &a.client;
+            let _ = writeln!(
+                out,
+                "accounting: offered {} = ok {} + shed {} + 429 {} + open {} + overloaded {} + \
+                 errors {} + timeouts {} + dropped {} (pending {})   {}",
+                c.offered,
+                c.ok,
+                c.shed,
+                c.rate_limited,
+                c.circuit_open,
+                c.overloaded,
+                c.errors,
+                c.timeouts,
+                c.dropped,
+                c.pending(),
+                verdict(a.client_ok)
+            );
+            for line in &a.lines {
+                let _ = writeln!(out, "  {line}");
+            }
+            let _ = writeln!(out, "  layers against the client: {}", verdict(a.layers_ok));
+            if run.max_send_lag_ms > f64::from(LATE_US) / 1000.0 {
+                let _ = writeln!(
+                    out,
+                    "  !!! the load generator ran up to {:.0} ms late (CPU starved?): read the \
+                     figures with care",
+                    run.max_send_lag_ms
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\n== at 3x overload (the issue's bar: p99 <= 2x unloaded, critical >= 99.9 %) =="
+        );
+        for c in &self.checks {
+            let _ = writeln!(
+                out,
+                "{:<32} unloaded p99 {:>8}  overload p99 {:>8}  ratio {:>6}  critical {:>7}  goodput {:>5.1}% of capacity  {}",
+                c.run,
+                fmt_ms(c.unloaded_p99_ms),
+                fmt_ms(c.overload_p99_ms),
+                c.p99_ratio
+                    .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x")),
+                c.critical_success_percent
+                    .map_or_else(|| "-".to_owned(), |c| format!("{c:.2}%")),
+                c.goodput_percent_of_capacity,
+                if c.meets_bar {
+                    "meets the bar"
+                } else {
+                    "does not"
+                }
+            );
+        }
+        print!("{out}");
+    }
+
+    /// Writes `summary.json` under `dir` (created if needed) and returns its path.
+    pub(crate) fn write(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir)
+            .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+        let path = dir.join("summary.json");
+        let json = serde_json::to_string_pretty(self)
+            .map_err(|err| format!("cannot serialize the summary: {err}"))?;
+        std::fs::write(&path, json + "\n")
+            .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+        Ok(vec![path])
+    }
+}
+
+impl Check {
+    fn new(run: &RunJson) -> Self {
+        let phase = |name: &str| run.phases.iter().find(|p| p.name == name);
+        let unloaded = phase("warm-up").and_then(|p| p.p99_ms);
+        let overload = phase("overload");
+        let overload_p99 = overload.and_then(|p| p.p99_ms);
+        let ratio = unloaded
+            .zip(overload_p99)
+            .map(|(u, o)| ((o / u) * 100.0).round() / 100.0);
+        let critical = overload.and_then(|p| p.critical_success_percent);
+        let goodput = overload.map_or(0.0, |p| 100.0 * p.goodput_rps / service::capacity());
+        Self {
+            run: run.name,
+            unloaded_p99_ms: unloaded,
+            overload_p99_ms: overload_p99,
+            p99_ratio: ratio,
+            critical_success_percent: critical,
+            goodput_percent_of_capacity: (goodput * 10.0).round() / 10.0,
+            meets_bar: ratio.is_some_and(|r| r <= 2.0) && critical.is_some_and(|c| c >= 99.9),
+        }
+    }
+}
+
+impl RunJson {
+    fn new(run: &Run) -> Self {
+        let levels = Levels::new(&run.transitions, run.start);
+        let scenario = &run.scenario;
         let phases = scenario
             .phases
             .iter()
             .map(|phase| {
                 let mut merged = Second::default();
-                for s in seconds
+                for s in run
+                    .seconds
                     .iter()
                     .take(phase.end as usize)
                     .skip(phase.start as usize)
@@ -167,23 +393,39 @@ impl Summary {
                 }
                 let (total, p50, p99) = totals(&mut merged);
                 let span = Duration::from_secs(phase.start)..Duration::from_secs(phase.end);
+                let secs = (phase.end - phase.start).max(1) as f64;
+                let crit = merged.tally[Priority::Critical.index()];
+                // Goodput by completion time: a queue that answers late still answers at
+                // capacity at most.
+                let completed: u64 = run
+                    .seconds
+                    .iter()
+                    .take(phase.end as usize)
+                    .skip(phase.start as usize)
+                    .map(|s| s.completed_ok)
+                    .sum();
                 PhaseJson {
                     name: phase.name,
                     start_s: phase.start,
                     end_s: phase.end,
                     target_rps_from: phase.from * scenario.capacity,
                     target_rps_to: phase.to * scenario.capacity,
-                    offered_rps: total.offered as f64 / (phase.end - phase.start).max(1) as f64,
                     total,
+                    goodput_rps: (completed as f64 / secs * 10.0).round() / 10.0,
                     p50_ms: p50,
                     p99_ms: p99,
-                    highest_level: levels.highest(span),
+                    critical_success_percent: crit
+                        .success_percent()
+                        .map(|c| (c * 100.0).round() / 100.0),
+                    highest_level: levels.highest(span.clone()),
+                    level_transitions: levels.count(span),
                     by_priority: by_priority(&mut merged),
                 }
             })
             .collect();
 
-        let timeline = seconds
+        let timeline = run
+            .seconds
             .iter()
             .enumerate()
             .map(|(i, s)| {
@@ -191,11 +433,13 @@ impl Summary {
                 let t = i as u64;
                 let (total, p50, p99) = totals(&mut s);
                 let span = Duration::from_secs(t)..Duration::from_secs(t + 1);
-                let pressure_max = samples
-                    .iter()
-                    .filter(|x| span.contains(&x.t))
-                    .map(|x| x.pressure)
-                    .reduce(f64::max);
+                let by = |f: fn(&Tally) -> u64| {
+                    let mut row = [0; 5];
+                    for (slot, p) in row.iter_mut().zip(Priority::ALL.iter().rev()) {
+                        *slot = f(&s.tally[p.index()]);
+                    }
+                    row
+                };
                 SecondJson {
                     t_s: t,
                     phase: scenario.phase_at(t).name,
@@ -204,235 +448,139 @@ impl Summary {
                     p50_ms: p50,
                     p99_ms: p99,
                     highest_level: levels.highest(span),
-                    pressure_max,
+                    ok_by_priority: by(|t| t.ok),
+                    offered_by_priority: by(|t| t.offered),
+                    v2: s.v2,
                     max_send_lag_ms: f64::from(s.max_send_lag_us) / 1000.0,
-                    by_priority: by_priority(&mut s),
                 }
             })
             .collect();
 
-        let transitions = history
+        let transitions = run
+            .transitions
             .iter()
             .map(|tr| TransitionJson {
-                t_s: tr.at.saturating_duration_since(start).as_secs_f64(),
+                t_s: tr.at.saturating_duration_since(run.start).as_secs_f64(),
                 from: tr.from,
                 to: tr.to,
                 cause: tr.cause.to_string(),
                 signal: tr.signal.clone(),
                 value: tr.value,
                 threshold: tr.threshold,
-                time_at_previous_s: tr.time_at_previous.as_secs_f64(),
             })
             .collect();
 
         Self {
-            scenario: scenario_json,
+            protection: run.protection.key(),
+            name: run.protection.name(),
+            duration_s: scenario.total(),
             phases,
             transitions,
-            accounting: Accounting::new(seconds, snapshot),
+            breaker: run.breaker.clone(),
+            canary: run.canary.clone(),
+            accounting: Accounting::new(run),
             max_send_lag_ms: f64::from(
-                seconds.iter().map(|s| s.max_send_lag_us).max().unwrap_or(0),
+                run.seconds
+                    .iter()
+                    .map(|s| s.max_send_lag_us)
+                    .max()
+                    .unwrap_or(0),
             ) / 1000.0,
             timeline,
-            signal: samples
-                .iter()
-                .map(|s| {
-                    let round = |x: f64| (x * 1000.0).round() / 1000.0;
-                    [round(s.t.as_secs_f64()), round(s.pressure)]
-                })
-                .collect(),
         }
-    }
-
-    pub(crate) fn print(&self) {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "\n== per phase (by send time; latency = 200 responses, send to last byte) =="
-        );
-        let _ = writeln!(
-            out,
-            "{:<9} {:>7} {:>11}  {:<10} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8}",
-            "phase",
-            "secs",
-            "target/s",
-            "priority",
-            "offered",
-            "admitted",
-            "shed",
-            "errors",
-            "p50",
-            "p99"
-        );
-        for phase in &self.phases {
-            let secs = format!("{}-{}", phase.start_s, phase.end_s);
-            let target = if phase.target_rps_from == phase.target_rps_to {
-                format!("{:.0}", phase.target_rps_from)
-            } else {
-                format!("{:.0}-{:.0}", phase.target_rps_from, phase.target_rps_to)
-            };
-            let row = |out: &mut String, first: bool, name: &str, t: &Tally, p50, p99| {
-                let (label, secs, target) = if first {
-                    (phase.name, secs.as_str(), target.as_str())
-                } else {
-                    ("", "", "")
-                };
-                let _ = write!(
-                    out,
-                    "{label:<9} {secs:>7} {target:>11}  {name:<10} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8}",
-                    t.offered,
-                    t.ok,
-                    t.shed,
-                    t.errors + t.dropped,
-                    fmt_ms(p50),
-                    fmt_ms(p99),
-                );
-            };
-            for (i, p) in phase.by_priority.iter().enumerate() {
-                row(&mut out, i == 0, p.priority, &p.tally, p.p50_ms, p.p99_ms);
-                out.push('\n');
-            }
-            row(
-                &mut out,
-                false,
-                "all",
-                &phase.total,
-                phase.p50_ms,
-                phase.p99_ms,
-            );
-            let _ = writeln!(
-                out,
-                "   offered {:.0}/s, highest level {}",
-                phase.offered_rps, phase.highest_level
-            );
-        }
-
-        let _ = writeln!(out, "\n== level transitions (LevelHandle::history) ==");
-        if self.transitions.is_empty() {
-            let _ = writeln!(out, "  none: the level stayed normal");
-        }
-        for tr in &self.transitions {
-            let relation = if tr.cause == "recovered" { "<" } else { ">=" };
-            let _ = writeln!(
-                out,
-                "  t={:>5.1}s {:>9} -> {:<9} {:<9} {} {:.2} {relation} {:.2}  (after {:.1}s)",
-                tr.t_s,
-                tr.from.as_str(),
-                tr.to.as_str(),
-                tr.cause,
-                tr.signal.as_deref().unwrap_or("-"),
-                tr.value.unwrap_or(f64::NAN),
-                tr.threshold.unwrap_or(f64::NAN),
-                tr.time_at_previous_s,
-            );
-        }
-
-        let a = &self.accounting;
-        let c = &a.client;
-        let verdict = |ok: bool| if ok { "ok" } else { "!!! MISMATCH !!!" };
-        let _ = writeln!(out, "\n== accounting ==");
-        let _ = writeln!(
-            out,
-            "client: offered {} = ok {} + shed {} + errors {} + dropped {} (pending {})   {}",
-            c.offered,
-            c.ok,
-            c.shed,
-            c.errors,
-            c.dropped,
-            c.pending(),
-            verdict(a.client_ok)
-        );
-        let reached = c.ok + c.shed;
-        let _ = writeln!(
-            out,
-            "server: layer offered {} = admitted {} + shed {}; client ok + shed = {reached}{}   {}",
-            a.server_offered,
-            a.server_admitted,
-            a.server_shed,
-            if c.errors > 0 {
-                format!(" (+ up to {} client errors)", c.errors)
-            } else {
-                ", per priority too".to_owned()
-            },
-            verdict(a.server_ok)
-        );
-        let shed_by_level = a
-            .server_shed_by_level
-            .iter()
-            .filter(|(_, row)| row.iter().sum::<u64>() > 0)
-            .map(|(level, row)| {
-                let parts = Priority::ALL
-                    .iter()
-                    .rev()
-                    .filter(|p| row[p.index()] > 0)
-                    .map(|p| format!("{} {}", p.as_str(), row[p.index()]))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                format!("{level}: {parts}")
-            })
-            .collect::<Vec<_>>();
-        if !shed_by_level.is_empty() {
-            let _ = writeln!(out, "layer shed by level: {}", shed_by_level.join("; "));
-        }
-        let late = self.max_send_lag_ms > f64::from(LATE_US) / 1000.0;
-        let _ = writeln!(
-            out,
-            "load generator: worst send lag {:.1}ms{}",
-            self.max_send_lag_ms,
-            if late {
-                "  !!! WARNING: the process could not keep its own schedule (CPU starved?); \
-                 arrivals left in bursts, read the figures with care"
-            } else {
-                " (kept its schedule)"
-            }
-        );
-        print!("{out}");
-    }
-
-    /// Writes `summary.json` under `dir` (created if needed) and returns its path.
-    pub(crate) fn write(&self, dir: &Path) -> Result<PathBuf> {
-        std::fs::create_dir_all(dir)
-            .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
-        let path = dir.join("summary.json");
-        let json = serde_json::to_string_pretty(self)
-            .map_err(|err| format!("cannot serialize the summary: {err}"))?;
-        std::fs::write(&path, json + "\n")
-            .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
-        Ok(path)
     }
 }
 
 impl Accounting {
-    fn new(seconds: &[Second], snapshot: &DegradeSnapshot) -> Self {
+    fn new(run: &Run) -> Self {
         let mut all = Second::default();
-        seconds.iter().for_each(|s| all.add(s));
-        let client = all.total();
-        let client_ok = client.pending() == 0
-            && client.offered == client.ok + client.shed + client.errors + client.dropped;
-        let reached = client.ok + client.shed;
-        // A request the client gave up on (or lost to a connection error) may or may not have
-        // reached the layer; with no client errors the two sides must agree exactly.
-        let server_ok = if client.errors == 0 {
-            snapshot.offered() == reached
-                && Priority::ALL.iter().all(|&p| {
-                    let t = all.tally[p.index()];
-                    snapshot.admitted_by(p) == t.ok && snapshot.shed_by(p) == t.shed
-                })
-        } else {
-            (reached..=reached + client.errors).contains(&snapshot.offered())
+        run.seconds.iter().for_each(|s| all.add(s));
+        let c = all.total();
+        let client_ok = c.pending() == 0 && c.offered == c.settled();
+        let mut lines = Vec::new();
+        // What reached the server: everything answered. A request the client gave up on (or
+        // lost to a connection error) may or may not have; with no timeouts the sides must
+        // agree exactly, otherwise within the timeouts.
+        let reached = c.ok + c.rejected() + c.errors;
+        let slack = c.timeouts;
+        let within = |server: u64, client: u64| (client..=client + slack).contains(&server);
+        let mut ok = true;
+        let mut check = |name: &str, server: u64, client: u64, lines: &mut Vec<String>| {
+            let good = within(server, client);
+            ok &= good;
+            lines.push(format!(
+                "{name}: layer {server} vs client {client}{}{}",
+                if slack > 0 {
+                    format!(" (+ up to {slack} timeouts)")
+                } else {
+                    String::new()
+                },
+                if good { "" } else { "  <-- MISMATCH" }
+            ));
         };
+        match &run.parts {
+            Some(parts) => {
+                let degrade = parts.degrade_snapshot();
+                let rl = parts.rate_limit_snapshot();
+                let breaker = parts.breaker.snapshot();
+                check(
+                    "DegradeLayer offered",
+                    degrade.offered(),
+                    reached,
+                    &mut lines,
+                );
+                check(
+                    "DegradeLayer shed",
+                    degrade.shed_total(),
+                    c.shed,
+                    &mut lines,
+                );
+                check(
+                    "RateLimit offered = DegradeLayer admitted",
+                    rl.offered(),
+                    degrade.admitted_total(),
+                    &mut lines,
+                );
+                check(
+                    "RateLimit rejected",
+                    rl.rejected.iter().sum(),
+                    c.rate_limited,
+                    &mut lines,
+                );
+                check(
+                    "Breaker passed + rejected = RateLimit admitted",
+                    breaker.passed + breaker.rejected,
+                    rl.admitted,
+                    &mut lines,
+                );
+                check(
+                    "Breaker rejected",
+                    breaker.rejected,
+                    c.circuit_open,
+                    &mut lines,
+                );
+                check(
+                    "backend calls = Breaker passed",
+                    run.backend_calls,
+                    breaker.passed,
+                    &mut lines,
+                );
+            }
+            None => {
+                check(
+                    "backend calls",
+                    run.backend_calls,
+                    c.ok + c.errors,
+                    &mut lines,
+                );
+            }
+        }
         Self {
-            client,
-            server_offered: snapshot.offered(),
-            server_admitted: snapshot.admitted_total(),
-            server_shed: snapshot.shed_total(),
-            server_shed_by_level: Level::ALL
-                .iter()
-                .map(|&level| (level, snapshot.shed[level.index()]))
-                .collect(),
+            client: c,
             client_ok,
-            server_ok,
-            ok: client_ok && server_ok,
+            layers_ok: ok,
+            lines,
+            backend_calls: run.backend_calls,
         }
     }
 }
@@ -451,14 +599,10 @@ fn by_priority(s: &mut Second) -> Vec<PriorityJson> {
     Priority::ALL
         .iter()
         .rev()
-        .map(|&p| {
-            let latencies = &mut s.latency_us[p.index()];
-            PriorityJson {
-                priority: p.as_str(),
-                tally: s.tally[p.index()],
-                p50_ms: ms_value(load::quantile(latencies, 0.50)),
-                p99_ms: ms_value(load::quantile(latencies, 0.99)),
-            }
+        .map(|&p| PriorityJson {
+            priority: p.as_str(),
+            tally: s.tally[p.index()],
+            p99_ms: ms_value(load::quantile(&mut s.latency_us[p.index()], 0.99)),
         })
         .collect()
 }
@@ -468,13 +612,13 @@ fn fmt_ms(value: Option<f64>) -> String {
 }
 
 /// The level over time, rebuilt from the handle's history.
-struct Levels {
+pub(crate) struct Levels {
     /// (time since start, from, to), in order.
     changes: Vec<(Duration, Level, Level)>,
 }
 
 impl Levels {
-    fn new(history: &[Transition], start: Instant) -> Self {
+    pub(crate) fn new(history: &[Transition], start: Instant) -> Self {
         Self {
             changes: history
                 .iter()
@@ -500,5 +644,12 @@ impl Levels {
             .filter(|(at, _, _)| span.contains(at))
             .map(|(_, _, to)| *to)
             .fold(self.at(span.start), Level::max)
+    }
+
+    fn count(&self, span: std::ops::Range<Duration>) -> usize {
+        self.changes
+            .iter()
+            .filter(|(at, _, _)| span.contains(at))
+            .count()
     }
 }

@@ -1,0 +1,345 @@
+//! The service under test: a backend with a fixed capacity and two versions, and the three ways
+//! the demo puts it on the network (behind the full degrade stack, behind tower's
+//! `ConcurrencyLimit` + `LoadShed`, and bare).
+
+use axum::Router;
+use axum::body::Body;
+use axum::error_handling::HandleErrorLayer;
+use degrade_breaker::{BreakerConfig, BreakerHandle, BreakerLayer, WindowConfig};
+use degrade_canary::{Canary, CanaryHandle};
+use degrade_core::degrade::DegradeSnapshot;
+use degrade_core::ladder::LadderConfig;
+use degrade_core::policy::AdmitShares;
+use degrade_core::priority::HeaderPriority;
+use degrade_core::{BoxError, Controller, DegradeLayer, HttpClassifier, Level, Policy, Priority};
+use degrade_ratelimit::key::HeaderKey;
+use degrade_ratelimit::{KeysConfig, RateLimitConfig, RateLimitLayer, RateLimitSnapshot};
+use http::{Request, Response, StatusCode};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tower::ServiceBuilder;
+
+/// Requests the backend serves at once (its fixed capacity in concurrency).
+pub(crate) const PERMITS: usize = 8;
+/// Work per request once it holds a permit. 40 ms makes the capacity 200 req/s, so the peak of
+/// 3x capacity is 600 req/s: the client and the server share this process and, in a debug
+/// build, each request costs them about half a millisecond of CPU together, rejected or not.
+/// At 20 ms (1,200 req/s at the peak) a 2-core machine doing anything else falls behind its own
+/// schedule, and the demo measures the machine instead of the server.
+pub(crate) const SERVICE_TIME: Duration = Duration::from_millis(40);
+/// The extra latency of the bad candidate version.
+const BAD_EXTRA: Duration = Duration::from_millis(20);
+/// One request in this many fails on the bad candidate version.
+const BAD_ERROR_EVERY: u64 = 4;
+pub(crate) const PRIORITY_HEADER: &str = "x-priority";
+pub(crate) const CLIENT_HEADER: &str = "x-client";
+/// tower's `ConcurrencyLimit` in the comparison run: the backend's permits plus as many
+/// waiting, which bounds the queueing delay to one service time.
+pub(crate) const TOWER_LIMIT: usize = 2 * PERMITS;
+
+/// The backend's capacity in requests per second: `PERMITS` requests every `SERVICE_TIME`.
+pub(crate) fn capacity() -> f64 {
+    PERMITS as f64 / SERVICE_TIME.as_secs_f64()
+}
+
+/// The version deployed as the canary candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Candidate {
+    /// Nothing deployed: the candidate arm answers like v1 (its weight is 0 anyway).
+    None,
+    /// v2 with a bug: one request in four fails, and it is 20 ms slower.
+    Bad,
+    /// v2 fixed: as fast and as reliable as v1.
+    Good,
+}
+
+/// The backend: a fixed number of permits, the requests in it (waiting for a permit or holding
+/// one: the queue signal), an outage switch and the candidate version.
+#[derive(Debug)]
+pub(crate) struct Backend {
+    permits: Semaphore,
+    in_system: AtomicUsize,
+    outage: AtomicBool,
+    candidate: AtomicU8,
+    /// Calls that reached the backend (past every protection).
+    pub(crate) calls: AtomicU64,
+    bad_calls: AtomicU64,
+}
+
+impl Backend {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            permits: Semaphore::new(PERMITS),
+            in_system: AtomicUsize::new(0),
+            outage: AtomicBool::new(false),
+            candidate: AtomicU8::new(0),
+            calls: AtomicU64::new(0),
+            bad_calls: AtomicU64::new(0),
+        })
+    }
+
+    /// Requests waiting for or holding a permit.
+    pub(crate) fn in_system(&self) -> usize {
+        self.in_system.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_outage(&self, on: bool) {
+        self.outage.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn deploy(&self, candidate: Candidate) {
+        self.candidate.store(candidate as u8, Ordering::Relaxed);
+    }
+
+    fn candidate(&self) -> Candidate {
+        match self.candidate.load(Ordering::Relaxed) {
+            1 => Candidate::Bad,
+            2 => Candidate::Good,
+            _ => Candidate::None,
+        }
+    }
+
+    /// Serves one request as `version` ("v1" or "v2"); the body starts with the version.
+    async fn serve(&self, v2: bool) -> Response<Body> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let version = if v2 { "v2" } else { "v1" };
+        if self.outage.load(Ordering::Relaxed) {
+            // The backend's dependency is down: every call fails at once.
+            return answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                version,
+                "dependency down",
+            );
+        }
+        let _counted = InSystem::enter(&self.in_system);
+        // Waiting here is the backend's queue: over capacity, latency rises with it.
+        let Ok(_permit) = self.permits.acquire().await else {
+            return answer(StatusCode::INTERNAL_SERVER_ERROR, version, "closed");
+        };
+        let bad = v2 && self.candidate() == Candidate::Bad;
+        // This sleep models the backend's work (CPU, a database call) while it holds one of
+        // its few permits; it is not used as a clock.
+        tokio::time::sleep(if bad {
+            SERVICE_TIME + BAD_EXTRA
+        } else {
+            SERVICE_TIME
+        })
+        .await;
+        if bad && self.bad_calls.fetch_add(1, Ordering::Relaxed) % BAD_ERROR_EVERY == 0 {
+            return answer(StatusCode::INTERNAL_SERVER_ERROR, version, "bug");
+        }
+        answer(StatusCode::OK, version, "ok")
+    }
+}
+
+fn answer(status: StatusCode, version: &'static str, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::from(format!("{version} {text}")));
+    *response.status_mut() = status;
+    response
+}
+
+/// Counts a request in the backend for as long as its future lives, including when the client
+/// gives up and hyper drops the future mid-wait.
+struct InSystem<'a>(&'a AtomicUsize);
+
+impl<'a> InSystem<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for InSystem<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How the backend is put on the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Protection {
+    /// DegradeLayer (driven by degrade-triggers) → keyed RateLimitLayer → BreakerLayer →
+    /// Canary → backend.
+    Degrade,
+    /// tower's `GlobalConcurrencyLimitLayer` + `LoadShed`, answered 503 by axum's
+    /// `HandleErrorLayer`.
+    Tower,
+    /// The backend alone.
+    Unprotected,
+}
+
+impl Protection {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Protection::Degrade => "degrade",
+            Protection::Tower => "tower ConcurrencyLimit+LoadShed",
+            Protection::Unprotected => "unprotected",
+        }
+    }
+
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            Protection::Degrade => "degrade",
+            Protection::Tower => "tower",
+            Protection::Unprotected => "unprotected",
+        }
+    }
+}
+
+/// The policy of the demo: the default policy's order (background first, critical last), with
+/// the shares set for this service's traffic mix so that the levels around 3x sit on either side
+/// of capacity: Light keeps normal whole and drops low (60 % of the offered load), Moderate keeps
+/// a fifth of normal (36 %: 1.08x capacity at 3x), Heavy keeps critical and three quarters of
+/// high (25 %: 0.75x, leaving room for a backend slower than its nominal capacity, as on a busy
+/// machine), Emergency critical only (10 %). At 3x the ladder then moves between Moderate, where
+/// the queue grows slowly, and Heavy, where it drains, and the queue stays short.
+pub(crate) fn policy() -> Policy {
+    let mut policy = Policy::default();
+    let shares = |normal, high| AdmitShares {
+        background: 0.0,
+        low: 0.0,
+        normal,
+        high,
+        critical: 1.0,
+    };
+    policy.level_mut(Level::Light).admit = shares(1.0, 1.0);
+    policy.level_mut(Level::Moderate).admit = shares(0.2, 1.0);
+    policy.level_mut(Level::Heavy).admit = shares(0.0, 0.75);
+    policy
+}
+
+/// The per-client quota: above what any application client sends at 3x (85 % of 600 req/s over
+/// 12 clients), below what the bulk client sends past 2x (15 % of the load).
+pub(crate) fn rate_limit() -> RateLimitConfig {
+    let mut config = RateLimitConfig::default();
+    config.quota = 60;
+    config.period = Duration::from_secs(1);
+    config.burst = Some(30);
+    config
+}
+
+/// Opens when half of the last 50 calls failed (at least 20), waits 1 s (doubling while the
+/// outage lasts, up to 4 s), then lets 2 probes at a time through.
+pub(crate) fn breaker() -> BreakerConfig {
+    let mut config = BreakerConfig::default();
+    config.window = WindowConfig::Count { size: 50 };
+    config.minimum_calls = 20;
+    config.failure_rate = 0.5;
+    config.wait = Duration::from_secs(1);
+    config.backoff.multiplier = 2.0;
+    config.backoff.max_wait = Duration::from_secs(4);
+    config.half_open.permits = 2;
+    config.half_open.successes = 3;
+    config
+}
+
+/// The protected run's handles: what the control loop drives and what the report reads.
+#[derive(Debug, Clone)]
+pub(crate) struct Parts {
+    pub(crate) controller: Controller,
+    pub(crate) degrade: DegradeLayer<HeaderPriority>,
+    pub(crate) rate_limit: RateLimitLayer<HeaderKey>,
+    pub(crate) breaker: BreakerHandle<HttpClassifier>,
+    pub(crate) canary: CanaryHandle,
+}
+
+impl Parts {
+    pub(crate) fn degrade_snapshot(&self) -> DegradeSnapshot {
+        self.degrade.snapshot()
+    }
+
+    pub(crate) fn rate_limit_snapshot(&self) -> RateLimitSnapshot {
+        self.rate_limit.snapshot()
+    }
+}
+
+/// The app for `protection`, and the protected run's handles.
+pub(crate) fn app(
+    protection: Protection,
+    backend: &Arc<Backend>,
+    ladder: &LadderConfig,
+) -> Result<(Router, Option<Parts>), String> {
+    let version = |v2: Option<bool>| {
+        let backend = Arc::clone(backend);
+        tower::service_fn(move |_: Request<Body>| {
+            let backend = Arc::clone(&backend);
+            async move {
+                // `None`: the candidate arm, v2 once a candidate is deployed.
+                let v2 = v2.unwrap_or_else(|| backend.candidate() != Candidate::None);
+                Ok::<_, Infallible>(backend.serve(v2).await)
+            }
+        })
+    };
+    match protection {
+        Protection::Unprotected => Ok((
+            Router::new().route_service("/work", version(Some(false))),
+            None,
+        )),
+        Protection::Tower => {
+            let svc = ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|err: BoxError| async move {
+                    let status = if err.is::<tower::load_shed::error::Overloaded>() {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    };
+                    (status, err.to_string())
+                }))
+                .load_shed()
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(TOWER_LIMIT))
+                .service(version(Some(false)));
+            Ok((Router::new().route_service("/work", svc), None))
+        }
+        Protection::Degrade => {
+            let controller =
+                Controller::new(ladder.clone()).map_err(|err| format!("ladder: {err}"))?;
+            let degrade = DegradeLayer::builder(controller.handle())
+                .policy(policy())
+                .prioritize(
+                    HeaderPriority::new(PRIORITY_HEADER, Priority::Normal)
+                        .map_err(|err| format!("priority header: {err}"))?,
+                )
+                .retry_after(Duration::from_secs(1))
+                .build()
+                .map_err(|err| format!("degrade layer: {err}"))?;
+            let rate_limit = RateLimitLayer::builder(rate_limit())
+                .keyed(
+                    HeaderKey::new(CLIENT_HEADER).map_err(|err| format!("client key: {err}"))?,
+                    KeysConfig::default(),
+                )
+                .build()
+                .map_err(|err| format!("rate limit: {err}"))?;
+            let breaker = BreakerLayer::builder(breaker())
+                .classifier(HttpClassifier::default())
+                .name("backend")
+                .build()
+                .map_err(|err| format!("breaker: {err}"))?;
+            let canary = Canary::builder()
+                .classifier(HttpClassifier::default())
+                .build(version(Some(false)), version(None));
+            let parts = Parts {
+                controller,
+                degrade: degrade.clone(),
+                rate_limit: rate_limit.clone(),
+                breaker: breaker.handle(),
+                canary: canary.handle(),
+            };
+            let svc = ServiceBuilder::new()
+                // The canary's error type is `BoxError`; every layer above answers its own
+                // rejections, so an error here is a bug in the demo, answered 500.
+                .layer(HandleErrorLayer::new(|err: BoxError| async move {
+                    (StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+                }))
+                .layer(degrade.http())
+                .layer(rate_limit.http())
+                .layer(breaker.http())
+                .service(canary);
+            Ok((Router::new().route_service("/work", svc), Some(parts)))
+        }
+    }
+}
