@@ -48,7 +48,7 @@ const MAX_OUTSTANDING: u64 = 1_000;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 const SEED: u64 = 0x00de_57ad_e5ee_d001;
 /// The offered load outside the overload part, in multiples of capacity.
-const BASE_LOAD: f64 = 0.6;
+pub(crate) const BASE_LOAD: f64 = 0.6;
 /// The queue (requests waiting for or holding a permit) at which the queue signal alone points
 /// at Light, Moderate, Heavy and Emergency. Busy with no queue is 8 (the permits); each request
 /// queued beyond them adds 5 ms of waiting on average, so Heavy at 16 keeps the queueing delay
@@ -268,7 +268,7 @@ impl Scenario {
 /// would admit critical traffic only. Recovery is stepwise, one level per dwell, and a step
 /// down undone within its dwell doubles the next dwell (capped at 2x so the short `--quick` run
 /// still sees the way back to Normal).
-fn ladder_config(dwell: Duration) -> LadderConfig {
+pub(crate) fn ladder_config(dwell: Duration) -> LadderConfig {
     LadderConfig {
         escalate_after: 2,
         recover_after: 4,
@@ -282,7 +282,7 @@ fn ladder_config(dwell: Duration) -> LadderConfig {
 
 /// The canary rollout: fewer samples and shorter bakes than the defaults (2 000 per arm, 2 min
 /// per step), so a release is decided within a phase of the demo.
-fn rollout_config(quick: bool) -> RolloutConfig {
+pub(crate) fn rollout_config(quick: bool) -> RolloutConfig {
     let mut config = RolloutConfig::default();
     let bake = Duration::from_millis(if quick { 500 } else { 2_000 });
     let weights: &[f64] = if quick {
@@ -334,6 +334,7 @@ pub(crate) struct Run {
     pub(crate) protection: Protection,
     pub(crate) scenario: Scenario,
     pub(crate) seconds: Vec<load::Second>,
+    pub(crate) answers: Vec<load::Answer>,
     pub(crate) control: Vec<ControlSample>,
     pub(crate) transitions: Vec<Transition>,
     pub(crate) canary: Vec<CanaryEvent>,
@@ -394,7 +395,7 @@ async fn demo(options: Options) -> Result {
 }
 
 /// One run of `scenario` against the backend behind `protection`.
-async fn run_one(
+pub(crate) async fn run_one(
     protection: Protection,
     scenario: &Scenario,
     ladder: &LadderConfig,
@@ -477,6 +478,7 @@ async fn run_one(
         protection,
         scenario: scenario.clone(),
         seconds: recorder.seconds(),
+        answers: recorder.answers(),
         control,
         transitions,
         canary,
@@ -654,6 +656,11 @@ fn canary_event(
         },
         samples: judgement.samples,
     }
+}
+
+/// Milliseconds (two decimals) from microseconds.
+pub(crate) fn report_ms(micros: Option<u32>) -> Option<f64> {
+    report::ms_value(micros)
 }
 
 /// What `Cause` reads as in a transition line.

@@ -22,6 +22,7 @@ use std::{
     time::Instant,
 };
 
+mod bench;
 mod demo;
 #[cfg(test)]
 mod tidy;
@@ -45,9 +46,16 @@ Commands:
         loom models of every crate with tests/loom.rs   (RUSTFLAGS=--cfg degrade_loom)
   ci    test, then lint, then demo --quick (what .ci/run runs)
   demo [--quick] [--duration SECS] [--out DIR]
-        a real axum service at fixed capacity behind the DegradeLayer, driven open-loop
-        through warm-up, an overload ramp to 3x capacity and recovery; live view, summary,
-        accounting check and <out>/summary.json (default target/degrade-demo)
+        a real axum service at fixed capacity behind the full degrade stack (triggers-driven
+        DegradeLayer, keyed rate limit, breaker, canary), driven open-loop through warm-up,
+        an overload ramp to 3x, a backend outage, a bad then a good canary and recovery; then
+        the overload part unprotected and behind tower's ConcurrencyLimit + LoadShed. Live
+        view, per-phase summary, accounting check; <out>/summary.json, report.html and
+        overview.svg (default target/degrade-demo)
+  bench overload [--quick] [--out DIR]
+        goodput, p50 / p99 and critical success at 0.5x..4x capacity, reaction and recovery
+        times: unprotected, tower ConcurrencyLimit + LoadShed, tower-resilience bulkhead,
+        degrade; <out>/overload.md, .svg, .json (default target/degrade-bench)
 ";
 
 fn main() -> ExitCode {
@@ -77,6 +85,7 @@ fn dispatch(command: &str, args: &[String]) -> Option<Result> {
         "ci" => no_args("ci", args).and_then(|()| ci()),
         // New commands go here, e.g. `"demo" => demo::run(args),`.
         "demo" => demo::run(args),
+        "bench" => bench::run(args),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

@@ -226,11 +226,23 @@ impl Second {
     }
 }
 
+/// One answered request, for measures finer than a second (reaction and recovery times).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Answer {
+    /// When it was scheduled, in milliseconds since the start.
+    pub(crate) sent_ms: u32,
+    /// Answered 200.
+    pub(crate) ok: bool,
+    /// Send to last byte, for 200 answers.
+    pub(crate) latency_us: u32,
+}
+
 /// Where the generator files outcomes; readable while the run goes on (for a live view).
 #[derive(Debug)]
 pub(crate) struct Recorder {
     start: Instant,
     seconds: Mutex<Vec<Second>>,
+    answers: Mutex<Vec<Answer>>,
     outstanding: AtomicU64,
 }
 
@@ -240,6 +252,7 @@ impl Recorder {
         Arc::new(Self {
             start: Instant::now(),
             seconds: Mutex::new(Vec::new()),
+            answers: Mutex::new(Vec::new()),
             outstanding: AtomicU64::new(0),
         })
     }
@@ -261,6 +274,14 @@ impl Recorder {
     /// A copy of every second so far.
     pub(crate) fn seconds(&self) -> Vec<Second> {
         self.lock().clone()
+    }
+
+    /// Every answered request so far (not the timeouts and drops), in completion order.
+    pub(crate) fn answers(&self) -> Vec<Answer> {
+        self.answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Second>> {
@@ -448,6 +469,22 @@ fn send<R>(
             Ok(Err(())) | Err(_) => Outcome::Timeout,
         };
         let ok = matches!(outcome, Outcome::Ok(..));
+        if !matches!(outcome, Outcome::Timeout) {
+            let latency_us = match outcome {
+                Outcome::Ok(latency, _) => u32::try_from(latency.as_micros()).unwrap_or(u32::MAX),
+                _ => 0,
+            };
+            let answer = Answer {
+                sent_ms: u32::try_from(at.as_millis()).unwrap_or(u32::MAX),
+                ok,
+                latency_us,
+            };
+            recorder
+                .answers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(answer);
+        }
         recorder.update(index, |s| match outcome {
             Outcome::Ok(latency, v2) => {
                 s.tally[p].ok += 1;

@@ -171,6 +171,9 @@ pub(crate) enum Protection {
     Tower,
     /// The backend alone.
     Unprotected,
+    /// tower-resilience's bulkhead: the backend's permits, a wait of at most one service time,
+    /// answered 503 by axum's `HandleErrorLayer` (overload benchmark only).
+    Bulkhead,
 }
 
 impl Protection {
@@ -179,6 +182,7 @@ impl Protection {
             Protection::Degrade => "degrade",
             Protection::Tower => "tower ConcurrencyLimit+LoadShed",
             Protection::Unprotected => "unprotected",
+            Protection::Bulkhead => "tower-resilience bulkhead",
         }
     }
 
@@ -187,6 +191,7 @@ impl Protection {
             Protection::Degrade => "degrade",
             Protection::Tower => "tower",
             Protection::Unprotected => "unprotected",
+            Protection::Bulkhead => "bulkhead",
         }
     }
 }
@@ -292,6 +297,23 @@ pub(crate) fn app(
                 }))
                 .load_shed()
                 .layer(tower::limit::GlobalConcurrencyLimitLayer::new(TOWER_LIMIT))
+                .service(version(Some(false)));
+            Ok((Router::new().route_service("/work", svc), None))
+        }
+        Protection::Bulkhead => {
+            let bulkhead = tower_resilience_bulkhead::BulkheadLayer::builder()
+                .max_concurrent_calls(PERMITS)
+                .max_wait_duration(SERVICE_TIME)
+                .name("backend")
+                .build()
+                .map_err(|err| format!("bulkhead: {err}"))?;
+            let svc = ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(
+                    |err: tower_resilience_bulkhead::BulkheadServiceError<Infallible>| async move {
+                        (StatusCode::SERVICE_UNAVAILABLE, err.to_string())
+                    },
+                ))
+                .layer(bulkhead)
                 .service(version(Some(false)));
             Ok((Router::new().route_service("/work", svc), None))
         }

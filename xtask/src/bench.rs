@@ -1,0 +1,388 @@
+//! `cargo xtask bench overload`: goodput under overload. The demo's backend (fixed capacity,
+//! real axum on 127.0.0.1) and the demo's open-loop load generator, run at 0.5x to 4x capacity
+//! in four configurations: unprotected, tower's `ConcurrencyLimit` + `LoadShed`,
+//! tower-resilience's bulkhead, and degrade (the demo's protected stack). Measured per load:
+//! goodput (200 answers completed per second), p50 / p99 of the 200 answers, the share of
+//! critical requests answered 200; per configuration: the time to react to a step from 0.5x to
+//! 3x and to recover after the step back. Writes a table (Markdown), an SVG plot and JSON under
+//! `target/degrade-bench/`.
+
+use crate::demo::load::{self, Answer};
+use crate::demo::service::{self, Protection};
+use crate::demo::{self, Event, Phase, Run, Scenario};
+use crate::{Result, workspace_root};
+use degrade_core::Priority;
+use plotters::prelude::*;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const USAGE: &str = "\
+Usage: cargo xtask bench overload [--quick] [--out DIR]
+  --quick    3 s per load step (default 8 s)
+  --out DIR  where overload.md, overload.svg and overload.json go
+             (default <workspace>/target/degrade-bench)";
+
+/// Offered load in multiples of capacity, in the order run after a 0.5x warm-up: rising, so
+/// each step starts from the state the previous one left (as load grows in production); then
+/// back to 0.5x for twice as long (the recovery measure), then a step to 3x from that calm
+/// state (the reaction measure). The table takes each load's first occurrence.
+const STEPS: [(&str, f64, u64); 9] = [
+    ("1x", 1.0, 1),
+    ("1.5x", 1.5, 1),
+    ("2x", 2.0, 1),
+    ("2.5x", 2.5, 1),
+    ("3x", 3.0, 1),
+    ("4x", 4.0, 1),
+    ("back to 0.5x", 0.5, 2),
+    ("step to 3x", 3.0, 1),
+    ("end", 0.5, 1),
+];
+const WARM_UP: u64 = 3;
+/// The window of the reaction and recovery measures.
+const WINDOW_MS: u32 = 250;
+
+/// Runs the benchmark named by `args[0]` (only `overload` exists).
+pub(crate) fn run(args: &[String]) -> Result {
+    let Some((name, rest)) = args.split_first() else {
+        return Err(format!("which benchmark?\n\n{USAGE}"));
+    };
+    if name != "overload" {
+        return Err(format!("unknown benchmark `{name}`\n\n{USAGE}"));
+    }
+    let mut quick = false;
+    let mut out = workspace_root().join("target").join("degrade-bench");
+    let mut iter = rest.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--out" => {
+                out = PathBuf::from(iter.next().ok_or("`--out` needs a value")?);
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => return Err(format!("unexpected argument `{other}`\n\n{USAGE}")),
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| format!("cannot start the tokio runtime: {err}"))?;
+    runtime.block_on(overload(if quick { 3 } else { 8 }, out))
+}
+
+fn scenario(step_secs: u64) -> Scenario {
+    let mut phases = vec![Phase {
+        name: "warm-up",
+        start: 0,
+        end: WARM_UP,
+        from: 0.5,
+        to: 0.5,
+        event: Event::None,
+    }];
+    let mut start = WARM_UP;
+    for (name, factor, length) in STEPS {
+        phases.push(Phase {
+            name,
+            start,
+            end: start + step_secs * length,
+            from: factor,
+            to: factor,
+            event: Event::None,
+        });
+        start += step_secs * length;
+    }
+    Scenario {
+        phases,
+        capacity: service::capacity(),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Point {
+    factor: f64,
+    offered_rps: f64,
+    goodput_rps: f64,
+    goodput_percent_of_capacity: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    critical_success_percent: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct ConfigResult {
+    name: &'static str,
+    points: Vec<Point>,
+    /// From the step from 0.5x to 3x until every later 250 ms window of that step has its p99
+    /// within 2x of the warm-up's p99 (`None`: never within the step).
+    reaction_ms: Option<u64>,
+    /// From the step from 4x back to 0.5x until every later window answers at least 99 % of
+    /// its requests 200 with the p99 within 2x of the warm-up's.
+    recovery_ms: Option<u64>,
+    warm_up_p99_ms: Option<f64>,
+}
+
+async fn overload(step_secs: u64, out: PathBuf) -> Result {
+    let scenario = scenario(step_secs);
+    let ladder = demo::ladder_config(Duration::from_secs(1));
+    let rollout = demo::rollout_config(true);
+    let mut results = Vec::new();
+    for protection in [
+        Protection::Unprotected,
+        Protection::Tower,
+        Protection::Bulkhead,
+        Protection::Degrade,
+    ] {
+        let run = demo::run_one(protection, &scenario, &ladder, &rollout).await?;
+        results.push(measure(&run, &scenario));
+    }
+    let table = table(&results, step_secs);
+    println!("\n{table}");
+    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let md = out.join("overload.md");
+    std::fs::write(&md, &table).map_err(|e| format!("cannot write {}: {e}", md.display()))?;
+    let json = out.join("overload.json");
+    let text = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
+    std::fs::write(&json, text + "\n")
+        .map_err(|e| format!("cannot write {}: {e}", json.display()))?;
+    let svg = out.join("overload.svg");
+    std::fs::write(&svg, plot(&results)?)
+        .map_err(|e| format!("cannot write {}: {e}", svg.display()))?;
+    for path in [md, svg, json] {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn measure(run: &Run, scenario: &Scenario) -> ConfigResult {
+    let capacity = scenario.capacity;
+    let phase_p99 = |phase: &Phase| {
+        let mut latencies: Vec<u32> = run
+            .seconds
+            .iter()
+            .take(phase.end as usize)
+            .skip(phase.start as usize)
+            .flat_map(|s| s.latency_us.iter().flatten().copied())
+            .collect();
+        let p50 = crate::demo::report_ms(load::quantile(&mut latencies, 0.5));
+        let p99 = crate::demo::report_ms(load::quantile(&mut latencies, 0.99));
+        (p50, p99)
+    };
+    let warm_up_p99 = phase_p99(&scenario.phases[0]).1;
+    // Each load once: the warm-up (0.5x) and the rising steps.
+    let points: Vec<Point> = scenario.phases[..7]
+        .iter()
+        .map(|phase| {
+            let seconds = || {
+                run.seconds
+                    .iter()
+                    .take(phase.end as usize)
+                    .skip(phase.start as usize)
+            };
+            let completed: u64 = seconds().map(|s| s.completed_ok).sum();
+            let mut offered = 0;
+            let mut critical = load::Tally::default();
+            for s in seconds() {
+                offered += s.total().offered;
+                critical.add(&s.tally[Priority::Critical.index()]);
+            }
+            let secs = (phase.end - phase.start) as f64;
+            let goodput = completed as f64 / secs;
+            let (p50, p99) = phase_p99(phase);
+            Point {
+                factor: phase.from,
+                offered_rps: (offered as f64 / secs).round(),
+                goodput_rps: goodput.round(),
+                goodput_percent_of_capacity: (1000.0 * goodput / capacity).round() / 10.0,
+                p50_ms: p50,
+                p99_ms: p99,
+                critical_success_percent: critical
+                    .success_percent()
+                    .map(|c| (c * 100.0).round() / 100.0),
+            }
+        })
+        .collect();
+    let back = &scenario.phases[7];
+    let step = &scenario.phases[8];
+    let bound_us = warm_up_p99.map(|p| (p * 2000.0) as u32);
+    let reaction_ms = settle_time(&run.answers, step, bound_us, 0.0);
+    let recovery_ms = settle_time(&run.answers, back, bound_us, 0.99);
+    ConfigResult {
+        name: run.protection.name(),
+        points,
+        reaction_ms,
+        recovery_ms,
+        warm_up_p99_ms: warm_up_p99,
+    }
+}
+
+/// The time from `phase`'s start after which every window of the phase has its p99 of 200
+/// answers within `bound_us` and at least `min_ok` of its answered requests 200.
+fn settle_time(
+    answers: &[Answer],
+    phase: &Phase,
+    bound_us: Option<u32>,
+    min_ok: f64,
+) -> Option<u64> {
+    let bound_us = bound_us?;
+    let start_ms = (phase.start * 1000) as u32;
+    let windows = ((phase.end - phase.start) * 1000) as u32 / WINDOW_MS;
+    let good: Vec<bool> = (0..windows)
+        .map(|w| {
+            let from = start_ms + w * WINDOW_MS;
+            let in_window: Vec<&Answer> = answers
+                .iter()
+                .filter(|a| (from..from + WINDOW_MS).contains(&a.sent_ms))
+                .collect();
+            let mut ok: Vec<u32> = in_window
+                .iter()
+                .filter(|a| a.ok)
+                .map(|a| a.latency_us)
+                .collect();
+            let share = ok.len() as f64 / in_window.len().max(1) as f64;
+            let p99 = load::quantile(&mut ok, 0.99);
+            share >= min_ok && p99.is_some_and(|p| p <= bound_us)
+        })
+        .collect();
+    // The first window from which all later ones are good.
+    let first_good = good.iter().rposition(|g| !g).map_or(0, |bad| bad + 1);
+    (first_good < good.len()).then(|| u64::from(first_good as u32 * WINDOW_MS))
+}
+
+fn fmt_opt(v: Option<f64>, unit: &str) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}{unit}"))
+}
+
+fn table(results: &[ConfigResult], step_secs: u64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Backend: {} permits x {} ms = {:.0} req/s; {step_secs} s per load step; open-loop \
+         Poisson load, mix critical 10 % / high 20 % / normal 30 % / low 25 % / background 15 %.\n",
+        service::PERMITS,
+        service::SERVICE_TIME.as_millis(),
+        service::capacity()
+    );
+    let _ = writeln!(
+        out,
+        "| configuration | load | goodput (% of capacity) | p50 | p99 | critical answered |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    for r in results {
+        for p in &r.points {
+            let _ = writeln!(
+                out,
+                "| {} | {}x | {:.1} % | {} | {} | {} |",
+                r.name,
+                p.factor,
+                p.goodput_percent_of_capacity,
+                fmt_opt(p.p50_ms, " ms"),
+                fmt_opt(p.p99_ms, " ms"),
+                fmt_opt(p.critical_success_percent, " %"),
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n| configuration | warm-up p99 | reaction to 0.5x -> 3x | recovery after 4x -> 0.5x |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|");
+    let time = |t: Option<u64>| {
+        t.map_or_else(
+            || "never (within the step)".to_owned(),
+            |t| format!("{t} ms"),
+        )
+    };
+    for r in results {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            r.name,
+            fmt_opt(r.warm_up_p99_ms, " ms"),
+            time(r.reaction_ms),
+            time(r.recovery_ms),
+        );
+    }
+    out
+}
+
+const COLORS: [RGBColor; 4] = [
+    RGBColor(200, 30, 45),
+    RGBColor(240, 130, 20),
+    RGBColor(60, 160, 80),
+    RGBColor(40, 110, 200),
+];
+
+fn plot(results: &[ConfigResult]) -> Result<String> {
+    let err = |e: &dyn std::fmt::Debug| format!("cannot draw the plot: {e:?}");
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1100, 380)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let panels = root.split_evenly((1, 3));
+        let series: [(&str, &str, fn(&Point) -> Option<f64>); 3] = [
+            ("goodput (% of capacity, log)", "%", |p| {
+                Some(p.goodput_percent_of_capacity)
+            }),
+            ("p99 of 200 answers (ms, log)", "ms", |p| p.p99_ms),
+            ("critical answered (%, log)", "%", |p| {
+                p.critical_success_percent
+            }),
+        ];
+        for (panel, (title, unit, f)) in panels.iter().zip(series) {
+            let top = results
+                .iter()
+                .flat_map(|r| r.points.iter().filter_map(f))
+                .fold(1.0, f64::max)
+                * 1.15;
+            let mut chart = ChartBuilder::on(panel)
+                .caption(title, ("sans-serif", 15))
+                .margin(8)
+                .x_label_area_size(28)
+                .y_label_area_size(48)
+                .build_cartesian_2d(0.4f64..4.1, (1f64..top.max(2.0)).log_scale())
+                .map_err(|e| err(&e))?;
+            chart
+                .configure_mesh()
+                .x_desc("offered load (x capacity)")
+                .y_desc(unit)
+                .light_line_style(RGBColor(240, 240, 240))
+                .draw()
+                .map_err(|e| err(&e))?;
+            for (r, color) in results.iter().zip(COLORS) {
+                let points: Vec<(f64, f64)> = r
+                    .points
+                    .iter()
+                    .filter_map(|p| f(p).map(|y| (p.factor, y.max(1.0))))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                    .map_err(|e| err(&e))?
+                    .label(r.name)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
+                    });
+                chart
+                    .draw_series(
+                        points
+                            .into_iter()
+                            .map(|p| Circle::new(p, 3, color.filled())),
+                    )
+                    .map_err(|e| err(&e))?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerLeft)
+                .background_style(WHITE.mix(0.85))
+                .border_style(RGBColor(200, 200, 200))
+                .label_font(("sans-serif", 11))
+                .draw()
+                .map_err(|e| err(&e))?;
+        }
+        root.present().map_err(|e| err(&e))?;
+    }
+    Ok(svg)
+}
