@@ -1,0 +1,861 @@
+//! # axum-gateway
+//!
+//! An axum gateway in front of a slow, sometimes failing backend, protected by the whole degrade
+//! stack, and a built-in load that walks it through four phases.
+//!
+//! ```text
+//! client ─► gateway (127.0.0.1:0) ───────────────────────────────────────────► backend (127.0.0.1:0)
+//!           DegradeLayer ─► RateLimitLayer ─► ObserveLayer ─► BreakerLayer ─► proxy
+//!           level+priority   per x-api-key     in-flight,       503 when open
+//!           503 shed         429+Retry-After   p99 latency
+//!                                                   │
+//!                         Monitor (100 ms) ◄────────┘ ─► Controller (ladder) ─► level
+//! ```
+//!
+//! The backend serves four requests at a time, 20 ms each (200 requests/s); the rest queue. It
+//! can be switched into an outage (every request answers 500).
+//!
+//! Why this order: the `DegradeLayer` is outermost so a shed request costs nothing further; the
+//! rate limiter comes next so one tenant's flood never reaches the signals or the backend; the
+//! `ObserveLayer` measures only the requests the gateway actually forwards (its in-flight count
+//! is the gateway's queue); the breaker wraps the backend calls alone, so that only the
+//! backend's own failures open it.
+//!
+//! Phases (their lengths scale with `--duration`; `--quick` is a 6 s run for CI):
+//!
+//! 1. **normal**: three tenants at 20 requests/s each. Everything passes.
+//! 2. **burst**: tenant `mallory` floods over eight connections; only `mallory` gets 429s.
+//! 3. **outage**: the backend fails every request for a while. The breaker opens (fast 503s,
+//!    and the backend receives no call while it is open), probes, and closes once the backend
+//!    is back.
+//! 4. **overload**: 24 clients, six per priority (low, normal, high, and critical on the `/pay`
+//!    route), offer 2.4× what the backend can serve. In-flight requests pile up, the level
+//!    rises, low priority is shed first, critical is never shed.
+//!
+//! The exit status is 0 only if every check printed at the end holds.
+
+use axum::Router;
+use axum::body::Body;
+use degrade_breaker::{BreakerConfig, BreakerHandle, BreakerLayer, State, WindowConfig};
+use degrade_core::ladder::LadderConfig;
+use degrade_core::{Controller, DegradeLayer, HttpClassifier, Level, Priority};
+use degrade_ratelimit::key::HeaderKey;
+use degrade_ratelimit::{KeysConfig, RateLimitConfig, RateLimitLayer};
+use degrade_triggers::observe::{InFlightConfig, LatencyConfig};
+use degrade_triggers::{LevelThresholds, Monitor, ObserveLayer, Smoothing};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, MissedTickBehavior};
+use tower::ServiceBuilder;
+
+type HttpClient = Client<HttpConnector, Body>;
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Backend capacity: requests served at once, and the time each takes.
+const BACKEND_SLOTS: usize = 4;
+const BACKEND_WORK: Duration = Duration::from_millis(20);
+/// Requests per second of one paced client.
+const CLIENT_RATE: f64 = 20.0;
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+
+#[derive(Debug, Clone, Copy)]
+struct Args {
+    /// Total length of the four phases.
+    duration: Duration,
+}
+
+const USAGE: &str = concat!(
+    "usage: axum-gateway [--quick] [--duration <secs>]\n",
+    "  --quick            a short run (6 s), as in CI\n",
+    "  --duration <secs>  total length of the four phases (default 16, at least 4)",
+);
+
+fn parse_args(args: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut duration = Duration::from_secs(16);
+    let mut args = args.skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => duration = Duration::from_secs(6),
+            "--duration" => {
+                let v = args.next().ok_or("--duration needs a value")?;
+                let secs: f64 = v
+                    .trim_end_matches('s')
+                    .parse()
+                    .map_err(|_| format!("--duration: `{v}` is not a number of seconds"))?;
+                if !(4.0..=3600.0).contains(&secs) {
+                    return Err("--duration must be between 4 and 3600 seconds".into());
+                }
+                duration = Duration::from_secs_f64(secs);
+            }
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    Ok(Args { duration })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The backend
+
+/// The backend's switches and counters, shared with the scenario.
+#[derive(Debug)]
+struct Backend {
+    addr: SocketAddr,
+    outage: AtomicBool,
+    calls: AtomicU64,
+    slots: Semaphore,
+}
+
+async fn serve(listener: TcpListener, app: Router) {
+    if let Err(e) = axum::serve(listener, app).await {
+        eprintln!("server stopped: {e}");
+    }
+}
+
+async fn start_backend() -> Result<Arc<Backend>, Error> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let backend = Arc::new(Backend {
+        addr: listener.local_addr()?,
+        outage: AtomicBool::new(false),
+        calls: AtomicU64::new(0),
+        slots: Semaphore::new(BACKEND_SLOTS),
+    });
+    let state = Arc::clone(&backend);
+    let app = Router::new().fallback(move || {
+        let state = Arc::clone(&state);
+        async move {
+            state.calls.fetch_add(1, Ordering::Relaxed);
+            if state.outage.load(Ordering::Relaxed) {
+                return (StatusCode::INTERNAL_SERVER_ERROR, "backend down");
+            }
+            // A fixed number of workers: beyond them requests queue, as in a real service.
+            let Ok(_slot) = state.slots.acquire().await else {
+                return (StatusCode::INTERNAL_SERVER_ERROR, "backend closed");
+            };
+            tokio::time::sleep(BACKEND_WORK).await;
+            (StatusCode::OK, "ok")
+        }
+    });
+    tokio::spawn(serve(listener, app));
+    Ok(backend)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway
+
+/// What the scenario reads from the gateway.
+struct Gateway {
+    addr: SocketAddr,
+    controller: Controller,
+    degrade: DegradeLayer<PriorityOf, degrade_core::degrade::HttpResponses>,
+    breaker: BreakerHandle<HttpClassifier>,
+    /// Calls the proxy forwarded while the breaker read open (must stay 0).
+    forwarded_while_open: Arc<AtomicU64>,
+    _monitor: degrade_triggers::MonitorHandle,
+}
+
+/// Priority by route, then by header: `/pay/...` is critical; otherwise `x-priority`
+/// (`background`, `low`, `normal`, `high`, `critical`), normal when absent or unknown.
+type PriorityOf = fn(&Request<Body>) -> Priority;
+
+fn priority_of(req: &Request<Body>) -> Priority {
+    if req.uri().path().starts_with("/pay") {
+        return Priority::Critical;
+    }
+    req.headers()
+        .get("x-priority")
+        .and_then(|v| Priority::parse_bytes(v.as_bytes()))
+        .unwrap_or(Priority::Normal)
+}
+
+fn bad_gateway() -> Response<Body> {
+    let mut res = Response::new(Body::from("bad gateway"));
+    *res.status_mut() = StatusCode::BAD_GATEWAY;
+    res
+}
+
+async fn start_gateway(backend: SocketAddr, breaker_wait: Duration) -> Result<Gateway, Error> {
+    // The ladder: fast reactions for a short demo (two samples to escalate, 1 s dwell), one
+    // level at a time so that the table shows each priority go in turn.
+    let controller = Controller::new(LadderConfig {
+        escalate_after: 2,
+        recover_after: 3,
+        dwell: Duration::from_secs(1),
+        jump: false,
+        ..LadderConfig::default()
+    })?;
+
+    let observe = ObserveLayer::builder()
+        .classifier(HttpClassifier::default())
+        .build();
+    // In-flight requests past the rate limiter are the gateway's queue: the normal phases
+    // keep at most ten in flight, the overload up to 24.
+    let in_flight = observe.in_flight(InFlightConfig {
+        thresholds: LevelThresholds::new(8.0, 12.0, 16.0, 20.0),
+        ..InFlightConfig::default()
+    })?;
+    // A backstop on p99 latency, far above the backend's normal 20 ms.
+    let latency = observe.latency(LatencyConfig {
+        thresholds: LevelThresholds::new(150.0, 250.0, 400.0, 800.0),
+        window: Duration::from_secs(2),
+        min_calls: 20,
+        ..LatencyConfig::default()
+    })?;
+    let monitor = Monitor::new(controller.clone())
+        .interval(Duration::from_millis(100))
+        .signal_with(in_flight, Smoothing::none())
+        .signal_with(latency, Smoothing::none())
+        .spawn()?;
+
+    let degrade = DegradeLayer::builder(controller.handle())
+        .prioritize(priority_of as PriorityOf)
+        .build()?
+        .http();
+
+    let rate_limit =
+        RateLimitLayer::builder(RateLimitConfig::per(40, Duration::from_secs(1)).burst(20))
+            .keyed(HeaderKey::new("x-api-key")?, KeysConfig::default())
+            .build()?
+            .http();
+
+    let mut breaker_config = BreakerConfig::default();
+    breaker_config.window = WindowConfig::Consecutive { failures: 5 };
+    breaker_config.wait = breaker_wait;
+    breaker_config.half_open.successes = 2;
+    let breaker = BreakerLayer::builder(breaker_config)
+        .classifier(HttpClassifier::default())
+        .name("backend")
+        .build()?
+        .http();
+    let breaker_handle = breaker.handle();
+
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let forwarded_while_open = Arc::new(AtomicU64::new(0));
+    let proxy = {
+        let handle = breaker_handle.clone();
+        let counter = Arc::clone(&forwarded_while_open);
+        tower::service_fn(move |mut req: Request<Body>| {
+            // Runs in the breaker's `call`, right after it admitted the request: an admitted
+            // call while the breaker reads open would be a breaker bug.
+            if handle.state() == State::Open {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            let client = client.clone();
+            async move {
+                let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                let Ok(uri) = format!("http://{backend}{path}").parse() else {
+                    return Ok::<_, Infallible>(bad_gateway());
+                };
+                *req.uri_mut() = uri;
+                Ok(match client.request(req).await {
+                    Ok(res) => res.map(Body::new),
+                    Err(_) => bad_gateway(),
+                })
+            }
+        })
+    };
+
+    let stack = ServiceBuilder::new()
+        .layer(degrade.clone())
+        .layer(rate_limit)
+        .layer(observe)
+        .layer(breaker)
+        .service(proxy);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(serve(listener, Router::new().fallback_service(stack)));
+    Ok(Gateway {
+        addr,
+        controller,
+        degrade,
+        breaker: breaker_handle,
+        forwarded_while_open,
+        _monitor: monitor,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The load
+
+/// How the gateway answered one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Ok,
+    RateLimited,
+    Shed,
+    CircuitOpen,
+    BackendError,
+    Other,
+}
+
+const KINDS: [Kind; 6] = [
+    Kind::Ok,
+    Kind::RateLimited,
+    Kind::Shed,
+    Kind::CircuitOpen,
+    Kind::BackendError,
+    Kind::Other,
+];
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    kind: Kind,
+    latency: Duration,
+    /// When the answer came, from the start of the phase.
+    at: Duration,
+}
+
+/// One simulated client.
+#[derive(Debug, Clone)]
+struct Spec {
+    group: &'static str,
+    key: String,
+    priority: Option<&'static str>,
+    path: &'static str,
+}
+
+impl Spec {
+    fn new(group: &'static str, key: impl Into<String>) -> Self {
+        Self {
+            group,
+            key: key.into(),
+            priority: None,
+            path: "/api/items",
+        }
+    }
+}
+
+async fn send(client: &HttpClient, gateway: SocketAddr, spec: &Spec, phase: Instant) -> Sample {
+    let start = Instant::now();
+    let mut req =
+        Request::get(format!("http://{gateway}{}", spec.path)).header("x-api-key", &spec.key);
+    if let Some(p) = spec.priority {
+        req = req.header("x-priority", p);
+    }
+    let kind = match req.body(Body::empty()) {
+        Err(_) => Kind::Other,
+        Ok(req) => match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+            Ok(Ok(res)) => {
+                let status = res.status();
+                let rejection = res
+                    .headers()
+                    .get("degrade-rejection")
+                    .map(|v| v.as_bytes().to_vec());
+                // Read the whole answer: the latency is the client's.
+                let _ = res.into_body().collect().await;
+                match (status.as_u16(), rejection.as_deref()) {
+                    (200..=299, _) => Kind::Ok,
+                    (429, _) => Kind::RateLimited,
+                    (503, Some(b"shed")) => Kind::Shed,
+                    (503, Some(b"circuit_open")) => Kind::CircuitOpen,
+                    (500..=599, _) => Kind::BackendError,
+                    _ => Kind::Other,
+                }
+            }
+            _ => Kind::Other,
+        },
+    };
+    Sample {
+        kind,
+        latency: start.elapsed(),
+        at: phase.elapsed(),
+    }
+}
+
+/// A client that sends `CLIENT_RATE` requests per second, one at a time, until `until`.
+async fn paced(
+    client: HttpClient,
+    gateway: SocketAddr,
+    spec: Spec,
+    phase: Instant,
+    until: Instant,
+) -> (Spec, Vec<Sample>) {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / CLIENT_RATE));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut samples = Vec::new();
+    loop {
+        tick.tick().await;
+        if Instant::now() >= until {
+            break;
+        }
+        samples.push(send(&client, gateway, &spec, phase).await);
+    }
+    (spec, samples)
+}
+
+/// A client that sends as fast as answers come back until `until`.
+async fn flood(
+    client: HttpClient,
+    gateway: SocketAddr,
+    spec: Spec,
+    phase: Instant,
+    until: Instant,
+) -> (Spec, Vec<Sample>) {
+    let mut samples = Vec::new();
+    while Instant::now() < until {
+        samples.push(send(&client, gateway, &spec, phase).await);
+    }
+    (spec, samples)
+}
+
+/// The answers of one group of clients.
+#[derive(Debug, Default, Clone)]
+struct Row {
+    group: &'static str,
+    samples: Vec<Sample>,
+}
+
+impl Row {
+    fn count(&self, kind: Kind) -> usize {
+        self.samples.iter().filter(|s| s.kind == kind).count()
+    }
+
+    fn sent(&self) -> usize {
+        self.samples.len()
+    }
+
+    fn quantile_ms(&self, kind: Option<Kind>, q: f64) -> Option<f64> {
+        let mut l: Vec<Duration> = self
+            .samples
+            .iter()
+            .filter(|s| kind.is_none_or(|k| s.kind == k))
+            .map(|s| s.latency)
+            .collect();
+        if l.is_empty() {
+            return None;
+        }
+        l.sort();
+        let i = ((l.len() as f64 * q).ceil() as usize).clamp(1, l.len()) - 1;
+        Some(l[i].as_secs_f64() * 1000.0)
+    }
+}
+
+/// Runs the tasks and groups their samples by the clients' group, in order of first
+/// appearance.
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<(Spec, Vec<Sample>)>>,
+) -> Result<Vec<Row>, Error> {
+    let mut rows: Vec<Row> = Vec::new();
+    for task in tasks {
+        let (spec, samples) = task.await?;
+        match rows.iter_mut().find(|r| r.group == spec.group) {
+            Some(row) => row.samples.extend(samples),
+            None => rows.push(Row {
+                group: spec.group,
+                samples,
+            }),
+        }
+    }
+    Ok(rows)
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "  {:<10} {:>6} {:>6} {:>6} {:>9} {:>9} {:>6} {:>7} {:>7}",
+        "client", "sent", "2xx", "429", "503 shed", "503 open", "5xx", "p50 ms", "p99 ms"
+    );
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    for r in rows {
+        let c: Vec<usize> = KINDS.iter().map(|k| r.count(*k)).collect();
+        let other = if c[5] > 0 {
+            format!("  ({} other)", c[5])
+        } else {
+            String::new()
+        };
+        println!(
+            "  {:<10} {:>6} {:>6} {:>6} {:>9} {:>9} {:>6} {:>7} {:>7}{other}",
+            r.group,
+            r.sent(),
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c[4],
+            ms(r.quantile_ms(None, 0.5)),
+            ms(r.quantile_ms(None, 0.99)),
+        );
+    }
+}
+
+fn row<'a>(rows: &'a [Row], group: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| r.group == group)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scenario
+
+struct Checks(Vec<(String, bool)>);
+
+impl Checks {
+    fn check(&mut self, what: impl Into<String>, ok: bool) {
+        self.0.push((what.into(), ok));
+    }
+}
+
+struct Phases {
+    normal: Duration,
+    burst: Duration,
+    outage: Duration,
+    overload: Duration,
+}
+
+impl Phases {
+    fn of(total: Duration) -> Self {
+        Self {
+            normal: total.mul_f64(0.15),
+            burst: total.mul_f64(0.15),
+            outage: total.mul_f64(0.35),
+            overload: total.mul_f64(0.35),
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<bool, Error> {
+    let phases = Phases::of(args.duration);
+    let backend = start_backend().await?;
+    let breaker_wait = phases
+        .outage
+        .mul_f64(0.2)
+        .clamp(Duration::from_millis(300), Duration::from_secs(2));
+    let gw = start_gateway(backend.addr, breaker_wait).await?;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let mut checks = Checks(Vec::new());
+    println!(
+        "gateway http://{} -> backend http://{} ({} slots x {} ms)",
+        gw.addr,
+        backend.addr,
+        BACKEND_SLOTS,
+        BACKEND_WORK.as_millis()
+    );
+    let scenario_start = Instant::now();
+
+    // Phase 1: normal traffic.
+    println!(
+        "\nphase 1/4 normal: alice, bob, carol at {CLIENT_RATE} req/s each ({:.1} s)",
+        phases.normal.as_secs_f64()
+    );
+    let start = Instant::now();
+    let until = start + phases.normal;
+    let tasks = ["alice", "bob", "carol"]
+        .into_iter()
+        .map(|k| {
+            tokio::spawn(paced(
+                client.clone(),
+                gw.addr,
+                Spec::new(k, k),
+                start,
+                until,
+            ))
+        })
+        .collect();
+    let rows = collect(tasks).await?;
+    print_table(&rows);
+    let normal_ok = rows
+        .iter()
+        .all(|r| r.count(Kind::Ok) == r.sent() && r.sent() > 0);
+    checks.check(
+        "normal: every request of alice, bob and carol answered 2xx",
+        normal_ok,
+    );
+
+    // Phase 2: mallory floods; the others keep their pace.
+    println!(
+        "\nphase 2/4 burst: mallory floods over 8 connections, alice and bob at {CLIENT_RATE} req/s (quota 40/s per x-api-key, burst 20) ({:.1} s)",
+        phases.burst.as_secs_f64()
+    );
+    let start = Instant::now();
+    let until = start + phases.burst;
+    let mut tasks: Vec<_> = ["alice", "bob"]
+        .into_iter()
+        .map(|k| {
+            tokio::spawn(paced(
+                client.clone(),
+                gw.addr,
+                Spec::new(k, k),
+                start,
+                until,
+            ))
+        })
+        .collect();
+    // Eight connections: even on a starved machine, where each admitted request takes 50 ms,
+    // they offer several times the key's quota; with alice and bob they keep at most ten
+    // requests in flight, below the in-flight threshold of Moderate (12).
+    for _ in 0..8 {
+        tasks.push(tokio::spawn(flood(
+            client.clone(),
+            gw.addr,
+            Spec::new("mallory", "mallory"),
+            start,
+            until,
+        )));
+    }
+    let rows = collect(tasks).await?;
+    print_table(&rows);
+    let limited = |g: &str| row(&rows, g).map_or(0, |r| r.count(Kind::RateLimited));
+    let mallory_ok = row(&rows, "mallory").map_or(0, |r| r.count(Kind::Ok));
+    println!(
+        "  mallory: {} answered 429 with Retry-After, {} let through (about the key's quota)",
+        limited("mallory"),
+        mallory_ok
+    );
+    checks.check("burst: mallory got 429s", limited("mallory") > 0);
+    checks.check(
+        "burst: alice and bob got no 429",
+        limited("alice") == 0 && limited("bob") == 0,
+    );
+
+    // Phase 3: backend outage.
+    let outage_for = phases.outage.mul_f64(0.45);
+    println!(
+        "\nphase 3/4 outage: the backend answers 500 for {:.1} s, then recovers; breaker: 5 failures in a row open it for {} ms ({:.1} s)",
+        outage_for.as_secs_f64(),
+        breaker_wait.as_millis(),
+        phases.outage.as_secs_f64()
+    );
+    let mut transitions = gw.breaker.subscribe();
+    let start = Instant::now();
+    let until = start + phases.outage;
+    let calls_before = backend.calls.load(Ordering::Relaxed);
+    backend.outage.store(true, Ordering::Relaxed);
+    let tasks = ["alice", "bob", "carol"]
+        .into_iter()
+        .map(|k| {
+            tokio::spawn(paced(
+                client.clone(),
+                gw.addr,
+                Spec::new(k, k),
+                start,
+                until,
+            ))
+        })
+        .collect();
+    tokio::time::sleep_until(start + outage_for).await;
+    backend.outage.store(false, Ordering::Relaxed);
+    let outage_calls = backend.calls.load(Ordering::Relaxed) - calls_before;
+    let rows = collect(tasks).await?;
+    print_table(&rows);
+    let mut openings = 0;
+    let mut log = Vec::new();
+    while let Ok(t) = transitions.try_recv() {
+        if t.to == State::Open {
+            openings += 1;
+        }
+        log.push(format!(
+            "{:.2}s {}->{}",
+            t.at.saturating_duration_since(start).as_secs_f64(),
+            t.from,
+            t.to
+        ));
+    }
+    println!("  breaker transitions: {}", log.join(", "));
+    let all = Row {
+        group: "all",
+        samples: rows
+            .iter()
+            .flat_map(|r| r.samples.iter().copied())
+            .collect(),
+    };
+    let open_503 = all.count(Kind::CircuitOpen);
+    let failed = all.count(Kind::BackendError);
+    let recovered_ok = all
+        .samples
+        .iter()
+        .filter(|s| s.at > outage_for && s.kind == Kind::Ok)
+        .count();
+    let while_open = gw.forwarded_while_open.load(Ordering::Relaxed);
+    println!(
+        "  backend calls during the {:.1} s outage: {outage_calls} (of {} requests sent meanwhile); 503s from the breaker over the phase: {open_503}, p50 {} ms",
+        outage_for.as_secs_f64(),
+        all.samples.iter().filter(|s| s.at <= outage_for).count(),
+        all.quantile_ms(Some(Kind::CircuitOpen), 0.5)
+            .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+    );
+    println!(
+        "  backend calls forwarded while the breaker was open: {while_open}; 5xx passed through: {failed}; 2xx after the backend recovered: {recovered_ok}; breaker now {}",
+        gw.breaker.state()
+    );
+    checks.check("outage: the breaker opened", openings > 0 && open_503 > 0);
+    checks.check(
+        "outage: the backend received 0 calls while the breaker was open",
+        while_open == 0,
+    );
+    checks.check(
+        "outage: the breaker closed again and requests succeed after recovery",
+        gw.breaker.state() == State::Closed && recovered_ok > 0,
+    );
+
+    // Phase 4: overload by priority.
+    println!(
+        "\nphase 4/4 overload: 24 clients at {CLIENT_RATE} req/s (6 per priority; critical on /pay) = {:.0} req/s offered, backend capacity {:.0} req/s ({:.1} s)",
+        24.0 * CLIENT_RATE,
+        BACKEND_SLOTS as f64 / BACKEND_WORK.as_secs_f64(),
+        phases.overload.as_secs_f64()
+    );
+    let level_at_start = gw.controller.level();
+    let before = gw.degrade.snapshot();
+    let start = Instant::now();
+    let until = start + phases.overload;
+    let mut tasks = Vec::new();
+    for (group, priority, path) in [
+        ("low", Some("low"), "/api/search"),
+        ("normal", Some("normal"), "/api/search"),
+        ("high", Some("high"), "/api/search"),
+        ("critical", None, "/pay/checkout"),
+    ] {
+        for i in 0..6 {
+            let spec = Spec {
+                group,
+                key: format!("{group}-{i}"),
+                priority,
+                path,
+            };
+            tasks.push(tokio::spawn(paced(
+                client.clone(),
+                gw.addr,
+                spec,
+                start,
+                until,
+            )));
+        }
+    }
+    let rows = collect(tasks).await?;
+    print_table(&rows);
+    let after = gw.degrade.snapshot();
+    let history: Vec<String> = gw
+        .controller
+        .handle()
+        .history()
+        .iter()
+        .filter(|t| t.at >= start)
+        .map(|t| {
+            format!(
+                "{:.2}s {}->{}",
+                t.at.saturating_duration_since(start).as_secs_f64(),
+                t.from,
+                t.to
+            )
+        })
+        .collect();
+    let level_now = gw.controller.level();
+    let max_seen = gw
+        .controller
+        .handle()
+        .history()
+        .iter()
+        .filter(|t| t.at >= start)
+        .map(|t| t.to)
+        .fold(level_at_start, Level::max);
+    println!(
+        "  level: {level_at_start} at the start, highest {max_seen}, {level_now} at the end; transitions: {}",
+        if history.is_empty() {
+            "none".to_owned()
+        } else {
+            history.join(", ")
+        }
+    );
+    let shed_share = |p: Priority| {
+        let offered = after.offered_by(p) - before.offered_by(p);
+        let shed = after.shed_by(p) - before.shed_by(p);
+        (
+            shed,
+            offered,
+            if offered == 0 {
+                0.0
+            } else {
+                shed as f64 / offered as f64
+            },
+        )
+    };
+    for p in [
+        Priority::Low,
+        Priority::Normal,
+        Priority::High,
+        Priority::Critical,
+    ] {
+        let (shed, offered, share) = shed_share(p);
+        println!(
+            "  DegradeLayer {:<8}: offered {offered:>5}, shed {shed:>5} ({:>5.1} %)",
+            p.as_str(),
+            share * 100.0
+        );
+    }
+    let (low_shed, _, low_share) = shed_share(Priority::Low);
+    let (_, _, high_share) = shed_share(Priority::High);
+    let (critical_shed, _, _) = shed_share(Priority::Critical);
+    let critical_ok = row(&rows, "critical").map_or(0, |r| r.count(Kind::Ok));
+    checks.check(
+        "overload: the level rose to moderate or above",
+        max_seen >= Level::Moderate,
+    );
+    checks.check("overload: low priority was shed", low_shed > 0);
+    checks.check(
+        "overload: low priority was shed at least as much as high",
+        low_share >= high_share,
+    );
+    checks.check(
+        "overload: critical was never shed and was served",
+        critical_shed == 0 && critical_ok > 0,
+    );
+
+    println!(
+        "\nran {:.1} s; gateway totals: offered {}, shed {}; backend calls {}",
+        scenario_start.elapsed().as_secs_f64(),
+        after.offered(),
+        after.shed_total(),
+        backend.calls.load(Ordering::Relaxed)
+    );
+    println!("\nchecks:");
+    let mut all_ok = true;
+    for (what, ok) in &checks.0 {
+        println!("  [{}] {what}", if *ok { "ok" } else { "FAILED" });
+        all_ok &= *ok;
+    }
+    Ok(all_ok)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args()) {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the tokio runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(true) => {
+            println!("all checks passed");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!("some checks FAILED");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
