@@ -323,65 +323,87 @@ fn plot(results: &[ConfigResult]) -> Result<String> {
         let root = SVGBackend::with_string(&mut svg, (1100, 380)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         let panels = root.split_evenly((1, 3));
-        let series: [(&str, &str, fn(&Point) -> Option<f64>); 3] = [
-            ("goodput (% of capacity, log)", "%", |p| {
-                Some(p.goodput_percent_of_capacity)
-            }),
-            ("p99 of 200 answers (ms, log)", "ms", |p| p.p99_ms),
-            ("critical answered (%, log)", "%", |p| {
-                p.critical_success_percent
-            }),
-        ];
-        for (panel, (title, unit, f)) in panels.iter().zip(series) {
-            let top = results
+        let goodput: fn(&Point) -> Option<f64> = |p| Some(p.goodput_percent_of_capacity);
+        let p99: fn(&Point) -> Option<f64> = |p| p.p99_ms;
+        let critical: fn(&Point) -> Option<f64> = |p| p.critical_success_percent;
+        let top_of = |f: fn(&Point) -> Option<f64>| {
+            results
                 .iter()
                 .flat_map(|r| r.points.iter().filter_map(f))
                 .fold(1.0, f64::max)
-                * 1.15;
-            let mut chart = ChartBuilder::on(panel)
-                .caption(title, ("sans-serif", 15))
-                .margin(8)
-                .x_label_area_size(28)
-                .y_label_area_size(48)
-                .build_cartesian_2d(0.4f64..4.1, (1f64..top.max(2.0)).log_scale())
-                .map_err(|e| err(&e))?;
-            chart
-                .configure_mesh()
-                .x_desc("offered load (x capacity)")
-                .y_desc(unit)
-                .light_line_style(RGBColor(240, 240, 240))
-                .draw()
-                .map_err(|e| err(&e))?;
-            for (r, color) in results.iter().zip(COLORS) {
-                let points: Vec<(f64, f64)> = r
-                    .points
-                    .iter()
-                    .filter_map(|p| f(p).map(|y| (p.factor, y.max(1.0))))
-                    .collect();
-                chart
-                    .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-                    .map_err(|e| err(&e))?
-                    .label(r.name)
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
-                    });
-                chart
-                    .draw_series(
-                        points
-                            .into_iter()
-                            .map(|p| Circle::new(p, 3, color.filled())),
-                    )
+                * 1.15
+        };
+        // The same panel twice over: linear percentages, and latency on a log scale (the
+        // unprotected p99 is a hundred times the others).
+        macro_rules! panel {
+            ($area:expr, $title:expr, $unit:expr, $f:expr, $y:expr) => {{
+                let f = $f;
+                let mut chart = ChartBuilder::on($area)
+                    .caption($title, ("sans-serif", 15))
+                    .margin(8)
+                    .x_label_area_size(28)
+                    .y_label_area_size(48)
+                    .build_cartesian_2d(0.4f64..4.1, $y)
                     .map_err(|e| err(&e))?;
-            }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerLeft)
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(200, 200, 200))
-                .label_font(("sans-serif", 11))
-                .draw()
-                .map_err(|e| err(&e))?;
+                chart
+                    .configure_mesh()
+                    .x_desc("offered load (x capacity)")
+                    .y_desc($unit)
+                    .light_line_style(RGBColor(240, 240, 240))
+                    .draw()
+                    .map_err(|e| err(&e))?;
+                for (r, color) in results.iter().zip(COLORS) {
+                    let points: Vec<(f64, f64)> = r
+                        .points
+                        .iter()
+                        .filter_map(|p| f(p).map(|y| (p.factor, y.max(1.0))))
+                        .collect();
+                    chart
+                        .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                        .map_err(|e| err(&e))?
+                        .label(r.name)
+                        .legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
+                        });
+                    chart
+                        .draw_series(
+                            points
+                                .into_iter()
+                                .map(|p| Circle::new(p, 3, color.filled())),
+                        )
+                        .map_err(|e| err(&e))?;
+                }
+                chart
+                    .configure_series_labels()
+                    .position(SeriesLabelPosition::LowerLeft)
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(RGBColor(200, 200, 200))
+                    .label_font(("sans-serif", 11))
+                    .draw()
+                    .map_err(|e| err(&e))?;
+            }};
         }
+        panel!(
+            &panels[0],
+            "goodput (% of capacity)",
+            "%",
+            goodput,
+            0f64..110.0
+        );
+        panel!(
+            &panels[1],
+            "p99 of 200 answers (ms, log scale)",
+            "ms",
+            p99,
+            (10f64..top_of(p99).max(20.0)).log_scale()
+        );
+        panel!(
+            &panels[2],
+            "critical requests answered (%)",
+            "%",
+            critical,
+            0f64..110.0
+        );
         root.present().map_err(|e| err(&e))?;
     }
     Ok(svg)

@@ -108,7 +108,7 @@ fn draw_lines<DB: DrawingBackend>(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(SeriesLabelPosition::MiddleLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(200, 200, 200))
         .label_font((FONT, 12))
@@ -256,8 +256,14 @@ fn breaker_value(state: BreakerState) -> f64 {
     }
 }
 
-/// The comparison of the runs over the overload part: p99 and critical success per second.
+/// The comparison of the runs over the overload part (warm-up, ramp, 3x hold): p99 and critical
+/// success per second.
 fn comparison(summary: &Summary, scenario: &Scenario, size: (u32, u32)) -> Result<String> {
+    let end = scenario.phases.get(2).map_or(scenario.total(), |p| p.end) as f64;
+    let scenario = &Scenario {
+        phases: scenario.phases[..3.min(scenario.phases.len())].to_vec(),
+        capacity: scenario.capacity,
+    };
     let p99: Vec<Line> = summary
         .runs
         .iter()
@@ -267,7 +273,7 @@ fn comparison(summary: &Summary, scenario: &Scenario, size: (u32, u32)) -> Resul
             color,
             points: per_second(run, |s| s.p99_ms)
                 .into_iter()
-                .filter(|p| p.0 < scenario.total() as f64)
+                .filter(|p| p.0 < end)
                 .collect(),
         })
         .collect();
@@ -283,7 +289,7 @@ fn comparison(summary: &Summary, scenario: &Scenario, size: (u32, u32)) -> Resul
                 (offered > 0).then(|| 100.0 * s.ok_by_priority[0] as f64 / offered as f64)
             })
             .into_iter()
-            .filter(|p| p.0 < scenario.total() as f64)
+            .filter(|p| p.0 < end)
             .collect(),
         })
         .collect();
@@ -292,17 +298,35 @@ fn comparison(summary: &Summary, scenario: &Scenario, size: (u32, u32)) -> Resul
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let (left, right) = root.split_horizontally(size.0 / 2);
-        let worst = p99
+        // Unprotected latency grows a hundredfold: clip the axis at ten times the best
+        // unloaded p99 so the protected lines stay readable, and say so in the legend.
+        let unloaded = summary
+            .checks
             .iter()
-            .flat_map(|l| l.points.iter().map(|p| p.1))
-            .fold(1.0, f64::max);
+            .filter_map(|c| c.unloaded_p99_ms)
+            .fold(f64::INFINITY, f64::min);
+        let cap = if unloaded.is_finite() {
+            unloaded * 10.0
+        } else {
+            1_000.0
+        };
+        let p99: Vec<Line> = p99
+            .into_iter()
+            .map(|mut line| {
+                if line.points.iter().any(|p| p.1 > cap) {
+                    line.name = format!("{} (clipped at {cap:.0} ms)", line.name);
+                    line.points.iter_mut().for_each(|p| p.1 = p.1.min(cap));
+                }
+                line
+            })
+            .collect();
         draw_lines(
             &left,
             "p99 of 200 responses (ms), 0.6x -> 3x capacity",
             "ms",
             scenario,
             &p99,
-            Some(worst * 1.15),
+            Some(cap * 1.15),
         )?;
         draw_lines(
             &right,
