@@ -532,7 +532,9 @@ async fn control_loop(
                 Some(queue.in_system() as f64)
             }))
     });
-    let mut breaker_state = parts.as_ref().map(|p| p.breaker.state());
+    // Every breaker transition, not only those a 50 ms sample happens to see: a failed probe
+    // reopens the breaker within microseconds.
+    let mut breaker_transitions = parts.as_ref().map(|p| p.breaker.subscribe());
     let mut canary: Option<(Candidate, RolloutController)> = None;
     let mut last_analysis = start;
     let mut phase_index = usize::MAX;
@@ -605,19 +607,22 @@ async fn control_loop(
             .as_ref()
             .map_or(Level::Normal, |p| p.controller.level());
         let breaker = parts.as_ref().map(|p| p.breaker.state());
-        if let (Some(new), Some(old)) = (breaker, breaker_state)
-            && new != old
-        {
+        while let Some(Ok(tr)) = breaker_transitions.as_mut().map(|rx| rx.try_recv()) {
+            let at = tr.at.saturating_duration_since(start).as_secs_f64();
             live::note(&format!(
-                "t={:.1}s breaker {old:?} -> {new:?}",
-                t.as_secs_f64()
+                "t={at:.1}s breaker {:?} -> {:?} ({:?}{})",
+                tr.from,
+                tr.to,
+                tr.reason,
+                tr.wait
+                    .map(|w| format!(", next probe in {w:?}"))
+                    .unwrap_or_default()
             ));
             breaker_events.push(BreakerEvent {
-                t: t.as_secs_f64(),
-                from: old,
-                to: new,
+                t: at,
+                from: tr.from,
+                to: tr.to,
             });
-            breaker_state = Some(new);
         }
         let canary_percent = parts
             .as_ref()
