@@ -129,7 +129,12 @@ impl Backend {
             SERVICE_TIME
         })
         .await;
-        if bad && self.bad_calls.fetch_add(1, Ordering::Relaxed) % BAD_ERROR_EVERY == 0 {
+        if bad
+            && self
+                .bad_calls
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(BAD_ERROR_EVERY)
+        {
             return answer(StatusCode::INTERNAL_SERVER_ERROR, version, "bug");
         }
         answer(StatusCode::OK, version, "ok")
