@@ -52,9 +52,11 @@ pub(crate) const BASE_LOAD: f64 = 0.6;
 /// The queue (requests waiting for or holding a permit) at which the queue signal alone points
 /// at Light, Moderate, Heavy and Emergency. Busy with no queue is 8 (the permits); each request
 /// queued beyond them adds 5 ms of waiting on average, so Heavy at 16 keeps the queueing delay
-/// near one service time, and Emergency at 22 catches a backend slower than its nominal
-/// capacity (a loaded machine) before the queue runs away.
-const QUEUE_THRESHOLDS: [f64; 4] = [10.0, 13.0, 16.0, 22.0];
+/// near one service time. Light at 11 leaves a backend at exactly its capacity (where a Poisson
+/// queue comes and goes) at Normal most of the time, and Emergency at 30, well above Heavy,
+/// keeps a queue that wanders around Heavy (at 4x, Heavy admits about the capacity) from
+/// throwing away three quarters of the admitted load for a dwell.
+const QUEUE_THRESHOLDS: [f64; 4] = [11.0, 13.0, 16.0, 30.0];
 
 /// The offered-load mix, by priority.
 pub(crate) fn mix() -> load::Mix {

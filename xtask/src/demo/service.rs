@@ -204,10 +204,10 @@ impl Protection {
 /// The policy of the demo: the default policy's order (background first, critical last), with
 /// the shares set for this service's traffic mix so that the levels around 3x sit on either side
 /// of capacity: Light keeps normal whole and drops low (60 % of the offered load), Moderate keeps
-/// a fifth of normal (36 %: 1.08x capacity at 3x), Heavy keeps critical and three quarters of
+/// a tenth of normal (33 %: capacity at 3x), Heavy keeps critical and three quarters of
 /// high (25 %: 0.75x, leaving room for a backend slower than its nominal capacity, as on a busy
 /// machine), Emergency critical only (10 %). At 3x the ladder then moves between Moderate, where
-/// the queue grows slowly, and Heavy, where it drains, and the queue stays short.
+/// the queue holds or grows slowly, and Heavy, where it drains, and the queue stays short.
 pub(crate) fn policy() -> Policy {
     let mut policy = Policy::default();
     let shares = |normal, high| AdmitShares {
@@ -218,7 +218,7 @@ pub(crate) fn policy() -> Policy {
         critical: 1.0,
     };
     policy.level_mut(Level::Light).admit = shares(1.0, 1.0);
-    policy.level_mut(Level::Moderate).admit = shares(0.2, 1.0);
+    policy.level_mut(Level::Moderate).admit = shares(0.1, 1.0);
     policy.level_mut(Level::Heavy).admit = shares(0.0, 0.75);
     policy
 }
