@@ -1,0 +1,694 @@
+//! The controller: runs the [`Planner`]'s actions against a [`Driver`] and a [`Pool`], with a
+//! journal, controls and a status stream.
+
+use crate::config::RolloutConfig;
+use crate::discover::Pool;
+use crate::driver::Driver;
+use crate::error::{DriverError, RolloutError};
+use crate::instance::{Instance, Key};
+use crate::plan::{Action, Event, Outcome, Phase, Planner, Record, StepKind};
+use degrade_canary::stats::CanarySnapshot;
+use degrade_canary::{Judge, Verdict};
+use degrade_core::{Clock, ConfigError, TokioClock};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+
+/// The first line of a journal: what the rollout is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Header {
+    target: String,
+    config: RolloutConfig,
+    instances: Vec<Instance>,
+}
+
+/// An append-only JSON-lines file: a header, then one [`Record`] per line, each fsync'd
+/// before the controller acts on it.
+#[derive(Debug)]
+struct Journal {
+    file: tokio::fs::File,
+    path: PathBuf,
+}
+
+impl Journal {
+    async fn append(&mut self, line: &impl Serialize) -> Result<(), RolloutError> {
+        let mut bytes = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+        bytes.push(b'\n');
+        self.file.write_all(&bytes).await?;
+        self.file.sync_data().await?;
+        Ok(())
+    }
+}
+
+/// A snapshot of a rollout, published on every change.
+///
+/// ```
+/// use degrade_rollout::Status;
+/// let s = Status::default();
+/// assert!(s.outcome.is_none());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Status {
+    /// Upgrading, failing, rolling back or finished (`None` before the first step).
+    pub phase: Option<Phase>,
+    /// The batch in progress, in the current direction.
+    pub batch: Option<usize>,
+    /// Upgrade batches in the plan.
+    pub batches: usize,
+    /// Whether new batches are held.
+    pub paused: bool,
+    /// Every instance with its version and state.
+    pub instances: Vec<Instance>,
+    /// Why the rollout failed, once it has.
+    pub failure: Option<String>,
+    /// How it ended, once it has.
+    pub outcome: Option<Outcome>,
+    /// Driver steps completed by this controller.
+    pub steps: u64,
+}
+
+/// The end of a rollout.
+///
+/// ```
+/// use degrade_rollout::{Outcome, Report};
+/// fn ok(r: &Report) -> bool { r.outcome == Outcome::Completed }
+/// # let _ = ok;
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Report {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why it failed, if it did.
+    pub failure: Option<String>,
+    /// Driver errors met by this controller, each naming its instance.
+    pub errors: Vec<DriverError>,
+    /// Every instance at the end.
+    pub instances: Vec<Instance>,
+    /// Time this controller ran.
+    pub elapsed: Duration,
+}
+
+/// Pause, resume, abort and watch a running [`Rollout`]. Clones control the same rollout.
+///
+/// ```
+/// # use degrade_rollout::{Instance, Rollout, RolloutConfig, discover::Pool, ProcessDriver, driver::CommandSpec};
+/// let driver = ProcessDriver::builder().version("v1", CommandSpec::new("x")).version("v2", CommandSpec::new("x")).build().unwrap();
+/// let pool = Pool::new(|i: &Instance| i.address);
+/// let a = Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1");
+/// let (_rollout, handle) = Rollout::builder(driver, pool).build(vec![a], "v2").unwrap();
+/// handle.pause();
+/// assert!(handle.status().outcome.is_none());
+/// ```
+#[derive(Debug, Clone)]
+pub struct RolloutHandle {
+    controls: mpsc::UnboundedSender<Event>,
+    status: watch::Receiver<Status>,
+}
+
+impl RolloutHandle {
+    /// Starts no new batch until [`resume`](Self::resume) (the current batch finishes).
+    ///
+    /// ```no_run
+    /// # fn f(h: degrade_rollout::RolloutHandle) { h.pause(); }
+    /// ```
+    pub fn pause(&self) {
+        let _ = self.controls.send(Event::Pause);
+    }
+
+    /// Starts batches again.
+    ///
+    /// ```no_run
+    /// # fn f(h: degrade_rollout::RolloutHandle) { h.resume(); }
+    /// ```
+    pub fn resume(&self) {
+        let _ = self.controls.send(Event::Resume);
+    }
+
+    /// Stops after the current batch (outcome [`Outcome::Aborted`]).
+    ///
+    /// ```no_run
+    /// # fn f(h: degrade_rollout::RolloutHandle) { h.abort(); }
+    /// ```
+    pub fn abort(&self) {
+        let _ = self.controls.send(Event::Abort);
+    }
+
+    /// The latest status.
+    ///
+    /// ```no_run
+    /// # fn f(h: degrade_rollout::RolloutHandle) { println!("{:?}", h.status().phase); }
+    /// ```
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// A stream of status changes (a `watch` receiver).
+    ///
+    /// ```no_run
+    /// # async fn f(h: degrade_rollout::RolloutHandle) {
+    /// let mut rx = h.subscribe();
+    /// while rx.changed().await.is_ok() {
+    ///     println!("{:?}", rx.borrow().phase);
+    /// }
+    /// # }
+    /// ```
+    pub fn subscribe(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+}
+
+/// Builds a [`Rollout`].
+///
+/// ```
+/// # use degrade_rollout::{Instance, Rollout, RolloutConfig, discover::Pool, ProcessDriver, driver::CommandSpec};
+/// let driver = ProcessDriver::builder().version("v1", CommandSpec::new("x")).build().unwrap();
+/// let pool = Pool::new(|i: &Instance| i.address);
+/// let a = Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1");
+/// let err = Rollout::builder(driver, pool).build(vec![a], "v9").unwrap_err();
+/// assert!(err.to_string().contains("unknown version `v9`"));
+/// ```
+#[derive(Debug)]
+pub struct RolloutBuilder<D, S, C = TokioClock> {
+    driver: D,
+    pool: Pool<S>,
+    config: RolloutConfig,
+    journal: Option<PathBuf>,
+    clock: C,
+}
+
+impl<D: Driver, S: Clone + Send + 'static> RolloutBuilder<D, S, TokioClock> {
+    /// The settings (default [`RolloutConfig::default`]).
+    ///
+    /// ```
+    /// # use degrade_rollout::{Instance, Rollout, RolloutConfig, discover::Pool, ProcessDriver, driver::CommandSpec};
+    /// # let driver = ProcessDriver::builder().version("v1", CommandSpec::new("x")).build().unwrap();
+    /// let b = Rollout::builder(driver, Pool::new(|i: &Instance| i.address)).config(RolloutConfig::default());
+    /// # let _ = b;
+    /// ```
+    #[must_use]
+    pub fn config(mut self, config: RolloutConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Journal the rollout to `path` (JSON lines, fsync'd per step). When the file already
+    /// holds a rollout, [`build`](Self::build) resumes it instead of starting anew.
+    ///
+    /// ```
+    /// # use degrade_rollout::{Instance, Rollout, discover::Pool, ProcessDriver, driver::CommandSpec};
+    /// # let driver = ProcessDriver::builder().version("v1", CommandSpec::new("x")).build().unwrap();
+    /// let b = Rollout::builder(driver, Pool::new(|i: &Instance| i.address)).journal("/var/lib/app/rollout.jsonl");
+    /// # let _ = b;
+    /// ```
+    #[must_use]
+    pub fn journal(mut self, path: impl AsRef<Path>) -> Self {
+        self.journal = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Validates and makes the controller and its handle (resuming from the journal when it
+    /// holds this rollout).
+    ///
+    /// # Errors
+    ///
+    /// [`RolloutError::Config`] for a bad configuration, an empty instance set, duplicate ids,
+    /// a version the driver does not know, or a journal holding another rollout;
+    /// [`RolloutError::Journal`] when the journal cannot be read or created.
+    ///
+    /// ```
+    /// # use degrade_rollout::{Instance, Rollout, discover::Pool, ProcessDriver, driver::CommandSpec};
+    /// # let driver = ProcessDriver::builder().version("v1", CommandSpec::new("x")).build().unwrap();
+    /// let err = Rollout::builder(driver, Pool::new(|i: &Instance| i.address)).build(vec![], "v1").unwrap_err();
+    /// assert!(err.to_string().contains("instances"));
+    /// ```
+    pub fn build(
+        self,
+        instances: Vec<Instance>,
+        target: impl Into<String>,
+    ) -> Result<(Rollout<D, S, TokioClock>, RolloutHandle), RolloutError> {
+        let target = target.into();
+        self.driver.check_version(&target)?;
+        for i in &instances {
+            self.driver.check_version(&i.version).map_err(|e| {
+                ConfigError::new(format!("instances.{}.version", i.id), e.rule().to_owned())
+            })?;
+        }
+        let mut records = Vec::new();
+        let mut header = Header {
+            target: target.clone(),
+            config: self.config.clone(),
+            instances,
+        };
+        let mut fresh = true;
+        if let Some(path) = &self.journal
+            && let Ok(text) = std::fs::read_to_string(path)
+            && !text.trim().is_empty()
+        {
+            let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+            let bad = |what: String| RolloutError::Config(ConfigError::new("journal", what));
+            let first = lines.next().unwrap_or_default();
+            let h: Header = serde_json::from_str(first)
+                .map_err(|e| bad(format!("bad header in {}: {e}", path.display())))?;
+            if h.target != target {
+                return Err(bad(format!(
+                    "{} holds a rollout to `{}`, not `{target}`",
+                    path.display(),
+                    h.target
+                )));
+            }
+            let mut torn = false;
+            for line in lines {
+                if torn {
+                    return Err(bad(format!(
+                        "{}: a record after a torn line",
+                        path.display()
+                    )));
+                }
+                match serde_json::from_str::<Record>(line) {
+                    Ok(r) => records.push(r),
+                    // A crash can tear the last line; what it described was not acted on.
+                    Err(_) => torn = true,
+                }
+            }
+            header = h;
+            fresh = false;
+        }
+        let planner = Planner::replay(
+            header.config.clone(),
+            header.instances.clone(),
+            header.target.clone(),
+            &records,
+        )?;
+        let (controls, controls_rx) = mpsc::unbounded_channel();
+        let (status_tx, status) = watch::channel(Status::default());
+        let rollout = Rollout {
+            driver: Arc::new(self.driver),
+            pool: self.pool,
+            planner,
+            journal_path: self.journal,
+            header: fresh.then_some(header),
+            torn_rewrite: records,
+            controls: controls_rx,
+            status: status_tx,
+            clock: self.clock,
+            errors: Vec::new(),
+            steps: 0,
+        };
+        Ok((rollout, RolloutHandle { controls, status }))
+    }
+}
+
+/// Runs a rolling upgrade. See the [crate documentation](crate) for a full example.
+#[derive(Debug)]
+pub struct Rollout<D, S, C = TokioClock> {
+    driver: Arc<D>,
+    pool: Pool<S>,
+    planner: Planner,
+    journal_path: Option<PathBuf>,
+    header: Option<Header>,
+    torn_rewrite: Vec<Record>,
+    controls: mpsc::UnboundedReceiver<Event>,
+    status: watch::Sender<Status>,
+    clock: C,
+    errors: Vec<DriverError>,
+    steps: u64,
+}
+
+impl Rollout<(), ()> {
+    /// A builder for a rollout driving `driver`, routing through `pool`.
+    ///
+    /// ```
+    /// # use degrade_rollout::{Instance, Rollout, discover::Pool, ProcessDriver, driver::CommandSpec};
+    /// # let driver = ProcessDriver::builder().version("v1", CommandSpec::new("x")).build().unwrap();
+    /// let b = Rollout::builder(driver, Pool::new(|i: &Instance| i.address));
+    /// # let _ = b;
+    /// ```
+    pub fn builder<D: Driver, S: Clone + Send + 'static>(
+        driver: D,
+        pool: Pool<S>,
+    ) -> RolloutBuilder<D, S, TokioClock> {
+        RolloutBuilder {
+            driver,
+            pool,
+            config: RolloutConfig::default(),
+            journal: None,
+            clock: TokioClock,
+        }
+    }
+}
+
+impl<D: Driver, S: Clone + Send + 'static, C: Clock> Rollout<D, S, C> {
+    /// The planner (read-only).
+    ///
+    /// ```no_run
+    /// # fn f(r: &degrade_rollout::Rollout<degrade_rollout::ProcessDriver, ()>) { let _ = r.planner().batch_count(); }
+    /// ```
+    pub fn planner(&self) -> &Planner {
+        &self.planner
+    }
+
+    async fn open_journal(&mut self) -> Result<Option<Journal>, RolloutError> {
+        let Some(path) = self.journal_path.clone() else {
+            return Ok(None);
+        };
+        let mut journal = if let Some(h) = self.header.take() {
+            let file = tokio::fs::File::create(&path).await?;
+            let mut j = Journal { file, path };
+            j.append(&h).await?;
+            j
+        } else {
+            // Rewrite without a possibly torn last line, then append.
+            let text = tokio::fs::read_to_string(&path).await?;
+            let header = text.lines().next().unwrap_or_default().to_owned();
+            let tmp = path.with_extension("rewrite");
+            let mut body = header;
+            body.push('\n');
+            for r in &self.torn_rewrite {
+                body.push_str(&serde_json::to_string(r).map_err(std::io::Error::other)?);
+                body.push('\n');
+            }
+            tokio::fs::write(&tmp, body).await?;
+            tokio::fs::rename(&tmp, &path).await?;
+            let file = tokio::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .await?;
+            Journal { file, path }
+        };
+        journal.file.flush().await?;
+        tracing::debug!(journal = %journal.path.display(), "journal open");
+        Ok(Some(journal))
+    }
+
+    fn publish(&self) {
+        let p = &self.planner;
+        let outcome = match p.phase() {
+            Phase::Finished(o) => Some(o),
+            _ => None,
+        };
+        self.status.send_replace(Status {
+            phase: Some(p.phase()),
+            batch: p.current_batch(),
+            batches: p.batch_count(),
+            paused: p.paused(),
+            instances: p.instances(),
+            failure: p.failure().map(str::to_owned),
+            outcome,
+            steps: self.steps,
+        });
+    }
+
+    fn report(&self, outcome: Outcome, started: tokio::time::Instant) -> Report {
+        Report {
+            outcome,
+            failure: self.planner.failure().map(str::to_owned),
+            errors: self.errors.clone(),
+            instances: self.planner.instances(),
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// Runs the rollout to its end: completed, aborted, rolled back, or rollback failed.
+    /// Dropping the future stops the controller between steps; a controller built later
+    /// from the same journal carries on.
+    ///
+    /// # Errors
+    ///
+    /// Only journal I/O: a failed rollout is an [`Outcome`], not an error.
+    ///
+    /// ```no_run
+    /// # async fn f(r: degrade_rollout::Rollout<degrade_rollout::ProcessDriver, ()>) -> Result<(), degrade_rollout::RolloutError> {
+    /// let report = r.run().await?;
+    /// println!("{}: {:?}", report.outcome, report.failure);
+    /// # Ok(()) }
+    /// ```
+    pub async fn run(mut self) -> Result<Report, RolloutError> {
+        let started = tokio::time::Instant::now();
+        let mut journal = self.open_journal().await?;
+        if let Phase::Finished(o) = self.planner.phase() {
+            self.publish();
+            return Ok(self.report(o, started));
+        }
+        // A resumed controller restores the balancer's view before acting.
+        for i in self.planner.serving() {
+            self.pool.insert(&i);
+        }
+        let limits = self.planner.limits();
+        tracing::info!(
+            target_version = self.planner.target(),
+            batches = self.planner.batch_count(),
+            surge = limits.surge,
+            unavailable = limits.unavailable,
+            "rollout starting"
+        );
+        let mut tasks: FuturesUnordered<BoxFuture<'static, (Event, Option<DriverError>)>> =
+            FuturesUnordered::new();
+        let mut controls_open = true;
+        let mut actions = self.planner.handle(Event::Tick, self.clock.now());
+        loop {
+            let mut finished = None;
+            for a in actions.drain(..) {
+                match a {
+                    Action::Record(r) => {
+                        log_record(&r);
+                        if let Some(j) = journal.as_mut() {
+                            j.append(&r).await?;
+                        }
+                    }
+                    Action::Drive {
+                        step,
+                        instance,
+                        version,
+                    } => tasks.push(self.drive(step.kind, step, instance, version)),
+                    Action::Health {
+                        id,
+                        target,
+                        instance,
+                    } => {
+                        let driver = self.driver.clone();
+                        let timeout = self.planner.config().health_timeout;
+                        tasks.push(Box::pin(async move {
+                            let healthy = match tokio::time::timeout(
+                                timeout,
+                                driver.health(&instance),
+                            )
+                            .await
+                            {
+                                Ok(Ok(())) => true,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(instance = %instance, error = %e, "unhealthy");
+                                    false
+                                }
+                                Err(_) => {
+                                    tracing::debug!(instance = %instance, "health check timed out");
+                                    false
+                                }
+                            };
+                            (
+                                Event::Health {
+                                    id,
+                                    target,
+                                    healthy,
+                                },
+                                None,
+                            )
+                        }));
+                    }
+                    Action::Serve { instance } => {
+                        tracing::info!(instance = %instance, "instance ready: in service");
+                        self.pool.insert(&instance);
+                    }
+                    Action::Analyze {
+                        batch,
+                        upgraded,
+                        baseline,
+                    } => tasks.push(self.analyze(batch, upgraded, baseline)),
+                    Action::Finished(o) => finished = Some(o),
+                }
+            }
+            self.publish();
+            if let Some(outcome) = finished {
+                // Let steps still running end before reporting (each is bounded).
+                while tasks.next().await.is_some() {}
+                let report = self.report(outcome, started);
+                tracing::info!(outcome = %outcome, failure = ?report.failure, elapsed = ?report.elapsed, "rollout finished");
+                return Ok(report);
+            }
+            let wake = self.planner.next_wake();
+            let event = tokio::select! {
+                Some((ev, err)) = tasks.next(), if !tasks.is_empty() => {
+                    if let Some(err) = err {
+                        self.errors.push(err);
+                    }
+                    ev
+                }
+                ctrl = self.controls.recv(), if controls_open => match ctrl {
+                    Some(ev) => ev,
+                    None => { controls_open = false; Event::Tick }
+                },
+                _ = sleep_until_opt(wake) => Event::Tick,
+            };
+            actions = self.planner.handle(event, self.clock.now());
+        }
+    }
+
+    fn drive(
+        &mut self,
+        kind: StepKind,
+        step: crate::plan::Step,
+        instance: Instance,
+        version: String,
+    ) -> BoxFuture<'static, (Event, Option<DriverError>)> {
+        let driver = self.driver.clone();
+        let pool = self.pool.clone();
+        let cfg = self.planner.config().clone();
+        let id = instance.id.clone();
+        Box::pin(async move {
+            tracing::debug!(instance = %instance, step = %step, "step");
+            let work = async {
+                match kind {
+                    StepKind::Allocate => driver.allocate(&instance).await.map(Some),
+                    StepKind::Drain => {
+                        let report = pool.drain(&instance.key(), cfg.drain_timeout).await;
+                        tracing::info!(instance = %instance, waited = ?report.waited, left_in_flight = report.in_flight, "drained");
+                        driver.drain(&instance).await.map(|()| None)
+                    }
+                    StepKind::Stop => driver.stop(&instance).await.map(|()| None),
+                    StepKind::Install => driver.install(&instance, &version).await.map(|()| None),
+                    StepKind::Start => driver.start(&instance).await.map(|()| None),
+                    StepKind::Release => driver.release(&instance).await.map(|()| None),
+                    StepKind::Probe | StepKind::Bake | StepKind::Swap => Ok(None),
+                }
+            };
+            let result = match tokio::time::timeout(cfg.progress_deadline, work).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer within {:?}", cfg.progress_deadline).into()),
+            };
+            match result {
+                Ok(address) => (Event::StepOk { id, step, address }, None),
+                Err(e) => {
+                    let err = DriverError::new(id.clone(), kind, e);
+                    tracing::warn!(error = %err, "driver step failed");
+                    let ev = Event::StepErr {
+                        id,
+                        step,
+                        error: err.source.to_string(),
+                    };
+                    (ev, Some(err))
+                }
+            }
+        })
+    }
+
+    fn analyze(
+        &self,
+        batch: usize,
+        upgraded: Vec<Instance>,
+        baseline: Vec<Instance>,
+    ) -> BoxFuture<'static, (Event, Option<DriverError>)> {
+        let pool = self.pool.clone();
+        let cfg = self.planner.config().analysis.clone().unwrap_or_default();
+        Box::pin(async move {
+            (
+                Self::judge(pool, cfg, batch, upgraded, baseline).await,
+                None,
+            )
+        })
+    }
+
+    async fn judge(
+        pool: Pool<S>,
+        cfg: crate::config::AnalysisConfig,
+        batch: usize,
+        upgraded: Vec<Instance>,
+        baseline: Vec<Instance>,
+    ) -> Event {
+        {
+            let up: Vec<Key> = upgraded.iter().map(Instance::key).collect();
+            let base: Vec<Key> = baseline.iter().map(Instance::key).collect();
+            let snap = || {
+                let mut s = CanarySnapshot::default();
+                s.stable = pool.outcomes(&base);
+                s.canary = pool.outcomes(&up);
+                s
+            };
+            let mut judge = match Judge::new(cfg.judge.clone()) {
+                Ok(j) => j,
+                Err(e) => {
+                    return Event::Analysis {
+                        batch,
+                        pass: false,
+                        reason: e.to_string(),
+                    };
+                }
+            };
+            judge.start(&snap());
+            let deadline = tokio::time::Instant::now() + cfg.duration;
+            loop {
+                tokio::time::sleep(cfg.interval).await;
+                let j = judge.look(&snap());
+                tracing::debug!(batch, verdict = %j.verdict, reason = j.reason, samples = ?j.samples, "analysis look");
+                let done = tokio::time::Instant::now() >= deadline;
+                match j.verdict {
+                    Verdict::Fail => {
+                        return Event::Analysis {
+                            batch,
+                            pass: false,
+                            reason: j.reason.to_owned(),
+                        };
+                    }
+                    Verdict::Pass => {
+                        return Event::Analysis {
+                            batch,
+                            pass: true,
+                            reason: j.reason.to_owned(),
+                        };
+                    }
+                    Verdict::Inconclusive if done => {
+                        let pass = !cfg.require_pass;
+                        tracing::info!(batch, pass, "analysis inconclusive at its end");
+                        return Event::Analysis {
+                            batch,
+                            pass,
+                            reason: "inconclusive".to_owned(),
+                        };
+                    }
+                    Verdict::Inconclusive => {}
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn log_record(r: &Record) {
+    match r {
+        Record::BatchStarted { direction, batch } => {
+            tracing::info!(%direction, batch, "batch started");
+        }
+        Record::StepDone { id, step, .. } => tracing::debug!(instance = %id, %step, "step done"),
+        Record::Failed { id, reason } => {
+            tracing::warn!(instance = ?id, reason = %reason, "rollout failed")
+        }
+        Record::RollbackStarted => tracing::warn!("rolling back"),
+        Record::AnalysisPassed { batch } => tracing::info!(batch, "analysis passed"),
+        Record::Paused => tracing::info!("paused"),
+        Record::Resumed => tracing::info!("resumed"),
+        Record::AbortRequested => tracing::info!("abort requested"),
+        Record::Finished { outcome } => tracing::info!(%outcome, "finished"),
+    }
+}

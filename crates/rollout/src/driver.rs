@@ -1,0 +1,604 @@
+//! The [`Driver`]: how instances are drained, stopped, upgraded, started and checked on a
+//! platform, and [`ProcessDriver`] for local processes.
+
+use crate::instance::Instance;
+use degrade_core::{BoxError, ConfigError};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// The platform operations a rollout needs. Implement it for your platform (systemd units,
+/// containers, VMs); [`ProcessDriver`] runs local processes.
+///
+/// Every operation must be idempotent: after a controller restart, a step whose completion
+/// was not journaled is performed again (stopping a stopped instance or starting a running
+/// one succeeds without doing anything).
+///
+/// The controller has already taken an instance out of the balancer and waited for its
+/// in-flight requests before calling [`drain`](Driver::drain), which is for platform-side
+/// draining (deregistering from an external load balancer); the default does nothing.
+///
+/// ```
+/// use degrade_rollout::{Driver, Instance};
+/// use degrade_core::BoxError;
+///
+/// #[derive(Debug)]
+/// struct Noop;
+/// impl Driver for Noop {
+///     async fn stop(&self, _: &Instance) -> Result<(), BoxError> { Ok(()) }
+///     async fn install(&self, _: &Instance, _version: &str) -> Result<(), BoxError> { Ok(()) }
+///     async fn start(&self, _: &Instance) -> Result<(), BoxError> { Ok(()) }
+///     async fn health(&self, _: &Instance) -> Result<(), BoxError> { Ok(()) }
+/// }
+/// ```
+pub trait Driver: Send + Sync + 'static {
+    /// Rejects a version the driver cannot install (checked before the rollout starts).
+    /// The default accepts every version.
+    fn check_version(&self, version: &str) -> Result<(), ConfigError> {
+        let _ = version;
+        Ok(())
+    }
+
+    /// Platform-side drain of an instance already out of the balancer. Default: nothing.
+    fn drain(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = instance;
+        async { Ok(()) }
+    }
+
+    /// Stops the instance (succeeds when it is not running).
+    fn stop(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Installs `version` on the (stopped) instance.
+    fn install(
+        &self,
+        instance: &Instance,
+        version: &str,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Starts the instance with the version it has (`instance.version`).
+    fn start(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// One health check: `Ok` when healthy.
+    fn health(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// A spare address for a surge replacement of `instance`. The default refuses: a driver
+    /// without spare capacity supports only in-place upgrades (max surge 0).
+    fn allocate(
+        &self,
+        instance: &Instance,
+    ) -> impl Future<Output = Result<SocketAddr, BoxError>> + Send {
+        let _ = instance;
+        async {
+            Err::<SocketAddr, BoxError>("this driver has no spare addresses for a surge".into())
+        }
+    }
+
+    /// Gives back the address of a retired (stopped) instance. Default: nothing.
+    fn release(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = instance;
+        async { Ok(()) }
+    }
+}
+
+impl<D: Driver> Driver for Arc<D> {
+    fn check_version(&self, version: &str) -> Result<(), ConfigError> {
+        (**self).check_version(version)
+    }
+    fn drain(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (**self).drain(instance)
+    }
+    fn stop(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (**self).stop(instance)
+    }
+    fn install(
+        &self,
+        instance: &Instance,
+        version: &str,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (**self).install(instance, version)
+    }
+    fn start(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (**self).start(instance)
+    }
+    fn health(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (**self).health(instance)
+    }
+    fn allocate(
+        &self,
+        instance: &Instance,
+    ) -> impl Future<Output = Result<SocketAddr, BoxError>> + Send {
+        (**self).allocate(instance)
+    }
+    fn release(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (**self).release(instance)
+    }
+}
+
+/// The command that runs one version. In `program` and `args`, `{port}`, `{host}`,
+/// `{address}`, `{version}` and `{id}` are replaced by the instance's values.
+///
+/// ```
+/// use degrade_rollout::driver::CommandSpec;
+/// let c = CommandSpec::new("/usr/bin/server").args(["--port", "{port}", "--version", "{version}"]);
+/// assert_eq!(c.args.len(), 4);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CommandSpec {
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments (with placeholders).
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl CommandSpec {
+    /// A command without arguments.
+    ///
+    /// ```
+    /// # use degrade_rollout::driver::CommandSpec;
+    /// assert!(CommandSpec::new("server").args.is_empty());
+    /// ```
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Appends arguments.
+    ///
+    /// ```
+    /// # use degrade_rollout::driver::CommandSpec;
+    /// assert_eq!(CommandSpec::new("s").args(["-v"]).args, vec!["-v"]);
+    /// ```
+    #[must_use]
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds an environment variable.
+    ///
+    /// ```
+    /// # use degrade_rollout::driver::CommandSpec;
+    /// assert_eq!(CommandSpec::new("s").env("RUST_LOG", "info").env.len(), 1);
+    /// ```
+    #[must_use]
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// How [`ProcessDriver`] checks health.
+///
+/// ```
+/// use degrade_rollout::driver::HealthCheck;
+/// let h = HealthCheck::http("/healthz", 200);
+/// assert!(matches!(h, HealthCheck::Http { .. }));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HealthCheck {
+    /// `GET path` over HTTP/1.1 must answer `expect_status`.
+    Http {
+        /// The path, e.g. `/healthz`.
+        path: String,
+        /// The expected status code.
+        expect_status: u16,
+    },
+    /// A TCP connection must succeed.
+    Tcp,
+}
+
+impl HealthCheck {
+    /// An HTTP check.
+    ///
+    /// ```
+    /// # use degrade_rollout::driver::HealthCheck;
+    /// assert_eq!(HealthCheck::http("/", 204), HealthCheck::Http { path: "/".into(), expect_status: 204 });
+    /// ```
+    pub fn http(path: impl Into<String>, expect_status: u16) -> Self {
+        HealthCheck::Http {
+            path: path.into(),
+            expect_status,
+        }
+    }
+}
+
+/// Runs each instance as a local child process: the command configured for its version on
+/// its port; stop sends SIGTERM, then SIGKILL after `stop_grace`; health is an HTTP GET or a
+/// TCP connect. Spare addresses make surge upgrades possible.
+///
+/// Children are killed when the driver is dropped.
+///
+/// ```no_run
+/// use degrade_rollout::{Driver, Instance, ProcessDriver, driver::{CommandSpec, HealthCheck}};
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let server = |v: &str| CommandSpec::new("./my-server").args(["--port", "{port}", "--version", v]);
+/// let driver = ProcessDriver::builder()
+///     .version("v1", server("v1"))
+///     .version("v2", server("v2"))
+///     .health(HealthCheck::http("/healthz", 200))
+///     .spare("127.0.0.1:9100".parse()?)
+///     .build()?;
+/// let web1 = Instance::new("web-1", "127.0.0.1:9001".parse()?, "v1");
+/// driver.start(&web1).await?;
+/// driver.wait_healthy(&web1, std::time::Duration::from_secs(10)).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct ProcessDriver {
+    commands: BTreeMap<String, CommandSpec>,
+    health: HealthCheck,
+    stop_grace: Duration,
+    quiet: bool,
+    children: Mutex<HashMap<SocketAddr, Child>>,
+    spare: Mutex<Vec<SocketAddr>>,
+}
+
+/// Builds a [`ProcessDriver`].
+///
+/// ```
+/// use degrade_rollout::{ProcessDriver, driver::CommandSpec};
+/// assert_eq!(ProcessDriver::builder().build().unwrap_err().field(), "versions");
+/// let d = ProcessDriver::builder().version("v1", CommandSpec::new("true")).build().unwrap();
+/// assert!(d.versions().eq(["v1"]));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProcessDriverBuilder {
+    commands: BTreeMap<String, CommandSpec>,
+    health: HealthCheck,
+    stop_grace: Duration,
+    quiet: bool,
+    spare: Vec<SocketAddr>,
+}
+
+impl ProcessDriverBuilder {
+    /// The command running `version`.
+    ///
+    /// ```
+    /// # use degrade_rollout::{ProcessDriver, driver::CommandSpec};
+    /// let b = ProcessDriver::builder().version("v1", CommandSpec::new("server"));
+    /// # let _ = b;
+    /// ```
+    #[must_use]
+    pub fn version(mut self, version: impl Into<String>, command: CommandSpec) -> Self {
+        self.commands.insert(version.into(), command);
+        self
+    }
+
+    /// The health check (default: TCP connect).
+    ///
+    /// ```
+    /// # use degrade_rollout::{ProcessDriver, driver::HealthCheck};
+    /// let b = ProcessDriver::builder().health(HealthCheck::http("/healthz", 200));
+    /// # let _ = b;
+    /// ```
+    #[must_use]
+    pub fn health(mut self, check: HealthCheck) -> Self {
+        self.health = check;
+        self
+    }
+
+    /// Time between SIGTERM and SIGKILL (default 10 s).
+    ///
+    /// ```
+    /// # use degrade_rollout::ProcessDriver;
+    /// let b = ProcessDriver::builder().stop_grace(std::time::Duration::from_secs(2));
+    /// # let _ = b;
+    /// ```
+    #[must_use]
+    pub fn stop_grace(mut self, grace: std::time::Duration) -> Self {
+        self.stop_grace = grace;
+        self
+    }
+
+    /// A spare address for surge replacements (repeat for more).
+    ///
+    /// ```
+    /// # use degrade_rollout::ProcessDriver;
+    /// let b = ProcessDriver::builder().spare("127.0.0.1:9100".parse().unwrap());
+    /// # let _ = b;
+    /// ```
+    #[must_use]
+    pub fn spare(mut self, address: SocketAddr) -> Self {
+        self.spare.push(address);
+        self
+    }
+
+    /// Whether children's stdout and stderr are discarded (default) or inherited.
+    ///
+    /// ```
+    /// # use degrade_rollout::ProcessDriver;
+    /// let b = ProcessDriver::builder().quiet(false);
+    /// # let _ = b;
+    /// ```
+    #[must_use]
+    pub fn quiet(mut self, quiet: bool) -> Self {
+        self.quiet = quiet;
+        self
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    ///
+    /// No version, an empty program, a zero grace period, or a duplicate spare address.
+    ///
+    /// ```
+    /// # use degrade_rollout::{ProcessDriver, driver::CommandSpec};
+    /// let err = ProcessDriver::builder().version("v1", CommandSpec::new("")).build().unwrap_err();
+    /// assert_eq!(err.field(), "versions.v1.program");
+    /// ```
+    pub fn build(self) -> Result<ProcessDriver, ConfigError> {
+        if self.commands.is_empty() {
+            return Err(ConfigError::new(
+                "versions",
+                "at least one version is needed",
+            ));
+        }
+        for (v, c) in &self.commands {
+            if c.program.as_os_str().is_empty() {
+                return Err(ConfigError::new(
+                    format!("versions.{v}.program"),
+                    "must not be empty",
+                ));
+            }
+        }
+        if self.stop_grace.is_zero() {
+            return Err(ConfigError::new("stop_grace", "must be greater than zero"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = self.spare.iter().find(|a| !seen.insert(**a)) {
+            return Err(ConfigError::new(
+                "spare",
+                format!("duplicate address {dup}"),
+            ));
+        }
+        Ok(ProcessDriver {
+            commands: self.commands,
+            health: self.health,
+            stop_grace: self.stop_grace,
+            quiet: self.quiet,
+            children: Mutex::new(HashMap::new()),
+            spare: Mutex::new(self.spare),
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl ProcessDriver {
+    /// A builder with no versions, a TCP health check and a 10 s stop grace period.
+    ///
+    /// ```
+    /// # use degrade_rollout::ProcessDriver;
+    /// assert!(ProcessDriver::builder().build().is_err());
+    /// ```
+    pub fn builder() -> ProcessDriverBuilder {
+        ProcessDriverBuilder {
+            commands: BTreeMap::new(),
+            health: HealthCheck::Tcp,
+            stop_grace: Duration::from_secs(10),
+            quiet: true,
+            spare: Vec::new(),
+        }
+    }
+
+    /// The versions this driver can run.
+    ///
+    /// ```
+    /// # use degrade_rollout::{ProcessDriver, driver::CommandSpec};
+    /// let d = ProcessDriver::builder().version("b", CommandSpec::new("x")).version("a", CommandSpec::new("x")).build().unwrap();
+    /// assert_eq!(d.versions().collect::<Vec<_>>(), ["a", "b"]);
+    /// ```
+    pub fn versions(&self) -> impl Iterator<Item = &str> {
+        self.commands.keys().map(String::as_str)
+    }
+
+    /// The process id of the child serving `address`, if the driver started one that is
+    /// still known to it.
+    ///
+    /// ```
+    /// # use degrade_rollout::{ProcessDriver, driver::CommandSpec};
+    /// let d = ProcessDriver::builder().version("v1", CommandSpec::new("x")).build().unwrap();
+    /// assert_eq!(d.pid("127.0.0.1:1".parse().unwrap()), None);
+    /// ```
+    pub fn pid(&self, address: SocketAddr) -> Option<u32> {
+        lock(&self.children).get(&address).and_then(Child::id)
+    }
+
+    /// Checks health every 50 ms until it passes or `timeout` elapses (for bringing up the
+    /// initial instances).
+    ///
+    /// # Errors
+    ///
+    /// The last health error when the time is up.
+    ///
+    /// ```no_run
+    /// # use degrade_rollout::{Driver, Instance, ProcessDriver, driver::CommandSpec};
+    /// # async fn demo(d: ProcessDriver, i: Instance) -> Result<(), degrade_core::BoxError> {
+    /// d.start(&i).await?;
+    /// d.wait_healthy(&i, std::time::Duration::from_secs(10)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_healthy(
+        &self,
+        instance: &Instance,
+        timeout: Duration,
+    ) -> Result<(), BoxError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let err =
+                match tokio::time::timeout(Duration::from_secs(2), self.health(instance)).await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(e)) => e,
+                    Err(_) => "health check timed out".into(),
+                };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn command(&self, instance: &Instance) -> Result<Command, BoxError> {
+        let spec = self
+            .commands
+            .get(&instance.version)
+            .ok_or_else(|| format!("unknown version `{}`", instance.version))?;
+        let fill = |s: &str| {
+            s.replace("{port}", &instance.address.port().to_string())
+                .replace("{host}", &instance.address.ip().to_string())
+                .replace("{address}", &instance.address.to_string())
+                .replace("{version}", &instance.version)
+                .replace("{id}", &instance.id)
+        };
+        let program = fill(&spec.program.to_string_lossy());
+        let mut cmd = Command::new(program);
+        cmd.args(spec.args.iter().map(|a| fill(a)))
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if self.quiet {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        Ok(cmd)
+    }
+}
+
+impl Driver for ProcessDriver {
+    fn check_version(&self, version: &str) -> Result<(), ConfigError> {
+        if self.commands.contains_key(version) {
+            Ok(())
+        } else {
+            Err(ConfigError::new(
+                "target",
+                format!("unknown version `{version}`: the driver has no command for it"),
+            ))
+        }
+    }
+
+    async fn stop(&self, instance: &Instance) -> Result<(), BoxError> {
+        let child = lock(&self.children).remove(&instance.address);
+        let Some(mut child) = child else {
+            return Ok(());
+        };
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+            // The child may exit between try_wait and here (ESRCH): that is a stop too.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        match tokio::time::timeout(self.stop_grace, child.wait()).await {
+            Ok(status) => {
+                status?;
+            }
+            Err(_) => {
+                tracing::warn!(instance = %instance.id, address = %instance.address, "no exit after SIGTERM: SIGKILL");
+                child.kill().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn install(&self, instance: &Instance, version: &str) -> Result<(), BoxError> {
+        // A local process needs nothing installed: each version has its command.
+        if self.commands.contains_key(version) {
+            Ok(())
+        } else {
+            Err(format!("unknown version `{version}` for `{}`", instance.id).into())
+        }
+    }
+
+    async fn start(&self, instance: &Instance) -> Result<(), BoxError> {
+        let mut children = lock(&self.children);
+        if let Some(child) = children.get_mut(&instance.address)
+            && child.try_wait()?.is_none()
+        {
+            return Ok(()); // already running
+        }
+        let child = self.command(instance)?.spawn()?;
+        children.insert(instance.address, child);
+        Ok(())
+    }
+
+    async fn health(&self, instance: &Instance) -> Result<(), BoxError> {
+        if let Some(child) = lock(&self.children).get_mut(&instance.address)
+            && let Some(status) = child.try_wait()?
+        {
+            return Err(format!("process exited ({status})").into());
+        }
+        let mut stream = TcpStream::connect(instance.address).await?;
+        let HealthCheck::Http {
+            path,
+            expect_status,
+        } = &self.health
+        else {
+            return Ok(());
+        };
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            instance.address
+        );
+        stream.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::with_capacity(256);
+        let mut chunk = [0u8; 256];
+        while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 4096 {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let line = String::from_utf8_lossy(&buf);
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                format!(
+                    "not an HTTP answer: {:?}",
+                    line.lines().next().unwrap_or("")
+                )
+            })?;
+        if status == *expect_status {
+            Ok(())
+        } else {
+            Err(format!("GET {path} answered {status}, expected {expect_status}").into())
+        }
+    }
+
+    async fn allocate(&self, instance: &Instance) -> Result<SocketAddr, BoxError> {
+        let mut spare = lock(&self.spare);
+        if spare.is_empty() {
+            return Err(format!("no spare address for a replacement of `{}`", instance.id).into());
+        }
+        Ok(spare.remove(0))
+    }
+
+    async fn release(&self, instance: &Instance) -> Result<(), BoxError> {
+        let mut spare = lock(&self.spare);
+        if !spare.contains(&instance.address) {
+            spare.push(instance.address);
+        }
+        Ok(())
+    }
+}

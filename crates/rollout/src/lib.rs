@@ -1,0 +1,95 @@
+//! # degrade-rollout
+//!
+//! Rolling upgrades of real instances, with Kubernetes `RollingUpdate` semantics, an exact
+//! drain, health gates, optional canary analysis, a true rollback and a crash-safe journal.
+//!
+//! ## Why not sleeps and a "failed" flag
+//!
+//! A rollout script that drains by sleeping, stops, starts and marks an instance failed when
+//! it does not come back loses requests (the balancer still routes to a stopping instance),
+//! leaves a half-upgraded fleet behind (Kubernetes itself has no automatic rollback: a missed
+//! progress deadline just stops), and starts from scratch — upgrading some instances twice —
+//! when its own process dies. This crate:
+//!
+//! * **plans** like Kubernetes ([`plan::Planner`], a pure state machine): max surge (rounded
+//!   up) and max unavailable (rounded down) as counts or percentages, a min-ready bake time, a
+//!   progress deadline, N consecutive healthy checks to be ready and a failure threshold;
+//!   property-tested never to exceed its bounds and always to terminate;
+//! * **drains exactly** ([`discover::Pool`]): the balancers read the instance set as a
+//!   `tower::discover::Discover` stream; an instance is removed from every balancer, and the
+//!   requests routed to it (counted per endpoint by [`discover::InFlight`]) finish, before the
+//!   driver stops it;
+//! * **drives real instances** through a [`Driver`] you implement for your platform;
+//!   [`ProcessDriver`] runs local processes (SIGTERM, then SIGKILL after a grace period; HTTP
+//!   or TCP health checks; spare addresses for surges);
+//! * **rolls back for real**: on a failure every changed instance returns to its previous
+//!   version through the driver, batch by batch, with the same drain;
+//! * **analyses** each batch, optionally, with `degrade-canary`'s sequential judge (upgraded
+//!   instances against those not yet upgraded);
+//! * **survives its own crash**: every decision is journaled (JSON lines, fsync'd) before it
+//!   is acted on, and a controller built from the same journal resumes without touching an
+//!   instance twice;
+//! * is **controllable and observable**: [`RolloutHandle`] pauses, resumes, aborts (after the
+//!   current batch) and streams [`Status`]; `tracing` events mark every batch and step.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use degrade_rollout::{Instance, ProcessDriver, Rollout, RolloutConfig, Outcome};
+//! use degrade_rollout::discover::Pool;
+//! use degrade_rollout::driver::{CommandSpec, HealthCheck};
+//! use tower::balance::p2c::Balance;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let server = |v: &str| CommandSpec::new("./server").args(["--port", "{port}", "--version", v]);
+//! let driver = ProcessDriver::builder()
+//!     .version("v1", server("v1"))
+//!     .version("v2", server("v2"))
+//!     .health(HealthCheck::http("/healthz", 200))
+//!     .build()?;
+//! let instances: Vec<Instance> = (0..4)
+//!     .map(|k| Instance::new(format!("web-{k}"), format!("127.0.0.1:{}", 8000 + k).parse().unwrap(), "v1"))
+//!     .collect();
+//!
+//! // The balancer's view of the fleet: one client service per instance (here a stand-in
+//! // answering with the address; in real code an HTTP client for `i.address`).
+//! let pool = Pool::new(|i: &Instance| {
+//!     let addr = i.address;
+//!     tower::service_fn(move |_req: ()| async move { Ok::<_, std::convert::Infallible>(addr) })
+//! });
+//! for i in &instances {
+//!     pool.insert(i);
+//! }
+//! let balancer: Balance<_, ()> = Balance::new(pool.discover());
+//! # let _ = balancer;
+//!
+//! let (rollout, handle) = Rollout::builder(driver, pool.clone())
+//!     .config(RolloutConfig::default())
+//!     .journal("rollout.jsonl")
+//!     .build(instances, "v2")?;
+//! let report = rollout.run().await?;
+//! assert_eq!(report.outcome, Outcome::Completed);
+//! # let _ = handle;
+//! # Ok(()) }
+//! ```
+//!
+//! `tests/process.rs` runs this against real child processes under continuous load, and
+//! `examples/rolling-upgrade` is a runnable demo.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod config;
+mod controller;
+pub mod discover;
+pub mod driver;
+mod error;
+pub mod instance;
+pub mod plan;
+
+pub use config::{Amount, AnalysisConfig, Limits, RolloutConfig};
+pub use controller::{Report, Rollout, RolloutBuilder, RolloutHandle, Status};
+pub use driver::{Driver, ProcessDriver};
+pub use error::{DriverError, RolloutError};
+pub use instance::{Instance, InstanceState, Key};
+pub use plan::Outcome;
+
+pub use degrade_core::BoxError;
