@@ -58,6 +58,8 @@ mod sync;
 pub mod window;
 
 pub use builder::ServiceBuilderExt;
+#[cfg(feature = "fast-clock")]
+pub use clock::FastClock;
 #[cfg(feature = "test-util")]
 pub use clock::ManualClock;
 pub use clock::{Clock, TokioClock};

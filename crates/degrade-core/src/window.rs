@@ -28,9 +28,16 @@
 //!
 //! - [`CountWindow`]: the aggregates equal the contents of the slots. A record claims a slot with
 //!   a cursor `fetch_add` and *swaps* its outcome in; the swap hands the evicted outcome to
-//!   exactly one thread, which subtracts it. A record adds to the aggregates before publishing
-//!   its slot (release) and the evictor subtracts after taking it (acquire), so a subtraction
-//!   always follows its addition and the counters never wrap below zero.
+//!   exactly one thread, which then applies the net change (the outcome in minus the outcome
+//!   out) to the aggregates. Once the window is full a success replacing a success, the common
+//!   case, changes nothing: the record sees the same outcome in its slot with a plain load
+//!   (equivalent to swapping it for itself at that moment) and writes nothing. A success
+//!   recorded into a window whose totals show only successes does not even take a slot: every
+//!   slot it could evict holds a success, so the window's contents are the same either way,
+//!   and a healthy breaker's record touches no shared cache line for writing. The aggregates are sums of signed changes
+//!   made by atomic read-modify-writes, so whatever the order they land in, they are exact once
+//!   the records return; a snapshot taken while an evictor's change overtakes the matching
+//!   record's may see a total below zero for a moment, and reads it as zero.
 //! - [`TimeWindow`]: each counter word carries the epoch it counts, so a word is either counting
 //!   the current epoch or visibly stale; rolling over to a new epoch and counting in it is one
 //!   compare-and-swap, and no update can land in the wrong epoch.
@@ -168,6 +175,7 @@ impl ConsecutiveWindow {
     /// assert_eq!(w.record(Outcome::Failure), 2);
     /// assert_eq!(w.record(Outcome::Slow), 0);
     /// ```
+    #[inline]
     pub fn record(&self, outcome: Outcome) -> u32 {
         match outcome {
             Outcome::Failure => {
@@ -195,6 +203,7 @@ impl ConsecutiveWindow {
     /// w.record(Outcome::Failure);
     /// assert_eq!(w.consecutive(), 1);
     /// ```
+    #[inline]
     pub fn consecutive(&self) -> u32 {
         self.run.load(Ordering::Relaxed)
     }
@@ -270,9 +279,12 @@ fn encode(outcome: Outcome) -> Option<u32> {
 pub struct CountWindow {
     slots: Box<[AtomicU32]>,
     size: NonZeroU32,
-    cursor: AtomicU64,
-    // Counter updates are Relaxed: their ordering against the slots comes from the slot swaps
-    // (AcqRel), see the module documentation.
+    // On a line of its own: every record bumps it, while the totals below are written only
+    // when an outcome changes and read by every judgement; sharing a line, two threads would
+    // invalidate each other's reads on every call.
+    cursor: CachePadded<AtomicU64>,
+    // Signed totals kept in wrapping `u64`s, updated Relaxed: they are exact once records
+    // return whatever order their changes land in (see the module documentation).
     calls: AtomicU64,
     failures: AtomicU64,
     slow: AtomicU64,
@@ -292,7 +304,7 @@ impl CountWindow {
         Self {
             slots: (0..size.get()).map(|_| AtomicU32::new(EMPTY)).collect(),
             size,
-            cursor: AtomicU64::new(0),
+            cursor: CachePadded::new(AtomicU64::new(0)),
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             slow: AtomicU64::new(0),
@@ -309,17 +321,41 @@ impl CountWindow {
     /// w.record(Outcome::Ignored);
     /// assert_eq!(w.snapshot().calls, 1);
     /// ```
+    #[inline]
     pub fn record(&self, outcome: Outcome) {
         let Some(code) = encode(outcome) else {
             return;
         };
-        // Count before publishing: whoever evicts this outcome acquires the slot, so its
-        // subtraction comes after this addition and the totals never wrap below zero.
-        self.add(code);
-        // The cursor wraps after 2^64 calls; the ring then skips a few slots once, harmlessly.
-        let index = self.cursor.fetch_add(1, Ordering::Relaxed) % u64::from(self.size.get());
-        let evicted = self.slots[index as usize].swap(code, Ordering::AcqRel);
-        self.subtract(evicted);
+        if code == SUCCESS && self.all_successes() {
+            // A full window of successes stays a full window of successes whichever slot this
+            // success would evict, so the record changes nothing and writes nothing (not even
+            // the cursor: the slot that a later failure evicts holds a success either way).
+            // Totals read while another record is in flight may lag its slot; this record is
+            // then ordered before that one, which is allowed since the two overlap.
+            return;
+        }
+        // The slot comes from the cursor's low 32 bits (a 32-bit division is several times
+        // cheaper than a 64-bit one): every 2^32 calls the ring skips a few slots once,
+        // harmlessly, since the totals follow the slots whatever the order.
+        let index = (self.cursor.fetch_add(1, Ordering::Relaxed) as u32) % self.size.get();
+        let slot = &self.slots[index as usize];
+        // A slot that already holds this outcome (a full window of successes, the common case)
+        // would be swapped for itself: the load is that swap's linearisation point, so it is
+        // skipped, and the slot's cache line stays shared between threads instead of bouncing.
+        if slot.load(Ordering::Relaxed) == code {
+            return;
+        }
+        let evicted = slot.swap(code, Ordering::AcqRel);
+        // Apply only the net change: an outcome replacing the same outcome (a full window of
+        // successes) changes no total, and an add and a subtract that cancel would be two
+        // locked read-modify-writes for nothing.
+        if evicted != code {
+            if evicted == EMPTY {
+                self.calls.fetch_add(1, Ordering::Relaxed);
+            }
+            self.shift(code, 1);
+            self.shift(evicted, 1u64.wrapping_neg());
+        }
     }
 
     /// The calls in the window. Exact once concurrent records have returned; while some are in
@@ -333,11 +369,15 @@ impl CountWindow {
     /// w.record(Outcome::Success);
     /// assert_eq!(w.snapshot().failure_rate(), Some(0.5));
     /// ```
+    #[inline]
     pub fn snapshot(&self) -> WindowSnapshot {
+        // The totals are signed sums kept in wrapping `u64`s (see the module documentation): a
+        // total an evictor has overtaken for a moment is below zero and reads as zero.
+        let load = |c: &AtomicU64| (c.load(Ordering::Relaxed) as i64).max(0) as u64;
         WindowSnapshot::clamped(
-            self.calls.load(Ordering::Relaxed),
-            self.failures.load(Ordering::Relaxed),
-            self.slow.load(Ordering::Relaxed),
+            load(&self.calls),
+            load(&self.failures),
+            load(&self.slow),
             u64::from(self.size.get()),
         )
     }
@@ -373,14 +413,23 @@ impl CountWindow {
         self.size
     }
 
-    fn add(&self, code: u32) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+    /// Whether the totals show a full window of successes only.
+    #[inline]
+    fn all_successes(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) == 0
+            && self.slow.load(Ordering::Relaxed) == 0
+            && self.calls.load(Ordering::Relaxed) == u64::from(self.size.get())
+    }
+
+    /// Adds `delta` (a wrapping `+1` or `-1`) to the outcome-specific total of `code`.
+    #[inline]
+    fn shift(&self, code: u32, delta: u64) {
         match code {
             FAILURE => {
-                self.failures.fetch_add(1, Ordering::Relaxed);
+                self.failures.fetch_add(delta, Ordering::Relaxed);
             }
             SLOW => {
-                self.slow.fetch_add(1, Ordering::Relaxed);
+                self.slow.fetch_add(delta, Ordering::Relaxed);
             }
             _ => {}
         }
@@ -391,15 +440,7 @@ impl CountWindow {
             return;
         }
         self.calls.fetch_sub(1, Ordering::Relaxed);
-        match code {
-            FAILURE => {
-                self.failures.fetch_sub(1, Ordering::Relaxed);
-            }
-            SLOW => {
-                self.slow.fetch_sub(1, Ordering::Relaxed);
-            }
-            _ => {}
-        }
+        self.shift(code, 1u64.wrapping_neg());
     }
 }
 
@@ -945,6 +986,29 @@ mod tests {
         w.record(Outcome::Success); // evicts the second success
         w.record(Outcome::Success); // evicts the failure
         assert_eq!(w.snapshot(), snap(3, 0, 0));
+    }
+
+    #[test]
+    fn count_window_full_of_successes_still_evicts_in_order() {
+        let w = CountWindow::new(nz(3));
+        for _ in 0..3 {
+            w.record(Outcome::Success);
+        }
+        // Successes into a window of successes take no slot...
+        for _ in 0..10 {
+            w.record(Outcome::Success);
+        }
+        assert_eq!(w.snapshot(), snap(3, 0, 0));
+        // ...and a failure still leaves exactly `size` records after it arrived.
+        w.record(Outcome::Failure);
+        w.record(Outcome::Success);
+        w.record(Outcome::Success);
+        assert_eq!(w.snapshot(), snap(3, 1, 0));
+        w.record(Outcome::Success);
+        assert_eq!(w.snapshot(), snap(3, 0, 0));
+        w.record(Outcome::Slow);
+        w.record(Outcome::Slow);
+        assert_eq!(w.snapshot(), snap(3, 0, 2));
     }
 
     #[test]
