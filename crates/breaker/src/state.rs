@@ -312,16 +312,23 @@ impl Thresholds {
         if snapshot.calls < self.minimum_calls || snapshot.calls == 0 {
             return None;
         }
-        let calls = snapshot.calls as f64;
-        let failure = snapshot.failures as f64 / calls;
-        if failure >= self.failure_rate {
-            return Some(Reason::FailureRate {
-                rate: failure,
-                threshold: self.failure_rate,
-            });
+        // A window without failures (or slow calls) has a rate of exactly 0, so the division,
+        // whose latency dominates the closed path of a healthy breaker, is skipped when the
+        // comparison is already known; the result is the same either way.
+        if snapshot.failures > 0 || self.failure_rate <= 0.0 {
+            let failure = snapshot.failures as f64 / snapshot.calls as f64;
+            if failure >= self.failure_rate {
+                return Some(Reason::FailureRate {
+                    rate: failure,
+                    threshold: self.failure_rate,
+                });
+            }
         }
         let threshold = self.slow_rate?;
-        let slow = snapshot.slow as f64 / calls;
+        if snapshot.slow == 0 && threshold > 0.0 {
+            return None;
+        }
+        let slow = snapshot.slow as f64 / snapshot.calls as f64;
         (slow >= threshold).then_some(Reason::SlowRate {
             rate: slow,
             threshold,
