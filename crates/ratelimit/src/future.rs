@@ -64,6 +64,26 @@ where
 
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The admit path, kept small enough to inline into the caller: everything else (waits,
+        // rejections, fleet decisions) is out of line, so the inner response is not copied
+        // through a non-inlined frame (store-forwarding stalls measured on the admit path).
+        if let CoreProj::Called { fut } = self.as_mut().project() {
+            return fut.poll(cx).map(Ok);
+        }
+        self.poll_other(cx)
+    }
+}
+
+impl<F, S, R, T, E> Core<F, S, R>
+where
+    S: Service<R, Future = F, Response = T, Error = E>,
+    F: Future<Output = Result<T, E>>,
+{
+    #[inline(never)]
+    fn poll_other(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Result<T, E>, RateLimited>> {
         loop {
             let fut = match self.as_mut().project() {
                 CoreProj::Called { fut } => return fut.poll(cx).map(Ok),
