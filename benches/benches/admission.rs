@@ -17,12 +17,16 @@
 //! * `admission-2-threads`: one shared service (one layer, so one set of counters) called
 //!   through clones from 1 or 2 threads via `iter_custom`; the figure is wall time per call, so
 //!   the 1-thread / 2-threads ratio is the throughput gain of the second thread.
-//! * `clock`: the cost of reading the time: degrade's `TokioClock::now` next to
-//!   `std::time::Instant::now` and `tokio::time::Instant::now`.
+//! * `clock`: the cost of reading the time: degrade's `TokioClock::now` and the opt-in
+//!   `FastClock::now` (feature `fast-clock`, quanta's TSC mapped onto a tokio instant) next to
+//!   `std::time::Instant::now`, `tokio::time::Instant::now` and quanta's own `Clock::now` and
+//!   `Clock::raw` (the bare counter read).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use degrade_benches::{NeverReady, Req, call_now, contended, inner};
-use degrade_core::{Clock, Controller, DegradeLayer, Level, Policy, Priority, Shed, TokioClock};
+use degrade_core::{
+    Clock, Controller, DegradeLayer, FastClock, Level, Policy, Priority, Shed, TokioClock,
+};
 use std::hint::black_box;
 use std::time::Duration;
 use tower::Layer;
@@ -107,6 +111,8 @@ fn admission_2_threads(c: &mut Criterion) {
         .layer(inner());
     let baseline = inner();
     let load_shed = LoadShed::new(inner());
+    // One call up front, so the check below also holds when a filter skips every member.
+    assert!(call_now(&mut degrade.clone(), 1).is_ok(), "Normal admits");
 
     for (threads, case) in [(1, "1-thread"), (2, "2-threads")] {
         g.bench_function(BenchmarkId::new("baseline", case), |b| {
@@ -133,6 +139,17 @@ fn clock(c: &mut Criterion) {
     let clock = TokioClock;
     g.bench_function(BenchmarkId::new("degrade", "TokioClock::now"), |b| {
         b.iter(|| black_box(black_box(&clock).now()))
+    });
+    let fast = FastClock::new();
+    g.bench_function(BenchmarkId::new("degrade", "FastClock::now"), |b| {
+        b.iter(|| black_box(black_box(&fast).now()))
+    });
+    let quanta = quanta::Clock::new();
+    g.bench_function(BenchmarkId::new("quanta", "Clock::now"), |b| {
+        b.iter(|| black_box(black_box(&quanta).now()))
+    });
+    g.bench_function(BenchmarkId::new("quanta", "Clock::raw"), |b| {
+        b.iter(|| black_box(black_box(&quanta).raw()))
     });
     g.bench_function(BenchmarkId::new("std", "Instant::now"), |b| {
         b.iter(|| black_box(std::time::Instant::now()))

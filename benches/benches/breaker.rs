@@ -12,6 +12,8 @@
 //! * `degrade/closed-consecutive`: a consecutive-failures window;
 //! * `degrade/closed-time`: a time window (10 s in 10 buckets), so one clock read per call;
 //! * `degrade/closed-slow`: a count window with slow-call detection on (two clock reads);
+//! * `degrade/closed-time-fast-clock`, `degrade/closed-slow-fast-clock`: the two timed cases
+//!   on degrade-core's opt-in `FastClock` (feature `fast-clock`);
 //! * `degrade/reject-open`: a forced-open breaker (the reject path, which boxes `CircuitOpen`);
 //! * `tower-resilience/closed`: `tower-resilience-circuitbreaker` 0.14 (count window of 100);
 //! * `failsafe/closed`: failsafe 1.3's futures breaker (consecutive failures), through a
@@ -28,70 +30,14 @@
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use degrade_benches::{Req, call_now, contended, inner};
 use degrade_breaker::{BreakerConfig, BreakerLayer, CircuitOpen, WindowConfig};
+use degrade_core::FastClock;
 use std::convert::Infallible;
 use std::hint::black_box;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{Layer, Service};
 
-/// failsafe's futures breaker as a tower service: `call` wraps the inner future.
-struct Failsafe<S, P> {
-    inner: S,
-    breaker: failsafe::StateMachine<P, ()>,
-}
-
-// Not derived: the policy need not be `Clone`, the state machine is shared (an `Arc`).
-impl<S: Clone, P> Clone for Failsafe<S, P> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            breaker: self.breaker.clone(),
-        }
-    }
-}
-
-impl<S, P> Service<Req> for Failsafe<S, P>
-where
-    S: Service<Req, Error = Infallible>,
-    P: failsafe::FailurePolicy + Send + Sync,
-{
-    type Response = S::Response;
-    type Error = failsafe::Error<Infallible>;
-    type Future = failsafe::futures::ResponseFuture<S::Future, P, (), failsafe::Any>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(failsafe::Error::Inner)
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        use failsafe::futures::CircuitBreaker;
-        self.breaker.call(self.inner.call(req))
-    }
-}
-
-/// recloser's `AsyncRecloser` as a tower service: `call` wraps the inner future.
-#[derive(Clone)]
-struct Recloser<S> {
-    inner: S,
-    breaker: recloser::AsyncRecloser,
-}
-
-impl<S> Service<Req> for Recloser<S>
-where
-    S: Service<Req, Error = Infallible>,
-{
-    type Response = S::Response;
-    type Error = recloser::Error<Infallible>;
-    type Future = recloser::RecloserFuture<S::Future, recloser::AnyError>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(recloser::Error::Inner)
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        self.breaker.call(self.inner.call(req))
-    }
-}
+#[path = "peers/mod.rs"]
+mod peers;
 
 fn degrade_config(window: WindowConfig) -> BreakerConfig {
     let mut c = BreakerConfig::default();
@@ -119,14 +65,7 @@ fn tower_resilience()
 
 fn failsafe_svc()
 -> impl Service<Req, Response = Req, Error = impl std::fmt::Debug> + Clone + Send + 'static {
-    let policy = failsafe::failure_policy::consecutive_failures(
-        5,
-        failsafe::backoff::constant(Duration::from_secs(60)),
-    );
-    Failsafe {
-        inner: inner(),
-        breaker: failsafe::Config::new().failure_policy(policy).build(),
-    }
+    peers::failsafe(inner())
 }
 
 fn seatbelt_svc() -> impl Service<Req, Response = Req, Error = Infallible> + Clone + Send + 'static
@@ -145,15 +84,7 @@ fn seatbelt_svc() -> impl Service<Req, Response = Req, Error = Infallible> + Clo
 
 fn recloser_svc()
 -> impl Service<Req, Response = Req, Error = impl std::fmt::Debug> + Clone + Send + 'static {
-    let breaker = recloser::Recloser::custom()
-        .error_rate(0.5)
-        .closed_len(100)
-        .open_wait(Duration::from_secs(60))
-        .build();
-    Recloser {
-        inner: inner(),
-        breaker: recloser::AsyncRecloser::from(breaker),
-    }
+    peers::recloser(inner())
 }
 
 fn bench_one<S>(
@@ -220,11 +151,26 @@ fn breaker(c: &mut Criterion) {
         }),
     ];
     for (case, config) in cases {
+        let timed = case == "closed-time" || case == "closed-slow";
+        let fast = timed.then(|| config.clone());
         let mut svc = degrade(config);
         assert_eq!(call_now(&mut svc, 7).expect("a closed breaker admits"), 7);
         g.bench_function(BenchmarkId::new("degrade", case), |b| {
             b.iter(|| black_box(call_now(&mut svc, black_box(1))))
         });
+        // The windows that read the time, again on degrade-core's opt-in `FastClock`.
+        if let Some(config) = fast {
+            let mut svc = BreakerLayer::builder(config)
+                .clock(FastClock::new())
+                .build()
+                .expect("valid configuration")
+                .layer(inner());
+            assert_eq!(call_now(&mut svc, 7).expect("a closed breaker admits"), 7);
+            g.bench_function(
+                BenchmarkId::new("degrade", format!("{case}-fast-clock")),
+                |b| b.iter(|| black_box(call_now(&mut svc, black_box(1)))),
+            );
+        }
     }
 
     let layer = BreakerLayer::new(BreakerConfig::default()).expect("valid configuration");

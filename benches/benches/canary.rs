@@ -11,6 +11,8 @@
 //! * `degrade/keyed-10pct`: the same with a sticky key from a closure (hash, no stride);
 //! * `degrade/unkeyed-10pct-frozen-clock`: `unkeyed-10pct` with a clock that returns a fixed
 //!   instant — the split and the statistics without the OS clock reads;
+//! * `degrade/unkeyed-10pct-fast-clock`: `unkeyed-10pct` on degrade-core's opt-in `FastClock`
+//!   (feature `fast-clock`: the TSC through quanta);
 //! * `degrade/weight-0`: everything stable, no key;
 //! * `tower/steer-10pct`: tower's `Steer` over the two arms with a picker doing the same
 //!   deterministic stride (`Steer` has no weights of its own, and records nothing);
@@ -18,13 +20,13 @@
 //!   strategy, weights 90 / 10 (records nothing).
 //!
 //! Group `canary-clock`: the two clock reads the `Canary` makes per request, for reading the
-//! figures above (`TokioClock::now` twice).
+//! figures above (`TokioClock::now` twice, and `FastClock::now` twice).
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use degrade_benches::{FrozenClock, Req, call_now, inner};
 use degrade_canary::key::key_fn;
 use degrade_canary::{Canary, Weight};
-use degrade_core::{Clock, TokioClock};
+use degrade_core::{Clock, FastClock, TokioClock};
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,6 +72,16 @@ fn canary(c: &mut Criterion) {
         |b| b.iter(|| black_box(call_now(&mut svc, black_box(1)))),
     );
 
+    // The same router on degrade-core's opt-in TSC clock (feature `fast-clock`).
+    let mut svc = Canary::builder()
+        .weight(Weight::new(1_000).expect("10 % is a valid weight"))
+        .clock(FastClock::new())
+        .build(inner(), inner());
+    g.bench_function(
+        BenchmarkId::new("degrade", "unkeyed-10pct-fast-clock"),
+        |b| b.iter(|| black_box(call_now(&mut svc, black_box(1)))),
+    );
+
     let mut svc = Canary::builder().build(inner(), inner());
     g.bench_function(BenchmarkId::new("degrade", "weight-0"), |b| {
         b.iter(|| black_box(call_now(&mut svc, black_box(1))))
@@ -107,6 +119,13 @@ fn canary_clock(c: &mut Criterion) {
         b.iter(|| {
             let start = black_box(&clock).now();
             black_box(black_box(&clock).now() - start)
+        })
+    });
+    let fast = FastClock::new();
+    g.bench_function(BenchmarkId::new("degrade", "FastClock::now-x2"), |b| {
+        b.iter(|| {
+            let start = black_box(&fast).now();
+            black_box(black_box(&fast).now() - start)
         })
     });
     g.finish();

@@ -9,6 +9,9 @@
 //!
 //! * `baseline/no-layer`: the bare inner service.
 //! * `degrade/admit`: one global budget (`RateLimitLayer`, error mode).
+//! * `degrade/admit-fast-clock`: the same on degrade-core's opt-in `FastClock` (TSC, feature
+//!   `fast-clock`); `degrade/admit-frozen-clock`: on a clock that costs nothing, i.e. the
+//!   limiter without its clock read.
 //! * `degrade/reject`: the reject path (boxes the `RateLimited` error).
 //! * `governor/check`: `RateLimiter::direct(..).check()` on its default clock.
 //! * `governor/service`: the same check inside a `service_fn`: what a thin tower wrapper over
@@ -33,7 +36,8 @@
 //!   inverse of the figure is decisions per second.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use degrade_benches::{Req, call_now, contended, inner};
+use degrade_benches::{FrozenClock, Req, call_now, contended, inner};
+use degrade_core::FastClock;
 use degrade_ratelimit::{KeysConfig, RateLimitConfig, RateLimitLayer, RateLimited, key};
 use governor::{Quota, RateLimiter};
 use std::convert::Infallible;
@@ -85,6 +89,27 @@ fn ratelimit(c: &mut Criterion) {
     let mut svc = degrade.layer(inner());
     assert!(call_now(&mut svc, 1).is_ok());
     g.bench_function(BenchmarkId::new("degrade", "admit"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+
+    // The same decision on degrade-core's opt-in TSC clock, and on a clock that costs nothing
+    // (the limiter's own cost, without any clock read).
+    let mut svc = RateLimitLayer::builder(degrade_config())
+        .clock(FastClock::new())
+        .build()
+        .expect("valid config")
+        .layer(inner());
+    assert!(call_now(&mut svc, 1).is_ok());
+    g.bench_function(BenchmarkId::new("degrade", "admit-fast-clock"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+    let mut svc = RateLimitLayer::builder(degrade_config())
+        .clock(FrozenClock::now_frozen())
+        .build()
+        .expect("valid config")
+        .layer(inner());
+    assert!(call_now(&mut svc, 1).is_ok());
+    g.bench_function(BenchmarkId::new("degrade", "admit-frozen-clock"), |b| {
         b.iter(|| black_box(call_now(&mut svc, black_box(1))))
     });
 
@@ -201,7 +226,16 @@ fn ratelimit(c: &mut Criterion) {
     // Two threads on one layer.
     let baseline = inner();
     let shared = degrade.layer(inner());
+    let shared_fast = RateLimitLayer::builder(degrade_config())
+        .clock(FastClock::new())
+        .build()
+        .expect("valid config")
+        .layer(inner());
     for (threads, case) in [(1, "1-thread"), (2, "2-threads")] {
+        g.bench_function(
+            BenchmarkId::new("degrade", format!("fast-clock-{case}")),
+            |b| b.iter_custom(|iters| contended(&shared_fast, threads, iters)),
+        );
         g.bench_function(BenchmarkId::new("baseline", case), |b| {
             b.iter_custom(|iters| contended(&baseline, threads, iters))
         });
@@ -299,6 +333,13 @@ fn ratelimit_redis(c: &mut Criterion) {
     };
     let fleet = layer.layer(inner());
     let baseline = inner();
+    // One decision up front, so the checks below also hold when a filter skips every member.
+    rt.block_on(async {
+        use tower::{Service, ServiceExt};
+        let mut svc = fleet.clone();
+        let svc = svc.ready().await.expect("ready");
+        assert!(svc.call(0).await.is_ok(), "admitted by Redis");
+    });
 
     let mut g = c.benchmark_group("ratelimit-redis");
     g.throughput(criterion::Throughput::Elements(1));
