@@ -70,15 +70,17 @@ pub(crate) fn mix() -> load::Mix {
     .expect("the demo mix is valid")
 }
 
-/// Twelve application clients share the interactive traffic; one bulk-sync job sends all the
-/// background traffic, more than its quota once the load passes 2x.
+/// Twelve application clients share the interactive traffic (critical, high, normal); one
+/// bulk-sync job sends all the low and background traffic (40 % of the load), more than its
+/// quota from the start, so the keyed rate limit answers it 429 while the level is Normal, and
+/// the ladder sheds its requests first once the backend is overloaded.
 pub(crate) fn client_of(priority: Priority, random: u64) -> &'static str {
     const APPS: [&str; 12] = [
         "app-01", "app-02", "app-03", "app-04", "app-05", "app-06", "app-07", "app-08", "app-09",
         "app-10", "app-11", "app-12",
     ];
     match priority {
-        Priority::Background => "bulk-sync",
+        Priority::Background | Priority::Low => "bulk-sync",
         _ => APPS[(random % APPS.len() as u64) as usize],
     }
 }

@@ -105,8 +105,8 @@ pub(crate) fn header(full: &Scenario, comparison: &Scenario, ladder: &LadderConf
         super::QUEUE_THRESHOLDS,
     );
     println!(
-        "mix: critical 10% high 20% normal 30% low 25% background 15% (bulk-sync sends all the \
-         background traffic)"
+        "mix: critical 10% high 20% normal 30% low 25% background 15% (twelve app clients send \
+         critical, high and normal; bulk-sync sends all low and background)"
     );
     println!(
         "runs: degrade {} s, then the overload part ({} s) unprotected and behind tower's \

@@ -223,13 +223,14 @@ pub(crate) fn policy() -> Policy {
     policy
 }
 
-/// The per-client quota: above what any application client sends at 3x (85 % of 600 req/s over
-/// 12 clients), below what the bulk client sends past 2x (15 % of the load).
+/// The per-client quota: above what any application client sends at 3x (60 % of 600 req/s over
+/// 12 clients = 30/s), below what the bulk client sends from the warm-up on (40 % of 120 req/s =
+/// 48/s).
 pub(crate) fn rate_limit() -> RateLimitConfig {
     let mut config = RateLimitConfig::default();
-    config.quota = 60;
+    config.quota = 40;
     config.period = Duration::from_secs(1);
-    config.burst = Some(30);
+    config.burst = Some(20);
     config
 }
 
