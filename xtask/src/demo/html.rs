@@ -61,29 +61,28 @@ fn line_chart(
     Ok(svg)
 }
 
-fn draw_lines<DB: DrawingBackend>(
-    area: &DrawingArea<DB, plotters::coord::Shift>,
+type TimeChart<'a, DB> = ChartContext<
+    'a,
+    DB,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// The frame every timeline chart shares: white, a caption, seconds across, `0..top` up, the
+/// mesh and the phase marks.
+fn timeline_frame<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, plotters::coord::Shift>,
     title: &str,
     y_desc: &str,
     scenario: &Scenario,
-    lines: &[Line],
-    y_max: Option<f64>,
-) -> Result {
+    top: f64,
+) -> Result<TimeChart<'a, DB>> {
     area.fill(&WHITE).map_err(err)?;
-    let x_max = scenario.total() as f64;
-    let top = y_max.unwrap_or_else(|| {
-        lines
-            .iter()
-            .flat_map(|l| l.points.iter().map(|p| p.1))
-            .fold(1.0, f64::max)
-            * 1.1
-    });
     let mut chart = ChartBuilder::on(area)
         .caption(title, (FONT, 16))
         .margin(8)
         .x_label_area_size(28)
         .y_label_area_size(52)
-        .build_cartesian_2d(0f64..x_max, 0f64..top)
+        .build_cartesian_2d(0f64..scenario.total() as f64, 0f64..top)
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -93,6 +92,40 @@ fn draw_lines<DB: DrawingBackend>(
         .draw()
         .map_err(err)?;
     phase_marks(&mut chart, scenario, top)?;
+    Ok(chart)
+}
+
+/// The legend box, at `position`.
+fn legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut TimeChart<'a, DB>,
+    position: SeriesLabelPosition,
+) -> Result {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(200, 200, 200))
+        .label_font((FONT, 12))
+        .draw()
+        .map_err(err)
+}
+
+fn draw_lines<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    y_desc: &str,
+    scenario: &Scenario,
+    lines: &[Line],
+    y_max: Option<f64>,
+) -> Result {
+    let top = y_max.unwrap_or_else(|| {
+        lines
+            .iter()
+            .flat_map(|l| l.points.iter().map(|p| p.1))
+            .fold(1.0, f64::max)
+            * 1.1
+    });
+    let mut chart = timeline_frame(area, title, y_desc, scenario, top)?;
     for line in lines {
         let color = line.color;
         chart
@@ -106,23 +139,11 @@ fn draw_lines<DB: DrawingBackend>(
                 PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::MiddleLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(200, 200, 200))
-        .label_font((FONT, 12))
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::MiddleLeft)
 }
 
 fn phase_marks<DB: DrawingBackend>(
-    chart: &mut ChartContext<
-        '_,
-        DB,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-    >,
+    chart: &mut TimeChart<'_, DB>,
     scenario: &Scenario,
     top: f64,
 ) -> Result {
@@ -153,35 +174,17 @@ fn traffic_chart(run: &RunJson, scenario: &Scenario) -> Result<String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (960, 320)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
-        let x_max = scenario.total() as f64;
         let offered: Points = run
             .timeline
             .iter()
             .map(|s| (s.t_s as f64 + 0.5, s.total.offered as f64))
             .collect();
         let top = offered.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!(
-                    "{}: offered, and answered 200 by priority (stacked)",
-                    run.name
-                ),
-                (FONT, 16),
-            )
-            .margin(8)
-            .x_label_area_size(28)
-            .y_label_area_size(52)
-            .build_cartesian_2d(0f64..x_max, 0f64..top)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds")
-            .y_desc("requests / s")
-            .light_line_style(RGBColor(240, 240, 240))
-            .draw()
-            .map_err(err)?;
-        phase_marks(&mut chart, scenario, top)?;
+        let title = format!(
+            "{}: offered, and answered 200 by priority (stacked)",
+            run.name
+        );
+        let mut chart = timeline_frame(&root, &title, "requests / s", scenario, top)?;
         // Stacks from the bottom: critical first. Each area is drawn from its cumulative top
         // down to zero, largest first, so the smaller ones paint over it.
         let mut cumulative = vec![0.0; run.timeline.len()];
@@ -213,14 +216,7 @@ fn traffic_chart(run: &RunJson, scenario: &Scenario) -> Result<String> {
             .map_err(err)?
             .label("offered")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], BLACK.stroke_width(2)));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(200, 200, 200))
-            .label_font((FONT, 12))
-            .draw()
-            .map_err(err)?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         root.present().map_err(err)?;
     }
     Ok(svg)
