@@ -7,17 +7,26 @@
 //!
 //! # The bound
 //!
-//! The map holds at most `max_keys` breakers. When a new key arrives at the cap, the least
-//! recently used breaker that is **closed and idle** (no call in flight, no handle held) is
-//! evicted: forgetting it loses only a window of calls that had not opened it. Open, half-open
-//! and manually set breakers are never evicted — forgetting them would send traffic back to a
-//! callee known to be failing. If every breaker at the cap is busy or not closed, the new key
-//! shares one **overflow breaker** with every other such key until room frees up; it is exposed
-//! by [`KeyedBreakerLayer::overflow`] so that an operator sees when the cap is too small.
+//! The map holds at most `max_keys` breakers. When a new key arrives at the cap, a breaker that
+//! is **closed and idle** (no call in flight, no handle held) and not recently used is evicted:
+//! forgetting it loses only a window of calls that had not opened it. Open, half-open and
+//! manually set breakers are never evicted — forgetting them would send traffic back to a
+//! callee known to be failing. If none can be evicted, the new key shares one **overflow
+//! breaker** with every other such key until room frees up; it is exposed by
+//! [`KeyedBreakerLayer::overflow`] so that an operator sees when the cap is too small.
 //!
-//! "Recently used" is measured in key insertions, not in time: a lookup of a known key costs a
-//! shared read lock and two relaxed loads, and writes nothing unless a key was inserted since
-//! the entry was last used.
+//! "Recently used" is the CLOCK approximation of LRU: a lookup of a known key marks its slot
+//! (a shared read lock and one relaxed load; a store only if the mark was clear), and a hand
+//! sweeps the slots to find a victim. A marked slot gets a second chance (the hand clears its
+//! mark and moves on); the first closed, idle, unmarked breaker is evicted. The hand passes at
+//! most [`MAX_EVICTION_SKIPS`] breakers that cannot be evicted before it gives up and hands the
+//! new key the overflow breaker, and it resumes from there next time.
+//!
+//! Admitting a new key at the cap therefore costs O(1) amortised, whatever keys arrive: every
+//! mark the hand clears was set by an earlier lookup, and every other visit is bounded by the
+//! skip budget. A stream of attacker-chosen keys cannot turn the write lock into a scan of the
+//! whole map (the previous design did exactly that, once per new key). [`KeyedSnapshot`]
+//! counts the slots the hand visited.
 //!
 //! ```
 //! use degrade_breaker::{BreakerConfig, KeyedBreakerLayer, State, WindowConfig};
@@ -57,15 +66,60 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
 
-struct Entry<C, K> {
+/// The most breakers that cannot be evicted (open, half-open, manually set, busy) the clock
+/// hand passes while looking for a victim for one new key; past it the key gets the overflow
+/// breaker. It bounds the work a new key can cause at the cap to a constant.
+pub const MAX_EVICTION_SKIPS: u32 = 64;
+
+struct Slot<Key, C, K> {
+    key: Key,
     shared: Arc<Shared<C, K>>,
-    last_used: AtomicU64,
+    /// Set by lookups, cleared by the clock hand: a second chance before eviction.
+    referenced: AtomicBool,
+}
+
+/// The map: an index from key to slot, the slots in a ring, and the clock hand.
+struct Table<Key, C, K> {
+    index: HashMap<Key, usize>,
+    slots: Vec<Slot<Key, C, K>>,
+    hand: usize,
+    stats: KeyedSnapshot,
+}
+
+impl<Key, C, K: Clock> Table<Key, C, K> {
+    /// Moves the hand until it finds a slot to evict, or `None` after `MAX_EVICTION_SKIPS`
+    /// breakers that cannot be evicted or two revolutions. No lookup can set a mark while the
+    /// write lock is held, so after one revolution every evictable slot is unmarked and the
+    /// second finds it if there is one.
+    fn victim(&mut self) -> Option<usize> {
+        let len = self.slots.len();
+        let mut skips = 0;
+        for _ in 0..len.saturating_mul(2) {
+            let i = self.hand;
+            self.hand = if i + 1 == len { 0 } else { i + 1 };
+            self.stats.scanned += 1;
+            let slot = &self.slots[i];
+            let marked = slot.referenced.swap(false, Ordering::Relaxed);
+            // Held only by this map (no call in flight, no handle) and closed in normal mode.
+            let evictable = Arc::strong_count(&slot.shared) == 1 && slot.shared.is_closed();
+            if evictable && !marked {
+                return Some(i);
+            }
+            if !evictable {
+                skips += 1;
+                if skips >= MAX_EVICTION_SKIPS {
+                    return None;
+                }
+            }
+        }
+        None
+    }
 }
 
 struct Keyed<F, Key, C, K> {
@@ -75,9 +129,7 @@ struct Keyed<F, Key, C, K> {
     clock: K,
     name: Arc<str>,
     max_keys: usize,
-    map: RwLock<HashMap<Key, Entry<C, K>>>,
-    /// Bumped on every insertion: the "time" of the LRU order.
-    inserts: AtomicU64,
+    table: RwLock<Table<Key, C, K>>,
     overflow: Arc<Shared<C, K>>,
 }
 
@@ -87,16 +139,19 @@ where
     C: Clone,
     K: Clock,
 {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table<Key, C, K>> {
+        self.table.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn breaker(&self, key: &Key) -> Arc<Shared<C, K>> {
-        // An entry used after the n-th insertion ranks above the n-th inserted entry.
-        let now = self.inserts.load(Ordering::Relaxed) * 2 + 1;
         {
-            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(e) = map.get(key) {
-                if e.last_used.load(Ordering::Relaxed) != now {
-                    e.last_used.store(now, Ordering::Relaxed);
+            let table = self.read();
+            if let Some(&i) = table.index.get(key) {
+                let slot = &table.slots[i];
+                if !slot.referenced.load(Ordering::Relaxed) {
+                    slot.referenced.store(true, Ordering::Relaxed);
                 }
-                return Arc::clone(&e.shared);
+                return Arc::clone(&slot.shared);
             }
         }
         self.insert(key)
@@ -104,23 +159,21 @@ where
 
     #[cold]
     fn insert(&self, key: &Key) -> Arc<Shared<C, K>> {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = map.get(key) {
-            return Arc::clone(&e.shared);
+        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(&i) = table.index.get(key) {
+            return Arc::clone(&table.slots[i].shared);
         }
-        if map.len() >= self.max_keys {
-            let victim = map
-                .iter()
-                .filter(|(_, e)| Arc::strong_count(&e.shared) == 1 && e.shared.is_closed())
-                .min_by_key(|(_, e)| e.last_used.load(Ordering::Relaxed))
-                .map(|(k, _)| k.clone());
-            match victim {
-                Some(k) => {
-                    map.remove(&k);
+        let at = if table.slots.len() < self.max_keys {
+            None
+        } else {
+            match table.victim() {
+                Some(i) => Some(i),
+                None => {
+                    table.stats.overflowed += 1;
+                    return Arc::clone(&self.overflow);
                 }
-                None => return Arc::clone(&self.overflow),
             }
-        }
+        };
         let name: Arc<str> = Arc::from(format!("{}[{key:?}]", self.name));
         // The configuration was validated when the layer was built, so this cannot fail; the
         // overflow breaker is the safe answer if it ever did.
@@ -130,19 +183,67 @@ where
             self.clock.clone(),
             name,
         ) else {
+            table.stats.overflowed += 1;
             return Arc::clone(&self.overflow);
         };
         let shared = Arc::new(shared);
-        let tick = self.inserts.fetch_add(1, Ordering::Relaxed) + 1;
-        map.insert(
-            key.clone(),
-            Entry {
-                shared: Arc::clone(&shared),
-                last_used: AtomicU64::new(tick * 2),
-            },
-        );
+        let slot = Slot {
+            key: key.clone(),
+            shared: Arc::clone(&shared),
+            referenced: AtomicBool::new(false),
+        };
+        let table = &mut *table;
+        match at {
+            Some(i) => {
+                let old = std::mem::replace(&mut table.slots[i], slot);
+                table.index.remove(&old.key);
+                table.index.insert(key.clone(), i);
+                table.stats.evicted += 1;
+            }
+            None => {
+                table.index.insert(key.clone(), table.slots.len());
+                table.slots.push(slot);
+            }
+        }
+        table.stats.inserted += 1;
         shared
     }
+}
+
+/// Counters of a [`KeyedBreakerLayer`]'s map (not of its breakers: each has its own
+/// [`BreakerSnapshot`](crate::BreakerSnapshot)).
+///
+/// ```
+/// use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
+/// use tower::{Layer, Service, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let layer = KeyedBreakerLayer::builder(BreakerConfig::default(), |k: &u32| *k)
+///     .max_keys(2)
+///     .build()
+///     .unwrap();
+/// let mut svc = layer.layer(tower::service_fn(|k: u32| async move { Ok::<_, std::convert::Infallible>(k) }));
+/// for key in [1, 2, 3] {
+///     svc.ready().await.unwrap().call(key).await.unwrap();
+/// }
+/// let s = layer.snapshot();
+/// assert_eq!((s.keys, s.inserted, s.evicted, s.overflowed), (2, 3, 1, 0));
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct KeyedSnapshot {
+    /// Keys in the map now.
+    pub keys: usize,
+    /// Breakers created for new keys.
+    pub inserted: u64,
+    /// Breakers forgotten to make room (closed and idle ones only).
+    pub evicted: u64,
+    /// New keys sent to the overflow breaker because nothing could be evicted.
+    pub overflowed: u64,
+    /// Slots the eviction hand visited: the work new keys at the cap caused. At most
+    /// `MAX_EVICTION_SKIPS + 1` per new key, plus one per mark a lookup set.
+    pub scanned: u64,
 }
 
 /// One breaker per key, in a bounded map; see the [module](self) documentation.
@@ -241,9 +342,11 @@ where
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn handle(&self, key: &Key) -> Option<BreakerHandle<C, K>> {
-        let map = self.keyed.map.read().unwrap_or_else(|e| e.into_inner());
-        map.get(key)
-            .map(|e| BreakerHandle::from_shared(Arc::clone(&e.shared)))
+        let table = self.keyed.table.read().unwrap_or_else(|e| e.into_inner());
+        table
+            .index
+            .get(key)
+            .map(|&i| BreakerHandle::from_shared(Arc::clone(&table.slots[i].shared)))
     }
 
     /// The breaker shared by new keys that arrive while the map is full of breakers that cannot
@@ -269,10 +372,28 @@ where
     /// ```
     pub fn len(&self) -> usize {
         self.keyed
-            .map
+            .table
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .slots
             .len()
+    }
+
+    /// Counters of the map: keys, insertions, evictions, overflows and the eviction hand's
+    /// work (see [`KeyedSnapshot`]).
+    ///
+    /// ```
+    /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
+    /// let layer = KeyedBreakerLayer::new(BreakerConfig::default(), |k: &u8| *k)?;
+    /// assert_eq!(layer.snapshot().inserted, 0);
+    /// # Ok::<(), degrade_core::ConfigError>(())
+    /// ```
+    pub fn snapshot(&self) -> KeyedSnapshot {
+        let table = self.keyed.table.read().unwrap_or_else(|e| e.into_inner());
+        KeyedSnapshot {
+            keys: table.slots.len(),
+            ..table.stats
+        }
     }
 
     /// Whether the map holds no key.
@@ -299,8 +420,8 @@ where
     where
         Key: Clone,
     {
-        let map = self.keyed.map.read().unwrap_or_else(|e| e.into_inner());
-        map.keys().cloned().collect()
+        let table = self.keyed.table.read().unwrap_or_else(|e| e.into_inner());
+        table.slots.iter().map(|s| s.key.clone()).collect()
     }
 }
 
@@ -473,8 +594,12 @@ impl<F, Key, C, K> KeyedBuilder<F, Key, C, K> {
                 clock,
                 name,
                 max_keys: self.max_keys,
-                map: RwLock::new(HashMap::new()),
-                inserts: AtomicU64::new(0),
+                table: RwLock::new(Table {
+                    index: HashMap::new(),
+                    slots: Vec::new(),
+                    hand: 0,
+                    stats: KeyedSnapshot::default(),
+                }),
                 overflow: Arc::new(overflow),
             }),
             _mode: PhantomData,

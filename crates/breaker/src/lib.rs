@@ -111,7 +111,7 @@ pub use config::{
 };
 pub use error::CircuitOpen;
 pub use handle::{BreakerHandle, BreakerSnapshot, Permit};
-pub use keyed::KeyedBreakerLayer;
+pub use keyed::{KeyedBreakerLayer, KeyedSnapshot};
 
 pub use layer::{BreakerBuilder, BreakerLayer};
 pub use service::Breaker;

@@ -125,3 +125,93 @@ async fn keys_beyond_a_cap_of_busy_breakers_share_the_overflow_breaker() {
     call(&mut svc, 3, true).await.unwrap();
     assert_eq!(layer.keys(), [3]);
 }
+
+/// Calls every host in `hosts` once with `ok`.
+async fn sweep<S>(svc: &mut S, hosts: std::ops::Range<u32>, ok: bool)
+where
+    S: Service<(u32, bool), Response = u32, Error = BoxError>,
+{
+    for host in hosts {
+        let _ = call(svc, host, ok).await;
+    }
+}
+
+#[tokio::test]
+async fn new_keys_at_the_cap_cost_constant_work_each() {
+    // Issue 14: at the cap every new key used to scan the whole map under the write lock, so
+    // N attacker-chosen keys cost N × max_keys. Now each costs O(1) amortised.
+    const CAP: u32 = 1_000;
+    const NEW: u32 = 10_000;
+    let layer = KeyedBreakerLayer::builder(config(), |r: &(u32, bool)| r.0)
+        .max_keys(CAP as usize)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(upstream());
+    sweep(&mut svc, 0..CAP, true).await;
+    // Every key used again: every slot is marked, the worst case for the clock hand.
+    sweep(&mut svc, 0..CAP, true).await;
+    assert_eq!(layer.snapshot().scanned, 0);
+
+    sweep(&mut svc, CAP..CAP + NEW, true).await;
+    let s = layer.snapshot();
+    assert_eq!(
+        (s.keys, s.inserted, s.evicted, s.overflowed),
+        (CAP as usize, u64::from(CAP + NEW), u64::from(NEW), 0)
+    );
+    // One visit per mark the lookups set, plus one per eviction.
+    assert!(
+        s.scanned <= u64::from(CAP + NEW),
+        "scanned {} slots for {NEW} new keys",
+        s.scanned
+    );
+}
+
+#[tokio::test]
+async fn new_keys_at_a_cap_of_open_breakers_cost_a_bounded_scan_each() {
+    const CAP: u32 = 1_000;
+    const NEW: u32 = 2_000;
+    let mut c = config();
+    c.window = WindowConfig::Consecutive { failures: 1 };
+    let layer = KeyedBreakerLayer::builder(c, |r: &(u32, bool)| r.0)
+        .max_keys(CAP as usize)
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(upstream());
+    sweep(&mut svc, 0..CAP, false).await; // every breaker opens: none may be evicted
+    sweep(&mut svc, CAP..CAP + NEW, true).await;
+    let s = layer.snapshot();
+    assert_eq!(
+        (s.keys, s.evicted, s.overflowed),
+        (CAP as usize, 0, u64::from(NEW))
+    );
+    assert_eq!(
+        s.scanned,
+        u64::from(NEW) * u64::from(degrade_breaker::keyed::MAX_EVICTION_SKIPS)
+    );
+}
+
+#[tokio::test]
+async fn the_eviction_hand_resumes_where_it_stopped_and_finds_the_one_closed_breaker() {
+    const CAP: u32 = 1_000;
+    let skips = degrade_breaker::keyed::MAX_EVICTION_SKIPS;
+    let mut c = config();
+    c.window = WindowConfig::Consecutive { failures: 1 };
+    let layer = KeyedBreakerLayer::builder(c, |r: &(u32, bool)| r.0)
+        .max_keys(CAP as usize)
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(upstream());
+    sweep(&mut svc, 0..CAP - 1, false).await; // 999 open breakers
+    call(&mut svc, CAP - 1, true).await.unwrap(); // and one closed, idle, in the last slot
+    let mut tries = 0;
+    while layer.snapshot().evicted == 0 {
+        tries += 1;
+        call(&mut svc, CAP + tries, true).await.unwrap();
+    }
+    // Each try moves the hand `skips` slots further; it reaches the last slot in time.
+    assert_eq!(tries, CAP.div_ceil(skips));
+    assert!(layer.handle(&(CAP - 1)).is_none());
+    assert!(layer.handle(&(CAP + tries)).is_some());
+}
