@@ -2,6 +2,7 @@
 //! [`ConfigError`] that names the field.
 
 use degrade_core::ConfigError;
+use degrade_core::window::{MAX_BUCKETS, MAX_COUNT_SIZE};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -100,7 +101,7 @@ pub enum WindowConfig {
     },
     /// The last `size` calls (resilience4j's `COUNT_BASED`).
     Count {
-        /// Calls in the window (at least 1).
+        /// Calls in the window (at least 1, at most a million).
         size: u32,
     },
     /// The calls of the last `span`, in `buckets` buckets (resilience4j's `TIME_BASED`).
@@ -112,7 +113,7 @@ pub enum WindowConfig {
         /// How far back the window reaches.
         #[serde(with = "humantime_serde")]
         span: Duration,
-        /// Buckets the span is cut into (at least 1, each at least 1 ms wide).
+        /// Buckets the span is cut into (1 to 10 000, each at least 1 ms wide).
         buckets: u32,
     },
 }
@@ -305,6 +306,12 @@ impl BreakerConfig {
             }
             WindowConfig::Count { size } => {
                 at_least_one("size", size).map_err(|e| e.within("window"))?;
+                if size > MAX_COUNT_SIZE {
+                    return Err(ConfigError::new(
+                        "window.size",
+                        format!("must be at most {MAX_COUNT_SIZE} calls"),
+                    ));
+                }
                 if self.minimum_calls > size {
                     return Err(ConfigError::new(
                         "minimum_calls",
@@ -314,6 +321,12 @@ impl BreakerConfig {
             }
             WindowConfig::Time { span, buckets } => {
                 at_least_one("buckets", buckets).map_err(|e| e.within("window"))?;
+                if buckets > MAX_BUCKETS {
+                    return Err(ConfigError::new(
+                        "window.buckets",
+                        format!("must be at most {MAX_BUCKETS}"),
+                    ));
+                }
                 if span.is_zero() {
                     return Err(ConfigError::new("window.span", "must be greater than zero"));
                 }

@@ -37,6 +37,7 @@
 //! normal mode would, but admits every call — for tuning thresholds on live traffic.
 
 use crate::config::{BreakerConfig, TimeoutTarget, WindowConfig};
+use degrade_core::clock::saturating_add;
 use degrade_core::window::WindowSnapshot;
 use degrade_core::{ConfigError, Outcome};
 use serde::{Deserialize, Serialize};
@@ -514,8 +515,12 @@ impl Machine {
         let capped = grown.min(b.max_wait.as_secs_f64());
         let unit = (splitmix(self.seed ^ splitmix(nonce)) >> 11) as f64 / (1u64 << 53) as f64;
         let jittered = capped * (1.0 - b.jitter * unit);
-        // Finite and within [0, max_wait] by construction; the fallback is for the impossible.
-        Duration::try_from_secs_f64(jittered).unwrap_or(b.max_wait)
+        // Finite and non-negative by construction, but `f64` has 53 bits: a long `max_wait`
+        // rounds up on the way through seconds, so clamp again in `Duration`. A wait is never
+        // zero (the configuration refuses one), however small jitter makes it.
+        Duration::try_from_secs_f64(jittered)
+            .map_or(b.max_wait, |w| w.min(b.max_wait))
+            .max(Duration::from_nanos(1))
     }
 
     /// Feeds one event; returns the transition it caused, if any.
@@ -540,7 +545,11 @@ impl Machine {
             }
             Event::Tick if judging => match (self.phase, self.deadline) {
                 (Phase::Open, Some(until)) if now >= until => {
-                    let deadline = self.config.half_open.max_duration.map(|d| now + d);
+                    let deadline = self
+                        .config
+                        .half_open
+                        .max_duration
+                        .map(|d| saturating_add(now, d));
                     self.probe_successes = 0;
                     self.probe_failures = 0;
                     Some(self.set_phase(Phase::HalfOpen, deadline, Reason::WaitElapsed, now))
@@ -591,7 +600,8 @@ impl Machine {
         self.openings = self.openings.saturating_add(1);
         self.total_openings = self.total_openings.wrapping_add(1);
         let wait = self.wait_for(self.openings, self.total_openings);
-        let mut t = self.set_phase(Phase::Open, Some(now + wait), reason, now);
+        // A configured wait may be as long as `Duration::MAX`: "open until reset", not a panic.
+        let mut t = self.set_phase(Phase::Open, Some(saturating_add(now, wait)), reason, now);
         t.wait = Some(wait);
         t
     }

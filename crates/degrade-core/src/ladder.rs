@@ -813,7 +813,11 @@ impl Ladder {
         match (self.last_cause, t.cause) {
             // Escalating again within one dwell of a step down: that step was premature.
             (Some(Cause::Recovered), Cause::Escalated) if t.time_at_previous < self.dwell => {
-                let longer = self.dwell.mul_f64(self.config.dwell_backoff);
+                // `mul_f64` panics past `Duration::MAX`, which a configured dwell may reach.
+                let longer = Duration::try_from_secs_f64(
+                    self.dwell.as_secs_f64() * self.config.dwell_backoff,
+                )
+                .unwrap_or(Duration::MAX);
                 self.dwell = longer.min(self.config.effective_max_dwell());
             }
             // A step down after a step down: the first one held.

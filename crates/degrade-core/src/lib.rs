@@ -44,7 +44,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
-mod clock;
+pub mod clock;
 mod config;
 pub mod degrade;
 mod handle;

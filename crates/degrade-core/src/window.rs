@@ -60,6 +60,28 @@ use tokio::time::Instant;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::{ConfigError, Outcome};
 
+/// The largest [`CountWindow`] a configuration should ask for: a million calls (4 MB of slots).
+/// [`CountWindow::new`] itself takes any size; configurations (the breaker's `window.size`)
+/// refuse larger ones, so that a typo cannot allocate gigabytes.
+///
+/// ```
+/// assert_eq!(degrade_core::window::MAX_COUNT_SIZE, 1_000_000);
+/// ```
+pub const MAX_COUNT_SIZE: u32 = 1_000_000;
+
+/// The most buckets a [`TimeWindow`] may have (240 KB of counters). A snapshot reads every
+/// bucket, so even this many makes each judgement a long pass; a few dozen are enough for any
+/// span.
+///
+/// ```
+/// # use degrade_core::window::{TimeWindow, MAX_BUCKETS};
+/// # use std::{num::NonZeroU32, time::Duration};
+/// let too_many = NonZeroU32::new(MAX_BUCKETS + 1).unwrap();
+/// let err = TimeWindow::new(Duration::from_secs(86_400), too_many, tokio::time::Instant::now()).unwrap_err();
+/// assert_eq!(err.field(), "buckets");
+/// ```
+pub const MAX_BUCKETS: u32 = 10_000;
+
 /// What a window holds at one moment: calls, and how many of them failed or were slow.
 ///
 /// [`Outcome::Ignored`] calls are not counted, and a slow failure counts as a failure only, so
@@ -292,7 +314,8 @@ pub struct CountWindow {
 
 impl CountWindow {
     /// Creates an empty window over the last `size` calls. This is the only allocation (one
-    /// 4-byte slot per call).
+    /// 4-byte slot per call): a size read from configuration should be bounded first, as the
+    /// breaker bounds it by [`MAX_COUNT_SIZE`].
     ///
     /// ```
     /// # use degrade_core::window::{CountWindow, WindowSnapshot};
@@ -513,7 +536,8 @@ impl TimeWindow {
     /// # Errors
     ///
     /// A [`ConfigError`] on field `span` if it is zero or longer than `u64::MAX` nanoseconds
-    /// (about 584 years), or on field `buckets` if a bucket would be narrower than 1 ms.
+    /// (about 584 years), or on field `buckets` if there are more than [`MAX_BUCKETS`] or a
+    /// bucket would be narrower than 1 ms.
     /// Callers prefix the field with their own path ([`ConfigError::within`]).
     ///
     /// ```
@@ -537,6 +561,12 @@ impl TimeWindow {
                 "must be at most u64::MAX nanoseconds (about 584 years)",
             ));
         };
+        if buckets.get() > MAX_BUCKETS {
+            return Err(ConfigError::new(
+                "buckets",
+                format!("must be at most {MAX_BUCKETS}"),
+            ));
+        }
         let width_nanos = span_nanos / u64::from(buckets.get());
         if u128::from(width_nanos) < MIN_BUCKET_WIDTH.as_nanos() {
             return Err(ConfigError::new(
