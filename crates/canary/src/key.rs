@@ -146,15 +146,19 @@ mod http_keys {
             Ok(Self { name })
         }
 
-        /// Keys on gRPC metadata entry `key` (ASCII metadata only; `-bin` keys are refused).
+        /// Keys on gRPC metadata entry `key` (ASCII metadata only; `-bin` keys are refused in
+        /// any case, since metadata keys are lower-cased on the wire: a binary value travels
+        /// base64-encoded, with or without padding, so its text is not a stable key).
         ///
         /// ```
         /// # use degrade_canary::key::HeaderKey;
         /// assert!(HeaderKey::grpc_metadata("user-id").is_ok());
         /// assert!(HeaderKey::grpc_metadata("trace-bin").is_err());
+        /// assert!(HeaderKey::grpc_metadata("Trace-BIN").is_err());
         /// ```
         pub fn grpc_metadata(key: &str) -> Result<Self, ConfigError> {
-            if key.ends_with("-bin") {
+            let bytes = key.as_bytes();
+            if bytes.len() >= 4 && bytes[bytes.len() - 4..].eq_ignore_ascii_case(b"-bin") {
                 return Err(ConfigError::new(
                     "key.metadata",
                     "binary metadata keys cannot be sticky keys",
