@@ -14,7 +14,7 @@
 //! | [`Priority`], [`priority`] | request priority and the classifiers that assign it |
 //! | [`Outcome`], [`Classifier`] | success / failure / slow / ignored, shared by breaker, canary and triggers |
 //! | [`window`] | lock-free windowed counters (consecutive, last N, time buckets) |
-//! | [`rejection`] | the [`Rejection`] trait, [`Shed`], and the single HTTP / gRPC mapping of every crate's rejections |
+//! | [`rejection`] | the [`Rejection`] trait, [`Shed`], the single HTTP / gRPC mapping of every crate's rejections, and the mark that keeps one layer's refusals out of another's failure counts |
 //! | [`DegradeLayer`] | admission by level and priority |
 //!
 //! ## A first stack
