@@ -159,7 +159,15 @@ where
             RespondStateProj::Called { fut, permit } => {
                 let out = ready!(fut.poll(cx));
                 if let Some(permit) = permit.take() {
-                    permit.record_result(&out);
+                    match &out {
+                        // A degrade layer further in answered this request itself: it says
+                        // nothing about the service, whatever the classifier (even one that
+                        // reads no responses, like the default one).
+                        Ok(res) if degrade_core::rejection::http::rejected(res).is_some() => {
+                            permit.record(degrade_core::Outcome::Ignored);
+                        }
+                        _ => permit.record_result(&out),
+                    }
                 }
                 Poll::Ready(out)
             }

@@ -424,6 +424,75 @@ async fn timeouts_count_as_failures_and_degrade_rejections_are_ignored() {
     assert_eq!(layer.handle().state(), State::Open);
 }
 
+/// A classifier that calls everything a failure: only the mark can keep a call out of the
+/// window.
+#[cfg(feature = "http")]
+#[derive(Clone)]
+struct Pessimist;
+
+#[cfg(feature = "http")]
+impl<B, E> degrade_core::Classifier<http::Response<B>, E> for Pessimist {
+    fn classify_response(&self, _: &http::Response<B>) -> Outcome {
+        Outcome::Failure
+    }
+    fn classify_error(&self, _: &E) -> Outcome {
+        Outcome::Failure
+    }
+}
+
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn a_breaker_answering_http_ignores_answers_made_further_in_whatever_its_classifier() {
+    let mut c = BreakerConfig::default();
+    c.window = WindowConfig::Consecutive { failures: 1 };
+    let below = BreakerLayer::new(BreakerConfig::default()).unwrap().http();
+    below.handle().force_open();
+    let ok = tower::service_fn(|_: http::Request<()>| async {
+        Ok::<_, Infallible>(http::Response::new(String::new()))
+    });
+    let pessimist = BreakerLayer::builder(c.clone())
+        .classifier(Pessimist)
+        .build()
+        .unwrap()
+        .http();
+    let default = BreakerLayer::new(c).unwrap().http();
+    let mut a = pessimist.layer(below.layer(ok));
+    let mut b = default.layer(below.layer(ok));
+    for _ in 0..3 {
+        let res = a
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 503);
+        let res = b
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 503);
+    }
+    for snap in [pessimist.snapshot(), default.snapshot()] {
+        assert_eq!(
+            (snap.state, snap.ignored, snap.failures),
+            (State::Closed, 3, 0)
+        );
+    }
+    // The same answer coming from the service itself counts as the classifier says.
+    let mut direct = pessimist.layer(ok);
+    let _ = direct
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await;
+    assert_eq!(pessimist.handle().state(), State::Open);
+}
+
 #[tokio::test]
 async fn manual_modes() {
     let clock = ManualClock::new();
