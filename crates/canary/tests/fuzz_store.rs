@@ -2,7 +2,8 @@
 //! generators, bounded to seconds) of what the canary reads from disk and from configuration:
 //! a state file of arbitrary bytes is a state or a `CorruptState` error, never a panic, and a
 //! state read back resumes a rollout or is refused; configuration types through serde are Ok
-//! or an error; a configured `Duration::MAX` never panics.
+//! or an error; a configured `Duration::MAX` never panics. (The sticky-key extractors are
+//! fuzzed in `tests/fuzz.rs`.)
 
 use degrade_canary::{
     Canary, CorruptState, Event, FileStore, JudgeConfig, PauseReason, Phase, Rollout,
@@ -65,7 +66,7 @@ fn resume_and_drive(s: RolloutState) {
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 256,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/fuzz.txt"))),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/fuzz_store.txt"))),
         ..ProptestConfig::default()
     })]
 
