@@ -103,6 +103,7 @@ proptest! {
         let store = FileStore::new(d.join("state.json"));
         store.save(&s).unwrap();
         prop_assert_eq!(store.load().unwrap(), Some(s));
+        let _ = std::fs::remove_file(store.path());
         resume_and_drive(s);
     }
 

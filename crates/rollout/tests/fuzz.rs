@@ -74,7 +74,9 @@ fn journals() -> &'static [(u32, Vec<u8>); 2] {
                 .build(fleet(3), "v2")
                 .unwrap();
             assert_eq!(rt.block_on(r.run()).unwrap().outcome, outcome);
-            (surge, std::fs::read(&path).unwrap())
+            let bytes = std::fs::read(&path).unwrap();
+            let _ = std::fs::remove_dir_all(path.parent().unwrap());
+            (surge, bytes)
         };
         let failing = Recorder::failing_install_of("i2");
         [
@@ -151,6 +153,7 @@ proptest! {
             Err(e) => panic!("unexpected error: {e}"),
         }
         prop_assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]
@@ -167,6 +170,7 @@ proptest! {
         let path = scratch("tail");
         std::fs::write(&path, &file).unwrap();
         let r = build(&path, *surge);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
         prop_assert!(r.is_ok(), "{:?}", r.err());
     }
 
@@ -185,7 +189,9 @@ proptest! {
         let file: Vec<u8> = lines.iter().flat_map(|l| [*l, b"\n"].concat()).collect();
         let path = scratch("junk");
         std::fs::write(&path, &file).unwrap();
-        match build(&path, *surge) {
+        let r = build(&path, *surge);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        match r {
             Err(RolloutError::CorruptJournal(c)) => prop_assert_eq!(c.line, i + 1),
             other => panic!("line {} replaced: {:?}", i + 1, other.map(|_| ())),
         }
