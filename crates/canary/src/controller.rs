@@ -374,7 +374,11 @@ impl<Clk: Clock> RolloutController<Clk> {
     pub fn spawn(mut self) -> (JoinHandle<io::Result<RolloutState>>, Gates) {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
-            let start = tokio::time::Instant::now() + self.interval;
+            // A configured "forever" (up to `Duration::MAX`) must not overflow the first tick.
+            let now = tokio::time::Instant::now();
+            let start = now
+                .checked_add(self.interval)
+                .unwrap_or(now + std::time::Duration::from_secs(100 * 365 * 24 * 3600));
             let mut interval = tokio::time::interval_at(start, self.interval);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !self.state().phase.is_terminal() {

@@ -79,7 +79,7 @@ pub use controller::{ControllerBuilder, Gate, Gates, RolloutController};
 pub use judge::{Judge, JudgeConfig, Judgement, Verdict};
 pub use rollout::{Action, Event, PauseReason, Phase, Rollout, RolloutConfig, RolloutState, Step};
 pub use service::{Canary, CanaryBuilder, CanaryHandle};
-pub use store::{FileStore, MemoryStore, StateStore};
+pub use store::{CorruptState, FileStore, MemoryStore, StateStore};
 
 /// The error type of the [`Canary`] service: the arms' own errors, boxed.
 pub use degrade_core::BoxError;

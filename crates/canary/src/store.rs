@@ -2,9 +2,12 @@
 
 use crate::rollout::RolloutState;
 use std::fmt;
-use std::io;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Persists a [`RolloutState`] so that a restarted controller resumes at the same step and
 /// weight.
@@ -24,8 +27,18 @@ pub trait StateStore: Send + Sync + 'static {
     fn save(&self, state: &RolloutState) -> io::Result<()>;
 }
 
-/// A JSON file, replaced atomically on every save (written to a temporary file beside it,
-/// synced, then renamed over it), so a crash never leaves a half-written state.
+/// A JSON file, replaced atomically on every save, so a crash never leaves a half-written
+/// state and concurrent writers never tear each other's file.
+///
+/// Each save writes a temporary file of its own beside the state file
+/// (`<name>.<pid>.<n>.tmp`, created exclusively), fsyncs it, renames it over the state file and
+/// fsyncs the directory, so the rename itself survives a power cut. Of two concurrent saves
+/// the later rename wins, whole. Temporary files left by a process that died mid-save are
+/// removed on [`load`](StateStore::load).
+///
+/// A state file that is not a state (garbage, truncated by something else, larger than
+/// 64 KiB) is an error of kind [`InvalidData`](io::ErrorKind::InvalidData) carrying a
+/// [`CorruptState`] that names the file; it is never a panic, and the file is left as it is.
 ///
 /// ```
 /// use degrade_canary::{FileStore, Phase, RolloutState, StateStore};
@@ -40,6 +53,14 @@ pub trait StateStore: Send + Sync + 'static {
 pub struct FileStore {
     path: PathBuf,
 }
+
+/// The largest state file read: a state is a few dozen bytes, so anything larger is not one
+/// (and reading it whole would let a wrong path, say a log file, exhaust memory).
+const MAX_STATE_BYTES: u64 = 64 * 1024;
+
+/// A temporary file older than this whose writer is gone is a leftover of a crash. No save
+/// holds its temporary file for more than the time of one small write and fsync.
+const STALE_AFTER: Duration = Duration::from_secs(60);
 
 impl FileStore {
     /// A store at `path` (the file need not exist yet).
@@ -64,30 +85,180 @@ impl FileStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    fn corrupt(&self, reason: String) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            CorruptState {
+                path: self.path.clone(),
+                reason,
+            },
+        )
+    }
+
+    fn dir(&self) -> &Path {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        }
+    }
+
+    /// `<name>.<pid>.<n>.tmp` beside the state file, created exclusively.
+    fn create_temp(&self) -> io::Result<(PathBuf, File)> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = self.path.file_name().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "state path has no file name")
+        })?;
+        loop {
+            let mut tmp = name.to_owned();
+            tmp.push(format!(
+                ".{}.{}.tmp",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let tmp = self.dir().join(tmp);
+            match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+                Ok(f) => return Ok((tmp, f)),
+                // Left by an earlier process with this pid: take the next number.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Removes temporary files whose writer died before renaming them.
+    fn remove_stale_temps(&self) {
+        let Some(name) = self.path.file_name().and_then(|n| n.to_str()) else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(self.dir()) else {
+            return;
+        };
+        let own = std::process::id();
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            let Some(pid) = file
+                .to_str()
+                .and_then(|f| {
+                    f.strip_prefix(name)?
+                        .strip_prefix('.')?
+                        .strip_suffix(".tmp")
+                })
+                .and_then(|rest| rest.split_once('.'))
+                .filter(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|(pid, _)| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= STALE_AFTER);
+            if pid != own && old && !process_exists(pid) {
+                tracing::debug!(temp = %entry.path().display(), pid, "removing a stale canary state temp file");
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// Whether a process with this pid exists (where that cannot be known: yes).
+fn process_exists(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(raw) = i32::try_from(pid) else {
+            return false;
+        };
+        !matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
 }
 
 impl StateStore for FileStore {
     fn load(&self) -> io::Result<Option<RolloutState>> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+        self.remove_stale_temps();
+        let file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut bytes = Vec::new();
+        file.take(MAX_STATE_BYTES + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > MAX_STATE_BYTES {
+            return Err(self.corrupt(format!(
+                "larger than {} KiB, not a canary state",
+                MAX_STATE_BYTES / 1024
+            )));
+        }
+        match serde_json::from_slice(&bytes) {
+            Ok(state) => Ok(Some(state)),
+            Err(e) => Err(self.corrupt(e.to_string())),
         }
     }
 
     fn save(&self, state: &RolloutState) -> io::Result<()> {
-        use std::io::Write;
-        let mut tmp = self.path.clone().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&serde_json::to_vec_pretty(state)?)?;
-            file.sync_all()?;
+        let bytes = serde_json::to_vec_pretty(state)?;
+        let (tmp, mut file) = self.create_temp()?;
+        let result = file
+            .write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| {
+                drop(file);
+                std::fs::rename(&tmp, &self.path)
+            })
+            .and_then(|()| File::open(self.dir())?.sync_all());
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
-        std::fs::rename(&tmp, &self.path)
+        result
     }
 }
+
+/// A state file that holds no canary state: the error inside the [`io::Error`] (of kind
+/// [`InvalidData`](io::ErrorKind::InvalidData)) that [`FileStore::load`](StateStore::load)
+/// returns for it.
+///
+/// ```
+/// use degrade_canary::{CorruptState, FileStore, StateStore};
+/// let path = std::env::temp_dir().join(format!("canary-corrupt-doc-{}.json", std::process::id()));
+/// std::fs::write(&path, b"{\"phase\": tru").unwrap();
+/// let err = FileStore::new(&path).load().unwrap_err();
+/// assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+/// let corrupt = err.get_ref().and_then(|e| e.downcast_ref::<CorruptState>()).unwrap();
+/// assert_eq!(corrupt.path, path);
+/// assert!(err.to_string().starts_with("corrupt canary state file"));
+/// # std::fs::remove_file(&path).unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CorruptState {
+    /// The state file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for CorruptState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "corrupt canary state file {}: {}",
+            self.path.display(),
+            self.reason
+        )
+    }
+}
+
+impl std::error::Error for CorruptState {}
 
 /// An in-memory store; clones share it. For tests, and for rollouts that need not survive a
 /// restart.

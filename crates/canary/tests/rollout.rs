@@ -177,9 +177,14 @@ async fn a_restarted_controller_resumes_from_the_file_store() {
     assert_eq!(c.state(), saved);
     assert_eq!(fresh.weight().get(), 1_000);
     // The file is replaced atomically: no temporary file is left behind.
-    let mut tmp = path.clone().into_os_string();
-    tmp.push(".tmp");
-    assert!(!std::path::Path::new(&tmp).exists());
+    let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+    let temps: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with(&name) && f.ends_with(".tmp"))
+        .collect();
+    assert!(temps.is_empty(), "{temps:?}");
     std::fs::remove_file(&path).unwrap();
 }
 

@@ -34,14 +34,16 @@ impl Amount {
     /// down otherwise (max unavailable), as Kubernetes does.
     fn resolve(self, n: usize, round_up: bool) -> usize {
         match self {
-            Amount::Count(c) => c as usize,
+            Amount::Count(c) => usize::try_from(c).unwrap_or(usize::MAX),
             Amount::Percent(p) => {
-                let scaled = n * p as usize;
-                if round_up {
+                // In u128 so that no `n` overflows; the result is at most `n` for p <= 100.
+                let scaled = n as u128 * u128::from(p.min(100));
+                let share = if round_up {
                     scaled.div_ceil(100)
                 } else {
                     scaled / 100
-                }
+                };
+                usize::try_from(share).unwrap_or(usize::MAX)
             }
         }
     }

@@ -6,6 +6,7 @@ use crate::discover::Pool;
 use crate::driver::Driver;
 use crate::error::{DriverError, RolloutError};
 use crate::instance::{Instance, Key};
+use crate::journal::{self, Appender, Header, Loaded, Opening};
 use crate::plan::{Action, Event, Outcome, Phase, Planner, Record, StepKind};
 use degrade_canary::stats::CanarySnapshot;
 use degrade_canary::{Judge, Verdict};
@@ -13,38 +14,10 @@ use degrade_core::{Clock, ConfigError, TokioClock};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
-
-/// The first line of a journal: what the rollout is.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Header {
-    target: String,
-    config: RolloutConfig,
-    instances: Vec<Instance>,
-}
-
-/// An append-only JSON-lines file: a header, then one [`Record`] per line, each fsync'd
-/// before the controller acts on it.
-#[derive(Debug)]
-struct Journal {
-    file: tokio::fs::File,
-    path: PathBuf,
-}
-
-impl Journal {
-    async fn append(&mut self, line: &impl Serialize) -> Result<(), RolloutError> {
-        let mut bytes = serde_json::to_vec(line).map_err(std::io::Error::other)?;
-        bytes.push(b'\n');
-        self.file.write_all(&bytes).await?;
-        self.file.sync_data().await?;
-        Ok(())
-    }
-}
 
 /// A snapshot of a rollout, published on every change.
 ///
@@ -200,7 +173,14 @@ impl<D: Driver, S: Clone + Send + 'static> RolloutBuilder<D, S, TokioClock> {
     }
 
     /// Journal the rollout to `path` (JSON lines, fsync'd per step). When the file already
-    /// holds a rollout, [`build`](Self::build) resumes it instead of starting anew.
+    /// holds this rollout, [`build`](Self::build) resumes it instead of starting anew.
+    ///
+    /// A torn last line (the controller died while appending) is dropped with a warning: it
+    /// described a step not yet acted on. Any other damage is refused with
+    /// [`RolloutError::CorruptJournal`] naming the line, and the file is never truncated or
+    /// overwritten on the way. A new journal is created with a temporary file, fsync, rename
+    /// and a fsync of the directory, so a crash never leaves half a header. Lines are at most
+    /// 16 MiB.
     ///
     /// ```
     /// # use degrade_rollout::{Instance, Rollout, discover::Pool, ProcessDriver, driver::CommandSpec};
@@ -220,8 +200,10 @@ impl<D: Driver, S: Clone + Send + 'static> RolloutBuilder<D, S, TokioClock> {
     /// # Errors
     ///
     /// [`RolloutError::Config`] for a bad configuration, an empty instance set, duplicate ids,
-    /// a version the driver does not know, or a journal holding another rollout;
-    /// [`RolloutError::Journal`] when the journal cannot be read or created.
+    /// a version the driver does not know, or a journal holding another rollout (another
+    /// target or another set of instance ids; field `journal`);
+    /// [`RolloutError::CorruptJournal`] for a journal with a bad line before its last;
+    /// [`RolloutError::Journal`] when the journal cannot be read.
     ///
     /// ```
     /// # use degrade_rollout::{Instance, Rollout, discover::Pool, ProcessDriver, driver::CommandSpec};
@@ -241,61 +223,43 @@ impl<D: Driver, S: Clone + Send + 'static> RolloutBuilder<D, S, TokioClock> {
                 ConfigError::new(format!("instances.{}.version", i.id), e.rule().to_owned())
             })?;
         }
-        let mut records = Vec::new();
-        let mut header = Header {
-            target: target.clone(),
-            config: self.config.clone(),
-            instances,
+        self.config.validate()?;
+        let (planner, opening) = match &self.journal {
+            None => (Planner::new(self.config.clone(), instances, target)?, None),
+            Some(path) => match journal::load(path, &target, &instances)? {
+                Loaded::Fresh { len } => {
+                    let header = Header {
+                        target: target.clone(),
+                        config: self.config.clone(),
+                        instances: instances.clone(),
+                    };
+                    let planner = Planner::new(self.config.clone(), instances, target)?;
+                    let header = journal::header_line(&header)?;
+                    (planner, Some(Opening::Create { header, seen: len }))
+                }
+                Loaded::Resume {
+                    planner,
+                    len,
+                    valid_len,
+                } => {
+                    if planner.config() != &self.config {
+                        tracing::info!(journal = %path.display(), "resuming with the settings in the journal, not the ones given");
+                    }
+                    let opening = Opening::Append {
+                        seen: len,
+                        valid_len,
+                    };
+                    (*planner, Some(opening))
+                }
+            },
         };
-        let mut fresh = true;
-        if let Some(path) = &self.journal
-            && let Ok(text) = std::fs::read_to_string(path)
-            && !text.trim().is_empty()
-        {
-            let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-            let bad = |what: String| RolloutError::Config(ConfigError::new("journal", what));
-            let first = lines.next().unwrap_or_default();
-            let h: Header = serde_json::from_str(first)
-                .map_err(|e| bad(format!("bad header in {}: {e}", path.display())))?;
-            if h.target != target {
-                return Err(bad(format!(
-                    "{} holds a rollout to `{}`, not `{target}`",
-                    path.display(),
-                    h.target
-                )));
-            }
-            let mut torn = false;
-            for line in lines {
-                if torn {
-                    return Err(bad(format!(
-                        "{}: a record after a torn line",
-                        path.display()
-                    )));
-                }
-                match serde_json::from_str::<Record>(line) {
-                    Ok(r) => records.push(r),
-                    // A crash can tear the last line; what it described was not acted on.
-                    Err(_) => torn = true,
-                }
-            }
-            header = h;
-            fresh = false;
-        }
-        let planner = Planner::replay(
-            header.config.clone(),
-            header.instances.clone(),
-            header.target.clone(),
-            &records,
-        )?;
         let (controls, controls_rx) = mpsc::unbounded_channel();
         let (status_tx, status) = watch::channel(Status::default());
         let rollout = Rollout {
             driver: Arc::new(self.driver),
             pool: self.pool,
             planner,
-            journal_path: self.journal,
-            header: fresh.then_some(header),
-            torn_rewrite: records,
+            journal: self.journal.zip(opening),
             controls: controls_rx,
             status: status_tx,
             clock: self.clock,
@@ -312,9 +276,7 @@ pub struct Rollout<D, S, C = TokioClock> {
     driver: Arc<D>,
     pool: Pool<S>,
     planner: Planner,
-    journal_path: Option<PathBuf>,
-    header: Option<Header>,
-    torn_rewrite: Vec<Record>,
+    journal: Option<(PathBuf, Opening)>,
     controls: mpsc::UnboundedReceiver<Event>,
     status: watch::Sender<Status>,
     clock: C,
@@ -355,37 +317,12 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> Rollout<D, S, C> {
         &self.planner
     }
 
-    async fn open_journal(&mut self) -> Result<Option<Journal>, RolloutError> {
-        let Some(path) = self.journal_path.clone() else {
+    async fn open_journal(&mut self) -> Result<Option<Appender>, RolloutError> {
+        let Some((path, opening)) = self.journal.take() else {
             return Ok(None);
         };
-        let mut journal = if let Some(h) = self.header.take() {
-            let file = tokio::fs::File::create(&path).await?;
-            let mut j = Journal { file, path };
-            j.append(&h).await?;
-            j
-        } else {
-            // Rewrite without a possibly torn last line, then append.
-            let text = tokio::fs::read_to_string(&path).await?;
-            let header = text.lines().next().unwrap_or_default().to_owned();
-            let tmp = path.with_extension("rewrite");
-            let mut body = header;
-            body.push('\n');
-            for r in &self.torn_rewrite {
-                body.push_str(&serde_json::to_string(r).map_err(std::io::Error::other)?);
-                body.push('\n');
-            }
-            tokio::fs::write(&tmp, body).await?;
-            tokio::fs::rename(&tmp, &path).await?;
-            let file = tokio::fs::OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .await?;
-            Journal { file, path }
-        };
-        journal.file.flush().await?;
-        tracing::debug!(journal = %journal.path.display(), "journal open");
-        Ok(Some(journal))
+        let appender = Appender::open(path, opening).await?;
+        Ok(Some(appender))
     }
 
     fn publish(&self) {
@@ -528,6 +465,9 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> Rollout<D, S, C> {
                     if let Some(err) = err {
                         self.errors.push(err);
                     }
+                    if matches!(ev, Event::StepOk { .. } | Event::StepErr { .. }) {
+                        self.steps += 1;
+                    }
                     ev
                 }
                 ctrl = self.controls.recv(), if controls_open => match ctrl {
@@ -631,12 +571,13 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> Rollout<D, S, C> {
                 }
             };
             judge.start(&snap());
-            let deadline = tokio::time::Instant::now() + cfg.duration;
+            let started = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(cfg.interval).await;
                 let j = judge.look(&snap());
                 tracing::debug!(batch, verdict = %j.verdict, reason = j.reason, samples = ?j.samples, "analysis look");
-                let done = tokio::time::Instant::now() >= deadline;
+                let done =
+                    crate::deadline::elapsed(started, tokio::time::Instant::now(), cfg.duration);
                 match j.verdict {
                     Verdict::Fail => {
                         return Event::Analysis {

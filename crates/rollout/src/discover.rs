@@ -451,7 +451,7 @@ impl<S: Clone + Send + 'static> Pool<S> {
     /// ```
     pub async fn drain(&self, key: &Key, timeout: Duration) -> DrainReport {
         let start = tokio::time::Instant::now();
-        let deadline = start + timeout;
+        let deadline = crate::deadline::after(start, timeout);
         let (seq, counters) = {
             let mut st = self.lock();
             match st.endpoints.remove(key) {

@@ -440,7 +440,7 @@ impl ProcessDriver {
         instance: &Instance,
         timeout: Duration,
     ) -> Result<(), BoxError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let started = tokio::time::Instant::now();
         loop {
             let err =
                 match tokio::time::timeout(Duration::from_secs(2), self.health(instance)).await {
@@ -448,7 +448,7 @@ impl ProcessDriver {
                     Ok(Err(e)) => e,
                     Err(_) => "health check timed out".into(),
                 };
-            if tokio::time::Instant::now() >= deadline {
+            if crate::deadline::elapsed(started, tokio::time::Instant::now(), timeout) {
                 return Err(err);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -4,6 +4,7 @@ use crate::plan::StepKind;
 use degrade_core::{BoxError, ConfigError};
 use std::error::Error;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// A driver step failed on an instance.
@@ -58,6 +59,64 @@ impl Error for DriverError {
     }
 }
 
+/// A journal that cannot be resumed: a line before the last is not a record, or a record
+/// this rollout could not have written at that point. Acting on it could touch an instance
+/// twice or skip one, so the controller refuses it and leaves the file as it is: inspect it,
+/// then move it aside to start a new rollout.
+///
+/// (A torn *last* line is what a crash while appending leaves behind: it is dropped, with a
+/// warning, and the rollout resumes from the lines before it.)
+///
+/// ```
+/// use degrade_rollout::{CorruptJournal, RolloutError};
+/// let e = CorruptJournal::new("rollout.jsonl", 3, "expected value at column 1");
+/// assert_eq!(e.line, 3);
+/// assert_eq!(
+///     RolloutError::CorruptJournal(e).to_string(),
+///     "corrupt journal rollout.jsonl, line 3: expected value at column 1"
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CorruptJournal {
+    /// The journal file.
+    pub path: PathBuf,
+    /// The line at fault, counted from 1.
+    pub line: usize,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl CorruptJournal {
+    /// A fault at `line` (from 1) of the journal at `path`.
+    ///
+    /// ```
+    /// # use degrade_rollout::CorruptJournal;
+    /// assert_eq!(CorruptJournal::new("j", 1, "bad header").reason, "bad header");
+    /// ```
+    pub fn new(path: impl Into<PathBuf>, line: usize, reason: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            line,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for CorruptJournal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "corrupt journal {}, line {}: {}",
+            self.path.display(),
+            self.line,
+            self.reason
+        )
+    }
+}
+
+impl Error for CorruptJournal {}
+
 /// Why a rollout could not run (a failed rollout is not an error: it rolls back and reports
 /// its [`Outcome`](crate::Outcome)).
 ///
@@ -73,6 +132,9 @@ pub enum RolloutError {
     Config(ConfigError),
     /// The journal could not be read or written.
     Journal(Arc<std::io::Error>),
+    /// The journal holds something other than this rollout's records; nothing was written to
+    /// it.
+    CorruptJournal(CorruptJournal),
 }
 
 impl fmt::Display for RolloutError {
@@ -80,6 +142,7 @@ impl fmt::Display for RolloutError {
         match self {
             RolloutError::Config(e) => e.fmt(f),
             RolloutError::Journal(e) => write!(f, "journal: {e}"),
+            RolloutError::CorruptJournal(e) => e.fmt(f),
         }
     }
 }
@@ -89,6 +152,7 @@ impl Error for RolloutError {
         match self {
             RolloutError::Config(e) => Some(e),
             RolloutError::Journal(e) => Some(&**e),
+            RolloutError::CorruptJournal(e) => Some(e),
         }
     }
 }
@@ -102,5 +166,11 @@ impl From<ConfigError> for RolloutError {
 impl From<std::io::Error> for RolloutError {
     fn from(e: std::io::Error) -> Self {
         RolloutError::Journal(Arc::new(e))
+    }
+}
+
+impl From<CorruptJournal> for RolloutError {
+    fn from(e: CorruptJournal) -> Self {
+        RolloutError::CorruptJournal(e)
     }
 }

@@ -28,7 +28,8 @@
 //!   instances against those not yet upgraded);
 //! * **survives its own crash**: every decision is journaled (JSON lines, fsync'd) before it
 //!   is acted on, and a controller built from the same journal resumes without touching an
-//!   instance twice;
+//!   instance twice; a line torn by the crash is dropped, any other damage is refused
+//!   ([`RolloutError::CorruptJournal`], naming the line) rather than overwritten;
 //! * is **controllable and observable**: [`RolloutHandle`] pauses, resumes, aborts (after the
 //!   current batch) and streams [`Status`]; `tracing` events mark every batch and step.
 //!
@@ -79,16 +80,18 @@
 
 pub mod config;
 mod controller;
+mod deadline;
 pub mod discover;
 pub mod driver;
 mod error;
 pub mod instance;
+mod journal;
 pub mod plan;
 
 pub use config::{Amount, AnalysisConfig, Limits, RolloutConfig};
 pub use controller::{Report, Rollout, RolloutBuilder, RolloutHandle, Status};
 pub use driver::{Driver, ProcessDriver};
-pub use error::{DriverError, RolloutError};
+pub use error::{CorruptJournal, DriverError, RolloutError};
 pub use instance::{Instance, InstanceState, Key};
 pub use plan::Outcome;
 

@@ -34,6 +34,7 @@
 //! bound.
 
 use crate::config::{Limits, RolloutConfig};
+use crate::deadline::{after, elapsed};
 use crate::instance::{Instance, InstanceState};
 use degrade_core::ConfigError;
 use serde::{Deserialize, Serialize};
@@ -636,7 +637,7 @@ impl Planner {
         let todo: Vec<usize> = (0..slots.len())
             .filter(|&i| slots[i].current.version != target)
             .collect();
-        let size = limits.surge + limits.unavailable;
+        let size = limits.surge.saturating_add(limits.unavailable).max(1);
         let batches = todo
             .chunks(size)
             .map(|chunk| {
@@ -685,6 +686,22 @@ impl Planner {
     /// let p = Planner::replay(RolloutConfig::default(), instances, "v2", &records).unwrap();
     /// assert_eq!(p.current_batch(), Some(0));
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for what [`new`](Self::new) refuses, and one naming `records[i]` for
+    /// the first record this planner could not have written at that point (a batch that does
+    /// not exist or starts out of turn, a step that is not the next one of a batch in
+    /// progress, anything after the end): replaying it would act on a state that never was.
+    ///
+    /// ```
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::{Planner, Record, Direction}};
+    /// # let instances = vec![Instance::new("a", "127.0.0.1:8001".parse().unwrap(), "v1")];
+    /// let records = vec![Record::BatchStarted { direction: Direction::Upgrade, batch: 7 }];
+    /// let err = Planner::replay(RolloutConfig::default(), instances, "v2", &records).unwrap_err();
+    /// assert_eq!(err.field(), "records[0]");
+    /// assert!(err.to_string().contains("batch 7"));
+    /// ```
     pub fn replay(
         cfg: RolloutConfig,
         instances: Vec<Instance>,
@@ -692,18 +709,113 @@ impl Planner {
         records: &[Record],
     ) -> Result<Self, ConfigError> {
         let mut p = Self::new(cfg, instances, target)?;
-        for r in records {
-            p.apply(r.clone(), None);
+        for (i, r) in records.iter().enumerate() {
+            p.replay_one(r.clone())
+                .map_err(|rule| ConfigError::new(format!("records[{i}]"), rule))?;
         }
-        for op in &mut p.ops {
+        p.end_replay();
+        Ok(p)
+    }
+
+    /// Applies one journaled record after checking that this planner could have written it
+    /// now; the error says why not.
+    pub(crate) fn replay_one(&mut self, r: Record) -> Result<(), String> {
+        self.fits(&r)?;
+        self.apply(r, None);
+        Ok(())
+    }
+
+    /// Forgets the soft state after a replay: health streaks and timers start over.
+    pub(crate) fn end_replay(&mut self) {
+        for op in &mut self.ops {
             op.busy = false;
             op.next_probe = None;
             op.bake_until = None;
             op.ok_streak = 0;
             op.fail_streak = 0;
         }
-        p.analysis_pending = false;
-        Ok(p)
+        self.analysis_pending = false;
+    }
+
+    /// Whether `r` is a record this planner could emit in its present state.
+    fn fits(&self, r: &Record) -> Result<(), String> {
+        if let Phase::Finished(o) = self.phase {
+            return Err(format!("a record after the rollout finished ({o})"));
+        }
+        match r {
+            Record::BatchStarted { direction, batch } => {
+                let total = match direction {
+                    Direction::Upgrade => self.batches.len(),
+                    Direction::Rollback => self.rollback.len(),
+                };
+                if !matches!(self.phase, Phase::Upgrading | Phase::RollingBack) {
+                    return Err(format!(
+                        "{direction} batch {batch} started while {}",
+                        self.phase
+                    ));
+                }
+                if *direction != self.direction {
+                    return Err(format!(
+                        "{direction} batch {batch} started while the rollout moves the other way"
+                    ));
+                }
+                // A batch whose ops are all done (and analysed, if need be) ends without a
+                // record of its own: the next one may start.
+                if let Some(b) = self.current_batch
+                    && (!self.ops.iter().all(Op::done) || self.needs_analysis())
+                {
+                    return Err(format!(
+                        "batch {batch} started while batch {b} is in progress"
+                    ));
+                }
+                if *batch >= total {
+                    return Err(format!(
+                        "{direction} batch {batch} does not exist (the plan has {total})"
+                    ));
+                }
+                if *batch != self.next_batch {
+                    return Err(format!(
+                        "{direction} batch {batch} started out of turn (next is {})",
+                        self.next_batch
+                    ));
+                }
+            }
+            Record::StepDone { id, step, address } => {
+                let in_progress = self
+                    .ops
+                    .iter()
+                    .any(|op| self.slots[op.slot].current.id == *id && op.step() == Some(*step));
+                if !in_progress {
+                    return Err(format!(
+                        "`{step}` of `{id}` is not the next step of a batch in progress"
+                    ));
+                }
+                if step.kind == K::Allocate && address.is_none() {
+                    return Err(format!("`{step}` of `{id}` has no address"));
+                }
+            }
+            Record::RollbackStarted => {
+                if self.phase != Phase::Failing {
+                    return Err(format!("rollback started while {}", self.phase));
+                }
+            }
+            Record::AnalysisPassed { batch } => {
+                let finished = self.direction == Direction::Upgrade
+                    && self.current_batch == Some(*batch)
+                    && self.ops.iter().all(Op::done);
+                if !finished {
+                    return Err(format!(
+                        "analysis of batch {batch}, which is not awaiting one"
+                    ));
+                }
+            }
+            Record::Failed { .. }
+            | Record::Paused
+            | Record::Resumed
+            | Record::AbortRequested
+            | Record::Finished { .. } => {}
+        }
+        Ok(())
     }
 
     /// The resolved surge and unavailable limits.
@@ -879,7 +991,9 @@ impl Planner {
             }
         }
         if waiting && !self.ops.is_empty() && !self.analysis_pending {
-            at(self.last_progress.map(|t| t + self.cfg.progress_deadline));
+            at(self
+                .last_progress
+                .map(|t| after(t, self.cfg.progress_deadline)));
         }
         wake
     }
@@ -980,7 +1094,7 @@ impl Planner {
         };
         let op = &mut self.ops[k];
         op.busy = false;
-        op.next_probe = Some(now + self.cfg.health_interval);
+        op.next_probe = Some(after(now, self.cfg.health_interval));
         if self.phase == Phase::Failing {
             return;
         }
@@ -1001,8 +1115,8 @@ impl Planner {
                     out,
                 );
                 let op = &mut self.ops[k];
-                op.bake_until = Some(now + self.cfg.min_ready);
-                op.next_probe = Some(now + self.cfg.health_interval);
+                op.bake_until = Some(after(now, self.cfg.min_ready));
+                op.next_probe = Some(after(now, self.cfg.health_interval));
                 if let Some(i) = self.slots[op.slot].get(target) {
                     out.push(Action::Serve {
                         instance: i.clone(),
@@ -1014,7 +1128,7 @@ impl Planner {
             let starting = op.step().map(|s| s.kind) == Some(K::Probe)
                 && op
                     .probe_since
-                    .is_some_and(|t| now < t + self.cfg.startup_grace);
+                    .is_some_and(|t| !elapsed(t, now, self.cfg.startup_grace));
             if starting {
                 return;
             }
@@ -1262,7 +1376,7 @@ impl Planner {
                     continue;
                 }
                 if let Some(t) = self.last_progress
-                    && now >= t + self.cfg.progress_deadline
+                    && elapsed(t, now, self.cfg.progress_deadline)
                 {
                     let reason = format!(
                         "no progress in {:?} (progress deadline)",
@@ -1347,7 +1461,7 @@ impl Planner {
                     if step.kind == K::Bake {
                         let until = *self.ops[k]
                             .bake_until
-                            .get_or_insert(now + self.cfg.min_ready);
+                            .get_or_insert_with(|| after(now, self.cfg.min_ready));
                         if now >= until {
                             self.record(
                                 Record::StepDone {

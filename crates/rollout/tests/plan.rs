@@ -203,7 +203,8 @@ fn a_replayed_planner_does_not_repeat_completed_steps() {
         actions.extend(next);
     }
     assert_eq!(installs, 2);
-    let mut q = Planner::replay(cfg(0, 1), fleet(2), "v2", &records).unwrap();
+    let mut q = Planner::replay(cfg(0, 1), fleet(2), "v2", &records)
+        .unwrap_or_else(|e| panic!("{e}: {records:#?}"));
     assert_eq!(q.current_batch(), Some(1));
     let resumed = drives(&q.handle(Event::Tick, now));
     // Only i1's unfinished install is issued again; i0 is not touched.

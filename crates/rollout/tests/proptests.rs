@@ -249,6 +249,13 @@ fn run(c: Case) {
         sim.check(limits);
     }
     let outcome = sim.finished.unwrap();
+    // Every record the planner wrote is one a replay accepts, up to the end.
+    let replayed = Planner::replay(sim.cfg.clone(), instances.clone(), "v2", &sim.records)
+        .expect("the planner's own records replay");
+    assert_eq!(
+        replayed.phase(),
+        degrade_rollout::plan::Phase::Finished(outcome)
+    );
     let end = sim.planner.instances();
     let versions: Vec<&str> = end.iter().map(|i| i.version.as_str()).collect();
     match outcome {
