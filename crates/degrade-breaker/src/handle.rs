@@ -246,7 +246,7 @@ impl<C, K: Clock> Shared<C, K> {
     /// Microseconds after `origin`, rounded up (for deadlines: never early).
     fn micros_ceil(&self, at: Instant) -> u64 {
         let d = at.saturating_duration_since(self.origin);
-        let us = d.as_micros() + u128::from(d.subsec_nanos() % 1000 != 0);
+        let us = d.as_micros() + u128::from(!d.subsec_nanos().is_multiple_of(1000));
         u64::try_from(us).unwrap_or(u64::MAX).min(DEADLINE_MASK - 1)
     }
 

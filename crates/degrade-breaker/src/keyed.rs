@@ -56,11 +56,11 @@ use crate::future::RespondFuture;
 use crate::future::ResponseFuture;
 use crate::handle::{BreakerHandle, Permit, Shared};
 use crate::layer::BreakerLayer;
-use degrade_core::degrade::Errors;
+use degrade_core::answer::Errors;
 #[cfg(feature = "grpc")]
-use degrade_core::degrade::GrpcResponses;
+use degrade_core::answer::GrpcResponses;
 #[cfg(feature = "http")]
-use degrade_core::degrade::HttpResponses;
+use degrade_core::answer::{HttpResponses, Respond, Responses};
 use degrade_core::{BoxError, Classifier, Clock, ConfigError, DefaultClassifier, TokioClock};
 use std::collections::HashMap;
 use std::fmt;
@@ -707,15 +707,17 @@ where
     }
 }
 
+/// The HTTP and gRPC answer modes, as [`Breaker`](crate::Breaker)'s.
 #[cfg(feature = "http")]
-impl<S, F, Key, C, K, ReqB, ResB> Service<http::Request<ReqB>>
-    for KeyedBreaker<S, F, Key, C, K, HttpResponses>
+impl<S, F, Key, C, K, W, ReqB, ResB> Service<http::Request<ReqB>>
+    for KeyedBreaker<S, F, Key, C, K, Responses<W>>
 where
     S: Service<http::Request<ReqB>, Response = http::Response<ResB>>,
     F: Fn(&http::Request<ReqB>) -> Key,
     Key: Hash + Eq + Clone + fmt::Debug,
     C: Classifier<http::Response<ResB>, S::Error> + Clone,
     K: Clock,
+    Responses<W>: Respond,
     ResB: Default,
 {
     type Response = http::Response<ResB>;
@@ -730,35 +732,7 @@ where
         let shared = self.keyed.breaker(&(self.keyed.key_fn)(&req));
         match shared.admit() {
             Ok(ticket) => RespondFuture::called(self.inner.call(req), Permit::new(shared, ticket)),
-            Err(open) => RespondFuture::rejected(degrade_core::rejection::http::response(&open)),
-        }
-    }
-}
-
-#[cfg(feature = "grpc")]
-impl<S, F, Key, C, K, ReqB, ResB> Service<http::Request<ReqB>>
-    for KeyedBreaker<S, F, Key, C, K, GrpcResponses>
-where
-    S: Service<http::Request<ReqB>, Response = http::Response<ResB>>,
-    F: Fn(&http::Request<ReqB>) -> Key,
-    Key: Hash + Eq + Clone + fmt::Debug,
-    C: Classifier<http::Response<ResB>, S::Error> + Clone,
-    K: Clock,
-    ResB: Default,
-{
-    type Response = http::Response<ResB>;
-    type Error = S::Error;
-    type Future = RespondFuture<S::Future, ResB, C, K>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
-        let shared = self.keyed.breaker(&(self.keyed.key_fn)(&req));
-        match shared.admit() {
-            Ok(ticket) => RespondFuture::called(self.inner.call(req), Permit::new(shared, ticket)),
-            Err(open) => RespondFuture::rejected(degrade_core::rejection::grpc::response(&open)),
+            Err(open) => RespondFuture::rejected(Responses::<W>::respond(&open)),
         }
     }
 }

@@ -3,11 +3,11 @@
 use crate::config::BreakerConfig;
 use crate::handle::{BreakerHandle, BreakerSnapshot, Shared};
 use crate::service::Breaker;
-use degrade_core::degrade::Errors;
+use degrade_core::answer::Errors;
 #[cfg(feature = "grpc")]
-use degrade_core::degrade::GrpcResponses;
+use degrade_core::answer::GrpcResponses;
 #[cfg(feature = "http")]
-use degrade_core::degrade::HttpResponses;
+use degrade_core::answer::HttpResponses;
 use degrade_core::{Clock, ConfigError, DefaultClassifier, TokioClock};
 use std::fmt;
 use std::marker::PhantomData;

@@ -4,11 +4,9 @@
 use crate::future::RespondFuture;
 use crate::future::ResponseFuture;
 use crate::handle::{BreakerHandle, BreakerSnapshot, Permit, Shared};
-use degrade_core::degrade::Errors;
-#[cfg(feature = "grpc")]
-use degrade_core::degrade::GrpcResponses;
+use degrade_core::answer::Errors;
 #[cfg(feature = "http")]
-use degrade_core::degrade::HttpResponses;
+use degrade_core::answer::{Respond, Responses};
 use degrade_core::{BoxError, Classifier, Clock, DefaultClassifier, TokioClock};
 use std::fmt;
 use std::marker::PhantomData;
@@ -155,12 +153,16 @@ where
     }
 }
 
+/// The HTTP and gRPC answer modes: one impl over
+/// [`Responses<F>`](degrade_core::answer::Responses), the wire form written once by
+/// [`Respond`](degrade_core::answer::Respond).
 #[cfg(feature = "http")]
-impl<S, C, K, ReqB, ResB> Service<http::Request<ReqB>> for Breaker<S, C, K, HttpResponses>
+impl<S, C, K, F, ReqB, ResB> Service<http::Request<ReqB>> for Breaker<S, C, K, Responses<F>>
 where
     S: Service<http::Request<ReqB>, Response = http::Response<ResB>>,
     C: Classifier<http::Response<ResB>, S::Error>,
     K: Clock,
+    Responses<F>: Respond,
     ResB: Default,
 {
     type Response = http::Response<ResB>;
@@ -179,36 +181,7 @@ where
                 self.inner.call(req),
                 Permit::new(Arc::clone(&self.shared), ticket),
             ),
-            Err(open) => RespondFuture::rejected(degrade_core::rejection::http::response(&open)),
-        }
-    }
-}
-
-#[cfg(feature = "grpc")]
-impl<S, C, K, ReqB, ResB> Service<http::Request<ReqB>> for Breaker<S, C, K, GrpcResponses>
-where
-    S: Service<http::Request<ReqB>, Response = http::Response<ResB>>,
-    C: Classifier<http::Response<ResB>, S::Error>,
-    K: Clock,
-    ResB: Default,
-{
-    type Response = http::Response<ResB>;
-    type Error = S::Error;
-    type Future = RespondFuture<S::Future, ResB, C, K>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
-        match self.shared.admit() {
-            Ok(ticket) => RespondFuture::called(
-                self.inner.call(req),
-                Permit::new(Arc::clone(&self.shared), ticket),
-            ),
-            Err(open) => RespondFuture::rejected(degrade_core::rejection::grpc::response(&open)),
+            Err(open) => RespondFuture::rejected(Responses::<F>::respond(&open)),
         }
     }
 }

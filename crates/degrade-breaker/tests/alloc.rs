@@ -65,7 +65,11 @@ fn closed_path_allocates_nothing() {
         let layer = BreakerLayer::new(config).unwrap();
         // Every fourth call fails: recorded, never enough to open.
         let mut svc = layer.layer(tower::service_fn(|n: u32| {
-            ready(if n % 4 == 0 { Err(Down) } else { Ok(n) })
+            ready(if n.is_multiple_of(4) {
+                Err(Down)
+            } else {
+                Ok(n)
+            })
         }));
         call_all(&mut svc, 8); // warm up thread-locals
         let region = Region::new(GLOBAL);

@@ -14,6 +14,7 @@
 //! | [`Priority`], [`priority`] | request priority and the classifiers that assign it |
 //! | [`Outcome`], [`Classifier`] | success / failure / slow / ignored, shared by breaker, canary and triggers |
 //! | [`window`] | lock-free windowed counters (consecutive, last N, time buckets) |
+//! | [`answer`] | the answer modes every layer shares: [`Errors`], [`HttpResponses`], [`GrpcResponses`] |
 //! | [`rejection`] | the [`Rejection`] trait, [`Shed`], the single HTTP / gRPC mapping of every crate's rejections, and the mark that keeps one layer's refusals out of another's failure counts |
 //! | [`DegradeLayer`] | admission by level and priority |
 //!
@@ -43,6 +44,7 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod answer;
 mod builder;
 pub mod clock;
 mod config;
@@ -57,6 +59,7 @@ pub mod rejection;
 mod sync;
 pub mod window;
 
+pub use answer::{Errors, GrpcResponses, HttpResponses};
 pub use builder::ServiceBuilderExt;
 #[cfg(feature = "fast-clock")]
 pub use clock::FastClock;

@@ -112,6 +112,14 @@ pub trait Rejection: Error + Send + Sync + 'static {
     /// A short machine-readable reason (`"shed"`, `"rate_limited"`, `"circuit_open"`), used in
     /// counters and the `degrade-rejection` response header.
     fn reason(&self) -> &'static str;
+
+    /// Headers of its own that the HTTP answer adds after `Retry-After` and
+    /// `degrade-rejection` (feature `http`): a rate limit's `RateLimit-Policy` and `RateLimit`
+    /// fields, for instance. None by default.
+    #[cfg(feature = "http")]
+    fn http_headers(&self, headers: &mut ::http::HeaderMap) {
+        let _ = headers;
+    }
 }
 
 /// The request was shed by the [`DegradeLayer`](crate::DegradeLayer): at `level`, the policy
@@ -402,6 +410,7 @@ pub mod http {
             REJECTION_HEADER,
             HeaderValue::from_static(rejection.reason()),
         );
+        rejection.http_headers(h);
         res
     }
 

@@ -27,7 +27,7 @@ use crate::future::Core;
 use crate::key::{Global, KeyExtractor};
 use crate::limiter::nanos;
 use crate::state::{Cell, Decision, ParamTable};
-use degrade_core::degrade::Errors;
+use degrade_core::answer::Errors;
 use degrade_core::window::ShardedCounter;
 use degrade_core::{BoxError, Clock, ConfigError, TokioClock};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -463,7 +463,7 @@ impl<E, W, M> FleetLayer<E, W, M> {
     /// # }
     /// ```
     #[cfg(feature = "http")]
-    pub fn http(self) -> FleetLayer<E, W, degrade_core::degrade::HttpResponses> {
+    pub fn http(self) -> FleetLayer<E, W, degrade_core::answer::HttpResponses> {
         FleetLayer {
             shared: self.shared,
             _mode: PhantomData,

@@ -142,7 +142,7 @@ where
 
 pin_project! {
     /// Future of a [`RateLimit`](crate::RateLimit) service in
-    /// [`Errors`](degrade_core::degrade::Errors) mode: the inner call (perhaps after a bounded
+    /// [`Errors`](degrade_core::answer::Errors) mode: the inner call (perhaps after a bounded
     /// wait), or an immediately ready [`RateLimited`] error.
     ///
     /// ```

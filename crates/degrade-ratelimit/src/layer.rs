@@ -5,7 +5,7 @@ use crate::cost::DefaultCost;
 use crate::key::{Global, Keyed};
 use crate::limiter::{RateLimitSnapshot, SetQuota, Shared};
 use crate::service::RateLimit;
-use degrade_core::degrade::Errors;
+use degrade_core::answer::Errors;
 use degrade_core::{Clock, ConfigError, LevelHandle, TokioClock};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -95,7 +95,7 @@ impl<E: Keyed, W, C: Clock, M> RateLimitLayer<E, W, C, M> {
     /// # let _ = layer;
     /// ```
     #[cfg(feature = "http")]
-    pub fn http(self) -> RateLimitLayer<E, W, C, degrade_core::degrade::HttpResponses> {
+    pub fn http(self) -> RateLimitLayer<E, W, C, degrade_core::answer::HttpResponses> {
         RateLimitLayer {
             shared: self.shared,
             _mode: PhantomData,
@@ -111,7 +111,7 @@ impl<E: Keyed, W, C: Clock, M> RateLimitLayer<E, W, C, M> {
     /// # let _ = layer;
     /// ```
     #[cfg(feature = "grpc")]
-    pub fn grpc(self) -> RateLimitLayer<E, W, C, degrade_core::degrade::GrpcResponses> {
+    pub fn grpc(self) -> RateLimitLayer<E, W, C, degrade_core::answer::GrpcResponses> {
         RateLimitLayer {
             shared: self.shared,
             _mode: PhantomData,

@@ -4,7 +4,7 @@ use crate::cost::{DefaultCost, Weigh};
 use crate::future::{Core, ResponseFuture};
 use crate::key::{Global, KeyExtractor, Keyed};
 use crate::limiter::{RateLimitSnapshot, Shared, Verdict};
-use degrade_core::degrade::Errors;
+use degrade_core::answer::Errors;
 use degrade_core::{Clock, TokioClock};
 use std::fmt;
 use std::marker::PhantomData;
@@ -175,7 +175,7 @@ where
 ///
 /// ```
 /// use degrade_ratelimit::{Answer, RateLimited, error::Cause};
-/// use degrade_core::degrade::HttpResponses;
+/// use degrade_core::answer::HttpResponses;
 /// use std::time::Duration;
 /// let res: http::Response<()> = HttpResponses::answer(&RateLimited::new(Cause::OverQuota, Some(Duration::from_millis(10))));
 /// assert_eq!(res.status(), 429);
@@ -191,8 +191,8 @@ pub trait Answer: sealed::Sealed {
 mod sealed {
     #[allow(unreachable_pub)]
     pub trait Sealed {}
-    impl Sealed for degrade_core::degrade::HttpResponses {}
-    impl Sealed for degrade_core::degrade::GrpcResponses {}
+    impl Sealed for degrade_core::answer::HttpResponses {}
+    impl Sealed for degrade_core::answer::GrpcResponses {}
 }
 
 #[cfg(feature = "http")]
@@ -203,7 +203,7 @@ mod http_mode {
     use crate::future::RespondFuture;
     use crate::key::KeyExtractor;
     use degrade_core::Clock;
-    use degrade_core::degrade::HttpResponses;
+    use degrade_core::answer::HttpResponses;
     use http::{HeaderValue, Request, Response};
     use std::task::{Context, Poll};
     use tower_service::Service;
@@ -239,7 +239,7 @@ mod http_mode {
     }
 
     #[cfg(feature = "grpc")]
-    impl Answer for degrade_core::degrade::GrpcResponses {
+    impl Answer for degrade_core::answer::GrpcResponses {
         fn answer<B: Default>(r: &RateLimited) -> Response<B> {
             degrade_core::rejection::grpc::response(r)
         }

@@ -160,7 +160,7 @@ async fn start_backend() -> Result<Arc<Backend>, Error> {
 struct Gateway {
     addr: SocketAddr,
     controller: Controller,
-    degrade: DegradeLayer<PriorityOf, degrade_core::degrade::HttpResponses>,
+    degrade: DegradeLayer<PriorityOf, degrade_core::HttpResponses>,
     breaker: BreakerHandle<HttpClassifier>,
     /// Calls the proxy forwarded while the breaker read open (must stay 0).
     forwarded_while_open: Arc<AtomicU64>,

@@ -25,12 +25,12 @@
 //!
 //! # Three ways to answer
 //!
-//! * [`Errors`] (the default): the service error is a `BoxError`; a rejection downcasts to
+//! * [`Errors`](crate::answer::Errors) (the default): the service error is a `BoxError`; a rejection downcasts to
 //!   [`Shed`].
-//! * [`HttpResponses`] (feature `http`, `DegradeLayer::http`): a shed request gets a 503 with
+//! * [`HttpResponses`](crate::answer::HttpResponses) (feature `http`, `DegradeLayer::http`): a shed request gets a 503 with
 //!   `Retry-After`, and the service keeps its inner error type, so an axum `Router` of
 //!   `Infallible` services stays infallible.
-//! * [`GrpcResponses`] (feature `grpc`, `DegradeLayer::grpc`): a shed call gets a gRPC
+//! * [`GrpcResponses`](crate::answer::GrpcResponses) (feature `grpc`, `DegradeLayer::grpc`): a shed call gets a gRPC
 //!   UNAVAILABLE status with `RetryInfo`.
 //!
 //! # Shared state
@@ -73,6 +73,9 @@ pub use self::future::RespondFuture;
 pub use self::future::ResponseFuture;
 pub use self::layer::{DegradeBuilder, DegradeLayer};
 
+use crate::answer::Errors;
+#[cfg(feature = "http")]
+use crate::answer::Respond;
 use crate::handle::LevelHandle;
 use crate::level::Level;
 use crate::priority::{Fixed, Prioritize, Priority};
@@ -86,18 +89,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower_service::Service;
-
-/// Answer mode: rejections are `BoxError`s that downcast to [`Shed`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Errors;
-
-/// Answer mode (feature `http`): rejections become 503 responses with `Retry-After`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HttpResponses;
-
-/// Answer mode (feature `grpc`): rejections become gRPC UNAVAILABLE statuses with `RetryInfo`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GrpcResponses;
 
 /// Counter slots: admitted by priority, then shed by (level, priority).
 const ADMITTED: usize = 0;
@@ -287,7 +278,7 @@ impl DegradeSnapshot {
 }
 
 /// The service made by [`DegradeLayer`]. `M` is the answer mode ([`Errors`],
-/// [`HttpResponses`] or [`GrpcResponses`]).
+/// [`HttpResponses`](crate::answer::HttpResponses) or [`GrpcResponses`](crate::answer::GrpcResponses)).
 ///
 /// ```
 /// use degrade_core::{Controller, DegradeLayer, Policy};
@@ -404,39 +395,6 @@ where
             Ok(()) => ResponseFuture::called(self.inner.call(req)),
             Err(shed) => ResponseFuture::rejected(shed),
         }
-    }
-}
-
-/// How an answer mode turns a rejection into a response of its own (feature `http`): the HTTP
-/// mode answers 429/503 with `Retry-After`, the gRPC mode a trailers-only status. Every degrade
-/// layer with answer modes uses these, so each wire form is written once.
-///
-/// ```
-/// use degrade_core::degrade::{HttpResponses, Respond};
-/// use degrade_core::{Level, Priority, Shed};
-/// use std::time::Duration;
-///
-/// let res: http::Response<()> =
-///     HttpResponses::respond(&Shed::new(Level::Heavy, Priority::Low, Duration::from_secs(1)));
-/// assert_eq!(res.status(), 503);
-/// ```
-#[cfg(feature = "http")]
-pub trait Respond {
-    /// The response for `rejection`.
-    fn respond<B: Default>(rejection: &dyn crate::Rejection) -> http::Response<B>;
-}
-
-#[cfg(feature = "http")]
-impl Respond for HttpResponses {
-    fn respond<B: Default>(rejection: &dyn crate::Rejection) -> http::Response<B> {
-        crate::rejection::http::response(rejection)
-    }
-}
-
-#[cfg(feature = "grpc")]
-impl Respond for GrpcResponses {
-    fn respond<B: Default>(rejection: &dyn crate::Rejection) -> http::Response<B> {
-        crate::rejection::grpc::response(rejection)
     }
 }
 
