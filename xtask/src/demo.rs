@@ -23,9 +23,7 @@ pub(crate) mod service;
 use crate::{Result, workspace_root};
 use axum::serve::ListenerExt as _;
 use degrade_breaker::State as BreakerState;
-use degrade_canary::{
-    Judgement, Phase as RolloutPhase, RolloutConfig, RolloutController, Step, Verdict,
-};
+use degrade_canary::{CanaryConfig, CanaryController, CanaryPhase, CanaryStep, Judgement, Verdict};
 use degrade_core::ladder::{Cause, LadderConfig};
 use degrade_core::{Level, Priority, Transition};
 use degrade_triggers::{Gauge, LevelThresholds, Monitor, Scale, Smoothing};
@@ -286,15 +284,15 @@ pub(crate) fn ladder_config(dwell: Duration) -> LadderConfig {
 
 /// The canary rollout: fewer samples and shorter bakes than the defaults (2 000 per arm, 2 min
 /// per step), so a release is decided within a phase of the demo.
-pub(crate) fn rollout_config(quick: bool) -> RolloutConfig {
-    let mut config = RolloutConfig::default();
+pub(crate) fn rollout_config(quick: bool) -> CanaryConfig {
+    let mut config = CanaryConfig::default();
     let bake = Duration::from_millis(if quick { 500 } else { 2_000 });
     let weights: &[f64] = if quick {
         &[25.0, 50.0, 100.0]
     } else {
         &[10.0, 25.0, 50.0, 100.0]
     };
-    config.steps = weights.iter().map(|&w| Step::new(w, bake)).collect();
+    config.steps = weights.iter().map(|&w| CanaryStep::new(w, bake)).collect();
     config.analysis_interval = Duration::from_millis(250);
     config.inconclusive_limit = 1_000;
     config.judge.min_samples = if quick { 40 } else { 150 };
@@ -403,7 +401,7 @@ pub(crate) async fn run_one(
     protection: Protection,
     scenario: &Scenario,
     ladder: &LadderConfig,
-    rollout: &RolloutConfig,
+    rollout: &CanaryConfig,
 ) -> Result<Run> {
     let backend = Backend::new();
     let (app, parts) = service::app(protection, &backend, ladder)?;
@@ -497,7 +495,7 @@ struct ControlLoop {
     parts: Option<Parts>,
     backend: Arc<Backend>,
     scenario: Scenario,
-    rollout: RolloutConfig,
+    rollout: CanaryConfig,
     start: Instant,
     stop: Arc<AtomicBool>,
     state: Arc<live::Shared>,
@@ -539,7 +537,7 @@ async fn control_loop(
     // Every breaker transition, not only those a 50 ms sample happens to see: a failed probe
     // reopens the breaker within microseconds.
     let mut breaker_transitions = parts.as_ref().map(|p| p.breaker.subscribe());
-    let mut canary: Option<(Candidate, RolloutController)> = None;
+    let mut canary: Option<(Candidate, CanaryController)> = None;
     let mut last_analysis = start;
     let mut phase_index = usize::MAX;
     let mut interval = tokio::time::interval(SAMPLE_EVERY);
@@ -555,7 +553,7 @@ async fn control_loop(
             backend.set_outage(phase.event == Event::Outage);
             if let (Event::Canary(candidate), Some(p)) = (phase.event, &parts) {
                 backend.deploy(candidate);
-                match RolloutController::builder(rollout.clone(), p.canary.clone()).start() {
+                match CanaryController::builder(rollout.clone(), p.canary.clone()).start() {
                     Ok(controller) => canary = Some((candidate, controller)),
                     Err(err) => live::note(&format!("cannot start the canary rollout: {err}")),
                 }
@@ -649,7 +647,7 @@ fn canary_event(
     t: Duration,
     candidate: Candidate,
     judgement: &Judgement,
-    phase: RolloutPhase,
+    phase: CanaryPhase,
     weight_bp: u32,
 ) -> CanaryEvent {
     CanaryEvent {
@@ -659,8 +657,8 @@ fn canary_event(
         reason: judgement.reason,
         weight_percent: f64::from(weight_bp) / 100.0,
         outcome: match phase {
-            RolloutPhase::Promoted => Some("promoted"),
-            RolloutPhase::RolledBack => Some("rolled back"),
+            CanaryPhase::Promoted => Some("promoted"),
+            CanaryPhase::RolledBack => Some("rolled back"),
             _ => None,
         },
         samples: judgement.samples,

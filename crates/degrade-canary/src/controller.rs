@@ -2,7 +2,7 @@
 //! the promote and rollback hooks, persists its state, and takes manual gates.
 
 use crate::judge::{Judge, Judgement};
-use crate::rollout::{Action, Event, Rollout, RolloutConfig, RolloutState};
+use crate::machine::{CanaryAction, CanaryConfig, CanaryEvent, CanaryMachine, CanaryState};
 use crate::service::CanaryHandle;
 use crate::store::{MemoryStore, StateStore};
 use degrade_core::{BoxError, Clock, TokioClock};
@@ -34,30 +34,30 @@ pub enum Gate {
     Resume,
 }
 
-impl From<Gate> for Event {
+impl From<Gate> for CanaryEvent {
     fn from(g: Gate) -> Self {
         match g {
-            Gate::Promote => Event::Promote,
-            Gate::Abort => Event::Abort,
-            Gate::Pause => Event::Pause,
-            Gate::Resume => Event::Resume,
+            Gate::Promote => CanaryEvent::Promote,
+            Gate::Abort => CanaryEvent::Abort,
+            Gate::Pause => CanaryEvent::Pause,
+            Gate::Resume => CanaryEvent::Resume,
         }
     }
 }
 
-/// Builds a [`RolloutController`]; from [`RolloutController::builder`].
+/// Builds a [`CanaryController`]; from [`CanaryController::builder`].
 ///
 /// ```
-/// use degrade_canary::{Canary, FileStore, RolloutConfig, RolloutController};
+/// use degrade_canary::{Canary, FileStore, CanaryConfig, CanaryController};
 /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-/// let b = RolloutController::builder(RolloutConfig::default(), router.handle())
+/// let b = CanaryController::builder(CanaryConfig::default(), router.handle())
 ///     .store(FileStore::new("/tmp/rollout.json"))
 ///     .on_promote(|| async { /* make v2 the new stable */ })
 ///     .on_rollback(|| async { /* page someone */ });
 /// # let _ = b;
 /// ```
-pub struct ControllerBuilder<Clk = TokioClock> {
-    cfg: RolloutConfig,
+pub struct CanaryControllerBuilder<Clk = TokioClock> {
+    cfg: CanaryConfig,
     handle: CanaryHandle,
     store: Box<dyn StateStore>,
     clock: Clk,
@@ -65,21 +65,21 @@ pub struct ControllerBuilder<Clk = TokioClock> {
     on_rollback: Option<Hook>,
 }
 
-impl<Clk> fmt::Debug for ControllerBuilder<Clk> {
+impl<Clk> fmt::Debug for CanaryControllerBuilder<Clk> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ControllerBuilder")
+        f.debug_struct("CanaryControllerBuilder")
             .field("cfg", &self.cfg)
             .finish_non_exhaustive()
     }
 }
 
-impl<Clk: Clock> ControllerBuilder<Clk> {
+impl<Clk: Clock> CanaryControllerBuilder<Clk> {
     /// Persists the rollout in `store` (default: in memory only).
     ///
     /// ```
-    /// # use degrade_canary::{Canary, MemoryStore, RolloutConfig, RolloutController};
+    /// # use degrade_canary::{Canary, MemoryStore, CanaryConfig, CanaryController};
     /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let b = RolloutController::builder(RolloutConfig::default(), router.handle()).store(MemoryStore::default());
+    /// let b = CanaryController::builder(CanaryConfig::default(), router.handle()).store(MemoryStore::default());
     /// # let _ = b;
     /// ```
     #[must_use]
@@ -91,14 +91,14 @@ impl<Clk: Clock> ControllerBuilder<Clk> {
     /// Reads bake times from `clock` (default: the tokio clock).
     ///
     /// ```
-    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
     /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let b = RolloutController::builder(RolloutConfig::default(), router.handle())
+    /// let b = CanaryController::builder(CanaryConfig::default(), router.handle())
     ///     .clock(degrade_core::TokioClock);
     /// # let _ = b;
     /// ```
-    pub fn clock<C2: Clock>(self, clock: C2) -> ControllerBuilder<C2> {
-        ControllerBuilder {
+    pub fn clock<C2: Clock>(self, clock: C2) -> CanaryControllerBuilder<C2> {
+        CanaryControllerBuilder {
             cfg: self.cfg,
             handle: self.handle,
             store: self.store,
@@ -112,9 +112,9 @@ impl<Clk: Clock> ControllerBuilder<Clk> {
     /// candidate the new stable.
     ///
     /// ```
-    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
     /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let b = RolloutController::builder(RolloutConfig::default(), router.handle())
+    /// let b = CanaryController::builder(CanaryConfig::default(), router.handle())
     ///     .on_promote(|| async { println!("promoted") });
     /// # let _ = b;
     /// ```
@@ -131,9 +131,9 @@ impl<Clk: Clock> ControllerBuilder<Clk> {
     /// Runs `hook` after a rollback (the weight is then 0).
     ///
     /// ```
-    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
     /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let b = RolloutController::builder(RolloutConfig::default(), router.handle())
+    /// let b = CanaryController::builder(CanaryConfig::default(), router.handle())
     ///     .on_rollback(|| async { println!("rolled back") });
     /// # let _ = b;
     /// ```
@@ -152,30 +152,30 @@ impl<Clk: Clock> ControllerBuilder<Clk> {
     /// starts a new one at the first step, and sets the router's weight accordingly.
     ///
     /// ```
-    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let c = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap();
+    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
     /// assert_eq!(router.weight().get(), 100); // the first step: 1 %
     /// assert_eq!(c.state().step, 0);
     /// # }
     /// ```
-    pub fn start(self) -> Result<RolloutController<Clk>, BoxError> {
+    pub fn start(self) -> Result<CanaryController<Clk>, BoxError> {
         self.cfg.validate()?;
         let now = self.clock.now();
         let rollout = match self.store.load()? {
             Some(saved) => {
                 tracing::info!(step = saved.step, weight_bp = saved.weight_bp, phase = ?saved.phase, "rollout resumed from store");
-                Rollout::resume(self.cfg.clone(), saved, now)?
+                CanaryMachine::resume(self.cfg.clone(), saved, now)?
             }
-            None => Rollout::new(self.cfg.clone(), now)?,
+            None => CanaryMachine::new(self.cfg.clone(), now)?,
         };
         let mut judge = Judge::new(self.cfg.judge.clone())?;
         judge.start(&self.handle.snapshot());
         self.handle.weight().set(rollout.state().weight_bp)?;
         let rollout_state = rollout.state();
         self.store.save(&rollout_state)?;
-        Ok(RolloutController {
+        Ok(CanaryController {
             interval: self.cfg.analysis_interval,
             rollout,
             judge,
@@ -190,27 +190,27 @@ impl<Clk: Clock> ControllerBuilder<Clk> {
     }
 }
 
-/// Drives a [`Rollout`] against a live [`Canary`](crate::Canary) router.
+/// Drives a [`CanaryMachine`] against a live [`Canary`](crate::Canary) router.
 ///
 /// Call [`tick`](Self::tick) at each analysis (tests do, with a `ManualClock`), or
 /// [`spawn`](Self::spawn) it to analyse every `analysis_interval` and take gates from a
 /// [`Gates`] handle.
 ///
 /// ```
-/// use degrade_canary::{Canary, Phase, RolloutConfig, RolloutController, Gate};
+/// use degrade_canary::{Canary, CanaryPhase, CanaryConfig, CanaryController, Gate};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let router = Canary::builder().build(
 ///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
 ///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
 /// );
-/// let mut c = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap();
+/// let mut c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
 /// c.gate(Gate::Abort).await.unwrap();
-/// assert_eq!(c.state().phase, Phase::RolledBack);
+/// assert_eq!(c.state().phase, CanaryPhase::RolledBack);
 /// assert_eq!(router.weight().get(), 0);
 /// # }
 /// ```
-pub struct RolloutController<Clk = TokioClock> {
-    rollout: Rollout,
+pub struct CanaryController<Clk = TokioClock> {
+    rollout: CanaryMachine,
     judge: Judge,
     handle: CanaryHandle,
     store: Box<dyn StateStore>,
@@ -219,29 +219,29 @@ pub struct RolloutController<Clk = TokioClock> {
     on_promote: Option<Hook>,
     on_rollback: Option<Hook>,
     last: Option<Judgement>,
-    saved: RolloutState,
+    saved: CanaryState,
 }
 
-impl<Clk> fmt::Debug for RolloutController<Clk> {
+impl<Clk> fmt::Debug for CanaryController<Clk> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RolloutController")
+        f.debug_struct("CanaryController")
             .field("state", &self.rollout.state())
             .field("last", &self.last)
             .finish_non_exhaustive()
     }
 }
 
-impl RolloutController {
+impl CanaryController {
     /// A builder over the router behind `handle`.
     ///
     /// ```
-    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
     /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let b = RolloutController::builder(RolloutConfig::default(), router.handle());
+    /// let b = CanaryController::builder(CanaryConfig::default(), router.handle());
     /// # let _ = b;
     /// ```
-    pub fn builder(cfg: RolloutConfig, handle: CanaryHandle) -> ControllerBuilder {
-        ControllerBuilder {
+    pub fn builder(cfg: CanaryConfig, handle: CanaryHandle) -> CanaryControllerBuilder {
+        CanaryControllerBuilder {
             cfg,
             handle,
             store: Box::new(MemoryStore::default()),
@@ -252,28 +252,28 @@ impl RolloutController {
     }
 }
 
-impl<Clk: Clock> RolloutController<Clk> {
+impl<Clk: Clock> CanaryController<Clk> {
     /// The rollout's state.
     ///
     /// ```
-    /// # use degrade_canary::{Canary, Phase, RolloutConfig, RolloutController};
+    /// # use degrade_canary::{Canary, CanaryPhase, CanaryConfig, CanaryController};
     /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
     /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-    /// let c = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap();
-    /// assert_eq!(c.state().phase, Phase::Progressing);
+    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
+    /// assert_eq!(c.state().phase, CanaryPhase::Progressing);
     /// # });
     /// ```
-    pub fn state(&self) -> RolloutState {
+    pub fn state(&self) -> CanaryState {
         self.rollout.state()
     }
 
     /// The judgement of the last analysis.
     ///
     /// ```
-    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
     /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
     /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-    /// let c = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap();
+    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
     /// assert!(c.last_judgement().is_none());
     /// # });
     /// ```
@@ -286,10 +286,10 @@ impl<Clk: Clock> RolloutController<Clk> {
     /// router's weight has been set regardless).
     ///
     /// ```
-    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController, Verdict};
+    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController, Verdict};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let mut c = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap();
+    /// let mut c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
     /// assert_eq!(c.tick().await.unwrap().verdict, Verdict::Inconclusive); // no data yet
     /// # }
     /// ```
@@ -306,7 +306,7 @@ impl<Clk: Clock> RolloutController<Clk> {
         );
         let actions = self
             .rollout
-            .on(Event::Analysis(judgement.verdict), self.clock.now());
+            .on(CanaryEvent::Analysis(judgement.verdict), self.clock.now());
         self.last = Some(judgement.clone());
         self.apply(actions).await?;
         Ok(judgement)
@@ -315,12 +315,12 @@ impl<Clk: Clock> RolloutController<Clk> {
     /// Applies a manual gate.
     ///
     /// ```
-    /// # use degrade_canary::{Canary, Gate, Phase, PauseReason, RolloutConfig, RolloutController};
+    /// # use degrade_canary::{Canary, Gate, CanaryPhase, PauseReason, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let mut c = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap();
+    /// let mut c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
     /// c.gate(Gate::Pause).await.unwrap();
-    /// assert_eq!(c.state().phase, Phase::Paused(PauseReason::Manual));
+    /// assert_eq!(c.state().phase, CanaryPhase::Paused(PauseReason::Manual));
     /// # }
     /// ```
     pub async fn gate(&mut self, gate: Gate) -> io::Result<()> {
@@ -330,9 +330,9 @@ impl<Clk: Clock> RolloutController<Clk> {
 
     /// Sets the weight, persists the new state, then runs the hooks: a crash during a hook
     /// never undoes a rollback.
-    async fn apply(&mut self, actions: Vec<Action>) -> io::Result<()> {
+    async fn apply(&mut self, actions: Vec<CanaryAction>) -> io::Result<()> {
         for action in &actions {
-            if let Action::SetWeight(bp) = *action {
+            if let CanaryAction::SetWeight(bp) = *action {
                 // The rollout only produces checked weights.
                 let _ = self.handle.weight().set(bp);
             }
@@ -344,9 +344,9 @@ impl<Clk: Clock> RolloutController<Clk> {
         }
         for action in actions {
             let hook = match action {
-                Action::Promote => &self.on_promote,
-                Action::RollBack => &self.on_rollback,
-                Action::SetWeight(_) => continue,
+                CanaryAction::Promote => &self.on_promote,
+                CanaryAction::RollBack => &self.on_rollback,
+                CanaryAction::SetWeight(_) => continue,
             };
             if let Some(hook) = hook {
                 hook().await;
@@ -356,22 +356,22 @@ impl<Clk: Clock> RolloutController<Clk> {
     }
 }
 
-impl<Clk: Clock> RolloutController<Clk> {
+impl<Clk: Clock> CanaryController<Clk> {
     /// Runs the controller on the tokio runtime: an analysis every `analysis_interval` (the
     /// first one interval from now), gates as they arrive, until the rollout is promoted or
     /// rolled back. The task returns the final state (or the store's error).
     ///
     /// ```
-    /// use degrade_canary::{Canary, Phase, RolloutConfig, RolloutController};
+    /// use degrade_canary::{Canary, CanaryPhase, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let c = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap();
+    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
     /// let (task, gates) = c.spawn();
     /// gates.promote();
-    /// assert_eq!(task.await.unwrap().unwrap().phase, Phase::Promoted);
+    /// assert_eq!(task.await.unwrap().unwrap().phase, CanaryPhase::Promoted);
     /// # }
     /// ```
-    pub fn spawn(mut self) -> (JoinHandle<io::Result<RolloutState>>, Gates) {
+    pub fn spawn(mut self) -> (JoinHandle<io::Result<CanaryState>>, Gates) {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             // A configured "forever" (up to `Duration::MAX`) must not overflow the first tick.
@@ -397,14 +397,14 @@ impl<Clk: Clock> RolloutController<Clk> {
     }
 }
 
-/// Sends manual gates to a [`spawn`](RolloutController::spawn)ed controller. Clones send to
+/// Sends manual gates to a [`spawn`](CanaryController::spawn)ed controller. Clones send to
 /// the same controller; a gate sent after the rollout ended is dropped.
 ///
 /// ```
-/// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+/// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-/// let (task, gates) = RolloutController::builder(RolloutConfig::default(), router.handle())
+/// let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle())
 ///     .start().unwrap().spawn();
 /// gates.abort();
 /// task.await.unwrap().unwrap();
@@ -418,10 +418,10 @@ impl Gates {
     /// Sends `gate`.
     ///
     /// ```
-    /// # use degrade_canary::{Canary, Gate, RolloutConfig, RolloutController};
+    /// # use degrade_canary::{Canary, Gate, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// # let (task, gates) = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap().spawn();
+    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap().spawn();
     /// gates.send(Gate::Promote);
     /// # task.await.unwrap().unwrap();
     /// # }
@@ -433,10 +433,10 @@ impl Gates {
     /// Promote now.
     ///
     /// ```
-    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// # let (task, gates) = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap().spawn();
+    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap().spawn();
     /// gates.promote();
     /// # task.await.unwrap().unwrap();
     /// # }
@@ -448,10 +448,10 @@ impl Gates {
     /// Roll back now.
     ///
     /// ```
-    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// # let (task, gates) = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap().spawn();
+    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap().spawn();
     /// gates.abort();
     /// # task.await.unwrap().unwrap();
     /// # }
@@ -463,10 +463,10 @@ impl Gates {
     /// Hold the current step.
     ///
     /// ```
-    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// # let (task, gates) = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap().spawn();
+    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap().spawn();
     /// gates.pause();
     /// gates.abort();
     /// # task.await.unwrap().unwrap();
@@ -479,10 +479,10 @@ impl Gates {
     /// Continue after a pause.
     ///
     /// ```
-    /// # use degrade_canary::{Canary, RolloutConfig, RolloutController};
+    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// # let (task, gates) = RolloutController::builder(RolloutConfig::default(), router.handle()).start().unwrap().spawn();
+    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap().spawn();
     /// gates.pause();
     /// gates.resume();
     /// gates.abort();

@@ -22,7 +22,7 @@
 //! * **judges relative to stable, sequentially** ([`Judge`]): Wald SPRTs on conditional
 //!   binomials of failures and of calls slower than stable's p99, valid however often they
 //!   look, with a minimum sample count per arm before any Pass; "no data" is Inconclusive;
-//! * **controls the rollout** ([`Rollout`], [`RolloutController`]): steps of weight and bake
+//! * **controls the rollout** ([`CanaryMachine`], [`CanaryController`]): steps of weight and bake
 //!   time (1, 5, 10, 25, 50, 100 % by default), automatic promotion or rollback, a pause after
 //!   too many inconclusive analyses, manual gates, hooks, and a [`StateStore`] so a restarted
 //!   controller resumes at the same step.
@@ -30,7 +30,7 @@
 //! ## Example
 //!
 //! ```
-//! use degrade_canary::{Arm, Canary, RolloutConfig, RolloutController, key::key_fn};
+//! use degrade_canary::{Arm, Canary, CanaryConfig, CanaryController, key::key_fn};
 //! use tower::{Service, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -40,7 +40,7 @@
 //!         service_fn(|_: u64| async { Ok::<_, std::convert::Infallible>("v1") }),
 //!         service_fn(|_: u64| async { Ok::<_, std::convert::Infallible>("v2") }),
 //!     );
-//! let mut controller = RolloutController::builder(RolloutConfig::default(), router.handle())
+//! let mut controller = CanaryController::builder(CanaryConfig::default(), router.handle())
 //!     .on_rollback(|| async { /* alert */ })
 //!     .start()
 //!     .unwrap();
@@ -68,16 +68,19 @@ pub mod future;
 pub mod hash;
 pub mod judge;
 pub mod key;
-pub mod rollout;
+pub mod machine;
 pub mod service;
 pub mod sim;
 pub mod stats;
 mod store;
 
 pub use arm::{Arm, FULL_BP, ParseArmError, Weight};
-pub use controller::{ControllerBuilder, Gate, Gates, RolloutController};
+pub use controller::{CanaryController, CanaryControllerBuilder, Gate, Gates};
 pub use judge::{Judge, JudgeConfig, Judgement, Verdict};
-pub use rollout::{Action, Event, PauseReason, Phase, Rollout, RolloutConfig, RolloutState, Step};
+pub use machine::{
+    CanaryAction, CanaryConfig, CanaryEvent, CanaryMachine, CanaryPhase, CanaryState, CanaryStep,
+    PauseReason,
+};
 pub use service::{Canary, CanaryBuilder, CanaryHandle};
 pub use store::{CorruptState, FileStore, MemoryStore, StateStore};
 

@@ -107,7 +107,7 @@ pub(crate) struct Recorder<Cl, Clk> {
 }
 
 /// A cheap, cloneable view of a router for whoever moves its weight and reads its statistics
-/// (the [`RolloutController`](crate::RolloutController), a dashboard, a test).
+/// (the [`CanaryController`](crate::CanaryController), a dashboard, a test).
 ///
 /// ```
 /// use degrade_canary::Canary;

@@ -1,11 +1,11 @@
 //! A seeded simulation harness that measures the judge under the controller's look schedule.
 //!
-//! Each run drives a real [`Rollout`] and [`Judge`] over a simulated request stream: at each
+//! Each run drives a real [`CanaryMachine`] and [`Judge`] over a simulated request stream: at each
 //! analysis interval `requests_per_look` requests are split between the arms by the router's
 //! own deterministic stride at the current weight, each fails with its arm's probability
 //! (Bernoulli) and takes a lognormal latency (Box–Muller), and the counts are recorded into
 //! the same histograms the router keeps. The judge then looks at the cumulative snapshot and
-//! the rollout acts on its verdict, exactly as the [`RolloutController`](crate::RolloutController)
+//! the rollout acts on its verdict, exactly as the [`CanaryController`](crate::CanaryController)
 //! does. A run ends promoted, rolled back, paused, or after `max_looks`.
 //!
 //! The random numbers come from a xoshiro256++ generator written here and seeded per run, so a
@@ -26,7 +26,7 @@
 
 use crate::arm::FULL_BP;
 use crate::judge::{Judge, Verdict};
-use crate::rollout::{Event, Phase, Rollout, RolloutConfig};
+use crate::machine::{CanaryConfig, CanaryEvent, CanaryMachine, CanaryPhase};
 use crate::stats::{CanarySnapshot, latency_bucket};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -262,7 +262,7 @@ pub struct SimConfig {
     /// Requests (both arms together) per analysis interval.
     pub requests_per_look: u64,
     /// The rollout (steps, bake times, interval, inconclusive limit, judge).
-    pub rollout: RolloutConfig,
+    pub rollout: CanaryConfig,
     /// A run that has not ended after this many looks counts as stuck.
     pub max_looks: u32,
 }
@@ -271,9 +271,9 @@ impl Default for SimConfig {
     fn default() -> Self {
         // At 5 000 requests per 30 s look, the 1 % step needs 40 looks to reach the 2 000
         // canary samples of the minimum: the inconclusive limit is raised to match.
-        let rollout = RolloutConfig {
+        let rollout = CanaryConfig {
             inconclusive_limit: 100,
-            ..RolloutConfig::default()
+            ..CanaryConfig::default()
         };
         Self {
             runs: 100,
@@ -409,7 +409,7 @@ enum RunEnd {
 
 fn one_run(cfg: &SimConfig, scenario: &Scenario, rng: &mut Rng) -> RunEnd {
     let t0 = Instant::now();
-    let mut rollout = Rollout::new(cfg.rollout.clone(), t0).expect("valid rollout config");
+    let mut rollout = CanaryMachine::new(cfg.rollout.clone(), t0).expect("valid rollout config");
     let mut judge = Judge::new(cfg.rollout.judge.clone()).expect("valid judge config");
     let min = cfg.rollout.judge.min_samples;
     let mut snap = CanarySnapshot::default();
@@ -440,18 +440,18 @@ fn one_run(cfg: &SimConfig, scenario: &Scenario, rng: &mut Rng) -> RunEnd {
         let judgement = judge.look(&snap);
         let within_min = !min_reached;
         min_reached |= judgement.samples.1 >= min;
-        rollout.on(Event::Analysis(judgement.verdict), now);
+        rollout.on(CanaryEvent::Analysis(judgement.verdict), now);
         match rollout.state().phase {
-            Phase::RolledBack => {
+            CanaryPhase::RolledBack => {
                 debug_assert_eq!(judgement.verdict, Verdict::Fail);
                 return RunEnd::RolledBack {
                     canary_samples: judgement.samples.1,
                     within_min,
                 };
             }
-            Phase::Promoted => return RunEnd::Promoted,
-            Phase::Paused(_) => return RunEnd::Stuck,
-            Phase::Progressing => {}
+            CanaryPhase::Promoted => return RunEnd::Promoted,
+            CanaryPhase::Paused(_) => return RunEnd::Stuck,
+            CanaryPhase::Progressing => {}
         }
     }
     RunEnd::Stuck

@@ -1,6 +1,6 @@
 //! Where a rollout's state survives a restart.
 
-use crate::rollout::RolloutState;
+use crate::machine::CanaryState;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -9,22 +9,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Persists a [`RolloutState`] so that a restarted controller resumes at the same step and
+/// Persists a [`CanaryState`] so that a restarted controller resumes at the same step and
 /// weight.
 ///
 /// ```
-/// use degrade_canary::{MemoryStore, Phase, RolloutState, StateStore};
+/// use degrade_canary::{MemoryStore, CanaryPhase, CanaryState, StateStore};
 /// let store = MemoryStore::default();
 /// assert_eq!(store.load().unwrap(), None);
-/// let s = RolloutState { phase: Phase::Progressing, step: 1, weight_bp: 500, inconclusive: 0 };
+/// let s = CanaryState { phase: CanaryPhase::Progressing, step: 1, weight_bp: 500, inconclusive: 0 };
 /// store.save(&s).unwrap();
 /// assert_eq!(store.load().unwrap(), Some(s));
 /// ```
 pub trait StateStore: Send + Sync + 'static {
     /// The saved state, or `None` if nothing was saved yet.
-    fn load(&self) -> io::Result<Option<RolloutState>>;
+    fn load(&self) -> io::Result<Option<CanaryState>>;
     /// Saves `state`, replacing the previous one.
-    fn save(&self, state: &RolloutState) -> io::Result<()>;
+    fn save(&self, state: &CanaryState) -> io::Result<()>;
 }
 
 /// A JSON file, replaced atomically on every save, so a crash never leaves a half-written
@@ -41,10 +41,10 @@ pub trait StateStore: Send + Sync + 'static {
 /// [`CorruptState`] that names the file; it is never a panic, and the file is left as it is.
 ///
 /// ```
-/// use degrade_canary::{FileStore, Phase, RolloutState, StateStore};
+/// use degrade_canary::{FileStore, CanaryPhase, CanaryState, StateStore};
 /// let path = std::env::temp_dir().join(format!("canary-doc-{}.json", std::process::id()));
 /// let store = FileStore::new(&path);
-/// let s = RolloutState { phase: Phase::Promoted, step: 5, weight_bp: 10_000, inconclusive: 0 };
+/// let s = CanaryState { phase: CanaryPhase::Promoted, step: 5, weight_bp: 10_000, inconclusive: 0 };
 /// store.save(&s).unwrap();
 /// assert_eq!(FileStore::new(&path).load().unwrap(), Some(s));
 /// # std::fs::remove_file(&path).unwrap();
@@ -184,7 +184,7 @@ fn process_exists(pid: u32) -> bool {
 }
 
 impl StateStore for FileStore {
-    fn load(&self) -> io::Result<Option<RolloutState>> {
+    fn load(&self) -> io::Result<Option<CanaryState>> {
         self.remove_stale_temps();
         let file = match File::open(&self.path) {
             Ok(f) => f,
@@ -205,7 +205,7 @@ impl StateStore for FileStore {
         }
     }
 
-    fn save(&self, state: &RolloutState) -> io::Result<()> {
+    fn save(&self, state: &CanaryState) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(state)?;
         let (tmp, mut file) = self.create_temp()?;
         let result = file
@@ -268,7 +268,7 @@ impl std::error::Error for CorruptState {}
 /// assert!(MemoryStore::default().load().unwrap().is_none());
 /// ```
 #[derive(Clone, Default)]
-pub struct MemoryStore(Arc<Mutex<Option<RolloutState>>>);
+pub struct MemoryStore(Arc<Mutex<Option<CanaryState>>>);
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -279,11 +279,11 @@ impl fmt::Debug for MemoryStore {
 }
 
 impl StateStore for MemoryStore {
-    fn load(&self) -> io::Result<Option<RolloutState>> {
+    fn load(&self) -> io::Result<Option<CanaryState>> {
         Ok(*self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn save(&self, state: &RolloutState) -> io::Result<()> {
+    fn save(&self, state: &CanaryState) -> io::Result<()> {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(*state);
         Ok(())
     }

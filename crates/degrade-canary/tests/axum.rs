@@ -1,5 +1,5 @@
 //! End to end: a front axum server routes through the `Canary` to two real axum backends (v1
-//! and v2) on 127.0.0.1, over several client connections, while a `RolloutController` analyses
+//! and v2) on 127.0.0.1, over several client connections, while a `CanaryController` analyses
 //! the router's statistics. A v2 that fails 5 % of its requests is rolled back automatically; a
 //! good v2 is promoted; the only failed requests are those v2 itself failed; a controller
 //! restarted mid-run resumes from its file store.
@@ -9,7 +9,8 @@ use axum::Router;
 use axum::body::Body;
 use degrade_canary::key::HeaderKey;
 use degrade_canary::{
-    Arm, BoxError, Canary, FileStore, Phase, RolloutConfig, RolloutController, StateStore, Step,
+    Arm, BoxError, Canary, CanaryConfig, CanaryController, CanaryPhase, CanaryStep, FileStore,
+    StateStore,
 };
 use degrade_core::{HttpClassifier, ManualClock};
 use http::{Request, Response, StatusCode};
@@ -195,15 +196,15 @@ async fn traffic(addr: SocketAddr, look: usize) -> Tally {
     total
 }
 
-fn config() -> RolloutConfig {
-    let mut cfg = RolloutConfig {
+fn config() -> CanaryConfig {
+    let mut cfg = CanaryConfig {
         steps: vec![
-            Step::new(10.0, Duration::from_secs(60)),
-            Step::new(50.0, Duration::from_secs(60)),
-            Step::new(100.0, Duration::from_secs(60)),
+            CanaryStep::new(10.0, Duration::from_secs(60)),
+            CanaryStep::new(50.0, Duration::from_secs(60)),
+            CanaryStep::new(100.0, Duration::from_secs(60)),
         ],
         analysis_interval: LOOK,
-        ..RolloutConfig::default()
+        ..CanaryConfig::default()
     };
     cfg.judge.min_samples = 300;
     cfg
@@ -224,7 +225,7 @@ async fn a_failing_v2_is_rolled_back_automatically() {
     let rolled_back = Arc::new(AtomicBool::new(false));
     let flag = rolled_back.clone();
     let path = state_file("bad");
-    let mut controller = RolloutController::builder(config(), front.canary.clone())
+    let mut controller = CanaryController::builder(config(), front.canary.clone())
         .clock(clock.clone())
         .store(FileStore::new(&path))
         .on_rollback(move || {
@@ -249,7 +250,7 @@ async fn a_failing_v2_is_rolled_back_automatically() {
     }
     assert_eq!(
         controller.state().phase,
-        Phase::RolledBack,
+        CanaryPhase::RolledBack,
         "{:?}",
         controller.last_judgement()
     );
@@ -257,7 +258,7 @@ async fn a_failing_v2_is_rolled_back_automatically() {
     assert_eq!(front.canary.weight().get(), 0);
     assert_eq!(
         FileStore::new(&path).load().unwrap().unwrap().phase,
-        Phase::RolledBack
+        CanaryPhase::RolledBack
     );
     // No request failed other than those v2 itself failed.
     assert_eq!(total.other, 0);
@@ -282,7 +283,7 @@ async fn a_good_v2_is_promoted_across_a_controller_restart() {
     let promoted = Arc::new(AtomicBool::new(false));
     let path = state_file("good");
     let start = |promoted: Arc<AtomicBool>| {
-        RolloutController::builder(config(), front.canary.clone())
+        CanaryController::builder(config(), front.canary.clone())
             .clock(clock.clone())
             .store(FileStore::new(&path))
             .on_promote(move || {
@@ -325,7 +326,7 @@ async fn a_good_v2_is_promoted_across_a_controller_restart() {
     assert!(restarted);
     assert_eq!(
         controller.state().phase,
-        Phase::Promoted,
+        CanaryPhase::Promoted,
         "{:?}",
         controller.last_judgement()
     );

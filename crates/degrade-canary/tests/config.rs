@@ -1,9 +1,9 @@
 //! Bad input is a `ConfigError` naming the field; nothing panics.
 
-use degrade_canary::{Canary, JudgeConfig, Rollout, RolloutConfig, RolloutController, Weight};
+use degrade_canary::{Canary, CanaryConfig, CanaryController, CanaryMachine, JudgeConfig, Weight};
 use std::convert::Infallible;
 
-fn rollout(json: &str) -> RolloutConfig {
+fn rollout(json: &str) -> CanaryConfig {
     serde_json::from_str(json).unwrap()
 }
 
@@ -43,7 +43,7 @@ fn steps_that_do_not_rise_are_refused() {
     let down = rollout(
         r#"{"steps": [{"weight_percent": 50, "bake": "1m"}, {"weight_percent": 10, "bake": "1m"}]}"#,
     );
-    assert!(Rollout::new(down, tokio::time::Instant::now()).is_err());
+    assert!(CanaryMachine::new(down, tokio::time::Instant::now()).is_err());
     assert_eq!(
         rollout(r#"{"steps": []}"#).validate().unwrap_err().field(),
         "steps"
@@ -88,7 +88,7 @@ fn other_bad_judge_and_rollout_fields_are_named() {
 
 #[test]
 fn unknown_fields_are_refused_by_serde() {
-    assert!(serde_json::from_str::<RolloutConfig>(r#"{"stepz": []}"#).is_err());
+    assert!(serde_json::from_str::<CanaryConfig>(r#"{"stepz": []}"#).is_err());
     assert!(serde_json::from_str::<JudgeConfig>(r#"{"min_sample": 3}"#).is_err());
 }
 
@@ -99,7 +99,7 @@ async fn the_controller_refuses_a_bad_config() {
         tower::service_fn(|x: u8| async move { Ok::<_, Infallible>(x) }),
     );
     let cfg = rollout(r#"{"judge": {"min_samples": 0}}"#);
-    let err = RolloutController::builder(cfg, router.handle())
+    let err = CanaryController::builder(cfg, router.handle())
         .start()
         .unwrap_err();
     let err = err.downcast::<degrade_core::ConfigError>().unwrap();

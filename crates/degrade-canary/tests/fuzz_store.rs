@@ -6,8 +6,8 @@
 //! fuzzed in `tests/fuzz.rs`.)
 
 use degrade_canary::{
-    Canary, CorruptState, Event, FileStore, JudgeConfig, PauseReason, Phase, Rollout,
-    RolloutConfig, RolloutController, RolloutState, StateStore, Step, Verdict,
+    Canary, CanaryConfig, CanaryController, CanaryEvent, CanaryMachine, CanaryPhase, CanaryState,
+    CanaryStep, CorruptState, FileStore, JudgeConfig, PauseReason, StateStore, Verdict,
 };
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -20,24 +20,24 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
-fn phase() -> impl Strategy<Value = Phase> {
+fn phase() -> impl Strategy<Value = CanaryPhase> {
     prop_oneof![
-        Just(Phase::Progressing),
-        Just(Phase::Paused(PauseReason::Manual)),
-        Just(Phase::Paused(PauseReason::Inconclusive)),
-        Just(Phase::Promoted),
-        Just(Phase::RolledBack),
+        Just(CanaryPhase::Progressing),
+        Just(CanaryPhase::Paused(PauseReason::Manual)),
+        Just(CanaryPhase::Paused(PauseReason::Inconclusive)),
+        Just(CanaryPhase::Promoted),
+        Just(CanaryPhase::RolledBack),
     ]
 }
 
-fn any_state() -> impl Strategy<Value = RolloutState> {
+fn any_state() -> impl Strategy<Value = CanaryState> {
     (
         phase(),
         prop_oneof![0usize..8, any::<usize>()],
         prop_oneof![0u32..=10_000, any::<u32>()],
         any::<u32>(),
     )
-        .prop_map(|(phase, step, weight_bp, inconclusive)| RolloutState {
+        .prop_map(|(phase, step, weight_bp, inconclusive)| CanaryState {
             phase,
             step,
             weight_bp,
@@ -46,14 +46,14 @@ fn any_state() -> impl Strategy<Value = RolloutState> {
 }
 
 /// Whatever a state file held, a rollout resumed from it runs or is refused.
-fn resume_and_drive(s: RolloutState) {
+fn resume_and_drive(s: CanaryState) {
     let now = tokio::time::Instant::now();
-    if let Ok(mut r) = Rollout::resume(RolloutConfig::default(), s, now) {
+    if let Ok(mut r) = CanaryMachine::resume(CanaryConfig::default(), s, now) {
         for (k, e) in [
-            Event::Analysis(Verdict::Pass),
-            Event::Analysis(Verdict::Inconclusive),
-            Event::Resume,
-            Event::Analysis(Verdict::Fail),
+            CanaryEvent::Analysis(Verdict::Pass),
+            CanaryEvent::Analysis(Verdict::Inconclusive),
+            CanaryEvent::Resume,
+            CanaryEvent::Analysis(Verdict::Fail),
         ]
         .into_iter()
         .enumerate()
@@ -110,29 +110,29 @@ proptest! {
     #[test]
     fn arbitrary_json_is_a_config_or_an_error(v in json()) {
         let text = v.to_string();
-        if let Ok(cfg) = serde_json::from_str::<RolloutConfig>(&text)
+        if let Ok(cfg) = serde_json::from_str::<CanaryConfig>(&text)
             && cfg.validate().is_ok()
         {
             let now = tokio::time::Instant::now();
-            let mut r = Rollout::new(cfg, now).expect("a valid config starts");
-            let _ = r.on(Event::Analysis(Verdict::Pass), now + Duration::from_secs(1));
+            let mut r = CanaryMachine::new(cfg, now).expect("a valid config starts");
+            let _ = r.on(CanaryEvent::Analysis(Verdict::Pass), now + Duration::from_secs(1));
         }
         if let Ok(j) = serde_json::from_str::<JudgeConfig>(&text) {
             let _ = j.validate();
         }
-        let _ = serde_json::from_str::<Step>(&text);
-        let _ = serde_json::from_str::<RolloutState>(&text);
+        let _ = serde_json::from_str::<CanaryStep>(&text);
+        let _ = serde_json::from_str::<CanaryState>(&text);
     }
 
     #[test]
     fn near_valid_configs_are_a_config_or_an_error(v in config_json()) {
-        if let Ok(cfg) = serde_json::from_value::<RolloutConfig>(v)
+        if let Ok(cfg) = serde_json::from_value::<CanaryConfig>(v)
             && cfg.validate().is_ok()
         {
             let now = tokio::time::Instant::now();
-            let mut r = Rollout::new(cfg, now).expect("a valid config starts");
+            let mut r = CanaryMachine::new(cfg, now).expect("a valid config starts");
             for k in 1..4u64 {
-                let _ = r.on(Event::Analysis(Verdict::Pass), now + Duration::from_secs(k * 86_400 * 365));
+                let _ = r.on(CanaryEvent::Analysis(Verdict::Pass), now + Duration::from_secs(k * 86_400 * 365));
             }
         }
     }
@@ -218,28 +218,28 @@ fn config_json() -> impl Strategy<Value = serde_json::Value> {
 
 #[tokio::test]
 async fn duration_max_settings_never_panic() {
-    let cfg = RolloutConfig {
+    let cfg = CanaryConfig {
         steps: vec![
-            Step::new(10.0, Duration::MAX),
-            Step::new(100.0, Duration::MAX),
+            CanaryStep::new(10.0, Duration::MAX),
+            CanaryStep::new(100.0, Duration::MAX),
         ],
         analysis_interval: Duration::MAX,
-        ..RolloutConfig::default()
+        ..CanaryConfig::default()
     };
     let now = tokio::time::Instant::now();
-    let mut r = Rollout::new(cfg.clone(), now).unwrap();
+    let mut r = CanaryMachine::new(cfg.clone(), now).unwrap();
     let _ = r.on(
-        Event::Analysis(Verdict::Pass),
+        CanaryEvent::Analysis(Verdict::Pass),
         now + Duration::from_secs(1_000 * 365 * 86_400),
     );
     assert_eq!(r.state().step, 0, "a bake of Duration::MAX never ends");
 
     let svc = || tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) });
     let router = Canary::builder().build(svc(), svc());
-    let c = RolloutController::builder(cfg, router.handle())
+    let c = CanaryController::builder(cfg, router.handle())
         .start()
         .unwrap();
     let (task, gates) = c.spawn();
     gates.promote();
-    assert_eq!(task.await.unwrap().unwrap().phase, Phase::Promoted);
+    assert_eq!(task.await.unwrap().unwrap().phase, CanaryPhase::Promoted);
 }

@@ -2,8 +2,8 @@
 //! the inconclusive pause, gates, hooks, and resuming from the file store.
 
 use degrade_canary::{
-    Action, Canary, Event, FileStore, Gate, MemoryStore, PauseReason, Phase, Rollout,
-    RolloutConfig, RolloutController, StateStore, Step, Verdict,
+    Canary, CanaryAction, CanaryConfig, CanaryController, CanaryEvent, CanaryMachine, CanaryPhase,
+    CanaryStep, FileStore, Gate, MemoryStore, PauseReason, StateStore, Verdict,
 };
 use degrade_core::ManualClock;
 use std::convert::Infallible;
@@ -14,34 +14,34 @@ use tokio::time::Instant;
 
 const MIN: Duration = Duration::from_secs(60);
 
-fn config() -> RolloutConfig {
-    RolloutConfig {
+fn config() -> CanaryConfig {
+    CanaryConfig {
         steps: vec![
-            Step::new(10.0, MIN),
-            Step::new(50.0, MIN),
-            Step::new(100.0, MIN),
+            CanaryStep::new(10.0, MIN),
+            CanaryStep::new(50.0, MIN),
+            CanaryStep::new(100.0, MIN),
         ],
         inconclusive_limit: 3,
-        ..RolloutConfig::default()
+        ..CanaryConfig::default()
     }
 }
 
 #[test]
 fn passes_after_bake_walk_every_step_then_promote() {
     let t0 = Instant::now();
-    let mut r = Rollout::new(config(), t0).unwrap();
-    let pass = Event::Analysis(Verdict::Pass);
+    let mut r = CanaryMachine::new(config(), t0).unwrap();
+    let pass = CanaryEvent::Analysis(Verdict::Pass);
     assert!(r.on(pass, t0 + MIN / 2).is_empty(), "bake time not over");
-    assert_eq!(r.on(pass, t0 + MIN), [Action::SetWeight(5_000)]);
+    assert_eq!(r.on(pass, t0 + MIN), [CanaryAction::SetWeight(5_000)]);
     assert!(
         r.on(pass, t0 + MIN + MIN / 2).is_empty(),
         "the next step bakes anew"
     );
-    assert_eq!(r.on(pass, t0 + 2 * MIN), [Action::SetWeight(10_000)]);
-    assert_eq!(r.on(pass, t0 + 3 * MIN), [Action::Promote]);
-    assert_eq!(r.state().phase, Phase::Promoted);
+    assert_eq!(r.on(pass, t0 + 2 * MIN), [CanaryAction::SetWeight(10_000)]);
+    assert_eq!(r.on(pass, t0 + 3 * MIN), [CanaryAction::Promote]);
+    assert_eq!(r.state().phase, CanaryPhase::Promoted);
     assert!(
-        r.on(Event::Analysis(Verdict::Fail), t0 + 4 * MIN)
+        r.on(CanaryEvent::Analysis(Verdict::Fail), t0 + 4 * MIN)
             .is_empty(),
         "terminal"
     );
@@ -50,67 +50,70 @@ fn passes_after_bake_walk_every_step_then_promote() {
 #[test]
 fn a_fail_rolls_back_at_any_step_and_even_when_paused() {
     let t0 = Instant::now();
-    let mut r = Rollout::new(config(), t0).unwrap();
-    r.on(Event::Analysis(Verdict::Pass), t0 + MIN);
-    r.on(Event::Pause, t0 + MIN);
-    assert_eq!(r.state().phase, Phase::Paused(PauseReason::Manual));
+    let mut r = CanaryMachine::new(config(), t0).unwrap();
+    r.on(CanaryEvent::Analysis(Verdict::Pass), t0 + MIN);
+    r.on(CanaryEvent::Pause, t0 + MIN);
+    assert_eq!(r.state().phase, CanaryPhase::Paused(PauseReason::Manual));
     assert!(
-        r.on(Event::Analysis(Verdict::Pass), t0 + 5 * MIN)
+        r.on(CanaryEvent::Analysis(Verdict::Pass), t0 + 5 * MIN)
             .is_empty(),
         "paused holds"
     );
     assert_eq!(r.state().step, 1);
     assert_eq!(
-        r.on(Event::Analysis(Verdict::Fail), t0 + 5 * MIN),
-        [Action::SetWeight(0), Action::RollBack]
+        r.on(CanaryEvent::Analysis(Verdict::Fail), t0 + 5 * MIN),
+        [CanaryAction::SetWeight(0), CanaryAction::RollBack]
     );
-    assert_eq!(r.state().phase, Phase::RolledBack);
+    assert_eq!(r.state().phase, CanaryPhase::RolledBack);
     assert_eq!(r.state().weight_bp, 0);
 }
 
 #[test]
 fn too_many_inconclusive_looks_after_bake_pause_the_rollout() {
     let t0 = Instant::now();
-    let mut r = Rollout::new(config(), t0).unwrap();
-    let inc = Event::Analysis(Verdict::Inconclusive);
+    let mut r = CanaryMachine::new(config(), t0).unwrap();
+    let inc = CanaryEvent::Analysis(Verdict::Inconclusive);
     // During the bake time inconclusive looks are expected and not counted.
     for i in 0..10 {
         r.on(inc, t0 + Duration::from_secs(i));
     }
-    assert_eq!(r.state().phase, Phase::Progressing);
+    assert_eq!(r.state().phase, CanaryPhase::Progressing);
     r.on(inc, t0 + MIN);
     r.on(inc, t0 + MIN);
     // A pass resets the streak.
-    r.on(Event::Analysis(Verdict::Pass), t0 + MIN / 2);
+    r.on(CanaryEvent::Analysis(Verdict::Pass), t0 + MIN / 2);
     r.on(inc, t0 + MIN);
     r.on(inc, t0 + MIN);
-    assert_eq!(r.state().phase, Phase::Progressing);
+    assert_eq!(r.state().phase, CanaryPhase::Progressing);
     r.on(inc, t0 + MIN);
-    assert_eq!(r.state().phase, Phase::Paused(PauseReason::Inconclusive));
+    assert_eq!(
+        r.state().phase,
+        CanaryPhase::Paused(PauseReason::Inconclusive)
+    );
     assert_eq!(r.state().weight_bp, 1_000, "a pause holds the weight");
-    r.on(Event::Resume, t0 + 2 * MIN);
-    assert_eq!(r.state().phase, Phase::Progressing);
+    r.on(CanaryEvent::Resume, t0 + 2 * MIN);
+    assert_eq!(r.state().phase, CanaryPhase::Progressing);
     assert!(
-        r.on(Event::Analysis(Verdict::Pass), t0 + 2 * MIN)
+        r.on(CanaryEvent::Analysis(Verdict::Pass), t0 + 2 * MIN)
             .is_empty(),
         "bake restarts"
     );
     assert_eq!(
-        r.on(Event::Analysis(Verdict::Pass), t0 + 3 * MIN),
-        [Action::SetWeight(5_000)]
+        r.on(CanaryEvent::Analysis(Verdict::Pass), t0 + 3 * MIN),
+        [CanaryAction::SetWeight(5_000)]
     );
 }
 
 #[test]
 fn gates_promote_and_abort_at_once() {
     let t0 = Instant::now();
-    let mut r = Rollout::new(config(), t0).unwrap();
-    assert_eq!(r.on(Event::Promote, t0), [Action::Promote]);
-    assert_eq!(r.state().phase, Phase::Promoted);
-    let mut r = Rollout::new(config(), t0).unwrap();
+    let mut r = CanaryMachine::new(config(), t0).unwrap();
+    assert_eq!(r.on(CanaryEvent::Promote, t0), [CanaryAction::Promote]);
+    assert_eq!(r.state().phase, CanaryPhase::Promoted);
+    let mut r = CanaryMachine::new(config(), t0).unwrap();
     assert_eq!(
-        r.on(Event::Abort, t0),
-        [Action::SetWeight(0), Action::RollBack]
+        r.on(CanaryEvent::Abort, t0),
+        [CanaryAction::SetWeight(0), CanaryAction::RollBack]
     );
 }
 
@@ -131,7 +134,7 @@ async fn controller_moves_the_weight_runs_hooks_and_persists() {
     let store = MemoryStore::default();
     let rollbacks = Arc::new(AtomicU32::new(0));
     let seen = rollbacks.clone();
-    let mut c = RolloutController::builder(config(), router.handle())
+    let mut c = CanaryController::builder(config(), router.handle())
         .clock(clock.clone())
         .store(store.clone())
         .on_rollback(move || {
@@ -147,7 +150,10 @@ async fn controller_moves_the_weight_runs_hooks_and_persists() {
     c.gate(Gate::Abort).await.unwrap();
     assert_eq!(router.weight().get(), 0);
     assert_eq!(rollbacks.load(Ordering::SeqCst), 1);
-    assert_eq!(store.load().unwrap().unwrap().phase, Phase::RolledBack);
+    assert_eq!(
+        store.load().unwrap().unwrap().phase,
+        CanaryPhase::RolledBack
+    );
 }
 
 #[tokio::test]
@@ -157,7 +163,7 @@ async fn a_restarted_controller_resumes_from_the_file_store() {
     let clock = ManualClock::new();
     let router = router();
     {
-        let mut c = RolloutController::builder(config(), router.handle())
+        let mut c = CanaryController::builder(config(), router.handle())
             .clock(clock.clone())
             .store(FileStore::new(&path))
             .start()
@@ -165,11 +171,11 @@ async fn a_restarted_controller_resumes_from_the_file_store() {
         c.gate(Gate::Pause).await.unwrap();
     }
     let saved = FileStore::new(&path).load().unwrap().unwrap();
-    assert_eq!(saved.phase, Phase::Paused(PauseReason::Manual));
+    assert_eq!(saved.phase, CanaryPhase::Paused(PauseReason::Manual));
     assert_eq!(saved.weight_bp, 1_000);
     // A new process: the router starts at weight 0, the controller restores the step's weight.
     let fresh = self::router();
-    let c = RolloutController::builder(config(), fresh.handle())
+    let c = CanaryController::builder(config(), fresh.handle())
         .clock(clock)
         .store(FileStore::new(&path))
         .start()
@@ -191,7 +197,7 @@ async fn a_restarted_controller_resumes_from_the_file_store() {
 #[tokio::test(start_paused = true)]
 async fn a_spawned_controller_takes_gates() {
     let router = router();
-    let (task, gates) = RolloutController::builder(config(), router.handle())
+    let (task, gates) = CanaryController::builder(config(), router.handle())
         .start()
         .unwrap()
         .spawn();
@@ -199,7 +205,7 @@ async fn a_spawned_controller_takes_gates() {
     gates.resume();
     gates.promote();
     let end = task.await.unwrap().unwrap();
-    assert_eq!(end.phase, Phase::Promoted);
+    assert_eq!(end.phase, CanaryPhase::Promoted);
 }
 
 #[tokio::test(start_paused = true)]
@@ -208,7 +214,7 @@ async fn a_spawned_controller_pauses_when_no_traffic_arrives() {
     // `inconclusive_limit` looks the rollout pauses (and then holds, never promotes).
     let router = router();
     let store = MemoryStore::default();
-    let (task, gates) = RolloutController::builder(config(), router.handle())
+    let (task, gates) = CanaryController::builder(config(), router.handle())
         .store(store.clone())
         .start()
         .unwrap()
@@ -216,9 +222,9 @@ async fn a_spawned_controller_pauses_when_no_traffic_arrives() {
     tokio::time::sleep(MIN + config().analysis_interval * 4).await;
     assert_eq!(
         store.load().unwrap().unwrap().phase,
-        Phase::Paused(PauseReason::Inconclusive)
+        CanaryPhase::Paused(PauseReason::Inconclusive)
     );
     assert_eq!(router.weight().get(), 1_000);
     gates.abort();
-    assert_eq!(task.await.unwrap().unwrap().phase, Phase::RolledBack);
+    assert_eq!(task.await.unwrap().unwrap().phase, CanaryPhase::RolledBack);
 }

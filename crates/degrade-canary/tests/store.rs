@@ -3,7 +3,7 @@
 //! temporary files of dead writers are cleaned.
 
 use degrade_canary::{
-    Canary, CorruptState, FileStore, Phase, RolloutConfig, RolloutController, RolloutState,
+    Canary, CanaryConfig, CanaryController, CanaryPhase, CanaryState, CorruptState, FileStore,
     StateStore,
 };
 use std::io;
@@ -21,17 +21,17 @@ fn dir(name: &str) -> PathBuf {
 }
 
 /// A state whose fields all derive from `n`, so a torn mix of two saves is detectable.
-fn state(writer: u32, n: u32) -> RolloutState {
+fn state(writer: u32, n: u32) -> CanaryState {
     let v = writer * 1_000_000 + n;
-    RolloutState {
-        phase: Phase::Progressing,
+    CanaryState {
+        phase: CanaryPhase::Progressing,
         step: v as usize,
         weight_bp: v,
         inconclusive: v,
     }
 }
 
-fn consistent(s: &RolloutState) -> bool {
+fn consistent(s: &CanaryState) -> bool {
     s.step as u32 == s.weight_bp && s.weight_bp == s.inconclusive
 }
 
@@ -189,7 +189,7 @@ async fn a_controller_refuses_to_start_on_a_corrupt_state_file() {
     std::fs::write(&path, b"{\"phase\": \"promo").unwrap();
     let svc = || tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) });
     let router = Canary::builder().build(svc(), svc());
-    let err = RolloutController::builder(RolloutConfig::default(), router.handle())
+    let err = CanaryController::builder(CanaryConfig::default(), router.handle())
         .store(FileStore::new(&path))
         .start()
         .expect_err("refused");

@@ -6,7 +6,7 @@ use super::load::{self, Second, Tally};
 use super::service;
 use super::{BreakerEvent, CanaryEvent, Run, SAMPLE_EVERY};
 use crate::Result;
-use degrade_canary::RolloutConfig;
+use degrade_canary::CanaryConfig;
 use degrade_core::ladder::LadderConfig;
 use degrade_core::{Level, Priority, Transition};
 use serde::Serialize;
@@ -158,7 +158,7 @@ pub(crate) struct Accounting {
 }
 
 impl Summary {
-    pub(crate) fn new(runs: &[Run], ladder: &LadderConfig, rollout: &RolloutConfig) -> Self {
+    pub(crate) fn new(runs: &[Run], ladder: &LadderConfig, rollout: &CanaryConfig) -> Self {
         let mix = super::mix();
         let rl = service::rate_limit();
         let setup = Setup {

@@ -1,9 +1,9 @@
 //! The rollout state machine: steps of weight and bake time, analysis at each step, automatic
 //! promotion or rollback, manual gates.
 //!
-//! It is pure: [`Rollout::on`] takes an [`Event`] and the current instant and returns the
-//! [`Action`]s to carry out; it never sleeps, reads a clock or touches the router. The
-//! [`RolloutController`](crate::RolloutController) drives it; the simulation harness and the
+//! It is pure: [`CanaryMachine::on`] takes a [`CanaryEvent`] and the current instant and returns the
+//! [`CanaryAction`]s to carry out; it never sleeps, reads a clock or touches the router. The
+//! [`CanaryController`](crate::CanaryController) drives it; the simulation harness and the
 //! tests drive it directly.
 //!
 //! ```text
@@ -27,13 +27,13 @@ use tokio::time::Instant;
 /// on.
 ///
 /// ```
-/// use degrade_canary::Step;
-/// let s: Step = serde_json::from_str(r#"{"weight_percent": 5, "bake": "2m"}"#).unwrap();
+/// use degrade_canary::CanaryStep;
+/// let s: CanaryStep = serde_json::from_str(r#"{"weight_percent": 5, "bake": "2m"}"#).unwrap();
 /// assert_eq!(s.bake, std::time::Duration::from_secs(120));
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Step {
+pub struct CanaryStep {
     /// The canary's share of traffic, in percent (0–100).
     pub weight_percent: f64,
     /// The minimum time at this weight.
@@ -41,12 +41,12 @@ pub struct Step {
     pub bake: Duration,
 }
 
-impl Step {
+impl CanaryStep {
     /// A step of `weight_percent` % baking for `bake`.
     ///
     /// ```
-    /// # use degrade_canary::Step;
-    /// let s = Step::new(25.0, std::time::Duration::from_secs(60));
+    /// # use degrade_canary::CanaryStep;
+    /// let s = CanaryStep::new(25.0, std::time::Duration::from_secs(60));
     /// assert_eq!(s.weight_percent, 25.0);
     /// ```
     pub fn new(weight_percent: f64, bake: Duration) -> Self {
@@ -60,22 +60,22 @@ impl Step {
 /// Settings of a rollout.
 ///
 /// ```
-/// use degrade_canary::RolloutConfig;
-/// let cfg = RolloutConfig::default();
+/// use degrade_canary::CanaryConfig;
+/// let cfg = CanaryConfig::default();
 /// let weights: Vec<f64> = cfg.steps.iter().map(|s| s.weight_percent).collect();
 /// assert_eq!(weights, [1.0, 5.0, 10.0, 25.0, 50.0, 100.0]);
 /// assert!(cfg.validate().is_ok());
 ///
-/// let bad: RolloutConfig = serde_json::from_str(
+/// let bad: CanaryConfig = serde_json::from_str(
 ///     r#"{"steps": [{"weight_percent": 10, "bake": "1m"}, {"weight_percent": 5, "bake": "1m"}]}"#,
 /// ).unwrap();
 /// assert_eq!(bad.validate().unwrap_err().field(), "steps.1.weight_percent");
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RolloutConfig {
+pub struct CanaryConfig {
     /// The steps, with strictly rising weights. Default 1, 5, 10, 25, 50, 100 %, 2 minutes each.
-    pub steps: Vec<Step>,
+    pub steps: Vec<CanaryStep>,
     /// How often the controller analyses. Default 30 s.
     #[serde(with = "humantime_serde")]
     pub analysis_interval: Duration,
@@ -86,12 +86,12 @@ pub struct RolloutConfig {
     pub judge: JudgeConfig,
 }
 
-impl Default for RolloutConfig {
+impl Default for CanaryConfig {
     fn default() -> Self {
         Self {
             steps: [1.0, 5.0, 10.0, 25.0, 50.0, 100.0]
                 .into_iter()
-                .map(|w| Step::new(w, Duration::from_secs(120)))
+                .map(|w| CanaryStep::new(w, Duration::from_secs(120)))
                 .collect(),
             analysis_interval: Duration::from_secs(30),
             inconclusive_limit: 10,
@@ -100,12 +100,12 @@ impl Default for RolloutConfig {
     }
 }
 
-impl RolloutConfig {
+impl CanaryConfig {
     /// Checks every field; the error names the first bad one.
     ///
     /// ```
-    /// # use degrade_canary::RolloutConfig;
-    /// let mut cfg = RolloutConfig::default();
+    /// # use degrade_canary::CanaryConfig;
+    /// let mut cfg = CanaryConfig::default();
     /// cfg.steps[5].weight_percent = 101.0;
     /// assert_eq!(cfg.validate().unwrap_err().field(), "steps.5.weight_percent");
     /// cfg.steps.clear();
@@ -153,7 +153,7 @@ impl RolloutConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PauseReason {
-    /// A [`Event::Pause`] gate.
+    /// A [`CanaryEvent::Pause`] gate.
     Manual,
     /// `inconclusive_limit` inconclusive analyses in a row after the bake time.
     Inconclusive,
@@ -162,13 +162,13 @@ pub enum PauseReason {
 /// Where a rollout is.
 ///
 /// ```
-/// use degrade_canary::Phase;
-/// assert!(Phase::Promoted.is_terminal());
-/// assert!(!Phase::Progressing.is_terminal());
+/// use degrade_canary::CanaryPhase;
+/// assert!(CanaryPhase::Promoted.is_terminal());
+/// assert!(!CanaryPhase::Progressing.is_terminal());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Phase {
+pub enum CanaryPhase {
     /// Baking and analysing at the current step.
     Progressing,
     /// Holding the current weight; still rolls back on a Fail.
@@ -179,15 +179,15 @@ pub enum Phase {
     RolledBack,
 }
 
-impl Phase {
+impl CanaryPhase {
     /// Promoted or rolled back: no event changes it any more.
     ///
     /// ```
-    /// # use degrade_canary::Phase;
-    /// assert!(Phase::RolledBack.is_terminal());
+    /// # use degrade_canary::CanaryPhase;
+    /// assert!(CanaryPhase::RolledBack.is_terminal());
     /// ```
     pub fn is_terminal(self) -> bool {
-        matches!(self, Phase::Promoted | Phase::RolledBack)
+        matches!(self, CanaryPhase::Promoted | CanaryPhase::RolledBack)
     }
 }
 
@@ -195,16 +195,16 @@ impl Phase {
 /// step and weight.
 ///
 /// ```
-/// use degrade_canary::{Phase, RolloutState};
-/// let s = RolloutState { phase: Phase::Progressing, step: 2, weight_bp: 1_000, inconclusive: 0 };
+/// use degrade_canary::{CanaryPhase, CanaryState};
+/// let s = CanaryState { phase: CanaryPhase::Progressing, step: 2, weight_bp: 1_000, inconclusive: 0 };
 /// let json = serde_json::to_string(&s).unwrap();
-/// assert_eq!(serde_json::from_str::<RolloutState>(&json).unwrap(), s);
+/// assert_eq!(serde_json::from_str::<CanaryState>(&json).unwrap(), s);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RolloutState {
+pub struct CanaryState {
     /// The phase.
-    pub phase: Phase,
+    pub phase: CanaryPhase,
     /// Index of the current step.
     pub step: usize,
     /// The canary weight in basis points.
@@ -216,12 +216,12 @@ pub struct RolloutState {
 /// What happens to a rollout.
 ///
 /// ```
-/// use degrade_canary::{Event, Verdict};
-/// let e = Event::Analysis(Verdict::Pass);
-/// assert_ne!(e, Event::Abort);
+/// use degrade_canary::{CanaryEvent, Verdict};
+/// let e = CanaryEvent::Analysis(Verdict::Pass);
+/// assert_ne!(e, CanaryEvent::Abort);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
+pub enum CanaryEvent {
     /// The judge's verdict at an analysis.
     Analysis(Verdict),
     /// Gate: promote now.
@@ -237,11 +237,11 @@ pub enum Event {
 /// What the driver must do after an event.
 ///
 /// ```
-/// use degrade_canary::Action;
-/// assert_eq!(Action::SetWeight(100), Action::SetWeight(100));
+/// use degrade_canary::CanaryAction;
+/// assert_eq!(CanaryAction::SetWeight(100), CanaryAction::SetWeight(100));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub enum CanaryAction {
     /// Set the router's weight (basis points).
     SetWeight(u32),
     /// Run the promote hook.
@@ -253,44 +253,44 @@ pub enum Action {
 /// The rollout state machine.
 ///
 /// ```
-/// use degrade_canary::{Action, Event, Phase, Rollout, RolloutConfig, Step, Verdict};
+/// use degrade_canary::{CanaryAction, CanaryEvent, CanaryPhase, CanaryMachine, CanaryConfig, CanaryStep, Verdict};
 /// use std::time::Duration;
 /// use tokio::time::Instant;
 ///
-/// let mut cfg = RolloutConfig::default();
-/// cfg.steps = vec![Step::new(10.0, Duration::from_secs(60)), Step::new(100.0, Duration::from_secs(60))];
+/// let mut cfg = CanaryConfig::default();
+/// cfg.steps = vec![CanaryStep::new(10.0, Duration::from_secs(60)), CanaryStep::new(100.0, Duration::from_secs(60))];
 /// let t0 = Instant::now();
-/// let mut r = Rollout::new(cfg, t0).unwrap();
+/// let mut r = CanaryMachine::new(cfg, t0).unwrap();
 /// assert_eq!(r.state().weight_bp, 1_000);
 /// // Passing before the bake time does not advance.
-/// assert!(r.on(Event::Analysis(Verdict::Pass), t0 + Duration::from_secs(30)).is_empty());
-/// assert_eq!(r.on(Event::Analysis(Verdict::Pass), t0 + Duration::from_secs(60)),
-///            [Action::SetWeight(10_000)]);
-/// assert_eq!(r.on(Event::Analysis(Verdict::Pass), t0 + Duration::from_secs(120)), [Action::Promote]);
-/// assert_eq!(r.state().phase, Phase::Promoted);
+/// assert!(r.on(CanaryEvent::Analysis(Verdict::Pass), t0 + Duration::from_secs(30)).is_empty());
+/// assert_eq!(r.on(CanaryEvent::Analysis(Verdict::Pass), t0 + Duration::from_secs(60)),
+///            [CanaryAction::SetWeight(10_000)]);
+/// assert_eq!(r.on(CanaryEvent::Analysis(Verdict::Pass), t0 + Duration::from_secs(120)), [CanaryAction::Promote]);
+/// assert_eq!(r.state().phase, CanaryPhase::Promoted);
 /// ```
 #[derive(Debug, Clone)]
-pub struct Rollout {
+pub struct CanaryMachine {
     weights: Vec<u32>,
     bakes: Vec<Duration>,
     inconclusive_limit: u32,
-    state: RolloutState,
+    state: CanaryState,
     step_started: Instant,
 }
 
-impl Rollout {
+impl CanaryMachine {
     /// A rollout at its first step, started at `now`.
     ///
     /// ```
-    /// # use degrade_canary::{Rollout, RolloutConfig};
-    /// let r = Rollout::new(RolloutConfig::default(), tokio::time::Instant::now()).unwrap();
+    /// # use degrade_canary::{CanaryMachine, CanaryConfig};
+    /// let r = CanaryMachine::new(CanaryConfig::default(), tokio::time::Instant::now()).unwrap();
     /// assert_eq!(r.state().weight_bp, 100);
     /// ```
-    pub fn new(cfg: RolloutConfig, now: Instant) -> Result<Self, ConfigError> {
+    pub fn new(cfg: CanaryConfig, now: Instant) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let weights = cfg.weights()?;
-        let state = RolloutState {
-            phase: Phase::Progressing,
+        let state = CanaryState {
+            phase: CanaryPhase::Progressing,
             step: 0,
             weight_bp: weights[0],
             inconclusive: 0,
@@ -308,16 +308,16 @@ impl Rollout {
     /// `now`. `ConfigError` if the state does not fit the configuration.
     ///
     /// ```
-    /// # use degrade_canary::{Phase, Rollout, RolloutConfig, RolloutState};
-    /// let saved = RolloutState { phase: Phase::Progressing, step: 3, weight_bp: 2_500, inconclusive: 0 };
-    /// let r = Rollout::resume(RolloutConfig::default(), saved, tokio::time::Instant::now()).unwrap();
+    /// # use degrade_canary::{CanaryPhase, CanaryMachine, CanaryConfig, CanaryState};
+    /// let saved = CanaryState { phase: CanaryPhase::Progressing, step: 3, weight_bp: 2_500, inconclusive: 0 };
+    /// let r = CanaryMachine::resume(CanaryConfig::default(), saved, tokio::time::Instant::now()).unwrap();
     /// assert_eq!(r.state().step, 3);
-    /// let bad = RolloutState { step: 9, ..saved };
-    /// assert!(Rollout::resume(RolloutConfig::default(), bad, tokio::time::Instant::now()).is_err());
+    /// let bad = CanaryState { step: 9, ..saved };
+    /// assert!(CanaryMachine::resume(CanaryConfig::default(), bad, tokio::time::Instant::now()).is_err());
     /// ```
     pub fn resume(
-        cfg: RolloutConfig,
-        state: RolloutState,
+        cfg: CanaryConfig,
+        state: CanaryState,
         now: Instant,
     ) -> Result<Self, ConfigError> {
         let mut r = Self::new(cfg, now)?;
@@ -337,74 +337,74 @@ impl Rollout {
     /// The persisted state.
     ///
     /// ```
-    /// # use degrade_canary::{Phase, Rollout, RolloutConfig};
-    /// let r = Rollout::new(RolloutConfig::default(), tokio::time::Instant::now()).unwrap();
-    /// assert_eq!(r.state().phase, Phase::Progressing);
+    /// # use degrade_canary::{CanaryPhase, CanaryMachine, CanaryConfig};
+    /// let r = CanaryMachine::new(CanaryConfig::default(), tokio::time::Instant::now()).unwrap();
+    /// assert_eq!(r.state().phase, CanaryPhase::Progressing);
     /// ```
-    pub fn state(&self) -> RolloutState {
+    pub fn state(&self) -> CanaryState {
         self.state
     }
 
     /// Applies `event` at `now`; returns the actions to carry out, in order.
     ///
     /// ```
-    /// # use degrade_canary::{Action, Event, Phase, Rollout, RolloutConfig, Verdict};
+    /// # use degrade_canary::{CanaryAction, CanaryEvent, CanaryPhase, CanaryMachine, CanaryConfig, Verdict};
     /// let t = tokio::time::Instant::now();
-    /// let mut r = Rollout::new(RolloutConfig::default(), t).unwrap();
-    /// assert_eq!(r.on(Event::Analysis(Verdict::Fail), t), [Action::SetWeight(0), Action::RollBack]);
-    /// assert_eq!(r.state().phase, Phase::RolledBack);
-    /// assert!(r.on(Event::Resume, t).is_empty()); // terminal
+    /// let mut r = CanaryMachine::new(CanaryConfig::default(), t).unwrap();
+    /// assert_eq!(r.on(CanaryEvent::Analysis(Verdict::Fail), t), [CanaryAction::SetWeight(0), CanaryAction::RollBack]);
+    /// assert_eq!(r.state().phase, CanaryPhase::RolledBack);
+    /// assert!(r.on(CanaryEvent::Resume, t).is_empty()); // terminal
     /// ```
-    pub fn on(&mut self, event: Event, now: Instant) -> Vec<Action> {
+    pub fn on(&mut self, event: CanaryEvent, now: Instant) -> Vec<CanaryAction> {
         let s = &mut self.state;
         if s.phase.is_terminal() {
             return Vec::new();
         }
         let baked = now.saturating_duration_since(self.step_started) >= self.bakes[s.step];
         match (s.phase, event) {
-            (_, Event::Analysis(Verdict::Fail)) | (_, Event::Abort) => {
-                s.phase = Phase::RolledBack;
+            (_, CanaryEvent::Analysis(Verdict::Fail)) | (_, CanaryEvent::Abort) => {
+                s.phase = CanaryPhase::RolledBack;
                 s.weight_bp = 0;
                 tracing::warn!(step = s.step, ?event, "canary rolled back");
-                vec![Action::SetWeight(0), Action::RollBack]
+                vec![CanaryAction::SetWeight(0), CanaryAction::RollBack]
             }
-            (_, Event::Promote) => {
-                s.phase = Phase::Promoted;
+            (_, CanaryEvent::Promote) => {
+                s.phase = CanaryPhase::Promoted;
                 tracing::info!(step = s.step, "canary promoted by gate");
-                vec![Action::Promote]
+                vec![CanaryAction::Promote]
             }
-            (Phase::Progressing, Event::Pause) => {
-                s.phase = Phase::Paused(PauseReason::Manual);
+            (CanaryPhase::Progressing, CanaryEvent::Pause) => {
+                s.phase = CanaryPhase::Paused(PauseReason::Manual);
                 tracing::info!(step = s.step, "rollout paused by gate");
                 Vec::new()
             }
-            (Phase::Paused(_), Event::Resume) => {
-                s.phase = Phase::Progressing;
+            (CanaryPhase::Paused(_), CanaryEvent::Resume) => {
+                s.phase = CanaryPhase::Progressing;
                 s.inconclusive = 0;
                 self.step_started = now;
                 tracing::info!(step = s.step, "rollout resumed");
                 Vec::new()
             }
-            (Phase::Progressing, Event::Analysis(Verdict::Pass)) => {
+            (CanaryPhase::Progressing, CanaryEvent::Analysis(Verdict::Pass)) => {
                 s.inconclusive = 0;
                 if !baked {
                     Vec::new()
                 } else if s.step + 1 == self.weights.len() {
-                    s.phase = Phase::Promoted;
+                    s.phase = CanaryPhase::Promoted;
                     tracing::info!(step = s.step, "canary promoted");
-                    vec![Action::Promote]
+                    vec![CanaryAction::Promote]
                 } else {
                     s.step += 1;
                     s.weight_bp = self.weights[s.step];
                     self.step_started = now;
                     tracing::info!(step = s.step, weight_bp = s.weight_bp, "canary step up");
-                    vec![Action::SetWeight(s.weight_bp)]
+                    vec![CanaryAction::SetWeight(s.weight_bp)]
                 }
             }
-            (Phase::Progressing, Event::Analysis(Verdict::Inconclusive)) if baked => {
+            (CanaryPhase::Progressing, CanaryEvent::Analysis(Verdict::Inconclusive)) if baked => {
                 s.inconclusive += 1;
                 if s.inconclusive >= self.inconclusive_limit {
-                    s.phase = Phase::Paused(PauseReason::Inconclusive);
+                    s.phase = CanaryPhase::Paused(PauseReason::Inconclusive);
                     tracing::warn!(
                         step = s.step,
                         inconclusive = s.inconclusive,
