@@ -1,4 +1,4 @@
-//! Rollout settings and their Kubernetes-style resolution.
+//! RolloutController settings and their Kubernetes-style resolution.
 
 use degrade_canary::JudgeConfig;
 use degrade_core::ConfigError;

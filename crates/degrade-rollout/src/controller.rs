@@ -1,4 +1,4 @@
-//! The controller: runs the [`Planner`]'s actions against a [`Driver`] and a [`Pool`], with a
+//! The controller: runs the [`RolloutMachine`]'s actions against a [`Driver`] and a [`Pool`], with a
 //! journal, controls and a status stream.
 
 use crate::config::RolloutConfig;
@@ -7,7 +7,9 @@ use crate::driver::Driver;
 use crate::error::{DriverError, RolloutError};
 use crate::instance::{Instance, Key};
 use crate::journal::{self, Appender, Header, Loaded, Opening};
-use crate::plan::{Action, Event, Outcome, Phase, Planner, Record, StepKind};
+use crate::plan::{
+    Record, RolloutAction, RolloutEvent, RolloutMachine, RolloutOutcome, RolloutPhase, StepKind,
+};
 use degrade_canary::stats::CanarySnapshot;
 use degrade_canary::{Judge, Verdict};
 use degrade_core::{Clock, ConfigError, TokioClock};
@@ -22,15 +24,15 @@ use tokio::sync::{mpsc, watch};
 /// A snapshot of a rollout, published on every change.
 ///
 /// ```
-/// use degrade_rollout::Status;
-/// let s = Status::default();
+/// use degrade_rollout::RolloutStatus;
+/// let s = RolloutStatus::default();
 /// assert!(s.outcome.is_none());
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
-pub struct Status {
+pub struct RolloutStatus {
     /// Upgrading, failing, rolling back or finished (`None` before the first step).
-    pub phase: Option<Phase>,
+    pub phase: Option<RolloutPhase>,
     /// The batch in progress, in the current direction.
     pub batch: Option<usize>,
     /// Upgrade batches in the plan.
@@ -42,7 +44,7 @@ pub struct Status {
     /// Why the rollout failed, once it has.
     pub failure: Option<String>,
     /// How it ended, once it has.
-    pub outcome: Option<Outcome>,
+    pub outcome: Option<RolloutOutcome>,
     /// Driver steps completed by this controller.
     pub steps: u64,
 }
@@ -50,15 +52,15 @@ pub struct Status {
 /// The end of a rollout.
 ///
 /// ```
-/// use degrade_rollout::{Outcome, Report};
-/// fn ok(r: &Report) -> bool { r.outcome == Outcome::Completed }
+/// use degrade_rollout::{RolloutOutcome, RolloutReport};
+/// fn ok(r: &RolloutReport) -> bool { r.outcome == RolloutOutcome::Completed }
 /// # let _ = ok;
 /// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub struct Report {
+pub struct RolloutReport {
     /// How it ended.
-    pub outcome: Outcome,
+    pub outcome: RolloutOutcome,
     /// Why it failed, if it did.
     pub failure: Option<String>,
     /// Driver errors met by this controller, each naming its instance.
@@ -69,21 +71,21 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
-/// Pause, resume, abort and watch a running [`Rollout`]. Clones control the same rollout.
+/// Pause, resume, abort and watch a running [`RolloutController`]. Clones control the same rollout.
 ///
 /// ```
-/// # use degrade_rollout::{Instance, Rollout, RolloutConfig, discover::Pool, ProcessDriver, driver::CommandSpec};
+/// # use degrade_rollout::{Instance, RolloutController, RolloutConfig, discover::Pool, ProcessDriver, driver::CommandSpec};
 /// let driver = ProcessDriver::builder().version("v1", CommandSpec::new("x")).version("v2", CommandSpec::new("x")).build().unwrap();
 /// let pool = Pool::new(|i: &Instance| i.address);
 /// let a = Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1");
-/// let (_rollout, handle) = Rollout::builder(driver, pool).build(vec![a], "v2").unwrap();
+/// let (_rollout, handle) = RolloutController::builder(driver, pool).build(vec![a], "v2").unwrap();
 /// handle.pause();
 /// assert!(handle.status().outcome.is_none());
 /// ```
 #[derive(Debug, Clone)]
 pub struct RolloutHandle {
-    controls: mpsc::UnboundedSender<Event>,
-    status: watch::Receiver<Status>,
+    controls: mpsc::UnboundedSender<RolloutEvent>,
+    status: watch::Receiver<RolloutStatus>,
 }
 
 impl RolloutHandle {
@@ -93,7 +95,7 @@ impl RolloutHandle {
     /// # fn f(h: degrade_rollout::RolloutHandle) { h.pause(); }
     /// ```
     pub fn pause(&self) {
-        let _ = self.controls.send(Event::Pause);
+        let _ = self.controls.send(RolloutEvent::Pause);
     }
 
     /// Starts batches again.
@@ -102,16 +104,16 @@ impl RolloutHandle {
     /// # fn f(h: degrade_rollout::RolloutHandle) { h.resume(); }
     /// ```
     pub fn resume(&self) {
-        let _ = self.controls.send(Event::Resume);
+        let _ = self.controls.send(RolloutEvent::Resume);
     }
 
-    /// Stops after the current batch (outcome [`Outcome::Aborted`]).
+    /// Stops after the current batch (outcome [`RolloutOutcome::Aborted`]).
     ///
     /// ```no_run
     /// # fn f(h: degrade_rollout::RolloutHandle) { h.abort(); }
     /// ```
     pub fn abort(&self) {
-        let _ = self.controls.send(Event::Abort);
+        let _ = self.controls.send(RolloutEvent::Abort);
     }
 
     /// The latest status.
@@ -119,7 +121,7 @@ impl RolloutHandle {
     /// ```no_run
     /// # fn f(h: degrade_rollout::RolloutHandle) { println!("{:?}", h.status().phase); }
     /// ```
-    pub fn status(&self) -> Status {
+    pub fn status(&self) -> RolloutStatus {
         self.status.borrow().clone()
     }
 
@@ -133,23 +135,23 @@ impl RolloutHandle {
     /// }
     /// # }
     /// ```
-    pub fn subscribe(&self) -> watch::Receiver<Status> {
+    pub fn subscribe(&self) -> watch::Receiver<RolloutStatus> {
         self.status.clone()
     }
 }
 
-/// Builds a [`Rollout`].
+/// Builds a [`RolloutController`].
 ///
 /// ```
-/// # use degrade_rollout::{Instance, Rollout, RolloutConfig, discover::Pool, ProcessDriver, driver::CommandSpec};
+/// # use degrade_rollout::{Instance, RolloutController, RolloutConfig, discover::Pool, ProcessDriver, driver::CommandSpec};
 /// let driver = ProcessDriver::builder().version("v1", CommandSpec::new("x")).build().unwrap();
 /// let pool = Pool::new(|i: &Instance| i.address);
 /// let a = Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1");
-/// let err = Rollout::builder(driver, pool).build(vec![a], "v9").unwrap_err();
+/// let err = RolloutController::builder(driver, pool).build(vec![a], "v9").unwrap_err();
 /// assert!(err.to_string().contains("unknown version `v9`"));
 /// ```
 #[derive(Debug)]
-pub struct RolloutBuilder<D, S, C = TokioClock> {
+pub struct RolloutControllerBuilder<D, S, C = TokioClock> {
     driver: D,
     pool: Pool<S>,
     config: RolloutConfig,
@@ -157,13 +159,13 @@ pub struct RolloutBuilder<D, S, C = TokioClock> {
     clock: C,
 }
 
-impl<D: Driver, S: Clone + Send + 'static> RolloutBuilder<D, S, TokioClock> {
+impl<D: Driver, S: Clone + Send + 'static> RolloutControllerBuilder<D, S, TokioClock> {
     /// The settings (default [`RolloutConfig::default`]).
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, Rollout, RolloutConfig, discover::Pool, ProcessDriver, driver::CommandSpec};
+    /// # use degrade_rollout::{Instance, RolloutController, RolloutConfig, discover::Pool, ProcessDriver, driver::CommandSpec};
     /// # let driver = ProcessDriver::builder().version("v1", CommandSpec::new("x")).build().unwrap();
-    /// let b = Rollout::builder(driver, Pool::new(|i: &Instance| i.address)).config(RolloutConfig::default());
+    /// let b = RolloutController::builder(driver, Pool::new(|i: &Instance| i.address)).config(RolloutConfig::default());
     /// # let _ = b;
     /// ```
     #[must_use]
@@ -183,9 +185,9 @@ impl<D: Driver, S: Clone + Send + 'static> RolloutBuilder<D, S, TokioClock> {
     /// 16 MiB.
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, Rollout, discover::Pool, ProcessDriver, driver::CommandSpec};
+    /// # use degrade_rollout::{Instance, RolloutController, discover::Pool, ProcessDriver, driver::CommandSpec};
     /// # let driver = ProcessDriver::builder().version("v1", CommandSpec::new("x")).build().unwrap();
-    /// let b = Rollout::builder(driver, Pool::new(|i: &Instance| i.address)).journal("/var/lib/app/rollout.jsonl");
+    /// let b = RolloutController::builder(driver, Pool::new(|i: &Instance| i.address)).journal("/var/lib/app/rollout.jsonl");
     /// # let _ = b;
     /// ```
     #[must_use]
@@ -206,16 +208,16 @@ impl<D: Driver, S: Clone + Send + 'static> RolloutBuilder<D, S, TokioClock> {
     /// [`RolloutError::Journal`] when the journal cannot be read.
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, Rollout, discover::Pool, ProcessDriver, driver::CommandSpec};
+    /// # use degrade_rollout::{Instance, RolloutController, discover::Pool, ProcessDriver, driver::CommandSpec};
     /// # let driver = ProcessDriver::builder().version("v1", CommandSpec::new("x")).build().unwrap();
-    /// let err = Rollout::builder(driver, Pool::new(|i: &Instance| i.address)).build(vec![], "v1").unwrap_err();
+    /// let err = RolloutController::builder(driver, Pool::new(|i: &Instance| i.address)).build(vec![], "v1").unwrap_err();
     /// assert!(err.to_string().contains("instances"));
     /// ```
     pub fn build(
         self,
         instances: Vec<Instance>,
         target: impl Into<String>,
-    ) -> Result<(Rollout<D, S, TokioClock>, RolloutHandle), RolloutError> {
+    ) -> Result<(RolloutController<D, S, TokioClock>, RolloutHandle), RolloutError> {
         let target = target.into();
         self.driver.check_version(&target)?;
         for i in &instances {
@@ -225,7 +227,10 @@ impl<D: Driver, S: Clone + Send + 'static> RolloutBuilder<D, S, TokioClock> {
         }
         self.config.validate()?;
         let (planner, opening) = match &self.journal {
-            None => (Planner::new(self.config.clone(), instances, target)?, None),
+            None => (
+                RolloutMachine::new(self.config.clone(), instances, target)?,
+                None,
+            ),
             Some(path) => match journal::load(path, &target, &instances)? {
                 Loaded::Fresh { len } => {
                     let header = Header {
@@ -233,7 +238,7 @@ impl<D: Driver, S: Clone + Send + 'static> RolloutBuilder<D, S, TokioClock> {
                         config: self.config.clone(),
                         instances: instances.clone(),
                     };
-                    let planner = Planner::new(self.config.clone(), instances, target)?;
+                    let planner = RolloutMachine::new(self.config.clone(), instances, target)?;
                     let header = journal::header_line(&header)?;
                     (planner, Some(Opening::Create { header, seen: len }))
                 }
@@ -254,8 +259,8 @@ impl<D: Driver, S: Clone + Send + 'static> RolloutBuilder<D, S, TokioClock> {
             },
         };
         let (controls, controls_rx) = mpsc::unbounded_channel();
-        let (status_tx, status) = watch::channel(Status::default());
-        let rollout = Rollout {
+        let (status_tx, status) = watch::channel(RolloutStatus::default());
+        let rollout = RolloutController {
             driver: Arc::new(self.driver),
             pool: self.pool,
             planner,
@@ -272,32 +277,32 @@ impl<D: Driver, S: Clone + Send + 'static> RolloutBuilder<D, S, TokioClock> {
 
 /// Runs a rolling upgrade. See the [crate documentation](crate) for a full example.
 #[derive(Debug)]
-pub struct Rollout<D, S, C = TokioClock> {
+pub struct RolloutController<D, S, C = TokioClock> {
     driver: Arc<D>,
     pool: Pool<S>,
-    planner: Planner,
+    planner: RolloutMachine,
     journal: Option<(PathBuf, Opening)>,
-    controls: mpsc::UnboundedReceiver<Event>,
-    status: watch::Sender<Status>,
+    controls: mpsc::UnboundedReceiver<RolloutEvent>,
+    status: watch::Sender<RolloutStatus>,
     clock: C,
     errors: Vec<DriverError>,
     steps: u64,
 }
 
-impl Rollout<(), ()> {
+impl RolloutController<(), ()> {
     /// A builder for a rollout driving `driver`, routing through `pool`.
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, Rollout, discover::Pool, ProcessDriver, driver::CommandSpec};
+    /// # use degrade_rollout::{Instance, RolloutController, discover::Pool, ProcessDriver, driver::CommandSpec};
     /// # let driver = ProcessDriver::builder().version("v1", CommandSpec::new("x")).build().unwrap();
-    /// let b = Rollout::builder(driver, Pool::new(|i: &Instance| i.address));
+    /// let b = RolloutController::builder(driver, Pool::new(|i: &Instance| i.address));
     /// # let _ = b;
     /// ```
     pub fn builder<D: Driver, S: Clone + Send + 'static>(
         driver: D,
         pool: Pool<S>,
-    ) -> RolloutBuilder<D, S, TokioClock> {
-        RolloutBuilder {
+    ) -> RolloutControllerBuilder<D, S, TokioClock> {
+        RolloutControllerBuilder {
             driver,
             pool,
             config: RolloutConfig::default(),
@@ -307,13 +312,13 @@ impl Rollout<(), ()> {
     }
 }
 
-impl<D: Driver, S: Clone + Send + 'static, C: Clock> Rollout<D, S, C> {
+impl<D: Driver, S: Clone + Send + 'static, C: Clock> RolloutController<D, S, C> {
     /// The planner (read-only).
     ///
     /// ```no_run
-    /// # fn f(r: &degrade_rollout::Rollout<degrade_rollout::ProcessDriver, ()>) { let _ = r.planner().batch_count(); }
+    /// # fn f(r: &degrade_rollout::RolloutController<degrade_rollout::ProcessDriver, ()>) { let _ = r.planner().batch_count(); }
     /// ```
-    pub fn planner(&self) -> &Planner {
+    pub fn planner(&self) -> &RolloutMachine {
         &self.planner
     }
 
@@ -328,10 +333,10 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> Rollout<D, S, C> {
     fn publish(&self) {
         let p = &self.planner;
         let outcome = match p.phase() {
-            Phase::Finished(o) => Some(o),
+            RolloutPhase::Finished(o) => Some(o),
             _ => None,
         };
-        self.status.send_replace(Status {
+        self.status.send_replace(RolloutStatus {
             phase: Some(p.phase()),
             batch: p.current_batch(),
             batches: p.batch_count(),
@@ -343,8 +348,8 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> Rollout<D, S, C> {
         });
     }
 
-    fn report(&self, outcome: Outcome, started: tokio::time::Instant) -> Report {
-        Report {
+    fn report(&self, outcome: RolloutOutcome, started: tokio::time::Instant) -> RolloutReport {
+        RolloutReport {
             outcome,
             failure: self.planner.failure().map(str::to_owned),
             errors: self.errors.clone(),
@@ -359,18 +364,18 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> Rollout<D, S, C> {
     ///
     /// # Errors
     ///
-    /// Only journal I/O: a failed rollout is an [`Outcome`], not an error.
+    /// Only journal I/O: a failed rollout is a [`RolloutOutcome`], not an error.
     ///
     /// ```no_run
-    /// # async fn f(r: degrade_rollout::Rollout<degrade_rollout::ProcessDriver, ()>) -> Result<(), degrade_rollout::RolloutError> {
+    /// # async fn f(r: degrade_rollout::RolloutController<degrade_rollout::ProcessDriver, ()>) -> Result<(), degrade_rollout::RolloutError> {
     /// let report = r.run().await?;
     /// println!("{}: {:?}", report.outcome, report.failure);
     /// # Ok(()) }
     /// ```
-    pub async fn run(mut self) -> Result<Report, RolloutError> {
+    pub async fn run(mut self) -> Result<RolloutReport, RolloutError> {
         let started = tokio::time::Instant::now();
         let mut journal = self.open_journal().await?;
-        if let Phase::Finished(o) = self.planner.phase() {
+        if let RolloutPhase::Finished(o) = self.planner.phase() {
             self.publish();
             return Ok(self.report(o, started));
         }
@@ -386,26 +391,26 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> Rollout<D, S, C> {
             unavailable = limits.unavailable,
             "rollout starting"
         );
-        let mut tasks: FuturesUnordered<BoxFuture<'static, (Event, Option<DriverError>)>> =
+        let mut tasks: FuturesUnordered<BoxFuture<'static, (RolloutEvent, Option<DriverError>)>> =
             FuturesUnordered::new();
         let mut controls_open = true;
-        let mut actions = self.planner.handle(Event::Tick, self.clock.now());
+        let mut actions = self.planner.handle(RolloutEvent::Tick, self.clock.now());
         loop {
             let mut finished = None;
             for a in actions.drain(..) {
                 match a {
-                    Action::Record(r) => {
+                    RolloutAction::Record(r) => {
                         log_record(&r);
                         if let Some(j) = journal.as_mut() {
                             j.append(&r).await?;
                         }
                     }
-                    Action::Drive {
+                    RolloutAction::Drive {
                         step,
                         instance,
                         version,
                     } => tasks.push(self.drive(step.kind, step, instance, version)),
-                    Action::Health {
+                    RolloutAction::Health {
                         id,
                         target,
                         instance,
@@ -430,7 +435,7 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> Rollout<D, S, C> {
                                 }
                             };
                             (
-                                Event::Health {
+                                RolloutEvent::Health {
                                     id,
                                     target,
                                     healthy,
@@ -439,16 +444,16 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> Rollout<D, S, C> {
                             )
                         }));
                     }
-                    Action::Serve { instance } => {
+                    RolloutAction::Serve { instance } => {
                         tracing::info!(instance = %instance, "instance ready: in service");
                         self.pool.insert(&instance);
                     }
-                    Action::Analyze {
+                    RolloutAction::Analyze {
                         batch,
                         upgraded,
                         baseline,
                     } => tasks.push(self.analyze(batch, upgraded, baseline)),
-                    Action::Finished(o) => finished = Some(o),
+                    RolloutAction::Finished(o) => finished = Some(o),
                 }
             }
             self.publish();
@@ -465,16 +470,16 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> Rollout<D, S, C> {
                     if let Some(err) = err {
                         self.errors.push(err);
                     }
-                    if matches!(ev, Event::StepOk { .. } | Event::StepErr { .. }) {
+                    if matches!(ev, RolloutEvent::StepOk { .. } | RolloutEvent::StepErr { .. }) {
                         self.steps += 1;
                     }
                     ev
                 }
                 ctrl = self.controls.recv(), if controls_open => match ctrl {
                     Some(ev) => ev,
-                    None => { controls_open = false; Event::Tick }
+                    None => { controls_open = false; RolloutEvent::Tick }
                 },
-                _ = sleep_until_opt(wake) => Event::Tick,
+                _ = sleep_until_opt(wake) => RolloutEvent::Tick,
             };
             actions = self.planner.handle(event, self.clock.now());
         }
@@ -483,10 +488,10 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> Rollout<D, S, C> {
     fn drive(
         &mut self,
         kind: StepKind,
-        step: crate::plan::Step,
+        step: crate::plan::RolloutStep,
         instance: Instance,
         version: String,
-    ) -> BoxFuture<'static, (Event, Option<DriverError>)> {
+    ) -> BoxFuture<'static, (RolloutEvent, Option<DriverError>)> {
         let driver = self.driver.clone();
         let pool = self.pool.clone();
         let cfg = self.planner.config().clone();
@@ -513,11 +518,11 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> Rollout<D, S, C> {
                 Err(_) => Err(format!("no answer within {:?}", cfg.progress_deadline).into()),
             };
             match result {
-                Ok(address) => (Event::StepOk { id, step, address }, None),
+                Ok(address) => (RolloutEvent::StepOk { id, step, address }, None),
                 Err(e) => {
                     let err = DriverError::new(id.clone(), kind, e);
                     tracing::warn!(error = %err, "driver step failed");
-                    let ev = Event::StepErr {
+                    let ev = RolloutEvent::StepErr {
                         id,
                         step,
                         error: err.source.to_string(),
@@ -533,7 +538,7 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> Rollout<D, S, C> {
         batch: usize,
         upgraded: Vec<Instance>,
         baseline: Vec<Instance>,
-    ) -> BoxFuture<'static, (Event, Option<DriverError>)> {
+    ) -> BoxFuture<'static, (RolloutEvent, Option<DriverError>)> {
         let pool = self.pool.clone();
         let cfg = self.planner.config().analysis.clone().unwrap_or_default();
         Box::pin(async move {
@@ -550,7 +555,7 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> Rollout<D, S, C> {
         batch: usize,
         upgraded: Vec<Instance>,
         baseline: Vec<Instance>,
-    ) -> Event {
+    ) -> RolloutEvent {
         {
             let up: Vec<Key> = upgraded.iter().map(Instance::key).collect();
             let base: Vec<Key> = baseline.iter().map(Instance::key).collect();
@@ -563,7 +568,7 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> Rollout<D, S, C> {
             let mut judge = match Judge::new(cfg.judge.clone()) {
                 Ok(j) => j,
                 Err(e) => {
-                    return Event::Analysis {
+                    return RolloutEvent::Analysis {
                         batch,
                         pass: false,
                         reason: e.to_string(),
@@ -580,14 +585,14 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> Rollout<D, S, C> {
                     crate::deadline::elapsed(started, tokio::time::Instant::now(), cfg.duration);
                 match j.verdict {
                     Verdict::Fail => {
-                        return Event::Analysis {
+                        return RolloutEvent::Analysis {
                             batch,
                             pass: false,
                             reason: j.reason.to_owned(),
                         };
                     }
                     Verdict::Pass => {
-                        return Event::Analysis {
+                        return RolloutEvent::Analysis {
                             batch,
                             pass: true,
                             reason: j.reason.to_owned(),
@@ -596,7 +601,7 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> Rollout<D, S, C> {
                     Verdict::Inconclusive if done => {
                         let pass = !cfg.require_pass;
                         tracing::info!(batch, pass, "analysis inconclusive at its end");
-                        return Event::Analysis {
+                        return RolloutEvent::Analysis {
                             batch,
                             pass,
                             reason: "inconclusive".to_owned(),

@@ -118,7 +118,7 @@ impl fmt::Display for CorruptJournal {
 impl Error for CorruptJournal {}
 
 /// Why a rollout could not run (a failed rollout is not an error: it rolls back and reports
-/// its [`Outcome`](crate::Outcome)).
+/// its [`RolloutOutcome`](crate::RolloutOutcome)).
 ///
 /// ```
 /// use degrade_rollout::RolloutError;

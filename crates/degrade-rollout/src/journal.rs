@@ -16,7 +16,7 @@
 use crate::config::RolloutConfig;
 use crate::error::{CorruptJournal, RolloutError};
 use crate::instance::Instance;
-use crate::plan::{Planner, Record};
+use crate::plan::{Record, RolloutMachine};
 use degrade_core::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -49,7 +49,7 @@ pub(crate) enum Loaded {
     Fresh { len: Option<u64> },
     /// A rollout to resume, replayed up to the last whole line.
     Resume {
-        planner: Box<Planner>,
+        planner: Box<RolloutMachine>,
         len: u64,
         valid_len: u64,
     },
@@ -120,7 +120,7 @@ pub(crate) fn load(
     let mut buf = Vec::new();
     let mut line = 0usize;
     let mut valid_len = 0u64;
-    let mut planner: Option<Planner> = None;
+    let mut planner: Option<RolloutMachine> = None;
     let mut records = 0usize;
     let mut torn = None;
     loop {
@@ -153,7 +153,7 @@ pub(crate) fn load(
                     corrupt(line, format!("not a journal header: {}", describe(&e)))
                 })?;
                 check_same_rollout(path, &h, target, instances)?;
-                let p = Planner::new(h.config, h.instances, h.target)
+                let p = RolloutMachine::new(h.config, h.instances, h.target)
                     .map_err(|e| corrupt(line, format!("header: {e}")))?;
                 planner = Some(p);
             }

@@ -11,7 +11,7 @@
 //! progress deadline just stops), and starts from scratch — upgrading some instances twice —
 //! when its own process dies. This crate:
 //!
-//! * **plans** like Kubernetes ([`plan::Planner`], a pure state machine): max surge (rounded
+//! * **plans** like Kubernetes ([`plan::RolloutMachine`], a pure state machine): max surge (rounded
 //!   up) and max unavailable (rounded down) as counts or percentages, a min-ready bake time, a
 //!   progress deadline, N consecutive healthy checks to be ready and a failure threshold;
 //!   property-tested never to exceed its bounds and always to terminate;
@@ -31,12 +31,12 @@
 //!   instance twice; a line torn by the crash is dropped, any other damage is refused
 //!   ([`RolloutError::CorruptJournal`], naming the line) rather than overwritten;
 //! * is **controllable and observable**: [`RolloutHandle`] pauses, resumes, aborts (after the
-//!   current batch) and streams [`Status`]; `tracing` events mark every batch and step.
+//!   current batch) and streams [`RolloutStatus`]; `tracing` events mark every batch and step.
 //!
 //! ## Example
 //!
 //! ```no_run
-//! use degrade_rollout::{Instance, ProcessDriver, Rollout, RolloutConfig, Outcome};
+//! use degrade_rollout::{Instance, ProcessDriver, RolloutController, RolloutConfig, RolloutOutcome};
 //! use degrade_rollout::discover::Pool;
 //! use degrade_rollout::driver::{CommandSpec, HealthCheck};
 //! use tower::balance::p2c::Balance;
@@ -64,12 +64,12 @@
 //! let balancer: Balance<_, ()> = Balance::new(pool.discover());
 //! # let _ = balancer;
 //!
-//! let (rollout, handle) = Rollout::builder(driver, pool.clone())
+//! let (rollout, handle) = RolloutController::builder(driver, pool.clone())
 //!     .config(RolloutConfig::default())
 //!     .journal("rollout.jsonl")
 //!     .build(instances, "v2")?;
 //! let report = rollout.run().await?;
-//! assert_eq!(report.outcome, Outcome::Completed);
+//! assert_eq!(report.outcome, RolloutOutcome::Completed);
 //! # let _ = handle;
 //! # Ok(()) }
 //! ```
@@ -89,10 +89,12 @@ mod journal;
 pub mod plan;
 
 pub use config::{Amount, AnalysisConfig, Limits, RolloutConfig};
-pub use controller::{Report, Rollout, RolloutBuilder, RolloutHandle, Status};
+pub use controller::{
+    RolloutController, RolloutControllerBuilder, RolloutHandle, RolloutReport, RolloutStatus,
+};
 pub use driver::{Driver, ProcessDriver};
 pub use error::{CorruptJournal, DriverError, RolloutError};
 pub use instance::{Instance, InstanceState, Key};
-pub use plan::Outcome;
+pub use plan::RolloutOutcome;
 
 pub use degrade_core::BoxError;

@@ -4,12 +4,12 @@
 //!
 //! A rollout mixes slow I/O (stopping processes, health checks) with decisions that must be
 //! exactly right (never more than `max_unavailable` out of service, never touch an instance
-//! twice, roll back exactly what was changed). The [`Planner`] holds the decisions only: it
-//! takes an [`Event`] and the current time and returns [`Action`]s; the controller
+//! twice, roll back exactly what was changed). The [`RolloutMachine`] holds the decisions only: it
+//! takes a [`RolloutEvent`] and the current time and returns [`RolloutAction`]s; the controller
 //! performs them and reports back. Tests drive it without a runtime.
 //!
 //! Every change of the planner's durable state is a [`Record`] it emits before acting; a
-//! planner rebuilt from the same records ([`Planner::replay`]) is in the same state, which is
+//! planner rebuilt from the same records ([`RolloutMachine::replay`]) is in the same state, which is
 //! how a restarted controller resumes from its journal. Only soft state (health streaks, the
 //! bake timer) starts over.
 //!
@@ -30,7 +30,7 @@
 //! running finish, then rolls back — the failed batch first, then the completed batches in
 //! reverse order, with the same batch sizes and modes, every changed instance returning to the
 //! version it had before. A failure during the rollback stops everything (reported as
-//! [`Outcome::RollbackFailed`]): taking more instances down would break the availability
+//! [`RolloutOutcome::RollbackFailed`]): taking more instances down would break the availability
 //! bound.
 
 use crate::config::{Limits, RolloutConfig};
@@ -115,19 +115,19 @@ impl fmt::Display for StepKind {
 /// One step of an instance's upgrade (or rollback).
 ///
 /// ```
-/// use degrade_rollout::plan::{Step, StepKind, Target};
-/// let s = Step { kind: StepKind::Start, target: Target::Next };
+/// use degrade_rollout::plan::{RolloutStep, StepKind, Target};
+/// let s = RolloutStep { kind: StepKind::Start, target: Target::Next };
 /// assert_eq!(s.to_string(), "start next");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Step {
+pub struct RolloutStep {
     /// What it does.
     pub kind: StepKind,
     /// On which instance of the id.
     pub target: Target,
 }
 
-impl fmt::Display for Step {
+impl fmt::Display for RolloutStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.kind, self.target)
     }
@@ -175,12 +175,12 @@ impl fmt::Display for Direction {
 /// How a rollout ended.
 ///
 /// ```
-/// use degrade_rollout::Outcome;
-/// assert_eq!(Outcome::RolledBack.to_string(), "rolled back");
+/// use degrade_rollout::RolloutOutcome;
+/// assert_eq!(RolloutOutcome::RolledBack.to_string(), "rolled back");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub enum RolloutOutcome {
     /// Every instance runs the target version.
     Completed,
     /// Stopped on request after a batch; instances keep the versions they have.
@@ -191,13 +191,13 @@ pub enum Outcome {
     RollbackFailed,
 }
 
-impl fmt::Display for Outcome {
+impl fmt::Display for RolloutOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Outcome::Completed => "completed",
-            Outcome::Aborted => "aborted",
-            Outcome::RolledBack => "rolled back",
-            Outcome::RollbackFailed => "rollback failed",
+            RolloutOutcome::Completed => "completed",
+            RolloutOutcome::Aborted => "aborted",
+            RolloutOutcome::RolledBack => "rolled back",
+            RolloutOutcome::RollbackFailed => "rollback failed",
         })
     }
 }
@@ -227,7 +227,7 @@ pub enum Record {
         /// The instance id.
         id: String,
         /// The step.
-        step: Step,
+        step: RolloutStep,
         /// For [`StepKind::Allocate`]: the replacement's address.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         address: Option<SocketAddr>,
@@ -256,33 +256,33 @@ pub enum Record {
     /// The rollout ended.
     Finished {
         /// How.
-        outcome: Outcome,
+        outcome: RolloutOutcome,
     },
 }
 
 /// Something the controller must do.
 ///
 /// ```
-/// use degrade_rollout::plan::Action;
-/// fn is_io(a: &Action) -> bool { matches!(a, Action::Drive { .. } | Action::Health { .. }) }
-/// assert!(!is_io(&Action::Record(degrade_rollout::plan::Record::Paused)));
+/// use degrade_rollout::plan::RolloutAction;
+/// fn is_io(a: &RolloutAction) -> bool { matches!(a, RolloutAction::Drive { .. } | RolloutAction::Health { .. }) }
+/// assert!(!is_io(&RolloutAction::Record(degrade_rollout::plan::Record::Paused)));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Action {
+pub enum RolloutAction {
     /// Append to the journal (before performing the actions that follow).
     Record(Record),
     /// Perform a driver step on `instance` (for [`StepKind::Install`], install `version`).
-    /// Report [`Event::StepOk`] or [`Event::StepErr`].
+    /// RolloutReport [`RolloutEvent::StepOk`] or [`RolloutEvent::StepErr`].
     Drive {
         /// The step.
-        step: Step,
+        step: RolloutStep,
         /// The instance it acts on (for `Allocate`: the instance to replace).
         instance: Instance,
         /// The version being moved to.
         version: String,
     },
-    /// Check the health of `instance` once; report [`Event::Health`].
+    /// Check the health of `instance` once; report [`RolloutEvent::Health`].
     Health {
         /// The id.
         id: String,
@@ -296,7 +296,7 @@ pub enum Action {
         /// The instance.
         instance: Instance,
     },
-    /// Analyse the batch: compare `upgraded` with `baseline`, report [`Event::Analysis`].
+    /// Analyse the batch: compare `upgraded` with `baseline`, report [`RolloutEvent::Analysis`].
     Analyze {
         /// Upgrade batch index.
         batch: usize,
@@ -306,36 +306,36 @@ pub enum Action {
         baseline: Vec<Instance>,
     },
     /// The rollout ended.
-    Finished(Outcome),
+    Finished(RolloutOutcome),
 }
 
 /// An input of the planner.
 ///
 /// ```
-/// use degrade_rollout::plan::Event;
-/// let e = Event::Tick;
-/// assert!(matches!(e, Event::Tick));
+/// use degrade_rollout::plan::RolloutEvent;
+/// let e = RolloutEvent::Tick;
+/// assert!(matches!(e, RolloutEvent::Tick));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Event {
+pub enum RolloutEvent {
     /// Time passed (or: start).
     Tick,
-    /// A [`Action::Drive`] step succeeded.
+    /// A [`RolloutAction::Drive`] step succeeded.
     StepOk {
         /// The id.
         id: String,
         /// The step.
-        step: Step,
+        step: RolloutStep,
         /// For `Allocate`: the address given.
         address: Option<SocketAddr>,
     },
-    /// A [`Action::Drive`] step failed.
+    /// A [`RolloutAction::Drive`] step failed.
     StepErr {
         /// The id.
         id: String,
         /// The step.
-        step: Step,
+        step: RolloutStep,
         /// The driver's error, as text.
         error: String,
     },
@@ -375,15 +375,15 @@ enum OpKind {
     Restore,
 }
 
-const fn s(kind: StepKind, target: Target) -> Step {
-    Step { kind, target }
+const fn s(kind: StepKind, target: Target) -> RolloutStep {
+    RolloutStep { kind, target }
 }
 
 use StepKind as K;
 use Target::{Current as C, Next as N};
 
-fn steps(kind: OpKind) -> &'static [Step] {
-    const IN_PLACE: &[Step] = &[
+fn steps(kind: OpKind) -> &'static [RolloutStep] {
+    const IN_PLACE: &[RolloutStep] = &[
         s(K::Drain, C),
         s(K::Stop, C),
         s(K::Install, C),
@@ -391,7 +391,7 @@ fn steps(kind: OpKind) -> &'static [Step] {
         s(K::Probe, C),
         s(K::Bake, C),
     ];
-    const SURGE: &[Step] = &[
+    const SURGE: &[RolloutStep] = &[
         s(K::Allocate, N),
         s(K::Install, N),
         s(K::Start, N),
@@ -402,8 +402,8 @@ fn steps(kind: OpKind) -> &'static [Step] {
         s(K::Release, C),
         s(K::Swap, N),
     ];
-    const DISCARD: &[Step] = &[s(K::Drain, N), s(K::Stop, N), s(K::Release, N)];
-    const RESTORE: &[Step] = &[
+    const DISCARD: &[RolloutStep] = &[s(K::Drain, N), s(K::Stop, N), s(K::Release, N)];
+    const RESTORE: &[RolloutStep] = &[
         s(K::Drain, C),
         s(K::Stop, C),
         s(K::Install, C),
@@ -454,7 +454,7 @@ impl Op {
             probe_since: None,
         }
     }
-    fn step(&self) -> Option<Step> {
+    fn step(&self) -> Option<RolloutStep> {
         steps(self.kind).get(self.pos).copied()
     }
     fn done(&self) -> bool {
@@ -506,12 +506,12 @@ impl Slot {
 /// Where the rollout is.
 ///
 /// ```
-/// use degrade_rollout::plan::Phase;
-/// assert_eq!(Phase::Upgrading.to_string(), "upgrading");
+/// use degrade_rollout::plan::RolloutPhase;
+/// assert_eq!(RolloutPhase::Upgrading.to_string(), "upgrading");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Phase {
+pub enum RolloutPhase {
     /// Moving instances to the target version.
     Upgrading,
     /// Failed; waiting for the running steps to settle before rolling back.
@@ -519,16 +519,16 @@ pub enum Phase {
     /// Moving changed instances back.
     RollingBack,
     /// Ended.
-    Finished(Outcome),
+    Finished(RolloutOutcome),
 }
 
-impl fmt::Display for Phase {
+impl fmt::Display for RolloutPhase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Phase::Upgrading => f.write_str("upgrading"),
-            Phase::Failing => f.write_str("failing"),
-            Phase::RollingBack => f.write_str("rolling back"),
-            Phase::Finished(o) => write!(f, "finished ({o})"),
+            RolloutPhase::Upgrading => f.write_str("upgrading"),
+            RolloutPhase::Failing => f.write_str("failing"),
+            RolloutPhase::RollingBack => f.write_str("rolling back"),
+            RolloutPhase::Finished(o) => write!(f, "finished ({o})"),
         }
     }
 }
@@ -537,28 +537,28 @@ impl fmt::Display for Phase {
 ///
 /// ```
 /// use degrade_rollout::{Instance, RolloutConfig};
-/// use degrade_rollout::plan::{Action, Event, Planner, StepKind};
+/// use degrade_rollout::plan::{RolloutAction, RolloutEvent, RolloutMachine, StepKind};
 /// use tokio::time::Instant;
 ///
 /// let instances = vec![
 ///     Instance::new("a", "127.0.0.1:8001".parse().unwrap(), "v1"),
 ///     Instance::new("b", "127.0.0.1:8002".parse().unwrap(), "v1"),
 /// ];
-/// let mut p = Planner::new(RolloutConfig::default(), instances, "v2").unwrap();
+/// let mut p = RolloutMachine::new(RolloutConfig::default(), instances, "v2").unwrap();
 /// assert_eq!(p.batch_count(), 2); // max_unavailable 1, max_surge 0: one at a time
-/// let actions = p.handle(Event::Tick, Instant::now());
-/// let drains: Vec<_> = actions.iter().filter(|a| matches!(a, Action::Drive { step, .. } if step.kind == StepKind::Drain)).collect();
+/// let actions = p.handle(RolloutEvent::Tick, Instant::now());
+/// let drains: Vec<_> = actions.iter().filter(|a| matches!(a, RolloutAction::Drive { step, .. } if step.kind == StepKind::Drain)).collect();
 /// assert_eq!(drains.len(), 1);
 /// ```
 #[derive(Debug, Clone)]
-pub struct Planner {
+pub struct RolloutMachine {
     cfg: RolloutConfig,
     limits: Limits,
     target: String,
     slots: Vec<Slot>,
     batches: Vec<Vec<(usize, Mode)>>,
     rollback: Vec<Vec<(usize, OpKind, String)>>,
-    phase: Phase,
+    phase: RolloutPhase,
     direction: Direction,
     next_batch: usize,
     current_batch: Option<usize>,
@@ -571,7 +571,7 @@ pub struct Planner {
     last_progress: Option<Instant>,
 }
 
-impl Planner {
+impl RolloutMachine {
     /// A planner moving `instances` to `target`. Instances already on `target` are left
     /// alone.
     ///
@@ -581,9 +581,9 @@ impl Planner {
     /// addresses, or an empty target version.
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, RolloutConfig, plan::Planner};
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::RolloutMachine};
     /// let a = Instance::new("a", "127.0.0.1:8001".parse().unwrap(), "v1");
-    /// let err = Planner::new(RolloutConfig::default(), vec![a.clone(), a], "v2").unwrap_err();
+    /// let err = RolloutMachine::new(RolloutConfig::default(), vec![a.clone(), a], "v2").unwrap_err();
     /// assert_eq!(err.field(), "instances");
     /// ```
     pub fn new(
@@ -662,7 +662,7 @@ impl Planner {
             slots,
             batches,
             rollback: Vec::new(),
-            phase: Phase::Upgrading,
+            phase: RolloutPhase::Upgrading,
             direction: Direction::Upgrade,
             next_batch: 0,
             current_batch: None,
@@ -680,10 +680,10 @@ impl Planner {
     /// The next [`handle`](Self::handle) re-issues whatever step was running.
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, RolloutConfig, plan::{Planner, Record, Direction}};
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::{RolloutMachine, Record, Direction}};
     /// # let instances = vec![Instance::new("a", "127.0.0.1:8001".parse().unwrap(), "v1")];
     /// let records = vec![Record::BatchStarted { direction: Direction::Upgrade, batch: 0 }];
-    /// let p = Planner::replay(RolloutConfig::default(), instances, "v2", &records).unwrap();
+    /// let p = RolloutMachine::replay(RolloutConfig::default(), instances, "v2", &records).unwrap();
     /// assert_eq!(p.current_batch(), Some(0));
     /// ```
     ///
@@ -695,10 +695,10 @@ impl Planner {
     /// progress, anything after the end): replaying it would act on a state that never was.
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, RolloutConfig, plan::{Planner, Record, Direction}};
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::{RolloutMachine, Record, Direction}};
     /// # let instances = vec![Instance::new("a", "127.0.0.1:8001".parse().unwrap(), "v1")];
     /// let records = vec![Record::BatchStarted { direction: Direction::Upgrade, batch: 7 }];
-    /// let err = Planner::replay(RolloutConfig::default(), instances, "v2", &records).unwrap_err();
+    /// let err = RolloutMachine::replay(RolloutConfig::default(), instances, "v2", &records).unwrap_err();
     /// assert_eq!(err.field(), "records[0]");
     /// assert!(err.to_string().contains("batch 7"));
     /// ```
@@ -739,7 +739,7 @@ impl Planner {
 
     /// Whether `r` is a record this planner could emit in its present state.
     fn fits(&self, r: &Record) -> Result<(), String> {
-        if let Phase::Finished(o) = self.phase {
+        if let RolloutPhase::Finished(o) = self.phase {
             return Err(format!("a record after the rollout finished ({o})"));
         }
         match r {
@@ -748,7 +748,10 @@ impl Planner {
                     Direction::Upgrade => self.batches.len(),
                     Direction::Rollback => self.rollback.len(),
                 };
-                if !matches!(self.phase, Phase::Upgrading | Phase::RollingBack) {
+                if !matches!(
+                    self.phase,
+                    RolloutPhase::Upgrading | RolloutPhase::RollingBack
+                ) {
                     return Err(format!(
                         "{direction} batch {batch} started while {}",
                         self.phase
@@ -795,7 +798,7 @@ impl Planner {
                 }
             }
             Record::RollbackStarted => {
-                if self.phase != Phase::Failing {
+                if self.phase != RolloutPhase::Failing {
                     return Err(format!("rollback started while {}", self.phase));
                 }
             }
@@ -821,9 +824,9 @@ impl Planner {
     /// The resolved surge and unavailable limits.
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, RolloutConfig, plan::Planner};
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::RolloutMachine};
     /// # let i = vec![Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1")];
-    /// assert_eq!(Planner::new(RolloutConfig::default(), i, "v2").unwrap().limits().unavailable, 1);
+    /// assert_eq!(RolloutMachine::new(RolloutConfig::default(), i, "v2").unwrap().limits().unavailable, 1);
     /// ```
     pub fn limits(&self) -> Limits {
         self.limits
@@ -832,9 +835,9 @@ impl Planner {
     /// The target version.
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, RolloutConfig, plan::Planner};
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::RolloutMachine};
     /// # let i = vec![Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1")];
-    /// assert_eq!(Planner::new(RolloutConfig::default(), i, "v2").unwrap().target(), "v2");
+    /// assert_eq!(RolloutMachine::new(RolloutConfig::default(), i, "v2").unwrap().target(), "v2");
     /// ```
     pub fn target(&self) -> &str {
         &self.target
@@ -843,9 +846,9 @@ impl Planner {
     /// The configuration.
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, RolloutConfig, plan::Planner};
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::RolloutMachine};
     /// # let i = vec![Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1")];
-    /// assert_eq!(Planner::new(RolloutConfig::default(), i, "v2").unwrap().config().healthy_threshold, 3);
+    /// assert_eq!(RolloutMachine::new(RolloutConfig::default(), i, "v2").unwrap().config().healthy_threshold, 3);
     /// ```
     pub fn config(&self) -> &RolloutConfig {
         &self.cfg
@@ -854,9 +857,9 @@ impl Planner {
     /// Number of upgrade batches.
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, RolloutConfig, plan::Planner};
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::RolloutMachine};
     /// # let i = vec![Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v2")];
-    /// assert_eq!(Planner::new(RolloutConfig::default(), i, "v2").unwrap().batch_count(), 0);
+    /// assert_eq!(RolloutMachine::new(RolloutConfig::default(), i, "v2").unwrap().batch_count(), 0);
     /// ```
     pub fn batch_count(&self) -> usize {
         self.batches.len()
@@ -865,20 +868,20 @@ impl Planner {
     /// The phase.
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, RolloutConfig, plan::{Planner, Phase}};
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::{RolloutMachine, RolloutPhase}};
     /// # let i = vec![Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1")];
-    /// assert_eq!(Planner::new(RolloutConfig::default(), i, "v2").unwrap().phase(), Phase::Upgrading);
+    /// assert_eq!(RolloutMachine::new(RolloutConfig::default(), i, "v2").unwrap().phase(), RolloutPhase::Upgrading);
     /// ```
-    pub fn phase(&self) -> Phase {
+    pub fn phase(&self) -> RolloutPhase {
         self.phase
     }
 
     /// The batch in progress (an index into the batches of the current direction).
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, RolloutConfig, plan::Planner};
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::RolloutMachine};
     /// # let i = vec![Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1")];
-    /// assert_eq!(Planner::new(RolloutConfig::default(), i, "v2").unwrap().current_batch(), None);
+    /// assert_eq!(RolloutMachine::new(RolloutConfig::default(), i, "v2").unwrap().current_batch(), None);
     /// ```
     pub fn current_batch(&self) -> Option<usize> {
         self.current_batch
@@ -887,9 +890,9 @@ impl Planner {
     /// Whether new batches are held.
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, RolloutConfig, plan::Planner};
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::RolloutMachine};
     /// # let i = vec![Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1")];
-    /// assert!(!Planner::new(RolloutConfig::default(), i, "v2").unwrap().paused());
+    /// assert!(!RolloutMachine::new(RolloutConfig::default(), i, "v2").unwrap().paused());
     /// ```
     pub fn paused(&self) -> bool {
         self.paused
@@ -898,9 +901,9 @@ impl Planner {
     /// Why the rollout failed, once it has.
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, RolloutConfig, plan::Planner};
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::RolloutMachine};
     /// # let i = vec![Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1")];
-    /// assert_eq!(Planner::new(RolloutConfig::default(), i, "v2").unwrap().failure(), None);
+    /// assert_eq!(RolloutMachine::new(RolloutConfig::default(), i, "v2").unwrap().failure(), None);
     /// ```
     pub fn failure(&self) -> Option<&str> {
         self.failure.as_deref()
@@ -909,9 +912,9 @@ impl Planner {
     /// Every instance: the current holder of each id, then surge replacements.
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, RolloutConfig, plan::Planner};
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::RolloutMachine};
     /// # let i = vec![Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1")];
-    /// assert_eq!(Planner::new(RolloutConfig::default(), i, "v2").unwrap().instances().len(), 1);
+    /// assert_eq!(RolloutMachine::new(RolloutConfig::default(), i, "v2").unwrap().instances().len(), 1);
     /// ```
     pub fn instances(&self) -> Vec<Instance> {
         let mut v: Vec<Instance> = self.slots.iter().map(|s| s.current.clone()).collect();
@@ -922,9 +925,9 @@ impl Planner {
     /// The instances that should be in the balancer now.
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, RolloutConfig, plan::Planner};
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::RolloutMachine};
     /// # let i = vec![Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1")];
-    /// assert_eq!(Planner::new(RolloutConfig::default(), i, "v2").unwrap().serving().len(), 1);
+    /// assert_eq!(RolloutMachine::new(RolloutConfig::default(), i, "v2").unwrap().serving().len(), 1);
     /// ```
     pub fn serving(&self) -> Vec<Instance> {
         let mut v = Vec::new();
@@ -944,9 +947,9 @@ impl Planner {
     /// Ids with no available instance (none serving and healthy).
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, RolloutConfig, plan::Planner};
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::RolloutMachine};
     /// # let i = vec![Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1")];
-    /// assert_eq!(Planner::new(RolloutConfig::default(), i, "v2").unwrap().unavailable(), 0);
+    /// assert_eq!(RolloutMachine::new(RolloutConfig::default(), i, "v2").unwrap().unavailable(), 0);
     /// ```
     pub fn unavailable(&self) -> usize {
         self.slots.iter().filter(|s| !s.available()).count()
@@ -955,23 +958,23 @@ impl Planner {
     /// Instances that exist (desired ones plus surge replacements).
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, RolloutConfig, plan::Planner};
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::RolloutMachine};
     /// # let i = vec![Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1")];
-    /// assert_eq!(Planner::new(RolloutConfig::default(), i, "v2").unwrap().allocated(), 1);
+    /// assert_eq!(RolloutMachine::new(RolloutConfig::default(), i, "v2").unwrap().allocated(), 1);
     /// ```
     pub fn allocated(&self) -> usize {
         self.slots.len() + self.slots.iter().filter(|s| s.next.is_some()).count()
     }
 
-    /// When the planner next needs a [`Event::Tick`], if it waits on time.
+    /// When the planner next needs a [`RolloutEvent::Tick`], if it waits on time.
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, RolloutConfig, plan::Planner};
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::RolloutMachine};
     /// # let i = vec![Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1")];
-    /// assert_eq!(Planner::new(RolloutConfig::default(), i, "v2").unwrap().next_wake(), None);
+    /// assert_eq!(RolloutMachine::new(RolloutConfig::default(), i, "v2").unwrap().next_wake(), None);
     /// ```
     pub fn next_wake(&self) -> Option<Instant> {
-        if matches!(self.phase, Phase::Finished(_)) {
+        if matches!(self.phase, RolloutPhase::Finished(_)) {
             return None;
         }
         let mut wake = None::<Instant>;
@@ -980,7 +983,10 @@ impl Planner {
                 wake = Some(wake.map_or(t, |w| w.min(t)));
             }
         };
-        let waiting = matches!(self.phase, Phase::Upgrading | Phase::RollingBack);
+        let waiting = matches!(
+            self.phase,
+            RolloutPhase::Upgrading | RolloutPhase::RollingBack
+        );
         for op in &self.ops {
             if !waiting || op.done() {
                 continue;
@@ -1001,53 +1007,53 @@ impl Planner {
     /// Feeds one event; returns what to do, records first.
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, RolloutConfig, plan::{Planner, Event, Action, Record}};
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::{RolloutMachine, RolloutEvent, RolloutAction, Record}};
     /// # let i = vec![Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1")];
-    /// let mut p = Planner::new(RolloutConfig::default(), i, "v2").unwrap();
-    /// let actions = p.handle(Event::Pause, tokio::time::Instant::now());
-    /// assert_eq!(actions, vec![Action::Record(Record::Paused)]);
+    /// let mut p = RolloutMachine::new(RolloutConfig::default(), i, "v2").unwrap();
+    /// let actions = p.handle(RolloutEvent::Pause, tokio::time::Instant::now());
+    /// assert_eq!(actions, vec![RolloutAction::Record(Record::Paused)]);
     /// ```
-    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+    pub fn handle(&mut self, event: RolloutEvent, now: Instant) -> Vec<RolloutAction> {
         let mut out = Vec::new();
-        if matches!(self.phase, Phase::Finished(_)) {
+        if matches!(self.phase, RolloutPhase::Finished(_)) {
             return out;
         }
         match event {
-            Event::Tick => {}
-            Event::Pause => {
+            RolloutEvent::Tick => {}
+            RolloutEvent::Pause => {
                 if !self.paused {
                     self.record(Record::Paused, now, &mut out);
                 }
             }
-            Event::Resume => {
+            RolloutEvent::Resume => {
                 if self.paused {
                     self.record(Record::Resumed, now, &mut out);
                 }
             }
-            Event::Abort => {
+            RolloutEvent::Abort => {
                 if !self.abort {
                     self.record(Record::AbortRequested, now, &mut out);
                 }
             }
-            Event::StepOk { id, step, address } => {
+            RolloutEvent::StepOk { id, step, address } => {
                 if let Some(k) = self.busy_op(&id, step) {
                     self.ops[k].busy = false;
                     self.record(Record::StepDone { id, step, address }, now, &mut out);
                 }
             }
-            Event::StepErr { id, step, error } => {
+            RolloutEvent::StepErr { id, step, error } => {
                 if let Some(k) = self.busy_op(&id, step) {
                     self.ops[k].busy = false;
                     let reason = format!("{step} of `{id}` failed: {error}");
                     self.fail(Some(id), reason, now, &mut out);
                 }
             }
-            Event::Health {
+            RolloutEvent::Health {
                 id,
                 target,
                 healthy,
             } => self.health(id, target, healthy, now, &mut out),
-            Event::Analysis {
+            RolloutEvent::Analysis {
                 batch,
                 pass,
                 reason,
@@ -1071,7 +1077,7 @@ impl Planner {
         out
     }
 
-    fn busy_op(&self, id: &str, step: Step) -> Option<usize> {
+    fn busy_op(&self, id: &str, step: RolloutStep) -> Option<usize> {
         self.ops.iter().position(|op| {
             op.busy && self.slots[op.slot].current.id == id && op.step() == Some(step)
         })
@@ -1083,7 +1089,7 @@ impl Planner {
         target: Target,
         healthy: bool,
         now: Instant,
-        out: &mut Vec<Action>,
+        out: &mut Vec<RolloutAction>,
     ) {
         let Some(k) = self.ops.iter().position(|op| {
             op.busy
@@ -1095,7 +1101,7 @@ impl Planner {
         let op = &mut self.ops[k];
         op.busy = false;
         op.next_probe = Some(after(now, self.cfg.health_interval));
-        if self.phase == Phase::Failing {
+        if self.phase == RolloutPhase::Failing {
             return;
         }
         if healthy {
@@ -1118,7 +1124,7 @@ impl Planner {
                 op.bake_until = Some(after(now, self.cfg.min_ready));
                 op.next_probe = Some(after(now, self.cfg.health_interval));
                 if let Some(i) = self.slots[op.slot].get(target) {
-                    out.push(Action::Serve {
+                    out.push(RolloutAction::Serve {
                         instance: i.clone(),
                     });
                 }
@@ -1141,15 +1147,21 @@ impl Planner {
         }
     }
 
-    fn fail(&mut self, id: Option<String>, reason: String, now: Instant, out: &mut Vec<Action>) {
-        if self.phase == Phase::Failing {
+    fn fail(
+        &mut self,
+        id: Option<String>,
+        reason: String,
+        now: Instant,
+        out: &mut Vec<RolloutAction>,
+    ) {
+        if self.phase == RolloutPhase::Failing {
             return;
         }
         self.record(Record::Failed { id, reason }, now, out);
     }
 
-    fn record(&mut self, r: Record, now: Instant, out: &mut Vec<Action>) {
-        out.push(Action::Record(r.clone()));
+    fn record(&mut self, r: Record, now: Instant, out: &mut Vec<RolloutAction>) {
+        out.push(RolloutAction::Record(r.clone()));
         self.apply(r, Some(now));
     }
 
@@ -1264,8 +1276,10 @@ impl Planner {
                 }
                 self.failure.get_or_insert(reason);
                 self.phase = match self.phase {
-                    Phase::Upgrading => Phase::Failing,
-                    Phase::RollingBack => Phase::Finished(Outcome::RollbackFailed),
+                    RolloutPhase::Upgrading => RolloutPhase::Failing,
+                    RolloutPhase::RollingBack => {
+                        RolloutPhase::Finished(RolloutOutcome::RollbackFailed)
+                    }
                     p => p,
                 };
                 self.analysis_pending = false;
@@ -1279,7 +1293,7 @@ impl Planner {
             Record::Resumed => self.paused = false,
             Record::AbortRequested => self.abort = true,
             Record::Finished { outcome } => {
-                self.phase = Phase::Finished(outcome);
+                self.phase = RolloutPhase::Finished(outcome);
                 self.ops.clear();
                 self.current_batch = None;
             }
@@ -1332,28 +1346,28 @@ impl Planner {
         self.current_batch = None;
         self.next_batch = 0;
         self.direction = Direction::Rollback;
-        self.phase = Phase::RollingBack;
+        self.phase = RolloutPhase::RollingBack;
         self.paused = false;
         self.abort = false;
     }
 
-    fn drive(&mut self, now: Instant, out: &mut Vec<Action>) {
+    fn drive(&mut self, now: Instant, out: &mut Vec<RolloutAction>) {
         loop {
             match self.phase {
-                Phase::Finished(outcome) => {
-                    if !out.iter().any(|a| matches!(a, Action::Finished(_))) {
-                        out.push(Action::Finished(outcome));
+                RolloutPhase::Finished(outcome) => {
+                    if !out.iter().any(|a| matches!(a, RolloutAction::Finished(_))) {
+                        out.push(RolloutAction::Finished(outcome));
                     }
                     return;
                 }
-                Phase::Failing => {
+                RolloutPhase::Failing => {
                     if self.ops.iter().any(|op| op.busy) {
                         return;
                     }
                     self.record(Record::RollbackStarted, now, out);
                     continue;
                 }
-                Phase::Upgrading | Phase::RollingBack => {}
+                RolloutPhase::Upgrading | RolloutPhase::RollingBack => {}
             }
             if self.current_batch.is_some() {
                 if self.last_progress.is_none() {
@@ -1372,7 +1386,7 @@ impl Planner {
                     continue;
                 }
                 self.step_ops(now, out);
-                if self.phase == Phase::Failing || self.ops.iter().all(Op::done) {
+                if self.phase == RolloutPhase::Failing || self.ops.iter().all(Op::done) {
                     continue;
                 }
                 if let Some(t) = self.last_progress
@@ -1393,11 +1407,11 @@ impl Planner {
             };
             let outcome = if self.next_batch >= total {
                 Some(match self.direction {
-                    Direction::Upgrade => Outcome::Completed,
-                    Direction::Rollback => Outcome::RolledBack,
+                    Direction::Upgrade => RolloutOutcome::Completed,
+                    Direction::Rollback => RolloutOutcome::RolledBack,
                 })
             } else if self.abort {
-                Some(Outcome::Aborted)
+                Some(RolloutOutcome::Aborted)
             } else {
                 None
             };
@@ -1425,24 +1439,24 @@ impl Planner {
             && self.slots.iter().any(|s| s.current.version != self.target)
     }
 
-    fn analyze_action(&self) -> Action {
+    fn analyze_action(&self) -> RolloutAction {
         let (upgraded, baseline) = self
             .slots
             .iter()
             .filter(|s| s.current_serving)
             .map(|s| s.current.clone())
             .partition(|i| i.version == self.target);
-        Action::Analyze {
+        RolloutAction::Analyze {
             batch: self.current_batch.unwrap_or(0),
             upgraded,
             baseline,
         }
     }
 
-    fn step_ops(&mut self, now: Instant, out: &mut Vec<Action>) {
+    fn step_ops(&mut self, now: Instant, out: &mut Vec<RolloutAction>) {
         let mut k = 0;
         while k < self.ops.len() {
-            if self.phase != Phase::Upgrading && self.phase != Phase::RollingBack {
+            if self.phase != RolloutPhase::Upgrading && self.phase != RolloutPhase::RollingBack {
                 return;
             }
             let op = &self.ops[k];
@@ -1483,7 +1497,7 @@ impl Planner {
                         && let Some(instance) = self.slots[slot].get(step.target)
                     {
                         op.busy = true;
-                        out.push(Action::Health {
+                        out.push(RolloutAction::Health {
                             id,
                             target: step.target,
                             instance: instance.clone(),
@@ -1535,7 +1549,7 @@ impl Planner {
                     };
                     let op = &mut self.ops[k];
                     op.busy = true;
-                    out.push(Action::Drive {
+                    out.push(RolloutAction::Drive {
                         step,
                         instance,
                         version: op.to.clone(),

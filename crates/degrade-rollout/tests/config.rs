@@ -2,8 +2,10 @@
 
 use degrade_rollout::discover::Pool;
 use degrade_rollout::driver::CommandSpec;
-use degrade_rollout::plan::Planner;
-use degrade_rollout::{Amount, Instance, ProcessDriver, Rollout, RolloutConfig, RolloutError};
+use degrade_rollout::plan::RolloutMachine;
+use degrade_rollout::{
+    Amount, Instance, ProcessDriver, RolloutConfig, RolloutController, RolloutError,
+};
 
 fn inst(id: &str, port: u16, v: &str) -> Instance {
     Instance::new(id, format!("127.0.0.1:{port}").parse().unwrap(), v)
@@ -18,7 +20,7 @@ fn driver() -> ProcessDriver {
 }
 
 fn build(instances: Vec<Instance>, target: &str, cfg: RolloutConfig) -> Result<(), RolloutError> {
-    Rollout::builder(driver(), Pool::new(|i: &Instance| i.address))
+    RolloutController::builder(driver(), Pool::new(|i: &Instance| i.address))
         .config(cfg)
         .build(instances, target)
         .map(|_| ())
@@ -138,7 +140,7 @@ fn percentages_round_as_kubernetes_does() {
 
 #[test]
 fn instances_already_on_target_are_not_planned() {
-    let p = Planner::new(
+    let p = RolloutMachine::new(
         RolloutConfig::default(),
         vec![inst("a", 1, "v2"), inst("b", 2, "v1")],
         "v2",
@@ -169,7 +171,7 @@ fn a_journal_of_another_rollout_is_rejected() {
 "#,
     )
     .unwrap();
-    let r = Rollout::builder(driver(), Pool::new(|i: &Instance| i.address))
+    let r = RolloutController::builder(driver(), Pool::new(|i: &Instance| i.address))
         .journal(&path)
         .build(vec![inst("a", 1, "v1")], "v2")
         .map(|_| ());

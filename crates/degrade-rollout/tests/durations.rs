@@ -5,8 +5,10 @@ mod support;
 
 use degrade_rollout::discover::Pool;
 use degrade_rollout::driver::CommandSpec;
-use degrade_rollout::plan::{Action, Event, Phase, Planner, Record};
-use degrade_rollout::{AnalysisConfig, Driver, Instance, ProcessDriver, Rollout, RolloutConfig};
+use degrade_rollout::plan::{Record, RolloutAction, RolloutEvent, RolloutMachine, RolloutPhase};
+use degrade_rollout::{
+    AnalysisConfig, Driver, Instance, ProcessDriver, RolloutConfig, RolloutController,
+};
 use std::net::SocketAddr;
 use std::time::Duration;
 use support::Recorder;
@@ -42,22 +44,22 @@ fn fleet(n: usize) -> Vec<Instance> {
 
 #[test]
 fn a_planner_with_duration_max_settings_never_panics_and_never_times_out() {
-    let mut p = Planner::new(forever(), fleet(2), "v2").unwrap();
+    let mut p = RolloutMachine::new(forever(), fleet(2), "v2").unwrap();
     let start = tokio::time::Instant::now();
     let mut now = start;
-    let mut pending = p.handle(Event::Tick, now);
+    let mut pending = p.handle(RolloutEvent::Tick, now);
     let year = Duration::from_secs(365 * 24 * 3600);
     for round in 0..200 {
         let mut next = Vec::new();
         for a in pending.drain(..) {
             match a {
-                Action::Record(Record::Failed { reason, .. }) => panic!("failed: {reason}"),
-                Action::Drive { step, instance, .. } => next.push(Event::StepOk {
+                RolloutAction::Record(Record::Failed { reason, .. }) => panic!("failed: {reason}"),
+                RolloutAction::Drive { step, instance, .. } => next.push(RolloutEvent::StepOk {
                     id: instance.id,
                     step,
                     address: None,
                 }),
-                Action::Health { id, target, .. } => next.push(Event::Health {
+                RolloutAction::Health { id, target, .. } => next.push(RolloutEvent::Health {
                     id,
                     target,
                     // Unhealthy now and then: within the (endless) startup grace.
@@ -72,9 +74,9 @@ fn a_planner_with_duration_max_settings_never_panics_and_never_times_out() {
         for e in next {
             pending.extend(p.handle(e, now));
         }
-        pending.extend(p.handle(Event::Tick, now));
+        pending.extend(p.handle(RolloutEvent::Tick, now));
     }
-    assert_eq!(p.phase(), Phase::Upgrading);
+    assert_eq!(p.phase(), RolloutPhase::Upgrading);
     assert_eq!(
         p.current_batch(),
         Some(0),
@@ -90,7 +92,7 @@ async fn a_controller_with_duration_max_settings_never_panics() {
     for i in fleet(2) {
         pool.insert(&i);
     }
-    let (rollout, handle) = Rollout::builder(Recorder::default(), pool.clone())
+    let (rollout, handle) = RolloutController::builder(Recorder::default(), pool.clone())
         .config(forever())
         .build(fleet(2), "v2")
         .unwrap();
@@ -118,7 +120,7 @@ async fn a_controller_with_duration_max_settings_never_panics() {
         health_interval: Duration::from_millis(1),
         ..forever()
     };
-    let (rollout, handle) = Rollout::builder(Recorder::default(), pool)
+    let (rollout, handle) = RolloutController::builder(Recorder::default(), pool)
         .config(cfg)
         .build(fleet(2), "v2")
         .unwrap();

@@ -7,9 +7,12 @@
 mod support;
 
 use degrade_rollout::discover::Pool;
-use degrade_rollout::plan::{Direction, Event, Planner, Record, Step, StepKind, Target};
+use degrade_rollout::plan::{
+    Direction, Record, RolloutEvent, RolloutMachine, RolloutStep, StepKind, Target,
+};
 use degrade_rollout::{
-    Amount, AnalysisConfig, Instance, Outcome, Rollout, RolloutConfig, RolloutError,
+    Amount, AnalysisConfig, Instance, RolloutConfig, RolloutController, RolloutError,
+    RolloutOutcome,
 };
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -49,8 +52,8 @@ fn scratch(name: &str) -> PathBuf {
     d.join("rollout.jsonl")
 }
 
-fn build(path: &Path, surge: u32) -> Result<Rollout<Recorder, SocketAddr>, RolloutError> {
-    Rollout::builder(Recorder::default(), Pool::new(|i: &Instance| i.address))
+fn build(path: &Path, surge: u32) -> Result<RolloutController<Recorder, SocketAddr>, RolloutError> {
+    RolloutController::builder(Recorder::default(), Pool::new(|i: &Instance| i.address))
         .config(config(surge))
         .journal(path)
         .build(fleet(3), "v2")
@@ -66,9 +69,9 @@ fn journals() -> &'static [(u32, Vec<u8>); 2] {
             .enable_all()
             .build()
             .unwrap();
-        let make = |name: &str, surge: u32, driver: Recorder, outcome: Outcome| {
+        let make = |name: &str, surge: u32, driver: Recorder, outcome: RolloutOutcome| {
             let path = scratch(name);
-            let (r, _h) = Rollout::builder(driver, Pool::new(|i: &Instance| i.address))
+            let (r, _h) = RolloutController::builder(driver, Pool::new(|i: &Instance| i.address))
                 .config(config(surge))
                 .journal(&path)
                 .build(fleet(3), "v2")
@@ -80,8 +83,13 @@ fn journals() -> &'static [(u32, Vec<u8>); 2] {
         };
         let failing = Recorder::failing_install_of("i2");
         [
-            make("source-inplace", 0, Recorder::default(), Outcome::Completed),
-            make("source-surge", 1, failing, Outcome::RolledBack),
+            make(
+                "source-inplace",
+                0,
+                Recorder::default(),
+                RolloutOutcome::Completed,
+            ),
+            make("source-surge", 1, failing, RolloutOutcome::RolledBack),
         ]
     })
 }
@@ -100,7 +108,7 @@ fn whole_lines(bytes: &[u8]) -> Vec<&[u8]> {
 }
 
 /// What a resumed planner shows, compared with a planner replayed from the same records.
-fn view(p: &Planner) -> String {
+fn view(p: &RolloutMachine) -> String {
     format!(
         "{:?} {:?} {} {:?} {:?} {:?}",
         p.phase(),
@@ -125,9 +133,9 @@ fn every_cut_of_a_valid_journal_resumes_from_its_whole_lines() {
                 build(&path, *surge).unwrap_or_else(|e| panic!("cut at {cut} of journal {k}: {e}"));
             let lines = whole_lines(prefix);
             let expected = if lines.is_empty() {
-                Planner::new(config(*surge), fleet(3), "v2").unwrap()
+                RolloutMachine::new(config(*surge), fleet(3), "v2").unwrap()
             } else {
-                Planner::replay(config(*surge), fleet(3), "v2", &records_of(&lines)).unwrap()
+                RolloutMachine::replay(config(*surge), fleet(3), "v2", &records_of(&lines)).unwrap()
             };
             assert_eq!(view(r.planner()), view(&expected), "cut at {cut}");
             assert_eq!(std::fs::read(&path).unwrap(), prefix, "build never writes");
@@ -199,12 +207,12 @@ proptest! {
 
     #[test]
     fn arbitrary_records_replay_or_are_refused(records in prop::collection::vec(record(), 0..40)) {
-        if let Ok(mut p) = Planner::replay(config(1), fleet(3), "v2", &records) {
+        if let Ok(mut p) = RolloutMachine::replay(config(1), fleet(3), "v2", &records) {
             // A planner that accepted them keeps working.
             let now = tokio::time::Instant::now();
-            let _ = p.handle(Event::Tick, now);
+            let _ = p.handle(RolloutEvent::Tick, now);
             let _ = p.next_wake();
-            let _ = p.handle(Event::Abort, now + Duration::from_secs(3600));
+            let _ = p.handle(RolloutEvent::Abort, now + Duration::from_secs(3600));
         }
     }
 
@@ -239,7 +247,7 @@ proptest! {
     }
 }
 
-fn step() -> impl Strategy<Value = Step> {
+fn step() -> impl Strategy<Value = RolloutStep> {
     let kinds = [
         StepKind::Allocate,
         StepKind::Drain,
@@ -251,7 +259,7 @@ fn step() -> impl Strategy<Value = Step> {
         StepKind::Release,
         StepKind::Swap,
     ];
-    (prop::sample::select(kinds.to_vec()), any::<bool>()).prop_map(|(kind, next)| Step {
+    (prop::sample::select(kinds.to_vec()), any::<bool>()).prop_map(|(kind, next)| RolloutStep {
         kind,
         target: if next { Target::Next } else { Target::Current },
     })
@@ -261,10 +269,10 @@ fn record() -> impl Strategy<Value = Record> {
     let id = prop::sample::select(vec!["i0", "i1", "i2", "x"]).prop_map(str::to_owned);
     let batch = prop_oneof![0usize..4, any::<usize>()];
     let outcome = prop::sample::select(vec![
-        Outcome::Completed,
-        Outcome::Aborted,
-        Outcome::RolledBack,
-        Outcome::RollbackFailed,
+        RolloutOutcome::Completed,
+        RolloutOutcome::Aborted,
+        RolloutOutcome::RolledBack,
+        RolloutOutcome::RollbackFailed,
     ]);
     prop_oneof![
         (any::<bool>(), batch.clone()).prop_map(|(up, batch)| Record::BatchStarted {

@@ -4,7 +4,9 @@
 mod support;
 
 use degrade_rollout::discover::Pool;
-use degrade_rollout::{CorruptJournal, Instance, Outcome, Rollout, RolloutConfig, RolloutError};
+use degrade_rollout::{
+    CorruptJournal, Instance, RolloutConfig, RolloutController, RolloutError, RolloutOutcome,
+};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -43,14 +45,14 @@ fn dir(name: &str) -> PathBuf {
 
 type Built = Result<
     (
-        Rollout<Recorder, SocketAddr>,
+        RolloutController<Recorder, SocketAddr>,
         degrade_rollout::RolloutHandle,
     ),
     RolloutError,
 >;
 
 fn build(driver: &Recorder, path: &Path, instances: Vec<Instance>) -> Built {
-    Rollout::builder(driver.clone(), Pool::new(|i: &Instance| i.address))
+    RolloutController::builder(driver.clone(), Pool::new(|i: &Instance| i.address))
         .config(config())
         .journal(path)
         .build(instances, "v2")
@@ -64,7 +66,7 @@ fn complete_journal(path: &Path) -> Vec<String> {
         .unwrap();
     let (rollout, _h) = build(&Recorder::default(), path, fleet(3)).unwrap();
     let report = rt.block_on(rollout.run()).unwrap();
-    assert_eq!(report.outcome, Outcome::Completed);
+    assert_eq!(report.outcome, RolloutOutcome::Completed);
     let text = std::fs::read_to_string(path).unwrap();
     assert!(text.ends_with('\n'));
     text.lines().map(str::to_owned).collect()
@@ -139,7 +141,7 @@ fn resume_after_torn_tail(name: &str, tail: &[u8]) {
         .build()
         .unwrap();
     let report = rt.block_on(rollout.run()).unwrap();
-    assert_eq!(report.outcome, Outcome::Completed);
+    assert_eq!(report.outcome, RolloutOutcome::Completed);
     let calls = driver.calls();
     assert!(
         calls.iter().all(|(id, _)| id != "i0"),
@@ -277,7 +279,7 @@ fn an_empty_journal_starts_a_fresh_rollout() {
             .unwrap();
         assert_eq!(
             rt.block_on(rollout.run()).unwrap().outcome,
-            Outcome::Completed
+            RolloutOutcome::Completed
         );
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("{\"target\":\"v2\""), "{text}");
@@ -313,7 +315,7 @@ fn a_journal_of_other_instances_is_rejected() {
         other => panic!("expected a config error, got {:?}", other.map(|_| ())),
     }
     // Another target too.
-    let r = Rollout::builder(Recorder::default(), Pool::new(|i: &Instance| i.address))
+    let r = RolloutController::builder(Recorder::default(), Pool::new(|i: &Instance| i.address))
         .journal(&path)
         .build(fleet(3), "v3");
     assert!(matches!(r, Err(RolloutError::Config(ref e)) if e.field() == "journal"));

@@ -1,7 +1,9 @@
 //! The planner step by step: batch shapes, the order of a rollback, replay.
 
-use degrade_rollout::plan::{Action, Direction, Event, Planner, Record, Step, StepKind, Target};
-use degrade_rollout::{Amount, Instance, Outcome, RolloutConfig};
+use degrade_rollout::plan::{
+    Direction, Record, RolloutAction, RolloutEvent, RolloutMachine, RolloutStep, StepKind, Target,
+};
+use degrade_rollout::{Amount, Instance, RolloutConfig, RolloutOutcome};
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -29,11 +31,11 @@ fn cfg(surge: u32, unavailable: u32) -> RolloutConfig {
     }
 }
 
-fn drives(actions: &[Action]) -> Vec<(String, Step)> {
+fn drives(actions: &[RolloutAction]) -> Vec<(String, RolloutStep)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Drive { step, instance, .. } => Some((instance.id.clone(), *step)),
+            RolloutAction::Drive { step, instance, .. } => Some((instance.id.clone(), *step)),
             _ => None,
         })
         .collect()
@@ -42,27 +44,27 @@ fn drives(actions: &[Action]) -> Vec<(String, Step)> {
 /// Completes every driver step and answers every health check with `healthy(id, version)`
 /// until nothing is left to do; returns the records.
 fn settle(
-    p: &mut Planner,
-    actions: Vec<Action>,
+    p: &mut RolloutMachine,
+    actions: Vec<RolloutAction>,
     healthy: impl Fn(&str, &str) -> bool,
 ) -> Vec<Record> {
-    let mut actions: VecDeque<Action> = actions.into();
+    let mut actions: VecDeque<RolloutAction> = actions.into();
     let now = Instant::now();
     let mut records = Vec::new();
     let mut port = 9000;
     while let Some(a) = actions.pop_front() {
         let next = match a {
-            Action::Record(r) => {
+            RolloutAction::Record(r) => {
                 records.push(r);
                 continue;
             }
-            Action::Drive { step, instance, .. } => {
+            RolloutAction::Drive { step, instance, .. } => {
                 let address = (step.kind == StepKind::Allocate).then(|| {
                     port += 1;
                     format!("127.0.0.1:{port}").parse().unwrap()
                 });
                 p.handle(
-                    Event::StepOk {
+                    RolloutEvent::StepOk {
                         id: instance.id,
                         step,
                         address,
@@ -70,14 +72,14 @@ fn settle(
                     now,
                 )
             }
-            Action::Health {
+            RolloutAction::Health {
                 id,
                 target,
                 instance,
             } => {
                 let ok = healthy(&instance.id, &instance.version);
                 p.handle(
-                    Event::Health {
+                    RolloutEvent::Health {
                         id,
                         target,
                         healthy: ok,
@@ -94,22 +96,22 @@ fn settle(
 
 #[test]
 fn a_batch_mixes_surge_and_in_place_up_to_the_limits() {
-    let mut p = Planner::new(cfg(1, 1), fleet(4), "v2").unwrap();
+    let mut p = RolloutMachine::new(cfg(1, 1), fleet(4), "v2").unwrap();
     assert_eq!(p.batch_count(), 2);
-    let first = drives(&p.handle(Event::Tick, Instant::now()));
+    let first = drives(&p.handle(RolloutEvent::Tick, Instant::now()));
     assert_eq!(
         first,
         vec![
             (
                 "i0".to_owned(),
-                Step {
+                RolloutStep {
                     kind: StepKind::Allocate,
                     target: Target::Next
                 }
             ),
             (
                 "i1".to_owned(),
-                Step {
+                RolloutStep {
                     kind: StepKind::Drain,
                     target: Target::Current
                 }
@@ -120,12 +122,12 @@ fn a_batch_mixes_surge_and_in_place_up_to_the_limits() {
 
 #[test]
 fn rollback_undoes_the_failed_batch_first_then_the_others_in_reverse() {
-    let mut p = Planner::new(cfg(0, 1), fleet(3), "v2").unwrap();
-    let start = p.handle(Event::Tick, Instant::now());
+    let mut p = RolloutMachine::new(cfg(0, 1), fleet(3), "v2").unwrap();
+    let start = p.handle(RolloutEvent::Tick, Instant::now());
     let records = settle(&mut p, start, |id, v| !(id == "i2" && v == "v2"));
     assert_eq!(
         p.phase(),
-        degrade_rollout::plan::Phase::Finished(Outcome::RolledBack)
+        degrade_rollout::plan::RolloutPhase::Finished(RolloutOutcome::RolledBack)
     );
     let batches: Vec<(Direction, usize)> = records
         .iter()
@@ -162,19 +164,19 @@ fn rollback_undoes_the_failed_batch_first_then_the_others_in_reverse() {
 
 #[test]
 fn a_replayed_planner_does_not_repeat_completed_steps() {
-    let mut p = Planner::new(cfg(0, 1), fleet(2), "v2").unwrap();
+    let mut p = RolloutMachine::new(cfg(0, 1), fleet(2), "v2").unwrap();
     let now = Instant::now();
     let mut records = Vec::new();
     // Run batch 0 to its end and batch 1 up to its install.
-    let mut actions: VecDeque<Action> = p.handle(Event::Tick, now).into();
+    let mut actions: VecDeque<RolloutAction> = p.handle(RolloutEvent::Tick, now).into();
     let mut installs = 0;
     while let Some(a) = actions.pop_front() {
         let next = match a {
-            Action::Record(r) => {
+            RolloutAction::Record(r) => {
                 records.push(r);
                 continue;
             }
-            Action::Drive { step, instance, .. } => {
+            RolloutAction::Drive { step, instance, .. } => {
                 if step.kind == StepKind::Install {
                     installs += 1;
                     if instance.id == "i1" {
@@ -182,7 +184,7 @@ fn a_replayed_planner_does_not_repeat_completed_steps() {
                     }
                 }
                 p.handle(
-                    Event::StepOk {
+                    RolloutEvent::StepOk {
                         id: instance.id,
                         step,
                         address: None,
@@ -190,8 +192,8 @@ fn a_replayed_planner_does_not_repeat_completed_steps() {
                     now,
                 )
             }
-            Action::Health { id, target, .. } => p.handle(
-                Event::Health {
+            RolloutAction::Health { id, target, .. } => p.handle(
+                RolloutEvent::Health {
                     id,
                     target,
                     healthy: true,
@@ -203,16 +205,16 @@ fn a_replayed_planner_does_not_repeat_completed_steps() {
         actions.extend(next);
     }
     assert_eq!(installs, 2);
-    let mut q = Planner::replay(cfg(0, 1), fleet(2), "v2", &records)
+    let mut q = RolloutMachine::replay(cfg(0, 1), fleet(2), "v2", &records)
         .unwrap_or_else(|e| panic!("{e}: {records:#?}"));
     assert_eq!(q.current_batch(), Some(1));
-    let resumed = drives(&q.handle(Event::Tick, now));
+    let resumed = drives(&q.handle(RolloutEvent::Tick, now));
     // Only i1's unfinished install is issued again; i0 is not touched.
     assert_eq!(
         resumed,
         vec![(
             "i1".to_owned(),
-            Step {
+            RolloutStep {
                 kind: StepKind::Install,
                 target: Target::Current
             }

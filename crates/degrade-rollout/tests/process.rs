@@ -7,8 +7,8 @@ use degrade_rollout::discover::Pool;
 use degrade_rollout::driver::{CommandSpec, HealthCheck};
 use degrade_rollout::plan::StepKind;
 use degrade_rollout::{
-    Amount, AnalysisConfig, Driver, Instance, Outcome, ProcessDriver, Report, Rollout,
-    RolloutConfig,
+    Amount, AnalysisConfig, Driver, Instance, ProcessDriver, RolloutConfig, RolloutController,
+    RolloutOutcome, RolloutReport,
 };
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -215,7 +215,7 @@ fn driver(v2: CommandSpec, spares: &[SocketAddr]) -> Arc<ProcessDriver> {
 }
 
 struct Run {
-    report: Report,
+    report: RolloutReport,
     ok: u64,
     failed: u64,
     errors: Vec<String>,
@@ -239,7 +239,7 @@ async fn upgrade_under_load<D: Driver>(d: D, instances: Vec<Instance>, cfg: Roll
     while stats.ok.load(Ordering::Relaxed) < 50 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (rollout, _handle) = Rollout::builder(d, pool.clone())
+    let (rollout, _handle) = RolloutController::builder(d, pool.clone())
         .config(cfg)
         .build(instances, "v2")
         .expect("valid rollout");
@@ -286,7 +286,7 @@ async fn in_place_upgrade_under_load_loses_no_request() {
     );
     assert_eq!(
         run.report.outcome,
-        Outcome::Completed,
+        RolloutOutcome::Completed,
         "{:?}",
         run.report.failure
     );
@@ -306,7 +306,7 @@ async fn unhealthy_release_rolls_back_without_a_failed_request() {
         "rollback: {:?}, {} requests ok, {} failed, failure: {:?}",
         run.report.elapsed, run.ok, run.failed, run.report.failure
     );
-    assert_eq!(run.report.outcome, Outcome::RolledBack);
+    assert_eq!(run.report.outcome, RolloutOutcome::RolledBack);
     assert!(
         run.report
             .failure
@@ -343,7 +343,7 @@ async fn surge_upgrade_moves_instances_to_spare_ports() {
     );
     assert_eq!(
         run.report.outcome,
-        Outcome::Completed,
+        RolloutOutcome::Completed,
         "{:?}",
         run.report.failure
     );
@@ -364,7 +364,7 @@ async fn driver_failure_names_the_instance_and_rolls_back() {
     let d = driver(CommandSpec::new("/nonexistent/degrade-rollout-v2"), &[]);
     let instances = launch(&d, 2).await;
     let run = upgrade_under_load(d.clone(), instances.clone(), config()).await;
-    assert_eq!(run.report.outcome, Outcome::RolledBack);
+    assert_eq!(run.report.outcome, RolloutOutcome::RolledBack);
     assert_eq!(run.failed, 0, "failed requests: {:?}", run.errors);
     let err = run.report.errors.first().expect("a driver error");
     assert_eq!(err.instance, "i0");
@@ -435,7 +435,7 @@ async fn restarted_controller_resumes_from_the_journal_without_upgrading_twice()
     let load = start_load(&pool, 3, stop.clone(), stats.clone());
 
     // First controller: dropped while the second batch's instance is starting on v2.
-    let (first, handle) = Rollout::builder(d.clone(), pool.clone())
+    let (first, handle) = RolloutController::builder(d.clone(), pool.clone())
         .config(config())
         .journal(&journal)
         .build(instances.clone(), "v2")
@@ -461,7 +461,7 @@ async fn restarted_controller_resumes_from_the_journal_without_upgrading_twice()
     println!("dropped with: {:?}", dropped_at.instances);
 
     // Second controller: same journal, same processes.
-    let (second, _handle) = Rollout::builder(d.clone(), pool.clone())
+    let (second, _handle) = RolloutController::builder(d.clone(), pool.clone())
         .config(config())
         .journal(&journal)
         .build(instances.clone(), "v2")
@@ -475,7 +475,12 @@ async fn restarted_controller_resumes_from_the_journal_without_upgrading_twice()
     for t in load {
         t.await.unwrap();
     }
-    assert_eq!(report.outcome, Outcome::Completed, "{:?}", report.failure);
+    assert_eq!(
+        report.outcome,
+        RolloutOutcome::Completed,
+        "{:?}",
+        report.failure
+    );
     assert_eq!(versions(&instances).await, vec!["v2"; 4]);
     let installs = d.installs.lock().unwrap().clone();
     for i in &instances {
@@ -493,12 +498,15 @@ async fn restarted_controller_resumes_from_the_journal_without_upgrading_twice()
     );
 
     // A third controller on the finished journal does nothing.
-    let (third, _h) = Rollout::builder(d.clone(), pool.clone())
+    let (third, _h) = RolloutController::builder(d.clone(), pool.clone())
         .config(config())
         .journal(&journal)
         .build(instances.clone(), "v2")
         .unwrap();
-    assert_eq!(third.run().await.unwrap().outcome, Outcome::Completed);
+    assert_eq!(
+        third.run().await.unwrap().outcome,
+        RolloutOutcome::Completed
+    );
     assert_eq!(d.installs.lock().unwrap().values().sum::<u32>(), 4);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -544,7 +552,7 @@ async fn failure_in_a_later_batch_rolls_back_every_upgraded_instance() {
         "rollback of 3 instances: {:?}, {} ok, {} failed, {:?}",
         run.report.elapsed, run.ok, run.failed, run.by_version
     );
-    assert_eq!(run.report.outcome, Outcome::RolledBack);
+    assert_eq!(run.report.outcome, RolloutOutcome::RolledBack);
     assert!(run.report.failure.as_deref().unwrap_or("").contains("`i2`"));
     assert_eq!(run.failed, 0, "failed requests: {:?}", run.errors);
     assert_eq!(versions(&instances).await, vec!["v1"; 4]);
@@ -562,7 +570,7 @@ async fn pause_holds_the_next_batch_and_abort_stops_after_the_current_one() {
     for i in &instances {
         pool.insert(i);
     }
-    let (rollout, handle) = Rollout::builder(d.clone(), pool.clone())
+    let (rollout, handle) = RolloutController::builder(d.clone(), pool.clone())
         .config(config())
         .build(instances.clone(), "v2")
         .unwrap();
@@ -589,7 +597,7 @@ async fn pause_holds_the_next_batch_and_abort_stops_after_the_current_one() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(report.outcome, Outcome::Aborted);
+    assert_eq!(report.outcome, RolloutOutcome::Aborted);
     assert_eq!(versions(&instances).await, vec!["v2", "v2", "v1"]);
 }
 
@@ -615,7 +623,7 @@ async fn analysis_rolls_back_a_release_that_serves_errors() {
         "analysis: {:?}, {} ok, {} failed, failure {:?}",
         run.report.elapsed, run.ok, run.failed, run.report.failure
     );
-    assert_eq!(run.report.outcome, Outcome::RolledBack);
+    assert_eq!(run.report.outcome, RolloutOutcome::RolledBack);
     let failure = run.report.failure.clone().unwrap_or_default();
     assert!(failure.contains("analysis of batch 0"), "{failure}");
     assert!(failure.contains("error rate"), "{failure}");
@@ -647,7 +655,7 @@ async fn analysis_passes_a_good_release() {
     let run = upgrade_under_load(d.clone(), instances.clone(), cfg).await;
     assert_eq!(
         run.report.outcome,
-        Outcome::Completed,
+        RolloutOutcome::Completed,
         "{:?}",
         run.report.failure
     );
@@ -668,7 +676,7 @@ async fn failed_surge_discards_the_replacement_and_keeps_the_old_instances() {
         ..config()
     };
     let run = upgrade_under_load(d.clone(), instances.clone(), cfg).await;
-    assert_eq!(run.report.outcome, Outcome::RolledBack);
+    assert_eq!(run.report.outcome, RolloutOutcome::RolledBack);
     assert_eq!(run.failed, 0, "failed requests: {:?}", run.errors);
     // The old instances never stopped serving; the replacement is gone.
     assert_eq!(run.report.instances, {
@@ -712,7 +720,7 @@ async fn surge_rollout_resumes_from_the_journal_mid_replacement() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = start_load(&pool, 3, stop.clone(), stats.clone());
 
-    let (first, handle) = Rollout::builder(d.clone(), pool.clone())
+    let (first, handle) = RolloutController::builder(d.clone(), pool.clone())
         .config(cfg.clone())
         .journal(&journal)
         .build(instances.clone(), "v2")
@@ -742,7 +750,7 @@ async fn surge_rollout_resumes_from_the_journal_mid_replacement() {
     .await
     .expect("reached the replacement of batch 1");
 
-    let (second, _h) = Rollout::builder(d.clone(), pool.clone())
+    let (second, _h) = RolloutController::builder(d.clone(), pool.clone())
         .config(cfg)
         .journal(&journal)
         .build(instances.clone(), "v2")
@@ -755,7 +763,12 @@ async fn surge_rollout_resumes_from_the_journal_mid_replacement() {
     for t in load {
         t.await.unwrap();
     }
-    assert_eq!(report.outcome, Outcome::Completed, "{:?}", report.failure);
+    assert_eq!(
+        report.outcome,
+        RolloutOutcome::Completed,
+        "{:?}",
+        report.failure
+    );
     assert_eq!(report.instances.len(), 3);
     assert_eq!(versions(&report.instances).await, vec!["v2"; 3]);
     let installs = d.installs.lock().unwrap().clone();

@@ -3,8 +3,8 @@
 //! target on an instance twice, always terminates, and ends in a state matching its outcome.
 //! A planner rebuilt from the records at any point carries on to the same end.
 
-use degrade_rollout::plan::{Action, Event, Planner, Record, StepKind};
-use degrade_rollout::{Amount, Instance, Outcome, RolloutConfig};
+use degrade_rollout::plan::{Record, RolloutAction, RolloutEvent, RolloutMachine, StepKind};
+use degrade_rollout::{Amount, Instance, RolloutConfig, RolloutOutcome};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use std::collections::HashMap;
@@ -67,25 +67,25 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 struct Sim {
-    planner: Planner,
+    planner: RolloutMachine,
     cfg: RolloutConfig,
     instances: Vec<Instance>,
     records: Vec<Record>,
-    outstanding: Vec<Action>,
+    outstanding: Vec<RolloutAction>,
     now: Instant,
     installs: HashMap<String, u32>,
     next_port: u16,
-    finished: Option<Outcome>,
+    finished: Option<RolloutOutcome>,
 }
 
 impl Sim {
-    fn feed(&mut self, e: Event) {
+    fn feed(&mut self, e: RolloutEvent) {
         let actions = self.planner.handle(e, self.now);
         for a in actions {
             match a {
-                Action::Record(r) => self.records.push(r),
-                Action::Finished(o) => self.finished = Some(o),
-                Action::Serve { .. } => {}
+                RolloutAction::Record(r) => self.records.push(r),
+                RolloutAction::Finished(o) => self.finished = Some(o),
+                RolloutAction::Serve { .. } => {}
                 other => self.outstanding.push(other),
             }
         }
@@ -108,7 +108,7 @@ impl Sim {
     fn complete(&mut self, k: usize, ok: bool, healthy: bool, bad: bool, analysis_ok: bool) {
         let a = self.outstanding.swap_remove(k);
         let ev = match a {
-            Action::Drive {
+            RolloutAction::Drive {
                 step,
                 instance,
                 version,
@@ -122,32 +122,32 @@ impl Sim {
                         self.next_port += 1;
                         format!("127.0.0.1:{}", self.next_port).parse().unwrap()
                     });
-                    Event::StepOk {
+                    RolloutEvent::StepOk {
                         id: instance.id,
                         step,
                         address,
                     }
                 } else {
-                    Event::StepErr {
+                    RolloutEvent::StepErr {
                         id: instance.id,
                         step,
                         error: "boom".into(),
                     }
                 }
             }
-            Action::Health {
+            RolloutAction::Health {
                 id,
                 target,
                 instance,
             } => {
                 let sick = bad && instance.version == self.planner.target();
-                Event::Health {
+                RolloutEvent::Health {
                     id,
                     target,
                     healthy: healthy && !sick,
                 }
             }
-            Action::Analyze { batch, .. } => Event::Analysis {
+            RolloutAction::Analyze { batch, .. } => RolloutEvent::Analysis {
                 batch,
                 pass: analysis_ok,
                 reason: "judged".into(),
@@ -184,7 +184,7 @@ fn run(c: Case) {
         analysis: c.analysis_fails.then(Default::default),
         ..Default::default()
     };
-    let planner = Planner::new(cfg.clone(), instances.clone(), "v2").expect("valid");
+    let planner = RolloutMachine::new(cfg.clone(), instances.clone(), "v2").expect("valid");
     let limits = planner.limits();
     let mut sim = Sim {
         planner,
@@ -197,7 +197,7 @@ fn run(c: Case) {
         next_port: 20_000,
         finished: None,
     };
-    sim.feed(Event::Tick);
+    sim.feed(RolloutEvent::Tick);
     sim.check(limits);
     let mut script = c.script.iter().copied();
     let mut steps = 0usize;
@@ -206,18 +206,19 @@ fn run(c: Case) {
         assert!(steps < 20_000, "did not terminate");
         if c.replay_at == Some(steps) {
             // A controller restart: rebuild from the records, forget the running steps.
-            sim.planner = Planner::replay(sim.cfg.clone(), instances.clone(), "v2", &sim.records)
-                .expect("replay");
+            sim.planner =
+                RolloutMachine::replay(sim.cfg.clone(), instances.clone(), "v2", &sim.records)
+                    .expect("replay");
             sim.outstanding.clear();
-            sim.feed(Event::Tick);
+            sim.feed(RolloutEvent::Tick);
             sim.check(limits);
             continue;
         }
         let b = script.next();
         match b {
-            Some(b) if b % 16 == 0 => sim.feed(Event::Pause),
-            Some(b) if b % 16 == 1 => sim.feed(Event::Resume),
-            Some(2) => sim.feed(Event::Abort),
+            Some(b) if b % 16 == 0 => sim.feed(RolloutEvent::Pause),
+            Some(b) if b % 16 == 1 => sim.feed(RolloutEvent::Resume),
+            Some(2) => sim.feed(RolloutEvent::Abort),
             _ if !sim.outstanding.is_empty() => {
                 let b = b.unwrap_or(3);
                 let k = b as usize % sim.outstanding.len();
@@ -227,7 +228,7 @@ fn run(c: Case) {
             }
             _ => {
                 if sim.planner.paused() {
-                    sim.feed(Event::Resume);
+                    sim.feed(RolloutEvent::Resume);
                 } else if let Some(t) = sim.planner.next_wake() {
                     // With nothing running, the planner waits only for a health check or the
                     // end of a bake, never idly for its progress deadline.
@@ -237,7 +238,7 @@ fn run(c: Case) {
                         t - sim.now
                     );
                     sim.now = sim.now.max(t);
-                    sim.feed(Event::Tick);
+                    sim.feed(RolloutEvent::Tick);
                 } else {
                     panic!(
                         "stuck: nothing outstanding, nothing to wait for ({:?})",
@@ -250,27 +251,27 @@ fn run(c: Case) {
     }
     let outcome = sim.finished.unwrap();
     // Every record the planner wrote is one a replay accepts, up to the end.
-    let replayed = Planner::replay(sim.cfg.clone(), instances.clone(), "v2", &sim.records)
+    let replayed = RolloutMachine::replay(sim.cfg.clone(), instances.clone(), "v2", &sim.records)
         .expect("the planner's own records replay");
     assert_eq!(
         replayed.phase(),
-        degrade_rollout::plan::Phase::Finished(outcome)
+        degrade_rollout::plan::RolloutPhase::Finished(outcome)
     );
     let end = sim.planner.instances();
     let versions: Vec<&str> = end.iter().map(|i| i.version.as_str()).collect();
     match outcome {
-        Outcome::Completed => {
+        RolloutOutcome::Completed => {
             assert!(versions.iter().all(|v| *v == "v2"), "{versions:?}");
             assert_eq!(sim.planner.instances().len(), c.n);
         }
-        Outcome::RolledBack => {
+        RolloutOutcome::RolledBack => {
             let before: Vec<&str> = instances.iter().map(|i| i.version.as_str()).collect();
             assert_eq!(versions, before);
         }
-        Outcome::Aborted | Outcome::RollbackFailed => {}
+        RolloutOutcome::Aborted | RolloutOutcome::RollbackFailed => {}
     }
     if c.bad_release && c.script.is_empty() && c.replay_at.is_none() {
-        assert_ne!(outcome, Outcome::Completed);
+        assert_ne!(outcome, RolloutOutcome::Completed);
     }
 }
 

@@ -7,7 +7,9 @@
 use degrade_core::BoxError;
 use degrade_rollout::discover::Pool;
 use degrade_rollout::driver::{CommandSpec, HealthCheck};
-use degrade_rollout::{Driver, Instance, Outcome, ProcessDriver, Rollout, RolloutConfig};
+use degrade_rollout::{
+    Driver, Instance, ProcessDriver, RolloutConfig, RolloutController, RolloutOutcome,
+};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Incoming};
@@ -275,7 +277,7 @@ async fn demo(args: &[String]) -> Result<bool, BoxError> {
         progress_deadline: Duration::from_secs(60),
         ..RolloutConfig::default()
     };
-    let (rollout, handle) = Rollout::builder(driver.clone(), pool.clone())
+    let (rollout, handle) = RolloutController::builder(driver.clone(), pool.clone())
         .config(cfg)
         .build(instances.clone(), "v2")?;
     let mut status = handle.subscribe();
@@ -349,9 +351,9 @@ async fn demo(args: &[String]) -> Result<bool, BoxError> {
         driver.stop(i).await?;
     }
     let expected = if bad {
-        Outcome::RolledBack
+        RolloutOutcome::RolledBack
     } else {
-        Outcome::Completed
+        RolloutOutcome::Completed
     };
     Ok(report.outcome == expected && failed == 0)
 }
