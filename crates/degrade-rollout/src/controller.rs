@@ -313,12 +313,12 @@ impl RolloutController<(), ()> {
 }
 
 impl<D: Driver, S: Clone + Send + 'static, C: Clock> RolloutController<D, S, C> {
-    /// The planner (read-only).
+    /// The pure state machine it drives (read-only).
     ///
     /// ```no_run
-    /// # fn f(r: &degrade_rollout::RolloutController<degrade_rollout::ProcessDriver, ()>) { let _ = r.planner().batch_count(); }
+    /// # fn f(r: &degrade_rollout::RolloutController<degrade_rollout::ProcessDriver, ()>) { let _ = r.machine().batch_count(); }
     /// ```
-    pub fn planner(&self) -> &RolloutMachine {
+    pub fn machine(&self) -> &RolloutMachine {
         &self.planner
     }
 

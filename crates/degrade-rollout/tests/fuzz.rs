@@ -137,7 +137,7 @@ fn every_cut_of_a_valid_journal_resumes_from_its_whole_lines() {
             } else {
                 RolloutMachine::replay(config(*surge), fleet(3), "v2", &records_of(&lines)).unwrap()
             };
-            assert_eq!(view(r.planner()), view(&expected), "cut at {cut}");
+            assert_eq!(view(r.machine()), view(&expected), "cut at {cut}");
             assert_eq!(std::fs::read(&path).unwrap(), prefix, "build never writes");
             std::fs::remove_file(&path).unwrap();
         }

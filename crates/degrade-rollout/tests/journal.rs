@@ -272,7 +272,7 @@ fn an_empty_journal_starts_a_fresh_rollout() {
         std::fs::write(&path, content).unwrap();
         let driver = Recorder::default();
         let (rollout, _h) = build(&driver, &path, fleet(2)).unwrap();
-        assert_eq!(rollout.planner().current_batch(), None);
+        assert_eq!(rollout.machine().current_batch(), None);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -295,7 +295,7 @@ fn a_torn_header_alone_starts_a_fresh_rollout() {
     let (built, log) = logged(|| build(&Recorder::default(), &path, fleet(2)));
     let (rollout, _h) = built.unwrap();
     assert!(log.contains("torn header"), "{log}");
-    assert_eq!(rollout.planner().current_batch(), None);
+    assert_eq!(rollout.machine().current_batch(), None);
     let _ = std::fs::remove_dir_all(&d);
 }
 

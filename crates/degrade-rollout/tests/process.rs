@@ -466,7 +466,7 @@ async fn restarted_controller_resumes_from_the_journal_without_upgrading_twice()
         .journal(&journal)
         .build(instances.clone(), "v2")
         .unwrap();
-    assert_eq!(second.planner().current_batch(), Some(1));
+    assert_eq!(second.machine().current_batch(), Some(1));
     let report = tokio::time::timeout(Duration::from_secs(180), second.run())
         .await
         .unwrap()
