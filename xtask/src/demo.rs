@@ -24,8 +24,8 @@ use crate::{Result, workspace_root};
 use axum::serve::ListenerExt as _;
 use degrade_breaker::State as BreakerState;
 use degrade_canary::{CanaryConfig, CanaryController, CanaryPhase, CanaryStep, Judgement, Verdict};
-use degrade_core::ladder::{Cause, LadderConfig};
-use degrade_core::{Level, Priority, Transition};
+use degrade_core::ladder::{LadderConfig, LevelCause};
+use degrade_core::{Level, LevelTransition, Priority};
 use degrade_triggers::{Gauge, LevelThresholds, Monitor, Scale, Smoothing};
 use http::HeaderName;
 use service::{Backend, Candidate, Parts, Protection};
@@ -338,7 +338,7 @@ pub(crate) struct Run {
     pub(crate) seconds: Vec<load::Second>,
     pub(crate) answers: Vec<load::Answer>,
     pub(crate) control: Vec<ControlSample>,
-    pub(crate) transitions: Vec<Transition>,
+    pub(crate) transitions: Vec<LevelTransition>,
     pub(crate) canary: Vec<CanaryEvent>,
     pub(crate) breaker: Vec<BreakerEvent>,
     pub(crate) start: Instant,
@@ -670,10 +670,10 @@ pub(crate) fn report_ms(micros: Option<u32>) -> Option<f64> {
     report::ms_value(micros)
 }
 
-/// What `Cause` reads as in a transition line.
-pub(crate) fn relation(cause: Cause) -> &'static str {
+/// What `LevelCause` reads as in a transition line.
+pub(crate) fn relation(cause: LevelCause) -> &'static str {
     match cause {
-        Cause::Recovered => "<",
-        Cause::Escalated | Cause::Pinned => ">=",
+        LevelCause::Recovered => "<",
+        LevelCause::Escalated | LevelCause::Pinned => ">=",
     }
 }

@@ -1,9 +1,11 @@
 //! The shared breaker behind every service, clone and handle: the state word, the window, the
-//! probe permits, the counters, and the [`Machine`] under a lock that only transitions take.
+//! probe permits, the counters, and the [`BreakerMachine`] under a lock that only transitions take.
 
 use crate::config::{BreakerConfig, WindowConfig};
 use crate::error::CircuitOpen;
-use crate::state::{Event, Machine, Mode, Phase, State, Thresholds, Transition};
+use crate::state::{
+    BreakerEvent, BreakerMachine, BreakerTransition, Mode, Phase, State, Thresholds,
+};
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use crossbeam_utils::CachePadded;
 use degrade_core::window::{
@@ -184,9 +186,9 @@ pub(crate) struct Shared<C, K> {
     cancelled: Outcome,
     permits: u32,
     wait: Duration,
-    machine: Mutex<Machine>,
+    machine: Mutex<BreakerMachine>,
     transitions: std::sync::atomic::AtomicU64,
-    events: broadcast::Sender<Transition>,
+    events: broadcast::Sender<BreakerTransition>,
     states: watch::Sender<State>,
     clock: K,
     origin: Instant,
@@ -210,7 +212,7 @@ impl<C, K: Clock> Shared<C, K> {
         let instance = INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let seed = config.backoff.seed ^ instance.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let window = Window::new(&config.window, origin)?;
-        let machine = Machine::new(config.clone(), seed)?;
+        let machine = BreakerMachine::new(config.clone(), seed)?;
         Ok(Self {
             word: CachePadded::new(AtomicU64::new(TAG_CLOSED)),
             deadline: AtomicU64::new(NO_DEADLINE),
@@ -233,7 +235,7 @@ impl<C, K: Clock> Shared<C, K> {
         })
     }
 
-    fn lock(&self) -> impl std::ops::DerefMut<Target = Machine> + '_ {
+    fn lock(&self) -> impl std::ops::DerefMut<Target = BreakerMachine> + '_ {
         self.machine.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -489,7 +491,7 @@ impl<C, K: Clock> Shared<C, K> {
         let now = self.clock.now();
         let (snapshot, consecutive) = self.window.reading(now);
         let t = m.on_event(
-            Event::Window {
+            BreakerEvent::Window {
                 snapshot,
                 consecutive,
             },
@@ -503,7 +505,7 @@ impl<C, K: Clock> Shared<C, K> {
         let now = self.clock.now();
         let mut m = self.lock();
         if m.epoch() == epoch {
-            let t = m.on_event(Event::Probe(outcome), now);
+            let t = m.on_event(BreakerEvent::Probe(outcome), now);
             self.publish(&m, epoch, t);
         }
         // The permit goes back only to the half-open period it came from.
@@ -512,10 +514,10 @@ impl<C, K: Clock> Shared<C, K> {
 
     #[cold]
     fn tick(&self, now: Instant) {
-        self.event(Event::Tick, now);
+        self.event(BreakerEvent::Tick, now);
     }
 
-    fn event(&self, event: Event, now: Instant) {
+    fn event(&self, event: BreakerEvent, now: Instant) {
         let mut m = self.lock();
         let before = m.epoch();
         let t = m.on_event(event, now);
@@ -524,7 +526,7 @@ impl<C, K: Clock> Shared<C, K> {
 
     /// Publishes the machine's state (called with the lock held, so transitions are published
     /// in the order they happen).
-    fn publish(&self, m: &Machine, before: u64, t: Option<Transition>) {
+    fn publish(&self, m: &BreakerMachine, before: u64, t: Option<BreakerTransition>) {
         let epoch = m.epoch();
         if epoch == before {
             return;
@@ -575,7 +577,7 @@ impl<C, K: Clock> Shared<C, K> {
         let now = self.clock.now();
         let mut m = self.lock();
         let before = m.epoch();
-        let t = m.on_event(Event::Tick, now);
+        let t = m.on_event(BreakerEvent::Tick, now);
         self.publish(&m, before, t);
         (m.state(), m.shadow_state())
     }
@@ -748,7 +750,8 @@ impl<C, K: Clock> BreakerHandle<C, K> {
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn force_open(&self) {
-        self.shared.event(Event::ForceOpen, self.shared.clock.now());
+        self.shared
+            .event(BreakerEvent::ForceOpen, self.shared.clock.now());
     }
 
     /// Closes the breaker (from any state) with an empty window; the backoff of repeated
@@ -764,7 +767,7 @@ impl<C, K: Clock> BreakerHandle<C, K> {
     /// ```
     pub fn force_close(&self) {
         self.shared
-            .event(Event::ForceClose, self.shared.clock.now());
+            .event(BreakerEvent::ForceClose, self.shared.clock.now());
     }
 
     /// Closes the breaker with an empty window and forgets the backoff.
@@ -778,7 +781,8 @@ impl<C, K: Clock> BreakerHandle<C, K> {
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn reset(&self) {
-        self.shared.event(Event::Reset, self.shared.clock.now());
+        self.shared
+            .event(BreakerEvent::Reset, self.shared.clock.now());
     }
 
     /// Lets every call through and keeps recording, without ever moving.
@@ -791,7 +795,8 @@ impl<C, K: Clock> BreakerHandle<C, K> {
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn disable(&self) {
-        self.shared.event(Event::Disable, self.shared.clock.now());
+        self.shared
+            .event(BreakerEvent::Disable, self.shared.clock.now());
     }
 
     /// Shadow mode: lets every call through, judges, and reports the transitions a real
@@ -807,7 +812,7 @@ impl<C, K: Clock> BreakerHandle<C, K> {
     /// ```
     pub fn metrics_only(&self) {
         self.shared
-            .event(Event::MetricsOnly, self.shared.clock.now());
+            .event(BreakerEvent::MetricsOnly, self.shared.clock.now());
     }
 
     /// Every transition from now on. A receiver that falls more than 64 transitions behind
@@ -821,7 +826,7 @@ impl<C, K: Clock> BreakerHandle<C, K> {
     /// assert_eq!(rx.try_recv().unwrap().to, State::ForcedOpen);
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
-    pub fn subscribe(&self) -> broadcast::Receiver<Transition> {
+    pub fn subscribe(&self) -> broadcast::Receiver<BreakerTransition> {
         self.shared.events.subscribe()
     }
 

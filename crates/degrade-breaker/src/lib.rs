@@ -16,7 +16,7 @@
 //!
 //! ## How it works
 //!
-//! * **A pure state machine** ([`state::Machine`]) takes `(event, now)` and returns the
+//! * **A pure state machine** ([`state::BreakerMachine`]) takes `(event, now)` and returns the
 //!   transition: closed → open on a threshold, open → half-open when the wait is over,
 //!   half-open → closed after enough successful probes or → open on a failed one, plus the
 //!   manual modes forced-open, disabled (passes and records, never moves) and metrics-only (a
@@ -115,7 +115,7 @@ pub use keyed::{KeyedBreakerLayer, KeyedSnapshot};
 
 pub use layer::{BreakerBuilder, BreakerLayer};
 pub use service::Breaker;
-pub use state::{Reason, State, Transition};
+pub use state::{BreakerTransition, Reason, State};
 
 // The README's examples are compiled and run as doc tests (they use the HTTP classifier).
 #[doc = include_str!("../README.md")]

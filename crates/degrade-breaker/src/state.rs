@@ -6,7 +6,7 @@
 //! event by event without a runtime:
 //!
 //! ```
-//! use degrade_breaker::state::{Event, Machine};
+//! use degrade_breaker::state::{BreakerEvent, BreakerMachine};
 //! use degrade_breaker::{BreakerConfig, State, WindowConfig};
 //! use degrade_core::window::WindowSnapshot;
 //! use std::time::Duration;
@@ -17,13 +17,13 @@
 //! config.minimum_calls = 4;
 //! config.wait = Duration::from_secs(5);
 //! let t0 = Instant::now();
-//! let mut m = Machine::new(config, 0)?;
+//! let mut m = BreakerMachine::new(config, 0)?;
 //!
 //! let half_failed = WindowSnapshot { calls: 4, failures: 2, slow: 0 };
-//! let t = m.on_event(Event::Window { snapshot: half_failed, consecutive: 0 }, t0).unwrap();
+//! let t = m.on_event(BreakerEvent::Window { snapshot: half_failed, consecutive: 0 }, t0).unwrap();
 //! assert_eq!((t.from, t.to), (State::Closed, State::Open));
-//! assert!(m.on_event(Event::Tick, t0 + Duration::from_secs(4)).is_none());
-//! let t = m.on_event(Event::Tick, t0 + Duration::from_secs(5)).unwrap();
+//! assert!(m.on_event(BreakerEvent::Tick, t0 + Duration::from_secs(4)).is_none());
+//! let t = m.on_event(BreakerEvent::Tick, t0 + Duration::from_secs(5)).unwrap();
 //! assert_eq!(t.to, State::HalfOpen);
 //! # Ok::<(), degrade_core::ConfigError>(())
 //! ```
@@ -171,14 +171,14 @@ impl fmt::Display for Reason {
 /// would have been in, while it kept admitting every call.
 ///
 /// ```
-/// use degrade_breaker::{Reason, State, Transition};
-/// let t = Transition::new(State::Closed, State::Open, Reason::ConsecutiveFailures(5),
+/// use degrade_breaker::{Reason, State, BreakerTransition};
+/// let t = BreakerTransition::new(State::Closed, State::Open, Reason::ConsecutiveFailures(5),
 ///     tokio::time::Instant::now());
 /// assert_eq!(t.to_string(), "closed -> open (5 failures in a row)");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
-pub struct Transition {
+pub struct BreakerTransition {
     /// The state left.
     pub from: State,
     /// The state entered.
@@ -193,12 +193,12 @@ pub struct Transition {
     pub wait: Option<Duration>,
 }
 
-impl Transition {
+impl BreakerTransition {
     /// A (non-shadow) transition.
     ///
     /// ```
-    /// # use degrade_breaker::{Reason, State, Transition};
-    /// let t = Transition::new(State::Open, State::HalfOpen, Reason::WaitElapsed,
+    /// # use degrade_breaker::{Reason, State, BreakerTransition};
+    /// let t = BreakerTransition::new(State::Open, State::HalfOpen, Reason::WaitElapsed,
     ///     tokio::time::Instant::now());
     /// assert!(!t.shadow);
     /// ```
@@ -214,24 +214,24 @@ impl Transition {
     }
 }
 
-impl fmt::Display for Transition {
+impl fmt::Display for BreakerTransition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shadow = if self.shadow { "shadow " } else { "" };
         write!(f, "{shadow}{} -> {} ({})", self.from, self.to, self.reason)
     }
 }
 
-/// An event for the [`Machine`].
+/// An event for the [`BreakerMachine`].
 ///
 /// ```
-/// use degrade_breaker::state::Event;
+/// use degrade_breaker::state::BreakerEvent;
 /// use degrade_core::Outcome;
-/// let e = Event::Probe(Outcome::Success);
+/// let e = BreakerEvent::Probe(Outcome::Success);
 /// # let _ = e;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
-pub enum Event {
+pub enum BreakerEvent {
     /// A reading of the closed window: judged against the thresholds.
     Window {
         /// The window's calls.
@@ -282,7 +282,7 @@ pub(crate) enum Mode {
 }
 
 /// The thresholds a closed window is judged by, kept apart so the lock-free closed path can
-/// ask "would this trip?" before it takes the lock to let the [`Machine`] decide.
+/// ask "would this trip?" before it takes the lock to let the [`BreakerMachine`] decide.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Thresholds {
     pub(crate) consecutive: Option<u32>,
@@ -340,16 +340,16 @@ impl Thresholds {
 /// The breaker's state machine. See the [module](self) documentation.
 ///
 /// ```
-/// use degrade_breaker::state::{Event, Machine};
+/// use degrade_breaker::state::{BreakerEvent, BreakerMachine};
 /// use degrade_breaker::{BreakerConfig, State};
-/// let mut m = Machine::new(BreakerConfig::default(), 7)?;
-/// let t = m.on_event(Event::ForceOpen, tokio::time::Instant::now()).unwrap();
+/// let mut m = BreakerMachine::new(BreakerConfig::default(), 7)?;
+/// let t = m.on_event(BreakerEvent::ForceOpen, tokio::time::Instant::now()).unwrap();
 /// assert_eq!(t.to, State::ForcedOpen);
 /// assert_eq!(m.state(), State::ForcedOpen);
 /// # Ok::<(), degrade_core::ConfigError>(())
 /// ```
 #[derive(Debug, Clone)]
-pub struct Machine {
+pub struct BreakerMachine {
     config: BreakerConfig,
     thresholds: Thresholds,
     seed: u64,
@@ -367,7 +367,7 @@ pub struct Machine {
     probe_failures: u32,
 }
 
-impl Machine {
+impl BreakerMachine {
     /// A closed machine. `seed` is mixed into the jitter (breakers built from one configuration
     /// should pass different seeds).
     ///
@@ -376,12 +376,12 @@ impl Machine {
     /// The configuration's [`ConfigError`], if it is invalid.
     ///
     /// ```
-    /// # use degrade_breaker::{state::Machine, BreakerConfig, State};
-    /// let m = Machine::new(BreakerConfig::default(), 0)?;
+    /// # use degrade_breaker::{state::BreakerMachine, BreakerConfig, State};
+    /// let m = BreakerMachine::new(BreakerConfig::default(), 0)?;
     /// assert_eq!(m.state(), State::Closed);
     /// let mut bad = BreakerConfig::default();
     /// bad.wait = std::time::Duration::ZERO;
-    /// assert_eq!(Machine::new(bad, 0).unwrap_err().field(), "wait");
+    /// assert_eq!(BreakerMachine::new(bad, 0).unwrap_err().field(), "wait");
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn new(config: BreakerConfig, seed: u64) -> Result<Self, ConfigError> {
@@ -404,8 +404,8 @@ impl Machine {
     /// The current state.
     ///
     /// ```
-    /// # use degrade_breaker::{state::Machine, BreakerConfig, State};
-    /// assert_eq!(Machine::new(BreakerConfig::default(), 0)?.state(), State::Closed);
+    /// # use degrade_breaker::{state::BreakerMachine, BreakerConfig, State};
+    /// assert_eq!(BreakerMachine::new(BreakerConfig::default(), 0)?.state(), State::Closed);
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn state(&self) -> State {
@@ -420,10 +420,10 @@ impl Machine {
     /// The phase a metrics-only breaker is in, in the shadow (`None` in other modes).
     ///
     /// ```
-    /// # use degrade_breaker::{state::{Event, Machine}, BreakerConfig, State};
-    /// let mut m = Machine::new(BreakerConfig::default(), 0)?;
+    /// # use degrade_breaker::{state::{BreakerEvent, BreakerMachine}, BreakerConfig, State};
+    /// let mut m = BreakerMachine::new(BreakerConfig::default(), 0)?;
     /// assert_eq!(m.shadow_state(), None);
-    /// m.on_event(Event::MetricsOnly, tokio::time::Instant::now());
+    /// m.on_event(BreakerEvent::MetricsOnly, tokio::time::Instant::now());
     /// assert_eq!(m.shadow_state(), Some(State::Closed));
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
@@ -435,8 +435,8 @@ impl Machine {
     /// half-open with `max_duration`).
     ///
     /// ```
-    /// # use degrade_breaker::{state::Machine, BreakerConfig};
-    /// assert_eq!(Machine::new(BreakerConfig::default(), 0)?.deadline(), None);
+    /// # use degrade_breaker::{state::BreakerMachine, BreakerConfig};
+    /// assert_eq!(BreakerMachine::new(BreakerConfig::default(), 0)?.deadline(), None);
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn deadline(&self) -> Option<Instant> {
@@ -446,8 +446,8 @@ impl Machine {
     /// Openings in a row (what the backoff grows with).
     ///
     /// ```
-    /// # use degrade_breaker::{state::Machine, BreakerConfig};
-    /// assert_eq!(Machine::new(BreakerConfig::default(), 0)?.openings(), 0);
+    /// # use degrade_breaker::{state::BreakerMachine, BreakerConfig};
+    /// assert_eq!(BreakerMachine::new(BreakerConfig::default(), 0)?.openings(), 0);
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn openings(&self) -> u32 {
@@ -458,9 +458,9 @@ impl Machine {
     /// older epoch belongs to a state that is gone.
     ///
     /// ```
-    /// # use degrade_breaker::{state::{Event, Machine}, BreakerConfig};
-    /// let mut m = Machine::new(BreakerConfig::default(), 0)?;
-    /// m.on_event(Event::Disable, tokio::time::Instant::now());
+    /// # use degrade_breaker::{state::{BreakerEvent, BreakerMachine}, BreakerConfig};
+    /// let mut m = BreakerMachine::new(BreakerConfig::default(), 0)?;
+    /// m.on_event(BreakerEvent::Disable, tokio::time::Instant::now());
     /// assert_eq!(m.epoch(), 1);
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
@@ -471,8 +471,8 @@ impl Machine {
     /// The configuration.
     ///
     /// ```
-    /// # use degrade_breaker::{state::Machine, BreakerConfig};
-    /// let m = Machine::new(BreakerConfig::default(), 0)?;
+    /// # use degrade_breaker::{state::BreakerMachine, BreakerConfig};
+    /// let m = BreakerMachine::new(BreakerConfig::default(), 0)?;
     /// assert_eq!(m.config().minimum_calls, 100);
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
@@ -495,13 +495,13 @@ impl Machine {
     /// The wait of the `n`-th opening in a row: backoff, cap, then jitter.
     ///
     /// ```
-    /// # use degrade_breaker::{state::Machine, BreakerConfig};
+    /// # use degrade_breaker::{state::BreakerMachine, BreakerConfig};
     /// # use std::time::Duration;
     /// let mut c = BreakerConfig::default();
     /// c.wait = Duration::from_secs(1);
     /// c.backoff.multiplier = 2.0;
     /// c.backoff.max_wait = Duration::from_secs(5);
-    /// let m = Machine::new(c, 0)?;
+    /// let m = BreakerMachine::new(c, 0)?;
     /// assert_eq!(m.wait_for(1, 0), Duration::from_secs(1));
     /// assert_eq!(m.wait_for(3, 0), Duration::from_secs(4));
     /// assert_eq!(m.wait_for(9, 0), Duration::from_secs(5));
@@ -526,24 +526,24 @@ impl Machine {
     /// Feeds one event; returns the transition it caused, if any.
     ///
     /// ```
-    /// # use degrade_breaker::{state::{Event, Machine}, BreakerConfig, State};
+    /// # use degrade_breaker::{state::{BreakerEvent, BreakerMachine}, BreakerConfig, State};
     /// # use degrade_core::Outcome;
-    /// let mut m = Machine::new(BreakerConfig::default(), 0)?;
+    /// let mut m = BreakerMachine::new(BreakerConfig::default(), 0)?;
     /// // A probe outcome in the closed state is not a probe: nothing happens.
-    /// assert!(m.on_event(Event::Probe(Outcome::Failure), tokio::time::Instant::now()).is_none());
+    /// assert!(m.on_event(BreakerEvent::Probe(Outcome::Failure), tokio::time::Instant::now()).is_none());
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
-    pub fn on_event(&mut self, event: Event, now: Instant) -> Option<Transition> {
+    pub fn on_event(&mut self, event: BreakerEvent, now: Instant) -> Option<BreakerTransition> {
         let judging = matches!(self.mode, Mode::Normal | Mode::MetricsOnly);
         match event {
-            Event::Window {
+            BreakerEvent::Window {
                 snapshot,
                 consecutive,
             } if judging && self.phase == Phase::Closed => {
                 let reason = self.thresholds.judge(snapshot, consecutive)?;
                 Some(self.open(reason, now))
             }
-            Event::Tick if judging => match (self.phase, self.deadline) {
+            BreakerEvent::Tick if judging => match (self.phase, self.deadline) {
                 (Phase::Open, Some(until)) if now >= until => {
                     let deadline = self
                         .config
@@ -565,7 +565,7 @@ impl Machine {
                 }
                 _ => None,
             },
-            Event::Probe(outcome) if judging && self.phase == Phase::HalfOpen => {
+            BreakerEvent::Probe(outcome) if judging && self.phase == Phase::HalfOpen => {
                 let failed = match outcome {
                     Outcome::Failure => true,
                     Outcome::Slow => self.thresholds.slow_rate.is_some(),
@@ -584,19 +584,19 @@ impl Machine {
                     })
                 }
             }
-            Event::ForceOpen => self.set_mode(Mode::ForcedOpen, now),
-            Event::ForceClose => self.set_mode(Mode::Normal, now),
-            Event::Reset => {
+            BreakerEvent::ForceOpen => self.set_mode(Mode::ForcedOpen, now),
+            BreakerEvent::ForceClose => self.set_mode(Mode::Normal, now),
+            BreakerEvent::Reset => {
                 self.openings = 0;
                 self.set_mode(Mode::Normal, now)
             }
-            Event::Disable => self.set_mode(Mode::Disabled, now),
-            Event::MetricsOnly => self.set_mode(Mode::MetricsOnly, now),
+            BreakerEvent::Disable => self.set_mode(Mode::Disabled, now),
+            BreakerEvent::MetricsOnly => self.set_mode(Mode::MetricsOnly, now),
             _ => None,
         }
     }
 
-    fn open(&mut self, reason: Reason, now: Instant) -> Transition {
+    fn open(&mut self, reason: Reason, now: Instant) -> BreakerTransition {
         self.openings = self.openings.saturating_add(1);
         self.total_openings = self.total_openings.wrapping_add(1);
         let wait = self.wait_for(self.openings, self.total_openings);
@@ -612,18 +612,18 @@ impl Machine {
         deadline: Option<Instant>,
         reason: Reason,
         now: Instant,
-    ) -> Transition {
+    ) -> BreakerTransition {
         let from = self.phase.state();
         self.phase = phase;
         self.deadline = deadline;
         self.epoch += 1;
-        let mut t = Transition::new(from, phase.state(), reason, now);
+        let mut t = BreakerTransition::new(from, phase.state(), reason, now);
         t.shadow = self.mode == Mode::MetricsOnly;
         t
     }
 
     /// Every manual change starts the new mode from a closed phase.
-    fn set_mode(&mut self, mode: Mode, now: Instant) -> Option<Transition> {
+    fn set_mode(&mut self, mode: Mode, now: Instant) -> Option<BreakerTransition> {
         let from = self.state();
         let changed = self.mode != mode || self.phase != Phase::Closed;
         self.mode = mode;
@@ -631,7 +631,7 @@ impl Machine {
         self.deadline = None;
         self.epoch += 1;
         (changed && from != self.state())
-            .then(|| Transition::new(from, self.state(), Reason::Manual, now))
+            .then(|| BreakerTransition::new(from, self.state(), Reason::Manual, now))
     }
 }
 
@@ -658,8 +658,8 @@ mod tests {
         c
     }
 
-    fn snap(calls: u64, failures: u64, slow: u64) -> Event {
-        Event::Window {
+    fn snap(calls: u64, failures: u64, slow: u64) -> BreakerEvent {
+        BreakerEvent::Window {
             snapshot: WindowSnapshot {
                 calls,
                 failures,
@@ -674,7 +674,7 @@ mod tests {
     #[test]
     fn closed_waits_for_minimum_calls() {
         let t0 = Instant::now();
-        let mut m = Machine::new(config(), 0).unwrap();
+        let mut m = BreakerMachine::new(config(), 0).unwrap();
         assert!(m.on_event(snap(3, 3, 0), t0).is_none());
         assert!(m.on_event(snap(4, 1, 0), t0).is_none());
         let t = m.on_event(snap(4, 2, 0), t0).unwrap();
@@ -686,12 +686,12 @@ mod tests {
     #[test]
     fn slow_rate_trips_only_when_configured() {
         let t0 = Instant::now();
-        let mut m = Machine::new(config(), 0).unwrap();
+        let mut m = BreakerMachine::new(config(), 0).unwrap();
         assert!(m.on_event(snap(4, 0, 4), t0).is_none());
         let mut c = config();
         c.slow_call_duration = Some(S);
         c.slow_call_rate = 0.5;
-        let mut m = Machine::new(c, 0).unwrap();
+        let mut m = BreakerMachine::new(c, 0).unwrap();
         let t = m.on_event(snap(4, 0, 2), t0).unwrap();
         assert!(matches!(t.reason, Reason::SlowRate { .. }));
     }
@@ -701,17 +701,30 @@ mod tests {
         let t0 = Instant::now();
         let mut c = config();
         c.backoff.multiplier = 2.0;
-        let mut m = Machine::new(c, 0).unwrap();
+        let mut m = BreakerMachine::new(c, 0).unwrap();
         m.on_event(snap(4, 4, 0), t0).unwrap();
         let t1 = t0 + 10 * S;
-        assert_eq!(m.on_event(Event::Tick, t1).unwrap().to, State::HalfOpen);
-        let t = m.on_event(Event::Probe(Outcome::Failure), t1).unwrap();
+        assert_eq!(
+            m.on_event(BreakerEvent::Tick, t1).unwrap().to,
+            State::HalfOpen
+        );
+        let t = m
+            .on_event(BreakerEvent::Probe(Outcome::Failure), t1)
+            .unwrap();
         assert_eq!((t.to, t.wait), (State::Open, Some(20 * S)));
         let t2 = t1 + 20 * S;
-        m.on_event(Event::Tick, t2).unwrap();
-        assert!(m.on_event(Event::Probe(Outcome::Ignored), t2).is_none());
-        assert!(m.on_event(Event::Probe(Outcome::Success), t2).is_none());
-        let t = m.on_event(Event::Probe(Outcome::Success), t2).unwrap();
+        m.on_event(BreakerEvent::Tick, t2).unwrap();
+        assert!(
+            m.on_event(BreakerEvent::Probe(Outcome::Ignored), t2)
+                .is_none()
+        );
+        assert!(
+            m.on_event(BreakerEvent::Probe(Outcome::Success), t2)
+                .is_none()
+        );
+        let t = m
+            .on_event(BreakerEvent::Probe(Outcome::Success), t2)
+            .unwrap();
         assert_eq!((t.from, t.to), (State::HalfOpen, State::Closed));
         assert_eq!(m.openings(), 0);
     }
@@ -722,11 +735,11 @@ mod tests {
         let mut c = config();
         c.half_open.max_duration = Some(5 * S);
         c.half_open.on_timeout = TimeoutTarget::Closed;
-        let mut m = Machine::new(c, 0).unwrap();
+        let mut m = BreakerMachine::new(c, 0).unwrap();
         m.on_event(snap(4, 4, 0), t0);
-        m.on_event(Event::Tick, t0 + 10 * S).unwrap();
-        assert!(m.on_event(Event::Tick, t0 + 14 * S).is_none());
-        let t = m.on_event(Event::Tick, t0 + 15 * S).unwrap();
+        m.on_event(BreakerEvent::Tick, t0 + 10 * S).unwrap();
+        assert!(m.on_event(BreakerEvent::Tick, t0 + 14 * S).is_none());
+        let t = m.on_event(BreakerEvent::Tick, t0 + 15 * S).unwrap();
         assert_eq!((t.to, t.reason), (State::Closed, Reason::HalfOpenTimeout));
     }
 
@@ -734,8 +747,8 @@ mod tests {
     fn jitter_is_deterministic_and_bounded() {
         let mut c = config();
         c.backoff.jitter = 0.5;
-        let a = Machine::new(c.clone(), 1).unwrap();
-        let b = Machine::new(c, 2).unwrap();
+        let a = BreakerMachine::new(c.clone(), 1).unwrap();
+        let b = BreakerMachine::new(c, 2).unwrap();
         let waits: Vec<_> = (0..50).map(|n| a.wait_for(1, n)).collect();
         assert!(waits.iter().all(|w| *w > 5 * S && *w <= 10 * S));
         assert!(waits.windows(2).any(|w| w[0] != w[1]));
@@ -746,24 +759,27 @@ mod tests {
     #[test]
     fn modes_never_judge_and_return_closed() {
         let t0 = Instant::now();
-        let mut m = Machine::new(config(), 0).unwrap();
-        assert_eq!(m.on_event(Event::Disable, t0).unwrap().to, State::Disabled);
+        let mut m = BreakerMachine::new(config(), 0).unwrap();
+        assert_eq!(
+            m.on_event(BreakerEvent::Disable, t0).unwrap().to,
+            State::Disabled
+        );
         assert!(m.on_event(snap(10, 10, 0), t0).is_none());
         assert_eq!(
-            m.on_event(Event::ForceOpen, t0).unwrap().to,
+            m.on_event(BreakerEvent::ForceOpen, t0).unwrap().to,
             State::ForcedOpen
         );
-        assert!(m.on_event(Event::Tick, t0 + 100 * S).is_none());
-        let t = m.on_event(Event::ForceClose, t0).unwrap();
+        assert!(m.on_event(BreakerEvent::Tick, t0 + 100 * S).is_none());
+        let t = m.on_event(BreakerEvent::ForceClose, t0).unwrap();
         assert_eq!((t.from, t.to), (State::ForcedOpen, State::Closed));
-        assert!(m.on_event(Event::Reset, t0).is_none());
+        assert!(m.on_event(BreakerEvent::Reset, t0).is_none());
     }
 
     #[test]
     fn metrics_only_reports_shadow_transitions() {
         let t0 = Instant::now();
-        let mut m = Machine::new(config(), 0).unwrap();
-        m.on_event(Event::MetricsOnly, t0).unwrap();
+        let mut m = BreakerMachine::new(config(), 0).unwrap();
+        m.on_event(BreakerEvent::MetricsOnly, t0).unwrap();
         let t = m.on_event(snap(4, 4, 0), t0).unwrap();
         assert!(t.shadow);
         assert_eq!((t.from, t.to), (State::Closed, State::Open));

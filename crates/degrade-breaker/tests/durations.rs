@@ -1,7 +1,7 @@
 //! Durations from configuration at their extremes (0, 1 ns, `Duration::MAX`): the breaker
 //! neither panics nor spins, and a window cannot ask for gigabytes (issue 14).
 
-use degrade_breaker::state::{Event, Machine};
+use degrade_breaker::state::{BreakerEvent, BreakerMachine};
 use degrade_breaker::{BreakerConfig, BreakerLayer, State, WindowConfig};
 use degrade_core::window::WindowSnapshot;
 use degrade_core::{ManualClock, Outcome};
@@ -41,11 +41,11 @@ fn an_open_wait_of_duration_max_does_not_panic() {
 
 #[test]
 fn the_machine_opens_until_the_latest_instant_for_a_wait_of_duration_max() {
-    let mut m = Machine::new(opens_on_first_failure(Duration::MAX), 7).unwrap();
+    let mut m = BreakerMachine::new(opens_on_first_failure(Duration::MAX), 7).unwrap();
     let now = Instant::now();
     let t = m
         .on_event(
-            Event::Window {
+            BreakerEvent::Window {
                 snapshot: WindowSnapshot::default(),
                 consecutive: 1,
             },
@@ -214,7 +214,7 @@ proptest! {
         openings in prop_oneof![Just(0u32), Just(1), Just(u32::MAX), any::<u32>()],
         nonce in any::<u64>(),
     ) {
-        let Ok(m) = Machine::new(config.clone(), 3) else {
+        let Ok(m) = BreakerMachine::new(config.clone(), 3) else {
             return Ok(());
         };
         let w = m.wait_for(openings, nonce);

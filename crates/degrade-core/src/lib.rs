@@ -69,7 +69,7 @@ pub use clock::{Clock, TokioClock};
 pub use config::ConfigError;
 pub use degrade::DegradeLayer;
 pub use handle::{Controller, LevelHandle};
-pub use ladder::{LadderConfig, Transition};
+pub use ladder::{LadderConfig, LevelTransition};
 pub use level::{Level, ParseLevelError};
 #[cfg(feature = "grpc")]
 pub use outcome::GrpcClassifier;

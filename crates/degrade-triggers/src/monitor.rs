@@ -1,7 +1,7 @@
 //! The [`Monitor`]: samples every signal on an interval and drives the ladder.
 
 use crate::signal::{Sample, Signal, Smoother, Smoothing};
-use degrade_core::ladder::{Reading, Transition};
+use degrade_core::ladder::{LevelTransition, Reading};
 use degrade_core::{Clock, ConfigError, Controller, Level, TokioClock};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -265,7 +265,7 @@ impl<C: Clock> Monitor<C> {
     /// let t = m.tick().unwrap();
     /// assert_eq!(t.to, Level::Emergency);
     /// ```
-    pub fn tick(&mut self) -> Option<Transition> {
+    pub fn tick(&mut self) -> Option<LevelTransition> {
         // The monitor's own cost, reported in the snapshot. Measured, not used in any decision.
         let started = std::time::Instant::now();
         let now = self.controller.clock().now();

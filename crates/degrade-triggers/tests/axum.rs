@@ -9,7 +9,7 @@
 
 use axum::Router;
 use axum::routing::get;
-use degrade_core::ladder::{Cause, LadderConfig};
+use degrade_core::ladder::{LadderConfig, LevelCause};
 use degrade_core::priority::HeaderPriority;
 use degrade_core::{Controller, DegradeLayer, HttpClassifier, Level, ManualClock, Priority};
 use degrade_triggers::observe::{LatencyConfig, LatencyStat};
@@ -159,7 +159,7 @@ async fn slow_backend_raises_the_level_sheds_low_first_and_recovers_one_level_pe
         "a 100 ms backend points at Moderate (or Heavy with jitter), got {raised}"
     );
     let up = controller.handle().history();
-    assert_eq!(up.last().unwrap().cause, Cause::Escalated);
+    assert_eq!(up.last().unwrap().cause, LevelCause::Escalated);
     assert_eq!(up.last().unwrap().signal.as_deref(), Some("latency"));
 
     // Under that level, background and low are shed entirely, critical and high never.
@@ -187,7 +187,7 @@ async fn slow_backend_raises_the_level_sheds_low_first_and_recovers_one_level_pe
     let history = controller.handle().history();
     let down: Vec<_> = history
         .iter()
-        .filter(|t| t.cause == Cause::Recovered)
+        .filter(|t| t.cause == LevelCause::Recovered)
         .collect();
     assert_eq!(down.len(), raised.index(), "one step per level: {down:?}");
     for (i, t) in down.iter().enumerate() {

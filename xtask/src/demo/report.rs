@@ -8,7 +8,7 @@ use super::{BreakerEvent, CanaryEvent, Run, SAMPLE_EVERY};
 use crate::Result;
 use degrade_canary::CanaryConfig;
 use degrade_core::ladder::LadderConfig;
-use degrade_core::{Level, Priority, Transition};
+use degrade_core::{Level, LevelTransition, Priority};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -618,7 +618,7 @@ pub(crate) struct Levels {
 }
 
 impl Levels {
-    pub(crate) fn new(history: &[Transition], start: Instant) -> Self {
+    pub(crate) fn new(history: &[LevelTransition], start: Instant) -> Self {
         Self {
             changes: history
                 .iter()
