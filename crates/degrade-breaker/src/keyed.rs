@@ -643,42 +643,7 @@ impl<S: fmt::Debug, F, Key, C, K, M> fmt::Debug for KeyedBreaker<S, F, Key, C, K
 }
 
 impl<S, F, Key, C, K, M> KeyedBreaker<S, F, Key, C, K, M> {
-    /// The inner service.
-    ///
-    /// ```
-    /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer}; use tower::Layer;
-    /// let svc = KeyedBreakerLayer::new(BreakerConfig::default(), |k: &u8| *k)?.layer(7u8);
-    /// assert_eq!(*svc.get_ref(), 7);
-    /// # Ok::<(), degrade_core::ConfigError>(())
-    /// ```
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    ///
-    /// ```
-    /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer}; use tower::Layer;
-    /// let mut svc = KeyedBreakerLayer::new(BreakerConfig::default(), |k: &u8| *k)?.layer(7u8);
-    /// *svc.get_mut() = 8;
-    /// assert_eq!(svc.into_inner(), 8);
-    /// # Ok::<(), degrade_core::ConfigError>(())
-    /// ```
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the wrapper, returning the inner service.
-    ///
-    /// ```
-    /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer}; use tower::Layer;
-    /// let svc = KeyedBreakerLayer::new(BreakerConfig::default(), |k: &u8| *k)?.layer("x");
-    /// assert_eq!(svc.into_inner(), "x");
-    /// # Ok::<(), degrade_core::ConfigError>(())
-    /// ```
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    degrade_core::inner_service_accessors!(S);
 }
 
 impl<S, F, Key, C, K, R> Service<R> for KeyedBreaker<S, F, Key, C, K, Errors>

@@ -61,42 +61,7 @@ impl<S, C, K, M> Breaker<S, C, K, M> {
         }
     }
 
-    /// The inner service.
-    ///
-    /// ```
-    /// # use degrade_breaker::{BreakerConfig, BreakerLayer}; use tower::Layer;
-    /// let svc = BreakerLayer::new(BreakerConfig::default())?.layer(42u8);
-    /// assert_eq!(*svc.get_ref(), 42);
-    /// # Ok::<(), degrade_core::ConfigError>(())
-    /// ```
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    ///
-    /// ```
-    /// # use degrade_breaker::{BreakerConfig, BreakerLayer}; use tower::Layer;
-    /// let mut svc = BreakerLayer::new(BreakerConfig::default())?.layer(1u8);
-    /// *svc.get_mut() = 2;
-    /// assert_eq!(*svc.get_ref(), 2);
-    /// # Ok::<(), degrade_core::ConfigError>(())
-    /// ```
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the wrapper, returning the inner service.
-    ///
-    /// ```
-    /// # use degrade_breaker::{BreakerConfig, BreakerLayer}; use tower::Layer;
-    /// let svc = BreakerLayer::new(BreakerConfig::default())?.layer("inner");
-    /// assert_eq!(svc.into_inner(), "inner");
-    /// # Ok::<(), degrade_core::ConfigError>(())
-    /// ```
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    degrade_core::inner_service_accessors!(S);
 }
 
 impl<S, C, K: Clock, M> Breaker<S, C, K, M> {

@@ -258,38 +258,7 @@ impl<S, C, K, O, Cl, M, Clk> Canary<S, C, K, O, Cl, M, Clk> {
         &self.shared.weight
     }
 
-    /// The stable and candidate services.
-    ///
-    /// ```
-    /// # use degrade_canary::Canary;
-    /// # let c = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let (_stable, _candidate) = c.get_ref();
-    /// ```
-    pub fn get_ref(&self) -> (&S, &C) {
-        (&self.stable, &self.candidate)
-    }
-
-    /// The stable and candidate services, mutably.
-    ///
-    /// ```
-    /// # use degrade_canary::Canary;
-    /// # let mut c = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let (_stable, _candidate) = c.get_mut();
-    /// ```
-    pub fn get_mut(&mut self) -> (&mut S, &mut C) {
-        (&mut self.stable, &mut self.candidate)
-    }
-
-    /// Consumes the router, returning the stable and candidate services.
-    ///
-    /// ```
-    /// # use degrade_canary::Canary;
-    /// # let c = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let (_stable, _candidate) = c.into_inner();
-    /// ```
-    pub fn into_inner(self) -> (S, C) {
-        (self.stable, self.candidate)
-    }
+    degrade_core::inner_service_accessors!((S, C), (stable, candidate));
 }
 
 impl<S: Clone, C: Clone, K, O, Cl, M, Clk> Clone for Canary<S, C, K, O, Cl, M, Clk> {

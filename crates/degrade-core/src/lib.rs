@@ -44,6 +44,7 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod accessors;
 pub mod answer;
 mod builder;
 pub mod clock;

@@ -73,39 +73,7 @@ impl<S, E: Keyed, W, C: Clock, M> RateLimit<S, E, W, C, M> {
         }
     }
 
-    /// The inner service.
-    ///
-    /// ```
-    /// # use degrade_ratelimit::{RateLimitConfig, RateLimitLayer}; use tower::Layer;
-    /// let svc = RateLimitLayer::new(RateLimitConfig::default()).unwrap().layer(42u8);
-    /// assert_eq!(*svc.get_ref(), 42);
-    /// ```
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    ///
-    /// ```
-    /// # use degrade_ratelimit::{RateLimitConfig, RateLimitLayer}; use tower::Layer;
-    /// let mut svc = RateLimitLayer::new(RateLimitConfig::default()).unwrap().layer(1u8);
-    /// *svc.get_mut() = 2;
-    /// assert_eq!(*svc.get_ref(), 2);
-    /// ```
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the wrapper, returning the inner service.
-    ///
-    /// ```
-    /// # use degrade_ratelimit::{RateLimitConfig, RateLimitLayer}; use tower::Layer;
-    /// let svc = RateLimitLayer::new(RateLimitConfig::default()).unwrap().layer("inner");
-    /// assert_eq!(svc.into_inner(), "inner");
-    /// ```
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    degrade_core::inner_service_accessors!(S);
 
     /// The shared counters.
     ///

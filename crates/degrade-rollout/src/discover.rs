@@ -116,44 +116,7 @@ impl<S, C> fmt::Debug for InFlight<S, C> {
 }
 
 impl<S, C> InFlight<S, C> {
-    /// The wrapped service.
-    ///
-    /// ```
-    /// # use degrade_rollout::{Instance, discover::Pool};
-    /// let pool = Pool::new(|_: &Instance| 5u8);
-    /// # let a = Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1");
-    /// pool.insert(&a);
-    /// assert_eq!(*pool.service(&a.key()).unwrap().get_ref(), 5);
-    /// ```
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    ///
-    /// ```
-    /// # use degrade_rollout::{Instance, discover::Pool};
-    /// let pool = Pool::new(|_: &Instance| 5u8);
-    /// # let a = Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1");
-    /// pool.insert(&a);
-    /// *pool.service(&a.key()).unwrap().get_mut() += 1;
-    /// ```
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The wrapped service, consuming the wrapper.
-    ///
-    /// ```
-    /// # use degrade_rollout::{Instance, discover::Pool};
-    /// let pool = Pool::new(|_: &Instance| 5u8);
-    /// # let a = Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1");
-    /// pool.insert(&a);
-    /// assert_eq!(pool.service(&a.key()).unwrap().into_inner(), 5);
-    /// ```
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    degrade_core::inner_service_accessors!(S);
 }
 
 impl<S, C> Load for InFlight<S, C> {

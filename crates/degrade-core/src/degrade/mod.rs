@@ -324,42 +324,7 @@ impl<S, P, M> Degrade<S, P, M> {
         }
     }
 
-    /// The inner service.
-    ///
-    /// ```
-    /// # use degrade_core::{Controller, DegradeLayer, Policy}; use tower::Layer;
-    /// # let c = Controller::new(Default::default()).unwrap();
-    /// let svc = DegradeLayer::new(c.handle(), Policy::default()).unwrap().layer(42u8);
-    /// assert_eq!(*svc.get_ref(), 42);
-    /// ```
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    ///
-    /// ```
-    /// # use degrade_core::{Controller, DegradeLayer, Policy}; use tower::Layer;
-    /// # let c = Controller::new(Default::default()).unwrap();
-    /// let mut svc = DegradeLayer::new(c.handle(), Policy::default()).unwrap().layer(1u8);
-    /// *svc.get_mut() = 2;
-    /// assert_eq!(svc.into_inner(), 2);
-    /// ```
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the wrapper, returning the inner service.
-    ///
-    /// ```
-    /// # use degrade_core::{Controller, DegradeLayer, Policy}; use tower::Layer;
-    /// # let c = Controller::new(Default::default()).unwrap();
-    /// let svc = DegradeLayer::new(c.handle(), Policy::default()).unwrap().layer("inner");
-    /// assert_eq!(svc.into_inner(), "inner");
-    /// ```
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::inner_service_accessors!(S);
 
     /// The shared counters.
     ///

@@ -515,37 +515,7 @@ impl<S: fmt::Debug, K, C> fmt::Debug for Observe<S, K, C> {
 }
 
 impl<S, K, C> Observe<S, K, C> {
-    /// The inner service.
-    ///
-    /// ```
-    /// # use degrade_triggers::ObserveLayer; use tower::Layer;
-    /// assert_eq!(*ObserveLayer::new().layer(7u8).get_ref(), 7);
-    /// ```
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    ///
-    /// ```
-    /// # use degrade_triggers::ObserveLayer; use tower::Layer;
-    /// let mut svc = ObserveLayer::new().layer(1u8);
-    /// *svc.get_mut() = 2;
-    /// assert_eq!(*svc.get_ref(), 2);
-    /// ```
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the wrapper, returning the inner service.
-    ///
-    /// ```
-    /// # use degrade_triggers::ObserveLayer; use tower::Layer;
-    /// assert_eq!(ObserveLayer::new().layer("inner").into_inner(), "inner");
-    /// ```
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    degrade_core::inner_service_accessors!(S);
 }
 
 impl<S, K, C, R> Service<R> for Observe<S, K, C>
