@@ -2,8 +2,8 @@
 //!
 //! # How a decision is made
 //!
-//! Each decision is one round trip: a Lua script run by `EVALSHA` (and loaded again when Redis
-//! answers `NOSCRIPT`, e.g. after a restart) applies the same GCRA as the local limiter to one
+//! Each decision is one round trip: a Lua script run by `EVALSHA` (sent whole with `EVAL`
+//! when Redis answers `NOSCRIPT`, e.g. after a restart) applies the same GCRA as the local limiter to one
 //! key holding the TAT in microseconds of the *Redis server's* clock (`TIME`), so the hosts'
 //! own clocks never disagree about the budget. An admission writes the new TAT with a TTL equal
 //! to the time until the budget is full again, so idle keys vanish by themselves. A script call
@@ -530,6 +530,29 @@ impl<E: Keyed, W> FleetShared<E, W> {
 }
 
 impl<E: Keyed, W: Send + Sync + 'static> FleetShared<E, W> {
+    /// One run of the GCRA script: `EVALSHA`, and on `NOSCRIPT` (a restarted or flushed
+    /// Redis) `EVAL` with the script itself, which also caches it again. Not redis-rs's
+    /// `invoke_async`: it loads with `SCRIPT LOAD` and asserts (in debug builds) that the hash
+    /// the server returns is the expected one, so a misbehaving server could panic the
+    /// caller.
+    async fn gcra(&self, key: &str, args: [u64; 3]) -> redis::RedisResult<redis::Value> {
+        let mut con = self.manager.clone();
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha
+            .arg(self.script.get_hash())
+            .arg(1)
+            .arg(key)
+            .arg(&args[..]);
+        match evalsha.query_async::<redis::Value>(&mut con).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(GCRA_LUA).arg(1).arg(key).arg(&args[..]);
+                eval.query_async::<redis::Value>(&mut con).await
+            }
+            other => other,
+        }
+    }
+
     /// Counts a failed call and, at the threshold, makes decisions fail fast and starts the
     /// probe.
     fn on_failure(self: &Arc<Self>) {
@@ -870,10 +893,7 @@ impl<S, E: Keyed, W: Send + Sync + 'static, M> FleetRateLimit<S, E, W, M> {
         };
         let shared = Arc::clone(shared);
         let decision = Box::pin(async move {
-            let mut con = shared.manager.clone();
-            let mut invocation = shared.script.key(&redis_key);
-            invocation.arg(p.unit_ns).arg(p.tolerance_ns).arg(cost_ns);
-            let call = invocation.invoke_async::<redis::Value>(&mut con);
+            let call = shared.gcra(&redis_key, [p.unit_ns, p.tolerance_ns, cost_ns]);
             let failure = match tokio::time::timeout(shared.timeout, call).await {
                 Ok(Ok(v)) => match read_reply(&v, p.tolerance_ns) {
                     Some(Reply::Admit) => {
