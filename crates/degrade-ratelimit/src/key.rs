@@ -156,15 +156,18 @@ impl fmt::Display for NoKey {
 pub struct HashedKey(u64);
 
 #[cfg(feature = "http")]
-pub use self::http_impl::{Cidr, GrpcMetadataKey, HeaderKey, PeerIp};
+pub use self::http_impl::{
+    Cidr, ForwardedHeader, GrpcMetadataKey, HeaderKey, PeerIp, PeerIpConfig,
+};
 
 #[cfg(feature = "http")]
 mod http_impl {
     use super::{HashedKey, KeyExtractor, Keyed};
     use degrade_core::ConfigError;
     use http::{HeaderName, Request};
+    use serde::{Deserialize, Serialize};
     use std::hash::{BuildHasher, RandomState};
-    use std::net::{IpAddr, SocketAddr};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     use std::str::FromStr;
 
     /// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address).
@@ -237,11 +240,74 @@ mod http_impl {
         }
     }
 
-    /// The client's IP address: the TCP peer (from the request's extensions: a
+    /// Which header a trusted proxy names the client in.
+    ///
+    /// ```
+    /// use degrade_ratelimit::key::ForwardedHeader;
+    /// let h: ForwardedHeader = serde_json::from_str(r#""forwarded""#).unwrap();
+    /// assert_eq!(h, ForwardedHeader::Forwarded);
+    /// assert_eq!(ForwardedHeader::default(), ForwardedHeader::XForwardedFor);
+    /// ```
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    #[non_exhaustive]
+    pub enum ForwardedHeader {
+        /// `X-Forwarded-For: client, proxy1, proxy2` (entries may carry a port:
+        /// `203.0.113.9:5678`, `[2001:db8::1]:443`).
+        #[default]
+        XForwardedFor,
+        /// RFC 7239 `Forwarded: for=192.0.2.60;proto=http, for="[2001:db8::17]:4711"`.
+        Forwarded,
+    }
+
+    /// Configuration of [`PeerIp`]; every field has a default.
+    ///
+    /// ```
+    /// use degrade_ratelimit::key::{PeerIp, PeerIpConfig};
+    /// let cfg: PeerIpConfig = serde_json::from_str(
+    ///     r#"{ "trusted_proxies": ["10.0.0.0/8"], "ipv6_prefix": 56 }"#,
+    /// ).unwrap();
+    /// assert!(PeerIp::from_config(&cfg).is_ok());
+    /// let bad: PeerIpConfig = serde_json::from_str(r#"{ "ipv6_prefix": 129 }"#).unwrap();
+    /// assert_eq!(PeerIp::from_config(&bad).unwrap_err().field(), "ipv6_prefix");
+    /// ```
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    #[non_exhaustive]
+    pub struct PeerIpConfig {
+        /// Networks (`10.0.0.0/8`, `::1`) whose forwarding header is believed (default: none,
+        /// the TCP peer is the client).
+        pub trusted_proxies: Vec<String>,
+        /// The header a trusted proxy names the client in (default `x_forwarded_for`).
+        pub header: ForwardedHeader,
+        /// How many leading bits of an IPv4 address make one key (default 32: one key per
+        /// address). In 1..=32.
+        pub ipv4_prefix: u8,
+        /// How many leading bits of an IPv6 address make one key (default 64: one key per /64,
+        /// the block a single host is usually given and picks its addresses from, so rotating
+        /// addresses within it does not buy a fresh budget). In 1..=128.
+        pub ipv6_prefix: u8,
+    }
+
+    impl Default for PeerIpConfig {
+        fn default() -> Self {
+            Self {
+                trusted_proxies: Vec::new(),
+                header: ForwardedHeader::XForwardedFor,
+                ipv4_prefix: 32,
+                ipv6_prefix: 64,
+            }
+        }
+    }
+
+    /// The client's IP network: the TCP peer (from the request's extensions: a
     /// `std::net::SocketAddr`, or with feature `axum` axum's `ConnectInfo<SocketAddr>`), or,
-    /// when that peer is a trusted proxy, the right-most address in `X-Forwarded-For` that is
-    /// not itself a trusted proxy. A peer that is not trusted cannot choose its key by sending
-    /// the header.
+    /// when that peer is a trusted proxy, the right-most client in `X-Forwarded-For` (or
+    /// `Forwarded`) that is not itself a trusted proxy. A peer that is not trusted cannot
+    /// choose its key by sending the header.
+    ///
+    /// The key is the address cut to a prefix: IPv4 addresses whole (/32), IPv6 addresses by
+    /// their /64 (see [`PeerIpConfig`]). IPv4-mapped IPv6 addresses count as IPv4.
     ///
     /// ```
     /// use degrade_ratelimit::key::{KeyExtractor, PeerIp};
@@ -249,7 +315,7 @@ mod http_impl {
     ///
     /// let key = PeerIp::behind(["10.0.0.0/8"]).unwrap();
     /// let mut req = http::Request::builder()
-    ///     .header("x-forwarded-for", "203.0.113.9, 10.0.0.2")
+    ///     .header("x-forwarded-for", "203.0.113.9:5678, 10.0.0.2")
     ///     .body(()).unwrap();
     /// req.extensions_mut().insert(SocketAddr::from(([10, 0, 0, 1], 4000)));
     /// assert_eq!(key.extract(&req), Some("203.0.113.9".parse::<IpAddr>().unwrap()));
@@ -257,21 +323,55 @@ mod http_impl {
     /// // An untrusted peer is its own key, whatever it claims.
     /// req.extensions_mut().insert(SocketAddr::from(([198, 51, 100, 1], 4000)));
     /// assert_eq!(key.extract(&req), Some("198.51.100.1".parse::<IpAddr>().unwrap()));
+    ///
+    /// // Two addresses of one IPv6 /64 are one client.
+    /// let v6 = |a: &str| {
+    ///     let mut r = http::Request::new(());
+    ///     r.extensions_mut().insert(SocketAddr::new(a.parse().unwrap(), 443));
+    ///     key.extract(&r).unwrap()
+    /// };
+    /// assert_eq!(v6("2001:db8:1:2::1"), v6("2001:db8:1:2:aaaa::9"));
+    /// assert_eq!(v6("2001:db8:1:2::1"), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
     /// ```
-    #[derive(Debug, Clone, Default)]
+    #[derive(Debug, Clone)]
     pub struct PeerIp {
         trusted: Vec<Cidr>,
+        header: ForwardedHeader,
+        v4_mask: u32,
+        v6_mask: u128,
+    }
+
+    impl Default for PeerIp {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    fn mask_v4(prefix: u8) -> u32 {
+        u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+    }
+
+    fn mask_v6(prefix: u8) -> u128 {
+        u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
     }
 
     impl PeerIp {
-        /// The TCP peer's address; `X-Forwarded-For` is ignored.
+        /// The TCP peer's address (IPv6 by its /64); forwarding headers are ignored.
         ///
         /// ```
-        /// # use degrade_ratelimit::key::PeerIp;
-        /// let _ = PeerIp::new();
+        /// # use degrade_ratelimit::key::{KeyExtractor, PeerIp};
+        /// let mut req = http::Request::builder()
+        ///     .header("x-forwarded-for", "203.0.113.9").body(()).unwrap();
+        /// req.extensions_mut().insert(std::net::SocketAddr::from(([10, 0, 0, 1], 1)));
+        /// assert_eq!(PeerIp::new().extract(&req), Some([10, 0, 0, 1].into()));
         /// ```
         pub fn new() -> Self {
-            Self::default()
+            Self {
+                trusted: Vec::new(),
+                header: ForwardedHeader::XForwardedFor,
+                v4_mask: mask_v4(32),
+                v6_mask: mask_v6(64),
+            }
         }
 
         /// Trusts `X-Forwarded-For` from peers in these networks.
@@ -285,20 +385,260 @@ mod http_impl {
             I: IntoIterator<Item = S>,
             S: AsRef<str>,
         {
-            let trusted = trusted
-                .into_iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    s.as_ref().parse::<Cidr>().map_err(|e| {
-                        ConfigError::new(format!("trusted_proxies[{i}]"), e.rule().to_owned())
-                    })
-                })
-                .collect::<Result<_, _>>()?;
-            Ok(Self { trusted })
+            Ok(Self {
+                trusted: parse_trusted(trusted)?,
+                ..Self::new()
+            })
+        }
+
+        /// From a [`PeerIpConfig`]; the error names the field that breaks a rule.
+        ///
+        /// ```
+        /// use degrade_ratelimit::key::{ForwardedHeader, KeyExtractor, PeerIp, PeerIpConfig};
+        /// use std::net::{IpAddr, SocketAddr};
+        /// let mut cfg = PeerIpConfig::default();
+        /// cfg.trusted_proxies = vec!["10.0.0.0/8".into()];
+        /// cfg.header = ForwardedHeader::Forwarded;
+        /// let key = PeerIp::from_config(&cfg).unwrap();
+        /// let mut req = http::Request::builder()
+        ///     .header("forwarded", r#"for="[2001:db8:cafe::17]:4711";proto=https, for=10.0.0.2"#)
+        ///     .body(()).unwrap();
+        /// req.extensions_mut().insert(SocketAddr::from(([10, 0, 0, 1], 4000)));
+        /// assert_eq!(key.extract(&req), Some("2001:db8:cafe::".parse::<IpAddr>().unwrap()));
+        ///
+        /// cfg.ipv4_prefix = 0;
+        /// assert_eq!(PeerIp::from_config(&cfg).unwrap_err().field(), "ipv4_prefix");
+        /// ```
+        pub fn from_config(config: &PeerIpConfig) -> Result<Self, ConfigError> {
+            if !(1..=32).contains(&config.ipv4_prefix) {
+                return Err(ConfigError::new(
+                    "ipv4_prefix",
+                    format!(
+                        "must be in 1..=32 (0 would put every client in one budget), got {}",
+                        config.ipv4_prefix
+                    ),
+                ));
+            }
+            if !(1..=128).contains(&config.ipv6_prefix) {
+                return Err(ConfigError::new(
+                    "ipv6_prefix",
+                    format!(
+                        "must be in 1..=128 (0 would put every client in one budget), got {}",
+                        config.ipv6_prefix
+                    ),
+                ));
+            }
+            Ok(Self {
+                trusted: parse_trusted(&config.trusted_proxies)?,
+                header: config.header,
+                v4_mask: mask_v4(config.ipv4_prefix),
+                v6_mask: mask_v6(config.ipv6_prefix),
+            })
         }
 
         fn is_trusted(&self, ip: IpAddr) -> bool {
             self.trusted.iter().any(|c| c.contains(ip))
+        }
+
+        /// The key of a client address: canonical, cut to the configured prefix.
+        fn key_of(&self, ip: IpAddr) -> IpAddr {
+            match canonical(ip) {
+                IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & self.v4_mask)),
+                IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & self.v6_mask)),
+            }
+        }
+
+        /// The client named by the forwarding headers of a request from a trusted proxy
+        /// `peer`: the right-most entry that is not a trusted proxy; if an entry cannot be
+        /// read, the entry to its right (the last address a trusted proxy vouched for).
+        ///
+        /// Computed in one pass from the left, without allocating: the walk from the right
+        /// stops at the right-most *stopper* (an unreadable or untrusted entry), so only the
+        /// last stopper and what follows it matter.
+        fn forwarded_client<B>(&self, req: &Request<B>, peer: IpAddr) -> IpAddr {
+            let mut client: Option<IpAddr> = None;
+            let mut after_unreadable = false;
+            let mut stopped = false;
+            let mut step = |hop: Option<IpAddr>| match hop.map(canonical) {
+                None => {
+                    stopped = true;
+                    after_unreadable = true;
+                    client = None;
+                }
+                Some(ip) if !self.is_trusted(ip) => {
+                    stopped = true;
+                    after_unreadable = false;
+                    client = Some(ip);
+                }
+                Some(ip) => {
+                    if after_unreadable || (!stopped && client.is_none()) {
+                        client = Some(ip);
+                        after_unreadable = false;
+                    }
+                }
+            };
+            let name = match self.header {
+                ForwardedHeader::XForwardedFor => "x-forwarded-for",
+                ForwardedHeader::Forwarded => "forwarded",
+            };
+            for line in req.headers().get_all(name) {
+                let Ok(text) = line.to_str() else {
+                    step(None);
+                    continue;
+                };
+                match self.header {
+                    ForwardedHeader::XForwardedFor => {
+                        for hop in text.split(',') {
+                            step(parse_hop(hop));
+                        }
+                    }
+                    ForwardedHeader::Forwarded => {
+                        forwarded_for(text, |v| step(v.and_then(parse_hop)));
+                    }
+                }
+            }
+            client.unwrap_or(peer)
+        }
+    }
+
+    fn parse_trusted<I, S>(trusted: I) -> Result<Vec<Cidr>, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        trusted
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.as_ref().parse::<Cidr>().map_err(|e| {
+                    ConfigError::new(format!("trusted_proxies[{i}]"), e.rule().to_owned())
+                })
+            })
+            .collect()
+    }
+
+    /// A port after an address: decimal up to 65535, or an RFC 7239 obfuscated port
+    /// (`_` then letters, digits, `.`, `_`, `-`).
+    fn is_port(s: &str) -> bool {
+        match s.strip_prefix('_') {
+            Some(obf) => {
+                !obf.is_empty()
+                    && obf
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            }
+            None => {
+                !s.is_empty()
+                    && s.len() <= 5
+                    && s.bytes().all(|b| b.is_ascii_digit())
+                    && s.parse::<u32>().is_ok_and(|p| p <= 65535)
+            }
+        }
+    }
+
+    /// One forwarding entry: `203.0.113.9`, `203.0.113.9:5678`, `2001:db8::1`,
+    /// `[2001:db8::1]` or `[2001:db8::1]:443`. Anything else (`unknown`, an obfuscated
+    /// `_node`, a zone, garbage) is unreadable.
+    fn parse_hop(hop: &str) -> Option<IpAddr> {
+        let hop = hop.trim_matches([' ', '\t']);
+        if let Some(rest) = hop.strip_prefix('[') {
+            let (ip, after) = rest.split_once(']')?;
+            if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
+                return None;
+            }
+            return ip.parse::<Ipv6Addr>().ok().map(IpAddr::V6);
+        }
+        if let Ok(ip) = hop.parse::<IpAddr>() {
+            return Some(ip);
+        }
+        let (host, port) = hop.rsplit_once(':')?;
+        if !is_port(port) {
+            return None;
+        }
+        host.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
+    }
+
+    /// Calls `f` once per element of an RFC 7239 `Forwarded` field value, left to right, with
+    /// the element's `for` value (unquoted), or `None` when the element has none, has two,
+    /// or cannot be read.
+    fn forwarded_for(text: &str, mut f: impl FnMut(Option<&str>)) {
+        let b = text.as_bytes();
+        let ows = |i: &mut usize| {
+            while *i < b.len() && (b[*i] == b' ' || b[*i] == b'\t') {
+                *i += 1;
+            }
+        };
+        let mut i = 0;
+        loop {
+            // One element: pairs separated by `;`, up to a `,` outside quotes.
+            let mut value: Option<&str> = None;
+            let mut bad = false;
+            loop {
+                ows(&mut i);
+                let name_start = i;
+                while i < b.len() && !b"=;,".contains(&b[i]) {
+                    i += 1;
+                }
+                let name = text[name_start..i].trim_end_matches([' ', '\t']);
+                if i < b.len() && b[i] == b'=' {
+                    i += 1;
+                    let v = if i < b.len() && b[i] == b'"' {
+                        i += 1;
+                        let start = i;
+                        let mut escaped = false;
+                        while i < b.len() && b[i] != b'"' {
+                            if b[i] == b'\\' {
+                                escaped = true;
+                                i += 1;
+                            }
+                            i += 1;
+                        }
+                        let end = i.min(b.len());
+                        if i < b.len() {
+                            i += 1; // the closing quote
+                        } else {
+                            bad = true; // unterminated
+                        }
+                        // An address never needs an escape: an escaped value is unreadable.
+                        (!escaped).then(|| &text[start..end])
+                    } else {
+                        let start = i;
+                        while i < b.len() && !b";, \t".contains(&b[i]) {
+                            i += 1;
+                        }
+                        Some(&text[start..i])
+                    };
+                    if name.eq_ignore_ascii_case("for") {
+                        if value.is_some() {
+                            bad = true;
+                        }
+                        value = v;
+                        if v.is_none() {
+                            bad = true;
+                        }
+                    }
+                } else if !name.is_empty() {
+                    bad = true;
+                }
+                ows(&mut i);
+                if i < b.len() && b[i] == b';' {
+                    i += 1;
+                    continue;
+                }
+                if i < b.len() && b[i] != b',' {
+                    // Garbage after a value: skip to the next element.
+                    bad = true;
+                    while i < b.len() && b[i] != b',' {
+                        i += 1;
+                    }
+                }
+                break;
+            }
+            f(if bad { None } else { value });
+            if i >= b.len() {
+                return;
+            }
+            i += 1; // the `,`
         }
     }
 
@@ -309,27 +649,12 @@ mod http_impl {
     impl<B> KeyExtractor<Request<B>> for PeerIp {
         fn extract(&self, req: &Request<B>) -> Option<IpAddr> {
             let peer = canonical(peer_addr(req)?.ip());
-            if !self.is_trusted(peer) {
-                return Some(peer);
-            }
-            let mut client = peer;
-            // Walk right to left across every X-Forwarded-For line: the right-most entries were
-            // appended by the proxies nearest to us.
-            for line in req.headers().get_all("x-forwarded-for").iter().rev() {
-                let Ok(text) = line.to_str() else {
-                    return Some(client);
-                };
-                for hop in text.rsplit(',') {
-                    let Ok(ip) = hop.trim().parse::<IpAddr>() else {
-                        return Some(client);
-                    };
-                    client = canonical(ip);
-                    if !self.is_trusted(client) {
-                        return Some(client);
-                    }
-                }
-            }
-            Some(client)
+            let client = if self.is_trusted(peer) {
+                self.forwarded_client(req, peer)
+            } else {
+                peer
+            };
+            Some(self.key_of(client))
         }
     }
 
@@ -445,6 +770,67 @@ mod http_impl {
         #[inline]
         fn extract(&self, req: &Request<B>) -> Option<HashedKey> {
             self.0.extract(req)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn ip(s: &str) -> Option<IpAddr> {
+            Some(s.parse().unwrap())
+        }
+
+        #[test]
+        fn hops_with_ports_and_brackets_are_read() {
+            assert_eq!(parse_hop(" 203.0.113.9 "), ip("203.0.113.9"));
+            assert_eq!(parse_hop("203.0.113.9:5678"), ip("203.0.113.9"));
+            assert_eq!(parse_hop("[2001:db8::1]:443"), ip("2001:db8::1"));
+            assert_eq!(parse_hop("[2001:db8::1]"), ip("2001:db8::1"));
+            assert_eq!(parse_hop("2001:db8::1"), ip("2001:db8::1"));
+            assert_eq!(parse_hop("192.0.2.43:_obf"), ip("192.0.2.43"));
+            for bad in [
+                "",
+                "unknown",
+                "_hidden",
+                "203.0.113.9:",
+                "203.0.113.9:99999",
+                "[2001:db8::1",
+                "[2001:db8::1]443",
+                "[203.0.113.9]",
+                "2001:db8::1:443x",
+                "fe80::1%eth0",
+                "1.2.3.4:5:6",
+                "[::1]:_",
+                "\"1.2.3.4\"",
+            ] {
+                assert_eq!(parse_hop(bad), None, "{bad:?}");
+            }
+        }
+
+        fn fors(text: &str) -> Vec<Option<String>> {
+            let mut out = Vec::new();
+            forwarded_for(text, |v| out.push(v.map(str::to_owned)));
+            out
+        }
+
+        #[test]
+        fn forwarded_elements_are_split_outside_quotes() {
+            let s = |v: &str| Some(v.to_owned());
+            assert_eq!(
+                fors(
+                    r#"for=192.0.2.60;proto=http;by=203.0.113.43, For="[2001:db8:cafe::17]:4711""#
+                ),
+                [s("192.0.2.60"), s("[2001:db8:cafe::17]:4711")]
+            );
+            assert_eq!(fors("proto=https"), [None]);
+            assert_eq!(fors("for=a;for=b"), [None]);
+            assert_eq!(fors(r#"for="a,b;c", for=d"#), [s("a,b;c"), s("d")]);
+            assert_eq!(fors(r#"for="1.2.3.4"#), [None]);
+            assert_eq!(fors(r#"for="\1.2.3.4""#), [None]);
+            assert_eq!(fors("for=1.2.3.4 junk, for=5.6.7.8"), [None, s("5.6.7.8")]);
+            assert_eq!(fors(",,"), [None, None, None]);
+            assert_eq!(fors(" for = 1.2.3.4 "), [None]);
         }
     }
 }

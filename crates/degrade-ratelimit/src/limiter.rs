@@ -217,7 +217,8 @@ impl<E: Keyed, W, C: Clock> Shared<E, W, C> {
 
     pub(crate) fn evict_idle(&self) -> usize {
         let now = self.now_ns();
-        self.store.as_ref().map_or(0, |s| s.evict_idle(now))
+        let unit = self.params().unit_ns;
+        self.store.as_ref().map_or(0, |s| s.evict_idle(now, unit))
     }
 
     pub(crate) fn key_memory(&self) -> (usize, usize) {

@@ -45,6 +45,19 @@ pub(crate) fn rescale(tat: u64, now: u64, from: u64, to: u64) -> u64 {
     now.saturating_add(u64::try_from(debt).unwrap_or(u64::MAX))
 }
 
+/// A cost and a tolerance in nanoseconds at `from` per unit, re-expressed at `to` per unit:
+/// the cost rounded up and the tolerance down, so the conversion is never generous.
+#[cold]
+fn convert(cost: u64, tolerance: u64, from: u64, to: u64) -> (u64, u64) {
+    let (from, to) = (u128::from(from.max(1)), u128::from(to));
+    let cost = (u128::from(cost) * to).div_ceil(from);
+    let tolerance = u128::from(tolerance) * to / from;
+    (
+        u64::try_from(cost).unwrap_or(u64::MAX),
+        u64::try_from(tolerance).unwrap_or(u64::MAX),
+    )
+}
+
 const FIELDS: usize = 6;
 
 /// The parameters of the five levels behind a sequence lock: readers never block and never
@@ -105,40 +118,117 @@ impl ParamTable {
     }
 }
 
-/// One shared GCRA budget: the TAT and the unit it was last written in.
+/// One shared GCRA budget: the TAT and the unit it is expressed in.
+///
+/// # Why the word carries an epoch
+///
+/// A quota or level change re-expresses the debt in the new unit (a *carry-over*, under a
+/// mutex, once per change). A request decides lock-free: it reads the TAT, decides, and moves
+/// the TAT by compare-and-swap. A thread that read the parameters before a change must never
+/// decide against a TAT already carried over to the new unit (it would charge a tenth of a
+/// unit, or see ten times the debt), and a compare-and-swap must not succeed on a word a
+/// carry-over rewrote to the very value the thread read (ABA).
+///
+/// So every carry-over starts an *epoch* `{ start, unit, offset }`, published behind a
+/// sequence lock, and the word holds `TAT + offset`. The carry-over picks the offset so that the
+/// word only ever grows, across epochs too: a word names its epoch (the latest whose `start`
+/// is at most the word), and a compare-and-swap from a word read earlier fails after any write
+/// in between, a carry-over included. The offset shrinks back to zero as time passes the TAT,
+/// so it stays within about one burst.
 pub(crate) struct Cell {
-    tat: AtomicU64,
+    /// `TAT + offset` in nanoseconds; strictly increasing over the cell's life.
+    word: AtomicU64,
+    /// Sequence of the epoch fields: odd while a carry-over is in progress.
+    seq: AtomicU64,
+    /// The first word of the current epoch.
+    start: AtomicU64,
+    /// Nanoseconds per unit in the current epoch.
     unit_ns: AtomicU64,
+    /// `word − TAT` in the current epoch.
+    offset: AtomicU64,
+    /// Serialises carry-overs (the only writers of the epoch fields).
     rescale: Mutex<()>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Epoch {
+    start: u64,
+    unit_ns: u64,
+    offset: u64,
 }
 
 impl Cell {
     pub(crate) fn new(unit_ns: u64) -> Self {
         Self {
-            tat: AtomicU64::new(0),
+            word: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            start: AtomicU64::new(0),
             unit_ns: AtomicU64::new(unit_ns),
+            offset: AtomicU64::new(0),
             rescale: Mutex::new(()),
         }
     }
 
+    /// The current epoch. Waits (spins) only while a carry-over is being published.
+    #[inline]
+    fn epoch(&self) -> Epoch {
+        loop {
+            let s1 = self.seq.load(Ordering::Acquire);
+            if s1 & 1 == 0 {
+                let e = Epoch {
+                    start: self.start.load(Ordering::Relaxed),
+                    unit_ns: self.unit_ns.load(Ordering::Relaxed),
+                    offset: self.offset.load(Ordering::Relaxed),
+                };
+                fence(Ordering::Acquire);
+                if self.seq.load(Ordering::Relaxed) == s1 {
+                    return e;
+                }
+            }
+            spin();
+        }
+    }
+
     /// One decision of `cost_ns` at `now` under `p`. On admission the TAT has moved.
+    ///
+    /// When the cell's unit is not `p`'s, the request carries the debt over to its unit once;
+    /// if another thread has meanwhile carried it elsewhere again (it read other parameters),
+    /// the request is decided in the cell's unit with its cost and burst converted, so two
+    /// threads with different parameters never hand the cell back and forth for ever.
     #[inline]
     pub(crate) fn acquire(&self, p: &Params, cost_ns: u64, now: u64, max_wait: u64) -> Decision {
-        if self.unit_ns.load(Ordering::Acquire) != p.unit_ns {
-            self.carry_over(p.unit_ns, now);
-        }
-        let mut cur = self.tat.load(Ordering::Acquire);
+        let mut w = self.word.load(Ordering::Acquire);
+        let mut carried = false;
         loop {
-            match decide(cur, now, cost_ns, p.tolerance_ns, max_wait) {
+            // Read after the word: the epoch of `w` or a later one (the word was published
+            // after its epoch).
+            let e = self.epoch();
+            if w < e.start {
+                // `w` predates the epoch: it has been carried over since. Read it again.
+                w = self.word.load(Ordering::Acquire);
+                continue;
+            }
+            let (cost, tolerance) = if e.unit_ns == p.unit_ns {
+                (cost_ns, p.tolerance_ns)
+            } else if !carried {
+                carried = true;
+                self.carry_over(p.unit_ns, now);
+                w = self.word.load(Ordering::Acquire);
+                continue;
+            } else {
+                convert(cost_ns, p.tolerance_ns, p.unit_ns, e.unit_ns)
+            };
+            match decide(w - e.offset, now, cost, tolerance, max_wait) {
                 Decision::Admit { tat, wait } => {
-                    match self.tat.compare_exchange_weak(
-                        cur,
-                        tat,
+                    let next = tat.saturating_add(e.offset);
+                    match self.word.compare_exchange_weak(
+                        w,
+                        next,
                         Ordering::AcqRel,
                         Ordering::Acquire,
                     ) {
                         Ok(_) => return Decision::Admit { tat, wait },
-                        Err(actual) => cur = actual,
+                        Err(actual) => w = actual,
                     }
                 }
                 reject => return reject,
@@ -146,26 +236,57 @@ impl Cell {
         }
     }
 
-    /// The quota (or the level) changed: re-express the debt in the new unit. Slow path, once
-    /// per change.
+    /// The quota (or the level) changed: re-express the debt in the new unit, in a new epoch.
+    /// Slow path, once per change (and once more per thread that still holds the old
+    /// parameters: it carries the debt back and is decided as if before the change).
     #[cold]
     fn carry_over(&self, to: u64, now: u64) {
         let _g = self.rescale.lock().unwrap_or_else(|e| e.into_inner());
-        let from = self.unit_ns.load(Ordering::Acquire);
-        if from == to {
+        // Only carry-overs write the epoch, and they hold the mutex: this read is stable.
+        let e = self.epoch();
+        if e.unit_ns == to {
             return;
         }
-        let _ = self
-            .tat
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-                Some(rescale(t, now, from, to))
-            });
-        self.unit_ns.store(to, Ordering::Release);
+        self.seq.fetch_add(1, Ordering::AcqRel);
+        fence(Ordering::Release);
+        // Requests that read the old epoch before the sequence turned odd may still move the
+        // word; each such move makes this compare-and-swap retry, and it is their progress.
+        let mut w = self.word.load(Ordering::Acquire);
+        let (next, offset) = loop {
+            let tat = rescale(w.saturating_sub(e.offset), now, e.unit_ns, to);
+            // Any TAT at or before now means "no debt": write now itself, so that the offset
+            // needed to keep the word growing decays as time passes.
+            let tat = tat.max(now);
+            let next = tat.max(w.saturating_add(1));
+            match self
+                .word
+                .compare_exchange_weak(w, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break (next, next - tat),
+                Err(actual) => w = actual,
+            }
+        };
+        self.start.store(next, Ordering::Relaxed);
+        self.unit_ns.store(to, Ordering::Relaxed);
+        self.offset.store(offset, Ordering::Relaxed);
+        self.seq.fetch_add(1, Ordering::Release);
     }
 
-    /// The TAT, for tests and snapshots.
+    /// The TAT in the current epoch's unit, for snapshots and tests.
     pub(crate) fn tat(&self) -> u64 {
-        self.tat.load(Ordering::Acquire)
+        loop {
+            let w = self.word.load(Ordering::Acquire);
+            let e = self.epoch();
+            if w >= e.start {
+                return w - e.offset;
+            }
+        }
+    }
+
+    /// The unit the TAT is expressed in, for tests.
+    #[cfg(all(test, degrade_loom))]
+    fn unit(&self) -> u64 {
+        self.epoch().unit_ns
     }
 }
 
@@ -237,6 +358,71 @@ mod loom_models {
             assert!(seen == a || seen == b, "torn read: {seen:?}");
             t.join().unwrap();
             assert_eq!(table.load(3), b);
+        });
+    }
+
+    /// A request that read the old quota races one under the new quota, which carries the
+    /// debt over to the new unit. Whatever the interleaving, each is decided against a TAT in
+    /// its own unit and the debt afterwards is exactly the three units admitted, in the unit
+    /// the cell ends in (issue 14: a thread holding the old parameters could decide against a
+    /// TAT already rescaled to the new unit, and charge a tenth of a unit).
+    #[test]
+    fn a_stale_reader_never_decides_against_a_rescaled_tat() {
+        loom::model(|| {
+            let old = params(10, 20);
+            let new = params(100, 20);
+            let cell = Arc::new(Cell::new(10));
+            assert!(matches!(
+                cell.acquire(&old, 10, 0, 0),
+                Decision::Admit { .. }
+            ));
+            let c = Arc::clone(&cell);
+            let t = thread::spawn(move || admitted(c.acquire(&new, 100, 0, 0)));
+            let mine = admitted(cell.acquire(&old, 10, 0, 0));
+            assert_eq!(mine + t.join().unwrap(), 2);
+            let (tat, unit) = (cell.tat(), cell.unit());
+            assert_eq!(tat, 3 * unit, "debt {tat} ns at {unit} ns per unit");
+        });
+    }
+
+    /// The same race from an empty budget, where carrying the debt over leaves the TAT's value
+    /// unchanged: a compare-and-swap prepared before the carry-over must still fail after it
+    /// (no ABA), so exactly one request is admitted and charged exactly one unit.
+    #[test]
+    fn a_carry_over_that_keeps_the_value_is_no_aba() {
+        loom::model(|| {
+            let old = params(10, 1);
+            let new = params(100, 1);
+            let cell = Arc::new(Cell::new(10));
+            let c = Arc::clone(&cell);
+            let t = thread::spawn(move || admitted(c.acquire(&new, 100, 0, 0)));
+            let mine = admitted(cell.acquire(&old, 10, 0, 0));
+            assert_eq!(mine + t.join().unwrap(), 1);
+            let (tat, unit) = (cell.tat(), cell.unit());
+            assert_eq!(tat, unit, "debt {tat} ns at {unit} ns per unit");
+        });
+    }
+
+    /// Three threads under three units (a quota change and a level change in flight at once):
+    /// every request is decided in the cell's unit of the moment, and the debt afterwards is
+    /// exactly the four units admitted.
+    #[test]
+    fn three_units_in_flight_keep_the_debt_exact() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(2);
+        builder.check(|| {
+            let a = params(10, 20);
+            let b = params(100, 20);
+            let c = params(1000, 20);
+            let cell = Arc::new(Cell::new(10));
+            assert!(matches!(cell.acquire(&a, 10, 0, 0), Decision::Admit { .. }));
+            let (c1, c2) = (Arc::clone(&cell), Arc::clone(&cell));
+            let t1 = thread::spawn(move || admitted(c1.acquire(&b, 100, 0, 0)));
+            let t2 = thread::spawn(move || admitted(c2.acquire(&c, 1000, 0, 0)));
+            let mine = admitted(cell.acquire(&a, 10, 0, 0));
+            assert_eq!(mine + t1.join().unwrap() + t2.join().unwrap(), 3);
+            let (tat, unit) = (cell.tat(), cell.unit());
+            assert_eq!(tat, 4 * unit, "debt {tat} ns at {unit} ns per unit");
         });
     }
 

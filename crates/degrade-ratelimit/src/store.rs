@@ -62,7 +62,10 @@ struct Entry {
 
 struct Shard<K> {
     map: HashMap<Prehashed<K>, Entry, BuildHasherDefault<PassThrough>>,
-    /// No entry can recover before this instant, so a sweep before it would free nothing.
+    /// A lower bound of every held entry's TAT: no entry can recover before this instant, so a
+    /// sweep before it would free nothing. Every write of an entry lowers it to that entry's
+    /// TAT if need be, so it never lies above a held key's recovery (an empty shard's bound
+    /// is `u64::MAX`, and the next insertion brings it down).
     next_sweep: u64,
 }
 
@@ -73,7 +76,8 @@ pub(crate) struct Store<K> {
 }
 
 /// A new key could not be tracked: its shard is full of keys still mid-budget. `until` is the
-/// earliest instant at which one of them is recovered (and so can be dropped).
+/// earliest instant at which one of them can be recovered (and so dropped): always after now,
+/// and never later than the soonest recovery of a held key.
 #[derive(Debug)]
 pub(crate) struct Full {
     pub(crate) until: u64,
@@ -135,6 +139,9 @@ impl<K: Hash + Eq> Store<K> {
             if let Decision::Admit { tat, .. } = d {
                 e.tat = tat;
             }
+            // A carry-over may have moved the TAT down.
+            let tat = e.tat;
+            shard.next_sweep = shard.next_sweep.min(tat);
             return Ok(d);
         }
         let d = decide(0, now, cost_ns, p.tolerance_ns, max_wait);
@@ -148,7 +155,7 @@ impl<K: Hash + Eq> Store<K> {
                     until: shard.next_sweep,
                 });
             }
-            shard.sweep(now);
+            shard.sweep(now, p.unit_ns);
             if shard.map.len() >= self.shard_cap {
                 return Err(Full {
                     until: shard.next_sweep,
@@ -162,17 +169,19 @@ impl<K: Hash + Eq> Store<K> {
                 unit_ns: p.unit_ns,
             },
         );
+        shard.next_sweep = shard.next_sweep.min(tat);
         Ok(d)
     }
 
-    /// Drops every key whose budget is full again; returns how many were dropped.
-    pub(crate) fn evict_idle(&self, now: u64) -> usize {
+    /// Drops every key whose budget is full again (under the unit in force, `unit_ns`); returns
+    /// how many were dropped.
+    pub(crate) fn evict_idle(&self, now: u64, unit_ns: u64) -> usize {
         self.shards
             .iter()
             .map(|s| {
                 let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
                 let before = s.map.len();
-                s.sweep(now);
+                s.sweep(now, unit_ns);
                 before - s.map.len()
             })
             .sum()
@@ -201,9 +210,17 @@ impl<K: Hash + Eq> Store<K> {
 }
 
 impl<K: Hash + Eq> Shard<K> {
-    fn sweep(&mut self, now: u64) {
+    /// Drops the recovered keys and sets `next_sweep` to the earliest recovery of those kept
+    /// (`u64::MAX` when none is: the next insertion lowers it). Entries still in an old unit
+    /// are carried over to `unit_ns` first, so a quota change neither keeps a key longer nor
+    /// drops it sooner than the quota in force says.
+    fn sweep(&mut self, now: u64, unit_ns: u64) {
         let mut earliest = u64::MAX;
         self.map.retain(|_, e| {
+            if e.unit_ns != unit_ns {
+                e.tat = rescale(e.tat, now, e.unit_ns, unit_ns);
+                e.unit_ns = unit_ns;
+            }
             let keep = e.tat > now;
             if keep {
                 earliest = earliest.min(e.tat);
@@ -252,13 +269,30 @@ mod tests {
         assert_eq!(s.len(), 2);
     }
 
+    /// Issue 14: a sweep that emptied the shard left `next_sweep` at "never", and new keys
+    /// were refused for good once the shard filled again.
+    #[test]
+    fn a_shard_emptied_by_a_sweep_can_sweep_again() {
+        let s = Store::new(2);
+        let p = params();
+        s.acquire(1u8, &p, 10, 0, 0).unwrap();
+        s.acquire(2u8, &p, 10, 0, 0).unwrap();
+        // Both recovered at 10: the sweep empties the shard, then 3 and 4 fill it.
+        s.acquire(3u8, &p, 10, 50, 0).unwrap();
+        s.acquire(4u8, &p, 10, 50, 0).unwrap();
+        // 3 and 4 recover at 60.
+        let full = s.acquire(5u8, &p, 10, 55, 0).unwrap_err();
+        assert_eq!(full.until, 60);
+        assert!(s.acquire(5u8, &p, 10, 60, 0).is_ok());
+    }
+
     #[test]
     fn evict_idle_drops_recovered_keys_only() {
         let s = Store::new(100);
         let p = params();
         s.acquire(1u8, &p, 10, 0, 0).unwrap();
         s.acquire(2u8, &p, 10, 5, 0).unwrap();
-        assert_eq!(s.evict_idle(10), 1);
+        assert_eq!(s.evict_idle(10, 10), 1);
         assert_eq!(s.len(), 1);
     }
 }
