@@ -171,4 +171,25 @@ impl Rejection for RateLimited {
     fn reason(&self) -> &'static str {
         self.cause.as_str()
     }
+
+    /// The IETF `RateLimit-Policy` and `RateLimit` fields
+    /// (draft-ietf-httpapi-ratelimit-headers): the quota and its window, and zero remaining with
+    /// the reset in whole seconds (rounded up).
+    #[cfg(feature = "http")]
+    fn http_headers(&self, headers: &mut http::HeaderMap) {
+        use degrade_core::rejection::retry_after_secs;
+        if self.quota == 0 {
+            return;
+        }
+        let w = retry_after_secs(self.window).max(1);
+        let policy = format!("\"degrade\";q={};w={w}", self.quota);
+        let t = self.retry_after.map_or(w, retry_after_secs);
+        let state = format!("\"degrade\";r=0;t={t}");
+        if let Ok(v) = http::HeaderValue::from_str(&policy) {
+            headers.insert("ratelimit-policy", v);
+        }
+        if let Ok(v) = http::HeaderValue::from_str(&state) {
+            headers.insert("ratelimit", v);
+        }
+    }
 }

@@ -812,45 +812,7 @@ impl<S: fmt::Debug, E: Keyed, W, M> fmt::Debug for FleetRateLimit<S, E, W, M> {
 }
 
 impl<S, E: Keyed, W: Send + Sync + 'static, M> FleetRateLimit<S, E, W, M> {
-    /// The inner service.
-    ///
-    /// ```
-    /// # use degrade_ratelimit::fleet::{FleetConfig, FleetLayer}; use tower::Layer;
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let svc = FleetLayer::new(FleetConfig::default()).unwrap().layer(1u8);
-    /// assert_eq!(*svc.get_ref(), 1);
-    /// # }
-    /// ```
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    ///
-    /// ```
-    /// # use degrade_ratelimit::fleet::{FleetConfig, FleetLayer}; use tower::Layer;
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let mut svc = FleetLayer::new(FleetConfig::default()).unwrap().layer(1u8);
-    /// *svc.get_mut() = 2;
-    /// assert_eq!(svc.into_inner(), 2);
-    /// # }
-    /// ```
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the wrapper, returning the inner service.
-    ///
-    /// ```
-    /// # use degrade_ratelimit::fleet::{FleetConfig, FleetLayer}; use tower::Layer;
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let svc = FleetLayer::new(FleetConfig::default()).unwrap().layer("x");
-    /// assert_eq!(svc.into_inner(), "x");
-    /// # }
-    /// ```
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    degrade_core::inner_service_accessors!(S);
 
     /// The decision for `req` as a [`Core`] future: the round trip to Redis runs inside the
     /// response future, bounded by the timeout; while failing fast, the policy decides at once.
@@ -955,19 +917,25 @@ where
 }
 
 #[cfg(feature = "http")]
-impl<S, E, W, M, ReqB, ResB> Service<http::Request<ReqB>> for FleetRateLimit<S, E, W, M>
+impl<S, E, W, F, ReqB, ResB> Service<http::Request<ReqB>>
+    for FleetRateLimit<S, E, W, degrade_core::answer::Responses<F>>
 where
     W: Send + Sync + 'static,
     S: Service<http::Request<ReqB>, Response = http::Response<ResB>> + Clone,
     E: KeyExtractor<http::Request<ReqB>>,
     E::Key: fmt::Display,
     W: Weigh<http::Request<ReqB>>,
-    M: crate::Answer,
+    degrade_core::answer::Responses<F>: degrade_core::answer::Respond,
     ResB: Default,
 {
     type Response = http::Response<ResB>;
     type Error = S::Error;
-    type Future = crate::future::RespondFuture<S::Future, S, http::Request<ReqB>, M>;
+    type Future = crate::future::RespondFuture<
+        S::Future,
+        S,
+        http::Request<ReqB>,
+        degrade_core::answer::Responses<F>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

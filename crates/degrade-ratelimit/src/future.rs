@@ -198,7 +198,7 @@ pub use self::http_mode::RespondFuture;
 #[cfg(feature = "http")]
 mod http_mode {
     use super::Core;
-    use crate::service::Answer;
+    use degrade_core::answer::Respond;
     use pin_project_lite::pin_project;
     use std::fmt;
     use std::future::Future;
@@ -247,7 +247,7 @@ mod http_mode {
         S: Service<R, Future = F, Response = http::Response<B>, Error = E>,
         F: Future<Output = Result<http::Response<B>, E>>,
         B: Default,
-        M: Answer,
+        M: Respond,
     {
         type Output = Result<http::Response<B>, E>;
 
@@ -255,7 +255,7 @@ mod http_mode {
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
             Poll::Ready(match ready!(self.project().core.poll(cx)) {
                 Ok(res) => res,
-                Err(r) => Ok(M::answer::<B>(&r)),
+                Err(r) => Ok(M::respond::<B>(&r)),
             })
         }
     }

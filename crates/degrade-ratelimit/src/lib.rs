@@ -106,8 +106,6 @@ pub use error::RateLimited;
 pub use governor::GovernorClock;
 pub use layer::{KeysConfig, QuotaHandle, RateLimitBuilder, RateLimitLayer};
 pub use limiter::RateLimitSnapshot;
-#[cfg(feature = "http")]
-pub use service::Answer;
 pub use service::RateLimit;
 
 // The README's examples are compiled and run as doc tests.

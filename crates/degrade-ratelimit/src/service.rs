@@ -138,93 +138,33 @@ where
     }
 }
 
-/// How an answer mode (`HttpResponses`, `GrpcResponses`) turns a rejection into a response
-/// (feature `http`). Sealed.
-///
-/// ```
-/// use degrade_ratelimit::{Answer, RateLimited, error::Cause};
-/// use degrade_core::answer::HttpResponses;
-/// use std::time::Duration;
-/// let res: http::Response<()> = HttpResponses::answer(&RateLimited::new(Cause::OverQuota, Some(Duration::from_millis(10))));
-/// assert_eq!(res.status(), 429);
-/// assert_eq!(res.headers()["retry-after"], "1");
-/// ```
-#[cfg(feature = "http")]
-pub trait Answer: sealed::Sealed {
-    /// The response for `r`.
-    fn answer<B: Default>(r: &crate::error::RateLimited) -> http::Response<B>;
-}
-
-#[cfg(feature = "http")]
-mod sealed {
-    #[allow(unreachable_pub)]
-    pub trait Sealed {}
-    impl Sealed for degrade_core::answer::HttpResponses {}
-    impl Sealed for degrade_core::answer::GrpcResponses {}
-}
-
 #[cfg(feature = "http")]
 mod http_mode {
-    use super::{Answer, RateLimit};
+    use super::RateLimit;
     use crate::cost::Weigh;
-    use crate::error::RateLimited;
     use crate::future::RespondFuture;
     use crate::key::KeyExtractor;
     use degrade_core::Clock;
-    use degrade_core::answer::HttpResponses;
-    use http::{HeaderValue, Request, Response};
+    use degrade_core::answer::{Respond, Responses};
+    use http::{Request, Response};
     use std::task::{Context, Poll};
     use tower_service::Service;
 
-    /// Adds the IETF `RateLimit-Policy` and `RateLimit` fields
-    /// (draft-ietf-httpapi-ratelimit-headers): the quota and its window, and, for a rejected
-    /// request, zero remaining with the reset in whole seconds (rounded up).
-    pub(crate) fn ratelimit_fields<B>(res: &mut Response<B>, r: &RateLimited) {
-        if r.quota == 0 {
-            return;
-        }
-        let w = degrade_core::rejection::retry_after_secs(r.window).max(1);
-        let policy = format!("\"degrade\";q={};w={w}", r.quota);
-        let t = r
-            .retry_after
-            .map_or(w, degrade_core::rejection::retry_after_secs);
-        let state = format!("\"degrade\";r=0;t={t}");
-        let h = res.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&policy) {
-            h.insert("ratelimit-policy", v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&state) {
-            h.insert("ratelimit", v);
-        }
-    }
-
-    impl Answer for HttpResponses {
-        fn answer<B: Default>(r: &RateLimited) -> Response<B> {
-            let mut res = degrade_core::rejection::http::response(r);
-            ratelimit_fields(&mut res, r);
-            res
-        }
-    }
-
-    #[cfg(feature = "grpc")]
-    impl Answer for degrade_core::answer::GrpcResponses {
-        fn answer<B: Default>(r: &RateLimited) -> Response<B> {
-            degrade_core::rejection::grpc::response(r)
-        }
-    }
-
-    impl<S, E, W, C, M, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S, E, W, C, M>
+    /// The HTTP and gRPC answer modes: one impl over [`Responses<F>`], the wire form written once
+    /// by core's [`Respond`] (the HTTP form adds the `RateLimit` fields through
+    /// `RateLimited`'s [`Rejection::http_headers`](degrade_core::Rejection::http_headers)).
+    impl<S, E, W, C, F, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S, E, W, C, Responses<F>>
     where
         S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
         E: KeyExtractor<Request<ReqB>>,
         W: Weigh<Request<ReqB>>,
         C: Clock,
-        M: Answer,
+        Responses<F>: Respond,
         ResB: Default,
     {
         type Response = Response<ResB>;
         type Error = S::Error;
-        type Future = RespondFuture<S::Future, S, Request<ReqB>, M>;
+        type Future = RespondFuture<S::Future, S, Request<ReqB>, Responses<F>>;
 
         #[inline]
         fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
