@@ -15,6 +15,7 @@
 //! | [`Outcome`], [`Classifier`] | success / failure / slow / ignored, shared by breaker, canary and triggers |
 //! | [`window`] | lock-free windowed counters (consecutive, last N, time buckets) |
 //! | [`answer`] | the answer modes every layer shares: [`Errors`], [`HttpResponses`], [`GrpcResponses`] |
+//! | [`key`] | the key extractors every keyed layer shares: closure, header, gRPC metadata, cookie, peer IP |
 //! | [`rejection`] | the [`Rejection`] trait, [`Shed`], the single HTTP / gRPC mapping of every crate's rejections, and the mark that keeps one layer's refusals out of another's failure counts |
 //! | [`DegradeLayer`] | admission by level and priority |
 //!
@@ -51,6 +52,7 @@ pub mod clock;
 mod config;
 pub mod degrade;
 mod handle;
+pub mod key;
 pub mod ladder;
 mod level;
 mod outcome;
