@@ -1,19 +1,24 @@
 //! Sticky keys and the forced-arm override.
 //!
-//! A [`StickyKey`] turns a request into a bucket in `0..10_000` (or `None`: not keyed, then the
-//! router's deterministic stride decides). A [`ForceArm`] may pin a request to one arm, for
-//! testers and smoke checks; the HTTP override is honoured only when an allow-list predicate
+//! The keys are degrade's one extractor family, [`degrade_core::key`], re-exported here. A
+//! [`StickyKey`] turns a request's key into a bucket in `0..10_000` with a hash that is the same
+//! in every process (or `None`: not keyed, then the router's deterministic stride decides), so a
+//! user stays on one arm across instances and restarts. It is implemented for [`Global`] (no
+//! key), [`from_fn`] closures returning a `u64` id, and (feature `http`) `HeaderKey`,
+//! `GrpcMetadataKey`, `CookieKey` and `PeerIp`. A [`ForceArm`] may pin a request to one arm,
+//! for testers and smoke checks; the HTTP override is honoured only when an allow-list predicate
 //! accepts the request, so a client cannot opt itself into (or out of) a release.
 
 use crate::arm::Arm;
 use crate::hash;
+pub use degrade_core::key::*;
 
 /// Where a request's sticky bucket comes from.
 ///
 /// ```
-/// use degrade_canary::key::{StickyKey, Unkeyed, key_fn};
-/// assert_eq!(StickyKey::<u64>::bucket(&Unkeyed, &7), None);
-/// let by_user = key_fn(|user: &u64| Some(*user));
+/// use degrade_canary::key::{from_fn, Global, StickyKey};
+/// assert_eq!(StickyKey::<u64>::bucket(&Global, &7), None);
+/// let by_user = from_fn(|user: &u64| Some(*user));
 /// assert_eq!(by_user.bucket(&7), by_user.bucket(&7));
 /// assert!(by_user.bucket(&7).is_some());
 /// ```
@@ -23,59 +28,31 @@ pub trait StickyKey<R>: Send + Sync + 'static {
 }
 
 /// No key: every request goes through the deterministic stride.
-///
-/// ```
-/// # use degrade_canary::key::{StickyKey, Unkeyed};
-/// assert_eq!(StickyKey::<&str>::bucket(&Unkeyed, &"x"), None);
-/// ```
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Unkeyed;
-
-impl<R> StickyKey<R> for Unkeyed {
+impl<R> StickyKey<R> for Global {
     #[inline]
     fn bucket(&self, _: &R) -> Option<u16> {
         None
     }
 }
 
-/// A key from a closure returning a numeric id (a user or tenant id, or a hash you computed
-/// with [`hash::hash_bytes`]). Made by [`key_fn`].
+/// A closure returning a numeric id (a user or tenant id, or a hash you computed with
+/// [`hash::hash_bytes`]).
 ///
 /// ```
-/// use degrade_canary::key::{key_fn, StickyKey};
+/// use degrade_canary::key::{from_fn, StickyKey};
 /// use degrade_canary::hash::hash_bytes;
 /// struct Req { user: Option<String> }
-/// let k = key_fn(|r: &Req| r.user.as_deref().map(|u| hash_bytes(u.as_bytes())));
+/// let k = from_fn(|r: &Req| r.user.as_deref().map(|u| hash_bytes(u.as_bytes())));
 /// assert!(k.bucket(&Req { user: Some("ann".into()) }).is_some());
 /// assert!(k.bucket(&Req { user: None }).is_none());
 /// ```
-#[derive(Clone, Copy)]
-pub struct KeyFn<F>(F);
-
-impl<F> std::fmt::Debug for KeyFn<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KeyFn")
-    }
-}
-
-/// A sticky key computed by `f`.
-///
-/// ```
-/// use degrade_canary::key::{key_fn, StickyKey};
-/// let k = key_fn(|n: &u32| Some(u64::from(*n)));
-/// assert_eq!(k.bucket(&3), k.bucket(&3));
-/// ```
-pub fn key_fn<F>(f: F) -> KeyFn<F> {
-    KeyFn(f)
-}
-
-impl<R, F> StickyKey<R> for KeyFn<F>
+impl<R, F> StickyKey<R> for KeyFn<F, u64>
 where
     F: Fn(&R) -> Option<u64> + Send + Sync + 'static,
 {
     #[inline]
     fn bucket(&self, req: &R) -> Option<u16> {
-        (self.0)(req).map(hash::bucket_u64)
+        self.extract(req).map(hash::bucket_u64)
     }
 }
 
@@ -107,73 +84,39 @@ impl<R> ForceArm<R> for NoOverride {
 }
 
 #[cfg(feature = "http")]
-pub use self::http_keys::{CookieKey, HeaderKey, HeaderOverride};
+pub use self::http_keys::HeaderOverride;
 
 #[cfg(feature = "http")]
 mod http_keys {
-    use super::{ForceArm, StickyKey};
+    use super::{CookieKey, ForceArm, GrpcMetadataKey, HeaderKey, KeyExtractor, PeerIp, StickyKey};
     use crate::arm::Arm;
     use crate::hash;
     use degrade_core::ConfigError;
     use http::HeaderName;
+    use std::net::IpAddr;
 
-    /// The bucket of a header's value (also a gRPC metadata entry: gRPC metadata are HTTP/2
-    /// headers). A request without the header is unkeyed.
+    /// The bucket of a header's value (the first one). A request without the header is
+    /// unkeyed.
     ///
     /// ```
     /// use degrade_canary::key::{HeaderKey, StickyKey};
     /// let k = HeaderKey::new("x-user-id").unwrap();
     /// let req = http::Request::builder().header("x-user-id", "42").body(()).unwrap();
-    /// assert!(k.bucket(&req).is_some());
+    /// assert_eq!(k.bucket(&req), Some(degrade_canary::hash::bucket(b"42")));
     /// assert!(k.bucket(&http::Request::new(())).is_none());
-    /// assert!(HeaderKey::new("bad header").is_err());
     /// ```
-    #[derive(Debug, Clone)]
-    pub struct HeaderKey {
-        name: HeaderName,
-    }
-
-    impl HeaderKey {
-        /// Keys on header `name`; `ConfigError` if it is not a valid header name.
-        ///
-        /// ```
-        /// # use degrade_canary::key::HeaderKey;
-        /// assert!(HeaderKey::new("tenant").is_ok());
-        /// ```
-        pub fn new(name: &str) -> Result<Self, ConfigError> {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| ConfigError::new("key.header", "must be a valid header name"))?;
-            Ok(Self { name })
-        }
-
-        /// Keys on gRPC metadata entry `key` (ASCII metadata only; `-bin` keys are refused in
-        /// any case, since metadata keys are lower-cased on the wire: a binary value travels
-        /// base64-encoded, with or without padding, so its text is not a stable key).
-        ///
-        /// ```
-        /// # use degrade_canary::key::HeaderKey;
-        /// assert!(HeaderKey::grpc_metadata("user-id").is_ok());
-        /// assert!(HeaderKey::grpc_metadata("trace-bin").is_err());
-        /// assert!(HeaderKey::grpc_metadata("Trace-BIN").is_err());
-        /// ```
-        pub fn grpc_metadata(key: &str) -> Result<Self, ConfigError> {
-            let bytes = key.as_bytes();
-            if bytes.len() >= 4 && bytes[bytes.len() - 4..].eq_ignore_ascii_case(b"-bin") {
-                return Err(ConfigError::new(
-                    "key.metadata",
-                    "binary metadata keys cannot be sticky keys",
-                ));
-            }
-            Self::new(key).map_err(|e| ConfigError::new("key.metadata", e.rule().to_owned()))
-        }
-    }
-
     impl<B> StickyKey<http::Request<B>> for HeaderKey {
         #[inline]
         fn bucket(&self, req: &http::Request<B>) -> Option<u16> {
-            req.headers()
-                .get(&self.name)
-                .map(|v| hash::bucket(v.as_bytes()))
+            self.value(req).map(hash::bucket)
+        }
+    }
+
+    /// The bucket of an ASCII gRPC metadata entry's value.
+    impl<B> StickyKey<http::Request<B>> for GrpcMetadataKey {
+        #[inline]
+        fn bucket(&self, req: &http::Request<B>) -> Option<u16> {
+            self.value(req).map(hash::bucket)
         }
     }
 
@@ -187,45 +130,21 @@ mod http_keys {
     /// assert_eq!(k.bucket(&a), k.bucket(&b));
     /// assert!(k.bucket(&a).is_some());
     /// ```
-    #[derive(Debug, Clone)]
-    pub struct CookieKey {
-        name: String,
-    }
-
-    impl CookieKey {
-        /// Keys on cookie `name`; `ConfigError` if empty or containing `=`, `;` or spaces.
-        ///
-        /// ```
-        /// # use degrade_canary::key::CookieKey;
-        /// assert!(CookieKey::new("a=b").is_err());
-        /// ```
-        pub fn new(name: &str) -> Result<Self, ConfigError> {
-            if name.is_empty() || name.contains(['=', ';', ' ']) {
-                return Err(ConfigError::new(
-                    "key.cookie",
-                    "must be a non-empty cookie name without `=`, `;` or spaces",
-                ));
-            }
-            Ok(Self {
-                name: name.to_owned(),
-            })
+    impl<B> StickyKey<http::Request<B>> for CookieKey {
+        #[inline]
+        fn bucket(&self, req: &http::Request<B>) -> Option<u16> {
+            self.value(req).map(hash::bucket)
         }
     }
 
-    impl<B> StickyKey<http::Request<B>> for CookieKey {
+    /// The bucket of the client's network (see [`PeerIp`]): a client keeps its arm while its
+    /// address stays in the same /64 (IPv6) or address (IPv4).
+    impl<B> StickyKey<http::Request<B>> for PeerIp {
         fn bucket(&self, req: &http::Request<B>) -> Option<u16> {
-            for header in req.headers().get_all(http::header::COOKIE) {
-                for pair in header.as_bytes().split(|&b| b == b';') {
-                    let pair = pair.trim_ascii();
-                    if let Some(value) = pair
-                        .strip_prefix(self.name.as_bytes())
-                        .and_then(|rest| rest.strip_prefix(b"="))
-                    {
-                        return Some(hash::bucket(value));
-                    }
-                }
-            }
-            None
+            Some(match self.extract(req)? {
+                IpAddr::V4(a) => hash::bucket(&a.octets()),
+                IpAddr::V6(a) => hash::bucket(&a.octets()),
+            })
         }
     }
 

@@ -30,12 +30,12 @@
 //! ## Example
 //!
 //! ```
-//! use degrade_canary::{Arm, Canary, CanaryConfig, CanaryController, key::key_fn};
+//! use degrade_canary::{Arm, Canary, CanaryConfig, CanaryController, key::from_fn};
 //! use tower::{Service, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let router = Canary::builder()
-//!     .key(key_fn(|user: &u64| Some(*user)))
+//!     .key(from_fn(|user: &u64| Some(*user)))
 //!     .build(
 //!         service_fn(|_: u64| async { Ok::<_, std::convert::Infallible>("v1") }),
 //!         service_fn(|_: u64| async { Ok::<_, std::convert::Infallible>("v2") }),

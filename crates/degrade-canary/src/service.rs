@@ -2,7 +2,7 @@
 
 use crate::arm::{Arm, FULL_BP, Weight};
 use crate::future::{Inner, ResponseFuture};
-use crate::key::{ForceArm, NoOverride, StickyKey, Unkeyed};
+use crate::key::{ForceArm, Global, NoOverride, StickyKey};
 use crate::stats::{CanarySnapshot, Stats};
 use crossbeam_utils::CachePadded;
 use degrade_core::{BoxError, Classifier, Clock, DefaultClassifier, TokioClock};
@@ -186,7 +186,7 @@ impl fmt::Debug for CanaryHandle {
 pub struct Canary<
     S,
     C,
-    K = Unkeyed,
+    K = Global,
     O = NoOverride,
     Cl = DefaultClassifier,
     M = Plain,
@@ -211,7 +211,7 @@ impl Canary<(), ()> {
     pub fn builder() -> CanaryBuilder {
         CanaryBuilder {
             weight: None,
-            key: Unkeyed,
+            key: Global,
             force: NoOverride,
             classifier: DefaultClassifier,
             clock: TokioClock,
@@ -329,10 +329,10 @@ where
 /// Builds a [`Canary`]. Obtained from [`Canary::builder`].
 ///
 /// ```
-/// use degrade_canary::{Canary, Weight, key::key_fn};
+/// use degrade_canary::{Canary, Weight, key::from_fn};
 /// let svc = Canary::builder()
 ///     .weight(Weight::new(100).unwrap())
-///     .key(key_fn(|user: &u64| Some(*user)))
+///     .key(from_fn(|user: &u64| Some(*user)))
 ///     .build(
 ///         tower::service_fn(|u: u64| async move { Ok::<_, std::convert::Infallible>(u) }),
 ///         tower::service_fn(|u: u64| async move { Ok::<_, std::convert::Infallible>(u) }),
@@ -340,7 +340,7 @@ where
 /// assert_eq!(svc.weight().get(), 100);
 /// ```
 pub struct CanaryBuilder<
-    K = Unkeyed,
+    K = Global,
     O = NoOverride,
     Cl = DefaultClassifier,
     M = Plain,
@@ -379,8 +379,8 @@ impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
     /// Routes by a sticky key (see [`crate::key`]).
     ///
     /// ```
-    /// # use degrade_canary::{Canary, key::key_fn};
-    /// let b = Canary::builder().key(key_fn(|id: &u64| Some(*id)));
+    /// # use degrade_canary::{Canary, key::from_fn};
+    /// let b = Canary::builder().key(from_fn(|id: &u64| Some(*id)));
     /// # let _ = b;
     /// ```
     pub fn key<K2>(self, key: K2) -> CanaryBuilder<K2, O, Cl, M, Clk> {

@@ -7,7 +7,9 @@
 
 use degrade_canary::Arm;
 use degrade_canary::hash::{self, BUCKETS};
-use degrade_canary::key::{CookieKey, ForceArm, HeaderKey, HeaderOverride, StickyKey};
+use degrade_canary::key::{
+    CookieKey, ForceArm, GrpcMetadataKey, HeaderKey, HeaderOverride, StickyKey,
+};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
@@ -99,11 +101,14 @@ proptest! {
     fn header_and_metadata_key_names_are_accepted_exactly_when_valid(name in name()) {
         let valid = http::HeaderName::from_bytes(name.as_bytes()).is_ok();
         prop_assert_eq!(HeaderKey::new(&name).is_ok(), valid);
-        // Binary metadata is refused whatever its case (keys are lower-cased on the wire).
-        prop_assert_eq!(HeaderKey::grpc_metadata(&name).is_ok(), valid && !is_bin(&name));
+        // Metadata: lower case, not reserved, and binary refused whatever its case.
+        let metadata = !name.is_empty()
+            && !name.starts_with("grpc-")
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+        prop_assert_eq!(GrpcMetadataKey::new(&name).is_ok(), valid && metadata && !is_bin(&name));
         prop_assert_eq!(
             CookieKey::new(&name).is_ok(),
-            !name.is_empty() && !name.contains(['=', ';', ' '])
+            !name.is_empty() && !name.contains(['=', ';', ' ', '\t'])
         );
     }
 
@@ -183,9 +188,9 @@ proptest! {
 #[test]
 fn binary_metadata_keys_are_refused_in_any_case() {
     for key in ["trace-bin", "Trace-Bin", "TRACE-BIN", "x-user-bIn"] {
-        let err = HeaderKey::grpc_metadata(key).unwrap_err();
-        assert_eq!(err.field(), "key.metadata", "{key}");
+        let err = GrpcMetadataKey::new(key).unwrap_err();
+        assert_eq!(err.field(), "metadata", "{key}");
     }
-    assert!(HeaderKey::grpc_metadata("binary").is_ok());
-    assert!(HeaderKey::grpc_metadata("x-bin-id").is_ok());
+    assert!(GrpcMetadataKey::new("binary").is_ok());
+    assert!(GrpcMetadataKey::new("x-bin-id").is_ok());
 }

@@ -1,7 +1,7 @@
 //! Property tests of the router: sticky buckets are monotone as the weight rises, a rollback
 //! returns everyone to stable, and the unkeyed split follows the weight.
 
-use degrade_canary::key::key_fn;
+use degrade_canary::key::from_fn;
 use degrade_canary::{Arm, Canary, Weight};
 use futures_util::FutureExt;
 use proptest::prelude::*;
@@ -61,7 +61,7 @@ proptest! {
         let weight = Weight::new(0).unwrap();
         let mut svc = Canary::builder()
             .weight(weight.clone())
-            .key(key_fn(|u: &u64| Some(*u)))
+            .key(from_fn(|u: &u64| Some(*u)))
             .build(echo(), echo());
         let mut on_canary = vec![false; users.len()];
         for w in weights {
@@ -103,7 +103,7 @@ proptest! {
     fn keyed_split_follows_the_weight(w in 0u32..=10_000, seed in any::<u64>()) {
         let mut svc = Canary::builder()
             .weight(Weight::new(w).unwrap())
-            .key(key_fn(|u: &u64| Some(*u)))
+            .key(from_fn(|u: &u64| Some(*u)))
             .build(echo(), echo());
         let n = 20_000u64;
         let canary = (0..n)
