@@ -2,8 +2,11 @@
 //!
 //! A single breaker in front of many callees opens for all of them when one fails, and a
 //! breaker per callee built by hand grows without bound when keys come from requests. The
-//! [`KeyedBreakerLayer`] takes a key function `Fn(&Request) -> Key` and keeps one breaker per
-//! key, each with the same configuration (and its own jitter seed), created on first use.
+//! [`KeyedBreakerLayer`] takes a key extractor from degrade's one family
+//! ([`degrade_core::key`]: a closure through [`from_fn`](degrade_core::key::from_fn), a header, a
+//! gRPC metadata entry, a cookie, the peer IP) and keeps one breaker per key, each with the same
+//! configuration (and its own jitter seed), created on first use. Requests without a key share
+//! one keyless breaker.
 //!
 //! # The bound
 //!
@@ -30,12 +33,13 @@
 //!
 //! ```
 //! use degrade_breaker::{BreakerConfig, KeyedBreakerLayer, State, WindowConfig};
+//! use degrade_core::key::from_fn;
 //! use tower::{Layer, Service, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), degrade_core::BoxError> {
 //! let mut config = BreakerConfig::default();
 //! config.window = WindowConfig::Consecutive { failures: 2 };
-//! let layer = KeyedBreakerLayer::builder(config, |host: &&'static str| host.to_string())
+//! let layer = KeyedBreakerLayer::builder(config, from_fn(|host: &&'static str| Some(host.to_string())))
 //!     .max_keys(1000)
 //!     .build()?;
 //! let mut svc = layer.layer(service_fn(|host: &'static str| async move {
@@ -61,6 +65,7 @@ use degrade_core::answer::Errors;
 use degrade_core::answer::GrpcResponses;
 #[cfg(feature = "http")]
 use degrade_core::answer::{HttpResponses, Respond, Responses};
+use degrade_core::key::KeyExtractor;
 use degrade_core::{BoxError, Classifier, Clock, ConfigError, DefaultClassifier, TokioClock};
 use std::collections::HashMap;
 use std::fmt;
@@ -123,13 +128,14 @@ impl<Key, C, K: Clock> Table<Key, C, K> {
 }
 
 struct Keyed<F, Key, C, K> {
-    key_fn: F,
+    extractor: F,
     config: BreakerConfig,
     classifier: C,
     clock: K,
     name: Arc<str>,
     max_keys: usize,
-    table: RwLock<Table<Key, C, K>>,
+    /// Keyed by `Option<Key>`: requests without a key share the `None` breaker.
+    table: RwLock<Table<Option<Key>, C, K>>,
     overflow: Arc<Shared<C, K>>,
 }
 
@@ -139,11 +145,11 @@ where
     C: Clone,
     K: Clock,
 {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table<Key, C, K>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table<Option<Key>, C, K>> {
         self.table.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn breaker(&self, key: &Key) -> Arc<Shared<C, K>> {
+    fn breaker(&self, key: &Option<Key>) -> Arc<Shared<C, K>> {
         {
             let table = self.read();
             if let Some(&i) = table.index.get(key) {
@@ -158,7 +164,7 @@ where
     }
 
     #[cold]
-    fn insert(&self, key: &Key) -> Arc<Shared<C, K>> {
+    fn insert(&self, key: &Option<Key>) -> Arc<Shared<C, K>> {
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
         if let Some(&i) = table.index.get(key) {
             return Arc::clone(&table.slots[i].shared);
@@ -215,10 +221,11 @@ where
 ///
 /// ```
 /// use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
+/// use degrade_core::key::from_fn;
 /// use tower::{Layer, Service, ServiceExt};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let layer = KeyedBreakerLayer::builder(BreakerConfig::default(), |k: &u32| *k)
+/// let layer = KeyedBreakerLayer::builder(BreakerConfig::default(), from_fn(|k: &u32| Some(*k)))
 ///     .max_keys(2)
 ///     .build()
 ///     .unwrap();
@@ -252,7 +259,8 @@ pub struct KeyedSnapshot {
 ///
 /// ```
 /// use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-/// let layer = KeyedBreakerLayer::new(BreakerConfig::default(), |tenant: &u32| *tenant)?;
+/// use degrade_core::key::from_fn;
+/// let layer = KeyedBreakerLayer::new(BreakerConfig::default(), from_fn(|tenant: &u32| Some(*tenant)))?;
 /// assert_eq!(layer.len(), 0);
 /// # Ok::<(), degrade_core::ConfigError>(())
 /// ```
@@ -291,37 +299,39 @@ impl<F, Key> KeyedBreakerLayer<F, Key> {
     ///
     /// ```
     /// use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
+    /// use degrade_core::key::from_fn;
     /// let mut bad = BreakerConfig::default();
     /// bad.failure_rate = -1.0;
-    /// let err = KeyedBreakerLayer::new(bad, |k: &u8| *k).unwrap_err();
+    /// let err = KeyedBreakerLayer::new(bad, from_fn(|k: &u8| Some(*k))).unwrap_err();
     /// assert_eq!(err.field(), "failure_rate");
     /// ```
-    pub fn new<R>(config: BreakerConfig, key_fn: F) -> Result<Self, ConfigError>
+    pub fn new<R>(config: BreakerConfig, extractor: F) -> Result<Self, ConfigError>
     where
-        F: Fn(&R) -> Key,
+        F: KeyExtractor<R, Key = Key>,
         Key: Hash + Eq + Clone + fmt::Debug,
     {
-        Self::builder(config, key_fn).build()
+        Self::builder(config, extractor).build()
     }
 
-    /// A builder; `key_fn` maps a request to its key.
+    /// A builder; `extractor` finds a request's key.
     ///
     /// ```
     /// use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-    /// let layer = KeyedBreakerLayer::builder(BreakerConfig::default(), |r: &(u8, u8)| r.0)
+    /// use degrade_core::key::from_fn;
+    /// let layer = KeyedBreakerLayer::builder(BreakerConfig::default(), from_fn(|r: &(u8, u8)| Some(r.0)))
     ///     .max_keys(16)
     ///     .name("hosts")
     ///     .build()?;
     /// # let _ = layer;
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
-    pub fn builder<R>(config: BreakerConfig, key_fn: F) -> KeyedBuilder<F, Key>
+    pub fn builder<R>(config: BreakerConfig, extractor: F) -> KeyedBuilder<F, Key>
     where
-        F: Fn(&R) -> Key,
+        F: KeyExtractor<R, Key = Key>,
     {
         KeyedBuilder {
             inner: BreakerLayer::builder(config),
-            key_fn,
+            extractor,
             max_keys: DEFAULT_MAX_KEYS,
             _key: PhantomData,
         }
@@ -330,14 +340,15 @@ impl<F, Key> KeyedBreakerLayer<F, Key> {
 
 impl<F, Key, C, K, M> KeyedBreakerLayer<F, Key, C, K, M>
 where
-    Key: Hash + Eq,
+    Key: Hash + Eq + Clone,
     K: Clock,
 {
     /// The handle of `key`'s breaker, if the map holds one.
     ///
     /// ```
     /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-    /// let layer = KeyedBreakerLayer::new(BreakerConfig::default(), |k: &u8| *k)?;
+    /// # use degrade_core::key::from_fn;
+    /// let layer = KeyedBreakerLayer::new(BreakerConfig::default(), from_fn(|k: &u8| Some(*k)))?;
     /// assert!(layer.handle(&1).is_none());
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
@@ -345,7 +356,7 @@ where
         let table = self.keyed.table.read().unwrap_or_else(|e| e.into_inner());
         table
             .index
-            .get(key)
+            .get(&Some(key.clone()))
             .map(|&i| BreakerHandle::from_shared(Arc::clone(&table.slots[i].shared)))
     }
 
@@ -354,7 +365,8 @@ where
     ///
     /// ```
     /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-    /// let layer = KeyedBreakerLayer::new(BreakerConfig::default(), |k: &u8| *k)?;
+    /// # use degrade_core::key::from_fn;
+    /// let layer = KeyedBreakerLayer::new(BreakerConfig::default(), from_fn(|k: &u8| Some(*k)))?;
     /// assert_eq!(layer.overflow().snapshot().offered(), 0);
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
@@ -366,7 +378,8 @@ where
     ///
     /// ```
     /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-    /// let layer = KeyedBreakerLayer::new(BreakerConfig::default(), |k: &u8| *k)?;
+    /// # use degrade_core::key::from_fn;
+    /// let layer = KeyedBreakerLayer::new(BreakerConfig::default(), from_fn(|k: &u8| Some(*k)))?;
     /// assert!(layer.is_empty());
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
@@ -384,7 +397,8 @@ where
     ///
     /// ```
     /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-    /// let layer = KeyedBreakerLayer::new(BreakerConfig::default(), |k: &u8| *k)?;
+    /// # use degrade_core::key::from_fn;
+    /// let layer = KeyedBreakerLayer::new(BreakerConfig::default(), from_fn(|k: &u8| Some(*k)))?;
     /// assert_eq!(layer.snapshot().inserted, 0);
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
@@ -400,7 +414,8 @@ where
     ///
     /// ```
     /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-    /// let layer = KeyedBreakerLayer::new(BreakerConfig::default(), |k: &u8| *k)?;
+    /// # use degrade_core::key::from_fn;
+    /// let layer = KeyedBreakerLayer::new(BreakerConfig::default(), from_fn(|k: &u8| Some(*k)))?;
     /// assert!(layer.is_empty());
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
@@ -412,16 +427,36 @@ where
     ///
     /// ```
     /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-    /// let layer = KeyedBreakerLayer::new(BreakerConfig::default(), |k: &u8| *k)?;
+    /// # use degrade_core::key::from_fn;
+    /// let layer = KeyedBreakerLayer::new(BreakerConfig::default(), from_fn(|k: &u8| Some(*k)))?;
     /// assert!(layer.keys().is_empty());
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
-    pub fn keys(&self) -> Vec<Key>
-    where
-        Key: Clone,
-    {
+    pub fn keys(&self) -> Vec<Key> {
         let table = self.keyed.table.read().unwrap_or_else(|e| e.into_inner());
-        table.slots.iter().map(|s| s.key.clone()).collect()
+        table.slots.iter().filter_map(|s| s.key.clone()).collect()
+    }
+
+    /// The handle of the breaker shared by requests without a key, if one came.
+    ///
+    /// ```
+    /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
+    /// use degrade_core::key::from_fn;
+    /// use tower::{Layer, Service};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let layer = KeyedBreakerLayer::new(BreakerConfig::default(), from_fn(|k: &u8| (*k > 0).then_some(*k))).unwrap();
+    /// let mut svc = layer.layer(tower::service_fn(|k: u8| async move { Ok::<_, std::convert::Infallible>(k) }));
+    /// svc.call(0).await.unwrap();
+    /// assert_eq!(layer.keyless().unwrap().snapshot().offered(), 1);
+    /// assert!(layer.keys().is_empty());
+    /// # }
+    /// ```
+    pub fn keyless(&self) -> Option<BreakerHandle<C, K>> {
+        let table = self.keyed.table.read().unwrap_or_else(|e| e.into_inner());
+        table
+            .index
+            .get(&None)
+            .map(|&i| BreakerHandle::from_shared(Arc::clone(&table.slots[i].shared)))
     }
 }
 
@@ -431,8 +466,9 @@ impl<F, Key, C, K, M> KeyedBreakerLayer<F, Key, C, K, M> {
     ///
     /// ```
     /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
+    /// # use degrade_core::key::from_fn;
     /// let layer = KeyedBreakerLayer::new(BreakerConfig::default(),
-    ///     |r: &http::Request<()>| r.uri().host().map(str::to_owned))?.http();
+    ///     from_fn(|r: &http::Request<()>| r.uri().host().map(str::to_owned)))?.http();
     /// # let _ = layer;
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
@@ -449,8 +485,9 @@ impl<F, Key, C, K, M> KeyedBreakerLayer<F, Key, C, K, M> {
     ///
     /// ```
     /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
+    /// # use degrade_core::key::from_fn;
     /// let layer = KeyedBreakerLayer::new(BreakerConfig::default(),
-    ///     |r: &http::Request<()>| r.uri().path().to_owned())?.grpc();
+    ///     from_fn(|r: &http::Request<()>| Some(r.uri().path().to_owned())))?.grpc();
     /// # let _ = layer;
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
@@ -479,12 +516,13 @@ impl<S, F, Key, C, K, M> Layer<S> for KeyedBreakerLayer<F, Key, C, K, M> {
 ///
 /// ```
 /// use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-/// let b = KeyedBreakerLayer::builder(BreakerConfig::default(), |k: &u8| *k).max_keys(4);
+/// use degrade_core::key::from_fn;
+/// let b = KeyedBreakerLayer::builder(BreakerConfig::default(), from_fn(|k: &u8| Some(*k))).max_keys(4);
 /// # let _ = b;
 /// ```
 pub struct KeyedBuilder<F, Key, C = DefaultClassifier, K = TokioClock> {
     inner: crate::layer::BreakerBuilder<C, K>,
-    key_fn: F,
+    extractor: F,
     max_keys: usize,
     _key: PhantomData<fn() -> Key>,
 }
@@ -503,7 +541,8 @@ impl<F, Key, C, K> KeyedBuilder<F, Key, C, K> {
     ///
     /// ```
     /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-    /// let err = KeyedBreakerLayer::builder(BreakerConfig::default(), |k: &u8| *k)
+    /// # use degrade_core::key::from_fn;
+    /// let err = KeyedBreakerLayer::builder(BreakerConfig::default(), from_fn(|k: &u8| Some(*k)))
     ///     .max_keys(0).build().unwrap_err();
     /// assert_eq!(err.field(), "max_keys");
     /// ```
@@ -517,14 +556,15 @@ impl<F, Key, C, K> KeyedBuilder<F, Key, C, K> {
     ///
     /// ```
     /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-    /// let b = KeyedBreakerLayer::builder(BreakerConfig::default(), |k: &u8| *k)
+    /// # use degrade_core::key::from_fn;
+    /// let b = KeyedBreakerLayer::builder(BreakerConfig::default(), from_fn(|k: &u8| Some(*k)))
     ///     .classifier(degrade_core::DefaultClassifier);
     /// # let _ = b;
     /// ```
     pub fn classifier<D>(self, classifier: D) -> KeyedBuilder<F, Key, D, K> {
         KeyedBuilder {
             inner: self.inner.classifier(classifier),
-            key_fn: self.key_fn,
+            extractor: self.extractor,
             max_keys: self.max_keys,
             _key: PhantomData,
         }
@@ -534,14 +574,15 @@ impl<F, Key, C, K> KeyedBuilder<F, Key, C, K> {
     ///
     /// ```
     /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-    /// let b = KeyedBreakerLayer::builder(BreakerConfig::default(), |k: &u8| *k)
+    /// # use degrade_core::key::from_fn;
+    /// let b = KeyedBreakerLayer::builder(BreakerConfig::default(), from_fn(|k: &u8| Some(*k)))
     ///     .clock(degrade_core::TokioClock);
     /// # let _ = b;
     /// ```
     pub fn clock<L: Clock>(self, clock: L) -> KeyedBuilder<F, Key, C, L> {
         KeyedBuilder {
             inner: self.inner.clock(clock),
-            key_fn: self.key_fn,
+            extractor: self.extractor,
             max_keys: self.max_keys,
             _key: PhantomData,
         }
@@ -551,7 +592,8 @@ impl<F, Key, C, K> KeyedBuilder<F, Key, C, K> {
     ///
     /// ```
     /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-    /// let b = KeyedBreakerLayer::builder(BreakerConfig::default(), |k: &u8| *k).name("hosts");
+    /// # use degrade_core::key::from_fn;
+    /// let b = KeyedBreakerLayer::builder(BreakerConfig::default(), from_fn(|k: &u8| Some(*k))).name("hosts");
     /// # let _ = b;
     /// ```
     #[must_use]
@@ -568,7 +610,8 @@ impl<F, Key, C, K> KeyedBuilder<F, Key, C, K> {
     ///
     /// ```
     /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-    /// assert!(KeyedBreakerLayer::builder(BreakerConfig::default(), |k: &u8| *k).build().is_ok());
+    /// # use degrade_core::key::from_fn;
+    /// assert!(KeyedBreakerLayer::builder(BreakerConfig::default(), from_fn(|k: &u8| Some(*k))).build().is_ok());
     /// ```
     pub fn build(self) -> Result<KeyedBreakerLayer<F, Key, C, K>, ConfigError>
     where
@@ -588,7 +631,7 @@ impl<F, Key, C, K> KeyedBuilder<F, Key, C, K> {
         )?;
         Ok(KeyedBreakerLayer {
             keyed: Arc::new(Keyed {
-                key_fn: self.key_fn,
+                extractor: self.extractor,
                 config,
                 classifier,
                 clock,
@@ -612,8 +655,9 @@ impl<F, Key, C, K> KeyedBuilder<F, Key, C, K> {
 ///
 /// ```
 /// use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
+/// use degrade_core::key::from_fn;
 /// use tower::Layer;
-/// let layer = KeyedBreakerLayer::new(BreakerConfig::default(), |k: &u8| *k)?;
+/// let layer = KeyedBreakerLayer::new(BreakerConfig::default(), from_fn(|k: &u8| Some(*k)))?;
 /// let svc = layer.layer(tower::service_fn(|k: u8| async move { Ok::<_, std::convert::Infallible>(k) }));
 /// # let _ = svc;
 /// # Ok::<(), degrade_core::ConfigError>(())
@@ -650,7 +694,7 @@ impl<S, F, Key, C, K, R> Service<R> for KeyedBreaker<S, F, Key, C, K, Errors>
 where
     S: Service<R>,
     S::Error: Into<BoxError>,
-    F: Fn(&R) -> Key,
+    F: KeyExtractor<R, Key = Key>,
     Key: Hash + Eq + Clone + fmt::Debug,
     C: Classifier<S::Response, S::Error> + Clone,
     K: Clock,
@@ -664,7 +708,7 @@ where
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        let shared = self.keyed.breaker(&(self.keyed.key_fn)(&req));
+        let shared = self.keyed.breaker(&self.keyed.extractor.extract(&req));
         match shared.admit() {
             Ok(ticket) => ResponseFuture::called(self.inner.call(req), Permit::new(shared, ticket)),
             Err(open) => ResponseFuture::rejected(open),
@@ -678,7 +722,7 @@ impl<S, F, Key, C, K, W, ReqB, ResB> Service<http::Request<ReqB>>
     for KeyedBreaker<S, F, Key, C, K, Responses<W>>
 where
     S: Service<http::Request<ReqB>, Response = http::Response<ResB>>,
-    F: Fn(&http::Request<ReqB>) -> Key,
+    F: KeyExtractor<http::Request<ReqB>, Key = Key>,
     Key: Hash + Eq + Clone + fmt::Debug,
     C: Classifier<http::Response<ResB>, S::Error> + Clone,
     K: Clock,
@@ -694,7 +738,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
-        let shared = self.keyed.breaker(&(self.keyed.key_fn)(&req));
+        let shared = self.keyed.breaker(&self.keyed.extractor.extract(&req));
         match shared.admit() {
             Ok(ticket) => RespondFuture::called(self.inner.call(req), Permit::new(shared, ticket)),
             Err(open) => RespondFuture::rejected(Responses::<W>::respond(&open)),

@@ -2,6 +2,7 @@
 //! deserialize from humantime text and reject unknown fields.
 
 use degrade_breaker::{BreakerConfig, BreakerLayer, KeyedBreakerLayer, WindowConfig};
+use degrade_core::key::from_fn;
 use std::time::Duration;
 
 fn field(c: BreakerConfig) -> String {
@@ -103,7 +104,7 @@ fn zero_permits_and_other_bad_values_name_their_field() {
         let err = BreakerLayer::new(c.clone()).unwrap_err();
         assert_eq!(err.field(), name, "{c:?}");
         assert!(!err.rule().is_empty());
-        let err = KeyedBreakerLayer::new(c, |k: &u8| *k).unwrap_err();
+        let err = KeyedBreakerLayer::new(c, from_fn(|k: &u8| Some(*k))).unwrap_err();
         assert_eq!(err.field(), name);
     }
 }

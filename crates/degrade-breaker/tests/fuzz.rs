@@ -10,6 +10,7 @@ use degrade_breaker::{
     BackoffConfig, BreakerConfig, BreakerLayer, CancelledAs, HalfOpenConfig, KeyedBreakerLayer,
     State, TimeoutTarget, WindowConfig,
 };
+use degrade_core::key::from_fn;
 use degrade_core::{ManualClock, Outcome};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -214,7 +215,7 @@ fn check(doc: &Value) -> Result<(), TestCaseError> {
                 clock.advance(c.wait);
                 let _ = h.state();
                 prop_assert_eq!(h.snapshot().offered(), 3);
-                let keyed = KeyedBreakerLayer::builder(c, |k: &u8| *k)
+                let keyed = KeyedBreakerLayer::builder(c, from_fn(|k: &u8| Some(*k)))
                     .max_keys(2)
                     .build();
                 prop_assert!(keyed.is_ok());

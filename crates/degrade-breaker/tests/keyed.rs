@@ -1,6 +1,7 @@
 //! Keyed breakers: one breaker per key, a bounded map, and its behaviour at the cap.
 
 use degrade_breaker::{BreakerConfig, CircuitOpen, KeyedBreakerLayer, State, WindowConfig};
+use degrade_core::key::from_fn;
 use degrade_core::{BoxError, ManualClock};
 use std::time::Duration;
 use tower::{Layer, Service, ServiceExt};
@@ -32,7 +33,7 @@ where
 
 #[tokio::test]
 async fn one_failing_key_does_not_open_the_others() {
-    let layer = KeyedBreakerLayer::new(config(), |r: &(u32, bool)| r.0).unwrap();
+    let layer = KeyedBreakerLayer::new(config(), from_fn(|r: &(u32, bool)| Some(r.0))).unwrap();
     let mut svc = layer.layer(upstream());
     for _ in 0..2 {
         let _ = call(&mut svc, 1, false).await;
@@ -54,7 +55,7 @@ async fn one_failing_key_does_not_open_the_others() {
 #[tokio::test]
 async fn the_map_never_exceeds_its_cap_and_keeps_open_breakers() {
     let clock = ManualClock::new();
-    let layer = KeyedBreakerLayer::builder(config(), |r: &(u32, bool)| r.0)
+    let layer = KeyedBreakerLayer::builder(config(), from_fn(|r: &(u32, bool)| Some(r.0)))
         .max_keys(3)
         .clock(clock.clone())
         .build()
@@ -92,7 +93,7 @@ async fn the_map_never_exceeds_its_cap_and_keeps_open_breakers() {
 
 #[tokio::test]
 async fn keys_beyond_a_cap_of_busy_breakers_share_the_overflow_breaker() {
-    let layer = KeyedBreakerLayer::builder(config(), |r: &(u32, bool)| r.0)
+    let layer = KeyedBreakerLayer::builder(config(), from_fn(|r: &(u32, bool)| Some(r.0)))
         .max_keys(2)
         .build()
         .unwrap();
@@ -111,7 +112,7 @@ async fn keys_beyond_a_cap_of_busy_breakers_share_the_overflow_breaker() {
     assert_eq!(overflow.state(), State::Open);
     assert_eq!(overflow.snapshot().failures, 2);
     // A held handle also pins a closed breaker in the map.
-    let layer = KeyedBreakerLayer::builder(config(), |r: &(u32, bool)| r.0)
+    let layer = KeyedBreakerLayer::builder(config(), from_fn(|r: &(u32, bool)| Some(r.0)))
         .max_keys(1)
         .build()
         .unwrap();
@@ -142,7 +143,7 @@ async fn new_keys_at_the_cap_cost_constant_work_each() {
     // N attacker-chosen keys cost N × max_keys. Now each costs O(1) amortised.
     const CAP: u32 = 1_000;
     const NEW: u32 = 10_000;
-    let layer = KeyedBreakerLayer::builder(config(), |r: &(u32, bool)| r.0)
+    let layer = KeyedBreakerLayer::builder(config(), from_fn(|r: &(u32, bool)| Some(r.0)))
         .max_keys(CAP as usize)
         .build()
         .unwrap();
@@ -172,7 +173,7 @@ async fn new_keys_at_a_cap_of_open_breakers_cost_a_bounded_scan_each() {
     const NEW: u32 = 2_000;
     let mut c = config();
     c.window = WindowConfig::Consecutive { failures: 1 };
-    let layer = KeyedBreakerLayer::builder(c, |r: &(u32, bool)| r.0)
+    let layer = KeyedBreakerLayer::builder(c, from_fn(|r: &(u32, bool)| Some(r.0)))
         .max_keys(CAP as usize)
         .clock(ManualClock::new())
         .build()
@@ -197,7 +198,7 @@ async fn the_eviction_hand_resumes_where_it_stopped_and_finds_the_one_closed_bre
     let skips = degrade_breaker::keyed::MAX_EVICTION_SKIPS;
     let mut c = config();
     c.window = WindowConfig::Consecutive { failures: 1 };
-    let layer = KeyedBreakerLayer::builder(c, |r: &(u32, bool)| r.0)
+    let layer = KeyedBreakerLayer::builder(c, from_fn(|r: &(u32, bool)| Some(r.0)))
         .max_keys(CAP as usize)
         .clock(ManualClock::new())
         .build()
