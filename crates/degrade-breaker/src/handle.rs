@@ -592,7 +592,7 @@ impl<C, K: Clock> Shared<C, K> {
             shadow_state,
             window,
             consecutive_failures,
-            passed: c[PASSED],
+            admitted: c[PASSED],
             rejected: c[REJECTED],
             shadow_rejected: c[SHADOW_REJECTED],
             probes: c[PROBES],
@@ -640,7 +640,7 @@ pub struct BreakerSnapshot {
     /// Failures in a row (consecutive window only).
     pub consecutive_failures: u32,
     /// Calls let through (including probes and a metrics-only breaker's shadow rejections).
-    pub passed: u64,
+    pub admitted: u64,
     /// Calls rejected.
     pub rejected: u64,
     /// Calls a metrics-only breaker let through that a real breaker would have rejected.
@@ -664,14 +664,14 @@ pub struct BreakerSnapshot {
 }
 
 impl BreakerSnapshot {
-    /// Calls seen: passed + rejected.
+    /// Calls seen: admitted + rejected.
     ///
     /// ```
     /// # use degrade_breaker::BreakerSnapshot;
     /// assert_eq!(BreakerSnapshot::default().offered(), 0);
     /// ```
     pub fn offered(&self) -> u64 {
-        self.passed + self.rejected
+        self.admitted + self.rejected
     }
 
     /// Calls let through whose outcome is not recorded yet.
@@ -681,9 +681,21 @@ impl BreakerSnapshot {
     /// assert_eq!(BreakerSnapshot::default().in_flight(), 0);
     /// ```
     pub fn in_flight(&self) -> u64 {
-        self.passed.saturating_sub(
+        self.admitted.saturating_sub(
             self.successes + self.failures + self.slow + self.ignored + self.cancelled,
         )
+    }
+}
+
+impl degrade_core::snapshot::Accounting for BreakerSnapshot {
+    fn offered(&self) -> u64 {
+        BreakerSnapshot::offered(self)
+    }
+    fn admitted(&self) -> u64 {
+        self.admitted
+    }
+    fn rejected(&self) -> u64 {
+        self.rejected
     }
 }
 
@@ -851,7 +863,7 @@ impl<C, K: Clock> BreakerHandle<C, K> {
     /// # use degrade_breaker::{BreakerConfig, BreakerLayer};
     /// let h = BreakerLayer::new(BreakerConfig::default())?.handle();
     /// assert!(h.try_acquire().is_ok());
-    /// assert_eq!(h.snapshot().passed, 1);
+    /// assert_eq!(h.snapshot().admitted, 1);
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn snapshot(&self) -> BreakerSnapshot {

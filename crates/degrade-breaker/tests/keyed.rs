@@ -121,7 +121,7 @@ async fn keys_beyond_a_cap_of_busy_breakers_share_the_overflow_breaker() {
     let pinned = layer.handle(&1).unwrap();
     call(&mut svc, 2, true).await.unwrap();
     assert_eq!(layer.keys(), [1]);
-    assert_eq!(layer.overflow().snapshot().passed, 1);
+    assert_eq!(layer.overflow().snapshot().admitted, 1);
     drop(pinned);
     call(&mut svc, 3, true).await.unwrap();
     assert_eq!(layer.keys(), [3]);

@@ -114,7 +114,7 @@ fn half_open_never_admits_more_than_its_permits() {
         let mine = probe();
         let theirs = t.join().unwrap();
         let s = h.snapshot();
-        assert_eq!(s.passed, 2 + mine + theirs);
+        assert_eq!(s.admitted, 2 + mine + theirs);
         assert_eq!(s.in_flight(), 0);
         assert!(mine + theirs >= 2, "the breaker lost a permit");
         // Open -> half-open, then exactly one half-open -> closed.

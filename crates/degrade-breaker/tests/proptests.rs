@@ -307,7 +307,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     }
     let s = real.snapshot();
     prop_assert_eq!(s.offered(), offered);
-    prop_assert_eq!(s.passed, admitted);
+    prop_assert_eq!(s.admitted, admitted);
     prop_assert_eq!(s.in_flight(), held.len() as u64);
     Ok(())
 }

@@ -219,7 +219,7 @@ async fn half_open_admits_at_most_n_probes_and_no_stampede() {
     assert_eq!(layer.handle().state(), State::Closed);
     let s = layer.snapshot();
     assert_eq!(s.offered(), 104);
-    assert_eq!((s.passed, s.rejected, s.probes), (6, 98, 2));
+    assert_eq!((s.admitted, s.rejected, s.probes), (6, 98, 2));
 }
 
 #[tokio::test]

@@ -252,9 +252,9 @@ async fn breaker_protects_and_recovers_with_a_real_failing_upstream() {
     // Accounting, exactly: at the client, at the breaker and at the upstream.
     let s = handle.snapshot();
     assert_eq!(s.offered(), total.sent());
-    assert_eq!(s.passed, total.ok + total.failed);
+    assert_eq!(s.admitted, total.ok + total.failed);
     assert_eq!(s.rejected, total.rejected);
-    assert_eq!(s.passed, up.hits.load(Ordering::SeqCst));
+    assert_eq!(s.admitted, up.hits.load(Ordering::SeqCst));
     assert_eq!(
         (s.successes, s.failures, s.in_flight()),
         (total.ok, total.failed, 0)

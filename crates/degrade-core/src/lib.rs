@@ -16,6 +16,7 @@
 //! | [`window`] | lock-free windowed counters (consecutive, last N, time buckets) |
 //! | [`answer`] | the answer modes every layer shares: [`Errors`], [`HttpResponses`], [`GrpcResponses`] |
 //! | [`key`] | the key extractors every keyed layer shares: closure, header, gRPC metadata, cookie, peer IP |
+//! | [`snapshot`] | [`Accounting`](snapshot::Accounting): offered, admitted, rejected in the same words for every layer's counters |
 //! | [`rejection`] | the [`Rejection`] trait, [`Shed`], the single HTTP / gRPC mapping of every crate's rejections, and the mark that keeps one layer's refusals out of another's failure counts |
 //! | [`DegradeLayer`] | admission by level and priority |
 //!
@@ -59,6 +60,7 @@ mod outcome;
 pub mod policy;
 pub mod priority;
 pub mod rejection;
+pub mod snapshot;
 mod sync;
 pub mod window;
 

@@ -116,7 +116,7 @@ async fn admitted_share_per_priority_matches_the_policy_at_every_level() {
         assert_eq!(after.offered() - before.offered(), offered);
         assert_eq!(
             after.offered(),
-            after.admitted_total() + after.shed_total(),
+            after.admitted() + after.rejected(),
             "offered = admitted + shed"
         );
     }

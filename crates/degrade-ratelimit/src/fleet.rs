@@ -357,6 +357,19 @@ impl FleetSnapshot {
     }
 }
 
+/// Admitted and rejected count the `unavailable` policy's decisions too.
+impl degrade_core::snapshot::Accounting for FleetSnapshot {
+    fn offered(&self) -> u64 {
+        FleetSnapshot::offered(self)
+    }
+    fn admitted(&self) -> u64 {
+        self.admitted + self.fallback_admitted
+    }
+    fn rejected(&self) -> u64 {
+        self.rejected + self.fallback_rejected
+    }
+}
+
 /// The breaker around Redis: consecutive failures, whether decisions fail fast, and whether a
 /// probe task is running. Lock-free; the probe is a tokio task.
 #[derive(Debug, Default)]

@@ -309,16 +309,16 @@ impl RateLimitSnapshot {
     /// assert_eq!(RateLimitSnapshot::default().offered(), 0);
     /// ```
     pub fn offered(&self) -> u64 {
-        self.admitted + self.waited + self.rejected_total()
+        self.admitted + self.waited + self.rejected()
     }
 
-    /// All rejections.
+    /// All rejections, whatever the cause.
     ///
     /// ```
     /// # use degrade_ratelimit::RateLimitSnapshot;
-    /// assert_eq!(RateLimitSnapshot::default().rejected_total(), 0);
+    /// assert_eq!(RateLimitSnapshot::default().rejected(), 0);
     /// ```
-    pub fn rejected_total(&self) -> u64 {
+    pub fn rejected(&self) -> u64 {
         self.rejected.iter().sum()
     }
 
@@ -330,5 +330,18 @@ impl RateLimitSnapshot {
     /// ```
     pub fn rejected_by(&self, cause: Cause) -> u64 {
         self.rejected[cause.index()]
+    }
+}
+
+/// Admitted counts both ways through: at once (`admitted`) and after a bounded wait (`waited`).
+impl degrade_core::snapshot::Accounting for RateLimitSnapshot {
+    fn offered(&self) -> u64 {
+        RateLimitSnapshot::offered(self)
+    }
+    fn admitted(&self) -> u64 {
+        self.admitted + self.waited
+    }
+    fn rejected(&self) -> u64 {
+        RateLimitSnapshot::rejected(self)
     }
 }

@@ -171,7 +171,7 @@ async fn slow_backend_raises_the_level_sheds_low_first_and_recovers_one_level_pe
         assert_eq!(tally[p.index()].1, 0, "{p} was shed");
     }
     let snap = degrade.snapshot();
-    assert_eq!(snap.offered(), snap.admitted_total() + snap.shed_total());
+    assert_eq!(snap.offered(), snap.admitted() + snap.rejected());
     assert_eq!(snap.shed_by(Priority::Critical), 0);
 
     // The backend recovers: one step down per dwell, never two at once.

@@ -109,6 +109,8 @@ struct Seen {
 
 impl Seen {
     fn breaker(s: BreakerSnapshot) -> Self {
+        // offered = admitted + rejected, in the words every layer's snapshot shares.
+        assert!(degrade::snapshot::Accounting::balanced(&s), "{s:?}");
         Self {
             successes: s.successes,
             failures: s.failures,

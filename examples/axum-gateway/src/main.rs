@@ -814,7 +814,7 @@ async fn run(args: Args) -> Result<bool, Error> {
         "\nran {:.1} s; gateway totals: offered {}, shed {}; backend calls {}",
         scenario_start.elapsed().as_secs_f64(),
         after.offered(),
-        after.shed_total(),
+        after.rejected(),
         backend.calls.load(Ordering::Relaxed)
     );
     println!("\nchecks:");

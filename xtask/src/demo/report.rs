@@ -529,16 +529,11 @@ impl Accounting {
                     reached,
                     &mut lines,
                 );
-                check(
-                    "DegradeLayer shed",
-                    degrade.shed_total(),
-                    c.shed,
-                    &mut lines,
-                );
+                check("DegradeLayer shed", degrade.rejected(), c.shed, &mut lines);
                 check(
                     "RateLimit offered = DegradeLayer admitted",
                     rl.offered(),
-                    degrade.admitted_total(),
+                    degrade.admitted(),
                     &mut lines,
                 );
                 check(
@@ -549,7 +544,7 @@ impl Accounting {
                 );
                 check(
                     "Breaker passed + rejected = RateLimit admitted",
-                    breaker.passed + breaker.rejected,
+                    breaker.admitted + breaker.rejected,
                     rl.admitted,
                     &mut lines,
                 );
@@ -562,7 +557,7 @@ impl Accounting {
                 check(
                     "backend calls = Breaker passed",
                     run.backend_calls,
-                    breaker.passed,
+                    breaker.admitted,
                     &mut lines,
                 );
             }

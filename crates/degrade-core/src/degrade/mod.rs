@@ -213,26 +213,26 @@ impl DegradeSnapshot {
     /// assert_eq!(DegradeSnapshot::default().offered(), 0);
     /// ```
     pub fn offered(&self) -> u64 {
-        self.admitted_total() + self.shed_total()
+        self.admitted() + self.rejected()
     }
 
     /// All admitted requests.
     ///
     /// ```
     /// # use degrade_core::degrade::DegradeSnapshot;
-    /// assert_eq!(DegradeSnapshot::default().admitted_total(), 0);
+    /// assert_eq!(DegradeSnapshot::default().admitted(), 0);
     /// ```
-    pub fn admitted_total(&self) -> u64 {
+    pub fn admitted(&self) -> u64 {
         self.admitted.iter().sum()
     }
 
-    /// All shed requests.
+    /// All rejected (shed) requests.
     ///
     /// ```
     /// # use degrade_core::degrade::DegradeSnapshot;
-    /// assert_eq!(DegradeSnapshot::default().shed_total(), 0);
+    /// assert_eq!(DegradeSnapshot::default().rejected(), 0);
     /// ```
-    pub fn shed_total(&self) -> u64 {
+    pub fn rejected(&self) -> u64 {
         self.shed.iter().flatten().sum()
     }
 
@@ -274,6 +274,18 @@ impl DegradeSnapshot {
     /// ```
     pub fn shed_at(&self, level: Level, priority: Priority) -> u64 {
         self.shed[level.index()][priority.index()]
+    }
+}
+
+impl crate::snapshot::Accounting for DegradeSnapshot {
+    fn offered(&self) -> u64 {
+        DegradeSnapshot::offered(self)
+    }
+    fn admitted(&self) -> u64 {
+        DegradeSnapshot::admitted(self)
+    }
+    fn rejected(&self) -> u64 {
+        DegradeSnapshot::rejected(self)
     }
 }
 
