@@ -94,7 +94,6 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod builder;
 mod config;
 mod error;
 pub mod future;
@@ -105,7 +104,6 @@ mod service;
 pub mod state;
 mod sync;
 
-pub use builder::ServiceBuilderExt;
 pub use config::{
     BackoffConfig, BreakerConfig, CancelledAs, HalfOpenConfig, TimeoutTarget, WindowConfig,
 };

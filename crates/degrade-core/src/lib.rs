@@ -48,7 +48,6 @@
 
 mod accessors;
 pub mod answer;
-mod builder;
 pub mod clock;
 mod config;
 pub mod degrade;
@@ -65,7 +64,6 @@ mod sync;
 pub mod window;
 
 pub use answer::{Errors, GrpcResponses, HttpResponses};
-pub use builder::ServiceBuilderExt;
 #[cfg(feature = "fast-clock")]
 pub use clock::FastClock;
 #[cfg(feature = "test-util")]
@@ -93,8 +91,3 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
-
-// The workspace README's example too.
-#[doc = include_str!("../../../README.md")]
-#[cfg(doctest)]
-pub struct WorkspaceReadmeDoctests;

@@ -46,7 +46,42 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod builder;
+
+pub use builder::ServiceBuilderExt;
 pub use degrade_core::*;
+
+/// The names most stacks use, from every enabled policy: `use degrade::prelude::*;`.
+///
+/// ```
+/// use degrade::prelude::*;
+/// let controller = Controller::new(Default::default()).unwrap();
+/// let layer = DegradeLayer::new(controller.handle(), Policy::default()).unwrap();
+/// assert!(layer.snapshot().balanced()); // Accounting is in the prelude
+/// ```
+pub mod prelude {
+    pub use crate::ServiceBuilderExt;
+    pub use degrade_core::answer::{Errors, GrpcResponses, HttpResponses};
+    pub use degrade_core::key::{Global, KeyExtractor, from_fn};
+    pub use degrade_core::snapshot::Accounting;
+    pub use degrade_core::{
+        BoxError, Clock, ConfigError, Controller, DegradeLayer, Level, Policy, Priority, Rejection,
+        Shed, TokioClock,
+    };
+
+    #[cfg(feature = "breaker")]
+    pub use degrade_breaker::{BreakerConfig, BreakerLayer, CircuitOpen, KeyedBreakerLayer};
+    #[cfg(feature = "canary")]
+    pub use degrade_canary::{Canary, CanaryConfig, CanaryController, Weight};
+    #[cfg(feature = "otel")]
+    pub use degrade_otel::{LevelFilter, LevelSampler};
+    #[cfg(feature = "ratelimit")]
+    pub use degrade_ratelimit::{RateLimitConfig, RateLimitLayer, RateLimited};
+    #[cfg(feature = "rollout")]
+    pub use degrade_rollout::{RolloutConfig, RolloutController};
+    #[cfg(feature = "triggers")]
+    pub use degrade_triggers::{Monitor, ObserveLayer};
+}
 
 /// GCRA rate limiting (feature `ratelimit`): the `degrade-ratelimit` crate.
 ///
@@ -133,3 +168,8 @@ pub use degrade_otel as otel;
 #[doc = include_str!("../README.md")]
 #[cfg(all(doctest, feature = "breaker", feature = "ratelimit", feature = "http"))]
 pub struct ReadmeDoctests;
+
+// The workspace README's quick example uses the facade.
+#[doc = include_str!("../../../README.md")]
+#[cfg(all(doctest, feature = "breaker", feature = "ratelimit", feature = "http"))]
+pub struct WorkspaceReadmeDoctests;
