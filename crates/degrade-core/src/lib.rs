@@ -51,6 +51,7 @@ pub mod answer;
 pub mod clock;
 mod config;
 pub mod degrade;
+pub mod durable;
 mod handle;
 pub mod key;
 pub mod ladder;
