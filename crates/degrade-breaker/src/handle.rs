@@ -175,7 +175,8 @@ impl Window {
 /// Everything one breaker shares between its layer, services, futures and handles.
 pub(crate) struct Shared<C, K> {
     word: CachePadded<AtomicU64>,
-    /// Nanoseconds after `origin` at which the open wait (or the half-open period) ends.
+    /// When the open wait (or the half-open period) ends: microseconds after `origin` (low 48
+    /// bits) tagged with the low 16 bits of the epoch it belongs to (see the deadline word above).
     deadline: AtomicU64,
     /// The half-open epoch (low 32 bits) above the number of probes in flight.
     probes: CachePadded<AtomicU64>,

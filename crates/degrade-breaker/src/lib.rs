@@ -4,16 +4,6 @@
 //! while, then probe it with a few calls before trusting it again. It spares the callee the load
 //! that keeps it down and spares the caller the time spent waiting on calls that will fail.
 //!
-//! ## Why another breaker
-//!
-//! The breakers in the tower ecosystem each miss something that bites in production
-//! (see `shared/notes/lessons-from-peers.md`): counting only consecutive failures, letting every
-//! caller through when half-open (a probe stampede on a callee just back up), half-open permits
-//! that leak when a caller gives up (the breaker stuck half-open forever), state created per
-//! `layer()` call (a breaker that never opens), a clock that paused tokio time does not reach,
-//! and a lock on every call. This crate is built so that each of those is impossible by
-//! construction, and tested one by one.
-//!
 //! ## How it works
 //!
 //! * **A pure state machine** ([`state::BreakerMachine`]) takes `(event, now)` and returns the
@@ -39,6 +29,13 @@
 //!   seeded hash, no random number generator).
 //! * **Keyed breakers** ([`keyed`]): one breaker per host, endpoint or tenant, in a map with a
 //!   bound on its size.
+//!
+//! ## How it differs from its peers
+//!
+//! Other tower breakers count only consecutive failures, let every caller through when
+//! half-open, leak half-open permits when a caller gives up, create state per `layer()` call,
+//! or read a clock paused tokio time does not reach; each of those is impossible here by
+//! construction, and tested one by one.
 //!
 //! ## Concurrency, precisely
 //!
