@@ -8,9 +8,8 @@ use crate::state::{
 };
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use crossbeam_utils::CachePadded;
-use degrade_core::window::{
-    ConsecutiveWindow, CountWindow, ShardedCounter, TimeWindow, WindowSnapshot,
-};
+use degrade_core::counter::ShardedCounter;
+use degrade_core::window::{ConsecutiveWindow, CountWindow, TimeWindow, WindowSnapshot};
 use degrade_core::{Classifier, Clock, ConfigError, Outcome, TokioClock};
 use std::fmt;
 use std::num::NonZeroU32;

@@ -8,7 +8,7 @@
 
 use crate::arm::Arm;
 use degrade_core::Outcome;
-use degrade_core::window::ShardedCounter;
+use degrade_core::counter::ShardedCounter;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -42,7 +42,7 @@ use crate::limiter::nanos;
 use crate::state::{Cell, Decision};
 use crate::store::Store;
 use degrade_core::answer::Errors;
-use degrade_core::window::ShardedCounter;
+use degrade_core::counter::ShardedCounter;
 use degrade_core::{BoxError, Clock, ConfigError, TokioClock};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};

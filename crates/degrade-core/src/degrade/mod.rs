@@ -76,11 +76,11 @@ pub use self::layer::{DegradeBuilder, DegradeLayer};
 use crate::answer::Errors;
 #[cfg(feature = "http")]
 use crate::answer::Respond;
+use crate::counter::ShardedCounter;
 use crate::handle::LevelHandle;
 use crate::level::Level;
 use crate::priority::{Fixed, Prioritize, Priority};
 use crate::rejection::Shed;
-use crate::window::ShardedCounter;
 use crossbeam_utils::CachePadded;
 use std::fmt;
 use std::marker::PhantomData;
