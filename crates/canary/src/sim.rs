@@ -557,7 +557,7 @@ impl Default for SimConfig {
             runs: 100,
             seed: 1,
             rate: 200.0,
-            users: 2_000,
+            users: 10_000,
             error_rate: 0.005,
             median: Duration::from_millis(50),
             sigma: 0.5,

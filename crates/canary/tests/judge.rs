@@ -155,7 +155,7 @@ fn a_a_false_fail_rate(streams: u32, looks: u32) -> f64 {
 #[test]
 fn repeated_looks_do_not_inflate_false_rollbacks() {
     // 60 looks per stream: a fixed-size test at alpha 0.05 re-run 60 times would fail most
-    // streams; the mixture SPRT stays within its alpha (0.004 per test).
+    // streams; the mixture SPRT stays within its alpha (0.005 per test).
     let rate = a_a_false_fail_rate(150, 60);
     assert!(rate <= 0.02, "false rollback rate {rate}");
 }

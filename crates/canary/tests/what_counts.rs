@@ -233,7 +233,7 @@ async fn a_single_heavy_key_cannot_force_a_rollback_in_a_a() {
     for _ in 0..20 {
         for _ in 0..2_000 {
             n += 1;
-            let req = if n % 2 == 0 {
+            let req = if n.is_multiple_of(2) {
                 Req {
                     user: heavy,
                     fails: true,
@@ -242,7 +242,7 @@ async fn a_single_heavy_key_cannot_force_a_rollback_in_a_a() {
                 // Ordinary users, 1 % of whose requests fail, alike on both arms.
                 Req {
                     user: 1_000 + n % 4_001,
-                    fails: n % 199 == 0,
+                    fails: n.is_multiple_of(199),
                 }
             };
             let _ = svc.ready().await.unwrap().call(req).await;
