@@ -631,7 +631,9 @@ impl SimResult {
     /// ```
     /// # use degrade_canary::sim::SimResult;
     /// let mut a = SimResult::default();
-    /// a.merge(&SimResult { runs: 2, ..SimResult::default() });
+    /// let mut b = SimResult::default();
+    /// b.runs = 2;
+    /// a.merge(&b);
     /// assert_eq!(a.runs, 2);
     /// ```
     pub fn merge(&mut self, other: &SimResult) {
