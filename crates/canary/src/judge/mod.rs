@@ -58,7 +58,7 @@
 //! estimated from the data fixes the variance but not the bias that shared outages bring when
 //! the weight changes between steps; time strata alone do not fix user clustering. Cluster-robust
 //! variance over key groups, within time strata, with the degrees-of-freedom correction and the
-//! key-share cap, kept the simulated A/A false rollbacks at 0 on every effect and their
+//! key-share cap, kept the simulated A/A false rollbacks at or below 0.1 % on every effect and their
 //! combination. Its power is bounded by the number of users behind the canary, not by the
 //! number of requests: at a 1 % step, 20 heterogeneous users carry little evidence, however
 //! many requests they send — which is the point.
