@@ -19,13 +19,24 @@
 //!   rollback (weight 0) returns everyone to stable. Unkeyed requests are split by a
 //!   deterministic stride, within one request of the exact weight. The arm is chosen in
 //!   `call`, never from readiness, and the arm actually taken is recorded;
-//! * **judges relative to stable, sequentially** ([`Judge`]): Wald SPRTs on conditional
-//!   binomials of failures and of calls slower than stable's p99, valid however often they
-//!   look, with a minimum sample count per arm before any Pass; "no data" is Inconclusive;
+//! * **judges relative to stable, on the units that were randomised** ([`Judge`]): sticky
+//!   routing puts whole users on one arm, so the judge's unit is the sticky-key group, not the
+//!   request. It compares failure rates and latency ranks (Mann–Whitney) within each analysis
+//!   window, so outages and load cycles that hit both arms cancel; takes the variance from the
+//!   data across key groups (cluster-robust, with a small-sample correction, so one heavy or
+//!   broken client cannot decide a verdict, and caps each group's share); and decides by an
+//!   always-valid mixture sequential test, so looking every 30 s keeps its error rate. A
+//!   cancelled call (a caller's timeout) counts as a failure; forced requests are never judged.
+//!   A minimum sample count per arm comes before any Pass; "no data" is Inconclusive. Why this
+//!   method: [`judge`];
 //! * **controls the rollout** ([`CanaryMachine`], [`CanaryController`]): steps of weight and bake
 //!   time (1, 5, 10, 25, 50, 100 % by default), automatic promotion or rollback, a pause after
 //!   too many inconclusive analyses, manual gates, hooks, and a [`StateStore`] so a restarted
-//!   controller resumes at the same step.
+//!   controller resumes at the same step. A store that fails to save fails safe: weight 0 and
+//!   a [`StoreError`].
+//!
+//! The simulator that measures the judge (`sim`, `examples/judge_sim.rs`) is behind the `sim`
+//! feature.
 //!
 //! ## Example
 //!
@@ -64,18 +75,22 @@
 
 mod arm;
 mod controller;
+mod error;
 pub mod future;
 pub mod hash;
 pub mod judge;
 pub mod key;
 pub mod machine;
 pub mod service;
+#[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 pub mod stats;
 mod store;
 
 pub use arm::{Arm, FULL_BP, ParseArmError, Weight};
 pub use controller::{CanaryController, CanaryControllerBuilder, Gate, Gates};
+pub use error::StoreError;
 pub use judge::{Judge, JudgeConfig, Judgement, Verdict};
 pub use machine::{
     CanaryAction, CanaryConfig, CanaryEvent, CanaryMachine, CanaryPhase, CanaryState, CanaryStep,

@@ -3,7 +3,7 @@
 use crate::arm::{Arm, FULL_BP, Weight};
 use crate::future::{Inner, ResponseFuture};
 use crate::key::{ForceArm, Global, NoOverride, StickyKey};
-use crate::stats::{CanarySnapshot, Stats};
+use crate::stats::{CanarySnapshot, GROUPS, Stats, UNGROUPED};
 use crossbeam_utils::CachePadded;
 use degrade_core::{BoxError, Classifier, Clock, DefaultClassifier, TokioClock};
 use std::fmt;
@@ -71,18 +71,20 @@ pub(crate) struct Shared<K, O> {
 
 impl<K, O> Shared<K, O> {
     /// The routing decision: override (if allowed), else the sticky bucket, else the stride.
-    /// Returns the arm and whether it was forced.
+    /// Returns the arm, whether it was forced, and the request's key group (`UNGROUPED`
+    /// without a key).
     #[inline]
-    fn pick<R>(&self, req: &R) -> (Arm, bool)
+    fn pick<R>(&self, req: &R) -> (Arm, bool, u8)
     where
         K: StickyKey<R>,
         O: ForceArm<R>,
     {
         if let Some(arm) = self.force.forced(req) {
-            return (arm, true);
+            return (arm, true, UNGROUPED);
         }
         let w = self.weight.get();
-        let canary = match self.key.bucket(req) {
+        let bucket = self.key.bucket(req);
+        let canary = match bucket {
             // Monotone: a bucket below the weight stays below as the weight rises.
             Some(b) => u32::from(b) < w,
             None if w == 0 => false,
@@ -95,7 +97,8 @@ impl<K, O> Shared<K, O> {
                 (n + 1) * w / u64::from(FULL_BP) != n * w / u64::from(FULL_BP)
             }
         };
-        (if canary { Arm::Canary } else { Arm::Stable }, false)
+        let group = bucket.map_or(UNGROUPED, |b| (usize::from(b) % GROUPS) as u8);
+        (if canary { Arm::Canary } else { Arm::Stable }, false, group)
     }
 }
 
@@ -145,7 +148,9 @@ impl CanaryHandle {
     /// assert_eq!(c.handle().snapshot().stable.samples(), 0);
     /// ```
     pub fn snapshot(&self) -> CanarySnapshot {
-        self.stats.snapshot()
+        let mut snap = self.stats.snapshot();
+        snap.weight_bp = Some(self.weight.get());
+        snap
     }
 }
 
@@ -244,7 +249,9 @@ impl<S, C, K, O, Cl, M, Clk> Canary<S, C, K, O, Cl, M, Clk> {
     /// assert_eq!(c.snapshot().canary.failures, 0);
     /// ```
     pub fn snapshot(&self) -> CanarySnapshot {
-        self.recorder.stats.snapshot()
+        let mut snap = self.recorder.stats.snapshot();
+        snap.weight_bp = Some(self.shared.weight.get());
+        snap
     }
 
     /// The live weight.
@@ -311,7 +318,7 @@ where
 
     #[inline]
     fn call(&mut self, req: R) -> Self::Future {
-        let (arm, forced) = self.shared.pick(&req);
+        let (arm, forced, group) = self.shared.pick(&req);
         self.recorder.stats.routed(arm, forced);
         let start = self.recorder.clock.now();
         let inner = match arm {
@@ -322,7 +329,7 @@ where
                 fut: self.candidate.call(req),
             },
         };
-        ResponseFuture::new(inner, arm, start, self.recorder.clone())
+        ResponseFuture::new(inner, arm, forced, group, start, self.recorder.clone())
     }
 }
 
