@@ -58,8 +58,10 @@ use crate::config::BreakerConfig;
 #[cfg(feature = "http")]
 use crate::future::RespondFuture;
 use crate::future::ResponseFuture;
-use crate::handle::{BreakerHandle, Permit, Shared};
+use crate::handle::BreakerHandle;
 use crate::layer::BreakerLayer;
+use crate::permit::Permit;
+use crate::shared::Shared;
 use degrade_core::answer::Errors;
 #[cfg(feature = "grpc")]
 use degrade_core::answer::GrpcResponses;

@@ -1,8 +1,9 @@
 //! The [`BreakerLayer`] and its builder.
 
 use crate::config::BreakerConfig;
-use crate::handle::{BreakerHandle, BreakerSnapshot, Shared};
+use crate::handle::{BreakerHandle, BreakerSnapshot};
 use crate::service::Breaker;
+use crate::shared::Shared;
 use degrade_core::answer::Errors;
 #[cfg(feature = "grpc")]
 use degrade_core::answer::GrpcResponses;

@@ -97,7 +97,9 @@ pub mod future;
 mod handle;
 pub mod keyed;
 mod layer;
+mod permit;
 mod service;
+mod shared;
 pub mod state;
 mod sync;
 
@@ -105,8 +107,9 @@ pub use config::{
     BackoffConfig, BreakerConfig, CancelledAs, HalfOpenConfig, TimeoutTarget, WindowConfig,
 };
 pub use error::CircuitOpen;
-pub use handle::{BreakerHandle, BreakerSnapshot, Permit};
+pub use handle::{BreakerHandle, BreakerSnapshot};
 pub use keyed::{KeyedBreakerLayer, KeyedSnapshot};
+pub use permit::Permit;
 
 pub use layer::{BreakerBuilder, BreakerLayer};
 pub use service::Breaker;
