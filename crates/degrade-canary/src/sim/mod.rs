@@ -1,7 +1,7 @@
 //! (feature `sim`) A seeded traffic simulator that measures the judge through the real
-//! [`Canary`] router and [`CanaryController`].
+//! [`Canary`](crate::Canary) router and [`CanaryController`](crate::CanaryController).
 //!
-//! Each run builds a router sticky by user and a controller on a [`ManualClock`] with the
+//! Each run builds a router sticky by user and a controller on a `ManualClock` with the
 //! given [`CanaryConfig`], then replays a stream of requests in simulated time: users arrive
 //! as a Poisson process at `rate` requests per second, each request carries its user's key
 //! through the router, the arm the router picked serves it (failing or not, with a latency),

@@ -25,7 +25,7 @@
 //!
 //! # Three ways to answer
 //!
-//! * [`Errors`](crate::answer::Errors) (the default): the service error is a `BoxError`; a rejection downcasts to
+//! * [`Errors`] (the default): the service error is a `BoxError`; a rejection downcasts to
 //!   [`Shed`].
 //! * [`HttpResponses`](crate::answer::HttpResponses) (feature `http`, `DegradeLayer::http`): a shed request gets a 503 with
 //!   `Retry-After`, and the service keeps its inner error type, so an axum `Router` of
