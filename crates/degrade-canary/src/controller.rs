@@ -17,11 +17,6 @@ use tokio::task::JoinHandle;
 type Hook = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// A manual gate.
-///
-/// ```
-/// use degrade_canary::Gate;
-/// assert_ne!(Gate::Pause, Gate::Resume);
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
     /// Promote now.
@@ -75,13 +70,6 @@ impl<Clk> fmt::Debug for CanaryControllerBuilder<Clk> {
 
 impl<Clk: Clock> CanaryControllerBuilder<Clk> {
     /// Persists the rollout in `store` (default: in memory only).
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, MemoryStore, CanaryConfig, CanaryController};
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let b = CanaryController::builder(CanaryConfig::default(), router.handle()).store(MemoryStore::default());
-    /// # let _ = b;
-    /// ```
     #[must_use]
     pub fn store(mut self, store: impl StateStore) -> Self {
         self.store = Box::new(store);
@@ -89,14 +77,6 @@ impl<Clk: Clock> CanaryControllerBuilder<Clk> {
     }
 
     /// Reads bake times from `clock` (default: the tokio clock).
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let b = CanaryController::builder(CanaryConfig::default(), router.handle())
-    ///     .clock(degrade_core::TokioClock);
-    /// # let _ = b;
-    /// ```
     pub fn clock<C2: Clock>(self, clock: C2) -> CanaryControllerBuilder<C2> {
         CanaryControllerBuilder {
             cfg: self.cfg,
@@ -110,14 +90,6 @@ impl<Clk: Clock> CanaryControllerBuilder<Clk> {
 
     /// Runs `hook` after a promotion (the weight is then the last step's), e.g. to make the
     /// candidate the new stable.
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let b = CanaryController::builder(CanaryConfig::default(), router.handle())
-    ///     .on_promote(|| async { println!("promoted") });
-    /// # let _ = b;
-    /// ```
     #[must_use]
     pub fn on_promote<F, Fut>(mut self, hook: F) -> Self
     where
@@ -129,14 +101,6 @@ impl<Clk: Clock> CanaryControllerBuilder<Clk> {
     }
 
     /// Runs `hook` after a rollback (the weight is then 0).
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let b = CanaryController::builder(CanaryConfig::default(), router.handle())
-    ///     .on_rollback(|| async { println!("rolled back") });
-    /// # let _ = b;
-    /// ```
     #[must_use]
     pub fn on_rollback<F, Fut>(mut self, hook: F) -> Self
     where
@@ -243,13 +207,6 @@ impl<Clk> fmt::Debug for CanaryController<Clk> {
 
 impl CanaryController {
     /// A builder over the router behind `handle`.
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let b = CanaryController::builder(CanaryConfig::default(), router.handle());
-    /// # let _ = b;
-    /// ```
     pub fn builder(cfg: CanaryConfig, handle: CanaryHandle) -> CanaryControllerBuilder {
         CanaryControllerBuilder {
             cfg,

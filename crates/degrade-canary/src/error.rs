@@ -49,11 +49,6 @@ impl StoreError {
     }
 
     /// The store's own error.
-    ///
-    /// ```
-    /// # use degrade_canary::{CanaryPhase, CanaryState};
-    /// # let _ = |e: degrade_canary::StoreError| e.io().kind();
-    /// ```
     pub fn io(&self) -> &io::Error {
         &self.source
     }

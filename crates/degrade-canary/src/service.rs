@@ -27,11 +27,6 @@ pub trait TagArm<Res>: Send + Sync + 'static {
 }
 
 /// Responses are left as they are (the arm is still counted in the statistics).
-///
-/// ```
-/// # use degrade_canary::service::Plain;
-/// let _ = Plain;
-/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Plain;
 
@@ -207,12 +202,6 @@ pub struct Canary<
 impl Canary<(), ()> {
     /// A builder: weight 0, unkeyed, no override, the default classifier, no response tag,
     /// the tokio clock.
-    ///
-    /// ```
-    /// # use degrade_canary::Canary;
-    /// let b = Canary::builder();
-    /// # let _ = b;
-    /// ```
     pub fn builder() -> CanaryBuilder {
         CanaryBuilder {
             weight: None,
@@ -227,13 +216,6 @@ impl Canary<(), ()> {
 
 impl<S, C, K, O, Cl, M, Clk> Canary<S, C, K, O, Cl, M, Clk> {
     /// The weight, statistics view shared by every clone.
-    ///
-    /// ```
-    /// # use degrade_canary::Canary;
-    /// # let c = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let h = c.handle();
-    /// # let _ = h;
-    /// ```
     pub fn handle(&self) -> CanaryHandle {
         CanaryHandle {
             weight: self.shared.weight.clone(),
@@ -371,12 +353,6 @@ impl<K, O, Cl, M, Clk> fmt::Debug for CanaryBuilder<K, O, Cl, M, Clk> {
 
 impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
     /// Uses `weight` (shared with whoever holds a clone) instead of a fresh weight of 0.
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, Weight};
-    /// let b = Canary::builder().weight(Weight::new(50).unwrap());
-    /// # let _ = b;
-    /// ```
     #[must_use]
     pub fn weight(mut self, weight: Weight) -> Self {
         self.weight = Some(weight);
@@ -384,12 +360,6 @@ impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
     }
 
     /// Routes by a sticky key (see [`crate::key`]).
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, key::from_fn};
-    /// let b = Canary::builder().key(from_fn(|id: &u64| Some(*id)));
-    /// # let _ = b;
-    /// ```
     pub fn key<K2>(self, key: K2) -> CanaryBuilder<K2, O, Cl, M, Clk> {
         CanaryBuilder {
             weight: self.weight,
@@ -402,12 +372,6 @@ impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
     }
 
     /// Lets `force` pin requests to an arm (see [`crate::key::ForceArm`]).
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, key::NoOverride};
-    /// let b = Canary::builder().force(NoOverride);
-    /// # let _ = b;
-    /// ```
     pub fn force<O2>(self, force: O2) -> CanaryBuilder<K, O2, Cl, M, Clk> {
         CanaryBuilder {
             weight: self.weight,
@@ -420,12 +384,6 @@ impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
     }
 
     /// Judges outcomes with `classifier` (e.g. `degrade_core::HttpClassifier`: 5xx fail).
-    ///
-    /// ```
-    /// # use degrade_canary::Canary;
-    /// let b = Canary::builder().classifier(degrade_core::DefaultClassifier);
-    /// # let _ = b;
-    /// ```
     pub fn classifier<Cl2>(self, classifier: Cl2) -> CanaryBuilder<K, O, Cl2, M, Clk> {
         CanaryBuilder {
             weight: self.weight,
@@ -438,12 +396,6 @@ impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
     }
 
     /// Measures latency with `clock`.
-    ///
-    /// ```
-    /// # use degrade_canary::Canary;
-    /// let b = Canary::builder().clock(degrade_core::TokioClock);
-    /// # let _ = b;
-    /// ```
     pub fn clock<Clk2: Clock>(self, clock: Clk2) -> CanaryBuilder<K, O, Cl, M, Clk2> {
         CanaryBuilder {
             weight: self.weight,
@@ -456,12 +408,6 @@ impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
     }
 
     /// (feature `http`) Inserts the [`Arm`] as an extension of every response.
-    ///
-    /// ```
-    /// # use degrade_canary::Canary;
-    /// let b = Canary::builder().http();
-    /// # let _ = b;
-    /// ```
     #[cfg(feature = "http")]
     pub fn http(self) -> CanaryBuilder<K, O, Cl, Extension, Clk> {
         CanaryBuilder {

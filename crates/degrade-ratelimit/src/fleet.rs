@@ -757,14 +757,6 @@ impl<E: Keyed, W, M> FleetLayer<E, W, M> {
     }
 
     /// The same layer answering rejected HTTP requests itself (429; feature `http`).
-    ///
-    /// ```
-    /// # use degrade_ratelimit::fleet::{FleetConfig, FleetLayer};
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let layer = FleetLayer::new(FleetConfig::default()).unwrap().http();
-    /// # let _ = layer;
-    /// # }
-    /// ```
     #[cfg(feature = "http")]
     pub fn http(self) -> FleetLayer<E, W, degrade_core::answer::HttpResponses> {
         FleetLayer {

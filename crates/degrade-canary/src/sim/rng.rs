@@ -39,11 +39,6 @@ impl Rng {
     }
 
     /// The next 64 random bits.
-    ///
-    /// ```
-    /// # use degrade_canary::sim::Rng;
-    /// let _ = Rng::new(0).next_u64();
-    /// ```
     pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.s;
         let out = (s[0].wrapping_add(s[3])).rotate_left(23).wrapping_add(s[0]);
