@@ -4,6 +4,42 @@
 //! while, then probe it with a few calls before trusting it again. It spares the callee the load
 //! that keeps it down and spares the caller the time spent waiting on calls that will fail.
 //!
+//! ## Example
+//!
+//! ```
+//! use degrade_breaker::{BreakerConfig, BreakerLayer, CircuitOpen, State, WindowConfig};
+//! use degrade_core::ManualClock;
+//! use std::time::Duration;
+//! use tower::{Service, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), degrade_core::BoxError> {
+//! let mut config = BreakerConfig::default();
+//! config.window = WindowConfig::Count { size: 10 };
+//! config.minimum_calls = 5;
+//! config.failure_rate = 0.5;
+//! config.wait = Duration::from_secs(30);
+//! config.half_open.successes = 1;
+//!
+//! let clock = ManualClock::new();
+//! let layer = BreakerLayer::builder(config).clock(clock.clone()).build()?;
+//! let handle = layer.handle();
+//! let mut svc = tower::ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service(service_fn(|ok: bool| async move { if ok { Ok(()) } else { Err("boom") } }));
+//!
+//! for _ in 0..5 {
+//!     let _ = svc.ready().await?.call(false).await;
+//! }
+//! assert_eq!(handle.state(), State::Open);
+//! let err = svc.ready().await?.call(true).await.unwrap_err();
+//! assert_eq!(err.downcast_ref::<CircuitOpen>().unwrap().retry_after, Duration::from_secs(30));
+//!
+//! clock.advance(Duration::from_secs(30));
+//! svc.ready().await?.call(true).await?; // the probe succeeds
+//! assert_eq!(handle.state(), State::Closed);
+//! # Ok(()) }
+//! ```
+//!
 //! ## How it works
 //!
 //! * **A pure state machine** ([`state::BreakerMachine`]) takes `(event, now)` and returns the
@@ -53,42 +89,6 @@
 //! A rejection is a [`CircuitOpen`] `{ retry_after, state }`, returned as the service's
 //! `BoxError`; `.http()` answers 503 with `Retry-After` instead and `.grpc()` UNAVAILABLE with
 //! `RetryInfo`, through the one mapping in `degrade_core::rejection`.
-//!
-//! ## Example
-//!
-//! ```
-//! use degrade_breaker::{BreakerConfig, BreakerLayer, CircuitOpen, State, WindowConfig};
-//! use degrade_core::ManualClock;
-//! use std::time::Duration;
-//! use tower::{Service, ServiceExt, service_fn};
-//!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), degrade_core::BoxError> {
-//! let mut config = BreakerConfig::default();
-//! config.window = WindowConfig::Count { size: 10 };
-//! config.minimum_calls = 5;
-//! config.failure_rate = 0.5;
-//! config.wait = Duration::from_secs(30);
-//! config.half_open.successes = 1;
-//!
-//! let clock = ManualClock::new();
-//! let layer = BreakerLayer::builder(config).clock(clock.clone()).build()?;
-//! let handle = layer.handle();
-//! let mut svc = tower::ServiceBuilder::new()
-//!     .layer(layer)
-//!     .service(service_fn(|ok: bool| async move { if ok { Ok(()) } else { Err("boom") } }));
-//!
-//! for _ in 0..5 {
-//!     let _ = svc.ready().await?.call(false).await;
-//! }
-//! assert_eq!(handle.state(), State::Open);
-//! let err = svc.ready().await?.call(true).await.unwrap_err();
-//! assert_eq!(err.downcast_ref::<CircuitOpen>().unwrap().retry_after, Duration::from_secs(30));
-//!
-//! clock.advance(Duration::from_secs(30));
-//! svc.ready().await?.call(true).await?; // the probe succeeds
-//! assert_eq!(handle.state(), State::Closed);
-//! # Ok(()) }
-//! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
