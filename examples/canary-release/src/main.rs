@@ -27,12 +27,12 @@
 
 use axum::Router;
 use axum::body::Body;
-use degrade_canary::key::HeaderKey;
-use degrade_canary::{
+use degrade::HttpClassifier;
+use degrade::canary::key::HeaderKey;
+use degrade::canary::{
     Arm, BoxError, Canary, CanaryConfig, CanaryController, CanaryHandle, CanaryPhase, CanaryStep,
     Judgement,
 };
-use degrade_core::HttpClassifier;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;

@@ -4,10 +4,10 @@
 //! The binary is also the server: `rolling-upgrade serve --port P --version V [--unhealthy]`,
 //! so the driver spawns `current_exe() serve …` for each instance.
 
-use degrade_core::BoxError;
-use degrade_rollout::discover::Pool;
-use degrade_rollout::driver::{CommandSpec, HealthCheck};
-use degrade_rollout::{
+use degrade::BoxError;
+use degrade::rollout::discover::Pool;
+use degrade::rollout::driver::{CommandSpec, HealthCheck};
+use degrade::rollout::{
     Driver, Instance, ProcessDriver, RolloutConfig, RolloutController, RolloutOutcome,
 };
 use http::{Request, Response, StatusCode};
