@@ -25,7 +25,9 @@ use std::{
 
 mod bench;
 mod demo;
+mod mutants;
 mod prereq;
+mod soak;
 #[cfg(test)]
 mod tidy;
 
@@ -60,6 +62,16 @@ Commands:
         goodput, p50 / p99 and critical success at 0.5x..4x capacity, reaction and recovery
         times: unprotected, tower ConcurrencyLimit + LoadShed, tower-resilience bulkhead,
         degrade; <out>/overload.md, .svg, .json (default target/degrade-bench)
+  soak [--minutes N] [--out DIR]
+        the demo's protected stack at 2x capacity for N minutes (default 10), sampling RSS
+        and live tokio tasks every second; fails if RSS grows more than 5 % after the warm-up
+        or the task count grows without bound; per-minute table, <out>/soak.json and
+        soak.svg (default target/degrade-soak)
+  mutants [--scope NAME]... [--list] [-- <cargo-mutants args>]
+        mutation testing (cargo-mutants, installed when missing) of the pure state machines
+        and cells: gcra, canary, ladder-windows, breaker, planner; prints caught / viable per
+        scope and the survivors, fails below 90 %; target/mutants/<scope>/mutants.out.
+        Hours on 2 cores, not part of ci
 ";
 
 fn main() -> ExitCode {
@@ -90,6 +102,8 @@ fn dispatch(command: &str, args: &[String]) -> Option<Result> {
         // New commands go here, e.g. `"demo" => demo::run(args),`.
         "demo" => demo::run(args),
         "bench" => bench::run(args),
+        "mutants" => mutants::run(args),
+        "soak" => soak::run(args),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
