@@ -7,6 +7,15 @@
 //! `target/mutants/<scope>/mutants.out/` and builds in one shared `target/mutants/build`, so the
 //! dependencies are compiled once for all scopes and the workspace's own `target/debug` is never
 //! touched. The work happens in cargo-mutants' copy of the tree, never in the checkout.
+//!
+//! Some mutants only show under concurrency (a seqlock that accepts an odd sequence, a
+//! compare-and-swap ordering): the ordinary tests cannot see them, the loom models can. For a
+//! scope with loom models, the mutants the first pass missed go through a second pass with
+//! `RUSTFLAGS=--cfg degrade_loom`, in release, running the models (`target/mutants/build-loom`,
+//! `target/mutants/<scope>-loom/`). A mutant counts as caught when either pass catches it.
+//!
+//! Code compiled only for tests (`mod loom_models` under `cfg(all(test, degrade_loom))`, which
+//! cargo-mutants does not recognise as test code) is excluded.
 
 use std::{
     env, fs,
@@ -30,6 +39,8 @@ struct Scope {
     features: Option<&'static str>,
     /// Arguments for `cargo test` (after cargo-mutants' `--`).
     tests: &'static [&'static str],
+    /// Arguments for `cargo test` in the loom pass (`None`: the scope has no loom models).
+    loom: Option<&'static [&'static str]>,
     /// What it is, for `--list`.
     what: &'static str,
 }
@@ -46,6 +57,7 @@ const SCOPES: &[Scope] = &[
         // script, not this cell.
         features: Some("http,grpc,axum,governor"),
         tests: LIB_AND_TESTS,
+        loom: Some(&["--lib", "--test", "loom"]),
         what: "ratelimit's GCRA cell: decide, rescale, the parameter table",
     },
     Scope {
@@ -54,6 +66,7 @@ const SCOPES: &[Scope] = &[
         files: &["crates/canary/src/rollout.rs", "crates/canary/src/judge.rs"],
         features: None,
         tests: LIB_AND_TESTS,
+        loom: None,
         what: "canary's rollout state machine and judge",
     },
     Scope {
@@ -64,7 +77,21 @@ const SCOPES: &[Scope] = &[
             "crates/degrade-core/src/window.rs",
         ],
         features: None,
-        tests: LIB_AND_TESTS,
+        // Not `axum`: real sockets, and its `a_level_change_reaches_every_open_connection`
+        // failed the unmutated baseline here once (it sends on an HTTP/1 connection without
+        // waiting for `ready()`), which would count mutants as caught by a flake.
+        tests: &[
+            "--lib",
+            "--test",
+            "config",
+            "--test",
+            "proptests",
+            "--test",
+            "service",
+            "--test",
+            "alloc",
+        ],
+        loom: Some(&["--test", "loom"]),
         what: "degrade-core's ladder and sliding windows",
     },
     Scope {
@@ -73,6 +100,7 @@ const SCOPES: &[Scope] = &[
         files: &["crates/breaker/src/state.rs"],
         features: None,
         tests: LIB_AND_TESTS,
+        loom: Some(&["--test", "loom"]),
         what: "the breaker state machine",
     },
     Scope {
@@ -91,6 +119,7 @@ const SCOPES: &[Scope] = &[
             "--test",
             "config",
         ],
+        loom: None,
         what: "the rolling-upgrade planner",
     },
 ];
@@ -206,9 +235,15 @@ fn cargo() -> Command {
     Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
+/// Mutant names (regexes) never generated: test-only code cargo-mutants cannot tell apart.
+const EXCLUDE_RE: &[&str] = &["loom_models"];
+
 /// The arguments that select a scope's mutants and build (everything but the output).
 fn select_args(scope: &Scope) -> Vec<String> {
     let mut args: Vec<String> = vec!["mutants".into(), "--package".into(), scope.package.into()];
+    for re in EXCLUDE_RE {
+        args.extend(["--exclude-re".into(), (*re).into()]);
+    }
     for file in scope.files {
         args.extend(["--file".into(), (*file).into()]);
     }
@@ -245,17 +280,20 @@ struct Counts {
     missed: usize,
     timeout: usize,
     unviable: usize,
+    /// Missed by the tests, caught by the loom models (a failure or a timeout).
+    caught_by_loom: usize,
 }
 
 impl Counts {
     /// Mutants that compile: the denominator of the score.
     fn viable(&self) -> usize {
-        self.caught + self.previously_caught + self.missed + self.timeout
+        self.detected() + self.missed
     }
 
-    /// Caught by a failing test or by a timeout (an infinite loop the tests notice).
+    /// Caught by a failing test or by a timeout (an infinite loop the tests notice), in either
+    /// pass.
     fn detected(&self) -> usize {
-        self.caught + self.previously_caught + self.timeout
+        self.caught + self.previously_caught + self.timeout + self.caught_by_loom
     }
 }
 
@@ -275,10 +313,73 @@ impl ScopeResult {
 }
 
 fn run_scope(root: &Path, scope: &Scope, passthrough: &[String]) -> Result<ScopeResult> {
+    let started = Instant::now();
+    println!(
+        "==> mutants {}: {} in {}",
+        scope.name,
+        scope.what,
+        scope.files.join(", ")
+    );
     let target = root.join("target").join("mutants");
-    let out = target.join(scope.name);
-    fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    let mut args = select_args(scope);
+    let dir = cargo_mutants(
+        root,
+        &target.join(scope.name),
+        &target.join("build"),
+        select_args(scope),
+        passthrough,
+        scope.tests,
+        None,
+    )?;
+    let mut counts = read_counts(&dir)?;
+    let mut survivors = lines(&dir.join("missed.txt"));
+    let mut out = dir;
+    if let (Some(loom), false) = (scope.loom, survivors.is_empty()) {
+        println!(
+            "==> mutants {}: {} missed; the loom models get a try at them",
+            scope.name,
+            survivors.len()
+        );
+        let mut args = select_args(scope);
+        for name in &survivors {
+            args.extend(["--re".into(), format!("^{}$", regex_escape(name))]);
+        }
+        // Release, as `cargo xtask lint` runs the models: loom explores every interleaving.
+        args.extend(["--profile".into(), "release".into()]);
+        let loom_dir = cargo_mutants(
+            root,
+            &target.join(format!("{}-loom", scope.name)),
+            &target.join("build-loom"),
+            args,
+            &[],
+            loom,
+            Some("--cfg degrade_loom"),
+        )?;
+        let loom_counts = read_counts(&loom_dir)?;
+        counts.caught_by_loom = loom_counts.caught + loom_counts.timeout;
+        counts.missed = loom_counts.missed;
+        survivors = lines(&loom_dir.join("missed.txt"));
+        out = loom_dir;
+    }
+    Ok(ScopeResult {
+        scope: scope.name,
+        counts,
+        survivors,
+        secs: started.elapsed().as_secs_f64(),
+        out,
+    })
+}
+
+/// One cargo-mutants run; returns its `mutants.out` directory.
+fn cargo_mutants(
+    root: &Path,
+    out: &Path,
+    target_dir: &Path,
+    mut args: Vec<String>,
+    passthrough: &[String],
+    tests: &[&str],
+    rustflags: Option<&str>,
+) -> Result<PathBuf> {
+    fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     args.extend([
         "--output".into(),
         out.display().to_string(),
@@ -293,43 +394,49 @@ fn run_scope(root: &Path, scope: &Scope, passthrough: &[String]) -> Result<Scope
     ]);
     args.extend(passthrough.iter().cloned());
     args.push("--".into());
-    args.extend(scope.tests.iter().map(|s| (*s).to_owned()));
-    println!(
-        "==> mutants {}: {} in {}",
-        scope.name,
-        scope.what,
-        scope.files.join(", ")
-    );
-    println!(
-        "==> CARGO_TARGET_DIR={} cargo {}",
-        target.join("build").display(),
-        args.join(" ")
-    );
-    let started = Instant::now();
-    let status = cargo()
+    args.extend(tests.iter().map(|s| (*s).to_owned()));
+    let mut command = cargo();
+    command
         .args(&args)
-        .env("CARGO_TARGET_DIR", target.join("build"))
-        .current_dir(root)
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(root);
+    let mut shown = format!("CARGO_TARGET_DIR={}", target_dir.display());
+    if let Some(flags) = rustflags {
+        command.env("RUSTFLAGS", flags);
+        shown.push_str(&format!(" RUSTFLAGS='{flags}'"));
+    }
+    // The survivors' regexes make the loom pass's command line long; show the start.
+    let mut line = args.join(" ");
+    if line.len() > 400 {
+        line.truncate(400);
+        line.push_str(" ...");
+    }
+    println!("==> {shown} cargo {line}");
+    let status = command
         .status()
         .map_err(|err| format!("could not start cargo mutants: {err}"))?;
-    // 0: all caught; 2: some missed; 3: some timed out. Anything else is a failed run.
-    if !matches!(status.code(), Some(0 | 2 | 3)) {
-        return Err(format!(
-            "cargo mutants failed for scope {} ({status}); see {}",
-            scope.name,
-            out.join("mutants.out").display()
-        ));
-    }
     let dir = out.join("mutants.out");
-    let counts = read_counts(&dir)?;
-    let survivors = lines(&dir.join("missed.txt"));
-    Ok(ScopeResult {
-        scope: scope.name,
-        counts,
-        survivors,
-        secs: started.elapsed().as_secs_f64(),
-        out: dir,
-    })
+    // 0: all caught; 2: some missed; 3: some timed out. Anything else is a failed run.
+    if matches!(status.code(), Some(0 | 2 | 3)) {
+        Ok(dir)
+    } else {
+        Err(format!(
+            "cargo mutants failed ({status}); see {}",
+            dir.display()
+        ))
+    }
+}
+
+/// `text` with the regex metacharacters escaped (those `regex::escape` escapes).
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The counts from `outcomes.json` (and `previously_caught.txt` after `--iterate`).
@@ -351,6 +458,7 @@ fn read_counts(dir: &Path) -> Result<Counts> {
         missed: count("missed")?,
         timeout: count("timeout")?,
         unviable: count("unviable")?,
+        caught_by_loom: 0,
     })
 }
 
@@ -365,8 +473,8 @@ fn lines(path: &Path) -> Vec<String> {
 
 fn table(results: &[ScopeResult]) -> String {
     let mut out = String::from(
-        "| scope | caught | timeout | missed | unviable | score (caught / viable) | time |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n",
+        "| scope | caught | timeout | caught by loom | missed | unviable | score (caught / viable) | time |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in results {
         let c = &r.counts;
@@ -376,9 +484,10 @@ fn table(results: &[ScopeResult]) -> String {
             c.caught.to_string()
         };
         out.push_str(&format!(
-            "| {} | {caught} | {} | {} | {} | {} | {:.0} min |\n",
+            "| {} | {caught} | {} | {} | {} | {} | {} | {:.0} min |\n",
             r.scope,
             c.timeout,
+            c.caught_by_loom,
             c.missed,
             c.unviable,
             r.score().map_or("-".to_owned(), |s| format!(
@@ -404,8 +513,9 @@ mod tests {
                 caught: 80,
                 previously_caught: 5,
                 missed: 10,
-                timeout: 5,
+                timeout: 3,
                 unviable: 40,
+                caught_by_loom: 2,
             },
             survivors: Vec::new(),
             secs: 0.0,
@@ -413,6 +523,15 @@ mod tests {
         };
         assert_eq!(result.counts.viable(), 100);
         assert_eq!(result.score(), Some(90.0));
+    }
+
+    #[test]
+    fn survivor_names_match_themselves_as_regexes() {
+        let name = "crates/x/src/state.rs:85:25: replace && with || in ParamTable::load -> u64";
+        assert_eq!(
+            regex_escape(name),
+            "crates/x/src/state\\.rs:85:25: replace \\&\\& with \\|\\| in ParamTable::load \\-> u64"
+        );
     }
 
     #[test]
