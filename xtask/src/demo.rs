@@ -439,6 +439,7 @@ pub(crate) async fn run_one(
         seed: SEED,
         timeout: CLIENT_TIMEOUT,
         max_outstanding: MAX_OUTSTANDING,
+        max_idle_connections: usize::MAX,
     };
     let generator = tokio::spawn(load::run(config, Arc::clone(&recorder)));
     live::follow(scenario, &recorder, start).await;

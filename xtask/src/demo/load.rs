@@ -129,6 +129,11 @@ pub(crate) struct LoadConfig<R> {
     /// Arrivals beyond this many requests in flight are counted as dropped, not sent, so a dead
     /// server cannot make the generator exhaust memory or file descriptors.
     pub(crate) max_outstanding: u64,
+    /// Idle keep-alive connections the client's pool keeps at most (`usize::MAX`: hyper's
+    /// default, no limit). Beyond it a connection is closed when its request is done, so a burst
+    /// of requests in flight does not leave as many idle connections (each a task on both
+    /// sides, and buffers) open for as long as traffic keeps them warm.
+    pub(crate) max_idle_connections: usize,
 }
 
 /// Counts for one priority (in one second, or summed over a span).
@@ -398,8 +403,9 @@ where
     // wrongly blame on the server.
     connector.set_nodelay(true);
     // One shared pooled client: a connection per request in flight at most, reused afterwards.
-    let client: Client<HttpConnector, Empty<&'static [u8]>> =
-        Client::builder(TokioExecutor::new()).build(connector);
+    let client: Client<HttpConnector, Empty<&'static [u8]>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(config.max_idle_connections)
+        .build(connector);
 
     let mut rng = SplitMix64::new(config.seed);
     let mut tasks = JoinSet::new();
