@@ -131,7 +131,8 @@ Usage: cargo xtask mutants [--scope NAME]... [--list] [-- <cargo-mutants args>]
   --scope NAME   run only this scope (repeatable); default: every scope, smallest first
   --list         print the scopes and how many mutants each has, run nothing
   after --       passed to cargo-mutants, e.g. `-- --iterate` (retest only the mutants not
-                 caught last time) or `-- -j 2`
+                 caught last time; the score then covers only those: run without it for the
+                 full score) or `-- -j 2`
 Needs cargo-mutants; installs it with `cargo install cargo-mutants --locked` when missing.
 Results: target/mutants/<scope>/mutants.out/ (missed.txt, caught.txt, outcomes.json).";
 
@@ -277,8 +278,9 @@ fn count_mutants(root: &Path, scope: &Scope) -> Result<usize> {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Counts {
     caught: usize,
-    /// Caught in an earlier run (`--iterate` does not test them again).
-    previously_caught: usize,
+    /// Skipped by `--iterate`: caught or unviable in an earlier run (cargo-mutants does not
+    /// tell which), so outside this run's score.
+    skipped: usize,
     missed: usize,
     timeout: usize,
     unviable: usize,
@@ -295,7 +297,7 @@ impl Counts {
     /// Caught by a failing test or by a timeout (an infinite loop the tests notice), in either
     /// pass.
     fn detected(&self) -> usize {
-        self.caught + self.previously_caught + self.timeout + self.caught_by_loom
+        self.caught + self.timeout + self.caught_by_loom
     }
 }
 
@@ -346,14 +348,18 @@ fn run_scope(root: &Path, scope: &Scope, passthrough: &[String]) -> Result<Scope
             args.extend(["--re".into(), format!("^{}$", regex_escape(name))]);
         }
         // Release, as `cargo xtask lint` runs the models: loom explores every interleaving.
+        // The targets go to cargo in both phases, so only the models are built.
         args.extend(["--profile".into(), "release".into()]);
+        for arg in loom {
+            args.push(format!("--cargo-arg={arg}"));
+        }
         let loom_dir = cargo_mutants(
             root,
             &target.join(format!("{}-loom", scope.name)),
             &target.join("build-loom"),
             args,
             &[],
-            loom,
+            &[],
             Some("--cfg degrade_loom"),
         )?;
         let loom_counts = read_counts(&loom_dir)?;
@@ -456,7 +462,7 @@ fn read_counts(dir: &Path) -> Result<Counts> {
     };
     Ok(Counts {
         caught: count("caught")?,
-        previously_caught: lines(&dir.join("previously_caught.txt")).len(),
+        skipped: lines(&dir.join("previously_caught.txt")).len(),
         missed: count("missed")?,
         timeout: count("timeout")?,
         unviable: count("unviable")?,
@@ -480,8 +486,8 @@ fn table(results: &[ScopeResult]) -> String {
     );
     for r in results {
         let c = &r.counts;
-        let caught = if c.previously_caught > 0 {
-            format!("{} (+{} earlier)", c.caught, c.previously_caught)
+        let caught = if c.skipped > 0 {
+            format!("{} ({} skipped by --iterate)", c.caught, c.skipped)
         } else {
             c.caught.to_string()
         };
@@ -512,8 +518,8 @@ mod tests {
         let result = ScopeResult {
             scope: "x",
             counts: Counts {
-                caught: 80,
-                previously_caught: 5,
+                caught: 85,
+                skipped: 7,
                 missed: 10,
                 timeout: 3,
                 unviable: 40,
