@@ -94,29 +94,33 @@ fn a_snapshot_behind_the_newest_records_has_no_more_failures_and_slow_calls_than
 #[test]
 fn adds_from_more_live_threads_than_owned_slots_all_count() {
     const THREADS: usize = 80;
-    const ADDS: u64 = 20_000;
+    const ROUNDS: u64 = 10;
+    const ADDS: u64 = 10_000;
     let counter = Arc::new(ShardedCounter::<2>::new());
     // Every thread takes its slot, then none exits (returning its slot) before all have
-    // added: at least 48 threads share the shared slot, racing on it.
-    let start = Arc::new(Barrier::new(THREADS));
-    let end = Arc::new(Barrier::new(THREADS));
+    // added: at least 48 threads share the shared slot. The rounds make the threads start
+    // again together, so those on the shared slot race on it (and with any thread that would
+    // wrongly own it).
+    let barrier = Arc::new(Barrier::new(THREADS));
     let threads: Vec<_> = (0..THREADS)
         .map(|_| {
-            let (counter, start, end) =
-                (Arc::clone(&counter), Arc::clone(&start), Arc::clone(&end));
+            let (counter, barrier) = (Arc::clone(&counter), Arc::clone(&barrier));
             std::thread::spawn(move || {
                 counter.add(1, 0);
-                start.wait();
-                for _ in 0..ADDS {
-                    counter.add(0, 1);
+                for _ in 0..ROUNDS {
+                    barrier.wait();
+                    for _ in 0..ADDS {
+                        counter.add(0, 1);
+                    }
                 }
-                end.wait();
+                barrier.wait();
             })
         })
         .collect();
     for t in threads {
         t.join().unwrap();
     }
-    assert_eq!(counter.get(0), THREADS as u64 * ADDS);
-    assert_eq!(counter.snapshot(), [THREADS as u64 * ADDS, 0]);
+    let total = THREADS as u64 * ROUNDS * ADDS;
+    assert_eq!(counter.get(0), total);
+    assert_eq!(counter.snapshot(), [total, 0]);
 }
