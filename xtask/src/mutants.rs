@@ -106,17 +106,9 @@ const SCOPES: &[Scope] = &[
         package: "degrade-rollout",
         files: &["crates/rollout/src/plan.rs"],
         features: None,
-        // Not `process`: it drives real child processes through the driver, minutes per
-        // mutant, and the planner is pure.
-        tests: &[
-            "--lib",
-            "--test",
-            "plan",
-            "--test",
-            "proptests",
-            "--test",
-            "config",
-        ],
+        // `process` too: it drives real child processes through the driver and the planner
+        // (about 15 s a run), and most of the planner's behaviour is pinned there.
+        tests: LIB_AND_TESTS,
         loom: None,
         what: "the rolling-upgrade planner",
     },
