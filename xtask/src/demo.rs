@@ -14,7 +14,7 @@
 //! breaker and the canary judge see real responses, and each layer's counters are checked
 //! against what the client saw.
 
-mod html;
+pub(crate) mod html;
 mod live;
 pub(crate) mod load;
 mod report;
@@ -25,10 +25,11 @@ use axum::serve::ListenerExt as _;
 use degrade_breaker::State as BreakerState;
 use degrade_canary::{CanaryConfig, CanaryController, CanaryPhase, CanaryStep, Judgement, Verdict};
 use degrade_core::ladder::{LadderConfig, LevelCause};
-use degrade_core::{Level, LevelTransition, Priority};
+use degrade_core::{Controller, Level, LevelTransition, Priority};
 use degrade_triggers::{Gauge, LevelThresholds, Monitor, Scale, Smoothing};
 use http::HeaderName;
 use service::{Backend, Candidate, Parts, Protection};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,9 +43,9 @@ pub(crate) const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// request in flight may need its own connection; staying under the listener's accept backlog
 /// (1,024 in tokio) keeps a burst from overflowing it, which would turn into SYN retransmits and
 /// requests that take 1, 3 or 7 s for reasons that have nothing to do with the server.
-const MAX_OUTSTANDING: u64 = 1_000;
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
-const SEED: u64 = 0x00de_57ad_e5ee_d001;
+pub(crate) const MAX_OUTSTANDING: u64 = 1_000;
+pub(crate) const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const SEED: u64 = 0x00de_57ad_e5ee_d001;
 /// The offered load outside the overload part, in multiples of capacity.
 pub(crate) const BASE_LOAD: f64 = 0.6;
 /// The queue (requests waiting for or holding a permit) at which the queue signal alone points
@@ -405,24 +406,8 @@ pub(crate) async fn run_one(
 ) -> Result<Run> {
     let backend = Backend::new();
     let (app, parts) = service::app(protection, &backend, ladder)?;
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|err| format!("cannot bind 127.0.0.1:0: {err}"))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|err| format!("no local address: {err}"))?;
-    // TCP_NODELAY on the server side too, for the same reason as on the client.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = server_stopped.await;
-            })
-            .await
-    });
+    let server = Server::start(app).await?;
+    let addr = server.addr;
     live::run_header(protection, scenario, addr);
 
     let recorder = load::Recorder::new();
@@ -452,6 +437,7 @@ pub(crate) async fn run_one(
         seed: SEED,
         timeout: CLIENT_TIMEOUT,
         max_outstanding: MAX_OUTSTANDING,
+        max_idle_connections: usize::MAX,
     };
     let generator = tokio::spawn(load::run(config, Arc::clone(&recorder)));
     live::follow(scenario, &recorder, start).await;
@@ -465,13 +451,7 @@ pub(crate) async fn run_one(
         .await
         .map_err(|err| format!("control loop failed: {err}"))?;
 
-    let _ = stop_server.send(());
-    match tokio::time::timeout(Duration::from_secs(10), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(err))) => return Err(format!("server failed: {err}")),
-        Ok(Err(err)) => return Err(format!("server task failed: {err}")),
-        Err(_) => return Err("server did not shut down within 10 s".to_owned()),
-    }
+    server.stop().await?;
     let transitions = parts
         .as_ref()
         .map(|p| p.controller.handle().history())
@@ -489,6 +469,68 @@ pub(crate) async fn run_one(
         backend_calls: backend.calls.load(Ordering::Relaxed),
         parts,
     })
+}
+
+/// A server for an app on `127.0.0.1:0`, until [`Server::stop`].
+pub(crate) struct Server {
+    pub(crate) addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    pub(crate) async fn start(app: axum::Router) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|err| format!("cannot bind 127.0.0.1:0: {err}"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|err| format!("no local address: {err}"))?;
+        // TCP_NODELAY on the server side too, for the same reason as on the client.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(Self { addr, stop, task })
+    }
+
+    /// Graceful shutdown: open connections finish their requests (10 s at most).
+    pub(crate) async fn stop(self) -> Result {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(Duration::from_secs(10), self.task).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(err))) => Err(format!("server failed: {err}")),
+            Ok(Err(err)) => Err(format!("server task failed: {err}")),
+            Err(_) => Err("server did not shut down within 10 s".to_owned()),
+        }
+    }
+}
+
+/// The degrade-triggers `Monitor` that moves the level: one `Gauge` reading the backend's
+/// queue (requests waiting for or holding a permit), on the demo's queue scale, sampled every
+/// `SAMPLE_EVERY` without smoothing.
+pub(crate) fn queue_monitor(controller: &Controller, backend: &Arc<Backend>) -> Monitor {
+    let scale = Scale::new(LevelThresholds::new(
+        QUEUE_THRESHOLDS[0],
+        QUEUE_THRESHOLDS[1],
+        QUEUE_THRESHOLDS[2],
+        QUEUE_THRESHOLDS[3],
+    ))
+    .expect("the demo's queue thresholds rise");
+    let queue = Arc::clone(backend);
+    Monitor::new(controller.clone())
+        .interval(SAMPLE_EVERY)
+        .smoothing(Smoothing::none())
+        .signal(Gauge::new("queue", scale, move || {
+            Some(queue.in_system() as f64)
+        }))
 }
 
 struct ControlLoop {
@@ -518,22 +560,9 @@ async fn control_loop(
     let mut samples = Vec::new();
     let mut canary_events = Vec::new();
     let mut breaker_events = Vec::new();
-    let scale = Scale::new(LevelThresholds::new(
-        QUEUE_THRESHOLDS[0],
-        QUEUE_THRESHOLDS[1],
-        QUEUE_THRESHOLDS[2],
-        QUEUE_THRESHOLDS[3],
-    ))
-    .expect("the demo's queue thresholds rise");
-    let mut monitor = parts.as_ref().map(|p| {
-        let queue = Arc::clone(&backend);
-        Monitor::new(p.controller.clone())
-            .interval(SAMPLE_EVERY)
-            .smoothing(Smoothing::none())
-            .signal(Gauge::new("queue", scale, move || {
-                Some(queue.in_system() as f64)
-            }))
-    });
+    let mut monitor = parts
+        .as_ref()
+        .map(|p| queue_monitor(&p.controller, &backend));
     // Every breaker transition, not only those a 50 ms sample happens to see: a failed probe
     // reopens the breaker within microseconds.
     let mut breaker_transitions = parts.as_ref().map(|p| p.breaker.subscribe());
