@@ -80,6 +80,7 @@ const SCOPES: &[Scope] = &[
         files: &[
             "crates/degrade-core/src/ladder.rs",
             "crates/degrade-core/src/window.rs",
+            "crates/degrade-core/src/counter.rs",
         ],
         features: None,
         // Without `a_level_change_reaches_every_open_connection` (tests/axum.rs): it failed

@@ -2,8 +2,8 @@
 //! mutation testing (`cargo xtask mutants --scope breaker`, see `docs/mutants.md`). The machine
 //! is pure: each test feeds it events at made-up instants.
 
-use degrade_breaker::state::{Event, Machine};
-use degrade_breaker::{BreakerConfig, Reason, State, Transition, WindowConfig};
+use degrade_breaker::state::{BreakerEvent, BreakerMachine};
+use degrade_breaker::{BreakerConfig, BreakerTransition, Reason, State, WindowConfig};
 use degrade_core::Outcome;
 use degrade_core::window::WindowSnapshot;
 use std::time::Duration;
@@ -20,8 +20,8 @@ fn config() -> BreakerConfig {
 }
 
 /// A window that trips any breaker of [`config`]: four calls, all failed.
-fn tripping() -> Event {
-    Event::Window {
+fn tripping() -> BreakerEvent {
+    BreakerEvent::Window {
         snapshot: WindowSnapshot {
             calls: 4,
             failures: 4,
@@ -85,15 +85,15 @@ fn states_reasons_and_transitions_display_as_documented() {
     for (reason, text) in reasons {
         assert_eq!(reason.to_string(), text);
     }
-    let t = Transition::new(
+    let t = BreakerTransition::new(
         State::Open,
         State::HalfOpen,
         Reason::WaitElapsed,
         Instant::now(),
     );
     assert_eq!(t.to_string(), "open -> half-open (open wait elapsed)");
-    let mut m = Machine::new(config(), 0).unwrap();
-    m.on_event(Event::MetricsOnly, Instant::now());
+    let mut m = BreakerMachine::new(config(), 0).unwrap();
+    m.on_event(BreakerEvent::MetricsOnly, Instant::now());
     let shadow = m.on_event(tripping(), Instant::now()).unwrap();
     assert_eq!(
         shadow.to_string(),
@@ -103,7 +103,7 @@ fn states_reasons_and_transitions_display_as_documented() {
 
 #[test]
 fn config_is_the_one_the_machine_was_built_with() {
-    let m = Machine::new(config(), 0).unwrap();
+    let m = BreakerMachine::new(config(), 0).unwrap();
     assert_eq!(m.config(), &config());
 }
 
@@ -111,16 +111,16 @@ fn config_is_the_one_the_machine_was_built_with() {
 fn disabled_and_forced_open_breakers_ignore_a_tripping_window() {
     let t0 = Instant::now();
     for (event, state) in [
-        (Event::Disable, State::Disabled),
-        (Event::ForceOpen, State::ForcedOpen),
+        (BreakerEvent::Disable, State::Disabled),
+        (BreakerEvent::ForceOpen, State::ForcedOpen),
     ] {
-        let mut m = Machine::new(config(), 0).unwrap();
+        let mut m = BreakerMachine::new(config(), 0).unwrap();
         m.on_event(event, t0);
         let epoch = m.epoch();
         assert_eq!(m.on_event(tripping(), t0), None);
         assert_eq!((m.state(), m.epoch(), m.openings()), (state, epoch, 0));
         // Back to normal, it is closed: the window did not open it in the meantime.
-        m.on_event(Event::ForceClose, t0);
+        m.on_event(BreakerEvent::ForceClose, t0);
         assert_eq!(m.state(), State::Closed);
         assert_eq!(m.deadline(), None);
     }
@@ -129,19 +129,19 @@ fn disabled_and_forced_open_breakers_ignore_a_tripping_window() {
 #[test]
 fn a_probe_outcome_outside_half_open_changes_nothing() {
     let t0 = Instant::now();
-    let mut m = Machine::new(config(), 0).unwrap();
-    assert_eq!(m.on_event(Event::Probe(Outcome::Failure), t0), None);
+    let mut m = BreakerMachine::new(config(), 0).unwrap();
+    assert_eq!(m.on_event(BreakerEvent::Probe(Outcome::Failure), t0), None);
     assert_eq!((m.state(), m.epoch(), m.openings()), (State::Closed, 0, 0));
-    m.on_event(Event::Disable, t0);
-    assert_eq!(m.on_event(Event::Probe(Outcome::Failure), t0), None);
+    m.on_event(BreakerEvent::Disable, t0);
+    assert_eq!(m.on_event(BreakerEvent::Probe(Outcome::Failure), t0), None);
     assert_eq!(m.state(), State::Disabled);
 }
 
 #[test]
 fn closing_an_open_breaker_by_hand_reports_the_transition() {
     let t0 = Instant::now();
-    for event in [Event::ForceClose, Event::Reset] {
-        let mut m = Machine::new(config(), 0).unwrap();
+    for event in [BreakerEvent::ForceClose, BreakerEvent::Reset] {
+        let mut m = BreakerMachine::new(config(), 0).unwrap();
         m.on_event(tripping(), t0).unwrap();
         let t = m.on_event(event, t0 + S).unwrap();
         assert_eq!(
@@ -154,13 +154,13 @@ fn closing_an_open_breaker_by_hand_reports_the_transition() {
 #[test]
 fn metrics_only_again_closes_the_shadow_phase_without_a_transition() {
     let t0 = Instant::now();
-    let mut m = Machine::new(config(), 0).unwrap();
-    m.on_event(Event::MetricsOnly, t0);
+    let mut m = BreakerMachine::new(config(), 0).unwrap();
+    m.on_event(BreakerEvent::MetricsOnly, t0);
     let shadow = m.on_event(tripping(), t0).unwrap();
     assert!(shadow.shadow);
     assert_eq!(m.shadow_state(), Some(State::Open));
     // The state a caller sees does not change, so nothing is reported; the shadow starts over.
-    assert_eq!(m.on_event(Event::MetricsOnly, t0 + S), None);
+    assert_eq!(m.on_event(BreakerEvent::MetricsOnly, t0 + S), None);
     assert_eq!(m.state(), State::MetricsOnly);
     assert_eq!(m.shadow_state(), Some(State::Closed));
 }
@@ -182,7 +182,7 @@ fn the_jitter_is_a_fixed_hash_of_the_seed_and_the_opening() {
     let mut c = config();
     c.backoff.jitter = 0.5;
     for seed in [0, 7, u64::MAX] {
-        let m = Machine::new(c.clone(), seed).unwrap();
+        let m = BreakerMachine::new(c.clone(), seed).unwrap();
         let mut distinct = std::collections::BTreeSet::new();
         for nonce in [0, 1, 2, 3, 42, u64::MAX] {
             let unit = (splitmix64(seed ^ splitmix64(nonce)) >> 11) as f64 / (1u64 << 53) as f64;

@@ -3,7 +3,7 @@
 //! pure state machine with made-up instants.
 
 use degrade_core::Level;
-use degrade_core::ladder::{Cause, Ladder, LadderConfig, Reading, UnknownPolicy};
+use degrade_core::ladder::{Ladder, LadderConfig, LevelCause, Reading, UnknownPolicy};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -64,9 +64,9 @@ fn a_history_of_one_million_is_the_largest_accepted() {
 
 #[test]
 fn causes_display_as_their_lowercase_names() {
-    assert_eq!(Cause::Escalated.to_string(), "escalated");
-    assert_eq!(Cause::Recovered.to_string(), "recovered");
-    assert_eq!(Cause::Pinned.to_string(), "pinned");
+    assert_eq!(LevelCause::Escalated.to_string(), "escalated");
+    assert_eq!(LevelCause::Recovered.to_string(), "recovered");
+    assert_eq!(LevelCause::Pinned.to_string(), "pinned");
 }
 
 #[test]
@@ -132,7 +132,7 @@ fn the_ignore_policy_recovers_on_the_known_signals_while_another_is_unknown() {
     assert_eq!(sample(&mut l, t0, 1, HOT), Some(Level::Heavy));
     let readings = [Reading::new("cpu", CALM), Reading::unknown("psi")];
     let t = l.observe(&readings, t0 + secs(11)).unwrap();
-    assert_eq!((t.to, t.cause), (Level::Moderate, Cause::Recovered));
+    assert_eq!((t.to, t.cause), (Level::Moderate, LevelCause::Recovered));
 }
 
 #[test]

@@ -2,9 +2,8 @@
 //! mutation testing (`cargo xtask mutants --scope ladder-windows`, see `docs/mutants.md`).
 
 use degrade_core::Outcome;
-use degrade_core::window::{
-    ConsecutiveWindow, CountWindow, ShardedCounter, TimeWindow, WindowSnapshot,
-};
+use degrade_core::counter::ShardedCounter;
+use degrade_core::window::{ConsecutiveWindow, CountWindow, TimeWindow, WindowSnapshot};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
