@@ -67,7 +67,8 @@ const SCOPES: &[Scope] = &[
         package: "degrade-canary",
         files: &[
             "crates/degrade-canary/src/machine.rs",
-            "crates/degrade-canary/src/judge/*.rs",
+            "crates/degrade-canary/src/judge/mod.rs",
+            "crates/degrade-canary/src/judge/evidence.rs",
         ],
         features: None,
         tests: LIB_AND_TESTS,
