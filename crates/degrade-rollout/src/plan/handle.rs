@@ -1,0 +1,173 @@
+//! Events in: control, driver results, health checks and analysis verdicts.
+
+use crate::deadline::{after, elapsed};
+use tokio::time::Instant;
+
+use super::RolloutMachine;
+use super::ops::s;
+use super::protocol::{Record, RolloutAction, RolloutEvent};
+use super::types::{RolloutPhase, RolloutStep, StepKind, Target};
+use StepKind as K;
+
+impl RolloutMachine {
+    /// Feeds one event; returns what to do, records first.
+    ///
+    /// ```
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::{RolloutMachine, RolloutEvent, RolloutAction, Record}};
+    /// # let i = vec![Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1")];
+    /// let mut p = RolloutMachine::new(RolloutConfig::default(), i, "v2").unwrap();
+    /// let actions = p.handle(RolloutEvent::Pause, tokio::time::Instant::now());
+    /// assert_eq!(actions, vec![RolloutAction::Record(Record::Paused)]);
+    /// ```
+    pub fn handle(&mut self, event: RolloutEvent, now: Instant) -> Vec<RolloutAction> {
+        let mut out = Vec::new();
+        if matches!(self.phase, RolloutPhase::Finished(_)) {
+            return out;
+        }
+        match event {
+            RolloutEvent::Tick => {}
+            RolloutEvent::Pause => {
+                if !self.paused {
+                    self.record(Record::Paused, now, &mut out);
+                }
+            }
+            RolloutEvent::Resume => {
+                if self.paused {
+                    self.record(Record::Resumed, now, &mut out);
+                }
+            }
+            RolloutEvent::Abort => {
+                if !self.abort {
+                    self.record(Record::AbortRequested, now, &mut out);
+                }
+            }
+            RolloutEvent::StepOk { id, step, address } => {
+                if let Some(k) = self.busy_op(&id, step) {
+                    self.ops[k].busy = false;
+                    self.record(Record::StepDone { id, step, address }, now, &mut out);
+                }
+            }
+            RolloutEvent::StepErr { id, step, error } => {
+                if let Some(k) = self.busy_op(&id, step) {
+                    self.ops[k].busy = false;
+                    let reason = format!("{step} of `{id}` failed: {error}");
+                    self.fail(Some(id), reason, now, &mut out);
+                }
+            }
+            RolloutEvent::Health {
+                id,
+                target,
+                healthy,
+            } => self.health(id, target, healthy, now, &mut out),
+            RolloutEvent::Analysis {
+                batch,
+                pass,
+                reason,
+            } => {
+                if self.analysis_pending && self.current_batch == Some(batch) {
+                    self.analysis_pending = false;
+                    if pass {
+                        self.record(Record::AnalysisPassed { batch }, now, &mut out);
+                    } else {
+                        self.fail(
+                            None,
+                            format!("analysis of batch {batch}: {reason}"),
+                            now,
+                            &mut out,
+                        );
+                    }
+                }
+            }
+        }
+        self.drive(now, &mut out);
+        out
+    }
+
+    pub(super) fn busy_op(&self, id: &str, step: RolloutStep) -> Option<usize> {
+        self.ops.iter().position(|op| {
+            op.busy && self.slots[op.slot].current.id == id && op.step() == Some(step)
+        })
+    }
+
+    pub(super) fn health(
+        &mut self,
+        id: String,
+        target: Target,
+        healthy: bool,
+        now: Instant,
+        out: &mut Vec<RolloutAction>,
+    ) {
+        let Some(k) = self.ops.iter().position(|op| {
+            op.busy
+                && self.slots[op.slot].current.id == id
+                && matches!(op.step(), Some(st) if matches!(st.kind, K::Probe | K::Bake) && st.target == target)
+        }) else {
+            return;
+        };
+        let op = &mut self.ops[k];
+        op.busy = false;
+        op.next_probe = Some(after(now, self.cfg.health_interval));
+        if self.phase == RolloutPhase::Failing {
+            return;
+        }
+        if healthy {
+            op.ok_streak += 1;
+            op.fail_streak = 0;
+            if op.step().map(|s| s.kind) == Some(K::Probe)
+                && op.ok_streak >= self.cfg.healthy_threshold
+            {
+                let step = s(K::Probe, target);
+                self.record(
+                    Record::StepDone {
+                        id,
+                        step,
+                        address: None,
+                    },
+                    now,
+                    out,
+                );
+                let op = &mut self.ops[k];
+                op.bake_until = Some(after(now, self.cfg.min_ready));
+                op.next_probe = Some(after(now, self.cfg.health_interval));
+                if let Some(i) = self.slots[op.slot].get(target) {
+                    out.push(RolloutAction::Serve {
+                        instance: i.clone(),
+                    });
+                }
+            }
+        } else {
+            op.ok_streak = 0;
+            let starting = op.step().map(|s| s.kind) == Some(K::Probe)
+                && op
+                    .probe_since
+                    .is_some_and(|t| !elapsed(t, now, self.cfg.startup_grace));
+            if starting {
+                return;
+            }
+            op.fail_streak += 1;
+            if op.fail_streak >= self.cfg.failure_threshold {
+                let n = op.fail_streak;
+                let reason = format!("`{id}` ({target}) failed {n} consecutive health checks");
+                self.fail(Some(id), reason, now, out);
+            }
+        }
+    }
+
+    pub(super) fn fail(
+        &mut self,
+        id: Option<String>,
+        reason: String,
+        now: Instant,
+        out: &mut Vec<RolloutAction>,
+    ) {
+        if self.phase == RolloutPhase::Failing {
+            return;
+        }
+        self.record(Record::Failed { id, reason }, now, out);
+    }
+
+    pub(super) fn record(&mut self, r: Record, now: Instant, out: &mut Vec<RolloutAction>) {
+        out.push(RolloutAction::Record(r.clone()));
+        self.apply(r, Some(now));
+    }
+}
