@@ -1,223 +1,21 @@
-//! Exact drain: the instance set as a [`tower::discover::Discover`] stream, and a per-endpoint
-//! layer counting requests in flight.
-//!
-//! # Why the balancer must hear of a drain first
-//!
-//! Stopping an instance that a balancer still routes to fails requests; waiting a fixed time
-//! after deregistering hopes they are over. Here the controller owns the balancer's view of
-//! the set: a [`Pool`] hands each balancer a [`PoolDiscover`] stream, and draining an instance
-//! ([`Pool::drain`]) is
-//!
-//! 1. push `Change::Remove` to every subscribed stream;
-//! 2. wait until every stream has *yielded* it — tower's balancers poll their discover stream
-//!    at the start of `poll_ready`, before choosing an endpoint, so from then on no new
-//!    request can be routed to the instance, and any request routed before has already been
-//!    `call`ed;
-//! 3. wait until the endpoint's [`InFlight`] count reaches zero;
-//!
-//! each bounded by the drain timeout. Only then does the driver stop the instance. A balancer
-//! that is idle (not polled) delays step 2 until the timeout: it cannot send anything in the
-//! meantime either, since it polls the stream before its next pick.
+//! [`Pool`]: the instance set as a discover stream per balancer, and the exact drain.
 
 use crate::instance::{Instance, Key};
-use degrade_canary::stats::{ArmSnapshot, Histogram, LATENCY_BUCKETS, latency_bucket};
-use degrade_core::{BoxError, Clock, TokioClock};
+use degrade_canary::stats::{ArmSnapshot, Histogram};
+use degrade_core::TokioClock;
 use futures_util::Stream;
-use pin_project_lite::pin_project;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tower::discover::Change;
-use tower::load::Load;
-use tower_service::Service;
 
-/// Counters of one endpoint: requests in flight and finished outcomes.
-struct Counters {
-    in_flight: AtomicUsize,
-    ok: AtomicU64,
-    err: AtomicU64,
-    latency: Box<[AtomicU64]>,
-    idle: Notify,
-}
-
-impl Counters {
-    fn new() -> Self {
-        Self {
-            in_flight: AtomicUsize::new(0),
-            ok: AtomicU64::new(0),
-            err: AtomicU64::new(0),
-            latency: (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            idle: Notify::new(),
-        }
-    }
-
-    fn arm(&self) -> ArmSnapshot {
-        let mut a = ArmSnapshot::default();
-        a.successes = self.ok.load(Ordering::Relaxed);
-        a.failures = self.err.load(Ordering::Relaxed);
-        let mut h = Histogram::new();
-        for (i, b) in self.latency.iter().enumerate() {
-            h.add(i, b.load(Ordering::Relaxed));
-        }
-        a.latency = h;
-        a
-    }
-}
-
-/// A client service of one endpoint, counting its requests in flight (its [`Load`]) and
-/// their outcomes (`Ok` is a success, `Err` a failure).
-///
-/// ```
-/// use degrade_rollout::{Instance, discover::Pool};
-/// use tower::{Service, ServiceExt, service_fn};
-/// use tower::load::Load;
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let pool = Pool::new(|_: &Instance| service_fn(|n: u32| async move { Ok::<_, std::convert::Infallible>(n) }));
-/// let a = Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1");
-/// pool.insert(&a);
-/// let mut svc = pool.service(&a.key()).unwrap();
-/// assert_eq!(svc.load(), 0);
-/// assert_eq!(svc.ready().await.unwrap().call(7).await.unwrap(), 7);
-/// assert_eq!(pool.in_flight(&a.key()), Some(0));
-/// # }
-/// ```
-pub struct InFlight<S, C = TokioClock> {
-    inner: S,
-    counters: Arc<Counters>,
-    clock: C,
-}
-
-impl<S: Clone, C: Clone> Clone for InFlight<S, C> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            counters: self.counters.clone(),
-            clock: self.clock.clone(),
-        }
-    }
-}
-
-impl<S, C> fmt::Debug for InFlight<S, C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InFlight")
-            .field(
-                "in_flight",
-                &self.counters.in_flight.load(Ordering::Relaxed),
-            )
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, C> InFlight<S, C> {
-    degrade_core::inner_service_accessors!(S);
-}
-
-impl<S, C> Load for InFlight<S, C> {
-    type Metric = usize;
-    fn load(&self) -> usize {
-        self.counters.in_flight.load(Ordering::Acquire)
-    }
-}
-
-impl<S, C, Req> Service<Req> for InFlight<S, C>
-where
-    S: Service<Req>,
-    S::Error: Into<BoxError>,
-    C: Clock,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = ResponseFuture<S::Future, C>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        // Counted before the inner call: the drain sees it from the moment it is routed.
-        self.counters.in_flight.fetch_add(1, Ordering::AcqRel);
-        let guard = Guard {
-            counters: self.counters.clone(),
-            start: self.clock.now(),
-            clock: self.clock.clone(),
-            done: false,
-        };
-        ResponseFuture {
-            inner: self.inner.call(req),
-            guard,
-        }
-    }
-}
-
-struct Guard<C: Clock> {
-    counters: Arc<Counters>,
-    start: tokio::time::Instant,
-    clock: C,
-    done: bool,
-}
-
-impl<C: Clock> Guard<C> {
-    fn finish(&mut self, ok: bool) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        let c = &self.counters;
-        if ok {
-            c.ok.fetch_add(1, Ordering::Relaxed);
-        } else {
-            c.err.fetch_add(1, Ordering::Relaxed);
-        }
-        let latency = self.clock.now().saturating_duration_since(self.start);
-        c.latency[latency_bucket(latency)].fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl<C: Clock> Drop for Guard<C> {
-    fn drop(&mut self) {
-        // A dropped future is a cancelled call: no outcome, but no longer in flight.
-        if self.counters.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.counters.idle.notify_waiters();
-        }
-    }
-}
-
-pin_project! {
-    /// The response future of [`InFlight`].
-    pub struct ResponseFuture<F, C: Clock> {
-        #[pin]
-        inner: F,
-        guard: Guard<C>,
-    }
-}
-
-impl<F, C: Clock> fmt::Debug for ResponseFuture<F, C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, T, E, C> Future for ResponseFuture<F, C>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-    C: Clock,
-{
-    type Output = Result<T, BoxError>;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let out = std::task::ready!(this.inner.poll(cx));
-        this.guard.finish(out.is_ok());
-        Poll::Ready(out.map_err(Into::into))
-    }
-}
+use super::in_flight::{Counters, InFlight};
 
 enum Entry<S> {
     Insert(Key, S),
@@ -399,7 +197,7 @@ impl<S: Clone + Send + 'static> Pool<S> {
 
     /// Takes an endpoint out of service, then waits (at most `timeout`) until every
     /// subscribed balancer has seen the removal and its requests in flight have finished.
-    /// See the [module documentation](self).
+    /// See the [module documentation](crate::discover).
     ///
     /// ```
     /// # use degrade_rollout::{Instance, discover::Pool};
