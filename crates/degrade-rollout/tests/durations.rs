@@ -24,6 +24,7 @@ fn forever() -> RolloutConfig {
         startup_grace: FOREVER,
         drain_timeout: FOREVER,
         health_timeout: FOREVER,
+        post_watch: FOREVER,
         analysis: Some(AnalysisConfig {
             duration: FOREVER,
             interval: FOREVER,

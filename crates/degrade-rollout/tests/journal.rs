@@ -28,6 +28,7 @@ fn config() -> RolloutConfig {
         health_interval: Duration::from_millis(1),
         healthy_threshold: 1,
         drain_timeout: Duration::from_secs(1),
+        post_watch: Duration::from_millis(2),
         ..RolloutConfig::default()
     }
 }

@@ -1,36 +1,65 @@
 //! [`InFlight`]: the per-endpoint middleware counting requests in flight (the endpoint's
-//! `Load`, what a drain waits for) and their outcomes (what analysis compares).
+//! `Load`, what a drain waits for) and their outcomes (what analysis compares), and reporting
+//! transport failures to its pool (what passive ejection acts on).
 
+use crate::instance::Key;
 use degrade_canary::stats::{ArmSnapshot, Histogram, LATENCY_BUCKETS, latency_bucket};
 use degrade_core::{BoxError, Clock, TokioClock};
 use pin_project_lite::pin_project;
+use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use tokio::sync::Notify;
 use tower::load::Load;
 use tower_service::Service;
 
-/// Counters of one endpoint: requests in flight and finished outcomes.
-pub(super) struct Counters {
+/// Where an endpoint reports the failed calls it sees: its pool.
+pub(super) trait FailureSink: Send + Sync {
+    /// Whether `error` means the endpoint could not be reached (the pool's classifier).
+    fn is_transport_failure(&self, error: &(dyn Error + 'static)) -> bool;
+    /// A call to the endpoint failed at the transport; `streak` is the count of consecutive
+    /// ones.
+    fn transport_failure(
+        self: Arc<Self>,
+        endpoint: &Endpoint,
+        streak: u32,
+        error: &(dyn Error + 'static),
+    );
+}
+
+/// One endpoint as its clients see it: requests in flight, finished outcomes, consecutive
+/// transport failures, and the pool to tell about them.
+pub(super) struct Endpoint {
+    pub(super) key: Key,
+    /// Which insertion of `key` into the pool this is (a drained and re-inserted endpoint is
+    /// another one: late failures of the old one must not eject the new).
+    pub(super) generation: u64,
     pub(super) in_flight: AtomicUsize,
     pub(super) ok: AtomicU64,
     pub(super) err: AtomicU64,
     pub(super) latency: Box<[AtomicU64]>,
     pub(super) idle: Notify,
+    /// Consecutive calls that failed at the transport.
+    pub(super) streak: AtomicU32,
+    pub(super) sink: Weak<dyn FailureSink>,
 }
 
-impl Counters {
-    pub(super) fn new() -> Self {
+impl Endpoint {
+    pub(super) fn new(key: Key, generation: u64, sink: Weak<dyn FailureSink>) -> Self {
         Self {
+            key,
+            generation,
             in_flight: AtomicUsize::new(0),
             ok: AtomicU64::new(0),
             err: AtomicU64::new(0),
             latency: (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             idle: Notify::new(),
+            streak: AtomicU32::new(0),
+            sink,
         }
     }
 
@@ -45,10 +74,36 @@ impl Counters {
         a.latency = h;
         a
     }
+
+    /// The endpoint answered: its transport works.
+    fn reached(&self) {
+        // A load first: no write (no cache line bouncing between balancers) on the usual path.
+        if self.streak.load(Ordering::Relaxed) != 0 {
+            self.streak.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A call failed with `error`: a transport failure counts towards ejection, any other
+    /// error is an answer (the endpoint is reachable).
+    fn failed(&self, error: &(dyn Error + 'static)) {
+        let Some(sink) = self.sink.upgrade() else {
+            return;
+        };
+        if sink.is_transport_failure(error) {
+            let streak = self
+                .streak
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
+            sink.transport_failure(self, streak, error);
+        } else {
+            self.reached();
+        }
+    }
 }
 
 /// A client service of one endpoint, counting its requests in flight (its [`Load`]) and
-/// their outcomes (`Ok` is a success, `Err` a failure).
+/// their outcomes (`Ok` is a success, `Err` a failure), and telling its pool when a call
+/// fails at the transport (see [passive ejection](crate::discover#passive-ejection)).
 ///
 /// ```
 /// use degrade_rollout::{Instance, discover::Pool};
@@ -66,7 +121,7 @@ impl Counters {
 /// ```
 pub struct InFlight<S, C = TokioClock> {
     pub(super) inner: S,
-    pub(super) counters: Arc<Counters>,
+    pub(super) endpoint: Arc<Endpoint>,
     pub(super) clock: C,
 }
 
@@ -74,7 +129,7 @@ impl<S: Clone, C: Clone> Clone for InFlight<S, C> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            counters: self.counters.clone(),
+            endpoint: self.endpoint.clone(),
             clock: self.clock.clone(),
         }
     }
@@ -83,9 +138,10 @@ impl<S: Clone, C: Clone> Clone for InFlight<S, C> {
 impl<S, C> fmt::Debug for InFlight<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InFlight")
+            .field("endpoint", &self.endpoint.key)
             .field(
                 "in_flight",
-                &self.counters.in_flight.load(Ordering::Relaxed),
+                &self.endpoint.in_flight.load(Ordering::Relaxed),
             )
             .finish_non_exhaustive()
     }
@@ -98,7 +154,7 @@ impl<S, C> InFlight<S, C> {
 impl<S, C> Load for InFlight<S, C> {
     type Metric = usize;
     fn load(&self) -> usize {
-        self.counters.in_flight.load(Ordering::Acquire)
+        self.endpoint.in_flight.load(Ordering::Acquire)
     }
 }
 
@@ -118,9 +174,9 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         // Counted before the inner call: the drain sees it from the moment it is routed.
-        self.counters.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.endpoint.in_flight.fetch_add(1, Ordering::AcqRel);
         let guard = Guard {
-            counters: self.counters.clone(),
+            endpoint: self.endpoint.clone(),
             start: self.clock.now(),
             clock: self.clock.clone(),
             done: false,
@@ -133,7 +189,7 @@ where
 }
 
 struct Guard<C: Clock> {
-    counters: Arc<Counters>,
+    endpoint: Arc<Endpoint>,
     start: tokio::time::Instant,
     clock: C,
     done: bool,
@@ -145,22 +201,22 @@ impl<C: Clock> Guard<C> {
             return;
         }
         self.done = true;
-        let c = &self.counters;
+        let e = &self.endpoint;
         if ok {
-            c.ok.fetch_add(1, Ordering::Relaxed);
+            e.ok.fetch_add(1, Ordering::Relaxed);
         } else {
-            c.err.fetch_add(1, Ordering::Relaxed);
+            e.err.fetch_add(1, Ordering::Relaxed);
         }
         let latency = self.clock.now().saturating_duration_since(self.start);
-        c.latency[latency_bucket(latency)].fetch_add(1, Ordering::Relaxed);
+        e.latency[latency_bucket(latency)].fetch_add(1, Ordering::Relaxed);
     }
 }
 
 impl<C: Clock> Drop for Guard<C> {
     fn drop(&mut self) {
         // A dropped future is a cancelled call: no outcome, but no longer in flight.
-        if self.counters.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.counters.idle.notify_waiters();
+        if self.endpoint.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.endpoint.idle.notify_waiters();
         }
     }
 }
@@ -191,6 +247,16 @@ where
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));
         this.guard.finish(out.is_ok());
-        Poll::Ready(out.map_err(Into::into))
+        Poll::Ready(match out {
+            Ok(v) => {
+                this.guard.endpoint.reached();
+                Ok(v)
+            }
+            Err(e) => {
+                let e: BoxError = e.into();
+                this.guard.endpoint.failed(&*e);
+                Err(e)
+            }
+        })
     }
 }

@@ -19,8 +19,10 @@
 //! that is idle (not polled) delays step 2 until the timeout: it cannot send anything in the
 //! meantime either, since it polls the stream before its next pick.
 
+mod eject;
 mod in_flight;
 mod pool;
 
+pub use eject::{EjectionConfig, is_transport_failure};
 pub use in_flight::{InFlight, ResponseFuture};
-pub use pool::{DrainReport, Pool, PoolDiscover};
+pub use pool::{DrainReport, Pool, PoolBuilder, PoolDiscover, PoolSnapshot};

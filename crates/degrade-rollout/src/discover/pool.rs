@@ -1,21 +1,25 @@
-//! [`Pool`]: the instance set as a discover stream per balancer, and the exact drain.
+//! [`Pool`]: the instance set as a discover stream per balancer, the exact drain, and
+//! passive ejection of endpoints that fail at the transport.
 
 use crate::instance::{Instance, Key};
 use degrade_canary::stats::{ArmSnapshot, Histogram};
-use degrade_core::TokioClock;
+use degrade_core::{BoxError, ConfigError, TokioClock};
 use futures_util::Stream;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
+use std::error::Error;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::sync::watch;
 use tower::discover::Change;
 
-use super::in_flight::{Counters, InFlight};
+use super::eject::{Classify, EjectionConfig, HealthCheck, is_transport_failure, tcp_probe};
+use super::in_flight::{Endpoint, FailureSink, InFlight};
 
 enum Entry<S> {
     Insert(Key, S),
@@ -27,12 +31,34 @@ struct Sub {
     waker: Option<Waker>,
 }
 
+/// An endpoint the controller put in service: routed to, unless ejected.
+struct Member<S> {
+    instance: Instance,
+    svc: InFlight<S>,
+    ejected: Option<Ejected>,
+}
+
+/// An ejected endpoint: out of every balancer until its re-probe passes.
+struct Ejected {
+    since: tokio::time::Instant,
+    reprobe: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Ejected {
+    fn drop(&mut self) {
+        if let Some(task) = self.reprobe.take() {
+            task.abort();
+        }
+    }
+}
+
 struct State<S> {
-    endpoints: BTreeMap<Key, (Instance, InFlight<S>)>,
+    endpoints: BTreeMap<Key, Member<S>>,
     log: VecDeque<Entry<InFlight<S>>>,
     base: u64,
     subs: HashMap<u64, Sub>,
     next_sub: u64,
+    next_generation: u64,
 }
 
 impl<S> State<S> {
@@ -69,6 +95,144 @@ struct Shared<S> {
     make: Box<dyn Fn(&Instance) -> S + Send + Sync>,
     state: Mutex<State<S>>,
     polled: watch::Sender<u64>,
+    ejection: EjectionConfig,
+    classify: Classify,
+    /// The re-probe of an ejected endpoint: the one given to the builder, else the one the
+    /// rollout controller gives (its driver's), else a TCP connect.
+    health: OnceLock<HealthCheck>,
+    transport_failures: AtomicU64,
+    ejections: AtomicU64,
+    returns: AtomicU64,
+}
+
+impl<S> Shared<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<S>> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn probe(
+        &self,
+        instance: &Instance,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), BoxError>> {
+        match self.health.get() {
+            Some(check) => check(instance),
+            None => Box::pin(tcp_probe(instance.clone())),
+        }
+    }
+}
+
+impl<S: Clone> Shared<S> {
+    /// Brings an ejected endpoint back (its re-probe passed): `Insert` to every balancer.
+    fn readmit(&self, key: &Key, generation: u64) {
+        let mut st = self.lock();
+        let Some(m) = st.endpoints.get_mut(key) else {
+            return;
+        };
+        if m.svc.endpoint.generation != generation {
+            return;
+        }
+        let Some(mut ejected) = m.ejected.take() else {
+            return;
+        };
+        // This runs on the re-probe task itself: nothing to abort.
+        ejected.reprobe = None;
+        m.svc.endpoint.streak.store(0, Ordering::Relaxed);
+        let svc = m.svc.clone();
+        st.push(Entry::Insert(key.clone(), svc));
+        drop(st);
+        self.returns.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(endpoint = %key, ejected_for = ?ejected.since.elapsed(), "endpoint passed its health check: back in service");
+    }
+}
+
+impl<S: Clone + Send + 'static> FailureSink for Shared<S> {
+    fn is_transport_failure(&self, error: &(dyn Error + 'static)) -> bool {
+        self.ejection.enabled && (self.classify)(error)
+    }
+
+    fn transport_failure(
+        self: Arc<Self>,
+        endpoint: &Endpoint,
+        streak: u32,
+        error: &(dyn Error + 'static),
+    ) {
+        self.transport_failures.fetch_add(1, Ordering::Relaxed);
+        if streak < self.ejection.consecutive_failures {
+            return;
+        }
+        let key = &endpoint.key;
+        let mut st = self.lock();
+        let members = st.endpoints.len();
+        let ejected = st
+            .endpoints
+            .values()
+            .filter(|m| m.ejected.is_some())
+            .count();
+        let Some(m) = st.endpoints.get_mut(key) else {
+            return; // drained meanwhile
+        };
+        if m.svc.endpoint.generation != endpoint.generation || m.ejected.is_some() {
+            return;
+        }
+        if ejected >= self.ejection.max_ejected(members) {
+            tracing::warn!(endpoint = %key, ejected, members, "transport failure, but no ejection: at max_ejected_percent");
+            return;
+        }
+        let instance = m.instance.clone();
+        let mut e = Ejected {
+            since: tokio::time::Instant::now(),
+            reprobe: None,
+        };
+        // Without a runtime (a call driven by another executor) the endpoint stays out until
+        // the controller drains and re-inserts it.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let task = rt.spawn(reprobe(
+                Arc::downgrade(&self),
+                key.clone(),
+                endpoint.generation,
+                instance,
+                self.ejection.clone(),
+            ));
+            e.reprobe = Some(task.abort_handle());
+        }
+        m.ejected = Some(e);
+        st.push(Entry::Remove(key.clone()));
+        drop(st);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(endpoint = %key, streak, error = %error, "endpoint ejected: its calls fail at the transport");
+    }
+}
+
+/// Checks an ejected endpoint with backoff until it passes, then brings it back.
+async fn reprobe<S: Clone>(
+    shared: Weak<Shared<S>>,
+    key: Key,
+    generation: u64,
+    instance: Instance,
+    cfg: EjectionConfig,
+) {
+    let mut delay = cfg.reprobe_interval;
+    loop {
+        tokio::time::sleep(delay).await;
+        let Some(check) = shared.upgrade().map(|s| s.probe(&instance)) else {
+            return;
+        };
+        let passed = matches!(
+            tokio::time::timeout(cfg.probe_timeout, check).await,
+            Ok(Ok(()))
+        );
+        let Some(pool) = shared.upgrade() else {
+            return;
+        };
+        if passed {
+            pool.readmit(&key, generation);
+            return;
+        }
+        tracing::debug!(endpoint = %key, next_in = ?delay, "ejected endpoint still failing its health check");
+        delay = delay.saturating_mul(2).min(cfg.reprobe_max);
+    }
 }
 
 /// The set of instances in service, shared by the rollout controller (which inserts and
@@ -105,8 +269,16 @@ impl<S> Clone for Pool<S> {
 impl<S> fmt::Debug for Pool<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let st = self.lock();
+        let (ejected, routed): (Vec<&Member<S>>, Vec<&Member<S>>) =
+            st.endpoints.values().partition(|m| m.ejected.is_some());
+        let keys = |v: Vec<&Member<S>>| {
+            v.into_iter()
+                .map(|m| m.svc.endpoint.key.clone())
+                .collect::<Vec<_>>()
+        };
         f.debug_struct("Pool")
-            .field("endpoints", &st.endpoints.keys().collect::<Vec<_>>())
+            .field("endpoints", &keys(routed))
+            .field("ejected", &keys(ejected))
             .field("subscribers", &st.subs.len())
             .finish()
     }
@@ -143,7 +315,9 @@ impl DrainReport {
 }
 
 impl<S: Clone + Send + 'static> Pool<S> {
-    /// A pool making each endpoint's client service with `make`.
+    /// A pool making each endpoint's client service with `make`, with passive ejection on
+    /// its defaults ([`EjectionConfig::default`], [`is_transport_failure`], re-probes through
+    /// the rollout's driver or a TCP connect). [`Pool::builder`] sets them.
     ///
     /// ```
     /// # use degrade_rollout::{Instance, discover::Pool};
@@ -151,20 +325,85 @@ impl<S: Clone + Send + 'static> Pool<S> {
     /// assert!(pool.keys().is_empty());
     /// ```
     pub fn new(make: impl Fn(&Instance) -> S + Send + Sync + 'static) -> Self {
+        Self::from_parts(
+            Box::new(make),
+            EjectionConfig::default(),
+            Arc::new(is_transport_failure),
+            None,
+        )
+    }
+
+    /// A builder of a pool making each endpoint's client service with `make`.
+    ///
+    /// ```
+    /// use degrade_rollout::{Instance, discover::{EjectionConfig, Pool}};
+    /// use std::time::Duration;
+    ///
+    /// let pool = Pool::builder(|i: &Instance| i.address)
+    ///     .ejection(EjectionConfig { reprobe_interval: Duration::from_millis(200), ..Default::default() })
+    ///     // Timeouts count too, for this client (they do not by default).
+    ///     .transport_failure(|e| {
+    ///         degrade_rollout::discover::is_transport_failure(e)
+    ///             || e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    ///     })
+    ///     .health(|i: &Instance| {
+    ///         let address = i.address;
+    ///         async move { tokio::net::TcpStream::connect(address).await.map(drop).map_err(Into::into) }
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(pool.snapshot().ejections, 0);
+    /// ```
+    pub fn builder(make: impl Fn(&Instance) -> S + Send + Sync + 'static) -> PoolBuilder<S> {
+        PoolBuilder {
+            make: Box::new(make),
+            ejection: EjectionConfig::default(),
+            classify: Arc::new(is_transport_failure),
+            health: None,
+        }
+    }
+
+    fn from_parts(
+        make: Box<dyn Fn(&Instance) -> S + Send + Sync>,
+        ejection: EjectionConfig,
+        classify: Classify,
+        health: Option<HealthCheck>,
+    ) -> Self {
         let (polled, _) = watch::channel(0);
+        let cell = OnceLock::new();
+        if let Some(h) = health {
+            let _ = cell.set(h);
+        }
         Self {
             shared: Arc::new(Shared {
-                make: Box::new(make),
+                make,
                 state: Mutex::new(State {
                     endpoints: BTreeMap::new(),
                     log: VecDeque::new(),
                     base: 0,
                     subs: HashMap::new(),
                     next_sub: 0,
+                    next_generation: 0,
                 }),
                 polled,
+                ejection,
+                classify,
+                health: cell,
+                transport_failures: AtomicU64::new(0),
+                ejections: AtomicU64::new(0),
+                returns: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Re-probes ejected endpoints with `driver`'s health check, unless the builder set a
+    /// check (the rollout controller calls it with its driver).
+    pub(crate) fn health_fallback<D: crate::Driver>(&self, driver: Arc<D>) {
+        let check: HealthCheck = Arc::new(move |i: &Instance| {
+            let (driver, i) = (driver.clone(), i.clone());
+            Box::pin(async move { driver.health(&i).await })
+        });
+        let _ = self.shared.health.set(check);
     }
 
     /// Puts an instance in service (no-op when it already is).
@@ -180,17 +419,30 @@ impl<S: Clone + Send + 'static> Pool<S> {
     pub fn insert(&self, instance: &Instance) {
         let key = instance.key();
         let mut st = self.lock();
-        if let Some((i, _)) = st.endpoints.get_mut(&key) {
-            i.clone_from(instance);
+        if let Some(m) = st.endpoints.get_mut(&key) {
+            // Already a member (perhaps ejected: it stays out until its re-probe passes).
+            m.instance.clone_from(instance);
             return;
         }
+        let generation = st.next_generation;
+        st.next_generation += 1;
+        let sink: Weak<dyn FailureSink> = {
+            let weak: Weak<Shared<S>> = Arc::downgrade(&self.shared);
+            weak
+        };
         let svc = InFlight {
             inner: (self.shared.make)(instance),
-            counters: Arc::new(Counters::new()),
+            endpoint: Arc::new(Endpoint::new(key.clone(), generation, sink)),
             clock: TokioClock,
         };
-        st.endpoints
-            .insert(key.clone(), (instance.clone(), svc.clone()));
+        st.endpoints.insert(
+            key.clone(),
+            Member {
+                instance: instance.clone(),
+                svc: svc.clone(),
+                ejected: None,
+            },
+        );
         st.push(Entry::Insert(key.clone(), svc));
         tracing::debug!(endpoint = %key, "endpoint in service");
     }
@@ -216,9 +468,11 @@ impl<S: Clone + Send + 'static> Pool<S> {
         let (seq, counters) = {
             let mut st = self.lock();
             match st.endpoints.remove(key) {
-                Some((_, svc)) => {
+                // Ejected: the balancers were told already; wait for them to have seen it.
+                Some(m) if m.ejected.is_some() => (st.end(), Some(m.svc.endpoint.clone())),
+                Some(m) => {
                     let seq = st.push(Entry::Remove(key.clone()));
-                    (seq, Some(svc.counters))
+                    (seq, Some(m.svc.endpoint.clone()))
                 }
                 None => (st.end(), None),
             }
@@ -285,7 +539,8 @@ impl<S: Clone + Send + 'static> Pool<S> {
         let initial = st
             .endpoints
             .iter()
-            .map(|(k, (_, s))| Change::Insert(k.clone(), s.clone()))
+            .filter(|(_, m)| m.ejected.is_none())
+            .map(|(k, m)| Change::Insert(k.clone(), m.svc.clone()))
             .collect();
         PoolDiscover {
             pool: self.clone(),
@@ -294,17 +549,22 @@ impl<S: Clone + Send + 'static> Pool<S> {
         }
     }
 
-    /// Keys in service.
+    /// Keys in service: routed to by the balancers (ejected endpoints are not).
     ///
     /// ```
     /// # use degrade_rollout::{Instance, discover::Pool};
     /// assert!(Pool::new(|i: &Instance| i.address).keys().is_empty());
     /// ```
     pub fn keys(&self) -> Vec<Key> {
-        self.lock().endpoints.keys().cloned().collect()
+        self.lock()
+            .endpoints
+            .iter()
+            .filter(|(_, m)| m.ejected.is_none())
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
-    /// The instances in service.
+    /// The instances in service (routed to; ejected ones are not).
     ///
     /// ```
     /// # use degrade_rollout::{Instance, discover::Pool};
@@ -314,11 +574,12 @@ impl<S: Clone + Send + 'static> Pool<S> {
         self.lock()
             .endpoints
             .values()
-            .map(|(i, _)| i.clone())
+            .filter(|m| m.ejected.is_none())
+            .map(|m| m.instance.clone())
             .collect()
     }
 
-    /// A client service of an endpoint in service (sharing its counters).
+    /// A client service of an endpoint put in service, ejected or not (sharing its counters).
     ///
     /// ```
     /// # use degrade_rollout::{Instance, discover::Pool};
@@ -326,10 +587,10 @@ impl<S: Clone + Send + 'static> Pool<S> {
     /// assert!(pool.service(&Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1").key()).is_none());
     /// ```
     pub fn service(&self, key: &Key) -> Option<InFlight<S>> {
-        self.lock().endpoints.get(key).map(|(_, s)| s.clone())
+        self.lock().endpoints.get(key).map(|m| m.svc.clone())
     }
 
-    /// Requests in flight at an endpoint in service.
+    /// Requests in flight at an endpoint put in service (ejected or not).
     ///
     /// ```
     /// # use degrade_rollout::{Instance, discover::Pool};
@@ -342,11 +603,12 @@ impl<S: Clone + Send + 'static> Pool<S> {
         self.lock()
             .endpoints
             .get(key)
-            .map(|(_, s)| s.counters.in_flight.load(Ordering::Acquire))
+            .map(|m| m.svc.endpoint.in_flight.load(Ordering::Acquire))
     }
 
-    /// Cumulative outcomes of the endpoints in `keys` (those in service), summed, as one
-    /// arm of a [`CanarySnapshot`](degrade_canary::stats::CanarySnapshot).
+    /// Cumulative outcomes of the endpoints in `keys` (those put in service, ejected or not:
+    /// the failures that ejected one count), summed, as one arm of a
+    /// [`CanarySnapshot`](degrade_canary::stats::CanarySnapshot).
     ///
     /// ```
     /// # use degrade_rollout::{Instance, discover::Pool};
@@ -358,8 +620,8 @@ impl<S: Clone + Send + 'static> Pool<S> {
         let mut total = ArmSnapshot::default();
         let mut hist = Histogram::new();
         for k in keys {
-            if let Some((_, s)) = st.endpoints.get(k) {
-                let a = s.counters.arm();
+            if let Some(m) = st.endpoints.get(k) {
+                let a = m.svc.endpoint.arm();
                 total.successes += a.successes;
                 total.failures += a.failures;
                 for (i, &n) in a.latency.buckets().iter().enumerate() {
@@ -380,14 +642,162 @@ impl<S: Clone + Send + 'static> Pool<S> {
     pub fn subscribers(&self) -> usize {
         self.lock().subs.len()
     }
+
+    /// The pool's state and its passive-ejection counters.
+    ///
+    /// ```
+    /// # use degrade_rollout::{Instance, discover::Pool};
+    /// let pool = Pool::new(|i: &Instance| i.address);
+    /// pool.insert(&Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1"));
+    /// let s = pool.snapshot();
+    /// assert_eq!((s.endpoints, s.ejected.len(), s.ejections, s.returns), (1, 0, 0, 0));
+    /// ```
+    pub fn snapshot(&self) -> PoolSnapshot {
+        let st = self.lock();
+        let sh = &self.shared;
+        PoolSnapshot {
+            endpoints: st.endpoints.len(),
+            ejected: st
+                .endpoints
+                .iter()
+                .filter(|(_, m)| m.ejected.is_some())
+                .map(|(k, _)| k.clone())
+                .collect(),
+            subscribers: st.subs.len(),
+            transport_failures: sh.transport_failures.load(Ordering::Relaxed),
+            ejections: sh.ejections.load(Ordering::Relaxed),
+            returns: sh.returns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A [`Pool`]'s state and passive-ejection counters.
+///
+/// ```
+/// use degrade_rollout::discover::PoolSnapshot;
+/// let s = PoolSnapshot::default();
+/// assert_eq!(s.ejections - s.returns, s.ejected.len() as u64);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolSnapshot {
+    /// Endpoints put in service and not drained (routed to, or ejected).
+    pub endpoints: usize,
+    /// Endpoints ejected now (out of every balancer until their re-probe passes).
+    pub ejected: Vec<Key>,
+    /// Live subscribers (balancers).
+    pub subscribers: usize,
+    /// Calls that failed at the transport.
+    pub transport_failures: u64,
+    /// Ejections so far.
+    pub ejections: u64,
+    /// Ejected endpoints that passed a re-probe and came back (the others are still out, or
+    /// were drained while out).
+    pub returns: u64,
+}
+
+/// Builds a [`Pool`]: passive ejection's settings, its transport-failure classifier and the
+/// re-probe of ejected endpoints.
+pub struct PoolBuilder<S> {
+    make: Box<dyn Fn(&Instance) -> S + Send + Sync>,
+    ejection: EjectionConfig,
+    classify: Classify,
+    health: Option<HealthCheck>,
+}
+
+impl<S> fmt::Debug for PoolBuilder<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("ejection", &self.ejection)
+            .field("health", &self.health.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Clone + Send + 'static> PoolBuilder<S> {
+    /// Passive ejection's settings (default [`EjectionConfig::default`]).
+    ///
+    /// ```
+    /// # use degrade_rollout::{Instance, discover::{EjectionConfig, Pool}};
+    /// let pool = Pool::builder(|i: &Instance| i.address).ejection(EjectionConfig::disabled()).build().unwrap();
+    /// # let _ = pool;
+    /// ```
+    #[must_use]
+    pub fn ejection(mut self, config: EjectionConfig) -> Self {
+        self.ejection = config;
+        self
+    }
+
+    /// Which errors of an endpoint's client service are transport failures (default
+    /// [`is_transport_failure`]: refused, reset and closed connections, through the error's
+    /// source chain).
+    ///
+    /// ```
+    /// # use degrade_rollout::{Instance, discover::Pool};
+    /// // A client whose errors are strings: "unreachable" is the transport failing.
+    /// let pool = Pool::builder(|i: &Instance| i.address)
+    ///     .transport_failure(|e| e.to_string().starts_with("unreachable"))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = pool;
+    /// ```
+    #[must_use]
+    pub fn transport_failure(
+        mut self,
+        classify: impl Fn(&(dyn Error + 'static)) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.classify = Arc::new(classify);
+        self
+    }
+
+    /// The check an ejected endpoint must pass to come back. Default: the rollout
+    /// controller's driver's [`health`](crate::Driver::health) once a controller uses the
+    /// pool, a TCP connect to the instance's address before.
+    ///
+    /// ```
+    /// # use degrade_rollout::{Instance, discover::Pool};
+    /// let pool = Pool::builder(|i: &Instance| i.address)
+    ///     .health(|_: &Instance| async { Ok(()) })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = pool;
+    /// ```
+    #[must_use]
+    pub fn health<F, Fut>(mut self, check: F) -> Self
+    where
+        F: Fn(&Instance) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.health = Some(Arc::new(move |i: &Instance| Box::pin(check(i))));
+        self
+    }
+
+    /// Validates and makes the pool.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the bad field of the ejection settings (within `ejection`).
+    ///
+    /// ```
+    /// # use degrade_rollout::{Instance, discover::{EjectionConfig, Pool}};
+    /// let bad = EjectionConfig { consecutive_failures: 0, ..Default::default() };
+    /// let err = Pool::builder(|i: &Instance| i.address).ejection(bad).build().unwrap_err();
+    /// assert_eq!(err.field(), "ejection.consecutive_failures");
+    /// ```
+    pub fn build(self) -> Result<Pool<S>, ConfigError> {
+        self.ejection.validate().map_err(|e| e.within("ejection"))?;
+        Ok(Pool::from_parts(
+            self.make,
+            self.ejection,
+            self.classify,
+            self.health,
+        ))
+    }
 }
 
 impl<S> Pool<S> {
     fn lock(&self) -> std::sync::MutexGuard<'_, State<S>> {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.shared.lock()
     }
 }
 

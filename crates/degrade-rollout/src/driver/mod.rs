@@ -66,6 +66,36 @@ pub trait Driver: Send + Sync + 'static {
     /// One health check: `Ok` when healthy.
     fn health(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send;
 
+    /// Resolves when the instance's process exits — crashes, is killed, or is stopped by
+    /// someone else than the rollout — with how it exited. The rollout watches every instance
+    /// it starts on the target version this way until it ends (including the post-rollout
+    /// watch) and rolls back when one exits; it drops the future when it no longer cares
+    /// (exits it caused itself are ignored). The default never resolves: on a platform that
+    /// cannot tell, the watch's health checks see a dead instance after `failure_threshold`
+    /// checks instead of at once.
+    ///
+    /// ```
+    /// use degrade_rollout::{Driver, Instance};
+    /// use degrade_core::BoxError;
+    /// # #[derive(Debug)] struct Noop;
+    /// # impl Driver for Noop {
+    /// #     async fn stop(&self, _: &Instance) -> Result<(), BoxError> { Ok(()) }
+    /// #     async fn install(&self, _: &Instance, _: &str) -> Result<(), BoxError> { Ok(()) }
+    /// #     async fn start(&self, _: &Instance) -> Result<(), BoxError> { Ok(()) }
+    /// #     async fn health(&self, _: &Instance) -> Result<(), BoxError> { Ok(()) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let i = Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1");
+    /// // A driver that cannot tell never reports an exit.
+    /// let exit = tokio::time::timeout(std::time::Duration::from_millis(10), Noop.exited(&i)).await;
+    /// assert!(exit.is_err());
+    /// # }
+    /// ```
+    fn exited(&self, instance: &Instance) -> impl Future<Output = BoxError> + Send {
+        let _ = instance;
+        std::future::pending()
+    }
+
     /// A spare address for a surge replacement of `instance`. The default refuses: a driver
     /// without spare capacity supports only in-place upgrades (max surge 0).
     fn allocate(
@@ -107,6 +137,9 @@ impl<D: Driver> Driver for Arc<D> {
     }
     fn health(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send {
         (**self).health(instance)
+    }
+    fn exited(&self, instance: &Instance) -> impl Future<Output = BoxError> + Send {
+        (**self).exited(instance)
     }
     fn allocate(
         &self,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, watch};
 
 use super::{CommandSpec, Driver, HealthCheck};
 
@@ -17,7 +18,10 @@ use super::{CommandSpec, Driver, HealthCheck};
 /// its port; stop sends SIGTERM, then SIGKILL after `stop_grace`; health is an HTTP GET or a
 /// TCP connect. Spare addresses make surge upgrades possible.
 ///
-/// Children are killed when the driver is dropped.
+/// Each child is owned by a small supervisor task that reaps it the moment it exits, so
+/// [`exited`](Driver::exited) reports a crash at once (and [`health`](Driver::health) fails
+/// from then on); stop signals go through the supervisor, never to a pid that may have been
+/// reused. Children are killed when the driver is dropped.
 ///
 /// ```no_run
 /// use degrade_rollout::{Driver, Instance, ProcessDriver, driver::{CommandSpec, HealthCheck}};
@@ -40,7 +44,7 @@ pub struct ProcessDriver {
     health: HealthCheck,
     stop_grace: Duration,
     quiet: bool,
-    children: Mutex<HashMap<SocketAddr, Child>>,
+    children: Mutex<HashMap<SocketAddr, Supervised>>,
     spare: Mutex<Vec<SocketAddr>>,
 }
 
@@ -174,6 +178,81 @@ impl ProcessDriverBuilder {
     }
 }
 
+/// A signal for a supervised child.
+#[derive(Debug, Clone, Copy)]
+enum Signal {
+    Term,
+    Kill,
+}
+
+/// A child process as the driver sees it: its pid, how it exited (once it has), and the
+/// channel to its supervisor.
+#[derive(Debug)]
+struct Supervised {
+    pid: Option<u32>,
+    exit: watch::Receiver<Option<String>>,
+    signals: mpsc::UnboundedSender<Signal>,
+}
+
+impl Supervised {
+    /// Spawns the supervisor of `child` (on the current runtime).
+    fn spawn(child: Child) -> Self {
+        let pid = child.id();
+        let (exit_tx, exit) = watch::channel(None);
+        let (signals, rx) = mpsc::unbounded_channel();
+        tokio::spawn(supervise(child, rx, exit_tx));
+        Self { pid, exit, signals }
+    }
+
+    /// How it exited, once it has.
+    fn exit(&self) -> Option<String> {
+        self.exit.borrow().clone()
+    }
+
+    /// Waits until it has exited (or its supervisor is gone with the runtime).
+    async fn wait(&mut self) {
+        let _ = self.exit.wait_for(Option::is_some).await;
+    }
+}
+
+/// Owns `child`: reaps it as soon as it exits and publishes how; sends it the signals the
+/// driver asks for; kills it when the driver lets go of it (dropped).
+async fn supervise(
+    mut child: Child,
+    mut signals: mpsc::UnboundedReceiver<Signal>,
+    exit: watch::Sender<Option<String>>,
+) {
+    let mut listening = true;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            signal = signals.recv(), if listening => match signal {
+                Some(Signal::Term) => {
+                    // The child is not reaped yet (only this task reaps it): the pid is its.
+                    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGTERM,
+                        );
+                    }
+                }
+                Some(Signal::Kill) => {
+                    let _ = child.start_kill();
+                }
+                None => {
+                    listening = false;
+                    let _ = child.start_kill();
+                }
+            },
+        }
+    };
+    let why = match status {
+        Ok(s) => format!("process exited ({s})"),
+        Err(e) => format!("process lost: {e}"),
+    };
+    let _ = exit.send(Some(why));
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -215,7 +294,10 @@ impl ProcessDriver {
     /// assert_eq!(d.pid("127.0.0.1:1".parse().unwrap()), None);
     /// ```
     pub fn pid(&self, address: SocketAddr) -> Option<u32> {
-        lock(&self.children).get(&address).and_then(Child::id)
+        lock(&self.children)
+            .get(&address)
+            .filter(|c| c.exit().is_none())
+            .and_then(|c| c.pid)
     }
 
     /// Checks health every 50 ms until it passes or `timeout` elapses (for bringing up the
@@ -294,24 +376,17 @@ impl Driver for ProcessDriver {
         let Some(mut child) = child else {
             return Ok(());
         };
-        if child.try_wait()?.is_some() {
+        if child.exit().is_some() {
             return Ok(());
         }
-        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-            // The child may exit between try_wait and here (ESRCH): that is a stop too.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        match tokio::time::timeout(self.stop_grace, child.wait()).await {
-            Ok(status) => {
-                status?;
-            }
-            Err(_) => {
-                tracing::warn!(instance = %instance.id, address = %instance.address, "no exit after SIGTERM: SIGKILL");
-                child.kill().await?;
-            }
+        let _ = child.signals.send(Signal::Term);
+        if tokio::time::timeout(self.stop_grace, child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(instance = %instance.id, address = %instance.address, "no exit after SIGTERM: SIGKILL");
+            let _ = child.signals.send(Signal::Kill);
+            child.wait().await;
         }
         Ok(())
     }
@@ -327,21 +402,22 @@ impl Driver for ProcessDriver {
 
     async fn start(&self, instance: &Instance) -> Result<(), BoxError> {
         let mut children = lock(&self.children);
-        if let Some(child) = children.get_mut(&instance.address)
-            && child.try_wait()?.is_none()
+        if let Some(child) = children.get(&instance.address)
+            && child.exit().is_none()
         {
             return Ok(()); // already running
         }
         let child = self.command(instance)?.spawn()?;
-        children.insert(instance.address, child);
+        children.insert(instance.address, Supervised::spawn(child));
         Ok(())
     }
 
     async fn health(&self, instance: &Instance) -> Result<(), BoxError> {
-        if let Some(child) = lock(&self.children).get_mut(&instance.address)
-            && let Some(status) = child.try_wait()?
-        {
-            return Err(format!("process exited ({status})").into());
+        let exited = lock(&self.children)
+            .get(&instance.address)
+            .and_then(Supervised::exit);
+        if let Some(why) = exited {
+            return Err(why.into());
         }
         let mut stream = TcpStream::connect(instance.address).await?;
         let HealthCheck::Http {
@@ -380,6 +456,25 @@ impl Driver for ProcessDriver {
             Ok(())
         } else {
             Err(format!("GET {path} answered {status}, expected {expect_status}").into())
+        }
+    }
+
+    async fn exited(&self, instance: &Instance) -> BoxError {
+        let exit = lock(&self.children)
+            .get(&instance.address)
+            .map(|c| c.exit.clone());
+        let why = match exit {
+            Some(mut exit) => match exit.wait_for(Option::is_some).await {
+                Ok(why) => why.clone(),
+                Err(_) => None,
+            },
+            None => None,
+        };
+        match why {
+            Some(why) => why.into(),
+            // Not a child of this driver, or its supervisor went with the runtime: nothing
+            // will be reported (the health checks still see the instance).
+            None => std::future::pending().await,
         }
     }
 

@@ -1,11 +1,12 @@
 //! Records applied to the state (live and on replay), the check that a journaled record
 //! fits, and the rollback plan.
 
+use crate::deadline::after;
 use crate::instance::{Instance, InstanceState};
 use tokio::time::Instant;
 
 use super::RolloutMachine;
-use super::ops::{Op, OpKind, SURGE_RETIRE_FROM, steps};
+use super::ops::{Op, OpKind, SURGE_RETIRE_FROM, Watch, steps};
 use super::protocol::Record;
 use super::types::{Direction, Mode, RolloutOutcome, RolloutPhase, StepKind, Target};
 use StepKind as K;
@@ -87,6 +88,29 @@ impl RolloutMachine {
                     ));
                 }
             }
+            Record::WatchStarted { outcome } => {
+                let batch_over = self.current_batch.is_none()
+                    || (self.ops.iter().all(Op::done) && !self.needs_analysis());
+                if self.phase != RolloutPhase::Upgrading
+                    || self.direction != Direction::Upgrade
+                    || !batch_over
+                {
+                    return Err(format!("watch started while {}", self.phase));
+                }
+                let ends = match outcome {
+                    RolloutOutcome::Completed => self.next_batch >= self.batches.len(),
+                    RolloutOutcome::Aborted => self.abort,
+                    _ => false,
+                };
+                if !ends {
+                    return Err(format!(
+                        "watch before a {outcome} end, which the rollout has not reached"
+                    ));
+                }
+                if self.slots.iter().all(|s| s.watch.is_none()) {
+                    return Err("watch started with no upgraded instance to watch".to_owned());
+                }
+            }
             Record::Failed { .. }
             | Record::Paused
             | Record::Resumed
@@ -132,6 +156,9 @@ impl RolloutMachine {
                     return;
                 };
                 let (slot, to) = (self.ops[k].slot, self.ops[k].to.clone());
+                // What the bake saw, carried into the watch that follows it.
+                let (streak, next_probe) = (self.ops[k].fail_streak, self.ops[k].next_probe);
+                let upgrading = self.direction == Direction::Upgrade;
                 let sl = &mut self.slots[slot];
                 match step.kind {
                     K::Allocate => {
@@ -157,7 +184,12 @@ impl RolloutMachine {
                         sl.serving(step.target, true);
                         sl.set_state(step.target, InstanceState::Ready);
                     }
-                    K::Bake => {}
+                    K::Bake => {
+                        // Baked on the target version: watched from now until the end.
+                        if upgrading {
+                            sl.watch = Some(Watch::new(step.target, streak, next_probe));
+                        }
+                    }
                     K::Release => {
                         if step.target == N {
                             sl.next = None;
@@ -171,6 +203,13 @@ impl RolloutMachine {
                             sl.current = n;
                             sl.current_serving = sl.next_serving;
                             sl.next_serving = false;
+                        }
+                        if let Some(w) = sl.watch.as_mut() {
+                            // A check of the replacement in flight reports as `next`: drop it
+                            // and check the new holder of the id afresh.
+                            w.target = C;
+                            w.busy = false;
+                            w.issued = None;
                         }
                     }
                 }
@@ -192,22 +231,24 @@ impl RolloutMachine {
                     self.last_progress = now;
                 }
             }
-            Record::Failed { id, reason } => {
+            Record::Failed { id, target, reason } => {
                 if let Some(id) = &id
                     && let Some(slot) = self.slots.iter().position(|s| &s.current.id == id)
                 {
-                    // The failing instance is the one the op was acting on.
-                    let target = self
-                        .ops
-                        .iter()
-                        .find(|op| op.slot == slot)
-                        .and_then(Op::step)
-                        .map_or(C, |st| st.target);
+                    // The failing instance is the one named, or (journals of earlier
+                    // versions) the one the op was acting on.
+                    let target = target.unwrap_or_else(|| {
+                        self.ops
+                            .iter()
+                            .find(|op| op.slot == slot)
+                            .and_then(Op::step)
+                            .map_or(C, |st| st.target)
+                    });
                     self.slots[slot].set_state(target, InstanceState::Failed);
                 }
                 self.failure.get_or_insert(reason);
                 self.phase = match self.phase {
-                    RolloutPhase::Upgrading => RolloutPhase::Failing,
+                    RolloutPhase::Upgrading | RolloutPhase::Watching => RolloutPhase::Failing,
                     RolloutPhase::RollingBack => {
                         RolloutPhase::Finished(RolloutOutcome::RollbackFailed)
                     }
@@ -222,7 +263,20 @@ impl RolloutMachine {
             }
             Record::Paused => self.paused = true,
             Record::Resumed => self.paused = false,
-            Record::AbortRequested => self.abort = true,
+            Record::AbortRequested => {
+                self.abort = true;
+                if self.phase == RolloutPhase::Watching {
+                    self.watch_cut = true;
+                }
+            }
+            Record::WatchStarted { outcome } => {
+                self.phase = RolloutPhase::Watching;
+                self.watch_outcome = Some(outcome);
+                self.watch_since = now;
+                self.watch_until = now.map(|t| after(t, self.cfg.post_watch));
+                self.ops.clear();
+                self.current_batch = None;
+            }
             Record::Finished { outcome } => {
                 self.phase = RolloutPhase::Finished(outcome);
                 self.ops.clear();
@@ -259,7 +313,19 @@ impl RolloutMachine {
             // The batch finished (its analysis failed): roll it back with the others.
             self.current_batch.map_or(self.next_batch, |b| b + 1)
         };
-        for b in (0..completed.min(self.batches.len())).rev() {
+        // The completed batches in reverse, those holding a failed instance first: it is out of
+        // service already, so restoring it first takes no more capacity down.
+        let mut order: Vec<usize> = (0..completed.min(self.batches.len())).rev().collect();
+        order.sort_by_key(|&b| {
+            !self.batches[b].iter().any(|&(slot, _)| {
+                let s = &self.slots[slot];
+                s.current.state == InstanceState::Failed
+                    || s.next
+                        .as_ref()
+                        .is_some_and(|n| n.state == InstanceState::Failed)
+            })
+        });
+        for b in order {
             let group = self.batches[b]
                 .iter()
                 .map(|&(slot, mode)| {
@@ -273,6 +339,14 @@ impl RolloutMachine {
             groups.push(group);
         }
         self.rollback = groups;
+        // The watch ends: every changed instance goes back, each through its own gate.
+        for s in &mut self.slots {
+            s.watch = None;
+        }
+        self.watch_outcome = None;
+        self.watch_since = None;
+        self.watch_until = None;
+        self.watch_elapsed = false;
         self.ops.clear();
         self.current_batch = None;
         self.next_batch = 0;

@@ -11,7 +11,14 @@ use super::types::{Direction, RolloutOutcome, RolloutPhase, StepKind};
 use StepKind as K;
 
 impl RolloutMachine {
+    /// Everything the machine does after an event: batches and their steps, then the watch of
+    /// the upgraded instances.
     pub(super) fn drive(&mut self, now: Instant, out: &mut Vec<RolloutAction>) {
+        self.drive_batches(now, out);
+        self.drive_watch(now, out);
+    }
+
+    fn drive_batches(&mut self, now: Instant, out: &mut Vec<RolloutAction>) {
         loop {
             match self.phase {
                 RolloutPhase::Finished(outcome) => {
@@ -26,6 +33,13 @@ impl RolloutMachine {
                     }
                     self.record(Record::RollbackStarted, now, out);
                     continue;
+                }
+                RolloutPhase::Watching => {
+                    if let Some(outcome) = self.watch_over(now) {
+                        self.record(Record::Finished { outcome }, now, out);
+                        continue;
+                    }
+                    return;
                 }
                 RolloutPhase::Upgrading | RolloutPhase::RollingBack => {}
             }
@@ -56,7 +70,12 @@ impl RolloutMachine {
                         "no progress in {:?} (progress deadline)",
                         self.cfg.progress_deadline
                     );
-                    self.record(Record::Failed { id: None, reason }, now, out);
+                    let r = Record::Failed {
+                        id: None,
+                        target: None,
+                        reason,
+                    };
+                    self.record(r, now, out);
                     continue;
                 }
                 return;
@@ -76,7 +95,16 @@ impl RolloutMachine {
                 None
             };
             if let Some(outcome) = outcome {
-                self.record(Record::Finished { outcome }, now, out);
+                // The instances this rollout changed are watched a while longer before it
+                // ends: an upgrade is not complete while one of them may be down.
+                let r = if self.direction == Direction::Upgrade
+                    && self.slots.iter().any(|s| s.watch.is_some())
+                {
+                    Record::WatchStarted { outcome }
+                } else {
+                    Record::Finished { outcome }
+                };
+                self.record(r, now, out);
                 continue;
             }
             if self.paused {

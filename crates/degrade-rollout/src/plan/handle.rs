@@ -51,7 +51,7 @@ impl RolloutMachine {
                 if let Some(k) = self.busy_op(&id, step) {
                     self.ops[k].busy = false;
                     let reason = format!("{step} of `{id}` failed: {error}");
-                    self.fail(Some(id), reason, now, &mut out);
+                    self.fail(Some(id), Some(step.target), reason, now, &mut out);
                 }
             }
             RolloutEvent::Health {
@@ -59,6 +59,9 @@ impl RolloutMachine {
                 target,
                 healthy,
             } => self.health(id, target, healthy, now, &mut out),
+            RolloutEvent::Exited { id, address, error } => {
+                self.exited(id, address, &error, now, &mut out);
+            }
             RolloutEvent::Analysis {
                 batch,
                 pass,
@@ -70,6 +73,7 @@ impl RolloutMachine {
                         self.record(Record::AnalysisPassed { batch }, now, &mut out);
                     } else {
                         self.fail(
+                            None,
                             None,
                             format!("analysis of batch {batch}: {reason}"),
                             now,
@@ -102,6 +106,8 @@ impl RolloutMachine {
                 && self.slots[op.slot].current.id == id
                 && matches!(op.step(), Some(st) if matches!(st.kind, K::Probe | K::Bake) && st.target == target)
         }) else {
+            // Not an op's gate or bake: perhaps the watch of an upgraded instance.
+            self.watch_health(&id, target, healthy, now, out);
             return;
         };
         let op = &mut self.ops[k];
@@ -148,7 +154,7 @@ impl RolloutMachine {
             if op.fail_streak >= self.cfg.failure_threshold {
                 let n = op.fail_streak;
                 let reason = format!("`{id}` ({target}) failed {n} consecutive health checks");
-                self.fail(Some(id), reason, now, out);
+                self.fail(Some(id), Some(target), reason, now, out);
             }
         }
     }
@@ -156,6 +162,7 @@ impl RolloutMachine {
     pub(super) fn fail(
         &mut self,
         id: Option<String>,
+        target: Option<Target>,
         reason: String,
         now: Instant,
         out: &mut Vec<RolloutAction>,
@@ -163,11 +170,27 @@ impl RolloutMachine {
         if self.phase == RolloutPhase::Failing {
             return;
         }
-        self.record(Record::Failed { id, reason }, now, out);
+        self.record(Record::Failed { id, target, reason }, now, out);
     }
 
     pub(super) fn record(&mut self, r: Record, now: Instant, out: &mut Vec<RolloutAction>) {
         out.push(RolloutAction::Record(r.clone()));
+        let started = match &r {
+            Record::StepDone { id, step, .. } if step.kind == K::Start => {
+                Some((id.clone(), step.target))
+            }
+            _ => None,
+        };
         self.apply(r, Some(now));
+        // An instance started on the target version: watch its process from now on.
+        if let Some((id, target)) = started
+            && let Some(slot) = self.slots.iter().position(|s| s.current.id == id)
+            && self.exit_watched(slot, target)
+            && let Some(instance) = self.slots[slot].get(target)
+        {
+            out.push(RolloutAction::Watch {
+                instance: instance.clone(),
+            });
+        }
     }
 }

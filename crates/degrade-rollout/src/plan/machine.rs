@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::ops::{Op, OpKind, Slot};
 use super::protocol::Record;
-use super::types::{Direction, Mode, RolloutPhase, StepKind};
+use super::types::{Direction, Mode, RolloutOutcome, RolloutPhase, StepKind};
 use StepKind as K;
 
 /// The rollout planner. See the [module documentation](crate::plan).
@@ -48,6 +48,18 @@ pub struct RolloutMachine {
     pub(super) analysis_pending: bool,
     pub(super) analysed: HashSet<usize>,
     pub(super) last_progress: Option<Instant>,
+    /// How the rollout ends if the post-rollout watch sees no failure (set by `WatchStarted`).
+    pub(super) watch_outcome: Option<RolloutOutcome>,
+    /// When the post-rollout watch began and when it may end (soft: after a restart the
+    /// watch runs its full length again).
+    pub(super) watch_since: Option<Instant>,
+    pub(super) watch_until: Option<Instant>,
+    /// `watch_until` has passed (the watch waits for checks only).
+    pub(super) watch_elapsed: bool,
+    /// An abort came during the post-rollout watch: it ends at once, as aborted.
+    pub(super) watch_cut: bool,
+    /// The process watches must be asked for again (after a replay: a new controller).
+    pub(super) rewatch: bool,
 }
 
 impl RolloutMachine {
@@ -110,6 +122,7 @@ impl RolloutMachine {
                     next: None,
                     current_serving: true,
                     next_serving: false,
+                    watch: None,
                 }
             })
             .collect();
@@ -152,6 +165,12 @@ impl RolloutMachine {
             analysis_pending: false,
             analysed: HashSet::new(),
             last_progress: None,
+            watch_outcome: None,
+            watch_since: None,
+            watch_until: None,
+            watch_elapsed: false,
+            watch_cut: false,
+            rewatch: false,
         })
     }
 
@@ -213,6 +232,13 @@ impl RolloutMachine {
             op.ok_streak = 0;
             op.fail_streak = 0;
         }
+        for w in self.slots.iter_mut().filter_map(|s| s.watch.as_mut()) {
+            *w = super::ops::Watch::new(w.target, 0, None);
+        }
+        self.watch_since = None;
+        self.watch_until = None;
+        self.watch_elapsed = false;
+        self.rewatch = true;
         self.analysis_pending = false;
     }
 
@@ -396,6 +422,32 @@ impl RolloutMachine {
                 .last_progress
                 .map(|t| after(t, self.cfg.progress_deadline)));
         }
+        if self.watching() {
+            for w in self.slots.iter().filter_map(|s| s.watch.as_ref()) {
+                if !w.busy {
+                    at(w.next_probe);
+                }
+            }
+        }
+        if self.phase == RolloutPhase::Watching && !self.watch_elapsed {
+            at(self.watch_until);
+        }
         wake
+    }
+
+    /// The upgraded instances under watch: health-checked every `health_interval` from the
+    /// end of their bake until the rollout ends (after [`post_watch`](RolloutConfig::post_watch))
+    /// or rolls back. See the [module documentation](crate::plan).
+    ///
+    /// ```
+    /// # use degrade_rollout::{Instance, RolloutConfig, plan::RolloutMachine};
+    /// # let i = vec![Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1")];
+    /// assert!(RolloutMachine::new(RolloutConfig::default(), i, "v2").unwrap().watched().is_empty());
+    /// ```
+    pub fn watched(&self) -> Vec<Instance> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.get(s.watch.as_ref()?.target).cloned())
+            .collect()
     }
 }

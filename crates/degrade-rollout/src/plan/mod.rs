@@ -40,6 +40,7 @@ mod machine;
 mod ops;
 mod protocol;
 mod types;
+mod watch;
 
 pub use machine::RolloutMachine;
 pub use protocol::{Record, RolloutAction, RolloutEvent};

@@ -108,6 +108,41 @@ pub(super) struct Slot {
     pub(super) previous: String,
     pub(super) current_serving: bool,
     pub(super) next_serving: bool,
+    /// The health watch of the id's upgraded instance, from the end of its bake until the
+    /// rollout ends or rolls back.
+    pub(super) watch: Option<Watch>,
+}
+
+/// The health watch of one upgraded instance (all soft state but `target`, which follows from
+/// the records).
+#[derive(Debug, Clone)]
+pub(super) struct Watch {
+    /// Which of the id's instances is watched (the surge replacement until it takes over the id).
+    pub(super) target: Target,
+    /// A check is running.
+    pub(super) busy: bool,
+    /// When the running check was asked for.
+    pub(super) issued: Option<Instant>,
+    /// When the next check is due (`None`: now).
+    pub(super) next_probe: Option<Instant>,
+    /// Consecutive failed checks.
+    pub(super) fail_streak: u32,
+    /// When the last passing check was asked for (checks asked for before the post-rollout
+    /// watch began do not count towards its end).
+    pub(super) passed: Option<Instant>,
+}
+
+impl Watch {
+    pub(super) fn new(target: Target, fail_streak: u32, next_probe: Option<Instant>) -> Self {
+        Self {
+            target,
+            busy: false,
+            issued: None,
+            next_probe,
+            fail_streak,
+            passed: None,
+        }
+    }
 }
 
 impl Slot {

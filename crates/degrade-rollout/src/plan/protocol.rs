@@ -41,6 +41,10 @@ pub enum Record {
         /// The instance at fault, if one is.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
+        /// Which of the id's instances is at fault (absent in journals written before it was
+        /// recorded: then the one its step acted on).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<Target>,
         /// Why.
         reason: String,
     },
@@ -57,6 +61,13 @@ pub enum Record {
     Resumed,
     /// Abort requested: stop after the current batch.
     AbortRequested,
+    /// Every batch is done (or the rollout was aborted after one): the instances it changed
+    /// stay watched for `post_watch` before it ends with `outcome`; a failure meanwhile rolls
+    /// back.
+    WatchStarted {
+        /// How the rollout ends if the watch sees no failure: completed or aborted.
+        outcome: RolloutOutcome,
+    },
     /// The rollout ended.
     Finished {
         /// How.
@@ -97,6 +108,14 @@ pub enum RolloutAction {
     },
     /// The instance passed its health gate: put it in the balancer.
     Serve {
+        /// The instance.
+        instance: Instance,
+    },
+    /// The instance was started on the target version: watch its process and report
+    /// [`RolloutEvent::Exited`] if it ever exits (drivers that cannot tell never report; the
+    /// health checks of the watch still see it). Stale reports are ignored, so the controller
+    /// may drop its watches when the rollout ends.
+    Watch {
         /// The instance.
         instance: Instance,
     },
@@ -160,6 +179,16 @@ pub enum RolloutEvent {
         pass: bool,
         /// Why, in a few words.
         reason: String,
+    },
+    /// A [`RolloutAction::Watch`]ed instance's process exited (crashed, killed, or stopped
+    /// by someone else than the rollout).
+    Exited {
+        /// The id.
+        id: String,
+        /// The address of the instance that exited (an id has two during a surge).
+        address: SocketAddr,
+        /// How it exited, as text.
+        error: String,
     },
     /// Do not start new batches.
     Pause,

@@ -173,6 +173,10 @@ impl fmt::Display for RolloutOutcome {
 pub enum RolloutPhase {
     /// Moving instances to the target version.
     Upgrading,
+    /// The batches are done; the changed instances are watched for
+    /// [`post_watch`](crate::RolloutConfig::post_watch) before the rollout ends. A failure of
+    /// one of them now still rolls back.
+    Watching,
     /// Failed; waiting for the running steps to settle before rolling back.
     Failing,
     /// Moving changed instances back.
@@ -185,6 +189,7 @@ impl fmt::Display for RolloutPhase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RolloutPhase::Upgrading => f.write_str("upgrading"),
+            RolloutPhase::Watching => f.write_str("watching"),
             RolloutPhase::Failing => f.write_str("failing"),
             RolloutPhase::RollingBack => f.write_str("rolling back"),
             RolloutPhase::Finished(o) => write!(f, "finished ({o})"),
