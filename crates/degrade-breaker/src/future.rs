@@ -3,7 +3,7 @@
 //! future dropped before that records a cancelled call — the permit cannot leak.
 
 use crate::error::CircuitOpen;
-use crate::handle::Permit;
+use crate::permit::Permit;
 use degrade_core::{BoxError, Classifier, Clock};
 use pin_project_lite::pin_project;
 use std::future::Future;

@@ -58,8 +58,10 @@ use crate::config::BreakerConfig;
 #[cfg(feature = "http")]
 use crate::future::RespondFuture;
 use crate::future::ResponseFuture;
-use crate::handle::{BreakerHandle, Permit, Shared};
+use crate::handle::BreakerHandle;
 use crate::layer::BreakerLayer;
+use crate::permit::Permit;
+use crate::shared::Shared;
 use degrade_core::answer::Errors;
 #[cfg(feature = "grpc")]
 use degrade_core::answer::GrpcResponses;
@@ -513,13 +515,6 @@ impl<S, F, Key, C, K, M> Layer<S> for KeyedBreakerLayer<F, Key, C, K, M> {
 }
 
 /// Builds a [`KeyedBreakerLayer`]; see [`KeyedBreakerLayer::builder`].
-///
-/// ```
-/// use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-/// use degrade_core::key::from_fn;
-/// let b = KeyedBreakerLayer::builder(BreakerConfig::default(), from_fn(|k: &u8| Some(*k))).max_keys(4);
-/// # let _ = b;
-/// ```
 pub struct KeyedBuilder<F, Key, C = DefaultClassifier, K = TokioClock> {
     inner: crate::layer::BreakerBuilder<C, K>,
     extractor: F,
@@ -553,14 +548,6 @@ impl<F, Key, C, K> KeyedBuilder<F, Key, C, K> {
     }
 
     /// The classifier of every key's breaker (cloned per key).
-    ///
-    /// ```
-    /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-    /// # use degrade_core::key::from_fn;
-    /// let b = KeyedBreakerLayer::builder(BreakerConfig::default(), from_fn(|k: &u8| Some(*k)))
-    ///     .classifier(degrade_core::DefaultClassifier);
-    /// # let _ = b;
-    /// ```
     pub fn classifier<D>(self, classifier: D) -> KeyedBuilder<F, Key, D, K> {
         KeyedBuilder {
             inner: self.inner.classifier(classifier),
@@ -571,14 +558,6 @@ impl<F, Key, C, K> KeyedBuilder<F, Key, C, K> {
     }
 
     /// The clock of every key's breaker.
-    ///
-    /// ```
-    /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-    /// # use degrade_core::key::from_fn;
-    /// let b = KeyedBreakerLayer::builder(BreakerConfig::default(), from_fn(|k: &u8| Some(*k)))
-    ///     .clock(degrade_core::TokioClock);
-    /// # let _ = b;
-    /// ```
     pub fn clock<L: Clock>(self, clock: L) -> KeyedBuilder<F, Key, C, L> {
         KeyedBuilder {
             inner: self.inner.clock(clock),
@@ -589,13 +568,6 @@ impl<F, Key, C, K> KeyedBuilder<F, Key, C, K> {
     }
 
     /// The name in `tracing` events; each key's breaker is named `name[key]`.
-    ///
-    /// ```
-    /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-    /// # use degrade_core::key::from_fn;
-    /// let b = KeyedBreakerLayer::builder(BreakerConfig::default(), from_fn(|k: &u8| Some(*k))).name("hosts");
-    /// # let _ = b;
-    /// ```
     #[must_use]
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.inner = self.inner.name(name);

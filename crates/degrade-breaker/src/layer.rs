@@ -1,8 +1,9 @@
 //! The [`BreakerLayer`] and its builder.
 
 use crate::config::BreakerConfig;
-use crate::handle::{BreakerHandle, BreakerSnapshot, Shared};
+use crate::handle::{BreakerHandle, BreakerSnapshot};
 use crate::service::Breaker;
+use crate::shared::Shared;
 use degrade_core::answer::Errors;
 #[cfg(feature = "grpc")]
 use degrade_core::answer::GrpcResponses;
@@ -232,12 +233,6 @@ impl<C, K> fmt::Debug for BreakerBuilder<C, K> {
 impl<C, K> BreakerBuilder<C, K> {
     /// How outcomes are classified: any `degrade_core::Classifier` (`HttpClassifier` with
     /// feature `http`, `GrpcClassifier` with `grpc`, or your own).
-    ///
-    /// ```
-    /// use degrade_breaker::{BreakerConfig, BreakerLayer};
-    /// use degrade_core::DefaultClassifier;
-    /// let _ = BreakerLayer::builder(BreakerConfig::default()).classifier(DefaultClassifier);
-    /// ```
     pub fn classifier<D>(self, classifier: D) -> BreakerBuilder<D, K> {
         BreakerBuilder {
             config: self.config,
@@ -248,11 +243,6 @@ impl<C, K> BreakerBuilder<C, K> {
     }
 
     /// The clock (default `TokioClock`, which follows paused tokio time).
-    ///
-    /// ```
-    /// use degrade_breaker::{BreakerConfig, BreakerLayer};
-    /// let _ = BreakerLayer::builder(BreakerConfig::default()).clock(degrade_core::TokioClock);
-    /// ```
     pub fn clock<L: Clock>(self, clock: L) -> BreakerBuilder<C, L> {
         BreakerBuilder {
             config: self.config,
@@ -263,11 +253,6 @@ impl<C, K> BreakerBuilder<C, K> {
     }
 
     /// The name in the breaker's `tracing` events (default `"breaker"`).
-    ///
-    /// ```
-    /// use degrade_breaker::{BreakerConfig, BreakerLayer};
-    /// let _ = BreakerLayer::builder(BreakerConfig::default()).name("inventory");
-    /// ```
     #[must_use]
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = name.into();

@@ -3,7 +3,9 @@
 #[cfg(feature = "http")]
 use crate::future::RespondFuture;
 use crate::future::ResponseFuture;
-use crate::handle::{BreakerHandle, BreakerSnapshot, Permit, Shared};
+use crate::handle::{BreakerHandle, BreakerSnapshot};
+use crate::permit::Permit;
+use crate::shared::Shared;
 use degrade_core::answer::Errors;
 #[cfg(feature = "http")]
 use degrade_core::answer::{Respond, Responses};

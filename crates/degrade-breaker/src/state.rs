@@ -222,13 +222,6 @@ impl fmt::Display for BreakerTransition {
 }
 
 /// An event for the [`BreakerMachine`].
-///
-/// ```
-/// use degrade_breaker::state::BreakerEvent;
-/// use degrade_core::Outcome;
-/// let e = BreakerEvent::Probe(Outcome::Success);
-/// # let _ = e;
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub enum BreakerEvent {

@@ -1,6 +1,7 @@
 //! The async driver of a rollout: analyses at every interval, moves the router's weight, runs
 //! the promote and rollback hooks, persists its state, and takes manual gates.
 
+use crate::error::StoreError;
 use crate::judge::{Judge, Judgement};
 use crate::machine::{CanaryAction, CanaryConfig, CanaryEvent, CanaryMachine, CanaryState};
 use crate::service::CanaryHandle;
@@ -8,7 +9,6 @@ use crate::store::{MemoryStore, StateStore};
 use degrade_core::{BoxError, Clock, TokioClock};
 use std::fmt;
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -17,11 +17,6 @@ use tokio::task::JoinHandle;
 type Hook = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// A manual gate.
-///
-/// ```
-/// use degrade_canary::Gate;
-/// assert_ne!(Gate::Pause, Gate::Resume);
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
     /// Promote now.
@@ -75,13 +70,6 @@ impl<Clk> fmt::Debug for CanaryControllerBuilder<Clk> {
 
 impl<Clk: Clock> CanaryControllerBuilder<Clk> {
     /// Persists the rollout in `store` (default: in memory only).
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, MemoryStore, CanaryConfig, CanaryController};
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let b = CanaryController::builder(CanaryConfig::default(), router.handle()).store(MemoryStore::default());
-    /// # let _ = b;
-    /// ```
     #[must_use]
     pub fn store(mut self, store: impl StateStore) -> Self {
         self.store = Box::new(store);
@@ -89,14 +77,6 @@ impl<Clk: Clock> CanaryControllerBuilder<Clk> {
     }
 
     /// Reads bake times from `clock` (default: the tokio clock).
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let b = CanaryController::builder(CanaryConfig::default(), router.handle())
-    ///     .clock(degrade_core::TokioClock);
-    /// # let _ = b;
-    /// ```
     pub fn clock<C2: Clock>(self, clock: C2) -> CanaryControllerBuilder<C2> {
         CanaryControllerBuilder {
             cfg: self.cfg,
@@ -110,14 +90,6 @@ impl<Clk: Clock> CanaryControllerBuilder<Clk> {
 
     /// Runs `hook` after a promotion (the weight is then the last step's), e.g. to make the
     /// candidate the new stable.
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let b = CanaryController::builder(CanaryConfig::default(), router.handle())
-    ///     .on_promote(|| async { println!("promoted") });
-    /// # let _ = b;
-    /// ```
     #[must_use]
     pub fn on_promote<F, Fut>(mut self, hook: F) -> Self
     where
@@ -129,14 +101,6 @@ impl<Clk: Clock> CanaryControllerBuilder<Clk> {
     }
 
     /// Runs `hook` after a rollback (the weight is then 0).
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let b = CanaryController::builder(CanaryConfig::default(), router.handle())
-    ///     .on_rollback(|| async { println!("rolled back") });
-    /// # let _ = b;
-    /// ```
     #[must_use]
     pub fn on_rollback<F, Fut>(mut self, hook: F) -> Self
     where
@@ -150,6 +114,9 @@ impl<Clk: Clock> CanaryControllerBuilder<Clk> {
     /// Validates the configuration, resumes the persisted rollout if the store holds one (at
     /// its step and weight; the step's bake time and the judge's evidence start over) or
     /// starts a new one at the first step, and sets the router's weight accordingly.
+    ///
+    /// If the store cannot save the starting state, the weight is set to 0 and the error
+    /// (a [`StoreError`]) is returned: no traffic reaches a candidate no controller judges.
     ///
     /// ```
     /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
@@ -172,9 +139,16 @@ impl<Clk: Clock> CanaryControllerBuilder<Clk> {
         };
         let mut judge = Judge::new(self.cfg.judge.clone())?;
         judge.start(&self.handle.snapshot());
-        self.handle.weight().set(rollout.state().weight_bp)?;
         let rollout_state = rollout.state();
-        self.store.save(&rollout_state)?;
+        if let Err(err) = self.store.save(&rollout_state) {
+            let _ = self.handle.weight().set(0);
+            let mut state = rollout_state;
+            state.phase = crate::machine::CanaryPhase::RolledBack;
+            state.weight_bp = 0;
+            tracing::error!(error = %err, "canary state store failed at start: weight 0");
+            return Err(StoreError::new(state, err).into());
+        }
+        self.handle.weight().set(rollout_state.weight_bp)?;
         Ok(CanaryController {
             interval: self.cfg.analysis_interval,
             rollout,
@@ -233,13 +207,6 @@ impl<Clk> fmt::Debug for CanaryController<Clk> {
 
 impl CanaryController {
     /// A builder over the router behind `handle`.
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let b = CanaryController::builder(CanaryConfig::default(), router.handle());
-    /// # let _ = b;
-    /// ```
     pub fn builder(cfg: CanaryConfig, handle: CanaryHandle) -> CanaryControllerBuilder {
         CanaryControllerBuilder {
             cfg,
@@ -282,8 +249,8 @@ impl<Clk: Clock> CanaryController<Clk> {
     }
 
     /// One analysis: the judge looks at the router's statistics and the rollout acts on the
-    /// verdict. Returns the judgement. An error means the state could not be persisted (the
-    /// router's weight has been set regardless).
+    /// verdict. Returns the judgement. An error means the state could not be persisted: the
+    /// controller has then rolled back (weight 0, rollback hook run, see [`StoreError`]).
     ///
     /// ```
     /// # use degrade_canary::{Canary, CanaryConfig, CanaryController, Verdict};
@@ -293,7 +260,7 @@ impl<Clk: Clock> CanaryController<Clk> {
     /// assert_eq!(c.tick().await.unwrap().verdict, Verdict::Inconclusive); // no data yet
     /// # }
     /// ```
-    pub async fn tick(&mut self) -> io::Result<Judgement> {
+    pub async fn tick(&mut self) -> Result<Judgement, StoreError> {
         let judgement = self.judge.look(&self.handle.snapshot());
         tracing::debug!(
             verdict = %judgement.verdict,
@@ -323,14 +290,15 @@ impl<Clk: Clock> CanaryController<Clk> {
     /// assert_eq!(c.state().phase, CanaryPhase::Paused(PauseReason::Manual));
     /// # }
     /// ```
-    pub async fn gate(&mut self, gate: Gate) -> io::Result<()> {
+    pub async fn gate(&mut self, gate: Gate) -> Result<(), StoreError> {
         let actions = self.rollout.on(gate.into(), self.clock.now());
         self.apply(actions).await
     }
 
     /// Sets the weight, persists the new state, then runs the hooks: a crash during a hook
-    /// never undoes a rollback.
-    async fn apply(&mut self, actions: Vec<CanaryAction>) -> io::Result<()> {
+    /// never undoes a rollback. A state that cannot be persisted fails safe: the rollout is
+    /// aborted (weight 0, rollback hook) and the error returned.
+    async fn apply(&mut self, mut actions: Vec<CanaryAction>) -> Result<(), StoreError> {
         for action in &actions {
             if let CanaryAction::SetWeight(bp) = *action {
                 // The rollout only produces checked weights.
@@ -338,9 +306,35 @@ impl<Clk: Clock> CanaryController<Clk> {
             }
         }
         let state = self.rollout.state();
+        let mut failure = None;
         if self.saved != state {
-            self.store.save(&state)?;
-            self.saved = state;
+            match self.store.save(&state) {
+                Ok(()) => self.saved = state,
+                // A promotion was judged: it stands, only its record is missing.
+                Err(err) if state.phase == crate::machine::CanaryPhase::Promoted => {
+                    tracing::error!(error = %err, "canary state store failed after promotion");
+                    failure = Some(StoreError::new(state, err));
+                }
+                Err(err) => {
+                    tracing::error!(
+                        error = %err,
+                        step = state.step,
+                        weight_bp = state.weight_bp,
+                        "canary state store failed: rolling back to weight 0"
+                    );
+                    let _ = self.handle.weight().set(0);
+                    let abort = self.rollout.on(CanaryEvent::Abort, self.clock.now());
+                    let _ = self.handle.weight().set(0);
+                    // The rollback itself is worth recording if the store recovers.
+                    if self.store.save(&self.rollout.state()).is_ok() {
+                        self.saved = self.rollout.state();
+                    }
+                    if !actions.contains(&CanaryAction::RollBack) {
+                        actions.extend(abort.into_iter().filter(|a| *a == CanaryAction::RollBack));
+                    }
+                    failure = Some(StoreError::new(self.rollout.state(), err));
+                }
+            }
         }
         for action in actions {
             let hook = match action {
@@ -352,14 +346,15 @@ impl<Clk: Clock> CanaryController<Clk> {
                 hook().await;
             }
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 }
 
 impl<Clk: Clock> CanaryController<Clk> {
     /// Runs the controller on the tokio runtime: an analysis every `analysis_interval` (the
     /// first one interval from now), gates as they arrive, until the rollout is promoted or
-    /// rolled back. The task returns the final state (or the store's error).
+    /// rolled back. The task returns the final state, or the store's error after failing safe
+    /// (weight 0).
     ///
     /// ```
     /// use degrade_canary::{Canary, CanaryPhase, CanaryConfig, CanaryController};
@@ -371,7 +366,7 @@ impl<Clk: Clock> CanaryController<Clk> {
     /// assert_eq!(task.await.unwrap().unwrap().phase, CanaryPhase::Promoted);
     /// # }
     /// ```
-    pub fn spawn(mut self) -> (JoinHandle<io::Result<CanaryState>>, Gates) {
+    pub fn spawn(mut self) -> (JoinHandle<Result<CanaryState, StoreError>>, Gates) {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             // A configured "forever" (up to `Duration::MAX`) must not overflow the first tick.

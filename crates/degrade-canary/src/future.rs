@@ -20,17 +20,21 @@ pin_project! {
     }
 }
 
-/// Records the call as cancelled if the future is dropped before it completes.
+/// Records the call as cancelled if the future is dropped before it completes (a caller's
+/// timeout, a client gone): a hung arm must show up in its statistics, not vanish from them.
+/// Forced calls are never judged, so they record nothing.
 struct Guard<Cl, Clk> {
     recorder: Arc<Recorder<Cl, Clk>>,
     arm: Arm,
+    group: u8,
+    /// Completed, or forced (never judged).
     done: bool,
 }
 
 impl<Cl, Clk> Drop for Guard<Cl, Clk> {
     fn drop(&mut self) {
         if !self.done {
-            self.recorder.stats.cancelled(self.arm);
+            self.recorder.stats.cancelled(self.arm, self.group);
         }
     }
 }
@@ -38,7 +42,9 @@ impl<Cl, Clk> Drop for Guard<Cl, Clk> {
 pin_project! {
     /// The response future of [`Canary`](crate::Canary): the arm's own future, then the outcome
     /// and latency recorded in the arm's statistics. A future dropped before it completes is a
-    /// cancelled call: counted as such, and not judged.
+    /// cancelled call: counted as such, and judged a failure of its arm by default (see
+    /// [`JudgeConfig::cancelled_is_failure`](crate::JudgeConfig::cancelled_is_failure)). A
+    /// request forced by the override is served but never judged.
     pub struct ResponseFuture<SF, CF, Cl, M, Clk> {
         #[pin]
         inner: Inner<SF, CF>,
@@ -52,6 +58,8 @@ impl<SF, CF, Cl, M, Clk> ResponseFuture<SF, CF, Cl, M, Clk> {
     pub(crate) fn new(
         inner: Inner<SF, CF>,
         arm: Arm,
+        forced: bool,
+        group: u8,
         start: Instant,
         recorder: Arc<Recorder<Cl, Clk>>,
     ) -> Self {
@@ -61,7 +69,8 @@ impl<SF, CF, Cl, M, Clk> ResponseFuture<SF, CF, Cl, M, Clk> {
             guard: Guard {
                 recorder,
                 arm,
-                done: false,
+                group,
+                done: forced,
             },
             _mode: PhantomData,
         }
@@ -110,14 +119,17 @@ where
             InnerProj::Canary { fut } => ready!(fut.poll(cx)).map_err(Into::into),
         };
         let guard = this.guard;
-        guard.done = true;
-        let rec = &*guard.recorder;
-        let outcome = match &result {
-            Ok(res) => rec.classifier.classify_response(res),
-            Err(err) => rec.classifier.classify_error(err),
-        };
-        let latency = rec.clock.now().saturating_duration_since(*this.start);
-        rec.stats.finished(guard.arm, outcome, latency);
+        // `done` already set: a forced call, served but not judged.
+        if !guard.done {
+            guard.done = true;
+            let rec = &*guard.recorder;
+            let outcome = match &result {
+                Ok(res) => rec.classifier.classify_response(res),
+                Err(err) => rec.classifier.classify_error(err),
+            };
+            let latency = rec.clock.now().saturating_duration_since(*this.start);
+            rec.stats.finished(guard.arm, guard.group, outcome, latency);
+        }
         let arm = guard.arm;
         Poll::Ready(result.map(|mut res| {
             M::tag(&mut res, arm);

@@ -3,7 +3,7 @@
 use crate::arm::{Arm, FULL_BP, Weight};
 use crate::future::{Inner, ResponseFuture};
 use crate::key::{ForceArm, Global, NoOverride, StickyKey};
-use crate::stats::{CanarySnapshot, Stats};
+use crate::stats::{CanarySnapshot, GROUPS, Stats, UNGROUPED};
 use crossbeam_utils::CachePadded;
 use degrade_core::{BoxError, Classifier, Clock, DefaultClassifier, TokioClock};
 use std::fmt;
@@ -27,11 +27,6 @@ pub trait TagArm<Res>: Send + Sync + 'static {
 }
 
 /// Responses are left as they are (the arm is still counted in the statistics).
-///
-/// ```
-/// # use degrade_canary::service::Plain;
-/// let _ = Plain;
-/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Plain;
 
@@ -71,18 +66,20 @@ pub(crate) struct Shared<K, O> {
 
 impl<K, O> Shared<K, O> {
     /// The routing decision: override (if allowed), else the sticky bucket, else the stride.
-    /// Returns the arm and whether it was forced.
+    /// Returns the arm, whether it was forced, and the request's key group (`UNGROUPED`
+    /// without a key).
     #[inline]
-    fn pick<R>(&self, req: &R) -> (Arm, bool)
+    fn pick<R>(&self, req: &R) -> (Arm, bool, u8)
     where
         K: StickyKey<R>,
         O: ForceArm<R>,
     {
         if let Some(arm) = self.force.forced(req) {
-            return (arm, true);
+            return (arm, true, UNGROUPED);
         }
         let w = self.weight.get();
-        let canary = match self.key.bucket(req) {
+        let bucket = self.key.bucket(req);
+        let canary = match bucket {
             // Monotone: a bucket below the weight stays below as the weight rises.
             Some(b) => u32::from(b) < w,
             None if w == 0 => false,
@@ -95,7 +92,8 @@ impl<K, O> Shared<K, O> {
                 (n + 1) * w / u64::from(FULL_BP) != n * w / u64::from(FULL_BP)
             }
         };
-        (if canary { Arm::Canary } else { Arm::Stable }, false)
+        let group = bucket.map_or(UNGROUPED, |b| (usize::from(b) % GROUPS) as u8);
+        (if canary { Arm::Canary } else { Arm::Stable }, false, group)
     }
 }
 
@@ -145,7 +143,9 @@ impl CanaryHandle {
     /// assert_eq!(c.handle().snapshot().stable.samples(), 0);
     /// ```
     pub fn snapshot(&self) -> CanarySnapshot {
-        self.stats.snapshot()
+        let mut snap = self.stats.snapshot();
+        snap.weight_bp = Some(self.weight.get());
+        snap
     }
 }
 
@@ -202,12 +202,6 @@ pub struct Canary<
 impl Canary<(), ()> {
     /// A builder: weight 0, unkeyed, no override, the default classifier, no response tag,
     /// the tokio clock.
-    ///
-    /// ```
-    /// # use degrade_canary::Canary;
-    /// let b = Canary::builder();
-    /// # let _ = b;
-    /// ```
     pub fn builder() -> CanaryBuilder {
         CanaryBuilder {
             weight: None,
@@ -222,13 +216,6 @@ impl Canary<(), ()> {
 
 impl<S, C, K, O, Cl, M, Clk> Canary<S, C, K, O, Cl, M, Clk> {
     /// The weight, statistics view shared by every clone.
-    ///
-    /// ```
-    /// # use degrade_canary::Canary;
-    /// # let c = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let h = c.handle();
-    /// # let _ = h;
-    /// ```
     pub fn handle(&self) -> CanaryHandle {
         CanaryHandle {
             weight: self.shared.weight.clone(),
@@ -244,7 +231,9 @@ impl<S, C, K, O, Cl, M, Clk> Canary<S, C, K, O, Cl, M, Clk> {
     /// assert_eq!(c.snapshot().canary.failures, 0);
     /// ```
     pub fn snapshot(&self) -> CanarySnapshot {
-        self.recorder.stats.snapshot()
+        let mut snap = self.recorder.stats.snapshot();
+        snap.weight_bp = Some(self.shared.weight.get());
+        snap
     }
 
     /// The live weight.
@@ -311,7 +300,7 @@ where
 
     #[inline]
     fn call(&mut self, req: R) -> Self::Future {
-        let (arm, forced) = self.shared.pick(&req);
+        let (arm, forced, group) = self.shared.pick(&req);
         self.recorder.stats.routed(arm, forced);
         let start = self.recorder.clock.now();
         let inner = match arm {
@@ -322,7 +311,7 @@ where
                 fut: self.candidate.call(req),
             },
         };
-        ResponseFuture::new(inner, arm, start, self.recorder.clone())
+        ResponseFuture::new(inner, arm, forced, group, start, self.recorder.clone())
     }
 }
 
@@ -364,12 +353,6 @@ impl<K, O, Cl, M, Clk> fmt::Debug for CanaryBuilder<K, O, Cl, M, Clk> {
 
 impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
     /// Uses `weight` (shared with whoever holds a clone) instead of a fresh weight of 0.
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, Weight};
-    /// let b = Canary::builder().weight(Weight::new(50).unwrap());
-    /// # let _ = b;
-    /// ```
     #[must_use]
     pub fn weight(mut self, weight: Weight) -> Self {
         self.weight = Some(weight);
@@ -377,12 +360,6 @@ impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
     }
 
     /// Routes by a sticky key (see [`crate::key`]).
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, key::from_fn};
-    /// let b = Canary::builder().key(from_fn(|id: &u64| Some(*id)));
-    /// # let _ = b;
-    /// ```
     pub fn key<K2>(self, key: K2) -> CanaryBuilder<K2, O, Cl, M, Clk> {
         CanaryBuilder {
             weight: self.weight,
@@ -395,12 +372,6 @@ impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
     }
 
     /// Lets `force` pin requests to an arm (see [`crate::key::ForceArm`]).
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, key::NoOverride};
-    /// let b = Canary::builder().force(NoOverride);
-    /// # let _ = b;
-    /// ```
     pub fn force<O2>(self, force: O2) -> CanaryBuilder<K, O2, Cl, M, Clk> {
         CanaryBuilder {
             weight: self.weight,
@@ -413,12 +384,6 @@ impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
     }
 
     /// Judges outcomes with `classifier` (e.g. `degrade_core::HttpClassifier`: 5xx fail).
-    ///
-    /// ```
-    /// # use degrade_canary::Canary;
-    /// let b = Canary::builder().classifier(degrade_core::DefaultClassifier);
-    /// # let _ = b;
-    /// ```
     pub fn classifier<Cl2>(self, classifier: Cl2) -> CanaryBuilder<K, O, Cl2, M, Clk> {
         CanaryBuilder {
             weight: self.weight,
@@ -431,12 +396,6 @@ impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
     }
 
     /// Measures latency with `clock`.
-    ///
-    /// ```
-    /// # use degrade_canary::Canary;
-    /// let b = Canary::builder().clock(degrade_core::TokioClock);
-    /// # let _ = b;
-    /// ```
     pub fn clock<Clk2: Clock>(self, clock: Clk2) -> CanaryBuilder<K, O, Cl, M, Clk2> {
         CanaryBuilder {
             weight: self.weight,
@@ -449,12 +408,6 @@ impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
     }
 
     /// (feature `http`) Inserts the [`Arm`] as an extension of every response.
-    ///
-    /// ```
-    /// # use degrade_canary::Canary;
-    /// let b = Canary::builder().http();
-    /// # let _ = b;
-    /// ```
     #[cfg(feature = "http")]
     pub fn http(self) -> CanaryBuilder<K, O, Cl, Extension, Clk> {
         CanaryBuilder {

@@ -8,7 +8,7 @@
 
 use crate::arm::Arm;
 use degrade_core::Outcome;
-use degrade_core::window::ShardedCounter;
+use degrade_core::counter::ShardedCounter;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -66,18 +66,47 @@ const IGNORED: usize = 10; // + arm
 const CANCELLED: usize = 12; // + arm
 const SLOTS: usize = 14;
 
+/// Number of sticky-key groups the statistics keep apart: a keyed request belongs to group
+/// `bucket % GROUPS`. The group, not the request, is the judge's unit of analysis: every
+/// request of one user lands in one group, so what a user does repeatedly (fail, be slow,
+/// send a flood) stays inside one unit instead of posing as independent evidence.
+///
+/// ```
+/// use degrade_canary::stats::GROUPS;
+/// assert_eq!(GROUPS, 64);
+/// ```
+pub const GROUPS: usize = 64;
+
+/// The group index of requests that carried no sticky key (each is its own unit).
+pub(crate) const UNGROUPED: u8 = GROUPS as u8;
+
+/// Per cell: the latency histogram, then failures, then cancelled calls.
+const CELL: usize = LATENCY_BUCKETS + 2;
+const CELL_FAILURES: usize = LATENCY_BUCKETS;
+const CELL_CANCELLED: usize = LATENCY_BUCKETS + 1;
+/// Cells per arm: the key groups and one for unkeyed requests.
+const CELLS_PER_ARM: usize = GROUPS + 1;
+
 /// Shared, lock-free statistics of both arms.
 pub(crate) struct Stats {
     counters: ShardedCounter<SLOTS>,
-    latency: [Box<[AtomicU64]>; 2],
+    /// `[arm][group or UNGROUPED][latency bucket | failures | cancelled]`, flattened. The arm's
+    /// histogram is the sum of its cells, so a request touches one histogram cell, as before.
+    cells: Box<[AtomicU64]>,
+}
+
+#[inline]
+fn cell(arm: Arm, group: u8) -> usize {
+    (arm.index() * CELLS_PER_ARM + usize::from(group).min(GROUPS)) * CELL
 }
 
 impl Stats {
     pub(crate) fn new() -> Self {
-        let hist = || (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect();
         Self {
             counters: ShardedCounter::new(),
-            latency: [hist(), hist()],
+            cells: (0..2 * CELLS_PER_ARM * CELL)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         }
     }
 
@@ -91,14 +120,17 @@ impl Stats {
 
     /// Records a call whose response future was dropped before it completed.
     #[inline]
-    pub(crate) fn cancelled(&self, arm: Arm) {
+    pub(crate) fn cancelled(&self, arm: Arm, group: u8) {
         self.counters.add(CANCELLED + arm.index(), 1);
+        if let Some(c) = self.cells.get(cell(arm, group) + CELL_CANCELLED) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Records a finished call. Ignored outcomes (rejections from layers below, by the
     /// classifier's judgement) count apart and carry no latency.
     #[inline]
-    pub(crate) fn finished(&self, arm: Arm, outcome: Outcome, latency: Duration) {
+    pub(crate) fn finished(&self, arm: Arm, group: u8, outcome: Outcome, latency: Duration) {
         let a = arm.index();
         let slot = match outcome {
             Outcome::Success => SUCCESS,
@@ -110,28 +142,58 @@ impl Stats {
             }
         };
         self.counters.add(slot + a, 1);
-        self.latency[a][latency_bucket(latency)].fetch_add(1, Ordering::Relaxed);
+        let base = cell(arm, group);
+        if let Some(c) = self.cells.get(base + latency_bucket(latency)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if slot == FAILURE
+            && let Some(c) = self.cells.get(base + CELL_FAILURES)
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn snapshot(&self) -> CanarySnapshot {
         let c = self.counters.snapshot();
-        let arm = |a: usize| ArmSnapshot {
-            routed: c[ROUTED + a],
-            forced: c[FORCED + a],
-            successes: c[SUCCESS + a] + c[SLOW + a],
-            failures: c[FAILURE + a],
-            ignored: c[IGNORED + a],
-            cancelled: c[CANCELLED + a],
-            latency: Histogram(
-                self.latency[a]
-                    .iter()
-                    .map(|b| b.load(Ordering::Relaxed))
-                    .collect(),
-            ),
+        let arm = |arm: Arm| {
+            let a = arm.index();
+            let mut latency = Histogram::new();
+            let mut groups = Vec::with_capacity(GROUPS);
+            for g in 0..=GROUPS {
+                let base = cell(arm, g as u8);
+                let cells = &self.cells[base..base + CELL];
+                let hist = Histogram(
+                    cells[..LATENCY_BUCKETS]
+                        .iter()
+                        .map(|b| b.load(Ordering::Relaxed))
+                        .collect(),
+                );
+                for (sum, n) in latency.0.iter_mut().zip(hist.0.iter()) {
+                    *sum += n;
+                }
+                if g < GROUPS {
+                    groups.push(GroupSnapshot {
+                        failures: cells[CELL_FAILURES].load(Ordering::Relaxed),
+                        cancelled: cells[CELL_CANCELLED].load(Ordering::Relaxed),
+                        latency: hist,
+                    });
+                }
+            }
+            ArmSnapshot {
+                routed: c[ROUTED + a],
+                forced: c[FORCED + a],
+                successes: c[SUCCESS + a] + c[SLOW + a],
+                failures: c[FAILURE + a],
+                ignored: c[IGNORED + a],
+                cancelled: c[CANCELLED + a],
+                latency,
+                groups,
+            }
         };
         CanarySnapshot {
-            stable: arm(0),
-            canary: arm(1),
+            stable: arm(Arm::Stable),
+            canary: arm(Arm::Canary),
+            weight_bp: None,
         }
     }
 }
@@ -139,6 +201,56 @@ impl Stats {
 impl fmt::Debug for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Stats").finish_non_exhaustive()
+    }
+}
+
+/// One sticky-key group's judged calls of one arm (see [`GROUPS`]).
+///
+/// ```
+/// use degrade_canary::stats::GroupSnapshot;
+/// let g = GroupSnapshot::default();
+/// assert_eq!(g.samples(), 0);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupSnapshot {
+    /// Finished calls classified failure.
+    pub failures: u64,
+    /// Calls dropped before they completed.
+    pub cancelled: u64,
+    /// Latencies of the finished calls (successes and failures).
+    pub latency: Histogram,
+}
+
+impl GroupSnapshot {
+    /// Finished, judged calls (successes and failures).
+    ///
+    /// ```
+    /// # use degrade_canary::stats::GroupSnapshot;
+    /// let mut g = GroupSnapshot::default();
+    /// g.latency.add(3, 4);
+    /// g.failures = 1;
+    /// assert_eq!(g.samples(), 4);
+    /// ```
+    pub fn samples(&self) -> u64 {
+        self.latency.count()
+    }
+
+    /// `self - earlier` (saturating).
+    ///
+    /// ```
+    /// # use degrade_canary::stats::GroupSnapshot;
+    /// let mut now = GroupSnapshot::default();
+    /// now.failures = 3;
+    /// assert_eq!(now.since(&GroupSnapshot::default()).failures, 3);
+    /// ```
+    #[must_use]
+    pub fn since(&self, earlier: &GroupSnapshot) -> GroupSnapshot {
+        GroupSnapshot {
+            failures: self.failures.saturating_sub(earlier.failures),
+            cancelled: self.cancelled.saturating_sub(earlier.cancelled),
+            latency: self.latency.since(&earlier.latency),
+        }
     }
 }
 
@@ -286,6 +398,15 @@ impl Histogram {
     }
 }
 
+impl Histogram {
+    /// `self -= other`, bucket by bucket (saturating), without allocating.
+    pub(crate) fn subtract(&mut self, other: &Histogram) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
+            *a = a.saturating_sub(*b);
+        }
+    }
+}
+
 impl Default for Histogram {
     fn default() -> Self {
         Self::new()
@@ -315,7 +436,8 @@ impl fmt::Debug for Histogram {
 pub struct ArmSnapshot {
     /// Requests routed to this arm (including those still running).
     pub routed: u64,
-    /// Of those, requests the override forced here.
+    /// Of those, requests the override forced here. They are served but never judged: their
+    /// outcomes are in none of the counts below.
     pub forced: u64,
     /// Finished calls classified success (or slow).
     pub successes: u64,
@@ -323,10 +445,16 @@ pub struct ArmSnapshot {
     pub failures: u64,
     /// Finished calls classified ignored (they carry no evidence either way).
     pub ignored: u64,
-    /// Calls whose response future was dropped before it completed (not judged).
+    /// Calls whose response future was dropped before it completed (judged as failures
+    /// unless [`JudgeConfig::cancelled_is_failure`](crate::JudgeConfig::cancelled_is_failure)
+    /// is off).
     pub cancelled: u64,
     /// Latencies of the successes and failures.
     pub latency: Histogram,
+    /// The keyed calls by sticky-key group ([`GROUPS`] entries), or empty when the source
+    /// keeps no groups (then every call counts as its own unit). Calls not in a group (no
+    /// key) are the totals above minus the groups.
+    pub groups: Vec<GroupSnapshot>,
 }
 
 impl ArmSnapshot {
@@ -375,6 +503,15 @@ impl ArmSnapshot {
             ignored: self.ignored.saturating_sub(earlier.ignored),
             cancelled: self.cancelled.saturating_sub(earlier.cancelled),
             latency: self.latency.since(&earlier.latency),
+            groups: self
+                .groups
+                .iter()
+                .enumerate()
+                .map(|(i, g)| match earlier.groups.get(i) {
+                    Some(e) => g.since(e),
+                    None => g.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -394,6 +531,10 @@ pub struct CanarySnapshot {
     pub stable: ArmSnapshot,
     /// The canary arm.
     pub canary: ArmSnapshot,
+    /// The router's weight when the snapshot was taken (basis points), if known. The judge
+    /// keeps the calls of each weight apart: a weight step changes which users are on which
+    /// arm.
+    pub weight_bp: Option<u32>,
 }
 
 impl CanarySnapshot {
@@ -422,6 +563,7 @@ impl CanarySnapshot {
         CanarySnapshot {
             stable: self.stable.since(&earlier.stable),
             canary: self.canary.since(&earlier.canary),
+            weight_bp: self.weight_bp,
         }
     }
 }

@@ -1,11 +1,11 @@
 //! Where a rollout's state survives a restart.
 
 use crate::machine::CanaryState;
+use degrade_core::durable;
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,7 +60,7 @@ const MAX_STATE_BYTES: u64 = 64 * 1024;
 
 /// A temporary file older than this whose writer is gone is a leftover of a crash. No save
 /// holds its temporary file for more than the time of one small write and fsync.
-const STALE_AFTER: Duration = Duration::from_secs(60);
+const STALE_AFTER: Duration = durable::STALE_AFTER;
 
 impl FileStore {
     /// A store at `path` (the file need not exist yet).
@@ -95,97 +95,11 @@ impl FileStore {
             },
         )
     }
-
-    fn dir(&self) -> &Path {
-        match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        }
-    }
-
-    /// `<name>.<pid>.<n>.tmp` beside the state file, created exclusively.
-    fn create_temp(&self) -> io::Result<(PathBuf, File)> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let name = self.path.file_name().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "state path has no file name")
-        })?;
-        loop {
-            let mut tmp = name.to_owned();
-            tmp.push(format!(
-                ".{}.{}.tmp",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ));
-            let tmp = self.dir().join(tmp);
-            match OpenOptions::new().write(true).create_new(true).open(&tmp) {
-                Ok(f) => return Ok((tmp, f)),
-                // Left by an earlier process with this pid: take the next number.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Removes temporary files whose writer died before renaming them.
-    fn remove_stale_temps(&self) {
-        let Some(name) = self.path.file_name().and_then(|n| n.to_str()) else {
-            return;
-        };
-        let Ok(entries) = std::fs::read_dir(self.dir()) else {
-            return;
-        };
-        let own = std::process::id();
-        for entry in entries.flatten() {
-            let file = entry.file_name();
-            let Some(pid) = file
-                .to_str()
-                .and_then(|f| {
-                    f.strip_prefix(name)?
-                        .strip_prefix('.')?
-                        .strip_suffix(".tmp")
-                })
-                .and_then(|rest| rest.split_once('.'))
-                .filter(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|(pid, _)| pid.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age >= STALE_AFTER);
-            if pid != own && old && !process_exists(pid) {
-                tracing::debug!(temp = %entry.path().display(), pid, "removing a stale canary state temp file");
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
-}
-
-/// Whether a process with this pid exists (where that cannot be known: yes).
-fn process_exists(pid: u32) -> bool {
-    #[cfg(unix)]
-    {
-        let Ok(raw) = i32::try_from(pid) else {
-            return false;
-        };
-        !matches!(
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
-            Err(nix::errno::Errno::ESRCH)
-        )
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = pid;
-        true
-    }
 }
 
 impl StateStore for FileStore {
     fn load(&self) -> io::Result<Option<CanaryState>> {
-        self.remove_stale_temps();
+        durable::remove_stale_temps(&self.path, STALE_AFTER);
         let file = match File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -206,20 +120,7 @@ impl StateStore for FileStore {
     }
 
     fn save(&self, state: &CanaryState) -> io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(state)?;
-        let (tmp, mut file) = self.create_temp()?;
-        let result = file
-            .write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .and_then(|()| {
-                drop(file);
-                std::fs::rename(&tmp, &self.path)
-            })
-            .and_then(|()| File::open(self.dir())?.sync_all());
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        durable::replace(&self.path, &serde_json::to_vec_pretty(state)?)
     }
 }
 

@@ -38,7 +38,7 @@ fn main() {
 }
 
 fn routing_allocates_nothing() {
-    // Unkeyed (Global), fractional weight: both arms and the stride.
+    // Global (Global), fractional weight: both arms and the stride.
     let mut svc = Canary::builder().weight(Weight::new(3_000).unwrap()).build(
         tower::service_fn(|n: u64| ready(Ok::<_, Infallible>(n))),
         tower::service_fn(|n: u64| ready(Ok::<_, Infallible>(n))),

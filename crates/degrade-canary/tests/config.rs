@@ -63,12 +63,12 @@ fn other_bad_judge_and_rollout_fields_are_named() {
     for (json, field) in [
         (r#"{"judge": {"alpha": 0}}"#, "judge.alpha"),
         (r#"{"judge": {"alpha": 0.7}}"#, "judge.alpha"),
-        (r#"{"judge": {"beta": 1}}"#, "judge.beta"),
-        (r#"{"judge": {"error_ratio": 0.5}}"#, "judge.error_ratio"),
+        (r#"{"judge": {"max_key_share": 0}}"#, "judge.max_key_share"),
         (
-            r#"{"judge": {"latency_quantile": 1}}"#,
-            "judge.latency_quantile",
+            r#"{"judge": {"max_key_share": 1.5}}"#,
+            "judge.max_key_share",
         ),
+        (r#"{"judge": {"error_ratio": 0.5}}"#, "judge.error_ratio"),
         (r#"{"judge": {"latency_ratio": 1}}"#, "judge.latency_ratio"),
         (
             r#"{"judge": {"max_error_rate": 2}}"#,

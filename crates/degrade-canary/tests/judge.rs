@@ -1,9 +1,8 @@
-//! The judge on hand-made and simulated data: no data is inconclusive, regressions fail,
-//! repeated looks at an A/A stream stay within alpha, and a small simulation run meets the
-//! issue's targets (the full run is `cargo run -p degrade-canary --release --example judge_sim
-//! -- --runs 1000`).
+//! The judge on hand-made data: no data is inconclusive, regressions fail, the guards, and
+//! repeated looks at an A/A stream stay within alpha. (Simulated traffic through the router:
+//! `tests/sim.rs`; the full table: `cargo run -p degrade-canary --release --features sim
+//! --example judge_sim -- --runs 1000`.)
 
-use degrade_canary::sim::{Rng, Scenario, SimConfig, simulate};
 use degrade_canary::stats::{CanarySnapshot, latency_bucket};
 use degrade_canary::{Judge, JudgeConfig, Verdict};
 use std::time::Duration;
@@ -94,6 +93,32 @@ fn absolute_guards_fail_a_canary_as_bad_as_stable() {
     assert_eq!(j.look(&s).reason, "canary p99 above max_p99");
 }
 
+/// A small seeded generator (splitmix64) for the streams below.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn bernoulli(&mut self, p: f64) -> bool {
+        self.uniform() < p
+    }
+    fn normal(&mut self) -> f64 {
+        let (u1, u2) = (1.0 - self.uniform(), self.uniform());
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
 /// Feeds `looks` windows of an identical stream to one judge: the share of streams it fails
 /// is the false-rollback rate under many repeated looks.
 fn a_a_false_fail_rate(streams: u32, looks: u32) -> f64 {
@@ -130,24 +155,7 @@ fn a_a_false_fail_rate(streams: u32, looks: u32) -> f64 {
 #[test]
 fn repeated_looks_do_not_inflate_false_rollbacks() {
     // 60 looks per stream: a fixed-size test at alpha 0.05 re-run 60 times would fail most
-    // streams; the SPRT stays near its alpha (0.0025 per test).
+    // streams; the mixture SPRT stays within its alpha (0.005 per test).
     let rate = a_a_false_fail_rate(150, 60);
     assert!(rate <= 0.02, "false rollback rate {rate}");
-}
-
-#[test]
-fn small_simulation_meets_the_targets() {
-    let mut cfg = SimConfig::default();
-    cfg.runs = 40;
-    cfg.seed = 7;
-    let a_a = simulate(&cfg, &Scenario::a_a());
-    assert!(a_a.rollback_rate() <= 0.05, "A/A {a_a:?}");
-    assert_eq!(a_a.promoted + a_a.rolled_back, a_a.runs);
-    let errors = simulate(&cfg, &Scenario::errors(0.005, 0.02));
-    assert!(errors.detection_within_min_samples() >= 0.95, "{errors:?}");
-    let latency = simulate(&cfg, &Scenario::latency(1.3));
-    assert!(
-        latency.detection_within_min_samples() >= 0.95,
-        "{latency:?}"
-    );
 }

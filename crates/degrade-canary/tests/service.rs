@@ -78,6 +78,42 @@ fn override_is_honoured_only_for_allowed_requests() {
 }
 
 #[test]
+fn a_forced_request_is_routed_but_never_judged() {
+    // The candidate answers 500 to everything; testers force themselves onto it.
+    let mut svc = Canary::builder()
+        .force(HeaderOverride::new("x-canary", tester_only).unwrap())
+        .classifier(HttpClassifier::default())
+        .build(
+            backend("v1", StatusCode::OK),
+            backend("v2", StatusCode::INTERNAL_SERVER_ERROR),
+        );
+    for _ in 0..50 {
+        let forced = Request::builder()
+            .header("x-canary", "canary")
+            .header("x-tester", "yes")
+            .body(())
+            .unwrap();
+        assert_eq!(call(&mut svc, forced).status(), 500);
+    }
+    // A forced call that never completes is not judged either.
+    {
+        let forced = Request::builder()
+            .header("x-canary", "canary")
+            .header("x-tester", "yes")
+            .body(())
+            .unwrap();
+        drop(svc.call(forced));
+    }
+    let snap = svc.snapshot();
+    assert_eq!((snap.canary.routed, snap.canary.forced), (51, 51));
+    assert_eq!(snap.canary.samples(), 0);
+    assert_eq!(snap.canary.failures, 0);
+    assert_eq!(snap.canary.cancelled, 0);
+    assert_eq!(snap.canary.latency.count(), 0);
+    assert!(snap.canary.groups.iter().all(|g| g.samples() == 0));
+}
+
+#[test]
 fn unknown_override_values_are_ignored() {
     let mut svc = Canary::builder()
         .weight(Weight::new(10_000).unwrap())
@@ -228,7 +264,7 @@ fn ready_only_when_both_arms_are_ready() {
 }
 
 #[test]
-fn a_cancelled_call_is_counted_but_not_judged() {
+fn a_cancelled_call_is_counted_as_cancelled() {
     let mut svc = Canary::builder()
         .weight(Weight::new(10_000).unwrap())
         .build(

@@ -286,12 +286,6 @@ impl<C: Clock> Controller<C> {
     }
 
     /// The clock the controller reads.
-    ///
-    /// ```
-    /// # use degrade_core::{Controller, TokioClock};
-    /// let c = Controller::new(Default::default()).unwrap();
-    /// let _: &TokioClock = c.clock();
-    /// ```
     pub fn clock(&self) -> &C {
         &self.inner.clock
     }

@@ -78,12 +78,6 @@ where
 }
 
 /// A key extractor made by [`from_fn`].
-///
-/// ```
-/// use degrade_core::key::{from_fn, KeyFn};
-/// let k: KeyFn<_, u8> = from_fn(|r: &u8| Some(*r));
-/// # let _ = k;
-/// ```
 pub struct KeyFn<F, K> {
     f: F,
     _key: PhantomData<fn() -> K>,
@@ -144,11 +138,6 @@ impl<R> KeyExtractor<R> for Global {
 }
 
 /// The key type of [`Global`]: it has no values, so a global limit never touches a key store.
-///
-/// ```
-/// use degrade_core::key::{Keyed, Global, NoKey};
-/// let _: Option<<Global as Keyed>::Key> = None::<NoKey>;
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NoKey {}
 

@@ -381,14 +381,6 @@ impl<'a> Reading<'a> {
 }
 
 /// An input to the ladder.
-///
-/// ```
-/// use degrade_core::ladder::{LadderEvent, Reading};
-/// use degrade_core::Level;
-/// let readings = [Reading::new("cpu", 0.3)];
-/// let _ = LadderEvent::Sample(&readings);
-/// let _ = LadderEvent::Pin(Level::Heavy);
-/// ```
 #[derive(Debug, Clone, Copy)]
 pub enum LadderEvent<'a> {
     /// A sample of every signal.

@@ -13,7 +13,7 @@
 //! | [`Policy`] | what each level means, as data: admit share per priority, sampling ratio, errors-only, critical-only, batch hints |
 //! | [`Priority`], [`priority`] | request priority and the classifiers that assign it |
 //! | [`Outcome`], [`Classifier`] | success / failure / slow / ignored, shared by breaker, canary and triggers |
-//! | [`window`] | lock-free windowed counters (consecutive, last N, time buckets) |
+//! | [`window`], [`counter`] | lock-free windowed counters (consecutive, last N, time buckets) and sharded totals |
 //! | [`answer`] | the answer modes every layer shares: [`Errors`], [`HttpResponses`], [`GrpcResponses`] |
 //! | [`key`] | the key extractors every keyed layer shares: closure, header, gRPC metadata, cookie, peer IP |
 //! | [`snapshot`] | [`Accounting`](snapshot::Accounting): offered, admitted, rejected in the same words for every layer's counters |
@@ -50,7 +50,9 @@ mod accessors;
 pub mod answer;
 pub mod clock;
 mod config;
+pub mod counter;
 pub mod degrade;
+pub mod durable;
 mod handle;
 pub mod key;
 pub mod ladder;

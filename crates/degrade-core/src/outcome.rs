@@ -236,11 +236,6 @@ mod http_classifier {
 
     impl HttpClassifier {
         /// Counts `status` as a failure.
-        ///
-        /// ```
-        /// # use degrade_core::HttpClassifier;
-        /// let _ = HttpClassifier::default().failure_status(404);
-        /// ```
         #[must_use]
         pub fn failure_status(mut self, status: u16) -> Self {
             set(&mut self.failure, status, true);
@@ -249,11 +244,6 @@ mod http_classifier {
         }
 
         /// Counts `status` as a success.
-        ///
-        /// ```
-        /// # use degrade_core::HttpClassifier;
-        /// let _ = HttpClassifier::default().success_status(503);
-        /// ```
         #[must_use]
         pub fn success_status(mut self, status: u16) -> Self {
             set(&mut self.failure, status, false);
@@ -262,11 +252,6 @@ mod http_classifier {
         }
 
         /// Ignores `status` (it says nothing about the callee's health).
-        ///
-        /// ```
-        /// # use degrade_core::HttpClassifier;
-        /// let _ = HttpClassifier::default().ignored_status(499);
-        /// ```
         #[must_use]
         pub fn ignored_status(mut self, status: u16) -> Self {
             set(&mut self.failure, status, false);

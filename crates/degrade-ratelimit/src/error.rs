@@ -23,7 +23,7 @@ pub enum Cause {
     /// Waiting is allowed, but the bounded number of waiters is reached.
     TooManyWaiters,
     /// The keyed store is at its cap and every key in it is still mid-budget, so a new key
-    /// cannot be tracked (see the `keyed` module).
+    /// cannot be tracked (see [`KeysConfig`](crate::KeysConfig)).
     KeyCapacity,
     /// Fleet mode: Redis did not answer within the decision timeout, and the policy while it
     /// is unavailable is to fail closed.

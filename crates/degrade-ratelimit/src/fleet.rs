@@ -42,7 +42,7 @@ use crate::limiter::nanos;
 use crate::state::{Cell, Decision};
 use crate::store::Store;
 use degrade_core::answer::Errors;
-use degrade_core::window::ShardedCounter;
+use degrade_core::counter::ShardedCounter;
 use degrade_core::{BoxError, Clock, ConfigError, TokioClock};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
@@ -757,14 +757,6 @@ impl<E: Keyed, W, M> FleetLayer<E, W, M> {
     }
 
     /// The same layer answering rejected HTTP requests itself (429; feature `http`).
-    ///
-    /// ```
-    /// # use degrade_ratelimit::fleet::{FleetConfig, FleetLayer};
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let layer = FleetLayer::new(FleetConfig::default()).unwrap().http();
-    /// # let _ = layer;
-    /// # }
-    /// ```
     #[cfg(feature = "http")]
     pub fn http(self) -> FleetLayer<E, W, degrade_core::answer::HttpResponses> {
         FleetLayer {

@@ -88,12 +88,6 @@ impl RateLimitLayer {
 impl<E: Keyed, W, C: Clock, M> RateLimitLayer<E, W, C, M> {
     /// The same layer (same budget) answering rejected HTTP requests itself: 429 with
     /// `Retry-After`, `RateLimit-Policy` and `RateLimit` (feature `http`).
-    ///
-    /// ```
-    /// # use degrade_ratelimit::{RateLimitConfig, RateLimitLayer};
-    /// let layer = RateLimitLayer::new(RateLimitConfig::default()).unwrap().http();
-    /// # let _ = layer;
-    /// ```
     #[cfg(feature = "http")]
     pub fn http(self) -> RateLimitLayer<E, W, C, degrade_core::answer::HttpResponses> {
         RateLimitLayer {
@@ -104,12 +98,6 @@ impl<E: Keyed, W, C: Clock, M> RateLimitLayer<E, W, C, M> {
 
     /// The same layer (same budget) answering rejected gRPC calls itself: RESOURCE_EXHAUSTED
     /// with a `RetryInfo` detail (feature `grpc`).
-    ///
-    /// ```
-    /// # use degrade_ratelimit::{RateLimitConfig, RateLimitLayer};
-    /// let layer = RateLimitLayer::new(RateLimitConfig::default()).unwrap().grpc();
-    /// # let _ = layer;
-    /// ```
     #[cfg(feature = "grpc")]
     pub fn grpc(self) -> RateLimitLayer<E, W, C, degrade_core::answer::GrpcResponses> {
         RateLimitLayer {
@@ -119,12 +107,6 @@ impl<E: Keyed, W, C: Clock, M> RateLimitLayer<E, W, C, M> {
     }
 
     /// The same layer (same budget) returning rejections as `BoxError`s.
-    ///
-    /// ```
-    /// # use degrade_ratelimit::{RateLimitConfig, RateLimitLayer};
-    /// let layer = RateLimitLayer::new(RateLimitConfig::default()).unwrap().errors();
-    /// # let _ = layer;
-    /// ```
     pub fn errors(self) -> RateLimitLayer<E, W, C, Errors> {
         RateLimitLayer {
             shared: self.shared,
@@ -329,12 +311,6 @@ impl<E, W, C> fmt::Debug for RateLimitBuilder<E, W, C> {
 
 impl<E, W, C> RateLimitBuilder<E, W, C> {
     /// Scales the quota by the ladder's level (see [`RateLimitConfig::level_scale`]).
-    ///
-    /// ```
-    /// # use degrade_ratelimit::{RateLimitConfig, RateLimitLayer};
-    /// let c = degrade_core::Controller::new(Default::default()).unwrap();
-    /// let _ = RateLimitLayer::builder(RateLimitConfig::default()).level(c.handle());
-    /// ```
     #[must_use]
     pub fn level(mut self, handle: LevelHandle) -> Self {
         self.level = Some(handle);
@@ -343,11 +319,6 @@ impl<E, W, C> RateLimitBuilder<E, W, C> {
 
     /// The clock (default [`TokioClock`]; `ManualClock` in tests). Waiting always sleeps on
     /// tokio's timer.
-    ///
-    /// ```
-    /// # use degrade_ratelimit::{RateLimitConfig, RateLimitLayer};
-    /// let _ = RateLimitLayer::builder(RateLimitConfig::default()).clock(degrade_core::TokioClock);
-    /// ```
     pub fn clock<C2: Clock>(self, clock: C2) -> RateLimitBuilder<E, W, C2> {
         RateLimitBuilder {
             config: self.config,
@@ -361,11 +332,6 @@ impl<E, W, C> RateLimitBuilder<E, W, C> {
 
     /// The cost of each request in units: a closure `Fn(&Request) -> u64` or any
     /// [`Weigh`](crate::cost::Weigh).
-    ///
-    /// ```
-    /// # use degrade_ratelimit::{RateLimitConfig, RateLimitLayer};
-    /// let _ = RateLimitLayer::builder(RateLimitConfig::default()).cost(|spans: &u64| *spans);
-    /// ```
     pub fn cost<W2>(self, weigh: W2) -> RateLimitBuilder<E, W2, C> {
         RateLimitBuilder {
             config: self.config,

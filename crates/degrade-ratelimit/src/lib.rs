@@ -4,7 +4,7 @@
 //! with weighted cost, bounded waiting, live quota changes, quota scaling by degradation level,
 //! and keyed limits in bounded memory.
 //!
-//! ## Why another rate limiter
+//! ## How it differs from its peers
 //!
 //! * **One budget, not one per clone.** tower's `RateLimit` keeps its budget inside the service
 //!   value; axum clones the service per connection, so a 5 req/s limit let 1500 of 1500

@@ -7,7 +7,7 @@ use crate::key::{KeyExtractor, Keyed};
 use crate::state::{Cell, Decision, ParamTable};
 use crate::store::Store;
 use crossbeam_utils::CachePadded;
-use degrade_core::window::ShardedCounter;
+use degrade_core::counter::ShardedCounter;
 use degrade_core::{Clock, ConfigError, LevelHandle};
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

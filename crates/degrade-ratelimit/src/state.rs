@@ -19,7 +19,7 @@ pub(crate) enum Decision {
 /// GCRA: a request of `cost` nanoseconds of budget is admitted when the TAT it would leave
 /// behind lies at most `tolerance` (the burst) ahead of `now + max_wait`.
 ///
-/// `retry` in a rejection is exact: at `now + wait` the same request is admitted if nothing
+/// `wait` in a rejection is exact: at `now + wait` the same request is admitted if nothing
 /// else consumed budget meanwhile (the TAT does not move while `now < tat`).
 #[inline]
 pub(crate) fn decide(tat: u64, now: u64, cost: u64, tolerance: u64, max_wait: u64) -> Decision {

@@ -50,12 +50,6 @@ pub struct RolloutStatus {
 }
 
 /// The end of a rollout.
-///
-/// ```
-/// use degrade_rollout::{RolloutOutcome, RolloutReport};
-/// fn ok(r: &RolloutReport) -> bool { r.outcome == RolloutOutcome::Completed }
-/// # let _ = ok;
-/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RolloutReport {
@@ -161,13 +155,6 @@ pub struct RolloutControllerBuilder<D, S, C = TokioClock> {
 
 impl<D: Driver, S: Clone + Send + 'static> RolloutControllerBuilder<D, S, TokioClock> {
     /// The settings (default [`RolloutConfig::default`]).
-    ///
-    /// ```
-    /// # use degrade_rollout::{Instance, RolloutController, RolloutConfig, discover::Pool, ProcessDriver, driver::CommandSpec};
-    /// # let driver = ProcessDriver::builder().version("v1", CommandSpec::new("x")).build().unwrap();
-    /// let b = RolloutController::builder(driver, Pool::new(|i: &Instance| i.address)).config(RolloutConfig::default());
-    /// # let _ = b;
-    /// ```
     #[must_use]
     pub fn config(mut self, config: RolloutConfig) -> Self {
         self.config = config;
@@ -183,13 +170,6 @@ impl<D: Driver, S: Clone + Send + 'static> RolloutControllerBuilder<D, S, TokioC
     /// overwritten on the way. A new journal is created with a temporary file, fsync, rename
     /// and a fsync of the directory, so a crash never leaves half a header. Lines are at most
     /// 16 MiB.
-    ///
-    /// ```
-    /// # use degrade_rollout::{Instance, RolloutController, discover::Pool, ProcessDriver, driver::CommandSpec};
-    /// # let driver = ProcessDriver::builder().version("v1", CommandSpec::new("x")).build().unwrap();
-    /// let b = RolloutController::builder(driver, Pool::new(|i: &Instance| i.address)).journal("/var/lib/app/rollout.jsonl");
-    /// # let _ = b;
-    /// ```
     #[must_use]
     pub fn journal(mut self, path: impl AsRef<Path>) -> Self {
         self.journal = Some(path.as_ref().to_path_buf());
@@ -294,13 +274,6 @@ pub struct RolloutController<D, S, C = TokioClock> {
 
 impl RolloutController<(), ()> {
     /// A builder for a rollout driving `driver`, routing through `pool`.
-    ///
-    /// ```
-    /// # use degrade_rollout::{Instance, RolloutController, discover::Pool, ProcessDriver, driver::CommandSpec};
-    /// # let driver = ProcessDriver::builder().version("v1", CommandSpec::new("x")).build().unwrap();
-    /// let b = RolloutController::builder(driver, Pool::new(|i: &Instance| i.address));
-    /// # let _ = b;
-    /// ```
     pub fn builder<D: Driver, S: Clone + Send + 'static>(
         driver: D,
         pool: Pool<S>,
@@ -317,10 +290,6 @@ impl RolloutController<(), ()> {
 
 impl<D: Driver, S: Clone + Send + 'static, C: Clock> RolloutController<D, S, C> {
     /// The pure state machine it drives (read-only).
-    ///
-    /// ```no_run
-    /// # fn f(r: &degrade_rollout::RolloutController<degrade_rollout::ProcessDriver, ()>) { let _ = r.machine().batch_count(); }
-    /// ```
     pub fn machine(&self) -> &RolloutMachine {
         &self.planner
     }

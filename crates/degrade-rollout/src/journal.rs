@@ -17,12 +17,11 @@ use crate::config::RolloutConfig;
 use crate::error::{CorruptJournal, RolloutError};
 use crate::instance::Instance;
 use crate::plan::{Record, RolloutMachine};
-use degrade_core::ConfigError;
+use degrade_core::{ConfigError, durable};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
@@ -32,7 +31,7 @@ pub(crate) const MAX_LINE: usize = 16 << 20;
 
 /// A temporary file older than this whose writer is gone is a leftover of a crash (no write
 /// holds one for longer than a header's write and fsync).
-const STALE_AFTER: Duration = Duration::from_secs(60);
+const STALE_AFTER: Duration = durable::STALE_AFTER;
 
 /// The first line of a journal: what the rollout is.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,7 +106,7 @@ pub(crate) fn load(
     target: &str,
     instances: &[Instance],
 ) -> Result<Loaded, RolloutError> {
-    remove_stale_temps(path);
+    durable::remove_stale_temps(path, STALE_AFTER);
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::Fresh { len: None }),
@@ -244,7 +243,7 @@ pub(crate) fn open(path: &Path, opening: &Opening) -> io::Result<File> {
             if now != *seen {
                 return Err(changed());
             }
-            write_new(path, header)?;
+            durable::replace(path, header)?;
         }
         Opening::Append { seen, valid_len } => {
             if now != Some(*seen) {
@@ -324,100 +323,4 @@ pub(crate) fn record_line(record: &Record) -> io::Result<Vec<u8>> {
         ));
     }
     Ok(line)
-}
-
-/// Replaces `path` with `bytes` durably: temporary file, fsync, rename, fsync of the directory.
-fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let (tmp, mut file) = create_temp(path)?;
-    let result = file
-        .write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .and_then(|()| sync_dir(path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-fn dir_of(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-fn sync_dir(path: &Path) -> io::Result<()> {
-    File::open(dir_of(path))?.sync_all()
-}
-
-/// `<name>.<pid>.<n>.tmp` beside `path`, created exclusively.
-fn create_temp(path: &Path) -> io::Result<(PathBuf, File)> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "journal path has no file name")
-    })?;
-    loop {
-        let mut tmp = name.to_owned();
-        tmp.push(format!(
-            ".{}.{}.tmp",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let tmp = dir_of(path).join(tmp);
-        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
-            Ok(f) => return Ok((tmp, f)),
-            // Left by an earlier process with this pid: take the next number.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Removes temporary files of `path` left by processes that died before renaming them.
-fn remove_stale_temps(path: &Path) {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return;
-    };
-    let Ok(entries) = std::fs::read_dir(dir_of(path)) else {
-        return;
-    };
-    let own = std::process::id();
-    for entry in entries.flatten() {
-        let file = entry.file_name();
-        let Some(pid) = file
-            .to_str()
-            .and_then(|f| {
-                f.strip_prefix(name)?
-                    .strip_prefix('.')?
-                    .strip_suffix(".tmp")
-            })
-            .and_then(|rest| rest.split_once('.'))
-            .filter(|(_, n)| n.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age >= STALE_AFTER);
-        if pid != own && old && !alive(pid) {
-            tracing::debug!(temp = %entry.path().display(), pid, "removing a stale journal temp file");
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-}
-
-/// Whether a process with this pid exists (a reused pid keeps a stale file one more time).
-fn alive(pid: u32) -> bool {
-    let Ok(raw) = i32::try_from(pid) else {
-        return false;
-    };
-    !matches!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
-        Err(nix::errno::Errno::ESRCH)
-    )
 }

@@ -3,36 +3,6 @@
 //! Rolling upgrades of real instances, with Kubernetes `RollingUpdate` semantics, an exact
 //! drain, health gates, optional canary analysis, a true rollback and a crash-safe journal.
 //!
-//! ## Why not sleeps and a "failed" flag
-//!
-//! A rollout script that drains by sleeping, stops, starts and marks an instance failed when
-//! it does not come back loses requests (the balancer still routes to a stopping instance),
-//! leaves a half-upgraded fleet behind (Kubernetes itself has no automatic rollback: a missed
-//! progress deadline just stops), and starts from scratch — upgrading some instances twice —
-//! when its own process dies. This crate:
-//!
-//! * **plans** like Kubernetes ([`plan::RolloutMachine`], a pure state machine): max surge (rounded
-//!   up) and max unavailable (rounded down) as counts or percentages, a min-ready bake time, a
-//!   progress deadline, N consecutive healthy checks to be ready and a failure threshold;
-//!   property-tested never to exceed its bounds and always to terminate;
-//! * **drains exactly** ([`discover::Pool`]): the balancers read the instance set as a
-//!   `tower::discover::Discover` stream; an instance is removed from every balancer, and the
-//!   requests routed to it (counted per endpoint by [`discover::InFlight`]) finish, before the
-//!   driver stops it;
-//! * **drives real instances** through a [`Driver`] you implement for your platform;
-//!   [`ProcessDriver`] runs local processes (SIGTERM, then SIGKILL after a grace period; HTTP
-//!   or TCP health checks; spare addresses for surges);
-//! * **rolls back for real**: on a failure every changed instance returns to its previous
-//!   version through the driver, batch by batch, with the same drain;
-//! * **analyses** each batch, optionally, with `degrade-canary`'s sequential judge (upgraded
-//!   instances against those not yet upgraded);
-//! * **survives its own crash**: every decision is journaled (JSON lines, fsync'd) before it
-//!   is acted on, and a controller built from the same journal resumes without touching an
-//!   instance twice; a line torn by the crash is dropped, any other damage is refused
-//!   ([`RolloutError::CorruptJournal`], naming the line) rather than overwritten;
-//! * is **controllable and observable**: [`RolloutHandle`] pauses, resumes, aborts (after the
-//!   current batch) and streams [`RolloutStatus`]; `tracing` events mark every batch and step.
-//!
 //! ## Example
 //!
 //! ```no_run
@@ -76,6 +46,36 @@
 //!
 //! `tests/process.rs` runs this against real child processes under continuous load, and
 //! `examples/rolling-upgrade` is a runnable demo.
+//!
+//! ## Why not sleeps and a "failed" flag
+//!
+//! A rollout script that drains by sleeping, stops, starts and marks an instance failed when
+//! it does not come back loses requests (the balancer still routes to a stopping instance),
+//! leaves a half-upgraded fleet behind (Kubernetes itself has no automatic rollback: a missed
+//! progress deadline just stops), and starts from scratch — upgrading some instances twice —
+//! when its own process dies. This crate:
+//!
+//! * **plans** like Kubernetes ([`plan::RolloutMachine`], a pure state machine): max surge (rounded
+//!   up) and max unavailable (rounded down) as counts or percentages, a min-ready bake time, a
+//!   progress deadline, N consecutive healthy checks to be ready and a failure threshold;
+//!   property-tested never to exceed its bounds and always to terminate;
+//! * **drains exactly** ([`discover::Pool`]): the balancers read the instance set as a
+//!   `tower::discover::Discover` stream; an instance is removed from every balancer, and the
+//!   requests routed to it (counted per endpoint by [`discover::InFlight`]) finish, before the
+//!   driver stops it;
+//! * **drives real instances** through a [`Driver`] you implement for your platform;
+//!   [`ProcessDriver`] runs local processes (SIGTERM, then SIGKILL after a grace period; HTTP
+//!   or TCP health checks; spare addresses for surges);
+//! * **rolls back for real**: on a failure every changed instance returns to its previous
+//!   version through the driver, batch by batch, with the same drain;
+//! * **analyses** each batch, optionally, with `degrade-canary`'s sequential judge (upgraded
+//!   instances against those not yet upgraded);
+//! * **survives its own crash**: every decision is journaled (JSON lines, fsync'd) before it
+//!   is acted on, and a controller built from the same journal resumes without touching an
+//!   instance twice; a line torn by the crash is dropped, any other damage is refused
+//!   ([`RolloutError::CorruptJournal`], naming the line) rather than overwritten;
+//! * is **controllable and observable**: [`RolloutHandle`] pauses, resumes, aborts (after the
+//!   current batch) and streams [`RolloutStatus`]; `tracing` events mark every batch and step.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod config;

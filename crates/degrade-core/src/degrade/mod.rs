@@ -25,7 +25,7 @@
 //!
 //! # Three ways to answer
 //!
-//! * [`Errors`](crate::answer::Errors) (the default): the service error is a `BoxError`; a rejection downcasts to
+//! * [`Errors`] (the default): the service error is a `BoxError`; a rejection downcasts to
 //!   [`Shed`].
 //! * [`HttpResponses`](crate::answer::HttpResponses) (feature `http`, `DegradeLayer::http`): a shed request gets a 503 with
 //!   `Retry-After`, and the service keeps its inner error type, so an axum `Router` of
@@ -76,11 +76,11 @@ pub use self::layer::{DegradeBuilder, DegradeLayer};
 use crate::answer::Errors;
 #[cfg(feature = "http")]
 use crate::answer::Respond;
+use crate::counter::ShardedCounter;
 use crate::handle::LevelHandle;
 use crate::level::Level;
 use crate::priority::{Fixed, Prioritize, Priority};
 use crate::rejection::Shed;
-use crate::window::ShardedCounter;
 use crossbeam_utils::CachePadded;
 use std::fmt;
 use std::marker::PhantomData;

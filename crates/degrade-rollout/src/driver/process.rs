@@ -67,12 +67,6 @@ pub struct ProcessDriverBuilder {
 
 impl ProcessDriverBuilder {
     /// The command running `version`.
-    ///
-    /// ```
-    /// # use degrade_rollout::{ProcessDriver, driver::CommandSpec};
-    /// let b = ProcessDriver::builder().version("v1", CommandSpec::new("server"));
-    /// # let _ = b;
-    /// ```
     #[must_use]
     pub fn version(mut self, version: impl Into<String>, command: CommandSpec) -> Self {
         self.commands.insert(version.into(), command);
@@ -80,12 +74,6 @@ impl ProcessDriverBuilder {
     }
 
     /// The health check (default: TCP connect).
-    ///
-    /// ```
-    /// # use degrade_rollout::{ProcessDriver, driver::HealthCheck};
-    /// let b = ProcessDriver::builder().health(HealthCheck::http("/healthz", 200));
-    /// # let _ = b;
-    /// ```
     #[must_use]
     pub fn health(mut self, check: HealthCheck) -> Self {
         self.health = check;
@@ -93,12 +81,6 @@ impl ProcessDriverBuilder {
     }
 
     /// Time between SIGTERM and SIGKILL (default 10 s).
-    ///
-    /// ```
-    /// # use degrade_rollout::ProcessDriver;
-    /// let b = ProcessDriver::builder().stop_grace(std::time::Duration::from_secs(2));
-    /// # let _ = b;
-    /// ```
     #[must_use]
     pub fn stop_grace(mut self, grace: std::time::Duration) -> Self {
         self.stop_grace = grace;
@@ -106,12 +88,6 @@ impl ProcessDriverBuilder {
     }
 
     /// A spare address for surge replacements (repeat for more).
-    ///
-    /// ```
-    /// # use degrade_rollout::ProcessDriver;
-    /// let b = ProcessDriver::builder().spare("127.0.0.1:9100".parse().unwrap());
-    /// # let _ = b;
-    /// ```
     #[must_use]
     pub fn spare(mut self, address: SocketAddr) -> Self {
         self.spare.push(address);
@@ -119,12 +95,6 @@ impl ProcessDriverBuilder {
     }
 
     /// Whether children's stdout and stderr are discarded (default) or inherited.
-    ///
-    /// ```
-    /// # use degrade_rollout::ProcessDriver;
-    /// let b = ProcessDriver::builder().quiet(false);
-    /// # let _ = b;
-    /// ```
     #[must_use]
     pub fn quiet(mut self, quiet: bool) -> Self {
         self.quiet = quiet;

@@ -94,11 +94,6 @@ impl fmt::Display for RolloutStep {
 }
 
 /// How an instance is upgraded in its batch.
-///
-/// ```
-/// use degrade_rollout::plan::Mode;
-/// assert_ne!(Mode::Surge, Mode::InPlace);
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {

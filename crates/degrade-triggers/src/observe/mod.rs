@@ -343,12 +343,6 @@ impl<S, K, C> Layer<S> for ObserveLayer<K, C> {
 }
 
 /// Builds an [`ObserveLayer`]; see [`ObserveLayer::builder`].
-///
-/// ```
-/// use degrade_triggers::ObserveLayer;
-/// let layer = ObserveLayer::builder().build();
-/// # let _ = layer;
-/// ```
 pub struct ObserveBuilder<K = DefaultClassifier, C = TokioClock> {
     classifier: K,
     clock: C,
@@ -388,13 +382,6 @@ impl<K, C> ObserveBuilder<K, C> {
     }
 
     /// The clock that times requests (default `TokioClock`; a `ManualClock` in tests).
-    ///
-    /// ```
-    /// use degrade_core::ManualClock;
-    /// use degrade_triggers::ObserveLayer;
-    /// let layer = ObserveLayer::builder().clock(ManualClock::new()).build();
-    /// # let _ = layer;
-    /// ```
     pub fn clock<C2: Clock>(self, clock: C2) -> ObserveBuilder<K, C2> {
         ObserveBuilder {
             classifier: self.classifier,
@@ -404,12 +391,6 @@ impl<K, C> ObserveBuilder<K, C> {
     }
 
     /// A successful call at least this long counts as slow ([`Outcome::Slow`](degrade_core::Outcome::Slow)).
-    ///
-    /// ```
-    /// # use degrade_triggers::ObserveLayer; use std::time::Duration;
-    /// let layer = ObserveLayer::builder().slow(Duration::from_secs(1)).build();
-    /// # let _ = layer;
-    /// ```
     #[must_use]
     pub fn slow(mut self, threshold: Duration) -> Self {
         self.slow = Some(threshold);
@@ -418,12 +399,6 @@ impl<K, C> ObserveBuilder<K, C> {
 
     /// Builds the layer and its histogram (the only allocation: about 20 KB per shard, one
     /// shard per CPU up to 16).
-    ///
-    /// ```
-    /// # use degrade_triggers::ObserveLayer;
-    /// let layer = ObserveLayer::builder().build();
-    /// # let _ = layer;
-    /// ```
     pub fn build(self) -> ObserveLayer<K, C> {
         ObserveLayer {
             inner: Arc::new(Inner {
