@@ -854,7 +854,7 @@ fn crash_report(what: &str, run: &Run) {
         run.report.failure,
     );
     if run.failed > 0 {
-        println!("{what}: first failed requests: {:#?}", run.errors);
+        println!("{what}: first failed requests: {:?}", run.errors);
     }
 }
 

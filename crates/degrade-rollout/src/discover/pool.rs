@@ -140,9 +140,10 @@ impl<S: Clone> Shared<S> {
         ejected.reprobe = None;
         m.svc.endpoint.streak.store(0, Ordering::Relaxed);
         let svc = m.svc.clone();
+        // Counted before the balancers can see it.
+        self.returns.fetch_add(1, Ordering::Relaxed);
         st.push(Entry::Insert(key.clone(), svc));
         drop(st);
-        self.returns.fetch_add(1, Ordering::Relaxed);
         tracing::info!(endpoint = %key, ejected_for = ?ejected.since.elapsed(), "endpoint passed its health check: back in service");
     }
 }
@@ -198,9 +199,9 @@ impl<S: Clone + Send + 'static> FailureSink for Shared<S> {
             e.reprobe = Some(task.abort_handle());
         }
         m.ejected = Some(e);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
         st.push(Entry::Remove(key.clone()));
         drop(st);
-        self.ejections.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(endpoint = %key, streak, error = %error, "endpoint ejected: its calls fail at the transport");
     }
 }
@@ -352,7 +353,8 @@ impl<S: Clone + Send + 'static> Pool<S> {
     ///     })
     ///     .build()
     ///     .unwrap();
-    /// assert_eq!(pool.snapshot().ejections, 0);
+    /// pool.insert(&Instance::new("a", "127.0.0.1:8001".parse().unwrap(), "v1"));
+    /// assert_eq!(pool.keys().len(), 1);
     /// ```
     pub fn builder(make: impl Fn(&Instance) -> S + Send + Sync + 'static) -> PoolBuilder<S> {
         PoolBuilder {
@@ -671,13 +673,7 @@ impl<S: Clone + Send + 'static> Pool<S> {
     }
 }
 
-/// A [`Pool`]'s state and passive-ejection counters.
-///
-/// ```
-/// use degrade_rollout::discover::PoolSnapshot;
-/// let s = PoolSnapshot::default();
-/// assert_eq!(s.ejections - s.returns, s.ejected.len() as u64);
-/// ```
+/// A [`Pool`]'s state and passive-ejection counters ([`Pool::snapshot`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolSnapshot {
@@ -716,12 +712,6 @@ impl<S> fmt::Debug for PoolBuilder<S> {
 
 impl<S: Clone + Send + 'static> PoolBuilder<S> {
     /// Passive ejection's settings (default [`EjectionConfig::default`]).
-    ///
-    /// ```
-    /// # use degrade_rollout::{Instance, discover::{EjectionConfig, Pool}};
-    /// let pool = Pool::builder(|i: &Instance| i.address).ejection(EjectionConfig::disabled()).build().unwrap();
-    /// # let _ = pool;
-    /// ```
     #[must_use]
     pub fn ejection(mut self, config: EjectionConfig) -> Self {
         self.ejection = config;
@@ -733,13 +723,25 @@ impl<S: Clone + Send + 'static> PoolBuilder<S> {
     /// source chain).
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, discover::Pool};
+    /// use degrade_rollout::{Instance, discover::Pool};
+    /// use degrade_core::BoxError;
+    /// use tower::{Service, ServiceExt, service_fn};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// // A client whose errors are strings: "unreachable" is the transport failing.
-    /// let pool = Pool::builder(|i: &Instance| i.address)
-    ///     .transport_failure(|e| e.to_string().starts_with("unreachable"))
-    ///     .build()
-    ///     .unwrap();
-    /// # let _ = pool;
+    /// let pool = Pool::builder(|_: &Instance| {
+    ///     service_fn(|fail: &'static str| async move { Err::<(), BoxError>(fail.into()) })
+    /// })
+    /// .transport_failure(|e| e.to_string().starts_with("unreachable"))
+    /// .build()
+    /// .unwrap();
+    /// let a = Instance::new("a", "127.0.0.1:8001".parse().unwrap(), "v1");
+    /// pool.insert(&a);
+    /// let mut svc = pool.service(&a.key()).unwrap();
+    /// let _ = svc.ready().await.unwrap().call("bad request").await;
+    /// assert_eq!(pool.snapshot().ejections, 0); // an answer
+    /// let _ = svc.ready().await.unwrap().call("unreachable: no route").await;
+    /// assert_eq!(pool.snapshot().ejections, 1);
+    /// # }
     /// ```
     #[must_use]
     pub fn transport_failure(
@@ -753,15 +755,6 @@ impl<S: Clone + Send + 'static> PoolBuilder<S> {
     /// The check an ejected endpoint must pass to come back. Default: the rollout
     /// controller's driver's [`health`](crate::Driver::health) once a controller uses the
     /// pool, a TCP connect to the instance's address before.
-    ///
-    /// ```
-    /// # use degrade_rollout::{Instance, discover::Pool};
-    /// let pool = Pool::builder(|i: &Instance| i.address)
-    ///     .health(|_: &Instance| async { Ok(()) })
-    ///     .build()
-    ///     .unwrap();
-    /// # let _ = pool;
-    /// ```
     #[must_use]
     pub fn health<F, Fut>(mut self, check: F) -> Self
     where
