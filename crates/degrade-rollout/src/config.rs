@@ -196,6 +196,14 @@ pub struct RolloutConfig {
     /// Longest wait for one health check. Default 2 s.
     #[serde(with = "humantime_serde")]
     pub health_timeout: Duration,
+    /// How long the instances the rollout changed stay watched after its last batch (health
+    /// checks every `health_interval`, their processes watched for an exit) before it ends as
+    /// completed. A failure meanwhile — or earlier, of an instance upgraded in a previous
+    /// batch — fails the rollout and rolls every changed instance back, as a Kubernetes
+    /// Deployment whose updated pods go unready would. Zero means one last passing check of
+    /// each; otherwise at least `health_interval`. Default 1 min.
+    #[serde(with = "humantime_serde")]
+    pub post_watch: Duration,
     /// Optional analysis of each batch with the canary judge.
     pub analysis: Option<AnalysisConfig>,
 }
@@ -213,6 +221,7 @@ impl Default for RolloutConfig {
             startup_grace: Duration::ZERO,
             drain_timeout: Duration::from_secs(30),
             health_timeout: Duration::from_secs(2),
+            post_watch: Duration::from_secs(60),
             analysis: None,
         }
     }
@@ -271,6 +280,12 @@ impl RolloutConfig {
         positive("health_interval", self.health_interval)?;
         positive("drain_timeout", self.drain_timeout)?;
         positive("health_timeout", self.health_timeout)?;
+        if !self.post_watch.is_zero() && self.post_watch < self.health_interval {
+            return Err(ConfigError::new(
+                "post_watch",
+                "must be zero (one last check) or at least health_interval (a shorter watch sees no more checks than zero)",
+            ));
+        }
         if self.healthy_threshold == 0 {
             return Err(ConfigError::new("healthy_threshold", "must be at least 1"));
         }

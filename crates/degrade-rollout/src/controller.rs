@@ -240,8 +240,11 @@ impl<D: Driver, S: Clone + Send + 'static> RolloutControllerBuilder<D, S, TokioC
         };
         let (controls, controls_rx) = mpsc::unbounded_channel();
         let (status_tx, status) = watch::channel(RolloutStatus::default());
+        let driver = Arc::new(self.driver);
+        // Endpoints the pool ejects come back once the driver finds them healthy again.
+        self.pool.health_fallback(driver.clone());
         let rollout = RolloutController {
-            driver: Arc::new(self.driver),
+            driver,
             pool: self.pool,
             planner,
             journal: self.journal.zip(opening),
@@ -362,6 +365,9 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> RolloutController<D, S, C> 
         );
         let mut tasks: FuturesUnordered<BoxFuture<'static, (RolloutEvent, Option<DriverError>)>> =
             FuturesUnordered::new();
+        // The process watches of the instances started on the target version: pending until
+        // one exits, dropped (not awaited) when the rollout ends.
+        let mut exits: FuturesUnordered<BoxFuture<'static, RolloutEvent>> = FuturesUnordered::new();
         let mut controls_open = true;
         let mut actions = self.planner.handle(RolloutEvent::Tick, self.clock.now());
         loop {
@@ -417,6 +423,18 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> RolloutController<D, S, C> 
                         tracing::info!(instance = %instance, "instance ready: in service");
                         self.pool.insert(&instance);
                     }
+                    RolloutAction::Watch { instance } => {
+                        let driver = self.driver.clone();
+                        exits.push(Box::pin(async move {
+                            let error = driver.exited(&instance).await;
+                            tracing::warn!(instance = %instance, error = %error, "watched instance exited");
+                            RolloutEvent::Exited {
+                                id: instance.id,
+                                address: instance.address,
+                                error: error.to_string(),
+                            }
+                        }));
+                    }
                     RolloutAction::Analyze {
                         batch,
                         upgraded,
@@ -444,6 +462,7 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> RolloutController<D, S, C> 
                     }
                     ev
                 }
+                Some(ev) = exits.next(), if !exits.is_empty() => ev,
                 ctrl = self.controls.recv(), if controls_open => match ctrl {
                     Some(ev) => ev,
                     None => { controls_open = false; RolloutEvent::Tick }
@@ -596,8 +615,11 @@ fn log_record(r: &Record) {
             tracing::info!(%direction, batch, "batch started");
         }
         Record::StepDone { id, step, .. } => tracing::debug!(instance = %id, %step, "step done"),
-        Record::Failed { id, reason } => {
-            tracing::warn!(instance = ?id, reason = %reason, "rollout failed")
+        Record::Failed { id, target, reason } => {
+            tracing::warn!(instance = ?id, target = ?target, reason = %reason, "rollout failed")
+        }
+        Record::WatchStarted { outcome } => {
+            tracing::info!(%outcome, "every batch done: watching the upgraded instances before the end");
         }
         Record::RollbackStarted => tracing::warn!("rolling back"),
         Record::AnalysisPassed { batch } => tracing::info!(batch, "analysis passed"),

@@ -200,3 +200,99 @@ fn process_driver_config_is_checked() {
         .unwrap_err();
     assert_eq!(err.field(), "spare");
 }
+
+#[test]
+fn post_watch_defaults_to_a_minute_reads_humantime_and_is_checked_against_the_health_interval() {
+    use std::time::Duration;
+    assert_eq!(RolloutConfig::default().post_watch, Duration::from_secs(60));
+    let cfg: RolloutConfig = serde_json::from_str(r#"{"post_watch": "2m 30s"}"#).unwrap();
+    assert_eq!(cfg.post_watch, Duration::from_secs(150));
+    let err = serde_json::from_str::<RolloutConfig>(r#"{"post_watch": "soon"}"#).unwrap_err();
+    assert!(err.to_string().contains("expected a duration"), "{err}");
+    // Zero: one last check of each upgraded instance.
+    let zero = RolloutConfig {
+        post_watch: Duration::ZERO,
+        ..RolloutConfig::default()
+    };
+    assert!(zero.validate().is_ok());
+    // Shorter than one health interval: a unit mistake, most likely.
+    let short = RolloutConfig {
+        post_watch: Duration::from_millis(500),
+        health_interval: Duration::from_secs(1),
+        ..RolloutConfig::default()
+    };
+    assert_eq!(
+        field(build(vec![inst("a", 1, "v1")], "v2", short)),
+        "post_watch"
+    );
+    let forever = RolloutConfig {
+        post_watch: Duration::MAX,
+        ..RolloutConfig::default()
+    };
+    assert!(forever.validate().is_ok());
+}
+
+#[test]
+fn ejection_settings_are_checked_naming_the_field() {
+    use degrade_rollout::discover::EjectionConfig;
+    use std::time::Duration;
+    let bad = [
+        (
+            EjectionConfig {
+                consecutive_failures: 0,
+                ..EjectionConfig::default()
+            },
+            "ejection.consecutive_failures",
+        ),
+        (
+            EjectionConfig {
+                max_ejected_percent: 101,
+                ..EjectionConfig::default()
+            },
+            "ejection.max_ejected_percent",
+        ),
+        (
+            EjectionConfig {
+                reprobe_interval: Duration::ZERO,
+                ..EjectionConfig::default()
+            },
+            "ejection.reprobe_interval",
+        ),
+        (
+            EjectionConfig {
+                reprobe_interval: Duration::from_secs(10),
+                reprobe_max: Duration::from_secs(1),
+                ..EjectionConfig::default()
+            },
+            "ejection.reprobe_max",
+        ),
+        (
+            EjectionConfig {
+                probe_timeout: Duration::ZERO,
+                ..EjectionConfig::default()
+            },
+            "ejection.probe_timeout",
+        ),
+    ];
+    for (cfg, f) in bad {
+        let err = Pool::builder(|i: &Instance| i.address)
+            .ejection(cfg)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), f);
+    }
+    let forever = EjectionConfig {
+        reprobe_interval: Duration::MAX,
+        reprobe_max: Duration::MAX,
+        probe_timeout: Duration::MAX,
+        ..EjectionConfig::default()
+    };
+    assert!(
+        Pool::builder(|i: &Instance| i.address)
+            .ejection(forever)
+            .build()
+            .is_ok()
+    );
+    let e: Result<EjectionConfig, _> = serde_json::from_str(r#"{"eject": true}"#);
+    assert!(e.is_err(), "unknown fields are refused");
+}

@@ -24,6 +24,7 @@ fn forever() -> RolloutConfig {
         startup_grace: FOREVER,
         drain_timeout: FOREVER,
         health_timeout: FOREVER,
+        post_watch: FOREVER,
         analysis: Some(AnalysisConfig {
             duration: FOREVER,
             interval: FOREVER,
@@ -169,4 +170,49 @@ async fn drain_and_health_waits_of_duration_max_end_when_their_condition_does() 
         .expect("healthy in time")
         .unwrap();
     driver.stop(&i).await.unwrap();
+}
+
+#[test]
+fn a_post_watch_of_duration_max_watches_for_ever_without_panicking() {
+    let cfg = RolloutConfig {
+        min_ready: Duration::ZERO,
+        health_interval: Duration::from_secs(1),
+        healthy_threshold: 1,
+        post_watch: FOREVER,
+        ..RolloutConfig::default()
+    };
+    let mut p = RolloutMachine::new(cfg, fleet(2), "v2").unwrap();
+    let mut now = tokio::time::Instant::now();
+    let mut pending = p.handle(RolloutEvent::Tick, now);
+    let year = Duration::from_secs(365 * 24 * 3600);
+    for _ in 0..200 {
+        let mut next = Vec::new();
+        for a in pending.drain(..) {
+            match a {
+                RolloutAction::Record(Record::Failed { reason, .. }) => panic!("failed: {reason}"),
+                RolloutAction::Drive { step, instance, .. } => next.push(RolloutEvent::StepOk {
+                    id: instance.id,
+                    step,
+                    address: None,
+                }),
+                RolloutAction::Health { id, target, .. } => next.push(RolloutEvent::Health {
+                    id,
+                    target,
+                    healthy: true,
+                }),
+                _ => {}
+            }
+        }
+        for e in next {
+            pending.extend(p.handle(e, now));
+        }
+        if pending.is_empty() {
+            // Decades pass between checks: the watch never ends.
+            now += year * 10;
+            pending.extend(p.handle(RolloutEvent::Tick, now));
+        }
+    }
+    assert_eq!(p.phase(), RolloutPhase::Watching);
+    assert!(p.instances().iter().all(|i| i.version == "v2"));
+    assert!(p.next_wake().is_some());
 }

@@ -38,6 +38,7 @@ fn config(surge: u32) -> RolloutConfig {
         health_interval: Duration::from_millis(1),
         healthy_threshold: 1,
         drain_timeout: Duration::from_secs(1),
+        post_watch: Duration::from_millis(2),
         ..RolloutConfig::default()
     }
 }
@@ -290,7 +291,15 @@ fn record() -> impl Strategy<Value = Record> {
                 address: port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
             }
         }),
-        (prop::option::of(id), ".{0,20}").prop_map(|(id, reason)| Record::Failed { id, reason }),
+        (
+            prop::option::of(id),
+            prop::option::of(prop::sample::select(vec![Target::Current, Target::Next])),
+            ".{0,20}"
+        )
+            .prop_map(|(id, target, reason)| Record::Failed { id, target, reason }),
+        outcome
+            .clone()
+            .prop_map(|outcome| Record::WatchStarted { outcome }),
         Just(Record::RollbackStarted),
         batch.prop_map(|batch| Record::AnalysisPassed { batch }),
         Just(Record::Paused),

@@ -28,6 +28,7 @@ fn config() -> RolloutConfig {
         health_interval: Duration::from_millis(1),
         healthy_threshold: 1,
         drain_timeout: Duration::from_secs(1),
+        post_watch: Duration::from_millis(2),
         ..RolloutConfig::default()
     }
 }
@@ -386,5 +387,41 @@ fn stale_temp_files_of_dead_processes_are_removed() {
         "a recent one is kept (its writer may be in another pid namespace)"
     );
     assert!(unrelated.exists());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_controller_resumed_during_the_post_rollout_watch_keeps_watching_then_completes() {
+    let d = dir("watch");
+    let path = d.join("rollout.jsonl");
+    let lines = complete_journal(&path);
+    // Cut just after the watch began: every batch done, not yet completed.
+    let k = lines
+        .iter()
+        .position(|l| l.contains(r#""record":"watch_started""#))
+        .expect("the journal records the watch")
+        + 1;
+    assert!(lines[k].contains("finished"), "{lines:?}");
+    std::fs::write(&path, prefix(&lines, k)).unwrap();
+
+    let driver = Recorder::default();
+    let (rollout, handle) = build(&driver, &path, fleet(3)).unwrap();
+    assert_eq!(
+        rollout.machine().phase(),
+        degrade_rollout::plan::RolloutPhase::Watching
+    );
+    assert_eq!(rollout.machine().watched().len(), 3);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = rt.block_on(rollout.run()).unwrap();
+    assert_eq!(report.outcome, RolloutOutcome::Completed);
+    assert_eq!(handle.status().outcome, Some(RolloutOutcome::Completed));
+    // Nothing upgraded again: the resumed controller only watched.
+    let calls = driver.calls();
+    assert!(calls.is_empty(), "{calls:?}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.ends_with("{\"record\":\"finished\",\"outcome\":\"completed\"}\n"));
     let _ = std::fs::remove_dir_all(&d);
 }

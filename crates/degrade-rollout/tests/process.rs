@@ -3,12 +3,13 @@
 
 use degrade_canary::JudgeConfig;
 use degrade_core::BoxError;
-use degrade_rollout::discover::Pool;
+use degrade_rollout::discover::{Pool, PoolSnapshot};
 use degrade_rollout::driver::{CommandSpec, HealthCheck};
+use degrade_rollout::plan::RolloutPhase;
 use degrade_rollout::plan::StepKind;
 use degrade_rollout::{
     Amount, AnalysisConfig, Driver, Instance, ProcessDriver, RolloutConfig, RolloutController,
-    RolloutOutcome, RolloutReport,
+    RolloutHandle, RolloutOutcome, RolloutReport,
 };
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -61,6 +62,8 @@ fn config() -> RolloutConfig {
         startup_grace: Duration::from_secs(2),
         drain_timeout: Duration::from_secs(10),
         health_timeout: Duration::from_secs(2),
+        // Long enough to see a few checks of every upgraded instance, short for a test.
+        post_watch: Duration::from_millis(500),
         analysis: None,
     }
 }
@@ -87,10 +90,12 @@ impl Service<()> for HttpGet {
         let client = self.client.clone();
         let uri = self.uri.clone();
         Box::pin(async move {
+            // The client's own error, source chain and all: the pool sees through it whether the
+            // call failed at the transport (passive ejection).
             let resp = client
                 .get(uri.clone())
                 .await
-                .map_err(|e| format!("{uri}: {e:?}"))?;
+                .map_err(|source| GetError { uri, source })?;
             let status = resp.status();
             let body = resp.into_body().collect().await?.to_bytes();
             if status != hyper::StatusCode::OK {
@@ -98,6 +103,25 @@ impl Service<()> for HttpGet {
             }
             Ok(String::from_utf8_lossy(&body).into_owned())
         })
+    }
+}
+
+/// A failed GET, naming the endpoint.
+#[derive(Debug)]
+struct GetError {
+    uri: hyper::Uri,
+    source: hyper_util::client::legacy::Error,
+}
+
+impl std::fmt::Display for GetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {:?}", self.uri, self.source)
+    }
+}
+
+impl std::error::Error for GetError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
     }
 }
 
@@ -220,9 +244,20 @@ struct Run {
     failed: u64,
     errors: Vec<String>,
     by_version: HashMap<String, u64>,
+    pool: PoolSnapshot,
 }
 
 async fn upgrade_under_load<D: Driver>(d: D, instances: Vec<Instance>, cfg: RolloutConfig) -> Run {
+    upgrade_under_load_with(d, instances, cfg, |_| async {}).await
+}
+
+/// [`upgrade_under_load`], with `during` running next to the rollout (given its handle).
+async fn upgrade_under_load_with<D: Driver, F: Future<Output = ()>>(
+    d: D,
+    instances: Vec<Instance>,
+    cfg: RolloutConfig,
+    during: impl FnOnce(RolloutHandle) -> F,
+) -> Run {
     let _ = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::INFO)
         .with_ansi(false)
@@ -239,14 +274,16 @@ async fn upgrade_under_load<D: Driver>(d: D, instances: Vec<Instance>, cfg: Roll
     while stats.ok.load(Ordering::Relaxed) < 50 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (rollout, _handle) = RolloutController::builder(d, pool.clone())
+    let (rollout, handle) = RolloutController::builder(d, pool.clone())
         .config(cfg)
         .build(instances, "v2")
         .expect("valid rollout");
-    let report = tokio::time::timeout(Duration::from_secs(180), rollout.run())
-        .await
-        .expect("rollout within 180 s")
-        .expect("no journal error");
+    let (report, ()) = tokio::time::timeout(Duration::from_secs(180), async {
+        tokio::join!(rollout.run(), during(handle))
+    })
+    .await
+    .expect("rollout within 180 s");
+    let report = report.expect("no journal error");
     // Some traffic after the end, bounded in case the fleet is left unable to serve.
     let after = stats.ok.load(Ordering::Relaxed);
     println!(
@@ -272,6 +309,7 @@ async fn upgrade_under_load<D: Driver>(d: D, instances: Vec<Instance>, cfg: Roll
         failed: stats.failed.load(Ordering::Relaxed),
         errors,
         by_version,
+        pool: pool.snapshot(),
     }
 }
 
@@ -786,4 +824,162 @@ async fn surge_rollout_resumes_from_the_journal_mid_replacement() {
         stats.errors.lock().unwrap()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Requests a crash may fail: those in flight to the instance when it dies (each load task has
+/// at most one) and, at worst, one more per balancer routed before the ejection reached it.
+/// The bound leaves a wide margin; the figure is printed.
+const FAILED_PER_CRASH: u64 = 10;
+
+/// The config of the crash tests: v2 crashes 5 s after it starts, after passing its gates and
+/// its bake; the watch after the last batch outlasts that.
+fn crash_config() -> RolloutConfig {
+    RolloutConfig {
+        post_watch: Duration::from_secs(6),
+        ..config()
+    }
+}
+
+fn crash_report(what: &str, run: &Run) {
+    println!(
+        "{what}: {} in {:?}; requests: {} ok, {} failed (v1 {}, v2 {}); pool: {} ejections, {} returns; failure: {:?}",
+        run.report.outcome,
+        run.report.elapsed,
+        run.ok,
+        run.failed,
+        run.by_version.get("v1").copied().unwrap_or(0),
+        run.by_version.get("v2").copied().unwrap_or(0),
+        run.pool.ejections,
+        run.pool.returns,
+        run.report.failure,
+    );
+    if run.failed > 0 {
+        println!("{what}: first failed requests: {:?}", run.errors);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_crashes_after_its_bake_is_rolled_back_in_place() {
+    let d = driver(server("v2", &["--exit-after-ms", "5000"]), &[]);
+    let instances = launch(&d, 4).await;
+    let run = upgrade_under_load(d.clone(), instances.clone(), crash_config()).await;
+    crash_report("v2 crashes 5 s after its start (in place)", &run);
+    assert_eq!(run.report.outcome, RolloutOutcome::RolledBack);
+    let failure = run.report.failure.clone().unwrap_or_default();
+    assert!(failure.contains("exited"), "{failure}");
+    assert!(run.report.instances.iter().all(|i| i.version == "v1"));
+    assert_eq!(versions(&instances).await, vec!["v1"; 4]);
+    assert!(
+        run.by_version.get("v2").copied().unwrap_or(0) > 0,
+        "v2 served before it crashed"
+    );
+    assert!(
+        run.pool.ejections >= 1,
+        "the dead instance was ejected: {:?}",
+        run.pool
+    );
+    // At most four v2 processes crash.
+    assert!(
+        run.failed <= 4 * FAILED_PER_CRASH,
+        "{} failed requests: {:?}",
+        run.failed,
+        run.errors
+    );
+    assert!(
+        run.errors.iter().all(|e| !e.contains("status")),
+        "only transport failures: {:?}",
+        run.errors
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_crashes_after_its_bake_is_rolled_back_by_surge() {
+    let spares: Vec<SocketAddr> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
+        .collect();
+    let d = driver(server("v2", &["--exit-after-ms", "5000"]), &spares);
+    let instances = launch(&d, 4).await;
+    let cfg = RolloutConfig {
+        max_surge: Amount::Count(1),
+        max_unavailable: Amount::Count(0),
+        ..crash_config()
+    };
+    let run = upgrade_under_load(d.clone(), instances.clone(), cfg).await;
+    crash_report("v2 crashes 5 s after its start (surge)", &run);
+    assert_eq!(run.report.outcome, RolloutOutcome::RolledBack);
+    let failure = run.report.failure.clone().unwrap_or_default();
+    assert!(failure.contains("exited"), "{failure}");
+    let end = run.report.instances.clone();
+    assert_eq!(end.len(), 4);
+    assert!(end.iter().all(|i| i.version == "v1"), "{end:?}");
+    assert_eq!(versions(&end).await, vec!["v1"; 4]);
+    assert!(
+        run.by_version.get("v2").copied().unwrap_or(0) > 0,
+        "v2 served before it crashed"
+    );
+    assert!(
+        run.failed <= 4 * FAILED_PER_CRASH,
+        "{} failed requests: {:?}",
+        run.failed,
+        run.errors
+    );
+    for s in &spares {
+        // Every v2 process is gone, wherever it ran.
+        if let Some(pid) = d.pid(*s) {
+            let i = end
+                .iter()
+                .find(|i| i.address == *s)
+                .expect("a spare in use holds a v1");
+            assert_eq!(i.version, "v1", "pid {pid}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_during_the_post_rollout_watch_rolls_the_rollout_back() {
+    let d = driver(server("v2", &[]), &[]);
+    let instances = launch(&d, 4).await;
+    let killer = d.clone();
+    let cfg = RolloutConfig {
+        post_watch: Duration::from_secs(30),
+        ..config()
+    };
+    let killed = Arc::new(Mutex::new(None));
+    let noted = killed.clone();
+    let run = upgrade_under_load_with(d.clone(), instances.clone(), cfg, |handle| async move {
+        let mut status = handle.subscribe();
+        let watching = status
+            .wait_for(|s| s.phase == Some(RolloutPhase::Watching))
+            .await
+            .expect("the rollout reaches its watch")
+            .clone();
+        assert!(watching.instances.iter().all(|i| i.version == "v2"));
+        assert_eq!(watching.outcome, None, "not completed while watching");
+        // SIGKILL one upgraded instance a second into the watch (of 30 s): the balancers
+        // route to it meanwhile, as they do to every instance in service.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(status.borrow().phase, Some(RolloutPhase::Watching));
+        let victim = watching.instances[2].clone();
+        let pid = killer.pid(victim.address).expect("a running v2");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        *noted.lock().unwrap() = Some(victim);
+    })
+    .await;
+    crash_report("an instance SIGKILLed during the watch", &run);
+    let victim = killed.lock().unwrap().clone().expect("killed one");
+    assert_eq!(run.report.outcome, RolloutOutcome::RolledBack);
+    let failure = run.report.failure.clone().unwrap_or_default();
+    assert!(failure.contains(&format!("`{}`", victim.id)), "{failure}");
+    assert!(failure.contains("SIGKILL"), "{failure}");
+    assert_eq!(versions(&instances).await, vec!["v1"; 4]);
+    assert!(
+        run.failed <= FAILED_PER_CRASH,
+        "{} failed requests: {:?}",
+        run.failed,
+        run.errors
+    );
 }

@@ -1,11 +1,14 @@
 //! A tiny HTTP server for rollout tests and demos.
 //!
-//! `degrade-rollout-testserver --port P --version V [--unhealthy] [--latency-ms N] [--error-every N]`
+//! `degrade-rollout-testserver --port P --version V [--unhealthy] [--latency-ms N] [--error-every N] [--exit-after-ms N]`
 //!
 //! * `GET /` answers `200` with the version as the body (after `--latency-ms`, default 2), or
 //!   `500` for every N-th request with `--error-every N` (a release that serves errors);
 //! * `GET /healthz` answers `200 ok`, or `503` with `--unhealthy`;
-//! * anything else is `404`.
+//! * anything else is `404`;
+//! * with `--exit-after-ms N`, the process exits abruptly (status 3, connections cut, requests
+//!   in flight lost) N ms after it started: a release that passes its health gates and its
+//!   bake, then crashes.
 //!
 //! On SIGTERM it stops accepting, lets the requests in flight finish (closing idle
 //! keep-alive connections), and exits 0.
@@ -29,6 +32,7 @@ struct Args {
     unhealthy: bool,
     latency: Duration,
     error_every: u64,
+    exit_after: Option<Duration>,
     served: std::sync::atomic::AtomicU64,
 }
 
@@ -39,6 +43,7 @@ fn parse() -> Result<Args, String> {
         unhealthy: false,
         latency: Duration::from_millis(2),
         error_every: 0,
+        exit_after: None,
         served: std::sync::atomic::AtomicU64::new(0),
     };
     let mut it = std::env::args().skip(1);
@@ -63,6 +68,12 @@ fn parse() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--error-every: {e}"))?;
             }
+            "--exit-after-ms" => {
+                let ms: u64 = value("--exit-after-ms")?
+                    .parse()
+                    .map_err(|e| format!("--exit-after-ms: {e}"))?;
+                args.exit_after = Some(Duration::from_millis(ms));
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -78,7 +89,7 @@ fn main() {
         Err(e) => {
             eprintln!("degrade-rollout-testserver: {e}");
             eprintln!(
-                "usage: degrade-rollout-testserver --port P --version V [--unhealthy] [--latency-ms N]"
+                "usage: degrade-rollout-testserver --port P --version V [--unhealthy] [--latency-ms N] [--error-every N] [--exit-after-ms N]"
             );
             std::process::exit(2);
         }
@@ -103,6 +114,13 @@ async fn serve(args: Args) -> std::io::Result<()> {
     let listener = TcpListener::bind(("127.0.0.1", args.port)).await?;
     let mut term = signal(SignalKind::terminate())?;
     let graceful = GracefulShutdown::new();
+    if let Some(after) = args.exit_after {
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            // A crash, not a shutdown: no goodbye to the connections.
+            std::process::exit(3);
+        });
+    }
     let state = Arc::new(args);
     loop {
         tokio::select! {

@@ -1,226 +1,27 @@
-//! The [`Driver`]: how instances are drained, stopped, upgraded, started and checked on a
-//! platform, and [`ProcessDriver`] for local processes.
+//! [`ProcessDriver`]: instances as local child processes.
 
 use crate::instance::Instance;
 use degrade_core::{BoxError, ConfigError};
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, watch};
 
-/// The platform operations a rollout needs. Implement it for your platform (systemd units,
-/// containers, VMs); [`ProcessDriver`] runs local processes.
-///
-/// Every operation must be idempotent: after a controller restart, a step whose completion
-/// was not journaled is performed again (stopping a stopped instance or starting a running
-/// one succeeds without doing anything).
-///
-/// The controller has already taken an instance out of the balancer and waited for its
-/// in-flight requests before calling [`drain`](Driver::drain), which is for platform-side
-/// draining (deregistering from an external load balancer); the default does nothing.
-///
-/// ```
-/// use degrade_rollout::{Driver, Instance};
-/// use degrade_core::BoxError;
-///
-/// #[derive(Debug)]
-/// struct Noop;
-/// impl Driver for Noop {
-///     async fn stop(&self, _: &Instance) -> Result<(), BoxError> { Ok(()) }
-///     async fn install(&self, _: &Instance, _version: &str) -> Result<(), BoxError> { Ok(()) }
-///     async fn start(&self, _: &Instance) -> Result<(), BoxError> { Ok(()) }
-///     async fn health(&self, _: &Instance) -> Result<(), BoxError> { Ok(()) }
-/// }
-/// ```
-pub trait Driver: Send + Sync + 'static {
-    /// Rejects a version the driver cannot install (checked before the rollout starts).
-    /// The default accepts every version.
-    fn check_version(&self, version: &str) -> Result<(), ConfigError> {
-        let _ = version;
-        Ok(())
-    }
-
-    /// Platform-side drain of an instance already out of the balancer. Default: nothing.
-    fn drain(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send {
-        let _ = instance;
-        async { Ok(()) }
-    }
-
-    /// Stops the instance (succeeds when it is not running).
-    fn stop(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send;
-
-    /// Installs `version` on the (stopped) instance.
-    fn install(
-        &self,
-        instance: &Instance,
-        version: &str,
-    ) -> impl Future<Output = Result<(), BoxError>> + Send;
-
-    /// Starts the instance with the version it has (`instance.version`).
-    fn start(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send;
-
-    /// One health check: `Ok` when healthy.
-    fn health(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send;
-
-    /// A spare address for a surge replacement of `instance`. The default refuses: a driver
-    /// without spare capacity supports only in-place upgrades (max surge 0).
-    fn allocate(
-        &self,
-        instance: &Instance,
-    ) -> impl Future<Output = Result<SocketAddr, BoxError>> + Send {
-        let _ = instance;
-        async {
-            Err::<SocketAddr, BoxError>("this driver has no spare addresses for a surge".into())
-        }
-    }
-
-    /// Gives back the address of a retired (stopped) instance. Default: nothing.
-    fn release(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send {
-        let _ = instance;
-        async { Ok(()) }
-    }
-}
-
-impl<D: Driver> Driver for Arc<D> {
-    fn check_version(&self, version: &str) -> Result<(), ConfigError> {
-        (**self).check_version(version)
-    }
-    fn drain(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send {
-        (**self).drain(instance)
-    }
-    fn stop(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send {
-        (**self).stop(instance)
-    }
-    fn install(
-        &self,
-        instance: &Instance,
-        version: &str,
-    ) -> impl Future<Output = Result<(), BoxError>> + Send {
-        (**self).install(instance, version)
-    }
-    fn start(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send {
-        (**self).start(instance)
-    }
-    fn health(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send {
-        (**self).health(instance)
-    }
-    fn allocate(
-        &self,
-        instance: &Instance,
-    ) -> impl Future<Output = Result<SocketAddr, BoxError>> + Send {
-        (**self).allocate(instance)
-    }
-    fn release(&self, instance: &Instance) -> impl Future<Output = Result<(), BoxError>> + Send {
-        (**self).release(instance)
-    }
-}
-
-/// The command that runs one version. In `program` and `args`, `{port}`, `{host}`,
-/// `{address}`, `{version}` and `{id}` are replaced by the instance's values.
-///
-/// ```
-/// use degrade_rollout::driver::CommandSpec;
-/// let c = CommandSpec::new("/usr/bin/server").args(["--port", "{port}", "--version", "{version}"]);
-/// assert_eq!(c.args.len(), 4);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct CommandSpec {
-    /// The program.
-    pub program: PathBuf,
-    /// Its arguments (with placeholders).
-    pub args: Vec<String>,
-    /// Extra environment variables.
-    pub env: Vec<(String, String)>,
-}
-
-impl CommandSpec {
-    /// A command without arguments.
-    ///
-    /// ```
-    /// # use degrade_rollout::driver::CommandSpec;
-    /// assert!(CommandSpec::new("server").args.is_empty());
-    /// ```
-    pub fn new(program: impl Into<PathBuf>) -> Self {
-        Self {
-            program: program.into(),
-            args: Vec::new(),
-            env: Vec::new(),
-        }
-    }
-
-    /// Appends arguments.
-    ///
-    /// ```
-    /// # use degrade_rollout::driver::CommandSpec;
-    /// assert_eq!(CommandSpec::new("s").args(["-v"]).args, vec!["-v"]);
-    /// ```
-    #[must_use]
-    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
-        self.args.extend(args.into_iter().map(Into::into));
-        self
-    }
-
-    /// Adds an environment variable.
-    ///
-    /// ```
-    /// # use degrade_rollout::driver::CommandSpec;
-    /// assert_eq!(CommandSpec::new("s").env("RUST_LOG", "info").env.len(), 1);
-    /// ```
-    #[must_use]
-    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.env.push((key.into(), value.into()));
-        self
-    }
-}
-
-/// How [`ProcessDriver`] checks health.
-///
-/// ```
-/// use degrade_rollout::driver::HealthCheck;
-/// let h = HealthCheck::http("/healthz", 200);
-/// assert!(matches!(h, HealthCheck::Http { .. }));
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum HealthCheck {
-    /// `GET path` over HTTP/1.1 must answer `expect_status`.
-    Http {
-        /// The path, e.g. `/healthz`.
-        path: String,
-        /// The expected status code.
-        expect_status: u16,
-    },
-    /// A TCP connection must succeed.
-    Tcp,
-}
-
-impl HealthCheck {
-    /// An HTTP check.
-    ///
-    /// ```
-    /// # use degrade_rollout::driver::HealthCheck;
-    /// assert_eq!(HealthCheck::http("/", 204), HealthCheck::Http { path: "/".into(), expect_status: 204 });
-    /// ```
-    pub fn http(path: impl Into<String>, expect_status: u16) -> Self {
-        HealthCheck::Http {
-            path: path.into(),
-            expect_status,
-        }
-    }
-}
+use super::{CommandSpec, Driver, HealthCheck};
 
 /// Runs each instance as a local child process: the command configured for its version on
 /// its port; stop sends SIGTERM, then SIGKILL after `stop_grace`; health is an HTTP GET or a
 /// TCP connect. Spare addresses make surge upgrades possible.
 ///
-/// Children are killed when the driver is dropped.
+/// Each child is owned by a small supervisor task that reaps it the moment it exits, so
+/// [`exited`](Driver::exited) reports a crash at once (and [`health`](Driver::health) fails
+/// from then on); stop signals go through the supervisor, never to a pid that may have been
+/// reused. Children are killed when the driver is dropped.
 ///
 /// ```no_run
 /// use degrade_rollout::{Driver, Instance, ProcessDriver, driver::{CommandSpec, HealthCheck}};
@@ -243,7 +44,7 @@ pub struct ProcessDriver {
     health: HealthCheck,
     stop_grace: Duration,
     quiet: bool,
-    children: Mutex<HashMap<SocketAddr, Child>>,
+    children: Mutex<HashMap<SocketAddr, Supervised>>,
     spare: Mutex<Vec<SocketAddr>>,
 }
 
@@ -347,6 +148,81 @@ impl ProcessDriverBuilder {
     }
 }
 
+/// A signal for a supervised child.
+#[derive(Debug, Clone, Copy)]
+enum Signal {
+    Term,
+    Kill,
+}
+
+/// A child process as the driver sees it: its pid, how it exited (once it has), and the
+/// channel to its supervisor.
+#[derive(Debug)]
+struct Supervised {
+    pid: Option<u32>,
+    exit: watch::Receiver<Option<String>>,
+    signals: mpsc::UnboundedSender<Signal>,
+}
+
+impl Supervised {
+    /// Spawns the supervisor of `child` (on the current runtime).
+    fn spawn(child: Child) -> Self {
+        let pid = child.id();
+        let (exit_tx, exit) = watch::channel(None);
+        let (signals, rx) = mpsc::unbounded_channel();
+        tokio::spawn(supervise(child, rx, exit_tx));
+        Self { pid, exit, signals }
+    }
+
+    /// How it exited, once it has.
+    fn exit(&self) -> Option<String> {
+        self.exit.borrow().clone()
+    }
+
+    /// Waits until it has exited (or its supervisor is gone with the runtime).
+    async fn wait(&mut self) {
+        let _ = self.exit.wait_for(Option::is_some).await;
+    }
+}
+
+/// Owns `child`: reaps it as soon as it exits and publishes how; sends it the signals the
+/// driver asks for; kills it when the driver lets go of it (dropped).
+async fn supervise(
+    mut child: Child,
+    mut signals: mpsc::UnboundedReceiver<Signal>,
+    exit: watch::Sender<Option<String>>,
+) {
+    let mut listening = true;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            signal = signals.recv(), if listening => match signal {
+                Some(Signal::Term) => {
+                    // The child is not reaped yet (only this task reaps it): the pid is its.
+                    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGTERM,
+                        );
+                    }
+                }
+                Some(Signal::Kill) => {
+                    let _ = child.start_kill();
+                }
+                None => {
+                    listening = false;
+                    let _ = child.start_kill();
+                }
+            },
+        }
+    };
+    let why = match status {
+        Ok(s) => format!("process exited ({s})"),
+        Err(e) => format!("process lost: {e}"),
+    };
+    let _ = exit.send(Some(why));
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -388,7 +264,10 @@ impl ProcessDriver {
     /// assert_eq!(d.pid("127.0.0.1:1".parse().unwrap()), None);
     /// ```
     pub fn pid(&self, address: SocketAddr) -> Option<u32> {
-        lock(&self.children).get(&address).and_then(Child::id)
+        lock(&self.children)
+            .get(&address)
+            .filter(|c| c.exit().is_none())
+            .and_then(|c| c.pid)
     }
 
     /// Checks health every 50 ms until it passes or `timeout` elapses (for bringing up the
@@ -467,24 +346,17 @@ impl Driver for ProcessDriver {
         let Some(mut child) = child else {
             return Ok(());
         };
-        if child.try_wait()?.is_some() {
+        if child.exit().is_some() {
             return Ok(());
         }
-        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-            // The child may exit between try_wait and here (ESRCH): that is a stop too.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        match tokio::time::timeout(self.stop_grace, child.wait()).await {
-            Ok(status) => {
-                status?;
-            }
-            Err(_) => {
-                tracing::warn!(instance = %instance.id, address = %instance.address, "no exit after SIGTERM: SIGKILL");
-                child.kill().await?;
-            }
+        let _ = child.signals.send(Signal::Term);
+        if tokio::time::timeout(self.stop_grace, child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(instance = %instance.id, address = %instance.address, "no exit after SIGTERM: SIGKILL");
+            let _ = child.signals.send(Signal::Kill);
+            child.wait().await;
         }
         Ok(())
     }
@@ -500,21 +372,22 @@ impl Driver for ProcessDriver {
 
     async fn start(&self, instance: &Instance) -> Result<(), BoxError> {
         let mut children = lock(&self.children);
-        if let Some(child) = children.get_mut(&instance.address)
-            && child.try_wait()?.is_none()
+        if let Some(child) = children.get(&instance.address)
+            && child.exit().is_none()
         {
             return Ok(()); // already running
         }
         let child = self.command(instance)?.spawn()?;
-        children.insert(instance.address, child);
+        children.insert(instance.address, Supervised::spawn(child));
         Ok(())
     }
 
     async fn health(&self, instance: &Instance) -> Result<(), BoxError> {
-        if let Some(child) = lock(&self.children).get_mut(&instance.address)
-            && let Some(status) = child.try_wait()?
-        {
-            return Err(format!("process exited ({status})").into());
+        let exited = lock(&self.children)
+            .get(&instance.address)
+            .and_then(Supervised::exit);
+        if let Some(why) = exited {
+            return Err(why.into());
         }
         let mut stream = TcpStream::connect(instance.address).await?;
         let HealthCheck::Http {
@@ -553,6 +426,25 @@ impl Driver for ProcessDriver {
             Ok(())
         } else {
             Err(format!("GET {path} answered {status}, expected {expect_status}").into())
+        }
+    }
+
+    async fn exited(&self, instance: &Instance) -> BoxError {
+        let exit = lock(&self.children)
+            .get(&instance.address)
+            .map(|c| c.exit.clone());
+        let why = match exit {
+            Some(mut exit) => match exit.wait_for(Option::is_some).await {
+                Ok(why) => why.clone(),
+                Err(_) => None,
+            },
+            None => None,
+        };
+        match why {
+            Some(why) => why.into(),
+            // Not a child of this driver, or its supervisor went with the runtime: nothing
+            // will be reported (the health checks still see the instance).
+            None => std::future::pending().await,
         }
     }
 
