@@ -109,7 +109,17 @@ const SCOPES: &[Scope] = &[
     Scope {
         name: "planner",
         package: "degrade-rollout",
-        files: &["crates/degrade-rollout/src/plan.rs"],
+        files: &[
+            "crates/degrade-rollout/src/plan/mod.rs",
+            "crates/degrade-rollout/src/plan/types.rs",
+            "crates/degrade-rollout/src/plan/protocol.rs",
+            "crates/degrade-rollout/src/plan/ops.rs",
+            "crates/degrade-rollout/src/plan/machine.rs",
+            "crates/degrade-rollout/src/plan/handle.rs",
+            "crates/degrade-rollout/src/plan/apply.rs",
+            "crates/degrade-rollout/src/plan/drive.rs",
+            "crates/degrade-rollout/src/plan/watch.rs",
+        ],
         features: Some("testserver"),
         // `process` too: it drives real child processes through the driver and the planner
         // (about 15 s a run), and most of the planner's behaviour is pinned there.
