@@ -84,16 +84,7 @@ const SCOPES: &[Scope] = &[
             "crates/degrade-core/src/counter.rs",
         ],
         features: None,
-        // Without `a_level_change_reaches_every_open_connection` (tests/axum.rs): it failed
-        // the unmutated baseline here once (it sends on an HTTP/1 connection without waiting
-        // for `ready()`), and a flake would count mutants as caught.
-        tests: &[
-            "--lib",
-            "--tests",
-            "--",
-            "--skip",
-            "a_level_change_reaches_every_open_connection",
-        ],
+        tests: LIB_AND_TESTS,
         loom: Some(&["--test", "loom"]),
         what: "degrade-core's ladder and sliding windows",
     },
