@@ -486,6 +486,27 @@ mod tests {
     }
 
     #[test]
+    fn rescale_without_debt_or_from_a_zero_unit_leaves_the_tat() {
+        // A TAT in the past is no debt, whatever the units; a zero `from` is never divided by.
+        assert_eq!(rescale(50, 100, 10, 20), 50);
+        assert_eq!(rescale(150, 100, 0, 10), 150);
+        assert_eq!(rescale(150, 100, 10, 10), 150);
+    }
+
+    #[test]
+    fn convert_rounds_the_cost_up_and_the_tolerance_down() {
+        // 15 ns and 35 ns at 10 ns per unit are 1.5 and 3.5 units; at 4 ns per unit that is
+        // 6 ns of cost and 14 ns of tolerance.
+        assert_eq!(convert(15, 35, 10, 4), (6, 14));
+        // 1.25 units of cost rounds up to 2 ns at 1 ns per unit; 1.25 of tolerance down to 1.
+        assert_eq!(convert(5, 5, 4, 1), (2, 1));
+        // A zero `from` counts as one nanosecond per unit.
+        assert_eq!(convert(3, 7, 0, 2), (6, 14));
+        // Past u64: saturated, never wrapped.
+        assert_eq!(convert(u64::MAX, u64::MAX, 1, 2), (u64::MAX, u64::MAX));
+    }
+
+    #[test]
     fn param_table_round_trips() {
         let p = Params {
             unit_ns: 7,

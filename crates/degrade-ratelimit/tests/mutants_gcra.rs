@@ -68,3 +68,32 @@ async fn a_quota_change_after_the_budget_refilled_keeps_the_whole_new_burst() {
     assert_eq!(burst, 3, "the whole new burst, no more and no less");
     assert_eq!(layer.debt(), 750 * MS, "three requests at 250 ms each");
 }
+
+/// A quota raised while the budget is in debt carries the debt over in units (3 requests at
+/// 100 ms each become 3 at 10 ms), and `debt()` reads it in the new unit after the carry-over
+/// (which keeps the shared word growing by an offset the reading must take off, not add).
+#[tokio::test]
+async fn a_quota_raised_during_debt_carries_the_debt_over_in_units() {
+    let clock = ManualClock::new();
+    let layer = RateLimitLayer::builder(RateLimitConfig::per(10, Duration::from_secs(1)).burst(10))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let handle = layer.quota_handle();
+    let mut svc = layer.layer(echo());
+    for _ in 0..3 {
+        assert!(admitted(&mut svc).await);
+    }
+    assert_eq!(layer.debt(), 300 * MS);
+    handle
+        .set(RateLimitConfig::per(100, Duration::from_secs(1)).burst(10))
+        .unwrap();
+    assert!(admitted(&mut svc).await);
+    assert_eq!(
+        layer.debt(),
+        40 * MS,
+        "3 units carried over at 10 ms, plus this one"
+    );
+    clock.advance(15 * MS);
+    assert_eq!(layer.debt(), 25 * MS);
+}
