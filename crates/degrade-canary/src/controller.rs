@@ -1,12 +1,12 @@
 //! The async driver of a rollout: analyses at every interval, moves the router's weight, runs
 //! the promote and rollback hooks, persists its state, and takes manual gates.
 
-use crate::error::StoreError;
+use crate::error::{CanaryError, StoreError};
 use crate::judge::{Judge, Judgement};
 use crate::machine::{CanaryAction, CanaryConfig, CanaryEvent, CanaryMachine, CanaryState};
 use crate::service::CanaryHandle;
 use crate::store::{MemoryStore, StateStore};
-use degrade_core::{BoxError, Clock, TokioClock};
+use degrade_core::{Clock, TokioClock};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -44,7 +44,7 @@ impl From<Gate> for CanaryEvent {
 ///
 /// ```
 /// use degrade_canary::{Canary, FileStore, CanaryConfig, CanaryController};
-/// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+/// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
 /// let b = CanaryController::builder(CanaryConfig::default(), router.handle())
 ///     .store(FileStore::new("/tmp/rollout.json"))
 ///     .on_promote(|| async { /* make v2 the new stable */ })
@@ -115,22 +115,26 @@ impl<Clk: Clock> CanaryControllerBuilder<Clk> {
     /// its step and weight; the step's bake time and the judge's evidence start over) or
     /// starts a new one at the first step, and sets the router's weight accordingly.
     ///
-    /// If the store cannot save the starting state, the weight is set to 0 and the error
-    /// (a [`StoreError`]) is returned: no traffic reaches a candidate no controller judges.
+    /// # Errors
+    ///
+    /// [`CanaryError::Config`] for an invalid configuration (or a saved state that does not
+    /// fit it), [`CanaryError::Load`] when the store cannot be read, and
+    /// [`CanaryError::Store`] when it cannot save the starting state: the weight is then set
+    /// to 0, so no traffic reaches a candidate no controller judges.
     ///
     /// ```
     /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap();
     /// assert_eq!(router.weight().get(), 100); // the first step: 1 %
     /// assert_eq!(c.state().step, 0);
     /// # }
     /// ```
-    pub fn start(self) -> Result<CanaryController<Clk>, BoxError> {
+    pub fn build(self) -> Result<CanaryController<Clk>, CanaryError> {
         self.cfg.validate()?;
         let now = self.clock.now();
-        let rollout = match self.store.load()? {
+        let rollout = match self.store.load().map_err(CanaryError::Load)? {
             Some(saved) => {
                 tracing::info!(step = saved.step, weight_bp = saved.weight_bp, phase = ?saved.phase, "rollout resumed from store");
                 CanaryMachine::resume(self.cfg.clone(), saved, now)?
@@ -146,7 +150,7 @@ impl<Clk: Clock> CanaryControllerBuilder<Clk> {
             state.phase = crate::machine::CanaryPhase::RolledBack;
             state.weight_bp = 0;
             tracing::error!(error = %err, "canary state store failed at start: weight 0");
-            return Err(StoreError::new(state, err).into());
+            return Err(CanaryError::Store(StoreError::new(state, err)));
         }
         self.handle.weight().set(rollout_state.weight_bp)?;
         Ok(CanaryController {
@@ -173,11 +177,11 @@ impl<Clk: Clock> CanaryControllerBuilder<Clk> {
 /// ```
 /// use degrade_canary::{Canary, CanaryPhase, CanaryConfig, CanaryController, Gate};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let router = Canary::builder().build(
+/// let router = Canary::new(
 ///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
 ///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
 /// );
-/// let mut c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
+/// let mut c = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap();
 /// c.gate(Gate::Abort).await.unwrap();
 /// assert_eq!(c.state().phase, CanaryPhase::RolledBack);
 /// assert_eq!(router.weight().get(), 0);
@@ -224,9 +228,9 @@ impl<Clk: Clock> CanaryController<Clk> {
     ///
     /// ```
     /// # use degrade_canary::{Canary, CanaryPhase, CanaryConfig, CanaryController};
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
     /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
+    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap();
     /// assert_eq!(c.state().phase, CanaryPhase::Progressing);
     /// # });
     /// ```
@@ -238,9 +242,9 @@ impl<Clk: Clock> CanaryController<Clk> {
     ///
     /// ```
     /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
     /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
+    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap();
     /// assert!(c.last_judgement().is_none());
     /// # });
     /// ```
@@ -255,8 +259,8 @@ impl<Clk: Clock> CanaryController<Clk> {
     /// ```
     /// # use degrade_canary::{Canary, CanaryConfig, CanaryController, Verdict};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let mut c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let mut c = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap();
     /// assert_eq!(c.tick().await.unwrap().verdict, Verdict::Inconclusive); // no data yet
     /// # }
     /// ```
@@ -284,8 +288,8 @@ impl<Clk: Clock> CanaryController<Clk> {
     /// ```
     /// # use degrade_canary::{Canary, Gate, CanaryPhase, PauseReason, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let mut c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let mut c = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap();
     /// c.gate(Gate::Pause).await.unwrap();
     /// assert_eq!(c.state().phase, CanaryPhase::Paused(PauseReason::Manual));
     /// # }
@@ -359,8 +363,8 @@ impl<Clk: Clock> CanaryController<Clk> {
     /// ```
     /// use degrade_canary::{Canary, CanaryPhase, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap();
     /// let (task, gates) = c.spawn();
     /// gates.promote();
     /// assert_eq!(task.await.unwrap().unwrap().phase, CanaryPhase::Promoted);
@@ -398,9 +402,9 @@ impl<Clk: Clock> CanaryController<Clk> {
 /// ```
 /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+/// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
 /// let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle())
-///     .start().unwrap().spawn();
+///     .build().unwrap().spawn();
 /// gates.abort();
 /// task.await.unwrap().unwrap();
 /// assert_eq!(router.weight().get(), 0);
@@ -415,8 +419,8 @@ impl Gates {
     /// ```
     /// # use degrade_canary::{Canary, Gate, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap().spawn();
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap().spawn();
     /// gates.send(Gate::Promote);
     /// # task.await.unwrap().unwrap();
     /// # }
@@ -430,8 +434,8 @@ impl Gates {
     /// ```
     /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap().spawn();
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap().spawn();
     /// gates.promote();
     /// # task.await.unwrap().unwrap();
     /// # }
@@ -445,8 +449,8 @@ impl Gates {
     /// ```
     /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap().spawn();
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap().spawn();
     /// gates.abort();
     /// # task.await.unwrap().unwrap();
     /// # }
@@ -460,8 +464,8 @@ impl Gates {
     /// ```
     /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap().spawn();
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap().spawn();
     /// gates.pause();
     /// gates.abort();
     /// # task.await.unwrap().unwrap();
@@ -476,8 +480,8 @@ impl Gates {
     /// ```
     /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap().spawn();
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap().spawn();
     /// gates.pause();
     /// gates.resume();
     /// gates.abort();

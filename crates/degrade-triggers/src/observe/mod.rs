@@ -60,7 +60,7 @@ pub use self::signal::{InFlightConfig, LatencyConfig, LatencyStat, ObserveSignal
 use self::future::Guard;
 use self::histogram::{COUNTERS, Counts, FAILURES, Histogram, SLOW, TIMEOUTS};
 use degrade_core::ladder::Thresholds;
-use degrade_core::{Classifier, Clock, DefaultClassifier, TokioClock};
+use degrade_core::{Classifier, Clock, ConfigError, DefaultClassifier, TokioClock};
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -126,7 +126,9 @@ impl ObserveLayer {
     /// assert_eq!(ObserveLayer::new().snapshot().calls, 0);
     /// ```
     pub fn new() -> Self {
-        Self::builder().build()
+        Self::builder()
+            .build()
+            .expect("the default settings are valid")
     }
 
     /// A builder, to set the classifier, the clock and the slow-call threshold.
@@ -139,8 +141,9 @@ impl ObserveLayer {
     /// let layer = ObserveLayer::builder()
     ///     .classifier(HttpClassifier::default())
     ///     .slow(Duration::from_millis(500))
-    ///     .build();
-    /// # let _ = layer;
+    ///     .build()?;
+    /// assert_eq!(layer.snapshot().slow, 0);
+    /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn builder() -> ObserveBuilder {
         ObserveBuilder {
@@ -370,8 +373,9 @@ impl<K, C> ObserveBuilder<K, C> {
     ///     fn classify_response(&self, n: &u32) -> Outcome { if *n == 0 { Outcome::Failure } else { Outcome::Success } }
     ///     fn classify_error(&self, _: &String) -> Outcome { Outcome::Failure }
     /// }
-    /// let layer = ObserveLayer::builder().classifier(Strict).build();
-    /// # let _ = layer;
+    /// let layer = ObserveLayer::builder().classifier(Strict).build()?;
+    /// assert_eq!(layer.snapshot().failures, 0);
+    /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn classifier<K2>(self, classifier: K2) -> ObserveBuilder<K2, C> {
         ObserveBuilder {
@@ -397,17 +401,32 @@ impl<K, C> ObserveBuilder<K, C> {
         self
     }
 
-    /// Builds the layer and its histogram (the only allocation: about 20 KB per shard, one
-    /// shard per CPU up to 16).
-    pub fn build(self) -> ObserveLayer<K, C> {
-        ObserveLayer {
+    /// Validates the settings and builds the layer and its histogram (the only allocation:
+    /// about 20 KB per shard, one shard per CPU up to 16).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] on field `slow` when the slow-call threshold is zero (every call
+    /// would count as slow).
+    ///
+    /// ```
+    /// use degrade_triggers::ObserveLayer;
+    /// use std::time::Duration;
+    /// let err = ObserveLayer::builder().slow(Duration::ZERO).build().unwrap_err();
+    /// assert_eq!(err.field(), "slow");
+    /// ```
+    pub fn build(self) -> Result<ObserveLayer<K, C>, ConfigError> {
+        if self.slow == Some(Duration::ZERO) {
+            return Err(ConfigError::new("slow", "must be greater than zero"));
+        }
+        Ok(ObserveLayer {
             inner: Arc::new(Inner {
                 hist: Histogram::new(),
                 classifier: self.classifier,
                 clock: self.clock,
                 slow: self.slow,
             }),
-        }
+        })
     }
 }
 
