@@ -43,13 +43,20 @@ impl From<Gate> for CanaryEvent {
 /// Builds a [`CanaryController`]; from [`CanaryController::builder`].
 ///
 /// ```
-/// use degrade_canary::{Canary, FileStore, CanaryConfig, CanaryController};
+/// use degrade_canary::{Canary, CanaryConfig, CanaryController, FileStore};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-/// let b = CanaryController::builder(CanaryConfig::default(), router.handle())
-///     .store(FileStore::new("/tmp/rollout.json"))
+/// let path = std::env::temp_dir().join(format!("canary-builder-{}.json", std::process::id()));
+/// let c = CanaryController::builder(CanaryConfig::default(), router.handle())
+///     .store(FileStore::new(&path))
 ///     .on_promote(|| async { /* make v2 the new stable */ })
-///     .on_rollback(|| async { /* page someone */ });
-/// # let _ = b;
+///     .on_rollback(|| async { /* page someone */ })
+///     .build()
+///     .unwrap();
+/// assert_eq!(c.state().step, 0);
+/// assert!(path.exists()); // the starting state is on disk before any traffic moves
+/// # std::fs::remove_file(&path).unwrap();
+/// # }
 /// ```
 pub struct CanaryControllerBuilder<Clk = TokioClock> {
     cfg: CanaryConfig,
@@ -417,12 +424,13 @@ impl Gates {
     /// Sends `gate`.
     ///
     /// ```
-    /// # use degrade_canary::{Canary, Gate, CanaryConfig, CanaryController};
+    /// # use degrade_canary::{Canary, CanaryPhase, Gate, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
     /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap().spawn();
     /// gates.send(Gate::Promote);
-    /// # task.await.unwrap().unwrap();
+    /// let end = task.await.unwrap().unwrap(); // a promotion ends the rollout
+    /// assert_eq!(end.phase, CanaryPhase::Promoted);
     /// # }
     /// ```
     pub fn send(&self, gate: Gate) {
@@ -432,12 +440,12 @@ impl Gates {
     /// Promote now.
     ///
     /// ```
-    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
+    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController, CanaryPhase};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
     /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap().spawn();
     /// gates.promote();
-    /// # task.await.unwrap().unwrap();
+    /// assert_eq!(task.await.unwrap().unwrap().phase, CanaryPhase::Promoted);
     /// # }
     /// ```
     pub fn promote(&self) {
@@ -447,12 +455,13 @@ impl Gates {
     /// Roll back now.
     ///
     /// ```
-    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
+    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController, CanaryPhase};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
     /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap().spawn();
     /// gates.abort();
-    /// # task.await.unwrap().unwrap();
+    /// assert_eq!(task.await.unwrap().unwrap().phase, CanaryPhase::RolledBack);
+    /// assert_eq!(router.weight().get(), 0);
     /// # }
     /// ```
     pub fn abort(&self) {
@@ -460,34 +469,11 @@ impl Gates {
     }
 
     /// Hold the current step.
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap().spawn();
-    /// gates.pause();
-    /// gates.abort();
-    /// # task.await.unwrap().unwrap();
-    /// # }
-    /// ```
     pub fn pause(&self) {
         self.send(Gate::Pause);
     }
 
     /// Continue after a pause.
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap().spawn();
-    /// gates.pause();
-    /// gates.resume();
-    /// gates.abort();
-    /// # task.await.unwrap().unwrap();
-    /// # }
-    /// ```
     pub fn resume(&self) {
         self.send(Gate::Resume);
     }

@@ -147,8 +147,12 @@ impl CanaryConfig {
 /// Why a rollout is paused.
 ///
 /// ```
-/// use degrade_canary::PauseReason;
-/// assert_ne!(PauseReason::Manual, PauseReason::Inconclusive);
+/// use degrade_canary::{CanaryConfig, CanaryEvent, CanaryMachine, CanaryPhase, PauseReason};
+/// let now = tokio::time::Instant::now();
+/// let mut m = CanaryMachine::new(CanaryConfig::default(), now)?;
+/// m.on(CanaryEvent::Pause, now);
+/// assert_eq!(m.state().phase, CanaryPhase::Paused(PauseReason::Manual));
+/// # Ok::<(), degrade_core::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -263,6 +263,7 @@ impl<S, C, K, O, Cl, M, Clk> Canary<S, C, K, O, Cl, M, Clk> {
     /// # use degrade_canary::Canary;
     /// # let c = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
     /// c.weight().set(100).unwrap();
+    /// assert_eq!(c.handle().weight().get(), 100); // every clone and handle sees it
     /// ```
     pub fn weight(&self) -> &Weight {
         &self.shared.weight
