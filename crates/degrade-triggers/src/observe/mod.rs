@@ -185,7 +185,7 @@ where
     /// When the configuration is invalid; the field is named.
     ///
     /// ```
-    /// use degrade_triggers::{LevelThresholds, ObserveLayer, observe::{LatencyConfig, LatencyStat}};
+    /// use degrade_triggers::{LevelThresholds, ObserveLayer, Signal, observe::{LatencyConfig, LatencyStat}};
     /// use std::time::Duration;
     /// let layer = ObserveLayer::new();
     /// let by_levels = layer.latency(LatencyConfig {
@@ -193,8 +193,10 @@ where
     ///     thresholds: LevelThresholds::new(100.0, 250.0, 500.0, 1000.0),
     ///     ..Default::default()
     /// })?;
-    /// let by_sla = layer.latency(LatencyConfig { sla: Some(Duration::from_millis(300)), ..Default::default() })?;
-    /// # let _ = (by_levels, by_sla);
+    /// let mut by_sla = layer.latency(LatencyConfig { sla: Some(Duration::from_millis(300)), ..Default::default() })?;
+    /// assert_eq!(by_levels.name(), "latency");
+    /// // No call measured yet: no sample, so the signal does not move the level.
+    /// assert_eq!(by_sla.sample(tokio::time::Instant::now()).unwrap(), None);
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn latency(
@@ -211,9 +213,9 @@ where
     /// When the configuration is invalid; the field is named.
     ///
     /// ```
-    /// # use degrade_triggers::{ObserveLayer, observe::RateConfig};
-    /// let s = ObserveLayer::new().error_rate(RateConfig::errors())?;
-    /// # let _ = s;
+    /// # use degrade_triggers::{ObserveLayer, Signal, observe::RateConfig};
+    /// let mut s = ObserveLayer::new().error_rate(RateConfig::errors())?;
+    /// assert_eq!(s.sample(tokio::time::Instant::now()).unwrap(), None); // no calls: no sample
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn error_rate(
@@ -236,9 +238,9 @@ where
     /// When the configuration is invalid; the field is named.
     ///
     /// ```
-    /// # use degrade_triggers::{ObserveLayer, observe::RateConfig};
-    /// let s = ObserveLayer::new().timeout_rate(RateConfig::timeouts())?;
-    /// # let _ = s;
+    /// # use degrade_triggers::{ObserveLayer, Signal, observe::RateConfig};
+    /// let mut s = ObserveLayer::new().timeout_rate(RateConfig::timeouts())?;
+    /// assert_eq!(s.sample(tokio::time::Instant::now()).unwrap(), None); // no calls: no sample
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn timeout_rate(
@@ -261,9 +263,9 @@ where
     /// When the configuration is invalid; the field is named.
     ///
     /// ```
-    /// # use degrade_triggers::{ObserveLayer, observe::RateConfig};
-    /// let s = ObserveLayer::new().slow_rate(RateConfig::errors())?;
-    /// # let _ = s;
+    /// # use degrade_triggers::{ObserveLayer, Signal, observe::RateConfig};
+    /// let mut s = ObserveLayer::new().slow_rate(RateConfig::errors())?;
+    /// assert_eq!(s.sample(tokio::time::Instant::now()).unwrap(), None); // no calls: no sample
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn slow_rate(
@@ -280,9 +282,10 @@ where
     /// When the configuration is invalid; the field is named.
     ///
     /// ```
-    /// # use degrade_triggers::{ObserveLayer, observe::InFlightConfig};
-    /// let s = ObserveLayer::new().in_flight(InFlightConfig::default())?;
-    /// # let _ = s;
+    /// # use degrade_triggers::{ObserveLayer, Signal, observe::InFlightConfig};
+    /// let mut s = ObserveLayer::new().in_flight(InFlightConfig::default())?;
+    /// let now = s.sample(tokio::time::Instant::now()).unwrap().unwrap();
+    /// assert_eq!((now.value, now.pressure), (0.0, 0.0)); // nothing in flight
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn in_flight(
