@@ -89,51 +89,26 @@ pub struct RolloutHandle {
 
 impl RolloutHandle {
     /// Starts no new batch until [`resume`](Self::resume) (the current batch finishes).
-    ///
-    /// ```no_run
-    /// # fn f(h: degrade_rollout::RolloutHandle) { h.pause(); }
-    /// ```
     pub fn pause(&self) {
         let _ = self.controls.send(RolloutEvent::Pause);
     }
 
     /// Starts batches again.
-    ///
-    /// ```no_run
-    /// # fn f(h: degrade_rollout::RolloutHandle) { h.resume(); }
-    /// ```
     pub fn resume(&self) {
         let _ = self.controls.send(RolloutEvent::Resume);
     }
 
     /// Stops after the current batch (outcome [`RolloutOutcome::Aborted`]).
-    ///
-    /// ```no_run
-    /// # fn f(h: degrade_rollout::RolloutHandle) { h.abort(); }
-    /// ```
     pub fn abort(&self) {
         let _ = self.controls.send(RolloutEvent::Abort);
     }
 
     /// The latest status.
-    ///
-    /// ```no_run
-    /// # fn f(h: degrade_rollout::RolloutHandle) { println!("{:?}", h.status().phase); }
-    /// ```
     pub fn status(&self) -> RolloutStatus {
         self.status.borrow().clone()
     }
 
     /// A stream of status changes (a `watch` receiver).
-    ///
-    /// ```no_run
-    /// # async fn f(h: degrade_rollout::RolloutHandle) {
-    /// let mut rx = h.subscribe();
-    /// while rx.changed().await.is_ok() {
-    ///     println!("{:?}", rx.borrow().phase);
-    /// }
-    /// # }
-    /// ```
     pub fn subscribe(&self) -> watch::Receiver<RolloutStatus> {
         self.status.clone()
     }
@@ -381,10 +356,30 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> RolloutController<D, S, C> 
     ///
     /// Only journal I/O: a failed rollout is a [`RolloutOutcome`], not an error.
     ///
-    /// ```no_run
-    /// # async fn f(r: degrade_rollout::RolloutController<degrade_rollout::ProcessDriver, ()>) -> Result<(), degrade_rollout::RolloutError> {
-    /// let report = r.run().await?;
-    /// println!("{}: {:?}", report.outcome, report.failure);
+    /// ```
+    /// use degrade_rollout::{Instance, RolloutController, RolloutOutcome, discover::Pool};
+    /// # use degrade_rollout::Driver;
+    /// # use degrade_core::BoxError;
+    /// # #[derive(Debug)]
+    /// # struct Noop;
+    /// # impl Driver for Noop {
+    /// #     async fn stop(&self, _: &Instance) -> Result<(), BoxError> { Ok(()) }
+    /// #     async fn install(&self, _: &Instance, _: &str) -> Result<(), BoxError> { Ok(()) }
+    /// #     async fn start(&self, _: &Instance) -> Result<(), BoxError> { Ok(()) }
+    /// #     async fn health(&self, _: &Instance) -> Result<(), BoxError> { Ok(()) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), degrade_rollout::RolloutError> {
+    /// // Already on the target: nothing to upgrade, the rollout completes at once.
+    /// let a = Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v2");
+    /// let rollout = RolloutController::builder(Noop, Pool::new(|i: &Instance| i.address))
+    ///     .instances(vec![a])
+    ///     .target("v2")
+    ///     .build()?;
+    /// let mut status = rollout.handle().subscribe();
+    /// let report = rollout.run().await?;
+    /// assert_eq!(report.outcome, RolloutOutcome::Completed);
+    /// assert!(report.errors.is_empty());
+    /// assert_eq!(status.borrow_and_update().outcome, Some(RolloutOutcome::Completed));
     /// # Ok(()) }
     /// ```
     pub async fn run(mut self) -> Result<RolloutReport, RolloutError> {
