@@ -482,6 +482,14 @@ impl<F, Key, C, K, M> KeyedBreakerLayer<F, Key, C, K, M> {
             _mode: PhantomData,
         }
     }
+
+    /// The same layer (same map) returning rejections as `BoxError`s (the default mode).
+    pub fn errors(self) -> KeyedBreakerLayer<F, Key, C, K, Errors> {
+        KeyedBreakerLayer {
+            keyed: self.keyed,
+            _mode: PhantomData,
+        }
+    }
 }
 
 impl<S, F, Key, C, K, M> Layer<S> for KeyedBreakerLayer<F, Key, C, K, M> {
