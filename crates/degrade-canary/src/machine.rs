@@ -220,9 +220,13 @@ pub struct CanaryState {
 /// What happens to a rollout.
 ///
 /// ```
-/// use degrade_canary::{CanaryEvent, Verdict};
-/// let e = CanaryEvent::Analysis(Verdict::Pass);
-/// assert_ne!(e, CanaryEvent::Abort);
+/// use degrade_canary::{CanaryConfig, CanaryEvent, CanaryMachine, CanaryPhase};
+/// let now = tokio::time::Instant::now();
+/// let mut m = CanaryMachine::new(CanaryConfig::default(), now)?;
+/// assert_eq!(m.state().weight_bp, 100); // the first step
+/// m.on(CanaryEvent::Abort, now);
+/// assert_eq!((m.state().phase, m.state().weight_bp), (CanaryPhase::RolledBack, 0));
+/// # Ok::<(), degrade_core::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CanaryEvent {
