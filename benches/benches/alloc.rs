@@ -250,9 +250,10 @@ fn main() {
     t.measure(("breaker", "failsafe", "closed"), true, svc, || 1);
 
     // canary
-    let svc = Canary::builder()
+    let svc = Canary::builder(inner(), inner())
         .weight(ten_percent())
-        .build(inner(), inner());
+        .build()
+        .unwrap();
     t.measure(("canary", "degrade", "unkeyed-10pct"), true, svc, || 1);
     t.measure(
         ("canary", "tower", "steer-10pct"),
@@ -281,7 +282,8 @@ fn main() {
     );
     let frozen = ObserveLayer::builder()
         .clock(FrozenClock::now_frozen())
-        .build();
+        .build()
+        .unwrap();
     t.measure(
         ("observe", "degrade", "observe-frozen-clock"),
         true,
@@ -296,9 +298,10 @@ fn main() {
             .layer(RateLimitLayer::new(quota).expect("valid config"))
             .layer(BreakerLayer::new(BreakerConfig::default()).expect("valid config"))
             .service(
-                Canary::builder()
+                Canary::builder(inner(), inner())
                     .weight(ten_percent())
-                    .build(inner(), inner()),
+                    .build()
+                    .unwrap(),
             )
     };
     let svc = stack(&normal, Priority::Normal, open_quota());

@@ -42,9 +42,10 @@ fn canary(c: &mut Criterion) {
         b.iter(|| black_box(call_now(&mut svc, black_box(1))))
     });
 
-    let mut svc = Canary::builder()
+    let mut svc = Canary::builder(inner(), inner())
         .weight(Weight::new(1_000).expect("10 % is a valid weight"))
-        .build(inner(), inner());
+        .build()
+        .unwrap();
     for _ in 0..20 {
         assert!(call_now(&mut svc, 1).is_ok());
     }
@@ -53,36 +54,39 @@ fn canary(c: &mut Criterion) {
         b.iter(|| black_box(call_now(&mut svc, black_box(1))))
     });
 
-    let mut svc = Canary::builder()
+    let mut svc = Canary::builder(inner(), inner())
         .weight(Weight::new(1_000).expect("10 % is a valid weight"))
         .key(from_fn(|r: &Req| Some(*r)))
-        .build(inner(), inner());
+        .build()
+        .unwrap();
     g.bench_function(BenchmarkId::new("degrade", "keyed-10pct"), |b| {
         b.iter(|| black_box(call_now(&mut svc, black_box(1))))
     });
 
     // The same router with a clock that costs nothing: the split and the statistics alone,
     // without the two OS clock reads (compare with the `canary-clock` group).
-    let mut svc = Canary::builder()
+    let mut svc = Canary::builder(inner(), inner())
         .weight(Weight::new(1_000).expect("10 % is a valid weight"))
         .clock(FrozenClock::now_frozen())
-        .build(inner(), inner());
+        .build()
+        .unwrap();
     g.bench_function(
         BenchmarkId::new("degrade", "unkeyed-10pct-frozen-clock"),
         |b| b.iter(|| black_box(call_now(&mut svc, black_box(1)))),
     );
 
     // The same router on degrade-core's opt-in TSC clock (feature `fast-clock`).
-    let mut svc = Canary::builder()
+    let mut svc = Canary::builder(inner(), inner())
         .weight(Weight::new(1_000).expect("10 % is a valid weight"))
         .clock(FastClock::new())
-        .build(inner(), inner());
+        .build()
+        .unwrap();
     g.bench_function(
         BenchmarkId::new("degrade", "unkeyed-10pct-fast-clock"),
         |b| b.iter(|| black_box(call_now(&mut svc, black_box(1)))),
     );
 
-    let mut svc = Canary::builder().build(inner(), inner());
+    let mut svc = Canary::new(inner(), inner());
     g.bench_function(BenchmarkId::new("degrade", "weight-0"), |b| {
         b.iter(|| black_box(call_now(&mut svc, black_box(1))))
     });

@@ -84,10 +84,11 @@ fn degrade_stack<K: Clock>(
                 .expect("valid breaker config"),
         )
         .service(
-            Canary::builder()
+            Canary::builder(inner(), inner())
                 .weight(canary_weight())
                 .clock(clock)
-                .build(inner(), inner()),
+                .build()
+                .unwrap(),
         )
 }
 

@@ -51,7 +51,8 @@ fn observe(c: &mut Criterion) {
 
     let frozen = ObserveLayer::builder()
         .clock(FrozenClock::now_frozen())
-        .build();
+        .build()
+        .unwrap();
     let mut svc = frozen.layer(inner());
     assert!(call_now(&mut svc, 1).is_ok());
     g.bench_function(BenchmarkId::new("degrade", "observe-frozen-clock"), |b| {
@@ -59,7 +60,10 @@ fn observe(c: &mut Criterion) {
     });
     assert!(frozen.snapshot().calls >= 1, "the layer recorded the calls");
 
-    let fast = ObserveLayer::builder().clock(FastClock::new()).build();
+    let fast = ObserveLayer::builder()
+        .clock(FastClock::new())
+        .build()
+        .unwrap();
     let mut svc = fast.layer(inner());
     assert!(call_now(&mut svc, 1).is_ok());
     g.bench_function(BenchmarkId::new("degrade", "observe-fast-clock"), |b| {

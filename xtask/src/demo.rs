@@ -582,7 +582,7 @@ async fn control_loop(
             backend.set_outage(phase.event == Event::Outage);
             if let (Event::Canary(candidate), Some(p)) = (phase.event, &parts) {
                 backend.deploy(candidate);
-                match CanaryController::builder(rollout.clone(), p.canary.clone()).start() {
+                match CanaryController::builder(rollout.clone(), p.canary.clone()).build() {
                     Ok(controller) => canary = Some((candidate, controller)),
                     Err(err) => live::note(&format!("cannot start the canary rollout: {err}")),
                 }

@@ -324,7 +324,7 @@ impl<F, Key> KeyedBreakerLayer<F, Key> {
     ///     .max_keys(16)
     ///     .name("hosts")
     ///     .build()?;
-    /// # let _ = layer;
+    /// assert!(layer.is_empty()); // a key's breaker is made by its first request
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn builder<R>(config: BreakerConfig, extractor: F) -> KeyedBuilder<F, Key>
@@ -465,15 +465,6 @@ where
 impl<F, Key, C, K, M> KeyedBreakerLayer<F, Key, C, K, M> {
     /// The same layer (same map) answering rejected HTTP requests with 503 and `Retry-After`
     /// (feature `http`).
-    ///
-    /// ```
-    /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-    /// # use degrade_core::key::from_fn;
-    /// let layer = KeyedBreakerLayer::new(BreakerConfig::default(),
-    ///     from_fn(|r: &http::Request<()>| r.uri().host().map(str::to_owned)))?.http();
-    /// # let _ = layer;
-    /// # Ok::<(), degrade_core::ConfigError>(())
-    /// ```
     #[cfg(feature = "http")]
     pub fn http(self) -> KeyedBreakerLayer<F, Key, C, K, HttpResponses> {
         KeyedBreakerLayer {
@@ -484,17 +475,16 @@ impl<F, Key, C, K, M> KeyedBreakerLayer<F, Key, C, K, M> {
 
     /// The same layer (same map) answering rejected gRPC calls with UNAVAILABLE (feature
     /// `grpc`).
-    ///
-    /// ```
-    /// # use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
-    /// # use degrade_core::key::from_fn;
-    /// let layer = KeyedBreakerLayer::new(BreakerConfig::default(),
-    ///     from_fn(|r: &http::Request<()>| Some(r.uri().path().to_owned())))?.grpc();
-    /// # let _ = layer;
-    /// # Ok::<(), degrade_core::ConfigError>(())
-    /// ```
     #[cfg(feature = "grpc")]
     pub fn grpc(self) -> KeyedBreakerLayer<F, Key, C, K, GrpcResponses> {
+        KeyedBreakerLayer {
+            keyed: self.keyed,
+            _mode: PhantomData,
+        }
+    }
+
+    /// The same layer (same map) returning rejections as `BoxError`s (the default mode).
+    pub fn errors(self) -> KeyedBreakerLayer<F, Key, C, K, Errors> {
         KeyedBreakerLayer {
             keyed: self.keyed,
             _mode: PhantomData,
@@ -626,13 +616,20 @@ impl<F, Key, C, K> KeyedBuilder<F, Key, C, K> {
 /// behaves as [`Breaker`](crate::Breaker) does.
 ///
 /// ```
-/// use degrade_breaker::{BreakerConfig, KeyedBreakerLayer};
+/// use degrade_breaker::{BreakerConfig, KeyedBreakerLayer, State};
 /// use degrade_core::key::from_fn;
-/// use tower::Layer;
+/// use tower::{Layer, Service, ServiceExt};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), degrade_core::BoxError> {
 /// let layer = KeyedBreakerLayer::new(BreakerConfig::default(), from_fn(|k: &u8| Some(*k)))?;
-/// let svc = layer.layer(tower::service_fn(|k: u8| async move { Ok::<_, std::convert::Infallible>(k) }));
-/// # let _ = svc;
-/// # Ok::<(), degrade_core::ConfigError>(())
+/// let mut svc = layer.layer(tower::service_fn(|k: u8| async move { Ok::<_, std::convert::Infallible>(k) }));
+/// svc.ready().await?.call(1).await?;
+/// svc.ready().await?.call(2).await?;
+/// assert_eq!(layer.keys().len(), 2); // one breaker per key
+/// layer.handle(&1).unwrap().force_open();
+/// assert!(svc.ready().await?.call(1).await.is_err());
+/// assert_eq!(svc.ready().await?.call(2).await?, 2); // key 2 is not affected
+/// assert_eq!(layer.handle(&2).unwrap().state(), State::Closed);
+/// # Ok(()) }
 /// ```
 pub struct KeyedBreaker<S, F, Key, C = DefaultClassifier, K = TokioClock, M = Errors> {
     inner: S,

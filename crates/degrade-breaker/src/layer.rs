@@ -91,7 +91,7 @@ impl BreakerLayer {
     /// let layer = BreakerLayer::builder(BreakerConfig::default())
     ///     .name("payments")
     ///     .build()?;
-    /// # let _ = layer;
+    /// assert_eq!(layer.handle().name(), "payments");
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn builder(config: BreakerConfig) -> BreakerBuilder {
@@ -137,12 +137,20 @@ impl<C, K, M> BreakerLayer<C, K, M> {
     /// ```
     /// use degrade_breaker::{BreakerConfig, BreakerLayer};
     /// use degrade_core::HttpClassifier;
+    /// use tower::{Layer, Service, ServiceExt};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), degrade_core::BoxError> {
     /// let layer = BreakerLayer::builder(BreakerConfig::default())
     ///     .classifier(HttpClassifier::default())
     ///     .build()?
     ///     .http();
-    /// # let _ = layer;
-    /// # Ok::<(), degrade_core::ConfigError>(())
+    /// layer.handle().force_open();
+    /// let mut svc = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    /// }));
+    /// let res = svc.ready().await?.call(http::Request::new(())).await?;
+    /// assert_eq!(res.status(), 503);
+    /// assert!(res.headers().contains_key("retry-after"));
+    /// # Ok(()) }
     /// ```
     #[cfg(feature = "http")]
     pub fn http(self) -> BreakerLayer<C, K, HttpResponses> {
@@ -158,12 +166,19 @@ impl<C, K, M> BreakerLayer<C, K, M> {
     /// ```
     /// use degrade_breaker::{BreakerConfig, BreakerLayer};
     /// use degrade_core::GrpcClassifier;
+    /// use tower::{Layer, Service, ServiceExt};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), degrade_core::BoxError> {
     /// let layer = BreakerLayer::builder(BreakerConfig::default())
     ///     .classifier(GrpcClassifier::default())
     ///     .build()?
     ///     .grpc();
-    /// # let _ = layer;
-    /// # Ok::<(), degrade_core::ConfigError>(())
+    /// layer.handle().force_open();
+    /// let mut svc = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    /// }));
+    /// let res = svc.ready().await?.call(http::Request::new(())).await?;
+    /// assert_eq!(res.headers()["grpc-status"], "14"); // UNAVAILABLE
+    /// # Ok(()) }
     /// ```
     #[cfg(feature = "grpc")]
     pub fn grpc(self) -> BreakerLayer<C, K, GrpcResponses> {
@@ -176,10 +191,15 @@ impl<C, K, M> BreakerLayer<C, K, M> {
     /// The same layer (same breaker) returning rejections as `BoxError`s.
     ///
     /// ```
-    /// # use degrade_breaker::{BreakerConfig, BreakerLayer};
+    /// use degrade_breaker::{BreakerConfig, BreakerLayer, CircuitOpen};
+    /// use tower::{Layer, Service, ServiceExt};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), degrade_core::BoxError> {
     /// let layer = BreakerLayer::new(BreakerConfig::default())?.errors();
-    /// # let _ = layer;
-    /// # Ok::<(), degrade_core::ConfigError>(())
+    /// layer.handle().force_open();
+    /// let mut svc = layer.layer(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let err = svc.ready().await?.call(1).await.unwrap_err();
+    /// assert!(err.is::<CircuitOpen>());
+    /// # Ok(()) }
     /// ```
     pub fn errors(self) -> BreakerLayer<C, K, Errors> {
         BreakerLayer {
@@ -207,11 +227,18 @@ impl<S, C, K, M> Layer<S> for BreakerLayer<C, K, M> {
 /// Builds a [`BreakerLayer`]; see [`BreakerLayer::builder`].
 ///
 /// ```
-/// use degrade_breaker::{BreakerConfig, BreakerLayer};
-/// use degrade_core::ManualClock;
+/// use degrade_breaker::{BreakerConfig, BreakerLayer, WindowConfig};
+/// use degrade_core::{ManualClock, Outcome};
+/// use std::time::Duration;
 /// let clock = ManualClock::new();
-/// let layer = BreakerLayer::builder(BreakerConfig::default()).clock(clock.clone()).build()?;
-/// # let _ = layer;
+/// let mut config = BreakerConfig::default();
+/// config.window = WindowConfig::Consecutive { failures: 1 };
+/// config.wait = Duration::from_secs(10);
+/// let handle = BreakerLayer::builder(config).clock(clock.clone()).build()?.handle();
+/// handle.try_acquire().unwrap().record(Outcome::Failure); // opens
+/// assert!(handle.try_acquire().is_err());
+/// clock.advance(Duration::from_secs(10)); // the wait runs on the clock given here
+/// assert!(handle.try_acquire().unwrap().is_probe());
 /// # Ok::<(), degrade_core::ConfigError>(())
 /// ```
 pub struct BreakerBuilder<C = DefaultClassifier, K = TokioClock> {

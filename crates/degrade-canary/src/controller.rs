@@ -1,12 +1,12 @@
 //! The async driver of a rollout: analyses at every interval, moves the router's weight, runs
 //! the promote and rollback hooks, persists its state, and takes manual gates.
 
-use crate::error::StoreError;
+use crate::error::{CanaryError, StoreError};
 use crate::judge::{Judge, Judgement};
 use crate::machine::{CanaryAction, CanaryConfig, CanaryEvent, CanaryMachine, CanaryState};
 use crate::service::CanaryHandle;
 use crate::store::{MemoryStore, StateStore};
-use degrade_core::{BoxError, Clock, TokioClock};
+use degrade_core::{Clock, TokioClock};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -43,13 +43,20 @@ impl From<Gate> for CanaryEvent {
 /// Builds a [`CanaryController`]; from [`CanaryController::builder`].
 ///
 /// ```
-/// use degrade_canary::{Canary, FileStore, CanaryConfig, CanaryController};
-/// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-/// let b = CanaryController::builder(CanaryConfig::default(), router.handle())
-///     .store(FileStore::new("/tmp/rollout.json"))
+/// use degrade_canary::{Canary, CanaryConfig, CanaryController, FileStore};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+/// let path = std::env::temp_dir().join(format!("canary-builder-{}.json", std::process::id()));
+/// let c = CanaryController::builder(CanaryConfig::default(), router.handle())
+///     .store(FileStore::new(&path))
 ///     .on_promote(|| async { /* make v2 the new stable */ })
-///     .on_rollback(|| async { /* page someone */ });
-/// # let _ = b;
+///     .on_rollback(|| async { /* page someone */ })
+///     .build()
+///     .unwrap();
+/// assert_eq!(c.state().step, 0);
+/// assert!(path.exists()); // the starting state is on disk before any traffic moves
+/// # std::fs::remove_file(&path).unwrap();
+/// # }
 /// ```
 pub struct CanaryControllerBuilder<Clk = TokioClock> {
     cfg: CanaryConfig,
@@ -115,22 +122,26 @@ impl<Clk: Clock> CanaryControllerBuilder<Clk> {
     /// its step and weight; the step's bake time and the judge's evidence start over) or
     /// starts a new one at the first step, and sets the router's weight accordingly.
     ///
-    /// If the store cannot save the starting state, the weight is set to 0 and the error
-    /// (a [`StoreError`]) is returned: no traffic reaches a candidate no controller judges.
+    /// # Errors
+    ///
+    /// [`CanaryError::Config`] for an invalid configuration (or a saved state that does not
+    /// fit it), [`CanaryError::Load`] when the store cannot be read, and
+    /// [`CanaryError::Store`] when it cannot save the starting state: the weight is then set
+    /// to 0, so no traffic reaches a candidate no controller judges.
     ///
     /// ```
     /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap();
     /// assert_eq!(router.weight().get(), 100); // the first step: 1 %
     /// assert_eq!(c.state().step, 0);
     /// # }
     /// ```
-    pub fn start(self) -> Result<CanaryController<Clk>, BoxError> {
+    pub fn build(self) -> Result<CanaryController<Clk>, CanaryError> {
         self.cfg.validate()?;
         let now = self.clock.now();
-        let rollout = match self.store.load()? {
+        let rollout = match self.store.load().map_err(CanaryError::Load)? {
             Some(saved) => {
                 tracing::info!(step = saved.step, weight_bp = saved.weight_bp, phase = ?saved.phase, "rollout resumed from store");
                 CanaryMachine::resume(self.cfg.clone(), saved, now)?
@@ -146,7 +157,7 @@ impl<Clk: Clock> CanaryControllerBuilder<Clk> {
             state.phase = crate::machine::CanaryPhase::RolledBack;
             state.weight_bp = 0;
             tracing::error!(error = %err, "canary state store failed at start: weight 0");
-            return Err(StoreError::new(state, err).into());
+            return Err(CanaryError::Store(StoreError::new(state, err)));
         }
         self.handle.weight().set(rollout_state.weight_bp)?;
         Ok(CanaryController {
@@ -173,11 +184,11 @@ impl<Clk: Clock> CanaryControllerBuilder<Clk> {
 /// ```
 /// use degrade_canary::{Canary, CanaryPhase, CanaryConfig, CanaryController, Gate};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let router = Canary::builder().build(
+/// let router = Canary::new(
 ///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
 ///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
 /// );
-/// let mut c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
+/// let mut c = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap();
 /// c.gate(Gate::Abort).await.unwrap();
 /// assert_eq!(c.state().phase, CanaryPhase::RolledBack);
 /// assert_eq!(router.weight().get(), 0);
@@ -224,9 +235,9 @@ impl<Clk: Clock> CanaryController<Clk> {
     ///
     /// ```
     /// # use degrade_canary::{Canary, CanaryPhase, CanaryConfig, CanaryController};
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
     /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
+    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap();
     /// assert_eq!(c.state().phase, CanaryPhase::Progressing);
     /// # });
     /// ```
@@ -238,9 +249,9 @@ impl<Clk: Clock> CanaryController<Clk> {
     ///
     /// ```
     /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
     /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
+    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap();
     /// assert!(c.last_judgement().is_none());
     /// # });
     /// ```
@@ -255,8 +266,8 @@ impl<Clk: Clock> CanaryController<Clk> {
     /// ```
     /// # use degrade_canary::{Canary, CanaryConfig, CanaryController, Verdict};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let mut c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let mut c = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap();
     /// assert_eq!(c.tick().await.unwrap().verdict, Verdict::Inconclusive); // no data yet
     /// # }
     /// ```
@@ -284,8 +295,8 @@ impl<Clk: Clock> CanaryController<Clk> {
     /// ```
     /// # use degrade_canary::{Canary, Gate, CanaryPhase, PauseReason, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let mut c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let mut c = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap();
     /// c.gate(Gate::Pause).await.unwrap();
     /// assert_eq!(c.state().phase, CanaryPhase::Paused(PauseReason::Manual));
     /// # }
@@ -359,8 +370,8 @@ impl<Clk: Clock> CanaryController<Clk> {
     /// ```
     /// use degrade_canary::{Canary, CanaryPhase, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap();
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let c = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap();
     /// let (task, gates) = c.spawn();
     /// gates.promote();
     /// assert_eq!(task.await.unwrap().unwrap().phase, CanaryPhase::Promoted);
@@ -398,9 +409,9 @@ impl<Clk: Clock> CanaryController<Clk> {
 /// ```
 /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+/// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
 /// let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle())
-///     .start().unwrap().spawn();
+///     .build().unwrap().spawn();
 /// gates.abort();
 /// task.await.unwrap().unwrap();
 /// assert_eq!(router.weight().get(), 0);
@@ -413,12 +424,13 @@ impl Gates {
     /// Sends `gate`.
     ///
     /// ```
-    /// # use degrade_canary::{Canary, Gate, CanaryConfig, CanaryController};
+    /// # use degrade_canary::{Canary, CanaryPhase, Gate, CanaryConfig, CanaryController};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap().spawn();
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap().spawn();
     /// gates.send(Gate::Promote);
-    /// # task.await.unwrap().unwrap();
+    /// let end = task.await.unwrap().unwrap(); // a promotion ends the rollout
+    /// assert_eq!(end.phase, CanaryPhase::Promoted);
     /// # }
     /// ```
     pub fn send(&self, gate: Gate) {
@@ -428,12 +440,12 @@ impl Gates {
     /// Promote now.
     ///
     /// ```
-    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
+    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController, CanaryPhase};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap().spawn();
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap().spawn();
     /// gates.promote();
-    /// # task.await.unwrap().unwrap();
+    /// assert_eq!(task.await.unwrap().unwrap().phase, CanaryPhase::Promoted);
     /// # }
     /// ```
     pub fn promote(&self) {
@@ -443,12 +455,13 @@ impl Gates {
     /// Roll back now.
     ///
     /// ```
-    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
+    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController, CanaryPhase};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap().spawn();
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).build().unwrap().spawn();
     /// gates.abort();
-    /// # task.await.unwrap().unwrap();
+    /// assert_eq!(task.await.unwrap().unwrap().phase, CanaryPhase::RolledBack);
+    /// assert_eq!(router.weight().get(), 0);
     /// # }
     /// ```
     pub fn abort(&self) {
@@ -456,34 +469,11 @@ impl Gates {
     }
 
     /// Hold the current step.
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap().spawn();
-    /// gates.pause();
-    /// gates.abort();
-    /// # task.await.unwrap().unwrap();
-    /// # }
-    /// ```
     pub fn pause(&self) {
         self.send(Gate::Pause);
     }
 
     /// Continue after a pause.
-    ///
-    /// ```
-    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let router = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-    /// # let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle()).start().unwrap().spawn();
-    /// gates.pause();
-    /// gates.resume();
-    /// gates.abort();
-    /// # task.await.unwrap().unwrap();
-    /// # }
-    /// ```
     pub fn resume(&self) {
         self.send(Gate::Resume);
     }

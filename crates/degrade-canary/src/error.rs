@@ -1,6 +1,9 @@
-//! The controller's runtime error.
+//! The controller's errors: why it could not be built ([`CanaryError`]) and why its state could
+//! not be persisted ([`StoreError`]).
 
 use crate::machine::CanaryState;
+use degrade_core::ConfigError;
+use std::error::Error;
 use std::fmt;
 use std::io;
 
@@ -13,7 +16,7 @@ use std::io;
 /// [`state`](Self::state) is the state the controller ended in.
 ///
 /// ```
-/// use degrade_canary::{Canary, CanaryConfig, CanaryController, CanaryState, StateStore};
+/// use degrade_canary::{Canary, CanaryConfig, CanaryController, CanaryError, CanaryState, StateStore};
 /// use std::io;
 ///
 /// struct Full;
@@ -23,14 +26,15 @@ use std::io;
 /// }
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let router = Canary::builder().build(
+/// let router = Canary::new(
 ///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
 ///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
 /// );
 /// let err = CanaryController::builder(CanaryConfig::default(), router.handle())
 ///     .store(Full)
-///     .start()
+///     .build()
 ///     .unwrap_err();
+/// assert!(matches!(err, CanaryError::Store(_)));
 /// assert!(err.to_string().contains("disk full"));
 /// assert_eq!(router.weight().get(), 0); // never left on an unjudged candidate
 /// # }
@@ -64,8 +68,68 @@ impl fmt::Display for StoreError {
     }
 }
 
-impl std::error::Error for StoreError {
+impl Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.source)
+    }
+}
+
+/// Why a [`CanaryController`](crate::CanaryController) could not be built.
+///
+/// ```
+/// use degrade_canary::{Canary, CanaryConfig, CanaryController, CanaryError};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let router = Canary::new(
+///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
+///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
+/// );
+/// let mut cfg = CanaryConfig::default();
+/// cfg.steps.clear();
+/// let err = CanaryController::builder(cfg, router.handle()).build().unwrap_err();
+/// let CanaryError::Config(e) = err else { panic!("a config error") };
+/// assert_eq!(e.field(), "steps");
+/// # }
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CanaryError {
+    /// The configuration (steps, judge, analysis interval) is invalid, or the saved state does
+    /// not fit it.
+    Config(ConfigError),
+    /// The store could not be read; the router's weight was not changed.
+    Load(io::Error),
+    /// The store could not save the starting state; the router's weight was set to 0.
+    Store(StoreError),
+}
+
+impl fmt::Display for CanaryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CanaryError::Config(e) => e.fmt(f),
+            CanaryError::Load(e) => write!(f, "canary state store could not be read: {e}"),
+            CanaryError::Store(e) => e.fmt(f),
+        }
+    }
+}
+
+impl Error for CanaryError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            CanaryError::Config(e) => Some(e),
+            CanaryError::Load(e) => Some(e),
+            CanaryError::Store(e) => Some(e),
+        }
+    }
+}
+
+impl From<ConfigError> for CanaryError {
+    fn from(e: ConfigError) -> Self {
+        CanaryError::Config(e)
+    }
+}
+
+impl From<StoreError> for CanaryError {
+    fn from(e: StoreError) -> Self {
+        CanaryError::Store(e)
     }
 }

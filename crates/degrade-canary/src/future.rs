@@ -81,7 +81,7 @@ impl<SF, CF, Cl, M, Clk> ResponseFuture<SF, CF, Cl, M, Clk> {
     /// ```
     /// use degrade_canary::{Arm, Canary};
     /// use tower::Service;
-    /// let mut svc = Canary::builder().build(
+    /// let mut svc = Canary::new(
     ///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
     ///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
     /// );

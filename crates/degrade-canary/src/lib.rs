@@ -11,15 +11,16 @@
 //! use tower::{Service, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let router = Canary::builder()
-//!     .key(from_fn(|user: &u64| Some(*user)))
-//!     .build(
-//!         service_fn(|_: u64| async { Ok::<_, std::convert::Infallible>("v1") }),
-//!         service_fn(|_: u64| async { Ok::<_, std::convert::Infallible>("v2") }),
-//!     );
+//! let router = Canary::builder(
+//!     service_fn(|_: u64| async { Ok::<_, std::convert::Infallible>("v1") }),
+//!     service_fn(|_: u64| async { Ok::<_, std::convert::Infallible>("v2") }),
+//! )
+//! .key(from_fn(|user: &u64| Some(*user)))
+//! .build()
+//! .unwrap();
 //! let mut controller = CanaryController::builder(CanaryConfig::default(), router.handle())
 //!     .on_rollback(|| async { /* alert */ })
-//!     .start()
+//!     .build()
 //!     .unwrap();
 //! assert_eq!(router.weight().get(), 100); // step 1: 1 %
 //!
@@ -90,7 +91,7 @@ mod store;
 
 pub use arm::{Arm, FULL_BP, ParseArmError, Weight};
 pub use controller::{CanaryController, CanaryControllerBuilder, Gate, Gates};
-pub use error::StoreError;
+pub use error::{CanaryError, StoreError};
 pub use judge::{Judge, JudgeConfig, Judgement, Verdict};
 pub use machine::{
     CanaryAction, CanaryConfig, CanaryEvent, CanaryMachine, CanaryPhase, CanaryState, CanaryStep,

@@ -147,8 +147,12 @@ impl CanaryConfig {
 /// Why a rollout is paused.
 ///
 /// ```
-/// use degrade_canary::PauseReason;
-/// assert_ne!(PauseReason::Manual, PauseReason::Inconclusive);
+/// use degrade_canary::{CanaryConfig, CanaryEvent, CanaryMachine, CanaryPhase, PauseReason};
+/// let now = tokio::time::Instant::now();
+/// let mut m = CanaryMachine::new(CanaryConfig::default(), now)?;
+/// m.on(CanaryEvent::Pause, now);
+/// assert_eq!(m.state().phase, CanaryPhase::Paused(PauseReason::Manual));
+/// # Ok::<(), degrade_core::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -216,9 +220,13 @@ pub struct CanaryState {
 /// What happens to a rollout.
 ///
 /// ```
-/// use degrade_canary::{CanaryEvent, Verdict};
-/// let e = CanaryEvent::Analysis(Verdict::Pass);
-/// assert_ne!(e, CanaryEvent::Abort);
+/// use degrade_canary::{CanaryConfig, CanaryEvent, CanaryMachine, CanaryPhase};
+/// let now = tokio::time::Instant::now();
+/// let mut m = CanaryMachine::new(CanaryConfig::default(), now)?;
+/// assert_eq!(m.state().weight_bp, 100); // the first step
+/// m.on(CanaryEvent::Abort, now);
+/// assert_eq!((m.state().phase, m.state().weight_bp), (CanaryPhase::RolledBack, 0));
+/// # Ok::<(), degrade_core::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CanaryEvent {

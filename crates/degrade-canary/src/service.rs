@@ -5,7 +5,7 @@ use crate::future::{Inner, ResponseFuture};
 use crate::key::{ForceArm, Global, NoOverride, StickyKey};
 use crate::stats::{CanarySnapshot, GROUPS, Stats, UNGROUPED};
 use crossbeam_utils::CachePadded;
-use degrade_core::{BoxError, Classifier, Clock, DefaultClassifier, TokioClock};
+use degrade_core::{BoxError, Classifier, Clock, ConfigError, DefaultClassifier, TokioClock};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -109,7 +109,7 @@ pub(crate) struct Recorder<Cl, Clk> {
 ///
 /// ```
 /// use degrade_canary::Canary;
-/// let canary = Canary::builder().build(
+/// let canary = Canary::new(
 ///     tower::service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x) }),
 ///     tower::service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x) }),
 /// );
@@ -128,7 +128,7 @@ impl CanaryHandle {
     ///
     /// ```
     /// # use degrade_canary::Canary;
-    /// # let c = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let c = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
     /// assert_eq!(c.handle().weight().get(), 0);
     /// ```
     pub fn weight(&self) -> &Weight {
@@ -139,7 +139,7 @@ impl CanaryHandle {
     ///
     /// ```
     /// # use degrade_canary::Canary;
-    /// # let c = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let c = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
     /// assert_eq!(c.handle().snapshot().stable.samples(), 0);
     /// ```
     pub fn snapshot(&self) -> CanarySnapshot {
@@ -171,10 +171,10 @@ impl fmt::Debug for CanaryHandle {
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let weight = Weight::new(2_500).unwrap(); // 25 %
-/// let mut svc = Canary::builder().weight(weight.clone()).build(
+/// let mut svc = Canary::builder(
 ///     service_fn(|_: ()| async { Ok::<_, std::convert::Infallible>("v1") }),
 ///     service_fn(|_: ()| async { Ok::<_, std::convert::Infallible>("v2") }),
-/// );
+/// ).weight(weight.clone()).build().unwrap();
 /// let mut v2 = 0;
 /// for _ in 0..100 {
 ///     if svc.ready().await.unwrap().call(()).await.unwrap() == "v2" { v2 += 1; }
@@ -199,11 +199,32 @@ pub struct Canary<
     _mode: PhantomData<fn() -> M>,
 }
 
-impl Canary<(), ()> {
-    /// A builder: weight 0, unkeyed, no override, the default classifier, no response tag,
-    /// the tokio clock.
-    pub fn builder() -> CanaryBuilder {
+impl<S, C> Canary<S, C> {
+    /// A router over `stable` and `candidate` with the defaults: weight 0 (everything on
+    /// stable), unkeyed, no override, the default classifier, no response tag, the tokio
+    /// clock. The defaults are valid, so this cannot fail; [`builder`](Self::builder) sets
+    /// the rest.
+    ///
+    /// ```
+    /// use degrade_canary::Canary;
+    /// let svc = Canary::new(
+    ///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
+    ///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
+    /// );
+    /// assert_eq!(svc.weight().get(), 0);
+    /// ```
+    pub fn new(stable: S, candidate: C) -> Self {
+        Self::builder(stable, candidate)
+            .build()
+            .expect("the default settings are valid")
+    }
+
+    /// A builder over `stable` and `candidate`, to set the weight, the sticky key, the
+    /// override, the classifier, the response tag and the clock.
+    pub fn builder(stable: S, candidate: C) -> CanaryBuilder<S, C> {
         CanaryBuilder {
+            stable,
+            candidate,
             weight: None,
             key: Global,
             force: NoOverride,
@@ -227,7 +248,7 @@ impl<S, C, K, O, Cl, M, Clk> Canary<S, C, K, O, Cl, M, Clk> {
     ///
     /// ```
     /// # use degrade_canary::Canary;
-    /// # let c = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let c = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
     /// assert_eq!(c.snapshot().canary.failures, 0);
     /// ```
     pub fn snapshot(&self) -> CanarySnapshot {
@@ -240,8 +261,9 @@ impl<S, C, K, O, Cl, M, Clk> Canary<S, C, K, O, Cl, M, Clk> {
     ///
     /// ```
     /// # use degrade_canary::Canary;
-    /// # let c = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let c = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
     /// c.weight().set(100).unwrap();
+    /// assert_eq!(c.handle().weight().get(), 100); // every clone and handle sees it
     /// ```
     pub fn weight(&self) -> &Weight {
         &self.shared.weight
@@ -319,22 +341,27 @@ where
 ///
 /// ```
 /// use degrade_canary::{Canary, Weight, key::from_fn};
-/// let svc = Canary::builder()
-///     .weight(Weight::new(100).unwrap())
-///     .key(from_fn(|user: &u64| Some(*user)))
-///     .build(
-///         tower::service_fn(|u: u64| async move { Ok::<_, std::convert::Infallible>(u) }),
-///         tower::service_fn(|u: u64| async move { Ok::<_, std::convert::Infallible>(u) }),
-///     );
+/// let svc = Canary::builder(
+///     tower::service_fn(|u: u64| async move { Ok::<_, std::convert::Infallible>(u) }),
+///     tower::service_fn(|u: u64| async move { Ok::<_, std::convert::Infallible>(u) }),
+/// )
+/// .weight(Weight::new(100).unwrap())
+/// .key(from_fn(|user: &u64| Some(*user)))
+/// .build()
+/// .unwrap();
 /// assert_eq!(svc.weight().get(), 100);
 /// ```
 pub struct CanaryBuilder<
+    S,
+    C,
     K = Global,
     O = NoOverride,
     Cl = DefaultClassifier,
     M = Plain,
     Clk = TokioClock,
 > {
+    stable: S,
+    candidate: C,
     weight: Option<Weight>,
     key: K,
     force: O,
@@ -343,7 +370,7 @@ pub struct CanaryBuilder<
     _mode: PhantomData<fn() -> M>,
 }
 
-impl<K, O, Cl, M, Clk> fmt::Debug for CanaryBuilder<K, O, Cl, M, Clk> {
+impl<S, C, K, O, Cl, M, Clk> fmt::Debug for CanaryBuilder<S, C, K, O, Cl, M, Clk> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CanaryBuilder")
             .field("weight", &self.weight)
@@ -351,7 +378,7 @@ impl<K, O, Cl, M, Clk> fmt::Debug for CanaryBuilder<K, O, Cl, M, Clk> {
     }
 }
 
-impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
+impl<S, C, K, O, Cl, M, Clk> CanaryBuilder<S, C, K, O, Cl, M, Clk> {
     /// Uses `weight` (shared with whoever holds a clone) instead of a fresh weight of 0.
     #[must_use]
     pub fn weight(mut self, weight: Weight) -> Self {
@@ -360,8 +387,10 @@ impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
     }
 
     /// Routes by a sticky key (see [`crate::key`]).
-    pub fn key<K2>(self, key: K2) -> CanaryBuilder<K2, O, Cl, M, Clk> {
+    pub fn key<K2>(self, key: K2) -> CanaryBuilder<S, C, K2, O, Cl, M, Clk> {
         CanaryBuilder {
+            stable: self.stable,
+            candidate: self.candidate,
             weight: self.weight,
             key,
             force: self.force,
@@ -372,8 +401,10 @@ impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
     }
 
     /// Lets `force` pin requests to an arm (see [`crate::key::ForceArm`]).
-    pub fn force<O2>(self, force: O2) -> CanaryBuilder<K, O2, Cl, M, Clk> {
+    pub fn force<O2>(self, force: O2) -> CanaryBuilder<S, C, K, O2, Cl, M, Clk> {
         CanaryBuilder {
+            stable: self.stable,
+            candidate: self.candidate,
             weight: self.weight,
             key: self.key,
             force,
@@ -384,8 +415,10 @@ impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
     }
 
     /// Judges outcomes with `classifier` (e.g. `degrade_core::HttpClassifier`: 5xx fail).
-    pub fn classifier<Cl2>(self, classifier: Cl2) -> CanaryBuilder<K, O, Cl2, M, Clk> {
+    pub fn classifier<Cl2>(self, classifier: Cl2) -> CanaryBuilder<S, C, K, O, Cl2, M, Clk> {
         CanaryBuilder {
+            stable: self.stable,
+            candidate: self.candidate,
             weight: self.weight,
             key: self.key,
             force: self.force,
@@ -396,8 +429,10 @@ impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
     }
 
     /// Measures latency with `clock`.
-    pub fn clock<Clk2: Clock>(self, clock: Clk2) -> CanaryBuilder<K, O, Cl, M, Clk2> {
+    pub fn clock<Clk2: Clock>(self, clock: Clk2) -> CanaryBuilder<S, C, K, O, Cl, M, Clk2> {
         CanaryBuilder {
+            stable: self.stable,
+            candidate: self.candidate,
             weight: self.weight,
             key: self.key,
             force: self.force,
@@ -409,8 +444,10 @@ impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
 
     /// (feature `http`) Inserts the [`Arm`] as an extension of every response.
     #[cfg(feature = "http")]
-    pub fn http(self) -> CanaryBuilder<K, O, Cl, Extension, Clk> {
+    pub fn http(self) -> CanaryBuilder<S, C, K, O, Cl, Extension, Clk> {
         CanaryBuilder {
+            stable: self.stable,
+            candidate: self.candidate,
             weight: self.weight,
             key: self.key,
             force: self.force,
@@ -420,23 +457,38 @@ impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
         }
     }
 
-    /// The router over `stable` and `candidate`. All state is created here, once.
+    /// Builds the router. All state is created here, once.
+    ///
+    /// # Errors
+    ///
+    /// None with the settings this builder has today (each part — [`Weight`], the override's
+    /// allow-list — is validated when it is made); the `Result` keeps the shape every builder
+    /// in the family has, so a setting that needs checking can be added without breaking
+    /// callers.
     ///
     /// ```
-    /// # use degrade_canary::Canary;
-    /// let svc = Canary::builder().build(
+    /// # use degrade_canary::{Canary, Weight};
+    /// let svc = Canary::builder(
     ///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
     ///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
-    /// );
-    /// assert_eq!(svc.weight().get(), 0);
+    /// )
+    /// .weight(Weight::new(2_500)?)
+    /// .build()?;
+    /// assert_eq!(svc.weight().get(), 2_500);
+    /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
-    pub fn build<S, C>(self, stable: S, candidate: C) -> Canary<S, C, K, O, Cl, M, Clk> {
-        let weight = self
-            .weight
-            .unwrap_or_else(|| Weight::new(0).expect("0 is a valid weight"));
-        Canary {
-            stable,
-            candidate,
+    #[allow(
+        clippy::type_complexity,
+        reason = "the router's own type; an alias would only rename it"
+    )]
+    pub fn build(self) -> Result<Canary<S, C, K, O, Cl, M, Clk>, ConfigError> {
+        let weight = match self.weight {
+            Some(w) => w,
+            None => Weight::new(0)?,
+        };
+        Ok(Canary {
+            stable: self.stable,
+            candidate: self.candidate,
             shared: Arc::new(Shared {
                 weight,
                 seq: CachePadded::new(AtomicU64::new(0)),
@@ -449,6 +501,6 @@ impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
                 clock: self.clock,
             }),
             _mode: PhantomData,
-        }
+        })
     }
 }

@@ -39,10 +39,13 @@ fn main() {
 
 fn routing_allocates_nothing() {
     // Global (Global), fractional weight: both arms and the stride.
-    let mut svc = Canary::builder().weight(Weight::new(3_000).unwrap()).build(
+    let mut svc = Canary::builder(
         tower::service_fn(|n: u64| ready(Ok::<_, Infallible>(n))),
         tower::service_fn(|n: u64| ready(Ok::<_, Infallible>(n))),
-    );
+    )
+    .weight(Weight::new(3_000).unwrap())
+    .build()
+    .unwrap();
     call_all(&mut svc, vec![1, 2, 3]); // warm up thread-locals
     let changes: Vec<_> = (0..3)
         .map(|_| {
@@ -62,23 +65,24 @@ fn routing_allocates_nothing() {
     assert_eq!(least, Some(0), "unkeyed: {changes:?}");
 
     // HTTP: header key and allow-listed override; requests are built before measuring.
-    let mut svc = Canary::builder()
-        .weight(Weight::new(5_000).unwrap())
-        .key(HeaderKey::new("x-user").unwrap())
-        .force(
-            HeaderOverride::new("x-canary", |r: &http::Request<()>| {
-                r.headers().contains_key("x-tester")
-            })
-            .unwrap(),
-        )
-        .build(
-            tower::service_fn(|_: http::Request<()>| {
-                ready(Ok::<_, Infallible>(http::Response::new(())))
-            }),
-            tower::service_fn(|_: http::Request<()>| {
-                ready(Ok::<_, Infallible>(http::Response::new(())))
-            }),
-        );
+    let mut svc = Canary::builder(
+        tower::service_fn(|_: http::Request<()>| {
+            ready(Ok::<_, Infallible>(http::Response::new(())))
+        }),
+        tower::service_fn(|_: http::Request<()>| {
+            ready(Ok::<_, Infallible>(http::Response::new(())))
+        }),
+    )
+    .weight(Weight::new(5_000).unwrap())
+    .key(HeaderKey::new("x-user").unwrap())
+    .force(
+        HeaderOverride::new("x-canary", |r: &http::Request<()>| {
+            r.headers().contains_key("x-tester")
+        })
+        .unwrap(),
+    )
+    .build()
+    .unwrap();
     let reqs = |n: usize| -> Vec<http::Request<()>> {
         (0..n)
             .map(|i| {

@@ -100,11 +100,12 @@ struct Front {
 /// the two proxies. The arm extension is copied into an `x-arm` header for the clients.
 async fn front(v1: SocketAddr, v2: SocketAddr) -> Front {
     let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
-    let canary = Canary::builder()
+    let canary = Canary::builder(proxy(client.clone(), v1), proxy(client, v2))
         .key(HeaderKey::new("x-user").unwrap())
         .classifier(HttpClassifier::default())
         .http()
-        .build(proxy(client.clone(), v1), proxy(client, v2));
+        .build()
+        .unwrap();
     let handle = canary.handle();
     let svc = tower::service_fn(move |req: Request<Body>| {
         let mut canary = canary.clone();
@@ -232,7 +233,7 @@ async fn a_failing_v2_is_rolled_back_automatically() {
             let flag = flag.clone();
             async move { flag.store(true, Ordering::SeqCst) }
         })
-        .start()
+        .build()
         .unwrap();
     let mut total = Tally::default();
     for look in 0..40 {
@@ -290,7 +291,7 @@ async fn a_good_v2_is_promoted_across_a_controller_restart() {
                 let promoted = promoted.clone();
                 async move { promoted.store(true, Ordering::SeqCst) }
             })
-            .start()
+            .build()
             .unwrap()
     };
     let mut controller = start(promoted.clone());

@@ -94,15 +94,17 @@ fn unknown_fields_are_refused_by_serde() {
 
 #[tokio::test]
 async fn the_controller_refuses_a_bad_config() {
-    let router = Canary::builder().build(
+    let router = Canary::new(
         tower::service_fn(|x: u8| async move { Ok::<_, Infallible>(x) }),
         tower::service_fn(|x: u8| async move { Ok::<_, Infallible>(x) }),
     );
     let cfg = rollout(r#"{"judge": {"min_samples": 0}}"#);
     let err = CanaryController::builder(cfg, router.handle())
-        .start()
+        .build()
         .unwrap_err();
-    let err = err.downcast::<degrade_core::ConfigError>().unwrap();
+    let degrade_canary::CanaryError::Config(err) = err else {
+        panic!("a config error, got {err}");
+    };
     assert_eq!(err.field(), "judge.min_samples");
     assert_eq!(
         router.weight().get(),

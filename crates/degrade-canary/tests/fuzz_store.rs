@@ -235,9 +235,9 @@ async fn duration_max_settings_never_panic() {
     assert_eq!(r.state().step, 0, "a bake of Duration::MAX never ends");
 
     let svc = || tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) });
-    let router = Canary::builder().build(svc(), svc());
+    let router = Canary::new(svc(), svc());
     let c = CanaryController::builder(cfg, router.handle())
-        .start()
+        .build()
         .unwrap();
     let (task, gates) = c.spawn();
     gates.promote();

@@ -59,10 +59,10 @@ proptest! {
         users in prop::collection::vec(any::<u64>(), 1..300),
     ) {
         let weight = Weight::new(0).unwrap();
-        let mut svc = Canary::builder()
+        let mut svc = Canary::builder(echo(), echo())
             .weight(weight.clone())
             .key(from_fn(|u: &u64| Some(*u)))
-            .build(echo(), echo());
+            .build().unwrap();
         let mut on_canary = vec![false; users.len()];
         for w in weights {
             weight.set(w).unwrap();
@@ -84,9 +84,9 @@ proptest! {
 
     #[test]
     fn unkeyed_split_of_100k_requests_follows_the_weight(w in 0u32..=10_000) {
-        let mut svc = Canary::builder()
+        let mut svc = Canary::builder(echo(), echo())
             .weight(Weight::new(w).unwrap())
-            .build(echo(), echo());
+            .build().unwrap();
         let canary = (0..100_000u64)
             .filter(|&i| arm_of(&mut svc, i) == Arm::Canary)
             .count() as i64;
@@ -101,10 +101,10 @@ proptest! {
 
     #[test]
     fn keyed_split_follows_the_weight(w in 0u32..=10_000, seed in any::<u64>()) {
-        let mut svc = Canary::builder()
+        let mut svc = Canary::builder(echo(), echo())
             .weight(Weight::new(w).unwrap())
             .key(from_fn(|u: &u64| Some(*u)))
-            .build(echo(), echo());
+            .build().unwrap();
         let n = 20_000u64;
         let canary = (0..n)
             .filter(|&i| arm_of(&mut svc, seed.wrapping_add(i.wrapping_mul(0x9E37_79B9))) == Arm::Canary)

@@ -121,7 +121,7 @@ fn router() -> Canary<
     impl tower::Service<u8, Response = u8, Error = Infallible, Future: Send> + Clone,
     impl tower::Service<u8, Response = u8, Error = Infallible, Future: Send> + Clone,
 > {
-    Canary::builder().build(
+    Canary::new(
         tower::service_fn(|x: u8| async move { Ok::<_, Infallible>(x) }),
         tower::service_fn(|x: u8| async move { Ok::<_, Infallible>(x) }),
     )
@@ -143,7 +143,7 @@ async fn controller_moves_the_weight_runs_hooks_and_persists() {
                 seen.fetch_add(1, Ordering::SeqCst);
             }
         })
-        .start()
+        .build()
         .unwrap();
     assert_eq!(router.weight().get(), 1_000);
     assert_eq!(store.load().unwrap().unwrap().step, 0);
@@ -166,7 +166,7 @@ async fn a_restarted_controller_resumes_from_the_file_store() {
         let mut c = CanaryController::builder(config(), router.handle())
             .clock(clock.clone())
             .store(FileStore::new(&path))
-            .start()
+            .build()
             .unwrap();
         c.gate(Gate::Pause).await.unwrap();
     }
@@ -178,7 +178,7 @@ async fn a_restarted_controller_resumes_from_the_file_store() {
     let c = CanaryController::builder(config(), fresh.handle())
         .clock(clock)
         .store(FileStore::new(&path))
-        .start()
+        .build()
         .unwrap();
     assert_eq!(c.state(), saved);
     assert_eq!(fresh.weight().get(), 1_000);
@@ -198,7 +198,7 @@ async fn a_restarted_controller_resumes_from_the_file_store() {
 async fn a_spawned_controller_takes_gates() {
     let router = router();
     let (task, gates) = CanaryController::builder(config(), router.handle())
-        .start()
+        .build()
         .unwrap()
         .spawn();
     gates.pause();
@@ -216,7 +216,7 @@ async fn a_spawned_controller_pauses_when_no_traffic_arrives() {
     let store = MemoryStore::default();
     let (task, gates) = CanaryController::builder(config(), router.handle())
         .store(store.clone())
-        .start()
+        .build()
         .unwrap()
         .spawn();
     tokio::time::sleep(MIN + config().analysis_interval * 4).await;

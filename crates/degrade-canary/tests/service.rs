@@ -48,10 +48,11 @@ fn tester_only(req: &Request<()>) -> bool {
 
 #[test]
 fn override_is_honoured_only_for_allowed_requests() {
-    let mut svc = Canary::builder()
+    let mut svc = Canary::builder(backend("v1", StatusCode::OK), backend("v2", StatusCode::OK))
         .force(HeaderOverride::new("x-canary", tester_only).unwrap())
         .http()
-        .build(backend("v1", StatusCode::OK), backend("v2", StatusCode::OK));
+        .build()
+        .unwrap();
     // Weight 0: without an override everything is stable.
     let allowed = Request::builder()
         .header("x-canary", "canary")
@@ -80,13 +81,14 @@ fn override_is_honoured_only_for_allowed_requests() {
 #[test]
 fn a_forced_request_is_routed_but_never_judged() {
     // The candidate answers 500 to everything; testers force themselves onto it.
-    let mut svc = Canary::builder()
-        .force(HeaderOverride::new("x-canary", tester_only).unwrap())
-        .classifier(HttpClassifier::default())
-        .build(
-            backend("v1", StatusCode::OK),
-            backend("v2", StatusCode::INTERNAL_SERVER_ERROR),
-        );
+    let mut svc = Canary::builder(
+        backend("v1", StatusCode::OK),
+        backend("v2", StatusCode::INTERNAL_SERVER_ERROR),
+    )
+    .force(HeaderOverride::new("x-canary", tester_only).unwrap())
+    .classifier(HttpClassifier::default())
+    .build()
+    .unwrap();
     for _ in 0..50 {
         let forced = Request::builder()
             .header("x-canary", "canary")
@@ -115,10 +117,11 @@ fn a_forced_request_is_routed_but_never_judged() {
 
 #[test]
 fn unknown_override_values_are_ignored() {
-    let mut svc = Canary::builder()
+    let mut svc = Canary::builder(backend("v1", StatusCode::OK), backend("v2", StatusCode::OK))
         .weight(Weight::new(10_000).unwrap())
         .force(HeaderOverride::new("x-canary", tester_only).unwrap())
-        .build(backend("v1", StatusCode::OK), backend("v2", StatusCode::OK));
+        .build()
+        .unwrap();
     for value in ["v1", "yes", "", "stable,canary", "Canary2"] {
         let req = Request::builder()
             .header("x-canary", value)
@@ -132,10 +135,11 @@ fn unknown_override_values_are_ignored() {
 
 #[test]
 fn the_arm_taken_is_a_response_extension() {
-    let mut svc = Canary::builder()
+    let mut svc = Canary::builder(backend("v1", StatusCode::OK), backend("v2", StatusCode::OK))
         .weight(Weight::new(5_000).unwrap())
         .http()
-        .build(backend("v1", StatusCode::OK), backend("v2", StatusCode::OK));
+        .build()
+        .unwrap();
     for _ in 0..10 {
         let res = call(&mut svc, Request::new(()));
         let arm = *res.extensions().get::<Arm>().unwrap();
@@ -152,14 +156,18 @@ fn the_arm_taken_is_a_response_extension() {
 
 #[test]
 fn header_and_cookie_keys_are_sticky() {
-    let mut by_header = Canary::builder()
-        .weight(Weight::new(5_000).unwrap())
-        .key(HeaderKey::new("x-user").unwrap())
-        .build(backend("v1", StatusCode::OK), backend("v2", StatusCode::OK));
-    let mut by_cookie = Canary::builder()
-        .weight(Weight::new(5_000).unwrap())
-        .key(CookieKey::new("sid").unwrap())
-        .build(backend("v1", StatusCode::OK), backend("v2", StatusCode::OK));
+    let mut by_header =
+        Canary::builder(backend("v1", StatusCode::OK), backend("v2", StatusCode::OK))
+            .weight(Weight::new(5_000).unwrap())
+            .key(HeaderKey::new("x-user").unwrap())
+            .build()
+            .unwrap();
+    let mut by_cookie =
+        Canary::builder(backend("v1", StatusCode::OK), backend("v2", StatusCode::OK))
+            .weight(Weight::new(5_000).unwrap())
+            .key(CookieKey::new("sid").unwrap())
+            .build()
+            .unwrap();
     let mut seen = [0; 2];
     for user in 0..200 {
         let first = call(
@@ -210,14 +218,15 @@ fn statistics_follow_the_classifier_and_the_clock() {
         delay.advance(Duration::from_millis(40));
         ready(Ok::<_, Infallible>(Response::new("v1".to_owned())))
     });
-    let mut svc = Canary::builder()
-        .weight(Weight::new(5_000).unwrap())
-        .classifier(HttpClassifier::default())
-        .clock(clock.clone())
-        .build(
-            slow_stable,
-            backend("v2", StatusCode::INTERNAL_SERVER_ERROR),
-        );
+    let mut svc = Canary::builder(
+        slow_stable,
+        backend("v2", StatusCode::INTERNAL_SERVER_ERROR),
+    )
+    .weight(Weight::new(5_000).unwrap())
+    .classifier(HttpClassifier::default())
+    .clock(clock.clone())
+    .build()
+    .unwrap();
     for _ in 0..100 {
         call(&mut svc, Request::new(()));
     }
@@ -254,7 +263,7 @@ impl Service<Request<()>> for Gate {
 #[test]
 fn ready_only_when_both_arms_are_ready() {
     let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut svc = Canary::builder().build(backend("v1", StatusCode::OK), Gate(open.clone()));
+    let mut svc = Canary::new(backend("v1", StatusCode::OK), Gate(open.clone()));
     let mut cx = Context::from_waker(Waker::noop());
     // Weight 0, yet the router waits for the candidate: the arm is picked in `call` from the
     // weight, never from which backend happens to be ready.
@@ -265,14 +274,15 @@ fn ready_only_when_both_arms_are_ready() {
 
 #[test]
 fn a_cancelled_call_is_counted_as_cancelled() {
-    let mut svc = Canary::builder()
-        .weight(Weight::new(10_000).unwrap())
-        .build(
-            backend("v1", StatusCode::OK),
-            tower::service_fn(|_: Request<()>| {
-                std::future::pending::<Result<Response<String>, Infallible>>()
-            }),
-        );
+    let mut svc = Canary::builder(
+        backend("v1", StatusCode::OK),
+        tower::service_fn(|_: Request<()>| {
+            std::future::pending::<Result<Response<String>, Infallible>>()
+        }),
+    )
+    .weight(Weight::new(10_000).unwrap())
+    .build()
+    .unwrap();
     {
         let mut fut = pin!(svc.call(Request::new(())));
         assert!(
@@ -289,9 +299,10 @@ fn a_cancelled_call_is_counted_as_cancelled() {
 
 #[test]
 fn clones_share_weight_stride_and_statistics() {
-    let svc = Canary::builder()
+    let svc = Canary::builder(backend("v1", StatusCode::OK), backend("v2", StatusCode::OK))
         .weight(Weight::new(2_500).unwrap())
-        .build(backend("v1", StatusCode::OK), backend("v2", StatusCode::OK));
+        .build()
+        .unwrap();
     let mut clones: Vec<_> = (0..4).map(|_| svc.clone()).collect();
     let mut v2 = 0;
     for i in 0..400 {
@@ -308,14 +319,15 @@ fn clones_share_weight_stride_and_statistics() {
 
 #[test]
 fn inner_errors_are_boxed_and_judged_failures() {
-    let mut svc = Canary::builder()
-        .weight(Weight::new(10_000).unwrap())
-        .build(
-            backend("v1", StatusCode::OK),
-            tower::service_fn(|_: Request<()>| {
-                ready(Err::<Response<String>, _>(std::io::Error::other("boom")))
-            }),
-        );
+    let mut svc = Canary::builder(
+        backend("v1", StatusCode::OK),
+        tower::service_fn(|_: Request<()>| {
+            ready(Err::<Response<String>, _>(std::io::Error::other("boom")))
+        }),
+    )
+    .weight(Weight::new(10_000).unwrap())
+    .build()
+    .unwrap();
     let err = svc
         .ready()
         .now_or_never()

@@ -188,12 +188,14 @@ async fn a_controller_refuses_to_start_on_a_corrupt_state_file() {
     let path = d.join("state.json");
     std::fs::write(&path, b"{\"phase\": \"promo").unwrap();
     let svc = || tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) });
-    let router = Canary::builder().build(svc(), svc());
+    let router = Canary::new(svc(), svc());
     let err = CanaryController::builder(CanaryConfig::default(), router.handle())
         .store(FileStore::new(&path))
-        .start()
+        .build()
         .expect_err("refused");
-    let io = err.downcast_ref::<io::Error>().expect("the store's error");
+    let degrade_canary::CanaryError::Load(io) = &err else {
+        panic!("the store's error, got {err}");
+    };
     assert!(
         io.get_ref().is_some_and(|e| e.is::<CorruptState>()),
         "{err}"

@@ -6,8 +6,8 @@
 use degrade_canary::hash::bucket_u64;
 use degrade_canary::key::from_fn;
 use degrade_canary::{
-    Canary, CanaryConfig, CanaryController, CanaryPhase, CanaryState, CanaryStep, Gate, Judge,
-    JudgeConfig, MemoryStore, StateStore, StoreError, Verdict,
+    Canary, CanaryConfig, CanaryController, CanaryError, CanaryPhase, CanaryState, CanaryStep,
+    Gate, Judge, JudgeConfig, MemoryStore, StateStore, StoreError, Verdict,
 };
 use degrade_core::ManualClock;
 use std::convert::Infallible;
@@ -38,16 +38,17 @@ fn config(min_samples: u64) -> CanaryConfig {
 #[tokio::test(start_paused = true)]
 async fn a_hung_candidate_is_rolled_back_not_paused() {
     // v2 accepts requests and never answers; callers give up after 1 s.
-    let router = Canary::builder()
-        .key(from_fn(|user: &u64| Some(*user)))
-        .build(
-            tower::service_fn(|_: u64| async { Ok::<_, Infallible>("v1") }),
-            tower::service_fn(|_: u64| std::future::pending::<Result<&str, Infallible>>()),
-        );
+    let router = Canary::builder(
+        tower::service_fn(|_: u64| async { Ok::<_, Infallible>("v1") }),
+        tower::service_fn(|_: u64| std::future::pending::<Result<&str, Infallible>>()),
+    )
+    .key(from_fn(|user: &u64| Some(*user)))
+    .build()
+    .unwrap();
     let clock = ManualClock::new();
     let mut controller = CanaryController::builder(config(200), router.handle())
         .clock(clock.clone())
-        .start()
+        .build()
         .unwrap();
     let mut svc = router.clone();
     let mut timeouts = 0;
@@ -84,12 +85,13 @@ async fn cancelled_calls_are_not_failures_when_configured_so() {
         ..JudgeConfig::default()
     })
     .unwrap();
-    let router = Canary::builder()
-        .weight(degrade_canary::Weight::new(5_000).unwrap())
-        .build(
-            tower::service_fn(|_: u64| async { Ok::<_, Infallible>("v1") }),
-            tower::service_fn(|_: u64| std::future::pending::<Result<&str, Infallible>>()),
-        );
+    let router = Canary::builder(
+        tower::service_fn(|_: u64| async { Ok::<_, Infallible>("v1") }),
+        tower::service_fn(|_: u64| std::future::pending::<Result<&str, Infallible>>()),
+    )
+    .weight(degrade_canary::Weight::new(5_000).unwrap())
+    .build()
+    .unwrap();
     let mut svc = router.clone();
     for n in 0..400u64 {
         let call = svc.ready().await.unwrap().call(n);
@@ -128,7 +130,7 @@ fn echo_router() -> Canary<
     impl tower::Service<u8, Response = u8, Error = Infallible, Future: Send> + Clone,
     impl tower::Service<u8, Response = u8, Error = Infallible, Future: Send> + Clone,
 > {
-    Canary::builder().build(
+    Canary::new(
         tower::service_fn(|x: u8| async move { Ok::<_, Infallible>(x) }),
         tower::service_fn(|x: u8| async move { Ok::<_, Infallible>(x) }),
     )
@@ -151,7 +153,7 @@ async fn a_store_that_fails_on_save_sets_weight_zero_and_returns_an_error() {
                 seen.fetch_add(1, Ordering::SeqCst);
             }
         })
-        .start()
+        .build()
         .unwrap();
     assert_eq!(router.weight().get(), 1_000);
     // The next state change cannot be saved: the controller fails safe.
@@ -176,9 +178,11 @@ async fn a_store_that_fails_on_save_sets_weight_zero_and_returns_an_error() {
     };
     let err = CanaryController::builder(config(100), router.handle())
         .store(failing)
-        .start()
+        .build()
         .unwrap_err();
-    let err = err.downcast::<StoreError>().unwrap();
+    let CanaryError::Store(err) = err else {
+        panic!("a store error, got {err}");
+    };
     assert_eq!(err.state.weight_bp, 0);
     assert_eq!(router.weight().get(), 0);
 }
@@ -192,7 +196,7 @@ async fn a_spawned_controller_whose_store_fails_ends_with_weight_zero() {
     };
     let (task, gates) = CanaryController::builder(config(100), router.handle())
         .store(store)
-        .start()
+        .build()
         .unwrap()
         .spawn();
     gates.pause();
@@ -222,13 +226,14 @@ async fn a_single_heavy_key_cannot_force_a_rollback_in_a_a() {
             }
         })
     };
-    let router = Canary::builder()
+    let router = Canary::builder(backend(), backend())
         .key(from_fn(|r: &Req| Some(r.user)))
-        .build(backend(), backend());
+        .build()
+        .unwrap();
     let clock = ManualClock::new();
     let mut controller = CanaryController::builder(config(500), router.handle())
         .clock(clock.clone())
-        .start()
+        .build()
         .unwrap();
     let mut svc = router.clone();
     let mut n = 0u64;

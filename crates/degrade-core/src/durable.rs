@@ -55,7 +55,8 @@ pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
 ///
 /// ```
 /// # use degrade_core::durable;
-/// durable::sync_dir(&std::env::temp_dir().join("any-file")).unwrap();
+/// durable::sync_dir(&std::env::temp_dir().join("any-file")).unwrap(); // syncs the temp dir
+/// assert!(durable::sync_dir("/nonexistent-dir/file".as_ref()).is_err());
 /// ```
 pub fn sync_dir(path: &Path) -> io::Result<()> {
     File::open(dir_of(path))?.sync_all()

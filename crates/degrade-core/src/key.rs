@@ -155,8 +155,10 @@ impl fmt::Display for NoKey {
 /// # #[cfg(feature = "http")] {
 /// use degrade_core::key::{HashedKey, HeaderKey, KeyExtractor};
 /// let k = HeaderKey::new("x-api-key").unwrap();
-/// let req = http::Request::builder().header("x-api-key", "a").body(()).unwrap();
-/// let _: HashedKey = k.extract(&req).unwrap();
+/// let req = |v: &str| http::Request::builder().header("x-api-key", v).body(()).unwrap();
+/// let a: HashedKey = k.extract(&req("a")).unwrap();
+/// assert_eq!(k.extract(&req("a")), Some(a)); // the same value, the same key
+/// assert_ne!(k.extract(&req("b")), Some(a));
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

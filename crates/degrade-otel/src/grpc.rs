@@ -228,17 +228,8 @@ where
     }
 
     /// Metadata (headers) sent with every request, e.g. an API key for the collector.
-    ///
-    /// ```no_run
-    /// # use degrade_otel::grpc::GrpcSpanExporter;
-    /// # #[tokio::main] async fn main() {
-    /// # let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:4317").connect_lazy();
-    /// let mut metadata = tonic::metadata::MetadataMap::new();
-    /// metadata.insert("x-api-key", "secret".parse().unwrap());
-    /// let exporter = GrpcSpanExporter::new(channel, tokio::runtime::Handle::current()).metadata(metadata);
-    /// # let _ = exporter;
-    /// # }
-    /// ```
+    /// `GrpcSpanExporter::new(channel, handle).metadata(map)` with
+    /// `map.insert("x-api-key", "secret".parse()?)`.
     #[must_use]
     pub fn metadata(mut self, metadata: tonic::metadata::MetadataMap) -> Self {
         self.metadata = metadata;

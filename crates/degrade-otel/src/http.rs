@@ -44,24 +44,35 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// An `HttpClient` over the tower service `S` taking `Request<ReqB>`. See the
 /// [module documentation](self).
 ///
-/// ```no_run
-/// use degrade_otel::http::TowerHttpClient;
-/// use http_body_util::Full;
+/// ```
 /// use bytes::Bytes;
-/// use hyper_util::client::legacy::Client;
-/// use hyper_util::rt::TokioExecutor;
+/// use degrade_core::{BoxError, Level, Priority, Shed};
+/// use degrade_otel::http::TowerHttpClient;
+/// use opentelemetry_http::HttpClient;
 /// use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+/// use std::time::Duration;
 ///
 /// # #[tokio::main] async fn main() {
-/// let hyper: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-/// let client = TowerHttpClient::<_, Full<Bytes>>::new(hyper, tokio::runtime::Handle::current());
+/// // Any tower HTTP service: a hyper client, or one behind degrade's layers. Here the layers
+/// // refuse the call themselves (a `Shed`, as a rate limiter or an open breaker would).
+/// let svc = tower::service_fn(|_: http::Request<Bytes>| async {
+///     let shed = Shed::new(Level::Heavy, Priority::Low, Duration::from_secs(2));
+///     Err::<http::Response<http_body_util::Full<Bytes>>, BoxError>(Box::new(shed))
+/// });
+/// let client = TowerHttpClient::<_, Bytes>::new(svc, tokio::runtime::Handle::current());
+/// let request = http::Request::post("http://127.0.0.1:4318/v1/traces").body(Bytes::from_static(b"spans")).unwrap();
+/// let answer = client.send_bytes(request).await.unwrap();
+/// assert_eq!(answer.status(), 503); // a retryable answer for the exporter, not a transport error
+/// assert_eq!(answer.headers()["retry-after"], "2");
+///
+/// // The same client inside opentelemetry-otlp's exporter:
 /// let exporter = opentelemetry_otlp::SpanExporter::builder()
 ///     .with_http()
 ///     .with_http_client(client)
 ///     .with_endpoint("http://127.0.0.1:4318/v1/traces")
 ///     .build()
 ///     .unwrap();
-/// # let _ = exporter;
+/// # drop(exporter);
 /// # }
 /// ```
 pub struct TowerHttpClient<S, ReqB = Bytes> {

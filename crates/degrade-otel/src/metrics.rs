@@ -59,7 +59,11 @@ pub fn breaker_state_code(state: &str) -> i64 {
 /// use opentelemetry::metrics::MeterProvider;
 /// use opentelemetry_sdk::metrics::SdkMeterProvider;
 ///
-/// let provider = SdkMeterProvider::builder().build();
+/// # use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader};
+/// # let exporter = InMemoryMetricExporter::default();
+/// let provider = SdkMeterProvider::builder()
+/// #   .with_reader(PeriodicReader::builder(exporter.clone()).build())
+///     .build();
 /// let m = Instruments::new(&provider.meter("degrade"));
 /// m.level(Level::Heavy);
 /// m.shed("shed", "low");
@@ -67,6 +71,12 @@ pub fn breaker_state_code(state: &str) -> i64 {
 /// m.breaker_state("collector", "open");
 /// m.canary_weight("checkout-v2", 0.25);
 /// m.rollout_progress("fleet", 2, 5, 8, 20, 0);
+/// # provider.force_flush().unwrap();
+/// # let names: Vec<String> = exporter.get_finished_metrics().unwrap().iter()
+/// #     .flat_map(|rm| rm.scope_metrics()).flat_map(|sm| sm.metrics()).map(|m| m.name().to_owned()).collect();
+/// for name in ["degrade.level", "degrade.shed", "degrade.breaker.state", "degrade.canary.weight"] {
+///     assert!(names.iter().any(|n| n == name), "{name} exported");
+/// }
 /// ```
 #[derive(Clone)]
 pub struct Instruments {
@@ -278,8 +288,19 @@ impl ExportInstruments {
     /// ```
     /// use degrade_otel::{ExportStats, metrics::ExportInstruments};
     /// use opentelemetry::metrics::MeterProvider;
-    /// let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
-    /// let _keep = ExportInstruments::new(&provider.meter("degrade"), ExportStats::new());
+    /// # use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader};
+    /// # let exporter = InMemoryMetricExporter::default();
+    /// let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+    /// #   .with_reader(PeriodicReader::builder(exporter.clone()).build())
+    ///     .build();
+    /// let stats = ExportStats::new();
+    /// let _keep = ExportInstruments::new(&provider.meter("degrade"), stats.clone());
+    /// stats.record_offered(10);
+    /// stats.record_exported(7, 1);
+    /// provider.force_flush().unwrap(); // the instruments read `stats` at each collection
+    /// # let names: Vec<String> = exporter.get_finished_metrics().unwrap().iter()
+    /// #     .flat_map(|rm| rm.scope_metrics()).flat_map(|sm| sm.metrics()).map(|m| m.name().to_owned()).collect();
+    /// # assert!(names.iter().any(|n| n == "degrade.otel.spans.exported"));
     /// ```
     pub fn new(meter: &Meter, stats: ExportStats) -> Self {
         let s = stats.clone();

@@ -34,17 +34,8 @@ impl Weigh<Vec<SpanData>> for SpanCost {
 }
 
 /// A builder for a span rate limit: `config.quota` spans per `config.period`, each batch
-/// costing its length. Set a clock or a level handle on it, then `build()`.
-///
-/// ```
-/// use degrade_otel::ratelimit::span_rate_limit;
-/// use degrade_ratelimit::RateLimitConfig;
-/// use std::time::Duration;
-/// let layer = span_rate_limit(RateLimitConfig::per(5_000, Duration::from_secs(1)).burst(4096))
-///     .build()
-///     .unwrap();
-/// # let _ = layer;
-/// ```
+/// costing its length (see [`SpanCost`]). Set a clock or a level handle on it, then `build()`:
+/// `span_rate_limit(RateLimitConfig::per(5_000, Duration::from_secs(1)).burst(4096)).build()?`.
 pub fn span_rate_limit(config: RateLimitConfig) -> RateLimitBuilder<Global, SpanCost> {
     RateLimitLayer::builder(config).cost(SpanCost)
 }

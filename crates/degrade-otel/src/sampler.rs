@@ -212,13 +212,22 @@ impl LevelSampler {
     /// root span counts as critical at `critical_only` levels.
     ///
     /// ```
-    /// # use degrade_core::{Controller, Policy};
+    /// # use degrade_core::{Controller, Level, Policy};
     /// # use degrade_otel::LevelSampler;
+    /// # use opentelemetry::trace::{SpanKind, TraceId};
+    /// # use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
     /// # let c = Controller::new(Default::default()).unwrap();
-    /// let s = LevelSampler::new(c.handle(), Policy::default().with_critical("payments"))
-    ///     .unwrap()
-    ///     .service("payments");
-    /// # let _ = s;
+    /// let mut policy = Policy::default().with_critical("payments");
+    /// policy.moderate.critical_only = true;
+    /// policy.moderate.sampling = 1.0;
+    /// # policy.light.sampling = 1.0;
+    /// let sampler = |service: &str| LevelSampler::new(c.handle(), policy.clone()).unwrap().service(service);
+    /// let (payments, search) = (sampler("payments"), sampler("search"));
+    /// c.pin(Level::Moderate).unwrap();
+    /// let id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+    /// let root = |s: &LevelSampler| s.should_sample(None, id, "POST /pay", &SpanKind::Server, &[], &[]).decision;
+    /// assert_ne!(root(&payments), SamplingDecision::Drop);
+    /// assert_eq!(root(&search), SamplingDecision::Drop);
     /// ```
     #[must_use]
     pub fn service(mut self, name: &str) -> Self {

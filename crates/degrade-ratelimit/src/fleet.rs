@@ -685,10 +685,10 @@ impl FleetLayer {
     /// let mut config = FleetConfig::default();
     /// config.timeout = std::time::Duration::ZERO;
     /// let err = FleetLayer::new(config).unwrap_err();
-    /// assert_eq!(err.downcast_ref::<degrade_core::ConfigError>().unwrap().field(), "timeout");
+    /// assert_eq!(err.field(), "timeout");
     /// # }
     /// ```
-    pub fn new(config: FleetConfig) -> Result<Self, BoxError> {
+    pub fn new(config: FleetConfig) -> Result<Self, ConfigError> {
         Self::with(config, Global, DefaultCost)
     }
 }
@@ -709,14 +709,15 @@ impl<E: Keyed, W: Send + Sync + 'static> FleetLayer<E, W> {
     /// # let _ = layer;
     /// # }
     /// ```
-    pub fn with(config: FleetConfig, extractor: E, weigh: W) -> Result<Self, BoxError> {
+    pub fn with(config: FleetConfig, extractor: E, weigh: W) -> Result<Self, ConfigError> {
         let (client, params, local) = config.checked()?;
         let mgr_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(100));
-        let manager = ConnectionManager::new_lazy_with_config(client, mgr_config)?;
+        let manager = ConnectionManager::new_lazy_with_config(client, mgr_config)
+            .map_err(|e| ConfigError::new("url", format!("no Redis connection manager: {e}")))?;
         degrade_core::rejection::register::<RateLimited>();
         let local_unit = local.as_ref().map_or(params[0].unit_ns, |l| l.unit_ns);
         Ok(Self {

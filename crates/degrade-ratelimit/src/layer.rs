@@ -66,12 +66,20 @@ impl RateLimitLayer {
     /// A builder, to set a clock, a level handle, a cost function or keys.
     ///
     /// ```
-    /// use degrade_ratelimit::{RateLimitConfig, RateLimitLayer};
-    /// let layer = RateLimitLayer::builder(RateLimitConfig::default())
+    /// use degrade_ratelimit::{RateLimitConfig, RateLimitLayer, RateLimited};
+    /// use std::time::Duration;
+    /// use tower::{Layer, Service, ServiceExt};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // 10 units a second, burst 10; a batch costs one unit per item.
+    /// let layer = RateLimitLayer::builder(RateLimitConfig::per(10, Duration::from_secs(1)))
     ///     .cost(|batch: &Vec<u32>| batch.len() as u64)
     ///     .build()
     ///     .unwrap();
-    /// # let _ = layer;
+    /// let mut svc = layer.layer(tower::service_fn(|b: Vec<u32>| async move { Ok::<_, std::convert::Infallible>(b.len()) }));
+    /// assert_eq!(svc.ready().await.unwrap().call(vec![0; 8]).await.unwrap(), 8);
+    /// let err = svc.ready().await.unwrap().call(vec![0; 8]).await.unwrap_err();
+    /// assert!(err.is::<RateLimited>()); // 8 + 8 units exceed the burst of 10
+    /// # }
     /// ```
     pub fn builder(config: RateLimitConfig) -> RateLimitBuilder {
         RateLimitBuilder {
@@ -222,7 +230,9 @@ impl QuotaHandle {
     /// ```
     /// # use degrade_ratelimit::{RateLimitConfig, RateLimitLayer}; use std::time::Duration;
     /// # let layer = RateLimitLayer::new(RateLimitConfig::default()).unwrap();
-    /// layer.quota_handle().set(RateLimitConfig::per(5, Duration::from_secs(1)).burst(1)).unwrap();
+    /// let quota = layer.quota_handle();
+    /// quota.set(RateLimitConfig::per(5, Duration::from_secs(1)).burst(1)).unwrap();
+    /// assert!(quota.set(RateLimitConfig::per(0, Duration::from_secs(1))).is_err()); // refused, old quota kept
     /// ```
     pub fn set(&self, config: RateLimitConfig) -> Result<(), ConfigError> {
         self.target.set(config)
@@ -285,11 +295,19 @@ impl KeysConfig {
 ///
 /// ```
 /// use degrade_ratelimit::{KeysConfig, RateLimitConfig, RateLimitLayer, key};
-/// let layer = RateLimitLayer::builder(RateLimitConfig::default())
+/// use std::time::Duration;
+/// use tower::{Layer, Service, ServiceExt};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // One request a second per tenant (the first field), burst 1.
+/// let layer = RateLimitLayer::builder(RateLimitConfig::per(1, Duration::from_secs(1)).burst(1))
 ///     .keyed(key::from_fn(|req: &(u32, u32)| Some(req.0)), KeysConfig { max_keys: 1000 })
 ///     .build()
 ///     .unwrap();
-/// # let _ = layer;
+/// let mut svc = layer.layer(tower::service_fn(|r: (u32, u32)| async move { Ok::<_, std::convert::Infallible>(r.1) }));
+/// assert!(svc.ready().await.unwrap().call((1, 0)).await.is_ok());
+/// assert!(svc.ready().await.unwrap().call((1, 1)).await.is_err()); // tenant 1 spent its budget
+/// assert!(svc.ready().await.unwrap().call((2, 0)).await.is_ok()); // tenant 2 has its own
+/// # }
 /// ```
 pub struct RateLimitBuilder<E = Global, W = DefaultCost, C = TokioClock> {
     config: RateLimitConfig,

@@ -72,7 +72,12 @@ pub struct RolloutReport {
 /// let driver = ProcessDriver::builder().version("v1", CommandSpec::new("x")).version("v2", CommandSpec::new("x")).build().unwrap();
 /// let pool = Pool::new(|i: &Instance| i.address);
 /// let a = Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1");
-/// let (_rollout, handle) = RolloutController::builder(driver, pool).build(vec![a], "v2").unwrap();
+/// let rollout = RolloutController::builder(driver, pool)
+///     .instances(vec![a])
+///     .target("v2")
+///     .build()
+///     .unwrap();
+/// let handle = rollout.handle();
 /// handle.pause();
 /// assert!(handle.status().outcome.is_none());
 /// ```
@@ -84,51 +89,26 @@ pub struct RolloutHandle {
 
 impl RolloutHandle {
     /// Starts no new batch until [`resume`](Self::resume) (the current batch finishes).
-    ///
-    /// ```no_run
-    /// # fn f(h: degrade_rollout::RolloutHandle) { h.pause(); }
-    /// ```
     pub fn pause(&self) {
         let _ = self.controls.send(RolloutEvent::Pause);
     }
 
     /// Starts batches again.
-    ///
-    /// ```no_run
-    /// # fn f(h: degrade_rollout::RolloutHandle) { h.resume(); }
-    /// ```
     pub fn resume(&self) {
         let _ = self.controls.send(RolloutEvent::Resume);
     }
 
     /// Stops after the current batch (outcome [`RolloutOutcome::Aborted`]).
-    ///
-    /// ```no_run
-    /// # fn f(h: degrade_rollout::RolloutHandle) { h.abort(); }
-    /// ```
     pub fn abort(&self) {
         let _ = self.controls.send(RolloutEvent::Abort);
     }
 
     /// The latest status.
-    ///
-    /// ```no_run
-    /// # fn f(h: degrade_rollout::RolloutHandle) { println!("{:?}", h.status().phase); }
-    /// ```
     pub fn status(&self) -> RolloutStatus {
         self.status.borrow().clone()
     }
 
     /// A stream of status changes (a `watch` receiver).
-    ///
-    /// ```no_run
-    /// # async fn f(h: degrade_rollout::RolloutHandle) {
-    /// let mut rx = h.subscribe();
-    /// while rx.changed().await.is_ok() {
-    ///     println!("{:?}", rx.borrow().phase);
-    /// }
-    /// # }
-    /// ```
     pub fn subscribe(&self) -> watch::Receiver<RolloutStatus> {
         self.status.clone()
     }
@@ -141,7 +121,11 @@ impl RolloutHandle {
 /// let driver = ProcessDriver::builder().version("v1", CommandSpec::new("x")).build().unwrap();
 /// let pool = Pool::new(|i: &Instance| i.address);
 /// let a = Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1");
-/// let err = RolloutController::builder(driver, pool).build(vec![a], "v9").unwrap_err();
+/// let err = RolloutController::builder(driver, pool)
+///     .instances(vec![a])
+///     .target("v9")
+///     .build()
+///     .unwrap_err();
 /// assert!(err.to_string().contains("unknown version `v9`"));
 /// ```
 #[derive(Debug)]
@@ -149,6 +133,8 @@ pub struct RolloutControllerBuilder<D, S, C = TokioClock> {
     driver: D,
     pool: Pool<S>,
     config: RolloutConfig,
+    instances: Vec<Instance>,
+    target: String,
     journal: Option<PathBuf>,
     clock: C,
 }
@@ -158,6 +144,21 @@ impl<D: Driver, S: Clone + Send + 'static> RolloutControllerBuilder<D, S, TokioC
     #[must_use]
     pub fn config(mut self, config: RolloutConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// The instances to upgrade (required: an empty set is refused, field `instances`).
+    /// Instances already on the target version are left alone.
+    #[must_use]
+    pub fn instances(mut self, instances: Vec<Instance>) -> Self {
+        self.instances = instances;
+        self
+    }
+
+    /// The version to move every instance to (required: field `target`).
+    #[must_use]
+    pub fn target(mut self, version: impl Into<String>) -> Self {
+        self.target = version.into();
         self
     }
 
@@ -188,17 +189,19 @@ impl<D: Driver, S: Clone + Send + 'static> RolloutControllerBuilder<D, S, TokioC
     /// [`RolloutError::Journal`] when the journal cannot be read.
     ///
     /// ```
-    /// # use degrade_rollout::{Instance, RolloutController, discover::Pool, ProcessDriver, driver::CommandSpec};
+    /// # use degrade_rollout::{Instance, RolloutController, RolloutError, discover::Pool, ProcessDriver, driver::CommandSpec};
     /// # let driver = ProcessDriver::builder().version("v1", CommandSpec::new("x")).build().unwrap();
-    /// let err = RolloutController::builder(driver, Pool::new(|i: &Instance| i.address)).build(vec![], "v1").unwrap_err();
-    /// assert!(err.to_string().contains("instances"));
+    /// let err = RolloutController::builder(driver, Pool::new(|i: &Instance| i.address))
+    ///     .target("v1")
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(matches!(err, RolloutError::Config(ref e) if e.field() == "instances"));
     /// ```
-    pub fn build(
-        self,
-        instances: Vec<Instance>,
-        target: impl Into<String>,
-    ) -> Result<(RolloutController<D, S, TokioClock>, RolloutHandle), RolloutError> {
-        let target = target.into();
+    pub fn build(self) -> Result<RolloutController<D, S, TokioClock>, RolloutError> {
+        let (instances, target) = (self.instances, self.target);
+        if target.trim().is_empty() {
+            return Err(ConfigError::new("target", "must not be empty").into());
+        }
         self.driver.check_version(&target)?;
         for i in &instances {
             self.driver.check_version(&i.version).map_err(|e| {
@@ -239,7 +242,8 @@ impl<D: Driver, S: Clone + Send + 'static> RolloutControllerBuilder<D, S, TokioC
             },
         };
         let (controls, controls_rx) = mpsc::unbounded_channel();
-        let (status_tx, status) = watch::channel(RolloutStatus::default());
+        // Receivers come from `handle()`; `send_replace` needs none.
+        let (status_tx, _) = watch::channel(RolloutStatus::default());
         let driver = Arc::new(self.driver);
         // Endpoints the pool ejects come back once the driver finds them healthy again.
         self.pool.health_fallback(driver.clone());
@@ -253,8 +257,9 @@ impl<D: Driver, S: Clone + Send + 'static> RolloutControllerBuilder<D, S, TokioC
             clock: self.clock,
             errors: Vec::new(),
             steps: 0,
+            controls_tx: controls,
         };
-        Ok((rollout, RolloutHandle { controls, status }))
+        Ok(rollout)
     }
 }
 
@@ -270,6 +275,8 @@ pub struct RolloutController<D, S, C = TokioClock> {
     clock: C,
     errors: Vec<DriverError>,
     steps: u64,
+    /// Handed out (cloned) by [`handle`](RolloutController::handle).
+    controls_tx: mpsc::UnboundedSender<RolloutEvent>,
 }
 
 impl RolloutController<(), ()> {
@@ -282,6 +289,8 @@ impl RolloutController<(), ()> {
             driver,
             pool,
             config: RolloutConfig::default(),
+            instances: Vec::new(),
+            target: String::new(),
             journal: None,
             clock: TokioClock,
         }
@@ -289,6 +298,15 @@ impl RolloutController<(), ()> {
 }
 
 impl<D: Driver, S: Clone + Send + 'static, C: Clock> RolloutController<D, S, C> {
+    /// A handle to pause, resume, abort and watch this rollout (clones control the same
+    /// rollout; take it before [`run`](Self::run), which consumes the controller).
+    pub fn handle(&self) -> RolloutHandle {
+        RolloutHandle {
+            controls: self.controls_tx.clone(),
+            status: self.status.subscribe(),
+        }
+    }
+
     /// The pure state machine it drives (read-only).
     pub fn machine(&self) -> &RolloutMachine {
         &self.planner
@@ -338,10 +356,30 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> RolloutController<D, S, C> 
     ///
     /// Only journal I/O: a failed rollout is a [`RolloutOutcome`], not an error.
     ///
-    /// ```no_run
-    /// # async fn f(r: degrade_rollout::RolloutController<degrade_rollout::ProcessDriver, ()>) -> Result<(), degrade_rollout::RolloutError> {
-    /// let report = r.run().await?;
-    /// println!("{}: {:?}", report.outcome, report.failure);
+    /// ```
+    /// use degrade_rollout::{Instance, RolloutController, RolloutOutcome, discover::Pool};
+    /// # use degrade_rollout::Driver;
+    /// # use degrade_core::BoxError;
+    /// # #[derive(Debug)]
+    /// # struct Noop;
+    /// # impl Driver for Noop {
+    /// #     async fn stop(&self, _: &Instance) -> Result<(), BoxError> { Ok(()) }
+    /// #     async fn install(&self, _: &Instance, _: &str) -> Result<(), BoxError> { Ok(()) }
+    /// #     async fn start(&self, _: &Instance) -> Result<(), BoxError> { Ok(()) }
+    /// #     async fn health(&self, _: &Instance) -> Result<(), BoxError> { Ok(()) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), degrade_rollout::RolloutError> {
+    /// // Already on the target: nothing to upgrade, the rollout completes at once.
+    /// let a = Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v2");
+    /// let rollout = RolloutController::builder(Noop, Pool::new(|i: &Instance| i.address))
+    ///     .instances(vec![a])
+    ///     .target("v2")
+    ///     .build()?;
+    /// let mut status = rollout.handle().subscribe();
+    /// let report = rollout.run().await?;
+    /// assert_eq!(report.outcome, RolloutOutcome::Completed);
+    /// assert!(report.errors.is_empty());
+    /// assert_eq!(status.borrow_and_update().outcome, Some(RolloutOutcome::Completed));
     /// # Ok(()) }
     /// ```
     pub async fn run(mut self) -> Result<RolloutReport, RolloutError> {

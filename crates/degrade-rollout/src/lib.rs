@@ -35,10 +35,13 @@
 //! let balancer: Balance<_, ()> = Balance::new(pool.discover());
 //! # let _ = balancer;
 //!
-//! let (rollout, handle) = RolloutController::builder(driver, pool.clone())
+//! let rollout = RolloutController::builder(driver, pool.clone())
 //!     .config(RolloutConfig::default())
 //!     .journal("rollout.jsonl")
-//!     .build(instances, "v2")?;
+//!     .instances(instances)
+//!     .target("v2")
+//!     .build()?;
+//! let handle = rollout.handle();
 //! let report = rollout.run().await?;
 //! assert_eq!(report.outcome, RolloutOutcome::Completed);
 //! # let _ = handle;

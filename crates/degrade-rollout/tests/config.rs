@@ -22,7 +22,9 @@ fn driver() -> ProcessDriver {
 fn build(instances: Vec<Instance>, target: &str, cfg: RolloutConfig) -> Result<(), RolloutError> {
     RolloutController::builder(driver(), Pool::new(|i: &Instance| i.address))
         .config(cfg)
-        .build(instances, target)
+        .instances(instances)
+        .target(target)
+        .build()
         .map(|_| ())
 }
 
@@ -173,7 +175,9 @@ fn a_journal_of_another_rollout_is_rejected() {
     .unwrap();
     let r = RolloutController::builder(driver(), Pool::new(|i: &Instance| i.address))
         .journal(&path)
-        .build(vec![inst("a", 1, "v1")], "v2")
+        .instances(vec![inst("a", 1, "v1")])
+        .target("v2")
+        .build()
         .map(|_| ());
     assert_eq!(field(r), "journal");
     let _ = std::fs::remove_dir_all(&dir);

@@ -93,10 +93,13 @@ async fn a_controller_with_duration_max_settings_never_panics() {
     for i in fleet(2) {
         pool.insert(&i);
     }
-    let (rollout, handle) = RolloutController::builder(Recorder::default(), pool.clone())
+    let rollout = RolloutController::builder(Recorder::default(), pool.clone())
         .config(forever())
-        .build(fleet(2), "v2")
+        .instances(fleet(2))
+        .target("v2")
+        .build()
         .unwrap();
+    let handle = rollout.handle();
     let run = tokio::spawn(rollout.run());
     let mut status = handle.subscribe();
     tokio::time::timeout(Duration::from_secs(30), async {
@@ -121,10 +124,13 @@ async fn a_controller_with_duration_max_settings_never_panics() {
         health_interval: Duration::from_millis(1),
         ..forever()
     };
-    let (rollout, handle) = RolloutController::builder(Recorder::default(), pool)
+    let rollout = RolloutController::builder(Recorder::default(), pool)
         .config(cfg)
-        .build(fleet(2), "v2")
+        .instances(fleet(2))
+        .target("v2")
+        .build()
         .unwrap();
+    let handle = rollout.handle();
     let run = tokio::spawn(rollout.run());
     let mut status = handle.subscribe();
     tokio::time::timeout(Duration::from_secs(30), async {

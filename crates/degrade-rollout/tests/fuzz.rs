@@ -57,8 +57,9 @@ fn build(path: &Path, surge: u32) -> Result<RolloutController<Recorder, SocketAd
     RolloutController::builder(Recorder::default(), Pool::new(|i: &Instance| i.address))
         .config(config(surge))
         .journal(path)
-        .build(fleet(3), "v2")
-        .map(|(r, _)| r)
+        .instances(fleet(3))
+        .target("v2")
+        .build()
 }
 
 /// Two real journals: an in-place rollout that completes, and a surge rollout whose third
@@ -72,10 +73,12 @@ fn journals() -> &'static [(u32, Vec<u8>); 2] {
             .unwrap();
         let make = |name: &str, surge: u32, driver: Recorder, outcome: RolloutOutcome| {
             let path = scratch(name);
-            let (r, _h) = RolloutController::builder(driver, Pool::new(|i: &Instance| i.address))
+            let r = RolloutController::builder(driver, Pool::new(|i: &Instance| i.address))
                 .config(config(surge))
                 .journal(&path)
-                .build(fleet(3), "v2")
+                .instances(fleet(3))
+                .target("v2")
+                .build()
                 .unwrap();
             assert_eq!(rt.block_on(r.run()).unwrap().outcome, outcome);
             let bytes = std::fs::read(&path).unwrap();

@@ -44,19 +44,15 @@ fn dir(name: &str) -> PathBuf {
     d
 }
 
-type Built = Result<
-    (
-        RolloutController<Recorder, SocketAddr>,
-        degrade_rollout::RolloutHandle,
-    ),
-    RolloutError,
->;
+type Built = Result<RolloutController<Recorder, SocketAddr>, RolloutError>;
 
 fn build(driver: &Recorder, path: &Path, instances: Vec<Instance>) -> Built {
     RolloutController::builder(driver.clone(), Pool::new(|i: &Instance| i.address))
         .config(config())
         .journal(path)
-        .build(instances, "v2")
+        .instances(instances)
+        .target("v2")
+        .build()
 }
 
 /// Runs a rollout of three instances to completion and returns its journal's lines.
@@ -65,7 +61,7 @@ fn complete_journal(path: &Path) -> Vec<String> {
         .enable_all()
         .build()
         .unwrap();
-    let (rollout, _h) = build(&Recorder::default(), path, fleet(3)).unwrap();
+    let rollout = build(&Recorder::default(), path, fleet(3)).unwrap();
     let report = rt.block_on(rollout.run()).unwrap();
     assert_eq!(report.outcome, RolloutOutcome::Completed);
     let text = std::fs::read_to_string(path).unwrap();
@@ -132,7 +128,7 @@ fn resume_after_torn_tail(name: &str, tail: &[u8]) {
 
     let driver = Recorder::default();
     let (built, log) = logged(|| build(&driver, &path, fleet(3)));
-    let (rollout, _h) = built.expect("a torn last line is recovered");
+    let rollout = built.expect("a torn last line is recovered");
     assert!(log.contains("torn line"), "the recovery is logged: {log}");
     assert!(log.contains(&format!("line={}", k + 1)), "{log}");
     assert_eq!(std::fs::read(&path).unwrap(), bytes, "build does not write");
@@ -272,7 +268,7 @@ fn an_empty_journal_starts_a_fresh_rollout() {
         let path = d.join("rollout.jsonl");
         std::fs::write(&path, content).unwrap();
         let driver = Recorder::default();
-        let (rollout, _h) = build(&driver, &path, fleet(2)).unwrap();
+        let rollout = build(&driver, &path, fleet(2)).unwrap();
         assert_eq!(rollout.machine().current_batch(), None);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -294,7 +290,7 @@ fn a_torn_header_alone_starts_a_fresh_rollout() {
     let path = d.join("rollout.jsonl");
     std::fs::write(&path, b"{\"target\":\"v2\",\"config\":{\"max_su").unwrap();
     let (built, log) = logged(|| build(&Recorder::default(), &path, fleet(2)));
-    let (rollout, _h) = built.unwrap();
+    let rollout = built.unwrap();
     assert!(log.contains("torn header"), "{log}");
     assert_eq!(rollout.machine().current_batch(), None);
     let _ = std::fs::remove_dir_all(&d);
@@ -318,7 +314,9 @@ fn a_journal_of_other_instances_is_rejected() {
     // Another target too.
     let r = RolloutController::builder(Recorder::default(), Pool::new(|i: &Instance| i.address))
         .journal(&path)
-        .build(fleet(3), "v3");
+        .instances(fleet(3))
+        .target("v3")
+        .build();
     assert!(matches!(r, Err(RolloutError::Config(ref e)) if e.field() == "journal"));
     assert_eq!(std::fs::read(&path).unwrap(), before);
     let _ = std::fs::remove_dir_all(&d);
@@ -341,7 +339,7 @@ fn an_unreadable_journal_is_an_error_not_a_fresh_start() {
 fn a_journal_changed_between_build_and_run_is_not_overwritten() {
     let d = dir("changed");
     let path = d.join("rollout.jsonl");
-    let (rollout, _h) = build(&Recorder::default(), &path, fleet(2)).unwrap();
+    let rollout = build(&Recorder::default(), &path, fleet(2)).unwrap();
     std::fs::write(&path, b"someone else's\n").unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -405,7 +403,8 @@ fn a_controller_resumed_during_the_post_rollout_watch_keeps_watching_then_comple
     std::fs::write(&path, prefix(&lines, k)).unwrap();
 
     let driver = Recorder::default();
-    let (rollout, handle) = build(&driver, &path, fleet(3)).unwrap();
+    let rollout = build(&driver, &path, fleet(3)).unwrap();
+    let handle = rollout.handle();
     assert_eq!(
         rollout.machine().phase(),
         degrade_rollout::plan::RolloutPhase::Watching

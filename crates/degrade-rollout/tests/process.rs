@@ -274,10 +274,13 @@ async fn upgrade_under_load_with<D: Driver, F: Future<Output = ()>>(
     while stats.ok.load(Ordering::Relaxed) < 50 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (rollout, handle) = RolloutController::builder(d, pool.clone())
+    let rollout = RolloutController::builder(d, pool.clone())
         .config(cfg)
-        .build(instances, "v2")
+        .instances(instances)
+        .target("v2")
+        .build()
         .expect("valid rollout");
+    let handle = rollout.handle();
     let (report, ()) = tokio::time::timeout(Duration::from_secs(180), async {
         tokio::join!(rollout.run(), during(handle))
     })
@@ -473,11 +476,14 @@ async fn restarted_controller_resumes_from_the_journal_without_upgrading_twice()
     let load = start_load(&pool, 3, stop.clone(), stats.clone());
 
     // First controller: dropped while the second batch's instance is starting on v2.
-    let (first, handle) = RolloutController::builder(d.clone(), pool.clone())
+    let first = RolloutController::builder(d.clone(), pool.clone())
         .config(config())
         .journal(&journal)
-        .build(instances.clone(), "v2")
+        .instances(instances.clone())
+        .target("v2")
+        .build()
         .unwrap();
+    let handle = first.handle();
     let mut status = handle.subscribe();
     let dropped_at = tokio::time::timeout(Duration::from_secs(120), async {
         let run = first.run();
@@ -499,10 +505,12 @@ async fn restarted_controller_resumes_from_the_journal_without_upgrading_twice()
     println!("dropped with: {:?}", dropped_at.instances);
 
     // Second controller: same journal, same processes.
-    let (second, _handle) = RolloutController::builder(d.clone(), pool.clone())
+    let second = RolloutController::builder(d.clone(), pool.clone())
         .config(config())
         .journal(&journal)
-        .build(instances.clone(), "v2")
+        .instances(instances.clone())
+        .target("v2")
+        .build()
         .unwrap();
     assert_eq!(second.machine().current_batch(), Some(1));
     let report = tokio::time::timeout(Duration::from_secs(180), second.run())
@@ -536,10 +544,12 @@ async fn restarted_controller_resumes_from_the_journal_without_upgrading_twice()
     );
 
     // A third controller on the finished journal does nothing.
-    let (third, _h) = RolloutController::builder(d.clone(), pool.clone())
+    let third = RolloutController::builder(d.clone(), pool.clone())
         .config(config())
         .journal(&journal)
-        .build(instances.clone(), "v2")
+        .instances(instances.clone())
+        .target("v2")
+        .build()
         .unwrap();
     assert_eq!(
         third.run().await.unwrap().outcome,
@@ -608,10 +618,13 @@ async fn pause_holds_the_next_batch_and_abort_stops_after_the_current_one() {
     for i in &instances {
         pool.insert(i);
     }
-    let (rollout, handle) = RolloutController::builder(d.clone(), pool.clone())
+    let rollout = RolloutController::builder(d.clone(), pool.clone())
         .config(config())
-        .build(instances.clone(), "v2")
+        .instances(instances.clone())
+        .target("v2")
+        .build()
         .unwrap();
+    let handle = rollout.handle();
     handle.pause();
     let task = tokio::spawn(rollout.run());
     let mut rx = handle.subscribe();
@@ -758,11 +771,14 @@ async fn surge_rollout_resumes_from_the_journal_mid_replacement() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = start_load(&pool, 3, stop.clone(), stats.clone());
 
-    let (first, handle) = RolloutController::builder(d.clone(), pool.clone())
+    let first = RolloutController::builder(d.clone(), pool.clone())
         .config(cfg.clone())
         .journal(&journal)
-        .build(instances.clone(), "v2")
+        .instances(instances.clone())
+        .target("v2")
+        .build()
         .unwrap();
+    let handle = first.handle();
     let mut status = handle.subscribe();
     tokio::time::timeout(Duration::from_secs(120), async {
         let run = first.run();
@@ -788,10 +804,12 @@ async fn surge_rollout_resumes_from_the_journal_mid_replacement() {
     .await
     .expect("reached the replacement of batch 1");
 
-    let (second, _h) = RolloutController::builder(d.clone(), pool.clone())
+    let second = RolloutController::builder(d.clone(), pool.clone())
         .config(cfg)
         .journal(&journal)
-        .build(instances.clone(), "v2")
+        .instances(instances.clone())
+        .target("v2")
+        .build()
         .unwrap();
     let report = tokio::time::timeout(Duration::from_secs(180), second.run())
         .await

@@ -155,8 +155,11 @@ impl TriggersConfig {
     /// ```
     /// use degrade_core::Controller;
     /// use degrade_triggers::TriggersConfig;
-    /// let monitor = TriggersConfig::default().monitor(Controller::new(Default::default()).unwrap())?;
-    /// # let _ = monitor;
+    /// let mut monitor = TriggersConfig::default().monitor(Controller::new(Default::default()).unwrap())?;
+    /// # let _rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    /// # let _guard = _rt.enter();
+    /// monitor.tick();
+    /// assert!(monitor.snapshot().signal("cpu").is_some()); // the defaults: CPU and memory
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn monitor<C: Clock>(&self, controller: Controller<C>) -> Result<Monitor<C>, ConfigError> {
@@ -174,9 +177,12 @@ impl TriggersConfig {
     /// use degrade_core::Controller;
     /// use degrade_triggers::{ObserveLayer, TriggersConfig};
     /// let observe = ObserveLayer::new();
-    /// let monitor = TriggersConfig::default()
+    /// let mut monitor = TriggersConfig::default()
     ///     .monitor_with(Controller::new(Default::default()).unwrap(), &observe)?;
-    /// # let _ = monitor;
+    /// # let _rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    /// # let _guard = _rt.enter();
+    /// monitor.tick();
+    /// assert!(monitor.snapshot().signal("latency").is_some()); // read from the layer
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn monitor_with<C, K, C2>(

@@ -22,6 +22,9 @@
 //! let config: TriggersConfig = serde_json::from_str(r#"{ "latency": { "sla": "250ms" } }"#)?;
 //! let monitor = config.monitor_with(controller.clone(), &observe)?.spawn()?;
 //! # let _ = service;
+//! monitor.subscribe().changed().await?; // a tick
+//! let snapshot = monitor.snapshot();
+//! assert!(snapshot.signal("cpu").is_some() && snapshot.signal("latency").is_some());
 //! // ... serve; on shutdown:
 //! monitor.shutdown().await;
 //! # Ok(()) }

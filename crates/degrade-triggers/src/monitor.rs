@@ -173,11 +173,14 @@ impl<C: Clock> Monitor<C> {
     /// ```
     /// # use degrade_core::Controller; use degrade_triggers::{Gauge, Monitor, Scale, Smoothing};
     /// # use std::time::Duration;
-    /// let m = Monitor::new(Controller::new(Default::default()).unwrap()).signal_with(
+    /// # let _rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    /// # let _guard = _rt.enter();
+    /// let mut m = Monitor::new(Controller::new(Default::default()).unwrap()).signal_with(
     ///     Gauge::new("queue", Scale::proportional(10.0).unwrap(), || Some(1.0)),
     ///     Smoothing::ewma(Duration::from_secs(2)),
     /// );
-    /// # let _ = m;
+    /// m.tick();
+    /// assert_eq!(m.snapshot().signal("queue").unwrap().sample.unwrap().value, 1.0);
     /// ```
     #[must_use]
     pub fn signal_with(mut self, signal: impl Signal, smoothing: Smoothing) -> Self {
@@ -386,28 +389,11 @@ impl MonitorHandle {
     }
 
     /// A receiver notified after every tick.
-    ///
-    /// ```
-    /// # use degrade_core::Controller; use degrade_triggers::Monitor;
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let h = Monitor::new(Controller::new(Default::default()).unwrap()).spawn().unwrap();
-    /// let rx = h.subscribe();
-    /// # let _ = rx;
-    /// # }
-    /// ```
     pub fn subscribe(&self) -> watch::Receiver<Arc<MonitorSnapshot>> {
         self.snapshot.clone()
     }
 
     /// Stops the monitor and waits for its task to end. A tick in progress completes first.
-    ///
-    /// ```
-    /// # use degrade_core::Controller; use degrade_triggers::Monitor;
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let h = Monitor::new(Controller::new(Default::default()).unwrap()).spawn().unwrap();
-    /// h.shutdown().await;
-    /// # }
-    /// ```
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -166,9 +166,10 @@ where
     /// A gauge named `name` reading `read`, mapped through `scale`.
     ///
     /// ```
-    /// # use degrade_triggers::{Gauge, Scale};
-    /// let g = Gauge::new("waiters", Scale::proportional(64.0)?, || Some(3.0));
-    /// # let _ = g;
+    /// # use degrade_triggers::{Gauge, Scale, Signal};
+    /// let mut g = Gauge::new("waiters", Scale::proportional(64.0)?, || Some(16.0));
+    /// let s = g.sample(tokio::time::Instant::now()).unwrap().unwrap();
+    /// assert_eq!((g.name(), s.value, s.pressure), ("waiters", 16.0, 0.25));
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn new(name: impl Into<Cow<'static, str>>, scale: Scale, read: F) -> Self {

@@ -80,7 +80,8 @@ async fn slow_backend_raises_the_level_sheds_low_first_and_recovers_one_level_pe
     let controller = Controller::with_clock(ladder, clock.clone()).unwrap();
     let observe = ObserveLayer::builder()
         .classifier(HttpClassifier::default())
-        .build();
+        .build()
+        .unwrap();
     let latency = observe
         .latency(LatencyConfig {
             stat: LatencyStat::P99,

@@ -18,7 +18,10 @@ use tower::{Layer, Service};
 fn monitor_tick_costs_well_under_a_millisecond() {
     let clock = ManualClock::new();
     let controller = Controller::with_clock(Default::default(), clock.clone()).unwrap();
-    let observe = ObserveLayer::builder().clock(clock.clone()).build();
+    let observe = ObserveLayer::builder()
+        .clock(clock.clone())
+        .build()
+        .unwrap();
     let mut svc = observe.layer(tower::service_fn(|()| async { Ok::<_, &str>(()) }));
     for i in 0..100_000u64 {
         let fut = svc.call(());

@@ -41,7 +41,10 @@ fn relative_error(estimate: Duration, exact: Duration) -> f64 {
 #[test]
 fn p99_and_p50_are_within_the_stated_error_over_100_000_samples() {
     let clock = ManualClock::new();
-    let layer = ObserveLayer::builder().clock(clock.clone()).build();
+    let layer = ObserveLayer::builder()
+        .clock(clock.clone())
+        .build()
+        .unwrap();
     let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
     let values = latencies(100_000);
     for d in &values {
@@ -84,7 +87,8 @@ fn clock_now(clock: &ManualClock) -> tokio::time::Instant {
 async fn outcomes_are_classified_and_counted() {
     let layer = ObserveLayer::builder()
         .slow(Duration::from_millis(100))
-        .build();
+        .build()
+        .unwrap();
     // Inner: 0 ok, 1 error, 2 a degrade rejection (ignored), 3 a tower timeout.
     let inner = tower::service_fn(|n: u8| async move {
         match n {
@@ -123,7 +127,8 @@ fn slow_calls_and_cancelled_calls() {
     let layer = ObserveLayer::builder()
         .clock(clock.clone())
         .slow(Duration::from_millis(100))
-        .build();
+        .build()
+        .unwrap();
     let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
     let fut = svc.call(());
     clock.advance(Duration::from_millis(150));
@@ -168,7 +173,10 @@ fn in_flight_counts_started_and_unfinished_calls() {
 #[test]
 fn error_rate_is_windowed_and_unknown_below_min_calls() {
     let clock = ManualClock::new();
-    let layer = ObserveLayer::builder().clock(clock.clone()).build();
+    let layer = ObserveLayer::builder()
+        .clock(clock.clone())
+        .build()
+        .unwrap();
     let mut svc = layer.layer(tower::service_fn(|fail: bool| async move {
         if fail {
             Err::<(), BoxError>("boom".into())
@@ -221,7 +229,10 @@ fn error_rate_is_windowed_and_unknown_below_min_calls() {
 #[test]
 fn latency_signal_against_an_sla() {
     let clock = ManualClock::new();
-    let layer = ObserveLayer::builder().clock(clock.clone()).build();
+    let layer = ObserveLayer::builder()
+        .clock(clock.clone())
+        .build()
+        .unwrap();
     let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
     for _ in 0..100 {
         let fut = svc.call(());

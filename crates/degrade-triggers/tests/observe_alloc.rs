@@ -16,7 +16,10 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 #[test]
 fn observe_path_allocates_nothing() {
-    let layer = ObserveLayer::builder().slow(Duration::from_secs(1)).build();
+    let layer = ObserveLayer::builder()
+        .slow(Duration::from_secs(1))
+        .build()
+        .unwrap();
     let mut svc = layer.layer(tower::service_fn(|n: u32| {
         ready(if n.is_multiple_of(10) {
             Err("boom")

@@ -43,7 +43,7 @@ proptest! {
     #[test]
     fn quantiles_are_within_one_128th_of_the_exact_value(values in latencies(), q in 0.0f64..=1.0) {
         let clock = ManualClock::new();
-        let layer = ObserveLayer::builder().clock(clock.clone()).build();
+        let layer = ObserveLayer::builder().clock(clock.clone()).build().unwrap();
         let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
         for v in &values {
             let fut = svc.call(());

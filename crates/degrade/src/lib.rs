@@ -126,10 +126,10 @@ pub use degrade_breaker as breaker;
 /// use tower::{Service, ServiceExt};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let mut svc = Canary::builder().weight(Weight::new(5_000).unwrap()).build(
+/// let mut svc = Canary::builder(
 ///     tower::service_fn(|()| async { Ok::<_, std::convert::Infallible>("v1") }),
 ///     tower::service_fn(|()| async { Ok::<_, std::convert::Infallible>("v2") }),
-/// );
+/// ).weight(Weight::new(5_000).unwrap()).build().unwrap();
 /// let a = svc.ready().await.unwrap().call(()).await.unwrap();
 /// let b = svc.ready().await.unwrap().call(()).await.unwrap();
 /// assert_ne!(a, b); // the unkeyed split alternates at 50 %

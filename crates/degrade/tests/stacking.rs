@@ -303,10 +303,11 @@ mod errors {
                 let h = Arc::clone(&handle);
                 (
                     Box::new(move |s: Svc| {
-                        let canary = Canary::builder()
+                        let canary = Canary::builder(s.clone(), s)
                             .weight(Weight::new(5_000).unwrap())
                             .classifier(DefaultClassifier)
-                            .build(s.clone(), s);
+                            .build()
+                            .unwrap();
                         let _ = h.set(canary.handle());
                         boxed(canary)
                     }),
@@ -316,7 +317,8 @@ mod errors {
             Consumer::Observe => {
                 let layer = ObserveLayer::builder()
                     .classifier(DefaultClassifier)
-                    .build();
+                    .build()
+                    .unwrap();
                 let readout = layer.clone();
                 (
                     Box::new(move |s| boxed(layer.layer(s))),
@@ -430,10 +432,11 @@ mod http_mode {
                 let h = Arc::clone(&handle);
                 (
                     Box::new(move |s: Svc| {
-                        let canary = Canary::builder()
+                        let canary = Canary::builder(s.clone(), s)
                             .weight(Weight::new(5_000).unwrap())
                             .classifier(HttpClassifier::default())
-                            .build(s.clone(), s);
+                            .build()
+                            .unwrap();
                         let _ = h.set(canary.handle());
                         // The router's error is a `BoxError`; axum needs `Infallible`.
                         boxed(Answered(canary, |e: BoxError| {
@@ -448,7 +451,8 @@ mod http_mode {
             Consumer::Observe => {
                 let layer = ObserveLayer::builder()
                     .classifier(HttpClassifier::default())
-                    .build();
+                    .build()
+                    .unwrap();
                 let readout = layer.clone();
                 (
                     Box::new(move |s| boxed(layer.layer(s))),
@@ -633,10 +637,11 @@ mod grpc_mode {
                 let h = Arc::clone(&handle);
                 (
                     Box::new(move |s: Svc| {
-                        let canary = Canary::builder()
+                        let canary = Canary::builder(s.clone(), s)
                             .weight(Weight::new(5_000).unwrap())
                             .classifier(GrpcClassifier::default())
-                            .build(s.clone(), s);
+                            .build()
+                            .unwrap();
                         let _ = h.set(canary.handle());
                         boxed(Answered(canary, |e: BoxError| {
                             tonic::Status::internal(e.to_string()).into_http()
@@ -648,7 +653,8 @@ mod grpc_mode {
             Consumer::Observe => {
                 let layer = ObserveLayer::builder()
                     .classifier(GrpcClassifier::default())
-                    .build();
+                    .build()
+                    .unwrap();
                 let readout = layer.clone();
                 (
                     Box::new(move |s| boxed(layer.layer(s))),

@@ -200,7 +200,7 @@ async fn start_gateway(backend: SocketAddr, breaker_wait: Duration) -> Result<Ga
 
     let observe = ObserveLayer::builder()
         .classifier(HttpClassifier::default())
-        .build();
+        .build()?;
     // In-flight requests past the rate limiter are the gateway's queue: the normal phases
     // keep at most ten in flight, the overload up to 24.
     let in_flight = observe.in_flight(InFlightConfig {

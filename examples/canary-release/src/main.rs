@@ -205,11 +205,11 @@ async fn start_front(
     candidate: SocketAddr,
 ) -> Result<(SocketAddr, CanaryHandle), Error> {
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let canary = Canary::builder()
+    let canary = Canary::builder(proxy(client.clone(), stable), proxy(client, candidate))
         .key(HeaderKey::new("x-user")?)
         .classifier(HttpClassifier::default())
         .http()
-        .build(proxy(client.clone(), stable), proxy(client, candidate));
+        .build()?;
     let handle = canary.handle();
     let svc = tower::service_fn(move |req: Request<Body>| {
         let mut canary = canary.clone();
@@ -386,7 +386,7 @@ async fn release(
             move || async move { println!("  hook: {name} promoted, make it the new stable") },
         )
         .on_rollback(move || async move { println!("  hook: {name} rolled back, page the owner") })
-        .start()?;
+        .build()?;
     let start = Instant::now();
     // Each row: the state after the analysis, the judge's evidence since the rollout began
     // (s = stable, c = canary), its log-likelihood ratios and the bound at which it fails.

@@ -307,9 +307,12 @@ async fn demo(args: &[String]) -> Result<bool, BoxError> {
         post_watch: Duration::from_secs(if quick { 3 } else { 10 }),
         ..RolloutConfig::default()
     };
-    let (rollout, handle) = RolloutController::builder(driver.clone(), pool.clone())
+    let rollout = RolloutController::builder(driver.clone(), pool.clone())
         .config(cfg)
-        .build(instances.clone(), "v2")?;
+        .instances(instances.clone())
+        .target("v2")
+        .build()?;
+    let handle = rollout.handle();
     let mut status = handle.subscribe();
     let progress = tokio::spawn(async move {
         let mut last = String::new();

@@ -347,9 +347,10 @@ pub(crate) fn app(
                 .name("backend")
                 .build()
                 .map_err(|err| format!("breaker: {err}"))?;
-            let canary = Canary::builder()
+            let canary = Canary::builder(version(Some(false)), version(None))
                 .classifier(HttpClassifier::default())
-                .build(version(Some(false)), version(None));
+                .build()
+                .map_err(|err| format!("canary: {err}"))?;
             let parts = Parts {
                 controller,
                 degrade: degrade.clone(),

@@ -242,13 +242,14 @@ pub(super) fn one_run(cfg: &SimConfig, scenario: &Scenario, rng: &mut Rng) -> (R
         arm,
         clock: clock.clone(),
     };
-    let mut router: Router = Canary::builder()
+    let mut router: Router = Canary::builder(backend(Arm::Stable), backend(Arm::Canary))
         .key(from_fn(user_key as fn(&SimReq) -> Option<u64>))
         .clock(clock.clone())
-        .build(backend(Arm::Stable), backend(Arm::Canary));
+        .build()
+        .unwrap();
     let mut controller = CanaryController::builder(cfg.rollout.clone(), router.handle())
         .clock(clock.clone())
-        .start()
+        .build()
         .expect("valid rollout config");
     let min = cfg.rollout.judge.min_samples;
     let mut min_reached = false;

@@ -35,6 +35,12 @@ pub use process::{ProcessDriver, ProcessDriverBuilder};
 ///     async fn start(&self, _: &Instance) -> Result<(), BoxError> { Ok(()) }
 ///     async fn health(&self, _: &Instance) -> Result<(), BoxError> { Ok(()) }
 /// }
+/// // The provided methods: every version is accepted, draining does nothing.
+/// assert!(Noop.check_version("v2").is_ok());
+/// # let i = Instance::new("a", "127.0.0.1:1".parse().unwrap(), "v1");
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// assert!(Noop.drain(&i).await.is_ok());
+/// # });
 /// ```
 pub trait Driver: Send + Sync + 'static {
     /// Rejects a version the driver cannot install (checked before the rollout starts).

@@ -277,12 +277,15 @@ impl ProcessDriver {
     ///
     /// The last health error when the time is up.
     ///
-    /// ```no_run
-    /// # use degrade_rollout::{Driver, Instance, ProcessDriver, driver::CommandSpec};
-    /// # async fn demo(d: ProcessDriver, i: Instance) -> Result<(), degrade_core::BoxError> {
-    /// d.start(&i).await?;
-    /// d.wait_healthy(&i, std::time::Duration::from_secs(10)).await?;
-    /// # Ok(()) }
+    /// ```
+    /// # use degrade_rollout::{Instance, ProcessDriver, driver::CommandSpec};
+    /// # use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let d = ProcessDriver::builder().version("v1", CommandSpec::new("./my-server")).build().unwrap();
+    /// let i = Instance::new("web-1", "127.0.0.1:1".parse().unwrap(), "v1");
+    /// // Never started: not healthy within the time given.
+    /// assert!(d.wait_healthy(&i, Duration::from_millis(200)).await.is_err());
+    /// # }
     /// ```
     pub async fn wait_healthy(
         &self,

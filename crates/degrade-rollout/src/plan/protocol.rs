@@ -135,9 +135,15 @@ pub enum RolloutAction {
 /// An input of the planner.
 ///
 /// ```
-/// use degrade_rollout::plan::RolloutEvent;
-/// let e = RolloutEvent::Tick;
-/// assert!(matches!(e, RolloutEvent::Tick));
+/// use degrade_rollout::{Instance, RolloutConfig, plan::{RolloutEvent, RolloutMachine}};
+/// let now = tokio::time::Instant::now();
+/// let a = Instance::new("a", "127.0.0.1:8001".parse().unwrap(), "v1");
+/// let mut m = RolloutMachine::new(RolloutConfig::default(), vec![a], "v2")?;
+/// m.handle(RolloutEvent::Pause, now);
+/// assert!(m.paused());
+/// m.handle(RolloutEvent::Resume, now);
+/// assert!(!m.paused());
+/// # Ok::<(), degrade_core::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

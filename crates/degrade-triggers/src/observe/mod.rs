@@ -60,7 +60,7 @@ pub use self::signal::{InFlightConfig, LatencyConfig, LatencyStat, ObserveSignal
 use self::future::Guard;
 use self::histogram::{COUNTERS, Counts, FAILURES, Histogram, SLOW, TIMEOUTS};
 use degrade_core::ladder::Thresholds;
-use degrade_core::{Classifier, Clock, DefaultClassifier, TokioClock};
+use degrade_core::{Classifier, Clock, ConfigError, DefaultClassifier, TokioClock};
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -126,7 +126,9 @@ impl ObserveLayer {
     /// assert_eq!(ObserveLayer::new().snapshot().calls, 0);
     /// ```
     pub fn new() -> Self {
-        Self::builder().build()
+        Self::builder()
+            .build()
+            .expect("the default settings are valid")
     }
 
     /// A builder, to set the classifier, the clock and the slow-call threshold.
@@ -139,8 +141,9 @@ impl ObserveLayer {
     /// let layer = ObserveLayer::builder()
     ///     .classifier(HttpClassifier::default())
     ///     .slow(Duration::from_millis(500))
-    ///     .build();
-    /// # let _ = layer;
+    ///     .build()?;
+    /// assert_eq!(layer.snapshot().slow, 0);
+    /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn builder() -> ObserveBuilder {
         ObserveBuilder {
@@ -182,7 +185,7 @@ where
     /// When the configuration is invalid; the field is named.
     ///
     /// ```
-    /// use degrade_triggers::{LevelThresholds, ObserveLayer, observe::{LatencyConfig, LatencyStat}};
+    /// use degrade_triggers::{LevelThresholds, ObserveLayer, Signal, observe::{LatencyConfig, LatencyStat}};
     /// use std::time::Duration;
     /// let layer = ObserveLayer::new();
     /// let by_levels = layer.latency(LatencyConfig {
@@ -190,8 +193,10 @@ where
     ///     thresholds: LevelThresholds::new(100.0, 250.0, 500.0, 1000.0),
     ///     ..Default::default()
     /// })?;
-    /// let by_sla = layer.latency(LatencyConfig { sla: Some(Duration::from_millis(300)), ..Default::default() })?;
-    /// # let _ = (by_levels, by_sla);
+    /// let mut by_sla = layer.latency(LatencyConfig { sla: Some(Duration::from_millis(300)), ..Default::default() })?;
+    /// assert_eq!(by_levels.name(), "latency");
+    /// // No call measured yet: no sample, so the signal does not move the level.
+    /// assert_eq!(by_sla.sample(tokio::time::Instant::now()).unwrap(), None);
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn latency(
@@ -208,9 +213,9 @@ where
     /// When the configuration is invalid; the field is named.
     ///
     /// ```
-    /// # use degrade_triggers::{ObserveLayer, observe::RateConfig};
-    /// let s = ObserveLayer::new().error_rate(RateConfig::errors())?;
-    /// # let _ = s;
+    /// # use degrade_triggers::{ObserveLayer, Signal, observe::RateConfig};
+    /// let mut s = ObserveLayer::new().error_rate(RateConfig::errors())?;
+    /// assert_eq!(s.sample(tokio::time::Instant::now()).unwrap(), None); // no calls: no sample
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn error_rate(
@@ -233,9 +238,9 @@ where
     /// When the configuration is invalid; the field is named.
     ///
     /// ```
-    /// # use degrade_triggers::{ObserveLayer, observe::RateConfig};
-    /// let s = ObserveLayer::new().timeout_rate(RateConfig::timeouts())?;
-    /// # let _ = s;
+    /// # use degrade_triggers::{ObserveLayer, Signal, observe::RateConfig};
+    /// let mut s = ObserveLayer::new().timeout_rate(RateConfig::timeouts())?;
+    /// assert_eq!(s.sample(tokio::time::Instant::now()).unwrap(), None); // no calls: no sample
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn timeout_rate(
@@ -258,9 +263,9 @@ where
     /// When the configuration is invalid; the field is named.
     ///
     /// ```
-    /// # use degrade_triggers::{ObserveLayer, observe::RateConfig};
-    /// let s = ObserveLayer::new().slow_rate(RateConfig::errors())?;
-    /// # let _ = s;
+    /// # use degrade_triggers::{ObserveLayer, Signal, observe::RateConfig};
+    /// let mut s = ObserveLayer::new().slow_rate(RateConfig::errors())?;
+    /// assert_eq!(s.sample(tokio::time::Instant::now()).unwrap(), None); // no calls: no sample
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn slow_rate(
@@ -277,9 +282,10 @@ where
     /// When the configuration is invalid; the field is named.
     ///
     /// ```
-    /// # use degrade_triggers::{ObserveLayer, observe::InFlightConfig};
-    /// let s = ObserveLayer::new().in_flight(InFlightConfig::default())?;
-    /// # let _ = s;
+    /// # use degrade_triggers::{ObserveLayer, Signal, observe::InFlightConfig};
+    /// let mut s = ObserveLayer::new().in_flight(InFlightConfig::default())?;
+    /// let now = s.sample(tokio::time::Instant::now()).unwrap().unwrap();
+    /// assert_eq!((now.value, now.pressure), (0.0, 0.0)); // nothing in flight
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn in_flight(
@@ -370,8 +376,9 @@ impl<K, C> ObserveBuilder<K, C> {
     ///     fn classify_response(&self, n: &u32) -> Outcome { if *n == 0 { Outcome::Failure } else { Outcome::Success } }
     ///     fn classify_error(&self, _: &String) -> Outcome { Outcome::Failure }
     /// }
-    /// let layer = ObserveLayer::builder().classifier(Strict).build();
-    /// # let _ = layer;
+    /// let layer = ObserveLayer::builder().classifier(Strict).build()?;
+    /// assert_eq!(layer.snapshot().failures, 0);
+    /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn classifier<K2>(self, classifier: K2) -> ObserveBuilder<K2, C> {
         ObserveBuilder {
@@ -397,17 +404,32 @@ impl<K, C> ObserveBuilder<K, C> {
         self
     }
 
-    /// Builds the layer and its histogram (the only allocation: about 20 KB per shard, one
-    /// shard per CPU up to 16).
-    pub fn build(self) -> ObserveLayer<K, C> {
-        ObserveLayer {
+    /// Validates the settings and builds the layer and its histogram (the only allocation:
+    /// about 20 KB per shard, one shard per CPU up to 16).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] on field `slow` when the slow-call threshold is zero (every call
+    /// would count as slow).
+    ///
+    /// ```
+    /// use degrade_triggers::ObserveLayer;
+    /// use std::time::Duration;
+    /// let err = ObserveLayer::builder().slow(Duration::ZERO).build().unwrap_err();
+    /// assert_eq!(err.field(), "slow");
+    /// ```
+    pub fn build(self) -> Result<ObserveLayer<K, C>, ConfigError> {
+        if self.slow == Some(Duration::ZERO) {
+            return Err(ConfigError::new("slow", "must be greater than zero"));
+        }
+        Ok(ObserveLayer {
             inner: Arc::new(Inner {
                 hist: Histogram::new(),
                 classifier: self.classifier,
                 clock: self.clock,
                 slow: self.slow,
             }),
-        }
+        })
     }
 }
 

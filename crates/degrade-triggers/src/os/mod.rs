@@ -111,7 +111,7 @@ impl Cgroup {
     ///
     /// ```
     /// # use degrade_triggers::os::Cgroup;
-    /// let _maybe = Cgroup::discover("/".as_ref());
+    /// assert!(Cgroup::discover("/nonexistent-root".as_ref()).is_none()); // no cgroup v2 there
     /// ```
     pub fn discover(root: &Path) -> Option<Cgroup> {
         let text = std::fs::read_to_string(root.join("proc/self/cgroup")).ok()?;
