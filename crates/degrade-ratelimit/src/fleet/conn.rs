@@ -12,7 +12,7 @@ use std::time::Duration;
 /// Where Redis is, checked: one node, or the seed nodes of a cluster.
 pub(crate) enum Target {
     Single(redis::Client),
-    Cluster(redis::cluster::ClusterClientBuilder, usize),
+    Cluster(Box<redis::cluster::ClusterClientBuilder>, usize),
 }
 
 impl fmt::Debug for Target {
@@ -48,7 +48,9 @@ pub(crate) fn target(url: &str, cluster: &[String]) -> Result<Target, ConfigErro
         })?;
     }
     Ok(Target::Cluster(
-        redis::cluster::ClusterClientBuilder::new(cluster.iter().map(String::as_str)),
+        Box::new(redis::cluster::ClusterClientBuilder::new(
+            cluster.iter().map(String::as_str),
+        )),
         cluster.len(),
     ))
 }
