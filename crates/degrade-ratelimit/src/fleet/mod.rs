@@ -72,6 +72,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 mod conn;
+pub mod incident;
 mod script;
 
 /// The first pause of the background probe while decisions fail fast is one timeout; it
