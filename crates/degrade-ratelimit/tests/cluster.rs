@@ -249,10 +249,16 @@ fn cluster_instance() {
     rt.block_on(async move {
         // Warm the connection up on another limit, so no budget of the shared one is spent.
         let warm = RateLimitConfig::per(1_000_000, Duration::from_secs(1));
-        let (wl, mut ws) = host(cluster_config(nodes.clone(), "warm", warm));
+        // Redis stays up here: a long timeout, so a busy machine never makes a fallback.
+        let calm = |name: &str, quota: RateLimitConfig| {
+            let mut c = cluster_config(nodes.clone(), name, quota);
+            c.timeout = Duration::from_secs(2);
+            c
+        };
+        let (wl, mut ws) = host(calm("warm", warm));
         until_redis_decides(&wl, &mut ws).await;
         let shared = RateLimitConfig::per(QUOTA, Duration::from_secs(1)).burst(BURST);
-        let (layer, svc) = host(cluster_config(nodes, "shared", shared));
+        let (layer, svc) = host(calm("shared", shared));
         // Reach every node before the start (the shared key's node may not be the warm one's).
         let _ = layer.snapshot();
         let now = unix_ns();
@@ -298,7 +304,8 @@ fn cluster_instance() {
 
 /// Three processes, each its own client, share quota 300/s (burst 30) on a 3-node cluster for
 /// two seconds: together they admit at most `Q·t + burst` (t from the first decision of any
-/// process to the last), and, since they offer far more than the quota, at least 99 % of it.
+/// process to the last), and, since they offer far more than the quota, at least 99 % of
+/// `Q·t' + burst` (t' while all three were deciding).
 #[test]
 fn three_processes_share_one_quota_on_a_cluster() {
     let cluster = Cluster::start();
@@ -332,12 +339,19 @@ fn three_processes_share_one_quota_on_a_cluster() {
     let admitted: u128 = results.iter().map(|v| v[0]).sum();
     let offered: u128 = results.iter().map(|v| v[1]).sum();
     let fallbacks: u128 = results.iter().map(|v| v[2]).sum();
+    // The upper bound spans every decision (the first to start, the last to end); the lower
+    // one only the time when all three processes were deciding (surely saturated).
     let first = results.iter().map(|v| v[3]).min().unwrap();
     let last = results.iter().map(|v| v[4]).max().unwrap();
+    let all_first = results.iter().map(|v| v[3]).max().unwrap();
+    let all_last = results.iter().map(|v| v[4]).min().unwrap();
     let t = (last - first) as f64 / 1e9;
+    let t_all = all_last.saturating_sub(all_first) as f64 / 1e9;
     let bound = QUOTA as f64 * t + BURST as f64;
+    let floor = QUOTA as f64 * t_all + BURST as f64;
     println!(
-        "3 processes on a 3-node cluster: {admitted} admitted of {offered} in {t:.3} s; \
+        "3 processes on a 3-node cluster: {admitted} admitted of {offered} in {t:.3} s \
+         ({t_all:.3} s all deciding); \
          Q·t + burst = {bound:.1}; ratio {:.4}",
         admitted as f64 / bound
     );
@@ -349,8 +363,8 @@ fn three_processes_share_one_quota_on_a_cluster() {
     assert!(offered as f64 > 3.0 * bound, "the quota was saturated");
     assert!(admitted as f64 <= bound + 1.0, "{admitted} > {bound:.1}");
     assert!(
-        admitted as f64 >= 0.99 * bound,
-        "{admitted} < 99 % of {bound:.1}"
+        admitted as f64 >= 0.99 * floor,
+        "{admitted} < 99 % of {floor:.1}"
     );
 }
 

@@ -84,6 +84,16 @@ impl Drop for RedisServer {
 }
 
 const TIMEOUT: Duration = Duration::from_millis(100);
+/// The timeout of tests where Redis stays up: long, so a busy machine never turns a decision
+/// into a fallback.
+const CALM: Duration = Duration::from_secs(5);
+
+/// [`config`] for a test where Redis stays up: the [`CALM`] timeout.
+fn calm(url: &str, name: &str, quota: u64, unavailable: Unavailable) -> FleetConfig {
+    let mut c = config(url, name, quota, unavailable);
+    c.timeout = CALM;
+    c
+}
 
 fn config(url: &str, name: &str, quota: u64, unavailable: Unavailable) -> FleetConfig {
     let mut c = FleetConfig::default();
@@ -145,18 +155,8 @@ fn bound(q: u64, elapsed: Duration) -> u64 {
 async fn two_hosts_share_one_quota() {
     let redis = RedisServer::start();
     let quota = 50;
-    let (a_layer, a) = host(config(
-        &redis.url(),
-        "shared",
-        quota,
-        Unavailable::FailClosed,
-    ));
-    let (b_layer, b) = host(config(
-        &redis.url(),
-        "shared",
-        quota,
-        Unavailable::FailClosed,
-    ));
+    let (a_layer, a) = host(calm(&redis.url(), "shared", quota, Unavailable::FailClosed));
+    let (b_layer, b) = host(calm(&redis.url(), "shared", quota, Unavailable::FailClosed));
     let mut hosts = [a, b];
     let (admitted, elapsed) = alternate(&mut hosts, 400).await;
     assert!(admitted >= quota, "the burst is available: {admitted}");
@@ -174,12 +174,7 @@ async fn two_hosts_share_one_quota() {
     assert_eq!(sa.offered() + sb.offered(), 400);
 
     // A different name is a different budget.
-    let (_, mut other) = host(config(
-        &redis.url(),
-        "other",
-        quota,
-        Unavailable::FailClosed,
-    ));
+    let (_, mut other) = host(calm(&redis.url(), "other", quota, Unavailable::FailClosed));
     assert_eq!(decide(&mut other).await, Ok(true));
 }
 
@@ -188,7 +183,7 @@ async fn keyed_budgets_are_shared_per_key_across_hosts() {
     let redis = RedisServer::start();
     let mk = || {
         let layer = FleetLayer::with(
-            config(&redis.url(), "keyed", 5, Unavailable::FailClosed),
+            calm(&redis.url(), "keyed", 5, Unavailable::FailClosed),
             degrade_ratelimit::key::from_fn(|tenant: &&'static str| Some(*tenant)),
             degrade_ratelimit::cost::DefaultCost,
         )
@@ -535,6 +530,7 @@ async fn spend_the_burst(hosts: &mut [Svc]) -> Instant {
 async fn a_quota_change_rolling_over_the_fleet_makes_no_burst() {
     let redis = RedisServer::start();
     let mut cfg = config(&redis.url(), "change", 100, Unavailable::FailClosed);
+    cfg.timeout = CALM; // not an outage test: no decision may fall back on a busy machine
     cfg.quota = RateLimitConfig::per(100, Duration::from_secs(1)).burst(100);
     let (a_layer, a) = host(cfg.clone());
     let (b_layer, b) = host(cfg);
@@ -575,6 +571,7 @@ async fn a_level_scales_the_fleet_quota_and_a_level_change_makes_no_burst() {
     use degrade_ratelimit::LevelScale;
     let redis = RedisServer::start();
     let mut cfg = config(&redis.url(), "levels", 100, Unavailable::FailClosed);
+    cfg.timeout = CALM;
     cfg.quota = RateLimitConfig::per(100, Duration::from_secs(1))
         .burst(100)
         .level_scale(LevelScale {
@@ -659,12 +656,7 @@ async fn redis_not_up_at_start_the_policy_decides_until_it_is() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_reply_goes_to_the_policy_and_is_counted() {
     let redis = RedisServer::start();
-    let (layer, mut svc) = host(config(
-        &redis.url(),
-        "wrongtype",
-        10,
-        Unavailable::FailClosed,
-    ));
+    let (layer, mut svc) = host(calm(&redis.url(), "wrongtype", 10, Unavailable::FailClosed));
     until_redis_decides(&layer, &mut svc).await;
     let mut con = redis::Client::open(redis.url())
         .unwrap()
