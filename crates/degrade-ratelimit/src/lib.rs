@@ -23,8 +23,9 @@
 //! * **One clock.** Time comes from a [`degrade_core::Clock`] type parameter, so tests run on
 //!   `ManualClock`; `GovernorClock` (feature `governor`) gives governor the same clock.
 //! * **A quota for a fleet.** With feature `redis`, `fleet::FleetLayer` keeps
-//!   the budget in Redis (one `EVALSHA` round trip per decision, a bounded timeout, and a
-//!   configured policy while Redis is down or slow).
+//!   the budget in Redis or a Redis Cluster (one `EVALSHA` round trip per decision, a bounded
+//!   timeout, a configured policy while Redis is down or slow, per-level scaling and live
+//!   quota changes without a burst); `fleet::incident` pins a level on every instance at once.
 //! * **Bounded memory for keys.** governor's keyed state grows until `retain_recent` is
 //!   called. Here a key store has a hard cap; see [`KeysConfig`] and the behaviour at the cap
 //!   below.
