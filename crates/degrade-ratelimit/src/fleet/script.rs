@@ -343,6 +343,56 @@ return {1, 0}
         );
     }
 
+    /// Whatever the sequence of units (quota or level changes, hosts that disagree), the
+    /// script never admits more than one burst plus what the fastest unit refills in the time
+    /// that passed: a change can neither mint budget nor be played back and forth for it.
+    /// Against a real Redis (frozen clock), 64 random sequences of up to 40 steps.
+    #[test]
+    fn no_sequence_of_unit_changes_admits_more_than_burst_and_refill() {
+        let server = Server::start();
+        let con = std::cell::RefCell::new(
+            redis::Client::open(format!("redis://127.0.0.1:{}", server.1))
+                .unwrap()
+                .get_connection()
+                .unwrap(),
+        );
+        const UNITS: [u64; 4] = [1_000, 3_000, 7_000, 10_000];
+        const BURST: u64 = 10;
+        let step = (0..UNITS.len(), 0u64..5, 1u64..6);
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases: 64,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        });
+        let case = std::cell::Cell::new(0u32);
+        runner
+            .run(&prop::collection::vec(step, 1..40), |steps| {
+                case.set(case.get() + 1);
+                let key = format!("seq{}", case.get());
+                let (mut now, mut admitted, mut elapsed_ns) = (NOW_US, 0u64, 0u64);
+                for (u, dt_us, calls) in steps {
+                    now += dt_us;
+                    elapsed_ns += dt_us * 1_000;
+                    let unit = UNITS[u];
+                    for _ in 0..calls {
+                        let (ok, _): (i64, i64) = redis::Script::new(GCRA_LUA_AT)
+                            .key(&key)
+                            .arg(unit)
+                            .arg(unit * BURST)
+                            .arg(unit)
+                            .arg(now)
+                            .invoke(&mut *con.borrow_mut())
+                            .unwrap();
+                        admitted += ok as u64;
+                    }
+                }
+                let bound = BURST + elapsed_ns / UNITS[0] + 1;
+                prop_assert!(admitted <= bound, "{admitted} > {bound}");
+                Ok(())
+            })
+            .unwrap();
+    }
+
     fn value() -> impl Strategy<Value = redis::Value> {
         let leaf = prop_oneof![
             Just(redis::Value::Nil),
