@@ -356,9 +356,12 @@ return {1, 0}
                 .get_connection()
                 .unwrap(),
         );
-        const UNITS: [u64; 4] = [1_000, 3_000, 7_000, 10_000];
+        // 20 µs to 200 µs per unit; most steps at the same instant, so that the refill (at
+        // most a unit of the fastest per 20 µs) stays small against a burst.
+        const UNITS: [u64; 4] = [20_000, 50_000, 110_000, 200_000];
         const BURST: u64 = 10;
-        let step = (0..UNITS.len(), 0u64..5, 1u64..6);
+        let dt_us = prop_oneof![4 => Just(0u64), 1 => 1u64..20];
+        let step = (0..UNITS.len(), dt_us, 1u64..6);
         let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
             cases: 64,
             failure_persistence: None,
