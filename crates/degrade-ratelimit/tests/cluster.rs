@@ -474,3 +474,57 @@ async fn decisions_per_second_on_one_node_and_on_a_cluster() {
     let _ = single.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The incident switch on the cluster: its pin key and audit list share a hash tag, so the one
+/// script that writes both runs on one node; two instances (their own clients) follow the pin
+/// and release it when it is cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_incident_switch_runs_on_a_cluster() {
+    use degrade_core::{Controller, Level};
+    use degrade_ratelimit::fleet::incident::{IncidentConfig, IncidentSwitch};
+    let cluster = Cluster::start();
+    let cfg = {
+        let mut c = IncidentConfig::default();
+        c.cluster = cluster.urls();
+        c.name = "checkout".to_owned();
+        c.poll = Duration::from_millis(100);
+        c.timeout = Duration::from_secs(2);
+        c
+    };
+    let controllers = [(); 2].map(|()| Controller::new(Default::default()).unwrap());
+    let watchers: Vec<_> = controllers
+        .iter()
+        .map(|c| IncidentSwitch::new(cfg.clone()).unwrap().watch(c.clone()))
+        .collect();
+    let operator = IncidentSwitch::new(cfg).unwrap();
+    operator
+        .pin(
+            Level::Heavy,
+            Duration::from_secs(600),
+            "dave",
+            "cluster drill",
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !controllers.iter().all(|c| c.level() == Level::Heavy) {
+        assert!(
+            Instant::now() < deadline,
+            "never pinned: {:?}",
+            watchers[0].snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    operator.clear("dave", "drill over").await.unwrap();
+    while !controllers.iter().all(|c| c.pinned().is_none()) {
+        assert!(Instant::now() < deadline, "never released");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let audit = operator.audit().await.unwrap();
+    let actions: Vec<_> = audit.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["clear", "pin"]);
+    for w in &watchers {
+        let s = w.snapshot();
+        assert_eq!((s.applied, s.released, s.pinned), (1, 1, None), "{s:?}");
+    }
+}
