@@ -114,6 +114,15 @@ pub enum Unavailable {
 ///     "unavailable": { "local": { "share": 0.1 } }
 /// }"#).unwrap();
 /// assert!(cfg.validate().is_ok());
+///
+/// // A Redis Cluster: its nodes instead of `url`.
+/// let cfg: FleetConfig = serde_json::from_str(r#"{
+///     "cluster": ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000", "redis://10.0.0.3:7000"],
+///     "name": "api"
+/// }"#).unwrap();
+/// assert!(cfg.validate().is_ok());
+/// let bad: FleetConfig = serde_json::from_str(r#"{ "cluster": ["10.0.0.1:7000"] }"#).unwrap();
+/// assert_eq!(bad.validate().unwrap_err().field(), "cluster[0]");
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -290,6 +290,78 @@ return {1, 0}
         assert_eq!(v, format!("{}.0001000", NOW_US + 1), "<µs>.<ns><unit>");
     }
 
+    /// The script of the version before units were stored (integer nanoseconds, `<µs>.<nnn>`),
+    /// with `now_us` as ARGV[4]: kept to show that a fleet mid-upgrade shares one budget.
+    const PREVIOUS_LUA_AT: &str = r#"
+local now_us = tonumber(ARGV[4])
+local tolerance = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local debt = 0
+local v = redis.call('GET', KEYS[1])
+if v then
+  local us, frac = string.match(v, '^(%d+)%.?(%d*)$')
+  if us then
+    local ns = 0
+    if frac ~= '' then ns = tonumber(string.sub(frac .. '000', 1, 3)) end
+    debt = (tonumber(us) - now_us) * 1000 + ns
+  end
+  if debt < 0 then debt = 0 end
+end
+local new_debt = debt + cost
+local wait = new_debt - tolerance
+if wait > 0 then
+  return {0, wait}
+end
+local q = math.floor(new_debt / 1000)
+local r = new_debt - q * 1000
+redis.call('SET', KEYS[1], string.format('%.0f.%03d', now_us + q, r), 'PX', 60000)
+return {1, 0}
+"#;
+
+    /// A rolling upgrade: hosts of the previous version read a key written with its unit as
+    /// the same debt (they take three digits after the point and ignore the rest), and this
+    /// version reads theirs (no unit: the caller's), so old and new hosts share one budget.
+    #[tokio::test]
+    async fn the_previous_version_and_this_one_share_a_budget() {
+        let server = Server::start();
+        let mut con = server.connection().await;
+        let q = (1_000, 10_000, 1_000); // burst 10 of 1 µs
+        for i in 0..10 {
+            let script = if i % 2 == 0 {
+                GCRA_LUA_AT
+            } else {
+                PREVIOUS_LUA_AT
+            };
+            assert_eq!(run(&mut con, script, "mixed", q, NOW_US).await, (1, 0));
+        }
+        assert_eq!(
+            run(&mut con, GCRA_LUA_AT, "mixed", q, NOW_US).await,
+            (0, 1_000)
+        );
+        assert_eq!(
+            run(&mut con, PREVIOUS_LUA_AT, "mixed", q, NOW_US).await,
+            (0, 1_000)
+        );
+        // A value this version wrote, with a unit, read by the previous one: 5,250 ns of debt.
+        let _: () = redis::cmd("SET")
+            .arg("new")
+            .arg(format!("{}.2501000", NOW_US + 5))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(
+            run(
+                &mut con,
+                PREVIOUS_LUA_AT,
+                "new",
+                (1_000, 6_000, 1_000),
+                NOW_US
+            )
+            .await,
+            (0, 250)
+        );
+    }
+
     /// A quota ten times lower (or a level scaled to a tenth) after a spent burst: the debt of
     /// 10 units stays 10 units, so nothing is admitted (read as time it would have been 1 unit
     /// and nine admits at once); the carried debt is written in the new unit, so one new unit
