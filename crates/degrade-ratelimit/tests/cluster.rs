@@ -56,11 +56,15 @@ struct Node {
 
 impl Node {
     fn start(port: u16, dir: &std::path::Path) -> Self {
+        Self::start_with(port, dir, 5000)
+    }
+
+    fn start_with(port: u16, dir: &std::path::Path, node_timeout_ms: u32) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-            .args(["--cluster-node-timeout", "5000"])
+            .args(["--cluster-node-timeout", &node_timeout_ms.to_string()])
             .args(["--dir", dir.to_str().unwrap()])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -97,19 +101,27 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Self {
-        let ports = [free_port(), free_port(), free_port()];
+        Self::start_with(0, 5000)
+    }
+
+    /// Three masters with `replicas` replicas each.
+    fn start_with(replicas: usize, node_timeout_ms: u32) -> Self {
+        let ports: Vec<u16> = (0..3 * (1 + replicas)).map(|_| free_port()).collect();
         let dir = std::env::temp_dir().join(format!(
             "degrade-cluster-{}-{}",
             std::process::id(),
             ports[0]
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let nodes: Vec<Node> = ports.iter().map(|&p| Node::start(p, &dir)).collect();
+        let nodes: Vec<Node> = ports
+            .iter()
+            .map(|&p| Node::start_with(p, &dir, node_timeout_ms))
+            .collect();
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli on PATH");
         assert!(
@@ -122,13 +134,14 @@ impl Cluster {
         cluster
     }
 
-    /// Waits until every node reports `cluster_state:ok` and knows all three masters.
+    /// Waits until every node reports `cluster_state:ok` and knows all the others.
     fn wait_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let known = format!("cluster_known_nodes:{}", self.nodes.len());
         loop {
             let ok = self.nodes.iter().all(|n| {
                 let info = cli(n.port, &["cluster", "info"]);
-                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+                info.contains("cluster_state:ok") && info.contains(&known)
             });
             if ok {
                 return;
@@ -145,12 +158,29 @@ impl Cluster {
             .collect()
     }
 
-    /// The index of the node that owns `key`'s slot (the one that does not answer `MOVED`).
-    fn owner(&self, key: &str) -> usize {
-        self.nodes
-            .iter()
-            .position(|n| !cli(n.port, &["get", key]).contains("MOVED"))
-            .expect("a node owns the slot")
+    /// The index of the running master that serves `key`'s slot (answers `GET` with neither
+    /// `MOVED` nor `CLUSTERDOWN` nor another error), if any.
+    fn owner(&self, key: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| {
+            let out = cli(n.port, &["get", key]);
+            n.child.is_some()
+                && !["MOVED", "CLUSTERDOWN", "ERR"]
+                    .iter()
+                    .any(|e| out.contains(e))
+        })
+    }
+
+    /// Waits until every replica's link to its master is up (a replica that never synced
+    /// refuses to fail over: its data is too old).
+    fn wait_replicas_synced(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.nodes.iter().all(|n| {
+            let info = cli(n.port, &["info", "replication"]);
+            info.contains("role:master") || info.contains("master_link_status:up")
+        }) {
+            assert!(Instant::now() < deadline, "replicas never synced");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -382,7 +412,7 @@ fn delta(after: FleetSnapshot, before: FleetSnapshot) -> [u64; 6] {
 /// The node that owns the limit's key killed (SIGKILL): the next decisions go to the local
 /// fallback — exactly `fail_fast_after` of them asked the cluster and waited (each bounded by
 /// the timeout), the rest did not ask — nothing panics; the node restarted on its port with its
-/// `nodes.conf` rejoins, the probe (a `PING` to every node) closes the breaker and the cluster
+/// `nodes.conf` rejoins, the probe (`EXISTS` of the failed key) closes the breaker and the cluster
 /// decides again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_cluster_node_sends_decisions_to_the_fallback_until_it_is_back() {
@@ -390,7 +420,7 @@ async fn a_killed_cluster_node_sends_decisions_to_the_fallback_until_it_is_back(
     let quota = RateLimitConfig::per(1_000, Duration::from_secs(1));
     let (layer, mut svc) = host(cluster_config(cluster.urls(), "node-kill", quota));
     until_redis_decides(&layer, &mut svc).await;
-    let owner = cluster.owner("degrade:rl:node-kill:all");
+    let owner = cluster.owner("degrade:rl:node-kill:all").unwrap();
     let port = cluster.nodes[owner].port;
     let before = layer.snapshot();
     cluster.nodes[owner].kill();
@@ -527,4 +557,31 @@ async fn the_incident_switch_runs_on_a_cluster() {
         let s = w.snapshot();
         assert_eq!((s.applied, s.released, s.pinned), (1, 1, None), "{s:?}");
     }
+}
+
+/// Failover: three masters with a replica each (node timeout 1 s). The master that owns the
+/// limit's key is killed and not restarted: decisions go to the fallback (3 asked and failed,
+/// the rest did not ask), the cluster promotes its replica, the probe's `EXISTS` of the key
+/// reaches the new master, and the cluster decides again, with no restart and no panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_replica_takes_the_decisions_back_after_a_master_is_killed() {
+    let mut cluster = Cluster::start_with(1, 1000);
+    cluster.wait_replicas_synced();
+    let key = "degrade:rl:failover:all";
+    let quota = RateLimitConfig::per(1_000, Duration::from_secs(1));
+    let (layer, mut svc) = host(cluster_config(cluster.urls(), "failover", quota));
+    until_redis_decides(&layer, &mut svc).await;
+    let owner = cluster.owner(key).unwrap();
+    let before = layer.snapshot();
+    cluster.nodes[owner].kill();
+    for _ in 0..20 {
+        assert_eq!(decide(&mut svc).await, Ok(true), "local fallback at 500/s");
+    }
+    assert_eq!(delta(layer.snapshot(), before), [0, 0, 20, 0, 3, 17]);
+
+    until_redis_decides(&layer, &mut svc).await;
+    let s = layer.snapshot();
+    assert!(!s.failing_fast && s.consecutive_failures == 0, "{s:?}");
+    let promoted = cluster.owner(key).expect("a replica was promoted");
+    assert_ne!(promoted, owner);
 }

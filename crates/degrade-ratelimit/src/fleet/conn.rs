@@ -108,8 +108,8 @@ impl Conn {
         }
     }
 
-    /// Runs one command. On a cluster, a single-key command goes to the key's node, and `PING`
-    /// to every node (it succeeds when all answer).
+    /// Runs one command. On a cluster, a single-key command goes to the node that owns the
+    /// key's slot (following `MOVED` after a failover).
     pub(crate) async fn query(&self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
         match self {
             Self::Single(m) => cmd.query_async(&mut m.clone()).await,

@@ -37,12 +37,13 @@
 //!
 //! After [`FleetConfig::fail_fast_after`] consecutive failed calls (default 3), decisions stop
 //! asking Redis and go to the policy at once, so a dead Redis costs no request its timeout; a
-//! background task probes Redis (`PING`, first after one timeout, then backing off to once a
-//! second) and the first answer, from a probe or from a call still in flight, closes the
+//! background task probes Redis (`EXISTS` of the key whose call opened the breaker, first
+//! after one timeout, then backing off to once a second) and the first answer, from a probe or from a call still in flight, closes the
 //! breaker. [`FleetSnapshot`] reports the state, the consecutive failures, and how many
 //! fallbacks waited for Redis and how many did not. The connection is redis-rs's
 //! `ConnectionManager` (or its cluster connection), which reconnects by itself. On a cluster
-//! the probe `PING`s every node: decisions go back to Redis when all the cluster answers.
+//! the probe's key goes to the node that owns its slot now: the failed node back, or the
+//! replica promoted in its place.
 
 use crate::config::{Params, RateLimitConfig};
 use crate::cost::{DefaultCost, Weigh};
@@ -382,6 +383,8 @@ struct FleetShared<E: Keyed, W> {
     origin: Instant,
     counters: ShardedCounter<SLOTS>,
     breaker: Breaker,
+    /// The key of the call that opened the breaker, which the probe asks about.
+    probe_key: Mutex<String>,
     extractor: E,
     weigh: W,
 }
@@ -539,8 +542,10 @@ impl<E: Keyed, W: Send + Sync + 'static> FleetShared<E, W> {
 
     /// Counts a failed call and, at the threshold, makes decisions fail fast and starts the
     /// probe.
-    fn on_failure(self: &Arc<Self>) {
+    fn on_failure(self: &Arc<Self>, key: &str) {
         if self.redis_failed() >= self.fail_fast_after {
+            // Off the admit path: only the decisions that reach the threshold take this lock.
+            key.clone_into(&mut self.probe_key.lock().unwrap_or_else(|e| e.into_inner()));
             if !self.breaker.open.swap(true, Ordering::AcqRel) {
                 tracing::warn!(
                     limit = %self.key_base,
@@ -567,7 +572,7 @@ impl<E: Keyed, W: Send + Sync + 'static> FleetShared<E, W> {
     }
 }
 
-/// While decisions fail fast: `PING` Redis, after one timeout and then backing off to
+/// While decisions fail fast: ask Redis about the key that failed (`EXISTS`), after one timeout and then backing off to
 /// [`PROBE_MAX_PAUSE`], until it answers (or the layer is dropped). Holds only a weak
 /// reference while it sleeps.
 async fn probe<E: Keyed, W: Send + Sync + 'static>(shared: std::sync::Weak<FleetShared<E, W>>) {
@@ -589,7 +594,10 @@ async fn probe<E: Keyed, W: Send + Sync + 'static>(shared: std::sync::Weak<Fleet
             return;
         }
         s.counters.add(PROBES, 1);
-        let cmd = redis::cmd("PING");
+        // `EXISTS` of the key whose calls failed: on a cluster it reaches the node that owns
+        // that key's slot now (the same node back, or the replica promoted in its place).
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(&*s.probe_key.lock().unwrap_or_else(|e| e.into_inner()));
         match tokio::time::timeout(s.timeout, s.conn.query(&cmd)).await {
             Ok(Ok(_)) => s.redis_answered(),
             Ok(Err(e)) => {
@@ -835,6 +843,7 @@ impl<E: Keyed, W> FleetBuilder<E, W> {
                 origin: TokioClock.now(),
                 counters: ShardedCounter::new(),
                 breaker: Breaker::default(),
+                probe_key: Mutex::new(String::new()),
                 extractor: self.extractor,
                 weigh: self.weigh,
             }),
@@ -1039,7 +1048,7 @@ impl<S, E: Keyed, W: Send + Sync + 'static, M> FleetRateLimit<S, E, W, M> {
                 Err(_) => "no answer within the timeout",
             };
             tracing::debug!(failure, "fleet rate limit: using the fallback");
-            shared.on_failure();
+            shared.on_failure(&redis_key);
             shared.fallback(key, units, false)
         });
         let clone = self.inner.clone();
