@@ -23,7 +23,7 @@ use std::time::Duration;
 pub enum Unavailable {
     /// Admit every request.
     FailOpen,
-    /// Reject every request with [`Cause::FleetUnavailable`].
+    /// Reject every request with [`Cause::FleetUnavailable`](crate::error::Cause::FleetUnavailable).
     FailClosed,
     /// Limit locally at `share` (in (0, 1]) of the quota and the burst: each host's fair part
     /// of the fleet's budget.
