@@ -225,6 +225,10 @@ impl fmt::Debug for QuotaHandle {
 }
 
 impl QuotaHandle {
+    pub(crate) fn from_target(target: Arc<dyn SetQuota>) -> Self {
+        Self { target }
+    }
+
     /// Validates `config` and puts it in force for the next request.
     ///
     /// ```

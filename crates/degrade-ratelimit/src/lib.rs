@@ -39,8 +39,10 @@
 //! rejections); the same mechanism scales the quota by the ladder's
 //! [`Level`](degrade_core::Level). Time comes from a [`degrade_core::Clock`] type parameter;
 //! `GovernorClock` (feature `governor`) gives governor the same clock. With feature `redis`,
-//! `fleet::FleetLayer` keeps the budget in Redis for a whole fleet (one `EVALSHA` round trip
-//! per decision, a bounded timeout, a configured policy while Redis is down or slow).
+//! `fleet::FleetLayer` keeps the budget in Redis or a Redis Cluster for a whole fleet (one
+//! `EVALSHA` round trip per decision, a bounded timeout, a configured policy while Redis is
+//! down or slow, per-level scaling and live quota changes without a burst), and
+//! `fleet::incident` pins a level on every instance at once.
 //!
 //! ## The algorithm
 //!

@@ -84,6 +84,16 @@ impl Drop for RedisServer {
 }
 
 const TIMEOUT: Duration = Duration::from_millis(100);
+/// The timeout of tests where Redis stays up: long, so a busy machine never turns a decision
+/// into a fallback.
+const CALM: Duration = Duration::from_secs(5);
+
+/// [`config`] for a test where Redis stays up: the [`CALM`] timeout.
+fn calm(url: &str, name: &str, quota: u64, unavailable: Unavailable) -> FleetConfig {
+    let mut c = config(url, name, quota, unavailable);
+    c.timeout = CALM;
+    c
+}
 
 fn config(url: &str, name: &str, quota: u64, unavailable: Unavailable) -> FleetConfig {
     let mut c = FleetConfig::default();
@@ -145,18 +155,8 @@ fn bound(q: u64, elapsed: Duration) -> u64 {
 async fn two_hosts_share_one_quota() {
     let redis = RedisServer::start();
     let quota = 50;
-    let (a_layer, a) = host(config(
-        &redis.url(),
-        "shared",
-        quota,
-        Unavailable::FailClosed,
-    ));
-    let (b_layer, b) = host(config(
-        &redis.url(),
-        "shared",
-        quota,
-        Unavailable::FailClosed,
-    ));
+    let (a_layer, a) = host(calm(&redis.url(), "shared", quota, Unavailable::FailClosed));
+    let (b_layer, b) = host(calm(&redis.url(), "shared", quota, Unavailable::FailClosed));
     let mut hosts = [a, b];
     let (admitted, elapsed) = alternate(&mut hosts, 400).await;
     assert!(admitted >= quota, "the burst is available: {admitted}");
@@ -174,12 +174,7 @@ async fn two_hosts_share_one_quota() {
     assert_eq!(sa.offered() + sb.offered(), 400);
 
     // A different name is a different budget.
-    let (_, mut other) = host(config(
-        &redis.url(),
-        "other",
-        quota,
-        Unavailable::FailClosed,
-    ));
+    let (_, mut other) = host(calm(&redis.url(), "other", quota, Unavailable::FailClosed));
     assert_eq!(decide(&mut other).await, Ok(true));
 }
 
@@ -188,7 +183,7 @@ async fn keyed_budgets_are_shared_per_key_across_hosts() {
     let redis = RedisServer::start();
     let mk = || {
         let layer = FleetLayer::with(
-            config(&redis.url(), "keyed", 5, Unavailable::FailClosed),
+            calm(&redis.url(), "keyed", 5, Unavailable::FailClosed),
             degrade_ratelimit::key::from_fn(|tenant: &&'static str| Some(*tenant)),
             degrade_ratelimit::cost::DefaultCost,
         )
@@ -503,4 +498,264 @@ async fn a_hung_redis_costs_only_the_first_failures_their_timeout() {
     let s = layer.snapshot();
     assert!(!s.failing_fast && s.consecutive_failures == 0, "{s:?}");
     assert!(s.probes >= 1, "closed by a probe: {s:?}");
+}
+
+/// The most a budget refilling at `rate` units/s admits in `elapsed` once it is spent (less
+/// than one unit left): the refill, plus that unit.
+fn refill_bound(rate: f64, elapsed: Duration) -> u64 {
+    (rate * elapsed.as_secs_f64()).ceil() as u64 + 1
+}
+
+/// Calls alternating between the hosts until one is rejected over quota; returns the instant
+/// before that rejection (from then on, less than one unit is left).
+async fn spend_the_burst(hosts: &mut [Svc]) -> Instant {
+    for i in 0..10_000 {
+        let t = Instant::now();
+        if !decide(&mut hosts[i % hosts.len()])
+            .await
+            .expect("decided by Redis")
+        {
+            return t;
+        }
+    }
+    panic!("10,000 calls never spent the burst");
+}
+
+/// The spent budget carries over a quota change in units. Quota 100/s, burst 100, spent by two
+/// hosts; host A lowers its quota to 10/s (burst 100), then host B does. Were the debt read as
+/// time, A would find one second of debt to be only 10 of its units and admit 90 at once;
+/// carried over, it still owes 100 units. While only A has changed the fleet admits at most
+/// the higher quota's refill, and once both have, at most the lower one's: never a burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_change_rolling_over_the_fleet_makes_no_burst() {
+    let redis = RedisServer::start();
+    let mut cfg = config(&redis.url(), "change", 100, Unavailable::FailClosed);
+    cfg.timeout = CALM; // not an outage test: no decision may fall back on a busy machine
+    cfg.quota = RateLimitConfig::per(100, Duration::from_secs(1)).burst(100);
+    let (a_layer, a) = host(cfg.clone());
+    let (b_layer, b) = host(cfg);
+    let mut hosts = [a, b];
+    until_redis_decides(&a_layer, &mut hosts[0]).await;
+    until_redis_decides(&b_layer, &mut hosts[1]).await;
+    let spent = spend_the_burst(&mut hosts).await;
+
+    let slow = RateLimitConfig::per(10, Duration::from_secs(1)).burst(100);
+    a_layer.quota_handle().set(slow.clone()).unwrap();
+    assert_eq!(a_layer.quota_handle().get(), slow);
+    let (mixed, _) = alternate(&mut hosts, 60).await;
+    let mixed_end = Instant::now();
+    b_layer.quota_handle().set(slow).unwrap();
+    let (after, _) = alternate(&mut hosts, 200).await;
+    let end = Instant::now();
+    assert!(
+        mixed <= refill_bound(100.0, mixed_end - spent),
+        "{mixed} admitted while the hosts disagreed, in {:?}",
+        mixed_end - spent
+    );
+    assert!(
+        mixed + after
+            <= refill_bound(100.0, mixed_end - spent) + refill_bound(10.0, end - mixed_end),
+        "{after} admitted at the lower quota in {:?}",
+        end - mixed_end
+    );
+    let (sa, sb) = (a_layer.snapshot(), b_layer.snapshot());
+    assert_eq!(sa.fallbacks() + sb.fallbacks(), 0);
+}
+
+/// Per-level scaling: two hosts, each with its own controller (levels are per host), quota
+/// 100/s and `heavy = 0.1`. Spent at Normal, then both pinned at Heavy: the debt of 100 units
+/// stays 100 units (no burst), and the fleet refills at 10/s. Back at Normal, still no burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_level_scales_the_fleet_quota_and_a_level_change_makes_no_burst() {
+    use degrade_core::{Controller, Level};
+    use degrade_ratelimit::LevelScale;
+    let redis = RedisServer::start();
+    let mut cfg = config(&redis.url(), "levels", 100, Unavailable::FailClosed);
+    cfg.timeout = CALM;
+    cfg.quota = RateLimitConfig::per(100, Duration::from_secs(1))
+        .burst(100)
+        .level_scale(LevelScale {
+            heavy: 0.1,
+            ..LevelScale::default()
+        });
+    let controllers = [(); 2].map(|()| Controller::new(Default::default()).unwrap());
+    let f: fn(()) -> std::future::Ready<Result<(), Infallible>> = |()| std::future::ready(Ok(()));
+    let layers = controllers.clone().map(|c| {
+        FleetLayer::builder(cfg.clone())
+            .level(c.handle())
+            .build()
+            .unwrap()
+    });
+    let mut hosts = [
+        layers[0].layer(tower::service_fn(f)),
+        layers[1].layer(tower::service_fn(f)),
+    ];
+    until_redis_decides(&layers[0], &mut hosts[0]).await;
+    until_redis_decides(&layers[1], &mut hosts[1]).await;
+    let spent = spend_the_burst(&mut hosts).await;
+    for c in &controllers {
+        c.pin(Level::Heavy);
+    }
+    let (heavy, _) = alternate(&mut hosts, 200).await;
+    let heavy_end = Instant::now();
+    assert!(
+        heavy <= refill_bound(10.0, heavy_end - spent),
+        "{heavy} admitted at Heavy (10/s) in {:?}",
+        heavy_end - spent
+    );
+    for c in &controllers {
+        c.unpin();
+        assert_eq!(
+            c.level(),
+            Level::Heavy,
+            "recovery is stepwise; pin Normal instead"
+        );
+        c.pin(Level::Normal);
+    }
+    let (normal, _) = alternate(&mut hosts, 200).await;
+    let end = Instant::now();
+    assert!(
+        heavy + normal
+            <= refill_bound(10.0, heavy_end - spent) + refill_bound(100.0, end - heavy_end),
+        "{normal} admitted back at Normal in {:?}",
+        end - heavy_end
+    );
+    assert_eq!(
+        layers[0].snapshot().fallbacks() + layers[1].snapshot().fallbacks(),
+        0
+    );
+}
+
+/// Redis not running when the layer is built: the policy decides (three calls ask and fail,
+/// then decisions fail fast); once Redis starts, the probe closes the breaker and Redis
+/// decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_not_up_at_start_the_policy_decides_until_it_is() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let (layer, mut svc) = host(config(&url, "late", 10, Unavailable::FailOpen));
+    for _ in 0..10 {
+        assert_eq!(decide(&mut svc).await, Ok(true));
+    }
+    let s = layer.snapshot();
+    assert_eq!(delta(s, Default::default()), [0, 0, 10, 0, 3, 7]);
+    assert!(s.failing_fast);
+    let _redis = RedisServer::start_on(port);
+    until_redis_decides(&layer, &mut svc).await;
+    let s = layer.snapshot();
+    assert!(!s.failing_fast && s.consecutive_failures == 0, "{s:?}");
+}
+
+/// Redis up but answering the script with an error (the limit's key holds a list: WRONGTYPE):
+/// that one decision goes to the policy and is counted; one failure does not open the
+/// breaker, and once the key is usable Redis decides again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_reply_goes_to_the_policy_and_is_counted() {
+    let redis = RedisServer::start();
+    let (layer, mut svc) = host(calm(&redis.url(), "wrongtype", 10, Unavailable::FailClosed));
+    until_redis_decides(&layer, &mut svc).await;
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = "degrade:rl:wrongtype:all";
+    let _: () = redis::cmd("DEL")
+        .arg(key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("LPUSH")
+        .arg(key)
+        .arg("x")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let before = layer.snapshot();
+    assert_eq!(decide(&mut svc).await, Err(Cause::FleetUnavailable));
+    let s = layer.snapshot();
+    assert_eq!(delta(s, before), [0, 0, 0, 1, 1, 0]);
+    assert_eq!(s.consecutive_failures, 1);
+    assert!(!s.failing_fast);
+    let _: () = redis::cmd("DEL")
+        .arg(key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(decide(&mut svc).await, Ok(true));
+    assert_eq!(layer.snapshot().consecutive_failures, 0);
+}
+
+/// Many decisions in flight while Redis is killed (SIGKILL) and restarted: every call returns
+/// (no panic, none hangs: each is bounded by the timeout or fails fast), every one is counted
+/// exactly once, and Redis decides again after the restart. The longest decision is printed
+/// (not asserted: a wall-clock figure on a shared machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_in_flight_across_a_kill_and_restart_are_all_accounted() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let (layer, mut svc) = host(config(
+        &redis.url(),
+        "inflight",
+        1_000,
+        Unavailable::Local { share: 0.5 },
+    ));
+    until_redis_decides(&layer, &mut svc).await;
+    let base = layer.snapshot();
+    let done = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let mut svc = svc.clone();
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                let mut longest = Duration::ZERO;
+                for _ in 0..300 {
+                    let t = Instant::now();
+                    match decide(&mut svc).await {
+                        Ok(_) => {}
+                        Err(c) => panic!("unexpected {c:?}"),
+                    }
+                    longest = longest.max(t.elapsed());
+                    done.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+                longest
+            })
+        })
+        .collect();
+    let wait_for = |n: u64| {
+        let done = Arc::clone(&done);
+        async move {
+            while done.load(Ordering::Relaxed) < n {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
+    wait_for(600).await;
+    redis.kill();
+    wait_for(1_400).await;
+    let _redis = RedisServer::start_on(port);
+    let mut longest = Duration::ZERO;
+    for t in tasks {
+        longest = longest.max(t.await.expect("no decision panicked"));
+    }
+    let s = layer.snapshot();
+    let d = delta(s, base);
+    assert_eq!(s.offered() - base.offered(), 2_400, "{s:?}");
+    assert_eq!(d[0] + d[1] + d[2] + d[3], 2_400);
+    assert_eq!(
+        d[2] + d[3],
+        d[4] + d[5],
+        "every fallback either waited or failed fast"
+    );
+    assert!(d[4] >= 3 && d[5] > 0, "the kill was seen: {d:?}");
+    println!("longest decision across the kill: {longest:?} (timeout {TIMEOUT:?})");
+    until_redis_decides(&layer, &mut svc).await;
+    assert!(!layer.snapshot().failing_fast);
 }
