@@ -15,17 +15,21 @@
 //! | [`Outcome`], [`Classifier`] | success / failure / slow / ignored, shared by breaker, canary and triggers |
 //! | [`window`] | lock-free windowed counters (consecutive, last N, time buckets) |
 //! | [`rejection`] | the [`Rejection`] trait, [`Shed`], and the single HTTP / gRPC mapping of every crate's rejections |
-//! | [`DegradeLayer`] | admission by level and priority |
+//! | [`limit`] | the adaptive concurrency limit: its pure control law, its wait queue, its snapshot |
+//! | [`DegradeLayer`] | admission by the adaptive limit, highest priority first (or by level shares) |
 //!
 //! ## A first stack
 //!
 //! ```
+//! use degrade_core::degrade::Admission;
 //! use degrade_core::{Controller, DegradeLayer, Level, Policy, Priority};
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let controller = Controller::new(Default::default()).unwrap();
+//! // The adaptive limit, and the level's shares before it so an operator can pin a level.
 //! let layer = DegradeLayer::builder(controller.handle())
+//!     .admission(Admission::Both)
 //!     .policy(Policy::default())
 //!     .prioritize(|req: &&str| if req.starts_with("/pay") { Priority::Critical } else { Priority::Low })
 //!     .build()
@@ -50,6 +54,7 @@ pub mod degrade;
 mod handle;
 pub mod ladder;
 mod level;
+pub mod limit;
 mod outcome;
 pub mod policy;
 pub mod priority;
