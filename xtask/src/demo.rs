@@ -10,7 +10,9 @@
 //! `overview.svg` (the comparison chart the README shows).
 //!
 //! Nothing is simulated except the backend's work: requests travel over real loopback TCP, the
-//! level is moved by the real `Monitor` and `Controller` from a real queue measurement, the
+//! DegradeLayer's adaptive limit learns the backend's capacity from the latencies it sees (no
+//! threshold of this backend anywhere), the level is moved by the real `Monitor` and
+//! `Controller` from the share of requests the limit refuses, the
 //! breaker and the canary judge see real responses, and each layer's counters are checked
 //! against what the client saw.
 
@@ -28,7 +30,7 @@ use degrade_canary::{
 };
 use degrade_core::ladder::{Cause, LadderConfig};
 use degrade_core::{Level, Priority, Transition};
-use degrade_triggers::{Gauge, LevelThresholds, Monitor, Scale, Smoothing};
+use degrade_triggers::{AdmissionSignal, Monitor, Smoothing};
 use http::HeaderName;
 use service::{Backend, Candidate, Parts, Protection};
 use std::path::PathBuf;
@@ -49,14 +51,6 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 const SEED: u64 = 0x00de_57ad_e5ee_d001;
 /// The offered load outside the overload part, in multiples of capacity.
 pub(crate) const BASE_LOAD: f64 = 0.6;
-/// The queue (requests waiting for or holding a permit) at which the queue signal alone points
-/// at Light, Moderate, Heavy and Emergency. Busy with no queue is 8 (the permits); each request
-/// queued beyond them adds 5 ms of waiting on average, so Heavy at 16 keeps the queueing delay
-/// near one service time. Light at 11 leaves a backend at exactly its capacity (where a Poisson
-/// queue comes and goes) at Normal most of the time, and Emergency at 30, well above Heavy,
-/// keeps a queue that wanders around Heavy (at 4x, Heavy admits about the capacity) from
-/// throwing away three quarters of the admitted load for a dwell.
-const QUEUE_THRESHOLDS: [f64; 4] = [11.0, 13.0, 16.0, 30.0];
 
 /// The offered-load mix, by priority.
 pub(crate) fn mix() -> load::Mix {
@@ -306,6 +300,8 @@ pub(crate) fn rollout_config(quick: bool) -> RolloutConfig {
 pub(crate) struct ControlSample {
     pub(crate) t: f64,
     pub(crate) in_system: usize,
+    /// The DegradeLayer's adaptive limit (protected run only).
+    pub(crate) limit: Option<u32>,
     pub(crate) pressure: Option<f64>,
     pub(crate) level: Level,
     pub(crate) breaker: Option<BreakerState>,
@@ -520,21 +516,13 @@ async fn control_loop(
     let mut samples = Vec::new();
     let mut canary_events = Vec::new();
     let mut breaker_events = Vec::new();
-    let scale = Scale::new(LevelThresholds::new(
-        QUEUE_THRESHOLDS[0],
-        QUEUE_THRESHOLDS[1],
-        QUEUE_THRESHOLDS[2],
-        QUEUE_THRESHOLDS[3],
-    ))
-    .expect("the demo's queue thresholds rise");
+    // The level follows the share of requests the adaptive limit refuses: no threshold of this
+    // service's in it. The limit does the admission; the level the rest (sampling, batching).
     let mut monitor = parts.as_ref().map(|p| {
-        let queue = Arc::clone(&backend);
         Monitor::new(p.controller.clone())
             .interval(SAMPLE_EVERY)
             .smoothing(Smoothing::none())
-            .signal(Gauge::new("queue", scale, move || {
-                Some(queue.in_system() as f64)
-            }))
+            .signal(AdmissionSignal::new(&p.degrade))
     });
     // Every breaker transition, not only those a 50 ms sample happens to see: a failed probe
     // reopens the breaker within microseconds.
@@ -634,6 +622,9 @@ async fn control_loop(
         let sample = ControlSample {
             t: t.as_secs_f64(),
             in_system: backend.in_system(),
+            limit: parts
+                .as_ref()
+                .and_then(|p| p.degrade_snapshot().limit.map(|l| l.limit)),
             pressure,
             level,
             breaker,

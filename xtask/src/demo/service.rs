@@ -9,9 +9,8 @@ use degrade_breaker::{BreakerConfig, BreakerHandle, BreakerLayer, WindowConfig};
 use degrade_canary::{Canary, CanaryHandle};
 use degrade_core::degrade::DegradeSnapshot;
 use degrade_core::ladder::LadderConfig;
-use degrade_core::policy::AdmitShares;
 use degrade_core::priority::HeaderPriority;
-use degrade_core::{BoxError, Controller, DegradeLayer, HttpClassifier, Level, Policy, Priority};
+use degrade_core::{BoxError, Controller, DegradeLayer, HttpClassifier, Priority};
 use degrade_ratelimit::key::HeaderKey;
 use degrade_ratelimit::{KeysConfig, RateLimitConfig, RateLimitLayer, RateLimitSnapshot};
 use http::{Request, Response, StatusCode};
@@ -168,8 +167,8 @@ impl Drop for InSystem<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum Protection {
-    /// DegradeLayer (driven by degrade-triggers) → keyed RateLimitLayer → BreakerLayer →
-    /// Canary → backend.
+    /// DegradeLayer (the adaptive limit; the level driven by degrade-triggers) → keyed
+    /// RateLimitLayer → BreakerLayer → Canary → backend.
     Degrade,
     /// tower's `GlobalConcurrencyLimitLayer` + `LoadShed`, answered 503 by axum's
     /// `HandleErrorLayer`.
@@ -199,28 +198,6 @@ impl Protection {
             Protection::Bulkhead => "bulkhead",
         }
     }
-}
-
-/// The policy of the demo: the default policy's order (background first, critical last), with
-/// the shares set for this service's traffic mix so that the levels around 3x sit on either side
-/// of capacity: Light keeps normal whole and drops low (60 % of the offered load), Moderate keeps
-/// a tenth of normal (33 %: capacity at 3x), Heavy keeps critical and three quarters of
-/// high (25 %: 0.75x, leaving room for a backend slower than its nominal capacity, as on a busy
-/// machine), Emergency critical only (10 %). At 3x the ladder then moves between Moderate, where
-/// the queue holds or grows slowly, and Heavy, where it drains, and the queue stays short.
-pub(crate) fn policy() -> Policy {
-    let mut policy = Policy::default();
-    let shares = |normal, high| AdmitShares {
-        background: 0.0,
-        low: 0.0,
-        normal,
-        high,
-        critical: 1.0,
-    };
-    policy.level_mut(Level::Light).admit = shares(1.0, 1.0);
-    policy.level_mut(Level::Moderate).admit = shares(0.1, 1.0);
-    policy.level_mut(Level::Heavy).admit = shares(0.0, 0.75);
-    policy
 }
 
 /// The per-client quota: above what any application client sends at 3x (60 % of 600 req/s over
@@ -326,8 +303,9 @@ pub(crate) fn app(
         Protection::Degrade => {
             let controller =
                 Controller::new(ladder.clone()).map_err(|err| format!("ladder: {err}"))?;
+            // The default: the adaptive limit, highest priority first. Nothing of this
+            // backend (its permits, its service time) is configured.
             let degrade = DegradeLayer::builder(controller.handle())
-                .policy(policy())
                 .prioritize(
                     HeaderPriority::new(PRIORITY_HEADER, Priority::Normal)
                         .map_err(|err| format!("priority header: {err}"))?,
