@@ -145,6 +145,8 @@ pub(crate) enum Event {
     Outage,
     /// A canary rollout of this candidate starts.
     Canary(Candidate),
+    /// Every request takes twice as long for the whole phase: capacity halves.
+    Slow,
 }
 
 /// One part of the scenario: whole seconds `[start, end)`, the offered rate going linearly from
@@ -165,6 +167,12 @@ pub(crate) struct Phase {
 pub(crate) struct Scenario {
     pub(crate) phases: Vec<Phase>,
     pub(crate) capacity: f64,
+    /// What limits the backend.
+    pub(crate) model: service::Model,
+    /// Closed-loop clients (connections re-sending at once) instead of the open-loop schedule.
+    pub(crate) connections: Option<usize>,
+    /// The offered mix (default: the demo's).
+    pub(crate) mix: load::Mix,
 }
 
 impl Scenario {
@@ -207,9 +215,17 @@ impl Scenario {
             });
             start = end;
         }
+        Self::new(phases)
+    }
+
+    /// A scenario of `phases` on the demo's backend, open loop, the demo's mix.
+    pub(crate) fn new(phases: Vec<Phase>) -> Self {
         Self {
             phases,
             capacity: service::capacity(),
+            model: service::Model::Slots,
+            connections: None,
+            mix: mix(),
         }
     }
 
@@ -228,7 +244,7 @@ impl Scenario {
         });
         Self {
             phases,
-            capacity: self.capacity,
+            ..self.clone()
         }
     }
 
@@ -401,7 +417,7 @@ pub(crate) async fn run_one(
     ladder: &LadderConfig,
     rollout: &RolloutConfig,
 ) -> Result<Run> {
-    let backend = Backend::new();
+    let backend = Backend::with_model(scenario.model);
     let (app, parts) = service::app(protection, &backend, ladder)?;
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
@@ -443,7 +459,7 @@ pub(crate) async fn run_one(
             .map_err(|err| format!("bad uri: {err}"))?,
         duration: Duration::from_secs(scenario.total()),
         rate: move |t| rate_scenario.rate_at(t),
-        mix: mix(),
+        mix: scenario.mix,
         priority_header: HeaderName::from_static(service::PRIORITY_HEADER),
         client_header: HeaderName::from_static(service::CLIENT_HEADER),
         client_of,
@@ -451,7 +467,10 @@ pub(crate) async fn run_one(
         timeout: CLIENT_TIMEOUT,
         max_outstanding: MAX_OUTSTANDING,
     };
-    let generator = tokio::spawn(load::run(config, Arc::clone(&recorder)));
+    let generator = match scenario.connections {
+        Some(n) => tokio::spawn(load::run_closed(config, n, Arc::clone(&recorder))),
+        None => tokio::spawn(load::run(config, Arc::clone(&recorder))),
+    };
     live::follow(scenario, &recorder, start).await;
 
     // Every request sent has an outcome once the generator returns (answer or timeout).
@@ -541,6 +560,7 @@ async fn control_loop(
             phase_index = index;
             let phase = scenario.phases[index];
             backend.set_outage(phase.event == Event::Outage);
+            backend.set_slowdown(if phase.event == Event::Slow { 2.0 } else { 1.0 });
             if let (Event::Canary(candidate), Some(p)) = (phase.event, &parts) {
                 backend.deploy(candidate);
                 match RolloutController::builder(rollout.clone(), p.canary.clone()).start() {

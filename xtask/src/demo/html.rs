@@ -258,7 +258,7 @@ fn comparison(summary: &Summary, scenario: &Scenario, size: (u32, u32)) -> Resul
     let end = scenario.phases.get(2).map_or(scenario.total(), |p| p.end) as f64;
     let scenario = &Scenario {
         phases: scenario.phases[..3.min(scenario.phases.len())].to_vec(),
-        capacity: scenario.capacity,
+        ..scenario.clone()
     };
     let p99: Vec<Line> = summary
         .runs
