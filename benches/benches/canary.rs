@@ -24,7 +24,7 @@
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use degrade_benches::{FrozenClock, Req, call_now, inner};
-use degrade_canary::key::key_fn;
+use degrade_canary::key::from_fn;
 use degrade_canary::{Canary, Weight};
 use degrade_core::{Clock, FastClock, TokioClock};
 use std::hint::black_box;
@@ -55,7 +55,7 @@ fn canary(c: &mut Criterion) {
 
     let mut svc = Canary::builder()
         .weight(Weight::new(1_000).expect("10 % is a valid weight"))
-        .key(key_fn(|r: &Req| Some(*r)))
+        .key(from_fn(|r: &Req| Some(*r)))
         .build(inner(), inner());
     g.bench_function(BenchmarkId::new("degrade", "keyed-10pct"), |b| {
         b.iter(|| black_box(call_now(&mut svc, black_box(1))))

@@ -16,7 +16,7 @@
 //! breaker and the canary judge see real responses, and each layer's counters are checked
 //! against what the client saw.
 
-mod html;
+pub(crate) mod html;
 mod live;
 pub(crate) mod load;
 mod report;
@@ -25,14 +25,13 @@ pub(crate) mod service;
 use crate::{Result, workspace_root};
 use axum::serve::ListenerExt as _;
 use degrade_breaker::State as BreakerState;
-use degrade_canary::{
-    Judgement, Phase as RolloutPhase, RolloutConfig, RolloutController, Step, Verdict,
-};
-use degrade_core::ladder::{Cause, LadderConfig};
-use degrade_core::{Level, Priority, Transition};
+use degrade_canary::{CanaryConfig, CanaryController, CanaryPhase, CanaryStep, Judgement, Verdict};
+use degrade_core::ladder::{LadderConfig, LevelCause};
+use degrade_core::{Level, LevelTransition, Priority};
 use degrade_triggers::{AdmissionSignal, Monitor, Smoothing};
 use http::HeaderName;
 use service::{Backend, Candidate, Parts, Protection};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,9 +45,9 @@ pub(crate) const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// request in flight may need its own connection; staying under the listener's accept backlog
 /// (1,024 in tokio) keeps a burst from overflowing it, which would turn into SYN retransmits and
 /// requests that take 1, 3 or 7 s for reasons that have nothing to do with the server.
-const MAX_OUTSTANDING: u64 = 1_000;
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
-const SEED: u64 = 0x00de_57ad_e5ee_d001;
+pub(crate) const MAX_OUTSTANDING: u64 = 1_000;
+pub(crate) const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const SEED: u64 = 0x00de_57ad_e5ee_d001;
 /// The offered load outside the overload part, in multiples of capacity.
 pub(crate) const BASE_LOAD: f64 = 0.6;
 
@@ -296,15 +295,15 @@ pub(crate) fn ladder_config(dwell: Duration) -> LadderConfig {
 
 /// The canary rollout: fewer samples and shorter bakes than the defaults (2 000 per arm, 2 min
 /// per step), so a release is decided within a phase of the demo.
-pub(crate) fn rollout_config(quick: bool) -> RolloutConfig {
-    let mut config = RolloutConfig::default();
+pub(crate) fn rollout_config(quick: bool) -> CanaryConfig {
+    let mut config = CanaryConfig::default();
     let bake = Duration::from_millis(if quick { 500 } else { 2_000 });
     let weights: &[f64] = if quick {
         &[25.0, 50.0, 100.0]
     } else {
         &[10.0, 25.0, 50.0, 100.0]
     };
-    config.steps = weights.iter().map(|&w| Step::new(w, bake)).collect();
+    config.steps = weights.iter().map(|&w| CanaryStep::new(w, bake)).collect();
     config.analysis_interval = Duration::from_millis(250);
     config.inconclusive_limit = 1_000;
     config.judge.min_samples = if quick { 40 } else { 150 };
@@ -352,7 +351,7 @@ pub(crate) struct Run {
     pub(crate) seconds: Vec<load::Second>,
     pub(crate) answers: Vec<load::Answer>,
     pub(crate) control: Vec<ControlSample>,
-    pub(crate) transitions: Vec<Transition>,
+    pub(crate) transitions: Vec<LevelTransition>,
     pub(crate) canary: Vec<CanaryEvent>,
     pub(crate) breaker: Vec<BreakerEvent>,
     pub(crate) start: Instant,
@@ -415,28 +414,12 @@ pub(crate) async fn run_one(
     protection: Protection,
     scenario: &Scenario,
     ladder: &LadderConfig,
-    rollout: &RolloutConfig,
+    rollout: &CanaryConfig,
 ) -> Result<Run> {
     let backend = Backend::with_model(scenario.model);
     let (app, parts) = service::app(protection, &backend, ladder)?;
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|err| format!("cannot bind 127.0.0.1:0: {err}"))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|err| format!("no local address: {err}"))?;
-    // TCP_NODELAY on the server side too, for the same reason as on the client.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = server_stopped.await;
-            })
-            .await
-    });
+    let server = Server::start(app).await?;
+    let addr = server.addr;
     live::run_header(protection, scenario, addr);
 
     let recorder = load::Recorder::new();
@@ -466,6 +449,7 @@ pub(crate) async fn run_one(
         seed: SEED,
         timeout: CLIENT_TIMEOUT,
         max_outstanding: MAX_OUTSTANDING,
+        max_idle_connections: usize::MAX,
     };
     let generator = match scenario.connections {
         Some(n) => tokio::spawn(load::run_closed(config, n, Arc::clone(&recorder))),
@@ -482,13 +466,7 @@ pub(crate) async fn run_one(
         .await
         .map_err(|err| format!("control loop failed: {err}"))?;
 
-    let _ = stop_server.send(());
-    match tokio::time::timeout(Duration::from_secs(10), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(err))) => return Err(format!("server failed: {err}")),
-        Ok(Err(err)) => return Err(format!("server task failed: {err}")),
-        Err(_) => return Err("server did not shut down within 10 s".to_owned()),
-    }
+    server.stop().await?;
     let transitions = parts
         .as_ref()
         .map(|p| p.controller.handle().history())
@@ -508,11 +486,64 @@ pub(crate) async fn run_one(
     })
 }
 
+/// A server for an app on `127.0.0.1:0`, until [`Server::stop`].
+pub(crate) struct Server {
+    pub(crate) addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    pub(crate) async fn start(app: axum::Router) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|err| format!("cannot bind 127.0.0.1:0: {err}"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|err| format!("no local address: {err}"))?;
+        // TCP_NODELAY on the server side too, for the same reason as on the client.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(Self { addr, stop, task })
+    }
+
+    /// Graceful shutdown: open connections finish their requests (10 s at most).
+    pub(crate) async fn stop(self) -> Result {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(Duration::from_secs(10), self.task).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(err))) => Err(format!("server failed: {err}")),
+            Ok(Err(err)) => Err(format!("server task failed: {err}")),
+            Err(_) => Err("server did not shut down within 10 s".to_owned()),
+        }
+    }
+}
+
+/// The degrade-triggers `Monitor` that moves the level: the share of requests the adaptive
+/// limit refuses (`AdmissionSignal`), sampled every `SAMPLE_EVERY` without smoothing. No
+/// threshold of this backend's in it: the limit does the admission, the level the rest
+/// (sampling, batching).
+pub(crate) fn admission_monitor(parts: &Parts) -> Monitor {
+    Monitor::new(parts.controller.clone())
+        .interval(SAMPLE_EVERY)
+        .smoothing(Smoothing::none())
+        .signal(AdmissionSignal::new(&parts.degrade))
+}
+
 struct ControlLoop {
     parts: Option<Parts>,
     backend: Arc<Backend>,
     scenario: Scenario,
-    rollout: RolloutConfig,
+    rollout: CanaryConfig,
     start: Instant,
     stop: Arc<AtomicBool>,
     state: Arc<live::Shared>,
@@ -535,18 +566,11 @@ async fn control_loop(
     let mut samples = Vec::new();
     let mut canary_events = Vec::new();
     let mut breaker_events = Vec::new();
-    // The level follows the share of requests the adaptive limit refuses: no threshold of this
-    // service's in it. The limit does the admission; the level the rest (sampling, batching).
-    let mut monitor = parts.as_ref().map(|p| {
-        Monitor::new(p.controller.clone())
-            .interval(SAMPLE_EVERY)
-            .smoothing(Smoothing::none())
-            .signal(AdmissionSignal::new(&p.degrade))
-    });
+    let mut monitor = parts.as_ref().map(admission_monitor);
     // Every breaker transition, not only those a 50 ms sample happens to see: a failed probe
     // reopens the breaker within microseconds.
     let mut breaker_transitions = parts.as_ref().map(|p| p.breaker.subscribe());
-    let mut canary: Option<(Candidate, RolloutController)> = None;
+    let mut canary: Option<(Candidate, CanaryController)> = None;
     let mut last_analysis = start;
     let mut phase_index = usize::MAX;
     let mut interval = tokio::time::interval(SAMPLE_EVERY);
@@ -563,7 +587,7 @@ async fn control_loop(
             backend.set_slowdown(if phase.event == Event::Slow { 2.0 } else { 1.0 });
             if let (Event::Canary(candidate), Some(p)) = (phase.event, &parts) {
                 backend.deploy(candidate);
-                match RolloutController::builder(rollout.clone(), p.canary.clone()).start() {
+                match CanaryController::builder(rollout.clone(), p.canary.clone()).start() {
                     Ok(controller) => canary = Some((candidate, controller)),
                     Err(err) => live::note(&format!("cannot start the canary rollout: {err}")),
                 }
@@ -660,7 +684,7 @@ fn canary_event(
     t: Duration,
     candidate: Candidate,
     judgement: &Judgement,
-    phase: RolloutPhase,
+    phase: CanaryPhase,
     weight_bp: u32,
 ) -> CanaryEvent {
     CanaryEvent {
@@ -670,8 +694,8 @@ fn canary_event(
         reason: judgement.reason,
         weight_percent: f64::from(weight_bp) / 100.0,
         outcome: match phase {
-            RolloutPhase::Promoted => Some("promoted"),
-            RolloutPhase::RolledBack => Some("rolled back"),
+            CanaryPhase::Promoted => Some("promoted"),
+            CanaryPhase::RolledBack => Some("rolled back"),
             _ => None,
         },
         samples: judgement.samples,
@@ -683,10 +707,10 @@ pub(crate) fn report_ms(micros: Option<u32>) -> Option<f64> {
     report::ms_value(micros)
 }
 
-/// What `Cause` reads as in a transition line.
-pub(crate) fn relation(cause: Cause) -> &'static str {
+/// What `LevelCause` reads as in a transition line.
+pub(crate) fn relation(cause: LevelCause) -> &'static str {
     match cause {
-        Cause::Recovered => "<",
-        Cause::Escalated | Cause::Pinned => ">=",
+        LevelCause::Recovered => "<",
+        LevelCause::Escalated | LevelCause::Pinned => ">=",
     }
 }

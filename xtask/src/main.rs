@@ -2,7 +2,8 @@
 //!
 //! Why an xtask and not a Makefile or shell scripts: the only thing a contributor (or CI) needs is
 //! the Rust toolchain, the commands behave the same on every platform, and CI runs exactly what a
-//! developer runs locally (`.ci/run` is `cargo xtask test` followed by `cargo xtask lint`).
+//! developer runs locally (`.ci/run` is `cargo xtask test`, `cargo xtask lint` and
+//! `cargo xtask demo --quick`; `cargo xtask test` installs what the tests need).
 //!
 //! `test`, `lint` and `ci` use only std. The `demo` needs a real server and client, so the crate
 //! depends on degrade-core, tokio, axum and hyper-util, all at the workspace's versions: the demo
@@ -24,6 +25,9 @@ use std::{
 
 mod bench;
 mod demo;
+mod mutants;
+mod prereq;
+mod soak;
 #[cfg(test)]
 mod tidy;
 
@@ -34,8 +38,10 @@ const USAGE: &str = "\
 Usage: cargo xtask <command> [args]
 
 Commands:
-  test [-p <crate>]... [-- <test args>]
-        check prerequisites (e.g. redis-server), then
+  test [--no-install] [-p <crate>]... [-- <test args>]
+        make sure the binaries the tests need are on PATH (redis-server): a missing one is
+        installed with apt-get when running as root or with password-less sudo -n (never
+        with --no-install), else the error gives the command to run; then
         cargo test --workspace --all-features (unit, integration and doc tests);
         -p narrows to one package, arguments after -- go to the test binaries
   lint  in order, stopping at the first failure:
@@ -56,6 +62,16 @@ Commands:
         goodput, p50 / p99 and critical success at 0.5x..4x capacity, reaction and recovery
         times: unprotected, tower ConcurrencyLimit + LoadShed, tower-resilience bulkhead,
         degrade; <out>/overload.md, .svg, .json (default target/degrade-bench)
+  soak [--minutes N] [--out DIR]
+        the demo's protected stack at 2x capacity for N minutes (default 10), sampling RSS
+        and live tokio tasks every second; fails if RSS grows more than 5 % after the warm-up
+        or the task count grows without bound; per-minute table, <out>/soak.json and
+        soak.svg (default target/degrade-soak)
+  mutants [--scope NAME]... [--list] [-- <cargo-mutants args>]
+        mutation testing (cargo-mutants, installed when missing) of the pure state machines
+        and cells: gcra, canary, ladder-windows, breaker, planner; prints caught / viable per
+        scope and the survivors, fails below 90 %; target/mutants/<scope>/mutants.out.
+        Hours on 2 cores, not part of ci
 ";
 
 fn main() -> ExitCode {
@@ -86,6 +102,8 @@ fn dispatch(command: &str, args: &[String]) -> Option<Result> {
         // New commands go here, e.g. `"demo" => demo::run(args),`.
         "demo" => demo::run(args),
         "bench" => bench::run(args),
+        "mutants" => mutants::run(args),
+        "soak" => soak::run(args),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
@@ -116,9 +134,13 @@ pub(crate) fn workspace_root() -> PathBuf {
 
 fn test(args: &[String]) -> Result {
     let started = Instant::now();
-    let (packages, passthrough) = parse_test_args(args)?;
+    let TestArgs {
+        packages,
+        passthrough,
+        no_install,
+    } = parse_test_args(args)?;
     let root = workspace_root();
-    check_prerequisites(&root, &packages)?;
+    prereq::ensure(&root, &packages, no_install)?;
 
     let mut cargo_args = vec!["test".to_owned()];
     if packages.is_empty() {
@@ -137,20 +159,34 @@ fn test(args: &[String]) -> Result {
     Ok(())
 }
 
-/// Splits `[-p <crate>]... [-- <args>]` into the packages and the arguments for the test binaries.
-fn parse_test_args(args: &[String]) -> Result<(Vec<String>, Vec<String>)> {
-    let mut packages = Vec::new();
+/// The arguments of `cargo xtask test`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TestArgs {
+    packages: Vec<String>,
+    /// For the test binaries (after `--`).
+    passthrough: Vec<String>,
+    /// Never install a missing prerequisite; say how instead.
+    no_install: bool,
+}
+
+/// Parses `[--no-install] [-p <crate>]... [-- <args>]`.
+fn parse_test_args(args: &[String]) -> Result<TestArgs> {
+    let mut parsed = TestArgs::default();
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
-            "--" => return Ok((packages, iter.cloned().collect())),
+            "--" => {
+                parsed.passthrough = iter.cloned().collect();
+                return Ok(parsed);
+            }
+            "--no-install" => parsed.no_install = true,
             "-p" | "--package" => match iter.next() {
-                Some(package) => packages.push(package.clone()),
+                Some(package) => parsed.packages.push(package.clone()),
                 None => return Err(format!("`{arg}` needs a package name")),
             },
             _ => {
                 if let Some(package) = arg.strip_prefix("--package=") {
-                    packages.push(package.to_owned());
+                    parsed.packages.push(package.to_owned());
                 } else {
                     return Err(format!(
                         "unexpected argument `{arg}` to `cargo xtask test` \
@@ -160,110 +196,7 @@ fn parse_test_args(args: &[String]) -> Result<(Vec<String>, Vec<String>)> {
             }
         }
     }
-    Ok((packages, Vec::new()))
-}
-
-/// An external binary some tests need.
-struct Prerequisite {
-    binary: &'static str,
-    /// Who needs it in this checkout; empty means not required.
-    needed_by: fn(&Path) -> Vec<User>,
-    how_to_install: &'static str,
-}
-
-/// A package that needs a prerequisite, and why.
-struct User {
-    dir: String,
-    package: Option<String>,
-    reason: &'static str,
-}
-
-/// Binaries the test suite may need. Checked by `cargo xtask test`; `.ci/run` installs them.
-const PREREQUISITES: &[Prerequisite] = &[Prerequisite {
-    binary: "redis-server",
-    needed_by: crates_with_redis_feature,
-    how_to_install: "apt-get install -y redis-server",
-}];
-
-/// Crates whose Cargo.toml declares a `redis` feature: their tests start a `redis-server`.
-fn crates_with_redis_feature(root: &Path) -> Vec<User> {
-    package_manifests(&root.join("crates"))
-        .into_iter()
-        .filter_map(|(dir, text)| {
-            let has_feature = text.lines().any(|line| {
-                line.split_whitespace()
-                    .collect::<String>()
-                    .starts_with("redis=[")
-            });
-            has_feature.then(|| User {
-                dir: relative(root, &dir),
-                package: manifest_package_name(&text),
-                reason: "feature redis",
-            })
-        })
-        .collect()
-}
-
-/// Fails listing every missing binary; with `-p`, only the named packages' needs count.
-fn check_prerequisites(root: &Path, packages: &[String]) -> Result {
-    let mut problems = Vec::new();
-    for prerequisite in PREREQUISITES {
-        let users: Vec<User> = (prerequisite.needed_by)(root)
-            .into_iter()
-            .filter(|user| {
-                packages.is_empty()
-                    || user
-                        .package
-                        .as_ref()
-                        .is_some_and(|name| packages.contains(name))
-            })
-            .collect();
-        if users.is_empty() {
-            continue;
-        }
-        let needed_by = users
-            .iter()
-            .map(|user| format!("{} ({})", user.dir, user.reason))
-            .collect::<Vec<_>>()
-            .join(", ");
-        match find_on_path(prerequisite.binary) {
-            Some(path) => println!(
-                "==> prerequisite {} found at {} (needed by {needed_by})",
-                prerequisite.binary,
-                path.display()
-            ),
-            None => problems.push(format!(
-                "{} not found on PATH: needed by {needed_by}; install it with `{}`",
-                prerequisite.binary, prerequisite.how_to_install
-            )),
-        }
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "missing prerequisites:\n  {}",
-            problems.join("\n  ")
-        ))
-    }
-}
-
-fn find_on_path(binary: &str) -> Option<PathBuf> {
-    let path = env::var_os("PATH")?;
-    env::split_paths(&path)
-        .map(|dir| dir.join(format!("{binary}{}", env::consts::EXE_SUFFIX)))
-        .find(|candidate| is_executable(candidate))
-}
-
-#[cfg(unix)]
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt as _;
-    fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-}
-
-#[cfg(not(unix))]
-fn is_executable(path: &Path) -> bool {
-    path.is_file()
+    Ok(parsed)
 }
 
 /// `(package dir, Cargo.toml text)` for every direct subdirectory of `dir` holding a Cargo.toml,
@@ -281,22 +214,6 @@ pub(crate) fn package_manifests(dir: &Path) -> Vec<(PathBuf, String)> {
         .collect();
     manifests.sort();
     manifests
-}
-
-/// The `name` in the `[package]` table, read without a TOML parser (good enough for our manifests).
-fn manifest_package_name(text: &str) -> Option<String> {
-    let mut in_package = false;
-    for line in text.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_package = line == "[package]";
-        } else if in_package
-            && let Some(value) = line.strip_prefix("name").map(str::trim_start)
-            && let Some(value) = value.strip_prefix('=')
-        {
-            return Some(value.trim().trim_matches('"').to_owned());
-        }
-    }
-    None
 }
 
 /// `path` relative to `root`, with `/` separators, for messages.
@@ -535,6 +452,39 @@ fn quote(word: &str) -> String {
     }
 }
 
-fn seconds(started: Instant) -> String {
+pub(crate) fn seconds(started: Instant) -> String {
     format!("{:.1}s", started.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| (*w).to_owned()).collect()
+    }
+
+    #[test]
+    fn test_arguments_split_packages_flags_and_passthrough() {
+        let parsed = parse_test_args(&args(&[
+            "--no-install",
+            "-p",
+            "a",
+            "--package=b",
+            "--",
+            "-q",
+        ]))
+        .unwrap();
+        assert_eq!(
+            parsed,
+            TestArgs {
+                packages: args(&["a", "b"]),
+                passthrough: args(&["-q"]),
+                no_install: true,
+            }
+        );
+        assert!(!parse_test_args(&[]).unwrap().no_install);
+        assert!(parse_test_args(&args(&["-p"])).is_err());
+        assert!(parse_test_args(&args(&["--bogus"])).is_err());
+    }
 }

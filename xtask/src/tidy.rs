@@ -101,22 +101,67 @@ fn no_debugging_leftovers() {
     );
 }
 
-/// Published crates state the oldest toolchain they support.
+/// One MSRV for the workspace: every crate and example inherits `[workspace.package]`'s.
 #[test]
-fn crates_declare_rust_version() {
+fn crates_inherit_the_workspace_rust_version() {
     let root = workspace_root();
-    let offenders: Vec<String> = member_manifests(&root, &["crates"])
+    let offenders: Vec<String> = member_manifests(&root, &["crates", "examples"])
         .iter()
         .filter(|(_, text)| {
-            !text
-                .lines()
-                .any(|line| line.trim_start().starts_with("rust-version"))
+            !text.lines().any(|line| {
+                line.split_whitespace().collect::<String>() == "rust-version.workspace=true"
+            })
         })
         .map(|(dir, _)| format!("{}/Cargo.toml", relative(&root, dir)))
         .collect();
     fail_if_any(
         &offenders,
-        "every crate under crates/ must declare `rust-version`",
+        "every package under crates/ and examples/ needs `rust-version.workspace = true`",
+    );
+}
+
+/// `crates/<package name>`: a crate is found where its name says.
+#[test]
+fn crates_live_in_a_directory_named_for_the_package() {
+    let root = workspace_root();
+    let offenders: Vec<String> = member_manifests(&root, &["crates"])
+        .iter()
+        .filter(|(dir, text)| {
+            let name = text
+                .lines()
+                .find_map(|line| line.trim().strip_prefix("name"))
+                .and_then(|rest| rest.trim().strip_prefix('='))
+                .map(|v| v.trim().trim_matches('"').to_owned());
+            name.as_deref() != dir.file_name().and_then(|n| n.to_str())
+        })
+        .map(|(dir, _)| relative(&root, dir))
+        .collect();
+    fail_if_any(&offenders, "every crate lives in crates/<its package name>");
+}
+
+/// The workspace's own crates are named once, in `[workspace.dependencies]`: no package reaches
+/// another by a relative `path`.
+#[test]
+fn workspace_crates_are_workspace_dependencies() {
+    let root = workspace_root();
+    let mut manifests = member_manifests(&root, &["crates", "examples"]);
+    for dir in ["benches", "xtask"] {
+        let dir = root.join(dir);
+        if let Ok(text) = fs::read_to_string(dir.join("Cargo.toml")) {
+            manifests.push((dir, text));
+        }
+    }
+    let offenders: Vec<String> = manifests
+        .iter()
+        .filter(|(_, text)| {
+            text.lines()
+                .any(|line| line.starts_with("degrade") && line.contains("path ="))
+        })
+        .map(|(dir, _)| format!("{}/Cargo.toml", relative(&root, dir)))
+        .collect();
+    fail_if_any(
+        &offenders,
+        "depend on the workspace's crates with `{ workspace = true }`",
     );
 }
 

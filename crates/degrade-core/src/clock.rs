@@ -9,6 +9,7 @@
 //! A clock is a type parameter (defaulting to the zero-sized [`TokioClock`]), not an
 //! `Arc<dyn Clock>`, so production code pays nothing for the indirection.
 
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// A source of the current time.
@@ -47,6 +48,41 @@ impl Clock for TokioClock {
     fn now(&self) -> Instant {
         Instant::now()
     }
+}
+
+/// `at + d`, or the latest instant the platform can represent when that overflows: the sum for
+/// deadlines built from configured or received durations (`now + wait` with a wait of
+/// `Duration::MAX` means "as late as possible", not a panic).
+///
+/// Never panics; it costs one `checked_add` unless the sum overflows, and then at most two
+/// attempts per bit of `d` to find the latest instant.
+///
+/// ```
+/// use degrade_core::clock::saturating_add;
+/// use std::time::Duration;
+/// use tokio::time::Instant;
+///
+/// let now = Instant::now();
+/// assert_eq!(saturating_add(now, Duration::from_secs(5)), now + Duration::from_secs(5));
+/// let never = saturating_add(now, Duration::MAX);
+/// assert!(never > now + Duration::from_secs(100 * 365 * 86_400));
+/// assert_eq!(saturating_add(never, Duration::from_nanos(1)), never);
+/// ```
+pub fn saturating_add(at: Instant, d: Duration) -> Instant {
+    if let Some(t) = at.checked_add(d) {
+        return t;
+    }
+    // Greedy from the top: a step that fails is halved; a step that fits is taken, and cannot
+    // fit twice (its double failed just before), so each step size is tried at most twice.
+    let mut t = at;
+    let mut step = d;
+    while !step.is_zero() {
+        match t.checked_add(step) {
+            Some(later) => t = later,
+            None => step /= 2,
+        }
+    }
+    t
 }
 
 #[cfg(feature = "fast-clock")]

@@ -7,7 +7,7 @@
 
 use crate::clock::{Clock, TokioClock};
 use crate::config::ConfigError;
-use crate::ladder::{Event, Ladder, LadderConfig, Reading, Transition};
+use crate::ladder::{Ladder, LadderConfig, LadderEvent, LevelTransition, Reading};
 use crate::level::Level;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -18,7 +18,7 @@ use tokio::sync::watch;
 struct Published {
     level: AtomicU8,
     tx: watch::Sender<Level>,
-    history: Mutex<VecDeque<Transition>>,
+    history: Mutex<VecDeque<LevelTransition>>,
     capacity: usize,
 }
 
@@ -96,11 +96,11 @@ impl LevelHandle {
     /// let h = c.handle().history();
     /// assert_eq!((h[0].to, h[1].to), (Level::Light, Level::Normal));
     /// ```
-    pub fn history(&self) -> Vec<Transition> {
+    pub fn history(&self) -> Vec<LevelTransition> {
         lock(&self.inner.history).iter().cloned().collect()
     }
 
-    fn publish(&self, t: &Transition) {
+    fn publish(&self, t: &LevelTransition) {
         {
             let mut h = lock(&self.inner.history);
             if h.len() == self.inner.capacity {
@@ -244,8 +244,8 @@ impl<C: Clock> Controller<C> {
     /// let c = Controller::new(Default::default()).unwrap();
     /// assert!(c.observe(&[Reading::new("cpu", 0.2), Reading::unknown("psi")]).is_none());
     /// ```
-    pub fn observe(&self, readings: &[Reading<'_>]) -> Option<Transition> {
-        self.apply(Event::Sample(readings))
+    pub fn observe(&self, readings: &[Reading<'_>]) -> Option<LevelTransition> {
+        self.apply(LadderEvent::Sample(readings))
     }
 
     /// Pins the level until [`unpin`](Controller::unpin): signals keep being sampled but change
@@ -257,8 +257,8 @@ impl<C: Clock> Controller<C> {
     /// c.pin(Level::Emergency);
     /// assert_eq!(c.level(), Level::Emergency);
     /// ```
-    pub fn pin(&self, level: Level) -> Option<Transition> {
-        self.apply(Event::Pin(level))
+    pub fn pin(&self, level: Level) -> Option<LevelTransition> {
+        self.apply(LadderEvent::Pin(level))
     }
 
     /// Lets the signals drive the level again; the dwell counts from now.
@@ -270,8 +270,8 @@ impl<C: Clock> Controller<C> {
     /// c.unpin();
     /// assert_eq!(c.pinned(), None);
     /// ```
-    pub fn unpin(&self) -> Option<Transition> {
-        self.apply(Event::Unpin)
+    pub fn unpin(&self) -> Option<LevelTransition> {
+        self.apply(LadderEvent::Unpin)
     }
 
     /// The pinned level, if any.
@@ -286,17 +286,11 @@ impl<C: Clock> Controller<C> {
     }
 
     /// The clock the controller reads.
-    ///
-    /// ```
-    /// # use degrade_core::{Controller, TokioClock};
-    /// let c = Controller::new(Default::default()).unwrap();
-    /// let _: &TokioClock = c.clock();
-    /// ```
     pub fn clock(&self) -> &C {
         &self.inner.clock
     }
 
-    fn apply(&self, event: Event<'_>) -> Option<Transition> {
+    fn apply(&self, event: LadderEvent<'_>) -> Option<LevelTransition> {
         let mut ladder = lock(&self.inner.ladder);
         let now = self.inner.clock.now();
         let t = ladder.on_event(event, now)?;

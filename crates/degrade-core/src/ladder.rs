@@ -381,19 +381,11 @@ impl<'a> Reading<'a> {
 }
 
 /// An input to the ladder.
-///
-/// ```
-/// use degrade_core::ladder::{Event, Reading};
-/// use degrade_core::Level;
-/// let readings = [Reading::new("cpu", 0.3)];
-/// let _ = Event::Sample(&readings);
-/// let _ = Event::Pin(Level::Heavy);
-/// ```
 #[derive(Debug, Clone, Copy)]
-pub enum Event<'a> {
+pub enum LadderEvent<'a> {
     /// A sample of every signal.
     Sample(&'a [Reading<'a>]),
-    /// Hold the level at this value until [`Event::Unpin`], whatever the signals say.
+    /// Hold the level at this value until [`LadderEvent::Unpin`], whatever the signals say.
     Pin(Level),
     /// Let the signals drive the level again.
     Unpin,
@@ -402,12 +394,12 @@ pub enum Event<'a> {
 /// Why the level changed.
 ///
 /// ```
-/// use degrade_core::ladder::Cause;
-/// assert_eq!(Cause::Escalated.to_string(), "escalated");
+/// use degrade_core::ladder::LevelCause;
+/// assert_eq!(LevelCause::Escalated.to_string(), "escalated");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Cause {
+pub enum LevelCause {
     /// Pressure stayed at or above the next level's enter threshold.
     Escalated,
     /// Pressure stayed below the current level's exit threshold and the dwell had passed.
@@ -416,12 +408,12 @@ pub enum Cause {
     Pinned,
 }
 
-impl std::fmt::Display for Cause {
+impl std::fmt::Display for LevelCause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Cause::Escalated => "escalated",
-            Cause::Recovered => "recovered",
-            Cause::Pinned => "pinned",
+            LevelCause::Escalated => "escalated",
+            LevelCause::Recovered => "recovered",
+            LevelCause::Pinned => "pinned",
         })
     }
 }
@@ -429,7 +421,7 @@ impl std::fmt::Display for Cause {
 /// A level change, with what caused it.
 ///
 /// ```
-/// use degrade_core::ladder::{Cause, Ladder, LadderConfig, Reading};
+/// use degrade_core::ladder::{LevelCause, Ladder, LadderConfig, Reading};
 /// use degrade_core::Level;
 /// use std::time::Duration;
 /// use tokio::time::Instant;
@@ -438,13 +430,13 @@ impl std::fmt::Display for Cause {
 /// let cfg = LadderConfig { escalate_after: 1, ..Default::default() };
 /// let mut ladder = Ladder::new(cfg, t0).unwrap();
 /// let t = ladder.observe(&[Reading::new("latency", 0.85)], t0 + Duration::from_secs(2)).unwrap();
-/// assert_eq!((t.from, t.to, t.cause), (Level::Normal, Level::Moderate, Cause::Escalated));
+/// assert_eq!((t.from, t.to, t.cause), (Level::Normal, Level::Moderate, LevelCause::Escalated));
 /// assert_eq!(t.signal.as_deref(), Some("latency"));
 /// assert_eq!(t.threshold, Some(0.80));
 /// assert_eq!(t.time_at_previous, Duration::from_secs(2));
 /// ```
 #[derive(Debug, Clone, PartialEq)]
-pub struct Transition {
+pub struct LevelTransition {
     /// The level before.
     pub from: Level,
     /// The level after.
@@ -452,7 +444,7 @@ pub struct Transition {
     /// When it happened.
     pub at: Instant,
     /// Why.
-    pub cause: Cause,
+    pub cause: LevelCause,
     /// The signal that drove it (none for a pin).
     pub signal: Option<String>,
     /// The pressure that drove it: the lowest of the sustained run for an escalation, the last
@@ -502,7 +494,7 @@ pub struct Ladder {
     /// The dwell in force: `config.dwell`, stretched by the backoff after premature recoveries.
     dwell: Duration,
     /// The cause of the last transition, to tell a premature recovery from one that held.
-    last_cause: Option<Cause>,
+    last_cause: Option<LevelCause>,
     up_run: u32,
     /// The lowest pressure of the current escalation run and the signal that set it.
     up_min: f64,
@@ -579,7 +571,7 @@ impl Ladder {
     /// ```
     pub fn current_dwell(&self) -> Duration {
         // A step down that was not undone within its dwell held: the next one waits the base.
-        if self.last_cause == Some(Cause::Recovered) {
+        if self.last_cause == Some(LevelCause::Recovered) {
             self.config.dwell
         } else {
             self.dwell
@@ -609,7 +601,7 @@ impl Ladder {
         self.since
     }
 
-    /// Feeds a sample; shorthand for `on_event(Event::Sample(readings), now)`.
+    /// Feeds a sample; shorthand for `on_event(LadderEvent::Sample(readings), now)`.
     ///
     /// ```
     /// # use degrade_core::ladder::{Ladder, LadderConfig, Reading};
@@ -617,11 +609,11 @@ impl Ladder {
     /// let mut ladder = Ladder::new(LadderConfig::default(), now).unwrap();
     /// assert!(ladder.observe(&[Reading::new("cpu", 0.1)], now).is_none());
     /// ```
-    pub fn observe(&mut self, readings: &[Reading<'_>], now: Instant) -> Option<Transition> {
-        self.on_event(Event::Sample(readings), now)
+    pub fn observe(&mut self, readings: &[Reading<'_>], now: Instant) -> Option<LevelTransition> {
+        self.on_event(LadderEvent::Sample(readings), now)
     }
 
-    /// Pins the level; shorthand for `on_event(Event::Pin(level), now)`.
+    /// Pins the level; shorthand for `on_event(LadderEvent::Pin(level), now)`.
     ///
     /// ```
     /// # use degrade_core::ladder::{Ladder, LadderConfig}; use degrade_core::Level;
@@ -630,11 +622,11 @@ impl Ladder {
     /// let t = ladder.pin(Level::Heavy, now).unwrap();
     /// assert_eq!(t.to, Level::Heavy);
     /// ```
-    pub fn pin(&mut self, level: Level, now: Instant) -> Option<Transition> {
-        self.on_event(Event::Pin(level), now)
+    pub fn pin(&mut self, level: Level, now: Instant) -> Option<LevelTransition> {
+        self.on_event(LadderEvent::Pin(level), now)
     }
 
-    /// Unpins; shorthand for `on_event(Event::Unpin, now)`.
+    /// Unpins; shorthand for `on_event(LadderEvent::Unpin, now)`.
     ///
     /// ```
     /// # use degrade_core::ladder::{Ladder, LadderConfig}; use degrade_core::Level;
@@ -645,8 +637,8 @@ impl Ladder {
     /// assert_eq!(ladder.pinned(), None);
     /// assert_eq!(ladder.level(), Level::Heavy); // recovery resumes from the pinned level
     /// ```
-    pub fn unpin(&mut self, now: Instant) -> Option<Transition> {
-        self.on_event(Event::Unpin, now)
+    pub fn unpin(&mut self, now: Instant) -> Option<LevelTransition> {
+        self.on_event(LadderEvent::Unpin, now)
     }
 
     /// Applies one event at `now` and returns the transition it caused, if any.
@@ -655,23 +647,23 @@ impl Ladder {
     /// backwards step can delay a recovery, never hasten one).
     ///
     /// ```
-    /// # use degrade_core::ladder::{Event, Ladder, LadderConfig}; use degrade_core::Level;
+    /// # use degrade_core::ladder::{LadderEvent, Ladder, LadderConfig}; use degrade_core::Level;
     /// # let now = tokio::time::Instant::now();
     /// let mut ladder = Ladder::new(LadderConfig::default(), now).unwrap();
-    /// assert!(ladder.on_event(Event::Pin(Level::Light), now).is_some());
-    /// assert!(ladder.on_event(Event::Unpin, now).is_none());
+    /// assert!(ladder.on_event(LadderEvent::Pin(Level::Light), now).is_some());
+    /// assert!(ladder.on_event(LadderEvent::Unpin, now).is_none());
     /// ```
-    pub fn on_event(&mut self, event: Event<'_>, now: Instant) -> Option<Transition> {
+    pub fn on_event(&mut self, event: LadderEvent<'_>, now: Instant) -> Option<LevelTransition> {
         match event {
-            Event::Pin(level) => {
+            LadderEvent::Pin(level) => {
                 self.pinned = Some(level);
                 self.reset_runs();
                 if level == self.level {
                     return None;
                 }
-                Some(self.transition(level, now, Cause::Pinned, None, None, None))
+                Some(self.transition(level, now, LevelCause::Pinned, None, None, None))
             }
-            Event::Unpin => {
+            LadderEvent::Unpin => {
                 if self.pinned.take().is_some() {
                     // The dwell counts from the unpin, so an operator releasing a pin does not
                     // get an instant step down from a level the signals never chose.
@@ -680,7 +672,7 @@ impl Ladder {
                 }
                 None
             }
-            Event::Sample(readings) => self.on_sample(readings, now),
+            LadderEvent::Sample(readings) => self.on_sample(readings, now),
         }
     }
 
@@ -691,7 +683,7 @@ impl Ladder {
         self.down_run = 0;
     }
 
-    fn on_sample(&mut self, readings: &[Reading<'_>], now: Instant) -> Option<Transition> {
+    fn on_sample(&mut self, readings: &[Reading<'_>], now: Instant) -> Option<LevelTransition> {
         if self.pinned.is_some() {
             return None;
         }
@@ -747,7 +739,7 @@ impl Ladder {
                 return Some(self.transition(
                     target,
                     now,
-                    Cause::Escalated,
+                    LevelCause::Escalated,
                     signal,
                     Some(value),
                     Some(threshold),
@@ -769,7 +761,7 @@ impl Ladder {
                 return Some(self.transition(
                     to,
                     now,
-                    Cause::Recovered,
+                    LevelCause::Recovered,
                     Some(signal.to_owned()),
                     Some(pressure),
                     Some(exit),
@@ -785,12 +777,12 @@ impl Ladder {
         &mut self,
         to: Level,
         now: Instant,
-        cause: Cause,
+        cause: LevelCause,
         signal: Option<String>,
         value: Option<f64>,
         threshold: Option<f64>,
-    ) -> Transition {
-        let t = Transition {
+    ) -> LevelTransition {
+        let t = LevelTransition {
             from: self.level,
             to,
             at: now,
@@ -809,16 +801,22 @@ impl Ladder {
     }
 
     /// Stretches the dwell after a premature recovery and restores it once a recovery holds.
-    fn adapt_dwell(&mut self, t: &Transition) {
+    fn adapt_dwell(&mut self, t: &LevelTransition) {
         match (self.last_cause, t.cause) {
             // Escalating again within one dwell of a step down: that step was premature.
-            (Some(Cause::Recovered), Cause::Escalated) if t.time_at_previous < self.dwell => {
-                let longer = self.dwell.mul_f64(self.config.dwell_backoff);
+            (Some(LevelCause::Recovered), LevelCause::Escalated)
+                if t.time_at_previous < self.dwell =>
+            {
+                // `mul_f64` panics past `Duration::MAX`, which a configured dwell may reach.
+                let longer = Duration::try_from_secs_f64(
+                    self.dwell.as_secs_f64() * self.config.dwell_backoff,
+                )
+                .unwrap_or(Duration::MAX);
                 self.dwell = longer.min(self.config.effective_max_dwell());
             }
             // A step down after a step down: the first one held.
-            (Some(Cause::Recovered), Cause::Recovered) => self.dwell = self.config.dwell,
-            (_, Cause::Pinned) => self.dwell = self.config.dwell,
+            (Some(LevelCause::Recovered), LevelCause::Recovered) => self.dwell = self.config.dwell,
+            (_, LevelCause::Pinned) => self.dwell = self.config.dwell,
             _ => {}
         }
         if t.to == Level::Normal {
@@ -835,7 +833,7 @@ mod tests {
         Duration::from_secs(s)
     }
 
-    fn feed(ladder: &mut Ladder, t: &mut Instant, p: Option<f64>, n: u32) -> Vec<Transition> {
+    fn feed(ladder: &mut Ladder, t: &mut Instant, p: Option<f64>, n: u32) -> Vec<LevelTransition> {
         let mut out = Vec::new();
         for _ in 0..n {
             *t += secs(1);
@@ -927,7 +925,7 @@ mod tests {
             [Level::Heavy, Level::Moderate, Level::Light, Level::Normal]
         );
         for tr in &trs {
-            assert_eq!(tr.cause, Cause::Recovered);
+            assert_eq!(tr.cause, LevelCause::Recovered);
             assert!(tr.time_at_previous >= secs(10));
         }
     }

@@ -13,8 +13,11 @@
 //! | [`Policy`] | what each level means, as data: admit share per priority, sampling ratio, errors-only, critical-only, batch hints |
 //! | [`Priority`], [`priority`] | request priority and the classifiers that assign it |
 //! | [`Outcome`], [`Classifier`] | success / failure / slow / ignored, shared by breaker, canary and triggers |
-//! | [`window`] | lock-free windowed counters (consecutive, last N, time buckets) |
-//! | [`rejection`] | the [`Rejection`] trait, [`Shed`], and the single HTTP / gRPC mapping of every crate's rejections |
+//! | [`window`], [`counter`] | lock-free windowed counters (consecutive, last N, time buckets) and sharded totals |
+//! | [`answer`] | the answer modes every layer shares: [`Errors`], [`HttpResponses`], [`GrpcResponses`] |
+//! | [`key`] | the key extractors every keyed layer shares: closure, header, gRPC metadata, cookie, peer IP |
+//! | [`snapshot`] | [`Accounting`](snapshot::Accounting): offered, admitted, rejected in the same words for every layer's counters |
+//! | [`rejection`] | the [`Rejection`] trait, [`Shed`], the single HTTP / gRPC mapping of every crate's rejections, and the mark that keeps one layer's refusals out of another's failure counts |
 //! | [`limit`] | the adaptive concurrency limit: its pure control law, its wait queue, its snapshot |
 //! | [`DegradeLayer`] | admission by the adaptive limit, highest priority first (or by level shares) |
 //!
@@ -47,11 +50,15 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod builder;
-mod clock;
+mod accessors;
+pub mod answer;
+pub mod clock;
 mod config;
+pub mod counter;
 pub mod degrade;
+pub mod durable;
 mod handle;
+pub mod key;
 pub mod ladder;
 mod level;
 pub mod limit;
@@ -59,10 +66,11 @@ mod outcome;
 pub mod policy;
 pub mod priority;
 pub mod rejection;
+pub mod snapshot;
 mod sync;
 pub mod window;
 
-pub use builder::ServiceBuilderExt;
+pub use answer::{Errors, GrpcResponses, HttpResponses};
 #[cfg(feature = "fast-clock")]
 pub use clock::FastClock;
 #[cfg(feature = "test-util")]
@@ -71,7 +79,7 @@ pub use clock::{Clock, TokioClock};
 pub use config::ConfigError;
 pub use degrade::DegradeLayer;
 pub use handle::{Controller, LevelHandle};
-pub use ladder::{LadderConfig, Transition};
+pub use ladder::{LadderConfig, LevelTransition};
 pub use level::{Level, ParseLevelError};
 #[cfg(feature = "grpc")]
 pub use outcome::GrpcClassifier;
@@ -90,8 +98,3 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
-
-// The workspace README's example too.
-#[doc = include_str!("../../../README.md")]
-#[cfg(doctest)]
-pub struct WorkspaceReadmeDoctests;

@@ -100,9 +100,16 @@ pub trait Classifier<Res, Err>: Send + Sync + 'static {
 
 /// The default classifier: every `Ok` is a success; every `Err` is a failure, except a degrade
 /// rejection from a layer further in (a `BoxError` recognised by
-/// [`rejection::find`](crate::rejection::find)), which says nothing about the callee's health
-/// and is [`Outcome::Ignored`]. Timeouts (e.g. `tower::timeout::error::Elapsed`) are errors,
-/// hence failures.
+/// [`rejection::find`](crate::rejection::find), a `tonic::Status` made from one, or a
+/// rejection type used as the error type), which says nothing about the callee's health and is
+/// [`Outcome::Ignored`]. Timeouts (e.g. `tower::timeout::error::Elapsed`) are errors, hence
+/// failures.
+///
+/// It does not look inside responses, whatever their type, so it cannot see the
+/// [mark](crate::rejection::Rejected) of a layer further in that *answers* its rejections
+/// (`.http()`, `.grpc()`): such a response counts as a success. Over HTTP or gRPC, use
+/// `HttpClassifier` or `GrpcClassifier` (features `http`, `grpc`), which read status codes
+/// and ignore marked responses.
 ///
 /// ```
 /// use degrade_core::{BoxError, Classifier, DefaultClassifier, Level, Outcome, Priority, Shed};
@@ -118,19 +125,26 @@ pub trait Classifier<Res, Err>: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultClassifier;
 
+/// The degrade rejection that `err` is or wraps, if any: a `BoxError` holding one (anywhere in
+/// its `source()` chain), a `tonic::Status` made from one (feature `grpc`), or an error type
+/// that is a rejection type itself.
+fn local_rejection<E: 'static>(err: &E) -> Option<&dyn crate::Rejection> {
+    let any: &dyn std::any::Any = err;
+    if let Some(b) = any.downcast_ref::<crate::BoxError>() {
+        return crate::rejection::find(&**b);
+    }
+    #[cfg(feature = "grpc")]
+    if let Some(s) = any.downcast_ref::<tonic::Status>() {
+        return crate::rejection::find(s);
+    }
+    crate::rejection::find_any(any)
+}
+
 /// `Ignored` if `err` is (or wraps) a degrade rejection, else `Failure`.
 fn classify_any_error<E: 'static>(err: &E) -> Outcome {
-    let any: &dyn std::any::Any = err;
-    let as_error: Option<&(dyn std::error::Error + 'static)> =
-        if let Some(b) = any.downcast_ref::<crate::BoxError>() {
-            Some(&**b)
-        } else {
-            any.downcast_ref::<Box<dyn std::error::Error + Send + Sync>>()
-                .map(|b| &**b as &(dyn std::error::Error + 'static))
-        };
-    match as_error {
-        Some(e) if crate::rejection::find(e).is_some() => Outcome::Ignored,
-        _ => Outcome::Failure,
+    match local_rejection(err) {
+        Some(_) => Outcome::Ignored,
+        None => Outcome::Failure,
     }
 }
 
@@ -154,6 +168,23 @@ mod http_classifier {
     /// timeout) and 429 (throttled) are failures — the callee is unhealthy or overloaded — and
     /// everything else, including other 4xx (the caller's own fault), is a success. Errors are
     /// classified like [`DefaultClassifier`](crate::DefaultClassifier).
+    ///
+    /// A response that a degrade layer in this process answered itself (it carries the
+    /// [`Rejected`](crate::rejection::Rejected) mark) is [`Outcome::Ignored`] whatever its
+    /// status: a rate limiter's 429 or a breaker's 503 further in says nothing about the
+    /// service. The same status from the network counts as usual.
+    ///
+    /// ```
+    /// use degrade_core::{rejection, BoxError, Classifier, HttpClassifier, Level, Outcome, Priority, Shed};
+    /// use std::time::Duration;
+    ///
+    /// let shed = Shed::new(Level::Heavy, Priority::Low, Duration::from_secs(1));
+    /// let ours: http::Response<()> = rejection::http::response(&shed);
+    /// let theirs = http::Response::builder().status(503).body(()).unwrap();
+    /// let c = HttpClassifier::default();
+    /// assert_eq!(Classifier::<_, BoxError>::classify_response(&c, &ours), Outcome::Ignored);
+    /// assert_eq!(Classifier::<_, BoxError>::classify_response(&c, &theirs), Outcome::Failure);
+    /// ```
     ///
     /// ```
     /// use degrade_core::{Classifier, HttpClassifier, Outcome, BoxError};
@@ -205,11 +236,6 @@ mod http_classifier {
 
     impl HttpClassifier {
         /// Counts `status` as a failure.
-        ///
-        /// ```
-        /// # use degrade_core::HttpClassifier;
-        /// let _ = HttpClassifier::default().failure_status(404);
-        /// ```
         #[must_use]
         pub fn failure_status(mut self, status: u16) -> Self {
             set(&mut self.failure, status, true);
@@ -218,11 +244,6 @@ mod http_classifier {
         }
 
         /// Counts `status` as a success.
-        ///
-        /// ```
-        /// # use degrade_core::HttpClassifier;
-        /// let _ = HttpClassifier::default().success_status(503);
-        /// ```
         #[must_use]
         pub fn success_status(mut self, status: u16) -> Self {
             set(&mut self.failure, status, false);
@@ -231,11 +252,6 @@ mod http_classifier {
         }
 
         /// Ignores `status` (it says nothing about the callee's health).
-        ///
-        /// ```
-        /// # use degrade_core::HttpClassifier;
-        /// let _ = HttpClassifier::default().ignored_status(499);
-        /// ```
         #[must_use]
         pub fn ignored_status(mut self, status: u16) -> Self {
             set(&mut self.failure, status, false);
@@ -262,6 +278,9 @@ mod http_classifier {
 
     impl<B, Err: 'static> Classifier<http::Response<B>, Err> for HttpClassifier {
         fn classify_response(&self, response: &http::Response<B>) -> Outcome {
+            if crate::rejection::http::rejected(response).is_some() {
+                return Outcome::Ignored;
+            }
             self.classify_status(response.status().as_u16())
         }
         fn classify_error(&self, error: &Err) -> Outcome {
@@ -275,7 +294,7 @@ pub use self::grpc_classifier::GrpcClassifier;
 
 #[cfg(feature = "grpc")]
 mod grpc_classifier {
-    use super::{Classifier, Outcome, classify_any_error};
+    use super::{Classifier, Outcome, classify_any_error, local_rejection};
 
     /// Classifies gRPC calls by status code (feature `grpc`).
     ///
@@ -288,6 +307,13 @@ mod grpc_classifier {
     /// "trailers-only" response (every error tonic returns before the body) carries it, and from
     /// a [`tonic::Status`] error. A status sent in trailers after a streamed body is not seen
     /// here.
+    ///
+    /// A call that a degrade layer in this process refused is [`Outcome::Ignored`] whatever
+    /// its code: a response carrying the [`Rejected`](crate::rejection::Rejected) mark (the
+    /// `.grpc()` answer mode), a `tonic::Status` made by
+    /// [`rejection::grpc::status`](crate::rejection::grpc::status) (its `source()` is the mark)
+    /// and a rejection returned as an error. A status received from the network is classified
+    /// by its code, `degrade-rejection` metadata or not.
     ///
     /// ```
     /// use degrade_core::{BoxError, Classifier, GrpcClassifier, Outcome};
@@ -349,6 +375,9 @@ mod grpc_classifier {
 
     impl<B, Err: 'static> Classifier<http::Response<B>, Err> for GrpcClassifier {
         fn classify_response(&self, response: &http::Response<B>) -> Outcome {
+            if crate::rejection::http::rejected(response).is_some() {
+                return Outcome::Ignored;
+            }
             let Some(v) = response.headers().get("grpc-status") else {
                 return Outcome::Success;
             };
@@ -361,6 +390,9 @@ mod grpc_classifier {
             }
         }
         fn classify_error(&self, error: &Err) -> Outcome {
+            if local_rejection(error).is_some() {
+                return Outcome::Ignored;
+            }
             let any: &dyn std::any::Any = error;
             let status = any.downcast_ref::<tonic::Status>().or_else(|| {
                 any.downcast_ref::<crate::BoxError>()

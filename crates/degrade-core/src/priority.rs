@@ -301,11 +301,6 @@ mod http_impl {
 
         /// Requests whose path starts with `prefix` get `priority` (replacing an earlier entry
         /// for the same prefix).
-        ///
-        /// ```
-        /// # use degrade_core::{priority::RoutePriority, Priority};
-        /// let _ = RoutePriority::new(Priority::Normal).route("/health", Priority::Critical);
-        /// ```
         #[must_use]
         pub fn route(mut self, prefix: impl Into<String>, priority: Priority) -> Self {
             self.table.insert(prefix.into(), priority);
@@ -339,11 +334,6 @@ mod http_impl {
 
     impl MethodPriority {
         /// Every method gets `default` until mapped.
-        ///
-        /// ```
-        /// # use degrade_core::{priority::MethodPriority, Priority};
-        /// let _ = MethodPriority::new(Priority::Low);
-        /// ```
         pub fn new(default: Priority) -> Self {
             Self {
                 methods: Vec::new(),
@@ -352,11 +342,6 @@ mod http_impl {
         }
 
         /// Requests with `method` get `priority`.
-        ///
-        /// ```
-        /// # use degrade_core::{priority::MethodPriority, Priority};
-        /// let _ = MethodPriority::new(Priority::Low).method(http::Method::GET, Priority::Normal);
-        /// ```
         #[must_use]
         pub fn method(mut self, method: Method, priority: Priority) -> Self {
             self.methods.retain(|(m, _)| *m != method);
@@ -405,11 +390,6 @@ mod http_impl {
 
         impl GrpcMethodPriority {
             /// Every method gets `default` until mapped.
-            ///
-            /// ```
-            /// # use degrade_core::{priority::GrpcMethodPriority, Priority};
-            /// let _ = GrpcMethodPriority::new(Priority::Normal);
-            /// ```
             pub fn new(default: Priority) -> Self {
                 Self {
                     table: PrefixTable::default(),
@@ -418,11 +398,6 @@ mod http_impl {
             }
 
             /// Every method of `service` (fully qualified, `package.Service`) gets `priority`.
-            ///
-            /// ```
-            /// # use degrade_core::{priority::GrpcMethodPriority, Priority};
-            /// let _ = GrpcMethodPriority::new(Priority::Normal).service("grpc.health.v1.Health", Priority::Critical);
-            /// ```
             #[must_use]
             pub fn service(mut self, service: &str, priority: Priority) -> Self {
                 self.table.insert(format!("/{service}/"), priority);
@@ -430,11 +405,6 @@ mod http_impl {
             }
 
             /// Method `method` of `service` gets `priority`.
-            ///
-            /// ```
-            /// # use degrade_core::{priority::GrpcMethodPriority, Priority};
-            /// let _ = GrpcMethodPriority::new(Priority::Normal).method("shop.Cart", "Checkout", Priority::Critical);
-            /// ```
             #[must_use]
             pub fn method(mut self, service: &str, method: &str, priority: Priority) -> Self {
                 // Exact path; the longest-first order puts it before the service prefix.

@@ -16,10 +16,31 @@
 //!
 //! A service error of unknown origin can be mapped too: [`find`] recognises every rejection
 //! type that was [`register`]ed (each degrade crate registers its own when a layer is built).
+//!
+//! ## Local rejections are marked
+//!
+//! A rejection says nothing about the health of the service behind the layer that made it, so
+//! the breaker, the canary's statistics and the error-rate trigger must not count it as a
+//! failure of that service. Every answer a degrade layer makes itself carries a [`Rejected`]
+//! mark, and every classifier in [`outcome`](crate::Classifier) reads it as
+//! [`Outcome::Ignored`](crate::Outcome::Ignored):
+//!
+//! | answer mode | what the outer layers see | the mark |
+//! |---|---|---|
+//! | errors | `Err(BoxError)` holding the rejection | the rejection itself ([`find`]) |
+//! | HTTP ([`http::response`]) | a 429 / 503 response | a [`Rejected`] response extension |
+//! | gRPC ([`grpc::response`]) | a trailers-only response | a [`Rejected`] response extension |
+//! | [`grpc::status`] | a `tonic::Status` | the status's `source()` is a [`Rejected`] |
+//!
+//! The mark lives in process memory only (an `http::Extensions` entry, an error source) and
+//! never crosses the wire. That is deliberate: a 503 that a *remote* degrade layer answered
+//! (the `degrade-rejection` header, or `degrade-rejection` gRPC metadata, tells a human which
+//! policy refused) is a real sign that the remote service is overloaded, and a breaker in its
+//! client should count it. A header that any peer can set cannot be trusted to hide failures.
 
 use crate::level::Level;
 use crate::priority::Priority;
-use std::any::TypeId;
+use std::any::{Any, TypeId};
 use std::error::Error;
 use std::fmt;
 use std::sync::RwLock;
@@ -91,6 +112,14 @@ pub trait Rejection: Error + Send + Sync + 'static {
     /// A short machine-readable reason (`"shed"`, `"rate_limited"`, `"circuit_open"`), used in
     /// counters and the `degrade-rejection` response header.
     fn reason(&self) -> &'static str;
+
+    /// Headers of its own that the HTTP answer adds after `Retry-After` and
+    /// `degrade-rejection` (feature `http`): a rate limit's `RateLimit-Policy` and `RateLimit`
+    /// fields, for instance. None by default.
+    #[cfg(feature = "http")]
+    fn http_headers(&self, headers: &mut ::http::HeaderMap) {
+        let _ = headers;
+    }
 }
 
 /// The request was shed by the [`DegradeLayer`](crate::DegradeLayer): at `level`, the policy
@@ -157,16 +186,107 @@ impl Rejection for Shed {
     }
 }
 
-type Caster = for<'a> fn(&'a (dyn Error + 'static)) -> Option<&'a dyn Rejection>;
+/// The mark of a request that a degrade layer in this process refused: what is left of the
+/// rejection once it has been turned into a response or a `tonic::Status` (see the
+/// [module documentation](self#local-rejections-are-marked)).
+///
+/// Every classifier reads a marked answer as [`Outcome::Ignored`](crate::Outcome::Ignored), so
+/// one layer's refusals never open a breaker, sink a canary or raise the error rate of another
+/// layer stacked around it. A custom classifier finds the mark with
+/// [`http::rejected`] (feature `http`) or [`find`] (errors, statuses).
+///
+/// ```
+/// use degrade_core::rejection::{Rejected, Rejection};
+/// use degrade_core::{Level, Priority, RejectionKind, Shed};
+/// use std::time::Duration;
+///
+/// let mark = Rejected::of(&Shed::new(Level::Heavy, Priority::Low, Duration::from_secs(2)));
+/// assert_eq!(mark.kind, RejectionKind::Overloaded);
+/// assert_eq!(mark.reason, "shed");
+/// assert_eq!(mark.retry_after, Some(Duration::from_secs(2)));
+/// assert_eq!(mark.to_string(), "request refused by degrade (shed)");
+/// // The mark is itself a rejection, so `find` sees it in an error's source chain.
+/// let err: degrade_core::BoxError = Box::new(mark);
+/// assert_eq!(degrade_core::rejection::find(&*err).unwrap().reason(), "shed");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rejected {
+    /// The kind of refusal.
+    pub kind: RejectionKind,
+    /// The rejection's [`reason`](Rejection::reason).
+    pub reason: &'static str,
+    /// The rejection's [`retry_after`](Rejection::retry_after).
+    pub retry_after: Option<Duration>,
+}
 
-static REGISTRY: RwLock<Vec<(TypeId, Caster)>> = RwLock::new(Vec::new());
+impl Rejected {
+    /// The mark of `rejection`.
+    ///
+    /// ```
+    /// # use degrade_core::rejection::Rejected;
+    /// # use degrade_core::{Level, Priority, Shed}; use std::time::Duration;
+    /// let shed = Shed::new(Level::Light, Priority::Background, Duration::from_secs(1));
+    /// assert_eq!(Rejected::of(&shed).reason, "shed");
+    /// ```
+    pub fn of(rejection: &dyn Rejection) -> Self {
+        Self {
+            kind: rejection.kind(),
+            reason: rejection.reason(),
+            retry_after: rejection.retry_after(),
+        }
+    }
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request refused by degrade ({})", self.reason)
+    }
+}
+
+impl Error for Rejected {}
+
+impl Rejection for Rejected {
+    fn kind(&self) -> RejectionKind {
+        self.kind
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+    fn reason(&self) -> &'static str {
+        self.reason
+    }
+}
+
+type Caster = for<'a> fn(&'a (dyn Error + 'static)) -> Option<&'a dyn Rejection>;
+type AnyCaster = for<'a> fn(&'a dyn Any) -> Option<&'a dyn Rejection>;
+
+static REGISTRY: RwLock<Vec<(TypeId, Caster, AnyCaster)>> = RwLock::new(Vec::new());
 
 fn cast<'a, T: Rejection>(err: &'a (dyn Error + 'static)) -> Option<&'a dyn Rejection> {
     err.downcast_ref::<T>().map(|r| r as &dyn Rejection)
 }
 
+fn cast_any<T: Rejection>(value: &dyn Any) -> Option<&dyn Rejection> {
+    value.downcast_ref::<T>().map(|r| r as &dyn Rejection)
+}
+
+/// The rejection that `value` is, when a service's error type is a rejection type itself
+/// rather than a `BoxError` (a `Service<Error = CircuitOpen>`, say).
+pub(crate) fn find_any(value: &dyn Any) -> Option<&dyn Rejection> {
+    if let Some(r) = cast_any::<Shed>(value).or_else(|| cast_any::<Rejected>(value)) {
+        return Some(r);
+    }
+    REGISTRY
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find_map(|(_, _, c)| c(value))
+}
+
 /// Makes [`find`] recognise rejection type `T`. Idempotent; degrade crates call it when one of
-/// their layers is built, so users rarely need to. [`Shed`] is always recognised.
+/// their layers is built, so users rarely need to. [`Shed`] and [`Rejected`] are always
+/// recognised.
 ///
 /// ```
 /// use degrade_core::rejection::{find, register, Rejection};
@@ -195,13 +315,13 @@ pub fn register<T: Rejection>() {
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
-        .any(|(t, _)| *t == id)
+        .any(|(t, _, _)| *t == id)
     {
         return;
     }
     let mut w = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
-    if !w.iter().any(|(t, _)| *t == id) {
-        w.push((id, cast::<T>));
+    if !w.iter().any(|(t, _, _)| *t == id) {
+        w.push((id, cast::<T>, cast_any::<T>));
     }
 }
 
@@ -220,14 +340,14 @@ pub fn register<T: Rejection>() {
 pub fn find<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a dyn Rejection> {
     let mut cur: Option<&'a (dyn Error + 'static)> = Some(err);
     while let Some(e) = cur {
-        if let Some(r) = cast::<Shed>(e) {
+        if let Some(r) = cast::<Shed>(e).or_else(|| cast::<Rejected>(e)) {
             return Some(r);
         }
         let found = REGISTRY
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .find_map(|(_, c)| c(e));
+            .find_map(|(_, c, _)| c(e));
         if found.is_some() {
             return found;
         }
@@ -236,7 +356,8 @@ pub fn find<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a dyn Rejection> {
     None
 }
 
-/// The `Retry-After` value in whole seconds, rounded up so a client never retries early.
+/// The `Retry-After` value in whole seconds, rounded up so a client never retries early
+/// (saturating at `u64::MAX` for the longest durations, which cannot be rounded up).
 ///
 /// ```
 /// use degrade_core::rejection::retry_after_secs;
@@ -244,16 +365,17 @@ pub fn find<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a dyn Rejection> {
 /// assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
 /// assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
 /// assert_eq!(retry_after_secs(Duration::ZERO), 0);
+/// assert_eq!(retry_after_secs(Duration::MAX), u64::MAX);
 /// ```
 pub fn retry_after_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 #[cfg(feature = "http")]
 pub mod http {
     //! The HTTP form of rejections (feature `http`): 429 or 503 with `Retry-After`.
 
-    use super::{Rejection, find, retry_after_secs};
+    use super::{Rejected, Rejection, find, retry_after_secs};
     use ::http::{HeaderValue, Response, StatusCode, header};
     use std::error::Error;
 
@@ -261,7 +383,8 @@ pub mod http {
     pub const REJECTION_HEADER: &str = "degrade-rejection";
 
     /// The HTTP response for `rejection`: the kind's status, `Retry-After` in whole seconds
-    /// (rounded up), `degrade-rejection: <reason>`, and an empty body.
+    /// (rounded up), `degrade-rejection: <reason>`, an empty body, and the [`Rejected`] mark
+    /// as a response extension (see [`rejected`]).
     ///
     /// ```
     /// use degrade_core::{rejection, Level, Priority, Shed};
@@ -272,9 +395,11 @@ pub mod http {
     /// assert_eq!(res.status(), 503);
     /// assert_eq!(res.headers()["retry-after"], "2");
     /// assert_eq!(res.headers()["degrade-rejection"], "shed");
+    /// assert!(rejection::http::rejected(&res).is_some());
     /// ```
     pub fn response<B: Default>(rejection: &dyn Rejection) -> Response<B> {
         let mut res = Response::new(B::default());
+        res.extensions_mut().insert(Rejected::of(rejection));
         *res.status_mut() = StatusCode::from_u16(rejection.kind().http_status())
             .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         let h = res.headers_mut();
@@ -285,6 +410,7 @@ pub mod http {
             REJECTION_HEADER,
             HeaderValue::from_static(rejection.reason()),
         );
+        rejection.http_headers(h);
         res
     }
 
@@ -302,18 +428,74 @@ pub mod http {
     pub fn error_response<B: Default>(err: &(dyn Error + 'static)) -> Option<Response<B>> {
         find(err).map(response)
     }
+
+    /// The [`Rejected`] mark of a response that a degrade layer in this process answered
+    /// itself (HTTP or gRPC answer mode), or `None` for any other response — including one
+    /// that a remote degrade layer answered, whose `degrade-rejection` header is only
+    /// informative (see the [module documentation](super#local-rejections-are-marked)).
+    ///
+    /// ```
+    /// use degrade_core::{rejection, Level, Priority, Shed};
+    /// use std::time::Duration;
+    ///
+    /// let shed = Shed::new(Level::Heavy, Priority::Low, Duration::from_secs(1));
+    /// let ours: http::Response<()> = rejection::http::response(&shed);
+    /// assert_eq!(rejection::http::rejected(&ours).unwrap().reason, "shed");
+    ///
+    /// // The same status and header from the network are not a local rejection.
+    /// let theirs = http::Response::builder()
+    ///     .status(503)
+    ///     .header("degrade-rejection", "shed")
+    ///     .body(())
+    ///     .unwrap();
+    /// assert!(rejection::http::rejected(&theirs).is_none());
+    /// ```
+    pub fn rejected<B>(response: &Response<B>) -> Option<&Rejected> {
+        response.extensions().get::<Rejected>()
+    }
 }
 
 #[cfg(feature = "grpc")]
 pub mod grpc {
     //! The gRPC form of rejections (feature `grpc`): RESOURCE_EXHAUSTED or UNAVAILABLE, with a
     //! `google.rpc.RetryInfo` detail when the retry delay is known.
+    //!
+    //! [`retry_delay`] reads the detail back from a status a peer sent. It is total: whatever
+    //! bytes arrive, it returns a delay in `[0, MAX_RETRY_DELAY]` or `None`, and never panics.
 
-    use super::{Rejection, find};
+    use super::{Rejected, Rejection, find};
     use std::error::Error;
+    use std::sync::Arc;
     use std::time::Duration;
 
-    /// The [`tonic::Status`] for `rejection`.
+    /// The longest retry delay [`retry_delay`] reports: a longer `RetryInfo` is clamped to it.
+    ///
+    /// One hour. A retry delay is advice about one pending request (an OTLP batch, a call a
+    /// client holds in memory), not a schedule: OpenTelemetry's exporters give up on a batch
+    /// after their export timeout (10 s by default) and clients' retry budgets are measured in
+    /// seconds to minutes, so honouring a longer wait only keeps the request's memory and the
+    /// caller's task alive for nothing. A peer that asks for more than an hour is broken or
+    /// hostile (`seconds = i64::MAX` is 292 billion years), and an hour still lets an honest
+    /// server shed a client for a long incident: the client asks again after it and is told
+    /// again.
+    ///
+    /// ```
+    /// use degrade_core::rejection::grpc::{retry_delay, status, MAX_RETRY_DELAY};
+    /// use degrade_core::{Level, Priority, Shed};
+    /// use std::time::Duration;
+    ///
+    /// let day = Shed::new(Level::Heavy, Priority::Low, Duration::from_secs(86_400));
+    /// assert_eq!(retry_delay(&status(&day)), Some(MAX_RETRY_DELAY));
+    /// ```
+    pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
+
+    /// The largest `google.protobuf.Duration` (10 000 years, as its definition says): what
+    /// [`status`] encodes at most, so the detail stays valid protobuf however long the delay.
+    const PROTO_MAX_SECS: u64 = 315_576_000_000;
+
+    /// The [`tonic::Status`] for `rejection`, marked as a local rejection: its `source()` is
+    /// the rejection's [`Rejected`] mark (which never leaves the process), and its metadata
+    /// say `degrade-rejection: <reason>` to whoever receives it.
     ///
     /// ```
     /// use degrade_core::{rejection, Level, Priority, Shed};
@@ -322,17 +504,26 @@ pub mod grpc {
     /// let s = rejection::grpc::status(&Shed::new(Level::Heavy, Priority::Low, Duration::from_secs(3)));
     /// assert_eq!(s.code(), tonic::Code::Unavailable);
     /// assert_eq!(rejection::grpc::retry_delay(&s), Some(Duration::from_secs(3)));
+    /// assert_eq!(s.metadata().get("degrade-rejection").unwrap(), "shed");
+    /// assert!(rejection::find(&s).is_some()); // the mark, through `source()`
     /// ```
     pub fn status(rejection: &dyn Rejection) -> tonic::Status {
         let code = tonic::Code::from_i32(rejection.kind().grpc_code());
         let message = rejection.to_string();
-        match rejection.retry_after() {
+        let mut status = match rejection.retry_after() {
             Some(delay) => {
                 let details = encode_status_with_retry_info(code as i32, &message, delay);
                 tonic::Status::with_details(code, message, details.into())
             }
             None => tonic::Status::new(code, message),
+        };
+        if let Ok(v) = tonic::metadata::MetadataValue::try_from(rejection.reason()) {
+            status
+                .metadata_mut()
+                .insert(super::http::REJECTION_HEADER, v);
         }
+        status.set_source(Arc::new(Rejected::of(rejection)));
+        status
     }
 
     /// The [`tonic::Status`] for a service error, if it is a rejection.
@@ -348,7 +539,8 @@ pub mod grpc {
     }
 
     /// A complete gRPC "trailers-only" HTTP response for `rejection`, for layers that answer
-    /// themselves in front of a tonic service.
+    /// themselves in front of a tonic service; marked with a [`Rejected`] extension like the
+    /// HTTP form (see [`http::rejected`](super::http::rejected)).
     ///
     /// ```
     /// use degrade_core::{rejection, Level, Priority, Shed};
@@ -356,19 +548,26 @@ pub mod grpc {
     /// let res: http::Response<()> = rejection::grpc::response(&Shed::new(Level::Heavy, Priority::Low, Duration::from_secs(1)));
     /// assert_eq!(res.status(), 200);
     /// assert_eq!(res.headers()["grpc-status"], "14");
+    /// assert_eq!(res.headers()["degrade-rejection"], "shed");
+    /// assert!(rejection::http::rejected(&res).is_some());
     /// ```
     pub fn response<B: Default>(rejection: &dyn Rejection) -> http::Response<B> {
+        // The status's metadata become the `degrade-rejection` header.
         let mut res = status(rejection).into_http::<B>();
-        if let Ok(v) = http::HeaderValue::from_str(rejection.reason()) {
-            res.headers_mut().insert(super::http::REJECTION_HEADER, v);
-        }
+        res.extensions_mut().insert(Rejected::of(rejection));
         res
     }
 
     /// The retry delay carried by a status's `google.rpc.RetryInfo` detail, if any.
     ///
+    /// Total on any input: the `google.protobuf.Duration` is read as `seconds + nanos / 10⁹`
+    /// (so `nanos` outside `[0, 10⁹)`, or of the other sign, is normalised rather than
+    /// refused), a negative total or a field that does not fit its protobuf type is no delay
+    /// (`None`), and a total above [`MAX_RETRY_DELAY`] is clamped to it. Malformed details
+    /// are `None`.
+    ///
     /// ```
-    /// # use degrade_core::rejection::grpc::retry_delay;
+    /// # use degrade_core::rejection::grpc::{retry_delay, MAX_RETRY_DELAY};
     /// assert_eq!(retry_delay(&tonic::Status::unavailable("down")), None);
     /// ```
     pub fn retry_delay(status: &tonic::Status) -> Option<Duration> {
@@ -383,6 +582,7 @@ pub mod grpc {
     // google.protobuf.Duration { int64 seconds = 1; int32 nanos = 2; }
     // Hand-encoded: five fields do not justify a protobuf code generator in the core crate.
     fn encode_status_with_retry_info(code: i32, message: &str, delay: Duration) -> Vec<u8> {
+        let delay = delay.min(Duration::from_secs(PROTO_MAX_SECS));
         let mut duration = Vec::with_capacity(16);
         put_varint_field(&mut duration, 1, delay.as_secs());
         put_varint_field(&mut duration, 2, u64::from(delay.subsec_nanos()));
@@ -420,7 +620,8 @@ pub mod grpc {
         buf.extend_from_slice(bytes);
     }
 
-    /// A minimal protobuf reader: (field number, wire value) pairs of one message.
+    /// A minimal protobuf reader: (field number, wire value) pairs of one message. It borrows
+    /// the input and allocates nothing; a malformed field ends the iteration.
     struct Fields<'a> {
         buf: &'a [u8],
     }
@@ -428,6 +629,8 @@ pub mod grpc {
     enum Value<'a> {
         Varint(u64),
         Bytes(&'a [u8]),
+        /// A fixed-width field (wire types 1 and 5), skipped by every reader here.
+        Fixed,
     }
 
     fn get_varint(buf: &mut &[u8]) -> Option<u64> {
@@ -443,27 +646,46 @@ pub mod grpc {
         None
     }
 
+    fn skip(buf: &mut &[u8], n: usize) -> Option<()> {
+        *buf = buf.get(n..)?;
+        Some(())
+    }
+
     impl<'a> Iterator for Fields<'a> {
         type Item = (u64, Value<'a>);
         fn next(&mut self) -> Option<Self::Item> {
             if self.buf.is_empty() {
                 return None;
             }
-            let key = get_varint(&mut self.buf)?;
-            match key & 7 {
-                0 => Some((key >> 3, Value::Varint(get_varint(&mut self.buf)?))),
-                2 => {
-                    let len = usize::try_from(get_varint(&mut self.buf)?).ok()?;
-                    if len > self.buf.len() {
-                        return None;
+            let item = (|| {
+                let key = get_varint(&mut self.buf)?;
+                let value = match key & 7 {
+                    0 => Value::Varint(get_varint(&mut self.buf)?),
+                    1 => {
+                        skip(&mut self.buf, 8)?;
+                        Value::Fixed
                     }
-                    let (v, rest) = self.buf.split_at(len);
-                    self.buf = rest;
-                    Some((key >> 3, Value::Bytes(v)))
-                }
-                // Other wire types do not occur in these messages; stop rather than misread.
-                _ => None,
+                    2 => {
+                        let len = usize::try_from(get_varint(&mut self.buf)?).ok()?;
+                        let v = self.buf.get(..len)?;
+                        self.buf = &self.buf[len..];
+                        Value::Bytes(v)
+                    }
+                    5 => {
+                        skip(&mut self.buf, 4)?;
+                        Value::Fixed
+                    }
+                    // Groups (3, 4) are deprecated and absent from these messages; 6 and 7 are
+                    // not wire types. Stop rather than misread.
+                    _ => return None,
+                };
+                Some((key >> 3, value))
+            })();
+            if item.is_none() {
+                // A malformed message: nothing after this point can be trusted.
+                self.buf = &[];
             }
+            item
         }
     }
 
@@ -484,21 +706,42 @@ pub mod grpc {
             if url != Some(RETRY_INFO_URL.as_bytes()) {
                 continue;
             }
+            // A RetryInfo without a retry_delay (or an empty Any) carries no delay.
+            let mut delay = None;
             for (f, v) in (Fields { buf: payload? }) {
                 if let (1, Value::Bytes(d)) = (f, v) {
-                    let (mut secs, mut nanos) = (0u64, 0u64);
-                    for (f, v) in (Fields { buf: d }) {
-                        match (f, v) {
-                            (1, Value::Varint(s)) => secs = s,
-                            (2, Value::Varint(n)) => nanos = n,
-                            _ => {}
-                        }
-                    }
-                    return Some(Duration::new(secs, u32::try_from(nanos).ok()?));
+                    delay = Some(d); // protobuf: the last occurrence wins
                 }
             }
+            return decode_duration(delay?);
         }
         None
+    }
+
+    /// A `google.protobuf.Duration` as a delay in `[0, MAX_RETRY_DELAY]`; see [`retry_delay`].
+    fn decode_duration(d: &[u8]) -> Option<Duration> {
+        let (mut secs, mut nanos) = (0i64, 0i32);
+        for (f, v) in (Fields { buf: d }) {
+            match (f, v) {
+                // int64: the varint is the two's complement of the value.
+                (1, Value::Varint(s)) => secs = s as i64,
+                // int32: negative values are sign-extended to 64 bits on the wire; a value
+                // outside the 32-bit range is not an int32.
+                (2, Value::Varint(n)) => nanos = i32::try_from(n as i64).ok()?,
+                _ => {}
+            }
+        }
+        let total = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+        if total < 0 {
+            return None;
+        }
+        let max = MAX_RETRY_DELAY.as_nanos() as i128;
+        let total = total.min(max) as u128;
+        // Within an hour: both parts fit.
+        Some(Duration::new(
+            (total / 1_000_000_000) as u64,
+            (total % 1_000_000_000) as u32,
+        ))
     }
 
     #[cfg(test)]
@@ -510,7 +753,8 @@ pub mod grpc {
             for d in [
                 Duration::from_millis(1),
                 Duration::from_secs(3),
-                Duration::new(100_000, 999_999_999),
+                Duration::new(3599, 999_999_999),
+                MAX_RETRY_DELAY,
             ] {
                 let b = encode_status_with_retry_info(8, "slow down", d);
                 assert_eq!(decode_retry_info(&b), Some(d));

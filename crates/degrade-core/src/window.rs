@@ -1,4 +1,5 @@
 //! Lock-free windowed counters, written once for the breaker, the canary and the triggers.
+//! (Plain totals bumped on the hot path are [`ShardedCounter`](crate::counter::ShardedCounter)s.)
 //!
 //! Every policy that judges a callee by its recent calls needs "how many of the recent calls
 //! failed, and how many were slow". The question is what "recent" means, and each answer has its
@@ -13,8 +14,6 @@
 //! - [`TimeWindow`]: the calls of the last span, in buckets (resilience4j's `TIME_BASED` window).
 //!   Old calls expire however quiet the service is, at the price of a noisy rate when few calls
 //!   fall in the span; callers pair it with a minimum number of calls.
-//! - [`ShardedCounter`]: plain totals (calls per arm, rejections per level) bumped on the hot
-//!   path by every thread, sharded so that threads do not fight over one cache line.
 //!
 //! All of them read a [`WindowSnapshot`]. [`Outcome::Ignored`] is never a call: a cancelled
 //! request or a local rejection says nothing about the callee, and counting it would dilute the
@@ -47,11 +46,8 @@
 //! clamped so that `failures + slow <= calls` (and `calls <= N` for a count window) always holds.
 //! The models in `tests/loom.rs` check these arguments under `--cfg degrade_loom`.
 
-use std::cell::Cell;
 use std::fmt;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
-use std::sync::atomic::AtomicU64 as StdAtomicU64;
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
@@ -59,6 +55,28 @@ use tokio::time::Instant;
 
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::{ConfigError, Outcome};
+
+/// The largest [`CountWindow`] a configuration should ask for: a million calls (4 MB of slots).
+/// [`CountWindow::new`] itself takes any size; configurations (the breaker's `window.size`)
+/// refuse larger ones, so that a typo cannot allocate gigabytes.
+///
+/// ```
+/// assert_eq!(degrade_core::window::MAX_COUNT_SIZE, 1_000_000);
+/// ```
+pub const MAX_COUNT_SIZE: u32 = 1_000_000;
+
+/// The most buckets a [`TimeWindow`] may have (240 KB of counters). A snapshot reads every
+/// bucket, so even this many makes each judgement a long pass; a few dozen are enough for any
+/// span.
+///
+/// ```
+/// # use degrade_core::window::{TimeWindow, MAX_BUCKETS};
+/// # use std::{num::NonZeroU32, time::Duration};
+/// let too_many = NonZeroU32::new(MAX_BUCKETS + 1).unwrap();
+/// let err = TimeWindow::new(Duration::from_secs(86_400), too_many, tokio::time::Instant::now()).unwrap_err();
+/// assert_eq!(err.field(), "buckets");
+/// ```
+pub const MAX_BUCKETS: u32 = 10_000;
 
 /// What a window holds at one moment: calls, and how many of them failed or were slow.
 ///
@@ -292,7 +310,8 @@ pub struct CountWindow {
 
 impl CountWindow {
     /// Creates an empty window over the last `size` calls. This is the only allocation (one
-    /// 4-byte slot per call).
+    /// 4-byte slot per call): a size read from configuration should be bounded first, as the
+    /// breaker bounds it by [`MAX_COUNT_SIZE`].
     ///
     /// ```
     /// # use degrade_core::window::{CountWindow, WindowSnapshot};
@@ -513,7 +532,8 @@ impl TimeWindow {
     /// # Errors
     ///
     /// A [`ConfigError`] on field `span` if it is zero or longer than `u64::MAX` nanoseconds
-    /// (about 584 years), or on field `buckets` if a bucket would be narrower than 1 ms.
+    /// (about 584 years), or on field `buckets` if there are more than [`MAX_BUCKETS`] or a
+    /// bucket would be narrower than 1 ms.
     /// Callers prefix the field with their own path ([`ConfigError::within`]).
     ///
     /// ```
@@ -537,6 +557,12 @@ impl TimeWindow {
                 "must be at most u64::MAX nanoseconds (about 584 years)",
             ));
         };
+        if buckets.get() > MAX_BUCKETS {
+            return Err(ConfigError::new(
+                "buckets",
+                format!("must be at most {MAX_BUCKETS}"),
+            ));
+        }
         let width_nanos = span_nanos / u64::from(buckets.get());
         if u128::from(width_nanos) < MIN_BUCKET_WIDTH.as_nanos() {
             return Err(ConfigError::new(
@@ -727,194 +753,6 @@ impl fmt::Debug for TimeWindow {
             .field("buckets", &self.bucket_count)
             .field("origin", &self.origin)
             .finish_non_exhaustive()
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Sharded counters
-// ---------------------------------------------------------------------------------------------
-
-/// Slots that a live thread owns alone. Threads beyond this many share one more slot.
-const OWNED_SLOTS: usize = 32;
-/// The slot shared by threads that found every owned slot taken (and by TLS destructors).
-const SHARED_SLOT: usize = OWNED_SLOTS;
-const SLOTS: usize = OWNED_SLOTS + 1;
-const UNASSIGNED: usize = usize::MAX;
-
-/// Owned slots that no live thread holds, and the next never-used one.
-static FREE_SLOTS: Mutex<(usize, Vec<usize>)> = Mutex::new((0, Vec::new()));
-
-thread_local! {
-    /// The calling thread's slot. `const` so the hot path reads it without a lazy-init check.
-    static SLOT: Cell<usize> = const { Cell::new(UNASSIGNED) };
-    /// Returns the owned slot when the thread exits.
-    static SLOT_OWNER: SlotOwner = const { SlotOwner };
-}
-
-struct SlotOwner;
-
-impl Drop for SlotOwner {
-    fn drop(&mut self) {
-        let Ok(slot) = SLOT.try_with(|s| s.replace(SHARED_SLOT)) else {
-            return;
-        };
-        if slot < OWNED_SLOTS {
-            // Anything this thread still counts from other destructors goes to the shared
-            // slot (set above) before the owned slot is handed to another thread.
-            lock_free_slots().1.push(slot);
-        }
-    }
-}
-
-fn lock_free_slots() -> std::sync::MutexGuard<'static, (usize, Vec<usize>)> {
-    FREE_SLOTS.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The calling thread's slot: its own on first use while any is free, else the shared one.
-#[inline]
-fn slot_index() -> usize {
-    match SLOT.try_with(Cell::get) {
-        Ok(UNASSIGNED) => assign_slot(),
-        Ok(slot) => slot,
-        // Thread teardown: the shared slot is always safe.
-        Err(_) => SHARED_SLOT,
-    }
-}
-
-#[cold]
-fn assign_slot() -> usize {
-    let slot = {
-        let mut free = lock_free_slots();
-        match free.1.pop() {
-            Some(slot) => slot,
-            None if free.0 < OWNED_SLOTS => {
-                free.0 += 1;
-                free.0 - 1
-            }
-            None => SHARED_SLOT,
-        }
-    };
-    // Registering the owner's destructor can fail only during teardown; then keep to the
-    // shared slot rather than own a slot that would never be returned.
-    let registered = slot == SHARED_SLOT || SLOT_OWNER.try_with(|_| ()).is_ok();
-    if !registered {
-        lock_free_slots().1.push(slot);
-        return SHARED_SLOT;
-    }
-    let _ = SLOT.try_with(|s| s.set(slot));
-    slot
-}
-
-/// `N` monotonic `u64` counters that any number of threads bump without contention and
-/// without read-modify-write instructions.
-///
-/// Totals bumped by every request (admitted per priority, rejections per reason) would make one
-/// cache line bounce between all cores, and even uncontended, an atomic `fetch_add` costs a
-/// locked instruction. Here each live thread owns a slot of its own (up to 32 threads; more
-/// share one extra slot through `fetch_add`): as the slot's only writer it adds with a plain
-/// relaxed load and store. A reader sums the slots. When a thread exits, its slot goes back to
-/// a free list under a mutex, whose release/acquire hands the slot's contents to the next
-/// owner, so no count is ever lost. Counters wrap on overflow.
-///
-/// Memory: 33 cache-padded rows of `N` counters per instance.
-///
-/// ```
-/// use degrade_core::window::ShardedCounter;
-///
-/// let c = ShardedCounter::<2>::new();
-/// c.add(0, 3);
-/// c.add(1, 1);
-/// assert_eq!(c.snapshot(), [3, 1]);
-/// ```
-pub struct ShardedCounter<const N: usize> {
-    // Std atomics even under loom: the slot protocol is per thread, not per cell.
-    slots: Box<[CachePadded<[StdAtomicU64; N]>]>,
-}
-
-impl<const N: usize> ShardedCounter<N> {
-    /// Creates `N` counters at zero. This is the only allocation.
-    ///
-    /// ```
-    /// # use degrade_core::window::ShardedCounter;
-    /// assert_eq!(ShardedCounter::<3>::new().snapshot(), [0, 0, 0]);
-    /// ```
-    pub fn new() -> Self {
-        Self {
-            slots: (0..SLOTS)
-                .map(|_| CachePadded::new(std::array::from_fn(|_| StdAtomicU64::new(0))))
-                .collect(),
-        }
-    }
-
-    /// Adds `n` to counter `index`. An index `>= N` is ignored (and asserts in debug builds),
-    /// so a miscount never takes down the request path.
-    ///
-    /// ```
-    /// # use degrade_core::window::ShardedCounter;
-    /// let c = ShardedCounter::<1>::new();
-    /// c.add(0, 5);
-    /// assert_eq!(c.get(0), 5);
-    /// ```
-    #[inline]
-    pub fn add(&self, index: usize, n: u64) {
-        debug_assert!(index < N, "counter index {index} out of range 0..{N}");
-        let slot = slot_index();
-        let Some(counter) = self.slots.get(slot).and_then(|row| row.get(index)) else {
-            return;
-        };
-        if slot < OWNED_SLOTS {
-            // This thread is the slot's only writer: no read-modify-write needed.
-            counter.store(
-                counter.load(Ordering::Relaxed).wrapping_add(n),
-                Ordering::Relaxed,
-            );
-        } else {
-            counter.fetch_add(n, Ordering::Relaxed);
-        }
-    }
-
-    /// The total of counter `index` over all slots (0 for an index `>= N`).
-    ///
-    /// ```
-    /// # use degrade_core::window::ShardedCounter;
-    /// let c = ShardedCounter::<2>::new();
-    /// c.add(1, 2);
-    /// c.add(1, 2);
-    /// assert_eq!(c.get(1), 4);
-    /// assert_eq!(c.get(0), 0);
-    /// ```
-    pub fn get(&self, index: usize) -> u64 {
-        self.slots
-            .iter()
-            .filter_map(|row| row.get(index))
-            .fold(0, |sum, c| sum.wrapping_add(c.load(Ordering::Relaxed)))
-    }
-
-    /// The totals of all counters. Each counter is summed on its own, so counters bumped
-    /// concurrently may be read at slightly different moments.
-    ///
-    /// ```
-    /// # use degrade_core::window::ShardedCounter;
-    /// let c = ShardedCounter::<2>::new();
-    /// c.add(0, 1);
-    /// assert_eq!(c.snapshot(), [1, 0]);
-    /// ```
-    pub fn snapshot(&self) -> [u64; N] {
-        std::array::from_fn(|index| self.get(index))
-    }
-}
-
-impl<const N: usize> Default for ShardedCounter<N> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<const N: usize> fmt::Debug for ShardedCounter<N> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ShardedCounter")
-            .field(&self.snapshot())
-            .finish()
     }
 }
 
@@ -1154,55 +992,10 @@ mod tests {
     }
 
     #[test]
-    fn sharded_counter_sums_across_threads() {
-        let c = ShardedCounter::<3>::new();
-        std::thread::scope(|s| {
-            for t in 0..4u64 {
-                let c = &c;
-                s.spawn(move || {
-                    for _ in 0..10_000 {
-                        c.add(0, 1);
-                        c.add(2, t);
-                    }
-                });
-            }
-        });
-        assert_eq!(c.snapshot(), [40_000, 0, 60_000]);
-        assert_eq!(c.get(7), 0);
-        assert_eq!(format!("{c:?}"), "ShardedCounter([40000, 0, 60000])");
-    }
-
-    #[test]
-    fn sharded_counter_loses_nothing_through_slot_recycling_and_overflow() {
-        // Waves of more threads than there are owned slots: slots are recycled between waves
-        // and, within a wave, the surplus threads share the overflow slot.
-        let c = ShardedCounter::<2>::new();
-        let threads = OWNED_SLOTS + 8;
-        for wave in 0..4u64 {
-            let barrier = std::sync::Barrier::new(threads);
-            std::thread::scope(|s| {
-                for _ in 0..threads {
-                    let (c, barrier) = (&c, &barrier);
-                    s.spawn(move || {
-                        barrier.wait(); // all alive at once: some must overflow
-                        for _ in 0..2_000 {
-                            c.add(0, 1);
-                            c.add(1, wave);
-                        }
-                    });
-                }
-            });
-        }
-        let per_wave = (threads * 2_000) as u64;
-        assert_eq!(c.snapshot(), [4 * per_wave, per_wave * (1 + 2 + 3)]);
-    }
-
-    #[test]
     fn windows_are_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<ConsecutiveWindow>();
         check::<CountWindow>();
         check::<TimeWindow>();
-        check::<ShardedCounter<4>>();
     }
 }

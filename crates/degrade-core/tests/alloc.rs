@@ -42,7 +42,7 @@ fn admit_path_allocates_nothing() {
     // Error mode with a closure classifier; full and fractional shares.
     let layer = DegradeLayer::builder(controller.handle())
         .prioritize(|n: &u32| {
-            if *n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 Priority::Low
             } else {
                 Priority::Critical

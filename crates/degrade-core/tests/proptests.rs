@@ -1,7 +1,7 @@
 //! Property tests of the ladder under random, noisy pressure.
 
 use degrade_core::Level;
-use degrade_core::ladder::{Cause, Ladder, LadderConfig, Reading, Transition};
+use degrade_core::ladder::{Ladder, LadderConfig, LevelCause, LevelTransition, Reading};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use std::time::Duration;
@@ -50,7 +50,7 @@ fn enter(cfg: &LadderConfig, level: Level) -> f64 {
 }
 
 /// Runs the samples; returns the transitions.
-fn run(ladder: &mut Ladder, t: &mut Instant, samples: &[Sample]) -> Vec<Transition> {
+fn run(ladder: &mut Ladder, t: &mut Instant, samples: &[Sample]) -> Vec<LevelTransition> {
     let mut out = Vec::new();
     for (dt, p) in samples {
         *t += Duration::from_millis(*dt);
@@ -82,11 +82,11 @@ proptest! {
         let mut t = t0;
         for tr in run(&mut ladder, &mut t, &s) {
             if tr.to < tr.from {
-                prop_assert_eq!(tr.cause, Cause::Recovered);
+                prop_assert_eq!(tr.cause, LevelCause::Recovered);
                 prop_assert_eq!(tr.to, tr.from.down());
                 prop_assert!(tr.time_at_previous >= cfg.dwell, "{:?}", tr);
             } else {
-                prop_assert_eq!(tr.cause, Cause::Escalated);
+                prop_assert_eq!(tr.cause, LevelCause::Escalated);
             }
         }
     }

@@ -98,7 +98,7 @@ proptest! {
             }
         }
         let snap = layer.snapshot();
-        prop_assert_eq!(snap.offered(), snap.admitted_total() + snap.shed_total());
+        prop_assert_eq!(snap.offered(), snap.admitted() + snap.rejected());
     }
 }
 

@@ -229,7 +229,7 @@ where
             .unwrap_or(Err(OTelSdkError::Timeout(timeout)));
         let _ = tx.send(r);
     });
-    match rx.recv_timeout(timeout + Duration::from_millis(100)) {
+    match rx.recv_timeout(timeout.saturating_add(Duration::from_millis(100))) {
         Ok(r) => r,
         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(OTelSdkError::Timeout(timeout)),
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(OTelSdkError::InternalFailure(

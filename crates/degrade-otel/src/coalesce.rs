@@ -204,20 +204,7 @@ pub struct Coalesce<S> {
 }
 
 impl<S> Coalesce<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    degrade_core::inner_service_accessors!(S);
 }
 
 impl<S> Service<Vec<SpanData>> for Coalesce<S>

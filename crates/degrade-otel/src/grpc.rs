@@ -15,10 +15,15 @@
 //! | RESOURCE_EXHAUSTED without `RetryInfo`, every other code | no |
 //! | a local degrade rejection (circuit open, rate limited) from the stack | no: the stack already decided |
 //!
+//! What the collector answers is network input and never panics the exporter: a
+//! `grpc-status-details-bin` that is not base64 (on which tonic 0.14 panics) is dropped before
+//! tonic reads the status, and `RetryInfo` is read by degrade-core's total decoder.
+//!
 //! It is both a `tower::Service<Vec<SpanData>>` (errors keep their cause, so drops are counted
 //! by reason further up) and a [`SpanExporter`] (running on a captured runtime).
 
 use crate::adapter::{BoxFuture, Lifecycle};
+use crate::sanitize::Sanitized;
 use crate::stats::{DropReason, ExportStats};
 use bytes::Bytes;
 use degrade_core::BoxError;
@@ -145,7 +150,7 @@ fn is_local_rejection(status: &tonic::Status) -> bool {
 /// # }
 /// ```
 pub struct GrpcSpanExporter<T> {
-    client: TraceServiceClient<T>,
+    client: TraceServiceClient<Sanitized<T>>,
     resource: Arc<RwLock<ResourceAttributesWithSchema>>,
     retry: GrpcRetry,
     attempt_timeout: Duration,
@@ -190,7 +195,7 @@ where
     /// An exporter over `transport`; [`SpanExporter::export`] runs on `handle`'s runtime.
     pub fn new(transport: T, handle: Handle) -> Self {
         Self {
-            client: TraceServiceClient::new(transport),
+            client: TraceServiceClient::new(Sanitized(transport)),
             resource: Arc::default(),
             retry: GrpcRetry::default(),
             attempt_timeout: Duration::from_secs(10),
@@ -320,7 +325,7 @@ where
                     delay = delay.max(d);
                 }
                 let sleep = delay.min(cap);
-                if start.elapsed() + sleep >= retry.deadline {
+                if start.elapsed().saturating_add(sleep) >= retry.deadline {
                     return Err(BoxError::from(status));
                 }
                 tracing::debug!(code = ?status.code(), delay_ms = sleep.as_millis() as u64, "OTLP/gRPC export retried");

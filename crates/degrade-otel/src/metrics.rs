@@ -27,7 +27,7 @@
 
 use crate::stats::{DropReason, ExportStats};
 use degrade_core::Level;
-use degrade_core::ladder::Transition;
+use degrade_core::ladder::LevelTransition;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Gauge, Meter, ObservableCounter, ObservableGauge};
 use std::fmt;
@@ -151,7 +151,7 @@ impl Instruments {
     }
 
     /// Records a level transition (and the new level).
-    pub fn transition(&self, t: &Transition) {
+    pub fn transition(&self, t: &LevelTransition) {
         self.level(t.to);
         self.transitions.add(
             1,

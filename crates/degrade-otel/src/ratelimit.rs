@@ -50,11 +50,6 @@ pub fn span_rate_limit(config: RateLimitConfig) -> RateLimitBuilder<Global, Span
 }
 
 /// [`span_rate_limit`] built at once: `spans` per second with a burst of `burst` spans.
-///
-/// ```
-/// let layer = degrade_otel::ratelimit::spans_per_second(1_000, 2_048).unwrap();
-/// # let _ = layer;
-/// ```
 pub fn spans_per_second(
     spans: u64,
     burst: u64,

@@ -13,6 +13,41 @@
 //! Put it under [`ParentBasedSampler`](opentelemetry_sdk::trace::ParentBasedSampler): the root
 //! decides, children follow, so whole traces are kept or dropped.
 //!
+//! # Sampled parents bypass the level, unless you cap them
+//!
+//! Under `ParentBasedSampler` the level's ratio applies to **roots** only. A span whose
+//! *remote* parent is sampled (an incoming `traceparent` ending in `-01`) goes to the
+//! `remote_parent_sampled` branch, which is `AlwaysOn` by default: it is recorded at every
+//! level, whatever the ratio. An upstream that samples everything therefore keeps this
+//! service tracing everything at Emergency. And where this sampler itself sees a parent, it
+//! decides on the caller's randomness — the `rv` sub-key of an incoming `ot` tracestate entry,
+//! else the trace id — so a caller sending `tracestate: ot=rv:ffffffffffffff` is kept at every
+//! ratio above zero.
+//!
+//! [`LevelSampler::cap_sampled_parents`] closes that: a [`SampledParentCap`] for
+//! `ParentBasedSampler::with_remote_parent_sampled` follows the parent below a level you
+//! choose and applies this sampler's rules (ratio, critical-only, errors-only) from that level
+//! up. By default it decides on randomness of its own (a hash of the trace id under a key
+//! random per process, written to `rv` when the trace is kept, so services downstream stay
+//! consistent with it): a caller can no longer pick a trace id or an `rv` that every ratio
+//! keeps. Inside a trust boundary,
+//! [`trust_caller_randomness(true)`](SampledParentCap::trust_caller_randomness) decides on the
+//! caller's randomness instead, so services capping at the same ratio keep the same traces.
+//!
+//! What a span gets, with the default [`Policy`] (Emergency: ratio 0.001 and errors only):
+//!
+//! | span | below `from` | at Emergency (default) | at Emergency, `record_errors_only_levels(false)` |
+//! |---|---|---|---|
+//! | root | level's ratio | recorded; the filter exports errors only | 0.1 % of traces; the filter exports their errors |
+//! | remote parent sampled, no cap (SDK default) | recorded | recorded; filter: errors only | recorded; filter: errors only |
+//! | remote parent sampled, capped | recorded | recorded; filter: errors only | 0.1 % of traces; filter: errors only |
+//! | remote parent not sampled | dropped | dropped | dropped |
+//! | local parent | follows it | follows it | follows it |
+//!
+//! The cap is a ratio of the traffic this service admits. An absolute bound on exported spans,
+//! whoever decided to sample them, is a span rate limit on the export path
+//! (`ratelimit::span_rate_limit`, feature `ratelimit`).
+//!
 //! The sampler never answers `RecordOnly`: the SDK's batch processor exports `RecordOnly`
 //! spans (0.33.1), so a degrading sampler that recorded without sampling would save nothing.
 //!
@@ -28,6 +63,7 @@ use degrade_core::{Level, LevelHandle, Policy};
 use opentelemetry::trace::{Link, SpanKind, TraceContextExt, TraceId, TraceState};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{SamplingDecision, SamplingResult, ShouldSample};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 /// 2^56: the randomness and threshold domain of consistent probability sampling.
@@ -230,12 +266,122 @@ impl LevelSampler {
     }
 }
 
+impl LevelSampler {
+    /// A sampler for the sampled-remote-parent branch of a `ParentBasedSampler` that applies
+    /// this sampler's rules to such spans from level `from` up, and follows the parent below
+    /// it. See the [module documentation](self#sampled-parents-bypass-the-level-unless-you-cap-them).
+    ///
+    /// ```
+    /// use degrade_core::{Controller, Level, Policy};
+    /// use degrade_otel::LevelSampler;
+    /// use opentelemetry::Context;
+    /// use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState};
+    /// use opentelemetry_sdk::trace::{ParentBasedSampler, SamplingDecision, ShouldSample};
+    ///
+    /// let controller = Controller::new(Default::default()).unwrap();
+    /// let sampler = LevelSampler::new(controller.handle(), Policy::default()).unwrap();
+    /// let capped = ParentBasedSampler::new(sampler.clone())
+    ///     .with_remote_parent_sampled(sampler.cap_sampled_parents(Level::Heavy));
+    /// let uncapped = ParentBasedSampler::new(sampler);
+    ///
+    /// // 1,000 requests arriving with a sampled parent that claims the highest randomness.
+    /// let rv = TraceState::from_key_value([("ot", "rv:ffffffffffffff")]).unwrap();
+    /// let kept = |s: &ParentBasedSampler| (1..=1_000u128).filter(|&i| {
+    ///     let parent = SpanContext::new(TraceId::from(i * 0x9e37_79b9_7f4a_7c15), SpanId::from(1), TraceFlags::SAMPLED, true, rv.clone());
+    ///     let cx = Context::new().with_remote_span_context(parent);
+    ///     s.should_sample(Some(&cx), TraceId::from(i), "GET /", &SpanKind::Server, &[], &[]).decision
+    ///         == SamplingDecision::RecordAndSample
+    /// }).count();
+    ///
+    /// controller.pin(Level::Moderate); // below the cap: the parent decides
+    /// assert_eq!((kept(&uncapped), kept(&capped)), (1_000, 1_000));
+    /// controller.pin(Level::Heavy); // 1 %: the cap applies the level's ratio
+    /// assert_eq!(kept(&uncapped), 1_000);
+    /// assert!(kept(&capped) < 40, "{}", kept(&capped));
+    /// ```
+    pub fn cap_sampled_parents(&self, from: Level) -> SampledParentCap {
+        SampledParentCap {
+            sampler: self.clone(),
+            from,
+            keys: Some(RandomState::new()),
+        }
+    }
+}
+
+/// Applies a [`LevelSampler`]'s rules to spans whose remote parent is sampled, from a level
+/// up; made by [`LevelSampler::cap_sampled_parents`] for
+/// `ParentBasedSampler::with_remote_parent_sampled`. See the
+/// [module documentation](self#sampled-parents-bypass-the-level-unless-you-cap-them).
+///
+/// Below its level it keeps every such span, as the SDK's default does. Drops are counted as
+/// `sampled_out` / `not_critical` in the sampler's [`ExportStats`].
+#[derive(Debug, Clone)]
+pub struct SampledParentCap {
+    sampler: LevelSampler,
+    from: Level,
+    /// `None`: decide on the caller's randomness.
+    keys: Option<RandomState>,
+}
+
+impl SampledParentCap {
+    /// Whether to decide on the caller's randomness — the `rv` of its `ot` tracestate entry,
+    /// else its trace id — as a consistent sampler does (default `false`: randomness of our
+    /// own, which a caller cannot choose). Turn it on where callers are trusted services that
+    /// sample consistently, so that services capping at the same ratio keep the same traces.
+    ///
+    /// ```
+    /// use degrade_core::{Controller, Level, Policy};
+    /// use degrade_otel::LevelSampler;
+    /// use opentelemetry::Context;
+    /// use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState};
+    /// use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+    ///
+    /// let controller = Controller::new(Default::default()).unwrap();
+    /// controller.pin(Level::Heavy);
+    /// let sampler = LevelSampler::new(controller.handle(), Policy::default()).unwrap();
+    /// let trusting = sampler.cap_sampled_parents(Level::Heavy).trust_caller_randomness(true);
+    /// let rv = TraceState::from_key_value([("ot", "rv:ffffffffffffff")]).unwrap();
+    /// let parent = SpanContext::new(TraceId::from(7), SpanId::from(1), TraceFlags::SAMPLED, true, rv);
+    /// let cx = Context::new().with_remote_span_context(parent);
+    /// let r = trusting.should_sample(Some(&cx), TraceId::from(7), "GET /", &SpanKind::Server, &[], &[]);
+    /// assert_eq!(r.decision, SamplingDecision::RecordAndSample); // the caller's rv is above every threshold
+    /// ```
+    #[must_use]
+    pub fn trust_caller_randomness(mut self, yes: bool) -> Self {
+        self.keys = if yes { None } else { Some(RandomState::new()) };
+        self
+    }
+}
+
+impl ShouldSample for SampledParentCap {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        _span_kind: &SpanKind,
+        _attributes: &[KeyValue],
+        _links: &[Link],
+    ) -> SamplingResult {
+        let level = self.sampler.level.current();
+        if level < self.from {
+            return SamplingResult {
+                decision: SamplingDecision::RecordAndSample,
+                attributes: Vec::new(),
+                trace_state: parent_state(parent_context),
+            };
+        }
+        self.sampler
+            .decide(parent_context, trace_id, name, level, self.keys.as_ref())
+    }
+}
+
 /// A tracestate holding only `ot=th:<th>` (empty when `th` is).
 fn state_with(th: &str) -> TraceState {
     if th.is_empty() {
         return TraceState::default();
     }
-    TraceState::from_key_value([("ot", with_threshold(None, th))]).unwrap_or_default()
+    TraceState::from_key_value([("ot", with_threshold(None, th, None))]).unwrap_or_default()
 }
 
 fn parent_state(parent: Option<&Context>) -> TraceState {
@@ -264,16 +410,18 @@ fn randomness(trace_id: TraceId, state: Option<&str>) -> u64 {
     u64::from_be_bytes(low) & RANDOMNESS_MASK
 }
 
-/// The `ot` value with `th` replaced (other sub-keys kept).
-fn with_threshold(ot: Option<&str>, th: &str) -> String {
-    let mut out = String::with_capacity(3 + th.len() + ot.map_or(0, str::len));
+/// The `ot` value with `th` replaced (other sub-keys kept), and `rv` too when given.
+fn with_threshold(ot: Option<&str>, th: &str, rv: Option<u64>) -> String {
+    let mut out = String::with_capacity(21 + th.len() + ot.map_or(0, str::len));
     out.push_str("th:");
     out.push_str(th);
+    if let Some(rv) = rv {
+        use std::fmt::Write as _;
+        let _ = write!(out, ";rv:{:014x}", rv & RANDOMNESS_MASK);
+    }
     if let Some(ot) = ot {
-        for part in ot
-            .split(';')
-            .filter(|p| !p.is_empty() && !p.starts_with("th:"))
-        {
+        let replaced = |p: &str| p.starts_with("th:") || (rv.is_some() && p.starts_with("rv:"));
+        for part in ot.split(';').filter(|p| !p.is_empty() && !replaced(p)) {
             out.push(';');
             out.push_str(part);
         }
@@ -291,7 +439,24 @@ impl ShouldSample for LevelSampler {
         _attributes: &[KeyValue],
         _links: &[Link],
     ) -> SamplingResult {
-        let index = self.level.current().index();
+        self.decide(parent_context, trace_id, name, self.level.current(), None)
+    }
+}
+
+impl LevelSampler {
+    /// The decision at `level`. With `keys`, a trace with a parent is decided on randomness
+    /// of our own (a keyed hash of its id), written to `rv` when kept, instead of the
+    /// caller's `rv` or trace id.
+    #[inline]
+    fn decide(
+        &self,
+        parent_context: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        level: Level,
+        keys: Option<&RandomState>,
+    ) -> SamplingResult {
+        let index = level.index();
         let threshold = self.thresholds[index];
         let rule = &self.shared.rules[index];
         if rule.critical_only
@@ -321,7 +486,14 @@ impl ShouldSample for LevelSampler {
         };
         let state = parent.span().span_context().trace_state().clone();
         let ot = state.get("ot");
-        if randomness(trace_id, ot) < threshold {
+        let (r, own) = match keys {
+            None => (randomness(trace_id, ot), None),
+            Some(keys) => {
+                let r = keys.hash_one(trace_id.to_bytes()) & RANDOMNESS_MASK;
+                (r, Some(r))
+            }
+        };
+        if r < threshold {
             return self.drop(DropReason::SampledOut, parent_context);
         }
         if !self.write_threshold {
@@ -336,7 +508,7 @@ impl ShouldSample for LevelSampler {
         } else {
             rule.th.as_str()
         };
-        let value = with_threshold(ot, th);
+        let value = with_threshold(ot, th, own);
         let trace_state = match state.insert("ot", value) {
             Ok(s) => s,
             // An invalid inherited entry: keep the decision, leave the state as it was.
@@ -382,9 +554,13 @@ mod tests {
     #[test]
     fn threshold_replaces_th_keeps_rest() {
         assert_eq!(
-            with_threshold(Some("th:8;rv:0123456789abcd"), "c"),
+            with_threshold(Some("th:8;rv:0123456789abcd"), "c", None),
             "th:c;rv:0123456789abcd"
         );
-        assert_eq!(with_threshold(None, "0"), "th:0");
+        assert_eq!(with_threshold(None, "0", None), "th:0");
+        assert_eq!(
+            with_threshold(Some("rv:ffffffffffffff;x:1"), "8", Some(0xab)),
+            "th:8;rv:000000000000ab;x:1"
+        );
     }
 }

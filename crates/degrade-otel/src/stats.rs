@@ -330,13 +330,32 @@ impl<C: Clock> TelemetryBudget<C> {
         }
     }
 
-    /// Units used in the current period.
+    /// Units used in the current period. Periods are aligned on the budget's creation; after
+    /// any idle time (a nanosecond period and years of silence included) the current one is
+    /// found in constant time.
+    ///
+    /// ```
+    /// use degrade_core::ManualClock;
+    /// use degrade_otel::{BudgetUnit, ExportStats, TelemetryBudget};
+    /// use std::time::Duration;
+    ///
+    /// let stats = ExportStats::new();
+    /// let clock = ManualClock::new();
+    /// let budget = TelemetryBudget::with_clock(stats.clone(), BudgetUnit::Spans, 100, Duration::from_secs(60), clock.clone()).unwrap();
+    /// stats.record_exported(40, 1);
+    /// assert_eq!(budget.used(), 40);
+    /// clock.advance(Duration::from_secs(61)); // the next period
+    /// assert_eq!(budget.used(), 0);
+    /// ```
     pub fn used(&self) -> u64 {
         let now = self.clock.now();
         let used = Self::used_of(&self.stats, self.unit);
         let mut p = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        while now.duration_since(p.start) >= self.period {
-            p.start += self.period;
+        let elapsed = now.saturating_duration_since(p.start);
+        if elapsed >= self.period {
+            // Skip every whole period at once: the start of the current one is `now` minus
+            // what is left of `elapsed` after whole periods.
+            p.start = now - whole_periods_remainder(elapsed, self.period);
             p.used_at_start = used;
         }
         used.saturating_sub(p.used_at_start)
@@ -348,11 +367,44 @@ impl<C: Clock> TelemetryBudget<C> {
         let now = self.clock.now();
         let start = self.current.lock().unwrap_or_else(|e| e.into_inner()).start;
         // Project from at least a tenth of the period so one early batch does not read as a flood.
-        let elapsed = now
-            .duration_since(start)
-            .max(self.period / 10)
-            .as_secs_f64();
-        let projected = used * self.period.as_secs_f64() / elapsed;
+        let elapsed = now.saturating_duration_since(start).max(self.period / 10);
+        if elapsed.is_zero() {
+            // A period under 10 ns, read at its very start: nothing to project from.
+            return if used > 0.0 { 1.0 } else { 0.0 };
+        }
+        let projected = used * self.period.as_secs_f64() / elapsed.as_secs_f64();
         (projected / self.budget as f64).clamp(0.0, 1.0)
+    }
+}
+
+/// `elapsed` modulo `period` (`period` non-zero), exact for every pair of durations.
+fn whole_periods_remainder(elapsed: Duration, period: Duration) -> Duration {
+    const NANOS: u128 = 1_000_000_000;
+    let rem = elapsed.as_nanos() % period.as_nanos();
+    // `rem < period`, so its whole seconds fit in a u64 as the period's do.
+    Duration::new(
+        u64::try_from(rem / NANOS).unwrap_or(u64::MAX),
+        (rem % NANOS) as u32,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_remainder_of_whole_periods_is_exact() {
+        let s = Duration::from_secs;
+        assert_eq!(whole_periods_remainder(s(125), s(60)), s(5));
+        assert_eq!(whole_periods_remainder(s(120), s(60)), Duration::ZERO);
+        assert_eq!(
+            whole_periods_remainder(Duration::MAX, Duration::from_nanos(1)),
+            Duration::ZERO
+        );
+        assert_eq!(whole_periods_remainder(s(59), Duration::MAX), s(59));
+        assert_eq!(
+            whole_periods_remainder(Duration::new(10, 7), Duration::new(3, 5)),
+            Duration::new(0, 999_999_992)
+        );
     }
 }

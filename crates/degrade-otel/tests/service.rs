@@ -285,6 +285,65 @@ async fn coalescing_waits_for_the_hinted_time_then_sends_one_request() {
 }
 
 #[test]
+fn a_budget_finds_its_period_at_once_after_years_of_idle() {
+    use degrade_core::ManualClock;
+    use degrade_otel::{BudgetUnit, TelemetryBudget};
+    let stats = ExportStats::new();
+    let clock = ManualClock::new();
+    // A nanosecond period: one loop turn per elapsed period would be 3 * 10^18 turns here.
+    let budget = TelemetryBudget::with_clock(
+        stats.clone(),
+        BudgetUnit::Spans,
+        1,
+        Duration::from_nanos(1),
+        clock.clone(),
+    )
+    .unwrap();
+    stats.record_exported(5, 1);
+    clock.advance(Duration::from_secs(100 * 365 * 24 * 3600));
+    assert_eq!(budget.used(), 0, "a new period");
+    assert!((0.0..=1.0).contains(&budget.pressure()));
+
+    // A period of Duration::MAX never rolls over, however long the idle.
+    let forever = TelemetryBudget::with_clock(
+        stats.clone(),
+        BudgetUnit::Spans,
+        10,
+        Duration::MAX,
+        clock.clone(),
+    )
+    .unwrap();
+    stats.record_exported(3, 1);
+    clock.advance(Duration::from_secs(400 * 365 * 24 * 3600));
+    assert_eq!(forever.used(), 3);
+    assert!((0.0..=1.0).contains(&forever.pressure()));
+
+    // Periods stay aligned on the budget's start: 2.5 periods later, half a period in.
+    let clock = ManualClock::new();
+    let aligned = TelemetryBudget::with_clock(
+        stats.clone(),
+        BudgetUnit::Spans,
+        100,
+        Duration::from_secs(60),
+        clock.clone(),
+    )
+    .unwrap();
+    clock.advance(Duration::from_secs(150));
+    stats.record_exported(10, 1);
+    assert_eq!(
+        aligned.used(),
+        0,
+        "counted from the start of the period it rolled into"
+    );
+    stats.record_exported(10, 1);
+    assert_eq!(aligned.used(), 10);
+    clock.advance(Duration::from_secs(29));
+    assert_eq!(aligned.used(), 10, "still the third period");
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(aligned.used(), 0, "the fourth period begins at 180 s");
+}
+
+#[test]
 fn budget_rolls_over_each_period_and_backlog_tracks_the_processor() {
     use degrade_core::ManualClock;
     use degrade_otel::{BudgetUnit, TelemetryBudget};

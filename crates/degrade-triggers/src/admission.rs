@@ -85,7 +85,7 @@ impl Signal for AdmissionSignal {
     fn sample(&mut self, _now: Instant) -> Result<Option<Sample>, SignalError> {
         let snap = (self.read)();
         let offered = snap.offered();
-        let refused = snap.shed_total();
+        let refused = snap.limited();
         let previous = self.last.replace((offered, refused));
         let Some((offered0, refused0)) = previous else {
             return Ok(None);

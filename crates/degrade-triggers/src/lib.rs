@@ -3,6 +3,30 @@
 //! The signals that drive [degrade](https://example.invalid/degrade)'s ladder, and the
 //! [`Monitor`] that samples them.
 //!
+//! ## Example
+//!
+//! ```
+//! use degrade_core::{Controller, DegradeLayer, Policy, ladder::LadderConfig};
+//! use degrade_triggers::{ObserveLayer, TriggersConfig};
+//! use tower::ServiceBuilder;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let controller = Controller::new(LadderConfig::default())?;
+//! let observe = ObserveLayer::new();
+//! let service = ServiceBuilder::new()
+//!     .layer(DegradeLayer::new(controller.handle(), Policy::default())?)
+//!     .layer(observe.clone()) // inside: it times the requests actually served
+//!     .service_fn(|req: String| async move { Ok::<_, std::convert::Infallible>(req) });
+//!
+//! // CPU and memory (cgroup-aware), p99 latency, error and timeout rates, every second.
+//! let config: TriggersConfig = serde_json::from_str(r#"{ "latency": { "sla": "250ms" } }"#)?;
+//! let monitor = config.monitor_with(controller.clone(), &observe)?.spawn()?;
+//! # let _ = service;
+//! // ... serve; on shutdown:
+//! monitor.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
 //! ## Why these signals, and why this shape
 //!
 //! A service degrades for one of two reasons: the machine runs out of something (CPU, memory,
@@ -47,30 +71,6 @@
 //! pressures to a [`Controller`](degrade_core::Controller), which moves and publishes the
 //! level. A failing reader is logged once and reads as unknown; a panicking one is caught. The
 //! monitor's own cost is measured and published ([`MonitorSnapshot::busy_per_tick`]).
-//!
-//! ## Example
-//!
-//! ```
-//! use degrade_core::{Controller, DegradeLayer, Policy, ladder::LadderConfig};
-//! use degrade_triggers::{ObserveLayer, TriggersConfig};
-//! use tower::ServiceBuilder;
-//!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let controller = Controller::new(LadderConfig::default())?;
-//! let observe = ObserveLayer::new();
-//! let service = ServiceBuilder::new()
-//!     .layer(DegradeLayer::new(controller.handle(), Policy::default())?)
-//!     .layer(observe.clone()) // inside: it times the requests actually served
-//!     .service_fn(|req: String| async move { Ok::<_, std::convert::Infallible>(req) });
-//!
-//! // CPU and memory (cgroup-aware), p99 latency, error and timeout rates, every second.
-//! let config: TriggersConfig = serde_json::from_str(r#"{ "latency": { "sla": "250ms" } }"#)?;
-//! let monitor = config.monitor_with(controller.clone(), &observe)?.spawn()?;
-//! # let _ = service;
-//! // ... serve; on shutdown:
-//! monitor.shutdown().await;
-//! # Ok(()) }
-//! ```
 //!
 //! ## Modules
 //!

@@ -1,7 +1,7 @@
 //! The [`Monitor`]: samples every signal on an interval and drives the ladder.
 
 use crate::signal::{Sample, Signal, Smoother, Smoothing};
-use degrade_core::ladder::{Reading, Transition};
+use degrade_core::ladder::{LevelTransition, Reading};
 use degrade_core::{Clock, ConfigError, Controller, Level, TokioClock};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -137,13 +137,6 @@ impl<C> fmt::Debug for Monitor<C> {
 impl<C: Clock> Monitor<C> {
     /// A monitor driving `controller`, with a 1 s interval, no signal yet, and
     /// [`Smoothing::default`] for the signals added with [`signal`](Monitor::signal).
-    ///
-    /// ```
-    /// # use degrade_core::Controller;
-    /// # use degrade_triggers::Monitor;
-    /// let m = Monitor::new(Controller::new(Default::default()).unwrap());
-    /// # let _ = m;
-    /// ```
     pub fn new(controller: Controller<C>) -> Self {
         Self {
             controller,
@@ -155,13 +148,6 @@ impl<C: Clock> Monitor<C> {
     }
 
     /// The sampling interval (default 1 s; checked by [`spawn`](Monitor::spawn)).
-    ///
-    /// ```
-    /// # use degrade_core::Controller; use degrade_triggers::Monitor; use std::time::Duration;
-    /// let m = Monitor::new(Controller::new(Default::default()).unwrap())
-    ///     .interval(Duration::from_millis(500));
-    /// # let _ = m;
-    /// ```
     #[must_use]
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
@@ -169,13 +155,6 @@ impl<C: Clock> Monitor<C> {
     }
 
     /// The smoothing of signals added after this call with [`signal`](Monitor::signal).
-    ///
-    /// ```
-    /// # use degrade_core::Controller; use degrade_triggers::{Monitor, Smoothing}; use std::time::Duration;
-    /// let m = Monitor::new(Controller::new(Default::default()).unwrap())
-    ///     .smoothing(Smoothing::ewma(Duration::from_secs(3)));
-    /// # let _ = m;
-    /// ```
     #[must_use]
     pub fn smoothing(mut self, smoothing: Smoothing) -> Self {
         self.default_smoothing = smoothing;
@@ -183,13 +162,6 @@ impl<C: Clock> Monitor<C> {
     }
 
     /// Adds a signal with the current default smoothing.
-    ///
-    /// ```
-    /// # use degrade_core::Controller; use degrade_triggers::{Gauge, Monitor, Scale};
-    /// let m = Monitor::new(Controller::new(Default::default()).unwrap())
-    ///     .signal(Gauge::new("queue", Scale::proportional(10.0).unwrap(), || Some(1.0)));
-    /// # let _ = m;
-    /// ```
     #[must_use]
     pub fn signal(self, signal: impl Signal) -> Self {
         let smoothing = self.default_smoothing;
@@ -265,7 +237,7 @@ impl<C: Clock> Monitor<C> {
     /// let t = m.tick().unwrap();
     /// assert_eq!(t.to, Level::Emergency);
     /// ```
-    pub fn tick(&mut self) -> Option<Transition> {
+    pub fn tick(&mut self) -> Option<LevelTransition> {
         // The monitor's own cost, reported in the snapshot. Measured, not used in any decision.
         let started = std::time::Instant::now();
         let now = self.controller.clock().now();
@@ -409,14 +381,6 @@ impl fmt::Debug for MonitorHandle {
 
 impl MonitorHandle {
     /// The state after the latest tick.
-    ///
-    /// ```
-    /// # use degrade_core::Controller; use degrade_triggers::Monitor;
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let h = Monitor::new(Controller::new(Default::default()).unwrap()).spawn().unwrap();
-    /// let _ = h.snapshot().ticks;
-    /// # }
-    /// ```
     pub fn snapshot(&self) -> Arc<MonitorSnapshot> {
         Arc::clone(&self.snapshot.borrow())
     }

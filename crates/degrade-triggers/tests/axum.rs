@@ -9,7 +9,7 @@
 
 use axum::Router;
 use axum::routing::get;
-use degrade_core::ladder::{Cause, LadderConfig};
+use degrade_core::ladder::{LadderConfig, LevelCause};
 use degrade_core::priority::HeaderPriority;
 use degrade_core::{Controller, DegradeLayer, HttpClassifier, Level, ManualClock, Priority};
 use degrade_triggers::observe::{LatencyConfig, LatencyStat};
@@ -161,7 +161,7 @@ async fn slow_backend_raises_the_level_sheds_low_first_and_recovers_one_level_pe
         "a 100 ms backend points at Moderate (or Heavy with jitter), got {raised}"
     );
     let up = controller.handle().history();
-    assert_eq!(up.last().unwrap().cause, Cause::Escalated);
+    assert_eq!(up.last().unwrap().cause, LevelCause::Escalated);
     assert_eq!(up.last().unwrap().signal.as_deref(), Some("latency"));
 
     // Under that level, background and low are shed entirely, critical and high never.
@@ -173,7 +173,7 @@ async fn slow_backend_raises_the_level_sheds_low_first_and_recovers_one_level_pe
         assert_eq!(tally[p.index()].1, 0, "{p} was shed");
     }
     let snap = degrade.snapshot();
-    assert_eq!(snap.offered(), snap.admitted_total() + snap.shed_total());
+    assert_eq!(snap.offered(), snap.admitted() + snap.rejected());
     assert_eq!(snap.shed_by(Priority::Critical), 0);
 
     // The backend recovers: one step down per dwell, never two at once.
@@ -189,7 +189,7 @@ async fn slow_backend_raises_the_level_sheds_low_first_and_recovers_one_level_pe
     let history = controller.handle().history();
     let down: Vec<_> = history
         .iter()
-        .filter(|t| t.cause == Cause::Recovered)
+        .filter(|t| t.cause == LevelCause::Recovered)
         .collect();
     assert_eq!(down.len(), raised.index(), "one step per level: {down:?}");
     for (i, t) in down.iter().enumerate() {

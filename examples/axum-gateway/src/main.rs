@@ -36,13 +36,13 @@
 
 use axum::Router;
 use axum::body::Body;
-use degrade_breaker::{BreakerConfig, BreakerHandle, BreakerLayer, State, WindowConfig};
-use degrade_core::ladder::LadderConfig;
-use degrade_core::{Controller, DegradeLayer, HttpClassifier, Level, Priority};
-use degrade_ratelimit::key::HeaderKey;
-use degrade_ratelimit::{KeysConfig, RateLimitConfig, RateLimitLayer};
-use degrade_triggers::observe::{InFlightConfig, LatencyConfig};
-use degrade_triggers::{LevelThresholds, Monitor, ObserveLayer, Smoothing};
+use degrade::breaker::{BreakerConfig, BreakerHandle, BreakerLayer, State, WindowConfig};
+use degrade::ladder::LadderConfig;
+use degrade::ratelimit::key::HeaderKey;
+use degrade::ratelimit::{KeysConfig, RateLimitConfig, RateLimitLayer};
+use degrade::triggers::observe::{InFlightConfig, LatencyConfig};
+use degrade::triggers::{LevelThresholds, Monitor, ObserveLayer, Smoothing};
+use degrade::{Controller, DegradeLayer, HttpClassifier, Level, Priority};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
@@ -160,11 +160,11 @@ async fn start_backend() -> Result<Arc<Backend>, Error> {
 struct Gateway {
     addr: SocketAddr,
     controller: Controller,
-    degrade: DegradeLayer<PriorityOf, degrade_core::degrade::HttpResponses>,
+    degrade: DegradeLayer<PriorityOf, degrade::HttpResponses>,
     breaker: BreakerHandle<HttpClassifier>,
     /// Calls the proxy forwarded while the breaker read open (must stay 0).
     forwarded_while_open: Arc<AtomicU64>,
-    _monitor: degrade_triggers::MonitorHandle,
+    _monitor: degrade::triggers::MonitorHandle,
 }
 
 /// Priority by route, then by header: `/pay/...` is critical; otherwise `x-priority`
@@ -814,7 +814,7 @@ async fn run(args: Args) -> Result<bool, Error> {
         "\nran {:.1} s; gateway totals: offered {}, shed {}; backend calls {}",
         scenario_start.elapsed().as_secs_f64(),
         after.offered(),
-        after.shed_total(),
+        after.rejected(),
         backend.calls.load(Ordering::Relaxed)
     );
     println!("\nchecks:");

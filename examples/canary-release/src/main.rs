@@ -7,7 +7,7 @@
 //! clients (x-user: many ids) ─► front (127.0.0.1:0) ─► Canary ─┬─► v1 (stable)
 //!                                                      weight  └─► v2 (candidate)
 //!                                    ▲                        │
-//!                    RolloutController ◄── judge ◄── per-arm statistics
+//!                    CanaryController ◄── judge ◄── per-arm statistics
 //! ```
 //!
 //! 1. **v2-bad** fails 20 % of its requests (v1 fails 0.5 %). The controller starts it at the
@@ -27,11 +27,12 @@
 
 use axum::Router;
 use axum::body::Body;
-use degrade_canary::key::HeaderKey;
-use degrade_canary::{
-    Arm, BoxError, Canary, CanaryHandle, Judgement, Phase, RolloutConfig, RolloutController, Step,
+use degrade::HttpClassifier;
+use degrade::canary::key::HeaderKey;
+use degrade::canary::{
+    Arm, BoxError, Canary, CanaryConfig, CanaryController, CanaryHandle, CanaryPhase, CanaryStep,
+    Judgement,
 };
-use degrade_core::HttpClassifier;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
@@ -317,17 +318,17 @@ async fn where_are_users(client: &HttpClient, front: SocketAddr, users: u64) -> 
 // ---------------------------------------------------------------------------------------------
 // One rollout
 
-fn rollout_config(args: &Args) -> RolloutConfig {
-    let mut cfg = RolloutConfig {
+fn rollout_config(args: &Args) -> CanaryConfig {
+    let mut cfg = CanaryConfig {
         steps: [10.0, 25.0, 50.0, 100.0]
             .into_iter()
-            .map(|w| Step::new(w, args.bake))
+            .map(|w| CanaryStep::new(w, args.bake))
             .collect(),
         analysis_interval: args.interval,
         // Waiting for the minimum samples at the 10 % step takes many short analyses; that is
         // not a reason to pause.
         inconclusive_limit: 1_000,
-        ..RolloutConfig::default()
+        ..CanaryConfig::default()
     };
     cfg.judge.min_samples = args.min_samples;
     cfg
@@ -357,7 +358,7 @@ fn print_analysis(t: Duration, step: usize, steps: usize, weight_bp: u32, j: &Ju
 
 /// What happened to one release.
 struct Outcome {
-    phase: Phase,
+    phase: CanaryPhase,
     weight_bp: u32,
     elapsed: Duration,
     /// Users probed after the end: (on stable, on canary).
@@ -380,7 +381,7 @@ async fn release(
         .collect();
 
     let name = candidate.name;
-    let mut controller = RolloutController::builder(cfg, handle.clone())
+    let mut controller = CanaryController::builder(cfg, handle.clone())
         .on_promote(
             move || async move { println!("  hook: {name} promoted, make it the new stable") },
         )
@@ -441,8 +442,8 @@ async fn release(
 
 fn print_outcome(stable: &Version, candidate: &Version, o: &Outcome) {
     let verdict = match o.phase {
-        Phase::RolledBack => "ROLLED BACK",
-        Phase::Promoted => "PROMOTED",
+        CanaryPhase::RolledBack => "ROLLED BACK",
+        CanaryPhase::Promoted => "PROMOTED",
         _ => "UNDECIDED",
     };
     println!(
@@ -494,7 +495,7 @@ async fn run(args: Args) -> Result<bool, Error> {
     print_outcome(&v1, &v2_bad, &bad);
     checks.push((
         "v2-bad was rolled back automatically (weight 0)".into(),
-        bad.phase == Phase::RolledBack && bad.weight_bp == 0,
+        bad.phase == CanaryPhase::RolledBack && bad.weight_bp == 0,
     ));
     checks.push((
         "after the rollback every probed user is on v1".into(),
@@ -506,7 +507,7 @@ async fn run(args: Args) -> Result<bool, Error> {
     print_outcome(&v1, &v2_good, &good);
     checks.push((
         "v2-good was promoted to 100 %".into(),
-        good.phase == Phase::Promoted && good.weight_bp == 10_000,
+        good.phase == CanaryPhase::Promoted && good.weight_bp == 10_000,
     ));
     checks.push((
         "after the promotion every probed user is on v2-good".into(),

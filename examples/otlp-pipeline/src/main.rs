@@ -8,14 +8,14 @@
 //!
 //! `--quick` runs smaller phases (CI smoke test). Exit status 0 when every check passed.
 
-use degrade_breaker::{BreakerConfig, BreakerLayer, WindowConfig};
-use degrade_core::{Controller, Level, LevelHandle, Policy};
-use degrade_otel::grpc::{GrpcRetry, GrpcSpanExporter};
-use degrade_otel::ratelimit::spans_per_second;
-use degrade_otel::{
+use degrade::breaker::{BreakerConfig, BreakerLayer, WindowConfig};
+use degrade::otel::grpc::{GrpcRetry, GrpcSpanExporter};
+use degrade::otel::ratelimit::spans_per_second;
+use degrade::otel::{
     CoalesceHandle, CoalesceLayer, DropReason, ExportStats, LevelFilter, LevelSampler, Lifecycle,
     ServiceExporter,
 };
+use degrade::{Controller, Level, LevelHandle, Policy};
 use opentelemetry::trace::{Span as _, Status, TraceContextExt, Tracer, TracerProvider};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,

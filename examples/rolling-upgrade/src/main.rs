@@ -1,13 +1,15 @@
 //! A rolling upgrade of four local HTTP servers, v1 → v2, under continuous load through p2c
 //! balancers fed by the rollout's discover stream. See README.md.
 //!
-//! The binary is also the server: `rolling-upgrade serve --port P --version V [--unhealthy]`,
-//! so the driver spawns `current_exe() serve …` for each instance.
+//! The binary is also the server: `rolling-upgrade serve --port P --version V [--unhealthy]
+//! [--exit-after-ms N]`, so the driver spawns `current_exe() serve …` for each instance.
 
-use degrade_core::BoxError;
-use degrade_rollout::discover::Pool;
-use degrade_rollout::driver::{CommandSpec, HealthCheck};
-use degrade_rollout::{Driver, Instance, Outcome, ProcessDriver, Rollout, RolloutConfig};
+use degrade::BoxError;
+use degrade::rollout::discover::Pool;
+use degrade::rollout::driver::{CommandSpec, HealthCheck};
+use degrade::rollout::{
+    Driver, Instance, ProcessDriver, RolloutConfig, RolloutController, RolloutOutcome,
+};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Incoming};
@@ -26,8 +28,8 @@ use tower::balance::p2c::Balance;
 use tower::{Service, ServiceExt};
 
 const USAGE: &str =
-    "usage: rolling-upgrade [--quick] [--duration SECS] [--bad-release] [--instances N]
-       rolling-upgrade serve --port P --version V [--unhealthy]";
+    "usage: rolling-upgrade [--quick] [--duration SECS] [--bad-release | --crash] [--instances N]
+       rolling-upgrade serve --port P --version V [--unhealthy] [--exit-after-ms N]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -67,14 +69,25 @@ fn main() {
 
 async fn serve(args: &[String]) -> Result<(), BoxError> {
     let (mut port, mut version, mut unhealthy) = (0u16, String::new(), false);
+    let mut exit_after = None::<u64>;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--port" => port = it.next().ok_or("--port needs a value")?.parse()?,
             "--version" => version = it.next().ok_or("--version needs a value")?.clone(),
             "--unhealthy" => unhealthy = true,
+            "--exit-after-ms" => {
+                exit_after = Some(it.next().ok_or("--exit-after-ms needs a value")?.parse()?);
+            }
             other => return Err(format!("unknown argument {other:?}").into()),
         }
+    }
+    if let Some(ms) = exit_after {
+        // A release that passes its gates, serves, then crashes: no goodbye to anyone.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            std::process::exit(3);
+        });
     }
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -170,12 +183,14 @@ fn free_port(next: &mut u16) -> Result<u16, BoxError> {
 
 async fn demo(args: &[String]) -> Result<bool, BoxError> {
     let (mut quick, mut duration, mut bad, mut n) = (false, None::<u64>, false, 4usize);
+    let mut crash = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => quick = true,
             "--duration" => duration = Some(it.next().ok_or("--duration needs seconds")?.parse()?),
             "--bad-release" => bad = true,
+            "--crash" => crash = true,
             "--instances" => n = it.next().ok_or("--instances needs a number")?.parse()?,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -186,6 +201,9 @@ async fn demo(args: &[String]) -> Result<bool, BoxError> {
     }
     if n == 0 {
         return Err("--instances must be at least 1".into());
+    }
+    if bad && crash {
+        return Err("--bad-release and --crash are two different bad releases: pick one".into());
     }
     let _ = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::INFO)
@@ -202,7 +220,18 @@ async fn demo(args: &[String]) -> Result<bool, BoxError> {
     let driver = Arc::new(
         ProcessDriver::builder()
             .version("v1", server("v1", &[]))
-            .version("v2", server("v2", if bad { &["--unhealthy"] } else { &[] }))
+            .version(
+                "v2",
+                server(
+                    "v2",
+                    match (bad, crash) {
+                        (true, _) => &["--unhealthy"],
+                        // Healthy through its gates and bake, then it dies.
+                        (_, true) => &["--exit-after-ms", "4000"],
+                        _ => &[],
+                    },
+                ),
+            )
             .health(HealthCheck::http("/healthz", 200))
             .stop_grace(Duration::from_secs(5))
             .build()?,
@@ -273,9 +302,12 @@ async fn demo(args: &[String]) -> Result<bool, BoxError> {
         startup_grace: Duration::from_secs(2),
         drain_timeout: Duration::from_secs(10),
         progress_deadline: Duration::from_secs(60),
+        // The upgraded instances stay watched this long after the last batch before the
+        // rollout completes (a crash meanwhile rolls everything back).
+        post_watch: Duration::from_secs(if quick { 3 } else { 10 }),
         ..RolloutConfig::default()
     };
-    let (rollout, handle) = Rollout::builder(driver.clone(), pool.clone())
+    let (rollout, handle) = RolloutController::builder(driver.clone(), pool.clone())
         .config(cfg)
         .build(instances.clone(), "v2")?;
     let mut status = handle.subscribe();
@@ -337,6 +369,11 @@ async fn demo(args: &[String]) -> Result<bool, BoxError> {
         load.by_version.lock().unwrap_or_else(|e| e.into_inner())
     );
     println!("failed requests: {failed}");
+    let p = pool.snapshot();
+    println!(
+        "endpoints ejected after a failed connection: {} (back after a passing health check: {})",
+        p.ejections, p.returns
+    );
     if let Some(e) = load
         .first_error
         .lock()
@@ -348,10 +385,12 @@ async fn demo(args: &[String]) -> Result<bool, BoxError> {
     for i in &report.instances {
         driver.stop(i).await?;
     }
-    let expected = if bad {
-        Outcome::RolledBack
+    let expected = if bad || crash {
+        RolloutOutcome::RolledBack
     } else {
-        Outcome::Completed
+        RolloutOutcome::Completed
     };
-    Ok(report.outcome == expected && failed == 0)
+    // A crash fails the requests in flight to the instance when it dies (printed above);
+    // otherwise none may fail.
+    Ok(report.outcome == expected && (crash || failed == 0))
 }

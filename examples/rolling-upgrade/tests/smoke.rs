@@ -30,3 +30,19 @@ fn bad_release_rolls_back_without_a_failed_request() {
     assert!(out.contains("outcome: rolled back"), "{out}");
     assert!(out.contains("failed requests: 0"), "{out}");
 }
+
+#[test]
+fn a_release_that_crashes_after_its_bake_is_rolled_back() {
+    let out = run(&["--quick", "--crash"]);
+    assert!(out.contains("outcome: rolled back"), "{out}");
+    assert!(out.contains("exited"), "{out}");
+    let failed: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("failed requests: "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a count of failed requests");
+    println!("failed requests with a crashing v2: {failed}");
+    // Only those in flight at each crash (four load tasks, up to four crashes); the margin is
+    // wide, the figure printed.
+    assert!(failed <= 40, "{out}");
+}

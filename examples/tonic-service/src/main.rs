@@ -15,7 +15,7 @@
 //! code, a lower-case message, a `google.rpc.RetryInfo` detail in `grpc-status-details-bin`
 //! (what OTLP exporters and well-behaved clients honour), and a `degrade-rejection` metadata
 //! entry naming the policy. The client reads the delay with
-//! `degrade_core::rejection::grpc::retry_delay`.
+//! `degrade::rejection::grpc::retry_delay`.
 //!
 //! No protoc is needed: the two messages are written by hand with `#[derive(prost::Message)]`
 //! and the service is served and called through `tonic::server::Grpc` and
@@ -35,13 +35,13 @@
 //! `--duration <secs>` sets how long the database stays down (default 3 s; `--quick`: 1 s).
 //! The exit status is 0 only if every check printed at the end holds.
 
-use degrade_breaker::{BreakerConfig, BreakerLayer, WindowConfig};
-use degrade_core::ladder::{LadderConfig, Reading};
-use degrade_core::priority::GrpcMethodPriority;
-use degrade_core::rejection::grpc::retry_delay;
-use degrade_core::{Controller, DegradeLayer, GrpcClassifier, Level, Priority};
-use degrade_ratelimit::key::GrpcMetadataKey;
-use degrade_ratelimit::{KeysConfig, RateLimitConfig, RateLimitLayer};
+use degrade::breaker::{BreakerConfig, BreakerLayer, WindowConfig};
+use degrade::ladder::{LadderConfig, Reading};
+use degrade::priority::GrpcMethodPriority;
+use degrade::ratelimit::key::GrpcMetadataKey;
+use degrade::ratelimit::{KeysConfig, RateLimitConfig, RateLimitLayer};
+use degrade::rejection::grpc::retry_delay;
+use degrade::{Controller, DegradeLayer, GrpcClassifier, Level, Priority};
 use http::uri::PathAndQuery;
 use std::convert::Infallible;
 use std::future::Future;

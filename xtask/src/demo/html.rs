@@ -25,7 +25,7 @@ const PRIORITY_COLORS: [RGBColor; 5] = [
     RGBColor(150, 150, 150),
 ];
 const PRIORITY_NAMES: [&str; 5] = ["critical", "high", "normal", "low", "background"];
-const RUN_COLORS: [RGBColor; 3] = [
+pub(crate) const RUN_COLORS: [RGBColor; 3] = [
     RGBColor(40, 110, 200),
     RGBColor(200, 30, 45),
     RGBColor(240, 130, 20),
@@ -37,10 +37,38 @@ fn err(e: impl std::fmt::Debug) -> String {
 }
 
 /// One series of a line chart.
-struct Line {
+pub(crate) struct Line {
     name: String,
     color: RGBColor,
     points: Points,
+}
+
+impl Line {
+    pub(crate) fn new(name: &str, color: RGBColor, points: Points) -> Self {
+        Self {
+            name: name.to_owned(),
+            color,
+            points,
+        }
+    }
+}
+
+/// Two timeline charts, one above the other, on one SVG: each `(title, y unit, lines)`.
+pub(crate) fn two_line_charts(
+    size: (u32, u32),
+    top: (&str, &str, &[Line]),
+    bottom: (&str, &str, &[Line]),
+    scenario: &Scenario,
+) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        let (upper, lower) = root.split_vertically(size.1 / 2);
+        draw_lines(&upper, top.0, top.1, scenario, top.2, None)?;
+        draw_lines(&lower, bottom.0, bottom.1, scenario, bottom.2, None)?;
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
 }
 
 /// A timeline chart: lines over seconds, with the phases marked.

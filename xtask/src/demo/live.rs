@@ -7,7 +7,7 @@ use super::service::{self, Protection};
 use super::{ControlSample, Scenario};
 use degrade_breaker::State as BreakerState;
 use degrade_core::ladder::LadderConfig;
-use degrade_core::{Level, Transition};
+use degrade_core::{Level, LevelTransition};
 use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
@@ -69,7 +69,7 @@ pub(crate) fn note(text: &str) {
     let _ = out.flush();
 }
 
-pub(crate) fn transition(tr: &Transition, t: Duration) {
+pub(crate) fn transition(tr: &LevelTransition, t: Duration) {
     note(&format!(
         "t={:.1}s level {} -> {} ({}: {} {:.2} {} {:.2}, after {:.1}s at {})",
         t.as_secs_f64(),

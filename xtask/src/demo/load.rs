@@ -15,6 +15,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -128,6 +129,11 @@ pub(crate) struct LoadConfig<R> {
     /// Arrivals beyond this many requests in flight are counted as dropped, not sent, so a dead
     /// server cannot make the generator exhaust memory or file descriptors.
     pub(crate) max_outstanding: u64,
+    /// Idle keep-alive connections the client's pool keeps at most (`usize::MAX`: hyper's
+    /// default, no limit). Beyond it a connection is closed when its request is done, so a burst
+    /// of requests in flight does not leave as many idle connections (each a task on both
+    /// sides, and buffers) open for as long as traffic keeps them warm.
+    pub(crate) max_idle_connections: usize,
 }
 
 /// Counts for one priority (in one second, or summed over a span).
@@ -238,21 +244,46 @@ pub(crate) struct Answer {
 }
 
 /// Where the generator files outcomes; readable while the run goes on (for a live view).
+///
+/// [`Recorder::new`] keeps everything for the report: every second and every answer. A soak
+/// runs for many minutes and measures the process's memory, so [`Recorder::bounded`] keeps no
+/// answers, and its owner takes each second away once it is complete ([`Recorder::take_before`]):
+/// the recorder's memory then stays flat and cannot pass for a leak of the stack under test.
 #[derive(Debug)]
 pub(crate) struct Recorder {
     start: Instant,
-    seconds: Mutex<Vec<Second>>,
-    answers: Mutex<Vec<Answer>>,
+    seconds: Mutex<Seconds>,
+    /// `None`: answers are not kept.
+    answers: Option<Mutex<Vec<Answer>>>,
     outstanding: AtomicU64,
 }
 
+/// The seconds still held: `list[i]` is second `first + i`.
+#[derive(Debug, Default)]
+struct Seconds {
+    first: usize,
+    list: VecDeque<Second>,
+    /// Outcomes that arrived for a second already taken away (they are not counted anywhere).
+    late: u64,
+}
+
 impl Recorder {
-    /// Time zero of the run is now.
+    /// Time zero of the run is now; keeps every second and every answer.
     pub(crate) fn new() -> Arc<Self> {
+        Self::with_answers(true)
+    }
+
+    /// Time zero of the run is now; keeps no answers, and seconds only until
+    /// [`Recorder::take_before`] takes them.
+    pub(crate) fn bounded() -> Arc<Self> {
+        Self::with_answers(false)
+    }
+
+    fn with_answers(keep: bool) -> Arc<Self> {
         Arc::new(Self {
             start: Instant::now(),
-            seconds: Mutex::new(Vec::new()),
-            answers: Mutex::new(Vec::new()),
+            seconds: Mutex::new(Seconds::default()),
+            answers: keep.then(|| Mutex::new(Vec::new())),
             outstanding: AtomicU64::new(0),
         })
     }
@@ -266,25 +297,50 @@ impl Recorder {
         self.outstanding.load(Ordering::Relaxed)
     }
 
-    /// A copy of second `index` (empty if nothing was sent in it).
+    /// A copy of second `index` (empty if nothing was sent in it, or if it was taken).
     pub(crate) fn second(&self, index: usize) -> Second {
-        self.lock().get(index).cloned().unwrap_or_default()
+        let seconds = self.lock();
+        index
+            .checked_sub(seconds.first)
+            .and_then(|i| seconds.list.get(i))
+            .cloned()
+            .unwrap_or_default()
     }
 
-    /// A copy of every second so far.
+    /// A copy of every second still held, from the first one held.
     pub(crate) fn seconds(&self) -> Vec<Second> {
-        self.lock().clone()
+        self.lock().list.iter().cloned().collect()
     }
 
-    /// Every answered request so far (not the timeouts and drops), in completion order.
+    /// Removes and returns the seconds before `index` not taken yet, oldest first. Outcomes
+    /// that arrive later for them are dropped and counted in [`Recorder::late`].
+    pub(crate) fn take_before(&self, index: usize) -> Vec<Second> {
+        let mut seconds = self.lock();
+        let mut taken = Vec::new();
+        while seconds.first < index {
+            taken.push(seconds.list.pop_front().unwrap_or_default());
+            seconds.first += 1;
+        }
+        taken
+    }
+
+    /// Outcomes that arrived after their second had been taken.
+    pub(crate) fn late(&self) -> u64 {
+        self.lock().late
+    }
+
+    /// Every answered request so far (not the timeouts and drops), in completion order; empty
+    /// for a [`Recorder::bounded`] recorder.
     pub(crate) fn answers(&self) -> Vec<Answer> {
-        self.answers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.answers.as_ref().map_or_else(Vec::new, |answers| {
+            answers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Second>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seconds> {
         // A panicking request task cannot leave the counters half-written: every update is
         // one field at a time, so the data is still good after a poison.
         self.seconds.lock().unwrap_or_else(PoisonError::into_inner)
@@ -292,10 +348,23 @@ impl Recorder {
 
     fn update(&self, index: usize, f: impl FnOnce(&mut Second)) {
         let mut seconds = self.lock();
-        if seconds.len() <= index {
-            seconds.resize_with(index + 1, Second::default);
+        let Some(i) = index.checked_sub(seconds.first) else {
+            seconds.late += 1;
+            return;
+        };
+        if seconds.list.len() <= i {
+            seconds.list.resize_with(i + 1, Second::default);
         }
-        f(&mut seconds[index]);
+        f(&mut seconds.list[i]);
+    }
+
+    fn record_answer(&self, answer: Answer) {
+        if let Some(answers) = &self.answers {
+            answers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(answer);
+        }
     }
 }
 
@@ -334,8 +403,9 @@ where
     // wrongly blame on the server.
     connector.set_nodelay(true);
     // One shared pooled client: a connection per request in flight at most, reused afterwards.
-    let client: Client<HttpConnector, Empty<&'static [u8]>> =
-        Client::builder(TokioExecutor::new()).build(connector);
+    let client: Client<HttpConnector, Empty<&'static [u8]>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(config.max_idle_connections)
+        .build(connector);
 
     let mut rng = SplitMix64::new(config.seed);
     let mut tasks = JoinSet::new();
@@ -496,11 +566,7 @@ async fn exchange(
                 ok,
                 latency_us,
             };
-            recorder
-                .answers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(answer);
+            recorder.record_answer(answer);
         }
         recorder.update(index, |s| match outcome {
             Outcome::Ok(latency, v2) => {
@@ -648,6 +714,29 @@ mod tests {
             let share = f64::from(counts[p.index()]) / f64::from(n);
             assert!((share - mix.share(p)).abs() < 0.01, "{p}: {share}");
         }
+    }
+
+    #[test]
+    fn a_bounded_recorder_forgets_taken_seconds_and_counts_late_outcomes() {
+        let recorder = Recorder::bounded();
+        recorder.update(0, |s| s.tally[0].offered += 1);
+        recorder.update(2, |s| s.tally[0].offered += 3);
+        let taken = recorder.take_before(2);
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken[0].tally[0].offered, 1);
+        assert_eq!(taken[1].tally[0].offered, 0);
+        assert_eq!(recorder.second(2).tally[0].offered, 3);
+        assert_eq!(recorder.second(0).tally[0].offered, 0);
+        recorder.update(1, |s| s.tally[0].ok += 1);
+        assert_eq!(recorder.late(), 1);
+        assert_eq!(recorder.seconds().len(), 1);
+        recorder.record_answer(Answer {
+            sent_ms: 0,
+            ok: true,
+            latency_us: 1,
+        });
+        assert!(recorder.answers().is_empty());
+        assert!(recorder.take_before(1).is_empty());
     }
 
     #[test]

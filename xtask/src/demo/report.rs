@@ -6,9 +6,9 @@ use super::load::{self, Second, Tally};
 use super::service;
 use super::{BreakerEvent, CanaryEvent, Run, SAMPLE_EVERY};
 use crate::Result;
-use degrade_canary::RolloutConfig;
+use degrade_canary::CanaryConfig;
 use degrade_core::ladder::LadderConfig;
-use degrade_core::{Level, Priority, Transition};
+use degrade_core::{Level, LevelTransition, Priority};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -158,7 +158,7 @@ pub(crate) struct Accounting {
 }
 
 impl Summary {
-    pub(crate) fn new(runs: &[Run], ladder: &LadderConfig, rollout: &RolloutConfig) -> Self {
+    pub(crate) fn new(runs: &[Run], ladder: &LadderConfig, rollout: &CanaryConfig) -> Self {
         let mix = super::mix();
         let rl = service::rate_limit();
         let setup = Setup {
@@ -527,16 +527,11 @@ impl Accounting {
                     reached,
                     &mut lines,
                 );
-                check(
-                    "DegradeLayer shed",
-                    degrade.shed_total(),
-                    c.shed,
-                    &mut lines,
-                );
+                check("DegradeLayer shed", degrade.rejected(), c.shed, &mut lines);
                 check(
                     "RateLimit offered = DegradeLayer admitted",
                     rl.offered(),
-                    degrade.admitted_total(),
+                    degrade.admitted(),
                     &mut lines,
                 );
                 check(
@@ -547,7 +542,7 @@ impl Accounting {
                 );
                 check(
                     "Breaker passed + rejected = RateLimit admitted",
-                    breaker.passed + breaker.rejected,
+                    breaker.admitted + breaker.rejected,
                     rl.admitted,
                     &mut lines,
                 );
@@ -560,7 +555,7 @@ impl Accounting {
                 check(
                     "backend calls = Breaker passed",
                     run.backend_calls,
-                    breaker.passed,
+                    breaker.admitted,
                     &mut lines,
                 );
             }
@@ -616,7 +611,7 @@ pub(crate) struct Levels {
 }
 
 impl Levels {
-    pub(crate) fn new(history: &[Transition], start: Instant) -> Self {
+    pub(crate) fn new(history: &[LevelTransition], start: Instant) -> Self {
         Self {
             changes: history
                 .iter()

@@ -88,6 +88,11 @@ pub(crate) struct Backend {
 }
 
 impl Backend {
+    /// The demo's backend: a pool of `PERMITS` slots.
+    pub(crate) fn new() -> Arc<Self> {
+        Self::with_model(Model::Slots)
+    }
+
     /// A backend of `model` (must run inside the tokio runtime: the CPU model keeps its books
     /// on a task).
     pub(crate) fn with_model(model: Model) -> Arc<Self> {

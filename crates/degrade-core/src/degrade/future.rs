@@ -134,7 +134,7 @@ where
                         Some(Fate::Granted) => wait.settled = true,
                         Some(Fate::Expired | Fate::Evicted) => {
                             wait.settled = true;
-                            let shed = wait.gate.shed(wait.priority);
+                            let shed = wait.gate.limited(wait.priority);
                             self.set(Core::Rejected { shed: None });
                             return Poll::Ready(Some(shed));
                         }

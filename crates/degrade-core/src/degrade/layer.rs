@@ -1,10 +1,11 @@
 //! The [`DegradeLayer`] and its builder.
 
+use super::{Admission, Degrade, Gate, Shared};
+use crate::answer::Errors;
 #[cfg(feature = "grpc")]
-use super::GrpcResponses;
+use crate::answer::GrpcResponses;
 #[cfg(feature = "http")]
-use super::HttpResponses;
-use super::{Admission, Degrade, Errors, Gate, Shared};
+use crate::answer::HttpResponses;
 use crate::config::ConfigError;
 use crate::degrade::DegradeSnapshot;
 use crate::handle::LevelHandle;

@@ -85,10 +85,10 @@
 //!
 //! * [`Errors`] (the default): the service error is a `BoxError`; a rejection downcasts to
 //!   [`Shed`].
-//! * [`HttpResponses`] (feature `http`, `DegradeLayer::http`): a shed request gets a 503 with
+//! * [`HttpResponses`](crate::answer::HttpResponses) (feature `http`, `DegradeLayer::http`): a shed request gets a 503 with
 //!   `Retry-After`, and the service keeps its inner error type, so an axum `Router` of
 //!   `Infallible` services stays infallible.
-//! * [`GrpcResponses`] (feature `grpc`, `DegradeLayer::grpc`): a shed call gets a gRPC
+//! * [`GrpcResponses`](crate::answer::GrpcResponses) (feature `grpc`, `DegradeLayer::grpc`): a shed call gets a gRPC
 //!   UNAVAILABLE status with `RetryInfo`.
 //!
 //! # Shared state
@@ -141,12 +141,15 @@ pub use self::future::ResponseFuture;
 pub use self::layer::{DegradeBuilder, DegradeLayer};
 pub use crate::limit::LimitSnapshot;
 
+use crate::answer::Errors;
+#[cfg(feature = "http")]
+use crate::answer::Respond;
+use crate::counter::ShardedCounter;
 use crate::handle::LevelHandle;
 use crate::level::Level;
 use crate::limit::{Completion, Entry, LimitConfig, Limiter, Slot, Ticket};
 use crate::priority::{Fixed, Prioritize, Priority};
 use crate::rejection::Shed;
-use crate::window::ShardedCounter;
 use crossbeam_utils::CachePadded;
 use std::fmt;
 use std::marker::PhantomData;
@@ -156,23 +159,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tower_service::Service;
 
-/// Answer mode: rejections are `BoxError`s that downcast to [`Shed`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Errors;
-
-/// Answer mode (feature `http`): rejections become 503 responses with `Retry-After`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HttpResponses;
-
-/// Answer mode (feature `grpc`): rejections become gRPC UNAVAILABLE statuses with `RetryInfo`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GrpcResponses;
-
-/// Counter slots: admitted by priority, shed by (level, priority), abandoned by priority.
+/// Counter slots: admitted by priority, shed by (level, priority), refused by the limit by
+/// priority, abandoned by priority.
 const ADMITTED: usize = 0;
 const SHED: usize = 5;
-const ABANDONED: usize = 30;
-const SLOTS: usize = 35;
+const LIMITED: usize = 30;
+const ABANDONED: usize = 35;
+const SLOTS: usize = 40;
 /// Shares are applied in basis points.
 const FULL: u32 = 10_000;
 
@@ -315,6 +308,13 @@ impl Gate {
         self.counters.add(ADMITTED + priority.index(), 1);
     }
 
+    /// Counts and makes a refusal of `priority` by the adaptive limit (full, or a wait past its
+    /// target).
+    fn limited(&self, priority: Priority) -> Shed {
+        self.counters.add(LIMITED + priority.index(), 1);
+        Shed::new(self.handle.current(), priority, self.retry_after)
+    }
+
     fn abandoned(&self, priority: Priority) {
         self.counters.add(ABANDONED + priority.index(), 1);
     }
@@ -350,7 +350,7 @@ impl Gate {
                 Decision::Go(Some(Permit::new(Arc::clone(self), slot)))
             }
             Entry::Queued(ticket, _deadline) => Decision::Wait(ticket),
-            Entry::Refused => Decision::Refuse(self.shed(priority)),
+            Entry::Refused => Decision::Refuse(self.limited(priority)),
         }
     }
 
@@ -359,6 +359,7 @@ impl Gate {
         let mut snap = DegradeSnapshot::default();
         for p in 0..5 {
             snap.admitted[p] = raw[ADMITTED + p];
+            snap.limited[p] = raw[LIMITED + p];
             snap.abandoned[p] = raw[ABANDONED + p];
             for l in 0..5 {
                 snap.shed[l][p] = raw[SHED + l * 5 + p];
@@ -413,28 +414,58 @@ impl fmt::Debug for Permit {
     }
 }
 
-/// Counters of a [`DegradeLayer`]: admitted by priority, shed by level and priority, and
-/// abandoned (a request that waited for a slot and whose caller gave up first). Offered is their
-/// sum, so offered = admitted + shed + abandoned holds exactly. In the adaptive modes it also
-/// carries the [limit's state](LimitSnapshot).
+/// Counters of a [`DegradeLayer`], in the [`Accounting`](crate::snapshot::Accounting) words:
+/// every request offered is admitted or rejected, and each rejection has one reason:
 ///
-/// Arrays are indexed by [`Priority::index`] and [`Level::index`].
+/// * `shed`: refused by the level's share of its priority ([`Admission::LevelShares`] mode), by
+///   level and priority;
+/// * `limited`: refused by the adaptive limit — full for its priority, or a wait for a slot past
+///   the queueing-delay target — by priority;
+/// * `abandoned`: waited for a slot and its caller gave up first (dropped the future), by
+///   priority.
+///
+/// So offered = admitted + shed + limited + abandoned, exactly. In the adaptive modes the
+/// snapshot also carries the [limit's state](LimitSnapshot). Arrays are indexed by
+/// [`Priority::index`] and [`Level::index`].
 ///
 /// ```
-/// use degrade_core::{Controller, DegradeLayer, Level, Policy, Priority};
+/// use degrade_core::snapshot::Accounting;
+/// use degrade_core::{limit::LimitConfig, Controller, DegradeLayer, Priority};
+/// use tower::{Layer, Service, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let c = Controller::new(Default::default()).unwrap();
-/// let layer = DegradeLayer::new(c.handle(), Policy::default()).unwrap();
+/// // A limit of one slot and no wait queue: a second request while one is in is refused.
+/// let limit = LimitConfig { initial: 1, max: 1, queue_size: 0.0, ..Default::default() };
+/// let layer = DegradeLayer::builder(c.handle())
+///     .prioritize(|p: &Priority| *p)
+///     .limit(limit)
+///     .build()
+///     .unwrap();
+/// let mut svc = layer.layer(tower::service_fn(|_: Priority| async {
+///     Ok::<_, std::convert::Infallible>(())
+/// }));
+/// // The slot is taken at `call`: the first request holds it until its future completes.
+/// let first = svc.ready().await.unwrap().call(Priority::High);
+/// let refused = svc.ready().await.unwrap().call(Priority::Low).await;
+/// assert!(refused.unwrap_err().is::<degrade_core::Shed>());
+/// first.await.unwrap();
+///
 /// let snap = layer.snapshot();
-/// assert_eq!(snap.offered(), 0);
-/// assert_eq!(snap.shed_at(Level::Heavy, Priority::Low), 0);
+/// assert_eq!((snap.offered(), snap.admitted(), snap.rejected()), (2, 1, 1));
+/// assert_eq!(snap.limited_by(Priority::Low), 1);
+/// assert!(snap.balanced());
+/// # }
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 #[non_exhaustive]
 pub struct DegradeSnapshot {
     /// Admitted requests by priority.
     pub admitted: [u64; 5],
-    /// Shed requests by level, then priority.
+    /// Requests refused by the level's share, by level, then priority.
     pub shed: [[u64; 5]; 5],
+    /// Requests refused by the adaptive limit (full, or waited past the target), by priority.
+    pub limited: [u64; 5],
     /// Requests whose caller gave up while they waited for a slot, by priority.
     pub abandoned: [u64; 5],
     /// The adaptive limit (`None` in [`Admission::LevelShares`] mode).
@@ -442,34 +473,47 @@ pub struct DegradeSnapshot {
 }
 
 impl DegradeSnapshot {
-    /// All requests seen.
+    /// All requests seen: admitted + rejected.
     ///
     /// ```
     /// # use degrade_core::degrade::DegradeSnapshot;
     /// assert_eq!(DegradeSnapshot::default().offered(), 0);
     /// ```
     pub fn offered(&self) -> u64 {
-        self.admitted_total() + self.shed_total() + self.abandoned.iter().sum::<u64>()
+        self.admitted() + self.rejected()
     }
 
     /// All admitted requests.
     ///
     /// ```
     /// # use degrade_core::degrade::DegradeSnapshot;
-    /// assert_eq!(DegradeSnapshot::default().admitted_total(), 0);
+    /// assert_eq!(DegradeSnapshot::default().admitted(), 0);
     /// ```
-    pub fn admitted_total(&self) -> u64 {
+    pub fn admitted(&self) -> u64 {
         self.admitted.iter().sum()
     }
 
-    /// All shed requests.
+    /// All rejected requests, whatever the reason: shed by the level, refused by the limit, or
+    /// abandoned while waiting.
     ///
     /// ```
     /// # use degrade_core::degrade::DegradeSnapshot;
-    /// assert_eq!(DegradeSnapshot::default().shed_total(), 0);
+    /// assert_eq!(DegradeSnapshot::default().rejected(), 0);
     /// ```
-    pub fn shed_total(&self) -> u64 {
-        self.shed.iter().flatten().sum()
+    pub fn rejected(&self) -> u64 {
+        self.shed.iter().flatten().sum::<u64>()
+            + self.limited.iter().sum::<u64>()
+            + self.abandoned.iter().sum::<u64>()
+    }
+
+    /// Requests refused by the adaptive limit (full, or waited past the target).
+    ///
+    /// ```
+    /// # use degrade_core::degrade::DegradeSnapshot;
+    /// assert_eq!(DegradeSnapshot::default().limited(), 0);
+    /// ```
+    pub fn limited(&self) -> u64 {
+        self.limited.iter().sum()
     }
 
     /// Requests of `priority` seen.
@@ -479,7 +523,7 @@ impl DegradeSnapshot {
     /// assert_eq!(DegradeSnapshot::default().offered_by(Priority::Low), 0);
     /// ```
     pub fn offered_by(&self, priority: Priority) -> u64 {
-        self.admitted_by(priority) + self.shed_by(priority) + self.abandoned[priority.index()]
+        self.admitted_by(priority) + self.rejected_by(priority)
     }
 
     /// Admitted requests of `priority`.
@@ -492,7 +536,18 @@ impl DegradeSnapshot {
         self.admitted[priority.index()]
     }
 
-    /// Shed requests of `priority`, at any level.
+    /// Rejected requests of `priority`, whatever the reason.
+    ///
+    /// ```
+    /// # use degrade_core::{degrade::DegradeSnapshot, Priority};
+    /// assert_eq!(DegradeSnapshot::default().rejected_by(Priority::High), 0);
+    /// ```
+    pub fn rejected_by(&self, priority: Priority) -> u64 {
+        let p = priority.index();
+        self.shed_by(priority) + self.limited[p] + self.abandoned[p]
+    }
+
+    /// Requests of `priority` shed by the level's share, at any level.
     ///
     /// ```
     /// # use degrade_core::{degrade::DegradeSnapshot, Priority};
@@ -502,7 +557,17 @@ impl DegradeSnapshot {
         self.shed.iter().map(|row| row[priority.index()]).sum()
     }
 
-    /// Shed requests of `priority` at `level`.
+    /// Requests of `priority` refused by the adaptive limit.
+    ///
+    /// ```
+    /// # use degrade_core::{degrade::DegradeSnapshot, Priority};
+    /// assert_eq!(DegradeSnapshot::default().limited_by(Priority::Low), 0);
+    /// ```
+    pub fn limited_by(&self, priority: Priority) -> u64 {
+        self.limited[priority.index()]
+    }
+
+    /// Requests of `priority` shed by the level's share at `level`.
     ///
     /// ```
     /// # use degrade_core::{degrade::DegradeSnapshot, Level, Priority};
@@ -513,8 +578,20 @@ impl DegradeSnapshot {
     }
 }
 
+impl crate::snapshot::Accounting for DegradeSnapshot {
+    fn offered(&self) -> u64 {
+        DegradeSnapshot::offered(self)
+    }
+    fn admitted(&self) -> u64 {
+        DegradeSnapshot::admitted(self)
+    }
+    fn rejected(&self) -> u64 {
+        DegradeSnapshot::rejected(self)
+    }
+}
+
 /// The service made by [`DegradeLayer`]. `M` is the answer mode ([`Errors`],
-/// [`HttpResponses`] or [`GrpcResponses`]).
+/// [`HttpResponses`](crate::answer::HttpResponses) or [`GrpcResponses`](crate::answer::GrpcResponses)).
 ///
 /// ```
 /// use degrade_core::{Controller, DegradeLayer, Policy};
@@ -560,42 +637,7 @@ impl<S, P, M> Degrade<S, P, M> {
         }
     }
 
-    /// The inner service.
-    ///
-    /// ```
-    /// # use degrade_core::{Controller, DegradeLayer, Policy}; use tower::Layer;
-    /// # let c = Controller::new(Default::default()).unwrap();
-    /// let svc = DegradeLayer::new(c.handle(), Policy::default()).unwrap().layer(42u8);
-    /// assert_eq!(*svc.get_ref(), 42);
-    /// ```
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    ///
-    /// ```
-    /// # use degrade_core::{Controller, DegradeLayer, Policy}; use tower::Layer;
-    /// # let c = Controller::new(Default::default()).unwrap();
-    /// let mut svc = DegradeLayer::new(c.handle(), Policy::default()).unwrap().layer(1u8);
-    /// *svc.get_mut() = 2;
-    /// assert_eq!(svc.into_inner(), 2);
-    /// ```
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the wrapper, returning the inner service.
-    ///
-    /// ```
-    /// # use degrade_core::{Controller, DegradeLayer, Policy}; use tower::Layer;
-    /// # let c = Controller::new(Default::default()).unwrap();
-    /// let svc = DegradeLayer::new(c.handle(), Policy::default()).unwrap().layer("inner");
-    /// assert_eq!(svc.into_inner(), "inner");
-    /// ```
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::inner_service_accessors!(S);
 
     /// The shared counters.
     ///
@@ -644,78 +686,6 @@ impl<S: Clone, P, M> Degrade<S, P, M> {
         let clone = self.inner.clone();
         let svc = std::mem::replace(&mut self.inner, clone);
         future::Core::waiting(Arc::clone(&self.shared.gate), ticket, priority, svc, req)
-    }
-}
-
-/// How an answer mode turns a rejection into a response of its own (feature `http`): the HTTP
-/// mode answers 429/503 with `Retry-After`, the gRPC mode a trailers-only status. Every degrade
-/// layer with answer modes uses these, so each wire form is written once.
-///
-/// ```
-/// use degrade_core::degrade::{HttpResponses, Respond};
-/// use degrade_core::{Level, Priority, Shed};
-/// use std::time::Duration;
-///
-/// let res: http::Response<()> =
-///     HttpResponses::respond(&Shed::new(Level::Heavy, Priority::Low, Duration::from_secs(1)));
-/// assert_eq!(res.status(), 503);
-/// ```
-#[cfg(feature = "http")]
-pub trait Respond {
-    /// The response for `rejection`.
-    fn respond<B: Default>(rejection: &dyn crate::Rejection) -> http::Response<B>;
-
-    /// What a response says about the service, for the adaptive limit: a rejection by another
-    /// degrade layer further in (it carries the `degrade-rejection` header) says nothing and is
-    /// [`Ignored`](crate::Outcome::Ignored); otherwise the status decides, as the
-    /// [`HttpClassifier`](crate::HttpClassifier) does by default.
-    ///
-    /// ```
-    /// use degrade_core::degrade::{HttpResponses, Respond};
-    /// use degrade_core::Outcome;
-    /// let res = http::Response::builder().status(502).body(()).unwrap();
-    /// assert_eq!(HttpResponses::outcome(&res), Outcome::Failure);
-    /// let res = http::Response::builder().status(429).header("degrade-rejection", "rate_limited").body(()).unwrap();
-    /// assert_eq!(HttpResponses::outcome(&res), Outcome::Ignored);
-    /// ```
-    fn outcome<B>(response: &http::Response<B>) -> crate::Outcome {
-        use crate::Classifier;
-        static CLASSIFIER: std::sync::LazyLock<crate::HttpClassifier> =
-            std::sync::LazyLock::new(crate::HttpClassifier::default);
-        if response
-            .headers()
-            .contains_key(crate::rejection::http::REJECTION_HEADER)
-        {
-            return crate::Outcome::Ignored;
-        }
-        Classifier::<http::Response<B>, crate::BoxError>::classify_response(&*CLASSIFIER, response)
-    }
-}
-
-#[cfg(feature = "http")]
-impl Respond for HttpResponses {
-    fn respond<B: Default>(rejection: &dyn crate::Rejection) -> http::Response<B> {
-        crate::rejection::http::response(rejection)
-    }
-}
-
-#[cfg(feature = "grpc")]
-impl Respond for GrpcResponses {
-    fn respond<B: Default>(rejection: &dyn crate::Rejection) -> http::Response<B> {
-        crate::rejection::grpc::response(rejection)
-    }
-
-    fn outcome<B>(response: &http::Response<B>) -> crate::Outcome {
-        use crate::Classifier;
-        static CLASSIFIER: std::sync::LazyLock<crate::GrpcClassifier> =
-            std::sync::LazyLock::new(crate::GrpcClassifier::default);
-        if response
-            .headers()
-            .contains_key(crate::rejection::http::REJECTION_HEADER)
-        {
-            return crate::Outcome::Ignored;
-        }
-        Classifier::<http::Response<B>, crate::BoxError>::classify_response(&*CLASSIFIER, response)
     }
 }
 

@@ -195,7 +195,7 @@ impl Limiter {
             n
         });
         let timed = always_time
-            || seq % self.config.timing_every == 0
+            || seq.is_multiple_of(self.config.timing_every)
             || 2 * concurrency >= limit
             || self.cells.samples.load(Ordering::Relaxed) < self.needed.load(Ordering::Relaxed);
         Slot {

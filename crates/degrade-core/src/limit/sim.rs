@@ -440,8 +440,10 @@ pub(crate) fn run(setup: &Setup) -> Report {
                 }
             }
             Ev::Deadline(id) => {
-                if let (Some(l), Some(ticket)) = (limiter.as_mut(), reqs[id as usize].ticket) {
-                    if l.queue.cancel(ticket).is_none() {
+                if let (Some(l), Some(ticket)) = (limiter.as_mut(), reqs[id as usize].ticket)
+                    && l.queue.cancel(ticket).is_none()
+                {
+                    {
                         // Still waiting at its deadline: refused.
                         reqs[id as usize].ticket = None;
                         if reqs[id as usize].priority == Priority::Critical {

@@ -25,7 +25,7 @@
 //! different windows can share one histogram.
 
 use crossbeam_utils::CachePadded;
-use degrade_core::window::ShardedCounter;
+use degrade_core::counter::ShardedCounter;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;

@@ -343,12 +343,6 @@ impl<S, K, C> Layer<S> for ObserveLayer<K, C> {
 }
 
 /// Builds an [`ObserveLayer`]; see [`ObserveLayer::builder`].
-///
-/// ```
-/// use degrade_triggers::ObserveLayer;
-/// let layer = ObserveLayer::builder().build();
-/// # let _ = layer;
-/// ```
 pub struct ObserveBuilder<K = DefaultClassifier, C = TokioClock> {
     classifier: K,
     clock: C,
@@ -388,13 +382,6 @@ impl<K, C> ObserveBuilder<K, C> {
     }
 
     /// The clock that times requests (default `TokioClock`; a `ManualClock` in tests).
-    ///
-    /// ```
-    /// use degrade_core::ManualClock;
-    /// use degrade_triggers::ObserveLayer;
-    /// let layer = ObserveLayer::builder().clock(ManualClock::new()).build();
-    /// # let _ = layer;
-    /// ```
     pub fn clock<C2: Clock>(self, clock: C2) -> ObserveBuilder<K, C2> {
         ObserveBuilder {
             classifier: self.classifier,
@@ -404,12 +391,6 @@ impl<K, C> ObserveBuilder<K, C> {
     }
 
     /// A successful call at least this long counts as slow ([`Outcome::Slow`](degrade_core::Outcome::Slow)).
-    ///
-    /// ```
-    /// # use degrade_triggers::ObserveLayer; use std::time::Duration;
-    /// let layer = ObserveLayer::builder().slow(Duration::from_secs(1)).build();
-    /// # let _ = layer;
-    /// ```
     #[must_use]
     pub fn slow(mut self, threshold: Duration) -> Self {
         self.slow = Some(threshold);
@@ -418,12 +399,6 @@ impl<K, C> ObserveBuilder<K, C> {
 
     /// Builds the layer and its histogram (the only allocation: about 20 KB per shard, one
     /// shard per CPU up to 16).
-    ///
-    /// ```
-    /// # use degrade_triggers::ObserveLayer;
-    /// let layer = ObserveLayer::builder().build();
-    /// # let _ = layer;
-    /// ```
     pub fn build(self) -> ObserveLayer<K, C> {
         ObserveLayer {
             inner: Arc::new(Inner {
@@ -515,37 +490,7 @@ impl<S: fmt::Debug, K, C> fmt::Debug for Observe<S, K, C> {
 }
 
 impl<S, K, C> Observe<S, K, C> {
-    /// The inner service.
-    ///
-    /// ```
-    /// # use degrade_triggers::ObserveLayer; use tower::Layer;
-    /// assert_eq!(*ObserveLayer::new().layer(7u8).get_ref(), 7);
-    /// ```
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    ///
-    /// ```
-    /// # use degrade_triggers::ObserveLayer; use tower::Layer;
-    /// let mut svc = ObserveLayer::new().layer(1u8);
-    /// *svc.get_mut() = 2;
-    /// assert_eq!(*svc.get_ref(), 2);
-    /// ```
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the wrapper, returning the inner service.
-    ///
-    /// ```
-    /// # use degrade_triggers::ObserveLayer; use tower::Layer;
-    /// assert_eq!(ObserveLayer::new().layer("inner").into_inner(), "inner");
-    /// ```
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    degrade_core::inner_service_accessors!(S);
 }
 
 impl<S, K, C, R> Service<R> for Observe<S, K, C>

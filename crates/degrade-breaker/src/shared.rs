@@ -1,0 +1,622 @@
+//! The shared breaker behind every service, clone and handle: the state word, the window, the
+//! probe permits, the counters, and the [`BreakerMachine`] under a lock that only transitions take.
+
+use crate::config::{BreakerConfig, WindowConfig};
+use crate::error::CircuitOpen;
+use crate::handle::BreakerSnapshot;
+use crate::state::{
+    BreakerEvent, BreakerMachine, BreakerTransition, Mode, Phase, State, Thresholds,
+};
+use crate::sync::{AtomicU64, Mutex, Ordering};
+use crossbeam_utils::CachePadded;
+use degrade_core::counter::ShardedCounter;
+use degrade_core::window::{ConsecutiveWindow, CountWindow, TimeWindow, WindowSnapshot};
+use degrade_core::{Clock, ConfigError, Outcome};
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+
+// The state word: the machine's epoch above four bits of (mode, phase). One load tells the
+// closed path everything it needs.
+const TAG_BITS: u32 = 4;
+const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
+const TAG_CLOSED: u64 = 0;
+
+fn tag(mode: Mode, phase: Phase) -> u64 {
+    let m = match mode {
+        Mode::Normal => 0,
+        Mode::ForcedOpen => 1,
+        Mode::Disabled => 2,
+        Mode::MetricsOnly => 3,
+    };
+    let p = match phase {
+        Phase::Closed => 0,
+        Phase::Open => 1,
+        Phase::HalfOpen => 2,
+    };
+    (m << 2) | p
+}
+
+fn untag(tag: u64) -> (Mode, Phase) {
+    let mode = match tag >> 2 {
+        0 => Mode::Normal,
+        1 => Mode::ForcedOpen,
+        2 => Mode::Disabled,
+        _ => Mode::MetricsOnly,
+    };
+    let phase = match tag & 3 {
+        0 => Phase::Closed,
+        1 => Phase::Open,
+        _ => Phase::HalfOpen,
+    };
+    (mode, phase)
+}
+
+// Counter slots.
+const PASSED: usize = 0;
+const REJECTED: usize = 1;
+const SHADOW_REJECTED: usize = 2;
+const SUCCESS: usize = 3;
+const FAILURE: usize = 4;
+const SLOW: usize = 5;
+const IGNORED: usize = 6;
+const CANCELLED: usize = 7;
+const PROBES: usize = 8;
+const COUNTERS: usize = 9;
+
+// The deadline word: the low 16 bits of the epoch it belongs to, above the deadline in
+// microseconds after `origin` (48 bits: 8.9 years). A reader that loaded the state word and
+// then the deadline word can tell whether both belong to the same state; without the tag, a
+// thread could pair an open state with the deadline of the half-open state that followed.
+const DEADLINE_BITS: u32 = 48;
+const DEADLINE_MASK: u64 = (1 << DEADLINE_BITS) - 1;
+const NO_DEADLINE: u64 = DEADLINE_MASK;
+const LOW: u64 = 0xFFFF_FFFF;
+
+/// How a finished call is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Track {
+    /// Into the closed (or disabled, or shadow-closed) window.
+    Window,
+    /// As a half-open probe.
+    Probe,
+    /// Counted only: a metrics-only breaker's call that a real breaker would have rejected.
+    Untracked,
+    /// Already recorded (a permit after `record`).
+    Done,
+}
+
+/// What a permit remembers of its admission, in two whole words: the epoch and the track
+/// packed in one, the start time in the other. Every response future carries it, and
+/// byte-sized fields here cost store-forwarding stalls on the closed path.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket {
+    pub(crate) word: u64,
+    /// Nanoseconds after `origin` at admission, or `NOT_TIMED` (slow calls off).
+    pub(crate) start: u64,
+}
+
+impl Ticket {
+    #[inline]
+    pub(crate) fn new(track: Track, epoch: u64, start: u64) -> Self {
+        let t = match track {
+            Track::Window => 0,
+            Track::Probe => 1,
+            Track::Untracked => 2,
+            Track::Done => 3,
+        };
+        Self {
+            word: (epoch << 2) | t,
+            start,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn track(&self) -> Track {
+        match self.word & 3 {
+            0 => Track::Window,
+            1 => Track::Probe,
+            2 => Track::Untracked,
+            _ => Track::Done,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn epoch(&self) -> u64 {
+        self.word >> 2
+    }
+}
+
+const NOT_TIMED: u64 = u64::MAX;
+
+pub(crate) enum Window {
+    Consecutive(ConsecutiveWindow),
+    Count(CountWindow),
+    Time(TimeWindow),
+}
+
+impl Window {
+    fn new(config: &WindowConfig, origin: Instant) -> Result<Self, ConfigError> {
+        let nz = |field: &'static str, n: u32| {
+            NonZeroU32::new(n).ok_or_else(|| ConfigError::new(field, "must be at least 1"))
+        };
+        Ok(match *config {
+            WindowConfig::Consecutive { .. } => Window::Consecutive(ConsecutiveWindow::new()),
+            WindowConfig::Count { size } => {
+                Window::Count(CountWindow::new(nz("window.size", size)?))
+            }
+            WindowConfig::Time { span, buckets } => Window::Time(
+                TimeWindow::new(span, nz("window.buckets", buckets)?, origin)
+                    .map_err(|e| e.within("window"))?,
+            ),
+        })
+    }
+
+    fn reading(&self, now: Instant) -> (WindowSnapshot, u32) {
+        match self {
+            Window::Consecutive(w) => (WindowSnapshot::default(), w.consecutive()),
+            Window::Count(w) => (w.snapshot(), 0),
+            Window::Time(w) => (w.snapshot(now), 0),
+        }
+    }
+
+    fn reset(&self) {
+        match self {
+            Window::Consecutive(w) => w.reset(),
+            Window::Count(w) => w.reset(),
+            Window::Time(w) => w.reset(),
+        }
+    }
+}
+
+/// Everything one breaker shares between its layer, services, futures and handles.
+pub(crate) struct Shared<C, K> {
+    pub(crate) word: CachePadded<AtomicU64>,
+    /// When the open wait (or the half-open period) ends: microseconds after `origin` (low 48
+    /// bits) tagged with the low 16 bits of the epoch it belongs to (see the deadline word above).
+    pub(crate) deadline: AtomicU64,
+    /// The half-open epoch (low 32 bits) above the number of probes in flight.
+    pub(crate) probes: CachePadded<AtomicU64>,
+    pub(crate) window: Window,
+    pub(crate) counters: ShardedCounter<COUNTERS>,
+    pub(crate) thresholds: Thresholds,
+    pub(crate) slow: Option<Duration>,
+    pub(crate) cancelled: Outcome,
+    pub(crate) permits: u32,
+    pub(crate) wait: Duration,
+    pub(crate) machine: Mutex<BreakerMachine>,
+    pub(crate) transitions: std::sync::atomic::AtomicU64,
+    pub(crate) events: broadcast::Sender<BreakerTransition>,
+    pub(crate) states: watch::Sender<State>,
+    pub(crate) clock: K,
+    pub(crate) origin: Instant,
+    pub(crate) name: Arc<str>,
+    pub(crate) classifier: C,
+}
+
+/// Breakers built from one configuration get different jitter seeds.
+static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl<C, K: Clock> Shared<C, K> {
+    pub(crate) fn new(
+        config: BreakerConfig,
+        classifier: C,
+        clock: K,
+        name: Arc<str>,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        degrade_core::rejection::register::<CircuitOpen>();
+        let origin = clock.now();
+        let instance = INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seed = config.backoff.seed ^ instance.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let window = Window::new(&config.window, origin)?;
+        let machine = BreakerMachine::new(config.clone(), seed)?;
+        Ok(Self {
+            word: CachePadded::new(AtomicU64::new(TAG_CLOSED)),
+            deadline: AtomicU64::new(NO_DEADLINE),
+            probes: CachePadded::new(AtomicU64::new(0)),
+            window,
+            counters: ShardedCounter::new(),
+            thresholds: machine.thresholds(),
+            slow: config.slow_call_duration,
+            cancelled: config.cancelled.outcome(),
+            permits: config.half_open.permits,
+            wait: config.wait,
+            machine: Mutex::new(machine),
+            transitions: std::sync::atomic::AtomicU64::new(0),
+            events: broadcast::channel(64).0,
+            states: watch::channel(State::Closed).0,
+            clock,
+            origin,
+            name,
+            classifier,
+        })
+    }
+
+    pub(crate) fn lock(&self) -> impl std::ops::DerefMut<Target = BreakerMachine> + '_ {
+        self.machine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Microseconds after `origin`, rounded down (for `now`).
+    pub(crate) fn micros(&self, at: Instant) -> u64 {
+        let us = at.saturating_duration_since(self.origin).as_micros();
+        u64::try_from(us).unwrap_or(u64::MAX).min(DEADLINE_MASK - 1)
+    }
+
+    /// Microseconds after `origin`, rounded up (for deadlines: never early).
+    pub(crate) fn micros_ceil(&self, at: Instant) -> u64 {
+        let d = at.saturating_duration_since(self.origin);
+        let us = d.as_micros() + u128::from(!d.subsec_nanos().is_multiple_of(1000));
+        u64::try_from(us).unwrap_or(u64::MAX).min(DEADLINE_MASK - 1)
+    }
+
+    pub(crate) fn at(&self, micros: u64) -> Instant {
+        self.origin + Duration::from_micros(micros)
+    }
+
+    /// The deadline of the state of `epoch` (`NO_DEADLINE` for none), or `None` if the deadline
+    /// word already belongs to another state.
+    pub(crate) fn deadline_of(&self, epoch: u64) -> Option<u64> {
+        let d = self.deadline.load(Ordering::Acquire);
+        (d >> DEADLINE_BITS == epoch & 0xFFFF).then_some(d & DEADLINE_MASK)
+    }
+
+    #[inline]
+    pub(crate) fn start(&self) -> u64 {
+        if self.slow.is_some() {
+            self.nanos(self.clock.now())
+        } else {
+            NOT_TIMED
+        }
+    }
+
+    pub(crate) fn nanos(&self, at: Instant) -> u64 {
+        let n = at.saturating_duration_since(self.origin).as_nanos();
+        u64::try_from(n).unwrap_or(NOT_TIMED - 1)
+    }
+
+    /// The admission decision. The closed path is one load of the state word, one sharded
+    /// counter increment, and (only with slow calls on) one clock read.
+    #[inline]
+    pub(crate) fn admit(&self) -> Result<Ticket, CircuitOpen> {
+        let word = self.word.load(Ordering::Acquire);
+        if word & TAG_MASK == TAG_CLOSED {
+            self.counters.add(PASSED, 1);
+            return Ok(Ticket::new(Track::Window, word >> TAG_BITS, self.start()));
+        }
+        self.admit_slow(word)
+    }
+
+    /// Whether the breaker is closed in normal mode (the only state a keyed map may forget).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.word.load(Ordering::Acquire) & TAG_MASK == TAG_CLOSED
+    }
+
+    pub(crate) fn pass(&self, track: Track, epoch: u64) -> Result<Ticket, CircuitOpen> {
+        self.counters.add(PASSED, 1);
+        if track == Track::Probe {
+            self.counters.add(PROBES, 1);
+        }
+        Ok(Ticket::new(track, epoch, self.start()))
+    }
+
+    pub(crate) fn reject(
+        &self,
+        state: State,
+        retry_after: Duration,
+    ) -> Result<Ticket, CircuitOpen> {
+        self.counters.add(REJECTED, 1);
+        Err(CircuitOpen::new(state, retry_after))
+    }
+
+    pub(crate) fn shadow_pass(&self, epoch: u64) -> Result<Ticket, CircuitOpen> {
+        self.counters.add(SHADOW_REJECTED, 1);
+        self.pass(Track::Untracked, epoch)
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn admit_slow(&self, mut word: u64) -> Result<Ticket, CircuitOpen> {
+        // Each turn either decides or follows a transition; a breaker that keeps moving under
+        // us for this long is treated as half-open and full.
+        for attempt in 0..4 {
+            if attempt == 2 {
+                // Still racing transitions: the lock orders this thread after the last one.
+                drop(self.lock());
+                word = self.word.load(Ordering::Acquire);
+            }
+            let epoch = word >> TAG_BITS;
+            let (mode, phase) = untag(word & TAG_MASK);
+            let shadow = mode == Mode::MetricsOnly;
+            match (mode, phase) {
+                (Mode::ForcedOpen, _) => return self.reject(State::ForcedOpen, self.wait),
+                (Mode::Disabled, _) | (_, Phase::Closed) => return self.pass(Track::Window, epoch),
+                (_, Phase::Open) => {
+                    let now = self.clock.now();
+                    if let Some(until) = self.deadline_of(epoch) {
+                        if self.micros(now) < until {
+                            if shadow {
+                                return self.shadow_pass(epoch);
+                            }
+                            return self.reject(State::Open, self.at(until) - now);
+                        }
+                        self.tick(now);
+                    }
+                }
+                (_, Phase::HalfOpen) => {
+                    let Some(until) = self.deadline_of(epoch) else {
+                        word = self.word.load(Ordering::Acquire);
+                        continue;
+                    };
+                    let due = until != NO_DEADLINE && {
+                        let now = self.clock.now();
+                        let due = self.micros(now) >= until;
+                        if due {
+                            self.tick(now);
+                        }
+                        due
+                    };
+                    if !due {
+                        if self.acquire_probe(epoch) {
+                            return self.pass(Track::Probe, epoch);
+                        }
+                        let again = self.word.load(Ordering::Acquire);
+                        if again == word {
+                            if shadow {
+                                return self.shadow_pass(epoch);
+                            }
+                            return self.reject(State::HalfOpen, self.half_open_hint());
+                        }
+                    }
+                }
+            }
+            word = self.word.load(Ordering::Acquire);
+        }
+        self.reject(State::HalfOpen, self.half_open_hint())
+    }
+
+    pub(crate) fn half_open_hint(&self) -> Duration {
+        self.wait.min(Duration::from_secs(1))
+    }
+
+    pub(crate) fn acquire_probe(&self, epoch: u64) -> bool {
+        let e = (epoch & LOW) << 32;
+        let permits = u64::from(self.permits);
+        self.probes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                (p & !LOW == e && p & LOW < permits).then_some(p + 1)
+            })
+            .is_ok()
+    }
+
+    pub(crate) fn release_probe(&self, epoch: u64) {
+        let e = (epoch & LOW) << 32;
+        let _ = self
+            .probes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                (p & !LOW == e && p & LOW > 0).then(|| p - 1)
+            });
+    }
+
+    /// Records a finished (or, with `cancelled`, dropped) call.
+    pub(crate) fn complete(&self, ticket: Ticket, outcome: Outcome, cancelled: bool) {
+        let needs_now = (ticket.start != NOT_TIMED && !cancelled)
+            || (ticket.track() == Track::Window && matches!(self.window, Window::Time(_)));
+        let now = needs_now.then(|| self.clock.now());
+        let outcome = if cancelled {
+            self.counters.add(CANCELLED, 1);
+            self.cancelled
+        } else {
+            let outcome = match (self.slow, now) {
+                (Some(slow), Some(now)) if ticket.start != NOT_TIMED => {
+                    let took = self.nanos(now).saturating_sub(ticket.start);
+                    outcome.slow_if(Duration::from_nanos(took), slow)
+                }
+                _ => outcome,
+            };
+            self.counters.add(
+                match outcome {
+                    Outcome::Success => SUCCESS,
+                    Outcome::Failure => FAILURE,
+                    Outcome::Slow => SLOW,
+                    Outcome::Ignored => IGNORED,
+                },
+                1,
+            );
+            outcome
+        };
+        match ticket.track() {
+            Track::Window => self.record_window(ticket.epoch(), outcome, now),
+            Track::Probe => self.record_probe(ticket.epoch(), outcome),
+            Track::Untracked | Track::Done => {}
+        }
+    }
+
+    #[inline]
+    pub(crate) fn record_window(&self, epoch: u64, outcome: Outcome, now: Option<Instant>) {
+        if outcome == Outcome::Ignored {
+            return;
+        }
+        let word = self.word.load(Ordering::Acquire);
+        if word >> TAG_BITS != epoch {
+            // The state this call was admitted in is gone; its outcome belongs to no window.
+            return;
+        }
+        let t = word & TAG_MASK;
+        let judging = t == TAG_CLOSED || t == tag(Mode::MetricsOnly, Phase::Closed);
+        let trips = match &self.window {
+            Window::Consecutive(w) => {
+                if outcome == Outcome::Failure {
+                    let n = w.record(outcome);
+                    judging
+                        && self
+                            .thresholds
+                            .judge(WindowSnapshot::default(), n)
+                            .is_some()
+                } else {
+                    // Only write the shared word when a run actually ends.
+                    if w.consecutive() != 0 {
+                        w.reset();
+                    }
+                    false
+                }
+            }
+            Window::Count(w) => {
+                w.record(outcome);
+                judging && self.thresholds.judge(w.snapshot(), 0).is_some()
+            }
+            Window::Time(w) => {
+                let now = now.unwrap_or_else(|| self.clock.now());
+                w.record(outcome, now);
+                // A time window's snapshot reads every bucket, so it is judged after failures
+                // and slow calls only: a success lowers both rates and can matter only by
+                // bringing the window to `minimum_calls`, which the next failure re-checks.
+                judging
+                    && outcome != Outcome::Success
+                    && self.thresholds.judge(w.snapshot(now), 0).is_some()
+            }
+        };
+        if trips {
+            self.trip(epoch);
+        }
+    }
+
+    /// The window crossed a threshold: let the machine decide under the lock, re-reading the
+    /// window there (another thread may have tripped it already).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn trip(&self, epoch: u64) {
+        let mut m = self.lock();
+        if m.epoch() != epoch {
+            return;
+        }
+        let now = self.clock.now();
+        let (snapshot, consecutive) = self.window.reading(now);
+        let t = m.on_event(
+            BreakerEvent::Window {
+                snapshot,
+                consecutive,
+            },
+            now,
+        );
+        self.publish(&m, epoch, t);
+    }
+
+    #[cold]
+    pub(crate) fn record_probe(&self, epoch: u64, outcome: Outcome) {
+        let now = self.clock.now();
+        let mut m = self.lock();
+        if m.epoch() == epoch {
+            let t = m.on_event(BreakerEvent::Probe(outcome), now);
+            self.publish(&m, epoch, t);
+        }
+        // The permit goes back only to the half-open period it came from.
+        self.release_probe(epoch);
+    }
+
+    #[cold]
+    pub(crate) fn tick(&self, now: Instant) {
+        self.event(BreakerEvent::Tick, now);
+    }
+
+    pub(crate) fn event(&self, event: BreakerEvent, now: Instant) {
+        let mut m = self.lock();
+        let before = m.epoch();
+        let t = m.on_event(event, now);
+        self.publish(&m, before, t);
+    }
+
+    /// Publishes the machine's state (called with the lock held, so transitions are published
+    /// in the order they happen).
+    pub(crate) fn publish(&self, m: &BreakerMachine, before: u64, t: Option<BreakerTransition>) {
+        let epoch = m.epoch();
+        if epoch == before {
+            return;
+        }
+        let phase = m.phase();
+        let deadline = m.deadline().map_or(NO_DEADLINE, |d| self.micros_ceil(d));
+        self.deadline.store(
+            ((epoch & 0xFFFF) << DEADLINE_BITS) | deadline,
+            Ordering::Release,
+        );
+        match phase {
+            Phase::HalfOpen => self.probes.store((epoch & LOW) << 32, Ordering::Relaxed),
+            // Every closed period judges its own calls.
+            Phase::Closed => self.window.reset(),
+            Phase::Open => {}
+        }
+        // Release: a thread that sees the new word also sees the deadline, the permits and the
+        // emptied window.
+        self.word.store(
+            (epoch << TAG_BITS) | tag(m.mode(), phase),
+            Ordering::Release,
+        );
+        let state = m.state();
+        self.states.send_if_modified(|s| {
+            let changed = *s != state;
+            *s = state;
+            changed
+        });
+        if let Some(t) = t {
+            self.transitions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if t.to == State::Open || t.to == State::ForcedOpen {
+                tracing::warn!(
+                    breaker = %self.name, from = %t.from, to = %t.to, reason = %t.reason,
+                    shadow = t.shadow, wait = ?t.wait, "circuit breaker transition"
+                );
+            } else {
+                tracing::info!(
+                    breaker = %self.name, from = %t.from, to = %t.to, reason = %t.reason,
+                    shadow = t.shadow, "circuit breaker transition"
+                );
+            }
+            let _ = self.events.send(t);
+        }
+    }
+
+    pub(crate) fn state(&self) -> (State, Option<State>) {
+        let now = self.clock.now();
+        let mut m = self.lock();
+        let before = m.epoch();
+        let t = m.on_event(BreakerEvent::Tick, now);
+        self.publish(&m, before, t);
+        (m.state(), m.shadow_state())
+    }
+
+    pub(crate) fn snapshot(&self) -> BreakerSnapshot {
+        let (state, shadow_state) = self.state();
+        let openings = self.lock().openings();
+        let (window, consecutive_failures) = self.window.reading(self.clock.now());
+        let c = self.counters.snapshot();
+        BreakerSnapshot {
+            state,
+            shadow_state,
+            window,
+            consecutive_failures,
+            admitted: c[PASSED],
+            rejected: c[REJECTED],
+            shadow_rejected: c[SHADOW_REJECTED],
+            probes: c[PROBES],
+            successes: c[SUCCESS],
+            failures: c[FAILURE],
+            slow: c[SLOW],
+            ignored: c[IGNORED],
+            cancelled: c[CANCELLED],
+            transitions: self.transitions.load(std::sync::atomic::Ordering::Relaxed),
+            openings,
+        }
+    }
+}
+
+impl<C, K> fmt::Debug for Shared<C, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("name", &self.name)
+            .field("word", &self.word.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,139 @@
+//! The response future of [`Canary`](crate::Canary).
+
+use crate::arm::Arm;
+use crate::service::{Recorder, TagArm};
+use degrade_core::{BoxError, Classifier, Clock};
+use pin_project_lite::pin_project;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use tokio::time::Instant;
+
+pin_project! {
+    #[project = InnerProj]
+    pub(crate) enum Inner<SF, CF> {
+        Stable { #[pin] fut: SF },
+        Canary { #[pin] fut: CF },
+    }
+}
+
+/// Records the call as cancelled if the future is dropped before it completes (a caller's
+/// timeout, a client gone): a hung arm must show up in its statistics, not vanish from them.
+/// Forced calls are never judged, so they record nothing.
+struct Guard<Cl, Clk> {
+    recorder: Arc<Recorder<Cl, Clk>>,
+    arm: Arm,
+    group: u8,
+    /// Completed, or forced (never judged).
+    done: bool,
+}
+
+impl<Cl, Clk> Drop for Guard<Cl, Clk> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.recorder.stats.cancelled(self.arm, self.group);
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Canary`](crate::Canary): the arm's own future, then the outcome
+    /// and latency recorded in the arm's statistics. A future dropped before it completes is a
+    /// cancelled call: counted as such, and judged a failure of its arm by default (see
+    /// [`JudgeConfig::cancelled_is_failure`](crate::JudgeConfig::cancelled_is_failure)). A
+    /// request forced by the override is served but never judged.
+    pub struct ResponseFuture<SF, CF, Cl, M, Clk> {
+        #[pin]
+        inner: Inner<SF, CF>,
+        start: Instant,
+        guard: Guard<Cl, Clk>,
+        _mode: PhantomData<fn() -> M>,
+    }
+}
+
+impl<SF, CF, Cl, M, Clk> ResponseFuture<SF, CF, Cl, M, Clk> {
+    pub(crate) fn new(
+        inner: Inner<SF, CF>,
+        arm: Arm,
+        forced: bool,
+        group: u8,
+        start: Instant,
+        recorder: Arc<Recorder<Cl, Clk>>,
+    ) -> Self {
+        Self {
+            inner,
+            start,
+            guard: Guard {
+                recorder,
+                arm,
+                group,
+                done: forced,
+            },
+            _mode: PhantomData,
+        }
+    }
+
+    /// The arm this request took.
+    ///
+    /// ```
+    /// use degrade_canary::{Arm, Canary};
+    /// use tower::Service;
+    /// let mut svc = Canary::builder().build(
+    ///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
+    ///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
+    /// );
+    /// assert_eq!(svc.call(1).arm(), Arm::Stable);
+    /// ```
+    pub fn arm(&self) -> Arm {
+        self.guard.arm
+    }
+}
+
+impl<SF, CF, Cl, M, Clk> fmt::Debug for ResponseFuture<SF, CF, Cl, M, Clk> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("arm", &self.guard.arm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<SF, CF, Res, SE, CE, Cl, M, Clk> Future for ResponseFuture<SF, CF, Cl, M, Clk>
+where
+    SF: Future<Output = Result<Res, SE>>,
+    CF: Future<Output = Result<Res, CE>>,
+    SE: Into<BoxError>,
+    CE: Into<BoxError>,
+    Cl: Classifier<Res, BoxError>,
+    M: TagArm<Res>,
+    Clk: Clock,
+{
+    type Output = Result<Res, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = match this.inner.project() {
+            InnerProj::Stable { fut } => ready!(fut.poll(cx)).map_err(Into::into),
+            InnerProj::Canary { fut } => ready!(fut.poll(cx)).map_err(Into::into),
+        };
+        let guard = this.guard;
+        // `done` already set: a forced call, served but not judged.
+        if !guard.done {
+            guard.done = true;
+            let rec = &*guard.recorder;
+            let outcome = match &result {
+                Ok(res) => rec.classifier.classify_response(res),
+                Err(err) => rec.classifier.classify_error(err),
+            };
+            let latency = rec.clock.now().saturating_duration_since(*this.start);
+            rec.stats.finished(guard.arm, guard.group, outcome, latency);
+        }
+        let arm = guard.arm;
+        Poll::Ready(result.map(|mut res| {
+            M::tag(&mut res, arm);
+            res
+        }))
+    }
+}

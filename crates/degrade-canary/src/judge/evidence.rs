@@ -1,0 +1,471 @@
+//! The judge's statistics: one window's comparison of the arms by key group, the key-share
+//! caps, the accumulated evidence of each stratum and its combination, and the mixture SPRT.
+
+use crate::stats::{ArmSnapshot, GROUPS, Histogram};
+
+/// One window of the error test: the difference of the arms' (weighted) failure rates,
+/// weighted by its inverse variance `n_c·n_s/(n_c + n_s) / (p(1 − p))`: a window inside an
+/// outage (30 % errors on both arms) is mostly noise and weighs accordingly little. `p` is the
+/// window's pooled rate, shrunk towards the rate so far (`before`) by two expected failures so
+/// that a window with one failure does not weigh a thousand. Returns the window's weighted
+/// failures and calls, both arms together.
+pub(super) fn error_window(
+    ev: &mut Evidence,
+    ws: &Window,
+    wc: &Window,
+    cs: &Caps,
+    cc: &Caps,
+    before: Option<f64>,
+) -> (f64, f64) {
+    let (ds, fs, es) = ws.weighted_counts(cs);
+    let (dc, fc, ec) = wc.weighted_counts(cc);
+    if ds <= 0.0 || dc <= 0.0 {
+        return (0.0, 0.0);
+    }
+    let (ps, pc) = (fs / ds, fc / dc);
+    let shrunk = match before {
+        Some(p) if p > 0.0 => (fc + fs + 2.0) / (dc + ds + 2.0 / p),
+        _ => (fc + fs) / (dc + ds),
+    };
+    let spread = shrunk * (1.0 - shrunk);
+    let w = dc * ds / (dc + ds) / if spread > 0.0 { spread } else { 1.0 };
+    ev.sum += w * (pc - ps);
+    ev.weight += w;
+    for g in 0..GROUPS {
+        let canary = cc[g] * (wc.f[g] as f64 - pc * wc.n[g] as f64) / dc;
+        let stable = cs[g] * (ws.f[g] as f64 - ps * ws.n[g] as f64) / ds;
+        ev.psi[g] += w * (canary - stable);
+    }
+    for (win, p, d) in [(ws, ps, ds), (wc, pc, dc)] {
+        let (f, n) = (win.f[GROUPS] as f64, win.n[GROUPS] as f64);
+        let a = w / d;
+        ev.single_sq += a.powi(2) * (f * (1.0 - p).powi(2) + (n - f) * p.powi(2));
+        ev.single_4 += a.powi(4) * (f * (1.0 - p).powi(4) + (n - f) * p.powi(4));
+    }
+    let pooled = (fc + fs) / (dc + ds);
+    ev.null_var += w * w * pooled * (1.0 - pooled) * (ec / (dc * dc) + es / (ds * ds));
+    (fc + fs, dc + ds)
+}
+
+/// One window of the latency test: P(canary call slower than a stable call) − ½.
+pub(super) fn latency_window(ev: &mut Evidence, ws: &Window, wc: &Window, cs: &Caps, cc: &Caps) {
+    let (hs, ls, es) = ws.weighted_hist(cs);
+    let (hc, lc, ec) = wc.weighted_hist(cc);
+    if ls <= 0.0 || lc <= 0.0 {
+        return;
+    }
+    let fs = mid_cdf(&hs, ls);
+    let fc = mid_cdf(&hc, lc);
+    let auc = hc.iter().zip(&fs).map(|(h, f)| h * f).sum::<f64>() / lc;
+    // Influence of one call on the window's AUC: a canary call at bucket b, a stable one.
+    let score_c: Vec<f64> = fs.iter().map(|f| f - auc).collect();
+    let score_s: Vec<f64> = fc.iter().map(|f| 1.0 - f - auc).collect();
+    let w = lc * ls / (lc + ls);
+    ev.sum += w * (auc - 0.5);
+    ev.weight += w;
+    for g in 0..GROUPS {
+        let canary = wc.group_hist(g).map_or(0.0, |h| dot(h, &score_c));
+        let stable = ws.group_hist(g).map_or(0.0, |h| dot(h, &score_s));
+        ev.psi[g] += w * (cc[g] * canary / lc + cs[g] * stable / ls);
+    }
+    for (win, score, l) in [(ws, &score_s, ls), (wc, &score_c, lc)] {
+        let a = w / l;
+        for (&n, s) in win.ungrouped.buckets().iter().zip(score.iter()) {
+            if n > 0 {
+                ev.single_sq += a.powi(2) * n as f64 * s.powi(2);
+                ev.single_4 += a.powi(4) * n as f64 * s.powi(4);
+            }
+        }
+    }
+    let pooled: Vec<f64> = hs.iter().zip(&hc).map(|(a, b)| a + b).collect();
+    let fp = mid_cdf(&pooled, ls + lc);
+    let v = pooled
+        .iter()
+        .zip(&fp)
+        .map(|(p, f)| p * (f - 0.5).powi(2))
+        .sum::<f64>()
+        / (ls + lc);
+    ev.null_var += w * w * v * (ec / (lc * lc) + es / (ls * ls));
+}
+
+/// Per-group weight factors of one arm (1 = full weight), see [`cap_factors`].
+type Caps = [f64; GROUPS];
+
+/// One arm's calls of one window, by key group (index `GROUPS`: the ungrouped calls).
+pub(super) struct Window<'a> {
+    /// Judged calls for the error test (cancelled ones included when they count as failures).
+    pub(super) n: [u64; GROUPS + 1],
+    /// Failures among them.
+    f: [u64; GROUPS + 1],
+    /// The keyed calls' latencies by group (empty without groups).
+    groups: &'a [crate::stats::GroupSnapshot],
+    /// Latencies of the ungrouped calls.
+    ungrouped: Histogram,
+}
+
+impl<'a> Window<'a> {
+    pub(super) fn of(arm: &'a ArmSnapshot, cancelled_is_failure: bool) -> Self {
+        let mut n = [0; GROUPS + 1];
+        let mut f = [0; GROUPS + 1];
+        let extra = |c: u64| if cancelled_is_failure { c } else { 0 };
+        let grouped = arm.groups.len() == GROUPS;
+        let groups: &[_] = if grouped { &arm.groups } else { &[] };
+        let mut ungrouped = arm.latency.clone();
+        let (mut gf, mut gc) = (0, 0);
+        for (i, g) in groups.iter().enumerate() {
+            ungrouped.subtract(&g.latency);
+            let lat = g.samples();
+            let fail = g.failures.min(lat);
+            n[i] = lat + extra(g.cancelled);
+            f[i] = fail + extra(g.cancelled);
+            gf += g.failures;
+            gc += g.cancelled;
+        }
+        // Without a histogram (hand-made snapshots) the counters stand for the calls.
+        let lat = if grouped {
+            ungrouped.count()
+        } else {
+            arm.samples()
+        };
+        let c = arm.cancelled.saturating_sub(gc);
+        n[GROUPS] = lat + extra(c);
+        f[GROUPS] = arm.failures.saturating_sub(gf).min(lat) + extra(c);
+        Self {
+            n,
+            f,
+            groups,
+            ungrouped,
+        }
+    }
+
+    pub(super) fn total(&self) -> u64 {
+        self.n.iter().sum()
+    }
+
+    fn group_hist(&self, g: usize) -> Option<&Histogram> {
+        self.groups.get(g).map(|g| &g.latency)
+    }
+
+    /// Weighted calls, failures, and sum of squared weights.
+    fn weighted_counts(&self, caps: &Caps) -> (f64, f64, f64) {
+        let (mut d, mut f, mut e) = (0.0, 0.0, 0.0);
+        for g in 0..=GROUPS {
+            let c = caps.get(g).copied().unwrap_or(1.0);
+            d += c * self.n[g] as f64;
+            f += c * self.f[g] as f64;
+            e += c * c * self.n[g] as f64;
+        }
+        (d, f, e)
+    }
+
+    /// The weighted latency histogram, its total and its sum of squared weights.
+    fn weighted_hist(&self, caps: &Caps) -> (Vec<f64>, f64, f64) {
+        let mut h: Vec<f64> = self.ungrouped.buckets().iter().map(|&n| n as f64).collect();
+        let mut e = self.ungrouped.count() as f64;
+        for (g, group) in self.groups.iter().enumerate() {
+            let c = caps[g];
+            for (sum, &n) in h.iter_mut().zip(group.latency.buckets()) {
+                if n > 0 {
+                    *sum += c * n as f64;
+                }
+            }
+            e += c * c * group.samples() as f64;
+        }
+        let total = h.iter().sum();
+        (h, total, e)
+    }
+}
+
+fn dot(h: &Histogram, score: &[f64]) -> f64 {
+    h.buckets()
+        .iter()
+        .zip(score)
+        .filter(|(n, _)| **n > 0)
+        .map(|(&n, s)| n as f64 * s)
+        .sum()
+}
+
+/// The mid-rank CDF of a weighted histogram: `P(X < b) + ½·P(X = b)` per bucket.
+fn mid_cdf(h: &[f64], total: f64) -> Vec<f64> {
+    let mut below = 0.0;
+    h.iter()
+        .map(|&n| {
+            let f = (below + n / 2.0) / total;
+            below += n;
+            f
+        })
+        .collect()
+}
+
+/// Weight factors that hold each key group to at most `share` of the arm's weighted calls
+/// (water-filling: the heaviest groups are cut to a common level `cap` with
+/// `cap = share · Σ min(nᵍ, cap)`). With fewer groups than `1 / share` the bound cannot hold;
+/// the groups above the mean are then cut to the mean.
+pub(super) fn cap_factors(counts: &[u64; GROUPS + 1], share: f64) -> Caps {
+    let mut caps = [1.0; GROUPS];
+    let mut sorted: Vec<u64> = counts[..GROUPS]
+        .iter()
+        .copied()
+        .filter(|&n| n > 0)
+        .collect();
+    if sorted.is_empty() {
+        return caps;
+    }
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    let total: u64 = counts.iter().sum();
+    let mut rest = total as f64;
+    let mut level = None;
+    for (k, &n) in sorted.iter().enumerate() {
+        let left = 1.0 - share * k as f64;
+        if left <= 0.0 {
+            break;
+        }
+        let cap = share * rest / left;
+        if n as f64 <= cap {
+            level = Some(cap);
+            break;
+        }
+        rest -= n as f64;
+    }
+    let level = level.unwrap_or_else(|| {
+        let keyed: u64 = sorted.iter().sum();
+        keyed as f64 / sorted.len() as f64
+    });
+    for (c, &n) in caps.iter_mut().zip(counts.iter()) {
+        if n as f64 > level {
+            *c = level / n as f64;
+        }
+    }
+    caps
+}
+
+/// The rank effect (`P(canary slower) − ½`) of scaling latencies by `ratio`, for a log-latency
+/// spread like stable's (its interquartile range): the mixture scale of the latency test.
+pub(super) fn rank_effect(stable: &Histogram, ratio: f64) -> f64 {
+    let mid = |b: usize| {
+        let hi = crate::stats::bucket_upper_micros(b) as f64;
+        let lo = if b == 0 {
+            0.5
+        } else {
+            crate::stats::bucket_upper_micros(b - 1) as f64
+        };
+        (lo * hi).sqrt().ln()
+    };
+    let sigma = match (stable.quantile_bucket(0.25), stable.quantile_bucket(0.75)) {
+        (Some(q1), Some(q3)) => (mid(q3) - mid(q1)) / 1.349,
+        _ => 0.5,
+    }
+    .max(0.05);
+    (normal_cdf(ratio.ln() / (sigma * std::f64::consts::SQRT_2)) - 0.5).clamp(0.01, 0.5)
+}
+
+/// The accumulated evidence of one test.
+#[derive(Debug, Clone)]
+pub(super) struct Evidence {
+    /// `Σ Wₜ·θ̂ₜ` over the strata.
+    sum: f64,
+    /// `Σ Wₜ`.
+    weight: f64,
+    /// Each key group's contribution to `sum`'s deviation (its influence), over all strata.
+    psi: [f64; GROUPS],
+    /// `Σ ψ²` and `Σ ψ⁴` of the ungrouped calls (each its own unit, in one stratum).
+    single_sq: f64,
+    single_4: f64,
+    /// `Σ Wₜ²·Var(θ̂ₜ)` for independent calls and no difference: the variance floor.
+    null_var: f64,
+}
+
+/// The strata combined with inverse-variance weights `λₖ ∝ 1/Vₖ` (a long step at 1 % with a
+/// few users carries little information, however many calls it has; the steps with many users
+/// carry most). A key group appears in every stratum, so its influences are summed across
+/// strata before squaring. The result is one `Evidence` with `weight` 1.
+pub(super) fn combine<'a>(strata: impl Iterator<Item = &'a Evidence>) -> Evidence {
+    let strata: Vec<&Evidence> = strata
+        .filter(|e| e.weight > 0.0 && e.null_var > 0.0)
+        .collect();
+    let mut out = Evidence::new();
+    if strata.is_empty() {
+        return out;
+    }
+    let precision: Vec<f64> = strata
+        .iter()
+        .map(|e| e.weight * e.weight / e.adjusted().max(e.null_var))
+        .collect();
+    let total: f64 = precision.iter().sum();
+    for (e, p) in strata.iter().zip(&precision) {
+        let l = p / total / e.weight;
+        out.sum += l * e.sum;
+        for (o, psi) in out.psi.iter_mut().zip(e.psi.iter()) {
+            *o += l * psi;
+        }
+        out.single_sq += l.powi(2) * e.single_sq;
+        out.single_4 += l.powi(4) * e.single_4;
+        out.null_var += l.powi(2) * e.null_var;
+    }
+    out.weight = 1.0;
+    out
+}
+
+impl Evidence {
+    /// The cluster-robust variance of `sum` with the small-sample factor `G*/(G* − 1)`; with
+    /// fewer than two effective units, three times the raw sum of squares.
+    fn adjusted(&self) -> f64 {
+        let q = self.psi.iter().map(|p| p * p).sum::<f64>() + self.single_sq;
+        let q4 = self.psi.iter().map(|p| p.powi(4)).sum::<f64>() + self.single_4;
+        if q4 <= 0.0 {
+            return q;
+        }
+        let units = self.units(q, q4);
+        if units >= 2.0 {
+            q * units / (units - 1.0)
+        } else {
+            3.0 * q
+        }
+    }
+
+    /// The effective number of independent units behind the variance (Satterthwaite):
+    /// `(Σσ²)² / Σσ⁴`, with `Σσ⁴` estimated by `Σψ⁴ / 3` (unbiased for normal influences;
+    /// heavy-tailed influences — a few dominant users — read as fewer units), and never more
+    /// than the units that contributed at all.
+    fn units(&self, q: f64, q4: f64) -> f64 {
+        let nonzero = self.psi.iter().filter(|p| **p != 0.0).count() as f64
+            + if self.single_sq > 0.0 {
+                f64::INFINITY
+            } else {
+                0.0
+            };
+        (3.0 * q * q / q4).min(nonzero)
+    }
+
+    pub(super) fn new() -> Self {
+        Self {
+            sum: 0.0,
+            weight: 0.0,
+            psi: [0.0; GROUPS],
+            single_sq: 0.0,
+            single_4: 0.0,
+            null_var: 0.0,
+        }
+    }
+
+    /// The normal score and `ln Λ` of the one-sided mixture SPRT with mixture scale `tau`.
+    pub(super) fn score(&self, tau: f64) -> (f64, f64) {
+        if self.weight <= 0.0 || self.null_var <= 0.0 {
+            return (0.0, 0.0);
+        }
+        let q = self.psi.iter().map(|p| p * p).sum::<f64>() + self.single_sq;
+        let q4 = self.psi.iter().map(|p| p.powi(4)).sum::<f64>() + self.single_4;
+        let z_null = self.sum / self.null_var.sqrt();
+        let (z_cluster, q_adj) = if q > 0.0 && q4 > 0.0 {
+            let units = self.units(q, q4);
+            if units > 1.0 {
+                let q_adj = q * units / (units - 1.0);
+                (t_to_z(self.sum / q_adj.sqrt(), units - 1.0), q_adj)
+            } else {
+                (0.0, q)
+            }
+        } else {
+            // No variation between units at all: only the floor speaks.
+            (z_null, 0.0)
+        };
+        let z = if self.sum > 0.0 {
+            z_cluster.min(z_null)
+        } else {
+            z_cluster.max(z_null)
+        };
+        let var = q_adj.max(self.null_var) / (self.weight * self.weight);
+        // Half the mixture at `tau`, the rest at 4, 16 and 64 times it: a heavy-tailed mixing
+        // distribution keeps power against regressions far larger than the one tuned for (a
+        // hung candidate) at the price of ln 2 in the bound for the tuned one.
+        let parts = MIXTURE.map(|(w, scale)| {
+            let rho = (tau * scale).powi(2) / var;
+            if !(rho.is_finite() && rho > 0.0) {
+                return f64::NEG_INFINITY;
+            }
+            w.ln() + std::f64::consts::LN_2 - 0.5 * rho.ln_1p()
+                + z * z * rho / (2.0 * (1.0 + rho))
+                + normal_cdf(z * (rho / (1.0 + rho)).sqrt()).max(1e-300).ln()
+        });
+        let top = parts.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if !top.is_finite() {
+            return (z, 0.0);
+        }
+        let llr = top + parts.iter().map(|p| (p - top).exp()).sum::<f64>().ln();
+        (z, llr)
+    }
+}
+
+/// The mixing distribution over effect scales (weight, multiple of `tau`).
+const MIXTURE: [(f64, f64); 4] = [
+    (0.5, 1.0),
+    (1.0 / 6.0, 4.0),
+    (1.0 / 6.0, 16.0),
+    (1.0 / 6.0, 64.0),
+];
+
+/// Student's t with `df` degrees of freedom to the normal score of the same tail probability
+/// (Wallace's approximation, conservative for small `df`).
+fn t_to_z(t: f64, df: f64) -> f64 {
+    if df > 1e6 {
+        return t;
+    }
+    let df = df.max(1e-3);
+    t.signum() * (df * (t * t / df).ln_1p()).sqrt() * (8.0 * df + 1.0) / (8.0 * df + 3.0)
+}
+
+/// The standard normal CDF (complementary error function by Chebyshev fit, relative error
+/// below 1.2e-7).
+fn normal_cdf(x: f64) -> f64 {
+    0.5 * erfc(-x / std::f64::consts::SQRT_2)
+}
+
+fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = t * poly.exp();
+    if x >= 0.0 { r } else { 2.0 - r }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_cdf_matches_known_values() {
+        assert!((normal_cdf(0.0) - 0.5).abs() < 1e-7);
+        assert!((normal_cdf(1.959_964) - 0.975).abs() < 1e-6);
+        assert!((normal_cdf(-2.575_829) - 0.005).abs() < 1e-6);
+    }
+
+    #[test]
+    fn t_to_z_shrinks_small_samples_and_keeps_large_ones() {
+        assert!((t_to_z(2.0, 1e9) - 2.0).abs() < 1e-12);
+        // t = 12.71 with 1 df is the two-sided 5 % point: z ≈ 1.96.
+        assert!((t_to_z(12.706, 1.0) - 1.96).abs() < 0.25);
+        assert!((t_to_z(2.0, 200.0) - 2.0).abs() < 0.02);
+    }
+
+    #[test]
+    fn caps_hold_a_heavy_group_to_its_share() {
+        let mut counts = [10; GROUPS + 1];
+        counts[3] = 100_000;
+        counts[GROUPS] = 0;
+        let caps = cap_factors(&counts, 0.05);
+        let weighted: f64 = (0..GROUPS).map(|g| caps[g] * counts[g] as f64).sum();
+        let heavy = caps[3] * counts[3] as f64;
+        assert!(
+            (heavy / weighted - 0.05).abs() < 1e-9,
+            "{}",
+            heavy / weighted
+        );
+        assert_eq!(caps[0], 1.0);
+    }
+}

@@ -1,0 +1,454 @@
+//! The [`Canary`] router service and its builder.
+
+use crate::arm::{Arm, FULL_BP, Weight};
+use crate::future::{Inner, ResponseFuture};
+use crate::key::{ForceArm, Global, NoOverride, StickyKey};
+use crate::stats::{CanarySnapshot, GROUPS, Stats, UNGROUPED};
+use crossbeam_utils::CachePadded;
+use degrade_core::{BoxError, Classifier, Clock, DefaultClassifier, TokioClock};
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use tower_service::Service;
+
+/// How a response records the arm that served it.
+///
+/// ```
+/// use degrade_canary::{Arm, service::{Plain, TagArm}};
+/// let mut res = 5u32;
+/// <Plain as TagArm<u32>>::tag(&mut res, Arm::Canary); // Plain leaves responses alone
+/// assert_eq!(res, 5);
+/// ```
+pub trait TagArm<Res>: Send + Sync + 'static {
+    /// Records `arm` on `response`.
+    fn tag(response: &mut Res, arm: Arm);
+}
+
+/// Responses are left as they are (the arm is still counted in the statistics).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Plain;
+
+impl<Res> TagArm<Res> for Plain {
+    #[inline]
+    fn tag(_: &mut Res, _: Arm) {}
+}
+
+/// (feature `http`) The arm is inserted as an [`Arm`] extension of every `http::Response`.
+///
+/// ```
+/// use degrade_canary::{Arm, service::{Extension, TagArm}};
+/// let mut res = http::Response::new(());
+/// Extension::tag(&mut res, Arm::Stable);
+/// assert_eq!(res.extensions().get::<Arm>(), Some(&Arm::Stable));
+/// ```
+#[cfg(feature = "http")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extension;
+
+#[cfg(feature = "http")]
+impl<B> TagArm<http::Response<B>> for Extension {
+    #[inline]
+    fn tag(response: &mut http::Response<B>, arm: Arm) {
+        response.extensions_mut().insert(arm);
+    }
+}
+
+/// The routing state every clone shares.
+pub(crate) struct Shared<K, O> {
+    weight: Weight,
+    /// Sequence of unkeyed decisions, for the deterministic stride.
+    seq: CachePadded<AtomicU64>,
+    key: K,
+    force: O,
+}
+
+impl<K, O> Shared<K, O> {
+    /// The routing decision: override (if allowed), else the sticky bucket, else the stride.
+    /// Returns the arm, whether it was forced, and the request's key group (`UNGROUPED`
+    /// without a key).
+    #[inline]
+    fn pick<R>(&self, req: &R) -> (Arm, bool, u8)
+    where
+        K: StickyKey<R>,
+        O: ForceArm<R>,
+    {
+        if let Some(arm) = self.force.forced(req) {
+            return (arm, true, UNGROUPED);
+        }
+        let w = self.weight.get();
+        let bucket = self.key.bucket(req);
+        let canary = match bucket {
+            // Monotone: a bucket below the weight stays below as the weight rises.
+            Some(b) => u32::from(b) < w,
+            None if w == 0 => false,
+            None if w >= FULL_BP => true,
+            None => {
+                // Request n goes to the canary when ⌊(n+1)·w⌋ > ⌊n·w⌋ (in basis points): the
+                // pattern repeats every 10 000 decisions, so reduce first and nothing overflows.
+                let n = self.seq.fetch_add(1, Ordering::Relaxed) % u64::from(FULL_BP);
+                let w = u64::from(w);
+                (n + 1) * w / u64::from(FULL_BP) != n * w / u64::from(FULL_BP)
+            }
+        };
+        let group = bucket.map_or(UNGROUPED, |b| (usize::from(b) % GROUPS) as u8);
+        (if canary { Arm::Canary } else { Arm::Stable }, false, group)
+    }
+}
+
+/// What a response future needs to record its outcome.
+pub(crate) struct Recorder<Cl, Clk> {
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) classifier: Cl,
+    pub(crate) clock: Clk,
+}
+
+/// A cheap, cloneable view of a router for whoever moves its weight and reads its statistics
+/// (the [`CanaryController`](crate::CanaryController), a dashboard, a test).
+///
+/// ```
+/// use degrade_canary::Canary;
+/// let canary = Canary::builder().build(
+///     tower::service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x) }),
+///     tower::service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x) }),
+/// );
+/// let handle = canary.handle();
+/// handle.weight().set(500).unwrap();
+/// assert_eq!(handle.snapshot().canary.routed, 0);
+/// ```
+#[derive(Clone)]
+pub struct CanaryHandle {
+    weight: Weight,
+    stats: Arc<Stats>,
+}
+
+impl CanaryHandle {
+    /// The live weight.
+    ///
+    /// ```
+    /// # use degrade_canary::Canary;
+    /// # let c = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// assert_eq!(c.handle().weight().get(), 0);
+    /// ```
+    pub fn weight(&self) -> &Weight {
+        &self.weight
+    }
+
+    /// Both arms' cumulative statistics.
+    ///
+    /// ```
+    /// # use degrade_canary::Canary;
+    /// # let c = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// assert_eq!(c.handle().snapshot().stable.samples(), 0);
+    /// ```
+    pub fn snapshot(&self) -> CanarySnapshot {
+        let mut snap = self.stats.snapshot();
+        snap.weight_bp = Some(self.weight.get());
+        snap
+    }
+}
+
+impl fmt::Debug for CanaryHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CanaryHandle")
+            .field("weight", &self.weight)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Routes each request to `stable` or `candidate`, decided in `call` from the live [`Weight`],
+/// a sticky key, and an allow-listed override; records the arm taken and the outcome.
+///
+/// `poll_ready` waits for both arms (as `tower::steer::Steer` does), so the arm is chosen per
+/// request from the weight and never from which backend happens to be ready.
+///
+/// Clones (axum clones per connection) share the weight, the stride and the statistics.
+///
+/// ```
+/// use degrade_canary::{Arm, Canary, Weight};
+/// use tower::{Service, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let weight = Weight::new(2_500).unwrap(); // 25 %
+/// let mut svc = Canary::builder().weight(weight.clone()).build(
+///     service_fn(|_: ()| async { Ok::<_, std::convert::Infallible>("v1") }),
+///     service_fn(|_: ()| async { Ok::<_, std::convert::Infallible>("v2") }),
+/// );
+/// let mut v2 = 0;
+/// for _ in 0..100 {
+///     if svc.ready().await.unwrap().call(()).await.unwrap() == "v2" { v2 += 1; }
+/// }
+/// assert_eq!(v2, 25); // the unkeyed split is deterministic
+/// assert_eq!(svc.snapshot().canary.routed, 25);
+/// # }
+/// ```
+pub struct Canary<
+    S,
+    C,
+    K = Global,
+    O = NoOverride,
+    Cl = DefaultClassifier,
+    M = Plain,
+    Clk = TokioClock,
+> {
+    stable: S,
+    candidate: C,
+    shared: Arc<Shared<K, O>>,
+    recorder: Arc<Recorder<Cl, Clk>>,
+    _mode: PhantomData<fn() -> M>,
+}
+
+impl Canary<(), ()> {
+    /// A builder: weight 0, unkeyed, no override, the default classifier, no response tag,
+    /// the tokio clock.
+    pub fn builder() -> CanaryBuilder {
+        CanaryBuilder {
+            weight: None,
+            key: Global,
+            force: NoOverride,
+            classifier: DefaultClassifier,
+            clock: TokioClock,
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl<S, C, K, O, Cl, M, Clk> Canary<S, C, K, O, Cl, M, Clk> {
+    /// The weight, statistics view shared by every clone.
+    pub fn handle(&self) -> CanaryHandle {
+        CanaryHandle {
+            weight: self.shared.weight.clone(),
+            stats: self.recorder.stats.clone(),
+        }
+    }
+
+    /// Both arms' cumulative statistics.
+    ///
+    /// ```
+    /// # use degrade_canary::Canary;
+    /// # let c = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// assert_eq!(c.snapshot().canary.failures, 0);
+    /// ```
+    pub fn snapshot(&self) -> CanarySnapshot {
+        let mut snap = self.recorder.stats.snapshot();
+        snap.weight_bp = Some(self.shared.weight.get());
+        snap
+    }
+
+    /// The live weight.
+    ///
+    /// ```
+    /// # use degrade_canary::Canary;
+    /// # let c = Canary::builder().build(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// c.weight().set(100).unwrap();
+    /// ```
+    pub fn weight(&self) -> &Weight {
+        &self.shared.weight
+    }
+
+    degrade_core::inner_service_accessors!((S, C), (stable, candidate));
+}
+
+impl<S: Clone, C: Clone, K, O, Cl, M, Clk> Clone for Canary<S, C, K, O, Cl, M, Clk> {
+    fn clone(&self) -> Self {
+        Self {
+            stable: self.stable.clone(),
+            candidate: self.candidate.clone(),
+            shared: self.shared.clone(),
+            recorder: self.recorder.clone(),
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl<S: fmt::Debug, C: fmt::Debug, K, O, Cl, M, Clk> fmt::Debug for Canary<S, C, K, O, Cl, M, Clk> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Canary")
+            .field("stable", &self.stable)
+            .field("candidate", &self.candidate)
+            .field("weight", &self.shared.weight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R, S, C, K, O, Cl, M, Clk> Service<R> for Canary<S, C, K, O, Cl, M, Clk>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+    C: Service<R, Response = S::Response>,
+    C::Error: Into<BoxError>,
+    K: StickyKey<R>,
+    O: ForceArm<R>,
+    Cl: Classifier<S::Response, BoxError>,
+    M: TagArm<S::Response>,
+    Clk: Clock,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C::Future, Cl, M, Clk>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        let stable = self.stable.poll_ready(cx).map_err(Into::into)?;
+        let candidate = self.candidate.poll_ready(cx).map_err(Into::into)?;
+        if stable.is_ready() && candidate.is_ready() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, req: R) -> Self::Future {
+        let (arm, forced, group) = self.shared.pick(&req);
+        self.recorder.stats.routed(arm, forced);
+        let start = self.recorder.clock.now();
+        let inner = match arm {
+            Arm::Stable => Inner::Stable {
+                fut: self.stable.call(req),
+            },
+            Arm::Canary => Inner::Canary {
+                fut: self.candidate.call(req),
+            },
+        };
+        ResponseFuture::new(inner, arm, forced, group, start, self.recorder.clone())
+    }
+}
+
+/// Builds a [`Canary`]. Obtained from [`Canary::builder`].
+///
+/// ```
+/// use degrade_canary::{Canary, Weight, key::from_fn};
+/// let svc = Canary::builder()
+///     .weight(Weight::new(100).unwrap())
+///     .key(from_fn(|user: &u64| Some(*user)))
+///     .build(
+///         tower::service_fn(|u: u64| async move { Ok::<_, std::convert::Infallible>(u) }),
+///         tower::service_fn(|u: u64| async move { Ok::<_, std::convert::Infallible>(u) }),
+///     );
+/// assert_eq!(svc.weight().get(), 100);
+/// ```
+pub struct CanaryBuilder<
+    K = Global,
+    O = NoOverride,
+    Cl = DefaultClassifier,
+    M = Plain,
+    Clk = TokioClock,
+> {
+    weight: Option<Weight>,
+    key: K,
+    force: O,
+    classifier: Cl,
+    clock: Clk,
+    _mode: PhantomData<fn() -> M>,
+}
+
+impl<K, O, Cl, M, Clk> fmt::Debug for CanaryBuilder<K, O, Cl, M, Clk> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CanaryBuilder")
+            .field("weight", &self.weight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, O, Cl, M, Clk> CanaryBuilder<K, O, Cl, M, Clk> {
+    /// Uses `weight` (shared with whoever holds a clone) instead of a fresh weight of 0.
+    #[must_use]
+    pub fn weight(mut self, weight: Weight) -> Self {
+        self.weight = Some(weight);
+        self
+    }
+
+    /// Routes by a sticky key (see [`crate::key`]).
+    pub fn key<K2>(self, key: K2) -> CanaryBuilder<K2, O, Cl, M, Clk> {
+        CanaryBuilder {
+            weight: self.weight,
+            key,
+            force: self.force,
+            classifier: self.classifier,
+            clock: self.clock,
+            _mode: PhantomData,
+        }
+    }
+
+    /// Lets `force` pin requests to an arm (see [`crate::key::ForceArm`]).
+    pub fn force<O2>(self, force: O2) -> CanaryBuilder<K, O2, Cl, M, Clk> {
+        CanaryBuilder {
+            weight: self.weight,
+            key: self.key,
+            force,
+            classifier: self.classifier,
+            clock: self.clock,
+            _mode: PhantomData,
+        }
+    }
+
+    /// Judges outcomes with `classifier` (e.g. `degrade_core::HttpClassifier`: 5xx fail).
+    pub fn classifier<Cl2>(self, classifier: Cl2) -> CanaryBuilder<K, O, Cl2, M, Clk> {
+        CanaryBuilder {
+            weight: self.weight,
+            key: self.key,
+            force: self.force,
+            classifier,
+            clock: self.clock,
+            _mode: PhantomData,
+        }
+    }
+
+    /// Measures latency with `clock`.
+    pub fn clock<Clk2: Clock>(self, clock: Clk2) -> CanaryBuilder<K, O, Cl, M, Clk2> {
+        CanaryBuilder {
+            weight: self.weight,
+            key: self.key,
+            force: self.force,
+            classifier: self.classifier,
+            clock,
+            _mode: PhantomData,
+        }
+    }
+
+    /// (feature `http`) Inserts the [`Arm`] as an extension of every response.
+    #[cfg(feature = "http")]
+    pub fn http(self) -> CanaryBuilder<K, O, Cl, Extension, Clk> {
+        CanaryBuilder {
+            weight: self.weight,
+            key: self.key,
+            force: self.force,
+            classifier: self.classifier,
+            clock: self.clock,
+            _mode: PhantomData,
+        }
+    }
+
+    /// The router over `stable` and `candidate`. All state is created here, once.
+    ///
+    /// ```
+    /// # use degrade_canary::Canary;
+    /// let svc = Canary::builder().build(
+    ///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
+    ///     tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
+    /// );
+    /// assert_eq!(svc.weight().get(), 0);
+    /// ```
+    pub fn build<S, C>(self, stable: S, candidate: C) -> Canary<S, C, K, O, Cl, M, Clk> {
+        let weight = self
+            .weight
+            .unwrap_or_else(|| Weight::new(0).expect("0 is a valid weight"));
+        Canary {
+            stable,
+            candidate,
+            shared: Arc::new(Shared {
+                weight,
+                seq: CachePadded::new(AtomicU64::new(0)),
+                key: self.key,
+                force: self.force,
+            }),
+            recorder: Arc::new(Recorder {
+                stats: Arc::new(Stats::new()),
+                classifier: self.classifier,
+                clock: self.clock,
+            }),
+            _mode: PhantomData,
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The state every service of one layer shares, and the admission decision.
+
+use crate::config::{Params, RateLimitConfig};
+use crate::cost::Weigh;
+use crate::error::{Cause, RateLimited};
+use crate::key::{KeyExtractor, Keyed};
+use crate::state::{Cell, Decision, ParamTable};
+use crate::store::Store;
+use crossbeam_utils::CachePadded;
+use degrade_core::counter::ShardedCounter;
+use degrade_core::{Clock, ConfigError, LevelHandle};
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const ADMITTED: usize = 0;
+const WAITED: usize = 1;
+const UNITS: usize = 2;
+const REJECTED: usize = 3;
+const SLOTS: usize = REJECTED + Cause::ALL.len();
+
+/// The answer to one request.
+pub(crate) enum Verdict {
+    Now,
+    After(Duration, WaiterSlot),
+    No(RateLimited),
+}
+
+/// A place among the bounded number of waiters; released on drop.
+#[derive(Debug)]
+pub(crate) struct WaiterSlot(Arc<AtomicU32>);
+
+impl Drop for WaiterSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub(crate) struct Shared<E: Keyed, W, C> {
+    table: ParamTable,
+    cell: CachePadded<Cell>,
+    level: Option<LevelHandle>,
+    clock: C,
+    origin: Instant,
+    max_wait_ns: AtomicU64,
+    max_waiters: AtomicU32,
+    waiters: Arc<AtomicU32>,
+    counters: ShardedCounter<SLOTS>,
+    extractor: E,
+    store: Option<Store<E::Key>>,
+    weigh: W,
+    config: Mutex<RateLimitConfig>,
+}
+
+impl<E: Keyed, W, C> fmt::Debug for Shared<E, W, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field(
+                "config",
+                &*self.config.lock().unwrap_or_else(|e| e.into_inner()),
+            )
+            .field("snapshot", &self.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E: Keyed, W, C> Shared<E, W, C> {
+    pub(crate) fn snapshot(&self) -> RateLimitSnapshot {
+        let raw = self.counters.snapshot();
+        let mut rejected = [0; Cause::ALL.len()];
+        rejected.copy_from_slice(&raw[REJECTED..]);
+        RateLimitSnapshot {
+            admitted: raw[ADMITTED],
+            waited: raw[WAITED],
+            units: raw[UNITS],
+            rejected,
+            keys: self.store.as_ref().map_or(0, Store::len),
+            waiting: self.waiters.load(Ordering::Acquire),
+        }
+    }
+}
+
+impl<E: Keyed, W, C: Clock> Shared<E, W, C> {
+    pub(crate) fn new(
+        config: RateLimitConfig,
+        params: [Params; 5],
+        level: Option<LevelHandle>,
+        clock: C,
+        extractor: E,
+        max_keys: Option<usize>,
+        weigh: W,
+    ) -> Self {
+        degrade_core::rejection::register::<RateLimited>();
+        let origin = clock.now();
+        Self {
+            table: ParamTable::new(params),
+            cell: CachePadded::new(Cell::new(params[0].unit_ns)),
+            level,
+            clock,
+            origin,
+            max_wait_ns: AtomicU64::new(nanos(config.max_wait)),
+            max_waiters: AtomicU32::new(config.max_waiters),
+            waiters: Arc::new(AtomicU32::new(0)),
+            counters: ShardedCounter::new(),
+            extractor,
+            store: max_keys.map(Store::new),
+            weigh,
+            config: Mutex::new(config),
+        }
+    }
+
+    /// Nanoseconds since the origin. `tokio::time::Instant` is monotonic, and a clock reading
+    /// before the origin counts as the origin, so the limiter's time never steps backwards.
+    #[inline]
+    fn now_ns(&self) -> u64 {
+        nanos(self.clock.now().saturating_duration_since(self.origin))
+    }
+
+    #[inline]
+    fn params(&self) -> Params {
+        let l = match &self.level {
+            Some(h) => h.current().index(),
+            None => 0,
+        };
+        self.table.load(l)
+    }
+
+    /// The decision for `req`, made in `call`.
+    #[inline]
+    pub(crate) fn admit<R>(&self, req: &R) -> Verdict
+    where
+        E: KeyExtractor<R>,
+        W: Weigh<R>,
+    {
+        let p = self.params();
+        let (cost_ns, units) = match self.weigh.units(req) {
+            None => (p.cost_ns, p.cost_units),
+            Some(0) => {
+                self.counters.add(ADMITTED, 1);
+                return Verdict::Now;
+            }
+            Some(n) => (n.saturating_mul(p.unit_ns), n),
+        };
+        if cost_ns > p.tolerance_ns {
+            return self.reject(Cause::CostAboveBurst, None, &p);
+        }
+        let now = self.now_ns();
+        let mut max_wait = self.max_wait_ns.load(Ordering::Relaxed);
+        let mut waiters_full = false;
+        if max_wait > 0
+            && self.waiters.load(Ordering::Acquire) >= self.max_waiters.load(Ordering::Relaxed)
+        {
+            // No room to wait: decide as a reject-at-once limiter, so no budget is reserved
+            // for a request that will not wait.
+            max_wait = 0;
+            waiters_full = true;
+        }
+        let decision = match (self.extractor.extract(req), &self.store) {
+            (Some(key), Some(store)) => match store.acquire(key, &p, cost_ns, now, max_wait) {
+                Ok(d) => d,
+                Err(full) => {
+                    // The earliest a held key recovers and makes room.
+                    let wait = full.until.saturating_sub(now).max(1);
+                    return self.reject(Cause::KeyCapacity, Some(Duration::from_nanos(wait)), &p);
+                }
+            },
+            _ => self.cell.acquire(&p, cost_ns, now, max_wait),
+        };
+        match decision {
+            Decision::Admit { wait: 0, .. } => {
+                self.counters.add(ADMITTED, 1);
+                self.counters.add(UNITS, units);
+                Verdict::Now
+            }
+            Decision::Admit { wait, .. } => match self.take_waiter_slot() {
+                Some(slot) => {
+                    self.counters.add(WAITED, 1);
+                    self.counters.add(UNITS, units);
+                    Verdict::After(Duration::from_nanos(wait), slot)
+                }
+                // Another thread took the last place between the check and the reservation.
+                // The reservation stays spent (handing it back could let a later request
+                // through early): conservative, and only on that race.
+                None => self.reject(Cause::TooManyWaiters, Some(Duration::from_nanos(wait)), &p),
+            },
+            Decision::Reject { wait } => {
+                let cause = if waiters_full && wait <= self.max_wait_ns.load(Ordering::Relaxed) {
+                    Cause::TooManyWaiters
+                } else {
+                    Cause::OverQuota
+                };
+                self.reject(cause, Some(Duration::from_nanos(wait)), &p)
+            }
+        }
+    }
+
+    fn take_waiter_slot(&self) -> Option<WaiterSlot> {
+        let max = self.max_waiters.load(Ordering::Relaxed);
+        self.waiters
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w < max).then_some(w + 1)
+            })
+            .ok()
+            .map(|_| WaiterSlot(Arc::clone(&self.waiters)))
+    }
+
+    #[cold]
+    fn reject(&self, cause: Cause, retry_after: Option<Duration>, p: &Params) -> Verdict {
+        self.counters.add(REJECTED + cause.index(), 1);
+        Verdict::No(
+            RateLimited::new(cause, retry_after)
+                .with_policy(p.quota, Duration::from_nanos(p.window_ns)),
+        )
+    }
+
+    pub(crate) fn evict_idle(&self) -> usize {
+        let now = self.now_ns();
+        let unit = self.params().unit_ns;
+        self.store.as_ref().map_or(0, |s| s.evict_idle(now, unit))
+    }
+
+    pub(crate) fn key_memory(&self) -> (usize, usize) {
+        self.store
+            .as_ref()
+            .map_or((0, 0), |s| (s.allocated(), s.cap()))
+    }
+
+    /// Nanoseconds the shared budget is ahead of now (its debt); zero when full.
+    pub(crate) fn debt(&self) -> Duration {
+        Duration::from_nanos(self.cell.tat().saturating_sub(self.now_ns()))
+    }
+}
+
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What a [`QuotaHandle`](crate::QuotaHandle) changes.
+pub(crate) trait SetQuota: Send + Sync + 'static {
+    fn set(&self, config: RateLimitConfig) -> Result<(), ConfigError>;
+    fn get(&self) -> RateLimitConfig;
+}
+
+impl<E, W, C> SetQuota for Shared<E, W, C>
+where
+    E: Keyed,
+    W: Send + Sync + 'static,
+    C: Clock,
+{
+    fn set(&self, config: RateLimitConfig) -> Result<(), ConfigError> {
+        let params = config.params()?;
+        let mut cur = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        self.max_wait_ns
+            .store(nanos(config.max_wait), Ordering::Relaxed);
+        self.max_waiters
+            .store(config.max_waiters, Ordering::Relaxed);
+        self.table.store(params);
+        tracing::info!(
+            quota = config.quota,
+            period = ?config.period,
+            burst = config.effective_burst(),
+            "rate limit quota changed"
+        );
+        *cur = config;
+        Ok(())
+    }
+
+    fn get(&self) -> RateLimitConfig {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Counters of a rate limit layer. `offered() == admitted + waited + rejected` holds exactly.
+///
+/// ```
+/// use degrade_ratelimit::{RateLimitConfig, RateLimitLayer};
+/// use std::time::Duration;
+/// let layer = RateLimitLayer::new(RateLimitConfig::per(10, Duration::from_secs(1))).unwrap();
+/// let s = layer.snapshot();
+/// assert_eq!(s.offered(), 0);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimitSnapshot {
+    /// Requests admitted at once.
+    pub admitted: u64,
+    /// Requests admitted after waiting (or still waiting) for their reserved budget.
+    pub waited: u64,
+    /// Budget units spent by admitted and waiting requests.
+    pub units: u64,
+    /// Rejections by [`Cause::index`].
+    pub rejected: [u64; Cause::ALL.len()],
+    /// Keys held by the keyed store (zero for a global limit).
+    pub keys: usize,
+    /// Requests waiting right now.
+    pub waiting: u32,
+}
+
+impl RateLimitSnapshot {
+    /// All requests seen.
+    ///
+    /// ```
+    /// # use degrade_ratelimit::RateLimitSnapshot;
+    /// assert_eq!(RateLimitSnapshot::default().offered(), 0);
+    /// ```
+    pub fn offered(&self) -> u64 {
+        self.admitted + self.waited + self.rejected()
+    }
+
+    /// All rejections, whatever the cause.
+    ///
+    /// ```
+    /// # use degrade_ratelimit::RateLimitSnapshot;
+    /// assert_eq!(RateLimitSnapshot::default().rejected(), 0);
+    /// ```
+    pub fn rejected(&self) -> u64 {
+        self.rejected.iter().sum()
+    }
+
+    /// Rejections for `cause`.
+    ///
+    /// ```
+    /// # use degrade_ratelimit::{RateLimitSnapshot, error::Cause};
+    /// assert_eq!(RateLimitSnapshot::default().rejected_by(Cause::OverQuota), 0);
+    /// ```
+    pub fn rejected_by(&self, cause: Cause) -> u64 {
+        self.rejected[cause.index()]
+    }
+}
+
+/// Admitted counts both ways through: at once (`admitted`) and after a bounded wait (`waited`).
+impl degrade_core::snapshot::Accounting for RateLimitSnapshot {
+    fn offered(&self) -> u64 {
+        RateLimitSnapshot::offered(self)
+    }
+    fn admitted(&self) -> u64 {
+        self.admitted + self.waited
+    }
+    fn rejected(&self) -> u64 {
+        RateLimitSnapshot::rejected(self)
+    }
+}
