@@ -525,7 +525,8 @@ impl Law {
 
     /// The limit for requests of `priority`: critical requests may go over the limit by a
     /// tenth of it (at least one), so that a critical request finds a slot at once even when
-    /// the limit was just cut, and the limit settles with that reserve counted in.
+    /// the limit was just cut, and the limit settles with that reserve counted in; and a probe
+    /// below the limit does not lower theirs.
     ///
     /// ```
     /// # use degrade_core::limit::{Law, LimitConfig};
@@ -537,7 +538,14 @@ impl Law {
     pub fn limit_for(&self, priority: crate::Priority) -> u32 {
         let limit = self.limit();
         if priority == crate::Priority::Critical {
-            limit + (limit.div_ceil(10)).max(1)
+            // A probe window lowers the limit of the other priorities only: halving the slots
+            // of critical requests for a window would refuse some whenever they alone need
+            // more than half the capacity.
+            let full = self
+                .probing
+                .map_or(limit, |restore| restore.floor() as u32)
+                .max(limit);
+            full + (full.div_ceil(10)).max(1)
         } else {
             limit
         }

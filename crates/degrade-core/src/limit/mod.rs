@@ -1,6 +1,43 @@
 //! The adaptive concurrency limit behind the [`DegradeLayer`](crate::DegradeLayer).
 //!
-//! (Module documentation is completed with the layer integration.)
+//! Why a concurrency limit, and why adaptive: a service has a knee — below it, a request more
+//! in flight costs nothing in latency; beyond it, every request more waits in the service's own
+//! queue. A fixed limit has to be found by trial for each service and is wrong as soon as the
+//! service slows down, scales out or changes its mix of requests. The limit here learns the
+//! knee from what it observes and follows it.
+//!
+//! * [`Law`] is the control law, a pure function of (state, [`Window`] of observations, now):
+//!   the limit is multiplied each window by the ratio of a latency target (`1 + tolerance`
+//!   times the service's no-load latency, its *baseline*) to the window's mean latency, grows
+//!   while demand fills the limit and nothing queues, and probes below itself now and then to
+//!   re-learn the baseline. It reads no clock and touches no atomic, so it is tested by
+//!   property tests and a discrete-event simulation without a runtime.
+//! * The limiter (crate-private) puts the law behind atomics, shared by every clone of a layer:
+//!   one word counts the requests in flight and those waiting (a compare-and-swap admits, a
+//!   `fetch_sub` releases; a loom model checks that a release never misses a waiter), a
+//!   bounded wait queue serves the highest priority first, and the completion that closes a
+//!   window moves the limit under a `try_lock` (never waited on).
+//! * [`LimitConfig`] holds only ratios and safety bounds; [`LimitSnapshot`] shows the limit,
+//!   its inputs (baseline, latency ratio, queue target) and the queue's counters.
+//!
+//! ```
+//! use degrade_core::limit::LimitConfig;
+//! use degrade_core::{Controller, DegradeLayer};
+//! use tower::{Service, ServiceExt, Layer};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let c = Controller::new(Default::default()).unwrap();
+//! // The defaults know nothing of the service: a first limit of 16, learnt from there.
+//! let layer = DegradeLayer::builder(c.handle()).build().unwrap();
+//! let snap = layer.snapshot().limit.unwrap();
+//! assert_eq!((snap.limit, snap.in_flight, snap.baseline), (16, 0, None));
+//!
+//! let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, std::convert::Infallible>(()) }));
+//! svc.ready().await.unwrap().call(()).await.unwrap();
+//! assert_eq!(layer.snapshot().limit.unwrap().in_flight, 0); // the slot came back
+//! # let _ = LimitConfig::default();
+//! # }
+//! ```
 
 mod inflight;
 mod law;
