@@ -3,8 +3,9 @@
 //! settings — unprotected; tower's `ConcurrencyLimit` + `LoadShed`; tower-resilience's
 //! bulkhead; tower-acc's adaptive limit (Gradient2, Vegas) + `LoadShed`;
 //! tower-resilience-adaptive (AIMD, Vegas) + `LoadShed`; and degrade (the demo's protected
-//! stack: the default `DegradeLayer`, nothing of the backend configured) — through six
-//! scenarios:
+//! stack without its per-client quota: the default `DegradeLayer`, nothing of the backend
+//! configured, then the breaker and the canary router, which refuse nothing here) — through
+//! six scenarios:
 //!
 //! * `steps`: open-loop Poisson load at 0.5x to 4x capacity, back to 0.5x (recovery), then a
 //!   step to 3x (reaction);
@@ -42,7 +43,14 @@ Usage: cargo xtask bench overload [--quick] [--scenario NAME]... [--only CONFIG]
   --only CONFIG    unprotected | tower | bulkhead | acc-gradient2 | acc-vegas |
                    adaptive-aimd | adaptive-vegas | degrade (repeatable; default: all)
   --out DIR        where overload.md, overload.svg and overload.json go
-                   (default <workspace>/target/degrade-bench)";
+                   (default <workspace>/target/degrade-bench)
+  --update-benchmarks  also replace the table in BENCHMARKS.md (between the
+                   `overload-table` markers) with this run's";
+
+/// The markers around the generated table in BENCHMARKS.md.
+const TABLE_BEGIN: &str =
+    "<!-- overload-table:begin (cargo xtask bench overload --update-benchmarks) -->";
+const TABLE_END: &str = "<!-- overload-table:end -->";
 
 /// Every configuration, in the order run and shown.
 const CONFIGS: [Protection; 8] = [
@@ -53,7 +61,7 @@ const CONFIGS: [Protection; 8] = [
     Protection::AccVegas,
     Protection::AdaptiveAimd,
     Protection::AdaptiveVegas,
-    Protection::Degrade,
+    Protection::DegradeLayer,
 ];
 
 /// Every scenario, in the order run and shown.
@@ -97,6 +105,7 @@ pub(crate) fn run(args: &[String]) -> Result {
         return Err(format!("unknown benchmark `{name}`\n\n{USAGE}"));
     }
     let mut quick = false;
+    let mut update = false;
     let mut out = workspace_root().join("target").join("degrade-bench");
     let mut scenarios: Vec<&'static str> = Vec::new();
     let mut configs: Vec<Protection> = Vec::new();
@@ -123,6 +132,7 @@ pub(crate) fn run(args: &[String]) -> Result {
             "--out" => {
                 out = PathBuf::from(iter.next().ok_or("`--out` needs a value")?);
             }
+            "--update-benchmarks" => update = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -140,11 +150,33 @@ pub(crate) fn run(args: &[String]) -> Result {
     if configs.is_empty() {
         configs = CONFIGS.to_vec();
     }
-    runtime.block_on(overload(
+    let table = runtime.block_on(overload(
         if quick { 3 } else { 8 },
         &scenarios,
         &configs,
         out,
+    ))?;
+    if update {
+        let path = workspace_root().join("BENCHMARKS.md");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = replace_between(&text, &table)
+            .ok_or_else(|| format!("{} has no overload-table markers", path.display()))?;
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("updated {}", path.display());
+    }
+    Ok(())
+}
+
+/// `text` with what lies between the table markers replaced by `table`.
+fn replace_between(text: &str, table: &str) -> Option<String> {
+    let begin = text.find(TABLE_BEGIN)? + TABLE_BEGIN.len();
+    let end = begin + text[begin..].find(TABLE_END)?;
+    Some(format!(
+        "{}\n\n{}\n\n{}",
+        &text[..begin],
+        table.trim(),
+        &text[end..]
     ))
 }
 
@@ -293,7 +325,7 @@ async fn overload(
     scenarios: &[&'static str],
     configs: &[Protection],
     out: PathBuf,
-) -> Result {
+) -> Result<String> {
     let ladder = demo::ladder_config(Duration::from_secs(1));
     let rollout = demo::rollout_config(true);
     let mut results = Vec::new();
@@ -345,7 +377,7 @@ async fn overload(
     for path in paths {
         println!("wrote {}", path.display());
     }
-    Ok(())
+    Ok(table)
 }
 
 fn measure(run: &Run, scenario: &Scenario, name: &str, reference: Option<f64>) -> ConfigResult {
@@ -687,4 +719,22 @@ fn plot(results: &[ConfigResult]) -> Result<String> {
         root.present().map_err(|e| err(&e))?;
     }
     Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_benchmarks_replaces_only_the_table_between_the_markers() {
+        let text = format!("# B\n\nbefore\n{TABLE_BEGIN}\nold | table\n{TABLE_END}\nafter\n");
+        let new = replace_between(&text, "| new |\n").unwrap();
+        assert_eq!(
+            new,
+            format!("# B\n\nbefore\n{TABLE_BEGIN}\n\n| new |\n\n{TABLE_END}\nafter\n")
+        );
+        // Idempotent: a second run gives the same file.
+        assert_eq!(replace_between(&new, "| new |\n").unwrap(), new);
+        assert_eq!(replace_between("no markers", "x"), None);
+    }
 }

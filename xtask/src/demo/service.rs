@@ -312,6 +312,9 @@ pub(crate) enum Protection {
     /// DegradeLayer (the adaptive limit; the level driven by degrade-triggers) → keyed
     /// RateLimitLayer → BreakerLayer → Canary → backend.
     Degrade,
+    /// The overload benchmark's degrade: the same stack without the demo's per-client quota,
+    /// so only the default `DegradeLayer` refuses (the peers have no quota either).
+    DegradeLayer,
     /// tower's `GlobalConcurrencyLimitLayer` + `LoadShed`, answered 503 by axum's
     /// `HandleErrorLayer`.
     Tower,
@@ -335,6 +338,7 @@ impl Protection {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Protection::Degrade => "degrade",
+            Protection::DegradeLayer => "degrade (default DegradeLayer)",
             Protection::Tower => "tower ConcurrencyLimit+LoadShed",
             Protection::Unprotected => "unprotected",
             Protection::Bulkhead => "tower-resilience bulkhead",
@@ -347,7 +351,8 @@ impl Protection {
 
     pub(crate) fn key(self) -> &'static str {
         match self {
-            Protection::Degrade => "degrade",
+            Protection::Degrade => "degrade-stack",
+            Protection::DegradeLayer => "degrade",
             Protection::Tower => "tower",
             Protection::Unprotected => "unprotected",
             Protection::Bulkhead => "bulkhead",
@@ -523,7 +528,8 @@ pub(crate) fn app(
                 None,
             ))
         }
-        Protection::Degrade => {
+        Protection::Degrade | Protection::DegradeLayer => {
+            let quota = protection == Protection::Degrade;
             let controller =
                 Controller::new(ladder.clone()).map_err(|err| format!("ladder: {err}"))?;
             // The default: the adaptive limit, highest priority first. Nothing of this
@@ -565,7 +571,7 @@ pub(crate) fn app(
                     (StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
                 }))
                 .layer(degrade.http())
-                .layer(rate_limit.http())
+                .option_layer(quota.then(|| rate_limit.http()))
                 .layer(breaker.http())
                 .service(canary);
             Ok((Router::new().route_service("/work", svc), Some(parts)))
