@@ -6,11 +6,19 @@
 //!   completion, on one thread, without a runtime ([`degrade_benches::call_now`]), over the
 //!   same immediately-ready inner service ([`degrade_benches::inner`]):
 //!   * `baseline/no-layer`: the bare inner service;
-//!   * `degrade/admit`: level Normal, everything admitted;
-//!   * `degrade/admit-half`: level Light, priority Low (share 0.5: the deterministic stride
-//!     alternates admit and shed, so half the iterations take each path);
-//!   * `degrade/reject`: level Heavy, priority Low (share 0: always shed). The reject path boxes
-//!     the `Shed` into the `BoxError`, so this includes one allocation and its free;
+//!   * `degrade/admit`: the default layer (the adaptive limit), below the limit: one
+//!     compare-and-swap to take a slot, one `fetch_sub` to give it back, a sharded counter, an
+//!     `Arc` clone for the permit, and — for one request in `timing_every` (16), or every
+//!     request while the law's window still needs samples or demand is past half the limit —
+//!     two clock reads and the window's atomics;
+//!   * `degrade/admit-shares`: `Admission::LevelShares` at level Normal (no limit): the level
+//!     read and the counter only;
+//!   * `degrade/admit-half`: level shares at Light, priority Low (share 0.5: the deterministic
+//!     stride alternates admit and shed, so half the iterations take each path);
+//!   * `degrade/reject`: level shares at Heavy, priority Low (share 0: always shed). The reject
+//!     path boxes the `Shed` into the `BoxError`, so this includes one allocation and its free;
+//!   * `degrade/reject-limit`: the adaptive limit full (a limit of one, held by a request that
+//!     never completes, no wait queue): the overload path takes the queue's lock and refuses;
 //!   * `tower/load_shed`: tower's `LoadShed` over the same ready inner service (its admit path);
 //!   * `tower/load_shed-reject`: `LoadShed` over a never-ready service (its reject path, which
 //!     also boxes its `Overloaded` error).
@@ -24,12 +32,15 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use degrade_benches::{NeverReady, Req, call_now, contended, inner};
+use degrade_core::degrade::Admission;
+use degrade_core::limit::LimitConfig;
 use degrade_core::{
     Clock, Controller, DegradeLayer, FastClock, Level, Policy, Priority, Shed, TokioClock,
 };
 use std::hint::black_box;
 use std::time::Duration;
 use tower::Layer;
+use tower::Service;
 use tower::load_shed::LoadShed;
 
 /// A controller pinned at `level`; kept alive by the caller for as long as the layer is used.
@@ -50,16 +61,33 @@ fn admission(c: &mut Criterion) {
     });
 
     let normal = pinned(Level::Normal);
-    let mut svc = DegradeLayer::new(normal.handle(), Policy::default())
+    let layer = DegradeLayer::builder(normal.handle())
+        .build()
+        .expect("the default layer is valid");
+    let mut svc = layer.layer(inner());
+    assert!(call_now(&mut svc, 1).is_ok(), "below the limit, admitted");
+    g.bench_function(BenchmarkId::new("degrade", "admit"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+    assert!(
+        layer.snapshot().limit.is_some(),
+        "the default is the adaptive limit"
+    );
+
+    let mut svc = DegradeLayer::builder(normal.handle())
+        .admission(Admission::LevelShares)
+        .policy(Policy::default())
+        .build()
         .expect("default policy is valid")
         .layer(inner());
     assert!(call_now(&mut svc, 1).is_ok(), "Normal admits");
-    g.bench_function(BenchmarkId::new("degrade", "admit"), |b| {
+    g.bench_function(BenchmarkId::new("degrade", "admit-shares"), |b| {
         b.iter(|| black_box(call_now(&mut svc, black_box(1))))
     });
 
     let light = pinned(Level::Light);
     let mut svc = DegradeLayer::builder(light.handle())
+        .admission(Admission::LevelShares)
         .prioritize(|_: &Req| Priority::Low)
         .build()
         .expect("default policy is valid")
@@ -72,6 +100,7 @@ fn admission(c: &mut Criterion) {
 
     let heavy = pinned(Level::Heavy);
     let mut svc = DegradeLayer::builder(heavy.handle())
+        .admission(Admission::LevelShares)
         .prioritize(|_: &Req| Priority::Low)
         .build()
         .expect("default policy is valid")
@@ -81,6 +110,28 @@ fn admission(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("degrade", "reject"), |b| {
         b.iter(|| black_box(call_now(&mut svc, black_box(1))))
     });
+
+    let one = LimitConfig {
+        initial: 1,
+        min: 1,
+        max: 1,
+        queue_size: 0.0,
+        ..LimitConfig::default()
+    };
+    let layer = DegradeLayer::builder(normal.handle())
+        .limit(one)
+        .build()
+        .expect("a limit of one is valid");
+    let mut svc = layer.layer(inner());
+    // Takes the only slot and keeps it: the future is never polled.
+    let held = svc.call(1);
+    let err = call_now(&mut svc, 1).expect_err("the limit is full");
+    assert!(err.is::<Shed>(), "the refusal is a Shed");
+    g.bench_function(BenchmarkId::new("degrade", "reject-limit"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+    assert!(layer.snapshot().limited() > 0);
+    drop(held);
 
     let mut svc = LoadShed::new(inner());
     assert!(call_now(&mut svc, 1).is_ok(), "a ready inner is not shed");

@@ -140,8 +140,11 @@ fn main() {
     // admission
     let normal = pinned(Level::Normal);
     let heavy = pinned(Level::Heavy);
+    // Both admission modes at once: the level's shares (pinned at Heavy, Low is shed), then
+    // the adaptive limit (every admitted request takes a slot).
     let degrade = |c: &Controller, p: Priority| {
         DegradeLayer::builder(c.handle())
+            .admission(degrade_core::degrade::Admission::Both)
             .prioritize(move |_: &Req| p)
             .build()
             .expect("valid policy")

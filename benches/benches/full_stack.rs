@@ -67,6 +67,8 @@ fn degrade_stack<K: Clock>(
     ServiceBuilder::new()
         .layer(
             DegradeLayer::builder(controller.handle())
+                // The adaptive limit, and the level's shares so a pinned level sheds.
+                .admission(degrade_core::degrade::Admission::Both)
                 .prioritize(move |_: &Req| priority)
                 .build()
                 .expect("default policy is valid"),

@@ -1,11 +1,28 @@
-//! `cargo xtask bench overload`: goodput under overload. The demo's backend (fixed capacity,
-//! real axum on 127.0.0.1) and the demo's open-loop load generator, run at 0.5x to 4x capacity
-//! in four configurations: unprotected, tower's `ConcurrencyLimit` + `LoadShed`,
-//! tower-resilience's bulkhead, and degrade (the demo's protected stack). Measured per load:
-//! goodput (200 answers completed per second), p50 / p99 of the 200 answers, the share of
-//! critical requests answered 200; per configuration: the time to react to a step from 0.5x to
-//! 3x and to recover after the step back. Writes a table (Markdown), an SVG plot and JSON under
-//! `target/degrade-bench/`.
+//! `cargo xtask bench overload`: goodput under overload. The demo's backend (real axum on
+//! 127.0.0.1) driven by the demo's load generator, in eight configurations with their default
+//! settings — unprotected; tower's `ConcurrencyLimit` + `LoadShed`; tower-resilience's
+//! bulkhead; tower-acc's adaptive limit (Gradient2, Vegas) + `LoadShed`;
+//! tower-resilience-adaptive (AIMD, Vegas) + `LoadShed`; and degrade (the demo's protected
+//! stack without its per-client quota: the default `DegradeLayer`, nothing of the backend
+//! configured, then the breaker and the canary router, which refuse nothing here) — through
+//! six scenarios:
+//!
+//! * `steps`: open-loop Poisson load at 0.5x to 4x capacity, back to 0.5x (recovery), then a
+//!   step to 3x (reaction);
+//! * `capacity-halves`: a steady 1.5x of the nominal capacity while the backend slows 2x (3x
+//!   its capacity then) and comes back;
+//! * `cpu`: a CPU-bound backend (processor sharing over the backend's cores: capacity set by
+//!   CPU, not by a number of slots) at 1.5x and 3x;
+//! * `mixed`: one request in ten costs ten times as much, at 1.5x and 3x;
+//! * `closed-loop`: 64 connections re-sending as soon as they have an answer, as wrk does;
+//! * `critical-only`: only critical requests, at 1.5x and 3x.
+//!
+//! Measured per phase: goodput (200 answers completed per second, against the capacity of the
+//! moment), p50 / p99 of the 200 answers and the p99 over the scenario's unloaded (0.5x) p99,
+//! the share of critical requests answered 200; for `steps`, the time to react to the step from
+//! 0.5x to 3x and to recover after 4x; for `capacity-halves`, the time until goodput is back at
+//! 90 % of the new capacity after each change. Writes a table (Markdown), an SVG plot of
+//! `steps` and JSON under `target/degrade-bench/`.
 
 use crate::demo::load::{self, Answer};
 use crate::demo::service::{self, Protection};
@@ -19,10 +36,46 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 const USAGE: &str = "\
-Usage: cargo xtask bench overload [--quick] [--out DIR]
-  --quick    3 s per load step (default 8 s)
-  --out DIR  where overload.md, overload.svg and overload.json go
-             (default <workspace>/target/degrade-bench)";
+Usage: cargo xtask bench overload [--quick] [--scenario NAME]... [--only CONFIG]... [--out DIR]
+  --quick          3 s per load step (default 8 s)
+  --scenario NAME  steps | capacity-halves | cpu | mixed | closed-loop | critical-only
+                   (repeatable; default: all of them)
+  --only CONFIG    unprotected | tower | bulkhead | acc-gradient2 | acc-vegas |
+                   adaptive-aimd | adaptive-vegas | degrade (repeatable; default: all)
+  --out DIR        where overload.md, overload.svg and overload.json go
+                   (default <workspace>/target/degrade-bench)
+  --update-benchmarks  also replace the table in BENCHMARKS.md (between the
+                   `overload-table` markers) with this run's";
+
+/// The markers around the generated table in BENCHMARKS.md.
+const TABLE_BEGIN: &str =
+    "<!-- overload-table:begin (cargo xtask bench overload --update-benchmarks) -->";
+const TABLE_END: &str = "<!-- overload-table:end -->";
+
+/// Every configuration, in the order run and shown.
+const CONFIGS: [Protection; 8] = [
+    Protection::Unprotected,
+    Protection::Tower,
+    Protection::Bulkhead,
+    Protection::AccGradient2,
+    Protection::AccVegas,
+    Protection::AdaptiveAimd,
+    Protection::AdaptiveVegas,
+    Protection::DegradeLayer,
+];
+
+/// Every scenario, in the order run and shown.
+const SCENARIOS: [&str; 6] = [
+    "steps",
+    "capacity-halves",
+    "cpu",
+    "mixed",
+    "closed-loop",
+    "critical-only",
+];
+
+/// Connections of the closed-loop scenario.
+const CONNECTIONS: usize = 64;
 
 /// Offered load in multiples of capacity, in the order run after a 0.5x warm-up: rising, so
 /// each step starts from the state the previous one left (as load grows in production); then
@@ -52,14 +105,34 @@ pub(crate) fn run(args: &[String]) -> Result {
         return Err(format!("unknown benchmark `{name}`\n\n{USAGE}"));
     }
     let mut quick = false;
+    let mut update = false;
     let mut out = workspace_root().join("target").join("degrade-bench");
+    let mut scenarios: Vec<&'static str> = Vec::new();
+    let mut configs: Vec<Protection> = Vec::new();
     let mut iter = rest.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--scenario" => {
+                let name = iter.next().ok_or("`--scenario` needs a value")?;
+                let found = SCENARIOS
+                    .iter()
+                    .find(|s| **s == name.as_str())
+                    .ok_or_else(|| format!("unknown scenario `{name}`\n\n{USAGE}"))?;
+                scenarios.push(found);
+            }
+            "--only" => {
+                let name = iter.next().ok_or("`--only` needs a value")?;
+                let found = CONFIGS
+                    .iter()
+                    .find(|c| c.key() == name.as_str())
+                    .ok_or_else(|| format!("unknown configuration `{name}`\n\n{USAGE}"))?;
+                configs.push(*found);
+            }
             "--out" => {
                 out = PathBuf::from(iter.next().ok_or("`--out` needs a value")?);
             }
+            "--update-benchmarks" => update = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -71,10 +144,43 @@ pub(crate) fn run(args: &[String]) -> Result {
         .enable_all()
         .build()
         .map_err(|err| format!("cannot start the tokio runtime: {err}"))?;
-    runtime.block_on(overload(if quick { 3 } else { 8 }, out))
+    if scenarios.is_empty() {
+        scenarios = SCENARIOS.to_vec();
+    }
+    if configs.is_empty() {
+        configs = CONFIGS.to_vec();
+    }
+    let table = runtime.block_on(overload(
+        if quick { 3 } else { 8 },
+        &scenarios,
+        &configs,
+        out,
+    ))?;
+    if update {
+        let path = workspace_root().join("BENCHMARKS.md");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = replace_between(&text, &table)
+            .ok_or_else(|| format!("{} has no overload-table markers", path.display()))?;
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("updated {}", path.display());
+    }
+    Ok(())
 }
 
-fn scenario(step_secs: u64) -> Scenario {
+/// `text` with what lies between the table markers replaced by `table`.
+fn replace_between(text: &str, table: &str) -> Option<String> {
+    let begin = text.find(TABLE_BEGIN)? + TABLE_BEGIN.len();
+    let end = begin + text[begin..].find(TABLE_END)?;
+    Some(format!(
+        "{}\n\n{}\n\n{}",
+        &text[..begin],
+        table.trim(),
+        &text[end..]
+    ))
+}
+
+fn steps_scenario(step_secs: u64) -> Scenario {
     let mut phases = vec![Phase {
         name: "warm-up",
         start: 0,
@@ -95,49 +201,162 @@ fn scenario(step_secs: u64) -> Scenario {
         });
         start += step_secs * length;
     }
-    Scenario {
-        phases,
-        capacity: service::capacity(),
+    Scenario::new(phases)
+}
+
+fn phase(name: &'static str, start: u64, secs: u64, load: f64, event: Event) -> Phase {
+    Phase {
+        name,
+        start,
+        end: start + secs,
+        from: load,
+        to: load,
+        event,
+    }
+}
+
+/// Back-to-back phases from second 0.
+fn chain(parts: &[(&'static str, u64, f64, Event)]) -> Vec<Phase> {
+    let mut start = 0;
+    parts
+        .iter()
+        .map(|&(name, secs, load, event)| {
+            let p = phase(name, start, secs, load, event);
+            start = p.end;
+            p
+        })
+        .collect()
+}
+
+/// The scenario `name`: its phases, backend and clients. Loads are multiples of the backend's
+/// own capacity (for `mixed`, the capacity of its mean cost).
+fn scenario(name: &str, step: u64) -> Scenario {
+    let warm = WARM_UP;
+    match name {
+        "capacity-halves" => Scenario::new(chain(&[
+            ("warm-up", warm, 0.5, Event::None),
+            ("1.5x", step + 1, 1.5, Event::None),
+            ("halved", step + 1, 1.5, Event::Slow),
+            ("restored", step + 1, 1.5, Event::None),
+        ])),
+        "cpu" | "mixed" | "critical-only" => {
+            let mut s = Scenario::new(chain(&[
+                ("warm-up", warm, 0.5, Event::None),
+                ("1.5x", step, 1.5, Event::None),
+                ("3x", step, 3.0, Event::None),
+            ]));
+            match name {
+                "cpu" => s.model = service::Model::Cpu,
+                "mixed" => {
+                    s.model = service::Model::Mixed;
+                    // Nine requests of one service time and one of ten: 1.9 on average.
+                    s.capacity = service::capacity() / 1.9;
+                }
+                _ => {
+                    s.mix = load::Mix::new([
+                        (Priority::Critical, 1.0),
+                        (Priority::High, 0.0),
+                        (Priority::Normal, 0.0),
+                        (Priority::Low, 0.0),
+                        (Priority::Background, 0.0),
+                    ])
+                    .expect("one priority is a valid mix");
+                }
+            }
+            s
+        }
+        "closed-loop" => {
+            let mut s = Scenario::new(chain(&[
+                ("start", warm, 0.0, Event::None),
+                ("closed", 2 * step, 0.0, Event::None),
+            ]));
+            s.connections = Some(CONNECTIONS);
+            s
+        }
+        _ => steps_scenario(step),
     }
 }
 
 #[derive(Debug, Serialize)]
 struct Point {
+    phase: &'static str,
     factor: f64,
     offered_rps: f64,
+    /// The backend's capacity during the phase (halved while it is slowed).
+    capacity_rps: f64,
     goodput_rps: f64,
     goodput_percent_of_capacity: f64,
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
+    /// The phase's p99 over the scenario's unloaded (0.5x) p99 of the same configuration.
+    p99_over_unloaded: Option<f64>,
     critical_success_percent: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
 struct ConfigResult {
     name: &'static str,
+    key: &'static str,
     points: Vec<Point>,
-    /// From the step from 0.5x to 3x until every later 250 ms window of that step has its p99
-    /// within 2x of the warm-up's p99 (`None`: never within the step).
+    /// `steps`: from the step from 0.5x to 3x until every later 250 ms window of that step has
+    /// its p99 within 2x of the warm-up's p99 (`None`: never within the step).
     reaction_ms: Option<u64>,
-    /// From the step from 4x back to 0.5x until every later window answers at least 99 % of
-    /// its requests 200 with the p99 within 2x of the warm-up's.
+    /// `steps`: from the step from 4x back to 0.5x until every later window answers at least
+    /// 99 % of its requests 200 with the p99 within 2x of the warm-up's.
     recovery_ms: Option<u64>,
+    /// `capacity-halves`: per change, the time until every later second of the phase has
+    /// goodput at 90 % of the new capacity or more.
+    settle_ms: Vec<(&'static str, Option<u64>)>,
     warm_up_p99_ms: Option<f64>,
+    /// The adaptive limit over the run, one value a second (degrade only).
+    limit: Vec<Option<u32>>,
 }
 
-async fn overload(step_secs: u64, out: PathBuf) -> Result {
-    let scenario = scenario(step_secs);
+#[derive(Debug, Serialize)]
+struct ScenarioResult {
+    name: &'static str,
+    capacity_rps: f64,
+    connections: Option<usize>,
+    configs: Vec<ConfigResult>,
+}
+
+async fn overload(
+    step_secs: u64,
+    scenarios: &[&'static str],
+    configs: &[Protection],
+    out: PathBuf,
+) -> Result<String> {
     let ladder = demo::ladder_config(Duration::from_secs(1));
     let rollout = demo::rollout_config(true);
     let mut results = Vec::new();
-    for protection in [
-        Protection::Unprotected,
-        Protection::Tower,
-        Protection::Bulkhead,
-        Protection::Degrade,
-    ] {
-        let run = demo::run_one(protection, &scenario, &ladder, &rollout).await?;
-        results.push(measure(&run, &scenario));
+    // The closed-loop scenario has no unloaded phase: its p99 is compared with the unloaded
+    // p99 of the `steps` scenario when that ran.
+    let mut unloaded: Vec<(Protection, Option<f64>)> = Vec::new();
+    for &name in scenarios {
+        let scenario = if name == "steps" {
+            steps_scenario(step_secs)
+        } else {
+            scenario(name, step_secs)
+        };
+        let mut runs = Vec::new();
+        for &protection in configs {
+            let run = demo::run_one(protection, &scenario, &ladder, &rollout).await?;
+            let reference = unloaded
+                .iter()
+                .find(|(p, _)| *p == protection)
+                .and_then(|(_, u)| *u);
+            let result = measure(&run, &scenario, name, reference);
+            if name == "steps" {
+                unloaded.push((protection, result.warm_up_p99_ms));
+            }
+            runs.push(result);
+        }
+        results.push(ScenarioResult {
+            name,
+            capacity_rps: scenario.capacity,
+            connections: scenario.connections,
+            configs: runs,
+        });
     }
     let table = table(&results, step_secs);
     println!("\n{table}");
@@ -148,17 +367,20 @@ async fn overload(step_secs: u64, out: PathBuf) -> Result {
     let text = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
     std::fs::write(&json, text + "\n")
         .map_err(|e| format!("cannot write {}: {e}", json.display()))?;
-    let svg = out.join("overload.svg");
-    std::fs::write(&svg, plot(&results)?)
-        .map_err(|e| format!("cannot write {}: {e}", svg.display()))?;
-    for path in [md, svg, json] {
+    let mut paths = vec![md, json];
+    if let Some(steps) = results.iter().find(|r| r.name == "steps") {
+        let svg = out.join("overload.svg");
+        std::fs::write(&svg, plot(&steps.configs)?)
+            .map_err(|e| format!("cannot write {}: {e}", svg.display()))?;
+        paths.push(svg);
+    }
+    for path in paths {
         println!("wrote {}", path.display());
     }
-    Ok(())
+    Ok(table)
 }
 
-fn measure(run: &Run, scenario: &Scenario) -> ConfigResult {
-    let capacity = scenario.capacity;
+fn measure(run: &Run, scenario: &Scenario, name: &str, reference: Option<f64>) -> ConfigResult {
     let phase_p99 = |phase: &Phase| {
         let mut latencies: Vec<u32> = run
             .seconds
@@ -171,9 +393,25 @@ fn measure(run: &Run, scenario: &Scenario) -> ConfigResult {
         let p99 = crate::demo::report_ms(load::quantile(&mut latencies, 0.99));
         (p50, p99)
     };
-    let warm_up_p99 = phase_p99(&scenario.phases[0]).1;
-    // Each load once: the warm-up (0.5x) and the rising steps.
-    let points: Vec<Point> = scenario.phases[..7]
+    let warm_up_p99 = if scenario.connections.is_some() {
+        reference
+    } else {
+        phase_p99(&scenario.phases[0]).1
+    };
+    let capacity_of = |phase: &Phase| {
+        if phase.event == Event::Slow {
+            scenario.capacity / 2.0
+        } else {
+            scenario.capacity
+        }
+    };
+    // `steps`: each load once (the warm-up and the rising steps); otherwise every phase.
+    let shown = if name == "steps" {
+        &scenario.phases[..7]
+    } else {
+        &scenario.phases[..]
+    };
+    let points: Vec<Point> = shown
         .iter()
         .map(|phase| {
             let seconds = || {
@@ -191,31 +429,74 @@ fn measure(run: &Run, scenario: &Scenario) -> ConfigResult {
             }
             let secs = (phase.end - phase.start) as f64;
             let goodput = completed as f64 / secs;
+            let capacity = capacity_of(phase);
             let (p50, p99) = phase_p99(phase);
             Point {
+                phase: phase.name,
                 factor: phase.from,
                 offered_rps: (offered as f64 / secs).round(),
+                capacity_rps: capacity.round(),
                 goodput_rps: goodput.round(),
                 goodput_percent_of_capacity: (1000.0 * goodput / capacity).round() / 10.0,
                 p50_ms: p50,
                 p99_ms: p99,
+                p99_over_unloaded: p99
+                    .zip(warm_up_p99)
+                    .map(|(p, u)| (100.0 * p / u).round() / 100.0),
                 critical_success_percent: critical
                     .success_percent()
                     .map(|c| (c * 100.0).round() / 100.0),
             }
         })
         .collect();
-    let back = &scenario.phases[7];
-    let step = &scenario.phases[8];
     let bound_us = warm_up_p99.map(|p| (p * 2000.0) as u32);
-    let reaction_ms = settle_time(&run.answers, step, bound_us, 0.0);
-    let recovery_ms = settle_time(&run.answers, back, bound_us, 0.99);
+    let (reaction_ms, recovery_ms) = if name == "steps" {
+        (
+            settle_time(&run.answers, &scenario.phases[8], bound_us, 0.0),
+            settle_time(&run.answers, &scenario.phases[7], bound_us, 0.99),
+        )
+    } else {
+        (None, None)
+    };
+    let settle_ms = if name == "capacity-halves" {
+        scenario.phases[2..]
+            .iter()
+            .map(|phase| {
+                let target = 0.9 * capacity_of(phase);
+                let good: Vec<bool> = (phase.start..phase.end)
+                    .map(|s| {
+                        run.seconds
+                            .get(s as usize)
+                            .is_some_and(|sec| sec.completed_ok as f64 >= target)
+                    })
+                    .collect();
+                let first = good.iter().rposition(|g| !g).map_or(0, |bad| bad + 1);
+                (
+                    phase.name,
+                    (first < good.len()).then_some(first as u64 * 1000),
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let limit = (0..scenario.total())
+        .map(|s| {
+            run.control
+                .iter()
+                .rfind(|c| c.t < (s + 1) as f64)
+                .and_then(|c| c.limit)
+        })
+        .collect();
     ConfigResult {
         name: run.protection.name(),
+        key: run.protection.key(),
         points,
         reaction_ms,
         recovery_ms,
+        settle_ms,
         warm_up_p99_ms: warm_up_p99,
+        limit,
     }
 }
 
@@ -256,63 +537,94 @@ fn fmt_opt(v: Option<f64>, unit: &str) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}{unit}"))
 }
 
-fn table(results: &[ConfigResult], step_secs: u64) -> String {
+fn table(results: &[ScenarioResult], step_secs: u64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Backend: {} permits x {} ms = {:.0} req/s; {step_secs} s per load step; open-loop \
-         Poisson load, mix critical 10 % / high 20 % / normal 30 % / low 25 % / background 15 %.\n",
+        "Backend: {} permits x {} ms = {:.0} req/s (the `cpu` scenario: {} cores of processor \
+         sharing, the same work); {step_secs} s per load step; open-loop Poisson load (except \
+         `closed-loop`: {CONNECTIONS} connections), mix critical 10 % / high 20 % / normal 30 % / \
+         low 25 % / background 15 % (except `critical-only`). Every configuration with its \
+         default settings.\n",
         service::PERMITS,
         service::SERVICE_TIME.as_millis(),
-        service::capacity()
+        service::capacity(),
+        service::PERMITS,
     );
-    let _ = writeln!(
-        out,
-        "| configuration | load | goodput (% of capacity) | p50 | p99 | critical answered |"
-    );
-    let _ = writeln!(out, "|---|---|---|---|---|---|");
-    for r in results {
-        for p in &r.points {
-            let _ = writeln!(
-                out,
-                "| {} | {}x | {:.1} % | {} | {} | {} |",
-                r.name,
-                p.factor,
-                p.goodput_percent_of_capacity,
-                fmt_opt(p.p50_ms, " ms"),
-                fmt_opt(p.p99_ms, " ms"),
-                fmt_opt(p.critical_success_percent, " %"),
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "\n| configuration | warm-up p99 | reaction to 0.5x -> 3x | recovery after 4x -> 0.5x |"
-    );
-    let _ = writeln!(out, "|---|---|---|---|");
-    let time = |t: Option<u64>| {
-        t.map_or_else(
-            || "never (within the step)".to_owned(),
-            |t| format!("{t} ms"),
-        )
-    };
-    for r in results {
+    for scenario in results {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} |",
-            r.name,
-            fmt_opt(r.warm_up_p99_ms, " ms"),
-            time(r.reaction_ms),
-            time(r.recovery_ms),
+            "### `{}` (capacity {:.0} req/s)\n",
+            scenario.name, scenario.capacity_rps
         );
+        let _ = writeln!(
+            out,
+            "| configuration | phase | goodput (% of capacity) | p50 | p99 | p99 / unloaded | critical answered |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+        for r in &scenario.configs {
+            for p in &r.points {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.1} % | {} | {} | {} | {} |",
+                    r.name,
+                    p.phase,
+                    p.goodput_percent_of_capacity,
+                    fmt_opt(p.p50_ms, " ms"),
+                    fmt_opt(p.p99_ms, " ms"),
+                    p.p99_over_unloaded
+                        .map_or_else(|| "-".to_owned(), |x| format!("{x:.2}x")),
+                    fmt_opt(p.critical_success_percent, " %"),
+                );
+            }
+        }
+        let time = |t: Option<u64>| {
+            t.map_or_else(
+                || "never (within the phase)".to_owned(),
+                |t| format!("{t} ms"),
+            )
+        };
+        if scenario.name == "steps" {
+            let _ = writeln!(
+                out,
+                "\n| configuration | warm-up p99 | reaction to 0.5x -> 3x | recovery after 4x -> 0.5x |"
+            );
+            let _ = writeln!(out, "|---|---|---|---|");
+            for r in &scenario.configs {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} |",
+                    r.name,
+                    fmt_opt(r.warm_up_p99_ms, " ms"),
+                    time(r.reaction_ms),
+                    time(r.recovery_ms),
+                );
+            }
+        }
+        if scenario.name == "capacity-halves" {
+            let _ = writeln!(
+                out,
+                "\n| configuration | goodput >= 90 % of the halved capacity after | ... of the restored capacity after |"
+            );
+            let _ = writeln!(out, "|---|---|---|");
+            for r in &scenario.configs {
+                let at = |i: usize| r.settle_ms.get(i).and_then(|s| s.1);
+                let _ = writeln!(out, "| {} | {} | {} |", r.name, time(at(0)), time(at(1)));
+            }
+        }
+        let _ = writeln!(out);
     }
     out
 }
 
-const COLORS: [RGBColor; 4] = [
+const COLORS: [RGBColor; 8] = [
     RGBColor(200, 30, 45),
     RGBColor(240, 130, 20),
     RGBColor(60, 160, 80),
+    RGBColor(150, 150, 40),
+    RGBColor(120, 60, 170),
+    RGBColor(40, 170, 170),
+    RGBColor(200, 90, 160),
     RGBColor(40, 110, 200),
 ];
 
@@ -407,4 +719,22 @@ fn plot(results: &[ConfigResult]) -> Result<String> {
         root.present().map_err(|e| err(&e))?;
     }
     Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_benchmarks_replaces_only_the_table_between_the_markers() {
+        let text = format!("# B\n\nbefore\n{TABLE_BEGIN}\nold | table\n{TABLE_END}\nafter\n");
+        let new = replace_between(&text, "| new |\n").unwrap();
+        assert_eq!(
+            new,
+            format!("# B\n\nbefore\n{TABLE_BEGIN}\n\n| new |\n\n{TABLE_END}\nafter\n")
+        );
+        // Idempotent: a second run gives the same file.
+        assert_eq!(replace_between(&new, "| new |\n").unwrap(), new);
+        assert_eq!(replace_between("no markers", "x"), None);
+    }
 }

@@ -10,7 +10,9 @@
 //! `overview.svg` (the comparison chart the README shows).
 //!
 //! Nothing is simulated except the backend's work: requests travel over real loopback TCP, the
-//! level is moved by the real `Monitor` and `Controller` from a real queue measurement, the
+//! DegradeLayer's adaptive limit learns the backend's capacity from the latencies it sees (no
+//! threshold of this backend anywhere), the level is moved by the real `Monitor` and
+//! `Controller` from the share of requests the limit refuses, the
 //! breaker and the canary judge see real responses, and each layer's counters are checked
 //! against what the client saw.
 
@@ -25,8 +27,8 @@ use axum::serve::ListenerExt as _;
 use degrade_breaker::State as BreakerState;
 use degrade_canary::{CanaryConfig, CanaryController, CanaryPhase, CanaryStep, Judgement, Verdict};
 use degrade_core::ladder::{LadderConfig, LevelCause};
-use degrade_core::{Controller, Level, LevelTransition, Priority};
-use degrade_triggers::{Gauge, LevelThresholds, Monitor, Scale, Smoothing};
+use degrade_core::{Level, LevelTransition, Priority};
+use degrade_triggers::{AdmissionSignal, Monitor, Smoothing};
 use http::HeaderName;
 use service::{Backend, Candidate, Parts, Protection};
 use std::net::SocketAddr;
@@ -48,14 +50,6 @@ pub(crate) const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const SEED: u64 = 0x00de_57ad_e5ee_d001;
 /// The offered load outside the overload part, in multiples of capacity.
 pub(crate) const BASE_LOAD: f64 = 0.6;
-/// The queue (requests waiting for or holding a permit) at which the queue signal alone points
-/// at Light, Moderate, Heavy and Emergency. Busy with no queue is 8 (the permits); each request
-/// queued beyond them adds 5 ms of waiting on average, so Heavy at 16 keeps the queueing delay
-/// near one service time. Light at 11 leaves a backend at exactly its capacity (where a Poisson
-/// queue comes and goes) at Normal most of the time, and Emergency at 30, well above Heavy,
-/// keeps a queue that wanders around Heavy (at 4x, Heavy admits about the capacity) from
-/// throwing away three quarters of the admitted load for a dwell.
-const QUEUE_THRESHOLDS: [f64; 4] = [11.0, 13.0, 16.0, 30.0];
 
 /// The offered-load mix, by priority.
 pub(crate) fn mix() -> load::Mix {
@@ -150,6 +144,8 @@ pub(crate) enum Event {
     Outage,
     /// A canary rollout of this candidate starts.
     Canary(Candidate),
+    /// Every request takes twice as long for the whole phase: capacity halves.
+    Slow,
 }
 
 /// One part of the scenario: whole seconds `[start, end)`, the offered rate going linearly from
@@ -170,6 +166,12 @@ pub(crate) struct Phase {
 pub(crate) struct Scenario {
     pub(crate) phases: Vec<Phase>,
     pub(crate) capacity: f64,
+    /// What limits the backend.
+    pub(crate) model: service::Model,
+    /// Closed-loop clients (connections re-sending at once) instead of the open-loop schedule.
+    pub(crate) connections: Option<usize>,
+    /// The offered mix (default: the demo's).
+    pub(crate) mix: load::Mix,
 }
 
 impl Scenario {
@@ -212,9 +214,17 @@ impl Scenario {
             });
             start = end;
         }
+        Self::new(phases)
+    }
+
+    /// A scenario of `phases` on the demo's backend, open loop, the demo's mix.
+    pub(crate) fn new(phases: Vec<Phase>) -> Self {
         Self {
             phases,
             capacity: service::capacity(),
+            model: service::Model::Slots,
+            connections: None,
+            mix: mix(),
         }
     }
 
@@ -233,7 +243,7 @@ impl Scenario {
         });
         Self {
             phases,
-            capacity: self.capacity,
+            ..self.clone()
         }
     }
 
@@ -305,6 +315,8 @@ pub(crate) fn rollout_config(quick: bool) -> CanaryConfig {
 pub(crate) struct ControlSample {
     pub(crate) t: f64,
     pub(crate) in_system: usize,
+    /// The DegradeLayer's adaptive limit (protected run only).
+    pub(crate) limit: Option<u32>,
     pub(crate) pressure: Option<f64>,
     pub(crate) level: Level,
     pub(crate) breaker: Option<BreakerState>,
@@ -404,7 +416,7 @@ pub(crate) async fn run_one(
     ladder: &LadderConfig,
     rollout: &CanaryConfig,
 ) -> Result<Run> {
-    let backend = Backend::new();
+    let backend = Backend::with_model(scenario.model);
     let (app, parts) = service::app(protection, &backend, ladder)?;
     let server = Server::start(app).await?;
     let addr = server.addr;
@@ -430,7 +442,7 @@ pub(crate) async fn run_one(
             .map_err(|err| format!("bad uri: {err}"))?,
         duration: Duration::from_secs(scenario.total()),
         rate: move |t| rate_scenario.rate_at(t),
-        mix: mix(),
+        mix: scenario.mix,
         priority_header: HeaderName::from_static(service::PRIORITY_HEADER),
         client_header: HeaderName::from_static(service::CLIENT_HEADER),
         client_of,
@@ -439,7 +451,10 @@ pub(crate) async fn run_one(
         max_outstanding: MAX_OUTSTANDING,
         max_idle_connections: usize::MAX,
     };
-    let generator = tokio::spawn(load::run(config, Arc::clone(&recorder)));
+    let generator = match scenario.connections {
+        Some(n) => tokio::spawn(load::run_closed(config, n, Arc::clone(&recorder))),
+        None => tokio::spawn(load::run(config, Arc::clone(&recorder))),
+    };
     live::follow(scenario, &recorder, start).await;
 
     // Every request sent has an outcome once the generator returns (answer or timeout).
@@ -513,24 +528,15 @@ impl Server {
     }
 }
 
-/// The degrade-triggers `Monitor` that moves the level: one `Gauge` reading the backend's
-/// queue (requests waiting for or holding a permit), on the demo's queue scale, sampled every
-/// `SAMPLE_EVERY` without smoothing.
-pub(crate) fn queue_monitor(controller: &Controller, backend: &Arc<Backend>) -> Monitor {
-    let scale = Scale::new(LevelThresholds::new(
-        QUEUE_THRESHOLDS[0],
-        QUEUE_THRESHOLDS[1],
-        QUEUE_THRESHOLDS[2],
-        QUEUE_THRESHOLDS[3],
-    ))
-    .expect("the demo's queue thresholds rise");
-    let queue = Arc::clone(backend);
-    Monitor::new(controller.clone())
+/// The degrade-triggers `Monitor` that moves the level: the share of requests the adaptive
+/// limit refuses (`AdmissionSignal`), sampled every `SAMPLE_EVERY` without smoothing. No
+/// threshold of this backend's in it: the limit does the admission, the level the rest
+/// (sampling, batching).
+pub(crate) fn admission_monitor(parts: &Parts) -> Monitor {
+    Monitor::new(parts.controller.clone())
         .interval(SAMPLE_EVERY)
         .smoothing(Smoothing::none())
-        .signal(Gauge::new("queue", scale, move || {
-            Some(queue.in_system() as f64)
-        }))
+        .signal(AdmissionSignal::new(&parts.degrade))
 }
 
 struct ControlLoop {
@@ -560,9 +566,7 @@ async fn control_loop(
     let mut samples = Vec::new();
     let mut canary_events = Vec::new();
     let mut breaker_events = Vec::new();
-    let mut monitor = parts
-        .as_ref()
-        .map(|p| queue_monitor(&p.controller, &backend));
+    let mut monitor = parts.as_ref().map(admission_monitor);
     // Every breaker transition, not only those a 50 ms sample happens to see: a failed probe
     // reopens the breaker within microseconds.
     let mut breaker_transitions = parts.as_ref().map(|p| p.breaker.subscribe());
@@ -580,6 +584,7 @@ async fn control_loop(
             phase_index = index;
             let phase = scenario.phases[index];
             backend.set_outage(phase.event == Event::Outage);
+            backend.set_slowdown(if phase.event == Event::Slow { 2.0 } else { 1.0 });
             if let (Event::Canary(candidate), Some(p)) = (phase.event, &parts) {
                 backend.deploy(candidate);
                 match CanaryController::builder(rollout.clone(), p.canary.clone()).build() {
@@ -661,6 +666,9 @@ async fn control_loop(
         let sample = ControlSample {
             t: t.as_secs_f64(),
             in_system: backend.in_system(),
+            limit: parts
+                .as_ref()
+                .and_then(|p| p.degrade_snapshot().limit.map(|l| l.limit)),
             pressure,
             level,
             breaker,

@@ -265,7 +265,7 @@ async fn soak(options: Options) -> Result {
         max_idle_connections: IDLE_CONNECTIONS,
     };
     let generator = tokio::spawn(load::run(config, Arc::clone(&recorder)));
-    let mut monitor = demo::queue_monitor(&parts.controller, &backend);
+    let mut monitor = demo::admission_monitor(&parts);
     let metrics = tokio::runtime::Handle::current().metrics();
 
     // A second is complete once every request sent in it has an answer or has timed out.
@@ -687,6 +687,7 @@ fn chart(report: &Report) -> Result<String> {
             ),
         ],
         capacity: report.capacity_rps,
+        ..Scenario::new(Vec::new())
     };
     let series = |f: fn(&Sample) -> f64| -> Vec<(f64, f64)> {
         report.samples.iter().map(|s| (s.t as f64, f(s))).collect()

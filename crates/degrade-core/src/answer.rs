@@ -122,6 +122,37 @@ pub type GrpcResponses = Responses<Grpc>;
 pub trait Respond {
     /// The response for `rejection`.
     fn respond<B: Default>(rejection: &dyn crate::Rejection) -> http::Response<B>;
+
+    /// What a response says about the service, for the adaptive limit of the
+    /// [`DegradeLayer`](crate::DegradeLayer): a refusal by another degrade layer further in (it
+    /// carries the `degrade-rejection` header) says nothing and is
+    /// [`Ignored`](crate::Outcome::Ignored); otherwise the status decides, as the
+    /// [`HttpClassifier`](crate::HttpClassifier) does by default.
+    ///
+    /// ```
+    /// use degrade_core::answer::{HttpResponses, Respond};
+    /// use degrade_core::Outcome;
+    /// let res = http::Response::builder().status(502).body(()).unwrap();
+    /// assert_eq!(HttpResponses::outcome(&res), Outcome::Failure);
+    /// let res = http::Response::builder()
+    ///     .status(429)
+    ///     .header("degrade-rejection", "rate_limited")
+    ///     .body(())
+    ///     .unwrap();
+    /// assert_eq!(HttpResponses::outcome(&res), Outcome::Ignored);
+    /// ```
+    fn outcome<B>(response: &http::Response<B>) -> crate::Outcome {
+        use crate::Classifier;
+        static CLASSIFIER: std::sync::LazyLock<crate::HttpClassifier> =
+            std::sync::LazyLock::new(crate::HttpClassifier::default);
+        if response
+            .headers()
+            .contains_key(crate::rejection::http::REJECTION_HEADER)
+        {
+            return crate::Outcome::Ignored;
+        }
+        Classifier::<http::Response<B>, crate::BoxError>::classify_response(&*CLASSIFIER, response)
+    }
 }
 
 #[cfg(feature = "http")]
@@ -137,5 +168,18 @@ impl Respond for GrpcResponses {
     #[inline]
     fn respond<B: Default>(rejection: &dyn crate::Rejection) -> http::Response<B> {
         crate::rejection::grpc::response(rejection)
+    }
+
+    fn outcome<B>(response: &http::Response<B>) -> crate::Outcome {
+        use crate::Classifier;
+        static CLASSIFIER: std::sync::LazyLock<crate::GrpcClassifier> =
+            std::sync::LazyLock::new(crate::GrpcClassifier::default);
+        if response
+            .headers()
+            .contains_key(crate::rejection::http::REJECTION_HEADER)
+        {
+            return crate::Outcome::Ignored;
+        }
+        Classifier::<http::Response<B>, crate::BoxError>::classify_response(&*CLASSIFIER, response)
     }
 }

@@ -18,17 +18,21 @@
 //! | [`key`] | the key extractors every keyed layer shares: closure, header, gRPC metadata, cookie, peer IP |
 //! | [`snapshot`] | [`Accounting`](snapshot::Accounting): offered, admitted, rejected in the same words for every layer's counters |
 //! | [`rejection`] | the [`Rejection`] trait, [`Shed`], the single HTTP / gRPC mapping of every crate's rejections, and the mark that keeps one layer's refusals out of another's failure counts |
-//! | [`DegradeLayer`] | admission by level and priority |
+//! | [`limit`] | the adaptive concurrency limit: its pure control law, its wait queue, its snapshot |
+//! | [`DegradeLayer`] | admission by the adaptive limit, highest priority first (or by level shares) |
 //!
 //! ## A first stack
 //!
 //! ```
+//! use degrade_core::degrade::Admission;
 //! use degrade_core::{Controller, DegradeLayer, Level, Policy, Priority};
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let controller = Controller::new(Default::default()).unwrap();
+//! // The adaptive limit, and the level's shares before it so an operator can pin a level.
 //! let layer = DegradeLayer::builder(controller.handle())
+//!     .admission(Admission::Both)
 //!     .policy(Policy::default())
 //!     .prioritize(|req: &&str| if req.starts_with("/pay") { Priority::Critical } else { Priority::Low })
 //!     .build()
@@ -57,6 +61,7 @@ mod handle;
 pub mod key;
 pub mod ladder;
 mod level;
+pub mod limit;
 mod outcome;
 pub mod policy;
 pub mod priority;

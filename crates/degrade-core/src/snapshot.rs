@@ -9,12 +9,16 @@
 //!
 //! ```
 //! use degrade_core::snapshot::Accounting;
-//! use degrade_core::{Controller, DegradeLayer, Level, Policy};
+//! use degrade_core::degrade::Admission;
+//! use degrade_core::{Controller, DegradeLayer, Level};
 //! use tower::{Layer, Service, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let c = Controller::new(Default::default()).unwrap();
-//! let layer = DegradeLayer::new(c.handle(), Policy::default()).unwrap();
+//! let layer = DegradeLayer::builder(c.handle())
+//!     .admission(Admission::LevelShares) // the level's shares: a pinned level sheds
+//!     .build()
+//!     .unwrap();
 //! let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, std::convert::Infallible>(()) }));
 //! c.pin(Level::Emergency); // the default priority is shed
 //! for _ in 0..3 {

@@ -59,6 +59,14 @@ fn admit_path_allocates_nothing() {
     assert_eq!((ok, err), (1000, 0));
     assert_eq!(change.allocations, 0, "admit (Normal level): {change:?}");
     assert_eq!(change.reallocations, 0);
+    // That was the default layer's adaptive limit: every request took and gave back a slot,
+    // the first ones timed (the window needed samples), and the law closed windows on them.
+    let snap = layer.snapshot();
+    let limit = snap
+        .limit
+        .expect("the default layer has the adaptive limit");
+    assert_eq!(limit.in_flight, 0);
+    assert_eq!(snap.admitted(), 1003);
 
     // Light: Low is admitted at 50 %, Critical in full. Count only admitted requests: the shed
     // ones box their `Shed` error, which is the reject path.

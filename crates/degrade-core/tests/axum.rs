@@ -64,6 +64,7 @@ async fn admitted_share_per_priority_matches_the_policy_at_every_level() {
     let controller = Controller::new(Default::default()).unwrap();
     let policy = Policy::default();
     let layer = DegradeLayer::builder(controller.handle())
+        .admission(degrade_core::degrade::Admission::LevelShares)
         .policy(policy.clone())
         .prioritize(HeaderPriority::new("x-priority", Priority::Normal).unwrap())
         .build()
@@ -126,6 +127,7 @@ async fn admitted_share_per_priority_matches_the_policy_at_every_level() {
 async fn a_level_change_reaches_every_open_connection() {
     let controller = Controller::new(Default::default()).unwrap();
     let layer = DegradeLayer::builder(controller.handle())
+        .admission(degrade_core::degrade::Admission::LevelShares)
         .prioritize(HeaderPriority::new("x-priority", Priority::Normal).unwrap())
         .build()
         .unwrap();

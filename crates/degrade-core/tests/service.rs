@@ -28,6 +28,7 @@ fn call<S: Service<u8, Error = BoxError>>(svc: &mut S, n: u8) -> Result<S::Respo
 fn shed_error_carries_level_priority_and_retry_after() {
     let c = Controller::new(Default::default()).unwrap();
     let layer = DegradeLayer::builder(c.handle())
+        .admission(degrade_core::degrade::Admission::LevelShares)
         .prioritize(|_: &u8| Priority::Low)
         .retry_after(Duration::from_secs(7))
         .build()
@@ -75,6 +76,7 @@ proptest! {
         let c = Controller::new(Default::default()).unwrap();
         c.pin(Level::from_index(level).unwrap());
         let layer = DegradeLayer::builder(c.handle())
+            .admission(degrade_core::degrade::Admission::LevelShares)
             .prioritize(|n: &u8| Priority::ALL[usize::from(*n)])
             .build()
             .unwrap();
@@ -173,6 +175,7 @@ fn grpc_mode_answers_unavailable_with_retry_info() {
     let c = Controller::new(Default::default()).unwrap();
     c.pin(Level::Emergency);
     let layer = DegradeLayer::builder(c.handle())
+        .admission(degrade_core::degrade::Admission::LevelShares)
         .prioritize(
             degrade_core::priority::GrpcMethodPriority::new(Priority::Normal)
                 .service("grpc.health.v1.Health", Priority::Critical),

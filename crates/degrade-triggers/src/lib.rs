@@ -45,6 +45,7 @@
 //! | [`ObserveLayer`] signals | ms, % of calls, calls | p50 / p99 / mean latency, error rate, timeout rate, slow rate, in-flight, recorded per request by a tower layer |
 //! | [`Gauge`] | anything | a closure: an exporter's backlog, a queue's depth |
 //! | [`SchedulingDelay`] | ms | how late a periodic tokio timer fires |
+//! | [`AdmissionSignal`] | % refused | the share of requests a `DegradeLayer`'s adaptive limit refused: no per-service threshold |
 //!
 //! Host-wide figures mislead inside containers (a pod limited to 2 CPUs on a 64-CPU node reads
 //! 3 % busy while saturated), so the OS readers look for the process's cgroup first and fall
@@ -80,6 +81,7 @@
 //! * [`os`]: CPU, memory and PSI readers.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod admission;
 mod config;
 mod lag;
 mod monitor;
@@ -88,6 +90,7 @@ pub mod os;
 mod scale;
 mod signal;
 
+pub use admission::AdmissionSignal;
 pub use config::TriggersConfig;
 pub use lag::{LagConfig, SchedulingDelay};
 pub use monitor::{Monitor, MonitorHandle, MonitorSnapshot, SignalReport};

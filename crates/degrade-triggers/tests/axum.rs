@@ -95,6 +95,8 @@ async fn slow_backend_raises_the_level_sheds_low_first_and_recovers_one_level_pe
         .unwrap();
     let mut monitor = Monitor::new(controller.clone()).signal(latency);
     let degrade = DegradeLayer::builder(controller.handle())
+        // This test is about the level: admission by its shares.
+        .admission(degrade_core::degrade::Admission::LevelShares)
         .prioritize(HeaderPriority::new("x-priority", Priority::Normal).unwrap())
         .build()
         .unwrap();

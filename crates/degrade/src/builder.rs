@@ -23,7 +23,12 @@ mod sealed {
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let controller = Controller::new(Default::default()).unwrap();
 /// let mut svc = ServiceBuilder::new()
-///     .degrade(DegradeLayer::new(controller.handle(), Policy::default()).unwrap())
+///     .degrade(
+///         DegradeLayer::builder(controller.handle())
+///             .admission(degrade::degrade::Admission::LevelShares) // a pinned level sheds
+///             .build()
+///             .unwrap(),
+///     )
 ///     .service_fn(|()| async { Ok::<_, std::convert::Infallible>("ok") });
 ///
 /// assert_eq!(svc.ready().await.unwrap().call(()).await.unwrap(), "ok");

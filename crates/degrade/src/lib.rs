@@ -33,6 +33,7 @@
 //! let mut svc = ServiceBuilder::new()
 //!     .layer(
 //!         DegradeLayer::builder(controller.handle())
+//!             .admission(degrade::degrade::Admission::LevelShares) // a pinned level sheds
 //!             .prioritize(|path: &&str| if *path == "/pay" { Priority::Critical } else { Priority::Low })
 //!             .build()
 //!             .unwrap(),

@@ -258,6 +258,8 @@ mod errors {
             Rejecter::Degrade => {
                 let controller = ladder_at_emergency();
                 let layer = DegradeLayer::builder(controller.handle())
+                    // The level's shares: a pinned level sheds (the adaptive default does not).
+                    .admission(degrade::degrade::Admission::LevelShares)
                     .prioritize(|i: &u32| priority(*i))
                     .build()
                     .unwrap();
@@ -381,6 +383,8 @@ mod http_mode {
             Rejecter::Degrade => {
                 let controller = ladder_at_emergency();
                 let layer = DegradeLayer::builder(controller.handle())
+                    // The level's shares: a pinned level sheds (the adaptive default does not).
+                    .admission(degrade::degrade::Admission::LevelShares)
                     .prioritize(HeaderPriority::new("x-priority", Priority::Normal).unwrap())
                     .build()
                     .unwrap()
@@ -586,6 +590,8 @@ mod grpc_mode {
             Rejecter::Degrade => {
                 let controller = ladder_at_emergency();
                 let layer = DegradeLayer::builder(controller.handle())
+                    // The level's shares: a pinned level sheds (the adaptive default does not).
+                    .admission(degrade::degrade::Admission::LevelShares)
                     .prioritize(HeaderPriority::new("x-priority", Priority::Normal).unwrap())
                     .build()
                     .unwrap()

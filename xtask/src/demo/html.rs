@@ -286,7 +286,7 @@ fn comparison(summary: &Summary, scenario: &Scenario, size: (u32, u32)) -> Resul
     let end = scenario.phases.get(2).map_or(scenario.total(), |p| p.end) as f64;
     let scenario = &Scenario {
         phases: scenario.phases[..3.min(scenario.phases.len())].to_vec(),
-        capacity: scenario.capacity,
+        ..scenario.clone()
     };
     let p99: Vec<Line> = summary
         .runs
@@ -419,6 +419,25 @@ pub(crate) fn write(dir: &Path, summary: &Summary, runs: &[Run]) -> Result<Vec<P
         None,
         (960, 260),
     )?;
+    let limit = line_chart(
+        "adaptive limit (requests in the backend at once) and requests in the backend",
+        "",
+        scenario,
+        &[
+            Line {
+                name: "limit".to_owned(),
+                color: RGBColor(40, 110, 200),
+                points: steps(main, |s| s.limit.map(f64::from)),
+            },
+            Line {
+                name: "in backend".to_owned(),
+                color: RGBColor(120, 120, 120),
+                points: steps(main, |s| Some(s.in_system as f64)),
+            },
+        ],
+        None,
+        (960, 240),
+    )?;
     let level = line_chart(
         "level (0 normal .. 4 emergency) and breaker (0 closed, 1 half-open, 2 open)",
         "",
@@ -509,7 +528,7 @@ pub(crate) fn write(dir: &Path, summary: &Summary, runs: &[Run]) -> Result<Vec<P
     html.push_str("</table>");
     html.push_str(&overview);
     html.push_str("<h2>The protected run</h2>");
-    for chart in [&traffic, &rejections, &latency, &level, &canary] {
+    for chart in [&traffic, &rejections, &latency, &limit, &level, &canary] {
         html.push_str(chart);
     }
     for run in &summary.runs {

@@ -1,5 +1,5 @@
 //! The live view: one progress bar per phase, redrawn every second on a terminal (one line per
-//! second otherwise, e.g. in CI logs), with the level, admitted / refused, p99, the breaker's
+//! second otherwise, e.g. in CI logs), with the adaptive limit, the level, admitted / refused, p99, the breaker's
 //! state and the canary's weight; level, breaker and canary events on their own lines.
 
 use super::load::{self, Recorder};
@@ -23,6 +23,8 @@ pub(crate) struct Shared {
     breaker: AtomicU8,
     /// Basis points, `u32::MAX` for none.
     canary_bp: AtomicU32,
+    /// The adaptive limit, `u32::MAX` for none.
+    limit: AtomicU32,
 }
 
 impl Shared {
@@ -41,9 +43,12 @@ impl Shared {
             .canary_percent
             .map_or(u32::MAX, |p| (p * 100.0).round() as u32);
         self.canary_bp.store(bp, Ordering::Relaxed);
+        self.limit
+            .store(sample.limit.unwrap_or(u32::MAX), Ordering::Relaxed);
     }
 
     fn reset(&self) {
+        self.limit.store(u32::MAX, Ordering::Relaxed);
         self.level.store(0, Ordering::Relaxed);
         self.breaker.store(0, Ordering::Relaxed);
         self.canary_bp.store(u32::MAX, Ordering::Relaxed);
@@ -95,14 +100,14 @@ pub(crate) fn header(full: &Scenario, comparison: &Scenario, ladder: &LadderConf
         service::rate_limit().burst.unwrap_or(0),
     );
     println!(
-        "ladder: escalate_after {} (jump {}, cooldown {:?}), recover_after {}, dwell {:?}; \
-         queue thresholds light/moderate/heavy/emergency {:?} requests in the backend",
+        "admission: the DegradeLayer's adaptive limit (learnt, nothing of the backend \
+         configured); ladder: escalate_after {} (jump {}, cooldown {:?}), recover_after {}, \
+         dwell {:?}, driven by the share of requests the limit refuses",
         ladder.escalate_after,
         ladder.jump,
         ladder.escalate_cooldown,
         ladder.recover_after,
         ladder.dwell,
-        super::QUEUE_THRESHOLDS,
     );
     println!(
         "mix: critical 10% high 20% normal 30% low 25% background 15% (twelve app clients send \
@@ -189,8 +194,12 @@ fn line(scenario: &Scenario, second: u64, s: &load::Second) -> String {
         bp => format!("{:.0}%", f64::from(bp) / 100.0),
     };
     let crit = s.tally[degrade_core::Priority::Critical.index()];
+    let limit = match state.limit.load(Ordering::Relaxed) {
+        u32::MAX => "-".to_owned(),
+        l => l.to_string(),
+    };
     format!(
-        "[{:<11} {bar} {done:>2}/{span}s] {:>4}/s level {:<9} ok {:>4} shed {:>4} 429 {:>3} open {:>3} \
+        "[{:<11} {bar} {done:>2}/{span}s] {:>4}/s limit {limit:>3} level {:<9} ok {:>4} shed {:>4} 429 {:>3} open {:>3} \
          err {:>3}{} | crit {}/{} | p99 {p99:>7} | breaker {breaker:<9} canary {canary}",
         phase.name,
         total.offered,

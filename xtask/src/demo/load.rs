@@ -504,10 +504,27 @@ fn send<R>(
         }
     };
     recorder.outstanding.fetch_add(1, Ordering::Relaxed);
-    let client = client.clone();
-    let recorder = Arc::clone(recorder);
-    let timeout = config.timeout;
-    tasks.spawn(async move {
+    tasks.spawn(exchange(
+        client.clone(),
+        Arc::clone(recorder),
+        config.timeout,
+        request,
+        at,
+        p,
+    ));
+}
+
+/// Sends one request and files its outcome under the second of `at`.
+async fn exchange(
+    client: Client<HttpConnector, Empty<&'static [u8]>>,
+    recorder: Arc<Recorder>,
+    timeout: Duration,
+    request: Request<Empty<&'static [u8]>>,
+    at: Duration,
+    p: usize,
+) {
+    let index = at.as_secs() as usize;
+    {
         let sent = Instant::now();
         let exchange = async {
             let response = client.request(request).await.map_err(drop)?;
@@ -573,7 +590,86 @@ fn send<R>(
             recorder.update(done, |s| s.completed_ok += 1);
         }
         recorder.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Closed-loop load, as wrk makes it: `connections` clients, each sending its next request as
+/// soon as it has the answer to the previous one (a refusal included), until `config.duration`.
+/// The offered rate is whatever the server's answers allow; `config.rate` is not used.
+pub(crate) async fn run_closed<R>(
+    config: LoadConfig<R>,
+    connections: usize,
+    recorder: Arc<Recorder>,
+) where
+    R: Fn(Duration) -> f64,
+{
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Empty<&'static [u8]>> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let config = Arc::new(ClosedConfig {
+        uri: config.uri,
+        duration: config.duration,
+        mix: config.mix,
+        priority_header: config.priority_header,
+        client_header: config.client_header,
+        client_of: config.client_of,
+        timeout: config.timeout,
     });
+    let mut tasks = JoinSet::new();
+    for c in 0..connections {
+        let (client, recorder, config) =
+            (client.clone(), Arc::clone(&recorder), Arc::clone(&config));
+        let seed = config_seed(c);
+        tasks.spawn(async move {
+            let mut rng = SplitMix64::new(seed);
+            loop {
+                let at = recorder.start().elapsed();
+                if at >= config.duration {
+                    break;
+                }
+                let priority = config.mix.pick(rng.next_f64());
+                let p = priority.index();
+                recorder.update(at.as_secs() as usize, |s| s.tally[p].offered += 1);
+                let request = Request::get(config.uri.clone())
+                    .header(
+                        config.priority_header.clone(),
+                        HeaderValue::from_static(priority.as_str()),
+                    )
+                    .header(
+                        config.client_header.clone(),
+                        HeaderValue::from_static((config.client_of)(priority, rng.next_u64())),
+                    )
+                    .body(Empty::new());
+                let Ok(request) = request else { break };
+                recorder.outstanding.fetch_add(1, Ordering::Relaxed);
+                exchange(
+                    client.clone(),
+                    Arc::clone(&recorder),
+                    config.timeout,
+                    request,
+                    at,
+                    p,
+                )
+                .await;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+struct ClosedConfig {
+    uri: Uri,
+    duration: Duration,
+    mix: Mix,
+    priority_header: HeaderName,
+    client_header: HeaderName,
+    client_of: fn(Priority, u64) -> &'static str,
+    timeout: Duration,
+}
+
+fn config_seed(connection: usize) -> u64 {
+    0x5EED_0000_0000_0000 ^ (connection as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// The `q`-quantile (nearest rank) of `values`, sorting them; `None` when empty.

@@ -166,11 +166,9 @@ impl Summary {
             permits: service::PERMITS,
             service_time_ms: service::SERVICE_TIME.as_millis(),
             tower_concurrency_limit: service::TOWER_LIMIT,
-            signal: format!(
-                "queue: requests waiting for or holding a backend permit; light/moderate/heavy/\
-                 emergency at {:?}",
-                super::QUEUE_THRESHOLDS
-            ),
+            signal: "admission: the share of requests the adaptive limit refused (light 1 %, \
+                     moderate 10 %, heavy 33 %, emergency 66 %)"
+                .to_owned(),
             sample_every_ms: SAMPLE_EVERY.as_millis(),
             mix: Priority::ALL
                 .iter()

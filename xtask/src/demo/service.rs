@@ -9,9 +9,8 @@ use degrade_breaker::{BreakerConfig, BreakerHandle, BreakerLayer, WindowConfig};
 use degrade_canary::{Canary, CanaryHandle};
 use degrade_core::degrade::DegradeSnapshot;
 use degrade_core::ladder::LadderConfig;
-use degrade_core::policy::AdmitShares;
 use degrade_core::priority::HeaderPriority;
-use degrade_core::{BoxError, Controller, DegradeLayer, HttpClassifier, Level, Policy, Priority};
+use degrade_core::{BoxError, Controller, DegradeLayer, HttpClassifier, Priority};
 use degrade_ratelimit::key::HeaderKey;
 use degrade_ratelimit::{KeysConfig, RateLimitConfig, RateLimitLayer, RateLimitSnapshot};
 use http::{Request, Response, StatusCode};
@@ -57,10 +56,28 @@ pub(crate) enum Candidate {
     Good,
 }
 
+/// How the backend's capacity is limited (the overload benchmark's scenarios).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Model {
+    /// `PERMITS` permits, `SERVICE_TIME` each (a pool of workers or connections).
+    Slots,
+    /// CPU-bound: `PERMITS` virtual cores shared equally by every request in the backend
+    /// (processor sharing), `SERVICE_TIME` of work each: capacity set by CPU, not by a number
+    /// of slots, so every request more slows all of them.
+    Cpu,
+    /// Slots, and one request in ten costs ten times as much.
+    Mixed,
+}
+
 /// The backend: a fixed number of permits, the requests in it (waiting for a permit or holding
 /// one: the queue signal), an outage switch and the candidate version.
 #[derive(Debug)]
 pub(crate) struct Backend {
+    model: Model,
+    /// Service time multiplier in per mille (1000: nominal; 2000: capacity halved).
+    slowdown: AtomicU64,
+    cpu: Cpu,
     permits: Semaphore,
     in_system: AtomicUsize,
     outage: AtomicBool,
@@ -71,20 +88,40 @@ pub(crate) struct Backend {
 }
 
 impl Backend {
+    /// The demo's backend: a pool of `PERMITS` slots.
     pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self {
+        Self::with_model(Model::Slots)
+    }
+
+    /// A backend of `model` (must run inside the tokio runtime: the CPU model keeps its books
+    /// on a task).
+    pub(crate) fn with_model(model: Model) -> Arc<Self> {
+        let backend = Arc::new(Self {
+            model,
+            slowdown: AtomicU64::new(1000),
+            cpu: Cpu::new(PERMITS),
             permits: Semaphore::new(PERMITS),
             in_system: AtomicUsize::new(0),
             outage: AtomicBool::new(false),
             candidate: AtomicU8::new(0),
             calls: AtomicU64::new(0),
             bad_calls: AtomicU64::new(0),
-        })
+        });
+        if model == Model::Cpu {
+            tokio::spawn(cpu_scheduler(Arc::downgrade(&backend)));
+        }
+        backend
     }
 
     /// Requests waiting for or holding a permit.
     pub(crate) fn in_system(&self) -> usize {
         self.in_system.load(Ordering::Relaxed)
+    }
+
+    /// Every request takes `factor` times as long from now on (2.0 halves the capacity).
+    pub(crate) fn set_slowdown(&self, factor: f64) {
+        self.slowdown
+            .store((factor * 1000.0).round() as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn set_outage(&self, on: bool) {
@@ -116,19 +153,27 @@ impl Backend {
             );
         }
         let _counted = InSystem::enter(&self.in_system);
-        // Waiting here is the backend's queue: over capacity, latency rises with it.
-        let Ok(_permit) = self.permits.acquire().await else {
-            return answer(StatusCode::INTERNAL_SERVER_ERROR, version, "closed");
-        };
         let bad = v2 && self.candidate() == Candidate::Bad;
-        // This sleep models the backend's work (CPU, a database call) while it holds one of
-        // its few permits; it is not used as a clock.
-        tokio::time::sleep(if bad {
+        let nominal = if bad {
             SERVICE_TIME + BAD_EXTRA
         } else {
             SERVICE_TIME
-        })
-        .await;
+        };
+        let mut work = nominal.mul_f64(self.slowdown.load(Ordering::Relaxed) as f64 / 1000.0);
+        if self.model == Model::Mixed && self.calls.load(Ordering::Relaxed).is_multiple_of(10) {
+            work *= 10;
+        }
+        if self.model == Model::Cpu {
+            self.cpu.run(work).await;
+        } else {
+            // Waiting here is the backend's queue: over capacity, latency rises with it.
+            let Ok(_permit) = self.permits.acquire().await else {
+                return answer(StatusCode::INTERNAL_SERVER_ERROR, version, "closed");
+            };
+            // This sleep models the backend's work (CPU, a database call) while it holds one
+            // of its few permits; it is not used as a clock.
+            tokio::time::sleep(work).await;
+        }
         if bad
             && self
                 .bad_calls
@@ -138,6 +183,102 @@ impl Backend {
             return answer(StatusCode::INTERNAL_SERVER_ERROR, version, "bug");
         }
         answer(StatusCode::OK, version, "ok")
+    }
+}
+
+/// Processor sharing over `cores` virtual cores: each request has an amount of work; while `n`
+/// requests are in, each progresses at `min(1, cores / n)` of real time. One task keeps the
+/// books and wakes each request when its work is done; a request waits on a channel.
+#[derive(Debug)]
+struct Cpu {
+    cores: usize,
+    jobs: std::sync::Mutex<CpuJobs>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct CpuJobs {
+    /// Remaining work (seconds) and the channel to wake the request.
+    running: Vec<(f64, Option<tokio::sync::oneshot::Sender<()>>)>,
+    last: Option<tokio::time::Instant>,
+}
+
+impl Cpu {
+    fn new(cores: usize) -> Self {
+        Self {
+            cores,
+            jobs: std::sync::Mutex::new(CpuJobs::default()),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CpuJobs> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Applies the progress since the last update; returns the time to the next completion.
+    fn advance(&self, jobs: &mut CpuJobs, now: tokio::time::Instant) -> Option<Duration> {
+        let n = jobs.running.len();
+        if let Some(last) = jobs.last
+            && n > 0
+        {
+            let rate = (self.cores as f64 / n as f64).min(1.0);
+            let dt = now.saturating_duration_since(last).as_secs_f64() * rate;
+            for job in &mut jobs.running {
+                job.0 -= dt;
+            }
+        }
+        jobs.last = Some(now);
+        jobs.running.retain_mut(|job| {
+            if job.0 <= 1e-6 {
+                if let Some(tx) = job.1.take() {
+                    let _ = tx.send(());
+                }
+                false
+            } else {
+                true
+            }
+        });
+        let n = jobs.running.len();
+        let rate = (self.cores as f64 / n.max(1) as f64).min(1.0);
+        jobs.running
+            .iter()
+            .map(|j| j.0)
+            .reduce(f64::min)
+            .map(|w| Duration::from_secs_f64(w / rate))
+    }
+
+    /// Runs `work` of CPU among the others.
+    async fn run(&self, work: Duration) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut jobs = self.lock();
+            self.advance(&mut jobs, tokio::time::Instant::now());
+            jobs.running.push((work.as_secs_f64(), Some(tx)));
+        }
+        self.changed.notify_one();
+        let _ = rx.await;
+    }
+}
+
+/// Keeps the processor-sharing books of `backend` until it is dropped.
+async fn cpu_scheduler(backend: std::sync::Weak<Backend>) {
+    loop {
+        let Some(b) = backend.upgrade() else { return };
+        let next = {
+            let mut jobs = b.cpu.lock();
+            b.cpu.advance(&mut jobs, tokio::time::Instant::now())
+        };
+        // Without work, look again at the next arrival (or in a second, to notice a drop).
+        let wait = next.unwrap_or(Duration::from_secs(1));
+        let changed = b.cpu.changed.notified();
+
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = changed => {}
+        }
     }
 }
 
@@ -168,9 +309,12 @@ impl Drop for InSystem<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum Protection {
-    /// DegradeLayer (driven by degrade-triggers) → keyed RateLimitLayer → BreakerLayer →
-    /// Canary → backend.
+    /// DegradeLayer (the adaptive limit; the level driven by degrade-triggers) → keyed
+    /// RateLimitLayer → BreakerLayer → Canary → backend.
     Degrade,
+    /// The overload benchmark's degrade: the same stack without the demo's per-client quota,
+    /// so only the default `DegradeLayer` refuses (the peers have no quota either).
+    DegradeLayer,
     /// tower's `GlobalConcurrencyLimitLayer` + `LoadShed`, answered 503 by axum's
     /// `HandleErrorLayer`.
     Tower,
@@ -179,48 +323,45 @@ pub(crate) enum Protection {
     /// tower-resilience's bulkhead: the backend's permits, a wait of at most one service time,
     /// answered 503 by axum's `HandleErrorLayer` (overload benchmark only).
     Bulkhead,
+    /// tower-acc's adaptive `ConcurrencyLimit` with its `Gradient2` defaults, + `LoadShed`
+    /// (overload benchmark only).
+    AccGradient2,
+    /// tower-acc with its `Vegas` defaults, + `LoadShed` (overload benchmark only).
+    AccVegas,
+    /// tower-resilience-adaptive's limiter with its AIMD defaults, + `LoadShed`.
+    AdaptiveAimd,
+    /// tower-resilience-adaptive's limiter with its Vegas defaults, + `LoadShed`.
+    AdaptiveVegas,
 }
 
 impl Protection {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Protection::Degrade => "degrade",
+            Protection::DegradeLayer => "degrade (default DegradeLayer)",
             Protection::Tower => "tower ConcurrencyLimit+LoadShed",
             Protection::Unprotected => "unprotected",
             Protection::Bulkhead => "tower-resilience bulkhead",
+            Protection::AccGradient2 => "tower-acc Gradient2+LoadShed",
+            Protection::AccVegas => "tower-acc Vegas+LoadShed",
+            Protection::AdaptiveAimd => "tower-resilience-adaptive AIMD+LoadShed",
+            Protection::AdaptiveVegas => "tower-resilience-adaptive Vegas+LoadShed",
         }
     }
 
     pub(crate) fn key(self) -> &'static str {
         match self {
-            Protection::Degrade => "degrade",
+            Protection::Degrade => "degrade-stack",
+            Protection::DegradeLayer => "degrade",
             Protection::Tower => "tower",
             Protection::Unprotected => "unprotected",
             Protection::Bulkhead => "bulkhead",
+            Protection::AccGradient2 => "acc-gradient2",
+            Protection::AccVegas => "acc-vegas",
+            Protection::AdaptiveAimd => "adaptive-aimd",
+            Protection::AdaptiveVegas => "adaptive-vegas",
         }
     }
-}
-
-/// The policy of the demo: the default policy's order (background first, critical last), with
-/// the shares set for this service's traffic mix so that the levels around 3x sit on either side
-/// of capacity: Light keeps normal whole and drops low (60 % of the offered load), Moderate keeps
-/// a tenth of normal (33 %: capacity at 3x), Heavy keeps critical and three quarters of
-/// high (25 %: 0.75x, leaving room for a backend slower than its nominal capacity, as on a busy
-/// machine), Emergency critical only (10 %). At 3x the ladder then moves between Moderate, where
-/// the queue holds or grows slowly, and Heavy, where it drains, and the queue stays short.
-pub(crate) fn policy() -> Policy {
-    let mut policy = Policy::default();
-    let shares = |normal, high| AdmitShares {
-        background: 0.0,
-        low: 0.0,
-        normal,
-        high,
-        critical: 1.0,
-    };
-    policy.level_mut(Level::Light).admit = shares(1.0, 1.0);
-    policy.level_mut(Level::Moderate).admit = shares(0.1, 1.0);
-    policy.level_mut(Level::Heavy).admit = shares(0.0, 0.75);
-    policy
 }
 
 /// The per-client quota: above what any application client sends at 3x (60 % of 600 req/s over
@@ -247,6 +388,32 @@ pub(crate) fn breaker() -> BreakerConfig {
     config.half_open.permits = 2;
     config.half_open.successes = 3;
     config
+}
+
+/// A peer limiter that waits in `poll_ready`, made to refuse at once by tower's `LoadShed` (the
+/// way tower's own `ConcurrencyLimit` is used), answered 503 by axum's `HandleErrorLayer`. The
+/// service is built once, so every connection's clone shares the peer's limit.
+fn shed_peer<L, S>(limit: L, svc: S) -> Router
+where
+    L: tower::Layer<S>,
+    L::Service:
+        tower::Service<Request<Body>, Response = Response<Body>> + Clone + Send + Sync + 'static,
+    <L::Service as tower::Service<Request<Body>>>::Error: Into<BoxError>,
+    <L::Service as tower::Service<Request<Body>>>::Future: Send + 'static,
+{
+    let svc = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|err: BoxError| async move {
+            let status = if err.is::<tower::load_shed::error::Overloaded>() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            (status, err.to_string())
+        }))
+        .load_shed()
+        .layer(limit)
+        .service(svc);
+    Router::new().route_service("/work", svc)
 }
 
 /// The protected run's handles: what the control loop drives and what the report reads.
@@ -323,11 +490,51 @@ pub(crate) fn app(
                 .service(version(Some(false)));
             Ok((Router::new().route_service("/work", svc), None))
         }
-        Protection::Degrade => {
+        Protection::AccGradient2 => Ok((
+            shed_peer(
+                tower_acc::ConcurrencyLimitLayer::new(tower_acc::Gradient2::default()),
+                version(Some(false)),
+            ),
+            None,
+        )),
+        Protection::AccVegas => Ok((
+            shed_peer(
+                tower_acc::ConcurrencyLimitLayer::new(tower_acc::Vegas::default()),
+                version(Some(false)),
+            ),
+            None,
+        )),
+        Protection::AdaptiveAimd => {
+            let aimd = tower_resilience_adaptive::Aimd::builder()
+                .build()
+                .map_err(|err| format!("aimd: {err:?}"))?;
+            Ok((
+                shed_peer(
+                    tower_resilience_adaptive::AdaptiveLimiterLayer::new(aimd),
+                    version(Some(false)),
+                ),
+                None,
+            ))
+        }
+        Protection::AdaptiveVegas => {
+            let vegas = tower_resilience_adaptive::Vegas::builder()
+                .build()
+                .map_err(|err| format!("vegas: {err:?}"))?;
+            Ok((
+                shed_peer(
+                    tower_resilience_adaptive::AdaptiveLimiterLayer::new(vegas),
+                    version(Some(false)),
+                ),
+                None,
+            ))
+        }
+        Protection::Degrade | Protection::DegradeLayer => {
+            let quota = protection == Protection::Degrade;
             let controller =
                 Controller::new(ladder.clone()).map_err(|err| format!("ladder: {err}"))?;
+            // The default: the adaptive limit, highest priority first. Nothing of this
+            // backend (its permits, its service time) is configured.
             let degrade = DegradeLayer::builder(controller.handle())
-                .policy(policy())
                 .prioritize(
                     HeaderPriority::new(PRIORITY_HEADER, Priority::Normal)
                         .map_err(|err| format!("priority header: {err}"))?,
@@ -365,7 +572,7 @@ pub(crate) fn app(
                     (StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
                 }))
                 .layer(degrade.http())
-                .layer(rate_limit.http())
+                .option_layer(quota.then(|| rate_limit.http()))
                 .layer(breaker.http())
                 .service(canary);
             Ok((Router::new().route_service("/work", svc), Some(parts)))

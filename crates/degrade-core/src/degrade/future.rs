@@ -1,58 +1,224 @@
 //! Response futures of the [`Degrade`](super::Degrade) service.
+//!
+//! Every answer mode shares one state machine ([`Core`]): the inner call holding its slot of
+//! the limit (given back when the response completes, or when the future is dropped: a
+//! cancellation), a wait for a slot (with the ready inner service and the request held until
+//! then), or a rejection.
 
+use super::{Gate, Permit};
+use crate::limit::{Completion, Fate, Ticket};
+use crate::outcome::{Classifier, DefaultClassifier, Outcome};
+use crate::priority::Priority;
 use crate::rejection::Shed;
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use tower_service::Service;
 
-pin_project! {
-    /// Future of a [`Degrade`](super::Degrade) service in [`Errors`](super::Errors) mode: the
-    /// inner call, or an immediately ready [`Shed`] error.
-    ///
-    /// ```
-    /// use degrade_core::{Controller, DegradeLayer, Level, Policy};
-    /// use tower::{Layer, Service};
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let c = Controller::new(Default::default()).unwrap();
-    /// c.pin(Level::Heavy); // Normal priority is shed at Heavy
-    /// let mut svc = DegradeLayer::new(c.handle(), Policy::default()).unwrap()
-    ///     .layer(tower::service_fn(|()| async { Ok::<_, std::convert::Infallible>(()) }));
-    /// let fut: degrade_core::degrade::ResponseFuture<_> = svc.call(());
-    /// assert!(fut.await.unwrap_err().is::<degrade_core::Shed>());
-    /// # }
-    /// ```
-    pub struct ResponseFuture<F> {
-        #[pin]
-        state: State<F>,
+/// The inner answer and the slot it held.
+type Answer<T, E> = (Result<T, E>, Option<Permit>);
+
+/// A request waiting for a slot. Boxed: only requests that find the limit full get one.
+pub(crate) struct Wait<S, R> {
+    gate: Arc<Gate>,
+    ticket: Ticket,
+    priority: Priority,
+    svc: Option<S>,
+    req: Option<R>,
+    /// Its fate is read (granted, expired or evicted): nothing to withdraw on drop.
+    settled: bool,
+}
+
+impl<S, R> Drop for Wait<S, R> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        // The caller gave up while the request waited.
+        self.gate.abandoned(self.priority);
+        if let Some(limiter) = &self.gate.limiter
+            && limiter.withdraw(self.ticket, false) == Some(Fate::Granted)
+        {
+            // A slot was handed over meanwhile and will never be used.
+            limiter.release();
+        }
     }
 }
 
 pin_project! {
-    #[project = StateProj]
-    enum State<F> {
-        Called { #[pin] fut: F },
+    /// The states every answer mode shares.
+    #[project = CoreProj]
+    pub(crate) enum Core<F, S, R> {
+        Called { #[pin] fut: F, permit: Option<Permit> },
+        Waiting { wait: Box<Wait<S, R>> },
         Rejected { shed: Option<Shed> },
     }
 }
 
-impl<F> ResponseFuture<F> {
+impl<F, S, R> Core<F, S, R> {
     #[inline]
-    pub(super) fn called(fut: F) -> Self {
-        Self {
-            state: State::Called { fut },
+    pub(crate) fn called(fut: F, permit: Option<Permit>) -> Self {
+        Core::Called { fut, permit }
+    }
+
+    pub(crate) fn waiting(
+        gate: Arc<Gate>,
+        ticket: Ticket,
+        priority: Priority,
+        svc: S,
+        req: R,
+    ) -> Self {
+        Core::Waiting {
+            wait: Box::new(Wait {
+                gate,
+                ticket,
+                priority,
+                svc: Some(svc),
+                req: Some(req),
+                settled: false,
+            }),
         }
     }
 
-    pub(super) fn rejected(shed: Shed) -> Self {
-        Self {
-            state: State::Rejected { shed: Some(shed) },
-        }
+    pub(crate) fn rejected(shed: Shed) -> Self {
+        Core::Rejected { shed: Some(shed) }
     }
 }
 
-impl<F, T, E> Future for ResponseFuture<F>
+impl<F, S, R, T, E> Core<F, S, R>
 where
+    S: Service<R, Future = F, Response = T, Error = E>,
+    F: Future<Output = Result<T, E>>,
+{
+    /// Polls to the inner answer with the slot it held (`Ok`), or a rejection (`Err`). The
+    /// caller judges the answer and finishes the permit.
+    #[inline]
+    fn poll_core(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Answer<T, E>, Shed>> {
+        // The admit path, kept small enough to inline into the caller; waits and rejections
+        // are out of line.
+        if let CoreProj::Called { fut, permit } = self.as_mut().project() {
+            let out = ready!(fut.poll(cx));
+            return Poll::Ready(Ok((out, permit.take())));
+        }
+        match ready!(self.as_mut().poll_other(cx)) {
+            Some(shed) => Poll::Ready(Err(shed)),
+            // Now called: the state is `Called`.
+            None => self.poll_core(cx),
+        }
+    }
+
+    /// Moves a waiting request on: `Ready(None)` once it is called, `Ready(Some(shed))` when
+    /// refused.
+    #[inline(never)]
+    fn poll_other(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Shed>> {
+        let (fut, permit) = match self.as_mut().project() {
+            CoreProj::Called { .. } => return Poll::Ready(None),
+            CoreProj::Rejected { shed } => {
+                return match shed.take() {
+                    Some(shed) => Poll::Ready(Some(shed)),
+                    None => panic!("degrade future polled after completion"),
+                };
+            }
+            CoreProj::Waiting { wait } => {
+                let Some(limiter) = &wait.gate.limiter else {
+                    panic!("a degrade future waits without a limiter");
+                };
+                if !wait.settled {
+                    match limiter.poll_ticket(wait.ticket, cx.waker()) {
+                        None => return Poll::Pending,
+                        Some(Fate::Granted) => wait.settled = true,
+                        Some(Fate::Expired | Fate::Evicted) => {
+                            wait.settled = true;
+                            let shed = wait.gate.limited(wait.priority);
+                            self.set(Core::Rejected { shed: None });
+                            return Poll::Ready(Some(shed));
+                        }
+                    }
+                }
+                // Granted: the slot is ours; the inner service was ready when `call` ran, and
+                // is asked again before the call, as readiness may have lapsed meanwhile.
+                let Some(svc) = wait.svc.as_mut() else {
+                    panic!("degrade future polled after completion");
+                };
+                if ready!(svc.poll_ready(cx)).is_err() {
+                    // The service failed while the request waited: its error is for the
+                    // call to report, so call it anyway (tower services answer a call made
+                    // after a failed `poll_ready` with that error, or serve it).
+                }
+                let (Some(mut svc), Some(req)) = (wait.svc.take(), wait.req.take()) else {
+                    panic!("degrade future polled after completion");
+                };
+                wait.gate.admitted(wait.priority);
+                let slot = limiter.granted_slot();
+                let permit = Permit::new(Arc::clone(&wait.gate), slot);
+                (svc.call(req), permit)
+            }
+        };
+        self.set(Core::Called {
+            fut,
+            permit: Some(permit),
+        });
+        Poll::Ready(None)
+    }
+}
+
+/// Gives the slot back with what the answer says about the service.
+#[inline]
+fn finish(permit: Option<Permit>, outcome: impl FnOnce() -> Outcome) {
+    if let Some(permit) = permit {
+        permit.finish(completion(outcome()));
+    }
+}
+
+fn completion(outcome: Outcome) -> Completion {
+    match outcome {
+        Outcome::Success | Outcome::Slow => Completion::Success,
+        Outcome::Failure => Completion::Failure,
+        Outcome::Ignored => Completion::Ignored,
+    }
+}
+
+pin_project! {
+    /// Future of a [`Degrade`](super::Degrade) service in [`Errors`](super::Errors) mode: the
+    /// inner call (perhaps after a short wait for a slot), or a [`Shed`] error.
+    ///
+    /// ```
+    /// use degrade_core::degrade::Admission;
+    /// use degrade_core::{Controller, DegradeLayer, Level};
+    /// use tower::{Layer, Service};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let c = Controller::new(Default::default()).unwrap();
+    /// c.pin(Level::Heavy); // Normal priority is shed at Heavy
+    /// let mut svc = DegradeLayer::builder(c.handle())
+    ///     .admission(Admission::LevelShares)
+    ///     .build()
+    ///     .unwrap()
+    ///     .layer(tower::service_fn(|()| async { Ok::<_, std::convert::Infallible>(()) }));
+    /// let fut: degrade_core::degrade::ResponseFuture<_, _, _> = svc.call(());
+    /// assert!(fut.await.unwrap_err().is::<degrade_core::Shed>());
+    /// # }
+    /// ```
+    pub struct ResponseFuture<F, S, R> {
+        #[pin]
+        core: Core<F, S, R>,
+    }
+}
+
+impl<F, S, R> ResponseFuture<F, S, R> {
+    #[inline]
+    pub(super) fn new(core: Core<F, S, R>) -> Self {
+        Self { core }
+    }
+}
+
+impl<F, S, R, T, E> Future for ResponseFuture<F, S, R>
+where
+    S: Service<R, Future = F, Response = T, Error = E>,
     F: Future<Output = Result<T, E>>,
     E: Into<crate::BoxError>,
 {
@@ -60,17 +226,26 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Called { fut } => Poll::Ready(ready!(fut.poll(cx)).map_err(Into::into)),
-            StateProj::Rejected { shed } => match shed.take() {
-                Some(shed) => Poll::Ready(Err(Box::new(shed))),
-                None => panic!("ResponseFuture polled after completion"),
-            },
-        }
+        Poll::Ready(match ready!(self.project().core.poll_core(cx)) {
+            Ok((Ok(t), permit)) => {
+                finish(permit, || Outcome::Success);
+                Ok(t)
+            }
+            Ok((Err(e), permit)) => {
+                // Judged once a `BoxError`, so that a rejection by another degrade layer
+                // further in is recognised and ignored, as the `DefaultClassifier` does.
+                let e: crate::BoxError = e.into();
+                finish(permit, || {
+                    Classifier::<(), crate::BoxError>::classify_error(&DefaultClassifier, &e)
+                });
+                Err(e)
+            }
+            Err(shed) => Err(Box::new(shed)),
+        })
     }
 }
 
-impl<F> std::fmt::Debug for ResponseFuture<F> {
+impl<F, S, R> std::fmt::Debug for ResponseFuture<F, S, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
@@ -79,17 +254,22 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
 #[cfg(feature = "http")]
 pin_project! {
     /// Future of a [`Degrade`](super::Degrade) service that answers rejections itself (HTTP or
-    /// gRPC mode): the inner call, or an immediately ready rejection response. The error type
-    /// is the inner service's, so `Infallible` services stay infallible.
+    /// gRPC mode `M`): the inner call, or a rejection response. The error type is the inner
+    /// service's, so `Infallible` services stay infallible.
     ///
     /// ```
     /// # #[cfg(feature = "http")] {
-    /// use degrade_core::{Controller, DegradeLayer, Level, Policy};
+    /// use degrade_core::degrade::Admission;
+    /// use degrade_core::{Controller, DegradeLayer, Level};
     /// use tower::{Layer, Service};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let c = Controller::new(Default::default()).unwrap();
     /// c.pin(Level::Heavy);
-    /// let mut svc = DegradeLayer::new(c.handle(), Policy::default()).unwrap().http()
+    /// let mut svc = DegradeLayer::builder(c.handle())
+    ///     .admission(Admission::LevelShares)
+    ///     .build()
+    ///     .unwrap()
+    ///     .http()
     ///     .layer(tower::service_fn(|_: http::Request<()>| async {
     ///         Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
     ///     }));
@@ -98,58 +278,51 @@ pin_project! {
     /// # }
     /// # }
     /// ```
-    pub struct RespondFuture<F, B> {
+    pub struct RespondFuture<F, B, S, R, M> {
         #[pin]
-        state: RespondState<F, B>,
+        core: Core<F, S, R>,
+        _mode: std::marker::PhantomData<fn() -> (B, M)>,
     }
 }
 
 #[cfg(feature = "http")]
-pin_project! {
-    #[project = RespondStateProj]
-    enum RespondState<F, B> {
-        Called { #[pin] fut: F },
-        Rejected { res: Option<http::Response<B>> },
-    }
-}
-
-#[cfg(feature = "http")]
-impl<F, B> RespondFuture<F, B> {
+impl<F, B, S, R, M> RespondFuture<F, B, S, R, M> {
     #[inline]
-    pub(super) fn called(fut: F) -> Self {
+    pub(super) fn new(core: Core<F, S, R>) -> Self {
         Self {
-            state: RespondState::Called { fut },
-        }
-    }
-
-    pub(super) fn rejected(res: http::Response<B>) -> Self {
-        Self {
-            state: RespondState::Rejected { res: Some(res) },
+            core,
+            _mode: std::marker::PhantomData,
         }
     }
 }
 
 #[cfg(feature = "http")]
-impl<F, B, E> Future for RespondFuture<F, B>
+impl<F, B, S, R, M, E> Future for RespondFuture<F, B, S, R, M>
 where
+    S: Service<R, Future = F, Response = http::Response<B>, Error = E>,
     F: Future<Output = Result<http::Response<B>, E>>,
+    M: super::Respond,
+    B: Default,
 {
     type Output = Result<http::Response<B>, E>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            RespondStateProj::Called { fut } => fut.poll(cx),
-            RespondStateProj::Rejected { res } => match res.take() {
-                Some(res) => Poll::Ready(Ok(res)),
-                None => panic!("RespondFuture polled after completion"),
-            },
-        }
+        Poll::Ready(match ready!(self.project().core.poll_core(cx)) {
+            Ok((answer, permit)) => {
+                finish(permit, || match &answer {
+                    Ok(res) => M::outcome(res),
+                    Err(_) => Outcome::Failure,
+                });
+                answer
+            }
+            Err(shed) => Ok(M::respond(&shed)),
+        })
     }
 }
 
 #[cfg(feature = "http")]
-impl<F, B> std::fmt::Debug for RespondFuture<F, B> {
+impl<F, B, S, R, M> std::fmt::Debug for RespondFuture<F, B, S, R, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RespondFuture").finish_non_exhaustive()
     }

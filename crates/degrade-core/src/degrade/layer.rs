@@ -1,6 +1,6 @@
 //! The [`DegradeLayer`] and its builder.
 
-use super::{Degrade, Shared};
+use super::{Admission, Degrade, Gate, Shared};
 use crate::answer::Errors;
 #[cfg(feature = "grpc")]
 use crate::answer::GrpcResponses;
@@ -9,6 +9,7 @@ use crate::answer::HttpResponses;
 use crate::config::ConfigError;
 use crate::degrade::DegradeSnapshot;
 use crate::handle::LevelHandle;
+use crate::limit::LimitConfig;
 use crate::policy::Policy;
 use crate::priority::Fixed;
 use std::fmt;
@@ -17,7 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower_layer::Layer;
 
-/// Admission by level and priority; see the [`degrade`](crate::degrade) module.
+/// Admission by an adaptive concurrency limit, highest priority first (and, if chosen, by the
+/// level's shares); see the [`degrade`](crate::degrade) module.
 ///
 /// Cloning the layer shares its state: every service made from it, by any clone, counts into
 /// the same counters.
@@ -52,9 +54,10 @@ impl<P, M> fmt::Debug for DegradeLayer<P, M> {
 }
 
 impl DegradeLayer {
-    /// A layer following `handle`'s level under `policy`; every request gets
+    /// An adaptive layer whose level (from `handle`) carries `policy`; every request gets
     /// [`Priority::Normal`](crate::Priority::Normal) until a classifier is set with
-    /// [`builder`](DegradeLayer::builder). Fails if the policy is invalid.
+    /// [`builder`](DegradeLayer::builder). Fails if the policy is invalid. The policy's admit
+    /// shares apply only with [`Admission::LevelShares`] or [`Admission::Both`].
     ///
     /// ```
     /// use degrade_core::{Controller, DegradeLayer, Policy};
@@ -68,7 +71,8 @@ impl DegradeLayer {
         DegradeLayer::builder(handle).policy(policy).build()
     }
 
-    /// A builder, to set the priority classifier, the policy and the retry hint.
+    /// A builder, to set the priority classifier, the admission mode, the policy and the retry
+    /// hint. With nothing else set, the layer admits by the adaptive limit.
     ///
     /// ```
     /// use degrade_core::{Controller, DegradeLayer, Priority};
@@ -87,6 +91,8 @@ impl DegradeLayer {
             policy: Policy::default(),
             prioritizer: Fixed::default(),
             retry_after: Duration::from_secs(1),
+            admission: Admission::default(),
+            limit: LimitConfig::default(),
         }
     }
 }
@@ -175,6 +181,8 @@ pub struct DegradeBuilder<P = Fixed> {
     policy: Policy,
     prioritizer: P,
     retry_after: Duration,
+    admission: Admission,
+    limit: LimitConfig,
 }
 
 impl<P> fmt::Debug for DegradeBuilder<P> {
@@ -182,11 +190,44 @@ impl<P> fmt::Debug for DegradeBuilder<P> {
         f.debug_struct("DegradeBuilder")
             .field("policy", &self.policy)
             .field("retry_after", &self.retry_after)
+            .field("admission", &self.admission)
+            .field("limit", &self.limit)
             .finish_non_exhaustive()
     }
 }
 
 impl<P> DegradeBuilder<P> {
+    /// How requests are admitted (default [`Admission::Adaptive`]).
+    ///
+    /// ```
+    /// # use degrade_core::{Controller, DegradeLayer, degrade::Admission};
+    /// # let c = Controller::new(Default::default()).unwrap();
+    /// let layer = DegradeLayer::builder(c.handle()).admission(Admission::LevelShares).build().unwrap();
+    /// assert!(layer.snapshot().limit.is_none()); // no limit in this mode
+    /// ```
+    #[must_use]
+    pub fn admission(mut self, admission: Admission) -> Self {
+        self.admission = admission;
+        self
+    }
+
+    /// The adaptive limit's configuration (default [`LimitConfig::default`], meant to be kept).
+    ///
+    /// ```
+    /// # use degrade_core::{Controller, DegradeLayer, limit::LimitConfig};
+    /// # let c = Controller::new(Default::default()).unwrap();
+    /// let mut limit = LimitConfig::default();
+    /// limit.max = 64;
+    /// limit.initial = 8;
+    /// let layer = DegradeLayer::builder(c.handle()).limit(limit).build().unwrap();
+    /// assert_eq!(layer.snapshot().limit.unwrap().limit, 8);
+    /// ```
+    #[must_use]
+    pub fn limit(mut self, limit: LimitConfig) -> Self {
+        self.limit = limit;
+        self
+    }
+
     /// The level → admit-share table (default [`Policy::default`]).
     ///
     /// ```
@@ -215,6 +256,8 @@ impl<P> DegradeBuilder<P> {
             policy: self.policy,
             prioritizer,
             retry_after: self.retry_after,
+            admission: self.admission,
+            limit: self.limit,
         }
     }
 
@@ -244,13 +287,16 @@ impl<P> DegradeBuilder<P> {
         if self.retry_after.is_zero() {
             return Err(ConfigError::new("retry_after", "must be greater than zero"));
         }
+        self.limit.validate().map_err(|e| e.within("limit"))?;
+        let gate = Gate::new(
+            self.handle,
+            self.policy.admit_table(),
+            self.retry_after,
+            self.admission,
+            self.limit,
+        );
         Ok(DegradeLayer {
-            shared: Arc::new(Shared::new(
-                self.handle,
-                self.policy.admit_table(),
-                self.prioritizer,
-                self.retry_after,
-            )),
+            shared: Arc::new(Shared::new(gate, self.prioritizer)),
             _mode: PhantomData,
         })
     }

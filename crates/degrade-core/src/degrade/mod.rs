@@ -1,27 +1,85 @@
-//! Admission by degradation level and request priority.
+//! Admission: an adaptive concurrency limit that fills the service's capacity, highest
+//! priority first.
 //!
 //! # What it is for
 //!
-//! When a service is overloaded, serving everything slowly serves nobody: latency climbs for
-//! every request and the important ones time out with the rest. The [`DegradeLayer`] reads the
-//! current [`Level`] (one atomic load) and the request's [`Priority`], and admits exactly the
-//! share of that priority that the [`Policy`](crate::Policy) gives the level. The rest is shed at
-//! once with a typed [`Shed`] rejection — before any work is done for it.
+//! People put a load shedder in front of a service for two things: keep serving as much as
+//! the service can, and serve the most important requests first. The [`DegradeLayer`] does
+//! both with nothing to tune. It learns how many requests the service can work on at once —
+//! its capacity in concurrency — from what it observes, admits that many, and when more
+//! arrive, lets the most important wait a little for a freed slot and refuses the least
+//! important at once with a typed [`Shed`] rejection, before any work is done for them.
 //!
-//! # How it differs from tower's `LoadShed`
+//! # How it decides
 //!
-//! `tower::load_shed` rejects when the inner service is not ready: it needs a
-//! backpressure-giving layer inside it, reacts to one instant, and cannot tell a payment from a
-//! prefetch. axum also asks middleware not to rely on `poll_ready` backpressure. The
-//! `DegradeLayer` decides in `call` from a level that a controller moves with hysteresis, and
-//! sheds by priority: it never sheds a higher priority while admitting a lower one.
+//! * **The limit** ([`limit`](crate::limit)): the latency of a service is flat while it has
+//!   room and grows in proportion to concurrency once requests queue in it. The limit
+//!   compares each window's mean latency with the service's no-load latency (learnt from
+//!   requests that found it nearly empty, re-probed below the limit now and then, and moved
+//!   up when a cut does not make the service faster), cuts in proportion when the latency is
+//!   clearly above `1.1 ×` that baseline and grows while demand fills it: it settles at the
+//!   knee, where the service is busy and nothing queues in it. Every number is a ratio or a
+//!   sample count; none knows the service.
+//! * **Priority inside the limit**: below the limit, nobody waits and everything is admitted
+//!   (one compare-and-swap). At the limit, a request waits in a short queue served highest
+//!   priority first, for at most half a baseline (a critical request, twice that); a waiter
+//!   past its target is refused, and under a standing queue the newest of a priority is served
+//!   first, so the admitted latency stays low. A full queue makes room for a higher priority
+//!   by refusing the newest waiter of the lowest. Critical requests may also go a tenth over
+//!   the limit, so they find a slot at once when the limit was just cut.
+//! * **The level** ([`Level`]) no longer sheds by default: it keeps its other jobs (trace
+//!   sampling, errors-only, batch hints, feature switches), and a signal of degrade-triggers
+//!   derived from this limiter can drive it. [`Admission::LevelShares`] restores admission by
+//!   the [`Policy`](crate::Policy)'s per-level shares, and [`Admission::Both`] applies the
+//!   shares first (an operator pins a level to shed by hand) and the limit after.
 //!
-//! # Deterministic shares
+//! # How it differs from tower's `ConcurrencyLimit` + `LoadShed`
 //!
-//! A share strictly between 0 and 1 is applied with a per-priority counter stride, not a random
-//! draw: request *n* of a priority is admitted when `⌊(n+1)·s⌋ > ⌊n·s⌋`. Over any run of
-//! requests the admitted count is within one of the exact share, with no random number
-//! generator, no syscall and no lock.
+//! tower's pair needs the limit as a number, found by trial for each service and wrong as
+//! soon as the service changes; it refuses whoever arrives when the limit is full, a payment
+//! like a prefetch; and it relies on `poll_ready` backpressure, which axum asks middleware
+//! not to rely on. The `DegradeLayer` learns the limit, follows it when the service slows
+//! down or speeds up, decides in `call`, and never refuses a higher priority while a lower one
+//! waits. Its cost is a bounded wait queue on the overload path (a mutex and, for a waiting
+//! request, one boxed future; at most `queue_size × limit` waiters, 4096 at most).
+//!
+//! ```
+//! use degrade_core::{Controller, DegradeLayer, Priority};
+//! use std::time::Duration;
+//! use tower::{Service, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let controller = Controller::new(Default::default()).unwrap();
+//! let layer = DegradeLayer::builder(controller.handle())
+//!     .prioritize(|n: &u32| if *n == 0 { Priority::Critical } else { Priority::Low })
+//!     .build()
+//!     .unwrap();
+//! // A backend of four slots, 10 ms each.
+//! let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
+//! let svc = tower::ServiceBuilder::new().layer(layer.clone()).service(service_fn(move |n: u32| {
+//!     let slots = slots.clone();
+//!     async move {
+//!         let _slot = slots.acquire().await.unwrap();
+//!         tokio::time::sleep(Duration::from_millis(10)).await;
+//!         Ok::<_, std::convert::Infallible>(n)
+//!     }
+//! }));
+//! // Eight times the capacity for two seconds, one request in ten critical.
+//! let mut calls = tokio::task::JoinSet::new();
+//! for i in 0..6400u32 {
+//!     let mut svc = svc.clone();
+//!     calls.spawn(async move { svc.ready().await.unwrap().call(i % 10).await.is_ok() });
+//!     tokio::time::sleep(Duration::from_micros(312)).await;
+//! }
+//! let answered = calls.join_all().await.into_iter().filter(|ok| *ok).count();
+//! let snap = layer.snapshot();
+//! assert_eq!(snap.offered(), 6400);
+//! assert!(snap.admitted_by(Priority::Critical) >= 634); // critical first: 99 % and more
+//! assert!(answered > 700, "{answered}"); // near the 800 the backend can serve
+//! let limit = snap.limit.unwrap();
+//! assert!((3..=8).contains(&limit.limit), "{limit:?}"); // learnt: about its four slots
+//! # }
+//! ```
 //!
 //! # Three ways to answer
 //!
@@ -36,16 +94,25 @@
 //! # Shared state
 //!
 //! The layer owns one shared state: every service it makes, and every clone of those (axum
-//! clones per connection), shares the counters and the level. Building the layer once and
-//! applying it anywhere never creates a second budget.
+//! clones per connection), shares the limit, the queue and the counters. Building the layer
+//! once and applying it anywhere never creates a second limit. The inner service must be
+//! `Clone`: a request that waits takes a clone along, as tower's `Buffer` does.
+//!
+//! # Level shares
+//!
+//! A share strictly between 0 and 1 is applied with a per-priority counter stride, not a random
+//! draw: request *n* of a priority is admitted when `⌊(n+1)·s⌋ > ⌊n·s⌋`. Over any run of
+//! requests the admitted count is within one of the exact share.
 //!
 //! ```
-//! use degrade_core::{Controller, DegradeLayer, Level, Policy, Priority};
+//! use degrade_core::degrade::Admission;
+//! use degrade_core::{Controller, DegradeLayer, Level, Priority};
 //! use tower::{Service, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let controller = Controller::new(Default::default()).unwrap();
 //! let layer = DegradeLayer::builder(controller.handle())
+//!     .admission(Admission::LevelShares)
 //!     .prioritize(|n: &u32| if *n == 0 { Priority::Critical } else { Priority::Low })
 //!     .build()
 //!     .unwrap();
@@ -72,6 +139,7 @@ mod layer;
 pub use self::future::RespondFuture;
 pub use self::future::ResponseFuture;
 pub use self::layer::{DegradeBuilder, DegradeLayer};
+pub use crate::limit::LimitSnapshot;
 
 use crate::answer::Errors;
 #[cfg(feature = "http")]
@@ -79,6 +147,7 @@ use crate::answer::Respond;
 use crate::counter::ShardedCounter;
 use crate::handle::LevelHandle;
 use crate::level::Level;
+use crate::limit::{Completion, Entry, LimitConfig, Limiter, Slot, Ticket};
 use crate::priority::{Fixed, Prioritize, Priority};
 use crate::rejection::Shed;
 use crossbeam_utils::CachePadded;
@@ -90,27 +159,68 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tower_service::Service;
 
-/// Counter slots: admitted by priority, then shed by (level, priority).
+/// Counter slots: admitted by priority, shed by (level, priority), refused by the limit by
+/// priority, abandoned by priority.
 const ADMITTED: usize = 0;
 const SHED: usize = 5;
-const SLOTS: usize = 5 + 5 * 5;
+const LIMITED: usize = 30;
+const ABANDONED: usize = 35;
+const SLOTS: usize = 40;
 /// Shares are applied in basis points.
 const FULL: u32 = 10_000;
 
-pub(crate) struct Shared<P> {
+/// How a [`DegradeLayer`] decides whom to admit.
+///
+/// ```
+/// use degrade_core::degrade::Admission;
+/// assert_eq!(Admission::default(), Admission::Adaptive);
+/// let mode: Admission = serde_json::from_str(r#""level-shares""#).unwrap();
+/// assert_eq!(mode, Admission::LevelShares);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Admission {
+    /// The adaptive concurrency limit, highest priority first (the default): fills the
+    /// service's capacity with no threshold to set. The level does not shed.
+    #[default]
+    Adaptive,
+    /// The policy's per-level shares only (no limit): the level, moved by a controller from
+    /// your signals, decides which share of each priority is admitted.
+    LevelShares,
+    /// Both: the level's shares first (an operator can pin a level to shed by hand), then the
+    /// adaptive limit.
+    Both,
+}
+
+/// The state every service of one layer shares, whatever its request type.
+pub(crate) struct Gate {
     handle: LevelHandle,
     table: [[u32; 5]; 5],
     /// Per-priority request sequence for fractional shares. Padded: each priority's stream is
     /// independent and should not false-share with the others.
     seq: [CachePadded<AtomicU64>; 5],
     counters: ShardedCounter<SLOTS>,
-    prioritizer: P,
     retry_after: Duration,
+    shares: bool,
+    limiter: Option<Limiter>,
+}
+
+pub(crate) struct Shared<P> {
+    gate: Arc<Gate>,
+    prioritizer: P,
 }
 
 impl<P> fmt::Debug for Shared<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shared")
+            .field("gate", &self.gate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gate")
             .field("level", &self.handle.current())
             .field("retry_after", &self.retry_after)
             .field("snapshot", &self.snapshot())
@@ -118,27 +228,52 @@ impl<P> fmt::Debug for Shared<P> {
     }
 }
 
+/// What [`Gate::admit`] decided.
+pub(crate) enum Decision {
+    /// Call the inner service now; the permit (adaptive modes) gives the slot back.
+    Go(Option<Permit>),
+    /// Wait in the limiter's queue.
+    Wait(Ticket),
+    /// Refused.
+    Refuse(Shed),
+}
+
 impl<P> Shared<P> {
+    pub(crate) fn new(gate: Gate, prioritizer: P) -> Self {
+        Self {
+            gate: Arc::new(gate),
+            prioritizer,
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> DegradeSnapshot {
+        self.gate.snapshot()
+    }
+}
+
+impl Gate {
     pub(crate) fn new(
         handle: LevelHandle,
         table: [[u32; 5]; 5],
-        prioritizer: P,
         retry_after: Duration,
+        admission: Admission,
+        limit: LimitConfig,
     ) -> Self {
         Self {
             handle,
             table,
             seq: Default::default(),
             counters: ShardedCounter::new(),
-            prioritizer,
             retry_after,
+            shares: admission != Admission::Adaptive,
+            limiter: (admission != Admission::LevelShares).then(|| Limiter::new(limit)),
         }
     }
 
-    /// The admission decision. The hot path: one atomic load for the level, a table lookup, at
-    /// most one `fetch_add` for a fractional share, and one sharded counter increment.
+    /// The level's share for `priority`: one atomic load for the level, a table lookup, at
+    /// most one `fetch_add` for a fractional share.
     #[inline]
-    fn decide(&self, priority: Priority) -> Result<(), Shed> {
+    fn share(&self, priority: Priority) -> Result<(), Shed> {
         let level = self.handle.current();
         let p = priority.index();
         let share = self.table[level.index()][p];
@@ -154,20 +289,69 @@ impl<P> Shared<P> {
             (n + 1) * s / u64::from(FULL) != n * s / u64::from(FULL)
         };
         if admit {
-            self.counters.add(ADMITTED + p, 1);
             Ok(())
         } else {
-            self.counters.add(SHED + level.index() * 5 + p, 1);
-            Err(Shed::new(level, priority, self.retry_after))
+            Err(self.shed(priority))
         }
     }
 
+    /// Counts and makes a rejection of `priority`.
+    fn shed(&self, priority: Priority) -> Shed {
+        let level = self.handle.current();
+        self.counters
+            .add(SHED + level.index() * 5 + priority.index(), 1);
+        Shed::new(level, priority, self.retry_after)
+    }
+
     #[inline]
-    fn admit<R>(&self, req: &R) -> Result<(), Shed>
-    where
-        P: Prioritize<R>,
-    {
-        self.decide(self.prioritizer.priority(req))
+    fn admitted(&self, priority: Priority) {
+        self.counters.add(ADMITTED + priority.index(), 1);
+    }
+
+    /// Counts and makes a refusal of `priority` by the adaptive limit (full, or a wait past its
+    /// target).
+    fn limited(&self, priority: Priority) -> Shed {
+        self.counters.add(LIMITED + priority.index(), 1);
+        Shed::new(self.handle.current(), priority, self.retry_after)
+    }
+
+    fn abandoned(&self, priority: Priority) {
+        self.counters.add(ABANDONED + priority.index(), 1);
+    }
+
+    /// The admission decision. The hot path (adaptive mode, below the limit, nobody waiting):
+    /// one compare-and-swap, one sharded counter increment, one reference count.
+    #[inline]
+    fn admit(self: &Arc<Self>, priority: Priority) -> Decision {
+        if self.shares
+            && let Err(shed) = self.share(priority)
+        {
+            return Decision::Refuse(shed);
+        }
+        let Some(limiter) = &self.limiter else {
+            self.admitted(priority);
+            return Decision::Go(None);
+        };
+        if let Some(slot) = limiter.try_acquire(priority) {
+            self.admitted(priority);
+            return Decision::Go(Some(Permit::new(Arc::clone(self), slot)));
+        }
+        self.enter(priority)
+    }
+
+    #[inline(never)]
+    fn enter(self: &Arc<Self>, priority: Priority) -> Decision {
+        let Some(limiter) = &self.limiter else {
+            return Decision::Go(None);
+        };
+        match limiter.enter(priority) {
+            Entry::Admitted(slot) => {
+                self.admitted(priority);
+                Decision::Go(Some(Permit::new(Arc::clone(self), slot)))
+            }
+            Entry::Queued(ticket, _deadline) => Decision::Wait(ticket),
+            Entry::Refused => Decision::Refuse(self.limited(priority)),
+        }
     }
 
     pub(crate) fn snapshot(&self) -> DegradeSnapshot {
@@ -175,38 +359,121 @@ impl<P> Shared<P> {
         let mut snap = DegradeSnapshot::default();
         for p in 0..5 {
             snap.admitted[p] = raw[ADMITTED + p];
+            snap.limited[p] = raw[LIMITED + p];
+            snap.abandoned[p] = raw[ABANDONED + p];
             for l in 0..5 {
                 snap.shed[l][p] = raw[SHED + l * 5 + p];
             }
         }
+        snap.limit = self.limiter.as_ref().map(Limiter::snapshot);
         snap
     }
 }
 
-/// Counters of a [`DegradeLayer`]: admitted by priority, shed by level and priority. Offered is
-/// their sum, so offered = admitted + shed holds exactly.
+/// A slot of the limit held by an admitted request: given back when the response completes
+/// (with its latency and outcome) or when the future is dropped (a cancellation).
+pub(crate) struct Permit {
+    gate: Arc<Gate>,
+    slot: Slot,
+    done: bool,
+}
+
+impl Permit {
+    #[inline]
+    fn new(gate: Arc<Gate>, slot: Slot) -> Self {
+        Self {
+            gate,
+            slot,
+            done: false,
+        }
+    }
+
+    /// The request finished with `completion`.
+    #[inline]
+    pub(crate) fn finish(mut self, completion: Completion) {
+        self.done = true;
+        if let Some(limiter) = &self.gate.limiter {
+            limiter.complete(self.slot, completion);
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.done
+            && let Some(limiter) = &self.gate.limiter
+        {
+            limiter.complete(self.slot, Completion::Cancelled);
+        }
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit").field("slot", &self.slot).finish()
+    }
+}
+
+/// Counters of a [`DegradeLayer`], in the [`Accounting`](crate::snapshot::Accounting) words:
+/// every request offered is admitted or rejected, and each rejection has one reason:
 ///
-/// Arrays are indexed by [`Priority::index`] and [`Level::index`].
+/// * `shed`: refused by the level's share of its priority ([`Admission::LevelShares`] mode), by
+///   level and priority;
+/// * `limited`: refused by the adaptive limit — full for its priority, or a wait for a slot past
+///   the queueing-delay target — by priority;
+/// * `abandoned`: waited for a slot and its caller gave up first (dropped the future), by
+///   priority.
+///
+/// So offered = admitted + shed + limited + abandoned, exactly. In the adaptive modes the
+/// snapshot also carries the [limit's state](LimitSnapshot). Arrays are indexed by
+/// [`Priority::index`] and [`Level::index`].
 ///
 /// ```
-/// use degrade_core::{Controller, DegradeLayer, Level, Policy, Priority};
+/// use degrade_core::snapshot::Accounting;
+/// use degrade_core::{limit::LimitConfig, Controller, DegradeLayer, Priority};
+/// use tower::{Layer, Service, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let c = Controller::new(Default::default()).unwrap();
-/// let layer = DegradeLayer::new(c.handle(), Policy::default()).unwrap();
+/// // A limit of one slot and no wait queue: a second request while one is in is refused.
+/// let limit = LimitConfig { initial: 1, max: 1, queue_size: 0.0, ..Default::default() };
+/// let layer = DegradeLayer::builder(c.handle())
+///     .prioritize(|p: &Priority| *p)
+///     .limit(limit)
+///     .build()
+///     .unwrap();
+/// let mut svc = layer.layer(tower::service_fn(|_: Priority| async {
+///     Ok::<_, std::convert::Infallible>(())
+/// }));
+/// // The slot is taken at `call`: the first request holds it until its future completes.
+/// let first = svc.ready().await.unwrap().call(Priority::High);
+/// let refused = svc.ready().await.unwrap().call(Priority::Low).await;
+/// assert!(refused.unwrap_err().is::<degrade_core::Shed>());
+/// first.await.unwrap();
+///
 /// let snap = layer.snapshot();
-/// assert_eq!(snap.offered(), 0);
-/// assert_eq!(snap.shed_at(Level::Heavy, Priority::Low), 0);
+/// assert_eq!((snap.offered(), snap.admitted(), snap.rejected()), (2, 1, 1));
+/// assert_eq!(snap.limited_by(Priority::Low), 1);
+/// assert!(snap.balanced());
+/// # }
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 #[non_exhaustive]
 pub struct DegradeSnapshot {
     /// Admitted requests by priority.
     pub admitted: [u64; 5],
-    /// Shed requests by level, then priority.
+    /// Requests refused by the level's share, by level, then priority.
     pub shed: [[u64; 5]; 5],
+    /// Requests refused by the adaptive limit (full, or waited past the target), by priority.
+    pub limited: [u64; 5],
+    /// Requests whose caller gave up while they waited for a slot, by priority.
+    pub abandoned: [u64; 5],
+    /// The adaptive limit (`None` in [`Admission::LevelShares`] mode).
+    pub limit: Option<LimitSnapshot>,
 }
 
 impl DegradeSnapshot {
-    /// All requests seen.
+    /// All requests seen: admitted + rejected.
     ///
     /// ```
     /// # use degrade_core::degrade::DegradeSnapshot;
@@ -226,14 +493,27 @@ impl DegradeSnapshot {
         self.admitted.iter().sum()
     }
 
-    /// All rejected (shed) requests.
+    /// All rejected requests, whatever the reason: shed by the level, refused by the limit, or
+    /// abandoned while waiting.
     ///
     /// ```
     /// # use degrade_core::degrade::DegradeSnapshot;
     /// assert_eq!(DegradeSnapshot::default().rejected(), 0);
     /// ```
     pub fn rejected(&self) -> u64 {
-        self.shed.iter().flatten().sum()
+        self.shed.iter().flatten().sum::<u64>()
+            + self.limited.iter().sum::<u64>()
+            + self.abandoned.iter().sum::<u64>()
+    }
+
+    /// Requests refused by the adaptive limit (full, or waited past the target).
+    ///
+    /// ```
+    /// # use degrade_core::degrade::DegradeSnapshot;
+    /// assert_eq!(DegradeSnapshot::default().limited(), 0);
+    /// ```
+    pub fn limited(&self) -> u64 {
+        self.limited.iter().sum()
     }
 
     /// Requests of `priority` seen.
@@ -243,7 +523,7 @@ impl DegradeSnapshot {
     /// assert_eq!(DegradeSnapshot::default().offered_by(Priority::Low), 0);
     /// ```
     pub fn offered_by(&self, priority: Priority) -> u64 {
-        self.admitted_by(priority) + self.shed_by(priority)
+        self.admitted_by(priority) + self.rejected_by(priority)
     }
 
     /// Admitted requests of `priority`.
@@ -256,7 +536,18 @@ impl DegradeSnapshot {
         self.admitted[priority.index()]
     }
 
-    /// Shed requests of `priority`, at any level.
+    /// Rejected requests of `priority`, whatever the reason.
+    ///
+    /// ```
+    /// # use degrade_core::{degrade::DegradeSnapshot, Priority};
+    /// assert_eq!(DegradeSnapshot::default().rejected_by(Priority::High), 0);
+    /// ```
+    pub fn rejected_by(&self, priority: Priority) -> u64 {
+        let p = priority.index();
+        self.shed_by(priority) + self.limited[p] + self.abandoned[p]
+    }
+
+    /// Requests of `priority` shed by the level's share, at any level.
     ///
     /// ```
     /// # use degrade_core::{degrade::DegradeSnapshot, Priority};
@@ -266,7 +557,17 @@ impl DegradeSnapshot {
         self.shed.iter().map(|row| row[priority.index()]).sum()
     }
 
-    /// Shed requests of `priority` at `level`.
+    /// Requests of `priority` refused by the adaptive limit.
+    ///
+    /// ```
+    /// # use degrade_core::{degrade::DegradeSnapshot, Priority};
+    /// assert_eq!(DegradeSnapshot::default().limited_by(Priority::Low), 0);
+    /// ```
+    pub fn limited_by(&self, priority: Priority) -> u64 {
+        self.limited[priority.index()]
+    }
+
+    /// Requests of `priority` shed by the level's share at `level`.
     ///
     /// ```
     /// # use degrade_core::{degrade::DegradeSnapshot, Level, Priority};
@@ -353,13 +654,13 @@ impl<S, P, M> Degrade<S, P, M> {
 
 impl<S, P, R> Service<R> for Degrade<S, P, Errors>
 where
-    S: Service<R>,
+    S: Service<R> + Clone,
     S::Error: Into<crate::BoxError>,
     P: Prioritize<R>,
 {
     type Response = S::Response;
     type Error = crate::BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, S, R>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -368,24 +669,37 @@ where
 
     #[inline]
     fn call(&mut self, req: R) -> Self::Future {
-        match self.shared.admit(&req) {
-            Ok(()) => ResponseFuture::called(self.inner.call(req)),
-            Err(shed) => ResponseFuture::rejected(shed),
-        }
+        let priority = self.shared.prioritizer.priority(&req);
+        ResponseFuture::new(match self.shared.gate.admit(priority) {
+            Decision::Go(permit) => future::Core::called(self.inner.call(req), permit),
+            Decision::Wait(ticket) => self.wait(ticket, priority, req),
+            Decision::Refuse(shed) => future::Core::rejected(shed),
+        })
+    }
+}
+
+impl<S: Clone, P, M> Degrade<S, P, M> {
+    /// Moves the ready inner service and the request into a waiting future (the tower idiom:
+    /// the clone stays behind for the next call).
+    #[inline(never)]
+    fn wait<R, F>(&mut self, ticket: Ticket, priority: Priority, req: R) -> future::Core<F, S, R> {
+        let clone = self.inner.clone();
+        let svc = std::mem::replace(&mut self.inner, clone);
+        future::Core::waiting(Arc::clone(&self.shared.gate), ticket, priority, svc, req)
     }
 }
 
 #[cfg(feature = "http")]
 impl<S, P, M, ReqB, ResB> Service<http::Request<ReqB>> for Degrade<S, P, M>
 where
-    S: Service<http::Request<ReqB>, Response = http::Response<ResB>>,
+    S: Service<http::Request<ReqB>, Response = http::Response<ResB>> + Clone,
     P: Prioritize<http::Request<ReqB>>,
     M: Respond,
     ResB: Default,
 {
     type Response = http::Response<ResB>;
     type Error = S::Error;
-    type Future = RespondFuture<S::Future, ResB>;
+    type Future = RespondFuture<S::Future, ResB, S, http::Request<ReqB>, M>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -394,9 +708,11 @@ where
 
     #[inline]
     fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
-        match self.shared.admit(&req) {
-            Ok(()) => RespondFuture::called(self.inner.call(req)),
-            Err(shed) => RespondFuture::rejected(M::respond(&shed)),
-        }
+        let priority = self.shared.prioritizer.priority(&req);
+        RespondFuture::new(match self.shared.gate.admit(priority) {
+            Decision::Go(permit) => future::Core::called(self.inner.call(req), permit),
+            Decision::Wait(ticket) => self.wait(ticket, priority, req),
+            Decision::Refuse(shed) => future::Core::rejected(shed),
+        })
     }
 }

@@ -1,0 +1,574 @@
+//! The control law: a pure function of (state, window of observations, now) → new limit.
+//!
+//! Everything here is plain arithmetic on numbers the [`Limiter`](super::Limiter) collected;
+//! nothing reads a clock or touches an atomic, so the law is tested (and simulated) without a
+//! runtime.
+
+use super::LimitConfig;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What the limiter saw during one window: the timed completions and whether demand reached
+/// the limit.
+///
+/// ```
+/// use degrade_core::limit::Window;
+/// use std::time::Duration;
+///
+/// let mut w = Window::default();
+/// w.record(Duration::from_millis(40), 8, false);
+/// w.record(Duration::from_millis(44), 8, false);
+/// assert_eq!(w.samples, 2);
+/// assert_eq!(w.mean_latency(), Some(Duration::from_millis(42)));
+/// assert_eq!(w.mean_concurrency(), Some(8.0));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Window {
+    /// Timed completions (latency samples).
+    pub samples: u32,
+    /// Sum of their latencies, in nanoseconds.
+    pub latency_sum_ns: u64,
+    /// Sum of the squared latencies, in microseconds squared (for the noise of the mean).
+    pub latency_sq_sum_us: u64,
+    /// Sum over the samples of the requests in flight in the inner service when each was
+    /// admitted (itself included): the concurrency each latency was measured at.
+    pub concurrency_sum: u64,
+    /// Samples admitted at low concurrency (at most an eighth of the limit in flight, or
+    /// alone): nothing queued in front of them in any backend, so their latency is the
+    /// service's own.
+    pub low_samples: u32,
+    /// Sum of the low-concurrency samples' latencies, in nanoseconds.
+    pub low_latency_sum_ns: u64,
+    /// A request had to wait or was refused during the window: demand reached the limit.
+    pub binding: bool,
+    /// Completions that failed quickly (faster than the baseline): they say nothing about
+    /// capacity and are not latency samples.
+    pub fast_failures: u32,
+    /// The longest latency of the samples, in nanoseconds.
+    pub max_latency_ns: u64,
+    /// Time the window covered.
+    pub elapsed: Duration,
+}
+
+impl Window {
+    /// Adds one latency sample measured at `concurrency` requests in flight.
+    ///
+    /// ```
+    /// # use degrade_core::limit::Window; use std::time::Duration;
+    /// let mut w = Window::default();
+    /// w.record(Duration::from_millis(5), 1, false);
+    /// assert_eq!(w.latency_sum_ns, 5_000_000);
+    /// ```
+    pub fn record(&mut self, latency: Duration, concurrency: u32, low: bool) {
+        self.samples = self.samples.saturating_add(1);
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.latency_sum_ns = self.latency_sum_ns.saturating_add(ns);
+        let us = ns / 1_000;
+        self.latency_sq_sum_us = self.latency_sq_sum_us.saturating_add(us.saturating_mul(us));
+        self.concurrency_sum = self.concurrency_sum.saturating_add(u64::from(concurrency));
+        self.max_latency_ns = self.max_latency_ns.max(ns);
+        if low {
+            self.low_samples = self.low_samples.saturating_add(1);
+            self.low_latency_sum_ns = self.low_latency_sum_ns.saturating_add(ns);
+        }
+    }
+
+    /// The standard error of the mean latency, in seconds (`None` below two samples).
+    ///
+    /// ```
+    /// # use degrade_core::limit::Window; use std::time::Duration;
+    /// let mut w = Window::default();
+    /// w.record(Duration::from_millis(10), 1, false);
+    /// w.record(Duration::from_millis(30), 1, false);
+    /// let se = w.standard_error().unwrap();
+    /// assert!((se - 0.010).abs() < 1e-6, "{se}");
+    /// ```
+    pub fn standard_error(&self) -> Option<f64> {
+        if self.samples < 2 {
+            return None;
+        }
+        let n = f64::from(self.samples);
+        let mean_us = self.latency_sum_ns as f64 / 1_000.0 / n;
+        let var = (self.latency_sq_sum_us as f64 / n - mean_us * mean_us).max(0.0) * n / (n - 1.0);
+        Some((var / n).sqrt() / 1e6)
+    }
+
+    /// Mean latency of the low-concurrency samples (`None` without any).
+    ///
+    /// ```
+    /// # use degrade_core::limit::Window; use std::time::Duration;
+    /// let mut w = Window::default();
+    /// w.record(Duration::from_millis(10), 1, true);
+    /// w.record(Duration::from_millis(30), 9, false);
+    /// assert_eq!(w.low_mean_latency(), Some(Duration::from_millis(10)));
+    /// ```
+    pub fn low_mean_latency(&self) -> Option<Duration> {
+        (self.low_samples > 0)
+            .then(|| Duration::from_nanos(self.low_latency_sum_ns / u64::from(self.low_samples)))
+    }
+
+    /// Mean latency of the samples (`None` without samples).
+    ///
+    /// ```
+    /// # use degrade_core::limit::Window;
+    /// assert_eq!(Window::default().mean_latency(), None);
+    /// ```
+    pub fn mean_latency(&self) -> Option<Duration> {
+        (self.samples > 0)
+            .then(|| Duration::from_nanos(self.latency_sum_ns / u64::from(self.samples)))
+    }
+
+    /// Mean concurrency the samples were measured at (`None` without samples).
+    ///
+    /// ```
+    /// # use degrade_core::limit::Window;
+    /// assert_eq!(Window::default().mean_concurrency(), None);
+    /// ```
+    pub fn mean_concurrency(&self) -> Option<f64> {
+        (self.samples > 0).then(|| self.concurrency_sum as f64 / f64::from(self.samples))
+    }
+}
+
+/// Samples a window needs before the law acts on it: the mean of fewer is too noisy to tell a
+/// queue from chance.
+pub(crate) const MIN_SAMPLES: u32 = 16;
+/// The shortest window: the law moves the limit at most a hundred times a second, however
+/// fast the service (the latency of a microsecond service is mostly noise of the host).
+const MIN_WINDOW: Duration = Duration::from_millis(10);
+/// The most samples a window waits for, however noisy the latencies.
+const MAX_SAMPLES: u32 = 128;
+/// A window also lasts at least this many baseline latencies, so that a change of the limit
+/// has reached the inner service before its effect is judged.
+const MIN_WINDOW_BASELINES: u32 = 2;
+/// A window with too few samples still closes after this many baseline latencies (a quiet
+/// service); it then only refreshes the state, never moves the limit.
+const MAX_WINDOW_BASELINES: u32 = 200;
+/// The largest cut in one window: a single noisy window cannot take more than half.
+const MAX_CUT: f64 = 0.5;
+/// A probe window runs at this share of the limit.
+const PROBE_SHARE: f64 = 0.5;
+/// Windows between probes, when no window ran that low by itself.
+const PROBE_EVERY: u32 = 32;
+/// How far a faster window pulls the baseline down.
+const DOWN_GAIN: f64 = 0.5;
+/// How far a window at the baseline's concurrency moves it.
+const REFINE_GAIN: f64 = 0.25;
+/// Low-concurrency samples a window needs to move the baseline with them.
+const MIN_LOW_SAMPLES: u32 = 4;
+/// A difference counts once it exceeds this many standard errors of the window's mean.
+const NOISE_Z: f64 = 2.0;
+/// A cut counts as a test of the baseline when the concurrency fell by at least this factor.
+const PROBE_CUT: f64 = 0.8;
+/// Under queueing, latency falls in proportion to concurrency (elasticity 1); when it fell by
+/// less than this share of the concurrency's fall, the latency is not ours: the service itself
+/// got slower, and the baseline moves up to it.
+const QUEUE_ELASTICITY: f64 = 1.0 / 3.0;
+
+/// The state of the control law.
+///
+/// The limit moves by a gradient, as in Envoy's adaptive concurrency filter and Netflix's
+/// Gradient2: each window it is multiplied by `(1 + tolerance) / ratio`, where `ratio` is the
+/// window's mean latency over the baseline (the latency of the service when nothing queues in
+/// it), clamped so a window can at most halve it and grow it by `1 + tolerance` — and it only
+/// grows while demand reaches it. So the limit settles where the service's latency is
+/// `1 + tolerance` times its no-load latency: the knee, where the service is busy and nothing
+/// waits in it.
+///
+/// ```
+/// use degrade_core::limit::{Law, LimitConfig, Window};
+/// use std::time::Duration;
+/// use tokio::time::Instant;
+///
+/// let mut law = Law::new(LimitConfig::default());
+/// let now = Instant::now();
+/// // A service that is 40 ms at any concurrency up to 8, and queues beyond.
+/// let mut limit = law.limit();
+/// for i in 0..200 {
+///     let n = limit.min(30) as f64;
+///     let latency = Duration::from_secs_f64(0.040 * (n / 8.0).max(1.0));
+///     let mut w = Window::default();
+///     for _ in 0..32 { w.record(latency, n as u32, false); }
+///     w.binding = true;
+///     w.elapsed = Duration::from_millis(100);
+///     law.observe(&w, now + Duration::from_millis(100 * i));
+///     limit = law.limit();
+/// }
+/// assert!((8..=10).contains(&limit), "{limit}");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Law {
+    config: LimitConfig,
+    limit: f64,
+    /// No-load latency, seconds.
+    baseline: Option<f64>,
+    /// The concurrency the baseline was last confirmed at: a window at no more concurrency
+    /// sees the service as it is without a queue.
+    baseline_concurrency: f64,
+    /// The baseline comes from a window with too few samples to trust.
+    tentative: bool,
+    /// Windows since one ran at no more than half the limit: the baseline is only learnt
+    /// below the knee, so a limit that stays above it must be probed below it now and then.
+    since_low: u32,
+    /// The limit to restore after a probe window (`Some` while probing).
+    probing: Option<f64>,
+    /// Consecutive windows that grew the limit: growth speeds up while nothing queues.
+    growing: u32,
+    /// Where the current streak of cuts started: (mean concurrency, mean latency).
+    previous: Option<(f64, f64)>,
+    /// Latest window's mean latency over the baseline.
+    ratio: Option<f64>,
+    /// The longest latency of the latest window, seconds: the next window lasts at least that
+    /// long, so that its slowest requests (admitted within it or the window before) finish
+    /// inside it and the mean is not biased towards the fast ones.
+    longest: f64,
+    /// Samples the next window needs: enough for its mean to resolve the tolerance given the
+    /// spread of the service's latencies.
+    needed: u32,
+    last_update: Option<Instant>,
+}
+
+impl Law {
+    /// A law at the configuration's initial limit, with no baseline yet.
+    ///
+    /// ```
+    /// # use degrade_core::limit::{Law, LimitConfig};
+    /// assert_eq!(Law::new(LimitConfig::default()).limit(), LimitConfig::default().initial);
+    /// ```
+    pub fn new(config: LimitConfig) -> Self {
+        let limit = f64::from(config.initial.clamp(config.min, config.max));
+        Self {
+            config,
+            limit,
+            baseline: None,
+            baseline_concurrency: 0.0,
+            tentative: false,
+            // The first full window probes below the limit: the initial limit is a guess.
+            since_low: PROBE_EVERY - 1,
+            probing: None,
+            growing: 0,
+            previous: None,
+            ratio: None,
+            needed: MIN_SAMPLES,
+            longest: 0.0,
+            last_update: None,
+        }
+    }
+
+    /// The concurrency limit: always within `[min, max]`.
+    ///
+    /// ```
+    /// # use degrade_core::limit::{Law, LimitConfig};
+    /// let law = Law::new(LimitConfig::default());
+    /// assert!(law.limit() >= 1);
+    /// ```
+    pub fn limit(&self) -> u32 {
+        // Within [min, max] by construction; the cast cannot truncate.
+        self.limit.floor() as u32
+    }
+
+    /// The no-load latency learnt so far.
+    ///
+    /// ```
+    /// # use degrade_core::limit::{Law, LimitConfig};
+    /// assert_eq!(Law::new(LimitConfig::default()).baseline(), None);
+    /// ```
+    pub fn baseline(&self) -> Option<Duration> {
+        self.baseline.map(Duration::from_secs_f64)
+    }
+
+    /// The latest window's mean latency over the baseline (1.0: nothing queues).
+    ///
+    /// ```
+    /// # use degrade_core::limit::{Law, LimitConfig};
+    /// assert_eq!(Law::new(LimitConfig::default()).latency_ratio(), None);
+    /// ```
+    pub fn latency_ratio(&self) -> Option<f64> {
+        self.ratio
+    }
+
+    /// How long a request may wait for a slot: `queue_delay` times the baseline (`None` until
+    /// a baseline is known, when a request that finds the limit full is refused at once).
+    ///
+    /// ```
+    /// # use degrade_core::limit::{Law, LimitConfig};
+    /// assert_eq!(Law::new(LimitConfig::default()).queue_target(), None);
+    /// ```
+    pub fn queue_target(&self) -> Option<Duration> {
+        self.baseline
+            .map(|b| Duration::from_secs_f64(b * self.config.queue_delay))
+    }
+
+    /// How long a request of `priority` may wait: the [`queue_target`](Law::queue_target),
+    /// twice as long for a critical request (it is served before any other, so it waits
+    /// longer only when critical requests alone fill the limit).
+    ///
+    /// ```
+    /// # use degrade_core::limit::{Law, LimitConfig};
+    /// # use degrade_core::Priority;
+    /// assert_eq!(Law::new(LimitConfig::default()).max_wait(Priority::Critical), None);
+    /// ```
+    pub fn max_wait(&self, priority: crate::Priority) -> Option<Duration> {
+        let target = self.queue_target()?;
+        Some(if priority == crate::Priority::Critical {
+            target * 2
+        } else {
+            target
+        })
+    }
+
+    /// Whether a window of `samples` timed completions over `elapsed` is ready to judge.
+    ///
+    /// ```
+    /// # use degrade_core::limit::{Law, LimitConfig};
+    /// # use std::time::Duration;
+    /// let law = Law::new(LimitConfig::default());
+    /// assert!(!law.window_done(1, Duration::from_millis(1)));
+    /// assert!(law.window_done(100, Duration::from_millis(100)));
+    /// ```
+    pub fn window_done(&self, samples: u32, elapsed: Duration) -> bool {
+        if elapsed < MIN_WINDOW || elapsed.as_secs_f64() < self.longest {
+            return false;
+        }
+        let e = elapsed.as_secs_f64();
+        match self.baseline {
+            None => samples >= MIN_SAMPLES,
+            Some(b) => {
+                (samples >= self.needed && e >= b * f64::from(MIN_WINDOW_BASELINES))
+                    || e >= b * f64::from(MAX_WINDOW_BASELINES)
+            }
+        }
+    }
+
+    /// The shortest and longest a window lasts now (the longest is `None` until a baseline is
+    /// known): a window closes once it has [`samples_needed`](Law::samples_needed) and the
+    /// shortest time has passed, or once the longest has.
+    ///
+    /// ```
+    /// # use degrade_core::limit::{Law, LimitConfig};
+    /// # use std::time::Duration;
+    /// let (min, max) = Law::new(LimitConfig::default()).window_bounds();
+    /// assert_eq!((min, max), (Duration::from_millis(10), None));
+    /// ```
+    pub fn window_bounds(&self) -> (Duration, Option<Duration>) {
+        match self.baseline {
+            None => (MIN_WINDOW, None),
+            Some(b) => (
+                MIN_WINDOW.max(Duration::from_secs_f64(
+                    (b * f64::from(MIN_WINDOW_BASELINES)).max(self.longest),
+                )),
+                Some(MIN_WINDOW.max(Duration::from_secs_f64(b * f64::from(MAX_WINDOW_BASELINES)))),
+            ),
+        }
+    }
+
+    /// Latency samples the current window needs: the limiter times every request until it
+    /// has them, and one in [`timing_every`](LimitConfig::timing_every) afterwards.
+    ///
+    /// ```
+    /// # use degrade_core::limit::{Law, LimitConfig};
+    /// assert_eq!(Law::new(LimitConfig::default()).samples_needed(), 16);
+    /// ```
+    pub fn samples_needed(&self) -> u32 {
+        self.needed
+    }
+
+    /// Takes one window into account and returns the new limit.
+    ///
+    /// ```
+    /// # use degrade_core::limit::{Law, LimitConfig, Window};
+    /// # use std::time::Duration;
+    /// let mut law = Law::new(LimitConfig::default());
+    /// let mut w = Window::default();
+    /// for _ in 0..20 { w.record(Duration::from_millis(10), 2, true); }
+    /// law.observe(&w, tokio::time::Instant::now());
+    /// assert_eq!(law.baseline(), Some(Duration::from_millis(10)));
+    /// ```
+    pub fn observe(&mut self, window: &Window, now: Instant) -> u32 {
+        self.last_update = Some(now);
+        let (Some(latency), Some(concurrency)) = (window.mean_latency(), window.mean_concurrency())
+        else {
+            return self.limit();
+        };
+        if window.samples < MIN_SAMPLES {
+            return self.limit();
+        }
+        let t = latency.as_secs_f64().max(1e-9);
+        let se = window.standard_error().unwrap_or(0.0);
+        self.longest = window.max_latency_ns as f64 / 1e9;
+        // The spread of single latencies decides how many samples resolve the tolerance at
+        // two standard errors: n = (2 cv / tolerance)^2. A window with fewer is too noisy to
+        // teach the baseline (it may still cut the limit, when it is clearly too slow).
+        let cv = se * f64::from(window.samples).sqrt() / t;
+        let needed = ((NOISE_Z * cv / self.config.tolerance).powi(2).ceil() as u32)
+            .clamp(MIN_SAMPLES, MAX_SAMPLES);
+        self.needed = needed;
+        let resolved = window.samples >= needed;
+        let low = window
+            .low_mean_latency()
+            .filter(|_| window.low_samples >= MIN_LOW_SAMPLES.max(needed / 2))
+            .map(|l| l.as_secs_f64().max(1e-9));
+        let tolerance = self.config.tolerance;
+        let noise = NOISE_Z * se;
+        if let Some(restore) = self.probing.take() {
+            // A probe window: at half the limit, a queued service is clearly faster, and that
+            // latency is the nearer view of its own; then back to the limit it had.
+            let lower = self.baseline.is_none_or(|b| t < b * (1.0 - tolerance));
+            if self.baseline.is_none_or(|b| t < b) {
+                self.baseline = Some(t);
+                self.baseline_concurrency = concurrency;
+            }
+            // Clearly faster at half the concurrency: the limit sat above the knee; probe
+            // again after one window, until halving no longer helps.
+            self.since_low = if lower { PROBE_EVERY - 1 } else { 0 };
+            self.limit = restore;
+            return self.limit();
+        }
+        if resolved && concurrency <= self.limit * PROBE_SHARE * 1.2 {
+            self.since_low = 0;
+        } else {
+            self.since_low = self.since_low.saturating_add(1);
+        }
+        // This window's best view of the service's own latency: the requests that found it
+        // nearly empty when there are enough of them (at the concurrency they saw), else the
+        // window's mean.
+        let entry = match low {
+            Some(l) if l < t => (f64::from(self.low_concurrency()), l),
+            _ => (concurrency, t),
+        };
+        if self.baseline.is_none()
+            || (self.tentative && resolved && entry.0 <= self.baseline_concurrency)
+        {
+            // The first window gives a first guess, however noisy; the first window with
+            // enough samples at no more concurrency replaces it.
+            self.baseline = Some(entry.1);
+            self.baseline_concurrency = entry.0;
+            self.tentative = !resolved;
+        } else if resolved {
+            match self.baseline {
+                None => {}
+                Some(b) => {
+                    if entry.1 < b {
+                        // Faster than the baseline: the service is at least this fast.
+                        self.baseline = Some(b + (entry.1 - b) * DOWN_GAIN);
+                        self.baseline_concurrency = entry.0;
+                    } else if entry.0 <= self.baseline_concurrency {
+                        if entry.1 > b * (1.0 + tolerance) + noise {
+                            // Clearly slower at no more concurrency than the baseline was
+                            // measured at: the service itself got slower.
+                            self.baseline = Some(entry.1);
+                            self.previous = None;
+                        } else {
+                            // The same conditions: refine.
+                            self.baseline = Some(b + (entry.1 - b) * REFINE_GAIN);
+                        }
+                        self.baseline_concurrency = entry.0;
+                    }
+                    // Else slower at more concurrency: a queue, not the service's own.
+                }
+            }
+        }
+        // Up after cuts that did not help: since the first cut of a streak the concurrency
+        // fell by a fifth or more and the latency hardly moved, so the latency is the
+        // service's own, not a queue's: the service got slower.
+        if let (Some((c0, t0)), Some(b)) = (self.previous, self.baseline)
+            && concurrency <= c0 * PROBE_CUT
+            && t > b * (1.0 + tolerance) + noise
+        {
+            let fell = (t0 / t).ln();
+            let cut = (c0 / concurrency).ln();
+            if fell < cut * QUEUE_ELASTICITY {
+                self.baseline = Some(t);
+                self.baseline_concurrency = concurrency;
+                self.previous = None;
+            }
+        }
+        let Some(baseline) = self.baseline else {
+            return self.limit();
+        };
+
+        let ratio = t / baseline;
+        self.ratio = Some(ratio);
+        let target = baseline * (1.0 + tolerance);
+        let gradient = if t > target + noise {
+            // Clearly above the target: under a queue, latency grows in proportion to
+            // concurrency, so the concurrency that meets the target is the window's own times
+            // target / latency. At most half the limit in one window.
+            self.growing = 0;
+            if self.previous.is_none() {
+                self.previous = Some((concurrency, t));
+            }
+            ((concurrency / self.limit).min(1.0) * target / t).max(MAX_CUT)
+        } else if window.binding {
+            // Nothing queues and demand wants more: grow, faster with each window in a row
+            // that grew without queueing (at most doubling).
+            self.growing += 1;
+            self.previous = None;
+            (1.0 + tolerance * f64::from(1u32 << self.growing.min(4).saturating_sub(1))).min(2.0)
+        } else {
+            self.growing = 0;
+            if t <= target {
+                self.previous = None;
+            }
+            1.0
+        };
+        let min = f64::from(self.config.min);
+        let max = f64::from(self.config.max);
+        self.limit = (self.limit * gradient).clamp(min, max);
+        if window.binding && self.since_low >= PROBE_EVERY && self.limit >= 2.0 * min {
+            // Demand has kept the limit full for a long time: probe below it for one window.
+            self.probing = Some(self.limit);
+            self.limit = (self.limit * PROBE_SHARE).max(min);
+        }
+        self.limit()
+    }
+
+    /// The limit for requests of `priority`: critical requests may go over the limit by a
+    /// tenth of it (at least one), so that a critical request finds a slot at once even when
+    /// the limit was just cut, and the limit settles with that reserve counted in; and a probe
+    /// below the limit does not lower theirs.
+    ///
+    /// ```
+    /// # use degrade_core::limit::{Law, LimitConfig};
+    /// # use degrade_core::Priority;
+    /// let law = Law::new(LimitConfig::default());
+    /// assert_eq!(law.limit_for(Priority::Normal), 16);
+    /// assert_eq!(law.limit_for(Priority::Critical), 18);
+    /// ```
+    pub fn limit_for(&self, priority: crate::Priority) -> u32 {
+        let limit = self.limit();
+        if priority == crate::Priority::Critical {
+            // A probe window lowers the limit of the other priorities only: halving the slots
+            // of critical requests for a window would refuse some whenever they alone need
+            // more than half the capacity.
+            let full = self
+                .probing
+                .map_or(limit, |restore| restore.floor() as u32)
+                .max(limit);
+            full + (full.div_ceil(10)).max(1)
+        } else {
+            limit
+        }
+    }
+
+    /// Requests in flight at or below which an admitted request counts as a low-concurrency
+    /// sample (see [`Window::low_samples`]): an eighth of the limit, at least one.
+    ///
+    /// ```
+    /// # use degrade_core::limit::{Law, LimitConfig};
+    /// assert_eq!(Law::new(LimitConfig::default()).low_concurrency(), 2);
+    /// ```
+    pub fn low_concurrency(&self) -> u32 {
+        (self.limit() / 8).max(1)
+    }
+
+    /// When the law last took a window.
+    ///
+    /// ```
+    /// # use degrade_core::limit::{Law, LimitConfig};
+    /// assert_eq!(Law::new(LimitConfig::default()).last_update(), None);
+    /// ```
+    pub fn last_update(&self) -> Option<Instant> {
+        self.last_update
+    }
+}

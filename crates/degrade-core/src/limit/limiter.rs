@@ -1,0 +1,545 @@
+//! The limiter: the [`Law`] and the [`WaitQueue`] behind atomics, shared by every clone of a
+//! layer.
+//!
+//! * Admit (hot path): one compare-and-swap on the [`InFlight`] word, no lock, no allocation.
+//!   Timing a request costs two clock reads, so a request is timed only while the current
+//!   window still needs samples, while demand is near the limit (where the law acts), and one
+//!   in [`timing_every`](LimitConfig::timing_every) otherwise; every request is *counted*.
+//! * Complete: one `fetch_sub`; a timed request adds its latency to the window's atomics, and
+//!   the completion that finds the window done takes the law's lock with `try_lock` (never
+//!   waits) to move the limit.
+//! * Overload: a request that finds the limit full (or waiters ahead of it) takes the queue's
+//!   lock: it is admitted ahead of lower priorities, queued (bounded), or refused.
+
+use super::inflight::InFlight;
+use super::queue::{Fate, Pushed, Ticket, WaitQueue};
+use super::{Law, LimitConfig, Window};
+use crate::clock::{Clock, TokioClock};
+use crate::priority::Priority;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crossbeam_utils::CachePadded;
+use std::cell::Cell;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Mutex, PoisonError};
+use std::task::Waker;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What a request holds while it is in flight: what the completion needs to record it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slot {
+    /// When it entered the inner service, if timed.
+    pub(crate) start: Option<Instant>,
+    /// Requests in flight when it entered, itself included.
+    pub(crate) concurrency: u32,
+    /// Admitted at low concurrency.
+    pub(crate) low: bool,
+    /// The window it was admitted in.
+    pub(crate) epoch: u32,
+}
+
+/// The answer of the overload path.
+#[derive(Debug)]
+pub(crate) enum Entry {
+    /// Admitted at once.
+    Admitted(Slot),
+    /// Queued: wait for the ticket's fate until the deadline.
+    Queued(Ticket, Instant),
+    /// Refused: the queue is full of more important requests, or nothing is learnt yet.
+    Refused,
+}
+
+/// Window accumulators, each bumped by timed completions.
+#[derive(Debug, Default)]
+struct Cells {
+    samples: AtomicU32,
+    latency_sum_ns: AtomicU64,
+    latency_sq_sum_us: AtomicU64,
+    concurrency_sum: AtomicU64,
+    low_samples: AtomicU32,
+    low_latency_sum_ns: AtomicU64,
+    fast_failures: AtomicU32,
+    max_latency_ns: AtomicU64,
+}
+
+/// Counters of the limiter, for its snapshot.
+#[derive(Debug, Default)]
+struct Counters {
+    queued: AtomicU64,
+    expired: AtomicU64,
+    evicted: AtomicU64,
+    refused: AtomicU64,
+    queue_delay_ns: AtomicU64,
+}
+
+/// The adaptive limit of one layer.
+#[derive(Debug)]
+pub(crate) struct Limiter {
+    in_flight: CachePadded<InFlight>,
+    /// The law's decisions, published for the hot path.
+    limit: AtomicU32,
+    limit_critical: AtomicU32,
+    low: AtomicU32,
+    needed: AtomicU32,
+    epoch: AtomicU32,
+    /// 0 until known.
+    baseline_ns: AtomicU64,
+    queue_target_ns: AtomicU64,
+    /// Window bounds, from the origin, nanoseconds.
+    window_start_ns: AtomicU64,
+    min_window_ns: AtomicU64,
+    max_window_ns: AtomicU64,
+    binding: AtomicBool,
+    cells: CachePadded<Cells>,
+    counters: Counters,
+    law: Mutex<Law>,
+    queue: Mutex<WaitQueue<Option<Waker>>>,
+    clock: TokioClock,
+    origin: Instant,
+    config: LimitConfig,
+}
+
+thread_local! {
+    /// Per-thread request sequence for the one-in-N timing: no shared write on the hot path.
+    static SEQ: Cell<u32> = const { Cell::new(0) };
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Limiter {
+    pub(crate) fn new(config: LimitConfig) -> Self {
+        let law = Law::new(config.clone());
+        // Slots are held by futures until they read their fate, so twice the largest queue.
+        let capacity = (queue_bound(&config, config.max) as usize)
+            .saturating_mul(2)
+            .clamp(2, 2 * MAX_WAITING);
+        let clock = TokioClock;
+        let limiter = Self {
+            in_flight: CachePadded::new(InFlight::new()),
+            limit: AtomicU32::new(0),
+            limit_critical: AtomicU32::new(0),
+            low: AtomicU32::new(0),
+            needed: AtomicU32::new(0),
+            epoch: AtomicU32::new(0),
+            baseline_ns: AtomicU64::new(0),
+            queue_target_ns: AtomicU64::new(0),
+            window_start_ns: AtomicU64::new(0),
+            min_window_ns: AtomicU64::new(0),
+            max_window_ns: AtomicU64::new(u64::MAX),
+            binding: AtomicBool::new(false),
+            cells: CachePadded::new(Cells::default()),
+            counters: Counters::default(),
+            queue: Mutex::new(WaitQueue::new(capacity)),
+            law: Mutex::new(law),
+            clock,
+            origin: clock.now(),
+            config,
+        };
+        limiter.publish(&limiter.lock_law());
+        limiter
+    }
+
+    fn lock_law(&self) -> std::sync::MutexGuard<'_, Law> {
+        self.law.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, WaitQueue<Option<Waker>>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn since_origin(&self, now: Instant) -> u64 {
+        nanos(now.saturating_duration_since(self.origin))
+    }
+
+    /// Publishes the law's state for the hot path.
+    fn publish(&self, law: &Law) {
+        self.limit.store(law.limit(), Ordering::Relaxed);
+        self.limit_critical
+            .store(law.limit_for(Priority::Critical), Ordering::Relaxed);
+        self.low.store(law.low_concurrency(), Ordering::Relaxed);
+        self.needed.store(law.samples_needed(), Ordering::Relaxed);
+        let baseline = law.baseline().map_or(0, nanos);
+        self.baseline_ns.store(baseline, Ordering::Relaxed);
+        self.queue_target_ns
+            .store(law.queue_target().map_or(0, nanos), Ordering::Relaxed);
+        let (min, max) = law.window_bounds();
+        self.min_window_ns.store(nanos(min), Ordering::Relaxed);
+        self.max_window_ns
+            .store(max.map_or(u64::MAX, nanos), Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn limit_for(&self, priority: Priority) -> u32 {
+        if priority == Priority::Critical {
+            self.limit_critical.load(Ordering::Relaxed)
+        } else {
+            self.limit.load(Ordering::Relaxed)
+        }
+    }
+
+    /// The hot path: a slot when nobody waits and the limit has room.
+    #[inline]
+    pub(crate) fn try_acquire(&self, priority: Priority) -> Option<Slot> {
+        let limit = self.limit_for(priority);
+        let concurrency = self.in_flight.try_acquire(limit)?;
+        Some(self.slot(concurrency, limit, false))
+    }
+
+    #[inline]
+    fn slot(&self, concurrency: u32, limit: u32, always_time: bool) -> Slot {
+        let seq = SEQ.with(|s| {
+            let n = s.get().wrapping_add(1);
+            s.set(n);
+            n
+        });
+        let timed = always_time
+            || seq.is_multiple_of(self.config.timing_every)
+            || 2 * concurrency >= limit
+            || self.cells.samples.load(Ordering::Relaxed) < self.needed.load(Ordering::Relaxed);
+        Slot {
+            start: timed.then(|| self.clock.now()),
+            concurrency,
+            low: concurrency <= self.low.load(Ordering::Relaxed),
+            epoch: self.epoch.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The overload path: admit ahead of lower priorities, queue, or refuse.
+    pub(crate) fn enter(&self, priority: Priority) -> Entry {
+        self.binding.store(true, Ordering::Relaxed);
+        let now = self.clock.now();
+        let mut queue = self.lock_queue();
+        self.expire(&mut queue, now);
+        let limit = self.limit_for(priority);
+        if queue.best_priority().is_none_or(|best| best < priority)
+            && let Some(n) = self.in_flight.try_acquire_ahead(limit)
+        {
+            return Entry::Admitted(self.slot(n, limit, true));
+        }
+        let target = self.queue_target_ns.load(Ordering::Relaxed);
+        if target == 0 {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            return Entry::Refused;
+        }
+        let wait = if priority == Priority::Critical {
+            target.saturating_mul(2)
+        } else {
+            target
+        };
+        let bound = queue_bound(&self.config, self.limit.load(Ordering::Relaxed));
+        match queue.push(priority, now, bound as usize, None) {
+            Pushed::Queued { ticket, evicted } => {
+                self.in_flight.add_waiter();
+                self.counters.queued.fetch_add(1, Ordering::Relaxed);
+                if let Some((_, waker)) = evicted {
+                    self.in_flight.remove_waiter();
+                    self.counters.evicted.fetch_add(1, Ordering::Relaxed);
+                    if let Some(w) = waker {
+                        w.wake();
+                    }
+                }
+                // A slot may have been freed since the fast path looked.
+                self.drain(&mut queue, now);
+                Entry::Queued(ticket, now + Duration::from_nanos(wait))
+            }
+            Pushed::Full(_) => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                Entry::Refused
+            }
+        }
+    }
+
+    /// Hands free slots to the best waiters (under the queue's lock).
+    fn drain(&self, queue: &mut WaitQueue<Option<Waker>>, now: Instant) {
+        let target = Duration::from_nanos(self.queue_target_ns.load(Ordering::Relaxed));
+        while let Some(best) = queue.best_priority() {
+            let limit = self.limit_for(best);
+            if self.in_flight.try_acquire_ahead(limit).is_none() {
+                break;
+            }
+            // Under a standing queue (it has not emptied for a whole target), newest first.
+            let standing = queue.standing_for(now) > target;
+            match queue.grant(now, standing) {
+                Some((_, waker, waited)) => {
+                    self.in_flight.remove_waiter();
+                    self.counters
+                        .queue_delay_ns
+                        .store(nanos(waited), Ordering::Relaxed);
+                    if let Some(w) = waker {
+                        w.wake();
+                    }
+                }
+                None => {
+                    // Cannot happen (a best priority exists); give the slot back.
+                    self.in_flight.release();
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Ends the waits past their deadline (under the queue's lock).
+    fn expire(&self, queue: &mut WaitQueue<Option<Waker>>, now: Instant) {
+        let target = Duration::from_nanos(self.queue_target_ns.load(Ordering::Relaxed));
+        if target.is_zero() || queue.len() == 0 {
+            return;
+        }
+        // Critical waiters may wait twice the target (they are served before any other, so
+        // they wait that long only when critical requests alone fill the limit).
+        let mut expired = 0u64;
+        let critical = Priority::Critical.index();
+        let mut wake = |_, waker: Option<Waker>| {
+            expired += 1;
+            if let Some(w) = waker {
+                w.wake();
+            }
+        };
+        queue.expire_lanes(0..critical, now, target, &mut wake);
+        queue.expire_lanes(critical..critical + 1, now, target * 2, &mut wake);
+        for _ in 0..expired {
+            self.in_flight.remove_waiter();
+        }
+        self.counters.expired.fetch_add(expired, Ordering::Relaxed);
+    }
+
+    /// Polls a queued request: its fate, or `None` (after storing `waker`) while it waits.
+    pub(crate) fn poll_ticket(&self, ticket: Ticket, waker: &Waker) -> Option<Fate> {
+        let mut queue = self.lock_queue();
+        match queue.take(ticket) {
+            Some(fate) => Some(fate),
+            None => {
+                if let Some(slot) = queue.payload_mut(ticket) {
+                    match slot {
+                        Some(w) if w.will_wake(waker) => {}
+                        _ => *slot = Some(waker.clone()),
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// The slot of a granted waiter.
+    pub(crate) fn granted_slot(&self) -> Slot {
+        let (n, _) = self.in_flight.load();
+        self.slot(n, self.limit.load(Ordering::Relaxed), true)
+    }
+
+    /// A queued request gives up: its deadline passed, or its future was dropped. Returns its
+    /// fate if one was decided meanwhile (a granted slot is then the caller's to use or
+    /// release); `None` means it left the queue unserved.
+    pub(crate) fn withdraw(&self, ticket: Ticket, expired: bool) -> Option<Fate> {
+        let mut queue = self.lock_queue();
+        let fate = queue.cancel(ticket);
+        if fate.is_none() {
+            self.in_flight.remove_waiter();
+            if expired {
+                self.counters.expired.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        fate
+    }
+
+    /// A slot comes back.
+    #[inline]
+    pub(crate) fn release(&self) {
+        if self.in_flight.release() {
+            let now = self.clock.now();
+            let mut queue = self.lock_queue();
+            self.expire(&mut queue, now);
+            self.drain(&mut queue, now);
+        }
+    }
+
+    /// The baseline latency, if known (for the completion path's fast-failure test).
+    #[inline]
+    pub(crate) fn baseline(&self) -> Option<Duration> {
+        match self.baseline_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// Records a finished or abandoned request and gives its slot back. `sample` is whether
+    /// its latency counts (success, slow failure); a fast failure counts apart.
+    pub(crate) fn complete(&self, slot: Slot, outcome: Completion) {
+        // A window takes the requests admitted within it, and the requests longer than a
+        // window (leaving them out would hide every request slower than a window); shorter
+        // ones admitted earlier ran under an older limit.
+        if let Some(start) = slot.start {
+            let now = self.clock.now();
+            let latency = now.saturating_duration_since(start);
+            let window = self.min_window_ns.load(Ordering::Relaxed);
+            if slot.epoch != self.epoch.load(Ordering::Relaxed) && nanos(latency) <= window {
+                self.release();
+                return;
+            }
+            let slow = self.baseline().is_none_or(|b| latency >= b);
+            match outcome {
+                Completion::Success => self.record(latency, slot),
+                Completion::Failure | Completion::Cancelled if slow => self.record(latency, slot),
+                Completion::Failure => {
+                    self.cells.fast_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                Completion::Cancelled | Completion::Ignored => {}
+            }
+            self.maybe_close(now);
+        }
+        self.release();
+    }
+
+    fn record(&self, latency: Duration, slot: Slot) {
+        let ns = nanos(latency);
+        let us = ns / 1_000;
+        let c = &self.cells;
+        c.latency_sum_ns.fetch_add(ns, Ordering::Relaxed);
+        c.latency_sq_sum_us
+            .fetch_add(us.saturating_mul(us), Ordering::Relaxed);
+        c.concurrency_sum
+            .fetch_add(u64::from(slot.concurrency), Ordering::Relaxed);
+        c.max_latency_ns.fetch_max(ns, Ordering::Relaxed);
+        if slot.low {
+            c.low_samples.fetch_add(1, Ordering::Relaxed);
+            c.low_latency_sum_ns.fetch_add(ns, Ordering::Relaxed);
+        }
+        // Last, so a closer that sees the count sees the sums (up to records in flight).
+        c.samples.fetch_add(1, Ordering::Release);
+    }
+
+    fn maybe_close(&self, now: Instant) {
+        let elapsed = self
+            .since_origin(now)
+            .saturating_sub(self.window_start_ns.load(Ordering::Relaxed));
+        let samples = self.cells.samples.load(Ordering::Acquire);
+        let due = (samples >= self.needed.load(Ordering::Relaxed)
+            && elapsed >= self.min_window_ns.load(Ordering::Relaxed))
+            || elapsed >= self.max_window_ns.load(Ordering::Relaxed);
+        if !due {
+            return;
+        }
+        // Whoever gets the lock closes the window; the others carry on.
+        let Ok(mut law) = self.law.try_lock() else {
+            return;
+        };
+        let elapsed = Duration::from_nanos(
+            self.since_origin(now)
+                .saturating_sub(self.window_start_ns.load(Ordering::Relaxed)),
+        );
+        let samples = self.cells.samples.load(Ordering::Acquire);
+        if !law.window_done(samples, elapsed) {
+            return;
+        }
+        let c = &self.cells;
+        let window = Window {
+            samples: c.samples.swap(0, Ordering::AcqRel),
+            latency_sum_ns: c.latency_sum_ns.swap(0, Ordering::AcqRel),
+            latency_sq_sum_us: c.latency_sq_sum_us.swap(0, Ordering::AcqRel),
+            concurrency_sum: c.concurrency_sum.swap(0, Ordering::AcqRel),
+            low_samples: c.low_samples.swap(0, Ordering::AcqRel),
+            low_latency_sum_ns: c.low_latency_sum_ns.swap(0, Ordering::AcqRel),
+            binding: self.binding.swap(false, Ordering::Relaxed),
+            fast_failures: c.fast_failures.swap(0, Ordering::AcqRel),
+            max_latency_ns: c.max_latency_ns.swap(0, Ordering::AcqRel),
+            elapsed,
+        };
+        // A sample that lands between the swaps may leave its count in one window and its
+        // sums in the next: an error of one sample in a window of at least sixteen.
+        let before = law.limit();
+        let after = law.observe(&window, now);
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+        self.window_start_ns
+            .store(self.since_origin(now), Ordering::Relaxed);
+        self.publish(&law);
+        if after != before {
+            tracing::debug!(
+                target: "degrade::limit",
+                from = before,
+                to = after,
+                baseline_ms = law.baseline().map_or(0.0, |b| b.as_secs_f64() * 1e3),
+                latency_ms = window.mean_latency().map_or(0.0, |l| l.as_secs_f64() * 1e3),
+                ratio = law.latency_ratio().unwrap_or(0.0),
+                samples = window.samples,
+                "concurrency limit changed"
+            );
+        }
+        drop(law);
+        if after > before {
+            let mut queue = self.lock_queue();
+            self.drain(&mut queue, now);
+        }
+    }
+
+    /// The limiter's state, for snapshots.
+    pub(crate) fn snapshot(&self) -> LimitSnapshot {
+        let (in_flight, waiting) = self.in_flight.load();
+        let law = self.lock_law();
+        LimitSnapshot {
+            limit: law.limit(),
+            in_flight,
+            waiting,
+            baseline: law.baseline(),
+            latency_ratio: law.latency_ratio(),
+            queue_target: law.queue_target(),
+            queue_delay: Duration::from_nanos(self.counters.queue_delay_ns.load(Ordering::Relaxed)),
+            queued: self.counters.queued.load(Ordering::Relaxed),
+            expired: self.counters.expired.load(Ordering::Relaxed),
+            evicted: self.counters.evicted.load(Ordering::Relaxed),
+            refused: self.counters.refused.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How a request in flight ended, for the law.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Completion {
+    Success,
+    Failure,
+    Ignored,
+    Cancelled,
+}
+
+/// The most requests that ever wait at once, whatever the limit.
+pub(crate) const MAX_WAITING: usize = 4096;
+
+fn queue_bound(config: &LimitConfig, limit: u32) -> u32 {
+    ((config.queue_size * f64::from(limit)).ceil() as u32).clamp(1, MAX_WAITING as u32)
+}
+
+/// The state of an adaptive limit: what it learnt, and what its queue did.
+///
+/// ```
+/// use degrade_core::{Controller, DegradeLayer};
+/// let c = Controller::new(Default::default()).unwrap();
+/// let layer = DegradeLayer::builder(c.handle()).build().unwrap();
+/// let limit = layer.snapshot().limit.unwrap();
+/// assert_eq!(limit.limit, 16); // the initial limit, before anything is learnt
+/// assert_eq!(limit.baseline, None);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
+pub struct LimitSnapshot {
+    /// The concurrency limit.
+    pub limit: u32,
+    /// Requests in the inner service now.
+    pub in_flight: u32,
+    /// Requests waiting for a slot now.
+    pub waiting: u32,
+    /// The service's no-load latency, as learnt.
+    pub baseline: Option<Duration>,
+    /// The latest window's mean latency over the baseline.
+    pub latency_ratio: Option<f64>,
+    /// How long a request may wait for a slot.
+    pub queue_target: Option<Duration>,
+    /// How long the latest request handed a slot had waited.
+    pub queue_delay: Duration,
+    /// Requests that waited for a slot, ever.
+    pub queued: u64,
+    /// Waiting requests refused at their deadline, ever.
+    pub expired: u64,
+    /// Waiting requests refused to make room for a higher priority, ever.
+    pub evicted: u64,
+    /// Requests refused at once (queue full of more important requests), ever.
+    pub refused: u64,
+}

@@ -1,0 +1,137 @@
+//! The adaptive concurrency limit behind the [`DegradeLayer`](crate::DegradeLayer).
+//!
+//! Why a concurrency limit, and why adaptive: a service has a knee — below it, a request more
+//! in flight costs nothing in latency; beyond it, every request more waits in the service's own
+//! queue. A fixed limit has to be found by trial for each service and is wrong as soon as the
+//! service slows down, scales out or changes its mix of requests. The limit here learns the
+//! knee from what it observes and follows it.
+//!
+//! * [`Law`] is the control law, a pure function of (state, [`Window`] of observations, now):
+//!   the limit is multiplied each window by the ratio of a latency target (`1 + tolerance`
+//!   times the service's no-load latency, its *baseline*) to the window's mean latency, grows
+//!   while demand fills the limit and nothing queues, and probes below itself now and then to
+//!   re-learn the baseline. It reads no clock and touches no atomic, so it is tested by
+//!   property tests and a discrete-event simulation without a runtime.
+//! * The limiter (crate-private) puts the law behind atomics, shared by every clone of a layer:
+//!   one word counts the requests in flight and those waiting (a compare-and-swap admits, a
+//!   `fetch_sub` releases; a loom model checks that a release never misses a waiter), a
+//!   bounded wait queue serves the highest priority first, and the completion that closes a
+//!   window moves the limit under a `try_lock` (never waited on).
+//! * [`LimitConfig`] holds only ratios and safety bounds; [`LimitSnapshot`] shows the limit,
+//!   its inputs (baseline, latency ratio, queue target) and the queue's counters.
+//!
+//! ```
+//! use degrade_core::limit::LimitConfig;
+//! use degrade_core::{Controller, DegradeLayer};
+//! use tower::{Service, ServiceExt, Layer};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let c = Controller::new(Default::default()).unwrap();
+//! // The defaults know nothing of the service: a first limit of 16, learnt from there.
+//! let layer = DegradeLayer::builder(c.handle()).build().unwrap();
+//! let snap = layer.snapshot().limit.unwrap();
+//! assert_eq!((snap.limit, snap.in_flight, snap.baseline), (16, 0, None));
+//!
+//! let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, std::convert::Infallible>(()) }));
+//! svc.ready().await.unwrap().call(()).await.unwrap();
+//! assert_eq!(layer.snapshot().limit.unwrap().in_flight, 0); // the slot came back
+//! # let _ = LimitConfig::default();
+//! # }
+//! ```
+
+mod inflight;
+mod law;
+mod limiter;
+mod queue;
+#[cfg(test)]
+mod sim;
+
+pub use self::law::{Law, Window};
+pub use self::limiter::LimitSnapshot;
+pub(crate) use self::limiter::{Completion, Entry, Limiter, Slot};
+pub(crate) use self::queue::{Fate, Ticket};
+#[cfg(test)]
+pub(crate) use self::queue::{Pushed, WaitQueue};
+
+use crate::config::{ConfigError, check_range};
+use serde::{Deserialize, Serialize};
+
+/// Configuration of the adaptive limit. Every field is dimensionless or a safety bound: none
+/// needs to know the service, and the defaults are meant to be kept.
+///
+/// ```
+/// use degrade_core::limit::LimitConfig;
+/// let config: LimitConfig = serde_json::from_str(r#"{ "max": 200 }"#).unwrap();
+/// assert_eq!(config.max, 200);
+/// config.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitConfig {
+    /// The limit before anything is learnt (default 16).
+    pub initial: u32,
+    /// The limit never goes below this (default 1).
+    pub min: u32,
+    /// The limit never goes above this (default 10 000): a safety bound, not a capacity.
+    pub max: u32,
+    /// The latency inflation over the no-load baseline at which the limit settles (default
+    /// 0.1: the service runs at 110 % of its no-load latency, busy, with almost no queue).
+    pub tolerance: f64,
+    /// How long a request may wait for a slot, in baselines (default 0.5). A waiting request
+    /// is served highest priority first; one that waited longer is refused.
+    pub queue_delay: f64,
+    /// Most requests waiting at once, in limits (default 1.0: as many as the limit).
+    pub queue_size: f64,
+    /// Below the limit, one admitted request in this many is timed (default 16); every request
+    /// is timed once demand reaches half the limit.
+    pub timing_every: u32,
+}
+
+impl Default for LimitConfig {
+    fn default() -> Self {
+        Self {
+            initial: 16,
+            min: 1,
+            max: 10_000,
+            tolerance: 0.1,
+            queue_delay: 0.5,
+            queue_size: 1.0,
+            timing_every: 16,
+        }
+    }
+}
+
+impl LimitConfig {
+    /// Checks every field, naming the first bad one.
+    ///
+    /// ```
+    /// # use degrade_core::limit::LimitConfig;
+    /// let mut c = LimitConfig::default();
+    /// c.min = 0;
+    /// assert_eq!(c.validate().unwrap_err().field(), "min");
+    /// ```
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.min == 0 {
+            return Err(ConfigError::new("min", "must be at least 1"));
+        }
+        if self.max < self.min {
+            return Err(ConfigError::new("max", "must be at least `min`"));
+        }
+        if self.max > 1_000_000 {
+            return Err(ConfigError::new("max", "must be at most 1000000"));
+        }
+        if !(self.min..=self.max).contains(&self.initial) {
+            return Err(ConfigError::new("initial", "must be within [min, max]"));
+        }
+        check_range("tolerance", self.tolerance, 0.01, 1.0)?;
+        check_range("queue_delay", self.queue_delay, 0.0, 10.0)?;
+        check_range("queue_size", self.queue_size, 0.0, 10.0)?;
+        if self.timing_every == 0 || self.timing_every > 1 << 16 {
+            return Err(ConfigError::new(
+                "timing_every",
+                "must be within [1, 65536]",
+            ));
+        }
+        Ok(())
+    }
+}

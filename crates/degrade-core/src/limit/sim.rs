@@ -1,0 +1,1178 @@
+//! A deterministic discrete-event simulator of the limit in front of model backends.
+//!
+//! It runs the very [`Law`] and [`WaitQueue`] the limiter uses, on virtual time, against:
+//! backends with `k` slots and a FIFO queue (a thread pool, a connection pool) or processor
+//! sharing over `c` cores (a CPU-bound handler); log-normal service times of any median and
+//! spread; a share of requests that cost 10×; capacity that steps down and back; open-loop
+//! Poisson clients whose rate follows a schedule, and closed-loop clients that re-send as soon
+//! as they get an answer (as wrk does). What it measures is what the overload benchmark
+//! measures on a real server: goodput against capacity, the admitted p99 against the unloaded
+//! p99, critical requests answered, and the time to react and recover.
+
+use super::{Law, LimitConfig, Pushed, WaitQueue, Window};
+use crate::priority::Priority;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::Duration;
+use tokio::time::Instant;
+
+thread_local! {
+    /// Print every window the law takes (exploration only).
+    pub(crate) static TRACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Critical refusals by cause: queue full, evicted, expired, no target yet.
+    pub(crate) static CRIT: std::cell::Cell<[u64; 4]> = const { std::cell::Cell::new([0; 4]) };
+}
+
+/// splitmix64: seeded, tiny, good enough for arrivals and service times.
+#[derive(Debug, Clone)]
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub(crate) fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn exponential(&mut self, rate: f64) -> f64 {
+        -(1.0 - self.uniform()).ln() / rate
+    }
+    fn normal(&mut self) -> f64 {
+        // Box-Muller.
+        let u1 = 1.0 - self.uniform();
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+/// How the backend serves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    /// `k` slots, FIFO queue in front of them.
+    Slots(u32),
+    /// Processor sharing over `c` cores.
+    Cpu(u32),
+}
+
+/// A model backend.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backend {
+    pub(crate) kind: Kind,
+    /// Median service time, seconds (log-normal).
+    pub(crate) median: f64,
+    /// Log-normal shape (0: constant).
+    pub(crate) sigma: f64,
+    /// Share of requests that cost `heavy_cost` times as much.
+    pub(crate) heavy_share: f64,
+    pub(crate) heavy_cost: f64,
+}
+
+impl Backend {
+    pub(crate) fn slots(k: u32, median: f64, sigma: f64) -> Self {
+        Self {
+            kind: Kind::Slots(k),
+            median,
+            sigma,
+            heavy_share: 0.0,
+            heavy_cost: 1.0,
+        }
+    }
+    pub(crate) fn cpu(c: u32, median: f64, sigma: f64) -> Self {
+        Self {
+            kind: Kind::Cpu(c),
+            ..Self::slots(1, median, sigma)
+        }
+    }
+    pub(crate) fn mixed(mut self) -> Self {
+        self.heavy_share = 0.1;
+        self.heavy_cost = 10.0;
+        self
+    }
+    fn servers(&self) -> f64 {
+        match self.kind {
+            Kind::Slots(k) | Kind::Cpu(k) => f64::from(k),
+        }
+    }
+    /// Mean work per request, seconds.
+    fn mean_work(&self) -> f64 {
+        let lognormal_mean = self.median * (self.sigma * self.sigma / 2.0).exp();
+        lognormal_mean * (1.0 - self.heavy_share + self.heavy_share * self.heavy_cost)
+    }
+    /// Requests per second at full use.
+    pub(crate) fn capacity(&self) -> f64 {
+        self.servers() / self.mean_work()
+    }
+    fn draw(&self, rng: &mut Rng) -> f64 {
+        let base = self.median * (self.sigma * rng.normal()).exp();
+        if rng.uniform() < self.heavy_share {
+            base * self.heavy_cost
+        } else {
+            base
+        }
+    }
+}
+
+/// Who sends.
+#[derive(Debug, Clone)]
+pub(crate) enum Clients {
+    /// Poisson arrivals at `factor × capacity` per phase.
+    Open,
+    /// `n` connections, each re-sending as soon as it has its answer.
+    Closed(u32),
+}
+
+/// One part of a run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Phase {
+    pub(crate) secs: f64,
+    /// Offered load in multiples of the nominal capacity (open loop).
+    pub(crate) load: f64,
+    /// Service speed: 0.5 makes every request take twice as long.
+    pub(crate) speed: f64,
+}
+
+/// The admission in front of the backend.
+#[derive(Debug, Clone)]
+pub(crate) enum Guard {
+    /// Nothing.
+    None,
+    /// A fixed limit with no queue (tower's ConcurrencyLimit + LoadShed).
+    Fixed(u32),
+    /// The adaptive limit with its wait queue.
+    Adaptive(LimitConfig),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Setup {
+    pub(crate) backend: Backend,
+    pub(crate) clients: Clients,
+    pub(crate) phases: Vec<Phase>,
+    pub(crate) guard: Guard,
+    /// Share of critical requests (the rest spread as in the demo's mix).
+    pub(crate) mix: [f64; 5],
+    pub(crate) seed: u64,
+}
+
+/// The demo's mix: background 15 %, low 25 %, normal 30 %, high 20 %, critical 10 %.
+pub(crate) const DEMO_MIX: [f64; 5] = [0.15, 0.25, 0.30, 0.20, 0.10];
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PhaseStats {
+    pub(crate) offered: u64,
+    pub(crate) ok: u64,
+    /// Completions (200s) that finished within the phase, per second.
+    pub(crate) goodput: f64,
+    pub(crate) latencies: Vec<f64>,
+    pub(crate) critical_offered: u64,
+    pub(crate) critical_ok: u64,
+    pub(crate) mean_limit: f64,
+}
+
+impl PhaseStats {
+    pub(crate) fn p99(&self) -> f64 {
+        quantile(&self.latencies, 0.99)
+    }
+    pub(crate) fn critical_percent(&self) -> f64 {
+        if self.critical_offered == 0 {
+            100.0
+        } else {
+            100.0 * self.critical_ok as f64 / self.critical_offered as f64
+        }
+    }
+}
+
+pub(crate) fn quantile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(Ordering::Equal));
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Report {
+    pub(crate) capacity: f64,
+    pub(crate) phases: Vec<PhaseStats>,
+    /// (time, limit) at every change.
+    pub(crate) limits: Vec<(f64, u32)>,
+    /// Every answered request: (sent at, ok, latency).
+    pub(crate) answers: Vec<(f64, bool, f64)>,
+    pub(crate) starts: Vec<f64>,
+}
+
+impl Report {
+    /// Answers ok that completed within `[from, to)` seconds, per second.
+    pub(crate) fn goodput_between(&self, from: f64, to: f64) -> f64 {
+        let done = self
+            .answers
+            .iter()
+            .filter(|a| a.1 && (from..to).contains(&(a.0 + a.2)))
+            .count();
+        done as f64 / (to - from)
+    }
+
+    pub(crate) fn goodput_percent(&self, phase: usize) -> f64 {
+        100.0 * self.phases[phase].goodput / self.capacity
+    }
+
+    /// From the start of `phase`, the time after which every `window` of it has its p99
+    /// within `bound` and at least `min_ok` of its answers ok (`None`: never).
+    pub(crate) fn settle(&self, phase: usize, window: f64, bound: f64, min_ok: f64) -> Option<f64> {
+        let start = self.starts[phase];
+        let end = self.starts.get(phase + 1).copied().unwrap_or(f64::INFINITY);
+        let n = ((end - start) / window).floor() as usize;
+        let good: Vec<bool> = (0..n)
+            .map(|w| {
+                let from = start + w as f64 * window;
+                let answers: Vec<&(f64, bool, f64)> = self
+                    .answers
+                    .iter()
+                    .filter(|a| a.0 >= from && a.0 < from + window)
+                    .collect();
+                let ok: Vec<f64> = answers.iter().filter(|a| a.1).map(|a| a.2).collect();
+                let share = ok.len() as f64 / answers.len().max(1) as f64;
+                !ok.is_empty() && share >= min_ok && quantile(&ok, 0.99) <= bound
+            })
+            .collect();
+        let first = good.iter().rposition(|g| !g).map_or(0, |bad| bad + 1);
+        (first < good.len()).then_some(first as f64 * window)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ev {
+    Arrival,
+    /// Closed-loop client `n` sends again.
+    Resend(u32),
+    /// A FIFO job finishes (request id).
+    Done(u64),
+    /// The processor-sharing backend's next completion (stamped with its epoch).
+    CpuTick(u64),
+    /// A waiter's deadline (request id).
+    Deadline(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct At(f64, u64, Ev);
+impl Eq for At {}
+impl PartialOrd for At {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for At {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Earliest first in a max-heap.
+        other
+            .0
+            .partial_cmp(&self.0)
+            .unwrap_or(Ordering::Equal)
+            .then(other.1.cmp(&self.1))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Req {
+    sent: f64,
+    priority: Priority,
+    client: Option<u32>,
+    /// Inner admission: time, concurrency, timed, low concurrency, window epoch.
+    admitted: Option<(f64, u32, bool, bool, u64)>,
+    work: f64,
+    ticket: Option<super::queue::Ticket>,
+}
+
+/// The simulator's view of the limiter: the same law and queue, on virtual time.
+struct Limiter {
+    law: Law,
+    config: LimitConfig,
+    queue: WaitQueue<u64>,
+    window: Window,
+    window_start: f64,
+    seq: u64,
+    epoch: u64,
+}
+
+pub(crate) fn run(setup: &Setup) -> Report {
+    let origin = Instant::now();
+    let at = |t: f64| origin + Duration::from_secs_f64(t.max(0.0));
+    let capacity = setup.backend.capacity();
+    let mut rng = Rng::new(setup.seed);
+    let mut heap = BinaryHeap::new();
+    let mut n_ev = 0u64;
+    let mut push = |heap: &mut BinaryHeap<At>, t: f64, e: Ev| {
+        n_ev += 1;
+        heap.push(At(t, n_ev, e));
+    };
+    let mut starts = Vec::new();
+    let mut t = 0.0;
+    for p in &setup.phases {
+        starts.push(t);
+        t += p.secs;
+    }
+    let end = t;
+    let phase_of = |t: f64| starts.iter().rposition(|s| *s <= t).unwrap_or(0);
+
+    let mut reqs: Vec<Req> = Vec::new();
+    let mut limiter = match &setup.guard {
+        Guard::Adaptive(config) => Some(Limiter {
+            law: Law::new(config.clone()),
+            config: config.clone(),
+            queue: WaitQueue::new((config.max as usize).min(4096) * 2 + 2),
+            window: Window::default(),
+            window_start: 0.0,
+            seq: 0,
+            epoch: 0,
+        }),
+        _ => None,
+    };
+    let mut in_flight: u32 = 0; // inside the backend (past the guard)
+    // FIFO backend state.
+    let mut busy: u32 = 0;
+    let mut fifo: VecDeque<u64> = VecDeque::new();
+    // PS backend state: remaining work per job.
+    let mut cpu_jobs: Vec<(u64, f64)> = Vec::new();
+    let mut cpu_last = 0.0;
+    let mut cpu_epoch = 0u64;
+
+    let mut stats: Vec<PhaseStats> = vec![PhaseStats::default(); setup.phases.len()];
+    let mut limit_time = vec![0.0; setup.phases.len()];
+    let mut limits = Vec::new();
+    let mut answers = Vec::new();
+
+    match setup.clients {
+        Clients::Open => push(&mut heap, 0.0, Ev::Arrival),
+        Clients::Closed(n) => {
+            for c in 0..n {
+                push(&mut heap, rng.uniform() * 0.001, Ev::Resend(c));
+            }
+        }
+    }
+
+    let limit_of = |l: &Option<Limiter>| match (&setup.guard, l) {
+        (Guard::Fixed(n), _) => *n,
+        (Guard::Adaptive(_), Some(l)) => l.law.limit(),
+        _ => u32::MAX,
+    };
+    let mut last_t = 0.0;
+    let mut last_limit = limit_of(&limiter);
+    limits.push((0.0, last_limit));
+
+    while let Some(At(now, _, ev)) = heap.pop() {
+        if now > end + 30.0 {
+            break;
+        }
+        if let Ev::CpuTick(epoch) = ev
+            && epoch != cpu_epoch
+        {
+            // A completion time computed before the job set changed.
+            continue;
+        }
+        // Time-weighted limit per phase.
+        if now > last_t {
+            let p = phase_of(last_t).min(stats.len() - 1);
+            limit_time[p] += (now - last_t) * f64::from(last_limit.min(100_000));
+            last_t = now;
+        }
+        let speed = setup.phases[phase_of(now).min(setup.phases.len() - 1)].speed;
+
+        // Advance the PS backend to `now`.
+        if let Kind::Cpu(c) = setup.backend.kind {
+            let n = cpu_jobs.len() as f64;
+            if n > 0.0 {
+                let rate = (f64::from(c) / n).min(1.0) * speed;
+                for j in &mut cpu_jobs {
+                    j.1 -= (now - cpu_last) * rate;
+                }
+            }
+            cpu_last = now;
+        }
+
+        let mut finished: Vec<u64> = Vec::new();
+        let mut new_req: Option<(Option<u32>, Priority)> = None;
+        match ev {
+            Ev::Arrival => {
+                if now < end {
+                    let load = setup.phases[phase_of(now)].load;
+                    new_req = Some((None, pick(&setup.mix, rng.uniform())));
+                    let rate = load * capacity;
+                    let gap = if rate > 0.0 {
+                        rng.exponential(rate)
+                    } else {
+                        0.01
+                    };
+                    push(&mut heap, now + gap, Ev::Arrival);
+                }
+            }
+            Ev::Resend(c) => {
+                if now < end {
+                    new_req = Some((Some(c), pick(&setup.mix, rng.uniform())));
+                }
+            }
+            Ev::Done(id) => {
+                finished.push(id);
+                busy -= 1;
+                if let Some(next) = fifo.pop_front() {
+                    busy += 1;
+                    let w = reqs[next as usize].work / speed;
+                    push(&mut heap, now + w, Ev::Done(next));
+                }
+            }
+            Ev::CpuTick(epoch) => {
+                if epoch == cpu_epoch {
+                    cpu_jobs.retain(|(id, rem)| {
+                        if *rem <= 1e-9 {
+                            finished.push(*id);
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                }
+            }
+            Ev::Deadline(id) => {
+                if let (Some(l), Some(ticket)) = (limiter.as_mut(), reqs[id as usize].ticket)
+                    && l.queue.cancel(ticket).is_none()
+                {
+                    {
+                        // Still waiting at its deadline: refused.
+                        reqs[id as usize].ticket = None;
+                        if reqs[id as usize].priority == Priority::Critical {
+                            CRIT.with(|c| {
+                                let mut a = c.get();
+                                a[2] += 1;
+                                c.set(a)
+                            });
+                        }
+
+                        answer(
+                            &mut reqs,
+                            id,
+                            now,
+                            false,
+                            &mut stats,
+                            &mut answers,
+                            &phase_of,
+                        );
+                        resend(
+                            &setup.clients,
+                            &reqs[id as usize],
+                            now,
+                            &mut heap,
+                            &mut push,
+                        );
+                    }
+                }
+            }
+        }
+
+        // New request through the guard.
+        let mut to_start: Vec<u64> = Vec::new();
+        if let Some((client, priority)) = new_req {
+            let id = reqs.len() as u64;
+            reqs.push(Req {
+                sent: now,
+                priority,
+                client,
+                admitted: None,
+                work: setup.backend.draw(&mut rng),
+                ticket: None,
+            });
+            let p = phase_of(now);
+            stats[p].offered += 1;
+            if priority == Priority::Critical {
+                stats[p].critical_offered += 1;
+            }
+            match (&setup.guard, limiter.as_mut()) {
+                (Guard::None, _) => to_start.push(id),
+                (Guard::Fixed(n), _) => {
+                    if in_flight < *n {
+                        to_start.push(id);
+                    } else {
+                        answer(
+                            &mut reqs,
+                            id,
+                            now + 0.0002,
+                            false,
+                            &mut stats,
+                            &mut answers,
+                            &phase_of,
+                        );
+                        resend(
+                            &setup.clients,
+                            &reqs[id as usize],
+                            now + 0.0002,
+                            &mut heap,
+                            &mut push,
+                        );
+                    }
+                }
+                (Guard::Adaptive(_), Some(l)) => {
+                    let limit = l.law.limit();
+                    if in_flight < l.law.limit_for(priority)
+                        && l.queue.best_priority().is_none_or(|b| b < priority)
+                    {
+                        to_start.push(id);
+                    } else {
+                        l.window.binding = true;
+                        let bound =
+                            ((l.config.queue_size * f64::from(limit)).ceil() as usize).max(1);
+                        match l.law.max_wait(priority) {
+                            Some(target) if !target.is_zero() => {
+                                match l.queue.push(priority, at(now), bound, id) {
+                                    Pushed::Queued { ticket, evicted } => {
+                                        reqs[id as usize].ticket = Some(ticket);
+                                        push(
+                                            &mut heap,
+                                            now + target.as_secs_f64(),
+                                            Ev::Deadline(id),
+                                        );
+                                        if let Some((t, victim)) = evicted {
+                                            l.queue.take(t);
+                                            reqs[victim as usize].ticket = None;
+                                            if reqs[victim as usize].priority == Priority::Critical
+                                            {
+                                                CRIT.with(|c| {
+                                                    let mut a = c.get();
+                                                    a[1] += 1;
+                                                    c.set(a)
+                                                });
+                                            }
+
+                                            answer(
+                                                &mut reqs,
+                                                victim,
+                                                now + 0.0002,
+                                                false,
+                                                &mut stats,
+                                                &mut answers,
+                                                &phase_of,
+                                            );
+                                            resend(
+                                                &setup.clients,
+                                                &reqs[victim as usize],
+                                                now + 0.0002,
+                                                &mut heap,
+                                                &mut push,
+                                            );
+                                        }
+                                    }
+                                    Pushed::Full(_) => {
+                                        if reqs[id as usize].priority == Priority::Critical {
+                                            CRIT.with(|c| {
+                                                let mut a = c.get();
+                                                a[0] += 1;
+                                                c.set(a)
+                                            });
+                                        }
+                                        answer(
+                                            &mut reqs,
+                                            id,
+                                            now + 0.0002,
+                                            false,
+                                            &mut stats,
+                                            &mut answers,
+                                            &phase_of,
+                                        );
+                                        resend(
+                                            &setup.clients,
+                                            &reqs[id as usize],
+                                            now + 0.0002,
+                                            &mut heap,
+                                            &mut push,
+                                        );
+                                    }
+                                }
+                            }
+                            _ => {
+                                if reqs[id as usize].priority == Priority::Critical {
+                                    CRIT.with(|c| {
+                                        let mut a = c.get();
+                                        a[3] += 1;
+                                        c.set(a)
+                                    });
+                                }
+                                answer(
+                                    &mut reqs,
+                                    id,
+                                    now + 0.0002,
+                                    false,
+                                    &mut stats,
+                                    &mut answers,
+                                    &phase_of,
+                                );
+                                resend(
+                                    &setup.clients,
+                                    &reqs[id as usize],
+                                    now + 0.0002,
+                                    &mut heap,
+                                    &mut push,
+                                );
+                            }
+                        }
+                    }
+                }
+                (Guard::Adaptive(_), None) => unreachable!(),
+            }
+        }
+
+        // Completions leave the backend and the limit.
+        for id in finished {
+            in_flight -= 1;
+            if let (Some(l), Some((start, concurrency, timed, low, epoch))) =
+                (limiter.as_mut(), reqs[id as usize].admitted)
+            {
+                if timed
+                    && (epoch == l.epoch || now - start > l.law.window_bounds().0.as_secs_f64())
+                {
+                    l.window
+                        .record(Duration::from_secs_f64(now - start), concurrency, low);
+                }
+                let elapsed = Duration::from_secs_f64(now - l.window_start);
+                if l.law.window_done(l.window.samples, elapsed) {
+                    l.window.elapsed = elapsed;
+                    let before = l.law.limit();
+                    l.law.observe(&l.window, at(now));
+                    if TRACE.with(|t| t.get()) {
+                        eprintln!(
+                            "t={now:7.2} n={:4} low={:3} binding={} conc={:6.1} mean={:7.1}ms se={:5.1}ms B={:7.1}ms limit {} -> {} q={}",
+                            l.window.samples,
+                            l.window.low_samples,
+                            l.window.binding,
+                            l.window.mean_concurrency().unwrap_or(0.0),
+                            l.window.mean_latency().unwrap_or_default().as_secs_f64() * 1e3,
+                            l.window.standard_error().unwrap_or(0.0) * 1e3,
+                            l.law.baseline().unwrap_or_default().as_secs_f64() * 1e3,
+                            before,
+                            l.law.limit(),
+                            l.queue.len(),
+                        );
+                    }
+                    l.window = Window::default();
+                    l.window_start = now;
+                    l.epoch += 1;
+                }
+            }
+            answer(
+                &mut reqs,
+                id,
+                now,
+                true,
+                &mut stats,
+                &mut answers,
+                &phase_of,
+            );
+            resend(
+                &setup.clients,
+                &reqs[id as usize],
+                now,
+                &mut heap,
+                &mut push,
+            );
+        }
+
+        // Hand freed slots to the best waiters.
+        if let Some(l) = limiter.as_mut() {
+            let limit = l.law.limit();
+            let target = l.law.queue_target().unwrap_or_default();
+            let _ = limit;
+            while let Some(best) = l.queue.best_priority() {
+                if in_flight + (to_start.len() as u32) >= l.law.limit_for(best) {
+                    break;
+                }
+                let standing = l.queue.standing_for(at(now)) > target;
+                let Some((ticket, id, _)) = l.queue.grant(at(now), standing) else {
+                    break;
+                };
+                l.queue.take(ticket);
+                reqs[id as usize].ticket = None;
+                to_start.push(id);
+            }
+        }
+
+        // Start admitted requests in the backend.
+        for id in to_start {
+            in_flight += 1;
+            let (timed, low, epoch) = match limiter.as_mut() {
+                Some(l) => {
+                    l.seq += 1;
+                    (
+                        l.seq % u64::from(l.config.timing_every) == 0
+                            || l.window.samples < l.law.samples_needed()
+                            || 2 * in_flight >= l.law.limit(),
+                        in_flight <= l.law.low_concurrency(),
+                        l.epoch,
+                    )
+                }
+                None => (false, false, 0),
+            };
+            reqs[id as usize].admitted = Some((now, in_flight, timed, low, epoch));
+            match setup.backend.kind {
+                Kind::Slots(k) => {
+                    if busy < k {
+                        busy += 1;
+                        let w = reqs[id as usize].work / speed;
+                        push(&mut heap, now + w, Ev::Done(id));
+                    } else {
+                        fifo.push_back(id);
+                    }
+                }
+                Kind::Cpu(_) => cpu_jobs.push((id, reqs[id as usize].work)),
+            }
+        }
+
+        // Reschedule the PS backend's next completion.
+        if let Kind::Cpu(c) = setup.backend.kind {
+            cpu_epoch += 1;
+            if !cpu_jobs.is_empty() {
+                let rate = (f64::from(c) / cpu_jobs.len() as f64).min(1.0) * speed;
+                let min = cpu_jobs.iter().map(|j| j.1).fold(f64::INFINITY, f64::min);
+                // At least a nanosecond ahead: f64 time must advance.
+                push(
+                    &mut heap,
+                    now + (min.max(0.0) / rate).max(1e-9),
+                    Ev::CpuTick(cpu_epoch),
+                );
+            }
+        }
+
+        let l = limit_of(&limiter);
+        if l != last_limit {
+            last_limit = l;
+            limits.push((now, l));
+        }
+    }
+
+    for (p, s) in stats.iter_mut().enumerate() {
+        s.goodput /= setup.phases[p].secs;
+        s.mean_limit = limit_time[p] / setup.phases[p].secs;
+    }
+    Report {
+        capacity,
+        phases: stats,
+        limits,
+        answers,
+        starts,
+    }
+}
+
+fn pick(mix: &[f64; 5], u: f64) -> Priority {
+    let total: f64 = mix.iter().sum();
+    let mut acc = 0.0;
+    for p in Priority::ALL {
+        acc += mix[p.index()] / total;
+        if u < acc {
+            return p;
+        }
+    }
+    Priority::Critical
+}
+
+fn answer(
+    reqs: &mut [Req],
+    id: u64,
+    now: f64,
+    ok: bool,
+    stats: &mut [PhaseStats],
+    answers: &mut Vec<(f64, bool, f64)>,
+    phase_of: &dyn Fn(f64) -> usize,
+) {
+    let r = &reqs[id as usize];
+    let p = phase_of(r.sent);
+    let latency = now - r.sent;
+    answers.push((r.sent, ok, latency));
+    if ok {
+        stats[p].ok += 1;
+        stats[p].latencies.push(latency);
+        if r.priority == Priority::Critical {
+            stats[p].critical_ok += 1;
+        }
+        let done = phase_of(now).min(stats.len() - 1);
+        stats[done].goodput += 1.0;
+    }
+}
+
+fn resend(
+    clients: &Clients,
+    req: &Req,
+    now: f64,
+    heap: &mut BinaryHeap<At>,
+    push: &mut impl FnMut(&mut BinaryHeap<At>, f64, Ev),
+) {
+    if let (Clients::Closed(_), Some(c)) = (clients, req.client) {
+        push(heap, now, Ev::Resend(c));
+    }
+}
+
+/// The overload benchmark's schedule: 0.5x warm-up, 1x .. 4x rising, back to 0.5x, a step to
+/// 3x, then 0.5x. Phase indices: 0 warm-up, 1..=6 the loads, 7 back, 8 step, 9 end.
+pub(crate) fn bench_phases(step: f64) -> Vec<Phase> {
+    let mut phases = vec![Phase {
+        secs: step,
+        load: 0.5,
+        speed: 1.0,
+    }];
+    for load in [1.0, 1.5, 2.0, 2.5, 3.0, 4.0] {
+        phases.push(Phase {
+            secs: step,
+            load,
+            speed: 1.0,
+        });
+    }
+    for (secs, load) in [(2.0 * step, 0.5), (step, 3.0), (step, 0.5)] {
+        phases.push(Phase {
+            secs,
+            load,
+            speed: 1.0,
+        });
+    }
+    phases
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(secs: f64, load: f64) -> Phase {
+        Phase {
+            secs,
+            load,
+            speed: 1.0,
+        }
+    }
+
+    /// Over backends of 2 to 64 slots, 5 ms to 200 ms, constant or log-normal service times,
+    /// and CPU-bound ones: goodput near capacity at every overload, critical requests served,
+    /// and the admitted p99 bounded (the unprotected p99 at 2x grows without bound).
+    #[test]
+    fn goodput_and_priority_hold_over_a_range_of_backends() {
+        let mut backends = Vec::new();
+        for (k, s) in [(2, 0.2), (8, 0.04), (32, 0.005)] {
+            for sigma in [0.0, 0.5] {
+                backends.push(Backend::slots(k, s, sigma));
+            }
+        }
+        backends.push(Backend::cpu(2, 0.02, 0.3));
+        for b in backends {
+            let step = (b.median * 60.0).max(3.0);
+            let r = bench(b, adaptive(), step, 11);
+            let unloaded = r.phases[0].p99();
+            for i in 2..=6 {
+                let g = r.goodput_percent(i);
+                let p99 = r.phases[i].p99() / unloaded;
+                let c = r.phases[i].critical_percent();
+                // Two cores shared by processor sharing: one request more than the cores slows
+                // all of them by half, so the limit settles a little under the knee.
+                let floor = if matches!(b.kind, Kind::Cpu(_)) {
+                    85.0
+                } else {
+                    90.0
+                };
+                assert!(g >= floor, "{b:?} phase {i}: goodput {g:.1} %");
+                // Two slots of 200 ms leave a critical request a slot every 100 ms at best:
+                // some wait past twice the queueing target.
+                let floor = if b.servers() <= 2.0 { 95.0 } else { 99.0 };
+                assert!(c >= floor, "{b:?} phase {i}: critical {c:.2} %");
+                // A loose bound over the whole range (the overload benchmark's backend is held
+                // to 1.5x); unprotected, the p99 grows with the queue, without bound.
+                let bound = 3.0;
+                assert!(p99 <= bound, "{b:?} phase {i}: p99 {p99:.2}x unloaded");
+            }
+        }
+    }
+
+    /// 64 connections re-sending at once to a 6-slot, 30 ms backend (wrk's way): the
+    /// backend stays full, and the admitted requests do not queue as they do unprotected.
+    #[test]
+    fn closed_loop_clients_fill_capacity_without_the_queue() {
+        let backend = Backend::slots(6, 0.030, 0.2);
+        let run_with = |guard| {
+            run(&Setup {
+                backend,
+                clients: Clients::Closed(64),
+                phases: vec![phase(3.0, 0.0), phase(6.0, 0.0)],
+                guard,
+                mix: DEMO_MIX,
+                seed: 5,
+            })
+        };
+        TRACE.with(|t| t.set(std::env::var("SIM_TRACE").is_ok()));
+        let ours = run_with(adaptive());
+        let bare = run_with(Guard::None);
+        assert!(
+            ours.goodput_percent(1) >= 95.0,
+            "{:.1}",
+            ours.goodput_percent(1)
+        );
+        let p99 = ours.phases[1].p99();
+        // Four service times at most; unprotected, every request waits behind 58 others.
+        assert!(p99 <= 0.120, "admitted p99 {:.1} ms", p99 * 1e3);
+        assert!(bare.phases[1].p99() > 2.5 * p99, "unprotected queues");
+    }
+
+    /// The backend slows to half its capacity under a steady load of twice the original
+    /// capacity, then recovers: within 3 s of each step, goodput is back to 90 % of the new
+    /// capacity.
+    #[test]
+    fn the_limit_follows_capacity_down_and_back_up() {
+        for b in [Backend::slots(8, 0.04, 0.0), Backend::slots(16, 0.02, 0.5)] {
+            let mut slow = phase(10.0, 2.0);
+            slow.speed = 0.5;
+            let r = run(&Setup {
+                backend: b,
+                clients: Clients::Open,
+                phases: vec![phase(5.0, 2.0), slow, phase(10.0, 2.0)],
+                guard: adaptive(),
+                mix: DEMO_MIX,
+                seed: 3,
+            });
+            let capacity = b.capacity();
+            let halved = r.goodput_between(13.0, 15.0) / (capacity / 2.0);
+            let back = r.goodput_between(18.0, 25.0) / capacity;
+            assert!(halved >= 0.9, "{b:?}: {halved:.2} of the halved capacity");
+            assert!(back >= 0.9, "{b:?}: {back:.2} of the recovered capacity");
+            // The backend's slots did not change, so neither should the limit, much.
+            let last = f64::from(r.limits.last().map_or(0, |l| l.1));
+            let k = b.servers();
+            assert!((0.8 * k..=2.5 * k).contains(&last), "{b:?}: limit {last}");
+        }
+    }
+
+    /// One request in ten costs ten times as much. The first windows see only the cheap ones
+    /// (the costly ones have not finished yet), so the first baseline is too low and the limit
+    /// too small at first; the slowdown test corrects it. A known gap: this takes tens of
+    /// seconds at this backend's rate, so the test gives it twenty.
+    #[test]
+    fn mixed_costs_reach_capacity_once_the_baseline_is_learnt() {
+        let b = Backend::slots(8, 0.04, 0.0).mixed();
+        let r = run(&Setup {
+            backend: b,
+            clients: Clients::Open,
+            phases: vec![phase(20.0, 2.0), phase(10.0, 2.0), phase(10.0, 4.0)],
+            guard: adaptive(),
+            mix: DEMO_MIX,
+            seed: 4,
+        });
+        for i in 1..=2 {
+            let g = r.goodput_percent(i);
+            assert!(g >= 90.0, "phase {i}: goodput {g:.1} %");
+            assert!(r.phases[i].critical_percent() >= 99.0);
+        }
+    }
+
+    /// Critical requests alone at twice the capacity: served at capacity, with the admitted
+    /// latency bounded by the queueing-delay target.
+    #[test]
+    fn critical_alone_above_capacity_is_served_at_capacity() {
+        let b = Backend::slots(8, 0.04, 0.0);
+        let r = run(&Setup {
+            backend: b,
+            clients: Clients::Open,
+            phases: vec![phase(3.0, 0.5), phase(6.0, 2.0)],
+            guard: adaptive(),
+            mix: [0.0, 0.0, 0.0, 0.0, 1.0],
+            seed: 9,
+        });
+        assert!(r.goodput_percent(1) >= 95.0, "{:.1}", r.goodput_percent(1));
+        let p99 = r.phases[1].p99() / r.phases[0].p99();
+        // Critical requests wait up to twice the target (one baseline) before being refused.
+        assert!(p99 <= 3.0, "p99 {p99:.2}x unloaded");
+    }
+
+    fn adaptive() -> Guard {
+        Guard::Adaptive(LimitConfig::default())
+    }
+
+    fn bench(backend: Backend, guard: Guard, step: f64, seed: u64) -> Report {
+        run(&Setup {
+            backend,
+            clients: Clients::Open,
+            phases: bench_phases(step),
+            guard,
+            mix: DEMO_MIX,
+            seed,
+        })
+    }
+
+    fn row(name: &str, r: &Report) -> String {
+        let unloaded = r.phases[0].p99();
+        let mut s = format!("{name:<28} unl p99 {:>7.1}ms |", unloaded * 1e3);
+        for i in 1..=6 {
+            s += &format!(
+                " {:>5.1}% {:>4.2}x {:>5.1}c L{:<5.1}|",
+                r.goodput_percent(i),
+                r.phases[i].p99() / unloaded,
+                r.phases[i].critical_percent(),
+                r.phases[i].mean_limit
+            );
+        }
+        let react = r.settle(8, 0.25, 2.0 * unloaded, 0.0);
+        let recover = r.settle(7, 0.25, 2.0 * unloaded, 0.99);
+        s += &format!(" react {react:?} recover {recover:?}");
+        s
+    }
+
+    /// The bars of the overload benchmark over one run: (goodput at 1x, lowest goodput at
+    /// 1.5x-4x, highest p99 / unloaded p99, lowest critical %, reaction, recovery).
+    fn bars(r: &Report) -> (f64, f64, f64, f64, Option<f64>, Option<f64>) {
+        let unloaded = r.phases[0].p99();
+        let g1 = r.goodput_percent(1);
+        let g = (2..=6)
+            .map(|i| r.goodput_percent(i))
+            .fold(f64::INFINITY, f64::min);
+        let p = (1..=6)
+            .map(|i| r.phases[i].p99() / unloaded)
+            .fold(0.0, f64::max);
+        let c = (1..=6)
+            .map(|i| r.phases[i].critical_percent())
+            .fold(100.0, f64::min);
+        (
+            g1,
+            g,
+            p,
+            c,
+            r.settle(8, 0.25, 2.0 * unloaded, 0.0),
+            r.settle(7, 0.25, 2.0 * unloaded, 0.99),
+        )
+    }
+
+    #[test]
+    #[ignore = "exploration: prints a table"]
+    fn sweep() {
+        let mut backends = Vec::new();
+        for k in [1, 4, 8, 32, 64] {
+            for s in [0.002, 0.040, 0.250] {
+                for sigma in [0.0, 0.5] {
+                    backends.push((
+                        format!("slots {k}x{}ms s{sigma}", s * 1e3),
+                        Backend::slots(k, s, sigma),
+                    ));
+                }
+            }
+        }
+        for c in [1, 2, 4] {
+            backends.push((format!("cpu {c}x10ms s0.3"), Backend::cpu(c, 0.010, 0.3)));
+        }
+        backends.push(("mixed 8x40ms".into(), Backend::slots(8, 0.040, 0.0).mixed()));
+        backends.push(("slots 8x40ms s1".into(), Backend::slots(8, 0.040, 1.0)));
+        let filter = std::env::var("SIM_FILTER").unwrap_or_default();
+        for (name, b) in backends {
+            if !name.contains(&filter) {
+                continue;
+            }
+            let step = (b.median * 40.0).max(4.0);
+            for seed in [1, 2] {
+                let r = bench(b, adaptive(), step, seed);
+                let (g1, g, p, c, react, recover) = bars(&r);
+                let bad = g1 < 90.0 || g < 95.0 || p > 1.5 || c < 99.9;
+                println!(
+                    "{} {name:<24} seed {seed}: 1x {g1:5.1}% min {g:5.1}% p99 {p:4.2}x crit {c:6.2}% react {react:?} recover {recover:?}",
+                    if bad { "!!" } else { "  " }
+                );
+            }
+        }
+    }
+
+    /// `cargo test -p degrade-core --release --all-features limit::sim -- --ignored --nocapture`
+    #[test]
+    #[ignore = "exploration: prints a table"]
+    fn explore() {
+        let backends = [
+            ("8x40ms", Backend::slots(8, 0.040, 0.0)),
+            ("8x40ms s0.5", Backend::slots(8, 0.040, 0.5)),
+            ("1x20ms", Backend::slots(1, 0.020, 0.0)),
+            ("4x100ms s0.3", Backend::slots(4, 0.100, 0.3)),
+            ("64x5ms s0.5", Backend::slots(64, 0.005, 0.5)),
+            ("16x500ms s0.5", Backend::slots(16, 0.5, 0.5)),
+            ("cpu2x10ms", Backend::cpu(2, 0.010, 0.3)),
+            ("8x40ms mixed", Backend::slots(8, 0.040, 0.0).mixed()),
+            ("8x40ms s1", Backend::slots(8, 0.040, 1.0)),
+        ];
+        for (name, b) in backends {
+            let step = (b.median * 150.0).max(4.0);
+            let r = bench(b, adaptive(), step, 7);
+            println!("{}", row(name, &r));
+            let r = bench(b, Guard::Fixed(2 * b.servers() as u32), step, 7);
+            println!("{}", row(&format!("{name} fixed 2k"), &r));
+        }
+    }
+}
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+    #[test]
+    #[ignore = "exploration: SIM_K, SIM_S, SIM_SIGMA, SIM_STEP, SIM_SEED, SIM_TOL, SIM_QD"]
+    fn tiny() {
+        TRACE.with(|t| t.set(true));
+        let t0 = std::time::Instant::now();
+        let r = run(&Setup {
+            backend: {
+                let k = std::env::var("SIM_K")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(8);
+                let m = std::env::var("SIM_S")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0.04);
+                let sg = std::env::var("SIM_SIGMA")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0.0);
+                let b = Backend::slots(k, m, sg);
+                if std::env::var("SIM_MIXED").is_ok() {
+                    b.mixed()
+                } else {
+                    b
+                }
+            },
+            clients: Clients::Open,
+            phases: bench_phases(
+                std::env::var("SIM_STEP")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(6.0),
+            ),
+            guard: Guard::Adaptive({
+                let mut c = LimitConfig::default();
+                if let Some(t) = std::env::var("SIM_TOL").ok().and_then(|s| s.parse().ok()) {
+                    c.tolerance = t;
+                }
+                if let Some(t) = std::env::var("SIM_QD").ok().and_then(|s| s.parse().ok()) {
+                    c.queue_delay = t;
+                }
+                c
+            }),
+            mix: DEMO_MIX,
+            seed: std::env::var("SIM_SEED")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1),
+        });
+        eprintln!(
+            "{:?} {} {} crit refusals {:?}",
+            t0.elapsed(),
+            r.phases[1].ok,
+            r.answers.len(),
+            CRIT.with(|c| c.get())
+        );
+        for i in 0..r.phases.len() {
+            eprintln!(
+                "phase {i}: good {:5.1}% p99 {:6.1}ms crit {:6.2}% L {:5.1}",
+                r.goodput_percent(i),
+                r.phases[i].p99() * 1e3,
+                r.phases[i].critical_percent(),
+                r.phases[i].mean_limit
+            );
+        }
+    }
+}
