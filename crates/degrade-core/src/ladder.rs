@@ -812,7 +812,11 @@ impl Ladder {
                     self.dwell.as_secs_f64() * self.config.dwell_backoff,
                 )
                 .unwrap_or(Duration::MAX);
-                self.dwell = longer.min(self.config.effective_max_dwell());
+                // Through `f64` a dwell of many years loses its nanoseconds: the backoff only
+                // ever lengthens the dwell.
+                self.dwell = longer
+                    .max(self.dwell)
+                    .min(self.config.effective_max_dwell());
             }
             // A step down after a step down: the first one held.
             (Some(LevelCause::Recovered), LevelCause::Recovered) => self.dwell = self.config.dwell,

@@ -52,6 +52,30 @@ fn a_premature_recovery_with_an_enormous_dwell_saturates_the_backoff() {
 }
 
 #[test]
+fn a_backoff_never_shortens_a_dwell_of_many_years() {
+    // Through `f64` seconds, 9.1e15 s and 123 ns came back a few hundred nanoseconds short:
+    // a backoff of 1.0 shortened the dwell (found by `a_ladder_with_extreme_durations_never_panics`).
+    let dwell = Duration::new(9_100_000_000_000_000, 123);
+    let config = LadderConfig {
+        escalate_after: 1,
+        recover_after: 1,
+        dwell,
+        dwell_backoff: 1.0,
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let mut ladder = Ladder::new(config, t0).unwrap();
+    let high = [Reading::new("cpu", 0.75)];
+    let low = [Reading::new("cpu", 0.1)];
+    assert_eq!(ladder.observe(&high, t0).unwrap().to, Level::Light);
+    let t1 = t0 + dwell;
+    assert_eq!(ladder.observe(&low, t1).unwrap().to, Level::Normal);
+    let t2 = t1 + Duration::from_secs(1);
+    assert_eq!(ladder.observe(&high, t2).unwrap().to, Level::Light);
+    assert_eq!(ladder.current_dwell(), dwell);
+}
+
+#[test]
 fn saturating_add_of_the_longest_duration_is_the_latest_instant() {
     let now = Instant::now();
     let latest = saturating_add(now, Duration::MAX);
