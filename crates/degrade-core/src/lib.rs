@@ -54,6 +54,7 @@ pub mod counter;
 pub mod degrade;
 pub mod durable;
 mod handle;
+pub mod histogram;
 pub mod key;
 pub mod ladder;
 mod level;
