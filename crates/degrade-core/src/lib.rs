@@ -59,6 +59,7 @@ pub mod key;
 pub mod ladder;
 mod level;
 mod outcome;
+mod per;
 pub mod policy;
 pub mod priority;
 pub mod rejection;
@@ -82,6 +83,7 @@ pub use outcome::GrpcClassifier;
 #[cfg(feature = "http")]
 pub use outcome::HttpClassifier;
 pub use outcome::{Classifier, DefaultClassifier, Outcome};
+pub use per::{PerLevel, PerPriority};
 pub use policy::Policy;
 pub use priority::{Prioritize, Priority};
 pub use rejection::{Rejection, RejectionKind, Shed};

@@ -208,7 +208,8 @@ impl Layout {
         (top << shift, Some((top + 1) << shift))
     }
 
-    /// The value reported for bucket `index`: its middle (its lower bound for the last).
+    /// The value reported for bucket `index`: its middle, `lo + (hi − lo) / 2` (its lower
+    /// bound for the last).
     ///
     /// ```
     /// # use degrade_core::histogram::Layout;
@@ -219,7 +220,7 @@ impl Layout {
     pub fn middle(&self, index: usize) -> Duration {
         let (lo, hi) = self.bounds_in_units(index.min(self.len() - 1));
         let v = match hi {
-            Some(hi) => lo + (hi - lo - 1) / 2,
+            Some(hi) => lo + (hi - lo) / 2,
             None => lo,
         };
         Duration::from_nanos(v << self.unit_log2)
