@@ -1,61 +1,58 @@
-//! Per-arm statistics: requests routed, outcomes by the core [`Classifier`], and a latency
-//! histogram.
+//! Per-arm statistics: requests routed, outcomes by the core [`Classifier`], and latency
+//! histograms (degrade-core's [`Histogram`]) per arm and per sticky-key group.
 //!
 //! Counts are cumulative from the router's creation; the judge works on differences between
 //! snapshots, so nothing is ever reset under a running request.
+//!
+//! # Two layouts
+//!
+//! Each arm keeps one latency histogram in [`ARM_LAYOUT`] (16 buckets per power of two of
+//! microseconds: quantiles within 3.2 %, what `max_p99` and the snapshot's quantiles read),
+//! and one per key group in the coarser [`GROUP_LAYOUT`] (2 buckets per power of two, within
+//! 25 %), which is all the judge's rank test needs: a regression moves calls across many
+//! buckets either way, and ties within a bucket count half. The 130 group histograms are
+//! most of the router's memory: about 71 KB at 2 buckets per octave, against 618 KB when every
+//! cell had the arm's resolution. Finer histograms merge into coarser ones exactly
+//! ([`Histogram::merge`]), so the judge compares the arms at [`GROUP_LAYOUT`].
 //!
 //! [`Classifier`]: degrade_core::Classifier
 
 use crate::arm::Arm;
 use degrade_core::Outcome;
 use degrade_core::counter::ShardedCounter;
+use degrade_core::histogram::{AtomicHistogram, Histogram, Layout};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Number of latency buckets: 16 exact microsecond buckets, then 16 per power of two (about
-/// 4–6 % wide) up to 2^40 µs (12 days); longer latencies land in the last bucket.
-///
-/// ```
-/// use degrade_canary::stats::{LATENCY_BUCKETS, latency_bucket};
-/// assert_eq!(latency_bucket(std::time::Duration::MAX), LATENCY_BUCKETS - 1);
-/// ```
-pub const LATENCY_BUCKETS: usize = 16 * 37;
-
-/// The histogram bucket of a latency.
-///
-/// ```
-/// use degrade_canary::stats::{latency_bucket, bucket_upper_micros};
-/// let b = latency_bucket(std::time::Duration::from_micros(1_000));
-/// assert!(bucket_upper_micros(b) > 1_000);
-/// assert!(bucket_upper_micros(b) <= 1_070);
-/// ```
-#[inline]
-pub fn latency_bucket(latency: Duration) -> usize {
-    let v = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-    if v < 16 {
-        return v as usize;
+const fn layout(precision: u8, unit_log2: u8) -> Layout {
+    match Layout::new(precision, unit_log2) {
+        Some(l) => l,
+        None => panic!("invalid histogram layout"),
     }
-    let e = 63 - v.leading_zeros() as usize; // >= 4
-    let index = 16 * (e - 3) + ((v >> (e - 4)) & 15) as usize;
-    index.min(LATENCY_BUCKETS - 1)
 }
 
-/// The exclusive upper bound, in microseconds, of latency bucket `index`.
+/// The layout of each arm's latency histogram ([`ArmSnapshot::latency`]): units of 1.024 µs,
+/// 16 buckets per power of two (within 1/32 of any latency from 16 µs up), 481 buckets.
 ///
 /// ```
-/// use degrade_canary::stats::bucket_upper_micros;
-/// assert_eq!(bucket_upper_micros(0), 1);
-/// assert_eq!(bucket_upper_micros(16), 17);
+/// use degrade_canary::stats::ARM_LAYOUT;
+/// assert_eq!(ARM_LAYOUT.relative_error(), 1.0 / 32.0);
 /// ```
-pub fn bucket_upper_micros(index: usize) -> u64 {
-    if index < 16 {
-        return index as u64 + 1;
-    }
-    let e = index / 16 + 3;
-    let sub = (index % 16) as u64;
-    (17 + sub) << (e - 4)
-}
+pub const ARM_LAYOUT: Layout = layout(4, 10);
+
+/// The layout of each key group's latency histogram ([`GroupSnapshot::latency`]) and of the
+/// judge's rank test: units of 1.024 µs, 2 buckets per power of two (within 1/4), 67 buckets.
+///
+/// ```
+/// use degrade_canary::stats::GROUP_LAYOUT;
+/// assert_eq!((GROUP_LAYOUT.len(), GROUP_LAYOUT.relative_error()), (67, 0.25));
+/// ```
+pub const GROUP_LAYOUT: Layout = layout(1, 10);
+
+/// Rows of each arm's histogram: two, so that two threads recording at once do not always
+/// share a cache line, without paying per-CPU rows on a large machine.
+const ARM_ROWS: usize = 2;
 
 const ROUTED: usize = 0; // + arm
 const FORCED: usize = 2; // + arm
@@ -80,34 +77,59 @@ pub const GROUPS: usize = 64;
 /// The group index of requests that carried no sticky key (each is its own unit).
 pub(crate) const UNGROUPED: u8 = GROUPS as u8;
 
-/// Per cell: the latency histogram, then failures, then cancelled calls.
-const CELL: usize = LATENCY_BUCKETS + 2;
-const CELL_FAILURES: usize = LATENCY_BUCKETS;
-const CELL_CANCELLED: usize = LATENCY_BUCKETS + 1;
 /// Cells per arm: the key groups and one for unkeyed requests.
 const CELLS_PER_ARM: usize = GROUPS + 1;
+
+/// One arm's calls of one key group (or the unkeyed ones).
+struct Cell {
+    latency: AtomicHistogram,
+    failures: AtomicU64,
+    cancelled: AtomicU64,
+}
 
 /// Shared, lock-free statistics of both arms.
 pub(crate) struct Stats {
     counters: ShardedCounter<SLOTS>,
-    /// `[arm][group or UNGROUPED][latency bucket | failures | cancelled]`, flattened. The arm's
-    /// histogram is the sum of its cells, so a request touches one histogram cell, as before.
-    cells: Box<[AtomicU64]>,
+    /// Each arm's latencies at [`ARM_LAYOUT`].
+    latency: [AtomicHistogram; 2],
+    /// `[arm][group or UNGROUPED]`, flattened; latencies at [`GROUP_LAYOUT`].
+    cells: Box<[Cell]>,
 }
 
 #[inline]
 fn cell(arm: Arm, group: u8) -> usize {
-    (arm.index() * CELLS_PER_ARM + usize::from(group).min(GROUPS)) * CELL
+    arm.index() * CELLS_PER_ARM + usize::from(group).min(GROUPS)
 }
 
 impl Stats {
     pub(crate) fn new() -> Self {
         Self {
             counters: ShardedCounter::new(),
-            cells: (0..2 * CELLS_PER_ARM * CELL)
-                .map(|_| AtomicU64::new(0))
+            latency: [(); 2].map(|_| AtomicHistogram::new(ARM_LAYOUT, ARM_ROWS)),
+            cells: (0..2 * CELLS_PER_ARM)
+                .map(|_| Cell {
+                    latency: AtomicHistogram::new(GROUP_LAYOUT, 1),
+                    failures: AtomicU64::new(0),
+                    cancelled: AtomicU64::new(0),
+                })
                 .collect(),
         }
+    }
+
+    /// Bytes of the histograms and per-group counters (the sharded counters aside).
+    #[cfg(test)]
+    pub(crate) fn table_bytes(&self) -> usize {
+        let arm: usize = self
+            .latency
+            .iter()
+            .map(|h| h.rows() * h.layout().len() * 8)
+            .sum();
+        let cells: usize = self
+            .cells
+            .iter()
+            .map(|c| c.latency.rows() * c.latency.layout().len() * 8 + 16)
+            .sum();
+        arm + cells
     }
 
     #[inline]
@@ -122,8 +144,8 @@ impl Stats {
     #[inline]
     pub(crate) fn cancelled(&self, arm: Arm, group: u8) {
         self.counters.add(CANCELLED + arm.index(), 1);
-        if let Some(c) = self.cells.get(cell(arm, group) + CELL_CANCELLED) {
-            c.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = self.cells.get(cell(arm, group)) {
+            c.cancelled.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -142,14 +164,12 @@ impl Stats {
             }
         };
         self.counters.add(slot + a, 1);
-        let base = cell(arm, group);
-        if let Some(c) = self.cells.get(base + latency_bucket(latency)) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        if slot == FAILURE
-            && let Some(c) = self.cells.get(base + CELL_FAILURES)
-        {
-            c.fetch_add(1, Ordering::Relaxed);
+        self.latency[a].record(latency);
+        if let Some(c) = self.cells.get(cell(arm, group)) {
+            c.latency.record(latency);
+            if slot == FAILURE {
+                c.failures.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -157,28 +177,16 @@ impl Stats {
         let c = self.counters.snapshot();
         let arm = |arm: Arm| {
             let a = arm.index();
-            let mut latency = Histogram::new();
-            let mut groups = Vec::with_capacity(GROUPS);
-            for g in 0..=GROUPS {
-                let base = cell(arm, g as u8);
-                let cells = &self.cells[base..base + CELL];
-                let hist = Histogram(
-                    cells[..LATENCY_BUCKETS]
-                        .iter()
-                        .map(|b| b.load(Ordering::Relaxed))
-                        .collect(),
-                );
-                for (sum, n) in latency.0.iter_mut().zip(hist.0.iter()) {
-                    *sum += n;
-                }
-                if g < GROUPS {
-                    groups.push(GroupSnapshot {
-                        failures: cells[CELL_FAILURES].load(Ordering::Relaxed),
-                        cancelled: cells[CELL_CANCELLED].load(Ordering::Relaxed),
-                        latency: hist,
-                    });
-                }
-            }
+            let groups = (0..GROUPS)
+                .map(|g| {
+                    let cell = &self.cells[cell(arm, g as u8)];
+                    GroupSnapshot {
+                        failures: cell.failures.load(Ordering::Relaxed),
+                        cancelled: cell.cancelled.load(Ordering::Relaxed),
+                        latency: cell.latency.snapshot(),
+                    }
+                })
+                .collect();
             ArmSnapshot {
                 routed: c[ROUTED + a],
                 forced: c[FORCED + a],
@@ -186,7 +194,7 @@ impl Stats {
                 failures: c[FAILURE + a],
                 ignored: c[IGNORED + a],
                 cancelled: c[CANCELLED + a],
-                latency,
+                latency: self.latency[a].snapshot(),
                 groups,
             }
         };
@@ -207,19 +215,30 @@ impl fmt::Debug for Stats {
 /// One sticky-key group's judged calls of one arm (see [`GROUPS`]).
 ///
 /// ```
-/// use degrade_canary::stats::GroupSnapshot;
+/// use degrade_canary::stats::{GROUP_LAYOUT, GroupSnapshot};
 /// let g = GroupSnapshot::default();
 /// assert_eq!(g.samples(), 0);
+/// assert_eq!(g.latency.layout(), GROUP_LAYOUT);
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GroupSnapshot {
     /// Finished calls classified failure.
     pub failures: u64,
     /// Calls dropped before they completed.
     pub cancelled: u64,
-    /// Latencies of the finished calls (successes and failures).
+    /// Latencies of the finished calls (successes and failures), at [`GROUP_LAYOUT`].
     pub latency: Histogram,
+}
+
+impl Default for GroupSnapshot {
+    fn default() -> Self {
+        Self {
+            failures: 0,
+            cancelled: 0,
+            latency: Histogram::new(GROUP_LAYOUT),
+        }
+    }
 }
 
 impl GroupSnapshot {
@@ -254,175 +273,6 @@ impl GroupSnapshot {
     }
 }
 
-/// A latency histogram (counts per bucket, see [`latency_bucket`]).
-///
-/// ```
-/// use degrade_canary::stats::Histogram;
-/// use std::time::Duration;
-/// let mut h = Histogram::new();
-/// for ms in 1..=100 { h.record(Duration::from_millis(ms)); }
-/// assert_eq!(h.count(), 100);
-/// let p99 = h.quantile_upper(0.99).unwrap();
-/// assert!(p99 >= Duration::from_millis(99) && p99 <= Duration::from_millis(106));
-/// ```
-#[derive(Clone, PartialEq, Eq)]
-pub struct Histogram(Box<[u64]>);
-
-impl Histogram {
-    /// An empty histogram.
-    ///
-    /// ```
-    /// # use degrade_canary::stats::Histogram;
-    /// assert_eq!(Histogram::new().count(), 0);
-    /// ```
-    pub fn new() -> Self {
-        Self(vec![0; LATENCY_BUCKETS].into_boxed_slice())
-    }
-
-    /// Adds one latency.
-    ///
-    /// ```
-    /// # use degrade_canary::stats::Histogram;
-    /// let mut h = Histogram::new();
-    /// h.record(std::time::Duration::from_millis(3));
-    /// assert_eq!(h.count(), 1);
-    /// ```
-    #[inline]
-    pub fn record(&mut self, latency: Duration) {
-        self.0[latency_bucket(latency)] += 1;
-    }
-
-    /// Adds `n` latencies in bucket `index` (ignored when out of range).
-    ///
-    /// ```
-    /// # use degrade_canary::stats::Histogram;
-    /// let mut h = Histogram::new();
-    /// h.add(20, 5);
-    /// assert_eq!(h.buckets()[20], 5);
-    /// ```
-    pub fn add(&mut self, index: usize, n: u64) {
-        if let Some(b) = self.0.get_mut(index) {
-            *b += n;
-        }
-    }
-
-    /// The counts per bucket.
-    ///
-    /// ```
-    /// # use degrade_canary::stats::{Histogram, LATENCY_BUCKETS};
-    /// assert_eq!(Histogram::new().buckets().len(), LATENCY_BUCKETS);
-    /// ```
-    pub fn buckets(&self) -> &[u64] {
-        &self.0
-    }
-
-    /// The number of latencies recorded.
-    ///
-    /// ```
-    /// # use degrade_canary::stats::Histogram;
-    /// assert_eq!(Histogram::new().count(), 0);
-    /// ```
-    pub fn count(&self) -> u64 {
-        self.0.iter().sum()
-    }
-
-    /// The bucket holding quantile `q` (the smallest bucket whose cumulative count reaches
-    /// `q` of the total), or `None` when empty.
-    ///
-    /// ```
-    /// # use degrade_canary::stats::Histogram;
-    /// let mut h = Histogram::new();
-    /// h.add(3, 99);
-    /// h.add(40, 1);
-    /// assert_eq!(h.quantile_bucket(0.99), Some(3));
-    /// assert_eq!(h.quantile_bucket(1.0), Some(40));
-    /// ```
-    pub fn quantile_bucket(&self, q: f64) -> Option<usize> {
-        let total = self.count();
-        if total == 0 {
-            return None;
-        }
-        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (i, &c) in self.0.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                return Some(i);
-            }
-        }
-        Some(self.0.len() - 1)
-    }
-
-    /// The upper edge of the bucket holding quantile `q`, or `None` when empty.
-    ///
-    /// ```
-    /// # use degrade_canary::stats::Histogram;
-    /// assert_eq!(Histogram::new().quantile_upper(0.5), None);
-    /// ```
-    pub fn quantile_upper(&self, q: f64) -> Option<Duration> {
-        self.quantile_bucket(q)
-            .map(|i| Duration::from_micros(bucket_upper_micros(i)))
-    }
-
-    /// Latencies in buckets strictly above `index`.
-    ///
-    /// ```
-    /// # use degrade_canary::stats::Histogram;
-    /// let mut h = Histogram::new();
-    /// h.add(3, 5);
-    /// h.add(9, 2);
-    /// assert_eq!(h.count_above(3), 2);
-    /// ```
-    pub fn count_above(&self, index: usize) -> u64 {
-        self.0.iter().skip(index + 1).sum()
-    }
-
-    /// `self - earlier`, bucket by bucket (saturating).
-    ///
-    /// ```
-    /// # use degrade_canary::stats::Histogram;
-    /// let mut a = Histogram::new();
-    /// a.add(1, 3);
-    /// let b = Histogram::new();
-    /// assert_eq!(a.since(&b).count(), 3);
-    /// ```
-    #[must_use]
-    pub fn since(&self, earlier: &Histogram) -> Histogram {
-        Histogram(
-            self.0
-                .iter()
-                .zip(earlier.0.iter())
-                .map(|(a, b)| a.saturating_sub(*b))
-                .collect(),
-        )
-    }
-}
-
-impl Histogram {
-    /// `self -= other`, bucket by bucket (saturating), without allocating.
-    pub(crate) fn subtract(&mut self, other: &Histogram) {
-        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
-            *a = a.saturating_sub(*b);
-        }
-    }
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Debug for Histogram {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Histogram")
-            .field("count", &self.count())
-            .field("p50", &self.quantile_upper(0.5))
-            .field("p99", &self.quantile_upper(0.99))
-            .finish()
-    }
-}
-
 /// One arm's cumulative counts.
 ///
 /// ```
@@ -431,7 +281,7 @@ impl fmt::Debug for Histogram {
 /// assert_eq!(a.samples(), 0);
 /// assert_eq!(a.error_rate(), None);
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ArmSnapshot {
     /// Requests routed to this arm (including those still running).
@@ -449,12 +299,28 @@ pub struct ArmSnapshot {
     /// unless [`JudgeConfig::cancelled_is_failure`](crate::JudgeConfig::cancelled_is_failure)
     /// is off).
     pub cancelled: u64,
-    /// Latencies of the successes and failures.
+    /// Latencies of the successes and failures, at [`ARM_LAYOUT`] (or any finer layout of
+    /// the same unit).
     pub latency: Histogram,
     /// The keyed calls by sticky-key group ([`GROUPS`] entries), or empty when the source
     /// keeps no groups (then every call counts as its own unit). Calls not in a group (no
     /// key) are the totals above minus the groups.
     pub groups: Vec<GroupSnapshot>,
+}
+
+impl Default for ArmSnapshot {
+    fn default() -> Self {
+        Self {
+            routed: 0,
+            forced: 0,
+            successes: 0,
+            failures: 0,
+            ignored: 0,
+            cancelled: 0,
+            latency: Histogram::new(ARM_LAYOUT),
+            groups: Vec::new(),
+        }
+    }
 }
 
 impl ArmSnapshot {
@@ -565,5 +431,38 @@ impl CanarySnapshot {
             canary: self.canary.since(&earlier.canary),
             weight_bp: self.weight_bp,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stats_table_is_tens_of_kilobytes() {
+        let bytes = Stats::new().table_bytes();
+        // Before the group histograms went to 2 buckets per octave: 2 × 65 × 594 × 8 bytes.
+        assert!(bytes < 100_000, "{bytes} bytes");
+        println!("stats table: {bytes} bytes");
+    }
+
+    #[test]
+    fn a_call_lands_in_its_arm_and_its_group() {
+        let s = Stats::new();
+        s.finished(Arm::Canary, 5, Outcome::Failure, Duration::from_millis(40));
+        s.finished(
+            Arm::Canary,
+            UNGROUPED,
+            Outcome::Success,
+            Duration::from_millis(2),
+        );
+        s.cancelled(Arm::Stable, 5);
+        let snap = s.snapshot();
+        assert_eq!(snap.canary.latency.count(), 2);
+        assert_eq!(snap.canary.groups[5].samples(), 1);
+        assert_eq!(snap.canary.groups[5].failures, 1);
+        assert_eq!(snap.stable.groups[5].cancelled, 1);
+        let p = snap.canary.groups[5].latency.quantile(0.5).unwrap();
+        assert!(p.abs_diff(Duration::from_millis(40)) <= Duration::from_millis(10));
     }
 }

@@ -3,7 +3,7 @@
 //! `tests/sim.rs`; the full table: `cargo run -p degrade-canary --release --features sim
 //! --example judge_sim -- --runs 1000`.)
 
-use degrade_canary::stats::{CanarySnapshot, latency_bucket};
+use degrade_canary::stats::{ARM_LAYOUT, CanarySnapshot};
 use degrade_canary::{Judge, JudgeConfig, Verdict};
 use std::time::Duration;
 
@@ -85,11 +85,11 @@ fn absolute_guards_fail_a_canary_as_bad_as_stable() {
     s.stable.successes = 1_000;
     s.stable
         .latency
-        .add(latency_bucket(Duration::from_millis(200)), 1_000);
+        .add(ARM_LAYOUT.bucket(Duration::from_millis(200)), 1_000);
     s.canary.successes = 200;
     s.canary
         .latency
-        .add(latency_bucket(Duration::from_millis(200)), 200);
+        .add(ARM_LAYOUT.bucket(Duration::from_millis(200)), 200);
     assert_eq!(j.look(&s).reason, "canary p99 above max_p99");
 }
 
@@ -141,7 +141,7 @@ fn a_a_false_fail_rate(streams: u32, looks: u32) -> f64 {
                 }
                 let ms = 20.0 * (0.5 * rng.normal()).exp();
                 arm.latency
-                    .add(latency_bucket(Duration::from_secs_f64(ms / 1e3)), 1);
+                    .add(ARM_LAYOUT.bucket(Duration::from_secs_f64(ms / 1e3)), 1);
             }
             if j.look(&s).verdict == Verdict::Fail {
                 failed += 1;

@@ -3,7 +3,7 @@
 #![cfg(feature = "http")]
 
 use degrade_canary::key::{CookieKey, HeaderKey, HeaderOverride};
-use degrade_canary::stats::latency_bucket;
+use degrade_canary::stats::ARM_LAYOUT;
 use degrade_canary::{Arm, Canary, Weight};
 use degrade_core::{HttpClassifier, ManualClock};
 use futures_util::FutureExt;
@@ -235,7 +235,7 @@ fn statistics_follow_the_classifier_and_the_clock() {
     assert_eq!((snap.stable.successes, snap.stable.failures), (50, 0));
     assert_eq!((snap.canary.successes, snap.canary.failures), (0, 50));
     assert_eq!(
-        snap.stable.latency.buckets()[latency_bucket(Duration::from_millis(40))],
+        snap.stable.latency.buckets()[ARM_LAYOUT.bucket(Duration::from_millis(40))],
         50
     );
     assert_eq!(snap.canary.latency.buckets()[0], 50);

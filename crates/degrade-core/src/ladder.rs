@@ -57,6 +57,7 @@
 //! assert_eq!(ladder.level(), Level::Emergency);
 //! ```
 
+use crate::PerLevel;
 use crate::config::{ConfigError, check_range};
 use crate::level::Level;
 use serde::{Deserialize, Serialize};
@@ -484,9 +485,9 @@ pub struct LevelTransition {
 #[derive(Debug, Clone)]
 pub struct Ladder {
     config: LadderConfig,
-    /// `enter[i]` / `exit[i]` of level `i` (index 0, Normal, is unused).
-    enter: [f64; 5],
-    exit: [f64; 5],
+    /// The enter / exit pressure of each level (Normal's is unused).
+    enter: PerLevel<f64>,
+    exit: PerLevel<f64>,
     level: Level,
     /// The instant of the last transition (or of creation / unpinning).
     since: Instant,
@@ -512,14 +513,9 @@ impl Ladder {
     /// ```
     pub fn new(config: LadderConfig, now: Instant) -> Result<Self, ConfigError> {
         config.validate()?;
-        let mut enter = [0.0; 5];
-        let mut exit = [0.0; 5];
-        for level in &Level::ALL[1..] {
-            if let Some(b) = config.thresholds.band(*level) {
-                enter[level.index()] = b.enter;
-                exit[level.index()] = b.exit;
-            }
-        }
+        let band = |l| config.thresholds.band(l);
+        let enter = PerLevel::from_fn(|l| band(l).map_or(0.0, |b| b.enter));
+        let exit = PerLevel::from_fn(|l| band(l).map_or(0.0, |b| b.exit));
         let dwell = config.dwell;
         Ok(Self {
             config,
@@ -713,7 +709,7 @@ impl Ladder {
         let elapsed = now.saturating_duration_since(self.since);
 
         // Escalation.
-        if self.level < Level::Emergency && pressure >= self.enter[self.level.index() + 1] {
+        if self.level < Level::Emergency && pressure >= self.enter[self.level.up()] {
             self.down_run = 0;
             self.up_run = self.up_run.saturating_add(1);
             if pressure < self.up_min || self.up_signal.is_none() {
@@ -727,7 +723,7 @@ impl Ladder {
                         .iter()
                         .rev()
                         .copied()
-                        .find(|l| self.up_min >= self.enter[l.index()])
+                        .find(|&l| self.up_min >= self.enter[l])
                         .unwrap_or(self.level.up())
                         .max(self.level.up())
                 } else {
@@ -735,7 +731,7 @@ impl Ladder {
                 };
                 let value = self.up_min;
                 let signal = self.up_signal.take();
-                let threshold = self.enter[target.index()];
+                let threshold = self.enter[target];
                 return Some(self.transition(
                     target,
                     now,
@@ -752,7 +748,7 @@ impl Ladder {
         self.up_signal = None;
 
         // Recovery.
-        let exit = self.exit[self.level.index()];
+        let exit = self.exit[self.level];
         let blocked = any_unknown && self.config.unknown == UnknownPolicy::Hold;
         if self.level > Level::Normal && pressure < exit && !blocked {
             self.down_run = self.down_run.saturating_add(1);

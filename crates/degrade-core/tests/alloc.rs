@@ -1,5 +1,6 @@
 //! The admit path allocates nothing: a counting global allocator measures every allocation made
-//! while admitted requests go through the `DegradeLayer`.
+//! while admitted requests go through the `DegradeLayer`, and while latencies are recorded into
+//! an `AtomicHistogram`.
 //!
 //! The counter is process-wide, so this test runs without libtest's harness (`harness = false`
 //! in Cargo.toml): no runner thread exists that could allocate inside a measured region.
@@ -33,7 +34,22 @@ where
 
 fn main() {
     admit_path_allocates_nothing();
-    println!("alloc: 1 passed, 0 failed");
+    histogram_record_allocates_nothing();
+    println!("alloc: 2 passed, 0 failed");
+}
+
+fn histogram_record_allocates_nothing() {
+    use degrade_core::histogram::{AtomicHistogram, Layout};
+    use std::time::Duration;
+    let h = AtomicHistogram::per_cpu(Layout::FINE);
+    h.record(Duration::from_millis(1)); // warm up the thread's row index
+    let region = Region::new(GLOBAL);
+    for i in 0..1000u64 {
+        h.record(Duration::from_nanos(i * 7_919));
+    }
+    let change = region.change();
+    assert_eq!(h.count(), 1001);
+    assert_eq!(change.allocations, 0, "histogram record: {change:?}");
 }
 
 fn admit_path_allocates_nothing() {

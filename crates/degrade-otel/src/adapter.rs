@@ -26,18 +26,16 @@
 //! OTLP export an empty resource (no `service.name`): [`ExportService::new`] returns its handle
 //! so it cannot be overlooked.
 
+use crate::export::StackExporter;
 use crate::stats::{DropReason, ExportStats};
 use degrade_core::BoxError;
-use opentelemetry::Context;
-use opentelemetry::context::FutureExt as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use std::fmt;
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 use tokio::runtime::Handle;
@@ -267,19 +265,14 @@ where
 /// # }
 /// ```
 pub struct ServiceExporter<S> {
-    service: S,
-    handle: Handle,
-    timeout: Option<Duration>,
-    lifecycles: Vec<Arc<dyn Lifecycle>>,
-    stats: ExportStats,
-    is_shutdown: AtomicBool,
+    inner: StackExporter<S>,
 }
 
 impl<S> fmt::Debug for ServiceExporter<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServiceExporter")
-            .field("timeout", &self.timeout)
-            .field("lifecycles", &self.lifecycles)
+            .field("timeout", &self.inner.timeout)
+            .field("lifecycles", &self.inner.lifecycles)
             .finish_non_exhaustive()
     }
 }
@@ -288,12 +281,7 @@ impl<S> ServiceExporter<S> {
     /// An exporter running `service` on `handle`'s runtime.
     pub fn new(service: S, handle: Handle) -> Self {
         Self {
-            service,
-            handle,
-            timeout: None,
-            lifecycles: Vec::new(),
-            stats: ExportStats::new(),
-            is_shutdown: AtomicBool::new(false),
+            inner: StackExporter::new(service, handle),
         }
     }
 
@@ -301,31 +289,27 @@ impl<S> ServiceExporter<S> {
     /// Also bounds `force_flush` and `shutdown` (default 5 s for those).
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
+        self.inner.timeout = Some(timeout);
         self
     }
 
     /// Registers a [`Lifecycle`]; register the top of the stack first.
     #[must_use]
     pub fn lifecycle(mut self, lifecycle: impl Lifecycle) -> Self {
-        self.lifecycles.push(Arc::new(lifecycle));
+        self.inner.lifecycles.push(Arc::new(lifecycle));
         self
     }
 
     /// Counts drops by reason in `stats`.
     #[must_use]
     pub fn stats(mut self, stats: ExportStats) -> Self {
-        self.stats = stats;
+        self.inner.stats = stats;
         self
     }
 
     /// The service stack.
     pub fn get_ref(&self) -> &S {
-        &self.service
-    }
-
-    fn control_timeout(&self) -> Duration {
-        self.timeout.unwrap_or(Duration::from_secs(5))
+        &self.inner.service
     }
 }
 
@@ -337,78 +321,19 @@ where
     S::Response: Send + 'static,
 {
     fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
-        let shut = self.is_shutdown.load(Ordering::Acquire);
         let n = batch.len() as u64;
-        let stats = self.stats.clone();
-        let mut service = self.service.clone();
-        let timeout = self.timeout;
-        let handle = self.handle.clone();
-        async move {
-            if shut {
-                stats.record_drop(DropReason::Shutdown, n);
-                return Err(OTelSdkError::AlreadyShutdown);
-            }
-            let call = async move {
-                poll_fn(|cx| service.poll_ready(cx))
-                    .await
-                    .map_err(Into::into)?;
-                service.call(batch).await.map_err(Into::into)
-            }
-            .with_context(Context::current().with_telemetry_suppressed());
-            let task = handle.spawn(async move {
-                match timeout {
-                    Some(t) => match tokio::time::timeout(t, call).await {
-                        Ok(r) => r,
-                        Err(elapsed) => Err(BoxError::from(elapsed)),
-                    },
-                    None => call.await,
-                }
-            });
-            match task.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => {
-                    stats.record_drop(drop_reason(e.as_ref()), n);
-                    Err(OTelSdkError::InternalFailure(e.to_string()))
-                }
-                Err(join) => {
-                    stats.record_drop(DropReason::ExportFailed, n);
-                    Err(OTelSdkError::InternalFailure(format!(
-                        "export task failed: {join}"
-                    )))
-                }
-            }
-        }
+        self.inner.export(batch, n)
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        if self.is_shutdown.swap(true, Ordering::AcqRel) {
-            return Err(OTelSdkError::AlreadyShutdown);
-        }
-        let mut result = Ok(());
-        for l in &self.lifecycles {
-            let r = run_on(&self.handle, l.shutdown(timeout), timeout);
-            if result.is_ok() {
-                result = r;
-            }
-        }
-        result
+        self.inner.shutdown(timeout)
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        let timeout = self.control_timeout();
-        let mut result = Ok(());
-        for l in &self.lifecycles {
-            let r = run_on(&self.handle, l.force_flush(), timeout);
-            if result.is_ok() {
-                result = r;
-            }
-        }
-        result
+        self.inner.force_flush()
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        for l in &self.lifecycles {
-            l.set_resource(resource);
-        }
+        self.inner.set_resource(resource);
     }
 }

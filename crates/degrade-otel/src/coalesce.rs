@@ -18,7 +18,7 @@
 
 use crate::adapter::{BoxFuture, Lifecycle, drop_reason};
 use crate::stats::ExportStats;
-use degrade_core::{BoxError, Level, LevelHandle, Policy};
+use degrade_core::{BoxError, LevelHandle, PerLevel, Policy};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::SpanData;
 use std::fmt;
@@ -45,7 +45,7 @@ struct Buffer {
 
 struct Shared {
     level: LevelHandle,
-    hints: [Option<(usize, Duration)>; 5],
+    hints: PerLevel<Option<(usize, Duration)>>,
     buffer: Mutex<Buffer>,
     flusher: OnceLock<Flusher>,
     stats: ExportStats,
@@ -121,7 +121,7 @@ pub struct CoalesceLayer {
 impl CoalesceLayer {
     /// A layer reading the batch hints of `policy` at the level of `level`.
     pub fn new(level: LevelHandle, policy: &Policy) -> Self {
-        let hints = Level::ALL.map(|l| {
+        let hints = PerLevel::from_fn(|l| {
             let lp = policy.level(l);
             match (lp.batch_size, lp.batch_wait) {
                 (None, None) => None,
@@ -225,7 +225,7 @@ where
     fn call(&mut self, mut batch: Vec<SpanData>) -> Self::Future {
         let shared = self.shared.clone();
         shared.calls.fetch_add(1, Ordering::Relaxed);
-        let hint = shared.hints[shared.level.current().index()];
+        let hint = shared.hints[shared.level.current()];
         let mut inner = self.inner.clone();
         let in_runtime = tokio::runtime::Handle::try_current().is_ok();
         match hint {

@@ -15,7 +15,7 @@
 //! *offered*, the base of the backlog signal.
 
 use crate::stats::{DropReason, ExportStats};
-use degrade_core::{Level, LevelHandle, Policy};
+use degrade_core::{LevelHandle, PerLevel, Policy};
 use opentelemetry::trace::Status;
 use opentelemetry::{Context, Key};
 use opentelemetry_sdk::Resource;
@@ -55,7 +55,7 @@ struct Rule {
 
 #[derive(Debug)]
 struct Rules {
-    per_level: [Rule; 5],
+    per_level: PerLevel<Rule>,
     policy: Policy,
     allowed: HashSet<Key>,
 }
@@ -106,7 +106,7 @@ impl<P: SpanProcessor> LevelFilter<P> {
         policy: Policy,
     ) -> Result<Self, degrade_core::ConfigError> {
         policy.validate()?;
-        let per_level = Level::ALL.map(|l| {
+        let per_level = PerLevel::from_fn(|l| {
             let lp = policy.level(l);
             Rule {
                 errors_only: lp.errors_only,
@@ -176,7 +176,7 @@ impl<P: SpanProcessor> SpanProcessor for LevelFilter<P> {
     }
 
     fn on_end(&self, mut span: SpanData) {
-        let rule = self.rules.per_level[self.level.current().index()];
+        let rule = self.rules.per_level[self.level.current()];
         let is_error = matches!(span.status, Status::Error { .. });
         if !is_error {
             if rule.errors_only {

@@ -80,6 +80,7 @@
 
 pub mod adapter;
 pub mod coalesce;
+mod export;
 pub mod filter;
 #[cfg(feature = "grpc")]
 pub mod grpc;

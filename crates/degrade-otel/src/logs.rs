@@ -6,20 +6,21 @@
 //! front of a log exporter — and runs the stack on a captured runtime, as
 //! [`ServiceExporter`](crate::ServiceExporter) does for spans. [`LogExportService`] is the
 //! bottom of such a stack over any `LogExporter`. `set_resource` and `shutdown` are forwarded
-//! through [`Lifecycle`] handles (a log exporter has no `force_flush`).
+//! through [`Lifecycle`] handles (a log exporter has no `force_flush`). The export itself —
+//! the task on the runtime, the timeout, the drop counts by reason in an
+//! [`ExportStats`] — is the span adapter's, written once.
 
-use crate::adapter::{BoxFuture, Lifecycle, run_on};
+use crate::adapter::{BoxFuture, Lifecycle};
+use crate::export::StackExporter;
+use crate::stats::ExportStats;
 use degrade_core::BoxError;
-use opentelemetry::Context;
 use opentelemetry::InstrumentationScope;
-use opentelemetry::context::FutureExt as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::logs::{LogBatch, LogExporter, SdkLogRecord};
 use std::fmt;
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 use tokio::runtime::Handle;
@@ -147,18 +148,14 @@ impl<E: LogExporter + 'static> Lifecycle for LogExporterLifecycle<E> {
 /// # }
 /// ```
 pub struct ServiceLogExporter<S> {
-    service: S,
-    handle: Handle,
-    timeout: Option<Duration>,
-    lifecycles: Vec<Arc<dyn Lifecycle>>,
-    is_shutdown: AtomicBool,
+    inner: StackExporter<S>,
 }
 
 impl<S> fmt::Debug for ServiceLogExporter<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServiceLogExporter")
-            .field("timeout", &self.timeout)
-            .field("lifecycles", &self.lifecycles)
+            .field("timeout", &self.inner.timeout)
+            .field("lifecycles", &self.inner.lifecycles)
             .finish_non_exhaustive()
     }
 }
@@ -167,25 +164,51 @@ impl<S> ServiceLogExporter<S> {
     /// An exporter running `service` on `handle`'s runtime.
     pub fn new(service: S, handle: Handle) -> Self {
         Self {
-            service,
-            handle,
-            timeout: None,
-            lifecycles: Vec::new(),
-            is_shutdown: AtomicBool::new(false),
+            inner: StackExporter::new(service, handle),
         }
     }
 
-    /// Bounds every export call.
+    /// Bounds every export call; also bounds `shutdown`.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
+        self.inner.timeout = Some(timeout);
         self
     }
 
     /// Registers a [`Lifecycle`]; register the top of the stack first.
     #[must_use]
     pub fn lifecycle(mut self, lifecycle: impl Lifecycle) -> Self {
-        self.lifecycles.push(Arc::new(lifecycle));
+        self.inner.lifecycles.push(Arc::new(lifecycle));
+        self
+    }
+
+    /// Counts dropped log records by reason in `stats`, as
+    /// [`ServiceExporter::stats`](crate::ServiceExporter::stats) counts spans.
+    ///
+    /// ```
+    /// use degrade_otel::logs::{LogRecords, ServiceLogExporter};
+    /// use degrade_otel::{DropReason, ExportStats};
+    /// use opentelemetry_sdk::logs::{LogBatch, LogExporter};
+    /// use opentelemetry_sdk::logs::{SdkLoggerProvider, SdkLogRecord};
+    /// use opentelemetry::logs::{Logger, LoggerProvider};
+    /// use opentelemetry::InstrumentationScope;
+    /// use tower::service_fn;
+    ///
+    /// # #[tokio::main] async fn main() {
+    /// let stats = ExportStats::new();
+    /// let refuse = service_fn(|_: LogRecords| async { Err::<(), _>("collector said no") });
+    /// let exporter = ServiceLogExporter::new(refuse, tokio::runtime::Handle::current())
+    ///     .stats(stats.clone());
+    /// # let record = SdkLoggerProvider::builder().build().logger("doc").create_log_record();
+    /// # let scope = InstrumentationScope::builder("doc").build();
+    /// let batch = [(&record, &scope), (&record, &scope)];
+    /// assert!(exporter.export(LogBatch::new(&batch)).await.is_err());
+    /// assert_eq!(stats.snapshot().dropped(DropReason::ExportFailed), 2);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn stats(mut self, stats: ExportStats) -> Self {
+        self.inner.stats = stats;
         self
     }
 }
@@ -198,59 +221,17 @@ where
     S::Response: Send + 'static,
 {
     fn export(&self, batch: LogBatch<'_>) -> impl Future<Output = OTelSdkResult> + Send {
-        let shut = self.is_shutdown.load(Ordering::Acquire);
         // The one copy: a 'static service cannot borrow the batch.
         let records: LogRecords = batch.iter().map(|(r, s)| (r.clone(), s.clone())).collect();
-        let mut service = self.service.clone();
-        let timeout = self.timeout;
-        let handle = self.handle.clone();
-        async move {
-            if shut {
-                return Err(OTelSdkError::AlreadyShutdown);
-            }
-            let call = async move {
-                poll_fn(|cx| service.poll_ready(cx))
-                    .await
-                    .map_err(Into::into)?;
-                service.call(records).await.map_err(Into::into)
-            }
-            .with_context(Context::current().with_telemetry_suppressed());
-            let task = handle.spawn(async move {
-                match timeout {
-                    Some(t) => match tokio::time::timeout(t, call).await {
-                        Ok(r) => r,
-                        Err(elapsed) => Err(BoxError::from(elapsed)),
-                    },
-                    None => call.await,
-                }
-            });
-            match task.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(OTelSdkError::InternalFailure(e.to_string())),
-                Err(join) => Err(OTelSdkError::InternalFailure(format!(
-                    "export task failed: {join}"
-                ))),
-            }
-        }
+        let n = records.len() as u64;
+        self.inner.export(records, n)
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        if self.is_shutdown.swap(true, Ordering::AcqRel) {
-            return Err(OTelSdkError::AlreadyShutdown);
-        }
-        let mut result = Ok(());
-        for l in &self.lifecycles {
-            let r = run_on(&self.handle, l.shutdown(timeout), timeout);
-            if result.is_ok() {
-                result = r;
-            }
-        }
-        result
+        self.inner.shutdown(timeout)
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        for l in &self.lifecycles {
-            l.set_resource(resource);
-        }
+        self.inner.set_resource(resource);
     }
 }

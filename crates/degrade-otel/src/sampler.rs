@@ -59,7 +59,7 @@
 //! policy's critical list is dropped; critical ones are sampled at the level's ratio.
 
 use crate::stats::{DropReason, ExportStats};
-use degrade_core::{Level, LevelHandle, Policy};
+use degrade_core::{Level, LevelHandle, PerLevel, Policy};
 use opentelemetry::trace::{Link, SpanKind, TraceContextExt, TraceId, TraceState};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{SamplingDecision, SamplingResult, ShouldSample};
@@ -123,7 +123,7 @@ struct LevelRule {
 
 #[derive(Debug, Clone)]
 struct Shared {
-    rules: [LevelRule; 5],
+    rules: PerLevel<LevelRule>,
     /// `ot=th:0`, for errors-only levels that keep every trace.
     keep_all_state: TraceState,
     policy: Policy,
@@ -156,7 +156,7 @@ struct Shared {
 pub struct LevelSampler {
     level: LevelHandle,
     /// Effective rejection threshold per level, inline for the hot path; `NEVER` drops all.
-    thresholds: [u64; 5],
+    thresholds: PerLevel<u64>,
     shared: Arc<Shared>,
     record_errors_only: bool,
     write_threshold: bool,
@@ -169,7 +169,7 @@ impl LevelSampler {
     /// A sampler reading `level` and `policy` (validated here).
     pub fn new(level: LevelHandle, policy: Policy) -> Result<Self, degrade_core::ConfigError> {
         policy.validate()?;
-        let rules = Level::ALL.map(|l| {
+        let rules = PerLevel::from_fn(|l| {
             let lp = policy.level(l);
             let threshold = threshold_for(lp.sampling);
             let th = threshold.map(encode_threshold).unwrap_or_default();
@@ -183,7 +183,7 @@ impl LevelSampler {
         });
         let mut sampler = Self {
             level,
-            thresholds: [NEVER; 5],
+            thresholds: PerLevel::new([NEVER; 5]),
             shared: Arc::new(Shared {
                 rules,
                 keep_all_state: state_with("0"),
@@ -199,13 +199,15 @@ impl LevelSampler {
     }
 
     fn refresh_thresholds(&mut self) {
-        for (t, rule) in self.thresholds.iter_mut().zip(&self.shared.rules) {
-            *t = if rule.errors_only && self.record_errors_only {
+        let errors_only = self.record_errors_only;
+        self.thresholds = PerLevel::from_fn(|l| {
+            let rule = &self.shared.rules[l];
+            if rule.errors_only && errors_only {
                 0
             } else {
                 rule.threshold.unwrap_or(NEVER)
-            };
-        }
+            }
+        });
     }
 
     /// Names the service this sampler runs in: when it is on the policy's critical list, every
@@ -465,9 +467,8 @@ impl LevelSampler {
         level: Level,
         keys: Option<&RandomState>,
     ) -> SamplingResult {
-        let index = level.index();
-        let threshold = self.thresholds[index];
-        let rule = &self.shared.rules[index];
+        let threshold = self.thresholds[level];
+        let rule = &self.shared.rules[level];
         if rule.critical_only
             && !self.shared.service_critical
             && !self.shared.policy.is_critical(name)

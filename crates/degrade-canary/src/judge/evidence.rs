@@ -1,7 +1,8 @@
 //! The judge's statistics: one window's comparison of the arms by key group, the key-share
 //! caps, the accumulated evidence of each stratum and its combination, and the mixture SPRT.
 
-use crate::stats::{ArmSnapshot, GROUPS, Histogram};
+use crate::stats::{ArmSnapshot, GROUP_LAYOUT, GROUPS};
+use degrade_core::histogram::Histogram;
 
 /// One window of the error test: the difference of the arms' (weighted) failure rates,
 /// weighted by its inverse variance `n_c·n_s/(n_c + n_s) / (p(1 − p))`: a window inside an
@@ -99,7 +100,7 @@ pub(super) struct Window<'a> {
     f: [u64; GROUPS + 1],
     /// The keyed calls' latencies by group (empty without groups).
     groups: &'a [crate::stats::GroupSnapshot],
-    /// Latencies of the ungrouped calls.
+    /// Latencies of the ungrouped calls, at [`GROUP_LAYOUT`] like the groups'.
     ungrouped: Histogram,
 }
 
@@ -110,7 +111,9 @@ impl<'a> Window<'a> {
         let extra = |c: u64| if cancelled_is_failure { c } else { 0 };
         let grouped = arm.groups.len() == GROUPS;
         let groups: &[_] = if grouped { &arm.groups } else { &[] };
-        let mut ungrouped = arm.latency.clone();
+        // The arm's finer histogram folds exactly into the groups' layout.
+        let mut ungrouped = Histogram::new(GROUP_LAYOUT);
+        ungrouped.merge(&arm.latency);
         let (mut gf, mut gc) = (0, 0);
         for (i, g) in groups.iter().enumerate() {
             ungrouped.subtract(&g.latency);
@@ -242,14 +245,15 @@ pub(super) fn cap_factors(counts: &[u64; GROUPS + 1], share: f64) -> Caps {
 /// The rank effect (`P(canary slower) − ½`) of scaling latencies by `ratio`, for a log-latency
 /// spread like stable's (its interquartile range): the mixture scale of the latency test.
 pub(super) fn rank_effect(stable: &Histogram, ratio: f64) -> f64 {
+    // The log of a bucket's geometric middle (the open ends read as half / twice the bound).
     let mid = |b: usize| {
-        let hi = crate::stats::bucket_upper_micros(b) as f64;
-        let lo = if b == 0 {
-            0.5
-        } else {
-            crate::stats::bucket_upper_micros(b - 1) as f64
-        };
-        (lo * hi).sqrt().ln()
+        let (lo, hi) = stable.layout().bounds(b);
+        let (lo, hi) = (lo.as_secs_f64(), hi.as_secs_f64());
+        match (lo > 0.0, hi < f64::MAX / 4.0) {
+            (true, true) => (lo * hi).sqrt().ln(),
+            (false, _) => (hi / 2.0).ln(),
+            (true, false) => (lo * 2.0).ln(),
+        }
     };
     let sigma = match (stable.quantile_bucket(0.25), stable.quantile_bucket(0.75)) {
         (Some(q1), Some(q3)) => (mid(q3) - mid(q1)) / 1.349,

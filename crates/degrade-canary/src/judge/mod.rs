@@ -74,14 +74,15 @@
 //!
 //! ```
 //! use degrade_canary::{Judge, JudgeConfig, Verdict};
-//! use degrade_canary::stats::{CanarySnapshot, GROUPS, latency_bucket};
+//! use degrade_canary::stats::{CanarySnapshot, GROUP_LAYOUT, GROUPS};
+//! use degrade_core::histogram::Histogram;
 //! use std::time::Duration;
 //!
 //! let mut judge = Judge::new(JudgeConfig { min_samples: 500, ..Default::default() }).unwrap();
 //! let mut snap = CanarySnapshot::default();
 //! snap.stable.groups = vec![Default::default(); GROUPS];
 //! snap.canary.groups = vec![Default::default(); GROUPS];
-//! let ms = |m| latency_bucket(Duration::from_millis(m));
+//! let ms = |m| GROUP_LAYOUT.bucket(Duration::from_millis(m));
 //! // One user (group 7) on the canary fails every call; everyone else is healthy.
 //! for g in 0..GROUPS {
 //!     snap.stable.groups[g].latency.add(ms(20), 100);
@@ -93,9 +94,9 @@
 //! for arm in [&mut snap.stable, &mut snap.canary] {
 //!     arm.failures = arm.groups.iter().map(|g| g.failures).sum();
 //!     arm.successes = arm.groups.iter().map(|g| g.samples()).sum::<u64>() - arm.failures;
-//!     for g in &arm.groups {
-//!         for (b, &n) in g.latency.buckets().iter().enumerate() { arm.latency.add(b, n); }
-//!     }
+//!     // The arm's histogram: the groups' sum (no unkeyed calls), at the groups' layout.
+//!     arm.latency = Histogram::new(GROUP_LAYOUT);
+//!     arm.groups.iter().for_each(|g| assert!(arm.latency.merge(&g.latency)));
 //! }
 //! // A per-request test would fail this canary; one key cannot.
 //! let j = judge.look(&snap);

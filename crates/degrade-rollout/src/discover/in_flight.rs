@@ -3,7 +3,8 @@
 //! transport failures to its pool (what passive ejection acts on).
 
 use crate::instance::Key;
-use degrade_canary::stats::{ArmSnapshot, Histogram, LATENCY_BUCKETS, latency_bucket};
+use degrade_canary::stats::{ARM_LAYOUT, ArmSnapshot};
+use degrade_core::histogram::AtomicHistogram;
 use degrade_core::{BoxError, Clock, TokioClock};
 use pin_project_lite::pin_project;
 use std::error::Error;
@@ -41,7 +42,7 @@ pub(super) struct Endpoint {
     pub(super) in_flight: AtomicUsize,
     pub(super) ok: AtomicU64,
     pub(super) err: AtomicU64,
-    pub(super) latency: Box<[AtomicU64]>,
+    pub(super) latency: AtomicHistogram,
     pub(super) idle: Notify,
     /// Consecutive calls that failed at the transport.
     pub(super) streak: AtomicU32,
@@ -56,7 +57,7 @@ impl Endpoint {
             in_flight: AtomicUsize::new(0),
             ok: AtomicU64::new(0),
             err: AtomicU64::new(0),
-            latency: (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            latency: AtomicHistogram::new(ARM_LAYOUT, 1),
             idle: Notify::new(),
             streak: AtomicU32::new(0),
             sink,
@@ -67,11 +68,7 @@ impl Endpoint {
         let mut a = ArmSnapshot::default();
         a.successes = self.ok.load(Ordering::Relaxed);
         a.failures = self.err.load(Ordering::Relaxed);
-        let mut h = Histogram::new();
-        for (i, b) in self.latency.iter().enumerate() {
-            h.add(i, b.load(Ordering::Relaxed));
-        }
-        a.latency = h;
+        a.latency = self.latency.snapshot();
         a
     }
 
@@ -208,7 +205,7 @@ impl<C: Clock> Guard<C> {
             e.err.fetch_add(1, Ordering::Relaxed);
         }
         let latency = self.clock.now().saturating_duration_since(self.start);
-        e.latency[latency_bucket(latency)].fetch_add(1, Ordering::Relaxed);
+        e.latency.record(latency);
     }
 }
 

@@ -2,7 +2,7 @@
 //! passive ejection of endpoints that fail at the transport.
 
 use crate::instance::{Instance, Key};
-use degrade_canary::stats::{ArmSnapshot, Histogram};
+use degrade_canary::stats::ArmSnapshot;
 use degrade_core::{BoxError, ConfigError, TokioClock};
 use futures_util::Stream;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -620,18 +620,14 @@ impl<S: Clone + Send + 'static> Pool<S> {
     pub fn outcomes(&self, keys: &[Key]) -> ArmSnapshot {
         let st = self.lock();
         let mut total = ArmSnapshot::default();
-        let mut hist = Histogram::new();
         for k in keys {
             if let Some(m) = st.endpoints.get(k) {
                 let a = m.svc.endpoint.arm();
                 total.successes += a.successes;
                 total.failures += a.failures;
-                for (i, &n) in a.latency.buckets().iter().enumerate() {
-                    hist.add(i, n);
-                }
+                total.latency.merge(&a.latency);
             }
         }
-        total.latency = hist;
         total
     }
 

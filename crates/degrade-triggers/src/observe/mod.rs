@@ -10,7 +10,8 @@
 //! histogram (quantiles within 1/128 = 0.79 % of the exact value, one relaxed `fetch_add` per
 //! request plus plain stores on per-thread counter slots, no allocation, no lock).
 //!
-//! The histogram has one bucket per nanosecond below 128 ns, then 64 buckets per power of two;
+//! The histogram (degrade-core's, in `Layout::FINE`) has one bucket per nanosecond below
+//! 128 ns, then 64 buckets per power of two;
 //! a quantile is reported as the middle of its bucket. The shards only count up: a signal's
 //! window is the difference between the counts now and a copy it took at least one window
 //! ago, so nothing on the request path ever clears or rotates a bucket.
@@ -58,7 +59,7 @@ pub use self::future::ResponseFuture;
 pub use self::signal::{InFlightConfig, LatencyConfig, LatencyStat, ObserveSignal, RateConfig};
 
 use self::future::Guard;
-use self::histogram::{COUNTERS, Counts, FAILURES, Histogram, SLOW, TIMEOUTS};
+use self::histogram::{COUNTERS, Counts, FAILURES, Recorder, SLOW, TIMEOUTS};
 use degrade_core::ladder::Thresholds;
 use degrade_core::{Classifier, Clock, ConfigError, DefaultClassifier, TokioClock};
 use std::fmt;
@@ -69,7 +70,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 pub(crate) struct Inner<K, C> {
-    pub(crate) hist: Histogram,
+    pub(crate) hist: Recorder,
     pub(crate) classifier: K,
     pub(crate) clock: C,
     pub(crate) slow: Option<Duration>,
@@ -77,11 +78,11 @@ pub(crate) struct Inner<K, C> {
 
 /// Gives the signals the histogram without the layer's type parameters.
 pub(crate) trait Source: Send + Sync + 'static {
-    fn histogram(&self) -> &Histogram;
+    fn histogram(&self) -> &Recorder;
 }
 
 impl<K: Send + Sync + 'static, C: Clock> Source for Inner<K, C> {
-    fn histogram(&self) -> &Histogram {
+    fn histogram(&self) -> &Recorder {
         &self.hist
     }
 }
@@ -174,7 +175,7 @@ where
     /// ```
     pub fn snapshot(&self) -> ObserveSnapshot {
         let mut counts = Counts::new(true);
-        self.inner.hist.read(&mut counts, true);
+        self.inner.hist.read(&mut counts);
         ObserveSnapshot::from_counts(&counts, self.inner.hist.in_flight())
     }
 
@@ -424,7 +425,7 @@ impl<K, C> ObserveBuilder<K, C> {
         }
         Ok(ObserveLayer {
             inner: Arc::new(Inner {
-                hist: Histogram::new(),
+                hist: Recorder::new(),
                 classifier: self.classifier,
                 clock: self.clock,
                 slow: self.slow,
