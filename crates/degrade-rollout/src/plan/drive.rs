@@ -89,7 +89,8 @@ impl RolloutMachine {
                     Direction::Upgrade => RolloutOutcome::Completed,
                     Direction::Rollback => RolloutOutcome::RolledBack,
                 })
-            } else if self.abort {
+            } else if self.abort && self.direction == Direction::Upgrade {
+                // An abort stops an upgrade; a rollback (the safe direction) runs to its end.
                 Some(RolloutOutcome::Aborted)
             } else {
                 None

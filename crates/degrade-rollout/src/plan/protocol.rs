@@ -59,7 +59,8 @@ pub enum Record {
     Paused,
     /// Resumed.
     Resumed,
-    /// Abort requested: stop after the current batch.
+    /// Abort requested: stop an upgrade after the current batch (a rollback in progress runs to
+    /// its end: it is the safe direction).
     AbortRequested,
     /// Every batch is done (or the rollout was aborted after one): the instances it changed
     /// stay watched for `post_watch` before it ends with `outcome`; a failure meanwhile rolls
