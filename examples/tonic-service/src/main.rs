@@ -220,6 +220,9 @@ async fn start_server(breaker_wait: Duration) -> Result<Running, Error> {
                 .method(SERVICE, LIST_HISTORY, Priority::Low)
                 .method(SERVICE, PLACE_ORDER, Priority::Critical),
         )
+        // The level's shares as well as the adaptive limit: this example moves the level by
+        // hand to show each status mapping, and a level sheds only in this mode.
+        .admission(degrade::degrade::Admission::Both)
         .build()?
         .grpc();
     let rate_limit =
