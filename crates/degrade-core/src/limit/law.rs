@@ -505,9 +505,12 @@ impl Law {
                     } else if entry.0 <= self.baseline_concurrency {
                         if entry.1 > b * (1.0 + tolerance) + noise {
                             // Clearly slower at no more concurrency than the baseline was
-                            // measured at: the service itself got slower.
+                            // measured at: the service itself got slower (give back the
+                            // cuts that read it as a queue, as below).
                             self.baseline = Some(entry.1);
-                            self.previous = None;
+                            if let Some((c0, _)) = self.previous.take() {
+                                self.limit = self.limit.max(c0.min(f64::from(self.config.max)));
+                            }
                         } else {
                             // The same conditions: refine.
                             self.baseline = Some(b + (entry.1 - b) * REFINE_GAIN);
@@ -531,6 +534,11 @@ impl Law {
                 self.baseline = Some(t);
                 self.baseline_concurrency = concurrency;
                 self.previous = None;
+                // The cuts of the streak read the slowdown as a queue: undo them. A service
+                // that got slower keeps its parallelism (its slots, its cores), so the
+                // concurrency it ran at before is where the knee still is; if the knee fell
+                // too, the next window shows a queue and cuts again, from the new baseline.
+                self.limit = self.limit.max(c0.min(f64::from(self.config.max)));
             }
         }
         let Some(baseline) = self.baseline else {
