@@ -171,4 +171,28 @@ proptest! {
             "k {k} -> {k2}, s {s}: settled at {settled}"
         );
     }
+
+    /// The service gets slower (its slots stay, each request takes 2x-4x as long): the law
+    /// first reads the slower latency as a queue and cuts, then sees that the cuts did not
+    /// help, learns the new baseline and gives the cuts back, so the limit is at the knee
+    /// again within a few windows instead of growing back from the bottom.
+    #[test]
+    fn a_slower_service_gets_its_limit_back_within_a_few_windows(
+        k in 8u32..200,
+        slower in prop_oneof![Just(2.0), Just(3.0), Just(4.0)],
+        s_ms in 5u64..500,
+        seed in any::<u64>(),
+    ) {
+        let (k, s) = (f64::from(k), s_ms as f64 / 1e3);
+        let mut law = Law::new(LimitConfig::default());
+        let mut t = Instant::now();
+        let mut seed = seed;
+        drive(&mut law, &mut t, k, s, 300, &mut seed);
+        let limits = drive(&mut law, &mut t, k, s * slower, 40, &mut seed);
+        let back = limits.iter().position(|&l| f64::from(l) >= k.floor());
+        prop_assert!(
+            back.is_some_and(|i| i <= 2),
+            "k {k}, s {s} x{slower}: limits {limits:?}"
+        );
+    }
 }

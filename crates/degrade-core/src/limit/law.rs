@@ -61,13 +61,38 @@ impl Window {
     /// assert_eq!(w.latency_sum_ns, 5_000_000);
     /// ```
     pub fn record(&mut self, latency: Duration, concurrency: u32, low: bool) {
+        self.record_capped(latency, None, concurrency, low);
+    }
+
+    /// Adds one latency sample measured at `concurrency` requests in flight, counting at most
+    /// `cap` of it in the sums (see [`Law::sample_cap`]); the longest latency is kept whole.
+    ///
+    /// ```
+    /// # use degrade_core::limit::Window; use std::time::Duration;
+    /// let mut w = Window::default();
+    /// let cap = Some(Duration::from_millis(100));
+    /// w.record_capped(Duration::from_millis(40), cap, 8, false);
+    /// w.record_capped(Duration::from_millis(400), cap, 8, false);
+    /// assert_eq!(w.mean_latency(), Some(Duration::from_millis(70)));
+    /// assert_eq!(w.max_latency_ns, 400_000_000);
+    /// ```
+    pub fn record_capped(
+        &mut self,
+        latency: Duration,
+        cap: Option<Duration>,
+        concurrency: u32,
+        low: bool,
+    ) {
         self.samples = self.samples.saturating_add(1);
-        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        let whole = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.max_latency_ns = self.max_latency_ns.max(whole);
+        let ns = cap.map_or(whole, |c| {
+            whole.min(u64::try_from(c.as_nanos()).unwrap_or(u64::MAX))
+        });
         self.latency_sum_ns = self.latency_sum_ns.saturating_add(ns);
         let us = ns / 1_000;
         self.latency_sq_sum_us = self.latency_sq_sum_us.saturating_add(us.saturating_mul(us));
         self.concurrency_sum = self.concurrency_sum.saturating_add(u64::from(concurrency));
-        self.max_latency_ns = self.max_latency_ns.max(ns);
         if low {
             self.low_samples = self.low_samples.saturating_add(1);
             self.low_latency_sum_ns = self.low_latency_sum_ns.saturating_add(ns);
@@ -287,6 +312,31 @@ impl Law {
         self.ratio
     }
 
+    /// The most of one latency sample the window's mean counts (`None` until a baseline is
+    /// known): the latency at which the law already makes its largest cut, `(1 + tolerance) /
+    /// MAX_CUT` baselines (2.2 by default). A slower sample cannot make the cut larger, but
+    /// when request costs are heavy-tailed (one in ten costs ten times as much) the few
+    /// costly ones dominate the mean and its noise: the mean then swings by more than the
+    /// tolerance from one window to the next, the law cannot tell the knee from chance, grows
+    /// past it and cuts far below it. Capped, every sample still moves the mean when a queue
+    /// delays it, and the baseline (learnt from the same capped means) is compared like with
+    /// like.
+    ///
+    /// ```
+    /// # use degrade_core::limit::{Law, LimitConfig, Window};
+    /// # use std::time::Duration;
+    /// let mut law = Law::new(LimitConfig::default());
+    /// assert_eq!(law.sample_cap(), None);
+    /// let mut w = Window::default();
+    /// for _ in 0..20 { w.record(Duration::from_millis(10), 1, true); }
+    /// law.observe(&w, tokio::time::Instant::now());
+    /// assert_eq!(law.sample_cap(), Some(Duration::from_millis(22)));
+    /// ```
+    pub fn sample_cap(&self) -> Option<Duration> {
+        let factor = (1.0 + self.config.tolerance) / MAX_CUT;
+        self.baseline.map(|b| Duration::from_secs_f64(b * factor))
+    }
+
     /// How long a request may wait for a slot: `queue_delay` times the baseline (`None` until
     /// a baseline is known, when a request that finds the limit full is refused at once).
     ///
@@ -455,9 +505,12 @@ impl Law {
                     } else if entry.0 <= self.baseline_concurrency {
                         if entry.1 > b * (1.0 + tolerance) + noise {
                             // Clearly slower at no more concurrency than the baseline was
-                            // measured at: the service itself got slower.
+                            // measured at: the service itself got slower (give back the
+                            // cuts that read it as a queue, as below).
                             self.baseline = Some(entry.1);
-                            self.previous = None;
+                            if let Some((c0, _)) = self.previous.take() {
+                                self.limit = self.limit.max(c0.min(f64::from(self.config.max)));
+                            }
                         } else {
                             // The same conditions: refine.
                             self.baseline = Some(b + (entry.1 - b) * REFINE_GAIN);
@@ -481,6 +534,11 @@ impl Law {
                 self.baseline = Some(t);
                 self.baseline_concurrency = concurrency;
                 self.previous = None;
+                // The cuts of the streak read the slowdown as a queue: undo them. A service
+                // that got slower keeps its parallelism (its slots, its cores), so the
+                // concurrency it ran at before is where the knee still is; if the knee fell
+                // too, the next window shows a queue and cuts again, from the new baseline.
+                self.limit = self.limit.max(c0.min(f64::from(self.config.max)));
             }
         }
         let Some(baseline) = self.baseline else {

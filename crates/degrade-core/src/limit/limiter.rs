@@ -85,6 +85,8 @@ pub(crate) struct Limiter {
     /// 0 until known.
     baseline_ns: AtomicU64,
     queue_target_ns: AtomicU64,
+    /// The most of one latency the window's sums count (`Law::sample_cap`), 0 until known.
+    sample_cap_ns: AtomicU64,
     /// Window bounds, from the origin, nanoseconds.
     window_start_ns: AtomicU64,
     min_window_ns: AtomicU64,
@@ -125,6 +127,7 @@ impl Limiter {
             epoch: AtomicU32::new(0),
             baseline_ns: AtomicU64::new(0),
             queue_target_ns: AtomicU64::new(0),
+            sample_cap_ns: AtomicU64::new(0),
             window_start_ns: AtomicU64::new(0),
             min_window_ns: AtomicU64::new(0),
             max_window_ns: AtomicU64::new(u64::MAX),
@@ -164,6 +167,8 @@ impl Limiter {
         self.baseline_ns.store(baseline, Ordering::Relaxed);
         self.queue_target_ns
             .store(law.queue_target().map_or(0, nanos), Ordering::Relaxed);
+        self.sample_cap_ns
+            .store(law.sample_cap().map_or(0, nanos), Ordering::Relaxed);
         let (min, max) = law.window_bounds();
         self.min_window_ns.store(nanos(min), Ordering::Relaxed);
         self.max_window_ns
@@ -391,15 +396,19 @@ impl Limiter {
     }
 
     fn record(&self, latency: Duration, slot: Slot) {
-        let ns = nanos(latency);
-        let us = ns / 1_000;
+        let whole = nanos(latency);
         let c = &self.cells;
+        c.max_latency_ns.fetch_max(whole, Ordering::Relaxed);
+        let ns = match self.sample_cap_ns.load(Ordering::Relaxed) {
+            0 => whole,
+            cap => whole.min(cap),
+        };
+        let us = ns / 1_000;
         c.latency_sum_ns.fetch_add(ns, Ordering::Relaxed);
         c.latency_sq_sum_us
             .fetch_add(us.saturating_mul(us), Ordering::Relaxed);
         c.concurrency_sum
             .fetch_add(u64::from(slot.concurrency), Ordering::Relaxed);
-        c.max_latency_ns.fetch_max(ns, Ordering::Relaxed);
         if slot.low {
             c.low_samples.fetch_add(1, Ordering::Relaxed);
             c.low_latency_sum_ns.fetch_add(ns, Ordering::Relaxed);
