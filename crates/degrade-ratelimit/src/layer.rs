@@ -225,6 +225,7 @@ impl fmt::Debug for QuotaHandle {
 }
 
 impl QuotaHandle {
+    #[cfg(feature = "redis")]
     pub(crate) fn from_target(target: Arc<dyn SetQuota>) -> Self {
         Self { target }
     }
