@@ -23,6 +23,18 @@ thread_local! {
     pub(crate) static CRIT: std::cell::Cell<[u64; 4]> = const { std::cell::Cell::new([0; 4]) };
 }
 
+/// Counts a refused critical request in [`CRIT`] by cause (0 queue full, 1 evicted, 2 expired,
+/// 3 no target yet).
+fn count_critical_refusal(priority: Priority, cause: usize) {
+    if priority == Priority::Critical {
+        CRIT.with(|c| {
+            let mut a = c.get();
+            a[cause] += 1;
+            c.set(a)
+        });
+    }
+}
+
 /// splitmix64: seeded, tiny, good enough for arrivals and service times.
 #[derive(Debug, Clone)]
 pub(crate) struct Rng(u64);
@@ -442,13 +454,7 @@ pub(crate) fn run(setup: &Setup) -> Report {
                     {
                         // Still waiting at its deadline: refused.
                         reqs[id as usize].ticket = None;
-                        if reqs[id as usize].priority == Priority::Critical {
-                            CRIT.with(|c| {
-                                let mut a = c.get();
-                                a[2] += 1;
-                                c.set(a)
-                            });
-                        }
+                        count_critical_refusal(reqs[id as usize].priority, 2);
 
                         answer(
                             &mut reqs,
@@ -535,14 +541,10 @@ pub(crate) fn run(setup: &Setup) -> Report {
                                         if let Some((t, victim)) = evicted {
                                             l.queue.take(t);
                                             reqs[victim as usize].ticket = None;
-                                            if reqs[victim as usize].priority == Priority::Critical
-                                            {
-                                                CRIT.with(|c| {
-                                                    let mut a = c.get();
-                                                    a[1] += 1;
-                                                    c.set(a)
-                                                });
-                                            }
+                                            count_critical_refusal(
+                                                reqs[victim as usize].priority,
+                                                1,
+                                            );
 
                                             answer(
                                                 &mut reqs,
@@ -563,13 +565,7 @@ pub(crate) fn run(setup: &Setup) -> Report {
                                         }
                                     }
                                     Pushed::Full(_) => {
-                                        if reqs[id as usize].priority == Priority::Critical {
-                                            CRIT.with(|c| {
-                                                let mut a = c.get();
-                                                a[0] += 1;
-                                                c.set(a)
-                                            });
-                                        }
+                                        count_critical_refusal(reqs[id as usize].priority, 0);
                                         answer(
                                             &mut reqs,
                                             id,
@@ -590,13 +586,7 @@ pub(crate) fn run(setup: &Setup) -> Report {
                                 }
                             }
                             _ => {
-                                if reqs[id as usize].priority == Priority::Critical {
-                                    CRIT.with(|c| {
-                                        let mut a = c.get();
-                                        a[3] += 1;
-                                        c.set(a)
-                                    });
-                                }
+                                count_critical_refusal(reqs[id as usize].priority, 3);
                                 answer(
                                     &mut reqs,
                                     id,
