@@ -242,6 +242,37 @@ mod tests {
     }
 
     #[test]
+    fn an_exited_thread_hands_its_slot_to_the_next() {
+        // A wave with more threads alive than there are owned slots (some share the overflow
+        // slot), then three times as many threads as owned slots, one after another: each finds
+        // a slot an exited thread returned, so none is left on the contended overflow slot.
+        let barrier = std::sync::Barrier::new(OWNED_SLOTS + 8);
+        std::thread::scope(|s| {
+            for _ in 0..OWNED_SLOTS + 8 {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    let _ = slot_index();
+                    barrier.wait();
+                });
+            }
+        });
+        let owned = (0..3 * OWNED_SLOTS)
+            .filter(|_| {
+                std::thread::spawn(|| slot_index() < OWNED_SLOTS)
+                    .join()
+                    .expect("slot thread")
+            })
+            .count();
+        // Other tests of this binary may hold a few slots meanwhile, never all of them for the
+        // whole run; without recycling at most OWNED_SLOTS threads ever own one.
+        assert!(
+            owned > 2 * OWNED_SLOTS,
+            "{owned} of {} sequential threads owned a slot",
+            3 * OWNED_SLOTS
+        );
+    }
+
+    #[test]
     fn sharded_counters_are_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<ShardedCounter<4>>();
