@@ -41,6 +41,7 @@
 
 use axum::Router;
 use axum::body::Body;
+use degrade::admin::{Admin, Operator};
 use degrade::breaker::{BreakerConfig, BreakerHandle, BreakerLayer, State, WindowConfig};
 use degrade::ladder::LadderConfig;
 use degrade::otel::metrics::Registry;
@@ -91,7 +92,7 @@ const USAGE: &str = concat!(
     "usage: axum-gateway [--quick] [--duration <secs>] [--ops <addr>]\n",
     "  --quick            a short run (6 s), as in CI\n",
     "  --duration <secs>  total length of the four phases (default 16, at least 4)\n",
-    "  --ops <addr>       where GET /metrics (Prometheus) listens (default 127.0.0.1:0)",
+    "  --ops <addr>       where GET /metrics (Prometheus) and /admin/* listen (default 127.0.0.1:0)",
 );
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -182,8 +183,10 @@ struct Gateway {
     breaker: BreakerHandle<HttpClassifier>,
     /// Calls the proxy forwarded while the breaker read open (must stay 0).
     forwarded_while_open: Arc<AtomicU64>,
-    /// `GET /metrics`: every layer's state, registered once (see `start_ops`).
+    /// `GET /metrics` and `/admin/*`: every layer's state, registered once.
     ops: SocketAddr,
+    /// The bearer token of `/admin/*`.
+    admin_token: String,
     _monitor: degrade::triggers::MonitorHandle,
     _metrics: SdkMeterProvider,
 }
@@ -302,16 +305,33 @@ async fn start_gateway(
 
     let stack = ServiceBuilder::new()
         .layer(degrade.clone())
-        .layer(rate_limit)
+        .layer(rate_limit.clone()) // clones share one budget
         .layer(observe)
         .layer(breaker)
         .service(proxy);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(serve(listener, Router::new().fallback_service(stack)));
+    let admin = Admin::new()
+        .controller(controller.clone())
+        .monitor(&monitor)
+        .admission("gateway", &degrade)
+        .rate_limit("per_api_key", &rate_limit)
+        .breaker("backend", breaker_handle.clone())
+        .router();
+    let admin_token = admin_token();
     let ops_listener = TcpListener::bind(ops).await?;
     let ops = ops_listener.local_addr()?;
-    tokio::spawn(serve(ops_listener, ops_router(prometheus)));
+    tokio::spawn(serve(
+        ops_listener,
+        ops_router(prometheus).nest(
+            "/admin",
+            admin.layer(axum::middleware::from_fn_with_state(
+                Arc::new(admin_token.clone()),
+                bearer_auth,
+            )),
+        ),
+    ));
     Ok(Gateway {
         addr,
         controller,
@@ -319,9 +339,41 @@ async fn start_gateway(
         breaker: breaker_handle,
         forwarded_while_open,
         ops,
+        admin_token,
         _monitor: monitor,
         _metrics: provider,
     })
+}
+
+/// The admin token: `DEGRADE_ADMIN_TOKEN`, or a fresh one printed at start.
+fn admin_token() -> String {
+    std::env::var("DEGRADE_ADMIN_TOKEN").unwrap_or_else(|_| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        format!("{:016x}", h.finish())
+    })
+}
+
+/// The gateway's auth for `/admin`: one bearer token, whose holder is the operator `ops`.
+/// A real service would map its own identities to `Operator`s here.
+async fn bearer_auth(
+    axum::extract::State(token): axum::extract::State<Arc<String>>,
+    mut req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response<Body> {
+    let presented = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented != Some(token.as_str()) {
+        let mut res = Response::new(Body::from("unauthorized"));
+        *res.status_mut() = StatusCode::UNAUTHORIZED;
+        return res;
+    }
+    req.extensions_mut().insert(Operator::new("ops"));
+    next.run(req).await
 }
 
 /// The ops listener, apart from the protected stack (a scrape must not be shed): `GET
@@ -347,6 +399,21 @@ fn ops_router(prometheus: prometheus::Registry) -> Router {
             }
         }),
     )
+}
+
+/// `GET /admin/status` of the ops listener with `token`: the status code and the body.
+async fn admin_status(
+    client: &HttpClient,
+    ops: SocketAddr,
+    token: &str,
+) -> Result<(StatusCode, String), Error> {
+    let req = Request::get(format!("http://{ops}/admin/status"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())?;
+    let res = client.request(req).await?;
+    let status = res.status();
+    let body = res.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// `GET /metrics` of the ops listener, as text.
@@ -607,12 +674,14 @@ async fn run(args: Args) -> Result<bool, Error> {
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let mut checks = Checks(Vec::new());
     println!(
-        "gateway http://{} -> backend http://{} ({} slots x {} ms); metrics http://{}/metrics",
+        "gateway http://{} -> backend http://{} ({} slots x {} ms)\nops: http://{}/metrics, http://{}/admin/status (authorization: Bearer {})",
         gw.addr,
         backend.addr,
         BACKEND_SLOTS,
         BACKEND_WORK.as_millis(),
-        gw.ops
+        gw.ops,
+        gw.ops,
+        gw.admin_token
     );
     let scenario_start = Instant::now();
 
@@ -905,6 +974,14 @@ async fn run(args: Args) -> Result<bool, Error> {
         max_seen >= Level::Moderate,
     );
     checks.check("overload: low priority was shed", low_shed > 0);
+    let (with_token, status) = admin_status(&client, gw.ops, &gw.admin_token).await?;
+    let (without, _) = admin_status(&client, gw.ops, "guess").await?;
+    checks.check(
+        "admin: /admin/status answers the token's holder with the level, and 401 to others",
+        with_token == StatusCode::OK
+            && status.contains(&format!("\"level\":\"{}\"", gw.controller.level()))
+            && without == StatusCode::UNAUTHORIZED,
+    );
     checks.check(
         "metrics: the scrape lists level, signal pressure, admission, rate limit and breaker",
         [
