@@ -16,6 +16,7 @@
 //! | `triggers` | `triggers` | the signals (CPU, memory, PSI, latency, errors) and the `Monitor` that drive the level |
 //! | `otel` | `otel` | a level-following sampler and export protection for OpenTelemetry |
 //! | `metrics` | `otel::metrics` | metrics by registration: OTel instruments that read every registered layer |
+//! | `config` | `config` | the whole stack from one TOML file, field-path errors, live reload of quotas |
 //! | `admin` | `admin` | an axum router to read and steer every registered layer at run time, under your auth |
 //! | `http`, `grpc` | | HTTP and gRPC answer modes, classifiers and keys in every enabled policy |
 //! | `redis` | | the Redis backends of the enabled policies |
@@ -53,6 +54,8 @@ mod builder;
 
 #[cfg(feature = "admin")]
 pub mod admin;
+#[cfg(feature = "config")]
+pub mod config;
 
 pub use builder::ServiceBuilderExt;
 pub use degrade_core::*;
