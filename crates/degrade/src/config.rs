@@ -201,20 +201,20 @@ impl Stack {
     /// Puts `new` in force, or changes nothing and names the field that stops it: a field
     /// that fails its layer's rules, or one that cannot change while the service runs.
     pub fn reload(&self, new: &StackConfig) -> Result<(), ConfigError> {
-        reload(
-            &self.applied,
-            #[cfg(feature = "ratelimit")]
-            &self.quotas(),
-            new,
-        )
+        self.reloader().reload(new)
     }
 
-    #[cfg(feature = "ratelimit")]
-    fn quotas(&self) -> BTreeMap<String, degrade_ratelimit::QuotaHandle> {
-        self.limits
-            .iter()
-            .map(|(n, l)| (n.clone(), l.quota_handle()))
-            .collect()
+    /// A cloneable handle that reloads this stack (for the admin router, a signal handler).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            applied: Arc::clone(&self.applied),
+            #[cfg(feature = "ratelimit")]
+            quotas: self
+                .limits
+                .iter()
+                .map(|(n, l)| (n.clone(), l.quota_handle()))
+                .collect(),
+        }
     }
 
     /// Reloads the file at `path` whenever its contents change, checking every `interval`
@@ -227,9 +227,7 @@ impl Stack {
     /// and applied once it is whole.
     pub fn watch(&self, path: impl Into<PathBuf>, interval: Duration) -> ConfigWatch {
         let path = path.into();
-        let applied = Arc::clone(&self.applied);
-        #[cfg(feature = "ratelimit")]
-        let quotas = self.quotas();
+        let reloader = self.reloader();
         let (tx, rx) = tokio::sync::watch::channel(None);
         // Read now, not in the task: a change made right after `watch` returns is a change.
         let mut last = read(&path).ok();
@@ -245,14 +243,7 @@ impl Stack {
                     _ => {}
                 }
                 last = text.as_ref().ok().cloned();
-                let result = text.and_then(|t| StackConfig::from_toml(&t)).and_then(|c| {
-                    reload(
-                        &applied,
-                        #[cfg(feature = "ratelimit")]
-                        &quotas,
-                        &c,
-                    )
-                });
+                let result = text.and_then(|t| reloader.reload_toml(&t));
                 match &result {
                     Ok(()) => {
                         tracing::info!(target: "degrade::config", path = %path.display(), "configuration reloaded")
@@ -267,6 +258,42 @@ impl Stack {
             }
         });
         ConfigWatch { rx, task }
+    }
+}
+
+/// Reloads a [`Stack`]; from [`Stack::reloader`]. Clones reload the same stack, one reload at
+/// a time.
+///
+/// ```
+/// use degrade::config::StackConfig;
+/// let stack = StackConfig::from_toml("[limits.api]\nquota = 100\nperiod = \"1s\"").unwrap().build().unwrap();
+/// let reloader = stack.reloader();
+/// let err = reloader.reload_toml("[limits.api]\nquota = 0\nperiod = \"1s\"").unwrap_err();
+/// assert_eq!(err.field(), "limits.api.quota");
+/// reloader.reload_toml("[limits.api]\nquota = 50\nperiod = \"1s\"").unwrap();
+/// assert_eq!(stack.limits["api"].quota_handle().get().quota, 50);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    applied: Arc<Mutex<StackConfig>>,
+    #[cfg(feature = "ratelimit")]
+    quotas: BTreeMap<String, degrade_ratelimit::QuotaHandle>,
+}
+
+impl Reloader {
+    /// See [`Stack::reload`].
+    pub fn reload(&self, new: &StackConfig) -> Result<(), ConfigError> {
+        reload(
+            &self.applied,
+            #[cfg(feature = "ratelimit")]
+            &self.quotas,
+            new,
+        )
+    }
+
+    /// Parses, validates and reloads a TOML document.
+    pub fn reload_toml(&self, text: &str) -> Result<(), ConfigError> {
+        self.reload(&StackConfig::from_toml(text)?)
     }
 }
 

@@ -435,3 +435,53 @@ async fn every_change_is_a_tracing_event_with_what_who_and_why() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn config_reload_through_the_router_is_all_or_nothing() {
+    let file = "[limits.api]\nquota = 100\nperiod = \"1s\"\n";
+    let stack = degrade::config::StackConfig::from_toml(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let limit = stack.limits["api"].clone();
+    let admin = Admin::new()
+        .rate_limit("api", &limit)
+        .config(stack.reloader());
+    let addr = server(admin).await;
+    let body = |toml: &str, reason: &str| {
+        serde_json::json!({ "toml": toml, "reason": reason }).to_string()
+    };
+
+    let (code, answer) = post(
+        addr,
+        "/config",
+        &body("[limits.api]\nquota = 0\nperiod = \"1s\"", "x"),
+    )
+    .await;
+    assert_eq!(
+        (code, answer["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("limits.api.quota"))
+    );
+    let (code, answer) = post(
+        addr,
+        "/config",
+        &body("[ladder]\nescalate_after = 9\n[limits.api]\nquota = 5", "x"),
+    )
+    .await;
+    assert_eq!(
+        (code, answer["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("ladder"))
+    );
+    assert_eq!(limit.quota_handle().get().quota, 100); // nothing changed
+
+    let (code, answer) = post(
+        addr,
+        "/config",
+        &body("[limits.api]\nquota = 7\nperiod = \"1s\"", "tenant abuse"),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    assert_eq!(limit.quota_handle().get().quota, 7);
+    let (_, status) = post(addr, "/config", &body("", "")).await;
+    assert_eq!(status["field"], "reason");
+}

@@ -131,7 +131,11 @@ async fn quota_reloads_under_load_with_no_failed_request() {
     // Replaced atomically, as editors and config maps do: the watcher never reads half a file.
     let edit = |quota: &str| {
         let tmp = dir.join("degrade.toml.tmp");
-        std::fs::write(&tmp, FILE.replace("quota = 1000", &format!("quota = {quota}"))).unwrap();
+        std::fs::write(
+            &tmp,
+            FILE.replace("quota = 1000", &format!("quota = {quota}")),
+        )
+        .unwrap();
         std::fs::rename(&tmp, &path).unwrap();
     };
 

@@ -24,6 +24,7 @@ pub(super) fn router(inner: Arc<Inner>) -> Router {
         .route("/quotas/{name}", post(quota))
         .route("/canaries/{name}/{action}", post(canary))
         .route("/rollouts/{name}/{action}", post(rollout))
+        .route("/config", post(config))
         .with_state(inner)
 }
 
@@ -284,6 +285,34 @@ async fn rollout(
             }
             #[cfg(not(feature = "rollout"))]
             Err(unknown("rollout", &name, std::iter::empty::<&String>()))
+        }
+        .await,
+    )
+}
+
+#[cfg_attr(not(feature = "config"), allow(unused_variables))]
+async fn config(State(inner): Shared, req: Request<Body>) -> Response {
+    answer(
+        async {
+            let who = operator(&req)?;
+            let change = body(req, &["toml"]).await?;
+            #[cfg(feature = "config")]
+            {
+                let reloader = inner.config.as_ref().ok_or_else(|| {
+                    Refusal::field("toml", "no config stack registered with this admin router")
+                })?;
+                let text = change.string("toml")?.ok_or_else(|| {
+                    Refusal::field("toml", "required: the whole configuration file")
+                })?;
+                // The field the stack names is a path in the document (`limits.api.quota`).
+                reloader
+                    .reload_toml(text)
+                    .map_err(|e| Refusal::field(e.field().to_owned(), e.rule().to_owned()))?;
+                changed!("config.reload", who, change.reason);
+                Ok(done("config.reload"))
+            }
+            #[cfg(not(feature = "config"))]
+            Err(Refusal::field("toml", "this build has no feature `config`"))
         }
         .await,
     )

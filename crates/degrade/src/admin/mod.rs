@@ -17,6 +17,7 @@
 //! | `POST /quotas/{name}` | `quota`, `period` (humantime), `burst` (each optional), `reason` | `QuotaHandle::set` of the current config with those fields changed |
 //! | `POST /canaries/{name}/{promote, abort, pause, resume}` | `reason` | the `Gates` method |
 //! | `POST /rollouts/{name}/{pause, resume, abort}` | `reason` | the `RolloutHandle` method |
+//! | `POST /config` | `toml` (the whole file), `reason` | `config::Reloader::reload_toml` (feature `config`): all or nothing |
 //!
 //! Every change is a `tracing` event (target `degrade::admin`) with `what`, `who` (the
 //! [`Operator`]) and `why` (the `reason`, required). Bad input — an unknown name, an invalid
@@ -163,6 +164,8 @@ struct Inner {
     canaries: BTreeMap<String, CanaryEntry>,
     #[cfg(feature = "rollout")]
     rollouts: BTreeMap<String, degrade_rollout::RolloutHandle>,
+    #[cfg(feature = "config")]
+    config: Option<crate::config::Reloader>,
 }
 
 /// The handles the admin router reads and steers; see the [module documentation](self).
@@ -270,6 +273,13 @@ impl Admin {
     #[cfg(feature = "rollout")]
     pub fn rollout(mut self, name: &str, handle: degrade_rollout::RolloutHandle) -> Self {
         self.inner.rollouts.insert(name.to_owned(), handle);
+        self
+    }
+
+    /// A stack built from a config file: `POST /config` reloads it from a TOML document.
+    #[cfg(feature = "config")]
+    pub fn config(mut self, reloader: crate::config::Reloader) -> Self {
+        self.inner.config = Some(reloader);
         self
     }
 
