@@ -11,7 +11,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 type Hook = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
@@ -379,7 +379,12 @@ impl<Clk: Clock> CanaryController<Clk> {
     /// ```
     pub fn spawn(mut self) -> (JoinHandle<Result<CanaryState, StoreError>>, Gates) {
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let (status_tx, status) = watch::channel((self.state(), self.last.clone()));
         let task = tokio::spawn(async move {
+            // Published after every analysis and gate, for `Gates::state` / `last_judgement`.
+            let publish = |c: &Self| {
+                status_tx.send_replace((c.state(), c.last.clone()));
+            };
             // A configured "forever" (up to `Duration::MAX`) must not overflow the first tick.
             let now = tokio::time::Instant::now();
             let start = now
@@ -396,10 +401,11 @@ impl<Clk: Clock> CanaryController<Clk> {
                         None => { interval.tick().await; self.tick().await?; }
                     },
                 }
+                publish(&self);
             }
             Ok(self.state())
         });
-        (task, Gates(tx))
+        (task, Gates { tx, status })
     }
 }
 
@@ -418,9 +424,45 @@ impl<Clk: Clock> CanaryController<Clk> {
 /// # }
 /// ```
 #[derive(Debug, Clone)]
-pub struct Gates(mpsc::UnboundedSender<Gate>);
+pub struct Gates {
+    tx: mpsc::UnboundedSender<Gate>,
+    status: watch::Receiver<(CanaryState, Option<Judgement>)>,
+}
 
 impl Gates {
+    /// The controller's state after its latest analysis or gate (an admin page, a metric).
+    ///
+    /// ```
+    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController, CanaryPhase};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let (task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle())
+    ///     .build().unwrap().spawn();
+    /// assert_eq!(gates.state().phase, CanaryPhase::Progressing);
+    /// gates.abort();
+    /// task.await.unwrap().unwrap();
+    /// assert_eq!(gates.state().phase, CanaryPhase::RolledBack);
+    /// # }
+    /// ```
+    pub fn state(&self) -> CanaryState {
+        self.status.borrow().0
+    }
+
+    /// The controller's latest judgement, if it has analysed yet.
+    ///
+    /// ```
+    /// # use degrade_canary::{Canary, CanaryConfig, CanaryController};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let (_task, gates) = CanaryController::builder(CanaryConfig::default(), router.handle())
+    ///     .build().unwrap().spawn();
+    /// assert!(gates.last_judgement().is_none()); // no analysis yet
+    /// # }
+    /// ```
+    pub fn last_judgement(&self) -> Option<Judgement> {
+        self.status.borrow().1.clone()
+    }
+
     /// Sends `gate`.
     ///
     /// ```
@@ -434,7 +476,7 @@ impl Gates {
     /// # }
     /// ```
     pub fn send(&self, gate: Gate) {
-        let _ = self.0.send(gate);
+        let _ = self.tx.send(gate);
     }
 
     /// Promote now.

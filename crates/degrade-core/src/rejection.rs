@@ -464,9 +464,11 @@ pub mod grpc {
     //! bytes arrive, it returns a delay in `[0, MAX_RETRY_DELAY]` or `None`, and never panics.
 
     use super::{Rejected, Rejection, find};
+    use prost::Message as _;
     use std::error::Error;
     use std::sync::Arc;
     use std::time::Duration;
+    use tonic_types::{ErrorDetails, RetryInfo, StatusExt as _, pb};
 
     /// The longest retry delay [`retry_delay`] reports: a longer `RetryInfo` is clamped to it.
     ///
@@ -489,10 +491,6 @@ pub mod grpc {
     /// ```
     pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
 
-    /// The largest `google.protobuf.Duration` (10 000 years, as its definition says): what
-    /// [`status`] encodes at most, so the detail stays valid protobuf however long the delay.
-    const PROTO_MAX_SECS: u64 = 315_576_000_000;
-
     /// The [`tonic::Status`] for `rejection`, marked as a local rejection: its `source()` is
     /// the rejection's [`Rejected`] mark (which never leaves the process), and its metadata
     /// say `degrade-rejection: <reason>` to whoever receives it.
@@ -511,10 +509,12 @@ pub mod grpc {
         let code = tonic::Code::from_i32(rejection.kind().grpc_code());
         let message = rejection.to_string();
         let mut status = match rejection.retry_after() {
-            Some(delay) => {
-                let details = encode_status_with_retry_info(code as i32, &message, delay);
-                tonic::Status::with_details(code, message, details.into())
-            }
+            // tonic-types clamps a delay beyond the protobuf Duration's range to its maximum.
+            Some(delay) => tonic::Status::with_error_details(
+                code,
+                message,
+                ErrorDetails::with_retry_info(Some(delay)),
+            ),
             None => tonic::Status::new(code, message),
         };
         if let Ok(v) = tonic::metadata::MetadataValue::try_from(rejection.reason()) {
@@ -560,193 +560,83 @@ pub mod grpc {
 
     /// The retry delay carried by a status's `google.rpc.RetryInfo` detail, if any.
     ///
-    /// Total on any input: the `google.protobuf.Duration` is read as `seconds + nanos / 10⁹`
+    /// Total on any input. The status and its detail are decoded with tonic-types' generated
+    /// `google.rpc` types; the `google.protobuf.Duration` is read as `seconds + nanos / 10⁹`
     /// (so `nanos` outside `[0, 10⁹)`, or of the other sign, is normalised rather than
-    /// refused), a negative total or a field that does not fit its protobuf type is no delay
-    /// (`None`), and a total above [`MAX_RETRY_DELAY`] is clamped to it. Malformed details
-    /// are `None`.
+    /// refused), a negative total is zero (as tonic-types' `RetryInfo` and
+    /// opentelemetry-otlp read it), and a total above [`MAX_RETRY_DELAY`] is clamped to it.
+    /// Malformed details, or a `RetryInfo` without a delay, are `None`.
     ///
     /// ```
     /// # use degrade_core::rejection::grpc::{retry_delay, MAX_RETRY_DELAY};
+    /// use tonic_types::{ErrorDetails, StatusExt};
+    /// use std::time::Duration;
+    ///
     /// assert_eq!(retry_delay(&tonic::Status::unavailable("down")), None);
+    /// let week = tonic::Status::with_error_details(
+    ///     tonic::Code::Unavailable,
+    ///     "down",
+    ///     ErrorDetails::with_retry_info(Some(Duration::from_secs(7 * 86_400))),
+    /// );
+    /// assert_eq!(retry_delay(&week), Some(MAX_RETRY_DELAY));
     /// ```
     pub fn retry_delay(status: &tonic::Status) -> Option<Duration> {
         decode_retry_info(status.details())
     }
 
-    const RETRY_INFO_URL: &str = "type.googleapis.com/google.rpc.RetryInfo";
-
-    // google.rpc.Status { int32 code = 1; string message = 2; repeated google.protobuf.Any details = 3; }
-    // google.protobuf.Any { string type_url = 1; bytes value = 2; }
-    // google.rpc.RetryInfo { google.protobuf.Duration retry_delay = 1; }
-    // google.protobuf.Duration { int64 seconds = 1; int32 nanos = 2; }
-    // Hand-encoded: five fields do not justify a protobuf code generator in the core crate.
-    fn encode_status_with_retry_info(code: i32, message: &str, delay: Duration) -> Vec<u8> {
-        let delay = delay.min(Duration::from_secs(PROTO_MAX_SECS));
-        let mut duration = Vec::with_capacity(16);
-        put_varint_field(&mut duration, 1, delay.as_secs());
-        put_varint_field(&mut duration, 2, u64::from(delay.subsec_nanos()));
-        let mut retry_info = Vec::with_capacity(20);
-        put_bytes_field(&mut retry_info, 1, &duration);
-        let mut any = Vec::with_capacity(64);
-        put_bytes_field(&mut any, 1, RETRY_INFO_URL.as_bytes());
-        put_bytes_field(&mut any, 2, &retry_info);
-        let mut status = Vec::with_capacity(96 + message.len());
-        // Codes are small and positive; sign-extension of a negative int32 cannot occur.
-        put_varint_field(&mut status, 1, u64::from(code.unsigned_abs()));
-        put_bytes_field(&mut status, 2, message.as_bytes());
-        put_bytes_field(&mut status, 3, &any);
-        status
-    }
-
-    fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
-        while v >= 0x80 {
-            buf.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        buf.push(v as u8);
-    }
-
-    fn put_varint_field(buf: &mut Vec<u8>, field: u64, v: u64) {
-        if v != 0 {
-            put_varint(buf, field << 3);
-            put_varint(buf, v);
-        }
-    }
-
-    fn put_bytes_field(buf: &mut Vec<u8>, field: u64, bytes: &[u8]) {
-        put_varint(buf, (field << 3) | 2);
-        put_varint(buf, bytes.len() as u64);
-        buf.extend_from_slice(bytes);
-    }
-
-    /// A minimal protobuf reader: (field number, wire value) pairs of one message. It borrows
-    /// the input and allocates nothing; a malformed field ends the iteration.
-    struct Fields<'a> {
-        buf: &'a [u8],
-    }
-
-    enum Value<'a> {
-        Varint(u64),
-        Bytes(&'a [u8]),
-        /// A fixed-width field (wire types 1 and 5), skipped by every reader here.
-        Fixed,
-    }
-
-    fn get_varint(buf: &mut &[u8]) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&b, rest) = buf.split_first()?;
-            *buf = rest;
-            v |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                return Some(v);
-            }
-        }
-        None
-    }
-
-    fn skip(buf: &mut &[u8], n: usize) -> Option<()> {
-        *buf = buf.get(n..)?;
-        Some(())
-    }
-
-    impl<'a> Iterator for Fields<'a> {
-        type Item = (u64, Value<'a>);
-        fn next(&mut self) -> Option<Self::Item> {
-            if self.buf.is_empty() {
-                return None;
-            }
-            let item = (|| {
-                let key = get_varint(&mut self.buf)?;
-                let value = match key & 7 {
-                    0 => Value::Varint(get_varint(&mut self.buf)?),
-                    1 => {
-                        skip(&mut self.buf, 8)?;
-                        Value::Fixed
-                    }
-                    2 => {
-                        let len = usize::try_from(get_varint(&mut self.buf)?).ok()?;
-                        let v = self.buf.get(..len)?;
-                        self.buf = &self.buf[len..];
-                        Value::Bytes(v)
-                    }
-                    5 => {
-                        skip(&mut self.buf, 4)?;
-                        Value::Fixed
-                    }
-                    // Groups (3, 4) are deprecated and absent from these messages; 6 and 7 are
-                    // not wire types. Stop rather than misread.
-                    _ => return None,
-                };
-                Some((key >> 3, value))
-            })();
-            if item.is_none() {
-                // A malformed message: nothing after this point can be trusted.
-                self.buf = &[];
-            }
-            item
-        }
-    }
-
-    fn decode_retry_info(status: &[u8]) -> Option<Duration> {
-        for (field, value) in (Fields { buf: status }) {
-            let (3, Value::Bytes(any)) = (field, value) else {
-                continue;
-            };
-            let mut url = None;
-            let mut payload = None;
-            for (f, v) in (Fields { buf: any }) {
-                match (f, v) {
-                    (1, Value::Bytes(b)) => url = Some(b),
-                    (2, Value::Bytes(b)) => payload = Some(b),
-                    _ => {}
-                }
-            }
-            if url != Some(RETRY_INFO_URL.as_bytes()) {
-                continue;
-            }
-            // A RetryInfo without a retry_delay (or an empty Any) carries no delay.
-            let mut delay = None;
-            for (f, v) in (Fields { buf: payload? }) {
-                if let (1, Value::Bytes(d)) = (f, v) {
-                    delay = Some(d); // protobuf: the last occurrence wins
-                }
-            }
-            return decode_duration(delay?);
-        }
-        None
+    // The wire types are tonic-types' (`google.rpc.Status`, `google.rpc.RetryInfo`, generated
+    // by the tonic project with prost). The one step done here is the conversion of the
+    // peer's `google.protobuf.Duration`: prost-types' own conversion negates `i64::MIN` (an
+    // overflow panic in debug builds) and knows no ceiling.
+    fn decode_retry_info(details: &[u8]) -> Option<Duration> {
+        let status = pb::Status::decode(details).ok()?;
+        let any = status
+            .details
+            .iter()
+            .find(|any| any.type_url == RetryInfo::TYPE_URL)?;
+        let info = pb::RetryInfo::decode(any.value.as_slice()).ok()?;
+        // A RetryInfo without a retry_delay carries no delay.
+        info.retry_delay.map(|d| clamp_delay(d.seconds, d.nanos))
     }
 
     /// A `google.protobuf.Duration` as a delay in `[0, MAX_RETRY_DELAY]`; see [`retry_delay`].
-    fn decode_duration(d: &[u8]) -> Option<Duration> {
-        let (mut secs, mut nanos) = (0i64, 0i32);
-        for (f, v) in (Fields { buf: d }) {
-            match (f, v) {
-                // int64: the varint is the two's complement of the value.
-                (1, Value::Varint(s)) => secs = s as i64,
-                // int32: negative values are sign-extended to 64 bits on the wire; a value
-                // outside the 32-bit range is not an int32.
-                (2, Value::Varint(n)) => nanos = i32::try_from(n as i64).ok()?,
-                _ => {}
-            }
-        }
-        let total = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
-        if total < 0 {
-            return None;
-        }
+    fn clamp_delay(seconds: i64, nanos: i32) -> Duration {
+        let total = i128::from(seconds) * 1_000_000_000 + i128::from(nanos);
         let max = MAX_RETRY_DELAY.as_nanos() as i128;
-        let total = total.min(max) as u128;
-        // Within an hour: both parts fit.
-        Some(Duration::new(
-            (total / 1_000_000_000) as u64,
-            (total % 1_000_000_000) as u32,
-        ))
+        // Within an hour: the value fits a u64 of nanoseconds.
+        Duration::from_nanos(total.clamp(0, max) as u64)
     }
 
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        fn with_delay(d: Duration) -> tonic::Status {
+            tonic::Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                "slow down",
+                ErrorDetails::with_retry_info(Some(d)),
+            )
+        }
+
+        fn with_proto_delay(seconds: i64, nanos: i32) -> tonic::Status {
+            let info = pb::RetryInfo {
+                retry_delay: Some(prost_types::Duration { seconds, nanos }),
+            };
+            let status = pb::Status {
+                code: 8,
+                message: String::new(),
+                details: vec![prost_types::Any {
+                    type_url: RetryInfo::TYPE_URL.into(),
+                    value: info.encode_to_vec(),
+                }],
+            };
+            tonic::Status::with_details(
+                tonic::Code::ResourceExhausted,
+                "x",
+                status.encode_to_vec().into(),
+            )
+        }
 
         #[test]
         fn retry_info_round_trips() {
@@ -756,9 +646,49 @@ pub mod grpc {
                 Duration::new(3599, 999_999_999),
                 MAX_RETRY_DELAY,
             ] {
-                let b = encode_status_with_retry_info(8, "slow down", d);
-                assert_eq!(decode_retry_info(&b), Some(d));
+                assert_eq!(retry_delay(&with_delay(d)), Some(d));
             }
+        }
+
+        #[test]
+        fn a_delay_beyond_protobuf_range_encodes_and_reads_as_the_maximum() {
+            assert_eq!(
+                retry_delay(&with_delay(Duration::MAX)),
+                Some(MAX_RETRY_DELAY)
+            );
+        }
+
+        #[test]
+        fn a_negative_retry_delay_reads_as_zero() {
+            for (s, n) in [
+                (-1, 0),
+                (0, -1),
+                (i64::MIN, 0),
+                (i64::MIN, i32::MIN),
+                (-1, 999_999_999),
+            ] {
+                assert_eq!(
+                    retry_delay(&with_proto_delay(s, n)),
+                    Some(Duration::ZERO),
+                    "{s} {n}"
+                );
+            }
+        }
+
+        #[test]
+        fn an_out_of_range_retry_delay_is_clamped_not_a_panic() {
+            for (s, n) in [
+                (i64::MAX, i32::MAX),
+                (-1, 1_000_000_000 + 5),
+                (3600, 1),
+                (0, i32::MAX),
+            ] {
+                assert!(retry_delay(&with_proto_delay(s, n)).unwrap() <= MAX_RETRY_DELAY);
+            }
+            assert_eq!(
+                retry_delay(&with_proto_delay(-1, 2_000_000_000)),
+                Some(Duration::from_secs(1))
+            );
         }
 
         #[test]

@@ -254,14 +254,12 @@ fn status_bytes() -> impl Strategy<Value = (Vec<u8>, i64, i64)> {
         })
 }
 
-/// The reference model of a decoded `google.protobuf.Duration`.
+/// The reference model of a decoded `google.protobuf.Duration`: an `int32` read from a wider
+/// varint keeps its low 32 bits (as every protobuf library reads it), a negative total is zero.
 fn model_delay(seconds: i64, nanos: i64) -> Option<Duration> {
-    let nanos = i32::try_from(nanos).ok()?;
+    let nanos = nanos as i32;
     let total = i128::from(seconds) * 1_000_000_000 + i128::from(nanos);
-    if total < 0 {
-        return None;
-    }
-    let capped = total.min(MAX_RETRY_DELAY.as_nanos() as i128) as u64;
+    let capped = total.clamp(0, MAX_RETRY_DELAY.as_nanos() as i128) as u64;
     Some(Duration::from_nanos(capped))
 }
 

@@ -65,12 +65,25 @@ fn retry_delay_of_a_negative_duration_with_overflowing_nanos_does_not_panic() {
 }
 
 #[test]
-fn retry_delay_of_a_negative_duration_is_no_delay() {
-    assert_eq!(rejection::grpc::retry_delay(&peer_status(-1, 0)), None);
-    assert_eq!(rejection::grpc::retry_delay(&peer_status(0, -1)), None);
+fn retry_delay_of_a_negative_duration_is_retry_now() {
+    // As tonic-types' `RetryInfo` and opentelemetry-otlp read it: the peer sent a RetryInfo
+    // (so the status is retryable), with no wait.
+    assert_eq!(
+        rejection::grpc::retry_delay(&peer_status(-1, 0)),
+        Some(Duration::ZERO)
+    );
+    assert_eq!(
+        rejection::grpc::retry_delay(&peer_status(0, -1)),
+        Some(Duration::ZERO)
+    );
     assert_eq!(
         rejection::grpc::retry_delay(&peer_status(i64::MIN, -999_999_999)),
-        None
+        Some(Duration::ZERO)
+    );
+    // prost-types' own conversion negates i64::MIN: an overflow panic in debug builds.
+    assert_eq!(
+        rejection::grpc::retry_delay(&peer_status(i64::MIN, 0)),
+        Some(Duration::ZERO)
     );
 }
 
@@ -97,9 +110,12 @@ fn retry_delay_normalises_nanos_outside_one_second() {
         d(0, i64::from(i32::MAX)),
         Some(Duration::new(2, 147_483_647))
     );
-    // Not an int32: the field is malformed, so there is no delay.
-    assert_eq!(d(0, i64::from(i32::MAX) + 1), None);
-    assert_eq!(d(0, i64::from(i32::MIN) - 1), None);
+    // Wider than an int32: protobuf keeps the low 32 bits (i32::MIN, then i32::MAX).
+    assert_eq!(d(0, i64::from(i32::MAX) + 1), Some(Duration::ZERO));
+    assert_eq!(
+        d(0, i64::from(i32::MIN) - 1),
+        Some(Duration::new(2, 147_483_647))
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@
 //! | `grpc::GrpcSpanExporter` (feature `grpc`) | OTLP/gRPC span exporter over a tower-wrapped tonic channel, retrying as the OTLP spec says |
 //! | `ratelimit::span_rate_limit` (feature `ratelimit`) | spans per second at the batch level |
 //! | [`ExportStats`] / [`TelemetryBudget`] | drops by reason, backlog and budget signals for the ladder |
-//! | `metrics::Instruments` (feature `metrics`) | OTel instruments for every degrade crate's state |
+//! | `metrics::Registry` (feature `metrics`) | metrics by registration: OTel instruments that read every registered layer |
 //! | `logs::ServiceLogExporter` (feature `logs`) | the adapters for log exporters (one copy of each record) |
 //!
 //! ## A pipeline

@@ -15,6 +15,9 @@
 //! | `rollout` | `rollout` | rolling upgrades in batches with health gates and automatic rollback |
 //! | `triggers` | `triggers` | the signals (CPU, memory, PSI, latency, errors) and the `Monitor` that drive the level |
 //! | `otel` | `otel` | a level-following sampler and export protection for OpenTelemetry |
+//! | `metrics` | `otel::metrics` | metrics by registration: OTel instruments that read every registered layer |
+//! | `config` | `config` | the whole stack from one TOML file, field-path errors, live reload of quotas |
+//! | `admin` | `admin` | an axum router to read and steer every registered layer at run time, under your auth |
 //! | `http`, `grpc` | | HTTP and gRPC answer modes, classifiers and keys in every enabled policy |
 //! | `redis` | | the Redis backends of the enabled policies |
 //! | `test-util` | | `ManualClock` |
@@ -48,6 +51,11 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+
+#[cfg(feature = "admin")]
+pub mod admin;
+#[cfg(feature = "config")]
+pub mod config;
 
 pub use builder::ServiceBuilderExt;
 pub use degrade_core::*;
@@ -167,7 +175,13 @@ pub use degrade_otel as otel;
 
 // The README's example is compiled and run as a doc test.
 #[doc = include_str!("../README.md")]
-#[cfg(all(doctest, feature = "breaker", feature = "ratelimit", feature = "http"))]
+#[cfg(all(
+    doctest,
+    feature = "breaker",
+    feature = "ratelimit",
+    feature = "http",
+    feature = "admin"
+))]
 pub struct ReadmeDoctests;
 
 // The workspace README's quick example uses the facade.

@@ -41,8 +41,10 @@
 
 use axum::Router;
 use axum::body::Body;
+use degrade::admin::{Admin, Operator};
 use degrade::breaker::{BreakerConfig, BreakerHandle, BreakerLayer, State, WindowConfig};
 use degrade::ladder::LadderConfig;
+use degrade::otel::metrics::Registry;
 use degrade::ratelimit::key::HeaderKey;
 use degrade::ratelimit::{KeysConfig, RateLimitConfig, RateLimitLayer};
 use degrade::triggers::{AdmissionSignal, Monitor, ObserveLayer, Smoothing};
@@ -52,6 +54,9 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use prometheus::Encoder as _;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -79,16 +84,20 @@ const CLIENT_RATE: f64 = 20.0;
 struct Args {
     /// Total length of the four phases.
     duration: Duration,
+    /// Where the ops listener (`/metrics`) binds.
+    ops: SocketAddr,
 }
 
 const USAGE: &str = concat!(
-    "usage: axum-gateway [--quick] [--duration <secs>]\n",
+    "usage: axum-gateway [--quick] [--duration <secs>] [--ops <addr>]\n",
     "  --quick            a short run (6 s), as in CI\n",
-    "  --duration <secs>  total length of the four phases (default 16, at least 4)",
+    "  --duration <secs>  total length of the four phases (default 16, at least 4)\n",
+    "  --ops <addr>       where GET /metrics (Prometheus) and /admin/* listen (default 127.0.0.1:0)",
 );
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut duration = Duration::from_secs(16);
+    let mut ops = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut args = args.skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -104,11 +113,17 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Args, String> {
                 }
                 duration = Duration::from_secs_f64(secs);
             }
+            "--ops" => {
+                let v = args.next().ok_or("--ops needs an address")?;
+                ops = v
+                    .parse()
+                    .map_err(|_| format!("--ops: `{v}` is not an address like 127.0.0.1:9464"))?;
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
     }
-    Ok(Args { duration })
+    Ok(Args { duration, ops })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -168,7 +183,12 @@ struct Gateway {
     breaker: BreakerHandle<HttpClassifier>,
     /// Calls the proxy forwarded while the breaker read open (must stay 0).
     forwarded_while_open: Arc<AtomicU64>,
+    /// `GET /metrics` and `/admin/*`: every layer's state, registered once.
+    ops: SocketAddr,
+    /// The bearer token of `/admin/*`.
+    admin_token: String,
     _monitor: degrade::triggers::MonitorHandle,
+    _metrics: SdkMeterProvider,
 }
 
 /// Priority by route, then by header: `/pay/...` is critical; otherwise `x-priority`
@@ -191,7 +211,11 @@ fn bad_gateway() -> Response<Body> {
     res
 }
 
-async fn start_gateway(backend: SocketAddr, breaker_wait: Duration) -> Result<Gateway, Error> {
+async fn start_gateway(
+    backend: SocketAddr,
+    breaker_wait: Duration,
+    ops: SocketAddr,
+) -> Result<Gateway, Error> {
     // The ladder: fast reactions for a short demo (two samples to escalate, 1 s dwell), one
     // level at a time so that the table shows each priority go in turn.
     let controller = Controller::new(LadderConfig {
@@ -262,23 +286,142 @@ async fn start_gateway(backend: SocketAddr, breaker_wait: Duration) -> Result<Ga
         })
     };
 
+    // Metrics by registration: one call per layer, and the Prometheus exporter reads them
+    // at every scrape.
+    let prometheus = prometheus::Registry::new();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(
+            opentelemetry_prometheus::exporter()
+                .with_registry(prometheus.clone())
+                .build()?,
+        )
+        .build();
+    Registry::new(&provider.meter("axum-gateway"))
+        .level(controller.handle())
+        .monitor(&monitor)
+        .admission("gateway", &degrade)
+        .rate_limit("per_api_key", &rate_limit)
+        .breaker("backend", breaker_handle.clone());
+
     let stack = ServiceBuilder::new()
         .layer(degrade.clone())
-        .layer(rate_limit)
+        .layer(rate_limit.clone()) // clones share one budget
         .layer(observe)
         .layer(breaker)
         .service(proxy);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(serve(listener, Router::new().fallback_service(stack)));
+    let admin = Admin::new()
+        .controller(controller.clone())
+        .monitor(&monitor)
+        .admission("gateway", &degrade)
+        .rate_limit("per_api_key", &rate_limit)
+        .breaker("backend", breaker_handle.clone())
+        .router();
+    let admin_token = admin_token();
+    let ops_listener = TcpListener::bind(ops).await?;
+    let ops = ops_listener.local_addr()?;
+    tokio::spawn(serve(
+        ops_listener,
+        ops_router(prometheus).nest(
+            "/admin",
+            admin.layer(axum::middleware::from_fn_with_state(
+                Arc::new(admin_token.clone()),
+                bearer_auth,
+            )),
+        ),
+    ));
     Ok(Gateway {
         addr,
         controller,
         degrade,
         breaker: breaker_handle,
         forwarded_while_open,
+        ops,
+        admin_token,
         _monitor: monitor,
+        _metrics: provider,
     })
+}
+
+/// The admin token: `DEGRADE_ADMIN_TOKEN`, or a fresh one printed at start.
+fn admin_token() -> String {
+    std::env::var("DEGRADE_ADMIN_TOKEN").unwrap_or_else(|_| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        format!("{:016x}", h.finish())
+    })
+}
+
+/// The gateway's auth for `/admin`: one bearer token, whose holder is the operator `ops`.
+/// A real service would map its own identities to `Operator`s here.
+async fn bearer_auth(
+    axum::extract::State(token): axum::extract::State<Arc<String>>,
+    mut req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response<Body> {
+    let presented = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented != Some(token.as_str()) {
+        let mut res = Response::new(Body::from("unauthorized"));
+        *res.status_mut() = StatusCode::UNAUTHORIZED;
+        return res;
+    }
+    req.extensions_mut().insert(Operator::new("ops"));
+    next.run(req).await
+}
+
+/// The ops listener, apart from the protected stack (a scrape must not be shed): `GET
+/// /metrics` in the Prometheus text format.
+fn ops_router(prometheus: prometheus::Registry) -> Router {
+    Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let prometheus = prometheus.clone();
+            async move {
+                let mut body = Vec::new();
+                match prometheus::TextEncoder::new().encode(&prometheus.gather(), &mut body) {
+                    Ok(()) => Response::builder()
+                        .header("content-type", prometheus::TEXT_FORMAT)
+                        .body(Body::from(body))
+                        .unwrap_or_else(|_| bad_gateway()),
+                    Err(e) => {
+                        let mut res = Response::new(Body::from(e.to_string()));
+                        *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                        res
+                    }
+                }
+            }
+        }),
+    )
+}
+
+/// `GET /admin/status` of the ops listener with `token`: the status code and the body.
+async fn admin_status(
+    client: &HttpClient,
+    ops: SocketAddr,
+    token: &str,
+) -> Result<(StatusCode, String), Error> {
+    let req = Request::get(format!("http://{ops}/admin/status"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())?;
+    let res = client.request(req).await?;
+    let status = res.status();
+    let body = res.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// `GET /metrics` of the ops listener, as text.
+async fn scrape(client: &HttpClient, ops: SocketAddr) -> Result<String, Error> {
+    let req = Request::get(format!("http://{ops}/metrics")).body(Body::empty())?;
+    let res = client.request(req).await?;
+    let body = res.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -527,15 +670,18 @@ async fn run(args: Args) -> Result<bool, Error> {
         .outage
         .mul_f64(0.2)
         .clamp(Duration::from_millis(300), Duration::from_secs(2));
-    let gw = start_gateway(backend.addr, breaker_wait).await?;
+    let gw = start_gateway(backend.addr, breaker_wait, args.ops).await?;
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let mut checks = Checks(Vec::new());
     println!(
-        "gateway http://{} -> backend http://{} ({} slots x {} ms)",
+        "gateway http://{} -> backend http://{} ({} slots x {} ms)\nops: http://{}/metrics, http://{}/admin/status (authorization: Bearer {})",
         gw.addr,
         backend.addr,
         BACKEND_SLOTS,
-        BACKEND_WORK.as_millis()
+        BACKEND_WORK.as_millis(),
+        gw.ops,
+        gw.ops,
+        gw.admin_token
     );
     let scenario_start = Instant::now();
 
@@ -736,8 +882,29 @@ async fn run(args: Args) -> Result<bool, Error> {
             )));
         }
     }
+    // Halfway through the overload, scrape the metrics as Prometheus would.
+    let scraped = {
+        let client = client.clone();
+        let ops = gw.ops;
+        let half = start + phases.overload / 2;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(half).await;
+            scrape(&client, ops).await
+        })
+    };
     let rows = collect(tasks).await?;
     print_table(&rows);
+    let scraped = scraped.await??;
+    println!("  GET /metrics during the overload (level, pressure, limit, refusals):");
+    for line in scraped.lines().filter(|l| {
+        (l.starts_with("degrade_level")
+            || l.starts_with("degrade_signal_pressure")
+            || l.starts_with("degrade_admission_limit")
+            || l.starts_with("degrade_admission_requests_total{decision=\"rejected\""))
+            && !l.ends_with(" 0")
+    }) {
+        println!("    {line}");
+    }
     let after = gw.degrade.snapshot();
     let history: Vec<String> = gw
         .controller
@@ -807,6 +974,27 @@ async fn run(args: Args) -> Result<bool, Error> {
         max_seen >= Level::Moderate,
     );
     checks.check("overload: low priority was shed", low_shed > 0);
+    let (with_token, status) = admin_status(&client, gw.ops, &gw.admin_token).await?;
+    let (without, _) = admin_status(&client, gw.ops, "guess").await?;
+    checks.check(
+        "admin: /admin/status answers the token's holder with the level, and 401 to others",
+        with_token == StatusCode::OK
+            && status.contains(&format!("\"level\":\"{}\"", gw.controller.level()))
+            && without == StatusCode::UNAUTHORIZED,
+    );
+    checks.check(
+        "metrics: the scrape lists level, signal pressure, admission, rate limit and breaker",
+        [
+            "degrade_level{",
+            "degrade_signal_pressure_ratio{",
+            "degrade_admission_requests_total{",
+            "degrade_admission_limit{",
+            "degrade_rate_limit_decisions_total{",
+            "degrade_breaker_state{",
+        ]
+        .iter()
+        .all(|name| scraped.contains(name)),
+    );
     checks.check(
         "overload: low priority was shed at least as much as high",
         low_share >= high_share,

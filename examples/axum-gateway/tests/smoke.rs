@@ -50,6 +50,8 @@ fn quick_run_passes_every_check() {
         "[ok] outage: the breaker closed again and requests succeed after recovery",
         "[ok] overload: low priority was shed",
         "[ok] overload: critical was served and refused least of all",
+        "[ok] admin: /admin/status answers the token's holder with the level, and 401 to others",
+        "[ok] metrics: the scrape lists level, signal pressure, admission, rate limit and breaker",
         "all checks passed",
     ] {
         assert!(out.contains(line), "missing `{line}` in the output");
@@ -62,5 +64,7 @@ fn bad_arguments_are_refused() {
     let (status, _) = run(&["--duration", "soon"], Duration::from_secs(60));
     assert_eq!(status.code(), Some(2));
     let (status, _) = run(&["--frobnicate"], Duration::from_secs(60));
+    assert_eq!(status.code(), Some(2));
+    let (status, _) = run(&["--ops", "localhost"], Duration::from_secs(60));
     assert_eq!(status.code(), Some(2));
 }

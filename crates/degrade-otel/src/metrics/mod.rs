@@ -1,13 +1,19 @@
 //! OpenTelemetry metric instruments for the whole workspace (feature `metrics`).
 //!
-//! [`Instruments`] is built from a [`Meter`] the application passes in: `global::meter(..)`
-//! snapshots the provider when it is called, so instruments made before the application
-//! installs its provider would stay no-ops. It depends on no policy crate: each recording
-//! method takes plain values (`state.as_str()`, a count), so the breaker, rate limiter, canary
-//! and rollout crates report through it without knowing about OpenTelemetry.
+//! Two ways in, on a [`Meter`] the application passes in (`global::meter(..)` snapshots the
+//! provider when it is called, so instruments made before the application installs its
+//! provider would stay no-ops):
+//!
+//! - [`Registry`]: metrics by registration. One call per layer (`registry.breaker("db",
+//!   layer.handle())`) and observable instruments read each layer's snapshot or handle when
+//!   the reader collects: level, signal pressures, admission, rate limits, breakers, canary,
+//!   rollout, exporter. This is the wiring to use; its table lists every name.
+//! - [`Instruments`]: a recording API for values that are not in any snapshot (a level
+//!   transition's cause, a breaker transition's from / to): the application calls it from a
+//!   handle's subscription. It shares names with the registry: use one of them per meter.
 //!
 //! No semantic conventions exist for rate limiters or breakers (beyond ASP.NET Core's
-//! `aspnetcore.rate_limiting.*`), so the names live under `degrade.`:
+//! `aspnetcore.rate_limiting.*`), so the names live under `degrade.`. The recording API's:
 //!
 //! | instrument | kind | unit | attributes |
 //! |---|---|---|---|
@@ -25,6 +31,9 @@
 //! | `degrade.otel.spans.exported` | observable counter | `{span}` | – |
 //! | `degrade.otel.backlog` | observable gauge (i64) | `{span}` | – |
 
+mod registry;
+pub use registry::Registry;
+
 use crate::stats::{DropReason, ExportStats};
 use degrade_core::Level;
 use degrade_core::ladder::LevelTransition;
@@ -33,20 +42,21 @@ use opentelemetry::metrics::{Counter, Gauge, Meter, ObservableCounter, Observabl
 use std::fmt;
 
 /// The `degrade.breaker.state` value of a breaker state name (`State::as_str()` of
-/// degrade-breaker): closed 0, open 1, half_open 2, forced_open 3, disabled 4, metrics_only 5;
-/// unknown names -1.
+/// degrade-breaker): closed 0, open 1, half-open 2, forced-open 3, disabled 4, metrics-only 5;
+/// unknown names -1. The snake-case spellings (`half_open`) are accepted too.
 ///
 /// ```
-/// assert_eq!(degrade_otel::metrics::breaker_state_code("half_open"), 2);
+/// assert_eq!(degrade_otel::metrics::breaker_state_code("half-open"), 2);
+/// assert_eq!(degrade_otel::metrics::breaker_state_code("forced-open"), 3);
 /// ```
 pub fn breaker_state_code(state: &str) -> i64 {
     match state {
         "closed" => 0,
         "open" => 1,
-        "half_open" => 2,
-        "forced_open" => 3,
+        "half-open" | "half_open" => 2,
+        "forced-open" | "forced_open" => 3,
         "disabled" => 4,
-        "metrics_only" => 5,
+        "metrics-only" | "metrics_only" => 5,
         _ => -1,
     }
 }
@@ -124,7 +134,7 @@ impl Instruments {
                 .build(),
             breaker_state: meter
                 .i64_gauge("degrade.breaker.state")
-                .with_description("Breaker state: 0 closed, 1 open, 2 half_open, 3 forced_open, 4 disabled, 5 metrics_only")
+                .with_description("Breaker state: 0 closed, 1 open, 2 half-open, 3 forced-open, 4 disabled, 5 metrics-only")
                 .with_unit("{state}")
                 .build(),
             breaker_transitions: meter

@@ -1,0 +1,487 @@
+//! The admin router on a real axum server on 127.0.0.1, called by a real HTTP client, mounted
+//! under a bearer-token auth layer as a service would mount it.
+
+use axum::body::Body;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use degrade::admin::{Admin, Operator};
+use degrade::breaker::{BreakerConfig, BreakerHandle, BreakerLayer, State};
+use degrade::canary::{Canary, CanaryConfig, CanaryController, CanaryPhase, Gates};
+use degrade::ratelimit::{RateLimitConfig, RateLimitLayer};
+use degrade::{Controller, DegradeLayer, Level, Policy};
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The service's own auth: `authorization: Bearer <token>` → an operator, else 401.
+async fn auth(mut req: Request<Body>, next: Next) -> Response {
+    let who = match req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("Bearer alice-token") => "alice",
+        Some("Bearer bob-token") => "bob",
+        _ => return (StatusCode::UNAUTHORIZED, "who are you?").into_response(),
+    };
+    req.extensions_mut().insert(Operator::new(who));
+    next.run(req).await
+}
+
+struct Stack {
+    controller: Controller,
+    limit: RateLimitLayer,
+    breaker: BreakerHandle,
+    gates: Gates,
+    _canary_task:
+        tokio::task::JoinHandle<Result<degrade::canary::CanaryState, degrade::canary::StoreError>>,
+}
+
+async fn stack() -> (Stack, Admin) {
+    let controller = Controller::new(Default::default()).unwrap();
+    let admission = DegradeLayer::new(controller.handle(), Policy::default()).unwrap();
+    let limit = RateLimitLayer::new(RateLimitConfig::per(100, Duration::from_secs(1))).unwrap();
+    let breaker = BreakerLayer::new(BreakerConfig::default()).unwrap();
+    let ok = || tower::service_fn(|_: u8| async { Ok::<_, Infallible>(()) });
+    let canary = Canary::new(ok(), ok());
+    let (task, gates) = CanaryController::builder(CanaryConfig::default(), canary.handle())
+        .build()
+        .unwrap()
+        .spawn();
+    let admin = Admin::new()
+        .controller(controller.clone())
+        .admission("api", &admission)
+        .rate_limit("api", &limit)
+        .breaker("backend", breaker.handle())
+        .canary("v2", canary.handle(), gates.clone());
+    let stack = Stack {
+        controller,
+        limit,
+        breaker: breaker.handle(),
+        gates,
+        _canary_task: task,
+    };
+    (stack, admin)
+}
+
+async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// The admin router under the auth layer, as a service mounts it.
+async fn server(admin: Admin) -> SocketAddr {
+    serve(
+        axum::Router::new()
+            .nest("/admin", admin.router())
+            .layer(axum::middleware::from_fn(auth)),
+    )
+    .await
+}
+
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, Value) {
+    let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}/admin{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let res = client
+        .request(req.body(Body::from(body.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, json)
+}
+
+async fn post(addr: SocketAddr, path: &str, body: &str) -> (StatusCode, Value) {
+    call(addr, "POST", path, Some("alice-token"), body).await
+}
+
+#[tokio::test]
+async fn status_reports_level_admission_quota_breaker_and_canary() {
+    let (s, admin) = stack().await;
+    let addr = server(admin).await;
+    s.breaker.force_open();
+    let (code, status) = call(addr, "GET", "/status", Some("bob-token"), "").await;
+    assert_eq!(code, StatusCode::OK, "{status}");
+    assert_eq!(status["level"]["level"], "normal");
+    assert_eq!(status["level"]["pinned"], Value::Null);
+    assert_eq!(status["admission"]["api"]["offered"], 0);
+    assert!(
+        status["admission"]["api"]["limit"]["limit"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(status["rate_limits"]["api"]["quota"], 100);
+    assert_eq!(status["rate_limits"]["api"]["period"], "1s");
+    assert_eq!(status["breakers"]["backend"]["state"], "forced-open");
+    assert_eq!(status["canaries"]["v2"]["state"]["phase"], "progressing");
+    assert_eq!(status["canaries"]["v2"]["weight"], 0.01); // the first step, 100 bp
+}
+
+#[tokio::test]
+async fn pin_with_a_ttl_shows_its_expiry_and_unpin_ends_it() {
+    let (s, admin) = stack().await;
+    let addr = server(admin).await;
+    let (code, body) = post(
+        addr,
+        "/level/pin",
+        r#"{"level":"heavy","ttl":"10m","reason":"incident 7"}"#,
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(s.controller.level(), Level::Heavy);
+    assert_eq!(s.controller.pinned(), Some(Level::Heavy));
+    let (_, status) = call(addr, "GET", "/status", Some("alice-token"), "").await;
+    assert_eq!(status["level"]["pinned"], "heavy");
+    assert!(status["level"]["pin_expires_in_ms"].as_u64().unwrap() <= 600_000);
+
+    let (code, _) = post(addr, "/level/unpin", r#"{"reason":"resolved"}"#).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(s.controller.pinned(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pin_ends_at_its_ttl_and_an_earlier_ttl_does_not_end_a_later_pin() {
+    let (s, admin) = stack().await;
+    let app =
+        axum::Router::new()
+            .nest("/admin", admin.router())
+            .layer(axum::middleware::map_request(
+                |mut req: Request<Body>| async move {
+                    req.extensions_mut().insert(Operator::new("alice"));
+                    req
+                },
+            ));
+    use tower::ServiceExt;
+    let pin = |body: &'static str| {
+        app.clone().oneshot(
+            Request::post("/admin/level/pin")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+    };
+    assert_eq!(
+        pin(r#"{"level":"light","ttl":"1s","reason":"a"}"#)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await; // paused time
+    assert_eq!(s.controller.pinned(), None); // the ttl ended it
+    assert_eq!(
+        pin(r#"{"level":"light","ttl":"1s","reason":"a"}"#)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        pin(r#"{"level":"heavy","ttl":"1h","reason":"b"}"#)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await; // paused time: the first ttl ends
+    assert_eq!(s.controller.pinned(), Some(Level::Heavy));
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(s.controller.pinned(), None);
+}
+
+#[tokio::test]
+async fn breaker_force_open_force_close_and_reset() {
+    let (s, admin) = stack().await;
+    let addr = server(admin).await;
+    for (action, state) in [
+        ("force-open", State::ForcedOpen),
+        ("force-close", State::Closed),
+        ("force-open", State::ForcedOpen),
+        ("reset", State::Closed),
+    ] {
+        let (code, body) = post(
+            addr,
+            &format!("/breakers/backend/{action}"),
+            r#"{"reason":"db failover"}"#,
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK, "{action}: {body}");
+        assert_eq!(s.breaker.state(), state, "{action}");
+    }
+}
+
+#[tokio::test]
+async fn set_quota_changes_the_limit_in_force() {
+    let (s, admin) = stack().await;
+    let addr = server(admin).await;
+    let (code, body) = post(
+        addr,
+        "/quotas/api",
+        r#"{"quota":5,"period":"2s","burst":1,"reason":"abuse"}"#,
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let cfg = s.limit.quota_handle().get();
+    assert_eq!(
+        (cfg.quota, cfg.period, cfg.burst),
+        (5, Duration::from_secs(2), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn canary_gates_pause_resume_abort_then_conflict() {
+    let (s, admin) = stack().await;
+    let addr = server(admin).await;
+    let (code, _) = post(addr, "/canaries/v2/pause", r#"{"reason":"looks odd"}"#).await;
+    assert_eq!(code, StatusCode::OK);
+    let wait = |phase: fn(CanaryPhase) -> bool| {
+        let gates = s.gates.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                while !phase(gates.state().phase) {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("the controller applied the gate")
+        }
+    };
+    wait(|p| matches!(p, CanaryPhase::Paused(_))).await;
+    let (code, _) = post(addr, "/canaries/v2/resume", r#"{"reason":"fine"}"#).await;
+    assert_eq!(code, StatusCode::OK);
+    wait(|p| p == CanaryPhase::Progressing).await;
+    let (code, _) = post(addr, "/canaries/v2/abort", r#"{"reason":"bad release"}"#).await;
+    assert_eq!(code, StatusCode::OK);
+    wait(|p| p == CanaryPhase::RolledBack).await;
+    let (code, body) = post(addr, "/canaries/v2/promote", r#"{"reason":"too late"}"#).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert_eq!(s.gates.state().phase, CanaryPhase::RolledBack);
+}
+
+#[tokio::test]
+async fn bad_input_is_400_naming_the_field_and_changes_nothing() {
+    let (s, admin) = stack().await;
+    let addr = server(admin).await;
+    let before = s.limit.quota_handle().get();
+    for (path, body, field) in [
+        ("/level/pin", r#"{"level":"panic","reason":"x"}"#, "level"),
+        ("/level/pin", r#"{"reason":"x"}"#, "level"),
+        (
+            "/level/pin",
+            r#"{"level":"heavy","ttl":"soon","reason":"x"}"#,
+            "ttl",
+        ),
+        (
+            "/level/pin",
+            r#"{"level":"heavy","ttl":"0s","reason":"x"}"#,
+            "ttl",
+        ),
+        ("/level/pin", r#"{"level":"heavy"}"#, "reason"),
+        ("/level/pin", r#"{"level":"heavy","reason":"  "}"#, "reason"),
+        (
+            "/level/pin",
+            r#"{"level":"heavy","reason":"x","lvl":"y"}"#,
+            "lvl",
+        ),
+        ("/level/pin", r#"["heavy"]"#, "body"),
+        ("/level/pin", r#"{"level":"#, "body"),
+        ("/quotas/api", r#"{"quota":0,"reason":"x"}"#, "quota"),
+        ("/quotas/api", r#"{"quota":-3,"reason":"x"}"#, "quota"),
+        ("/quotas/api", r#"{"quota":"ten","reason":"x"}"#, "quota"),
+        ("/quotas/api", r#"{"period":"0s","reason":"x"}"#, "period"),
+        ("/quotas/nope", r#"{"quota":5,"reason":"x"}"#, "quota"),
+        ("/breakers/nope/reset", r#"{"reason":"x"}"#, "breaker"),
+        ("/breakers/backend/explode", r#"{"reason":"x"}"#, "action"),
+        ("/canaries/nope/promote", r#"{"reason":"x"}"#, "canary"),
+        ("/canaries/v2/ship-it", r#"{"reason":"x"}"#, "action"),
+        ("/rollouts/nope/pause", r#"{"reason":"x"}"#, "rollout"),
+    ] {
+        let (code, answer) = post(addr, path, body).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{path} {body}: {answer}");
+        assert_eq!(answer["field"], field, "{path} {body}: {answer}");
+        assert!(!answer["error"].as_str().unwrap().is_empty());
+    }
+    // A body over the limit is refused without being read whole.
+    let big = format!(r#"{{"reason":"{}"}}"#, "x".repeat(100_000));
+    let (code, answer) = post(addr, "/level/unpin", &big).await;
+    assert_eq!(
+        (code, answer["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("body"))
+    );
+    // Nothing changed.
+    assert_eq!(s.controller.pinned(), None);
+    assert_eq!(s.breaker.state(), State::Closed);
+    assert_eq!(s.limit.quota_handle().get(), before);
+    assert_eq!(s.gates.state().phase, CanaryPhase::Progressing);
+}
+
+#[tokio::test]
+async fn the_auth_layer_is_honoured_and_a_router_without_one_refuses_everything() {
+    let (s, admin) = stack().await;
+    let addr = server(admin).await;
+    for token in [None, Some("mallory-token")] {
+        let (code, _) = call(
+            addr,
+            "POST",
+            "/breakers/backend/force-open",
+            token,
+            r#"{"reason":"x"}"#,
+        )
+        .await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        let (code, _) = call(addr, "GET", "/status", token, "").await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(s.breaker.state(), State::Closed);
+
+    // Mounted with no auth layer at all: no operator, nothing changes.
+    let (s, admin) = stack().await;
+    let bare = serve(axum::Router::new().nest("/admin", admin.router())).await;
+    let (code, body) = call(
+        bare,
+        "POST",
+        "/level/pin",
+        None,
+        r#"{"level":"heavy","reason":"x"}"#,
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(s.controller.pinned(), None);
+}
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test] // current-thread: the server's tasks run under this thread's subscriber
+async fn every_change_is_a_tracing_event_with_what_who_and_why() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (_s, admin) = stack().await;
+    let addr = server(admin).await;
+    post(
+        addr,
+        "/breakers/backend/force-open",
+        r#"{"reason":"db failover"}"#,
+    )
+    .await;
+    call(
+        addr,
+        "POST",
+        "/quotas/api",
+        Some("bob-token"),
+        r#"{"quota":7,"reason":"tenant abuse"}"#,
+    )
+    .await;
+    post(addr, "/quotas/api", r#"{"quota":0,"reason":"refused"}"#).await;
+
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let changes: Vec<&str> = log.lines().filter(|l| l.contains("admin change")).collect();
+    assert_eq!(changes.len(), 2, "{log}");
+    assert!(
+        changes[0].contains("what=\"breaker.force_open\"")
+            || changes[0].contains("what=breaker.force_open"),
+        "{log}"
+    );
+    assert!(
+        changes[0].contains("who=alice") && changes[0].contains("why=db failover"),
+        "{log}"
+    );
+    assert!(
+        changes[1].contains("quota.set") && changes[1].contains("who=bob"),
+        "{log}"
+    );
+    assert!(
+        changes[1].contains("why=tenant abuse") && changes[1].contains("quota=7"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn config_reload_through_the_router_is_all_or_nothing() {
+    let file = "[limits.api]\nquota = 100\nperiod = \"1s\"\n";
+    let stack = degrade::config::StackConfig::from_toml(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let limit = stack.limits["api"].clone();
+    let admin = Admin::new()
+        .rate_limit("api", &limit)
+        .config(stack.reloader());
+    let addr = server(admin).await;
+    let body = |toml: &str, reason: &str| {
+        serde_json::json!({ "toml": toml, "reason": reason }).to_string()
+    };
+
+    let (code, answer) = post(
+        addr,
+        "/config",
+        &body("[limits.api]\nquota = 0\nperiod = \"1s\"", "x"),
+    )
+    .await;
+    assert_eq!(
+        (code, answer["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("limits.api.quota"))
+    );
+    let (code, answer) = post(
+        addr,
+        "/config",
+        &body("[ladder]\nescalate_after = 9\n[limits.api]\nquota = 5", "x"),
+    )
+    .await;
+    assert_eq!(
+        (code, answer["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("ladder"))
+    );
+    assert_eq!(limit.quota_handle().get().quota, 100); // nothing changed
+
+    let (code, answer) = post(
+        addr,
+        "/config",
+        &body("[limits.api]\nquota = 7\nperiod = \"1s\"", "tenant abuse"),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    assert_eq!(limit.quota_handle().get().quota, 7);
+    let (_, status) = post(addr, "/config", &body("", "")).await;
+    assert_eq!(status["field"], "reason");
+}
