@@ -1,5 +1,6 @@
 //! The fleet canary with real processes: a `redis-server` started on a free port and three
-//! instances of the `fleet_instance` example (built by `cargo test`), each its own router,
+//! instances of the `degrade-canary-fleet-instance` binary (`src/bin/fleet_instance.rs`, built
+//! by `cargo test`), each its own router,
 //! load and candidate controller. The tests read the instances' `STATUS` lines and Redis; they
 //! wait on observed state with generous bounds and never sleep in place of a clock.
 #![cfg(feature = "redis")]
@@ -9,22 +10,12 @@ use degrade_canary::fleet::{FleetCanary, FleetCanaryConfig};
 use degrade_core::fleet::testing::RedisServer;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn example() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let path = dir.join("examples").join("fleet_instance");
-    assert!(
-        path.exists(),
-        "{} missing: cargo test builds the examples",
-        path.display()
-    );
-    path
-}
+/// The instance binary, built by `cargo test` for this test.
+const INSTANCE: &str = env!("CARGO_BIN_EXE_degrade-canary-fleet-instance");
 
 /// The configuration every instance of a test shares (`IID` becomes the instance's name).
 fn config(url: &str, name: &str, steps: &str) -> String {
@@ -44,7 +35,7 @@ struct Instance {
 impl Instance {
     fn start(cfg: &str, i: usize, env: &[(&str, &str)]) -> Self {
         let name = format!("i{i}");
-        let mut cmd = Command::new(example());
+        let mut cmd = Command::new(INSTANCE);
         cmd.env("FLEET_CONFIG", cfg.replace("IID", &name))
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -185,12 +176,8 @@ fn a_bad_v2_is_rolled_back_on_every_instance() {
 
 /// A good candidate; the leader is killed (SIGKILL) once the rollout reached its second step:
 /// another instance takes the lease within the lease time (1 s, plus a poll for the attempt),
-/// resumes at that same step (never at the first), and carries the rollout to its end, which
-/// every survivor's router follows.
-///
-/// The end is asserted to be reached from the second step on, not to be a promotion: on this
-/// shared machine under a CPU hog the judge rolled this good candidate back at the 50 % step
-/// about once in five runs ("canary latency above stable's"), a judge matter, not the fleet's.
+/// resumes at that same step (never at the first), and the rollout ends promoted on every
+/// survivor.
 #[test]
 fn a_killed_leader_is_replaced_within_the_lease_at_the_same_step() {
     let redis = RedisServer::start();
@@ -246,23 +233,18 @@ fn a_killed_leader_is_replaced_within_the_lease_at_the_same_step() {
     // Lease 1 s, the successor's attempts every poll (100 ms) plus a status line: within
     // lease + 1 s.
     assert!(takeover <= Duration::from_secs(2), "{takeover:?}");
-    let end = |v: &Value| match phase(v) {
-        Some((p, s)) if p == "Promoted" && s == 2 => v["weight_bp"] == 10_000,
-        Some((p, s)) if p == "RolledBack" && s >= 1 => v["weight_bp"] == 0,
-        _ => false,
-    };
     wait_for(
-        "the end on the survivors",
+        "promotion on the survivors",
         &survivors,
         Duration::from_secs(60),
-        || survivors.iter().all(|i| i.last().is_some_and(|v| end(&v))),
+        || {
+            survivors.iter().all(|i| {
+                i.last().is_some_and(|v| {
+                    phase(&v) == Some(("Promoted".into(), 2)) && v["weight_bp"] == 10_000
+                })
+            })
+        },
     );
-    let ends: Vec<_> = survivors
-        .iter()
-        .map(|i| phase(&i.last().unwrap()))
-        .collect();
-    println!("survivors ended {ends:?}");
-    assert!(ends.windows(2).all(|w| w[0] == w[1]), "one end: {ends:?}");
 }
 
 /// Each instance serves exactly 1,500 requests; once all are done, the fleet's sums in Redis

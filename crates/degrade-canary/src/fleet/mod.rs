@@ -14,7 +14,8 @@
 //!   interval and resends it under the same number). Memory is bounded: the sums, and one
 //!   field per instance naming the last interval applied.
 //! * **One controller at a time.** Every instance is a candidate; the one holding a Redis lease
-//!   ([`lease`](FleetCanaryConfig::lease), kept by its holder every third of it) is the leader:
+//!   ([`lease`](FleetCanaryConfig::lease), kept by its holder every third of it, asked for by
+//!   the others every poll) is the leader:
 //!   it reads the fleet's sums, runs the [`Judge`] and the [`CanaryMachine`], and writes the
 //!   state. Taking the lease increments a fencing token; the state is written by a script that
 //!   refuses a token other than the latest, so a deposed leader (paused, partitioned, slow)
@@ -603,7 +604,9 @@ async fn run<Clk: Clock>(fc: FleetCanary<Clk>, shared: Arc<Mutex<FleetCanarySnap
 
         // The lease: stand for it, or keep it.
         ticks += 1;
-        if (ticks - 1).is_multiple_of(renew_every) {
+        // The holder renews every third of the lease; the others ask every poll, so a lease
+        // left by a dead leader is taken within a poll of its expiry.
+        if term.is_none() || (ticks - 1).is_multiple_of(renew_every) {
             match fc.lease().await {
                 Ok(Some((token, false))) if term.as_ref().is_some_and(|t| t.token == token) => {
                     if let Some(t) = term.as_mut() {

@@ -10,7 +10,7 @@
 //!     "canary":{"steps":[{"weight_percent":10,"bake":"2s"},{"weight_percent":50,"bake":"2s"},
 //!     {"weight_percent":100,"bake":"2s"}],"analysis_interval":"1s",
 //!     "judge":{"min_samples":200}}}' FLEET_BAD=0.3 \
-//!   cargo run -p degrade-canary --features redis --example fleet_instance &
+//!   cargo run -p degrade-canary --features redis --bin degrade-canary-fleet-instance &
 //! done
 //! ```
 //!
@@ -21,11 +21,47 @@
 //! once its load has ended.
 
 use degrade_canary::fleet::{FleetCanary, FleetCanaryConfig, FleetCanarySnapshot};
-use degrade_canary::{Canary, key::from_fn};
+use degrade_canary::{BoxError, Canary, key::from_fn};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tower::{Service, ServiceExt, service_fn};
+use tower_service::Service;
+
+/// A backend version: each call takes `service_time`; a `bad` share of them fail, spread
+/// evenly (deterministic). Clones share the call count.
+#[derive(Clone)]
+struct Backend {
+    version: &'static str,
+    bad: f64,
+    calls: Arc<AtomicU64>,
+}
+
+impl Service<u64> for Backend {
+    type Response = &'static str;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<&'static str, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, user: u64) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        let fail = ((n + 1) as f64 * self.bad).floor() > (n as f64 * self.bad).floor();
+        let version = self.version;
+        Box::pin(async move {
+            tokio::time::sleep(service_time(user, n)).await;
+            if fail {
+                Err(format!("{version} failed").into())
+            } else {
+                Ok(version)
+            }
+        })
+    }
+}
 
 fn line(tag: &str, f: &FleetCanarySnapshot, s: &degrade_canary::stats::CanarySnapshot) {
     let state = f.state.map(|st| {
@@ -75,46 +111,22 @@ fn service_time(user: u64, n: u64) -> Duration {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), degrade_canary::BoxError> {
+async fn main() -> Result<(), BoxError> {
     let cfg: FleetCanaryConfig = serde_json::from_str(&std::env::var("FLEET_CONFIG")?)?;
     let env = |k: &str| std::env::var(k).ok();
     let bad: f64 = env("FLEET_BAD").map_or(Ok(0.0), |v| v.parse())?;
     let rate: u64 = env("FLEET_RATE").map_or(Ok(400), |v| v.parse())?;
     let limit: Option<u64> = env("FLEET_REQUESTS").map(|v| v.parse()).transpose()?;
 
-    // Both versions take the same spread of service times; the candidate fails a fixed share
-    // of its calls, spread evenly (deterministic).
-    let calls = Arc::new(AtomicU64::new(0));
-    let candidate = {
-        let calls = Arc::clone(&calls);
-        service_fn(move |user: u64| {
-            let n = calls.fetch_add(1, Ordering::Relaxed);
-            let fail = ((n + 1) as f64 * bad).floor() > (n as f64 * bad).floor();
-            async move {
-                tokio::time::sleep(service_time(user, n)).await;
-                if fail {
-                    Err::<&str, _>("v2 failed")
-                } else {
-                    Ok("v2")
-                }
-            }
-        })
+    // Both versions take the same spread of service times; the candidate fails a share.
+    let backend = |version, bad| Backend {
+        version,
+        bad,
+        calls: Arc::new(AtomicU64::new(0)),
     };
-    let router = Canary::builder(
-        {
-            let calls = Arc::new(AtomicU64::new(0));
-            service_fn(move |user: u64| {
-                let n = calls.fetch_add(1, Ordering::Relaxed);
-                async move {
-                    tokio::time::sleep(service_time(user, n)).await;
-                    Ok::<_, &str>("v1")
-                }
-            })
-        },
-        candidate,
-    )
-    .key(from_fn(|user: &u64| Some(*user)))
-    .build()?;
+    let router = Canary::builder(backend("v1", 0.0), backend("v2", bad))
+        .key(from_fn(|user: &u64| Some(*user)))
+        .build()?;
     let handle = router.handle();
     let task = FleetCanary::new(cfg, router.handle())?.spawn();
 
@@ -127,10 +139,11 @@ async fn main() -> Result<(), degrade_canary::BoxError> {
         while limit.is_none_or(|l| n < l) {
             tick.tick().await;
             let user = n.wrapping_mul(2_654_435_761) % 5_000;
-            let _ = svc.ready().await?.call(user).await;
+            std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+            let _ = svc.call(user).await;
             n += 1;
         }
-        Ok::<_, degrade_canary::BoxError>(())
+        Ok::<_, BoxError>(())
     });
     let mut load = Some(load);
     let mut report = tokio::time::interval(Duration::from_millis(100));
