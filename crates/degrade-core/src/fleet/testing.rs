@@ -63,6 +63,20 @@ impl RedisServer {
         }
     }
 
+    /// Sends `SIG<name>` (`STOP` freezes it without closing its connections, `CONT` thaws it).
+    ///
+    /// # Panics
+    ///
+    /// If it is not running or `kill` fails.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{name} {pid}");
+    }
+
     /// Starts it again on the same port (empty), after [`kill`](Self::kill).
     ///
     /// # Panics
@@ -76,7 +90,12 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server on PATH");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): the redis tests need it on PATH \
+                     (apt-get install redis-server)"
+                )
+            });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
