@@ -77,6 +77,9 @@
 mod arm;
 mod controller;
 mod error;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod fleet;
 pub mod future;
 pub mod hash;
 pub mod judge;

@@ -57,6 +57,9 @@ mod config;
 pub mod counter;
 pub mod degrade;
 pub mod durable;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod fleet;
 mod handle;
 pub mod histogram;
 pub mod key;

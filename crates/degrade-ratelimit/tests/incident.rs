@@ -5,69 +5,21 @@
 //! of a clock.
 #![cfg(feature = "redis")]
 
+use degrade_core::fleet::testing::RedisServer;
 use degrade_core::ladder::{LadderConfig, Reading};
 use degrade_core::{Controller, Level, ManualClock};
 use degrade_ratelimit::fleet::incident::{IncidentConfig, IncidentSwitch, IncidentWatcher};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start_on(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Self { child, port }
-    }
-
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// The server's clock, in milliseconds since 1970.
-    async fn time_ms(&self) -> u64 {
-        let mut con = redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut con).await.unwrap();
-        s * 1000 + us / 1000
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// The server's clock, in milliseconds since 1970.
+async fn time_ms(redis: &RedisServer) -> u64 {
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut con).await.unwrap();
+    s * 1000 + us / 1000
 }
 
 fn config(url: &str) -> IncidentConfig {
@@ -175,7 +127,7 @@ async fn every_instance_follows_a_fleet_wide_pin_and_returns_to_its_signals_at_e
     })
     .await;
     assert!(
-        redis.time_ms().await >= expires_at,
+        time_ms(&redis).await >= expires_at,
         "released only after the expiry on the server's clock"
     );
     assert_eq!(operator.current().await.unwrap(), None);
@@ -261,7 +213,7 @@ async fn clearing_the_switch_releases_every_instance_and_the_audit_is_capped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pin_outlives_a_redis_outage_until_its_known_expiry_and_no_longer() {
     let mut redis = RedisServer::start();
-    let port = redis.port;
+    let port = redis.port();
     let inst = instance(&redis.url());
     let operator = IncidentSwitch::new(config(&redis.url())).unwrap();
     operator

@@ -6,82 +6,13 @@
 //! skip.
 #![cfg(feature = "redis")]
 
+use degrade_core::fleet::testing::RedisServer;
 use degrade_ratelimit::error::Cause;
 use degrade_ratelimit::fleet::{FleetConfig, FleetLayer, Unavailable};
 use degrade_ratelimit::{RateLimitConfig, RateLimited};
 use std::convert::Infallible;
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tower::{Layer, Service, ServiceExt};
-
-/// A `redis-server` child process on 127.0.0.1.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port)
-    }
-
-    fn start_on(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}): the redis tests need it on PATH \
-                     (apt-get install redis-server)"
-                )
-            });
-        let server = Self { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL, and wait for the process to be gone.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Sends `SIG<name>` (`STOP`, `CONT`).
-    fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{name}");
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 const TIMEOUT: Duration = Duration::from_millis(100);
 /// The timeout of tests where Redis stays up: long, so a busy machine never turns a decision
@@ -251,7 +182,7 @@ fn delta(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_the_policy_holds_and_sharing_resumes_after_restart() {
     let mut redis = RedisServer::start();
-    let port = redis.port;
+    let port = redis.port();
     let url = redis.url();
     let quota = 40;
     let (open_layer, mut open) = host(config(&url, "down", quota, Unavailable::FailOpen));
@@ -416,7 +347,7 @@ async fn tenant_until_redis_decides(layer: &TenantLayer, svc: &mut TenantSvc, t:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_tenant_is_admitted_by_the_local_fallback_while_redis_is_down() {
     let mut redis = RedisServer::start();
-    let port = redis.port;
+    let port = redis.port();
     let (a_layer, mut a) = tenant_host(&redis.url());
     let (b_layer, mut b) = tenant_host(&redis.url());
     tenant_until_redis_decides(&a_layer, &mut a, "warm-a").await;
@@ -699,7 +630,7 @@ async fn decisions_in_flight_across_a_kill_and_restart_are_all_accounted() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
     let mut redis = RedisServer::start();
-    let port = redis.port;
+    let port = redis.port();
     let (layer, mut svc) = host(config(
         &redis.url(),
         "inflight",

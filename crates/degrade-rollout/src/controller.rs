@@ -427,6 +427,7 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> RolloutController<D, S, C> 
                         id,
                         target,
                         instance,
+                        check,
                     } => {
                         let driver = self.driver.clone();
                         let timeout = self.planner.config().health_timeout;
@@ -452,6 +453,7 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> RolloutController<D, S, C> 
                                     id,
                                     target,
                                     healthy,
+                                    check,
                                 },
                                 None,
                             )

@@ -79,7 +79,7 @@
 //! while let Some(a) = todo.pop() {
 //!     todo.extend(match a {
 //!         RolloutAction::Drive { step, instance, .. } => m.handle(RolloutEvent::StepOk { id: instance.id, step, address: None }, now),
-//!         RolloutAction::Health { id, target, .. } => m.handle(RolloutEvent::Health { id, target, healthy: true }, now),
+//!         RolloutAction::Health { id, target, check, .. } => m.handle(RolloutEvent::Health { id, target, healthy: true, check }, now),
 //!         _ => vec![],
 //!     });
 //! }

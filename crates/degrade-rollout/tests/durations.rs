@@ -60,11 +60,14 @@ fn a_planner_with_duration_max_settings_never_panics_and_never_times_out() {
                     step,
                     address: None,
                 }),
-                RolloutAction::Health { id, target, .. } => next.push(RolloutEvent::Health {
+                RolloutAction::Health {
+                    id, target, check, ..
+                } => next.push(RolloutEvent::Health {
                     id,
                     target,
                     // Unhealthy now and then: within the (endless) startup grace.
                     healthy: round % 3 != 0,
+                    check,
                 }),
                 _ => {}
             }
@@ -201,10 +204,13 @@ fn a_post_watch_of_duration_max_watches_for_ever_without_panicking() {
                     step,
                     address: None,
                 }),
-                RolloutAction::Health { id, target, .. } => next.push(RolloutEvent::Health {
+                RolloutAction::Health {
+                    id, target, check, ..
+                } => next.push(RolloutEvent::Health {
                     id,
                     target,
                     healthy: true,
+                    check,
                 }),
                 _ => {}
             }

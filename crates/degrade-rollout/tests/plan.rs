@@ -86,6 +86,7 @@ fn settle_at(
                 id,
                 target,
                 instance,
+                check,
             } => {
                 let ok = healthy(&instance.id, &instance.version);
                 p.handle(
@@ -93,6 +94,7 @@ fn settle_at(
                         id,
                         target,
                         healthy: ok,
+                        check,
                     },
                     now,
                 )
@@ -202,11 +204,14 @@ fn a_replayed_planner_does_not_repeat_completed_steps() {
                     now,
                 )
             }
-            RolloutAction::Health { id, target, .. } => p.handle(
+            RolloutAction::Health {
+                id, target, check, ..
+            } => p.handle(
                 RolloutEvent::Health {
                     id,
                     target,
                     healthy: true,
+                    check,
                 },
                 now,
             ),
@@ -333,11 +338,14 @@ fn an_exit_of_a_watched_instance_rolls_back_at_once_and_a_stale_one_is_ignored()
                 },
                 t0,
             ),
-            RolloutAction::Health { id, target, .. } => p.handle(
+            RolloutAction::Health {
+                id, target, check, ..
+            } => p.handle(
                 RolloutEvent::Health {
                     id,
                     target,
                     healthy: true,
+                    check,
                 },
                 t0,
             ),
@@ -454,6 +462,7 @@ fn an_earlier_batch_failing_during_a_later_one_is_rolled_back_right_after_the_cu
                 id,
                 target,
                 instance,
+                check,
             } => {
                 let sick = id == "i0" && p.current_batch() == Some(2);
                 p.handle(
@@ -461,6 +470,7 @@ fn an_earlier_batch_failing_during_a_later_one_is_rolled_back_right_after_the_cu
                         id,
                         target,
                         healthy: !sick || instance.version == "v1",
+                        check,
                     },
                     now,
                 )

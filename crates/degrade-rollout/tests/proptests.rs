@@ -267,6 +267,7 @@ impl Sim {
                 id,
                 target,
                 instance,
+                check,
             } => {
                 let sick = bad && instance.version == self.planner.target();
                 let running = self.alive.contains_key(&instance.address);
@@ -274,6 +275,7 @@ impl Sim {
                     id,
                     target,
                     healthy: healthy && !sick && running,
+                    check,
                 }
             }
             RolloutAction::Analyze { batch, .. } => RolloutEvent::Analysis {
@@ -486,13 +488,14 @@ proptest! {
     }
 }
 
-/// Known bug, found by `a_crash_after_an_upgrade_always_rolls_every_instance_back` on a random
-/// seed: with every step succeeding, a crash during the post-rollout watch ends
-/// `RollbackFailed` instead of `RolledBack` for this case (5 instances, one already on v2,
-/// surge 21 %). Kept visible here until the planner is fixed.
+/// Found by `a_crash_after_an_upgrade_always_rolls_every_instance_back` on a random seed
+/// (5 instances, one already on v2, surge 21 %, every step succeeding): a watch check of a
+/// surge replacement was in flight when it swapped in; the crash during the post-rollout watch
+/// rolled it back through a new replacement under the same id, and the stale reply (of the
+/// dead process) was taken as the failed gate of the new one, ending `RollbackFailed`. Replies
+/// now name the check they answer.
 #[test]
-#[ignore = "known planner bug: a crash in the watch of this case ends RollbackFailed"]
-fn known_bug_a_crash_in_the_watch_with_an_instance_already_upgraded_rolls_back() {
+fn a_stale_health_reply_is_not_taken_for_the_rollback_gate_of_a_new_replacement() {
     let c = Case {
         n: 5,
         already: 1,

@@ -209,6 +209,7 @@ impl RolloutMachine {
                             // and check the new holder of the id afresh.
                             w.target = C;
                             w.busy = false;
+                            w.check = None;
                             w.issued = None;
                         }
                     }
@@ -216,6 +217,7 @@ impl RolloutMachine {
                 let op = &mut self.ops[k];
                 op.pos += 1;
                 op.busy = false;
+                op.check = None;
                 op.ok_streak = 0;
                 op.fail_streak = 0;
                 op.next_probe = None;

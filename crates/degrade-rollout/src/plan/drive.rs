@@ -185,11 +185,15 @@ impl RolloutMachine {
                     if op.next_probe.is_none_or(|t| now >= t)
                         && let Some(instance) = self.slots[slot].get(step.target)
                     {
+                        let check = self.next_check;
+                        self.next_check += 1;
                         op.busy = true;
+                        op.check = Some(check);
                         out.push(RolloutAction::Health {
                             id,
                             target: step.target,
                             instance: instance.clone(),
+                            check,
                         });
                     }
                 }

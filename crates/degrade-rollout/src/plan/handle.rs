@@ -58,7 +58,8 @@ impl RolloutMachine {
                 id,
                 target,
                 healthy,
-            } => self.health(id, target, healthy, now, &mut out),
+                check,
+            } => self.health(id, target, healthy, check, now, &mut out),
             RolloutEvent::Exited { id, address, error } => {
                 self.exited(id, address, &error, now, &mut out);
             }
@@ -98,20 +99,26 @@ impl RolloutMachine {
         id: String,
         target: Target,
         healthy: bool,
+        check: u64,
         now: Instant,
         out: &mut Vec<RolloutAction>,
     ) {
+        // The reply names its check: a check of an instance since replaced under the same id
+        // and target (a watch check of a surge replacement that swapped in, answered while the
+        // rollback's own replacement is gated) is not this op's gate.
         let Some(k) = self.ops.iter().position(|op| {
             op.busy
+                && op.check == Some(check)
                 && self.slots[op.slot].current.id == id
                 && matches!(op.step(), Some(st) if matches!(st.kind, K::Probe | K::Bake) && st.target == target)
         }) else {
             // Not an op's gate or bake: perhaps the watch of an upgraded instance.
-            self.watch_health(&id, target, healthy, now, out);
+            self.watch_health(&id, target, healthy, check, now, out);
             return;
         };
         let op = &mut self.ops[k];
         op.busy = false;
+        op.check = None;
         op.next_probe = Some(after(now, self.cfg.health_interval));
         if self.phase == RolloutPhase::Failing {
             return;

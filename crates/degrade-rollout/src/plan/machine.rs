@@ -60,6 +60,8 @@ pub struct RolloutMachine {
     pub(super) watch_cut: bool,
     /// The process watches must be asked for again (after a replay: a new controller).
     pub(super) rewatch: bool,
+    /// The number the next health check is given: a reply names the check it answers.
+    pub(super) next_check: u64,
 }
 
 impl RolloutMachine {
@@ -171,6 +173,7 @@ impl RolloutMachine {
             watch_elapsed: false,
             watch_cut: false,
             rewatch: false,
+            next_check: 0,
         })
     }
 
@@ -227,6 +230,7 @@ impl RolloutMachine {
     pub(crate) fn end_replay(&mut self) {
         for op in &mut self.ops {
             op.busy = false;
+            op.check = None;
             op.next_probe = None;
             op.bake_until = None;
             op.ok_streak = 0;

@@ -71,6 +71,8 @@ pub(super) struct Op {
     pub(super) to: String,
     pub(super) pos: usize,
     pub(super) busy: bool,
+    /// The health check this op waits for (its number), while a gate or bake check runs.
+    pub(super) check: Option<u64>,
     pub(super) ok_streak: u32,
     pub(super) fail_streak: u32,
     pub(super) next_probe: Option<Instant>,
@@ -86,6 +88,7 @@ impl Op {
             to,
             pos: 0,
             busy: false,
+            check: None,
             ok_streak: 0,
             fail_streak: 0,
             next_probe: None,
@@ -121,6 +124,8 @@ pub(super) struct Watch {
     pub(super) target: Target,
     /// A check is running.
     pub(super) busy: bool,
+    /// The number of the running check.
+    pub(super) check: Option<u64>,
     /// When the running check was asked for.
     pub(super) issued: Option<Instant>,
     /// When the next check is due (`None`: now).
@@ -137,6 +142,7 @@ impl Watch {
         Self {
             target,
             busy: false,
+            check: None,
             issued: None,
             next_probe,
             fail_streak,

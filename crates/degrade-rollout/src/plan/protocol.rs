@@ -106,6 +106,8 @@ pub enum RolloutAction {
         target: Target,
         /// The instance.
         instance: Instance,
+        /// The number of this check, to hand back in the [`RolloutEvent::Health`] it ends in.
+        check: u64,
     },
     /// The instance passed its health gate: put it in the balancer.
     Serve {
@@ -177,6 +179,10 @@ pub enum RolloutEvent {
         target: Target,
         /// Whether it passed.
         healthy: bool,
+        /// The `check` of the [`RolloutAction::Health`] it answers. A reply to a check the
+        /// planner no longer waits for — of an instance that has since been replaced under the
+        /// same id and target, or restarted — is ignored.
+        check: u64,
     },
     /// A batch's analysis finished.
     Analysis {

@@ -76,12 +76,16 @@ impl RolloutMachine {
                     None => continue,
                 },
             };
+            let check = self.next_check;
+            self.next_check += 1;
             w.busy = true;
+            w.check = Some(check);
             w.issued = Some(now);
             out.push(RolloutAction::Health {
                 id: s.current.id.clone(),
                 target: w.target,
                 instance: instance.clone(),
+                check,
             });
         }
     }
@@ -92,6 +96,7 @@ impl RolloutMachine {
         id: &str,
         target: Target,
         healthy: bool,
+        check: u64,
         now: Instant,
         out: &mut Vec<RolloutAction>,
     ) {
@@ -102,11 +107,12 @@ impl RolloutMachine {
             .iter_mut()
             .filter(|s| s.current.id == id)
             .find_map(|s| s.watch.as_mut())
-            .filter(|w| w.busy && w.target == target)
+            .filter(|w| w.busy && w.target == target && w.check == Some(check))
         else {
             return;
         };
         w.busy = false;
+        w.check = None;
         w.next_probe = Some(after(now, interval));
         if !watching {
             return;

@@ -1,0 +1,78 @@
+//! The keys of one fleet rollout and the Lua scripts that change them. Every key of a
+//! rollout shares one hash tag (`<prefix>:{<name>}:...`), so on a Redis Cluster they live on
+//! one node and each script runs there whole.
+
+/// Takes or keeps the lease. KEYS: lease, token. ARGV: holder, lease in ms. Returns the
+/// fencing token of the holder's term when it kept the lease, minus a new token (one higher
+/// than any before) when it took a free lease — a new term even if the number is the same as
+/// before (after Redis lost its data) — or 0 when someone else holds it.
+pub(crate) const LEASE_LUA: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  local t = redis.call('GET', KEYS[2])
+  if t then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(t)
+  end
+  return 0
+elseif not cur then
+  local t = redis.call('INCR', KEYS[2])
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return -t
+end
+return 0
+";
+
+/// Writes the rollout's state only for the holder of the latest token. KEYS: token, state.
+/// ARGV: the writer's token, the state. Returns 1 if written, 0 if refused (a deposed
+/// leader: someone took the lease since).
+pub(crate) const WRITE_LUA: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+";
+
+/// Adds one instance's increments for one interval, once. KEYS: stats, applied. ARGV:
+/// instance, run (random per process), seq, then field, count pairs. An interval already
+/// applied (the same run and a seq not above the last applied) is skipped, so a retry after a
+/// lost reply adds nothing. Returns 1 if added, 0 if it was already there. Memory: one field
+/// per instance in `applied`, the fleet's sums in `stats`.
+pub(crate) const ADD_LUA: &str = r"
+local last = redis.call('HGET', KEYS[2], ARGV[1])
+if last then
+  local run, seq = string.match(last, '^(%x+):(%d+)$')
+  if run == ARGV[2] and tonumber(seq) >= tonumber(ARGV[3]) then
+    return 0
+  end
+end
+for i = 4, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':' .. ARGV[3])
+return 1
+";
+
+/// The keys of one rollout.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    pub(crate) state: String,
+    pub(crate) lease: String,
+    pub(crate) token: String,
+    pub(crate) stats: String,
+    pub(crate) applied: String,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str, name: &str) -> Self {
+        let base = format!("{prefix}:{{{name}}}");
+        Self {
+            state: format!("{base}:state"),
+            lease: format!("{base}:lease"),
+            token: format!("{base}:token"),
+            stats: format!("{base}:stats"),
+            applied: format!("{base}:applied"),
+        }
+    }
+}
