@@ -190,6 +190,18 @@ const PROBE_CUT: f64 = 0.8;
 /// got slower, and the baseline moves up to it.
 const QUEUE_ELASTICITY: f64 = 1.0 / 3.0;
 
+/// The smallest rise of latency the law reads as a queue, in seconds, whatever the baseline.
+///
+/// A request that waits in any queue a concurrency limit can shorten — the runtime's, the
+/// kernel's run queue, a lock's wait list — waits at least one context switch (a wake-up of a
+/// parked task or thread costs about a microsecond), and the two clock reads that time a
+/// request cost tens of nanoseconds and vary by as much. So a rise of latency below a
+/// microsecond is the host's timing noise (cache misses, clock cost, an interrupt), not a queue:
+/// in a service of 100 ns the tolerance alone (10 ns) is within that noise, and cutting on it
+/// would drive the limit below the concurrency the callers actually use. In a service of
+/// milliseconds it is a thousandth of the tolerance and changes nothing.
+const QUEUE_FLOOR: f64 = 1e-6;
+
 /// The state of the control law.
 ///
 /// The limit moves by a gradient, as in Envoy's adaptive concurrency filter and Netflix's
@@ -313,8 +325,9 @@ impl Law {
     }
 
     /// The most of one latency sample the window's mean counts (`None` until a baseline is
-    /// known): the latency at which the law already makes its largest cut, `(1 + tolerance) /
-    /// MAX_CUT` baselines (2.2 by default). A slower sample cannot make the cut larger, but
+    /// known): the latency at which the law already makes its largest cut, the target
+    /// (`1 + tolerance` baselines plus a microsecond of timing noise) over `MAX_CUT`: 2.2
+    /// baselines by default for any service slower than a few microseconds. A slower sample cannot make the cut larger, but
     /// when request costs are heavy-tailed (one in ten costs ten times as much) the few
     /// costly ones dominate the mean and its noise: the mean then swings by more than the
     /// tolerance from one window to the next, the law cannot tell the knee from chance, grows
@@ -330,11 +343,17 @@ impl Law {
     /// let mut w = Window::default();
     /// for _ in 0..20 { w.record(Duration::from_millis(10), 1, true); }
     /// law.observe(&w, tokio::time::Instant::now());
-    /// assert_eq!(law.sample_cap(), Some(Duration::from_millis(22)));
+    /// assert_eq!(law.sample_cap(), Some(Duration::from_micros(22_002)));
     /// ```
     pub fn sample_cap(&self) -> Option<Duration> {
-        let factor = (1.0 + self.config.tolerance) / MAX_CUT;
-        self.baseline.map(|b| Duration::from_secs_f64(b * factor))
+        self.baseline
+            .map(|b| Duration::from_secs_f64(self.target(b) / MAX_CUT))
+    }
+
+    /// The latency the limit settles at for a `baseline` (seconds): `1 + tolerance` times it,
+    /// plus the [`QUEUE_FLOOR`] below which a rise of latency is timing noise, not a queue.
+    fn target(&self, baseline: f64) -> f64 {
+        baseline * (1.0 + self.config.tolerance) + QUEUE_FLOOR
     }
 
     /// How long a request may wait for a slot: `queue_delay` times the baseline (`None` until
@@ -463,7 +482,9 @@ impl Law {
         if let Some(restore) = self.probing.take() {
             // A probe window: at half the limit, a queued service is clearly faster, and that
             // latency is the nearer view of its own; then back to the limit it had.
-            let lower = self.baseline.is_none_or(|b| t < b * (1.0 - tolerance));
+            let lower = self
+                .baseline
+                .is_none_or(|b| t < b * (1.0 - tolerance) - QUEUE_FLOOR);
             if self.baseline.is_none_or(|b| t < b) {
                 self.baseline = Some(t);
                 self.baseline_concurrency = concurrency;
@@ -486,9 +507,11 @@ impl Law {
             Some(l) if l < t => (f64::from(self.low_concurrency()), l),
             _ => (concurrency, t),
         };
-        if self.baseline.is_none()
-            || (self.tentative && resolved && entry.0 <= self.baseline_concurrency)
-        {
+        // The first window's samples were not capped (there was no baseline to cap them at):
+        // one request preempted for a time slice can dominate its mean, so it teaches the
+        // baseline and leaves the limit alone; the next window, capped, judges.
+        let first = self.baseline.is_none();
+        if first || (self.tentative && resolved && entry.0 <= self.baseline_concurrency) {
             // The first window gives a first guess, however noisy; the first window with
             // enough samples at no more concurrency replaces it.
             self.baseline = Some(entry.1);
@@ -503,7 +526,7 @@ impl Law {
                         self.baseline = Some(b + (entry.1 - b) * DOWN_GAIN);
                         self.baseline_concurrency = entry.0;
                     } else if entry.0 <= self.baseline_concurrency {
-                        if entry.1 > b * (1.0 + tolerance) + noise {
+                        if entry.1 > self.target(b) + noise {
                             // Clearly slower at no more concurrency than the baseline was
                             // measured at: the service itself got slower (give back the
                             // cuts that read it as a queue, as below).
@@ -526,7 +549,7 @@ impl Law {
         // service's own, not a queue's: the service got slower.
         if let (Some((c0, t0)), Some(b)) = (self.previous, self.baseline)
             && concurrency <= c0 * PROBE_CUT
-            && t > b * (1.0 + tolerance) + noise
+            && t > self.target(b) + noise
         {
             let fell = (t0 / t).ln();
             let cut = (c0 / concurrency).ln();
@@ -547,8 +570,10 @@ impl Law {
 
         let ratio = t / baseline;
         self.ratio = Some(ratio);
-        let target = baseline * (1.0 + tolerance);
-        let gradient = if t > target + noise {
+        let target = self.target(baseline);
+        let gradient = if first {
+            1.0
+        } else if t > target + noise {
             // Clearly above the target: under a queue, latency grows in proportion to
             // concurrency, so the concurrency that meets the target is the window's own times
             // target / latency. At most half the limit in one window.
