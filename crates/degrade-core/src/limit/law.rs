@@ -171,6 +171,10 @@ const MIN_WINDOW_BASELINES: u32 = 2;
 const MAX_WINDOW_BASELINES: u32 = 200;
 /// The largest cut in one window: a single noisy window cannot take more than half.
 const MAX_CUT: f64 = 0.5;
+/// A window filled the limit when its samples' mean concurrency reached this share of it:
+/// under overload requests wait for every slot that frees, and the mean stays within a request
+/// or two of the limit.
+const FILLED: f64 = 0.75;
 /// A probe window runs at this share of the limit.
 const PROBE_SHARE: f64 = 0.5;
 /// Windows between probes, when no window ran that low by itself.
@@ -253,6 +257,9 @@ pub struct Law {
     growing: u32,
     /// Where the current streak of cuts started: (mean concurrency, mean latency).
     previous: Option<(f64, f64)>,
+    /// The mean concurrency of the latest window that filled the limit and met the target:
+    /// the service was seen to serve that many at once without a queue.
+    knee: Option<f64>,
     /// Latest window's mean latency over the baseline.
     ratio: Option<f64>,
     /// The longest latency of the latest window, seconds: the next window lasts at least that
@@ -285,6 +292,7 @@ impl Law {
             probing: None,
             growing: 0,
             previous: None,
+            knee: None,
             ratio: None,
             needed: MIN_SAMPLES,
             longest: 0.0,
@@ -571,7 +579,22 @@ impl Law {
         let ratio = t / baseline;
         self.ratio = Some(ratio);
         let target = self.target(baseline);
+        // Demand filled the limit: the limit, not the callers, set the concurrency the window
+        // ran at.
+        let filled = concurrency >= self.limit * FILLED;
+        if filled && t <= target + noise {
+            self.knee = Some(concurrency);
+        }
+        // A slower window that did not fill the limit, at a concurrency the service was seen
+        // to serve without a queue, is not a queue of ours: a slower host (a noisy neighbour,
+        // a late timer) is slower at every concurrency, and cutting for it would refuse the
+        // callers' next burst, which the service carries. A queue after all grows (demand
+        // above capacity) until it fills the limit, and that window cuts.
+        let host = !filled && self.knee.is_some_and(|k| concurrency < k * PROBE_CUT);
         let gradient = if first {
+            1.0
+        } else if t > target + noise && host {
+            self.growing = 0;
             1.0
         } else if t > target + noise {
             // Clearly above the target: under a queue, latency grows in proportion to
