@@ -216,6 +216,13 @@ const QUEUE_FLOOR: f64 = 1e-6;
 /// `1 + tolerance` times its no-load latency: the knee, where the service is busy and nothing
 /// waits in it.
 ///
+/// Two kinds of slower window are not read as a queue. A rise below a microsecond is the
+/// host's timing noise (a service of 100 ns keeps the limit its callers use). And a window that
+/// did not fill the limit, at less than the concurrency the service last served at the target
+/// with the limit full, is a slower host (a late timer, a neighbour on the same cores): it
+/// leaves the limit alone, so the callers' next burst is not refused; a real queue grows until
+/// it fills the limit, and that window cuts.
+///
 /// ```
 /// use degrade_core::limit::{Law, LimitConfig, Window};
 /// use std::time::Duration;
@@ -335,8 +342,8 @@ impl Law {
     /// The most of one latency sample the window's mean counts (`None` until a baseline is
     /// known): the latency at which the law already makes its largest cut, the target
     /// (`1 + tolerance` baselines plus a microsecond of timing noise) over `MAX_CUT`: 2.2
-    /// baselines by default for any service slower than a few microseconds. A slower sample cannot make the cut larger, but
-    /// when request costs are heavy-tailed (one in ten costs ten times as much) the few
+    /// baselines by default for any service slower than a few microseconds. A slower sample
+    /// cannot make the cut larger, but when request costs are heavy-tailed (one in ten costs ten times as much) the few
     /// costly ones dominate the mean and its noise: the mean then swings by more than the
     /// tolerance from one window to the next, the law cannot tell the knee from chance, grows
     /// past it and cuts far below it. Capped, every sample still moves the mean when a queue
