@@ -171,6 +171,10 @@ const MIN_WINDOW_BASELINES: u32 = 2;
 const MAX_WINDOW_BASELINES: u32 = 200;
 /// The largest cut in one window: a single noisy window cannot take more than half.
 const MAX_CUT: f64 = 0.5;
+/// A window filled the limit when its samples' mean concurrency reached this share of it:
+/// under overload requests wait for every slot that frees, and the mean stays within a request
+/// or two of the limit.
+const FILLED: f64 = 0.75;
 /// A probe window runs at this share of the limit.
 const PROBE_SHARE: f64 = 0.5;
 /// Windows between probes, when no window ran that low by itself.
@@ -190,6 +194,18 @@ const PROBE_CUT: f64 = 0.8;
 /// got slower, and the baseline moves up to it.
 const QUEUE_ELASTICITY: f64 = 1.0 / 3.0;
 
+/// The smallest rise of latency the law reads as a queue, in seconds, whatever the baseline.
+///
+/// A request that waits in any queue a concurrency limit can shorten — the runtime's, the
+/// kernel's run queue, a lock's wait list — waits at least one context switch (a wake-up of a
+/// parked task or thread costs about a microsecond), and the two clock reads that time a
+/// request cost tens of nanoseconds and vary by as much. So a rise of latency below a
+/// microsecond is the host's timing noise (cache misses, clock cost, an interrupt), not a queue:
+/// in a service of 100 ns the tolerance alone (10 ns) is within that noise, and cutting on it
+/// would drive the limit below the concurrency the callers actually use. In a service of
+/// milliseconds it is a thousandth of the tolerance and changes nothing.
+const QUEUE_FLOOR: f64 = 1e-6;
+
 /// The state of the control law.
 ///
 /// The limit moves by a gradient, as in Envoy's adaptive concurrency filter and Netflix's
@@ -199,6 +215,13 @@ const QUEUE_ELASTICITY: f64 = 1.0 / 3.0;
 /// grows while demand reaches it. So the limit settles where the service's latency is
 /// `1 + tolerance` times its no-load latency: the knee, where the service is busy and nothing
 /// waits in it.
+///
+/// Two kinds of slower window are not read as a queue. A rise below a microsecond is the
+/// host's timing noise (a service of 100 ns keeps the limit its callers use). And a window that
+/// did not fill the limit, at less than the concurrency the service last served at the target
+/// with the limit full, is a slower host (a late timer, a neighbour on the same cores): it
+/// leaves the limit alone, so the callers' next burst is not refused; a real queue grows until
+/// it fills the limit, and that window cuts.
 ///
 /// ```
 /// use degrade_core::limit::{Law, LimitConfig, Window};
@@ -241,6 +264,9 @@ pub struct Law {
     growing: u32,
     /// Where the current streak of cuts started: (mean concurrency, mean latency).
     previous: Option<(f64, f64)>,
+    /// The mean concurrency of the latest window that filled the limit and met the target:
+    /// the service was seen to serve that many at once without a queue.
+    knee: Option<f64>,
     /// Latest window's mean latency over the baseline.
     ratio: Option<f64>,
     /// The longest latency of the latest window, seconds: the next window lasts at least that
@@ -273,6 +299,7 @@ impl Law {
             probing: None,
             growing: 0,
             previous: None,
+            knee: None,
             ratio: None,
             needed: MIN_SAMPLES,
             longest: 0.0,
@@ -313,9 +340,10 @@ impl Law {
     }
 
     /// The most of one latency sample the window's mean counts (`None` until a baseline is
-    /// known): the latency at which the law already makes its largest cut, `(1 + tolerance) /
-    /// MAX_CUT` baselines (2.2 by default). A slower sample cannot make the cut larger, but
-    /// when request costs are heavy-tailed (one in ten costs ten times as much) the few
+    /// known): the latency at which the law already makes its largest cut, the target
+    /// (`1 + tolerance` baselines plus a microsecond of timing noise) over `MAX_CUT`: 2.2
+    /// baselines by default for any service slower than a few microseconds. A slower sample
+    /// cannot make the cut larger, but when request costs are heavy-tailed (one in ten costs ten times as much) the few
     /// costly ones dominate the mean and its noise: the mean then swings by more than the
     /// tolerance from one window to the next, the law cannot tell the knee from chance, grows
     /// past it and cuts far below it. Capped, every sample still moves the mean when a queue
@@ -330,11 +358,17 @@ impl Law {
     /// let mut w = Window::default();
     /// for _ in 0..20 { w.record(Duration::from_millis(10), 1, true); }
     /// law.observe(&w, tokio::time::Instant::now());
-    /// assert_eq!(law.sample_cap(), Some(Duration::from_millis(22)));
+    /// assert_eq!(law.sample_cap(), Some(Duration::from_micros(22_002)));
     /// ```
     pub fn sample_cap(&self) -> Option<Duration> {
-        let factor = (1.0 + self.config.tolerance) / MAX_CUT;
-        self.baseline.map(|b| Duration::from_secs_f64(b * factor))
+        self.baseline
+            .map(|b| Duration::from_secs_f64(self.target(b) / MAX_CUT))
+    }
+
+    /// The latency the limit settles at for a `baseline` (seconds): `1 + tolerance` times it,
+    /// plus the [`QUEUE_FLOOR`] below which a rise of latency is timing noise, not a queue.
+    fn target(&self, baseline: f64) -> f64 {
+        baseline * (1.0 + self.config.tolerance) + QUEUE_FLOOR
     }
 
     /// How long a request may wait for a slot: `queue_delay` times the baseline (`None` until
@@ -463,7 +497,9 @@ impl Law {
         if let Some(restore) = self.probing.take() {
             // A probe window: at half the limit, a queued service is clearly faster, and that
             // latency is the nearer view of its own; then back to the limit it had.
-            let lower = self.baseline.is_none_or(|b| t < b * (1.0 - tolerance));
+            let lower = self
+                .baseline
+                .is_none_or(|b| t < b * (1.0 - tolerance) - QUEUE_FLOOR);
             if self.baseline.is_none_or(|b| t < b) {
                 self.baseline = Some(t);
                 self.baseline_concurrency = concurrency;
@@ -486,9 +522,11 @@ impl Law {
             Some(l) if l < t => (f64::from(self.low_concurrency()), l),
             _ => (concurrency, t),
         };
-        if self.baseline.is_none()
-            || (self.tentative && resolved && entry.0 <= self.baseline_concurrency)
-        {
+        // The first window's samples were not capped (there was no baseline to cap them at):
+        // one request preempted for a time slice can dominate its mean, so it teaches the
+        // baseline and leaves the limit alone; the next window, capped, judges.
+        let first = self.baseline.is_none();
+        if first || (self.tentative && resolved && entry.0 <= self.baseline_concurrency) {
             // The first window gives a first guess, however noisy; the first window with
             // enough samples at no more concurrency replaces it.
             self.baseline = Some(entry.1);
@@ -503,7 +541,7 @@ impl Law {
                         self.baseline = Some(b + (entry.1 - b) * DOWN_GAIN);
                         self.baseline_concurrency = entry.0;
                     } else if entry.0 <= self.baseline_concurrency {
-                        if entry.1 > b * (1.0 + tolerance) + noise {
+                        if entry.1 > self.target(b) + noise {
                             // Clearly slower at no more concurrency than the baseline was
                             // measured at: the service itself got slower (give back the
                             // cuts that read it as a queue, as below).
@@ -526,7 +564,7 @@ impl Law {
         // service's own, not a queue's: the service got slower.
         if let (Some((c0, t0)), Some(b)) = (self.previous, self.baseline)
             && concurrency <= c0 * PROBE_CUT
-            && t > b * (1.0 + tolerance) + noise
+            && t > self.target(b) + noise
         {
             let fell = (t0 / t).ln();
             let cut = (c0 / concurrency).ln();
@@ -547,8 +585,25 @@ impl Law {
 
         let ratio = t / baseline;
         self.ratio = Some(ratio);
-        let target = baseline * (1.0 + tolerance);
-        let gradient = if t > target + noise {
+        let target = self.target(baseline);
+        // Demand filled the limit: the limit, not the callers, set the concurrency the window
+        // ran at.
+        let filled = concurrency >= self.limit * FILLED;
+        if filled && t <= target + noise {
+            self.knee = Some(concurrency);
+        }
+        // A slower window that did not fill the limit, at a concurrency the service was seen
+        // to serve without a queue, is not a queue of ours: a slower host (a noisy neighbour,
+        // a late timer) is slower at every concurrency, and cutting for it would refuse the
+        // callers' next burst, which the service carries. A queue after all grows (demand
+        // above capacity) until it fills the limit, and that window cuts.
+        let host = !filled && self.knee.is_some_and(|k| concurrency < k * PROBE_CUT);
+        let gradient = if first {
+            1.0
+        } else if t > target + noise && host {
+            self.growing = 0;
+            1.0
+        } else if t > target + noise {
             // Clearly above the target: under a queue, latency grows in proportion to
             // concurrency, so the concurrency that meets the target is the window's own times
             // target / latency. At most half the limit in one window.
