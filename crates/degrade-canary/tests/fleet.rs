@@ -14,13 +14,21 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The tests run one at a time: each starts three instances, and four rollouts at once on a
+/// shared two-core machine would starve each other's load.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The instance binary, built by `cargo test` for this test.
 const INSTANCE: &str = env!("CARGO_BIN_EXE_degrade-canary-fleet-instance");
 
 /// The configuration every instance of a test shares (`IID` becomes the instance's name).
 fn config(url: &str, name: &str, steps: &str) -> String {
     format!(
-        r#"{{"url":"{url}","name":"{name}","instance":"IID","poll":"100ms","timeout":"100ms",
+        r#"{{"url":"{url}","name":"{name}","instance":"IID","poll":"100ms","timeout":"200ms",
         "lease":"1s","publish":"250ms","stale_after":"2s",
         "canary":{{"steps":{steps},"analysis_interval":"500ms","judge":{{"min_samples":200}}}}}}"#
     )
@@ -130,6 +138,7 @@ const STEPS: &str = r#"[{"weight_percent":10,"bake":"1s"},{"weight_percent":50,"
 /// one leader only, and no instance ever refused a write.
 #[test]
 fn a_bad_v2_is_rolled_back_on_every_instance() {
+    let _serial = serial();
     let redis = RedisServer::start();
     let cfg = config(&redis.url(), "bad", STEPS);
     let fleet: Vec<Instance> = (0..3)
@@ -180,6 +189,7 @@ fn a_bad_v2_is_rolled_back_on_every_instance() {
 /// survivor.
 #[test]
 fn a_killed_leader_is_replaced_within_the_lease_at_the_same_step() {
+    let _serial = serial();
     let redis = RedisServer::start();
     let cfg = config(&redis.url(), "takeover", STEPS);
     let mut fleet: Vec<Instance> = (0..3).map(|i| Instance::start(&cfg, i, &[])).collect();
@@ -250,8 +260,9 @@ fn a_killed_leader_is_replaced_within_the_lease_at_the_same_step() {
 /// Each instance serves exactly 1,500 requests; once all are done, the fleet's sums in Redis
 /// equal the sum of the instances' own counts exactly, per arm, and stay so (an interval is
 /// never added twice).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_instance_counts_sum_exactly_to_the_fleet_sums() {
+#[test]
+fn per_instance_counts_sum_exactly_to_the_fleet_sums() {
+    let _serial = serial();
     let redis = RedisServer::start();
     let cfg = config(&redis.url(), "counts", STEPS);
     let fleet: Vec<Instance> = (0..3)
@@ -274,11 +285,19 @@ async fn per_instance_counts_sum_exactly_to_the_fleet_sums() {
         tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
         tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }),
     );
-    let reader = FleetCanary::new(reader_cfg, idle.handle()).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let reader = {
+        let _rt = rt.enter();
+        FleetCanary::new(reader_cfg, idle.handle()).unwrap()
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     while !fleet.iter().all(|i| i.done().is_some()) {
         assert!(Instant::now() < deadline, "instances did not finish");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::thread::sleep(Duration::from_millis(50));
     }
     let done: Vec<Value> = fleet.iter().map(|i| i.done().unwrap()).collect();
     let sum = |k: &str| {
@@ -295,8 +314,8 @@ async fn per_instance_counts_sum_exactly_to_the_fleet_sums() {
         sum("canary_samples"),
     ];
     assert_eq!(want[0] + want[1], 4_500);
-    let read = || async {
-        let s = reader.fleet_stats().await.unwrap();
+    let read = || {
+        let s = rt.block_on(reader.fleet_stats()).unwrap();
         [
             s.stable.routed,
             s.canary.routed,
@@ -307,14 +326,14 @@ async fn per_instance_counts_sum_exactly_to_the_fleet_sums() {
         ]
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut got = read().await;
+    let mut got = read();
     while got != want {
         assert!(
             Instant::now() < deadline,
             "fleet sums {got:?} != instances' {want:?}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        got = read().await;
+        std::thread::sleep(Duration::from_millis(50));
+        got = read();
     }
     println!("per-instance sums {want:?} = fleet sums in Redis");
     // Four more publish intervals on every instance (observed through their polls): still equal.
@@ -328,9 +347,9 @@ async fn per_instance_counts_sum_exactly_to_the_fleet_sums() {
         .any(|(i, p)| i.last().unwrap()["polls"].as_u64().unwrap() < p + 10)
     {
         assert!(Instant::now() < deadline + Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(read().await, want, "nothing added twice");
+    assert_eq!(read(), want, "nothing added twice");
     for (i, v) in fleet.iter().zip(&done) {
         let last = i.last().unwrap();
         assert_eq!(
@@ -338,5 +357,81 @@ async fn per_instance_counts_sum_exactly_to_the_fleet_sums() {
             "{} served nothing after its load",
             i.name
         );
+    }
+}
+
+/// Redis killed (SIGKILL) in the middle of a rollout at 50 %: every router keeps the weight it
+/// had while polls fail, falls back to stable once Redis has been away for `stale_after` (2 s),
+/// and, when Redis is back (empty: nothing was saved), a leader writes the rollout back at the
+/// step every instance last saw — not at the first — and every router follows it again.
+#[test]
+fn redis_killed_and_restarted_routers_keep_the_weight_then_stable_then_the_step_resumes() {
+    let _serial = serial();
+    let mut redis = RedisServer::start();
+    let steps = r#"[{"weight_percent":10,"bake":"1s"},{"weight_percent":50,"bake":"600s"},
+        {"weight_percent":100,"bake":"1s"}]"#;
+    let cfg = config(&redis.url(), "outage", steps);
+    let fleet: Vec<Instance> = (0..3).map(|i| Instance::start(&cfg, i, &[])).collect();
+    let all: Vec<&Instance> = fleet.iter().collect();
+    let at_half =
+        |v: &Value| phase(v) == Some(("Progressing".into(), 1)) && v["weight_bp"] == 5_000;
+    wait_for(
+        "every router at 50 %",
+        &all,
+        Duration::from_secs(60),
+        || fleet.iter().all(|i| i.last().is_some_and(|v| at_half(&v))),
+    );
+    redis.kill();
+    let killed = Instant::now();
+    let failed: Vec<u64> = fleet
+        .iter()
+        .map(|i| i.last().unwrap()["poll_failures"].as_u64().unwrap())
+        .collect();
+    let third_failure = |i: &Instance, f: u64| {
+        i.first_after(killed, |v| v["poll_failures"].as_u64().unwrap() >= f + 3)
+    };
+    wait_for(
+        "failed polls on every instance",
+        &all,
+        Duration::from_secs(10),
+        || {
+            fleet
+                .iter()
+                .zip(&failed)
+                .all(|(i, &f)| third_failure(i, f).is_some())
+        },
+    );
+    for (i, &f) in fleet.iter().zip(&failed) {
+        // Polls fail every 100 ms; the fallback waits 2 s: the status line of the third
+        // failed poll still shows the last weight.
+        let (_, v) = third_failure(i, f).unwrap();
+        assert_eq!(v["weight_bp"], 5_000, "{} kept the last weight", i.name);
+        assert_eq!(v["falling_back"], false);
+    }
+    wait_for(
+        "stable on every instance",
+        &all,
+        Duration::from_secs(10),
+        || {
+            fleet.iter().all(|i| {
+                i.last()
+                    .is_some_and(|v| v["falling_back"] == true && v["weight_bp"] == 0)
+            })
+        },
+    );
+    redis.restart();
+    wait_for(
+        "the rollout back at 50 %",
+        &all,
+        Duration::from_secs(20),
+        || {
+            fleet.iter().all(|i| {
+                i.last()
+                    .is_some_and(|v| at_half(&v) && v["falling_back"] == false)
+            })
+        },
+    );
+    for i in &fleet {
+        assert_eq!(i.last().unwrap()["fallbacks"], 1, "{}", i.name);
     }
 }
