@@ -11,7 +11,7 @@
 //! * Overload: a request that finds the limit full (or waiters ahead of it) takes the queue's
 //!   lock: it is admitted ahead of lower priorities, queued (bounded), or refused.
 
-use super::inflight::InFlight;
+use super::inflight::{InFlight, Released};
 use super::queue::{Fate, Pushed, Ticket, WaitQueue};
 use super::{Law, LimitConfig, Window};
 use crate::clock::{Clock, TokioClock};
@@ -20,29 +20,56 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 use std::cell::Cell;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::Waker;
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// What a request holds while it is in flight: what the completion needs to record it.
+///
+/// Sixteen bytes, copied into every response future: an untimed request (most of them below
+/// the limit) only gives its slot back, and reads nothing else.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Slot {
-    /// When it entered the inner service, if timed.
-    pub(crate) start: Option<Instant>,
-    /// Requests in flight when it entered, itself included.
-    pub(crate) concurrency: u32,
-    /// Admitted at low concurrency.
-    pub(crate) low: bool,
+    /// When it entered the inner service, in nanoseconds since the limiter's origin plus one;
+    /// 0 when untimed.
+    start: u64,
+    /// Requests in flight when it entered, itself included; [`LOW`] set when that was low
+    /// concurrency.
+    concurrency: u32,
     /// The window it was admitted in.
-    pub(crate) epoch: u32,
+    epoch: u32,
+}
+
+/// The bit of [`Slot::concurrency`] that says "admitted at low concurrency".
+const LOW: u32 = 1 << 31;
+
+impl Slot {
+    pub(crate) const UNTIMED: Slot = Slot {
+        start: 0,
+        concurrency: 0,
+        epoch: 0,
+    };
+
+    #[inline]
+    fn is_timed(&self) -> bool {
+        self.start != 0
+    }
+
+    fn concurrency(&self) -> u32 {
+        self.concurrency & !LOW
+    }
+
+    fn low(&self) -> bool {
+        self.concurrency & LOW != 0
+    }
 }
 
 /// The answer of the overload path.
 #[derive(Debug)]
 pub(crate) enum Entry {
     /// Admitted at once.
-    Admitted(Slot),
+    Admitted(Permit),
     /// Queued: wait for the ticket's fate until the deadline.
     Queued(Ticket, Instant),
     /// Refused: the queue is full of more important requests, or nothing is learnt yet.
@@ -72,10 +99,128 @@ struct Counters {
     queue_delay_ns: AtomicU64,
 }
 
+/// A limiter's in-flight word, in memory that outlives the limiter (see
+/// [`InFlight`](super::inflight)): response futures refer to it without a reference count.
+#[derive(Debug)]
+struct Word {
+    in_flight: CachePadded<InFlight>,
+    /// The limiter the word counts for, to hand a freed slot to its waiters.
+    owner: Mutex<Weak<Limiter>>,
+}
+
+/// Words whose limiter is gone and nothing is in flight, for the next limiter.
+static FREE_CELLS: Mutex<Vec<&'static Word>> = Mutex::new(Vec::new());
+
+fn lock_free_cells() -> std::sync::MutexGuard<'static, Vec<&'static Word>> {
+    FREE_CELLS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Word {
+    /// A free word, or a new one (kept for the life of the process, and reused).
+    fn take(owner: Weak<Limiter>) -> &'static Word {
+        let cell = lock_free_cells().pop().unwrap_or_else(|| {
+            Box::leak(Box::new(Word {
+                in_flight: CachePadded::new(InFlight::new()),
+                owner: Mutex::new(Weak::new()),
+            }))
+        });
+        *cell.lock_owner() = owner;
+        cell
+    }
+
+    fn lock_owner(&self) -> std::sync::MutexGuard<'_, Weak<Limiter>> {
+        self.owner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Nothing is in flight and the limiter is gone: free for the next one.
+    fn recycle(&'static self) {
+        *self.lock_owner() = Weak::new();
+        self.in_flight.reset();
+        lock_free_cells().push(self);
+    }
+
+    /// A slot comes back: to a waiter if any, and the word to the free list if it was the
+    /// last slot of a limiter that is gone.
+    #[inline]
+    fn release(&'static self) {
+        let released = self.in_flight.release();
+        if released != NOTHING_TO_DO {
+            self.after_release(released);
+        }
+    }
+
+    #[inline(never)]
+    fn after_release(&'static self, released: Released) {
+        if released.waiters {
+            // The guard is dropped before the limiter is used (and perhaps dropped).
+            let owner = self.lock_owner().upgrade();
+            if let Some(limiter) = owner {
+                limiter.hand_on();
+            }
+        }
+        if released.last_of_orphan {
+            self.recycle();
+        }
+    }
+}
+
+const NOTHING_TO_DO: Released = Released {
+    waiters: false,
+    last_of_orphan: false,
+};
+
+/// A slot of the limit held by an admitted request: given back once, by
+/// [`finish`](Permit::finish) with the request's outcome or, if the future is dropped first,
+/// as a cancellation. An untimed request holds no reference count.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    /// `None` when nothing is held (no limit, or given back).
+    word: Option<&'static Word>,
+    /// Held by a timed request, whose completion goes to the law.
+    limiter: Option<Arc<Limiter>>,
+    slot: Slot,
+}
+
+impl Permit {
+    /// Nothing held.
+    pub(crate) const NONE: Permit = Permit {
+        word: None,
+        limiter: None,
+        slot: Slot::UNTIMED,
+    };
+
+    /// Holds a slot.
+    #[inline]
+    pub(crate) fn holds(&self) -> bool {
+        self.word.is_some()
+    }
+
+    /// The request finished with `outcome`: the slot goes back (once; later calls and the drop
+    /// do nothing).
+    #[inline(always)]
+    pub(crate) fn finish(&mut self, outcome: Completion) {
+        let Some(word) = self.word.take() else {
+            return;
+        };
+        if let Some(limiter) = self.limiter.take() {
+            // Recorded while the slot is still held, so the word cannot be recycled meanwhile.
+            limiter.complete_timed(self.slot, outcome);
+        }
+        word.release();
+    }
+}
+
+impl Drop for Permit {
+    #[inline]
+    fn drop(&mut self) {
+        self.finish(Completion::Cancelled);
+    }
+}
+
 /// The adaptive limit of one layer.
 #[derive(Debug)]
 pub(crate) struct Limiter {
-    in_flight: CachePadded<InFlight>,
+    word: &'static Word,
     /// The law's decisions, published for the hot path.
     limit: AtomicU32,
     limit_critical: AtomicU32,
@@ -102,8 +247,9 @@ pub(crate) struct Limiter {
 }
 
 thread_local! {
-    /// Per-thread request sequence for the one-in-N timing: no shared write on the hot path.
-    static SEQ: Cell<u32> = const { Cell::new(0) };
+    /// Per-thread countdown to the next one-in-N timed request: no shared write and no
+    /// division on the hot path.
+    static COUNTDOWN: Cell<u32> = const { Cell::new(0) };
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -111,15 +257,19 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl Limiter {
-    pub(crate) fn new(config: LimitConfig) -> Self {
+    pub(crate) fn new(config: LimitConfig) -> Arc<Self> {
         let law = Law::new(config.clone());
         // Slots are held by futures until they read their fate, so twice the largest queue.
         let capacity = (queue_bound(&config, config.max) as usize)
             .saturating_mul(2)
             .clamp(2, 2 * MAX_WAITING);
+        Arc::new_cyclic(|owner| Self::with_word(Word::take(owner.clone()), config, law, capacity))
+    }
+
+    fn with_word(word: &'static Word, config: LimitConfig, law: Law, capacity: usize) -> Self {
         let clock = TokioClock;
         let limiter = Self {
-            in_flight: CachePadded::new(InFlight::new()),
+            word,
             limit: AtomicU32::new(0),
             limit_critical: AtomicU32::new(0),
             low: AtomicU32::new(0),
@@ -185,43 +335,81 @@ impl Limiter {
     }
 
     /// The hot path: a slot when nobody waits and the limit has room.
-    #[inline]
-    pub(crate) fn try_acquire(&self, priority: Priority) -> Option<Slot> {
+    #[inline(always)]
+    pub(crate) fn try_acquire(self: &Arc<Self>, priority: Priority) -> Option<Permit> {
         let limit = self.limit_for(priority);
-        let concurrency = self.in_flight.try_acquire(limit)?;
-        Some(self.slot(concurrency, limit, false))
+        let concurrency = self.word.in_flight.try_acquire(limit)?;
+        Some(self.permit(concurrency, limit, false))
     }
 
+    /// The permit of a request admitted with `concurrency` in flight.
+    #[inline(always)]
+    fn permit(self: &Arc<Self>, concurrency: u32, limit: u32, always_time: bool) -> Permit {
+        let slot = self.slot(concurrency, limit, always_time);
+        Permit {
+            word: Some(self.word),
+            limiter: slot.is_timed().then(|| Arc::clone(self)),
+            slot,
+        }
+    }
+
+    /// The slot of a request admitted with `concurrency` in flight: timed (two clock reads and
+    /// the window's atomics at completion) only when the law needs it — demand near the limit,
+    /// a window short of samples, or one request in `timing_every` to keep the baseline
+    /// fresh; otherwise nothing is read but the countdown.
     #[inline]
     fn slot(&self, concurrency: u32, limit: u32, always_time: bool) -> Slot {
-        let seq = SEQ.with(|s| {
-            let n = s.get().wrapping_add(1);
-            s.set(n);
-            n
-        });
         let timed = always_time
-            || seq.is_multiple_of(self.config.timing_every)
             || 2 * concurrency >= limit
+            || self.countdown()
             || self.cells.samples.load(Ordering::Relaxed) < self.needed.load(Ordering::Relaxed);
+        if timed {
+            self.timed_slot(concurrency)
+        } else {
+            Slot::UNTIMED
+        }
+    }
+
+    /// `true` once every `timing_every` calls on this thread.
+    #[inline]
+    fn countdown(&self) -> bool {
+        COUNTDOWN.with(|c| match c.get() {
+            0 | 1 => {
+                c.set(self.config.timing_every);
+                true
+            }
+            n => {
+                c.set(n - 1);
+                false
+            }
+        })
+    }
+
+    #[inline(never)]
+    fn timed_slot(&self, concurrency: u32) -> Slot {
+        let low = if concurrency <= self.low.load(Ordering::Relaxed) {
+            LOW
+        } else {
+            0
+        };
         Slot {
-            start: timed.then(|| self.clock.now()),
-            concurrency,
-            low: concurrency <= self.low.load(Ordering::Relaxed),
+            start: self.since_origin(self.clock.now()).saturating_add(1),
+            concurrency: concurrency.min(!LOW) | low,
             epoch: self.epoch.load(Ordering::Relaxed),
         }
     }
 
     /// The overload path: admit ahead of lower priorities, queue, or refuse.
-    pub(crate) fn enter(&self, priority: Priority) -> Entry {
+    pub(crate) fn enter(self: &Arc<Self>, priority: Priority) -> Entry {
         self.binding.store(true, Ordering::Relaxed);
         let now = self.clock.now();
         let mut queue = self.lock_queue();
         self.expire(&mut queue, now);
         let limit = self.limit_for(priority);
         if queue.best_priority().is_none_or(|best| best < priority)
-            && let Some(n) = self.in_flight.try_acquire_ahead(limit)
+            && let Some(n) = self.word.in_flight.try_acquire_ahead(limit)
         {
-            return Entry::Admitted(self.slot(n, limit, true));
+            return Entry::Admitted(self.permit(n, limit, true));
         }
         let target = self.queue_target_ns.load(Ordering::Relaxed);
         if target == 0 {
@@ -236,10 +424,10 @@ impl Limiter {
         let bound = queue_bound(&self.config, self.limit.load(Ordering::Relaxed));
         match queue.push(priority, now, bound as usize, None) {
             Pushed::Queued { ticket, evicted } => {
-                self.in_flight.add_waiter();
+                self.word.in_flight.add_waiter();
                 self.counters.queued.fetch_add(1, Ordering::Relaxed);
                 if let Some((_, waker)) = evicted {
-                    self.in_flight.remove_waiter();
+                    self.word.in_flight.remove_waiter();
                     self.counters.evicted.fetch_add(1, Ordering::Relaxed);
                     if let Some(w) = waker {
                         w.wake();
@@ -261,14 +449,14 @@ impl Limiter {
         let target = Duration::from_nanos(self.queue_target_ns.load(Ordering::Relaxed));
         while let Some(best) = queue.best_priority() {
             let limit = self.limit_for(best);
-            if self.in_flight.try_acquire_ahead(limit).is_none() {
+            if self.word.in_flight.try_acquire_ahead(limit).is_none() {
                 break;
             }
             // Under a standing queue (it has not emptied for a whole target), newest first.
             let standing = queue.standing_for(now) > target;
             match queue.grant(now, standing) {
                 Some((_, waker, waited)) => {
-                    self.in_flight.remove_waiter();
+                    self.word.in_flight.remove_waiter();
                     self.counters
                         .queue_delay_ns
                         .store(nanos(waited), Ordering::Relaxed);
@@ -278,7 +466,7 @@ impl Limiter {
                 }
                 None => {
                     // Cannot happen (a best priority exists); give the slot back.
-                    self.in_flight.release();
+                    let _ = self.word.in_flight.release();
                     break;
                 }
             }
@@ -304,7 +492,7 @@ impl Limiter {
         queue.expire_lanes(0..critical, now, target, &mut wake);
         queue.expire_lanes(critical..critical + 1, now, target * 2, &mut wake);
         for _ in 0..expired {
-            self.in_flight.remove_waiter();
+            self.word.in_flight.remove_waiter();
         }
         self.counters.expired.fetch_add(expired, Ordering::Relaxed);
     }
@@ -326,10 +514,10 @@ impl Limiter {
         }
     }
 
-    /// The slot of a granted waiter.
-    pub(crate) fn granted_slot(&self) -> Slot {
-        let (n, _) = self.in_flight.load();
-        self.slot(n, self.limit.load(Ordering::Relaxed), true)
+    /// The permit of a granted waiter.
+    pub(crate) fn granted_permit(self: &Arc<Self>) -> Permit {
+        let (n, _) = self.word.in_flight.load();
+        self.permit(n, self.limit.load(Ordering::Relaxed), true)
     }
 
     /// A queued request gives up: its deadline passed, or its future was dropped. Returns its
@@ -339,7 +527,7 @@ impl Limiter {
         let mut queue = self.lock_queue();
         let fate = queue.cancel(ticket);
         if fate.is_none() {
-            self.in_flight.remove_waiter();
+            self.word.in_flight.remove_waiter();
             if expired {
                 self.counters.expired.fetch_add(1, Ordering::Relaxed);
             }
@@ -347,15 +535,18 @@ impl Limiter {
         fate
     }
 
-    /// A slot comes back.
-    #[inline]
+    /// A slot comes back (a granted waiter that will not use it).
     pub(crate) fn release(&self) {
-        if self.in_flight.release() {
-            let now = self.clock.now();
-            let mut queue = self.lock_queue();
-            self.expire(&mut queue, now);
-            self.drain(&mut queue, now);
-        }
+        self.word.release();
+    }
+
+    /// Requests wait: the freed slot goes to the best of them.
+    #[inline(never)]
+    fn hand_on(&self) {
+        let now = self.clock.now();
+        let mut queue = self.lock_queue();
+        self.expire(&mut queue, now);
+        self.drain(&mut queue, now);
     }
 
     /// The baseline latency, if known (for the completion path's fast-failure test).
@@ -367,32 +558,30 @@ impl Limiter {
         }
     }
 
-    /// Records a finished or abandoned request and gives its slot back. `sample` is whether
-    /// its latency counts (success, slow failure); a fast failure counts apart.
-    pub(crate) fn complete(&self, slot: Slot, outcome: Completion) {
+    /// Adds a timed request to the window: its latency counts if it succeeded or failed
+    /// slowly; a fast failure counts apart.
+    #[inline(never)]
+    fn complete_timed(&self, slot: Slot, outcome: Completion) {
+        debug_assert!(slot.is_timed());
         // A window takes the requests admitted within it, and the requests longer than a
         // window (leaving them out would hide every request slower than a window); shorter
         // ones admitted earlier ran under an older limit.
-        if let Some(start) = slot.start {
-            let now = self.clock.now();
-            let latency = now.saturating_duration_since(start);
-            let window = self.min_window_ns.load(Ordering::Relaxed);
-            if slot.epoch != self.epoch.load(Ordering::Relaxed) && nanos(latency) <= window {
-                self.release();
-                return;
-            }
-            let slow = self.baseline().is_none_or(|b| latency >= b);
-            match outcome {
-                Completion::Success => self.record(latency, slot),
-                Completion::Failure | Completion::Cancelled if slow => self.record(latency, slot),
-                Completion::Failure => {
-                    self.cells.fast_failures.fetch_add(1, Ordering::Relaxed);
-                }
-                Completion::Cancelled | Completion::Ignored => {}
-            }
-            self.maybe_close(now);
+        let now = self.clock.now();
+        let latency = Duration::from_nanos(self.since_origin(now).saturating_sub(slot.start - 1));
+        let window = self.min_window_ns.load(Ordering::Relaxed);
+        if slot.epoch != self.epoch.load(Ordering::Relaxed) && nanos(latency) <= window {
+            return;
         }
-        self.release();
+        let slow = self.baseline().is_none_or(|b| latency >= b);
+        match outcome {
+            Completion::Success => self.record(latency, slot),
+            Completion::Failure | Completion::Cancelled if slow => self.record(latency, slot),
+            Completion::Failure => {
+                self.cells.fast_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            Completion::Cancelled | Completion::Ignored => {}
+        }
+        self.maybe_close(now);
     }
 
     fn record(&self, latency: Duration, slot: Slot) {
@@ -408,8 +597,8 @@ impl Limiter {
         c.latency_sq_sum_us
             .fetch_add(us.saturating_mul(us), Ordering::Relaxed);
         c.concurrency_sum
-            .fetch_add(u64::from(slot.concurrency), Ordering::Relaxed);
-        if slot.low {
+            .fetch_add(u64::from(slot.concurrency()), Ordering::Relaxed);
+        if slot.low() {
             c.low_samples.fetch_add(1, Ordering::Relaxed);
             c.low_latency_sum_ns.fetch_add(ns, Ordering::Relaxed);
         }
@@ -482,7 +671,7 @@ impl Limiter {
 
     /// The limiter's state, for snapshots.
     pub(crate) fn snapshot(&self) -> LimitSnapshot {
-        let (in_flight, waiting) = self.in_flight.load();
+        let (in_flight, waiting) = self.word.in_flight.load();
         let law = self.lock_law();
         LimitSnapshot {
             limit: law.limit(),
@@ -496,6 +685,15 @@ impl Limiter {
             expired: self.counters.expired.load(Ordering::Relaxed),
             evicted: self.counters.evicted.load(Ordering::Relaxed),
             refused: self.counters.refused.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        *self.word.lock_owner() = Weak::new();
+        if self.word.in_flight.orphan() {
+            self.word.recycle();
         }
     }
 }
