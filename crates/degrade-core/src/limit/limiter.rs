@@ -1,10 +1,13 @@
 //! The limiter: the [`Law`] and the [`WaitQueue`] behind atomics, shared by every clone of a
 //! layer.
 //!
-//! * Admit (hot path): one compare-and-swap on the [`InFlight`] word, no lock, no allocation.
+//! * Admit (hot path): one compare-and-swap on the [`InFlight`] word, no lock, no allocation,
+//!   no reference count (the response future refers to the word, which outlives the limiter).
 //!   Timing a request costs two clock reads, so a request is timed only while the current
-//!   window still needs samples, while demand is near the limit (where the law acts), and one
-//!   in [`timing_every`](LimitConfig::timing_every) otherwise; every request is *counted*.
+//!   window still needs samples (up to four timed requests per sample it needs, so answers
+//!   that never become samples — errors, rejections further in — do not time every request),
+//!   while demand is near the limit (where the law acts), and one in
+//!   [`timing_every`](LimitConfig::timing_every) otherwise; every request is *counted*.
 //! * Complete: one `fetch_sub`; a timed request adds its latency to the window's atomics, and
 //!   the completion that finds the window done takes the law's lock with `try_lock` (never
 //!   waits) to move the limit.
@@ -87,7 +90,16 @@ struct Cells {
     low_latency_sum_ns: AtomicU64,
     fast_failures: AtomicU32,
     max_latency_ns: AtomicU64,
+    /// Requests timed in this window because it was short of samples (not a sample yet:
+    /// errors and cancellations may never become one).
+    timed_for_samples: AtomicU32,
 }
+
+/// A window short of samples times at most this many requests per sample it needs: when
+/// answers do not become samples (a service whose calls all fail fast, or are rejected by a
+/// layer further in), the window fills through the one-in-`timing_every` requests instead of
+/// timing every request.
+const TIMED_PER_NEEDED_SAMPLE: u32 = 4;
 
 /// Counters of the limiter, for its snapshot.
 #[derive(Debug, Default)]
@@ -359,15 +371,23 @@ impl Limiter {
     /// fresh; otherwise nothing is read but the countdown.
     #[inline]
     fn slot(&self, concurrency: u32, limit: u32, always_time: bool) -> Slot {
-        let timed = always_time
-            || 2 * concurrency >= limit
-            || self.countdown()
-            || self.cells.samples.load(Ordering::Relaxed) < self.needed.load(Ordering::Relaxed);
-        if timed {
+        if always_time || 2 * concurrency >= limit || self.countdown() {
+            self.timed_slot(concurrency)
+        } else if self.short_of_samples() {
+            self.cells.timed_for_samples.fetch_add(1, Ordering::Relaxed);
             self.timed_slot(concurrency)
         } else {
             Slot::UNTIMED
         }
+    }
+
+    /// The window lacks samples and has not timed its share of requests for them yet.
+    #[inline]
+    fn short_of_samples(&self) -> bool {
+        let needed = self.needed.load(Ordering::Relaxed);
+        self.cells.samples.load(Ordering::Relaxed) < needed
+            && self.cells.timed_for_samples.load(Ordering::Relaxed)
+                < needed.saturating_mul(TIMED_PER_NEEDED_SAMPLE)
     }
 
     /// `true` once every `timing_every` calls on this thread.
@@ -642,6 +662,7 @@ impl Limiter {
             max_latency_ns: c.max_latency_ns.swap(0, Ordering::AcqRel),
             elapsed,
         };
+        c.timed_for_samples.store(0, Ordering::Relaxed);
         // A sample that lands between the swaps may leave its count in one window and its
         // sums in the next: an error of one sample in a window of at least sixteen.
         let before = law.limit();
