@@ -421,10 +421,18 @@ impl Limiter {
 
     /// The overload path: admit ahead of lower priorities, queue, or refuse.
     pub(crate) fn enter(self: &Arc<Self>, priority: Priority) -> Entry {
-        self.binding.store(true, Ordering::Relaxed);
-        let now = self.clock.now();
+        if !self.binding.load(Ordering::Relaxed) {
+            self.binding.store(true, Ordering::Relaxed);
+        }
+        // The time is needed only to expire waiters and to queue: read it (outside the lock)
+        // when requests wait, and otherwise only once this request is about to queue.
+        let (_, waiting) = self.word.in_flight.load();
+        let mut now = (waiting > 0).then(|| self.clock.now());
         let mut queue = self.lock_queue();
-        self.expire(&mut queue, now);
+        if queue.len() > 0 {
+            let at = *now.get_or_insert_with(|| self.clock.now());
+            self.expire(&mut queue, at);
+        }
         let limit = self.limit_for(priority);
         if queue.best_priority().is_none_or(|best| best < priority)
             && let Some(n) = self.word.in_flight.try_acquire_ahead(limit)
@@ -436,6 +444,7 @@ impl Limiter {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
             return Entry::Refused;
         }
+        let now = now.unwrap_or_else(|| self.clock.now());
         let wait = if priority == Priority::Critical {
             target.saturating_mul(2)
         } else {
