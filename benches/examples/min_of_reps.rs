@@ -13,7 +13,9 @@
 //! Members: `baseline`, `admit` (the default adaptive limit), `admit-shares` (level shares),
 //! `reject-limit` (the limit full, no queue), `downstream` (every call rejected by a layer
 //! further in, i.e. the inner service returns a boxed `Shed`) and `downstream-baseline` (that
-//! inner service alone). With no argument, all of them.
+//! inner service alone), `full-stack` (`DegradeLayer` → rate limit → breaker → canary at
+//! 10 %, every layer on its admit path, as in the `full-stack` criterion group). With no
+//! argument, all of them.
 
 use degrade_benches::{Req, call_now, inner};
 use degrade_core::degrade::Admission;
@@ -92,6 +94,30 @@ fn main() {
     }
     if on("downstream") {
         report("downstream", min_ns(&mut adaptive().layer(rejecting())));
+    }
+    if on("full-stack") {
+        let mut svc = tower::ServiceBuilder::new()
+            .layer(adaptive())
+            .layer(
+                degrade_ratelimit::RateLimitLayer::builder(
+                    degrade_ratelimit::RateLimitConfig::per(1_000_000_000, Duration::from_secs(1))
+                        .burst(1_000_000_000),
+                )
+                .build()
+                .expect("valid rate limit"),
+            )
+            .layer(
+                degrade_breaker::BreakerLayer::builder(degrade_breaker::BreakerConfig::default())
+                    .build()
+                    .expect("valid breaker"),
+            )
+            .service(
+                degrade_canary::Canary::builder(inner(), inner())
+                    .weight(degrade_canary::Weight::new(1_000).expect("10 %"))
+                    .build()
+                    .expect("valid canary"),
+            );
+        report("full-stack", min_ns(&mut svc));
     }
     if on("downstream-baseline") {
         report("downstream-baseline", min_ns(&mut rejecting()));

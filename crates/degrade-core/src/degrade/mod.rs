@@ -639,6 +639,8 @@ where
 
     #[inline]
     fn call(&mut self, req: R) -> Self::Future {
+        // Every layer further in shares this call's start instant.
+        let _scope = crate::clock::CallScope::enter();
         let priority = self.shared.prioritizer.priority(&req);
         ResponseFuture::new(match self.shared.gate.try_admit(priority) {
             Some(permit) => future::Core::called(self.inner.call(req), permit),
@@ -688,6 +690,8 @@ where
 
     #[inline]
     fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
+        // Every layer further in shares this call's start instant.
+        let _scope = crate::clock::CallScope::enter();
         let priority = self.shared.prioritizer.priority(&req);
         RespondFuture::new(match self.shared.gate.try_admit(priority) {
             Some(permit) => future::Core::called(self.inner.call(req), permit),
