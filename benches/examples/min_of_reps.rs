@@ -15,7 +15,11 @@
 //! further in, i.e. the inner service returns a boxed `Shed`) and `downstream-baseline` (that
 //! inner service alone), `full-stack` (`DegradeLayer` → rate limit → breaker → canary at
 //! 10 %, every layer on its admit path, as in the `full-stack` criterion group). With no
-//! argument, all of them.
+//! argument, all of them. `admit-threads` times the default layer shared by 1 and by 2
+//! threads ([`degrade_benches::contended`], wall time per call; the ratio is the second
+//! thread's gain) — meaningful only when nothing else runs. Its limit is held at 64 (min =
+//! max): with an inner service of a few nanoseconds the law may learn a limit of one, and a
+//! second thread's request then waits, which the harness cannot.
 
 use degrade_benches::{Req, call_now, inner};
 use degrade_core::degrade::Admission;
@@ -118,6 +122,28 @@ fn main() {
                     .expect("valid canary"),
             );
         report("full-stack", min_ns(&mut svc));
+    }
+    if wanted.iter().any(|w| w == "admit-threads") {
+        let fixed = LimitConfig {
+            initial: 64,
+            min: 64,
+            max: 64,
+            ..LimitConfig::default()
+        };
+        let svc = DegradeLayer::builder(controller.handle())
+            .limit(fixed)
+            .build()
+            .expect("a fixed limit is valid")
+            .layer(inner());
+        for threads in [1, 2] {
+            let ns = (0..REPETITIONS)
+                .map(|_| {
+                    let t = degrade_benches::contended(&svc, threads, u64::from(CALLS));
+                    t.as_secs_f64() * 1e9 / f64::from(CALLS)
+                })
+                .fold(f64::INFINITY, f64::min);
+            report(&format!("admit-{threads}-thread"), ns);
+        }
     }
     if on("downstream-baseline") {
         report("downstream-baseline", min_ns(&mut rejecting()));
