@@ -7,10 +7,10 @@
 //!   same immediately-ready inner service ([`degrade_benches::inner`]):
 //!   * `baseline/no-layer`: the bare inner service;
 //!   * `degrade/admit`: the default layer (the adaptive limit), below the limit: one
-//!     compare-and-swap to take a slot, one `fetch_sub` to give it back, a sharded counter, an
-//!     `Arc` clone for the permit, and — for one request in `timing_every` (16), or every
-//!     request while the law's window still needs samples or demand is past half the limit —
-//!     two clock reads and the window's atomics;
+//!     compare-and-swap to take a slot, one `fetch_sub` to give it back, a sharded counter, a
+//!     per-thread countdown, and — for one request in `timing_every` (16), or every request
+//!     while the law's window still needs samples or demand is past half the limit — two clock
+//!     reads, an `Arc` clone of the limiter and the window's atomics;
 //!   * `degrade/admit-shares`: `Admission::LevelShares` at level Normal (no limit): the level
 //!     read and the counter only;
 //!   * `degrade/admit-half`: level shares at Light, priority Low (share 0.5: the deterministic

@@ -99,8 +99,9 @@ impl Service<Req> for NeverReady {
 /// possible), each thread through its own clone of `svc`. Divided by `iters` (as
 /// `iter_custom` does) it is the time per call at that throughput.
 ///
-/// Threads are spawned and parked on a barrier before the clock starts, so thread creation is
-/// not measured; the clock stops when the last thread is joined. Each call's result is passed
+/// Threads are spawned and parked on a barrier before the clock starts, and released by a
+/// second barrier after it started, so thread creation is not measured and no call is missed;
+/// the clock stops when the last thread is joined. Each call's result is passed
 /// through [`black_box`] and dropped.
 ///
 /// ```
@@ -113,23 +114,30 @@ where
 {
     assert!(threads > 0, "at least one thread");
     let n = threads as u64;
-    let barrier = Barrier::new(threads + 1);
+    // Two barriers: every worker is parked (`ready`) before the clock starts, and the clock
+    // starts before they are let go (`go`). Read after the release, the clock would miss
+    // whatever the workers did before this thread was scheduled again (on a busy machine,
+    // all of it).
+    let ready = Barrier::new(threads + 1);
+    let go = Barrier::new(threads + 1);
     thread::scope(|scope| {
         let workers: Vec<_> = (0..n)
             .map(|i| {
                 let calls = iters / n + u64::from(i < iters % n);
                 let mut svc = svc.clone();
-                let barrier = &barrier;
+                let (ready, go) = (&ready, &go);
                 scope.spawn(move || {
-                    barrier.wait();
+                    ready.wait();
+                    go.wait();
                     for _ in 0..calls {
                         let _ = black_box(call_now(&mut svc, black_box(i)));
                     }
                 })
             })
             .collect();
-        barrier.wait();
+        ready.wait();
         let start = Instant::now();
+        go.wait();
         for w in workers {
             w.join().expect("benchmark thread panicked");
         }

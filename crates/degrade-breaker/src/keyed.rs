@@ -677,6 +677,8 @@ where
     }
 
     fn call(&mut self, req: R) -> Self::Future {
+        // Every layer further in shares this call's start instant.
+        let _scope = degrade_core::clock::CallScope::enter();
         let shared = self.keyed.breaker(&self.keyed.extractor.extract(&req));
         match shared.admit() {
             Ok(ticket) => ResponseFuture::called(self.inner.call(req), Permit::new(shared, ticket)),
@@ -707,6 +709,8 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
+        // Every layer further in shares this call's start instant.
+        let _scope = degrade_core::clock::CallScope::enter();
         let shared = self.keyed.breaker(&self.keyed.extractor.extract(&req));
         match shared.admit() {
             Ok(ticket) => RespondFuture::called(self.inner.call(req), Permit::new(shared, ticket)),

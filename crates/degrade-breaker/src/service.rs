@@ -110,6 +110,8 @@ where
 
     #[inline]
     fn call(&mut self, req: R) -> Self::Future {
+        // Every layer further in shares this call's start instant.
+        let _scope = degrade_core::clock::CallScope::enter();
         match self.shared.admit() {
             Ok(ticket) => ResponseFuture::called(
                 self.inner.call(req),
@@ -143,6 +145,8 @@ where
 
     #[inline]
     fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
+        // Every layer further in shares this call's start instant.
+        let _scope = degrade_core::clock::CallScope::enter();
         match self.shared.admit() {
             Ok(ticket) => RespondFuture::called(
                 self.inner.call(req),

@@ -322,6 +322,8 @@ where
 
     #[inline]
     fn call(&mut self, req: R) -> Self::Future {
+        // Every layer further in shares this call's start instant.
+        let _scope = degrade_core::clock::CallScope::enter();
         let (arm, forced, group) = self.shared.pick(&req);
         self.recorder.stats.routed(arm, forced);
         let start = self.recorder.clock.now();

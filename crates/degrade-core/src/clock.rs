@@ -9,6 +9,8 @@
 //! A clock is a type parameter (defaulting to the zero-sized [`TokioClock`]), not an
 //! `Arc<dyn Clock>`, so production code pays nothing for the indirection.
 
+use std::cell::Cell;
+use std::marker::PhantomData;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -46,7 +48,105 @@ pub struct TokioClock;
 impl Clock for TokioClock {
     #[inline]
     fn now(&self) -> Instant {
-        Instant::now()
+        match CALL.try_with(Cell::get) {
+            Ok(Stamp::Open) => stamp_now(),
+            Ok(Stamp::At(at)) => at,
+            Ok(Stamp::Closed) | Err(_) => Instant::now(),
+        }
+    }
+}
+
+/// The time of the request a thread is handing down through the layers' `call`s.
+#[derive(Debug, Clone, Copy)]
+enum Stamp {
+    /// No call under way.
+    Closed,
+    /// A call under way, its time not read yet.
+    Open,
+    /// A call under way since this instant.
+    At(Instant),
+}
+
+thread_local! {
+    static CALL: Cell<Stamp> = const { Cell::new(Stamp::Closed) };
+}
+
+#[cold]
+fn stamp_now() -> Instant {
+    let now = Instant::now();
+    let _ = CALL.try_with(|c| c.set(Stamp::At(now)));
+    now
+}
+
+/// One start instant for every layer a request goes through: while the outermost layer's
+/// `call` runs (it holds the scope), the first [`TokioClock`] read is made and every later
+/// read on that thread — by the layers further in, in their own `call`s — answers the same
+/// instant. A stack that times a request in three layers reads the clock once at the start
+/// instead of three times (31 ns a read on some virtual machines).
+///
+/// Degrade's layers open the scope at the top of `call` and hold it until `call` returns;
+/// opening it inside an open one does nothing. `call` only hands the request down (the work
+/// happens when the response future is polled), so the layers' start instants differ by
+/// nanoseconds; should a layer between two degrade layers do slow work in `call` itself, the
+/// inner layer counts it as part of its request. Completion instants are never shared: a
+/// future's poll may follow work of unknown length. `ManualClock` and `FastClock` ignore the
+/// scope; under paused tokio time the shared instant is the paused one.
+///
+/// ```
+/// use degrade_core::clock::CallScope;
+/// use degrade_core::{Clock, TokioClock};
+/// use std::time::Duration;
+///
+/// let outer = CallScope::enter();
+/// let start = TokioClock.now();
+/// {
+///     let _inner = CallScope::enter(); // a layer further in: shares the outer scope
+///     std::thread::sleep(Duration::from_millis(2));
+///     assert_eq!(TokioClock.now(), start);
+/// }
+/// assert_eq!(TokioClock.now(), start); // still the outer layer's call
+/// drop(outer);
+/// assert!(TokioClock.now() - start >= Duration::from_millis(2));
+/// ```
+#[derive(Debug)]
+#[must_use = "the scope lasts as long as the guard"]
+pub struct CallScope {
+    opened: bool,
+    /// Tied to the thread whose `call` it covers.
+    _not_send: PhantomData<*const ()>,
+}
+
+impl CallScope {
+    /// Opens the scope, unless a layer further out has.
+    ///
+    /// ```
+    /// # use degrade_core::clock::CallScope;
+    /// let _scope = CallScope::enter();
+    /// ```
+    #[inline]
+    pub fn enter() -> Self {
+        let opened = CALL
+            .try_with(|c| match c.get() {
+                Stamp::Closed => {
+                    c.set(Stamp::Open);
+                    true
+                }
+                Stamp::Open | Stamp::At(_) => false,
+            })
+            .unwrap_or(false);
+        Self {
+            opened,
+            _not_send: PhantomData,
+        }
+    }
+}
+
+impl Drop for CallScope {
+    #[inline]
+    fn drop(&mut self) {
+        if self.opened {
+            let _ = CALL.try_with(|c| c.set(Stamp::Closed));
+        }
     }
 }
 

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// Slots that a live thread owns alone. Threads beyond this many share one more slot.
-const OWNED_SLOTS: usize = 32;
+pub(crate) const OWNED_SLOTS: usize = 32;
 /// The slot shared by threads that found every owned slot taken (and by TLS destructors).
 const SHARED_SLOT: usize = OWNED_SLOTS;
-const SLOTS: usize = OWNED_SLOTS + 1;
+pub(crate) const SLOTS: usize = OWNED_SLOTS + 1;
 const UNASSIGNED: usize = usize::MAX;
 
 /// Owned slots that no live thread holds, and the next never-used one.
@@ -46,8 +46,9 @@ fn lock_free_slots() -> std::sync::MutexGuard<'static, (usize, Vec<usize>)> {
 }
 
 /// The calling thread's slot: its own on first use while any is free, else the shared one.
+/// The histograms' rows follow it too, so one mechanism spreads every per-call write.
 #[inline]
-fn slot_index() -> usize {
+pub(crate) fn slot_index() -> usize {
     match SLOT.try_with(Cell::get) {
         Ok(UNASSIGNED) => assign_slot(),
         Ok(slot) => slot,

@@ -43,7 +43,7 @@ use crate::priority::Priority;
 use std::any::{Any, TypeId};
 use std::error::Error;
 use std::fmt;
-use std::sync::RwLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// What kind of refusal a rejection is; decides the HTTP status and gRPC code.
@@ -261,7 +261,26 @@ impl Rejection for Rejected {
 type Caster = for<'a> fn(&'a (dyn Error + 'static)) -> Option<&'a dyn Rejection>;
 type AnyCaster = for<'a> fn(&'a dyn Any) -> Option<&'a dyn Rejection>;
 
-static REGISTRY: RwLock<Vec<(TypeId, Caster, AnyCaster)>> = RwLock::new(Vec::new());
+/// A registered rejection type.
+struct Registered {
+    id: TypeId,
+    cast: Caster,
+    cast_any: AnyCaster,
+}
+
+/// The most rejection types [`register`] keeps (degrade's own take three).
+const MAX_REGISTERED: usize = 64;
+
+/// Append-only, so that [`find`] — run on every error a classifier judges — reads it with
+/// plain acquire loads: no lock, no write to a line shared between threads. Writers take
+/// [`REGISTERING`].
+static REGISTRY: [OnceLock<Registered>; MAX_REGISTERED] =
+    [const { OnceLock::new() }; MAX_REGISTERED];
+static REGISTERING: Mutex<()> = Mutex::new(());
+
+fn registered() -> impl Iterator<Item = &'static Registered> {
+    REGISTRY.iter().map_while(OnceLock::get)
+}
 
 fn cast<'a, T: Rejection>(err: &'a (dyn Error + 'static)) -> Option<&'a dyn Rejection> {
     err.downcast_ref::<T>().map(|r| r as &dyn Rejection)
@@ -277,16 +296,13 @@ pub(crate) fn find_any(value: &dyn Any) -> Option<&dyn Rejection> {
     if let Some(r) = cast_any::<Shed>(value).or_else(|| cast_any::<Rejected>(value)) {
         return Some(r);
     }
-    REGISTRY
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .find_map(|(_, _, c)| c(value))
+    registered().find_map(|r| (r.cast_any)(value))
 }
 
 /// Makes [`find`] recognise rejection type `T`. Idempotent; degrade crates call it when one of
 /// their layers is built, so users rarely need to. [`Shed`] and [`Rejected`] are always
-/// recognised.
+/// recognised. Up to 64 types are kept (degrade's own take three); a type registered beyond
+/// that is not recognised, and a warning says so.
 ///
 /// ```
 /// use degrade_core::rejection::{find, register, Rejection};
@@ -311,17 +327,27 @@ pub(crate) fn find_any(value: &dyn Any) -> Option<&dyn Rejection> {
 /// ```
 pub fn register<T: Rejection>() {
     let id = TypeId::of::<T>();
-    if REGISTRY
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .any(|(t, _, _)| *t == id)
-    {
+    if registered().any(|r| r.id == id) {
         return;
     }
-    let mut w = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
-    if !w.iter().any(|(t, _, _)| *t == id) {
-        w.push((id, cast::<T>, cast_any::<T>));
+    let _writer = REGISTERING.lock().unwrap_or_else(|e| e.into_inner());
+    if registered().any(|r| r.id == id) {
+        return;
+    }
+    let entry = Registered {
+        id,
+        cast: cast::<T>,
+        cast_any: cast_any::<T>,
+    };
+    match REGISTRY.iter().find(|slot| slot.get().is_none()) {
+        Some(slot) => {
+            let _ = slot.set(entry);
+        }
+        None => tracing::warn!(
+            target: "degrade::rejection",
+            rejection = std::any::type_name::<T>(),
+            "{MAX_REGISTERED} rejection types are registered already; this one is not recognised"
+        ),
     }
 }
 
@@ -343,11 +369,7 @@ pub fn find<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a dyn Rejection> {
         if let Some(r) = cast::<Shed>(e).or_else(|| cast::<Rejected>(e)) {
             return Some(r);
         }
-        let found = REGISTRY
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find_map(|(_, c, _)| c(e));
+        let found = registered().find_map(|r| (r.cast)(e));
         if found.is_some() {
             return found;
         }

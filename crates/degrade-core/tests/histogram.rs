@@ -131,3 +131,28 @@ fn concurrent_records_are_all_counted() {
     h.read_into(&mut again);
     assert_eq!(again, read, "a read takes the recording side's layout");
 }
+
+/// A per-thread histogram's rows are written without locked instructions by their one owner;
+/// threads come and go (more at once than there are owned rows, so some share the overflow
+/// row) and no recording is lost.
+#[test]
+fn per_thread_histogram_loses_nothing_as_threads_come_and_go() {
+    let h = AtomicHistogram::per_thread(Layout::FINE);
+    let threads = 40;
+    for _wave in 0..3 {
+        let barrier = std::sync::Barrier::new(threads);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let (h, barrier) = (&h, &barrier);
+                s.spawn(move || {
+                    barrier.wait(); // all alive at once: some must share the overflow row
+                    for i in 0..1_000u64 {
+                        h.record(Duration::from_micros(1 + (i + t as u64) % 500));
+                    }
+                });
+            }
+        });
+    }
+    assert_eq!(h.count(), 3 * 40 * 1_000);
+    assert_eq!(h.snapshot().count(), 3 * 40 * 1_000);
+}

@@ -206,3 +206,60 @@ fn grpc_mode_answers_unavailable_with_retry_info() {
         Some(Duration::from_secs(2))
     );
 }
+
+/// A response future holds its slot of the limit without a reference count on the layer: the
+/// slot's word outlives the layer and is reused only once the last request of the old layer
+/// has given its slot back, so a new layer never starts with someone else's requests in flight.
+#[test]
+fn a_request_outliving_its_layer_never_counts_against_a_new_layer() {
+    use degrade_core::limit::LimitConfig;
+    let c = Controller::new(Default::default()).unwrap();
+    let one = LimitConfig {
+        initial: 1,
+        min: 1,
+        max: 1,
+        queue_size: 0.0,
+        ..LimitConfig::default()
+    };
+    let build = || {
+        DegradeLayer::builder(c.handle())
+            .limit(one.clone())
+            .build()
+            .unwrap()
+    };
+    let in_flight = |layer: &DegradeLayer| layer.snapshot().limit.unwrap().in_flight;
+
+    let old = build();
+    let mut svc = old.layer(echo());
+    let pending = svc.call(1); // holds the only slot, never polled
+    let completes_late = {
+        let other = build();
+        let mut svc = other.layer(echo());
+        svc.call(2)
+    }; // its layer is gone before it is polled
+    drop((svc, old));
+
+    let live = build();
+    let mut svc = live.layer(echo());
+    let held = svc.call(3);
+    assert_eq!(in_flight(&live), 1);
+
+    assert_eq!(completes_late.now_or_never().unwrap().unwrap(), 2);
+    drop(pending); // the old layer's last slot: its word is free now
+    for _ in 0..8 {
+        let fresh = build();
+        assert_eq!(in_flight(&fresh), 0, "a new layer starts empty");
+        let mut svc = fresh.layer(echo());
+        assert_eq!(call(&mut svc, 4).unwrap(), 4);
+        assert_eq!(in_flight(&fresh), 0);
+        let _held = svc.call(5);
+        assert_eq!(in_flight(&fresh), 1);
+    }
+    assert_eq!(
+        in_flight(&live),
+        1,
+        "no other layer touched this one's count"
+    );
+    assert_eq!(held.now_or_never().unwrap().unwrap(), 3);
+    assert_eq!(in_flight(&live), 0);
+}

@@ -134,6 +134,8 @@ where
 
     #[inline]
     fn call(&mut self, req: R) -> Self::Future {
+        // Every layer further in shares this call's start instant.
+        let _scope = degrade_core::clock::CallScope::enter();
         ResponseFuture::new(self.decide(req))
     }
 }
@@ -173,6 +175,8 @@ mod http_mode {
 
         #[inline]
         fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+            // Every layer further in shares this call's start instant.
+            let _scope = degrade_core::clock::CallScope::enter();
             RespondFuture::new(self.decide(req))
         }
     }

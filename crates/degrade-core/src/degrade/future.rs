@@ -17,9 +17,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use tower_service::Service;
 
-/// The inner answer and the slot it held.
-type Answer<T, E> = (Result<T, E>, Option<Permit>);
-
 /// A request waiting for a slot. Boxed: only requests that find the limit full get one.
 pub(crate) struct Wait<S, R> {
     gate: Arc<Gate>,
@@ -51,7 +48,7 @@ pin_project! {
     /// The states every answer mode shares.
     #[project = CoreProj]
     pub(crate) enum Core<F, S, R> {
-        Called { #[pin] fut: F, permit: Option<Permit> },
+        Called { #[pin] fut: F, permit: Permit },
         Waiting { wait: Box<Wait<S, R>> },
         Rejected { shed: Option<Shed> },
     }
@@ -59,7 +56,7 @@ pin_project! {
 
 impl<F, S, R> Core<F, S, R> {
     #[inline]
-    pub(crate) fn called(fut: F, permit: Option<Permit>) -> Self {
+    pub(crate) fn called(fut: F, permit: Permit) -> Self {
         Core::Called { fut, permit }
     }
 
@@ -92,23 +89,26 @@ where
     S: Service<R, Future = F, Response = T, Error = E>,
     F: Future<Output = Result<T, E>>,
 {
-    /// Polls to the inner answer with the slot it held (`Ok`), or a rejection (`Err`). The
-    /// caller judges the answer and finishes the permit.
-    #[inline]
-    fn poll_core(
+    /// Polls to the inner answer, handed to `answer` with the slot it held (which `answer`
+    /// gives back with what the answer says), or to a rejection, handed to `reject`.
+    #[inline(always)]
+    fn poll_core<O>(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<Answer<T, E>, Shed>> {
+        answer: impl FnOnce(Result<T, E>, &mut Permit) -> O,
+        reject: impl FnOnce(Shed) -> O,
+    ) -> Poll<O> {
         // The admit path, kept small enough to inline into the caller; waits and rejections
         // are out of line.
-        if let CoreProj::Called { fut, permit } = self.as_mut().project() {
-            let out = ready!(fut.poll(cx));
-            return Poll::Ready(Ok((out, permit.take())));
-        }
-        match ready!(self.as_mut().poll_other(cx)) {
-            Some(shed) => Poll::Ready(Err(shed)),
+        loop {
+            if let CoreProj::Called { fut, permit } = self.as_mut().project() {
+                let out = ready!(fut.poll(cx));
+                return Poll::Ready(answer(out, permit));
+            }
+            if let Some(shed) = ready!(self.as_mut().poll_other(cx)) {
+                return Poll::Ready(reject(shed));
+            }
             // Now called: the state is `Called`.
-            None => self.poll_core(cx),
         }
     }
 
@@ -154,23 +154,18 @@ where
                     panic!("degrade future polled after completion");
                 };
                 wait.gate.admitted(wait.priority);
-                let slot = limiter.granted_slot();
-                let permit = Permit::new(Arc::clone(&wait.gate), slot);
-                (svc.call(req), permit)
+                (svc.call(req), limiter.granted_permit())
             }
         };
-        self.set(Core::Called {
-            fut,
-            permit: Some(permit),
-        });
+        self.set(Core::Called { fut, permit });
         Poll::Ready(None)
     }
 }
 
 /// Gives the slot back with what the answer says about the service.
-#[inline]
-fn finish(permit: Option<Permit>, outcome: impl FnOnce() -> Outcome) {
-    if let Some(permit) = permit {
+#[inline(always)]
+fn finish(permit: &mut Permit, outcome: impl FnOnce() -> Outcome) {
+    if permit.holds() {
         permit.finish(completion(outcome()));
     }
 }
@@ -224,24 +219,27 @@ where
 {
     type Output = Result<T, crate::BoxError>;
 
-    #[inline]
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(match ready!(self.project().core.poll_core(cx)) {
-            Ok((Ok(t), permit)) => {
-                finish(permit, || Outcome::Success);
-                Ok(t)
-            }
-            Ok((Err(e), permit)) => {
-                // Judged once a `BoxError`, so that a rejection by another degrade layer
-                // further in is recognised and ignored, as the `DefaultClassifier` does.
-                let e: crate::BoxError = e.into();
-                finish(permit, || {
-                    Classifier::<(), crate::BoxError>::classify_error(&DefaultClassifier, &e)
-                });
-                Err(e)
-            }
-            Err(shed) => Err(Box::new(shed)),
-        })
+        self.project().core.poll_core(
+            cx,
+            |answer, permit| match answer {
+                Ok(t) => {
+                    finish(permit, || Outcome::Success);
+                    Ok(t)
+                }
+                Err(e) => {
+                    // Judged once a `BoxError`, so that a rejection by another degrade layer
+                    // further in is recognised and ignored, as the `DefaultClassifier` does.
+                    let e: crate::BoxError = e.into();
+                    finish(permit, || {
+                        Classifier::<(), crate::BoxError>::classify_error(&DefaultClassifier, &e)
+                    });
+                    Err(e)
+                }
+            },
+            |shed| Err(Box::new(shed) as crate::BoxError),
+        )
     }
 }
 
@@ -306,18 +304,19 @@ where
 {
     type Output = Result<http::Response<B>, E>;
 
-    #[inline]
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(match ready!(self.project().core.poll_core(cx)) {
-            Ok((answer, permit)) => {
+        self.project().core.poll_core(
+            cx,
+            |answer, permit| {
                 finish(permit, || match &answer {
                     Ok(res) => M::outcome(res),
                     Err(_) => Outcome::Failure,
                 });
                 answer
-            }
-            Err(shed) => Ok(M::respond(&shed)),
-        })
+            },
+            |shed| Ok(M::respond(&shed)),
+        )
     }
 }
 

@@ -147,7 +147,8 @@ use crate::answer::Respond;
 use crate::counter::ShardedCounter;
 use crate::handle::LevelHandle;
 use crate::level::Level;
-use crate::limit::{Completion, Entry, LimitConfig, Limiter, Slot, Ticket};
+pub(crate) use crate::limit::Permit;
+use crate::limit::{Entry, LimitConfig, Limiter, Ticket};
 use crate::priority::{Fixed, Prioritize, Priority};
 use crate::rejection::Shed;
 use crossbeam_utils::CachePadded;
@@ -202,7 +203,7 @@ pub(crate) struct Gate {
     counters: ShardedCounter<SLOTS>,
     retry_after: Duration,
     shares: bool,
-    limiter: Option<Limiter>,
+    limiter: Option<Arc<Limiter>>,
 }
 
 pub(crate) struct Shared<P> {
@@ -231,7 +232,7 @@ impl fmt::Debug for Gate {
 /// What [`Gate::admit`] decided.
 pub(crate) enum Decision {
     /// Call the inner service now; the permit (adaptive modes) gives the slot back.
-    Go(Option<Permit>),
+    Go(Permit),
     /// Wait in the limiter's queue.
     Wait(Ticket),
     /// Refused.
@@ -319,9 +320,22 @@ impl Gate {
         self.counters.add(ABANDONED + priority.index(), 1);
     }
 
-    /// The admission decision. The hot path (adaptive mode, below the limit, nobody waiting):
-    /// one compare-and-swap, one sharded counter increment, one reference count.
-    #[inline]
+    /// The hot path of the adaptive mode: below the limit with nobody waiting, one
+    /// compare-and-swap and one sharded counter increment (a timed request also takes a
+    /// reference count on the limiter). `None` when the level's shares apply or the limit is
+    /// full: [`admit`](Self::admit) decides.
+    #[inline(always)]
+    fn try_admit(self: &Arc<Self>, priority: Priority) -> Option<Permit> {
+        if self.shares {
+            return None;
+        }
+        let permit = self.limiter.as_ref()?.try_acquire(priority)?;
+        self.admitted(priority);
+        Some(permit)
+    }
+
+    /// The whole admission decision, for what [`try_admit`](Self::try_admit) left.
+    #[inline(never)]
     fn admit(self: &Arc<Self>, priority: Priority) -> Decision {
         if self.shares
             && let Err(shed) = self.share(priority)
@@ -330,11 +344,11 @@ impl Gate {
         }
         let Some(limiter) = &self.limiter else {
             self.admitted(priority);
-            return Decision::Go(None);
+            return Decision::Go(Permit::NONE);
         };
-        if let Some(slot) = limiter.try_acquire(priority) {
+        if let Some(permit) = limiter.try_acquire(priority) {
             self.admitted(priority);
-            return Decision::Go(Some(Permit::new(Arc::clone(self), slot)));
+            return Decision::Go(permit);
         }
         self.enter(priority)
     }
@@ -342,12 +356,12 @@ impl Gate {
     #[inline(never)]
     fn enter(self: &Arc<Self>, priority: Priority) -> Decision {
         let Some(limiter) = &self.limiter else {
-            return Decision::Go(None);
+            return Decision::Go(Permit::NONE);
         };
         match limiter.enter(priority) {
-            Entry::Admitted(slot) => {
+            Entry::Admitted(permit) => {
                 self.admitted(priority);
-                Decision::Go(Some(Permit::new(Arc::clone(self), slot)))
+                Decision::Go(permit)
             }
             Entry::Queued(ticket, _deadline) => Decision::Wait(ticket),
             Entry::Refused => Decision::Refuse(self.limited(priority)),
@@ -365,52 +379,8 @@ impl Gate {
                 snap.shed[l][p] = raw[SHED + l * 5 + p];
             }
         }
-        snap.limit = self.limiter.as_ref().map(Limiter::snapshot);
+        snap.limit = self.limiter.as_deref().map(Limiter::snapshot);
         snap
-    }
-}
-
-/// A slot of the limit held by an admitted request: given back when the response completes
-/// (with its latency and outcome) or when the future is dropped (a cancellation).
-pub(crate) struct Permit {
-    gate: Arc<Gate>,
-    slot: Slot,
-    done: bool,
-}
-
-impl Permit {
-    #[inline]
-    fn new(gate: Arc<Gate>, slot: Slot) -> Self {
-        Self {
-            gate,
-            slot,
-            done: false,
-        }
-    }
-
-    /// The request finished with `completion`.
-    #[inline]
-    pub(crate) fn finish(mut self, completion: Completion) {
-        self.done = true;
-        if let Some(limiter) = &self.gate.limiter {
-            limiter.complete(self.slot, completion);
-        }
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        if !self.done
-            && let Some(limiter) = &self.gate.limiter
-        {
-            limiter.complete(self.slot, Completion::Cancelled);
-        }
-    }
-}
-
-impl fmt::Debug for Permit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Permit").field("slot", &self.slot).finish()
     }
 }
 
@@ -669,23 +639,35 @@ where
 
     #[inline]
     fn call(&mut self, req: R) -> Self::Future {
+        // Every layer further in shares this call's start instant.
+        let _scope = crate::clock::CallScope::enter();
         let priority = self.shared.prioritizer.priority(&req);
-        ResponseFuture::new(match self.shared.gate.admit(priority) {
-            Decision::Go(permit) => future::Core::called(self.inner.call(req), permit),
-            Decision::Wait(ticket) => self.wait(ticket, priority, req),
-            Decision::Refuse(shed) => future::Core::rejected(shed),
+        ResponseFuture::new(match self.shared.gate.try_admit(priority) {
+            Some(permit) => future::Core::called(self.inner.call(req), permit),
+            None => self.decide(priority, req),
         })
     }
 }
 
 impl<S: Clone, P, M> Degrade<S, P, M> {
-    /// Moves the ready inner service and the request into a waiting future (the tower idiom:
-    /// the clone stays behind for the next call).
+    /// Everything but the adaptive fast path: the level's shares, the limit full (wait or
+    /// refuse), or no limit.
     #[inline(never)]
-    fn wait<R, F>(&mut self, ticket: Ticket, priority: Priority, req: R) -> future::Core<F, S, R> {
-        let clone = self.inner.clone();
-        let svc = std::mem::replace(&mut self.inner, clone);
-        future::Core::waiting(Arc::clone(&self.shared.gate), ticket, priority, svc, req)
+    fn decide<R>(&mut self, priority: Priority, req: R) -> future::Core<S::Future, S, R>
+    where
+        S: Service<R>,
+    {
+        match self.shared.gate.admit(priority) {
+            Decision::Go(permit) => future::Core::called(self.inner.call(req), permit),
+            Decision::Wait(ticket) => {
+                // Moves the ready inner service and the request into the waiting future (the
+                // tower idiom: the clone stays behind for the next call).
+                let clone = self.inner.clone();
+                let svc = std::mem::replace(&mut self.inner, clone);
+                future::Core::waiting(Arc::clone(&self.shared.gate), ticket, priority, svc, req)
+            }
+            Decision::Refuse(shed) => future::Core::rejected(shed),
+        }
     }
 }
 
@@ -708,11 +690,12 @@ where
 
     #[inline]
     fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
+        // Every layer further in shares this call's start instant.
+        let _scope = crate::clock::CallScope::enter();
         let priority = self.shared.prioritizer.priority(&req);
-        RespondFuture::new(match self.shared.gate.admit(priority) {
-            Decision::Go(permit) => future::Core::called(self.inner.call(req), permit),
-            Decision::Wait(ticket) => self.wait(ticket, priority, req),
-            Decision::Refuse(shed) => future::Core::rejected(shed),
+        RespondFuture::new(match self.shared.gate.try_admit(priority) {
+            Some(permit) => future::Core::called(self.inner.call(req), permit),
+            None => self.decide(priority, req),
         })
     }
 }

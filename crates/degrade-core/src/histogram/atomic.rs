@@ -2,16 +2,16 @@
 
 use super::{Histogram, Layout};
 use crossbeam_utils::CachePadded;
-use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A histogram that many threads record into at once: no lock, no allocation, no clock.
 ///
 /// Recording is one relaxed `fetch_add` on the latency's bucket. With `rows > 1` the buckets
-/// are repeated per row (threads spread over the rows round-robin) so that threads on
-/// different CPUs do not fight over one cache line; a read sums the rows. Counts only ever
+/// are repeated per row so that threads on different CPUs do not fight over one cache line: a
+/// thread writes the row of its [`ShardedCounter`](crate::counter::ShardedCounter) slot (live
+/// threads hold distinct slots), and a read sums the rows. Counts only ever
 /// rise: a reader keeps earlier reads and subtracts ([`Histogram::since`]) for a window, so
 /// nothing on the request path ever clears or rotates a bucket.
 ///
@@ -33,28 +33,6 @@ pub struct AtomicHistogram {
     layout: Layout,
     /// `rows` rows of `layout.len()` buckets, each row on its own cache lines.
     rows: Box<[CachePadded<Box<[AtomicU64]>>]>,
-}
-
-static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static THREAD_INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-/// The calling thread's row number (before masking), assigned round-robin on first use.
-#[inline]
-fn thread_index() -> usize {
-    THREAD_INDEX
-        .try_with(|c| {
-            let i = c.get();
-            if i != usize::MAX {
-                return i;
-            }
-            let i = NEXT_THREAD.fetch_add(1, Ordering::Relaxed) % (usize::MAX - 1);
-            c.set(i);
-            i
-        })
-        .unwrap_or(0)
 }
 
 impl AtomicHistogram {
@@ -89,6 +67,32 @@ impl AtomicHistogram {
         Self::new(layout, cpus.clamp(1, 16))
     }
 
+    /// One row per thread (up to 32 threads; more share one row): for a histogram every
+    /// request records into. A thread writes its own row with a plain load and store — no
+    /// locked instruction, no cache line shared with another writer — using the slots of
+    /// [`ShardedCounter`](crate::counter::ShardedCounter) (a row changes hands only through
+    /// their mutex when a thread exits, so no count is lost). Memory: 33 rows of the layout.
+    ///
+    /// ```
+    /// # use degrade_core::histogram::{AtomicHistogram, Histogram, Layout};
+    /// use std::time::Duration;
+    /// let h = AtomicHistogram::per_thread(Layout::FINE);
+    /// std::thread::scope(|s| {
+    ///     for _ in 0..4 {
+    ///         s.spawn(|| (0..100).for_each(|_| h.record(Duration::from_millis(2))));
+    ///     }
+    /// });
+    /// assert_eq!(h.count(), 400);
+    /// ```
+    pub fn per_thread(layout: Layout) -> Self {
+        Self {
+            layout,
+            rows: (0..crate::counter::SLOTS)
+                .map(|_| CachePadded::new((0..layout.len()).map(|_| AtomicU64::new(0)).collect()))
+                .collect(),
+        }
+    }
+
     /// The bucket layout.
     ///
     /// ```
@@ -109,7 +113,8 @@ impl AtomicHistogram {
         self.rows.len()
     }
 
-    /// Records one latency: a relaxed `fetch_add`.
+    /// Records one latency: a relaxed `fetch_add`, or a plain load and store on a
+    /// [`per_thread`](Self::per_thread) histogram.
     ///
     /// ```
     /// # use degrade_core::histogram::{AtomicHistogram, Layout};
@@ -120,12 +125,30 @@ impl AtomicHistogram {
     /// ```
     #[inline]
     pub fn record(&self, latency: Duration) {
-        let row = if self.rows.len() == 1 {
-            &self.rows[0]
-        } else {
-            &self.rows[thread_index() & (self.rows.len() - 1)]
-        };
-        row[self.layout.bucket(latency)].fetch_add(1, Ordering::Relaxed);
+        let bucket = self.layout.bucket(latency);
+        let rows = self.rows.len();
+        if rows == 1 {
+            self.rows[0][bucket].fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let slot = crate::counter::slot_index();
+        if rows == crate::counter::SLOTS {
+            // One row per slot (`per_thread`): an owned slot's row has this thread as its only
+            // writer.
+            let Some(cell) = self.rows.get(slot).and_then(|row| row.get(bucket)) else {
+                return;
+            };
+            if slot < crate::counter::OWNED_SLOTS {
+                cell.store(
+                    cell.load(Ordering::Relaxed).wrapping_add(1),
+                    Ordering::Relaxed,
+                );
+            } else {
+                cell.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        self.rows[slot & (rows - 1)][bucket].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The latencies recorded so far.

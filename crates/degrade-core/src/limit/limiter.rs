@@ -1,17 +1,20 @@
 //! The limiter: the [`Law`] and the [`WaitQueue`] behind atomics, shared by every clone of a
 //! layer.
 //!
-//! * Admit (hot path): one compare-and-swap on the [`InFlight`] word, no lock, no allocation.
+//! * Admit (hot path): one compare-and-swap on the [`InFlight`] word, no lock, no allocation,
+//!   no reference count (the response future refers to the word, which outlives the limiter).
 //!   Timing a request costs two clock reads, so a request is timed only while the current
-//!   window still needs samples, while demand is near the limit (where the law acts), and one
-//!   in [`timing_every`](LimitConfig::timing_every) otherwise; every request is *counted*.
+//!   window still needs samples (up to four timed requests per sample it needs, so answers
+//!   that never become samples — errors, rejections further in — do not time every request),
+//!   while demand is near the limit (where the law acts), and one in
+//!   [`timing_every`](LimitConfig::timing_every) otherwise; every request is *counted*.
 //! * Complete: one `fetch_sub`; a timed request adds its latency to the window's atomics, and
 //!   the completion that finds the window done takes the law's lock with `try_lock` (never
 //!   waits) to move the limit.
 //! * Overload: a request that finds the limit full (or waiters ahead of it) takes the queue's
 //!   lock: it is admitted ahead of lower priorities, queued (bounded), or refused.
 
-use super::inflight::InFlight;
+use super::inflight::{InFlight, Released};
 use super::queue::{Fate, Pushed, Ticket, WaitQueue};
 use super::{Law, LimitConfig, Window};
 use crate::clock::{Clock, TokioClock};
@@ -20,29 +23,56 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 use std::cell::Cell;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::Waker;
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// What a request holds while it is in flight: what the completion needs to record it.
+///
+/// Sixteen bytes, copied into every response future: an untimed request (most of them below
+/// the limit) only gives its slot back, and reads nothing else.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Slot {
-    /// When it entered the inner service, if timed.
-    pub(crate) start: Option<Instant>,
-    /// Requests in flight when it entered, itself included.
-    pub(crate) concurrency: u32,
-    /// Admitted at low concurrency.
-    pub(crate) low: bool,
+    /// When it entered the inner service, in nanoseconds since the limiter's origin plus one;
+    /// 0 when untimed.
+    start: u64,
+    /// Requests in flight when it entered, itself included; [`LOW`] set when that was low
+    /// concurrency.
+    concurrency: u32,
     /// The window it was admitted in.
-    pub(crate) epoch: u32,
+    epoch: u32,
+}
+
+/// The bit of [`Slot::concurrency`] that says "admitted at low concurrency".
+const LOW: u32 = 1 << 31;
+
+impl Slot {
+    pub(crate) const UNTIMED: Slot = Slot {
+        start: 0,
+        concurrency: 0,
+        epoch: 0,
+    };
+
+    #[inline]
+    fn is_timed(&self) -> bool {
+        self.start != 0
+    }
+
+    fn concurrency(&self) -> u32 {
+        self.concurrency & !LOW
+    }
+
+    fn low(&self) -> bool {
+        self.concurrency & LOW != 0
+    }
 }
 
 /// The answer of the overload path.
 #[derive(Debug)]
 pub(crate) enum Entry {
     /// Admitted at once.
-    Admitted(Slot),
+    Admitted(Permit),
     /// Queued: wait for the ticket's fate until the deadline.
     Queued(Ticket, Instant),
     /// Refused: the queue is full of more important requests, or nothing is learnt yet.
@@ -60,7 +90,16 @@ struct Cells {
     low_latency_sum_ns: AtomicU64,
     fast_failures: AtomicU32,
     max_latency_ns: AtomicU64,
+    /// Requests timed in this window because it was short of samples (not a sample yet:
+    /// errors and cancellations may never become one).
+    timed_for_samples: AtomicU32,
 }
+
+/// A window short of samples times at most this many requests per sample it needs: when
+/// answers do not become samples (a service whose calls all fail fast, or are rejected by a
+/// layer further in), the window fills through the one-in-`timing_every` requests instead of
+/// timing every request.
+const TIMED_PER_NEEDED_SAMPLE: u32 = 4;
 
 /// Counters of the limiter, for its snapshot.
 #[derive(Debug, Default)]
@@ -72,10 +111,128 @@ struct Counters {
     queue_delay_ns: AtomicU64,
 }
 
+/// A limiter's in-flight word, in memory that outlives the limiter (see
+/// [`InFlight`](super::inflight)): response futures refer to it without a reference count.
+#[derive(Debug)]
+struct Word {
+    in_flight: CachePadded<InFlight>,
+    /// The limiter the word counts for, to hand a freed slot to its waiters.
+    owner: Mutex<Weak<Limiter>>,
+}
+
+/// Words whose limiter is gone and nothing is in flight, for the next limiter.
+static FREE_CELLS: Mutex<Vec<&'static Word>> = Mutex::new(Vec::new());
+
+fn lock_free_cells() -> std::sync::MutexGuard<'static, Vec<&'static Word>> {
+    FREE_CELLS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Word {
+    /// A free word, or a new one (kept for the life of the process, and reused).
+    fn take(owner: Weak<Limiter>) -> &'static Word {
+        let cell = lock_free_cells().pop().unwrap_or_else(|| {
+            Box::leak(Box::new(Word {
+                in_flight: CachePadded::new(InFlight::new()),
+                owner: Mutex::new(Weak::new()),
+            }))
+        });
+        *cell.lock_owner() = owner;
+        cell
+    }
+
+    fn lock_owner(&self) -> std::sync::MutexGuard<'_, Weak<Limiter>> {
+        self.owner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Nothing is in flight and the limiter is gone: free for the next one.
+    fn recycle(&'static self) {
+        *self.lock_owner() = Weak::new();
+        self.in_flight.reset();
+        lock_free_cells().push(self);
+    }
+
+    /// A slot comes back: to a waiter if any, and the word to the free list if it was the
+    /// last slot of a limiter that is gone.
+    #[inline]
+    fn release(&'static self) {
+        let released = self.in_flight.release();
+        if released != NOTHING_TO_DO {
+            self.after_release(released);
+        }
+    }
+
+    #[inline(never)]
+    fn after_release(&'static self, released: Released) {
+        if released.waiters {
+            // The guard is dropped before the limiter is used (and perhaps dropped).
+            let owner = self.lock_owner().upgrade();
+            if let Some(limiter) = owner {
+                limiter.hand_on();
+            }
+        }
+        if released.last_of_orphan {
+            self.recycle();
+        }
+    }
+}
+
+const NOTHING_TO_DO: Released = Released {
+    waiters: false,
+    last_of_orphan: false,
+};
+
+/// A slot of the limit held by an admitted request: given back once, by
+/// [`finish`](Permit::finish) with the request's outcome or, if the future is dropped first,
+/// as a cancellation. An untimed request holds no reference count.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    /// `None` when nothing is held (no limit, or given back).
+    word: Option<&'static Word>,
+    /// Held by a timed request, whose completion goes to the law.
+    limiter: Option<Arc<Limiter>>,
+    slot: Slot,
+}
+
+impl Permit {
+    /// Nothing held.
+    pub(crate) const NONE: Permit = Permit {
+        word: None,
+        limiter: None,
+        slot: Slot::UNTIMED,
+    };
+
+    /// Holds a slot.
+    #[inline]
+    pub(crate) fn holds(&self) -> bool {
+        self.word.is_some()
+    }
+
+    /// The request finished with `outcome`: the slot goes back (once; later calls and the drop
+    /// do nothing).
+    #[inline(always)]
+    pub(crate) fn finish(&mut self, outcome: Completion) {
+        let Some(word) = self.word.take() else {
+            return;
+        };
+        if let Some(limiter) = self.limiter.take() {
+            // Recorded while the slot is still held, so the word cannot be recycled meanwhile.
+            limiter.complete_timed(self.slot, outcome);
+        }
+        word.release();
+    }
+}
+
+impl Drop for Permit {
+    #[inline]
+    fn drop(&mut self) {
+        self.finish(Completion::Cancelled);
+    }
+}
+
 /// The adaptive limit of one layer.
 #[derive(Debug)]
 pub(crate) struct Limiter {
-    in_flight: CachePadded<InFlight>,
+    word: &'static Word,
     /// The law's decisions, published for the hot path.
     limit: AtomicU32,
     limit_critical: AtomicU32,
@@ -102,8 +259,9 @@ pub(crate) struct Limiter {
 }
 
 thread_local! {
-    /// Per-thread request sequence for the one-in-N timing: no shared write on the hot path.
-    static SEQ: Cell<u32> = const { Cell::new(0) };
+    /// Per-thread countdown to the next one-in-N timed request: no shared write and no
+    /// division on the hot path.
+    static COUNTDOWN: Cell<u32> = const { Cell::new(0) };
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -111,15 +269,19 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl Limiter {
-    pub(crate) fn new(config: LimitConfig) -> Self {
+    pub(crate) fn new(config: LimitConfig) -> Arc<Self> {
         let law = Law::new(config.clone());
         // Slots are held by futures until they read their fate, so twice the largest queue.
         let capacity = (queue_bound(&config, config.max) as usize)
             .saturating_mul(2)
             .clamp(2, 2 * MAX_WAITING);
+        Arc::new_cyclic(|owner| Self::with_word(Word::take(owner.clone()), config, law, capacity))
+    }
+
+    fn with_word(word: &'static Word, config: LimitConfig, law: Law, capacity: usize) -> Self {
         let clock = TokioClock;
         let limiter = Self {
-            in_flight: CachePadded::new(InFlight::new()),
+            word,
             limit: AtomicU32::new(0),
             limit_critical: AtomicU32::new(0),
             low: AtomicU32::new(0),
@@ -185,49 +347,104 @@ impl Limiter {
     }
 
     /// The hot path: a slot when nobody waits and the limit has room.
-    #[inline]
-    pub(crate) fn try_acquire(&self, priority: Priority) -> Option<Slot> {
+    #[inline(always)]
+    pub(crate) fn try_acquire(self: &Arc<Self>, priority: Priority) -> Option<Permit> {
         let limit = self.limit_for(priority);
-        let concurrency = self.in_flight.try_acquire(limit)?;
-        Some(self.slot(concurrency, limit, false))
+        let concurrency = self.word.in_flight.try_acquire(limit)?;
+        Some(self.permit(concurrency, limit, false))
     }
 
+    /// The permit of a request admitted with `concurrency` in flight.
+    #[inline(always)]
+    fn permit(self: &Arc<Self>, concurrency: u32, limit: u32, always_time: bool) -> Permit {
+        let slot = self.slot(concurrency, limit, always_time);
+        Permit {
+            word: Some(self.word),
+            limiter: slot.is_timed().then(|| Arc::clone(self)),
+            slot,
+        }
+    }
+
+    /// The slot of a request admitted with `concurrency` in flight: timed (two clock reads and
+    /// the window's atomics at completion) only when the law needs it — demand near the limit,
+    /// a window short of samples, or one request in `timing_every` to keep the baseline
+    /// fresh; otherwise nothing is read but the countdown.
     #[inline]
     fn slot(&self, concurrency: u32, limit: u32, always_time: bool) -> Slot {
-        let seq = SEQ.with(|s| {
-            let n = s.get().wrapping_add(1);
-            s.set(n);
-            n
-        });
-        let timed = always_time
-            || seq.is_multiple_of(self.config.timing_every)
-            || 2 * concurrency >= limit
-            || self.cells.samples.load(Ordering::Relaxed) < self.needed.load(Ordering::Relaxed);
+        if always_time || 2 * concurrency >= limit || self.countdown() {
+            self.timed_slot(concurrency)
+        } else if self.short_of_samples() {
+            self.cells.timed_for_samples.fetch_add(1, Ordering::Relaxed);
+            self.timed_slot(concurrency)
+        } else {
+            Slot::UNTIMED
+        }
+    }
+
+    /// The window lacks samples and has not timed its share of requests for them yet.
+    #[inline]
+    fn short_of_samples(&self) -> bool {
+        let needed = self.needed.load(Ordering::Relaxed);
+        self.cells.samples.load(Ordering::Relaxed) < needed
+            && self.cells.timed_for_samples.load(Ordering::Relaxed)
+                < needed.saturating_mul(TIMED_PER_NEEDED_SAMPLE)
+    }
+
+    /// `true` once every `timing_every` calls on this thread.
+    #[inline]
+    fn countdown(&self) -> bool {
+        COUNTDOWN.with(|c| match c.get() {
+            0 | 1 => {
+                c.set(self.config.timing_every);
+                true
+            }
+            n => {
+                c.set(n - 1);
+                false
+            }
+        })
+    }
+
+    #[inline(never)]
+    fn timed_slot(&self, concurrency: u32) -> Slot {
+        let low = if concurrency <= self.low.load(Ordering::Relaxed) {
+            LOW
+        } else {
+            0
+        };
         Slot {
-            start: timed.then(|| self.clock.now()),
-            concurrency,
-            low: concurrency <= self.low.load(Ordering::Relaxed),
+            start: self.since_origin(self.clock.now()).saturating_add(1),
+            concurrency: concurrency.min(!LOW) | low,
             epoch: self.epoch.load(Ordering::Relaxed),
         }
     }
 
     /// The overload path: admit ahead of lower priorities, queue, or refuse.
-    pub(crate) fn enter(&self, priority: Priority) -> Entry {
-        self.binding.store(true, Ordering::Relaxed);
-        let now = self.clock.now();
+    pub(crate) fn enter(self: &Arc<Self>, priority: Priority) -> Entry {
+        if !self.binding.load(Ordering::Relaxed) {
+            self.binding.store(true, Ordering::Relaxed);
+        }
+        // The time is needed only to expire waiters and to queue: read it (outside the lock)
+        // when requests wait, and otherwise only once this request is about to queue.
+        let (_, waiting) = self.word.in_flight.load();
+        let mut now = (waiting > 0).then(|| self.clock.now());
         let mut queue = self.lock_queue();
-        self.expire(&mut queue, now);
+        if queue.len() > 0 {
+            let at = *now.get_or_insert_with(|| self.clock.now());
+            self.expire(&mut queue, at);
+        }
         let limit = self.limit_for(priority);
         if queue.best_priority().is_none_or(|best| best < priority)
-            && let Some(n) = self.in_flight.try_acquire_ahead(limit)
+            && let Some(n) = self.word.in_flight.try_acquire_ahead(limit)
         {
-            return Entry::Admitted(self.slot(n, limit, true));
+            return Entry::Admitted(self.permit(n, limit, true));
         }
         let target = self.queue_target_ns.load(Ordering::Relaxed);
         if target == 0 {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
             return Entry::Refused;
         }
+        let now = now.unwrap_or_else(|| self.clock.now());
         let wait = if priority == Priority::Critical {
             target.saturating_mul(2)
         } else {
@@ -236,10 +453,10 @@ impl Limiter {
         let bound = queue_bound(&self.config, self.limit.load(Ordering::Relaxed));
         match queue.push(priority, now, bound as usize, None) {
             Pushed::Queued { ticket, evicted } => {
-                self.in_flight.add_waiter();
+                self.word.in_flight.add_waiter();
                 self.counters.queued.fetch_add(1, Ordering::Relaxed);
                 if let Some((_, waker)) = evicted {
-                    self.in_flight.remove_waiter();
+                    self.word.in_flight.remove_waiter();
                     self.counters.evicted.fetch_add(1, Ordering::Relaxed);
                     if let Some(w) = waker {
                         w.wake();
@@ -261,14 +478,14 @@ impl Limiter {
         let target = Duration::from_nanos(self.queue_target_ns.load(Ordering::Relaxed));
         while let Some(best) = queue.best_priority() {
             let limit = self.limit_for(best);
-            if self.in_flight.try_acquire_ahead(limit).is_none() {
+            if self.word.in_flight.try_acquire_ahead(limit).is_none() {
                 break;
             }
             // Under a standing queue (it has not emptied for a whole target), newest first.
             let standing = queue.standing_for(now) > target;
             match queue.grant(now, standing) {
                 Some((_, waker, waited)) => {
-                    self.in_flight.remove_waiter();
+                    self.word.in_flight.remove_waiter();
                     self.counters
                         .queue_delay_ns
                         .store(nanos(waited), Ordering::Relaxed);
@@ -278,7 +495,7 @@ impl Limiter {
                 }
                 None => {
                     // Cannot happen (a best priority exists); give the slot back.
-                    self.in_flight.release();
+                    let _ = self.word.in_flight.release();
                     break;
                 }
             }
@@ -304,7 +521,7 @@ impl Limiter {
         queue.expire_lanes(0..critical, now, target, &mut wake);
         queue.expire_lanes(critical..critical + 1, now, target * 2, &mut wake);
         for _ in 0..expired {
-            self.in_flight.remove_waiter();
+            self.word.in_flight.remove_waiter();
         }
         self.counters.expired.fetch_add(expired, Ordering::Relaxed);
     }
@@ -326,10 +543,10 @@ impl Limiter {
         }
     }
 
-    /// The slot of a granted waiter.
-    pub(crate) fn granted_slot(&self) -> Slot {
-        let (n, _) = self.in_flight.load();
-        self.slot(n, self.limit.load(Ordering::Relaxed), true)
+    /// The permit of a granted waiter.
+    pub(crate) fn granted_permit(self: &Arc<Self>) -> Permit {
+        let (n, _) = self.word.in_flight.load();
+        self.permit(n, self.limit.load(Ordering::Relaxed), true)
     }
 
     /// A queued request gives up: its deadline passed, or its future was dropped. Returns its
@@ -339,7 +556,7 @@ impl Limiter {
         let mut queue = self.lock_queue();
         let fate = queue.cancel(ticket);
         if fate.is_none() {
-            self.in_flight.remove_waiter();
+            self.word.in_flight.remove_waiter();
             if expired {
                 self.counters.expired.fetch_add(1, Ordering::Relaxed);
             }
@@ -347,15 +564,18 @@ impl Limiter {
         fate
     }
 
-    /// A slot comes back.
-    #[inline]
+    /// A slot comes back (a granted waiter that will not use it).
     pub(crate) fn release(&self) {
-        if self.in_flight.release() {
-            let now = self.clock.now();
-            let mut queue = self.lock_queue();
-            self.expire(&mut queue, now);
-            self.drain(&mut queue, now);
-        }
+        self.word.release();
+    }
+
+    /// Requests wait: the freed slot goes to the best of them.
+    #[inline(never)]
+    fn hand_on(&self) {
+        let now = self.clock.now();
+        let mut queue = self.lock_queue();
+        self.expire(&mut queue, now);
+        self.drain(&mut queue, now);
     }
 
     /// The baseline latency, if known (for the completion path's fast-failure test).
@@ -367,32 +587,30 @@ impl Limiter {
         }
     }
 
-    /// Records a finished or abandoned request and gives its slot back. `sample` is whether
-    /// its latency counts (success, slow failure); a fast failure counts apart.
-    pub(crate) fn complete(&self, slot: Slot, outcome: Completion) {
+    /// Adds a timed request to the window: its latency counts if it succeeded or failed
+    /// slowly; a fast failure counts apart.
+    #[inline(never)]
+    fn complete_timed(&self, slot: Slot, outcome: Completion) {
+        debug_assert!(slot.is_timed());
         // A window takes the requests admitted within it, and the requests longer than a
         // window (leaving them out would hide every request slower than a window); shorter
         // ones admitted earlier ran under an older limit.
-        if let Some(start) = slot.start {
-            let now = self.clock.now();
-            let latency = now.saturating_duration_since(start);
-            let window = self.min_window_ns.load(Ordering::Relaxed);
-            if slot.epoch != self.epoch.load(Ordering::Relaxed) && nanos(latency) <= window {
-                self.release();
-                return;
-            }
-            let slow = self.baseline().is_none_or(|b| latency >= b);
-            match outcome {
-                Completion::Success => self.record(latency, slot),
-                Completion::Failure | Completion::Cancelled if slow => self.record(latency, slot),
-                Completion::Failure => {
-                    self.cells.fast_failures.fetch_add(1, Ordering::Relaxed);
-                }
-                Completion::Cancelled | Completion::Ignored => {}
-            }
-            self.maybe_close(now);
+        let now = self.clock.now();
+        let latency = Duration::from_nanos(self.since_origin(now).saturating_sub(slot.start - 1));
+        let window = self.min_window_ns.load(Ordering::Relaxed);
+        if slot.epoch != self.epoch.load(Ordering::Relaxed) && nanos(latency) <= window {
+            return;
         }
-        self.release();
+        let slow = self.baseline().is_none_or(|b| latency >= b);
+        match outcome {
+            Completion::Success => self.record(latency, slot),
+            Completion::Failure | Completion::Cancelled if slow => self.record(latency, slot),
+            Completion::Failure => {
+                self.cells.fast_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            Completion::Cancelled | Completion::Ignored => {}
+        }
+        self.maybe_close(now);
     }
 
     fn record(&self, latency: Duration, slot: Slot) {
@@ -408,8 +626,8 @@ impl Limiter {
         c.latency_sq_sum_us
             .fetch_add(us.saturating_mul(us), Ordering::Relaxed);
         c.concurrency_sum
-            .fetch_add(u64::from(slot.concurrency), Ordering::Relaxed);
-        if slot.low {
+            .fetch_add(u64::from(slot.concurrency()), Ordering::Relaxed);
+        if slot.low() {
             c.low_samples.fetch_add(1, Ordering::Relaxed);
             c.low_latency_sum_ns.fetch_add(ns, Ordering::Relaxed);
         }
@@ -453,6 +671,7 @@ impl Limiter {
             max_latency_ns: c.max_latency_ns.swap(0, Ordering::AcqRel),
             elapsed,
         };
+        c.timed_for_samples.store(0, Ordering::Relaxed);
         // A sample that lands between the swaps may leave its count in one window and its
         // sums in the next: an error of one sample in a window of at least sixteen.
         let before = law.limit();
@@ -482,7 +701,7 @@ impl Limiter {
 
     /// The limiter's state, for snapshots.
     pub(crate) fn snapshot(&self) -> LimitSnapshot {
-        let (in_flight, waiting) = self.in_flight.load();
+        let (in_flight, waiting) = self.word.in_flight.load();
         let law = self.lock_law();
         LimitSnapshot {
             limit: law.limit(),
@@ -496,6 +715,15 @@ impl Limiter {
             expired: self.counters.expired.load(Ordering::Relaxed),
             evicted: self.counters.evicted.load(Ordering::Relaxed),
             refused: self.counters.refused.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        *self.word.lock_owner() = Weak::new();
+        if self.word.in_flight.orphan() {
+            self.word.recycle();
         }
     }
 }

@@ -48,7 +48,7 @@ mod sim;
 
 pub use self::law::{Law, Window};
 pub use self::limiter::LimitSnapshot;
-pub(crate) use self::limiter::{Completion, Entry, Limiter, Slot};
+pub(crate) use self::limiter::{Completion, Entry, Limiter, Permit};
 pub(crate) use self::queue::{Fate, Ticket};
 #[cfg(test)]
 pub(crate) use self::queue::{Pushed, WaitQueue};

@@ -1,0 +1,151 @@
+//! The admission members timed as the **minimum** over repetitions, for machines shared with
+//! other work, where criterion's medians move by 2× from one run to the next.
+//!
+//! Each member runs 40 repetitions of 200,000 calls ([`degrade_benches::call_now`]) and prints
+//! the fastest repetition's time per call: a repetition that the scheduler did not interrupt.
+//! On a quiet machine it reads a little below criterion's median; on a busy one it is the only
+//! figure that repeats. Run:
+//!
+//! ```text
+//! cargo run --release -p degrade-benches --example min_of_reps [member ...]
+//! ```
+//!
+//! Members: `baseline`, `admit` (the default adaptive limit), `admit-shares` (level shares),
+//! `reject-limit` (the limit full, no queue), `downstream` (every call rejected by a layer
+//! further in, i.e. the inner service returns a boxed `Shed`) and `downstream-baseline` (that
+//! inner service alone), `full-stack` (`DegradeLayer` → rate limit → breaker → canary at
+//! 10 %, every layer on its admit path, as in the `full-stack` criterion group). With no
+//! argument, all of them. `admit-threads` times the default layer shared by 1 and by 2
+//! threads ([`degrade_benches::contended`], wall time per call; the ratio is the second
+//! thread's gain) — meaningful only when nothing else runs. Its limit is held at 64 (min =
+//! max): with an inner service of a few nanoseconds the law may learn a limit of one, and a
+//! second thread's request then waits, which the harness cannot.
+
+use degrade_benches::{Req, call_now, inner};
+use degrade_core::degrade::Admission;
+use degrade_core::limit::LimitConfig;
+use degrade_core::{BoxError, Controller, DegradeLayer, Level, Priority, Shed};
+use std::future::{Ready, ready};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+use tower::{Layer, Service};
+
+const CALLS: u32 = 200_000;
+const REPETITIONS: u32 = 40;
+
+/// The fastest repetition's time per call, in nanoseconds.
+fn min_ns<S: Service<Req>>(svc: &mut S) -> f64 {
+    (0..REPETITIONS)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..CALLS {
+                let _ = black_box(call_now(svc, black_box(1)));
+            }
+            start.elapsed().as_secs_f64() * 1e9 / f64::from(CALLS)
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// An inner service whose every call is rejected by "a layer further in".
+fn rejecting()
+-> impl Service<Req, Response = Req, Error = BoxError, Future = Ready<Result<Req, BoxError>>> + Clone
+{
+    tower::service_fn(|_: Req| {
+        let shed = Shed::new(Level::Heavy, Priority::Low, Duration::from_secs(1));
+        ready(Err::<Req, BoxError>(Box::new(shed)))
+    })
+}
+
+fn main() {
+    let wanted: Vec<String> = std::env::args().skip(1).collect();
+    let on = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
+    let controller = Controller::new(Default::default()).expect("default ladder config");
+    let adaptive = || {
+        DegradeLayer::builder(controller.handle())
+            .build()
+            .expect("the default layer is valid")
+    };
+    let report = |name: &str, ns: f64| println!("{name:<20} {ns:>8.2} ns");
+
+    if on("baseline") {
+        report("baseline", min_ns(&mut inner()));
+    }
+    if on("admit") {
+        report("admit", min_ns(&mut adaptive().layer(inner())));
+    }
+    if on("admit-shares") {
+        let layer = DegradeLayer::builder(controller.handle())
+            .admission(Admission::LevelShares)
+            .build()
+            .expect("level shares are valid");
+        report("admit-shares", min_ns(&mut layer.layer(inner())));
+    }
+    if on("reject-limit") {
+        let one = LimitConfig {
+            initial: 1,
+            min: 1,
+            max: 1,
+            queue_size: 0.0,
+            ..LimitConfig::default()
+        };
+        let layer = DegradeLayer::builder(controller.handle())
+            .limit(one)
+            .build()
+            .expect("a limit of one is valid");
+        let mut svc = layer.layer(inner());
+        let _held = svc.call(1); // takes the only slot for the whole run
+        report("reject-limit", min_ns(&mut svc));
+    }
+    if on("downstream") {
+        report("downstream", min_ns(&mut adaptive().layer(rejecting())));
+    }
+    if on("full-stack") {
+        let mut svc = tower::ServiceBuilder::new()
+            .layer(adaptive())
+            .layer(
+                degrade_ratelimit::RateLimitLayer::builder(
+                    degrade_ratelimit::RateLimitConfig::per(1_000_000_000, Duration::from_secs(1))
+                        .burst(1_000_000_000),
+                )
+                .build()
+                .expect("valid rate limit"),
+            )
+            .layer(
+                degrade_breaker::BreakerLayer::builder(degrade_breaker::BreakerConfig::default())
+                    .build()
+                    .expect("valid breaker"),
+            )
+            .service(
+                degrade_canary::Canary::builder(inner(), inner())
+                    .weight(degrade_canary::Weight::new(1_000).expect("10 %"))
+                    .build()
+                    .expect("valid canary"),
+            );
+        report("full-stack", min_ns(&mut svc));
+    }
+    if wanted.iter().any(|w| w == "admit-threads") {
+        let fixed = LimitConfig {
+            initial: 64,
+            min: 64,
+            max: 64,
+            ..LimitConfig::default()
+        };
+        let svc = DegradeLayer::builder(controller.handle())
+            .limit(fixed)
+            .build()
+            .expect("a fixed limit is valid")
+            .layer(inner());
+        for threads in [1, 2] {
+            let ns = (0..REPETITIONS)
+                .map(|_| {
+                    let t = degrade_benches::contended(&svc, threads, u64::from(CALLS));
+                    t.as_secs_f64() * 1e9 / f64::from(CALLS)
+                })
+                .fold(f64::INFINITY, f64::min);
+            report(&format!("admit-{threads}-thread"), ns);
+        }
+    }
+    if on("downstream-baseline") {
+        report("downstream-baseline", min_ns(&mut rejecting()));
+    }
+}
