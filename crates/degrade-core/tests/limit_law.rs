@@ -299,3 +299,28 @@ fn two_threads_on_an_instant_service_never_wait_for_a_slot() {
         "the law learnt the service: {limit:?}"
     );
 }
+
+/// A probe window halves the limit of the other priorities and leaves critical requests three
+/// quarters of it (plus their reserve): with all of it, critical requests that callers re-send
+/// at once fill the probe, which then never runs below the knee, and the baseline is learnt
+/// inside a queue.
+#[test]
+fn a_probe_leaves_critical_requests_three_quarters_of_the_limit() {
+    let mut law = Law::new(LimitConfig::default());
+    assert_eq!(law.limit(), 16);
+    // The first full window probes below the initial limit (a guess).
+    let mut w = Window::default();
+    for _ in 0..32 {
+        w.record(Duration::from_millis(10), 16, false);
+    }
+    w.binding = true;
+    w.elapsed = Duration::from_millis(40);
+    law.observe(&w, Instant::now());
+    assert_eq!(
+        law.limit_for(Priority::Normal),
+        8,
+        "the probe halves the limit"
+    );
+    // (16 + 8) / 2 = 12, and the critical reserve of a tenth, at least one: 2.
+    assert_eq!(law.limit_for(Priority::Critical), 14);
+}
