@@ -189,7 +189,7 @@ fn rollout(v: &Value) -> String {
     format!(
         "{} step {} weight {:>5.1} %{}",
         v["phase"].as_str().unwrap_or("(no state yet)"),
-        v["step"],
+        v["step"].as_u64().map_or("-".to_owned(), |s| s.to_string()),
         v["weight_bp"].as_f64().unwrap_or(0.0) / 100.0,
         if v["leader"] == true {
             "  (leader)"
@@ -301,17 +301,20 @@ fn walk() -> Result<bool, BoxError> {
         &mut failures,
     );
     if rolled_back {
-        // The verdict: the first line that shows the rollback (the leader's, which wrote it);
-        // then when each router was at weight 0.
+        // The verdict: the leader's first report of the rollback (it wrote the state); then
+        // when each router reported weight 0 (reports come every 100 ms).
         let firsts: Vec<(Instant, Value)> = fleet
             .iter()
             .filter_map(|i| i.first("STATUS", |v| at(v, "RolledBack", 0)))
             .collect();
-        let verdict_at = firsts.iter().map(|(t, _)| *t).min().unwrap_or(start);
         let leader = fleet
             .iter()
             .zip(&firsts)
             .find(|(_, (_, v))| v["leader"] == true);
+        let verdict_at = leader.map_or_else(
+            || firsts.iter().map(|(t, _)| *t).min().unwrap_or(start),
+            |(_, (t, _))| *t,
+        );
         if let Some((inst, (_, v))) = leader {
             println!(
                 "  leader {} judged: {}",
@@ -326,7 +329,7 @@ fn walk() -> Result<bool, BoxError> {
             .unwrap_or_default();
         for (inst, (t, v)) in fleet.iter().zip(&firsts) {
             println!(
-                "  {} at weight 0 {:>4} ms after the verdict ({} canary calls served, {} failed)",
+                "  {} reported weight 0 {:>4} ms after the leader's verdict ({} canary calls served, {} failed)",
                 inst.name,
                 t.duration_since(verdict_at).as_millis(),
                 v["canary_routed"],
