@@ -53,6 +53,11 @@ fn main() -> ExitCode {
 /// `--instance canary <name> <redis url> <rollout> <failure rate>` or
 /// `--instance quota <name> <redis url> <milliseconds>`.
 fn run_instance(args: &[String]) -> Result<bool, BoxError> {
+    // The parent holds our stdin open; when it ends (the parent exited or was killed), so do we.
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -132,6 +137,7 @@ impl Instance {
         let mut child = Command::new(std::env::current_exe()?)
             .arg("--instance")
             .args(args)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
