@@ -155,6 +155,8 @@ pub(crate) async fn canary(name: &str, url: &str, rollout: &str, bad: f64) -> Re
             "token": f.token,
             "verdict": f.last_verdict.map(|(v, why)| format!("{v}: {why}")),
             "refused_writes": f.refused_writes,
+            "falling_back": f.falling_back,
+            "fallbacks": f.fallbacks,
             "level": controller.level().to_string(),
             "pinned": w.pinned.map(|l| l.to_string()),
             "stable_routed": s.stable.routed,

@@ -6,7 +6,10 @@
 //! 2. a good v2 is promoted step by step, every router following the one rollout in Redis;
 //! 3. the incident switch pins every instance at Heavy for 3 s, then each returns to its own
 //!    signals at the expiry;
-//! 4. three instances offering three times a shared quota admit at most quota · t + burst
+//! 4. Redis is killed: every router keeps the last weight for `stale_after`, then sends
+//!    everything to stable; Redis restarted empty: the leader writes the last state it knew
+//!    and every router is back at it;
+//! 5. three instances offering three times a shared quota admit at most quota · t + burst
 //!    together.
 //!
 //! ```text
@@ -84,6 +87,26 @@ struct Redis {
 impl Redis {
     fn start() -> Result<Self, BoxError> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Ok(Self {
+            child: Self::spawn(port)?,
+            port,
+        })
+    }
+
+    /// SIGKILL: an outage (nothing is saved).
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port, empty.
+    fn restart(&mut self) -> Result<(), BoxError> {
+        self.kill();
+        self.child = Self::spawn(self.port)?;
+        Ok(())
+    }
+
+    fn spawn(port: u16) -> Result<Child, BoxError> {
         let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -110,7 +133,7 @@ impl Redis {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(Self { child, port })
+        Ok(child)
     }
 
     fn url(&self) -> String {
@@ -120,8 +143,7 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -197,10 +219,11 @@ fn rollout(v: &Value) -> String {
         v["phase"].as_str().unwrap_or("(no state yet)"),
         v["step"].as_u64().map_or("-".to_owned(), |s| s.to_string()),
         v["weight_bp"].as_f64().unwrap_or(0.0) / 100.0,
-        if v["leader"] == true {
-            "  (leader)"
-        } else {
-            ""
+        match (v["leader"] == true, v["falling_back"] == true) {
+            (true, true) => "  (leader; Redis unreachable: on stable)",
+            (true, false) => "  (leader)",
+            (false, true) => "  (Redis unreachable: on stable)",
+            (false, false) => "",
         }
     )
 }
@@ -276,7 +299,7 @@ fn at(v: &Value, phase: &str, weight_bp: u64) -> bool {
 
 fn walk() -> Result<bool, BoxError> {
     let whole = Instant::now();
-    let redis = Redis::start()?;
+    let mut redis = Redis::start()?;
     let url = redis.url();
     println!("redis-server on {url}; three instances i1, i2, i3, each its own process\n");
     let mut failures = 0;
@@ -473,12 +496,67 @@ fn walk() -> Result<bool, BoxError> {
             e.action, e.level, e.for_ms, e.who, e.why
         );
     }
+
+    // 4. Redis down, then back empty.
+    println!("\n== 4. Redis killed (SIGKILL), restarted empty on the same port");
+    let killed = Instant::now();
+    redis.kill();
+    println!("  [ 0.00 s] redis-server killed");
+    let on_stable = follow(
+        &fleet,
+        killed,
+        Duration::from_secs(10),
+        rollout,
+        &mut seen,
+        |f| {
+            f.iter().all(|i| {
+                i.last()
+                    .is_some_and(|v| v["falling_back"] == true && v["weight_bp"] == 0)
+            })
+        },
+    );
+    let after = killed.elapsed();
+    check(
+        // stale_after counts from each router's last answer, at most one poll (100 ms) before
+        // the kill.
+        on_stable && after >= Duration::from_millis(1_900),
+        "every router kept the last weight for stale_after (2 s), then went to stable",
+        &mut failures,
+    );
+    redis.restart()?;
+    let restarted = Instant::now();
+    println!(
+        "  [{:>5.2} s] redis-server restarted (empty)",
+        killed.elapsed().as_secs_f64()
+    );
+    let back = follow(
+        &fleet,
+        killed,
+        Duration::from_secs(15),
+        rollout,
+        &mut seen,
+        |f| {
+            f.iter().all(|i| {
+                i.last()
+                    .is_some_and(|v| at(&v, "Promoted", 10_000) && v["falling_back"] == false)
+            })
+        },
+    );
+    check(
+        back,
+        "a leader rewrote the last state it knew: every router at 100 % again",
+        &mut failures,
+    );
+    println!(
+        "  back {:.2} s after the restart",
+        restarted.elapsed().as_secs_f64()
+    );
     drop(fleet);
 
-    // 4. The shared quota.
+    // 5. The shared quota.
     let secs = 3;
     println!(
-        "\n== 4. shared quota: {} req/s (burst {}) for the fleet; each instance offers about 200 req/s for {secs} s",
+        "\n== 5. shared quota: {} req/s (burst {}) for the fleet; each instance offers about 200 req/s for {secs} s",
         instance::QUOTA,
         instance::BURST
     );
