@@ -558,8 +558,11 @@ struct Term {
     token: u64,
     machine: CanaryMachine,
     judge: Judge,
-    /// The poll until which the lease surely holds (a lease after the last renewal).
-    lease_until: u64,
+    /// When the lease surely still holds, on `Clk`: a lease after the last successful renewal
+    /// was *sent*, so this instance stops acting no later than Redis lets the lease expire.
+    lease_until: Instant,
+    /// When the holder renews at the latest, on `Clk`: a third of the lease after that send.
+    renew_at: Instant,
     next_analysis: Instant,
     /// The machine's state not yet written.
     dirty: bool,
@@ -586,12 +589,13 @@ async fn run<Clk: Clock>(fc: FleetCanary<Clk>, shared: Arc<Mutex<FleetCanarySnap
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let start = fc.clock.now();
     let mut term: Option<Term> = None;
-    // The lease runs on Redis's clock, so its cadence is counted in polls (real time), not on
-    // `Clk`: renewed every third of it; a leader that could not renew for a whole lease stops.
-    // (Should ticks run late, the fencing token still refuses a deposed leader's writes.)
+    // The lease expires on Redis's clock; the local deadline is on `Clk`, measured from before
+    // the renewal was sent, so the local view ends no later than Redis's however long the ticks
+    // last (Redis calls waiting for their timeouts make a tick longer than a poll). The holder
+    // renews every third of the lease, whichever comes first of that many polls and that much
+    // time on `Clk`. A deposed leader's writes are refused by the fencing token regardless.
     let ratio = |d: Duration| (d.as_nanos() / cfg.poll.as_nanos().max(1)).max(1);
     let renew_every = u64::try_from(ratio(cfg.lease / 3)).unwrap_or(u64::MAX);
-    let lease_polls = u64::try_from(ratio(cfg.lease)).unwrap_or(u64::MAX);
     let publish_every = u64::try_from(ratio(cfg.publish)).unwrap_or(u64::MAX);
     let mut ticks = 0u64;
     let mut last_answer = start;
@@ -606,16 +610,20 @@ async fn run<Clk: Clock>(fc: FleetCanary<Clk>, shared: Arc<Mutex<FleetCanarySnap
         ticks += 1;
         // The holder renews every third of the lease; the others ask every poll, so a lease
         // left by a dead leader is taken within a poll of its expiry.
-        if term.is_none() || (ticks - 1).is_multiple_of(renew_every) {
+        let due =
+            |t: &Term| (ticks - 1).is_multiple_of(renew_every) || fc.clock.now() >= t.renew_at;
+        if term.as_ref().is_none_or(due) {
+            let sent = fc.clock.now();
             match fc.lease().await {
                 Ok(Some((token, false))) if term.as_ref().is_some_and(|t| t.token == token) => {
                     if let Some(t) = term.as_mut() {
-                        t.lease_until = ticks.saturating_add(lease_polls);
+                        t.lease_until = later(sent, cfg.lease);
+                        t.renew_at = later(sent, cfg.lease / 3);
                     }
                 }
                 Ok(Some((token, _))) => {
                     let known = shared.lock().unwrap_or_else(|e| e.into_inner()).state;
-                    term = begin_term(&fc, token, ticks.saturating_add(lease_polls), known).await;
+                    term = begin_term(&fc, token, sent, known).await;
                     if let Some(t) = &term {
                         let state = t.machine.state();
                         let _ = fc.handle.weight().set(state.weight_bp);
@@ -639,16 +647,11 @@ async fn run<Clk: Clock>(fc: FleetCanary<Clk>, shared: Arc<Mutex<FleetCanarySnap
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "fleet canary: lease renewal failed");
-                    if term.as_ref().is_some_and(|t| ticks >= t.lease_until) {
-                        let t = term.take();
-                        tracing::warn!(
-                            token = t.map(|t| t.token),
-                            "fleet canary: lease not renewed in time, no longer leading"
-                        );
-                        update(&mut |s| s.leader = false);
-                    }
                 }
             }
+        }
+        if expire(&mut term, fc.clock.now()) {
+            update(&mut |s| s.leader = false);
         }
 
         // The leader's analysis, and the write of what it decided.
@@ -688,29 +691,35 @@ async fn run<Clk: Clock>(fc: FleetCanary<Clk>, shared: Arc<Mutex<FleetCanarySnap
                     }
                 }
             }
-            if t.dirty {
-                let state = t.machine.state();
-                match fc.write(state, t.token).await {
-                    Ok(true) => {
-                        t.dirty = false;
-                        tracing::info!(token = t.token, step = state.step, weight_bp = state.weight_bp, phase = ?state.phase, "fleet canary: state written");
-                        update(&mut |s| s.state = Some(state));
-                    }
-                    Ok(false) => {
-                        tracing::warn!(
-                            token = t.token,
-                            step = state.step,
-                            "fleet canary: write refused (a newer leader holds the lease), no longer leading"
-                        );
-                        term = None;
-                        update(&mut |s| {
-                            s.refused_writes += 1;
-                            s.leader = false;
-                        });
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "fleet canary: state write failed, retried");
-                    }
+        }
+        // The analysis may have waited for Redis: look at the lease again before writing.
+        if expire(&mut term, fc.clock.now()) {
+            update(&mut |s| s.leader = false);
+        }
+        if let Some(t) = term.as_mut()
+            && t.dirty
+        {
+            let state = t.machine.state();
+            match fc.write(state, t.token).await {
+                Ok(true) => {
+                    t.dirty = false;
+                    tracing::info!(token = t.token, step = state.step, weight_bp = state.weight_bp, phase = ?state.phase, "fleet canary: state written");
+                    update(&mut |s| s.state = Some(state));
+                }
+                Ok(false) => {
+                    tracing::warn!(
+                        token = t.token,
+                        step = state.step,
+                        "fleet canary: write refused (a newer leader holds the lease), no longer leading"
+                    );
+                    term = None;
+                    update(&mut |s| {
+                        s.refused_writes += 1;
+                        s.leader = false;
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "fleet canary: state write failed, retried");
                 }
             }
         }
@@ -765,7 +774,7 @@ async fn run<Clk: Clock>(fc: FleetCanary<Clk>, shared: Arc<Mutex<FleetCanarySnap
             }
         }
 
-        // Add this instance's statistics to the fleet's sums (counted in polls, like the lease:
+        // Add this instance's statistics to the fleet's sums (counted in polls:
         // a network cadence; an unsent interval is retried at the next poll).
         if ticks.is_multiple_of(publish_every) || pending.is_some() {
             if pending.is_none() {
@@ -799,14 +808,28 @@ async fn run<Clk: Clock>(fc: FleetCanary<Clk>, shared: Arc<Mutex<FleetCanarySnap
     }
 }
 
+/// Ends the term whose lease has passed on the clock (its renewals failed, or were too slow).
+/// Whether it ended one.
+fn expire(term: &mut Option<Term>, now: Instant) -> bool {
+    if term.as_ref().is_some_and(|t| now >= t.lease_until) {
+        let t = term.take();
+        tracing::warn!(
+            token = t.map(|t| t.token),
+            "fleet canary: lease not renewed in time, no longer leading"
+        );
+        return true;
+    }
+    false
+}
+
 /// Starts a term: the machine at the state in Redis — or, when Redis has none (it lost its
 /// data), at the last state this instance knew, else a new rollout, written at once — and the
 /// judge from the fleet's sums now. `None` if Redis cannot be read (the next renewal tries
-/// again).
+/// again). `sent` is when the request that took the lease was sent, on the clock.
 async fn begin_term<Clk: Clock>(
     fc: &FleetCanary<Clk>,
     token: u64,
-    lease_until: u64,
+    sent: Instant,
     known: Option<CanaryState>,
 ) -> Option<Term> {
     let cfg = &fc.cfg;
@@ -852,7 +875,8 @@ async fn begin_term<Clk: Clock>(
         token,
         machine,
         judge,
-        lease_until,
+        lease_until: later(sent, cfg.lease),
+        renew_at: later(sent, cfg.lease / 3),
         next_analysis: later(fc.clock.now(), cfg.canary.analysis_interval),
         dirty,
     })
@@ -976,5 +1000,46 @@ mod tests {
         })
         .await;
         assert_eq!(task.snapshot().fallbacks, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_whose_renewals_fail_stops_when_its_lease_has_passed_on_the_clock() {
+        let mut redis = RedisServer::start();
+        let clock = ManualClock::new();
+        let cfg = config(&redis.url(), "a");
+        let lease = cfg.lease;
+        let lease_polls = u64::try_from(cfg.lease.as_nanos() / cfg.poll.as_nanos()).unwrap();
+        let task = FleetCanary::new(cfg, router())
+            .unwrap()
+            .clock(clock.clone())
+            .spawn();
+        until("leading", || task.snapshot().leader).await;
+        // Every renewal from now on fails. The last one that succeeded was sent at the clock's
+        // present instant, so the lease ends one lease later on the clock.
+        redis.kill();
+        let failures = task.snapshot().poll_failures;
+        // More polls than a lease's worth, while no time passes on the clock: still leading.
+        until("a lease's worth of failed polls", || {
+            task.snapshot().poll_failures >= failures + lease_polls + 2
+        })
+        .await;
+        assert!(
+            task.snapshot().leader,
+            "the lease has not passed on the clock"
+        );
+        // Just short of the lease: still leading, poll after poll.
+        clock.advance(lease - Duration::from_millis(1));
+        let failures = task.snapshot().poll_failures;
+        until("more failed polls", || {
+            task.snapshot().poll_failures >= failures + 3
+        })
+        .await;
+        assert!(task.snapshot().leader, "1 ms of the lease left");
+        // The lease has passed: the leader stops, within a poll, without another renewal.
+        clock.advance(Duration::from_millis(1));
+        until("no longer leading", || !task.snapshot().leader).await;
+        let s = task.snapshot();
+        assert_eq!(s.terms, 1);
+        assert!(!s.falling_back, "stale_after (10 s) has not passed");
     }
 }
