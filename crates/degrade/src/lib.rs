@@ -11,7 +11,7 @@
 //! | *(always)* | the root | `degrade-core`: [`Clock`], [`Level`], [`ladder`], [`Policy`], [`Priority`], [`Classifier`], [`rejection`], [`DegradeLayer`] |
 //! | `ratelimit` | `ratelimit` | GCRA rate limiting, keyed limits in bounded memory, fleet limits in Redis (`redis`) |
 //! | `breaker` | `breaker` | the circuit breaker and keyed breakers |
-//! | `canary` | `canary` | canary releases: sticky weighted routing, a sequential judge, a controller |
+//! | `canary` | `canary` | canary releases: sticky weighted routing, a sequential judge, a controller, one rollout across a fleet in Redis (`redis`) |
 //! | `rollout` | `rollout` | rolling upgrades in batches with health gates and automatic rollback |
 //! | `triggers` | `triggers` | the signals (CPU, memory, PSI, latency, errors) and the `Monitor` that drive the level |
 //! | `otel` | `otel` | a level-following sampler and export protection for OpenTelemetry |
@@ -19,7 +19,7 @@
 //! | `config` | `config` | the whole stack from one TOML file, field-path errors, live reload of quotas |
 //! | `admin` | `admin` | an axum router to read and steer every registered layer at run time, under your auth |
 //! | `http`, `grpc` | | HTTP and gRPC answer modes, classifiers and keys in every enabled policy |
-//! | `redis` | | the Redis backends of the enabled policies |
+//! | `redis` | | the Redis backends of the enabled policies: `ratelimit`'s fleet limits, `canary::fleet` (one rollout across a fleet) |
 //! | `test-util` | | `ManualClock` |
 //! | `full` | | all of the above |
 //!
@@ -143,6 +143,27 @@ pub use degrade_breaker as breaker;
 /// let b = svc.ready().await.unwrap().call(()).await.unwrap();
 /// assert_ne!(a, b); // the unkeyed split alternates at 50 %
 /// # }
+/// ```
+///
+/// With `redis` as well, `degrade::canary::fleet` runs one rollout across a
+/// fleet of instances (state, statistics and a leader's lease in Redis); its configuration is
+/// checked before anything connects:
+///
+/// ```
+/// # #[cfg(feature = "redis")] {
+/// use degrade::canary::Canary;
+/// use degrade::canary::fleet::{FleetCanary, FleetCanaryConfig};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let arm = || tower::service_fn(|()| async { Ok::<_, std::convert::Infallible>(()) });
+/// let router = Canary::new(arm(), arm());
+/// let mut cfg = FleetCanaryConfig::default();
+/// cfg.instance = "checkout-1".into();
+/// cfg.lease = std::time::Duration::from_millis(100); // shorter than 3 × (poll + timeout)
+/// let err = FleetCanary::new(cfg, router.handle()).unwrap_err();
+/// assert_eq!(err.field(), "lease");
+/// # }
+/// # main() }
 /// ```
 #[cfg(feature = "canary")]
 pub use degrade_canary as canary;
