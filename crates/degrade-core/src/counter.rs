@@ -198,6 +198,14 @@ impl<const N: usize> fmt::Debug for ShardedCounter<N> {
 mod tests {
     use super::*;
 
+    /// Held by the tests that need most of the owned slots at once: run side by side, one's
+    /// wave of threads would leave the other's threads on the overflow slot.
+    static SLOT_HUNGRY: Mutex<()> = Mutex::new(());
+
+    fn slot_hungry() -> std::sync::MutexGuard<'static, ()> {
+        SLOT_HUNGRY.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     #[test]
     fn sharded_counter_sums_across_threads() {
         let c = ShardedCounter::<3>::new();
@@ -221,6 +229,7 @@ mod tests {
     fn sharded_counter_loses_nothing_through_slot_recycling_and_overflow() {
         // Waves of more threads than there are owned slots: slots are recycled between waves
         // and, within a wave, the surplus threads share the overflow slot.
+        let _hungry = slot_hungry();
         let c = ShardedCounter::<2>::new();
         let threads = OWNED_SLOTS + 8;
         for wave in 0..4u64 {
@@ -247,6 +256,7 @@ mod tests {
         // A wave with more threads alive than there are owned slots (some share the overflow
         // slot), then three times as many threads as owned slots, one after another: each finds
         // a slot an exited thread returned, so none is left on the contended overflow slot.
+        let _hungry = slot_hungry();
         let barrier = std::sync::Barrier::new(OWNED_SLOTS + 8);
         std::thread::scope(|s| {
             for _ in 0..OWNED_SLOTS + 8 {
@@ -264,8 +274,9 @@ mod tests {
                     .expect("slot thread")
             })
             .count();
-        // Other tests of this binary may hold a few slots meanwhile, never all of them for the
-        // whole run; without recycling at most OWNED_SLOTS threads ever own one.
+        // The other tests of this binary hold a few slots at most meanwhile (the one that takes
+        // them all waits for `SLOT_HUNGRY`); without recycling at most OWNED_SLOTS threads ever
+        // own one.
         assert!(
             owned > 2 * OWNED_SLOTS,
             "{owned} of {} sequential threads owned a slot",
