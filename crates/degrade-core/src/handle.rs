@@ -10,7 +10,7 @@ use crate::config::ConfigError;
 use crate::ladder::{Ladder, LadderConfig, LadderEvent, LevelTransition, Reading};
 use crate::level::Level;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
@@ -19,7 +19,8 @@ struct Published {
     level: AtomicU8,
     tx: watch::Sender<Level>,
     history: Mutex<VecDeque<LevelTransition>>,
-    capacity: usize,
+    /// The ladder's `history`; changed by [`Controller::reconfigure`].
+    capacity: AtomicUsize,
 }
 
 /// The current degradation level, shared by every layer, sampler and subscriber.
@@ -51,7 +52,7 @@ impl LevelHandle {
                 level: AtomicU8::new(Level::Normal as u8),
                 tx,
                 history: Mutex::new(VecDeque::with_capacity(capacity.min(64))),
-                capacity,
+                capacity: AtomicUsize::new(capacity),
             }),
         }
     }
@@ -103,7 +104,8 @@ impl LevelHandle {
     fn publish(&self, t: &LevelTransition) {
         {
             let mut h = lock(&self.inner.history);
-            if h.len() == self.inner.capacity {
+            let capacity = self.inner.capacity.load(Ordering::Relaxed).max(1);
+            while h.len() >= capacity {
                 h.pop_front();
             }
             h.push_back(t.clone());
@@ -283,6 +285,58 @@ impl<C: Clock> Controller<C> {
     /// ```
     pub fn pinned(&self) -> Option<Level> {
         lock(&self.inner.ladder).pinned()
+    }
+
+    /// Puts a new ladder configuration in force, or changes nothing and returns the
+    /// [`ConfigError`] naming the field (`ladder.thresholds.light.exit`).
+    ///
+    /// The new thresholds judge the next sample [`observe`](Self::observe) feeds (a `Monitor`'s
+    /// next tick): see [`Ladder::reconfigure`] for what is kept (the level, a pin, the time
+    /// at the level) and what starts over (runs of consecutive samples, a stretched dwell).
+    /// The request path is untouched: layers read the level's one atomic word, and this takes
+    /// the ladder's lock like `observe` does. A smaller `history` drops the oldest transitions
+    /// at the next one recorded.
+    ///
+    /// ```
+    /// use degrade_core::ladder::{LadderConfig, Reading};
+    /// use degrade_core::{Controller, Level};
+    ///
+    /// let cfg = LadderConfig { escalate_after: 1, ..Default::default() };
+    /// let c = Controller::new(cfg.clone()).unwrap();
+    /// c.observe(&[Reading::new("queue", 0.6)]);
+    /// assert_eq!(c.level(), Level::Normal);
+    ///
+    /// let mut hair_trigger = cfg;
+    /// hair_trigger.thresholds.light.enter = 0.5;
+    /// hair_trigger.thresholds.light.exit = 0.4;
+    /// c.reconfigure(hair_trigger).unwrap();
+    /// c.observe(&[Reading::new("queue", 0.6)]);
+    /// assert_eq!(c.level(), Level::Light);
+    /// assert_eq!(c.config().thresholds.light.enter, 0.5);
+    /// ```
+    pub fn reconfigure(&self, config: LadderConfig) -> Result<(), ConfigError> {
+        let capacity = config.history;
+        let mut ladder = lock(&self.inner.ladder);
+        ladder
+            .reconfigure(config, self.inner.clock.now())
+            .map_err(|e| e.within("ladder"))?;
+        self.inner
+            .handle
+            .inner
+            .capacity
+            .store(capacity, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The ladder configuration in force.
+    ///
+    /// ```
+    /// # use degrade_core::Controller;
+    /// let c = Controller::new(Default::default()).unwrap();
+    /// assert_eq!(c.config().escalate_after, 3);
+    /// ```
+    pub fn config(&self) -> LadderConfig {
+        lock(&self.inner.ladder).config().clone()
     }
 
     /// The clock the controller reads.

@@ -585,6 +585,51 @@ impl Ladder {
         &self.config
     }
 
+    /// Puts a new configuration in force at `now`, or changes nothing and returns the
+    /// [`ConfigError`] naming the field. A pure step like [`on_event`](Self::on_event): the
+    /// caller passes the time.
+    ///
+    /// The new thresholds, sample counts and cooldowns judge the next sample; the level, the
+    /// pin and the time since the last transition are kept. Runs of consecutive samples are
+    /// forgotten (they were counted against the old thresholds), so the next escalation or
+    /// step down needs `escalate_after` / `recover_after` samples under the new ones. A dwell
+    /// stretched by the backoff restarts from the new `dwell`. Reconfiguring never moves the
+    /// level by itself and returns no transition.
+    ///
+    /// ```
+    /// use degrade_core::ladder::{Ladder, LadderConfig, Reading};
+    /// use degrade_core::Level;
+    /// use std::time::Duration;
+    ///
+    /// let t0 = tokio::time::Instant::now();
+    /// let cfg = LadderConfig { escalate_after: 1, ..Default::default() };
+    /// let mut ladder = Ladder::new(cfg.clone(), t0).unwrap();
+    /// let calm = [Reading::new("cpu", 0.5)];
+    /// assert!(ladder.observe(&calm, t0).is_none()); // below Light's enter (0.70)
+    ///
+    /// let mut lower = cfg.clone();
+    /// lower.thresholds.light.enter = 0.45;
+    /// lower.thresholds.light.exit = 0.40;
+    /// ladder.reconfigure(lower, t0).unwrap();
+    /// assert_eq!(ladder.level(), Level::Normal); // nothing moves until the next sample
+    /// let t = ladder.observe(&calm, t0 + Duration::from_secs(1)).unwrap();
+    /// assert_eq!((t.to, t.threshold), (Level::Light, Some(0.45)));
+    ///
+    /// let mut bad = cfg;
+    /// bad.thresholds.light.exit = 0.9;
+    /// assert_eq!(ladder.reconfigure(bad, t0).unwrap_err().field(), "thresholds.light.exit");
+    /// assert_eq!(ladder.config().thresholds.light.enter, 0.45); // unchanged
+    /// ```
+    pub fn reconfigure(&mut self, config: LadderConfig, now: Instant) -> Result<(), ConfigError> {
+        let fresh = Ladder::new(config, now)?;
+        self.enter = fresh.enter;
+        self.exit = fresh.exit;
+        self.dwell = fresh.config.dwell;
+        self.config = fresh.config;
+        self.reset_runs();
+        Ok(())
+    }
+
     /// The instant of the last transition (or of creation, or of the last unpin).
     ///
     /// ```
@@ -1065,6 +1110,49 @@ mod tests {
         feed(&mut l, &mut t, Some(0.0), 10);
         feed(&mut l, &mut t, Some(0.75), 3);
         assert_eq!(l.current_dwell(), secs(10));
+    }
+
+    #[test]
+    fn reconfiguring_keeps_level_and_pin_and_judges_the_next_sample_by_the_new_thresholds() {
+        let t0 = Instant::now();
+        let cfg = LadderConfig {
+            dwell: secs(10),
+            ..Default::default()
+        };
+        let mut l = Ladder::new(cfg.clone(), t0).unwrap();
+        let mut t = t0;
+        // Two samples of a run of three toward Light, then a reload: the run starts over.
+        feed(&mut l, &mut t, Some(0.75), 2);
+        let mut lower = cfg.clone();
+        lower.thresholds.light = Band {
+            enter: 0.5,
+            exit: 0.4,
+        };
+        l.reconfigure(lower.clone(), t).unwrap();
+        assert_eq!(l.level(), Level::Normal);
+        assert!(feed(&mut l, &mut t, Some(0.55), 2).is_empty());
+        let up = feed(&mut l, &mut t, Some(0.55), 1);
+        assert_eq!((up[0].to, up[0].threshold), (Level::Light, Some(0.5)));
+        // Raising the exit above the pressure lets the level step down after the dwell, which
+        // counts from the escalation, not from the reload.
+        let mut higher_exit = lower.clone();
+        higher_exit.thresholds.light.exit = 0.6;
+        higher_exit.thresholds.light.enter = 0.65;
+        l.reconfigure(higher_exit, t).unwrap();
+        let down = feed(&mut l, &mut t, Some(0.55), 10);
+        assert_eq!(down.len(), 1);
+        assert_eq!(
+            (down[0].to, down[0].time_at_previous),
+            (Level::Normal, secs(10))
+        );
+        // A pin survives a reload; an invalid configuration changes nothing.
+        l.pin(Level::Heavy, t);
+        l.reconfigure(cfg.clone(), t).unwrap();
+        assert_eq!((l.level(), l.pinned()), (Level::Heavy, Some(Level::Heavy)));
+        let mut bad = cfg;
+        bad.recover_after = 0;
+        assert_eq!(l.reconfigure(bad, t).unwrap_err().field(), "recover_after");
+        assert_eq!(l.config().recover_after, 3);
     }
 
     #[test]

@@ -158,6 +158,50 @@ impl<P, M> DegradeLayer<P, M> {
     pub fn snapshot(&self) -> DegradeSnapshot {
         self.shared.snapshot()
     }
+
+    /// Puts a new [`Policy`] in force while the service runs, or changes nothing and returns
+    /// the [`ConfigError`] naming the field (`policy.light.admit.low`).
+    ///
+    /// The policy's admit shares apply in [`Admission::LevelShares`] and [`Admission::Both`]
+    /// modes. The new shares are in force for every request decided after this returns (a
+    /// request in flight keeps the decision it got); each (level, priority) share is one atomic
+    /// word, so the request path takes no lock, allocates nothing and reads the share with the
+    /// same load as before. While the 25 words are being stored, requests of different
+    /// priorities or levels may see old and new shares side by side, each valid on its own.
+    /// The per-priority sequence of fractional shares carries on, so a share changed from ½ to
+    /// ¼ admits one request in four from the next one on.
+    ///
+    /// ```
+    /// use degrade_core::degrade::Admission;
+    /// use degrade_core::{Controller, DegradeLayer, Level, Policy};
+    /// use tower::{Service, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let c = Controller::new(Default::default()).unwrap();
+    /// let layer = DegradeLayer::builder(c.handle()).admission(Admission::LevelShares).build().unwrap();
+    /// let mut svc = tower::ServiceBuilder::new()
+    ///     .layer(layer.clone())
+    ///     .service_fn(|()| async { Ok::<_, std::convert::Infallible>(()) });
+    /// c.pin(Level::Moderate); // the default Moderate admits half of Normal
+    /// let mut admitted = 0;
+    /// for _ in 0..10 { admitted += svc.ready().await.unwrap().call(()).await.is_ok() as u32; }
+    /// assert_eq!(admitted, 5);
+    ///
+    /// let mut policy = Policy::default();
+    /// policy.moderate.admit.normal = 1.0; // Moderate now admits all of Normal
+    /// layer.set_policy(&policy).unwrap();
+    /// for _ in 0..10 { assert!(svc.ready().await.unwrap().call(()).await.is_ok()); }
+    ///
+    /// policy.moderate.admit.normal = 7.0;
+    /// assert_eq!(layer.set_policy(&policy).unwrap_err().field(), "policy.moderate.admit.normal");
+    /// assert!(svc.ready().await.unwrap().call(()).await.is_ok()); // unchanged
+    /// # }
+    /// ```
+    pub fn set_policy(&self, policy: &Policy) -> Result<(), ConfigError> {
+        policy.validate().map_err(|e| e.within("policy"))?;
+        self.shared.gate().set_table(policy.admit_table());
+        Ok(())
+    }
 }
 
 impl<S, P, M> Layer<S> for DegradeLayer<P, M> {

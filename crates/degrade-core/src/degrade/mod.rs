@@ -155,7 +155,7 @@ use crossbeam_utils::CachePadded;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower_service::Service;
@@ -196,7 +196,11 @@ pub enum Admission {
 /// The state every service of one layer shares, whatever its request type.
 pub(crate) struct Gate {
     handle: LevelHandle,
-    table: [[u32; 5]; 5],
+    /// The admit share of every (level, priority) in basis points. Atomics so that
+    /// [`DegradeLayer::set_policy`] can change them while requests flow: a request reads the
+    /// one word of its (level, priority) with a relaxed load, the same instruction as a plain
+    /// read on the platforms we run on.
+    table: [[AtomicU32; 5]; 5],
     /// Per-priority request sequence for fractional shares. Padded: each priority's stream is
     /// independent and should not false-share with the others.
     seq: [CachePadded<AtomicU64>; 5],
@@ -250,6 +254,10 @@ impl<P> Shared<P> {
     pub(crate) fn snapshot(&self) -> DegradeSnapshot {
         self.gate.snapshot()
     }
+
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.gate
+    }
 }
 
 impl Gate {
@@ -262,7 +270,7 @@ impl Gate {
     ) -> Self {
         Self {
             handle,
-            table,
+            table: table.map(|row| row.map(AtomicU32::new)),
             seq: Default::default(),
             counters: ShardedCounter::new(),
             retry_after,
@@ -277,7 +285,7 @@ impl Gate {
     fn share(&self, priority: Priority) -> Result<(), Shed> {
         let level = self.handle.current();
         let p = priority.index();
-        let share = self.table[level.index()][p];
+        let share = self.table[level.index()][p].load(Ordering::Relaxed);
         let admit = if share >= FULL {
             true
         } else if share == 0 {
@@ -293,6 +301,18 @@ impl Gate {
             Ok(())
         } else {
             Err(self.shed(priority))
+        }
+    }
+
+    /// Puts a new admit table in force: one relaxed store per (level, priority) word, taking
+    /// no lock. A request reads the single word of its own level and priority, so it is
+    /// decided under the old share or the new one, never a torn value; every request that
+    /// starts after this returns is decided under the new table.
+    pub(crate) fn set_table(&self, table: [[u32; 5]; 5]) {
+        for (row, new) in self.table.iter().zip(table) {
+            for (cell, share) in row.iter().zip(new) {
+                cell.store(share, Ordering::Relaxed);
+            }
         }
     }
 
