@@ -384,6 +384,58 @@ impl BackoffConfig {
     }
 }
 
+impl BreakerConfig {
+    /// Checks that a breaker running under `self` can take `new` while it runs: `new` is
+    /// valid, and it changes only what [`BreakerHandle::reconfigure`](crate::BreakerHandle::reconfigure)
+    /// can change live — the thresholds (`failure_rate`, `slow_call_rate`, `minimum_calls`,
+    /// a consecutive window's `failures`), `wait`, `backoff` (but its `seed`) and the half-open
+    /// `successes`, `failures`, `max_duration` and `on_timeout`. The window's kind and size,
+    /// `slow_call_duration`, `cancelled`, `half_open.permits` and `backoff.seed` shape the
+    /// breaker's lock-free parts and need a new breaker: a change to them is an error naming
+    /// the field, saying it requires a restart.
+    ///
+    /// ```
+    /// use degrade_breaker::{BreakerConfig, WindowConfig};
+    /// let old = BreakerConfig::default();
+    /// let mut new = old.clone();
+    /// new.failure_rate = 0.2;
+    /// old.live_change(&new).unwrap();
+    /// new.window = WindowConfig::Count { size: 200 };
+    /// let err = old.live_change(&new).unwrap_err();
+    /// assert_eq!(err.field(), "window");
+    /// assert!(err.to_string().contains("requires a restart"));
+    /// ```
+    pub fn live_change(&self, new: &BreakerConfig) -> Result<(), ConfigError> {
+        new.validate()?;
+        let same_window = match (self.window, new.window) {
+            (WindowConfig::Consecutive { .. }, WindowConfig::Consecutive { .. }) => true,
+            (a, b) => a == b,
+        };
+        let restart = |field: &'static str| {
+            Err(ConfigError::new(
+                field,
+                "requires a restart (it shapes the breaker's lock-free window and permits); nothing was changed",
+            ))
+        };
+        if !same_window {
+            return restart("window");
+        }
+        if new.slow_call_duration != self.slow_call_duration {
+            return restart("slow_call_duration");
+        }
+        if new.cancelled != self.cancelled {
+            return restart("cancelled");
+        }
+        if new.half_open.permits != self.half_open.permits {
+            return restart("half_open.permits");
+        }
+        if new.backoff.seed != self.backoff.seed {
+            return restart("backoff.seed");
+        }
+        Ok(())
+    }
+}
+
 impl HalfOpenConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         at_least_one("permits", self.permits)?;

@@ -191,6 +191,58 @@ impl<C, K: Clock> BreakerHandle<C, K> {
             .event(BreakerEvent::Reset, self.shared.clock.now());
     }
 
+    /// Puts new thresholds in force while calls flow, or changes nothing and returns the
+    /// [`ConfigError`](degrade_core::ConfigError) naming the field.
+    ///
+    /// What may change live, and what needs a new breaker, is listed at
+    /// [`BreakerConfig::live_change`](crate::BreakerConfig::live_change). The point at which a
+    /// change applies is fixed: the calls already in the window stay, and the next call
+    /// recorded after this returns is judged by the new thresholds (a window already over a
+    /// lowered threshold opens at that call); an open wait keeps its deadline and the next
+    /// opening waits the new `wait` (with the new backoff); probes of a half-open period in
+    /// progress are counted against the new `successes` / `failures` from the next probe
+    /// outcome. The state does not change by itself. The admit path is untouched; the
+    /// after-call check reads the thresholds from atomics, with no lock.
+    ///
+    /// ```
+    /// use degrade_breaker::{BreakerConfig, BreakerLayer, State, WindowConfig};
+    /// use degrade_core::Outcome;
+    ///
+    /// let mut config = BreakerConfig::default();
+    /// config.window = WindowConfig::Consecutive { failures: 5 };
+    /// let h = BreakerLayer::new(config.clone())?.handle();
+    /// for _ in 0..2 { h.try_acquire().unwrap().record(Outcome::Failure); }
+    /// assert_eq!(h.state(), State::Closed);
+    ///
+    /// config.window = WindowConfig::Consecutive { failures: 3 };
+    /// h.reconfigure(config.clone())?;
+    /// h.try_acquire().unwrap().record(Outcome::Failure); // the third in a row
+    /// assert_eq!(h.state(), State::Open);
+    ///
+    /// config.window = WindowConfig::Count { size: 100 };
+    /// assert_eq!(h.reconfigure(config).unwrap_err().field(), "window"); // needs a restart
+    /// assert_eq!(h.config().window, WindowConfig::Consecutive { failures: 3 });
+    /// # Ok::<(), degrade_core::ConfigError>(())
+    /// ```
+    pub fn reconfigure(
+        &self,
+        config: crate::BreakerConfig,
+    ) -> Result<(), degrade_core::ConfigError> {
+        self.shared.reconfigure(config)
+    }
+
+    /// The configuration in force.
+    ///
+    /// ```
+    /// # use degrade_breaker::{BreakerConfig, BreakerLayer};
+    /// let h = BreakerLayer::new(BreakerConfig::default())?.handle();
+    /// assert_eq!(h.config(), BreakerConfig::default());
+    /// # Ok::<(), degrade_core::ConfigError>(())
+    /// ```
+    pub fn config(&self) -> crate::BreakerConfig {
+        self.shared.lock().config().clone()
+    }
+
     /// Lets every call through and keeps recording, without ever moving.
     ///
     /// ```

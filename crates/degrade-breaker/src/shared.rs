@@ -172,6 +172,62 @@ impl Window {
     }
 }
 
+fn nanos_of(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The machine's [`Thresholds`] in atomics, so a reload can change them while calls complete:
+/// the closed path reads them with relaxed loads (no lock) to ask whether a reading would trip,
+/// and the machine decides under its lock with its own copy. A reader racing a reload may mix
+/// old and new values for one call; at worst that call takes the lock for nothing or leaves
+/// the trip to the next call recorded, which reads the new values.
+pub(crate) struct LiveThresholds {
+    /// Failures in a row of a consecutive window, 0 for a rate window.
+    consecutive: std::sync::atomic::AtomicU32,
+    minimum_calls: std::sync::atomic::AtomicU64,
+    /// `f64` bits.
+    failure_rate: std::sync::atomic::AtomicU64,
+    /// `f64` bits, or `NO_RATE` with slow calls off.
+    slow_rate: std::sync::atomic::AtomicU64,
+}
+
+const NO_RATE: u64 = u64::MAX;
+
+impl LiveThresholds {
+    fn new(t: Thresholds) -> Self {
+        let live = Self {
+            consecutive: std::sync::atomic::AtomicU32::new(0),
+            minimum_calls: std::sync::atomic::AtomicU64::new(0),
+            failure_rate: std::sync::atomic::AtomicU64::new(0),
+            slow_rate: std::sync::atomic::AtomicU64::new(NO_RATE),
+        };
+        live.store(t);
+        live
+    }
+
+    fn store(&self, t: Thresholds) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.consecutive.store(t.consecutive.unwrap_or(0), Relaxed);
+        self.minimum_calls.store(t.minimum_calls, Relaxed);
+        self.failure_rate.store(t.failure_rate.to_bits(), Relaxed);
+        self.slow_rate
+            .store(t.slow_rate.map_or(NO_RATE, f64::to_bits), Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn load(&self) -> Thresholds {
+        use std::sync::atomic::Ordering::Relaxed;
+        let consecutive = self.consecutive.load(Relaxed);
+        let slow = self.slow_rate.load(Relaxed);
+        Thresholds {
+            consecutive: (consecutive != 0).then_some(consecutive),
+            minimum_calls: self.minimum_calls.load(Relaxed),
+            failure_rate: f64::from_bits(self.failure_rate.load(Relaxed)),
+            slow_rate: (slow != NO_RATE).then(|| f64::from_bits(slow)),
+        }
+    }
+}
+
 /// Everything one breaker shares between its layer, services, futures and handles.
 pub(crate) struct Shared<C, K> {
     pub(crate) word: CachePadded<AtomicU64>,
@@ -182,11 +238,14 @@ pub(crate) struct Shared<C, K> {
     pub(crate) probes: CachePadded<AtomicU64>,
     pub(crate) window: Window,
     pub(crate) counters: ShardedCounter<COUNTERS>,
-    pub(crate) thresholds: Thresholds,
+    /// The machine's thresholds, for the lock-free "would this trip?" check after a call.
+    pub(crate) thresholds: LiveThresholds,
     pub(crate) slow: Option<Duration>,
     pub(crate) cancelled: Outcome,
     pub(crate) permits: u32,
-    pub(crate) wait: Duration,
+    /// The configured `wait` in nanoseconds (the retry hint of forced-open and half-open
+    /// rejections).
+    pub(crate) wait: std::sync::atomic::AtomicU64,
     pub(crate) machine: Mutex<BreakerMachine>,
     pub(crate) transitions: std::sync::atomic::AtomicU64,
     pub(crate) events: broadcast::Sender<BreakerTransition>,
@@ -220,11 +279,11 @@ impl<C, K: Clock> Shared<C, K> {
             probes: CachePadded::new(AtomicU64::new(0)),
             window,
             counters: ShardedCounter::new(),
-            thresholds: machine.thresholds(),
+            thresholds: LiveThresholds::new(machine.thresholds()),
             slow: config.slow_call_duration,
             cancelled: config.cancelled.outcome(),
             permits: config.half_open.permits,
-            wait: config.wait,
+            wait: std::sync::atomic::AtomicU64::new(nanos_of(config.wait)),
             machine: Mutex::new(machine),
             transitions: std::sync::atomic::AtomicU64::new(0),
             events: broadcast::channel(64).0,
@@ -332,7 +391,7 @@ impl<C, K: Clock> Shared<C, K> {
             let (mode, phase) = untag(word & TAG_MASK);
             let shadow = mode == Mode::MetricsOnly;
             match (mode, phase) {
-                (Mode::ForcedOpen, _) => return self.reject(State::ForcedOpen, self.wait),
+                (Mode::ForcedOpen, _) => return self.reject(State::ForcedOpen, self.wait()),
                 (Mode::Disabled, _) | (_, Phase::Closed) => return self.pass(Track::Window, epoch),
                 (_, Phase::Open) => {
                     let now = self.clock.now();
@@ -379,7 +438,24 @@ impl<C, K: Clock> Shared<C, K> {
     }
 
     pub(crate) fn half_open_hint(&self) -> Duration {
-        self.wait.min(Duration::from_secs(1))
+        self.wait().min(Duration::from_secs(1))
+    }
+
+    fn wait(&self) -> Duration {
+        Duration::from_nanos(self.wait.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Puts a new configuration in force (see [`BreakerMachine::reconfigure`]): the machine
+    /// changes under its lock, then the lock-free copies of its thresholds and wait follow.
+    /// A call recorded after this returns is judged by the new thresholds.
+    pub(crate) fn reconfigure(&self, config: BreakerConfig) -> Result<(), ConfigError> {
+        let mut m = self.lock();
+        let wait = config.wait;
+        m.reconfigure(config)?;
+        self.thresholds.store(m.thresholds());
+        self.wait
+            .store(nanos_of(wait), std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     pub(crate) fn acquire_probe(&self, epoch: u64) -> bool {
@@ -454,6 +530,7 @@ impl<C, K: Clock> Shared<C, K> {
                     judging
                         && self
                             .thresholds
+                            .load()
                             .judge(WindowSnapshot::default(), n)
                             .is_some()
                 } else {
@@ -466,7 +543,7 @@ impl<C, K: Clock> Shared<C, K> {
             }
             Window::Count(w) => {
                 w.record(outcome);
-                judging && self.thresholds.judge(w.snapshot(), 0).is_some()
+                judging && self.thresholds.load().judge(w.snapshot(), 0).is_some()
             }
             Window::Time(w) => {
                 let now = now.unwrap_or_else(|| self.clock.now());
@@ -476,7 +553,7 @@ impl<C, K: Clock> Shared<C, K> {
                 // bringing the window to `minimum_calls`, which the next failure re-checks.
                 judging
                     && outcome != Outcome::Success
-                    && self.thresholds.judge(w.snapshot(now), 0).is_some()
+                    && self.thresholds.load().judge(w.snapshot(now), 0).is_some()
             }
         };
         if trips {

@@ -473,6 +473,42 @@ impl BreakerMachine {
         &self.config
     }
 
+    /// Puts a new configuration in force, or changes nothing and returns the [`ConfigError`]
+    /// naming the field (see [`BreakerConfig::live_change`] for what may change). A pure step:
+    /// no state changes and no transition is made.
+    ///
+    /// The new thresholds judge the next window reading; an open wait already running keeps
+    /// its deadline and the next opening waits under the new `wait` and `backoff` (the count
+    /// of openings in a row is kept); a half-open period in progress compares its probe counts
+    /// with the new `successes` / `failures` at its next probe outcome, and a new
+    /// `max_duration` applies from the next half-open period.
+    ///
+    /// ```
+    /// use degrade_breaker::state::{BreakerEvent, BreakerMachine};
+    /// use degrade_breaker::{BreakerConfig, State};
+    /// use degrade_core::window::WindowSnapshot;
+    ///
+    /// let now = tokio::time::Instant::now();
+    /// let mut config = BreakerConfig::default();
+    /// config.minimum_calls = 10;
+    /// let mut m = BreakerMachine::new(config.clone(), 0)?;
+    /// let reading = BreakerEvent::Window {
+    ///     snapshot: WindowSnapshot { calls: 10, failures: 3, slow: 0 },
+    ///     consecutive: 0,
+    /// };
+    /// assert!(m.on_event(reading, now).is_none()); // 30 % < 50 %
+    /// config.failure_rate = 0.25;
+    /// m.reconfigure(config)?;
+    /// assert_eq!(m.on_event(reading, now).unwrap().to, State::Open);
+    /// # Ok::<(), degrade_core::ConfigError>(())
+    /// ```
+    pub fn reconfigure(&mut self, config: BreakerConfig) -> Result<(), ConfigError> {
+        self.config.live_change(&config)?;
+        self.thresholds = Thresholds::new(&config);
+        self.config = config;
+        Ok(())
+    }
+
     pub(crate) fn mode(&self) -> Mode {
         self.mode
     }

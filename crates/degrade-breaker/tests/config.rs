@@ -135,3 +135,57 @@ fn config_deserializes_from_humantime_and_rejects_unknown_fields() {
     let bad: BreakerConfig = serde_json::from_str(r#"{"failure_rate": 2}"#).unwrap();
     assert_eq!(bad.validate().unwrap_err().field(), "failure_rate");
 }
+
+/// A live threshold change applies at the next call recorded, keeps the calls in the window
+/// and the deadline of an open wait, and a refused change leaves everything as it was.
+#[test]
+fn a_live_threshold_change_judges_the_next_call_and_keeps_the_running_wait() {
+    use degrade_breaker::State;
+    use degrade_core::{ManualClock, Outcome};
+    let clock = ManualClock::new();
+    let mut config = with(|c| {
+        c.window = WindowConfig::Count { size: 10 };
+        c.minimum_calls = 10;
+        c.wait = Duration::from_secs(10);
+    });
+    let h = BreakerLayer::builder(config.clone())
+        .clock(clock.clone())
+        .build()
+        .unwrap()
+        .handle();
+    let record = |o| h.try_acquire().unwrap().record(o);
+    for i in 0..10 {
+        record(if i < 3 {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        });
+    }
+    assert_eq!(h.state(), State::Closed); // 30 % < 50 %
+    // Lowered to 25 %: the window's ten calls stay, and the next call is judged by it.
+    config.failure_rate = 0.25;
+    config.wait = Duration::from_secs(30);
+    h.reconfigure(config.clone()).unwrap();
+    assert_eq!(h.state(), State::Closed); // nothing moves by itself
+    record(Outcome::Failure);
+    assert_eq!(h.state(), State::Open);
+    let t = h.try_acquire().unwrap_err();
+    assert_eq!(t.retry_after, Duration::from_secs(30)); // this opening waits the new wait
+    // A refused change (the window's size needs a new breaker) changes nothing.
+    let mut bad = config.clone();
+    bad.window = WindowConfig::Count { size: 20 };
+    bad.failure_rate = 0.9;
+    let err = h.reconfigure(bad).unwrap_err();
+    assert_eq!(err.field(), "window");
+    assert!(err.to_string().contains("requires a restart"), "{err}");
+    let err = h.reconfigure(with(|c| c.failure_rate = 2.0)).unwrap_err();
+    assert_eq!(err.field(), "failure_rate");
+    assert_eq!(h.config(), config);
+    // The running wait keeps its deadline when `wait` changes again.
+    config.wait = Duration::from_secs(5);
+    h.reconfigure(config).unwrap();
+    clock.advance(Duration::from_secs(29));
+    assert_eq!(h.state(), State::Open);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.state(), State::HalfOpen);
+}
