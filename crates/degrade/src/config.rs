@@ -1,12 +1,20 @@
 //! One file for a service's protection (feature `config`): the ladder, the level policy, the
-//! rate limits and the breakers in TOML, built into layers, and reloaded while the service
-//! runs.
+//! admission layer, the rate limits and the breakers in TOML, built into layers, and reloaded
+//! while the service runs.
 //!
 //! ```toml
-//! [ladder]                 # degrade_core::LadderConfig
+//! [ladder]                 # degrade_core::LadderConfig: trigger thresholds, hysteresis, dwell
 //! escalate_after = 2
+//! thresholds.light = { enter = 0.7, exit = 0.6 }
 //!
-//! [policy]                 # degrade_core::Policy (the level's actions)
+//! [policy]                 # degrade_core::Policy (what each level does)
+//! light.admit = { background = 0, low = 0, normal = 0.5, high = 1, critical = 1 }
+//! light.sampling = 0.5
+//!
+//! [admission]              # the DegradeLayer: mode, adaptive limit, retry hint
+//! mode = "both"            # "adaptive" (default), "level-shares" or "both"
+//! limit = { max = 500 }    # degrade_core::limit::LimitConfig
+//! retry_after = "1s"
 //!
 //! [limits.api]             # a degrade_ratelimit::RateLimitConfig per name (feature ratelimit)
 //! quota = 100
@@ -19,14 +27,24 @@
 //! Every section is the serde form of the layer's own config, so the field names and rules are
 //! the ones documented there; an error names the path from the file's root
 //! (`limits.api.quota: must be greater than zero`), whether it is a type error found while
-//! parsing or a rule found by the layer's `validate()`.
+//! parsing or a rule found by the layer's `validate()`. Unknown fields are refused.
 //!
-//! **Live reload.** [`Stack::reload`] validates a whole new file before it changes anything,
-//! then puts the limits' quotas in force through their `QuotaHandle`s (the next request is
-//! decided under the new quota; the budget already spent carries over). The ladder, the policy
-//! and the breakers are not live yet: a reload that changes them, or adds or removes a limit,
-//! is refused with the field named and nothing changes — restart to apply those.
-//! [`Stack::watch`] polls the file and reloads on every change.
+//! **Live reload.** [`Stack::reload`] validates a whole new file, and checks that everything
+//! it changes can change live, before it changes anything; then it puts in force:
+//!
+//! | section | how | in force from |
+//! |---|---|---|
+//! | `ladder` | [`Controller::reconfigure`] | the next sample (a `Monitor`'s next tick): level, pin and time at the level kept, sample runs start over |
+//! | `policy` | [`DegradeLayer::set_policy`] | the next request (atomic words, no lock on the request path) |
+//! | `limits.*` | `QuotaHandle::set` | the next request; the budget already spent carries over |
+//! | `breakers.*` thresholds, `wait`, `backoff`, half-open counts | `BreakerHandle::reconfigure` | the next call recorded; an open wait keeps its deadline |
+//!
+//! What shapes a layer's lock-free parts cannot change while it runs: the `admission` section,
+//! a breaker's window kind and size, `slow_call_duration`, `cancelled`, `half_open.permits`,
+//! `backoff.seed`, and adding or removing a limit or a breaker. A reload that changes one of
+//! them is refused with the field named and "requires a restart", and nothing changes — not
+//! even the live parts of the same file. [`Stack::watch`] polls the file and reloads on every
+//! change; the admin router's `POST /config` reloads from a request.
 //!
 //! ```
 //! use degrade::config::StackConfig;
@@ -46,6 +64,23 @@
 //!
 //! let lower = StackConfig::from_toml("[limits.api]\nquota = 10\nperiod = \"1s\"").unwrap();
 //! stack.reload(&lower).unwrap();
+//! assert_eq!(stack.limits["api"].quota_handle().get().quota, 10);
+//!
+//! // A trigger threshold, live: the next sample is judged by it.
+//! use degrade::{Level, ladder::Reading};
+//! stack.controller.observe(&[Reading::new("cpu", 0.5)]);
+//! assert_eq!(stack.controller.level(), Level::Normal);
+//! let hair_trigger = "[ladder]\nescalate_after = 1\nthresholds.light = { enter = 0.4, exit = 0.3 }\n\
+//!                     [limits.api]\nquota = 10\nperiod = \"1s\"";
+//! stack.reload(&StackConfig::from_toml(hair_trigger).unwrap()).unwrap();
+//! stack.controller.observe(&[Reading::new("cpu", 0.5)]);
+//! assert_eq!(stack.controller.level(), Level::Light);
+//!
+//! // The admission mode shapes the layer: refused, and nothing else in the file applies.
+//! let restart = StackConfig::from_toml("[admission]\nmode = \"both\"\n[limits.api]\nquota = 1\nperiod = \"1s\"").unwrap();
+//! let err = stack.reload(&restart).unwrap_err();
+//! assert_eq!(err.field(), "admission.mode");
+//! assert!(err.to_string().contains("requires a restart"));
 //! assert_eq!(stack.limits["api"].quota_handle().get().quota, 10);
 //! ```
 
@@ -69,12 +104,68 @@ pub struct StackConfig {
     pub ladder: LadderConfig,
     /// What each level does.
     pub policy: Policy,
+    /// The admission layer.
+    pub admission: AdmissionConfig,
     /// Rate limits by name.
     #[cfg(feature = "ratelimit")]
     pub limits: BTreeMap<String, degrade_ratelimit::RateLimitConfig>,
     /// Breakers by name.
     #[cfg(feature = "breaker")]
     pub breakers: BTreeMap<String, degrade_breaker::BreakerConfig>,
+}
+
+/// The `[admission]` section: how the stack's [`DegradeLayer`] admits. Every field has a
+/// default; none can change while the service runs (each shapes the layer).
+///
+/// ```
+/// use degrade::config::StackConfig;
+/// use degrade::degrade::Admission;
+/// let c = StackConfig::from_toml("[admission]\nmode = \"level-shares\"\nretry_after = \"2s\"").unwrap();
+/// assert_eq!(c.admission.mode, Admission::LevelShares);
+/// let stack = c.build().unwrap();
+/// assert!(stack.admission.snapshot().limit.is_none()); // no adaptive limit in this mode
+///
+/// let err = StackConfig::from_toml("[admission]\nlimit = { min = 0 }").unwrap_err();
+/// assert_eq!(err.field(), "admission.limit.min");
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct AdmissionConfig {
+    /// Adaptive limit, the level's shares, or both (default adaptive).
+    pub mode: degrade_core::degrade::Admission,
+    /// The adaptive limit's configuration (its defaults are meant to be kept).
+    pub limit: degrade_core::limit::LimitConfig,
+    /// The retry hint of every rejection (default 1 s).
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            mode: Default::default(),
+            limit: Default::default(),
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+impl AdmissionConfig {
+    /// Checks the rules; the error names the field (`limit.min`, `retry_after`).
+    ///
+    /// ```
+    /// let mut a = degrade::config::AdmissionConfig::default();
+    /// a.retry_after = std::time::Duration::ZERO;
+    /// assert_eq!(a.validate().unwrap_err().field(), "retry_after");
+    /// ```
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.limit.validate().map_err(|e| e.within("limit"))?;
+        if self.retry_after.is_zero() {
+            return Err(ConfigError::new("retry_after", "must be greater than zero"));
+        }
+        Ok(())
+    }
 }
 
 impl StackConfig {
@@ -104,6 +195,9 @@ impl StackConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.ladder.validate().map_err(|e| e.within("ladder"))?;
         self.policy.validate().map_err(|e| e.within("policy"))?;
+        self.admission
+            .validate()
+            .map_err(|e| e.within("admission"))?;
         #[cfg(feature = "ratelimit")]
         for (name, limit) in &self.limits {
             limit
@@ -123,8 +217,19 @@ impl StackConfig {
     pub fn build(&self) -> Result<Stack, ConfigError> {
         self.validate()?;
         let controller = Controller::new(self.ladder.clone())?;
-        let admission = DegradeLayer::new(controller.handle(), self.policy.clone())
-            .map_err(|e| e.within("policy"))?;
+        let admission = DegradeLayer::builder(controller.handle())
+            .policy(self.policy.clone())
+            .admission(self.admission.mode)
+            .limit(self.admission.limit.clone())
+            .retry_after(self.admission.retry_after)
+            .build()
+            .map_err(|e| {
+                if e.field().starts_with("policy") {
+                    e
+                } else {
+                    e.within("admission")
+                }
+            })?;
         #[cfg(feature = "ratelimit")]
         let limits = self
             .limits
@@ -208,6 +313,14 @@ impl Stack {
     pub fn reloader(&self) -> Reloader {
         Reloader {
             applied: Arc::clone(&self.applied),
+            controller: self.controller.clone(),
+            admission: self.admission.clone(),
+            #[cfg(feature = "breaker")]
+            breakers: self
+                .breakers
+                .iter()
+                .map(|(n, b)| (n.clone(), b.handle()))
+                .collect(),
             #[cfg(feature = "ratelimit")]
             quotas: self
                 .limits
@@ -276,6 +389,10 @@ impl Stack {
 #[derive(Debug, Clone)]
 pub struct Reloader {
     applied: Arc<Mutex<StackConfig>>,
+    controller: Controller,
+    admission: DegradeLayer,
+    #[cfg(feature = "breaker")]
+    breakers: BTreeMap<String, degrade_breaker::BreakerHandle>,
     #[cfg(feature = "ratelimit")]
     quotas: BTreeMap<String, degrade_ratelimit::QuotaHandle>,
 }
@@ -283,12 +400,7 @@ pub struct Reloader {
 impl Reloader {
     /// See [`Stack::reload`].
     pub fn reload(&self, new: &StackConfig) -> Result<(), ConfigError> {
-        reload(
-            &self.applied,
-            #[cfg(feature = "ratelimit")]
-            &self.quotas,
-            new,
-        )
+        self.apply(new)
     }
 
     /// Parses, validates and reloads a TOML document.
@@ -325,56 +437,81 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn restart(field: impl Into<String>) -> ConfigError {
     ConfigError::new(
         field.into(),
-        "cannot change while the service runs (restart to apply); nothing was reloaded",
+        "requires a restart: it cannot change while the service runs; nothing was reloaded",
     )
 }
 
-fn reload(
-    applied: &Mutex<StackConfig>,
-    #[cfg(feature = "ratelimit")] quotas: &BTreeMap<String, degrade_ratelimit::QuotaHandle>,
-    new: &StackConfig,
-) -> Result<(), ConfigError> {
-    new.validate()?;
-    // One reload at a time: check against, then replace, the configuration in force.
-    let mut current = lock(applied);
-    if new.ladder != current.ladder {
-        return Err(restart("ladder"));
-    }
-    if new.policy != current.policy {
-        return Err(restart("policy"));
-    }
-    #[cfg(feature = "breaker")]
-    if let Some(name) = changed_keys(&current.breakers, &new.breakers) {
-        return Err(restart(format!("breakers.{name}")));
-    }
-    #[cfg(feature = "ratelimit")]
-    {
-        for name in current.limits.keys().chain(new.limits.keys()) {
-            if current.limits.contains_key(name) != new.limits.contains_key(name) {
-                return Err(restart(format!("limits.{name}")));
+impl Reloader {
+    fn apply(&self, new: &StackConfig) -> Result<(), ConfigError> {
+        new.validate()?;
+        // One reload at a time: check against, then replace, the configuration in force.
+        let mut current = lock(&self.applied);
+        // First every check, so that a refused file changes nothing at all.
+        let (a, b) = (&current.admission, &new.admission);
+        if a.mode != b.mode {
+            return Err(restart("admission.mode"));
+        }
+        if a.limit != b.limit {
+            return Err(restart("admission.limit"));
+        }
+        if a.retry_after != b.retry_after {
+            return Err(restart("admission.retry_after"));
+        }
+        #[cfg(feature = "ratelimit")]
+        if let Some(name) = added_or_removed(&current.limits, &new.limits) {
+            return Err(restart(format!("limits.{name}")));
+        }
+        #[cfg(feature = "breaker")]
+        {
+            if let Some(name) = added_or_removed(&current.breakers, &new.breakers) {
+                return Err(restart(format!("breakers.{name}")));
+            }
+            for (name, config) in &new.breakers {
+                if let Some(old) = current.breakers.get(name) {
+                    old.live_change(config)
+                        .map_err(|e| e.within(&format!("breakers.{name}")))?;
+                }
             }
         }
-        // Validated above, so no `set` below can fail and leave a half-applied reload.
+        // Then the changes. Everything was validated and checked above, so none of these can
+        // fail and leave a half-applied reload; an error here would be a bug, still reported.
+        if new.ladder != current.ladder {
+            self.controller.reconfigure(new.ladder.clone())?;
+        }
+        if new.policy != current.policy {
+            self.admission.set_policy(&new.policy)?;
+        }
+        #[cfg(feature = "breaker")]
+        for (name, config) in &new.breakers {
+            if current.breakers.get(name) != Some(config)
+                && let Some(h) = self.breakers.get(name)
+            {
+                h.reconfigure(config.clone())
+                    .map_err(|e| e.within(&format!("breakers.{name}")))?;
+            }
+        }
+        #[cfg(feature = "ratelimit")]
         for (name, config) in &new.limits {
             if current.limits.get(name) != Some(config)
-                && let Some(q) = quotas.get(name)
+                && let Some(q) = self.quotas.get(name)
             {
                 q.set(config.clone())
                     .map_err(|e| e.within(&format!("limits.{name}")))?;
             }
         }
+        *current = new.clone();
+        Ok(())
     }
-    *current = new.clone();
-    Ok(())
 }
 
-#[cfg(feature = "breaker")]
-fn changed_keys<'a, V: PartialEq>(
+/// The first name in one map and not the other.
+#[cfg(any(feature = "ratelimit", feature = "breaker"))]
+fn added_or_removed<'a, V>(
     a: &'a BTreeMap<String, V>,
     b: &'a BTreeMap<String, V>,
 ) -> Option<&'a str> {
     a.keys()
         .chain(b.keys())
-        .find(|k| a.get(*k) != b.get(*k))
+        .find(|k| a.contains_key(*k) != b.contains_key(*k))
         .map(String::as_str)
 }

@@ -58,29 +58,62 @@ fn a_reload_that_changes_what_cannot_change_live_changes_nothing() {
     let stack = StackConfig::from_toml(FILE).unwrap().build().unwrap();
     for (edit, field) in [
         (
-            FILE.replace("wait = \"5s\"", "wait = \"9s\""),
-            "breakers.backend",
+            FILE.replace(
+                "wait = \"5s\"",
+                "wait = \"5s\"\nwindow = { kind = \"count\", size = 50 }\nminimum_calls = 10",
+            ),
+            "breakers.backend.window",
         ),
         (
-            FILE.replace("escalate_after = 2", "escalate_after = 3"),
-            "ladder",
+            format!("{FILE}\n[admission]\nmode = \"both\""),
+            "admission.mode",
         ),
         (
             format!("{FILE}\n[limits.extra]\nquota = 5\nperiod = \"1s\""),
             "limits.extra",
         ),
-        // The quota would be live, but the file also changes the ladder: all or nothing.
         (
-            FILE.replace("quota = 1000", "quota = 5")
-                .replace("escalate_after = 2", "escalate_after = 3"),
-            "ladder",
+            format!("{FILE}\n[breakers.extra]\nwait = \"1s\""),
+            "breakers.extra",
+        ),
+        // The quota, the ladder and the policy would be live, but the file also changes the
+        // admission mode: all or nothing.
+        (
+            format!(
+                "{}\n[admission]\nmode = \"both\"\n[policy.light]\nadmit = {{ background = 0, low = 0, normal = 0.5, high = 1, critical = 1 }}\nsampling = 0.5",
+                FILE.replace("quota = 1000", "quota = 5")
+                    .replace("escalate_after = 2", "escalate_after = 3")
+            ),
+            "admission.mode",
         ),
     ] {
         let new = StackConfig::from_toml(&edit).unwrap();
-        assert_eq!(stack.reload(&new).unwrap_err().field(), field);
+        let err = stack.reload(&new).unwrap_err();
+        assert_eq!(err.field(), field, "{err}");
+        assert!(err.to_string().contains("requires a restart"), "{err}");
         assert_eq!(stack.limits["api"].quota_handle().get().quota, 1000);
+        assert_eq!(stack.controller.config().escalate_after, 2);
         assert_eq!(stack.config(), StackConfig::from_toml(FILE).unwrap());
     }
+}
+
+#[test]
+fn the_ladder_the_policy_and_breaker_thresholds_reload_live() {
+    let stack = StackConfig::from_toml(FILE).unwrap().build().unwrap();
+    let edit = format!(
+        "{}\n[policy.light]\nadmit = {{ background = 0, low = 0, normal = 0.5, high = 1, critical = 1 }}\nsampling = 0.5",
+        FILE.replace("escalate_after = 2", "escalate_after = 3")
+            .replace("wait = \"5s\"", "wait = \"9s\"\nfailure_rate = 0.2")
+    );
+    let new = StackConfig::from_toml(&edit).unwrap();
+    stack.reload(&new).unwrap();
+    assert_eq!(stack.controller.config().escalate_after, 3);
+    let breaker = stack.breakers["backend"].handle().config();
+    assert_eq!(
+        (breaker.wait, breaker.failure_rate),
+        (Duration::from_secs(9), 0.2)
+    );
+    assert_eq!(stack.config(), new);
 }
 
 /// A real axum server behind the file's rate limit, a real client keeping it busy, and the
