@@ -465,13 +465,24 @@ async fn config_reload_through_the_router_is_all_or_nothing() {
     let (code, answer) = post(
         addr,
         "/config",
-        &body("[ladder]\nescalate_after = 9\n[limits.api]\nquota = 5", "x"),
+        &body(
+            "[ladder]\nescalate_after = 9\n[admission]\nmode = \"both\"\n[limits.api]\nquota = 5",
+            "x",
+        ),
     )
     .await;
     assert_eq!(
         (code, answer["field"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("ladder"))
+        (StatusCode::BAD_REQUEST, Some("admission.mode"))
     );
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("requires a restart"),
+        "{answer}"
+    );
+    assert_eq!(stack.controller.config().escalate_after, 3); // live, but not applied: all or nothing
     assert_eq!(limit.quota_handle().get().quota, 100); // nothing changed
 
     let (code, answer) = post(
@@ -484,4 +495,203 @@ async fn config_reload_through_the_router_is_all_or_nothing() {
     assert_eq!(limit.quota_handle().get().quota, 7);
     let (_, status) = post(addr, "/config", &body("", "")).await;
     assert_eq!(status["field"], "reason");
+}
+
+/// The whole stack's file for the next test, with the values it changes.
+fn stack_file(quota: u64, light_enter: f64, light_normal: f64, failure_rate: f64) -> String {
+    let light_exit = light_enter - 0.1;
+    format!(
+        r#"
+[ladder]
+escalate_after = 1
+thresholds.light = {{ enter = {light_enter}, exit = {light_exit} }}
+
+[policy.light]
+admit = {{ background = 0, low = 0, normal = {light_normal}, high = 1, critical = 1 }}
+sampling = 0.5
+
+[admission]
+mode = "level-shares"
+
+[limits.api]
+quota = {quota}
+period = "1s"
+
+[breakers.backend]
+window = {{ kind = "count", size = 100 }}
+minimum_calls = 100
+failure_rate = {failure_rate}
+wait = "100ms"
+half_open = {{ successes = 1 }}
+"#
+    )
+}
+
+/// Polls `cond` while the load runs: the new values must be in force within 1 s of the
+/// reload's answer (generous on a shared machine; the changes are observed, not timed).
+async fn within_1s(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{what}: not in force within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `POST /config` under load on the service's own server: a quota lowered and raised, a
+/// trigger threshold and the level's policy changed, a breaker's failure rate lowered, and a
+/// bad file refused with 400 naming the field. No request on the service fails, and every
+/// one is counted once by the layer that answered it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reload_through_the_router_under_load_changes_policy_quota_and_breaker() {
+    use degrade::ladder::Reading;
+    use degrade::{Outcome, Priority};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let stack = degrade::config::StackConfig::from_toml(&stack_file(1_000_000, 0.7, 1.0, 0.5))
+        .unwrap()
+        .build()
+        .unwrap();
+    let limit = stack.limits["api"].clone();
+    let admission = stack.admission.clone();
+    let breaker = stack.breakers["backend"].clone();
+    let handle = breaker.handle();
+    let admin = Admin::new()
+        .controller(stack.controller.clone())
+        .admission("api", &admission)
+        .rate_limit("api", &limit)
+        .breaker("backend", handle.clone())
+        .config(stack.reloader());
+    let service = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "ok" }))
+        .layer(breaker.clone().http())
+        .layer(admission.clone().http())
+        .layer(limit.clone().http());
+    let addr = serve(
+        service.merge(
+            axum::Router::new()
+                .nest("/admin", admin.router())
+                .layer(axum::middleware::from_fn(auth)),
+        ),
+    )
+    .await;
+
+    // Four client loops; by answer: 200, our typed rejections by reason, anything else.
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Arc<[AtomicU64; 5]> = Arc::new(Default::default());
+    let (ok, rate_limited, shed, circuit_open, failed) = (0, 1, 2, 3, 4);
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, seen) = (stop.clone(), seen.clone());
+        load.push(tokio::spawn(async move {
+            let client: Client<HttpConnector, Body> =
+                Client::builder(TokioExecutor::new()).build_http();
+            while !stop.load(Ordering::Relaxed) {
+                let req = Request::get(format!("http://{addr}/"))
+                    .body(Body::empty())
+                    .unwrap();
+                let slot = match client.request(req).await {
+                    Ok(r) => {
+                        let reason = r.headers().get("degrade-rejection").cloned();
+                        // Read the whole answer: a body cut short is a failure too.
+                        let whole = r.into_body().collect().await.is_ok();
+                        match reason.as_ref().and_then(|v| v.to_str().ok()) {
+                            _ if !whole => failed,
+                            None => ok,
+                            Some("rate_limited") => rate_limited,
+                            Some("shed") => shed,
+                            Some("circuit_open") => circuit_open,
+                            Some(_) => failed,
+                        }
+                    }
+                    Err(_) => failed,
+                };
+                seen[slot].fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let reload = |toml: String, reason: &'static str| async move {
+        let body = serde_json::json!({ "toml": toml, "reason": reason }).to_string();
+        post(addr, "/config", &body).await
+    };
+    within_1s("load running", || breaker.snapshot().admitted >= 100).await;
+
+    // The quota, lowered then raised.
+    let (code, _) = reload(stack_file(3, 0.7, 1.0, 0.5), "tenant abuse").await;
+    assert_eq!(code, StatusCode::OK);
+    let before = limit.snapshot().rejected();
+    within_1s("quota 3", || limit.snapshot().rejected() > before).await;
+    let (code, _) = reload(stack_file(1_000_000, 0.7, 1.0, 0.5), "over").await;
+    assert_eq!(code, StatusCode::OK);
+    let raised = std::time::Instant::now();
+    loop {
+        let before = limit.snapshot();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let after = limit.snapshot();
+        if after.rejected() == before.rejected() && after.admitted > before.admitted + 10 {
+            break;
+        }
+        assert!(
+            raised.elapsed() < Duration::from_secs(1),
+            "quota raised: not in force within 1 s"
+        );
+    }
+
+    // A trigger threshold, then the level's policy.
+    let controller = &stack.controller;
+    assert!(controller.observe(&[Reading::new("load", 0.5)]).is_none());
+    let (code, _) = reload(stack_file(1_000_000, 0.4, 1.0, 0.5), "earlier").await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        controller.observe(&[Reading::new("load", 0.5)]).unwrap().to,
+        Level::Light
+    );
+    let shed_at_light = || admission.snapshot().shed_at(Level::Light, Priority::Normal);
+    let (code, _) = reload(stack_file(1_000_000, 0.4, 0.5, 0.5), "shed half").await;
+    assert_eq!(code, StatusCode::OK);
+    within_1s("policy light.normal = 0.5", || shed_at_light() > 0).await;
+
+    // A breaker threshold: lowered to 1 %, one failure in a full window opens it.
+    within_1s("window full", || handle.snapshot().window.calls == 100).await;
+    let (code, _) = reload(stack_file(1_000_000, 0.4, 0.5, 0.01), "stricter").await;
+    assert_eq!(code, StatusCode::OK);
+    handle.try_acquire().unwrap().record(Outcome::Failure);
+    assert_eq!(handle.state(), State::Open);
+    within_1s("breaker closed again", || handle.state() == State::Closed).await;
+
+    // A bad file: 400 naming the field, and nothing in it applied.
+    let in_force = stack.config();
+    for (toml, field) in [
+        (stack_file(7, 0.4, 1.5, 0.5), "policy.light.admit.normal"),
+        (
+            stack_file(7, 0.9, 0.5, 0.5),
+            "ladder.thresholds.moderate.enter",
+        ),
+        (
+            stack_file(7, 0.4, 0.5, 0.5).replace("size = 100", "size = 200"),
+            "breakers.backend.window",
+        ),
+    ] {
+        let (code, answer) = reload(toml, "bad").await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert_eq!(answer["field"], field, "{answer}");
+    }
+    assert_eq!(stack.config(), in_force);
+    assert_eq!(limit.quota_handle().get().quota, 1_000_000);
+
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    let n: Vec<u64> = seen.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    assert_eq!(n[failed], 0, "{n:?}");
+    assert!(n.iter().take(4).all(|&c| c > 0), "{n:?}");
+    let (l, a, b) = (limit.snapshot(), admission.snapshot(), breaker.snapshot());
+    assert_eq!(l.offered(), n.iter().sum::<u64>());
+    assert_eq!(l.rejected(), n[rate_limited]);
+    assert_eq!(a.offered(), l.offered() - l.rejected());
+    assert_eq!(a.rejected(), n[shed]);
+    assert_eq!(b.offered(), a.admitted() + 1); // and the one failure recorded by hand
+    assert_eq!((b.rejected, b.admitted), (n[circuit_open], n[ok] + 1));
 }
