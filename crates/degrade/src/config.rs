@@ -112,6 +112,14 @@ pub struct StackConfig {
     /// Breakers by name.
     #[cfg(feature = "breaker")]
     pub breakers: BTreeMap<String, degrade_breaker::BreakerConfig>,
+    /// Rate limits per key (a header's value, the client's address) by name (features
+    /// `ratelimit` and `http`).
+    #[cfg(all(feature = "ratelimit", feature = "http"))]
+    pub keyed_limits: BTreeMap<String, KeyedLimitConfig>,
+    /// Canary rollouts by name (feature `canary`): the steps, the analysis and the judge of
+    /// each, for its `CanaryController`.
+    #[cfg(feature = "canary")]
+    pub canaries: BTreeMap<String, degrade_canary::CanaryConfig>,
 }
 
 /// The `[admission]` section: how the stack's [`DegradeLayer`] admits. Every field has a
@@ -210,6 +218,31 @@ impl StackConfig {
                 .validate()
                 .map_err(|e| e.within(&format!("breakers.{name}")))?;
         }
+        #[cfg(all(feature = "ratelimit", feature = "http"))]
+        for (name, keyed) in &self.keyed_limits {
+            keyed
+                .validate()
+                .map_err(|e| e.within(&format!("keyed_limits.{name}")))?;
+        }
+        #[cfg(feature = "canary")]
+        for (name, canary) in &self.canaries {
+            canary.validate().map_err(|e| {
+                // The canary names a step `steps.2`; the file's paths write it `steps[2]`.
+                let field =
+                    e.field()
+                        .split('.')
+                        .fold(format!("canaries.{name}"), |mut path, part| {
+                            if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+                                path.push_str(&format!("[{part}]"));
+                            } else {
+                                path.push('.');
+                                path.push_str(part);
+                            }
+                            path
+                        });
+                ConfigError::new(field, e.rule().to_owned())
+            })?;
+        }
         Ok(())
     }
 
@@ -252,15 +285,150 @@ impl StackConfig {
                     .map_err(|e| e.within(&format!("breakers.{name}")))
             })
             .collect::<Result<_, _>>()?;
+        #[cfg(all(feature = "ratelimit", feature = "http"))]
+        let keyed_limits = self
+            .keyed_limits
+            .iter()
+            .map(|(name, c)| {
+                c.build()
+                    .map(|l| (name.clone(), l))
+                    .map_err(|e| e.within(&format!("keyed_limits.{name}")))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Stack {
             controller,
             admission,
+            #[cfg(all(feature = "ratelimit", feature = "http"))]
+            keyed_limits,
+            #[cfg(feature = "canary")]
+            canaries: self.canaries.clone(),
             #[cfg(feature = "ratelimit")]
             limits,
             #[cfg(feature = "breaker")]
             breakers,
             applied: Arc::new(Mutex::new(self.clone())),
         })
+    }
+}
+
+/// A `[keyed_limits.NAME]` section: a rate limit per key, the key taken from each request.
+///
+/// ```toml
+/// [keyed_limits.per_client]
+/// key = { header = "x-api-key" }   # or key = { peer = {} }, key = { peer = { trusted_proxies = ["10.0.0.0/8"] } }
+/// keys = { max_keys = 100000 }     # degrade_ratelimit::KeysConfig (optional)
+/// limit = { quota = 10, period = "1s" }   # degrade_ratelimit::RateLimitConfig, per key
+/// ```
+///
+/// The `limit` reloads live like a plain limit's quota; `key` and `keys` shape the key store
+/// and require a restart.
+///
+/// ```
+/// use degrade::config::StackConfig;
+/// let file = "[keyed_limits.per_client]\nkey = { header = \"x-api-key\" }\nlimit = { quota = 1, period = \"1m\" }";
+/// let stack = StackConfig::from_toml(file).unwrap().build().unwrap();
+/// assert_eq!(stack.keyed_limits["per_client"].quota_handle().get().quota, 1);
+///
+/// let bad = StackConfig::from_toml("[keyed_limits.x]\nkey = { header = \"no spaces\" }\nlimit = { quota = 1 }");
+/// assert_eq!(bad.unwrap_err().field(), "keyed_limits.x.key.header");
+/// let bad = StackConfig::from_toml("[keyed_limits.x]\nkey = { peer = { ipv6_prefix = 200 } }\nlimit = { quota = 1 }");
+/// assert_eq!(bad.unwrap_err().field(), "keyed_limits.x.key.peer.ipv6_prefix");
+/// let bad = StackConfig::from_toml("[keyed_limits.x]\nkey = { cookie = \"id\" }\nlimit = { quota = 1 }");
+/// assert_eq!(bad.unwrap_err().field(), "keyed_limits.x.key");
+/// ```
+#[cfg(all(feature = "ratelimit", feature = "http"))]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct KeyedLimitConfig {
+    /// Where the key comes from.
+    pub key: KeyBy,
+    /// The key store's bounds.
+    #[serde(default)]
+    pub keys: degrade_ratelimit::KeysConfig,
+    /// The limit of each key.
+    pub limit: degrade_ratelimit::RateLimitConfig,
+}
+
+#[cfg(all(feature = "ratelimit", feature = "http"))]
+impl KeyedLimitConfig {
+    /// Checks every field; the error names it (`key.header`, `limit.quota`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.key.build().map_err(|e| e.within("key"))?;
+        self.keys.validate().map_err(|e| e.within("keys"))?;
+        self.limit.validate().map_err(|e| e.within("limit"))
+    }
+
+    fn build(&self) -> Result<degrade_ratelimit::RateLimitLayer<FileKey>, ConfigError> {
+        let key = self.key.build().map_err(|e| e.within("key"))?;
+        degrade_ratelimit::RateLimitLayer::builder(self.limit.clone())
+            .keyed(key, self.keys)
+            .build()
+            .map_err(|e| e.within("limit"))
+    }
+}
+
+/// Where a keyed limit takes a request's key from: the value of a header (an API key, a
+/// tenant), or the client's address (the TCP peer, or behind trusted proxies the forwarded
+/// client). In TOML: `{ header = "x-api-key" }` or `{ peer = { … } }`.
+#[cfg(all(feature = "ratelimit", feature = "http"))]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum KeyBy {
+    /// The value of this header ([`degrade_core::key::HeaderKey`]); a request without it
+    /// shares the keyless budget.
+    Header(String),
+    /// The client's address ([`degrade_core::key::PeerIp`]).
+    Peer(degrade_core::key::PeerIpConfig),
+}
+
+#[cfg(all(feature = "ratelimit", feature = "http"))]
+impl KeyBy {
+    fn build(&self) -> Result<FileKey, ConfigError> {
+        Ok(match self {
+            KeyBy::Header(name) => FileKey::Header(degrade_core::key::HeaderKey::new(name)?),
+            KeyBy::Peer(c) => FileKey::Peer(
+                degrade_core::key::PeerIp::from_config(c).map_err(|e| e.within("peer"))?,
+            ),
+        })
+    }
+}
+
+/// The key extractor a [`KeyBy`] builds: the header's or the peer's extractor of
+/// `degrade_core::key`, chosen by the file.
+#[cfg(all(feature = "ratelimit", feature = "http"))]
+#[derive(Debug, Clone)]
+pub enum FileKey {
+    /// By header.
+    Header(degrade_core::key::HeaderKey),
+    /// By client address.
+    Peer(degrade_core::key::PeerIp),
+}
+
+/// A key found by a [`FileKey`].
+#[cfg(all(feature = "ratelimit", feature = "http"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileKeyValue {
+    /// A header's value, hashed.
+    Header(degrade_core::key::HashedKey),
+    /// A client's network.
+    Peer(std::net::IpAddr),
+}
+
+#[cfg(all(feature = "ratelimit", feature = "http"))]
+impl degrade_core::key::Keyed for FileKey {
+    type Key = FileKeyValue;
+}
+
+#[cfg(all(feature = "ratelimit", feature = "http"))]
+impl<B> degrade_core::key::KeyExtractor<http::Request<B>> for FileKey {
+    #[inline]
+    fn extract(&self, req: &http::Request<B>) -> Option<FileKeyValue> {
+        match self {
+            FileKey::Header(k) => k.extract(req).map(FileKeyValue::Header),
+            FileKey::Peer(k) => k.extract(req).map(FileKeyValue::Peer),
+        }
     }
 }
 
@@ -294,6 +462,14 @@ pub struct Stack {
     /// The breakers by name.
     #[cfg(feature = "breaker")]
     pub breakers: BTreeMap<String, degrade_breaker::BreakerLayer>,
+    /// The keyed rate limits by name (use `.http()` on an axum router).
+    #[cfg(all(feature = "ratelimit", feature = "http"))]
+    pub keyed_limits: BTreeMap<String, degrade_ratelimit::RateLimitLayer<FileKey>>,
+    /// The canary configurations by name, validated. A canary routes between two services
+    /// of your code, so the stack does not build it: give the configuration to its
+    /// controller (`CanaryController::builder(stack.canaries["v2"].clone(), canary.handle())`).
+    #[cfg(feature = "canary")]
+    pub canaries: BTreeMap<String, degrade_canary::CanaryConfig>,
     applied: Arc<Mutex<StackConfig>>,
 }
 
@@ -324,6 +500,12 @@ impl Stack {
             #[cfg(feature = "ratelimit")]
             quotas: self
                 .limits
+                .iter()
+                .map(|(n, l)| (n.clone(), l.quota_handle()))
+                .collect(),
+            #[cfg(all(feature = "ratelimit", feature = "http"))]
+            keyed_quotas: self
+                .keyed_limits
                 .iter()
                 .map(|(n, l)| (n.clone(), l.quota_handle()))
                 .collect(),
@@ -395,6 +577,8 @@ pub struct Reloader {
     breakers: BTreeMap<String, degrade_breaker::BreakerHandle>,
     #[cfg(feature = "ratelimit")]
     quotas: BTreeMap<String, degrade_ratelimit::QuotaHandle>,
+    #[cfg(all(feature = "ratelimit", feature = "http"))]
+    keyed_quotas: BTreeMap<String, degrade_ratelimit::QuotaHandle>,
 }
 
 impl Reloader {
@@ -473,6 +657,35 @@ impl Reloader {
                 }
             }
         }
+        #[cfg(all(feature = "ratelimit", feature = "http"))]
+        {
+            if let Some(name) = added_or_removed(&current.keyed_limits, &new.keyed_limits) {
+                return Err(restart(format!("keyed_limits.{name}")));
+            }
+            for (name, config) in &new.keyed_limits {
+                if let Some(old) = current.keyed_limits.get(name) {
+                    if old.key != config.key {
+                        return Err(restart(format!("keyed_limits.{name}.key")));
+                    }
+                    if old.keys != config.keys {
+                        return Err(restart(format!("keyed_limits.{name}.keys")));
+                    }
+                }
+            }
+        }
+        #[cfg(feature = "canary")]
+        {
+            if let Some(name) = added_or_removed(&current.canaries, &new.canaries) {
+                return Err(restart(format!("canaries.{name}")));
+            }
+            for (name, config) in &new.canaries {
+                if let Some(old) = current.canaries.get(name)
+                    && let Some(field) = canary_change(old, config)
+                {
+                    return Err(restart(format!("canaries.{name}.{field}")));
+                }
+            }
+        }
         // Then the changes. Everything was validated and checked above, so none of these can
         // fail and leave a half-applied reload; an error here would be a bug, still reported.
         if new.ladder != current.ladder {
@@ -499,8 +712,37 @@ impl Reloader {
                     .map_err(|e| e.within(&format!("limits.{name}")))?;
             }
         }
+        #[cfg(all(feature = "ratelimit", feature = "http"))]
+        for (name, config) in &new.keyed_limits {
+            if current.keyed_limits.get(name).map(|c| &c.limit) != Some(&config.limit)
+                && let Some(q) = self.keyed_quotas.get(name)
+            {
+                q.set(config.limit.clone())
+                    .map_err(|e| e.within(&format!("keyed_limits.{name}.limit")))?;
+            }
+        }
         *current = new.clone();
         Ok(())
+    }
+}
+
+/// The first section of a canary's configuration that differs (a running rollout's steps and
+/// judge are its plan: a new plan is a new rollout).
+#[cfg(feature = "canary")]
+fn canary_change(
+    a: &degrade_canary::CanaryConfig,
+    b: &degrade_canary::CanaryConfig,
+) -> Option<&'static str> {
+    if a.steps != b.steps {
+        Some("steps")
+    } else if a.analysis_interval != b.analysis_interval {
+        Some("analysis_interval")
+    } else if a.inconclusive_limit != b.inconclusive_limit {
+        Some("inconclusive_limit")
+    } else if a.judge != b.judge {
+        Some("judge")
+    } else {
+        None
     }
 }
 

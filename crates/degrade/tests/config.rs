@@ -450,3 +450,100 @@ async fn policy_quota_and_breaker_reload_under_load_with_no_failed_request() {
     assert_eq!(b.admitted, ok + direct);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn canaries_are_described_checked_and_refused_live() {
+    let file = r#"
+[canaries.v2]
+steps = [
+    { weight_percent = 5, bake = "1m" },
+    { weight_percent = 25, bake = "1m" },
+    { weight_percent = 100, bake = "2m" },
+]
+analysis_interval = "10s"
+judge = { alpha = 0.05 }
+"#;
+    let stack = StackConfig::from_toml(file).unwrap().build().unwrap();
+    assert_eq!(stack.canaries["v2"].steps[1].weight_percent, 25.0);
+    for (text, field) in [
+        (
+            file.replace("weight_percent = 25", "weight_percent = 1"),
+            "canaries.v2.steps[1].weight_percent",
+        ),
+        (
+            file.replace("bake = \"2m\"", "bake = 2"),
+            "canaries.v2.steps[2].bake",
+        ),
+        (
+            file.replace("weight_percent = 100", "weight = 100"),
+            "canaries.v2.steps[2].weight",
+        ),
+        (
+            file.replace("alpha = 0.05", "alpha = 2.0"),
+            "canaries.v2.judge.alpha",
+        ),
+    ] {
+        let err = StackConfig::from_toml(&text).unwrap_err();
+        assert_eq!(err.field(), field, "{text}: {err}");
+    }
+    // A running rollout's plan does not change under it.
+    let new = StackConfig::from_toml(&file.replace("bake = \"2m\"", "bake = \"5m\"")).unwrap();
+    let err = stack.reload(&new).unwrap_err();
+    assert_eq!(err.field(), "canaries.v2.steps");
+    assert!(err.to_string().contains("requires a restart"), "{err}");
+    assert_eq!(stack.config(), StackConfig::from_toml(file).unwrap());
+}
+
+/// A keyed limit from the file on a real server: each API key has its own budget, its quota
+/// reloads live, and its key needs a restart.
+#[tokio::test]
+async fn keyed_limits_from_the_file_limit_each_key_and_reload_their_quota() {
+    let file = |quota: u32, header: &str| {
+        format!(
+            "[keyed_limits.per_client]\nkey = {{ header = \"{header}\" }}\nlimit = {{ quota = {quota}, period = \"1h\" }}\n"
+        )
+    };
+    let stack = StackConfig::from_toml(&file(2, "x-api-key"))
+        .unwrap()
+        .build()
+        .unwrap();
+    let limit = stack.keyed_limits["per_client"].clone();
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "ok" }))
+        .layer(limit.clone().http());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build_http();
+    let get = |key: &'static str| {
+        let client = client.clone();
+        async move {
+            let req = Request::get(format!("http://{addr}/"))
+                .header("x-api-key", key)
+                .body(Body::empty())
+                .unwrap();
+            client.request(req).await.unwrap().status()
+        }
+    };
+    // The default burst is the quota: two for each key, then 429.
+    assert_eq!(get("alice").await, StatusCode::OK);
+    assert_eq!(get("alice").await, StatusCode::OK);
+    assert_eq!(get("alice").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(get("bob").await, StatusCode::OK); // a budget of its own
+
+    // Raised live: alice's next request is decided under the new quota.
+    stack
+        .reload(&StackConfig::from_toml(&file(1000, "x-api-key")).unwrap())
+        .unwrap();
+    assert_eq!(limit.quota_handle().get().quota, 1000);
+    assert_eq!(get("alice").await, StatusCode::OK);
+
+    let err = stack
+        .reload(&StackConfig::from_toml(&file(5, "x-tenant")).unwrap())
+        .unwrap_err();
+    assert_eq!(err.field(), "keyed_limits.per_client.key");
+    assert!(err.to_string().contains("requires a restart"), "{err}");
+    assert_eq!(limit.quota_handle().get().quota, 1000);
+    let snap = limit.snapshot();
+    assert_eq!((snap.offered(), snap.rejected()), (5, 1));
+}
