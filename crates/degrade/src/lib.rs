@@ -16,7 +16,7 @@
 //! | `triggers` | `triggers` | the signals (CPU, memory, PSI, latency, errors) and the `Monitor` that drive the level |
 //! | `otel` | `otel` | a level-following sampler and export protection for OpenTelemetry |
 //! | `metrics` | `otel::metrics` | metrics by registration: OTel instruments that read every registered layer |
-//! | `config` | `config` | the whole stack from one TOML file, field-path errors, live reload of quotas |
+//! | `config` | `config` | the whole stack from one TOML file, field-path errors, live reload of triggers, policy, quotas and breaker thresholds |
 //! | `admin` | `admin` | an axum router to read and steer every registered layer at run time, under your auth |
 //! | `http`, `grpc` | | HTTP and gRPC answer modes, classifiers and keys in every enabled policy |
 //! | `redis` | | the Redis backends of the enabled policies: `ratelimit`'s fleet limits, `canary::fleet` (one rollout across a fleet) |
@@ -201,7 +201,8 @@ pub use degrade_otel as otel;
     feature = "breaker",
     feature = "ratelimit",
     feature = "http",
-    feature = "admin"
+    feature = "admin",
+    feature = "config"
 ))]
 pub struct ReadmeDoctests;
 
