@@ -53,6 +53,24 @@ enum Op {
     Abandon(usize),
     Advance(u64),
     Reset,
+    /// A live change of the failure rate, the wait and the probes that close it
+    /// (`BreakerHandle::reconfigure`): indexes into `RATES` and `WAITS`, and a success count.
+    Reconfigure(usize, usize, u32),
+}
+
+const RATES: [f64; 3] = [0.5, 0.25, 0.75];
+const WAITS: [Duration; 3] = [
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
+
+fn reconfigured(rate: f64, wait: Duration, successes: u32) -> BreakerConfig {
+    let mut c = config();
+    c.failure_rate = rate;
+    c.wait = wait;
+    c.half_open.successes = successes;
+    c
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -66,6 +84,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Abandon),
         3 => (0u64..1500).prop_map(Op::Advance),
         1 => Just(Op::Reset),
+        1 => (0usize..3, 0usize..3, 1u32..4).prop_map(|(r, w, s)| Op::Reconfigure(r, w, s)),
     ]
 }
 
@@ -97,6 +116,10 @@ struct Model {
     probe_epoch: u64,
     probes: u32,
     successes: u32,
+    /// The configuration in force (changed by `Reconfigure`).
+    rate: f64,
+    wait: Duration,
+    needed: u32,
 }
 
 impl Model {
@@ -111,6 +134,9 @@ impl Model {
             probe_epoch: u64::MAX,
             probes: 0,
             successes: 0,
+            rate: 0.5,
+            wait: WAIT,
+            needed: SUCCESSES,
         }
     }
 
@@ -126,7 +152,7 @@ impl Model {
 
     fn open(&mut self) {
         self.openings += 1;
-        let wait = (WAIT * 2u32.pow(self.openings - 1).min(1 << 20)).min(MAX_WAIT);
+        let wait = (self.wait * 2u32.pow(self.openings - 1).min(1 << 20)).min(MAX_WAIT);
         self.state = State::Open;
         self.open_until = self.now + wait;
         self.epoch += 1;
@@ -173,9 +199,8 @@ impl Model {
                 self.window.push_back(outcome);
                 let calls = self.window.len();
                 let count = |o| self.window.iter().filter(|x| **x == o).count();
-                if calls >= MINIMUM
-                    && (count(Outcome::Failure) * 2 >= calls || count(Outcome::Slow) * 2 >= calls)
-                {
+                let failed = count(Outcome::Failure) as f64 / calls as f64;
+                if calls >= MINIMUM && (failed >= self.rate || count(Outcome::Slow) * 2 >= calls) {
                     self.open();
                 }
             }
@@ -185,7 +210,7 @@ impl Model {
                         Outcome::Failure | Outcome::Slow => self.open(),
                         Outcome::Success => {
                             self.successes += 1;
-                            if self.successes >= SUCCESSES {
+                            if self.successes >= self.needed {
                                 self.openings = 0;
                                 self.close();
                             }
@@ -295,6 +320,14 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
             Op::Reset => {
                 real.reset();
                 model.reset();
+            }
+            Op::Reconfigure(r, w, n) => {
+                real.reconfigure(reconfigured(RATES[*r], WAITS[*w], *n))
+                    .unwrap();
+                // The specification: nothing moves; the next judgement uses the new values.
+                model.rate = RATES[*r];
+                model.wait = WAITS[*w];
+                model.needed = *n;
             }
         }
         prop_assert_eq!(

@@ -181,6 +181,47 @@ proptest! {
     }
 
     #[test]
+    fn a_reload_mid_run_moves_nothing_and_the_new_config_rules_what_follows(
+        cfg in config(), next in config(), shift in -0.5f64..0.04,
+        before in samples(200), after in noisy_samples(300)
+    ) {
+        let mut next = next;
+        for level in &Level::ALL[1..] {
+            let band = match level {
+                Level::Light => &mut next.thresholds.light,
+                Level::Moderate => &mut next.thresholds.moderate,
+                Level::Heavy => &mut next.thresholds.heavy,
+                _ => &mut next.thresholds.emergency,
+            };
+            band.enter += shift;
+            band.exit += shift;
+        }
+        let t0 = Instant::now();
+        let mut ladder = Ladder::new(cfg, t0).unwrap();
+        let mut t = t0;
+        run(&mut ladder, &mut t, &before);
+        let (level, pinned) = (ladder.level(), ladder.pinned());
+        ladder.reconfigure(next.clone(), t).unwrap();
+        prop_assert_eq!((ladder.level(), ladder.pinned()), (level, pinned));
+        prop_assert_eq!(ladder.config(), &next);
+        for (dt, p) in &after {
+            t += Duration::from_millis(*dt);
+            let tr = ladder.observe(&[Reading { signal: "s", pressure: *p }], t);
+            prop_assert!(ladder.current_dwell() >= next.dwell);
+            prop_assert!(ladder.current_dwell() <= next.effective_max_dwell());
+            let Some(tr) = tr else { continue };
+            if tr.to < tr.from {
+                prop_assert_eq!(tr.to, tr.from.down());
+                prop_assert!(tr.time_at_previous >= next.dwell, "{:?}", tr);
+                let exit = next.thresholds.band(tr.from).unwrap().exit;
+                prop_assert_eq!(tr.threshold, Some(exit));
+            } else {
+                prop_assert_eq!(tr.threshold, Some(enter(&next, tr.to)));
+            }
+        }
+    }
+
+    #[test]
     fn a_pin_holds_until_unpinned(
         cfg in config(), before in samples(100), during in samples(200), level in 0usize..5
     ) {
