@@ -94,6 +94,30 @@ fn admit_path_allocates_nothing() {
     assert_eq!(ok, 1000);
     assert_eq!(change.allocations, 0, "admit (Light level): {change:?}");
 
+    // The level's shares (no limit) after a live policy change: the shares are atomic words,
+    // read with no lock and no allocation.
+    let shares = DegradeLayer::builder(controller.handle())
+        .admission(degrade_core::degrade::Admission::LevelShares)
+        .prioritize(|_: &u32| Priority::High)
+        .build()
+        .unwrap();
+    // The default Heavy admits half of High; the new policy all of it.
+    let mut policy = degrade_core::Policy::default();
+    policy.heavy.admit.high = 1.0;
+    shares.set_policy(&policy).unwrap();
+    controller.pin(Level::Heavy);
+    let mut svc = shares.layer(tower::service_fn(|n: u32| ready(Ok::<_, Infallible>(n))));
+    call_all(&mut svc, vec![1, 2, 3]);
+    let reqs: Vec<u32> = (0..1000).collect();
+    let region = Region::new(GLOBAL);
+    let (ok, err) = call_all(&mut svc, reqs);
+    let change = region.change();
+    assert_eq!((ok, err), (1000, 0));
+    assert_eq!(
+        change.allocations, 0,
+        "admit (level shares after set_policy): {change:?}"
+    );
+
     // HTTP mode with a header classifier: requests are built before measuring.
     controller.pin(Level::Normal);
     let layer = DegradeLayer::builder(controller.handle())
