@@ -86,7 +86,7 @@
 
 use degrade_core::{ConfigError, Controller, DegradeLayer, LadderConfig, Policy};
 use serde::Deserialize;
-#[cfg(any(feature = "ratelimit", feature = "breaker"))]
+#[cfg(any(feature = "ratelimit", feature = "breaker", feature = "canary"))]
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -747,7 +747,7 @@ fn canary_change(
 }
 
 /// The first name in one map and not the other.
-#[cfg(any(feature = "ratelimit", feature = "breaker"))]
+#[cfg(any(feature = "ratelimit", feature = "breaker", feature = "canary"))]
 fn added_or_removed<'a, V>(
     a: &'a BTreeMap<String, V>,
     b: &'a BTreeMap<String, V>,
