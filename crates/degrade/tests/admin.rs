@@ -527,6 +527,19 @@ half_open = {{ successes = 1 }}
     )
 }
 
+/// Waits for a precondition of the scenario (the load reaching a layer, a breaker's wait):
+/// not a figure under test, so the bound only stops a hung run.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what}: never happened"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Polls `cond` while the load runs: the new values must be in force within 1 s of the
 /// reload's answer (generous on a shared machine; the changes are observed, not timed).
 async fn within_1s(what: &str, mut cond: impl FnMut() -> bool) {
@@ -615,7 +628,7 @@ async fn config_reload_through_the_router_under_load_changes_policy_quota_and_br
         let body = serde_json::json!({ "toml": toml, "reason": reason }).to_string();
         post(addr, "/config", &body).await
     };
-    within_1s("load running", || breaker.snapshot().admitted >= 100).await;
+    eventually("load running", || breaker.snapshot().admitted >= 100).await;
 
     // The quota, lowered then raised.
     let (code, _) = reload(stack_file(3, 0.7, 1.0, 0.5), "tenant abuse").await;
@@ -653,12 +666,12 @@ async fn config_reload_through_the_router_under_load_changes_policy_quota_and_br
     within_1s("policy light.normal = 0.5", || shed_at_light() > 0).await;
 
     // A breaker threshold: lowered to 1 %, one failure in a full window opens it.
-    within_1s("window full", || handle.snapshot().window.calls == 100).await;
+    eventually("window full", || handle.snapshot().window.calls == 100).await;
     let (code, _) = reload(stack_file(1_000_000, 0.4, 0.5, 0.01), "stricter").await;
     assert_eq!(code, StatusCode::OK);
     handle.try_acquire().unwrap().record(Outcome::Failure);
     assert_eq!(handle.state(), State::Open);
-    within_1s("breaker closed again", || handle.state() == State::Closed).await;
+    eventually("breaker closed again", || handle.state() == State::Closed).await;
 
     // A bad file: 400 naming the field, and nothing in it applied.
     let in_force = stack.config();
