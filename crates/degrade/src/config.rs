@@ -1,8 +1,12 @@
 //! One file for a service's protection (feature `config`): the ladder, the level policy, the
-//! admission layer, the rate limits and the breakers in TOML, built into layers, and reloaded
-//! while the service runs.
+//! admission layer, the rate limits (plain and keyed), the breakers and the canaries in TOML,
+//! built into layers, and reloaded while the service runs.
 //!
-//! ```toml
+//! ```
+//! # #[cfg(all(feature = "ratelimit", feature = "breaker", feature = "canary", feature = "http"))] {
+//! use degrade::config::StackConfig;
+//!
+//! let file = r#"
 //! [ladder]                 # degrade_core::LadderConfig: trigger thresholds, hysteresis, dwell
 //! escalate_after = 2
 //! thresholds.light = { enter = 0.7, exit = 0.6 }
@@ -20,8 +24,23 @@
 //! quota = 100
 //! period = "1s"
 //!
+//! [keyed_limits.per_client]            # a limit per key (features ratelimit + http)
+//! key = { peer = { trusted_proxies = ["10.0.0.0/8"] } }   # or { header = "x-api-key" }
+//! limit = { quota = 10, period = "1s" }
+//!
 //! [breakers.backend]       # a degrade_breaker::BreakerConfig per name (feature breaker)
 //! wait = "5s"
+//!
+//! [canaries.v2]            # a degrade_canary::CanaryConfig per name (feature canary)
+//! steps = [{ weight_percent = 5, bake = "2m" }, { weight_percent = 100, bake = "5m" }]
+//! judge = { min_samples = 500 }
+//! "#;
+//! let stack = StackConfig::from_toml(file).unwrap().build().unwrap();
+//! assert_eq!(stack.admission.snapshot().limit.unwrap().limit, 16); // the limit's initial value
+//! assert_eq!(stack.keyed_limits["per_client"].quota_handle().get().quota, 10);
+//! assert_eq!(stack.breakers["backend"].handle().config().wait.as_secs(), 5);
+//! assert_eq!(stack.canaries["v2"].steps.len(), 2); // for the canary's controller
+//! # }
 //! ```
 //!
 //! Every section is the serde form of the layer's own config, so the field names and rules are
