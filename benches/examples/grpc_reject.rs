@@ -1,8 +1,10 @@
 //! The cost of a gRPC rejection's `tonic::Status` with a `google.rpc.RetryInfo` detail, timed
 //! as the minimum over repetitions (see `min_of_reps.rs` for why the minimum):
 //!
-//! * `tonic-types`: [`degrade_core::rejection::grpc::status`] as it is now, the detail built by
-//!   tonic-types (`Status::with_error_details` + `ErrorDetails::with_retry_info`);
+//! * `tonic-types`: [`degrade_core::rejection::grpc::status`] as it is now, the detail built from
+//!   tonic-types' generated `google.rpc` messages (`pb::Status`, `pb::RetryInfo`) encoded by
+//!   prost into one buffer, the message moved in and out rather than copied (the bytes of
+//!   `StatusExt::with_error_details`, which copies the message and fills a ten-detail vector);
 //! * `hand-written`: the same status built by the hand-written protobuf encoder it replaced
 //!   (issue 19), pasted below from degrade-core at commit `3b2d8a5^` as the "before" reference;
 //! * `no-detail`: the same status without a detail (`retry_after` unknown), the floor of both.
