@@ -27,10 +27,14 @@
 //!   [`stale_after`](FleetCanaryConfig::stale_after), then fall back to stable (weight 0) until
 //!   Redis answers again; a leader that cannot renew its lease stops acting when its lease
 //!   would have ended. Every Redis call is bounded by [`timeout`](FleetCanaryConfig::timeout).
+//! * **Manual gates for the fleet.** [`FleetGates`] (from any instance, an operator tool or an
+//!   admin endpoint) writes promote / abort / pause / resume to Redis with who and why; the
+//!   leader applies it exactly once through its fenced write ([`apply`]: an abort wins over
+//!   whatever was issued with it), and every router follows within a poll.
 //!
 //! It is all visible in [`FleetCanaryTask::snapshot`] and in `tracing` events (weight changes,
-//! terms, refused writes, fallbacks). The keys of a rollout share one hash tag
-//! (`<prefix>:{<name>}:...`), so it runs on a Redis Cluster too.
+//! terms, refused writes, fallbacks, commands). The keys of a rollout share one hash tag
+//! (`<prefix>:{<name>}:...`), so it runs on a Redis Cluster too (tested on three masters).
 //!
 //! ```no_run
 //! use degrade_canary::Canary;
