@@ -146,11 +146,11 @@ impl FleetCommand {
 /// What the leader did with one command ([`apply`]).
 ///
 /// ```
-/// use degrade_canary::fleet::Outcome;
-/// assert_eq!(Outcome::Applied.as_str(), "applied");
+/// use degrade_canary::fleet::CommandOutcome;
+/// assert_eq!(CommandOutcome::Applied.as_str(), "applied");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum CommandOutcome {
     /// It changed the rollout.
     Applied,
     /// It changed nothing (a pause of a paused rollout, a resume of a progressing one).
@@ -161,19 +161,19 @@ pub enum Outcome {
     Finished,
 }
 
-impl Outcome {
+impl CommandOutcome {
     /// The word in the audit list and in tracing.
     ///
     /// ```
-    /// # use degrade_canary::fleet::Outcome;
-    /// assert_eq!(Outcome::Superseded.as_str(), "superseded");
+    /// # use degrade_canary::fleet::CommandOutcome;
+    /// assert_eq!(CommandOutcome::Superseded.as_str(), "superseded");
     /// ```
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Applied => "applied",
-            Outcome::Unchanged => "unchanged",
-            Outcome::Superseded => "superseded",
-            Outcome::Finished => "finished",
+            CommandOutcome::Applied => "applied",
+            CommandOutcome::Unchanged => "unchanged",
+            CommandOutcome::Superseded => "superseded",
+            CommandOutcome::Finished => "finished",
         }
     }
 }
@@ -181,38 +181,42 @@ impl Outcome {
 /// Applies a batch of pending commands (in the order issued) to the rollout at `now`; one
 /// outcome per command, in order. Pure: the machine is the only thing it changes.
 ///
-/// * A rollout that has ended takes no command ([`Outcome::Finished`]).
+/// * A rollout that has ended takes no command ([`CommandOutcome::Finished`]).
 /// * An abort wins over everything issued with it: if the batch holds one, the rollout is
 ///   rolled back by the first abort and every other command of the batch is
-///   [`Outcome::Superseded`] — a promote and an abort issued at the same time (before the
+///   [`CommandOutcome::Superseded`] — a promote and an abort issued at the same time (before the
 ///   leader saw either) roll back, whatever their order.
 /// * Otherwise the commands apply one after another as the local controller's gates do; once
-///   one ends the rollout (a promote), the rest are [`Outcome::Finished`].
+///   one ends the rollout (a promote), the rest are [`CommandOutcome::Finished`].
 ///
 /// ```
 /// use degrade_canary::{CanaryConfig, CanaryMachine, CanaryPhase, Gate};
-/// use degrade_canary::fleet::{apply, FleetCommand, Outcome};
+/// use degrade_canary::fleet::{apply, FleetCommand, CommandOutcome};
 /// let now = tokio::time::Instant::now();
 /// let mut m = CanaryMachine::new(CanaryConfig::default(), now).unwrap();
 /// let batch = [
 ///     FleetCommand::new(1, Gate::Promote, "alice", "looks fine"),
 ///     FleetCommand::new(2, Gate::Abort, "bob", "errors in region b"),
 /// ];
-/// assert_eq!(apply(&mut m, &batch, now), [Outcome::Superseded, Outcome::Applied]);
+/// assert_eq!(apply(&mut m, &batch, now), [CommandOutcome::Superseded, CommandOutcome::Applied]);
 /// assert_eq!((m.state().phase, m.state().weight_bp), (CanaryPhase::RolledBack, 0));
 /// ```
-pub fn apply(machine: &mut CanaryMachine, commands: &[FleetCommand], now: Instant) -> Vec<Outcome> {
+pub fn apply(
+    machine: &mut CanaryMachine,
+    commands: &[FleetCommand],
+    now: Instant,
+) -> Vec<CommandOutcome> {
     if machine.state().phase.is_terminal() {
-        return vec![Outcome::Finished; commands.len()];
+        return vec![CommandOutcome::Finished; commands.len()];
     }
     if let Some(first) = commands.iter().position(|c| c.gate == Gate::Abort) {
         machine.on(CanaryEvent::Abort, now);
         return (0..commands.len())
             .map(|i| {
                 if i == first {
-                    Outcome::Applied
+                    CommandOutcome::Applied
                 } else {
-                    Outcome::Superseded
+                    CommandOutcome::Superseded
                 }
             })
             .collect();
@@ -222,13 +226,13 @@ pub fn apply(machine: &mut CanaryMachine, commands: &[FleetCommand], now: Instan
         .map(|c| {
             let before = machine.state();
             if before.phase.is_terminal() {
-                return Outcome::Finished;
+                return CommandOutcome::Finished;
             }
             machine.on(c.gate.into(), now);
             if machine.state() == before {
-                Outcome::Unchanged
+                CommandOutcome::Unchanged
             } else {
-                Outcome::Applied
+                CommandOutcome::Applied
             }
         })
         .collect()
@@ -288,7 +292,7 @@ impl std::error::Error for FleetCommandError {
 pub struct FleetAuditEntry {
     /// When, in milliseconds since 1970 on the Redis server's clock.
     pub at_ms: u64,
-    /// `issued`, or the leader's [`Outcome`] (`applied`, `unchanged`, `superseded`,
+    /// `issued`, or the leader's [`CommandOutcome`] (`applied`, `unchanged`, `superseded`,
     /// `finished`).
     pub action: String,
     /// The fencing token of the leader that applied it (0 for `issued`).
@@ -322,7 +326,7 @@ pub(crate) fn parse_audit(v: &str) -> Option<FleetAuditEntry> {
 
 /// The audit entry's tail (after the server's time) for `c` applied with `outcome` under
 /// `token`.
-pub(crate) fn audit_tail(c: &FleetCommand, outcome: Outcome, token: u64) -> String {
+pub(crate) fn audit_tail(c: &FleetCommand, outcome: CommandOutcome, token: u64) -> String {
     format!(
         "{}\t{token}\t{}\t{}\t{}\t{}",
         outcome.as_str(),
@@ -405,14 +409,14 @@ mod tests {
             let out = apply(&mut m, &batch, now);
             prop_assert_eq!(out.len(), batch.len());
             if s.phase.is_terminal() {
-                prop_assert!(out.iter().all(|o| *o == Outcome::Finished));
+                prop_assert!(out.iter().all(|o| *o == CommandOutcome::Finished));
                 prop_assert_eq!(m.state(), s);
             } else if let Some(first) = gates.iter().position(|g| *g == Gate::Abort) {
                 prop_assert_eq!(m.state().phase, CanaryPhase::RolledBack);
                 prop_assert_eq!(m.state().weight_bp, 0);
                 prop_assert_eq!(m.state().step, s.step);
                 for (i, o) in out.iter().enumerate() {
-                    let want = if i == first { Outcome::Applied } else { Outcome::Superseded };
+                    let want = if i == first { CommandOutcome::Applied } else { CommandOutcome::Superseded };
                     prop_assert_eq!(*o, want);
                 }
             } else {
@@ -420,10 +424,10 @@ mod tests {
                 for (g, o) in gates.iter().zip(&out) {
                     let before = model.state();
                     let want = if before.phase.is_terminal() {
-                        Outcome::Finished
+                        CommandOutcome::Finished
                     } else {
                         model.on((*g).into(), now);
-                        if model.state() == before { Outcome::Unchanged } else { Outcome::Applied }
+                        if model.state() == before { CommandOutcome::Unchanged } else { CommandOutcome::Applied }
                     };
                     prop_assert_eq!(*o, want);
                 }

@@ -56,8 +56,8 @@ mod script;
 mod wire;
 
 pub use command::{
-    FleetAuditEntry, FleetCommand, FleetCommandError, MAX_PENDING, Outcome, apply, gate_name,
-    parse_gate,
+    CommandOutcome, FleetAuditEntry, FleetCommand, FleetCommandError, MAX_PENDING, apply,
+    gate_name, parse_gate,
 };
 
 use crate::controller::Gate;
@@ -279,9 +279,9 @@ pub struct FleetCanarySnapshot {
     /// Attempts to add statistics that failed or timed out (the interval is resent).
     pub publish_failures: u64,
     /// Commands (promote, abort, pause, resume) this instance took from Redis as leader,
-    /// whatever their [`Outcome`].
+    /// whatever their [`CommandOutcome`].
     pub commands: u64,
-    /// Of those, the ones that changed the rollout ([`Outcome::Applied`]).
+    /// Of those, the ones that changed the rollout ([`CommandOutcome::Applied`]).
     pub commands_applied: u64,
 }
 
@@ -539,7 +539,7 @@ impl<Clk: Clock> FleetCanary<Clk> {
     /// machine and writes the result with the list's removal and the audit entries. The
     /// machine takes the new state only when the write went through. `None` when there was
     /// nothing to do or Redis did not answer (tried again next poll).
-    async fn take_commands(&self, t: &mut Term) -> Option<(Written, Vec<Outcome>)> {
+    async fn take_commands(&self, t: &mut Term) -> Option<(Written, Vec<CommandOutcome>)> {
         let (n, commands) = match self.gates().read_pending().await {
             Ok(p) => p,
             Err(e) => {
@@ -1170,7 +1170,10 @@ async fn run<Clk: Clock>(fc: FleetCanary<Clk>, shared: Arc<Mutex<FleetCanarySnap
                 Some((Written::Yes, outcomes)) => {
                     let state = t.machine.state();
                     let _ = fc.handle.weight().set(state.weight_bp);
-                    let applied = outcomes.iter().filter(|o| **o == Outcome::Applied).count();
+                    let applied = outcomes
+                        .iter()
+                        .filter(|o| **o == CommandOutcome::Applied)
+                        .count();
                     update(&mut |s| {
                         s.commands += outcomes.len() as u64;
                         s.commands_applied += applied as u64;
@@ -1631,7 +1634,10 @@ mod tests {
         assert_eq!(term_a.machine.state().phase, CanaryPhase::Progressing);
         assert_eq!(a.gates().pending().await.unwrap().len(), 1, "still pending");
         let (w, out) = b.take_commands(&mut term_b).await.unwrap();
-        assert_eq!((w, out.as_slice()), (Written::Yes, &[Outcome::Applied][..]));
+        assert_eq!(
+            (w, out.as_slice()),
+            (Written::Yes, &[CommandOutcome::Applied][..])
+        );
         assert_eq!(
             b.state().await.unwrap().unwrap().phase,
             CanaryPhase::Paused(crate::machine::PauseReason::Manual)
@@ -1653,7 +1659,10 @@ mod tests {
         let (w, out) = b.take_commands(&mut term_b).await.unwrap();
         assert_eq!(
             (w, out.as_slice()),
-            (Written::Yes, &[Outcome::Superseded, Outcome::Applied][..])
+            (
+                Written::Yes,
+                &[CommandOutcome::Superseded, CommandOutcome::Applied][..]
+            )
         );
         assert_eq!(term_b.machine.state().phase, CanaryPhase::RolledBack);
         assert!(gates.pending().await.unwrap().is_empty());
