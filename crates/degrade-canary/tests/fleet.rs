@@ -7,10 +7,10 @@
 
 use degrade_canary::Canary;
 use degrade_canary::fleet::{FleetCanary, FleetCanaryConfig};
-use degrade_core::fleet::testing::RedisServer;
+use degrade_core::fleet::testing::{RedisCluster, RedisServer};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,17 +26,21 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 const INSTANCE: &str = env!("CARGO_BIN_EXE_degrade-canary-fleet-instance");
 
 /// The configuration every instance of a test shares (`IID` becomes the instance's name).
+/// No automatic pause: on a loaded machine the judge may stay inconclusive for more than ten
+/// analyses (5 s) before it passes, and these tests are about the fleet, not the judge.
 fn config(url: &str, name: &str, steps: &str) -> String {
     format!(
         r#"{{"url":"{url}","name":"{name}","instance":"IID","poll":"100ms","timeout":"200ms",
         "lease":"1s","publish":"250ms","stale_after":"2s",
-        "canary":{{"steps":{steps},"analysis_interval":"500ms","judge":{{"min_samples":200}}}}}}"#
+        "canary":{{"steps":{steps},"analysis_interval":"500ms","inconclusive_limit":100000,
+        "judge":{{"min_samples":200}}}}}}"#
     )
 }
 
 struct Instance {
     name: String,
     child: Child,
+    stdin: Mutex<Option<ChildStdin>>,
     lines: Arc<Mutex<Vec<(Instant, String, Value)>>>,
 }
 
@@ -45,6 +49,7 @@ impl Instance {
         let name = format!("i{i}");
         let mut cmd = Command::new(INSTANCE);
         cmd.env("FLEET_CONFIG", cfg.replace("IID", &name))
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         for (k, v) in env {
@@ -52,6 +57,7 @@ impl Instance {
         }
         let mut child = cmd.spawn().unwrap();
         let out = child.stdout.take().unwrap();
+        let stdin = Mutex::new(child.stdin.take());
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);
         std::thread::spawn(move || {
@@ -66,7 +72,43 @@ impl Instance {
                 }
             }
         });
-        Self { name, child, lines }
+        Self {
+            name,
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// Issues a fleet-wide gate through this instance (`<gate> <who> <why>`) and waits for its
+    /// answer: the command's id, or the error.
+    fn gate(&self, line: &str) -> Value {
+        let since = Instant::now();
+        {
+            let mut stdin = self.stdin.lock().unwrap();
+            let stdin = stdin.as_mut().unwrap();
+            writeln!(stdin, "{line}").unwrap();
+            stdin.flush().unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(v) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(at, t, _)| *at >= since && t == "GATE")
+                .map(|(_, _, v)| v.clone())
+            {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no answer to {line:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn last(&self) -> Option<Value> {
@@ -433,5 +475,286 @@ fn redis_killed_and_restarted_routers_keep_the_weight_then_stable_then_the_step_
     );
     for i in &fleet {
         assert_eq!(i.last().unwrap()["fallbacks"], 1, "{}", i.name);
+    }
+}
+
+/// The gate tests' steps: the first bakes for ten minutes, so nothing but a gate moves it.
+const HOLD: &str = r#"[{"weight_percent":10,"bake":"600s"},{"weight_percent":100,"bake":"1s"}]"#;
+
+/// Three instances at the first step with one leader; the index of the leader.
+fn started(fleet: &[Instance]) -> usize {
+    let all: Vec<&Instance> = fleet.iter().collect();
+    let mut k = usize::MAX;
+    wait_for(
+        "a leader and every router at the first step",
+        &all,
+        Duration::from_secs(60),
+        || {
+            let ready = fleet.iter().all(|i| {
+                i.last().is_some_and(|v| {
+                    phase(&v).is_some_and(|(_, s)| s == 0) && v["weight_bp"] == 1_000
+                })
+            });
+            k = fleet
+                .iter()
+                .position(|i| i.last().is_some_and(|v| leader(&v)))
+                .unwrap_or(usize::MAX);
+            ready && k != usize::MAX
+        },
+    );
+    k
+}
+
+/// An abort issued through a follower (not the leader): the leader applies it, and every
+/// router is at weight 0 within a second of the command (measured from when the test wrote
+/// it to the follower); the audit list names who and why, and the leader that applied it.
+#[test]
+fn an_abort_issued_from_a_follower_rolls_back_every_instance_within_a_second() {
+    let _serial = serial();
+    let redis = RedisServer::start();
+    let cfg = config(&redis.url(), "abort", HOLD);
+    let fleet: Vec<Instance> = (0..3).map(|i| Instance::start(&cfg, i, &[])).collect();
+    let k = started(&fleet);
+    let f = (k + 1) % 3;
+    let sent = Instant::now();
+    let reply = fleet[f].gate("abort alice errors on v2 in eu-west");
+    assert!(reply["id"].as_u64().is_some(), "{reply}");
+    let all: Vec<&Instance> = fleet.iter().collect();
+    let rolled_back =
+        |v: &Value| v["weight_bp"] == 0 && phase(v).is_some_and(|(p, _)| p == "RolledBack");
+    wait_for(
+        "the rollback everywhere",
+        &all,
+        Duration::from_secs(10),
+        || {
+            fleet
+                .iter()
+                .all(|i| i.first_after(sent, rolled_back).is_some())
+        },
+    );
+    for i in &fleet {
+        let (at, _) = i.first_after(sent, rolled_back).unwrap();
+        let lag = at - sent;
+        println!("{} at weight 0 {lag:?} after the abort was sent", i.name);
+        assert!(lag <= Duration::from_secs(1), "{}: {lag:?}", i.name);
+    }
+    let leader_status = fleet[k].last().unwrap();
+    assert_eq!(leader_status["commands_applied"], 1);
+    // The audit trail in Redis: issued by alice, applied by the leader's term.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let gates_cfg: FleetCanaryConfig = serde_json::from_str(&cfg.replace("IID", "op")).unwrap();
+    let audit = rt.block_on(async {
+        let gates = degrade_canary::fleet::FleetGates::new(&gates_cfg).unwrap();
+        gates.audit().await.unwrap()
+    });
+    let actions: Vec<(&str, &str, &str)> = audit
+        .iter()
+        .map(|e| (e.action.as_str(), e.gate.as_str(), e.who.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [("applied", "abort", "alice"), ("issued", "abort", "alice")]
+    );
+    assert_eq!(audit[0].why, "errors on v2 in eu-west");
+    assert_eq!(Some(audit[0].token), leader_status["token"].as_u64());
+    // The rollout has ended: another gate is refused, with the phase.
+    let again = fleet[f].gate("promote bob too late");
+    assert_eq!(again["finished"], "RolledBack", "{again}");
+}
+
+/// A pause issued through a follower holds the first step past the point where it would have
+/// advanced (its bake time has passed and the leader's analyses keep passing); a resume lets
+/// the rollout continue to promotion.
+#[test]
+fn a_pause_holds_the_step_past_its_bake_and_resume_continues() {
+    let _serial = serial();
+    let redis = RedisServer::start();
+    let steps = r#"[{"weight_percent":10,"bake":"2s"},{"weight_percent":100,"bake":"1s"}]"#;
+    let cfg = config(&redis.url(), "pause", steps);
+    let fleet: Vec<Instance> = (0..3).map(|i| Instance::start(&cfg, i, &[])).collect();
+    let k = started(&fleet);
+    let f = (k + 1) % 3;
+    assert!(fleet[f].gate("pause alice waiting for the batch job")["id"].is_u64());
+    let paused = |v: &Value| phase(v) == Some(("Paused(Manual)".into(), 0));
+    let all: Vec<&Instance> = fleet.iter().collect();
+    wait_for("paused everywhere", &all, Duration::from_secs(10), || {
+        fleet.iter().all(|i| i.last().is_some_and(|v| paused(&v)))
+    });
+    // The step's bake (2 s, on the leader's clock since before the pause) passes; then the
+    // leader's analyses pass again and again: unpaused, the step would have moved.
+    let baked = Instant::now() + Duration::from_secs(2);
+    let mut passes = 0;
+    let mut seen = 0;
+    wait_for(
+        "three passing analyses after the bake",
+        &all,
+        Duration::from_secs(60),
+        || {
+            if let Some((_, v)) = fleet[k].first_after(baked, |v| {
+                v["analyses"].as_u64() > Some(seen)
+                    && v["last_verdict"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("pass"))
+            }) {
+                seen = v["analyses"].as_u64().unwrap();
+                passes += 1;
+            }
+            passes >= 3
+        },
+    );
+    for i in &fleet {
+        let v = i.last().unwrap();
+        assert!(paused(&v) && v["weight_bp"] == 1_000, "{}: {v}", i.name);
+    }
+    assert!(fleet[f].gate("resume alice batch job done")["id"].is_u64());
+    wait_for("promoted everywhere", &all, Duration::from_secs(60), || {
+        fleet.iter().all(|i| {
+            i.last().is_some_and(|v| {
+                phase(&v) == Some(("Promoted".into(), 1)) && v["weight_bp"] == 10_000
+            })
+        })
+    });
+    assert_eq!(fleet[k].last().unwrap()["commands_applied"], 2);
+}
+
+/// The leader is killed (SIGKILL); while no leader lives, a promote is issued through a
+/// survivor: it waits in Redis, and the next leader (a new term, a higher token) applies it;
+/// every survivor ends promoted.
+#[test]
+fn a_promote_issued_while_the_leader_is_killed_is_applied_by_the_next_leader() {
+    let _serial = serial();
+    let redis = RedisServer::start();
+    // A 3 s lease: from the kill to its expiry there are at least 2 s to issue the command
+    // and see that it waits.
+    let cfg = config(&redis.url(), "promote", HOLD).replace(r#""lease":"1s""#, r#""lease":"3s""#);
+    let mut fleet: Vec<Instance> = (0..3).map(|i| Instance::start(&cfg, i, &[])).collect();
+    let k = started(&fleet);
+    let token = fleet[k].last().unwrap()["token"].as_u64().unwrap();
+    fleet[k].kill();
+    let f = (k + 1) % 3;
+    assert!(fleet[f].gate("promote alice sign-off from the business")["id"].is_u64());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let gates_cfg: FleetCanaryConfig = serde_json::from_str(&cfg.replace("IID", "op")).unwrap();
+    let gates = {
+        let _rt = rt.enter();
+        degrade_canary::fleet::FleetGates::new(&gates_cfg).unwrap()
+    };
+    // The dead leader still holds the lease (no one has led since the kill): the command
+    // waits in Redis.
+    let holder = rt
+        .block_on(redis_value(&redis.url(), "degrade:canary:{promote}:lease"))
+        .unwrap_or_default();
+    assert!(
+        holder.starts_with(&format!("{}:", fleet[k].name)),
+        "{holder}"
+    );
+    let pending = rt.block_on(gates.pending()).unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].who, "alice");
+    let survivors: Vec<&Instance> = fleet
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != k)
+        .map(|(_, i)| i)
+        .collect();
+    wait_for(
+        "promoted on the survivors",
+        &survivors,
+        Duration::from_secs(20),
+        || {
+            survivors.iter().all(|i| {
+                i.last()
+                    .is_some_and(|v| phase(&v).is_some_and(|(p, _)| p == "Promoted"))
+            })
+        },
+    );
+    let next = survivors
+        .iter()
+        .find(|i| i.last().is_some_and(|v| leader(&v)))
+        .expect("a new leader");
+    let v = next.last().unwrap();
+    assert!(v["token"].as_u64().unwrap() > token, "a new term: {v}");
+    assert_eq!(v["commands_applied"], 1);
+    let audit = rt.block_on(gates.audit()).unwrap();
+    assert_eq!(audit[0].action, "applied");
+    assert_eq!(audit[0].gate, "promote");
+    assert_eq!(
+        Some(audit[0].token),
+        v["token"].as_u64(),
+        "applied by the new leader"
+    );
+    assert!(rt.block_on(gates.pending()).unwrap().is_empty());
+    for i in &survivors {
+        assert_eq!(
+            i.last().unwrap()["weight_bp"],
+            1_000,
+            "a promote keeps the weight"
+        );
+    }
+}
+
+async fn redis_value(url: &str, key: &str) -> Option<String> {
+    let client = redis::Client::open(url).ok()?;
+    let mut con = client.get_multiplexed_async_connection().await.ok()?;
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut con)
+        .await
+        .ok()?
+}
+
+/// The fleet canary on a real three-master Redis Cluster (`cluster` in the configuration,
+/// `url` left unset): every key of a rollout shares one hash tag, so each script runs whole on
+/// the node owning it. A good v2 is promoted on all three instances, then a bad v2 (a new
+/// rollout name) is rolled back on all three, and a gate on the finished rollout is refused.
+#[test]
+fn a_rollout_on_a_redis_cluster_is_promoted_and_a_bad_one_rolled_back() {
+    let _serial = serial();
+    let cluster = RedisCluster::start();
+    let nodes = serde_json::to_string(&cluster.urls()).unwrap();
+    let on_cluster = |name: &str| {
+        config("URL", name, STEPS).replace(r#""url":"URL""#, &format!(r#""cluster":{nodes}"#))
+    };
+    for (name, bad, phase_end, weight_end) in [
+        ("cl-good", "0", "Promoted", 10_000),
+        ("cl-bad", "0.3", "RolledBack", 0),
+    ] {
+        let cfg = on_cluster(name);
+        let fleet: Vec<Instance> = (0..3)
+            .map(|i| Instance::start(&cfg, i, &[("FLEET_BAD", bad)]))
+            .collect();
+        let all: Vec<&Instance> = fleet.iter().collect();
+        wait_for(phase_end, &all, Duration::from_secs(60), || {
+            fleet.iter().all(|i| {
+                i.last().is_some_and(|v| {
+                    phase(&v).is_some_and(|(p, _)| p == phase_end) && v["weight_bp"] == weight_end
+                })
+            })
+        });
+        let leaders = fleet
+            .iter()
+            .filter(|i| i.last().is_some_and(|v| v["terms"].as_u64() > Some(0)))
+            .count();
+        assert_eq!(leaders, 1, "{name}: one leader");
+        for i in &fleet {
+            let v = i.last().unwrap();
+            assert_eq!(v["refused_writes"], 0, "{name} {}", i.name);
+            assert!(v["published"].as_u64() > Some(0), "{name} {}: {v}", i.name);
+        }
+        let refused = fleet[0].gate("pause alice too late");
+        assert_eq!(refused["finished"], phase_end, "{refused}");
+        // The rollout's keys live on one node.
+        let owner = |k: &str| cluster.owner(&format!("degrade:canary:{{{name}}}:{k}"));
+        let state_node = owner("state");
+        assert!(state_node.is_some());
+        for k in ["stats", "lease", "token", "applied", "audit"] {
+            assert_eq!(owner(k), state_node, "{name}: {k}");
+        }
     }
 }

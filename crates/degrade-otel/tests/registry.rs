@@ -248,3 +248,150 @@ async fn one_registration_per_layer_reports_every_layer_from_its_snapshot() {
     assert_eq!(decisions, limit.snapshot().offered() as f64);
     monitor.shutdown().await;
 }
+
+/// A fleet canary registered once: its router and the fleet snapshot (leader, fencing token,
+/// terms, polls, intervals, commands, fallbacks) read at each collection, against a real
+/// redis-server; then an abort through the fleet's gates and Redis killed.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_canary_reports_its_leadership_commands_and_fallbacks() {
+    use degrade_canary::fleet::{FleetCanary, FleetCanaryConfig};
+    use degrade_core::fleet::testing::RedisServer;
+
+    let mut redis = RedisServer::start();
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let registry = Registry::new(&provider.meter("degrade"));
+    let canary = Canary::new(ok::<u8>(), ok::<u8>());
+    let mut cfg = FleetCanaryConfig::default();
+    cfg.url = redis.url();
+    cfg.name = "otel-v2".into();
+    cfg.instance = "a".into();
+    cfg.poll = Duration::from_millis(50);
+    cfg.timeout = Duration::from_millis(100);
+    cfg.lease = Duration::from_secs(1);
+    cfg.publish = Duration::from_millis(100);
+    cfg.stale_after = Duration::from_millis(300);
+    let fleet = FleetCanary::new(cfg, canary.handle()).unwrap();
+    let task = fleet.spawn();
+    registry.fleet_canary("v2", canary.handle(), task.status());
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    until("leading", || {
+        let s = task.snapshot();
+        s.leader && s.state.is_some()
+    })
+    .await;
+    let mut c = canary.clone();
+    for i in 0..8u8 {
+        c.ready().await.unwrap().call(i).await.unwrap();
+    }
+    until("an interval published", || task.snapshot().published > 0).await;
+    provider.force_flush().unwrap();
+    let got = collect(&exporter);
+    let s = task.snapshot();
+    assert_eq!(value(&got, "degrade.canary.fleet.leader", "canary=v2"), 1.0);
+    assert_eq!(
+        value(&got, "degrade.canary.fleet.token", "canary=v2"),
+        s.token as f64
+    );
+    assert!(s.token >= 1);
+    assert_eq!(value(&got, "degrade.canary.fleet.terms", "canary=v2"), 1.0);
+    assert_eq!(
+        value(&got, "degrade.canary.fleet.refused_writes", "canary=v2"),
+        0.0
+    );
+    assert!(value(&got, "degrade.canary.fleet.polls", "canary=v2,outcome=ok") >= 1.0);
+    assert!(
+        value(
+            &got,
+            "degrade.canary.fleet.intervals",
+            "canary=v2,outcome=added"
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(
+            &got,
+            "degrade.canary.fleet.intervals",
+            "canary=v2,outcome=duplicate"
+        ),
+        0.0
+    );
+    assert_eq!(value(&got, "degrade.canary.weight", "canary=v2"), 0.01);
+    assert_eq!(
+        value(
+            &got,
+            "degrade.canary.step",
+            "canary=v2,phase=progressing,verdict=none"
+        ),
+        0.0
+    );
+    let routed: f64 = ["stable", "canary"]
+        .iter()
+        .map(|arm| {
+            value(
+                &got,
+                "degrade.canary.routed",
+                &format!("arm={arm},canary=v2"),
+            )
+        })
+        .sum();
+    assert_eq!(routed, 8.0);
+
+    // An abort through the fleet's gates: applied by this instance, the leader.
+    fleet.gates().abort("alice", "errors").await.unwrap();
+    until("rolled back", || task.snapshot().commands_applied == 1).await;
+    provider.force_flush().unwrap();
+    let got = collect(&exporter);
+    assert_eq!(
+        value(
+            &got,
+            "degrade.canary.fleet.commands",
+            "canary=v2,outcome=applied"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &got,
+            "degrade.canary.fleet.commands",
+            "canary=v2,outcome=not_applied"
+        ),
+        0.0
+    );
+    assert_eq!(value(&got, "degrade.canary.weight", "canary=v2"), 0.0);
+    assert!(got["degrade.canary.step"].contains_key("canary=v2,phase=rolled_back,verdict=none"));
+
+    // Redis killed: polls fail, and after stale_after the router falls back to stable.
+    redis.kill();
+    until("the fallback", || task.snapshot().falling_back).await;
+    provider.force_flush().unwrap();
+    let got = collect(&exporter);
+    assert_eq!(
+        value(&got, "degrade.canary.fleet.fallbacks", "canary=v2"),
+        1.0
+    );
+    assert_eq!(
+        value(&got, "degrade.canary.fleet.falling_back", "canary=v2"),
+        1.0
+    );
+    assert!(
+        value(
+            &got,
+            "degrade.canary.fleet.polls",
+            "canary=v2,outcome=failed"
+        ) >= 1.0
+    );
+    // The lease passed on the clock without a renewal: no longer leading.
+    until("not leading", || !task.snapshot().leader).await;
+    provider.force_flush().unwrap();
+    let got = collect(&exporter);
+    assert_eq!(value(&got, "degrade.canary.fleet.leader", "canary=v2"), 0.0);
+}

@@ -1,197 +1,21 @@
 //! Fleet mode on a real Redis Cluster: three `redis-server --cluster-enabled yes` on free ports
 //! of 127.0.0.1, joined by `redis-cli --cluster create` (three masters, no replicas), started
-//! by the test and killed on drop.
+//! by the test and killed on drop (`degrade_core::fleet::testing::RedisCluster`, shared with
+//! the fleet canary's tests).
 //!
 //! The shared-quota test runs the three limiter instances as three separate processes: this
 //! test binary runs itself again (`cluster_instance`, ignored unless the environment names a
 //! cluster), each with its own client. `redis-server` and `redis-cli` must be on PATH.
 #![cfg(feature = "redis")]
 
+use degrade_core::fleet::testing::RedisCluster as Cluster;
 use degrade_ratelimit::RateLimitConfig;
 use degrade_ratelimit::error::Cause;
 use degrade_ratelimit::fleet::{FleetConfig, FleetLayer, FleetSnapshot, Unavailable};
 use std::convert::Infallible;
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tower::{Layer, Service, ServiceExt};
-
-fn free_port() -> u16 {
-    // Cluster nodes also listen on port + 10000 (the cluster bus): keep both below 65536.
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn wait_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli on PATH");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// One `redis-server` in cluster mode.
-struct Node {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Node {
-    fn start(port: u16, dir: &std::path::Path) -> Self {
-        Self::start_with(port, dir, 5000)
-    }
-
-    fn start_with(port: u16, dir: &std::path::Path, node_timeout_ms: u32) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-enabled", "yes"])
-            .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-            .args(["--cluster-node-timeout", &node_timeout_ms.to_string()])
-            .args(["--dir", dir.to_str().unwrap()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (the redis feature's tests need it)");
-        wait_listening(port);
-        Self {
-            child: Some(child),
-            port,
-        }
-    }
-
-    /// SIGKILL, and wait for the process to be gone.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A three-master Redis Cluster.
-struct Cluster {
-    nodes: Vec<Node>,
-    dir: PathBuf,
-}
-
-impl Cluster {
-    fn start() -> Self {
-        Self::start_with(0, 5000)
-    }
-
-    /// Three masters with `replicas` replicas each.
-    fn start_with(replicas: usize, node_timeout_ms: u32) -> Self {
-        let ports: Vec<u16> = (0..3 * (1 + replicas)).map(|_| free_port()).collect();
-        let dir = std::env::temp_dir().join(format!(
-            "degrade-cluster-{}-{}",
-            std::process::id(),
-            ports[0]
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let nodes: Vec<Node> = ports
-            .iter()
-            .map(|&p| Node::start_with(p, &dir, node_timeout_ms))
-            .collect();
-        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let out = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-            .output()
-            .expect("redis-cli on PATH");
-        assert!(
-            out.status.success(),
-            "cluster create: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        let cluster = Self { nodes, dir };
-        cluster.wait_ok();
-        cluster
-    }
-
-    /// Waits until every node reports `cluster_state:ok` and knows all the others.
-    fn wait_ok(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let known = format!("cluster_known_nodes:{}", self.nodes.len());
-        loop {
-            let ok = self.nodes.iter().all(|n| {
-                let info = cli(n.port, &["cluster", "info"]);
-                info.contains("cluster_state:ok") && info.contains(&known)
-            });
-            if ok {
-                return;
-            }
-            assert!(Instant::now() < deadline, "cluster never reached state ok");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn urls(&self) -> Vec<String> {
-        self.nodes
-            .iter()
-            .map(|n| format!("redis://127.0.0.1:{}", n.port))
-            .collect()
-    }
-
-    /// The index of the running master that serves `key`'s slot (answers `GET` with neither
-    /// `MOVED` nor `CLUSTERDOWN` nor another error), if any.
-    fn owner(&self, key: &str) -> Option<usize> {
-        self.nodes.iter().position(|n| {
-            let out = cli(n.port, &["get", key]);
-            n.child.is_some()
-                && !["MOVED", "CLUSTERDOWN", "ERR"]
-                    .iter()
-                    .any(|e| out.contains(e))
-        })
-    }
-
-    /// Waits until every replica's link to its master is up (a replica that never synced
-    /// refuses to fail over: its data is too old).
-    fn wait_replicas_synced(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.nodes.iter().all(|n| {
-            let info = cli(n.port, &["info", "replication"]);
-            info.contains("role:master") || info.contains("master_link_status:up")
-        }) {
-            assert!(Instant::now() < deadline, "replicas never synced");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            n.kill();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn cluster_config(nodes: Vec<String>, name: &str, quota: RateLimitConfig) -> FleetConfig {
     let mut c = FleetConfig::default();
@@ -421,9 +245,8 @@ async fn a_killed_cluster_node_sends_decisions_to_the_fallback_until_it_is_back(
     let (layer, mut svc) = host(cluster_config(cluster.urls(), "node-kill", quota));
     until_redis_decides(&layer, &mut svc).await;
     let owner = cluster.owner("degrade:rl:node-kill:all").unwrap();
-    let port = cluster.nodes[owner].port;
     let before = layer.snapshot();
-    cluster.nodes[owner].kill();
+    cluster.kill(owner);
     for _ in 0..40 {
         assert_eq!(decide(&mut svc).await, Ok(true), "local fallback at 500/s");
     }
@@ -431,7 +254,7 @@ async fn a_killed_cluster_node_sends_decisions_to_the_fallback_until_it_is_back(
     assert_eq!(delta(s, before), [0, 0, 40, 0, 3, 37]);
     assert!(s.failing_fast, "{s:?}");
 
-    cluster.nodes[owner] = Node::start(port, &cluster.dir);
+    cluster.restart(owner);
     cluster.wait_ok();
     until_redis_decides(&layer, &mut svc).await;
     let s = layer.snapshot();
@@ -447,20 +270,11 @@ async fn a_killed_cluster_node_sends_decisions_to_the_fallback_until_it_is_back(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run it with --release --ignored --nocapture"]
 async fn decisions_per_second_on_one_node_and_on_a_cluster() {
-    let single_port = free_port();
-    let dir = std::env::temp_dir().join(format!("degrade-single-{single_port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut single = Command::new("redis-server")
-        .args(["--port", &single_port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(single_port);
+    let single = degrade_core::fleet::testing::RedisServer::start();
     let cluster = Cluster::start();
     let quota = RateLimitConfig::per(1_000_000_000, Duration::from_secs(1));
     let mut single_cfg = cluster_config(Vec::new(), "bench", quota.clone());
-    single_cfg.url = format!("redis://127.0.0.1:{single_port}");
+    single_cfg.url = single.url();
     let mut cluster_cfg = cluster_config(cluster.urls(), "bench", quota);
     // A measurement of Redis, not of the fallback: no decision may time out into it.
     single_cfg.timeout = Duration::from_secs(2);
@@ -503,9 +317,7 @@ async fn decisions_per_second_on_one_node_and_on_a_cluster() {
             s.fallbacks() - before.fallbacks()
         );
     }
-    let _ = single.kill();
-    let _ = single.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(single);
 }
 
 /// The incident switch on the cluster: its pin key and audit list share a hash tag, so the one
@@ -576,7 +388,7 @@ async fn a_promoted_replica_takes_the_decisions_back_after_a_master_is_killed() 
     until_redis_decides(&layer, &mut svc).await;
     let owner = cluster.owner(key).unwrap();
     let before = layer.snapshot();
-    cluster.nodes[owner].kill();
+    cluster.kill(owner);
     for _ in 0..20 {
         assert_eq!(decide(&mut svc).await, Ok(true), "local fallback at 500/s");
     }

@@ -19,7 +19,7 @@
 //! | `config` | `config` | the whole stack from one TOML file, field-path errors, live reload of triggers, policy, quotas and breaker thresholds |
 //! | `admin` | `admin` | an axum router to read and steer every registered layer at run time, under your auth |
 //! | `http`, `grpc` | | HTTP and gRPC answer modes, classifiers and keys in every enabled policy |
-//! | `redis` | | the Redis backends of the enabled policies: `ratelimit`'s fleet limits, `canary::fleet` (one rollout across a fleet) |
+//! | `redis` | | the Redis backends of the enabled policies: `ratelimit`'s fleet limits, `canary::fleet` (one rollout across a fleet; its gates through `admin`, its instruments through `metrics`) |
 //! | `test-util` | | `ManualClock` |
 //! | `full` | | all of the above |
 //!

@@ -708,3 +708,92 @@ async fn config_reload_through_the_router_under_load_changes_policy_quota_and_br
     assert_eq!(b.offered(), a.admitted() + 1); // and the one failure recorded by hand
     assert_eq!((b.rejected, b.admitted), (n[circuit_open], n[ok] + 1));
 }
+
+/// A fleet canary steered through one instance's admin router (real redis-server, two
+/// instances): each gate goes to Redis with the operator as who and the reason as why, the
+/// rollout's leader applies it, and both instances' routers follow; a gate on the finished
+/// rollout is a 409; the status shows the fleet's state.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_canary_gates_go_to_every_instance_with_who_and_why() {
+    use degrade::canary::fleet::{FleetCanary, FleetCanaryConfig, FleetCanaryTask};
+    use degrade_core::fleet::testing::RedisServer;
+
+    let redis = RedisServer::start();
+    let ok = || tower::service_fn(|_: u8| async { Ok::<_, Infallible>(()) });
+    let mut fleet = Vec::new();
+    for name in ["a", "b"] {
+        let router = Canary::new(ok(), ok());
+        let cfg: FleetCanaryConfig = serde_json::from_value(serde_json::json!({
+            "url": redis.url(), "name": "admin-v2", "instance": name,
+            "poll": "50ms", "timeout": "100ms", "lease": "1s", "publish": "100ms",
+        }))
+        .unwrap();
+        let fc = FleetCanary::new(cfg, router.handle()).unwrap();
+        let task = fc.spawn();
+        fleet.push((router, fc, task));
+    }
+    let (router_b, fc_b, task_b) = &fleet[1];
+    let admin = Admin::new().fleet_canary("v2", router_b.handle(), task_b.status(), fc_b.gates());
+    let addr = server(admin).await;
+    let tasks: Vec<&FleetCanaryTask> = fleet.iter().map(|(_, _, t)| t).collect();
+    let all = |f: fn(CanaryPhase) -> bool| {
+        let tasks = tasks.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                while !tasks
+                    .iter()
+                    .all(|t| t.snapshot().state.is_some_and(|s| f(s.phase)))
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .expect("every instance follows the gate")
+        }
+    };
+    all(|p| p == CanaryPhase::Progressing).await;
+    let (code, body) = post(addr, "/canaries/v2/pause", r#"{"reason":"looks odd"}"#).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["command"], 1);
+    all(|p| matches!(p, CanaryPhase::Paused(_))).await;
+    let (_, status) = call(addr, "GET", "/status", Some("bob-token"), "").await;
+    let v2 = &status["canaries"]["v2"];
+    assert_eq!(
+        v2["state"]["phase"],
+        serde_json::json!({"paused": "manual"}),
+        "{v2}"
+    );
+    assert!(v2["fleet"]["leader"].is_boolean(), "{v2}");
+    let (code, _) = post(addr, "/canaries/v2/resume", r#"{"reason":"fine"}"#).await;
+    assert_eq!(code, StatusCode::OK);
+    all(|p| p == CanaryPhase::Progressing).await;
+    let (code, _) = post(addr, "/canaries/v2/abort", r#"{"reason":"bad release"}"#).await;
+    assert_eq!(code, StatusCode::OK);
+    all(|p| p == CanaryPhase::RolledBack).await;
+    for (router, _, _) in &fleet {
+        assert_eq!(router.handle().weight().get(), 0);
+    }
+    let (code, body) = post(addr, "/canaries/v2/promote", r#"{"reason":"too late"}"#).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    // Who and why, in the rollout's audit list.
+    let audit = fc_b.gates().audit().await.unwrap();
+    let issued: Vec<(&str, &str, &str)> = audit
+        .iter()
+        .rev()
+        .filter(|e| e.action == "issued")
+        .map(|e| (e.gate.as_str(), e.who.as_str(), e.why.as_str()))
+        .collect();
+    assert_eq!(
+        issued,
+        [
+            ("pause", "alice", "looks odd"),
+            ("resume", "alice", "fine"),
+            ("abort", "alice", "bad release")
+        ]
+    );
+    // Redis gone: a gate cannot be recorded, 503.
+    drop(redis);
+    let (code, body) = post(addr, "/canaries/v2/pause", r#"{"reason":"x"}"#).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+}

@@ -169,7 +169,8 @@ pub(crate) async fn canary(name: &str, url: &str, rollout: &str, bad: f64) -> Re
 
 /// Quota mode: offers QUOTA_OFFER requests a second on average for `millis` (gaps spread
 /// between half and one and a half times the mean, a deterministic sequence per instance)
-/// through the fleet rate limit shared by every instance, then reports its counts.
+/// through the fleet rate limit shared by every instance, reporting its counts every 100 ms
+/// (`STATUS`) and at the end (`DONE`, with `sent`: the requests it offered).
 pub(crate) async fn quota(name: &str, url: &str, millis: u64) -> Result<(), BoxError> {
     let mut cfg = FleetConfig::default();
     cfg.url = url.to_owned();
@@ -180,6 +181,28 @@ pub(crate) async fn quota(name: &str, url: &str, millis: u64) -> Result<(), BoxE
     cfg.quota = RateLimitConfig::per(QUOTA, Duration::from_secs(1)).burst(BURST);
     let layer = FleetLayer::new(cfg)?;
     let svc = layer.layer(tower::service_fn(|_: u64| async { Ok::<_, BoxError>(()) }));
+    let counts = |s: degrade_ratelimit::fleet::FleetSnapshot| {
+        serde_json::json!({
+            "offered": s.offered(),
+            "admitted": s.admitted,
+            "rejected": s.rejected,
+            "fallback_admitted": s.fallback_admitted,
+            "fallback_rejected": s.fallback_rejected,
+            "redis_failures": s.redis_failures,
+            "failed_fast": s.failed_fast,
+            "failing_fast": s.failing_fast,
+        })
+    };
+    let reporter = {
+        let layer = layer.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                println!("STATUS {}", counts(layer.snapshot()));
+            }
+        })
+    };
 
     println!("START {{}}");
     let mean_us = 1_000_000 / QUOTA_OFFER;
@@ -188,7 +211,8 @@ pub(crate) async fn quota(name: &str, url: &str, millis: u64) -> Result<(), BoxE
     });
     let mut next = tokio::time::Instant::now();
     let mut calls = Vec::new();
-    for n in 0..QUOTA_OFFER * millis / 1_000 {
+    let sent = QUOTA_OFFER * millis / 1_000;
+    for n in 0..sent {
         let mix = (seed ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
         next += Duration::from_micros(mean_us / 2 + mix % mean_us);
         tokio::time::sleep_until(next).await;
@@ -202,14 +226,9 @@ pub(crate) async fn quota(name: &str, url: &str, millis: u64) -> Result<(), BoxE
     for c in calls {
         c.await??;
     }
-    let s = layer.snapshot();
-    let v = serde_json::json!({
-        "offered": s.offered(),
-        "admitted": s.admitted,
-        "rejected": s.rejected,
-        "fallback_admitted": s.fallback_admitted,
-        "fallback_rejected": s.fallback_rejected,
-    });
+    reporter.abort();
+    let mut v = counts(layer.snapshot());
+    v["sent"] = sent.into();
     println!("DONE {v}");
     Ok(())
 }

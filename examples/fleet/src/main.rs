@@ -1,6 +1,6 @@
 //! From one instance to a fleet: one `redis-server` on a free port of 127.0.0.1 and three
 //! instances of a service, each a separate process (this binary run again with
-//! `--instance`), walked through four scenes:
+//! `--instance`), walked through six scenes:
 //!
 //! 1. a bad v2 (30 % of its calls fail) is rolled back on every instance by one verdict;
 //! 2. a good v2 is promoted step by step, every router following the one rollout in Redis;
@@ -10,7 +10,10 @@
 //!    everything to stable; Redis restarted empty: the leader writes the last state it knew
 //!    and every router is back at it;
 //! 5. three instances offering three times a shared quota admit at most quota · t + burst
-//!    together.
+//!    together;
+//! 6. the same three while Redis is killed and restarted: every decision goes to the local
+//!    fallback (half the quota per instance) and is counted while Redis is down, and back to
+//!    Redis after the restart; every request sent is decided exactly once.
 //!
 //! ```text
 //! cargo run -p fleet-example
@@ -609,6 +612,111 @@ fn walk() -> Result<bool, BoxError> {
     check(
         sum as f64 <= bound,
         "the three together admitted at most quota · t + burst",
+        &mut failures,
+    );
+    drop(fleet);
+
+    // 6. The shared quota through a Redis outage.
+    println!("\n== 6. shared quota, Redis killed (SIGKILL) mid-run and restarted");
+    let fleet = start_fleet(|n| ["quota", n, &url, "8000"].map(str::to_owned).to_vec())?;
+    let num = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
+    let on_redis = |v: &Value| num(v, "admitted") + num(v, "rejected");
+    let fallbacks = |v: &Value| num(v, "fallback_admitted") + num(v, "fallback_rejected");
+    // Until every instance's latest report satisfies `done(its index, report)`.
+    let wait = |what: &str, bound: Duration, done: &dyn Fn(usize, &Value) -> bool| {
+        let deadline = Instant::now() + bound;
+        while !fleet
+            .iter()
+            .enumerate()
+            .all(|(k, i)| i.last().is_some_and(|v| done(k, &v)))
+        {
+            if Instant::now() > deadline {
+                return Err(format!("no {what} within {bound:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    wait(
+        "decisions through Redis",
+        Duration::from_secs(20),
+        &|_, v| on_redis(v) >= 50,
+    )?;
+    let before: Vec<Value> = fleet.iter().filter_map(Instance::last).collect();
+    let killed = Instant::now();
+    redis.kill();
+    println!("  [ 0.00 s] redis-server killed");
+    // While it is down: every decision goes to the local fallback (half the quota on each
+    // instance), counted; none waits past the timeout.
+    let went = wait("fallback decisions", Duration::from_secs(20), &|k, v| {
+        fallbacks(v) >= fallbacks(&before[k]) + 100
+    });
+    let down: Vec<Value> = fleet.iter().filter_map(Instance::last).collect();
+    for (inst, (b, d)) in fleet.iter().zip(before.iter().zip(&down)) {
+        println!(
+            "  [{:>5.2} s] {}: {} decisions by the local fallback ({} admitted), {} Redis failures, failing fast: {}",
+            killed.elapsed().as_secs_f64(),
+            inst.name,
+            fallbacks(d) - fallbacks(b),
+            num(d, "fallback_admitted") - num(b, "fallback_admitted"),
+            num(d, "redis_failures"),
+            d["failing_fast"]
+        );
+    }
+    check(
+        went.is_ok(),
+        "while Redis was down every instance decided by its local fallback, counted",
+        &mut failures,
+    );
+    redis.restart()?;
+    let restarted = Instant::now();
+    println!(
+        "  [{:>5.2} s] redis-server restarted (empty)",
+        killed.elapsed().as_secs_f64()
+    );
+    let back = wait(
+        "decisions back on Redis",
+        Duration::from_secs(20),
+        &|k, v| on_redis(v) >= on_redis(&down[k]) + 50,
+    );
+    let at_back = restarted.elapsed();
+    check(
+        back.is_ok(),
+        "decisions back on Redis after the restart",
+        &mut failures,
+    );
+    println!(
+        "  every instance deciding through Redis again {:.2} s after the restart",
+        at_back.as_secs_f64()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fleet.iter().all(|i| i.first("DONE", |_| true).is_some()) {
+        if Instant::now() > deadline {
+            return Err("the outage instances did not finish within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut exact = true;
+    for inst in &fleet {
+        let Some((_, v)) = inst.first("DONE", |_| true) else {
+            continue;
+        };
+        println!(
+            "  {}: sent {}, offered {} = Redis {} (admitted {}) + fallback {} (admitted {})",
+            inst.name,
+            num(&v, "sent"),
+            num(&v, "offered"),
+            on_redis(&v),
+            num(&v, "admitted"),
+            fallbacks(&v),
+            num(&v, "fallback_admitted")
+        );
+        exact &= num(&v, "sent") == num(&v, "offered")
+            && num(&v, "offered") == on_redis(&v) + fallbacks(&v);
+    }
+    check(
+        exact,
+        "every request sent was decided once, by Redis or by the fallback (offered = Redis + fallback)",
         &mut failures,
     );
     drop(fleet);

@@ -46,6 +46,9 @@ fn the_fleet_example_rolls_back_promotes_pins_survives_a_redis_restart_and_share
         "[ok] every router kept the last weight for stale_after (2 s), then went to stable",
         "[ok] a leader rewrote the last state it knew: every router at 100 % again",
         "[ok] the three together admitted at most quota · t + burst",
+        "[ok] while Redis was down every instance decided by its local fallback, counted",
+        "[ok] decisions back on Redis after the restart",
+        "[ok] every request sent was decided once, by Redis or by the fallback (offered = Redis + fallback)",
         "all checks passed",
     ] {
         assert!(out.contains(line), "missing `{line}` in the output");

@@ -19,8 +19,15 @@
 //! (stop the load after this many requests; default never). Every 100 ms it prints one line
 //! `STATUS {json}` with the fleet snapshot and the router's own counts, and `DONE {json}`
 //! once its load has ended.
+//!
+//! Standard input takes manual gates for the whole fleet, one a line: `<gate> <who> <why>`
+//! (`abort alice errors in eu`; gates `promote`, `abort`, `pause`, `resume`), issued through
+//! this instance's `FleetCanary::gates()`; each is answered by a line `GATE {json}` with the
+//! command's `id`, or its `error` (`finished` names the phase of an ended rollout).
 
-use degrade_canary::fleet::{FleetCanary, FleetCanaryConfig, FleetCanarySnapshot};
+use degrade_canary::fleet::{
+    FleetCanary, FleetCanaryConfig, FleetCanarySnapshot, FleetCommandError, parse_gate,
+};
 use degrade_canary::{BoxError, Canary, key::from_fn};
 use std::future::Future;
 use std::pin::Pin;
@@ -87,6 +94,8 @@ fn line(tag: &str, f: &FleetCanarySnapshot, s: &degrade_canary::stats::CanarySna
         "published": f.published,
         "duplicates": f.duplicates,
         "publish_failures": f.publish_failures,
+        "commands": f.commands,
+        "commands_applied": f.commands_applied,
         "local": {
             "stable_routed": s.stable.routed,
             "canary_routed": s.canary.routed,
@@ -128,7 +137,41 @@ async fn main() -> Result<(), BoxError> {
         .key(from_fn(|user: &u64| Some(*user)))
         .build()?;
     let handle = router.handle();
-    let task = FleetCanary::new(cfg, router.handle())?.spawn();
+    let fleet = FleetCanary::new(cfg, router.handle())?;
+    let task = fleet.spawn();
+
+    // Manual gates from standard input, issued for the whole fleet.
+    let gates = fleet.gates();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            let mut words = line.trim().splitn(3, ' ');
+            let (gate, who, why) = (
+                words.next().unwrap_or(""),
+                words.next().unwrap_or(""),
+                words.next().unwrap_or(""),
+            );
+            let v = match parse_gate(gate) {
+                None => serde_json::json!({ "error": format!("no gate {gate:?}") }),
+                Some(g) => match gates.send(g, who, why).await {
+                    Ok(id) => serde_json::json!({ "id": id, "gate": gate }),
+                    Err(FleetCommandError::Finished(p)) => serde_json::json!({
+                        "error": "finished", "finished": format!("{p:?}"), "gate": gate
+                    }),
+                    Err(e) => serde_json::json!({ "error": e.to_string(), "gate": gate }),
+                },
+            };
+            println!("GATE {v}");
+        }
+    });
 
     // The load: `rate` requests a second over 5,000 users, until `limit`.
     let load = tokio::spawn(async move {

@@ -27,10 +27,14 @@
 //!   [`stale_after`](FleetCanaryConfig::stale_after), then fall back to stable (weight 0) until
 //!   Redis answers again; a leader that cannot renew its lease stops acting when its lease
 //!   would have ended. Every Redis call is bounded by [`timeout`](FleetCanaryConfig::timeout).
+//! * **Manual gates for the fleet.** [`FleetGates`] (from any instance, an operator tool or an
+//!   admin endpoint) writes promote / abort / pause / resume to Redis with who and why; the
+//!   leader applies it exactly once through its fenced write ([`apply`]: an abort wins over
+//!   whatever was issued with it), and every router follows within a poll.
 //!
 //! It is all visible in [`FleetCanaryTask::snapshot`] and in `tracing` events (weight changes,
-//! terms, refused writes, fallbacks). The keys of a rollout share one hash tag
-//! (`<prefix>:{<name>}:...`), so it runs on a Redis Cluster too.
+//! terms, refused writes, fallbacks, commands). The keys of a rollout share one hash tag
+//! (`<prefix>:{<name>}:...`), so it runs on a Redis Cluster too (tested on three masters).
 //!
 //! ```no_run
 //! use degrade_canary::Canary;
@@ -47,11 +51,18 @@
 //! # Ok(()) }
 //! ```
 
+mod command;
 mod script;
 mod wire;
 
+pub use command::{
+    CommandOutcome, FleetAuditEntry, FleetCommand, FleetCommandError, MAX_PENDING, apply,
+    gate_name, parse_gate,
+};
+
+use crate::controller::Gate;
 use crate::judge::{Judge, Verdict};
-use crate::machine::{CanaryConfig, CanaryEvent, CanaryMachine, CanaryState};
+use crate::machine::{CanaryConfig, CanaryEvent, CanaryMachine, CanaryPhase, CanaryState};
 use crate::service::CanaryHandle;
 use crate::stats::CanarySnapshot;
 use degrade_core::fleet::{DEFAULT_REDIS_URL, RedisConn, RedisTarget};
@@ -116,6 +127,9 @@ pub struct FleetCanaryConfig {
     /// it sends everything to stable (default 30 s).
     #[serde(with = "humantime_serde")]
     pub stale_after: Duration,
+    /// Entries kept in the rollout's audit list of commands (who, when, why, what the leader
+    /// did with it; default 1,000, at least 1, at most 100,000).
+    pub audit_len: u32,
 }
 
 impl Default for FleetCanaryConfig {
@@ -132,6 +146,7 @@ impl Default for FleetCanaryConfig {
             lease: Duration::from_secs(5),
             publish: Duration::from_secs(1),
             stale_after: Duration::from_secs(30),
+            audit_len: 1_000,
         }
     }
 }
@@ -164,22 +179,9 @@ impl FleetCanaryConfig {
     }
 
     fn checked(&self) -> Result<RedisTarget, ConfigError> {
-        let target = RedisTarget::parse(&self.url, &self.cluster)?;
-        word("name", &self.name)?;
+        let target = self.checked_target()?;
         word("instance", &self.instance)?;
-        if self
-            .prefix
-            .contains(|c: char| c.is_whitespace() || "{}".contains(c))
-        {
-            return Err(ConfigError::new(
-                "prefix",
-                "must not contain spaces or braces",
-            ));
-        }
         self.canary.validate().map_err(|e| e.within("canary"))?;
-        if self.timeout.is_zero() || self.timeout > Duration::from_secs(60) {
-            return Err(ConfigError::new("timeout", "must be in (0, 60s]"));
-        }
         if self.poll.is_zero() || self.poll > Duration::from_secs(1) {
             return Err(ConfigError::new(
                 "poll",
@@ -200,6 +202,29 @@ impl FleetCanaryConfig {
         }
         if self.stale_after.is_zero() {
             return Err(ConfigError::new("stale_after", "must be positive"));
+        }
+        Ok(target)
+    }
+
+    /// What an operator tool needs ([`FleetGates::new`]): where Redis is, the rollout's keys,
+    /// the timeout and the audit cap.
+    fn checked_target(&self) -> Result<RedisTarget, ConfigError> {
+        let target = RedisTarget::parse(&self.url, &self.cluster)?;
+        word("name", &self.name)?;
+        if self
+            .prefix
+            .contains(|c: char| c.is_whitespace() || "{}".contains(c))
+        {
+            return Err(ConfigError::new(
+                "prefix",
+                "must not contain spaces or braces",
+            ));
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(60) {
+            return Err(ConfigError::new("timeout", "must be in (0, 60s]"));
+        }
+        if !(1..=100_000).contains(&self.audit_len) {
+            return Err(ConfigError::new("audit_len", "must be in [1, 100000]"));
         }
         Ok(target)
     }
@@ -253,6 +278,11 @@ pub struct FleetCanarySnapshot {
     pub duplicates: u64,
     /// Attempts to add statistics that failed or timed out (the interval is resent).
     pub publish_failures: u64,
+    /// Commands (promote, abort, pause, resume) this instance took from Redis as leader,
+    /// whatever their [`CommandOutcome`].
+    pub commands: u64,
+    /// Of those, the ones that changed the rollout ([`CommandOutcome::Applied`]).
+    pub commands_applied: u64,
 }
 
 /// One instance's part in a fleet rollout; see the [module documentation](self).
@@ -347,16 +377,37 @@ impl<Clk: Clock> FleetCanary<Clk> {
     }
 
     async fn call(&self, cmd: &redis::Cmd) -> Result<redis::Value, BoxError> {
-        match tokio::time::timeout(self.cfg.timeout, self.conn.query(cmd)).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err("fleet canary: Redis did not answer within the timeout".into()),
-        }
+        call(&self.conn, self.cfg.timeout, cmd).await
     }
 
     async fn int(&self, cmd: &redis::Cmd) -> Result<i64, BoxError> {
         match self.call(cmd).await? {
             redis::Value::Int(n) => Ok(n),
             other => Err(format!("fleet canary: unexpected reply {other:?}").into()),
+        }
+    }
+
+    /// An operator's handle on this rollout's gates, sharing this instance's connection:
+    /// promote, abort, pause or resume the whole fleet from here.
+    ///
+    /// ```
+    /// # use degrade_canary::{Canary, fleet::{FleetCanary, FleetCanaryConfig, FleetCommandError}};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// let mut cfg = FleetCanaryConfig::default();
+    /// cfg.instance = "a".into();
+    /// cfg.url = "redis://127.0.0.1:1".into(); // nothing listens: a typed error, in time
+    /// let gates = FleetCanary::new(cfg, router.handle()).unwrap().gates();
+    /// let err = gates.abort("alice", "errors on v2").await.unwrap_err();
+    /// assert!(matches!(err, FleetCommandError::Redis(_)));
+    /// # }
+    /// ```
+    pub fn gates(&self) -> FleetGates {
+        FleetGates {
+            conn: self.conn.clone(),
+            keys: Arc::clone(&self.keys),
+            timeout: self.cfg.timeout,
+            audit_len: self.cfg.audit_len,
         }
     }
 
@@ -420,20 +471,7 @@ impl<Clk: Clock> FleetCanary<Clk> {
     }
 
     async fn stored(&self) -> Result<Option<Stored>, BoxError> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(&self.keys.state);
-        match self.call(&cmd).await? {
-            redis::Value::Nil => Ok(None),
-            redis::Value::BulkString(b) if b.len() <= MAX_STATE_BYTES => {
-                let s: Stored = serde_json::from_slice(&b)
-                    .map_err(|e| format!("fleet canary: unreadable state: {e}"))?;
-                if s.state.weight_bp > crate::FULL_BP {
-                    return Err("fleet canary: state weight above 10000".into());
-                }
-                Ok(Some(s))
-            }
-            other => Err(format!("fleet canary: unexpected state reply {other:?}").into()),
-        }
+        stored(&self.conn, self.cfg.timeout, &self.keys).await
     }
 
     /// Takes or keeps the lease: the token of this term and whether the term is new, or
@@ -456,16 +494,108 @@ impl<Clk: Clock> FleetCanary<Clk> {
     }
 
     /// Writes `state` under `token`: `Ok(false)` when refused (deposed).
+    #[cfg(test)]
     async fn write(&self, state: CanaryState, token: u64) -> Result<bool, BoxError> {
+        Ok(self.write_with(state, token, None).await? == Written::Yes)
+    }
+
+    /// Writes `state` under `token` and, with `applied`, removes the `n` pending commands it
+    /// read and records the audit tails, all or nothing.
+    async fn write_with(
+        &self,
+        state: CanaryState,
+        token: u64,
+        applied: Option<(usize, &[String])>,
+    ) -> Result<Written, BoxError> {
         let value = serde_json::to_string(&Stored { state, token })?;
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(script::WRITE_LUA)
-            .arg(2)
+            .arg(4)
             .arg(&self.keys.token)
             .arg(&self.keys.state)
+            .arg(&self.keys.commands)
+            .arg(&self.keys.audit)
             .arg(token)
             .arg(value);
-        Ok(self.int(&cmd).await? == 1)
+        match applied {
+            Some((n, tails)) => {
+                cmd.arg(n).arg(MAX_PENDING).arg(self.cfg.audit_len);
+                for t in tails {
+                    cmd.arg(t);
+                }
+            }
+            None => {
+                cmd.arg(-1).arg(MAX_PENDING).arg(self.cfg.audit_len);
+            }
+        }
+        Ok(match self.int(&cmd).await? {
+            1 => Written::Yes,
+            2 => Written::Retry,
+            _ => Written::Refused,
+        })
+    }
+
+    /// The leader's part for commands: reads the pending list, applies it to a copy of the
+    /// machine and writes the result with the list's removal and the audit entries. The
+    /// machine takes the new state only when the write went through. `None` when there was
+    /// nothing to do or Redis did not answer (tried again next poll).
+    async fn take_commands(&self, t: &mut Term) -> Option<(Written, Vec<CommandOutcome>)> {
+        let (n, commands) = match self.gates().read_pending().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "fleet canary: cannot read the pending commands");
+                return None;
+            }
+        };
+        if n == 0 {
+            return None;
+        }
+        if commands.len() < n {
+            tracing::warn!(
+                unreadable = n - commands.len(),
+                "fleet canary: pending entries that are not commands are dropped"
+            );
+        }
+        let mut m = t.machine.clone();
+        let outcomes = apply(&mut m, &commands, self.clock.now());
+        let tails: Vec<String> = commands
+            .iter()
+            .zip(&outcomes)
+            .map(|(c, o)| command::audit_tail(c, *o, t.token))
+            .collect();
+        let state = m.state();
+        match self.write_with(state, t.token, Some((n, &tails))).await {
+            Ok(Written::Yes) => {
+                t.machine = m;
+                t.dirty = false;
+                for (c, o) in commands.iter().zip(&outcomes) {
+                    tracing::warn!(
+                        gate = gate_name(c.gate),
+                        id = c.id,
+                        who = %c.who,
+                        why = %c.why,
+                        outcome = o.as_str(),
+                        token = t.token,
+                        step = state.step,
+                        weight_bp = state.weight_bp,
+                        phase = ?state.phase,
+                        "fleet canary: command"
+                    );
+                }
+                Some((Written::Yes, outcomes))
+            }
+            Ok(Written::Retry) => {
+                tracing::debug!("fleet canary: a command arrived while applying; again next poll");
+                Some((Written::Retry, Vec::new()))
+            }
+            Ok(w @ (Written::Refused | Written::Unknown)) => Some((w, Vec::new())),
+            Err(e) => {
+                // Written or not? Redis may have applied it and the reply been lost: the
+                // machine here must not go on from the state before.
+                tracing::warn!(error = %e, "fleet canary: unknown whether the commands were written; the term ends and starts again from the state in Redis");
+                Some((Written::Unknown, Vec::new()))
+            }
+        }
     }
 
     /// Adds one interval's increments: `Ok(true)` if added, `Ok(false)` if already there.
@@ -507,6 +637,343 @@ impl<Clk: Clock> FleetCanary<Clk> {
     }
 }
 
+async fn call(
+    conn: &RedisConn,
+    timeout: Duration,
+    cmd: &redis::Cmd,
+) -> Result<redis::Value, BoxError> {
+    match tokio::time::timeout(timeout, conn.query(cmd)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err("fleet canary: Redis did not answer within the timeout".into()),
+    }
+}
+
+async fn stored(
+    conn: &RedisConn,
+    timeout: Duration,
+    keys: &Keys,
+) -> Result<Option<Stored>, BoxError> {
+    let mut cmd = redis::cmd("GET");
+    cmd.arg(&keys.state);
+    match call(conn, timeout, &cmd).await? {
+        redis::Value::Nil => Ok(None),
+        redis::Value::BulkString(b) if b.len() <= MAX_STATE_BYTES => {
+            let s: Stored = serde_json::from_slice(&b)
+                .map_err(|e| format!("fleet canary: unreadable state: {e}"))?;
+            if s.state.weight_bp > crate::FULL_BP {
+                return Err("fleet canary: state weight above 10000".into());
+            }
+            Ok(Some(s))
+        }
+        other => Err(format!("fleet canary: unexpected state reply {other:?}").into()),
+    }
+}
+
+/// The outcome of a fenced state write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Yes,
+    /// A newer leader holds the lease.
+    Refused,
+    /// A command arrived after the pending list was read.
+    Retry,
+    /// No answer: written or not, unknown.
+    Unknown,
+}
+
+/// Promote, abort, pause or resume a fleet rollout from any instance
+/// ([`FleetCanary::gates`]) or an operator tool ([`FleetGates::new`]). A command goes to
+/// Redis with who issued it and why; the rollout's leader applies it exactly once (see
+/// [`apply`] for a batch), within a poll while a leader lives, else as soon as the next one
+/// takes the lease; every router follows the resulting state within a poll. Cheap to clone.
+///
+/// ```no_run
+/// use degrade_canary::fleet::{FleetCanaryConfig, FleetGates};
+/// # #[tokio::main] async fn main() -> Result<(), degrade_canary::BoxError> {
+/// let mut cfg = FleetCanaryConfig::default();
+/// cfg.url = "redis://10.0.0.5:6379".into();
+/// cfg.name = "checkout-v2".into(); // the rollout, as its instances name it
+/// let gates = FleetGates::new(&cfg)?;
+/// let id = gates.abort("alice", "5xx on checkout in eu-west").await?;
+/// println!("command {id} issued; pending: {:?}", gates.pending().await?);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct FleetGates {
+    conn: RedisConn,
+    keys: Arc<Keys>,
+    timeout: Duration,
+    audit_len: u32,
+}
+
+impl fmt::Debug for FleetGates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetGates")
+            .field("commands_key", &self.keys.commands)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FleetGates {
+    /// Connects (lazily) to the rollout `cfg` names: `url` / `cluster`, `prefix`, `name`,
+    /// `timeout` and `audit_len` are used; `instance` and the rollout's timing are not (an
+    /// operator tool is no instance). Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the field.
+    ///
+    /// ```
+    /// # use degrade_canary::fleet::{FleetCanaryConfig, FleetGates};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let mut cfg = FleetCanaryConfig::default();
+    /// assert!(FleetGates::new(&cfg).is_ok()); // no instance needed
+    /// cfg.name = "v2 of checkout".into();
+    /// assert_eq!(FleetGates::new(&cfg).unwrap_err().field(), "name");
+    /// # }
+    /// ```
+    pub fn new(cfg: &FleetCanaryConfig) -> Result<Self, ConfigError> {
+        let target = cfg.checked_target()?;
+        Ok(Self {
+            conn: RedisConn::open(target, cfg.timeout)?,
+            keys: Arc::new(Keys::new(&cfg.prefix, &cfg.name)),
+            timeout: cfg.timeout,
+            audit_len: cfg.audit_len,
+        })
+    }
+
+    /// Issues `gate`, recorded with `who` and `why` (cut to 128 and 1,280 bytes, control
+    /// characters as spaces) in the audit list and in tracing. Returns the command's number.
+    /// A command issued while another waits is applied with it (an abort wins, see [`apply`]).
+    ///
+    /// # Errors
+    ///
+    /// [`FleetCommandError::Finished`] when the rollout has ended, [`FleetCommandError::Backlog`]
+    /// when [`MAX_PENDING`] commands wait already, [`FleetCommandError::Redis`] when Redis does
+    /// not answer in time.
+    ///
+    /// ```no_run
+    /// # use degrade_canary::{Gate, fleet::{FleetCanaryConfig, FleetGates, FleetCommandError}};
+    /// # #[tokio::main] async fn main() -> Result<(), degrade_canary::BoxError> {
+    /// # let gates = FleetGates::new(&FleetCanaryConfig::default())?;
+    /// match gates.send(Gate::Promote, "alice", "business sign-off").await {
+    ///     Ok(id) => println!("command {id} waits for the leader"),
+    ///     Err(FleetCommandError::Finished(phase)) => println!("too late: {phase:?}"),
+    ///     Err(e) => return Err(e.into()),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn send(&self, gate: Gate, who: &str, why: &str) -> Result<u64, FleetCommandError> {
+        let c = FleetCommand::new(0, gate, who, why);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(command::ISSUE_LUA)
+            .arg(4)
+            .arg(&self.keys.state)
+            .arg(&self.keys.commands)
+            .arg(&self.keys.audit)
+            .arg(&self.keys.seq)
+            .arg(gate_name(gate))
+            .arg(&c.who)
+            .arg(&c.why)
+            .arg(MAX_PENDING)
+            .arg(self.audit_len);
+        let reply = call(&self.conn, self.timeout, &cmd)
+            .await
+            .map_err(FleetCommandError::Redis)?;
+        let redis::Value::Array(items) = &reply else {
+            return Err(FleetCommandError::Redis(
+                format!("unexpected reply {reply:?}").into(),
+            ));
+        };
+        match items.as_slice() {
+            [redis::Value::Int(-1), phase] => {
+                let phase = match phase {
+                    redis::Value::BulkString(b) if b.as_slice() == b"promoted" => {
+                        CanaryPhase::Promoted
+                    }
+                    _ => CanaryPhase::RolledBack,
+                };
+                Err(FleetCommandError::Finished(phase))
+            }
+            [redis::Value::Int(-2), _] => Err(FleetCommandError::Backlog),
+            [redis::Value::Int(id), _] if *id > 0 => {
+                tracing::warn!(
+                    rollout = %self.keys.state,
+                    gate = gate_name(gate),
+                    id,
+                    who = %c.who,
+                    why = %c.why,
+                    "fleet canary: command issued"
+                );
+                Ok(id.unsigned_abs())
+            }
+            _ => Err(FleetCommandError::Redis(
+                format!("unexpected reply {reply:?}").into(),
+            )),
+        }
+    }
+
+    /// Promote the fleet's candidate now ([`send`](Self::send) of [`Gate::Promote`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    ///
+    /// ```no_run
+    /// # use degrade_canary::fleet::{FleetCanaryConfig, FleetGates};
+    /// # #[tokio::main] async fn main() -> Result<(), degrade_canary::BoxError> {
+    /// # let gates = FleetGates::new(&FleetCanaryConfig::default())?;
+    /// gates.promote("alice", "sign-off").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn promote(&self, who: &str, why: &str) -> Result<u64, FleetCommandError> {
+        self.send(Gate::Promote, who, why).await
+    }
+
+    /// Roll the fleet back now ([`Gate::Abort`]); wins over a promote issued with it.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    ///
+    /// ```no_run
+    /// # use degrade_canary::fleet::{FleetCanaryConfig, FleetGates};
+    /// # #[tokio::main] async fn main() -> Result<(), degrade_canary::BoxError> {
+    /// # let gates = FleetGates::new(&FleetCanaryConfig::default())?;
+    /// gates.abort("alice", "5xx").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn abort(&self, who: &str, why: &str) -> Result<u64, FleetCommandError> {
+        self.send(Gate::Abort, who, why).await
+    }
+
+    /// Hold the current step ([`Gate::Pause`]); a Fail still rolls back.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    ///
+    /// ```no_run
+    /// # use degrade_canary::fleet::{FleetCanaryConfig, FleetGates};
+    /// # #[tokio::main] async fn main() -> Result<(), degrade_canary::BoxError> {
+    /// # let gates = FleetGates::new(&FleetCanaryConfig::default())?;
+    /// gates.pause("alice", "waiting for the batch job").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn pause(&self, who: &str, why: &str) -> Result<u64, FleetCommandError> {
+        self.send(Gate::Pause, who, why).await
+    }
+
+    /// Continue after a pause ([`Gate::Resume`]; the step's bake time starts over).
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    ///
+    /// ```no_run
+    /// # use degrade_canary::fleet::{FleetCanaryConfig, FleetGates};
+    /// # #[tokio::main] async fn main() -> Result<(), degrade_canary::BoxError> {
+    /// # let gates = FleetGates::new(&FleetCanaryConfig::default())?;
+    /// gates.resume("alice", "batch job done").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn resume(&self, who: &str, why: &str) -> Result<u64, FleetCommandError> {
+        self.send(Gate::Resume, who, why).await
+    }
+
+    /// The rollout's state in Redis, if a leader has written one.
+    ///
+    /// # Errors
+    ///
+    /// Redis's error, the timeout, or a value that is not a state.
+    ///
+    /// ```no_run
+    /// # use degrade_canary::fleet::{FleetCanaryConfig, FleetGates};
+    /// # #[tokio::main] async fn main() -> Result<(), degrade_canary::BoxError> {
+    /// # let gates = FleetGates::new(&FleetCanaryConfig::default())?;
+    /// println!("{:?}", gates.state().await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn state(&self) -> Result<Option<CanaryState>, BoxError> {
+        Ok(stored(&self.conn, self.timeout, &self.keys)
+            .await?
+            .map(|s| s.state))
+    }
+
+    /// The commands waiting for the leader, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// Redis's error or the timeout.
+    ///
+    /// ```no_run
+    /// # use degrade_canary::fleet::{FleetCanaryConfig, FleetGates};
+    /// # #[tokio::main] async fn main() -> Result<(), degrade_canary::BoxError> {
+    /// # let gates = FleetGates::new(&FleetCanaryConfig::default())?;
+    /// for c in gates.pending().await? {
+    ///     println!("#{} {:?} by {}: {}", c.id, c.gate, c.who, c.why);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn pending(&self) -> Result<Vec<FleetCommand>, BoxError> {
+        Ok(self.read_pending().await?.1)
+    }
+
+    /// The entries read (at most [`MAX_PENDING`]) and the commands among them.
+    async fn read_pending(&self) -> Result<(usize, Vec<FleetCommand>), BoxError> {
+        let items = self.list(&self.keys.commands, MAX_PENDING).await?;
+        let n = items.len();
+        Ok((
+            n,
+            items
+                .iter()
+                .filter_map(|v| FleetCommand::parse(v))
+                .collect(),
+        ))
+    }
+
+    async fn list(&self, key: &str, max: usize) -> Result<Vec<String>, BoxError> {
+        let mut cmd = redis::cmd("LRANGE");
+        cmd.arg(key).arg(0).arg(max.saturating_sub(1));
+        let redis::Value::Array(items) = call(&self.conn, self.timeout, &cmd).await? else {
+            return Err("fleet canary: LRANGE did not answer a list".into());
+        };
+        Ok(items
+            .iter()
+            .map(|v| match v {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => String::new(),
+            })
+            .collect())
+    }
+
+    /// The audit list, newest first (at most `audit_len` entries): every command issued, and
+    /// what the leader did with it. Entries that cannot be read are skipped.
+    ///
+    /// # Errors
+    ///
+    /// Redis's error or the timeout.
+    ///
+    /// ```no_run
+    /// # use degrade_canary::fleet::{FleetCanaryConfig, FleetGates};
+    /// # #[tokio::main] async fn main() -> Result<(), degrade_canary::BoxError> {
+    /// # let gates = FleetGates::new(&FleetCanaryConfig::default())?;
+    /// for e in gates.audit().await? {
+    ///     println!("{} {} {} #{} by {}: {}", e.at_ms, e.action, e.gate, e.id, e.who, e.why);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn audit(&self) -> Result<Vec<FleetAuditEntry>, BoxError> {
+        let max = usize::try_from(self.audit_len).unwrap_or(usize::MAX);
+        Ok(self
+            .list(&self.keys.audit, max)
+            .await?
+            .iter()
+            .filter_map(|v| command::parse_audit(v))
+            .collect())
+    }
+}
+
 fn add_field(snap: &mut CanarySnapshot, k: &redis::Value, v: &redis::Value) {
     let field = match k {
         redis::Value::BulkString(b) => std::str::from_utf8(b).ok(),
@@ -540,6 +1007,48 @@ impl FleetCanaryTask {
     /// let task = FleetCanary::new(cfg, router.handle()).unwrap().spawn();
     /// let s = task.snapshot();
     /// println!("weight {} bp, leader {}, fallbacks {}", s.weight_bp, s.leader, s.fallbacks);
+    /// # }
+    /// ```
+    pub fn snapshot(&self) -> FleetCanarySnapshot {
+        *self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A reader of this instance's snapshot that can be cloned and kept (an admin page, a
+    /// metrics callback); it reads the last snapshot after the task has stopped.
+    ///
+    /// ```no_run
+    /// # use degrade_canary::{Canary, fleet::{FleetCanary, FleetCanaryConfig}};
+    /// # #[tokio::main] async fn main() {
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let mut cfg = FleetCanaryConfig::default(); cfg.instance = "a".into();
+    /// let task = FleetCanary::new(cfg, router.handle()).unwrap().spawn();
+    /// let status = task.status();
+    /// assert_eq!(status.snapshot(), task.snapshot());
+    /// # }
+    /// ```
+    pub fn status(&self) -> FleetCanaryStatus {
+        FleetCanaryStatus {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// A cloneable reader of a [`FleetCanaryTask`]'s snapshot ([`FleetCanaryTask::status`]).
+#[derive(Debug, Clone)]
+pub struct FleetCanaryStatus {
+    shared: Arc<Mutex<FleetCanarySnapshot>>,
+}
+
+impl FleetCanaryStatus {
+    /// What the instance has seen and done so far (as [`FleetCanaryTask::snapshot`]).
+    ///
+    /// ```no_run
+    /// # use degrade_canary::{Canary, fleet::{FleetCanary, FleetCanaryConfig}};
+    /// # #[tokio::main] async fn main() {
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let mut cfg = FleetCanaryConfig::default(); cfg.instance = "a".into();
+    /// let status = FleetCanary::new(cfg, router.handle()).unwrap().spawn().status();
+    /// println!("leader: {}", status.snapshot().leader);
     /// # }
     /// ```
     pub fn snapshot(&self) -> FleetCanarySnapshot {
@@ -654,6 +1163,43 @@ async fn run<Clk: Clock>(fc: FleetCanary<Clk>, shared: Arc<Mutex<FleetCanarySnap
             update(&mut |s| s.leader = false);
         }
 
+        // The commands issued since the last poll (or while no leader lived), applied once
+        // through the fenced write.
+        if let Some(t) = term.as_mut() {
+            match fc.take_commands(t).await {
+                Some((Written::Yes, outcomes)) => {
+                    let state = t.machine.state();
+                    let _ = fc.handle.weight().set(state.weight_bp);
+                    let applied = outcomes
+                        .iter()
+                        .filter(|o| **o == CommandOutcome::Applied)
+                        .count();
+                    update(&mut |s| {
+                        s.commands += outcomes.len() as u64;
+                        s.commands_applied += applied as u64;
+                        s.state = Some(state);
+                        s.weight_bp = state.weight_bp;
+                    });
+                }
+                Some((Written::Unknown, _)) => {
+                    term = None;
+                    update(&mut |s| s.leader = false);
+                }
+                Some((Written::Refused, _)) => {
+                    tracing::warn!(
+                        token = t.token,
+                        "fleet canary: commands refused (a newer leader holds the lease), no longer leading"
+                    );
+                    term = None;
+                    update(&mut |s| {
+                        s.refused_writes += 1;
+                        s.leader = false;
+                    });
+                }
+                Some((Written::Retry, _)) | None => {}
+            }
+        }
+
         // The leader's analysis, and the write of what it decided.
         if let Some(t) = term.as_mut() {
             let now = fc.clock.now();
@@ -700,13 +1246,13 @@ async fn run<Clk: Clock>(fc: FleetCanary<Clk>, shared: Arc<Mutex<FleetCanarySnap
             && t.dirty
         {
             let state = t.machine.state();
-            match fc.write(state, t.token).await {
-                Ok(true) => {
+            match fc.write_with(state, t.token, None).await {
+                Ok(Written::Yes) => {
                     t.dirty = false;
                     tracing::info!(token = t.token, step = state.step, weight_bp = state.weight_bp, phase = ?state.phase, "fleet canary: state written");
                     update(&mut |s| s.state = Some(state));
                 }
-                Ok(false) => {
+                Ok(Written::Refused | Written::Retry | Written::Unknown) => {
                     tracing::warn!(
                         token = t.token,
                         step = state.step,
@@ -965,6 +1511,163 @@ mod tests {
             CanaryPhase::Progressing
         );
         assert_eq!(a.lease().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_command_on_a_finished_rollout_is_refused_with_a_typed_error() {
+        let redis = RedisServer::start();
+        let a = FleetCanary::new(config(&redis.url(), "a"), router()).unwrap();
+        let gates = a.gates();
+        // No state yet: the command waits for a leader.
+        assert_eq!(gates.pause("alice", "hold on").await.unwrap(), 1);
+        let (token, _) = a.lease().await.unwrap().unwrap();
+        let mut state = CanaryMachine::new(a.cfg.canary.clone(), Instant::now())
+            .unwrap()
+            .state();
+        state.phase = CanaryPhase::Promoted;
+        assert!(a.write(state, token).await.unwrap());
+        let err = gates.abort("bob", "too late").await.unwrap_err();
+        assert!(
+            matches!(err, FleetCommandError::Finished(CanaryPhase::Promoted)),
+            "{err}"
+        );
+        state.phase = CanaryPhase::RolledBack;
+        state.weight_bp = 0;
+        assert!(a.write(state, token).await.unwrap());
+        assert!(matches!(
+            gates.resume("bob", "").await,
+            Err(FleetCommandError::Finished(CanaryPhase::RolledBack))
+        ));
+        // Refused commands are neither pending nor in the audit list.
+        assert_eq!(gates.pending().await.unwrap().len(), 1);
+        let audit = gates.audit().await.unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(
+            (
+                audit[0].action.as_str(),
+                audit[0].gate.as_str(),
+                audit[0].who.as_str()
+            ),
+            ("issued", "pause", "alice")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_pending_list_and_the_audit_list_are_capped() {
+        let redis = RedisServer::start();
+        let mut cfg = config(&redis.url(), "a");
+        cfg.audit_len = 5;
+        let gates = FleetCanary::new(cfg, router()).unwrap().gates();
+        for i in 0..MAX_PENDING {
+            gates.pause("op", &format!("{i}")).await.unwrap();
+        }
+        assert!(matches!(
+            gates.abort("op", "one more").await,
+            Err(FleetCommandError::Backlog)
+        ));
+        assert_eq!(gates.pending().await.unwrap().len(), MAX_PENDING);
+        let audit = gates.audit().await.unwrap();
+        assert_eq!(audit.len(), 5);
+        assert_eq!(audit[0].why, format!("{}", MAX_PENDING - 1), "newest first");
+    }
+
+    /// A promote and an abort issued while no leader lives: the next leader applies both in
+    /// one batch, and the abort wins; each is recorded with what became of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abort_wins_over_a_promote_issued_with_it() {
+        let redis = RedisServer::start();
+        let handle = router();
+        let fleet = FleetCanary::new(config(&redis.url(), "a"), handle.clone()).unwrap();
+        let gates = fleet.gates();
+        let promote = gates.promote("alice", "sign-off").await.unwrap();
+        let abort = gates.abort("bob", "errors in eu").await.unwrap();
+        assert!(abort > promote);
+        let task = fleet.spawn();
+        until("rolled back", || {
+            task.snapshot()
+                .state
+                .is_some_and(|s| s.phase == CanaryPhase::RolledBack)
+        })
+        .await;
+        assert_eq!(handle.weight().get(), 0);
+        let s = task.snapshot();
+        assert_eq!((s.commands, s.commands_applied), (2, 1));
+        assert!(
+            gates.pending().await.unwrap().is_empty(),
+            "applied once, removed"
+        );
+        let audit = gates.audit().await.unwrap();
+        let outcome = |id: u64| {
+            audit
+                .iter()
+                .find(|e| e.id == id && e.action != "issued")
+                .map(|e| (e.action.clone(), e.token))
+        };
+        assert_eq!(outcome(promote), Some(("superseded".into(), s.token)));
+        assert_eq!(outcome(abort), Some(("applied".into(), s.token)));
+        assert_eq!(
+            gates.state().await.unwrap().unwrap().phase,
+            CanaryPhase::RolledBack
+        );
+    }
+
+    /// A deposed leader cannot apply a command (its write is refused and the command stays
+    /// pending); the holder of the lease applies it; a command issued after the holder read
+    /// the list makes its write wait for the next reading (nothing half applied).
+    #[tokio::test]
+    async fn only_the_holder_of_the_latest_token_applies_a_command_and_with_every_command() {
+        let redis = RedisServer::start();
+        let a = FleetCanary::new(config(&redis.url(), "a"), router()).unwrap();
+        let b = FleetCanary::new(config(&redis.url(), "b"), router()).unwrap();
+        let (ta, _) = a.lease().await.unwrap().unwrap();
+        let mut term_a = begin_term(&a, ta, Instant::now(), None).await.unwrap();
+        assert!(a.write(term_a.machine.state(), ta).await.unwrap());
+        a.conn
+            .query(redis::cmd("DEL").arg(&a.keys.lease))
+            .await
+            .unwrap();
+        let (tb, _) = b.lease().await.unwrap().unwrap();
+        let mut term_b = begin_term(&b, tb, Instant::now(), None).await.unwrap();
+        a.gates().pause("alice", "hold").await.unwrap();
+        let (w, _) = a.take_commands(&mut term_a).await.unwrap();
+        assert_eq!(w, Written::Refused);
+        assert_eq!(term_a.machine.state().phase, CanaryPhase::Progressing);
+        assert_eq!(a.gates().pending().await.unwrap().len(), 1, "still pending");
+        let (w, out) = b.take_commands(&mut term_b).await.unwrap();
+        assert_eq!(
+            (w, out.as_slice()),
+            (Written::Yes, &[CommandOutcome::Applied][..])
+        );
+        assert_eq!(
+            b.state().await.unwrap().unwrap().phase,
+            CanaryPhase::Paused(crate::machine::PauseReason::Manual)
+        );
+        // Read one command; another is issued before the write: nothing is written.
+        let gates = b.gates();
+        gates.resume("alice", "go").await.unwrap();
+        let (n, _) = gates.read_pending().await.unwrap();
+        gates.abort("bob", "no").await.unwrap();
+        let resumed =
+            CanaryMachine::resume(b.cfg.canary.clone(), term_b.machine.state(), Instant::now())
+                .unwrap();
+        let w = b
+            .write_with(resumed.state(), tb, Some((n, &[])))
+            .await
+            .unwrap();
+        assert_eq!(w, Written::Retry);
+        assert_eq!(gates.pending().await.unwrap().len(), 2);
+        let (w, out) = b.take_commands(&mut term_b).await.unwrap();
+        assert_eq!(
+            (w, out.as_slice()),
+            (
+                Written::Yes,
+                &[CommandOutcome::Superseded, CommandOutcome::Applied][..]
+            )
+        );
+        assert_eq!(term_b.machine.state().phase, CanaryPhase::RolledBack);
+        assert!(gates.pending().await.unwrap().is_empty());
+        // Nothing pending: nothing to do.
+        assert!(b.take_commands(&mut term_b).await.is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,14 +23,33 @@ end
 return 0
 ";
 
-/// Writes the rollout's state only for the holder of the latest token. KEYS: token, state.
-/// ARGV: the writer's token, the state. Returns 1 if written, 0 if refused (a deposed
-/// leader: someone took the lease since).
+/// Writes the rollout's state only for the holder of the latest token, and with it the
+/// commands it applied. KEYS: token, state, commands, audit. ARGV: the writer's token, the
+/// state, the number of pending commands it read (-1: none, leave the list alone), the most
+/// pending commands, the audit cap, then one audit entry tail per command. Returns 1 if
+/// written (the commands it read removed, their outcomes in the audit list), 0 if refused (a
+/// deposed leader: someone took the lease since), 2 if a command was issued after the writer
+/// read the list (nothing written: it computes again with every command).
 pub(crate) const WRITE_LUA: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
+local n = tonumber(ARGV[3])
+if n >= 0 then
+  if n < tonumber(ARGV[4]) and redis.call('LLEN', KEYS[3]) ~= n then
+    return 2
+  end
+  redis.call('LTRIM', KEYS[3], n, -1)
+end
 redis.call('SET', KEYS[2], ARGV[2])
+if #ARGV > 5 then
+  local t = redis.call('TIME')
+  local now = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  for i = 6, #ARGV do
+    redis.call('LPUSH', KEYS[4], now .. '\t' .. ARGV[i])
+  end
+  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
+end
 return 1
 ";
 
@@ -62,6 +81,9 @@ pub(crate) struct Keys {
     pub(crate) token: String,
     pub(crate) stats: String,
     pub(crate) applied: String,
+    pub(crate) commands: String,
+    pub(crate) audit: String,
+    pub(crate) seq: String,
 }
 
 impl Keys {
@@ -73,6 +95,9 @@ impl Keys {
             token: format!("{base}:token"),
             stats: format!("{base}:stats"),
             applied: format!("{base}:applied"),
+            commands: format!("{base}:commands"),
+            audit: format!("{base}:audit"),
+            seq: format!("{base}:command-seq"),
         }
     }
 }

@@ -1,5 +1,7 @@
-//! A real `redis-server` for tests (features `redis` and `test-util`): started on a free
-//! port of 127.0.0.1, without persistence, killed on drop. `redis-server` must be on `PATH`.
+//! A real `redis-server` ([`RedisServer`]) and a real three-master Redis Cluster
+//! ([`RedisCluster`]) for tests (features `redis` and `test-util`): started on free ports of
+//! 127.0.0.1, without persistence, killed on drop. `redis-server` (and `redis-cli` for the
+//! cluster) must be on `PATH`.
 
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -108,5 +110,233 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A free port whose cluster-bus port (`port + 10000`) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port on 127.0.0.1");
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `redis-cli -p <port> <args>` and returns its standard output.
+///
+/// # Panics
+///
+/// If `redis-cli` is not on `PATH`.
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli on PATH");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One `redis-server --cluster-enabled yes`.
+#[derive(Debug)]
+struct ClusterNode {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl ClusterNode {
+    fn start(port: u16, dir: &std::path::Path, node_timeout_ms: u32) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+            .args(["--cluster-node-timeout", &node_timeout_ms.to_string()])
+            .args(["--dir", &dir.to_string_lossy()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (the redis tests need it)");
+        wait_listening(port);
+        Self {
+            child: Some(child),
+            port,
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A real Redis Cluster for tests (features `redis` and `test-util`): three masters (and
+/// replicas if asked) on free ports of 127.0.0.1, joined by `redis-cli --cluster create`,
+/// without persistence, killed on drop. `redis-server` and `redis-cli` must be on `PATH`.
+///
+/// ```no_run
+/// use degrade_core::fleet::testing::RedisCluster;
+/// let mut cluster = RedisCluster::start();
+/// assert_eq!(cluster.urls().len(), 3);
+/// let owner = cluster.owner("my-key").unwrap(); // the master serving the key's slot
+/// cluster.kill(owner);    // SIGKILL
+/// cluster.restart(owner); // back on the same port, with its cluster config
+/// cluster.wait_ok();
+/// ```
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<ClusterNode>,
+    dir: std::path::PathBuf,
+    node_timeout_ms: u32,
+}
+
+impl RedisCluster {
+    /// Three masters, no replicas, a 5 s node timeout; waits until the cluster is ok.
+    ///
+    /// # Panics
+    ///
+    /// If the nodes cannot be started or the cluster is not ok within 30 s.
+    pub fn start() -> Self {
+        Self::start_with(0, 5000)
+    }
+
+    /// Three masters with `replicas` replicas each; `node_timeout_ms` is the cluster's node
+    /// timeout (how long before a silent master is failed over).
+    ///
+    /// # Panics
+    ///
+    /// If the nodes cannot be started or the cluster is not ok within 30 s.
+    pub fn start_with(replicas: usize, node_timeout_ms: u32) -> Self {
+        let ports: Vec<u16> = (0..3 * (1 + replicas))
+            .map(|_| free_cluster_port())
+            .collect();
+        let dir = std::env::temp_dir().join(format!(
+            "degrade-cluster-{}-{}",
+            std::process::id(),
+            ports[0]
+        ));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let nodes: Vec<ClusterNode> = ports
+            .iter()
+            .map(|&p| ClusterNode::start(p, &dir, node_timeout_ms))
+            .collect();
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .expect("redis-cli on PATH");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Self {
+            nodes,
+            dir,
+            node_timeout_ms,
+        };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` and knows all the others.
+    ///
+    /// # Panics
+    ///
+    /// If that takes more than 30 s.
+    pub fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let known = format!("cluster_known_nodes:{}", self.nodes.len());
+        loop {
+            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                let info = cli(n.port, &["cluster", "info"]);
+                info.contains("cluster_state:ok") && info.contains(&known)
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "cluster never reached state ok");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>` of every node, in the order started.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// The port of node `i`.
+    pub fn port(&self, i: usize) -> u16 {
+        self.nodes[i].port
+    }
+
+    /// The index of the running master that serves `key`'s slot (answers `GET` with neither
+    /// `MOVED` nor `CLUSTERDOWN` nor another error), if any.
+    pub fn owner(&self, key: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| {
+            n.child.is_some() && {
+                let out = cli(n.port, &["get", key]);
+                !["MOVED", "CLUSTERDOWN", "ERR"]
+                    .iter()
+                    .any(|e| out.contains(e))
+            }
+        })
+    }
+
+    /// Kills node `i` with SIGKILL and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Starts node `i` again on its port, with its cluster configuration file (it rejoins as
+    /// the node it was; its data is gone). Call [`wait_ok`](Self::wait_ok) after.
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].kill();
+        let port = self.nodes[i].port;
+        self.nodes[i] = ClusterNode::start(port, &self.dir, self.node_timeout_ms);
+    }
+
+    /// Waits until every replica's link to its master is up (a replica that never synced
+    /// refuses to fail over: its data is too old).
+    ///
+    /// # Panics
+    ///
+    /// If that takes more than 30 s.
+    pub fn wait_replicas_synced(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.nodes.iter().all(|n| {
+            let info = cli(n.port, &["info", "replication"]);
+            info.contains("role:master") || info.contains("master_link_status:up")
+        }) {
+            assert!(Instant::now() < deadline, "replicas never synced");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

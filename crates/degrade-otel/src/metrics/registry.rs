@@ -24,13 +24,21 @@ struct Sources {
     #[cfg(feature = "breaker")]
     breakers: Vec<(String, Read<degrade_breaker::BreakerSnapshot>)>,
     #[cfg(feature = "canary")]
-    canaries: Vec<(
-        String,
-        degrade_canary::CanaryHandle,
-        Option<degrade_canary::Gates>,
-    )>,
+    canaries: Vec<(String, degrade_canary::CanaryHandle, Steer)>,
     #[cfg(feature = "rollout")]
     rollouts: Vec<(String, degrade_rollout::RolloutHandle)>,
+}
+
+/// What drives a registered canary router's weight.
+#[cfg(feature = "canary")]
+enum Steer {
+    /// Nothing registered.
+    None,
+    /// A local controller.
+    Local(degrade_canary::Gates),
+    /// This instance's part in a fleet rollout.
+    #[cfg(feature = "redis")]
+    Fleet(degrade_canary::fleet::FleetCanaryStatus),
 }
 
 /// Observable instruments over every registered layer: the application makes one registry
@@ -52,7 +60,16 @@ struct Sources {
 /// | `degrade.canary.weight` | gauge (f64, 0 – 1) | `canary` | `canary` (feature `canary`) |
 /// | `degrade.canary.routed` | counter | `canary`, `arm` | `canary` |
 /// | `degrade.canary.calls` | counter | `canary`, `arm`, `outcome` (`success` / `failure` / `ignored` / `cancelled`) | `canary` |
-/// | `degrade.canary.step` | gauge | `canary`, `phase`, `verdict` (the latest judgement's) | `canary` with its `Gates` |
+/// | `degrade.canary.step` | gauge | `canary`, `phase`, `verdict` (the latest judgement's) | `canary` with its `Gates`, `fleet_canary` (the fleet's state; the verdict of this instance's latest analysis as leader) |
+/// | `degrade.canary.fleet.leader` | gauge (1 leading, 0 not) | `canary` | `fleet_canary` (feature `redis`) |
+/// | `degrade.canary.fleet.token` | gauge | `canary` (the fencing token of this instance's latest term; 0: never led) | `fleet_canary` |
+/// | `degrade.canary.fleet.terms` | counter | `canary` | `fleet_canary` |
+/// | `degrade.canary.fleet.refused_writes` | counter | `canary` (state writes refused: a newer leader held the lease) | `fleet_canary` |
+/// | `degrade.canary.fleet.fallbacks` | counter | `canary` (times the router went to stable, Redis away for `stale_after`) | `fleet_canary` |
+/// | `degrade.canary.fleet.falling_back` | gauge (1 on stable because Redis is away) | `canary` | `fleet_canary` |
+/// | `degrade.canary.fleet.polls` | counter | `canary`, `outcome` (`ok` / `failed`) | `fleet_canary` |
+/// | `degrade.canary.fleet.intervals` | counter | `canary`, `outcome` (`added` / `duplicate` / `failed`) | `fleet_canary` |
+/// | `degrade.canary.fleet.commands` | counter | `canary`, `outcome` (`applied` / `not_applied`: unchanged, superseded, finished) | `fleet_canary` |
 /// | `degrade.rollout.instances` | gauge | `rollout`, `state` (`running` … `failed`) | `rollout` (feature `rollout`) |
 /// | `degrade.rollout.batches` | gauge | `rollout`, `state` (`current` / `total`) | `rollout` |
 /// | `degrade.otel.spans.exported`, `.dropped`, `degrade.otel.backlog` | counter, counter (`reason`), gauge | see [`ExportInstruments`](super::ExportInstruments) | [`export`](Self::export) |
@@ -157,6 +174,8 @@ impl Registry {
         Self::breaker_instruments(meter, s);
         #[cfg(feature = "canary")]
         Self::canary_instruments(meter, s);
+        #[cfg(feature = "redis")]
+        Self::fleet_canary_instruments(meter, s);
         #[cfg(feature = "rollout")]
         Self::rollout_instruments(meter, s);
         Self { sources }
@@ -239,9 +258,42 @@ impl Registry {
         handle: degrade_canary::CanaryHandle,
         gates: Option<degrade_canary::Gates>,
     ) -> &Self {
+        let steer = gates.map_or(Steer::None, Steer::Local);
         lock(&self.sources)
             .canaries
-            .push((canary.to_owned(), handle, gates));
+            .push((canary.to_owned(), handle, steer));
+        self
+    }
+
+    /// Reports this instance's part in a fleet rollout as `canary` (feature `redis`): the
+    /// router behind `handle` (weight, routed, calls, as [`canary`](Self::canary)), the fleet's
+    /// step and phase, and the `degrade.canary.fleet.*` instruments read from `status`
+    /// ([`FleetCanaryTask::status`](degrade_canary::fleet::FleetCanaryTask::status)) at
+    /// collection. Register the router here instead of through `canary`, not both.
+    ///
+    /// ```no_run
+    /// use degrade_canary::Canary;
+    /// use degrade_canary::fleet::{FleetCanary, FleetCanaryConfig};
+    /// use degrade_otel::metrics::Registry;
+    /// use opentelemetry::metrics::MeterProvider;
+    /// # #[tokio::main] async fn main() {
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
+    /// # let mut cfg = FleetCanaryConfig::default(); cfg.instance = "a".into();
+    /// let task = FleetCanary::new(cfg, router.handle()).unwrap().spawn();
+    /// Registry::new(&provider.meter("degrade")).fleet_canary("v2", router.handle(), task.status());
+    /// # }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn fleet_canary(
+        &self,
+        canary: &str,
+        handle: degrade_canary::CanaryHandle,
+        status: degrade_canary::fleet::FleetCanaryStatus,
+    ) -> &Self {
+        lock(&self.sources)
+            .canaries
+            .push((canary.to_owned(), handle, Steer::Fleet(status)));
         self
     }
 
@@ -540,18 +592,28 @@ impl Registry {
             .with_description("The controller's step, with its phase and latest verdict")
             .with_unit("{step}")
             .with_callback(read(s, |s, o| {
-                for (canary, _, gates) in &s.canaries {
-                    let Some(gates) = gates else { continue };
-                    let state = gates.state();
+                for (canary, _, steer) in &s.canaries {
+                    let (state, verdict) = match steer {
+                        Steer::None => continue,
+                        Steer::Local(gates) => (
+                            gates.state(),
+                            gates.last_judgement().map(|j| j.verdict.to_string()),
+                        ),
+                        #[cfg(feature = "redis")]
+                        Steer::Fleet(status) => {
+                            let f = status.snapshot();
+                            // Nothing read from Redis yet: no step to report.
+                            let Some(state) = f.state else { continue };
+                            (state, f.last_verdict.map(|(v, _)| v.to_string()))
+                        }
+                    };
                     let phase = match state.phase {
                         CanaryPhase::Progressing => "progressing",
                         CanaryPhase::Paused(_) => "paused",
                         CanaryPhase::Promoted => "promoted",
                         CanaryPhase::RolledBack => "rolled_back",
                     };
-                    let verdict = gates
-                        .last_judgement()
-                        .map_or_else(|| "none".to_owned(), |j| j.verdict.to_string());
+                    let verdict = verdict.unwrap_or_else(|| "none".to_owned());
                     o.observe(
                         gauge_i64(state.step),
                         &[
@@ -563,6 +625,138 @@ impl Registry {
                 }
             }))
             .build();
+    }
+
+    #[cfg(feature = "redis")]
+    fn fleet_canary_instruments(meter: &Meter, s: &Arc<Mutex<Sources>>) {
+        use degrade_canary::fleet::FleetCanarySnapshot;
+        /// Name, description, unit and the value read from the snapshot.
+        type Plain = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&FleetCanarySnapshot) -> u64,
+        );
+        /// Name, description, unit and the values read by outcome.
+        type ByOutcome = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&FleetCanarySnapshot) -> Vec<(&'static str, u64)>,
+        );
+        /// Every fleet canary's snapshot with its `canary` attribute.
+        fn each(s: &Sources, mut f: impl FnMut(&FleetCanarySnapshot, KeyValue)) {
+            for (canary, _, steer) in &s.canaries {
+                if let Steer::Fleet(status) = steer {
+                    f(&status.snapshot(), KeyValue::new("canary", canary.clone()));
+                }
+            }
+        }
+        let gauges: [Plain; 3] = [
+            (
+                "degrade.canary.fleet.leader",
+                "Whether this instance leads the fleet rollout (1) or not (0)",
+                "1",
+                |f| u64::from(f.leader),
+            ),
+            (
+                "degrade.canary.fleet.token",
+                "The fencing token of this instance's latest term as leader (0: never led)",
+                "{token}",
+                |f| f.token,
+            ),
+            (
+                "degrade.canary.fleet.falling_back",
+                "Whether the router is on stable because Redis is unreachable (1) or not (0)",
+                "1",
+                |f| u64::from(f.falling_back),
+            ),
+        ];
+        for (name, description, unit, value) in gauges {
+            meter
+                .i64_observable_gauge(name)
+                .with_description(description)
+                .with_unit(unit)
+                .with_callback(read(s, move |s, o| {
+                    each(s, |f, canary| o.observe(gauge_i64(value(f)), &[canary]));
+                }))
+                .build();
+        }
+        let counters: [Plain; 3] = [
+            (
+                "degrade.canary.fleet.terms",
+                "Terms this instance has begun as the fleet rollout's leader",
+                "{term}",
+                |f| f.terms,
+            ),
+            (
+                "degrade.canary.fleet.refused_writes",
+                "State writes refused because a newer leader held the lease",
+                "{write}",
+                |f| f.refused_writes,
+            ),
+            (
+                "degrade.canary.fleet.fallbacks",
+                "Times the router fell back to stable while Redis was unreachable",
+                "{fallback}",
+                |f| f.fallbacks,
+            ),
+        ];
+        for (name, description, unit, value) in counters {
+            meter
+                .u64_observable_counter(name)
+                .with_description(description)
+                .with_unit(unit)
+                .with_callback(read(s, move |s, o| {
+                    each(s, |f, canary| o.observe(value(f), &[canary]));
+                }))
+                .build();
+        }
+        let by_outcome: [ByOutcome; 3] = [
+            (
+                "degrade.canary.fleet.polls",
+                "Reads of the fleet rollout's state in Redis, by outcome",
+                "{poll}",
+                |f| vec![("ok", f.polls), ("failed", f.poll_failures)],
+            ),
+            (
+                "degrade.canary.fleet.intervals",
+                "Intervals of statistics sent to the fleet's sums, by outcome (a duplicate: a retry Redis had already applied)",
+                "{interval}",
+                |f| {
+                    vec![
+                        ("added", f.published.saturating_sub(f.duplicates)),
+                        ("duplicate", f.duplicates),
+                        ("failed", f.publish_failures),
+                    ]
+                },
+            ),
+            (
+                "degrade.canary.fleet.commands",
+                "Manual gates this instance took from Redis as leader, by outcome",
+                "{command}",
+                |f| {
+                    vec![
+                        ("applied", f.commands_applied),
+                        ("not_applied", f.commands.saturating_sub(f.commands_applied)),
+                    ]
+                },
+            ),
+        ];
+        for (name, description, unit, values) in by_outcome {
+            meter
+                .u64_observable_counter(name)
+                .with_description(description)
+                .with_unit(unit)
+                .with_callback(read(s, move |s, o| {
+                    each(s, |f, canary| {
+                        for (outcome, n) in values(f) {
+                            o.observe(n, &[canary.clone(), KeyValue::new("outcome", outcome)]);
+                        }
+                    });
+                }))
+                .build();
+        }
     }
 
     #[cfg(feature = "rollout")]

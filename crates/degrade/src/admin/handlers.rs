@@ -239,16 +239,47 @@ async fn canary(
                         ));
                     }
                 };
-                if c.gates.state().phase.is_terminal() {
-                    return Err(Refusal::status(
-                        StatusCode::CONFLICT,
-                        "the canary has already ended",
-                    ));
-                }
-                c.gates.send(gate);
                 let what = format!("canary.{action}");
-                changed!(what.as_str(), who, change.reason, canary = name);
-                Ok(done(&what))
+                match c {
+                    super::CanaryEntry::Local { gates, .. } => {
+                        if gates.state().phase.is_terminal() {
+                            return Err(Refusal::status(
+                                StatusCode::CONFLICT,
+                                "the canary has already ended",
+                            ));
+                        }
+                        gates.send(gate);
+                        changed!(what.as_str(), who, change.reason, canary = name);
+                        Ok(done(&what))
+                    }
+                    #[cfg(feature = "redis")]
+                    super::CanaryEntry::Fleet { gates, .. } => {
+                        use degrade_canary::fleet::FleetCommandError as E;
+                        let id = gates.send(gate, who.name(), &change.reason).await.map_err(
+                            |e| match e {
+                                E::Finished(_) => Refusal::status(
+                                    StatusCode::CONFLICT,
+                                    "the canary has already ended",
+                                ),
+                                e => {
+                                    Refusal::status(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                                }
+                            },
+                        )?;
+                        changed!(
+                            what.as_str(),
+                            who,
+                            change.reason,
+                            canary = name,
+                            command = id
+                        );
+                        Ok((
+                            StatusCode::OK,
+                            axum::Json(json!({ "done": what, "command": id })),
+                        )
+                            .into_response())
+                    }
+                }
             }
             #[cfg(not(feature = "canary"))]
             Err(unknown("canary", &name, std::iter::empty::<&String>()))

@@ -15,7 +15,7 @@
 //! | `POST /level/unpin` | `reason` | `Controller::unpin` |
 //! | `POST /breakers/{name}/{force-open, force-close, reset}` | `reason` | the `BreakerHandle` method |
 //! | `POST /quotas/{name}` | `quota`, `period` (humantime), `burst` (each optional), `reason` | `QuotaHandle::set` of the current config with those fields changed |
-//! | `POST /canaries/{name}/{promote, abort, pause, resume}` | `reason` | the `Gates` method |
+//! | `POST /canaries/{name}/{promote, abort, pause, resume}` | `reason` | the `Gates` method; for a fleet canary, the `FleetGates` method (who: the operator, why: the reason) |
 //! | `POST /rollouts/{name}/{pause, resume, abort}` | `reason` | the `RolloutHandle` method |
 //! | `POST /config` | `toml` (the whole file), `reason` | `config::Reloader::reload_toml` (feature `config`): all or nothing |
 //!
@@ -136,9 +136,19 @@ struct RateLimitEntry {
 }
 
 #[cfg(feature = "canary")]
-struct CanaryEntry {
-    handle: degrade_canary::CanaryHandle,
-    gates: degrade_canary::Gates,
+enum CanaryEntry {
+    /// A canary with its own controller on this instance.
+    Local {
+        handle: degrade_canary::CanaryHandle,
+        gates: degrade_canary::Gates,
+    },
+    /// This instance's part in a fleet rollout: gates go to Redis, the leader applies them.
+    #[cfg(feature = "redis")]
+    Fleet {
+        handle: degrade_canary::CanaryHandle,
+        status: degrade_canary::fleet::FleetCanaryStatus,
+        gates: degrade_canary::fleet::FleetGates,
+    },
 }
 
 /// The pin the admin router made, if it is still the one in force.
@@ -265,7 +275,46 @@ impl Admin {
     ) -> Self {
         self.inner
             .canaries
-            .insert(name.to_owned(), CanaryEntry { handle, gates });
+            .insert(name.to_owned(), CanaryEntry::Local { handle, gates });
+        self
+    }
+
+    /// A fleet canary as `name` (features `canary` and `redis`): this instance's router
+    /// weight and arms and the fleet's state, leader and fencing token in the status; promote
+    /// / abort / pause / resume go to the whole fleet through `gates`
+    /// ([`FleetCanary::gates`](degrade_canary::fleet::FleetCanary::gates)), recorded with the
+    /// [`Operator`] as who and the `reason` as why, and applied by the rollout's leader. A
+    /// finished rollout answers 409, Redis out of reach 503.
+    ///
+    /// ```no_run
+    /// use degrade::admin::Admin;
+    /// use degrade::canary::Canary;
+    /// use degrade::canary::fleet::{FleetCanary, FleetCanaryConfig};
+    /// # #[tokio::main] async fn main() {
+    /// # let router = Canary::new(tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }), tower::service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+    /// # let mut cfg = FleetCanaryConfig::default(); cfg.instance = "a".into();
+    /// let fleet = FleetCanary::new(cfg, router.handle()).unwrap();
+    /// let task = fleet.spawn();
+    /// let admin = Admin::new().fleet_canary("v2", router.handle(), task.status(), fleet.gates());
+    /// # drop(admin);
+    /// # }
+    /// ```
+    #[cfg(all(feature = "canary", feature = "redis"))]
+    pub fn fleet_canary(
+        mut self,
+        name: &str,
+        handle: degrade_canary::CanaryHandle,
+        status: degrade_canary::fleet::FleetCanaryStatus,
+        gates: degrade_canary::fleet::FleetGates,
+    ) -> Self {
+        self.inner.canaries.insert(
+            name.to_owned(),
+            CanaryEntry::Fleet {
+                handle,
+                status,
+                gates,
+            },
+        );
         self
     }
 

@@ -116,35 +116,57 @@ impl Inner {
         }
         #[cfg(feature = "canary")]
         {
-            let canaries: Map<String, Value> =
-                self.canaries
-                    .iter()
-                    .map(|(name, c)| {
-                        let snap = c.handle.snapshot();
-                        let arm = |a: &degrade_canary::stats::ArmSnapshot| {
+            let canaries: Map<String, Value> = self
+                .canaries
+                .iter()
+                .map(|(name, c)| {
+                    let arm = |a: &degrade_canary::stats::ArmSnapshot| {
+                        json!({
+                            "routed": a.routed,
+                            "successes": a.successes,
+                            "failures": a.failures,
+                            "error_rate": a.error_rate(),
+                        })
+                    };
+                    let v = match c {
+                        super::CanaryEntry::Local { handle, gates } => {
+                            let snap = handle.snapshot();
+                            let judgement = gates.last_judgement().map(
+                                |j| json!({ "verdict": j.verdict.to_string(), "reason": j.reason }),
+                            );
                             json!({
-                                "routed": a.routed,
-                                "successes": a.successes,
-                                "failures": a.failures,
-                                "error_rate": a.error_rate(),
-                            })
-                        };
-                        let state = c.gates.state();
-                        let judgement = c.gates.last_judgement().map(
-                            |j| json!({ "verdict": j.verdict.to_string(), "reason": j.reason }),
-                        );
-                        (
-                            name.clone(),
-                            json!({
-                                "weight": f64::from(c.handle.weight().get()) / 10_000.0,
-                                "state": state,
+                                "weight": f64::from(handle.weight().get()) / 10_000.0,
+                                "state": gates.state(),
                                 "last_judgement": judgement,
                                 "stable": arm(&snap.stable),
                                 "canary": arm(&snap.canary),
-                            }),
-                        )
-                    })
-                    .collect();
+                            })
+                        }
+                        #[cfg(feature = "redis")]
+                        super::CanaryEntry::Fleet { handle, status, .. } => {
+                            let snap = handle.snapshot();
+                            let f = status.snapshot();
+                            let judgement = f.last_verdict.map(
+                                |(v, reason)| json!({ "verdict": v.to_string(), "reason": reason }),
+                            );
+                            json!({
+                                "weight": f64::from(handle.weight().get()) / 10_000.0,
+                                "state": f.state,
+                                "last_judgement": judgement,
+                                "stable": arm(&snap.stable),
+                                "canary": arm(&snap.canary),
+                                "fleet": {
+                                    "leader": f.leader,
+                                    "token": f.token,
+                                    "commands_applied": f.commands_applied,
+                                    "falling_back": f.falling_back,
+                                },
+                            })
+                        }
+                    };
+                    (name.clone(), v)
+                })
+                .collect();
             out.insert("canaries".into(), Value::Object(canaries));
         }
         #[cfg(feature = "rollout")]
