@@ -14,8 +14,12 @@
 //! `reject-limit` (the limit full, no queue), `downstream` (every call rejected by a layer
 //! further in, i.e. the inner service returns a boxed `Shed`) and `downstream-baseline` (that
 //! inner service alone), `full-stack` (`DegradeLayer` → rate limit → breaker → canary at
-//! 10 %, every layer on its admit path, as in the `full-stack` criterion group). With no
-//! argument, all of them. `admit-threads` times the default layer shared by 1 and by 2
+//! 10 %, every layer on its admit path, as in the `full-stack` criterion group), `observe`
+//! and `observe-frozen-clock` (the `ObserveLayer` alone, on `TokioClock` and on
+//! [`degrade_benches::FrozenClock`], every call timed: no latency signal reads it),
+//! `observe-monitored` (the same with a latency signal sampled once after 20,000 calls, as the
+//! `Monitor` does: from then on a thread times 1 call in 16), `canary` and `canary-frozen-clock` (the canary split at
+//! 10 %, unkeyed) and `breaker` (the default breaker, closed). With no argument, all of them. `admit-threads` times the default layer shared by 1 and by 2
 //! threads ([`degrade_benches::contended`], wall time per call; the ratio is the second
 //! thread's gain) — meaningful only when nothing else runs. Its limit is held at 64 (min =
 //! max): with an inner service of a few nanoseconds the law may learn a limit of one, and a
@@ -122,6 +126,59 @@ fn main() {
                     .expect("valid canary"),
             );
         report("full-stack", min_ns(&mut svc));
+    }
+    if on("observe") {
+        let layer = degrade_triggers::ObserveLayer::new();
+        report("observe", min_ns(&mut layer.layer(inner())));
+        assert!(layer.snapshot().calls > 0, "the layer recorded the calls");
+    }
+    if on("observe-monitored") {
+        use degrade_triggers::Signal;
+        let layer = degrade_triggers::ObserveLayer::new();
+        let mut svc = layer.layer(inner());
+        for _ in 0..20_000 {
+            let _ = black_box(call_now(&mut svc, 1));
+        }
+        let mut latency = layer.latency(Default::default()).expect("valid signal");
+        let sampled = latency.sample(tokio::time::Instant::now());
+        assert!(
+            sampled.expect("a sample").is_some(),
+            "20,000 calls measured"
+        );
+        report("observe-monitored", min_ns(&mut svc));
+    }
+    if on("observe-frozen-clock") {
+        let layer = degrade_triggers::ObserveLayer::builder()
+            .clock(degrade_benches::FrozenClock::now_frozen())
+            .build()
+            .expect("valid observe layer");
+        report("observe-frozen-clock", min_ns(&mut layer.layer(inner())));
+    }
+    let canary = |clock_frozen: bool| {
+        let builder = degrade_canary::Canary::builder(inner(), inner())
+            .weight(degrade_canary::Weight::new(1_000).expect("10 %"));
+        if clock_frozen {
+            builder
+                .clock(degrade_benches::FrozenClock::now_frozen())
+                .build()
+                .map(tower::util::Either::Left)
+        } else {
+            builder.build().map(tower::util::Either::Right)
+        }
+        .expect("valid canary")
+    };
+    if on("canary") {
+        report("canary", min_ns(&mut canary(false)));
+    }
+    if on("canary-frozen-clock") {
+        report("canary-frozen-clock", min_ns(&mut canary(true)));
+    }
+    if on("breaker") {
+        let layer =
+            degrade_breaker::BreakerLayer::builder(degrade_breaker::BreakerConfig::default())
+                .build()
+                .expect("valid breaker");
+        report("breaker", min_ns(&mut layer.layer(inner())));
     }
     if wanted.iter().any(|w| w == "admit-threads") {
         let fixed = LimitConfig {

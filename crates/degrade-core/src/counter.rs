@@ -149,6 +149,33 @@ impl<const N: usize> ShardedCounter<N> {
         }
     }
 
+    /// Adds `n` to counter `index` and returns what the calling thread's slot held before:
+    /// a per-thread sequence for free, e.g. to act on every 16th call of each thread (0 for
+    /// an index `>= N`). Threads on the shared slot see the shared slot's sequence.
+    ///
+    /// ```
+    /// # use degrade_core::counter::ShardedCounter;
+    /// let c = ShardedCounter::<1>::new();
+    /// assert_eq!(c.add_then_slot(0, 1), 0);
+    /// assert_eq!(c.add_then_slot(0, 1), 1);
+    /// assert_eq!(c.get(0), 2);
+    /// ```
+    #[inline]
+    pub fn add_then_slot(&self, index: usize, n: u64) -> u64 {
+        debug_assert!(index < N, "counter index {index} out of range 0..{N}");
+        let slot = slot_index();
+        let Some(counter) = self.slots.get(slot).and_then(|row| row.get(index)) else {
+            return 0;
+        };
+        if slot < OWNED_SLOTS {
+            let before = counter.load(Ordering::Relaxed);
+            counter.store(before.wrapping_add(n), Ordering::Relaxed);
+            before
+        } else {
+            counter.fetch_add(n, Ordering::Relaxed)
+        }
+    }
+
     /// The total of counter `index` over all slots (0 for an index `>= N`).
     ///
     /// ```

@@ -284,3 +284,120 @@ fn recording_from_many_threads_loses_nothing() {
     let snap = layer.snapshot();
     assert_eq!((snap.calls, snap.in_flight), (40_000, 0));
 }
+
+/// Heavy traffic: once a latency window has seen 16 × 1,000 calls, a thread times 1 in 16 of
+/// its calls, and every call is still counted, its outcome too.
+#[test]
+fn calls_left_untimed_under_heavy_traffic_are_still_counted_exactly() {
+    let clock = ManualClock::new();
+    let layer = ObserveLayer::builder()
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(tower::service_fn(|fail: bool| async move {
+        if fail {
+            Err::<(), BoxError>("boom".into())
+        } else {
+            Ok(())
+        }
+    }));
+    let mut call = |fail: bool, took: Duration| {
+        let fut = svc.call(fail);
+        clock.advance(took);
+        let _ = fut.now_or_never().unwrap();
+    };
+    for _ in 0..16_000 {
+        call(false, Duration::from_millis(1));
+    }
+    let mut signal = layer.latency(LatencyConfig::default()).unwrap();
+    assert!(signal.sample(clock_now(&clock)).unwrap().is_some());
+    // From now on this thread times calls 16,000, 16,016, ...: 100 of the next 1,600.
+    for n in 0..1_600 {
+        call(n % 10 == 0, Duration::from_millis(3));
+    }
+    let snap = layer.snapshot();
+    assert_eq!(
+        (snap.calls, snap.failures, snap.in_flight),
+        (17_600, 160, 0)
+    );
+    // The mean is the timed calls' mean: 16,000 at 1 ms and 100 at 3 ms.
+    let want = Duration::from_nanos((16_000 * 1_000_000 + 100 * 3_000_000) / 16_100);
+    assert_eq!(snap.mean.unwrap(), want);
+}
+
+/// Light traffic: a latency window that saw few calls makes every call timed again, so a
+/// quiet service's latency rests on all its calls, and a window with too few timed calls reads
+/// as unknown rather than as the latency of one or two calls.
+#[test]
+fn a_latency_window_with_few_calls_times_every_call_again() {
+    let clock = ManualClock::new();
+    let layer = ObserveLayer::builder()
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
+    let mut call = |took: Duration| {
+        let fut = svc.call(());
+        clock.advance(took);
+        fut.now_or_never().unwrap().unwrap();
+    };
+    let window = Duration::from_secs(10);
+    let mut signal = layer
+        .latency(LatencyConfig {
+            stat: LatencyStat::Mean,
+            window,
+            ..Default::default()
+        })
+        .unwrap();
+    for _ in 0..16_000 {
+        call(Duration::from_micros(100));
+    }
+    assert!(signal.sample(clock_now(&clock)).unwrap().is_some()); // 1 in 16 from now on
+    clock.advance(window);
+    // A quiet window: 20 calls, of which this thread times 2 (its calls 16,000 and 16,016).
+    for _ in 0..20 {
+        call(Duration::from_millis(2));
+    }
+    let quiet = signal.sample(clock_now(&clock)).unwrap();
+    assert_eq!(quiet, None, "2 timed calls are fewer than min_calls (10)");
+    // That window asked for every call: the next 20 are all timed.
+    for _ in 0..20 {
+        call(Duration::from_millis(4));
+    }
+    let s = signal.sample(clock_now(&clock)).unwrap().unwrap();
+    let want = (2.0 * 2.0 + 20.0 * 4.0) / 22.0;
+    assert!(
+        (s.value - want).abs() < 1e-9,
+        "mean {} ms, want {want} ms",
+        s.value
+    );
+    assert_eq!(layer.snapshot().calls, 16_040);
+}
+
+/// With a slow-call threshold every call is timed whatever the traffic: the slow count needs
+/// every latency.
+#[test]
+fn a_slow_threshold_keeps_every_call_timed_under_heavy_traffic() {
+    let clock = ManualClock::new();
+    let layer = ObserveLayer::builder()
+        .clock(clock.clone())
+        .slow(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
+    let mut call = |took: Duration| {
+        let fut = svc.call(());
+        clock.advance(took);
+        fut.now_or_never().unwrap().unwrap();
+    };
+    for _ in 0..16_000 {
+        call(Duration::from_micros(100));
+    }
+    let mut signal = layer.latency(LatencyConfig::default()).unwrap();
+    assert!(signal.sample(clock_now(&clock)).unwrap().is_some());
+    for _ in 0..160 {
+        call(Duration::from_millis(5));
+    }
+    let snap = layer.snapshot();
+    assert_eq!((snap.calls, snap.slow), (16_160, 160));
+}

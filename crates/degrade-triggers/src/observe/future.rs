@@ -14,14 +14,15 @@ use tokio::time::Instant;
 /// dropped future is a cancelled call, counted apart and not as a latency).
 pub(crate) struct Guard<K, C> {
     inner: Arc<Inner<K, C>>,
-    start: Instant,
+    /// The start instant of a timed call; `None` for a call only counted.
+    start: Option<Instant>,
     done: bool,
 }
 
-impl<K, C> Guard<K, C> {
+impl<K, C: Clock> Guard<K, C> {
     #[inline]
-    pub(crate) fn new(inner: Arc<Inner<K, C>>, start: Instant) -> Self {
-        inner.hist.start();
+    pub(crate) fn new(inner: Arc<Inner<K, C>>) -> Self {
+        let start = inner.hist.start().then(|| inner.clock.now());
         Self {
             inner,
             start,
@@ -34,10 +35,12 @@ impl<K, C: Clock> Guard<K, C> {
     #[inline]
     fn finish(&mut self, outcome: Outcome, timed_out: bool) {
         self.done = true;
-        let latency = self.inner.clock.now().saturating_duration_since(self.start);
-        let outcome = match self.inner.slow {
-            Some(threshold) => outcome.slow_if(latency, threshold),
-            None => outcome,
+        let latency = self
+            .start
+            .map(|start| self.inner.clock.now().saturating_duration_since(start));
+        let outcome = match (self.inner.slow, latency) {
+            (Some(threshold), Some(latency)) => outcome.slow_if(latency, threshold),
+            _ => outcome,
         };
         let counter = match outcome {
             Outcome::Ignored => return self.inner.hist.end_ignored(),
@@ -53,7 +56,7 @@ impl<K, C: Clock> Guard<K, C> {
 impl<K, C> Drop for Guard<K, C> {
     fn drop(&mut self) {
         if !self.done {
-            self.inner.hist.end(std::time::Duration::ZERO, CANCELLED);
+            self.inner.hist.end(None, CANCELLED);
         }
     }
 }

@@ -11,10 +11,13 @@
 //!
 //! # Hot path
 //!
-//! Recording is one relaxed `fetch_add` on the latency's bucket in the calling thread's row
-//! (one row per CPU, threads spread round-robin), plus plain loads and stores on the thread's
-//! own slot of a degrade-core `ShardedCounter` for the latency sum, the outcome counters and
-//! the in-flight gauge (calls started minus calls ended): no lock, no allocation, no clock.
+//! Recording is plain loads and stores on the thread's own slot of a degrade-core
+//! `ShardedCounter` for the call count, the outcome counters and the in-flight gauge (calls
+//! started minus calls ended), and, for a timed call, one relaxed `fetch_add` on the latency's
+//! bucket in the calling thread's row (one row per CPU) and the latency sum: no lock, no
+//! allocation, no clock. Which calls are timed: the thread's own sequence number of calls
+//! started (the `STARTED` slot it bumps anyway) masked by `every_mask`, which the latency
+//! windows set from the exact call count they saw ([`Recorder::window_saw`]).
 //!
 //! # Windows without rotation
 //!
@@ -26,8 +29,16 @@
 
 use degrade_core::counter::ShardedCounter;
 use degrade_core::histogram::{AtomicHistogram, Histogram, Layout};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// The most calls per timed call: 1 in 16 of each thread's calls once a latency window holds
+/// enough of them.
+const MAX_EVERY: u64 = 16;
+/// Timed calls a latency window asks for before it lets calls go untimed: a p99 from 1,000
+/// samples rests on 10 of them.
+const TIMED_PER_WINDOW: u64 = 1_000;
 
 /// Counter slots besides the buckets.
 pub(crate) const SUM: usize = 0;
@@ -35,7 +46,9 @@ pub(crate) const FAILURES: usize = 1;
 pub(crate) const SLOW: usize = 2;
 pub(crate) const TIMEOUTS: usize = 3;
 pub(crate) const CANCELLED: usize = 4;
-pub(crate) const COUNTERS: usize = 5;
+/// Calls recorded (cancelled and ignored ones excluded), timed or not: exact.
+pub(crate) const CALLS: usize = 5;
+pub(crate) const COUNTERS: usize = 6;
 /// Calls started and calls ended: in-flight is their difference.
 const STARTED: usize = COUNTERS;
 const ENDED: usize = COUNTERS + 1;
@@ -49,34 +62,64 @@ const ENDED: usize = COUNTERS + 1;
 pub(crate) struct Recorder {
     counters: ShardedCounter<{ COUNTERS + 2 }>,
     latency: AtomicHistogram,
+    /// `every − 1`, `every` a power of two ≤ [`MAX_EVERY`]: a thread times its calls whose
+    /// sequence number is a multiple of `every`. Written by the latency signals (rarely), read
+    /// with a relaxed load per call; 0 (time every call) until a latency window has seen
+    /// enough calls, and always 0 with a slow-call threshold (it needs every latency).
+    every_mask: AtomicU64,
+    /// A slow-call threshold is set: every call is timed.
+    time_all: bool,
 }
 
 impl Recorder {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(time_all: bool) -> Self {
         Self {
             counters: ShardedCounter::new(),
             latency: AtomicHistogram::per_cpu(Layout::FINE),
+            every_mask: AtomicU64::new(0),
+            time_all,
         }
     }
 
+    /// Starts a call: whether to time it.
     #[inline]
-    pub(crate) fn start(&self) {
-        self.counters.add(STARTED, 1);
+    pub(crate) fn start(&self) -> bool {
+        let seq = self.counters.add_then_slot(STARTED, 1);
+        seq & self.every_mask.load(Ordering::Relaxed) == 0
+    }
+
+    /// A latency window saw `calls` calls (exact) of which `timed` were timed: time 1 in
+    /// `every` calls from now on, `every` the largest power of two up to [`MAX_EVERY`] that
+    /// still leaves [`TIMED_PER_WINDOW`] timed calls in such a window.
+    pub(crate) fn window_saw(&self, calls: u64) {
+        if self.time_all {
+            return;
+        }
+        let every = (calls / TIMED_PER_WINDOW).clamp(1, MAX_EVERY);
+        let every = if every.is_power_of_two() {
+            every
+        } else {
+            every.next_power_of_two() / 2
+        };
+        self.every_mask.store(every - 1, Ordering::Relaxed);
     }
 
     /// Ends a call: `counter` is `FAILURES`, `SLOW`, `TIMEOUTS` (which also counts as a
-    /// failure), `CANCELLED`, or `usize::MAX` for a plain success. A cancelled call has no
-    /// latency worth recording.
+    /// failure), `CANCELLED`, or `usize::MAX` for a plain success; `latency` is `None` for a
+    /// call that was not timed. A cancelled call has no latency worth recording.
     #[inline]
-    pub(crate) fn end(&self, latency: Duration, counter: usize) {
+    pub(crate) fn end(&self, latency: Option<Duration>, counter: usize) {
         self.counters.add(ENDED, 1);
         if counter == CANCELLED {
             self.counters.add(CANCELLED, 1);
             return;
         }
-        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        self.latency.record(latency);
-        self.counters.add(SUM, nanos);
+        self.counters.add(CALLS, 1);
+        if let Some(latency) = latency {
+            let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+            self.latency.record(latency);
+            self.counters.add(SUM, nanos);
+        }
         match counter {
             TIMEOUTS => {
                 self.counters.add(FAILURES, 1);
@@ -106,12 +149,9 @@ impl Recorder {
         for (i, c) in into.counters.iter_mut().enumerate() {
             *c = self.counters.get(i);
         }
-        match &mut into.latency {
-            Some(h) => {
-                self.latency.read_into(h);
-                into.calls = h.count();
-            }
-            None => into.calls = self.latency.count(),
+        into.calls = into.counters[CALLS];
+        if let Some(h) = &mut into.latency {
+            self.latency.read_into(h);
         }
     }
 }
@@ -152,9 +192,15 @@ impl Counts {
             .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
     }
 
-    /// Mean latency in nanoseconds.
+    /// Calls timed (those in the latency histogram; 0 when this read keeps no latencies).
+    pub(crate) fn timed(&self) -> u64 {
+        self.latency.as_ref().map_or(0, Histogram::count)
+    }
+
+    /// Mean latency of the timed calls, in nanoseconds.
     pub(crate) fn mean(&self) -> Option<f64> {
-        (self.calls > 0).then(|| self.counters[SUM] as f64 / self.calls as f64)
+        let timed = self.timed();
+        (timed > 0).then(|| self.counters[SUM] as f64 / timed as f64)
     }
 }
 
@@ -215,11 +261,11 @@ mod tests {
 
     #[test]
     fn windows_subtract_old_copies() {
-        let h = Recorder::new();
+        let h = Recorder::new(false);
         let t0 = Instant::now();
         let mut w = Window::new(Duration::from_secs(4), true);
         h.start();
-        h.end(Duration::from_millis(1), usize::MAX);
+        h.end(Some(Duration::from_millis(1)), usize::MAX);
         w.update(&h, t0);
         assert_eq!(w.result.calls, 1);
         for s in 1..=4 {
@@ -228,7 +274,7 @@ mod tests {
         // The copy taken at t0 already held the first call; 4 s later it is subtracted.
         assert_eq!(w.result.calls, 0);
         h.start();
-        h.end(Duration::from_millis(3), FAILURES);
+        h.end(Some(Duration::from_millis(3)), FAILURES);
         w.update(&h, t0 + Duration::from_secs(5));
         assert_eq!((w.result.calls, w.result.counters[FAILURES]), (1, 1));
         assert_eq!(h.in_flight(), 0);

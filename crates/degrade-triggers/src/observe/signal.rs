@@ -35,7 +35,7 @@ pub enum LatencyStat {
 /// Thresholds are in milliseconds (defaults 100 / 250 / 500 / 1000 ms for Light / Moderate /
 /// Heavy / Emergency). With `sla` set, the thresholds are ignored and pressure is proportional
 /// to `stat / sla` (Light at 70 % of the SLA, Emergency at 95 %, see [`Scale::proportional`]).
-/// Fewer than `min_calls` calls in the window read as unknown: a latency of three requests is
+/// Fewer than `min_calls` timed calls in the window read as unknown: a latency of three requests is
 /// noise, and an idle service has no latency at all.
 ///
 /// ```
@@ -61,7 +61,7 @@ pub struct LatencyConfig {
     /// The sliding window (default 10 s).
     #[serde(with = "humantime_serde")]
     pub window: Duration,
-    /// Fewer calls than this in the window read as unknown (default 10).
+    /// Fewer timed calls than this in the window read as unknown (default 10).
     pub min_calls: u64,
 }
 
@@ -324,7 +324,15 @@ impl Signal for ObserveSignal {
             (metric, Some(window)) => {
                 window.update(hist, now);
                 let c = &window.result;
-                if c.calls < self.min_calls.max(1) {
+                // A latency is known from the timed calls; their share follows the traffic.
+                let counted = match metric {
+                    Metric::Latency(_) => {
+                        hist.window_saw(c.calls);
+                        c.timed()
+                    }
+                    _ => c.calls,
+                };
+                if counted < self.min_calls.max(1) {
                     None
                 } else {
                     match metric {
