@@ -52,7 +52,7 @@
 //!   `0..10 000`, and a request goes to the canary iff its bucket is below the weight (in basis
 //!   points). Raising the weight only adds buckets, so a user on the canary stays there; a
 //!   rollback (weight 0) returns everyone to stable. Unkeyed requests are split by a
-//!   deterministic stride, within one request of the exact weight. The arm is chosen in
+//!   deterministic stride per thread, within one request of the exact weight. The arm is chosen in
 //!   `call`, never from readiness, and the arm actually taken is recorded;
 //! * **judges relative to stable, on the units that were randomised** ([`Judge`]): sticky
 //!   routing puts whole users on one arm, so the judge's unit is the sticky-key group, not the

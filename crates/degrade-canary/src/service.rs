@@ -4,12 +4,11 @@ use crate::arm::{Arm, FULL_BP, Weight};
 use crate::future::{Inner, ResponseFuture};
 use crate::key::{ForceArm, Global, NoOverride, StickyKey};
 use crate::stats::{CanarySnapshot, GROUPS, Stats, UNGROUPED};
-use crossbeam_utils::CachePadded;
+use degrade_core::counter::ShardedCounter;
 use degrade_core::{BoxError, Classifier, Clock, ConfigError, DefaultClassifier, TokioClock};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use tower_service::Service;
 
@@ -58,8 +57,9 @@ impl<B> TagArm<http::Response<B>> for Extension {
 /// The routing state every clone shares.
 pub(crate) struct Shared<K, O> {
     weight: Weight,
-    /// Sequence of unkeyed decisions, for the deterministic stride.
-    seq: CachePadded<AtomicU64>,
+    /// Each thread's sequence of unkeyed decisions, for the deterministic stride: a slot of
+    /// its own per thread (plain load and store), not one word every thread increments.
+    seq: ShardedCounter<1>,
     key: K,
     force: O,
 }
@@ -87,7 +87,7 @@ impl<K, O> Shared<K, O> {
             None => {
                 // Request n goes to the canary when ⌊(n+1)·w⌋ > ⌊n·w⌋ (in basis points): the
                 // pattern repeats every 10 000 decisions, so reduce first and nothing overflows.
-                let n = self.seq.fetch_add(1, Ordering::Relaxed) % u64::from(FULL_BP);
+                let n = self.seq.add_then_slot(0, 1) % u64::from(FULL_BP);
                 let w = u64::from(w);
                 (n + 1) * w / u64::from(FULL_BP) != n * w / u64::from(FULL_BP)
             }
@@ -493,7 +493,7 @@ impl<S, C, K, O, Cl, M, Clk> CanaryBuilder<S, C, K, O, Cl, M, Clk> {
             candidate: self.candidate,
             shared: Arc::new(Shared {
                 weight,
-                seq: CachePadded::new(AtomicU64::new(0)),
+                seq: ShardedCounter::new(),
                 key: self.key,
                 force: self.force,
             }),

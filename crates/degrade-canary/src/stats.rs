@@ -77,8 +77,9 @@ pub const GROUPS: usize = 64;
 /// The group index of requests that carried no sticky key (each is its own unit).
 pub(crate) const UNGROUPED: u8 = GROUPS as u8;
 
-/// Cells per arm: the key groups and one for unkeyed requests.
-const CELLS_PER_ARM: usize = GROUPS + 1;
+// Cells per arm: the key groups. Unkeyed requests have none: nothing reads them apart (they
+// are the arm's totals minus the groups), so recording them would cost a locked instruction
+// per request for nothing.
 
 /// One arm's calls of one key group (or the unkeyed ones).
 struct Cell {
@@ -92,13 +93,15 @@ pub(crate) struct Stats {
     counters: ShardedCounter<SLOTS>,
     /// Each arm's latencies at [`ARM_LAYOUT`].
     latency: [AtomicHistogram; 2],
-    /// `[arm][group or UNGROUPED]`, flattened; latencies at [`GROUP_LAYOUT`].
+    /// `[arm][group]`, flattened; latencies at [`GROUP_LAYOUT`].
     cells: Box<[Cell]>,
 }
 
+/// The cell of a keyed request; `None` for an unkeyed one ([`UNGROUPED`]), which has none.
 #[inline]
-fn cell(arm: Arm, group: u8) -> usize {
-    arm.index() * CELLS_PER_ARM + usize::from(group).min(GROUPS)
+fn cell(arm: Arm, group: u8) -> Option<usize> {
+    let group = usize::from(group);
+    (group < GROUPS).then(|| arm.index() * GROUPS + group)
 }
 
 impl Stats {
@@ -106,7 +109,7 @@ impl Stats {
         Self {
             counters: ShardedCounter::new(),
             latency: [(); 2].map(|_| AtomicHistogram::new(ARM_LAYOUT, ARM_ROWS)),
-            cells: (0..2 * CELLS_PER_ARM)
+            cells: (0..2 * GROUPS)
                 .map(|_| Cell {
                     latency: AtomicHistogram::new(GROUP_LAYOUT, 1),
                     failures: AtomicU64::new(0),
@@ -144,7 +147,7 @@ impl Stats {
     #[inline]
     pub(crate) fn cancelled(&self, arm: Arm, group: u8) {
         self.counters.add(CANCELLED + arm.index(), 1);
-        if let Some(c) = self.cells.get(cell(arm, group)) {
+        if let Some(c) = cell(arm, group).and_then(|i| self.cells.get(i)) {
             c.cancelled.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -165,7 +168,7 @@ impl Stats {
         };
         self.counters.add(slot + a, 1);
         self.latency[a].record(latency);
-        if let Some(c) = self.cells.get(cell(arm, group)) {
+        if let Some(c) = cell(arm, group).and_then(|i| self.cells.get(i)) {
             c.latency.record(latency);
             if slot == FAILURE {
                 c.failures.fetch_add(1, Ordering::Relaxed);
@@ -179,7 +182,7 @@ impl Stats {
             let a = arm.index();
             let groups = (0..GROUPS)
                 .map(|g| {
-                    let cell = &self.cells[cell(arm, g as u8)];
+                    let cell = &self.cells[arm.index() * GROUPS + g];
                     GroupSnapshot {
                         failures: cell.failures.load(Ordering::Relaxed),
                         cancelled: cell.cancelled.load(Ordering::Relaxed),
@@ -459,6 +462,11 @@ mod tests {
         s.cancelled(Arm::Stable, 5);
         let snap = s.snapshot();
         assert_eq!(snap.canary.latency.count(), 2);
+        let grouped: u64 = snap.canary.groups.iter().map(GroupSnapshot::samples).sum();
+        assert_eq!(
+            grouped, 1,
+            "the unkeyed call is in the arm's totals, in no group"
+        );
         assert_eq!(snap.canary.groups[5].samples(), 1);
         assert_eq!(snap.canary.groups[5].failures, 1);
         assert_eq!(snap.stable.groups[5].cancelled, 1);

@@ -340,3 +340,31 @@ fn inner_errors_are_boxed_and_judged_failures() {
     assert!(err.is::<std::io::Error>());
     assert_eq!(svc.snapshot().canary.failures, 1);
 }
+
+/// The stride is each thread's own (no word every thread increments): clones called from
+/// several threads at once still split exactly, each thread within one request of the weight.
+#[test]
+fn unkeyed_split_is_exact_per_thread_with_threads_calling_at_once() {
+    let svc = Canary::builder(backend("v1", StatusCode::OK), backend("v2", StatusCode::OK))
+        .weight(Weight::new(1_000).unwrap())
+        .build()
+        .unwrap();
+    let barrier = std::sync::Barrier::new(4);
+    let per_thread: Vec<usize> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let (mut svc, barrier) = (svc.clone(), &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    (0..1_000)
+                        .filter(|_| call(&mut svc, Request::new(())).body() == "v2")
+                        .count()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert_eq!(per_thread, [100; 4], "10 % of each thread's 1,000 requests");
+    let snap = svc.snapshot();
+    assert_eq!((snap.canary.routed, snap.stable.routed), (400, 3_600));
+}
