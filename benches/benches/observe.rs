@@ -14,7 +14,9 @@
 //!   * `degrade/observe-fast-clock`: the same layer on degrade-core's opt-in `FastClock`
 //!     (feature `fast-clock`: the TSC through quanta);
 //!   * `degrade/admit+observe`: the `DegradeLayer` (level Normal) over the `ObserveLayer`, the
-//!     stack a service runs.
+//!     stack a service runs;
+//!   * `degrade/observe-monitored`: the `ObserveLayer` after a latency signal has read 20,000
+//!     calls (as the `Monitor` does): 1 call in 16 per thread is timed, every call counted.
 //! * `observe-2-threads`: one shared layer called through clones from 1 or 2 threads via
 //!   `iter_custom`; the figure is wall time per call.
 //! * `monitor-tick`: one `Monitor::tick` (sample every signal, smooth, feed the ladder):
@@ -28,7 +30,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use degrade_benches::{FrozenClock, call_now, contended, inner};
 use degrade_core::{Controller, DegradeLayer, FastClock, Policy};
 use degrade_triggers::os::{PsiConfig, PsiResource};
-use degrade_triggers::{Monitor, ObserveLayer, TriggersConfig};
+use degrade_triggers::{Monitor, ObserveLayer, Signal, TriggersConfig};
 use std::hint::black_box;
 use std::time::Duration;
 use tower::{Layer, ServiceBuilder};
@@ -78,6 +80,24 @@ fn observe(c: &mut Criterion) {
         .service(inner());
     assert!(call_now(&mut svc, 1).is_ok());
     g.bench_function(BenchmarkId::new("degrade", "admit+observe"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+
+    // With a latency signal that has read heavy traffic, as under a `Monitor`: each thread
+    // times 1 call in 16 from then on (every call is still counted).
+    let monitored = ObserveLayer::new();
+    let mut svc = monitored.layer(inner());
+    for _ in 0..20_000 {
+        assert!(call_now(&mut svc, 1).is_ok());
+    }
+    let mut latency = monitored.latency(Default::default()).unwrap();
+    assert!(
+        latency
+            .sample(tokio::time::Instant::now())
+            .unwrap()
+            .is_some()
+    );
+    g.bench_function(BenchmarkId::new("degrade", "observe-monitored"), |b| {
         b.iter(|| black_box(call_now(&mut svc, black_box(1))))
     });
 
