@@ -401,3 +401,51 @@ fn a_slow_threshold_keeps_every_call_timed_under_heavy_traffic() {
     let snap = layer.snapshot();
     assert_eq!((snap.calls, snap.slow), (16_160, 160));
 }
+
+/// Two latency signals over different windows: the one that needs the most timed calls wins,
+/// so a long window's large call count cannot leave a short window without samples.
+#[test]
+fn the_latency_signal_that_needs_the_most_timing_wins() {
+    let clock = ManualClock::new();
+    let layer = ObserveLayer::builder()
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
+    let mut call = |took: Duration| {
+        let fut = svc.call(());
+        clock.advance(took);
+        fut.now_or_never().unwrap().unwrap();
+    };
+    let signal = |window: Duration| {
+        layer
+            .latency(LatencyConfig {
+                window,
+                ..Default::default()
+            })
+            .unwrap()
+    };
+    let (mut short, mut long) = (
+        signal(Duration::from_secs(1)),
+        signal(Duration::from_secs(1_000)),
+    );
+    for _ in 0..16_000 {
+        call(Duration::from_micros(100)); // all timed: no signal has read anything yet
+    }
+    let now = clock_now(&clock);
+    let _ = (short.sample(now), long.sample(now)); // both: 1 in 16
+    clock.advance(Duration::from_secs(10));
+    for _ in 0..20 {
+        call(Duration::from_millis(2)); // calls 16,000 and 16,016 timed
+    }
+    let now = clock_now(&clock);
+    let _ = short.sample(now); // 20 calls in its window: time every call
+    let _ = long.sample(now); // 16,020 in its window: would ask 1 in 16, may not raise it
+    for _ in 0..20 {
+        call(Duration::from_millis(4)); // all timed
+    }
+    let timed_ns: u64 = 16_000 * 100_000 + 2 * 2_000_000 + 20 * 4_000_000;
+    let snap = layer.snapshot();
+    assert_eq!(snap.calls, 16_040);
+    assert_eq!(snap.mean.unwrap(), Duration::from_nanos(timed_ns / 16_022));
+}

@@ -36,6 +36,15 @@ use tokio::time::Instant;
 /// The most calls per timed call: 1 in 16 of each thread's calls once a latency window holds
 /// enough of them.
 const MAX_EVERY: u64 = 16;
+/// The bits of `Recorder::every_mask` that hold the mask.
+const MASK_BITS: u64 = 0xFF;
+
+/// A new latency signal's id (never 0), for [`Recorder::window_saw`].
+pub(crate) fn signal_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed) & (u64::MAX >> 8)
+}
+
 /// Timed calls a latency window asks for before it lets calls go untimed: a p99 from 1,000
 /// samples rests on 10 of them.
 const TIMED_PER_WINDOW: u64 = 1_000;
@@ -62,8 +71,9 @@ const ENDED: usize = COUNTERS + 1;
 pub(crate) struct Recorder {
     counters: ShardedCounter<{ COUNTERS + 2 }>,
     latency: AtomicHistogram,
-    /// `every − 1`, `every` a power of two ≤ [`MAX_EVERY`]: a thread times its calls whose
-    /// sequence number is a multiple of `every`. Written by the latency signals (rarely), read
+    /// `every − 1` (low 8 bits), `every` a power of two ≤ [`MAX_EVERY`]: a thread times its
+    /// calls whose sequence number is a multiple of `every`; above those bits, the id of the
+    /// latency signal that set it (0: none). Written by the latency signals (rarely), read
     /// with a relaxed load per call; 0 (time every call) until a latency window has seen
     /// enough calls, and always 0 with a slow-call threshold (it needs every latency).
     every_mask: AtomicU64,
@@ -85,13 +95,19 @@ impl Recorder {
     #[inline]
     pub(crate) fn start(&self) -> bool {
         let seq = self.counters.add_then_slot(STARTED, 1);
-        seq & self.every_mask.load(Ordering::Relaxed) == 0
+        seq & self.every_mask.load(Ordering::Relaxed) & MASK_BITS == 0
     }
 
-    /// A latency window saw `calls` calls (exact) of which `timed` were timed: time 1 in
-    /// `every` calls from now on, `every` the largest power of two up to [`MAX_EVERY`] that
-    /// still leaves [`TIMED_PER_WINDOW`] timed calls in such a window.
-    pub(crate) fn window_saw(&self, calls: u64) {
+    /// The window of latency signal `signal` (an id from [`signal_id`]) saw `calls` calls
+    /// (exact): time 1 in `every` calls from now on, `every` the largest power of two up to
+    /// [`MAX_EVERY`] that still leaves [`TIMED_PER_WINDOW`] timed calls in such a window.
+    ///
+    /// With several latency signals the one that needs the most timing wins: a signal may
+    /// lower `every`, and raise it only when it set the current value itself or nobody has (so a long
+    /// window's large count cannot starve a short window). Two signals sampled at the same
+    /// instant on two threads may leave the other's value for one sample: it is a hint, every
+    /// count stays exact whatever it says.
+    pub(crate) fn window_saw(&self, signal: u64, calls: u64) {
         if self.time_all {
             return;
         }
@@ -101,7 +117,12 @@ impl Recorder {
         } else {
             every.next_power_of_two() / 2
         };
-        self.every_mask.store(every - 1, Ordering::Relaxed);
+        let current = self.every_mask.load(Ordering::Relaxed);
+        let mask = every - 1;
+        let owner = current >> 8;
+        if owner == 0 || owner == signal || mask <= current & MASK_BITS {
+            self.every_mask.store(signal << 8 | mask, Ordering::Relaxed);
+        }
     }
 
     /// Ends a call: `counter` is `FAILURES`, `SLOW`, `TIMEOUTS` (which also counts as a

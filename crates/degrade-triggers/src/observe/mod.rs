@@ -17,8 +17,9 @@
 //! its end are **counted exactly** (calls, failures, timeouts, cancelled, in flight), and a
 //! latency signal, each time it reads its window, lets each thread time 1 call in `n` of its
 //! own (`n` a power of two up to 16) such that the window still holds at least 1,000 timed
-//! calls. A window with fewer calls than that brings `n` back to 1, and a window with fewer
-//! *timed* calls than its `min_calls` reads as unknown. Without a latency signal, and always
+//! calls (with several latency signals, the one that needs the most timed calls wins). A
+//! window with fewer calls than that brings `n` back to 1, and a window with fewer *timed*
+//! calls than its `min_calls` reads as unknown. Without a latency signal, and always
 //! with a [`slow`](ObserveBuilder::slow) threshold (the slow count needs every latency), every
 //! call is timed. The snapshot's mean and quantiles are those of the timed calls.
 //!

@@ -1,7 +1,7 @@
 //! The signals read from an [`ObserveLayer`](super::ObserveLayer)'s histogram.
 
 use super::Source;
-use super::histogram::{COUNTERS, Window};
+use super::histogram::{COUNTERS, Window, signal_id};
 use crate::scale::{LevelThresholds, Scale};
 use crate::signal::{Sample, Signal, SignalError};
 use degrade_core::ConfigError;
@@ -245,6 +245,8 @@ pub struct ObserveSignal {
     scale: Scale,
     window: Option<Window>,
     min_calls: u64,
+    /// This signal's id, for the timing share a latency signal asks of the layer.
+    id: u64,
 }
 
 impl fmt::Debug for ObserveSignal {
@@ -270,6 +272,7 @@ impl ObserveSignal {
             scale,
             window: Some(Window::new(config.window, true)),
             min_calls: config.min_calls,
+            id: signal_id(),
         })
     }
 
@@ -290,6 +293,7 @@ impl ObserveSignal {
                 .map_err(|e| e.within("thresholds"))?,
             window: Some(Window::new(config.window, false)),
             min_calls: config.min_calls,
+            id: signal_id(),
         })
     }
 
@@ -307,6 +311,7 @@ impl ObserveSignal {
                 .map_err(|e| e.within("thresholds"))?,
             window: None,
             min_calls: 0,
+            id: signal_id(),
         })
     }
 }
@@ -327,7 +332,7 @@ impl Signal for ObserveSignal {
                 // A latency is known from the timed calls; their share follows the traffic.
                 let counted = match metric {
                     Metric::Latency(_) => {
-                        hist.window_saw(c.calls);
+                        hist.window_saw(self.id, c.calls);
                         c.timed()
                     }
                     _ => c.calls,
