@@ -10,7 +10,7 @@
 //! microseconds: quantiles within 3.2 %, what `max_p99` and the snapshot's quantiles read),
 //! and one per key group in the coarser [`GROUP_LAYOUT`] (2 buckets per power of two, within
 //! 25 %), which is all the judge's rank test needs: a regression moves calls across many
-//! buckets either way, and ties within a bucket count half. The 130 group histograms are
+//! buckets either way, and ties within a bucket count half. The 128 group histograms are
 //! most of the router's memory: about 71 KB at 2 buckets per octave, against 618 KB when every
 //! cell had the arm's resolution. Finer histograms merge into coarser ones exactly
 //! ([`Histogram::merge`]), so the judge compares the arms at [`GROUP_LAYOUT`].
