@@ -491,9 +491,18 @@ impl Law {
             .clamp(MIN_SAMPLES, MAX_SAMPLES);
         self.needed = needed;
         let resolved = window.samples >= needed;
+        // Low-concurrency samples count once they are half the samples a window needs; in
+        // the first window, half the fewest a window takes (its spread is that of a queue
+        // forming behind the initial limit, which the low samples are free of: see
+        // `low_concurrency`).
+        let low_needed = if self.baseline.is_none() {
+            MIN_SAMPLES / 2
+        } else {
+            needed / 2
+        };
         let low = window
             .low_mean_latency()
-            .filter(|_| window.low_samples >= MIN_LOW_SAMPLES.max(needed / 2))
+            .filter(|_| window.low_samples >= MIN_LOW_SAMPLES.max(low_needed))
             .map(|l| l.as_secs_f64().max(1e-9));
         let tolerance = self.config.tolerance;
         let noise = NOISE_Z * se;
@@ -527,9 +536,15 @@ impl Law {
         };
         // The first window's samples were not capped (there was no baseline to cap them at):
         // one request preempted for a time slice can dominate its mean, so it teaches the
-        // baseline and leaves the limit alone; the next window, capped, judges.
-        let first = self.baseline.is_none();
-        if first || (self.tentative && resolved && entry.0 <= self.baseline_concurrency) {
+        // baseline and leaves the limit alone; the next window, capped, judges. Unless its
+        // low-concurrency samples taught the baseline: the rest of the window then ran
+        // behind them, at more concurrency, and is judged against them like any window
+        // (callers that all send at once fill an initial limit above the knee, and leaving
+        // it there for one more window queued them for twice the service time).
+        let first = self.baseline.is_none() && entry.1 >= t;
+        if self.baseline.is_none()
+            || (self.tentative && resolved && entry.0 <= self.baseline_concurrency)
+        {
             // The first window gives a first guess, however noisy; the first window with
             // enough samples at no more concurrency replaces it.
             self.baseline = Some(entry.1);
@@ -671,21 +686,61 @@ impl Law {
                     ((restore + f64::from(limit)) / 2.0).round() as u32
                 })
                 .max(limit);
-            full + (full.div_ceil(10)).max(1)
+            with_reserve(full)
         } else {
             limit
         }
     }
 
-    /// Requests in flight at or below which an admitted request counts as a low-concurrency
-    /// sample (see [`Window::low_samples`]): an eighth of the limit, at least one.
+    /// The limit for critical requests once they alone exceed the capacity (their own wait
+    /// queue stands): the limit and its reserve, a probe included. Critical requests keep
+    /// three quarters of the limit through a probe (see [`limit_for`](Law::limit_for)) so
+    /// that a probe refuses none of them while they fit in the capacity; when they alone fill
+    /// it, they would fill the probe too, the probe would never run below the knee, and a
+    /// baseline learnt inside a queue (the first window of callers that all send at once)
+    /// would never be corrected: the admitted latency then stays a queue's (p99 120 ms on an
+    /// 8-slot, 40 ms backend behind 64 connections that re-send at once, against 60 ms).
     ///
     /// ```
     /// # use degrade_core::limit::{Law, LimitConfig};
-    /// assert_eq!(Law::new(LimitConfig::default()).low_concurrency(), 2);
+    /// let law = Law::new(LimitConfig::default());
+    /// assert_eq!(law.limit_for_critical_alone(), 18);
+    /// ```
+    pub fn limit_for_critical_alone(&self) -> u32 {
+        with_reserve(self.limit())
+    }
+
+    /// Requests in flight at or below which an admitted request counts as a low-concurrency
+    /// sample (see [`Window::low_samples`]): an eighth of the limit, at least one; half of it
+    /// until a baseline is known.
+    ///
+    /// The first window teaches the first baseline, and its limit is the configured guess:
+    /// callers that all send at once (a closed loop of 64 connections) fill it at once, and
+    /// the window's mean is a queue's when the guess is above the service's knee (60 ms on an
+    /// 8-slot, 40 ms backend behind an initial limit of 16). The first half of the guess
+    /// queues less (on any service with that many slots or more, not at all), and a window
+    /// that has enough such samples learns from them.
+    ///
+    /// ```
+    /// # use degrade_core::limit::{Law, LimitConfig, Window};
+    /// # use std::time::Duration;
+    /// let mut law = Law::new(LimitConfig::default());
+    /// assert_eq!(law.low_concurrency(), 8);
+    /// let mut w = Window::default();
+    /// for n in 1..=16 {
+    ///     // Eight slots of 40 ms: the first eight requests are served at once, the next wait.
+    ///     let ms = if n <= 8 { 40 } else { 80 };
+    ///     w.record(Duration::from_millis(ms), n, n <= 8);
+    /// }
+    /// law.observe(&w, tokio::time::Instant::now());
+    /// assert_eq!(law.baseline(), Some(Duration::from_millis(40)));
+    /// // The rest of the window queued behind them: the limit is cut (by half at most).
+    /// assert_eq!(law.limit(), 8);
+    /// assert_eq!(law.low_concurrency(), 1);
     /// ```
     pub fn low_concurrency(&self) -> u32 {
-        (self.limit() / 8).max(1)
+        let share = if self.baseline.is_none() { 2 } else { 8 };
+        (self.limit() / share).max(1)
     }
 
     /// When the law last took a window.
@@ -697,4 +752,9 @@ impl Law {
     pub fn last_update(&self) -> Option<Instant> {
         self.last_update
     }
+}
+
+/// A limit with the critical requests' reserve on top: a tenth of it, at least one.
+fn with_reserve(limit: u32) -> u32 {
+    limit.saturating_add(limit.div_ceil(10).max(1))
 }

@@ -549,9 +549,15 @@ pub(crate) fn run(setup: &Setup) -> Report {
                 }
                 (Guard::Adaptive(_), Some(l)) => {
                     let limit = l.law.limit();
-                    if in_flight < l.law.limit_for(priority)
-                        && l.queue.best_priority().is_none_or(|b| b < priority)
+                    let critical_wait = l.law.max_wait(Priority::Critical).unwrap_or_default();
+                    let own = if priority == Priority::Critical
+                        && l.queue.critical_standing(at(now), critical_wait)
                     {
+                        l.law.limit_for_critical_alone()
+                    } else {
+                        l.law.limit_for(priority)
+                    };
+                    if in_flight < own && l.queue.best_priority().is_none_or(|b| b < priority) {
                         to_start.push(id);
                     } else {
                         l.window.binding = true;
@@ -559,7 +565,11 @@ pub(crate) fn run(setup: &Setup) -> Report {
                             ((l.config.queue_size * f64::from(limit)).ceil() as usize).max(1);
                         match l.law.max_wait(priority) {
                             Some(target) if !target.is_zero() => {
-                                match l.queue.push(priority, at(now), bound, id) {
+                                let waits = super::queue::Waits {
+                                    standing: l.law.queue_target().unwrap_or_default(),
+                                    critical: critical_wait,
+                                };
+                                match l.queue.push(priority, at(now), bound, waits, id) {
                                     Pushed::Queued { ticket, evicted } => {
                                         reqs[id as usize].ticket = Some(ticket);
                                         push(
@@ -705,12 +715,23 @@ pub(crate) fn run(setup: &Setup) -> Report {
             let limit = l.law.limit();
             let target = l.law.queue_target().unwrap_or_default();
             let _ = limit;
+            let critical_wait = l.law.max_wait(Priority::Critical).unwrap_or_default();
             while let Some(best) = l.queue.best_priority() {
-                if in_flight + (to_start.len() as u32) >= l.law.limit_for(best) {
+                let limit = if best == Priority::Critical
+                    && l.queue.critical_standing(at(now), critical_wait)
+                {
+                    l.law.limit_for_critical_alone()
+                } else {
+                    l.law.limit_for(best)
+                };
+                if in_flight + (to_start.len() as u32) >= limit {
                     break;
                 }
-                let standing = l.queue.standing_for(at(now)) > target;
-                let Some((ticket, id, _)) = l.queue.grant(at(now), standing) else {
+                let waits = super::queue::Waits {
+                    standing: target,
+                    critical: critical_wait,
+                };
+                let Some((ticket, id, _)) = l.queue.grant(at(now), waits) else {
                     break;
                 };
                 l.queue.take(ticket);
@@ -1233,13 +1254,52 @@ mod debug_tests {
                     b
                 }
             },
-            clients: Clients::Open,
-            phases: bench_phases(
-                std::env::var("SIM_STEP")
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(6.0),
-            ),
+            clients: match std::env::var("SIM_CLOSED")
+                .ok()
+                .and_then(|s| s.parse().ok())
+            {
+                Some(n) => Clients::Closed(n),
+                None => Clients::Open,
+            },
+            phases: if std::env::var("SIM_CLOSED").is_ok() {
+                vec![
+                    Phase {
+                        secs: 3.0,
+                        load: 0.0,
+                        speed: 1.0,
+                    },
+                    Phase {
+                        secs: 6.0,
+                        load: 0.0,
+                        speed: 1.0,
+                    },
+                ]
+            } else if std::env::var("SIM_CRIT").is_ok() {
+                vec![
+                    Phase {
+                        secs: 3.0,
+                        load: 0.5,
+                        speed: 1.0,
+                    },
+                    Phase {
+                        secs: 6.0,
+                        load: 1.5,
+                        speed: 1.0,
+                    },
+                    Phase {
+                        secs: 6.0,
+                        load: 3.0,
+                        speed: 1.0,
+                    },
+                ]
+            } else {
+                bench_phases(
+                    std::env::var("SIM_STEP")
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(6.0),
+                )
+            },
             guard: Guard::Adaptive({
                 let mut c = LimitConfig::default();
                 if let Some(t) = std::env::var("SIM_TOL").ok().and_then(|s| s.parse().ok()) {
@@ -1250,7 +1310,11 @@ mod debug_tests {
                 }
                 c
             }),
-            mix: DEMO_MIX,
+            mix: if std::env::var("SIM_CRIT").is_ok() {
+                [0.0, 0.0, 0.0, 0.0, 1.0]
+            } else {
+                DEMO_MIX
+            },
             seed: std::env::var("SIM_SEED")
                 .ok()
                 .and_then(|s| s.parse().ok())
