@@ -494,7 +494,7 @@ impl Limiter {
             target
         };
         let bound = queue_bound(&self.config, self.limit.load(Ordering::Relaxed));
-        match queue.push(priority, now, bound as usize, self.waits(), None) {
+        match queue.push(priority, now, bound as usize, None) {
             Pushed::Queued { ticket, evicted } => {
                 self.word.in_flight.add_waiter();
                 self.counters.queued.fetch_add(1, Ordering::Relaxed);
