@@ -523,7 +523,8 @@ impl Limiter {
             if self.word.in_flight.try_acquire_ahead(limit).is_none() {
                 break;
             }
-            // Under a standing queue (it has not emptied for a whole target), newest first.
+            // Under a standing queue (it has not emptied for a whole target; the critical
+            // lane, for two critical waits), newest first.
             match queue.grant(now, self.waits()) {
                 Some((_, waker, waited)) => {
                     self.word.in_flight.remove_waiter();
