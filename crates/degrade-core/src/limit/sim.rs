@@ -656,12 +656,11 @@ pub(crate) fn run(setup: &Setup) -> Report {
                     && (epoch == l.epoch || now - start > l.law.window_bounds().0.as_secs_f64())
                 {
                     let cap = l.law.sample_cap();
-                    l.window.record_capped(
-                        Duration::from_secs_f64(now - start),
-                        cap,
-                        concurrency,
-                        low,
-                    );
+                    let latency = Duration::from_secs_f64(now - start);
+                    l.window.record_capped(latency, cap, concurrency, low);
+                    if concurrency <= l.law.half_concurrency() {
+                        l.window.record_half(latency, cap);
+                    }
                 }
                 let elapsed = Duration::from_secs_f64(now - l.window_start);
                 if l.law.window_done(l.window.samples, elapsed) {
