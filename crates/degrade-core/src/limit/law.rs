@@ -738,28 +738,10 @@ impl Law {
                     ((restore + f64::from(limit)) / 2.0).round() as u32
                 })
                 .max(limit);
-            with_reserve(full)
+            full + (full.div_ceil(10)).max(1)
         } else {
             limit
         }
-    }
-
-    /// The limit for critical requests once they alone exceed the capacity (their own wait
-    /// queue stands): the limit and its reserve, a probe included. Critical requests keep
-    /// three quarters of the limit through a probe (see [`limit_for`](Law::limit_for)) so
-    /// that a probe refuses none of them while they fit in the capacity; when they alone fill
-    /// it, they would fill the probe too, the probe would never run below the knee, and a
-    /// baseline learnt inside a queue (the first window of callers that all send at once)
-    /// would never be corrected: the admitted latency then stays a queue's (p99 120 ms on an
-    /// 8-slot, 40 ms backend behind 64 connections that re-send at once, against 60 ms).
-    ///
-    /// ```
-    /// # use degrade_core::limit::{Law, LimitConfig};
-    /// let law = Law::new(LimitConfig::default());
-    /// assert_eq!(law.limit_for_critical_alone(), 18);
-    /// ```
-    pub fn limit_for_critical_alone(&self) -> u32 {
-        with_reserve(self.limit())
     }
 
     /// Requests in flight at or below which an admitted request counts as a low-concurrency
@@ -825,9 +807,4 @@ impl Law {
     pub fn last_update(&self) -> Option<Instant> {
         self.last_update
     }
-}
-
-/// A limit with the critical requests' reserve on top: a tenth of it, at least one.
-fn with_reserve(limit: u32) -> u32 {
-    limit.saturating_add(limit.div_ceil(10).max(1))
 }

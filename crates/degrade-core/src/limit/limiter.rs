@@ -15,7 +15,7 @@
 //!   lock: it is admitted ahead of lower priorities, queued (bounded), or refused.
 
 use super::inflight::{InFlight, Released};
-use super::queue::{Fate, Pushed, Ticket, WaitQueue, Waits};
+use super::queue::{Fate, Pushed, Ticket, WaitQueue};
 use super::{Law, LimitConfig, Window};
 use crate::clock::{Clock, TokioClock};
 use crate::priority::Priority;
@@ -238,8 +238,6 @@ pub(crate) struct Limiter {
     /// The law's decisions, published for the hot path.
     limit: AtomicU32,
     limit_critical: AtomicU32,
-    /// The critical requests' limit once they alone exceed the capacity.
-    limit_critical_alone: AtomicU32,
     low: AtomicU32,
     /// Requests in flight at or below which a completion counts as a half-limit sample
     /// (zero once a baseline is known).
@@ -291,7 +289,6 @@ impl Limiter {
             word,
             limit: AtomicU32::new(0),
             limit_critical: AtomicU32::new(0),
-            limit_critical_alone: AtomicU32::new(0),
             low: AtomicU32::new(0),
             half: AtomicU32::new(0),
             needed: AtomicU32::new(0),
@@ -332,8 +329,6 @@ impl Limiter {
         self.limit.store(law.limit(), Ordering::Relaxed);
         self.limit_critical
             .store(law.limit_for(Priority::Critical), Ordering::Relaxed);
-        self.limit_critical_alone
-            .store(law.limit_for_critical_alone(), Ordering::Relaxed);
         self.low.store(law.low_concurrency(), Ordering::Relaxed);
         self.half.store(law.half_concurrency(), Ordering::Relaxed);
         self.needed.store(law.samples_needed(), Ordering::Relaxed);
@@ -355,44 +350,6 @@ impl Limiter {
             self.limit_critical.load(Ordering::Relaxed)
         } else {
             self.limit.load(Ordering::Relaxed)
-        }
-    }
-
-    /// The limit for the best waiter (or a newcomer) of `priority` on the overload path:
-    /// critical requests lose their share of a probe once they alone exceed the capacity.
-    fn waiting_limit_for(
-        &self,
-        priority: Priority,
-        queue: &WaitQueue<Option<Waker>>,
-        now: Option<Instant>,
-    ) -> u32 {
-        if priority == Priority::Critical
-            && let Some(now) = now
-            && queue.critical_standing(now, self.critical_wait())
-        {
-            self.limit_critical_alone.load(Ordering::Relaxed)
-        } else {
-            self.limit_for(priority)
-        }
-    }
-
-    /// How long a critical request may wait: twice the queueing target (they are served
-    /// before any other, so they wait longer only when critical requests alone fill the
-    /// limit).
-    fn critical_wait(&self) -> Duration {
-        Duration::from_nanos(
-            self.queue_target_ns
-                .load(Ordering::Relaxed)
-                .saturating_mul(2),
-        )
-    }
-
-    /// When the queue counts as standing: for the queueing target, or a critical request's
-    /// longest wait for the critical lane.
-    fn waits(&self) -> Waits {
-        Waits {
-            standing: Duration::from_nanos(self.queue_target_ns.load(Ordering::Relaxed)),
-            critical: self.critical_wait(),
         }
     }
 
@@ -483,7 +440,7 @@ impl Limiter {
             let at = *now.get_or_insert_with(|| self.clock.now());
             self.expire(&mut queue, at);
         }
-        let limit = self.waiting_limit_for(priority, &queue, now);
+        let limit = self.limit_for(priority);
         if queue.best_priority().is_none_or(|best| best < priority)
             && let Some(n) = self.word.in_flight.try_acquire_ahead(limit)
         {
@@ -525,14 +482,15 @@ impl Limiter {
 
     /// Hands free slots to the best waiters (under the queue's lock).
     fn drain(&self, queue: &mut WaitQueue<Option<Waker>>, now: Instant) {
+        let target = Duration::from_nanos(self.queue_target_ns.load(Ordering::Relaxed));
         while let Some(best) = queue.best_priority() {
-            let limit = self.waiting_limit_for(best, queue, Some(now));
+            let limit = self.limit_for(best);
             if self.word.in_flight.try_acquire_ahead(limit).is_none() {
                 break;
             }
-            // Under a standing queue (it has not emptied for a whole target; the critical
-            // lane, for two critical waits), newest first.
-            match queue.grant(now, self.waits()) {
+            // Under a standing queue (it has not emptied for a whole target), newest first.
+            let standing = queue.standing_for(now) > target;
+            match queue.grant(now, standing) {
                 Some((_, waker, waited)) => {
                     self.word.in_flight.remove_waiter();
                     self.counters

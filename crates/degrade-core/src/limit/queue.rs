@@ -15,7 +15,6 @@
 
 use crate::priority::Priority;
 use std::collections::VecDeque;
-use std::time::Duration;
 use tokio::time::Instant;
 
 /// One waiter's place: its index and the generation of the slot, so a stale ticket (kept by a
@@ -24,25 +23,6 @@ use tokio::time::Instant;
 pub(crate) struct Ticket {
     index: u32,
     generation: u32,
-}
-
-/// When the queue counts as standing: a queue that has held waiters without emptying for
-/// `standing` (the queueing target), or a critical lane for twice `critical` (a critical
-/// request's longest wait), is not absorbing a burst but turning an overload into waiting:
-/// the newest waiters are served first (see [`WaitQueue::grant`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Waits {
-    pub(crate) standing: Duration,
-    pub(crate) critical: Duration,
-}
-
-impl Waits {
-    /// Never standing: oldest first, a full queue refuses newcomers of its priorities.
-    #[cfg(test)]
-    pub(crate) const NEVER: Waits = Waits {
-        standing: Duration::MAX,
-        critical: Duration::MAX,
-    };
 }
 
 /// How a wait ended.
@@ -98,8 +78,6 @@ pub(crate) struct WaitQueue<T> {
     waiting: usize,
     /// When the queue last went from empty to non-empty (`None` while empty).
     busy_since: Option<Instant>,
-    /// When the critical lane last went from empty to non-empty (`None` while empty).
-    critical_since: Option<Instant>,
 }
 
 impl<T> WaitQueue<T> {
@@ -113,7 +91,6 @@ impl<T> WaitQueue<T> {
             lanes: Default::default(),
             waiting: 0,
             busy_since: None,
-            critical_since: None,
         }
     }
 
@@ -122,18 +99,15 @@ impl<T> WaitQueue<T> {
         self.waiting
     }
 
+    /// The longest time the queue has held waiters without emptying.
+    pub(crate) fn standing_for(&self, now: Instant) -> std::time::Duration {
+        self.busy_since.map_or(std::time::Duration::ZERO, |s| {
+            now.saturating_duration_since(s)
+        })
+    }
+
     /// Queues a waiter of `priority`, keeping at most `bound` waiters (and never more than
-    /// the capacity). A full queue makes room by evicting the newest waiter of the lowest
-    /// priority below `priority`; failing that, the oldest waiter of `priority` itself (drop
-    /// from the front, as CoDel does); a queue full of higher priorities refuses the newcomer.
-    ///
-    /// Dropping the oldest rather than the newcomer refuses as many requests (one either
-    /// way), but the waiters kept are the freshest: a queue that fills up is one that demand
-    /// outruns, and one whose waiters only leave at their deadline serves every request that
-    /// waited the longest. Callers that re-send at once (a closed loop) keep the queue full
-    /// and refill it within microseconds of each grant; before, every admitted request had
-    /// waited a whole service time (on a backend whose slots free together, a full round) on
-    /// top of the service: admitted p99 120 ms on an 8-slot, 40 ms backend, 80 ms after.
+    /// the capacity).
     pub(crate) fn push(
         &mut self,
         priority: Priority,
@@ -155,17 +129,11 @@ impl<T> WaitQueue<T> {
         }
         let mut evicted = None;
         if self.waiting >= bound.min(self.capacity) {
-            let own = priority.index();
-            let victim = match (0..own).find(|&p| !self.lanes[p].is_empty()) {
-                Some(lane) => {
-                    let victim = self.lanes[lane].pop_back();
-                    self.lane_left(lane);
-                    victim
-                }
-                // The newcomer joins this lane at once: its standing time goes on.
-                None => self.lanes[own].pop_front(),
+            // Make room by evicting the newest waiter of the lowest priority below ours.
+            let Some(lane) = (0..priority.index()).find(|&p| !self.lanes[p].is_empty()) else {
+                return Pushed::Full(payload);
             };
-            let Some(victim) = victim else {
+            let Some(victim) = self.lanes[lane].pop_back() else {
                 return Pushed::Full(payload);
             };
             self.waiting -= 1;
@@ -190,11 +158,7 @@ impl<T> WaitQueue<T> {
             index,
             generation: slot.generation,
         };
-        let lane = &mut self.lanes[priority.index()];
-        if priority == Priority::Critical && lane.is_empty() {
-            self.critical_since = Some(now);
-        }
-        lane.push_back(ticket);
+        self.lanes[priority.index()].push_back(ticket);
         if self.waiting == 0 {
             self.busy_since = Some(now);
         }
@@ -210,50 +174,26 @@ impl<T> WaitQueue<T> {
             .map(|p| Priority::ALL[p])
     }
 
-    /// Whether the queue stands for waiters of `priority` (see [`Waits`]).
-    fn stands(&self, priority: Priority, now: Instant, waits: Waits) -> bool {
-        if priority == Priority::Critical {
-            self.critical_standing(now, waits.critical)
-        } else {
-            self.busy_since
-                .is_some_and(|s| now.saturating_duration_since(s) > waits.standing)
-        }
-    }
-
-    /// Whether critical requests have waited without their lane emptying for longer than
-    /// twice `critical_wait` (what one of them may wait): every critical request that was
-    /// waiting when the lane last filled has been served or refused, and new ones kept
-    /// coming faster than slots freed: critical requests alone exceed the capacity, and some
-    /// of them will be refused whatever the order they are served in. (One wait was too
-    /// short: on two CPU-shared cores a slot takes about one critical wait to free, and the
-    /// lane stood that long while critical requests fitted in the capacity; served newest
-    /// first, 8.6 % of them were refused at 4x.)
-    pub(crate) fn critical_standing(&self, now: Instant, critical_wait: Duration) -> bool {
-        self.critical_since
-            .is_some_and(|s| now.saturating_duration_since(s) > critical_wait * 2)
-    }
-
-    /// Hands a slot to the best waiter: the highest priority; within it the oldest, or the
-    /// newest once the queue [stands](Waits). Returns its ticket, its payload and how long it
-    /// waited.
-    ///
-    /// Critical requests are served newest first only once their own lane stands: while critical requests fit in
-    /// the capacity their lane empties within a few completions, each must be served, and
-    /// newest-first could starve the oldest; once critical requests alone exceed the capacity
-    /// the same slots are filled in either order, and oldest-first only makes every admitted
-    /// one wait the longest (on a closed loop of 64 connections, or critical traffic alone at
-    /// 1.5x, the admitted p99 then carried a whole critical wait on top of the service).
-    pub(crate) fn grant(&mut self, now: Instant, waits: Waits) -> Option<(Ticket, T, Duration)> {
-        let best = self.best_priority()?;
-        let newest_first = self.stands(best, now, waits);
-        let index = best.index();
-        let lane = &mut self.lanes[index];
-        let ticket = if newest_first {
+    /// Hands a slot to the best waiter: the highest priority; the oldest of it, or the newest
+    /// when `newest_first` (except for critical requests, always the oldest). Returns its ticket, its payload and how long it waited.
+    pub(crate) fn grant(
+        &mut self,
+        now: Instant,
+        newest_first: bool,
+    ) -> Option<(Ticket, T, std::time::Duration)> {
+        let (index, lane) = self
+            .lanes
+            .iter_mut()
+            .enumerate()
+            .rev()
+            .find(|(_, l)| !l.is_empty())?;
+        // Critical requests are served in order: there are few of them, each must be
+        // served, and newest-first could starve the oldest.
+        let ticket = if newest_first && index != Priority::Critical.index() {
             lane.pop_back()
         } else {
             lane.pop_front()
         }?;
-        self.lane_left(index);
         self.waiting -= 1;
         if self.waiting == 0 {
             self.busy_since = None;
@@ -290,7 +230,6 @@ impl<T> WaitQueue<T> {
         max_wait: std::time::Duration,
         mut f: impl FnMut(Ticket, T),
     ) {
-        let critical = priorities.contains(&Priority::Critical.index());
         for lane in &mut self.lanes[priorities] {
             // Waiters enter each lane in time order; LIFO grants take from the back, so the
             // front is always the oldest.
@@ -312,18 +251,8 @@ impl<T> WaitQueue<T> {
                 }
             }
         }
-        if critical {
-            self.lane_left(Priority::Critical.index());
-        }
         if self.waiting == 0 {
             self.busy_since = None;
-        }
-    }
-
-    /// A waiter left lane `index`: the critical lane's standing time ends when it empties.
-    fn lane_left(&mut self, index: usize) {
-        if index == Priority::Critical.index() && self.lanes[index].is_empty() {
-            self.critical_since = None;
         }
     }
 
@@ -361,24 +290,23 @@ impl<T> WaitQueue<T> {
         if slot.generation != ticket.generation {
             return None;
         }
-        let (fate, left) = match &slot.state {
+        let fate = match &slot.state {
             State::Free => return None,
-            State::Waiting { priority, .. } => (None, Some(priority.index())),
-            State::Done(fate) => (Some(*fate), None),
+            State::Waiting { priority, .. } => {
+                let lane = &mut self.lanes[priority.index()];
+                if let Some(pos) = lane.iter().position(|t| *t == ticket) {
+                    lane.remove(pos);
+                }
+                self.waiting -= 1;
+                if self.waiting == 0 {
+                    self.busy_since = None;
+                }
+                None
+            }
+            State::Done(fate) => Some(*fate),
         };
         slot.state = State::Free;
         self.free.push(ticket.index);
-        if let Some(index) = left {
-            let lane = &mut self.lanes[index];
-            if let Some(pos) = lane.iter().position(|t| *t == ticket) {
-                lane.remove(pos);
-            }
-            self.lane_left(index);
-            self.waiting -= 1;
-            if self.waiting == 0 {
-                self.busy_since = None;
-            }
-        }
         fate
     }
 }
@@ -386,6 +314,7 @@ impl<T> WaitQueue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn queued<T>(p: Pushed<T>) -> Ticket {
         match p {
@@ -403,7 +332,7 @@ mod tests {
         queued(q.push(Priority::High, now, 8, 3));
         queued(q.push(Priority::Normal, now, 8, 4));
         let order: Vec<u32> =
-            std::iter::from_fn(|| q.grant(now, Waits::NEVER).map(|(_, p, _)| p)).collect();
+            std::iter::from_fn(|| q.grant(now, false).map(|(_, p, _)| p)).collect();
         assert_eq!(order, [2, 3, 4, 1]);
         assert_eq!(q.len(), 0);
     }
@@ -415,12 +344,7 @@ mod tests {
         for i in 0..3 {
             queued(q.push(Priority::Normal, now, 8, i));
         }
-        let waits = Waits {
-            standing: Duration::from_millis(1),
-            critical: Duration::MAX,
-        };
-        let later = now + Duration::from_millis(2);
-        assert_eq!(q.grant(later, waits).map(|(_, p, _)| p), Some(2));
+        assert_eq!(q.grant(now, true).map(|(_, p, _)| p), Some(2));
     }
 
     #[test]
@@ -429,6 +353,7 @@ mod tests {
         let mut q = WaitQueue::new(8);
         let a = queued(q.push(Priority::Low, now, 2, 1));
         let b = queued(q.push(Priority::Low, now, 2, 2));
+        assert!(matches!(q.push(Priority::Low, now, 2, 3), Pushed::Full(3)));
         match q.push(Priority::Critical, now, 2, 4) {
             Pushed::Queued {
                 evicted: Some((t, 2)),
@@ -439,58 +364,6 @@ mod tests {
         assert_eq!(q.take(b), Some(Fate::Evicted));
         assert_eq!(q.take(a), None, "still waiting");
         assert_eq!(q.len(), 2);
-        // Full of critical and low: a high newcomer evicts the low one, then none is left
-        // below it and a second high one displaces the first.
-        let c = queued(q.push(Priority::High, now, 2, 5));
-        assert_eq!(q.take(a), Some(Fate::Evicted));
-        queued(q.push(Priority::High, now, 2, 6));
-        assert_eq!(q.take(c), Some(Fate::Evicted));
-    }
-
-    #[test]
-    fn a_full_queue_keeps_the_newest_waiters_of_a_priority() {
-        let t0 = Instant::now();
-        let mut q = WaitQueue::new(8);
-        let old = queued(q.push(Priority::Normal, t0, 2, 1));
-        queued(q.push(Priority::Normal, t0 + Duration::from_millis(1), 2, 2));
-        // The oldest makes room for the newcomer: as many refused, the fresher kept.
-        match q.push(Priority::Normal, t0 + Duration::from_millis(2), 2, 3) {
-            Pushed::Queued {
-                evicted: Some((t, 1)),
-                ..
-            } => assert_eq!(t, old),
-            other => panic!("{other:?}"),
-        }
-        let at = t0 + Duration::from_millis(3);
-        let waited: Vec<_> =
-            std::iter::from_fn(|| q.grant(at, Waits::NEVER).map(|g| g.2)).collect();
-        assert_eq!(waited, [Duration::from_millis(2), Duration::from_millis(1)]);
-        // A queue full of higher priorities refuses a lower newcomer.
-        queued(q.push(Priority::High, at, 1, 4));
-        assert!(matches!(q.push(Priority::Low, at, 1, 5), Pushed::Full(5)));
-    }
-
-    #[test]
-    fn a_standing_critical_lane_serves_its_newest_first() {
-        let t0 = Instant::now();
-        let mut q = WaitQueue::new(8);
-        let waits = Waits {
-            standing: Duration::from_millis(10),
-            critical: Duration::from_millis(20),
-        };
-        queued(q.push(Priority::Critical, t0, 8, 1));
-        queued(q.push(Priority::Critical, t0 + Duration::from_millis(5), 8, 2));
-        // Not standing yet (twice the critical wait): oldest first.
-        let at = t0 + Duration::from_millis(30);
-        assert!(!q.critical_standing(at, waits.critical));
-        assert_eq!(q.grant(at, waits).map(|g| g.1), Some(1));
-        queued(q.push(Priority::Critical, at, 8, 3));
-        // The lane has held waiters since t0: 41 ms > 2 x 20 ms.
-        let later = t0 + Duration::from_millis(41);
-        assert!(q.critical_standing(later, waits.critical));
-        assert_eq!(q.grant(later, waits).map(|g| g.1), Some(3));
-        assert_eq!(q.grant(later, waits).map(|g| g.1), Some(2));
-        assert!(!q.critical_standing(later, waits.critical), "empty again");
     }
 
     #[test]
@@ -508,9 +381,7 @@ mod tests {
         assert_eq!(expired, [(old, 1)]);
         assert_eq!(q.take(old), Some(Fate::Expired));
         assert_eq!(q.take(old), None, "stale ticket");
-        let (t, _, waited) = q
-            .grant(t0 + Duration::from_millis(9), Waits::NEVER)
-            .unwrap();
+        let (t, _, waited) = q.grant(t0 + Duration::from_millis(9), false).unwrap();
         assert_eq!((t, waited), (young, Duration::from_millis(1)));
         assert_eq!(q.cancel(young), Some(Fate::Granted));
         assert_eq!(q.free.len(), q.slots.len(), "every slot is free again");
