@@ -40,6 +40,12 @@ pub struct Window {
     pub low_samples: u32,
     /// Sum of the low-concurrency samples' latencies, in nanoseconds.
     pub low_latency_sum_ns: u64,
+    /// Samples admitted at up to half the limit while no baseline is known (see
+    /// [`Law::half_concurrency`]), the low ones included: the first window's view of the
+    /// service when too few requests found it nearly empty.
+    pub half_samples: u32,
+    /// Sum of the half-limit samples' latencies, in nanoseconds.
+    pub half_latency_sum_ns: u64,
     /// A request had to wait or was refused during the window: demand reached the limit.
     pub binding: bool,
     /// Completions that failed quickly (faster than the baseline): they say nothing about
@@ -131,6 +137,42 @@ impl Window {
     pub fn low_mean_latency(&self) -> Option<Duration> {
         (self.low_samples > 0)
             .then(|| Duration::from_nanos(self.low_latency_sum_ns / u64::from(self.low_samples)))
+    }
+
+    /// Counts a sample, recorded with [`record_capped`](Window::record_capped), as admitted
+    /// at up to [half the limit](Law::half_concurrency) (at most `cap` of it, as there).
+    ///
+    /// ```
+    /// # use degrade_core::limit::Window; use std::time::Duration;
+    /// let mut w = Window::default();
+    /// let cap = Some(Duration::from_millis(100));
+    /// w.record_capped(Duration::from_millis(40), cap, 6, false);
+    /// w.record_half(Duration::from_millis(40), cap);
+    /// w.record_capped(Duration::from_millis(300), cap, 6, false);
+    /// w.record_half(Duration::from_millis(300), cap);
+    /// w.record_capped(Duration::from_millis(90), cap, 14, false);
+    /// assert_eq!(w.half_samples, 2);
+    /// assert_eq!(w.half_mean_latency(), Some(Duration::from_millis(70)));
+    /// ```
+    pub fn record_half(&mut self, latency: Duration, cap: Option<Duration>) {
+        let capped = cap.map_or(latency, |c| latency.min(c));
+        let ns = u64::try_from(capped.as_nanos()).unwrap_or(u64::MAX);
+        self.half_samples = self.half_samples.saturating_add(1);
+        self.half_latency_sum_ns = self.half_latency_sum_ns.saturating_add(ns);
+    }
+
+    /// Mean latency of the half-limit samples (`None` without any).
+    ///
+    /// ```
+    /// # use degrade_core::limit::Window; use std::time::Duration;
+    /// let mut w = Window::default();
+    /// assert_eq!(w.half_mean_latency(), None);
+    /// w.record_half(Duration::from_millis(30), None);
+    /// assert_eq!(w.half_mean_latency(), Some(Duration::from_millis(30)));
+    /// ```
+    pub fn half_mean_latency(&self) -> Option<Duration> {
+        (self.half_samples > 0)
+            .then(|| Duration::from_nanos(self.half_latency_sum_ns / u64::from(self.half_samples)))
     }
 
     /// Mean latency of the samples (`None` without samples).
@@ -491,10 +533,25 @@ impl Law {
             .clamp(MIN_SAMPLES, MAX_SAMPLES);
         self.needed = needed;
         let resolved = window.samples >= needed;
+        // Low-concurrency samples count once they are half the samples a window needs. The
+        // first window falls back on its half-limit samples when too few found the service
+        // nearly empty (callers that all send at once: see `half_concurrency`); they count
+        // once they are half the fewest a window takes (the window's spread is that of the
+        // queue forming behind the initial limit, which they are free of).
         let low = window
             .low_mean_latency()
             .filter(|_| window.low_samples >= MIN_LOW_SAMPLES.max(needed / 2))
-            .map(|l| l.as_secs_f64().max(1e-9));
+            .map(|l| (f64::from(self.low_concurrency()), l));
+        let half = if low.is_none() && self.baseline.is_none() {
+            window
+                .half_mean_latency()
+                .filter(|_| window.half_samples >= MIN_LOW_SAMPLES.max(MIN_SAMPLES / 2))
+                .map(|l| (f64::from(self.half_concurrency()), l))
+        } else {
+            None
+        };
+        let from_half = half.is_some();
+        let low = low.or(half).map(|(c, l)| (c, l.as_secs_f64().max(1e-9)));
         let tolerance = self.config.tolerance;
         let noise = NOISE_Z * se;
         if let Some(restore) = self.probing.take() {
@@ -522,14 +579,24 @@ impl Law {
         // nearly empty when there are enough of them (at the concurrency they saw), else the
         // window's mean.
         let entry = match low {
-            Some(l) if l < t => (f64::from(self.low_concurrency()), l),
+            Some((c, l)) if l < t => (c, l),
             _ => (concurrency, t),
         };
         // The first window's samples were not capped (there was no baseline to cap them at):
         // one request preempted for a time slice can dominate its mean, so it teaches the
-        // baseline and leaves the limit alone; the next window, capped, judges.
-        let first = self.baseline.is_none();
-        if first || (self.tentative && resolved && entry.0 <= self.baseline_concurrency) {
+        // baseline and leaves the limit alone; the next window, capped, judges. Unless its
+        // half-limit samples taught the baseline: callers that all send at once filled the
+        // initial limit, the rest of the window ran behind them, and it is judged against
+        // them like any window (leaving a limit above the knee for one more window queued
+        // them for twice the service time). Low-concurrency samples, when there are enough,
+        // teach it as before and leave the limit alone: a window that did not fill at once
+        // has no queue to judge, and on a service whose latency grows with any concurrency
+        // (a CPU-bound one) judging the rest against them cut a limit already near the
+        // knee.
+        let first = self.baseline.is_none() && !(from_half && entry.1 < t);
+        if self.baseline.is_none()
+            || (self.tentative && resolved && entry.0 <= self.baseline_concurrency)
+        {
             // The first window gives a first guess, however noisy; the first window with
             // enough samples at no more concurrency replaces it.
             self.baseline = Some(entry.1);
@@ -686,6 +753,49 @@ impl Law {
     /// ```
     pub fn low_concurrency(&self) -> u32 {
         (self.limit() / 8).max(1)
+    }
+
+    /// Requests in flight at or below which an admitted request counts as a half-limit
+    /// sample (see [`Window::half_samples`]): half the limit, at least one, until a baseline
+    /// is known; none after.
+    ///
+    /// The first window teaches the first baseline, and its limit is the configured guess:
+    /// callers that all send at once (a closed loop of 64 connections) fill it at once, few
+    /// requests find the service nearly empty, and the window's mean is a queue's when the
+    /// guess is above the service's knee (60 ms on an 8-slot, 40 ms backend behind an initial
+    /// limit of 16). The first half of the guess queues less (on any service with that many
+    /// slots or more, not at all): a first window with too few low-concurrency samples learns
+    /// from its half-limit ones and judges the rest against them. One with enough learns from
+    /// the low-concurrency samples and leaves the limit alone, as before: on a service whose
+    /// latency grows with any concurrency (a CPU-bound one), half the limit is already a
+    /// queue.
+    ///
+    /// ```
+    /// # use degrade_core::limit::{Law, LimitConfig, Window};
+    /// # use std::time::Duration;
+    /// let mut law = Law::new(LimitConfig::default());
+    /// assert_eq!((law.low_concurrency(), law.half_concurrency()), (2, 8));
+    /// let mut w = Window::default();
+    /// for n in 1..=16 {
+    ///     // Eight slots of 40 ms: the first eight requests are served at once, the next wait.
+    ///     let latency = Duration::from_millis(if n <= 8 { 40 } else { 80 });
+    ///     w.record(latency, n, n <= law.low_concurrency());
+    ///     if n <= law.half_concurrency() {
+    ///         w.record_half(latency, None);
+    ///     }
+    /// }
+    /// law.observe(&w, tokio::time::Instant::now());
+    /// assert_eq!(law.baseline(), Some(Duration::from_millis(40)));
+    /// // The rest of the window queued behind them: the limit is cut (by half at most).
+    /// assert_eq!(law.limit(), 8);
+    /// assert_eq!(law.half_concurrency(), 0);
+    /// ```
+    pub fn half_concurrency(&self) -> u32 {
+        if self.baseline.is_none() {
+            (self.limit() / 2).max(1)
+        } else {
+            0
+        }
     }
 
     /// When the law last took a window.

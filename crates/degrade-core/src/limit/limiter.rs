@@ -88,6 +88,8 @@ struct Cells {
     concurrency_sum: AtomicU64,
     low_samples: AtomicU32,
     low_latency_sum_ns: AtomicU64,
+    half_samples: AtomicU32,
+    half_latency_sum_ns: AtomicU64,
     fast_failures: AtomicU32,
     max_latency_ns: AtomicU64,
     /// Requests timed in this window because it was short of samples (not a sample yet:
@@ -237,6 +239,9 @@ pub(crate) struct Limiter {
     limit: AtomicU32,
     limit_critical: AtomicU32,
     low: AtomicU32,
+    /// Requests in flight at or below which a completion counts as a half-limit sample
+    /// (zero once a baseline is known).
+    half: AtomicU32,
     needed: AtomicU32,
     epoch: AtomicU32,
     /// 0 until known.
@@ -285,6 +290,7 @@ impl Limiter {
             limit: AtomicU32::new(0),
             limit_critical: AtomicU32::new(0),
             low: AtomicU32::new(0),
+            half: AtomicU32::new(0),
             needed: AtomicU32::new(0),
             epoch: AtomicU32::new(0),
             baseline_ns: AtomicU64::new(0),
@@ -324,6 +330,7 @@ impl Limiter {
         self.limit_critical
             .store(law.limit_for(Priority::Critical), Ordering::Relaxed);
         self.low.store(law.low_concurrency(), Ordering::Relaxed);
+        self.half.store(law.half_concurrency(), Ordering::Relaxed);
         self.needed.store(law.samples_needed(), Ordering::Relaxed);
         let baseline = law.baseline().map_or(0, nanos);
         self.baseline_ns.store(baseline, Ordering::Relaxed);
@@ -631,6 +638,10 @@ impl Limiter {
             c.low_samples.fetch_add(1, Ordering::Relaxed);
             c.low_latency_sum_ns.fetch_add(ns, Ordering::Relaxed);
         }
+        if slot.concurrency() <= self.half.load(Ordering::Relaxed) {
+            c.half_samples.fetch_add(1, Ordering::Relaxed);
+            c.half_latency_sum_ns.fetch_add(ns, Ordering::Relaxed);
+        }
         // Last, so a closer that sees the count sees the sums (up to records in flight).
         c.samples.fetch_add(1, Ordering::Release);
     }
@@ -666,6 +677,8 @@ impl Limiter {
             concurrency_sum: c.concurrency_sum.swap(0, Ordering::AcqRel),
             low_samples: c.low_samples.swap(0, Ordering::AcqRel),
             low_latency_sum_ns: c.low_latency_sum_ns.swap(0, Ordering::AcqRel),
+            half_samples: c.half_samples.swap(0, Ordering::AcqRel),
+            half_latency_sum_ns: c.half_latency_sum_ns.swap(0, Ordering::AcqRel),
             binding: self.binding.swap(false, Ordering::Relaxed),
             fast_failures: c.fast_failures.swap(0, Ordering::AcqRel),
             max_latency_ns: c.max_latency_ns.swap(0, Ordering::AcqRel),
