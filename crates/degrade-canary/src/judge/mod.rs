@@ -484,3 +484,69 @@ impl Judge {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{GROUP_LAYOUT, GroupSnapshot};
+    use degrade_core::histogram::Histogram;
+
+    /// One window: every group has `calls` calls on each arm; failures per group from `fail`.
+    fn snapshot(calls: u64, fail: impl Fn(usize, usize) -> u64) -> CanarySnapshot {
+        let mut snap = CanarySnapshot::default();
+        let bucket = GROUP_LAYOUT.bucket(Duration::from_millis(20));
+        for (a, arm) in [&mut snap.stable, &mut snap.canary].into_iter().enumerate() {
+            arm.groups = (0..GROUPS)
+                .map(|g| {
+                    let mut group = GroupSnapshot::default();
+                    group.latency.add(bucket, calls);
+                    group.failures = fail(a, g);
+                    group
+                })
+                .collect();
+            arm.failures = arm.groups.iter().map(|g| g.failures).sum();
+            arm.successes = arm.groups.iter().map(|g| g.samples()).sum::<u64>() - arm.failures;
+            arm.latency = Histogram::new(GROUP_LAYOUT);
+            arm.groups
+                .iter()
+                .for_each(|g| assert!(arm.latency.merge(&g.latency)));
+        }
+        snap
+    }
+
+    /// Stable fails 0.5–1.5 % of the calls of each group, the canary 0.4 points more; `broken`
+    /// more failures in canary group 0 (a broken client).
+    fn regression_everywhere(broken: u64) -> CanarySnapshot {
+        snapshot(1_000, |arm, g| {
+            let spread = (g * 7 % 11) as u64;
+            match arm {
+                0 => 5 + spread,
+                _ => 9 + spread + if g == 0 { broken } else { 0 },
+            }
+        })
+    }
+
+    #[test]
+    fn one_outlying_group_does_not_discount_a_regression_of_all_the_others() {
+        let judge = || {
+            Judge::new(JudgeConfig {
+                min_samples: 100,
+                ..JudgeConfig::default()
+            })
+            .unwrap()
+        };
+        // Without the broken client: a clear failure.
+        let clean = judge().look(&regression_everywhere(0));
+        assert_eq!(clean.verdict, Verdict::Fail, "{clean:?}");
+        // A broken client failing 2 % or 5 % more of its calls only adds to the canary's
+        // failures: it must not turn the verdict. Effective units read from the realised
+        // influences (`3(Σψ²)²/Σψ⁴`) took that one group for most of the variance and read the t
+        // statistic with a few degrees of freedom: z 2.65 and 2.09, Pass. Its weight in the
+        // variance is the sandwich's business; the units come from the design.
+        for broken in [20, 50] {
+            let j = judge().look(&regression_everywhere(broken));
+            assert_eq!(j.verdict, Verdict::Fail, "broken {broken}: {j:?}");
+            assert!(j.error_z > 5.0, "broken {broken}: {j:?}");
+        }
+    }
+}
