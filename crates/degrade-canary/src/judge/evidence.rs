@@ -372,8 +372,8 @@ impl Evidence {
     /// one group dominates by its *outcomes* (a broken client), it reads few units and shrinks a
     /// t whose sandwich variance already holds that group — in `judge_sim` it missed 5.8 % of
     /// the error regressions with all effects together (2.4 % from the design); when few users
-    /// are behind the arms, it reads too many in an unlucky draw — 6.3 % A/A false rollbacks
-    /// with 500 users, against 0.0 % from the design.
+    /// are behind the arms, it reads too many in an unlucky draw — 6.7 % A/A false rollbacks
+    /// with 500 users, against 0.1 % from the design.
     fn units(&self) -> f64 {
         let nonzero = self.psi.iter().filter(|p| **p != 0.0).count() as f64
             + if self.single_sq > 0.0 {

@@ -68,8 +68,8 @@
 //! busy client on the canary holds most of `Σψ²` and `Σψ⁴`; `G*` fell to 5–12 at the 50 %
 //! step and a raw t of 4.7 was read as z 2.4: 5.8 % of the error regressions (0.5 % → 2 %)
 //! went to 100 % undetected (1000 runs), short of the 95 % goal. With few users
-//! (`--users 500`, all effects, A/A, 300 runs) an unlucky draw read too many units: 6.3 %
-//! false rollbacks. From the design, on the same seeds: 0.0 % false rollbacks with 500 users,
+//! (`--users 500`, all effects, A/A, 1000 runs) an unlucky draw read too many units: 6.7 %
+//! false rollbacks. From the design, on the same seeds: 0.1 % false rollbacks with 500 users,
 //! and with all effects at 10 000 users errors detected in 97.6 % of runs, A/A 0.1 %, mean
 //! time to a verdict unchanged (figures in the crate README). The design-based
 //! count still protects where it should: a canary whose calls come from a few groups has few
