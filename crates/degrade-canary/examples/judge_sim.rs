@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Options: `--runs N` (default 100), `--seed S` (default 1), `--threads N` (default: all
-//! cores), `--rows SUBSTRING` (only the effect rows whose name contains it), `--users N`,
+//! cores), `--rows SUBSTRING` (only the effect rows whose name contains it), `--columns LIST`
+//! (comma-separated among `aa`, `errors`, `latency`; default all three), `--users N`,
 //! `--rate R` (requests per second), `--alpha A`, `--min-samples N` and `--max-key-share S`
 //! (default: the judge's defaults). Prints a Markdown table.
 
@@ -18,7 +19,8 @@ use std::time::Instant;
 
 fn usage(flag: &str, value: &str) -> ! {
     eprintln!(
-        "usage: judge_sim [--runs N] [--seed S] [--threads N] [--rows SUBSTRING] [--users N] \
+        "usage: judge_sim [--runs N] [--seed S] [--threads N] [--rows SUBSTRING] \
+         [--columns aa,errors,latency] [--users N] \
          [--rate R] [--alpha A] [--min-samples N] [--max-key-share S] (got {flag} {value})"
     );
     std::process::exit(2);
@@ -28,6 +30,7 @@ fn main() {
     let mut cfg = SimConfig::default();
     let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut filter = String::new();
+    let mut columns = String::from("aa,errors,latency");
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_default();
@@ -46,6 +49,7 @@ fn main() {
             "--seed" => cfg.seed = int(),
             "--threads" => threads = usize::try_from(int()).unwrap_or(1).max(1),
             "--rows" => filter = value.clone(),
+            "--columns" => columns = value.clone(),
             "--users" => cfg.users = usize::try_from(int()).unwrap_or(1).max(1),
             "--rate" => cfg.rate = float(),
             "--alpha" => cfg.rollout.judge.alpha = float(),
@@ -59,26 +63,35 @@ fn main() {
         std::process::exit(2);
     }
     let regressions = [
-        ("A/A", Regression::none()),
-        ("errors +1.5 pt", Regression::errors(0.015)),
-        ("latency x1.3", Regression::latency(1.3)),
+        ("aa", "A/A", Regression::none()),
+        ("errors", "errors +1.5 pt", Regression::errors(0.015)),
+        ("latency", "latency x1.3", Regression::latency(1.3)),
     ];
+    let wanted: Vec<bool> = regressions
+        .iter()
+        .map(|(id, _, _)| columns.split(',').any(|c| c.trim() == *id))
+        .collect();
+    if !wanted.contains(&true) {
+        usage("--columns", &columns);
+    }
     let rows: Vec<(&str, Effects)> = Effects::rows()
         .into_iter()
         .filter(|(name, _)| name.contains(filter.as_str()))
         .collect();
+    // Every (row, column) cell in table order; the columns not asked for are not simulated.
     let scenarios: Vec<Scenario> = rows
         .iter()
         .flat_map(|(name, fx)| {
             regressions
                 .iter()
-                .map(move |(r, reg)| Scenario::new(format!("{name} / {r}"), *fx, *reg))
+                .map(move |(_, r, reg)| Scenario::new(format!("{name} / {r}"), *fx, *reg))
         })
         .collect();
 
     // Jobs of a few runs each, taken by the threads in turn.
     const CHUNK: u32 = 25;
     let jobs: Vec<(usize, std::ops::Range<u32>)> = (0..scenarios.len())
+        .filter(|s| wanted[s % regressions.len()])
         .flat_map(|s| {
             (0..cfg.runs)
                 .step_by(CHUNK as usize)
@@ -127,26 +140,45 @@ fn main() {
         cfg.seed,
     );
     println!(
-        "| effects | A/A false rollback (stuck) | errors 0.5 % → 2 % detected (within min samples) | latency +30 % detected (within min samples) | canary samples at rollback, errors / latency (median) |"
+        "| effects | A/A false rollback (stuck) | errors 0.5 % → 2 % detected (within min samples) | latency +30 % detected (within min samples) | canary samples at rollback, errors / latency (median) | mean time to verdict, A/A / errors / latency |"
     );
-    println!("|---|---|---|---|---|");
-    let pct = |a: u32, r: &SimResult| 100.0 * f64::from(a) / f64::from(r.runs.max(1));
+    println!("|---|---|---|---|---|---|");
+    // A cell whose column was not asked for (`--columns`) prints "-".
+    let ran = |r: &SimResult| r.runs > 0;
+    let pct = |a: u32, r: &SimResult| {
+        if ran(r) {
+            format!("{:.1} %", 100.0 * f64::from(a) / f64::from(r.runs))
+        } else {
+            "-".to_owned()
+        }
+    };
+    let med = |r: &SimResult| {
+        r.samples_at_rollback_quantile(0.5)
+            .map_or_else(|| "-".to_owned(), |m| m.to_string())
+    };
+    let mean_time = |r: &SimResult| {
+        r.mean_secs_to_end()
+            .map_or_else(|| "-".to_owned(), |s| format!("{:.0} s", s))
+    };
     for (i, (name, _)) in rows.iter().enumerate() {
         let (aa, err, lat) = (&results[3 * i], &results[3 * i + 1], &results[3 * i + 2]);
-        let med = |r: &SimResult| {
-            r.samples_at_rollback_quantile(0.5)
-                .map_or_else(|| "-".to_owned(), |m| m.to_string())
+        let stuck = if ran(aa) {
+            format!("{}", aa.stuck)
+        } else {
+            "-".to_owned()
         };
         println!(
-            "| {name} | {:.1} % ({}) | {:.1} % ({:.1} %) | {:.1} % ({:.1} %) | {} / {} |",
+            "| {name} | {} ({stuck}) | {} ({}) | {} ({}) | {} / {} | {} / {} / {} |",
             pct(aa.rolled_back, aa),
-            aa.stuck,
             pct(err.rolled_back, err),
             pct(err.rolled_back_within_min_samples, err),
             pct(lat.rolled_back, lat),
             pct(lat.rolled_back_within_min_samples, lat),
             med(err),
             med(lat),
+            mean_time(aa),
+            mean_time(err),
+            mean_time(lat),
         );
     }
     let requests: u64 = results.iter().map(|r| r.requests).sum();

@@ -41,10 +41,11 @@ pub(super) fn error_window(
         let (f, n) = (win.f[GROUPS] as f64, win.n[GROUPS] as f64);
         let a = w / d;
         ev.single_sq += a.powi(2) * (f * (1.0 - p).powi(2) + (n - f) * p.powi(2));
-        ev.single_4 += a.powi(4) * (f * (1.0 - p).powi(4) + (n - f) * p.powi(4));
     }
     let pooled = (fc + fs) / (dc + ds);
-    ev.null_var += w * w * pooled * (1.0 - pooled) * (ec / (dc * dc) + es / (ds * ds));
+    let v = pooled * (1.0 - pooled);
+    ev.null_var += w * w * v * (ec / (dc * dc) + es / (ds * ds));
+    ev.add_design(w * w * v, [&ws.calls(), &wc.calls()], cs, cc, ds, dc);
     (fc + fs, dc + ds)
 }
 
@@ -74,7 +75,6 @@ pub(super) fn latency_window(ev: &mut Evidence, ws: &Window, wc: &Window, cs: &C
         for (&n, s) in win.ungrouped.buckets().iter().zip(score.iter()) {
             if n > 0 {
                 ev.single_sq += a.powi(2) * n as f64 * s.powi(2);
-                ev.single_4 += a.powi(4) * n as f64 * s.powi(4);
             }
         }
     }
@@ -87,10 +87,21 @@ pub(super) fn latency_window(ev: &mut Evidence, ws: &Window, wc: &Window, cs: &C
         .sum::<f64>()
         / (ls + lc);
     ev.null_var += w * w * v * (ec / (lc * lc) + es / (ls * ls));
+    ev.add_design(
+        w * w * v,
+        [&ws.latencies(), &wc.latencies()],
+        cs,
+        cc,
+        ls,
+        lc,
+    );
 }
 
 /// Per-group weight factors of one arm (1 = full weight), see [`cap_factors`].
 type Caps = [f64; GROUPS];
+
+/// Calls of one arm by key group, the ungrouped ones last.
+type Counts = [f64; GROUPS + 1];
 
 /// One arm's calls of one window, by key group (index `GROUPS`: the ungrouped calls).
 pub(super) struct Window<'a> {
@@ -139,6 +150,21 @@ impl<'a> Window<'a> {
             groups,
             ungrouped,
         }
+    }
+
+    /// The calls of the error test by group (the ungrouped ones last).
+    fn calls(&self) -> Counts {
+        self.n.map(|n| n as f64)
+    }
+
+    /// The calls with a latency by group (the ungrouped ones last).
+    fn latencies(&self) -> Counts {
+        let mut out = [0.0; GROUPS + 1];
+        for (o, g) in out.iter_mut().zip(self.groups) {
+            *o = g.samples() as f64;
+        }
+        out[GROUPS] = self.ungrouped.count() as f64;
+        out
     }
 
     pub(super) fn total(&self) -> u64 {
@@ -272,11 +298,16 @@ pub(super) struct Evidence {
     weight: f64,
     /// Each key group's contribution to `sum`'s deviation (its influence), over all strata.
     psi: [f64; GROUPS],
-    /// `Σ ψ²` and `Σ ψ⁴` of the ungrouped calls (each its own unit, in one stratum).
+    /// `Σ ψ²` of the ungrouped calls (each its own unit, in one stratum).
     single_sq: f64,
-    single_4: f64,
     /// `Σ Wₜ²·Var(θ̂ₜ)` for independent calls and no difference: the variance floor.
     null_var: f64,
+    /// Each key group's share of `null_var`: the variance its influence would have if its
+    /// calls were independent and the arms equal — what the design (the group's weighted calls
+    /// on each arm) gives it, whatever its outcomes. Summed over strata like `psi`.
+    design: [f64; GROUPS],
+    /// `Σ` of the squared design variances of the ungrouped calls (each its own unit).
+    single_design_sq: f64,
 }
 
 /// The strata combined with inverse-variance weights `λₖ ∝ 1/Vₖ` (a long step at 1 % with a
@@ -303,8 +334,11 @@ pub(super) fn combine<'a>(strata: impl Iterator<Item = &'a Evidence>) -> Evidenc
             *o += l * psi;
         }
         out.single_sq += l.powi(2) * e.single_sq;
-        out.single_4 += l.powi(4) * e.single_4;
         out.null_var += l.powi(2) * e.null_var;
+        for (o, v) in out.design.iter_mut().zip(e.design.iter()) {
+            *o += l.powi(2) * v;
+        }
+        out.single_design_sq += l.powi(4) * e.single_design_sq;
     }
     out.weight = 1.0;
     out
@@ -315,11 +349,10 @@ impl Evidence {
     /// fewer than two effective units, three times the raw sum of squares.
     fn adjusted(&self) -> f64 {
         let q = self.psi.iter().map(|p| p * p).sum::<f64>() + self.single_sq;
-        let q4 = self.psi.iter().map(|p| p.powi(4)).sum::<f64>() + self.single_4;
-        if q4 <= 0.0 {
+        if q <= 0.0 {
             return q;
         }
-        let units = self.units(q, q4);
+        let units = self.units();
         if units >= 2.0 {
             q * units / (units - 1.0)
         } else {
@@ -327,18 +360,37 @@ impl Evidence {
         }
     }
 
-    /// The effective number of independent units behind the variance (Satterthwaite):
-    /// `(Σσ²)² / Σσ⁴`, with `Σσ⁴` estimated by `Σψ⁴ / 3` (unbiased for normal influences;
-    /// heavy-tailed influences — a few dominant users — read as fewer units), and never more
-    /// than the units that contributed at all.
-    fn units(&self, q: f64, q4: f64) -> f64 {
+    /// The effective number of independent units behind the variance, from the design (the
+    /// Satterthwaite degrees of freedom of the sandwich under a working model, in the manner of
+    /// Bell & McCaffrey 2002 and Imbens & Kolesár 2016): `(Σvᵍ)² / Σ(vᵍ)²`, where
+    /// `vᵍ` is the variance unit `g`'s influence would have if calls were independent and the
+    /// arms equal — its weighted calls on each arm, never its outcomes — and never more than
+    /// the units that contributed at all.
+    ///
+    /// The design, not the realised influences: an estimate from the influences themselves
+    /// (`3(Σψ²)²/Σψ⁴`, which this judge used before) is so noisy that it fails both ways. When
+    /// one group dominates by its *outcomes* (a broken client), it reads few units and shrinks a
+    /// t whose sandwich variance already holds that group — in `judge_sim` it missed 5.8 % of
+    /// the error regressions with all effects together (2.4 % from the design); when few users
+    /// are behind the arms, it reads too many in an unlucky draw — 6.7 % A/A false rollbacks
+    /// with 500 users, against 0.1 % from the design.
+    fn units(&self) -> f64 {
         let nonzero = self.psi.iter().filter(|p| **p != 0.0).count() as f64
             + if self.single_sq > 0.0 {
                 f64::INFINITY
             } else {
                 0.0
             };
-        (3.0 * q * q / q4).min(nonzero)
+        let grouped = self.design.iter().sum::<f64>();
+        // The ungrouped calls' share of the floor: each call is its own unit.
+        let singles = (self.null_var - grouped).max(0.0);
+        let sq = self.design.iter().map(|v| v * v).sum::<f64>() + self.single_design_sq;
+        let design = if sq > 0.0 {
+            (grouped + singles).powi(2) / sq
+        } else {
+            0.0
+        };
+        design.min(nonzero)
     }
 
     pub(super) fn new() -> Self {
@@ -347,8 +399,30 @@ impl Evidence {
             weight: 0.0,
             psi: [0.0; GROUPS],
             single_sq: 0.0,
-            single_4: 0.0,
             null_var: 0.0,
+            design: [0.0; GROUPS],
+            single_design_sq: 0.0,
+        }
+    }
+
+    /// Adds one window's design variances: a call of weight `c` on an arm of weighted total
+    /// `d` adds `scale·c²/d²` to its group's (`scale`: the window's weight squared times the
+    /// per-call variance under no difference).
+    fn add_design(
+        &mut self,
+        scale: f64,
+        [ns, nc]: [&Counts; 2],
+        cs: &Caps,
+        cc: &Caps,
+        ds: f64,
+        dc: f64,
+    ) {
+        for g in 0..GROUPS {
+            self.design[g] +=
+                scale * (cc[g] * cc[g] * nc[g] / (dc * dc) + cs[g] * cs[g] * ns[g] / (ds * ds));
+        }
+        for (n, d) in [(ns, ds), (nc, dc)] {
+            self.single_design_sq += n[GROUPS] * (scale / (d * d)).powi(2);
         }
     }
 
@@ -358,10 +432,9 @@ impl Evidence {
             return (0.0, 0.0);
         }
         let q = self.psi.iter().map(|p| p * p).sum::<f64>() + self.single_sq;
-        let q4 = self.psi.iter().map(|p| p.powi(4)).sum::<f64>() + self.single_4;
         let z_null = self.sum / self.null_var.sqrt();
-        let (z_cluster, q_adj) = if q > 0.0 && q4 > 0.0 {
-            let units = self.units(q, q4);
+        let (z_cluster, q_adj) = if q > 0.0 {
+            let units = self.units();
             if units > 1.0 {
                 let q_adj = q * units / (units - 1.0);
                 (t_to_z(self.sum / q_adj.sqrt(), units - 1.0), q_adj)

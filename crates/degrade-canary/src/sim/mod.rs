@@ -483,6 +483,9 @@ pub struct SimResult {
     pub canary_samples_at_rollback: Vec<u64>,
     /// Requests simulated.
     pub requests: u64,
+    /// Simulated seconds from the start to the end of each run (rolled back, promoted or
+    /// stuck), sorted: the time to a verdict.
+    pub secs_to_end: Vec<u32>,
 }
 
 impl SimResult {
@@ -538,6 +541,22 @@ impl SimResult {
         self.canary_samples_at_rollback
             .extend_from_slice(&other.canary_samples_at_rollback);
         self.canary_samples_at_rollback.sort_unstable();
+        self.secs_to_end.extend_from_slice(&other.secs_to_end);
+        self.secs_to_end.sort_unstable();
+    }
+
+    /// Mean simulated seconds from the start to the end of a run (its verdict).
+    ///
+    /// ```
+    /// # use degrade_canary::sim::SimResult;
+    /// let mut r = SimResult::default();
+    /// assert_eq!(r.mean_secs_to_end(), None);
+    /// r.secs_to_end = vec![600, 900];
+    /// assert_eq!(r.mean_secs_to_end(), Some(750.0));
+    /// ```
+    pub fn mean_secs_to_end(&self) -> Option<f64> {
+        let n = self.secs_to_end.len();
+        (n > 0).then(|| self.secs_to_end.iter().map(|&s| f64::from(s)).sum::<f64>() / n as f64)
     }
 }
 
@@ -590,8 +609,9 @@ pub fn simulate_runs(
     for run in runs {
         result.runs += 1;
         let mut rng = Rng::new(cfg.seed.wrapping_add(u64::from(run)));
-        let (end, requests) = one_run(cfg, scenario, &mut rng);
+        let (end, requests, secs) = one_run(cfg, scenario, &mut rng);
         result.requests += requests;
+        result.secs_to_end.push(secs.round() as u32);
         match end {
             RunEnd::RolledBack {
                 canary_samples,
@@ -606,5 +626,6 @@ pub fn simulate_runs(
         }
     }
     result.canary_samples_at_rollback.sort_unstable();
+    result.secs_to_end.sort_unstable();
     result
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower_service::Service;
 
+/// How a run ended (its simulated end time is returned beside it).
 pub(super) enum RunEnd {
     RolledBack {
         canary_samples: u64,
@@ -233,7 +234,7 @@ fn make_users(cfg: &SimConfig, fx: &Effects, rng: &mut Rng) -> (Vec<User>, Alias
     (users, alias)
 }
 
-pub(super) fn one_run(cfg: &SimConfig, scenario: &Scenario, rng: &mut Rng) -> (RunEnd, u64) {
+pub(super) fn one_run(cfg: &SimConfig, scenario: &Scenario, rng: &mut Rng) -> (RunEnd, u64, f64) {
     let fx = &scenario.effects;
     let reg = &scenario.regression;
     let (users, alias) = make_users(cfg, fx, rng);
@@ -380,7 +381,7 @@ pub(super) fn one_run(cfg: &SimConfig, scenario: &Scenario, rng: &mut Rng) -> (R
             let mut tick = Box::pin(controller.tick());
             let judgement = match poll_now(&mut tick) {
                 Some(Ok(j)) => j,
-                _ => return (RunEnd::Stuck, requests),
+                _ => return (RunEnd::Stuck, requests, now),
             };
             drop(tick);
             let within_min = !min_reached;
@@ -393,14 +394,15 @@ pub(super) fn one_run(cfg: &SimConfig, scenario: &Scenario, rng: &mut Rng) -> (R
                             within_min,
                         },
                         requests,
+                        now,
                     );
                 }
-                CanaryPhase::Promoted => return (RunEnd::Promoted, requests),
-                CanaryPhase::Paused(_) => return (RunEnd::Stuck, requests),
+                CanaryPhase::Promoted => return (RunEnd::Promoted, requests, now),
+                CanaryPhase::Paused(_) => return (RunEnd::Stuck, requests, now),
                 CanaryPhase::Progressing => {}
             }
             if now >= horizon {
-                return (RunEnd::Stuck, requests);
+                return (RunEnd::Stuck, requests, now);
             }
         }
     }
