@@ -77,11 +77,7 @@ pub const GROUPS: usize = 64;
 /// The group index of requests that carried no sticky key (each is its own unit).
 pub(crate) const UNGROUPED: u8 = GROUPS as u8;
 
-// Cells per arm: the key groups. Unkeyed requests have none: nothing reads them apart (they
-// are the arm's totals minus the groups), so recording them would cost a locked instruction
-// per request for nothing.
-
-/// One arm's calls of one key group (or the unkeyed ones).
+/// One arm's calls of one key group.
 struct Cell {
     latency: AtomicHistogram,
     failures: AtomicU64,
@@ -93,7 +89,10 @@ pub(crate) struct Stats {
     counters: ShardedCounter<SLOTS>,
     /// Each arm's latencies at [`ARM_LAYOUT`].
     latency: [AtomicHistogram; 2],
-    /// `[arm][group]`, flattened; latencies at [`GROUP_LAYOUT`].
+    /// `[arm][group]`, flattened (index from [`cell`]); latencies at [`GROUP_LAYOUT`].
+    /// Unkeyed requests have no cell: nothing reads them apart (they are the arm's totals
+    /// minus the groups), so recording them would cost a locked instruction per request for
+    /// nothing.
     cells: Box<[Cell]>,
 }
 
@@ -182,7 +181,7 @@ impl Stats {
             let a = arm.index();
             let groups = (0..GROUPS)
                 .map(|g| {
-                    let cell = &self.cells[arm.index() * GROUPS + g];
+                    let cell = &self.cells[arm.index() * GROUPS + g]; // as `cell(arm, g)`, g < GROUPS
                     GroupSnapshot {
                         failures: cell.failures.load(Ordering::Relaxed),
                         cancelled: cell.cancelled.load(Ordering::Relaxed),
