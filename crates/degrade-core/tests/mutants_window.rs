@@ -92,6 +92,39 @@ fn a_snapshot_behind_the_newest_records_has_no_more_failures_and_slow_calls_than
 /// late threads through the shared slot.
 #[test]
 fn adds_from_more_live_threads_than_owned_slots_all_count() {
+    more_live_threads_than_owned_slots(|counter| counter.add(0, 1));
+}
+
+/// The same through `add_then_slot`, the canary's per-thread stride: its slot test is the
+/// one `add` has, and a thread on the shared slot must not lose a count either.
+#[test]
+fn add_then_slot_from_more_live_threads_than_owned_slots_all_count() {
+    more_live_threads_than_owned_slots(|counter| {
+        let _ = counter.add_then_slot(0, 1);
+    });
+}
+
+/// `add_then_slot` hands back what the calling thread's slot held before the add: a sequence
+/// of the thread's own adds (a fresh counter, one thread: owned or shared slot alike).
+#[test]
+fn add_then_slot_returns_what_the_threads_slot_held_before() {
+    std::thread::spawn(|| {
+        let counter = ShardedCounter::<2>::new();
+        assert_eq!(counter.add_then_slot(1, 1), 0);
+        assert_eq!(counter.add_then_slot(1, 5), 1);
+        assert_eq!(counter.add_then_slot(1, 1), 6);
+        assert_eq!(
+            counter.add_then_slot(0, 2),
+            0,
+            "each counter has its own sequence"
+        );
+        assert_eq!(counter.snapshot(), [2, 7]);
+    })
+    .join()
+    .unwrap();
+}
+
+fn more_live_threads_than_owned_slots(add_one: fn(&ShardedCounter<2>)) {
     const THREADS: usize = 80;
     const ROUNDS: u64 = 10;
     const ADDS: u64 = 10_000;
@@ -109,7 +142,7 @@ fn adds_from_more_live_threads_than_owned_slots_all_count() {
                 for _ in 0..ROUNDS {
                     barrier.wait();
                     for _ in 0..ADDS {
-                        counter.add(0, 1);
+                        add_one(&counter);
                     }
                 }
                 barrier.wait();
