@@ -8,6 +8,11 @@
 //! dependencies are compiled once for all scopes and the workspace's own `target/debug` is never
 //! touched. The work happens in cargo-mutants' copy of the tree, never in the checkout.
 //!
+//! A scope whose package has a test target too slow to run for every mutant (the planner's
+//! real child processes) leaves it out of its first pass and gives the mutants that pass missed
+//! a slow pass with it (`target/mutants/<scope>-slow/`): every mutant still meets every test,
+//! in a fraction of the time. A mutant counts as caught when any pass catches it.
+//!
 //! Some mutants only show under concurrency (a seqlock that accepts an odd sequence, a
 //! compare-and-swap ordering): the ordinary tests cannot see them, the loom models can. For a
 //! scope with loom models, the mutants the first pass missed go through a second pass with
@@ -39,6 +44,10 @@ struct Scope {
     features: Option<&'static str>,
     /// Arguments for `cargo test` (after cargo-mutants' `--`).
     tests: &'static [&'static str],
+    /// Arguments for `cargo test` in the slow pass: test targets too slow to run for every
+    /// mutant (real child processes), run only for the mutants `tests` missed (`None`: every
+    /// test target is in `tests`).
+    slow: Option<&'static [&'static str]>,
     /// Arguments for `cargo test` in the loom pass (`None`: the scope has no loom models).
     loom: Option<&'static [&'static str]>,
     /// What it is, for `--list`.
@@ -59,6 +68,7 @@ const SCOPES: &[Scope] = &[
         tests: LIB_AND_TESTS,
         // The cell's models are unit tests (`mod loom_models`); the other unit tests touch
         // loom's atomics outside a model under this cfg and would fail.
+        slow: None,
         loom: Some(&["--lib", "loom_models"]),
         what: "ratelimit's GCRA cell: decide, rescale, the parameter table",
     },
@@ -72,6 +82,7 @@ const SCOPES: &[Scope] = &[
         ],
         features: None,
         tests: LIB_AND_TESTS,
+        slow: None,
         loom: None,
         what: "canary's rollout state machine and judge",
     },
@@ -88,6 +99,7 @@ const SCOPES: &[Scope] = &[
         // admission simulator) are skipped: `limit/` uses none of these files, so they cannot
         // catch a mutant of them.
         tests: &["--lib", "--tests", "--", "--skip", "limit::"],
+        slow: None,
         loom: Some(&["--test", "loom"]),
         what: "degrade-core's ladder and sliding windows",
     },
@@ -97,6 +109,7 @@ const SCOPES: &[Scope] = &[
         files: &["crates/degrade-breaker/src/state.rs"],
         features: None,
         tests: LIB_AND_TESTS,
+        slow: None,
         loom: Some(&["--test", "loom"]),
         what: "the breaker state machine",
     },
@@ -115,9 +128,28 @@ const SCOPES: &[Scope] = &[
             "crates/degrade-rollout/src/plan/watch.rs",
         ],
         features: Some("testserver"),
-        // `process` too: it drives real child processes through the driver and the planner
-        // (about 15 s a run), and most of the planner's behaviour is pinned there.
-        tests: LIB_AND_TESTS,
+        // Every test target but `process`, which drives real child processes through the
+        // driver and the planner (15-25 s a run): it runs in the slow pass, for the mutants
+        // these missed, so every mutant still meets every test. A new test file of the
+        // package must be added here or to `slow`.
+        tests: &[
+            "--lib",
+            "--test",
+            "config",
+            "--test",
+            "durations",
+            "--test",
+            "eject",
+            "--test",
+            "fuzz",
+            "--test",
+            "journal",
+            "--test",
+            "plan",
+            "--test",
+            "proptests",
+        ],
+        slow: Some(&["--test", "process"]),
         loom: None,
         what: "the rolling-upgrade planner",
     },
@@ -281,6 +313,8 @@ struct Counts {
     missed: usize,
     timeout: usize,
     unviable: usize,
+    /// Missed by the first pass's tests, caught by the slow pass's (a failure or a timeout).
+    caught_by_slow: usize,
     /// Missed by the tests, caught by the loom models (a failure or a timeout).
     caught_by_loom: usize,
 }
@@ -294,7 +328,7 @@ impl Counts {
     /// Caught by a failing test or by a timeout (an infinite loop the tests notice), in either
     /// pass.
     fn detected(&self) -> usize {
-        self.caught + self.timeout + self.caught_by_loom
+        self.caught + self.timeout + self.caught_by_slow + self.caught_by_loom
     }
 }
 
@@ -334,6 +368,32 @@ fn run_scope(root: &Path, scope: &Scope, passthrough: &[String]) -> Result<Scope
     let mut counts = read_counts(&dir)?;
     let mut survivors = lines(&dir.join("missed.txt"));
     let mut out = dir;
+    if let (Some(slow), false) = (scope.slow, survivors.is_empty()) {
+        println!(
+            "==> mutants {}: {} missed; the slow tests ({}) get a try at them",
+            scope.name,
+            survivors.len(),
+            slow.join(" ")
+        );
+        let mut args = select_args(scope);
+        for name in &survivors {
+            args.extend(["--re".into(), format!("^{}$", regex_escape(name))]);
+        }
+        let slow_dir = cargo_mutants(
+            root,
+            &target.join(format!("{}-slow", scope.name)),
+            &target.join("build"),
+            args,
+            &[],
+            slow,
+            None,
+        )?;
+        let slow_counts = read_counts(&slow_dir)?;
+        counts.caught_by_slow = slow_counts.caught + slow_counts.timeout;
+        counts.missed = slow_counts.missed;
+        survivors = lines(&slow_dir.join("missed.txt"));
+        out = slow_dir;
+    }
     if let (Some(loom), false) = (scope.loom, survivors.is_empty()) {
         println!(
             "==> mutants {}: {} missed; the loom models get a try at them",
@@ -471,6 +531,7 @@ fn read_counts(dir: &Path) -> Result<Counts> {
         missed: count("missed")?,
         timeout: count("timeout")?,
         unviable: count("unviable")?,
+        caught_by_slow: 0,
         caught_by_loom: 0,
     })
 }
@@ -486,8 +547,8 @@ fn lines(path: &Path) -> Vec<String> {
 
 fn table(results: &[ScopeResult]) -> String {
     let mut out = String::from(
-        "| scope | caught | timeout | caught by loom | missed | unviable | score (caught / viable) | time |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| scope | caught | timeout | caught by slow tests | caught by loom | missed | unviable | score (caught / viable) | time |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in results {
         let c = &r.counts;
@@ -497,9 +558,10 @@ fn table(results: &[ScopeResult]) -> String {
             c.caught.to_string()
         };
         out.push_str(&format!(
-            "| {} | {caught} | {} | {} | {} | {} | {} | {:.0} min |\n",
+            "| {} | {caught} | {} | {} | {} | {} | {} | {} | {:.0} min |\n",
             r.scope,
             c.timeout,
+            c.caught_by_slow,
             c.caught_by_loom,
             c.missed,
             c.unviable,
@@ -528,7 +590,8 @@ mod tests {
                 missed: 10,
                 timeout: 3,
                 unviable: 40,
-                caught_by_loom: 2,
+                caught_by_slow: 1,
+                caught_by_loom: 1,
             },
             survivors: Vec::new(),
             secs: 0.0,
@@ -545,6 +608,38 @@ mod tests {
             regex_escape(name),
             "crates/x/src/state\\.rs:85:25: replace \\&\\& with \\|\\| in ParamTable::load \\-> u64"
         );
+    }
+
+    /// A scope that names its test targets one by one must name every one of them, in a pass:
+    /// a test file added later would otherwise never meet a mutant.
+    #[test]
+    fn a_scope_that_lists_its_test_targets_lists_all_of_them() {
+        let root = workspace_root();
+        for scope in SCOPES.iter().filter(|s| !s.tests.contains(&"--tests")) {
+            let crate_dir = scope.files[0].split("/src/").next().unwrap();
+            let named: Vec<&str> = scope
+                .tests
+                .iter()
+                .chain(scope.slow.unwrap_or_default())
+                .copied()
+                .collect();
+            let listed: Vec<&str> = named
+                .windows(2)
+                .filter(|w| w[0] == "--test")
+                .map(|w| w[1])
+                .collect();
+            for entry in fs::read_dir(root.join(crate_dir).join("tests")).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "rs") {
+                    let stem = path.file_stem().unwrap().to_str().unwrap();
+                    assert!(
+                        listed.contains(&stem),
+                        "{}: tests/{stem}.rs runs in no pass",
+                        scope.name
+                    );
+                }
+            }
+        }
     }
 
     #[test]
