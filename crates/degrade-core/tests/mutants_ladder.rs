@@ -192,3 +192,25 @@ fn a_pin_restores_the_base_dwell() {
     l.unpin(t0 + secs(14));
     assert_eq!(sample(&mut l, t0, 24, CALM), Some(Level::Heavy));
 }
+
+/// At Emergency there is no level further up: pressure that stays above Emergency's enter
+/// threshold sample after sample changes nothing (no Emergency → Emergency transition, no
+/// change of dwell).
+#[test]
+fn pressure_above_emergency_at_emergency_makes_no_transition() {
+    let (mut l, t0) = ladder(quick());
+    let mut at = 0;
+    for _ in 0..10 {
+        if l.level() == Level::Emergency {
+            break;
+        }
+        at += 60;
+        sample(&mut l, t0, at, 1.0);
+    }
+    assert_eq!(l.level(), Level::Emergency);
+    for _ in 0..20 {
+        at += 60;
+        assert_eq!(sample(&mut l, t0, at, 1.0), None);
+    }
+    assert_eq!(l.level(), Level::Emergency);
+}
