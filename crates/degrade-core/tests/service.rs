@@ -263,3 +263,59 @@ fn a_request_outliving_its_layer_never_counts_against_a_new_layer() {
     assert_eq!(held.now_or_never().unwrap().unwrap(), 3);
     assert_eq!(in_flight(&live), 0);
 }
+
+/// Through the layer, on paused tokio time: when the wait queue is full of critical requests,
+/// a critical newcomer takes the place of the one that waited longest, which is refused (as
+/// limited, counted as evicted); the rest are served oldest first as slots free up.
+#[tokio::test(start_paused = true)]
+async fn a_queue_full_of_critical_waiters_refuses_its_oldest_for_a_critical_newcomer() {
+    use degrade_core::limit::LimitConfig;
+    let c = Controller::new(Default::default()).unwrap();
+    let layer = DegradeLayer::builder(c.handle())
+        .prioritize(|_: &u8| Priority::Critical)
+        .limit(LimitConfig {
+            initial: 2,
+            min: 2,
+            max: 2,
+            ..LimitConfig::default()
+        })
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(tower::service_fn(|n: u8| async move {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        Ok::<_, Infallible>(n)
+    }));
+    // One at a time: the limiter learns the 10 ms baseline, and with it a queueing target.
+    for n in 0..40 {
+        assert_eq!(svc.ready().await.unwrap().call(n).await.unwrap(), n);
+    }
+    let snapshot = || layer.snapshot().limit.unwrap();
+    assert!(snapshot().queue_target.is_some(), "{:?}", snapshot());
+
+    // Critical requests may go a tenth over the limit, at least one: three in flight.
+    let mut held: Vec<_> = Vec::new();
+    for n in 100..103 {
+        held.push(svc.ready().await.unwrap().call(n));
+    }
+    assert_eq!((snapshot().in_flight, snapshot().waiting), (3, 0));
+    // The queue holds as many as the limit: two.
+    let mut oldest = Box::pin(svc.ready().await.unwrap().call(110));
+    let mut second = Box::pin(svc.ready().await.unwrap().call(111));
+    assert_eq!(snapshot().waiting, 2);
+    assert!(oldest.as_mut().now_or_never().is_none(), "waits");
+    // A third critical request: the oldest waiter is refused, the newcomer waits.
+    let mut newest = Box::pin(svc.ready().await.unwrap().call(112));
+    assert_eq!((snapshot().waiting, snapshot().evicted), (2, 1));
+    let refused = oldest.now_or_never().expect("decided").unwrap_err();
+    assert!(refused.downcast_ref::<Shed>().is_some(), "{refused}");
+    assert!(second.as_mut().now_or_never().is_none());
+    assert!(newest.as_mut().now_or_never().is_none());
+
+    // A slot frees: the older of the two waiters gets it.
+    drop(held.pop());
+    assert_eq!((snapshot().in_flight, snapshot().waiting), (3, 1));
+    drop(held);
+    assert_eq!(second.await.unwrap(), 111);
+    assert_eq!(newest.await.unwrap(), 112);
+    assert_eq!(snapshot().in_flight, 0);
+}

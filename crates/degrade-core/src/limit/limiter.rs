@@ -75,7 +75,8 @@ pub(crate) enum Entry {
     Admitted(Permit),
     /// Queued: wait for the ticket's fate until the deadline.
     Queued(Ticket, Instant),
-    /// Refused: the queue is full of more important requests, or nothing is learnt yet.
+    /// Refused: the queue is full of requests at least as important (critical ones excepted:
+    /// they take the oldest critical waiter's place), or nothing is learnt yet.
     Refused,
 }
 
@@ -788,8 +789,9 @@ pub struct LimitSnapshot {
     pub queued: u64,
     /// Waiting requests refused at their deadline, ever.
     pub expired: u64,
-    /// Waiting requests refused to make room for a higher priority, ever.
+    /// Waiting requests refused to make room for a higher priority, ever, or for a newer
+    /// critical request when only critical requests waited (the oldest of them goes).
     pub evicted: u64,
-    /// Requests refused at once (queue full of more important requests), ever.
+    /// Requests refused at once (queue full of requests at least as important), ever.
     pub refused: u64,
 }

@@ -6,7 +6,9 @@
 //! under a standing queue the oldest waiters are the ones about to miss their target anyway,
 //! and serving the newest keeps the admitted latency low (adaptive LIFO, as in Facebook's
 //! CoDel-managed RPC queues). A full queue makes room for a higher priority by evicting the
-//! newest waiter of the lowest priority below it.
+//! newest waiter of the lowest priority below it; and for a critical request, when it holds
+//! nothing but critical waiters, by refusing the oldest of them (drop-front, see
+//! [`WaitQueue::push`]).
 //!
 //! The queue's memory grows with the most waiters it ever held, up to its capacity, and never
 //! beyond: it allocates only while a burst is bigger than every earlier one. The
@@ -108,6 +110,18 @@ impl<T> WaitQueue<T> {
 
     /// Queues a waiter of `priority`, keeping at most `bound` waiters (and never more than
     /// the capacity).
+    ///
+    /// A full queue evicts the newest waiter of the lowest priority below `priority`; a full
+    /// queue of critical waiters takes a critical newcomer by evicting its *oldest* critical
+    /// waiter (drop-front). One critical request is refused either way, but the one that
+    /// waited longest is the nearest to its deadline and has cost its caller the most time
+    /// already; refusing the newcomer instead kept the oldest ones, so every critical request
+    /// served from a full queue had waited about as long as the queue takes to drain — a whole
+    /// service time when callers re-send at once and critical requests alone fill it (a closed
+    /// loop, where the requests re-sent after refusals end up critical: 64 connections on 8
+    /// slots × 40 ms, admitted p99 120 ms, 80 ms with drop-front). Below critical, a full
+    /// queue still refuses the newcomer: drop-front for every priority lost goodput on
+    /// open-loop overload (8 slots × 40 ms, log-normal 0.5: 85.2 → 78.9 % worst of six seeds).
     pub(crate) fn push(
         &mut self,
         priority: Priority,
@@ -129,11 +143,16 @@ impl<T> WaitQueue<T> {
         }
         let mut evicted = None;
         if self.waiting >= bound.min(self.capacity) {
-            // Make room by evicting the newest waiter of the lowest priority below ours.
-            let Some(lane) = (0..priority.index()).find(|&p| !self.lanes[p].is_empty()) else {
-                return Pushed::Full(payload);
+            // Make room by evicting the newest waiter of the lowest priority below ours, or for
+            // a critical request among critical ones only, the oldest of them.
+            let victim = match (0..priority.index()).find(|&p| !self.lanes[p].is_empty()) {
+                Some(lane) => self.lanes[lane].pop_back(),
+                None if priority == Priority::Critical => {
+                    self.lanes[Priority::Critical.index()].pop_front()
+                }
+                None => None,
             };
-            let Some(victim) = self.lanes[lane].pop_back() else {
+            let Some(victim) = victim else {
                 return Pushed::Full(payload);
             };
             self.waiting -= 1;
@@ -364,6 +383,37 @@ mod tests {
         assert_eq!(q.take(b), Some(Fate::Evicted));
         assert_eq!(q.take(a), None, "still waiting");
         assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn a_queue_full_of_critical_waiters_takes_a_critical_newcomer_in_place_of_the_oldest() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_millis(5);
+        let mut q = WaitQueue::new(8);
+        let old = queued(q.push(Priority::Critical, t0, 2, 1));
+        queued(q.push(Priority::Critical, later, 2, 2));
+        // Below critical, a full queue still refuses the newcomer.
+        assert!(matches!(
+            q.push(Priority::High, later, 2, 3),
+            Pushed::Full(3)
+        ));
+        match q.push(Priority::Critical, later, 2, 4) {
+            Pushed::Queued {
+                evicted: Some((t, 1)),
+                ..
+            } => assert_eq!(t, old),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(q.take(old), Some(Fate::Evicted));
+        assert_eq!(q.len(), 2);
+        let order: Vec<u32> =
+            std::iter::from_fn(|| q.grant(later, false).map(|(_, p, _)| p)).collect();
+        assert_eq!(order, [2, 4]);
+        // An empty queue with no room refuses a critical request as any other.
+        assert!(matches!(
+            q.push(Priority::Critical, later, 0, 5),
+            Pushed::Full(5)
+        ));
     }
 
     #[test]

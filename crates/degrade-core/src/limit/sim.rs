@@ -16,11 +16,17 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// An answered request's (sent, admitted, done, critical), in seconds.
+type Parts = (f64, f64, f64, bool);
+
 thread_local! {
     /// Print every window the law takes (exploration only).
     pub(crate) static TRACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// Critical refusals by cause: queue full, evicted, expired, no target yet.
     pub(crate) static CRIT: std::cell::Cell<[u64; 4]> = const { std::cell::Cell::new([0; 4]) };
+    /// Answered requests' (sent, admitted, done, critical), when `Some` (exploration only).
+    pub(crate) static PARTS: std::cell::RefCell<Option<Vec<Parts>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Counts a refused critical request in [`CRIT`] by cause (0 queue full, 1 evicted, 2 expired,
@@ -804,6 +810,11 @@ fn answer(
     let latency = now - r.sent;
     answers.push((r.sent, ok, latency));
     if ok {
+        PARTS.with(|parts| {
+            if let (Some(v), Some(adm)) = (parts.borrow_mut().as_mut(), r.admitted) {
+                v.push((r.sent, adm.0, now, r.priority == Priority::Critical));
+            }
+        });
         stats[p].ok += 1;
         stats[p].latencies.push(latency);
         if r.priority == Priority::Critical {
@@ -932,14 +943,43 @@ mod tests {
         let goodput = median(&ours, |r| r.goodput_percent(1));
         assert!(goodput >= 95.0, "{goodput:.1}");
         let p99 = median(&ours, |r| r.phases[1].p99());
-        // About three service times (the median of these three seeds is 94.8 ms; the worst
-        // of seeds 1-6 105.2 ms, of seeds 7-12 115.2 ms, see `seeds_tests`). Before, 125-132
-        // ms, over four service times: the first window's baseline was learnt behind the
-        // initial limit's queue. Every request admitted from the always-full queue still
-        // waited in it about one service time; unprotected, every request waits behind 58
+        // Under two and a half service times (the median of these three seeds is 68.9 ms;
+        // the worst of seeds 1-6 82.4 ms, of seeds 7-12 78.4 ms, see `seeds_tests`). Before a
+        // full queue of critical waiters refused its oldest for a critical newcomer, 94.8 ms
+        // (worst 105.2 / 115.2 ms): every request admitted from the always-full queue had
+        // waited in it about one service time. Before the first window learnt its baseline
+        // from its half-limit samples, 125-132 ms. Unprotected, every request waits behind 58
         // others.
-        assert!(p99 <= 0.100, "admitted p99 {:.1} ms", p99 * 1e3);
+        assert!(p99 <= 0.080, "admitted p99 {:.1} ms", p99 * 1e3);
         assert!(bare.phases[1].p99() > 2.5 * p99, "unprotected queues");
+    }
+
+    /// 64 connections re-sending at once to the overload benchmark's backend (8 slots, a
+    /// constant 40 ms: its slots finish together, a round every 40 ms): the admitted p99 stays
+    /// within two service times. Refused requests are re-sent at once with a new priority,
+    /// so the admitted ones end up critical and critical waiters alone fill the queue. When a
+    /// full queue refused the critical newcomer, the waiters kept were the oldest, and every
+    /// request served from the queue had waited about a round in it before its round in the
+    /// backend, and a tenth of them one more in the backend (the limit at the knee plus the
+    /// critical reserve): p99 120 ms, median of the three seeds. With the oldest refused
+    /// instead (see `WaitQueue::push`), the queue holds the newest: 80 ms.
+    #[test]
+    fn closed_loop_requests_served_from_a_full_critical_queue_wait_little_in_it() {
+        let run_with = |seed| {
+            run(&Setup {
+                backend: Backend::slots(8, 0.040, 0.0),
+                clients: Clients::Closed(64),
+                phases: vec![phase(3.0, 0.0), phase(6.0, 0.0)],
+                guard: adaptive(),
+                mix: DEMO_MIX,
+                seed,
+            })
+        };
+        let runs: Vec<Report> = SEEDS.iter().map(|&s| run_with(s)).collect();
+        let goodput = median(&runs, |r| r.goodput_percent(1));
+        assert!(goodput >= 95.0, "{goodput:.1}");
+        let p99 = median(&runs, |r| r.phases[1].p99());
+        assert!(p99 <= 0.090, "admitted p99 {:.1} ms", p99 * 1e3);
     }
 
     /// The backend slows to half its capacity under a steady load of twice the original
@@ -1227,7 +1267,11 @@ mod debug_tests {
                     .ok()
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0.0);
-                let b = Backend::slots(k, m, sg);
+                let b = if std::env::var("SIM_CPU").is_ok() {
+                    Backend::cpu(k, m, sg)
+                } else {
+                    Backend::slots(k, m, sg)
+                };
                 if std::env::var("SIM_MIXED").is_ok() {
                     b.mixed()
                 } else {
@@ -1319,6 +1363,87 @@ mod debug_tests {
     }
 }
 #[cfg(test)]
+mod parts_tests {
+    use super::*;
+
+    fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// What a closed loop's admitted latency is made of: the wait in our queue and the time in
+    /// the backend (its own queue and the service), around the p50 and the p99.
+    #[test]
+    #[ignore = "exploration: SIM_K, SIM_S, SIM_SIGMA, SIM_SEED, SIM_N"]
+    fn closed_loop_parts() {
+        TRACE.with(|t| t.set(std::env::var("SIM_TRACE").is_ok()));
+        PARTS.with(|p| *p.borrow_mut() = Some(Vec::new()));
+        let b = Backend::slots(env("SIM_K", 8), env("SIM_S", 0.04), env("SIM_SIGMA", 0.0));
+        let r = run(&Setup {
+            backend: b,
+            clients: Clients::Closed(env("SIM_N", 64)),
+            phases: vec![
+                Phase {
+                    secs: 3.0,
+                    load: 0.0,
+                    speed: 1.0,
+                },
+                Phase {
+                    secs: 6.0,
+                    load: 0.0,
+                    speed: 1.0,
+                },
+            ],
+            guard: Guard::Adaptive(LimitConfig::default()),
+            mix: DEMO_MIX,
+            seed: env("SIM_SEED", 1),
+        });
+        let parts = PARTS.with(|p| p.borrow_mut().take()).unwrap_or_default();
+        let mut v: Vec<Parts> = parts
+            .into_iter()
+            .filter(|p| p.0 >= 3.0 && p.0 < 9.0)
+            .collect();
+        v.sort_by(|a, b| (a.2 - a.0).total_cmp(&(b.2 - b.0)));
+        let n = v.len();
+        let show = |lo: f64, hi: f64| {
+            let s = &v[((lo * n as f64) as usize).min(n - 1)..((hi * n as f64) as usize).min(n)];
+            let m = s.len().max(1) as f64;
+            let q: f64 = s.iter().map(|p| p.1 - p.0).sum::<f64>() / m;
+            let be: f64 = s.iter().map(|p| p.2 - p.1).sum::<f64>() / m;
+            let c = s.iter().filter(|p| p.3).count() as f64 / m;
+            println!(
+                "  quantiles {lo:.3}-{hi:.3}: total {:6.1} ms = ours {:6.1} + backend {:6.1}; critical {:.0} %",
+                (q + be) * 1e3,
+                q * 1e3,
+                be * 1e3,
+                c * 100.0
+            );
+        };
+        println!(
+            "{:?}x{}ms s{}: goodput {:.1} % p50 {:.1} ms p99 {:.1} ms mean limit {:.1}",
+            b.kind,
+            b.median * 1e3,
+            b.sigma,
+            r.goodput_percent(1),
+            quantile(&r.phases[1].latencies, 0.5) * 1e3,
+            r.phases[1].p99() * 1e3,
+            r.phases[1].mean_limit
+        );
+        for (lo, hi) in [
+            (0.0, 0.5),
+            (0.5, 0.9),
+            (0.9, 0.98),
+            (0.98, 0.995),
+            (0.995, 1.0),
+        ] {
+            show(lo, hi);
+        }
+    }
+}
+
+#[cfg(test)]
 mod seeds_tests {
     use super::*;
 
@@ -1335,7 +1460,14 @@ mod seeds_tests {
     #[ignore = "exploration: prints a table over seeds"]
     fn seeds() {
         let guard = || Guard::Adaptive(LimitConfig::default());
-        let seeds = [1u64, 2, 3, 4, 5, 6];
+        // SIM_SEEDS=7-12 runs the held-out seeds (any range `a-b`).
+        let seeds: Vec<u64> = std::env::var("SIM_SEEDS")
+            .ok()
+            .and_then(|s| {
+                let (a, b) = s.split_once('-')?;
+                Some((a.parse().ok()?..=b.parse().ok()?).collect())
+            })
+            .unwrap_or_else(|| (1..=6).collect());
         let mut lines = Vec::new();
         let mut backends = Vec::new();
         for (k, s) in [(2, 0.2), (8, 0.04), (32, 0.005)] {
@@ -1349,6 +1481,7 @@ mod seeds_tests {
             let step = (b.median * 60.0).max(3.0);
             let (mut gmin, mut gsum, mut cmin, mut pmax, mut n) =
                 (f64::MAX, 0.0, 100.0f64, 0.0f64, 0.0);
+            let (mut c_ok, mut c_offered) = (0u64, 0u64);
             for &seed in &seeds {
                 let r = run(&Setup {
                     backend: b,
@@ -1359,18 +1492,26 @@ mod seeds_tests {
                     seed,
                 });
                 let unloaded = r.phases[0].p99();
+                if std::env::var("SIM_VERBOSE").is_ok() {
+                    let g: Vec<String> = (1..=6)
+                        .map(|i| format!("{:.1}", r.goodput_percent(i)))
+                        .collect();
+                    println!("  {:?} seed {seed}: {}", b.kind, g.join(" "));
+                }
                 for i in 2..=6 {
                     let g = r.goodput_percent(i);
                     gmin = gmin.min(g);
                     gsum += g;
                     n += 1.0;
                     cmin = cmin.min(r.phases[i].critical_percent());
+                    c_ok += r.phases[i].critical_ok;
+                    c_offered += r.phases[i].critical_offered;
                     pmax = pmax.max(r.phases[i].p99() / unloaded);
                 }
             }
             lines.push(format!(
-                "{:?}x{}ms s{} heavy{}: goodput min {gmin:.1} mean {:.1} crit min {cmin:.2} p99 max {pmax:.2}",
-                b.kind, b.median * 1e3, b.sigma, b.heavy_share, gsum / n
+                "{:?}x{}ms s{} heavy{}: goodput min {gmin:.1} mean {:.1} crit min {cmin:.2} refused {} of {c_offered} p99 max {pmax:.2}",
+                b.kind, b.median * 1e3, b.sigma, b.heavy_share, gsum / n, c_offered - c_ok
             ));
         }
         for b in [Backend::slots(8, 0.04, 0.0), Backend::slots(16, 0.02, 0.5)] {
@@ -1397,23 +1538,32 @@ mod seeds_tests {
                 b.sigma
             ));
         }
-        let (mut pmax, mut gmin) = (0.0f64, f64::MAX);
-        for &seed in &seeds {
-            let r = run(&Setup {
-                backend: Backend::slots(6, 0.030, 0.2),
-                clients: Clients::Closed(64),
-                phases: vec![ph(3.0, 0.0), ph(6.0, 0.0)],
-                guard: guard(),
-                mix: DEMO_MIX,
-                seed,
-            });
-            pmax = pmax.max(r.phases[1].p99());
-            gmin = gmin.min(r.goodput_percent(1));
+        // wrk's way in front of a 6-slot, 30 ms backend; and the overload benchmark's
+        // backend (8 slots, a constant 40 ms).
+        for b in [Backend::slots(6, 0.030, 0.2), Backend::slots(8, 0.040, 0.0)] {
+            let (mut pmax, mut psum, mut gmin) = (0.0f64, 0.0, f64::MAX);
+            for &seed in &seeds {
+                let r = run(&Setup {
+                    backend: b,
+                    clients: Clients::Closed(64),
+                    phases: vec![ph(3.0, 0.0), ph(6.0, 0.0)],
+                    guard: guard(),
+                    mix: DEMO_MIX,
+                    seed,
+                });
+                pmax = pmax.max(r.phases[1].p99());
+                psum += r.phases[1].p99();
+                gmin = gmin.min(r.goodput_percent(1));
+            }
+            lines.push(format!(
+                "closed {:?}x{}ms s{}: p99 max {:.1} ms mean {:.1} ms goodput min {gmin:.1}",
+                b.kind,
+                b.median * 1e3,
+                b.sigma,
+                pmax * 1e3,
+                psum / seeds.len() as f64 * 1e3
+            ));
         }
-        lines.push(format!(
-            "closed: p99 max {:.1} ms goodput min {gmin:.1}",
-            pmax * 1e3
-        ));
         let (mut gmin, mut cmin) = (f64::MAX, 100.0f64);
         for &seed in &seeds {
             let r = run(&Setup {
