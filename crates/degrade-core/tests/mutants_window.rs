@@ -126,13 +126,17 @@ fn add_then_slot_returns_what_the_threads_slot_held_before() {
 
 fn more_live_threads_than_owned_slots(add_one: fn(&ShardedCounter<2>)) {
     const THREADS: usize = 80;
-    const ROUNDS: u64 = 10;
-    const ADDS: u64 = 10_000;
+    const ROUNDS: u64 = 2;
+    const ADDS: u64 = 150_000;
     let counter = Arc::new(ShardedCounter::<2>::new());
     // Every thread takes its slot, then none exits (returning its slot) before all have
     // added: at least 48 threads share the shared slot. The rounds make the threads start
     // again together, so those on the shared slot race on it (and with any thread that would
-    // wrongly own it).
+    // wrongly own it). A round of each thread outlasts its time slice, so the threads are
+    // preempted mid-loop: a plain load and store on the shared slot then loses counts even
+    // when the other cores are busy elsewhere and no two of these threads run at once (with
+    // 10,000 adds a round, a whole round fitted in one slice and such a mutant survived on a
+    // loaded machine).
     let barrier = Arc::new(Barrier::new(THREADS));
     let threads: Vec<_> = (0..THREADS)
         .map(|_| {
