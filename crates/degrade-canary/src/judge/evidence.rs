@@ -125,19 +125,22 @@ impl<'a> Window<'a> {
         // The arm's finer histogram folds exactly into the groups' layout.
         let mut ungrouped = Histogram::new(GROUP_LAYOUT);
         ungrouped.merge(&arm.latency);
-        let (mut gf, mut gc) = (0, 0);
+        let (mut gf, mut gc, mut gn) = (0, 0, 0);
         for (i, g) in groups.iter().enumerate() {
             ungrouped.subtract(&g.latency);
-            let lat = g.samples();
-            let fail = g.failures.min(lat);
-            n[i] = lat + extra(g.cancelled);
+            // The exact count: under heavy traffic only some of the calls are timed.
+            let calls = g.samples();
+            let fail = g.failures.min(calls);
+            n[i] = calls + extra(g.cancelled);
             f[i] = fail + extra(g.cancelled);
             gf += g.failures;
             gc += g.cancelled;
+            gn += calls;
         }
-        // Without a histogram (hand-made snapshots) the counters stand for the calls.
+        // The ungrouped calls: the arm's exact count minus the groups' (no fewer than their
+        // latencies, for snapshots built by hand with histograms only).
         let lat = if grouped {
-            ungrouped.count()
+            arm.samples().saturating_sub(gn).max(ungrouped.count())
         } else {
             arm.samples()
         };
@@ -157,11 +160,11 @@ impl<'a> Window<'a> {
         self.n.map(|n| n as f64)
     }
 
-    /// The calls with a latency by group (the ungrouped ones last).
+    /// The timed calls (those with a latency) by group (the ungrouped ones last).
     fn latencies(&self) -> Counts {
         let mut out = [0.0; GROUPS + 1];
         for (o, g) in out.iter_mut().zip(self.groups) {
-            *o = g.samples() as f64;
+            *o = g.latency.count() as f64;
         }
         out[GROUPS] = self.ungrouped.count() as f64;
         out
@@ -198,7 +201,7 @@ impl<'a> Window<'a> {
                     *sum += c * n as f64;
                 }
             }
-            e += c * c * group.samples() as f64;
+            e += c * c * group.latency.count() as f64;
         }
         let total = h.iter().sum();
         (h, total, e)
@@ -287,6 +290,29 @@ pub(super) fn rank_effect(stable: &Histogram, ratio: f64) -> f64 {
     }
     .max(0.05);
     (normal_cdf(ratio.ln() / (sigma * std::f64::consts::SQRT_2)) - 0.5).clamp(0.01, 0.5)
+}
+
+/// The fewest timed calls per arm a window may keep when the router times only some calls:
+/// the absolute guards and the snapshot's quantiles read the timed calls (a p99 from 1,000
+/// of them rests on 10).
+const MIN_TIMED_PER_WINDOW: u64 = 1_000;
+
+/// Timed calls per arm that one window needs for the latency test alone to reach its bound at
+/// the effect it is tuned for (`tau`, the rank effect of `latency_ratio`, see [`rank_effect`]),
+/// as if the calls were independent: the window's AUC has variance `(1/12)·(1/m + 1/m)` with
+/// `m` timed calls on each arm, and `z = √(2·ln(1/α)) + 1` is a little above what the mixture
+/// SPRT needs to reach `ln(1/α)`. So `m = z² / (6·τ²)`, never below
+/// [`MIN_TIMED_PER_WINDOW`]. With the defaults (α 0.005, ratio 1.3) and a stable
+/// log-latency spread `σ ≤ 1` (quartiles up to 3.9× apart), `τ ≥ 0.074` and `m ≤ 560`: the
+/// floor rules. A wider spread or a judge tuned to a smaller regression asks for more (ratio
+/// 1.05 at `σ = 1`: `τ` 0.014, `m` about 16,000), and then keeps every call timed at all but
+/// the heaviest traffic. Clustered traffic makes the variance larger, but that part (between users) does
+/// not shrink with more timed calls: what timing more calls could buy is bounded by this.
+pub(super) fn timed_per_window(tau: f64, alpha: f64) -> u64 {
+    let z = (2.0 * (1.0 / alpha).ln()).sqrt() + 1.0;
+    let m = z * z / (6.0 * tau * tau);
+    // `as` saturates: an effect of 0 asks for every call.
+    (m.ceil() as u64).max(MIN_TIMED_PER_WINDOW)
 }
 
 /// The accumulated evidence of one test.
@@ -528,6 +554,19 @@ mod tests {
         // t = 12.71 with 1 df is the two-sided 5 % point: z ≈ 1.96.
         assert!((t_to_z(12.706, 1.0) - 1.96).abs() < 0.25);
         assert!((t_to_z(2.0, 200.0) - 2.0).abs() < 0.02);
+    }
+
+    #[test]
+    fn a_window_keeps_the_timed_calls_the_latency_test_needs() {
+        // The defaults: the floor rules.
+        assert_eq!(
+            timed_per_window(rank_effect(&Histogram::new(GROUP_LAYOUT), 1.3), 0.005),
+            1_000
+        );
+        // A small effect asks for many more; the requirement grows as 1/τ².
+        let small = timed_per_window(0.01, 0.005);
+        assert!((30_000..31_000).contains(&small), "{small}");
+        assert_eq!(timed_per_window(0.0, 0.005), u64::MAX);
     }
 
     #[test]
