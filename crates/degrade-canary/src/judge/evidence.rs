@@ -56,13 +56,21 @@ pub(super) fn latency_window(ev: &mut Evidence, ws: &Window, wc: &Window, cs: &C
     if ls <= 0.0 || lc <= 0.0 {
         return;
     }
+    // The window weighs by its calls, timed or not: a window whose calls were sampled (1 in
+    // `n` timed under heavy traffic) carries its share of the traffic, not `1/n` of it, so an
+    // earlier fully timed window cannot drown it. Its estimate and variance come from the
+    // timed calls; without sampling the two counts are the same.
+    let (ns, nc) = (
+        ws.weighted_samples(cs).max(ls),
+        wc.weighted_samples(cc).max(lc),
+    );
     let fs = mid_cdf(&hs, ls);
     let fc = mid_cdf(&hc, lc);
     let auc = hc.iter().zip(&fs).map(|(h, f)| h * f).sum::<f64>() / lc;
     // Influence of one call on the window's AUC: a canary call at bucket b, a stable one.
     let score_c: Vec<f64> = fs.iter().map(|f| f - auc).collect();
     let score_s: Vec<f64> = fc.iter().map(|f| 1.0 - f - auc).collect();
-    let w = lc * ls / (lc + ls);
+    let w = nc * ns / (nc + ns);
     ev.sum += w * (auc - 0.5);
     ev.weight += w;
     for g in 0..GROUPS {
@@ -109,6 +117,8 @@ pub(super) struct Window<'a> {
     pub(super) n: [u64; GROUPS + 1],
     /// Failures among them.
     f: [u64; GROUPS + 1],
+    /// Finished, judged calls (timed or not: the calls the latencies were sampled from).
+    s: [u64; GROUPS + 1],
     /// The keyed calls' latencies by group (empty without groups).
     groups: &'a [crate::stats::GroupSnapshot],
     /// Latencies of the ungrouped calls, at [`GROUP_LAYOUT`] like the groups'.
@@ -119,6 +129,7 @@ impl<'a> Window<'a> {
     pub(super) fn of(arm: &'a ArmSnapshot, cancelled_is_failure: bool) -> Self {
         let mut n = [0; GROUPS + 1];
         let mut f = [0; GROUPS + 1];
+        let mut s = [0; GROUPS + 1];
         let extra = |c: u64| if cancelled_is_failure { c } else { 0 };
         let grouped = arm.groups.len() == GROUPS;
         let groups: &[_] = if grouped { &arm.groups } else { &[] };
@@ -132,6 +143,7 @@ impl<'a> Window<'a> {
             let calls = g.samples();
             let fail = g.failures.min(calls);
             n[i] = calls + extra(g.cancelled);
+            s[i] = calls;
             f[i] = fail + extra(g.cancelled);
             gf += g.failures;
             gc += g.cancelled;
@@ -146,10 +158,12 @@ impl<'a> Window<'a> {
         };
         let c = arm.cancelled.saturating_sub(gc);
         n[GROUPS] = lat + extra(c);
+        s[GROUPS] = lat;
         f[GROUPS] = arm.failures.saturating_sub(gf).min(lat) + extra(c);
         Self {
             n,
             f,
+            s,
             groups,
             ungrouped,
         }
@@ -188,6 +202,13 @@ impl<'a> Window<'a> {
             e += c * c * self.n[g] as f64;
         }
         (d, f, e)
+    }
+
+    /// Weighted finished calls, timed or not.
+    fn weighted_samples(&self, caps: &Caps) -> f64 {
+        (0..=GROUPS)
+            .map(|g| caps.get(g).copied().unwrap_or(1.0) * self.s[g] as f64)
+            .sum()
     }
 
     /// The weighted latency histogram, its total and its sum of squared weights.
