@@ -15,6 +15,15 @@
 //! cell had the arm's resolution. Finer histograms merge into coarser ones exactly
 //! ([`Histogram::merge`]), so the judge compares the arms at [`GROUP_LAYOUT`].
 //!
+//! # Exact counts, sampled latencies
+//!
+//! Every count (routed, forced, outcomes, cancelled, each group's calls and failures) is
+//! exact. Latencies are those of the *timed* calls: all of them until a
+//! [`CanaryController`](crate::CanaryController)'s judge reads heavy traffic on both arms;
+//! then each thread times 1 in `n ≤ 16` of its own calls of each arm (degrade-core's
+//! `TimingSampler`, the same `n` for both arms), keeping per window at least the timed calls
+//! the judge's latency test needs. An untimed call reads no clock.
+//!
 //! [`Classifier`]: degrade_core::Classifier
 
 use crate::arm::Arm;
