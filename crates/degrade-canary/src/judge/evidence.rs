@@ -2,6 +2,7 @@
 //! caps, the accumulated evidence of each stratum and its combination, and the mixture SPRT.
 
 use crate::stats::{ArmSnapshot, GROUP_LAYOUT, GROUPS};
+use degrade_core::counter::TimingSampler;
 use degrade_core::histogram::Histogram;
 
 /// One window of the error test: the difference of the arms' (weighted) failure rates,
@@ -56,21 +57,18 @@ pub(super) fn latency_window(ev: &mut Evidence, ws: &Window, wc: &Window, cs: &C
     if ls <= 0.0 || lc <= 0.0 {
         return;
     }
-    // The window weighs by its calls, timed or not: a window whose calls were sampled (1 in
-    // `n` timed under heavy traffic) carries its share of the traffic, not `1/n` of it, so an
-    // earlier fully timed window cannot drown it. Its estimate and variance come from the
-    // timed calls; without sampling the two counts are the same.
-    let (ns, nc) = (
-        ws.weighted_samples(cs).max(ls),
-        wc.weighted_samples(cc).max(lc),
-    );
+    // A window whose calls were sampled (1 in `n` timed under heavy traffic, the same `n` on
+    // both arms) weighs `n` times its timed calls: it carries its share of the traffic, not
+    // `1/n` of it, so an earlier fully timed window cannot drown it. Its estimate and variance
+    // come from the timed calls; without sampling `n` is 1 and nothing changes.
+    let n = sampling_factor(ws.weighted_samples(cs) + wc.weighted_samples(cc), ls + lc);
     let fs = mid_cdf(&hs, ls);
     let fc = mid_cdf(&hc, lc);
     let auc = hc.iter().zip(&fs).map(|(h, f)| h * f).sum::<f64>() / lc;
     // Influence of one call on the window's AUC: a canary call at bucket b, a stable one.
     let score_c: Vec<f64> = fs.iter().map(|f| f - auc).collect();
     let score_s: Vec<f64> = fc.iter().map(|f| 1.0 - f - auc).collect();
-    let w = nc * ns / (nc + ns);
+    let w = n * lc * ls / (lc + ls);
     ev.sum += w * (auc - 0.5);
     ev.weight += w;
     for g in 0..GROUPS {
@@ -103,6 +101,21 @@ pub(super) fn latency_window(ev: &mut Evidence, ws: &Window, wc: &Window, cs: &C
         ls,
         lc,
     );
+}
+
+/// The router's sampling of a window's timing, read back from its calls and timed calls (both
+/// arms together): `calls / timed` to the nearest power of two from 1 to
+/// `TimingSampler::MAX_EVERY` — what the router uses. The nearest power rather than the raw
+/// ratio: in a window with few timed calls the ratio is noisy, and weighing by it would give
+/// the windows that happened to time fewer calls more weight than their precision (with 1 in
+/// 16 pinned at every step, all effects together: 0.9 % A/A false rollbacks by the raw ratio,
+/// 0.5 % by the timed calls alone).
+fn sampling_factor(calls: f64, timed: f64) -> f64 {
+    if !(timed > 0.0 && calls > timed) {
+        return 1.0;
+    }
+    let max = TimingSampler::MAX_EVERY as f64;
+    (calls / timed).log2().round().exp2().clamp(1.0, max)
 }
 
 /// Per-group weight factors of one arm (1 = full weight), see [`cap_factors`].
@@ -588,6 +601,19 @@ mod tests {
         let small = timed_per_window(0.01, 0.005);
         assert!((30_000..31_000).contains(&small), "{small}");
         assert_eq!(timed_per_window(0.0, 0.005), u64::MAX);
+    }
+
+    #[test]
+    fn a_window_sampled_one_in_n_weighs_n_times_its_timed_calls() {
+        assert_eq!(sampling_factor(1_000.0, 1_000.0), 1.0);
+        assert_eq!(sampling_factor(0.0, 0.0), 1.0);
+        assert_eq!(sampling_factor(16_000.0, 1_000.0), 16.0);
+        // Few timed calls: the ratio is noisy, the factor is the router's power of two.
+        assert_eq!(sampling_factor(960.0, 70.0), 16.0);
+        assert_eq!(sampling_factor(960.0, 50.0), 16.0);
+        assert_eq!(sampling_factor(2_900.0, 1_000.0), 4.0);
+        assert_eq!(sampling_factor(1e9, 1.0), 16.0);
+        assert_eq!(sampling_factor(500.0, 900.0), 1.0); // snapshots built by hand
     }
 
     #[test]
