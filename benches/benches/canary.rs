@@ -6,11 +6,15 @@
 //! ([`degrade_benches::call_now`]), over the same immediately-ready inner service on every arm:
 //!
 //! * `baseline/no-layer`: the bare inner service;
-//! * `degrade/unkeyed-10pct`: `Canary` at 10 %, no key (the deterministic stride: one relaxed
-//!   `fetch_add`), recording the arm, the outcome and the latency (two `TokioClock` reads);
+//! * `degrade/unkeyed-10pct`: `Canary` at 10 %, no key (the deterministic stride: each
+//!   thread's own counter slot), recording the arm, the outcome and the latency of every call
+//!   (two `TokioClock` reads: no controller reads it, so every call is timed);
 //! * `degrade/keyed-10pct`: the same with a sticky key from a closure (hash, no stride);
 //! * `degrade/unkeyed-10pct-frozen-clock`: `unkeyed-10pct` with a clock that returns a fixed
 //!   instant — the split and the statistics without the OS clock reads;
+//! * `degrade/unkeyed-10pct-judged`: `unkeyed-10pct` after a `CanaryController` read one
+//!   window of heavy traffic (200,000 calls): each thread then times 1 call in 16 of each arm,
+//!   and the other calls read no clock (every count stays exact);
 //! * `degrade/unkeyed-10pct-fast-clock`: `unkeyed-10pct` on degrade-core's opt-in `FastClock`
 //!   (feature `fast-clock`: the TSC through quanta);
 //! * `degrade/weight-0`: everything stable, no key;
@@ -25,8 +29,9 @@
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use degrade_benches::{FrozenClock, Req, call_now, inner};
 use degrade_canary::key::from_fn;
-use degrade_canary::{Canary, Weight};
+use degrade_canary::{Canary, CanaryConfig, CanaryController, CanaryStep, Weight};
 use degrade_core::{Clock, FastClock, TokioClock};
+use futures_util::FutureExt;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,6 +80,17 @@ fn canary(c: &mut Criterion) {
         |b| b.iter(|| black_box(call_now(&mut svc, black_box(1)))),
     );
 
+    // The same router once a `CanaryController` has read a window of heavy traffic: each
+    // thread times 1 call in 16 of each arm (the others read no clock).
+    let mut svc = Canary::builder(inner(), inner())
+        .weight(Weight::new(1_000).expect("10 % is a valid weight"))
+        .build()
+        .unwrap();
+    let _controller = judge_heavy_traffic(&mut svc);
+    g.bench_function(BenchmarkId::new("degrade", "unkeyed-10pct-judged"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+
     // The same router on degrade-core's opt-in TSC clock (feature `fast-clock`).
     let mut svc = Canary::builder(inner(), inner())
         .weight(Weight::new(1_000).expect("10 % is a valid weight"))
@@ -114,6 +130,38 @@ fn canary(c: &mut Criterion) {
     );
 
     g.finish();
+}
+
+/// Leaves `svc` as a `CanaryController` leaves its router under heavy traffic: a controller
+/// at a 10 % step (baking for an hour, so the weight stays) reads a window of 200,000 calls,
+/// 20,000 of them on the canary; from then on each thread times 1 call in 16 of each arm.
+fn judge_heavy_traffic<S, C, K, O, Cl, M, Clk>(
+    svc: &mut Canary<S, C, K, O, Cl, M, Clk>,
+) -> CanaryController
+where
+    Canary<S, C, K, O, Cl, M, Clk>: tower::Service<Req>,
+{
+    let hour = Duration::from_secs(3_600);
+    let cfg = CanaryConfig {
+        steps: vec![CanaryStep::new(10.0, hour), CanaryStep::new(100.0, hour)],
+        ..CanaryConfig::default()
+    };
+    let mut controller = CanaryController::builder(cfg, svc.handle())
+        .build()
+        .expect("valid rollout");
+    for _ in 0..200_000 {
+        let _ = black_box(call_now(svc, 1));
+    }
+    let judged = controller.tick().now_or_never().expect("no hooks: ready");
+    assert!(judged.is_ok(), "the memory store cannot fail");
+    assert_eq!(svc.weight().get(), 1_000, "still at the 10 % step");
+    let before = svc.snapshot().stable.latency.count();
+    for _ in 0..16_000 {
+        let _ = black_box(call_now(svc, 1));
+    }
+    let timed = svc.snapshot().stable.latency.count() - before;
+    assert_eq!(timed, 14_400 / 16, "1 stable call in 16 timed");
+    controller
 }
 
 fn canary_clock(c: &mut Criterion) {

@@ -19,7 +19,9 @@
 //! [`degrade_benches::FrozenClock`], every call timed: no latency signal reads it),
 //! `observe-monitored` (the same with a latency signal sampled once after 20,000 calls, as the
 //! `Monitor` does: from then on a thread times 1 call in 16), `canary` and `canary-frozen-clock` (the canary split at
-//! 10 %, unkeyed) and `breaker` (the default breaker, closed). With no argument, all of them. `admit-threads` times the default layer shared by 1 and by 2
+//! 10 %, unkeyed, every call timed: no controller reads it), `canary-judged` (the same after a
+//! `CanaryController` read a window of 200,000 calls: from then on a thread times 1 call in 16
+//! of each arm) and `breaker` (the default breaker, closed). With no argument, all of them. `admit-threads` times the default layer shared by 1 and by 2
 //! threads ([`degrade_benches::contended`], wall time per call; the ratio is the second
 //! thread's gain) — meaningful only when nothing else runs. Its limit is held at 64 (min =
 //! max): with an inner service of a few nanoseconds the law may learn a limit of one, and a
@@ -48,6 +50,40 @@ fn min_ns<S: Service<Req>>(svc: &mut S) -> f64 {
             start.elapsed().as_secs_f64() * 1e9 / f64::from(CALLS)
         })
         .fold(f64::INFINITY, f64::min)
+}
+
+/// Leaves `svc` as a `CanaryController` leaves its router under heavy traffic: a controller
+/// at a 10 % step (baking for an hour, so the weight stays) reads a window of 200,000 calls,
+/// 20,000 of them on the canary, and from then on each thread times 1 call in 16 of each arm.
+fn judge_heavy_traffic<S, C, K, O, Cl, M, Clk>(
+    svc: &mut degrade_canary::Canary<S, C, K, O, Cl, M, Clk>,
+) -> degrade_canary::CanaryController
+where
+    degrade_canary::Canary<S, C, K, O, Cl, M, Clk>: Service<Req>,
+{
+    use degrade_canary::{CanaryConfig, CanaryController, CanaryStep};
+    use futures_util::FutureExt;
+    let hour = Duration::from_secs(3_600);
+    let cfg = CanaryConfig {
+        steps: vec![CanaryStep::new(10.0, hour), CanaryStep::new(100.0, hour)],
+        ..CanaryConfig::default()
+    };
+    let mut controller = CanaryController::builder(cfg, svc.handle())
+        .build()
+        .expect("valid rollout");
+    for _ in 0..CALLS {
+        let _ = black_box(call_now(svc, 1));
+    }
+    let judged = controller.tick().now_or_never().expect("no hooks: ready");
+    assert!(judged.is_ok(), "the memory store cannot fail");
+    assert_eq!(svc.weight().get(), 1_000, "still at the 10 % step");
+    let before = svc.snapshot().stable.latency.count();
+    for _ in 0..16_000 {
+        let _ = black_box(call_now(svc, 1));
+    }
+    let timed = svc.snapshot().stable.latency.count() - before;
+    assert_eq!(timed, 14_400 / 16, "1 stable call in 16 timed");
+    controller
 }
 
 /// An inner service whose every call is rejected by "a layer further in".
@@ -172,6 +208,14 @@ fn main() {
     }
     if on("canary-frozen-clock") {
         report("canary-frozen-clock", min_ns(&mut canary(true)));
+    }
+    if on("canary-judged") {
+        let mut svc = degrade_canary::Canary::builder(inner(), inner())
+            .weight(degrade_canary::Weight::new(1_000).expect("10 %"))
+            .build()
+            .expect("valid canary");
+        let _controller = judge_heavy_traffic(&mut svc);
+        report("canary-judged", min_ns(&mut svc));
     }
     if on("breaker") {
         let layer =

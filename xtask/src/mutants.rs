@@ -112,6 +112,8 @@ const SCOPES: &[Scope] = &[
             "--test",
             "store",
             "--test",
+            "timing",
+            "--test",
             "what_counts",
         ],
         slow: Some(&["--test", "fleet"]),

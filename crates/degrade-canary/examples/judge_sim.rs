@@ -10,7 +10,10 @@
 //! cores), `--rows SUBSTRING` (only the effect rows whose name contains it), `--columns LIST`
 //! (comma-separated among `aa`, `errors`, `latency`; default all three), `--users N`,
 //! `--rate R` (requests per second), `--alpha A`, `--min-samples N` and `--max-key-share S`
-//! (default: the judge's defaults). Prints a Markdown table.
+//! (default: the judge's defaults), `--timing-every N` (the router times only 1 call in `N`,
+//! a power of two ≤ 16, of each arm at every step: its sampled timing at its heaviest, which
+//! on its own it uses only when both arms have ≥ 16,000 calls per analysis; default: the
+//! router decides, as in a service). Prints a Markdown table.
 
 use degrade_canary::sim::{Effects, Regression, Scenario, SimConfig, SimResult, simulate_runs};
 use std::sync::Mutex;
@@ -21,7 +24,8 @@ fn usage(flag: &str, value: &str) -> ! {
     eprintln!(
         "usage: judge_sim [--runs N] [--seed S] [--threads N] [--rows SUBSTRING] \
          [--columns aa,errors,latency] [--users N] \
-         [--rate R] [--alpha A] [--min-samples N] [--max-key-share S] (got {flag} {value})"
+         [--rate R] [--alpha A] [--min-samples N] [--max-key-share S] [--timing-every N] \
+         (got {flag} {value})"
     );
     std::process::exit(2);
 }
@@ -55,6 +59,7 @@ fn main() {
             "--alpha" => cfg.rollout.judge.alpha = float(),
             "--min-samples" => cfg.rollout.judge.min_samples = int(),
             "--max-key-share" => cfg.rollout.judge.max_key_share = float(),
+            "--timing-every" => cfg.timing_every = Some(int()),
             _ => usage(&flag, &value),
         }
     }
@@ -121,7 +126,7 @@ fn main() {
     println!(
         "judge: alpha {} per test, error ratio {}, latency ratio {}, max key share {}, min samples {} per arm; \
          {} req/s from {} users sticky by user; look every {:?}; steps {:?} % with bake {:?}; \
-         {} runs per cell, seed {}\n",
+         {} runs per cell, seed {}; timing: {}\n",
         judge.alpha,
         judge.error_ratio,
         judge.latency_ratio,
@@ -138,6 +143,10 @@ fn main() {
         cfg.rollout.steps[0].bake,
         cfg.runs,
         cfg.seed,
+        cfg.timing_every.map_or_else(
+            || "the router decides".to_owned(),
+            |n| format!("1 call in {n} of each arm"),
+        ),
     );
     println!(
         "| effects | A/A false rollback (stuck) | errors 0.5 % → 2 % detected (within min samples) | latency +30 % detected (within min samples) | canary samples at rollback, errors / latency (median) | mean time to verdict, A/A / errors / latency |"

@@ -6,6 +6,7 @@ use crate::judge::{Judge, Judgement};
 use crate::machine::{CanaryAction, CanaryConfig, CanaryEvent, CanaryMachine, CanaryState};
 use crate::service::CanaryHandle;
 use crate::store::{MemoryStore, StateStore};
+use degrade_core::counter::TimingSampler;
 use degrade_core::{Clock, TokioClock};
 use std::fmt;
 use std::future::Future;
@@ -150,6 +151,9 @@ impl<Clk: Clock> CanaryControllerBuilder<Clk> {
         };
         let mut judge = Judge::new(self.cfg.judge.clone())?;
         judge.start(&self.handle.snapshot());
+        // A new rollout times every call until its judge has read a window.
+        let timing_reader = TimingSampler::new_reader();
+        self.handle.window_saw(timing_reader, 0, 1);
         let rollout_state = rollout.state();
         if let Err(err) = self.store.save(&rollout_state) {
             let _ = self.handle.weight().set(0);
@@ -171,6 +175,7 @@ impl<Clk: Clock> CanaryControllerBuilder<Clk> {
             on_rollback: self.on_rollback,
             last: None,
             saved: rollout_state,
+            timing_reader,
         })
     }
 }
@@ -205,6 +210,8 @@ pub struct CanaryController<Clk = TokioClock> {
     on_rollback: Option<Hook>,
     last: Option<Judgement>,
     saved: CanaryState,
+    /// This controller's id as a reader of the router's timing.
+    timing_reader: u64,
 }
 
 impl<Clk> fmt::Debug for CanaryController<Clk> {
@@ -272,6 +279,7 @@ impl<Clk: Clock> CanaryController<Clk> {
     /// # }
     /// ```
     pub async fn tick(&mut self) -> Result<Judgement, StoreError> {
+        let weight = self.handle.weight().get();
         let judgement = self.judge.look(&self.handle.snapshot());
         tracing::debug!(
             verdict = %judgement.verdict,
@@ -287,6 +295,15 @@ impl<Clk: Clock> CanaryController<Clk> {
             .on(CanaryEvent::Analysis(judgement.verdict), self.clock.now());
         self.last = Some(judgement.clone());
         self.apply(actions).await?;
+        // Under heavy traffic on both arms, time only as many calls as the judge needs; after
+        // a weight change (the arms' shares move) time every call until the next look.
+        let (calls, timed) = self.judge.timing_window();
+        let calls = if self.handle.weight().get() == weight {
+            calls
+        } else {
+            0
+        };
+        self.handle.window_saw(self.timing_reader, calls, timed);
         Ok(judgement)
     }
 

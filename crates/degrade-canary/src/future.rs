@@ -41,14 +41,16 @@ impl<Cl, Clk> Drop for Guard<Cl, Clk> {
 
 pin_project! {
     /// The response future of [`Canary`](crate::Canary): the arm's own future, then the outcome
-    /// and latency recorded in the arm's statistics. A future dropped before it completes is a
+    /// recorded in the arm's statistics, and the latency if the call was timed (every call
+    /// unless heavy traffic lets the router time 1 in `n`). A future dropped before it completes is a
     /// cancelled call: counted as such, and judged a failure of its arm by default (see
     /// [`JudgeConfig::cancelled_is_failure`](crate::JudgeConfig::cancelled_is_failure)). A
     /// request forced by the override is served but never judged.
     pub struct ResponseFuture<SF, CF, Cl, M, Clk> {
         #[pin]
         inner: Inner<SF, CF>,
-        start: Instant,
+        // The start instant of a timed call; `None` for a call only counted.
+        start: Option<Instant>,
         guard: Guard<Cl, Clk>,
         _mode: PhantomData<fn() -> M>,
     }
@@ -60,7 +62,7 @@ impl<SF, CF, Cl, M, Clk> ResponseFuture<SF, CF, Cl, M, Clk> {
         arm: Arm,
         forced: bool,
         group: u8,
-        start: Instant,
+        start: Option<Instant>,
         recorder: Arc<Recorder<Cl, Clk>>,
     ) -> Self {
         Self {
@@ -127,7 +129,9 @@ where
                 Ok(res) => rec.classifier.classify_response(res),
                 Err(err) => rec.classifier.classify_error(err),
             };
-            let latency = rec.clock.now().saturating_duration_since(*this.start);
+            let latency = this
+                .start
+                .map(|start| rec.clock.now().saturating_duration_since(start));
             rec.stats.finished(guard.arm, guard.group, outcome, latency);
         }
         let arm = guard.arm;

@@ -4,7 +4,7 @@ use crate::arm::{Arm, FULL_BP, Weight};
 use crate::future::{Inner, ResponseFuture};
 use crate::key::{ForceArm, Global, NoOverride, StickyKey};
 use crate::stats::{CanarySnapshot, GROUPS, Stats, UNGROUPED};
-use degrade_core::counter::ShardedCounter;
+use degrade_core::counter::{ShardedCounter, TimingSampler};
 use degrade_core::{BoxError, Classifier, Clock, ConfigError, DefaultClassifier, TokioClock};
 use std::fmt;
 use std::marker::PhantomData;
@@ -147,6 +147,13 @@ impl CanaryHandle {
         snap.weight_bp = Some(self.weight.get());
         snap
     }
+
+    /// The judge of a rollout (`reader`, an id from `TimingSampler::new_reader`) read a
+    /// window whose smaller arm had `calls` judged calls and needs `timed` timed calls per
+    /// arm: both arms time 1 call in the largest power of two `n ≤ 16` that keeps them.
+    pub(crate) fn window_saw(&self, reader: u64, calls: u64, timed: u64) {
+        self.stats.window_saw(reader, calls, timed);
+    }
 }
 
 impl fmt::Debug for CanaryHandle {
@@ -230,6 +237,7 @@ impl<S, C> Canary<S, C> {
             force: NoOverride,
             classifier: DefaultClassifier,
             clock: TokioClock,
+            fixed_timing: None,
             _mode: PhantomData,
         }
     }
@@ -325,8 +333,12 @@ where
         // Every layer further in shares this call's start instant.
         let _scope = degrade_core::clock::CallScope::enter();
         let (arm, forced, group) = self.shared.pick(&req);
-        self.recorder.stats.routed(arm, forced);
-        let start = self.recorder.clock.now();
+        // A call that is not timed reads no clock, here or when it completes.
+        let start = self
+            .recorder
+            .stats
+            .routed(arm, forced)
+            .then(|| self.recorder.clock.now());
         let inner = match arm {
             Arm::Stable => Inner::Stable {
                 fut: self.stable.call(req),
@@ -369,6 +381,8 @@ pub struct CanaryBuilder<
     force: O,
     classifier: Cl,
     clock: Clk,
+    /// Time 1 call in this many whatever the judge reads (simulations only).
+    fixed_timing: Option<u64>,
     _mode: PhantomData<fn() -> M>,
 }
 
@@ -398,6 +412,7 @@ impl<S, C, K, O, Cl, M, Clk> CanaryBuilder<S, C, K, O, Cl, M, Clk> {
             force: self.force,
             classifier: self.classifier,
             clock: self.clock,
+            fixed_timing: self.fixed_timing,
             _mode: PhantomData,
         }
     }
@@ -412,6 +427,7 @@ impl<S, C, K, O, Cl, M, Clk> CanaryBuilder<S, C, K, O, Cl, M, Clk> {
             force,
             classifier: self.classifier,
             clock: self.clock,
+            fixed_timing: self.fixed_timing,
             _mode: PhantomData,
         }
     }
@@ -426,6 +442,7 @@ impl<S, C, K, O, Cl, M, Clk> CanaryBuilder<S, C, K, O, Cl, M, Clk> {
             force: self.force,
             classifier,
             clock: self.clock,
+            fixed_timing: self.fixed_timing,
             _mode: PhantomData,
         }
     }
@@ -440,8 +457,18 @@ impl<S, C, K, O, Cl, M, Clk> CanaryBuilder<S, C, K, O, Cl, M, Clk> {
             force: self.force,
             classifier: self.classifier,
             clock,
+            fixed_timing: self.fixed_timing,
             _mode: PhantomData,
         }
+    }
+
+    /// Times 1 call in `every` (a power of two ≤ 16) of each thread's calls of each arm,
+    /// whatever the judge reads: the sampled path at any traffic, for the simulator.
+    #[cfg(feature = "sim")]
+    #[must_use]
+    pub(crate) fn fixed_timing(mut self, every: u64) -> Self {
+        self.fixed_timing = Some(every);
+        self
     }
 
     /// (feature `http`) Inserts the [`Arm`] as an extension of every response.
@@ -455,6 +482,7 @@ impl<S, C, K, O, Cl, M, Clk> CanaryBuilder<S, C, K, O, Cl, M, Clk> {
             force: self.force,
             classifier: self.classifier,
             clock: self.clock,
+            fixed_timing: self.fixed_timing,
             _mode: PhantomData,
         }
     }
@@ -498,7 +526,10 @@ impl<S, C, K, O, Cl, M, Clk> CanaryBuilder<S, C, K, O, Cl, M, Clk> {
                 force: self.force,
             }),
             recorder: Arc::new(Recorder {
-                stats: Arc::new(Stats::new()),
+                stats: Arc::new(Stats::new(
+                    self.fixed_timing
+                        .map_or_else(TimingSampler::new, TimingSampler::fixed),
+                )),
                 classifier: self.classifier,
                 clock: self.clock,
             }),

@@ -15,11 +15,20 @@
 //! cell had the arm's resolution. Finer histograms merge into coarser ones exactly
 //! ([`Histogram::merge`]), so the judge compares the arms at [`GROUP_LAYOUT`].
 //!
+//! # Exact counts, sampled latencies
+//!
+//! Every count (routed, forced, outcomes, cancelled, each group's calls and failures) is
+//! exact. Latencies are those of the *timed* calls: all of them until a
+//! [`CanaryController`](crate::CanaryController)'s judge reads heavy traffic on both arms;
+//! then each thread times 1 in `n ≤ 16` of its own calls of each arm (degrade-core's
+//! `TimingSampler`, the same `n` for both arms), keeping per window at least the timed calls
+//! the judge's latency test needs. An untimed call reads no clock.
+//!
 //! [`Classifier`]: degrade_core::Classifier
 
 use crate::arm::Arm;
 use degrade_core::Outcome;
-use degrade_core::counter::ShardedCounter;
+use degrade_core::counter::{ShardedCounter, TimingSampler};
 use degrade_core::histogram::{AtomicHistogram, Histogram, Layout};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,6 +96,14 @@ struct Cell {
 /// Shared, lock-free statistics of both arms.
 pub(crate) struct Stats {
     counters: ShardedCounter<SLOTS>,
+    /// Which calls are timed: each thread times 1 in `every` of its own calls *of each arm*
+    /// (the arm's `ROUTED` slot is the sequence), the same `every` for both arms, set by the
+    /// controller from the judge's windows ([`Stats::window_saw`]); every call until then.
+    /// Every count stays exact whatever it says.
+    timing: TimingSampler,
+    /// Finished, judged calls of each keyed cell (timed or not), indexed as the cells: a
+    /// thread's own slot, so counting a keyed call takes no locked instruction.
+    group_calls: ShardedCounter<{ 2 * GROUPS }>,
     /// Each arm's latencies at [`ARM_LAYOUT`].
     latency: [AtomicHistogram; 2],
     /// `[arm][group]`, flattened (index from [`cell`]); latencies at [`GROUP_LAYOUT`].
@@ -104,9 +121,11 @@ fn cell(arm: Arm, group: u8) -> Option<usize> {
 }
 
 impl Stats {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(timing: TimingSampler) -> Self {
         Self {
             counters: ShardedCounter::new(),
+            timing,
+            group_calls: ShardedCounter::new(),
             latency: [(); 2].map(|_| AtomicHistogram::new(ARM_LAYOUT, ARM_ROWS)),
             cells: (0..2 * GROUPS)
                 .map(|_| Cell {
@@ -134,12 +153,24 @@ impl Stats {
         arm + cells
     }
 
+    /// Counts a routed call; returns whether to time it (never a forced call: it is not
+    /// judged).
     #[inline]
-    pub(crate) fn routed(&self, arm: Arm, forced: bool) {
-        self.counters.add(ROUTED + arm.index(), 1);
+    pub(crate) fn routed(&self, arm: Arm, forced: bool) -> bool {
+        let seq = self.counters.add_then_slot(ROUTED + arm.index(), 1);
         if forced {
             self.counters.add(FORCED + arm.index(), 1);
+            return false;
         }
+        self.timing.is_timed(seq)
+    }
+
+    /// A reader of the judge's windows (`reader`, from `TimingSampler::new_reader`) saw
+    /// `calls` judged calls in the smaller arm of a window and needs `timed` timed calls per
+    /// arm in such a window: both arms time 1 call in the largest `every ≤ 16` that keeps
+    /// them (see degrade-core's `TimingSampler::window_saw`).
+    pub(crate) fn window_saw(&self, reader: u64, calls: u64, timed: u64) {
+        self.timing.window_saw(reader, calls, timed);
     }
 
     /// Records a call whose response future was dropped before it completed.
@@ -151,10 +182,17 @@ impl Stats {
         }
     }
 
-    /// Records a finished call. Ignored outcomes (rejections from layers below, by the
-    /// classifier's judgement) count apart and carry no latency.
+    /// Records a finished call, with its latency if it was timed. Ignored outcomes
+    /// (rejections from layers below, by the classifier's judgement) count apart and carry no
+    /// latency.
     #[inline]
-    pub(crate) fn finished(&self, arm: Arm, group: u8, outcome: Outcome, latency: Duration) {
+    pub(crate) fn finished(
+        &self,
+        arm: Arm,
+        group: u8,
+        outcome: Outcome,
+        latency: Option<Duration>,
+    ) {
         let a = arm.index();
         let slot = match outcome {
             Outcome::Success => SUCCESS,
@@ -166,11 +204,18 @@ impl Stats {
             }
         };
         self.counters.add(slot + a, 1);
-        self.latency[a].record(latency);
-        if let Some(c) = cell(arm, group).and_then(|i| self.cells.get(i)) {
-            c.latency.record(latency);
-            if slot == FAILURE {
-                c.failures.fetch_add(1, Ordering::Relaxed);
+        if let Some(latency) = latency {
+            self.latency[a].record(latency);
+        }
+        if let Some(i) = cell(arm, group) {
+            self.group_calls.add(i, 1);
+            if let Some(c) = self.cells.get(i) {
+                if let Some(latency) = latency {
+                    c.latency.record(latency);
+                }
+                if slot == FAILURE {
+                    c.failures.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -183,6 +228,7 @@ impl Stats {
                 .map(|g| {
                     let cell = &self.cells[arm.index() * GROUPS + g]; // as `cell(arm, g)`, g < GROUPS
                     GroupSnapshot {
+                        calls: self.group_calls.get(arm.index() * GROUPS + g),
                         failures: cell.failures.load(Ordering::Relaxed),
                         cancelled: cell.cancelled.load(Ordering::Relaxed),
                         latency: cell.latency.snapshot(),
@@ -225,17 +271,21 @@ impl fmt::Debug for Stats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GroupSnapshot {
+    /// Finished, judged calls (successes and failures), timed or not: exact.
+    pub calls: u64,
     /// Finished calls classified failure.
     pub failures: u64,
     /// Calls dropped before they completed.
     pub cancelled: u64,
-    /// Latencies of the finished calls (successes and failures), at [`GROUP_LAYOUT`].
+    /// Latencies of the finished calls that were timed (all of them unless the router samples
+    /// its timing under heavy traffic), at [`GROUP_LAYOUT`].
     pub latency: Histogram,
 }
 
 impl Default for GroupSnapshot {
     fn default() -> Self {
         Self {
+            calls: 0,
             failures: 0,
             cancelled: 0,
             latency: Histogram::new(GROUP_LAYOUT),
@@ -244,7 +294,8 @@ impl Default for GroupSnapshot {
 }
 
 impl GroupSnapshot {
-    /// Finished, judged calls (successes and failures).
+    /// Finished, judged calls (successes and failures): [`calls`](Self::calls), or the
+    /// latencies when there are more of those (a snapshot built with latencies only).
     ///
     /// ```
     /// # use degrade_canary::stats::GroupSnapshot;
@@ -252,9 +303,11 @@ impl GroupSnapshot {
     /// g.latency.add(3, 4);
     /// g.failures = 1;
     /// assert_eq!(g.samples(), 4);
+    /// g.calls = 64; // 64 calls, 4 of them timed
+    /// assert_eq!(g.samples(), 64);
     /// ```
     pub fn samples(&self) -> u64 {
-        self.latency.count()
+        self.calls.max(self.latency.count())
     }
 
     /// `self - earlier` (saturating).
@@ -268,6 +321,7 @@ impl GroupSnapshot {
     #[must_use]
     pub fn since(&self, earlier: &GroupSnapshot) -> GroupSnapshot {
         GroupSnapshot {
+            calls: self.calls.saturating_sub(earlier.calls),
             failures: self.failures.saturating_sub(earlier.failures),
             cancelled: self.cancelled.saturating_sub(earlier.cancelled),
             latency: self.latency.since(&earlier.latency),
@@ -301,8 +355,12 @@ pub struct ArmSnapshot {
     /// unless [`JudgeConfig::cancelled_is_failure`](crate::JudgeConfig::cancelled_is_failure)
     /// is off).
     pub cancelled: u64,
-    /// Latencies of the successes and failures, at [`ARM_LAYOUT`] (or any finer layout of
-    /// the same unit).
+    /// Latencies of the successes and failures that were timed, at [`ARM_LAYOUT`] (or any
+    /// finer layout of the same unit). Every call is timed unless a
+    /// [`CanaryController`](crate::CanaryController) reads heavy traffic on both arms: then
+    /// each thread times 1 in `n ≤ 16` of each arm's calls (the same `n` for both arms),
+    /// keeping at least the timed calls per window the judge's latency test needs; the counts
+    /// above stay exact.
     pub latency: Histogram,
     /// The keyed calls by sticky-key group ([`GROUPS`] entries), or empty when the source
     /// keeps no groups (then every call counts as its own unit). Calls not in a group (no
@@ -442,7 +500,7 @@ mod tests {
 
     #[test]
     fn the_stats_table_is_tens_of_kilobytes() {
-        let bytes = Stats::new().table_bytes();
+        let bytes = Stats::new(TimingSampler::new()).table_bytes();
         // Before the group histograms went to 2 buckets per octave: 2 × 65 × 594 × 8 bytes.
         assert!(bytes < 100_000, "{bytes} bytes");
         println!("stats table: {bytes} bytes");
@@ -450,23 +508,31 @@ mod tests {
 
     #[test]
     fn a_call_lands_in_its_arm_and_its_group() {
-        let s = Stats::new();
-        s.finished(Arm::Canary, 5, Outcome::Failure, Duration::from_millis(40));
+        let s = Stats::new(TimingSampler::new());
+        s.finished(
+            Arm::Canary,
+            5,
+            Outcome::Failure,
+            Some(Duration::from_millis(40)),
+        );
         s.finished(
             Arm::Canary,
             UNGROUPED,
             Outcome::Success,
-            Duration::from_millis(2),
+            Some(Duration::from_millis(2)),
         );
+        s.finished(Arm::Canary, 5, Outcome::Success, None); // counted, not timed
         s.cancelled(Arm::Stable, 5);
         let snap = s.snapshot();
         assert_eq!(snap.canary.latency.count(), 2);
         let grouped: u64 = snap.canary.groups.iter().map(GroupSnapshot::samples).sum();
         assert_eq!(
-            grouped, 1,
+            grouped, 2,
             "the unkeyed call is in the arm's totals, in no group"
         );
-        assert_eq!(snap.canary.groups[5].samples(), 1);
+        assert_eq!(snap.canary.groups[5].samples(), 2);
+        assert_eq!(snap.canary.groups[5].latency.count(), 1);
+        assert_eq!(snap.canary.samples(), 3);
         assert_eq!(snap.canary.groups[5].failures, 1);
         assert_eq!(snap.stable.groups[5].cancelled, 1);
         let p = snap.canary.groups[5].latency.quantile(0.5).unwrap();

@@ -1,18 +1,19 @@
 //! The routing path allocates nothing: a counting global allocator measures every allocation
 //! made while requests go through the `Canary` (keyed and unkeyed, both arms, with the
-//! override). The optional arm extension (`.http()`) is not measured: inserting into
+//! override, and on the sampled path: most calls counted, not timed). The optional arm extension (`.http()`) is not measured: inserting into
 //! `http::Extensions` allocates its map.
 //!
 //! The counter is process-wide, so this test runs without libtest's harness (`harness = false`
 //! in Cargo.toml): no runner thread exists that could allocate inside a measured region.
 
-use degrade_canary::key::{HeaderKey, HeaderOverride};
-use degrade_canary::{Canary, Weight};
+use degrade_canary::key::{HeaderKey, HeaderOverride, from_fn};
+use degrade_canary::{Canary, CanaryConfig, CanaryController, CanaryStep, Weight};
 use futures_util::FutureExt;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use std::alloc::System;
 use std::convert::Infallible;
 use std::future::ready;
+use std::time::Duration;
 use tower::{Service, ServiceExt};
 
 #[global_allocator]
@@ -110,4 +111,47 @@ fn routing_allocates_nothing() {
         .map(|c| c.allocations + c.reallocations)
         .min();
     assert_eq!(least, Some(0), "http: {changes:?}");
+
+    // Keyed, under a controller that read heavy traffic: most calls only counted (the
+    // sampled path), the key groups' exact counts beside them.
+    let mut svc = Canary::builder(
+        tower::service_fn(|n: u64| ready(Ok::<_, Infallible>(n))),
+        tower::service_fn(|n: u64| ready(Ok::<_, Infallible>(n))),
+    )
+    .key(from_fn(|n: &u64| Some(*n % 1_000)))
+    .build()
+    .unwrap();
+    let hour = Duration::from_secs(3_600);
+    let cfg = CanaryConfig {
+        steps: vec![CanaryStep::new(30.0, hour), CanaryStep::new(100.0, hour)],
+        ..CanaryConfig::default()
+    };
+    let mut controller = CanaryController::builder(cfg, svc.handle())
+        .build()
+        .unwrap();
+    call_all(&mut svc, (0..100_000).collect());
+    controller.tick().now_or_never().unwrap().unwrap();
+    let before = svc.snapshot();
+    let changes: Vec<_> = (0..3)
+        .map(|_| {
+            let reqs: Vec<u64> = (0..16_000).collect();
+            let region = Region::new(GLOBAL);
+            let ok = call_all(&mut svc, reqs);
+            let change = region.change();
+            assert_eq!(ok, 16_000);
+            change
+        })
+        .collect();
+    let d = svc.snapshot().since(&before);
+    assert!(
+        d.stable.latency.count() * 8 < d.stable.samples(),
+        "sampled: {} of {} timed",
+        d.stable.latency.count(),
+        d.stable.samples()
+    );
+    let least = changes
+        .iter()
+        .map(|c| c.allocations + c.reallocations)
+        .min();
+    assert_eq!(least, Some(0), "sampled: {changes:?}");
 }

@@ -1,6 +1,10 @@
 //! [`ShardedCounter`]: plain totals (calls per arm, rejections per level and priority) bumped
 //! on the hot path by every thread, sharded so that threads do not fight over one cache line.
 //! What the `DegradeLayer`, the rate limiter, the canary and the triggers count with.
+//!
+//! [`TimingSampler`]: which of those calls a layer also times (1 in up to 16 of each thread's
+//! calls under heavy traffic), so that the counts stay exact while most calls read no clock.
+//! The `ObserveLayer` and the canary time with it.
 
 use std::cell::Cell;
 use std::fmt;
@@ -221,6 +225,215 @@ impl<const N: usize> fmt::Debug for ShardedCounter<N> {
     }
 }
 
+/// Which calls a layer times: each thread times 1 in `every` of its own calls, `every` a power
+/// of two from 1 to [`MAX_EVERY`](Self::MAX_EVERY), set by whoever reads the latencies.
+///
+/// Reading the clock twice per call costs more than everything else a layer records; under
+/// heavy traffic a latency estimate needs only a fraction of the calls. The layer keeps every
+/// *count* exact (calls, failures, cancellations: a [`ShardedCounter`]) and asks this sampler
+/// whether to time a call: [`is_timed`](Self::is_timed) takes the thread's own sequence number
+/// of such calls (what [`ShardedCounter::add_then_slot`] returns for the counter the layer
+/// bumps anyway) and is a relaxed load and a mask — no clock, no locked instruction. A call
+/// that is not timed reads no clock at all.
+///
+/// The reader of the latencies (a latency signal, a canary judge) tells the sampler, each time
+/// it reads its window, how many calls the window saw (exact) and how many timed calls it
+/// needs per window ([`window_saw`](Self::window_saw)): `every` becomes the largest power of
+/// two up to 16 that still leaves that many timed calls in such a window. A quiet window sets
+/// it back to 1. Until someone reads, every call is timed; [`every_call`](Self::every_call)
+/// makes a sampler that always times every call (for a classification that needs every
+/// latency, such as a slow-call threshold).
+///
+/// With several readers the one that needs the most timing wins: a reader may lower `every`,
+/// and raise it only when it set the current value itself or nobody has, so a long window's
+/// large count cannot starve a short one. Two readers at the same instant on two threads may
+/// leave the other's value until the next read: `every` is a hint, and no count depends on it.
+///
+/// ```
+/// use degrade_core::counter::{ShardedCounter, TimingSampler};
+///
+/// let calls = ShardedCounter::<1>::new();
+/// let sampler = TimingSampler::new();
+/// let reader = TimingSampler::new_reader();
+/// // 64 calls on this thread; how many of them are timed.
+/// let calls_64 = || (0..64).filter(|_| sampler.is_timed(calls.add_then_slot(0, 1))).count();
+/// assert_eq!(calls_64(), 64); // nobody has read yet: every call timed
+///
+/// // A window of 20,000 calls that needs 1,000 timed ones: 1 in 16 is enough.
+/// sampler.window_saw(reader, 20_000, 1_000);
+/// assert_eq!(sampler.every(), 16);
+/// assert_eq!(calls_64(), 4);
+/// assert_eq!(calls.get(0), 128); // the count stays exact
+///
+/// // A quiet window: every call timed again.
+/// sampler.window_saw(reader, 300, 1_000);
+/// assert_eq!(sampler.every(), 1);
+/// ```
+pub struct TimingSampler {
+    /// `every − 1` in the low 8 bits; above them the id of the reader that set it (0: none).
+    word: StdAtomicU64,
+    /// The rate was fixed at construction: readers change nothing.
+    fixed: bool,
+}
+
+/// The bits of `TimingSampler::word` that hold the mask.
+const MASK_BITS: u64 = 0xFF;
+
+impl TimingSampler {
+    /// The most calls per timed call.
+    ///
+    /// ```
+    /// # use degrade_core::counter::TimingSampler;
+    /// let s = TimingSampler::new();
+    /// s.window_saw(TimingSampler::new_reader(), u64::MAX, 1);
+    /// assert_eq!(s.every(), TimingSampler::MAX_EVERY);
+    /// ```
+    pub const MAX_EVERY: u64 = 16;
+
+    /// A sampler that times every call until a reader says otherwise.
+    ///
+    /// ```
+    /// # use degrade_core::counter::TimingSampler;
+    /// assert_eq!(TimingSampler::new().every(), 1);
+    /// ```
+    pub const fn new() -> Self {
+        Self {
+            word: StdAtomicU64::new(0),
+            fixed: false,
+        }
+    }
+
+    /// A sampler that times every call whatever the readers say.
+    ///
+    /// ```
+    /// # use degrade_core::counter::TimingSampler;
+    /// let s = TimingSampler::every_call();
+    /// s.window_saw(TimingSampler::new_reader(), 1_000_000, 1_000);
+    /// assert_eq!(s.every(), 1);
+    /// assert!((0..100).all(|seq| s.is_timed(seq)));
+    /// ```
+    pub const fn every_call() -> Self {
+        Self::fixed(1)
+    }
+
+    /// A sampler that times 1 in `every` of each thread's calls whatever the readers say:
+    /// `every` rounded down to a power of two, from 1 to [`MAX_EVERY`](Self::MAX_EVERY) (for
+    /// simulations and benchmarks of the sampled path).
+    ///
+    /// ```
+    /// # use degrade_core::counter::TimingSampler;
+    /// let s = TimingSampler::fixed(10);
+    /// s.window_saw(TimingSampler::new_reader(), 0, 1_000);
+    /// assert_eq!(s.every(), 8);
+    /// assert_eq!(TimingSampler::fixed(0).every(), 1);
+    /// assert_eq!(TimingSampler::fixed(1_000).every(), 16);
+    /// ```
+    pub const fn fixed(every: u64) -> Self {
+        let every = if every == 0 {
+            1
+        } else if every > Self::MAX_EVERY {
+            Self::MAX_EVERY
+        } else {
+            every
+        };
+        Self {
+            word: StdAtomicU64::new((1u64 << (63 - every.leading_zeros())) - 1),
+            fixed: true,
+        }
+    }
+
+    /// A new reader's id (never 0), for [`window_saw`](Self::window_saw).
+    ///
+    /// ```
+    /// # use degrade_core::counter::TimingSampler;
+    /// assert_ne!(TimingSampler::new_reader(), TimingSampler::new_reader());
+    /// ```
+    pub fn new_reader() -> u64 {
+        static NEXT: StdAtomicU64 = StdAtomicU64::new(1);
+        // Ids wrap within the bits above the mask; 0 (nobody) is skipped.
+        loop {
+            let id = NEXT.fetch_add(1, Ordering::Relaxed) & (u64::MAX >> 8);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    /// Whether to time the call that is the calling thread's `seq`-th (from 0): one in
+    /// [`every`](Self::every). A relaxed load and a mask.
+    ///
+    /// ```
+    /// # use degrade_core::counter::TimingSampler;
+    /// let s = TimingSampler::new();
+    /// s.window_saw(TimingSampler::new_reader(), 4_000, 1_000);
+    /// let timed: Vec<u64> = (0..12).filter(|&seq| s.is_timed(seq)).collect();
+    /// assert_eq!(timed, [0, 4, 8]);
+    /// ```
+    #[inline]
+    pub fn is_timed(&self, seq: u64) -> bool {
+        seq & self.word.load(Ordering::Relaxed) & MASK_BITS == 0
+    }
+
+    /// Calls per timed call now: a power of two from 1 to [`MAX_EVERY`](Self::MAX_EVERY).
+    ///
+    /// ```
+    /// # use degrade_core::counter::TimingSampler;
+    /// let s = TimingSampler::new();
+    /// s.window_saw(TimingSampler::new_reader(), 7_999, 1_000);
+    /// assert_eq!(s.every(), 4); // 7.999 calls per needed timed call: 4, the power of two below
+    /// ```
+    pub fn every(&self) -> u64 {
+        (self.word.load(Ordering::Relaxed) & MASK_BITS) + 1
+    }
+
+    /// Reader `reader` (an id from [`new_reader`](Self::new_reader)) read a window that saw
+    /// `calls` calls (exact, timed or not) and needs `timed` timed calls in such a window:
+    /// from now on each thread times 1 call in the largest power of two `every ≤ 16` with
+    /// `calls / every ≥ timed` (1 when the window saw fewer than `2 × timed`). See the type's
+    /// documentation for several readers.
+    ///
+    /// ```
+    /// # use degrade_core::counter::TimingSampler;
+    /// let s = TimingSampler::new();
+    /// let (long, short) = (TimingSampler::new_reader(), TimingSampler::new_reader());
+    /// s.window_saw(long, 100_000, 1_000);
+    /// assert_eq!(s.every(), 16);
+    /// s.window_saw(short, 2_500, 1_000); // the short window needs more timing: it wins
+    /// assert_eq!(s.every(), 2);
+    /// s.window_saw(long, 100_000, 1_000); // the long one cannot starve it
+    /// assert_eq!(s.every(), 2);
+    /// ```
+    pub fn window_saw(&self, reader: u64, calls: u64, timed: u64) {
+        if self.fixed {
+            return;
+        }
+        let every = (calls / timed.max(1)).clamp(1, Self::MAX_EVERY);
+        // The largest power of two not above `every`.
+        let every = 1u64 << (63 - every.leading_zeros());
+        let mask = every - 1;
+        let current = self.word.load(Ordering::Relaxed);
+        let owner = current >> 8;
+        if owner == 0 || owner == reader || mask <= current & MASK_BITS {
+            self.word.store(reader << 8 | mask, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Default for TimingSampler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for TimingSampler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimingSampler")
+            .field("every", &self.every())
+            .field("fixed", &self.fixed)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,5 +528,74 @@ mod tests {
     fn sharded_counters_are_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<ShardedCounter<4>>();
+    }
+    #[test]
+    fn a_sampler_times_one_call_in_every_per_thread_and_the_counts_stay_exact() {
+        let calls = ShardedCounter::<1>::new();
+        let timed = ShardedCounter::<1>::new();
+        let sampler = TimingSampler::new();
+        sampler.window_saw(TimingSampler::new_reader(), 16_000, 1_000);
+        assert_eq!(sampler.every(), 16);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..1_600 {
+                        if sampler.is_timed(calls.add_then_slot(0, 1)) {
+                            timed.add(0, 1);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(calls.get(0), 6_400);
+        assert_eq!(
+            timed.get(0),
+            400,
+            "each thread timed 1 in 16 of its own calls"
+        );
+    }
+
+    #[test]
+    fn every_is_the_largest_power_of_two_that_keeps_the_timed_calls() {
+        let reader = TimingSampler::new_reader();
+        for (calls, timed, every) in [
+            (0, 1_000, 1),
+            (1_999, 1_000, 1),
+            (2_000, 1_000, 2),
+            (3_999, 1_000, 2),
+            (4_000, 1_000, 4),
+            (15_999, 1_000, 8),
+            (16_000, 1_000, 16),
+            (u64::MAX, 1_000, 16),
+            (10, 0, 8), // no need at all: as if one were needed
+        ] {
+            let s = TimingSampler::new();
+            s.window_saw(reader, calls, timed);
+            assert_eq!(s.every(), every, "{calls} calls, {timed} needed");
+            assert_eq!(
+                u64::try_from((0..64).filter(|&q| s.is_timed(q)).count()).unwrap(),
+                64 / every
+            );
+        }
+    }
+
+    #[test]
+    fn the_reader_that_needs_most_timing_wins_and_only_its_owner_raises_it() {
+        let s = TimingSampler::new();
+        let (a, b) = (TimingSampler::new_reader(), TimingSampler::new_reader());
+        s.window_saw(a, 8_000, 1_000);
+        assert_eq!(s.every(), 8);
+        s.window_saw(b, 1_000_000, 1_000); // b would raise it: not its value
+        assert_eq!(s.every(), 8);
+        s.window_saw(b, 2_000, 1_000); // b lowers it and owns it now
+        assert_eq!(s.every(), 2);
+        s.window_saw(a, 1_000_000, 1_000); // a may not raise b's value
+        assert_eq!(s.every(), 2);
+        s.window_saw(b, 0, 1_000); // a quiet window of the owner: every call
+        assert_eq!(s.every(), 1);
+        s.window_saw(a, 1_000_000, 1_000); // b owns the value: a cannot raise it
+        assert_eq!(s.every(), 1);
+        s.window_saw(b, 1_000_000, 1_000);
+        assert_eq!(s.every(), 16);
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! Field names: `<arm>:<counter>` (`s` stable, `c` canary; `routed`, `forced`, `ok`, `fail`,
 //! `ign`, `canc`), `<arm>:h<i>` for bucket `i` of the arm's latency histogram
-//! ([`ARM_LAYOUT`]), and `<arm>:g<g>:fail`, `<arm>:g<g>:canc`, `<arm>:g<g>:h<i>` for key group
-//! `g` ([`GROUP_LAYOUT`]). Only non-zero increments are sent. Fields that do not parse, name a
+//! ([`ARM_LAYOUT`]), and `<arm>:g<g>:n` (judged calls), `<arm>:g<g>:fail`, `<arm>:g<g>:canc`,
+//! `<arm>:g<g>:h<i>` for key group `g` ([`GROUP_LAYOUT`]). Only non-zero increments are sent. Fields that do not parse, name a
 //! bucket or group out of range, or hold a negative count are skipped on reading: the hash is
 //! network input.
 
@@ -34,6 +34,7 @@ pub(crate) fn increments(now: &CanarySnapshot, earlier: &CanarySnapshot) -> Vec<
             push(format!("{a}:h{i}"), n);
         }
         for (g, group) in s.groups.iter().enumerate() {
+            push(format!("{a}:g{g}:n"), group.calls);
             push(format!("{a}:g{g}:fail"), group.failures);
             push(format!("{a}:g{g}:canc"), group.cancelled);
             for (i, &n) in group.latency.buckets().iter().enumerate() {
@@ -99,6 +100,7 @@ pub(crate) fn add(snap: &mut CanarySnapshot, field: &str, value: i64) -> bool {
         return false;
     };
     match what {
+        "n" => group.calls = group.calls.saturating_add(n),
         "fail" => group.failures = group.failures.saturating_add(n),
         "canc" => group.cancelled = group.cancelled.saturating_add(n),
         _ => match what.strip_prefix('h').and_then(|i| i.parse::<usize>().ok()) {
@@ -122,6 +124,7 @@ mod tests {
         now.canary.successes = 5;
         now.canary.latency.record(Duration::from_millis(3));
         now.canary.groups[9].failures = 2;
+        now.canary.groups[9].calls = 2;
         now.canary.groups[9]
             .latency
             .record(Duration::from_millis(3));

@@ -2,6 +2,7 @@
 //! caps, the accumulated evidence of each stratum and its combination, and the mixture SPRT.
 
 use crate::stats::{ArmSnapshot, GROUP_LAYOUT, GROUPS};
+use degrade_core::counter::TimingSampler;
 use degrade_core::histogram::Histogram;
 
 /// One window of the error test: the difference of the arms' (weighted) failure rates,
@@ -56,13 +57,18 @@ pub(super) fn latency_window(ev: &mut Evidence, ws: &Window, wc: &Window, cs: &C
     if ls <= 0.0 || lc <= 0.0 {
         return;
     }
+    // A window whose calls were sampled (1 in `n` timed under heavy traffic, the same `n` on
+    // both arms) weighs `n` times its timed calls: it carries its share of the traffic, not
+    // `1/n` of it, so an earlier fully timed window cannot drown it. Its estimate and variance
+    // come from the timed calls; without sampling `n` is 1 and nothing changes.
+    let n = sampling_factor(ws.weighted_samples(cs) + wc.weighted_samples(cc), ls + lc);
     let fs = mid_cdf(&hs, ls);
     let fc = mid_cdf(&hc, lc);
     let auc = hc.iter().zip(&fs).map(|(h, f)| h * f).sum::<f64>() / lc;
     // Influence of one call on the window's AUC: a canary call at bucket b, a stable one.
     let score_c: Vec<f64> = fs.iter().map(|f| f - auc).collect();
     let score_s: Vec<f64> = fc.iter().map(|f| 1.0 - f - auc).collect();
-    let w = lc * ls / (lc + ls);
+    let w = n * lc * ls / (lc + ls);
     ev.sum += w * (auc - 0.5);
     ev.weight += w;
     for g in 0..GROUPS {
@@ -97,6 +103,21 @@ pub(super) fn latency_window(ev: &mut Evidence, ws: &Window, wc: &Window, cs: &C
     );
 }
 
+/// The router's sampling of a window's timing, read back from its calls and timed calls (both
+/// arms together): `calls / timed` to the nearest power of two from 1 to
+/// `TimingSampler::MAX_EVERY` — what the router uses. The nearest power rather than the raw
+/// ratio: in a window with few timed calls the ratio is noisy, and weighing by it would give
+/// the windows that happened to time fewer calls more weight than their precision (with 1 in
+/// 16 pinned at every step, all effects together: 0.9 % A/A false rollbacks by the raw ratio,
+/// 0.5 % by the timed calls alone).
+fn sampling_factor(calls: f64, timed: f64) -> f64 {
+    if !(timed > 0.0 && calls > timed) {
+        return 1.0;
+    }
+    let max = TimingSampler::MAX_EVERY as f64;
+    (calls / timed).log2().round().exp2().clamp(1.0, max)
+}
+
 /// Per-group weight factors of one arm (1 = full weight), see [`cap_factors`].
 type Caps = [f64; GROUPS];
 
@@ -109,6 +130,8 @@ pub(super) struct Window<'a> {
     pub(super) n: [u64; GROUPS + 1],
     /// Failures among them.
     f: [u64; GROUPS + 1],
+    /// Finished, judged calls (timed or not: the calls the latencies were sampled from).
+    s: [u64; GROUPS + 1],
     /// The keyed calls' latencies by group (empty without groups).
     groups: &'a [crate::stats::GroupSnapshot],
     /// Latencies of the ungrouped calls, at [`GROUP_LAYOUT`] like the groups'.
@@ -119,34 +142,41 @@ impl<'a> Window<'a> {
     pub(super) fn of(arm: &'a ArmSnapshot, cancelled_is_failure: bool) -> Self {
         let mut n = [0; GROUPS + 1];
         let mut f = [0; GROUPS + 1];
+        let mut s = [0; GROUPS + 1];
         let extra = |c: u64| if cancelled_is_failure { c } else { 0 };
         let grouped = arm.groups.len() == GROUPS;
         let groups: &[_] = if grouped { &arm.groups } else { &[] };
         // The arm's finer histogram folds exactly into the groups' layout.
         let mut ungrouped = Histogram::new(GROUP_LAYOUT);
         ungrouped.merge(&arm.latency);
-        let (mut gf, mut gc) = (0, 0);
+        let (mut gf, mut gc, mut gn) = (0, 0, 0);
         for (i, g) in groups.iter().enumerate() {
             ungrouped.subtract(&g.latency);
-            let lat = g.samples();
-            let fail = g.failures.min(lat);
-            n[i] = lat + extra(g.cancelled);
+            // The exact count: under heavy traffic only some of the calls are timed.
+            let calls = g.samples();
+            let fail = g.failures.min(calls);
+            n[i] = calls + extra(g.cancelled);
+            s[i] = calls;
             f[i] = fail + extra(g.cancelled);
             gf += g.failures;
             gc += g.cancelled;
+            gn += calls;
         }
-        // Without a histogram (hand-made snapshots) the counters stand for the calls.
+        // The ungrouped calls: the arm's exact count minus the groups' (no fewer than their
+        // latencies, for snapshots built by hand with histograms only).
         let lat = if grouped {
-            ungrouped.count()
+            arm.samples().saturating_sub(gn).max(ungrouped.count())
         } else {
             arm.samples()
         };
         let c = arm.cancelled.saturating_sub(gc);
         n[GROUPS] = lat + extra(c);
+        s[GROUPS] = lat;
         f[GROUPS] = arm.failures.saturating_sub(gf).min(lat) + extra(c);
         Self {
             n,
             f,
+            s,
             groups,
             ungrouped,
         }
@@ -157,11 +187,11 @@ impl<'a> Window<'a> {
         self.n.map(|n| n as f64)
     }
 
-    /// The calls with a latency by group (the ungrouped ones last).
+    /// The timed calls (those with a latency) by group (the ungrouped ones last).
     fn latencies(&self) -> Counts {
         let mut out = [0.0; GROUPS + 1];
         for (o, g) in out.iter_mut().zip(self.groups) {
-            *o = g.samples() as f64;
+            *o = g.latency.count() as f64;
         }
         out[GROUPS] = self.ungrouped.count() as f64;
         out
@@ -187,6 +217,13 @@ impl<'a> Window<'a> {
         (d, f, e)
     }
 
+    /// Weighted finished calls, timed or not.
+    fn weighted_samples(&self, caps: &Caps) -> f64 {
+        (0..=GROUPS)
+            .map(|g| caps.get(g).copied().unwrap_or(1.0) * self.s[g] as f64)
+            .sum()
+    }
+
     /// The weighted latency histogram, its total and its sum of squared weights.
     fn weighted_hist(&self, caps: &Caps) -> (Vec<f64>, f64, f64) {
         let mut h: Vec<f64> = self.ungrouped.buckets().iter().map(|&n| n as f64).collect();
@@ -198,7 +235,7 @@ impl<'a> Window<'a> {
                     *sum += c * n as f64;
                 }
             }
-            e += c * c * group.samples() as f64;
+            e += c * c * group.latency.count() as f64;
         }
         let total = h.iter().sum();
         (h, total, e)
@@ -287,6 +324,29 @@ pub(super) fn rank_effect(stable: &Histogram, ratio: f64) -> f64 {
     }
     .max(0.05);
     (normal_cdf(ratio.ln() / (sigma * std::f64::consts::SQRT_2)) - 0.5).clamp(0.01, 0.5)
+}
+
+/// The fewest timed calls per arm a window may keep when the router times only some calls:
+/// the absolute guards and the snapshot's quantiles read the timed calls (a p99 from 1,000
+/// of them rests on 10).
+const MIN_TIMED_PER_WINDOW: u64 = 1_000;
+
+/// Timed calls per arm that one window needs for the latency test alone to reach its bound at
+/// the effect it is tuned for (`tau`, the rank effect of `latency_ratio`, see [`rank_effect`]),
+/// as if the calls were independent: the window's AUC has variance `(1/12)·(1/m + 1/m)` with
+/// `m` timed calls on each arm, and `z = √(2·ln(1/α)) + 1` is a little above what the mixture
+/// SPRT needs to reach `ln(1/α)`. So `m = z² / (6·τ²)`, never below
+/// [`MIN_TIMED_PER_WINDOW`]. With the defaults (α 0.005, ratio 1.3) and a stable
+/// log-latency spread `σ ≤ 1` (quartiles up to 3.9× apart), `τ ≥ 0.074` and `m ≤ 560`: the
+/// floor rules. A wider spread or a judge tuned to a smaller regression asks for more (ratio
+/// 1.05 at `σ = 1`: `τ` 0.014, `m` about 16,000), and then keeps every call timed at all but
+/// the heaviest traffic. Clustered traffic makes the variance larger, but that part (between users) does
+/// not shrink with more timed calls: what timing more calls could buy is bounded by this.
+pub(super) fn timed_per_window(tau: f64, alpha: f64) -> u64 {
+    let z = (2.0 * (1.0 / alpha).ln()).sqrt() + 1.0;
+    let m = z * z / (6.0 * tau * tau);
+    // `as` saturates: an effect of 0 asks for every call.
+    (m.ceil() as u64).max(MIN_TIMED_PER_WINDOW)
 }
 
 /// The accumulated evidence of one test.
@@ -528,6 +588,32 @@ mod tests {
         // t = 12.71 with 1 df is the two-sided 5 % point: z ≈ 1.96.
         assert!((t_to_z(12.706, 1.0) - 1.96).abs() < 0.25);
         assert!((t_to_z(2.0, 200.0) - 2.0).abs() < 0.02);
+    }
+
+    #[test]
+    fn a_window_keeps_the_timed_calls_the_latency_test_needs() {
+        // The defaults: the floor rules.
+        assert_eq!(
+            timed_per_window(rank_effect(&Histogram::new(GROUP_LAYOUT), 1.3), 0.005),
+            1_000
+        );
+        // A small effect asks for many more; the requirement grows as 1/τ².
+        let small = timed_per_window(0.01, 0.005);
+        assert!((30_000..31_000).contains(&small), "{small}");
+        assert_eq!(timed_per_window(0.0, 0.005), u64::MAX);
+    }
+
+    #[test]
+    fn a_window_sampled_one_in_n_weighs_n_times_its_timed_calls() {
+        assert_eq!(sampling_factor(1_000.0, 1_000.0), 1.0);
+        assert_eq!(sampling_factor(0.0, 0.0), 1.0);
+        assert_eq!(sampling_factor(16_000.0, 1_000.0), 16.0);
+        // Few timed calls: the ratio is noisy, the factor is the router's power of two.
+        assert_eq!(sampling_factor(960.0, 70.0), 16.0);
+        assert_eq!(sampling_factor(960.0, 50.0), 16.0);
+        assert_eq!(sampling_factor(2_900.0, 1_000.0), 4.0);
+        assert_eq!(sampling_factor(1e9, 1.0), 16.0);
+        assert_eq!(sampling_factor(500.0, 900.0), 1.0); // snapshots built by hand
     }
 
     #[test]

@@ -127,6 +127,7 @@ mod evidence;
 
 use self::evidence::{
     Evidence, Window, cap_factors, combine, error_window, latency_window, rank_effect,
+    timed_per_window,
 };
 use crate::stats::{ArmSnapshot, CanarySnapshot, GROUPS};
 use degrade_core::ConfigError;
@@ -322,6 +323,9 @@ pub struct Judge {
     /// The evidence of each weight the router had (each step), combined at each look.
     strata: Vec<Stratum>,
     failed: Option<&'static str>,
+    /// The last look's window: judged calls of the smaller arm (exact), and the timed calls
+    /// per arm such a window needs ([`Judge::timing_window`]).
+    window: (u64, u64),
 }
 
 /// The calls judged at one router weight.
@@ -358,6 +362,7 @@ impl Judge {
             pooled: (0.0, 0.0),
             strata: Vec::new(),
             failed: None,
+            window: (0, 0),
         })
     }
 
@@ -389,6 +394,16 @@ impl Judge {
         self.pooled = (0.0, 0.0);
         self.strata.clear();
         self.failed = None;
+        self.window = (0, 0);
+    }
+
+    /// What the last look's window tells the router's timing: the judged calls of the smaller
+    /// arm in it (exact, timed or not) and the timed calls per arm the latency test needs in
+    /// such a window (see `timed_per_window`). The controller passes both to the router,
+    /// which then times 1 call in the largest power of two `n ≤ 16` of each arm that keeps
+    /// that many.
+    pub(crate) fn timing_window(&self) -> (u64, u64) {
+        self.window
     }
 
     /// One look at the cumulative snapshot `now`.
@@ -405,6 +420,7 @@ impl Judge {
     /// ```
     pub fn look(&mut self, now: &CanarySnapshot) -> Judgement {
         let delta = now.since(&self.last);
+        let window_calls = delta.stable.samples().min(delta.canary.samples());
         let cif = self.cfg.cancelled_is_failure;
         let ws = Window::of(&delta.stable, cif);
         let wc = Window::of(&delta.canary, cif);
@@ -461,6 +477,7 @@ impl Judge {
             };
         let (error_z, error_llr) = combine(self.strata.iter().map(|s| &s.errors)).score(tau_e);
         let tau_l = rank_effect(&total.stable.latency, self.cfg.latency_ratio);
+        self.window = (window_calls, timed_per_window(tau_l, self.cfg.alpha));
         let (latency_z, latency_llr) = combine(self.strata.iter().map(|s| &s.latency)).score(tau_l);
         if self.failed.is_none() {
             if error_llr >= self.upper {

@@ -435,6 +435,11 @@ pub struct SimConfig {
     pub rollout: CanaryConfig,
     /// A run that has not ended by then counts as stuck.
     pub max_time: Duration,
+    /// Time only 1 call in this many (a power of two ≤ 16) of each arm, whatever the judge
+    /// reads: the router's sampled timing at its heaviest, at the simulator's traffic (where
+    /// the router on its own would time more). `None` (the default): the router decides, as
+    /// in a real service.
+    pub timing_every: Option<u64>,
 }
 
 impl Default for SimConfig {
@@ -455,6 +460,7 @@ impl Default for SimConfig {
             sigma: 0.5,
             rollout,
             max_time: Duration::from_secs(4 * 3_600),
+            timing_every: None,
         }
     }
 }

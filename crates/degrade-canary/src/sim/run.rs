@@ -243,11 +243,13 @@ pub(super) fn one_run(cfg: &SimConfig, scenario: &Scenario, rng: &mut Rng) -> (R
         arm,
         clock: clock.clone(),
     };
-    let mut router: Router = Canary::builder(backend(Arm::Stable), backend(Arm::Canary))
+    let mut builder = Canary::builder(backend(Arm::Stable), backend(Arm::Canary))
         .key(from_fn(user_key as fn(&SimReq) -> Option<u64>))
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+        .clock(clock.clone());
+    if let Some(every) = cfg.timing_every {
+        builder = builder.fixed_timing(every);
+    }
+    let mut router: Router = builder.build().unwrap();
     let mut controller = CanaryController::builder(cfg.rollout.clone(), router.handle())
         .clock(clock.clone())
         .build()

@@ -16,8 +16,9 @@
 //! started minus calls ended), and, for a timed call, one relaxed `fetch_add` on the latency's
 //! bucket in the calling thread's row (one row per CPU) and the latency sum: no lock, no
 //! allocation, no clock. Which calls are timed: the thread's own sequence number of calls
-//! started (the `STARTED` slot it bumps anyway) masked by `every_mask`, which the latency
-//! windows set from the exact call count they saw ([`Recorder::window_saw`]).
+//! started (the `STARTED` slot it bumps anyway), asked of degrade-core's `TimingSampler`,
+//! which the latency windows set from the exact call count they saw
+//! ([`Recorder::window_saw`]).
 //!
 //! # Windows without rotation
 //!
@@ -27,22 +28,14 @@
 //! rotates a bucket, so no record can be lost or double-counted by a rotation race, and several
 //! readers with different windows can share one histogram.
 
-use degrade_core::counter::ShardedCounter;
+use degrade_core::counter::{ShardedCounter, TimingSampler};
 use degrade_core::histogram::{AtomicHistogram, Histogram, Layout};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The most calls per timed call: 1 in 16 of each thread's calls once a latency window holds
-/// enough of them.
-const MAX_EVERY: u64 = 16;
-/// The bits of `Recorder::every_mask` that hold the mask.
-const MASK_BITS: u64 = 0xFF;
-
 /// A new latency signal's id (never 0), for [`Recorder::window_saw`].
 pub(crate) fn signal_id() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed) & (u64::MAX >> 8)
+    TimingSampler::new_reader()
 }
 
 /// Timed calls a latency window asks for before it lets calls go untimed: a p99 from 1,000
@@ -71,14 +64,11 @@ const ENDED: usize = COUNTERS + 1;
 pub(crate) struct Recorder {
     counters: ShardedCounter<{ COUNTERS + 2 }>,
     latency: AtomicHistogram,
-    /// `every − 1` (low 8 bits), `every` a power of two ≤ [`MAX_EVERY`]: a thread times its
-    /// calls whose sequence number is a multiple of `every`; above those bits, the id of the
-    /// latency signal that set it (0: none). Written by the latency signals (rarely), read
-    /// with a relaxed load per call; 0 (time every call) until a latency window has seen
-    /// enough calls, and always 0 with a slow-call threshold (it needs every latency).
-    every_mask: AtomicU64,
-    /// A slow-call threshold is set: every call is timed.
-    time_all: bool,
+    /// Which calls are timed: a thread times its calls whose sequence number (its `STARTED`
+    /// slot) is a multiple of `every`, set by the latency signals (rarely), read with a
+    /// relaxed load per call; every call until a latency window has seen enough calls, and
+    /// always every call with a slow-call threshold (it needs every latency).
+    timing: TimingSampler,
 }
 
 impl Recorder {
@@ -86,43 +76,27 @@ impl Recorder {
         Self {
             counters: ShardedCounter::new(),
             latency: AtomicHistogram::per_cpu(Layout::FINE),
-            every_mask: AtomicU64::new(0),
-            time_all,
+            timing: if time_all {
+                TimingSampler::every_call()
+            } else {
+                TimingSampler::new()
+            },
         }
     }
 
     /// Starts a call: whether to time it.
     #[inline]
     pub(crate) fn start(&self) -> bool {
-        let seq = self.counters.add_then_slot(STARTED, 1);
-        seq & self.every_mask.load(Ordering::Relaxed) & MASK_BITS == 0
+        self.timing
+            .is_timed(self.counters.add_then_slot(STARTED, 1))
     }
 
     /// The window of latency signal `signal` (an id from [`signal_id`]) saw `calls` calls
-    /// (exact): time 1 in `every` calls from now on, `every` the largest power of two up to
-    /// [`MAX_EVERY`] that still leaves [`TIMED_PER_WINDOW`] timed calls in such a window.
-    ///
-    /// With several latency signals the one that needs the most timing wins: a signal may
-    /// lower `every`, and raise it only when it set the current value itself or nobody has (so a long
-    /// window's large count cannot starve a short window). Two signals sampled at the same
-    /// instant on two threads may leave the other's value for one sample: it is a hint, every
-    /// count stays exact whatever it says.
+    /// (exact): time 1 in `every ≤ 16` calls from now on, so that such a window still holds
+    /// [`TIMED_PER_WINDOW`] timed calls (degrade-core's `TimingSampler::window_saw`: with
+    /// several latency signals the one that needs the most timing wins).
     pub(crate) fn window_saw(&self, signal: u64, calls: u64) {
-        if self.time_all {
-            return;
-        }
-        let every = (calls / TIMED_PER_WINDOW).clamp(1, MAX_EVERY);
-        let every = if every.is_power_of_two() {
-            every
-        } else {
-            every.next_power_of_two() / 2
-        };
-        let current = self.every_mask.load(Ordering::Relaxed);
-        let mask = every - 1;
-        let owner = current >> 8;
-        if owner == 0 || owner == signal || mask <= current & MASK_BITS {
-            self.every_mask.store(signal << 8 | mask, Ordering::Relaxed);
-        }
+        self.timing.window_saw(signal, calls, TIMED_PER_WINDOW);
     }
 
     /// Ends a call: `counter` is `FAILURES`, `SLOW`, `TIMEOUTS` (which also counts as a
