@@ -409,15 +409,11 @@ fn run_scope(root: &Path, scope: &Scope, passthrough: &[String]) -> Result<Scope
             survivors.len(),
             slow.join(" ")
         );
-        let mut args = select_args(scope);
-        for name in &survivors {
-            args.extend(["--re".into(), format!("^{}$", regex_escape(name))]);
-        }
         let slow_dir = cargo_mutants(
             root,
             &target.join(format!("{}-slow", scope.name)),
             &target.join("build"),
-            args,
+            survivor_args(scope, &survivors),
             &[],
             slow,
             None,
@@ -434,10 +430,7 @@ fn run_scope(root: &Path, scope: &Scope, passthrough: &[String]) -> Result<Scope
             scope.name,
             survivors.len()
         );
-        let mut args = select_args(scope);
-        for name in &survivors {
-            args.extend(["--re".into(), format!("^{}$", regex_escape(name))]);
-        }
+        let mut args = survivor_args(scope, &survivors);
         // Release, as `cargo xtask lint` runs the models: loom explores every interleaving.
         // The targets go to cargo in both phases, so only the models are built.
         args.extend(["--profile".into(), "release".into()]);
@@ -466,6 +459,16 @@ fn run_scope(root: &Path, scope: &Scope, passthrough: &[String]) -> Result<Scope
         secs: started.elapsed().as_secs_f64(),
         out,
     })
+}
+
+/// The scope's selection narrowed to the mutants named in `survivors` (an earlier pass's
+/// `missed.txt`), for a later pass.
+fn survivor_args(scope: &Scope, survivors: &[String]) -> Vec<String> {
+    let mut args = select_args(scope);
+    for name in survivors {
+        args.extend(["--re".into(), format!("^{}$", regex_escape(name))]);
+    }
+    args
 }
 
 /// One cargo-mutants run; returns its `mutants.out` directory.
