@@ -1603,3 +1603,81 @@ mod seeds_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod halves_tests {
+    use super::*;
+
+    /// The overload bench's `capacity-halves` (--quick) over seeds: goodput per second of the
+    /// halved and restored phases over the capacity of the moment.
+    #[test]
+    #[ignore = "exploration: prints a table over seeds"]
+    fn halves_bench() {
+        TRACE.with(|t| t.set(std::env::var("SIM_TRACE").is_ok()));
+        let seeds: Vec<u64> = std::env::var("SIM_SEEDS")
+            .ok()
+            .and_then(|s| {
+                let (a, b) = s.split_once('-')?;
+                Some((a.parse().ok()?..=b.parse().ok()?).collect())
+            })
+            .unwrap_or_else(|| (1..=6).collect());
+        let ph = |secs, load, speed| Phase { secs, load, speed };
+        for b in [
+            Backend::slots(8, 0.04, 0.0),
+            Backend::slots(6, 0.03, 0.2),
+            Backend::slots(16, 0.02, 0.5),
+            Backend::slots(2, 0.2, 0.0),
+            Backend::cpu(2, 0.02, 0.3),
+        ] {
+            let step = (b.median * 100.0).max(4.0);
+            let (mut hmin, mut hsum, mut rmin, mut rsum) = (f64::MAX, 0.0, f64::MAX, 0.0);
+            for &seed in &seeds {
+                let r = run(&Setup {
+                    backend: b,
+                    clients: Clients::Open,
+                    phases: vec![
+                        ph(3.0, 0.5, 1.0),
+                        ph(step, 1.5, 1.0),
+                        ph(step, 1.5, 0.5),
+                        ph(step, 1.5, 1.0),
+                    ],
+                    guard: Guard::Adaptive(LimitConfig::default()),
+                    mix: DEMO_MIX,
+                    seed,
+                });
+                let c = b.capacity();
+                let h = 2.0 * r.goodput_percent(2);
+                let back = r.goodput_percent(3);
+                let s0 = r.starts[2];
+                let per: Vec<String> = (0..step as usize)
+                    .map(|i| {
+                        let f = s0 + i as f64;
+                        format!("{:.0}", 100.0 * r.goodput_between(f, f + 1.0) / (c / 2.0))
+                    })
+                    .collect();
+                if std::env::var("SIM_VERBOSE").is_ok() {
+                    println!(
+                        "  {:?} seed {seed}: halved {h:.1} [{}] L{:.1} restored {back:.1} L{:.1}",
+                        b.kind,
+                        per.join(" "),
+                        r.phases[2].mean_limit,
+                        r.phases[3].mean_limit
+                    );
+                }
+                hmin = hmin.min(h);
+                hsum += h;
+                rmin = rmin.min(back);
+                rsum += back;
+            }
+            let n = seeds.len() as f64;
+            println!(
+                "halves-bench {:?}x{}ms s{}: halved min {hmin:.1} mean {:.1} restored min {rmin:.1} mean {:.1}",
+                b.kind,
+                b.median * 1e3,
+                b.sigma,
+                hsum / n,
+                rsum / n
+            );
+        }
+    }
+}
