@@ -16,6 +16,18 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// A refused request: (time, priority, cause, limit, in flight, queued).
+pub(crate) type Refusal = (f64, Priority, usize, u32, u32, usize);
+
+/// Logs a refusal in [`REFUSED`] when it is on.
+fn log_refusal(r: Refusal) {
+    REFUSED.with(|log| {
+        if let Some(v) = log.borrow_mut().as_mut() {
+            v.push(r);
+        }
+    });
+}
+
 /// An answered request's (sent, admitted, done, critical), in seconds.
 type Parts = (f64, f64, f64, bool);
 
@@ -24,6 +36,10 @@ thread_local! {
     pub(crate) static TRACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// Critical refusals by cause: queue full, evicted, expired, no target yet.
     pub(crate) static CRIT: std::cell::Cell<[u64; 4]> = const { std::cell::Cell::new([0; 4]) };
+    /// Refused requests' (time, priority, cause as in [`CRIT`], limit, in flight, queued),
+    /// when `Some` (exploration only).
+    pub(crate) static REFUSED: std::cell::RefCell<Option<Vec<Refusal>>> =
+        const { std::cell::RefCell::new(None) };
     /// Answered requests' (sent, admitted, done, critical), when `Some` (exploration only).
     pub(crate) static PARTS: std::cell::RefCell<Option<Vec<Parts>>> =
         const { std::cell::RefCell::new(None) };
@@ -490,6 +506,14 @@ pub(crate) fn run(setup: &Setup) -> Report {
                         // Still waiting at its deadline: refused.
                         reqs[id as usize].ticket = None;
                         count_critical_refusal(reqs[id as usize].priority, 2);
+                        log_refusal((
+                            now,
+                            reqs[id as usize].priority,
+                            2,
+                            l.law.limit(),
+                            in_flight,
+                            l.queue.len(),
+                        ));
 
                         answer(
                             &mut reqs,
@@ -580,6 +604,14 @@ pub(crate) fn run(setup: &Setup) -> Report {
                                                 reqs[victim as usize].priority,
                                                 1,
                                             );
+                                            log_refusal((
+                                                now,
+                                                reqs[victim as usize].priority,
+                                                1,
+                                                l.law.limit(),
+                                                in_flight,
+                                                l.queue.len(),
+                                            ));
 
                                             answer(
                                                 &mut reqs,
@@ -601,6 +633,14 @@ pub(crate) fn run(setup: &Setup) -> Report {
                                     }
                                     Pushed::Full(_) => {
                                         count_critical_refusal(reqs[id as usize].priority, 0);
+                                        log_refusal((
+                                            now,
+                                            reqs[id as usize].priority,
+                                            0,
+                                            l.law.limit(),
+                                            in_flight,
+                                            l.queue.len(),
+                                        ));
                                         answer(
                                             &mut reqs,
                                             id,
@@ -622,6 +662,14 @@ pub(crate) fn run(setup: &Setup) -> Report {
                             }
                             _ => {
                                 count_critical_refusal(reqs[id as usize].priority, 3);
+                                log_refusal((
+                                    now,
+                                    reqs[id as usize].priority,
+                                    3,
+                                    l.law.limit(),
+                                    in_flight,
+                                    l.queue.len(),
+                                ));
                                 answer(
                                     &mut reqs,
                                     id,
@@ -1635,7 +1683,10 @@ mod halves_tests {
                 let r = run(&Setup {
                     backend: b,
                     clients: Clients::Open,
+                    // As the bench: the slowed backend unloaded, the warm-up, 1.5x, halved,
+                    // restored.
                     phases: vec![
+                        ph(6.0, 0.25, 0.5),
                         ph(3.0, 0.5, 1.0),
                         ph(step, 1.5, 1.0),
                         ph(step, 1.5, 0.5),
@@ -1646,9 +1697,9 @@ mod halves_tests {
                     seed,
                 });
                 let c = b.capacity();
-                let h = 2.0 * r.goodput_percent(2);
-                let back = r.goodput_percent(3);
-                let s0 = r.starts[2];
+                let h = 2.0 * r.goodput_percent(3);
+                let back = r.goodput_percent(4);
+                let s0 = r.starts[3];
                 let per: Vec<String> = (0..step as usize)
                     .map(|i| {
                         let f = s0 + i as f64;
@@ -1660,8 +1711,8 @@ mod halves_tests {
                         "  {:?} seed {seed}: halved {h:.1} [{}] L{:.1} restored {back:.1} L{:.1}",
                         b.kind,
                         per.join(" "),
-                        r.phases[2].mean_limit,
-                        r.phases[3].mean_limit
+                        r.phases[3].mean_limit,
+                        r.phases[4].mean_limit
                     );
                 }
                 hmin = hmin.min(h);
@@ -1679,5 +1730,60 @@ mod halves_tests {
                 rsum / n
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod recovery_tests {
+    use super::*;
+
+    /// The overload bench's `steps` recovery (4x -> 0.5x) over seeds: the recovery time and
+    /// every refusal after the first second of the 0.5x phase, with its cause.
+    #[test]
+    #[ignore = "exploration: prints refusals over seeds"]
+    fn recovery_refusals() {
+        let seeds: Vec<u64> = std::env::var("SIM_SEEDS")
+            .ok()
+            .and_then(|s| {
+                let (a, b) = s.split_once('-')?;
+                Some((a.parse().ok()?..=b.parse().ok()?).collect())
+            })
+            .unwrap_or_else(|| (1..=6).collect());
+        let backend = Backend::slots(8, 0.04, 0.0);
+        let (mut late, mut never) = (0, 0);
+        for &seed in &seeds {
+            REFUSED.with(|r| *r.borrow_mut() = Some(Vec::new()));
+            let r = run(&Setup {
+                backend,
+                clients: Clients::Open,
+                phases: bench_phases(3.0),
+                guard: Guard::Adaptive(LimitConfig::default()),
+                mix: DEMO_MIX,
+                seed,
+            });
+            let refused = REFUSED.with(|r| r.borrow_mut().take()).unwrap_or_default();
+            let unloaded = r.phases[0].p99();
+            let recover = r.settle(7, 0.25, 2.0 * unloaded, 0.99);
+            let (from, to) = (r.starts[7] + 1.0, r.starts[8]);
+            let after: Vec<&Refusal> = refused
+                .iter()
+                .filter(|x| (from..to).contains(&x.0))
+                .collect();
+            if recover.is_none_or(|t| t > 1.0) {
+                if recover.is_none() {
+                    never += 1;
+                } else {
+                    late += 1;
+                }
+                println!("seed {seed}: recovery {recover:?}");
+                for x in after {
+                    println!(
+                        "  t={:.3} {:?} cause {} limit {} in flight {} queued {}",
+                        x.0, x.1, x.2, x.3, x.4, x.5
+                    );
+                }
+            }
+        }
+        println!("late {late} never {never} of {}", seeds.len());
     }
 }
