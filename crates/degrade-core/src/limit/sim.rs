@@ -1707,12 +1707,17 @@ mod halves_tests {
                     })
                     .collect();
                 if std::env::var("SIM_VERBOSE").is_ok() {
+                    // p99 of each phase over the unloaded p99 of the backend of that moment.
+                    let (slow, fast) = (r.phases[0].p99(), r.phases[1].p99());
                     println!(
-                        "  {:?} seed {seed}: halved {h:.1} [{}] L{:.1} restored {back:.1} L{:.1}",
+                        "  {:?} seed {seed}: halved {h:.1} [{}] L{:.1} restored {back:.1} L{:.1} p99 1.5x {:.2} halved {:.2} restored {:.2}",
                         b.kind,
                         per.join(" "),
                         r.phases[3].mean_limit,
-                        r.phases[4].mean_limit
+                        r.phases[4].mean_limit,
+                        r.phases[2].p99() / fast,
+                        r.phases[3].p99() / slow,
+                        r.phases[4].p99() / fast,
                     );
                 }
                 hmin = hmin.min(h);
