@@ -1754,7 +1754,12 @@ mod recovery_tests {
                 Some((a.parse().ok()?..=b.parse().ok()?).collect())
             })
             .unwrap_or_else(|| (1..=6).collect());
-        let backend = Backend::slots(8, 0.04, 0.0);
+        // SIM_NOISY: a host that stalls now and then (requests 1.5x as long meanwhile).
+        let backend = if std::env::var("SIM_NOISY").is_ok() {
+            Backend::slots(8, 0.04, 0.0).noisy()
+        } else {
+            Backend::slots(8, 0.04, 0.0)
+        };
         let (mut late, mut never) = (0, 0);
         for &seed in &seeds {
             REFUSED.with(|r| *r.borrow_mut() = Some(Vec::new()));
