@@ -1797,3 +1797,48 @@ mod recovery_tests {
         println!("late {late} never {never} of {}", seeds.len());
     }
 }
+
+#[cfg(test)]
+mod onset_tests {
+    use super::*;
+
+    /// The overload bench's `critical-only` at 1.5x: when the slowest 1 % of its phase were
+    /// sent, and the law's windows around the onset (`SIM_TRACE`).
+    #[test]
+    #[ignore = "exploration: prints the onset of critical-only overload"]
+    fn critical_onset() {
+        TRACE.with(|t| t.set(std::env::var("SIM_TRACE").is_ok()));
+        for seed in 1..=6 {
+            let ph = |secs, load| Phase {
+                secs,
+                load,
+                speed: 1.0,
+            };
+            let r = run(&Setup {
+                backend: Backend::slots(8, 0.04, 0.0),
+                clients: Clients::Open,
+                phases: vec![ph(3.0, 0.5), ph(3.0, 1.5), ph(3.0, 3.0)],
+                guard: Guard::Adaptive(LimitConfig::default()),
+                mix: [0.0, 0.0, 0.0, 0.0, 1.0],
+                seed,
+            });
+            let unloaded = r.phases[0].p99();
+            let p99 = r.phases[1].p99();
+            let slow: Vec<f64> = r
+                .answers
+                .iter()
+                .filter(|a| a.1 && (3.0..6.0).contains(&a.0) && a.2 >= p99)
+                .map(|a| a.0)
+                .collect();
+            println!(
+                "seed {seed}: 1.5x p99 {:.1} ms = {:.2}x; 3x {:.2}x; slowest 1 % sent at {:?}",
+                p99 * 1e3,
+                p99 / unloaded,
+                r.phases[2].p99() / unloaded,
+                slow.iter()
+                    .map(|t| (t * 100.0).round() / 100.0)
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+}
