@@ -10,7 +10,8 @@
 //! * `steps`: open-loop Poisson load at 0.5x to 4x capacity, back to 0.5x (recovery), then a
 //!   step to 3x (reaction);
 //! * `capacity-halves`: a steady 1.5x of the nominal capacity while the backend slows 2x (3x
-//!   its capacity then) and comes back;
+//!   its capacity then) and comes back; first, the slowed backend's unloaded p99 (at half its
+//!   capacity);
 //! * `cpu`: a CPU-bound backend (processor sharing over the backend's cores: capacity set by
 //!   CPU, not by a number of slots) at 1.5x and 3x;
 //! * `mixed`: one request in ten costs ten times as much, at 1.5x and 3x;
@@ -18,7 +19,8 @@
 //! * `critical-only`: only critical requests, at 1.5x and 3x.
 //!
 //! Measured per phase: goodput (200 answers completed per second, against the capacity of the
-//! moment), p50 / p99 of the 200 answers and the p99 over the scenario's unloaded (0.5x) p99,
+//! moment), p50 / p99 of the 200 answers and the p99 over the unloaded p99 (at half capacity)
+//! of the backend of the moment,
 //! the share of critical requests answered 200; for `steps`, the time to react to the step from
 //! 0.5x to 3x and to recover after 4x; for `capacity-halves`, the time until goodput is back at
 //! 90 % of the new capacity after each change. Writes a table (Markdown), an SVG plot of
@@ -93,6 +95,8 @@ const STEPS: [(&str, f64, u64); 9] = [
     ("end", 0.5, 1),
 ];
 const WARM_UP: u64 = 3;
+/// `capacity-halves`' phase that measures the slowed backend's unloaded p99.
+const SLOWED_UNLOADED: &str = "halved, unloaded";
 /// The window of the reaction and recovery measures.
 const WINDOW_MS: u32 = 250;
 
@@ -233,7 +237,12 @@ fn chain(parts: &[(&'static str, u64, f64, Event)]) -> Vec<Phase> {
 fn scenario(name: &str, step: u64) -> Scenario {
     let warm = WARM_UP;
     match name {
+        // The slowed backend's own unloaded p99 is measured first, at half its capacity for
+        // twice the warm-up (as many answers as the warm-up's): the halved phase's p99 is
+        // compared with it, not with the fast backend's. The warm-up then re-learns the fast
+        // backend at 0.5x before the overload, as in every scenario.
         "capacity-halves" => Scenario::new(chain(&[
+            (SLOWED_UNLOADED, 2 * warm, 0.25, Event::Slow),
             ("warm-up", warm, 0.5, Event::None),
             ("1.5x", step + 1, 1.5, Event::None),
             ("halved", step + 1, 1.5, Event::Slow),
@@ -288,7 +297,11 @@ struct Point {
     goodput_percent_of_capacity: f64,
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
-    /// The phase's p99 over the scenario's unloaded (0.5x) p99 of the same configuration.
+    /// The p99 this phase is compared with: the same configuration's p99 at half the
+    /// capacity of the backend of the moment (the warm-up's; the slowed backend's own in
+    /// `capacity-halves`' halved phase; for `closed-loop`, the `steps` warm-up's).
+    unloaded_p99_ms: Option<f64>,
+    /// The phase's p99 over `unloaded_p99_ms`.
     p99_over_unloaded: Option<f64>,
     critical_success_percent: Option<f64>,
 }
@@ -393,18 +406,16 @@ fn measure(run: &Run, scenario: &Scenario, name: &str, reference: Option<f64>) -
         let p99 = crate::demo::report_ms(load::quantile(&mut latencies, 0.99));
         (p50, p99)
     };
-    let warm_up_p99 = if scenario.connections.is_some() {
-        reference
-    } else {
-        phase_p99(&scenario.phases[0]).1
-    };
-    let capacity_of = |phase: &Phase| {
-        if phase.event == Event::Slow {
-            scenario.capacity / 2.0
-        } else {
-            scenario.capacity
+    let capacity_of = |phase: &Phase| capacity_of(scenario, phase);
+    // The unloaded p99 of the backend a phase runs on, measured in this run (never assumed
+    // from the other backend's).
+    let unloaded_p99 = |backend: Event| {
+        if scenario.connections.is_some() {
+            return reference;
         }
+        unloaded_phase(scenario, backend).and_then(|p| phase_p99(p).1)
     };
+    let warm_up_p99 = unloaded_p99(Event::None);
     // `steps`: each load once (the warm-up and the rising steps); otherwise every phase.
     let shown = if name == "steps" {
         &scenario.phases[..7]
@@ -431,6 +442,7 @@ fn measure(run: &Run, scenario: &Scenario, name: &str, reference: Option<f64>) -
             let goodput = completed as f64 / secs;
             let capacity = capacity_of(phase);
             let (p50, p99) = phase_p99(phase);
+            let unloaded = unloaded_p99(phase.event);
             Point {
                 phase: phase.name,
                 factor: phase.from,
@@ -440,8 +452,9 @@ fn measure(run: &Run, scenario: &Scenario, name: &str, reference: Option<f64>) -
                 goodput_percent_of_capacity: (1000.0 * goodput / capacity).round() / 10.0,
                 p50_ms: p50,
                 p99_ms: p99,
+                unloaded_p99_ms: unloaded,
                 p99_over_unloaded: p99
-                    .zip(warm_up_p99)
+                    .zip(unloaded)
                     .map(|(p, u)| (100.0 * p / u).round() / 100.0),
                 critical_success_percent: critical
                     .success_percent()
@@ -459,8 +472,10 @@ fn measure(run: &Run, scenario: &Scenario, name: &str, reference: Option<f64>) -
         (None, None)
     };
     let settle_ms = if name == "capacity-halves" {
-        scenario.phases[2..]
+        scenario
+            .phases
             .iter()
+            .filter(|p| matches!(p.name, "halved" | "restored"))
             .map(|phase| {
                 let target = 0.9 * capacity_of(phase);
                 let good: Vec<bool> = (phase.start..phase.end)
@@ -498,6 +513,26 @@ fn measure(run: &Run, scenario: &Scenario, name: &str, reference: Option<f64>) -
         warm_up_p99_ms: warm_up_p99,
         limit,
     }
+}
+
+/// The backend's capacity during `phase` (halved while it is slowed).
+fn capacity_of(scenario: &Scenario, phase: &Phase) -> f64 {
+    if phase.event == Event::Slow {
+        scenario.capacity / 2.0
+    } else {
+        scenario.capacity
+    }
+}
+
+/// The phase that measures the unloaded p99 of the backend as `backend` leaves it: the first
+/// steady phase at half that backend's capacity (the warm-up; the slowed backend's own phase
+/// in `capacity-halves`).
+fn unloaded_phase(scenario: &Scenario, backend: Event) -> Option<&Phase> {
+    scenario.phases.iter().find(|p| {
+        p.event == backend
+            && p.from == p.to
+            && (p.from * scenario.capacity / capacity_of(scenario, p) - 0.5).abs() < 1e-9
+    })
 }
 
 /// The time from `phase`'s start after which every window of the phase has its p99 of 200
@@ -724,6 +759,36 @@ fn plot(results: &[ConfigResult]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_phase_is_compared_with_the_unloaded_p99_of_the_backend_it_ran_on() {
+        let halves = scenario("capacity-halves", 3);
+        let unloaded = |name: &str| {
+            let phase = halves.phases.iter().find(|p| p.name == name).unwrap();
+            unloaded_phase(&halves, phase.event).unwrap().name
+        };
+        assert_eq!(unloaded("halved"), SLOWED_UNLOADED);
+        assert_eq!(unloaded("1.5x"), "warm-up");
+        assert_eq!(unloaded("restored"), "warm-up");
+        // The slowed backend's unloaded phase offers half of its capacity, as the warm-up does.
+        let slowed = unloaded_phase(&halves, Event::Slow).unwrap();
+        assert_eq!(
+            slowed.from * halves.capacity / capacity_of(&halves, slowed),
+            0.5
+        );
+        for name in ["cpu", "mixed", "critical-only"] {
+            let s = scenario(name, 3);
+            assert_eq!(unloaded_phase(&s, Event::None).unwrap().name, "warm-up");
+        }
+        assert_eq!(
+            unloaded_phase(&steps_scenario(3), Event::None)
+                .unwrap()
+                .name,
+            "warm-up"
+        );
+        // The closed loop has no unloaded phase of its own (the steps' warm-up stands in).
+        assert!(unloaded_phase(&scenario("closed-loop", 3), Event::None).is_none());
+    }
 
     #[test]
     fn update_benchmarks_replaces_only_the_table_between_the_markers() {

@@ -70,6 +70,41 @@ fn drive(
         .collect()
 }
 
+/// A service that got twice as slow, at a moment that falls anywhere in the law's probe
+/// cadence (one window in 32 runs at half the limit). When the first slower window cut the
+/// limit and a probe was due, or the slower window was the probe itself, the probe runs at a
+/// quarter (or half) of the concurrency and is no faster: the service itself got slower. The
+/// law learns the slower service's own latency from that probe, within two slower windows
+/// wherever the slowdown falls; before, a probe window only ever lowered the baseline, and the
+/// next window at the cut limit had to show it (the overload benchmark's `capacity-halves`,
+/// where a probe fell due within a window of the slowdown, ran its slowed backend at two to
+/// five of its eight slots for most of a second).
+#[test]
+fn a_slowdown_that_meets_a_probe_is_learnt_from_the_probe() {
+    let (k, s) = (8.0, 0.040);
+    let mut seed = 7;
+    let mut law = Law::new(LimitConfig::default());
+    let mut t = Instant::now();
+    drive(&mut law, &mut t, k, s, 300, &mut seed);
+    for offset in 0..40 {
+        let mut law = law.clone();
+        let (mut t, mut seed) = (t, seed);
+        drive(&mut law, &mut t, k, s, offset, &mut seed);
+        let first = drive(&mut law, &mut t, k, 2.0 * s, 2, &mut seed);
+        let baseline = law.baseline().unwrap().as_secs_f64();
+        assert!(
+            baseline > 1.5 * s,
+            "slowdown {offset} windows on: limits {first:?}, baseline {baseline}"
+        );
+        let limits = drive(&mut law, &mut t, k, 2.0 * s, 2, &mut seed);
+        // The slots are all in use again (unless a probe fell on this window).
+        assert!(
+            first.iter().chain(&limits).any(|&l| f64::from(l) >= k),
+            "slowdown {offset} windows on: limits {first:?} {limits:?}"
+        );
+    }
+}
+
 /// The median of the limits (probe windows, at half the limit for one window in 32, do not
 /// move it).
 fn median(mut limits: Vec<u32>) -> f64 {

@@ -568,6 +568,21 @@ impl Law {
             // again after one window, until halving no longer helps.
             self.since_low = if lower { PROBE_EVERY - 1 } else { 0 };
             self.limit = restore;
+            // A probe during a streak of cuts that ran hardly faster than where the streak
+            // started, at a fifth or more below its concurrency: the service itself got
+            // slower (the same test as after cuts, below, and the probe the clearest one).
+            // Learn it now and give the cuts back: left to the next window, a slowdown that
+            // met a due probe ran a quarter of the limit for a window, then half for one more.
+            if let (Some((c0, t0)), Some(b)) = (self.previous, self.baseline)
+                && concurrency <= c0 * PROBE_CUT
+                && t > self.target(b) + noise
+                && (t0 / t).ln() < (c0 / concurrency).ln() * QUEUE_ELASTICITY
+            {
+                self.baseline = Some(t);
+                self.baseline_concurrency = concurrency;
+                self.previous = None;
+                self.limit = self.limit.max(c0.min(f64::from(self.config.max)));
+            }
             return self.limit();
         }
         if resolved && concurrency <= self.limit * PROBE_SHARE * 1.2 {

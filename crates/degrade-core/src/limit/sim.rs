@@ -16,6 +16,18 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// A refused request: (time, priority, cause, limit, in flight, queued).
+pub(crate) type Refusal = (f64, Priority, usize, u32, u32, usize);
+
+/// Logs a refusal in [`REFUSED`] when it is on.
+fn log_refusal(r: Refusal) {
+    REFUSED.with(|log| {
+        if let Some(v) = log.borrow_mut().as_mut() {
+            v.push(r);
+        }
+    });
+}
+
 /// An answered request's (sent, admitted, done, critical), in seconds.
 type Parts = (f64, f64, f64, bool);
 
@@ -24,6 +36,10 @@ thread_local! {
     pub(crate) static TRACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// Critical refusals by cause: queue full, evicted, expired, no target yet.
     pub(crate) static CRIT: std::cell::Cell<[u64; 4]> = const { std::cell::Cell::new([0; 4]) };
+    /// Refused requests' (time, priority, cause as in [`CRIT`], limit, in flight, queued),
+    /// when `Some` (exploration only).
+    pub(crate) static REFUSED: std::cell::RefCell<Option<Vec<Refusal>>> =
+        const { std::cell::RefCell::new(None) };
     /// Answered requests' (sent, admitted, done, critical), when `Some` (exploration only).
     pub(crate) static PARTS: std::cell::RefCell<Option<Vec<Parts>>> =
         const { std::cell::RefCell::new(None) };
@@ -490,6 +506,14 @@ pub(crate) fn run(setup: &Setup) -> Report {
                         // Still waiting at its deadline: refused.
                         reqs[id as usize].ticket = None;
                         count_critical_refusal(reqs[id as usize].priority, 2);
+                        log_refusal((
+                            now,
+                            reqs[id as usize].priority,
+                            2,
+                            l.law.limit(),
+                            in_flight,
+                            l.queue.len(),
+                        ));
 
                         answer(
                             &mut reqs,
@@ -580,6 +604,14 @@ pub(crate) fn run(setup: &Setup) -> Report {
                                                 reqs[victim as usize].priority,
                                                 1,
                                             );
+                                            log_refusal((
+                                                now,
+                                                reqs[victim as usize].priority,
+                                                1,
+                                                l.law.limit(),
+                                                in_flight,
+                                                l.queue.len(),
+                                            ));
 
                                             answer(
                                                 &mut reqs,
@@ -601,6 +633,14 @@ pub(crate) fn run(setup: &Setup) -> Report {
                                     }
                                     Pushed::Full(_) => {
                                         count_critical_refusal(reqs[id as usize].priority, 0);
+                                        log_refusal((
+                                            now,
+                                            reqs[id as usize].priority,
+                                            0,
+                                            l.law.limit(),
+                                            in_flight,
+                                            l.queue.len(),
+                                        ));
                                         answer(
                                             &mut reqs,
                                             id,
@@ -622,6 +662,14 @@ pub(crate) fn run(setup: &Setup) -> Report {
                             }
                             _ => {
                                 count_critical_refusal(reqs[id as usize].priority, 3);
+                                log_refusal((
+                                    now,
+                                    reqs[id as usize].priority,
+                                    3,
+                                    l.law.limit(),
+                                    in_flight,
+                                    l.queue.len(),
+                                ));
                                 answer(
                                     &mut reqs,
                                     id,
@@ -1600,6 +1648,197 @@ mod seeds_tests {
         ));
         for l in lines {
             println!("{l}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod halves_tests {
+    use super::*;
+
+    /// The overload bench's `capacity-halves` (--quick) over seeds: goodput per second of the
+    /// halved and restored phases over the capacity of the moment.
+    #[test]
+    #[ignore = "exploration: prints a table over seeds"]
+    fn halves_bench() {
+        TRACE.with(|t| t.set(std::env::var("SIM_TRACE").is_ok()));
+        let seeds: Vec<u64> = std::env::var("SIM_SEEDS")
+            .ok()
+            .and_then(|s| {
+                let (a, b) = s.split_once('-')?;
+                Some((a.parse().ok()?..=b.parse().ok()?).collect())
+            })
+            .unwrap_or_else(|| (1..=6).collect());
+        let ph = |secs, load, speed| Phase { secs, load, speed };
+        for b in [
+            Backend::slots(8, 0.04, 0.0),
+            Backend::slots(6, 0.03, 0.2),
+            Backend::slots(16, 0.02, 0.5),
+            Backend::slots(2, 0.2, 0.0),
+            Backend::cpu(2, 0.02, 0.3),
+        ] {
+            let step = (b.median * 100.0).max(4.0);
+            let (mut hmin, mut hsum, mut rmin, mut rsum) = (f64::MAX, 0.0, f64::MAX, 0.0);
+            for &seed in &seeds {
+                let r = run(&Setup {
+                    backend: b,
+                    clients: Clients::Open,
+                    // As the bench: the slowed backend unloaded, the warm-up, 1.5x, halved,
+                    // restored.
+                    phases: vec![
+                        ph(6.0, 0.25, 0.5),
+                        ph(3.0, 0.5, 1.0),
+                        ph(step, 1.5, 1.0),
+                        ph(step, 1.5, 0.5),
+                        ph(step, 1.5, 1.0),
+                    ],
+                    guard: Guard::Adaptive(LimitConfig::default()),
+                    mix: DEMO_MIX,
+                    seed,
+                });
+                let c = b.capacity();
+                let h = 2.0 * r.goodput_percent(3);
+                let back = r.goodput_percent(4);
+                let s0 = r.starts[3];
+                let per: Vec<String> = (0..step as usize)
+                    .map(|i| {
+                        let f = s0 + i as f64;
+                        format!("{:.0}", 100.0 * r.goodput_between(f, f + 1.0) / (c / 2.0))
+                    })
+                    .collect();
+                if std::env::var("SIM_VERBOSE").is_ok() {
+                    // p99 of each phase over the unloaded p99 of the backend of that moment.
+                    let (slow, fast) = (r.phases[0].p99(), r.phases[1].p99());
+                    println!(
+                        "  {:?} seed {seed}: halved {h:.1} [{}] L{:.1} restored {back:.1} L{:.1} p99 1.5x {:.2} halved {:.2} restored {:.2}",
+                        b.kind,
+                        per.join(" "),
+                        r.phases[3].mean_limit,
+                        r.phases[4].mean_limit,
+                        r.phases[2].p99() / fast,
+                        r.phases[3].p99() / slow,
+                        r.phases[4].p99() / fast,
+                    );
+                }
+                hmin = hmin.min(h);
+                hsum += h;
+                rmin = rmin.min(back);
+                rsum += back;
+            }
+            let n = seeds.len() as f64;
+            println!(
+                "halves-bench {:?}x{}ms s{}: halved min {hmin:.1} mean {:.1} restored min {rmin:.1} mean {:.1}",
+                b.kind,
+                b.median * 1e3,
+                b.sigma,
+                hsum / n,
+                rsum / n
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod recovery_tests {
+    use super::*;
+
+    /// The overload bench's `steps` recovery (4x -> 0.5x) over seeds: the recovery time and
+    /// every refusal after the first second of the 0.5x phase, with its cause.
+    #[test]
+    #[ignore = "exploration: prints refusals over seeds"]
+    fn recovery_refusals() {
+        let seeds: Vec<u64> = std::env::var("SIM_SEEDS")
+            .ok()
+            .and_then(|s| {
+                let (a, b) = s.split_once('-')?;
+                Some((a.parse().ok()?..=b.parse().ok()?).collect())
+            })
+            .unwrap_or_else(|| (1..=6).collect());
+        // SIM_NOISY: a host that stalls now and then (requests 1.5x as long meanwhile).
+        let backend = if std::env::var("SIM_NOISY").is_ok() {
+            Backend::slots(8, 0.04, 0.0).noisy()
+        } else {
+            Backend::slots(8, 0.04, 0.0)
+        };
+        let (mut late, mut never) = (0, 0);
+        for &seed in &seeds {
+            REFUSED.with(|r| *r.borrow_mut() = Some(Vec::new()));
+            let r = run(&Setup {
+                backend,
+                clients: Clients::Open,
+                phases: bench_phases(3.0),
+                guard: Guard::Adaptive(LimitConfig::default()),
+                mix: DEMO_MIX,
+                seed,
+            });
+            let refused = REFUSED.with(|r| r.borrow_mut().take()).unwrap_or_default();
+            let unloaded = r.phases[0].p99();
+            let recover = r.settle(7, 0.25, 2.0 * unloaded, 0.99);
+            let (from, to) = (r.starts[7] + 1.0, r.starts[8]);
+            let after: Vec<&Refusal> = refused
+                .iter()
+                .filter(|x| (from..to).contains(&x.0))
+                .collect();
+            if recover.is_none_or(|t| t > 1.0) {
+                if recover.is_none() {
+                    never += 1;
+                } else {
+                    late += 1;
+                }
+                println!("seed {seed}: recovery {recover:?}");
+                for x in after {
+                    println!(
+                        "  t={:.3} {:?} cause {} limit {} in flight {} queued {}",
+                        x.0, x.1, x.2, x.3, x.4, x.5
+                    );
+                }
+            }
+        }
+        println!("late {late} never {never} of {}", seeds.len());
+    }
+}
+
+#[cfg(test)]
+mod onset_tests {
+    use super::*;
+
+    /// The overload bench's `critical-only` at 1.5x: when the slowest 1 % of its phase were
+    /// sent, and the law's windows around the onset (`SIM_TRACE`).
+    #[test]
+    #[ignore = "exploration: prints the onset of critical-only overload"]
+    fn critical_onset() {
+        TRACE.with(|t| t.set(std::env::var("SIM_TRACE").is_ok()));
+        for seed in 1..=6 {
+            let ph = |secs, load| Phase {
+                secs,
+                load,
+                speed: 1.0,
+            };
+            let r = run(&Setup {
+                backend: Backend::slots(8, 0.04, 0.0),
+                clients: Clients::Open,
+                phases: vec![ph(3.0, 0.5), ph(3.0, 1.5), ph(3.0, 3.0)],
+                guard: Guard::Adaptive(LimitConfig::default()),
+                mix: [0.0, 0.0, 0.0, 0.0, 1.0],
+                seed,
+            });
+            let unloaded = r.phases[0].p99();
+            let p99 = r.phases[1].p99();
+            let slow: Vec<f64> = r
+                .answers
+                .iter()
+                .filter(|a| a.1 && (3.0..6.0).contains(&a.0) && a.2 >= p99)
+                .map(|a| a.0)
+                .collect();
+            println!(
+                "seed {seed}: 1.5x p99 {:.1} ms = {:.2}x; 3x {:.2}x; slowest 1 % sent at {:?}",
+                p99 * 1e3,
+                p99 / unloaded,
+                r.phases[2].p99() / unloaded,
+                slow.iter()
+                    .map(|t| (t * 100.0).round() / 100.0)
+                    .collect::<Vec<_>>()
+            );
         }
     }
 }
