@@ -1,14 +1,15 @@
 //! The response future of [`Canary`](crate::Canary).
 
 use crate::arm::Arm;
-use crate::service::{Recorder, TagArm};
+use crate::service::{Judge, TagArm};
+use crate::stats::Stats;
+use degrade_core::recycle::Held;
 use degrade_core::{BoxError, Classifier, Clock};
 use pin_project_lite::pin_project;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use tokio::time::Instant;
 
@@ -23,8 +24,14 @@ pin_project! {
 /// Records the call as cancelled if the future is dropped before it completes (a caller's
 /// timeout, a client gone): a hung arm must show up in its statistics, not vanish from them.
 /// Forced calls are never judged, so they record nothing.
-struct Guard<Cl, Clk> {
-    recorder: Arc<Recorder<Cl, Clk>>,
+///
+/// The statistics are reached through a `&'static` (degrade-core's `recycle`): no reference
+/// count is written per call. Recording the outcome or the cancellation ends the call, and
+/// the guard touches the statistics no more after it (they may be reused by a new router).
+struct Guard<Cl: 'static, Clk: 'static> {
+    stats: &'static Stats,
+    /// The classifier and the clock: a `&'static` when zero-sized.
+    judge: Held<Judge<Cl, Clk>>,
     arm: Arm,
     group: u8,
     /// Completed, or forced (never judged).
@@ -34,7 +41,7 @@ struct Guard<Cl, Clk> {
 impl<Cl, Clk> Drop for Guard<Cl, Clk> {
     fn drop(&mut self) {
         if !self.done {
-            self.recorder.stats.cancelled(self.arm, self.group);
+            self.stats.cancelled(self.arm, self.group);
         }
     }
 }
@@ -46,7 +53,7 @@ pin_project! {
     /// cancelled call: counted as such, and judged a failure of its arm by default (see
     /// [`JudgeConfig::cancelled_is_failure`](crate::JudgeConfig::cancelled_is_failure)). A
     /// request forced by the override is served but never judged.
-    pub struct ResponseFuture<SF, CF, Cl, M, Clk> {
+    pub struct ResponseFuture<SF, CF, Cl: 'static, M, Clk: 'static> {
         #[pin]
         inner: Inner<SF, CF>,
         // The start instant of a timed call; `None` for a call only counted.
@@ -63,13 +70,15 @@ impl<SF, CF, Cl, M, Clk> ResponseFuture<SF, CF, Cl, M, Clk> {
         forced: bool,
         group: u8,
         start: Option<Instant>,
-        recorder: Arc<Recorder<Cl, Clk>>,
+        stats: &'static Stats,
+        judge: Held<Judge<Cl, Clk>>,
     ) -> Self {
         Self {
             inner,
             start,
             guard: Guard {
-                recorder,
+                stats,
+                judge,
                 arm,
                 group,
                 done: forced,
@@ -124,15 +133,17 @@ where
         // `done` already set: a forced call, served but not judged.
         if !guard.done {
             guard.done = true;
-            let rec = &*guard.recorder;
+            let judge = &*guard.judge;
             let outcome = match &result {
-                Ok(res) => rec.classifier.classify_response(res),
-                Err(err) => rec.classifier.classify_error(err),
+                Ok(res) => judge.classifier.classify_response(res),
+                Err(err) => judge.classifier.classify_error(err),
             };
             let latency = this
                 .start
-                .map(|start| rec.clock.now().saturating_duration_since(start));
-            rec.stats.finished(guard.arm, guard.group, outcome, latency);
+                .map(|start| judge.clock.now().saturating_duration_since(start));
+            guard
+                .stats
+                .finished(guard.arm, guard.group, outcome, latency);
         }
         let arm = guard.arm;
         Poll::Ready(result.map(|mut res| {
