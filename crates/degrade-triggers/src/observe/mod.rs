@@ -74,6 +74,7 @@ pub use self::signal::{InFlightConfig, LatencyConfig, LatencyStat, ObserveSignal
 use self::future::Guard;
 use self::histogram::{COUNTERS, Counts, FAILURES, Recorder, SLOW, TIMEOUTS};
 use degrade_core::ladder::Thresholds;
+use degrade_core::recycle::Held;
 use degrade_core::{Classifier, Clock, ConfigError, DefaultClassifier, TokioClock};
 use std::fmt;
 use std::sync::Arc;
@@ -82,11 +83,17 @@ use std::time::Duration;
 use tower_layer::Layer;
 use tower_service::Service;
 
-pub(crate) struct Inner<K, C> {
+pub(crate) struct Inner<K: 'static, C: 'static> {
     pub(crate) hist: Recorder,
+    pub(crate) judge: Held<Judge<K, C>>,
+    pub(crate) slow: Option<Duration>,
+}
+
+/// What a response future needs besides the tally: held as a `&'static` when zero-sized
+/// (the default classifier and clock), else in an `Arc`.
+pub(crate) struct Judge<K, C> {
     pub(crate) classifier: K,
     pub(crate) clock: C,
-    pub(crate) slow: Option<Duration>,
 }
 
 /// Gives the signals the histogram without the layer's type parameters.
@@ -111,7 +118,7 @@ impl<K: Send + Sync + 'static, C: Clock> Source for Inner<K, C> {
 /// let twin = layer.clone();
 /// assert_eq!(layer.snapshot(), twin.snapshot());
 /// ```
-pub struct ObserveLayer<K = DefaultClassifier, C = TokioClock> {
+pub struct ObserveLayer<K: 'static = DefaultClassifier, C: 'static = TokioClock> {
     inner: Arc<Inner<K, C>>,
 }
 
@@ -439,8 +446,10 @@ impl<K, C> ObserveBuilder<K, C> {
         Ok(ObserveLayer {
             inner: Arc::new(Inner {
                 hist: Recorder::new(self.slow.is_some()),
-                classifier: self.classifier,
-                clock: self.clock,
+                judge: Held::new(Judge {
+                    classifier: self.classifier,
+                    clock: self.clock,
+                }),
                 slow: self.slow,
             }),
         })
@@ -503,7 +512,7 @@ impl ObserveSnapshot {
 /// let svc = ObserveLayer::new().layer(42u8);
 /// assert_eq!(*svc.get_ref(), 42);
 /// ```
-pub struct Observe<S, K = DefaultClassifier, C = TokioClock> {
+pub struct Observe<S, K: 'static = DefaultClassifier, C: 'static = TokioClock> {
     inner: S,
     shared: Arc<Inner<K, C>>,
 }
@@ -548,7 +557,7 @@ where
     #[inline]
     fn call(&mut self, req: R) -> Self::Future {
         let _scope = degrade_core::clock::CallScope::enter();
-        let guard = Guard::new(Arc::clone(&self.shared));
+        let guard = Guard::new(&self.shared);
         ResponseFuture::new(self.inner.call(req), guard)
     }
 }
