@@ -5,7 +5,7 @@ use crate::future::{Inner, ResponseFuture};
 use crate::key::{ForceArm, Global, NoOverride, StickyKey};
 use crate::stats::{CanarySnapshot, GROUPS, Stats, UNGROUPED};
 use degrade_core::counter::{ShardedCounter, TimingSampler};
-use degrade_core::recycle::{Held, Lease};
+use degrade_core::recycle::{Held, Pooled};
 use degrade_core::{BoxError, Classifier, Clock, ConfigError, DefaultClassifier, TokioClock};
 use std::fmt;
 use std::marker::PhantomData;
@@ -101,7 +101,7 @@ impl<K, O> Shared<K, O> {
 /// The statistics and their timing, shared by every clone and handle of one router.
 pub(crate) struct Book {
     /// Leased: response futures hold a `&'static` to them, no reference count.
-    stats: Lease<Stats>,
+    stats: Pooled<Stats>,
     /// Which calls are timed: each thread times 1 in `every` of its own calls *of each arm*
     /// (the arm's `ROUTED` slot is the sequence), the same `every` for both arms, set by the
     /// controller from the judge's windows ([`CanaryHandle::window_saw`]); every call until
@@ -540,7 +540,7 @@ impl<S, C, K, O, Cl, M, Clk> CanaryBuilder<S, C, K, O, Cl, M, Clk> {
                 force: self.force,
             }),
             book: Arc::new(Book {
-                stats: Stats::lease(),
+                stats: Stats::take(),
                 timing: self
                     .fixed_timing
                     .map_or_else(TimingSampler::new, TimingSampler::fixed),

@@ -30,7 +30,7 @@ use crate::arm::Arm;
 use degrade_core::Outcome;
 use degrade_core::counter::ShardedCounter;
 use degrade_core::histogram::{AtomicHistogram, Histogram, Layout};
-use degrade_core::recycle::{Lease, Pool, Recycle};
+use degrade_core::recycle::{Pool, Pooled, Recycle};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -97,7 +97,7 @@ struct Cell {
 /// Shared, lock-free statistics of both arms.
 ///
 /// Response futures reach them through a `&'static` (degrade-core's [`recycle`]): a router
-/// leases them from [`POOL`] and they are reset and reused once the router is gone and every
+/// takes them from [`POOL`] and they are reset and reused once the router is gone and every
 /// call it started has ended. A call starts with its `ROUTED` count (minus `FORCED`: a forced
 /// call is never recorded) and ends with exactly one of `SUCCESS`, `FAILURE`, `SLOW`,
 /// `IGNORED`, `CANCELLED`, the future's last write (a release store).
@@ -154,8 +154,8 @@ impl Recycle for Stats {
 
 impl Stats {
     /// Fresh statistics for a new router: recycled ones if any are free.
-    pub(crate) fn lease() -> Lease<Stats> {
-        POOL.lease(Stats::new)
+    pub(crate) fn take() -> Pooled<Stats> {
+        POOL.take(Stats::new)
     }
 
     pub(crate) fn new() -> Self {

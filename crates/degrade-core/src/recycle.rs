@@ -6,10 +6,10 @@
 //! itself is gone. An `Arc` in the future does it at the price of two locked instructions per
 //! request (the increment in `call`, the decrement when the future drops): on a 2-vCPU guest
 //! about 16 ns each, more than the rest of a canary split. Here the statistics object is
-//! leaked once ([`Pool::lease`]) and a future holds a plain `&'static T`. When the owner goes
-//! (the [`Lease`], kept by every service clone and handle), the object is handed back to its
-//! [`Pool`]; it is reset and reused by a later lease once nothing is in flight. The memory kept
-//! is bounded by the most objects ever leased at once (plus those kept by futures that never
+//! leaked once ([`Pool::take`]) and a future holds a plain `&'static T`. When the owner goes
+//! (the [`Pooled`], kept by every service clone and handle), the object is handed back to its
+//! [`Pool`]; it is reset and reused by a later take once nothing is in flight. The memory kept
+//! is bounded by the most objects ever taken at once (plus those kept by futures that never
 //! end).
 //!
 //! # When is an orphan empty
@@ -30,7 +30,7 @@
 //! every request (a store then a load of another location on each side), the very cost this
 //! module removes. Instead every hand-over happens under the pool's mutex, on the rare paths
 //! only: the owner's drop recycles the object at once when it is idle, else parks it; each
-//! later [`Pool::lease`] first recycles the parked objects that have become idle. One mutex
+//! later [`Pool::take`] first recycles the parked objects that have become idle. One mutex
 //! decides, so an object is recycled exactly once per owner, and only when idle. The loom
 //! model `loom_models::an_orphan_is_recycled_once_and_never_while_a_future_writes` checks it
 //! (`RUSTFLAGS="--cfg degrade_loom" cargo test -p degrade-core --release --lib loom_models`).
@@ -66,12 +66,12 @@ use std::sync::Arc;
 /// }
 /// static POOL: Pool<Calls> = Pool::new();
 ///
-/// let lease = POOL.lease(|| Calls(ShardedCounter::new()));
-/// let calls: &'static Calls = lease.get(); // what a response future holds
+/// let owned = POOL.take(|| Calls(ShardedCounter::new()));
+/// let calls: &'static Calls = owned.get(); // what a response future holds
 /// calls.0.add(0, 1); // a call starts
-/// drop(lease); // the layer goes while the call is in flight
+/// drop(owned); // the layer goes while the call is in flight
 /// calls.0.add_release(1, 1); // the call ends: its last write
-/// let next = POOL.lease(|| Calls(ShardedCounter::new()));
+/// let next = POOL.take(|| Calls(ShardedCounter::new()));
 /// assert_eq!(next.0.get(0), 0, "a new layer starts from zero");
 /// ```
 pub trait Recycle: Send + Sync + 'static {
@@ -87,7 +87,7 @@ pub trait Recycle: Send + Sync + 'static {
 }
 
 struct Lists<T: 'static> {
-    /// Idle, reset objects for the next lease.
+    /// Idle, reset objects for the next take.
     free: Vec<&'static T>,
     /// Objects whose owner is gone while calls were in flight.
     orphans: Vec<&'static T>,
@@ -107,9 +107,9 @@ struct Lists<T: 'static> {
 /// #     fn reset(&self) { self.0.store(0, Ordering::Relaxed) }
 /// # }
 /// static POOL: Pool<Ended> = Pool::new();
-/// let first: *const Ended = POOL.lease(Ended::default).get();
-/// // Idle when its owner went: the next lease reuses it.
-/// let second: *const Ended = POOL.lease(Ended::default).get();
+/// let first: *const Ended = POOL.take(Ended::default).get();
+/// // Idle when its owner went: the next take reuses it.
+/// let second: *const Ended = POOL.take(Ended::default).get();
 /// assert_eq!(first, second);
 /// assert_eq!(POOL.counts(), (1, 1, 0)); // made, free, orphaned
 /// ```
@@ -151,7 +151,7 @@ impl<T: Recycle> Pool<T> {
     /// An object for a new owner: a recycled one (orphans that have become idle are recycled
     /// first), or `make()` leaked when none is free. Not for the request path: it takes the
     /// pool's mutex.
-    pub fn lease(&'static self, make: impl FnOnce() -> T) -> Lease<T> {
+    pub fn take(&'static self, make: impl FnOnce() -> T) -> Pooled<T> {
         let reused = {
             let mut lists = self.lock();
             let Lists { free, orphans, .. } = &mut *lists;
@@ -171,10 +171,10 @@ impl<T: Recycle> Pool<T> {
             reused
         };
         let object = reused.unwrap_or_else(|| Box::leak(Box::new(make())));
-        Lease { object, pool: self }
+        Pooled { object, pool: self }
     }
 
-    /// The owner is gone: recycled now if idle, else parked until a later lease finds it idle.
+    /// The owner is gone: recycled now if idle, else parked until a later take finds it idle.
     fn orphan(&self, object: &'static T) {
         let mut lists = self.lock();
         if object.is_idle() {
@@ -206,8 +206,8 @@ impl<T> fmt::Debug for Pool<T> {
 }
 
 /// The owner's hold on a pooled object: [`get`](Self::get) gives the `&'static` that response
-/// futures keep; dropping the lease hands the object back to its pool (recycled once idle).
-/// Services and handles share one lease through an `Arc` (cloned per service clone, never per
+/// futures keep; dropping it hands the object back to its pool (recycled once idle).
+/// Services and handles share one hold through an `Arc` (cloned per service clone, never per
 /// request).
 ///
 /// ```
@@ -220,21 +220,21 @@ impl<T> fmt::Debug for Pool<T> {
 ///     fn reset(&self) {}
 /// }
 /// static POOL: Pool<InFlight> = Pool::new();
-/// let lease = POOL.lease(InFlight::default);
-/// let object = lease.get();
+/// let owned = POOL.take(InFlight::default);
+/// let object = owned.get();
 /// object.0.store(1, Ordering::Relaxed); // a call in flight
-/// drop(lease);
+/// drop(owned);
 /// assert_eq!(POOL.counts(), (1, 0, 1)); // parked, not reused
-/// let other = POOL.lease(InFlight::default);
+/// let other = POOL.take(InFlight::default);
 /// assert!(!std::ptr::eq(other.get(), object));
 /// ```
-pub struct Lease<T: Recycle> {
+pub struct Pooled<T: Recycle> {
     object: &'static T,
     pool: &'static Pool<T>,
 }
 
-impl<T: Recycle> Lease<T> {
-    /// The object, for as long as anyone needs it (it is never freed; after the lease is gone
+impl<T: Recycle> Pooled<T> {
+    /// The object, for as long as anyone needs it (it is never freed; after the hold is gone
     /// it is reused only once [`Recycle::is_idle`]).
     ///
     /// ```
@@ -242,9 +242,9 @@ impl<T: Recycle> Lease<T> {
     /// # struct Nothing;
     /// # impl Recycle for Nothing { fn is_idle(&self) -> bool { true } fn reset(&self) {} }
     /// # static POOL: Pool<Nothing> = Pool::new();
-    /// let lease = POOL.lease(|| Nothing);
-    /// let r: &'static Nothing = lease.get();
-    /// drop(lease);
+    /// let owned = POOL.take(|| Nothing);
+    /// let r: &'static Nothing = owned.get();
+    /// drop(owned);
     /// let _still_readable = r;
     /// ```
     #[inline]
@@ -253,7 +253,7 @@ impl<T: Recycle> Lease<T> {
     }
 }
 
-impl<T: Recycle> Deref for Lease<T> {
+impl<T: Recycle> Deref for Pooled<T> {
     type Target = T;
 
     #[inline]
@@ -262,15 +262,15 @@ impl<T: Recycle> Deref for Lease<T> {
     }
 }
 
-impl<T: Recycle> Drop for Lease<T> {
+impl<T: Recycle> Drop for Pooled<T> {
     fn drop(&mut self) {
         self.pool.orphan(self.object);
     }
 }
 
-impl<T: Recycle> fmt::Debug for Lease<T> {
+impl<T: Recycle> fmt::Debug for Pooled<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Lease").finish_non_exhaustive()
+        f.debug_struct("Pooled").finish_non_exhaustive()
     }
 }
 
@@ -380,14 +380,14 @@ mod tests {
     #[test]
     fn an_orphan_with_calls_in_flight_is_reused_only_after_they_end() {
         static POOL: Pool<Calls> = Pool::new();
-        let first = POOL.lease(calls);
+        let first = POOL.take(calls);
         let object = first.get();
         object.0.add(STARTED, 2);
         object.0.add_release(ENDED, 1);
         drop(first);
         assert_eq!(POOL.counts(), (1, 0, 1), "parked with one call in flight");
 
-        let second = POOL.lease(calls);
+        let second = POOL.take(calls);
         assert!(
             !std::ptr::eq(second.get(), object),
             "not while a call can write"
@@ -397,7 +397,7 @@ mod tests {
         object.0.add_release(ENDED, 1);
         assert_eq!(second.0.snapshot(), [0, 0]);
 
-        let third = POOL.lease(calls);
+        let third = POOL.take(calls);
         assert!(std::ptr::eq(third.get(), object), "recycled once idle");
         assert_eq!(third.0.snapshot(), [0, 0], "reset before reuse");
         assert_eq!(POOL.counts(), (2, 0, 0));
@@ -408,13 +408,13 @@ mod tests {
     #[test]
     fn counts_ended_on_another_thread_make_the_orphan_idle() {
         static POOL: Pool<Calls> = Pool::new();
-        let lease = POOL.lease(calls);
-        let object = lease.get();
+        let owned = POOL.take(calls);
+        let object = owned.get();
         object.0.add(STARTED, 1);
         let ender = std::thread::spawn(move || object.0.add_release(ENDED, 1));
-        drop(lease);
+        drop(owned);
         ender.join().unwrap();
-        let next = POOL.lease(calls);
+        let next = POOL.take(calls);
         assert!(std::ptr::eq(next.get(), object));
         assert_eq!(POOL.counts(), (1, 0, 0));
     }
@@ -467,16 +467,16 @@ mod loom_models {
         }
     }
 
-    /// A call's future ends on another thread while the owner drops its lease and a third
-    /// thread leases from the same pool: the object is never handed to the new owner while
+    /// A call's future ends on another thread while the owner drops its hold and a third
+    /// thread takes from the same pool: the object is never handed to the new owner while
     /// the future can still write (the reset sees the future's write), and once the future
-    /// has ended the next lease gets it back, reset exactly once.
+    /// has ended the next take gets it back, reset exactly once.
     #[test]
     fn an_orphan_is_recycled_once_and_never_while_a_future_writes() {
         loom::model(|| {
             let pool: &'static Pool<Object> = Box::leak(Box::new(Pool::new()));
-            let lease = pool.lease(Object::default);
-            let object = lease.get();
+            let owned = pool.take(Object::default);
+            let object = owned.get();
             // `call`: the start count, written by the owner's thread.
             object.started.store(1, Ordering::Relaxed);
             let future = thread::spawn(move || {
@@ -486,21 +486,21 @@ mod loom_models {
                 e.store(e.load(Ordering::Relaxed) + 1, Ordering::Release);
             });
             let other_layer = thread::spawn(move || {
-                let lease = pool.lease(Object::default);
-                let mine = std::ptr::eq(lease.get(), object);
-                // A lease that got the object owns it afresh: reset, counting from zero.
+                let owned = pool.take(Object::default);
+                let mine = std::ptr::eq(owned.get(), object);
+                // A take that got the object owns it afresh: reset, counting from zero.
                 if mine {
                     assert_eq!(object.started.load(Ordering::Relaxed), 0);
                 }
                 mine
             });
-            drop(lease);
+            drop(owned);
             future.join().unwrap();
             let reused_by_other = other_layer.join().unwrap();
-            // Every party is done: the next lease recycles the orphan at the latest.
-            let last = pool.lease(Object::default);
+            // Every party is done: the next take recycles the orphan at the latest.
+            let last = pool.take(Object::default);
             let (made, _, parked) = pool.counts();
-            assert_eq!(parked, 0, "the idle orphan is recycled by the next lease");
+            assert_eq!(parked, 0, "the idle orphan is recycled by the next take");
             assert!(made <= 2);
             let owners = if reused_by_other { 2 } else { 1 };
             assert_eq!(

@@ -30,7 +30,7 @@
 
 use degrade_core::counter::{ShardedCounter, TimingSampler};
 use degrade_core::histogram::{AtomicHistogram, Histogram, Layout};
-use degrade_core::recycle::{Lease, Pool, Recycle};
+use degrade_core::recycle::{Pool, Pooled, Recycle};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -84,9 +84,9 @@ impl Recycle for Tally {
     }
 }
 
-/// The shared recording side: the leased [`Tally`] and which calls to time.
+/// The shared recording side: the taken [`Tally`] and which calls to time.
 pub(crate) struct Recorder {
-    tally: Lease<Tally>,
+    tally: Pooled<Tally>,
     /// Which calls are timed: a thread times its calls whose sequence number (its `STARTED`
     /// slot) is a multiple of `every`, set by the latency signals (rarely), read with a
     /// relaxed load per call; every call until a latency window has seen enough calls, and
@@ -97,7 +97,7 @@ pub(crate) struct Recorder {
 impl Recorder {
     pub(crate) fn new(time_all: bool) -> Self {
         Self {
-            tally: POOL.lease(|| Tally {
+            tally: POOL.take(|| Tally {
                 counters: ShardedCounter::new(),
                 latency: AtomicHistogram::per_cpu(Layout::FINE),
             }),
