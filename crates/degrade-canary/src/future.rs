@@ -1,7 +1,7 @@
 //! The response future of [`Canary`](crate::Canary).
 
 use crate::arm::Arm;
-use crate::service::{Judge, TagArm};
+use crate::service::TagArm;
 use crate::stats::Stats;
 use degrade_core::recycle::Held;
 use degrade_core::{BoxError, Classifier, Clock};
@@ -28,17 +28,17 @@ pin_project! {
 /// The statistics are reached through a `&'static` (degrade-core's `recycle`): no reference
 /// count is written per call. Recording the outcome or the cancellation ends the call, and
 /// the guard touches the statistics no more after it (they may be reused by a new router).
-struct Guard<Cl: 'static, Clk: 'static> {
+struct Guard<Cl: 'static> {
     stats: &'static Stats,
-    /// The classifier and the clock: a `&'static` when zero-sized.
-    judge: Held<Judge<Cl, Clk>>,
+    /// A `&'static` when zero-sized (the default classifiers), else an `Arc`.
+    classifier: Held<Cl>,
     arm: Arm,
     group: u8,
     /// Completed, or forced (never judged).
     done: bool,
 }
 
-impl<Cl, Clk> Drop for Guard<Cl, Clk> {
+impl<Cl> Drop for Guard<Cl> {
     fn drop(&mut self) {
         if !self.done {
             self.stats.cancelled(self.arm, self.group);
@@ -53,12 +53,13 @@ pin_project! {
     /// cancelled call: counted as such, and judged a failure of its arm by default (see
     /// [`JudgeConfig::cancelled_is_failure`](crate::JudgeConfig::cancelled_is_failure)). A
     /// request forced by the override is served but never judged.
-    pub struct ResponseFuture<SF, CF, Cl: 'static, M, Clk: 'static> {
+    pub struct ResponseFuture<SF, CF, Cl: 'static, M, Clk> {
         #[pin]
         inner: Inner<SF, CF>,
-        // The start instant of a timed call; `None` for a call only counted.
-        start: Option<Instant>,
-        guard: Guard<Cl, Clk>,
+        // The start instant of a timed call and the clock to read its end; `None` for a call
+        // only counted (no clock cloned).
+        start: Option<(Instant, Clk)>,
+        guard: Guard<Cl>,
         _mode: PhantomData<fn() -> M>,
     }
 }
@@ -69,16 +70,16 @@ impl<SF, CF, Cl, M, Clk> ResponseFuture<SF, CF, Cl, M, Clk> {
         arm: Arm,
         forced: bool,
         group: u8,
-        start: Option<Instant>,
+        start: Option<(Instant, Clk)>,
         stats: &'static Stats,
-        judge: Held<Judge<Cl, Clk>>,
+        classifier: Held<Cl>,
     ) -> Self {
         Self {
             inner,
             start,
             guard: Guard {
                 stats,
-                judge,
+                classifier,
                 arm,
                 group,
                 done: forced,
@@ -133,14 +134,14 @@ where
         // `done` already set: a forced call, served but not judged.
         if !guard.done {
             guard.done = true;
-            let judge = &*guard.judge;
             let outcome = match &result {
-                Ok(res) => judge.classifier.classify_response(res),
-                Err(err) => judge.classifier.classify_error(err),
+                Ok(res) => guard.classifier.classify_response(res),
+                Err(err) => guard.classifier.classify_error(err),
             };
             let latency = this
                 .start
-                .map(|start| judge.clock.now().saturating_duration_since(start));
+                .as_ref()
+                .map(|(start, clock)| clock.now().saturating_duration_since(*start));
             guard
                 .stats
                 .finished(guard.arm, guard.group, outcome, latency);

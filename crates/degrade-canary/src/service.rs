@@ -109,13 +109,6 @@ pub(crate) struct Book {
     timing: TimingSampler,
 }
 
-/// What a response future needs besides the statistics to record its outcome: held as a
-/// `&'static` when zero-sized (the default classifier and clock), else in an `Arc`.
-pub(crate) struct Judge<Cl, Clk> {
-    pub(crate) classifier: Cl,
-    pub(crate) clock: Clk,
-}
-
 /// A cheap, cloneable view of a router for whoever moves its weight and reads its statistics
 /// (the [`CanaryController`](crate::CanaryController), a dashboard, a test).
 ///
@@ -209,13 +202,16 @@ pub struct Canary<
     O = NoOverride,
     Cl: 'static = DefaultClassifier,
     M = Plain,
-    Clk: 'static = TokioClock,
+    Clk = TokioClock,
 > {
     stable: S,
     candidate: C,
     shared: Arc<Shared<K, O>>,
     book: Arc<Book>,
-    judge: Held<Judge<Cl, Clk>>,
+    /// Held as a `&'static` when zero-sized (the default classifiers), else in an `Arc`.
+    classifier: Held<Cl>,
+    /// Cloned into the response futures of timed calls only.
+    clock: Clk,
     _mode: PhantomData<fn() -> M>,
 }
 
@@ -293,14 +289,15 @@ impl<S, C, K, O, Cl, M, Clk> Canary<S, C, K, O, Cl, M, Clk> {
     degrade_core::inner_service_accessors!((S, C), (stable, candidate));
 }
 
-impl<S: Clone, C: Clone, K, O, Cl, M, Clk> Clone for Canary<S, C, K, O, Cl, M, Clk> {
+impl<S: Clone, C: Clone, K, O, Cl, M, Clk: Clone> Clone for Canary<S, C, K, O, Cl, M, Clk> {
     fn clone(&self) -> Self {
         Self {
             stable: self.stable.clone(),
             candidate: self.candidate.clone(),
             shared: self.shared.clone(),
             book: self.book.clone(),
-            judge: self.judge.clone(),
+            classifier: self.classifier.clone(),
+            clock: self.clock.clone(),
             _mode: PhantomData,
         }
     }
@@ -352,7 +349,7 @@ where
         let start = stats
             .routed(arm, forced)
             .is_some_and(|seq| self.book.timing.is_timed(seq))
-            .then(|| self.judge.clock.now());
+            .then(|| (self.clock.now(), self.clock.clone()));
         let inner = match arm {
             Arm::Stable => Inner::Stable {
                 fut: self.stable.call(req),
@@ -361,7 +358,15 @@ where
                 fut: self.candidate.call(req),
             },
         };
-        ResponseFuture::new(inner, arm, forced, group, start, stats, self.judge.clone())
+        ResponseFuture::new(
+            inner,
+            arm,
+            forced,
+            group,
+            start,
+            stats,
+            self.classifier.clone(),
+        )
     }
 }
 
@@ -545,10 +550,8 @@ impl<S, C, K, O, Cl, M, Clk> CanaryBuilder<S, C, K, O, Cl, M, Clk> {
                     .fixed_timing
                     .map_or_else(TimingSampler::new, TimingSampler::fixed),
             }),
-            judge: Held::new(Judge {
-                classifier: self.classifier,
-                clock: self.clock,
-            }),
+            classifier: Held::new(self.classifier),
+            clock: self.clock,
             _mode: PhantomData,
         })
     }

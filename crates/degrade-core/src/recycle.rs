@@ -37,10 +37,11 @@
 //!
 //! # What a future reads besides the statistics
 //!
-//! The user's classifier and clock are per layer and cannot be recycled. [`Held`] holds them:
-//! a zero-sized value (the default classifiers, `TokioClock`) is leaked for free and copied as
-//! a `&'static`; anything else is shared through an `Arc`, whose count a clone of the future's
-//! holder then writes (as before, and only for such user types).
+//! The user's classifier is per layer and cannot be recycled. [`Held`] holds it: a zero-sized
+//! value (the default classifiers) is leaked for free and copied as a `&'static`; anything else
+//! is shared through an `Arc`, whose count each future's clone then writes (as before, and only
+//! for such user types). A clock is `Clone` and usually zero-sized (`TokioClock`) or a copy: a
+//! layer clones it into the futures of the calls it times.
 
 use crate::sync::Mutex;
 use std::fmt;
@@ -274,7 +275,7 @@ impl<T: Recycle> fmt::Debug for Pooled<T> {
     }
 }
 
-/// A per-layer value that response futures read (a classifier, a clock) without a reference
+/// A per-layer value that response futures read (a classifier) without a reference
 /// count when it is zero-sized: such a value is leaked for free (no memory) and the holder is a
 /// `&'static`; any other value is shared through an `Arc`. Cloning copies a pointer in the
 /// first case and bumps the `Arc` in the second. A zero-sized value's `Drop` never runs.

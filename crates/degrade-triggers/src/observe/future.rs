@@ -1,6 +1,6 @@
 //! The response future of the [`Observe`](super::Observe) service.
 
-use super::{Inner, Judge};
+use super::Inner;
 use crate::observe::histogram::{CANCELLED, FAILURES, SLOW, TIMEOUTS, Tally};
 use degrade_core::recycle::Held;
 use degrade_core::{Classifier, Clock, Outcome};
@@ -16,13 +16,14 @@ use tokio::time::Instant;
 ///
 /// The tally is reached through a `&'static` (degrade-core's `recycle`): no reference count
 /// is written per call. The end of the call is the guard's last write to it.
-pub(crate) struct Guard<K: 'static, C: 'static> {
+pub(crate) struct Guard<K: 'static, C> {
     tally: &'static Tally,
-    /// The classifier and the clock: a `&'static` when zero-sized (the defaults).
-    judge: Held<Judge<K, C>>,
+    /// A `&'static` when zero-sized (the default classifiers), else an `Arc`.
+    classifier: Held<K>,
     slow: Option<Duration>,
-    /// The start instant of a timed call; `None` for a call only counted.
-    start: Option<Instant>,
+    /// The start instant of a timed call and the clock to read its end; `None` for a call
+    /// only counted (no clock cloned).
+    start: Option<(Instant, C)>,
     done: bool,
 }
 
@@ -30,10 +31,10 @@ impl<K, C: Clock> Guard<K, C> {
     #[inline]
     pub(crate) fn new(inner: &Inner<K, C>) -> Self {
         let (tally, timed) = inner.hist.start();
-        let start = timed.then(|| inner.judge.clock.now());
+        let start = timed.then(|| (inner.clock.now(), inner.clock.clone()));
         Self {
             tally,
-            judge: inner.judge.clone(),
+            classifier: inner.classifier.clone(),
             slow: inner.slow,
             start,
             done: false,
@@ -47,7 +48,8 @@ impl<K, C: Clock> Guard<K, C> {
         self.done = true;
         let latency = self
             .start
-            .map(|start| self.judge.clock.now().saturating_duration_since(start));
+            .as_ref()
+            .map(|(start, clock)| clock.now().saturating_duration_since(*start));
         let outcome = match (self.slow, latency) {
             (Some(threshold), Some(latency)) => outcome.slow_if(latency, threshold),
             _ => outcome,
@@ -86,7 +88,7 @@ pin_project! {
     /// assert_eq!(layer.snapshot().calls, 1);
     /// # }
     /// ```
-    pub struct ResponseFuture<F, K: 'static, C: 'static> {
+    pub struct ResponseFuture<F, K: 'static, C> {
         #[pin]
         fut: F,
         guard: Guard<K, C>,
@@ -116,11 +118,11 @@ where
         if !this.guard.done {
             match &out {
                 Ok(res) => {
-                    let o = this.guard.judge.classifier.classify_response(res);
+                    let o = this.guard.classifier.classify_response(res);
                     this.guard.finish(o, false);
                 }
                 Err(err) => {
-                    let o = this.guard.judge.classifier.classify_error(err);
+                    let o = this.guard.classifier.classify_error(err);
                     this.guard.finish(o, is_timeout(err));
                 }
             }

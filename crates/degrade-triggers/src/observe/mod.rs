@@ -83,17 +83,13 @@ use std::time::Duration;
 use tower_layer::Layer;
 use tower_service::Service;
 
-pub(crate) struct Inner<K: 'static, C: 'static> {
+pub(crate) struct Inner<K: 'static, C> {
     pub(crate) hist: Recorder,
-    pub(crate) judge: Held<Judge<K, C>>,
-    pub(crate) slow: Option<Duration>,
-}
-
-/// What a response future needs besides the tally: held as a `&'static` when zero-sized
-/// (the default classifier and clock), else in an `Arc`.
-pub(crate) struct Judge<K, C> {
-    pub(crate) classifier: K,
+    /// Held as a `&'static` when zero-sized (the default classifiers), else in an `Arc`.
+    pub(crate) classifier: Held<K>,
+    /// Cloned into the response futures of timed calls only.
     pub(crate) clock: C,
+    pub(crate) slow: Option<Duration>,
 }
 
 /// Gives the signals the histogram without the layer's type parameters.
@@ -118,7 +114,7 @@ impl<K: Send + Sync + 'static, C: Clock> Source for Inner<K, C> {
 /// let twin = layer.clone();
 /// assert_eq!(layer.snapshot(), twin.snapshot());
 /// ```
-pub struct ObserveLayer<K: 'static = DefaultClassifier, C: 'static = TokioClock> {
+pub struct ObserveLayer<K: 'static = DefaultClassifier, C = TokioClock> {
     inner: Arc<Inner<K, C>>,
 }
 
@@ -446,10 +442,8 @@ impl<K, C> ObserveBuilder<K, C> {
         Ok(ObserveLayer {
             inner: Arc::new(Inner {
                 hist: Recorder::new(self.slow.is_some()),
-                judge: Held::new(Judge {
-                    classifier: self.classifier,
-                    clock: self.clock,
-                }),
+                classifier: Held::new(self.classifier),
+                clock: self.clock,
                 slow: self.slow,
             }),
         })
@@ -512,7 +506,7 @@ impl ObserveSnapshot {
 /// let svc = ObserveLayer::new().layer(42u8);
 /// assert_eq!(*svc.get_ref(), 42);
 /// ```
-pub struct Observe<S, K: 'static = DefaultClassifier, C: 'static = TokioClock> {
+pub struct Observe<S, K: 'static = DefaultClassifier, C = TokioClock> {
     inner: S,
     shared: Arc<Inner<K, C>>,
 }
