@@ -28,7 +28,9 @@ pin_project! {
 /// The statistics are reached through a `&'static` (degrade-core's `recycle`): no reference
 /// count is written per call. Recording the outcome or the cancellation ends the call, and
 /// the guard touches the statistics no more after it (they may be reused by a new router).
-struct Guard<Cl: 'static> {
+/// It exists before the arm's `call` runs, so an arm whose `call` panics ends the call too
+/// (as cancelled) and cannot keep the statistics from being reused.
+pub(crate) struct Guard<Cl: 'static> {
     stats: &'static Stats,
     /// A `&'static` when zero-sized (the default classifiers), else an `Arc`.
     classifier: Held<Cl>,
@@ -36,6 +38,26 @@ struct Guard<Cl: 'static> {
     group: u8,
     /// Completed, or forced (never judged).
     done: bool,
+}
+
+impl<Cl> Guard<Cl> {
+    /// A started call (counted in `routed`); `forced` calls record nothing.
+    #[inline]
+    pub(crate) fn new(
+        stats: &'static Stats,
+        classifier: Held<Cl>,
+        arm: Arm,
+        group: u8,
+        forced: bool,
+    ) -> Self {
+        Self {
+            stats,
+            classifier,
+            arm,
+            group,
+            done: forced,
+        }
+    }
 }
 
 impl<Cl> Drop for Guard<Cl> {
@@ -67,23 +89,13 @@ pin_project! {
 impl<SF, CF, Cl, M, Clk> ResponseFuture<SF, CF, Cl, M, Clk> {
     pub(crate) fn new(
         inner: Inner<SF, CF>,
-        arm: Arm,
-        forced: bool,
-        group: u8,
         start: Option<(Instant, Clk)>,
-        stats: &'static Stats,
-        classifier: Held<Cl>,
+        guard: Guard<Cl>,
     ) -> Self {
         Self {
             inner,
             start,
-            guard: Guard {
-                stats,
-                classifier,
-                arm,
-                group,
-                done: forced,
-            },
+            guard,
             _mode: PhantomData,
         }
     }

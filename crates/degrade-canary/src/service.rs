@@ -1,7 +1,7 @@
 //! The [`Canary`] router service and its builder.
 
 use crate::arm::{Arm, FULL_BP, Weight};
-use crate::future::{Inner, ResponseFuture};
+use crate::future::{Guard, Inner, ResponseFuture};
 use crate::key::{ForceArm, Global, NoOverride, StickyKey};
 use crate::stats::{CanarySnapshot, GROUPS, Stats, UNGROUPED};
 use degrade_core::counter::{ShardedCounter, TimingSampler};
@@ -350,6 +350,7 @@ where
             .routed(arm, forced)
             .is_some_and(|seq| self.book.timing.is_timed(seq))
             .then(|| (self.clock.now(), self.clock.clone()));
+        let guard = Guard::new(stats, self.classifier.clone(), arm, group, forced);
         let inner = match arm {
             Arm::Stable => Inner::Stable {
                 fut: self.stable.call(req),
@@ -358,15 +359,7 @@ where
                 fut: self.candidate.call(req),
             },
         };
-        ResponseFuture::new(
-            inner,
-            arm,
-            forced,
-            group,
-            start,
-            stats,
-            self.classifier.clone(),
-        )
+        ResponseFuture::new(inner, start, guard)
     }
 }
 

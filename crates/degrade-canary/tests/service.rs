@@ -455,3 +455,27 @@ fn a_future_outliving_its_router_never_counts_against_a_new_one() {
         assert_eq!(svc.snapshot().canary.samples(), 1);
     }
 }
+
+/// An arm whose `call` panics started a call that never gets a future: it ends as cancelled,
+/// so the router's started and ended counts still match (its statistics can be reused once it
+/// is gone) and the snapshot accounts for every routed call.
+#[test]
+fn an_arm_whose_call_panics_counts_a_cancelled_call() {
+    let mut svc = Canary::builder(
+        backend("v1", StatusCode::OK),
+        tower::service_fn(
+            |_: Request<()>| -> std::future::Ready<Result<Response<String>, Infallible>> {
+                panic!("the candidate's call panics")
+            },
+        ),
+    )
+    .weight(Weight::new(10_000).unwrap())
+    .build()
+    .unwrap();
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(svc.call(Request::new(())))
+    }));
+    assert!(unwound.is_err());
+    let snap = svc.snapshot();
+    assert_eq!((snap.canary.routed, snap.canary.cancelled), (1, 1));
+}
