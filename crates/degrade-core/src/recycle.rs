@@ -407,6 +407,21 @@ mod tests {
     }
 
     #[test]
+    fn layers_made_and_dropped_one_after_another_reuse_one_object() {
+        static POOL: Pool<Calls> = Pool::new();
+        for _ in 0..1_000 {
+            let owned = POOL.take(calls);
+            owned.0.add(STARTED, 1);
+            owned.0.add_release(ENDED, 1);
+        }
+        assert_eq!(
+            POOL.counts(),
+            (1, 1, 0),
+            "memory bounded by the most alive at once"
+        );
+    }
+
+    #[test]
     fn counts_ended_on_another_thread_make_the_orphan_idle() {
         static POOL: Pool<Calls> = Pool::new();
         let owned = POOL.take(calls);
