@@ -1,14 +1,15 @@
 //! The response future of [`Canary`](crate::Canary).
 
 use crate::arm::Arm;
-use crate::service::{Recorder, TagArm};
+use crate::service::TagArm;
+use crate::stats::Stats;
+use degrade_core::recycle::Held;
 use degrade_core::{BoxError, Classifier, Clock};
 use pin_project_lite::pin_project;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use tokio::time::Instant;
 
@@ -23,18 +24,46 @@ pin_project! {
 /// Records the call as cancelled if the future is dropped before it completes (a caller's
 /// timeout, a client gone): a hung arm must show up in its statistics, not vanish from them.
 /// Forced calls are never judged, so they record nothing.
-struct Guard<Cl, Clk> {
-    recorder: Arc<Recorder<Cl, Clk>>,
+///
+/// The statistics are reached through a `&'static` (degrade-core's `recycle`): no reference
+/// count is written per call. Recording the outcome or the cancellation ends the call, and
+/// the guard touches the statistics no more after it (they may be reused by a new router).
+/// It exists before the arm's `call` runs, so an arm whose `call` panics ends the call too
+/// (as cancelled) and cannot keep the statistics from being reused.
+pub(crate) struct Guard<Cl: 'static> {
+    stats: &'static Stats,
+    /// A `&'static` when zero-sized (the default classifiers), else an `Arc`.
+    classifier: Held<Cl>,
     arm: Arm,
     group: u8,
     /// Completed, or forced (never judged).
     done: bool,
 }
 
-impl<Cl, Clk> Drop for Guard<Cl, Clk> {
+impl<Cl> Guard<Cl> {
+    /// A started call (counted in `routed`); `forced` calls record nothing.
+    #[inline]
+    pub(crate) fn new(
+        stats: &'static Stats,
+        classifier: Held<Cl>,
+        arm: Arm,
+        group: u8,
+        forced: bool,
+    ) -> Self {
+        Self {
+            stats,
+            classifier,
+            arm,
+            group,
+            done: forced,
+        }
+    }
+}
+
+impl<Cl> Drop for Guard<Cl> {
     fn drop(&mut self) {
         if !self.done {
-            self.recorder.stats.cancelled(self.arm, self.group);
+            self.stats.cancelled(self.arm, self.group);
         }
     }
 }
@@ -46,12 +75,13 @@ pin_project! {
     /// cancelled call: counted as such, and judged a failure of its arm by default (see
     /// [`JudgeConfig::cancelled_is_failure`](crate::JudgeConfig::cancelled_is_failure)). A
     /// request forced by the override is served but never judged.
-    pub struct ResponseFuture<SF, CF, Cl, M, Clk> {
+    pub struct ResponseFuture<SF, CF, Cl: 'static, M, Clk> {
         #[pin]
         inner: Inner<SF, CF>,
-        // The start instant of a timed call; `None` for a call only counted.
-        start: Option<Instant>,
-        guard: Guard<Cl, Clk>,
+        // The start instant of a timed call and the clock to read its end; `None` for a call
+        // only counted (no clock cloned).
+        start: Option<(Instant, Clk)>,
+        guard: Guard<Cl>,
         _mode: PhantomData<fn() -> M>,
     }
 }
@@ -59,21 +89,13 @@ pin_project! {
 impl<SF, CF, Cl, M, Clk> ResponseFuture<SF, CF, Cl, M, Clk> {
     pub(crate) fn new(
         inner: Inner<SF, CF>,
-        arm: Arm,
-        forced: bool,
-        group: u8,
-        start: Option<Instant>,
-        recorder: Arc<Recorder<Cl, Clk>>,
+        start: Option<(Instant, Clk)>,
+        guard: Guard<Cl>,
     ) -> Self {
         Self {
             inner,
             start,
-            guard: Guard {
-                recorder,
-                arm,
-                group,
-                done: forced,
-            },
+            guard,
             _mode: PhantomData,
         }
     }
@@ -124,15 +146,17 @@ where
         // `done` already set: a forced call, served but not judged.
         if !guard.done {
             guard.done = true;
-            let rec = &*guard.recorder;
             let outcome = match &result {
-                Ok(res) => rec.classifier.classify_response(res),
-                Err(err) => rec.classifier.classify_error(err),
+                Ok(res) => guard.classifier.classify_response(res),
+                Err(err) => guard.classifier.classify_error(err),
             };
             let latency = this
                 .start
-                .map(|start| rec.clock.now().saturating_duration_since(start));
-            rec.stats.finished(guard.arm, guard.group, outcome, latency);
+                .as_ref()
+                .map(|(start, clock)| clock.now().saturating_duration_since(*start));
+            guard
+                .stats
+                .finished(guard.arm, guard.group, outcome, latency);
         }
         let arm = guard.arm;
         Poll::Ready(result.map(|mut res| {

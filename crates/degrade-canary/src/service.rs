@@ -1,10 +1,11 @@
 //! The [`Canary`] router service and its builder.
 
 use crate::arm::{Arm, FULL_BP, Weight};
-use crate::future::{Inner, ResponseFuture};
+use crate::future::{Guard, Inner, ResponseFuture};
 use crate::key::{ForceArm, Global, NoOverride, StickyKey};
 use crate::stats::{CanarySnapshot, GROUPS, Stats, UNGROUPED};
 use degrade_core::counter::{ShardedCounter, TimingSampler};
+use degrade_core::recycle::{Held, Pooled};
 use degrade_core::{BoxError, Classifier, Clock, ConfigError, DefaultClassifier, TokioClock};
 use std::fmt;
 use std::marker::PhantomData;
@@ -97,11 +98,15 @@ impl<K, O> Shared<K, O> {
     }
 }
 
-/// What a response future needs to record its outcome.
-pub(crate) struct Recorder<Cl, Clk> {
-    pub(crate) stats: Arc<Stats>,
-    pub(crate) classifier: Cl,
-    pub(crate) clock: Clk,
+/// The statistics and their timing, shared by every clone and handle of one router.
+pub(crate) struct Book {
+    /// Leased: response futures hold a `&'static` to them, no reference count.
+    stats: Pooled<Stats>,
+    /// Which calls are timed: each thread times 1 in `every` of its own calls *of each arm*
+    /// (the arm's `ROUTED` slot is the sequence), the same `every` for both arms, set by the
+    /// controller from the judge's windows ([`CanaryHandle::window_saw`]); every call until
+    /// then. Every count stays exact whatever it says.
+    timing: TimingSampler,
 }
 
 /// A cheap, cloneable view of a router for whoever moves its weight and reads its statistics
@@ -120,7 +125,7 @@ pub(crate) struct Recorder<Cl, Clk> {
 #[derive(Clone)]
 pub struct CanaryHandle {
     weight: Weight,
-    stats: Arc<Stats>,
+    book: Arc<Book>,
 }
 
 impl CanaryHandle {
@@ -143,7 +148,7 @@ impl CanaryHandle {
     /// assert_eq!(c.handle().snapshot().stable.samples(), 0);
     /// ```
     pub fn snapshot(&self) -> CanarySnapshot {
-        let mut snap = self.stats.snapshot();
+        let mut snap = self.book.stats.snapshot();
         snap.weight_bp = Some(self.weight.get());
         snap
     }
@@ -152,7 +157,7 @@ impl CanaryHandle {
     /// window whose smaller arm had `calls` judged calls and needs `timed` timed calls per
     /// arm: both arms time 1 call in the largest power of two `n ≤ 16` that keeps them.
     pub(crate) fn window_saw(&self, reader: u64, calls: u64, timed: u64) {
-        self.stats.window_saw(reader, calls, timed);
+        self.book.timing.window_saw(reader, calls, timed);
     }
 }
 
@@ -195,14 +200,18 @@ pub struct Canary<
     C,
     K = Global,
     O = NoOverride,
-    Cl = DefaultClassifier,
+    Cl: 'static = DefaultClassifier,
     M = Plain,
     Clk = TokioClock,
 > {
     stable: S,
     candidate: C,
     shared: Arc<Shared<K, O>>,
-    recorder: Arc<Recorder<Cl, Clk>>,
+    book: Arc<Book>,
+    /// Held as a `&'static` when zero-sized (the default classifiers), else in an `Arc`.
+    classifier: Held<Cl>,
+    /// Cloned into the response futures of timed calls only.
+    clock: Clk,
     _mode: PhantomData<fn() -> M>,
 }
 
@@ -248,7 +257,7 @@ impl<S, C, K, O, Cl, M, Clk> Canary<S, C, K, O, Cl, M, Clk> {
     pub fn handle(&self) -> CanaryHandle {
         CanaryHandle {
             weight: self.shared.weight.clone(),
-            stats: self.recorder.stats.clone(),
+            book: self.book.clone(),
         }
     }
 
@@ -260,7 +269,7 @@ impl<S, C, K, O, Cl, M, Clk> Canary<S, C, K, O, Cl, M, Clk> {
     /// assert_eq!(c.snapshot().canary.failures, 0);
     /// ```
     pub fn snapshot(&self) -> CanarySnapshot {
-        let mut snap = self.recorder.stats.snapshot();
+        let mut snap = self.book.stats.snapshot();
         snap.weight_bp = Some(self.shared.weight.get());
         snap
     }
@@ -280,13 +289,15 @@ impl<S, C, K, O, Cl, M, Clk> Canary<S, C, K, O, Cl, M, Clk> {
     degrade_core::inner_service_accessors!((S, C), (stable, candidate));
 }
 
-impl<S: Clone, C: Clone, K, O, Cl, M, Clk> Clone for Canary<S, C, K, O, Cl, M, Clk> {
+impl<S: Clone, C: Clone, K, O, Cl, M, Clk: Clone> Clone for Canary<S, C, K, O, Cl, M, Clk> {
     fn clone(&self) -> Self {
         Self {
             stable: self.stable.clone(),
             candidate: self.candidate.clone(),
             shared: self.shared.clone(),
-            recorder: self.recorder.clone(),
+            book: self.book.clone(),
+            classifier: self.classifier.clone(),
+            clock: self.clock.clone(),
             _mode: PhantomData,
         }
     }
@@ -334,11 +345,12 @@ where
         let _scope = degrade_core::clock::CallScope::enter();
         let (arm, forced, group) = self.shared.pick(&req);
         // A call that is not timed reads no clock, here or when it completes.
-        let start = self
-            .recorder
-            .stats
+        let stats = self.book.stats.get();
+        let start = stats
             .routed(arm, forced)
-            .then(|| self.recorder.clock.now());
+            .is_some_and(|seq| self.book.timing.is_timed(seq))
+            .then(|| (self.clock.now(), self.clock.clone()));
+        let guard = Guard::new(stats, self.classifier.clone(), arm, group, forced);
         let inner = match arm {
             Arm::Stable => Inner::Stable {
                 fut: self.stable.call(req),
@@ -347,7 +359,7 @@ where
                 fut: self.candidate.call(req),
             },
         };
-        ResponseFuture::new(inner, arm, forced, group, start, self.recorder.clone())
+        ResponseFuture::new(inner, start, guard)
     }
 }
 
@@ -525,14 +537,14 @@ impl<S, C, K, O, Cl, M, Clk> CanaryBuilder<S, C, K, O, Cl, M, Clk> {
                 key: self.key,
                 force: self.force,
             }),
-            recorder: Arc::new(Recorder {
-                stats: Arc::new(Stats::new(
-                    self.fixed_timing
-                        .map_or_else(TimingSampler::new, TimingSampler::fixed),
-                )),
-                classifier: self.classifier,
-                clock: self.clock,
+            book: Arc::new(Book {
+                stats: Stats::take(),
+                timing: self
+                    .fixed_timing
+                    .map_or_else(TimingSampler::new, TimingSampler::fixed),
             }),
+            classifier: Held::new(self.classifier),
+            clock: self.clock,
             _mode: PhantomData,
         })
     }

@@ -28,8 +28,9 @@
 
 use crate::arm::Arm;
 use degrade_core::Outcome;
-use degrade_core::counter::{ShardedCounter, TimingSampler};
+use degrade_core::counter::ShardedCounter;
 use degrade_core::histogram::{AtomicHistogram, Histogram, Layout};
+use degrade_core::recycle::{Pool, Pooled, Recycle};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -94,13 +95,16 @@ struct Cell {
 }
 
 /// Shared, lock-free statistics of both arms.
+///
+/// Response futures reach them through a `&'static` (degrade-core's [`recycle`]): a router
+/// takes them from [`POOL`] and they are reset and reused once the router is gone and every
+/// call it started has ended. A call starts with its `ROUTED` count (minus `FORCED`: a forced
+/// call is never recorded) and ends with exactly one of `SUCCESS`, `FAILURE`, `SLOW`,
+/// `IGNORED`, `CANCELLED`, the future's last write (a release store).
+///
+/// [`recycle`]: degrade_core::recycle
 pub(crate) struct Stats {
     counters: ShardedCounter<SLOTS>,
-    /// Which calls are timed: each thread times 1 in `every` of its own calls *of each arm*
-    /// (the arm's `ROUTED` slot is the sequence), the same `every` for both arms, set by the
-    /// controller from the judge's windows ([`Stats::window_saw`]); every call until then.
-    /// Every count stays exact whatever it says.
-    timing: TimingSampler,
     /// Finished, judged calls of each keyed cell (timed or not), indexed as the cells: a
     /// thread's own slot, so counting a keyed call takes no locked instruction.
     group_calls: ShardedCounter<{ 2 * GROUPS }>,
@@ -120,11 +124,43 @@ fn cell(arm: Arm, group: u8) -> Option<usize> {
     (group < GROUPS).then(|| arm.index() * GROUPS + group)
 }
 
+/// Statistics whose router is gone, for the next router.
+static POOL: Pool<Stats> = Pool::new();
+
+impl Recycle for Stats {
+    fn is_idle(&self) -> bool {
+        let c = &self.counters;
+        let sum = |first: usize| c.get(first).wrapping_add(c.get(first + 1));
+        let started = sum(ROUTED).wrapping_sub(sum(FORCED));
+        let ended = [SUCCESS, FAILURE, SLOW, IGNORED, CANCELLED]
+            .into_iter()
+            .fold(0u64, |total, first| total.wrapping_add(sum(first)));
+        started == ended
+    }
+
+    fn reset(&self) {
+        self.counters.reset();
+        self.group_calls.reset();
+        for h in &self.latency {
+            h.reset();
+        }
+        for c in &*self.cells {
+            c.latency.reset();
+            c.failures.store(0, Ordering::Relaxed);
+            c.cancelled.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Stats {
-    pub(crate) fn new(timing: TimingSampler) -> Self {
+    /// Fresh statistics for a new router: recycled ones if any are free.
+    pub(crate) fn take() -> Pooled<Stats> {
+        POOL.take(Stats::new)
+    }
+
+    pub(crate) fn new() -> Self {
         Self {
             counters: ShardedCounter::new(),
-            timing,
             group_calls: ShardedCounter::new(),
             latency: [(); 2].map(|_| AtomicHistogram::new(ARM_LAYOUT, ARM_ROWS)),
             cells: (0..2 * GROUPS)
@@ -153,38 +189,32 @@ impl Stats {
         arm + cells
     }
 
-    /// Counts a routed call; returns whether to time it (never a forced call: it is not
-    /// judged).
+    /// Counts a routed call; returns the calling thread's sequence of calls of this arm (for
+    /// the `TimingSampler`), or `None` for a forced call (never judged, never timed).
     #[inline]
-    pub(crate) fn routed(&self, arm: Arm, forced: bool) -> bool {
+    pub(crate) fn routed(&self, arm: Arm, forced: bool) -> Option<u64> {
         let seq = self.counters.add_then_slot(ROUTED + arm.index(), 1);
         if forced {
             self.counters.add(FORCED + arm.index(), 1);
-            return false;
+            return None;
         }
-        self.timing.is_timed(seq)
+        Some(seq)
     }
 
-    /// A reader of the judge's windows (`reader`, from `TimingSampler::new_reader`) saw
-    /// `calls` judged calls in the smaller arm of a window and needs `timed` timed calls per
-    /// arm in such a window: both arms time 1 call in the largest `every ≤ 16` that keeps
-    /// them (see degrade-core's `TimingSampler::window_saw`).
-    pub(crate) fn window_saw(&self, reader: u64, calls: u64, timed: u64) {
-        self.timing.window_saw(reader, calls, timed);
-    }
-
-    /// Records a call whose response future was dropped before it completed.
+    /// Records a call whose response future was dropped before it completed. The end count
+    /// is the last write: after it the future does not touch the statistics.
     #[inline]
     pub(crate) fn cancelled(&self, arm: Arm, group: u8) {
-        self.counters.add(CANCELLED + arm.index(), 1);
         if let Some(c) = cell(arm, group).and_then(|i| self.cells.get(i)) {
             c.cancelled.fetch_add(1, Ordering::Relaxed);
         }
+        self.counters.add_release(CANCELLED + arm.index(), 1);
     }
 
     /// Records a finished call, with its latency if it was timed. Ignored outcomes
     /// (rejections from layers below, by the classifier's judgement) count apart and carry no
-    /// latency.
+    /// latency. The end count is the last write: after it the future does not touch the
+    /// statistics.
     #[inline]
     pub(crate) fn finished(
         &self,
@@ -199,11 +229,10 @@ impl Stats {
             Outcome::Failure => FAILURE,
             Outcome::Slow => SLOW,
             Outcome::Ignored => {
-                self.counters.add(IGNORED + a, 1);
+                self.counters.add_release(IGNORED + a, 1);
                 return;
             }
         };
-        self.counters.add(slot + a, 1);
         if let Some(latency) = latency {
             self.latency[a].record(latency);
         }
@@ -218,6 +247,7 @@ impl Stats {
                 }
             }
         }
+        self.counters.add_release(slot + a, 1);
     }
 
     pub(crate) fn snapshot(&self) -> CanarySnapshot {
@@ -500,7 +530,7 @@ mod tests {
 
     #[test]
     fn the_stats_table_is_tens_of_kilobytes() {
-        let bytes = Stats::new(TimingSampler::new()).table_bytes();
+        let bytes = Stats::new().table_bytes();
         // Before the group histograms went to 2 buckets per octave: 2 × 65 × 594 × 8 bytes.
         assert!(bytes < 100_000, "{bytes} bytes");
         println!("stats table: {bytes} bytes");
@@ -508,7 +538,7 @@ mod tests {
 
     #[test]
     fn a_call_lands_in_its_arm_and_its_group() {
-        let s = Stats::new(TimingSampler::new());
+        let s = Stats::new();
         s.finished(
             Arm::Canary,
             5,

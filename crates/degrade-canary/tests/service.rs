@@ -368,3 +368,114 @@ fn unkeyed_split_is_exact_per_thread_with_threads_calling_at_once() {
     let snap = svc.snapshot();
     assert_eq!((snap.canary.routed, snap.stable.routed), (400, 3_600));
 }
+
+/// Response futures reach the statistics without a reference count, and a router's
+/// statistics are reused by a later router once it is gone: a call still in flight when its
+/// router goes must end in its own router's statistics, never in a newer router's, whether it
+/// completes or is cancelled, and every new router starts from zero.
+#[test]
+fn a_future_outliving_its_router_never_counts_against_a_new_one() {
+    let (release, wait) = tokio::sync::oneshot::channel::<()>();
+    let wait = std::sync::Mutex::new(Some(wait));
+    let mut old = Canary::builder(
+        backend("v1", StatusCode::OK),
+        tower::service_fn(move |_: Request<()>| {
+            let wait = wait.lock().unwrap().take();
+            async move {
+                if let Some(wait) = wait {
+                    let _ = wait.await;
+                }
+                Ok::<_, Infallible>(Response::new("v2".to_owned()))
+            }
+        }),
+    )
+    .weight(Weight::new(10_000).unwrap())
+    .build()
+    .unwrap();
+    let mut noop = Context::from_waker(Waker::noop());
+    let mut outliving = Box::pin(old.call(Request::new(())));
+    assert!(outliving.as_mut().poll(&mut noop).is_pending());
+    let cancelled = old.call(Request::new(()));
+    drop(old);
+
+    let mut newer: Vec<_> = (0..4)
+        .map(|_| {
+            let mut svc =
+                Canary::builder(backend("v1", StatusCode::OK), backend("v2", StatusCode::OK))
+                    .weight(Weight::new(10_000).unwrap())
+                    .build()
+                    .unwrap();
+            assert_eq!(
+                svc.snapshot().canary.routed,
+                0,
+                "a new router starts at zero"
+            );
+            call(&mut svc, Request::new(()));
+            svc
+        })
+        .collect();
+
+    release.send(()).unwrap();
+    match outliving.as_mut().poll(&mut noop) {
+        Poll::Ready(res) => assert_eq!(res.unwrap().body(), "v2"),
+        Poll::Pending => panic!("released"),
+    }
+    drop(outliving);
+    drop(cancelled); // never polled: a cancelled call of the old router
+    for svc in &newer {
+        let snap = svc.snapshot();
+        assert_eq!(
+            (
+                snap.canary.routed,
+                snap.canary.successes,
+                snap.canary.cancelled
+            ),
+            (1, 1, 0),
+            "only the router's own call"
+        );
+    }
+
+    // Every old call has ended: the next routers may reuse the statistics, from zero.
+    newer.clear();
+    for _ in 0..4 {
+        let mut svc = Canary::builder(backend("v1", StatusCode::OK), backend("v2", StatusCode::OK))
+            .weight(Weight::new(10_000).unwrap())
+            .build()
+            .unwrap();
+        let snap = svc.snapshot();
+        assert_eq!(
+            (
+                snap.canary.routed,
+                snap.canary.samples(),
+                snap.canary.latency.count()
+            ),
+            (0, 0, 0)
+        );
+        call(&mut svc, Request::new(()));
+        assert_eq!(svc.snapshot().canary.samples(), 1);
+    }
+}
+
+/// An arm whose `call` panics started a call that never gets a future: it ends as cancelled,
+/// so the router's started and ended counts still match (its statistics can be reused once it
+/// is gone) and the snapshot accounts for every routed call.
+#[test]
+fn an_arm_whose_call_panics_counts_a_cancelled_call() {
+    let mut svc = Canary::builder(
+        backend("v1", StatusCode::OK),
+        tower::service_fn(
+            |_: Request<()>| -> std::future::Ready<Result<Response<String>, Infallible>> {
+                panic!("the candidate's call panics")
+            },
+        ),
+    )
+    .weight(Weight::new(10_000).unwrap())
+    .build()
+    .unwrap();
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(svc.call(Request::new(())))
+    }));
+    assert!(unwound.is_err());
+    let snap = svc.snapshot();
+    assert_eq!((snap.canary.routed, snap.canary.cancelled), (1, 1));
+}

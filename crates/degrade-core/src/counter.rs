@@ -180,7 +180,54 @@ impl<const N: usize> ShardedCounter<N> {
         }
     }
 
-    /// The total of counter `index` over all slots (0 for an index `>= N`).
+    /// Adds `n` to counter `index` with a release store: everything the calling thread wrote
+    /// before happens before a reader's [`get`](Self::get) that sees the count. What a response
+    /// future uses for its *last* write to statistics it reaches without a reference count
+    /// ([`crate::recycle`]): the end of its call. On x86 the same plain store as
+    /// [`add`](Self::add).
+    ///
+    /// ```
+    /// # use degrade_core::counter::ShardedCounter;
+    /// let c = ShardedCounter::<1>::new();
+    /// c.add_release(0, 1);
+    /// assert_eq!(c.get(0), 1);
+    /// ```
+    #[inline]
+    pub fn add_release(&self, index: usize, n: u64) {
+        debug_assert!(index < N, "counter index {index} out of range 0..{N}");
+        let slot = slot_index();
+        let Some(counter) = self.slots.get(slot).and_then(|row| row.get(index)) else {
+            return;
+        };
+        if slot < OWNED_SLOTS {
+            counter.store(
+                counter.load(Ordering::Relaxed).wrapping_add(n),
+                Ordering::Release,
+            );
+        } else {
+            counter.fetch_add(n, Ordering::Release);
+        }
+    }
+
+    /// Sets every counter back to zero. Counts added meanwhile on other threads may be lost:
+    /// for an object nobody writes any more (a recycled one, see [`crate::recycle`]).
+    ///
+    /// ```
+    /// # use degrade_core::counter::ShardedCounter;
+    /// let c = ShardedCounter::<2>::new();
+    /// c.add(1, 4);
+    /// c.reset();
+    /// assert_eq!(c.snapshot(), [0, 0]);
+    /// ```
+    pub fn reset(&self) {
+        for counter in self.slots.iter().flat_map(|row| row.iter()) {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The total of counter `index` over all slots (0 for an index `>= N`). The loads acquire:
+    /// a count added by [`add_release`](Self::add_release) brings what its thread wrote before.
+    /// Readers are rare; on x86 an acquire load is a plain load.
     ///
     /// ```
     /// # use degrade_core::counter::ShardedCounter;
@@ -194,7 +241,7 @@ impl<const N: usize> ShardedCounter<N> {
         self.slots
             .iter()
             .filter_map(|row| row.get(index))
-            .fold(0, |sum, c| sum.wrapping_add(c.load(Ordering::Relaxed)))
+            .fold(0, |sum, c| sum.wrapping_add(c.load(Ordering::Acquire)))
     }
 
     /// The totals of all counters. Each counter is summed on its own, so counters bumped

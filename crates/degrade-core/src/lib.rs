@@ -70,6 +70,7 @@ mod outcome;
 mod per;
 pub mod policy;
 pub mod priority;
+pub mod recycle;
 pub mod rejection;
 pub mod snapshot;
 mod sync;

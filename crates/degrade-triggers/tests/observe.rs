@@ -449,3 +449,62 @@ fn the_latency_signal_that_needs_the_most_timing_wins() {
     assert_eq!(snap.calls, 16_040);
     assert_eq!(snap.mean.unwrap(), Duration::from_nanos(timed_ns / 16_022));
 }
+
+/// Response futures reach the layer's tally without a reference count, and a layer's tally is
+/// reused by a later layer once it is gone: a call still in flight when its layer goes must
+/// end in its own layer's counts, never in a newer layer's (completed or cancelled), and every
+/// new layer starts from zero.
+#[test]
+fn a_future_outliving_its_layer_never_counts_against_a_new_one() {
+    let (release, wait) = tokio::sync::oneshot::channel::<()>();
+    let old = ObserveLayer::new();
+    let mut svc = old.layer(tower::service_fn(
+        |wait: Option<tokio::sync::oneshot::Receiver<()>>| async move {
+            if let Some(wait) = wait {
+                let _ = wait.await;
+            }
+            Ok::<_, BoxError>(())
+        },
+    ));
+    let mut noop = Context::from_waker(Waker::noop());
+    let mut outliving = Box::pin(svc.call(Some(wait)));
+    assert!(outliving.as_mut().poll(&mut noop).is_pending());
+    let cancelled = svc.call(None);
+    drop((svc, old));
+
+    let newer: Vec<_> = (0..4)
+        .map(|_| {
+            let layer = ObserveLayer::new();
+            assert_eq!(
+                layer.snapshot(),
+                Default::default(),
+                "a new layer starts at zero"
+            );
+            let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
+            svc.call(()).now_or_never().unwrap().unwrap();
+            layer
+        })
+        .collect();
+
+    release.send(()).unwrap();
+    assert!(outliving.as_mut().poll(&mut noop).is_ready());
+    drop((outliving, cancelled));
+    for layer in &newer {
+        let snap = layer.snapshot();
+        assert_eq!(
+            (snap.calls, snap.cancelled, snap.in_flight),
+            (1, 0, 0),
+            "only the layer's own call"
+        );
+    }
+
+    // Every old call has ended: later layers may reuse the tallies, from zero.
+    drop(newer);
+    for _ in 0..4 {
+        let layer = ObserveLayer::new();
+        assert_eq!(layer.snapshot(), Default::default());
+        let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
+        svc.call(()).now_or_never().unwrap().unwrap();
+        assert_eq!((layer.snapshot().calls, layer.snapshot().in_flight), (1, 0));
+    }
+}

@@ -191,6 +191,24 @@ impl AtomicHistogram {
         }
     }
 
+    /// Sets every bucket back to zero. Latencies recorded meanwhile on other threads may be
+    /// lost: for a histogram nobody records into any more (a recycled one, see
+    /// [`crate::recycle`]).
+    ///
+    /// ```
+    /// # use degrade_core::histogram::{AtomicHistogram, Layout};
+    /// use std::time::Duration;
+    /// let h = AtomicHistogram::new(Layout::FINE, 2);
+    /// h.record(Duration::from_millis(3));
+    /// h.reset();
+    /// assert_eq!(h.count(), 0);
+    /// ```
+    pub fn reset(&self) {
+        for bucket in self.rows.iter().flat_map(|row| row.iter()) {
+            bucket.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// A fresh read of the counts.
     ///
     /// ```

@@ -1,30 +1,41 @@
 //! The response future of the [`Observe`](super::Observe) service.
 
 use super::Inner;
-use crate::observe::histogram::{CANCELLED, FAILURES, SLOW, TIMEOUTS};
+use crate::observe::histogram::{CANCELLED, FAILURES, SLOW, TIMEOUTS, Tally};
+use degrade_core::recycle::Held;
 use degrade_core::{Classifier, Clock, Outcome};
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// Records the end of one call exactly once: when the response completes, or on drop (a
 /// dropped future is a cancelled call, counted apart and not as a latency).
-pub(crate) struct Guard<K, C> {
-    inner: Arc<Inner<K, C>>,
-    /// The start instant of a timed call; `None` for a call only counted.
-    start: Option<Instant>,
+///
+/// The tally is reached through a `&'static` (degrade-core's `recycle`): no reference count
+/// is written per call. The end of the call is the guard's last write to it.
+pub(crate) struct Guard<K: 'static, C> {
+    tally: &'static Tally,
+    /// A `&'static` when zero-sized (the default classifiers), else an `Arc`.
+    classifier: Held<K>,
+    slow: Option<Duration>,
+    /// The start instant of a timed call and the clock to read its end; `None` for a call
+    /// only counted (no clock cloned).
+    start: Option<(Instant, C)>,
     done: bool,
 }
 
 impl<K, C: Clock> Guard<K, C> {
     #[inline]
-    pub(crate) fn new(inner: Arc<Inner<K, C>>) -> Self {
-        let start = inner.hist.start().then(|| inner.clock.now());
+    pub(crate) fn new(inner: &Inner<K, C>) -> Self {
+        let (tally, timed) = inner.hist.start();
+        let start = timed.then(|| (inner.clock.now(), inner.clock.clone()));
         Self {
-            inner,
+            tally,
+            classifier: inner.classifier.clone(),
+            slow: inner.slow,
             start,
             done: false,
         }
@@ -37,26 +48,27 @@ impl<K, C: Clock> Guard<K, C> {
         self.done = true;
         let latency = self
             .start
-            .map(|start| self.inner.clock.now().saturating_duration_since(start));
-        let outcome = match (self.inner.slow, latency) {
+            .as_ref()
+            .map(|(start, clock)| clock.now().saturating_duration_since(*start));
+        let outcome = match (self.slow, latency) {
             (Some(threshold), Some(latency)) => outcome.slow_if(latency, threshold),
             _ => outcome,
         };
         let counter = match outcome {
-            Outcome::Ignored => return self.inner.hist.end_ignored(),
+            Outcome::Ignored => return self.tally.end_ignored(),
             Outcome::Failure if timed_out => TIMEOUTS,
             Outcome::Failure => FAILURES,
             Outcome::Slow => SLOW,
             Outcome::Success => usize::MAX,
         };
-        self.inner.hist.end(latency, counter);
+        self.tally.end(latency, counter);
     }
 }
 
 impl<K, C> Drop for Guard<K, C> {
     fn drop(&mut self) {
         if !self.done {
-            self.inner.hist.end(None, CANCELLED);
+            self.tally.end(None, CANCELLED);
         }
     }
 }
@@ -76,7 +88,7 @@ pin_project! {
     /// assert_eq!(layer.snapshot().calls, 1);
     /// # }
     /// ```
-    pub struct ResponseFuture<F, K, C> {
+    pub struct ResponseFuture<F, K: 'static, C> {
         #[pin]
         fut: F,
         guard: Guard<K, C>,
@@ -106,11 +118,11 @@ where
         if !this.guard.done {
             match &out {
                 Ok(res) => {
-                    let o = this.guard.inner.classifier.classify_response(res);
+                    let o = this.guard.classifier.classify_response(res);
                     this.guard.finish(o, false);
                 }
                 Err(err) => {
-                    let o = this.guard.inner.classifier.classify_error(err);
+                    let o = this.guard.classifier.classify_error(err);
                     this.guard.finish(o, is_timeout(err));
                 }
             }

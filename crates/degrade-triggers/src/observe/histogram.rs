@@ -30,6 +30,7 @@
 
 use degrade_core::counter::{ShardedCounter, TimingSampler};
 use degrade_core::histogram::{AtomicHistogram, Histogram, Layout};
+use degrade_core::recycle::{Pool, Pooled, Recycle};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -55,15 +56,37 @@ pub(crate) const COUNTERS: usize = 6;
 const STARTED: usize = COUNTERS;
 const ENDED: usize = COUNTERS + 1;
 
-/// The shared recording side.
+/// The counts and latencies that response futures write, reached through a `&'static`
+/// (degrade-core's `recycle`): no reference count per call. Leased from [`POOL`] by each
+/// layer, reset and reused once the layer is gone and every call it started has ended.
 ///
 /// The counters (latency sum, failures, slow, timeouts, cancelled, started, ended) are a
 /// degrade-core `ShardedCounter`: each thread owns a slot and adds with a plain load and store,
 /// no locked instruction. The buckets are too many for a slot per thread (2,433 per row), so they
 /// live in an [`AtomicHistogram`] with one row per CPU.
-pub(crate) struct Recorder {
+pub(crate) struct Tally {
     counters: ShardedCounter<{ COUNTERS + 2 }>,
     latency: AtomicHistogram,
+}
+
+/// Tallies whose layer is gone, for the next layer.
+static POOL: Pool<Tally> = Pool::new();
+
+impl Recycle for Tally {
+    /// The layer is gone, so `STARTED` is frozen; each call adds to `ENDED` last.
+    fn is_idle(&self) -> bool {
+        self.counters.get(STARTED) == self.counters.get(ENDED)
+    }
+
+    fn reset(&self) {
+        self.counters.reset();
+        self.latency.reset();
+    }
+}
+
+/// The shared recording side: the taken [`Tally`] and which calls to time.
+pub(crate) struct Recorder {
+    tally: Pooled<Tally>,
     /// Which calls are timed: a thread times its calls whose sequence number (its `STARTED`
     /// slot) is a multiple of `every`, set by the latency signals (rarely), read with a
     /// relaxed load per call; every call until a latency window has seen enough calls, and
@@ -74,8 +97,10 @@ pub(crate) struct Recorder {
 impl Recorder {
     pub(crate) fn new(time_all: bool) -> Self {
         Self {
-            counters: ShardedCounter::new(),
-            latency: AtomicHistogram::per_cpu(Layout::FINE),
+            tally: POOL.take(|| Tally {
+                counters: ShardedCounter::new(),
+                latency: AtomicHistogram::per_cpu(Layout::FINE),
+            }),
             timing: if time_all {
                 TimingSampler::every_call()
             } else {
@@ -84,11 +109,12 @@ impl Recorder {
         }
     }
 
-    /// Starts a call: whether to time it.
+    /// Starts a call: the tally its future ends it in, and whether to time it.
     #[inline]
-    pub(crate) fn start(&self) -> bool {
-        self.timing
-            .is_timed(self.counters.add_then_slot(STARTED, 1))
+    pub(crate) fn start(&self) -> (&'static Tally, bool) {
+        let tally = self.tally.get();
+        let seq = tally.counters.add_then_slot(STARTED, 1);
+        (tally, self.timing.is_timed(seq))
     }
 
     /// The window of latency signal `signal` (an id from [`signal_id`]) saw `calls` calls
@@ -99,14 +125,26 @@ impl Recorder {
         self.timing.window_saw(signal, calls, TIMED_PER_WINDOW);
     }
 
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.tally.in_flight()
+    }
+
+    /// Copies the cumulative counts into `into` (latencies too if it keeps them).
+    pub(crate) fn read(&self, into: &mut Counts) {
+        self.tally.read(into);
+    }
+}
+
+impl Tally {
     /// Ends a call: `counter` is `FAILURES`, `SLOW`, `TIMEOUTS` (which also counts as a
     /// failure), `CANCELLED`, or `usize::MAX` for a plain success; `latency` is `None` for a
-    /// call that was not timed. A cancelled call has no latency worth recording.
+    /// call that was not timed. A cancelled call has no latency worth recording. `ENDED` is
+    /// the last write (a release store): after it the future does not touch the tally.
     #[inline]
     pub(crate) fn end(&self, latency: Option<Duration>, counter: usize) {
-        self.counters.add(ENDED, 1);
         if counter == CANCELLED {
             self.counters.add(CANCELLED, 1);
+            self.counters.add_release(ENDED, 1);
             return;
         }
         self.counters.add(CALLS, 1);
@@ -123,12 +161,13 @@ impl Recorder {
             FAILURES | SLOW => self.counters.add(counter, 1),
             _ => {}
         }
+        self.counters.add_release(ENDED, 1);
     }
 
     /// Ends a call that is not counted at all (ignored by the classifier).
     #[inline]
     pub(crate) fn end_ignored(&self) {
-        self.counters.add(ENDED, 1);
+        self.counters.add_release(ENDED, 1);
     }
 
     pub(crate) fn in_flight(&self) -> u64 {
@@ -259,8 +298,7 @@ mod tests {
         let h = Recorder::new(false);
         let t0 = Instant::now();
         let mut w = Window::new(Duration::from_secs(4), true);
-        h.start();
-        h.end(Some(Duration::from_millis(1)), usize::MAX);
+        h.start().0.end(Some(Duration::from_millis(1)), usize::MAX);
         w.update(&h, t0);
         assert_eq!(w.result.calls, 1);
         for s in 1..=4 {
@@ -268,8 +306,7 @@ mod tests {
         }
         // The copy taken at t0 already held the first call; 4 s later it is subtracted.
         assert_eq!(w.result.calls, 0);
-        h.start();
-        h.end(Some(Duration::from_millis(3)), FAILURES);
+        h.start().0.end(Some(Duration::from_millis(3)), FAILURES);
         w.update(&h, t0 + Duration::from_secs(5));
         assert_eq!((w.result.calls, w.result.counters[FAILURES]), (1, 1));
         assert_eq!(h.in_flight(), 0);

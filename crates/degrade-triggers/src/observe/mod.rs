@@ -74,6 +74,7 @@ pub use self::signal::{InFlightConfig, LatencyConfig, LatencyStat, ObserveSignal
 use self::future::Guard;
 use self::histogram::{COUNTERS, Counts, FAILURES, Recorder, SLOW, TIMEOUTS};
 use degrade_core::ladder::Thresholds;
+use degrade_core::recycle::Held;
 use degrade_core::{Classifier, Clock, ConfigError, DefaultClassifier, TokioClock};
 use std::fmt;
 use std::sync::Arc;
@@ -82,9 +83,11 @@ use std::time::Duration;
 use tower_layer::Layer;
 use tower_service::Service;
 
-pub(crate) struct Inner<K, C> {
+pub(crate) struct Inner<K: 'static, C> {
     pub(crate) hist: Recorder,
-    pub(crate) classifier: K,
+    /// Held as a `&'static` when zero-sized (the default classifiers), else in an `Arc`.
+    pub(crate) classifier: Held<K>,
+    /// Cloned into the response futures of timed calls only.
     pub(crate) clock: C,
     pub(crate) slow: Option<Duration>,
 }
@@ -111,7 +114,7 @@ impl<K: Send + Sync + 'static, C: Clock> Source for Inner<K, C> {
 /// let twin = layer.clone();
 /// assert_eq!(layer.snapshot(), twin.snapshot());
 /// ```
-pub struct ObserveLayer<K = DefaultClassifier, C = TokioClock> {
+pub struct ObserveLayer<K: 'static = DefaultClassifier, C = TokioClock> {
     inner: Arc<Inner<K, C>>,
 }
 
@@ -439,7 +442,7 @@ impl<K, C> ObserveBuilder<K, C> {
         Ok(ObserveLayer {
             inner: Arc::new(Inner {
                 hist: Recorder::new(self.slow.is_some()),
-                classifier: self.classifier,
+                classifier: Held::new(self.classifier),
                 clock: self.clock,
                 slow: self.slow,
             }),
@@ -503,7 +506,7 @@ impl ObserveSnapshot {
 /// let svc = ObserveLayer::new().layer(42u8);
 /// assert_eq!(*svc.get_ref(), 42);
 /// ```
-pub struct Observe<S, K = DefaultClassifier, C = TokioClock> {
+pub struct Observe<S, K: 'static = DefaultClassifier, C = TokioClock> {
     inner: S,
     shared: Arc<Inner<K, C>>,
 }
@@ -548,7 +551,7 @@ where
     #[inline]
     fn call(&mut self, req: R) -> Self::Future {
         let _scope = degrade_core::clock::CallScope::enter();
-        let guard = Guard::new(Arc::clone(&self.shared));
+        let guard = Guard::new(&self.shared);
         ResponseFuture::new(self.inner.call(req), guard)
     }
 }
