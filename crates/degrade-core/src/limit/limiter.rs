@@ -15,6 +15,7 @@
 //!   lock: it is admitted ahead of lower priorities, queued (bounded), or refused.
 
 use super::inflight::{InFlight, Released};
+use super::lease::{self, Host, Leases};
 use super::queue::{Fate, Pushed, Ticket, WaitQueue};
 use super::{Law, LimitConfig, Window};
 use crate::clock::{Clock, TokioClock};
@@ -119,6 +120,8 @@ struct Counters {
 #[derive(Debug)]
 struct Word {
     in_flight: CachePadded<InFlight>,
+    /// The slots threads keep while the limit has headroom (counted by `in_flight` too).
+    leases: Leases,
     /// The limiter the word counts for, to hand a freed slot to its waiters.
     owner: Mutex<Weak<Limiter>>,
 }
@@ -136,6 +139,7 @@ impl Word {
         let cell = lock_free_cells().pop().unwrap_or_else(|| {
             Box::leak(Box::new(Word {
                 in_flight: CachePadded::new(InFlight::new()),
+                leases: Leases::default(),
                 owner: Mutex::new(Weak::new()),
             }))
         });
@@ -151,13 +155,17 @@ impl Word {
     fn recycle(&'static self) {
         *self.lock_owner() = Weak::new();
         self.in_flight.reset();
+        self.leases.reset();
         lock_free_cells().push(self);
     }
 
-    /// A slot comes back: to a waiter if any, and the word to the free list if it was the
-    /// last slot of a limiter that is gone.
+    /// A slot comes back: kept by this thread while its lease holds, else to a waiter if any,
+    /// and the word to the free list if it was the last slot of a limiter that is gone.
     #[inline]
     fn release(&'static self) {
+        if lease::keep(self) {
+            return;
+        }
         let released = self.in_flight.release();
         if released != NOTHING_TO_DO {
             self.after_release(released);
@@ -176,6 +184,20 @@ impl Word {
         if released.last_of_orphan {
             self.recycle();
         }
+    }
+}
+
+impl Host for Word {
+    fn in_flight(&self) -> &InFlight {
+        &self.in_flight
+    }
+
+    fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    fn after_release(&'static self, released: Released) {
+        Word::after_release(self, released);
     }
 }
 
@@ -327,7 +349,10 @@ impl Limiter {
 
     /// Publishes the law's state for the hot path.
     fn publish(&self, law: &Law) {
-        self.limit.store(law.limit(), Ordering::Relaxed);
+        let before = self.limit.swap(law.limit(), Ordering::Relaxed);
+        if law.limit() < before {
+            self.word.leases.revoke();
+        }
         self.limit_critical
             .store(law.limit_for(Priority::Critical), Ordering::Relaxed);
         self.low.store(law.low_concurrency(), Ordering::Relaxed);
@@ -354,11 +379,19 @@ impl Limiter {
         }
     }
 
-    /// The hot path: a slot when nobody waits and the limit has room.
+    /// The hot path: a slot this thread keeps (no locked instruction), or one from the word
+    /// when nobody waits and the limit has room.
     #[inline(always)]
     pub(crate) fn try_acquire(self: &Arc<Self>, priority: Priority) -> Option<Permit> {
         let limit = self.limit_for(priority);
+        if lease::take(self.word) {
+            let (concurrency, _) = self.word.in_flight.load();
+            return Some(self.permit(concurrency, limit, false));
+        }
         let concurrency = self.word.in_flight.try_acquire(limit)?;
+        self.word
+            .leases
+            .adjust(concurrency, self.limit.load(Ordering::Relaxed));
         Some(self.permit(concurrency, limit, false))
     }
 
@@ -373,7 +406,8 @@ impl Limiter {
         }
     }
 
-    /// The slot of a request admitted with `concurrency` in flight: timed (two clock reads and
+    /// The slot of a request admitted with `concurrency` in flight (the word's count, slots
+    /// kept by threads included): timed (two clock reads and
     /// the window's atomics at completion) only when the law needs it — demand near the limit,
     /// a window short of samples, or one request in `timing_every` to keep the baseline
     /// fresh; otherwise nothing is read but the countdown.
@@ -414,7 +448,9 @@ impl Limiter {
     }
 
     #[inline(never)]
-    fn timed_slot(&self, concurrency: u32) -> Slot {
+    fn timed_slot(&self, counted: u32) -> Slot {
+        // The requests in flight: the word's count less the slots threads keep.
+        let concurrency = counted.saturating_sub(self.word.leases.kept()).max(1);
         let low = if concurrency <= self.low.load(Ordering::Relaxed) {
             LOW
         } else {
@@ -429,6 +465,8 @@ impl Limiter {
 
     /// The overload path: admit ahead of lower priorities, queue, or refuse.
     pub(crate) fn enter(self: &Arc<Self>, priority: Priority) -> Entry {
+        // Near the limit every slot counts: threads give back what they keep.
+        self.word.leases.revoke();
         if !self.binding.load(Ordering::Relaxed) {
             self.binding.store(true, Ordering::Relaxed);
         }
@@ -715,7 +753,7 @@ impl Limiter {
 
     /// The limiter's state, for snapshots.
     pub(crate) fn snapshot(&self) -> LimitSnapshot {
-        let (in_flight, waiting) = self.word.in_flight.load();
+        let (in_flight, waiting) = self.word.leases.in_flight(&self.word.in_flight);
         let law = self.lock_law();
         LimitSnapshot {
             limit: law.limit(),
@@ -736,6 +774,8 @@ impl Limiter {
 impl Drop for Limiter {
     fn drop(&mut self) {
         *self.word.lock_owner() = Weak::new();
+        // Kept slots come back at their threads' next touch (or exit); the last recycles.
+        self.word.leases.revoke();
         if self.word.in_flight.orphan() {
             self.word.recycle();
         }

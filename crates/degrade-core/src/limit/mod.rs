@@ -41,6 +41,7 @@
 
 mod inflight;
 mod law;
+mod lease;
 mod limiter;
 mod queue;
 #[cfg(test)]
