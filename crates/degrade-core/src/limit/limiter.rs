@@ -1,14 +1,17 @@
 //! The limiter: the [`Law`] and the [`WaitQueue`] behind atomics, shared by every clone of a
 //! layer.
 //!
-//! * Admit (hot path): one compare-and-swap on the [`InFlight`] word, no lock, no allocation,
-//!   no reference count (the response future refers to the word, which outlives the limiter).
+//! * Admit (hot path): a slot this thread keeps (see [`lease`](super::lease): a plain load and
+//!   store while the limit has headroom), else one compare-and-swap on the [`InFlight`] word;
+//!   no lock, no allocation, no reference count (the response future refers to the word,
+//!   which outlives the limiter).
 //!   Timing a request costs two clock reads, so a request is timed only while the current
 //!   window still needs samples (up to four timed requests per sample it needs, so answers
 //!   that never become samples — errors, rejections further in — do not time every request),
 //!   while demand is near the limit (where the law acts), and one in
 //!   [`timing_every`](LimitConfig::timing_every) otherwise; every request is *counted*.
-//! * Complete: one `fetch_sub`; a timed request adds its latency to the window's atomics, and
+//! * Complete: the slot is kept by the completing thread while its lease holds, else one
+//!   `fetch_sub`; a timed request adds its latency to the window's atomics, and
 //!   the completion that finds the window done takes the law's lock with `try_lock` (never
 //!   waits) to move the limit.
 //! * Overload: a request that finds the limit full (or waiters ahead of it) takes the queue's
