@@ -386,16 +386,32 @@ impl Limiter {
     /// when nobody waits and the limit has room.
     #[inline(always)]
     pub(crate) fn try_acquire(self: &Arc<Self>, priority: Priority) -> Option<Permit> {
+        let taken = self.try_take(priority)?;
+        Some(self.permit_for(taken))
+    }
+
+    /// The hot path's slot, before its permit is made: `(in flight as the word counts it,
+    /// the limit)`. Separate so that a caller counts the admission before the permit exists
+    /// (a permit built first is kept on the stack across the count and moved from there in
+    /// 16-byte halves written as 8-byte halves: a store-forwarding stall of ~5 ns).
+    #[inline(always)]
+    pub(crate) fn try_take(&self, priority: Priority) -> Option<(u32, u32)> {
         let limit = self.limit_for(priority);
         if lease::take(self.word) {
             let (concurrency, _) = self.word.in_flight.load();
-            return Some(self.permit(concurrency, limit, false));
+            return Some((concurrency, limit));
         }
         let concurrency = self.word.in_flight.try_acquire(limit)?;
         self.word
             .leases
             .adjust(concurrency, self.limit.load(Ordering::Relaxed));
-        Some(self.permit(concurrency, limit, false))
+        Some((concurrency, limit))
+    }
+
+    /// The permit of a slot from [`try_take`](Self::try_take).
+    #[inline(always)]
+    pub(crate) fn permit_for(self: &Arc<Self>, (concurrency, limit): (u32, u32)) -> Permit {
+        self.permit(concurrency, limit, false)
     }
 
     /// The permit of a request admitted with `concurrency` in flight.
