@@ -21,8 +21,18 @@ struct Worker {
 
 impl Worker {
     fn new() -> Self {
+        Self::spawn(None)
+    }
+
+    /// A worker whose steps see the runtime's (paused) clock.
+    fn in_runtime() -> Self {
+        Self::spawn(Some(tokio::runtime::Handle::current()))
+    }
+
+    fn spawn(runtime: Option<tokio::runtime::Handle>) -> Self {
         let (tx, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
         let thread = thread::spawn(move || {
+            let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
             for step in rx {
                 step();
             }
@@ -242,4 +252,70 @@ fn a_layer_dropped_with_kept_slots_never_leaks_them_into_a_new_layer() {
     }
     drop(live);
     a.exit();
+}
+
+/// On paused tokio time: a request finds the limit full while an idle thread keeps a slot, and
+/// waits (the overload path revokes the leases). It is not missed: the keeper's next call,
+/// even through another layer, gives the slot back and hands it to the waiter, long before
+/// its deadline (time does not move).
+#[tokio::test(start_paused = true)]
+async fn a_waiter_gets_the_slot_an_idle_thread_kept_at_its_next_call() {
+    let layer = {
+        let c = Controller::new(Default::default()).unwrap();
+        DegradeLayer::builder(c.handle())
+            .limit(LimitConfig {
+                initial: 8,
+                min: 8,
+                max: 8,
+                ..LimitConfig::default()
+            })
+            .build()
+            .unwrap()
+    };
+    let mut slow = layer.layer(tower::service_fn(|n: u8| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        Ok::<_, Infallible>(n)
+    }));
+    // One at a time: the limiter learns the 10 ms baseline, and with it a queueing target.
+    for n in 0..40 {
+        assert_eq!(slow.ready().await.unwrap().call(n).await.unwrap(), n);
+    }
+    let snapshot = || layer.snapshot().limit.unwrap();
+    assert!(snapshot().queue_target.is_some(), "{:?}", snapshot());
+
+    let keeper = Worker::in_runtime();
+    let mut quick = layer.layer(echo());
+    assert!(
+        keeper.run(move || call_once(&mut quick)),
+        "kept by the keeper"
+    );
+    assert_eq!(snapshot().in_flight, 0);
+
+    let mut pending = layer.layer(tower::service_fn(|n: u8| async move {
+        std::future::pending::<()>().await;
+        Ok::<_, Infallible>(n)
+    }));
+    let held = hold_all(&mut pending, &layer);
+    assert_eq!(held.len(), 7, "the limit less the keeper's slot");
+    let mut waiter = Box::pin(pending.ready().await.unwrap().call(9));
+    assert!(waiter.as_mut().now_or_never().is_none(), "waits");
+    assert_eq!((snapshot().in_flight, snapshot().waiting), (7, 1));
+
+    // The keeper calls again, through another layer: its lease of this one ends.
+    let other = fixed(4);
+    let mut elsewhere = other.layer(echo());
+    assert!(keeper.run(move || call_once(&mut elsewhere)));
+    assert_eq!(
+        (snapshot().in_flight, snapshot().waiting),
+        (8, 0),
+        "handed on"
+    );
+    assert!(
+        waiter.as_mut().now_or_never().is_none(),
+        "admitted: in the inner service"
+    );
+    assert_eq!((snapshot().expired, snapshot().queued), (0, 2));
+    drop((held, waiter));
+    assert_eq!(snapshot().in_flight, 0);
+    keeper.exit();
 }
