@@ -280,6 +280,10 @@ pub(crate) struct Limiter {
     min_window_ns: AtomicU64,
     max_window_ns: AtomicU64,
     binding: AtomicBool,
+    /// The window (its epoch plus one) that may still be short of samples, 0 once it is not:
+    /// a line written twice a window, read by every untimed request instead of the window's
+    /// counts (which timed completions write).
+    short: AtomicU32,
     cells: CachePadded<Cells>,
     counters: Counters,
     law: Mutex<Law>,
@@ -326,6 +330,7 @@ impl Limiter {
             min_window_ns: AtomicU64::new(0),
             max_window_ns: AtomicU64::new(u64::MAX),
             binding: AtomicBool::new(false),
+            short: AtomicU32::new(1),
             cells: CachePadded::new(Cells::default()),
             counters: Counters::default(),
             queue: Mutex::new(WaitQueue::new(capacity)),
@@ -442,13 +447,26 @@ impl Limiter {
         }
     }
 
-    /// The window lacks samples and has not timed its share of requests for them yet.
+    /// The window lacks samples and has not timed its share of requests for them yet. Both
+    /// counts only grow within a window, so once it is not short it stays so: the first
+    /// request that sees it clears the window's flag, and later ones read only the flag.
     #[inline]
     fn short_of_samples(&self) -> bool {
+        let window = self.short.load(Ordering::Relaxed);
+        if window == 0 {
+            return false;
+        }
         let needed = self.needed.load(Ordering::Relaxed);
-        self.cells.samples.load(Ordering::Relaxed) < needed
+        let short = self.cells.samples.load(Ordering::Relaxed) < needed
             && self.cells.timed_for_samples.load(Ordering::Relaxed)
-                < needed.saturating_mul(TIMED_PER_NEEDED_SAMPLE)
+                < needed.saturating_mul(TIMED_PER_NEEDED_SAMPLE);
+        if !short {
+            // Only this window's flag: a window that opened meanwhile keeps its own.
+            let _ = self
+                .short
+                .compare_exchange(window, 0, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        short
     }
 
     /// `true` once every `timing_every` calls on this thread.
@@ -747,10 +765,13 @@ impl Limiter {
         // sums in the next: an error of one sample in a window of at least sixteen.
         let before = law.limit();
         let after = law.observe(&window, now);
-        self.epoch.fetch_add(1, Ordering::Relaxed);
+        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         self.window_start_ns
             .store(self.since_origin(now), Ordering::Relaxed);
         self.publish(&law);
+        // The new window may be short of samples (after its counts and `needed` are reset).
+        self.short
+            .store(epoch.wrapping_add(1).max(1), Ordering::Relaxed);
         if after != before {
             tracing::debug!(
                 target: "degrade::limit",
