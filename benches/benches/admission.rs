@@ -6,8 +6,9 @@
 //!   completion, on one thread, without a runtime ([`degrade_benches::call_now`]), over the
 //!   same immediately-ready inner service ([`degrade_benches::inner`]):
 //!   * `baseline/no-layer`: the bare inner service;
-//!   * `degrade/admit`: the default layer (the adaptive limit), below the limit: one
-//!     compare-and-swap to take a slot, one `fetch_sub` to give it back, a sharded counter, a
+//!   * `degrade/admit`: the default layer (the adaptive limit), below the limit: a slot the
+//!     thread keeps (per-thread leases: a plain load and store; one compare-and-swap on the
+//!     shared word without one) and the same to keep it again, a sharded counter, a
 //!     per-thread countdown, and — for one request in `timing_every` (16), or every request
 //!     while the law's window still needs samples or demand is past half the limit — two clock
 //!     reads, an `Arc` clone of the limiter and the window's atomics;

@@ -25,7 +25,8 @@
 //! threads ([`degrade_benches::contended`], wall time per call; the ratio is the second
 //! thread's gain) — meaningful only when nothing else runs. Its limit is held at 64 (min =
 //! max): with an inner service of a few nanoseconds the law may learn a limit of one, and a
-//! second thread's request then waits, which the harness cannot.
+//! second thread's request then waits, which the harness cannot. `admit-threads-rarely-timed`
+//! is the same with one request in 65,536 timed (the window's atomics are shared).
 
 use degrade_benches::{Req, call_now, inner};
 use degrade_core::degrade::Admission;
@@ -224,11 +225,21 @@ fn main() {
                 .expect("valid breaker");
         report("breaker", min_ns(&mut layer.layer(inner())));
     }
-    if wanted.iter().any(|w| w == "admit-threads") {
+    // `admit-threads-rarely-timed`: the same with one request in 65,536 timed (the most
+    // `timing_every` allows), to separate the in-flight accounting from the timed requests'
+    // writes to the window's shared atomics.
+    for (member, timing_every) in [
+        ("admit-threads", 16),
+        ("admit-threads-rarely-timed", 1 << 16),
+    ] {
+        if !wanted.iter().any(|w| w == member) {
+            continue;
+        }
         let fixed = LimitConfig {
             initial: 64,
             min: 64,
             max: 64,
+            timing_every,
             ..LimitConfig::default()
         };
         let svc = DegradeLayer::builder(controller.handle())
@@ -236,6 +247,11 @@ fn main() {
             .build()
             .expect("a fixed limit is valid")
             .layer(inner());
+        let prefix = if timing_every == 16 {
+            "admit"
+        } else {
+            "admit-rarely-timed"
+        };
         for threads in [1, 2] {
             let ns = (0..REPETITIONS)
                 .map(|_| {
@@ -243,7 +259,7 @@ fn main() {
                     t.as_secs_f64() * 1e9 / f64::from(CALLS)
                 })
                 .fold(f64::INFINITY, f64::min);
-            report(&format!("admit-{threads}-thread"), ns);
+            report(&format!("{prefix}-{threads}-thread"), ns);
         }
     }
     if on("downstream-baseline") {

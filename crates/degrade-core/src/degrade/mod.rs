@@ -349,9 +349,10 @@ impl Gate {
         if self.shares {
             return None;
         }
-        let permit = self.limiter.as_ref()?.try_acquire(priority)?;
+        let limiter = self.limiter.as_ref()?;
+        let taken = limiter.try_take(priority)?;
         self.admitted(priority);
-        Some(permit)
+        Some(limiter.permit_for(taken))
     }
 
     /// The whole admission decision, for what [`try_admit`](Self::try_admit) left.

@@ -98,6 +98,17 @@ impl InFlight {
         }
     }
 
+    /// Gives `n` slots back at once (a thread's kept slots, see [`lease`](super::lease)).
+    pub(crate) fn release_many(&self, n: u32) -> Released {
+        let n = u64::from(n);
+        let before = self.word.fetch_sub(n, Ordering::AcqRel);
+        debug_assert!(before & MASK >= n, "released more slots than taken");
+        Released {
+            waiters: before & WAITING_MASK != 0,
+            last_of_orphan: before == ORPHAN | n,
+        }
+    }
+
     /// The owner is gone (no more acquires, no waiters): `true` when nothing is in flight, so
     /// the caller recycles the word now; otherwise the last [`release`](Self::release) will
     /// say so. Exactly one of the two sees the word empty.

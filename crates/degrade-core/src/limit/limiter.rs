@@ -1,20 +1,24 @@
 //! The limiter: the [`Law`] and the [`WaitQueue`] behind atomics, shared by every clone of a
 //! layer.
 //!
-//! * Admit (hot path): one compare-and-swap on the [`InFlight`] word, no lock, no allocation,
-//!   no reference count (the response future refers to the word, which outlives the limiter).
+//! * Admit (hot path): a slot this thread keeps (see [`lease`](super::lease): a plain load and
+//!   store while the limit has headroom), else one compare-and-swap on the [`InFlight`] word;
+//!   no lock, no allocation, no reference count (the response future refers to the word,
+//!   which outlives the limiter).
 //!   Timing a request costs two clock reads, so a request is timed only while the current
 //!   window still needs samples (up to four timed requests per sample it needs, so answers
 //!   that never become samples — errors, rejections further in — do not time every request),
 //!   while demand is near the limit (where the law acts), and one in
 //!   [`timing_every`](LimitConfig::timing_every) otherwise; every request is *counted*.
-//! * Complete: one `fetch_sub`; a timed request adds its latency to the window's atomics, and
+//! * Complete: the slot is kept by the completing thread while its lease holds, else one
+//!   `fetch_sub`; a timed request adds its latency to the window's atomics, and
 //!   the completion that finds the window done takes the law's lock with `try_lock` (never
 //!   waits) to move the limit.
 //! * Overload: a request that finds the limit full (or waiters ahead of it) takes the queue's
 //!   lock: it is admitted ahead of lower priorities, queued (bounded), or refused.
 
 use super::inflight::{InFlight, Released};
+use super::lease::{self, Host, Leases};
 use super::queue::{Fate, Pushed, Ticket, WaitQueue};
 use super::{Law, LimitConfig, Window};
 use crate::clock::{Clock, TokioClock};
@@ -119,6 +123,8 @@ struct Counters {
 #[derive(Debug)]
 struct Word {
     in_flight: CachePadded<InFlight>,
+    /// The slots threads keep while the limit has headroom (counted by `in_flight` too).
+    leases: Leases,
     /// The limiter the word counts for, to hand a freed slot to its waiters.
     owner: Mutex<Weak<Limiter>>,
 }
@@ -136,6 +142,7 @@ impl Word {
         let cell = lock_free_cells().pop().unwrap_or_else(|| {
             Box::leak(Box::new(Word {
                 in_flight: CachePadded::new(InFlight::new()),
+                leases: Leases::default(),
                 owner: Mutex::new(Weak::new()),
             }))
         });
@@ -151,13 +158,17 @@ impl Word {
     fn recycle(&'static self) {
         *self.lock_owner() = Weak::new();
         self.in_flight.reset();
+        self.leases.reset();
         lock_free_cells().push(self);
     }
 
-    /// A slot comes back: to a waiter if any, and the word to the free list if it was the
-    /// last slot of a limiter that is gone.
+    /// A slot comes back: kept by this thread while its lease holds, else to a waiter if any,
+    /// and the word to the free list if it was the last slot of a limiter that is gone.
     #[inline]
     fn release(&'static self) {
+        if lease::keep(self) {
+            return;
+        }
         let released = self.in_flight.release();
         if released != NOTHING_TO_DO {
             self.after_release(released);
@@ -176,6 +187,20 @@ impl Word {
         if released.last_of_orphan {
             self.recycle();
         }
+    }
+}
+
+impl Host for Word {
+    fn in_flight(&self) -> &InFlight {
+        &self.in_flight
+    }
+
+    fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    fn after_release(&'static self, released: Released) {
+        Word::after_release(self, released);
     }
 }
 
@@ -255,6 +280,10 @@ pub(crate) struct Limiter {
     min_window_ns: AtomicU64,
     max_window_ns: AtomicU64,
     binding: AtomicBool,
+    /// The window (its epoch plus one) that may still be short of samples, 0 once it is not:
+    /// a line written twice a window, read by every untimed request instead of the window's
+    /// counts (which timed completions write).
+    short: AtomicU32,
     cells: CachePadded<Cells>,
     counters: Counters,
     law: Mutex<Law>,
@@ -301,6 +330,7 @@ impl Limiter {
             min_window_ns: AtomicU64::new(0),
             max_window_ns: AtomicU64::new(u64::MAX),
             binding: AtomicBool::new(false),
+            short: AtomicU32::new(1),
             cells: CachePadded::new(Cells::default()),
             counters: Counters::default(),
             queue: Mutex::new(WaitQueue::new(capacity)),
@@ -327,7 +357,10 @@ impl Limiter {
 
     /// Publishes the law's state for the hot path.
     fn publish(&self, law: &Law) {
-        self.limit.store(law.limit(), Ordering::Relaxed);
+        let before = self.limit.swap(law.limit(), Ordering::Relaxed);
+        if law.limit() < before {
+            self.word.leases.revoke();
+        }
         self.limit_critical
             .store(law.limit_for(Priority::Critical), Ordering::Relaxed);
         self.low.store(law.low_concurrency(), Ordering::Relaxed);
@@ -354,12 +387,36 @@ impl Limiter {
         }
     }
 
-    /// The hot path: a slot when nobody waits and the limit has room.
+    /// The hot path: a slot this thread keeps (no locked instruction), or one from the word
+    /// when nobody waits and the limit has room.
     #[inline(always)]
     pub(crate) fn try_acquire(self: &Arc<Self>, priority: Priority) -> Option<Permit> {
+        let taken = self.try_take(priority)?;
+        Some(self.permit_for(taken))
+    }
+
+    /// The hot path's slot, before its permit is made: `(in flight as the word counts it,
+    /// the limit)`. Separate so that a caller counts the admission before the permit exists
+    /// (a permit built first is kept on the stack across the count and moved from there in
+    /// 16-byte halves written as 8-byte halves: a store-forwarding stall of ~5 ns).
+    #[inline(always)]
+    pub(crate) fn try_take(&self, priority: Priority) -> Option<(u32, u32)> {
         let limit = self.limit_for(priority);
+        if lease::take(self.word) {
+            let (concurrency, _) = self.word.in_flight.load();
+            return Some((concurrency, limit));
+        }
         let concurrency = self.word.in_flight.try_acquire(limit)?;
-        Some(self.permit(concurrency, limit, false))
+        self.word
+            .leases
+            .adjust(concurrency, self.limit.load(Ordering::Relaxed));
+        Some((concurrency, limit))
+    }
+
+    /// The permit of a slot from [`try_take`](Self::try_take).
+    #[inline(always)]
+    pub(crate) fn permit_for(self: &Arc<Self>, (concurrency, limit): (u32, u32)) -> Permit {
+        self.permit(concurrency, limit, false)
     }
 
     /// The permit of a request admitted with `concurrency` in flight.
@@ -373,7 +430,8 @@ impl Limiter {
         }
     }
 
-    /// The slot of a request admitted with `concurrency` in flight: timed (two clock reads and
+    /// The slot of a request admitted with `concurrency` in flight (the word's count, slots
+    /// kept by threads included): timed (two clock reads and
     /// the window's atomics at completion) only when the law needs it — demand near the limit,
     /// a window short of samples, or one request in `timing_every` to keep the baseline
     /// fresh; otherwise nothing is read but the countdown.
@@ -389,13 +447,26 @@ impl Limiter {
         }
     }
 
-    /// The window lacks samples and has not timed its share of requests for them yet.
+    /// The window lacks samples and has not timed its share of requests for them yet. Both
+    /// counts only grow within a window, so once it is not short it stays so: the first
+    /// request that sees it clears the window's flag, and later ones read only the flag.
     #[inline]
     fn short_of_samples(&self) -> bool {
+        let window = self.short.load(Ordering::Relaxed);
+        if window == 0 {
+            return false;
+        }
         let needed = self.needed.load(Ordering::Relaxed);
-        self.cells.samples.load(Ordering::Relaxed) < needed
+        let short = self.cells.samples.load(Ordering::Relaxed) < needed
             && self.cells.timed_for_samples.load(Ordering::Relaxed)
-                < needed.saturating_mul(TIMED_PER_NEEDED_SAMPLE)
+                < needed.saturating_mul(TIMED_PER_NEEDED_SAMPLE);
+        if !short {
+            // Only this window's flag: a window that opened meanwhile keeps its own.
+            let _ = self
+                .short
+                .compare_exchange(window, 0, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        short
     }
 
     /// `true` once every `timing_every` calls on this thread.
@@ -414,7 +485,9 @@ impl Limiter {
     }
 
     #[inline(never)]
-    fn timed_slot(&self, concurrency: u32) -> Slot {
+    fn timed_slot(&self, counted: u32) -> Slot {
+        // The requests in flight: the word's count less the slots threads keep.
+        let concurrency = counted.saturating_sub(self.word.leases.kept()).max(1);
         let low = if concurrency <= self.low.load(Ordering::Relaxed) {
             LOW
         } else {
@@ -429,6 +502,8 @@ impl Limiter {
 
     /// The overload path: admit ahead of lower priorities, queue, or refuse.
     pub(crate) fn enter(self: &Arc<Self>, priority: Priority) -> Entry {
+        // Near the limit every slot counts: threads give back what they keep.
+        self.word.leases.revoke();
         if !self.binding.load(Ordering::Relaxed) {
             self.binding.store(true, Ordering::Relaxed);
         }
@@ -690,10 +765,13 @@ impl Limiter {
         // sums in the next: an error of one sample in a window of at least sixteen.
         let before = law.limit();
         let after = law.observe(&window, now);
-        self.epoch.fetch_add(1, Ordering::Relaxed);
+        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         self.window_start_ns
             .store(self.since_origin(now), Ordering::Relaxed);
         self.publish(&law);
+        // The new window may be short of samples (after its counts and `needed` are reset).
+        self.short
+            .store(epoch.wrapping_add(1).max(1), Ordering::Relaxed);
         if after != before {
             tracing::debug!(
                 target: "degrade::limit",
@@ -715,7 +793,7 @@ impl Limiter {
 
     /// The limiter's state, for snapshots.
     pub(crate) fn snapshot(&self) -> LimitSnapshot {
-        let (in_flight, waiting) = self.word.in_flight.load();
+        let (in_flight, waiting) = self.word.leases.in_flight(&self.word.in_flight);
         let law = self.lock_law();
         LimitSnapshot {
             limit: law.limit(),
@@ -736,6 +814,8 @@ impl Limiter {
 impl Drop for Limiter {
     fn drop(&mut self) {
         *self.word.lock_owner() = Weak::new();
+        // Kept slots come back at their threads' next touch (or exit); the last recycles.
+        self.word.leases.revoke();
         if self.word.in_flight.orphan() {
             self.word.recycle();
         }

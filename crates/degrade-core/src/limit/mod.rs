@@ -14,7 +14,9 @@
 //!   property tests and a discrete-event simulation without a runtime.
 //! * The limiter (crate-private) puts the law behind atomics, shared by every clone of a layer:
 //!   one word counts the requests in flight and those waiting (a compare-and-swap admits, a
-//!   `fetch_sub` releases; a loom model checks that a release never misses a waiter), a
+//!   `fetch_sub` releases; a loom model checks that a release never misses a waiter); while
+//!   the limit has headroom each thread keeps a few released slots and admits from them
+//!   without a locked instruction (per-thread leases, revoked near the limit), a
 //!   bounded wait queue serves the highest priority first, and the completion that closes a
 //!   window moves the limit under a `try_lock` (never waited on).
 //! * [`LimitConfig`] holds only ratios and safety bounds; [`LimitSnapshot`] shows the limit,
@@ -41,6 +43,7 @@
 
 mod inflight;
 mod law;
+mod lease;
 mod limiter;
 mod queue;
 #[cfg(test)]

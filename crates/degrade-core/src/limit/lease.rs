@@ -1,0 +1,457 @@
+//! Per-thread leases of in-flight slots: while the limit has headroom, a thread keeps the
+//! slots its requests give back and admits its next requests from them, with a plain load and
+//! store on a cache line of its own instead of two locked instructions on the word every
+//! thread writes.
+//!
+//! * **What is counted.** The [`InFlight`] word counts the slots held by requests *and* the
+//!   slots kept by threads; each thread's kept slots are in its own cell (`cells[shard]`,
+//!   written by that thread only, read by anybody). So the word never counts fewer than are
+//!   in flight, an admit from a kept slot takes nothing the limit did not grant, and the true
+//!   number in flight is the word minus the cells ([`Leases::in_flight`]).
+//! * **When.** A thread keeps a released slot only while leases are on (the generation is
+//!   even), it holds the lease of one limiter (the first it released into, until that lease
+//!   ends), and it keeps at most [`KEEP`] slots. Leases are revoked (the generation made odd)
+//!   when an admit through the word finds half the limit in flight, when a request has to
+//!   enter the overload path (waiters, or the limit full), when the limit shrinks and when the
+//!   limiter goes; they are allowed again when an admit through the word finds under a
+//!   quarter of the limit in flight and nobody waiting.
+//! * **Giving back.** A thread whose lease was revoked gives its kept slots back to the word
+//!   (one `fetch_sub`, which hands them to waiters if any) the next time it admits or
+//!   releases through any limiter, and when it exits.
+//! * **The bound.** What can be stranded is what threads keep and do not touch again: at most
+//!   [`KEEP`] slots per thread that holds a lease, and at most [`SHARDS`] threads hold one of
+//!   a limiter — so at most `KEEP × SHARDS` of a limit, and only while such a thread stays
+//!   idle (a thread that serves requests gives its slots back at its next one). A thread that
+//!   races a revocation (it read the generation even, then kept the slot) keeps it until its
+//!   next touch, the same bound. A limiter's in-flight word is recycled only once every kept
+//!   slot is back, so a thread pins at most one word.
+
+use super::inflight::{InFlight, Released};
+use crate::sync::{AtomicU32, Ordering};
+use crossbeam_utils::CachePadded;
+use std::cell::Cell;
+
+/// Threads that may hold a lease of one limiter at once (the others take the word's path).
+pub(crate) const SHARDS: usize = 8;
+
+/// The most slots a thread keeps.
+pub(crate) const KEEP: u32 = 2;
+
+/// Leases are on in an even generation.
+#[inline]
+fn on(generation: u32) -> bool {
+    generation & 1 == 0
+}
+
+/// What a lease is taken from and given back to: a limiter's in-flight word, which outlives
+/// its limiter.
+pub(crate) trait Host: Sync + 'static {
+    fn in_flight(&self) -> &InFlight;
+    fn leases(&self) -> &Leases;
+    /// Slots given back found waiters, or were the last of an orphaned word.
+    fn after_release(&'static self, released: Released);
+}
+
+/// The leases of one in-flight word.
+#[derive(Debug, Default)]
+pub(crate) struct Leases {
+    /// Even while threads may keep slots, odd once revoked; a thread's lease is current while
+    /// this is the generation it was taken in.
+    generation: CachePadded<AtomicU32>,
+    /// Bit `i`: `cells[i]` belongs to a thread.
+    claimed: AtomicU32,
+    /// The slots each thread keeps, written only by the thread that claimed the cell.
+    cells: [CachePadded<AtomicU32>; SHARDS],
+}
+
+impl Leases {
+    /// Threads stop keeping slots and give back what they keep at their next touch.
+    pub(crate) fn revoke(&self) {
+        let g = self.generation.load(Ordering::Relaxed);
+        if on(g) {
+            let _ = self.generation.compare_exchange(
+                g,
+                g.wrapping_add(1),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Threads may keep slots again (the leases taken before stay ended).
+    pub(crate) fn allow(&self) {
+        let g = self.generation.load(Ordering::Relaxed);
+        if !on(g) {
+            let _ = self.generation.compare_exchange(
+                g,
+                g.wrapping_add(1),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// After an admit through the word left `in_flight` in flight (kept slots included) under
+    /// `limit`: revoke at half the limit, allow again under a quarter.
+    #[inline]
+    pub(crate) fn adjust(&self, in_flight: u32, limit: u32) {
+        let g = self.generation.load(Ordering::Relaxed);
+        let is_on = on(g);
+        let n = u64::from(in_flight);
+        if is_on && 2 * n >= u64::from(limit) {
+            self.revoke();
+        } else if !is_on && 4 * n < u64::from(limit) {
+            self.allow();
+        }
+    }
+
+    /// Slots kept by threads now.
+    pub(crate) fn kept(&self) -> u32 {
+        self.cells
+            .iter()
+            .map(|c| c.load(Ordering::Acquire))
+            .fold(0u32, u32::saturating_add)
+    }
+
+    /// (requests in flight, requests waiting): the word less the kept slots. Read while threads
+    /// move slots, it may count a slot that is being given back, never miss one in flight.
+    pub(crate) fn in_flight(&self, word: &InFlight) -> (u32, u32) {
+        let kept = self.kept();
+        let (n, waiting) = word.load();
+        (n.saturating_sub(kept), waiting)
+    }
+
+    /// A new owner (the word was recycled: no slot is kept): a generation no lease has.
+    pub(crate) fn reset(&self) {
+        self.revoke();
+        self.allow();
+    }
+}
+
+/// A thread's lease: the host, its cell, the generation it was taken in.
+#[derive(Clone, Copy)]
+struct Lease {
+    host: Option<&'static dyn Host>,
+    shard: usize,
+    generation: u32,
+}
+
+impl Lease {
+    const NONE: Lease = Lease {
+        host: None,
+        shard: 0,
+        generation: 0,
+    };
+
+    #[inline]
+    fn of(&self, host: &'static dyn Host) -> bool {
+        self.host.is_some_and(|h| std::ptr::addr_eq(h, host))
+    }
+}
+
+/// The thread's lease, given back when the thread exits.
+struct Holder(Cell<Lease>);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let lease = self.0.replace(Lease::NONE);
+        give_back(lease);
+    }
+}
+
+#[cfg(not(degrade_loom))]
+thread_local! {
+    static LEASE: Holder = const { Holder(Cell::new(Lease::NONE)) };
+}
+#[cfg(degrade_loom)]
+loom::thread_local! {
+    static LEASE: Holder = Holder(Cell::new(Lease::NONE));
+}
+
+/// Gives a lease's kept slots back to its host and frees its cell.
+fn give_back(lease: Lease) {
+    let Some(host) = lease.host else {
+        return;
+    };
+    let leases = host.leases();
+    let cell = &leases.cells[lease.shard];
+    let kept = cell.load(Ordering::Relaxed);
+    cell.store(0, Ordering::Relaxed);
+    // The cell is free once it reads 0 (the next owner's claim acquires this).
+    leases
+        .claimed
+        .fetch_and(!(1 << lease.shard), Ordering::AcqRel);
+    if kept > 0 {
+        let released = host.in_flight().release_many(kept);
+        if released.waiters || released.last_of_orphan {
+            host.after_release(released);
+        }
+    }
+}
+
+/// Admits from a slot this thread keeps for `host`: `true` when it did (the slot is the
+/// request's now, already counted by the word).
+#[inline]
+pub(crate) fn take(host: &'static dyn Host) -> bool {
+    LEASE
+        .try_with(|holder| {
+            let lease = holder.0.get();
+            if !lease.of(host) {
+                return false;
+            }
+            let leases = host.leases();
+            if leases.generation.load(Ordering::Relaxed) != lease.generation {
+                end(holder);
+                return false;
+            }
+            let cell = &leases.cells[lease.shard];
+            let kept = cell.load(Ordering::Relaxed);
+            if kept == 0 {
+                return false;
+            }
+            cell.store(kept - 1, Ordering::Release);
+            true
+        })
+        .unwrap_or(false)
+}
+
+/// Keeps a slot a request of `host` gives back, if this thread may: `true` when it did (the
+/// word still counts it).
+#[inline]
+pub(crate) fn keep(host: &'static dyn Host) -> bool {
+    LEASE
+        .try_with(|holder| {
+            let lease = holder.0.get();
+            if !lease.of(host) {
+                return claim(holder, host);
+            }
+            let leases = host.leases();
+            if leases.generation.load(Ordering::Relaxed) != lease.generation {
+                end(holder);
+                return false;
+            }
+            let cell = &leases.cells[lease.shard];
+            let kept = cell.load(Ordering::Relaxed);
+            if kept >= KEEP {
+                return false;
+            }
+            cell.store(kept + 1, Ordering::Release);
+            true
+        })
+        .unwrap_or(false)
+}
+
+/// The thread's lease ended (revoked): its slots go back.
+#[cold]
+#[inline(never)]
+fn end(holder: &Holder) {
+    give_back(holder.0.replace(Lease::NONE));
+}
+
+/// This thread holds no current lease of `host`: ends a lease of another host that was
+/// revoked, then takes one of `host` with the slot being released, if leases are on and a
+/// cell is free.
+#[cold]
+#[inline(never)]
+fn claim(holder: &Holder, host: &'static dyn Host) -> bool {
+    let held = holder.0.get();
+    if let Some(other) = held.host {
+        if other.leases().generation.load(Ordering::Relaxed) == held.generation {
+            return false; // a lease of another limiter, still current: keep it
+        }
+        end(holder);
+    }
+    let leases = host.leases();
+    let generation = leases.generation.load(Ordering::Acquire);
+    if !on(generation) {
+        return false;
+    }
+    let mut claimed = leases.claimed.load(Ordering::Relaxed);
+    let shard = loop {
+        let free = (!claimed).trailing_zeros() as usize;
+        if free >= SHARDS {
+            return false;
+        }
+        match leases.claimed.compare_exchange_weak(
+            claimed,
+            claimed | (1 << free),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => break free,
+            Err(actual) => claimed = actual,
+        }
+    };
+    leases.cells[shard].store(1, Ordering::Release);
+    holder.0.set(Lease {
+        host: Some(host),
+        shard,
+        generation,
+    });
+    true
+}
+
+#[cfg(all(test, degrade_loom))]
+mod loom_models {
+    //! `RUSTFLAGS="--cfg degrade_loom" cargo test -p degrade-core --release --lib loom_models`
+    use super::{Host, LEASE, Leases, end, keep, take};
+    use crate::limit::inflight::{InFlight, Released};
+    use crate::sync::{AtomicU32, Ordering};
+    use loom::sync::Mutex;
+    use loom::thread;
+
+    /// A host with a one-lane queue: how many wait, and how many were granted a slot.
+    struct TestHost {
+        word: InFlight,
+        leases: Leases,
+        queue: Mutex<(u32, u32)>,
+        limit: u32,
+        /// Requests holding a slot (granted or admitted), counted by the model.
+        holding: AtomicU32,
+    }
+
+    impl TestHost {
+        fn leak(limit: u32) -> &'static TestHost {
+            Box::leak(Box::new(TestHost {
+                word: InFlight::new(),
+                leases: Leases::default(),
+                queue: Mutex::new((0, 0)),
+                limit,
+                holding: AtomicU32::new(0),
+            }))
+        }
+
+        /// The limiter's admit: a kept slot, or the word.
+        fn admit(&'static self) -> bool {
+            let ok = take(self) || {
+                let n = self.word.try_acquire(self.limit);
+                if let Some(n) = n {
+                    self.leases.adjust(n, self.limit);
+                }
+                n.is_some()
+            };
+            if ok {
+                let before = self.holding.fetch_add(1, Ordering::SeqCst);
+                assert!(before < self.limit, "more than the limit in flight");
+            }
+            ok
+        }
+
+        /// The limiter's release.
+        fn release(&'static self) {
+            self.holding.fetch_sub(1, Ordering::SeqCst);
+            if !keep(self) {
+                let released = self.word.release();
+                if released.waiters {
+                    self.after_release(released);
+                }
+            }
+        }
+
+        /// The overload path: revoke the leases, queue, and try the word.
+        fn wait(&'static self) {
+            self.leases.revoke();
+            let mut q = self.queue.lock().unwrap();
+            q.0 += 1;
+            self.word.add_waiter();
+            self.drain(&mut q);
+        }
+
+        fn drain(&self, q: &mut (u32, u32)) {
+            while q.0 > 0 {
+                if self.word.try_acquire_ahead(self.limit).is_none() {
+                    break;
+                }
+                let before = self.holding.fetch_add(1, Ordering::SeqCst);
+                assert!(before < self.limit, "more than the limit in flight");
+                q.0 -= 1;
+                q.1 += 1;
+                self.word.remove_waiter();
+            }
+        }
+    }
+
+    /// What the thread's exit does (loom lets `join` return before a thread's locals drop).
+    fn exit() {
+        LEASE.with(end);
+    }
+
+    impl Host for TestHost {
+        fn in_flight(&self) -> &InFlight {
+            &self.word
+        }
+        fn leases(&self) -> &Leases {
+            &self.leases
+        }
+        fn after_release(&'static self, released: Released) {
+            if released.waiters {
+                let mut q = self.queue.lock().unwrap();
+                self.drain(&mut q);
+            }
+        }
+    }
+
+    /// A thread keeps the slot its request gives back while another admits through the word
+    /// (half the limit revokes the leases): never more than the limit in flight, and once the
+    /// keeper is gone every slot is back; the other thread's kept slot is not in flight.
+    #[test]
+    fn kept_slots_never_exceed_the_limit_and_come_back() {
+        loom::model(|| {
+            let host = TestHost::leak(3);
+            let t = thread::spawn(move || {
+                for _ in 0..2 {
+                    if host.admit() {
+                        host.release();
+                    }
+                }
+                exit();
+            });
+            if host.admit() {
+                host.release();
+            }
+            t.join().unwrap();
+            assert_eq!(host.holding.load(Ordering::SeqCst), 0);
+            let (counted, waiting) = host.word.load();
+            assert_eq!(waiting, 0);
+            assert_eq!(counted, host.leases.kept(), "no slot lost or made");
+            assert_eq!(host.leases.in_flight(&host.word), (0, 0));
+        });
+    }
+
+    /// A thread keeps the slot its request gives back while the other fills the limit and
+    /// waits (revoking the leases): the waiter gets the slot, from the release or from the
+    /// keeper giving its kept slot back when it leaves, and no slot is lost or made.
+    #[test]
+    fn a_kept_slot_reaches_a_waiter() {
+        loom::model(|| {
+            let host = TestHost::leak(3);
+            let t = thread::spawn(move || {
+                if host.admit() {
+                    host.release(); // kept if the leases are still on when it looks
+                }
+                exit();
+            });
+            let mut held = 0;
+            for _ in 0..3 {
+                if host.admit() {
+                    held += 1;
+                }
+            }
+            if held < 3 {
+                host.wait();
+            }
+            t.join().unwrap();
+            let granted = {
+                let q = host.queue.lock().unwrap();
+                assert_eq!(q.0, 0, "no waiter left behind");
+                q.1
+            };
+            assert_eq!(held + granted, 3, "the waiter was served");
+            for _ in 0..held + granted {
+                host.release();
+            }
+            assert_eq!(host.holding.load(Ordering::SeqCst), 0);
+            assert_eq!(host.word.load(), (0, 0), "every slot is back in the word");
+        });
+    }
+}

@@ -1,0 +1,321 @@
+//! Per-thread leases of in-flight slots, through the `DegradeLayer`: threads keep the slots
+//! their requests give back while the limit has headroom, and the limit stays exact once the
+//! leases are revoked. Each test drives real threads one step at a time (a step is a closure
+//! the thread runs while the test waits), so every count is deterministic.
+
+use degrade_core::limit::LimitConfig;
+use degrade_core::{BoxError, Controller, DegradeLayer};
+use futures_util::FutureExt;
+use std::convert::Infallible;
+use std::future::ready;
+use std::pin::Pin;
+use std::sync::mpsc;
+use std::thread;
+use tower::{Layer, Service, ServiceExt};
+
+/// A thread that runs the steps it is sent, one at a time.
+struct Worker {
+    steps: Option<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    fn new() -> Self {
+        Self::spawn(None)
+    }
+
+    /// A worker whose steps see the runtime's (paused) clock.
+    fn in_runtime() -> Self {
+        Self::spawn(Some(tokio::runtime::Handle::current()))
+    }
+
+    fn spawn(runtime: Option<tokio::runtime::Handle>) -> Self {
+        let (tx, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let thread = thread::spawn(move || {
+            let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
+            for step in rx {
+                step();
+            }
+        });
+        Worker {
+            steps: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs `f` on the worker and waits for its answer.
+    fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let step = Box::new(move || tx.send(f()).expect("the test waits"));
+        self.steps
+            .as_ref()
+            .unwrap()
+            .send(step)
+            .expect("worker alive");
+        rx.recv().expect("the step ran")
+    }
+
+    /// The thread exits (giving back what it keeps).
+    fn exit(mut self) {
+        drop(self.steps.take());
+        self.thread
+            .take()
+            .unwrap()
+            .join()
+            .expect("worker ran clean");
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        drop(self.steps.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn echo() -> impl Service<
+    u8,
+    Response = u8,
+    Error = Infallible,
+    Future = std::future::Ready<Result<u8, Infallible>>,
+> + Clone
++ Send {
+    tower::service_fn(|n: u8| ready(Ok::<_, Infallible>(n)))
+}
+
+fn fixed(limit: u32) -> DegradeLayer {
+    let c = Controller::new(Default::default()).unwrap();
+    DegradeLayer::builder(c.handle())
+        .limit(LimitConfig {
+            initial: limit,
+            min: limit,
+            max: limit,
+            queue_size: 0.0,
+            ..LimitConfig::default()
+        })
+        .build()
+        .unwrap()
+}
+
+fn in_flight(layer: &DegradeLayer) -> u32 {
+    layer.snapshot().limit.unwrap().in_flight
+}
+
+/// One call, answered at once: `true` when admitted.
+fn call_once<S: Service<u8, Error = BoxError>>(svc: &mut S) -> bool {
+    svc.ready().now_or_never().unwrap().unwrap();
+    svc.call(1).now_or_never().unwrap().is_ok()
+}
+
+/// Takes slots until the limit is full: the futures that hold them. A call that the limit
+/// refuses, or that waits for a slot (once a queueing target is learnt), ends it.
+fn hold_all<S: Service<u8, Error = BoxError>>(
+    svc: &mut S,
+    layer: &DegradeLayer,
+) -> Vec<Pin<Box<S::Future>>> {
+    let mut held = Vec::new();
+    loop {
+        svc.ready().now_or_never().unwrap().unwrap();
+        let mut fut = Box::pin(svc.call(1));
+        match fut.as_mut().now_or_never() {
+            Some(Err(_)) => return held,
+            Some(Ok(_)) => unreachable!("an admitted call waits on its inner service forever"),
+            None if layer.snapshot().limit.unwrap().waiting > 0 => return held,
+            None => held.push(fut),
+        }
+    }
+}
+
+/// Two threads keep the slot of their last request (the limit has headroom); the limit
+/// then fills on a third thread, which revokes the leases: while the two stay idle it gets
+/// the limit less what they keep (the stated bound, one slot each here), and once they touch
+/// the layer again they give their slots back and it gets exactly the limit, never more.
+#[test]
+fn the_limit_holds_exactly_once_kept_slots_are_given_back() {
+    let layer = fixed(16);
+    let svc = layer.layer(tower::service_fn(|n: u8| async move {
+        std::future::pending::<()>().await;
+        Ok::<_, Infallible>(n)
+    }));
+    let quick = layer.layer(echo());
+    let (a, b) = (Worker::new(), Worker::new());
+    for w in [&a, &b] {
+        let mut s = quick.clone();
+        assert!(w.run(move || call_once(&mut s)));
+    }
+    assert_eq!(in_flight(&layer), 0, "kept slots are not in flight");
+
+    let mut main = svc.clone();
+    let mut held = hold_all(&mut main, &layer);
+    assert_eq!(
+        held.len(),
+        14,
+        "the limit less the two idle threads' kept slots"
+    );
+    assert_eq!(in_flight(&layer), 14);
+
+    for w in [&a, &b] {
+        let mut s = quick.clone();
+        assert!(w.run(move || call_once(&mut s)), "its own slot, given back");
+    }
+    held.extend(hold_all(&mut main, &layer));
+    assert_eq!(
+        held.len(),
+        16,
+        "exactly the limit once every kept slot is back"
+    );
+    assert_eq!(in_flight(&layer), 16);
+    for w in [&a, &b] {
+        let mut s = quick.clone();
+        assert!(!w.run(move || call_once(&mut s)), "nothing over the limit");
+    }
+    drop(held);
+    assert_eq!(in_flight(&layer), 0);
+    assert_eq!(
+        hold_all(&mut main, &layer).len(),
+        16,
+        "every slot came back"
+    );
+    let snap = layer.snapshot();
+    assert_eq!(snap.offered(), snap.admitted() + snap.rejected());
+    a.exit();
+    b.exit();
+}
+
+/// A request admitted on one thread and answered on another: its slot goes to the answering
+/// thread's lease (or the word), and nothing is lost or made: the limit is whole afterwards.
+#[test]
+fn a_request_answered_on_another_thread_gives_its_slot_back_once() {
+    let layer = fixed(16);
+    let quick = layer.layer(echo());
+    let a = Worker::new();
+    let mut main = quick.clone();
+    for _ in 0..4 {
+        main.ready().now_or_never().unwrap().unwrap();
+        let fut = main.call(7);
+        assert_eq!(in_flight(&layer), 1);
+        assert_eq!(a.run(move || fut.now_or_never().unwrap().unwrap()), 7);
+        assert_eq!(in_flight(&layer), 0);
+    }
+    let mut s = quick.clone();
+    assert!(
+        a.run(move || call_once(&mut s)),
+        "the answering thread admits from its lease"
+    );
+    let svc = layer.layer(tower::service_fn(|n: u8| async move {
+        std::future::pending::<()>().await;
+        Ok::<_, Infallible>(n)
+    }));
+    a.exit(); // gives its kept slots back
+    let mut main = svc.clone();
+    assert_eq!(hold_all(&mut main, &layer).len(), 16, "the limit is whole");
+}
+
+/// A layer dropped while threads keep slots of it: its word is recycled only once they gave
+/// them back (at their next call through any layer, or their exit), and new layers, on a
+/// recycled word or a fresh one, start empty and admit exactly their limit.
+#[test]
+fn a_layer_dropped_with_kept_slots_never_leaks_them_into_a_new_layer() {
+    let (a, b) = (Worker::new(), Worker::new());
+    {
+        let old = fixed(16);
+        let quick = old.layer(echo());
+        for w in [&a, &b] {
+            let mut s = quick.clone();
+            assert!(w.run(move || call_once(&mut s)));
+        }
+    } // dropped: a and b still keep a slot each of its word
+
+    let check_new = || {
+        let layer = fixed(8);
+        assert_eq!(in_flight(&layer), 0, "a new layer starts empty");
+        let mut svc = layer.layer(tower::service_fn(|n: u8| async move {
+            std::future::pending::<()>().await;
+            Ok::<_, Infallible>(n)
+        }));
+        assert_eq!(hold_all(&mut svc, &layer).len(), 8, "exactly its limit");
+        layer
+    };
+    let live = check_new();
+    // a's next call (through another layer) ends its lease of the dropped one.
+    let quick = live.layer(echo());
+    let mut s = quick.clone();
+    assert!(a.run(move || call_once(&mut s)));
+    for _ in 0..4 {
+        check_new();
+    }
+    b.exit(); // the last kept slot of the old word: recycled now
+    for _ in 0..4 {
+        check_new();
+    }
+    drop(live);
+    a.exit();
+}
+
+/// On paused tokio time: a request finds the limit full while an idle thread keeps a slot, and
+/// waits (the overload path revokes the leases). It is not missed: the keeper's next call,
+/// even through another layer, gives the slot back and hands it to the waiter, long before
+/// its deadline (time does not move).
+#[tokio::test(start_paused = true)]
+async fn a_waiter_gets_the_slot_an_idle_thread_kept_at_its_next_call() {
+    let layer = {
+        let c = Controller::new(Default::default()).unwrap();
+        DegradeLayer::builder(c.handle())
+            .limit(LimitConfig {
+                initial: 8,
+                min: 8,
+                max: 8,
+                ..LimitConfig::default()
+            })
+            .build()
+            .unwrap()
+    };
+    let mut slow = layer.layer(tower::service_fn(|n: u8| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        Ok::<_, Infallible>(n)
+    }));
+    // One at a time: the limiter learns the 10 ms baseline, and with it a queueing target.
+    for n in 0..40 {
+        assert_eq!(slow.ready().await.unwrap().call(n).await.unwrap(), n);
+    }
+    let snapshot = || layer.snapshot().limit.unwrap();
+    assert!(snapshot().queue_target.is_some(), "{:?}", snapshot());
+
+    let keeper = Worker::in_runtime();
+    let mut quick = layer.layer(echo());
+    assert!(
+        keeper.run(move || call_once(&mut quick)),
+        "kept by the keeper"
+    );
+    assert_eq!(snapshot().in_flight, 0);
+
+    let mut pending = layer.layer(tower::service_fn(|n: u8| async move {
+        std::future::pending::<()>().await;
+        Ok::<_, Infallible>(n)
+    }));
+    let held = hold_all(&mut pending, &layer);
+    assert_eq!(held.len(), 7, "the limit less the keeper's slot");
+    let mut waiter = Box::pin(pending.ready().await.unwrap().call(9));
+    assert!(waiter.as_mut().now_or_never().is_none(), "waits");
+    assert_eq!((snapshot().in_flight, snapshot().waiting), (7, 1));
+
+    // The keeper calls again, through another layer: its lease of this one ends.
+    let other = fixed(4);
+    let mut elsewhere = other.layer(echo());
+    assert!(keeper.run(move || call_once(&mut elsewhere)));
+    assert_eq!(
+        (snapshot().in_flight, snapshot().waiting),
+        (8, 0),
+        "handed on"
+    );
+    assert!(
+        waiter.as_mut().now_or_never().is_none(),
+        "admitted: in the inner service"
+    );
+    assert_eq!((snapshot().expired, snapshot().queued), (0, 2));
+    drop((held, waiter));
+    assert_eq!(snapshot().in_flight, 0);
+    keeper.exit();
+}
