@@ -134,7 +134,7 @@ fn hold_all<S: Service<u8, Error = BoxError>>(
 /// the layer again they give their slots back and it gets exactly the limit, never more.
 #[test]
 fn the_limit_holds_exactly_once_kept_slots_are_given_back() {
-    let layer = fixed(16);
+    let layer = fixed(32);
     let svc = layer.layer(tower::service_fn(|n: u8| async move {
         std::future::pending::<()>().await;
         Ok::<_, Infallible>(n)
@@ -151,10 +151,10 @@ fn the_limit_holds_exactly_once_kept_slots_are_given_back() {
     let mut held = hold_all(&mut main, &layer);
     assert_eq!(
         held.len(),
-        14,
+        30,
         "the limit less the two idle threads' kept slots"
     );
-    assert_eq!(in_flight(&layer), 14);
+    assert_eq!(in_flight(&layer), 30);
 
     for w in [&a, &b] {
         let mut s = quick.clone();
@@ -163,10 +163,10 @@ fn the_limit_holds_exactly_once_kept_slots_are_given_back() {
     held.extend(hold_all(&mut main, &layer));
     assert_eq!(
         held.len(),
-        16,
+        32,
         "exactly the limit once every kept slot is back"
     );
-    assert_eq!(in_flight(&layer), 16);
+    assert_eq!(in_flight(&layer), 32);
     for w in [&a, &b] {
         let mut s = quick.clone();
         assert!(!w.run(move || call_once(&mut s)), "nothing over the limit");
@@ -175,7 +175,7 @@ fn the_limit_holds_exactly_once_kept_slots_are_given_back() {
     assert_eq!(in_flight(&layer), 0);
     assert_eq!(
         hold_all(&mut main, &layer).len(),
-        16,
+        32,
         "every slot came back"
     );
     let snap = layer.snapshot();
@@ -184,11 +184,36 @@ fn the_limit_holds_exactly_once_kept_slots_are_given_back() {
     b.exit();
 }
 
+/// A small limit (a service of a few slots) never lets a thread keep a slot: two threads that
+/// called once and went idle strand nothing, and the limit is whole for everybody else.
+#[test]
+fn a_small_limit_never_lets_an_idle_thread_keep_a_slot() {
+    let layer = fixed(8);
+    let quick = layer.layer(echo());
+    let (a, b) = (Worker::new(), Worker::new());
+    for w in [&a, &b] {
+        let mut s = quick.clone();
+        assert!(w.run(move || call_once(&mut s)));
+    }
+    let svc = layer.layer(tower::service_fn(|n: u8| async move {
+        std::future::pending::<()>().await;
+        Ok::<_, Infallible>(n)
+    }));
+    let mut main = svc.clone();
+    assert_eq!(
+        hold_all(&mut main, &layer).len(),
+        8,
+        "the whole limit, with two idle threads that called before"
+    );
+    a.exit();
+    b.exit();
+}
+
 /// A request admitted on one thread and answered on another: its slot goes to the answering
 /// thread's lease (or the word), and nothing is lost or made: the limit is whole afterwards.
 #[test]
 fn a_request_answered_on_another_thread_gives_its_slot_back_once() {
-    let layer = fixed(16);
+    let layer = fixed(32);
     let quick = layer.layer(echo());
     let a = Worker::new();
     let mut main = quick.clone();
@@ -210,7 +235,7 @@ fn a_request_answered_on_another_thread_gives_its_slot_back_once() {
     }));
     a.exit(); // gives its kept slots back
     let mut main = svc.clone();
-    assert_eq!(hold_all(&mut main, &layer).len(), 16, "the limit is whole");
+    assert_eq!(hold_all(&mut main, &layer).len(), 32, "the limit is whole");
 }
 
 /// A layer dropped while threads keep slots of it: its word is recycled only once they gave
@@ -220,7 +245,7 @@ fn a_request_answered_on_another_thread_gives_its_slot_back_once() {
 fn a_layer_dropped_with_kept_slots_never_leaks_them_into_a_new_layer() {
     let (a, b) = (Worker::new(), Worker::new());
     {
-        let old = fixed(16);
+        let old = fixed(32);
         let quick = old.layer(echo());
         for w in [&a, &b] {
             let mut s = quick.clone();
@@ -264,9 +289,9 @@ async fn a_waiter_gets_the_slot_an_idle_thread_kept_at_its_next_call() {
         let c = Controller::new(Default::default()).unwrap();
         DegradeLayer::builder(c.handle())
             .limit(LimitConfig {
-                initial: 8,
-                min: 8,
-                max: 8,
+                initial: 32,
+                min: 32,
+                max: 32,
                 ..LimitConfig::default()
             })
             .build()
@@ -296,10 +321,10 @@ async fn a_waiter_gets_the_slot_an_idle_thread_kept_at_its_next_call() {
         Ok::<_, Infallible>(n)
     }));
     let held = hold_all(&mut pending, &layer);
-    assert_eq!(held.len(), 7, "the limit less the keeper's slot");
+    assert_eq!(held.len(), 31, "the limit less the keeper's slot");
     let mut waiter = Box::pin(pending.ready().await.unwrap().call(9));
     assert!(waiter.as_mut().now_or_never().is_none(), "waits");
-    assert_eq!((snapshot().in_flight, snapshot().waiting), (7, 1));
+    assert_eq!((snapshot().in_flight, snapshot().waiting), (31, 1));
 
     // The keeper calls again, through another layer: its lease of this one ends.
     let other = fixed(4);
@@ -307,7 +332,7 @@ async fn a_waiter_gets_the_slot_an_idle_thread_kept_at_its_next_call() {
     assert!(keeper.run(move || call_once(&mut elsewhere)));
     assert_eq!(
         (snapshot().in_flight, snapshot().waiting),
-        (8, 0),
+        (32, 0),
         "handed on"
     );
     assert!(

@@ -14,7 +14,8 @@
 //!   when an admit through the word finds half the limit in flight, when a request has to
 //!   enter the overload path (waiters, or the limit full), when the limit shrinks and when the
 //!   limiter goes; they are allowed again when an admit through the word finds under a
-//!   quarter of the limit in flight and nobody waiting.
+//!   quarter of the limit in flight and nobody waiting. A limit under [`MIN_LIMIT`] (twice
+//!   what can be stranded) never has leases: a service of a few slots keeps the exact path.
 //! * **Giving back.** A thread whose lease was revoked gives its kept slots back to the word
 //!   (one `fetch_sub`, which hands them to waiters if any) the next time it admits or
 //!   releases through any limiter, and when it exits.
@@ -36,6 +37,12 @@ pub(crate) const SHARDS: usize = 8;
 
 /// The most slots a thread keeps.
 pub(crate) const KEEP: u32 = 2;
+
+/// The smallest limit under which threads may keep slots: twice the most that can be stranded
+/// ([`KEEP`] × [`SHARDS`]), so idle threads can never hold more than half of it. A smaller limit
+/// (a service of a few slots) always takes the word's exact path: nothing it grants can sit
+/// with an idle thread while requests wait.
+pub(crate) const MIN_LIMIT: u32 = 2 * KEEP * SHARDS as u32;
 
 /// Leases are on in an even generation.
 #[inline]

@@ -358,7 +358,7 @@ impl Limiter {
     /// Publishes the law's state for the hot path.
     fn publish(&self, law: &Law) {
         let before = self.limit.swap(law.limit(), Ordering::Relaxed);
-        if law.limit() < before {
+        if law.limit() < before || law.limit() < lease::MIN_LIMIT {
             self.word.leases.revoke();
         }
         self.limit_critical
@@ -407,9 +407,10 @@ impl Limiter {
             return Some((concurrency, limit));
         }
         let concurrency = self.word.in_flight.try_acquire(limit)?;
-        self.word
-            .leases
-            .adjust(concurrency, self.limit.load(Ordering::Relaxed));
+        let whole = self.limit.load(Ordering::Relaxed);
+        if whole >= lease::MIN_LIMIT {
+            self.word.leases.adjust(concurrency, whole);
+        }
         Some((concurrency, limit))
     }
 
