@@ -1808,7 +1808,15 @@ mod onset_tests {
     #[ignore = "exploration: prints the onset of critical-only overload"]
     fn critical_onset() {
         TRACE.with(|t| t.set(std::env::var("SIM_TRACE").is_ok()));
-        for seed in 1..=6 {
+        let seeds: Vec<u64> = std::env::var("SIM_SEEDS")
+            .ok()
+            .and_then(|s| {
+                let (a, b) = s.split_once('-')?;
+                Some((a.parse().ok()?..=b.parse().ok()?).collect())
+            })
+            .unwrap_or_else(|| (1..=6).collect());
+        let (mut worst, mut sum) = (0.0f64, 0.0);
+        for &seed in &seeds {
             let ph = |secs, load| Phase {
                 secs,
                 load,
@@ -1839,6 +1847,12 @@ mod onset_tests {
                     .map(|t| (t * 100.0).round() / 100.0)
                     .collect::<Vec<_>>()
             );
+            worst = worst.max(p99 / unloaded);
+            sum += p99 / unloaded;
         }
+        println!(
+            "critical onset 1.5x p99 over unloaded: worst {worst:.2}x mean {:.2}x",
+            sum / seeds.len() as f64
+        );
     }
 }
