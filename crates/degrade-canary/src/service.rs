@@ -350,7 +350,14 @@ where
             .routed(arm, forced)
             .is_some_and(|seq| self.book.timing.is_timed(seq))
             .then(|| (self.clock.now(), self.clock.clone()));
-        let guard = Guard::new(stats, self.classifier.clone(), arm, group, forced);
+        let guard = Guard::new(
+            stats,
+            self.classifier.clone(),
+            arm,
+            group,
+            forced,
+            start.is_some(),
+        );
         let inner = match arm {
             Arm::Stable => Inner::Stable {
                 fut: self.stable.call(req),
