@@ -2,9 +2,9 @@
 
 use crate::arm::Arm;
 use crate::service::TagArm;
-use crate::stats::Stats;
+use crate::stats::{Stats, grouped};
 use degrade_core::recycle::Held;
-use degrade_core::{BoxError, Classifier, Clock};
+use degrade_core::{BoxError, Classifier, Clock, Outcome};
 use pin_project_lite::pin_project;
 use std::fmt;
 use std::future::Future;
@@ -36,8 +36,21 @@ pub(crate) struct Guard<Cl: 'static> {
     classifier: Held<Cl>,
     arm: Arm,
     group: u8,
-    /// Completed, or forced (never judged).
-    done: bool,
+    /// What is left to record, decided once in `call`: one byte for `poll` to test.
+    end: End,
+}
+
+/// What a call's end records.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The outcome count only: a call of no key group that was not timed (most calls under
+    /// heavy traffic), recorded inline.
+    Count,
+    /// The outcome count, and the latency of a timed call and the counts of a keyed one's
+    /// group: recorded out of line.
+    Record,
+    /// Nothing: the call completed already, or it was forced (never judged).
+    Done,
 }
 
 impl<Cl> Guard<Cl> {
@@ -49,20 +62,28 @@ impl<Cl> Guard<Cl> {
         arm: Arm,
         group: u8,
         forced: bool,
+        timed: bool,
     ) -> Self {
+        let end = if forced {
+            End::Done
+        } else if timed || grouped(group) {
+            End::Record
+        } else {
+            End::Count
+        };
         Self {
             stats,
             classifier,
             arm,
             group,
-            done: forced,
+            end,
         }
     }
 }
 
 impl<Cl> Drop for Guard<Cl> {
     fn drop(&mut self) {
-        if !self.done {
+        if self.end != End::Done {
             self.stats.cancelled(self.arm, self.group);
         }
     }
@@ -136,6 +157,9 @@ where
 {
     type Output = Result<Res, BoxError>;
 
+    // Small (what is recorded out of line is in `finish_recorded`), so that a caller can
+    // inline it: a caller that cannot reads the output back from memory.
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = match this.inner.project() {
@@ -143,20 +167,17 @@ where
             InnerProj::Canary { fut } => ready!(fut.poll(cx)).map_err(Into::into),
         };
         let guard = this.guard;
-        // `done` already set: a forced call, served but not judged.
-        if !guard.done {
-            guard.done = true;
+        let end = std::mem::replace(&mut guard.end, End::Done);
+        if end != End::Done {
             let outcome = match &result {
                 Ok(res) => guard.classifier.classify_response(res),
                 Err(err) => guard.classifier.classify_error(err),
             };
-            let latency = this
-                .start
-                .as_ref()
-                .map(|(start, clock)| clock.now().saturating_duration_since(*start));
-            guard
-                .stats
-                .finished(guard.arm, guard.group, outcome, latency);
+            if end == End::Count {
+                guard.stats.ended(guard.arm, outcome);
+            } else {
+                finish_recorded(guard, outcome, this.start.as_ref());
+            }
         }
         let arm = guard.arm;
         Poll::Ready(result.map(|mut res| {
@@ -164,4 +185,19 @@ where
             res
         }))
     }
+}
+
+/// A call that was timed or has a key group: the histograms and the group's counts, out of
+/// line, so that the `poll` of the other calls (most under heavy traffic) stays small enough
+/// to inline.
+#[inline(never)]
+fn finish_recorded<Cl, Clk: Clock>(
+    guard: &Guard<Cl>,
+    outcome: Outcome,
+    start: Option<&(Instant, Clk)>,
+) {
+    let latency = start.map(|(start, clock)| clock.now().saturating_duration_since(*start));
+    guard
+        .stats
+        .finished(guard.arm, guard.group, outcome, latency);
 }

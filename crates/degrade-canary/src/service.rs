@@ -88,9 +88,9 @@ impl<K, O> Shared<K, O> {
             None => {
                 // Request n goes to the canary when ⌊(n+1)·w⌋ > ⌊n·w⌋ (in basis points): the
                 // pattern repeats every 10 000 decisions, so reduce first and nothing overflows.
-                let n = self.seq.add_then_slot(0, 1) % u64::from(FULL_BP);
-                let w = u64::from(w);
-                (n + 1) * w / u64::from(FULL_BP) != n * w / u64::from(FULL_BP)
+                // `n < 10 000` and `w < 10 000`: every product fits a `u32`.
+                let n = (self.seq.add_then_slot(0, 1) % u64::from(FULL_BP)) as u32;
+                (n + 1) * w / FULL_BP != n * w / FULL_BP
             }
         };
         let group = bucket.map_or(UNGROUPED, |b| (usize::from(b) % GROUPS) as u8);
@@ -350,7 +350,14 @@ where
             .routed(arm, forced)
             .is_some_and(|seq| self.book.timing.is_timed(seq))
             .then(|| (self.clock.now(), self.clock.clone()));
-        let guard = Guard::new(stats, self.classifier.clone(), arm, group, forced);
+        let guard = Guard::new(
+            stats,
+            self.classifier.clone(),
+            arm,
+            group,
+            forced,
+            start.is_some(),
+        );
         let inner = match arm {
             Arm::Stable => Inner::Stable {
                 fut: self.stable.call(req),

@@ -67,7 +67,7 @@ fn backend() -> impl Service<Req, Response = u64, Error = BoxError, Future: Send
     })
 }
 
-fn call<S: Service<Req>>(svc: &mut S, r: Req) -> Result<S::Response, S::Error> {
+fn call<R, S: Service<R>>(svc: &mut S, r: R) -> Result<S::Response, S::Error> {
     let Some(Ok(svc)) = svc.ready().now_or_never() else {
         panic!("the backends are always ready");
     };
@@ -302,4 +302,143 @@ fn the_judge_rolls_back_a_latency_regression_while_calls_are_sampled() {
     assert_eq!(j.reason, "canary latency above stable's");
     assert_eq!(controller.state().phase, CanaryPhase::RolledBack);
     assert_eq!(router.weight().get(), 0);
+}
+
+/// What an unkeyed request does at the backend.
+#[derive(Clone, Copy, PartialEq)]
+enum Fate {
+    Succeed,
+    Fail,
+    /// Rejected by "a layer further in": the default classifier ignores it.
+    Shed,
+}
+
+fn fate(i: u64) -> Fate {
+    match (i % 50, i % 40) {
+        (7, _) => Fate::Fail,
+        (_, 5) => Fate::Shed,
+        _ => Fate::Succeed,
+    }
+}
+
+/// Per-arm tallies of unkeyed calls, as the caller sees them.
+#[derive(Default, Clone, Copy, PartialEq, Debug)]
+struct Ends {
+    routed: u64,
+    successes: u64,
+    failures: u64,
+    ignored: u64,
+    cancelled: u64,
+}
+
+#[test]
+fn unkeyed_calls_count_exactly_whether_timed_or_not() {
+    let shedding = || {
+        tower::service_fn(|f: Fate| async move {
+            match f {
+                Fate::Succeed => Ok(1u64),
+                Fate::Fail => Err::<u64, BoxError>("backend failed".into()),
+                Fate::Shed => Err(Box::new(degrade_core::Shed::new(
+                    degrade_core::Level::Heavy,
+                    degrade_core::Priority::Low,
+                    Duration::from_secs(1),
+                )) as BoxError),
+            }
+        })
+    };
+    let clock = CountingClock::new(ManualClock::new());
+    let router = Canary::builder(shedding(), shedding())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut controller = CanaryController::builder(one_step(10.0), router.handle())
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let mut svc = router.clone();
+    for _ in 0..200_000 {
+        let _ = call(&mut svc, Fate::Succeed);
+    }
+    controller.tick().now_or_never().unwrap().unwrap();
+    assert_eq!(router.weight().get(), 1_000, "still baking at 10 %");
+
+    // Two threads of unkeyed calls, now mostly untimed; 1 future in 100 dropped unpolled.
+    let before = router.snapshot();
+    let reads_before = clock.reads();
+    let tallies: Vec<[Ends; 2]> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let mut svc = router.clone();
+                s.spawn(move || {
+                    let mut ends = [Ends::default(); 2];
+                    for i in 0..40_000u64 {
+                        let f = fate(i);
+                        let fut = svc.ready().now_or_never().unwrap().unwrap().call(f);
+                        let e = &mut ends[usize::from(fut.arm() == Arm::Canary)];
+                        e.routed += 1;
+                        if i % 100 == 3 {
+                            drop(fut);
+                            e.cancelled += 1;
+                            continue;
+                        }
+                        let _ = fut.now_or_never().unwrap();
+                        match f {
+                            Fate::Succeed => e.successes += 1,
+                            Fate::Fail => e.failures += 1,
+                            Fate::Shed => e.ignored += 1,
+                        }
+                    }
+                    ends
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let d = router.snapshot().since(&before);
+    let mut timed_calls = 0;
+    for (a, arm) in [(0, &d.stable), (1, &d.canary)] {
+        let want = tallies.iter().fold(Ends::default(), |mut sum, t| {
+            sum.routed += t[a].routed;
+            sum.successes += t[a].successes;
+            sum.failures += t[a].failures;
+            sum.ignored += t[a].ignored;
+            sum.cancelled += t[a].cancelled;
+            sum
+        });
+        let got = Ends {
+            routed: arm.routed,
+            successes: arm.successes,
+            failures: arm.failures,
+            ignored: arm.ignored,
+            cancelled: arm.cancelled,
+        };
+        assert_eq!(got, want, "arm {a}: every count exact");
+        assert!(
+            arm.groups.iter().all(|g| g.calls == 0 && g.cancelled == 0),
+            "arm {a}: unkeyed calls are in no group"
+        );
+        // Each thread times 1 in 16 of its calls of each arm; cancelled and ignored calls
+        // carry no latency.
+        let timed = arm.latency.count();
+        let most = want.routed / 16 + 2;
+        let least = (want.successes + want.failures) / 16 - 2;
+        assert!(
+            (least..=most).contains(&timed),
+            "arm {a}: {timed} of {} calls timed",
+            want.routed
+        );
+        timed_calls += timed;
+    }
+    assert_eq!(
+        d.canary.routed, 8_000,
+        "the stride: exactly 10 % of each thread's calls"
+    );
+    // A timed call reads the clock twice (once if cancelled, twice if ignored); no other does.
+    let reads = clock.reads() - reads_before;
+    let not_judged = d.stable.ignored + d.stable.cancelled + d.canary.ignored + d.canary.cancelled;
+    let most = 2 * timed_calls + 2 * (not_judged / 16 + 8);
+    assert!(
+        (2 * timed_calls..=most).contains(&reads),
+        "{reads} clock reads for {timed_calls} timed calls"
+    );
 }
