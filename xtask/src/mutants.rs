@@ -179,6 +179,8 @@ const SCOPES: &[Scope] = &[
             "--test",
             "journal",
             "--test",
+            "mutants_planner",
+            "--test",
             "plan",
             "--test",
             "proptests",
@@ -194,8 +196,8 @@ Usage: cargo xtask mutants [--scope NAME]... [--list] [-- <cargo-mutants args>]
   --scope NAME   run only this scope (repeatable); default: every scope, smallest first
   --list         print the scopes and how many mutants each has, run nothing
   after --       passed to cargo-mutants, e.g. `-- --iterate` (retest only the mutants not
-                 caught last time; the score then covers only those: run without it for the
-                 full score) or `-- -j 2`
+                 caught last time, timeouts counting as caught; the score then covers only
+                 those: run without it for the full score) or `-- -j 2`
 Needs cargo-mutants; installs it with `cargo install cargo-mutants --locked` when missing.
 Results: target/mutants/<scope>/mutants.out/ (missed.txt, caught.txt, outcomes.json).";
 
@@ -390,6 +392,9 @@ fn run_scope(root: &Path, scope: &Scope, passthrough: &[String]) -> Result<Scope
         scope.files.join(", ")
     );
     let target = root.join("target").join("mutants");
+    if passthrough.iter().any(|a| a == "--iterate") {
+        carry_timeouts_forward(&target.join(scope.name).join("mutants.out"))?;
+    }
     let dir = cargo_mutants(
         root,
         &target.join(scope.name),
@@ -459,6 +464,39 @@ fn run_scope(root: &Path, scope: &Scope, passthrough: &[String]) -> Result<Scope
         secs: started.elapsed().as_secs_f64(),
         out,
     })
+}
+
+/// Before an `--iterate` run: adds the last run's timeouts to its `previously_caught.txt`.
+///
+/// cargo-mutants' `--iterate` skips the mutants an earlier run caught or found unviable, but
+/// tests the timeouts again, each for the whole test timeout (a minute or more): most of an
+/// iterating run's time, to learn again what this tool already counts as caught (a loop that
+/// never ends). Carried into `previously_caught.txt`, which cargo-mutants reads and writes back
+/// with the newly caught, they stay skipped in every later `--iterate` run. The first pass's
+/// survivors are still all tested again, so the slow pass sees every one it misses.
+fn carry_timeouts_forward(out: &Path) -> Result {
+    let timeouts = lines(&out.join("timeout.txt"));
+    if timeouts.is_empty() {
+        return Ok(());
+    }
+    let path = out.join("previously_caught.txt");
+    let mut caught = lines(&path);
+    let before = caught.len();
+    for name in timeouts {
+        if !caught.contains(&name) {
+            caught.push(name);
+        }
+    }
+    if caught.len() > before {
+        println!(
+            "==> --iterate: {} timeouts of the last run counted as caught (not run again)",
+            caught.len() - before
+        );
+        let mut text = caught.join("\n");
+        text.push('\n');
+        fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The scope's selection narrowed to the mutants named in `survivors` (an earlier pass's
@@ -677,6 +715,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn an_iterating_run_counts_the_last_runs_timeouts_as_caught_once() {
+        let out = env::temp_dir().join(format!("xtask-mutants-{}", std::process::id()));
+        fs::create_dir_all(&out).unwrap();
+        fs::write(out.join("timeout.txt"), "a.rs:1:1: t1\nb.rs:2:2: t2\n").unwrap();
+        fs::write(
+            out.join("previously_caught.txt"),
+            "b.rs:2:2: t2\nc.rs:3:3: c\n",
+        )
+        .unwrap();
+        carry_timeouts_forward(&out).unwrap();
+        carry_timeouts_forward(&out).unwrap();
+        assert_eq!(
+            lines(&out.join("previously_caught.txt")),
+            ["b.rs:2:2: t2", "c.rs:3:3: c", "a.rs:1:1: t1"]
+        );
+        fs::remove_dir_all(&out).unwrap();
     }
 
     #[test]
