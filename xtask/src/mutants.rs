@@ -42,7 +42,8 @@ struct Scope {
     files: &'static [&'static str],
     /// Features for the build: `None` for `--all-features`.
     features: Option<&'static str>,
-    /// Arguments for `cargo test` (after cargo-mutants' `--`).
+    /// Arguments for `cargo test`: the test targets (given to the build too, so a pass builds
+    /// only what it runs; see [`split_tests`]), then `--` and the test binaries' arguments.
     tests: &'static [&'static str],
     /// Arguments for `cargo test` in the slow pass: test targets too slow to run for every
     /// mutant (real child processes), run only for the mutants `tests` missed (`None`: every
@@ -81,18 +82,19 @@ const SCOPES: &[Scope] = &[
             "crates/degrade-canary/src/judge/evidence.rs",
         ],
         features: None,
-        // Every test target but `fleet` (a real redis-server and real processes, about a
-        // minute a run), which runs in the slow pass for the mutants these missed.
+        // The targets that exercise the machine or the judge: their unit tests, the judge's
+        // (`judge`, `judge_props`, `sim`: the judge on simulated traffic), the machine's
+        // (`rollout`, `mutants_rollout`, `config` and `fuzz_store`: what `new` and `resume`
+        // refuse), and the judge through the real router and controller (`what_counts`,
+        // `timing`). The slow pass, for the mutants these miss, has the rest: the router alone
+        // (`service`, `proptests`: 20 s, `alloc`), the key extractors (`fuzz`), the file store
+        // on real files and processes (`store`), real axum servers (`axum`) and the Redis
+        // fleet with real processes (`fleet`, about a minute). Each mutant builds and links 10
+        // test binaries instead of 16.
         tests: &[
             "--lib",
             "--test",
-            "alloc",
-            "--test",
-            "axum",
-            "--test",
             "config",
-            "--test",
-            "fuzz",
             "--test",
             "fuzz_store",
             "--test",
@@ -102,21 +104,30 @@ const SCOPES: &[Scope] = &[
             "--test",
             "mutants_rollout",
             "--test",
-            "proptests",
-            "--test",
             "rollout",
             "--test",
-            "service",
-            "--test",
             "sim",
-            "--test",
-            "store",
             "--test",
             "timing",
             "--test",
             "what_counts",
         ],
-        slow: Some(&["--test", "fleet"]),
+        slow: Some(&[
+            "--test",
+            "alloc",
+            "--test",
+            "axum",
+            "--test",
+            "fuzz",
+            "--test",
+            "proptests",
+            "--test",
+            "service",
+            "--test",
+            "store",
+            "--test",
+            "fleet",
+        ]),
         loom: None,
         what: "canary's rollout state machine and judge",
     },
@@ -533,8 +544,10 @@ fn cargo_mutants(
         "4".into(),
     ]);
     args.extend(passthrough.iter().cloned());
+    let (cargo_args, test_args) = split_tests(tests);
+    args.extend(cargo_args);
     args.push("--".into());
-    args.extend(tests.iter().map(|s| (*s).to_owned()));
+    args.extend(test_args);
     let mut command = cargo();
     // No debug info for the workspace's own crates either (the dependencies have none already):
     // it changes no test's outcome, and linking each mutant's dozen test binaries without it
@@ -573,6 +586,25 @@ fn cargo_mutants(
             dir.display()
         ))
     }
+}
+
+/// A pass's `cargo test` arguments split for cargo-mutants: the target selection (`--lib`,
+/// `--test NAME`, `--tests`) as `--cargo-arg`s, which cargo-mutants gives to the build phase
+/// (`cargo test --no-run`) as well as to the test phase, and the test binaries' own arguments
+/// (from a `--` on) for the test phase only.
+///
+/// After cargo-mutants' own `--` the selection would reach the test phase only: the build phase
+/// would compile and link every test target of the package for every mutant, also those the
+/// pass never runs (the slow pass's), which is most of a mutant's time in a package with many
+/// test targets.
+fn split_tests(tests: &[&str]) -> (Vec<String>, Vec<String>) {
+    let at = tests.iter().position(|a| *a == "--").unwrap_or(tests.len());
+    let cargo_args = tests[..at]
+        .iter()
+        .map(|a| format!("--cargo-arg={a}"))
+        .collect();
+    let test_args = tests[at..].iter().map(|a| (*a).to_owned()).collect();
+    (cargo_args, test_args)
 }
 
 /// `text` with the regex metacharacters escaped (those `regex::escape` escapes).
@@ -674,6 +706,22 @@ mod tests {
         };
         assert_eq!(result.counts.viable(), 100);
         assert_eq!(result.score(), Some(90.0));
+    }
+
+    #[test]
+    fn the_targets_of_a_pass_reach_the_build_and_its_test_arguments_only_the_tests() {
+        let (cargo_args, test_args) =
+            split_tests(&["--lib", "--test", "judge", "--", "--skip", "limit::"]);
+        assert_eq!(
+            cargo_args,
+            [
+                "--cargo-arg=--lib",
+                "--cargo-arg=--test",
+                "--cargo-arg=judge"
+            ]
+        );
+        assert_eq!(test_args, ["--", "--skip", "limit::"]);
+        assert_eq!(split_tests(LIB_AND_TESTS).1, Vec::<String>::new());
     }
 
     #[test]
