@@ -8,7 +8,9 @@ use degrade_rollout::plan::{
     Direction, Record, RolloutAction, RolloutEvent, RolloutMachine, RolloutPhase, RolloutStep,
     StepKind, Target,
 };
-use degrade_rollout::{Amount, Instance, InstanceState, RolloutConfig, RolloutOutcome};
+use degrade_rollout::{
+    Amount, AnalysisConfig, Instance, InstanceState, RolloutConfig, RolloutOutcome,
+};
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -376,6 +378,53 @@ fn a_rollout_with_nothing_to_upgrade_finishes_at_once_without_a_watch() {
         }]
     );
     assert_eq!(p.phase(), RolloutPhase::Finished(RolloutOutcome::Completed));
+}
+
+// Analysis of a batch against the instances not yet upgraded.
+
+fn analyses(actions: &[RolloutAction]) -> Vec<(usize, Vec<&str>, Vec<&str>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            RolloutAction::Analyze {
+                batch,
+                upgraded,
+                baseline,
+            } => Some((*batch, ids(upgraded), ids(baseline))),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn each_batch_but_the_last_is_analysed_against_the_instances_not_yet_upgraded() {
+    let t0 = Instant::now();
+    let config = RolloutConfig {
+        analysis: Some(AnalysisConfig::default()),
+        ..cfg(0, 1)
+    };
+    let mut p = RolloutMachine::new(config, fleet(3), "v2").unwrap();
+    let first = tick(&mut p, t0);
+    assert_eq!(
+        analyses(&first.actions),
+        [(0, vec!["i0"], vec!["i1", "i2"])]
+    );
+    let passed = |batch| RolloutEvent::Analysis {
+        batch,
+        pass: true,
+        reason: String::new(),
+    };
+    let next = p.handle(passed(0), t0);
+    let second = run(&mut p, next, t0, |_| true, |_| false);
+    assert_eq!(
+        analyses(&second.actions),
+        [(1, vec!["i0", "i1"], vec!["i2"])]
+    );
+    let next = p.handle(passed(1), t0);
+    // The last batch leaves no baseline: no analysis, the watch begins.
+    let last = run(&mut p, next, t0, |_| true, |_| false);
+    assert!(analyses(&last.actions).is_empty());
+    assert_eq!(p.phase(), RolloutPhase::Watching);
 }
 
 // When the machine wants a tick.
