@@ -513,6 +513,39 @@ fn an_instance_started_on_the_target_version_is_watched_from_its_start() {
 }
 
 #[test]
+fn only_the_instances_the_rollout_started_on_the_target_version_are_watched_for_an_exit() {
+    let t0 = Instant::now();
+    // Resumed after i0's upgrade, paused (i1 keeps serving on v1): the new controller is
+    // asked to watch i0's process only.
+    let mut records = vec![started(0)];
+    records.extend(in_place("i0"));
+    records.push(Record::Paused);
+    let mut p = RolloutMachine::replay(cfg(0, 1), fleet(2), "v2", &records).unwrap();
+    let resumed = p.handle(RolloutEvent::Tick, t0);
+    let watched: Vec<_> = resumed
+        .iter()
+        .filter_map(|a| match a {
+            RolloutAction::Watch { instance } => Some(instance.id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(watched, ["i0"]);
+    // An exit of i1, still on v1 and not started by the rollout, is not the rollout's failure.
+    let i1 = p.instances()[1].clone();
+    assert_eq!(i1.version, "v1");
+    p.handle(
+        RolloutEvent::Exited {
+            id: "i1".into(),
+            address: i1.address,
+            error: "killed".into(),
+        },
+        t0,
+    );
+    assert_eq!(p.failure(), None);
+    assert_ne!(p.phase(), RolloutPhase::Failing);
+}
+
+#[test]
 fn a_failing_rollout_stops_checking_the_instances_it_watched() {
     let t0 = Instant::now();
     let config = RolloutConfig {
