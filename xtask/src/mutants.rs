@@ -42,7 +42,8 @@ struct Scope {
     files: &'static [&'static str],
     /// Features for the build: `None` for `--all-features`.
     features: Option<&'static str>,
-    /// Arguments for `cargo test` (after cargo-mutants' `--`).
+    /// Arguments for `cargo test`: the test targets (given to the build too, so a pass builds
+    /// only what it runs; see [`split_tests`]), then `--` and the test binaries' arguments.
     tests: &'static [&'static str],
     /// Arguments for `cargo test` in the slow pass: test targets too slow to run for every
     /// mutant (real child processes), run only for the mutants `tests` missed (`None`: every
@@ -81,18 +82,21 @@ const SCOPES: &[Scope] = &[
             "crates/degrade-canary/src/judge/evidence.rs",
         ],
         features: None,
-        // Every test target but `fleet` (a real redis-server and real processes, about a
-        // minute a run), which runs in the slow pass for the mutants these missed.
+        // The targets that exercise the machine or the judge: their unit tests, the judge's
+        // (`judge`, `judge_props`, `sim`: the judge on simulated traffic), the machine's
+        // (`rollout`, `mutants_rollout`, `config` and `fuzz_store`: what `new` and `resume`
+        // refuse), and the judge through the real router and controller (`what_counts`,
+        // `timing`). The slow pass, for the mutants these miss, has the rest: the router alone
+        // (`service`, `proptests`: 20 s, `alloc`), the key extractors (`fuzz`), the file store
+        // on real files and processes (`store`), real axum servers (`axum`) and the Redis
+        // fleet with real processes (`fleet`, about a minute), and the lib's `fleet::` unit
+        // tests, which start a real redis-server (one of them fails now and then on a loaded
+        // machine, which would count a mutant as caught). Each mutant builds and links 10 test
+        // binaries instead of 16.
         tests: &[
             "--lib",
             "--test",
-            "alloc",
-            "--test",
-            "axum",
-            "--test",
             "config",
-            "--test",
-            "fuzz",
             "--test",
             "fuzz_store",
             "--test",
@@ -102,21 +106,34 @@ const SCOPES: &[Scope] = &[
             "--test",
             "mutants_rollout",
             "--test",
-            "proptests",
-            "--test",
             "rollout",
             "--test",
-            "service",
-            "--test",
             "sim",
-            "--test",
-            "store",
             "--test",
             "timing",
             "--test",
             "what_counts",
+            "--",
+            "--skip",
+            "fleet::",
         ],
-        slow: Some(&["--test", "fleet"]),
+        slow: Some(&[
+            "--lib",
+            "--test",
+            "alloc",
+            "--test",
+            "axum",
+            "--test",
+            "fuzz",
+            "--test",
+            "proptests",
+            "--test",
+            "service",
+            "--test",
+            "store",
+            "--test",
+            "fleet",
+        ]),
         loom: None,
         what: "canary's rollout state machine and judge",
     },
@@ -179,6 +196,8 @@ const SCOPES: &[Scope] = &[
             "--test",
             "journal",
             "--test",
+            "mutants_planner",
+            "--test",
             "plan",
             "--test",
             "proptests",
@@ -194,8 +213,8 @@ Usage: cargo xtask mutants [--scope NAME]... [--list] [-- <cargo-mutants args>]
   --scope NAME   run only this scope (repeatable); default: every scope, smallest first
   --list         print the scopes and how many mutants each has, run nothing
   after --       passed to cargo-mutants, e.g. `-- --iterate` (retest only the mutants not
-                 caught last time; the score then covers only those: run without it for the
-                 full score) or `-- -j 2`
+                 caught last time, timeouts counting as caught; the score then covers only
+                 those: run without it for the full score) or `-- -j 2`
 Needs cargo-mutants; installs it with `cargo install cargo-mutants --locked` when missing.
 Results: target/mutants/<scope>/mutants.out/ (missed.txt, caught.txt, outcomes.json).";
 
@@ -261,6 +280,15 @@ pub(crate) fn run(args: &[String]) -> Result {
         }
     }
     println!("==> mutants: done in {}", seconds(started));
+    if passthrough.iter().any(|a| a == "--iterate") {
+        // The score covers the re-tested mutants only (the survivors of earlier runs, the
+        // hardest): not the scope's, so not held against the goal.
+        println!(
+            "==> --iterate: the scores cover the re-tested mutants only; the scope's is the \
+             earlier runs' caught plus these, over the full run's viable mutants"
+        );
+        return Ok(());
+    }
     let below: Vec<String> = results
         .iter()
         .filter(|r| r.score().is_some_and(|s| s < GOAL_PERCENT))
@@ -390,6 +418,9 @@ fn run_scope(root: &Path, scope: &Scope, passthrough: &[String]) -> Result<Scope
         scope.files.join(", ")
     );
     let target = root.join("target").join("mutants");
+    if passthrough.iter().any(|a| a == "--iterate") {
+        carry_timeouts_forward(&target.join(scope.name).join("mutants.out"))?;
+    }
     let dir = cargo_mutants(
         root,
         &target.join(scope.name),
@@ -461,6 +492,39 @@ fn run_scope(root: &Path, scope: &Scope, passthrough: &[String]) -> Result<Scope
     })
 }
 
+/// Before an `--iterate` run: adds the last run's timeouts to its `previously_caught.txt`.
+///
+/// cargo-mutants' `--iterate` skips the mutants an earlier run caught or found unviable, but
+/// tests the timeouts again, each for the whole test timeout (a minute or more): most of an
+/// iterating run's time, to learn again what this tool already counts as caught (a loop that
+/// never ends). Carried into `previously_caught.txt`, which cargo-mutants reads and writes back
+/// with the newly caught, they stay skipped in every later `--iterate` run. The first pass's
+/// survivors are still all tested again, so the slow pass sees every one it misses.
+fn carry_timeouts_forward(out: &Path) -> Result {
+    let timeouts = lines(&out.join("timeout.txt"));
+    if timeouts.is_empty() {
+        return Ok(());
+    }
+    let path = out.join("previously_caught.txt");
+    let mut caught = lines(&path);
+    let before = caught.len();
+    for name in timeouts {
+        if !caught.contains(&name) {
+            caught.push(name);
+        }
+    }
+    if caught.len() > before {
+        println!(
+            "==> --iterate: {} timeouts of the last run counted as caught (not run again)",
+            caught.len() - before
+        );
+        let mut text = caught.join("\n");
+        text.push('\n');
+        fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// The scope's selection narrowed to the mutants named in `survivors` (an earlier pass's
 /// `missed.txt`), for a later pass.
 fn survivor_args(scope: &Scope, survivors: &[String]) -> Vec<String> {
@@ -495,8 +559,10 @@ fn cargo_mutants(
         "4".into(),
     ]);
     args.extend(passthrough.iter().cloned());
+    let (cargo_args, test_args) = split_tests(tests);
+    args.extend(cargo_args);
     args.push("--".into());
-    args.extend(tests.iter().map(|s| (*s).to_owned()));
+    args.extend(test_args);
     let mut command = cargo();
     // No debug info for the workspace's own crates either (the dependencies have none already):
     // it changes no test's outcome, and linking each mutant's dozen test binaries without it
@@ -535,6 +601,25 @@ fn cargo_mutants(
             dir.display()
         ))
     }
+}
+
+/// A pass's `cargo test` arguments split for cargo-mutants: the target selection (`--lib`,
+/// `--test NAME`, `--tests`) as `--cargo-arg`s, which cargo-mutants gives to the build phase
+/// (`cargo test --no-run`) as well as to the test phase, and the test binaries' own arguments
+/// (from a `--` on) for the test phase only.
+///
+/// After cargo-mutants' own `--` the selection would reach the test phase only: the build phase
+/// would compile and link every test target of the package for every mutant, also those the
+/// pass never runs (the slow pass's), which is most of a mutant's time in a package with many
+/// test targets.
+fn split_tests(tests: &[&str]) -> (Vec<String>, Vec<String>) {
+    let at = tests.iter().position(|a| *a == "--").unwrap_or(tests.len());
+    let cargo_args = tests[..at]
+        .iter()
+        .map(|a| format!("--cargo-arg={a}"))
+        .collect();
+    let test_args = tests[at..].iter().map(|a| (*a).to_owned()).collect();
+    (cargo_args, test_args)
 }
 
 /// `text` with the regex metacharacters escaped (those `regex::escape` escapes).
@@ -639,6 +724,22 @@ mod tests {
     }
 
     #[test]
+    fn the_targets_of_a_pass_reach_the_build_and_its_test_arguments_only_the_tests() {
+        let (cargo_args, test_args) =
+            split_tests(&["--lib", "--test", "judge", "--", "--skip", "limit::"]);
+        assert_eq!(
+            cargo_args,
+            [
+                "--cargo-arg=--lib",
+                "--cargo-arg=--test",
+                "--cargo-arg=judge"
+            ]
+        );
+        assert_eq!(test_args, ["--", "--skip", "limit::"]);
+        assert_eq!(split_tests(LIB_AND_TESTS).1, Vec::<String>::new());
+    }
+
+    #[test]
     fn survivor_names_match_themselves_as_regexes() {
         let name = "crates/x/src/state.rs:85:25: replace && with || in ParamTable::load -> u64";
         assert_eq!(
@@ -677,6 +778,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn an_iterating_run_counts_the_last_runs_timeouts_as_caught_once() {
+        let out = env::temp_dir().join(format!("xtask-mutants-{}", std::process::id()));
+        fs::create_dir_all(&out).unwrap();
+        fs::write(out.join("timeout.txt"), "a.rs:1:1: t1\nb.rs:2:2: t2\n").unwrap();
+        fs::write(
+            out.join("previously_caught.txt"),
+            "b.rs:2:2: t2\nc.rs:3:3: c\n",
+        )
+        .unwrap();
+        carry_timeouts_forward(&out).unwrap();
+        carry_timeouts_forward(&out).unwrap();
+        assert_eq!(
+            lines(&out.join("previously_caught.txt")),
+            ["b.rs:2:2: t2", "c.rs:3:3: c", "a.rs:1:1: t1"]
+        );
+        fs::remove_dir_all(&out).unwrap();
     }
 
     #[test]
