@@ -29,11 +29,22 @@ impl RedisServer {
     ///
     /// If `redis-server` cannot be started or does not listen in time: a test harness.
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port on 127.0.0.1");
-        Self::start_on(port)
+        // A port found free may be taken again before redis-server binds it (by another
+        // test's server or an outgoing connection): then this server exits, and a plain
+        // "does the port accept connections" would hand the test somebody else's server.
+        // [`launch`](Self::launch) checks that the server listening is this child; on a
+        // lost race, another port.
+        for _ in 0..8 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port on 127.0.0.1");
+            let mut s = Self { child: None, port };
+            if s.launch().is_ok() {
+                return s;
+            }
+        }
+        panic!("redis-server did not start on any of 8 free ports");
     }
 
     /// Starts one on `port` and waits (at most 10 s) until it listens.
@@ -85,6 +96,15 @@ impl RedisServer {
     ///
     /// If `redis-server` cannot be started or does not listen within 10 s.
     pub fn restart(&mut self) {
+        if let Err(why) = self.launch() {
+            panic!("redis-server on port {}: {why}", self.port);
+        }
+    }
+
+    /// Starts the child on `self.port` and waits until *it* listens there: the server that
+    /// answers must report the child's process id (`INFO server`), and a child that exits
+    /// (its port taken) is an error.
+    fn launch(&mut self) -> Result<(), String> {
         self.kill();
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -98,13 +118,59 @@ impl RedisServer {
                      (apt-get install redis-server)"
                 )
             });
+        let pid = child.id();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            std::thread::sleep(Duration::from_millis(10));
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                return Err(format!("redis-server exited ({status}): the port is taken"));
+            }
+            match server_pid(self.port) {
+                Some(p) if p == pid => return Ok(()),
+                Some(other) => {
+                    self.kill();
+                    return Err(format!("another redis-server (pid {other}) has the port"));
+                }
+                None if Instant::now() >= deadline => {
+                    self.kill();
+                    return Err("redis-server did not listen within 10 s".into());
+                }
+                None => std::thread::sleep(Duration::from_millis(10)),
+            }
         }
     }
+}
+
+/// The process id of the redis-server listening on `port` (`INFO server`'s `process_id`), or
+/// `None` while nothing answers.
+fn server_pid(port: u16) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream
+        .write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+        .ok()?;
+    // The section is a few hundred bytes; read until the field has come (bounded).
+    let mut reply = Vec::with_capacity(4096);
+    let mut buf = [0u8; 1024];
+    while reply.len() < 64 * 1024 {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        if let Some(rest) = text.split("process_id:").nth(1)
+            && let Some(line) = rest.split("\r\n").next()
+            && rest.contains("\r\n")
+        {
+            return line.trim().parse().ok();
+        }
+    }
+    None
 }
 
 impl Drop for RedisServer {
@@ -338,5 +404,24 @@ impl Drop for RedisCluster {
             n.kill();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RedisServer;
+
+    /// A server asked for a port another server already holds does not mistake the other
+    /// one for itself (its child exits, or the one answering has another process id).
+    #[test]
+    fn a_server_whose_port_is_taken_is_refused_not_mistaken_for_the_other() {
+        let held = RedisServer::start();
+        let port = held.port();
+        let second = std::panic::catch_unwind(|| RedisServer::start_on(port));
+        assert!(second.is_err(), "started on a port another server holds");
+        // The first one is untouched, and a fresh start finds a port of its own.
+        let other = RedisServer::start();
+        assert_ne!(other.port(), port);
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     }
 }
