@@ -137,19 +137,26 @@ impl<const N: usize> ShardedCounter<N> {
     /// ```
     #[inline]
     pub fn add(&self, index: usize, n: u64) {
+        self.add_ordered(index, n, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to counter `index` with `order`; returns what the calling thread's slot held
+    /// before (0 for an index `>= N`). The one body of [`add`](Self::add),
+    /// [`add_then_slot`](Self::add_then_slot) and [`add_release`](Self::add_release).
+    #[inline(always)]
+    fn add_ordered(&self, index: usize, n: u64, order: Ordering) -> u64 {
         debug_assert!(index < N, "counter index {index} out of range 0..{N}");
         let slot = slot_index();
         let Some(counter) = self.slots.get(slot).and_then(|row| row.get(index)) else {
-            return;
+            return 0;
         };
         if slot < OWNED_SLOTS {
             // This thread is the slot's only writer: no read-modify-write needed.
-            counter.store(
-                counter.load(Ordering::Relaxed).wrapping_add(n),
-                Ordering::Relaxed,
-            );
+            let before = counter.load(Ordering::Relaxed);
+            counter.store(before.wrapping_add(n), order);
+            before
         } else {
-            counter.fetch_add(n, Ordering::Relaxed);
+            counter.fetch_add(n, order)
         }
     }
 
@@ -166,18 +173,7 @@ impl<const N: usize> ShardedCounter<N> {
     /// ```
     #[inline]
     pub fn add_then_slot(&self, index: usize, n: u64) -> u64 {
-        debug_assert!(index < N, "counter index {index} out of range 0..{N}");
-        let slot = slot_index();
-        let Some(counter) = self.slots.get(slot).and_then(|row| row.get(index)) else {
-            return 0;
-        };
-        if slot < OWNED_SLOTS {
-            let before = counter.load(Ordering::Relaxed);
-            counter.store(before.wrapping_add(n), Ordering::Relaxed);
-            before
-        } else {
-            counter.fetch_add(n, Ordering::Relaxed)
-        }
+        self.add_ordered(index, n, Ordering::Relaxed)
     }
 
     /// Adds `n` to counter `index` with a release store: everything the calling thread wrote
@@ -194,19 +190,7 @@ impl<const N: usize> ShardedCounter<N> {
     /// ```
     #[inline]
     pub fn add_release(&self, index: usize, n: u64) {
-        debug_assert!(index < N, "counter index {index} out of range 0..{N}");
-        let slot = slot_index();
-        let Some(counter) = self.slots.get(slot).and_then(|row| row.get(index)) else {
-            return;
-        };
-        if slot < OWNED_SLOTS {
-            counter.store(
-                counter.load(Ordering::Relaxed).wrapping_add(n),
-                Ordering::Release,
-            );
-        } else {
-            counter.fetch_add(n, Ordering::Release);
-        }
+        self.add_ordered(index, n, Ordering::Release);
     }
 
     /// Sets every counter back to zero. Counts added meanwhile on other threads may be lost:
