@@ -106,40 +106,57 @@ impl RedisServer {
     /// (its port taken) is an error.
     fn launch(&mut self) -> Result<(), String> {
         self.kill();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}): the redis tests need it on PATH \
-                     (apt-get install redis-server)"
-                )
-            });
-        let pid = child.id();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(c) = self.child.as_mut()
-                && let Ok(Some(status)) = c.try_wait()
-            {
-                self.child = None;
-                return Err(format!("redis-server exited ({status}): the port is taken"));
+        self.child = Some(spawn_confirmed(self.port, &[])?);
+        Ok(())
+    }
+}
+
+/// Starts `redis-server --port <port> <extra…>` (no persistence) and waits until *it* listens
+/// there: the server that answers must report the child's process id (`INFO server`). A child
+/// that exits (its port was taken meanwhile) or another server answering is an error — the
+/// caller picks another port — so a test never gets somebody else's server.
+fn spawn_confirmed(port: u16, extra: &[&str]) -> Result<Child, String> {
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(extra)
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start redis-server ({e}): the redis tests need it on PATH \
+                 (apt-get install redis-server)"
+            )
+        });
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let fail = |mut child: Child, why: String| {
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(why)
+    };
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "redis-server on {port} exited ({status}): the port is taken"
+            ));
+        }
+        match server_pid(port) {
+            Some(p) if p == pid => return Ok(child),
+            Some(other) => {
+                return fail(
+                    child,
+                    format!("another redis-server (pid {other}) has port {port}"),
+                );
             }
-            match server_pid(self.port) {
-                Some(p) if p == pid => return Ok(()),
-                Some(other) => {
-                    self.kill();
-                    return Err(format!("another redis-server (pid {other}) has the port"));
-                }
-                None if Instant::now() >= deadline => {
-                    self.kill();
-                    return Err("redis-server did not listen within 10 s".into());
-                }
-                None => std::thread::sleep(Duration::from_millis(10)),
+            None if Instant::now() >= deadline => {
+                return fail(
+                    child,
+                    format!("redis-server did not listen on {port} within 10 s"),
+                );
             }
+            None => std::thread::sleep(Duration::from_millis(10)),
         }
     }
 }
@@ -192,14 +209,6 @@ fn free_cluster_port() -> u16 {
     }
 }
 
-fn wait_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Runs `redis-cli -p <port> <args>` and returns its standard output.
 ///
 /// # Panics
@@ -222,23 +231,27 @@ struct ClusterNode {
 }
 
 impl ClusterNode {
-    fn start(port: u16, dir: &std::path::Path, node_timeout_ms: u32) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-enabled", "yes"])
-            .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-            .args(["--cluster-node-timeout", &node_timeout_ms.to_string()])
-            .args(["--dir", &dir.to_string_lossy()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (the redis tests need it)");
-        wait_listening(port);
-        Self {
+    fn start(port: u16, dir: &std::path::Path, node_timeout_ms: u32) -> Result<Self, String> {
+        let config = format!("nodes-{port}.conf");
+        let timeout = node_timeout_ms.to_string();
+        let dir = dir.to_string_lossy();
+        let child = spawn_confirmed(
+            port,
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &config,
+                "--cluster-node-timeout",
+                &timeout,
+                "--dir",
+                &dir,
+            ],
+        )?;
+        Ok(Self {
             child: Some(child),
             port,
-        }
+        })
     }
 
     fn kill(&mut self) {
@@ -297,9 +310,21 @@ impl RedisCluster {
         std::fs::create_dir_all(&dir).expect("a temporary directory");
         let nodes: Vec<ClusterNode> = ports
             .iter()
-            .map(|&p| ClusterNode::start(p, &dir, node_timeout_ms))
+            .map(|&p| {
+                // A port lost to another test between the check and the bind: another one.
+                ClusterNode::start(p, &dir, node_timeout_ms).unwrap_or_else(|_| {
+                    (0..8)
+                        .find_map(|_| {
+                            ClusterNode::start(free_cluster_port(), &dir, node_timeout_ms).ok()
+                        })
+                        .expect("a cluster node on one of 8 free ports")
+                })
+            })
             .collect();
-        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
@@ -377,7 +402,8 @@ impl RedisCluster {
     pub fn restart(&mut self, i: usize) {
         self.nodes[i].kill();
         let port = self.nodes[i].port;
-        self.nodes[i] = ClusterNode::start(port, &self.dir, self.node_timeout_ms);
+        self.nodes[i] = ClusterNode::start(port, &self.dir, self.node_timeout_ms)
+            .unwrap_or_else(|why| panic!("cluster node restart: {why}"));
     }
 
     /// Waits until every replica's link to its master is up (a replica that never synced
