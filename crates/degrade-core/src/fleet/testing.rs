@@ -424,6 +424,13 @@ impl RedisCluster {
     }
 }
 
+/// A node dropped on its own (a cluster whose start failed part-way) does not outlive the test.
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 impl Drop for RedisCluster {
     fn drop(&mut self) {
         for n in &mut self.nodes {
