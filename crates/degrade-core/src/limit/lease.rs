@@ -196,6 +196,22 @@ fn give_back(lease: Lease) {
     }
 }
 
+/// The cell of this thread's lease of `host` while the lease is current; once its generation
+/// has moved on (revoked), the lease ends (its slots go back) and there is none.
+#[inline(always)]
+fn current_cell(
+    holder: &Holder,
+    lease: Lease,
+    host: &'static dyn Host,
+) -> Option<&'static AtomicU32> {
+    let leases = host.leases();
+    if leases.generation.load(Ordering::Relaxed) != lease.generation {
+        end(holder);
+        return None;
+    }
+    Some(&leases.cells[lease.shard])
+}
+
 /// Admits from a slot this thread keeps for `host`: `true` when it did (the slot is the
 /// request's now, already counted by the word).
 #[inline]
@@ -206,12 +222,9 @@ pub(crate) fn take(host: &'static dyn Host) -> bool {
             if !lease.of(host) {
                 return false;
             }
-            let leases = host.leases();
-            if leases.generation.load(Ordering::Relaxed) != lease.generation {
-                end(holder);
+            let Some(cell) = current_cell(holder, lease, host) else {
                 return false;
-            }
-            let cell = &leases.cells[lease.shard];
+            };
             let kept = cell.load(Ordering::Relaxed);
             if kept == 0 {
                 return false;
@@ -232,12 +245,9 @@ pub(crate) fn keep(host: &'static dyn Host) -> bool {
             if !lease.of(host) {
                 return claim(holder, host);
             }
-            let leases = host.leases();
-            if leases.generation.load(Ordering::Relaxed) != lease.generation {
-                end(holder);
+            let Some(cell) = current_cell(holder, lease, host) else {
                 return false;
-            }
-            let cell = &leases.cells[lease.shard];
+            };
             let kept = cell.load(Ordering::Relaxed);
             if kept >= KEEP {
                 return false;
