@@ -23,6 +23,7 @@ use super::queue::{Fate, Pushed, Ticket, WaitQueue};
 use super::{Law, LimitConfig, Window};
 use crate::clock::{Clock, TokioClock};
 use crate::priority::Priority;
+use crate::recycle::{Pool, Pooled, Recycle};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 use std::cell::Cell;
@@ -129,41 +130,29 @@ struct Word {
     owner: Mutex<Weak<Limiter>>,
 }
 
-/// Words whose limiter is gone and nothing is in flight, for the next limiter.
-static FREE_CELLS: Mutex<Vec<&'static Word>> = Mutex::new(Vec::new());
-
-fn lock_free_cells() -> std::sync::MutexGuard<'static, Vec<&'static Word>> {
-    FREE_CELLS.lock().unwrap_or_else(PoisonError::into_inner)
-}
+/// The limiters' words, recycled once idle (see [`crate::recycle`]).
+#[cfg(not(degrade_loom))]
+static WORDS: Pool<Word> = Pool::new();
+#[cfg(degrade_loom)]
+static WORDS: std::sync::LazyLock<Pool<Word>> = std::sync::LazyLock::new(Pool::new);
 
 impl Word {
-    /// A free word, or a new one (kept for the life of the process, and reused).
-    fn take(owner: Weak<Limiter>) -> &'static Word {
-        let cell = lock_free_cells().pop().unwrap_or_else(|| {
-            Box::leak(Box::new(Word {
-                in_flight: CachePadded::new(InFlight::new()),
-                leases: Leases::default(),
-                owner: Mutex::new(Weak::new()),
-            }))
+    /// A recycled word, or a new one (kept for the life of the process, and reused).
+    fn take(owner: Weak<Limiter>) -> Pooled<Word> {
+        let word = WORDS.take(|| Word {
+            in_flight: CachePadded::new(InFlight::new()),
+            leases: Leases::default(),
+            owner: Mutex::new(Weak::new()),
         });
-        *cell.lock_owner() = owner;
-        cell
+        *word.lock_owner() = owner;
+        word
     }
 
     fn lock_owner(&self) -> std::sync::MutexGuard<'_, Weak<Limiter>> {
         self.owner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Nothing is in flight and the limiter is gone: free for the next one.
-    fn recycle(&'static self) {
-        *self.lock_owner() = Weak::new();
-        self.in_flight.reset();
-        self.leases.reset();
-        lock_free_cells().push(self);
-    }
-
-    /// A slot comes back: kept by this thread while its lease holds, else to a waiter if any,
-    /// and the word to the free list if it was the last slot of a limiter that is gone.
+    /// A slot comes back: kept by this thread while its lease holds, else to a waiter if any.
     #[inline]
     fn release(&'static self) {
         if lease::keep(self) {
@@ -184,9 +173,19 @@ impl Word {
                 limiter.hand_on();
             }
         }
-        if released.last_of_orphan {
-            self.recycle();
-        }
+    }
+}
+
+/// Idle once nothing is in flight, kept or waiting (the word counts all three).
+impl Recycle for Word {
+    fn is_idle(&self) -> bool {
+        self.in_flight.is_idle()
+    }
+
+    fn reset(&self) {
+        *self.lock_owner() = Weak::new();
+        self.in_flight.reset();
+        self.leases.reset();
     }
 }
 
@@ -204,10 +203,7 @@ impl Host for Word {
     }
 }
 
-const NOTHING_TO_DO: Released = Released {
-    waiters: false,
-    last_of_orphan: false,
-};
+const NOTHING_TO_DO: Released = Released { waiters: false };
 
 /// A slot of the limit held by an admitted request: given back once, by
 /// [`finish`](Permit::finish) with the request's outcome or, if the future is dropped first,
@@ -260,7 +256,7 @@ impl Drop for Permit {
 /// The adaptive limit of one layer.
 #[derive(Debug)]
 pub(crate) struct Limiter {
-    word: &'static Word,
+    word: Pooled<Word>,
     /// The law's decisions, published for the hot path.
     limit: AtomicU32,
     limit_critical: AtomicU32,
@@ -313,7 +309,7 @@ impl Limiter {
         Arc::new_cyclic(|owner| Self::with_word(Word::take(owner.clone()), config, law, capacity))
     }
 
-    fn with_word(word: &'static Word, config: LimitConfig, law: Law, capacity: usize) -> Self {
+    fn with_word(word: Pooled<Word>, config: LimitConfig, law: Law, capacity: usize) -> Self {
         let clock = TokioClock;
         let limiter = Self {
             word,
@@ -402,7 +398,7 @@ impl Limiter {
     #[inline(always)]
     pub(crate) fn try_take(&self, priority: Priority) -> Option<(u32, u32)> {
         let limit = self.limit_for(priority);
-        if lease::take(self.word) {
+        if lease::take(self.word.get()) {
             let (concurrency, _) = self.word.in_flight.load();
             return Some((concurrency, limit));
         }
@@ -425,7 +421,7 @@ impl Limiter {
     fn permit(self: &Arc<Self>, concurrency: u32, limit: u32, always_time: bool) -> Permit {
         let slot = self.slot(concurrency, limit, always_time);
         Permit {
-            word: Some(self.word),
+            word: Some(self.word.get()),
             limiter: slot.is_timed().then(|| Arc::clone(self)),
             slot,
         }
@@ -650,7 +646,7 @@ impl Limiter {
 
     /// A slot comes back (a granted waiter that will not use it).
     pub(crate) fn release(&self) {
-        self.word.release();
+        self.word.get().release();
     }
 
     /// Requests wait: the freed slot goes to the best of them.
@@ -815,11 +811,9 @@ impl Limiter {
 impl Drop for Limiter {
     fn drop(&mut self) {
         *self.word.lock_owner() = Weak::new();
-        // Kept slots come back at their threads' next touch (or exit); the last recycles.
+        // Kept slots come back at their threads' next touch (or exit). The word goes back to
+        // its pool when this drop's `Pooled` does: reused once idle.
         self.word.leases.revoke();
-        if self.word.in_flight.orphan() {
-            self.word.recycle();
-        }
     }
 }
 
