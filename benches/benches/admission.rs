@@ -6,12 +6,16 @@
 //!   completion, on one thread, without a runtime ([`degrade_benches::call_now`]), over the
 //!   same immediately-ready inner service ([`degrade_benches::inner`]):
 //!   * `baseline/no-layer`: the bare inner service;
-//!   * `degrade/admit`: the default layer (the adaptive limit), below the limit: a slot the
-//!     thread keeps (per-thread leases: a plain load and store; one compare-and-swap on the
-//!     shared word without one) and the same to keep it again, a sharded counter, a
-//!     per-thread countdown, and — for one request in `timing_every` (16), or every request
-//!     while the law's window still needs samples or demand is past half the limit — two clock
-//!     reads, an `Arc` clone of the limiter and the window's atomics;
+//!   * `degrade/admit`: the default layer (the adaptive limit) at its initial limit of 16,
+//!     below the leases' minimum of 32: the exact shared path, one compare-and-swap on the
+//!     in-flight word to admit and one `fetch_sub` to release (what a service whose limit is
+//!     under 32 pays), a sharded counter, a per-thread countdown, and — for one request in
+//!     `timing_every` (16), or every request while the law's window still needs samples or
+//!     demand is past half the limit — two clock reads and a row of the thread's own window
+//!     sums (no reference count: the future reaches them through a `&'static`);
+//!   * `degrade/admit-high-limit`: the same with the limit held at 64 (a service with
+//!     capacity for more than 32 in flight): a slot the thread keeps (per-thread leases: a
+//!     plain load and store, no locked instruction) and the same to keep it again;
 //!   * `degrade/admit-shares`: `Admission::LevelShares` at level Normal (no limit): the level
 //!     read and the counter only;
 //!   * `degrade/admit-half`: level shares at Light, priority Low (share 0.5: the deterministic
@@ -74,6 +78,21 @@ fn admission(c: &mut Criterion) {
         layer.snapshot().limit.is_some(),
         "the default is the adaptive limit"
     );
+
+    let high = LimitConfig {
+        initial: 64,
+        min: 64,
+        max: 64,
+        ..LimitConfig::default()
+    };
+    let mut svc = DegradeLayer::builder(normal.handle())
+        .limit(high)
+        .build()
+        .expect("a fixed limit of 64 is valid")
+        .layer(inner());
+    g.bench_function(BenchmarkId::new("degrade", "admit-high-limit"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
 
     let mut svc = DegradeLayer::builder(normal.handle())
         .admission(Admission::LevelShares)

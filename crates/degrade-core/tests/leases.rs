@@ -271,7 +271,7 @@ fn a_layer_dropped_with_kept_slots_never_leaks_them_into_a_new_layer() {
     for _ in 0..4 {
         check_new();
     }
-    b.exit(); // the last kept slot of the old word: recycled now
+    b.exit(); // the last kept slot of the old word: idle now, recycled by the next take
     for _ in 0..4 {
         check_new();
     }

@@ -264,6 +264,79 @@ fn a_request_outliving_its_layer_never_counts_against_a_new_layer() {
     assert_eq!(in_flight(&live), 0);
 }
 
+/// A timed request's response future reaches its layer's window through the layer's recycled
+/// `&'static` state, not a reference count on the layer: a request that outlives its layer
+/// records its latency into that layer's (orphaned) window, never into a new layer's, and a
+/// layer that reuses the state once it is idle starts from an empty window. On paused time:
+/// each layer learns exactly its own service's latency.
+#[tokio::test(start_paused = true)]
+async fn a_timed_request_outliving_its_layer_never_counts_against_a_new_one() {
+    use degrade_core::limit::LimitConfig;
+    let c = Controller::new(Default::default()).unwrap();
+    let every = LimitConfig {
+        timing_every: 1,
+        ..LimitConfig::default()
+    };
+    let build = || {
+        DegradeLayer::builder(c.handle())
+            .limit(every.clone())
+            .build()
+            .unwrap()
+    };
+    // Answers after `ms` milliseconds.
+    let sleepy = || {
+        tower::service_fn(|ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, Infallible>(ms)
+        })
+    };
+    // Calls of `ms` one after another until the layer has learnt a baseline.
+    async fn learn<S>(baseline: impl Fn() -> Option<Duration>, svc: &mut S, ms: u64) -> Duration
+    where
+        S: Service<u64, Response = u64, Error = BoxError>,
+    {
+        for _ in 0..10_000 {
+            if let Some(b) = baseline() {
+                return b;
+            }
+            svc.ready().await.unwrap().call(ms).await.unwrap();
+        }
+        panic!("no baseline learnt");
+    }
+
+    let old = build();
+    let mut svc = old.layer(sleepy());
+    let late = tokio::spawn(svc.ready().await.unwrap().call(10_000)); // timed, 10 s
+    tokio::task::yield_now().await;
+    drop((svc, old));
+
+    let new = build();
+    let mut svc = new.layer(sleepy());
+    let learnt = learn(|| new.snapshot().limit.unwrap().baseline, &mut svc, 1).await;
+    assert!(
+        learnt >= Duration::from_millis(1) && learnt < Duration::from_millis(3),
+        "the new layer learnt its own 1 ms, not the old request's 10 s: {learnt:?}"
+    );
+    assert_eq!(late.await.unwrap().unwrap(), 10_000); // ends into the old layer's state
+    let before = new.snapshot().limit.unwrap();
+
+    // The old state is idle now: a later layer may get it, and starts from an empty window.
+    for _ in 0..4 {
+        let fresh = build();
+        let mut svc = fresh.layer(sleepy());
+        let learnt = learn(|| fresh.snapshot().limit.unwrap().baseline, &mut svc, 5).await;
+        assert!(
+            learnt >= Duration::from_millis(5) && learnt < Duration::from_millis(7),
+            "a recycled state starts from an empty window: {learnt:?}"
+        );
+    }
+    assert_eq!(
+        new.snapshot().limit.unwrap(),
+        before,
+        "no other layer's request touched this one"
+    );
+}
+
 /// Through the layer, on paused tokio time: when the wait queue is full of critical requests,
 /// a critical newcomer takes the place of the one that waited longest, which is refused (as
 /// limited, counted as evicted); the rest are served oldest first as slots free up.

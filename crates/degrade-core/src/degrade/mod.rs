@@ -340,10 +340,10 @@ impl Gate {
         self.counters.add(ABANDONED + priority.index(), 1);
     }
 
-    /// The hot path of the adaptive mode: below the limit with nobody waiting, one
-    /// compare-and-swap and one sharded counter increment (a timed request also takes a
-    /// reference count on the limiter). `None` when the level's shares apply or the limit is
-    /// full: [`admit`](Self::admit) decides.
+    /// The hot path of the adaptive mode: below the limit with nobody waiting, a slot the
+    /// thread keeps or one compare-and-swap, and one sharded counter increment (no reference
+    /// count, timed or not: the permit refers to the limiter's recycled state). `None` when
+    /// the level's shares apply or the limit is full: [`admit`](Self::admit) decides.
     #[inline(always)]
     fn try_admit(self: &Arc<Self>, priority: Priority) -> Option<Permit> {
         if self.shares {

@@ -10,27 +10,27 @@
 //! freed slot. The loom model at the end checks it.
 //!
 //! The word outlives its limiter: a response future holds a plain `&'static` reference to it
-//! instead of a reference count (two locked instructions per request saved). When the limiter
-//! goes, its drop marks the word orphaned; whoever leaves it empty — that drop, or the last
-//! release — hands it to a free list for the next limiter. The memory kept is bounded by the
-//! most limiters alive at once; a loom model checks that the word is recycled exactly once.
+//! instead of a reference count (two locked instructions per request saved). It is a
+//! [`Recycle`] object like the canary's and the `ObserveLayer`'s statistics: idle when it
+//! reads zero (nothing in flight, nothing kept by a thread, nobody waiting), and the
+//! [`recycle::Pool`](crate::recycle::Pool) of the limiter's state hands it to a later limiter
+//! only then. A release's `fetch_sub` is the request's last write to it, with release ordering,
+//! and the pool's acquire load sees it (loom model
+//! `the_word_is_recycled_once_after_the_last_release`).
 
+use crate::recycle::Recycle;
 use crate::sync::{AtomicU64, Ordering};
 
 const IN_FLIGHT: u64 = 1;
 const WAITING: u64 = 1 << 32;
 const MASK: u64 = WAITING - 1;
-/// Set when the limiter that owns the word is gone (the top bit; waiters never reach it).
-const ORPHAN: u64 = 1 << 63;
-const WAITING_MASK: u64 = !MASK & !ORPHAN;
+const WAITING_MASK: u64 = !MASK;
 
 /// What a release found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Released {
     /// Requests wait: the releaser hands the slot on.
     pub(crate) waiters: bool,
-    /// It was the last slot of a word whose limiter is gone: the releaser recycles the word.
-    pub(crate) last_of_orphan: bool,
 }
 
 /// Requests in flight and requests waiting, in one atomic word.
@@ -94,7 +94,6 @@ impl InFlight {
         debug_assert!(before & MASK > 0, "released more slots than taken");
         Released {
             waiters: before & WAITING_MASK != 0,
-            last_of_orphan: before == ORPHAN | IN_FLIGHT,
         }
     }
 
@@ -105,22 +104,7 @@ impl InFlight {
         debug_assert!(before & MASK >= n, "released more slots than taken");
         Released {
             waiters: before & WAITING_MASK != 0,
-            last_of_orphan: before == ORPHAN | n,
         }
-    }
-
-    /// The owner is gone (no more acquires, no waiters): `true` when nothing is in flight, so
-    /// the caller recycles the word now; otherwise the last [`release`](Self::release) will
-    /// say so. Exactly one of the two sees the word empty.
-    pub(crate) fn orphan(&self) -> bool {
-        let before = self.word.fetch_or(ORPHAN, Ordering::AcqRel);
-        debug_assert!(before & WAITING_MASK == 0, "orphaned with requests waiting");
-        before & MASK == 0
-    }
-
-    /// Back to empty, for a new owner (once recycled: nobody else holds it).
-    pub(crate) fn reset(&self) {
-        self.word.store(0, Ordering::Release);
     }
 
     /// One more waiter (under the queue's lock).
@@ -141,6 +125,19 @@ impl InFlight {
     pub(crate) fn load(&self) -> (u32, u32) {
         let w = self.word.load(Ordering::Acquire);
         ((w & MASK) as u32, ((w & WAITING_MASK) >> 32) as u32)
+    }
+}
+
+/// Once its limiter is gone nothing acquires a slot, so a word that reads zero stays zero: no
+/// request holds a slot, no thread keeps one, nobody waits.
+impl Recycle for InFlight {
+    fn is_idle(&self) -> bool {
+        self.word.load(Ordering::Acquire) == 0
+    }
+
+    fn reset(&self) {
+        debug_assert_eq!(self.load(), (0, 0), "recycled while in use");
+        self.word.store(0, Ordering::Relaxed);
     }
 }
 
@@ -199,32 +196,57 @@ mod loom_models {
         });
     }
 
-    /// The owner goes while a request is in flight: exactly one of the owner's drop and the
-    /// last release recycles the word, and only once nothing is in flight.
+    /// The owner goes while two requests are in flight, released on two threads: the pool
+    /// recycles the word exactly once, never while a slot is held (the reset sees every
+    /// release), and the next take gets it back empty.
     #[test]
     fn the_word_is_recycled_once_after_the_last_release() {
+        use crate::recycle::{Pool, Recycle};
+        use crate::sync::{AtomicU64, Ordering};
+
+        #[derive(Default)]
+        struct Word {
+            in_flight: InFlight,
+            resets: AtomicU64,
+        }
+        impl Recycle for Word {
+            fn is_idle(&self) -> bool {
+                self.in_flight.is_idle()
+            }
+            fn reset(&self) {
+                assert_eq!(self.in_flight.load(), (0, 0), "recycled with a slot held");
+                self.resets.fetch_add(1, Ordering::Relaxed);
+                self.in_flight.reset();
+            }
+        }
+
         loom::model(|| {
-            let cell = Arc::new(InFlight::new());
-            assert_eq!(cell.try_acquire(2), Some(1));
-            assert_eq!(cell.try_acquire(2), Some(2));
+            let pool: &'static Pool<Word> = Box::leak(Box::new(Pool::new()));
+            let owned = pool.take(Word::default);
+            let word = owned.get();
+            assert_eq!(word.in_flight.try_acquire(2), Some(1));
+            assert_eq!(word.in_flight.try_acquire(2), Some(2));
             let releasers: Vec<_> = (0..2)
-                .map(|_| {
-                    let c = Arc::clone(&cell);
-                    thread::spawn(move || c.release().last_of_orphan)
-                })
+                .map(|_| thread::spawn(move || assert!(!word.in_flight.release().waiters)))
                 .collect();
-            let by_owner = cell.orphan();
-            let by_releasers = releasers
-                .into_iter()
-                .map(|t| t.join().unwrap())
-                .filter(|recycled| *recycled)
-                .count();
+            drop(owned);
+            let during = pool.take(Word::default);
+            let reused_early = std::ptr::eq(during.get(), word);
+            for t in releasers {
+                t.join().unwrap();
+            }
+            let after = pool.take(Word::default);
+            assert!(
+                reused_early || std::ptr::eq(after.get(), word),
+                "recycled by the first take after the last release"
+            );
             assert_eq!(
-                usize::from(by_owner) + by_releasers,
+                word.resets.load(Ordering::Relaxed),
                 1,
                 "recycled exactly once"
             );
-            assert_eq!(cell.load(), (0, 0));
+            assert_eq!(word.in_flight.load(), (0, 0));
+            drop((during, after));
         });
     }
 

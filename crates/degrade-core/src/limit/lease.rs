@@ -55,7 +55,7 @@ fn on(generation: u32) -> bool {
 pub(crate) trait Host: Sync + 'static {
     fn in_flight(&self) -> &InFlight;
     fn leases(&self) -> &Leases;
-    /// Slots given back found waiters, or were the last of an orphaned word.
+    /// Slots given back found waiters.
     fn after_release(&'static self, released: Released);
 }
 
@@ -190,7 +190,7 @@ fn give_back(lease: Lease) {
         .fetch_and(!(1 << lease.shard), Ordering::AcqRel);
     if kept > 0 {
         let released = host.in_flight().release_many(kept);
-        if released.waiters || released.last_of_orphan {
+        if released.waiters {
             host.after_release(released);
         }
     }

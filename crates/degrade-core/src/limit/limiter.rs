@@ -3,17 +3,19 @@
 //!
 //! * Admit (hot path): a slot this thread keeps (see [`lease`](super::lease): a plain load and
 //!   store while the limit has headroom), else one compare-and-swap on the [`InFlight`] word;
-//!   no lock, no allocation, no reference count (the response future refers to the word,
-//!   which outlives the limiter).
+//!   no lock, no allocation, no reference count (the response future refers to the limiter's
+//!   [`Shared`] state — the word, the leases, the window — which outlives the limiter and is
+//!   recycled through [`crate::recycle`]).
 //!   Timing a request costs two clock reads, so a request is timed only while the current
 //!   window still needs samples (up to four timed requests per sample it needs, so answers
 //!   that never become samples — errors, rejections further in — do not time every request),
 //!   while demand is near the limit (where the law acts), and one in
 //!   [`timing_every`](LimitConfig::timing_every) otherwise; every request is *counted*.
 //! * Complete: the slot is kept by the completing thread while its lease holds, else one
-//!   `fetch_sub`; a timed request adds its latency to the window's atomics, and
-//!   the completion that finds the window done takes the law's lock with `try_lock` (never
-//!   waits) to move the limit.
+//!   `fetch_sub`; a timed request adds its latency to its own thread's row of the window's
+//!   sums (plain stores, merged when the window closes), and the completion that finds the
+//!   window done reaches the limiter through its owner link and takes the law's lock with
+//!   `try_lock` (never waits) to move the limit.
 //! * Overload: a request that finds the limit full (or waiters ahead of it) takes the queue's
 //!   lock: it is admitted ahead of lower priorities, queued (bounded), or refused.
 
@@ -22,7 +24,9 @@ use super::lease::{self, Host, Leases};
 use super::queue::{Fate, Pushed, Ticket, WaitQueue};
 use super::{Law, LimitConfig, Window};
 use crate::clock::{Clock, TokioClock};
+use crate::counter::ShardedCounter;
 use crate::priority::Priority;
+use crate::recycle::{Pool, Pooled, Recycle};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 use std::cell::Cell;
@@ -38,9 +42,9 @@ use tokio::time::Instant;
 /// the limit) only gives its slot back, and reads nothing else.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Slot {
-    /// When it entered the inner service, in nanoseconds since the limiter's origin plus one;
-    /// 0 when untimed.
-    start: u64,
+    /// When it entered the inner service, in nanoseconds since the limiter state's anchor
+    /// ([`Shared::ns`]); [`UNTIMED`] when untimed.
+    start: i64,
     /// Requests in flight when it entered, itself included; [`LOW`] set when that was low
     /// concurrency.
     concurrency: u32,
@@ -51,16 +55,19 @@ pub(crate) struct Slot {
 /// The bit of [`Slot::concurrency`] that says "admitted at low concurrency".
 const LOW: u32 = 1 << 31;
 
+/// [`Slot::start`] of an untimed request.
+const UNTIMED: i64 = i64::MIN;
+
 impl Slot {
     pub(crate) const UNTIMED: Slot = Slot {
-        start: 0,
+        start: UNTIMED,
         concurrency: 0,
         epoch: 0,
     };
 
     #[inline]
     fn is_timed(&self) -> bool {
-        self.start != 0
+        self.start != UNTIMED
     }
 
     fn concurrency(&self) -> u32 {
@@ -84,22 +91,81 @@ pub(crate) enum Entry {
     Refused,
 }
 
-/// Window accumulators, each bumped by timed completions.
-#[derive(Debug, Default)]
+/// The window's sums, one [`ShardedCounter`] row per thread (a timed completion writes its
+/// own thread's row with plain stores: no line shared between threads, no locked
+/// instruction). The rows are never cleared while the state is owned: a window is the
+/// difference between the totals when it closes and the totals [`Cells::taken`] when the
+/// previous one closed, so the law gets the same inputs whichever threads recorded them.
+/// `SAMPLES` is the last index, written last (with release), and read first by the closer.
+const LATENCY_SUM: usize = 0;
+const LATENCY_SQ_SUM: usize = 1;
+const CONCURRENCY_SUM: usize = 2;
+const LOW_SAMPLES: usize = 3;
+const LOW_LATENCY_SUM: usize = 4;
+const HALF_SAMPLES: usize = 5;
+const HALF_LATENCY_SUM: usize = 6;
+const FAST_FAILURES: usize = 7;
+const SAMPLES: usize = 8;
+const SUMS: usize = 9;
+
+/// Window accumulators, bumped by timed completions.
+#[derive(Debug)]
 struct Cells {
-    samples: AtomicU32,
-    latency_sum_ns: AtomicU64,
-    latency_sq_sum_us: AtomicU64,
-    concurrency_sum: AtomicU64,
-    low_samples: AtomicU32,
-    low_latency_sum_ns: AtomicU64,
-    half_samples: AtomicU32,
-    half_latency_sum_ns: AtomicU64,
-    fast_failures: AtomicU32,
-    max_latency_ns: AtomicU64,
+    /// Per-thread running totals (see [`SAMPLES`]).
+    sums: ShardedCounter<SUMS>,
+    /// The totals when the last window closed (written by the closer, under the law's lock).
+    taken: [AtomicU64; SUMS],
+    /// The longest latency of the window: shared, but written only when a sample exceeds it
+    /// (a few times a window), so most samples only read it.
+    max_latency_ns: CachePadded<AtomicU64>,
     /// Requests timed in this window because it was short of samples (not a sample yet:
     /// errors and cancellations may never become one).
     timed_for_samples: AtomicU32,
+}
+
+impl Default for Cells {
+    fn default() -> Self {
+        Self {
+            sums: ShardedCounter::new(),
+            taken: Default::default(),
+            max_latency_ns: CachePadded::new(AtomicU64::new(0)),
+            timed_for_samples: AtomicU32::new(0),
+        }
+    }
+}
+
+impl Cells {
+    /// Samples in the current window (every thread's row summed: for the rare readers, the
+    /// window's close and a window short of samples).
+    fn samples(&self) -> u64 {
+        self.sums
+            .get(SAMPLES)
+            .wrapping_sub(self.taken[SAMPLES].load(Ordering::Relaxed))
+    }
+
+    /// The window since the last close, and the totals marked taken (under the law's lock).
+    /// A sample recorded meanwhile may leave its sums in this window and its count in the
+    /// next: the count is read first, so never the other way round.
+    fn take(&self) -> [u64; SUMS] {
+        let samples = self.sums.get(SAMPLES);
+        std::array::from_fn(|i| {
+            let total = if i == SAMPLES {
+                samples
+            } else {
+                self.sums.get(i)
+            };
+            total.wrapping_sub(self.taken[i].swap(total, Ordering::Relaxed))
+        })
+    }
+
+    fn reset(&self) {
+        self.sums.reset();
+        for t in &self.taken {
+            t.store(0, Ordering::Relaxed);
+        }
+        self.max_latency_ns.store(0, Ordering::Relaxed);
+        self.timed_for_samples.store(0, Ordering::Relaxed);
+    }
 }
 
 /// A window short of samples times at most this many requests per sample it needs: when
@@ -118,52 +184,202 @@ struct Counters {
     queue_delay_ns: AtomicU64,
 }
 
-/// A limiter's in-flight word, in memory that outlives the limiter (see
-/// [`InFlight`](super::inflight)): response futures refer to it without a reference count.
+/// What a limiter shares with its response futures, in memory that outlives the limiter: the
+/// in-flight word (see [`InFlight`](super::inflight)), the leases, and what a timed
+/// completion records into and reads — the window's cells and the law's published bounds.
+/// Futures refer to it with a plain `&'static`, never a reference count; it is recycled
+/// through a [`Pool`] once nothing is in flight, so a future that outlives its limiter
+/// records into its own limiter's (orphaned) state and never into a new limiter's.
 #[derive(Debug)]
-struct Word {
+struct Shared {
     in_flight: CachePadded<InFlight>,
     /// The slots threads keep while the limit has headroom (counted by `in_flight` too).
     leases: Leases,
-    /// The limiter the word counts for, to hand a freed slot to its waiters.
+    /// The limiter the state belongs to, to hand a freed slot to its waiters and to close a
+    /// window.
     owner: Mutex<Weak<Limiter>>,
+    /// Fixed for the object's life: every time below is in signed nanoseconds from it
+    /// ([`ns`](Self::ns)), so a new owner needs no origin of its own, even on a clock (paused
+    /// tokio time in another runtime) that reads earlier than this.
+    anchor: Instant,
+    /// Requests in flight at or below which a completion counts as a half-limit sample
+    /// (zero once a baseline is known).
+    half: AtomicU32,
+    needed: AtomicU32,
+    epoch: AtomicU32,
+    /// 0 until known.
+    baseline_ns: AtomicU64,
+    /// The most of one latency the window's sums count (`Law::sample_cap`), 0 until known.
+    sample_cap_ns: AtomicU64,
+    /// The window's start ([`ns`](Self::ns), as `i64` bits) and bounds, nanoseconds.
+    window_start_ns: AtomicU64,
+    min_window_ns: AtomicU64,
+    max_window_ns: AtomicU64,
+    cells: Cells,
 }
 
-/// Words whose limiter is gone and nothing is in flight, for the next limiter.
-static FREE_CELLS: Mutex<Vec<&'static Word>> = Mutex::new(Vec::new());
+/// The limiters' shared states, recycled once idle (see [`crate::recycle`]).
+#[cfg(not(degrade_loom))]
+static STATES: Pool<Shared> = Pool::new();
+#[cfg(degrade_loom)]
+static STATES: std::sync::LazyLock<Pool<Shared>> = std::sync::LazyLock::new(Pool::new);
 
-fn lock_free_cells() -> std::sync::MutexGuard<'static, Vec<&'static Word>> {
-    FREE_CELLS.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Word {
-    /// A free word, or a new one (kept for the life of the process, and reused).
-    fn take(owner: Weak<Limiter>) -> &'static Word {
-        let cell = lock_free_cells().pop().unwrap_or_else(|| {
-            Box::leak(Box::new(Word {
-                in_flight: CachePadded::new(InFlight::new()),
-                leases: Leases::default(),
-                owner: Mutex::new(Weak::new()),
-            }))
+impl Shared {
+    /// A recycled state, or a new one (kept for the life of the process, and reused).
+    fn take(owner: Weak<Limiter>, now: Instant) -> Pooled<Shared> {
+        let shared = STATES.take(|| Shared {
+            in_flight: CachePadded::new(InFlight::new()),
+            leases: Leases::default(),
+            owner: Mutex::new(Weak::new()),
+            anchor: now,
+            half: AtomicU32::new(0),
+            needed: AtomicU32::new(0),
+            epoch: AtomicU32::new(0),
+            baseline_ns: AtomicU64::new(0),
+            sample_cap_ns: AtomicU64::new(0),
+            window_start_ns: AtomicU64::new(0),
+            min_window_ns: AtomicU64::new(0),
+            max_window_ns: AtomicU64::new(u64::MAX),
+            cells: Cells::default(),
         });
-        *cell.lock_owner() = owner;
-        cell
+        *shared.lock_owner() = owner;
+        shared
+            .window_start_ns
+            .store(shared.ns(now) as u64, Ordering::Relaxed);
+        shared
+    }
+
+    /// `at` in signed nanoseconds since the anchor.
+    #[inline]
+    fn ns(&self, at: Instant) -> i64 {
+        match at.checked_duration_since(self.anchor) {
+            Some(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+            None => i64::try_from(self.anchor.duration_since(at).as_nanos())
+                .map_or(i64::MIN + 1, |n| -n),
+        }
+    }
+
+    /// Nanoseconds from `earlier` to `later` (both from [`ns`](Self::ns)), 0 if negative.
+    #[inline]
+    fn between(earlier: i64, later: i64) -> u64 {
+        u64::try_from(later.saturating_sub(earlier)).unwrap_or(0)
+    }
+
+    /// The baseline latency, if known (for the completion path's fast-failure test).
+    #[inline]
+    fn baseline(&self) -> Option<Duration> {
+        match self.baseline_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// Adds a timed request to the window: its latency counts if it succeeded or failed
+    /// slowly; a fast failure counts apart. Reached through the response future's
+    /// `&'static`: no reference count on the limiter.
+    #[inline(never)]
+    fn complete_timed(&self, slot: Slot, outcome: Completion) {
+        debug_assert!(slot.is_timed());
+        // A window takes the requests admitted within it, and the requests longer than a
+        // window (leaving them out would hide every request slower than a window); shorter
+        // ones admitted earlier ran under an older limit.
+        let now = TokioClock.now();
+        let now_ns = self.ns(now);
+        let latency = Duration::from_nanos(Self::between(slot.start, now_ns));
+        let window = self.min_window_ns.load(Ordering::Relaxed);
+        if slot.epoch != self.epoch.load(Ordering::Relaxed) && nanos(latency) <= window {
+            return;
+        }
+        let slow = self.baseline().is_none_or(|b| latency >= b);
+        match outcome {
+            Completion::Success => self.record(latency, slot),
+            Completion::Failure | Completion::Cancelled if slow => self.record(latency, slot),
+            Completion::Failure => self.cells.sums.add(FAST_FAILURES, 1),
+            Completion::Cancelled | Completion::Ignored => {}
+        }
+        self.maybe_close(now, now_ns);
+    }
+
+    /// One latency sample into this thread's row of the window's sums.
+    fn record(&self, latency: Duration, slot: Slot) {
+        let whole = nanos(latency);
+        let max = &self.cells.max_latency_ns;
+        if whole > max.load(Ordering::Relaxed) {
+            max.fetch_max(whole, Ordering::Relaxed);
+        }
+        let ns = match self.sample_cap_ns.load(Ordering::Relaxed) {
+            0 => whole,
+            cap => whole.min(cap),
+        };
+        let us = ns / 1_000;
+        let mut add = [0; SUMS];
+        add[LATENCY_SUM] = ns;
+        add[LATENCY_SQ_SUM] = us.saturating_mul(us);
+        add[CONCURRENCY_SUM] = u64::from(slot.concurrency());
+        if slot.low() {
+            add[LOW_SAMPLES] = 1;
+            add[LOW_LATENCY_SUM] = ns;
+        }
+        if slot.concurrency() <= self.half.load(Ordering::Relaxed) {
+            add[HALF_SAMPLES] = 1;
+            add[HALF_LATENCY_SUM] = ns;
+        }
+        // Last (the highest index), so a closer that sees the count sees the sums.
+        add[SAMPLES] = 1;
+        self.cells.sums.add_each(&add);
+    }
+
+    /// Asks the owner to close the window once it is due: its longest span passed, or its
+    /// shortest passed with the samples it needs (the samples are summed over the threads'
+    /// rows only then).
+    #[inline]
+    fn maybe_close(&self, now: Instant, now_ns: i64) {
+        let start = self.window_start_ns.load(Ordering::Relaxed) as i64;
+        let elapsed = Self::between(start, now_ns);
+        let due = elapsed >= self.max_window_ns.load(Ordering::Relaxed)
+            || (elapsed >= self.min_window_ns.load(Ordering::Relaxed)
+                && self.cells.samples() >= u64::from(self.needed.load(Ordering::Relaxed)));
+        if due {
+            self.close_for_owner(now);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn close_for_owner(&self, now: Instant) {
+        // The guard is dropped before the limiter is used (and perhaps dropped).
+        let owner = self.lock_owner().upgrade();
+        if let Some(limiter) = owner {
+            limiter.close(now);
+        }
+    }
+
+    /// The window since the last close, as the law reads it (under the law's lock).
+    fn take_window(&self, binding: bool, elapsed: Duration) -> Window {
+        let d = self.cells.take();
+        let count = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        self.cells.timed_for_samples.store(0, Ordering::Relaxed);
+        Window {
+            samples: count(d[SAMPLES]),
+            latency_sum_ns: d[LATENCY_SUM],
+            latency_sq_sum_us: d[LATENCY_SQ_SUM],
+            concurrency_sum: d[CONCURRENCY_SUM],
+            low_samples: count(d[LOW_SAMPLES]),
+            low_latency_sum_ns: d[LOW_LATENCY_SUM],
+            half_samples: count(d[HALF_SAMPLES]),
+            half_latency_sum_ns: d[HALF_LATENCY_SUM],
+            binding,
+            fast_failures: count(d[FAST_FAILURES]),
+            max_latency_ns: self.cells.max_latency_ns.swap(0, Ordering::Relaxed),
+            elapsed,
+        }
     }
 
     fn lock_owner(&self) -> std::sync::MutexGuard<'_, Weak<Limiter>> {
         self.owner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Nothing is in flight and the limiter is gone: free for the next one.
-    fn recycle(&'static self) {
-        *self.lock_owner() = Weak::new();
-        self.in_flight.reset();
-        self.leases.reset();
-        lock_free_cells().push(self);
-    }
-
-    /// A slot comes back: kept by this thread while its lease holds, else to a waiter if any,
-    /// and the word to the free list if it was the last slot of a limiter that is gone.
+    /// A slot comes back: kept by this thread while its lease holds, else to a waiter if any.
     #[inline]
     fn release(&'static self) {
         if lease::keep(self) {
@@ -184,13 +400,27 @@ impl Word {
                 limiter.hand_on();
             }
         }
-        if released.last_of_orphan {
-            self.recycle();
-        }
     }
 }
 
-impl Host for Word {
+/// Idle once nothing is in flight, kept or waiting (the word counts all three): a timed
+/// request records before it gives its slot back, so nothing writes the cells either.
+impl Recycle for Shared {
+    fn is_idle(&self) -> bool {
+        self.in_flight.is_idle()
+    }
+
+    fn reset(&self) {
+        *self.lock_owner() = Weak::new();
+        self.in_flight.reset();
+        self.leases.reset();
+        self.epoch.store(0, Ordering::Relaxed);
+        self.cells.reset();
+        // The law's bounds are published by the next owner.
+    }
+}
+
+impl Host for Shared {
     fn in_flight(&self) -> &InFlight {
         &self.in_flight
     }
@@ -200,53 +430,49 @@ impl Host for Word {
     }
 
     fn after_release(&'static self, released: Released) {
-        Word::after_release(self, released);
+        Shared::after_release(self, released);
     }
 }
 
-const NOTHING_TO_DO: Released = Released {
-    waiters: false,
-    last_of_orphan: false,
-};
+const NOTHING_TO_DO: Released = Released { waiters: false };
 
 /// A slot of the limit held by an admitted request: given back once, by
 /// [`finish`](Permit::finish) with the request's outcome or, if the future is dropped first,
-/// as a cancellation. An untimed request holds no reference count.
+/// as a cancellation. No request holds a reference count: the limiter's [`Shared`] state
+/// outlives it. Twenty-four bytes.
 #[derive(Debug)]
 pub(crate) struct Permit {
     /// `None` when nothing is held (no limit, or given back).
-    word: Option<&'static Word>,
-    /// Held by a timed request, whose completion goes to the law.
-    limiter: Option<Arc<Limiter>>,
+    shared: Option<&'static Shared>,
+    /// A timed request's completion goes to the window.
     slot: Slot,
 }
 
 impl Permit {
     /// Nothing held.
     pub(crate) const NONE: Permit = Permit {
-        word: None,
-        limiter: None,
+        shared: None,
         slot: Slot::UNTIMED,
     };
 
     /// Holds a slot.
     #[inline]
     pub(crate) fn holds(&self) -> bool {
-        self.word.is_some()
+        self.shared.is_some()
     }
 
     /// The request finished with `outcome`: the slot goes back (once; later calls and the drop
     /// do nothing).
     #[inline(always)]
     pub(crate) fn finish(&mut self, outcome: Completion) {
-        let Some(word) = self.word.take() else {
+        let Some(shared) = self.shared.take() else {
             return;
         };
-        if let Some(limiter) = self.limiter.take() {
-            // Recorded while the slot is still held, so the word cannot be recycled meanwhile.
-            limiter.complete_timed(self.slot, outcome);
+        if self.slot.is_timed() {
+            // Recorded while the slot is still held, so the state cannot be recycled meanwhile.
+            shared.complete_timed(self.slot, outcome);
         }
-        word.release();
+        shared.release();
     }
 }
 
@@ -260,36 +486,21 @@ impl Drop for Permit {
 /// The adaptive limit of one layer.
 #[derive(Debug)]
 pub(crate) struct Limiter {
-    word: &'static Word,
+    shared: Pooled<Shared>,
     /// The law's decisions, published for the hot path.
     limit: AtomicU32,
     limit_critical: AtomicU32,
     low: AtomicU32,
-    /// Requests in flight at or below which a completion counts as a half-limit sample
-    /// (zero once a baseline is known).
-    half: AtomicU32,
-    needed: AtomicU32,
-    epoch: AtomicU32,
-    /// 0 until known.
-    baseline_ns: AtomicU64,
     queue_target_ns: AtomicU64,
-    /// The most of one latency the window's sums count (`Law::sample_cap`), 0 until known.
-    sample_cap_ns: AtomicU64,
-    /// Window bounds, from the origin, nanoseconds.
-    window_start_ns: AtomicU64,
-    min_window_ns: AtomicU64,
-    max_window_ns: AtomicU64,
     binding: AtomicBool,
     /// The window (its epoch plus one) that may still be short of samples, 0 once it is not:
     /// a line written twice a window, read by every untimed request instead of the window's
     /// counts (which timed completions write).
     short: AtomicU32,
-    cells: CachePadded<Cells>,
     counters: Counters,
     law: Mutex<Law>,
     queue: Mutex<WaitQueue<Option<Waker>>>,
     clock: TokioClock,
-    origin: Instant,
     config: LimitConfig,
 }
 
@@ -310,33 +521,26 @@ impl Limiter {
         let capacity = (queue_bound(&config, config.max) as usize)
             .saturating_mul(2)
             .clamp(2, 2 * MAX_WAITING);
-        Arc::new_cyclic(|owner| Self::with_word(Word::take(owner.clone()), config, law, capacity))
+        let clock = TokioClock;
+        Arc::new_cyclic(|owner| {
+            let shared = Shared::take(owner.clone(), clock.now());
+            Self::with_shared(shared, config, law, capacity)
+        })
     }
 
-    fn with_word(word: &'static Word, config: LimitConfig, law: Law, capacity: usize) -> Self {
-        let clock = TokioClock;
+    fn with_shared(shared: Pooled<Shared>, config: LimitConfig, law: Law, capacity: usize) -> Self {
         let limiter = Self {
-            word,
+            shared,
             limit: AtomicU32::new(0),
             limit_critical: AtomicU32::new(0),
             low: AtomicU32::new(0),
-            half: AtomicU32::new(0),
-            needed: AtomicU32::new(0),
-            epoch: AtomicU32::new(0),
-            baseline_ns: AtomicU64::new(0),
             queue_target_ns: AtomicU64::new(0),
-            sample_cap_ns: AtomicU64::new(0),
-            window_start_ns: AtomicU64::new(0),
-            min_window_ns: AtomicU64::new(0),
-            max_window_ns: AtomicU64::new(u64::MAX),
             binding: AtomicBool::new(false),
             short: AtomicU32::new(1),
-            cells: CachePadded::new(Cells::default()),
             counters: Counters::default(),
             queue: Mutex::new(WaitQueue::new(capacity)),
             law: Mutex::new(law),
-            clock,
-            origin: clock.now(),
+            clock: TokioClock,
             config,
         };
         limiter.publish(&limiter.lock_law());
@@ -351,30 +555,34 @@ impl Limiter {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn since_origin(&self, now: Instant) -> u64 {
-        nanos(now.saturating_duration_since(self.origin))
-    }
-
     /// Publishes the law's state for the hot path.
     fn publish(&self, law: &Law) {
         let before = self.limit.swap(law.limit(), Ordering::Relaxed);
         if law.limit() < before || law.limit() < lease::MIN_LIMIT {
-            self.word.leases.revoke();
+            self.shared.leases.revoke();
         }
         self.limit_critical
             .store(law.limit_for(Priority::Critical), Ordering::Relaxed);
         self.low.store(law.low_concurrency(), Ordering::Relaxed);
-        self.half.store(law.half_concurrency(), Ordering::Relaxed);
-        self.needed.store(law.samples_needed(), Ordering::Relaxed);
+        self.shared
+            .half
+            .store(law.half_concurrency(), Ordering::Relaxed);
+        self.shared
+            .needed
+            .store(law.samples_needed(), Ordering::Relaxed);
         let baseline = law.baseline().map_or(0, nanos);
-        self.baseline_ns.store(baseline, Ordering::Relaxed);
+        self.shared.baseline_ns.store(baseline, Ordering::Relaxed);
         self.queue_target_ns
             .store(law.queue_target().map_or(0, nanos), Ordering::Relaxed);
-        self.sample_cap_ns
+        self.shared
+            .sample_cap_ns
             .store(law.sample_cap().map_or(0, nanos), Ordering::Relaxed);
         let (min, max) = law.window_bounds();
-        self.min_window_ns.store(nanos(min), Ordering::Relaxed);
-        self.max_window_ns
+        self.shared
+            .min_window_ns
+            .store(nanos(min), Ordering::Relaxed);
+        self.shared
+            .max_window_ns
             .store(max.map_or(u64::MAX, nanos), Ordering::Relaxed);
     }
 
@@ -402,14 +610,14 @@ impl Limiter {
     #[inline(always)]
     pub(crate) fn try_take(&self, priority: Priority) -> Option<(u32, u32)> {
         let limit = self.limit_for(priority);
-        if lease::take(self.word) {
-            let (concurrency, _) = self.word.in_flight.load();
+        if lease::take(self.shared.get()) {
+            let (concurrency, _) = self.shared.in_flight.load();
             return Some((concurrency, limit));
         }
-        let concurrency = self.word.in_flight.try_acquire(limit)?;
+        let concurrency = self.shared.in_flight.try_acquire(limit)?;
         let whole = self.limit.load(Ordering::Relaxed);
         if whole >= lease::MIN_LIMIT {
-            self.word.leases.adjust(concurrency, whole);
+            self.shared.leases.adjust(concurrency, whole);
         }
         Some((concurrency, limit))
     }
@@ -425,8 +633,7 @@ impl Limiter {
     fn permit(self: &Arc<Self>, concurrency: u32, limit: u32, always_time: bool) -> Permit {
         let slot = self.slot(concurrency, limit, always_time);
         Permit {
-            word: Some(self.word),
-            limiter: slot.is_timed().then(|| Arc::clone(self)),
+            shared: Some(self.shared.get()),
             slot,
         }
     }
@@ -441,7 +648,10 @@ impl Limiter {
         if always_time || 2 * concurrency >= limit || self.countdown() {
             self.timed_slot(concurrency)
         } else if self.short_of_samples() {
-            self.cells.timed_for_samples.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .cells
+                .timed_for_samples
+                .fetch_add(1, Ordering::Relaxed);
             self.timed_slot(concurrency)
         } else {
             Slot::UNTIMED
@@ -457,9 +667,9 @@ impl Limiter {
         if window == 0 {
             return false;
         }
-        let needed = self.needed.load(Ordering::Relaxed);
-        let short = self.cells.samples.load(Ordering::Relaxed) < needed
-            && self.cells.timed_for_samples.load(Ordering::Relaxed)
+        let needed = self.shared.needed.load(Ordering::Relaxed);
+        let short = self.shared.cells.samples() < u64::from(needed)
+            && self.shared.cells.timed_for_samples.load(Ordering::Relaxed)
                 < needed.saturating_mul(TIMED_PER_NEEDED_SAMPLE);
         if !short {
             // Only this window's flag: a window that opened meanwhile keeps its own.
@@ -488,29 +698,29 @@ impl Limiter {
     #[inline(never)]
     fn timed_slot(&self, counted: u32) -> Slot {
         // The requests in flight: the word's count less the slots threads keep.
-        let concurrency = counted.saturating_sub(self.word.leases.kept()).max(1);
+        let concurrency = counted.saturating_sub(self.shared.leases.kept()).max(1);
         let low = if concurrency <= self.low.load(Ordering::Relaxed) {
             LOW
         } else {
             0
         };
         Slot {
-            start: self.since_origin(self.clock.now()).saturating_add(1),
+            start: self.shared.ns(self.clock.now()),
             concurrency: concurrency.min(!LOW) | low,
-            epoch: self.epoch.load(Ordering::Relaxed),
+            epoch: self.shared.epoch.load(Ordering::Relaxed),
         }
     }
 
     /// The overload path: admit ahead of lower priorities, queue, or refuse.
     pub(crate) fn enter(self: &Arc<Self>, priority: Priority) -> Entry {
         // Near the limit every slot counts: threads give back what they keep.
-        self.word.leases.revoke();
+        self.shared.leases.revoke();
         if !self.binding.load(Ordering::Relaxed) {
             self.binding.store(true, Ordering::Relaxed);
         }
         // The time is needed only to expire waiters and to queue: read it (outside the lock)
         // when requests wait, and otherwise only once this request is about to queue.
-        let (_, waiting) = self.word.in_flight.load();
+        let (_, waiting) = self.shared.in_flight.load();
         let mut now = (waiting > 0).then(|| self.clock.now());
         let mut queue = self.lock_queue();
         if queue.len() > 0 {
@@ -519,7 +729,7 @@ impl Limiter {
         }
         let limit = self.limit_for(priority);
         if queue.best_priority().is_none_or(|best| best < priority)
-            && let Some(n) = self.word.in_flight.try_acquire_ahead(limit)
+            && let Some(n) = self.shared.in_flight.try_acquire_ahead(limit)
         {
             return Entry::Admitted(self.permit(n, limit, true));
         }
@@ -537,10 +747,10 @@ impl Limiter {
         let bound = queue_bound(&self.config, self.limit.load(Ordering::Relaxed));
         match queue.push(priority, now, bound as usize, None) {
             Pushed::Queued { ticket, evicted } => {
-                self.word.in_flight.add_waiter();
+                self.shared.in_flight.add_waiter();
                 self.counters.queued.fetch_add(1, Ordering::Relaxed);
                 if let Some((_, waker)) = evicted {
-                    self.word.in_flight.remove_waiter();
+                    self.shared.in_flight.remove_waiter();
                     self.counters.evicted.fetch_add(1, Ordering::Relaxed);
                     if let Some(w) = waker {
                         w.wake();
@@ -562,14 +772,14 @@ impl Limiter {
         let target = Duration::from_nanos(self.queue_target_ns.load(Ordering::Relaxed));
         while let Some(best) = queue.best_priority() {
             let limit = self.limit_for(best);
-            if self.word.in_flight.try_acquire_ahead(limit).is_none() {
+            if self.shared.in_flight.try_acquire_ahead(limit).is_none() {
                 break;
             }
             // Under a standing queue (it has not emptied for a whole target), newest first.
             let standing = queue.standing_for(now) > target;
             match queue.grant(now, standing) {
                 Some((_, waker, waited)) => {
-                    self.word.in_flight.remove_waiter();
+                    self.shared.in_flight.remove_waiter();
                     self.counters
                         .queue_delay_ns
                         .store(nanos(waited), Ordering::Relaxed);
@@ -579,7 +789,7 @@ impl Limiter {
                 }
                 None => {
                     // Cannot happen (a best priority exists); give the slot back.
-                    let _ = self.word.in_flight.release();
+                    let _ = self.shared.in_flight.release();
                     break;
                 }
             }
@@ -605,7 +815,7 @@ impl Limiter {
         queue.expire_lanes(0..critical, now, target, &mut wake);
         queue.expire_lanes(critical..critical + 1, now, target * 2, &mut wake);
         for _ in 0..expired {
-            self.word.in_flight.remove_waiter();
+            self.shared.in_flight.remove_waiter();
         }
         self.counters.expired.fetch_add(expired, Ordering::Relaxed);
     }
@@ -629,7 +839,7 @@ impl Limiter {
 
     /// The permit of a granted waiter.
     pub(crate) fn granted_permit(self: &Arc<Self>) -> Permit {
-        let (n, _) = self.word.in_flight.load();
+        let (n, _) = self.shared.in_flight.load();
         self.permit(n, self.limit.load(Ordering::Relaxed), true)
     }
 
@@ -640,7 +850,7 @@ impl Limiter {
         let mut queue = self.lock_queue();
         let fate = queue.cancel(ticket);
         if fate.is_none() {
-            self.word.in_flight.remove_waiter();
+            self.shared.in_flight.remove_waiter();
             if expired {
                 self.counters.expired.fetch_add(1, Ordering::Relaxed);
             }
@@ -650,7 +860,7 @@ impl Limiter {
 
     /// A slot comes back (a granted waiter that will not use it).
     pub(crate) fn release(&self) {
-        self.word.release();
+        self.shared.get().release();
     }
 
     /// Requests wait: the freed slot goes to the best of them.
@@ -662,113 +872,27 @@ impl Limiter {
         self.drain(&mut queue, now);
     }
 
-    /// The baseline latency, if known (for the completion path's fast-failure test).
-    #[inline]
-    pub(crate) fn baseline(&self) -> Option<Duration> {
-        match self.baseline_ns.load(Ordering::Relaxed) {
-            0 => None,
-            ns => Some(Duration::from_nanos(ns)),
-        }
-    }
-
-    /// Adds a timed request to the window: its latency counts if it succeeded or failed
-    /// slowly; a fast failure counts apart.
-    #[inline(never)]
-    fn complete_timed(&self, slot: Slot, outcome: Completion) {
-        debug_assert!(slot.is_timed());
-        // A window takes the requests admitted within it, and the requests longer than a
-        // window (leaving them out would hide every request slower than a window); shorter
-        // ones admitted earlier ran under an older limit.
-        let now = self.clock.now();
-        let latency = Duration::from_nanos(self.since_origin(now).saturating_sub(slot.start - 1));
-        let window = self.min_window_ns.load(Ordering::Relaxed);
-        if slot.epoch != self.epoch.load(Ordering::Relaxed) && nanos(latency) <= window {
-            return;
-        }
-        let slow = self.baseline().is_none_or(|b| latency >= b);
-        match outcome {
-            Completion::Success => self.record(latency, slot),
-            Completion::Failure | Completion::Cancelled if slow => self.record(latency, slot),
-            Completion::Failure => {
-                self.cells.fast_failures.fetch_add(1, Ordering::Relaxed);
-            }
-            Completion::Cancelled | Completion::Ignored => {}
-        }
-        self.maybe_close(now);
-    }
-
-    fn record(&self, latency: Duration, slot: Slot) {
-        let whole = nanos(latency);
-        let c = &self.cells;
-        c.max_latency_ns.fetch_max(whole, Ordering::Relaxed);
-        let ns = match self.sample_cap_ns.load(Ordering::Relaxed) {
-            0 => whole,
-            cap => whole.min(cap),
-        };
-        let us = ns / 1_000;
-        c.latency_sum_ns.fetch_add(ns, Ordering::Relaxed);
-        c.latency_sq_sum_us
-            .fetch_add(us.saturating_mul(us), Ordering::Relaxed);
-        c.concurrency_sum
-            .fetch_add(u64::from(slot.concurrency()), Ordering::Relaxed);
-        if slot.low() {
-            c.low_samples.fetch_add(1, Ordering::Relaxed);
-            c.low_latency_sum_ns.fetch_add(ns, Ordering::Relaxed);
-        }
-        if slot.concurrency() <= self.half.load(Ordering::Relaxed) {
-            c.half_samples.fetch_add(1, Ordering::Relaxed);
-            c.half_latency_sum_ns.fetch_add(ns, Ordering::Relaxed);
-        }
-        // Last, so a closer that sees the count sees the sums (up to records in flight).
-        c.samples.fetch_add(1, Ordering::Release);
-    }
-
-    fn maybe_close(&self, now: Instant) {
-        let elapsed = self
-            .since_origin(now)
-            .saturating_sub(self.window_start_ns.load(Ordering::Relaxed));
-        let samples = self.cells.samples.load(Ordering::Acquire);
-        let due = (samples >= self.needed.load(Ordering::Relaxed)
-            && elapsed >= self.min_window_ns.load(Ordering::Relaxed))
-            || elapsed >= self.max_window_ns.load(Ordering::Relaxed);
-        if !due {
-            return;
-        }
-        // Whoever gets the lock closes the window; the others carry on.
+    /// A completion found the window due: whoever gets the law's lock closes it (the others
+    /// carry on).
+    fn close(&self, now: Instant) {
         let Ok(mut law) = self.law.try_lock() else {
             return;
         };
-        let elapsed = Duration::from_nanos(
-            self.since_origin(now)
-                .saturating_sub(self.window_start_ns.load(Ordering::Relaxed)),
-        );
-        let samples = self.cells.samples.load(Ordering::Acquire);
+        let shared = &*self.shared;
+        let now_ns = shared.ns(now);
+        let start = shared.window_start_ns.load(Ordering::Relaxed) as i64;
+        let elapsed = Duration::from_nanos(Shared::between(start, now_ns));
+        let samples = u32::try_from(shared.cells.samples()).unwrap_or(u32::MAX);
         if !law.window_done(samples, elapsed) {
             return;
         }
-        let c = &self.cells;
-        let window = Window {
-            samples: c.samples.swap(0, Ordering::AcqRel),
-            latency_sum_ns: c.latency_sum_ns.swap(0, Ordering::AcqRel),
-            latency_sq_sum_us: c.latency_sq_sum_us.swap(0, Ordering::AcqRel),
-            concurrency_sum: c.concurrency_sum.swap(0, Ordering::AcqRel),
-            low_samples: c.low_samples.swap(0, Ordering::AcqRel),
-            low_latency_sum_ns: c.low_latency_sum_ns.swap(0, Ordering::AcqRel),
-            half_samples: c.half_samples.swap(0, Ordering::AcqRel),
-            half_latency_sum_ns: c.half_latency_sum_ns.swap(0, Ordering::AcqRel),
-            binding: self.binding.swap(false, Ordering::Relaxed),
-            fast_failures: c.fast_failures.swap(0, Ordering::AcqRel),
-            max_latency_ns: c.max_latency_ns.swap(0, Ordering::AcqRel),
-            elapsed,
-        };
-        c.timed_for_samples.store(0, Ordering::Relaxed);
-        // A sample that lands between the swaps may leave its count in one window and its
-        // sums in the next: an error of one sample in a window of at least sixteen.
+        let window = shared.take_window(self.binding.swap(false, Ordering::Relaxed), elapsed);
         let before = law.limit();
         let after = law.observe(&window, now);
-        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        self.window_start_ns
-            .store(self.since_origin(now), Ordering::Relaxed);
+        let epoch = shared.epoch.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        shared
+            .window_start_ns
+            .store(now_ns as u64, Ordering::Relaxed);
         self.publish(&law);
         // The new window may be short of samples (after its counts and `needed` are reset).
         self.short
@@ -794,7 +918,7 @@ impl Limiter {
 
     /// The limiter's state, for snapshots.
     pub(crate) fn snapshot(&self) -> LimitSnapshot {
-        let (in_flight, waiting) = self.word.leases.in_flight(&self.word.in_flight);
+        let (in_flight, waiting) = self.shared.leases.in_flight(&self.shared.in_flight);
         let law = self.lock_law();
         LimitSnapshot {
             limit: law.limit(),
@@ -814,12 +938,10 @@ impl Limiter {
 
 impl Drop for Limiter {
     fn drop(&mut self) {
-        *self.word.lock_owner() = Weak::new();
-        // Kept slots come back at their threads' next touch (or exit); the last recycles.
-        self.word.leases.revoke();
-        if self.word.in_flight.orphan() {
-            self.word.recycle();
-        }
+        *self.shared.lock_owner() = Weak::new();
+        // Kept slots come back at their threads' next touch (or exit). The word goes back to
+        // its pool when this drop's `Pooled` does: reused once idle.
+        self.shared.leases.revoke();
     }
 }
 
@@ -875,4 +997,83 @@ pub struct LimitSnapshot {
     pub evicted: u64,
     /// Requests refused at once (queue full of requests at least as important), ever.
     pub refused: u64,
+}
+
+#[cfg(all(test, not(degrade_loom)))]
+mod tests {
+    use super::*;
+
+    /// A window's worth of samples: a spread of latencies and concurrencies, a third of them
+    /// at low concurrency.
+    fn samples() -> Vec<(Duration, Slot)> {
+        (0..96u32)
+            .map(|i| {
+                let latency = Duration::from_nanos(500_000 + u64::from(i * 37_013 % 1_000_003));
+                let low = if i % 3 == 0 { LOW } else { 0 };
+                let slot = Slot {
+                    start: 0,
+                    concurrency: (1 + i % 20) | low,
+                    epoch: 0,
+                };
+                (latency, slot)
+            })
+            .collect()
+    }
+
+    /// Two windows of the same samples recorded by `threads` threads (and one fast failure in
+    /// seven), as the law would read them.
+    fn windows_from(threads: usize) -> [Window; 2] {
+        let limiter = Limiter::new(LimitConfig::default());
+        let shared = limiter.shared.get();
+        let all = samples();
+        let chunk = all.len().div_ceil(threads);
+        std::array::from_fn(|_| {
+            std::thread::scope(|s| {
+                for part in all.chunks(chunk) {
+                    s.spawn(move || {
+                        for (i, &(latency, slot)) in part.iter().enumerate() {
+                            if i % 7 == 3 {
+                                shared.cells.sums.add(FAST_FAILURES, 1);
+                            }
+                            shared.record(latency, slot);
+                        }
+                    });
+                }
+            });
+            shared.take_window(false, Duration::from_secs(1))
+        })
+    }
+
+    /// The window's sums live in per-thread rows merged when the window closes: the law gets
+    /// exactly the inputs it got from one shared set of atomics, whichever threads recorded
+    /// them, and each window only its own samples.
+    #[test]
+    fn the_laws_inputs_are_the_same_from_one_thread_or_many() {
+        let one = windows_from(1);
+        let all = samples();
+        let w = one[0];
+        assert_eq!(w.samples, 96);
+        assert_eq!(w.low_samples, 32);
+        assert_eq!(w.fast_failures, 96 / 7 + 1);
+        let sum: u64 = all.iter().map(|(l, _)| nanos(*l)).sum();
+        assert_eq!(w.latency_sum_ns, sum);
+        let concurrency: u64 = all.iter().map(|(_, s)| u64::from(s.concurrency())).sum();
+        assert_eq!(w.concurrency_sum, concurrency);
+        let max = all.iter().map(|(l, _)| nanos(*l)).max().unwrap();
+        assert_eq!(w.max_latency_ns, max);
+        assert_eq!(one[1], w, "the second window counts only its own samples");
+        for threads in [2, 3, 8, 40] {
+            let chunk = all.len().div_ceil(threads);
+            // The fast failures follow the chunks: compare like with like.
+            let failures: u32 = all
+                .chunks(chunk)
+                .map(|part| (0..part.len()).filter(|i| i % 7 == 3).count() as u32)
+                .sum();
+            let expected = Window {
+                fast_failures: failures,
+                ..w
+            };
+            assert_eq!(windows_from(threads), [expected; 2], "{threads} threads");
+        }
+    }
 }
