@@ -2122,4 +2122,41 @@ mod loss_tests {
             }
         }
     }
+
+    /// The accounting is complete: at every load step of the bench's shape, the busy and the
+    /// idle server-seconds of each bucket add up to the step's capacity, and a run that
+    /// overloads the backend shows the probes and cuts it counts.
+    #[test]
+    fn the_loss_accounting_splits_every_idle_server_second() {
+        LOSS.with(|l| *l.borrow_mut() = Some(Vec::new()));
+        let r = run(&Setup {
+            backend: Backend::slots(8, 0.04, 0.0),
+            clients: Clients::Open,
+            phases: bench_phases(3.0),
+            guard: Guard::Adaptive(LimitConfig::default()),
+            mix: DEMO_MIX,
+            seed: 1,
+        });
+        let loss = LOSS.with(|l| l.borrow_mut().take()).unwrap_or_default();
+        assert_eq!(loss.len(), r.phases.len());
+        for (i, x) in loss.iter().enumerate().take(7).skip(1) {
+            let total = x.busy + x.idle.iter().sum::<f64>();
+            // Intervals between events are charged to the phase they start in: a few ms of
+            // a 3 s step may fall on either side of its boundary.
+            assert!(
+                (total - x.capacity).abs() <= 0.01 * x.capacity,
+                "phase {i}: {total} of {}",
+                x.capacity
+            );
+            let busy = 100.0 * x.busy / x.capacity;
+            assert!(
+                (busy - r.goodput_percent(i)).abs() < 3.0,
+                "phase {i}: busy {busy:.1} % against goodput {:.1} %",
+                r.goodput_percent(i)
+            );
+        }
+        let probes: u32 = loss[2..=6].iter().map(|x| x.probes).sum();
+        let cuts: u32 = loss[2..=6].iter().map(|x| x.cuts[0] + x.cuts[1]).sum();
+        assert!(probes > 0 && cuts > 0, "probes {probes} cuts {cuts}");
+    }
 }
