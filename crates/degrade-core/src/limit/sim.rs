@@ -1931,6 +1931,9 @@ mod recovery_tests {
             Backend::slots(8, 0.04, 0.0)
         };
         let (mut late, mut never) = (0, 0);
+        // Refused and sent from 1 s into each 0.5x phase to its end: the warm-up (phase 0),
+        // after 4x (7) and after 3x (9).
+        let mut tally = [(0usize, 0usize); 3];
         for &seed in &seeds {
             REFUSED.with(|r| *r.borrow_mut() = Some(Vec::new()));
             let r = run(&Setup {
@@ -1942,6 +1945,16 @@ mod recovery_tests {
                 seed,
             });
             let refused = REFUSED.with(|r| r.borrow_mut().take()).unwrap_or_default();
+            for (k, phase) in [0, 7, 9].into_iter().enumerate() {
+                let from = r.starts[phase] + 1.0;
+                let to = r.starts.get(phase + 1).copied().unwrap_or(f64::INFINITY);
+                tally[k].0 += refused.iter().filter(|x| (from..to).contains(&x.0)).count();
+                tally[k].1 += r
+                    .answers
+                    .iter()
+                    .filter(|a| (from..to).contains(&a.0))
+                    .count();
+            }
             let unloaded = r.phases[0].p99();
             let recover = r.settle(7, 0.25, 2.0 * unloaded, 0.99);
             let (from, to) = (r.starts[7] + 1.0, r.starts[8]);
@@ -1965,6 +1978,14 @@ mod recovery_tests {
             }
         }
         println!("late {late} never {never} of {}", seeds.len());
+        // The bar's 250 ms windows hold about 25 requests at 0.5x: one refusal fails one.
+        for (k, name) in ["warm-up", "after 4x", "after 3x"].into_iter().enumerate() {
+            let (refused, sent) = tally[k];
+            println!(
+                "0.5x {name}, from its first second: refused {refused} of {sent} ({:.2} per 10 000)",
+                1e4 * refused as f64 / sent.max(1) as f64
+            );
+        }
     }
 }
 
