@@ -813,6 +813,12 @@ impl Law {
         }
     }
 
+    /// Whether the current window is a probe (at half the limit).
+    #[cfg(test)]
+    pub(crate) fn probing(&self) -> bool {
+        self.probing.is_some()
+    }
+
     /// When the law last took a window.
     ///
     /// ```

@@ -19,8 +19,10 @@ use tokio::time::Instant;
 /// A refused request: (time, priority, cause, limit, in flight, queued).
 pub(crate) type Refusal = (f64, Priority, usize, u32, u32, usize);
 
-/// Logs a refusal in [`REFUSED`] when it is on.
-fn log_refusal(r: Refusal) {
+/// Logs a refusal in [`REFUSED`] and [`LOSS`] when they are on (`phase`: the phase it fell
+/// in; `probing`: the law was probing; `servers`: the backend's knee).
+fn log_refusal(phase: usize, probing: bool, servers: f64, r: Refusal) {
+    loss_refusal(phase, probing, f64::from(r.3) < servers, r.2);
     REFUSED.with(|log| {
         if let Some(v) = log.borrow_mut().as_mut() {
             v.push(r);
@@ -43,6 +45,77 @@ thread_local! {
     /// Answered requests' (sent, admitted, done, critical), when `Some` (exploration only).
     pub(crate) static PARTS: std::cell::RefCell<Option<Vec<Parts>>> =
         const { std::cell::RefCell::new(None) };
+    /// Where each phase's capacity went, when `Some` (exploration only; see [`Loss`]).
+    pub(crate) static LOSS: std::cell::RefCell<Option<Vec<Loss>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Where one phase's capacity went, in server-seconds (a slot or a core for a second), and
+/// what was refused meanwhile. Capacity not served is split by the state of the limit at the
+/// instant a server stood idle:
+/// * `probe`: a probe window (the law runs at half the limit to re-learn the baseline);
+/// * `noise_cut` / `queue_cut`: the limit below the backend's servers (its knee) and the last
+///   cut that lowered it came from a window that was not slower than the target in truth
+///   (its samples' mean latency within `1 + tolerance` of their own service times: the law
+///   read noise, or a baseline learnt too low, as a queue) / that was (a real queue, cut
+///   past the knee);
+/// * `below_other`: the limit below the knee with no cut behind it (the initial limit, growth);
+/// * `bounded`: the limit at or above the knee and still a server idle: nobody was waiting,
+///   because the requests that would have filled it were refused earlier by the wait queue's
+///   target or bound (at overload an unbounded queue never lets a server idle), or none came.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Loss {
+    /// Server-seconds: the phase's capacity (servers x its length).
+    pub(crate) capacity: f64,
+    /// Server-seconds busy.
+    pub(crate) busy: f64,
+    /// Idle server-seconds: probe, noise cut, queue cut, below other, bounded.
+    pub(crate) idle: [f64; 5],
+    /// Refusals while probing, while the limit was below the knee, and at or above it by
+    /// cause (queue full or evicted, past the target).
+    pub(crate) refused: [u64; 4],
+    /// Cuts the law made on windows not slower than the target in truth, and on queues.
+    pub(crate) cuts: [u32; 2],
+    /// Probes started.
+    pub(crate) probes: u32,
+}
+
+impl Loss {
+    fn add(&mut self, o: &Loss) {
+        self.capacity += o.capacity;
+        self.busy += o.busy;
+        for i in 0..5 {
+            self.idle[i] += o.idle[i];
+        }
+        for i in 0..4 {
+            self.refused[i] += o.refused[i];
+        }
+        for i in 0..2 {
+            self.cuts[i] += o.cuts[i];
+        }
+        self.probes += o.probes;
+    }
+}
+
+/// Counts a refusal in [`LOSS`] for the phase, by the limit's state (`probing`, `below` the
+/// knee) and its cause as in [`CRIT`].
+fn loss_refusal(phase: usize, probing: bool, below: bool, cause: usize) {
+    LOSS.with(|l| {
+        if let Some(v) = l.borrow_mut().as_mut()
+            && let Some(x) = v.get_mut(phase)
+        {
+            let i = if probing {
+                0
+            } else if below {
+                1
+            } else if cause == 2 {
+                3
+            } else {
+                2
+            };
+            x.refused[i] += 1;
+        }
+    });
 }
 
 /// Counts a refused critical request in [`CRIT`] by cause (0 queue full, 1 evicted, 2 expired,
@@ -330,6 +403,9 @@ struct Req {
     /// Inner admission: time, concurrency, timed, low concurrency, window epoch.
     admitted: Option<(f64, u32, bool, bool, u64)>,
     work: f64,
+    /// Its own service time once started (no queue, the host's stall included): the truth
+    /// the loss accounting judges the law's cuts by.
+    service: f64,
     ticket: Option<super::queue::Ticket>,
 }
 
@@ -342,12 +418,36 @@ struct Limiter {
     window_start: f64,
     seq: u64,
     epoch: u64,
+    /// The current window's samples: the sum of their own service times and of their
+    /// latencies (uncapped), for the loss accounting.
+    own_sum: f64,
+    true_sum: f64,
+    /// Which idle bucket of [`Loss`] the limit is in while below the knee: the cause of the
+    /// latest cut (1 noise, 2 queue; 3 none yet).
+    below: usize,
 }
 
 pub(crate) fn run(setup: &Setup) -> Report {
     let origin = Instant::now();
     let at = |t: f64| origin + Duration::from_secs_f64(t.max(0.0));
     let capacity = setup.backend.capacity();
+    let servers = setup.backend.servers();
+    let loss_on = LOSS.with(|l| {
+        let mut l = l.borrow_mut();
+        if let Some(v) = l.as_mut() {
+            *v = setup
+                .phases
+                .iter()
+                .map(|p| Loss {
+                    capacity: servers * p.secs,
+                    ..Loss::default()
+                })
+                .collect();
+            true
+        } else {
+            false
+        }
+    });
     let mut rng = Rng::new(setup.seed);
     let mut heap = BinaryHeap::new();
     let mut n_ev = 0u64;
@@ -393,6 +493,9 @@ pub(crate) fn run(setup: &Setup) -> Report {
             window_start: 0.0,
             seq: 0,
             epoch: 0,
+            own_sum: 0.0,
+            true_sum: 0.0,
+            below: 3,
         }),
         _ => None,
     };
@@ -440,6 +543,24 @@ pub(crate) fn run(setup: &Setup) -> Report {
         if now > last_t {
             let p = phase_of(last_t).min(stats.len() - 1);
             limit_time[p] += (now - last_t) * f64::from(last_limit.min(100_000));
+            if loss_on {
+                let used = match setup.backend.kind {
+                    Kind::Slots(_) => f64::from(busy),
+                    Kind::Cpu(c) => (cpu_jobs.len() as f64).min(f64::from(c)),
+                };
+                let bucket = match limiter.as_ref() {
+                    Some(l) if l.law.probing() => 0,
+                    Some(l) if f64::from(last_limit) < servers => l.below,
+                    _ => 4,
+                };
+                let dt = now - last_t;
+                LOSS.with(|l| {
+                    if let Some(x) = l.borrow_mut().as_mut().and_then(|v| v.get_mut(p)) {
+                        x.busy += used * dt;
+                        x.idle[bucket] += (servers - used) * dt;
+                    }
+                });
+            }
             last_t = now;
         }
         let speed = setup.phases[phase_of(now).min(setup.phases.len() - 1)].speed;
@@ -483,6 +604,7 @@ pub(crate) fn run(setup: &Setup) -> Report {
                 if let Some(next) = fifo.pop_front() {
                     busy += 1;
                     let w = reqs[next as usize].work / speed * slow_at(now);
+                    reqs[next as usize].service = w;
                     push(&mut heap, now + w, Ev::Done(next));
                 }
             }
@@ -506,14 +628,19 @@ pub(crate) fn run(setup: &Setup) -> Report {
                         // Still waiting at its deadline: refused.
                         reqs[id as usize].ticket = None;
                         count_critical_refusal(reqs[id as usize].priority, 2);
-                        log_refusal((
-                            now,
-                            reqs[id as usize].priority,
-                            2,
-                            l.law.limit(),
-                            in_flight,
-                            l.queue.len(),
-                        ));
+                        log_refusal(
+                            phase_of(now),
+                            l.law.probing(),
+                            servers,
+                            (
+                                now,
+                                reqs[id as usize].priority,
+                                2,
+                                l.law.limit(),
+                                in_flight,
+                                l.queue.len(),
+                            ),
+                        );
 
                         answer(
                             &mut reqs,
@@ -546,6 +673,7 @@ pub(crate) fn run(setup: &Setup) -> Report {
                 client,
                 admitted: None,
                 work: setup.backend.draw(&mut rng),
+                service: 0.0,
                 ticket: None,
             });
             let p = phase_of(now);
@@ -604,14 +732,19 @@ pub(crate) fn run(setup: &Setup) -> Report {
                                                 reqs[victim as usize].priority,
                                                 1,
                                             );
-                                            log_refusal((
-                                                now,
-                                                reqs[victim as usize].priority,
-                                                1,
-                                                l.law.limit(),
-                                                in_flight,
-                                                l.queue.len(),
-                                            ));
+                                            log_refusal(
+                                                phase_of(now),
+                                                l.law.probing(),
+                                                servers,
+                                                (
+                                                    now,
+                                                    reqs[victim as usize].priority,
+                                                    1,
+                                                    l.law.limit(),
+                                                    in_flight,
+                                                    l.queue.len(),
+                                                ),
+                                            );
 
                                             answer(
                                                 &mut reqs,
@@ -633,14 +766,19 @@ pub(crate) fn run(setup: &Setup) -> Report {
                                     }
                                     Pushed::Full(_) => {
                                         count_critical_refusal(reqs[id as usize].priority, 0);
-                                        log_refusal((
-                                            now,
-                                            reqs[id as usize].priority,
-                                            0,
-                                            l.law.limit(),
-                                            in_flight,
-                                            l.queue.len(),
-                                        ));
+                                        log_refusal(
+                                            phase_of(now),
+                                            l.law.probing(),
+                                            servers,
+                                            (
+                                                now,
+                                                reqs[id as usize].priority,
+                                                0,
+                                                l.law.limit(),
+                                                in_flight,
+                                                l.queue.len(),
+                                            ),
+                                        );
                                         answer(
                                             &mut reqs,
                                             id,
@@ -662,14 +800,19 @@ pub(crate) fn run(setup: &Setup) -> Report {
                             }
                             _ => {
                                 count_critical_refusal(reqs[id as usize].priority, 3);
-                                log_refusal((
-                                    now,
-                                    reqs[id as usize].priority,
-                                    3,
-                                    l.law.limit(),
-                                    in_flight,
-                                    l.queue.len(),
-                                ));
+                                log_refusal(
+                                    phase_of(now),
+                                    l.law.probing(),
+                                    servers,
+                                    (
+                                        now,
+                                        reqs[id as usize].priority,
+                                        3,
+                                        l.law.limit(),
+                                        in_flight,
+                                        l.queue.len(),
+                                    ),
+                                );
                                 answer(
                                     &mut reqs,
                                     id,
@@ -706,6 +849,8 @@ pub(crate) fn run(setup: &Setup) -> Report {
                     let cap = l.law.sample_cap();
                     let latency = Duration::from_secs_f64(now - start);
                     l.window.record_capped(latency, cap, concurrency, low);
+                    l.own_sum += reqs[id as usize].service;
+                    l.true_sum += now - start;
                     if concurrency <= l.law.half_concurrency() {
                         l.window.record_half(latency, cap);
                     }
@@ -715,6 +860,25 @@ pub(crate) fn run(setup: &Setup) -> Report {
                     l.window.elapsed = elapsed;
                     let before = l.law.limit();
                     l.law.observe(&l.window, at(now));
+                    if loss_on && l.law.limit() < before {
+                        // A probe, or a cut: judged by the truth, were the window's samples
+                        // slower than the target over their own service times?
+                        let probe = l.law.probing();
+                        let noise = l.true_sum <= (1.0 + l.config.tolerance) * l.own_sum;
+                        if !probe {
+                            l.below = if noise { 1 } else { 2 };
+                        }
+                        let p = phase_of(now).min(stats.len() - 1);
+                        LOSS.with(|x| {
+                            if let Some(x) = x.borrow_mut().as_mut().and_then(|v| v.get_mut(p)) {
+                                if probe {
+                                    x.probes += 1;
+                                } else {
+                                    x.cuts[usize::from(!noise)] += 1;
+                                }
+                            }
+                        });
+                    }
                     if TRACE.with(|t| t.get()) {
                         eprintln!(
                             "t={now:7.2} n={:4} low={:3} binding={} conc={:6.1} mean={:7.1}ms se={:5.1}ms B={:7.1}ms limit {} -> {} q={}",
@@ -731,6 +895,8 @@ pub(crate) fn run(setup: &Setup) -> Report {
                         );
                     }
                     l.window = Window::default();
+                    l.own_sum = 0.0;
+                    l.true_sum = 0.0;
                     l.window_start = now;
                     l.epoch += 1;
                 }
@@ -794,12 +960,16 @@ pub(crate) fn run(setup: &Setup) -> Report {
                     if busy < k {
                         busy += 1;
                         let w = reqs[id as usize].work / speed * slow_at(now);
+                        reqs[id as usize].service = w;
                         push(&mut heap, now + w, Ev::Done(id));
                     } else {
                         fifo.push_back(id);
                     }
                 }
-                Kind::Cpu(_) => cpu_jobs.push((id, reqs[id as usize].work * slow_at(now))),
+                Kind::Cpu(_) => {
+                    reqs[id as usize].service = reqs[id as usize].work * slow_at(now) / speed;
+                    cpu_jobs.push((id, reqs[id as usize].work * slow_at(now)));
+                }
             }
         }
 
@@ -1761,6 +1931,9 @@ mod recovery_tests {
             Backend::slots(8, 0.04, 0.0)
         };
         let (mut late, mut never) = (0, 0);
+        // Refused and sent from 1 s into each 0.5x phase to its end: the warm-up (phase 0),
+        // after 4x (7) and after 3x (9).
+        let mut tally = [(0usize, 0usize); 3];
         for &seed in &seeds {
             REFUSED.with(|r| *r.borrow_mut() = Some(Vec::new()));
             let r = run(&Setup {
@@ -1772,6 +1945,16 @@ mod recovery_tests {
                 seed,
             });
             let refused = REFUSED.with(|r| r.borrow_mut().take()).unwrap_or_default();
+            for (k, phase) in [0, 7, 9].into_iter().enumerate() {
+                let from = r.starts[phase] + 1.0;
+                let to = r.starts.get(phase + 1).copied().unwrap_or(f64::INFINITY);
+                tally[k].0 += refused.iter().filter(|x| (from..to).contains(&x.0)).count();
+                tally[k].1 += r
+                    .answers
+                    .iter()
+                    .filter(|a| (from..to).contains(&a.0))
+                    .count();
+            }
             let unloaded = r.phases[0].p99();
             let recover = r.settle(7, 0.25, 2.0 * unloaded, 0.99);
             let (from, to) = (r.starts[7] + 1.0, r.starts[8]);
@@ -1795,6 +1978,14 @@ mod recovery_tests {
             }
         }
         println!("late {late} never {never} of {}", seeds.len());
+        // The bar's 250 ms windows hold about 25 requests at 0.5x: one refusal fails one.
+        for (k, name) in ["warm-up", "after 4x", "after 3x"].into_iter().enumerate() {
+            let (refused, sent) = tally[k];
+            println!(
+                "0.5x {name}, from its first second: refused {refused} of {sent} ({:.2} per 10 000)",
+                1e4 * refused as f64 / sent.max(1) as f64
+            );
+        }
     }
 }
 
@@ -1854,5 +2045,139 @@ mod onset_tests {
             "critical onset 1.5x p99 over unloaded: worst {worst:.2}x mean {:.2}x",
             sum / seeds.len() as f64
         );
+    }
+}
+
+#[cfg(test)]
+mod loss_tests {
+    use super::*;
+
+    /// Where the `steps` scenario's capacity goes at each load step (the bench's phases, 3 s
+    /// steps on the bench's backend; the other `seeds_tests` backends with their steps):
+    /// capacity not served, split by the limit's state while a server stood idle (see
+    /// [`Loss`]), and what was refused in each state. Sums over the seeds, shown per run.
+    /// `SIM_SEEDS=a-b` (default 1-12), `SIM_FILTER` (a backend's name contains it).
+    #[test]
+    #[ignore = "exploration: prints a table over seeds"]
+    fn steps_loss() {
+        let seeds: Vec<u64> = std::env::var("SIM_SEEDS")
+            .ok()
+            .and_then(|s| {
+                let (a, b) = s.split_once('-')?;
+                Some((a.parse().ok()?..=b.parse().ok()?).collect())
+            })
+            .unwrap_or_else(|| (1..=12).collect());
+        let filter = std::env::var("SIM_FILTER").unwrap_or_default();
+        let mut backends = vec![Backend::slots(8, 0.04, 0.0)];
+        for (k, s) in [(2, 0.2), (8, 0.04), (32, 0.005)] {
+            for sigma in [0.0, 0.5] {
+                if (k, sigma) != (8, 0.0) {
+                    backends.push(Backend::slots(k, s, sigma));
+                }
+            }
+        }
+        backends.push(Backend::cpu(2, 0.02, 0.3));
+        backends.push(Backend::slots(8, 0.04, 0.0).mixed());
+        backends.push(Backend::slots(8, 0.04, 0.0).noisy());
+        let n = seeds.len() as f64;
+        for b in backends {
+            let name = format!(
+                "{:?}x{}ms s{}{}{}",
+                b.kind,
+                b.median * 1e3,
+                b.sigma,
+                if b.heavy_share > 0.0 { " mixed" } else { "" },
+                if b.stalls.is_some() { " noisy" } else { "" }
+            );
+            if !name.contains(&filter) {
+                continue;
+            }
+            let step = (b.median * 60.0).max(3.0);
+            let phases = bench_phases(step);
+            let mut sum = vec![Loss::default(); phases.len()];
+            let mut goodput = vec![0.0; phases.len()];
+            for &seed in &seeds {
+                LOSS.with(|l| *l.borrow_mut() = Some(Vec::new()));
+                let r = run(&Setup {
+                    backend: b,
+                    clients: Clients::Open,
+                    phases: phases.clone(),
+                    guard: Guard::Adaptive(LimitConfig::default()),
+                    mix: DEMO_MIX,
+                    seed,
+                });
+                let loss = LOSS.with(|l| l.borrow_mut().take()).unwrap_or_default();
+                for (i, x) in loss.iter().enumerate() {
+                    sum[i].add(x);
+                    goodput[i] += r.goodput_percent(i) / n;
+                }
+            }
+            println!(
+                "{name}, seeds {}-{}, {step} s steps: % of capacity (mean per run) | per run: probes, cuts on noise / on a queue, refused while probing / limit below the knee / at or above it: queue full / past the target",
+                seeds[0],
+                seeds[seeds.len() - 1]
+            );
+            println!(
+                "  load goodput  busy | probe noise-cut queue-cut below-other bounded | probes cuts n/q | refused probe below full target"
+            );
+            for (i, label) in ["1x", "1.5x", "2x", "2.5x", "3x", "4x"].iter().enumerate() {
+                let x = &sum[i + 1];
+                let pc = |v: f64| 100.0 * v / x.capacity;
+                println!(
+                    "  {label:<4} {:6.1} {:5.1} | {:5.2} {:9.2} {:9.2} {:11.2} {:7.2} | {:6.1} {:4.1}/{:<4.1} | {:7.1} {:5.1} {:4.1} {:6.1}",
+                    goodput[i + 1],
+                    pc(x.busy),
+                    pc(x.idle[0]),
+                    pc(x.idle[1]),
+                    pc(x.idle[2]),
+                    pc(x.idle[3]),
+                    pc(x.idle[4]),
+                    f64::from(x.probes) / n,
+                    f64::from(x.cuts[0]) / n,
+                    f64::from(x.cuts[1]) / n,
+                    x.refused[0] as f64 / n,
+                    x.refused[1] as f64 / n,
+                    x.refused[2] as f64 / n,
+                    x.refused[3] as f64 / n,
+                );
+            }
+        }
+    }
+
+    /// The accounting is complete: at every load step of the bench's shape, the busy and the
+    /// idle server-seconds of each bucket add up to the step's capacity, and a run that
+    /// overloads the backend shows the probes and cuts it counts.
+    #[test]
+    fn the_loss_accounting_splits_every_idle_server_second() {
+        LOSS.with(|l| *l.borrow_mut() = Some(Vec::new()));
+        let r = run(&Setup {
+            backend: Backend::slots(8, 0.04, 0.0),
+            clients: Clients::Open,
+            phases: bench_phases(3.0),
+            guard: Guard::Adaptive(LimitConfig::default()),
+            mix: DEMO_MIX,
+            seed: 1,
+        });
+        let loss = LOSS.with(|l| l.borrow_mut().take()).unwrap_or_default();
+        assert_eq!(loss.len(), r.phases.len());
+        for (i, x) in loss.iter().enumerate().take(7).skip(1) {
+            let total = x.busy + x.idle.iter().sum::<f64>();
+            // Intervals between events are charged to the phase they start in: a few ms of
+            // a 3 s step may fall on either side of its boundary.
+            assert!(
+                (total - x.capacity).abs() <= 0.01 * x.capacity,
+                "phase {i}: {total} of {}",
+                x.capacity
+            );
+            let busy = 100.0 * x.busy / x.capacity;
+            assert!(
+                (busy - r.goodput_percent(i)).abs() < 3.0,
+                "phase {i}: busy {busy:.1} % against goodput {:.1} %",
+                r.goodput_percent(i)
+            );
+        }
+        let probes: u32 = loss[2..=6].iter().map(|x| x.probes).sum();
+        let cuts: u32 = loss[2..=6].iter().map(|x| x.cuts[0] + x.cuts[1]).sum();
+        assert!(probes > 0 && cuts > 0, "probes {probes} cuts {cuts}");
     }
 }
