@@ -113,12 +113,13 @@ impl<Key, C: 'static, K: Clock> Table<Key, C, K> {
             self.stats.scanned += 1;
             let slot = &self.slots[i];
             let marked = slot.referenced.swap(false, Ordering::Relaxed);
-            // Held only by this map (no call in flight, no handle) and closed in normal mode.
+            // Held only by this map (no handle), closed in normal mode, no call in flight.
             // Futures hold no `Arc` (they reach the breaker through a `&'static`): a call in
-            // flight shows in the counts.
+            // flight shows in the counts, read only for an unmarked slot (each such read
+            // evicts or counts a skip, so a search reads at most `MAX_EVICTION_SKIPS + 1`).
             let evictable = Arc::strong_count(&slot.shared) == 1
                 && slot.shared.is_closed()
-                && slot.shared.in_flight() == 0;
+                && (marked || slot.shared.in_flight() == 0);
             if evictable && !marked {
                 return Some(i);
             }
