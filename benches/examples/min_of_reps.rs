@@ -21,7 +21,8 @@
 //! `Monitor` does: from then on a thread times 1 call in 16), `canary` and `canary-frozen-clock` (the canary split at
 //! 10 %, unkeyed, every call timed: no controller reads it), `canary-judged` (the same after a
 //! `CanaryController` read a window of 200,000 calls: from then on a thread times 1 call in 16
-//! of each arm) and `breaker` (the default breaker, closed). With no argument, all of them. `admit-threads` times the default layer shared by 1 and by 2
+//! of each arm) and `breaker` (the default breaker, closed). With no argument, all of them.
+//! `breaker-threads` times the default breaker shared by 1 and by 2 threads, as below. `admit-threads` times the default layer shared by 1 and by 2
 //! threads ([`degrade_benches::contended`], wall time per call; the ratio is the second
 //! thread's gain) — meaningful only when nothing else runs. Its limit is held at 64 (min =
 //! max): with an inner service of a few nanoseconds the law may learn a limit of one, and a
@@ -222,6 +223,23 @@ fn main() {
                 .build()
                 .expect("valid breaker");
         report("breaker", min_ns(&mut layer.layer(inner())));
+    }
+    // `breaker-threads`: the default breaker (closed) shared by 1 and by 2 threads, as
+    // `admit-threads` (wall time per call; the ratio is the second thread's gain).
+    if wanted.iter().any(|w| w == "breaker-threads") {
+        let svc = degrade_breaker::BreakerLayer::builder(degrade_breaker::BreakerConfig::default())
+            .build()
+            .expect("valid breaker")
+            .layer(inner());
+        for threads in [1, 2] {
+            let ns = (0..REPETITIONS)
+                .map(|_| {
+                    let t = degrade_benches::contended(&svc, threads, u64::from(CALLS));
+                    t.as_secs_f64() * 1e9 / f64::from(CALLS)
+                })
+                .fold(f64::INFINITY, f64::min);
+            report(&format!("breaker-{threads}-thread"), ns);
+        }
     }
     // `admit-threads-rarely-timed`: the same with one request in 65,536 timed (the most
     // `timing_every` allows), to separate the in-flight accounting from the timed requests'

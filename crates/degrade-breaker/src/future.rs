@@ -25,7 +25,7 @@ pin_project! {
     /// assert!(fut.await.unwrap_err().is::<CircuitOpen>());
     /// # }
     /// ```
-    pub struct ResponseFuture<F, C, K: Clock> {
+    pub struct ResponseFuture<F, C: 'static, K: Clock> {
         #[pin]
         state: State<F, C, K>,
     }
@@ -33,13 +33,13 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, C, K: Clock> {
+    enum State<F, C: 'static, K: Clock> {
         Called { #[pin] fut: F, permit: Option<Permit<C, K>> },
         Rejected { open: Option<CircuitOpen> },
     }
 }
 
-impl<F, C, K: Clock> ResponseFuture<F, C, K> {
+impl<F, C: 'static, K: Clock> ResponseFuture<F, C, K> {
     #[inline]
     pub(crate) fn called(fut: F, permit: Permit<C, K>) -> Self {
         Self {
@@ -57,7 +57,7 @@ impl<F, C, K: Clock> ResponseFuture<F, C, K> {
     }
 }
 
-impl<F, C, K, T, E> Future for ResponseFuture<F, C, K>
+impl<F, C: 'static, K, T, E> Future for ResponseFuture<F, C, K>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
@@ -84,7 +84,7 @@ where
     }
 }
 
-impl<F, C, K: Clock> std::fmt::Debug for ResponseFuture<F, C, K> {
+impl<F, C: 'static, K: Clock> std::fmt::Debug for ResponseFuture<F, C, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
@@ -110,7 +110,7 @@ pin_project! {
     /// assert_eq!(res.headers()["retry-after"], "60");
     /// # }
     /// ```
-    pub struct RespondFuture<F, B, C, K: Clock> {
+    pub struct RespondFuture<F, B, C: 'static, K: Clock> {
         #[pin]
         state: RespondState<F, B, C, K>,
     }
@@ -119,14 +119,14 @@ pin_project! {
 #[cfg(feature = "http")]
 pin_project! {
     #[project = RespondStateProj]
-    enum RespondState<F, B, C, K: Clock> {
+    enum RespondState<F, B, C: 'static, K: Clock> {
         Called { #[pin] fut: F, permit: Option<Permit<C, K>> },
         Rejected { res: Option<http::Response<B>> },
     }
 }
 
 #[cfg(feature = "http")]
-impl<F, B, C, K: Clock> RespondFuture<F, B, C, K> {
+impl<F, B, C: 'static, K: Clock> RespondFuture<F, B, C, K> {
     #[inline]
     pub(crate) fn called(fut: F, permit: Permit<C, K>) -> Self {
         Self {
@@ -145,7 +145,7 @@ impl<F, B, C, K: Clock> RespondFuture<F, B, C, K> {
 }
 
 #[cfg(feature = "http")]
-impl<F, B, C, K, E> Future for RespondFuture<F, B, C, K>
+impl<F, B, C: 'static, K, E> Future for RespondFuture<F, B, C, K>
 where
     F: Future<Output = Result<http::Response<B>, E>>,
     C: Classifier<http::Response<B>, E>,
@@ -180,7 +180,7 @@ where
 }
 
 #[cfg(feature = "http")]
-impl<F, B, C, K: Clock> std::fmt::Debug for RespondFuture<F, B, C, K> {
+impl<F, B, C: 'static, K: Clock> std::fmt::Debug for RespondFuture<F, B, C, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RespondFuture").finish_non_exhaustive()
     }

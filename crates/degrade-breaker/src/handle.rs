@@ -110,11 +110,11 @@ impl degrade_core::snapshot::Accounting for BreakerSnapshot {
 /// assert_eq!(handle.state(), State::Closed);
 /// # Ok::<(), degrade_core::ConfigError>(())
 /// ```
-pub struct BreakerHandle<C = degrade_core::DefaultClassifier, K = TokioClock> {
+pub struct BreakerHandle<C: 'static = degrade_core::DefaultClassifier, K = TokioClock> {
     pub(crate) shared: Arc<Shared<C, K>>,
 }
 
-impl<C, K> Clone for BreakerHandle<C, K> {
+impl<C: 'static, K> Clone for BreakerHandle<C, K> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -122,13 +122,13 @@ impl<C, K> Clone for BreakerHandle<C, K> {
     }
 }
 
-impl<C, K> fmt::Debug for BreakerHandle<C, K> {
+impl<C: 'static, K> fmt::Debug for BreakerHandle<C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("BreakerHandle").field(&self.shared).finish()
     }
 }
 
-impl<C, K: Clock> BreakerHandle<C, K> {
+impl<C: 'static, K: Clock> BreakerHandle<C, K> {
     pub(crate) fn from_shared(shared: Arc<Shared<C, K>>) -> Self {
         Self { shared }
     }
@@ -156,8 +156,7 @@ impl<C, K: Clock> BreakerHandle<C, K> {
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn force_open(&self) {
-        self.shared
-            .event(BreakerEvent::ForceOpen, self.shared.clock.now());
+        self.shared.event(BreakerEvent::ForceOpen);
     }
 
     /// Closes the breaker (from any state) with an empty window; the backoff of repeated
@@ -172,8 +171,7 @@ impl<C, K: Clock> BreakerHandle<C, K> {
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn force_close(&self) {
-        self.shared
-            .event(BreakerEvent::ForceClose, self.shared.clock.now());
+        self.shared.event(BreakerEvent::ForceClose);
     }
 
     /// Closes the breaker with an empty window and forgets the backoff.
@@ -187,8 +185,7 @@ impl<C, K: Clock> BreakerHandle<C, K> {
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn reset(&self) {
-        self.shared
-            .event(BreakerEvent::Reset, self.shared.clock.now());
+        self.shared.event(BreakerEvent::Reset);
     }
 
     /// Puts new thresholds in force while calls flow, or changes nothing and returns the
@@ -253,8 +250,7 @@ impl<C, K: Clock> BreakerHandle<C, K> {
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn disable(&self) {
-        self.shared
-            .event(BreakerEvent::Disable, self.shared.clock.now());
+        self.shared.event(BreakerEvent::Disable);
     }
 
     /// Shadow mode: lets every call through, judges, and reports the transitions a real
@@ -269,8 +265,7 @@ impl<C, K: Clock> BreakerHandle<C, K> {
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn metrics_only(&self) {
-        self.shared
-            .event(BreakerEvent::MetricsOnly, self.shared.clock.now());
+        self.shared.event(BreakerEvent::MetricsOnly);
     }
 
     /// Every transition from now on. A receiver that falls more than 64 transitions behind
@@ -285,7 +280,7 @@ impl<C, K: Clock> BreakerHandle<C, K> {
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn subscribe(&self) -> broadcast::Receiver<BreakerTransition> {
-        self.shared.events.subscribe()
+        self.shared.lock().events.subscribe()
     }
 
     /// The latest state, as a `watch` channel (for a task that only cares where the breaker
@@ -300,7 +295,7 @@ impl<C, K: Clock> BreakerHandle<C, K> {
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn watch(&self) -> watch::Receiver<State> {
-        self.shared.states.subscribe()
+        self.shared.lock().states.subscribe()
     }
 
     /// Counters and state.
@@ -351,6 +346,6 @@ impl<C, K: Clock> BreakerHandle<C, K> {
     /// ```
     pub fn try_acquire(&self) -> Result<Permit<C, K>, CircuitOpen> {
         let ticket = self.shared.admit()?;
-        Ok(Permit::new(Arc::clone(&self.shared), ticket))
+        Ok(Permit::new(&self.shared, ticket))
     }
 }

@@ -84,7 +84,7 @@ use tower_service::Service;
 /// breaker. It bounds the work a new key can cause at the cap to a constant.
 pub const MAX_EVICTION_SKIPS: u32 = 64;
 
-struct Slot<Key, C, K> {
+struct Slot<Key, C: 'static, K> {
     key: Key,
     shared: Arc<Shared<C, K>>,
     /// Set by lookups, cleared by the clock hand: a second chance before eviction.
@@ -92,14 +92,14 @@ struct Slot<Key, C, K> {
 }
 
 /// The map: an index from key to slot, the slots in a ring, and the clock hand.
-struct Table<Key, C, K> {
+struct Table<Key, C: 'static, K> {
     index: HashMap<Key, usize>,
     slots: Vec<Slot<Key, C, K>>,
     hand: usize,
     stats: KeyedSnapshot,
 }
 
-impl<Key, C, K: Clock> Table<Key, C, K> {
+impl<Key, C: 'static, K: Clock> Table<Key, C, K> {
     /// Moves the hand until it finds a slot to evict, or `None` after `MAX_EVICTION_SKIPS`
     /// breakers that cannot be evicted or two revolutions. No lookup can set a mark while the
     /// write lock is held, so after one revolution every evictable slot is unmarked and the
@@ -113,8 +113,13 @@ impl<Key, C, K: Clock> Table<Key, C, K> {
             self.stats.scanned += 1;
             let slot = &self.slots[i];
             let marked = slot.referenced.swap(false, Ordering::Relaxed);
-            // Held only by this map (no call in flight, no handle) and closed in normal mode.
-            let evictable = Arc::strong_count(&slot.shared) == 1 && slot.shared.is_closed();
+            // Held only by this map (no handle), closed in normal mode, no call in flight.
+            // Futures hold no `Arc` (they reach the breaker through a `&'static`): a call in
+            // flight shows in the counts, read only for an unmarked slot (each such read
+            // evicts or counts a skip, so a search reads at most `MAX_EVICTION_SKIPS + 1`).
+            let evictable = Arc::strong_count(&slot.shared) == 1
+                && slot.shared.is_closed()
+                && (marked || slot.shared.in_flight() == 0);
             if evictable && !marked {
                 return Some(i);
             }
@@ -129,7 +134,7 @@ impl<Key, C, K: Clock> Table<Key, C, K> {
     }
 }
 
-struct Keyed<F, Key, C, K> {
+struct Keyed<F, Key, C: 'static, K> {
     extractor: F,
     config: BreakerConfig,
     classifier: C,
@@ -141,7 +146,7 @@ struct Keyed<F, Key, C, K> {
     overflow: Arc<Shared<C, K>>,
 }
 
-impl<F, Key, C, K> Keyed<F, Key, C, K>
+impl<F, Key, C: 'static, K> Keyed<F, Key, C, K>
 where
     Key: Hash + Eq + Clone + fmt::Debug,
     C: Clone,
@@ -266,12 +271,12 @@ pub struct KeyedSnapshot {
 /// assert_eq!(layer.len(), 0);
 /// # Ok::<(), degrade_core::ConfigError>(())
 /// ```
-pub struct KeyedBreakerLayer<F, Key, C = DefaultClassifier, K = TokioClock, M = Errors> {
+pub struct KeyedBreakerLayer<F, Key, C: 'static = DefaultClassifier, K = TokioClock, M = Errors> {
     keyed: Arc<Keyed<F, Key, C, K>>,
     _mode: PhantomData<fn() -> M>,
 }
 
-impl<F, Key, C, K, M> Clone for KeyedBreakerLayer<F, Key, C, K, M> {
+impl<F, Key, C: 'static, K, M> Clone for KeyedBreakerLayer<F, Key, C, K, M> {
     fn clone(&self) -> Self {
         Self {
             keyed: Arc::clone(&self.keyed),
@@ -280,7 +285,7 @@ impl<F, Key, C, K, M> Clone for KeyedBreakerLayer<F, Key, C, K, M> {
     }
 }
 
-impl<F, Key, C, K, M> fmt::Debug for KeyedBreakerLayer<F, Key, C, K, M> {
+impl<F, Key, C: 'static, K, M> fmt::Debug for KeyedBreakerLayer<F, Key, C, K, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedBreakerLayer")
             .field("name", &self.keyed.name)
@@ -340,7 +345,7 @@ impl<F, Key> KeyedBreakerLayer<F, Key> {
     }
 }
 
-impl<F, Key, C, K, M> KeyedBreakerLayer<F, Key, C, K, M>
+impl<F, Key, C: 'static, K, M> KeyedBreakerLayer<F, Key, C, K, M>
 where
     Key: Hash + Eq + Clone,
     K: Clock,
@@ -462,7 +467,7 @@ where
     }
 }
 
-impl<F, Key, C, K, M> KeyedBreakerLayer<F, Key, C, K, M> {
+impl<F, Key, C: 'static, K, M> KeyedBreakerLayer<F, Key, C, K, M> {
     /// The same layer (same map) answering rejected HTTP requests with 503 and `Retry-After`
     /// (feature `http`).
     #[cfg(feature = "http")]
@@ -492,7 +497,7 @@ impl<F, Key, C, K, M> KeyedBreakerLayer<F, Key, C, K, M> {
     }
 }
 
-impl<S, F, Key, C, K, M> Layer<S> for KeyedBreakerLayer<F, Key, C, K, M> {
+impl<S, F, Key, C: 'static, K, M> Layer<S> for KeyedBreakerLayer<F, Key, C, K, M> {
     type Service = KeyedBreaker<S, F, Key, C, K, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -505,14 +510,14 @@ impl<S, F, Key, C, K, M> Layer<S> for KeyedBreakerLayer<F, Key, C, K, M> {
 }
 
 /// Builds a [`KeyedBreakerLayer`]; see [`KeyedBreakerLayer::builder`].
-pub struct KeyedBuilder<F, Key, C = DefaultClassifier, K = TokioClock> {
+pub struct KeyedBuilder<F, Key, C: 'static = DefaultClassifier, K = TokioClock> {
     inner: crate::layer::BreakerBuilder<C, K>,
     extractor: F,
     max_keys: usize,
     _key: PhantomData<fn() -> Key>,
 }
 
-impl<F, Key, C, K> fmt::Debug for KeyedBuilder<F, Key, C, K> {
+impl<F, Key, C: 'static, K> fmt::Debug for KeyedBuilder<F, Key, C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedBuilder")
             .field("inner", &self.inner)
@@ -521,7 +526,7 @@ impl<F, Key, C, K> fmt::Debug for KeyedBuilder<F, Key, C, K> {
     }
 }
 
-impl<F, Key, C, K> KeyedBuilder<F, Key, C, K> {
+impl<F, Key, C: 'static, K> KeyedBuilder<F, Key, C, K> {
     /// The most breakers the map holds (default [`DEFAULT_MAX_KEYS`]; at least 1).
     ///
     /// ```
@@ -631,13 +636,13 @@ impl<F, Key, C, K> KeyedBuilder<F, Key, C, K> {
 /// assert_eq!(layer.handle(&2).unwrap().state(), State::Closed);
 /// # Ok(()) }
 /// ```
-pub struct KeyedBreaker<S, F, Key, C = DefaultClassifier, K = TokioClock, M = Errors> {
+pub struct KeyedBreaker<S, F, Key, C: 'static = DefaultClassifier, K = TokioClock, M = Errors> {
     inner: S,
     keyed: Arc<Keyed<F, Key, C, K>>,
     _mode: PhantomData<fn() -> M>,
 }
 
-impl<S: Clone, F, Key, C, K, M> Clone for KeyedBreaker<S, F, Key, C, K, M> {
+impl<S: Clone, F, Key, C: 'static, K, M> Clone for KeyedBreaker<S, F, Key, C, K, M> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -647,7 +652,7 @@ impl<S: Clone, F, Key, C, K, M> Clone for KeyedBreaker<S, F, Key, C, K, M> {
     }
 }
 
-impl<S: fmt::Debug, F, Key, C, K, M> fmt::Debug for KeyedBreaker<S, F, Key, C, K, M> {
+impl<S: fmt::Debug, F, Key, C: 'static, K, M> fmt::Debug for KeyedBreaker<S, F, Key, C, K, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedBreaker")
             .field("inner", &self.inner)
@@ -655,11 +660,11 @@ impl<S: fmt::Debug, F, Key, C, K, M> fmt::Debug for KeyedBreaker<S, F, Key, C, K
     }
 }
 
-impl<S, F, Key, C, K, M> KeyedBreaker<S, F, Key, C, K, M> {
+impl<S, F, Key, C: 'static, K, M> KeyedBreaker<S, F, Key, C, K, M> {
     degrade_core::inner_service_accessors!(S);
 }
 
-impl<S, F, Key, C, K, R> Service<R> for KeyedBreaker<S, F, Key, C, K, Errors>
+impl<S, F, Key, C: 'static, K, R> Service<R> for KeyedBreaker<S, F, Key, C, K, Errors>
 where
     S: Service<R>,
     S::Error: Into<BoxError>,
@@ -681,7 +686,9 @@ where
         let _scope = degrade_core::clock::CallScope::enter();
         let shared = self.keyed.breaker(&self.keyed.extractor.extract(&req));
         match shared.admit() {
-            Ok(ticket) => ResponseFuture::called(self.inner.call(req), Permit::new(shared, ticket)),
+            Ok(ticket) => {
+                ResponseFuture::called(self.inner.call(req), Permit::new(&shared, ticket))
+            }
             Err(open) => ResponseFuture::rejected(open),
         }
     }
@@ -689,7 +696,7 @@ where
 
 /// The HTTP and gRPC answer modes, as [`Breaker`](crate::Breaker)'s.
 #[cfg(feature = "http")]
-impl<S, F, Key, C, K, W, ReqB, ResB> Service<http::Request<ReqB>>
+impl<S, F, Key, C: 'static, K, W, ReqB, ResB> Service<http::Request<ReqB>>
     for KeyedBreaker<S, F, Key, C, K, Responses<W>>
 where
     S: Service<http::Request<ReqB>, Response = http::Response<ResB>>,
@@ -713,7 +720,7 @@ where
         let _scope = degrade_core::clock::CallScope::enter();
         let shared = self.keyed.breaker(&self.keyed.extractor.extract(&req));
         match shared.admit() {
-            Ok(ticket) => RespondFuture::called(self.inner.call(req), Permit::new(shared, ticket)),
+            Ok(ticket) => RespondFuture::called(self.inner.call(req), Permit::new(&shared, ticket)),
             Err(open) => RespondFuture::rejected(Responses::<W>::respond(&open)),
         }
     }

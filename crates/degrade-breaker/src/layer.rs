@@ -45,12 +45,12 @@ use tower_layer::Layer;
 /// assert!(err.is::<CircuitOpen>());
 /// # Ok(()) }
 /// ```
-pub struct BreakerLayer<C = DefaultClassifier, K = TokioClock, M = Errors> {
+pub struct BreakerLayer<C: 'static = DefaultClassifier, K = TokioClock, M = Errors> {
     shared: Arc<Shared<C, K>>,
     _mode: PhantomData<fn() -> M>,
 }
 
-impl<C, K, M> Clone for BreakerLayer<C, K, M> {
+impl<C: 'static, K, M> Clone for BreakerLayer<C, K, M> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -59,7 +59,7 @@ impl<C, K, M> Clone for BreakerLayer<C, K, M> {
     }
 }
 
-impl<C, K, M> fmt::Debug for BreakerLayer<C, K, M> {
+impl<C: 'static, K, M> fmt::Debug for BreakerLayer<C, K, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BreakerLayer")
             .field("shared", &self.shared)
@@ -104,7 +104,7 @@ impl BreakerLayer {
     }
 }
 
-impl<C, K: Clock, M> BreakerLayer<C, K, M> {
+impl<C: 'static, K: Clock, M> BreakerLayer<C, K, M> {
     /// A handle on the layer's breaker.
     ///
     /// ```
@@ -129,7 +129,7 @@ impl<C, K: Clock, M> BreakerLayer<C, K, M> {
     }
 }
 
-impl<C, K, M> BreakerLayer<C, K, M> {
+impl<C: 'static, K, M> BreakerLayer<C, K, M> {
     /// The same layer (same breaker) answering rejected HTTP requests itself: 503 with
     /// `Retry-After` (feature `http`). Pair it with an HTTP classifier so that 5xx responses
     /// count as failures.
@@ -216,7 +216,7 @@ impl<C, K, M> BreakerLayer<C, K, M> {
     }
 }
 
-impl<S, C, K, M> Layer<S> for BreakerLayer<C, K, M> {
+impl<S, C: 'static, K, M> Layer<S> for BreakerLayer<C, K, M> {
     type Service = Breaker<S, C, K, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -241,14 +241,14 @@ impl<S, C, K, M> Layer<S> for BreakerLayer<C, K, M> {
 /// assert!(handle.try_acquire().unwrap().is_probe());
 /// # Ok::<(), degrade_core::ConfigError>(())
 /// ```
-pub struct BreakerBuilder<C = DefaultClassifier, K = TokioClock> {
+pub struct BreakerBuilder<C: 'static = DefaultClassifier, K = TokioClock> {
     config: BreakerConfig,
     classifier: C,
     clock: K,
     name: Arc<str>,
 }
 
-impl<C, K> fmt::Debug for BreakerBuilder<C, K> {
+impl<C: 'static, K> fmt::Debug for BreakerBuilder<C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BreakerBuilder")
             .field("config", &self.config)
@@ -257,7 +257,7 @@ impl<C, K> fmt::Debug for BreakerBuilder<C, K> {
     }
 }
 
-impl<C, K> BreakerBuilder<C, K> {
+impl<C: 'static, K> BreakerBuilder<C, K> {
     /// How outcomes are classified: any `degrade_core::Classifier` (`HttpClassifier` with
     /// feature `http`, `GrpcClassifier` with `grpc`, or your own).
     pub fn classifier<D>(self, classifier: D) -> BreakerBuilder<D, K> {

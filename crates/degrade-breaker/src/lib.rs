@@ -58,6 +58,9 @@
 //!   future. The outcome is recorded when the call completes; a future dropped before that
 //!   records a cancelled call (ignored by default) and returns its half-open slot. At most
 //!   `half_open.permits` probes are ever in flight; every other call is rejected meanwhile.
+//!   A permit writes no shared reference count: it reaches the breaker through a `&'static`
+//!   (degrade-core's `recycle`: the breaker's state is reused by a later breaker once its
+//!   layer is gone and every call it admitted has ended, never before).
 //! * **Outcomes through the core [`Classifier`](degrade_core::Classifier)**: errors (timeouts
 //!   included) fail, 5xx / gRPC UNAVAILABLE fail with the HTTP / gRPC classifiers, and
 //!   rejections by other degrade layers are ignored (they say nothing about the callee).

@@ -1,10 +1,10 @@
 //! [`Permit`]: one admitted call, whose outcome reaches the breaker exactly once (on
 //! `record`, or as a cancelled call on drop).
 
-use crate::shared::{Shared, Ticket, Track};
+use crate::shared::{Core, Shared, Ticket, Track};
+use degrade_core::recycle::Held;
 use degrade_core::{Classifier, Clock, Outcome};
 use std::fmt;
-use std::sync::Arc;
 
 /// The right to make one call, handed out by a breaker: records the call's outcome with
 /// [`record`](Permit::record), or a cancelled call when dropped without one — so a caller that
@@ -23,14 +23,28 @@ use std::sync::Arc;
 /// assert_eq!(h.snapshot().successes, 1);
 /// # Ok::<(), degrade_core::ConfigError>(())
 /// ```
-pub struct Permit<C, K: Clock> {
-    shared: Arc<Shared<C, K>>,
+///
+/// A permit writes no shared reference count: it reaches its breaker through a `&'static`
+/// (the breaker's state is recycled, not freed, once its layer is gone and every permit it
+/// granted has recorded), and copies the classifier (a `&'static` when it is zero-sized, as
+/// every classifier degrade ships; else an `Arc`) and the clock (`TokioClock` is zero-sized).
+/// A permit that outlives its layer records into its own breaker, never into a new one.
+pub struct Permit<C: 'static, K: Clock> {
+    core: &'static Core,
+    classifier: Held<C>,
+    clock: K,
     ticket: Ticket,
 }
 
-impl<C, K: Clock> Permit<C, K> {
-    pub(crate) fn new(shared: Arc<Shared<C, K>>, ticket: Ticket) -> Self {
-        Self { shared, ticket }
+impl<C: 'static, K: Clock> Permit<C, K> {
+    #[inline]
+    pub(crate) fn new(shared: &Shared<C, K>, ticket: Ticket) -> Self {
+        Self {
+            core: shared.core.get(),
+            classifier: shared.classifier.clone(),
+            clock: shared.clock.clone(),
+            ticket,
+        }
     }
 
     /// Whether this call is a half-open probe.
@@ -58,7 +72,7 @@ impl<C, K: Clock> Permit<C, K> {
     pub fn record(mut self, outcome: Outcome) {
         let ticket = self.ticket;
         self.ticket.word = 3; // Track::Done: the drop that follows records nothing
-        self.shared.complete(ticket, outcome, false);
+        self.core.complete(ticket, outcome, false, &self.clock);
     }
 
     /// Records a call's result through the breaker's classifier.
@@ -76,22 +90,23 @@ impl<C, K: Clock> Permit<C, K> {
         C: Classifier<T, E>,
     {
         let outcome = match result {
-            Ok(res) => self.shared.classifier.classify_response(res),
-            Err(err) => self.shared.classifier.classify_error(err),
+            Ok(res) => self.classifier.classify_response(res),
+            Err(err) => self.classifier.classify_error(err),
         };
         self.record(outcome);
     }
 }
 
-impl<C, K: Clock> Drop for Permit<C, K> {
+impl<C: 'static, K: Clock> Drop for Permit<C, K> {
     fn drop(&mut self) {
         if self.ticket.track() != Track::Done {
-            self.shared.complete(self.ticket, Outcome::Ignored, true);
+            self.core
+                .complete(self.ticket, Outcome::Ignored, true, &self.clock);
         }
     }
 }
 
-impl<C, K: Clock> fmt::Debug for Permit<C, K> {
+impl<C: 'static, K: Clock> fmt::Debug for Permit<C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
             .field("probe", &self.is_probe())

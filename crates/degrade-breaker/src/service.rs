@@ -29,13 +29,13 @@ use tower_service::Service;
 /// assert_eq!(svc.handle().state(), degrade_breaker::State::ForcedOpen);
 /// # Ok::<(), degrade_core::ConfigError>(())
 /// ```
-pub struct Breaker<S, C = DefaultClassifier, K = TokioClock, M = Errors> {
+pub struct Breaker<S, C: 'static = DefaultClassifier, K = TokioClock, M = Errors> {
     inner: S,
     shared: Arc<Shared<C, K>>,
     _mode: PhantomData<fn() -> M>,
 }
 
-impl<S: Clone, C, K, M> Clone for Breaker<S, C, K, M> {
+impl<S: Clone, C: 'static, K, M> Clone for Breaker<S, C, K, M> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -45,7 +45,7 @@ impl<S: Clone, C, K, M> Clone for Breaker<S, C, K, M> {
     }
 }
 
-impl<S: fmt::Debug, C, K, M> fmt::Debug for Breaker<S, C, K, M> {
+impl<S: fmt::Debug, C: 'static, K, M> fmt::Debug for Breaker<S, C, K, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Breaker")
             .field("inner", &self.inner)
@@ -54,7 +54,7 @@ impl<S: fmt::Debug, C, K, M> fmt::Debug for Breaker<S, C, K, M> {
     }
 }
 
-impl<S, C, K, M> Breaker<S, C, K, M> {
+impl<S, C: 'static, K, M> Breaker<S, C, K, M> {
     pub(crate) fn new(inner: S, shared: Arc<Shared<C, K>>) -> Self {
         Self {
             inner,
@@ -66,7 +66,7 @@ impl<S, C, K, M> Breaker<S, C, K, M> {
     degrade_core::inner_service_accessors!(S);
 }
 
-impl<S, C, K: Clock, M> Breaker<S, C, K, M> {
+impl<S, C: 'static, K: Clock, M> Breaker<S, C, K, M> {
     /// A handle on the shared breaker.
     ///
     /// ```
@@ -92,7 +92,7 @@ impl<S, C, K: Clock, M> Breaker<S, C, K, M> {
     }
 }
 
-impl<S, C, K, R> Service<R> for Breaker<S, C, K, Errors>
+impl<S, C: 'static, K, R> Service<R> for Breaker<S, C, K, Errors>
 where
     S: Service<R>,
     S::Error: Into<BoxError>,
@@ -113,10 +113,9 @@ where
         // Every layer further in shares this call's start instant.
         let _scope = degrade_core::clock::CallScope::enter();
         match self.shared.admit() {
-            Ok(ticket) => ResponseFuture::called(
-                self.inner.call(req),
-                Permit::new(Arc::clone(&self.shared), ticket),
-            ),
+            Ok(ticket) => {
+                ResponseFuture::called(self.inner.call(req), Permit::new(&self.shared, ticket))
+            }
             Err(open) => ResponseFuture::rejected(open),
         }
     }
@@ -126,7 +125,8 @@ where
 /// [`Responses<F>`](degrade_core::answer::Responses), the wire form written once by
 /// [`Respond`](degrade_core::answer::Respond).
 #[cfg(feature = "http")]
-impl<S, C, K, F, ReqB, ResB> Service<http::Request<ReqB>> for Breaker<S, C, K, Responses<F>>
+impl<S, C: 'static, K, F, ReqB, ResB> Service<http::Request<ReqB>>
+    for Breaker<S, C, K, Responses<F>>
 where
     S: Service<http::Request<ReqB>, Response = http::Response<ResB>>,
     C: Classifier<http::Response<ResB>, S::Error>,
@@ -148,10 +148,9 @@ where
         // Every layer further in shares this call's start instant.
         let _scope = degrade_core::clock::CallScope::enter();
         match self.shared.admit() {
-            Ok(ticket) => RespondFuture::called(
-                self.inner.call(req),
-                Permit::new(Arc::clone(&self.shared), ticket),
-            ),
+            Ok(ticket) => {
+                RespondFuture::called(self.inner.call(req), Permit::new(&self.shared, ticket))
+            }
             Err(open) => RespondFuture::rejected(Responses::<F>::respond(&open)),
         }
     }

@@ -1,5 +1,29 @@
 //! The shared breaker behind every service, clone and handle: the state word, the window, the
 //! probe permits, the counters, and the [`BreakerMachine`] under a lock that only transitions take.
+//!
+//! # No reference count per call
+//!
+//! All of that lives in a [`Core`], which is not generic, and which response futures (their
+//! [`Permit`](crate::Permit)s) reach through a `&'static` (degrade-core's `recycle`): a
+//! `Pool` leaks it once and hands it out again once its owner is gone and every call it
+//! admitted has ended. The owner ([`Shared`], kept by the layer, its services and handles
+//! through the `Arc` they share, cloned per service clone and never per call) adds what is
+//! generic: the clock and the classifier, which a permit copies (a zero-sized classifier is a
+//! `&'static`, see `recycle::Held`; `TokioClock` is zero-sized).
+//!
+//! A call starts with its `PASSED` count (in `admit`, while the caller holds the owner) and
+//! ends with exactly one of `SUCCESS`, `FAILURE`, `SLOW`, `IGNORED` or `CANCELLED`, the
+//! permit's **last** write to the core (a release store, after the window record and any
+//! transition it drives): `PASSED == sum(ended)` once the owner is gone proves that nothing is
+//! in flight, and the pool resets the core only then. An outcome that arrives after its
+//! breaker is gone is recorded into that breaker's core, never into a new breaker's.
+//!
+//! A recycled core is reused by a new breaker of the same window shape (kind and size; see
+//! `Pool::take_fitting`), which puts its own configuration in force before any call can reach
+//! it: thresholds, slow-call duration, cancelled outcome, permits and wait in atomics, a new
+//! machine, name and channels under the lock, and its origin as an offset from the core's
+//! first one (so a reused time window counts its buckets from the new breaker's creation,
+//! exactly as a fresh one).
 
 use crate::config::{BreakerConfig, WindowConfig};
 use crate::error::CircuitOpen;
@@ -10,6 +34,7 @@ use crate::state::{
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use crossbeam_utils::CachePadded;
 use degrade_core::counter::ShardedCounter;
+use degrade_core::recycle::{Held, Pool, Pooled, Recycle};
 use degrade_core::window::{ConsecutiveWindow, CountWindow, TimeWindow, WindowSnapshot};
 use degrade_core::{Clock, ConfigError, Outcome};
 use std::fmt;
@@ -170,6 +195,32 @@ impl Window {
             Window::Time(w) => w.reset(),
         }
     }
+
+    /// Empty and as new (a time window forgets its epochs too), for a recycled core.
+    fn clear(&self) {
+        match self {
+            Window::Consecutive(w) => w.reset(),
+            Window::Count(w) => w.reset(),
+            Window::Time(w) => w.clear(),
+        }
+    }
+
+    /// What a recycled core's window must match to be reused.
+    fn shape(&self) -> Shape {
+        match self {
+            Window::Consecutive(_) => Shape::Consecutive,
+            Window::Count(w) => Shape::Count(w.size()),
+            Window::Time(w) => Shape::Time(w.span(), w.buckets()),
+        }
+    }
+}
+
+/// A window's kind and size: what a new breaker needs of a recycled core's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    Consecutive,
+    Count(NonZeroU32),
+    Time(Duration, NonZeroU32),
 }
 
 fn nanos_of(d: Duration) -> u64 {
@@ -228,11 +279,47 @@ impl LiveThresholds {
     }
 }
 
-/// Everything one breaker shares between its layer, services, futures and handles.
-pub(crate) struct Shared<C, K> {
+/// What the lock guards: the machine, and what only transitions use (the name they log, the
+/// channels they publish on). A recycled core gets new ones for its new breaker.
+pub(crate) struct Locked {
+    pub(crate) machine: BreakerMachine,
+    pub(crate) events: broadcast::Sender<BreakerTransition>,
+    pub(crate) states: watch::Sender<State>,
+    pub(crate) name: Arc<str>,
+}
+
+impl Locked {
+    fn new(machine: BreakerMachine, name: Arc<str>) -> Self {
+        Self {
+            machine,
+            events: broadcast::channel(64).0,
+            states: watch::channel(State::Closed).0,
+            name,
+        }
+    }
+}
+
+impl std::ops::Deref for Locked {
+    type Target = BreakerMachine;
+
+    fn deref(&self) -> &BreakerMachine {
+        &self.machine
+    }
+}
+
+impl std::ops::DerefMut for Locked {
+    fn deref_mut(&mut self) -> &mut BreakerMachine {
+        &mut self.machine
+    }
+}
+
+/// Everything of one breaker that its calls reach: see the module documentation. Taken from
+/// the pool by [`Shared::new`]; response futures hold a `&'static Core`.
+pub(crate) struct Core {
     pub(crate) word: CachePadded<AtomicU64>,
-    /// When the open wait (or the half-open period) ends: microseconds after `origin` (low 48
-    /// bits) tagged with the low 16 bits of the epoch it belongs to (see the deadline word above).
+    /// When the open wait (or the half-open period) ends: microseconds after the origin (low
+    /// 48 bits) tagged with the low 16 bits of the epoch it belongs to (see the deadline word
+    /// above).
     pub(crate) deadline: AtomicU64,
     /// The half-open epoch (low 32 bits) above the number of probes in flight.
     pub(crate) probes: CachePadded<AtomicU64>,
@@ -240,26 +327,92 @@ pub(crate) struct Shared<C, K> {
     pub(crate) counters: ShardedCounter<COUNTERS>,
     /// The machine's thresholds, for the lock-free "would this trip?" check after a call.
     pub(crate) thresholds: LiveThresholds,
-    pub(crate) slow: Option<Duration>,
-    pub(crate) cancelled: Outcome,
-    pub(crate) permits: u32,
+    /// The slow-call duration in nanoseconds, or `NOT_TIMED` (slow calls off).
+    slow: std::sync::atomic::AtomicU64,
+    /// The outcome a cancelled call counts as (`outcome_code`).
+    cancelled: std::sync::atomic::AtomicU8,
+    pub(crate) permits: std::sync::atomic::AtomicU32,
     /// The configured `wait` in nanoseconds (the retry hint of forced-open and half-open
     /// rejections).
     pub(crate) wait: std::sync::atomic::AtomicU64,
-    pub(crate) machine: Mutex<BreakerMachine>,
+    pub(crate) machine: Mutex<Locked>,
     pub(crate) transitions: std::sync::atomic::AtomicU64,
-    pub(crate) events: broadcast::Sender<BreakerTransition>,
-    pub(crate) states: watch::Sender<State>,
-    pub(crate) clock: K,
-    pub(crate) origin: Instant,
-    pub(crate) name: Arc<str>,
-    pub(crate) classifier: C,
+    /// The origin of the core's first breaker: its time window counts epochs from here.
+    base: Instant,
+    /// The current breaker's origin, in nanoseconds after `base`.
+    offset: std::sync::atomic::AtomicU64,
+}
+
+fn outcome_code(o: Outcome) -> u8 {
+    match o {
+        Outcome::Success => 0,
+        Outcome::Failure => 1,
+        Outcome::Slow => 2,
+        Outcome::Ignored => 3,
+    }
+}
+
+fn outcome_of(code: u8) -> Outcome {
+    match code {
+        0 => Outcome::Success,
+        1 => Outcome::Failure,
+        2 => Outcome::Slow,
+        _ => Outcome::Ignored,
+    }
+}
+
+/// Cores whose breaker is gone, for the next breaker.
+#[cfg(not(degrade_loom))]
+static POOL: Pool<Core> = Pool::new();
+
+#[cfg(not(degrade_loom))]
+fn pool() -> &'static Pool<Core> {
+    &POOL
+}
+
+/// Under loom every model makes its own objects: one pool per breaker.
+#[cfg(degrade_loom)]
+fn pool() -> &'static Pool<Core> {
+    Box::leak(Box::new(Pool::new()))
+}
+
+/// Calls started (`PASSED`) against calls ended: the end counts are each call's last write.
+const ENDED: [usize; 5] = [SUCCESS, FAILURE, SLOW, IGNORED, CANCELLED];
+
+impl Recycle for Core {
+    fn is_idle(&self) -> bool {
+        self.in_flight() == 0
+    }
+
+    fn reset(&self) {
+        self.counters.reset();
+        self.window.clear();
+        self.word.store(TAG_CLOSED, Ordering::Relaxed);
+        self.deadline.store(NO_DEADLINE, Ordering::Relaxed);
+        self.probes.store(0, Ordering::Relaxed);
+        self.transitions
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        // The old breaker's subscribers see their channels close, as when a breaker is freed.
+        let mut m = self.lock();
+        m.events = broadcast::channel(64).0;
+        m.states = watch::channel(State::Closed).0;
+    }
 }
 
 /// Breakers built from one configuration get different jitter seeds.
 static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-impl<C, K: Clock> Shared<C, K> {
+/// One breaker's owner: its core, and what its calls need besides (clock, classifier). The
+/// layer, its services and handles share it through an `Arc`; the core goes back to the pool
+/// when it drops.
+pub(crate) struct Shared<C: 'static, K> {
+    pub(crate) core: Pooled<Core>,
+    pub(crate) clock: K,
+    pub(crate) classifier: Held<C>,
+    pub(crate) name: Arc<str>,
+}
+
+impl<C: 'static, K: Clock> Shared<C, K> {
     pub(crate) fn new(
         config: BreakerConfig,
         classifier: C,
@@ -273,47 +426,159 @@ impl<C, K: Clock> Shared<C, K> {
         let seed = config.backoff.seed ^ instance.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let window = Window::new(&config.window, origin)?;
         let machine = BreakerMachine::new(config.clone(), seed)?;
+        let shape = window.shape();
+        let mut made = false;
+        let core = pool().take_fitting(
+            |core| core.window.shape() == shape && origin >= core.base,
+            || {
+                made = true;
+                Core::new(window, origin, &config, machine, Arc::clone(&name))
+            },
+        );
+        if !made {
+            let machine = BreakerMachine::new(config.clone(), seed)?;
+            core.configure(&config, machine, Arc::clone(&name), origin);
+        }
         Ok(Self {
+            core,
+            clock,
+            classifier: Held::new(classifier),
+            name,
+        })
+    }
+
+    /// The admission decision (see [`Core::admit`]).
+    #[inline]
+    pub(crate) fn admit(&self) -> Result<Ticket, CircuitOpen> {
+        self.core.admit(&self.clock)
+    }
+
+    pub(crate) fn state(&self) -> (State, Option<State>) {
+        self.core.state(&self.clock)
+    }
+
+    pub(crate) fn snapshot(&self) -> BreakerSnapshot {
+        self.core.snapshot(&self.clock)
+    }
+
+    pub(crate) fn event(&self, event: BreakerEvent) {
+        self.core.event(event, self.clock.now());
+    }
+}
+
+impl<C: 'static, K> std::ops::Deref for Shared<C, K> {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl Core {
+    fn new(
+        window: Window,
+        origin: Instant,
+        config: &BreakerConfig,
+        machine: BreakerMachine,
+        name: Arc<str>,
+    ) -> Self {
+        let core = Self {
             word: CachePadded::new(AtomicU64::new(TAG_CLOSED)),
             deadline: AtomicU64::new(NO_DEADLINE),
             probes: CachePadded::new(AtomicU64::new(0)),
             window,
             counters: ShardedCounter::new(),
             thresholds: LiveThresholds::new(machine.thresholds()),
-            slow: config.slow_call_duration,
-            cancelled: config.cancelled.outcome(),
-            permits: config.half_open.permits,
-            wait: std::sync::atomic::AtomicU64::new(nanos_of(config.wait)),
-            machine: Mutex::new(machine),
+            slow: std::sync::atomic::AtomicU64::new(NOT_TIMED),
+            cancelled: std::sync::atomic::AtomicU8::new(0),
+            permits: std::sync::atomic::AtomicU32::new(0),
+            wait: std::sync::atomic::AtomicU64::new(0),
+            machine: Mutex::new(Locked::new(machine, name)),
             transitions: std::sync::atomic::AtomicU64::new(0),
-            events: broadcast::channel(64).0,
-            states: watch::channel(State::Closed).0,
-            clock,
-            origin,
-            name,
-            classifier,
-        })
+            base: origin,
+            offset: std::sync::atomic::AtomicU64::new(0),
+        };
+        core.settings(config, origin);
+        core
     }
 
-    pub(crate) fn lock(&self) -> impl std::ops::DerefMut<Target = BreakerMachine> + '_ {
+    /// Puts a new breaker's configuration in force in a recycled core (reset, and reachable
+    /// by no call yet).
+    fn configure(
+        &self,
+        config: &BreakerConfig,
+        machine: BreakerMachine,
+        name: Arc<str>,
+        origin: Instant,
+    ) {
+        self.thresholds.store(machine.thresholds());
+        self.settings(config, origin);
+        *self.lock() = Locked::new(machine, name);
+    }
+
+    /// What a configuration fixes besides the machine and its thresholds.
+    fn settings(&self, config: &BreakerConfig, origin: Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.slow.store(
+            config.slow_call_duration.map_or(NOT_TIMED, nanos_of),
+            Relaxed,
+        );
+        self.cancelled
+            .store(outcome_code(config.cancelled.outcome()), Relaxed);
+        self.permits.store(config.half_open.permits, Relaxed);
+        self.wait.store(nanos_of(config.wait), Relaxed);
+        let offset = origin.saturating_duration_since(self.base);
+        self.offset.store(nanos_of(offset), Relaxed);
+    }
+
+    /// Calls admitted whose outcome is not recorded yet (exact once no call can start).
+    pub(crate) fn in_flight(&self) -> u64 {
+        let ended = ENDED
+            .into_iter()
+            .fold(0u64, |sum, i| sum.wrapping_add(self.counters.get(i)));
+        self.counters.get(PASSED).wrapping_sub(ended)
+    }
+
+    pub(crate) fn lock(&self) -> impl std::ops::DerefMut<Target = Locked> + '_ {
         self.machine.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Microseconds after `origin`, rounded down (for `now`).
+    fn offset(&self) -> u64 {
+        self.offset.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The current breaker's origin.
+    fn origin(&self) -> Instant {
+        self.base + Duration::from_nanos(self.offset())
+    }
+
+    /// `now` on the window's own scale: the same distance after `base` as `now` is after the
+    /// current breaker's origin.
+    fn window_now(&self, now: Instant) -> Instant {
+        now.checked_sub(Duration::from_nanos(self.offset()))
+            .map_or(self.base, |at| at.max(self.base))
+    }
+
+    fn slow(&self) -> Option<Duration> {
+        let n = self.slow.load(std::sync::atomic::Ordering::Relaxed);
+        (n != NOT_TIMED).then(|| Duration::from_nanos(n))
+    }
+
+    /// Microseconds after the origin, rounded down (for `now`).
     pub(crate) fn micros(&self, at: Instant) -> u64 {
-        let us = at.saturating_duration_since(self.origin).as_micros();
+        let us = at.saturating_duration_since(self.origin()).as_micros();
         u64::try_from(us).unwrap_or(u64::MAX).min(DEADLINE_MASK - 1)
     }
 
-    /// Microseconds after `origin`, rounded up (for deadlines: never early).
+    /// Microseconds after the origin, rounded up (for deadlines: never early).
     pub(crate) fn micros_ceil(&self, at: Instant) -> u64 {
-        let d = at.saturating_duration_since(self.origin);
+        let d = at.saturating_duration_since(self.origin());
         let us = d.as_micros() + u128::from(!d.subsec_nanos().is_multiple_of(1000));
         u64::try_from(us).unwrap_or(u64::MAX).min(DEADLINE_MASK - 1)
     }
 
     pub(crate) fn at(&self, micros: u64) -> Instant {
-        self.origin + Duration::from_micros(micros)
+        self.origin() + Duration::from_micros(micros)
     }
 
     /// The deadline of the state of `epoch` (`NO_DEADLINE` for none), or `None` if the deadline
@@ -324,29 +589,37 @@ impl<C, K: Clock> Shared<C, K> {
     }
 
     #[inline]
-    pub(crate) fn start(&self) -> u64 {
-        if self.slow.is_some() {
-            self.nanos(self.clock.now())
+    pub(crate) fn start<K: Clock>(&self, clock: &K) -> u64 {
+        if self.slow.load(std::sync::atomic::Ordering::Relaxed) != NOT_TIMED {
+            self.nanos(clock.now())
         } else {
             NOT_TIMED
         }
     }
 
+    /// Nanoseconds after the origin.
     pub(crate) fn nanos(&self, at: Instant) -> u64 {
-        let n = at.saturating_duration_since(self.origin).as_nanos();
-        u64::try_from(n).unwrap_or(NOT_TIMED - 1)
+        let n = at.saturating_duration_since(self.base).as_nanos();
+        u64::try_from(n)
+            .unwrap_or(NOT_TIMED - 1)
+            .saturating_sub(self.offset())
+            .min(NOT_TIMED - 1)
     }
 
     /// The admission decision. The closed path is one load of the state word, one sharded
     /// counter increment, and (only with slow calls on) one clock read.
     #[inline]
-    pub(crate) fn admit(&self) -> Result<Ticket, CircuitOpen> {
+    pub(crate) fn admit<K: Clock>(&self, clock: &K) -> Result<Ticket, CircuitOpen> {
         let word = self.word.load(Ordering::Acquire);
         if word & TAG_MASK == TAG_CLOSED {
             self.counters.add(PASSED, 1);
-            return Ok(Ticket::new(Track::Window, word >> TAG_BITS, self.start()));
+            return Ok(Ticket::new(
+                Track::Window,
+                word >> TAG_BITS,
+                self.start(clock),
+            ));
         }
-        self.admit_slow(word)
+        self.admit_slow(word, clock)
     }
 
     /// Whether the breaker is closed in normal mode (the only state a keyed map may forget).
@@ -354,12 +627,17 @@ impl<C, K: Clock> Shared<C, K> {
         self.word.load(Ordering::Acquire) & TAG_MASK == TAG_CLOSED
     }
 
-    pub(crate) fn pass(&self, track: Track, epoch: u64) -> Result<Ticket, CircuitOpen> {
+    pub(crate) fn pass<K: Clock>(
+        &self,
+        track: Track,
+        epoch: u64,
+        clock: &K,
+    ) -> Result<Ticket, CircuitOpen> {
         self.counters.add(PASSED, 1);
         if track == Track::Probe {
             self.counters.add(PROBES, 1);
         }
-        Ok(Ticket::new(track, epoch, self.start()))
+        Ok(Ticket::new(track, epoch, self.start(clock)))
     }
 
     pub(crate) fn reject(
@@ -371,14 +649,22 @@ impl<C, K: Clock> Shared<C, K> {
         Err(CircuitOpen::new(state, retry_after))
     }
 
-    pub(crate) fn shadow_pass(&self, epoch: u64) -> Result<Ticket, CircuitOpen> {
+    pub(crate) fn shadow_pass<K: Clock>(
+        &self,
+        epoch: u64,
+        clock: &K,
+    ) -> Result<Ticket, CircuitOpen> {
         self.counters.add(SHADOW_REJECTED, 1);
-        self.pass(Track::Untracked, epoch)
+        self.pass(Track::Untracked, epoch, clock)
     }
 
     #[cold]
     #[inline(never)]
-    pub(crate) fn admit_slow(&self, mut word: u64) -> Result<Ticket, CircuitOpen> {
+    pub(crate) fn admit_slow<K: Clock>(
+        &self,
+        mut word: u64,
+        clock: &K,
+    ) -> Result<Ticket, CircuitOpen> {
         // Each turn either decides or follows a transition; a breaker that keeps moving under
         // us for this long is treated as half-open and full.
         for attempt in 0..4 {
@@ -392,13 +678,15 @@ impl<C, K: Clock> Shared<C, K> {
             let shadow = mode == Mode::MetricsOnly;
             match (mode, phase) {
                 (Mode::ForcedOpen, _) => return self.reject(State::ForcedOpen, self.wait()),
-                (Mode::Disabled, _) | (_, Phase::Closed) => return self.pass(Track::Window, epoch),
+                (Mode::Disabled, _) | (_, Phase::Closed) => {
+                    return self.pass(Track::Window, epoch, clock);
+                }
                 (_, Phase::Open) => {
-                    let now = self.clock.now();
+                    let now = clock.now();
                     if let Some(until) = self.deadline_of(epoch) {
                         if self.micros(now) < until {
                             if shadow {
-                                return self.shadow_pass(epoch);
+                                return self.shadow_pass(epoch, clock);
                             }
                             return self.reject(State::Open, self.at(until) - now);
                         }
@@ -411,7 +699,7 @@ impl<C, K: Clock> Shared<C, K> {
                         continue;
                     };
                     let due = until != NO_DEADLINE && {
-                        let now = self.clock.now();
+                        let now = clock.now();
                         let due = self.micros(now) >= until;
                         if due {
                             self.tick(now);
@@ -420,12 +708,12 @@ impl<C, K: Clock> Shared<C, K> {
                     };
                     if !due {
                         if self.acquire_probe(epoch) {
-                            return self.pass(Track::Probe, epoch);
+                            return self.pass(Track::Probe, epoch, clock);
                         }
                         let again = self.word.load(Ordering::Acquire);
                         if again == word {
                             if shadow {
-                                return self.shadow_pass(epoch);
+                                return self.shadow_pass(epoch, clock);
                             }
                             return self.reject(State::HalfOpen, self.half_open_hint());
                         }
@@ -460,7 +748,7 @@ impl<C, K: Clock> Shared<C, K> {
 
     pub(crate) fn acquire_probe(&self, epoch: u64) -> bool {
         let e = (epoch & LOW) << 32;
-        let permits = u64::from(self.permits);
+        let permits = u64::from(self.permits.load(std::sync::atomic::Ordering::Relaxed));
         self.probes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
                 (p & !LOW == e && p & LOW < permits).then_some(p + 1)
@@ -477,42 +765,55 @@ impl<C, K: Clock> Shared<C, K> {
             });
     }
 
-    /// Records a finished (or, with `cancelled`, dropped) call.
-    pub(crate) fn complete(&self, ticket: Ticket, outcome: Outcome, cancelled: bool) {
+    /// Records a finished (or, with `cancelled`, dropped) call. Its end count is the last
+    /// write to the core: once it is visible, the core may be reused (see the module
+    /// documentation).
+    pub(crate) fn complete<K: Clock>(
+        &self,
+        ticket: Ticket,
+        outcome: Outcome,
+        cancelled: bool,
+        clock: &K,
+    ) {
         let needs_now = (ticket.start != NOT_TIMED && !cancelled)
             || (ticket.track() == Track::Window && matches!(self.window, Window::Time(_)));
-        let now = needs_now.then(|| self.clock.now());
-        let outcome = if cancelled {
-            self.counters.add(CANCELLED, 1);
-            self.cancelled
+        let now = needs_now.then(|| clock.now());
+        let (outcome, end) = if cancelled {
+            let code = self.cancelled.load(std::sync::atomic::Ordering::Relaxed);
+            (outcome_of(code), CANCELLED)
         } else {
-            let outcome = match (self.slow, now) {
+            let outcome = match (self.slow(), now) {
                 (Some(slow), Some(now)) if ticket.start != NOT_TIMED => {
                     let took = self.nanos(now).saturating_sub(ticket.start);
                     outcome.slow_if(Duration::from_nanos(took), slow)
                 }
                 _ => outcome,
             };
-            self.counters.add(
-                match outcome {
-                    Outcome::Success => SUCCESS,
-                    Outcome::Failure => FAILURE,
-                    Outcome::Slow => SLOW,
-                    Outcome::Ignored => IGNORED,
-                },
-                1,
-            );
-            outcome
+            let end = match outcome {
+                Outcome::Success => SUCCESS,
+                Outcome::Failure => FAILURE,
+                Outcome::Slow => SLOW,
+                Outcome::Ignored => IGNORED,
+            };
+            (outcome, end)
         };
         match ticket.track() {
-            Track::Window => self.record_window(ticket.epoch(), outcome, now),
-            Track::Probe => self.record_probe(ticket.epoch(), outcome),
+            Track::Window => self.record_window(ticket.epoch(), outcome, now, clock),
+            Track::Probe => self.record_probe(ticket.epoch(), outcome, clock),
             Track::Untracked | Track::Done => {}
         }
+        // The call's last write: nothing touches the core after it.
+        self.counters.add_release(end, 1);
     }
 
     #[inline]
-    pub(crate) fn record_window(&self, epoch: u64, outcome: Outcome, now: Option<Instant>) {
+    pub(crate) fn record_window<K: Clock>(
+        &self,
+        epoch: u64,
+        outcome: Outcome,
+        now: Option<Instant>,
+        clock: &K,
+    ) {
         if outcome == Outcome::Ignored {
             return;
         }
@@ -546,7 +847,7 @@ impl<C, K: Clock> Shared<C, K> {
                 judging && self.thresholds.load().judge(w.snapshot(), 0).is_some()
             }
             Window::Time(w) => {
-                let now = now.unwrap_or_else(|| self.clock.now());
+                let now = self.window_now(now.unwrap_or_else(|| clock.now()));
                 w.record(outcome, now);
                 // A time window's snapshot reads every bucket, so it is judged after failures
                 // and slow calls only: a success lowers both rates and can matter only by
@@ -557,21 +858,25 @@ impl<C, K: Clock> Shared<C, K> {
             }
         };
         if trips {
-            self.trip(epoch);
+            self.trip(epoch, clock);
         }
+    }
+
+    fn reading(&self, now: Instant) -> (WindowSnapshot, u32) {
+        self.window.reading(self.window_now(now))
     }
 
     /// The window crossed a threshold: let the machine decide under the lock, re-reading the
     /// window there (another thread may have tripped it already).
     #[cold]
     #[inline(never)]
-    pub(crate) fn trip(&self, epoch: u64) {
+    pub(crate) fn trip<K: Clock>(&self, epoch: u64, clock: &K) {
         let mut m = self.lock();
         if m.epoch() != epoch {
             return;
         }
-        let now = self.clock.now();
-        let (snapshot, consecutive) = self.window.reading(now);
+        let now = clock.now();
+        let (snapshot, consecutive) = self.reading(now);
         let t = m.on_event(
             BreakerEvent::Window {
                 snapshot,
@@ -583,8 +888,8 @@ impl<C, K: Clock> Shared<C, K> {
     }
 
     #[cold]
-    pub(crate) fn record_probe(&self, epoch: u64, outcome: Outcome) {
-        let now = self.clock.now();
+    pub(crate) fn record_probe<K: Clock>(&self, epoch: u64, outcome: Outcome, clock: &K) {
+        let now = clock.now();
         let mut m = self.lock();
         if m.epoch() == epoch {
             let t = m.on_event(BreakerEvent::Probe(outcome), now);
@@ -608,7 +913,7 @@ impl<C, K: Clock> Shared<C, K> {
 
     /// Publishes the machine's state (called with the lock held, so transitions are published
     /// in the order they happen).
-    pub(crate) fn publish(&self, m: &BreakerMachine, before: u64, t: Option<BreakerTransition>) {
+    pub(crate) fn publish(&self, m: &Locked, before: u64, t: Option<BreakerTransition>) {
         let epoch = m.epoch();
         if epoch == before {
             return;
@@ -632,7 +937,7 @@ impl<C, K: Clock> Shared<C, K> {
             Ordering::Release,
         );
         let state = m.state();
-        self.states.send_if_modified(|s| {
+        m.states.send_if_modified(|s| {
             let changed = *s != state;
             *s = state;
             changed
@@ -642,21 +947,21 @@ impl<C, K: Clock> Shared<C, K> {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if t.to == State::Open || t.to == State::ForcedOpen {
                 tracing::warn!(
-                    breaker = %self.name, from = %t.from, to = %t.to, reason = %t.reason,
+                    breaker = %m.name, from = %t.from, to = %t.to, reason = %t.reason,
                     shadow = t.shadow, wait = ?t.wait, "circuit breaker transition"
                 );
             } else {
                 tracing::info!(
-                    breaker = %self.name, from = %t.from, to = %t.to, reason = %t.reason,
+                    breaker = %m.name, from = %t.from, to = %t.to, reason = %t.reason,
                     shadow = t.shadow, "circuit breaker transition"
                 );
             }
-            let _ = self.events.send(t);
+            let _ = m.events.send(t);
         }
     }
 
-    pub(crate) fn state(&self) -> (State, Option<State>) {
-        let now = self.clock.now();
+    pub(crate) fn state<K: Clock>(&self, clock: &K) -> (State, Option<State>) {
+        let now = clock.now();
         let mut m = self.lock();
         let before = m.epoch();
         let t = m.on_event(BreakerEvent::Tick, now);
@@ -664,10 +969,10 @@ impl<C, K: Clock> Shared<C, K> {
         (m.state(), m.shadow_state())
     }
 
-    pub(crate) fn snapshot(&self) -> BreakerSnapshot {
-        let (state, shadow_state) = self.state();
+    pub(crate) fn snapshot<K: Clock>(&self, clock: &K) -> BreakerSnapshot {
+        let (state, shadow_state) = self.state(clock);
         let openings = self.lock().openings();
-        let (window, consecutive_failures) = self.window.reading(self.clock.now());
+        let (window, consecutive_failures) = self.reading(clock.now());
         let c = self.counters.snapshot();
         BreakerSnapshot {
             state,
@@ -689,11 +994,19 @@ impl<C, K: Clock> Shared<C, K> {
     }
 }
 
-impl<C, K> fmt::Debug for Shared<C, K> {
+impl fmt::Debug for Core {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Core")
+            .field("word", &self.word.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: 'static, K> fmt::Debug for Shared<C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Breaker")
             .field("name", &self.name)
-            .field("word", &self.word.load(Ordering::Relaxed))
+            .field("word", &self.core.word.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }

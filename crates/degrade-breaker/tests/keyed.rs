@@ -216,3 +216,39 @@ async fn the_eviction_hand_resumes_where_it_stopped_and_finds_the_one_closed_bre
     assert!(layer.handle(&(CAP - 1)).is_none());
     assert!(layer.handle(&(CAP + tries)).is_some());
 }
+
+/// A call in flight keeps its breaker in the map: its response future holds no `Arc` of the
+/// breaker (it reaches it through a `&'static`), so the map asks the breaker's counts instead.
+/// Evicted, the breaker would take the call's outcome with it.
+#[tokio::test]
+async fn a_breaker_with_a_call_in_flight_is_never_evicted() {
+    type Req = (u32, Option<tokio::sync::oneshot::Receiver<bool>>);
+    let layer = KeyedBreakerLayer::builder(config(), from_fn(|r: &Req| Some(r.0)))
+        .max_keys(1)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(tower::service_fn(|(host, wait): Req| async move {
+        let ok = match wait {
+            Some(rx) => rx.await.unwrap_or(false),
+            None => true,
+        };
+        if ok {
+            Ok(host)
+        } else {
+            Err::<u32, BoxError>("down".into())
+        }
+    }));
+    let (answer, rx) = tokio::sync::oneshot::channel();
+    let in_flight = svc.ready().await.unwrap().call((1, Some(rx)));
+    // Key 2 finds the map full and key 1 busy: it goes to the overflow breaker.
+    assert_eq!(svc.ready().await.unwrap().call((2, None)).await.unwrap(), 2);
+    let s = layer.snapshot();
+    assert_eq!((s.keys, s.evicted, s.overflowed), (1, 0, 1));
+    answer.send(false).unwrap();
+    assert!(in_flight.await.is_err());
+    assert_eq!(layer.handle(&1).unwrap().snapshot().failures, 1);
+    // Idle now: the next new key evicts it.
+    assert_eq!(svc.ready().await.unwrap().call((3, None)).await.unwrap(), 3);
+    assert_eq!(layer.snapshot().evicted, 1);
+    assert!(layer.handle(&1).is_none());
+}

@@ -153,6 +153,38 @@ impl<T: Recycle> Pool<T> {
     /// first), or `make()` leaked when none is free. Not for the request path: it takes the
     /// pool's mutex.
     pub fn take(&'static self, make: impl FnOnce() -> T) -> Pooled<T> {
+        self.take_fitting(|_| true, make)
+    }
+
+    /// Like [`take`](Self::take), for objects of several shapes (a window of some size, say)
+    /// of which only some fit the new owner: a free object is reused only if `fits` says so,
+    /// else `make()` is leaked. The memory kept is then bounded, for each shape, by the most
+    /// objects of that shape ever taken at once; an owner that needs a recycled object's
+    /// per-owner settings changed sets them after the take (the object is reset and
+    /// no call can reach it before the new owner hands it out).
+    ///
+    /// ```
+    /// # use degrade_core::recycle::{Pool, Recycle};
+    /// struct Slots(Vec<u8>);
+    /// impl Recycle for Slots {
+    ///     fn is_idle(&self) -> bool { true }
+    ///     fn reset(&self) {}
+    /// }
+    /// static POOL: Pool<Slots> = Pool::new();
+    /// let four: *const Slots = POOL.take_fitting(|s| s.0.len() == 4, || Slots(vec![0; 4])).get();
+    /// // A free object of another size is not reused...
+    /// let eight = POOL.take_fitting(|s| s.0.len() == 8, || Slots(vec![0; 8]));
+    /// assert_eq!(POOL.counts(), (2, 1, 0)); // made, free (the size-4 one), orphaned
+    /// // ...one that fits is.
+    /// let again: *const Slots = POOL.take_fitting(|s| s.0.len() == 4, || Slots(vec![0; 4])).get();
+    /// assert_eq!(four, again);
+    /// # drop(eight);
+    /// ```
+    pub fn take_fitting(
+        &'static self,
+        fits: impl Fn(&T) -> bool,
+        make: impl FnOnce() -> T,
+    ) -> Pooled<T> {
         let reused = {
             let mut lists = self.lock();
             let Lists { free, orphans, .. } = &mut *lists;
@@ -165,7 +197,10 @@ impl<T: Recycle> Pool<T> {
                     true
                 }
             });
-            let reused = free.pop();
+            let reused = free
+                .iter()
+                .rposition(|object| fits(object))
+                .map(|at| free.swap_remove(at));
             if reused.is_none() {
                 lists.made += 1;
             }

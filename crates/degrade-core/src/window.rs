@@ -677,6 +677,33 @@ impl TimeWindow {
         }
     }
 
+    /// Empties the window and forgets its epochs too, as new: for a window nobody records
+    /// into any more (a recycled one, see [`crate::recycle`]), whose next owner counts epochs
+    /// from its own origin — starting over at a lower epoch, which [`reset`](Self::reset)'s
+    /// words (they keep their epoch) would refuse as older than what they hold.
+    ///
+    /// ```
+    /// # use degrade_core::{Outcome, window::TimeWindow};
+    /// # use std::{num::NonZeroU32, time::Duration};
+    /// # use tokio::time::Instant;
+    /// let t0 = Instant::now();
+    /// let w = TimeWindow::new(Duration::from_secs(1), NonZeroU32::new(4).unwrap(), t0)?;
+    /// w.record(Outcome::Failure, t0 + Duration::from_secs(4)); // epoch 4, bucket 0
+    /// w.clear();
+    /// // Epoch 0, bucket 0 again: after a `reset` the bucket would keep epoch 4 and refuse it.
+    /// w.record(Outcome::Failure, t0);
+    /// assert_eq!(w.snapshot(t0).failures, 1);
+    /// # Ok::<(), degrade_core::ConfigError>(())
+    /// ```
+    pub fn clear(&self) {
+        for bucket in &*self.buckets {
+            for word in [&bucket.calls, &bucket.failures, &bucket.slow] {
+                word.store(0, Ordering::Relaxed);
+            }
+        }
+        self.head.store(0, Ordering::Relaxed);
+    }
+
     /// The duration the window covers.
     ///
     /// ```
