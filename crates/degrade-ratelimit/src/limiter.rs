@@ -227,6 +227,10 @@ impl<E: Keyed, W, C: Clock> Shared<E, W, C> {
             .map_or((0, 0), |s| (s.allocated(), s.cap()))
     }
 
+    pub(crate) fn clock(&self) -> &C {
+        &self.clock
+    }
+
     /// Nanoseconds the shared budget is ahead of now (its debt); zero when full.
     pub(crate) fn debt(&self) -> Duration {
         Duration::from_nanos(self.cell.tat().saturating_sub(self.now_ns()))
