@@ -28,6 +28,108 @@ pub(crate) enum Verdict {
     No(RateLimited),
 }
 
+/// The longest a [`Lease`] may be spent: 1 ms, or a sixteenth of the burst's time if that
+/// is shorter. It is what a window may admit beyond GCRA, as time at the configured rate.
+pub(crate) const LEASE_NS: u64 = 1_000_000;
+
+/// The burst's share a lease's life (and so its size) is bounded by.
+const LEASE_BURST_SHARE: u64 = 16;
+
+/// How long a lease taken under `p` may be spent, in nanoseconds: `min(1 ms, burst / 16)`.
+#[inline]
+pub(crate) fn lease_life(p: &Params) -> u64 {
+    LEASE_NS.min(p.tolerance_ns / LEASE_BURST_SHARE)
+}
+
+/// Budget one service clone took from the shared GCRA cell in one compare-and-swap and spends
+/// on its own next requests without touching the cell (issue 20: one cell is one contended
+/// cache line; two threads admitting through it were no faster than one).
+///
+/// Only a global (unkeyed) limit leases, and only when its rate is high. A lease lives
+/// `L = min(1 ms, burst time / 16)` from when it was taken and holds at most the units
+/// emitted in `L` (`rate × L`, so at most `burst / 16`); below two units no lease is taken.
+/// The size adapts per clone: a clone starts with none (every request decided by the cell,
+/// exactly as GCRA), doubles its lease when it spent the last one within `L / 4`, keeps the
+/// size when within `L`, and halves it when a lease expired. A quota or level change (another
+/// unit or burst) voids a lease. Near exhaustion a lease is not granted and the request is
+/// decided by the cell alone.
+///
+/// What it changes, stated as bounds (checked by the proptests in `tests/lease.rs` and
+/// `tests/proptests.rs`):
+///
+/// * **Never more than `rate × L` units beyond GCRA, over any window.** Every leased unit was
+///   charged to the cell less than `L` before it is spent, so over any window of length `W`
+///   the admitted units are at most `burst + rate × (W + L)`, where GCRA alone allows
+///   `burst + rate × W`. At one instant (`W = 0`) that is the burst plus at most a sixteenth,
+///   and at most 1 ms of rate.
+/// * **Budget forfeited** (fewer admitted than GCRA would): what a clone leased and did not
+///   spend within `L`; at most one lease per clone per `L`, and only by a clone whose own
+///   traffic spent its previous lease within `L`.
+/// * Accounting is untouched: every request is counted once, admitted or rejected.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Lease {
+    /// Nanoseconds of budget left.
+    left: u64,
+    /// When the lease was taken (limiter nanoseconds), and until when it may be spent.
+    taken: u64,
+    until: u64,
+    /// The unit and the tolerance the lease was taken under; others void it.
+    unit_ns: u64,
+    tolerance_ns: u64,
+    /// Units the next lease takes (0 or 1: none).
+    next: u64,
+}
+
+impl Lease {
+    /// Spends `cost_ns` from the lease, if it holds that much, is in force at `now` and was
+    /// taken under `p`'s unit and burst.
+    #[inline]
+    fn spend(&mut self, cost_ns: u64, now: u64, p: &Params) -> bool {
+        if self.left >= cost_ns
+            && now < self.until
+            && self.unit_ns == p.unit_ns
+            && self.tolerance_ns == p.tolerance_ns
+        {
+            self.left -= cost_ns;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Starts the next lease at `now` and answers its size in nanoseconds (zero: none), from
+    /// how the last one went.
+    #[cold]
+    fn renew(&mut self, p: &Params, now: u64) -> u64 {
+        let life = lease_life(p);
+        let max = life / p.unit_ns.max(1);
+        let same = self.unit_ns == p.unit_ns && self.tolerance_ns == p.tolerance_ns;
+        let next = if max < 2 || !same {
+            1
+        } else if now >= self.until {
+            // Expired (unspent, or the clone was idle): smaller.
+            (self.next / 2).max(1)
+        } else if now.saturating_sub(self.taken) < life / 4 {
+            (self.next.max(1) * 2).min(max)
+        } else {
+            self.next.clamp(1, max)
+        };
+        *self = Self {
+            left: 0,
+            taken: now,
+            until: now.saturating_add(life),
+            unit_ns: p.unit_ns,
+            tolerance_ns: p.tolerance_ns,
+            next,
+        };
+        if next >= 2 {
+            next.saturating_mul(p.unit_ns)
+        } else {
+            0
+        }
+    }
+}
+
 /// A place among the bounded number of waiters; released on drop.
 #[derive(Debug)]
 pub(crate) struct WaiterSlot(Arc<AtomicU32>);
@@ -127,9 +229,9 @@ impl<E: Keyed, W, C: Clock> Shared<E, W, C> {
         self.table.load(l)
     }
 
-    /// The decision for `req`, made in `call`.
+    /// The decision for `req`, made in `call`; `lease` is the calling clone's (see [`Lease`]).
     #[inline]
-    pub(crate) fn admit<R>(&self, req: &R) -> Verdict
+    pub(crate) fn admit<R>(&self, req: &R, lease: &mut Lease) -> Verdict
     where
         E: KeyExtractor<R>,
         W: Weigh<R>,
@@ -147,6 +249,27 @@ impl<E: Keyed, W, C: Clock> Shared<E, W, C> {
             return self.reject(Cause::CostAboveBurst, None, &p);
         }
         let now = self.now_ns();
+        if self.store.is_none() {
+            if lease.spend(cost_ns, now, &p) {
+                self.counters.add(ADMITTED, 1);
+                self.counters.add(UNITS, units);
+                return Verdict::Now;
+            }
+            let size = lease.renew(&p, now);
+            if size >= cost_ns
+                && let Decision::Admit { wait: 0, .. } = self.cell.acquire(&p, size, now, 0)
+            {
+                lease.left = size - cost_ns;
+                self.counters.add(ADMITTED, 1);
+                self.counters.add(UNITS, units);
+                return Verdict::Now;
+            }
+            if size > 0 {
+                // Not granted (the budget is nearly spent): decide this request alone, and
+                // lease nothing until the clone proves hot again.
+                lease.next = 1;
+            }
+        }
         let mut max_wait = self.max_wait_ns.load(Ordering::Relaxed);
         let mut waiters_full = false;
         if max_wait > 0
