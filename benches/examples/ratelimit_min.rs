@@ -19,6 +19,11 @@
 //!   wall time per call; the second thread's gain is the ratio), and governor's `check` in a
 //!   `service_fn` the same way. Meaningful only when nothing else runs.
 //!
+//! * `full-stack` and `full-stack-tokio-clock`: `DegradeLayer` → rate limit → breaker →
+//!   canary at 10 % (as `min_of_reps full-stack`), the rate limit on its default clock and on
+//!   `TokioClock`, which shares the start instant the outer `DegradeLayer` read
+//!   (`degrade_core::clock::CallScope`).
+//!
 //! With no argument, all of them.
 
 use degrade_benches::{FrozenClock, Req, call_now, contended, inner};
@@ -72,6 +77,37 @@ fn min_threads<S: Service<Req> + Clone + Send>(svc: &S, threads: usize) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// The full stack of `min_of_reps full-stack`, with the rate limit on `clock`.
+fn full_stack<C: degrade_core::Clock>(
+    clock: Option<C>,
+) -> impl Service<Req, Response = Req, Error = degrade_core::BoxError> {
+    let controller =
+        degrade_core::Controller::new(Default::default()).expect("default ladder config");
+    let rate = RateLimitLayer::builder(config());
+    let rate = match clock {
+        Some(c) => tower::util::Either::Left(rate.clock(c).build().expect("valid rate limit")),
+        None => tower::util::Either::Right(rate.build().expect("valid rate limit")),
+    };
+    tower::ServiceBuilder::new()
+        .layer(
+            degrade_core::DegradeLayer::builder(controller.handle())
+                .build()
+                .expect("the default layer is valid"),
+        )
+        .layer(rate)
+        .layer(
+            degrade_breaker::BreakerLayer::builder(degrade_breaker::BreakerConfig::default())
+                .build()
+                .expect("valid breaker"),
+        )
+        .service(
+            degrade_canary::Canary::builder(inner(), inner())
+                .weight(degrade_canary::Weight::new(1_000).expect("10 %"))
+                .build()
+                .expect("valid canary"),
+        )
+}
+
 fn main() {
     let wanted: Vec<String> = std::env::args().skip(1).collect();
     let on = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
@@ -106,6 +142,15 @@ fn main() {
             min_ns(|| {
                 let _ = black_box(black_box(&direct).check());
             }),
+        );
+    }
+    if on("full-stack") {
+        report("full-stack", min_svc(&mut full_stack::<TokioClock>(None)));
+    }
+    if on("full-stack-tokio-clock") {
+        report(
+            "full-stack-tokio-clock",
+            min_svc(&mut full_stack(Some(TokioClock))),
         );
     }
     if on("threads") {

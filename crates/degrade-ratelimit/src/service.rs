@@ -3,7 +3,7 @@
 use crate::cost::{DefaultCost, Weigh};
 use crate::future::{Core, ResponseFuture};
 use crate::key::{Global, KeyExtractor, Keyed};
-use crate::limiter::{Lease, RateLimitSnapshot, Shared, Verdict};
+use crate::limiter::{RateLimitSnapshot, Shared, Verdict};
 use degrade_core::answer::Errors;
 use degrade_core::{Clock, FastClock};
 use std::fmt;
@@ -42,8 +42,6 @@ where
 {
     inner: S,
     shared: Arc<Shared<E, W, C>>,
-    /// Budget this clone leased from the shared cell (a clone starts with none).
-    lease: Lease,
     _mode: PhantomData<fn() -> M>,
 }
 
@@ -52,7 +50,6 @@ impl<S: Clone, E: Keyed, W, C, M> Clone for RateLimit<S, E, W, C, M> {
         Self {
             inner: self.inner.clone(),
             shared: Arc::clone(&self.shared),
-            lease: Lease::default(),
             _mode: PhantomData,
         }
     }
@@ -72,7 +69,6 @@ impl<S, E: Keyed, W, C: Clock, M> RateLimit<S, E, W, C, M> {
         Self {
             inner,
             shared,
-            lease: Lease::default(),
             _mode: PhantomData,
         }
     }
@@ -98,7 +94,7 @@ impl<S, E: Keyed, W, C: Clock, M> RateLimit<S, E, W, C, M> {
         E: KeyExtractor<R>,
         W: Weigh<R>,
     {
-        match self.shared.admit(&req, &mut self.lease) {
+        match self.shared.admit(&req) {
             Verdict::Now => Core::called(self.inner.call(req)),
             Verdict::No(r) => Core::rejected(r),
             Verdict::After(wait, slot) => {

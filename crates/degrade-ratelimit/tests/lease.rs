@@ -1,5 +1,6 @@
-//! Leases (issue 20): at high rates a service clone takes budget from the shared cell in one
-//! compare-and-swap and spends it on its next requests. The window bound with its allowance
+//! Leases (issue 20): at high rates a thread takes budget from a limiter's shared cell in one
+//! compare-and-swap and spends it on its next requests to that limiter, whichever service
+//! clone they go through. The window bound with its allowance
 //! is a proptest in `proptests.rs`; here, what a lease does step by step, and exact accounting
 //! with two threads.
 
@@ -43,7 +44,7 @@ fn million_a_second() -> RateLimitConfig {
 }
 
 #[test]
-fn a_hot_clone_leases_doubling_budgets_and_an_idle_one_goes_back_to_the_cell() {
+fn a_hot_thread_leases_doubling_budgets_and_an_idle_one_goes_back_to_the_cell() {
     let clock = ManualClock::new();
     let layer = RateLimitLayer::builder(million_a_second())
         .clock(clock.clone())
@@ -53,7 +54,7 @@ fn a_hot_clone_leases_doubling_budgets_and_an_idle_one_goes_back_to_the_cell() {
     // First request: decided by the cell alone.
     assert!(call(&mut svc));
     assert_eq!(layer.debt(), US);
-    // Second, at once: the clone is hot, it leases two units and spends one.
+    // Second, at once: the thread is hot, it leases two units and spends one.
     assert!(call(&mut svc));
     assert_eq!(layer.debt(), 3 * US);
     // Third: spent from the lease, the cell does not move.
@@ -90,14 +91,14 @@ fn a_unit_leased_before_a_refill_may_be_spent_after_it_within_the_allowance() {
     assert_eq!(layer.debt(), 3 * US);
     clock.advance(3 * US); // the budget is full again; the lease lives one more µs
     assert_eq!(layer.debt(), Duration::ZERO);
-    let mut by_b = 0;
+    // Through another clone (the same thread's lease) until refused: the leased unit, then
+    // the whole burst, at one instant.
+    let mut admitted = 0;
     while call(&mut b) {
-        by_b += 1;
+        admitted += 1;
     }
-    assert_eq!(by_b, 64);
-    assert!(call(&mut a), "the leased unit");
     assert!(!call(&mut a));
-    // 65 at one instant: the burst plus one, within burst + 4.
+    assert_eq!(admitted, 65, "the burst plus one, within burst + 4");
 }
 
 #[test]
@@ -125,7 +126,7 @@ fn a_lease_is_not_taken_from_a_nearly_spent_budget_and_the_burst_holds() {
         .unwrap();
     let mut svc = layer.layer(echo());
     let mut others: Vec<_> = (0..7).map(|_| layer.layer(echo())).collect();
-    // Eight clones at one instant: together exactly the burst, not one more.
+    // Eight services at one instant: together at most the burst.
     let mut admitted = 0;
     for _ in 0..200 {
         admitted += u32::from(call(&mut svc));
@@ -164,9 +165,8 @@ fn a_quota_change_voids_a_lease() {
     assert!(!call(&mut svc));
 }
 
-/// Two threads, each on its own clone, against a budget that runs out: every request is
-/// counted once, and the admitted units never exceed the burst plus what the time advanced
-/// (none here) plus one lease allowance.
+/// Two threads, each on its own clone, against a budget that runs out at one instant: every
+/// request is counted once, and no more than the burst is admitted.
 #[test]
 fn two_threads_leasing_keep_exact_accounting() {
     let clock = ManualClock::new();
@@ -190,4 +190,46 @@ fn two_threads_leasing_keep_exact_accounting() {
     assert_eq!(snap.admitted + snap.rejected(), 10_000);
     // Time stood still: at most the burst.
     assert!(admitted <= 1000, "{admitted}");
+}
+
+/// axum clones its service for every request: the lease is the thread's, so a fresh clone per
+/// request still spends it.
+#[test]
+fn a_clone_per_request_spends_the_threads_lease() {
+    let clock = ManualClock::new();
+    let layer = RateLimitLayer::builder(million_a_second())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let svc = layer.layer(echo());
+    for _ in 0..4 {
+        assert!(call(&mut svc.clone()));
+    }
+    assert_eq!(layer.debt(), 7 * US); // 1 by the cell, then leases of 2 and 4
+}
+
+/// A thread holds leases for four limiters; a fifth takes the least recently used slot, and
+/// that lease is forfeited (never spent twice).
+#[test]
+fn a_thread_on_five_limiters_forfeits_the_oldest_lease() {
+    let clock = ManualClock::new();
+    let layers: Vec<_> = (0..5)
+        .map(|_| {
+            RateLimitLayer::builder(million_a_second())
+                .clock(clock.clone())
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let mut svcs: Vec<_> = layers.iter().map(|l| l.layer(echo())).collect();
+    for s in &mut svcs[..4] {
+        assert!(call(s));
+        assert!(call(s)); // a lease of two, one unit left
+    }
+    assert!(call(&mut svcs[4])); // takes the first limiter's slot
+    assert!(call(&mut svcs[0])); // its lease is gone: a fresh start, by the cell
+    assert_eq!(layers[0].debt(), 4 * US);
+    for l in &layers[1..4] {
+        assert_eq!(l.debt(), 3 * US);
+    }
 }
