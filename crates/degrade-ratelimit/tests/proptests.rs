@@ -108,9 +108,10 @@ fn hot() -> impl Strategy<Value = Hot> {
     (10_000u64..2_000_000, 32u64..400).prop_map(|(per_second, burst)| Hot { per_second, burst })
 }
 
-/// (clone, time to advance before the request in hundredths of a unit, cost): mostly none
-/// or a few units (where a lease taken before a refill is spent after it), sometimes long.
-fn hot_ops() -> impl Strategy<Value = Vec<(usize, u64, u64)>> {
+/// (clone, time to advance before the requests in hundredths of a unit, cost, requests at
+/// that instant): mostly none or a few units (where a lease taken before a refill is spent
+/// after it), sometimes long; runs of up to 150 requests at one instant drain the burst.
+fn hot_ops() -> impl Strategy<Value = Vec<(usize, u64, u64, u32)>> {
     prop::collection::vec(
         (
             0usize..4,
@@ -120,8 +121,9 @@ fn hot_ops() -> impl Strategy<Value = Vec<(usize, u64, u64)>> {
                 1 => 0u64..100_000,
             ],
             1u64..4,
+            prop_oneof![3 => Just(1u32), 1 => 1u32..150],
         ),
-        1..1000,
+        1..300,
     )
 }
 
@@ -211,17 +213,19 @@ proptest! {
         let mut admitted = Vec::new();
         let mut offered = 0;
         let unit_ns = 1_000_000_000 / h.per_second;
-        for (i, dt, cost) in ops {
+        for (i, dt, cost, run) in ops {
             clock.advance(Duration::from_nanos(dt * unit_ns / 100));
             let now = u64::try_from(clock.elapsed().as_nanos()).unwrap();
-            offered += 1;
-            let s = clones[i].ready().now_or_never().unwrap().unwrap();
-            match s.call(cost).now_or_never().expect("decided at once") {
-                Ok(()) => admitted.push((now, cost)),
-                Err(e) => prop_assert_eq!(
-                    e.downcast_ref::<RateLimited>().unwrap().cause,
-                    Cause::OverQuota
-                ),
+            for r in 0..run {
+                offered += 1;
+                let s = clones[(i + r as usize) % 4].ready().now_or_never().unwrap().unwrap();
+                match s.call(cost).now_or_never().expect("decided at once") {
+                    Ok(()) => admitted.push((now, cost)),
+                    Err(e) => prop_assert_eq!(
+                        e.downcast_ref::<RateLimited>().unwrap().cause,
+                        Cause::OverQuota
+                    ),
+                }
             }
         }
         let q = Quota { quota: h.per_second, period_ms: 1000, burst: h.burst };
