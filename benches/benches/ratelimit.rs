@@ -8,7 +8,10 @@
 //! `governor/check*` members, which time governor's bare `check` (no service around it).
 //!
 //! * `baseline/no-layer`: the bare inner service.
-//! * `degrade/admit`: one global budget (`RateLimitLayer`, error mode).
+//! * `degrade/admit`: one global budget (`RateLimitLayer`, error mode), built outside any
+//!   runtime: its default clock reads the CPU's counter (`FastClock::unless_pausable`).
+//! * `degrade/admit-tokio-clock`: the same on `TokioClock`, which is what the default picks
+//!   inside a current-thread runtime (where tokio's time can be paused).
 //! * `degrade/admit-fast-clock`: the same on degrade-core's opt-in `FastClock` (TSC, feature
 //!   `fast-clock`); `degrade/admit-frozen-clock`: on a clock that costs nothing, i.e. the
 //!   limiter without its clock read.
@@ -37,7 +40,7 @@
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use degrade_benches::{FrozenClock, Req, call_now, contended, inner};
-use degrade_core::FastClock;
+use degrade_core::{FastClock, TokioClock};
 use degrade_ratelimit::{KeysConfig, RateLimitConfig, RateLimitLayer, RateLimited, key};
 use governor::{Quota, RateLimiter};
 use std::convert::Infallible;
@@ -72,6 +75,25 @@ fn http_inner() -> impl tower::Service<
 }
 
 fn ratelimit(c: &mut Criterion) {
+    // degrade's layers are built before the runtime below is entered, as in a server on a
+    // multi-thread runtime (or outside any): the default clock then reads the CPU's counter.
+    // Inside a current-thread runtime (where tokio's time can be paused) it reads `TokioClock`;
+    // `degrade/admit-tokio-clock` shows that case.
+    let degrade = RateLimitLayer::new(degrade_config()).expect("valid config");
+    let reject = RateLimitLayer::new(RateLimitConfig::per(1, Duration::from_secs(3600)))
+        .expect("valid config");
+    let keyed = RateLimitLayer::builder(degrade_config())
+        .keyed(
+            key::from_fn(|r: &Req| Some(*r % 10_000)),
+            KeysConfig::default(),
+        )
+        .build()
+        .expect("valid config");
+    let http_layer = RateLimitLayer::new(degrade_config())
+        .expect("valid config")
+        .http();
+    assert!(!degrade.clock().follows_tokio());
+
     // tower's RateLimit arms a tokio sleep when it is made; it needs a runtime context.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -85,10 +107,18 @@ fn ratelimit(c: &mut Criterion) {
         b.iter(|| black_box(call_now(&mut svc, black_box(1))))
     });
 
-    let degrade = RateLimitLayer::new(degrade_config()).expect("valid config");
     let mut svc = degrade.layer(inner());
     assert!(call_now(&mut svc, 1).is_ok());
     g.bench_function(BenchmarkId::new("degrade", "admit"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+    let mut svc = RateLimitLayer::builder(degrade_config())
+        .clock(TokioClock)
+        .build()
+        .expect("valid config")
+        .layer(inner());
+    assert!(call_now(&mut svc, 1).is_ok());
+    g.bench_function(BenchmarkId::new("degrade", "admit-tokio-clock"), |b| {
         b.iter(|| black_box(call_now(&mut svc, black_box(1))))
     });
 
@@ -113,9 +143,7 @@ fn ratelimit(c: &mut Criterion) {
         b.iter(|| black_box(call_now(&mut svc, black_box(1))))
     });
 
-    let mut svc = RateLimitLayer::new(RateLimitConfig::per(1, Duration::from_secs(3600)))
-        .expect("valid config")
-        .layer(inner());
+    let mut svc = reject.layer(inner());
     let _ = call_now(&mut svc, 1);
     let err = call_now(&mut svc, 1).expect_err("budget spent");
     assert!(err.is::<RateLimited>());
@@ -164,13 +192,6 @@ fn ratelimit(c: &mut Criterion) {
     });
 
     // Keyed: 10,000 keys, visited in turn.
-    let keyed = RateLimitLayer::builder(degrade_config())
-        .keyed(
-            key::from_fn(|r: &Req| Some(*r % 10_000)),
-            KeysConfig::default(),
-        )
-        .build()
-        .expect("valid config");
     let mut svc = keyed.layer(inner());
     for k in 0..10_000 {
         assert!(call_now(&mut svc, k).is_ok());
@@ -201,10 +222,7 @@ fn ratelimit(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("baseline", "http-no-layer"), |b| {
         b.iter(|| black_box(call_now(&mut svc, http::Request::new(()))))
     });
-    let mut svc = RateLimitLayer::new(degrade_config())
-        .expect("valid config")
-        .http()
-        .layer(http_inner());
+    let mut svc = http_layer.layer(http_inner());
     g.bench_function(BenchmarkId::new("degrade", "http-admit"), |b| {
         b.iter(|| black_box(call_now(&mut svc, http::Request::new(()))))
     });

@@ -187,7 +187,7 @@ pub fn saturating_add(at: Instant, d: Duration) -> Instant {
 
 #[cfg(feature = "fast-clock")]
 mod fast {
-    use super::Clock;
+    use super::{Clock, TokioClock};
     use tokio::time::Instant;
 
     /// An opt-in clock that reads the CPU's time-stamp counter through [`quanta`] (feature
@@ -198,10 +198,13 @@ mod fast {
     /// has an invariant TSC (quanta falls back to `clock_gettime` where it has not).
     ///
     /// The reading is mapped onto a [`tokio::time::Instant`] captured when the clock is made,
-    /// so it is a drop-in [`Clock`] for every layer. The caveats are why it is not the default:
+    /// so it is a drop-in [`Clock`] for every layer. The caveats of a clock made by
+    /// [`FastClock::new`]:
     ///
     /// * **It does not follow tokio's paused time.** `tokio::time::pause` / `advance` do not
     ///   move it; tests must keep using `TokioClock` or a `ManualClock`.
+    ///   [`FastClock::unless_pausable`] (the rate limiter's default) avoids this one: where
+    ///   tokio's time can be paused it reads [`TokioClock`] instead.
     /// * **It can step backwards by a little** when two reads land on cores whose counters are
     ///   not perfectly synchronised (a known quanta property). The layers tolerate it: a rate
     ///   limiter that sees an earlier `now` only becomes stricter for that decision, windows
@@ -221,9 +224,19 @@ mod fast {
     /// ```
     #[derive(Debug, Clone)]
     pub struct FastClock {
-        clock: quanta::Clock,
-        origin_raw: u64,
-        origin: Instant,
+        source: Source,
+    }
+
+    #[derive(Debug, Clone)]
+    enum Source {
+        /// The time-stamp counter, mapped onto the tokio instant `origin`.
+        Tsc {
+            clock: quanta::Clock,
+            origin_raw: u64,
+            origin: Instant,
+        },
+        /// [`TokioClock`]: made where tokio's time can be paused.
+        Tokio,
     }
 
     impl FastClock {
@@ -237,15 +250,92 @@ mod fast {
         /// # use degrade_core::{Clock, FastClock};
         /// let before = tokio::time::Instant::now();
         /// assert!(FastClock::new().now() >= before);
+        /// assert!(!FastClock::new().follows_tokio());
         /// ```
         pub fn new() -> Self {
             let clock = quanta::Clock::new();
             let origin_raw = clock.raw();
             Self {
-                clock,
-                origin_raw,
-                origin: Instant::now(),
+                source: Source::Tsc {
+                    clock,
+                    origin_raw,
+                    origin: Instant::now(),
+                },
             }
+        }
+
+        /// The counter where tokio's time cannot be paused, [`TokioClock`] where it can: the
+        /// clock a layer picks by default for its per-request reads.
+        ///
+        /// Tokio pauses time only on a `current_thread` runtime (`start_paused`,
+        /// `tokio::time::pause`; `#[tokio::test]` is one), and only for reads made inside that
+        /// runtime's context. So the choice is made here, once, from the context this is called
+        /// in:
+        ///
+        /// * inside a `current_thread` runtime (or a flavour tokio may add later): a clock
+        ///   that reads [`TokioClock`] (its call scope included), so paused time, `advance`
+        ///   and auto-advance are followed exactly, whether time is paused already or later;
+        /// * outside any runtime, or inside a multi-thread runtime (which cannot pause): the
+        ///   counter, as [`FastClock::new`] (about 12 ns a read where `clock_gettime` costs
+        ///   30 ns).
+        ///
+        /// What it does not follow: a clock made outside any runtime or on a multi-thread
+        /// runtime and then read inside a *paused* `current_thread` runtime reads real time
+        /// (it never consults tokio again). Make it in the test's runtime, or give the layer
+        /// [`TokioClock`] or a `ManualClock` explicitly.
+        ///
+        /// ```
+        /// use degrade_core::{Clock, FastClock};
+        /// use std::time::Duration;
+        ///
+        /// // No runtime: the counter.
+        /// assert!(!FastClock::unless_pausable().follows_tokio());
+        ///
+        /// // A current-thread runtime with paused time: tokio's clock, advance included.
+        /// let rt = tokio::runtime::Builder::new_current_thread()
+        ///     .enable_time()
+        ///     .start_paused(true)
+        ///     .build()
+        ///     .unwrap();
+        /// rt.block_on(async {
+        ///     let clock = FastClock::unless_pausable();
+        ///     assert!(clock.follows_tokio());
+        ///     let t0 = clock.now();
+        ///     tokio::time::advance(Duration::from_secs(3)).await;
+        ///     assert_eq!(clock.now() - t0, Duration::from_secs(3));
+        /// });
+        /// ```
+        pub fn unless_pausable() -> Self {
+            if pausable_here() {
+                Self {
+                    source: Source::Tokio,
+                }
+            } else {
+                Self::new()
+            }
+        }
+
+        /// Whether this clock reads [`TokioClock`] (made where tokio's time can be paused)
+        /// rather than the counter.
+        ///
+        /// ```
+        /// # use degrade_core::FastClock;
+        /// assert!(!FastClock::new().follows_tokio());
+        /// ```
+        pub fn follows_tokio(&self) -> bool {
+            matches!(self.source, Source::Tokio)
+        }
+    }
+
+    /// Whether tokio's time can be paused for reads made on this thread now: inside a runtime
+    /// context that is not a multi-thread runtime.
+    fn pausable_here() -> bool {
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => !matches!(
+                h.runtime_flavor(),
+                tokio::runtime::RuntimeFlavor::MultiThread
+            ),
+            Err(_) => false,
         }
     }
 
@@ -258,8 +348,15 @@ mod fast {
     impl Clock for FastClock {
         #[inline]
         fn now(&self) -> Instant {
-            // `delta` is zero for a reading before the origin (a core whose counter lags).
-            self.origin + self.clock.delta(self.origin_raw, self.clock.raw())
+            match &self.source {
+                // `delta` is zero for a reading before the origin (a core whose counter lags).
+                Source::Tsc {
+                    clock,
+                    origin_raw,
+                    origin,
+                } => *origin + clock.delta(*origin_raw, clock.raw()),
+                Source::Tokio => TokioClock.now(),
+            }
         }
     }
 }

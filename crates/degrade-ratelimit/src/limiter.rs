@@ -9,6 +9,7 @@ use crate::store::Store;
 use crossbeam_utils::CachePadded;
 use degrade_core::counter::ShardedCounter;
 use degrade_core::{Clock, ConfigError, LevelHandle};
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,177 @@ pub(crate) enum Verdict {
     No(RateLimited),
 }
 
+/// The longest a [`Lease`] may be spent: 1 ms, or a sixteenth of the burst's time if that
+/// is shorter. It is what a window may admit beyond GCRA, as time at the configured rate.
+pub(crate) const LEASE_NS: u64 = 1_000_000;
+
+/// The burst's share a lease's life (and so its size) is bounded by.
+const LEASE_BURST_SHARE: u64 = 16;
+
+/// How long a lease taken under `p` may be spent, in nanoseconds: `min(1 ms, burst / 16)`.
+#[inline]
+pub(crate) fn lease_life(p: &Params) -> u64 {
+    LEASE_NS.min(p.tolerance_ns / LEASE_BURST_SHARE)
+}
+
+/// Budget one thread took from a limiter's shared GCRA cell in one compare-and-swap and spends
+/// on its next requests to that limiter without touching the cell (issue 20: one cell is one
+/// contended cache line; two threads admitting through it were no faster than one). Leases are
+/// per thread, not per service clone: axum and hyper clone a service per request or per
+/// connection, a worker thread serves them all. A thread holds leases for up to
+/// [`LEASE_SLOTS`] limiters; a fifth takes the slot of the one it used least recently (that
+/// lease is forfeited).
+///
+/// Only a global (unkeyed) limit leases, and only when its rate is high. A lease lives
+/// `L = min(1 ms, burst time / 16)` from when it was taken and holds at most the units
+/// emitted in `L` (`rate × L`, so at most `burst / 16`); below two units no lease is taken.
+/// The size adapts per thread: a thread starts with none (every request decided by the cell,
+/// exactly as GCRA), doubles its lease when it spent the last one within `L / 4`, keeps the
+/// size when within `L`, and halves it when a lease expired. A quota or level change (another
+/// unit or burst) voids a lease. Near exhaustion a lease is not granted and the request is
+/// decided by the cell alone.
+///
+/// What it changes, stated as bounds (the window proptests in `tests/proptests.rs` carry the
+/// allowance; `tests/lease.rs` shows the case that needs it):
+///
+/// * **Never more than `rate × L` units beyond GCRA, over any window.** Every leased unit was
+///   charged to the cell less than `L` before it is spent, so over any window of length `W`
+///   the admitted units are at most `burst + rate × (W + L)`, where GCRA alone allows
+///   `burst + rate × W`. At one instant (`W = 0`) that is the burst plus at most a sixteenth,
+///   and at most 1 ms of rate.
+/// * **Budget forfeited** (fewer admitted than GCRA would): what a thread leased and did not
+///   spend within `L`; at most one lease per thread per `L`, and only by a thread whose own
+///   traffic spent its previous lease within `L`.
+/// * Accounting is untouched: every request is counted once, admitted or rejected.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lease {
+    /// Nanoseconds of budget left.
+    left: u64,
+    /// When the lease was taken (limiter nanoseconds), and until when it may be spent.
+    taken: u64,
+    until: u64,
+    /// The unit and the tolerance the lease was taken under; others void it.
+    unit_ns: u64,
+    tolerance_ns: u64,
+    /// Units the next lease takes (0 or 1: none).
+    next: u64,
+}
+
+/// How many limiters a thread holds leases for at once.
+pub(crate) const LEASE_SLOTS: usize = 4;
+
+/// The leases of one thread: `(limiter id, lease, last use)`; id 0 is a free slot.
+struct Leases {
+    slots: [(u64, Lease, u64); LEASE_SLOTS],
+    uses: u64,
+}
+
+thread_local! {
+    static LEASES: RefCell<Leases> = const {
+        RefCell::new(Leases {
+            slots: [(0, Lease::NONE, 0); LEASE_SLOTS],
+            uses: 0,
+        })
+    };
+}
+
+/// Ids of limiters, for the per-thread lease slots (never reused, never 0).
+static NEXT_LIMITER: AtomicU64 = AtomicU64::new(1);
+
+impl Leases {
+    /// The calling thread's lease for limiter `id` (a fresh one if it had none), or `None`
+    /// while the thread's storage is being torn down.
+    #[inline]
+    fn with<T>(id: u64, f: impl FnOnce(&mut Lease) -> T) -> Option<T> {
+        LEASES
+            .try_with(|l| {
+                let mut l = l.borrow_mut();
+                l.uses += 1;
+                let uses = l.uses;
+                let i = match l.slots.iter().position(|s| s.0 == id) {
+                    Some(i) => i,
+                    None => Self::evict(&mut l, id),
+                };
+                let slot = &mut l.slots[i];
+                slot.2 = uses;
+                f(&mut slot.1)
+            })
+            .ok()
+    }
+
+    /// Gives the least recently used slot to limiter `id`; its lease is forfeited.
+    #[cold]
+    fn evict(&mut self, id: u64) -> usize {
+        let (i, _) = self
+            .slots
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, s)| s.2)
+            .unwrap_or((0, &self.slots[0]));
+        self.slots[i] = (id, Lease::NONE, 0);
+        i
+    }
+}
+
+impl Lease {
+    const NONE: Self = Self {
+        left: 0,
+        taken: 0,
+        until: 0,
+        unit_ns: 0,
+        tolerance_ns: 0,
+        next: 0,
+    };
+
+    /// Spends `cost_ns` from the lease, if it holds that much, is in force at `now` and was
+    /// taken under `p`'s unit and burst.
+    #[inline]
+    fn spend(&mut self, cost_ns: u64, now: u64, p: &Params) -> bool {
+        if self.left >= cost_ns
+            && now < self.until
+            && self.unit_ns == p.unit_ns
+            && self.tolerance_ns == p.tolerance_ns
+        {
+            self.left -= cost_ns;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Starts the next lease at `now` and answers its size in nanoseconds (zero: none), from
+    /// how the last one went.
+    #[cold]
+    fn renew(&mut self, p: &Params, now: u64) -> u64 {
+        let life = lease_life(p);
+        let max = life / p.unit_ns.max(1);
+        let same = self.unit_ns == p.unit_ns && self.tolerance_ns == p.tolerance_ns;
+        let next = if max < 2 || !same {
+            1
+        } else if now >= self.until {
+            // Expired (unspent, or the clone was idle): smaller.
+            (self.next / 2).max(1)
+        } else if now.saturating_sub(self.taken) < life / 4 {
+            (self.next.max(1) * 2).min(max)
+        } else {
+            self.next.clamp(1, max)
+        };
+        *self = Self {
+            left: 0,
+            taken: now,
+            until: now.saturating_add(life),
+            unit_ns: p.unit_ns,
+            tolerance_ns: p.tolerance_ns,
+            next,
+        };
+        if next >= 2 {
+            next.saturating_mul(p.unit_ns)
+        } else {
+            0
+        }
+    }
+}
+
 /// A place among the bounded number of waiters; released on drop.
 #[derive(Debug)]
 pub(crate) struct WaiterSlot(Arc<AtomicU32>);
@@ -39,6 +211,8 @@ impl Drop for WaiterSlot {
 }
 
 pub(crate) struct Shared<E: Keyed, W, C> {
+    /// This limiter's key in the threads' lease slots.
+    id: u64,
     table: ParamTable,
     cell: CachePadded<Cell>,
     level: Option<LevelHandle>,
@@ -95,6 +269,7 @@ impl<E: Keyed, W, C: Clock> Shared<E, W, C> {
         degrade_core::rejection::register::<RateLimited>();
         let origin = clock.now();
         Self {
+            id: NEXT_LIMITER.fetch_add(1, Ordering::Relaxed),
             table: ParamTable::new(params),
             cell: CachePadded::new(Cell::new(params[0].unit_ns)),
             level,
@@ -147,6 +322,13 @@ impl<E: Keyed, W, C: Clock> Shared<E, W, C> {
             return self.reject(Cause::CostAboveBurst, None, &p);
         }
         let now = self.now_ns();
+        if self.store.is_none()
+            && Leases::with(self.id, |l| self.leased(l, &p, cost_ns, now)) == Some(true)
+        {
+            self.counters.add(ADMITTED, 1);
+            self.counters.add(UNITS, units);
+            return Verdict::Now;
+        }
         let mut max_wait = self.max_wait_ns.load(Ordering::Relaxed);
         let mut waiters_full = false;
         if max_wait > 0
@@ -196,6 +378,28 @@ impl<E: Keyed, W, C: Clock> Shared<E, W, C> {
         }
     }
 
+    /// Admits a request of `cost_ns` from the thread's lease, or from a new lease taken from
+    /// the cell; false: decide it by the cell alone.
+    #[inline]
+    fn leased(&self, lease: &mut Lease, p: &Params, cost_ns: u64, now: u64) -> bool {
+        if lease.spend(cost_ns, now, p) {
+            return true;
+        }
+        let size = lease.renew(p, now);
+        if size >= cost_ns
+            && let Decision::Admit { wait: 0, .. } = self.cell.acquire(p, size, now, 0)
+        {
+            lease.left = size - cost_ns;
+            return true;
+        }
+        if size > 0 {
+            // Not granted (the budget is nearly spent): decide this request alone, and lease
+            // nothing until the thread proves hot again.
+            lease.next = 1;
+        }
+        false
+    }
+
     fn take_waiter_slot(&self) -> Option<WaiterSlot> {
         let max = self.max_waiters.load(Ordering::Relaxed);
         self.waiters
@@ -225,6 +429,10 @@ impl<E: Keyed, W, C: Clock> Shared<E, W, C> {
         self.store
             .as_ref()
             .map_or((0, 0), |s| (s.allocated(), s.cap()))
+    }
+
+    pub(crate) fn clock(&self) -> &C {
+        &self.clock
     }
 
     /// Nanoseconds the shared budget is ahead of now (its debt); zero when full.

@@ -5,7 +5,7 @@ use crate::future::{Core, ResponseFuture};
 use crate::key::{Global, KeyExtractor, Keyed};
 use crate::limiter::{RateLimitSnapshot, Shared, Verdict};
 use degrade_core::answer::Errors;
-use degrade_core::{Clock, TokioClock};
+use degrade_core::{Clock, FastClock};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -36,7 +36,7 @@ use tower_service::Service;
 /// assert!(err.downcast_ref::<RateLimited>().unwrap().retry_after.is_some());
 /// # }
 /// ```
-pub struct RateLimit<S, E = Global, W = DefaultCost, C = TokioClock, M = Errors>
+pub struct RateLimit<S, E = Global, W = DefaultCost, C = FastClock, M = Errors>
 where
     E: Keyed,
 {

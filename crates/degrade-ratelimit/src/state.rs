@@ -342,6 +342,41 @@ mod loom_models {
         });
     }
 
+    /// A clone leasing two units (one compare-and-swap of twice the cost, as
+    /// `limiter::Lease` takes them) races a single request for a budget of two: either the
+    /// lease gets both units and the request is refused, or the request gets one and the lease
+    /// is refused (a lease is all or nothing); the TAT holds exactly what was granted.
+    #[test]
+    fn a_lease_racing_a_request_is_all_or_nothing() {
+        loom::model(|| {
+            let p = params(10, 2);
+            let cell = Arc::new(Cell::new(10));
+            let c = Arc::clone(&cell);
+            let t = thread::spawn(move || admitted(c.acquire(&p, 20, 0, 0)) * 2);
+            let request = admitted(cell.acquire(&p, 10, 0, 0));
+            let lease = t.join().unwrap();
+            assert!(
+                (lease, request) == (2, 0) || (lease, request) == (0, 1),
+                "lease {lease}, request {request}"
+            );
+            assert_eq!(cell.tat(), 10 * (lease + request));
+        });
+    }
+
+    /// Two clones leasing two units each from a budget of three: exactly one lease is granted.
+    #[test]
+    fn two_leases_never_overspend_the_budget() {
+        loom::model(|| {
+            let p = params(10, 3);
+            let cell = Arc::new(Cell::new(10));
+            let c = Arc::clone(&cell);
+            let t = thread::spawn(move || admitted(c.acquire(&p, 20, 0, 0)));
+            let mine = admitted(cell.acquire(&p, 20, 0, 0));
+            assert_eq!(mine + t.join().unwrap(), 1);
+            assert_eq!(cell.tat(), 20);
+        });
+    }
+
     /// A reader racing a quota change sees the old parameters or the new ones, never a mix.
     /// The writer stores thirty values, so preemptions are bounded to keep the model small.
     #[test]
