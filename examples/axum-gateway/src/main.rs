@@ -68,6 +68,12 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, MissedTickBehavior};
 use tower::ServiceBuilder;
 
+thread_local! {
+    /// The breaker's state as the request entered the breaker's `call` (see the proxy's
+    /// forwarded-while-open check).
+    static STATE_BEFORE_BREAKER: std::cell::Cell<Option<State>> = const { std::cell::Cell::new(None) };
+}
+
 type HttpClient = Client<HttpConnector, Body>;
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -266,9 +272,13 @@ async fn start_gateway(
         let handle = breaker_handle.clone();
         let counter = Arc::clone(&forwarded_while_open);
         tower::service_fn(move |mut req: Request<Body>| {
-            // Runs in the breaker's `call`, right after it admitted the request: an admitted
-            // call while the breaker reads open would be a breaker bug.
-            if handle.state() == State::Open {
+            // Runs in the breaker's `call`, right after it admitted the request. A call the
+            // breaker admitted while it was open (open just before its `call` and still open
+            // now) would be a breaker bug. Reading open only now is not: a call admitted while
+            // closed races the failure that opens the breaker (the fifth in a row, completing
+            // on another thread), and on a loaded host the read can come after it. With one
+            // half-open permit no other call can reopen the breaker between the two reads.
+            if handle.state() == State::Open && STATE_BEFORE_BREAKER.get() == Some(State::Open) {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
             let client = client.clone();
@@ -307,6 +317,15 @@ async fn start_gateway(
         .layer(degrade.clone())
         .layer(rate_limit.clone()) // clones share one budget
         .layer(observe)
+        .map_request({
+            let handle = breaker_handle.clone();
+            move |req: Request<Body>| {
+                // The breaker's state just before its `call` (on this thread: `call` is
+                // synchronous down to the proxy's check above).
+                STATE_BEFORE_BREAKER.set(Some(handle.state()));
+                req
+            }
+        })
         .layer(breaker)
         .service(proxy);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
