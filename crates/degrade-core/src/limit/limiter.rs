@@ -105,8 +105,10 @@ const LOW_LATENCY_SUM: usize = 4;
 const HALF_SAMPLES: usize = 5;
 const HALF_LATENCY_SUM: usize = 6;
 const FAST_FAILURES: usize = 7;
-const SAMPLES: usize = 8;
-const SUMS: usize = 9;
+const CAPPED_SAMPLES: usize = 8;
+const CAPPED_EXCESS: usize = 9;
+const SAMPLES: usize = 10;
+const SUMS: usize = 11;
 
 /// Window accumulators, bumped by timed completions.
 #[derive(Debug)]
@@ -313,6 +315,10 @@ impl Shared {
         };
         let us = ns / 1_000;
         let mut add = [0; SUMS];
+        if ns < whole {
+            add[CAPPED_SAMPLES] = 1;
+            add[CAPPED_EXCESS] = whole - ns;
+        }
         add[LATENCY_SUM] = ns;
         add[LATENCY_SQ_SUM] = us.saturating_mul(us);
         add[CONCURRENCY_SUM] = u64::from(slot.concurrency());
@@ -371,6 +377,8 @@ impl Shared {
             binding,
             fast_failures: count(d[FAST_FAILURES]),
             max_latency_ns: self.cells.max_latency_ns.swap(0, Ordering::Relaxed),
+            capped_samples: count(d[CAPPED_SAMPLES]),
+            capped_excess_ns: d[CAPPED_EXCESS],
             elapsed,
         }
     }
@@ -1020,11 +1028,16 @@ mod tests {
             .collect()
     }
 
+    /// The sample cap the windows are recorded under (the samples run 0.5-1.5 ms).
+    const CAP_NS: u64 = 1_200_000;
+
     /// Two windows of the same samples recorded by `threads` threads (and one fast failure in
     /// seven), as the law would read them.
     fn windows_from(threads: usize) -> [Window; 2] {
         let limiter = Limiter::new(LimitConfig::default());
         let shared = limiter.shared.get();
+        // A cap inside the samples' spread: some are cut, and the window counts them.
+        shared.sample_cap_ns.store(CAP_NS, Ordering::Relaxed);
         let all = samples();
         let chunk = all.len().div_ceil(threads);
         std::array::from_fn(|_| {
@@ -1055,8 +1068,19 @@ mod tests {
         assert_eq!(w.samples, 96);
         assert_eq!(w.low_samples, 32);
         assert_eq!(w.fast_failures, 96 / 7 + 1);
-        let sum: u64 = all.iter().map(|(l, _)| nanos(*l)).sum();
+        let sum: u64 = all.iter().map(|(l, _)| nanos(*l).min(CAP_NS)).sum();
         assert_eq!(w.latency_sum_ns, sum);
+        let cut: Vec<u64> = all
+            .iter()
+            .map(|(l, _)| nanos(*l))
+            .filter(|&l| l > CAP_NS)
+            .collect();
+        assert!(!cut.is_empty());
+        assert_eq!(w.capped_samples as usize, cut.len());
+        assert_eq!(
+            w.capped_excess_ns,
+            cut.iter().map(|l| l - CAP_NS).sum::<u64>()
+        );
         let concurrency: u64 = all.iter().map(|(_, s)| u64::from(s.concurrency())).sum();
         assert_eq!(w.concurrency_sum, concurrency);
         let max = all.iter().map(|(l, _)| nanos(*l)).max().unwrap();
