@@ -7,7 +7,11 @@
 //!   slots kept by threads; each thread's kept slots are in its own cell (`cells[shard]`,
 //!   written by that thread only, read by anybody). So the word never counts fewer than are
 //!   in flight, an admit from a kept slot takes nothing the limit did not grant, and the true
-//!   number in flight is the word minus the cells ([`Leases::in_flight`]).
+//!   number in flight is the word minus the cells ([`Leases::in_flight`]). A timed request
+//!   reads no other thread's cell while the leases hold (their owners write them at every
+//!   admit and release): it takes its own cell and a bound on the others' ([`View`]), within
+//!   one slot per other holder of the exact count, and reads every cell only when that bound
+//!   could change what the law reads.
 //! * **When.** A thread keeps a released slot only while leases are on (the generation is
 //!   even), it holds the lease of one limiter (the first it released into, until that lease
 //!   ends), and it keeps at most [`KEEP`] slots. Leases are revoked (the generation made odd)
@@ -132,6 +136,78 @@ impl Leases {
     pub(crate) fn reset(&self) {
         self.revoke();
         self.allow();
+    }
+}
+
+/// What a timed request learns of the kept slots without reading another thread's cell
+/// (lines their owners write at every admit and release: one cache miss per other thread):
+/// whether leases are on, the slots this thread keeps (its own cell), and how many *other*
+/// threads hold a cell of the host (each keeps at most [`KEEP`]); the generation and the
+/// claimed bits are written only when leases turn and cells change hands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct View {
+    pub(crate) on: bool,
+    pub(crate) own: u32,
+    pub(crate) others: u32,
+}
+
+impl View {
+    /// The requests in flight (itself included, at least one) when the word counts
+    /// `counted`, from the view alone, or `None` when only every cell can tell (read them:
+    /// [`Leases::kept`]). The exact count lies in `[lo, hi]` (`hi` the word less this
+    /// thread's slots, `lo` that less [`KEEP`] per other holder); the answer is their
+    /// midpoint, so it differs from the exact count by at most `others` (≤ [`SHARDS`] − 1),
+    /// and only when it cannot change what the law reads per sample:
+    ///
+    /// * leases are on (the word grew to no more than half the limit since they were
+    ///   allowed; once revoked the cells are quiet and cheap to read, and slots stranded with
+    ///   idle threads are read exactly);
+    /// * `hi ≤ half`: the answer and the exact count are both at most half the limit, so
+    ///   neither counts as a half-limit sample where the other does not, and such samples
+    ///   alone never reach the law's filled share of the limit (¾);
+    /// * `low` (the low-concurrency bound) is not in `[lo, hi)`: the answer is a
+    ///   low-concurrency sample exactly when the exact count is.
+    ///
+    /// With no other holder (one thread) the answer is the exact count.
+    #[inline]
+    pub(crate) fn estimate(self, counted: u32, low: u32, half: u32) -> Option<u32> {
+        let hi = counted.saturating_sub(self.own).max(1);
+        if self.others == 0 {
+            return Some(hi);
+        }
+        if !self.on || hi > half {
+            return None;
+        }
+        let lo = hi.saturating_sub(KEEP * self.others).max(1);
+        if lo <= low && low < hi {
+            return None;
+        }
+        Some(lo.midpoint(hi))
+    }
+}
+
+/// The view of `host`'s kept slots from this thread (see [`View`]): no other thread's cell
+/// is read.
+#[inline]
+pub(crate) fn view(host: &'static dyn Host) -> View {
+    let leases = host.leases();
+    let generation = leases.generation.load(Ordering::Relaxed);
+    let claimed = leases.claimed.load(Ordering::Relaxed);
+    let (own, mine) = LEASE
+        .try_with(|holder| {
+            let lease = holder.0.get();
+            if lease.of(host) {
+                let cell = &leases.cells[lease.shard];
+                (cell.load(Ordering::Relaxed), 1u32 << lease.shard)
+            } else {
+                (0, 0)
+            }
+        })
+        .unwrap_or((0, 0));
+    View {
+        on: on(generation),
+        own,
+        others: (claimed & !mine).count_ones(),
     }
 }
 
@@ -306,6 +382,50 @@ fn claim(holder: &Holder, host: &'static dyn Host) -> bool {
         generation,
     });
     true
+}
+
+#[cfg(all(test, not(degrade_loom)))]
+mod tests {
+    use super::{KEEP, SHARDS, View};
+
+    /// Every (slots in flight, this thread's kept slots, the others' kept slots, holders,
+    /// limit): the view's answer is within one slot per other holder of the exact count, has
+    /// the same low-concurrency and half-limit verdicts, never reaches the filled share of
+    /// the limit, and is exact with no other holder.
+    #[test]
+    fn the_view_is_within_one_slot_per_other_holder_with_the_same_verdicts() {
+        let mut answered = 0u64;
+        for limit in [32u32, 33, 48, 64, 100, 256] {
+            let (low, half) = ((limit / 8).max(1), limit / 2);
+            for others in 0..SHARDS as u32 {
+                for others_kept in 0..=KEEP * others {
+                    for own in 0..=KEEP {
+                        for in_flight in 0..=limit {
+                            for on in [true, false] {
+                                let counted = in_flight + own + others_kept;
+                                let exact = in_flight.max(1);
+                                let view = View { on, own, others };
+                                let Some(n) = view.estimate(counted, low, half) else {
+                                    assert!(others > 0);
+                                    continue;
+                                };
+                                answered += 1;
+                                assert!(n.abs_diff(exact) <= others, "{view:?} {counted}");
+                                assert_eq!(n <= low, exact <= low, "{view:?} {counted}");
+                                assert_eq!(n <= half, exact <= half, "{view:?} {counted}");
+                                if others > 0 {
+                                    assert!(on && f64::from(n) < 0.75 * f64::from(limit));
+                                } else {
+                                    assert_eq!(n, exact);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(answered > 0);
+    }
 }
 
 #[cfg(all(test, degrade_loom))]
