@@ -458,7 +458,7 @@ mod tests {
         let mut answered = 0u64;
         for limit in [32u32, 33, 48, 64, 100, 256] {
             let (low, half) = ((limit / 8).max(1), limit / 2);
-            for others in 0..SHARDS as u32 {
+            for others in 0..=SHARDS as u32 {
                 for others_kept in 0..=KEEP * others {
                     for guess in 0..=KEEP * others + 1 {
                         for own in 0..=KEEP {
