@@ -7,7 +7,12 @@
 //!   slots kept by threads; each thread's kept slots are in its own cell (`cells[shard]`,
 //!   written by that thread only, read by anybody). So the word never counts fewer than are
 //!   in flight, an admit from a kept slot takes nothing the limit did not grant, and the true
-//!   number in flight is the word minus the cells ([`Leases::in_flight`]).
+//!   number in flight is the word minus the cells ([`Leases::in_flight`]). A timed request
+//!   reads no other thread's cell while the leases hold (their owners write them at every
+//!   admit and release): it takes its own cell, a bound on the others' ([`View`]) and what
+//!   they kept at this thread's last probe (one timed request in [`PROBE_EVERY`] reads every
+//!   cell), within [`KEEP`] slots per other holder of the exact count, and reads every cell
+//!   whenever that bound could change what the law reads.
 //! * **When.** A thread keeps a released slot only while leases are on (the generation is
 //!   even), it holds the lease of one limiter (the first it released into, until that lease
 //!   ends), and it keeps at most [`KEEP`] slots. Leases are revoked (the generation made odd)
@@ -132,6 +137,137 @@ impl Leases {
     pub(crate) fn reset(&self) {
         self.revoke();
         self.allow();
+    }
+}
+
+/// What a timed request learns of the kept slots without reading another thread's cell
+/// (lines their owners write at every admit and release: one cache miss per other thread):
+/// whether leases are on, the slots this thread keeps (its own cell), and how many *other*
+/// threads hold a cell of the host (each keeps at most [`KEEP`]); the generation and the
+/// claimed bits are written only when leases turn and cells change hands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct View {
+    pub(crate) on: bool,
+    pub(crate) own: u32,
+    pub(crate) others: u32,
+}
+
+impl View {
+    /// The requests in flight (itself included, at least one) when the word counts
+    /// `counted`, from the view and `guess` (the slots the other holders keep, as this thread
+    /// last read them: [`others_kept`]), or `None` when only every cell can tell (read them:
+    /// [`Leases::kept`]). The exact count lies in `[lo, hi]` (`hi` the word less this
+    /// thread's slots, `lo` that less [`KEEP`] per other holder); the answer is `hi` less the
+    /// guess, kept in `[lo, hi]` — the exact count when the guess is right, within [`KEEP`]
+    /// per other holder whatever it is — and only when no value in `[lo, hi]` can change
+    /// what the law reads per sample:
+    ///
+    /// * leases are on (the word grew to no more than half the limit since they were
+    ///   allowed; once revoked the cells are quiet and cheap to read, and slots stranded with
+    ///   idle threads are read exactly);
+    /// * `hi ≤ half`: the answer and the exact count are both at most half the limit, so
+    ///   neither counts as a half-limit sample where the other does not, and such samples
+    ///   alone never reach the law's filled share of the limit (¾);
+    /// * `low` (the low-concurrency bound) is not in `[lo, hi)`: the answer is a
+    ///   low-concurrency sample exactly when the exact count is.
+    ///
+    /// With no other holder (one thread) the answer is the exact count, and `guess` is not
+    /// called.
+    #[inline]
+    pub(crate) fn estimate(
+        self,
+        counted: u32,
+        low: u32,
+        half: u32,
+        guess: impl FnOnce() -> u32,
+    ) -> Option<u32> {
+        let hi = counted.saturating_sub(self.own).max(1);
+        if self.others == 0 {
+            return Some(hi);
+        }
+        if !self.on || hi > half {
+            return None;
+        }
+        let lo = hi.saturating_sub(KEEP * self.others).max(1);
+        if lo <= low && low < hi {
+            return None;
+        }
+        Some(hi.saturating_sub(guess()).clamp(lo, hi))
+    }
+}
+
+/// One timed request in this many that a [`View`] answers reads every cell (the probe), the
+/// others use the slots the other holders kept at this thread's last probe. Probes and the
+/// requests they stand for are the same kind of instant (this thread's timed admits), so
+/// over a window the guesses err both ways, and the window's mean concurrency keeps close to
+/// the exact one; one in eight keeps seven eighths of the cache misses away.
+pub(crate) const PROBE_EVERY: u32 = 8;
+
+/// This thread's last probe: of which host, what the other holders kept, and the requests
+/// until the next.
+#[derive(Clone, Copy)]
+struct Probe {
+    host: usize,
+    others_kept: u32,
+    countdown: u32,
+}
+
+#[cfg(not(degrade_loom))]
+thread_local! {
+    static PROBE: Cell<Probe> = const {
+        Cell::new(Probe { host: 0, others_kept: 0, countdown: 0 })
+    };
+}
+#[cfg(degrade_loom)]
+loom::thread_local! {
+    static PROBE: Cell<Probe> = Cell::new(Probe { host: 0, others_kept: 0, countdown: 0 });
+}
+
+/// The slots the other holders of `host` keep, as this thread last read them: `read` (every
+/// cell less this thread's) runs once every [`PROBE_EVERY`] calls and whenever the host
+/// differs from the last call's.
+#[inline]
+pub(crate) fn others_kept(host: &'static dyn Host, read: impl FnOnce() -> u32) -> u32 {
+    let addr = std::ptr::from_ref(host).cast::<()>() as usize;
+    let probed = PROBE.try_with(|cell| {
+        let mut p = cell.get();
+        if p.host != addr || p.countdown == 0 {
+            p = Probe {
+                host: addr,
+                others_kept: read(),
+                countdown: PROBE_EVERY - 1,
+            };
+        } else {
+            p.countdown -= 1;
+        }
+        cell.set(p);
+        p.others_kept
+    });
+    probed.unwrap_or(0)
+}
+
+/// The view of `host`'s kept slots from this thread (see [`View`]): no other thread's cell
+/// is read.
+#[inline]
+pub(crate) fn view(host: &'static dyn Host) -> View {
+    let leases = host.leases();
+    let generation = leases.generation.load(Ordering::Relaxed);
+    let claimed = leases.claimed.load(Ordering::Relaxed);
+    let (own, mine) = LEASE
+        .try_with(|holder| {
+            let lease = holder.0.get();
+            if lease.of(host) {
+                let cell = &leases.cells[lease.shard];
+                (cell.load(Ordering::Relaxed), 1u32 << lease.shard)
+            } else {
+                (0, 0)
+            }
+        })
+        .unwrap_or((0, 0));
+    View {
+        on: on(generation),
+        own,
+        others: (claimed & !mine).count_ones(),
     }
 }
 
@@ -306,6 +442,55 @@ fn claim(holder: &Holder, host: &'static dyn Host) -> bool {
         generation,
     });
     true
+}
+
+#[cfg(all(test, not(degrade_loom)))]
+mod tests {
+    use super::{KEEP, SHARDS, View};
+
+    /// Every (slots in flight, this thread's kept slots, the others' kept slots, holders,
+    /// limit, guess of the others' slots): the view's answer is within [`KEEP`] per other
+    /// holder of the exact count (the exact count when the guess is right), has the same
+    /// low-concurrency and half-limit verdicts, never reaches the filled share of the limit,
+    /// and is exact with no other holder.
+    #[test]
+    fn the_view_is_within_keep_per_other_holder_with_the_same_verdicts() {
+        let mut answered = 0u64;
+        for limit in [32u32, 33, 48, 64, 100, 256] {
+            let (low, half) = ((limit / 8).max(1), limit / 2);
+            for others in 0..=SHARDS as u32 {
+                for others_kept in 0..=KEEP * others {
+                    for guess in 0..=KEEP * others + 1 {
+                        for own in 0..=KEEP {
+                            for in_flight in 0..=limit {
+                                for on in [true, false] {
+                                    let counted = in_flight + own + others_kept;
+                                    let exact = in_flight.max(1);
+                                    let view = View { on, own, others };
+                                    let Some(n) = view.estimate(counted, low, half, || guess)
+                                    else {
+                                        assert!(others > 0);
+                                        continue;
+                                    };
+                                    answered += 1;
+                                    let at = format!("{view:?} {counted} {guess}");
+                                    assert!(n.abs_diff(exact) <= KEEP * others, "{at}");
+                                    assert_eq!(n <= low, exact <= low, "{at}");
+                                    assert_eq!(n <= half, exact <= half, "{at}");
+                                    if others == 0 || guess == others_kept {
+                                        assert_eq!(n, exact, "{at}");
+                                    } else {
+                                        assert!(on && f64::from(n) < 0.75 * f64::from(limit));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(answered > 0);
+    }
 }
 
 #[cfg(all(test, degrade_loom))]
