@@ -83,7 +83,7 @@ const SCOPES: &[Scope] = &[
         ],
         features: None,
         // The targets that exercise the machine or the judge: their unit tests, the judge's
-        // (`judge`, `judge_props`, `sim`: the judge on simulated traffic), the machine's
+        // (`judge`, `judge_props`, `sim`: the judge on simulated traffic, `mutants_canary`), the machine's
         // (`rollout`, `mutants_rollout`, `config` and `fuzz_store`: what `new` and `resume`
         // refuse), and the judge through the real router and controller (`what_counts`,
         // `timing`). The slow pass, for the mutants these miss, has the rest: the router alone
@@ -103,6 +103,8 @@ const SCOPES: &[Scope] = &[
             "judge",
             "--test",
             "judge_props",
+            "--test",
+            "mutants_canary",
             "--test",
             "mutants_rollout",
             "--test",
@@ -153,6 +155,59 @@ const SCOPES: &[Scope] = &[
         slow: None,
         loom: Some(&["--test", "loom"]),
         what: "degrade-core's ladder and sliding windows",
+    },
+    Scope {
+        name: "cells",
+        package: "degrade-core",
+        files: &[
+            "crates/degrade-core/src/recycle.rs",
+            "crates/degrade-core/src/limit/lease.rs",
+        ],
+        features: None,
+        // The targets that exercise the recycled objects (their unit tests) and the limiter's
+        // per-thread leases: the lib's `limit::` tests, the leases through the layer on real
+        // threads stepped one at a time (`leases`), admission and the limit law through the
+        // layer (`admission`, `limit_law`, `service`). The slow pass, for the mutants these
+        // miss, has the rest of the package's targets; the loom pass the two cells' models.
+        tests: &[
+            "--lib",
+            "--test",
+            "admission",
+            "--test",
+            "leases",
+            "--test",
+            "limit_law",
+            "--test",
+            "service",
+        ],
+        slow: Some(&[
+            "--test",
+            "alloc",
+            "--test",
+            "axum",
+            "--test",
+            "config",
+            "--test",
+            "durations",
+            "--test",
+            "fuzz",
+            "--test",
+            "histogram",
+            "--test",
+            "loom",
+            "--test",
+            "mutants_ladder",
+            "--test",
+            "mutants_timing",
+            "--test",
+            "mutants_window",
+            "--test",
+            "proptests",
+            "--test",
+            "rejection",
+        ]),
+        loom: Some(&["--lib", "loom_models"]),
+        what: "degrade-core's recycled objects and the limiter's per-thread leases",
     },
     Scope {
         name: "breaker",
@@ -329,8 +384,10 @@ fn cargo() -> Command {
     Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-/// Mutant names (regexes) never generated: test-only code cargo-mutants cannot tell apart.
-const EXCLUDE_RE: &[&str] = &["loom_models"];
+/// Mutant names (regexes) never generated: test-only code cargo-mutants cannot tell apart
+/// (`mod loom_models` under `cfg(all(test, degrade_loom))`, `mod tests` under
+/// `cfg(all(test, not(degrade_loom)))`).
+const EXCLUDE_RE: &[&str] = &["loom_models", " in tests::"];
 
 /// The arguments that select a scope's mutants and build (everything but the output).
 fn select_args(scope: &Scope) -> Vec<String> {
