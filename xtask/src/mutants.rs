@@ -166,7 +166,7 @@ const SCOPES: &[Scope] = &[
         features: None,
         // The targets that exercise the recycled objects (their unit tests) and the limiter's
         // per-thread leases: the lib's `limit::` tests, the leases through the layer on real
-        // threads stepped one at a time (`leases`), admission and the limit law through the
+        // threads stepped one at a time (`leases`), `mutants_cells`, admission and the limit law through the
         // layer (`admission`, `limit_law`, `service`). The slow pass, for the mutants these
         // miss, has the rest of the package's targets; the loom pass the two cells' models.
         tests: &[
@@ -177,6 +177,8 @@ const SCOPES: &[Scope] = &[
             "leases",
             "--test",
             "limit_law",
+            "--test",
+            "mutants_cells",
             "--test",
             "service",
         ],
