@@ -389,7 +389,7 @@ fn cargo() -> Command {
 /// Mutant names (regexes) never generated: test-only code cargo-mutants cannot tell apart
 /// (`mod loom_models` under `cfg(all(test, degrade_loom))`, `mod tests` under
 /// `cfg(all(test, not(degrade_loom)))`).
-const EXCLUDE_RE: &[&str] = &["loom_models", " in tests::"];
+const EXCLUDE_RE: &[&str] = &["loom_models", "[ :]tests::"];
 
 /// The arguments that select a scope's mutants and build (everything but the output).
 fn select_args(scope: &Scope) -> Vec<String> {
