@@ -322,6 +322,7 @@ pub(crate) fn run(args: &[String]) -> Result {
         return Ok(());
     }
 
+    let _lock = lock_build_dir(&root.join("target").join("mutants"))?;
     let started = Instant::now();
     let mut results = Vec::new();
     for scope in selected {
@@ -358,6 +359,29 @@ pub(crate) fn run(args: &[String]) -> Result {
             "below the goal of {GOAL_PERCENT} % caught: {}",
             below.join(", ")
         ))
+    }
+}
+
+/// Holds `target/mutants/run.lock` for the whole run, or refuses when another run holds it.
+///
+/// Every scope builds in the one `target/mutants/build`, each run from its own copy of the tree.
+/// Cargo names a workspace member's artifacts the same whatever the copy's path, so two runs at
+/// once overwrite each other's builds of a crate they share, and a run's test phase can find
+/// the other run's build fresh and test it instead of its own mutant (seen: a `TimingSampler`
+/// mutant "missed" while a run over `recycle.rs` rebuilt degrade-core next to it).
+fn lock_build_dir(dir: &Path) -> Result<fs::File> {
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join("run.lock");
+    let file =
+        fs::File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(format!(
+            "another `cargo xtask mutants` is running ({} is locked): two runs in the same \
+             build directory would test each other's builds; wait for it or stop it",
+            path.display()
+        )),
+        Err(fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
     }
 }
 
@@ -856,6 +880,20 @@ mod tests {
             ["b.rs:2:2: t2", "c.rs:3:3: c", "a.rs:1:1: t1"]
         );
         fs::remove_dir_all(&out).unwrap();
+    }
+
+    #[test]
+    fn a_second_run_is_refused_while_the_first_holds_the_build_directory() {
+        let dir = env::temp_dir().join(format!("xtask-mutants-lock-{}", std::process::id()));
+        let first = lock_build_dir(&dir).unwrap();
+        let err = lock_build_dir(&dir).unwrap_err();
+        assert!(
+            err.contains("another `cargo xtask mutants` is running"),
+            "{err}"
+        );
+        drop(first);
+        drop(lock_build_dir(&dir).unwrap());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
