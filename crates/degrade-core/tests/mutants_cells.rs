@@ -1,9 +1,17 @@
-//! Behaviour of degrade-core's recycled objects (`recycle`) that the other tests left
-//! unpinned, found by mutation testing (`cargo xtask mutants --scope cells`, see
-//! `docs/mutants.md`).
+//! Behaviour of degrade-core's recycled objects (`recycle`) and the limiter's per-thread
+//! leases (`limit/lease.rs`, through the layer) that the other tests left unpinned, found by
+//! mutation testing (`cargo xtask mutants --scope cells`, see `docs/mutants.md`).
 
+use degrade_core::limit::LimitConfig;
 use degrade_core::recycle::{Held, Pool, Recycle};
+use degrade_core::{Controller, DegradeLayer};
+use futures_util::FutureExt;
+use std::convert::Infallible;
+use std::future::ready;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use tower::{Layer, Service, ServiceExt};
 
 #[derive(Default)]
 struct InFlight(AtomicU64);
@@ -53,4 +61,72 @@ fn a_hold_reads_the_object_its_pool_made_and_keeps_it_once_dropped() {
     let next = POOL.take(InFlight::default);
     assert!(std::ptr::eq(next.get(), object), "recycled once idle");
     assert_eq!(POOL.counts(), (1, 0, 0));
+}
+
+/// A layer whose limit is fixed at `limit`, without a queue.
+fn fixed(limit: u32) -> DegradeLayer {
+    let c = Controller::new(Default::default()).unwrap();
+    DegradeLayer::builder(c.handle())
+        .limit(LimitConfig {
+            initial: limit,
+            min: limit,
+            max: limit,
+            queue_size: 0.0,
+            ..LimitConfig::default()
+        })
+        .build()
+        .unwrap()
+}
+
+/// Requests that `limit` admits on this thread while `idle` threads, each of which called
+/// once (answered at once) and then stays alive without calling again, may keep the slots
+/// their calls gave back.
+fn admitted_beside_idle_threads(limit: u32, idle: usize) -> usize {
+    let layer = fixed(limit);
+    let quick = layer.layer(tower::service_fn(|n: u8| ready(Ok::<_, Infallible>(n))));
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let done_rx = Arc::new(Mutex::new(done_rx));
+    let (called_tx, called_rx) = mpsc::channel::<bool>();
+    let threads: Vec<_> = (0..idle)
+        .map(|_| {
+            let mut svc = quick.clone();
+            let (called, done) = (called_tx.clone(), done_rx.clone());
+            thread::spawn(move || {
+                svc.ready().now_or_never().unwrap().unwrap();
+                let ok = svc.call(1).now_or_never().unwrap().is_ok();
+                called.send(ok).unwrap();
+                // Idle, alive: whatever it keeps stays kept until the test is done.
+                let _ = done.lock().unwrap().recv();
+            })
+        })
+        .collect();
+    for _ in 0..idle {
+        assert!(called_rx.recv().unwrap(), "an idle thread's one call");
+    }
+    let mut held = Vec::new();
+    let mut svc = layer.layer(tower::service_fn(|n: u8| async move {
+        std::future::pending::<()>().await;
+        Ok::<_, Infallible>(n)
+    }));
+    loop {
+        svc.ready().now_or_never().unwrap().unwrap();
+        let mut fut = Box::pin(svc.call(1));
+        if fut.as_mut().now_or_never().is_some() {
+            break; // refused
+        }
+        held.push(fut);
+    }
+    drop(done_tx);
+    for t in threads {
+        t.join().unwrap();
+    }
+    held.len()
+}
+
+#[test]
+fn a_limit_under_thirty_two_never_lets_an_idle_thread_keep_a_slot() {
+    // 31: the exact path, the whole limit for this thread. 32: leases, and each idle thread
+    // keeps the one slot its call gave back (the stated bound) until it touches the layer.
+    assert_eq!(admitted_beside_idle_threads(31, 2), 31);
+    assert_eq!(admitted_beside_idle_threads(32, 2), 30);
 }
