@@ -4,7 +4,7 @@
 
 use degrade_core::limit::LimitConfig;
 use degrade_core::recycle::{Held, Pool, Recycle};
-use degrade_core::{Controller, DegradeLayer};
+use degrade_core::{BoxError, Controller, DegradeLayer};
 use futures_util::FutureExt;
 use std::convert::Infallible;
 use std::future::ready;
@@ -129,4 +129,95 @@ fn a_limit_under_thirty_two_never_lets_an_idle_thread_keep_a_slot() {
     // keeps the one slot its call gave back (the stated bound) until it touches the layer.
     assert_eq!(admitted_beside_idle_threads(31, 2), 31);
     assert_eq!(admitted_beside_idle_threads(32, 2), 30);
+}
+
+/// A thread that runs the steps it is sent, one at a time, and stays alive between them.
+struct Stepper {
+    steps: Option<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Stepper {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let thread = thread::spawn(move || {
+            for step in rx {
+                step();
+            }
+        });
+        Self {
+            steps: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let step: Box<dyn FnOnce() + Send> = Box::new(move || tx.send(f()).unwrap());
+        self.steps.as_ref().unwrap().send(step).unwrap();
+        rx.recv().unwrap()
+    }
+}
+
+impl Drop for Stepper {
+    fn drop(&mut self) {
+        drop(self.steps.take());
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+/// One call, answered at once: `true` when admitted.
+fn call_once<S: Service<u8, Error = BoxError>>(svc: &mut S) -> bool {
+    svc.ready().now_or_never().unwrap().unwrap();
+    svc.call(1).now_or_never().unwrap().is_ok()
+}
+
+#[test]
+fn leases_end_at_half_the_limit_in_flight_and_come_back_under_a_quarter() {
+    let layer = fixed(32);
+    let quick = layer.layer(tower::service_fn(|n: u8| ready(Ok::<_, Infallible>(n))));
+    let a = Stepper::new();
+    let mut s = quick.clone();
+    assert!(a.run(move || call_once(&mut s))); // `a` keeps the slot its call gave back
+    let mut hold = layer.layer(tower::service_fn(|n: u8| async move {
+        std::future::pending::<()>().await;
+        Ok::<_, Infallible>(n)
+    }));
+    let mut held = Vec::new();
+    let mut take = |held: &mut Vec<_>| {
+        hold.ready().now_or_never().unwrap().unwrap();
+        let mut fut = Box::pin(hold.call(1));
+        let refused = fut.as_mut().now_or_never().is_some();
+        if !refused {
+            held.push(fut);
+        }
+        !refused
+    };
+    // Half the limit in flight through the word (with `a`'s kept slot): the leases end.
+    while held.len() < 15 {
+        assert!(take(&mut held));
+    }
+    // `a` calls again: its lease has ended, so it gives its slot back and keeps nothing.
+    let mut s = quick.clone();
+    assert!(a.run(move || call_once(&mut s)));
+    while take(&mut held) {}
+    assert_eq!(
+        held.len(),
+        32,
+        "the whole limit: nothing kept by the idle thread"
+    );
+    // Quiet again: an admit through the word under a quarter of the limit allows leases, and
+    // `a` keeps the slot of its next call while it idles.
+    held.clear();
+    assert!(take(&mut held));
+    let mut s = quick.clone();
+    assert!(a.run(move || call_once(&mut s)));
+    while take(&mut held) {}
+    assert_eq!(
+        held.len(),
+        31,
+        "the limit less the slot the idle thread keeps"
+    );
 }
