@@ -83,7 +83,7 @@ const SCOPES: &[Scope] = &[
         ],
         features: None,
         // The targets that exercise the machine or the judge: their unit tests, the judge's
-        // (`judge`, `judge_props`, `sim`: the judge on simulated traffic), the machine's
+        // (`judge`, `judge_props`, `sim`: the judge on simulated traffic, `mutants_canary`), the machine's
         // (`rollout`, `mutants_rollout`, `config` and `fuzz_store`: what `new` and `resume`
         // refuse), and the judge through the real router and controller (`what_counts`,
         // `timing`). The slow pass, for the mutants these miss, has the rest: the router alone
@@ -103,6 +103,8 @@ const SCOPES: &[Scope] = &[
             "judge",
             "--test",
             "judge_props",
+            "--test",
+            "mutants_canary",
             "--test",
             "mutants_rollout",
             "--test",
@@ -153,6 +155,61 @@ const SCOPES: &[Scope] = &[
         slow: None,
         loom: Some(&["--test", "loom"]),
         what: "degrade-core's ladder and sliding windows",
+    },
+    Scope {
+        name: "cells",
+        package: "degrade-core",
+        files: &[
+            "crates/degrade-core/src/recycle.rs",
+            "crates/degrade-core/src/limit/lease.rs",
+        ],
+        features: None,
+        // The targets that exercise the recycled objects (their unit tests) and the limiter's
+        // per-thread leases: the lib's `limit::` tests, the leases through the layer on real
+        // threads stepped one at a time (`leases`), `mutants_cells`, admission and the limit law through the
+        // layer (`admission`, `limit_law`, `service`). The slow pass, for the mutants these
+        // miss, has the rest of the package's targets; the loom pass the two cells' models.
+        tests: &[
+            "--lib",
+            "--test",
+            "admission",
+            "--test",
+            "leases",
+            "--test",
+            "limit_law",
+            "--test",
+            "mutants_cells",
+            "--test",
+            "service",
+        ],
+        slow: Some(&[
+            "--test",
+            "alloc",
+            "--test",
+            "axum",
+            "--test",
+            "config",
+            "--test",
+            "durations",
+            "--test",
+            "fuzz",
+            "--test",
+            "histogram",
+            "--test",
+            "loom",
+            "--test",
+            "mutants_ladder",
+            "--test",
+            "mutants_timing",
+            "--test",
+            "mutants_window",
+            "--test",
+            "proptests",
+            "--test",
+            "rejection",
+        ]),
+        loom: Some(&["--lib", "loom_models"]),
+        what: "degrade-core's recycled objects and the limiter's per-thread leases",
     },
     Scope {
         name: "breaker",
@@ -265,6 +322,7 @@ pub(crate) fn run(args: &[String]) -> Result {
         return Ok(());
     }
 
+    let _lock = lock_build_dir(&root.join("target").join("mutants"))?;
     let started = Instant::now();
     let mut results = Vec::new();
     for scope in selected {
@@ -304,6 +362,29 @@ pub(crate) fn run(args: &[String]) -> Result {
     }
 }
 
+/// Holds `target/mutants/run.lock` for the whole run, or refuses when another run holds it.
+///
+/// Every scope builds in the one `target/mutants/build`, each run from its own copy of the tree.
+/// Cargo names a workspace member's artifacts the same whatever the copy's path, so two runs at
+/// once overwrite each other's builds of a crate they share, and a run's test phase can find
+/// the other run's build fresh and test it instead of its own mutant (seen: a `TimingSampler`
+/// mutant "missed" while a run over `recycle.rs` rebuilt degrade-core next to it).
+fn lock_build_dir(dir: &Path) -> Result<fs::File> {
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join("run.lock");
+    let file =
+        fs::File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(format!(
+            "another `cargo xtask mutants` is running ({} is locked): two runs in the same \
+             build directory would test each other's builds; wait for it or stop it",
+            path.display()
+        )),
+        Err(fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
 fn scope_names() -> String {
     SCOPES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
 }
@@ -329,8 +410,10 @@ fn cargo() -> Command {
     Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-/// Mutant names (regexes) never generated: test-only code cargo-mutants cannot tell apart.
-const EXCLUDE_RE: &[&str] = &["loom_models"];
+/// Mutant names (regexes) never generated: test-only code cargo-mutants cannot tell apart
+/// (`mod loom_models` under `cfg(all(test, degrade_loom))`, `mod tests` under
+/// `cfg(all(test, not(degrade_loom)))`).
+const EXCLUDE_RE: &[&str] = &["loom_models", "[ :]tests::"];
 
 /// The arguments that select a scope's mutants and build (everything but the output).
 fn select_args(scope: &Scope) -> Vec<String> {
@@ -797,6 +880,20 @@ mod tests {
             ["b.rs:2:2: t2", "c.rs:3:3: c", "a.rs:1:1: t1"]
         );
         fs::remove_dir_all(&out).unwrap();
+    }
+
+    #[test]
+    fn a_second_run_is_refused_while_the_first_holds_the_build_directory() {
+        let dir = env::temp_dir().join(format!("xtask-mutants-lock-{}", std::process::id()));
+        let first = lock_build_dir(&dir).unwrap();
+        let err = lock_build_dir(&dir).unwrap_err();
+        assert!(
+            err.contains("another `cargo xtask mutants` is running"),
+            "{err}"
+        );
+        drop(first);
+        drop(lock_build_dir(&dir).unwrap());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,0 +1,407 @@
+//! Behaviour of the judge that the other tests left unpinned, found by mutation testing
+//! (`cargo xtask mutants --scope canary`, see `docs/mutants.md`). Pure: the judge is fed
+//! hand-made cumulative snapshots, no router, no runtime.
+
+use degrade_canary::stats::{ARM_LAYOUT, CanarySnapshot};
+use degrade_canary::{Judge, JudgeConfig, Judgement, Verdict};
+use std::time::Duration;
+
+fn judge(cfg: JudgeConfig) -> Judge {
+    Judge::new(cfg).unwrap()
+}
+
+fn min_samples(min: u64) -> JudgeConfig {
+    JudgeConfig {
+        min_samples: min,
+        ..JudgeConfig::default()
+    }
+}
+
+/// One analysis window of ungrouped calls (each call its own unit): calls and failures of
+/// each arm, at the router weight `weight`.
+#[derive(Debug, Clone, Copy)]
+struct Win {
+    weight: Option<u32>,
+    stable: (u64, u64),
+    canary: (u64, u64),
+}
+
+impl Win {
+    fn new(weight: Option<u32>, stable: (u64, u64), canary: (u64, u64)) -> Self {
+        Self {
+            weight,
+            stable,
+            canary,
+        }
+    }
+
+    /// The difference of the failure rates, canary minus stable.
+    fn effect(&self) -> f64 {
+        self.canary.1 as f64 / self.canary.0 as f64 - self.stable.1 as f64 / self.stable.0 as f64
+    }
+}
+
+/// Adds `w`'s calls to the cumulative snapshot `s`.
+fn add(s: &mut CanarySnapshot, w: &Win) {
+    s.weight_bp = w.weight;
+    for (arm, (calls, failures)) in [(&mut s.stable, w.stable), (&mut s.canary, w.canary)] {
+        arm.successes += calls - failures;
+        arm.failures += failures;
+    }
+}
+
+/// Feeds the windows to a fresh judge, one look each; the last look's judgement.
+fn run(cfg: JudgeConfig, windows: &[Win]) -> Judgement {
+    let mut j = judge(cfg);
+    let mut s = CanarySnapshot::default();
+    let mut last = None;
+    for w in windows {
+        add(&mut s, w);
+        last = Some(j.look(&s));
+    }
+    last.unwrap()
+}
+
+/// A window's Cochran–Mantel–Haenszel weight as the judge documents it:
+/// `n_c·n_s/(n_c + n_s) / (p(1 − p))`, `p` the window's pooled failure rate shrunk towards the
+/// rate so far (`before`) by two expected failures, `(f + 2)/(n + 2/before)` (unshrunk when
+/// nothing failed before); a spread of 0 divides by 1.
+fn cmh_weight(w: &Win, before: Option<f64>) -> f64 {
+    let (ns, nc) = (w.stable.0 as f64, w.canary.0 as f64);
+    let (n, f) = (ns + nc, (w.stable.1 + w.canary.1) as f64);
+    let p = match before {
+        Some(b) if b > 0.0 => (f + 2.0) / (n + 2.0 / b),
+        _ => f / n,
+    };
+    let spread = p * (1.0 - p);
+    let h = ns * nc / (ns + nc);
+    if spread > 0.0 { h / spread } else { h }
+}
+
+/// `Σ wₜ·θₜ` over the windows: the error test's estimate (times its weight) when they all
+/// fall in one stratum. The rate "so far" is pooled over every earlier window.
+fn weighted_effect(windows: &[Win]) -> f64 {
+    let (mut failed, mut calls) = (0.0, 0.0);
+    let mut sum = 0.0;
+    for w in windows {
+        let before = (calls > 0.0).then(|| failed / calls);
+        sum += cmh_weight(w, before) * w.effect();
+        failed += (w.stable.1 + w.canary.1) as f64;
+        calls += (w.stable.0 + w.canary.0) as f64;
+    }
+    sum
+}
+
+/// A regression window and a later, smaller improvement window that cancel each other
+/// exactly in one stratum *by their CMH weights* (the regression's canary failures chosen
+/// so), after the `lead` windows (without failures), at the weights given. Returns the
+/// windows and the weighted effect of the improvement alone (the scale of a mismatch).
+fn balanced(
+    lead: &[Win],
+    regression_at: Option<u32>,
+    improvement_at: Option<u32>,
+) -> (Vec<Win>, f64) {
+    // 4 failures in 1,000 stable calls, none on the canary: its weight depends on the rate so
+    // far (about 5e-4), which its own 4 failures would put at 2e-3.
+    let improvement = Win::new(improvement_at, (1_000, 4), (1_000, 0));
+    let build = |fc: u64| {
+        let mut ws = lead.to_vec();
+        ws.push(Win::new(regression_at, (10_000, 4_500), (10_000, fc)));
+        ws.push(improvement);
+        ws
+    };
+    let best = (4_500..10_000)
+        .min_by(|&a, &b| {
+            weighted_effect(&build(a))
+                .abs()
+                .total_cmp(&weighted_effect(&build(b)).abs())
+        })
+        .unwrap();
+    let windows = build(best);
+    let scale = {
+        let n = windows.len();
+        weighted_effect(&windows) - weighted_effect(&windows[..n - 1])
+    };
+    let residual = weighted_effect(&windows);
+    assert!(
+        residual.abs() < 1e-3 * scale.abs(),
+        "no balance: {residual} against {scale}"
+    );
+    (windows, scale)
+}
+
+/// Ten million calls on each arm, none failed: the rate so far is then small enough that the
+/// shrinkage of a window with few failures matters.
+fn quiet(weight: Option<u32>) -> Win {
+    Win::new(weight, (10_000_000, 0), (10_000_000, 0))
+}
+
+/// error_z for the balanced windows, and for the regression 100 canary failures (of about
+/// 5,500) weaker and stronger: the control that the balance is what keeps the score at zero
+/// (one failure moves it by about 0.002).
+fn balanced_scores(windows: &[Win]) -> (f64, f64, f64) {
+    let z = |ws: &[Win]| run(min_samples(100), ws).error_z;
+    let k = (0..windows.len())
+        .max_by_key(|&i| windows[i].canary.1)
+        .unwrap();
+    let shifted = |d: i64| {
+        let mut ws = windows.to_vec();
+        ws[k].canary.1 = ws[k].canary.1.checked_add_signed(d).unwrap();
+        z(&ws)
+    };
+    (z(windows), shifted(-100), shifted(100))
+}
+
+fn assert_balanced(windows: &[Win]) {
+    let (z, weaker, stronger) = balanced_scores(windows);
+    assert!(z.abs() < 0.01, "balanced windows scored {z}");
+    assert!(
+        weaker < -0.1 && stronger > 0.1,
+        "control: {weaker}, {stronger}"
+    );
+}
+
+#[test]
+fn windows_of_one_weight_are_combined_by_their_shrunk_cmh_weights() {
+    // The regression's window comes after a quiet one (rate so far 0: its weight unshrunk);
+    // the improvement's is shrunk towards the rate so far. The judge's score is zero exactly
+    // when it weighs the windows so.
+    let (windows, _) = balanced(&[quiet(None)], None, None);
+    assert_balanced(&windows);
+}
+
+#[test]
+fn a_window_at_a_weight_seen_before_joins_that_weights_stratum() {
+    // The improvement comes back to weight 500 after a window at 1000: it must be combined
+    // with the regression at 500 in one stratum (by CMH weights), not on its own.
+    let mut lead = vec![quiet(Some(500))];
+    lead.push(Win::new(Some(1_000), (1_000, 0), (1_000, 0)));
+    let (mut windows, _) = balanced(&lead, Some(500), Some(500));
+    // Move the window at 1000 between the regression and the improvement.
+    let other = windows.remove(1);
+    windows.insert(2, other);
+    let residual = weighted_effect(&windows);
+    assert!(residual.abs() < 1.0, "{residual}");
+    assert_balanced(&windows);
+}
+
+#[test]
+fn weights_beyond_the_thirty_second_are_merged_into_the_last_stratum() {
+    // Windows at 31 weights, the regression at the 32nd, the improvement at a 33rd: merged
+    // into the 32nd's stratum, so they cancel as if at one weight.
+    let lead: Vec<Win> = (1..=31)
+        .map(|w| Win::new(Some(w), (10_000_000 / 31, 0), (10_000_000 / 31, 0)))
+        .collect();
+    let (windows, _) = balanced(&lead, Some(32), Some(33));
+    assert_balanced(&windows);
+    // And the judgement is the one of the same windows with the improvement at the 32nd.
+    let mut same = windows.clone();
+    same.last_mut().unwrap().weight = Some(32);
+    assert_eq!(
+        run(min_samples(100), &windows),
+        run(min_samples(100), &same)
+    );
+}
+
+#[test]
+fn a_window_where_one_arm_saw_nothing_is_carried_into_the_next() {
+    for stable_first in [true, false] {
+        // First look: one arm's calls only, 10 % failed. Second look: 1,000 calls on each arm,
+        // the same arm without failures, the other with 5 %. Carried over, the first arm has
+        // 100 of 2,000 failed: both arms at 5 %, no difference at all.
+        let (alone, then) = ((1_000, 100), (1_000, 0));
+        let other = (1_000, 50);
+        let windows = if stable_first {
+            [Win::new(None, alone, (0, 0)), Win::new(None, then, other)]
+        } else {
+            [Win::new(None, (0, 0), alone), Win::new(None, other, then)]
+        };
+        let j = run(min_samples(100), &windows);
+        assert_eq!(j.error_z, 0.0, "stable first: {stable_first}: {j:?}");
+        assert_eq!(j.verdict, Verdict::Pass);
+        let n = if stable_first {
+            (2_000, 1_000)
+        } else {
+            (1_000, 2_000)
+        };
+        assert_eq!(j.samples, n);
+    }
+}
+
+#[test]
+fn an_error_ratio_barely_above_one_leaves_the_error_test_all_but_deaf() {
+    // The mixture over effects is scaled by `(error_ratio − 1) ×` the pooled rate: tuned to an
+    // effect of almost nothing, even a 1 % → 20 % regression moves ln Λ by almost nothing
+    // (the score itself does not depend on the tuning).
+    let window = [Win::new(None, (100_000, 1_000), (10_000, 2_000))];
+    let deaf = run(
+        JudgeConfig {
+            error_ratio: 1.0 + 1e-9,
+            ..min_samples(100)
+        },
+        &window,
+    );
+    assert!(deaf.error_llr.abs() < 1e-3, "{deaf:?}");
+    assert!(deaf.error_z > 10.0, "{deaf:?}");
+    assert_eq!(deaf.verdict, Verdict::Pass);
+    let tuned = run(min_samples(100), &window);
+    assert_eq!(tuned.error_z, deaf.error_z);
+    assert!(tuned.error_llr > tuned.upper_bound, "{tuned:?}");
+    assert_eq!(tuned.verdict, Verdict::Fail);
+}
+
+#[test]
+fn error_rates_count_cancelled_calls_as_failures_unless_told_not_to() {
+    let mut s = CanarySnapshot::default();
+    s.stable.successes = 900;
+    s.stable.failures = 100;
+    s.canary.successes = 80;
+    s.canary.failures = 10;
+    s.canary.cancelled = 10;
+    let j = judge(min_samples(1_000_000)).look(&s);
+    assert_eq!(j.samples, (1_000, 100));
+    assert_eq!(j.error_rates, (Some(0.1), Some(0.2)));
+    let j = judge(JudgeConfig {
+        cancelled_is_failure: false,
+        ..min_samples(1_000_000)
+    })
+    .look(&s);
+    assert_eq!(j.samples, (1_000, 90));
+    assert_eq!(j.error_rates, (Some(0.1), Some(10.0 / 90.0)));
+}
+
+#[test]
+fn an_arm_without_calls_has_no_error_rate() {
+    let j = judge(JudgeConfig::default()).look(&CanarySnapshot::default());
+    assert_eq!(j.error_rates, (None, None));
+    let mut s = CanarySnapshot::default();
+    s.stable.successes = 10;
+    let j = judge(JudgeConfig::default()).look(&s);
+    assert_eq!(j.error_rates, (Some(0.0), None));
+}
+
+#[test]
+fn the_absolute_guards_wait_for_min_samples_canary_calls() {
+    // Both arms at 10 % errors, above the guard of 5 %: 50 canary calls are not enough to
+    // judge, so not enough to fail by the guard either.
+    let cfg = JudgeConfig {
+        max_error_rate: Some(0.05),
+        ..min_samples(100)
+    };
+    let mut j = judge(cfg);
+    let mut s = CanarySnapshot::default();
+    s.stable.successes = 9_000;
+    s.stable.failures = 1_000;
+    s.canary.successes = 45;
+    s.canary.failures = 5;
+    let first = j.look(&s);
+    assert_eq!(first.verdict, Verdict::Inconclusive, "{first:?}");
+    assert_eq!(first.reason, "not enough samples");
+    s.canary.successes += 45;
+    s.canary.failures += 5;
+    let second = j.look(&s);
+    assert_eq!(second.verdict, Verdict::Fail);
+    assert_eq!(second.reason, "canary error rate above max_error_rate");
+}
+
+#[test]
+fn a_guard_does_not_overwrite_the_reason_of_an_earlier_failure() {
+    let mut j = judge(JudgeConfig {
+        max_error_rate: Some(0.5),
+        ..min_samples(100)
+    });
+    let mut s = CanarySnapshot::default();
+    s.stable.successes = 99_000;
+    s.stable.failures = 1_000;
+    s.canary.successes = 800;
+    s.canary.failures = 200;
+    assert_eq!(j.look(&s).reason, "canary error rate above stable's");
+    // Later the canary breaks the guard too: the failure keeps its first reason.
+    s.canary.failures += 10_000;
+    let later = j.look(&s);
+    assert_eq!(later.verdict, Verdict::Fail);
+    assert_eq!(later.reason, "canary error rate above stable's");
+}
+
+#[test]
+fn an_error_rate_exactly_at_max_error_rate_passes() {
+    let cfg = JudgeConfig {
+        max_error_rate: Some(0.1),
+        ..min_samples(100)
+    };
+    // Both arms at exactly 10 %: no relative regression, and the guard is not exceeded.
+    let window = [Win::new(None, (10_000, 1_000), (1_000, 100))];
+    let at = run(cfg.clone(), &window);
+    assert_eq!(at.error_rates.1, Some(0.1));
+    assert_eq!(at.verdict, Verdict::Pass, "{at:?}");
+    let above = run(cfg, &[Win::new(None, (10_000, 1_000), (1_000, 101))]);
+    assert_eq!(above.reason, "canary error rate above max_error_rate");
+}
+
+#[test]
+fn a_p99_exactly_at_max_p99_passes() {
+    let mut s = CanarySnapshot::default();
+    let bucket = ARM_LAYOUT.bucket(Duration::from_millis(200));
+    s.stable.successes = 1_000;
+    s.stable.latency.add(bucket, 1_000);
+    s.canary.successes = 200;
+    s.canary.latency.add(bucket, 200);
+    let p99 = s.canary.latency.quantile_upper(0.99).unwrap();
+    let with_max = |max| {
+        judge(JudgeConfig {
+            max_p99: Some(max),
+            ..min_samples(100)
+        })
+        .look(&s)
+    };
+    let at = with_max(p99);
+    assert_eq!(at.verdict, Verdict::Pass, "{at:?}");
+    let below = with_max(p99 - Duration::from_nanos(1));
+    assert_eq!(below.reason, "canary p99 above max_p99");
+}
+
+#[test]
+fn judge_config_refuses_the_upper_end_of_each_open_interval() {
+    let refused = |cfg: JudgeConfig| cfg.validate().unwrap_err().field().to_owned();
+    let d = JudgeConfig::default;
+    assert_eq!(refused(JudgeConfig { alpha: 0.5, ..d() }), "alpha");
+    assert_eq!(
+        refused(JudgeConfig {
+            error_ratio: 1e6,
+            ..d()
+        }),
+        "error_ratio"
+    );
+    assert_eq!(
+        refused(JudgeConfig {
+            latency_ratio: 1e6,
+            ..d()
+        }),
+        "latency_ratio"
+    );
+    let inside = JudgeConfig {
+        alpha: 0.499,
+        error_ratio: 999_999.0,
+        latency_ratio: 999_999.0,
+        ..d()
+    };
+    assert!(inside.validate().is_ok());
+}
+
+#[test]
+fn every_verdict_displays_as_its_name() {
+    assert_eq!(Verdict::Pass.to_string(), "pass");
+    assert_eq!(Verdict::Fail.to_string(), "fail");
+    assert_eq!(Verdict::Inconclusive.to_string(), "inconclusive");
+}
+
+#[test]
+fn the_judge_reports_the_configuration_it_was_built_with() {
+    let cfg = JudgeConfig {
+        min_samples: 123,
+        alpha: 0.01,
+        max_error_rate: Some(0.2),
+        ..JudgeConfig::default()
+    };
+    assert_eq!(judge(cfg.clone()).config(), &cfg);
+}
