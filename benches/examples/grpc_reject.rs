@@ -16,11 +16,12 @@
 //! cargo run --release -p degrade-benches --example grpc_reject
 //! ```
 
+use degrade_benches::min_ns_per_call;
 use degrade_core::rejection::{Rejected, Rejection, grpc};
 use degrade_core::{Level, Priority, Shed};
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CALLS: u32 = 100_000;
 const REPETITIONS: u32 = 40;
@@ -28,15 +29,9 @@ const ROUNDS: u32 = 3;
 
 /// The fastest repetition's time per call, in nanoseconds.
 fn min_ns(mut f: impl FnMut() -> tonic::Status) -> f64 {
-    (0..REPETITIONS)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..CALLS {
-                black_box(f());
-            }
-            start.elapsed().as_secs_f64() * 1e9 / f64::from(CALLS)
-        })
-        .fold(f64::INFINITY, f64::min)
+    min_ns_per_call(CALLS, REPETITIONS, || {
+        black_box(f());
+    })
 }
 
 // ---- BEFORE (reference only): degrade-core's hand-written encoder, as of 3b2d8a5^ ----------

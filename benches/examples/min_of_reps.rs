@@ -29,13 +29,13 @@
 //! second thread's request then waits, which the harness cannot. `admit-threads-rarely-timed`
 //! is the same with one request in 65,536 timed (the window's atomics are shared).
 
-use degrade_benches::{Req, call_now, inner};
+use degrade_benches::{Req, call_now, inner, min_ns_per_call};
 use degrade_core::degrade::Admission;
 use degrade_core::limit::LimitConfig;
 use degrade_core::{BoxError, Controller, DegradeLayer, Level, Priority, Shed};
 use std::future::{Ready, ready};
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tower::{Layer, Service};
 
 const CALLS: u32 = 200_000;
@@ -43,15 +43,9 @@ const REPETITIONS: u32 = 40;
 
 /// The fastest repetition's time per call, in nanoseconds.
 fn min_ns<S: Service<Req>>(svc: &mut S) -> f64 {
-    (0..REPETITIONS)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..CALLS {
-                let _ = black_box(call_now(svc, black_box(1)));
-            }
-            start.elapsed().as_secs_f64() * 1e9 / f64::from(CALLS)
-        })
-        .fold(f64::INFINITY, f64::min)
+    min_ns_per_call(CALLS, REPETITIONS, || {
+        let _ = black_box(call_now(svc, black_box(1)));
+    })
 }
 
 /// Leaves `svc` as a `CanaryController` leaves its router under heavy traffic: a controller

@@ -26,7 +26,7 @@
 //!
 //! With no argument, all of them.
 
-use degrade_benches::{FrozenClock, Req, call_now, contended, inner};
+use degrade_benches::{FrozenClock, Req, call_now, contended, inner, min_ns_per_call};
 use degrade_core::TokioClock;
 use degrade_ratelimit::{RateLimitConfig, RateLimitLayer};
 use governor::{Quota, RateLimiter};
@@ -34,7 +34,7 @@ use std::future::ready;
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tower::{Layer, Service};
 
 const CALLS: u32 = 200_000;
@@ -49,16 +49,8 @@ fn governor_quota() -> Quota {
 }
 
 /// The fastest repetition's time per call of `f`, in nanoseconds.
-fn min_ns(mut f: impl FnMut()) -> f64 {
-    (0..REPETITIONS)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..CALLS {
-                f();
-            }
-            start.elapsed().as_secs_f64() * 1e9 / f64::from(CALLS)
-        })
-        .fold(f64::INFINITY, f64::min)
+fn min_ns(f: impl FnMut()) -> f64 {
+    min_ns_per_call(CALLS, REPETITIONS, f)
 }
 
 fn min_svc<S: Service<Req>>(svc: &mut S) -> f64 {

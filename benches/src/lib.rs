@@ -11,7 +11,9 @@
 //!   `LoadShed` down their reject path;
 //! * [`contended`]: `n` threads calling clones of one service, for `iter_custom`;
 //! * [`FrozenClock`]: a clock that never moves, to show a timing layer's cost without the
-//!   clock's.
+//!   clock's;
+//! * [`min_ns_per_call`]: the fastest of several timed repetitions, for the `min_of_reps`-style
+//!   examples that compare binaries on a shared machine.
 
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
@@ -41,6 +43,29 @@ pub fn inner()
 + Sync
 + 'static {
     tower::service_fn(|r: Req| ready(Ok::<_, Infallible>(r)))
+}
+
+/// The fastest of `repetitions` runs of `calls` calls of `f`, in nanoseconds per call: the
+/// figure the `min_of_reps`-style examples report (on a shared machine the minimum is the run
+/// least disturbed by others; a mean or median would measure the neighbours).
+///
+/// ```
+/// let mut svc = degrade_benches::inner();
+/// let ns = degrade_benches::min_ns_per_call(1_000, 3, || {
+///     let _ = degrade_benches::call_now(&mut svc, 1);
+/// });
+/// assert!(ns.is_finite() && ns >= 0.0);
+/// ```
+pub fn min_ns_per_call(calls: u32, repetitions: u32, mut f: impl FnMut()) -> f64 {
+    (0..repetitions)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..calls {
+                f();
+            }
+            start.elapsed().as_secs_f64() * 1e9 / f64::from(calls)
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// One request through `svc`: `poll_ready`, `call`, and a poll of the response future, all on
