@@ -427,6 +427,35 @@ struct Limiter {
     below: usize,
 }
 
+impl Limiter {
+    /// A request of `priority` refused for `cause` (as in [`CRIT`]) at `now`: counted in
+    /// [`CRIT`] if critical, and logged with the limiter's state (see [`log_refusal`]).
+    fn refused(
+        &self,
+        phase: usize,
+        servers: f64,
+        now: f64,
+        priority: Priority,
+        cause: usize,
+        in_flight: u32,
+    ) {
+        count_critical_refusal(priority, cause);
+        log_refusal(
+            phase,
+            self.law.probing(),
+            servers,
+            (
+                now,
+                priority,
+                cause,
+                self.law.limit(),
+                in_flight,
+                self.queue.len(),
+            ),
+        );
+    }
+}
+
 pub(crate) fn run(setup: &Setup) -> Report {
     let origin = Instant::now();
     let at = |t: f64| origin + Duration::from_secs_f64(t.max(0.0));
@@ -627,19 +656,13 @@ pub(crate) fn run(setup: &Setup) -> Report {
                     {
                         // Still waiting at its deadline: refused.
                         reqs[id as usize].ticket = None;
-                        count_critical_refusal(reqs[id as usize].priority, 2);
-                        log_refusal(
+                        l.refused(
                             phase_of(now),
-                            l.law.probing(),
                             servers,
-                            (
-                                now,
-                                reqs[id as usize].priority,
-                                2,
-                                l.law.limit(),
-                                in_flight,
-                                l.queue.len(),
-                            ),
+                            now,
+                            reqs[id as usize].priority,
+                            2,
+                            in_flight,
                         );
 
                         answer(
@@ -728,22 +751,13 @@ pub(crate) fn run(setup: &Setup) -> Report {
                                         if let Some((t, victim)) = evicted {
                                             l.queue.take(t);
                                             reqs[victim as usize].ticket = None;
-                                            count_critical_refusal(
+                                            l.refused(
+                                                phase_of(now),
+                                                servers,
+                                                now,
                                                 reqs[victim as usize].priority,
                                                 1,
-                                            );
-                                            log_refusal(
-                                                phase_of(now),
-                                                l.law.probing(),
-                                                servers,
-                                                (
-                                                    now,
-                                                    reqs[victim as usize].priority,
-                                                    1,
-                                                    l.law.limit(),
-                                                    in_flight,
-                                                    l.queue.len(),
-                                                ),
+                                                in_flight,
                                             );
 
                                             answer(
@@ -765,19 +779,13 @@ pub(crate) fn run(setup: &Setup) -> Report {
                                         }
                                     }
                                     Pushed::Full(_) => {
-                                        count_critical_refusal(reqs[id as usize].priority, 0);
-                                        log_refusal(
+                                        l.refused(
                                             phase_of(now),
-                                            l.law.probing(),
                                             servers,
-                                            (
-                                                now,
-                                                reqs[id as usize].priority,
-                                                0,
-                                                l.law.limit(),
-                                                in_flight,
-                                                l.queue.len(),
-                                            ),
+                                            now,
+                                            reqs[id as usize].priority,
+                                            0,
+                                            in_flight,
                                         );
                                         answer(
                                             &mut reqs,
@@ -799,19 +807,13 @@ pub(crate) fn run(setup: &Setup) -> Report {
                                 }
                             }
                             _ => {
-                                count_critical_refusal(reqs[id as usize].priority, 3);
-                                log_refusal(
+                                l.refused(
                                     phase_of(now),
-                                    l.law.probing(),
                                     servers,
-                                    (
-                                        now,
-                                        reqs[id as usize].priority,
-                                        3,
-                                        l.law.limit(),
-                                        in_flight,
-                                        l.queue.len(),
-                                    ),
+                                    now,
+                                    reqs[id as usize].priority,
+                                    3,
+                                    in_flight,
                                 );
                                 answer(
                                     &mut reqs,
