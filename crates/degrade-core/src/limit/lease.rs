@@ -10,7 +10,7 @@
 //!   number in flight is the word minus the cells ([`Leases::in_flight`]). A timed request
 //!   reads no other thread's cell while the leases hold (their owners write them at every
 //!   admit and release): it takes its own cell, a bound on the others' ([`View`]) and what
-//!   they kept at this thread's last probe (one timed request in [`PROBE_EVERY`] reads every
+//!   they kept at this thread's last census (one timed request in [`CENSUS_EVERY`] reads every
 //!   cell), within [`KEEP`] slots per other holder of the exact count, and reads every cell
 //!   whenever that bound could change what the law reads.
 //! * **When.** A thread keeps a released slot only while leases are on (the generation is
@@ -196,17 +196,17 @@ impl View {
     }
 }
 
-/// One timed request in this many that a [`View`] answers reads every cell (the probe), the
-/// others use the slots the other holders kept at this thread's last probe. Probes and the
+/// One timed request in this many that a [`View`] answers reads every cell (the census), the
+/// others use the slots the other holders kept at this thread's last census. Censuses and the
 /// requests they stand for are the same kind of instant (this thread's timed admits), so
 /// over a window the guesses err both ways, and the window's mean concurrency keeps close to
 /// the exact one; one in eight keeps seven eighths of the cache misses away.
-pub(crate) const PROBE_EVERY: u32 = 8;
+pub(crate) const CENSUS_EVERY: u32 = 8;
 
-/// This thread's last probe: of which host, what the other holders kept, and the requests
+/// This thread's last census: of which host, what the other holders kept, and the requests
 /// until the next.
 #[derive(Clone, Copy)]
-struct Probe {
+struct Census {
     host: usize,
     others_kept: u32,
     countdown: u32,
@@ -214,28 +214,28 @@ struct Probe {
 
 #[cfg(not(degrade_loom))]
 thread_local! {
-    static PROBE: Cell<Probe> = const {
-        Cell::new(Probe { host: 0, others_kept: 0, countdown: 0 })
+    static CENSUS: Cell<Census> = const {
+        Cell::new(Census { host: 0, others_kept: 0, countdown: 0 })
     };
 }
 #[cfg(degrade_loom)]
 loom::thread_local! {
-    static PROBE: Cell<Probe> = Cell::new(Probe { host: 0, others_kept: 0, countdown: 0 });
+    static CENSUS: Cell<Census> = Cell::new(Census { host: 0, others_kept: 0, countdown: 0 });
 }
 
 /// The slots the other holders of `host` keep, as this thread last read them: `read` (every
-/// cell less this thread's) runs once every [`PROBE_EVERY`] calls and whenever the host
+/// cell less this thread's) runs once every [`CENSUS_EVERY`] calls and whenever the host
 /// differs from the last call's.
 #[inline]
 pub(crate) fn others_kept(host: &'static dyn Host, read: impl FnOnce() -> u32) -> u32 {
     let addr = std::ptr::from_ref(host).cast::<()>() as usize;
-    let probed = PROBE.try_with(|cell| {
+    let counted = CENSUS.try_with(|cell| {
         let mut p = cell.get();
         if p.host != addr || p.countdown == 0 {
-            p = Probe {
+            p = Census {
                 host: addr,
                 others_kept: read(),
-                countdown: PROBE_EVERY - 1,
+                countdown: CENSUS_EVERY - 1,
             };
         } else {
             p.countdown -= 1;
@@ -243,7 +243,7 @@ pub(crate) fn others_kept(host: &'static dyn Host, read: impl FnOnce() -> u32) -
         cell.set(p);
         p.others_kept
     });
-    probed.unwrap_or(0)
+    counted.unwrap_or(0)
 }
 
 /// The view of `host`'s kept slots from this thread (see [`View`]): no other thread's cell

@@ -718,7 +718,7 @@ impl Limiter {
     /// The requests in flight as a timed request records them, when the word counts
     /// `counted`: the word less the slots threads keep. While leases are on and the count is
     /// at most half the limit, from this thread's own cell, a bound on the others' and what
-    /// they kept at this thread's last probe (see [`lease::View::estimate`]: within two slots
+    /// they kept at this thread's last census (see [`lease::View::estimate`]: within two slots
     /// per other lease holder, the same low-concurrency and half-limit verdicts); otherwise
     /// every thread's cell is read.
     #[inline]
@@ -1126,7 +1126,7 @@ mod tests {
                 recorded.concurrency_sum,
                 exact.concurrency_sum
             );
-            // The probes keep the window's mean close (this schedule: +0.02, +0.01 and +0.13
+            // The censuses keep the window's mean close (this schedule: +0.02, +0.01 and +0.13
             // on 2, 3 and 8 threads; the bound alone allows 2, 4 and 14).
             let (r, e) = (recorded.mean_concurrency(), exact.mean_concurrency());
             assert!(
@@ -1267,7 +1267,7 @@ mod tests {
     /// mean concurrency (7.25–7.6 exact) is the baseline's, and the queue's window compares
     /// the low-concurrency bound (8) with it — "slower at more concurrency: a queue" — so a
     /// mean recorded over 8 would raise the baseline instead (the midpoint of the bound,
-    /// without the probes, did: 8.45 on three threads, 8.84 on eight).
+    /// without the censuses, did: 8.45 on three threads, 8.84 on eight).
     #[test]
     fn the_law_decides_the_same_from_the_estimated_concurrency() {
         for threads in [2, 3, 8] {
