@@ -392,3 +392,102 @@ async fn a_queue_full_of_critical_waiters_refuses_its_oldest_for_a_critical_newc
     assert_eq!(newest.await.unwrap(), 112);
     assert_eq!(snapshot().in_flight, 0);
 }
+
+/// A layer with a fixed limit of two that has learnt a 10 ms baseline (queueing target 5 ms,
+/// so the queue stands after 10 ms), over a service that answers request `n < 100` after
+/// 10 ms and never answers any other (its slot frees when its future is dropped).
+async fn two_slots_with_a_target() -> (
+    DegradeLayer,
+    impl Service<u8, Response = u8, Error = BoxError>,
+) {
+    use degrade_core::limit::LimitConfig;
+    let c = Controller::new(Default::default()).unwrap();
+    let layer = DegradeLayer::builder(c.handle())
+        .limit(LimitConfig {
+            initial: 2,
+            min: 2,
+            max: 2,
+            ..LimitConfig::default()
+        })
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(tower::service_fn(|n: u8| async move {
+        if n < 100 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+        Ok::<_, Infallible>(n)
+    }));
+    // One at a time: the limiter learns the 10 ms baseline, and with it a queueing target.
+    for n in 0..40 {
+        assert_eq!(svc.ready().await.unwrap().call(n).await.unwrap(), n);
+    }
+    let limit = layer.snapshot().limit.unwrap();
+    assert_eq!(
+        limit.queue_target,
+        Some(Duration::from_millis(5)),
+        "{limit:?}"
+    );
+    (layer, svc)
+}
+
+/// Through the layer, on paused tokio time: the limit's two slots are held, one request
+/// waits, and a slot frees 8 ms later — past its 5 ms target, but the queue has held only
+/// this waiter, for less than its 10 ms interval: a burst passing, not a standing queue. The
+/// waiter is served, not refused (the expiry pass that runs when the slot frees used to
+/// refuse it first).
+#[tokio::test(start_paused = true)]
+async fn a_late_waiter_in_a_burst_is_served_when_the_queue_is_not_standing() {
+    let (layer, mut svc) = two_slots_with_a_target().await;
+    let snapshot = || layer.snapshot().limit.unwrap();
+    let mut held = Vec::new();
+    for n in 100..102 {
+        held.push(svc.ready().await.unwrap().call(n));
+    }
+    assert_eq!(snapshot().in_flight, 2);
+    let mut late = Box::pin(svc.ready().await.unwrap().call(1));
+    assert!(late.as_mut().now_or_never().is_none(), "waits");
+    assert_eq!(snapshot().waiting, 1);
+
+    tokio::time::advance(Duration::from_millis(8)).await;
+    drop(held.pop());
+    let s = snapshot();
+    assert_eq!((s.expired, s.waiting, s.in_flight), (0, 0, 2), "handed on");
+    assert_eq!(s.queue_delay, Duration::from_millis(8));
+    assert_eq!(
+        late.await.unwrap(),
+        1,
+        "served after waiting past its target"
+    );
+    drop(held);
+    assert_eq!(snapshot().in_flight, 0);
+}
+
+/// Through the layer, on paused tokio time: the same two held slots, but the queue stands —
+/// a first waiter came 11 ms before a newcomer, and the queue has not emptied since. The
+/// newcomer's arrival runs the expiry pass: the first waiter, past its target in a queue
+/// that has stood its interval, is refused; the newcomer waits, and gets the next slot.
+#[tokio::test(start_paused = true)]
+async fn a_standing_queue_still_refuses_past_the_target() {
+    let (layer, mut svc) = two_slots_with_a_target().await;
+    let snapshot = || layer.snapshot().limit.unwrap();
+    let mut held = Vec::new();
+    for n in 100..102 {
+        held.push(svc.ready().await.unwrap().call(n));
+    }
+    let mut first = Box::pin(svc.ready().await.unwrap().call(1));
+    assert!(first.as_mut().now_or_never().is_none(), "waits");
+
+    tokio::time::advance(Duration::from_millis(11)).await;
+    let mut newcomer = Box::pin(svc.ready().await.unwrap().call(2));
+    assert_eq!((snapshot().expired, snapshot().waiting), (1, 1));
+    let refused = first.now_or_never().expect("decided").unwrap_err();
+    assert!(refused.downcast_ref::<Shed>().is_some(), "{refused}");
+    assert!(newcomer.as_mut().now_or_never().is_none(), "waits");
+
+    drop(held.pop());
+    assert_eq!(newcomer.await.unwrap(), 2);
+    drop(held);
+    assert_eq!(snapshot().in_flight, 0);
+}
