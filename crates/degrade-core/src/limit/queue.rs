@@ -306,8 +306,9 @@ impl<T> WaitQueue<T> {
         }
     }
 
-    /// Ends the wait of every waiter past its [`deadline`](Self::deadline) under
-    /// `patience`, calling `f` with each one's ticket and payload.
+    /// Ends the wait of every waiter past its target while the queue stands under `patience`
+    /// (so of every waiter past its [`deadline`](Self::deadline), and of none before its
+    /// target), calling `f` with each one's ticket and payload.
     #[cfg(test)]
     pub(crate) fn expire(&mut self, now: Instant, patience: Patience, f: impl FnMut(Ticket, T)) {
         self.expire_lanes(0..5, now, patience, f);
