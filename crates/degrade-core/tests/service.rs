@@ -491,3 +491,119 @@ async fn a_standing_queue_still_refuses_past_the_target() {
     drop(held);
     assert_eq!(snapshot().in_flight, 0);
 }
+
+/// Through the layer, on paused tokio time, behind a backend that never answers: both slots
+/// are held for good, one request waits, and nothing else happens — no arrival, no freed
+/// slot, so no expiry pass. The waiting future wakes itself at its deadline (its 10 ms
+/// interval: the queue stands by then) and is refused there, counted once as expired by the
+/// limit and once as limited by the layer. It used to stay pending for ever.
+#[tokio::test(start_paused = true)]
+async fn a_queued_request_is_refused_at_its_deadline_when_nothing_else_happens() {
+    let (layer, mut svc) = two_slots_with_a_target().await;
+    let held: Vec<_> = [100, 101].map(|n| svc.call(n)).into();
+    let start = tokio::time::Instant::now();
+    let mut waiter = Box::pin(svc.ready().await.unwrap().call(1));
+    assert!(waiter.as_mut().now_or_never().is_none(), "waits");
+    tokio::time::advance(Duration::from_millis(9)).await;
+    assert!(
+        waiter.as_mut().now_or_never().is_none(),
+        "before its deadline"
+    );
+
+    let refused = tokio::time::timeout(Duration::from_secs(3600), waiter)
+        .await
+        .expect("refused at its deadline, not left waiting")
+        .unwrap_err();
+    let shed = refused.downcast_ref::<Shed>().expect("a Shed");
+    assert_eq!(shed.priority, Priority::Normal);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(10) && waited <= Duration::from_millis(11),
+        "{waited:?}"
+    );
+
+    // The accounting is exact: 40 learning calls and the 2 held admitted, the waiter limited.
+    let snap = layer.snapshot();
+    assert_eq!(snap.offered(), 43);
+    assert_eq!(snap.admitted(), 42);
+    assert_eq!(snap.limited, [0, 0, 1, 0, 0]);
+    assert_eq!(snap.rejected(), 1);
+    let limit = snap.limit.unwrap();
+    assert_eq!(
+        (limit.queued, limit.expired, limit.evicted, limit.refused),
+        (1, 1, 0, 0),
+        "{limit:?}"
+    );
+    assert_eq!((limit.waiting, limit.in_flight), (0, 2), "{limit:?}");
+    drop(held);
+    assert_eq!(layer.snapshot().limit.unwrap().in_flight, 0);
+}
+
+/// A waiter handed a slot before its deadline but polled only after it is served: its fate
+/// is read before the deadline is looked at.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_granted_before_its_deadline_is_served_when_polled_after_it() {
+    let (layer, mut svc) = two_slots_with_a_target().await;
+    let mut held: Vec<_> = [100, 101].map(|n| svc.call(n)).into();
+    let mut waiter = Box::pin(svc.ready().await.unwrap().call(1));
+    assert!(waiter.as_mut().now_or_never().is_none(), "waits");
+    tokio::time::advance(Duration::from_millis(8)).await;
+    drop(held.pop());
+    tokio::time::advance(Duration::from_millis(50)).await;
+    assert_eq!(waiter.await.unwrap(), 1);
+    let snap = layer.snapshot();
+    assert_eq!(
+        (snap.offered(), snap.admitted(), snap.rejected()),
+        (43, 43, 0)
+    );
+    let limit = snap.limit.unwrap();
+    assert_eq!((limit.queued, limit.expired), (1, 0), "{limit:?}");
+}
+
+/// The deadline's timer does not spin: a request left waiting behind a backend that never
+/// answers is polled once when it queues and once when its timer fires (paused time
+/// auto-advances as far as the hour's timeout: a timer re-armed at once, or one that fired
+/// before the deadline on the limiter's clock, would be polled again and again).
+#[tokio::test(start_paused = true)]
+async fn a_waiting_request_is_polled_only_when_it_queues_and_at_its_deadline() {
+    let (_layer, mut svc) = two_slots_with_a_target().await;
+    let _held: Vec<_> = [100, 101].map(|n| svc.call(n)).into();
+    let polls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut waiter = Box::pin(svc.ready().await.unwrap().call(1));
+    let counted = {
+        let polls = polls.clone();
+        std::future::poll_fn(move |cx| {
+            polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            waiter.as_mut().poll(cx)
+        })
+    };
+    let out = tokio::time::timeout(Duration::from_secs(3600), counted).await;
+    assert!(out.expect("decided").is_err(), "refused");
+    assert_eq!(polls.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+/// Outside a tokio runtime no timer is armed (and nothing panics): the wait past the deadline
+/// ends at the expiry pass of the next arrival, as it did before the timer.
+#[test]
+fn a_waiter_polled_outside_a_runtime_is_refused_by_the_next_arrival() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let (layer, mut svc, _held, mut waiter) = rt.block_on(async {
+        let (layer, mut svc) = two_slots_with_a_target().await;
+        let held: Vec<_> = [100, 101].map(|n| svc.call(n)).into();
+        let waiter = Box::pin(svc.ready().await.unwrap().call(1));
+        (layer, svc, held, waiter)
+    });
+    assert!(waiter.as_mut().now_or_never().is_none(), "waits, no timer");
+    rt.block_on(tokio::time::advance(Duration::from_millis(11)));
+    let in_runtime = rt.enter();
+    let _newcomer = svc.call(2);
+    drop(in_runtime);
+    let limit = layer.snapshot().limit.unwrap();
+    assert_eq!((limit.queued, limit.expired), (2, 1), "{limit:?}");
+    let refused = waiter.now_or_never().expect("decided").unwrap_err();
+    assert!(refused.downcast_ref::<Shed>().is_some(), "{refused}");
+}

@@ -863,6 +863,12 @@ impl Limiter {
         }
     }
 
+    /// The time on the limiter's clock (the timeline of the deadlines [`enter`](Self::enter)
+    /// gives queued requests).
+    pub(crate) fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
     /// The permit of a granted waiter.
     pub(crate) fn granted_permit(self: &Arc<Self>) -> Permit {
         let (n, _) = self.shared.in_flight.load();
