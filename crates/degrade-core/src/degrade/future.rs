@@ -22,9 +22,9 @@ use tower_service::Service;
 pub(crate) struct Wait<S, R> {
     gate: Arc<Gate>,
     ticket: Ticket,
-    /// The latest it waits, on the limiter's clock: past it the request
-    /// leaves the queue and is refused, even when no arrival or freed slot runs the queue's
-    /// expiry pass (a hung backend and no new requests).
+    /// The latest it waits, on the limiter's clock: past it the request leaves the queue and
+    /// is refused, even when no arrival or freed slot runs the queue's expiry pass (a hung
+    /// backend and no new requests).
     deadline: Instant,
     /// Wakes the future at `deadline`: armed at the first poll that finds the request still
     /// waiting (boxed, as the wait is: the overload path may allocate, the admit path may not).
