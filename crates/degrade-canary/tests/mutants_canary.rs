@@ -405,3 +405,59 @@ fn the_judge_reports_the_configuration_it_was_built_with() {
     };
     assert_eq!(judge(cfg.clone()).config(), &cfg);
 }
+
+/// The two-proportion normal scores of one window of ungrouped calls: pooled (the variance
+/// under no difference) and unpooled (each arm's own variance), canary minus stable.
+fn two_proportion_z(w: &Win) -> (f64, f64) {
+    let (ns, nc) = (w.stable.0 as f64, w.canary.0 as f64);
+    let (ps, pc) = (w.stable.1 as f64 / ns, w.canary.1 as f64 / nc);
+    let p = (w.stable.1 + w.canary.1) as f64 / (ns + nc);
+    let pooled = (p * (1.0 - p) * (1.0 / ns + 1.0 / nc)).sqrt();
+    let unpooled = (ps * (1.0 - ps) / ns + pc * (1.0 - pc) / nc).sqrt();
+    (w.effect() / pooled, w.effect() / unpooled)
+}
+
+#[test]
+fn one_window_of_ungrouped_calls_scores_the_pooled_two_proportion_z_when_it_is_the_smaller() {
+    // Equal arms: the pooled variance exceeds the unpooled by (p_c − p_s)²/2 per call, so the
+    // floor (`null_var`) speaks, exactly: no degrees-of-freedom correction applies to it.
+    let w = Win::new(None, (20_000, 200), (20_000, 290));
+    let (pooled, unpooled) = two_proportion_z(&w);
+    assert!(pooled < unpooled && pooled > 3.0, "{pooled} {unpooled}");
+    let z = run(min_samples(100), &[w]).error_z;
+    assert!((z - pooled).abs() < 1e-6 * pooled, "z {z}, pooled {pooled}");
+    // The same counts the other way round score the same magnitude, negative.
+    let back = Win::new(None, (20_000, 290), (20_000, 200));
+    let z = run(min_samples(100), &[back]).error_z;
+    assert!((z + pooled).abs() < 1e-6 * pooled, "z {z}, pooled {pooled}");
+}
+
+#[test]
+fn one_window_of_ungrouped_calls_scores_the_unpooled_two_proportion_z_when_it_is_the_smaller() {
+    // A small canary arm at a higher rate: its own variance exceeds the pooled one (which the
+    // stable arm's lower rate dominates), so the cluster-robust score (`single_sq`, each call
+    // its own unit: about 12 000 units, a correction of a few parts in 10 000) speaks.
+    let w = Win::new(None, (90_000, 900), (10_000, 160));
+    let (pooled, unpooled) = two_proportion_z(&w);
+    assert!(unpooled < pooled && unpooled > 3.0, "{pooled} {unpooled}");
+    let z = run(min_samples(100), &[w]).error_z;
+    assert!(
+        z < unpooled && (z - unpooled).abs() < 1e-3 * unpooled,
+        "z {z}, unpooled {unpooled}, pooled {pooled}"
+    );
+}
+
+#[test]
+fn a_small_canary_arm_scores_below_its_t_by_the_degrees_of_freedom_of_its_calls() {
+    // 30 canary calls against 3 000 stable: the design gives about 30 independent units, so
+    // the unpooled t (2.60) is read on about 29 degrees of freedom and its normal score is
+    // several per cent smaller (about 2.47). With many units the two would agree.
+    let w = Win::new(None, (3_000, 30), (30, 6));
+    let (pooled, unpooled) = two_proportion_z(&w);
+    assert!(unpooled < pooled, "{pooled} {unpooled}");
+    let z = run(min_samples(10), &[w]).error_z;
+    assert!(
+        z > 0.9 * unpooled && z < 0.97 * unpooled,
+        "z {z}, unpooled t {unpooled}"
+    );
+}
