@@ -461,3 +461,137 @@ fn a_small_canary_arm_scores_below_its_t_by_the_degrees_of_freedom_of_its_calls(
         "z {z}, unpooled t {unpooled}"
     );
 }
+
+/// One window of ungrouped, fully timed successes: `(latency in ms, calls)` on each arm.
+fn latency_snapshot(stable: &[(u64, u64)], canary: &[(u64, u64)]) -> CanarySnapshot {
+    let mut s = CanarySnapshot::default();
+    for (arm, calls) in [(&mut s.stable, stable), (&mut s.canary, canary)] {
+        for &(ms, n) in calls {
+            arm.successes += n;
+            arm.latency
+                .add(ARM_LAYOUT.bucket(Duration::from_millis(ms)), n);
+        }
+    }
+    s
+}
+
+/// The rank test's scores of one window, from its latencies (at distinct powers of two, so
+/// distinct buckets of every layout): the AUC `P(canary slower) + ½P(tie)` minus ½ over its
+/// standard error under no difference (the pooled mid-ranks' variance), and over its
+/// standard error from each call's own influence (each call its own unit).
+fn rank_z(stable: &[(u64, u64)], canary: &[(u64, u64)]) -> (f64, f64) {
+    let mid_cdf = |arm: &[(u64, u64)], at: u64| {
+        let total: u64 = arm.iter().map(|c| c.1).sum();
+        let below: u64 = arm.iter().filter(|c| c.0 < at).map(|c| c.1).sum();
+        let tied: u64 = arm.iter().filter(|c| c.0 == at).map(|c| c.1).sum();
+        (below as f64 + tied as f64 / 2.0) / total as f64
+    };
+    let count = |arm: &[(u64, u64)]| arm.iter().map(|c| c.1).sum::<u64>() as f64;
+    let (ls, lc) = (count(stable), count(canary));
+    let auc = canary
+        .iter()
+        .map(|&(ms, n)| n as f64 * mid_cdf(stable, ms))
+        .sum::<f64>()
+        / lc;
+    let pooled: Vec<(u64, u64)> = {
+        let mut all: Vec<u64> = stable.iter().chain(canary).map(|c| c.0).collect();
+        all.sort_unstable();
+        all.dedup();
+        all.iter()
+            .map(|&ms| {
+                let n =
+                    |arm: &[(u64, u64)]| arm.iter().filter(|c| c.0 == ms).map(|c| c.1).sum::<u64>();
+                (ms, n(stable) + n(canary))
+            })
+            .collect()
+    };
+    let v = pooled
+        .iter()
+        .map(|&(ms, n)| n as f64 * (mid_cdf(&pooled, ms) - 0.5).powi(2))
+        .sum::<f64>()
+        / (ls + lc);
+    let null_se = (v * (1.0 / lc + 1.0 / ls)).sqrt();
+    let own = canary
+        .iter()
+        .map(|&(ms, n)| n as f64 * (mid_cdf(stable, ms) - auc).powi(2))
+        .sum::<f64>()
+        / (lc * lc)
+        + stable
+            .iter()
+            .map(|&(ms, n)| n as f64 * (1.0 - mid_cdf(canary, ms) - auc).powi(2))
+            .sum::<f64>()
+            / (ls * ls);
+    ((auc - 0.5) / null_se, (auc - 0.5) / own.sqrt())
+}
+
+#[test]
+fn one_window_of_ungrouped_latencies_scores_the_smaller_of_the_rank_tests_two_z() {
+    // Equal arms, the canary shifted up: the pooled mid-ranks' variance is the larger, and the
+    // floor speaks exactly (no degrees-of-freedom correction applies to it).
+    let (stable, canary) = (
+        [(1, 500), (2, 300), (4, 200)],
+        [(1, 400), (2, 300), (4, 300)],
+    );
+    let (pooled, own) = rank_z(&stable, &canary);
+    assert!(pooled < own && pooled > 3.0, "{pooled} {own}");
+    let z = judge(min_samples(10))
+        .look(&latency_snapshot(&stable, &canary))
+        .latency_z;
+    assert!((z - pooled).abs() < 1e-6 * pooled, "z {z}, pooled {pooled}");
+    // A small canary arm spread wider than the stable one: the calls' own influences speak,
+    // read on the design's ~430 units (t²/4df: about 2 % smaller).
+    let (stable, canary) = (
+        [(1, 2_000), (2, 6_000), (4, 2_000)],
+        [(1, 120), (2, 80), (4, 60), (8, 140)],
+    );
+    let (pooled, own) = rank_z(&stable, &canary);
+    assert!(own < pooled && own > 3.0, "{pooled} {own}");
+    let z = judge(min_samples(10))
+        .look(&latency_snapshot(&stable, &canary))
+        .latency_z;
+    assert!(
+        z < own && z > 0.97 * own,
+        "z {z}, own {own}, pooled {pooled}"
+    );
+}
+
+#[test]
+fn a_small_canary_arm_reads_its_rank_score_on_the_degrees_of_freedom_of_its_calls() {
+    // 24 canary calls, spread wider than 3 000 stable ones: about 24 units, so the own-influence
+    // t (4.43) is read on about 23 degrees of freedom: a normal score of about 3.68.
+    let (stable, canary) = (
+        [(1, 600), (2, 1_800), (4, 600)],
+        [(1, 3), (2, 4), (4, 5), (8, 12)],
+    );
+    let (pooled, own) = rank_z(&stable, &canary);
+    assert!(own < pooled && own > 2.0, "{pooled} {own}");
+    let z = judge(min_samples(10))
+        .look(&latency_snapshot(&stable, &canary))
+        .latency_z;
+    assert!(z > 0.78 * own && z < 0.87 * own, "z {z}, own t {own}");
+}
+
+#[test]
+fn latency_windows_of_one_weight_are_combined_by_their_harmonic_sizes() {
+    // A slower window (500 canary calls against 2 000 stable: harmonic size 400, AUC − ½ =
+    // 0.1) and a faster one (4 000 against 8 000: harmonic size 2 666.7, AUC − ½ = −k/8 000)
+    // cancel exactly at k = 120 when the judge weighs each window by
+    // `canary · stable / (canary + stable)` calls; one call more or less either way is the
+    // control that the balance is what keeps the score at zero.
+    let score = |k: u64| {
+        let mut j = judge(min_samples(10));
+        let first = latency_snapshot(&[(2, 2_000)], &[(2, 400), (4, 100)]);
+        j.look(&first);
+        let second = latency_snapshot(
+            &[(2, 2_000 + 8_000)],
+            &[(2, 400 + 4_000 - k), (4, 100), (1, k)],
+        );
+        j.look(&second).latency_z
+    };
+    let (z, weaker, stronger) = (score(120), score(119), score(121));
+    assert!(z.abs() < 1e-9, "balanced windows scored {z}");
+    assert!(
+        weaker > 1e-3 && stronger < -1e-3,
+        "control: {weaker}, {stronger}"
+    );
+}
