@@ -595,3 +595,57 @@ fn latency_windows_of_one_weight_are_combined_by_their_harmonic_sizes() {
         "control: {weaker}, {stronger}"
     );
 }
+
+#[test]
+fn a_window_sampled_one_in_four_weighs_four_times_its_timed_calls() {
+    // As above, but the faster window's calls were timed 1 in 4 (its successes four times its
+    // latencies, on both arms): it weighs 4 × 2 000 · 1 000 / 3 000 timed calls, so k = 30
+    // faster canary calls (AUC − ½ = −k/2 000) balance the slower window's 400 × 0.1.
+    let score = |k: u64| {
+        let mut j = judge(min_samples(10));
+        let first = latency_snapshot(&[(2, 2_000)], &[(2, 400), (4, 100)]);
+        j.look(&first);
+        let mut second = latency_snapshot(
+            &[(2, 2_000 + 2_000)],
+            &[(2, 400 + 1_000 - k), (4, 100), (1, k)],
+        );
+        second.stable.successes = first.stable.successes + 4 * 2_000;
+        second.canary.successes = first.canary.successes + 4 * 1_000;
+        j.look(&second).latency_z
+    };
+    let (z, weaker, stronger) = (score(30), score(29), score(31));
+    assert!(z.abs() < 1e-9, "balanced windows scored {z}");
+    assert!(
+        weaker > 1e-3 && stronger < -1e-3,
+        "control: {weaker}, {stronger}"
+    );
+}
+
+#[test]
+fn an_arm_without_timed_calls_gives_the_rank_test_no_evidence() {
+    // The stable arm's calls were not timed at all: there is nothing to rank the canary's
+    // latencies against, so the window adds nothing (no score, no NaN).
+    let mut s = latency_snapshot(&[], &[(1, 500), (8, 500)]);
+    s.stable.successes = 1_000;
+    let judgement = judge(min_samples(10)).look(&s);
+    assert_eq!(
+        (judgement.latency_z, judgement.latency_llr),
+        (0.0, 0.0),
+        "{judgement:?}"
+    );
+    let mut s = latency_snapshot(&[(1, 500), (8, 500)], &[]);
+    s.canary.successes = 1_000;
+    let mut j = judge(min_samples(10));
+    let judgement = j.look(&s);
+    assert_eq!(
+        (judgement.latency_z, judgement.latency_llr),
+        (0.0, 0.0),
+        "{judgement:?}"
+    );
+    // Nor does it spoil the stratum: a later timed window in it, the canary clearly slower,
+    // is scored.
+    let mut later = latency_snapshot(&[(1, 500 + 500), (8, 500 + 500)], &[(1, 100), (8, 900)]);
+    later.canary.successes += 1_000;
+    let judgement = j.look(&later);
+    assert!(judgement.latency_z > 3.0, "{judgement:?}");
+}
