@@ -658,6 +658,23 @@ fn row<'a>(rows: &'a [Row], group: &str) -> Option<&'a Row> {
 
 struct Checks(Vec<(String, bool)>);
 
+/// Whether the class shed `a.0` of `a.1` requests was shed no less than the one shed `b.0` of
+/// `b.1`, unless chance explains the difference: its share may fall below the other's by at
+/// most three standard errors of the difference of two binomial shares (pooled), so the check
+/// fails when the data show an inversion, and never on noise between classes shed alike.
+///
+/// ```text
+/// 187 of 252 vs 244 of 252 (74 % vs 97 %): an inversion, 7 standard errors.
+/// 198 of 223 vs 202 of 223 (88.8 % vs 90.6 %): 0.6 standard errors, noise.
+/// ```
+fn shed_no_less(a: (u64, u64), b: (u64, u64)) -> bool {
+    let (na, nb) = (a.1.max(1) as f64, b.1.max(1) as f64);
+    let (pa, pb) = (a.0 as f64 / na, b.0 as f64 / nb);
+    let pooled = (a.0 + b.0) as f64 / (na + nb);
+    let se = (pooled * (1.0 - pooled) * (1.0 / na + 1.0 / nb)).sqrt();
+    pa - pb >= -3.0 * se
+}
+
 impl Checks {
     fn check(&mut self, what: impl Into<String>, ok: bool) {
         self.0.push((what.into(), ok));
@@ -875,15 +892,18 @@ async fn run(args: Args) -> Result<bool, Error> {
     let until = start + phases.overload;
     let mut tasks = Vec::new();
     let period = Duration::from_secs_f64(1.0 / CLIENT_RATE);
-    let mut n = 0u32;
-    for (group, priority, path) in [
+    for (class, (group, priority, path)) in [
         ("low", Some("low"), "/api/search"),
         ("normal", Some("normal"), "/api/search"),
         ("high", Some("high"), "/api/search"),
         ("critical", None, "/pay/checkout"),
-    ] {
-        for i in 0..6 {
-            n += 1;
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for i in 0..6u32 {
+            // The classes take turns over the period (low, normal, high, critical, low, …).
+            let n = 4 * i + class as u32 + 1;
             let spec = Spec {
                 group,
                 key: format!("{group}-{i}"),
@@ -896,7 +916,12 @@ async fn run(args: Args) -> Result<bool, Error> {
                 spec,
                 start,
                 until,
-                // Real clients are not phase-locked: the 24 start spread over one period.
+                // Real clients are not phase-locked, and a class is no group of clients that
+                // arrive together: the 24 start spread over one period, the classes in turn.
+                // (In blocks of six per class, each class came in its own quarter of every
+                // period, and which class found the slots freed by the one before was the
+                // phase, not the priority: normal was once shed more than low. See
+                // degrade-core's tests/priority_order.rs.)
                 period.mul_f64(f64::from(n) / 24.0),
             )));
         }
@@ -1014,9 +1039,19 @@ async fn run(args: Args) -> Result<bool, Error> {
         .iter()
         .all(|name| scraped.contains(name)),
     );
+    // The order low ≥ normal ≥ high, unless chance explains the difference: when the limit
+    // leaves the three only a few slots between them (a loaded host slows the gateway and the
+    // limit falls to 2 or 3), each is shed about 90 % and which of them got the last ten
+    // requests in is noise, not an inversion.
+    let (low, normal, high) = (
+        shed_share(Priority::Low),
+        shed_share(Priority::Normal),
+        shed_share(Priority::High),
+    );
     checks.check(
-        "overload: low priority was shed at least as much as high",
-        low_share >= high_share,
+        "overload: shed low >= normal >= high (beyond chance)",
+        shed_no_less((low.0, low.1), (normal.0, normal.1))
+            && shed_no_less((normal.0, normal.1), (high.0, high.1)),
     );
     // The adaptive limit learns the capacity while it serves: a critical request can find it
     // full in the moment the limit is cut (no fixed share reserves its slots), so the check is
@@ -1074,5 +1109,28 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shed_no_less;
+
+    /// The run that failed CI (normal shed 97 %, low 74 %) fails the order check; two classes
+    /// shed about alike, either way round, pass it.
+    #[test]
+    fn the_order_check_fails_an_inversion_and_passes_noise() {
+        assert!(!shed_no_less((187, 252), (244, 252)));
+        assert!(shed_no_less((244, 252), (187, 252)));
+        assert!(shed_no_less((198, 223), (202, 223)));
+        assert!(shed_no_less((202, 223), (198, 223)));
+        // One request either way is noise; so are classes shed alike.
+        assert!(shed_no_less((199, 200), (200, 200)));
+        assert!(shed_no_less((200, 200), (200, 200)));
+        assert!(shed_no_less((0, 200), (0, 200)));
+        // 85 % against 100 % of 200 each: almost six standard errors.
+        assert!(!shed_no_less((170, 200), (200, 200)));
+        // Nothing offered: nothing to compare.
+        assert!(shed_no_less((0, 0), (0, 0)));
     }
 }
