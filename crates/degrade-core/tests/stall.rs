@@ -2,10 +2,10 @@
 //! neighbour, a debugger) ages every waiter at once. When the process runs again, the slots
 //! freed meanwhile go to the waiters first, and only the waiters left over are judged against
 //! their target: a critical request is not refused for the host's stall while a slot is free
-//! for it. (`cargo xtask demo --quick` under load read critical 99.17 % at 3x: two stalls of
-//! 50–100 ms, each expiring ten critical waiters just before the completions that ended the
-//! stall freed slots for them.) On paused tokio time, the stall is a clock jump while nothing
-//! runs.
+//! for it. (`cargo xtask demo --quick` under load read critical 99.17 % at 3x: two critical
+//! waiters, each past twice its target after the queue stood 56 and 99 ms, expired by the very
+//! release that had freed a slot under the critical limit.) On paused tokio time, the stall is
+//! a clock jump while nothing runs.
 
 use degrade_core::limit::LimitConfig;
 use degrade_core::{Controller, DegradeLayer, Priority, Shed};
