@@ -34,8 +34,9 @@
 //!    and the backend receives no call while it is open), probes, and closes once the backend
 //!    is back.
 //! 4. **overload**: 24 clients, six per priority (low, normal, high, and critical on the `/pay`
-//!    route), offer 2.4× what the backend can serve. The limit refuses low priority first and
-//!    never critical; the level rises with the refused share.
+//!    route), each sending at a random point of its period, offer 2.4× what the backend can
+//!    serve. The limit refuses low priority first and critical least; the level rises with the
+//!    refused share.
 //!
 //! The exit status is 0 only if every check printed at the end holds.
 
@@ -532,7 +533,8 @@ async fn send(client: &HttpClient, gateway: SocketAddr, spec: &Spec, phase: Inst
 }
 
 /// A client that sends `CLIENT_RATE` requests per second, one at a time, until `until`; its
-/// first request leaves `offset` after the phase starts.
+/// first period starts `offset` after the phase starts. With a `jitter` seed, each request
+/// leaves at a random point of its period (within its first 90 %) instead of at its start.
 async fn paced(
     client: HttpClient,
     gateway: SocketAddr,
@@ -540,13 +542,23 @@ async fn paced(
     phase: Instant,
     until: Instant,
     offset: Duration,
+    jitter: Option<u64>,
 ) -> (Spec, Vec<Sample>) {
     let period = Duration::from_secs_f64(1.0 / CLIENT_RATE);
     let mut tick = tokio::time::interval_at(phase + offset, period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut samples = Vec::new();
+    let mut random = jitter.unwrap_or(0);
     loop {
         tick.tick().await;
+        if jitter.is_some() {
+            // A 64-bit LCG (Knuth's constants): reproducible, and enough to spread arrivals.
+            random = random
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let at = (random >> 11) as f64 / (1u64 << 53) as f64;
+            tokio::time::sleep(period.mul_f64(0.9 * at)).await;
+        }
         if Instant::now() >= until {
             break;
         }
@@ -738,6 +750,7 @@ async fn run(args: Args) -> Result<bool, Error> {
                 start,
                 until,
                 Duration::ZERO,
+                None,
             ))
         })
         .collect();
@@ -768,6 +781,7 @@ async fn run(args: Args) -> Result<bool, Error> {
                 start,
                 until,
                 Duration::ZERO,
+                None,
             ))
         })
         .collect();
@@ -821,6 +835,7 @@ async fn run(args: Args) -> Result<bool, Error> {
                 start,
                 until,
                 Duration::ZERO,
+                None,
             ))
         })
         .collect();
@@ -916,13 +931,15 @@ async fn run(args: Args) -> Result<bool, Error> {
                 spec,
                 start,
                 until,
-                // Real clients are not phase-locked, and a class is no group of clients that
-                // arrive together: the 24 start spread over one period, the classes in turn.
-                // (In blocks of six per class, each class came in its own quarter of every
-                // period, and which class found the slots freed by the one before was the
-                // phase, not the priority: normal was once shed more than low. See
-                // degrade-core's tests/priority_order.rs.)
+                // Real clients are not phase-locked: each request leaves at a random point of
+                // its client's period. Phase-locked, a free slot goes to whichever class
+                // arrives first after it frees, whatever its priority (the limit orders only
+                // requests that wait at the same time): in blocks of six per class over the
+                // period, normal was once shed 96.8 % and low 74.2 %; interleaved but still
+                // each low request 2 ms before a normal one, low 84 % and normal 95 %. See
+                // degrade-core's tests/priority_order.rs.
                 period.mul_f64(f64::from(n) / 24.0),
+                Some(u64::from(n)),
             )));
         }
     }
