@@ -883,13 +883,18 @@ impl Limiter {
         self.shared.get().release();
     }
 
-    /// Requests wait: the freed slot goes to the best of them.
+    /// Requests wait: the freed slot goes to the best of them, and then the waiters left are
+    /// judged against their target. In that order: a stall of the host (the process did not
+    /// run) ages every waiter at once, and the completions that end it free slots for them;
+    /// expiring first refused a critical waiter that the slot freed this moment would serve
+    /// (`tests/stall.rs`). A non-critical waiter past its target is served only when every
+    /// waiter of its priority is (a standing queue serves the newest first).
     #[inline(never)]
     fn hand_on(&self) {
         let now = self.clock.now();
         let mut queue = self.lock_queue();
-        self.expire(&mut queue, now);
         self.drain(&mut queue, now);
+        self.expire(&mut queue, now);
     }
 
     /// A completion found the window due: whoever gets the law's lock closes it (the others
