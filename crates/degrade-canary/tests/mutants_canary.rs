@@ -649,3 +649,50 @@ fn an_arm_without_timed_calls_gives_the_rank_test_no_evidence() {
     let judgement = j.look(&later);
     assert!(judgement.latency_z > 3.0, "{judgement:?}");
 }
+
+/// One window of keyed calls: for each of `groups` (count, canary calls at ms, stable calls
+/// at ms), `count` key groups each with those calls, every call timed and successful.
+fn keyed_latency_snapshot(groups: &[(usize, (u64, u64), (u64, u64))]) -> CanarySnapshot {
+    use degrade_canary::stats::{GROUP_LAYOUT, GROUPS, GroupSnapshot};
+    let mut s = CanarySnapshot::default();
+    s.stable.groups = vec![GroupSnapshot::default(); GROUPS];
+    s.canary.groups = vec![GroupSnapshot::default(); GROUPS];
+    let mut g = 0;
+    for &(count, canary, stable) in groups {
+        for _ in 0..count {
+            for (arm, (n, ms)) in [(&mut s.canary, canary), (&mut s.stable, stable)] {
+                let at = Duration::from_millis(ms);
+                arm.successes += n;
+                arm.latency.add(ARM_LAYOUT.bucket(at), n);
+                arm.groups[g].calls += n;
+                arm.groups[g].latency.add(GROUP_LAYOUT.bucket(at), n);
+            }
+            g += 1;
+        }
+    }
+    assert!(g <= GROUPS);
+    s
+}
+
+#[test]
+fn a_key_groups_canary_and_stable_calls_are_one_unit_of_the_rank_test() {
+    // The same calls on each arm (canary 700 slow, 300 fast; stable 500 slow, 500 fast: AUC
+    // 0.6), grouped two ways. Aligned: each group's canary calls read slower than the arm and
+    // its stable calls faster, or the reverse — both of a group's influences point the same
+    // way and add up, so 60 groups vary a lot and the score is small. Crossed: a group's
+    // slow canary calls come with slow stable calls (its influences cancel), so the groups
+    // barely vary and the floor speaks. Whoever weighed a group's stable calls against its
+    // canary calls would read the two the other way round.
+    let cfg = || JudgeConfig {
+        max_key_share: 1.0,
+        ..min_samples(10)
+    };
+    let aligned = keyed_latency_snapshot(&[(50, (14, 4), (10, 1)), (10, (30, 1), (50, 4))]);
+    let crossed = keyed_latency_snapshot(&[(50, (14, 4), (10, 4)), (10, (30, 1), (50, 1))]);
+    let z_aligned = judge(cfg()).look(&aligned).latency_z;
+    let z_crossed = judge(cfg()).look(&crossed).latency_z;
+    assert!(
+        z_aligned > 0.5 && z_aligned < 2.0 && z_crossed > 5.0,
+        "aligned {z_aligned}, crossed {z_crossed}"
+    );
+}
