@@ -650,9 +650,12 @@ fn an_arm_without_timed_calls_gives_the_rank_test_no_evidence() {
     assert!(judgement.latency_z > 3.0, "{judgement:?}");
 }
 
-/// One window of keyed calls: for each of `groups` (count, canary calls at ms, stable calls
-/// at ms), `count` key groups each with those calls, every call timed and successful.
-fn keyed_latency_snapshot(groups: &[(usize, (u64, u64), (u64, u64))]) -> CanarySnapshot {
+/// `(calls, latency in ms)` of one arm of one key group.
+type Calls = (u64, u64);
+
+/// One window of keyed calls: for each of `groups` (count, canary calls, stable calls),
+/// `count` key groups each with those calls, every call timed and successful.
+fn keyed_latency_snapshot(groups: &[(usize, Calls, Calls)]) -> CanarySnapshot {
     use degrade_canary::stats::{GROUP_LAYOUT, GROUPS, GroupSnapshot};
     let mut s = CanarySnapshot::default();
     s.stable.groups = vec![GroupSnapshot::default(); GROUPS];
