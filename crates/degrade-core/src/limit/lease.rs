@@ -15,7 +15,9 @@
 //!   whenever that bound could change what the law reads.
 //! * **When.** A thread keeps a released slot only while leases are on (the generation is
 //!   even), it holds the lease of one limiter (the first it released into, until that lease
-//!   ends), and it keeps at most [`keep_for`] the limit: one slot per thread from
+//!   ends or the thread has given [`MOVE_AFTER`] slots back to other limiters' words since:
+//!   then the lease moves to the limiter it serves now), and it keeps at most [`keep_for`]
+//!   the limit: one slot per thread from
 //!   [`MIN_LIMIT`] (16) to 31, [`KEEP`] (two) from 32 — so that [`SHARDS`] holders keep at
 //!   most half the limit. One slot serves a thread whose requests come one at a time: it
 //!   admits from the slot and keeps it again when the request ends. Leases are revoked (the
@@ -301,19 +303,35 @@ pub(crate) fn view(host: &'static dyn Host) -> View {
     }
 }
 
-/// A thread's lease: the host, its cell, the generation it was taken in.
+/// A thread's lease: the host, its cell, the generation it was taken in, and the slots this
+/// thread gave back to other hosts since it was taken ([`MOVE_AFTER`]).
 #[derive(Clone, Copy)]
 struct Lease {
     host: Option<&'static dyn Host>,
     shard: usize,
     generation: u32,
+    elsewhere: u32,
 }
+
+/// A thread whose lease is of one limiter and which gives back this many slots to other
+/// limiters that have leases to give (through their words: it cannot keep them) moves its
+/// lease to the one it gives back to then: a thread that has moved on to another layer (a worker serving another
+/// route) does not leave it on the word path for good. Moving costs a `fetch_sub` (the
+/// kept slots go back), a `fetch_and` and a compare-and-swap (the cells change hands); a
+/// thread that alternates between two limiters moves once every `MOVE_AFTER` calls of the
+/// other, so the moves cost a few locked instructions per `2 × MOVE_AFTER` calls.
+#[cfg(not(degrade_loom))]
+pub(crate) const MOVE_AFTER: u32 = 64;
+/// In the loom models a lease moves at the first slot given elsewhere.
+#[cfg(degrade_loom)]
+pub(crate) const MOVE_AFTER: u32 = 1;
 
 impl Lease {
     const NONE: Lease = Lease {
         host: None,
         shard: 0,
         generation: 0,
+        elsewhere: 0,
     };
 
     #[inline]
@@ -432,24 +450,36 @@ fn end(holder: &Holder) {
 }
 
 /// This thread holds no current lease of `host`: ends a lease of another host that was
-/// revoked, then takes one of `host` with the slot being released, if leases are on and a
-/// cell is free.
+/// revoked (or that this thread has given [`MOVE_AFTER`] slots elsewhere since it took it),
+/// then takes one of `host` with the slot being released, if leases are on and a cell is free.
 #[cold]
 #[inline(never)]
 fn claim(holder: &Holder, host: &'static dyn Host) -> bool {
-    let held = holder.0.get();
+    let leases = host.leases();
+    let generation = leases.generation.load(Ordering::Acquire);
+    let mut claimed = leases.claimed.load(Ordering::Relaxed);
+    let open = on(generation)
+        && leases.keep.load(Ordering::Relaxed) > 0
+        && ((!claimed).trailing_zeros() as usize) < SHARDS;
+    let mut held = holder.0.get();
     if let Some(other) = held.host {
         if other.leases().generation.load(Ordering::Relaxed) == held.generation {
-            return false; // a lease of another limiter, still current: keep it
+            // A lease of another limiter, still current: keep it, unless this thread now
+            // serves `host` rather than it (and `host` has a lease to give).
+            if !open {
+                return false;
+            }
+            held.elsewhere += 1;
+            if held.elsewhere < MOVE_AFTER {
+                holder.0.set(held);
+                return false;
+            }
         }
         end(holder);
     }
-    let leases = host.leases();
-    let generation = leases.generation.load(Ordering::Acquire);
-    if !on(generation) || leases.keep.load(Ordering::Relaxed) == 0 {
+    if !open {
         return false;
     }
-    let mut claimed = leases.claimed.load(Ordering::Relaxed);
     let shard = loop {
         let free = (!claimed).trailing_zeros() as usize;
         if free >= SHARDS {
@@ -470,6 +500,7 @@ fn claim(holder: &Holder, host: &'static dyn Host) -> bool {
         host: Some(host),
         shard,
         generation,
+        elsewhere: 0,
     });
     true
 }
@@ -738,6 +769,48 @@ mod loom_models {
             t.join().unwrap();
             assert_eq!(host.holding.load(Ordering::SeqCst), 0);
             assert_eq!(host.word.load(), (0, 0), "every slot is back in the word");
+        });
+    }
+    /// A thread moves its lease from `a` (where it keeps the slot its request gave back) to
+    /// `b`, while the other fills `a` and waits (revoking `a`'s leases): the waiter gets a
+    /// slot, from the release or from the move giving the kept one back, no slot is lost or
+    /// made, and `b`'s slot is kept by the mover until it leaves.
+    #[test]
+    fn a_moved_lease_gives_its_kept_slots_back() {
+        loom::model(|| {
+            let (a, b) = (TestHost::leak(2), TestHost::leak(2));
+            let t = thread::spawn(move || {
+                if a.admit() {
+                    a.release(); // kept if the leases are still on when it looks
+                }
+                if b.admit() {
+                    b.release(); // the lease moves to `b` if `b`'s are on
+                }
+                assert_eq!(a.own(), 0, "nothing of `a` kept once the thread serves `b`");
+                exit();
+            });
+            let mut held = 0;
+            for _ in 0..2 {
+                if a.admit() {
+                    held += 1;
+                }
+            }
+            if held < 2 {
+                a.wait();
+            }
+            t.join().unwrap();
+            let granted = {
+                let q = a.queue.lock().unwrap();
+                assert_eq!(q.0, 0, "no waiter left behind");
+                q.1
+            };
+            assert_eq!(held + granted, 2, "the waiter was served");
+            for _ in 0..held + granted {
+                a.release();
+            }
+            exit();
+            assert_eq!(a.word.load(), (0, 0), "every slot of `a` is back");
+            assert_eq!(b.word.load(), (0, 0), "every slot of `b` is back");
         });
     }
 }

@@ -1398,6 +1398,47 @@ mod tests {
         assert_eq!(limiter.shared.in_flight.load(), (0, 0));
     }
 
+    /// A thread holds the lease of one limiter: one that has moved on to another (a worker
+    /// now serving another route) gives that one's slots to its word [`lease::MOVE_AFTER`]
+    /// times, then its lease moves there (the first limiter's kept slot goes back to its
+    /// word) — and back again the same way. It never moves to a limiter without leases.
+    #[test]
+    fn a_threads_lease_moves_to_the_limiter_it_now_serves() {
+        Worker::new().run(|| {
+            let a = Limiter::new(LimitConfig::default());
+            let b = Limiter::new(fixed(64));
+            let small = Limiter::new(fixed(15));
+            drop(a.try_acquire(Priority::Normal).expect("room"));
+            assert_eq!(a.shared.leases.kept(), 1, "the thread's lease is a's");
+            for _ in 0..3 * lease::MOVE_AFTER {
+                drop(small.try_acquire(Priority::Normal).expect("room"));
+                assert_eq!(small.shared.in_flight.load(), (0, 0), "no lease under 16");
+            }
+            assert_eq!(
+                a.shared.leases.kept(),
+                1,
+                "nowhere to move: a's lease stays"
+            );
+            for (from, to) in [(&a, &b), (&b, &a)] {
+                for _ in 1..lease::MOVE_AFTER {
+                    drop(to.try_acquire(Priority::Normal).expect("room"));
+                    assert_eq!(to.shared.in_flight.load(), (0, 0), "to the word");
+                    assert_eq!(from.shared.leases.kept(), 1);
+                }
+                drop(to.try_acquire(Priority::Normal).expect("room"));
+                assert_eq!(
+                    from.shared.in_flight.load(),
+                    (0, 0),
+                    "the kept slot went back"
+                );
+                assert_eq!(to.shared.leases.kept(), 1, "the lease moved");
+                let permit = to.try_acquire(Priority::Normal).expect("room");
+                assert_eq!(to.shared.in_flight.load(), (1, 0), "from the kept slot");
+                drop(permit);
+            }
+        });
+    }
+
     /// At the default limit of 16 a thread keeps one slot: its requests, one at a time, are
     /// admitted from it and keep it again (the word is touched once, by the first); two at
     /// once take the second from the word and give it back there. Under 16 nothing is kept.
