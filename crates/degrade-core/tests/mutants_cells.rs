@@ -124,11 +124,19 @@ fn admitted_beside_idle_threads(limit: u32, idle: usize, at_once: usize) -> usiz
         }
         held.push(fut);
     }
+    let admitted = admitted_now(&layer);
     drop(done_tx);
     for t in threads {
         t.join().unwrap();
     }
-    held.len()
+    admitted
+}
+
+/// Requests in the inner service now (slots kept by threads not counted): a call that
+/// waits in the queue — there is one once the law has learnt a baseline, which takes as
+/// long as the machine is slow — is pending like an admitted one, but not counted here.
+fn admitted_now(layer: &DegradeLayer) -> usize {
+    layer.snapshot().limit.expect("an adaptive limit").in_flight as usize
 }
 
 #[test]
@@ -217,7 +225,7 @@ fn leases_end_at_half_the_limit_in_flight_and_come_back_under_a_quarter() {
     assert!(a.run(move || call_once(&mut s)));
     while take(&mut held) {}
     assert_eq!(
-        held.len(),
+        admitted_now(&layer),
         32,
         "the whole limit: nothing kept by the idle thread"
     );
@@ -229,7 +237,7 @@ fn leases_end_at_half_the_limit_in_flight_and_come_back_under_a_quarter() {
     assert!(a.run(move || call_once(&mut s)));
     while take(&mut held) {}
     assert_eq!(
-        held.len(),
+        admitted_now(&layer),
         31,
         "the limit less the slot the idle thread keeps"
     );
