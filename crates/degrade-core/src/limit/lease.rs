@@ -17,9 +17,8 @@
 //!   even), it holds the lease of one limiter (the first it released into, until that lease
 //!   ends or the thread has given [`MOVE_AFTER`] slots back to other limiters' words since:
 //!   then the lease moves to the limiter it serves now), and it keeps at most [`keep_for`]
-//!   the limit: one slot per thread from
-//!   [`MIN_LIMIT`] (16) to 31, [`KEEP`] (two) from 32 — so that [`SHARDS`] holders keep at
-//!   most half the limit. One slot serves a thread whose requests come one at a time: it
+//!   the limit: one slot from [`MIN_LIMIT`] (16) to 31, [`KEEP`] (two) from 32 — so that
+//!   [`SHARDS`] holders keep at most half the limit. One slot serves a thread whose requests come one at a time: it
 //!   admits from the slot and keeps it again when the request ends. Leases are revoked (the
 //!   generation made odd) when an admit through the word finds half the limit in flight,
 //!   when a request has to enter the overload path (waiters, or the limit full), when the
@@ -28,7 +27,8 @@
 //!   [`MIN_LIMIT`] never has leases: a service of a few slots keeps the exact path.
 //! * **Giving back.** A thread whose lease was revoked gives its kept slots back to the word
 //!   (one `fetch_sub`, which hands them to waiters if any) the next time it admits or
-//!   releases through any limiter, and when it exits.
+//!   releases through any limiter, and when it exits; a thread whose lease moves to another
+//!   limiter gives them back the same way first.
 //! * **The bound.** What can be stranded is what threads keep and do not touch again, and
 //!   only while such a thread stays idle (a thread that serves requests gives its slots back
 //!   at its next one). At most [`SHARDS`] threads hold a lease of a limiter, each keeping at
