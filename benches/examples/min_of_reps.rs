@@ -27,7 +27,9 @@
 //! thread's gain) — meaningful only when nothing else runs. Its limit is held at 64 (min =
 //! max): with an inner service of a few nanoseconds the law may learn a limit of one, and a
 //! second thread's request then waits, which the harness cannot. `admit-threads-rarely-timed`
-//! is the same with one request in 65,536 timed (the window's atomics are shared).
+//! is the same with one request in 65,536 timed (the window's atomics are shared);
+//! `admit-threads-default` the same at the default layer's limit of 16 (its initial limit,
+//! held), where the criterion `admission-2-threads` member runs.
 
 use degrade_benches::{Req, call_now, inner, min_ns_per_call};
 use degrade_core::degrade::Admission;
@@ -238,17 +240,26 @@ fn main() {
     // `admit-threads-rarely-timed`: the same with one request in 65,536 timed (the most
     // `timing_every` allows), to separate the in-flight accounting from the timed requests'
     // writes to the window's shared atomics.
-    for (member, timing_every) in [
-        ("admit-threads", 16),
-        ("admit-threads-rarely-timed", 1 << 16),
+    // `admit-threads-default`: the same at the default layer's limit (its initial 16, held),
+    // as the criterion `admission-2-threads` member runs it.
+    let default_limit = LimitConfig::default().initial;
+    for (member, limit, timing_every, prefix) in [
+        ("admit-threads", 64, 16, "admit"),
+        (
+            "admit-threads-rarely-timed",
+            64,
+            1 << 16,
+            "admit-rarely-timed",
+        ),
+        ("admit-threads-default", default_limit, 16, "admit-default"),
     ] {
         if !wanted.iter().any(|w| w == member) {
             continue;
         }
         let fixed = LimitConfig {
-            initial: 64,
-            min: 64,
-            max: 64,
+            initial: limit,
+            min: limit,
+            max: limit,
             timing_every,
             ..LimitConfig::default()
         };
@@ -257,11 +268,6 @@ fn main() {
             .build()
             .expect("a fixed limit is valid")
             .layer(inner());
-        let prefix = if timing_every == 16 {
-            "admit"
-        } else {
-            "admit-rarely-timed"
-        };
         for threads in [1, 2] {
             let ns = (0..REPETITIONS)
                 .map(|_| {
