@@ -51,10 +51,7 @@ pub trait Clock: Clone + Send + Sync + 'static {
     /// ```
     #[inline]
     fn epoch(&self) -> Epoch {
-        Epoch {
-            at: self.now(),
-            counter: None,
-        }
+        Epoch(Reading::At(self.now()))
     }
 
     /// Nanoseconds from `epoch` to now; 0 when now is earlier than `epoch`, `u64::MAX` after
@@ -75,7 +72,7 @@ pub trait Clock: Clone + Send + Sync + 'static {
     /// ```
     #[inline]
     fn nanos_since(&self, epoch: &Epoch) -> u64 {
-        nanos(self.now().saturating_duration_since(epoch.at))
+        nanos(self.now().saturating_duration_since(epoch.instant()))
     }
 }
 
@@ -93,11 +90,17 @@ pub trait Clock: Clone + Send + Sync + 'static {
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Epoch {
-    at: Instant,
-    /// The reading in nanoseconds of the process's counter timeline, for a `FastClock`
-    /// epoch taken on the counter.
-    counter: Option<u64>,
+pub struct Epoch(Reading);
+
+/// An epoch's reading: 16 bytes either way (the counter's nanoseconds sit in the instant's
+/// seconds, the instant's nanoseconds field tells the two apart), as small as the `Instant` a
+/// response future kept before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    At(Instant),
+    /// Nanoseconds on the process's counter timeline: a `FastClock` epoch on the counter.
+    #[cfg(feature = "fast-clock")]
+    Counter(u64),
 }
 
 impl Epoch {
@@ -111,7 +114,11 @@ impl Epoch {
     /// # }
     /// ```
     pub fn instant(&self) -> Instant {
-        self.at
+        match self.0 {
+            Reading::At(at) => at,
+            #[cfg(feature = "fast-clock")]
+            Reading::Counter(ns) => fast::counter_instant(ns),
+        }
     }
 }
 
@@ -302,7 +309,7 @@ pub fn saturating_add(at: Instant, d: Duration) -> Instant {
 
 #[cfg(feature = "fast-clock")]
 mod fast {
-    use super::{CALL, Clock, Epoch, Stamp, TokioClock, nanos, saturating_add};
+    use super::{CALL, Clock, Epoch, Reading, Stamp, TokioClock, nanos, saturating_add};
     use crate::sync::{AtomicU64, Ordering};
     use std::sync::OnceLock;
     use std::time::Duration;
@@ -385,6 +392,11 @@ mod fast {
     }
 
     static TIMELINE: OnceLock<Timeline> = OnceLock::new();
+
+    /// The instant of counter reading `ns` (an [`Epoch`]'s, so the timeline exists).
+    pub(super) fn counter_instant(ns: u64) -> Instant {
+        Timeline::get().instant(ns)
+    }
 
     impl Timeline {
         fn get() -> &'static Self {
@@ -672,26 +684,21 @@ mod fast {
         #[inline]
         fn epoch(&self) -> Epoch {
             match (self.source, TIMELINE.get()) {
-                (Source::Counter, Some(t)) => {
-                    let ns = t.ns_in_scope();
-                    Epoch {
-                        at: t.instant(ns),
-                        counter: Some(ns),
-                    }
+                (Source::Counter, Some(t)) => Epoch(Reading::Counter(t.ns_in_scope())),
+                (Source::Counter, None) | (Source::Tokio, _) => {
+                    Epoch(Reading::At(TokioClock.now()))
                 }
-                (Source::Counter, None) | (Source::Tokio, _) => Epoch {
-                    at: TokioClock.now(),
-                    counter: None,
-                },
             }
         }
 
         /// On the counter, the difference of two counter readings: no [`Instant`] is made.
         #[inline]
         fn nanos_since(&self, epoch: &Epoch) -> u64 {
-            match (self.source, TIMELINE.get(), epoch.counter) {
-                (Source::Counter, Some(t), Some(from)) => t.ns_in_scope().saturating_sub(from),
-                _ => nanos(self.now().saturating_duration_since(epoch.at)),
+            match (self.source, TIMELINE.get(), epoch.0) {
+                (Source::Counter, Some(t), Reading::Counter(from)) => {
+                    t.ns_in_scope().saturating_sub(from)
+                }
+                _ => nanos(self.now().saturating_duration_since(epoch.instant())),
             }
         }
     }
@@ -786,14 +793,22 @@ mod fast {
             );
         }
 
+        /// An epoch is no bigger than the instant a response future kept before.
+        #[test]
+        fn an_epoch_is_as_small_as_an_instant() {
+            assert_eq!(size_of::<Epoch>(), size_of::<Instant>());
+            assert_eq!(size_of::<FastClock>(), 1);
+            let counter = FastClock::new().epoch();
+            assert!(matches!(counter.0, Reading::Counter(_)));
+            let at = counter.instant();
+            assert!(at <= FastClock::new().now() + Duration::from_micros(100));
+        }
+
         /// Epochs and nanoseconds: an epoch from another clock is measured by its instant.
         #[test]
         fn an_epoch_from_another_clock_is_measured_by_its_instant() {
             let counter = FastClock::new();
-            let foreign = Epoch {
-                at: std::time::Instant::now().into(),
-                counter: None,
-            };
+            let foreign = Epoch(Reading::At(std::time::Instant::now().into()));
             std::thread::sleep(Duration::from_millis(2));
             let ns = counter.nanos_since(&foreign);
             assert!((1_900_000..1_000_000_000).contains(&ns), "{ns}");
