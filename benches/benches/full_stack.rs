@@ -11,10 +11,10 @@
 //! * `baseline/no-layer`: the bare inner service;
 //! * `degrade/admit`: level Normal, a rate limit far above what the benchmark can spend, a
 //!   closed breaker (count window of 100, the default), a canary at 10 % (no key): every layer
-//!   takes its admit path on its default clock — the rate limit's and the canary's
-//!   `FastClock::unless_pausable()`, the counter here (no runtime), read once for the
-//!   request's start (`CallScope`) and once at the canary's completion; the breaker's
-//!   `TokioClock`, which its closed path does not read;
+//!   takes its admit path on its default clock, `FastClock::unless_pausable()`: the counter
+//!   here (no runtime), read once for the request's start (`CallScope`: the rate limit's read,
+//!   reused by the canary; the breaker's closed path reads none) and once at the canary's
+//!   completion;
 //! * `degrade/admit-tokio-clock`: the same stack with `TokioClock` in every layer (one
 //!   `clock_gettime` for the start, shared, and one at the canary's completion);
 //! * `degrade/admit-fast-clock`: the same stack with `FastClock::new()` in every layer;

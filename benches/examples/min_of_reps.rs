@@ -174,9 +174,9 @@ fn main() {
         report("downstream", min_ns(&mut adaptive().layer(rejecting())));
     }
     if on("full-stack") {
-        // Every layer on its default clock: the rate limit's and the canary's
-        // `FastClock::unless_pausable()` (the counter here, outside any runtime), the
-        // breaker's `TokioClock` (which its closed path does not read).
+        // Every layer on its default clock: `FastClock::unless_pausable()` for the rate
+        // limit, the breaker (whose closed path reads none) and the canary: the counter here,
+        // outside any runtime.
         let mut svc = tower::ServiceBuilder::new()
             .layer(adaptive())
             .layer(RateLimitLayer::new(open_rate()).expect("valid rate limit"))
