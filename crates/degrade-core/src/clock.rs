@@ -322,6 +322,11 @@ mod fast {
     /// million requests a second.
     const REANCHOR_EVERY: Duration = Duration::from_millis(1);
 
+    /// The widest gap between the two counter reads around an OS clock read that re-anchors,
+    /// as a fraction of [`REANCHOR_EVERY`]: 1/50 of 1 ms, 20 µs; the anchor's error is at most
+    /// half of it.
+    const MAX_GAP_DIVISOR: u64 = 50;
+
     /// The anchor of the counter onto the OS clock: a reading is the counter's nanoseconds
     /// plus `offset` (two's complement), and the first read at or after the counter reading
     /// `due` moves the anchor.
@@ -347,14 +352,16 @@ mod fast {
 
         /// The reading for counter value `raw` whose nanoseconds are `scaled`, re-anchoring
         /// first when due: `os()` then answers the new offset (the OS clock's nanoseconds less
-        /// the counter's, at one moment), and the next due is `raw + period`.
+        /// the counter's, at one moment), or `None` when it could not read both close enough
+        /// together (the anchor then stays as it is for another period); the next due is
+        /// `raw + period`.
         #[inline]
         pub(super) fn read(
             &self,
             raw: u64,
             scaled: u64,
             period: u64,
-            os: impl FnOnce() -> u64,
+            os: impl FnOnce() -> Option<u64>,
         ) -> u64 {
             let due = self.due.load(Ordering::Relaxed);
             if raw >= due {
@@ -365,13 +372,14 @@ mod fast {
 
         #[cold]
         #[inline(never)]
-        fn reanchor(&self, seen: u64, next: u64, os: impl FnOnce() -> u64) {
+        fn reanchor(&self, seen: u64, next: u64, os: impl FnOnce() -> Option<u64>) {
             if self
                 .due
                 .compare_exchange(seen, next, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
+                && let Some(offset) = os()
             {
-                self.offset.store(os(), Ordering::Relaxed);
+                self.offset.store(offset, Ordering::Relaxed);
             }
         }
     }
@@ -418,7 +426,8 @@ mod fast {
                     period,
                     anchor: Anchor::new(0, 0),
                 };
-                let offset = timeline.offset_now();
+                // The first anchor is taken whatever its gap: there is no other.
+                let (_, offset) = timeline.tightest_offset();
                 timeline.anchor = Anchor::new(offset, origin_raw.saturating_add(period));
                 timeline
             })
@@ -433,8 +442,17 @@ mod fast {
         /// The OS clock's nanoseconds since `base` less the counter's, read together: the
         /// counter is read on both sides of the OS clock and its midpoint taken, the error
         /// being half the gap. A thread preempted between the reads would leave a gap of
-        /// milliseconds, so the tightest of a few tries is kept.
-        fn offset_now(&self) -> u64 {
+        /// milliseconds, so the tightest of a few tries is kept, and `None` answered when even
+        /// that one is wider than [`MAX_GAP_DIVISOR`] allows (a machine busy enough to preempt
+        /// every try):
+        /// the old anchor is better than a bad one.
+        fn offset_now(&self) -> Option<u64> {
+            let (gap, offset) = self.tightest_offset();
+            (gap <= self.period / MAX_GAP_DIVISOR).then_some(offset)
+        }
+
+        /// The tightest of a few offset readings, and its gap in counter ticks.
+        fn tightest_offset(&self) -> (u64, u64) {
             let mut best = (u64::MAX, 0);
             for _ in 0..4 {
                 let before = self.clock.raw();
@@ -449,7 +467,7 @@ mod fast {
                     break;
                 }
             }
-            best.1
+            best
         }
 
         /// Nanoseconds since `base` now; 0 for a reading that would land before `base`.
@@ -725,7 +743,7 @@ mod fast {
                 let os_reads = Arc::new(AtomicU64::new(0));
                 let os = |reads: &AtomicU64| {
                     reads.fetch_add(1, Ordering::Relaxed);
-                    7_000
+                    Some(7_000)
                 };
                 let other = {
                     let (anchor, os_reads) = (Arc::clone(&anchor), Arc::clone(&os_reads));
@@ -812,6 +830,17 @@ mod fast {
             std::thread::sleep(Duration::from_millis(2));
             let ns = counter.nanos_since(&foreign);
             assert!((1_900_000..1_000_000_000).contains(&ns), "{ns}");
+        }
+
+        /// An OS reading that came back too wide (`None`) leaves the anchor as it was and
+        /// waits a period before the next try.
+        #[test]
+        fn a_failed_reanchoring_keeps_the_old_anchor_for_a_period() {
+            let anchor = Anchor::new(1_000, 50);
+            assert_eq!(anchor.read(60, 60, 100, || None), 1_060);
+            assert_eq!(anchor.due.load(Ordering::Relaxed), 160);
+            assert_eq!(anchor.read(150, 150, 100, || unreachable!()), 1_150);
+            assert_eq!(anchor.read(170, 170, 100, || Some(5_000)), 5_170);
         }
 
         /// The anchor's period is the configured one in counter ticks: a reading after more
