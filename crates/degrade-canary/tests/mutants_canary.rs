@@ -699,3 +699,97 @@ fn a_key_groups_canary_and_stable_calls_are_one_unit_of_the_rank_test() {
         "aligned {z_aligned}, crossed {z_crossed}"
     );
 }
+
+#[test]
+fn keyed_calls_are_counted_once_by_the_error_test() {
+    // The same calls judged without key groups, and with 20 groups holding 4 of every 5 calls
+    // at the arm's own rates (cancelled calls included, which count as failures): every
+    // group's influence is zero, so the floor speaks in both, on the same totals — the
+    // ungrouped rest must be the arm minus the groups (calls, failures and cancelled alike).
+    use degrade_canary::stats::{GROUPS, GroupSnapshot};
+    let mut flat = CanarySnapshot::default();
+    // Canary: 20 × (100 calls, 3 failed, 1 cancelled) + (500 calls, 15 failed, 5 cancelled).
+    flat.canary.successes = 20 * 97 + 485;
+    flat.canary.failures = 20 * 3 + 15;
+    flat.canary.cancelled = 20 + 5;
+    // Stable: 20 × (100 calls, 1 failed) + (500 calls, 5 failed).
+    flat.stable.successes = 20 * 99 + 495;
+    flat.stable.failures = 20 + 5;
+    let mut keyed = flat.clone();
+    for (arm, failures, cancelled) in [(&mut keyed.canary, 3, 1), (&mut keyed.stable, 1, 0)] {
+        arm.groups = vec![GroupSnapshot::default(); GROUPS];
+        for g in &mut arm.groups[..20] {
+            g.calls = 100;
+            g.failures = failures;
+            g.cancelled = cancelled;
+        }
+    }
+    let cfg = |share| JudgeConfig {
+        max_key_share: share,
+        ..min_samples(10)
+    };
+    let z_flat = judge(cfg(1.0)).look(&flat).error_z;
+    let z_keyed = judge(cfg(1.0)).look(&keyed).error_z;
+    assert!(z_flat > 3.0, "{z_flat}");
+    assert!(
+        (z_keyed - z_flat).abs() < 1e-9 * z_flat,
+        "keyed {z_keyed}, flat {z_flat}"
+    );
+}
+
+#[test]
+fn a_small_window_weighs_its_timed_calls_not_its_key_groups() {
+    // A small slower window (20 calls an arm, 4 canary calls slower: harmonic size 10, AUC −
+    // ½ = 0.1) and a larger faster one (400 an arm, k canary calls faster: 200 × −k/800)
+    // cancel exactly at k = 4, every call timed: the sampling factor reads 1 in both (the
+    // calls counted, not the groups that might hold them).
+    let score = |k: u64| {
+        let mut j = judge(min_samples(10));
+        let first = latency_snapshot(&[(2, 20)], &[(2, 16), (4, 4)]);
+        j.look(&first);
+        let second = latency_snapshot(&[(2, 20 + 400)], &[(2, 16 + 400 - k), (4, 4), (1, k)]);
+        j.look(&second).latency_z
+    };
+    let (z, weaker, stronger) = (score(4), score(3), score(5));
+    assert!(z.abs() < 1e-9, "balanced windows scored {z}");
+    assert!(
+        weaker > 1e-3 && stronger < -1e-3,
+        "control: {weaker}, {stronger}"
+    );
+}
+
+#[test]
+fn a_capped_groups_calls_count_by_their_cap_in_the_floor() {
+    // One heavy key (300 calls) and 19 of 100 beside 500 ungrouped calls on each arm, every
+    // group at its arm's rate (canary 3 %, stable 1 %): influences are zero and the floor
+    // speaks. With fewer groups than 1 / 2 % the bound cannot hold, and the groups above the
+    // mean (110) are cut to it: the heavy key's calls weigh c = 110/300 each. The floor is the
+    // two-proportion z on the weighted calls `Σ c·n`, with their effective number `Σ c²·n`.
+    use degrade_canary::stats::{GROUPS, GroupSnapshot};
+    let mut s = CanarySnapshot::default();
+    for (arm, per_hundred) in [(&mut s.canary, 3), (&mut s.stable, 1)] {
+        arm.groups = vec![GroupSnapshot::default(); GROUPS];
+        arm.groups[0].calls = 300;
+        arm.groups[0].failures = 3 * per_hundred;
+        for g in &mut arm.groups[1..20] {
+            g.calls = 100;
+            g.failures = per_hundred;
+        }
+        arm.failures = 3 * per_hundred + 19 * per_hundred + 5 * per_hundred;
+        arm.successes = 2_700 - arm.failures;
+    }
+    let weighed = |rate: f64| {
+        let c = 110.0 / 300.0;
+        let d = c * 300.0 + 1_900.0 + 500.0;
+        (d, rate * d, c * c * 300.0 + 2_400.0)
+    };
+    let (dc, fc, ec) = weighed(0.03);
+    let (ds, fs, es) = weighed(0.01);
+    let p = (fc + fs) / (dc + ds);
+    let floor = (fc / dc - fs / ds) / (p * (1.0 - p) * (ec / (dc * dc) + es / (ds * ds))).sqrt();
+    let z = judge(min_samples(10)).look(&s).error_z;
+    assert!(
+        (z - floor).abs() < 1e-9 * floor,
+        "z {z}, the floor's {floor}"
+    );
+}
