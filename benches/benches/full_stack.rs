@@ -12,11 +12,13 @@
 //! * `degrade/admit`: level Normal, a rate limit far above what the benchmark can spend, a
 //!   closed breaker (count window of 100, the default), a canary at 10 % (no key): every layer
 //!   takes its admit path on its default clock, `FastClock::unless_pausable()`: the counter
-//!   here (no runtime), read once for the request's start (`CallScope`: the rate limit's read,
-//!   reused by the canary; the breaker's closed path reads none) and once at the canary's
+//!   here (no runtime), read once for the request's start (`CallScope`: the first reader's
+//!   read — the `DegradeLayer` when it times the request, else the rate limit — reused by the
+//!   layers further in; the breaker's closed path reads none) and once at each timed
 //!   completion;
-//! * `degrade/admit-tokio-clock`: the same stack with `TokioClock` in every layer (one
-//!   `clock_gettime` for the start, shared, and one at the canary's completion);
+//! * `degrade/admit-tokio-clock`: the same stack with `TokioClock` in every layer that takes a
+//!   clock (one `clock_gettime` for the start, shared, and one at the canary's completion; the
+//!   `DegradeLayer`'s limiter keeps its default, so a request it times reads the counter too);
 //! * `degrade/admit-fast-clock`: the same stack with `FastClock::new()` in every layer;
 //! * `degrade/reject-shed`: level Heavy, priority Low: the `DegradeLayer` sheds first (boxes a
 //!   `Shed`), nothing below runs;

@@ -16,12 +16,14 @@
 //! inner service alone), `full-stack` (`DegradeLayer` → rate limit → breaker → canary at
 //! 10 %, every layer on its admit path and its default clock, as `degrade/admit` in the
 //! `full-stack` criterion group), `full-stack-tokio-clock` (the same with `TokioClock` in every
-//! layer), `peers-full-stack` (the peers' composition of that group: `LoadShed` +
-//! `ConcurrencyLimit` + governor + failsafe + `Steer`), `ratelimit` (the default
+//! layer that takes a clock; the `DegradeLayer`'s limiter keeps its default), `peers-full-stack` (the peers' composition of that group: `LoadShed` +
+//! `ConcurrencyLimit` + governor + failsafe + `Steer`), `full-stack-observed` and
+//! `full-stack-observed-tokio-clock` (the `full-stack` member under an `ObserveLayer` timing
+//! every call, on its default clock and on `TokioClock`), `ratelimit` (the default
 //! `RateLimitLayer` alone, built outside any runtime: the counter) and `governor`
 //! (governor's `check` on its own quanta clock, no service), `observe`
-//! and `observe-frozen-clock` (the `ObserveLayer` alone, on `TokioClock` and on
-//! [`degrade_benches::FrozenClock`], every call timed: no latency signal reads it),
+//! and `observe-frozen-clock` (the `ObserveLayer` alone, on its default clock — the counter
+//! here, outside any runtime — and on [`degrade_benches::FrozenClock`], every call timed: no latency signal reads it),
 //! `observe-monitored` (the same with a latency signal sampled once after 20,000 calls, as the
 //! `Monitor` does: from then on a thread times 1 call in 16), `canary` and `canary-frozen-clock` (the canary split at
 //! 10 %, unkeyed, every call timed: no controller reads it), `canary-judged` (the same after a
@@ -176,9 +178,9 @@ fn main() {
         report("downstream", min_ns(&mut adaptive().layer(rejecting())));
     }
     if on("full-stack") {
-        // Every layer on its default clock: `FastClock::unless_pausable()` for the rate
-        // limit, the breaker (whose closed path reads none) and the canary: the counter here,
-        // outside any runtime.
+        // Every layer on its default clock: `FastClock::unless_pausable()` for the
+        // `DegradeLayer`'s sampled timing, the rate limit, the breaker (whose closed path reads
+        // none) and the canary: the counter here, outside any runtime.
         let mut svc = tower::ServiceBuilder::new()
             .layer(adaptive())
             .layer(RateLimitLayer::new(open_rate()).expect("valid rate limit"))
@@ -216,6 +218,37 @@ fn main() {
                     .expect("valid canary"),
             );
         report("full-stack-tokio-clock", min_ns(&mut svc));
+    }
+    if on("full-stack-observed") || on("full-stack-observed-tokio-clock") {
+        // The full stack under an `ObserveLayer` (every call timed: no latency signal reads
+        // it), on its default clock (the counter here: its start is the call scope's counter
+        // stamp, which the layers further in then reuse) and on `TokioClock` (a
+        // `clock_gettime` for its start and one for its end, besides the counter's reads).
+        let stack = || {
+            tower::ServiceBuilder::new()
+                .layer(adaptive())
+                .layer(RateLimitLayer::new(open_rate()).expect("valid rate limit"))
+                .layer(BreakerLayer::new(BreakerConfig::default()).expect("valid breaker"))
+                .service(
+                    Canary::builder(inner(), inner())
+                        .weight(Weight::new(1_000).expect("10 %"))
+                        .build()
+                        .expect("valid canary"),
+                )
+        };
+        if on("full-stack-observed") {
+            let observe = degrade_triggers::ObserveLayer::new();
+            let mut svc = observe.layer(stack());
+            report("full-stack-observed", min_ns(&mut svc));
+        }
+        if on("full-stack-observed-tokio-clock") {
+            let observe = degrade_triggers::ObserveLayer::builder()
+                .clock(TokioClock)
+                .build()
+                .expect("valid observe layer");
+            let mut svc = observe.layer(stack());
+            report("full-stack-observed-tokio-clock", min_ns(&mut svc));
+        }
     }
     if on("peers-full-stack") {
         let mut svc = peers::peer_stack(usize::MAX >> 4, peers::open_governor_quota());

@@ -508,7 +508,8 @@ mod fast {
 
     /// A clock that reads the CPU's time-stamp counter through [`quanta`] (feature
     /// `fast-clock`), for layers that read the time on every request; the default clock of the
-    /// rate limiter and the canary, through [`FastClock::unless_pausable`].
+    /// rate limiter, the breaker, the canary, the `ObserveLayer` and the `DegradeLayer`'s
+    /// sampled request timing, through [`FastClock::unless_pausable`].
     ///
     /// [`TokioClock`](super::TokioClock) is a vDSO `clock_gettime`, which costs 20–50 ns on
     /// many virtual machines; a TSC read plus a multiply and a shift is cheaper where the CPU
@@ -659,6 +660,27 @@ mod fast {
         /// ```
         pub fn follows_tokio(&self) -> bool {
             matches!(self.source, Source::Tokio)
+        }
+
+        /// The clock as a word, for state that keeps its clock in an atomic (the adaptive
+        /// limiter's recycled state): [`from_word`](Self::from_word) gives it back.
+        #[inline]
+        pub(crate) fn to_word(self) -> u32 {
+            match self.source {
+                Source::Counter => 0,
+                Source::Tokio => 1,
+            }
+        }
+
+        /// The clock [`to_word`](Self::to_word) made `word` from.
+        #[inline]
+        pub(crate) fn from_word(word: u32) -> Self {
+            let source = if word == 0 {
+                Source::Counter
+            } else {
+                Source::Tokio
+            };
+            Self { source }
         }
     }
 

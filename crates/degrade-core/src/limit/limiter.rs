@@ -6,7 +6,8 @@
 //!   no lock, no allocation, no reference count (the response future refers to the limiter's
 //!   [`Shared`] state — the word, the leases, the window — which outlives the limiter and is
 //!   recycled through [`crate::recycle`]).
-//!   Timing a request costs two clock reads, so a request is timed only while the current
+//!   Timing a request costs two clock reads (on the [`LimitClock`]; the start is the call
+//!   scope's reading, shared with the other layers on the same clock), so a request is timed only while the current
 //!   window still needs samples (up to four timed requests per sample it needs, so answers
 //!   that never become samples — errors, rejections further in — do not time every request),
 //!   while demand is near the limit (where the law acts), and one in
@@ -23,7 +24,7 @@ use super::inflight::{InFlight, Released};
 use super::lease::{self, Host, Leases};
 use super::queue::{Fate, Pushed, Ticket, WaitQueue};
 use super::{Law, LimitConfig, Window};
-use crate::clock::{Clock, TokioClock};
+use crate::clock::Clock;
 use crate::counter::ShardedCounter;
 use crate::priority::Priority;
 use crate::recycle::{Pool, Pooled, Recycle};
@@ -35,6 +36,67 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::Waker;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// The clock that times the limiter's sampled requests and its queue:
+/// [`FastClock::unless_pausable`](crate::FastClock::unless_pausable) with feature `fast-clock`
+/// (the counter timeline the other layers' defaults read, so a request's start is one read
+/// of the call scope's counter stamp for the whole stack; tokio's clock inside a
+/// `current_thread` runtime, so paused time is followed), [`TokioClock`](crate::TokioClock)
+/// without.
+#[cfg(feature = "fast-clock")]
+pub(crate) type LimitClock = crate::clock::FastClock;
+/// The clock that times the limiter's sampled requests and its queue (see the `fast-clock`
+/// version).
+#[cfg(not(feature = "fast-clock"))]
+pub(crate) type LimitClock = crate::clock::TokioClock;
+
+/// The limiter's clock, chosen where the limiter is made.
+fn limit_clock() -> LimitClock {
+    #[cfg(feature = "fast-clock")]
+    {
+        LimitClock::unless_pausable()
+    }
+    #[cfg(not(feature = "fast-clock"))]
+    {
+        LimitClock::default()
+    }
+}
+
+/// The owner's [`LimitClock`], kept in the recycled [`Shared`] state for the completions
+/// (written when the state is taken, while nothing is in flight).
+#[derive(Debug)]
+struct ClockCell {
+    #[cfg(feature = "fast-clock")]
+    word: AtomicU32,
+}
+
+impl ClockCell {
+    fn new() -> Self {
+        Self {
+            #[cfg(feature = "fast-clock")]
+            word: AtomicU32::new(0),
+        }
+    }
+
+    fn set(&self, clock: LimitClock) {
+        #[cfg(feature = "fast-clock")]
+        self.word.store(clock.to_word(), Ordering::Relaxed);
+        #[cfg(not(feature = "fast-clock"))]
+        let _ = clock;
+    }
+
+    #[inline]
+    fn get(&self) -> LimitClock {
+        #[cfg(feature = "fast-clock")]
+        {
+            LimitClock::from_word(self.word.load(Ordering::Relaxed))
+        }
+        #[cfg(not(feature = "fast-clock"))]
+        {
+            LimitClock::default()
+        }
+    }
+}
 
 /// What a request holds while it is in flight: what the completion needs to record it.
 ///
@@ -204,6 +266,8 @@ struct Shared {
     /// ([`ns`](Self::ns)), so a new owner needs no origin of its own, even on a clock (paused
     /// tokio time in another runtime) that reads earlier than this.
     anchor: Instant,
+    /// The owner's clock: a timed request's completion is read on the clock its start was.
+    clock: ClockCell,
     /// Requests in flight at or below which a completion counts as a half-limit sample
     /// (zero once a baseline is known).
     half: AtomicU32,
@@ -228,12 +292,14 @@ static STATES: std::sync::LazyLock<Pool<Shared>> = std::sync::LazyLock::new(Pool
 
 impl Shared {
     /// A recycled state, or a new one (kept for the life of the process, and reused).
-    fn take(owner: Weak<Limiter>, now: Instant) -> Pooled<Shared> {
+    fn take(owner: Weak<Limiter>, clock: LimitClock) -> Pooled<Shared> {
+        let now = clock.now();
         let shared = STATES.take(|| Shared {
             in_flight: CachePadded::new(InFlight::new()),
             leases: Leases::default(),
             owner: Mutex::new(Weak::new()),
             anchor: now,
+            clock: ClockCell::new(),
             half: AtomicU32::new(0),
             needed: AtomicU32::new(0),
             epoch: AtomicU32::new(0),
@@ -245,6 +311,7 @@ impl Shared {
             cells: Cells::default(),
         });
         *shared.lock_owner() = owner;
+        shared.clock.set(clock);
         shared
             .window_start_ns
             .store(shared.ns(now) as u64, Ordering::Relaxed);
@@ -285,7 +352,7 @@ impl Shared {
         // A window takes the requests admitted within it, and the requests longer than a
         // window (leaving them out would hide every request slower than a window); shorter
         // ones admitted earlier ran under an older limit.
-        let now = TokioClock.now();
+        let now = self.clock.get().now();
         let now_ns = self.ns(now);
         let latency = Duration::from_nanos(Self::between(slot.start, now_ns));
         let window = self.min_window_ns.load(Ordering::Relaxed);
@@ -508,7 +575,7 @@ pub(crate) struct Limiter {
     counters: Counters,
     law: Mutex<Law>,
     queue: Mutex<WaitQueue<Option<Waker>>>,
-    clock: TokioClock,
+    clock: LimitClock,
     config: LimitConfig,
 }
 
@@ -529,14 +596,20 @@ impl Limiter {
         let capacity = (queue_bound(&config, config.max) as usize)
             .saturating_mul(2)
             .clamp(2, 2 * MAX_WAITING);
-        let clock = TokioClock;
+        let clock = limit_clock();
         Arc::new_cyclic(|owner| {
-            let shared = Shared::take(owner.clone(), clock.now());
-            Self::with_shared(shared, config, law, capacity)
+            let shared = Shared::take(owner.clone(), clock);
+            Self::with_shared(shared, config, law, capacity, clock)
         })
     }
 
-    fn with_shared(shared: Pooled<Shared>, config: LimitConfig, law: Law, capacity: usize) -> Self {
+    fn with_shared(
+        shared: Pooled<Shared>,
+        config: LimitConfig,
+        law: Law,
+        capacity: usize,
+        clock: LimitClock,
+    ) -> Self {
         let limiter = Self {
             shared,
             limit: AtomicU32::new(0),
@@ -548,7 +621,7 @@ impl Limiter {
             counters: Counters::default(),
             queue: Mutex::new(WaitQueue::new(capacity)),
             law: Mutex::new(law),
-            clock: TokioClock,
+            clock,
             config,
         };
         limiter.publish(&limiter.lock_law());
@@ -1191,6 +1264,41 @@ mod tests {
                 t.join().expect("the worker exits");
             }
         }
+    }
+
+    /// Outside any runtime the limiter times on the counter timeline, and a timed request's
+    /// start is the call scope's counter stamp: the reading the other layers on their default
+    /// clocks share, so a stack reads the time once for every layer's start.
+    #[cfg(feature = "fast-clock")]
+    #[test]
+    fn a_timed_request_starts_at_the_call_scopes_counter_stamp() {
+        let limiter = Limiter::new(fixed(64));
+        assert!(!limiter.clock.follows_tokio(), "no runtime: the counter");
+        let scope = crate::clock::CallScope::enter();
+        // A layer further out (a rate limit on its default clock) read the counter first.
+        let stamp = crate::FastClock::new().now();
+        std::thread::sleep(Duration::from_millis(2));
+        let slot = limiter.timed_slot(1);
+        assert_eq!(slot.start, limiter.shared.ns(stamp));
+        drop(scope);
+        // Out of the scope the completion reads the counter anew: the request's 2 ms.
+        limiter.shared.complete_timed(slot, Completion::Success);
+        let max = limiter.shared.cells.max_latency_ns.load(Ordering::Relaxed);
+        assert!(max >= 1_900_000, "{max}"); // within the anchor's error of 2 ms
+    }
+
+    /// Where tokio's time can be paused (a `current_thread` runtime) the limiter times on
+    /// tokio's clock: paused time and `advance` are the request's latency, exactly.
+    #[cfg(feature = "fast-clock")]
+    #[tokio::test(start_paused = true)]
+    async fn under_paused_time_a_timed_request_lasts_what_tokio_advanced() {
+        let limiter = Limiter::new(fixed(64));
+        assert!(limiter.clock.follows_tokio());
+        let slot = limiter.timed_slot(1);
+        tokio::time::advance(Duration::from_millis(5)).await;
+        limiter.shared.complete_timed(slot, Completion::Success);
+        let max = limiter.shared.cells.max_latency_ns.load(Ordering::Relaxed);
+        assert_eq!(max, 5_000_000);
     }
 
     fn fixed(limit: u32) -> LimitConfig {
