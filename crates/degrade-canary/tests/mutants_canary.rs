@@ -698,6 +698,26 @@ fn a_key_groups_canary_and_stable_calls_are_one_unit_of_the_rank_test() {
         z_aligned > 0.5 && z_aligned < 2.0 && z_crossed > 5.0,
         "aligned {z_aligned}, crossed {z_crossed}"
     );
+    // Every group a copy of its arms in miniature (50 groups: canary 14 slow and 6 fast,
+    // stable 10 and 10): every influence is zero and the floor speaks exactly — the pooled
+    // rank z of the arms' calls, each keyed call counted once at full weight.
+    let mut copies = keyed_latency_snapshot(&[(50, (14, 4), (10, 4))]);
+    for (arm, n) in [(&mut copies.canary, 6), (&mut copies.stable, 10)] {
+        let at = Duration::from_millis(1);
+        for g in &mut arm.groups[..50] {
+            g.calls += n;
+            g.latency
+                .add(degrade_canary::stats::GROUP_LAYOUT.bucket(at), n);
+        }
+        arm.successes += 50 * n;
+        arm.latency.add(ARM_LAYOUT.bucket(at), 50 * n);
+    }
+    let (pooled, _) = rank_z(&[(4, 500), (1, 500)], &[(4, 700), (1, 300)]);
+    let z = judge(cfg()).look(&copies).latency_z;
+    assert!(
+        (z - pooled).abs() < 1e-6 * pooled,
+        "copies {z}, pooled {pooled}"
+    );
 }
 
 #[test]
