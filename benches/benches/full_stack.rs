@@ -11,9 +11,15 @@
 //! * `baseline/no-layer`: the bare inner service;
 //! * `degrade/admit`: level Normal, a rate limit far above what the benchmark can spend, a
 //!   closed breaker (count window of 100, the default), a canary at 10 % (no key): every layer
-//!   takes its admit path, every clock read is a `TokioClock` read;
-//! * `degrade/admit-fast-clock`: the same stack with degrade-core's opt-in `FastClock`
-//!   (feature `fast-clock`) in the layers that read time (rate limit, canary);
+//!   takes its admit path on its default clock, `FastClock::unless_pausable()`: the counter
+//!   here (no runtime), read once for the request's start (`CallScope`: the first reader's
+//!   read — the `DegradeLayer` when it times the request, else the rate limit — reused by the
+//!   layers further in; the breaker's closed path reads none) and once at each timed
+//!   completion;
+//! * `degrade/admit-tokio-clock`: the same stack with `TokioClock` in every layer that takes a
+//!   clock (one `clock_gettime` for the start, shared, and one at the canary's completion; the
+//!   `DegradeLayer`'s limiter keeps its default, so a request it times reads the counter too);
+//! * `degrade/admit-fast-clock`: the same stack with `FastClock::new()` in every layer;
 //! * `degrade/reject-shed`: level Heavy, priority Low: the `DegradeLayer` sheds first (boxes a
 //!   `Shed`), nothing below runs;
 //! * `degrade/reject-ratelimit`: a spent budget: admitted by the `DegradeLayer`, rejected by the
@@ -24,7 +30,8 @@
 //! * `peers/reject-shed`: `LoadShed` over a `ConcurrencyLimit` of 0 (always shed);
 //! * `peers/reject-ratelimit`: a spent governor quota under `LoadShed` + `ConcurrencyLimit`;
 //! * `*/1-thread`, `*/2-threads`: one shared stack called through clones from 1 and 2 threads
-//!   ([`degrade_benches::contended`]); wall time per call.
+//!   ([`degrade_benches::contended`]); wall time per call (`degrade/tokio-clock-*`: every
+//!   layer on `TokioClock`).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use degrade_benches::{Req, call_now, contended, inner};
@@ -94,6 +101,30 @@ fn degrade_stack<K: Clock>(
         )
 }
 
+/// degrade's full stack over two `inner` arms, every layer on its default clock.
+fn default_stack(
+    controller: &Controller,
+    quota: RateLimitConfig,
+    priority: Priority,
+) -> impl Service<Req, Response = Req, Error = BoxError> + Clone + Send + 'static {
+    ServiceBuilder::new()
+        .layer(
+            DegradeLayer::builder(controller.handle())
+                .admission(degrade_core::degrade::Admission::Both)
+                .prioritize(move |_: &Req| priority)
+                .build()
+                .expect("default policy is valid"),
+        )
+        .layer(RateLimitLayer::new(quota).expect("valid rate limit config"))
+        .layer(BreakerLayer::new(BreakerConfig::default()).expect("valid breaker config"))
+        .service(
+            Canary::builder(inner(), inner())
+                .weight(canary_weight())
+                .build()
+                .unwrap(),
+        )
+}
+
 fn open_quota() -> RateLimitConfig {
     RateLimitConfig::per(PER_SECOND, Duration::from_secs(1)).burst(PER_SECOND)
 }
@@ -117,11 +148,15 @@ fn full_stack(c: &mut Criterion) {
     bench_calls(&mut g, "baseline", "no-layer", inner());
 
     let normal = pinned(Level::Normal);
-    let mut svc = degrade_stack(&normal, open_quota(), Priority::Normal, TokioClock);
+    let mut svc = default_stack(&normal, open_quota(), Priority::Normal);
     for _ in 0..20 {
         assert_eq!(call_now(&mut svc, 7).expect("the stack admits"), 7);
     }
     bench_calls(&mut g, "degrade", "admit", svc);
+
+    let mut svc = degrade_stack(&normal, open_quota(), Priority::Normal, TokioClock);
+    assert_eq!(call_now(&mut svc, 7).expect("the stack admits"), 7);
+    bench_calls(&mut g, "degrade", "admit-tokio-clock", svc);
 
     let mut svc = degrade_stack(&normal, open_quota(), Priority::Normal, FastClock::new());
     assert_eq!(call_now(&mut svc, 7).expect("the stack admits"), 7);
@@ -163,8 +198,8 @@ fn full_stack_2_threads(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let normal = pinned(Level::Normal);
     let baseline = inner();
-    let degrade = degrade_stack(&normal, open_quota(), Priority::Normal, TokioClock);
-    let fast = degrade_stack(&normal, open_quota(), Priority::Normal, FastClock::new());
+    let degrade = default_stack(&normal, open_quota(), Priority::Normal);
+    let tokio_clock = degrade_stack(&normal, open_quota(), Priority::Normal, TokioClock);
     let peers = peer_stack(usize::MAX >> 4, open_governor_quota());
     for (threads, case) in [(1, "1-thread"), (2, "2-threads")] {
         g.bench_function(BenchmarkId::new("baseline", case), |b| {
@@ -174,8 +209,8 @@ fn full_stack_2_threads(c: &mut Criterion) {
             b.iter_custom(|iters| contended(&degrade, threads, iters))
         });
         g.bench_function(
-            BenchmarkId::new("degrade", format!("fast-clock-{case}")),
-            |b| b.iter_custom(|iters| contended(&fast, threads, iters)),
+            BenchmarkId::new("degrade", format!("tokio-clock-{case}")),
+            |b| b.iter_custom(|iters| contended(&tokio_clock, threads, iters)),
         );
         g.bench_function(BenchmarkId::new("peers", case), |b| {
             b.iter_custom(|iters| contended(&peers, threads, iters))

@@ -14,9 +14,16 @@
 //! `reject-limit` (the limit full, no queue), `downstream` (every call rejected by a layer
 //! further in, i.e. the inner service returns a boxed `Shed`) and `downstream-baseline` (that
 //! inner service alone), `full-stack` (`DegradeLayer` → rate limit → breaker → canary at
-//! 10 %, every layer on its admit path, as in the `full-stack` criterion group), `observe`
-//! and `observe-frozen-clock` (the `ObserveLayer` alone, on `TokioClock` and on
-//! [`degrade_benches::FrozenClock`], every call timed: no latency signal reads it),
+//! 10 %, every layer on its admit path and its default clock, as `degrade/admit` in the
+//! `full-stack` criterion group), `full-stack-tokio-clock` (the same with `TokioClock` in every
+//! layer that takes a clock; the `DegradeLayer`'s limiter keeps its default), `peers-full-stack` (the peers' composition of that group: `LoadShed` +
+//! `ConcurrencyLimit` + governor + failsafe + `Steer`), `full-stack-observed` and
+//! `full-stack-observed-tokio-clock` (the `full-stack` member under an `ObserveLayer` timing
+//! every call, on its default clock and on `TokioClock`), `ratelimit` (the default
+//! `RateLimitLayer` alone, built outside any runtime: the counter) and `governor`
+//! (governor's `check` on its own quanta clock, no service), `observe`
+//! and `observe-frozen-clock` (the `ObserveLayer` alone, on its default clock — the counter
+//! here, outside any runtime — and on [`degrade_benches::FrozenClock`], every call timed: no latency signal reads it),
 //! `observe-monitored` (the same with a latency signal sampled once after 20,000 calls, as the
 //! `Monitor` does: from then on a thread times 1 call in 16), `canary` and `canary-frozen-clock` (the canary split at
 //! 10 %, unkeyed, every call timed: no controller reads it), `canary-judged` (the same after a
@@ -27,23 +34,58 @@
 //! thread's gain) — meaningful only when nothing else runs. Its limit is held at 64 (min =
 //! max): with an inner service of a few nanoseconds the law may learn a limit of one, and a
 //! second thread's request then waits, which the harness cannot. `admit-threads-rarely-timed`
-//! is the same with one request in 65,536 timed (the window's atomics are shared).
+//! is the same with one request in 65,536 timed (the window's atomics are shared);
+//! `admit-threads-default` the same at the default layer's limit of 16 (its initial limit,
+//! held), where the criterion `admission-2-threads` member runs.
 
 use degrade_benches::{Req, call_now, inner, min_ns_per_call};
+use degrade_breaker::{BreakerConfig, BreakerLayer};
+use degrade_canary::{Canary, Weight};
+use degrade_core::TokioClock;
 use degrade_core::degrade::Admission;
 use degrade_core::limit::LimitConfig;
 use degrade_core::{BoxError, Controller, DegradeLayer, Level, Priority, Shed};
+use degrade_ratelimit::RateLimitLayer;
 use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::time::Duration;
 use tower::{Layer, Service};
 
+/// The threaded members' calls per repetition and repetitions.
 const CALLS: u32 = 200_000;
 const REPETITIONS: u32 = 40;
 
+/// Calls per repetition and repetitions: 200,000 and 40, or `MIN_OF_REPS_CALLS` and
+/// `MIN_OF_REPS_REPETITIONS` from the environment. On a loaded machine shorter repetitions
+/// (say 5,000 calls, about a millisecond) and more of them (400) are likelier to find one the
+/// scheduler did not interrupt.
+fn calls_and_repetitions() -> (u32, u32) {
+    let var = |name: &str, default: u32| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &u32| n > 0)
+            .unwrap_or(default)
+    };
+    (
+        var("MIN_OF_REPS_CALLS", 200_000),
+        var("MIN_OF_REPS_REPETITIONS", 40),
+    )
+}
+
+#[path = "../benches/peers/mod.rs"]
+mod peers;
+
+/// A rate far above what a run spends: every call is admitted.
+fn open_rate() -> degrade_ratelimit::RateLimitConfig {
+    degrade_ratelimit::RateLimitConfig::per(1_000_000_000, Duration::from_secs(1))
+        .burst(1_000_000_000)
+}
+
 /// The fastest repetition's time per call, in nanoseconds.
 fn min_ns<S: Service<Req>>(svc: &mut S) -> f64 {
-    min_ns_per_call(CALLS, REPETITIONS, || {
+    let (calls, repetitions) = calls_and_repetitions();
+    min_ns_per_call(calls, repetitions, || {
         let _ = black_box(call_now(svc, black_box(1)));
     })
 }
@@ -136,28 +178,95 @@ fn main() {
         report("downstream", min_ns(&mut adaptive().layer(rejecting())));
     }
     if on("full-stack") {
+        // Every layer on its default clock: `FastClock::unless_pausable()` for the
+        // `DegradeLayer`'s sampled timing, the rate limit, the breaker (whose closed path reads
+        // none) and the canary: the counter here, outside any runtime.
         let mut svc = tower::ServiceBuilder::new()
             .layer(adaptive())
-            .layer(
-                degrade_ratelimit::RateLimitLayer::builder(
-                    degrade_ratelimit::RateLimitConfig::per(1_000_000_000, Duration::from_secs(1))
-                        .burst(1_000_000_000),
-                )
-                .build()
-                .expect("valid rate limit"),
-            )
-            .layer(
-                degrade_breaker::BreakerLayer::builder(degrade_breaker::BreakerConfig::default())
-                    .build()
-                    .expect("valid breaker"),
-            )
+            .layer(RateLimitLayer::new(open_rate()).expect("valid rate limit"))
+            .layer(BreakerLayer::new(BreakerConfig::default()).expect("valid breaker"))
             .service(
-                degrade_canary::Canary::builder(inner(), inner())
-                    .weight(degrade_canary::Weight::new(1_000).expect("10 %"))
+                Canary::builder(inner(), inner())
+                    .weight(Weight::new(1_000).expect("10 %"))
                     .build()
                     .expect("valid canary"),
             );
         report("full-stack", min_ns(&mut svc));
+    }
+    if on("full-stack-tokio-clock") {
+        // The same with `TokioClock` in every layer (the criterion group's
+        // `degrade/admit-tokio-clock`).
+        let mut svc = tower::ServiceBuilder::new()
+            .layer(adaptive())
+            .layer(
+                RateLimitLayer::builder(open_rate())
+                    .clock(TokioClock)
+                    .build()
+                    .expect("valid rate limit"),
+            )
+            .layer(
+                BreakerLayer::builder(BreakerConfig::default())
+                    .clock(TokioClock)
+                    .build()
+                    .expect("valid breaker"),
+            )
+            .service(
+                Canary::builder(inner(), inner())
+                    .weight(Weight::new(1_000).expect("10 %"))
+                    .clock(TokioClock)
+                    .build()
+                    .expect("valid canary"),
+            );
+        report("full-stack-tokio-clock", min_ns(&mut svc));
+    }
+    if on("full-stack-observed") || on("full-stack-observed-tokio-clock") {
+        // The full stack under an `ObserveLayer` (every call timed: no latency signal reads
+        // it), on its default clock (the counter here: its start is the call scope's counter
+        // stamp, which the layers further in then reuse) and on `TokioClock` (a
+        // `clock_gettime` for its start and one for its end, besides the counter's reads).
+        let stack = || {
+            tower::ServiceBuilder::new()
+                .layer(adaptive())
+                .layer(RateLimitLayer::new(open_rate()).expect("valid rate limit"))
+                .layer(BreakerLayer::new(BreakerConfig::default()).expect("valid breaker"))
+                .service(
+                    Canary::builder(inner(), inner())
+                        .weight(Weight::new(1_000).expect("10 %"))
+                        .build()
+                        .expect("valid canary"),
+                )
+        };
+        if on("full-stack-observed") {
+            let observe = degrade_triggers::ObserveLayer::new();
+            let mut svc = observe.layer(stack());
+            report("full-stack-observed", min_ns(&mut svc));
+        }
+        if on("full-stack-observed-tokio-clock") {
+            let observe = degrade_triggers::ObserveLayer::builder()
+                .clock(TokioClock)
+                .build()
+                .expect("valid observe layer");
+            let mut svc = observe.layer(stack());
+            report("full-stack-observed-tokio-clock", min_ns(&mut svc));
+        }
+    }
+    if on("peers-full-stack") {
+        let mut svc = peers::peer_stack(usize::MAX >> 4, peers::open_governor_quota());
+        report("peers-full-stack", min_ns(&mut svc));
+    }
+    if on("ratelimit") {
+        let layer = RateLimitLayer::new(open_rate()).expect("valid rate limit");
+        assert!(!layer.clock().follows_tokio(), "no runtime: the counter");
+        report("ratelimit", min_ns(&mut layer.layer(inner())));
+    }
+    if on("governor") {
+        let limiter = governor::RateLimiter::direct(peers::open_governor_quota());
+        report(
+            "governor",
+            min_ns_per_call(calls_and_repetitions().0, calls_and_repetitions().1, || {
+                let _ = black_box(limiter.check());
+            }),
+        );
     }
     if on("observe") {
         let layer = degrade_triggers::ObserveLayer::new();
@@ -238,17 +347,26 @@ fn main() {
     // `admit-threads-rarely-timed`: the same with one request in 65,536 timed (the most
     // `timing_every` allows), to separate the in-flight accounting from the timed requests'
     // writes to the window's shared atomics.
-    for (member, timing_every) in [
-        ("admit-threads", 16),
-        ("admit-threads-rarely-timed", 1 << 16),
+    // `admit-threads-default`: the same at the default layer's limit (its initial 16, held),
+    // as the criterion `admission-2-threads` member runs it.
+    let default_limit = LimitConfig::default().initial;
+    for (member, limit, timing_every, prefix) in [
+        ("admit-threads", 64, 16, "admit"),
+        (
+            "admit-threads-rarely-timed",
+            64,
+            1 << 16,
+            "admit-rarely-timed",
+        ),
+        ("admit-threads-default", default_limit, 16, "admit-default"),
     ] {
         if !wanted.iter().any(|w| w == member) {
             continue;
         }
         let fixed = LimitConfig {
-            initial: 64,
-            min: 64,
-            max: 64,
+            initial: limit,
+            min: limit,
+            max: limit,
             timing_every,
             ..LimitConfig::default()
         };
@@ -257,11 +375,6 @@ fn main() {
             .build()
             .expect("a fixed limit is valid")
             .layer(inner());
-        let prefix = if timing_every == 16 {
-            "admit"
-        } else {
-            "admit-rarely-timed"
-        };
         for threads in [1, 2] {
             let ns = (0..REPETITIONS)
                 .map(|_| {

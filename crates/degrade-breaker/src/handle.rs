@@ -5,7 +5,7 @@ use crate::permit::Permit;
 use crate::shared::Shared;
 use crate::state::{BreakerEvent, BreakerTransition, State};
 use degrade_core::window::WindowSnapshot;
-use degrade_core::{Clock, TokioClock};
+use degrade_core::{Clock, FastClock};
 use std::fmt;
 use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
@@ -110,7 +110,7 @@ impl degrade_core::snapshot::Accounting for BreakerSnapshot {
 /// assert_eq!(handle.state(), State::Closed);
 /// # Ok::<(), degrade_core::ConfigError>(())
 /// ```
-pub struct BreakerHandle<C: 'static = degrade_core::DefaultClassifier, K = TokioClock> {
+pub struct BreakerHandle<C: 'static = degrade_core::DefaultClassifier, K = FastClock> {
     pub(crate) shared: Arc<Shared<C, K>>,
 }
 

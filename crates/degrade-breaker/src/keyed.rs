@@ -68,7 +68,7 @@ use degrade_core::answer::GrpcResponses;
 #[cfg(feature = "http")]
 use degrade_core::answer::{HttpResponses, Respond, Responses};
 use degrade_core::key::KeyExtractor;
-use degrade_core::{BoxError, Classifier, Clock, ConfigError, DefaultClassifier, TokioClock};
+use degrade_core::{BoxError, Classifier, Clock, ConfigError, DefaultClassifier, FastClock};
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
@@ -271,7 +271,7 @@ pub struct KeyedSnapshot {
 /// assert_eq!(layer.len(), 0);
 /// # Ok::<(), degrade_core::ConfigError>(())
 /// ```
-pub struct KeyedBreakerLayer<F, Key, C: 'static = DefaultClassifier, K = TokioClock, M = Errors> {
+pub struct KeyedBreakerLayer<F, Key, C: 'static = DefaultClassifier, K = FastClock, M = Errors> {
     keyed: Arc<Keyed<F, Key, C, K>>,
     _mode: PhantomData<fn() -> M>,
 }
@@ -510,7 +510,7 @@ impl<S, F, Key, C: 'static, K, M> Layer<S> for KeyedBreakerLayer<F, Key, C, K, M
 }
 
 /// Builds a [`KeyedBreakerLayer`]; see [`KeyedBreakerLayer::builder`].
-pub struct KeyedBuilder<F, Key, C: 'static = DefaultClassifier, K = TokioClock> {
+pub struct KeyedBuilder<F, Key, C: 'static = DefaultClassifier, K = FastClock> {
     inner: crate::layer::BreakerBuilder<C, K>,
     extractor: F,
     max_keys: usize,
@@ -636,7 +636,7 @@ impl<F, Key, C: 'static, K> KeyedBuilder<F, Key, C, K> {
 /// assert_eq!(layer.handle(&2).unwrap().state(), State::Closed);
 /// # Ok(()) }
 /// ```
-pub struct KeyedBreaker<S, F, Key, C: 'static = DefaultClassifier, K = TokioClock, M = Errors> {
+pub struct KeyedBreaker<S, F, Key, C: 'static = DefaultClassifier, K = FastClock, M = Errors> {
     inner: S,
     keyed: Arc<Keyed<F, Key, C, K>>,
     _mode: PhantomData<fn() -> M>,

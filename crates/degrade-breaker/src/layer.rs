@@ -9,7 +9,7 @@ use degrade_core::answer::Errors;
 use degrade_core::answer::GrpcResponses;
 #[cfg(feature = "http")]
 use degrade_core::answer::HttpResponses;
-use degrade_core::{Clock, ConfigError, DefaultClassifier, TokioClock};
+use degrade_core::{Clock, ConfigError, DefaultClassifier, FastClock};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -45,7 +45,7 @@ use tower_layer::Layer;
 /// assert!(err.is::<CircuitOpen>());
 /// # Ok(()) }
 /// ```
-pub struct BreakerLayer<C: 'static = DefaultClassifier, K = TokioClock, M = Errors> {
+pub struct BreakerLayer<C: 'static = DefaultClassifier, K = FastClock, M = Errors> {
     shared: Arc<Shared<C, K>>,
     _mode: PhantomData<fn() -> M>,
 }
@@ -98,7 +98,7 @@ impl BreakerLayer {
         BreakerBuilder {
             config,
             classifier: DefaultClassifier,
-            clock: TokioClock,
+            clock: FastClock::unless_pausable(),
             name: Arc::from("breaker"),
         }
     }
@@ -115,6 +115,19 @@ impl<C: 'static, K: Clock, M> BreakerLayer<C, K, M> {
     /// ```
     pub fn handle(&self) -> BreakerHandle<C, K> {
         BreakerHandle::from_shared(Arc::clone(&self.shared))
+    }
+
+    /// The clock the breaker reads (see [`BreakerBuilder::clock`] for the default).
+    ///
+    /// ```
+    /// # use degrade_breaker::{BreakerConfig, BreakerLayer};
+    /// // Built outside any runtime: the counter, not tokio's clock.
+    /// let layer = BreakerLayer::new(BreakerConfig::default())?;
+    /// assert!(!layer.clock().follows_tokio());
+    /// # Ok::<(), degrade_core::ConfigError>(())
+    /// ```
+    pub fn clock(&self) -> &K {
+        &self.shared.clock
     }
 
     /// Counters and state of the layer's breaker.
@@ -241,7 +254,7 @@ impl<S, C: 'static, K, M> Layer<S> for BreakerLayer<C, K, M> {
 /// assert!(handle.try_acquire().unwrap().is_probe());
 /// # Ok::<(), degrade_core::ConfigError>(())
 /// ```
-pub struct BreakerBuilder<C: 'static = DefaultClassifier, K = TokioClock> {
+pub struct BreakerBuilder<C: 'static = DefaultClassifier, K = FastClock> {
     config: BreakerConfig,
     classifier: C,
     clock: K,
@@ -269,7 +282,31 @@ impl<C: 'static, K> BreakerBuilder<C, K> {
         }
     }
 
-    /// The clock (default `TokioClock`, which follows paused tokio time).
+    /// The clock. The default is
+    /// [`FastClock::unless_pausable`](degrade_core::FastClock::unless_pausable), chosen when
+    /// the builder is made, as for the rate limiter and the canary: `TokioClock` inside a
+    /// current-thread runtime (where tokio's time can be paused, so paused-time tests keep
+    /// working), the CPU's counter elsewhere, whose first read in a request's `call` is every
+    /// other counter read's (`degrade_core::clock::CallScope`). The closed path reads no clock
+    /// unless `slow_call_duration` is set. A clock given here is never replaced; give
+    /// `TokioClock` or a `ManualClock` to a breaker built outside the runtime whose paused time
+    /// a test drives.
+    ///
+    /// ```
+    /// use degrade_breaker::{BreakerConfig, BreakerLayer};
+    ///
+    /// // Inside a current-thread runtime (a `#[tokio::test]`): tokio's clock, paused or not.
+    /// let rt = tokio::runtime::Builder::new_current_thread()
+    ///     .enable_time()
+    ///     .start_paused(true)
+    ///     .build()
+    ///     .unwrap();
+    /// let layer = rt.block_on(async { BreakerLayer::new(BreakerConfig::default()) })?;
+    /// assert!(layer.clock().follows_tokio());
+    /// // Outside any runtime: the counter.
+    /// assert!(!BreakerLayer::new(BreakerConfig::default())?.clock().follows_tokio());
+    /// # Ok::<(), degrade_core::ConfigError>(())
+    /// ```
     pub fn clock<L: Clock>(self, clock: L) -> BreakerBuilder<C, L> {
         BreakerBuilder {
             config: self.config,

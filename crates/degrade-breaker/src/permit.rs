@@ -27,7 +27,7 @@ use std::fmt;
 /// A permit writes no shared reference count: it reaches its breaker through a `&'static`
 /// (the breaker's state is recycled, not freed, once its layer is gone and every permit it
 /// granted has recorded), and copies the classifier (a `&'static` when it is zero-sized, as
-/// every classifier degrade ships; else an `Arc`) and the clock (`TokioClock` is zero-sized).
+/// every classifier degrade ships; else an `Arc`) and the clock (`TokioClock` is zero-sized, `FastClock` one byte).
 /// A permit that outlives its layer records into its own breaker, never into a new one.
 pub struct Permit<C: 'static, K: Clock> {
     core: &'static Core,

@@ -9,7 +9,7 @@ use crate::shared::Shared;
 use degrade_core::answer::Errors;
 #[cfg(feature = "http")]
 use degrade_core::answer::{Respond, Responses};
-use degrade_core::{BoxError, Classifier, Clock, DefaultClassifier, TokioClock};
+use degrade_core::{BoxError, Classifier, Clock, DefaultClassifier, FastClock};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -29,7 +29,7 @@ use tower_service::Service;
 /// assert_eq!(svc.handle().state(), degrade_breaker::State::ForcedOpen);
 /// # Ok::<(), degrade_core::ConfigError>(())
 /// ```
-pub struct Breaker<S, C: 'static = DefaultClassifier, K = TokioClock, M = Errors> {
+pub struct Breaker<S, C: 'static = DefaultClassifier, K = FastClock, M = Errors> {
     inner: S,
     shared: Arc<Shared<C, K>>,
     _mode: PhantomData<fn() -> M>,

@@ -3,6 +3,7 @@
 use crate::arm::Arm;
 use crate::service::TagArm;
 use crate::stats::{Stats, grouped};
+use degrade_core::clock::Epoch;
 use degrade_core::recycle::Held;
 use degrade_core::{BoxError, Classifier, Clock, Outcome};
 use pin_project_lite::pin_project;
@@ -11,7 +12,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use tokio::time::Instant;
+use std::time::Duration;
 
 pin_project! {
     #[project = InnerProj]
@@ -99,20 +100,16 @@ pin_project! {
     pub struct ResponseFuture<SF, CF, Cl: 'static, M, Clk> {
         #[pin]
         inner: Inner<SF, CF>,
-        // The start instant of a timed call and the clock to read its end; `None` for a call
+        // The start reading of a timed call and the clock to read its end; `None` for a call
         // only counted (no clock cloned).
-        start: Option<(Instant, Clk)>,
+        start: Option<(Epoch, Clk)>,
         guard: Guard<Cl>,
         _mode: PhantomData<fn() -> M>,
     }
 }
 
 impl<SF, CF, Cl, M, Clk> ResponseFuture<SF, CF, Cl, M, Clk> {
-    pub(crate) fn new(
-        inner: Inner<SF, CF>,
-        start: Option<(Instant, Clk)>,
-        guard: Guard<Cl>,
-    ) -> Self {
+    pub(crate) fn new(inner: Inner<SF, CF>, start: Option<(Epoch, Clk)>, guard: Guard<Cl>) -> Self {
         Self {
             inner,
             start,
@@ -194,9 +191,9 @@ where
 fn finish_recorded<Cl, Clk: Clock>(
     guard: &Guard<Cl>,
     outcome: Outcome,
-    start: Option<&(Instant, Clk)>,
+    start: Option<&(Epoch, Clk)>,
 ) {
-    let latency = start.map(|(start, clock)| clock.now().saturating_duration_since(*start));
+    let latency = start.map(|(start, clock)| Duration::from_nanos(clock.nanos_since(start)));
     guard
         .stats
         .finished(guard.arm, guard.group, outcome, latency);

@@ -6,7 +6,7 @@ use crate::key::{ForceArm, Global, NoOverride, StickyKey};
 use crate::stats::{CanarySnapshot, GROUPS, Stats, UNGROUPED};
 use degrade_core::counter::{ShardedCounter, TimingSampler};
 use degrade_core::recycle::{Held, Pooled};
-use degrade_core::{BoxError, Classifier, Clock, ConfigError, DefaultClassifier, TokioClock};
+use degrade_core::{BoxError, Classifier, Clock, ConfigError, DefaultClassifier, FastClock};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -202,7 +202,7 @@ pub struct Canary<
     O = NoOverride,
     Cl: 'static = DefaultClassifier,
     M = Plain,
-    Clk = TokioClock,
+    Clk = FastClock,
 > {
     stable: S,
     candidate: C,
@@ -217,8 +217,8 @@ pub struct Canary<
 
 impl<S, C> Canary<S, C> {
     /// A router over `stable` and `candidate` with the defaults: weight 0 (everything on
-    /// stable), unkeyed, no override, the default classifier, no response tag, the tokio
-    /// clock. The defaults are valid, so this cannot fail; [`builder`](Self::builder) sets
+    /// stable), unkeyed, no override, the default classifier, no response tag, the default
+    /// clock ([`CanaryBuilder::clock`]). The defaults are valid, so this cannot fail; [`builder`](Self::builder) sets
     /// the rest.
     ///
     /// ```
@@ -245,7 +245,7 @@ impl<S, C> Canary<S, C> {
             key: Global,
             force: NoOverride,
             classifier: DefaultClassifier,
-            clock: TokioClock,
+            clock: FastClock::unless_pausable(),
             fixed_timing: None,
             _mode: PhantomData,
         }
@@ -349,7 +349,7 @@ where
         let start = stats
             .routed(arm, forced)
             .is_some_and(|seq| self.book.timing.is_timed(seq))
-            .then(|| (self.clock.now(), self.clock.clone()));
+            .then(|| (self.clock.epoch(), self.clock.clone()));
         let guard = Guard::new(
             stats,
             self.classifier.clone(),
@@ -391,7 +391,7 @@ pub struct CanaryBuilder<
     O = NoOverride,
     Cl = DefaultClassifier,
     M = Plain,
-    Clk = TokioClock,
+    Clk = FastClock,
 > {
     stable: S,
     candidate: C,
@@ -466,7 +466,36 @@ impl<S, C, K, O, Cl, M, Clk> CanaryBuilder<S, C, K, O, Cl, M, Clk> {
         }
     }
 
-    /// Measures latency with `clock`.
+    /// Measures latency with `clock`. The default is
+    /// [`FastClock::unless_pausable`](degrade_core::FastClock::unless_pausable), chosen when
+    /// the builder is made: the CPU's counter outside any runtime and on a multi-thread
+    /// runtime, `TokioClock` inside a current-thread runtime (where tokio's time can be
+    /// paused, so paused-time tests keep working). It is the rate limiter's default too: in a
+    /// stack of degrade's layers the first counter read of a request is the start of every
+    /// other layer's (see `degrade_core::clock::CallScope`). A clock given here is never
+    /// replaced; give `TokioClock` or a `ManualClock` to a router built outside the runtime
+    /// whose paused time a test drives.
+    ///
+    /// ```
+    /// use degrade_canary::Canary;
+    /// use degrade_core::ManualClock;
+    /// use std::time::Duration;
+    /// use tower::{Service, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let clock = ManualClock::new();
+    /// let tick = clock.clone();
+    /// let slow = tower::service_fn(move |_: ()| {
+    ///     tick.advance(Duration::from_millis(40)); // the call "takes" 40 ms
+    ///     async { Ok::<_, std::convert::Infallible>(()) }
+    /// });
+    /// let mut svc = Canary::builder(slow.clone(), slow).clock(clock).build().unwrap();
+    /// svc.ready().await.unwrap().call(()).await.unwrap();
+    /// let stable = svc.snapshot().stable;
+    /// assert_eq!(stable.latency.count(), 1);
+    /// assert!(stable.latency.quantile(0.5).unwrap() >= Duration::from_millis(38));
+    /// # }
+    /// ```
     pub fn clock<Clk2: Clock>(self, clock: Clk2) -> CanaryBuilder<S, C, K, O, Cl, M, Clk2> {
         CanaryBuilder {
             stable: self.stable,

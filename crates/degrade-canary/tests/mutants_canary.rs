@@ -405,3 +405,411 @@ fn the_judge_reports_the_configuration_it_was_built_with() {
     };
     assert_eq!(judge(cfg.clone()).config(), &cfg);
 }
+
+/// The two-proportion normal scores of one window of ungrouped calls: pooled (the variance
+/// under no difference) and unpooled (each arm's own variance), canary minus stable.
+fn two_proportion_z(w: &Win) -> (f64, f64) {
+    let (ns, nc) = (w.stable.0 as f64, w.canary.0 as f64);
+    let (ps, pc) = (w.stable.1 as f64 / ns, w.canary.1 as f64 / nc);
+    let p = (w.stable.1 + w.canary.1) as f64 / (ns + nc);
+    let pooled = (p * (1.0 - p) * (1.0 / ns + 1.0 / nc)).sqrt();
+    let unpooled = (ps * (1.0 - ps) / ns + pc * (1.0 - pc) / nc).sqrt();
+    (w.effect() / pooled, w.effect() / unpooled)
+}
+
+#[test]
+fn one_window_of_ungrouped_calls_scores_the_pooled_two_proportion_z_when_it_is_the_smaller() {
+    // Equal arms: the pooled variance exceeds the unpooled by (p_c − p_s)²/2 per call, so the
+    // floor (`null_var`) speaks, exactly: no degrees-of-freedom correction applies to it.
+    let w = Win::new(None, (20_000, 200), (20_000, 290));
+    let (pooled, unpooled) = two_proportion_z(&w);
+    assert!(pooled < unpooled && pooled > 3.0, "{pooled} {unpooled}");
+    let z = run(min_samples(100), &[w]).error_z;
+    assert!((z - pooled).abs() < 1e-6 * pooled, "z {z}, pooled {pooled}");
+    // The same counts the other way round score the same magnitude, negative.
+    let back = Win::new(None, (20_000, 290), (20_000, 200));
+    let z = run(min_samples(100), &[back]).error_z;
+    assert!((z + pooled).abs() < 1e-6 * pooled, "z {z}, pooled {pooled}");
+}
+
+#[test]
+fn one_window_of_ungrouped_calls_scores_the_unpooled_two_proportion_z_when_it_is_the_smaller() {
+    // A small canary arm at a higher rate: its own variance exceeds the pooled one (which the
+    // stable arm's lower rate dominates), so the cluster-robust score (`single_sq`, each call
+    // its own unit: about 12 000 units, a correction of a few parts in 10 000) speaks.
+    let w = Win::new(None, (90_000, 900), (10_000, 160));
+    let (pooled, unpooled) = two_proportion_z(&w);
+    assert!(unpooled < pooled && unpooled > 3.0, "{pooled} {unpooled}");
+    let z = run(min_samples(100), &[w]).error_z;
+    assert!(
+        z < unpooled && (z - unpooled).abs() < 1e-3 * unpooled,
+        "z {z}, unpooled {unpooled}, pooled {pooled}"
+    );
+}
+
+#[test]
+fn a_small_canary_arm_scores_below_its_t_by_the_degrees_of_freedom_of_its_calls() {
+    // 30 canary calls against 3 000 stable: the design gives about 30 independent units, so
+    // the unpooled t (2.60) is read on about 29 degrees of freedom and its normal score is
+    // several per cent smaller (about 2.47). With many units the two would agree.
+    let w = Win::new(None, (3_000, 30), (30, 6));
+    let (pooled, unpooled) = two_proportion_z(&w);
+    assert!(unpooled < pooled, "{pooled} {unpooled}");
+    let z = run(min_samples(10), &[w]).error_z;
+    assert!(
+        z > 0.9 * unpooled && z < 0.97 * unpooled,
+        "z {z}, unpooled t {unpooled}"
+    );
+}
+
+/// One window of ungrouped, fully timed successes: `(latency in ms, calls)` on each arm.
+fn latency_snapshot(stable: &[(u64, u64)], canary: &[(u64, u64)]) -> CanarySnapshot {
+    let mut s = CanarySnapshot::default();
+    for (arm, calls) in [(&mut s.stable, stable), (&mut s.canary, canary)] {
+        for &(ms, n) in calls {
+            arm.successes += n;
+            arm.latency
+                .add(ARM_LAYOUT.bucket(Duration::from_millis(ms)), n);
+        }
+    }
+    s
+}
+
+/// The rank test's scores of one window, from its latencies (at distinct powers of two, so
+/// distinct buckets of every layout): the AUC `P(canary slower) + ½P(tie)` minus ½ over its
+/// standard error under no difference (the pooled mid-ranks' variance), and over its
+/// standard error from each call's own influence (each call its own unit).
+fn rank_z(stable: &[(u64, u64)], canary: &[(u64, u64)]) -> (f64, f64) {
+    let mid_cdf = |arm: &[(u64, u64)], at: u64| {
+        let total: u64 = arm.iter().map(|c| c.1).sum();
+        let below: u64 = arm.iter().filter(|c| c.0 < at).map(|c| c.1).sum();
+        let tied: u64 = arm.iter().filter(|c| c.0 == at).map(|c| c.1).sum();
+        (below as f64 + tied as f64 / 2.0) / total as f64
+    };
+    let count = |arm: &[(u64, u64)]| arm.iter().map(|c| c.1).sum::<u64>() as f64;
+    let (ls, lc) = (count(stable), count(canary));
+    let auc = canary
+        .iter()
+        .map(|&(ms, n)| n as f64 * mid_cdf(stable, ms))
+        .sum::<f64>()
+        / lc;
+    let pooled: Vec<(u64, u64)> = {
+        let mut all: Vec<u64> = stable.iter().chain(canary).map(|c| c.0).collect();
+        all.sort_unstable();
+        all.dedup();
+        all.iter()
+            .map(|&ms| {
+                let n =
+                    |arm: &[(u64, u64)]| arm.iter().filter(|c| c.0 == ms).map(|c| c.1).sum::<u64>();
+                (ms, n(stable) + n(canary))
+            })
+            .collect()
+    };
+    let v = pooled
+        .iter()
+        .map(|&(ms, n)| n as f64 * (mid_cdf(&pooled, ms) - 0.5).powi(2))
+        .sum::<f64>()
+        / (ls + lc);
+    let null_se = (v * (1.0 / lc + 1.0 / ls)).sqrt();
+    let own = canary
+        .iter()
+        .map(|&(ms, n)| n as f64 * (mid_cdf(stable, ms) - auc).powi(2))
+        .sum::<f64>()
+        / (lc * lc)
+        + stable
+            .iter()
+            .map(|&(ms, n)| n as f64 * (1.0 - mid_cdf(canary, ms) - auc).powi(2))
+            .sum::<f64>()
+            / (ls * ls);
+    ((auc - 0.5) / null_se, (auc - 0.5) / own.sqrt())
+}
+
+#[test]
+fn one_window_of_ungrouped_latencies_scores_the_smaller_of_the_rank_tests_two_z() {
+    // Equal arms, the canary shifted up: the pooled mid-ranks' variance is the larger, and the
+    // floor speaks exactly (no degrees-of-freedom correction applies to it).
+    let (stable, canary) = (
+        [(1, 500), (2, 300), (4, 200)],
+        [(1, 400), (2, 300), (4, 300)],
+    );
+    let (pooled, own) = rank_z(&stable, &canary);
+    assert!(pooled < own && pooled > 3.0, "{pooled} {own}");
+    let z = judge(min_samples(10))
+        .look(&latency_snapshot(&stable, &canary))
+        .latency_z;
+    assert!((z - pooled).abs() < 1e-6 * pooled, "z {z}, pooled {pooled}");
+    // A small canary arm spread wider than the stable one: the calls' own influences speak,
+    // read on the design's ~430 units (t²/4df: about 2 % smaller).
+    let (stable, canary) = (
+        [(1, 2_000), (2, 6_000), (4, 2_000)],
+        [(1, 120), (2, 80), (4, 60), (8, 140)],
+    );
+    let (pooled, own) = rank_z(&stable, &canary);
+    assert!(own < pooled && own > 3.0, "{pooled} {own}");
+    let z = judge(min_samples(10))
+        .look(&latency_snapshot(&stable, &canary))
+        .latency_z;
+    assert!(
+        z < own && z > 0.97 * own,
+        "z {z}, own {own}, pooled {pooled}"
+    );
+}
+
+#[test]
+fn a_small_canary_arm_reads_its_rank_score_on_the_degrees_of_freedom_of_its_calls() {
+    // 24 canary calls, spread wider than 3 000 stable ones: about 24 units, so the own-influence
+    // t (4.43) is read on about 23 degrees of freedom: a normal score of about 3.68.
+    let (stable, canary) = (
+        [(1, 600), (2, 1_800), (4, 600)],
+        [(1, 3), (2, 4), (4, 5), (8, 12)],
+    );
+    let (pooled, own) = rank_z(&stable, &canary);
+    assert!(own < pooled && own > 2.0, "{pooled} {own}");
+    let z = judge(min_samples(10))
+        .look(&latency_snapshot(&stable, &canary))
+        .latency_z;
+    assert!(z > 0.78 * own && z < 0.87 * own, "z {z}, own t {own}");
+}
+
+#[test]
+fn latency_windows_of_one_weight_are_combined_by_their_harmonic_sizes() {
+    // A slower window (500 canary calls against 2 000 stable: harmonic size 400, AUC − ½ =
+    // 0.1) and a faster one (4 000 against 8 000: harmonic size 2 666.7, AUC − ½ = −k/8 000)
+    // cancel exactly at k = 120 when the judge weighs each window by
+    // `canary · stable / (canary + stable)` calls; one call more or less either way is the
+    // control that the balance is what keeps the score at zero.
+    let score = |k: u64| {
+        let mut j = judge(min_samples(10));
+        let first = latency_snapshot(&[(2, 2_000)], &[(2, 400), (4, 100)]);
+        j.look(&first);
+        let second = latency_snapshot(
+            &[(2, 2_000 + 8_000)],
+            &[(2, 400 + 4_000 - k), (4, 100), (1, k)],
+        );
+        j.look(&second).latency_z
+    };
+    let (z, weaker, stronger) = (score(120), score(119), score(121));
+    assert!(z.abs() < 1e-9, "balanced windows scored {z}");
+    assert!(
+        weaker > 1e-3 && stronger < -1e-3,
+        "control: {weaker}, {stronger}"
+    );
+}
+
+#[test]
+fn a_window_sampled_one_in_four_weighs_four_times_its_timed_calls() {
+    // As above, but the faster window's calls were timed 1 in 4 (its successes four times its
+    // latencies, on both arms): it weighs 4 × 2 000 · 1 000 / 3 000 timed calls, so k = 30
+    // faster canary calls (AUC − ½ = −k/2 000) balance the slower window's 400 × 0.1.
+    let score = |k: u64| {
+        let mut j = judge(min_samples(10));
+        let first = latency_snapshot(&[(2, 2_000)], &[(2, 400), (4, 100)]);
+        j.look(&first);
+        let mut second = latency_snapshot(
+            &[(2, 2_000 + 2_000)],
+            &[(2, 400 + 1_000 - k), (4, 100), (1, k)],
+        );
+        second.stable.successes = first.stable.successes + 4 * 2_000;
+        second.canary.successes = first.canary.successes + 4 * 1_000;
+        j.look(&second).latency_z
+    };
+    let (z, weaker, stronger) = (score(30), score(29), score(31));
+    assert!(z.abs() < 1e-9, "balanced windows scored {z}");
+    assert!(
+        weaker > 1e-3 && stronger < -1e-3,
+        "control: {weaker}, {stronger}"
+    );
+}
+
+#[test]
+fn an_arm_without_timed_calls_gives_the_rank_test_no_evidence() {
+    // The stable arm's calls were not timed at all: there is nothing to rank the canary's
+    // latencies against, so the window adds nothing (no score, no NaN).
+    let mut s = latency_snapshot(&[], &[(1, 500), (8, 500)]);
+    s.stable.successes = 1_000;
+    let judgement = judge(min_samples(10)).look(&s);
+    assert_eq!(
+        (judgement.latency_z, judgement.latency_llr),
+        (0.0, 0.0),
+        "{judgement:?}"
+    );
+    let mut s = latency_snapshot(&[(1, 500), (8, 500)], &[]);
+    s.canary.successes = 1_000;
+    let mut j = judge(min_samples(10));
+    let judgement = j.look(&s);
+    assert_eq!(
+        (judgement.latency_z, judgement.latency_llr),
+        (0.0, 0.0),
+        "{judgement:?}"
+    );
+    // Nor does it spoil the stratum: a later timed window in it, the canary clearly slower,
+    // is scored.
+    let mut later = latency_snapshot(&[(1, 500 + 500), (8, 500 + 500)], &[(1, 100), (8, 900)]);
+    later.canary.successes += 1_000;
+    let judgement = j.look(&later);
+    assert!(judgement.latency_z > 3.0, "{judgement:?}");
+}
+
+/// `(calls, latency in ms)` of one arm of one key group.
+type Calls = (u64, u64);
+
+/// One window of keyed calls: for each of `groups` (count, canary calls, stable calls),
+/// `count` key groups each with those calls, every call timed and successful.
+fn keyed_latency_snapshot(groups: &[(usize, Calls, Calls)]) -> CanarySnapshot {
+    use degrade_canary::stats::{GROUP_LAYOUT, GROUPS, GroupSnapshot};
+    let mut s = CanarySnapshot::default();
+    s.stable.groups = vec![GroupSnapshot::default(); GROUPS];
+    s.canary.groups = vec![GroupSnapshot::default(); GROUPS];
+    let mut g = 0;
+    for &(count, canary, stable) in groups {
+        for _ in 0..count {
+            for (arm, (n, ms)) in [(&mut s.canary, canary), (&mut s.stable, stable)] {
+                let at = Duration::from_millis(ms);
+                arm.successes += n;
+                arm.latency.add(ARM_LAYOUT.bucket(at), n);
+                arm.groups[g].calls += n;
+                arm.groups[g].latency.add(GROUP_LAYOUT.bucket(at), n);
+            }
+            g += 1;
+        }
+    }
+    assert!(g <= GROUPS);
+    s
+}
+
+#[test]
+fn a_key_groups_canary_and_stable_calls_are_one_unit_of_the_rank_test() {
+    // The same calls on each arm (canary 700 slow, 300 fast; stable 500 slow, 500 fast: AUC
+    // 0.6), grouped two ways. Aligned: each group's canary calls read slower than the arm and
+    // its stable calls faster, or the reverse — both of a group's influences point the same
+    // way and add up, so 60 groups vary a lot and the score is small. Crossed: a group's
+    // slow canary calls come with slow stable calls (its influences cancel), so the groups
+    // barely vary and the floor speaks. Whoever weighed a group's stable calls against its
+    // canary calls would read the two the other way round.
+    let cfg = || JudgeConfig {
+        max_key_share: 1.0,
+        ..min_samples(10)
+    };
+    let aligned = keyed_latency_snapshot(&[(50, (14, 4), (10, 1)), (10, (30, 1), (50, 4))]);
+    let crossed = keyed_latency_snapshot(&[(50, (14, 4), (10, 4)), (10, (30, 1), (50, 1))]);
+    let z_aligned = judge(cfg()).look(&aligned).latency_z;
+    let z_crossed = judge(cfg()).look(&crossed).latency_z;
+    assert!(
+        z_aligned > 0.5 && z_aligned < 2.0 && z_crossed > 5.0,
+        "aligned {z_aligned}, crossed {z_crossed}"
+    );
+    // Every group a copy of its arms in miniature (50 groups: canary 14 slow and 6 fast,
+    // stable 10 and 10): every influence is zero and the floor speaks exactly — the pooled
+    // rank z of the arms' calls, each keyed call counted once at full weight.
+    let mut copies = keyed_latency_snapshot(&[(50, (14, 4), (10, 4))]);
+    for (arm, n) in [(&mut copies.canary, 6), (&mut copies.stable, 10)] {
+        let at = Duration::from_millis(1);
+        for g in &mut arm.groups[..50] {
+            g.calls += n;
+            g.latency
+                .add(degrade_canary::stats::GROUP_LAYOUT.bucket(at), n);
+        }
+        arm.successes += 50 * n;
+        arm.latency.add(ARM_LAYOUT.bucket(at), 50 * n);
+    }
+    let (pooled, _) = rank_z(&[(4, 500), (1, 500)], &[(4, 700), (1, 300)]);
+    let z = judge(cfg()).look(&copies).latency_z;
+    assert!(
+        (z - pooled).abs() < 1e-6 * pooled,
+        "copies {z}, pooled {pooled}"
+    );
+}
+
+#[test]
+fn keyed_calls_are_counted_once_by_the_error_test() {
+    // The same calls judged without key groups, and with 20 groups holding 4 of every 5 calls
+    // at the arm's own rates (cancelled calls included, which count as failures): every
+    // group's influence is zero, so the floor speaks in both, on the same totals — the
+    // ungrouped rest must be the arm minus the groups (calls, failures and cancelled alike).
+    use degrade_canary::stats::{GROUPS, GroupSnapshot};
+    let mut flat = CanarySnapshot::default();
+    // Canary: 20 × (100 calls, 3 failed, 1 cancelled) + (500 calls, 15 failed, 5 cancelled).
+    flat.canary.successes = 20 * 97 + 485;
+    flat.canary.failures = 20 * 3 + 15;
+    flat.canary.cancelled = 20 + 5;
+    // Stable: 20 × (100 calls, 1 failed) + (500 calls, 5 failed).
+    flat.stable.successes = 20 * 99 + 495;
+    flat.stable.failures = 20 + 5;
+    let mut keyed = flat.clone();
+    for (arm, failures, cancelled) in [(&mut keyed.canary, 3, 1), (&mut keyed.stable, 1, 0)] {
+        arm.groups = vec![GroupSnapshot::default(); GROUPS];
+        for g in &mut arm.groups[..20] {
+            g.calls = 100;
+            g.failures = failures;
+            g.cancelled = cancelled;
+        }
+    }
+    let cfg = |share| JudgeConfig {
+        max_key_share: share,
+        ..min_samples(10)
+    };
+    let z_flat = judge(cfg(1.0)).look(&flat).error_z;
+    let z_keyed = judge(cfg(1.0)).look(&keyed).error_z;
+    assert!(z_flat > 3.0, "{z_flat}");
+    assert!(
+        (z_keyed - z_flat).abs() < 1e-9 * z_flat,
+        "keyed {z_keyed}, flat {z_flat}"
+    );
+}
+
+#[test]
+fn a_small_window_weighs_its_timed_calls_not_its_key_groups() {
+    // A small slower window (20 calls an arm, 4 canary calls slower: harmonic size 10, AUC −
+    // ½ = 0.1) and a larger faster one (400 an arm, k canary calls faster: 200 × −k/800)
+    // cancel exactly at k = 4, every call timed: the sampling factor reads 1 in both (the
+    // calls counted, not the groups that might hold them).
+    let score = |k: u64| {
+        let mut j = judge(min_samples(10));
+        let first = latency_snapshot(&[(2, 20)], &[(2, 16), (4, 4)]);
+        j.look(&first);
+        let second = latency_snapshot(&[(2, 20 + 400)], &[(2, 16 + 400 - k), (4, 4), (1, k)]);
+        j.look(&second).latency_z
+    };
+    let (z, weaker, stronger) = (score(4), score(3), score(5));
+    assert!(z.abs() < 1e-9, "balanced windows scored {z}");
+    assert!(
+        weaker > 1e-3 && stronger < -1e-3,
+        "control: {weaker}, {stronger}"
+    );
+}
+
+#[test]
+fn a_capped_groups_calls_count_by_their_cap_in_the_floor() {
+    // One heavy key (300 calls) and 19 of 100 beside 500 ungrouped calls on each arm, every
+    // group at its arm's rate (canary 3 %, stable 1 %): influences are zero and the floor
+    // speaks. With fewer groups than 1 / 2 % the bound cannot hold, and the groups above the
+    // mean (110) are cut to it: the heavy key's calls weigh c = 110/300 each. The floor is the
+    // two-proportion z on the weighted calls `Σ c·n`, with their effective number `Σ c²·n`.
+    use degrade_canary::stats::{GROUPS, GroupSnapshot};
+    let mut s = CanarySnapshot::default();
+    for (arm, per_hundred) in [(&mut s.canary, 3), (&mut s.stable, 1)] {
+        arm.groups = vec![GroupSnapshot::default(); GROUPS];
+        arm.groups[0].calls = 300;
+        arm.groups[0].failures = 3 * per_hundred;
+        for g in &mut arm.groups[1..20] {
+            g.calls = 100;
+            g.failures = per_hundred;
+        }
+        arm.failures = 3 * per_hundred + 19 * per_hundred + 5 * per_hundred;
+        arm.successes = 2_700 - arm.failures;
+    }
+    let weighed = |rate: f64| {
+        let c = 110.0 / 300.0;
+        let d = c * 300.0 + 1_900.0 + 500.0;
+        (d, rate * d, c * c * 300.0 + 2_400.0)
+    };
+    let (dc, fc, ec) = weighed(0.03);
+    let (ds, fs, es) = weighed(0.01);
+    let p = (fc + fs) / (dc + ds);
+    let floor = (fc / dc - fs / ds) / (p * (1.0 - p) * (ec / (dc * dc) + es / (ds * ds))).sqrt();
+    let z = judge(min_samples(10)).look(&s).error_z;
+    assert!(
+        (z - floor).abs() < 1e-9 * floor,
+        "z {z}, the floor's {floor}"
+    );
+}

@@ -26,7 +26,7 @@ where
                 Ready<Result<u64, Infallible>>,
                 degrade_core::DefaultClassifier,
                 degrade_canary::service::Plain,
-                degrade_core::TokioClock,
+                degrade_core::FastClock,
             >,
         >,
 {

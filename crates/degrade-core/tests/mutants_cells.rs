@@ -78,10 +78,10 @@ fn fixed(limit: u32) -> DegradeLayer {
         .unwrap()
 }
 
-/// Requests that `limit` admits on this thread while `idle` threads, each of which called
-/// once (answered at once) and then stays alive without calling again, may keep the slots
-/// their calls gave back.
-fn admitted_beside_idle_threads(limit: u32, idle: usize) -> usize {
+/// Requests that `limit` admits on this thread while `idle` threads, each of which made
+/// `at_once` calls together (answered at once) and then stays alive without calling again,
+/// may keep the slots their calls gave back.
+fn admitted_beside_idle_threads(limit: u32, idle: usize, at_once: usize) -> usize {
     let layer = fixed(limit);
     let quick = layer.layer(tower::service_fn(|n: u8| ready(Ok::<_, Infallible>(n))));
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -92,8 +92,16 @@ fn admitted_beside_idle_threads(limit: u32, idle: usize) -> usize {
             let mut svc = quick.clone();
             let (called, done) = (called_tx.clone(), done_rx.clone());
             thread::spawn(move || {
-                svc.ready().now_or_never().unwrap().unwrap();
-                let ok = svc.call(1).now_or_never().unwrap().is_ok();
+                // Every call admitted (its slot taken) before the first is answered.
+                let calls: Vec<_> = (0..at_once)
+                    .map(|_| {
+                        svc.ready().now_or_never().unwrap().unwrap();
+                        svc.call(1)
+                    })
+                    .collect();
+                let ok = calls
+                    .into_iter()
+                    .all(|call| call.now_or_never().unwrap().is_ok());
                 called.send(ok).unwrap();
                 // Idle, alive: whatever it keeps stays kept until the test is done.
                 let _ = done.lock().unwrap().recv();
@@ -116,19 +124,32 @@ fn admitted_beside_idle_threads(limit: u32, idle: usize) -> usize {
         }
         held.push(fut);
     }
+    let admitted = admitted_now(&layer);
     drop(done_tx);
     for t in threads {
         t.join().unwrap();
     }
-    held.len()
+    admitted
+}
+
+/// Requests in the inner service now (slots kept by threads not counted): a call that
+/// waits in the queue — there is one once the law has learnt a baseline, which takes as
+/// long as the machine is slow — is pending like an admitted one, but not counted here.
+fn admitted_now(layer: &DegradeLayer) -> usize {
+    layer.snapshot().limit.expect("an adaptive limit").in_flight as usize
 }
 
 #[test]
-fn a_limit_under_thirty_two_never_lets_an_idle_thread_keep_a_slot() {
-    // 31: the exact path, the whole limit for this thread. 32: leases, and each idle thread
-    // keeps the one slot its call gave back (the stated bound) until it touches the layer.
-    assert_eq!(admitted_beside_idle_threads(31, 2), 31);
-    assert_eq!(admitted_beside_idle_threads(32, 2), 30);
+fn idle_threads_keep_no_slot_under_sixteen_one_under_thirty_two_and_two_from_there() {
+    // 15: the exact path, the whole limit for this thread. From 16: leases, and each idle
+    // thread keeps what its two calls gave back up to the stated bound — one slot each under
+    // 32, two from 32 (at most half the limit for eight threads) — until it touches the layer.
+    assert_eq!(admitted_beside_idle_threads(15, 2, 2), 15);
+    assert_eq!(admitted_beside_idle_threads(16, 2, 2), 14);
+    assert_eq!(admitted_beside_idle_threads(16, 2, 1), 14);
+    assert_eq!(admitted_beside_idle_threads(31, 2, 2), 29);
+    assert_eq!(admitted_beside_idle_threads(32, 2, 2), 28);
+    assert_eq!(admitted_beside_idle_threads(32, 2, 1), 30);
 }
 
 /// A thread that runs the steps it is sent, one at a time, and stays alive between them.
@@ -204,7 +225,7 @@ fn leases_end_at_half_the_limit_in_flight_and_come_back_under_a_quarter() {
     assert!(a.run(move || call_once(&mut s)));
     while take(&mut held) {}
     assert_eq!(
-        held.len(),
+        admitted_now(&layer),
         32,
         "the whole limit: nothing kept by the idle thread"
     );
@@ -216,7 +237,7 @@ fn leases_end_at_half_the_limit_in_flight_and_come_back_under_a_quarter() {
     assert!(a.run(move || call_once(&mut s)));
     while take(&mut held) {}
     assert_eq!(
-        held.len(),
+        admitted_now(&layer),
         31,
         "the limit less the slot the idle thread keeps"
     );

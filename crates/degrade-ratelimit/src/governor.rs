@@ -6,8 +6,8 @@
 //! backwards across cores.
 
 use degrade_core::Clock;
+use degrade_core::clock::Epoch;
 use governor::nanos::Nanos;
-use tokio::time::Instant;
 
 /// A governor clock reading a degrade clock: nanoseconds since the adapter was made.
 ///
@@ -29,7 +29,7 @@ use tokio::time::Instant;
 #[derive(Debug, Clone)]
 pub struct GovernorClock<C> {
     clock: C,
-    origin: Instant,
+    origin: Epoch,
 }
 
 impl<C: Clock> GovernorClock<C> {
@@ -44,7 +44,7 @@ impl<C: Clock> GovernorClock<C> {
     /// # }
     /// ```
     pub fn new(clock: C) -> Self {
-        let origin = clock.now();
+        let origin = clock.epoch();
         Self { clock, origin }
     }
 }
@@ -52,11 +52,10 @@ impl<C: Clock> GovernorClock<C> {
 impl<C: Clock> governor::clock::Clock for GovernorClock<C> {
     type Instant = Nanos;
 
-    /// Never earlier than a previous reading: `tokio::time::Instant` is monotonic, and a
-    /// reading before the origin saturates to zero.
+    /// Nanoseconds since the adapter was made ([`Clock::nanos_since`]); a reading before the
+    /// origin saturates to zero.
     #[inline]
     fn now(&self) -> Nanos {
-        let d = self.clock.now().saturating_duration_since(self.origin);
-        Nanos::new(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        Nanos::new(self.clock.nanos_since(&self.origin))
     }
 }

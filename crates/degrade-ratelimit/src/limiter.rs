@@ -7,6 +7,7 @@ use crate::key::{KeyExtractor, Keyed};
 use crate::state::{Cell, Decision, ParamTable};
 use crate::store::Store;
 use crossbeam_utils::CachePadded;
+use degrade_core::clock::Epoch;
 use degrade_core::counter::ShardedCounter;
 use degrade_core::{Clock, ConfigError, LevelHandle};
 use std::cell::RefCell;
@@ -14,7 +15,6 @@ use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::time::Instant;
 
 const ADMITTED: usize = 0;
 const WAITED: usize = 1;
@@ -217,7 +217,8 @@ pub(crate) struct Shared<E: Keyed, W, C> {
     cell: CachePadded<Cell>,
     level: Option<LevelHandle>,
     clock: C,
-    origin: Instant,
+    /// The clock's reading the limiter's nanoseconds count from.
+    origin: Epoch,
     max_wait_ns: AtomicU64,
     max_waiters: AtomicU32,
     waiters: Arc<AtomicU32>,
@@ -267,7 +268,7 @@ impl<E: Keyed, W, C: Clock> Shared<E, W, C> {
         weigh: W,
     ) -> Self {
         degrade_core::rejection::register::<RateLimited>();
-        let origin = clock.now();
+        let origin = clock.epoch();
         Self {
             id: NEXT_LIMITER.fetch_add(1, Ordering::Relaxed),
             table: ParamTable::new(params),
@@ -286,11 +287,13 @@ impl<E: Keyed, W, C: Clock> Shared<E, W, C> {
         }
     }
 
-    /// Nanoseconds since the origin. `tokio::time::Instant` is monotonic, and a clock reading
-    /// before the origin counts as the origin, so the limiter's time never steps backwards.
+    /// Nanoseconds since the origin, straight from the clock where it counts in nanoseconds
+    /// (`FastClock` on the counter: no `Instant` is made). A reading before the origin counts
+    /// as the origin; a clock that steps back a little (the counter's cores, its re-anchoring)
+    /// only makes that decision stricter.
     #[inline]
     fn now_ns(&self) -> u64 {
-        nanos(self.clock.now().saturating_duration_since(self.origin))
+        self.clock.nanos_since(&self.origin)
     }
 
     #[inline]

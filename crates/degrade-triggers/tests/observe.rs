@@ -508,3 +508,42 @@ fn a_future_outliving_its_layer_never_counts_against_a_new_one() {
         assert_eq!((layer.snapshot().calls, layer.snapshot().in_flight), (1, 0));
     }
 }
+
+/// Built outside any runtime, the default clock is the counter timeline, and a call's start is
+/// the call scope's counter stamp: the reading a layer further out (a rate limit on its
+/// default clock) already made, so the stack reads the time once for every layer's start. On
+/// `TokioClock` the start was a read of its own, 2 ms later, and the call was not slow.
+#[test]
+fn a_calls_start_is_the_call_scopes_counter_stamp() {
+    let layer = ObserveLayer::builder()
+        .slow(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
+    let scope = degrade_core::clock::CallScope::enter();
+    let _stamp = degrade_core::Clock::now(&degrade_core::FastClock::new());
+    std::thread::sleep(Duration::from_millis(2));
+    let call = svc.call(());
+    drop(scope);
+    call.now_or_never().unwrap().unwrap();
+    let s = layer.snapshot();
+    assert_eq!((s.calls, s.slow), (1, 1), "{s:?}");
+}
+
+/// Built inside a `current_thread` runtime with paused time, the default clock follows it:
+/// `advance` is the call's latency, exactly.
+#[tokio::test(start_paused = true)]
+async fn under_paused_time_the_default_clock_times_what_tokio_advanced() {
+    let layer = ObserveLayer::builder()
+        .slow(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(tower::service_fn(|ms: u64| async move {
+        tokio::time::advance(Duration::from_millis(ms)).await;
+        Ok::<_, BoxError>(())
+    }));
+    svc.ready().await.unwrap().call(250).await.unwrap();
+    svc.ready().await.unwrap().call(99).await.unwrap();
+    let s = layer.snapshot();
+    assert_eq!((s.calls, s.slow), (2, 1), "{s:?}");
+}

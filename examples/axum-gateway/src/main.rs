@@ -34,8 +34,9 @@
 //!    and the backend receives no call while it is open), probes, and closes once the backend
 //!    is back.
 //! 4. **overload**: 24 clients, six per priority (low, normal, high, and critical on the `/pay`
-//!    route), offer 2.4× what the backend can serve. The limit refuses low priority first and
-//!    never critical; the level rises with the refused share.
+//!    route), each sending at a random point of its period, offer 2.4× what the backend can
+//!    serve. The limit refuses low priority first and critical least; the level rises with the
+//!    refused share.
 //!
 //! The exit status is 0 only if every check printed at the end holds.
 
@@ -532,7 +533,8 @@ async fn send(client: &HttpClient, gateway: SocketAddr, spec: &Spec, phase: Inst
 }
 
 /// A client that sends `CLIENT_RATE` requests per second, one at a time, until `until`; its
-/// first request leaves `offset` after the phase starts.
+/// first period starts `offset` after the phase starts. With a `jitter` seed, each request
+/// leaves at a random point of its period (within its first 90 %) instead of at its start.
 async fn paced(
     client: HttpClient,
     gateway: SocketAddr,
@@ -540,13 +542,23 @@ async fn paced(
     phase: Instant,
     until: Instant,
     offset: Duration,
+    jitter: Option<u64>,
 ) -> (Spec, Vec<Sample>) {
     let period = Duration::from_secs_f64(1.0 / CLIENT_RATE);
     let mut tick = tokio::time::interval_at(phase + offset, period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut samples = Vec::new();
+    let mut random = jitter.unwrap_or(0);
     loop {
         tick.tick().await;
+        if jitter.is_some() {
+            // A 64-bit LCG (Knuth's constants): reproducible, and enough to spread arrivals.
+            random = random
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let at = (random >> 11) as f64 / (1u64 << 53) as f64;
+            tokio::time::sleep(period.mul_f64(0.9 * at)).await;
+        }
         if Instant::now() >= until {
             break;
         }
@@ -658,6 +670,23 @@ fn row<'a>(rows: &'a [Row], group: &str) -> Option<&'a Row> {
 
 struct Checks(Vec<(String, bool)>);
 
+/// Whether the class shed `a.0` of `a.1` requests was shed no less than the one shed `b.0` of
+/// `b.1`, unless chance explains the difference: its share may fall below the other's by at
+/// most three standard errors of the difference of two binomial shares (pooled), so the check
+/// fails when the data show an inversion, and never on noise between classes shed alike.
+///
+/// ```text
+/// 187 of 252 vs 244 of 252 (74 % vs 97 %): an inversion, 7 standard errors.
+/// 198 of 223 vs 202 of 223 (88.8 % vs 90.6 %): 0.6 standard errors, noise.
+/// ```
+fn shed_no_less(a: (u64, u64), b: (u64, u64)) -> bool {
+    let (na, nb) = (a.1.max(1) as f64, b.1.max(1) as f64);
+    let (pa, pb) = (a.0 as f64 / na, b.0 as f64 / nb);
+    let pooled = (a.0 + b.0) as f64 / (na + nb);
+    let se = (pooled * (1.0 - pooled) * (1.0 / na + 1.0 / nb)).sqrt();
+    pa - pb >= -3.0 * se
+}
+
 impl Checks {
     fn check(&mut self, what: impl Into<String>, ok: bool) {
         self.0.push((what.into(), ok));
@@ -721,6 +750,7 @@ async fn run(args: Args) -> Result<bool, Error> {
                 start,
                 until,
                 Duration::ZERO,
+                None,
             ))
         })
         .collect();
@@ -751,6 +781,7 @@ async fn run(args: Args) -> Result<bool, Error> {
                 start,
                 until,
                 Duration::ZERO,
+                None,
             ))
         })
         .collect();
@@ -804,6 +835,7 @@ async fn run(args: Args) -> Result<bool, Error> {
                 start,
                 until,
                 Duration::ZERO,
+                None,
             ))
         })
         .collect();
@@ -875,15 +907,18 @@ async fn run(args: Args) -> Result<bool, Error> {
     let until = start + phases.overload;
     let mut tasks = Vec::new();
     let period = Duration::from_secs_f64(1.0 / CLIENT_RATE);
-    let mut n = 0u32;
-    for (group, priority, path) in [
+    for (class, (group, priority, path)) in [
         ("low", Some("low"), "/api/search"),
         ("normal", Some("normal"), "/api/search"),
         ("high", Some("high"), "/api/search"),
         ("critical", None, "/pay/checkout"),
-    ] {
-        for i in 0..6 {
-            n += 1;
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for i in 0..6u32 {
+            // The classes take turns over the period (low, normal, high, critical, low, …).
+            let n = 4 * i + class as u32 + 1;
             let spec = Spec {
                 group,
                 key: format!("{group}-{i}"),
@@ -896,8 +931,15 @@ async fn run(args: Args) -> Result<bool, Error> {
                 spec,
                 start,
                 until,
-                // Real clients are not phase-locked: the 24 start spread over one period.
+                // Real clients are not phase-locked: each request leaves at a random point of
+                // its client's period. Phase-locked, a free slot goes to whichever class
+                // arrives first after it frees, whatever its priority (the limit orders only
+                // requests that wait at the same time): in blocks of six per class over the
+                // period, normal was once shed 96.8 % and low 74.2 %; interleaved but still
+                // each low request 2 ms before a normal one, low 84 % and normal 95 %. See
+                // degrade-core's tests/priority_order.rs.
                 period.mul_f64(f64::from(n) / 24.0),
+                Some(u64::from(n)),
             )));
         }
     }
@@ -1014,9 +1056,19 @@ async fn run(args: Args) -> Result<bool, Error> {
         .iter()
         .all(|name| scraped.contains(name)),
     );
+    // The order low ≥ normal ≥ high, unless chance explains the difference: when the limit
+    // leaves the three only a few slots between them (a loaded host slows the gateway and the
+    // limit falls to 2 or 3), each is shed about 90 % and which of them got the last ten
+    // requests in is noise, not an inversion.
+    let (low, normal, high) = (
+        shed_share(Priority::Low),
+        shed_share(Priority::Normal),
+        shed_share(Priority::High),
+    );
     checks.check(
-        "overload: low priority was shed at least as much as high",
-        low_share >= high_share,
+        "overload: shed low >= normal >= high (beyond chance)",
+        shed_no_less((low.0, low.1), (normal.0, normal.1))
+            && shed_no_less((normal.0, normal.1), (high.0, high.1)),
     );
     // The adaptive limit learns the capacity while it serves: a critical request can find it
     // full in the moment the limit is cut (no fixed share reserves its slots), so the check is
@@ -1074,5 +1126,28 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shed_no_less;
+
+    /// The run that failed CI (normal shed 97 %, low 74 %) fails the order check; two classes
+    /// shed about alike, either way round, pass it.
+    #[test]
+    fn the_order_check_fails_an_inversion_and_passes_noise() {
+        assert!(!shed_no_less((187, 252), (244, 252)));
+        assert!(shed_no_less((244, 252), (187, 252)));
+        assert!(shed_no_less((198, 223), (202, 223)));
+        assert!(shed_no_less((202, 223), (198, 223)));
+        // One request either way is noise; so are classes shed alike.
+        assert!(shed_no_less((199, 200), (200, 200)));
+        assert!(shed_no_less((200, 200), (200, 200)));
+        assert!(shed_no_less((0, 200), (0, 200)));
+        // 85 % against 100 % of 200 each: almost six standard errors.
+        assert!(!shed_no_less((170, 200), (200, 200)));
+        // Nothing offered: nothing to compare.
+        assert!(shed_no_less((0, 0), (0, 0)));
     }
 }

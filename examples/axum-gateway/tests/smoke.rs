@@ -49,6 +49,7 @@ fn quick_run_passes_every_check() {
         "[ok] outage: the backend received 0 calls while the breaker was open",
         "[ok] outage: the breaker closed again and requests succeed after recovery",
         "[ok] overload: low priority was shed",
+        "[ok] overload: shed low >= normal >= high (beyond chance)",
         "[ok] overload: critical was served and refused least of all",
         "[ok] admin: /admin/status answers the token's holder with the level, and 401 to others",
         "[ok] metrics: the scrape lists level, signal pressure, admission, rate limit and breaker",

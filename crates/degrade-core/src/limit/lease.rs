@@ -15,22 +15,31 @@
 //!   whenever that bound could change what the law reads.
 //! * **When.** A thread keeps a released slot only while leases are on (the generation is
 //!   even), it holds the lease of one limiter (the first it released into, until that lease
-//!   ends), and it keeps at most [`KEEP`] slots. Leases are revoked (the generation made odd)
-//!   when an admit through the word finds half the limit in flight, when a request has to
-//!   enter the overload path (waiters, or the limit full), when the limit shrinks and when the
-//!   limiter goes; they are allowed again when an admit through the word finds under a
-//!   quarter of the limit in flight and nobody waiting. A limit under [`MIN_LIMIT`] (twice
-//!   what can be stranded) never has leases: a service of a few slots keeps the exact path.
+//!   ends or the thread has given [`MOVE_AFTER`] slots back to other limiters' words since:
+//!   then the lease moves to the limiter it serves now), and it keeps at most [`keep_for`]
+//!   the limit: one slot from [`MIN_LIMIT`] (16) to 31, [`KEEP`] (two) from 32 — so that
+//!   [`SHARDS`] holders keep at most half the limit. One slot serves a thread whose requests come one at a time: it
+//!   admits from the slot and keeps it again when the request ends. Leases are revoked (the
+//!   generation made odd) when an admit through the word finds half the limit in flight,
+//!   when a request has to enter the overload path (waiters, or the limit full), when the
+//!   limit shrinks and when the limiter goes; they are allowed again when an admit through
+//!   the word finds under a quarter of the limit in flight and nobody waiting. A limit under
+//!   [`MIN_LIMIT`] never has leases: a service of a few slots keeps the exact path.
 //! * **Giving back.** A thread whose lease was revoked gives its kept slots back to the word
 //!   (one `fetch_sub`, which hands them to waiters if any) the next time it admits or
-//!   releases through any limiter, and when it exits.
-//! * **The bound.** What can be stranded is what threads keep and do not touch again: at most
-//!   [`KEEP`] slots per thread that holds a lease, and at most [`SHARDS`] threads hold one of
-//!   a limiter — so at most `KEEP × SHARDS` of a limit, and only while such a thread stays
-//!   idle (a thread that serves requests gives its slots back at its next one). A thread that
-//!   races a revocation (it read the generation even, then kept the slot) keeps it until its
-//!   next touch, the same bound. A limiter's in-flight word is recycled only once every kept
-//!   slot is back, so a thread pins at most one word.
+//!   releases through any limiter, and when it exits; a thread whose lease moves to another
+//!   limiter gives them back the same way first.
+//! * **The bound.** What can be stranded is what threads keep and do not touch again, and
+//!   only while such a thread stays idle (a thread that serves requests gives its slots back
+//!   at its next one). At most [`SHARDS`] threads hold a lease of a limiter, each keeping at
+//!   most `keep_for(limit)` — at most half the limit while it holds (8 of 16 to 31, 16 of 32
+//!   to 63, 16 of any larger one). When the limit shrinks the leases are revoked, and what was
+//!   kept under the larger limit (at most [`KEEP`] per holder, `KEEP × SHARDS` = 16 in all)
+//!   stays with the idle holders until their next touch: so at most 16 slots, whatever the
+//!   limit, and at most half of it while it has not shrunk. A thread that races a revocation
+//!   or a smaller limit (it read the generation even, or the larger `keep`, then kept the
+//!   slot) keeps it until its next touch, within the same bounds. A limiter's in-flight word
+//!   is recycled only once every kept slot is back, so a thread pins at most one word.
 
 use super::inflight::{InFlight, Released};
 use crate::sync::{AtomicU32, Ordering};
@@ -40,14 +49,24 @@ use std::cell::Cell;
 /// Threads that may hold a lease of one limiter at once (the others take the word's path).
 pub(crate) const SHARDS: usize = 8;
 
-/// The most slots a thread keeps.
+/// The most slots a thread keeps, at any limit.
 pub(crate) const KEEP: u32 = 2;
 
-/// The smallest limit under which threads may keep slots: twice the most that can be stranded
-/// ([`KEEP`] × [`SHARDS`]), so idle threads can never hold more than half of it. A smaller limit
+/// The slots a thread may keep under `limit`: as many as leave [`SHARDS`] holders at most half
+/// the limit, and at most [`KEEP`] — 0 under 16, 1 from 16 to 31, 2 from 32 on. One slot is
+/// enough for a thread whose requests come one at a time (it admits from the slot and keeps
+/// it again when the request ends); a second serves two at once.
+#[inline]
+pub(crate) const fn keep_for(limit: u32) -> u32 {
+    let fair = limit / (2 * SHARDS as u32);
+    if fair < KEEP { fair } else { KEEP }
+}
+
+/// The smallest limit under which threads may keep slots ([`keep_for`] is 1 from here): twice
+/// one slot per holder, so idle threads can never hold more than half of it. A smaller limit
 /// (a service of a few slots) always takes the word's exact path: nothing it grants can sit
 /// with an idle thread while requests wait.
-pub(crate) const MIN_LIMIT: u32 = 2 * KEEP * SHARDS as u32;
+pub(crate) const MIN_LIMIT: u32 = 2 * SHARDS as u32;
 
 /// Leases are on in an even generation.
 #[inline]
@@ -72,11 +91,24 @@ pub(crate) struct Leases {
     generation: CachePadded<AtomicU32>,
     /// Bit `i`: `cells[i]` belongs to a thread.
     claimed: AtomicU32,
+    /// The slots a thread may keep ([`keep_for`] the limit, set by [`Leases::limit`]); 0 (no
+    /// lease) until a limit is set.
+    keep: AtomicU32,
     /// The slots each thread keeps, written only by the thread that claimed the cell.
     cells: [CachePadded<AtomicU32>; SHARDS],
 }
 
 impl Leases {
+    /// The limit is now `limit` (it was `before`): threads may keep [`keep_for`] it from now
+    /// on; a smaller limit, or one under [`MIN_LIMIT`], revokes the leases (what threads keep
+    /// under the larger limit comes back at their next touch).
+    pub(crate) fn limit(&self, limit: u32, before: u32) {
+        self.keep.store(keep_for(limit), Ordering::Relaxed);
+        if limit < before || limit < MIN_LIMIT {
+            self.revoke();
+        }
+    }
+
     /// Threads stop keeping slots and give back what they keep at their next touch.
     pub(crate) fn revoke(&self) {
         let g = self.generation.load(Ordering::Relaxed);
@@ -271,19 +303,35 @@ pub(crate) fn view(host: &'static dyn Host) -> View {
     }
 }
 
-/// A thread's lease: the host, its cell, the generation it was taken in.
+/// A thread's lease: the host, its cell, the generation it was taken in, and the slots this
+/// thread gave back to other hosts since it was taken ([`MOVE_AFTER`]).
 #[derive(Clone, Copy)]
 struct Lease {
     host: Option<&'static dyn Host>,
     shard: usize,
     generation: u32,
+    elsewhere: u32,
 }
+
+/// A thread whose lease is of one limiter and which gives back this many slots to other
+/// limiters that have leases to give (through their words: it cannot keep them) moves its
+/// lease to the one it gives back to then: a thread that has moved on to another layer (a worker serving another
+/// route) does not leave it on the word path for good. Moving costs a `fetch_sub` (the
+/// kept slots go back), a `fetch_and` and a compare-and-swap (the cells change hands); a
+/// thread that alternates between two limiters moves once every `MOVE_AFTER` calls of the
+/// other, so the moves cost a few locked instructions per `2 × MOVE_AFTER` calls.
+#[cfg(not(degrade_loom))]
+pub(crate) const MOVE_AFTER: u32 = 64;
+/// In the loom models a lease moves at the first slot given elsewhere.
+#[cfg(degrade_loom)]
+pub(crate) const MOVE_AFTER: u32 = 1;
 
 impl Lease {
     const NONE: Lease = Lease {
         host: None,
         shard: 0,
         generation: 0,
+        elsewhere: 0,
     };
 
     #[inline]
@@ -385,7 +433,7 @@ pub(crate) fn keep(host: &'static dyn Host) -> bool {
                 return false;
             };
             let kept = cell.load(Ordering::Relaxed);
-            if kept >= KEEP {
+            if kept >= host.leases().keep.load(Ordering::Relaxed) {
                 return false;
             }
             cell.store(kept + 1, Ordering::Release);
@@ -402,24 +450,36 @@ fn end(holder: &Holder) {
 }
 
 /// This thread holds no current lease of `host`: ends a lease of another host that was
-/// revoked, then takes one of `host` with the slot being released, if leases are on and a
-/// cell is free.
+/// revoked (or that this thread has given [`MOVE_AFTER`] slots elsewhere since it took it),
+/// then takes one of `host` with the slot being released, if leases are on and a cell is free.
 #[cold]
 #[inline(never)]
 fn claim(holder: &Holder, host: &'static dyn Host) -> bool {
-    let held = holder.0.get();
+    let leases = host.leases();
+    let generation = leases.generation.load(Ordering::Acquire);
+    let mut claimed = leases.claimed.load(Ordering::Relaxed);
+    let open = on(generation)
+        && leases.keep.load(Ordering::Relaxed) > 0
+        && ((!claimed).trailing_zeros() as usize) < SHARDS;
+    let mut held = holder.0.get();
     if let Some(other) = held.host {
         if other.leases().generation.load(Ordering::Relaxed) == held.generation {
-            return false; // a lease of another limiter, still current: keep it
+            // A lease of another limiter, still current: keep it, unless this thread now
+            // serves `host` rather than it (and `host` has a lease to give).
+            if !open {
+                return false;
+            }
+            held.elsewhere += 1;
+            if held.elsewhere < MOVE_AFTER {
+                holder.0.set(held);
+                return false;
+            }
         }
         end(holder);
     }
-    let leases = host.leases();
-    let generation = leases.generation.load(Ordering::Acquire);
-    if !on(generation) {
+    if !open {
         return false;
     }
-    let mut claimed = leases.claimed.load(Ordering::Relaxed);
     let shard = loop {
         let free = (!claimed).trailing_zeros() as usize;
         if free >= SHARDS {
@@ -440,6 +500,7 @@ fn claim(holder: &Holder, host: &'static dyn Host) -> bool {
         host: Some(host),
         shard,
         generation,
+        elsewhere: 0,
     });
     true
 }
@@ -456,7 +517,7 @@ mod tests {
     #[test]
     fn the_view_is_within_keep_per_other_holder_with_the_same_verdicts() {
         let mut answered = 0u64;
-        for limit in [32u32, 33, 48, 64, 100, 256] {
+        for limit in [16u32, 17, 24, 31, 32, 33, 48, 64, 100, 256] {
             let (low, half) = ((limit / 8).max(1), limit / 2);
             for others in 0..=SHARDS as u32 {
                 for others_kept in 0..=KEEP * others {
@@ -496,7 +557,7 @@ mod tests {
 #[cfg(all(test, degrade_loom))]
 mod loom_models {
     //! `RUSTFLAGS="--cfg degrade_loom" cargo test -p degrade-core --release --lib loom_models`
-    use super::{Host, LEASE, Leases, end, keep, take};
+    use super::{Host, KEEP, LEASE, Leases, end, keep, take};
     use crate::limit::inflight::{InFlight, Released};
     use crate::sync::{AtomicU32, Ordering};
     use loom::sync::Mutex;
@@ -513,14 +574,29 @@ mod loom_models {
     }
 
     impl TestHost {
+        /// A host admitting up to `limit`, whose threads may keep [`KEEP`] slots each.
         fn leak(limit: u32) -> &'static TestHost {
-            Box::leak(Box::new(TestHost {
+            let host = Box::leak(Box::new(TestHost {
                 word: InFlight::new(),
                 leases: Leases::default(),
                 queue: Mutex::new((0, 0)),
                 limit,
                 holding: AtomicU32::new(0),
-            }))
+            }));
+            host.leases.keep.store(KEEP, Ordering::Relaxed);
+            host
+        }
+
+        /// The slots this thread keeps of the host.
+        fn own(&'static self) -> u32 {
+            LEASE.with(|holder| {
+                let lease = holder.0.get();
+                if lease.of(self) {
+                    self.leases.cells[lease.shard].load(Ordering::Relaxed)
+                } else {
+                    0
+                }
+            })
         }
 
         /// The limiter's admit: a kept slot, or the word.
@@ -654,6 +730,87 @@ mod loom_models {
             }
             assert_eq!(host.holding.load(Ordering::SeqCst), 0);
             assert_eq!(host.word.load(), (0, 0), "every slot is back in the word");
+        });
+    }
+    /// The limit shrinks from 32 to 16 (a thread may keep one slot instead of two, and the
+    /// leases are revoked) while a thread's requests, two at a time, give their slots back:
+    /// it keeps at most two, at most one once it has seen the smaller limit (its next two
+    /// requests end its lease and start one under 16), never more than the limit is in
+    /// flight, and every slot is back once it leaves.
+    #[test]
+    fn a_smaller_limit_lowers_what_a_thread_keeps() {
+        use loom::sync::atomic::AtomicBool;
+        loom::model(|| {
+            let host = TestHost::leak(32);
+            host.leases.limit(32, 0);
+            let shrunk: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+            let t = thread::spawn(move || {
+                let (a, b) = (host.admit(), host.admit());
+                for admitted in [a, b] {
+                    if admitted {
+                        host.release();
+                    }
+                }
+                assert!(host.own() <= KEEP);
+                let seen = shrunk.load(Ordering::SeqCst);
+                let (a, b) = (host.admit(), host.admit());
+                for admitted in [a, b] {
+                    if admitted {
+                        host.release();
+                    }
+                }
+                if seen {
+                    assert!(host.own() <= 1, "kept {} under 16", host.own());
+                }
+                exit();
+            });
+            host.leases.limit(16, 32);
+            shrunk.store(true, Ordering::SeqCst);
+            t.join().unwrap();
+            assert_eq!(host.holding.load(Ordering::SeqCst), 0);
+            assert_eq!(host.word.load(), (0, 0), "every slot is back in the word");
+        });
+    }
+    /// A thread moves its lease from `a` (where it keeps the slot its request gave back) to
+    /// `b`, while the other fills `a` and waits (revoking `a`'s leases): the waiter gets a
+    /// slot, from the release or from the move giving the kept one back, no slot is lost or
+    /// made, and `b`'s slot is kept by the mover until it leaves.
+    #[test]
+    fn a_moved_lease_gives_its_kept_slots_back() {
+        loom::model(|| {
+            let (a, b) = (TestHost::leak(2), TestHost::leak(2));
+            let t = thread::spawn(move || {
+                if a.admit() {
+                    a.release(); // kept if the leases are still on when it looks
+                }
+                if b.admit() {
+                    b.release(); // the lease moves to `b` if `b`'s are on
+                }
+                assert_eq!(a.own(), 0, "nothing of `a` kept once the thread serves `b`");
+                exit();
+            });
+            let mut held = 0;
+            for _ in 0..2 {
+                if a.admit() {
+                    held += 1;
+                }
+            }
+            if held < 2 {
+                a.wait();
+            }
+            t.join().unwrap();
+            let granted = {
+                let q = a.queue.lock().unwrap();
+                assert_eq!(q.0, 0, "no waiter left behind");
+                q.1
+            };
+            assert_eq!(held + granted, 2, "the waiter was served");
+            for _ in 0..held + granted {
+                a.release();
+            }
+            exit();
+            assert_eq!(a.word.load(), (0, 0), "every slot of `a` is back");
+            assert_eq!(b.word.load(), (0, 0), "every slot of `b` is back");
         });
     }
 }

@@ -75,7 +75,7 @@ use self::future::Guard;
 use self::histogram::{COUNTERS, Counts, FAILURES, Recorder, SLOW, TIMEOUTS};
 use degrade_core::ladder::Thresholds;
 use degrade_core::recycle::Held;
-use degrade_core::{Classifier, Clock, ConfigError, DefaultClassifier, TokioClock};
+use degrade_core::{Classifier, Clock, ConfigError, DefaultClassifier, FastClock};
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -114,7 +114,7 @@ impl<K: Send + Sync + 'static, C: Clock> Source for Inner<K, C> {
 /// let twin = layer.clone();
 /// assert_eq!(layer.snapshot(), twin.snapshot());
 /// ```
-pub struct ObserveLayer<K: 'static = DefaultClassifier, C = TokioClock> {
+pub struct ObserveLayer<K: 'static = DefaultClassifier, C = FastClock> {
     inner: Arc<Inner<K, C>>,
 }
 
@@ -136,7 +136,8 @@ impl<K, C> fmt::Debug for ObserveLayer<K, C> {
 
 impl ObserveLayer {
     /// A layer with the [`DefaultClassifier`] (every `Err` is a failure, except degrade
-    /// rejections), on the tokio clock, with no slow-call threshold.
+    /// rejections), on the default clock ([`ObserveBuilder::clock`]), with no slow-call
+    /// threshold.
     ///
     /// ```
     /// # use degrade_triggers::ObserveLayer;
@@ -165,7 +166,7 @@ impl ObserveLayer {
     pub fn builder() -> ObserveBuilder {
         ObserveBuilder {
             classifier: DefaultClassifier,
-            clock: TokioClock,
+            clock: FastClock::unless_pausable(),
             slow: None,
         }
     }
@@ -366,7 +367,7 @@ impl<S, K, C> Layer<S> for ObserveLayer<K, C> {
 }
 
 /// Builds an [`ObserveLayer`]; see [`ObserveLayer::builder`].
-pub struct ObserveBuilder<K = DefaultClassifier, C = TokioClock> {
+pub struct ObserveBuilder<K = DefaultClassifier, C = FastClock> {
     classifier: K,
     clock: C,
     slow: Option<Duration>,
@@ -405,7 +406,44 @@ impl<K, C> ObserveBuilder<K, C> {
         }
     }
 
-    /// The clock that times requests (default `TokioClock`; a `ManualClock` in tests).
+    /// The clock that times requests (a `ManualClock` in tests); a clock given here is never
+    /// replaced.
+    ///
+    /// The default is [`FastClock::unless_pausable`], chosen when [`ObserveLayer::builder`]
+    /// is called: the process's counter timeline, whose reading the call scope shares with the
+    /// other degrade layers on their default clocks (a stack reads it once per request for
+    /// every layer's start), except inside a `current_thread` tokio runtime, where tokio's
+    /// time can be paused: there it reads [`TokioClock`](degrade_core::TokioClock), so paused
+    /// time and `advance` are followed exactly. A layer built outside any runtime or on a
+    /// multi-thread runtime and then used under paused time does not follow the pause: build
+    /// it in the test's runtime, or pass `TokioClock` or a `ManualClock` here.
+    ///
+    /// ```
+    /// use degrade_core::ManualClock;
+    /// use degrade_triggers::ObserveLayer;
+    /// use std::time::Duration;
+    /// use tower::{Layer, Service, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let clock = ManualClock::new();
+    /// let layer = ObserveLayer::builder()
+    ///     .clock(clock.clone())
+    ///     .slow(Duration::from_millis(100))
+    ///     .build()
+    ///     .unwrap();
+    /// let step = clock.clone();
+    /// let mut svc = layer.layer(tower::service_fn(move |ms: u64| {
+    ///     let step = step.clone();
+    ///     async move {
+    ///         step.advance(Duration::from_millis(ms));
+    ///         Ok::<_, std::convert::Infallible>(())
+    ///     }
+    /// }));
+    /// svc.ready().await.unwrap().call(250).await.unwrap(); // 250 ms on the manual clock
+    /// svc.ready().await.unwrap().call(10).await.unwrap();
+    /// assert_eq!(layer.snapshot().slow, 1);
+    /// # }
+    /// ```
     pub fn clock<C2: Clock>(self, clock: C2) -> ObserveBuilder<K, C2> {
         ObserveBuilder {
             classifier: self.classifier,
@@ -506,7 +544,7 @@ impl ObserveSnapshot {
 /// let svc = ObserveLayer::new().layer(42u8);
 /// assert_eq!(*svc.get_ref(), 42);
 /// ```
-pub struct Observe<S, K: 'static = DefaultClassifier, C = TokioClock> {
+pub struct Observe<S, K: 'static = DefaultClassifier, C = FastClock> {
     inner: S,
     shared: Arc<Inner<K, C>>,
 }
