@@ -392,3 +392,218 @@ async fn a_queue_full_of_critical_waiters_refuses_its_oldest_for_a_critical_newc
     assert_eq!(newest.await.unwrap(), 112);
     assert_eq!(snapshot().in_flight, 0);
 }
+
+/// A layer with a fixed limit of two that has learnt a 10 ms baseline (queueing target 5 ms,
+/// so the queue stands after 10 ms), over a service that answers request `n < 100` after
+/// 10 ms and never answers any other (its slot frees when its future is dropped).
+async fn two_slots_with_a_target() -> (
+    DegradeLayer,
+    impl Service<u8, Response = u8, Error = BoxError>,
+) {
+    use degrade_core::limit::LimitConfig;
+    let c = Controller::new(Default::default()).unwrap();
+    let layer = DegradeLayer::builder(c.handle())
+        .limit(LimitConfig {
+            initial: 2,
+            min: 2,
+            max: 2,
+            ..LimitConfig::default()
+        })
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(tower::service_fn(|n: u8| async move {
+        if n < 100 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+        Ok::<_, Infallible>(n)
+    }));
+    // One at a time: the limiter learns the 10 ms baseline, and with it a queueing target.
+    for n in 0..40 {
+        assert_eq!(svc.ready().await.unwrap().call(n).await.unwrap(), n);
+    }
+    let limit = layer.snapshot().limit.unwrap();
+    assert_eq!(
+        limit.queue_target,
+        Some(Duration::from_millis(5)),
+        "{limit:?}"
+    );
+    (layer, svc)
+}
+
+/// Through the layer, on paused tokio time: the limit's two slots are held, one request
+/// waits, and a slot frees 8 ms later — past its 5 ms target, but the queue has held only
+/// this waiter, for less than its 10 ms interval: a burst passing, not a standing queue. The
+/// waiter is served, not refused (the expiry pass that runs when the slot frees used to
+/// refuse it first).
+#[tokio::test(start_paused = true)]
+async fn a_late_waiter_in_a_burst_is_served_when_the_queue_is_not_standing() {
+    let (layer, mut svc) = two_slots_with_a_target().await;
+    let snapshot = || layer.snapshot().limit.unwrap();
+    let mut held = Vec::new();
+    for n in 100..102 {
+        held.push(svc.ready().await.unwrap().call(n));
+    }
+    assert_eq!(snapshot().in_flight, 2);
+    let mut late = Box::pin(svc.ready().await.unwrap().call(1));
+    assert!(late.as_mut().now_or_never().is_none(), "waits");
+    assert_eq!(snapshot().waiting, 1);
+
+    tokio::time::advance(Duration::from_millis(8)).await;
+    drop(held.pop());
+    let s = snapshot();
+    assert_eq!((s.expired, s.waiting, s.in_flight), (0, 0, 2), "handed on");
+    assert_eq!(s.queue_delay, Duration::from_millis(8));
+    assert_eq!(
+        late.await.unwrap(),
+        1,
+        "served after waiting past its target"
+    );
+    drop(held);
+    assert_eq!(snapshot().in_flight, 0);
+}
+
+/// Through the layer, on paused tokio time: the same two held slots, but the queue stands —
+/// a first waiter came 11 ms before a newcomer, and the queue has not emptied since. The
+/// newcomer's arrival runs the expiry pass: the first waiter, past its target in a queue
+/// that has stood its interval, is refused; the newcomer waits, and gets the next slot.
+#[tokio::test(start_paused = true)]
+async fn a_standing_queue_still_refuses_past_the_target() {
+    let (layer, mut svc) = two_slots_with_a_target().await;
+    let snapshot = || layer.snapshot().limit.unwrap();
+    let mut held = Vec::new();
+    for n in 100..102 {
+        held.push(svc.ready().await.unwrap().call(n));
+    }
+    let mut first = Box::pin(svc.ready().await.unwrap().call(1));
+    assert!(first.as_mut().now_or_never().is_none(), "waits");
+
+    tokio::time::advance(Duration::from_millis(11)).await;
+    let mut newcomer = Box::pin(svc.ready().await.unwrap().call(2));
+    assert_eq!((snapshot().expired, snapshot().waiting), (1, 1));
+    let refused = first.now_or_never().expect("decided").unwrap_err();
+    assert!(refused.downcast_ref::<Shed>().is_some(), "{refused}");
+    assert!(newcomer.as_mut().now_or_never().is_none(), "waits");
+
+    drop(held.pop());
+    assert_eq!(newcomer.await.unwrap(), 2);
+    drop(held);
+    assert_eq!(snapshot().in_flight, 0);
+}
+
+/// Through the layer, on paused tokio time, behind a backend that never answers: both slots
+/// are held for good, one request waits, and nothing else happens — no arrival, no freed
+/// slot, so no expiry pass. The waiting future wakes itself at its deadline (its 10 ms
+/// interval: the queue stands by then) and is refused there, counted once as expired by the
+/// limit and once as limited by the layer. It used to stay pending for ever.
+#[tokio::test(start_paused = true)]
+async fn a_queued_request_is_refused_at_its_deadline_when_nothing_else_happens() {
+    let (layer, mut svc) = two_slots_with_a_target().await;
+    let held: Vec<_> = [100, 101].map(|n| svc.call(n)).into();
+    let start = tokio::time::Instant::now();
+    let mut waiter = Box::pin(svc.ready().await.unwrap().call(1));
+    assert!(waiter.as_mut().now_or_never().is_none(), "waits");
+    tokio::time::advance(Duration::from_millis(9)).await;
+    assert!(
+        waiter.as_mut().now_or_never().is_none(),
+        "before its deadline"
+    );
+
+    let refused = tokio::time::timeout(Duration::from_secs(3600), waiter)
+        .await
+        .expect("refused at its deadline, not left waiting")
+        .unwrap_err();
+    let shed = refused.downcast_ref::<Shed>().expect("a Shed");
+    assert_eq!(shed.priority, Priority::Normal);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(10) && waited <= Duration::from_millis(11),
+        "{waited:?}"
+    );
+
+    // The accounting is exact: 40 learning calls and the 2 held admitted, the waiter limited.
+    let snap = layer.snapshot();
+    assert_eq!(snap.offered(), 43);
+    assert_eq!(snap.admitted(), 42);
+    assert_eq!(snap.limited, [0, 0, 1, 0, 0]);
+    assert_eq!(snap.rejected(), 1);
+    let limit = snap.limit.unwrap();
+    assert_eq!(
+        (limit.queued, limit.expired, limit.evicted, limit.refused),
+        (1, 1, 0, 0),
+        "{limit:?}"
+    );
+    assert_eq!((limit.waiting, limit.in_flight), (0, 2), "{limit:?}");
+    drop(held);
+    assert_eq!(layer.snapshot().limit.unwrap().in_flight, 0);
+}
+
+/// A waiter handed a slot before its deadline but polled only after it is served: its fate
+/// is read before the deadline is looked at.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_granted_before_its_deadline_is_served_when_polled_after_it() {
+    let (layer, mut svc) = two_slots_with_a_target().await;
+    let mut held: Vec<_> = [100, 101].map(|n| svc.call(n)).into();
+    let mut waiter = Box::pin(svc.ready().await.unwrap().call(1));
+    assert!(waiter.as_mut().now_or_never().is_none(), "waits");
+    tokio::time::advance(Duration::from_millis(8)).await;
+    drop(held.pop());
+    tokio::time::advance(Duration::from_millis(50)).await;
+    assert_eq!(waiter.await.unwrap(), 1);
+    let snap = layer.snapshot();
+    assert_eq!(
+        (snap.offered(), snap.admitted(), snap.rejected()),
+        (43, 43, 0)
+    );
+    let limit = snap.limit.unwrap();
+    assert_eq!((limit.queued, limit.expired), (1, 0), "{limit:?}");
+}
+
+/// The deadline's timer does not spin: a request left waiting behind a backend that never
+/// answers is polled once when it queues and once when its timer fires (paused time
+/// auto-advances as far as the hour's timeout: a timer re-armed at once, or one that fired
+/// before the deadline on the limiter's clock, would be polled again and again).
+#[tokio::test(start_paused = true)]
+async fn a_waiting_request_is_polled_only_when_it_queues_and_at_its_deadline() {
+    let (_layer, mut svc) = two_slots_with_a_target().await;
+    let _held: Vec<_> = [100, 101].map(|n| svc.call(n)).into();
+    let polls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut waiter = Box::pin(svc.ready().await.unwrap().call(1));
+    let counted = {
+        let polls = polls.clone();
+        std::future::poll_fn(move |cx| {
+            polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            waiter.as_mut().poll(cx)
+        })
+    };
+    let out = tokio::time::timeout(Duration::from_secs(3600), counted).await;
+    assert!(out.expect("decided").is_err(), "refused");
+    assert_eq!(polls.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+/// Outside a tokio runtime no timer is armed (and nothing panics): the wait past the deadline
+/// ends at the expiry pass of the next arrival, as it did before the timer.
+#[test]
+fn a_waiter_polled_outside_a_runtime_is_refused_by_the_next_arrival() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let (layer, mut svc, _held, mut waiter) = rt.block_on(async {
+        let (layer, mut svc) = two_slots_with_a_target().await;
+        let held: Vec<_> = [100, 101].map(|n| svc.call(n)).into();
+        let waiter = Box::pin(svc.ready().await.unwrap().call(1));
+        (layer, svc, held, waiter)
+    });
+    assert!(waiter.as_mut().now_or_never().is_none(), "waits, no timer");
+    rt.block_on(tokio::time::advance(Duration::from_millis(11)));
+    let in_runtime = rt.enter();
+    let _newcomer = svc.call(2);
+    drop(in_runtime);
+    let limit = layer.snapshot().limit.unwrap();
+    assert_eq!((limit.queued, limit.expired), (2, 1), "{limit:?}");
+    let refused = waiter.now_or_never().expect("decided").unwrap_err();
+    assert!(refused.downcast_ref::<Shed>().is_some(), "{refused}");
+}

@@ -3,7 +3,7 @@
 //! Every answer mode shares one state machine ([`Core`]): the inner call holding its slot of
 //! the limit (given back when the response completes, or when the future is dropped: a
 //! cancellation), a wait for a slot (with the ready inner service and the request held until
-//! then), or a rejection.
+//! then, and at the latest until the wait's deadline), or a rejection.
 
 use super::{Gate, Permit};
 use crate::limit::{Completion, Fate, Ticket};
@@ -15,17 +15,55 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 /// A request waiting for a slot. Boxed: only requests that find the limit full get one.
 pub(crate) struct Wait<S, R> {
     gate: Arc<Gate>,
     ticket: Ticket,
+    /// The latest it waits, on the limiter's clock: past it the request leaves the queue and
+    /// is refused, even when no arrival or freed slot runs the queue's expiry pass (a hung
+    /// backend and no new requests).
+    deadline: Instant,
+    /// Wakes the future at `deadline`: armed at the first poll that finds the request still
+    /// waiting (boxed, as the wait is: the overload path may allocate, the admit path may not).
+    /// It is never re-armed, so it cannot spin: the limiter's clock is tokio's
+    /// ([`TokioClock`](crate::TokioClock)), the timeline of `deadline`, so once it has fired
+    /// the deadline has passed. Outside a tokio runtime no timer is armed and the wait is
+    /// bounded by the expiry pass of the next arrival or freed slot, as before.
+    timer: Option<Pin<Box<Sleep>>>,
     priority: Priority,
     svc: Option<S>,
     req: Option<R>,
     /// Its fate is read (granted, expired or evicted): nothing to withdraw on drop.
     settled: bool,
+}
+
+/// Whether a request waiting until `deadline` is past it at `now`; if not, `timer` is armed
+/// (once) to wake `cx` at the deadline.
+fn due(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    deadline: Instant,
+    now: Instant,
+    cx: &mut Context<'_>,
+) -> bool {
+    if now >= deadline {
+        return true;
+    }
+    let timer = match timer {
+        Some(timer) => timer,
+        None => {
+            // `sleep_until` needs a runtime (with its time driver, as every tokio server
+            // has); outside one, the queue's own expiry pass bounds the wait.
+            if tokio::runtime::Handle::try_current().is_err() {
+                return false;
+            }
+            timer.insert(Box::pin(tokio::time::sleep_until(deadline)))
+        }
+    };
+    // Fired: tokio's clock, the limiter's, has reached the deadline.
+    timer.as_mut().poll(cx).is_ready()
 }
 
 impl<S, R> Drop for Wait<S, R> {
@@ -63,6 +101,7 @@ impl<F, S, R> Core<F, S, R> {
     pub(crate) fn waiting(
         gate: Arc<Gate>,
         ticket: Ticket,
+        deadline: Instant,
         priority: Priority,
         svc: S,
         req: R,
@@ -71,6 +110,8 @@ impl<F, S, R> Core<F, S, R> {
             wait: Box::new(Wait {
                 gate,
                 ticket,
+                deadline,
+                timer: None,
                 priority,
                 svc: Some(svc),
                 req: Some(req),
@@ -129,10 +170,19 @@ where
                     panic!("a degrade future waits without a limiter");
                 };
                 if !wait.settled {
-                    match limiter.poll_ticket(wait.ticket, cx.waker()) {
-                        None => return Poll::Pending,
-                        Some(Fate::Granted) => wait.settled = true,
-                        Some(Fate::Expired | Fate::Evicted) => {
+                    let fate = match limiter.poll_ticket(wait.ticket, cx.waker()) {
+                        Some(fate) => fate,
+                        None if !due(&mut wait.timer, wait.deadline, limiter.now(), cx) => {
+                            return Poll::Pending;
+                        }
+                        // Past its deadline: it leaves the queue, counted expired there (once:
+                        // by `withdraw`, or by the expiry pass that decided its fate first),
+                        // unless a slot was handed to it meanwhile, which it then uses.
+                        None => limiter.withdraw(wait.ticket, true).unwrap_or(Fate::Expired),
+                    };
+                    match fate {
+                        Fate::Granted => wait.settled = true,
+                        Fate::Expired | Fate::Evicted => {
                             wait.settled = true;
                             let shed = wait.gate.limited(wait.priority);
                             self.set(Core::Rejected { shed: None });

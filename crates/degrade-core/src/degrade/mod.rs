@@ -41,7 +41,17 @@
 //! not to rely on. The `DegradeLayer` learns the limit, follows it when the service slows
 //! down or speeds up, decides in `call`, and never refuses a higher priority while a lower one
 //! waits. Its cost is a bounded wait queue on the overload path (a mutex and, for a waiting
-//! request, one boxed future; at most `queue_size × limit` waiters, 4096 at most).
+//! request, one boxed future and one tokio timer; at most `queue_size × limit` waiters, 4096
+//! at most).
+//!
+//! A waiting request's wait is bounded by its deadline (its queueing-delay target, or until
+//! the queue has stood two targets; twice that for a critical request), even when nothing
+//! else happens — a backend that never answers and no new request: the waiting future wakes
+//! itself at the deadline with a tokio timer (`sleep_until` on the limiter's clock, which is
+//! tokio's, so paused test time and `advance` drive it too) and is refused, counted once as
+//! limited. A slot handed to it before then is used. Outside a tokio runtime no timer is
+//! armed, and the wait ends at the expiry pass the next arrival or freed slot runs; inside
+//! one, the runtime needs its time driver (`enable_time`, as every tokio server has).
 //!
 //! ```
 //! use degrade_core::{Controller, DegradeLayer, Priority};
@@ -237,8 +247,8 @@ impl fmt::Debug for Gate {
 pub(crate) enum Decision {
     /// Call the inner service now; the permit (adaptive modes) gives the slot back.
     Go(Permit),
-    /// Wait in the limiter's queue.
-    Wait(Ticket),
+    /// Wait in the limiter's queue, at the latest until the deadline (on the limiter's clock).
+    Wait(Ticket, tokio::time::Instant),
     /// Refused.
     Refuse(Shed),
 }
@@ -384,7 +394,7 @@ impl Gate {
                 self.admitted(priority);
                 Decision::Go(permit)
             }
-            Entry::Queued(ticket, _deadline) => Decision::Wait(ticket),
+            Entry::Queued(ticket, deadline) => Decision::Wait(ticket, deadline),
             Entry::Refused => Decision::Refuse(self.limited(priority)),
         }
     }
@@ -680,12 +690,13 @@ impl<S: Clone, P, M> Degrade<S, P, M> {
     {
         match self.shared.gate.admit(priority) {
             Decision::Go(permit) => future::Core::called(self.inner.call(req), permit),
-            Decision::Wait(ticket) => {
+            Decision::Wait(ticket, deadline) => {
                 // Moves the ready inner service and the request into the waiting future (the
                 // tower idiom: the clone stays behind for the next call).
                 let clone = self.inner.clone();
                 let svc = std::mem::replace(&mut self.inner, clone);
-                future::Core::waiting(Arc::clone(&self.shared.gate), ticket, priority, svc, req)
+                let gate = Arc::clone(&self.shared.gate);
+                future::Core::waiting(gate, ticket, deadline, priority, svc, req)
             }
             Decision::Refuse(shed) => future::Core::rejected(shed),
         }

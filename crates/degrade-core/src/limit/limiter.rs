@@ -22,7 +22,7 @@
 
 use super::inflight::{InFlight, Released};
 use super::lease::{self, Host, Leases};
-use super::queue::{Fate, Pushed, Ticket, WaitQueue};
+use super::queue::{Fate, Patience, Pushed, Ticket, WaitQueue};
 use super::{Law, LimitConfig, Window};
 use crate::clock::Clock;
 use crate::counter::ShardedCounter;
@@ -830,11 +830,7 @@ impl Limiter {
             return Entry::Refused;
         }
         let now = now.unwrap_or_else(|| self.clock.now());
-        let wait = if priority == Priority::Critical {
-            target.saturating_mul(2)
-        } else {
-            target
-        };
+        let patience = Patience::new(Duration::from_nanos(target), priority);
         let bound = queue_bound(&self.config, self.limit.load(Ordering::Relaxed));
         match queue.push(priority, now, bound as usize, None) {
             Pushed::Queued { ticket, evicted } => {
@@ -849,7 +845,7 @@ impl Limiter {
                 }
                 // A slot may have been freed since the fast path looked.
                 self.drain(&mut queue, now);
-                Entry::Queued(ticket, now + Duration::from_nanos(wait))
+                Entry::Queued(ticket, queue.deadline(now, patience))
             }
             Pushed::Full(_) => {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -887,14 +883,14 @@ impl Limiter {
         }
     }
 
-    /// Ends the waits past their deadline (under the queue's lock).
+    /// Ends the waits past their deadline (under the queue's lock): a waiter past its target
+    /// is refused only once the queue stands (see [`Patience`]), so one late waiter of a
+    /// burst at the knee is served instead.
     fn expire(&self, queue: &mut WaitQueue<Option<Waker>>, now: Instant) {
         let target = Duration::from_nanos(self.queue_target_ns.load(Ordering::Relaxed));
         if target.is_zero() || queue.len() == 0 {
             return;
         }
-        // Critical waiters may wait twice the target (they are served before any other, so
-        // they wait that long only when critical requests alone fill the limit).
         let mut expired = 0u64;
         let critical = Priority::Critical.index();
         let mut wake = |_, waker: Option<Waker>| {
@@ -903,8 +899,18 @@ impl Limiter {
                 w.wake();
             }
         };
-        queue.expire_lanes(0..critical, now, target, &mut wake);
-        queue.expire_lanes(critical..critical + 1, now, target * 2, &mut wake);
+        queue.expire_lanes(
+            0..critical,
+            now,
+            Patience::new(target, Priority::Normal),
+            &mut wake,
+        );
+        queue.expire_lanes(
+            critical..critical + 1,
+            now,
+            Patience::new(target, Priority::Critical),
+            &mut wake,
+        );
         for _ in 0..expired {
             self.shared.in_flight.remove_waiter();
         }
@@ -926,6 +932,12 @@ impl Limiter {
                 None
             }
         }
+    }
+
+    /// The time on the limiter's clock (the timeline of the deadlines [`enter`](Self::enter)
+    /// gives queued requests).
+    pub(crate) fn now(&self) -> Instant {
+        self.clock.now()
     }
 
     /// The permit of a granted waiter.

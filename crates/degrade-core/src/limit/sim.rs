@@ -649,12 +649,23 @@ pub(crate) fn run(setup: &Setup) -> Report {
                     });
                 }
             }
-            Ev::Deadline(id) => {
-                if let (Some(l), Some(ticket)) = (limiter.as_mut(), reqs[id as usize].ticket)
-                    && l.queue.cancel(ticket).is_none()
+            Ev::Deadline(_) => {
+                // The limiter's expiry pass: every waiter past its deadline is refused.
+                if let Some(l) = limiter.as_mut()
+                    && let Some(target) = l.law.queue_target()
                 {
-                    {
-                        // Still waiting at its deadline: refused.
+                    let mut expired = Vec::new();
+                    let critical = Priority::Critical.index();
+                    for (lanes, p) in [
+                        (0..critical, Priority::Normal),
+                        (critical..critical + 1, Priority::Critical),
+                    ] {
+                        let patience = super::queue::Patience::new(target, p);
+                        l.queue
+                            .expire_lanes(lanes, at(now), patience, |t, id| expired.push((t, id)));
+                    }
+                    for (ticket, id) in expired {
+                        l.queue.take(ticket);
                         reqs[id as usize].ticket = None;
                         l.refused(
                             phase_of(now),
@@ -664,7 +675,6 @@ pub(crate) fn run(setup: &Setup) -> Report {
                             2,
                             in_flight,
                         );
-
                         answer(
                             &mut reqs,
                             id,
@@ -738,14 +748,27 @@ pub(crate) fn run(setup: &Setup) -> Report {
                         l.window.binding = true;
                         let bound =
                             ((l.config.queue_size * f64::from(limit)).ceil() as usize).max(1);
-                        match l.law.max_wait(priority) {
+                        match l.law.queue_target() {
                             Some(target) if !target.is_zero() => {
                                 match l.queue.push(priority, at(now), bound, id) {
                                     Pushed::Queued { ticket, evicted } => {
                                         reqs[id as usize].ticket = Some(ticket);
+                                        // The limiter's rule: the waiter's target, or the
+                                        // queue's standing, whichever is later (fixed while
+                                        // it waits).
+                                        let patience =
+                                            super::queue::Patience::new(target, priority);
+                                        let deadline = l.queue.deadline(at(now), patience);
+                                        // At its target (refused if the queue stands by
+                                        // then), and at the latest.
                                         push(
                                             &mut heap,
-                                            now + target.as_secs_f64(),
+                                            now + patience.wait.as_secs_f64(),
+                                            Ev::Deadline(id),
+                                        );
+                                        push(
+                                            &mut heap,
+                                            now + (deadline - at(now)).as_secs_f64(),
                                             Ev::Deadline(id),
                                         );
                                         if let Some((t, victim)) = evicted {
@@ -1699,8 +1722,8 @@ mod seeds_tests {
         backends.push(Backend::slots(8, 0.04, 0.0).mixed());
         for b in backends {
             let step = (b.median * 60.0).max(3.0);
-            let (mut gmin, mut gsum, mut cmin, mut pmax, mut n) =
-                (f64::MAX, 0.0, 100.0f64, 0.0f64, 0.0);
+            let (mut gmin, mut gsum, mut cmin, mut pmax, mut psum, mut n) =
+                (f64::MAX, 0.0, 100.0f64, 0.0f64, 0.0, 0.0);
             let (mut c_ok, mut c_offered) = (0u64, 0u64);
             for &seed in &seeds {
                 let r = run(&Setup {
@@ -1727,11 +1750,12 @@ mod seeds_tests {
                     c_ok += r.phases[i].critical_ok;
                     c_offered += r.phases[i].critical_offered;
                     pmax = pmax.max(r.phases[i].p99() / unloaded);
+                    psum += r.phases[i].p99() / unloaded;
                 }
             }
             lines.push(format!(
-                "{:?}x{}ms s{} heavy{}: goodput min {gmin:.1} mean {:.1} crit min {cmin:.2} refused {} of {c_offered} p99 max {pmax:.2}",
-                b.kind, b.median * 1e3, b.sigma, b.heavy_share, gsum / n, c_offered - c_ok
+                "{:?}x{}ms s{} heavy{}: goodput min {gmin:.1} mean {:.1} crit min {cmin:.2} refused {} of {c_offered} p99 max {pmax:.2} mean {:.2}",
+                b.kind, b.median * 1e3, b.sigma, b.heavy_share, gsum / n, c_offered - c_ok, psum / n
             ));
         }
         for b in [Backend::slots(8, 0.04, 0.0), Backend::slots(16, 0.02, 0.5)] {
