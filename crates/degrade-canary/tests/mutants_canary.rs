@@ -813,3 +813,46 @@ fn a_capped_groups_calls_count_by_their_cap_in_the_floor() {
         "z {z}, the floor's {floor}"
     );
 }
+
+#[test]
+fn a_capped_groups_latencies_count_by_their_cap_in_the_rank_floor() {
+    // The rank test's twin of the error test above: one heavy key (300 calls) and 19 of 100
+    // on each arm, every call keyed and every group a copy of its arm in miniature (canary
+    // 70 % at 4 ms, 30 % at 1 ms; stable half and half): every influence is zero and the floor
+    // speaks. (Ungrouped calls would each be a unit of their own and bring the degrees of
+    // freedom in.) The heavy key is cut to the mean of the groups (110 calls: fewer groups
+    // than 1 / 2 %), so each arm weighs D = 110 + 1 900 calls with an effective number of
+    // e = (110/300)²·300 + 1 900, and the floor is the unweighted pooled rank z of N = 2 200
+    // calls an arm scaled by D / √(N·e).
+    use degrade_canary::stats::{GROUP_LAYOUT, GROUPS, GroupSnapshot};
+    let mut s = CanarySnapshot::default();
+    for (arm, slow_per_ten) in [(&mut s.canary, 7), (&mut s.stable, 5)] {
+        arm.groups = vec![GroupSnapshot::default(); GROUPS];
+        for (g, calls) in arm
+            .groups
+            .iter_mut()
+            .zip([300].into_iter().chain([100; 19]))
+        {
+            let split = [
+                (4, calls * slow_per_ten / 10),
+                (1, calls * (10 - slow_per_ten) / 10),
+            ];
+            for (ms, n) in split {
+                let at = Duration::from_millis(ms);
+                g.calls += n;
+                g.latency.add(GROUP_LAYOUT.bucket(at), n);
+                arm.successes += n;
+                arm.latency.add(ARM_LAYOUT.bucket(at), n);
+            }
+        }
+    }
+    let (pooled, _) = rank_z(&[(4, 1_100), (1, 1_100)], &[(4, 1_540), (1, 660)]);
+    let c = 110.0 / 300.0;
+    let (d, e) = (c * 300.0 + 1_900.0, c * c * 300.0 + 1_900.0);
+    let floor = pooled * d / (2_200.0 * e).sqrt();
+    let z = judge(min_samples(10)).look(&s).latency_z;
+    assert!(
+        (z - floor).abs() < 1e-9 * floor,
+        "z {z}, the floor's {floor}"
+    );
+}
