@@ -28,9 +28,10 @@ pub(crate) struct Wait<S, R> {
     deadline: Instant,
     /// Wakes the future at `deadline`: armed at the first poll that finds the request still
     /// waiting (boxed, as the wait is: the overload path may allocate, the admit path may not).
-    /// It is never re-armed, so it cannot spin: the limiter's clock is tokio's
-    /// ([`TokioClock`](crate::TokioClock)), the timeline of `deadline`, so once it has fired
-    /// the deadline has passed. Outside a tokio runtime no timer is armed and the wait is
+    /// It is never re-armed, so it cannot spin: once it has fired the deadline counts as
+    /// passed (the limiter's clock, the timeline of `deadline`, is tokio's in a current-thread
+    /// runtime and otherwise the counter timeline kept within about a microsecond of the OS
+    /// clock tokio's timer follows). Outside a tokio runtime no timer is armed and the wait is
     /// bounded by the expiry pass of the next arrival or freed slot, as before.
     timer: Option<Pin<Box<Sleep>>>,
     priority: Priority,
@@ -62,7 +63,8 @@ fn due(
             timer.insert(Box::pin(tokio::time::sleep_until(deadline)))
         }
     };
-    // Fired: tokio's clock, the limiter's, has reached the deadline.
+    // Fired: the deadline has come (on tokio's timer; the limiter's clock may read it a
+    // microsecond short, which does not keep the request waiting).
     timer.as_mut().poll(cx).is_ready()
 }
 

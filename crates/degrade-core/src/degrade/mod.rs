@@ -47,9 +47,10 @@
 //! A waiting request's wait is bounded by its deadline (its queueing-delay target, or until
 //! the queue has stood two targets; twice that for a critical request), even when nothing
 //! else happens — a backend that never answers and no new request: the waiting future wakes
-//! itself at the deadline with a tokio timer (`sleep_until` on the limiter's clock, which is
-//! tokio's, so paused test time and `advance` drive it too) and is refused, counted once as
-//! limited. A slot handed to it before then is used. Outside a tokio runtime no timer is
+//! itself at the deadline with a tokio timer (`sleep_until`; the limiter's clock follows
+//! tokio's in a current-thread runtime, so paused test time and `advance` drive it too, and
+//! elsewhere reads the counter timeline kept within about a microsecond of the OS clock that
+//! tokio's timer follows) and is refused, counted once as limited. A slot handed to it before then is used. Outside a tokio runtime no timer is
 //! armed, and the wait ends at the expiry pass the next arrival or freed slot runs; inside
 //! one, the runtime needs its time driver (`enable_time`, as every tokio server has).
 //!
