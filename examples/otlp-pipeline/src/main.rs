@@ -328,8 +328,11 @@ async fn main() {
             );
         }
         if lp.batch_size.is_some() && seen.spans > 0 {
+            // Larger requests than the SDK's default batch of 512 spans — or, when fewer than
+            // 513 spans were kept at all (a sparse sampling level: ~200 traces of 600 spans at
+            // 1 %, and under 171 traces in about 2 % of runs), all of them in one request.
             checks.check(
-                seen.spans / seen.requests.max(1) > 512,
+                seen.requests == 1 || seen.spans / seen.requests.max(1) > 512,
                 "batch hints merge exports into larger requests",
             );
         }
