@@ -247,6 +247,8 @@ const SCOPES: &[Scope] = &[
         tests: &[
             "--lib",
             "--test",
+            "analysis",
+            "--test",
             "config",
             "--test",
             "durations",

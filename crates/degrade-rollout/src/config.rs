@@ -99,8 +99,11 @@ impl<'de> Deserialize<'de> for Amount {
 ///
 /// ```
 /// use degrade_rollout::AnalysisConfig;
-/// let a: AnalysisConfig = serde_json::from_str(r#"{"duration": "30s", "judge": {"min_samples": 200}}"#).unwrap();
+/// let a: AnalysisConfig = serde_json::from_str(
+///     r#"{"duration": "30s", "warmup": "2s", "judge": {"min_samples": 200}}"#,
+/// ).unwrap();
 /// assert_eq!(a.duration, std::time::Duration::from_secs(30));
+/// assert_eq!(a.warmup, std::time::Duration::from_secs(2));
 /// assert!(a.validate().is_ok());
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +117,14 @@ pub struct AnalysisConfig {
     /// Time between looks of the judge. Default 1 s.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// Time after the batch is in service before the judge starts counting: calls in it are
+    /// left out of both arms. A process that has just started is often slower for a while
+    /// (cold caches, lazy initialisation, new connections, a scheduler that has not given it
+    /// its share yet); judged from its first call, a good release can read as a latency
+    /// regression and be rolled back. Set it to cover your service's warm-up. `duration`
+    /// counts from its end. Default 0 (judge from the first call).
+    #[serde(with = "humantime_serde")]
+    pub warmup: Duration,
     /// When true, a batch whose analysis ends inconclusive fails the rollout; otherwise it
     /// proceeds (and says so in the logs). Default false.
     pub require_pass: bool,
@@ -125,6 +136,7 @@ impl Default for AnalysisConfig {
             judge: JudgeConfig::default(),
             duration: Duration::from_secs(30),
             interval: Duration::from_secs(1),
+            warmup: Duration::ZERO,
             require_pass: false,
         }
     }

@@ -603,6 +603,12 @@ impl<D: Driver, S: Clone + Send + 'static, C: Clock> RolloutController<D, S, C> 
                     };
                 }
             };
+            if !cfg.warmup.is_zero() {
+                // The batch warms up: its calls count for neither arm (tokio saturates a
+                // deadline past its far future, so `Duration::MAX` waits forever).
+                tracing::debug!(batch, warmup = ?cfg.warmup, "analysis waits out the warm-up");
+                tokio::time::sleep(cfg.warmup).await;
+            }
             judge.start(&snap());
             let started = tokio::time::Instant::now();
             loop {

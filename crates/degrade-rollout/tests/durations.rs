@@ -28,6 +28,7 @@ fn forever() -> RolloutConfig {
         analysis: Some(AnalysisConfig {
             duration: FOREVER,
             interval: FOREVER,
+            warmup: FOREVER,
             ..AnalysisConfig::default()
         }),
         ..RolloutConfig::default()

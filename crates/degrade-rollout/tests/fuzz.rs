@@ -350,6 +350,7 @@ fn key() -> impl Strategy<Value = String> {
             "judge",
             "duration",
             "interval",
+            "warmup",
             "require_pass",
         ])
         .prop_map(str::to_owned),

@@ -1,9 +1,11 @@
 //! A tiny HTTP server for rollout tests and demos.
 //!
-//! `degrade-rollout-testserver --port P --version V [--unhealthy] [--latency-ms N] [--error-every N] [--exit-after-ms N]`
+//! `degrade-rollout-testserver --port P --version V [--unhealthy] [--latency-ms N] [--error-every N] [--exit-after-ms N] [--cold-ms N]`
 //!
 //! * `GET /` answers `200` with the version as the body (after `--latency-ms`, default 2), or
 //!   `500` for every N-th request with `--error-every N` (a release that serves errors);
+//!   with `--cold-ms N`, `GET /` takes four times its latency during the first N ms after the
+//!   process started (a release that is slow while it warms up);
 //! * `GET /healthz` answers `200 ok`, or `503` with `--unhealthy`;
 //! * anything else is `404`;
 //! * with `--exit-after-ms N`, the process exits abruptly (status 3, connections cut, requests
@@ -33,6 +35,8 @@ struct Args {
     latency: Duration,
     error_every: u64,
     exit_after: Option<Duration>,
+    cold: Duration,
+    started: std::time::Instant,
     served: std::sync::atomic::AtomicU64,
 }
 
@@ -44,6 +48,8 @@ fn parse() -> Result<Args, String> {
         latency: Duration::from_millis(2),
         error_every: 0,
         exit_after: None,
+        cold: Duration::ZERO,
+        started: std::time::Instant::now(),
         served: std::sync::atomic::AtomicU64::new(0),
     };
     let mut it = std::env::args().skip(1);
@@ -74,6 +80,12 @@ fn parse() -> Result<Args, String> {
                     .map_err(|e| format!("--exit-after-ms: {e}"))?;
                 args.exit_after = Some(Duration::from_millis(ms));
             }
+            "--cold-ms" => {
+                let ms: u64 = value("--cold-ms")?
+                    .parse()
+                    .map_err(|e| format!("--cold-ms: {e}"))?;
+                args.cold = Duration::from_millis(ms);
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -89,7 +101,7 @@ fn main() {
         Err(e) => {
             eprintln!("degrade-rollout-testserver: {e}");
             eprintln!(
-                "usage: degrade-rollout-testserver --port P --version V [--unhealthy] [--latency-ms N] [--error-every N] [--exit-after-ms N]"
+                "usage: degrade-rollout-testserver --port P --version V [--unhealthy] [--latency-ms N] [--error-every N] [--exit-after-ms N] [--cold-ms N]"
             );
             std::process::exit(2);
         }
@@ -150,7 +162,12 @@ async fn serve(args: Args) -> std::io::Result<()> {
 async fn answer(state: &Args, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, body) = match req.uri().path() {
         "/" => {
-            tokio::time::sleep(state.latency).await;
+            let latency = if state.started.elapsed() < state.cold {
+                state.latency.saturating_mul(4)
+            } else {
+                state.latency
+            };
+            tokio::time::sleep(latency).await;
             let n = state
                 .served
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
