@@ -4,6 +4,7 @@
 use crate::stats::{ArmSnapshot, GROUP_LAYOUT, GROUPS};
 use degrade_core::counter::TimingSampler;
 use degrade_core::histogram::Histogram;
+use std::time::Duration;
 
 /// One window of the error test: the difference of the arms' (weighted) failure rates,
 /// weighted by its inverse variance `n_c·n_s/(n_c + n_s) / (p(1 − p))`: a window inside an
@@ -309,10 +310,13 @@ pub(super) fn cap_factors(counts: &[u64; GROUPS + 1], share: f64) -> Caps {
 /// spread like stable's (its interquartile range): the mixture scale of the latency test.
 pub(super) fn rank_effect(stable: &Histogram, ratio: f64) -> f64 {
     // The log of a bucket's geometric middle (the open ends read as half / twice the bound).
+    // The last bucket's `hi` is `Duration::MAX` (1.8e19 s as seconds, a finite number: it
+    // was once compared with `f64::MAX`, and the open top read as √(lo · 1.8e19 s)).
     let mid = |b: usize| {
         let (lo, hi) = stable.layout().bounds(b);
+        let closed = hi < Duration::MAX;
         let (lo, hi) = (lo.as_secs_f64(), hi.as_secs_f64());
-        match (lo > 0.0, hi < f64::MAX / 4.0) {
+        match (lo > 0.0, closed) {
             (true, true) => (lo * hi).sqrt().ln(),
             (false, _) => (hi / 2.0).ln(),
             (true, false) => (lo * 2.0).ln(),
@@ -588,6 +592,105 @@ mod tests {
         // t = 12.71 with 1 df is the two-sided 5 % point: z ≈ 1.96.
         assert!((t_to_z(12.706, 1.0) - 1.96).abs() < 0.25);
         assert!((t_to_z(2.0, 200.0) - 2.0).abs() < 0.02);
+    }
+
+    /// `rank_effect` recomputed from its documentation: σ = (ln m(q3) − ln m(q1)) / 1.349 with
+    /// m(b) a bucket's geometric middle (half the top of the first bucket, twice the bottom of
+    /// the open last one), then Φ(ln ratio / (σ√2)) − ½.
+    fn documented_rank_effect(stable: &Histogram, ratio: f64) -> f64 {
+        let l = stable.layout();
+        let ln_mid = |b: usize| {
+            let (lo, hi) = l.bounds(b);
+            if b == 0 {
+                (hi.as_secs_f64() / 2.0).ln()
+            } else if b == l.len() - 1 {
+                (lo.as_secs_f64() * 2.0).ln()
+            } else {
+                (lo.as_secs_f64().ln() + hi.as_secs_f64().ln()) / 2.0
+            }
+        };
+        let q1 = stable.quantile_bucket(0.25).unwrap();
+        let q3 = stable.quantile_bucket(0.75).unwrap();
+        let sigma = ((ln_mid(q3) - ln_mid(q1)) / 1.349).max(0.05);
+        let z = ratio.ln() / (sigma * std::f64::consts::SQRT_2);
+        (normal_cdf(z) - 0.5).clamp(0.01, 0.5)
+    }
+
+    fn latencies(values: &[(Duration, u64)]) -> Histogram {
+        let mut h = Histogram::new(GROUP_LAYOUT);
+        for &(d, n) in values {
+            for _ in 0..n {
+                h.record(d);
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn the_latency_tests_scale_reads_the_spread_of_stables_quartiles() {
+        // Quartiles 10 ms and 40 ms apart: σ ≈ ln 4 / 1.349, τ(1.3) ≈ 0.07.
+        let h = latencies(&[
+            (Duration::from_millis(10), 50),
+            (Duration::from_millis(40), 50),
+        ]);
+        let tau = rank_effect(&h, 1.3);
+        assert!(
+            (tau - documented_rank_effect(&h, 1.3)).abs() < 1e-12,
+            "{tau}"
+        );
+        assert!((0.05..0.09).contains(&tau), "{tau}");
+        // A wider spread gives a smaller effect for the same ratio; a larger ratio a larger one.
+        let wide = latencies(&[
+            (Duration::from_millis(10), 50),
+            (Duration::from_millis(160), 50),
+        ]);
+        assert!(rank_effect(&wide, 1.3) < tau);
+        assert!(rank_effect(&h, 2.0) > tau);
+        assert!((rank_effect(&h, 2.0) - documented_rank_effect(&h, 2.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_open_ends_of_the_layout_read_as_half_and_twice_their_bound() {
+        let l = GROUP_LAYOUT;
+        // The first quartile in the first bucket (latencies under one unit).
+        let low = latencies(&[
+            (Duration::from_nanos(100), 50),
+            (Duration::from_millis(1), 50),
+        ]);
+        assert_eq!(low.quantile_bucket(0.25), Some(0));
+        let tau = rank_effect(&low, 1.3);
+        assert!(
+            (tau - documented_rank_effect(&low, 1.3)).abs() < 1e-12,
+            "{tau}"
+        );
+        // The third quartile in the open last bucket (latencies past the layout's top).
+        let top = l.bounds(l.len() - 1).0;
+        let high = latencies(&[(top / 4, 50), (top * 3, 50)]);
+        assert_eq!(high.quantile_bucket(0.75), Some(l.len() - 1));
+        let tau = rank_effect(&high, 1.3);
+        assert!(
+            (tau - documented_rank_effect(&high, 1.3)).abs() < 1e-12,
+            "{tau}"
+        );
+        // Twice the bound is 8 times the other quartile: σ = ln 8 / 1.349, not σ of 1.8e19 s.
+        assert!(tau > 0.05, "{tau}");
+    }
+
+    #[test]
+    fn a_stable_arm_without_quartiles_reads_as_a_spread_of_one_half() {
+        let tau = rank_effect(&Histogram::new(GROUP_LAYOUT), 1.3);
+        let expected = normal_cdf(1.3f64.ln() / (0.5 * std::f64::consts::SQRT_2)) - 0.5;
+        assert!((tau - expected).abs() < 1e-12, "{tau}");
+        // One latency only: no spread, σ floored at 0.05 (τ near its cap of one half).
+        let one = latencies(&[(Duration::from_millis(5), 100)]);
+        let tau = rank_effect(&one, 1.3);
+        assert!(
+            (tau - documented_rank_effect(&one, 1.3)).abs() < 1e-12,
+            "{tau}"
+        );
+        assert!(tau > 0.49 && tau <= 0.5, "{tau}");
+        let floor = normal_cdf(1.01f64.ln() / (0.05 * std::f64::consts::SQRT_2)) - 0.5;
+        assert!((rank_effect(&one, 1.01) - floor).abs() < 1e-12);
     }
 
     #[test]
