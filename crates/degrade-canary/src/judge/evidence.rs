@@ -693,6 +693,54 @@ mod tests {
         assert!((rank_effect(&one, 1.01) - floor).abs() < 1e-12);
     }
 
+    /// A stratum's evidence with the given sums, its variance spread over `units` key groups.
+    fn stratum(sum: f64, weight: f64, psi: &[f64], null_var: f64) -> Evidence {
+        let mut e = Evidence::new();
+        e.sum = sum;
+        e.weight = weight;
+        e.psi[..psi.len()].copy_from_slice(psi);
+        e.null_var = null_var;
+        for g in 0..psi.len() {
+            e.design[g] = null_var / psi.len() as f64;
+        }
+        e
+    }
+
+    #[test]
+    fn strata_are_combined_with_weights_inverse_to_their_variance() {
+        // Two steps of a rollout: a noisy one (large group influences) and a precise one.
+        let a = stratum(3.0, 2.0, &[1.5, -0.5, 1.0], 0.8);
+        let b = stratum(1.0, 4.0, &[0.2, 0.1, -0.1, 0.3], 0.5);
+        let out = combine([&a, &b].into_iter());
+        // The documented weights: λₖ ∝ 1/Vₖ, Vₖ = max(adjusted, null_var) / Wₖ², on θ̂ₖ = sumₖ / Wₖ.
+        let v = |e: &Evidence| e.adjusted().max(e.null_var) / (e.weight * e.weight);
+        let (la, lb) = (1.0 / v(&a), 1.0 / v(&b));
+        let (la, lb) = (la / (la + lb), lb / (la + lb));
+        assert!(
+            (la - lb).abs() > 0.1,
+            "the two strata must weigh differently: {la} {lb}"
+        );
+        let theta = la * a.sum / a.weight + lb * b.sum / b.weight;
+        assert!((out.sum - theta).abs() < 1e-12, "{} vs {theta}", out.sum);
+        assert_eq!(out.weight, 1.0);
+        // A group's influence is summed across strata (each scaled like its stratum's sum)
+        // before it is squared.
+        let (ka, kb) = (la / a.weight, lb / b.weight);
+        for g in 0..4 {
+            let expected = ka * a.psi[g] + kb * b.psi[g];
+            assert!((out.psi[g] - expected).abs() < 1e-12, "group {g}");
+        }
+        assert!((out.null_var - (ka * ka * a.null_var + kb * kb * b.null_var)).abs() < 1e-12);
+        // One stratum alone is itself, scaled to weight 1.
+        let one = combine([&b].into_iter());
+        assert!((one.sum - b.sum / b.weight).abs() < 1e-12);
+        // A stratum without weight or without variance carries nothing.
+        let empty = stratum(5.0, 0.0, &[], 0.0);
+        let flat = stratum(5.0, 1.0, &[], 0.0);
+        let out2 = combine([&a, &b, &empty, &flat].into_iter());
+        assert!((out2.sum - out.sum).abs() < 1e-12);
+    }
+
     #[test]
     fn a_window_keeps_the_timed_calls_the_latency_test_needs() {
         // The defaults: the floor rules.
