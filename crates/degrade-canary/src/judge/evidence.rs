@@ -709,8 +709,10 @@ mod tests {
     #[test]
     fn strata_are_combined_with_weights_inverse_to_their_variance() {
         // Two steps of a rollout: a noisy one (large group influences) and a precise one.
-        let a = stratum(3.0, 2.0, &[1.5, -0.5, 1.0], 0.8);
-        let b = stratum(1.0, 4.0, &[0.2, 0.1, -0.1, 0.3], 0.5);
+        let mut a = stratum(3.0, 2.0, &[1.5, -0.5, 1.0], 0.8);
+        let mut b = stratum(1.0, 4.0, &[0.2, 0.1, -0.1, 0.3], 0.5);
+        (a.single_sq, a.single_design_sq) = (0.3, 0.02);
+        (b.single_sq, b.single_design_sq) = (0.1, 0.01);
         let out = combine([&a, &b].into_iter());
         // The documented weights: λₖ ∝ 1/Vₖ, Vₖ = max(adjusted, null_var) / Wₖ², on θ̂ₖ = sumₖ / Wₖ.
         let v = |e: &Evidence| e.adjusted().max(e.null_var) / (e.weight * e.weight);
@@ -731,6 +733,19 @@ mod tests {
             assert!((out.psi[g] - expected).abs() < 1e-12, "group {g}");
         }
         assert!((out.null_var - (ka * ka * a.null_var + kb * kb * b.null_var)).abs() < 1e-12);
+        // Variances scale by the square of the stratum's factor, the squared design variances
+        // of the ungrouped calls by its fourth power.
+        for g in 0..4 {
+            let expected = ka * ka * a.design[g] + kb * kb * b.design[g];
+            assert!(
+                (out.design[g] - expected).abs() < 1e-12,
+                "design of group {g}"
+            );
+        }
+        let single = ka.powi(2) * a.single_sq + kb.powi(2) * b.single_sq;
+        assert!((out.single_sq - single).abs() < 1e-12);
+        let single_design = ka.powi(4) * a.single_design_sq + kb.powi(4) * b.single_design_sq;
+        assert!((out.single_design_sq - single_design).abs() < 1e-12);
         // One stratum alone is itself, scaled to weight 1.
         let one = combine([&b].into_iter());
         assert!((one.sum - b.sum / b.weight).abs() < 1e-12);
