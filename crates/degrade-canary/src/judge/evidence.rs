@@ -707,6 +707,64 @@ mod tests {
     }
 
     #[test]
+    fn the_units_are_the_designs_satterthwaite_count_capped_by_the_groups_that_spoke() {
+        // Three groups of equal design: three units.
+        assert!((stratum(1.0, 1.0, &[1.0, 2.0, -1.0], 0.9).units() - 3.0).abs() < 1e-12);
+        // Two groups of designs 0.3 and 0.1: (0.4)² / (0.09 + 0.01) = 1.6.
+        let mut e = stratum(1.0, 1.0, &[1.0, 1.0], 0.4);
+        e.design[..2].copy_from_slice(&[0.3, 0.1]);
+        assert!((e.units() - 1.6).abs() < 1e-12, "{}", e.units());
+        // Ungrouped calls: their share of the floor (null_var − grouped) counts with the
+        // groups', their squared designs beside the groups'; (0.6)² / (0.04 + 0.04 + 0.01) = 4.
+        let mut e = stratum(1.0, 1.0, &[1.0, 1.0], 0.6);
+        e.design[..2].copy_from_slice(&[0.2, 0.2]);
+        (e.single_sq, e.single_design_sq) = (0.5, 0.01);
+        assert!((e.units() - 4.0).abs() < 1e-12, "{}", e.units());
+        // A floor below the groups' designs leaves the ungrouped share at 0, not negative:
+        // (1.0)² / (0.25 + 0.25) = 2.
+        let mut e = stratum(1.0, 1.0, &[1.0, 1.0], 0.6);
+        e.design[..2].copy_from_slice(&[0.5, 0.5]);
+        assert!((e.units() - 2.0).abs() < 1e-12, "{}", e.units());
+        // Never more than the groups whose influence is not zero (without ungrouped calls).
+        let e = stratum(1.0, 1.0, &[1.0, 0.0], 0.5);
+        assert!((e.units() - 1.0).abs() < 1e-12, "{}", e.units());
+        // No design at all: no units, even where a group's influence is not zero.
+        assert_eq!(stratum(1.0, 1.0, &[], 0.3).units(), 0.0);
+        let mut e = stratum(1.0, 1.0, &[1.0], 0.3);
+        e.design[0] = 0.0;
+        assert_eq!(e.units(), 0.0);
+    }
+
+    #[test]
+    fn the_cluster_robust_variance_takes_the_small_sample_factor_of_its_units() {
+        // Three units: Σψ² · 3/2.
+        let e = stratum(1.0, 1.0, &[1.0, 2.0, -1.0], 0.9);
+        assert!(
+            (e.adjusted() - 6.0 * 3.0 / 2.0).abs() < 1e-12,
+            "{}",
+            e.adjusted()
+        );
+        // Ungrouped calls' squares count: (1 + 1 + 0.5) · 4/3 with four units.
+        let mut e = stratum(1.0, 1.0, &[1.0, 1.0], 0.6);
+        e.design[..2].copy_from_slice(&[0.2, 0.2]);
+        (e.single_sq, e.single_design_sq) = (0.5, 0.01);
+        assert!(
+            (e.adjusted() - 2.5 * 4.0 / 3.0).abs() < 1e-12,
+            "{}",
+            e.adjusted()
+        );
+        // Exactly two units: Σψ² · 2/1.
+        let mut e = stratum(1.0, 1.0, &[1.0, 1.0], 0.6);
+        e.design[..2].copy_from_slice(&[0.5, 0.5]);
+        assert!((e.adjusted() - 4.0).abs() < 1e-12, "{}", e.adjusted());
+        // Fewer than two units: three times the raw sum of squares.
+        let one = stratum(1.0, 1.0, &[2.0], 0.5);
+        assert!((one.adjusted() - 12.0).abs() < 1e-12, "{}", one.adjusted());
+        // No variation between units: nothing.
+        assert_eq!(stratum(1.0, 1.0, &[], 0.3).adjusted(), 0.0);
+    }
+
+    #[test]
     fn strata_are_combined_with_weights_inverse_to_their_variance() {
         // Two steps of a rollout: a noisy one (large group influences) and a precise one.
         let mut a = stratum(3.0, 2.0, &[1.5, -0.5, 1.0], 0.8);
