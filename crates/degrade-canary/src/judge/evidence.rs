@@ -594,6 +594,158 @@ mod tests {
         assert!((t_to_z(2.0, 200.0) - 2.0).abs() < 0.02);
     }
 
+    #[test]
+    fn erfc_matches_known_values_to_its_documented_precision() {
+        // erfc at these points (to 10 significant digits).
+        for (x, v) in [
+            (0.0, 1.0),
+            (0.1, 0.887_537_083_9),
+            (0.5, 0.479_500_122_2),
+            (1.0, 0.157_299_207_1),
+            (2.0, 0.004_677_734_981),
+            (3.0, 2.209_049_700e-5),
+            (5.0, 1.537_459_794e-12),
+            (-0.5, 1.520_499_877_8),
+            (-1.0, 1.842_700_792_9),
+            (-3.0, 1.999_977_909_5),
+        ] {
+            let e = erfc(x);
+            assert!(((e - v) / v).abs() < 1.2e-7, "erfc({x}) = {e}, not {v}");
+        }
+    }
+
+    #[test]
+    fn t_to_z_is_wallaces_approximation() {
+        let wallace = |t: f64, df: f64| {
+            t.signum() * (df * (t * t / df).ln_1p()).sqrt() * (8.0 * df + 1.0) / (8.0 * df + 3.0)
+        };
+        for (t, df) in [
+            (2.5, 5.0),
+            (-2.5, 5.0),
+            (0.7, 1.0),
+            (4.0, 30.0),
+            (-1.0, 1e6),
+        ] {
+            assert!(
+                (t_to_z(t, df) - wallace(t, df)).abs() < 1e-12,
+                "t {t} df {df}"
+            );
+        }
+        // Past a million degrees of freedom t is z; no degrees of freedom reads as 1e-3.
+        assert_eq!(t_to_z(2.0, 1.5e6), 2.0);
+        assert!((t_to_z(2.0, 0.0) - wallace(2.0, 1e-3)).abs() < 1e-12);
+        assert_eq!(t_to_z(0.0, 3.0), 0.0);
+    }
+
+    /// `Evidence::score` recomputed from its documentation: the one-sided z (the smaller in
+    /// the direction of the sum, of the cluster-robust t's normal score and the floor's z) and
+    /// `ln Λ` of the mixture SPRT, `Λ = Σ wₖ·2·(1+ρₖ)^(−½)·exp(z²ρₖ / (2(1+ρₖ)))·Φ(z·√(ρₖ/(1+ρₖ)))`
+    /// with `ρₖ = (τ·sₖ)² / V`, `V = max(q_adj, null_var) / W²`.
+    fn documented_score(e: &Evidence, tau: f64) -> (f64, f64) {
+        let q: f64 = e.psi.iter().map(|p| p * p).sum::<f64>() + e.single_sq;
+        let z_null = e.sum / e.null_var.sqrt();
+        let units = e.units();
+        let (z_cluster, q_adj) = if q <= 0.0 {
+            (z_null, 0.0)
+        } else if units > 1.0 {
+            let q_adj = q * units / (units - 1.0);
+            (t_to_z(e.sum / q_adj.sqrt(), units - 1.0), q_adj)
+        } else {
+            (0.0, q)
+        };
+        let z = if e.sum > 0.0 {
+            z_cluster.min(z_null)
+        } else {
+            z_cluster.max(z_null)
+        };
+        let v = q_adj.max(e.null_var) / (e.weight * e.weight);
+        let lambda: f64 = [
+            (0.5, 1.0),
+            (1.0 / 6.0, 4.0),
+            (1.0 / 6.0, 16.0),
+            (1.0 / 6.0, 64.0),
+        ]
+        .iter()
+        .map(|&(w, s)| {
+            let rho = (tau * s).powi(2) / v;
+            w * 2.0 / (1.0 + rho).sqrt()
+                * (z * z * rho / (2.0 * (1.0 + rho))).exp()
+                * normal_cdf(z * (rho / (1.0 + rho)).sqrt())
+        })
+        .sum();
+        (z, lambda.ln())
+    }
+
+    #[test]
+    fn the_score_is_the_documented_z_and_mixture_likelihood_ratio() {
+        let close = |(z, l): (f64, f64), (ez, el): (f64, f64), what: &str| {
+            assert!((z - ez).abs() < 1e-9, "{what}: z {z} vs {ez}");
+            assert!(
+                (l - el).abs() < 1e-9 * el.abs().max(1.0),
+                "{what}: ln Λ {l} vs {el}"
+            );
+        };
+        // A regression (sum > 0) seen by three units: the cluster t is the smaller score.
+        let e = stratum(2.0, 4.0, &[0.6, 0.5, 0.7], 0.9);
+        let s = e.score(0.1);
+        close(s, documented_score(&e, 0.1), "three units");
+        assert!(
+            s.0 < e.sum / e.null_var.sqrt(),
+            "the cluster t is the smaller here"
+        );
+        assert!(s.1 > 0.0);
+        // An improvement (sum < 0): the larger of the two (the one nearer zero).
+        let e = stratum(-2.0, 4.0, &[0.6, 0.5, 0.7], 0.9);
+        close(e.score(0.1), documented_score(&e, 0.1), "an improvement");
+        assert!(e.score(0.1).0 < 0.0);
+        // A single unit: the cluster says nothing (0), and the floor is not the smaller.
+        let e = stratum(2.0, 4.0, &[1.0], 0.9);
+        close(e.score(0.1), documented_score(&e, 0.1), "one unit");
+        assert_eq!(e.score(0.1).0, 0.0);
+        // No variation between units: the floor alone.
+        let e = stratum(2.0, 4.0, &[], 0.9);
+        close(e.score(0.1), documented_score(&e, 0.1), "the floor alone");
+        assert!((e.score(0.1).0 - 2.0 / 0.9f64.sqrt()).abs() < 1e-12);
+        // A larger scale and a larger weight move ln Λ as documented.
+        let e = stratum(3.0, 9.0, &[0.4, 0.9, 0.3, 0.2], 1.5);
+        for tau in [0.01, 0.1, 0.5] {
+            close(e.score(tau), documented_score(&e, tau), "a scale");
+        }
+        // Nothing to score without weight or without a floor.
+        assert_eq!(stratum(2.0, 0.0, &[1.0], 0.9).score(0.1), (0.0, 0.0));
+        assert_eq!(stratum(2.0, 1.0, &[1.0], 0.0).score(0.1), (0.0, 0.0));
+        // A zero scale carries no alternative: ln Λ 0.
+        let e = stratum(2.0, 4.0, &[0.6, 0.5, 0.7], 0.9);
+        assert_eq!(e.score(0.0).1, 0.0);
+    }
+
+    #[test]
+    fn a_windows_design_adds_each_calls_squared_weight_over_its_arms_total() {
+        let mut e = Evidence::new();
+        let mut ns: Counts = [0.0; GROUPS + 1];
+        let mut nc: Counts = [0.0; GROUPS + 1];
+        (ns[0], ns[1], ns[GROUPS]) = (10.0, 4.0, 6.0);
+        (nc[0], nc[2], nc[GROUPS]) = (3.0, 5.0, 2.0);
+        let mut cs: Caps = [1.0; GROUPS];
+        let mut cc: Caps = [1.0; GROUPS];
+        (cs[0], cc[0]) = (0.5, 0.8);
+        let (ds, dc) = (20.0, 10.0);
+        e.add_design(2.0, [&ns, &nc], &cs, &cc, ds, dc);
+        let group = |g: usize| {
+            2.0 * (cc[g].powi(2) * nc[g] / dc.powi(2) + cs[g].powi(2) * ns[g] / ds.powi(2))
+        };
+        for g in 0..3 {
+            assert!((e.design[g] - group(g)).abs() < 1e-12, "group {g}");
+        }
+        let single =
+            ns[GROUPS] * (2.0 / (ds * ds)).powi(2) + nc[GROUPS] * (2.0 / (dc * dc)).powi(2);
+        assert!((e.single_design_sq - single).abs() < 1e-15);
+        // A second window adds to the first.
+        e.add_design(2.0, [&ns, &nc], &cs, &cc, ds, dc);
+        assert!((e.design[0] - 2.0 * group(0)).abs() < 1e-12);
+        assert!((e.single_design_sq - 2.0 * single).abs() < 1e-15);
+    }
+
     /// `rank_effect` recomputed from its documentation: σ = (ln m(q3) − ln m(q1)) / 1.349 with
     /// m(b) a bucket's geometric middle (half the top of the first bucket, twice the bottom of
     /// the open last one), then Φ(ln ratio / (σ√2)) − ½.
