@@ -7,10 +7,10 @@
 //! builds outside a loom model.
 
 #[cfg(degrade_loom)]
-pub(crate) use loom::sync::{Mutex, MutexGuard};
-#[cfg(degrade_loom)]
 pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-#[cfg(not(degrade_loom))]
-pub(crate) use std::sync::{Mutex, MutexGuard};
+#[cfg(degrade_loom)]
+pub(crate) use loom::sync::{Mutex, MutexGuard};
 #[cfg(not(degrade_loom))]
 pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+#[cfg(not(degrade_loom))]
+pub(crate) use std::sync::{Mutex, MutexGuard};

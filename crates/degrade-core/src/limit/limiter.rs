@@ -1712,7 +1712,11 @@ mod loom_models {
                 Leave::Deadline => {
                     // Exactly one of: served with the slot, or withdrawn (counted once).
                     assert!(served ^ limited, "served {served}, limited {limited}");
-                    assert_eq!(expired, u64::from(limited), "counted expired once if refused");
+                    assert_eq!(
+                        expired,
+                        u64::from(limited),
+                        "counted expired once if refused"
+                    );
                 }
                 Leave::Dropped => assert_eq!(expired, 0, "a dropped waiter is not expired"),
             }
