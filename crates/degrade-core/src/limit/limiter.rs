@@ -1629,7 +1629,7 @@ mod loom_models {
     //! A queued waiter leaves (its deadline passed, or its future was dropped) while a
     //! completion on another thread releases the one slot and hands it on: the real
     //! [`Limiter`], its [`WaitQueue`] and its in-flight word, under loom's lock and atomics.
-    use super::{Entry, Fate, Limiter, Permit, Shared};
+    use super::{Entry, Fate, Limiter, Permit, Shared, Slot};
     use crate::limit::LimitConfig;
     use crate::priority::Priority;
     use crate::recycle::Pool;
@@ -1637,6 +1637,14 @@ mod loom_models {
     use loom::thread;
     use std::sync::Arc;
     use std::task::Waker;
+
+    /// `permit` without its timing: its release is what is modelled. A timed completion reads
+    /// the real clock and takes an atomic step or not by what it read (a window due, a new
+    /// longest latency), which loom cannot replay.
+    fn untimed(mut permit: Permit) -> Permit {
+        permit.slot = Slot::UNTIMED;
+        permit
+    }
 
     /// How the waiter leaves.
     #[derive(Clone, Copy)]
@@ -1657,6 +1665,8 @@ mod loom_models {
             initial: 1,
             min: 1,
             max: 1,
+            // Room for a second waiter (the request arriving meanwhile).
+            queue_size: 2.0,
             ..LimitConfig::default()
         };
         let limiter = Limiter::new_in(pool, config);
@@ -1664,9 +1674,11 @@ mod loom_models {
         limiter
             .queue_target_ns
             .store(3_600_000_000_000, Ordering::Relaxed);
-        let held = limiter
-            .try_acquire(Priority::Normal)
-            .expect("the one slot is free");
+        let held = untimed(
+            limiter
+                .try_acquire(Priority::Normal)
+                .expect("the one slot is free"),
+        );
         let Entry::Queued(ticket, _) = limiter.enter(Priority::Normal) else {
             panic!("the second request waits behind the first");
         };
@@ -1691,7 +1703,7 @@ mod loom_models {
                     match fate {
                         Fate::Granted => {
                             // Served with the slot it was handed, which it gives back.
-                            drop(limiter.granted_permit());
+                            drop(untimed(limiter.granted_permit()));
                             (true, false)
                         }
                         Fate::Expired | Fate::Evicted => (false, true),
@@ -1746,5 +1758,44 @@ mod loom_models {
     #[test]
     fn a_dropped_waiter_never_keeps_the_slot_it_was_granted() {
         withdraw_racing_a_grant(Leave::Dropped);
+    }
+
+    /// A third request arrives while the waiter leaves at its deadline and the slot is handed
+    /// on: it is admitted at once, or it queues and the slot reaches it once the others are
+    /// done. Never is a request left waiting behind a free slot (it would wait out its
+    /// deadline), nor two requests in the one slot.
+    #[test]
+    fn a_request_arriving_meanwhile_is_never_left_behind_a_free_slot() {
+        loom::model(|| {
+            let (limiter, held, ticket) = one_slot_and_a_waiter();
+            let completion = thread::spawn(move || drop(held));
+            let other = Arc::clone(&limiter);
+            let next = thread::spawn(move || match other.enter(Priority::Normal) {
+                Entry::Admitted(permit) => {
+                    drop(untimed(permit));
+                    None
+                }
+                Entry::Queued(ticket, _) => Some(ticket),
+                Entry::Refused => panic!("the queue has room for it"),
+            });
+            let fate = match limiter.poll_ticket(ticket, Waker::noop()) {
+                Some(fate) => fate,
+                None => limiter.withdraw(ticket, true).unwrap_or(Fate::Expired),
+            };
+            if fate == Fate::Granted {
+                drop(untimed(limiter.granted_permit()));
+            }
+            completion.join().unwrap();
+            if let Some(ticket) = next.join().unwrap() {
+                assert_eq!(
+                    limiter.poll_ticket(ticket, Waker::noop()),
+                    Some(Fate::Granted),
+                    "left waiting behind a free slot"
+                );
+                drop(untimed(limiter.granted_permit()));
+            }
+            assert_eq!(limiter.shared.in_flight.load(), (0, 0));
+            assert_eq!(limiter.lock_queue().len(), 0);
+        });
     }
 }
