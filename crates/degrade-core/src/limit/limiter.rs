@@ -28,11 +28,11 @@ use crate::clock::Clock;
 use crate::counter::ShardedCounter;
 use crate::priority::Priority;
 use crate::recycle::{Pool, Pooled, Recycle};
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
 use crossbeam_utils::CachePadded;
 use std::cell::Cell;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 use std::task::Waker;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -260,8 +260,9 @@ struct Shared {
     /// The slots threads keep while the limit has headroom (counted by `in_flight` too).
     leases: Leases,
     /// The limiter the state belongs to, to hand a freed slot to its waiters and to close a
-    /// window.
-    owner: Mutex<Weak<Limiter>>,
+    /// window. The standard mutex even under loom: it is held only to read or swap the
+    /// pointer, never across an atomic or another lock.
+    owner: std::sync::Mutex<Weak<Limiter>>,
     /// Fixed for the object's life: every time below is in signed nanoseconds from it
     /// ([`ns`](Self::ns)), so a new owner needs no origin of its own, even on a clock (paused
     /// tokio time in another runtime) that reads earlier than this.
@@ -291,13 +292,18 @@ static STATES: Pool<Shared> = Pool::new();
 static STATES: std::sync::LazyLock<Pool<Shared>> = std::sync::LazyLock::new(Pool::new);
 
 impl Shared {
-    /// A recycled state, or a new one (kept for the life of the process, and reused).
-    fn take(owner: Weak<Limiter>, clock: LimitClock) -> Pooled<Shared> {
+    /// A recycled state of `pool` (the limiters' [`STATES`]; a model's own under loom), or a
+    /// new one (kept for the life of the process, and reused).
+    fn take(
+        pool: &'static Pool<Shared>,
+        owner: Weak<Limiter>,
+        clock: LimitClock,
+    ) -> Pooled<Shared> {
         let now = clock.now();
-        let shared = STATES.take(|| Shared {
+        let shared = pool.take(|| Shared {
             in_flight: CachePadded::new(InFlight::new()),
             leases: Leases::default(),
-            owner: Mutex::new(Weak::new()),
+            owner: std::sync::Mutex::new(Weak::new()),
             anchor: now,
             clock: ClockCell::new(),
             half: AtomicU32::new(0),
@@ -573,6 +579,8 @@ pub(crate) struct Limiter {
     /// counts (which timed completions write).
     short: AtomicU32,
     counters: Counters,
+    /// Loom's mutexes under `--cfg degrade_loom` ([`crate::sync`]), so that the model of a
+    /// waiter withdrawing while a slot is handed on (`loom_models`) explores both locks.
     law: Mutex<Law>,
     queue: Mutex<WaitQueue<Option<Waker>>>,
     clock: LimitClock,
@@ -591,6 +599,12 @@ fn nanos(d: Duration) -> u64 {
 
 impl Limiter {
     pub(crate) fn new(config: LimitConfig) -> Arc<Self> {
+        Self::new_in(&STATES, config)
+    }
+
+    /// A limiter whose shared state comes from `pool`: [`STATES`], or a loom model's own pool
+    /// (a state made in one model execution must not be recycled into the next).
+    fn new_in(pool: &'static Pool<Shared>, config: LimitConfig) -> Arc<Self> {
         let law = Law::new(config.clone());
         // Slots are held by futures until they read their fate, so twice the largest queue.
         let capacity = (queue_bound(&config, config.max) as usize)
@@ -598,7 +612,7 @@ impl Limiter {
             .clamp(2, 2 * MAX_WAITING);
         let clock = limit_clock();
         Arc::new_cyclic(|owner| {
-            let shared = Shared::take(owner.clone(), clock);
+            let shared = Shared::take(pool, owner.clone(), clock);
             Self::with_shared(shared, config, law, capacity, clock)
         })
     }
@@ -628,11 +642,11 @@ impl Limiter {
         limiter
     }
 
-    fn lock_law(&self) -> std::sync::MutexGuard<'_, Law> {
+    fn lock_law(&self) -> MutexGuard<'_, Law> {
         self.law.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn lock_queue(&self) -> std::sync::MutexGuard<'_, WaitQueue<Option<Waker>>> {
+    fn lock_queue(&self) -> MutexGuard<'_, WaitQueue<Option<Waker>>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -1604,6 +1618,184 @@ mod tests {
                 assert_eq!(limiter.shared.leases.kept(), 0, "nothing kept under 16");
                 assert_eq!(limiter.shared.in_flight.load(), (0, 0));
             }
+        });
+    }
+}
+
+#[cfg(all(test, degrade_loom))]
+mod loom_models {
+    //! `RUSTFLAGS="--cfg degrade_loom" cargo test -p degrade-core --release --lib loom_models`
+    //!
+    //! A queued waiter leaves (its deadline passed, or its future was dropped) while a
+    //! completion on another thread releases the one slot and hands it on: the real
+    //! [`Limiter`], its [`WaitQueue`] and its in-flight word, under loom's lock and atomics.
+    use super::{Entry, Fate, Limiter, Permit, Shared, Slot};
+    use crate::limit::LimitConfig;
+    use crate::priority::Priority;
+    use crate::recycle::Pool;
+    use crate::sync::Ordering;
+    use loom::thread;
+    use std::sync::Arc;
+    use std::task::Waker;
+
+    /// `permit` without its timing: its release is what is modelled. A timed completion reads
+    /// the real clock and takes an atomic step or not by what it read (a window due, a new
+    /// longest latency), which loom cannot replay.
+    fn untimed(mut permit: Permit) -> Permit {
+        permit.slot = Slot::UNTIMED;
+        permit
+    }
+
+    /// How the waiter leaves.
+    #[derive(Clone, Copy)]
+    enum Leave {
+        /// Its deadline passed: the future reads its fate, then withdraws counting it expired.
+        Deadline,
+        /// Its future is dropped: it withdraws, and gives back a slot granted meanwhile.
+        Dropped,
+    }
+
+    /// A limit of one slot, held by a request, and one waiter queued behind it. The queue's
+    /// target is an hour, so no expiry pass refuses the waiter while the model runs: only its
+    /// own withdrawal and the grant decide.
+    fn one_slot_and_a_waiter() -> (Arc<Limiter>, Permit, super::Ticket) {
+        // A pool per execution: a state made with one execution's atomics is never reused.
+        let pool: &'static Pool<Shared> = Box::leak(Box::new(Pool::new()));
+        let config = LimitConfig {
+            initial: 1,
+            min: 1,
+            max: 1,
+            // Room for a second waiter (the request arriving meanwhile).
+            queue_size: 2.0,
+            ..LimitConfig::default()
+        };
+        let limiter = Limiter::new_in(pool, config);
+        // As if a baseline were learnt: requests may wait.
+        limiter
+            .queue_target_ns
+            .store(3_600_000_000_000, Ordering::Relaxed);
+        let held = untimed(
+            limiter
+                .try_acquire(Priority::Normal)
+                .expect("the one slot is free"),
+        );
+        let Entry::Queued(ticket, _) = limiter.enter(Priority::Normal) else {
+            panic!("the second request waits behind the first");
+        };
+        assert_eq!(limiter.shared.in_flight.load(), (1, 1));
+        (limiter, held, ticket)
+    }
+
+    fn withdraw_racing_a_grant(leave: Leave) {
+        loom::model(move || {
+            let (limiter, held, ticket) = one_slot_and_a_waiter();
+            // The request in flight completes on another thread: its release sees the
+            // waiter and hands the slot on under the queue's lock.
+            let completion = thread::spawn(move || drop(held));
+
+            let (served, limited) = match leave {
+                Leave::Deadline => {
+                    // As `Core::poll_other` does at the deadline.
+                    let fate = match limiter.poll_ticket(ticket, Waker::noop()) {
+                        Some(fate) => fate,
+                        None => limiter.withdraw(ticket, true).unwrap_or(Fate::Expired),
+                    };
+                    match fate {
+                        Fate::Granted => {
+                            // Served with the slot it was handed, which it gives back.
+                            drop(untimed(limiter.granted_permit()));
+                            (true, false)
+                        }
+                        Fate::Expired | Fate::Evicted => (false, true),
+                    }
+                }
+                Leave::Dropped => {
+                    // As `Wait::drop` does.
+                    if limiter.withdraw(ticket, false) == Some(Fate::Granted) {
+                        limiter.release();
+                    }
+                    (false, false)
+                }
+            };
+            completion.join().unwrap();
+
+            let expired = limiter.counters.expired.load(Ordering::Relaxed);
+            match leave {
+                Leave::Deadline => {
+                    // Exactly one of: served with the slot, or withdrawn (counted once).
+                    assert!(served ^ limited, "served {served}, limited {limited}");
+                    assert_eq!(
+                        expired,
+                        u64::from(limited),
+                        "counted expired once if refused"
+                    );
+                }
+                Leave::Dropped => assert_eq!(expired, 0, "a dropped waiter is not expired"),
+            }
+            assert_eq!(
+                limiter.shared.in_flight.load(),
+                (0, 0),
+                "no waiter left, no slot held"
+            );
+            assert_eq!(limiter.lock_queue().len(), 0);
+            // The slot is free for the next request, at once.
+            let next = limiter.try_acquire(Priority::Normal);
+            assert!(next.is_some(), "the slot stayed free for the next");
+            drop(next);
+            assert_eq!(limiter.shared.in_flight.load(), (0, 0));
+        });
+    }
+
+    /// The waiter's deadline passes while the slot is released and granted: it is either
+    /// served with that slot or refused (counted expired once) with the slot left free.
+    #[test]
+    fn a_waiter_withdrawn_at_its_deadline_is_served_or_refused_once() {
+        withdraw_racing_a_grant(Leave::Deadline);
+    }
+
+    /// The waiter's future is dropped while the slot is released and granted: a slot handed
+    /// to it is given back, so nothing stays in flight and the next request is admitted.
+    #[test]
+    fn a_dropped_waiter_never_keeps_the_slot_it_was_granted() {
+        withdraw_racing_a_grant(Leave::Dropped);
+    }
+
+    /// A third request arrives while the waiter leaves at its deadline and the slot is handed
+    /// on: it is admitted at once, or it queues and the slot reaches it once the others are
+    /// done. Never is a request left waiting behind a free slot (it would wait out its
+    /// deadline), nor two requests in the one slot.
+    #[test]
+    fn a_request_arriving_meanwhile_is_never_left_behind_a_free_slot() {
+        loom::model(|| {
+            let (limiter, held, ticket) = one_slot_and_a_waiter();
+            let completion = thread::spawn(move || drop(held));
+            let other = Arc::clone(&limiter);
+            let next = thread::spawn(move || match other.enter(Priority::Normal) {
+                Entry::Admitted(permit) => {
+                    drop(untimed(permit));
+                    None
+                }
+                Entry::Queued(ticket, _) => Some(ticket),
+                Entry::Refused => panic!("the queue has room for it"),
+            });
+            let fate = match limiter.poll_ticket(ticket, Waker::noop()) {
+                Some(fate) => fate,
+                None => limiter.withdraw(ticket, true).unwrap_or(Fate::Expired),
+            };
+            if fate == Fate::Granted {
+                drop(untimed(limiter.granted_permit()));
+            }
+            completion.join().unwrap();
+            if let Some(ticket) = next.join().unwrap() {
+                assert_eq!(
+                    limiter.poll_ticket(ticket, Waker::noop()),
+                    Some(Fate::Granted),
+                    "left waiting behind a free slot"
+                );
+                drop(untimed(limiter.granted_permit()));
+            }
+            assert_eq!(limiter.shared.in_flight.load(), (0, 0));
+            assert_eq!(limiter.lock_queue().len(), 0);
         });
     }
 }

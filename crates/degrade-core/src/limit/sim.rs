@@ -2019,8 +2019,12 @@ mod recovery_tests {
 mod onset_tests {
     use super::*;
 
-    /// The overload bench's `critical-only` at 1.5x: when the slowest 1 % of its phase were
-    /// sent, and the law's windows around the onset (`SIM_TRACE`).
+    /// The overload bench's `critical-only` (0.5x, then 1.5x and 3x of critical requests
+    /// alone) on several backends and seeds: the 1.5x p99 over the unloaded p99, split into
+    /// the requests sent in the first half second of the overload (the onset) and after it,
+    /// the 3x p99, critical goodput, and a fixed limit of twice the slots (tower's
+    /// `ConcurrencyLimit` + `LoadShed` as the bench configures it) for reference. `SIM_SEEDS`
+    /// (`1-6`), `SIM_FILTER` (a backend's name), `SIM_TRACE` (the law's windows).
     #[test]
     #[ignore = "exploration: prints the onset of critical-only overload"]
     fn critical_onset() {
@@ -2032,45 +2036,89 @@ mod onset_tests {
                 Some((a.parse().ok()?..=b.parse().ok()?).collect())
             })
             .unwrap_or_else(|| (1..=6).collect());
-        let (mut worst, mut sum) = (0.0f64, 0.0);
-        for &seed in &seeds {
-            let ph = |secs, load| Phase {
-                secs,
-                load,
-                speed: 1.0,
-            };
-            let r = run(&Setup {
-                backend: Backend::slots(8, 0.04, 0.0),
-                clients: Clients::Open,
-                phases: vec![ph(3.0, 0.5), ph(3.0, 1.5), ph(3.0, 3.0)],
-                guard: Guard::Adaptive(LimitConfig::default()),
-                mix: [0.0, 0.0, 0.0, 0.0, 1.0],
-                seed,
-            });
-            let unloaded = r.phases[0].p99();
-            let p99 = r.phases[1].p99();
-            let slow: Vec<f64> = r
-                .answers
-                .iter()
-                .filter(|a| a.1 && (3.0..6.0).contains(&a.0) && a.2 >= p99)
-                .map(|a| a.0)
-                .collect();
-            println!(
-                "seed {seed}: 1.5x p99 {:.1} ms = {:.2}x; 3x {:.2}x; slowest 1 % sent at {:?}",
-                p99 * 1e3,
-                p99 / unloaded,
-                r.phases[2].p99() / unloaded,
-                slow.iter()
-                    .map(|t| (t * 100.0).round() / 100.0)
-                    .collect::<Vec<_>>()
-            );
-            worst = worst.max(p99 / unloaded);
-            sum += p99 / unloaded;
+        let filter = std::env::var("SIM_FILTER").unwrap_or_default();
+        let backends = [
+            ("slots 8x40ms", Backend::slots(8, 0.04, 0.0)),
+            ("slots 8x40ms s0.5", Backend::slots(8, 0.04, 0.5)),
+            ("slots 8x40ms noisy", Backend::slots(8, 0.04, 0.0).noisy()),
+            ("slots 4x100ms s0.3", Backend::slots(4, 0.1, 0.3)),
+            ("slots 64x5ms s0.5", Backend::slots(64, 0.005, 0.5)),
+            ("cpu 2x10ms s0.3", Backend::cpu(2, 0.01, 0.3)),
+            ("cpu 8x40ms", Backend::cpu(8, 0.04, 0.0)),
+        ];
+        for (name, b) in backends {
+            if !name.contains(&filter) {
+                continue;
+            }
+            let step = (b.median * 75.0).max(3.0);
+            let guards = [
+                ("adaptive", Guard::Adaptive(LimitConfig::default())),
+                ("fixed 2k", Guard::Fixed(2 * b.servers() as u32)),
+            ];
+            for (guard_name, guard) in guards {
+                let (mut worst, mut sum, mut onset_sum, mut after_sum, mut g) =
+                    (0.0f64, 0.0, 0.0, 0.0, f64::INFINITY);
+                let mut high = 0.0f64;
+                for &seed in &seeds {
+                    let ph = |secs, load| Phase {
+                        secs,
+                        load,
+                        speed: 1.0,
+                    };
+                    let r = run(&Setup {
+                        backend: b,
+                        clients: Clients::Open,
+                        phases: vec![ph(step, 0.5), ph(step, 1.5), ph(step, 3.0)],
+                        guard: guard.clone(),
+                        mix: [0.0, 0.0, 0.0, 0.0, 1.0],
+                        seed,
+                    });
+                    let unloaded = r.phases[0].p99();
+                    let sent = |from: f64, to: f64| {
+                        let v: Vec<f64> = r
+                            .answers
+                            .iter()
+                            .filter(|a| a.1 && (from..to).contains(&a.0))
+                            .map(|a| a.2)
+                            .collect();
+                        quantile(&v, 0.99) / unloaded
+                    };
+                    let p99 = r.phases[1].p99() / unloaded;
+                    let onset = sent(step, step + 0.5);
+                    let after = sent(step + 0.5, 2.0 * step);
+                    if TRACE.with(|t| t.get()) {
+                        // When the slowest 1 % of the 1.5x phase were sent.
+                        let slow: Vec<f64> = r
+                            .answers
+                            .iter()
+                            .filter(|a| {
+                                a.1 && (step..2.0 * step).contains(&a.0) && a.2 >= r.phases[1].p99()
+                            })
+                            .map(|a| ((a.0 - step) * 100.0).round() / 100.0)
+                            .collect();
+                        println!(
+                            "{name} {guard_name} seed {seed}: 1.5x p99 {p99:.2}x (onset {onset:.2}x, after {after:.2}x), 3x {:.2}x, goodput {:.1} / {:.1} %, slowest 1 % sent {slow:?} s into 1.5x",
+                            r.phases[2].p99() / unloaded,
+                            r.goodput_percent(1),
+                            r.goodput_percent(2)
+                        );
+                    }
+                    worst = worst.max(p99);
+                    sum += p99;
+                    onset_sum += onset;
+                    after_sum += after;
+                    high = high.max(r.phases[2].p99() / unloaded);
+                    g = g.min(r.goodput_percent(1)).min(r.goodput_percent(2));
+                }
+                let n = seeds.len() as f64;
+                println!(
+                    "{name:<20} {guard_name:<8} 1.5x p99 worst {worst:.2}x mean {:.2}x (onset {:.2}x, after {:.2}x) | 3x worst {high:.2}x | goodput min {g:.1} %",
+                    sum / n,
+                    onset_sum / n,
+                    after_sum / n,
+                );
+            }
         }
-        println!(
-            "critical onset 1.5x p99 over unloaded: worst {worst:.2}x mean {:.2}x",
-            sum / seeds.len() as f64
-        );
     }
 }
 
