@@ -34,7 +34,11 @@
 //!   (min = max = 16, as `min_of_reps admit-threads-default` runs it). At stop 28 (quiet Intel
 //!   Xeon guest) they differed: the default 19.4 → 23.8 ns a call on two threads (0.81×), the
 //!   held limit 31.0 → 17.5 ns (1.77×), the default's limit staying at 16 with nothing refused:
-//!   what the law's machinery adds on two threads is not diagnosed yet.
+//!   at stop 29 that was found to be the host, not the layer: on a 2-vCPU guest two
+//!   threads sometimes get two cores and sometimes not, for seconds at a time, and criterion
+//!   times one member's samples after another's. `min_of_reps admit-threads-adaptive
+//!   threads-control` alternates 1 and 2 threads in every repetition: 1.51–1.74× for the
+//!   default, beside 1.77–1.88× for a service that shares nothing (BENCHMARKS.md).
 //! * `clock`: the cost of reading the time: degrade's `TokioClock::now` and the opt-in
 //!   `FastClock::now` (feature `fast-clock`, quanta's TSC mapped onto a tokio instant) next to
 //!   `std::time::Instant::now`, `tokio::time::Instant::now` and quanta's own `Clock::now` and

@@ -36,7 +36,12 @@
 //! second thread's request then waits, which the harness cannot. `admit-threads-rarely-timed`
 //! is the same with one request in 65,536 timed (the window's atomics are shared);
 //! `admit-threads-default` the same at the default layer's limit of 16 (its initial limit,
-//! held), where the criterion `admission-2-threads` member runs.
+//! held), where the criterion `admission-2-threads` member runs. `admit-threads-adaptive` is
+//! the default layer itself, its limit adapting (it stays at 16: nothing queues), and
+//! `threads-control` a service that shares nothing between threads — the most a second
+//! thread gives on this machine at that moment. Every threaded member alternates one and two
+//! threads within each repetition ([`report_threads`]): on a guest whose vCPUs are two cores
+//! at some moments and less at others, the two counts then meet the same host.
 
 use degrade_benches::{Req, call_now, inner, min_ns_per_call};
 use degrade_breaker::{BreakerConfig, BreakerLayer};
@@ -88,6 +93,35 @@ fn min_ns<S: Service<Req>>(svc: &mut S) -> f64 {
     min_ns_per_call(calls, repetitions, || {
         let _ = black_box(call_now(svc, black_box(1)));
     })
+}
+
+/// One member's line: its name and time per call.
+fn report(name: &str, ns: f64) {
+    println!("{name:<20} {ns:>8.2} ns");
+}
+
+/// `svc` shared by one and by two threads ([`degrade_benches::contended`], wall time per call),
+/// the two alternating within every repetition so that both meet the same moments of the host:
+/// on a guest whose two vCPUs are sometimes two cores and sometimes less, timing all of one
+/// then all of the other compares two different machines. Prints each one's fastest
+/// repetition and the ratio (the second thread's gain).
+fn report_threads<S>(prefix: &str, svc: &S)
+where
+    S: Service<Req> + Clone + Send,
+{
+    let mut best = [f64::INFINITY; 2];
+    for _ in 0..REPETITIONS {
+        for (threads, best) in [1, 2].into_iter().zip(best.iter_mut()) {
+            let t = degrade_benches::contended(svc, threads, u64::from(CALLS));
+            *best = best.min(t.as_secs_f64() * 1e9 / f64::from(CALLS));
+        }
+    }
+    report(&format!("{prefix}-1-thread"), best[0]);
+    report(&format!("{prefix}-2-thread"), best[1]);
+    println!(
+        "{prefix}: two threads give {:.2}x one thread's throughput",
+        best[0] / best[1]
+    );
 }
 
 /// Leaves `svc` as a `CanaryController` leaves its router under heavy traffic: a controller
@@ -143,7 +177,6 @@ fn main() {
             .build()
             .expect("the default layer is valid")
     };
-    let report = |name: &str, ns: f64| println!("{name:<20} {ns:>8.2} ns");
 
     if on("baseline") {
         report("baseline", min_ns(&mut inner()));
@@ -334,15 +367,7 @@ fn main() {
             .build()
             .expect("valid breaker")
             .layer(inner());
-        for threads in [1, 2] {
-            let ns = (0..REPETITIONS)
-                .map(|_| {
-                    let t = degrade_benches::contended(&svc, threads, u64::from(CALLS));
-                    t.as_secs_f64() * 1e9 / f64::from(CALLS)
-                })
-                .fold(f64::INFINITY, f64::min);
-            report(&format!("breaker-{threads}-thread"), ns);
-        }
+        report_threads("breaker", &svc);
     }
     // `admit-threads-rarely-timed`: the same with one request in 65,536 timed (the most
     // `timing_every` allows), to separate the in-flight accounting from the timed requests'
@@ -375,15 +400,29 @@ fn main() {
             .build()
             .expect("a fixed limit is valid")
             .layer(inner());
-        for threads in [1, 2] {
-            let ns = (0..REPETITIONS)
-                .map(|_| {
-                    let t = degrade_benches::contended(&svc, threads, u64::from(CALLS));
-                    t.as_secs_f64() * 1e9 / f64::from(CALLS)
-                })
-                .fold(f64::INFINITY, f64::min);
-            report(&format!("{prefix}-{threads}-thread"), ns);
-        }
+        report_threads(prefix, &svc);
+    }
+    // `admit-threads-adaptive`: the default layer itself, its limit adapting (it stays at its
+    // initial 16: the inner service answers at once and nothing queues).
+    if wanted.iter().any(|w| w == "admit-threads-adaptive") {
+        let svc = DegradeLayer::builder(controller.handle())
+            .build()
+            .expect("the default layer is valid")
+            .layer(inner());
+        report_threads("admit-adaptive", &svc);
+    }
+    // `threads-control`: a service that shares nothing between threads (a few nanoseconds of
+    // arithmetic per call), timed as the members above: the most a second thread can give on
+    // this machine at this moment, through this harness.
+    if wanted.iter().any(|w| w == "threads-control") {
+        let svc = tower::service_fn(|r: Req| {
+            let mut x = r;
+            for _ in 0..black_box(60u32) {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            }
+            ready(Ok::<_, BoxError>(x))
+        });
+        report_threads("control", &svc);
     }
     if on("downstream-baseline") {
         report("downstream-baseline", min_ns(&mut rejecting()));
