@@ -15,7 +15,9 @@
 //! further in, i.e. the inner service returns a boxed `Shed`) and `downstream-baseline` (that
 //! inner service alone), `full-stack` (`DegradeLayer` → rate limit → breaker → canary at
 //! 10 %, every layer on its admit path and its default clock, as `degrade/admit` in the
-//! `full-stack` criterion group), `full-stack-tokio-clock` (the same with `TokioClock` in every
+//! `full-stack` criterion group), `full-stack-judged` (the same stack with the canary as a release runs it: its controller
+//! has read heavy traffic, so each thread times 1 call in 16 of each arm),
+//! `full-stack-tokio-clock` (the same with `TokioClock` in every
 //! layer that takes a clock; the `DegradeLayer`'s limiter keeps its default), `peers-full-stack` (the peers' composition of that group: `LoadShed` +
 //! `ConcurrencyLimit` + governor + failsafe + `Steer`), `full-stack-observed` and
 //! `full-stack-observed-tokio-clock` (the `full-stack` member under an `ObserveLayer` timing
@@ -225,6 +227,22 @@ fn main() {
                     .expect("valid canary"),
             );
         report("full-stack", min_ns(&mut svc));
+    }
+    if on("full-stack-judged") {
+        // The same stack as a canary release runs it: its `CanaryController` has read heavy
+        // traffic on both arms, so each thread times 1 call in 16 of each arm (the
+        // `canary-judged` member) instead of every call.
+        let mut canary = Canary::builder(inner(), inner())
+            .weight(Weight::new(1_000).expect("10 %"))
+            .build()
+            .expect("valid canary");
+        let _controller = judge_heavy_traffic(&mut canary);
+        let mut svc = tower::ServiceBuilder::new()
+            .layer(adaptive())
+            .layer(RateLimitLayer::new(open_rate()).expect("valid rate limit"))
+            .layer(BreakerLayer::new(BreakerConfig::default()).expect("valid breaker"))
+            .service(canary);
+        report("full-stack-judged", min_ns(&mut svc));
     }
     if on("full-stack-tokio-clock") {
         // The same with `TokioClock` in every layer (the criterion group's
