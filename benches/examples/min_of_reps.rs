@@ -28,7 +28,8 @@
 //! here, outside any runtime — and on [`degrade_benches::FrozenClock`], every call timed: no latency signal reads it),
 //! `observe-monitored` (the same with a latency signal sampled once after 20,000 calls, as the
 //! `Monitor` does: from then on a thread times 1 call in 16), `canary` and `canary-frozen-clock` (the canary split at
-//! 10 %, unkeyed, every call timed: no controller reads it), `canary-judged` (the same after a
+//! 10 %, unkeyed, no controller: each thread times its first 65,536 calls of each arm, then 1
+//! in 16 — so the repetitions time 1 in 16), `canary-judged` (the same after a
 //! `CanaryController` read a window of 200,000 calls: from then on a thread times 1 call in 16
 //! of each arm) and `breaker` (the default breaker, closed). With no argument, all of them.
 //! `breaker-threads` times the default breaker shared by 1 and by 2 threads, as below. `admit-threads` times the default layer shared by 1 and by 2

@@ -104,8 +104,10 @@ pub(crate) struct Book {
     stats: Pooled<Stats>,
     /// Which calls are timed: each thread times 1 in `every` of its own calls *of each arm*
     /// (the arm's `ROUTED` slot is the sequence), the same `every` for both arms, set by the
-    /// controller from the judge's windows ([`CanaryHandle::window_saw`]); every call until
-    /// then. Every count stays exact whatever it says.
+    /// controller from the judge's windows ([`CanaryHandle::window_saw`]); every call from the
+    /// controller's construction until then, and each thread's first 65,536 calls of each arm
+    /// and 1 in 16 after them while no controller reads. Every count stays exact whatever it
+    /// says.
     timing: TimingSampler,
 }
 
@@ -577,7 +579,7 @@ impl<S, C, K, O, Cl, M, Clk> CanaryBuilder<S, C, K, O, Cl, M, Clk> {
                 stats: Stats::take(),
                 timing: self
                     .fixed_timing
-                    .map_or_else(TimingSampler::new, TimingSampler::fixed),
+                    .map_or_else(TimingSampler::warm, TimingSampler::fixed),
             }),
             classifier: Held::new(self.classifier),
             clock: self.clock,

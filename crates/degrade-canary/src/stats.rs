@@ -18,11 +18,13 @@
 //! # Exact counts, sampled latencies
 //!
 //! Every count (routed, forced, outcomes, cancelled, each group's calls and failures) is
-//! exact. Latencies are those of the *timed* calls: all of them until a
-//! [`CanaryController`](crate::CanaryController)'s judge reads heavy traffic on both arms;
-//! then each thread times 1 in `n ≤ 16` of its own calls of each arm (degrade-core's
-//! `TimingSampler`, the same `n` for both arms), keeping per window at least the timed calls
-//! the judge's latency test needs. An untimed call reads no clock.
+//! exact. Latencies are those of the *timed* calls: once a
+//! [`CanaryController`](crate::CanaryController) is built, all of them until its judge reads
+//! heavy traffic on both arms; then each thread times 1 in `n ≤ 16` of its own calls of each
+//! arm (degrade-core's `TimingSampler`, the same `n` for both arms), keeping per window at
+//! least the timed calls the judge's latency test needs. A router no controller reads times
+//! each thread's first 65,536 calls of each arm and 1 in 16 after them. An untimed call reads
+//! no clock.
 //!
 //! [`Classifier`]: degrade_core::Classifier
 

@@ -206,6 +206,63 @@ fn counts_stay_exact_under_heavy_multi_thread_traffic_while_most_calls_go_untime
     );
 }
 
+/// A router no controller reads (a weighted split read only by snapshots): each thread times
+/// its first 65,536 calls of each arm and 1 in 16 after them, reading no clock for the others;
+/// every count stays exact; building a controller makes every call timed again.
+#[test]
+fn a_router_no_controller_reads_samples_its_heavy_traffic_until_one_is_built() {
+    use degrade_core::counter::TimingSampler;
+    let clock = CountingClock::new(ManualClock::new());
+    let router = Canary::builder(backend(), backend())
+        .key(from_fn(|r: &Req| Some(r.user)))
+        .weight(degrade_canary::Weight::new(0).unwrap())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut svc = router.clone();
+    let warm = TimingSampler::UNREAD_CALLS;
+    // On a thread of its own: its calls are the only ones in its row of the router's counters.
+    let calls = warm + 16_000;
+    let (snap, reads) = std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..calls {
+                let _ = call(&mut svc, req(i));
+            }
+            (router.snapshot(), clock.reads())
+        })
+        .join()
+        .unwrap()
+    });
+    // Every call on stable (weight 0): the first 65,536 timed, then 1 in 16.
+    assert_eq!(snap.stable.routed, calls);
+    assert_eq!(snap.stable.samples(), calls, "every outcome counted");
+    let timed = warm + 16_000 / 16;
+    assert_eq!(snap.stable.latency.count(), timed);
+    assert_eq!(reads, 2 * timed, "an untimed call reads no clock");
+
+    // A controller built now reads a quiet window: every call timed from then on.
+    let _controller = CanaryController::builder(one_step(10.0), router.handle())
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let mut svc = router.clone();
+    let before = router.snapshot();
+    let d = std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..(warm + 1_000) {
+                let _ = call(&mut svc, req(i));
+            }
+            router.snapshot().since(&before)
+        })
+        .join()
+        .unwrap()
+    });
+    for arm in [&d.stable, &d.canary] {
+        assert_eq!(arm.latency.count(), arm.samples());
+    }
+    assert_eq!(d.stable.routed + d.canary.routed, warm + 1_000);
+}
+
 #[test]
 fn a_canary_with_few_calls_keeps_every_call_timed_on_both_arms() {
     let router = Canary::builder(backend(), backend())

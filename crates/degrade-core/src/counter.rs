@@ -294,9 +294,16 @@ impl<const N: usize> fmt::Debug for ShardedCounter<N> {
 /// it reads its window, how many calls the window saw (exact) and how many timed calls it
 /// needs per window ([`window_saw`](Self::window_saw)): `every` becomes the largest power of
 /// two up to 16 that still leaves that many timed calls in such a window. A quiet window sets
-/// it back to 1. Until someone reads, every call is timed; [`every_call`](Self::every_call)
-/// makes a sampler that always times every call (for a classification that needs every
-/// latency, such as a slow-call threshold).
+/// it back to 1. [`every_call`](Self::every_call) makes a sampler that always times every
+/// call (for a classification that needs every latency, such as a slow-call threshold).
+///
+/// Until someone reads, a [`new`](Self::new) sampler times every call; a
+/// [`warm`](Self::warm) one times each thread's first [`UNREAD_CALLS`](Self::UNREAD_CALLS)
+/// (65,536) calls and then 1 in [`MAX_EVERY`](Self::MAX_EVERY), so that a layer whose
+/// latencies may never be read (a canary split with no controller) stops paying two clock
+/// reads per call once traffic is heavy, while a light-traffic one (a test, a quiet service)
+/// keeps every latency. A reader's first read sets the rate from then on (a canary controller
+/// reads a window of 0 calls when it is built: every call timed).
 ///
 /// With several readers the one that needs the most timing wins: a reader may lower `every`,
 /// and raise it only when it set the current value itself or nobody has, so a long window's
@@ -333,6 +340,10 @@ pub struct TimingSampler {
 /// The bits of `TimingSampler::word` that hold the mask.
 const MASK_BITS: u64 = 0xFF;
 
+/// `TimingSampler::word` of a [`TimingSampler::warm`] sampler before any reader has read (no
+/// reader id with a mask of at most 15 is all ones).
+const UNREAD: u64 = u64::MAX;
+
 impl TimingSampler {
     /// The most calls per timed call.
     ///
@@ -344,15 +355,48 @@ impl TimingSampler {
     /// ```
     pub const MAX_EVERY: u64 = 16;
 
+    /// The calls each thread of a [`warm`](Self::warm) sampler times before sampling 1 in
+    /// [`MAX_EVERY`](Self::MAX_EVERY), while no reader has read.
+    ///
+    /// ```
+    /// # use degrade_core::counter::TimingSampler;
+    /// let s = TimingSampler::warm();
+    /// let n = TimingSampler::UNREAD_CALLS;
+    /// assert!((0..n).all(|seq| s.is_timed(seq)));
+    /// assert_eq!((n..n + 64).filter(|&seq| s.is_timed(seq)).count(), 4);
+    /// ```
+    pub const UNREAD_CALLS: u64 = 1 << 16;
+
     /// A sampler that times every call until a reader says otherwise.
     ///
     /// ```
     /// # use degrade_core::counter::TimingSampler;
-    /// assert_eq!(TimingSampler::new().every(), 1);
+    /// let s = TimingSampler::new();
+    /// assert_eq!(s.every(), 1);
+    /// assert!(s.is_timed(TimingSampler::UNREAD_CALLS + 1));
     /// ```
     pub const fn new() -> Self {
         Self {
             word: StdAtomicU64::new(0),
+            fixed: false,
+        }
+    }
+
+    /// A sampler that times each thread's first [`UNREAD_CALLS`](Self::UNREAD_CALLS) calls
+    /// and 1 in [`MAX_EVERY`](Self::MAX_EVERY) after them, until a reader says otherwise: for
+    /// a layer whose latencies may never be read.
+    ///
+    /// ```
+    /// # use degrade_core::counter::TimingSampler;
+    /// let s = TimingSampler::warm();
+    /// assert_eq!(s.every(), 1); // as long as each thread's calls are the first 65,536
+    /// assert!(s.is_timed(1) && !s.is_timed(TimingSampler::UNREAD_CALLS + 1));
+    /// s.window_saw(TimingSampler::new_reader(), 0, 1); // a reader's quiet window
+    /// assert!(s.is_timed(TimingSampler::UNREAD_CALLS + 1));
+    /// ```
+    pub const fn warm() -> Self {
+        Self {
+            word: StdAtomicU64::new(UNREAD),
             fixed: false,
         }
     }
@@ -414,7 +458,9 @@ impl TimingSampler {
     }
 
     /// Whether to time the call that is the calling thread's `seq`-th (from 0): one in
-    /// [`every`](Self::every). A relaxed load and a mask.
+    /// [`every`](Self::every) (for a [`warm`](Self::warm) sampler no reader has read yet: the
+    /// first [`UNREAD_CALLS`](Self::UNREAD_CALLS), then 1 in [`MAX_EVERY`](Self::MAX_EVERY)).
+    /// A relaxed load, a comparison and a mask.
     ///
     /// ```
     /// # use degrade_core::counter::TimingSampler;
@@ -425,10 +471,15 @@ impl TimingSampler {
     /// ```
     #[inline]
     pub fn is_timed(&self, seq: u64) -> bool {
-        seq & self.word.load(Ordering::Relaxed) & MASK_BITS == 0
+        match self.word.load(Ordering::Relaxed) {
+            UNREAD => seq < Self::UNREAD_CALLS || seq & (Self::MAX_EVERY - 1) == 0,
+            word => seq & word & MASK_BITS == 0,
+        }
     }
 
-    /// Calls per timed call now: a power of two from 1 to [`MAX_EVERY`](Self::MAX_EVERY).
+    /// Calls per timed call now: a power of two from 1 to [`MAX_EVERY`](Self::MAX_EVERY) (1 for
+    /// a [`warm`](Self::warm) sampler no reader has read yet: true of each thread's first
+    /// [`UNREAD_CALLS`](Self::UNREAD_CALLS) calls, see [`is_timed`](Self::is_timed)).
     ///
     /// ```
     /// # use degrade_core::counter::TimingSampler;
@@ -437,7 +488,10 @@ impl TimingSampler {
     /// assert_eq!(s.every(), 4); // 7.999 calls per needed timed call: 4, the power of two below
     /// ```
     pub fn every(&self) -> u64 {
-        (self.word.load(Ordering::Relaxed) & MASK_BITS) + 1
+        match self.word.load(Ordering::Relaxed) {
+            UNREAD => 1,
+            word => (word & MASK_BITS) + 1,
+        }
     }
 
     /// Reader `reader` (an id from [`new_reader`](Self::new_reader)) read a window that saw
@@ -465,7 +519,10 @@ impl TimingSampler {
         // The largest power of two not above `every`.
         let every = 1u64 << (63 - every.leading_zeros());
         let mask = every - 1;
-        let current = self.word.load(Ordering::Relaxed);
+        let current = match self.word.load(Ordering::Relaxed) {
+            UNREAD => 0,
+            word => word,
+        };
         let owner = current >> 8;
         if owner == 0 || owner == reader || mask <= current & MASK_BITS {
             self.word.store(reader << 8 | mask, Ordering::Relaxed);

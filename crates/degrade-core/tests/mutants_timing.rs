@@ -62,3 +62,33 @@ fn a_sampler_debugs_as_its_rate_and_whether_it_is_fixed() {
     );
     assert_eq!(TimingSampler::default().every(), 1);
 }
+
+#[test]
+fn a_warm_sampler_times_the_first_calls_then_one_in_sixteen_until_read() {
+    let n = TimingSampler::UNREAD_CALLS;
+    assert_eq!(n, 65_536);
+    let s = TimingSampler::warm();
+    assert_eq!(s.every(), 1);
+    assert_eq!(format!("{s:?}"), "TimingSampler { every: 1, fixed: false }");
+    // The last warm call and the ones after it: timed exactly at the multiples of 16.
+    let timed: Vec<u64> = (n - 2..n + 40).filter(|&seq| s.is_timed(seq)).collect();
+    assert_eq!(timed, [n - 2, n - 1, n, n + 16, n + 32]);
+    assert!(!s.is_timed(u64::MAX));
+
+    // A reader's busy window sets 1 in 4 for every call, the warm ones too.
+    let reader = TimingSampler::new_reader();
+    s.window_saw(reader, 4_000, 1_000);
+    assert_eq!(s.every(), 4);
+    let timed: Vec<u64> = (0..9).filter(|&seq| s.is_timed(seq)).collect();
+    assert_eq!(timed, [0, 4, 8]);
+    assert!(s.is_timed(n + 4));
+    // A second reader may only lower it, as for a `new` sampler: the first read owns it.
+    s.window_saw(TimingSampler::new_reader(), 1_000_000, 1_000);
+    assert_eq!(s.every(), 4);
+
+    // The first read of a warm sampler may set any rate (nobody owned it).
+    let s = TimingSampler::warm();
+    s.window_saw(TimingSampler::new_reader(), 1_000_000, 1_000);
+    assert_eq!(s.every(), 16);
+    assert!(!s.is_timed(1));
+}
