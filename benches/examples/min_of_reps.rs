@@ -41,6 +41,7 @@
 //! `admit-threads-default` the same at the default layer's limit of 16 (its initial limit,
 //! held), where the criterion `admission-2-threads` member runs. `admit-threads-adaptive` is
 //! the default layer itself, its limit adapting (it stays at 16: nothing queues), and
+//! `full-stack-threads` the `full-stack` member shared by 1 and by 2 threads, and
 //! `threads-control` a service that shares nothing between threads — the most a second
 //! thread gives on this machine at that moment. Every threaded member alternates one and two
 //! threads within each repetition ([`report_threads`]): on a guest whose vCPUs are two cores
@@ -429,6 +430,21 @@ fn main() {
             .expect("the default layer is valid")
             .layer(inner());
         report_threads("admit-adaptive", &svc);
+    }
+    // `full-stack-threads`: the `full-stack` member shared by 1 and by 2 threads (the
+    // criterion group `full-stack-2-threads`), alternated as the members above.
+    if wanted.iter().any(|w| w == "full-stack-threads") {
+        let svc = tower::ServiceBuilder::new()
+            .layer(adaptive())
+            .layer(RateLimitLayer::new(open_rate()).expect("valid rate limit"))
+            .layer(BreakerLayer::new(BreakerConfig::default()).expect("valid breaker"))
+            .service(
+                Canary::builder(inner(), inner())
+                    .weight(Weight::new(1_000).expect("10 %"))
+                    .build()
+                    .expect("valid canary"),
+            );
+        report_threads("full-stack", &svc);
     }
     // `threads-control`: a service that shares nothing between threads (a few nanoseconds of
     // arithmetic per call), timed as the members above: the most a second thread can give on
