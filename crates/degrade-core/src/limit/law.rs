@@ -241,15 +241,8 @@ const MAX_CUT: f64 = 0.5;
 /// under overload requests wait for every slot that frees, and the mean stays within a request
 /// or two of the limit.
 const FILLED: f64 = 0.75;
-/// A routine probe window runs at this share of the limit: at the knee (the limit `1 +
-/// tolerance` times the service's parallelism) that is below it, and it costs half as much
-/// capacity as a deep probe, for a shorter window.
-const PROBE_SHARE: f64 = 0.75;
-/// A deep probe runs at this share: the first (the initial limit is a guess), the one after a
-/// probe that found the service clearly faster (the limit sat above the knee), and the one
-/// after the baseline rose by half the tolerance since the last probe (it drifts up in a
-/// queue: a closed loop's critical waiters fill a routine probe).
-const DEEP_PROBE_SHARE: f64 = 0.5;
+/// A probe window runs at this share of the limit.
+const PROBE_SHARE: f64 = 0.5;
 /// Windows between probes, when no window ran that low by itself.
 const PROBE_EVERY: u32 = 32;
 /// How far a faster window pulls the baseline down.
@@ -331,13 +324,8 @@ pub struct Law {
     /// Windows since one ran at no more than half the limit: the baseline is only learnt
     /// below the knee, so a limit that stays above it must be probed below it now and then.
     since_low: u32,
-    /// The limit to restore after a probe window, and whether the probe is deep (`Some`
-    /// while probing).
-    probing: Option<(f64, bool)>,
-    /// The next probe runs at [`DEEP_PROBE_SHARE`] of the limit.
-    deep_probe: bool,
-    /// The baseline as the latest probe left it.
-    probed_baseline: Option<f64>,
+    /// The limit to restore after a probe window (`Some` while probing).
+    probing: Option<f64>,
     /// Consecutive windows that grew the limit: growth speeds up while nothing queues.
     growing: u32,
     /// Where the current streak of cuts started: (mean concurrency, mean latency).
@@ -375,8 +363,6 @@ impl Law {
             // The first full window probes below the limit: the initial limit is a guess.
             since_low: PROBE_EVERY - 1,
             probing: None,
-            deep_probe: true,
-            probed_baseline: None,
             growing: 0,
             previous: None,
             knee: None,
@@ -592,18 +578,12 @@ impl Law {
         let low = low.or(half).map(|(c, l)| (c, l.as_secs_f64().max(1e-9)));
         let tolerance = self.config.tolerance;
         let noise = NOISE_Z * se;
-        if let Some((restore, deep)) = self.probing.take() {
-            // A probe window: below the limit, a queued service is faster, and that latency is
-            // the nearer view of its own; then back to the limit it had. A deep probe counts
-            // as faster once by the tolerance, a routine one once by half of it beyond the
-            // noise of its mean.
-            let lower = self.baseline.is_none_or(|b| {
-                if deep {
-                    t < b * (1.0 - tolerance) - QUEUE_FLOOR
-                } else {
-                    t < b * (1.0 - tolerance / 2.0) - noise - QUEUE_FLOOR
-                }
-            });
+        if let Some(restore) = self.probing.take() {
+            // A probe window: at half the limit, a queued service is clearly faster, and that
+            // latency is the nearer view of its own; then back to the limit it had.
+            let lower = self
+                .baseline
+                .is_none_or(|b| t < b * (1.0 - tolerance) - QUEUE_FLOOR);
             if self.baseline.is_none_or(|b| t < b) {
                 self.baseline = Some(t);
                 self.baseline_concurrency = concurrency;
@@ -611,7 +591,6 @@ impl Law {
             // Clearly faster at half the concurrency: the limit sat above the knee; probe
             // again after one window, until halving no longer helps.
             self.since_low = if lower { PROBE_EVERY - 1 } else { 0 };
-            self.deep_probe = lower;
             self.limit = restore;
             // A probe during a streak of cuts that ran hardly faster than where the streak
             // started, at a fifth or more below its concurrency: the service itself got
@@ -628,10 +607,9 @@ impl Law {
                 self.previous = None;
                 self.limit = self.limit.max(c0.min(f64::from(self.config.max)));
             }
-            self.probed_baseline = self.baseline;
             return self.limit();
         }
-        if resolved && concurrency <= self.limit * DEEP_PROBE_SHARE * 1.2 {
+        if resolved && concurrency <= self.limit * PROBE_SHARE * 1.2 {
             self.since_low = 0;
         } else {
             self.since_low = self.since_low.saturating_add(1);
@@ -677,7 +655,6 @@ impl Law {
                             // measured at: the service itself got slower (give back the
                             // cuts that read it as a queue, as below).
                             self.baseline = Some(entry.1);
-                            self.probed_baseline = self.baseline;
                             if let Some((c0, _)) = self.previous.take() {
                                 self.limit = self.limit.max(c0.min(f64::from(self.config.max)));
                             }
@@ -702,7 +679,6 @@ impl Law {
             let cut = (c0 / concurrency).ln();
             if fell < cut * QUEUE_ELASTICITY {
                 self.baseline = Some(t);
-                self.probed_baseline = self.baseline;
                 self.baseline_concurrency = concurrency;
                 self.previous = None;
                 // The cuts of the streak read the slowdown as a queue: undo them. A service
@@ -767,17 +743,8 @@ impl Law {
         self.limit = (self.limit * gradient).clamp(min, max);
         if window.binding && self.since_low >= PROBE_EVERY && self.limit >= 2.0 * min {
             // Demand has kept the limit full for a long time: probe below it for one window.
-            let drifted = match (self.baseline, self.probed_baseline) {
-                (Some(b), Some(p)) => b > p * (1.0 + tolerance / 2.0),
-                _ => true,
-            };
-            let share = if self.deep_probe || drifted {
-                DEEP_PROBE_SHARE
-            } else {
-                PROBE_SHARE
-            };
-            self.probing = Some((self.limit, share == DEEP_PROBE_SHARE));
-            self.limit = (self.limit * share).min(self.limit - 1.0).max(min);
+            self.probing = Some(self.limit);
+            self.limit = (self.limit * PROBE_SHARE).max(min);
         }
         self.limit()
     }
@@ -797,9 +764,8 @@ impl Law {
     pub fn limit_for(&self, priority: crate::Priority) -> u32 {
         let limit = self.limit();
         if priority == crate::Priority::Critical {
-            // A deep probe window takes half the slots of the other priorities and half as many
-            // of the critical requests' (they keep three quarters of the limit), a routine one
-            // (at three quarters) the same quarter of both: halving theirs
+            // A probe window takes half the slots of the other priorities and half as many of
+            // the critical requests' (they keep three quarters of the limit): halving theirs
             // would refuse some whenever they alone need more than half the capacity, and
             // leaving theirs whole lets waiting critical requests fill the probe when callers
             // re-send at once (closed loop), so that the probe never runs below the knee and
@@ -807,12 +773,8 @@ impl Law {
             // on a 6-slot, 30 ms backend behind 64 connections).
             let full = self
                 .probing
-                .map_or(limit, |(restore, deep)| {
-                    if deep {
-                        ((restore + f64::from(limit)) / 2.0).round() as u32
-                    } else {
-                        limit
-                    }
+                .map_or(limit, |restore| {
+                    ((restore + f64::from(limit)) / 2.0).round() as u32
                 })
                 .max(limit);
             full + (full.div_ceil(10)).max(1)
