@@ -241,11 +241,8 @@ const MAX_CUT: f64 = 0.5;
 /// under overload requests wait for every slot that frees, and the mean stays within a request
 /// or two of the limit.
 const FILLED: f64 = 0.75;
-/// A routine probe window runs at this share of the limit.
-const PROBE_SHARE: f64 = 0.75;
-/// A deep probe runs at this share: the first (the initial limit is a guess), and the one
-/// after a probe that found the service clearly faster (the limit sat far above the knee).
-const DEEP_PROBE_SHARE: f64 = 0.5;
+/// A probe window runs at this share of the limit.
+const PROBE_SHARE: f64 = 0.5;
 /// Windows between probes, when no window ran that low by itself.
 const PROBE_EVERY: u32 = 32;
 /// How far a faster window pulls the baseline down.
@@ -327,13 +324,8 @@ pub struct Law {
     /// Windows since one ran at no more than half the limit: the baseline is only learnt
     /// below the knee, so a limit that stays above it must be probed below it now and then.
     since_low: u32,
-    /// The limit to restore after a probe window, and whether the probe is deep (`Some`
-    /// while probing).
-    probing: Option<(f64, bool)>,
-    /// The next probe runs at [`DEEP_PROBE_SHARE`] of the limit.
-    deep_probe: bool,
-    /// The baseline as the latest probe left it.
-    probed_baseline: Option<f64>,
+    /// The limit to restore after a probe window (`Some` while probing).
+    probing: Option<f64>,
     /// Consecutive windows that grew the limit: growth speeds up while nothing queues.
     growing: u32,
     /// Where the current streak of cuts started: (mean concurrency, mean latency).
@@ -371,8 +363,6 @@ impl Law {
             // The first full window probes below the limit: the initial limit is a guess.
             since_low: PROBE_EVERY - 1,
             probing: None,
-            deep_probe: true,
-            probed_baseline: None,
             growing: 0,
             previous: None,
             knee: None,
@@ -448,35 +438,6 @@ impl Law {
     /// plus the [`QUEUE_FLOOR`] below which a rise of latency is timing noise, not a queue.
     fn target(&self, baseline: f64) -> f64 {
         baseline * (1.0 + self.config.tolerance) + QUEUE_FLOOR
-    }
-
-    /// The mean latency `t` of a `window` recorded under the cap of the current baseline, as
-    /// it would read under the cap of a baseline of that latency: the latency to learn when the
-    /// window shows that the service itself got slower. A cap learnt before a slowdown cuts the
-    /// slower service's spread (a 40 ms, log-normal 0.5 service averages 34 ms under the cap of
-    /// an 18.5 ms baseline, 43 ms under its own), and a baseline learnt that low reads the
-    /// slower service, at any concurrency, as a queue. The samples the cap cut get back what
-    /// it cut off them, up to the cap of the new baseline (on average: their mean excess);
-    /// a few rounds find the fixed point, as the new cap grows with the new baseline.
-    fn uncapped_for_slowdown(&self, window: &Window, t: f64) -> f64 {
-        let Some(old_cap) = self.baseline.map(|b| self.target(b) / MAX_CUT) else {
-            return t;
-        };
-        if window.capped_samples == 0 || window.samples == 0 {
-            return t;
-        }
-        let capped = f64::from(window.capped_samples);
-        let mean_excess = window.capped_excess_ns as f64 / 1e9 / capped;
-        let mut latency = t;
-        for _ in 0..4 {
-            let new_cap = self.target(latency) / MAX_CUT;
-            let back = (old_cap + mean_excess).min(new_cap) - old_cap;
-            if back <= 0.0 {
-                break;
-            }
-            latency = t + capped * back / f64::from(window.samples);
-        }
-        latency
     }
 
     /// How long a request may wait for a slot: `queue_delay` times the baseline (`None` until
@@ -617,20 +578,12 @@ impl Law {
         let low = low.or(half).map(|(c, l)| (c, l.as_secs_f64().max(1e-9)));
         let tolerance = self.config.tolerance;
         let noise = NOISE_Z * se;
-        // The window's mean as the service's own latency once it is learnt as slower: the
-        // samples were capped at the cap of the baseline learnt before (see
-        // `Window::capped_excess_ns`), which reads a slower service low.
-        let slower = self.uncapped_for_slowdown(window, t);
-        if let Some((restore, deep)) = self.probing.take() {
+        if let Some(restore) = self.probing.take() {
             // A probe window: at half the limit, a queued service is clearly faster, and that
             // latency is the nearer view of its own; then back to the limit it had.
-            let lower = self.baseline.is_none_or(|b| {
-                if deep {
-                    t < b * (1.0 - tolerance) - QUEUE_FLOOR
-                } else {
-                    t < b * (1.0 - tolerance / 2.0) - noise - QUEUE_FLOOR
-                }
-            });
+            let lower = self
+                .baseline
+                .is_none_or(|b| t < b * (1.0 - tolerance) - QUEUE_FLOOR);
             if self.baseline.is_none_or(|b| t < b) {
                 self.baseline = Some(t);
                 self.baseline_concurrency = concurrency;
@@ -638,7 +591,6 @@ impl Law {
             // Clearly faster at half the concurrency: the limit sat above the knee; probe
             // again after one window, until halving no longer helps.
             self.since_low = if lower { PROBE_EVERY - 1 } else { 0 };
-            self.deep_probe = lower;
             self.limit = restore;
             // A probe during a streak of cuts that ran hardly faster than where the streak
             // started, at a fifth or more below its concurrency: the service itself got
@@ -650,15 +602,14 @@ impl Law {
                 && t > self.target(b) + noise
                 && (t0 / t).ln() < (c0 / concurrency).ln() * QUEUE_ELASTICITY
             {
-                self.baseline = Some(slower);
+                self.baseline = Some(t);
                 self.baseline_concurrency = concurrency;
                 self.previous = None;
                 self.limit = self.limit.max(c0.min(f64::from(self.config.max)));
             }
-            self.probed_baseline = self.baseline;
             return self.limit();
         }
-        if resolved && concurrency <= self.limit * DEEP_PROBE_SHARE * 1.2 {
+        if resolved && concurrency <= self.limit * PROBE_SHARE * 1.2 {
             self.since_low = 0;
         } else {
             self.since_low = self.since_low.saturating_add(1);
@@ -703,8 +654,7 @@ impl Law {
                             // Clearly slower at no more concurrency than the baseline was
                             // measured at: the service itself got slower (give back the
                             // cuts that read it as a queue, as below).
-                            self.baseline = Some(if entry.1 == t { slower } else { entry.1 });
-                            self.probed_baseline = self.baseline;
+                            self.baseline = Some(entry.1);
                             if let Some((c0, _)) = self.previous.take() {
                                 self.limit = self.limit.max(c0.min(f64::from(self.config.max)));
                             }
@@ -728,8 +678,7 @@ impl Law {
             let fell = (t0 / t).ln();
             let cut = (c0 / concurrency).ln();
             if fell < cut * QUEUE_ELASTICITY {
-                self.baseline = Some(slower);
-                self.probed_baseline = self.baseline;
+                self.baseline = Some(t);
                 self.baseline_concurrency = concurrency;
                 self.previous = None;
                 // The cuts of the streak read the slowdown as a queue: undo them. A service
@@ -794,17 +743,8 @@ impl Law {
         self.limit = (self.limit * gradient).clamp(min, max);
         if window.binding && self.since_low >= PROBE_EVERY && self.limit >= 2.0 * min {
             // Demand has kept the limit full for a long time: probe below it for one window.
-            let drifted = match (self.baseline, self.probed_baseline) {
-                (Some(b), Some(p)) => b > p * (1.0 + tolerance / 2.0),
-                _ => true,
-            };
-            let share = if self.deep_probe || drifted {
-                DEEP_PROBE_SHARE
-            } else {
-                PROBE_SHARE
-            };
-            self.probing = Some((self.limit, share == DEEP_PROBE_SHARE));
-            self.limit = (self.limit * share).min(self.limit - 1.0).max(min);
+            self.probing = Some(self.limit);
+            self.limit = (self.limit * PROBE_SHARE).max(min);
         }
         self.limit()
     }
@@ -833,12 +773,8 @@ impl Law {
             // on a 6-slot, 30 ms backend behind 64 connections).
             let full = self
                 .probing
-                .map_or(limit, |(restore, deep)| {
-                    if deep {
-                        ((restore + f64::from(limit)) / 2.0).round() as u32
-                    } else {
-                        limit
-                    }
+                .map_or(limit, |restore| {
+                    ((restore + f64::from(limit)) / 2.0).round() as u32
                 })
                 .max(limit);
             full + (full.div_ceil(10)).max(1)
