@@ -1711,6 +1711,8 @@ mod seeds_tests {
                 Some((a.parse().ok()?..=b.parse().ok()?).collect())
             })
             .unwrap_or_else(|| (1..=6).collect());
+        // SIM_VERBOSE: a line per seed (and per backend of the load steps).
+        let verbose = std::env::var("SIM_VERBOSE").is_ok();
         let mut lines = Vec::new();
         let mut backends = Vec::new();
         for (k, s) in [(2, 0.2), (8, 0.04), (32, 0.005)] {
@@ -1735,7 +1737,7 @@ mod seeds_tests {
                     seed,
                 });
                 let unloaded = r.phases[0].p99();
-                if std::env::var("SIM_VERBOSE").is_ok() {
+                if verbose {
                     let g: Vec<String> = (1..=6)
                         .map(|i| format!("{:.1}", r.goodput_percent(i)))
                         .collect();
@@ -1772,8 +1774,18 @@ mod seeds_tests {
                     seed,
                 });
                 let c = b.capacity();
-                hmin = hmin.min(r.goodput_between(13.0, 15.0) / (c / 2.0));
-                bmin = bmin.min(r.goodput_between(18.0, 25.0) / c);
+                let (h, back) = (
+                    r.goodput_between(13.0, 15.0) / (c / 2.0),
+                    r.goodput_between(18.0, 25.0) / c,
+                );
+                if verbose {
+                    println!(
+                        "  halves {:?} seed {seed}: halved {h:.3} back {back:.3}",
+                        b.kind
+                    );
+                }
+                hmin = hmin.min(h);
+                bmin = bmin.min(back);
             }
             lines.push(format!(
                 "halves {:?}x{}ms s{}: halved min {hmin:.2} back min {bmin:.2}",
@@ -1795,6 +1807,14 @@ mod seeds_tests {
                     mix: DEMO_MIX,
                     seed,
                 });
+                if verbose {
+                    println!(
+                        "  closed {:?} seed {seed}: p99 {:.1} ms goodput {:.1}",
+                        b.kind,
+                        r.phases[1].p99() * 1e3,
+                        r.goodput_percent(1)
+                    );
+                }
                 pmax = pmax.max(r.phases[1].p99());
                 psum += r.phases[1].p99();
                 gmin = gmin.min(r.goodput_percent(1));
@@ -1818,6 +1838,15 @@ mod seeds_tests {
                 mix: DEMO_MIX,
                 seed,
             });
+            if verbose {
+                println!(
+                    "  mixed long seed {seed}: goodput {:.1} {:.1} crit {:.2} {:.2}",
+                    r.goodput_percent(1),
+                    r.goodput_percent(2),
+                    r.phases[1].critical_percent(),
+                    r.phases[2].critical_percent()
+                );
+            }
             for i in 1..=2 {
                 gmin = gmin.min(r.goodput_percent(i));
                 cmin = cmin.min(r.phases[i].critical_percent());
@@ -1853,7 +1882,9 @@ mod halves_tests {
     use super::*;
 
     /// The overload bench's `capacity-halves` (--quick) over seeds: goodput per second of the
-    /// halved and restored phases over the capacity of the moment.
+    /// halved and restored phases over the capacity of the moment. `SIM_SEEDS` (`1-6`),
+    /// `SIM_FILTER` (a backend's name contains it, e.g. `Slots(16)`), `SIM_VERBOSE` (a line per
+    /// seed), `SIM_TRACE` (the law's windows).
     #[test]
     #[ignore = "exploration: prints a table over seeds"]
     fn halves_bench() {
@@ -1866,6 +1897,7 @@ mod halves_tests {
             })
             .unwrap_or_else(|| (1..=6).collect());
         let ph = |secs, load, speed| Phase { secs, load, speed };
+        let filter = std::env::var("SIM_FILTER").unwrap_or_default();
         for b in [
             Backend::slots(8, 0.04, 0.0),
             Backend::slots(6, 0.03, 0.2),
@@ -1873,6 +1905,10 @@ mod halves_tests {
             Backend::slots(2, 0.2, 0.0),
             Backend::cpu(2, 0.02, 0.3),
         ] {
+            let name = format!("{:?}x{}ms s{}", b.kind, b.median * 1e3, b.sigma);
+            if !name.contains(&filter) {
+                continue;
+            }
             let step = (b.median * 100.0).max(4.0);
             let (mut hmin, mut hsum, mut rmin, mut rsum) = (f64::MAX, 0.0, f64::MAX, 0.0);
             for &seed in &seeds {
