@@ -633,9 +633,28 @@ impl Law {
         // (a CPU-bound one) judging the rest against them cut a limit already near the
         // knee.
         let first = self.baseline.is_none() && !(from_half && entry.1 < t);
-        if self.baseline.is_none()
-            || (self.tentative && resolved && entry.0 <= self.baseline_concurrency)
+        let replaces_tentative = self.baseline.is_some()
+            && self.tentative
+            && resolved
+            && entry.0 <= self.baseline_concurrency;
+        // A window that replaces a tentative baseline with a lower one had its samples capped
+        // at the tentative one's cap: a first window too noisy to resolve (one request
+        // preempted for milliseconds among forty of a microsecond) leaves a cap hundreds of
+        // times the service's latency, and this window's mean, judged against the baseline it
+        // teaches, would read its preempted samples as a queue and halve the limit of callers
+        // that never waited. Its samples capped at the old cap are capped at the new one
+        // instead (the window's sums allow that much; a sample between the two caps stays as
+        // it was): the mean the next window's samples would give.
+        let mut t = t;
+        if replaces_tentative
+            && window.capped_samples > 0
+            && let Some(old) = self.baseline.filter(|&b| entry.1 < b)
         {
+            let excess = self.target(old) / MAX_CUT - self.target(entry.1) / MAX_CUT;
+            let n = f64::from(window.samples);
+            t = (t - f64::from(window.capped_samples) * excess / n).max(entry.1);
+        }
+        if self.baseline.is_none() || replaces_tentative {
             // The first window gives a first guess, however noisy; the first window with
             // enough samples at no more concurrency replaces it.
             self.baseline = Some(entry.1);
