@@ -637,23 +637,7 @@ impl Law {
             && self.tentative
             && resolved
             && entry.0 <= self.baseline_concurrency;
-        // A window that replaces a tentative baseline with a lower one had its samples capped
-        // at the tentative one's cap: a first window too noisy to resolve (one request
-        // preempted for milliseconds among forty of a microsecond) leaves a cap hundreds of
-        // times the service's latency, and this window's mean, judged against the baseline it
-        // teaches, would read its preempted samples as a queue and halve the limit of callers
-        // that never waited. Its samples capped at the old cap are capped at the new one
-        // instead (the window's sums allow that much; a sample between the two caps stays as
-        // it was): the mean the next window's samples would give.
-        let mut t = t;
-        if replaces_tentative
-            && window.capped_samples > 0
-            && let Some(old) = self.baseline.filter(|&b| entry.1 < b)
-        {
-            let excess = self.target(old) / MAX_CUT - self.target(entry.1) / MAX_CUT;
-            let n = f64::from(window.samples);
-            t = (t - f64::from(window.capped_samples) * excess / n).max(entry.1);
-        }
+        let before = self.baseline;
         if self.baseline.is_none() || replaces_tentative {
             // The first window gives a first guess, however noisy; the first window with
             // enough samples at no more concurrency replaces it.
@@ -664,7 +648,12 @@ impl Law {
             match self.baseline {
                 None => {}
                 Some(b) => {
-                    if entry.1 < b {
+                    if entry.1 < b * (1.0 - tolerance) - noise {
+                        // Clearly faster than the baseline: the service got faster (capacity
+                        // came back); it is at least this fast now.
+                        self.baseline = Some(entry.1);
+                        self.baseline_concurrency = entry.0;
+                    } else if entry.1 < b {
                         // Faster than the baseline: the service is at least this fast.
                         self.baseline = Some(b + (entry.1 - b) * DOWN_GAIN);
                         self.baseline_concurrency = entry.0;
@@ -686,6 +675,23 @@ impl Law {
                     // Else slower at more concurrency: a queue, not the service's own.
                 }
             }
+        }
+        // A window that lowered the baseline had its samples capped at the old baseline's
+        // cap: after a first window too noisy to resolve (one request preempted for
+        // milliseconds among forty of a microsecond) that cap is hundreds of times the
+        // service's latency, and the window's mean, judged against the baseline it teaches,
+        // would read its preempted samples as a queue and halve the limit of callers that
+        // never waited. Its samples capped at the old cap are read as capped at the new one
+        // (the window's sums allow that much; a sample between the two caps stays as it was):
+        // the mean the next window's samples would give.
+        let mut t = t;
+        if window.capped_samples > 0
+            && let (Some(old), Some(new)) = (before, self.baseline)
+            && new < old
+        {
+            let excess = self.target(old) / MAX_CUT - self.target(new) / MAX_CUT;
+            let n = f64::from(window.samples);
+            t = (t - f64::from(window.capped_samples) * excess / n).max(new);
         }
         // Up after cuts that did not help: since the first cut of a streak the concurrency
         // fell by a fifth or more and the latency hardly moved, so the latency is the
