@@ -181,6 +181,21 @@ fn main() {
             .build()
             .expect("the default layer is valid")
     };
+    // The canary of the `full-stack` members (10 %, unkeyed, every layer on its default clock)
+    // and the stack over it: `DegradeLayer` → rate limit → breaker → canary.
+    let ten_percent = || {
+        Canary::builder(inner(), inner())
+            .weight(Weight::new(1_000).expect("10 %"))
+            .build()
+            .expect("valid canary")
+    };
+    let full_stack = |canary| {
+        tower::ServiceBuilder::new()
+            .layer(adaptive())
+            .layer(RateLimitLayer::new(open_rate()).expect("valid rate limit"))
+            .layer(BreakerLayer::new(BreakerConfig::default()).expect("valid breaker"))
+            .service(canary)
+    };
 
     if on("baseline") {
         report("baseline", min_ns(&mut inner()));
@@ -218,32 +233,16 @@ fn main() {
         // Every layer on its default clock: `FastClock::unless_pausable()` for the
         // `DegradeLayer`'s sampled timing, the rate limit, the breaker (whose closed path reads
         // none) and the canary: the counter here, outside any runtime.
-        let mut svc = tower::ServiceBuilder::new()
-            .layer(adaptive())
-            .layer(RateLimitLayer::new(open_rate()).expect("valid rate limit"))
-            .layer(BreakerLayer::new(BreakerConfig::default()).expect("valid breaker"))
-            .service(
-                Canary::builder(inner(), inner())
-                    .weight(Weight::new(1_000).expect("10 %"))
-                    .build()
-                    .expect("valid canary"),
-            );
+        let mut svc = full_stack(ten_percent());
         report("full-stack", min_ns(&mut svc));
     }
     if on("full-stack-judged") {
         // The same stack as a canary release runs it: its `CanaryController` has read heavy
         // traffic on both arms, so each thread times 1 call in 16 of each arm (the
         // `canary-judged` member) instead of every call.
-        let mut canary = Canary::builder(inner(), inner())
-            .weight(Weight::new(1_000).expect("10 %"))
-            .build()
-            .expect("valid canary");
+        let mut canary = ten_percent();
         let _controller = judge_heavy_traffic(&mut canary);
-        let mut svc = tower::ServiceBuilder::new()
-            .layer(adaptive())
-            .layer(RateLimitLayer::new(open_rate()).expect("valid rate limit"))
-            .layer(BreakerLayer::new(BreakerConfig::default()).expect("valid breaker"))
-            .service(canary);
+        let mut svc = full_stack(canary);
         report("full-stack-judged", min_ns(&mut svc));
     }
     if on("full-stack-tokio-clock") {
@@ -434,16 +433,7 @@ fn main() {
     // `full-stack-threads`: the `full-stack` member shared by 1 and by 2 threads (the
     // criterion group `full-stack-2-threads`), alternated as the members above.
     if wanted.iter().any(|w| w == "full-stack-threads") {
-        let svc = tower::ServiceBuilder::new()
-            .layer(adaptive())
-            .layer(RateLimitLayer::new(open_rate()).expect("valid rate limit"))
-            .layer(BreakerLayer::new(BreakerConfig::default()).expect("valid breaker"))
-            .service(
-                Canary::builder(inner(), inner())
-                    .weight(Weight::new(1_000).expect("10 %"))
-                    .build()
-                    .expect("valid canary"),
-            );
+        let svc = full_stack(ten_percent());
         report_threads("full-stack", &svc);
     }
     // `threads-control`: a service that shares nothing between threads (a few nanoseconds of
