@@ -633,12 +633,10 @@ impl Law {
         // (a CPU-bound one) judging the rest against them cut a limit already near the
         // knee.
         let first = self.baseline.is_none() && !(from_half && entry.1 < t);
-        let replaces_tentative = self.baseline.is_some()
-            && self.tentative
-            && resolved
-            && entry.0 <= self.baseline_concurrency;
         let before = self.baseline;
-        if self.baseline.is_none() || replaces_tentative {
+        if self.baseline.is_none()
+            || (self.tentative && resolved && entry.0 <= self.baseline_concurrency)
+        {
             // The first window gives a first guess, however noisy; the first window with
             // enough samples at no more concurrency replaces it.
             self.baseline = Some(entry.1);
