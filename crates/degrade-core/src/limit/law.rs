@@ -430,8 +430,12 @@ impl Law {
     /// assert_eq!(law.sample_cap(), Some(Duration::from_micros(22_002)));
     /// ```
     pub fn sample_cap(&self) -> Option<Duration> {
-        self.baseline
-            .map(|b| Duration::from_secs_f64(self.target(b) / MAX_CUT))
+        self.baseline.map(|b| Duration::from_secs_f64(self.cap(b)))
+    }
+
+    /// The [`sample_cap`](Self::sample_cap) of a `baseline` (seconds).
+    fn cap(&self, baseline: f64) -> f64 {
+        self.target(baseline) / MAX_CUT
     }
 
     /// The latency the limit settles at for a `baseline` (seconds): `1 + tolerance` times it,
@@ -687,7 +691,7 @@ impl Law {
             && let (Some(old), Some(new)) = (before, self.baseline)
             && new < old
         {
-            let excess = self.target(old) / MAX_CUT - self.target(new) / MAX_CUT;
+            let excess = self.cap(old) - self.cap(new);
             let n = f64::from(window.samples);
             t = (t - f64::from(window.capped_samples) * excess / n).max(new);
         }
