@@ -607,3 +607,70 @@ fn a_waiter_polled_outside_a_runtime_is_refused_by_the_next_arrival() {
     let refused = waiter.now_or_never().expect("decided").unwrap_err();
     assert!(refused.downcast_ref::<Shed>().is_some(), "{refused}");
 }
+
+/// Through the default layer, on paused tokio time, over a service of eight slots of 40 ms
+/// (a ninth request waits for a slot inside it): four callers in a loop never fill the initial
+/// limit of 16, so nothing tests it. The limiter sees the service serve four at once at its
+/// own latency, and the limit comes down to a tolerance and one request above that; when 30
+/// requests then arrive at once, five go into the service, not sixteen (eight of which would
+/// have queued inside it for a whole service time).
+#[tokio::test(start_paused = true)]
+async fn an_untested_limit_follows_what_light_demand_was_served_at() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let c = Controller::new(Default::default()).unwrap();
+    let layer = DegradeLayer::builder(c.handle()).build().unwrap();
+    let slots = Arc::new(tokio::sync::Semaphore::new(8));
+    let (inside, most) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let svc = {
+        let (inside, most) = (inside.clone(), most.clone());
+        layer.layer(tower::service_fn(move |n: u32| {
+            let (slots, inside, most) = (slots.clone(), inside.clone(), most.clone());
+            async move {
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                let permit = slots.acquire().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                drop(permit);
+                inside.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, Infallible>(n)
+            }
+        }))
+    };
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut svc = svc.clone();
+            tokio::spawn(async move {
+                for n in 0..50 {
+                    svc.ready().await.unwrap().call(n).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    let limit = layer.snapshot().limit.unwrap();
+    assert_eq!(most.load(Ordering::SeqCst), 4);
+    assert_eq!((limit.served, limit.limit), (4, 5), "{limit:?}");
+
+    most.store(0, Ordering::SeqCst);
+    let burst: Vec<_> = (0..30)
+        .map(|n| {
+            let mut svc = svc.clone();
+            tokio::spawn(async move { svc.ready().await.unwrap().call(n).await })
+        })
+        .collect();
+    let mut answered = 0;
+    for call in burst {
+        answered += u32::from(call.await.unwrap().is_ok());
+    }
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        5,
+        "requests inside the service at once"
+    );
+    assert!(answered >= 5, "{answered}");
+    let s = layer.snapshot();
+    assert_eq!(s.offered(), 200 + 30, "{s:?}");
+}

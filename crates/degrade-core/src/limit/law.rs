@@ -73,6 +73,10 @@ pub struct Window {
     /// assert_eq!(w.latency_sum_ns, 140_000_000); // 40 + 50 + 50 ms
     /// ```
     pub capped_excess_ns: u64,
+    /// The highest concurrency at which a sample met the [target](Law::target_latency): the
+    /// service was seen to serve that many requests at once without a queue (0 when none did,
+    /// or before a baseline is known). See [`Law::served`].
+    pub served_concurrency: u32,
     /// Time the window covered.
     pub elapsed: Duration,
 }
@@ -183,6 +187,20 @@ impl Window {
         let ns = u64::try_from(capped.as_nanos()).unwrap_or(u64::MAX);
         self.half_samples = self.half_samples.saturating_add(1);
         self.half_latency_sum_ns = self.half_latency_sum_ns.saturating_add(ns);
+    }
+
+    /// Counts a sample that met the [target latency](Law::target_latency) at `concurrency`
+    /// requests in flight (see [`served_concurrency`](Window::served_concurrency)).
+    ///
+    /// ```
+    /// # use degrade_core::limit::Window;
+    /// let mut w = Window::default();
+    /// w.record_served(6);
+    /// w.record_served(4);
+    /// assert_eq!(w.served_concurrency, 6);
+    /// ```
+    pub fn record_served(&mut self, concurrency: u32) {
+        self.served_concurrency = self.served_concurrency.max(concurrency);
     }
 
     /// Mean latency of the half-limit samples (`None` without any).
@@ -333,6 +351,9 @@ pub struct Law {
     /// The mean concurrency of the latest window that filled the limit and met the target:
     /// the service was seen to serve that many at once without a queue.
     knee: Option<f64>,
+    /// The highest concurrency at which a request was seen to meet the target, ever (0 until
+    /// one did): the service serves at least that many at once without a queue.
+    served: u32,
     /// Latest window's mean latency over the baseline.
     ratio: Option<f64>,
     /// The longest latency of the latest window, seconds: the next window lasts at least that
@@ -366,6 +387,7 @@ impl Law {
             growing: 0,
             previous: None,
             knee: None,
+            served: 0,
             ratio: None,
             needed: MIN_SAMPLES,
             longest: 0.0,
@@ -436,6 +458,67 @@ impl Law {
     /// The [`sample_cap`](Self::sample_cap) of a `baseline` (seconds).
     fn cap(&self, baseline: f64) -> f64 {
         self.target(baseline) / MAX_CUT
+    }
+
+    /// The latency the limit settles at: `1 + tolerance` baselines plus a microsecond of timing
+    /// noise (`None` until a baseline is known). A request that took no longer met it: nothing
+    /// queued in front of it that the limit could have shortened (see [`Law::served`]).
+    ///
+    /// ```
+    /// # use degrade_core::limit::{Law, LimitConfig, Window};
+    /// # use std::time::Duration;
+    /// let mut law = Law::new(LimitConfig::default());
+    /// assert_eq!(law.target_latency(), None);
+    /// let mut w = Window::default();
+    /// for _ in 0..20 { w.record(Duration::from_millis(10), 1, true); }
+    /// law.observe(&w, tokio::time::Instant::now());
+    /// assert_eq!(law.target_latency(), Some(Duration::from_micros(11_001)));
+    /// ```
+    pub fn target_latency(&self) -> Option<Duration> {
+        self.baseline
+            .map(|b| Duration::from_secs_f64(self.target(b)))
+    }
+
+    /// The highest concurrency at which a request met the [target](Law::target_latency), over
+    /// every window so far (0 until one did): the service was seen to serve that many requests
+    /// at once without a queue, so it has at least that much parallelism.
+    ///
+    /// It bounds a limit that demand does not fill: such a window leaves the limit at most
+    /// `served × (1 + tolerance) + 1`, and a limit above that only by windows that fill it. A
+    /// limit nothing has tested — the configured initial guess, or one grown while demand was
+    /// light — is otherwise a promise the service may not keep: a step from light load to
+    /// overload admits that many at once, and every request beyond the service's own slots
+    /// queues inside it (twice the service time at the onset of a 1.5x overload of an 8-slot
+    /// backend behind the initial limit of 16) until a window has shown the queue and cut. As
+    /// TCP's congestion-window validation (RFC 7661): a window the sender did not use is not
+    /// known to be safe, so it decays towards what was used.
+    ///
+    /// ```
+    /// use degrade_core::limit::{Law, LimitConfig, Window};
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    ///
+    /// let mut law = Law::new(LimitConfig::default());
+    /// let now = Instant::now();
+    /// // Light load on an 8-slot, 40 ms service: up to 8 in flight, all at the baseline.
+    /// for i in 0..4 {
+    ///     let mut w = Window::default();
+    ///     for n in 1..=20u32 {
+    ///         let c = 1 + n % 8;
+    ///         w.record(Duration::from_millis(40), c, c <= law.low_concurrency());
+    ///         if law.target_latency().is_some() {
+    ///             w.record_served(c);
+    ///         }
+    ///     }
+    ///     w.elapsed = Duration::from_millis(200);
+    ///     law.observe(&w, now + Duration::from_millis(200 * i));
+    /// }
+    /// assert_eq!(law.served(), 8);
+    /// // The initial limit of 16 was never used: it comes down to 8 x 1.1 + 1.
+    /// assert_eq!(law.limit(), 10);
+    /// ```
+    pub fn served(&self) -> u32 {
+        self.served
     }
 
     /// The latency the limit settles at for a `baseline` (seconds): `1 + tolerance` times it,
@@ -543,6 +626,7 @@ impl Law {
     /// ```
     pub fn observe(&mut self, window: &Window, now: Instant) -> u32 {
         self.last_update = Some(now);
+        self.served = self.served.max(window.served_concurrency);
         let (Some(latency), Some(concurrency)) = (window.mean_latency(), window.mean_concurrency())
         else {
             return self.limit();
@@ -768,6 +852,16 @@ impl Law {
         let min = f64::from(self.config.min);
         let max = f64::from(self.config.max);
         self.limit = (self.limit * gradient).clamp(min, max);
+        if !filled && self.served > 0 {
+            // Demand did not fill the limit: above what the service was seen to serve, it is
+            // untested, and stays within a tolerance (and one request) of it (see `served`).
+            // Growing it past that takes windows that fill it.
+            let untested = f64::from(self.served) * (1.0 + tolerance) + 1.0;
+            if untested < self.limit {
+                self.since_low = 0;
+            }
+            self.limit = self.limit.min(untested.clamp(min, max));
+        }
         if window.binding && self.since_low >= PROBE_EVERY && self.limit >= 2.0 * min {
             // Demand has kept the limit full for a long time: probe below it for one window.
             self.probing = Some(self.limit);

@@ -182,6 +182,10 @@ struct Cells {
     /// The longest latency of the window: shared, but written only when a sample exceeds it
     /// (a few times a window), so most samples only read it.
     max_latency_ns: CachePadded<AtomicU64>,
+    /// The highest concurrency at which a sample met the target latency in this window
+    /// (`Window::served_concurrency`): written like the longest latency, only when a sample
+    /// exceeds it.
+    served: AtomicU32,
     /// Requests timed in this window because it was short of samples (not a sample yet:
     /// errors and cancellations may never become one).
     timed_for_samples: AtomicU32,
@@ -193,6 +197,7 @@ impl Default for Cells {
             sums: ShardedCounter::new(),
             taken: Default::default(),
             max_latency_ns: CachePadded::new(AtomicU64::new(0)),
+            served: AtomicU32::new(0),
             timed_for_samples: AtomicU32::new(0),
         }
     }
@@ -228,6 +233,7 @@ impl Cells {
             t.store(0, Ordering::Relaxed);
         }
         self.max_latency_ns.store(0, Ordering::Relaxed);
+        self.served.store(0, Ordering::Relaxed);
         self.timed_for_samples.store(0, Ordering::Relaxed);
     }
 }
@@ -278,6 +284,9 @@ struct Shared {
     baseline_ns: AtomicU64,
     /// The most of one latency the window's sums count (`Law::sample_cap`), 0 until known.
     sample_cap_ns: AtomicU64,
+    /// The latency a sample meets to count as served without a queue (`Law::target_latency`),
+    /// 0 until known.
+    target_ns: AtomicU64,
     /// The window's start ([`ns`](Self::ns), as `i64` bits) and bounds, nanoseconds.
     window_start_ns: AtomicU64,
     min_window_ns: AtomicU64,
@@ -311,6 +320,7 @@ impl Shared {
             epoch: AtomicU32::new(0),
             baseline_ns: AtomicU64::new(0),
             sample_cap_ns: AtomicU64::new(0),
+            target_ns: AtomicU64::new(0),
             window_start_ns: AtomicU64::new(0),
             min_window_ns: AtomicU64::new(0),
             max_window_ns: AtomicU64::new(u64::MAX),
@@ -386,6 +396,13 @@ impl Shared {
             0 => whole,
             cap => whole.min(cap),
         };
+        let target = self.target_ns.load(Ordering::Relaxed);
+        if whole <= target {
+            let served = &self.cells.served;
+            if slot.concurrency() > served.load(Ordering::Relaxed) {
+                served.fetch_max(slot.concurrency(), Ordering::Relaxed);
+            }
+        }
         let us = ns / 1_000;
         let mut add = [0; SUMS];
         if ns < whole {
@@ -452,6 +469,7 @@ impl Shared {
             max_latency_ns: self.cells.max_latency_ns.swap(0, Ordering::Relaxed),
             capped_samples: count(d[CAPPED_SAMPLES]),
             capped_excess_ns: d[CAPPED_EXCESS],
+            served_concurrency: self.cells.served.swap(0, Ordering::Relaxed),
             elapsed,
         }
     }
@@ -670,6 +688,9 @@ impl Limiter {
         self.shared
             .sample_cap_ns
             .store(law.sample_cap().map_or(0, nanos), Ordering::Relaxed);
+        self.shared
+            .target_ns
+            .store(law.target_latency().map_or(0, nanos), Ordering::Relaxed);
         let (min, max) = law.window_bounds();
         self.shared
             .min_window_ns
@@ -1027,6 +1048,7 @@ impl Limiter {
                 baseline_ms = law.baseline().map_or(0.0, |b| b.as_secs_f64() * 1e3),
                 latency_ms = window.mean_latency().map_or(0.0, |l| l.as_secs_f64() * 1e3),
                 ratio = law.latency_ratio().unwrap_or(0.0),
+                served = law.served(),
                 samples = window.samples,
                 "concurrency limit changed"
             );
@@ -1048,6 +1070,7 @@ impl Limiter {
             waiting,
             baseline: law.baseline(),
             latency_ratio: law.latency_ratio(),
+            served: law.served(),
             queue_target: law.queue_target(),
             queue_delay: Duration::from_nanos(self.counters.queue_delay_ns.load(Ordering::Relaxed)),
             queued: self.counters.queued.load(Ordering::Relaxed),
@@ -1092,6 +1115,7 @@ fn queue_bound(config: &LimitConfig, limit: u32) -> u32 {
 /// let limit = layer.snapshot().limit.unwrap();
 /// assert_eq!(limit.limit, 16); // the initial limit, before anything is learnt
 /// assert_eq!(limit.baseline, None);
+/// assert_eq!(limit.served, 0);
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 #[non_exhaustive]
@@ -1106,6 +1130,10 @@ pub struct LimitSnapshot {
     pub baseline: Option<Duration>,
     /// The latest window's mean latency over the baseline.
     pub latency_ratio: Option<f64>,
+    /// The highest concurrency the service was seen to serve without a queue (0 until known):
+    /// a window demand does not fill leaves the limit at most a tolerance and one request
+    /// above it (see [`Law::served`]).
+    pub served: u32,
     /// How long a request may wait for a slot.
     pub queue_target: Option<Duration>,
     /// How long the latest request handed a slot had waited.
@@ -1144,6 +1172,9 @@ mod tests {
 
     /// The sample cap the windows are recorded under (the samples run 0.5-1.5 ms).
     const CAP_NS: u64 = 1_200_000;
+    /// The target latency the windows are recorded under: the samples that take no longer
+    /// count towards `served_concurrency`.
+    const TARGET_NS: u64 = 600_000;
 
     /// Two windows of the same samples recorded by `threads` threads (and one fast failure in
     /// seven), as the law would read them.
@@ -1152,6 +1183,7 @@ mod tests {
         let shared = limiter.shared.get();
         // A cap inside the samples' spread: some are cut, and the window counts them.
         shared.sample_cap_ns.store(CAP_NS, Ordering::Relaxed);
+        shared.target_ns.store(TARGET_NS, Ordering::Relaxed);
         let all = samples();
         let chunk = all.len().div_ceil(threads);
         std::array::from_fn(|_| {
@@ -1199,6 +1231,14 @@ mod tests {
         assert_eq!(w.concurrency_sum, concurrency);
         let max = all.iter().map(|(l, _)| nanos(*l)).max().unwrap();
         assert_eq!(w.max_latency_ns, max);
+        let served = all
+            .iter()
+            .filter(|(l, _)| nanos(*l) <= TARGET_NS)
+            .map(|(_, s)| s.concurrency())
+            .max()
+            .unwrap();
+        assert!(served < all.iter().map(|(_, s)| s.concurrency()).max().unwrap());
+        assert_eq!(w.served_concurrency, served);
         assert_eq!(one[1], w, "the second window counts only its own samples");
         for threads in [2, 3, 8, 40] {
             let chunk = all.len().div_ceil(threads);

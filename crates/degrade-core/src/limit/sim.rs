@@ -874,6 +874,9 @@ pub(crate) fn run(setup: &Setup) -> Report {
                     let cap = l.law.sample_cap();
                     let latency = Duration::from_secs_f64(now - start);
                     l.window.record_capped(latency, cap, concurrency, low);
+                    if l.law.target_latency().is_some_and(|t| latency <= t) {
+                        l.window.record_served(concurrency);
+                    }
                     l.own_sum += reqs[id as usize].service;
                     l.true_sum += now - start;
                     if concurrency <= l.law.half_concurrency() {
@@ -2170,6 +2173,7 @@ mod loss_tests {
     #[test]
     #[ignore = "exploration: prints a table over seeds"]
     fn steps_loss() {
+        TRACE.with(|t| t.set(std::env::var("SIM_TRACE").is_ok()));
         let seeds: Vec<u64> = std::env::var("SIM_SEEDS")
             .ok()
             .and_then(|s| {
