@@ -17,8 +17,9 @@
 //! modes (`.http()`) answer with a response instead and keep `Infallible` services infallible.
 
 use degrade_benches::{FrozenClock, NeverReady, Req, call_now, inner};
-use degrade_breaker::{BreakerConfig, BreakerLayer};
+use degrade_breaker::{BreakerConfig, BreakerLayer, KeyedBreakerLayer};
 use degrade_canary::{Canary, Weight};
+use degrade_core::key::from_fn;
 use degrade_core::{Controller, DegradeLayer, Level, Priority};
 use degrade_ratelimit::{RateLimitConfig, RateLimitLayer};
 use degrade_triggers::ObserveLayer;
@@ -239,6 +240,20 @@ fn main() {
         false,
         layer.layer(inner()),
         || 1,
+    );
+    // Keyed: the warm-up puts 1,000 keys in the map; every counted request is for a known one.
+    let svc = KeyedBreakerLayer::new(BreakerConfig::default(), from_fn(|r: &Req| Some(*r)))
+        .expect("valid config")
+        .layer(inner());
+    let mut key = 0;
+    t.measure(
+        ("breaker", "degrade", "keyed-known"),
+        true,
+        svc,
+        move || {
+            key = (key + 1) % 1_000;
+            key
+        },
     );
     let svc = tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
         .failure_rate_threshold(0.5)
