@@ -26,6 +26,11 @@
 //! and no admission is lost: a sweep's compare-and-swap fails if a request moved the TAT
 //! after the sweep read it (the key is then mid-budget and kept), and a carry-over hands on
 //! every admission its swap saw.
+//!
+//! A dropped key's map entry is freed once no lookup can still read it, by the map's epoch
+//! reclamation, in batches: that may fall to any thread that ends a lookup, a request
+//! included — a deallocation now and then while keys are being dropped, never while every
+//! request is for a known key.
 
 use crate::config::Params;
 use crate::state::{Decision, decide, rescale};
