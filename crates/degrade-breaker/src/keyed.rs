@@ -54,9 +54,10 @@
 //!
 //! **Memory.** Evicted breakers are released on the insertion path once the map has reclaimed
 //! its node, which it does in batches (32 retired nodes per thread, or one per core if more):
-//! a few dozen evicted breakers per evicting thread may wait beyond `max_keys`. Reclaiming a batch (the map's nodes and keys) may fall to any
-//! thread that ends a lookup, a call included: a deallocation now and then while keys are
-//! being evicted, never while every call is for a known key.
+//! a few dozen evicted breakers per evicting thread may wait beyond `max_keys`. Reclaiming a
+//! batch (the map's nodes and keys) may fall to any thread that ends a lookup, a call
+//! included: a deallocation now and then while keys are being evicted, never while every call
+//! is for a known key.
 //!
 //! ```
 //! use degrade_breaker::{BreakerConfig, KeyedBreakerLayer, State, WindowConfig};
