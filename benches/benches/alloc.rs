@@ -17,10 +17,11 @@
 //! modes (`.http()`) answer with a response instead and keep `Infallible` services infallible.
 
 use degrade_benches::{FrozenClock, NeverReady, Req, call_now, inner};
-use degrade_breaker::{BreakerConfig, BreakerLayer};
+use degrade_breaker::{BreakerConfig, BreakerLayer, KeyedBreakerLayer};
 use degrade_canary::{Canary, Weight};
+use degrade_core::key::from_fn;
 use degrade_core::{Controller, DegradeLayer, Level, Priority};
-use degrade_ratelimit::{RateLimitConfig, RateLimitLayer};
+use degrade_ratelimit::{KeysConfig, RateLimitConfig, RateLimitLayer};
 use degrade_triggers::ObserveLayer;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use std::alloc::System;
@@ -171,6 +172,22 @@ fn main() {
         .expect("valid config")
         .layer(inner());
     t.measure(("ratelimit", "degrade", "admit"), true, svc, || 1);
+    // Keyed: the warm-up puts 1,000 keys in the store; every counted request is for a known one.
+    let svc = RateLimitLayer::builder(open_quota())
+        .keyed(from_fn(|r: &Req| Some(*r)), KeysConfig::default())
+        .build()
+        .expect("valid config")
+        .layer(inner());
+    let mut key = 0;
+    t.measure(
+        ("ratelimit", "degrade", "keyed-known"),
+        true,
+        svc,
+        move || {
+            key = (key + 1) % 1_000;
+            key
+        },
+    );
     let mut svc = RateLimitLayer::new(spent_quota())
         .expect("valid config")
         .layer(inner());
@@ -239,6 +256,20 @@ fn main() {
         false,
         layer.layer(inner()),
         || 1,
+    );
+    // Keyed: the warm-up puts 1,000 keys in the map; every counted request is for a known one.
+    let svc = KeyedBreakerLayer::new(BreakerConfig::default(), from_fn(|r: &Req| Some(*r)))
+        .expect("valid config")
+        .layer(inner());
+    let mut key = 0;
+    t.measure(
+        ("breaker", "degrade", "keyed-known"),
+        true,
+        svc,
+        move || {
+            key = (key + 1) % 1_000;
+            key
+        },
     );
     let svc = tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
         .failure_rate_threshold(0.5)

@@ -22,6 +22,11 @@
 //!   clock (its own test clock: seatbelt reads no real time here, which favours it slightly);
 //! * `recloser/closed`: recloser 1.4's `AsyncRecloser` (ring buffer of 100), through the same
 //!   kind of adapter;
+//! * `degrade/keyed-known`: a `KeyedBreakerLayer` (count window of 100) keyed by the request,
+//!   1,000 keys already in its map, every call for a known key (the lookup, then the closed
+//!   path); `degrade/keyed-1-thread` and `degrade/keyed-2-threads`: the same layer through
+//!   `contended` below, each thread on its own known key (keys 0 and 1), so two threads share
+//!   the map but not a breaker;
 //! * `*/2-threads` and `*/1-thread`: one shared service (one breaker) called through clones from
 //!   2 threads (or 1) via `iter_custom` ([`degrade_benches::contended`]); the figure is wall time
 //!   per call. tower-resilience is not in these: its breaker sits behind a `tokio::sync::Mutex`
@@ -29,8 +34,9 @@
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use degrade_benches::{Req, call_now, contended, inner};
-use degrade_breaker::{BreakerConfig, BreakerLayer, CircuitOpen, WindowConfig};
+use degrade_breaker::{BreakerConfig, BreakerLayer, CircuitOpen, KeyedBreakerLayer, WindowConfig};
 use degrade_core::FastClock;
+use degrade_core::key::from_fn;
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::Duration;
@@ -184,6 +190,41 @@ fn breaker(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("degrade", "reject-open"), |b| {
         b.iter(|| black_box(call_now(&mut svc, black_box(1))))
     });
+
+    // Keyed: 1,000 known keys, each request its own key.
+    let layer = KeyedBreakerLayer::builder(
+        degrade_config(WindowConfig::Count { size: 100 }),
+        from_fn(|r: &Req| Some(*r)),
+    )
+    .max_keys(10_000)
+    .build()
+    .expect("valid configuration");
+    let mut svc = layer.layer(inner());
+    for key in 0..1_000 {
+        assert_eq!(
+            call_now(&mut svc, key).expect("a closed breaker admits"),
+            key
+        );
+    }
+    assert_eq!(layer.len(), 1_000);
+    g.bench_function(BenchmarkId::new("degrade", "keyed-known"), |b| {
+        b.iter(|| black_box(call_now(&mut svc, black_box(1))))
+    });
+    for threads in [1, 2] {
+        let case = if threads == 1 {
+            "keyed-1-thread"
+        } else {
+            "keyed-2-threads"
+        };
+        g.bench_function(BenchmarkId::new("degrade", case), |b| {
+            b.iter_custom(|iters| contended(&svc, threads, iters))
+        });
+    }
+    assert_eq!(
+        layer.snapshot().inserted,
+        1_000,
+        "every call was for a known key"
+    );
 
     bench_one(&mut g, "tower-resilience", tower_resilience());
     bench_one(&mut g, "failsafe", failsafe_svc());

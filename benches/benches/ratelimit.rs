@@ -23,7 +23,9 @@
 //! * `tower-resilience/rate_limiter`: `tower_resilience_ratelimiter::RateLimiter` (boxes its
 //!   response future).
 //! * `degrade/keyed-10k`, `governor/check-keyed-10k`: one budget per key, cycling through
-//!   10,000 keys (degrade's bounded store vs governor's `DashMapStateStore`).
+//!   10,000 keys (degrade's bounded store vs governor's `DashMapStateStore`);
+//!   `degrade/keyed-1-thread`, `degrade/keyed-2-threads`: the same layer called through
+//!   `contended` below, each thread on its own known key (keys 0 and 1).
 //! * `baseline/http-no-layer`, `degrade/http-admit`, `tower_governor/http-global`: the same over
 //!   `http::Request` (tower_governor only speaks HTTP), global key.
 //! * `*/2-threads` (`iter_custom` via [`degrade_benches::contended`]): two threads calling
@@ -203,6 +205,13 @@ fn ratelimit(c: &mut Criterion) {
             black_box(call_now(&mut svc, black_box(n)))
         })
     });
+    assert_eq!(keyed.snapshot().keys, 10_000);
+    // The same layer from 1 and 2 threads, each on its own known key (keys 0 and 1).
+    for (threads, case) in [(1, "keyed-1-thread"), (2, "keyed-2-threads")] {
+        g.bench_function(BenchmarkId::new("degrade", case), |b| {
+            b.iter_custom(|iters| contended(&svc, threads, iters))
+        });
+    }
     assert_eq!(keyed.snapshot().keys, 10_000);
 
     let gkeyed = RateLimiter::dashmap(governor_quota());

@@ -32,7 +32,11 @@
 //! in 16 — so the repetitions time 1 in 16), `canary-judged` (the same after a
 //! `CanaryController` read a window of 200,000 calls: from then on a thread times 1 call in 16
 //! of each arm) and `breaker` (the default breaker, closed). With no argument, all of them.
-//! `breaker-threads` times the default breaker shared by 1 and by 2 threads, as below. `admit-threads` times the default layer shared by 1 and by 2
+//! `breaker-threads` times the default breaker shared by 1 and by 2 threads, as below.
+//! `keyed-ratelimit-10k` times a keyed rate limit cycling through 10,000 known keys, and
+//! `keyed-ratelimit-threads` the same layer from 1 and 2 threads, each on its own key.
+//! `keyed-breaker-threads` times a `KeyedBreakerLayer` with 1,000 known keys the same way, each
+//! thread calling its own known key (one map, two breakers). `admit-threads` times the default layer shared by 1 and by 2
 //! threads ([`degrade_benches::contended`], wall time per call; the ratio is the second
 //! thread's gain) — meaningful only when nothing else runs. Its limit is held at 64 (min =
 //! max): with an inner service of a few nanoseconds the law may learn a limit of one, and a
@@ -387,6 +391,62 @@ fn main() {
             .expect("valid breaker")
             .layer(inner());
         report_threads("breaker", &svc);
+    }
+    // `keyed-ratelimit-10k`: a keyed rate limit cycling through 10,000 known keys (the
+    // criterion `ratelimit/degrade/keyed-10k`); `keyed-ratelimit-threads`: the same layer from
+    // 1 and 2 threads alternated, each thread on its own known key.
+    if wanted
+        .iter()
+        .any(|w| w == "keyed-ratelimit-10k" || w == "keyed-ratelimit-threads")
+    {
+        let layer = RateLimitLayer::builder(open_rate())
+            .keyed(
+                degrade_core::key::from_fn(|r: &Req| Some(*r % 10_000)),
+                degrade_ratelimit::KeysConfig::default(),
+            )
+            .build()
+            .expect("valid rate limit");
+        let mut svc = layer.layer(inner());
+        for key in 0..10_000 {
+            let _ = call_now(&mut svc, key);
+        }
+        if wanted.iter().any(|w| w == "keyed-ratelimit-10k") {
+            let (calls, repetitions) = calls_and_repetitions();
+            let mut n: Req = 0;
+            let ns = min_ns_per_call(calls, repetitions, || {
+                n = n.wrapping_add(1);
+                let _ = black_box(call_now(&mut svc, black_box(n)));
+            });
+            report("keyed-ratelimit-10k", ns);
+        }
+        if wanted.iter().any(|w| w == "keyed-ratelimit-threads") {
+            report_threads("keyed-ratelimit", &svc);
+        }
+        assert_eq!(
+            layer.snapshot().keys,
+            10_000,
+            "every timed call was for a known key"
+        );
+    }
+    // `keyed-breaker-threads`: a keyed breaker with 1,000 keys in its map, each thread calling
+    // its own known key (thread i sends request i): one map read by both, two breakers.
+    if wanted.iter().any(|w| w == "keyed-breaker-threads") {
+        let layer = degrade_breaker::KeyedBreakerLayer::builder(
+            degrade_breaker::BreakerConfig::default(),
+            degrade_core::key::from_fn(|r: &Req| Some(*r)),
+        )
+        .build()
+        .expect("valid breaker");
+        let mut svc = layer.layer(inner());
+        for key in 0..1_000 {
+            let _ = call_now(&mut svc, key);
+        }
+        report_threads("keyed-breaker", &svc);
+        assert_eq!(
+            layer.snapshot().inserted,
+            1_000,
+            "every timed call was for a known key"
+        );
     }
     // `admit-threads-rarely-timed`: the same with one request in 65,536 timed (the most
     // `timing_every` allows), to separate the in-flight accounting from the timed requests'

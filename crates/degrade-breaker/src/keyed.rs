@@ -19,17 +19,45 @@
 //! [`KeyedBreakerLayer::overflow`] so that an operator sees when the cap is too small.
 //!
 //! "Recently used" is the CLOCK approximation of LRU: a lookup of a known key marks its slot
-//! (a shared read lock and one relaxed load; a store only if the mark was clear), and a hand
-//! sweeps the slots to find a victim. A marked slot gets a second chance (the hand clears its
-//! mark and moves on); the first closed, idle, unmarked breaker is evicted. The hand passes at
-//! most [`MAX_EVICTION_SKIPS`] breakers that cannot be evicted before it gives up and hands the
-//! new key the overflow breaker, and it resumes from there next time.
+//! (one relaxed load; a store only if the mark was clear), and a hand sweeps the slots to find
+//! a victim. A marked slot gets a second chance (the hand clears its mark and moves on); the
+//! first closed, idle, unmarked breaker is evicted. The hand passes at most
+//! [`MAX_EVICTION_SKIPS`] breakers that cannot be evicted before it gives up and hands the new
+//! key the overflow breaker, and it resumes from there next time.
 //!
 //! Admitting a new key at the cap therefore costs O(1) amortised, whatever keys arrive: every
 //! mark the hand clears was set by an earlier lookup, and every other visit is bounded by the
-//! skip budget. A stream of attacker-chosen keys cannot turn the write lock into a scan of the
-//! whole map (the previous design did exactly that, once per new key). [`KeyedSnapshot`]
-//! counts the slots the hand visited.
+//! skip budget. A stream of attacker-chosen keys cannot turn an insertion into a scan of the
+//! whole map. [`KeyedSnapshot`] counts the slots the hand visited.
+//!
+//! # No lock for a known key
+//!
+//! A call for a key already in the map takes no lock, allocates nothing and writes no shared
+//! reference count: the key is found in a concurrent hash map with lock-free reads
+//! ([`papaya`]; its memory is reclaimed by epochs, so a lookup writes only its own thread's
+//! reservation word), its mark is set if clear, and the key's breaker admits the call before
+//! the lookup ends. Only a new key takes a mutex (the slots in CLOCK order, the hand, the
+//! counters), to insert or evict; so do the cold accessors ([`handle`](KeyedBreakerLayer::handle),
+//! [`len`](KeyedBreakerLayer::len), [`keys`](KeyedBreakerLayer::keys),
+//! [`snapshot`](KeyedBreakerLayer::snapshot)) and each call of a key left on the overflow
+//! breaker (it looks for room again every time).
+//!
+//! **A call racing an eviction.** A call whose lookup found its key just before the hand
+//! evicted that key's breaker (closed, idle, unmarked, no handle) is admitted by the evicted
+//! breaker and its outcome is recorded there, exactly once: lost to the key's next breaker, as
+//! are the calls the evicted window had counted. It never reaches another key's breaker or a
+//! recycled one: an evicted breaker is released only after every lookup that could have
+//! found it has ended, and a lookup ends after its call is counted as started, so the
+//! breaker's state is parked until that call ends ([`degrade_core::recycle`]). The key's next
+//! call finds no entry and inserts a fresh breaker. A lookup may also re-mark a slot the hand
+//! has just cleared: one more second chance.
+//!
+//! **Memory.** Evicted breakers are released on the insertion path once the map has reclaimed
+//! its node, which it does in batches (32 retired nodes per thread, or one per core if more):
+//! a few dozen evicted breakers per evicting thread may wait beyond `max_keys`. Reclaiming a
+//! batch (the map's nodes and keys) may fall to any thread that ends a lookup, a call
+//! included: a deallocation now and then while keys are being evicted, never while every call
+//! is for a known key.
 //!
 //! ```
 //! use degrade_breaker::{BreakerConfig, KeyedBreakerLayer, State, WindowConfig};
@@ -55,6 +83,7 @@
 //! ```
 
 use crate::config::BreakerConfig;
+use crate::error::CircuitOpen;
 #[cfg(feature = "http")]
 use crate::future::RespondFuture;
 use crate::future::ResponseFuture;
@@ -69,12 +98,11 @@ use degrade_core::answer::GrpcResponses;
 use degrade_core::answer::{HttpResponses, Respond, Responses};
 use degrade_core::key::KeyExtractor;
 use degrade_core::{BoxError, Classifier, Clock, ConfigError, DefaultClassifier, FastClock};
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -84,26 +112,49 @@ use tower_service::Service;
 /// breaker. It bounds the work a new key can cause at the cap to a constant.
 pub const MAX_EVICTION_SKIPS: u32 = 64;
 
-struct Slot<Key, C: 'static, K> {
-    key: Key,
+/// One key's breaker, shared by the lock-free map (what calls read) and the ring (what the
+/// hand sweeps).
+struct Entry<C: 'static, K> {
+    /// Held only by this entry, and by the key's handles (which the hand counts).
     shared: Arc<Shared<C, K>>,
     /// Set by lookups, cleared by the clock hand: a second chance before eviction.
     referenced: AtomicBool,
 }
 
-/// The map: an index from key to slot, the slots in a ring, and the clock hand.
-struct Table<Key, C: 'static, K> {
-    index: HashMap<Key, usize>,
-    slots: Vec<Slot<Key, C, K>>,
-    hand: usize,
-    stats: KeyedSnapshot,
+impl<C: 'static, K: Clock> Entry<C, K> {
+    /// The call path: mark the slot (a store only if the mark was clear), then admit.
+    #[inline]
+    fn admit(&self) -> Result<Permit<C, K>, CircuitOpen> {
+        if !self.referenced.load(Ordering::Relaxed) {
+            self.referenced.store(true, Ordering::Relaxed);
+        }
+        admit(&self.shared)
+    }
 }
 
-impl<Key, C: 'static, K: Clock> Table<Key, C, K> {
+#[inline]
+fn admit<C: 'static, K: Clock>(shared: &Shared<C, K>) -> Result<Permit<C, K>, CircuitOpen> {
+    shared.admit().map(|ticket| Permit::new(shared, ticket))
+}
+
+/// What only new keys and readers of the counters touch, behind the mutex: the entries in
+/// CLOCK order, the hand, the counters, and the evicted entries the map may still hand out.
+struct Ring<Key, C: 'static, K> {
+    slots: Vec<(Key, Arc<Entry<C, K>>)>,
+    hand: usize,
+    stats: KeyedSnapshot,
+    /// Evicted entries whose map node is not reclaimed yet (a lookup may still hold it). Each
+    /// is dropped here, on the insertion path, once the map's reference is gone — never by a
+    /// call, whose lookup may be the one that frees the map's node.
+    evicted: Vec<Arc<Entry<C, K>>>,
+}
+
+impl<Key, C: 'static, K: Clock> Ring<Key, C, K> {
     /// Moves the hand until it finds a slot to evict, or `None` after `MAX_EVICTION_SKIPS`
-    /// breakers that cannot be evicted or two revolutions. No lookup can set a mark while the
-    /// write lock is held, so after one revolution every evictable slot is unmarked and the
-    /// second finds it if there is one.
+    /// breakers that cannot be evicted or two revolutions. After one revolution every
+    /// evictable slot has been unmarked once; a lookup may mark it again meanwhile (it is in
+    /// use: a further second chance), so the second revolution finds a victim unless every
+    /// evictable breaker is being used.
     fn victim(&mut self) -> Option<usize> {
         let len = self.slots.len();
         let mut skips = 0;
@@ -111,15 +162,15 @@ impl<Key, C: 'static, K: Clock> Table<Key, C, K> {
             let i = self.hand;
             self.hand = if i + 1 == len { 0 } else { i + 1 };
             self.stats.scanned += 1;
-            let slot = &self.slots[i];
-            let marked = slot.referenced.swap(false, Ordering::Relaxed);
-            // Held only by this map (no handle), closed in normal mode, no call in flight.
+            let entry = &self.slots[i].1;
+            let marked = entry.referenced.swap(false, Ordering::Relaxed);
+            // Held only by its entry (no handle), closed in normal mode, no call in flight.
             // Futures hold no `Arc` (they reach the breaker through a `&'static`): a call in
             // flight shows in the counts, read only for an unmarked slot (each such read
             // evicts or counts a skip, so a search reads at most `MAX_EVICTION_SKIPS + 1`).
-            let evictable = Arc::strong_count(&slot.shared) == 1
-                && slot.shared.is_closed()
-                && (marked || slot.shared.in_flight() == 0);
+            let evictable = Arc::strong_count(&entry.shared) == 1
+                && entry.shared.is_closed()
+                && (marked || entry.shared.in_flight() == 0);
             if evictable && !marked {
                 return Some(i);
             }
@@ -132,6 +183,12 @@ impl<Key, C: 'static, K: Clock> Table<Key, C, K> {
         }
         None
     }
+
+    /// Drops the evicted entries that no lookup can reach any more (the map has reclaimed its
+    /// node: this list holds the last reference). Their breakers go back to the pool here.
+    fn release_evicted(&mut self) {
+        self.evicted.retain(|entry| Arc::strong_count(entry) > 1);
+    }
 }
 
 struct Keyed<F, Key, C: 'static, K> {
@@ -141,8 +198,11 @@ struct Keyed<F, Key, C: 'static, K> {
     clock: K,
     name: Arc<str>,
     max_keys: usize,
-    /// Keyed by `Option<Key>`: requests without a key share the `None` breaker.
-    table: RwLock<Table<Option<Key>, C, K>>,
+    /// Keyed by `Option<Key>`: requests without a key share the `None` breaker. Read with no
+    /// lock; written only with `ring` locked, so the two always hold the same entries (between
+    /// two lock holders).
+    map: papaya::HashMap<Option<Key>, Arc<Entry<C, K>>>,
+    ring: Mutex<Ring<Option<Key>, C, K>>,
     overflow: Arc<Shared<C, K>>,
 }
 
@@ -152,38 +212,51 @@ where
     C: Clone,
     K: Clock,
 {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table<Option<Key>, C, K>> {
-        self.table.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn breaker(&self, key: &Option<Key>) -> Arc<Shared<C, K>> {
+    /// Admits a call for `key`: with no lock for a known key (see the module docs).
+    #[inline]
+    fn admit(&self, key: &Option<Key>) -> Result<Permit<C, K>, CircuitOpen> {
         {
-            let table = self.read();
-            if let Some(&i) = table.index.get(key) {
-                let slot = &table.slots[i];
-                if !slot.referenced.load(Ordering::Relaxed) {
-                    slot.referenced.store(true, Ordering::Relaxed);
-                }
-                return Arc::clone(&slot.shared);
+            let guard = self.map.guard();
+            if let Some(entry) = self.map.get(key, &guard) {
+                // Admitted under the guard: the entry cannot be released before the call is
+                // counted as started, so a racing eviction parks its breaker until it ends.
+                return entry.admit();
             }
         }
-        self.insert(key)
+        self.admit_new(key)
     }
 
     #[cold]
-    fn insert(&self, key: &Option<Key>) -> Arc<Shared<C, K>> {
-        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(&i) = table.index.get(key) {
-            return Arc::clone(&table.slots[i].shared);
+    #[inline(never)]
+    fn admit_new(&self, key: &Option<Key>) -> Result<Permit<C, K>, CircuitOpen> {
+        let mut ring = lock(&self.ring);
+        // A new entry starts unmarked: only later lookups give it a second chance.
+        match self.insert(&mut ring, key) {
+            Some(entry) => admit(&entry.shared),
+            None => admit(&self.overflow),
         }
-        let at = if table.slots.len() < self.max_keys {
+    }
+
+    /// The key's entry, made if there is room (or a victim); `None` sends the call to the
+    /// overflow breaker. Called with the ring locked: the map is written only here.
+    fn insert(
+        &self,
+        ring: &mut Ring<Option<Key>, C, K>,
+        key: &Option<Key>,
+    ) -> Option<Arc<Entry<C, K>>> {
+        let guard = self.map.guard();
+        if let Some(entry) = self.map.get(key, &guard) {
+            return Some(Arc::clone(entry));
+        }
+        ring.release_evicted();
+        let at = if ring.slots.len() < self.max_keys {
             None
         } else {
-            match table.victim() {
+            match ring.victim() {
                 Some(i) => Some(i),
                 None => {
-                    table.stats.overflowed += 1;
-                    return Arc::clone(&self.overflow);
+                    ring.stats.overflowed += 1;
+                    return None;
                 }
             }
         };
@@ -196,31 +269,45 @@ where
             self.clock.clone(),
             name,
         ) else {
-            table.stats.overflowed += 1;
-            return Arc::clone(&self.overflow);
+            ring.stats.overflowed += 1;
+            return None;
         };
-        let shared = Arc::new(shared);
-        let slot = Slot {
-            key: key.clone(),
-            shared: Arc::clone(&shared),
+        let entry = Arc::new(Entry {
+            shared: Arc::new(shared),
             referenced: AtomicBool::new(false),
-        };
-        let table = &mut *table;
+        });
         match at {
             Some(i) => {
-                let old = std::mem::replace(&mut table.slots[i], slot);
-                table.index.remove(&old.key);
-                table.index.insert(key.clone(), i);
-                table.stats.evicted += 1;
+                let (old_key, old) =
+                    std::mem::replace(&mut ring.slots[i], (key.clone(), Arc::clone(&entry)));
+                self.map.remove(&old_key, &guard);
+                ring.evicted.push(old);
+                ring.stats.evicted += 1;
             }
-            None => {
-                table.index.insert(key.clone(), table.slots.len());
-                table.slots.push(slot);
-            }
+            None => ring.slots.push((key.clone(), Arc::clone(&entry))),
         }
-        table.stats.inserted += 1;
-        shared
+        self.map.insert(key.clone(), Arc::clone(&entry), &guard);
+        ring.stats.inserted += 1;
+        Some(entry)
     }
+}
+
+impl<F, Key: Hash + Eq, C: 'static, K: Clock> Keyed<F, Key, C, K> {
+    /// A handle on `key`'s breaker, taken with the ring locked so that the hand, which
+    /// evicts only breakers without a handle, sees it.
+    fn handle(&self, key: &Option<Key>) -> Option<BreakerHandle<C, K>> {
+        let _ring = lock(&self.ring);
+        let guard = self.map.guard();
+        self.map
+            .get(key, &guard)
+            .map(|entry| BreakerHandle::from_shared(Arc::clone(&entry.shared)))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Counters of a [`KeyedBreakerLayer`]'s map (not of its breakers: each has its own
@@ -360,11 +447,7 @@ where
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn handle(&self, key: &Key) -> Option<BreakerHandle<C, K>> {
-        let table = self.keyed.table.read().unwrap_or_else(|e| e.into_inner());
-        table
-            .index
-            .get(&Some(key.clone()))
-            .map(|&i| BreakerHandle::from_shared(Arc::clone(&table.slots[i].shared)))
+        self.keyed.handle(&Some(key.clone()))
     }
 
     /// The breaker shared by new keys that arrive while the map is full of breakers that cannot
@@ -391,12 +474,7 @@ where
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn len(&self) -> usize {
-        self.keyed
-            .table
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .slots
-            .len()
+        lock(&self.keyed.ring).slots.len()
     }
 
     /// Counters of the map: keys, insertions, evictions, overflows and the eviction hand's
@@ -410,10 +488,10 @@ where
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn snapshot(&self) -> KeyedSnapshot {
-        let table = self.keyed.table.read().unwrap_or_else(|e| e.into_inner());
+        let ring = lock(&self.keyed.ring);
         KeyedSnapshot {
-            keys: table.slots.len(),
-            ..table.stats
+            keys: ring.slots.len(),
+            ..ring.stats
         }
     }
 
@@ -440,8 +518,11 @@ where
     /// # Ok::<(), degrade_core::ConfigError>(())
     /// ```
     pub fn keys(&self) -> Vec<Key> {
-        let table = self.keyed.table.read().unwrap_or_else(|e| e.into_inner());
-        table.slots.iter().filter_map(|s| s.key.clone()).collect()
+        let ring = lock(&self.keyed.ring);
+        ring.slots
+            .iter()
+            .filter_map(|(key, _)| key.clone())
+            .collect()
     }
 
     /// The handle of the breaker shared by requests without a key, if one came.
@@ -459,11 +540,7 @@ where
     /// # }
     /// ```
     pub fn keyless(&self) -> Option<BreakerHandle<C, K>> {
-        let table = self.keyed.table.read().unwrap_or_else(|e| e.into_inner());
-        table
-            .index
-            .get(&None)
-            .map(|&i| BreakerHandle::from_shared(Arc::clone(&table.slots[i].shared)))
+        self.keyed.handle(&None)
     }
 }
 
@@ -604,11 +681,12 @@ impl<F, Key, C: 'static, K> KeyedBuilder<F, Key, C, K> {
                 clock,
                 name,
                 max_keys: self.max_keys,
-                table: RwLock::new(Table {
-                    index: HashMap::new(),
+                map: papaya::HashMap::new(),
+                ring: Mutex::new(Ring {
                     slots: Vec::new(),
                     hand: 0,
                     stats: KeyedSnapshot::default(),
+                    evicted: Vec::new(),
                 }),
                 overflow: Arc::new(overflow),
             }),
@@ -684,11 +762,8 @@ where
     fn call(&mut self, req: R) -> Self::Future {
         // Every layer further in shares this call's start instant.
         let _scope = degrade_core::clock::CallScope::enter();
-        let shared = self.keyed.breaker(&self.keyed.extractor.extract(&req));
-        match shared.admit() {
-            Ok(ticket) => {
-                ResponseFuture::called(self.inner.call(req), Permit::new(&shared, ticket))
-            }
+        match self.keyed.admit(&self.keyed.extractor.extract(&req)) {
+            Ok(permit) => ResponseFuture::called(self.inner.call(req), permit),
             Err(open) => ResponseFuture::rejected(open),
         }
     }
@@ -718,10 +793,72 @@ where
     fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
         // Every layer further in shares this call's start instant.
         let _scope = degrade_core::clock::CallScope::enter();
-        let shared = self.keyed.breaker(&self.keyed.extractor.extract(&req));
-        match shared.admit() {
-            Ok(ticket) => RespondFuture::called(self.inner.call(req), Permit::new(&shared, ticket)),
+        match self.keyed.admit(&self.keyed.extractor.extract(&req)) {
+            Ok(permit) => RespondFuture::called(self.inner.call(req), permit),
             Err(open) => RespondFuture::rejected(Responses::<W>::respond(&open)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use degrade_core::key::from_fn;
+    use degrade_core::{ManualClock, Outcome};
+    use papaya::Guard;
+
+    /// The race of the module docs, played step by step on one thread: a lookup finds key 1,
+    /// a new key evicts key 1's breaker, and the call then goes on under the entry it found.
+    /// It is counted once, by the evicted breaker, and that breaker's state is handed to no
+    /// other breaker while a call it admitted is in flight.
+    #[test]
+    fn a_call_racing_an_eviction_is_counted_once_by_the_evicted_breaker() {
+        let clock = ManualClock::new();
+        let layer =
+            KeyedBreakerLayer::builder(BreakerConfig::default(), from_fn(|k: &u32| Some(*k)))
+                .max_keys(1)
+                .clock(clock.clone())
+                .build()
+                .unwrap();
+        let keyed = &layer.keyed;
+        keyed.admit(&Some(1)).unwrap().record(Outcome::Success);
+
+        let guard = keyed.map.guard();
+        let found = keyed.map.get(&Some(1), &guard).unwrap();
+        let evicted = found.shared.core.get();
+        // Key 2 evicts key 1 (closed, idle; its mark cleared on the hand's first pass).
+        keyed.admit(&Some(2)).unwrap().record(Outcome::Success);
+        assert_eq!(layer.snapshot().evicted, 1);
+        assert_eq!(layer.keys(), [2]);
+        // The lookup goes on: two calls under the entry it found, then it ends.
+        let first = found.admit().unwrap();
+        let second = found.admit().unwrap();
+        drop(guard);
+        // The map's node of key 1 is reclaimed (no lookup is active)...
+        let flush = keyed.map.guard();
+        flush.flush();
+        drop(flush);
+        // ...so the next new key releases the evicted breaker, whose state is parked (calls
+        // in flight), not reused by key 3's breaker.
+        keyed.admit(&Some(3)).unwrap().record(Outcome::Success);
+        {
+            // Key 1's entry released on the insertion path; key 2's (just evicted) waits.
+            let ring = lock(&keyed.ring);
+            assert_eq!(ring.evicted.len(), 1);
+            assert!(!std::ptr::eq(ring.evicted[0].shared.core.get(), evicted));
+        }
+        let third = layer.handle(&3).unwrap();
+        assert!(!std::ptr::eq(third.shared.core.get(), evicted));
+        first.record(Outcome::Failure);
+        // Still one call in flight: the evicted breaker's counts cannot have been reset.
+        let s = evicted.snapshot(&clock);
+        assert_eq!((s.admitted, s.successes, s.failures), (3, 1, 1));
+        assert_eq!(evicted.in_flight(), 1);
+        drop(second);
+        assert_eq!(
+            third.snapshot().admitted,
+            1,
+            "key 3's breaker saw only its own call"
+        );
     }
 }

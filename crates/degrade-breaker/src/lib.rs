@@ -67,7 +67,7 @@
 //! * **Backoff** of the open wait across repeated openings, with a deterministic jitter (a
 //!   seeded hash, no random number generator).
 //! * **Keyed breakers** ([`keyed`]): one breaker per host, endpoint or tenant, in a map with a
-//!   bound on its size.
+//!   bound on its size; a call for a known key takes no lock.
 //!
 //! ## How it differs from its peers
 //!

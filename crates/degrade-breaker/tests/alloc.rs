@@ -5,7 +5,8 @@
 //! sets up its channels while the test thread runs, and a global counting allocator sees those
 //! allocations too. Alone in its process, the measurement counts the breaker only.
 
-use degrade_breaker::{BreakerConfig, BreakerLayer, WindowConfig};
+use degrade_breaker::{BreakerConfig, BreakerLayer, KeyedBreakerLayer, WindowConfig};
+use degrade_core::key::from_fn;
 use futures_util::FutureExt;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use std::alloc::System;
@@ -45,6 +46,38 @@ fn call_all<S: Service<u32>>(svc: &mut S, n: u32) -> (usize, usize) {
 fn main() {
     closed_path_allocates_nothing();
     println!("closed_path_allocates_nothing ... ok");
+    a_known_key_allocates_nothing();
+    println!("a_known_key_allocates_nothing ... ok");
+}
+
+/// A keyed breaker's call for a key already in its map: the lock-free lookup and the closed
+/// path allocate nothing (the first call of each key, which makes its breaker, is the warm-up).
+fn a_known_key_allocates_nothing() {
+    let layer =
+        KeyedBreakerLayer::builder(BreakerConfig::default(), from_fn(|n: &u32| Some(n % 100)))
+            .max_keys(1_000)
+            .build()
+            .unwrap();
+    let mut svc = layer.layer(tower::service_fn(|n: u32| {
+        ready(if n.is_multiple_of(8) {
+            Err(Down)
+        } else {
+            Ok(n)
+        })
+    }));
+    call_all(&mut svc, 200); // every key's breaker made, thread-locals warm
+    assert_eq!(layer.len(), 100);
+    let region = Region::new(GLOBAL);
+    let (ok, err) = call_all(&mut svc, 1000);
+    let change = region.change();
+    assert_eq!((ok, err), (875, 125));
+    assert_eq!(change.allocations, 0, "{change:?}");
+    assert_eq!(change.reallocations, 0);
+    assert_eq!(
+        change.deallocations, 0,
+        "nothing freed either: no eviction happened"
+    );
+    assert_eq!(layer.snapshot().inserted, 100);
 }
 
 fn closed_path_allocates_nothing() {

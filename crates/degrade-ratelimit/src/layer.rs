@@ -164,7 +164,8 @@ impl<E: Keyed, W, C: Clock, M> RateLimitLayer<E, W, C, M> {
         self.shared.evict_idle()
     }
 
-    /// Slots the keyed store has allocated, and its cap (both zero for a global limit).
+    /// Entries the keyed store has allocated (one per key held, until a dropped key's entry is
+    /// freed: no lookup can still read it), and its cap (both zero for a global limit).
     ///
     /// ```
     /// # use degrade_ratelimit::{RateLimitConfig, RateLimitLayer};

@@ -1,4 +1,5 @@
-//! The bounded keyed store: one GCRA TAT per key, in shards behind short mutexes.
+//! The bounded keyed store: one GCRA TAT per key, found with no lock, in shards whose mutex
+//! only new keys take.
 //!
 //! Memory is bounded by construction: a shard never holds more than its share of the key cap.
 //! A key whose TAT is not ahead of now has its full budget back, which is exactly the state of
@@ -6,13 +7,37 @@
 //! full (and on [`Store::evict_idle`]). Only when a full shard holds no recovered key at all is
 //! a *new* key refused, with [`Cause::KeyCapacity`](crate::error::Cause::KeyCapacity): known
 //! keys keep being limited, and the store never grows past its cap.
+//!
+//! # No lock for a known key
+//!
+//! Each shard keeps its keys in a concurrent hash map with lock-free reads (`papaya`; a
+//! lookup writes only its own thread's reservation word) and each key's TAT in one atomic
+//! word ([`KeyCell`]). A request for a known key whose cell is in the unit of the request's
+//! parameters takes no lock and allocates nothing: it moves the TAT by compare-and-swap, as
+//! the global cell does. The shard's mutex is taken only to insert a key, to drop recovered
+//! keys when the shard is full, and to carry a key's debt over to a new unit after a quota
+//! or level change (once per key and change).
+//!
+//! A cell leaves the map only by being **killed** first, under the shard's mutex: its word is
+//! swapped to a dead mark, from a TAT that shows a full budget (a sweep) or whatever it was
+//! (a carry-over, which hands that TAT on to the key's new cell). A request that found the
+//! cell before it left and then meets the mark looks the key up again, under the mutex. So a
+//! request racing a sweep or a carry-over is decided exactly once, against the key's budget,
+//! and no admission is lost: a sweep's compare-and-swap fails if a request moved the TAT
+//! after the sweep read it (the key is then mid-budget and kept), and a carry-over hands on
+//! every admission its swap saw.
+//!
+//! A dropped key's map entry is freed once no lookup can still read it, by the map's epoch
+//! reclamation, in batches: that may fall to any thread that ends a lookup, a request
+//! included — a deallocation now and then while keys are being dropped, never while every
+//! request is for a known key.
 
 use crate::config::Params;
 use crate::state::{Decision, decide, rescale};
+use crate::sync::{AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
-use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 /// A key with its hash, computed once per request: the same hash picks the shard and the
 /// bucket, so a lookup runs SipHash once instead of twice.
@@ -54,23 +79,113 @@ impl Hasher for PassThrough {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    tat: u64,
+/// The word of a cell that has left (or is leaving) the map. No TAT takes this value: TATs
+/// are capped one below it (a TAT that far ahead is "never" either way).
+const DEAD: u64 = u64::MAX;
+
+/// One key's TAT, in one atomic word, in the unit (nanoseconds per unit of budget) the cell
+/// was made in. A change of unit makes a new cell (see [`KeyCell::kill`]).
+pub(crate) struct KeyCell {
     unit_ns: u64,
+    tat: AtomicU64,
 }
 
-struct Shard<K> {
-    map: HashMap<Prehashed<K>, Entry, BuildHasherDefault<PassThrough>>,
-    /// A lower bound of every held entry's TAT: no entry can recover before this instant, so a
-    /// sweep before it would free nothing. Every write of an entry lowers it to that entry's
-    /// TAT if need be, so it never lies above a held key's recovery (an empty shard's bound
-    /// is `u64::MAX`, and the next insertion brings it down).
+impl KeyCell {
+    pub(crate) fn new(unit_ns: u64, tat: u64) -> Self {
+        Self {
+            unit_ns,
+            tat: AtomicU64::new(tat.min(DEAD - 1)),
+        }
+    }
+
+    /// One decision of `cost` with `tolerance` (both in this cell's unit) at `now`; on
+    /// admission the TAT has moved. `None`: the cell is dead (dropped or carried over) and
+    /// the key must be looked up again.
+    #[inline]
+    pub(crate) fn acquire(
+        &self,
+        cost: u64,
+        tolerance: u64,
+        now: u64,
+        max_wait: u64,
+    ) -> Option<Decision> {
+        let mut w = self.tat.load(Ordering::Acquire);
+        loop {
+            if w == DEAD {
+                return None;
+            }
+            match decide(w, now, cost, tolerance, max_wait) {
+                Decision::Admit { tat, wait } => {
+                    match self.tat.compare_exchange_weak(
+                        w,
+                        tat.min(DEAD - 1),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => return Some(Decision::Admit { tat, wait }),
+                        Err(actual) => w = actual,
+                    }
+                }
+                reject => return Some(reject),
+            }
+        }
+    }
+
+    /// Kills the cell if its budget is full at `now` under `unit_ns` (the unit in force).
+    /// `Err(bound)` when it is kept: a lower bound of every TAT the key can have from now on
+    /// (its TAT, or less once carried over to `unit_ns`). Called with the shard's mutex held,
+    /// so no other thread kills it meanwhile.
+    pub(crate) fn kill_if_recovered(&self, now: u64, unit_ns: u64) -> Result<(), u64> {
+        let mut w = self.tat.load(Ordering::Acquire);
+        loop {
+            let carried = rescale(w, now, self.unit_ns, unit_ns);
+            if w == DEAD || carried > now {
+                return Err(w.min(carried));
+            }
+            match self
+                .tat
+                .compare_exchange(w, DEAD, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(()),
+                // A request moved the TAT: now mid-budget, kept (checked again above).
+                Err(actual) => w = actual,
+            }
+        }
+    }
+
+    /// Kills the cell whatever its TAT, and returns that TAT: every admission the cell made
+    /// is in it, and none can follow. Called with the shard's mutex held.
+    pub(crate) fn kill(&self) -> u64 {
+        self.tat.swap(DEAD, Ordering::AcqRel)
+    }
+
+    /// The TAT (`DEAD` once killed), for the loom models.
+    #[cfg(all(test, degrade_loom))]
+    fn tat(&self) -> u64 {
+        self.tat.load(Ordering::Acquire)
+    }
+}
+
+/// What only the shard's mutex guards: how many keys it holds, and when a sweep can next
+/// free one.
+struct Meta {
+    len: usize,
+    /// A lower bound of every held key's TAT: no key can recover before this instant, so a
+    /// sweep before it would free nothing. Insertions and carry-overs (under the mutex) lower
+    /// it to the TAT they write; requests on known keys only move TATs up, so it stays a lower
+    /// bound without them (an empty shard's bound is `u64::MAX`, and the next insertion
+    /// brings it down).
     next_sweep: u64,
 }
 
+struct Shard<K> {
+    map: papaya::HashMap<Prehashed<K>, KeyCell, BuildHasherDefault<PassThrough>>,
+    /// On its own cache line: inserting threads write it, lookups never read it.
+    meta: CachePadded<Mutex<Meta>>,
+}
+
 pub(crate) struct Store<K> {
-    shards: Box<[CachePadded<Mutex<Shard<K>>>]>,
+    shards: Box<[Shard<K>]>,
     shard_cap: usize,
     hasher: RandomState,
 }
@@ -83,6 +198,11 @@ pub(crate) struct Full {
     pub(crate) until: u64,
 }
 
+fn lock(meta: &Mutex<Meta>) -> MutexGuard<'_, Meta> {
+    meta.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl<K: Hash + Eq> Store<K> {
     /// A store of at most `cap` keys (`cap` ≥ 1).
     pub(crate) fn new(cap: usize) -> Self {
@@ -92,11 +212,12 @@ impl<K: Hash + Eq> Store<K> {
         let n = (cap / 1024).clamp(1, 64).next_power_of_two().min(64);
         let hasher = RandomState::new();
         let shards = (0..n)
-            .map(|_| {
-                CachePadded::new(Mutex::new(Shard {
-                    map: HashMap::default(),
+            .map(|_| Shard {
+                map: papaya::HashMap::default(),
+                meta: CachePadded::new(Mutex::new(Meta {
+                    len: 0,
                     next_sweep: 0,
-                }))
+                })),
             })
             .collect();
         Self {
@@ -107,13 +228,15 @@ impl<K: Hash + Eq> Store<K> {
     }
 
     /// The shard of a hash: bits 32 and up, clear of the low bits that pick a bucket and the
-    /// top seven that hashbrown keeps as a tag. The shard count is a power of two.
+    /// top seven that the map keeps as a tag. The shard count is a power of two.
     #[inline]
-    fn shard(&self, hash: u64) -> &Mutex<Shard<K>> {
+    fn shard(&self, hash: u64) -> &Shard<K> {
         &self.shards[(hash >> 32) as usize & (self.shards.len() - 1)]
     }
 
-    /// One decision for `key`.
+    /// One decision for `key`: with no lock when the key is known and its cell is in `p`'s
+    /// unit (see the module docs).
+    #[inline]
     pub(crate) fn acquire(
         &self,
         key: K,
@@ -126,22 +249,52 @@ impl<K: Hash + Eq> Store<K> {
             hash: self.hasher.hash_one(&key),
             key,
         };
-        let mut shard = self
-            .shard(key.hash)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = shard.map.get_mut(&key) {
-            if e.unit_ns != p.unit_ns {
-                e.tat = rescale(e.tat, now, e.unit_ns, p.unit_ns);
-                e.unit_ns = p.unit_ns;
+        let shard = self.shard(key.hash);
+        {
+            let guard = shard.map.guard();
+            if let Some(cell) = shard.map.get(&key, &guard)
+                && cell.unit_ns == p.unit_ns
+                && let Some(d) = cell.acquire(cost_ns, p.tolerance_ns, now, max_wait)
+            {
+                return Ok(d);
             }
-            let d = decide(e.tat, now, cost_ns, p.tolerance_ns, max_wait);
-            if let Decision::Admit { tat, .. } = d {
-                e.tat = tat;
+        }
+        self.acquire_locked(shard, key, p, cost_ns, now, max_wait)
+    }
+
+    /// A new key, a key whose cell is in another unit, or a cell killed under the request:
+    /// decided with the shard's mutex held.
+    #[cold]
+    #[inline(never)]
+    fn acquire_locked(
+        &self,
+        shard: &Shard<K>,
+        key: Prehashed<K>,
+        p: &Params,
+        cost_ns: u64,
+        now: u64,
+        max_wait: u64,
+    ) -> Result<Decision, Full> {
+        let mut meta = lock(&shard.meta);
+        let guard = shard.map.guard();
+        if let Some(cell) = shard.map.get(&key, &guard) {
+            // Cells are killed only under this mutex, and leave the map before it is
+            // released: this one is live.
+            if cell.unit_ns == p.unit_ns
+                && let Some(d) = cell.acquire(cost_ns, p.tolerance_ns, now, max_wait)
+            {
+                return Ok(d);
             }
-            // A carry-over may have moved the TAT down.
-            let tat = e.tat;
-            shard.next_sweep = shard.next_sweep.min(tat);
+            // The quota or the level changed: carry the key's debt over to `p`'s unit, in a
+            // new cell. Requests still on the old cell meet its dead mark and come here.
+            let tat = rescale(cell.kill(), now, cell.unit_ns, p.unit_ns).min(DEAD - 1);
+            let d = decide(tat, now, cost_ns, p.tolerance_ns, max_wait);
+            let tat = match d {
+                Decision::Admit { tat, .. } => tat,
+                Decision::Reject { .. } => tat,
+            };
+            shard.map.insert(key, KeyCell::new(p.unit_ns, tat), &guard);
+            meta.next_sweep = meta.next_sweep.min(tat);
             return Ok(d);
         }
         let d = decide(0, now, cost_ns, p.tolerance_ns, max_wait);
@@ -149,27 +302,22 @@ impl<K: Hash + Eq> Store<K> {
             // Rejected from a fresh budget (cost above the burst): nothing to remember.
             return Ok(d);
         };
-        if shard.map.len() >= self.shard_cap {
-            if now < shard.next_sweep {
+        if meta.len >= self.shard_cap {
+            if now < meta.next_sweep {
                 return Err(Full {
-                    until: shard.next_sweep,
+                    until: meta.next_sweep,
                 });
             }
-            shard.sweep(now, p.unit_ns);
-            if shard.map.len() >= self.shard_cap {
+            shard.sweep(&mut meta, now, p.unit_ns);
+            if meta.len >= self.shard_cap {
                 return Err(Full {
-                    until: shard.next_sweep,
+                    until: meta.next_sweep,
                 });
             }
         }
-        shard.map.insert(
-            key,
-            Entry {
-                tat,
-                unit_ns: p.unit_ns,
-            },
-        );
-        shard.next_sweep = shard.next_sweep.min(tat);
+        shard.map.insert(key, KeyCell::new(p.unit_ns, tat), &guard);
+        meta.len += 1;
+        meta.next_sweep = meta.next_sweep.min(tat);
         Ok(d)
     }
 
@@ -179,28 +327,23 @@ impl<K: Hash + Eq> Store<K> {
         self.shards
             .iter()
             .map(|s| {
-                let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
-                let before = s.map.len();
-                s.sweep(now, unit_ns);
-                before - s.map.len()
+                let mut meta = lock(&s.meta);
+                let before = meta.len;
+                s.sweep(&mut meta, now, unit_ns);
+                before - meta.len
             })
             .sum()
     }
 
     /// Keys held.
     pub(crate) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).map.len())
-            .sum()
+        self.shards.iter().map(|s| lock(&s.meta).len).sum()
     }
 
-    /// Slots allocated by the shards' tables (an upper bound on their memory, in entries).
+    /// Entries held by the shards' maps: one allocation each (the map's tables are sized to
+    /// them; a dropped key's node is freed once no lookup can still read it).
     pub(crate) fn allocated(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).map.capacity())
-            .sum()
+        self.shards.iter().map(|s| s.map.len()).sum()
     }
 
     /// The most keys the store may hold.
@@ -210,24 +353,24 @@ impl<K: Hash + Eq> Store<K> {
 }
 
 impl<K: Hash + Eq> Shard<K> {
-    /// Drops the recovered keys and sets `next_sweep` to the earliest recovery of those kept
-    /// (`u64::MAX` when none is: the next insertion lowers it). Entries still in an old unit
-    /// are carried over to `unit_ns` first, so a quota change neither keeps a key longer nor
-    /// drops it sooner than the quota in force says.
-    fn sweep(&mut self, now: u64, unit_ns: u64) {
+    /// Drops the recovered keys and sets `next_sweep` to a lower bound of the kept keys' TATs
+    /// (`u64::MAX` when none is kept: the next insertion lowers it). A key still in an old
+    /// unit is judged by its debt carried over to `unit_ns`, so a quota change neither keeps
+    /// a key longer nor drops it sooner than the quota in force says. Called with `meta`'s
+    /// mutex held.
+    fn sweep(&self, meta: &mut Meta, now: u64, unit_ns: u64) {
+        let guard = self.map.guard();
         let mut earliest = u64::MAX;
-        self.map.retain(|_, e| {
-            if e.unit_ns != unit_ns {
-                e.tat = rescale(e.tat, now, e.unit_ns, unit_ns);
-                e.unit_ns = unit_ns;
+        for (key, cell) in self.map.iter(&guard) {
+            match cell.kill_if_recovered(now, unit_ns) {
+                Ok(()) => {
+                    self.map.remove(key, &guard);
+                    meta.len -= 1;
+                }
+                Err(bound) => earliest = earliest.min(bound),
             }
-            let keep = e.tat > now;
-            if keep {
-                earliest = earliest.min(e.tat);
-            }
-            keep
-        });
-        self.next_sweep = earliest;
+        }
+        meta.next_sweep = earliest;
     }
 }
 
@@ -294,5 +437,64 @@ mod tests {
         s.acquire(2u8, &p, 10, 5, 0).unwrap();
         assert_eq!(s.evict_idle(10, 10), 1);
         assert_eq!(s.len(), 1);
+    }
+}
+
+#[cfg(all(test, degrade_loom))]
+mod loom_models {
+    //! The key cell's dead mark against requests, every interleaving. Run with
+    //! `RUSTFLAGS="--cfg degrade_loom" CARGO_TARGET_DIR=target/loom cargo test -p
+    //! degrade-ratelimit --release --lib loom_models`.
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// A request on a recovered key (TAT 0, now 10) races a sweep: either the request is
+    /// admitted on the live cell and the sweep keeps it (its TAT shows the admission), or the
+    /// sweep kills it and the request meets the mark (and looks the key up again). Never both
+    /// an admission and a kill: that admission would be lost with the cell.
+    #[test]
+    fn a_request_racing_a_sweep_is_admitted_on_a_kept_cell_or_sent_back() {
+        loom::model(|| {
+            let cell = Arc::new(KeyCell::new(10, 0));
+            let c = Arc::clone(&cell);
+            let request = thread::spawn(move || c.acquire(10, 20, 10, 0));
+            let swept = cell.kill_if_recovered(10, 10);
+            match (request.join().unwrap(), swept) {
+                (Some(Decision::Admit { tat: 20, wait: 0 }), Err(bound)) => {
+                    assert_eq!(cell.tat(), 20);
+                    assert!(bound <= 20);
+                }
+                (None, Ok(())) => assert_eq!(cell.tat(), DEAD),
+                other => panic!("{other:?}"),
+            }
+        });
+    }
+
+    /// Two requests race a carry-over (the cell killed for a new unit): the TAT the kill
+    /// returns holds exactly the admissions made on the cell, and every other request is sent
+    /// back to look the key up again.
+    #[test]
+    fn a_carry_over_hands_on_every_admission_of_the_old_cell() {
+        loom::model(|| {
+            let cell = Arc::new(KeyCell::new(10, 0));
+            let requests: Vec<_> = (0..2)
+                .map(|_| {
+                    let c = Arc::clone(&cell);
+                    thread::spawn(move || c.acquire(10, 20, 0, 0))
+                })
+                .collect();
+            let last = cell.kill();
+            let admitted = requests
+                .into_iter()
+                .map(|r| match r.join().unwrap() {
+                    Some(Decision::Admit { .. }) => 1,
+                    None => 0,
+                    Some(reject) => panic!("a budget of two refused: {reject:?}"),
+                })
+                .sum::<u64>();
+            assert_eq!(last, 10 * admitted);
+            assert_eq!(cell.tat(), DEAD);
+        });
     }
 }

@@ -80,9 +80,8 @@ fn a_million_distinct_keys_stay_within_the_cap() {
         admitted > KEYS / 2,
         "recovered keys are dropped, so most new keys fit"
     );
-    // Each shard's table holds at most its share of the cap; hashbrown sizes tables in powers of
-    // two at 7/8 load and may double once when sweeps leave tombstones, so its slots stay
-    // within 4 × cap whatever the number of distinct keys seen.
+    // Each shard holds at most its share of the cap, one allocated entry per key (the
+    // lock-free maps do not expose their tables' size: the RSS check below bounds those).
     assert!(slots <= 4 * CAP, "{slots} slots");
     if let (Some(a), Some(b)) = (rss_before, rss_after) {
         // 100,000 entries of 24 bytes (+ control bytes) are a few MiB; a million would be ~40.
