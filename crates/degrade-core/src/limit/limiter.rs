@@ -898,7 +898,7 @@ impl Limiter {
                 break;
             }
             // Under a standing queue (it has not emptied for a whole target), newest first.
-            let standing = (queue.standing_for(now) > target).then_some(target);
+            let standing = queue.standing_for(now) > target;
             match queue.grant(now, standing) {
                 Some((_, waker, waited)) => {
                     self.shared.in_flight.remove_waiter();

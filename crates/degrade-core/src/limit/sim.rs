@@ -956,7 +956,7 @@ pub(crate) fn run(setup: &Setup) -> Report {
                 if in_flight + (to_start.len() as u32) >= l.law.limit_for(best) {
                     break;
                 }
-                let standing = (l.queue.standing_for(at(now)) > target).then_some(target);
+                let standing = l.queue.standing_for(at(now)) > target;
                 let Some((ticket, id, _)) = l.queue.grant(at(now), standing) else {
                     break;
                 };
