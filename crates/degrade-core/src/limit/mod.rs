@@ -10,7 +10,10 @@
 //!   the limit is multiplied each window by the ratio of a latency target (`1 + tolerance`
 //!   times the service's no-load latency, its *baseline*) to the window's mean latency, grows
 //!   while demand fills the limit and nothing queues, and probes below itself now and then to
-//!   re-learn the baseline. It reads no clock and touches no atomic, so it is tested by
+//!   re-learn the baseline. While demand does not fill it, the limit stays within a tolerance
+//!   (and one request) of the highest concurrency the service was seen to serve at the target
+//!   ([`Law::served`]): a limit nothing tested is not promised to the next overload. It reads
+//!   no clock and touches no atomic, so it is tested by
 //!   property tests and a discrete-event simulation without a runtime.
 //! * The limiter (crate-private) puts the law behind atomics, shared by every clone of a layer:
 //!   one word counts the requests in flight and those waiting (a compare-and-swap admits, a
@@ -20,7 +23,8 @@
 //!   bounded wait queue serves the highest priority first, and the completion that closes a
 //!   window moves the limit under a `try_lock` (never waited on).
 //! * [`LimitConfig`] holds only ratios and safety bounds; [`LimitSnapshot`] shows the limit,
-//!   its inputs (baseline, latency ratio, queue target) and the queue's counters.
+//!   its inputs (baseline, latency ratio, the concurrency served, queue target) and the
+//!   queue's counters.
 //!
 //! ```
 //! use degrade_core::limit::LimitConfig;
