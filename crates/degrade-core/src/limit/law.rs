@@ -261,6 +261,10 @@ const MAX_CUT: f64 = 0.5;
 const FILLED: f64 = 0.75;
 /// A probe window runs at this share of the limit.
 const PROBE_SHARE: f64 = 0.5;
+/// A probe after the service got faster runs at this share of the limit: enough below it to
+/// drain a queue the new baseline was learnt with, not so far that a small limit loses half
+/// its capacity for a window (see [`Law::observe`]).
+const RECHECK_SHARE: f64 = 0.75;
 /// Windows between probes, when no window ran that low by itself.
 const PROBE_EVERY: u32 = 32;
 /// How far a faster window pulls the baseline down.
@@ -295,10 +299,17 @@ const QUEUE_FLOOR: f64 = 1e-6;
 /// The limit moves by a gradient, as in Envoy's adaptive concurrency filter and Netflix's
 /// Gradient2: each window it is multiplied by `(1 + tolerance) / ratio`, where `ratio` is the
 /// window's mean latency over the baseline (the latency of the service when nothing queues in
-/// it), clamped so a window can at most halve it and grow it by `1 + tolerance` — and it only
-/// grows while demand reaches it. So the limit settles where the service's latency is
-/// `1 + tolerance` times its no-load latency: the knee, where the service is busy and nothing
-/// waits in it.
+/// it), clamped so a window can at most halve it and grow it by `1 + tolerance` (more in a
+/// streak of windows that all grew, and at least half a request) — and it only grows while
+/// demand reaches it. So the limit settles where the service's latency is `1 + tolerance`
+/// times its no-load latency: the knee, where the service is busy and nothing waits in it.
+///
+/// The baseline is the service's own latency, learnt from windows that ran below the knee:
+/// every 32 windows the law probes at half the limit if none ran that low by itself. When the
+/// service gets faster (capacity comes back) the window that shows it ran at the limit, with
+/// whatever queue the old baseline allowed in it; the law then re-checks at three quarters of
+/// that concurrency, and again while that finds the service faster, before it grows the limit
+/// on the new baseline.
 ///
 /// Two kinds of slower window are not read as a queue. A rise below a microsecond is the
 /// host's timing noise (a service of 100 ns keeps the limit its callers use). And a window that
@@ -344,6 +355,12 @@ pub struct Law {
     since_low: u32,
     /// The limit to restore after a probe window (`Some` while probing).
     probing: Option<f64>,
+    /// The probe due at the end of this window re-checks a baseline the service just
+    /// lowered, at this concurrency ([`RECHECK_SHARE`] of the one the baseline was learnt
+    /// at), rather than a routine one at half the limit.
+    recheck: Option<f64>,
+    /// The probe window in progress is a re-check.
+    rechecking: bool,
     /// Consecutive windows that grew the limit: growth speeds up while nothing queues.
     growing: u32,
     /// Where the current streak of cuts started: (mean concurrency, mean latency).
@@ -384,6 +401,8 @@ impl Law {
             // The first full window probes below the limit: the initial limit is a guess.
             since_low: PROBE_EVERY - 1,
             probing: None,
+            recheck: None,
+            rechecking: false,
             growing: 0,
             previous: None,
             knee: None,
@@ -677,7 +696,12 @@ impl Law {
                 self.baseline_concurrency = concurrency;
             }
             // Clearly faster at half the concurrency: the limit sat above the knee; probe
-            // again after one window, until halving no longer helps.
+            // again after one window, until halving no longer helps. A re-check that found
+            // the service faster may still have run above its knee: the next one goes a
+            // quarter lower again.
+            if std::mem::take(&mut self.rechecking) && lower {
+                self.recheck = Some(concurrency * RECHECK_SHARE);
+            }
             self.since_low = if lower { PROBE_EVERY - 1 } else { 0 };
             self.limit = restore;
             // A probe during a streak of cuts that ran hardly faster than where the streak
@@ -739,9 +763,38 @@ impl Law {
                         // came back); it is at least this fast now.
                         self.baseline = Some(entry.1);
                         self.baseline_concurrency = entry.0;
+                        if window.binding
+                            && entry.1 >= t
+                            && entry.0 > self.limit * PROBE_SHARE * 1.2
+                        {
+                            // Learnt at the limit's concurrency, the new baseline may still
+                            // hold a queue: the service that got faster is now served above
+                            // its knee, and a baseline with the queue in it lets the limit
+                            // grow into it (on 8 slots of 40 ms after 80: a baseline of
+                            // 46 ms, the limit 10-14, p99 twice the unloaded). Re-check it
+                            // below the limit this window, by a quarter: a half would cost a
+                            // small limit half its capacity for a window that lasts long (16
+                            // samples at a limit of 1 on 2 slots of 200 ms: 3 s).
+                            self.since_low = PROBE_EVERY;
+                            self.recheck = Some(entry.0 * RECHECK_SHARE);
+                        }
                     } else if entry.1 < b {
                         // Faster than the baseline: the service is at least this fast.
                         self.baseline = Some(b + (entry.1 - b) * DOWN_GAIN);
+                        if window.binding
+                            && entry.1 >= t
+                            && entry.1 < b - noise
+                            && entry.0 > self.baseline_concurrency * (1.0 + tolerance) + 1.0
+                        {
+                            // Clearly faster at clearly more concurrency than the baseline
+                            // was learnt at: a service's latency does not fall as more
+                            // requests share it, so the service itself got faster and the
+                            // baseline is stale (a window at 15 on 8 slots of 40 ms, 74 ms
+                            // against the 80 ms of the slow phase: read as no queue, the
+                            // limit grew to 28). Re-check it below this concurrency.
+                            self.since_low = PROBE_EVERY;
+                            self.recheck = Some(entry.0 * RECHECK_SHARE);
+                        }
                         self.baseline_concurrency = entry.0;
                     } else if entry.0 <= self.baseline_concurrency {
                         if entry.1 > self.target(b) + noise {
@@ -841,13 +894,25 @@ impl Law {
             // that grew without queueing (at most doubling).
             self.growing += 1;
             self.previous = None;
-            (1.0 + tolerance * f64::from(1u32 << self.growing.min(4).saturating_sub(1))).min(2.0)
+            let by = (1.0 + tolerance * f64::from(1u32 << self.growing.min(4).saturating_sub(1)))
+                .min(2.0);
+            // At least half a request: a small limit otherwise takes windows of many service
+            // times each to add one (1 -> 2 took four windows of 3 s on 2 slots of 200 ms).
+            by.max((self.limit + 0.5) / self.limit)
         } else {
             self.growing = 0;
             if t <= target {
                 self.previous = None;
             }
             1.0
+        };
+        // The window that lowered the baseline reads as nothing queueing (its mean is the new
+        // baseline): it does not grow the limit before the re-check has looked below it.
+        let gradient = if self.recheck.is_some() {
+            self.growing = 0;
+            gradient.min(1.0)
+        } else {
+            gradient
         };
         let min = f64::from(self.config.min);
         let max = f64::from(self.config.max);
@@ -865,11 +930,26 @@ impl Law {
             }
             self.limit = self.limit.min(untested.clamp(min, max));
         }
+        if self
+            .recheck
+            .is_some_and(|at| at.max(min).round() >= self.limit.round())
+        {
+            // A re-check that would not lower the limit tests nothing (a limit of 2 or 3).
+            self.recheck = None;
+            self.since_low = 0;
+        }
         if window.binding && self.since_low >= PROBE_EVERY && self.limit >= 2.0 * min {
             // Demand has kept the limit full for a long time: probe below it for one window.
             self.probing = Some(self.limit);
-            self.limit = (self.limit * PROBE_SHARE).max(min);
+            self.rechecking = self.recheck.is_some();
+            self.limit = match self.recheck.take() {
+                Some(at) => at.min(self.limit),
+                None => self.limit * PROBE_SHARE,
+            }
+            .max(min);
         }
+        // A re-check is this window's probe or none (a limit too small to probe below).
+        self.recheck = None;
         self.limit()
     }
 
