@@ -265,6 +265,9 @@ const PROBE_SHARE: f64 = 0.5;
 /// drain a queue the new baseline was learnt with, not so far that a small limit loses half
 /// its capacity for a window (see [`Law::observe`]).
 const RECHECK_SHARE: f64 = 0.75;
+/// A cut from above the knee stops at it when the window's latency is within this factor of
+/// what a queue of the excess over the knee explains (see [`Law::observe`]).
+const KNEE_RISE: f64 = 1.5;
 /// Windows between probes, when no window ran that low by itself.
 const PROBE_EVERY: u32 = 32;
 /// How far a faster window pulls the baseline down.
@@ -303,6 +306,10 @@ const QUEUE_FLOOR: f64 = 1e-6;
 /// streak of windows that all grew, and at least half a request) — and it only grows while
 /// demand reaches it. So the limit settles where the service's latency is `1 + tolerance`
 /// times its no-load latency: the knee, where the service is busy and nothing waits in it.
+///
+/// A cut from above the concurrency the service last met the target at stops there when a
+/// queue of the excess explains the rise (within 1.5×: heavy-tailed costs swing the mean that
+/// much); a larger rise is a slower service and cuts further.
 ///
 /// The baseline is the service's own latency, learnt from windows that ran below the knee:
 /// every 32 windows the law probes at half the limit if none ran that low by itself. When the
@@ -888,7 +895,24 @@ impl Law {
             if self.previous.is_none() {
                 self.previous = Some((concurrency, t));
             }
-            ((concurrency / self.limit).min(1.0) * target / t).max(MAX_CUT)
+            let cut = ((concurrency / self.limit).min(1.0) * target / t).max(MAX_CUT);
+            match self.knee {
+                // From above the concurrency the service last met the target at, by a rise
+                // a queue of that excess explains (within half again: the mean of a few
+                // costly requests swings that much), cut to it, not below: with heavy-tailed
+                // costs a queue a request or two deep reads as a large rise, and a cut below
+                // the knee leaves slots idle for the windows growth takes to give it back.
+                // A larger rise is a slower service: cut freely. If the knee moved, the next
+                // window shows a queue from there and cuts freely too.
+                Some(k)
+                    if self.limit > k + 0.5
+                        && self.limit * cut < k
+                        && t <= target * (concurrency / k).max(1.0) * KNEE_RISE =>
+                {
+                    k / self.limit
+                }
+                _ => cut,
+            }
         } else if window.binding {
             // Nothing queues and demand wants more: grow, faster with each window in a row
             // that grew without queueing (at most doubling).
