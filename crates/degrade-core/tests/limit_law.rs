@@ -639,10 +639,11 @@ fn two_threads_on_an_instant_service_never_wait_for_a_slot() {
     );
 }
 
-/// A probe window halves the limit of the other priorities and leaves critical requests three
-/// quarters of it (plus their reserve): with all of it, critical requests that callers re-send
-/// at once fill the probe, which then never runs below the knee, and the baseline is learnt
-/// inside a queue.
+/// A probe window runs the other priorities at three quarters of the limit and leaves
+/// critical requests as much (plus their reserve), never less: halving theirs refused some
+/// whenever they alone needed more than half the capacity; with all of it, critical requests
+/// that callers re-send at once fill the probe, which then never runs below the knee, and the
+/// baseline is learnt inside a queue.
 #[test]
 fn a_probe_leaves_critical_requests_three_quarters_of_the_limit() {
     let mut law = Law::new(LimitConfig::default());
@@ -657,10 +658,10 @@ fn a_probe_leaves_critical_requests_three_quarters_of_the_limit() {
     law.observe(&w, Instant::now());
     assert_eq!(
         law.limit_for(Priority::Normal),
-        8,
-        "the probe halves the limit"
+        12,
+        "the probe runs at three quarters of the limit"
     );
-    // (16 + 8) / 2 = 12, and the critical reserve of a tenth, at least one: 2.
+    // 16 x 3/4 = 12, and the critical reserve of a tenth, at least one: 2.
     assert_eq!(law.limit_for(Priority::Critical), 14);
 }
 

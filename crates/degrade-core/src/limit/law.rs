@@ -259,12 +259,15 @@ const MAX_CUT: f64 = 0.5;
 /// under overload requests wait for every slot that frees, and the mean stays within a request
 /// or two of the limit.
 const FILLED: f64 = 0.75;
-/// A probe window runs at this share of the limit.
-const PROBE_SHARE: f64 = 0.5;
-/// A probe after the service got faster runs at this share of the limit: enough below it to
-/// drain a queue the new baseline was learnt with, not so far that a small limit loses half
-/// its capacity for a window (see [`Law::observe`]).
-const RECHECK_SHARE: f64 = 0.75;
+/// A probe window runs at this share of the limit: below the knee when the limit sits up to a
+/// third above it, and a small limit keeps most of its capacity for the window (at half, a
+/// limit of 2-3 on 2 cores lost half of it for a window of 40-90 samples: 3.7 points of
+/// goodput per 3 s at 3x in the simulator). A probe that finds the service faster is
+/// followed by another, so a limit further above the knee gets there in a few.
+const PROBE_SHARE: f64 = 0.75;
+/// A window at no more than this share of the limit ran below the knee by itself and counts
+/// as a probe.
+const LOW_WINDOW_SHARE: f64 = 0.6;
 /// A cut from above the knee stops at it when the window's latency is within this factor of
 /// what a queue of the excess over the knee explains (see [`Law::observe`]).
 const KNEE_RISE: f64 = 1.5;
@@ -312,7 +315,8 @@ const QUEUE_FLOOR: f64 = 1e-6;
 /// much); a larger rise is a slower service and cuts further.
 ///
 /// The baseline is the service's own latency, learnt from windows that ran below the knee:
-/// every 32 windows the law probes at half the limit if none ran that low by itself. When the
+/// every 32 windows the law probes at three quarters of the limit if no window ran below it
+/// by itself, and again a quarter lower while that finds the service faster. When the
 /// service gets faster (capacity comes back) the window that shows it ran at the limit, with
 /// whatever queue the old baseline allowed in it; the law then re-checks at three quarters of
 /// that concurrency, and again while that finds the service faster, before it grows the limit
@@ -357,17 +361,15 @@ pub struct Law {
     baseline_concurrency: f64,
     /// The baseline comes from a window with too few samples to trust.
     tentative: bool,
-    /// Windows since one ran at no more than half the limit: the baseline is only learnt
+    /// Windows since one ran well below the limit (or probed): the baseline is only learnt
     /// below the knee, so a limit that stays above it must be probed below it now and then.
     since_low: u32,
     /// The limit to restore after a probe window (`Some` while probing).
     probing: Option<f64>,
-    /// The probe due at the end of this window re-checks a baseline the service just
-    /// lowered, at this concurrency ([`RECHECK_SHARE`] of the one the baseline was learnt
-    /// at), rather than a routine one at half the limit.
+    /// The probe due at the end of this window runs at this concurrency ([`PROBE_SHARE`] of
+    /// the one a baseline the service just lowered was learnt at, or of the last probe's
+    /// when it found the service faster), rather than at that share of the limit.
     recheck: Option<f64>,
-    /// The probe window in progress is a re-check.
-    rechecking: bool,
     /// Consecutive windows that grew the limit: growth speeds up while nothing queues.
     growing: u32,
     /// Where the current streak of cuts started: (mean concurrency, mean latency).
@@ -409,7 +411,6 @@ impl Law {
             since_low: PROBE_EVERY - 1,
             probing: None,
             recheck: None,
-            rechecking: false,
             growing: 0,
             previous: None,
             knee: None,
@@ -693,21 +694,19 @@ impl Law {
         let tolerance = self.config.tolerance;
         let noise = NOISE_Z * se;
         if let Some(restore) = self.probing.take() {
-            // A probe window: at half the limit, a queued service is clearly faster, and that
+            // A probe window: below the limit, a queued service is clearly faster, and that
             // latency is the nearer view of its own; then back to the limit it had.
-            let lower = self
-                .baseline
-                .is_none_or(|b| t < b * (1.0 - tolerance) - QUEUE_FLOOR);
+            // Faster than the baseline beyond the window's noise: the limit sat above the
+            // knee, and this probe may have too (a probe only a quarter below a limit half
+            // again above the knee finds it 9 % faster); probe again after one window, a
+            // quarter lower again, until that no longer helps.
+            let lower = self.baseline.is_none_or(|b| t < b - noise - QUEUE_FLOOR);
             if self.baseline.is_none_or(|b| t < b) {
                 self.baseline = Some(t);
                 self.baseline_concurrency = concurrency;
             }
-            // Clearly faster at half the concurrency: the limit sat above the knee; probe
-            // again after one window, until halving no longer helps. A re-check that found
-            // the service faster may still have run above its knee: the next one goes a
-            // quarter lower again.
-            if std::mem::take(&mut self.rechecking) && lower {
-                self.recheck = Some(concurrency * RECHECK_SHARE);
+            if lower {
+                self.recheck = Some(concurrency * PROBE_SHARE);
             }
             self.since_low = if lower { PROBE_EVERY - 1 } else { 0 };
             self.limit = restore;
@@ -728,7 +727,7 @@ impl Law {
             }
             return self.limit();
         }
-        if resolved && concurrency <= self.limit * PROBE_SHARE * 1.2 {
+        if resolved && concurrency <= self.limit * LOW_WINDOW_SHARE {
             self.since_low = 0;
         } else {
             self.since_low = self.since_low.saturating_add(1);
@@ -770,20 +769,16 @@ impl Law {
                         // came back); it is at least this fast now.
                         self.baseline = Some(entry.1);
                         self.baseline_concurrency = entry.0;
-                        if window.binding
-                            && entry.1 >= t
-                            && entry.0 > self.limit * PROBE_SHARE * 1.2
+                        if window.binding && entry.1 >= t && entry.0 > self.limit * LOW_WINDOW_SHARE
                         {
                             // Learnt at the limit's concurrency, the new baseline may still
                             // hold a queue: the service that got faster is now served above
                             // its knee, and a baseline with the queue in it lets the limit
                             // grow into it (on 8 slots of 40 ms after 80: a baseline of
-                            // 46 ms, the limit 10-14, p99 twice the unloaded). Re-check it
-                            // below the limit this window, by a quarter: a half would cost a
-                            // small limit half its capacity for a window that lasts long (16
-                            // samples at a limit of 1 on 2 slots of 200 ms: 3 s).
+                            // 46 ms, the limit 10-14, p99 twice the unloaded). Probe a
+                            // quarter below that concurrency now.
                             self.since_low = PROBE_EVERY;
-                            self.recheck = Some(entry.0 * RECHECK_SHARE);
+                            self.recheck = Some(entry.0 * PROBE_SHARE);
                         }
                     } else if entry.1 < b {
                         // Faster than the baseline: the service is at least this fast.
@@ -798,9 +793,9 @@ impl Law {
                             // requests share it, so the service itself got faster and the
                             // baseline is stale (a window at 15 on 8 slots of 40 ms, 74 ms
                             // against the 80 ms of the slow phase: read as no queue, the
-                            // limit grew to 28). Re-check it below this concurrency.
+                            // limit grew to 28). Probe a quarter below this concurrency now.
                             self.since_low = PROBE_EVERY;
-                            self.recheck = Some(entry.0 * RECHECK_SHARE);
+                            self.recheck = Some(entry.0 * PROBE_SHARE);
                         }
                         self.baseline_concurrency = entry.0;
                     } else if entry.0 <= self.baseline_concurrency {
@@ -931,7 +926,7 @@ impl Law {
             1.0
         };
         // The window that lowered the baseline reads as nothing queueing (its mean is the new
-        // baseline): it does not grow the limit before the re-check has looked below it.
+        // baseline): it does not grow the limit before the probe has looked below it.
         let gradient = if self.recheck.is_some() {
             self.growing = 0;
             gradient.min(1.0)
@@ -954,33 +949,34 @@ impl Law {
             }
             self.limit = self.limit.min(untested.clamp(min, max));
         }
-        if self
-            .recheck
-            .is_some_and(|at| at.max(min).round() >= self.limit.round())
-        {
-            // A re-check that would not lower the limit tests nothing (a limit of 2 or 3).
-            self.recheck = None;
-            self.since_low = 0;
-        }
         if window.binding && self.since_low >= PROBE_EVERY && self.limit >= 2.0 * min {
-            // Demand has kept the limit full for a long time: probe below it for one window.
-            self.probing = Some(self.limit);
-            self.rechecking = self.recheck.is_some();
-            self.limit = match self.recheck.take() {
+            // Demand has kept the limit full for a long time: probe below it for one window,
+            // by a request at least (a limit of 2 probes at 1: on a service of one slot, a
+            // limit of 2 and a baseline learnt with one request queued behind the other would
+            // otherwise stay so).
+            let at = match self.recheck.take() {
                 Some(at) => at.min(self.limit),
-                None => self.limit * PROBE_SHARE,
+                None => (self.limit * PROBE_SHARE).min(self.limit.round() - 1.0),
             }
             .max(min);
+            // A probe set below a concurrency (after a faster window or probe) that would
+            // not lower the limit tests nothing.
+            if at.round() < self.limit.round() {
+                self.probing = Some(self.limit);
+                self.limit = at;
+            } else {
+                self.since_low = 0;
+            }
         }
-        // A re-check is this window's probe or none (a limit too small to probe below).
+        // A probe set for this window starts now or not at all.
         self.recheck = None;
         self.limit()
     }
 
     /// The limit for requests of `priority`: critical requests may go over the limit by a
     /// tenth of it (at least one), so that a critical request finds a slot at once even when
-    /// the limit was just cut, and the limit settles with that reserve counted in; and a probe
-    /// below the limit does not lower theirs.
+    /// the limit was just cut, and the limit settles with that reserve counted in; a probe
+    /// window leaves them three quarters of the limit, however deep it goes.
     ///
     /// ```
     /// # use degrade_core::limit::{Law, LimitConfig};
@@ -992,18 +988,15 @@ impl Law {
     pub fn limit_for(&self, priority: crate::Priority) -> u32 {
         let limit = self.limit();
         if priority == crate::Priority::Critical {
-            // A probe window takes half the slots of the other priorities and half as many of
-            // the critical requests' (they keep three quarters of the limit): halving theirs
-            // would refuse some whenever they alone need more than half the capacity, and
-            // leaving theirs whole lets waiting critical requests fill the probe when callers
-            // re-send at once (closed loop), so that the probe never runs below the knee and
-            // the baseline is learnt inside a queue (admitted p99 up to 155 ms instead of 130
-            // on a 6-slot, 30 ms backend behind 64 connections).
+            // A probe window leaves critical requests three quarters of the limit, as it does
+            // the others: halving theirs would refuse some whenever they alone need more than
+            // half the capacity, and leaving theirs whole lets waiting critical requests fill
+            // the probe when callers re-send at once (closed loop), so that the probe never
+            // runs below the knee and the baseline is learnt inside a queue (admitted p99 up
+            // to 155 ms instead of 130 on a 6-slot, 30 ms backend behind 64 connections).
             let full = self
                 .probing
-                .map_or(limit, |restore| {
-                    ((restore + f64::from(limit)) / 2.0).round() as u32
-                })
+                .map_or(limit, |restore| (restore * PROBE_SHARE).round() as u32)
                 .max(limit);
             full + (full.div_ceil(10)).max(1)
         } else {
@@ -1065,7 +1058,7 @@ impl Law {
         }
     }
 
-    /// Whether the current window is a probe (at half the limit).
+    /// Whether the current window is a probe (below the limit).
     #[cfg(test)]
     pub(crate) fn probing(&self) -> bool {
         self.probing.is_some()
