@@ -615,13 +615,26 @@ fn two_threads_on_an_instant_service_never_wait_for_a_slot() {
         let threads: Vec<_> = (0..2)
             .map(|_| {
                 let mut svc = svc.clone();
+                let layer = &layer;
                 scope.spawn(move || {
                     let mut cx = Context::from_waker(Waker::noop());
                     let mut waited = 0u64;
-                    for i in 0..400_000u64 {
-                        assert!(svc.poll_ready(&mut cx).is_ready());
-                        if pin!(svc.call(i)).poll(&mut cx).is_pending() {
-                            waited += 1;
+                    // At least 400,000 calls, and until the law has taken a window (its
+                    // shortest lasts 10 ms: an optimised build makes 400,000 calls in less),
+                    // at most 40 times as many.
+                    for round in 0..40u64 {
+                        for i in 0..400_000u64 {
+                            assert!(svc.poll_ready(&mut cx).is_ready());
+                            if pin!(svc.call(round * 400_000 + i))
+                                .poll(&mut cx)
+                                .is_pending()
+                            {
+                                waited += 1;
+                            }
+                        }
+                        let learnt = layer.snapshot().limit.is_some_and(|l| l.baseline.is_some());
+                        if learnt {
+                            break;
                         }
                     }
                     waited
