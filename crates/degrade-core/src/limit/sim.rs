@@ -1467,6 +1467,36 @@ mod tests {
         }
     }
 
+    /// The exploration table's rows over seeds for backends named by `SIM_FILTER` (a row per
+    /// seed, `SIM_SEEDS`, default 1-8): small or odd backends the `seeds` table leaves out.
+    #[test]
+    #[ignore = "exploration: prints a table"]
+    fn explore_seeds() {
+        let seeds: Vec<u64> = std::env::var("SIM_SEEDS")
+            .ok()
+            .and_then(|s| {
+                let (a, b) = s.split_once('-')?;
+                Some((a.parse().ok()?..=b.parse().ok()?).collect())
+            })
+            .unwrap_or_else(|| (1..=8).collect());
+        let filter = std::env::var("SIM_FILTER").unwrap_or_default();
+        for (name, b) in [
+            ("1x20ms", Backend::slots(1, 0.020, 0.0)),
+            ("cpu2x10ms", Backend::cpu(2, 0.010, 0.3)),
+            ("16x500ms s0.5", Backend::slots(16, 0.5, 0.5)),
+            ("64x5ms s0.5", Backend::slots(64, 0.005, 0.5)),
+        ] {
+            if !name.contains(&filter) {
+                continue;
+            }
+            for &seed in &seeds {
+                let step = (b.median * 150.0).max(4.0);
+                let r = bench(b, adaptive(), step, seed);
+                println!("{}", row(&format!("{name} seed {seed}"), &r));
+            }
+        }
+    }
+
     /// `cargo test -p degrade-core --release --all-features limit::sim -- --ignored --nocapture`
     #[test]
     #[ignore = "exploration: prints a table"]
