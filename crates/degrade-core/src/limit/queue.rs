@@ -114,10 +114,10 @@ struct Slot<T> {
 #[derive(Debug)]
 pub(crate) enum Pushed<T> {
     /// Waiting; a lower-priority waiter may have been evicted to make room (its payload is
-    /// handed back so it can be woken).
+    /// handed back so it can be woken, with its priority).
     Queued {
         ticket: Ticket,
-        evicted: Option<(Ticket, T)>,
+        evicted: Option<(Ticket, T, Priority)>,
     },
     /// The queue is full of requests at least as important: refused, payload handed back.
     Full(T),
@@ -223,13 +223,15 @@ impl<T> WaitQueue<T> {
             // Make room by evicting the newest waiter of the lowest priority below ours, or for
             // a critical request among critical ones only, the oldest of them.
             let victim = match (0..priority.index()).find(|&p| !self.lanes[p].is_empty()) {
-                Some(lane) => self.lanes[lane].pop_back(),
-                None if priority == Priority::Critical => {
-                    self.lanes[Priority::Critical.index()].pop_front()
-                }
+                Some(lane) => self.lanes[lane]
+                    .pop_back()
+                    .map(|t| (t, Priority::ALL[lane])),
+                None if priority == Priority::Critical => self.lanes[Priority::Critical.index()]
+                    .pop_front()
+                    .map(|t| (t, Priority::Critical)),
                 None => None,
             };
-            let Some(victim) = victim else {
+            let Some((victim, victim_priority)) = victim else {
                 return Pushed::Full(payload);
             };
             self.waiting -= 1;
@@ -237,7 +239,7 @@ impl<T> WaitQueue<T> {
             if let State::Waiting { payload, .. } =
                 std::mem::replace(&mut slot.state, State::Done(Fate::Evicted))
             {
-                evicted = Some((victim, payload));
+                evicted = Some((victim, payload, victim_priority));
             }
         }
         let Some(index) = self.free.pop() else {
@@ -260,6 +262,15 @@ impl<T> WaitQueue<T> {
         }
         self.waiting += 1;
         Pushed::Queued { ticket, evicted }
+    }
+
+    /// When the oldest waiter of `priority` queued, if any waits.
+    pub(crate) fn oldest_since(&self, priority: Priority) -> Option<Instant> {
+        let ticket = self.lanes[priority.index()].front()?;
+        match &self.slots[ticket.index as usize].state {
+            State::Waiting { since, .. } => Some(*since),
+            _ => None,
+        }
     }
 
     /// The priority of the best waiter, if any.
@@ -454,7 +465,7 @@ mod tests {
         assert!(matches!(q.push(Priority::Low, now, 2, 3), Pushed::Full(3)));
         match q.push(Priority::Critical, now, 2, 4) {
             Pushed::Queued {
-                evicted: Some((t, 2)),
+                evicted: Some((t, 2, _)),
                 ..
             } => assert_eq!(t, b),
             other => panic!("{other:?}"),
@@ -478,7 +489,7 @@ mod tests {
         ));
         match q.push(Priority::Critical, later, 2, 4) {
             Pushed::Queued {
-                evicted: Some((t, 1)),
+                evicted: Some((t, 1, _)),
                 ..
             } => assert_eq!(t, old),
             other => panic!("{other:?}"),
@@ -718,7 +729,7 @@ mod proptests {
                         next += 1;
                         match q.push(priority, now, bound, next) {
                             Pushed::Queued { ticket, evicted } => {
-                                if let Some((t, _)) = evicted {
+                                if let Some((t, ..)) = evicted {
                                     prop_assert_eq!(q.take(t), Some(Fate::Evicted));
                                     waiting.retain(|w| w.ticket != t);
                                 }
