@@ -959,7 +959,7 @@ impl Limiter {
         let target = Duration::from_nanos(self.queue_target_ns.load(Ordering::Relaxed));
         while let Some(best) = queue.best_priority() {
             // Under a standing queue (it has not emptied for a whole target), newest first.
-            let mut newest_first = queue.standing_for(now) > target;
+            let mut standing = (queue.standing_for(now) > target).then_some(target);
             if self
                 .shared
                 .in_flight
@@ -975,9 +975,9 @@ impl Limiter {
                 if !held || self.shared.in_flight.try_acquire_ahead(whole).is_none() {
                     break;
                 }
-                newest_first = false;
+                standing = None;
             }
-            match queue.grant(now, newest_first) {
+            match queue.grant(now, standing) {
                 Some((_, waker, waited)) => {
                     self.shared.in_flight.remove_waiter();
                     self.counters

@@ -981,7 +981,7 @@ pub(crate) fn run(setup: &Setup) -> Report {
             let _ = limit;
             let limits = l.limits();
             while let Some(best) = l.queue.best_priority() {
-                let mut newest_first = l.queue.standing_for(at(now)) > target;
+                let mut standing = (l.queue.standing_for(at(now)) > target).then_some(target);
                 let taken = in_flight + (to_start.len() as u32);
                 if taken >= limits[best.index()] {
                     // Held to its share: above it, the oldest waiter once it waited the hold
@@ -992,9 +992,9 @@ pub(crate) fn run(setup: &Setup) -> Report {
                     if !held || taken >= l.law.limit_for(best) {
                         break;
                     }
-                    newest_first = false;
+                    standing = None;
                 }
-                let Some((ticket, id, _)) = l.queue.grant(at(now), newest_first) else {
+                let Some((ticket, id, _)) = l.queue.grant(at(now), standing) else {
                     break;
                 };
                 l.queue.take(ticket);
