@@ -229,3 +229,165 @@ async fn phase_locked_classes_are_served_by_phase() {
         }
     }
 }
+
+/// What [`arrivals`] saw: per low request admitted at once (not after a wait), the requests in
+/// flight then (itself included) and whether normal was pressured; the most low requests in
+/// the service at once; and the layer's counts of the phase.
+#[derive(Debug, Default)]
+struct Arrivals2 {
+    at_once_pressured: Vec<u32>,
+    at_once_free: Vec<u32>,
+    most_low: u64,
+}
+
+/// Low requests from `low` closed-loop clients (each sends again as soon as it is answered,
+/// or a millisecond after a refusal), and, if `normal_bursts`, fourteen normal requests at
+/// once every 100 ms, for a second, through a layer of a fixed limit of 10 over a service of
+/// 20 ms with no limit of its own.
+async fn arrivals(low: u32, normal_bursts: bool) -> (Arrivals2, [(u64, u64, u64); 2]) {
+    type Req = (Priority, Instant);
+    let c = Controller::new(Default::default()).unwrap();
+    let layer = DegradeLayer::builder(c.handle())
+        .prioritize(|r: &Req| r.0)
+        .limit(LimitConfig {
+            initial: 10,
+            min: 10,
+            max: 10,
+            ..LimitConfig::default()
+        })
+        .build()
+        .unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Arrivals2::default()));
+    let low_now = Arc::new(AtomicU64::new(0));
+    let svc = {
+        let (layer, seen, low_now) = (layer.clone(), Arc::clone(&seen), Arc::clone(&low_now));
+        layer
+            .clone()
+            .layer(tower::service_fn(move |(priority, sent): Req| {
+                // Called from `call` at once when admitted on arrival (paused time: no time
+                // passed), later when granted after a wait.
+                if priority == Priority::Low {
+                    let snap = layer.snapshot().limit.unwrap();
+                    let mut seen = seen.lock().unwrap();
+                    if Instant::now() == sent {
+                        if snap.pressured[Priority::Normal.index()] {
+                            seen.at_once_pressured.push(snap.in_flight);
+                        } else {
+                            seen.at_once_free.push(snap.in_flight);
+                        }
+                    }
+                    let n = low_now.fetch_add(1, Ordering::Relaxed) + 1;
+                    seen.most_low = seen.most_low.max(n);
+                }
+                let low_now = Arc::clone(&low_now);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if priority == Priority::Low {
+                        low_now.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    Ok::<_, Infallible>(())
+                }
+            }))
+    };
+    // One request at a time first: the layer learns the baseline, and with it a queue target.
+    let mut warm = svc.clone();
+    for _ in 0..200 {
+        if layer.snapshot().limit.unwrap().queue_target.is_some() {
+            break;
+        }
+        let req = (Priority::Normal, Instant::now());
+        warm.ready().await.unwrap().call(req).await.unwrap();
+    }
+    assert!(layer.snapshot().limit.unwrap().queue_target.is_some());
+    *seen.lock().unwrap() = Arrivals2::default();
+    let before = layer.snapshot();
+    let until = Instant::now() + Duration::from_secs(1);
+    let mut clients = Vec::new();
+    for n in 0..low {
+        let mut svc = svc.clone();
+        clients.push(tokio::spawn(async move {
+            // Spread over the first 10 ms.
+            tokio::time::sleep(Duration::from_micros(u64::from(n) * 500)).await;
+            while Instant::now() < until {
+                let req = (Priority::Low, Instant::now());
+                if svc.ready().await.unwrap().call(req).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }));
+    }
+    if normal_bursts {
+        let svc = svc.clone();
+        clients.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut burst = Vec::new();
+            loop {
+                tick.tick().await;
+                if Instant::now() >= until {
+                    break;
+                }
+                for _ in 0..14 {
+                    let mut svc = svc.clone();
+                    burst.push(tokio::spawn(async move {
+                        let req = (Priority::Normal, Instant::now());
+                        let _ = svc.ready().await.unwrap().call(req).await;
+                    }));
+                }
+            }
+            for b in burst {
+                b.await.unwrap();
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    let after = layer.snapshot();
+    assert!(after.balanced(), "{after:?}");
+    let counts = [Priority::Low, Priority::Normal].map(|p| {
+        (
+            after.offered_by(p) - before.offered_by(p),
+            after.admitted_by(p) - before.admitted_by(p),
+            after.rejected_by(p) - before.rejected_by(p),
+        )
+    });
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    (seen, counts)
+}
+
+/// Arrival order: while normal requests are refused (normal is pressured), a low request
+/// takes a slot on arrival only while fewer than its share of the limit are in flight (7 of
+/// 10), keeping the top of the limit for the normal ones; with only low traffic, low fills
+/// the whole limit. Every request is counted once (offered = admitted + refused).
+#[tokio::test(start_paused = true)]
+async fn arrivals_below_a_pressured_priority_keep_to_its_share() {
+    let share =
+        degrade_core::limit::shares(10, 11, 1 << Priority::Normal.index())[Priority::Low.index()];
+    assert_eq!(share, 7);
+
+    // Low alone: the whole limit, and never a share (nothing above it is pressured).
+    let (seen, [low, normal]) = arrivals(20, false).await;
+    assert_eq!(seen.most_low, 10, "{seen:?}");
+    assert!(seen.at_once_pressured.is_empty(), "{seen:?}");
+    assert_eq!(seen.at_once_free.iter().max(), Some(&10), "{seen:?}");
+    assert_eq!(normal, (0, 0, 0));
+    assert_eq!(low.0, low.1 + low.2, "{low:?}");
+    assert!(
+        low.1 >= 450,
+        "low alone keeps 10 slots of 20 ms busy: {low:?}"
+    );
+
+    // Normal bursts, refused in part: low arrivals keep to their share meanwhile. (Nine low
+    // clients: low alone would not fill the limit, so low requests often arrive with nobody
+    // waiting, where the share decides.)
+    let (seen, [low, normal]) = arrivals(9, true).await;
+    assert!(normal.2 > 0, "normal is pressured: {normal:?}");
+    assert!(seen.at_once_pressured.len() >= 20, "{seen:?}");
+    let most = seen.at_once_pressured.iter().max().copied();
+    assert_eq!(most, Some(share), "{seen:?}");
+    // Low still gets the slots normal leaves (after the hold when above its share).
+    assert!(low.1 >= 200, "{low:?}");
+    assert_eq!(low.0, low.1 + low.2, "{low:?}");
+    assert_eq!(normal.0, normal.1 + normal.2, "{normal:?}");
+    assert_eq!(normal.0, 14 * 10, "{normal:?}");
+}

@@ -26,9 +26,13 @@ pub(crate) struct Wait<S, R> {
     /// is refused, even when no arrival or freed slot runs the queue's expiry pass (a hung
     /// backend and no new requests).
     deadline: Instant,
-    /// Wakes the future at `deadline`: armed at the first poll that finds the request still
-    /// waiting (boxed, as the wait is: the overload path may allocate, the admit path may not).
-    /// It is never re-armed, so it cannot spin: once it has fired the deadline counts as
+    /// When a request held to its priority's share may take a free slot (see the limiter's
+    /// hold): the timer wakes it then first, and is re-armed once for the deadline.
+    hold: Option<Instant>,
+    /// Wakes the future at `deadline` (at `hold` first, if any): armed at the first poll that
+    /// finds the request still waiting (boxed, as the wait is: the overload path may allocate,
+    /// the admit path may not). It is re-armed once at most (from the hold to the deadline),
+    /// so it cannot spin: once it has fired for the deadline, the deadline counts as
     /// passed (the limiter's clock, the timeline of `deadline`, is tokio's in a current-thread
     /// runtime and otherwise the counter timeline kept within about a microsecond of the OS
     /// clock tokio's timer follows). Outside a tokio runtime no timer is armed and the wait is
@@ -76,7 +80,7 @@ impl<S, R> Drop for Wait<S, R> {
         // The caller gave up while the request waited.
         self.gate.abandoned(self.priority);
         if let Some(limiter) = &self.gate.limiter
-            && limiter.withdraw(self.ticket, false) == Some(Fate::Granted)
+            && limiter.withdraw(self.ticket, None) == Some(Fate::Granted)
         {
             // A slot was handed over meanwhile and will never be used.
             limiter.release();
@@ -103,7 +107,7 @@ impl<F, S, R> Core<F, S, R> {
     pub(crate) fn waiting(
         gate: Arc<Gate>,
         ticket: Ticket,
-        deadline: Instant,
+        (deadline, hold): (Instant, Option<Instant>),
         priority: Priority,
         svc: S,
         req: R,
@@ -113,6 +117,7 @@ impl<F, S, R> Core<F, S, R> {
                 gate,
                 ticket,
                 deadline,
+                hold,
                 timer: None,
                 priority,
                 svc: Some(svc),
@@ -172,15 +177,32 @@ where
                     panic!("a degrade future waits without a limiter");
                 };
                 if !wait.settled {
-                    let fate = match limiter.poll_ticket(wait.ticket, cx.waker()) {
-                        Some(fate) => fate,
-                        None if !due(&mut wait.timer, wait.deadline, limiter.now(), cx) => {
+                    let fate = loop {
+                        if let Some(fate) = limiter.poll_ticket(wait.ticket, cx.waker()) {
+                            break fate;
+                        }
+                        if let Some(hold) = wait.hold {
+                            if !due(&mut wait.timer, hold, limiter.now(), cx) {
+                                return Poll::Pending;
+                            }
+                            // The hold ended: a free slot may go to this priority now. The
+                            // timer is re-armed once, for the deadline.
+                            wait.hold = None;
+                            if let Some(timer) = wait.timer.as_mut() {
+                                timer.as_mut().reset(wait.deadline);
+                            }
+                            limiter.hold_ended();
+                            continue;
+                        }
+                        if !due(&mut wait.timer, wait.deadline, limiter.now(), cx) {
                             return Poll::Pending;
                         }
                         // Past its deadline: it leaves the queue, counted expired there (once:
                         // by `withdraw`, or by the expiry pass that decided its fate first),
                         // unless a slot was handed to it meanwhile, which it then uses.
-                        None => limiter.withdraw(wait.ticket, true).unwrap_or(Fate::Expired),
+                        break limiter
+                            .withdraw(wait.ticket, Some(wait.priority))
+                            .unwrap_or(Fate::Expired);
                     };
                     match fate {
                         Fate::Granted => wait.settled = true,

@@ -27,6 +27,14 @@
 //!   first, so the admitted latency stays low. A full queue makes room for a higher priority
 //!   by refusing the newest waiter of the lowest. Critical requests may also go a tenth over
 //!   the limit, so they find a slot at once when the limit was just cut.
+//! * **Priority among arrivals**: the queue orders waiters, but a slot that frees while
+//!   nobody waits goes to whoever comes first. So while a priority is *pressured* (a request
+//!   of it was refused in this window or the last), a new request of a lower priority takes a
+//!   slot only while fewer than its share of the limit are in flight (background 60 %, low
+//!   70 %, normal 80 %, high 90 %, rounded down, at least one: [`limit::SHARES`](crate::limit::SHARES)).
+//!   Above its share it waits, and the slot goes to it only if no request of the pressured
+//!   priority took it within a tenth of its queueing target, so a reserved slot never stands
+//!   idle for long. With no priority above it pressured, a priority fills the whole limit.
 //! * **The level** ([`Level`]) no longer sheds by default: it keeps its other jobs (trace
 //!   sampling, errors-only, batch hints, feature switches), and a signal of degrade-triggers
 //!   derived from this limiter can drive it. [`Admission::LevelShares`] restores admission by
@@ -248,8 +256,9 @@ impl fmt::Debug for Gate {
 pub(crate) enum Decision {
     /// Call the inner service now; the permit (adaptive modes) gives the slot back.
     Go(Permit),
-    /// Wait in the limiter's queue, at the latest until the deadline (on the limiter's clock).
-    Wait(Ticket, tokio::time::Instant),
+    /// Wait in the limiter's queue, at the latest until the deadline (on the limiter's clock),
+    /// waking at the hold's end if held to the priority's share.
+    Wait(Ticket, tokio::time::Instant, Option<tokio::time::Instant>),
     /// Refused.
     Refuse(Shed),
 }
@@ -395,7 +404,7 @@ impl Gate {
                 self.admitted(priority);
                 Decision::Go(permit)
             }
-            Entry::Queued(ticket, deadline) => Decision::Wait(ticket, deadline),
+            Entry::Queued(ticket, deadline, hold) => Decision::Wait(ticket, deadline, hold),
             Entry::Refused => Decision::Refuse(self.limited(priority)),
         }
     }
@@ -691,13 +700,13 @@ impl<S: Clone, P, M> Degrade<S, P, M> {
     {
         match self.shared.gate.admit(priority) {
             Decision::Go(permit) => future::Core::called(self.inner.call(req), permit),
-            Decision::Wait(ticket, deadline) => {
+            Decision::Wait(ticket, deadline, hold) => {
                 // Moves the ready inner service and the request into the waiting future (the
                 // tower idiom: the clone stays behind for the next call).
                 let clone = self.inner.clone();
                 let svc = std::mem::replace(&mut self.inner, clone);
                 let gate = Arc::clone(&self.shared.gate);
-                future::Core::waiting(gate, ticket, deadline, priority, svc, req)
+                future::Core::waiting(gate, ticket, (deadline, hold), priority, svc, req)
             }
             Decision::Refuse(shed) => future::Core::rejected(shed),
         }

@@ -978,6 +978,13 @@ impl Law {
     /// the limit was just cut, and the limit settles with that reserve counted in; a probe
     /// window leaves them three quarters of the limit, however deep it goes.
     ///
+    /// This is the limit of a priority when no priority above it is *pressured*. While one
+    /// is (a request of it was refused — at once, at its deadline or evicted — in this window
+    /// or the last), the limiter lets a new request of a lower priority take a slot only while
+    /// fewer than its [share](SHARES) of the limit are in flight, and keeps the rest for the
+    /// pressured priority's arrivals for a short hold (a tenth of the queue target), after
+    /// which a waiter held to its share takes the free slot ([`Law::limits_under`]).
+    ///
     /// ```
     /// # use degrade_core::limit::{Law, LimitConfig};
     /// # use degrade_core::Priority;
@@ -1002,6 +1009,28 @@ impl Law {
         } else {
             limit
         }
+    }
+
+    /// The limit of each priority (indexed by [`Priority::index`](crate::Priority::index))
+    /// while the priorities whose bits are set in `pressured` (bit `1 << index`) are
+    /// pressured: [`limit_for`](Self::limit_for) for every priority with no pressured one
+    /// above it, and its [share](SHARES) of the limit for the others ([`shares`]).
+    ///
+    /// ```
+    /// # use degrade_core::limit::{Law, LimitConfig};
+    /// # use degrade_core::Priority;
+    /// let law = Law::new(LimitConfig::default()); // a limit of 16
+    /// assert_eq!(law.limits_under(0), [16, 16, 16, 16, 18]);
+    /// // Normal requests had to wait: background and low keep 60 % and 70 % of the limit.
+    /// let normal = 1 << Priority::Normal.index();
+    /// assert_eq!(law.limits_under(normal), [9, 11, 16, 16, 18]);
+    /// ```
+    pub fn limits_under(&self, pressured: u8) -> [u32; 5] {
+        shares(
+            self.limit(),
+            self.limit_for(crate::Priority::Critical),
+            pressured,
+        )
     }
 
     /// Requests in flight at or below which an admitted request counts as a low-concurrency
@@ -1073,4 +1102,55 @@ impl Law {
     pub fn last_update(&self) -> Option<Instant> {
         self.last_update
     }
+}
+
+/// The share of the limit a priority may fill while a priority above it is pressured, in
+/// tenths, by [`Priority::index`](crate::Priority::index) (critical has none: it is never
+/// below another).
+///
+/// Why shares of *arrivals*: the wait queue serves the best waiter first, but a slot that
+/// frees while nobody waits goes to whoever comes first, so at a small limit a low request
+/// takes the slot a normal one arriving a millisecond later needed, and the lower classes
+/// live on the luck of their arrival times. Reserving the top of the limit for the pressured
+/// classes makes the order hold for arrivals too; gating it by pressure keeps the whole limit
+/// for a class that is alone, or whose betters are served at once.
+///
+/// Rounded down, and at least one slot: at a limit of 2 a class below a pressured one gets
+/// one slot and the pressured class both, at 10 background, low, normal and high get 6, 7, 8
+/// and 9. Pressure means refusals, not waits: a priority whose requests wait and are served
+/// loses nothing, and reserving slots for it cost the simulator's overload table up to 0.4
+/// points of goodput (`SIM_SEEDS=61-120`, `limit::sim`'s `seeds`); with refusals, 0.3 at
+/// most.
+///
+/// ```
+/// use degrade_core::limit::SHARES;
+/// assert_eq!(SHARES, [6, 7, 8, 9]);
+/// ```
+pub const SHARES: [u32; 4] = [6, 7, 8, 9];
+
+/// Each priority's limit when the limit is `limit`, the critical one `critical`, and the
+/// priorities in `pressured` (bit `1 << index`) are pressured: the whole limit for a priority
+/// with no pressured priority above it, its [share](SHARES) of it otherwise (rounded down, at
+/// least one); critical always `critical`.
+///
+/// ```
+/// use degrade_core::limit::shares;
+/// // Only high is pressured: the classes below it keep their shares, high all of it.
+/// assert_eq!(shares(2, 3, 1 << 3), [1, 1, 1, 2, 3]);
+/// assert_eq!(shares(10, 11, 1 << 3), [6, 7, 8, 10, 11]);
+/// // Critical pressured reserves for critical alone; nothing pressured, no share.
+/// assert_eq!(shares(10, 11, 1 << 4), [6, 7, 8, 9, 11]);
+/// assert_eq!(shares(10, 11, 0), [10, 10, 10, 10, 11]);
+/// ```
+pub fn shares(limit: u32, critical: u32, pressured: u8) -> [u32; 5] {
+    std::array::from_fn(|p| {
+        if p == 4 {
+            critical
+        } else if u32::from(pressured) >> (p + 1) == 0 {
+            limit
+        } else {
+            let share = u64::from(limit) * u64::from(SHARES[p]) / 10;
+            u32::try_from(share).unwrap_or(limit).clamp(1, limit.max(1))
+        }
+    })
 }

@@ -21,7 +21,11 @@
 //!   the limit has headroom each thread keeps a few released slots and admits from them
 //!   without a locked instruction (per-thread leases, revoked near the limit), a
 //!   bounded wait queue serves the highest priority first, and the completion that closes a
-//!   window moves the limit under a `try_lock` (never waited on).
+//!   window moves the limit under a `try_lock` (never waited on). The hot path reads one
+//!   published limit per priority: the law's, or the priority's [share](SHARES) of it while a
+//!   priority above it is pressured (had a request refused in this window or the last: see
+//!   [`Law::limits_under`]); a request held to its share waits, and takes the slot above its
+//!   share if no request of the pressured priority did within a tenth of its queue target.
 //! * [`LimitConfig`] holds only ratios and safety bounds; [`LimitSnapshot`] shows the limit,
 //!   its inputs (baseline, latency ratio, the concurrency served, queue target) and the
 //!   queue's counters.
@@ -53,7 +57,7 @@ mod queue;
 #[cfg(test)]
 mod sim;
 
-pub use self::law::{Law, Window};
+pub use self::law::{Law, SHARES, Window, shares};
 pub use self::limiter::LimitSnapshot;
 pub(crate) use self::limiter::{Completion, Entry, Limiter, Permit};
 pub(crate) use self::queue::{Fate, Ticket};

@@ -12,7 +12,8 @@
 //! oldest — or, once the queue has held waiters for a whole target, the newest:
 //! under a standing queue the oldest waiters are the ones about to miss their target anyway,
 //! and serving the newest keeps the admitted latency low (adaptive LIFO, as in Facebook's
-//! CoDel-managed RPC queues). A full queue makes room for a higher priority by evicting the
+//! CoDel-managed RPC queues). Critical waiters go newest first only when they alone wait and
+//! their oldest is past the target (see [`WaitQueue::grant`]). A full queue makes room for a higher priority by evicting the
 //! newest waiter of the lowest priority below it; and for a critical request, when it holds
 //! nothing but critical waiters, by refusing the oldest of them (drop-front, see
 //! [`WaitQueue::push`]).
@@ -114,10 +115,10 @@ struct Slot<T> {
 #[derive(Debug)]
 pub(crate) enum Pushed<T> {
     /// Waiting; a lower-priority waiter may have been evicted to make room (its payload is
-    /// handed back so it can be woken).
+    /// handed back so it can be woken, with its priority).
     Queued {
         ticket: Ticket,
-        evicted: Option<(Ticket, T)>,
+        evicted: Option<(Ticket, T, Priority)>,
     },
     /// The queue is full of requests at least as important: refused, payload handed back.
     Full(T),
@@ -223,13 +224,15 @@ impl<T> WaitQueue<T> {
             // Make room by evicting the newest waiter of the lowest priority below ours, or for
             // a critical request among critical ones only, the oldest of them.
             let victim = match (0..priority.index()).find(|&p| !self.lanes[p].is_empty()) {
-                Some(lane) => self.lanes[lane].pop_back(),
-                None if priority == Priority::Critical => {
-                    self.lanes[Priority::Critical.index()].pop_front()
-                }
+                Some(lane) => self.lanes[lane]
+                    .pop_back()
+                    .map(|t| (t, Priority::ALL[lane])),
+                None if priority == Priority::Critical => self.lanes[Priority::Critical.index()]
+                    .pop_front()
+                    .map(|t| (t, Priority::Critical)),
                 None => None,
             };
-            let Some(victim) = victim else {
+            let Some((victim, victim_priority)) = victim else {
                 return Pushed::Full(payload);
             };
             self.waiting -= 1;
@@ -237,7 +240,7 @@ impl<T> WaitQueue<T> {
             if let State::Waiting { payload, .. } =
                 std::mem::replace(&mut slot.state, State::Done(Fate::Evicted))
             {
-                evicted = Some((victim, payload));
+                evicted = Some((victim, payload, victim_priority));
             }
         }
         let Some(index) = self.free.pop() else {
@@ -262,6 +265,15 @@ impl<T> WaitQueue<T> {
         Pushed::Queued { ticket, evicted }
     }
 
+    /// When the oldest waiter of `priority` queued, if any waits.
+    pub(crate) fn oldest_since(&self, priority: Priority) -> Option<Instant> {
+        let ticket = self.lanes[priority.index()].front()?;
+        match &self.slots[ticket.index as usize].state {
+            State::Waiting { since, .. } => Some(*since),
+            _ => None,
+        }
+    }
+
     /// The priority of the best waiter, if any.
     pub(crate) fn best_priority(&self) -> Option<Priority> {
         (0..5)
@@ -270,12 +282,20 @@ impl<T> WaitQueue<T> {
             .map(|p| Priority::ALL[p])
     }
 
-    /// Hands a slot to the best waiter: the highest priority; the oldest of it, or the newest
-    /// when `newest_first` (except for critical requests, always the oldest). Returns its ticket, its payload and how long it waited.
+    /// Hands a slot to the best waiter: the highest priority; the oldest of it, or, under a
+    /// standing queue (`standing`: `Some` of the queueing-delay target), the newest. Critical
+    /// waiters go newest first only when their own oldest has waited past the target: while
+    /// other priorities keep the queue standing, the few critical waiters are each served in
+    /// turn (newest first there refused critical requests that waited behind newer ones: the
+    /// simulator's mixed-priority overload, 8 slots x 40 ms log-normal 0.5, 7 -> 67 of 41 495
+    /// critical requests refused over seeds 61-120); when critical requests alone fill the
+    /// limit and queue past their target, serving the newest keeps their admitted latency near
+    /// the service's (the overload bench's `critical-only`: p50 71 ms on a 41 ms service while
+    /// they were served oldest first). Returns its ticket, its payload and how long it waited.
     pub(crate) fn grant(
         &mut self,
         now: Instant,
-        newest_first: bool,
+        standing: Option<Duration>,
     ) -> Option<(Ticket, T, Duration)> {
         let (index, lane) = self
             .lanes
@@ -283,9 +303,15 @@ impl<T> WaitQueue<T> {
             .enumerate()
             .rev()
             .find(|(_, l)| !l.is_empty())?;
-        // Critical requests are served in order: there are few of them, each must be
-        // served, and newest-first could starve the oldest.
-        let ticket = if newest_first && index != Priority::Critical.index() {
+        let only = lane.len() == self.waiting;
+        let newest_first = standing.is_some_and(|target| {
+            index != Priority::Critical.index()
+                || only && lane.front().is_some_and(|t| {
+                    matches!(&self.slots[t.index as usize].state,
+                        State::Waiting { since, .. } if now.saturating_duration_since(*since) > target)
+                })
+        });
+        let ticket = if newest_first {
             lane.pop_back()
         } else {
             lane.pop_front()
@@ -430,9 +456,49 @@ mod tests {
         queued(q.push(Priority::High, now, 8, 3));
         queued(q.push(Priority::Normal, now, 8, 4));
         let order: Vec<u32> =
-            std::iter::from_fn(|| q.grant(now, false).map(|(_, p, _)| p)).collect();
+            std::iter::from_fn(|| q.grant(now, None).map(|(_, p, _)| p)).collect();
         assert_eq!(order, [2, 3, 4, 1]);
         assert_eq!(q.len(), 0);
+    }
+
+    /// Critical waiters go newest first only when they alone wait and their oldest is past the
+    /// target: critical requests alone are more than the limit serves, and the oldest would
+    /// reach the service late anyway. While other priorities wait too (they keep the queue
+    /// standing), or while the oldest is within its target, critical waiters are served in
+    /// turn.
+    #[test]
+    fn critical_waiters_go_newest_first_only_when_they_alone_stand_past_the_target() {
+        let t0 = Instant::now();
+        let target = Duration::from_millis(10);
+        let late = t0 + Duration::from_millis(11);
+        let critical = |q: &mut WaitQueue<u32>, at: Instant, p: u32| {
+            queued(q.push(Priority::Critical, at, 8, p))
+        };
+        // Alone and past the target: the newest.
+        let mut q = WaitQueue::new(8);
+        critical(&mut q, t0, 1);
+        critical(&mut q, t0 + Duration::from_millis(5), 2);
+        critical(&mut q, late, 3);
+        assert_eq!(q.grant(late, Some(target)).map(|(_, p, _)| p), Some(3));
+        // Alone, the oldest within the target: in turn.
+        let mut q = WaitQueue::new(8);
+        critical(&mut q, t0, 1);
+        critical(&mut q, t0 + Duration::from_millis(5), 2);
+        let soon = t0 + Duration::from_millis(9);
+        assert_eq!(q.grant(soon, Some(target)).map(|(_, p, _)| p), Some(1));
+        // Past the target, but a normal request waits too: in turn.
+        let mut q = WaitQueue::new(8);
+        critical(&mut q, t0, 1);
+        queued(q.push(Priority::Normal, t0, 8, 9));
+        critical(&mut q, late, 3);
+        let order: Vec<u32> =
+            std::iter::from_fn(|| q.grant(late, Some(target)).map(|(_, p, _)| p)).collect();
+        assert_eq!(order, [1, 3, 9]);
+        // Not standing: in turn, however long they waited.
+        let mut q = WaitQueue::new(8);
+        critical(&mut q, t0, 1);
+        critical(&mut q, late, 3);
+        assert_eq!(q.grant(late, None).map(|(_, p, _)| p), Some(1));
     }
 
     #[test]
@@ -442,7 +508,10 @@ mod tests {
         for i in 0..3 {
             queued(q.push(Priority::Normal, now, 8, i));
         }
-        assert_eq!(q.grant(now, true).map(|(_, p, _)| p), Some(2));
+        assert_eq!(
+            q.grant(now, Some(Duration::ZERO)).map(|(_, p, _)| p),
+            Some(2)
+        );
     }
 
     #[test]
@@ -454,7 +523,7 @@ mod tests {
         assert!(matches!(q.push(Priority::Low, now, 2, 3), Pushed::Full(3)));
         match q.push(Priority::Critical, now, 2, 4) {
             Pushed::Queued {
-                evicted: Some((t, 2)),
+                evicted: Some((t, 2, _)),
                 ..
             } => assert_eq!(t, b),
             other => panic!("{other:?}"),
@@ -478,7 +547,7 @@ mod tests {
         ));
         match q.push(Priority::Critical, later, 2, 4) {
             Pushed::Queued {
-                evicted: Some((t, 1)),
+                evicted: Some((t, 1, _)),
                 ..
             } => assert_eq!(t, old),
             other => panic!("{other:?}"),
@@ -486,7 +555,7 @@ mod tests {
         assert_eq!(q.take(old), Some(Fate::Evicted));
         assert_eq!(q.len(), 2);
         let order: Vec<u32> =
-            std::iter::from_fn(|| q.grant(later, false).map(|(_, p, _)| p)).collect();
+            std::iter::from_fn(|| q.grant(later, None).map(|(_, p, _)| p)).collect();
         assert_eq!(order, [2, 4]);
         // An empty queue with no room refuses a critical request as any other.
         assert!(matches!(
@@ -513,7 +582,7 @@ mod tests {
         assert_eq!(expired, [(old, 1)]);
         assert_eq!(q.take(old), Some(Fate::Expired));
         assert_eq!(q.take(old), None, "stale ticket");
-        let (t, _, waited) = q.grant(t0 + Duration::from_millis(9), false).unwrap();
+        let (t, _, waited) = q.grant(t0 + Duration::from_millis(9), None).unwrap();
         assert_eq!((t, waited), (young, Duration::from_millis(1)));
         assert_eq!(q.cancel(young), Some(Fate::Granted));
         assert_eq!(q.free.len(), q.slots.len(), "every slot is free again");
@@ -547,7 +616,7 @@ mod tests {
             assert!(!q.stands(t0 + past, patience));
             assert!(expired_at(&mut q, t0 + past, Priority::Low).is_empty());
         }
-        let (t, _, waited) = q.grant(t0 + 2 * TARGET - ms(1), false).unwrap();
+        let (t, _, waited) = q.grant(t0 + 2 * TARGET - ms(1), None).unwrap();
         assert_eq!((t, waited), (late, ms(19)));
         assert_eq!(q.take(late), Some(Fate::Granted));
     }
@@ -718,7 +787,7 @@ mod proptests {
                         next += 1;
                         match q.push(priority, now, bound, next) {
                             Pushed::Queued { ticket, evicted } => {
-                                if let Some((t, _)) = evicted {
+                                if let Some((t, ..)) = evicted {
                                     prop_assert_eq!(q.take(t), Some(Fate::Evicted));
                                     waiting.retain(|w| w.ticket != t);
                                 }
@@ -735,7 +804,7 @@ mod proptests {
                     Op::Grant(newest) => {
                         // As the limiter hands a slot on: the expiry pass first.
                         pass(&mut q, &mut waiting, now)?;
-                        if let Some((t, _, waited)) = q.grant(now, newest) {
+                        if let Some((t, _, waited)) = q.grant(now, newest.then_some(TARGET)) {
                             let w = waiting.iter().position(|w| w.ticket == t).unwrap();
                             prop_assert_eq!(waited, now - waiting[w].since);
                             prop_assert!(now < waiting[w].deadline, "granted past its deadline");

@@ -9,6 +9,7 @@
 //! measures on a real server: goodput against capacity, the admitted p99 against the unloaded
 //! p99, critical requests answered, and the time to react and recover.
 
+use super::limiter::hold;
 use super::{Law, LimitConfig, Pushed, WaitQueue, Window};
 use crate::priority::Priority;
 use std::cmp::Ordering;
@@ -425,13 +426,22 @@ struct Limiter {
     /// Which idle bucket of [`Loss`] the limit is in while below the knee: the cause of the
     /// latest cut (1 noise, 2 queue; 3 none yet).
     below: usize,
+    /// The priorities pressured in the current window and in the previous one (bit
+    /// `1 << index`): the limiter's rule (a request of the priority was refused).
+    pressure: u8,
+    pressure_before: u8,
 }
 
 impl Limiter {
+    /// Each priority's limit for a new request or a waiter, as the limiter publishes it.
+    fn limits(&self) -> [u32; 5] {
+        self.law.limits_under(self.pressure | self.pressure_before)
+    }
+
     /// A request of `priority` refused for `cause` (as in [`CRIT`]) at `now`: counted in
     /// [`CRIT`] if critical, and logged with the limiter's state (see [`log_refusal`]).
     fn refused(
-        &self,
+        &mut self,
         phase: usize,
         servers: f64,
         now: f64,
@@ -439,6 +449,8 @@ impl Limiter {
         cause: usize,
         in_flight: u32,
     ) {
+        // Refused (at once, at its deadline, or evicted): pressured, as in the limiter.
+        self.pressure |= 1 << priority.index();
         count_critical_refusal(priority, cause);
         log_refusal(
             phase,
@@ -525,6 +537,8 @@ pub(crate) fn run(setup: &Setup) -> Report {
             own_sum: 0.0,
             true_sum: 0.0,
             below: 3,
+            pressure: 0,
+            pressure_before: 0,
         }),
         _ => None,
     };
@@ -740,7 +754,7 @@ pub(crate) fn run(setup: &Setup) -> Report {
                 }
                 (Guard::Adaptive(_), Some(l)) => {
                     let limit = l.law.limit();
-                    if in_flight < l.law.limit_for(priority)
+                    if in_flight < l.limits()[priority.index()]
                         && l.queue.best_priority().is_none_or(|b| b < priority)
                     {
                         to_start.push(id);
@@ -771,7 +785,19 @@ pub(crate) fn run(setup: &Setup) -> Report {
                                             now + (deadline - at(now)).as_secs_f64(),
                                             Ev::Deadline(id),
                                         );
-                                        if let Some((t, victim)) = evicted {
+                                        // Held to its share: woken at the hold's end (the
+                                        // pass after every event hands it a free slot then).
+                                        let limits = l.limits();
+                                        if limits[priority.index()]
+                                            < l.law.limits_under(0)[priority.index()]
+                                        {
+                                            push(
+                                                &mut heap,
+                                                now + hold(target).as_secs_f64() + 1e-9,
+                                                Ev::Deadline(id),
+                                            );
+                                        }
+                                        if let Some((t, victim, _)) = evicted {
                                             l.queue.take(t);
                                             reqs[victim as usize].ticket = None;
                                             l.refused(
@@ -923,6 +949,7 @@ pub(crate) fn run(setup: &Setup) -> Report {
                         );
                     }
                     l.window = Window::default();
+                    l.pressure_before = std::mem::take(&mut l.pressure);
                     l.own_sum = 0.0;
                     l.true_sum = 0.0;
                     l.window_start = now;
@@ -952,11 +979,21 @@ pub(crate) fn run(setup: &Setup) -> Report {
             let limit = l.law.limit();
             let target = l.law.queue_target().unwrap_or_default();
             let _ = limit;
+            let limits = l.limits();
             while let Some(best) = l.queue.best_priority() {
-                if in_flight + (to_start.len() as u32) >= l.law.limit_for(best) {
-                    break;
+                let mut standing = (l.queue.standing_for(at(now)) > target).then_some(target);
+                let taken = in_flight + (to_start.len() as u32);
+                if taken >= limits[best.index()] {
+                    // Held to its share: above it, the oldest waiter once it waited the hold
+                    // (the limiter's rule).
+                    let held = l.queue.oldest_since(best).is_some_and(|since| {
+                        at(now).saturating_duration_since(since) >= hold(target)
+                    });
+                    if !held || taken >= l.law.limit_for(best) {
+                        break;
+                    }
+                    standing = None;
                 }
-                let standing = l.queue.standing_for(at(now)) > target;
                 let Some((ticket, id, _)) = l.queue.grant(at(now), standing) else {
                     break;
                 };
