@@ -925,7 +925,12 @@ impl Limiter {
             return Entry::Refused;
         }
         let now = now.unwrap_or_else(|| self.clock.now());
-        let patience = Patience::new(Duration::from_nanos(target), priority);
+        let patience = Patience::under(
+            Duration::from_nanos(target),
+            priority,
+            self.pressured(),
+            queue.only(Priority::Critical),
+        );
         let bound = queue_bound(&self.config, self.limit.load(Ordering::Relaxed));
         match queue.push(priority, now, bound as usize, None) {
             Pushed::Queued { ticket, evicted } => {
@@ -1005,8 +1010,10 @@ impl Limiter {
             return;
         }
         let mut expired = 0u64;
+        let pressured = self.pressured();
+        let alone = queue.only(Priority::Critical);
         for priority in Priority::ALL {
-            let patience = Patience::new(target, priority);
+            let patience = Patience::under(target, priority, pressured, alone);
             let lane = priority.index();
             let before = expired;
             queue.expire_lanes(lane..lane + 1, now, patience, |_, waker: Option<Waker>| {

@@ -674,7 +674,12 @@ pub(crate) fn run(setup: &Setup) -> Report {
                         (0..critical, Priority::Normal),
                         (critical..critical + 1, Priority::Critical),
                     ] {
-                        let patience = super::queue::Patience::new(target, p);
+                        let patience = super::queue::Patience::under(
+                            target,
+                            p,
+                            l.pressure | l.pressure_before,
+                            l.queue.only(Priority::Critical),
+                        );
                         l.queue
                             .expire_lanes(lanes, at(now), patience, |t, id| expired.push((t, id)));
                     }
@@ -770,8 +775,12 @@ pub(crate) fn run(setup: &Setup) -> Report {
                                         // The limiter's rule: the waiter's target, or the
                                         // queue's standing, whichever is later (fixed while
                                         // it waits).
-                                        let patience =
-                                            super::queue::Patience::new(target, priority);
+                                        let patience = super::queue::Patience::under(
+                                            target,
+                                            priority,
+                                            l.pressure | l.pressure_before,
+                                            l.queue.only(Priority::Critical),
+                                        );
                                         let deadline = l.queue.deadline(at(now), patience);
                                         // At its target (refused if the queue stands by
                                         // then), and at the latest.
