@@ -1518,13 +1518,7 @@ mod tests {
     #[test]
     #[ignore = "exploration: prints a table"]
     fn explore_seeds() {
-        let seeds: Vec<u64> = std::env::var("SIM_SEEDS")
-            .ok()
-            .and_then(|s| {
-                let (a, b) = s.split_once('-')?;
-                Some((a.parse().ok()?..=b.parse().ok()?).collect())
-            })
-            .unwrap_or_else(|| (1..=8).collect());
+        let seeds = env_seeds(1..=8);
         let filter = std::env::var("SIM_FILTER").unwrap_or_default();
         for (name, b) in [
             ("1x20ms", Backend::slots(1, 0.020, 0.0)),
@@ -1783,13 +1777,7 @@ mod seeds_tests {
     fn seeds() {
         let guard = || Guard::Adaptive(LimitConfig::default());
         // SIM_SEEDS=7-12 runs the held-out seeds (any range `a-b`).
-        let seeds: Vec<u64> = std::env::var("SIM_SEEDS")
-            .ok()
-            .and_then(|s| {
-                let (a, b) = s.split_once('-')?;
-                Some((a.parse().ok()?..=b.parse().ok()?).collect())
-            })
-            .unwrap_or_else(|| (1..=6).collect());
+        let seeds = env_seeds(1..=6);
         // SIM_VERBOSE: a line per seed (and per backend of the load steps).
         let verbose = std::env::var("SIM_VERBOSE").is_ok();
         let mut lines = Vec::new();
@@ -1968,13 +1956,7 @@ mod halves_tests {
     #[ignore = "exploration: prints a table over seeds"]
     fn halves_bench() {
         TRACE.with(|t| t.set(std::env::var("SIM_TRACE").is_ok()));
-        let seeds: Vec<u64> = std::env::var("SIM_SEEDS")
-            .ok()
-            .and_then(|s| {
-                let (a, b) = s.split_once('-')?;
-                Some((a.parse().ok()?..=b.parse().ok()?).collect())
-            })
-            .unwrap_or_else(|| (1..=6).collect());
+        let seeds = env_seeds(1..=6);
         let ph = |secs, load, speed| Phase { secs, load, speed };
         let filter = std::env::var("SIM_FILTER").unwrap_or_default();
         for b in [
@@ -2058,13 +2040,7 @@ mod recovery_tests {
     #[test]
     #[ignore = "exploration: prints refusals over seeds"]
     fn recovery_refusals() {
-        let seeds: Vec<u64> = std::env::var("SIM_SEEDS")
-            .ok()
-            .and_then(|s| {
-                let (a, b) = s.split_once('-')?;
-                Some((a.parse().ok()?..=b.parse().ok()?).collect())
-            })
-            .unwrap_or_else(|| (1..=6).collect());
+        let seeds = env_seeds(1..=6);
         // SIM_NOISY: a host that stalls now and then (requests 1.5x as long meanwhile).
         let backend = if std::env::var("SIM_NOISY").is_ok() {
             Backend::slots(8, 0.04, 0.0).noisy()
@@ -2144,13 +2120,7 @@ mod onset_tests {
     #[ignore = "exploration: prints the onset of critical-only overload"]
     fn critical_onset() {
         TRACE.with(|t| t.set(std::env::var("SIM_TRACE").is_ok()));
-        let seeds: Vec<u64> = std::env::var("SIM_SEEDS")
-            .ok()
-            .and_then(|s| {
-                let (a, b) = s.split_once('-')?;
-                Some((a.parse().ok()?..=b.parse().ok()?).collect())
-            })
-            .unwrap_or_else(|| (1..=6).collect());
+        let seeds = env_seeds(1..=6);
         let filter = std::env::var("SIM_FILTER").unwrap_or_default();
         let backends = [
             ("slots 8x40ms", Backend::slots(8, 0.04, 0.0)),
@@ -2250,13 +2220,7 @@ mod loss_tests {
     #[ignore = "exploration: prints a table over seeds"]
     fn steps_loss() {
         TRACE.with(|t| t.set(std::env::var("SIM_TRACE").is_ok()));
-        let seeds: Vec<u64> = std::env::var("SIM_SEEDS")
-            .ok()
-            .and_then(|s| {
-                let (a, b) = s.split_once('-')?;
-                Some((a.parse().ok()?..=b.parse().ok()?).collect())
-            })
-            .unwrap_or_else(|| (1..=12).collect());
+        let seeds = env_seeds(1..=12);
         let filter = std::env::var("SIM_FILTER").unwrap_or_default();
         let mut backends = vec![Backend::slots(8, 0.04, 0.0)];
         for (k, s) in [(2, 0.2), (8, 0.04), (32, 0.005)] {
@@ -2370,4 +2334,16 @@ mod loss_tests {
         let cuts: u32 = loss[2..=6].iter().map(|x| x.cuts[0] + x.cuts[1]).sum();
         assert!(probes > 0 && cuts > 0, "probes {probes} cuts {cuts}");
     }
+}
+
+/// The seeds an exploration test runs: `SIM_SEEDS` as a range `a-b`, else `default`.
+#[cfg(test)]
+fn env_seeds(default: std::ops::RangeInclusive<u64>) -> Vec<u64> {
+    std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| {
+            let (a, b) = s.split_once('-')?;
+            Some((a.parse().ok()?..=b.parse().ok()?).collect())
+        })
+        .unwrap_or_else(|| default.collect())
 }
