@@ -566,9 +566,12 @@ impl Law {
             .map(|b| Duration::from_secs_f64(b * self.config.queue_delay))
     }
 
-    /// How long a request of `priority` may wait: the [`queue_target`](Law::queue_target),
-    /// twice as long for a critical request (it is served before any other, so it waits
-    /// longer only when critical requests alone fill the limit).
+    /// How long a request of `priority` may wait at most: the
+    /// [`queue_target`](Law::queue_target), twice as long for a critical request (it is served
+    /// before any other, so it waits longer only when critical requests alone fill the limit).
+    /// The limiter shortens a critical request's wait to the target while critical requests
+    /// alone wait and some were refused lately: they are then more than the limit serves, and
+    /// the longer wait would only add to the latency of those it serves.
     ///
     /// ```
     /// # use degrade_core::limit::{Law, LimitConfig};
