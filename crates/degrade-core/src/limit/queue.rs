@@ -86,11 +86,15 @@ impl Patience {
     /// transient (an onset, a cut, a slow slot on a small backend) without a refusal: the
     /// target alone there doubled the critical requests refused on 2 cores in the simulator.
     pub(crate) fn under(target: Duration, priority: Priority, pressured: u8, alone: bool) -> Self {
+        let patience = Self::new(target, priority);
         let critical = priority == Priority::Critical;
         if critical && alone && pressured & (1 << Priority::Critical.index()) != 0 {
-            Self::new(target, Priority::High)
+            Self {
+                wait: target,
+                ..patience
+            }
         } else {
-            Self::new(target, priority)
+            patience
         }
     }
 }
