@@ -651,6 +651,25 @@ mod fast {
             }
         }
 
+        /// The counter's reading now (the open call scope's, as [`now`](Clock::now) reads
+        /// it) in nanoseconds since the counter timeline's [`counter_base`](Self::counter_base),
+        /// or `None` when this clock follows tokio: for a policy that keeps its own times in
+        /// nanoseconds, the same reading as `now()` without making an [`Instant`] and
+        /// measuring it back.
+        #[inline]
+        pub(crate) fn counter_ns(&self) -> Option<u64> {
+            match (self.source, TIMELINE.get()) {
+                (Source::Counter, Some(t)) => Some(t.ns_in_scope()),
+                (Source::Counter, None) | (Source::Tokio, _) => None,
+            }
+        }
+
+        /// The instant the counter timeline counts from, once a counter clock exists:
+        /// `now()` on the counter is this instant plus [`counter_ns`](Self::counter_ns).
+        pub(crate) fn counter_base() -> Option<Instant> {
+            TIMELINE.get().map(|t| t.base_tokio)
+        }
+
         /// Whether this clock reads [`TokioClock`] (made where tokio's time can be paused)
         /// rather than the counter.
         ///
