@@ -341,7 +341,7 @@ where
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, req: R) -> Self::Future {
         // Every layer further in shares this call's start instant.
         let _scope = degrade_core::clock::CallScope::enter();
