@@ -15,7 +15,10 @@
 //! further in, i.e. the inner service returns a boxed `Shed`) and `downstream-baseline` (that
 //! inner service alone), `full-stack` (`DegradeLayer` → rate limit → breaker → canary at
 //! 10 %, every layer on its admit path and its default clock, as `degrade/admit` in the
-//! `full-stack` criterion group), `full-stack-judged` (the same stack with the canary as a release runs it: its controller
+//! `full-stack` criterion group), `full-stack-limit-64` (the same with the `DegradeLayer`'s
+//! limit held at 64: under this one sequential caller the default limit decays to 2, below
+//! the 16 from which threads keep slots, so every call takes and gives back a slot of the
+//! shared in-flight word; held at 64 a thread keeps its slot), `full-stack-judged` (the same stack with the canary as a release runs it: its controller
 //! has read heavy traffic, so each thread times 1 call in 16 of each arm),
 //! `full-stack-tokio-clock` (the same with `TokioClock` in every
 //! layer that takes a clock; the `DegradeLayer`'s limiter keeps its default), `peers-full-stack` (the peers' composition of that group: `LoadShed` +
@@ -239,6 +242,26 @@ fn main() {
         // none) and the canary: the counter here, outside any runtime.
         let mut svc = full_stack(ten_percent());
         report("full-stack", min_ns(&mut svc));
+    }
+    if on("full-stack-limit-64") {
+        let held = LimitConfig {
+            initial: 64,
+            min: 64,
+            max: 64,
+            ..LimitConfig::default()
+        };
+        let layer = DegradeLayer::builder(controller.handle())
+            .limit(held)
+            .build()
+            .expect("a limit of 64 is valid");
+        let mut svc = tower::ServiceBuilder::new()
+            .layer(layer)
+            .layer(RateLimitLayer::new(open_rate()).expect("valid rate limit"))
+            .layer(BreakerLayer::new(BreakerConfig::default()).expect("valid breaker"))
+            .service(ten_percent());
+        report("full-stack-limit-64", min_ns(&mut svc));
+        let limit = svc.snapshot().limit.map(|l| l.limit);
+        assert_eq!(limit, Some(64), "held");
     }
     if on("full-stack-judged") {
         // The same stack as a canary release runs it: its `CanaryController` has read heavy
