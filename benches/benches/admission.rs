@@ -30,7 +30,9 @@
 //! * `admission-2-threads`: one shared service (one layer, so one set of counters) called
 //!   through clones from 1 or 2 threads via `iter_custom`; the figure is wall time per call, so
 //!   the 1-thread / 2-threads ratio is the throughput gain of the second thread. `degrade` is
-//!   the default layer (adaptive limit, initial 16); `degrade/held-16-*` the same limit held
+//!   the default layer (adaptive limit, initial 16) with its limit floored at 2 (over a service
+//!   that takes no time the law brings it down to 2 and probes at 1, where the second thread's
+//!   request would have to wait, which this harness cannot); `degrade/held-16-*` the same limit held
 //!   (min = max = 16, as `min_of_reps admit-threads-default` runs it). At stop 28 (quiet Intel
 //!   Xeon guest) they differed: the default 19.4 → 23.8 ns a call on two threads (0.81×), the
 //!   held limit 31.0 → 17.5 ns (1.77×), the default's limit staying at 16 with nothing refused:
@@ -186,8 +188,18 @@ fn admission_2_threads(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
 
     let normal = pinned(Level::Normal);
-    let degrade = DegradeLayer::new(normal.handle(), Policy::default())
-        .expect("default policy is valid")
+    // The default layer, its limit floored at the harness's two threads: over an inner
+    // service that takes no time the law's limit comes down to 2 (one caller at a time is all
+    // it serves) and probes at 1, where a second thread's request would wait — and the
+    // harness, which polls each call once, cannot wait.
+    let floored = LimitConfig {
+        min: 2,
+        ..LimitConfig::default()
+    };
+    let degrade = DegradeLayer::builder(normal.handle())
+        .limit(floored)
+        .build()
+        .expect("a limit floored at 2 is valid")
         .layer(inner());
     // The default limit held (min = max = 16): what the admit path costs shared by two
     // threads, apart from what the law makes of an inner service that takes no time.
@@ -203,8 +215,14 @@ fn admission_2_threads(c: &mut Criterion) {
         .layer(inner());
     let baseline = inner();
     let load_shed = LoadShed::new(inner());
-    // One call up front, so the check below also holds when a filter skips every member.
-    assert!(call_now(&mut degrade.clone(), 1).is_ok(), "Normal admits");
+    // One call up front, so the check below also holds when a filter skips every member. On a
+    // thread of its own: below half the limit a thread keeps the slot its request gave back
+    // (a lease, given back at its next call or when it exits), and this thread makes no call
+    // again — a slot it kept would count as in flight for the whole group, and at a limit of
+    // 2 leave the two threads one.
+    let mut up_front = degrade.clone();
+    let admitted = std::thread::scope(|s| s.spawn(move || call_now(&mut up_front, 1)).join());
+    assert!(matches!(admitted, Ok(Ok(_))), "Normal admits");
 
     for (threads, case) in [(1, "1-thread"), (2, "2-threads")] {
         g.bench_function(BenchmarkId::new("baseline", case), |b| {

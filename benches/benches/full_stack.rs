@@ -9,7 +9,8 @@
 //! both canary arms:
 //!
 //! * `baseline/no-layer`: the bare inner service;
-//! * `degrade/admit`: level Normal, a rate limit far above what the benchmark can spend, a
+//! * `degrade/admit`: level Normal, the adaptive limit floored at 2 (see [`floored`]), a rate
+//!   limit far above what the benchmark can spend, a
 //!   closed breaker (count window of 100, the default), a canary at 10 % (no key): every layer
 //!   takes its admit path on its default clock, `FastClock::unless_pausable()`: the counter
 //!   here (no runtime), read once for the request's start (`CallScope`: the first reader's
@@ -37,6 +38,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use degrade_benches::{Req, call_now, contended, inner};
 use degrade_breaker::{BreakerConfig, BreakerLayer};
 use degrade_canary::{Canary, Weight};
+use degrade_core::limit::LimitConfig;
 use degrade_core::{
     BoxError, Clock, Controller, DegradeLayer, FastClock, Level, Priority, Shed, TokioClock,
 };
@@ -64,6 +66,16 @@ fn canary_weight() -> Weight {
     Weight::new(1_000).expect("10 % is a valid weight")
 }
 
+/// The default adaptive limit floored at 2: over arms that take no time the law brings the
+/// limit down to what one caller uses (2) and probes below it (1), where the second thread of
+/// the `-2-threads` members would have to wait — which `call_now`, polling once, cannot.
+fn floored() -> LimitConfig {
+    LimitConfig {
+        min: 2,
+        ..LimitConfig::default()
+    }
+}
+
 /// degrade's full stack over two `inner` arms, with `clock` in every layer that reads time.
 fn degrade_stack<K: Clock>(
     controller: &Controller,
@@ -76,6 +88,7 @@ fn degrade_stack<K: Clock>(
             DegradeLayer::builder(controller.handle())
                 // The adaptive limit, and the level's shares so a pinned level sheds.
                 .admission(degrade_core::degrade::Admission::Both)
+                .limit(floored())
                 .prioritize(move |_: &Req| priority)
                 .build()
                 .expect("default policy is valid"),
@@ -111,6 +124,7 @@ fn default_stack(
         .layer(
             DegradeLayer::builder(controller.handle())
                 .admission(degrade_core::degrade::Admission::Both)
+                .limit(floored())
                 .prioritize(move |_: &Req| priority)
                 .build()
                 .expect("default policy is valid"),

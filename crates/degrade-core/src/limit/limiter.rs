@@ -10,7 +10,9 @@
 //!   scope's reading, shared with the other layers on the same clock), so a request is timed only while the current
 //!   window still needs samples (up to four timed requests per sample it needs, so answers
 //!   that never become samples — errors, rejections further in — do not time every request),
-//!   while demand is near the limit (where the law acts), and one in
+//!   while demand is near the limit (where the law acts: every such request, unless the last
+//!   window gathered more than [`PLENTY`] times the samples it needed — a service of
+//!   nanoseconds or microseconds — then one in [`near_every`]), and one in
 //!   [`timing_every`](LimitConfig::timing_every) otherwise; every request is *counted*.
 //! * Complete: the slot is kept by the completing thread while its lease holds, else one
 //!   `fetch_sub`; a timed request adds its latency to its own thread's row of the window's
@@ -268,6 +270,29 @@ impl Cells {
 /// layer further in), the window fills through the one-in-`timing_every` requests instead of
 /// timing every request.
 const TIMED_PER_NEEDED_SAMPLE: u32 = 4;
+
+/// The samples a window takes, in multiples of what it needs, before requests near the limit
+/// are no longer all timed: a window that gathered more than this many times its needs had
+/// timed requests the law did not need (at 100 ns a request, every one of the millions in a
+/// window, each paying two clock reads and the window's sums: 60 ns instead of 10).
+const PLENTY: u32 = 8;
+
+/// The most [`near_every`] spaces out the requests near the limit that are timed.
+const MAX_NEAR_EVERY: u32 = 1 << 16;
+
+/// One request in how many near the limit (demand past half of it) the next window times,
+/// after a window that timed them one in `previous` and gathered `samples` where the law
+/// needs `needed`: 1 (every one) until a window gathers more than [`PLENTY`] times its needs,
+/// then as many as make the next window's near-limit samples about that many (a window's
+/// samples scale as one over this). So a service of milliseconds, whose windows hold tens of
+/// samples, keeps timing every request near the limit, and one of a hundred nanoseconds
+/// times a thousandth of them. A window short of samples is filled by the short-of-samples
+/// timing whatever this is, and the one-in-`timing_every` countdown runs beside it.
+pub(crate) fn near_every(previous: u32, samples: u32, needed: u32) -> u32 {
+    let goal = u64::from(needed.max(1)) * u64::from(PLENTY);
+    let scaled = u64::from(samples) * u64::from(previous.max(1)) / goal;
+    scaled.clamp(1, u64::from(MAX_NEAR_EVERY)) as u32
+}
 
 /// Counters of the limiter, for its snapshot.
 #[derive(Debug, Default)]
@@ -673,6 +698,9 @@ pub(crate) struct Limiter {
     /// a line written twice a window, read by every untimed request instead of the window's
     /// counts (which timed completions write).
     short: AtomicU32,
+    /// Requests near the limit are timed one in this many ([`near_every`]; 1: every one),
+    /// written at each window's close.
+    near_every: AtomicU32,
     counters: Counters,
     /// Loom's mutexes under `--cfg degrade_loom` ([`crate::sync`]), so that the model of a
     /// waiter withdrawing while a slot is handed on (`loom_models`) explores both locks.
@@ -686,6 +714,8 @@ thread_local! {
     /// Per-thread countdown to the next one-in-N timed request: no shared write and no
     /// division on the hot path.
     static COUNTDOWN: Cell<u32> = const { Cell::new(0) };
+    /// The same for the one-in-[`near_every`] timed requests near the limit.
+    static NEAR_COUNTDOWN: Cell<u32> = const { Cell::new(0) };
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -729,6 +759,7 @@ impl Limiter {
             queue_target_ns: AtomicU64::new(0),
             binding: AtomicBool::new(false),
             short: AtomicU32::new(1),
+            near_every: AtomicU32::new(1),
             counters: Counters::default(),
             queue: Mutex::new(WaitQueue::new(capacity)),
             law: Mutex::new(law),
@@ -884,7 +915,7 @@ impl Limiter {
     /// fresh; otherwise nothing is read but the countdown.
     #[inline]
     fn slot(&self, concurrency: u32, limit: u32, always_time: bool) -> Slot {
-        if always_time || 2 * concurrency >= limit || self.countdown() {
+        if always_time || (2 * concurrency >= limit && self.near_due()) || self.countdown() {
             self.timed_slot(concurrency)
         } else if self.short_of_samples() {
             self.shared
@@ -917,6 +948,24 @@ impl Limiter {
                 .compare_exchange(window, 0, Ordering::Relaxed, Ordering::Relaxed);
         }
         short
+    }
+
+    /// Whether a request near the limit is timed: always while [`near_every`] is 1, else once
+    /// every that many such requests on this thread.
+    #[inline]
+    fn near_due(&self) -> bool {
+        let every = self.near_every.load(Ordering::Relaxed);
+        every <= 1
+            || NEAR_COUNTDOWN.with(|c| match c.get() {
+                0 | 1 => {
+                    c.set(every);
+                    true
+                }
+                n => {
+                    c.set(n - 1);
+                    false
+                }
+            })
     }
 
     /// `true` once every `timing_every` calls on this thread.
@@ -1186,6 +1235,11 @@ impl Limiter {
         let window = shared.take_window(self.binding.swap(false, Ordering::Relaxed), elapsed);
         let before = law.limit();
         let after = law.observe(&window, now);
+        let every = self.near_every.load(Ordering::Relaxed);
+        self.near_every.store(
+            near_every(every, window.samples, law.samples_needed()),
+            Ordering::Relaxed,
+        );
         let epoch = shared.epoch.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         shared
             .window_start_ns
@@ -1570,6 +1624,62 @@ mod tests {
         limiter.shared.complete_timed(slot, Completion::Success);
         let max = limiter.shared.cells.max_latency_ns.load(Ordering::Relaxed);
         assert_eq!(max, 5_000_000);
+    }
+
+    /// A service of a microsecond called by one caller at a time: the law brings the limit
+    /// down to 2, where every request is near it (demand past half the limit). Its windows
+    /// gather thousands of samples where the law needs tens, so after one such window the
+    /// limiter times those requests one in many — and a window still gathers more than it
+    /// needs. A service of milliseconds never gets there (`near_every` stays 1: its windows
+    /// hold tens of samples).
+    #[tokio::test(start_paused = true)]
+    async fn requests_near_the_limit_are_timed_one_in_many_once_windows_have_plenty() {
+        let limiter = Limiter::new(LimitConfig::default());
+        assert!(limiter.clock.follows_tokio(), "paused time: tokio's clock");
+        let mut per_window = Vec::new();
+        for _ in 0..40 {
+            let epoch = limiter.shared.epoch.load(Ordering::Relaxed);
+            let mut timed = 0u32;
+            let mut calls = 0u32;
+            while limiter.shared.epoch.load(Ordering::Relaxed) == epoch && calls < 100_000 {
+                let (counted, limit) = limiter.try_take(Priority::Normal).expect("one at a time");
+                let mut permit = limiter.permit_for((counted, limit));
+                timed += u32::from(permit.slot.is_timed());
+                tokio::time::advance(Duration::from_micros(1)).await;
+                permit.finish(Completion::Success);
+                calls += 1;
+            }
+            per_window.push((limiter.limit.load(Ordering::Relaxed), timed, calls));
+        }
+        let (limit, timed, calls) = *per_window.last().unwrap();
+        assert!(limit <= 3, "one caller: {per_window:?}");
+        let needed = limiter.lock_law().samples_needed();
+        assert!(
+            limiter.near_every.load(Ordering::Relaxed) > 1,
+            "{per_window:?}"
+        );
+        // Every request would be timed (1 of 1 at a limit of 2) without the spacing; with it
+        // about one in 16 (the countdown) and enough for the law.
+        assert!(
+            timed * 8 < calls,
+            "timed {timed} of {calls}: {per_window:?}"
+        );
+        assert!(timed >= needed, "timed {timed}, the law needs {needed}");
+    }
+
+    #[test]
+    fn near_every_spaces_timing_only_past_plenty() {
+        // Tens of samples where 16 are needed: every request near the limit stays timed.
+        assert_eq!(near_every(1, 60, 16), 1);
+        assert_eq!(near_every(1, 16 * PLENTY, 16), 1);
+        // Ten thousand: about one in 78, so the next window gathers about 128.
+        assert_eq!(near_every(1, 10_000, 16), 78);
+        // From a spaced window the factor compounds, and it comes back when samples fall.
+        assert_eq!(near_every(78, 128, 16), 78);
+        assert_eq!(near_every(78, 12, 16), 7);
+        assert_eq!(near_every(7, 0, 16), 1);
+        assert_eq!(near_every(MAX_NEAR_EVERY, u32::MAX, 1), MAX_NEAR_EVERY);
+        assert_eq!(near_every(0, 10_000, 0), 1_250);
     }
 
     fn fixed(limit: u32) -> LimitConfig {

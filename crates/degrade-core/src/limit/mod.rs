@@ -94,7 +94,9 @@ pub struct LimitConfig {
     /// Most requests waiting at once, in limits (default 1.0: as many as the limit).
     pub queue_size: f64,
     /// Below the limit, one admitted request in this many is timed (default 16); every request
-    /// is timed once demand reaches half the limit.
+    /// is timed once demand reaches half the limit, until a window gathers more than eight
+    /// times the samples the law needs (a service of microseconds): the limiter then times
+    /// those too only as often as keeps the next window at about that many.
     pub timing_every: u32,
 }
 

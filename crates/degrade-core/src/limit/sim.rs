@@ -418,6 +418,10 @@ struct Limiter {
     window: Window,
     window_start: f64,
     seq: u64,
+    /// Requests near the limit seen, and one in how many of them is timed (the limiter's
+    /// `near_every`).
+    near_seq: u64,
+    near_every: u32,
     epoch: u64,
     /// The current window's samples: the sum of their own service times and of their
     /// latencies (uncapped), for the loss accounting.
@@ -533,6 +537,8 @@ pub(crate) fn run(setup: &Setup) -> Report {
             window: Window::default(),
             window_start: 0.0,
             seq: 0,
+            near_seq: 0,
+            near_every: 1,
             epoch: 0,
             own_sum: 0.0,
             true_sum: 0.0,
@@ -923,6 +929,11 @@ pub(crate) fn run(setup: &Setup) -> Report {
                     l.window.elapsed = elapsed;
                     let before = l.law.limit();
                     l.law.observe(&l.window, at(now));
+                    l.near_every = super::limiter::near_every(
+                        l.near_every,
+                        l.window.samples,
+                        l.law.samples_needed(),
+                    );
                     if loss_on && l.law.limit() < before {
                         // A probe, or a cut: judged by the truth, were the window's samples
                         // slower than the target over their own service times?
@@ -1018,10 +1029,14 @@ pub(crate) fn run(setup: &Setup) -> Report {
             let (timed, low, epoch) = match limiter.as_mut() {
                 Some(l) => {
                     l.seq += 1;
+                    let near = 2 * in_flight >= l.law.limit() && {
+                        l.near_seq += 1;
+                        l.near_seq % u64::from(l.near_every) == 0
+                    };
                     (
                         l.seq % u64::from(l.config.timing_every) == 0
                             || l.window.samples < l.law.samples_needed()
-                            || 2 * in_flight >= l.law.limit(),
+                            || near,
                         in_flight <= l.law.low_concurrency(),
                         l.epoch,
                     )
