@@ -2032,6 +2032,85 @@ mod halves_tests {
 }
 
 #[cfg(test)]
+mod halves_parts_tests {
+    use super::*;
+
+    /// Where the admitted tail of `capacity-halves`' overload phases comes from: for the
+    /// requests above each phase's p98, the wait in our queue and the time in the backend,
+    /// the share of critical ones, and when they were sent (seconds into the phase), over
+    /// seeds. `SIM_SEEDS` (`1-6`), `SIM_K`/`SIM_S`/`SIM_SIGMA` (the backend: 8 x 40 ms, 0).
+    #[test]
+    #[ignore = "exploration: prints the tail of the halves phases"]
+    fn halves_parts() {
+        let env = |n: &str, d: f64| {
+            std::env::var(n)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(d)
+        };
+        let b = Backend::slots(
+            env("SIM_K", 8.0) as u32,
+            env("SIM_S", 0.04),
+            env("SIM_SIGMA", 0.0),
+        );
+        let step = (b.median * 100.0).max(4.0);
+        let ph = |secs, load, speed| Phase { secs, load, speed };
+        for seed in env_seeds(1..=6) {
+            PARTS.with(|p| *p.borrow_mut() = Some(Vec::new()));
+            let r = run(&Setup {
+                backend: b,
+                clients: Clients::Open,
+                phases: vec![
+                    ph(6.0, 0.25, 0.5),
+                    ph(3.0, 0.5, 1.0),
+                    ph(step, 1.5, 1.0),
+                    ph(step, 1.5, 0.5),
+                    ph(step, 1.5, 1.0),
+                ],
+                guard: Guard::Adaptive(LimitConfig::default()),
+                mix: DEMO_MIX,
+                seed,
+            });
+            let parts = PARTS.with(|p| p.borrow_mut().take()).unwrap_or_default();
+            for phase in [2usize, 3, 4] {
+                let (from, to) = (r.starts[phase], r.starts[phase] + step);
+                let mut v: Vec<Parts> = parts
+                    .iter()
+                    .copied()
+                    .filter(|p| (from..to).contains(&p.0))
+                    .collect();
+                v.sort_by(|a, b| (a.2 - a.0).total_cmp(&(b.2 - b.0)));
+                let tail = &v[(v.len() * 98 / 100).min(v.len())..];
+                let m = tail.len().max(1) as f64;
+                let q: f64 = tail.iter().map(|p| p.1 - p.0).sum::<f64>() / m;
+                let be: f64 = tail.iter().map(|p| p.2 - p.1).sum::<f64>() / m;
+                let c = tail.iter().filter(|p| p.3).count() as f64 / m;
+                let mut when = [0usize; 8];
+                for p in tail {
+                    when[(((p.0 - from) / step * 8.0) as usize).min(7)] += 1;
+                }
+                let unloaded = if phase == 3 {
+                    r.phases[0].p99()
+                } else {
+                    r.phases[1].p99()
+                };
+                println!(
+                    "seed {seed} phase {phase}: p99 {:.2}x tail n={} total {:.1} ms = ours {:.1} + backend {:.1}; critical {:.0} %; sent by eighth {:?} L{:.1}",
+                    r.phases[phase].p99() / unloaded,
+                    tail.len(),
+                    (q + be) * 1e3,
+                    q * 1e3,
+                    be * 1e3,
+                    c * 100.0,
+                    when,
+                    r.phases[phase].mean_limit,
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod recovery_tests {
     use super::*;
 
