@@ -129,9 +129,10 @@ fn hold_all<S: Service<u8, Error = BoxError>>(
 }
 
 /// Two threads keep the slot of their last request (the limit has headroom); the limit
-/// then fills on a third thread, which revokes the leases: while the two stay idle it gets
-/// the limit less what they keep (the stated bound, one slot each here), and once they touch
-/// the layer again they give their slots back and it gets exactly the limit, never more.
+/// then fills on a third thread, which revokes the leases: the slots the two idle threads
+/// still keep count as free on the overload path, so it gets the whole limit while they stay
+/// idle; when they touch the layer again they give their slots back and are refused (the
+/// limit is full), and the word counts exactly the limit, never more.
 #[test]
 fn the_limit_holds_exactly_once_kept_slots_are_given_back() {
     let layer = fixed(32);
@@ -148,29 +149,30 @@ fn the_limit_holds_exactly_once_kept_slots_are_given_back() {
     assert_eq!(in_flight(&layer), 0, "kept slots are not in flight");
 
     let mut main = svc.clone();
-    let mut held = hold_all(&mut main, &layer);
-    assert_eq!(
-        held.len(),
-        30,
-        "the limit less the two idle threads' kept slots"
-    );
-    assert_eq!(in_flight(&layer), 30);
-
-    for w in [&a, &b] {
-        let mut s = quick.clone();
-        assert!(w.run(move || call_once(&mut s)), "its own slot, given back");
-    }
-    held.extend(hold_all(&mut main, &layer));
+    let held = hold_all(&mut main, &layer);
     assert_eq!(
         held.len(),
         32,
-        "exactly the limit once every kept slot is back"
+        "the whole limit while the two idle threads keep a slot each"
     );
     assert_eq!(in_flight(&layer), 32);
+
     for w in [&a, &b] {
         let mut s = quick.clone();
-        assert!(!w.run(move || call_once(&mut s)), "nothing over the limit");
+        assert!(
+            !w.run(move || call_once(&mut s)),
+            "its kept slot given back, and nothing over the limit"
+        );
     }
+    assert_eq!(
+        in_flight(&layer),
+        32,
+        "exactly the limit once every kept slot is back"
+    );
+    assert!(
+        hold_all(&mut main, &layer).is_empty(),
+        "the given-back slots were already counted free"
+    );
     drop(held);
     assert_eq!(in_flight(&layer), 0);
     assert_eq!(
@@ -279,10 +281,11 @@ fn a_layer_dropped_with_kept_slots_never_leaks_them_into_a_new_layer() {
     a.exit();
 }
 
-/// On paused tokio time: a request finds the limit full while an idle thread keeps a slot, and
-/// waits (the overload path revokes the leases). It is not missed: the keeper's next call,
-/// even through another layer, gives the slot back and hands it to the waiter, long before
-/// its deadline (time does not move).
+/// On paused tokio time: requests fill the limit while an idle thread keeps a slot (the
+/// overload path revokes the leases and counts the kept slot as free), and the next one waits.
+/// The keeper's next call, even through another layer, gives its slot back without handing it
+/// to the waiter (the limit is full: the slot was already counted free); a slot a request
+/// frees reaches the waiter at once (time does not move).
 #[tokio::test(start_paused = true)]
 async fn a_waiter_gets_the_slot_an_idle_thread_kept_at_its_next_call() {
     let layer = {
@@ -320,16 +323,26 @@ async fn a_waiter_gets_the_slot_an_idle_thread_kept_at_its_next_call() {
         std::future::pending::<()>().await;
         Ok::<_, Infallible>(n)
     }));
-    let held = hold_all(&mut pending, &layer);
-    assert_eq!(held.len(), 31, "the limit less the keeper's slot");
+    let mut held = hold_all(&mut pending, &layer);
+    assert_eq!(
+        held.len(),
+        32,
+        "the whole limit, the keeper's slot counted free"
+    );
     let mut waiter = Box::pin(pending.ready().await.unwrap().call(9));
     assert!(waiter.as_mut().now_or_never().is_none(), "waits");
-    assert_eq!((snapshot().in_flight, snapshot().waiting), (31, 1));
+    assert_eq!((snapshot().in_flight, snapshot().waiting), (32, 1));
 
-    // The keeper calls again, through another layer: its lease of this one ends.
+    // The keeper calls again, through another layer: its lease of this one ends and its
+    // slot goes back to the word, which now counts exactly the limit: nothing to hand on.
     let other = fixed(4);
     let mut elsewhere = other.layer(echo());
     assert!(keeper.run(move || call_once(&mut elsewhere)));
+    assert_eq!((snapshot().in_flight, snapshot().waiting), (32, 1));
+    assert!(waiter.as_mut().now_or_never().is_none(), "still waits");
+
+    // A request ends: its slot goes to the waiter.
+    drop(held.pop());
     assert_eq!(
         (snapshot().in_flight, snapshot().waiting),
         (32, 0),
@@ -339,7 +352,7 @@ async fn a_waiter_gets_the_slot_an_idle_thread_kept_at_its_next_call() {
         waiter.as_mut().now_or_never().is_none(),
         "admitted: in the inner service"
     );
-    assert_eq!((snapshot().expired, snapshot().queued), (0, 2));
+    assert_eq!(snapshot().expired, 0);
     drop((held, waiter));
     assert_eq!(snapshot().in_flight, 0);
     keeper.exit();

@@ -78,10 +78,10 @@ fn fixed(limit: u32) -> DegradeLayer {
         .unwrap()
 }
 
-/// Requests that `limit` admits on this thread while `idle` threads, each of which made
-/// `at_once` calls together (answered at once) and then stays alive without calling again,
-/// may keep the slots their calls gave back.
-fn admitted_beside_idle_threads(limit: u32, idle: usize, at_once: usize) -> usize {
+/// The slots kept by `idle` threads, each of which made `at_once` calls together (answered
+/// at once) and then stays alive without calling again, and the requests that `limit` then
+/// admits on this thread beside them.
+fn kept_and_admitted_beside_idle_threads(limit: u32, idle: usize, at_once: usize) -> (u32, usize) {
     let layer = fixed(limit);
     let quick = layer.layer(tower::service_fn(|n: u8| ready(Ok::<_, Infallible>(n))));
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -111,6 +111,7 @@ fn admitted_beside_idle_threads(limit: u32, idle: usize, at_once: usize) -> usiz
     for _ in 0..idle {
         assert!(called_rx.recv().unwrap(), "an idle thread's one call");
     }
+    let kept = layer.snapshot().limit.expect("an adaptive limit").kept;
     let mut held = Vec::new();
     let mut svc = layer.layer(tower::service_fn(|n: u8| async move {
         std::future::pending::<()>().await;
@@ -129,7 +130,7 @@ fn admitted_beside_idle_threads(limit: u32, idle: usize, at_once: usize) -> usiz
     for t in threads {
         t.join().unwrap();
     }
-    admitted
+    (kept, admitted)
 }
 
 /// Requests in the inner service now (slots kept by threads not counted): a call that
@@ -141,15 +142,17 @@ fn admitted_now(layer: &DegradeLayer) -> usize {
 
 #[test]
 fn idle_threads_keep_no_slot_under_sixteen_one_under_thirty_two_and_two_from_there() {
-    // 15: the exact path, the whole limit for this thread. From 16: leases, and each idle
-    // thread keeps what its two calls gave back up to the stated bound — one slot each under
-    // 32, two from 32 (at most half the limit for eight threads) — until it touches the layer.
-    assert_eq!(admitted_beside_idle_threads(15, 2, 2), 15);
-    assert_eq!(admitted_beside_idle_threads(16, 2, 2), 14);
-    assert_eq!(admitted_beside_idle_threads(16, 2, 1), 14);
-    assert_eq!(admitted_beside_idle_threads(31, 2, 2), 29);
-    assert_eq!(admitted_beside_idle_threads(32, 2, 2), 28);
-    assert_eq!(admitted_beside_idle_threads(32, 2, 1), 30);
+    // 15: the exact path, nothing kept. From 16: leases, and each idle thread keeps what its
+    // two calls gave back up to the stated bound — one slot each under 32, two from 32 (at
+    // most half the limit for eight threads) — until it touches the layer. Whatever they keep,
+    // this thread gets the whole limit: filling it revokes the leases, and slots kept under
+    // revoked leases count as free.
+    assert_eq!(kept_and_admitted_beside_idle_threads(15, 2, 2), (0, 15));
+    assert_eq!(kept_and_admitted_beside_idle_threads(16, 2, 2), (2, 16));
+    assert_eq!(kept_and_admitted_beside_idle_threads(16, 2, 1), (2, 16));
+    assert_eq!(kept_and_admitted_beside_idle_threads(31, 2, 2), (2, 31));
+    assert_eq!(kept_and_admitted_beside_idle_threads(32, 2, 2), (4, 32));
+    assert_eq!(kept_and_admitted_beside_idle_threads(32, 2, 1), (2, 32));
 }
 
 /// A thread that runs the steps it is sent, one at a time, and stays alive between them.
@@ -229,16 +232,19 @@ fn leases_end_at_half_the_limit_in_flight_and_come_back_under_a_quarter() {
         32,
         "the whole limit: nothing kept by the idle thread"
     );
+    assert_eq!(layer.snapshot().limit.unwrap().kept, 0);
     // Quiet again: an admit through the word under a quarter of the limit allows leases, and
     // `a` keeps the slot of its next call while it idles.
     held.clear();
     assert!(take(&mut held));
     let mut s = quick.clone();
     assert!(a.run(move || call_once(&mut s)));
+    let kept = layer.snapshot().limit.unwrap().kept;
+    assert_eq!(kept, 1, "the idle thread keeps the slot of its call");
     while take(&mut held) {}
     assert_eq!(
         admitted_now(&layer),
-        31,
-        "the limit less the slot the idle thread keeps"
+        32,
+        "the whole limit: the slot the idle thread keeps counts as free"
     );
 }

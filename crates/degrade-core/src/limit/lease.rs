@@ -40,6 +40,9 @@
 //!   or a smaller limit (it read the generation even, or the larger `keep`, then kept the
 //!   slot) keeps it until its next touch, within the same bounds. A limiter's in-flight word
 //!   is recycled only once every kept slot is back, so a thread pins at most one word.
+//!   Stranded slots do not take from the limit: the limiter's overload path counts slots kept
+//!   under revoked leases ([`Leases::stranded`]) as free, so while the word still counts
+//!   them, requests that find it full are admitted up to the limit's worth in flight.
 
 use super::inflight::{InFlight, Released};
 use crate::sync::{AtomicU32, Ordering};
@@ -146,6 +149,21 @@ impl Leases {
             self.revoke();
         } else if !is_on && 4 * n < u64::from(limit) {
             self.allow();
+        }
+    }
+
+    /// Slots kept under leases that have been revoked: counted by the word until their
+    /// holders' next touch, and serving nobody meanwhile (a revoked holder gives its slots
+    /// back before it admits again). 0 while leases are on.
+    ///
+    /// Read while a holder that saw the leases on just before their revocation admits from
+    /// its kept slot, it may still count that slot: what it says is free can be one slot per
+    /// such holder too many, for that moment.
+    pub(crate) fn stranded(&self) -> u32 {
+        if on(self.generation.load(Ordering::Acquire)) {
+            0
+        } else {
+            self.kept()
         }
     }
 

@@ -1026,8 +1026,12 @@ impl Limiter {
         if queue.len() > 0 {
             let at = *now.get_or_insert_with(|| self.clock.now());
             self.expire(&mut queue, at);
+            if self.shared.leases.stranded() > 0 {
+                // Slots idle threads still keep are free: the waiters take them first.
+                self.drain(&mut queue, at);
+            }
         }
-        let limit = self.limit_for(priority);
+        let limit = self.room(self.limit_for(priority));
         if queue.best_priority().is_none_or(|best| best < priority)
             && let Some(n) = self.shared.in_flight.try_acquire_ahead(limit)
         {
@@ -1074,6 +1078,18 @@ impl Limiter {
         }
     }
 
+    /// What the in-flight word may count on the overload path for a request admitted under
+    /// `limit`: the limit, plus the slots threads still keep under leases since revoked
+    /// ([`Leases::stranded`](super::lease::Leases::stranded)). The word counts those until
+    /// their holders' next touch; a holder that stays idle (a worker thread with nothing to
+    /// do, the thread that made one call at start-up) would otherwise keep them from the
+    /// limit for as long as it is idle — all of a limit of 2 after the limit fell from 32.
+    /// Once given back they leave the word and the allowance alike.
+    #[inline]
+    fn room(&self, limit: u32) -> u32 {
+        limit.saturating_add(self.shared.leases.stranded())
+    }
+
     /// Hands free slots to the best waiters (under the queue's lock).
     fn drain(&self, queue: &mut WaitQueue<Option<Waker>>, now: Instant) {
         let target = Duration::from_nanos(self.queue_target_ns.load(Ordering::Relaxed));
@@ -1083,12 +1099,12 @@ impl Limiter {
             if self
                 .shared
                 .in_flight
-                .try_acquire_ahead(self.limit_for(best))
+                .try_acquire_ahead(self.room(self.limit_for(best)))
                 .is_none()
             {
                 // Held to its share: a slot above it goes to the priority's oldest waiter once
                 // that one has waited the hold (no newer one overtakes it there).
-                let whole = self.whole_limit(best);
+                let whole = self.room(self.whole_limit(best));
                 let held = queue
                     .oldest_since(best)
                     .is_some_and(|since| now.saturating_duration_since(since) >= hold(target));
@@ -1292,6 +1308,7 @@ impl Limiter {
                 let bits = self.pressured();
                 std::array::from_fn(|p| bits & (1 << p) != 0)
             },
+            kept: self.shared.leases.kept(),
         }
     }
 }
@@ -1352,6 +1369,7 @@ fn queue_bound(config: &LimitConfig, limit: u32) -> u32 {
 /// assert_eq!(limit.baseline, None);
 /// assert_eq!(limit.served, 0);
 /// assert_eq!(limit.pressured, [false; 5]); // nothing refused yet
+/// assert_eq!(limit.kept, 0); // no thread has given a slot back yet
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 #[non_exhaustive]
@@ -1388,6 +1406,11 @@ pub struct LimitSnapshot {
     /// priority takes a slot at once only while fewer than its share of the limit are in
     /// flight (see [`Law::limits_under`]).
     pub pressured: [bool; 5],
+    /// Slots threads keep now: below half a limit of 16 or more, a thread keeps the slots its
+    /// requests gave back and admits its next requests from them (see the crate's README,
+    /// "Hot path"); they are not in flight. After the leases are revoked a thread gives them
+    /// back at its next call, and meanwhile they do not take from the limit.
+    pub kept: u32,
 }
 
 #[cfg(all(test, not(degrade_loom)))]
@@ -1666,6 +1689,68 @@ mod tests {
             "timed {timed} of {calls}: {per_window:?}"
         );
         assert!(timed >= needed, "timed {timed}, the law needs {needed}");
+    }
+
+    /// A thread that kept two slots under a limit of 32 and then went idle: the limit falls to
+    /// 4 (the leases are revoked) and the thread does not touch the limiter again. Its two
+    /// slots stay counted by the word until it does — but the overload path counts them as
+    /// free, so the limit's four requests are admitted (not two), a fifth is not, and once the
+    /// thread exits and gives its slots back the word counts exactly the four in flight.
+    #[test]
+    fn slots_an_idle_thread_kept_do_not_shrink_a_smaller_limit() {
+        let limiter = Limiter::new(fixed(32));
+        let (park, parked) = std::sync::mpsc::channel::<()>();
+        let (kept_tx, kept_rx) = std::sync::mpsc::channel::<u32>();
+        let idle = {
+            let limiter = Arc::clone(&limiter);
+            std::thread::spawn(move || {
+                let mut a = limiter.try_acquire(Priority::Normal).expect("room");
+                let mut b = limiter.try_acquire(Priority::Normal).expect("room");
+                a.finish(Completion::Success);
+                b.finish(Completion::Success);
+                kept_tx
+                    .send(limiter.shared.leases.kept())
+                    .expect("the test waits");
+                // Idle until the test ends: it never touches the limiter again.
+                let _ = parked.recv();
+            })
+        };
+        assert_eq!(kept_rx.recv().expect("kept"), 2, "two slots kept under 32");
+        *limiter.lock_law() = Law::new(fixed(4));
+        limiter.publish(&limiter.lock_law());
+        limiter.publish_limits(&limiter.lock_queue());
+        assert_eq!(limiter.shared.leases.stranded(), 2, "revoked, still kept");
+        let mut admitted = Vec::new();
+        for _ in 0..4 {
+            match limiter.try_acquire(Priority::Normal) {
+                Some(p) => admitted.push(p),
+                None => match limiter.enter(Priority::Normal) {
+                    Entry::Admitted(p) => admitted.push(p),
+                    _ => panic!("refused with {} in flight", admitted.len()),
+                },
+            }
+        }
+        assert!(limiter.try_acquire(Priority::Normal).is_none());
+        assert!(
+            matches!(limiter.enter(Priority::Normal), Entry::Refused),
+            "a fifth is over the limit of 4 (nothing learnt: no queue)"
+        );
+        park.send(()).expect("the idle thread waits");
+        idle.join().expect("the idle thread exits");
+        assert_eq!(limiter.shared.leases.stranded(), 0, "given back at exit");
+        assert_eq!(
+            limiter.shared.leases.in_flight(&limiter.shared.in_flight),
+            (4, 0)
+        );
+        assert_eq!(
+            limiter.shared.in_flight.load(),
+            (4, 0),
+            "the word counts the four"
+        );
+        for mut p in admitted {
+            p.finish(Completion::Success);
+        }
+        assert_eq!(limiter.shared.in_flight.load(), (0, 0));
     }
 
     #[test]
