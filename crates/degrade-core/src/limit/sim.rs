@@ -1145,6 +1145,21 @@ fn resend(
     }
 }
 
+/// The overload bench's `capacity-halves` (`--quick`) on `b`: the slowed backend unloaded,
+/// the warm-up, then 1.5x on the backend as it is, slowed 2x ("halved") and restored, each
+/// for 100 service times (at least 4 s).
+fn halves_phases(b: &Backend) -> Vec<Phase> {
+    let step = (b.median * 100.0).max(4.0);
+    let ph = |secs, load, speed| Phase { secs, load, speed };
+    vec![
+        ph(6.0, 0.25, 0.5),
+        ph(3.0, 0.5, 1.0),
+        ph(step, 1.5, 1.0),
+        ph(step, 1.5, 0.5),
+        ph(step, 1.5, 1.0),
+    ]
+}
+
 /// The overload benchmark's schedule: 0.5x warm-up, 1x .. 4x rising, back to 0.5x, a step to
 /// 3x, then 0.5x. Phase indices: 0 warm-up, 1..=6 the loads, 7 back, 8 step, 9 end.
 pub(crate) fn bench_phases(step: f64) -> Vec<Phase> {
@@ -1977,7 +1992,6 @@ mod halves_tests {
     fn halves_bench() {
         TRACE.with(|t| t.set(std::env::var("SIM_TRACE").is_ok()));
         let seeds = env_seeds(1..=6);
-        let ph = |secs, load, speed| Phase { secs, load, speed };
         let filter = std::env::var("SIM_FILTER").unwrap_or_default();
         for b in [
             Backend::slots(8, 0.04, 0.0),
@@ -1996,15 +2010,7 @@ mod halves_tests {
                 let r = run(&Setup {
                     backend: b,
                     clients: Clients::Open,
-                    // As the bench: the slowed backend unloaded, the warm-up, 1.5x, halved,
-                    // restored.
-                    phases: vec![
-                        ph(6.0, 0.25, 0.5),
-                        ph(3.0, 0.5, 1.0),
-                        ph(step, 1.5, 1.0),
-                        ph(step, 1.5, 0.5),
-                        ph(step, 1.5, 1.0),
-                    ],
+                    phases: halves_phases(&b),
                     guard: Guard::Adaptive(LimitConfig::default()),
                     mix: DEMO_MIX,
                     seed,
@@ -2078,19 +2084,12 @@ mod halves_parts_tests {
             env("SIM_SIGMA", 0.0),
         );
         let step = (b.median * 100.0).max(4.0);
-        let ph = |secs, load, speed| Phase { secs, load, speed };
         for seed in env_seeds(1..=6) {
             PARTS.with(|p| *p.borrow_mut() = Some(Vec::new()));
             let r = run(&Setup {
                 backend: b,
                 clients: Clients::Open,
-                phases: vec![
-                    ph(6.0, 0.25, 0.5),
-                    ph(3.0, 0.5, 1.0),
-                    ph(step, 1.5, 1.0),
-                    ph(step, 1.5, 0.5),
-                    ph(step, 1.5, 1.0),
-                ],
+                phases: halves_phases(&b),
                 guard: match std::env::var("SIM_FIXED").ok().and_then(|s| s.parse().ok()) {
                     Some(n) => Guard::Fixed(n),
                     None => Guard::Adaptive(LimitConfig {
