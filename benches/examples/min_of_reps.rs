@@ -10,12 +10,16 @@
 //! cargo run --release -p degrade-benches --example min_of_reps [member ...]
 //! ```
 //!
-//! Members: `baseline`, `admit` (the default adaptive limit), `admit-shares` (level shares),
+//! Members: `baseline`, `admit` (the default adaptive limit — as its fastest repetitions
+//! find it: the first ones, before its limit settles), `admit-settled` (the same after two
+//! seconds of calls, once the limit has come down to what this one caller uses — 2 — as
+//! criterion's `admission/degrade/admit` finds it after its warm-up), `admit-shares` (level shares),
 //! `reject-limit` (the limit full, no queue), `downstream` (every call rejected by a layer
 //! further in, i.e. the inner service returns a boxed `Shed`) and `downstream-baseline` (that
 //! inner service alone), `full-stack` (`DegradeLayer` → rate limit → breaker → canary at
 //! 10 %, every layer on its admit path and its default clock, as `degrade/admit` in the
-//! `full-stack` criterion group), `full-stack-limit-64` (the same with the `DegradeLayer`'s
+//! `full-stack` criterion group), `full-stack-settled` (the same after two seconds of calls,
+//! as `admit-settled`), `full-stack-limit-64` (the same with the `DegradeLayer`'s
 //! limit held at 64: under this one sequential caller the default limit decays to 2, below
 //! the 16 from which threads keep slots, so every call takes and gives back a slot of the
 //! shared in-flight word; held at 64 a thread keeps its slot), `full-stack-judged` (the same stack with the canary as a release runs it: its controller
@@ -104,6 +108,25 @@ fn min_ns<S: Service<Req>>(svc: &mut S) -> f64 {
     min_ns_per_call(calls, repetitions, || {
         let _ = black_box(call_now(svc, black_box(1)));
     })
+}
+
+/// Calls `svc` for two seconds, so that an adaptive limit takes the windows it needs to come
+/// down to what this caller uses (the untested-limit rule: `served × 1.1 + 1`) and the
+/// repetitions that follow time the layer as it stays.
+fn settle<S: Service<Req>>(svc: &mut S) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        for _ in 0..10_000 {
+            let _ = black_box(call_now(svc, black_box(1)));
+        }
+    }
+}
+
+/// The settled limit beside a member's line.
+fn report_limit(name: &str, limit: Option<degrade_core::limit::LimitSnapshot>) {
+    if let Some(l) = limit {
+        println!("{name:<20} limit {} (kept {})", l.limit, l.kept);
+    }
 }
 
 /// One member's line: its name and time per call.
@@ -210,6 +233,12 @@ fn main() {
     if on("admit") {
         report("admit", min_ns(&mut adaptive().layer(inner())));
     }
+    if on("admit-settled") {
+        let mut svc = adaptive().layer(inner());
+        settle(&mut svc);
+        report("admit-settled", min_ns(&mut svc));
+        report_limit("admit-settled", svc.snapshot().limit);
+    }
     if on("admit-shares") {
         let layer = DegradeLayer::builder(controller.handle())
             .admission(Admission::LevelShares)
@@ -242,6 +271,12 @@ fn main() {
         // none) and the canary: the counter here, outside any runtime.
         let mut svc = full_stack(ten_percent());
         report("full-stack", min_ns(&mut svc));
+    }
+    if on("full-stack-settled") {
+        let mut svc = full_stack(ten_percent());
+        settle(&mut svc);
+        report("full-stack-settled", min_ns(&mut svc));
+        report_limit("full-stack-settled", svc.snapshot().limit);
     }
     if on("full-stack-limit-64") {
         let held = LimitConfig {
