@@ -219,13 +219,14 @@ fn main() {
             .build()
             .expect("valid canary")
     };
-    let full_stack = |canary| {
+    let stack_under = |layer: DegradeLayer, canary| {
         tower::ServiceBuilder::new()
-            .layer(adaptive())
+            .layer(layer)
             .layer(RateLimitLayer::new(open_rate()).expect("valid rate limit"))
             .layer(BreakerLayer::new(BreakerConfig::default()).expect("valid breaker"))
             .service(canary)
     };
+    let full_stack = |canary| stack_under(adaptive(), canary);
 
     if on("baseline") {
         report("baseline", min_ns(&mut inner()));
@@ -289,11 +290,7 @@ fn main() {
             .limit(held)
             .build()
             .expect("a limit of 64 is valid");
-        let mut svc = tower::ServiceBuilder::new()
-            .layer(layer)
-            .layer(RateLimitLayer::new(open_rate()).expect("valid rate limit"))
-            .layer(BreakerLayer::new(BreakerConfig::default()).expect("valid breaker"))
-            .service(ten_percent());
+        let mut svc = stack_under(layer, ten_percent());
         report("full-stack-limit-64", min_ns(&mut svc));
         let limit = svc.snapshot().limit.map(|l| l.limit);
         assert_eq!(limit, Some(64), "held");
