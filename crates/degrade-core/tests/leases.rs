@@ -186,10 +186,12 @@ fn the_limit_holds_exactly_once_kept_slots_are_given_back() {
     b.exit();
 }
 
-/// A small limit (a service of a few slots) never lets a thread keep a slot: two threads that
-/// called once and went idle strand nothing, and the limit is whole for everybody else.
+/// Under a small limit (a service of a few slots) a thread keeps one slot too, and what idle
+/// threads keep never takes from the limit: two threads that called once and went idle keep
+/// a slot each, and the limit is whole for everybody else (filling it revokes the leases and
+/// counts their slots as free).
 #[test]
-fn a_small_limit_never_lets_an_idle_thread_keep_a_slot() {
+fn a_small_limit_stays_whole_beside_idle_threads_that_keep_a_slot() {
     let layer = fixed(8);
     let quick = layer.layer(echo());
     let (a, b) = (Worker::new(), Worker::new());
@@ -197,6 +199,12 @@ fn a_small_limit_never_lets_an_idle_thread_keep_a_slot() {
         let mut s = quick.clone();
         assert!(w.run(move || call_once(&mut s)));
     }
+    let snapshot = layer.snapshot().limit.expect("an adaptive limit");
+    assert_eq!(
+        snapshot.kept, 2,
+        "each idle thread keeps the slot of its call"
+    );
+    assert_eq!(snapshot.in_flight, 0);
     let svc = layer.layer(tower::service_fn(|n: u8| async move {
         std::future::pending::<()>().await;
         Ok::<_, Infallible>(n)

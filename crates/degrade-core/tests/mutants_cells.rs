@@ -141,13 +141,15 @@ fn admitted_now(layer: &DegradeLayer) -> usize {
 }
 
 #[test]
-fn idle_threads_keep_no_slot_under_sixteen_one_under_thirty_two_and_two_from_there() {
-    // 15: the exact path, nothing kept. From 16: leases, and each idle thread keeps what its
-    // two calls gave back up to the stated bound — one slot each under 32, two from 32 (at
-    // most half the limit for eight threads) — until it touches the layer. Whatever they keep,
-    // this thread gets the whole limit: filling it revokes the leases, and slots kept under
-    // revoked leases count as free.
-    assert_eq!(kept_and_admitted_beside_idle_threads(15, 2, 2), (0, 15));
+fn idle_threads_keep_one_slot_under_thirty_two_and_two_from_there() {
+    // Each idle thread keeps what its calls gave back up to the stated bound — one slot each
+    // under 32 (all of a limit of 2 for two threads), two from 32 (at most half the limit for
+    // eight threads) — until it touches the layer. Whatever they keep, this thread gets the
+    // whole limit: filling it revokes the leases, and slots kept under revoked leases count
+    // as free.
+    assert_eq!(kept_and_admitted_beside_idle_threads(2, 2, 1), (2, 2));
+    assert_eq!(kept_and_admitted_beside_idle_threads(3, 2, 1), (2, 3));
+    assert_eq!(kept_and_admitted_beside_idle_threads(15, 2, 2), (2, 15));
     assert_eq!(kept_and_admitted_beside_idle_threads(16, 2, 2), (2, 16));
     assert_eq!(kept_and_admitted_beside_idle_threads(16, 2, 1), (2, 16));
     assert_eq!(kept_and_admitted_beside_idle_threads(31, 2, 2), (2, 31));

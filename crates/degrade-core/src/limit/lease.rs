@@ -17,14 +17,19 @@
 //!   even), it holds the lease of one limiter (the first it released into, until that lease
 //!   ends or the thread has given [`MOVE_AFTER`] slots back to other limiters' words since:
 //!   then the lease moves to the limiter it serves now), and it keeps at most [`keep_for`]
-//!   the limit: one slot from [`MIN_LIMIT`] (16) to 31, [`KEEP`] (two) from 32 — so that
-//!   [`SHARDS`] holders keep at most half the limit. One slot serves a thread whose requests come one at a time: it
-//!   admits from the slot and keeps it again when the request ends. Leases are revoked (the
-//!   generation made odd) when an admit through the word finds half the limit in flight,
-//!   when a request has to enter the overload path (waiters, or the limit full), when the
-//!   limit shrinks and when the limiter goes; they are allowed again when an admit through
-//!   the word finds under a quarter of the limit in flight and nobody waiting. A limit under
-//!   [`MIN_LIMIT`] never has leases: a service of a few slots keeps the exact path.
+//!   the limit: one slot up to 31, [`KEEP`] (two) from 32 — so that from 16 on [`SHARDS`]
+//!   holders keep at most half the limit. One slot serves a thread whose requests come one at
+//!   a time: it admits from the slot and keeps it again when the request ends. Leases are
+//!   revoked (the generation made odd) when a request has to enter the overload path
+//!   (waiters, or the limit full), when the limit shrinks and when the limiter goes; from a
+//!   limit of [`SHARE_RULE_FROM`] (16) also when an admit through the word finds half the
+//!   limit in flight. They are allowed again when an admit through the word finds nobody
+//!   waiting and under a quarter of the limit in flight — under 16, at most half of it and no
+//!   priority held to its share (so a kept slot never admits a request past its share). A
+//!   smaller limit keeps its leases while the word fills: two threads each calling one at a
+//!   time under a limit of 2 keep a slot each and never touch the word; the request that
+//!   finds the word full of kept slots enters the overload path, which revokes the leases and
+//!   counts the idle ones' slots as free (below).
 //! * **Giving back.** A thread whose lease was revoked gives its kept slots back to the word
 //!   (one `fetch_sub`, which hands them to waiters if any) the next time it admits or
 //!   releases through any limiter, and when it exits; a thread whose lease moves to another
@@ -32,17 +37,20 @@
 //! * **The bound.** What can be stranded is what threads keep and do not touch again, and
 //!   only while such a thread stays idle (a thread that serves requests gives its slots back
 //!   at its next one). At most [`SHARDS`] threads hold a lease of a limiter, each keeping at
-//!   most `keep_for(limit)` — at most half the limit while it holds (8 of 16 to 31, 16 of 32
-//!   to 63, 16 of any larger one). When the limit shrinks the leases are revoked, and what was
+//!   most `keep_for(limit)` — from a limit of 16, at most half the limit while it holds (8 of
+//!   16 to 31, 16 of 32 to 63, 16 of any larger one); under 16, one slot each, all of the limit
+//!   when as many threads keep one. When the limit shrinks the leases are revoked, and what was
 //!   kept under the larger limit (at most [`KEEP`] per holder, `KEEP × SHARDS` = 16 in all)
-//!   stays with the idle holders until their next touch: so at most 16 slots, whatever the
-//!   limit, and at most half of it while it has not shrunk. A thread that races a revocation
+//!   stays with the idle holders until their next touch. A thread that races a revocation
 //!   or a smaller limit (it read the generation even, or the larger `keep`, then kept the
 //!   slot) keeps it until its next touch, within the same bounds. A limiter's in-flight word
 //!   is recycled only once every kept slot is back, so a thread pins at most one word.
-//!   Stranded slots do not take from the limit: the limiter's overload path counts slots kept
-//!   under revoked leases ([`Leases::stranded`]) as free, so while the word still counts
-//!   them, requests that find it full are admitted up to the limit's worth in flight.
+//!   Kept slots do not take from the limit: the limiter's overload path revokes the leases
+//!   and counts slots kept under revoked leases ([`Leases::stranded`]) as free, so while the
+//!   word still counts them, requests that find it full are admitted up to the limit's worth
+//!   in flight. A holder that admits from its kept slot while that happens (it read the
+//!   generation just before the revocation) can be one request past the limit, for as long
+//!   as that request runs.
 
 use super::inflight::{InFlight, Released};
 use crate::sync::{AtomicU32, Ordering};
@@ -55,21 +63,28 @@ pub(crate) const SHARDS: usize = 8;
 /// The most slots a thread keeps, at any limit.
 pub(crate) const KEEP: u32 = 2;
 
-/// The slots a thread may keep under `limit`: as many as leave [`SHARDS`] holders at most half
-/// the limit, and at most [`KEEP`] — 0 under 16, 1 from 16 to 31, 2 from 32 on. One slot is
-/// enough for a thread whose requests come one at a time (it admits from the slot and keeps
-/// it again when the request ends); a second serves two at once.
+/// The slots a thread may keep under `limit`: one up to 31 — enough for a thread whose
+/// requests come one at a time (it admits from the slot and keeps it again when the request
+/// ends) — and [`KEEP`] from 32, where [`SHARDS`] holders of two keep at most half the limit;
+/// none before a limit is set (0).
 #[inline]
 pub(crate) const fn keep_for(limit: u32) -> u32 {
     let fair = limit / (2 * SHARDS as u32);
-    if fair < KEEP { fair } else { KEEP }
+    if limit == 0 {
+        0
+    } else if fair <= 1 {
+        1
+    } else {
+        KEEP
+    }
 }
 
-/// The smallest limit under which threads may keep slots ([`keep_for`] is 1 from here): twice
-/// one slot per holder, so idle threads can never hold more than half of it. A smaller limit
-/// (a service of a few slots) always takes the word's exact path: nothing it grants can sit
-/// with an idle thread while requests wait.
-pub(crate) const MIN_LIMIT: u32 = 2 * SHARDS as u32;
+/// The smallest limit whose leases follow the share of it in flight (revoked at half, allowed
+/// again under a quarter): twice one slot per holder, so that there [`SHARDS`] idle holders
+/// keep at most half of it. A smaller limit (a service of a few slots) keeps its leases until
+/// a request finds the word full and enters the overload path, which revokes them and counts
+/// what idle threads keep as free; the half rule would revoke a limit of 2 at every admit.
+pub(crate) const SHARE_RULE_FROM: u32 = 2 * SHARDS as u32;
 
 /// Leases are on in an even generation.
 #[inline]
@@ -103,11 +118,11 @@ pub(crate) struct Leases {
 
 impl Leases {
     /// The limit is now `limit` (it was `before`): threads may keep [`keep_for`] it from now
-    /// on; a smaller limit, or one under [`MIN_LIMIT`], revokes the leases (what threads keep
-    /// under the larger limit comes back at their next touch).
+    /// on; a smaller limit revokes the leases (what threads keep under the larger limit comes
+    /// back at their next touch).
     pub(crate) fn limit(&self, limit: u32, before: u32) {
         self.keep.store(keep_for(limit), Ordering::Relaxed);
-        if limit < before || limit < MIN_LIMIT {
+        if limit < before {
             self.revoke();
         }
     }
@@ -139,15 +154,23 @@ impl Leases {
     }
 
     /// After an admit through the word left `in_flight` in flight (kept slots included) under
-    /// `limit`: revoke at half the limit, allow again under a quarter.
+    /// `limit`: from [`SHARE_RULE_FROM`], revoke at half the limit and allow again under a
+    /// quarter; under it, allow again at half the limit or less when `unshared()` (no
+    /// priority is held to a share of the limit), and leave the revoking to the overload path
+    /// and a smaller limit. The word admits only while nobody waits, so leases are never
+    /// allowed over a waiter.
     #[inline]
-    pub(crate) fn adjust(&self, in_flight: u32, limit: u32) {
+    pub(crate) fn adjust(&self, in_flight: u32, limit: u32, unshared: impl FnOnce() -> bool) {
         let g = self.generation.load(Ordering::Relaxed);
         let is_on = on(g);
         let n = u64::from(in_flight);
-        if is_on && 2 * n >= u64::from(limit) {
-            self.revoke();
-        } else if !is_on && 4 * n < u64::from(limit) {
+        if limit >= SHARE_RULE_FROM {
+            if is_on && 2 * n >= u64::from(limit) {
+                self.revoke();
+            } else if !is_on && 4 * n < u64::from(limit) {
+                self.allow();
+            }
+        } else if !is_on && n <= u64::from(limit / 2).max(1) && unshared() {
             self.allow();
         }
     }
@@ -622,7 +645,7 @@ mod loom_models {
             let ok = take(self) || {
                 let n = self.word.try_acquire(self.limit);
                 if let Some(n) = n {
-                    self.leases.adjust(n, self.limit);
+                    self.leases.adjust(n, self.limit, || true);
                 }
                 n.is_some()
             };
@@ -688,8 +711,9 @@ mod loom_models {
     }
 
     /// A thread keeps the slot its request gives back while another admits through the word
-    /// (half the limit revokes the leases): never more than the limit in flight, and once the
-    /// keeper is gone every slot is back; the other thread's kept slot is not in flight.
+    /// (a limit of 3, under 16: the leases stay on while the word fills): never more than the
+    /// limit in flight, and once the keeper is gone every slot is back; the other thread's
+    /// kept slot is not in flight.
     #[test]
     fn kept_slots_never_exceed_the_limit_and_come_back() {
         loom::model(|| {
@@ -744,12 +768,14 @@ mod loom_models {
             };
             assert_eq!(held + granted, 3, "the waiter was served");
             for _ in 0..held + granted {
-                host.release();
+                host.release(); // kept by this thread while the leases are on (nobody waited)
             }
+            exit();
             assert_eq!(host.holding.load(Ordering::SeqCst), 0);
             assert_eq!(host.word.load(), (0, 0), "every slot is back in the word");
         });
     }
+
     /// The limit shrinks from 32 to 16 (a thread may keep one slot instead of two, and the
     /// leases are revoked) while a thread's requests, two at a time, give their slots back:
     /// it keeps at most two, at most one once it has seen the smaller limit (its next two

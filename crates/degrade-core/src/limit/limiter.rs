@@ -886,9 +886,11 @@ impl Limiter {
         }
         let concurrency = self.shared.in_flight.try_acquire(limit)?;
         let whole = self.limit.load(Ordering::Relaxed);
-        if whole >= lease::MIN_LIMIT {
-            self.shared.leases.adjust(concurrency, whole);
-        }
+        // Under 16 leases come back only while no priority is held to a share (the lowest
+        // has the whole limit): a kept slot admits whatever the priority.
+        self.shared.leases.adjust(concurrency, whole, || {
+            self.limits[0].load(Ordering::Relaxed) >= whole
+        });
         Some((concurrency, limit))
     }
 
@@ -1015,15 +1017,13 @@ impl Limiter {
     pub(crate) fn enter(self: &Arc<Self>, priority: Priority) -> Entry {
         // Near the limit every slot counts: threads give back what they keep.
         self.shared.leases.revoke();
-        if !self.binding.load(Ordering::Relaxed) {
-            self.binding.store(true, Ordering::Relaxed);
-        }
         // The time is needed only to expire waiters and to queue: read it (outside the lock)
         // when requests wait, and otherwise only once this request is about to queue.
         let (_, waiting) = self.shared.in_flight.load();
         let mut now = (waiting > 0).then(|| self.clock.now());
         let mut queue = self.lock_queue();
-        if queue.len() > 0 {
+        let alone = queue.len() == 0;
+        if !alone {
             let at = *now.get_or_insert_with(|| self.clock.now());
             self.expire(&mut queue, at);
             if self.shared.leases.stranded() > 0 {
@@ -1031,12 +1031,20 @@ impl Limiter {
                 self.drain(&mut queue, at);
             }
         }
-        let limit = self.room(self.limit_for(priority));
+        let stranded = self.shared.leases.stranded();
+        let limit = self.limit_for(priority).saturating_add(stranded);
         if queue.best_priority().is_none_or(|best| best < priority)
             && let Some(n) = self.shared.in_flight.try_acquire_ahead(limit)
         {
+            // Demand reached the limit unless the word was full only of slots idle threads
+            // kept (a small limit's leases): admitted with nobody waiting, it is within the
+            // limit's worth in flight, as on the fast path.
+            if !(alone && stranded > 0) {
+                self.bind();
+            }
             return Entry::Admitted(self.permit(n, limit, true));
         }
+        self.bind();
         let target = self.queue_target_ns.load(Ordering::Relaxed);
         if target == 0 {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -1075,6 +1083,14 @@ impl Limiter {
                 self.press(&queue, priority);
                 Entry::Refused
             }
+        }
+    }
+
+    /// Demand reached the limit in this window (a request waits or is refused).
+    #[inline]
+    fn bind(&self) {
+        if !self.binding.load(Ordering::Relaxed) {
+            self.binding.store(true, Ordering::Relaxed);
         }
     }
 
@@ -1981,19 +1997,25 @@ mod tests {
     /// A thread holds the lease of one limiter: one that has moved on to another (a worker
     /// now serving another route) gives that one's slots to its word [`lease::MOVE_AFTER`]
     /// times, then its lease moves there (the first limiter's kept slot goes back to its
-    /// word) — and back again the same way. It never moves to a limiter without leases.
+    /// word) — and back again the same way. It never moves to a limiter whose leases are
+    /// revoked.
     #[test]
     fn a_threads_lease_moves_to_the_limiter_it_now_serves() {
         Worker::new().run(|| {
             let a = Limiter::new(LimitConfig::default());
             let b = Limiter::new(fixed(64));
-            let small = Limiter::new(fixed(15));
+            let busy = Limiter::new(fixed(64));
             drop(a.try_acquire(Priority::Normal).expect("room"));
             assert_eq!(a.shared.leases.kept(), 1, "the thread's lease is a's");
+            // Half of `busy`'s limit in flight: its leases are revoked while these are held.
+            let held: Vec<Permit> = (0..32)
+                .map(|_| busy.try_acquire(Priority::Normal).expect("room"))
+                .collect();
             for _ in 0..3 * lease::MOVE_AFTER {
-                drop(small.try_acquire(Priority::Normal).expect("room"));
-                assert_eq!(small.shared.in_flight.load(), (0, 0), "no lease under 16");
+                drop(busy.try_acquire(Priority::Normal).expect("room"));
+                assert_eq!(busy.shared.in_flight.load(), (32, 0), "no lease to move to");
             }
+            drop(held);
             assert_eq!(
                 a.shared.leases.kept(),
                 1,
@@ -2021,9 +2043,10 @@ mod tests {
 
     /// At the default limit of 16 a thread keeps one slot: its requests, one at a time, are
     /// admitted from it and keep it again (the word is touched once, by the first); two at
-    /// once take the second from the word and give it back there. Under 16 nothing is kept.
+    /// once take the second from the word and give it back there. So under 16, down to a
+    /// limit of 1.
     #[test]
-    fn one_request_at_a_time_stays_on_the_threads_one_kept_slot_from_a_limit_of_sixteen() {
+    fn one_request_at_a_time_stays_on_the_threads_one_kept_slot_at_any_limit() {
         // Fresh threads: a thread holding a lease of another limiter keeps nothing of these.
         Worker::new().run(|| {
             let limiter = Limiter::new(LimitConfig::default());
@@ -2050,15 +2073,65 @@ mod tests {
             );
             assert_eq!(limiter.shared.in_flight.load(), (1, 0));
         });
+        for limit in [15, 2, 1] {
+            Worker::new().run(move || {
+                let limiter = Limiter::new(fixed(limit));
+                for _ in 0..100 {
+                    let permit = limiter.try_acquire(Priority::Normal).expect("room");
+                    assert_eq!(limiter.shared.leases.kept(), 0);
+                    assert_eq!(limiter.shared.in_flight.load(), (1, 0));
+                    drop(permit);
+                    assert_eq!(limiter.shared.leases.kept(), 1, "kept under {limit}");
+                    assert_eq!(limiter.shared.in_flight.load(), (1, 0));
+                }
+                if limit >= 2 {
+                    let a = limiter.try_acquire(Priority::Normal).expect("room");
+                    let b = limiter.try_acquire(Priority::Normal).expect("room");
+                    assert_eq!(limiter.shared.in_flight.load(), (2, 0));
+                    drop((a, b));
+                    assert_eq!(limiter.shared.leases.kept(), 1, "one slot under 32");
+                    assert_eq!(limiter.shared.in_flight.load(), (1, 0));
+                }
+            });
+        }
+    }
+
+    /// Under 16 a kept slot admits a request whatever its priority, so the leases come back
+    /// only while no priority is held to a share: once a High request is refused (Normal and
+    /// Low held to their shares), an admit through the word into an empty limit leaves them
+    /// off, and the thread keeps nothing; with no priority pressured the same admit allows
+    /// them again and the thread keeps its slot.
+    #[test]
+    fn small_limit_leases_stay_off_while_a_priority_is_held_to_a_share() {
         Worker::new().run(|| {
-            let limiter = Limiter::new(fixed(15));
-            for _ in 0..3 {
-                let permit = limiter.try_acquire(Priority::Normal).expect("room");
-                assert_eq!(limiter.shared.in_flight.load(), (1, 0));
-                drop(permit);
-                assert_eq!(limiter.shared.leases.kept(), 0, "nothing kept under 16");
-                assert_eq!(limiter.shared.in_flight.load(), (0, 0));
-            }
+            let limiter = Limiter::new(fixed(10));
+            let held: Vec<Permit> = (0..10)
+                .map(|_| limiter.try_acquire(Priority::High).expect("room"))
+                .collect();
+            assert!(
+                matches!(limiter.enter(Priority::High), Entry::Refused),
+                "full, nothing learnt: refused"
+            );
+            drop(held); // the overload path revoked the leases: every slot to the word
+            assert!(
+                limiter.limit_for(Priority::Low) < 10,
+                "Low held to its share"
+            );
+            assert_eq!(limiter.shared.in_flight.load(), (0, 0));
+            drop(limiter.try_acquire(Priority::Low).expect("room"));
+            assert_eq!(
+                limiter.shared.leases.kept(),
+                0,
+                "no lease while held to shares"
+            );
+            assert_eq!(limiter.shared.in_flight.load(), (0, 0));
+        });
+        Worker::new().run(|| {
+            let limiter = Limiter::new(fixed(10));
+            limiter.shared.leases.revoke();
+            drop(limiter.try_acquire(Priority::Low).expect("room"));
+            drop(limiter.try_acquire(Priority::Low).expect("room"));
+            assert_eq!(limiter.shared.leases.kept(), 1, "allowed again, and kept");
         });
     }
 }
@@ -2185,7 +2258,9 @@ mod loom_models {
             let next = limiter.try_acquire(Priority::Normal);
             assert!(next.is_some(), "the slot stayed free for the next");
             drop(next);
-            assert_eq!(limiter.shared.in_flight.load(), (0, 0));
+            // Given back (to the word, or kept by this thread: leases are on again).
+            let shared = limiter.shared.get();
+            assert_eq!(shared.leases.in_flight(&shared.in_flight), (0, 0));
         });
     }
 
