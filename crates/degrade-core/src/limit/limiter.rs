@@ -13,7 +13,8 @@
 //!   while demand is near the limit (where the law acts: every such request, unless the last
 //!   window gathered more than [`PLENTY`] times the samples it needed — a service of
 //!   nanoseconds or microseconds — then one in [`near_every`]), and one in
-//!   [`timing_every`](LimitConfig::timing_every) otherwise; every request is *counted*.
+//!   [`timing_every`](LimitConfig::timing_every) otherwise (one in `timing_every` ×
+//!   [`near_every`] past plenty); every request is *counted*.
 //! * Complete: the slot is kept by the completing thread while its lease holds, else one
 //!   `fetch_sub`; a timed request adds its latency to its own thread's row of the window's
 //!   sums (plain stores, merged when the window closes), and the completion that finds the
@@ -283,11 +284,13 @@ const MAX_NEAR_EVERY: u32 = 1 << 16;
 /// One request in how many near the limit (demand past half of it) the next window times,
 /// after a window that timed them one in `previous` and gathered `samples` where the law
 /// needs `needed`: 1 (every one) until a window gathers more than [`PLENTY`] times its needs,
-/// then as many as make the next window's near-limit samples about that many (a window's
-/// samples scale as one over this). So a service of milliseconds, whose windows hold tens of
-/// samples, keeps timing every request near the limit, and one of a hundred nanoseconds
-/// times a thousandth of them. A window short of samples is filled by the short-of-samples
-/// timing whatever this is, and the one-in-`timing_every` countdown runs beside it.
+/// then as many as make the next window's samples about that many. The one-in-`timing_every`
+/// countdown that keeps the baseline fresh is spaced out by the same factor, so a window's
+/// samples, near the limit or not, scale as one over this. So a service of milliseconds,
+/// whose windows hold tens of samples, keeps timing every request near the limit and one in
+/// `timing_every` of the others, and one of a hundred nanoseconds times a thousandth of
+/// them. A window short of samples is filled by the short-of-samples timing whatever this
+/// is.
 pub(crate) fn near_every(previous: u32, samples: u32, needed: u32) -> u32 {
     let goal = u64::from(needed.max(1)) * u64::from(PLENTY);
     let scaled = u64::from(samples) * u64::from(previous.max(1)) / goal;
@@ -698,8 +701,8 @@ pub(crate) struct Limiter {
     /// a line written twice a window, read by every untimed request instead of the window's
     /// counts (which timed completions write).
     short: AtomicU32,
-    /// Requests near the limit are timed one in this many ([`near_every`]; 1: every one),
-    /// written at each window's close.
+    /// Requests near the limit are timed one in this many ([`near_every`]; 1: every one), the
+    /// others one in `timing_every` times this; written at each window's close.
     near_every: AtomicU32,
     counters: Counters,
     /// Loom's mutexes under `--cfg degrade_loom` ([`crate::sync`]), so that the model of a
@@ -970,12 +973,17 @@ impl Limiter {
             })
     }
 
-    /// `true` once every `timing_every` calls on this thread.
+    /// `true` once every `timing_every` calls on this thread — every `timing_every` ×
+    /// [`near_every`] once windows gather more than [`PLENTY`] times the samples the law
+    /// needs (a service of nanoseconds or microseconds, where the one in `timing_every` alone
+    /// times tens of thousands of requests a window, each paying two clock reads and, with
+    /// other threads keeping slots, their cells' cache lines).
     #[inline]
     fn countdown(&self) -> bool {
         COUNTDOWN.with(|c| match c.get() {
             0 | 1 => {
-                c.set(self.config.timing_every);
+                let every = self.near_every.load(Ordering::Relaxed);
+                c.set(self.config.timing_every.saturating_mul(every));
                 true
             }
             n => {

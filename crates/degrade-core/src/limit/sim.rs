@@ -419,7 +419,7 @@ struct Limiter {
     window_start: f64,
     seq: u64,
     /// Requests near the limit seen, and one in how many of them is timed (the limiter's
-    /// `near_every`).
+    /// `near_every`; the others one in `timing_every` times that).
     near_seq: u64,
     near_every: u32,
     epoch: u64,
@@ -1035,7 +1035,7 @@ pub(crate) fn run(setup: &Setup) -> Report {
                         l.near_seq % u64::from(l.near_every) == 0
                     };
                     (
-                        l.seq % u64::from(l.config.timing_every) == 0
+                        l.seq % (u64::from(l.config.timing_every) * u64::from(l.near_every)) == 0
                             || l.window.samples < l.law.samples_needed()
                             || near,
                         in_flight <= l.law.low_concurrency(),
