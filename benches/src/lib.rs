@@ -76,11 +76,17 @@ pub fn min_ns_per_call(calls: u32, repetitions: u32, mut f: impl FnMut()) -> f64
 /// If the service is not ready at once or its future does not complete on the first poll:
 /// every service measured here must be synchronous.
 ///
+/// Always inlined, so that every member is measured inlined into the loop, as the baseline
+/// and tower's `LoadShed` always were: left to the compiler, the larger members got an
+/// out-of-line `call_now` whose 16-byte answer, written in two 8-byte halves, criterion's
+/// `black_box` read back in one load right after — a store-forwarding stall of ~3.4 ns
+/// charged to the member, not to its layer (stop 33, `perf annotate` of `Bencher::iter`).
+///
 /// ```
 /// let mut svc = degrade_benches::inner();
 /// assert_eq!(degrade_benches::call_now(&mut svc, 1), Ok(1));
 /// ```
-#[inline]
+#[inline(always)]
 pub fn call_now<S: Service<R>, R>(svc: &mut S, req: R) -> Result<S::Response, S::Error> {
     let mut cx = Context::from_waker(Waker::noop());
     match svc.poll_ready(&mut cx) {
