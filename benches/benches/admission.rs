@@ -6,16 +6,18 @@
 //!   completion, on one thread, without a runtime ([`degrade_benches::call_now`]), over the
 //!   same immediately-ready inner service ([`degrade_benches::inner`]):
 //!   * `baseline/no-layer`: the bare inner service;
-//!   * `degrade/admit`: the default layer (the adaptive limit) at its initial limit of 16,
-//!     below the leases' minimum of 32: the exact shared path, one compare-and-swap on the
-//!     in-flight word to admit and one `fetch_sub` to release (what a service whose limit is
-//!     under 32 pays), a sharded counter, a per-thread countdown, and — for one request in
-//!     `timing_every` (16), or every request while the law's window still needs samples or
-//!     demand is past half the limit — two clock reads and a row of the thread's own window
-//!     sums (no reference count: the future reaches them through a `&'static`);
+//!   * `degrade/admit`: the default layer (the adaptive limit), which one sequential caller
+//!     brings down from its initial 16 to 2 within the first windows (the untested-limit
+//!     rule): a slot the thread keeps (a per-thread lease, at any limit since stop 33: a
+//!     plain load and store, no locked instruction) and the same to keep it again, a
+//!     sharded counter, per-thread countdowns, and — for the requests the law needs timed
+//!     (one in `timing_every` × `near_every`, demand past half the limit one in
+//!     `near_every`, all while a window is short of samples) — two clock reads and a row of
+//!     the thread's own window sums (no reference count: the future reaches them through a
+//!     `&'static`);
 //!   * `degrade/admit-high-limit`: the same with the limit held at 64 (a service with
-//!     capacity for more than 32 in flight): a slot the thread keeps (per-thread leases: a
-//!     plain load and store, no locked instruction) and the same to keep it again;
+//!     capacity for more than 32 in flight: demand stays under half the limit, so nothing is
+//!     timed but the countdown's);
 //!   * `degrade/admit-shares`: `Admission::LevelShares` at level Normal (no limit): the level
 //!     read and the counter only;
 //!   * `degrade/admit-half`: level shares at Light, priority Low (share 0.5: the deterministic
