@@ -2104,6 +2104,45 @@ mod tests {
         }
     }
 
+    /// A request that finds the word full only of slots idle threads keep (a small limit's
+    /// leases) is admitted on them without marking the window binding — the limit's worth was
+    /// not in flight, and a binding window lets the law grow the limit; one that finds the
+    /// limit full of requests marks it.
+    #[test]
+    fn slots_idle_threads_keep_do_not_make_a_window_binding() {
+        let limiter = Limiter::new(fixed(2));
+        let idle: Vec<Worker> = (0..2).map(|_| Worker::new()).collect();
+        for w in &idle {
+            let l = Arc::clone(&limiter);
+            w.run(move || drop(l.try_acquire(Priority::Normal).expect("room")));
+        }
+        assert_eq!(
+            limiter.shared.leases.kept(),
+            2,
+            "each idle thread keeps its slot"
+        );
+        Worker::new().run(move || {
+            assert!(
+                limiter.try_acquire(Priority::Normal).is_none(),
+                "the word is full"
+            );
+            let held: Vec<Permit> = (0..2)
+                .map(|_| match limiter.enter(Priority::Normal) {
+                    Entry::Admitted(permit) => permit,
+                    _ => panic!("admitted on the slots the idle threads keep"),
+                })
+                .collect();
+            assert!(!limiter.binding.load(Ordering::Relaxed), "not binding yet");
+            assert!(matches!(limiter.enter(Priority::Normal), Entry::Refused));
+            assert!(
+                limiter.binding.load(Ordering::Relaxed),
+                "the limit is full: binding"
+            );
+            drop(held);
+        });
+        drop(idle);
+    }
+
     /// Under 16 a kept slot admits a request whatever its priority, so the leases come back
     /// only while no priority is held to a share: once a High request is refused (Normal and
     /// Low held to their shares), an admit through the word into an empty limit leaves them
