@@ -71,8 +71,9 @@ where
         match self.project().state.project() {
             StateProj::Called { fut, permit } => {
                 let out = ready!(fut.poll(cx));
-                if let Some(permit) = permit.take() {
-                    permit.record_result(&out);
+                // In place, not taken out: see `Permit::finish`.
+                if let Some(permit) = permit.as_mut() {
+                    permit.finish_result(&out);
                 }
                 Poll::Ready(out.map_err(Into::into))
             }
@@ -158,15 +159,15 @@ where
         match self.project().state.project() {
             RespondStateProj::Called { fut, permit } => {
                 let out = ready!(fut.poll(cx));
-                if let Some(permit) = permit.take() {
+                if let Some(permit) = permit.as_mut() {
                     match &out {
                         // A degrade layer further in answered this request itself: it says
                         // nothing about the service, whatever the classifier (even one that
                         // reads no responses, like the default one).
                         Ok(res) if degrade_core::rejection::http::rejected(res).is_some() => {
-                            permit.record(degrade_core::Outcome::Ignored);
+                            permit.finish(degrade_core::Outcome::Ignored);
                         }
-                        _ => permit.record_result(&out),
+                        _ => permit.finish_result(&out),
                     }
                 }
                 Poll::Ready(out)

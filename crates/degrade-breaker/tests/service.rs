@@ -652,3 +652,52 @@ async fn grpc_mode_answers_unavailable() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["grpc-status"], "14");
 }
+
+/// A response future records its call's outcome where it holds its permit, once: the answer
+/// counts, dropping the completed future counts nothing more (no cancellation), and a future
+/// dropped before its answer counts one cancellation — for successes, failures, and a
+/// half-open probe (whose permit goes back exactly once, so the next probe is admitted).
+#[tokio::test]
+async fn a_completed_call_is_recorded_once_and_its_drop_records_nothing() {
+    let clock = ManualClock::new();
+    let layer = BreakerLayer::builder(count_config(10, 3))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let h = layer.handle();
+    let mut svc = layer.layer(upstream(Default::default()));
+    let mut fut = svc.ready().await.unwrap().call(Req::Ok);
+    assert_eq!((&mut fut).await.unwrap(), "ok");
+    drop(fut);
+    let mut fut = svc.ready().await.unwrap().call(Req::Fail);
+    assert!((&mut fut).await.is_err());
+    drop(fut);
+    let snap = h.snapshot();
+    assert_eq!((snap.successes, snap.failures, snap.cancelled), (1, 1, 0));
+    let (_tx, rx) = oneshot::channel::<bool>();
+    let pending = svc.ready().await.unwrap().call(Req::Wait(rx));
+    drop(pending);
+    assert_eq!(h.snapshot().cancelled, 1);
+
+    // A cancelled call is ignored by default: 2 failures of 3 calls (≥ 50 %) open it; then
+    // half-open, each probe's permit comes back once.
+    let _ = call(&mut svc, Req::Fail).await;
+    assert_eq!(h.state(), State::Open);
+    clock.advance(10 * S);
+    let mut probe = svc.ready().await.unwrap().call(Req::Ok);
+    assert_eq!((&mut probe).await.unwrap(), "ok");
+    drop(probe);
+    assert_eq!(h.state(), State::HalfOpen);
+    call(&mut svc, Req::Ok).await.unwrap();
+    assert_eq!(
+        h.state(),
+        State::Closed,
+        "the second probe was admitted and closed it"
+    );
+    let snap = h.snapshot();
+    assert_eq!((snap.admitted, snap.rejected), (6, 0));
+    assert_eq!(
+        snap.admitted,
+        snap.successes + snap.failures + snap.cancelled
+    );
+}
