@@ -59,6 +59,57 @@ fn clones_of_the_layer_and_services_share_counters() {
     assert_eq!(b.snapshot(), a2.snapshot());
 }
 
+/// With the level's shares on (alone or with the adaptive limit), a priority the level in
+/// force admits whole takes the fast path and one admitted a share goes through the share's
+/// decision: every request is counted once, each priority gets exactly its share of 100 calls,
+/// the limit's slots all come back, and a level change is read by the very next request.
+#[test]
+fn level_shares_admit_whole_priorities_and_decide_fractional_ones_exactly() {
+    use degrade_core::degrade::Admission;
+    for admission in [Admission::LevelShares, Admission::Both] {
+        let c = Controller::new(Default::default()).unwrap();
+        let policy = Policy::default();
+        let layer = DegradeLayer::builder(c.handle())
+            .admission(admission)
+            .prioritize(|n: &u8| Priority::ALL[usize::from(*n)])
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(echo());
+        let mut expected_admitted = [0u64; 5];
+        let mut offered = 0u64;
+        for level in [Level::Normal, Level::Heavy, Level::Moderate, Level::Normal] {
+            c.pin(level);
+            for p in Priority::ALL {
+                let share = policy.level(level).admit.get(p);
+                let mut admitted = 0u64;
+                for _ in 0..100 {
+                    offered += 1;
+                    match call(&mut svc, p.index() as u8) {
+                        Ok(_) => admitted += 1,
+                        Err(e) => {
+                            let shed = e.downcast_ref::<Shed>().expect("shed by the share");
+                            assert_eq!((shed.level, shed.priority), (level, p));
+                        }
+                    }
+                }
+                assert_eq!(
+                    admitted,
+                    (share * 100.0).round() as u64,
+                    "{admission:?} {level:?} {p:?}"
+                );
+                expected_admitted[p.index()] += admitted;
+            }
+        }
+        let snap = layer.snapshot();
+        assert_eq!(snap.offered(), offered, "{admission:?}");
+        assert_eq!(snap.admitted, expected_admitted, "{admission:?}");
+        assert_eq!(snap.offered(), snap.admitted() + snap.rejected());
+        if let Some(limit) = snap.limit {
+            assert_eq!(limit.in_flight, 0, "{admission:?}: every slot given back");
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(

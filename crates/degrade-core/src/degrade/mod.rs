@@ -299,6 +299,14 @@ impl Gate {
         }
     }
 
+    /// Whether the level in force admits all of `priority` (two relaxed loads): then the
+    /// share needs no decision, and the adaptive fast path may admit.
+    #[inline(always)]
+    fn whole_share(&self, priority: Priority) -> bool {
+        let level = self.handle.current();
+        self.table[level.index()][priority.index()].load(Ordering::Relaxed) >= FULL
+    }
+
     /// The level's share for `priority`: one atomic load for the level, a table lookup, at
     /// most one `fetch_add` for a fractional share.
     #[inline]
@@ -362,14 +370,20 @@ impl Gate {
 
     /// The hot path of the adaptive mode: below the limit with nobody waiting, a slot the
     /// thread keeps or one compare-and-swap, and one sharded counter increment (no reference
-    /// count, timed or not: the permit refers to the limiter's recycled state). `None` when
-    /// the level's shares apply or the limit is full: [`admit`](Self::admit) decides.
+    /// count, timed or not: the permit refers to the limiter's recycled state). With the
+    /// level's shares on, a priority the level admits whole takes the same path (two more
+    /// loads). `None` when a share must decide or the limit is full: [`admit`](Self::admit)
+    /// decides.
     #[inline(always)]
     fn try_admit(self: &Arc<Self>, priority: Priority) -> Option<Permit> {
-        if self.shares {
+        if self.shares && !self.whole_share(priority) {
             return None;
         }
-        let limiter = self.limiter.as_ref()?;
+        let Some(limiter) = self.limiter.as_ref() else {
+            // Level shares alone, and the level admits this priority whole.
+            self.admitted(priority);
+            return Some(Permit::NONE);
+        };
         let taken = limiter.try_take(priority)?;
         self.admitted(priority);
         Some(limiter.permit_for(taken))
