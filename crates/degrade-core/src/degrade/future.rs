@@ -92,7 +92,7 @@ pin_project! {
     /// The states every answer mode shares.
     #[project = CoreProj]
     pub(crate) enum Core<F, S, R> {
-        Called { #[pin] fut: F, permit: Permit },
+        Called { #[pin] fut: F },
         Waiting { wait: Box<Wait<S, R>> },
         Rejected { shed: Option<Shed> },
     }
@@ -100,8 +100,8 @@ pin_project! {
 
 impl<F, S, R> Core<F, S, R> {
     #[inline]
-    pub(crate) fn called(fut: F, permit: Permit) -> Self {
-        Core::Called { fut, permit }
+    pub(crate) fn called(fut: F) -> Self {
+        Core::Called { fut }
     }
 
     pub(crate) fn waiting(
@@ -142,6 +142,7 @@ where
     #[inline(always)]
     fn poll_core<O>(
         mut self: Pin<&mut Self>,
+        permit: &mut Permit,
         cx: &mut Context<'_>,
         answer: impl FnOnce(Result<T, E>, &mut Permit) -> O,
         reject: impl FnOnce(Shed) -> O,
@@ -149,11 +150,11 @@ where
         // The admit path, kept small enough to inline into the caller; waits and rejections
         // are out of line.
         loop {
-            if let CoreProj::Called { fut, permit } = self.as_mut().project() {
+            if let CoreProj::Called { fut } = self.as_mut().project() {
                 let out = ready!(fut.poll(cx));
                 return Poll::Ready(answer(out, permit));
             }
-            if let Some(shed) = ready!(self.as_mut().poll_other(cx)) {
+            if let Some(shed) = ready!(self.as_mut().poll_other(permit, cx)) {
                 return Poll::Ready(reject(shed));
             }
             // Now called: the state is `Called`.
@@ -163,8 +164,12 @@ where
     /// Moves a waiting request on: `Ready(None)` once it is called, `Ready(Some(shed))` when
     /// refused.
     #[inline(never)]
-    fn poll_other(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Shed>> {
-        let (fut, permit) = match self.as_mut().project() {
+    fn poll_other(
+        mut self: Pin<&mut Self>,
+        permit: &mut Permit,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Shed>> {
+        let fut = match self.as_mut().project() {
             CoreProj::Called { .. } => return Poll::Ready(None),
             CoreProj::Rejected { shed } => {
                 return match shed.take() {
@@ -228,10 +233,12 @@ where
                     panic!("degrade future polled after completion");
                 };
                 wait.gate.admitted(wait.priority);
-                (svc.call(req), limiter.granted_permit())
+                let fut = svc.call(req);
+                *permit = limiter.granted_permit();
+                fut
             }
         };
-        self.set(Core::Called { fut, permit });
+        self.set(Core::Called { fut });
         Poll::Ready(None)
     }
 }
@@ -297,13 +304,16 @@ pin_project! {
     pub struct ResponseFuture<F, S, R> {
         #[pin]
         core: Core<F, S, R>,
+        // Beside the state, not in its `Called` variant: the inner service's future is then
+        // written where it stays (see `Degrade::call`). Nothing held until admitted.
+        permit: Permit,
     }
 }
 
 impl<F, S, R> ResponseFuture<F, S, R> {
     #[inline]
-    pub(super) fn new(core: Core<F, S, R>) -> Self {
-        Self { core }
+    pub(super) fn new(core: Core<F, S, R>, permit: Permit) -> Self {
+        Self { core, permit }
     }
 }
 
@@ -317,7 +327,9 @@ where
 
     #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().core.poll_core(
+        let this = self.project();
+        this.core.poll_core(
+            this.permit,
             cx,
             |answer, permit| match answer {
                 Ok(t) => {
@@ -367,6 +379,7 @@ pin_project! {
     pub struct RespondFuture<F, B, S, R, M> {
         #[pin]
         core: Core<F, S, R>,
+        permit: Permit,
         _mode: std::marker::PhantomData<fn() -> (B, M)>,
     }
 }
@@ -374,9 +387,10 @@ pin_project! {
 #[cfg(feature = "http")]
 impl<F, B, S, R, M> RespondFuture<F, B, S, R, M> {
     #[inline]
-    pub(super) fn new(core: Core<F, S, R>) -> Self {
+    pub(super) fn new(core: Core<F, S, R>, permit: Permit) -> Self {
         Self {
             core,
+            permit,
             _mode: std::marker::PhantomData,
         }
     }
@@ -394,7 +408,9 @@ where
 
     #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().core.poll_core(
+        let this = self.project();
+        this.core.poll_core(
+            this.permit,
             cx,
             |answer, permit| {
                 finish(permit, || match &answer {

@@ -697,32 +697,43 @@ where
         // Every layer further in shares this call's start instant.
         let _scope = crate::clock::CallScope::enter();
         let priority = self.shared.prioritizer.priority(&req);
-        ResponseFuture::new(match self.shared.gate.try_admit(priority) {
-            Some(permit) => future::Core::called(self.inner.call(req), permit),
-            None => self.decide(priority, req),
-        })
+        // Each arm builds the whole future (`decide` through `wrap`), and the permit lies
+        // beside the state rather than in its `Called` variant: the inner service's future is
+        // then written where it stays. Built aside and copied in, it was read back in wider
+        // loads than it was written in, a store-forwarding stall on every call.
+        match self.shared.gate.try_admit(priority) {
+            Some(permit) => ResponseFuture::new(future::Core::called(self.inner.call(req)), permit),
+            None => self.decide(priority, req, ResponseFuture::new),
+        }
     }
 }
 
 impl<S: Clone, P, M> Degrade<S, P, M> {
-    /// Everything but the adaptive fast path: the level's shares, the limit full (wait or
-    /// refuse), or no limit.
+    /// Everything but the fast path: a fractional share, the limit full (wait or refuse), or
+    /// no limit; the future made by `wrap` (see `call`).
     #[inline(never)]
-    fn decide<R>(&mut self, priority: Priority, req: R) -> future::Core<S::Future, S, R>
+    fn decide<R, Fut>(
+        &mut self,
+        priority: Priority,
+        req: R,
+        wrap: fn(future::Core<S::Future, S, R>, Permit) -> Fut,
+    ) -> Fut
     where
         S: Service<R>,
     {
         match self.shared.gate.admit(priority) {
-            Decision::Go(permit) => future::Core::called(self.inner.call(req), permit),
+            Decision::Go(permit) => wrap(future::Core::called(self.inner.call(req)), permit),
             Decision::Wait(ticket, deadline, hold) => {
                 // Moves the ready inner service and the request into the waiting future (the
                 // tower idiom: the clone stays behind for the next call).
                 let clone = self.inner.clone();
                 let svc = std::mem::replace(&mut self.inner, clone);
                 let gate = Arc::clone(&self.shared.gate);
-                future::Core::waiting(gate, ticket, (deadline, hold), priority, svc, req)
+                let core =
+                    future::Core::waiting(gate, ticket, (deadline, hold), priority, svc, req);
+                wrap(core, Permit::NONE)
             }
-            Decision::Refuse(shed) => future::Core::rejected(shed),
+            Decision::Refuse(shed) => wrap(future::Core::rejected(shed), Permit::NONE),
         }
     }
 }
@@ -749,9 +760,9 @@ where
         // Every layer further in shares this call's start instant.
         let _scope = crate::clock::CallScope::enter();
         let priority = self.shared.prioritizer.priority(&req);
-        RespondFuture::new(match self.shared.gate.try_admit(priority) {
-            Some(permit) => future::Core::called(self.inner.call(req), permit),
-            None => self.decide(priority, req),
-        })
+        match self.shared.gate.try_admit(priority) {
+            Some(permit) => RespondFuture::new(future::Core::called(self.inner.call(req)), permit),
+            None => self.decide(priority, req, RespondFuture::new),
+        }
     }
 }
