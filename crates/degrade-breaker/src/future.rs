@@ -77,11 +77,18 @@ where
                 }
                 Poll::Ready(out.map_err(Into::into))
             }
-            StateProj::Rejected { open } => match open.take() {
-                Some(open) => Poll::Ready(Err(Box::new(open))),
-                None => panic!("ResponseFuture polled after completion"),
-            },
+            StateProj::Rejected { open } => Poll::Ready(Err(rejected(open))),
         }
+    }
+}
+
+/// The rejected call's error, out of line: `poll` stays small enough to inline into its caller
+/// (one that cannot inline it reads the answer back from memory).
+#[inline(never)]
+fn rejected(open: &mut Option<CircuitOpen>) -> BoxError {
+    match open.take() {
+        Some(open) => Box::new(open),
+        None => panic!("ResponseFuture polled after completion"),
     }
 }
 
