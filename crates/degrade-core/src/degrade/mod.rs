@@ -716,7 +716,7 @@ impl<S: Clone, P, M> Degrade<S, P, M> {
         &mut self,
         priority: Priority,
         req: R,
-        wrap: fn(future::Core<S::Future, S, R>, Permit) -> Fut,
+        wrap: impl FnOnce(future::Core<S::Future, S, R>, Permit) -> Fut,
     ) -> Fut
     where
         S: Service<R>,
