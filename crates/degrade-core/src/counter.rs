@@ -300,7 +300,8 @@ impl<const N: usize> fmt::Debug for ShardedCounter<N> {
 /// Until someone reads, a [`new`](Self::new) sampler times every call; a
 /// [`warm`](Self::warm) one times each thread's first [`UNREAD_CALLS`](Self::UNREAD_CALLS)
 /// (65,536) calls and then 1 in [`MAX_EVERY`](Self::MAX_EVERY), so that a layer whose
-/// latencies may never be read (a canary split with no controller) stops paying two clock
+/// latencies may never be read (a canary split with no controller, an `ObserveLayer` no
+/// latency signal reads) stops paying two clock
 /// reads per call once traffic is heavy, while a light-traffic one (a test, a quiet service)
 /// keeps every latency. A reader's first read sets the rate from then on (a canary controller
 /// reads a window of 0 calls when it is built: every call timed).

@@ -41,8 +41,11 @@ fn relative_error(estimate: Duration, exact: Duration) -> f64 {
 #[test]
 fn p99_and_p50_are_within_the_stated_error_over_100_000_samples() {
     let clock = ManualClock::new();
+    // A slow-call threshold keeps every call timed (an unread layer times each thread's first
+    // 65,536 calls, then 1 in 16): the comparison is with the exact values of all 100,000.
     let layer = ObserveLayer::builder()
         .clock(clock.clone())
+        .slow(Duration::from_secs(3600))
         .build()
         .unwrap();
     let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
@@ -323,6 +326,35 @@ fn calls_left_untimed_under_heavy_traffic_are_still_counted_exactly() {
     // The mean is the timed calls' mean: 16,000 at 1 ms and 100 at 3 ms.
     let want = Duration::from_nanos((16_000 * 1_000_000 + 100 * 3_000_000) / 16_100);
     assert_eq!(snap.mean.unwrap(), want);
+}
+
+/// Nobody reads the layer's latency (no signal): each thread times its first 65,536 calls,
+/// then 1 in 16 (as an unread canary arm does), and every call is still counted.
+#[test]
+fn an_unread_layer_times_each_threads_first_calls_then_one_in_sixteen() {
+    let clock = ManualClock::new();
+    let layer = ObserveLayer::builder()
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
+    let mut call = |took: Duration| {
+        let fut = svc.call(());
+        clock.advance(took);
+        fut.now_or_never().unwrap().unwrap();
+    };
+    let first = degrade_core::counter::TimingSampler::UNREAD_CALLS;
+    for _ in 0..first {
+        call(Duration::from_millis(1));
+    }
+    // Calls 65,536, 65,552, ...: 100 of the next 1,600 are timed.
+    for _ in 0..1_600 {
+        call(Duration::from_millis(3));
+    }
+    let snap = layer.snapshot();
+    assert_eq!((snap.calls, snap.in_flight), (first + 1_600, 0));
+    let want = Duration::from_nanos((first * 1_000_000 + 100 * 3_000_000) / (first + 100));
+    assert_eq!(snap.mean.unwrap(), want, "the timed calls' mean");
 }
 
 /// Light traffic: a latency window that saw few calls makes every call timed again, so a

@@ -89,8 +89,10 @@ pub(crate) struct Recorder {
     tally: Pooled<Tally>,
     /// Which calls are timed: a thread times its calls whose sequence number (its `STARTED`
     /// slot) is a multiple of `every`, set by the latency signals (rarely), read with a
-    /// relaxed load per call; every call until a latency window has seen enough calls, and
-    /// always every call with a slow-call threshold (it needs every latency).
+    /// relaxed load per call. Until a latency signal reads, each thread times its first
+    /// `TimingSampler::UNREAD_CALLS` calls and then 1 in 16 (a layer nobody reads would
+    /// otherwise pay two clock reads per call forever); always every call with a slow-call
+    /// threshold (it needs every latency).
     timing: TimingSampler,
 }
 
@@ -104,7 +106,7 @@ impl Recorder {
             timing: if time_all {
                 TimingSampler::every_call()
             } else {
-                TimingSampler::new()
+                TimingSampler::warm()
             },
         }
     }

@@ -19,9 +19,12 @@
 //! own (`n` a power of two up to 16) such that the window still holds at least 1,000 timed
 //! calls (with several latency signals, the one that needs the most timed calls wins). A
 //! window with fewer calls than that brings `n` back to 1, and a window with fewer *timed*
-//! calls than its `min_calls` reads as unknown. Without a latency signal, and always
-//! with a [`slow`](ObserveBuilder::slow) threshold (the slow count needs every latency), every
-//! call is timed. The snapshot's mean and quantiles are those of the timed calls.
+//! calls than its `min_calls` reads as unknown. Until a latency signal reads, each thread times
+//! its first 65,536 calls (`TimingSampler::UNREAD_CALLS`) and then 1 in 16, as an unread
+//! canary arm does: a layer whose latency nobody reads does not pay two clock reads on every
+//! call forever, and a short-lived or quiet one keeps every latency. With a
+//! [`slow`](ObserveBuilder::slow) threshold (the slow count needs every latency) every call is
+//! timed, always. The snapshot's mean and quantiles are those of the timed calls.
 //!
 //! The histogram (degrade-core's, in `Layout::FINE`) has one bucket per nanosecond below
 //! 128 ns, then 64 buckets per power of two;
