@@ -82,6 +82,23 @@ fn p99_and_p50_are_within_the_stated_error_over_100_000_samples() {
     assert!((s.value - snap.p99.unwrap().as_secs_f64() * 1e3).abs() < 1e-9);
 }
 
+/// A default `ObserveLayer` that reads `clock`.
+fn on_manual_clock(
+    clock: &ManualClock,
+) -> ObserveLayer<degrade_core::DefaultClassifier, ManualClock> {
+    ObserveLayer::builder()
+        .clock(clock.clone())
+        .build()
+        .unwrap()
+}
+
+/// One call of `svc` that takes `took` on `clock` (it starts, the clock advances, it ends).
+fn call_taking<S: Service<(), Error = BoxError>>(svc: &mut S, clock: &ManualClock, took: Duration) {
+    let fut = svc.call(());
+    clock.advance(took);
+    fut.now_or_never().unwrap().unwrap();
+}
+
 fn clock_now(clock: &ManualClock) -> tokio::time::Instant {
     degrade_core::Clock::now(clock)
 }
@@ -232,10 +249,7 @@ fn error_rate_is_windowed_and_unknown_below_min_calls() {
 #[test]
 fn latency_signal_against_an_sla() {
     let clock = ManualClock::new();
-    let layer = ObserveLayer::builder()
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    let layer = on_manual_clock(&clock);
     let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
     for _ in 0..100 {
         let fut = svc.call(());
@@ -333,16 +347,9 @@ fn calls_left_untimed_under_heavy_traffic_are_still_counted_exactly() {
 #[test]
 fn an_unread_layer_times_each_threads_first_calls_then_one_in_sixteen() {
     let clock = ManualClock::new();
-    let layer = ObserveLayer::builder()
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    let layer = on_manual_clock(&clock);
     let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
-    let mut call = |took: Duration| {
-        let fut = svc.call(());
-        clock.advance(took);
-        fut.now_or_never().unwrap().unwrap();
-    };
+    let mut call = |took: Duration| call_taking(&mut svc, &clock, took);
     let first = degrade_core::counter::TimingSampler::UNREAD_CALLS;
     for _ in 0..first {
         call(Duration::from_millis(1));
@@ -363,16 +370,9 @@ fn an_unread_layer_times_each_threads_first_calls_then_one_in_sixteen() {
 #[test]
 fn a_latency_window_with_few_calls_times_every_call_again() {
     let clock = ManualClock::new();
-    let layer = ObserveLayer::builder()
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    let layer = on_manual_clock(&clock);
     let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
-    let mut call = |took: Duration| {
-        let fut = svc.call(());
-        clock.advance(took);
-        fut.now_or_never().unwrap().unwrap();
-    };
+    let mut call = |took: Duration| call_taking(&mut svc, &clock, took);
     let window = Duration::from_secs(10);
     let mut signal = layer
         .latency(LatencyConfig {
@@ -417,11 +417,7 @@ fn a_slow_threshold_keeps_every_call_timed_under_heavy_traffic() {
         .build()
         .unwrap();
     let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
-    let mut call = |took: Duration| {
-        let fut = svc.call(());
-        clock.advance(took);
-        fut.now_or_never().unwrap().unwrap();
-    };
+    let mut call = |took: Duration| call_taking(&mut svc, &clock, took);
     for _ in 0..16_000 {
         call(Duration::from_micros(100));
     }
@@ -439,16 +435,9 @@ fn a_slow_threshold_keeps_every_call_timed_under_heavy_traffic() {
 #[test]
 fn the_latency_signal_that_needs_the_most_timing_wins() {
     let clock = ManualClock::new();
-    let layer = ObserveLayer::builder()
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    let layer = on_manual_clock(&clock);
     let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
-    let mut call = |took: Duration| {
-        let fut = svc.call(());
-        clock.advance(took);
-        fut.now_or_never().unwrap().unwrap();
-    };
+    let mut call = |took: Duration| call_taking(&mut svc, &clock, took);
     let signal = |window: Duration| {
         layer
             .latency(LatencyConfig {
