@@ -22,7 +22,9 @@
 //!   sample count; none knows the service.
 //! * **Priority inside the limit**: below the limit, nobody waits and everything is admitted
 //!   (one compare-and-swap). At the limit, a request waits in a short queue served highest
-//!   priority first, for at most half a baseline (a critical request, twice that); a waiter
+//!   priority first, for at most half a baseline — longer for a service with a heavy tail of
+//!   costly requests, see [`Law::queue_target`](crate::limit::Law::queue_target) — (a
+//!   critical request, twice that); a waiter
 //!   past its target is refused, and under a standing queue the newest of a priority is served
 //!   first, so the admitted latency stays low. A full queue makes room for a higher priority
 //!   by refusing the newest waiter of the lowest. Critical requests may also go a tenth over

@@ -88,8 +88,10 @@ pub struct LimitConfig {
     /// The latency inflation over the no-load baseline at which the limit settles (default
     /// 0.1: the service runs at 110 % of its no-load latency, busy, with almost no queue).
     pub tolerance: f64,
-    /// How long a request may wait for a slot, in baselines (default 0.5). A waiting request
-    /// is served highest priority first; one that waited longer is refused.
+    /// How long a request may wait for a slot, in baselines (default 0.5; in halves of the
+    /// service's tail when that is longer, at most four baselines: see
+    /// [`Law::queue_target`]). A waiting request is served highest priority first; one that
+    /// waited longer is refused.
     pub queue_delay: f64,
     /// Most requests waiting at once, in limits (default 1.0: as many as the limit).
     pub queue_size: f64,
