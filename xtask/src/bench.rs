@@ -46,6 +46,8 @@ Usage: cargo xtask bench overload [--quick] [--scenario NAME]... [--only CONFIG]
                    adaptive-aimd | adaptive-vegas | degrade (repeatable; default: all)
   --out DIR        where overload.md, overload.svg and overload.json go
                    (default <workspace>/target/degrade-bench)
+  --backend PxMS   the backend: P permits of MS milliseconds each (default 8x40;
+                   1-1024 permits, 1-10000 ms); loads are multiples of its capacity
   --update-benchmarks  also replace the table in BENCHMARKS.md (between the
                    `overload-table` markers) with this run's";
 
@@ -65,6 +67,19 @@ const CONFIGS: [Protection; 8] = [
     Protection::AdaptiveVegas,
     Protection::DegradeLayer,
 ];
+
+/// Parses `--backend`'s `PxMS` (permits × milliseconds, e.g. `16x20`).
+fn parse_backend(shape: &str) -> Result<(usize, u64)> {
+    let bad = || format!("`--backend {shape}`: expected PERMITSxMILLISECONDS, e.g. 16x20");
+    let (p, ms) = shape.split_once(['x', 'X']).ok_or_else(bad)?;
+    let p = p.trim().parse::<usize>().map_err(|_| bad())?;
+    let ms = ms
+        .trim()
+        .trim_end_matches("ms")
+        .parse::<u64>()
+        .map_err(|_| bad())?;
+    Ok((p, ms))
+}
 
 /// Every scenario, in the order run and shown.
 const SCENARIOS: [&str; 6] = [
@@ -113,6 +128,7 @@ pub(crate) fn run(args: &[String]) -> Result {
     let mut out = workspace_root().join("target").join("degrade-bench");
     let mut scenarios: Vec<&'static str> = Vec::new();
     let mut configs: Vec<Protection> = Vec::new();
+    let mut backend_set = false;
     let mut iter = rest.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
@@ -137,12 +153,24 @@ pub(crate) fn run(args: &[String]) -> Result {
                 out = PathBuf::from(iter.next().ok_or("`--out` needs a value")?);
             }
             "--update-benchmarks" => update = true,
+            "--backend" => {
+                let shape = iter.next().ok_or("`--backend` needs a value, e.g. 16x20")?;
+                let (permits, ms) = parse_backend(shape)?;
+                service::set_shape(permits, Duration::from_millis(ms))?;
+                backend_set = true;
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
             }
             other => return Err(format!("unexpected argument `{other}`\n\n{USAGE}")),
         }
+    }
+    if update && backend_set {
+        return Err(
+            "`--update-benchmarks` writes the table of the default backend: drop `--backend`"
+                .to_string(),
+        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -581,10 +609,10 @@ fn table(results: &[ScenarioResult], step_secs: u64) -> String {
          `closed-loop`: {CONNECTIONS} connections), mix critical 10 % / high 20 % / normal 30 % / \
          low 25 % / background 15 % (except `critical-only`). Every configuration with its \
          default settings.\n",
-        service::PERMITS,
-        service::SERVICE_TIME.as_millis(),
+        service::permits(),
+        service::service_time().as_millis(),
         service::capacity(),
-        service::PERMITS,
+        service::permits(),
     );
     for scenario in results {
         let _ = writeln!(
@@ -788,6 +816,15 @@ mod tests {
         );
         // The closed loop has no unloaded phase of its own (the steps' warm-up stands in).
         assert!(unloaded_phase(&scenario("closed-loop", 3), Event::None).is_none());
+    }
+
+    #[test]
+    fn a_backend_shape_is_permits_by_milliseconds() {
+        assert_eq!(parse_backend("16x20"), Ok((16, 20)));
+        assert_eq!(parse_backend("4X100ms"), Ok((4, 100)));
+        for bad in ["16", "x20", "16x", "ax20", "16x-1", "16x20x3"] {
+            assert!(parse_backend(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

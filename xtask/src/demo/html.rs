@@ -499,8 +499,8 @@ pub(crate) fn write(dir: &Path, summary: &Summary, runs: &[Run]) -> Result<Vec<P
          generator. The protected run goes through every phase; the same warm-up, ramp and 3x \
          overload are then replayed against the backend unprotected and behind tower's \
          ConcurrencyLimit + LoadShed.</p>",
-        super::service::PERMITS,
-        super::service::SERVICE_TIME.as_millis(),
+        super::service::permits(),
+        super::service::service_time().as_millis(),
         super::service::capacity()
     );
     let _ = write!(

@@ -88,8 +88,8 @@ pub(crate) fn transition(tr: &LevelTransition, t: Duration) {
 pub(crate) fn header(full: &Scenario, comparison: &Scenario, ladder: &LadderConfig) {
     println!(
         "degrade demo: a backend of {} permits x {} ms = capacity {:.0} req/s, on 127.0.0.1",
-        service::PERMITS,
-        service::SERVICE_TIME.as_millis(),
+        service::permits(),
+        service::service_time().as_millis(),
         full.capacity
     );
     println!(
@@ -118,7 +118,7 @@ pub(crate) fn header(full: &Scenario, comparison: &Scenario, ladder: &LadderConf
          ConcurrencyLimit({}) + LoadShed",
         full.total(),
         comparison.total(),
-        service::TOWER_LIMIT
+        service::tower_limit()
     );
 }
 

@@ -163,9 +163,9 @@ impl Summary {
         let rl = service::rate_limit();
         let setup = Setup {
             capacity_rps: service::capacity(),
-            permits: service::PERMITS,
-            service_time_ms: service::SERVICE_TIME.as_millis(),
-            tower_concurrency_limit: service::TOWER_LIMIT,
+            permits: service::permits(),
+            service_time_ms: service::service_time().as_millis(),
+            tower_concurrency_limit: service::tower_limit(),
             signal: "admission: the share of requests the adaptive limit refused (light 1 %, \
                      moderate 10 %, heavy 33 %, emergency 66 %)"
                 .to_owned(),

@@ -21,7 +21,8 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 
-/// Requests the backend serves at once (its fixed capacity in concurrency).
+/// Requests the backend serves at once by default (its fixed capacity in concurrency); the
+/// overload bench's `--backend` sets another ([`set_shape`]).
 pub(crate) const PERMITS: usize = 8;
 /// Work per request once it holds a permit. 40 ms makes the capacity 200 req/s, so the peak of
 /// 3x capacity is 600 req/s: the client and the server share this process and, in a debug
@@ -35,13 +36,46 @@ const BAD_EXTRA: Duration = Duration::from_millis(20);
 const BAD_ERROR_EVERY: u64 = 4;
 pub(crate) const PRIORITY_HEADER: &str = "x-priority";
 pub(crate) const CLIENT_HEADER: &str = "x-client";
+/// The backend's shape when not the default: permits and service time, set once before
+/// anything runs (the overload bench's `--backend PxMS`).
+static SHAPE: std::sync::OnceLock<(usize, Duration)> = std::sync::OnceLock::new();
+
+/// Gives the backend `permits` permits of `service_time` each instead of the default
+/// [`PERMITS`] × [`SERVICE_TIME`]. Once per process, before any backend or report is made.
+pub(crate) fn set_shape(permits: usize, service_time: Duration) -> Result<(), String> {
+    if !(1..=1024).contains(&permits) {
+        return Err(format!("backend permits must be 1..=1024, not {permits}"));
+    }
+    if service_time < Duration::from_millis(1) || service_time > Duration::from_secs(10) {
+        return Err(format!(
+            "backend service time must be 1 ms..=10 s, not {service_time:?}"
+        ));
+    }
+    SHAPE
+        .set((permits, service_time))
+        .map_err(|_| "the backend's shape is already set".to_string())
+}
+
+/// Requests the backend serves at once.
+pub(crate) fn permits() -> usize {
+    SHAPE.get().map_or(PERMITS, |s| s.0)
+}
+
+/// Work per request once it holds a permit.
+pub(crate) fn service_time() -> Duration {
+    SHAPE.get().map_or(SERVICE_TIME, |s| s.1)
+}
+
 /// tower's `ConcurrencyLimit` in the comparison run: the backend's permits plus as many
 /// waiting, which bounds the queueing delay to one service time.
-pub(crate) const TOWER_LIMIT: usize = 2 * PERMITS;
+pub(crate) fn tower_limit() -> usize {
+    2 * permits()
+}
 
-/// The backend's capacity in requests per second: `PERMITS` requests every `SERVICE_TIME`.
+/// The backend's capacity in requests per second: [`permits`] requests every
+/// [`service_time`].
 pub(crate) fn capacity() -> f64 {
-    PERMITS as f64 / SERVICE_TIME.as_secs_f64()
+    permits() as f64 / service_time().as_secs_f64()
 }
 
 /// The version deployed as the canary candidate.
@@ -99,8 +133,8 @@ impl Backend {
         let backend = Arc::new(Self {
             model,
             slowdown: AtomicU64::new(1000),
-            cpu: Cpu::new(PERMITS),
-            permits: Semaphore::new(PERMITS),
+            cpu: Cpu::new(permits()),
+            permits: Semaphore::new(permits()),
             in_system: AtomicUsize::new(0),
             outage: AtomicBool::new(false),
             candidate: AtomicU8::new(0),
@@ -155,9 +189,9 @@ impl Backend {
         let _counted = InSystem::enter(&self.in_system);
         let bad = v2 && self.candidate() == Candidate::Bad;
         let nominal = if bad {
-            SERVICE_TIME + BAD_EXTRA
+            service_time() + BAD_EXTRA
         } else {
-            SERVICE_TIME
+            service_time()
         };
         let mut work = nominal.mul_f64(self.slowdown.load(Ordering::Relaxed) as f64 / 1000.0);
         if self.model == Model::Mixed && self.calls.load(Ordering::Relaxed).is_multiple_of(10) {
@@ -469,14 +503,14 @@ pub(crate) fn app(
                     (status, err.to_string())
                 }))
                 .load_shed()
-                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(TOWER_LIMIT))
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(tower_limit()))
                 .service(version(Some(false)));
             Ok((Router::new().route_service("/work", svc), None))
         }
         Protection::Bulkhead => {
             let bulkhead = tower_resilience_bulkhead::BulkheadLayer::builder()
-                .max_concurrent_calls(PERMITS)
-                .max_wait_duration(SERVICE_TIME)
+                .max_concurrent_calls(permits())
+                .max_wait_duration(service_time())
                 .name("backend")
                 .build()
                 .map_err(|err| format!("bulkhead: {err}"))?;
