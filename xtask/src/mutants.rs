@@ -211,6 +211,8 @@ const SCOPES: &[Scope] = &[
             "rejection",
             "--test",
             "stall",
+            "--test",
+            "tail_wait",
         ]),
         loom: Some(&["--lib", "loom_models"]),
         what: "degrade-core's recycled objects and the limiter's per-thread leases",
