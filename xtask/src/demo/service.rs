@@ -94,10 +94,10 @@ pub(crate) enum Candidate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum Model {
-    /// `PERMITS` permits, `SERVICE_TIME` each (a pool of workers or connections).
+    /// [`permits`] permits, [`service_time`] each (a pool of workers or connections).
     Slots,
-    /// CPU-bound: `PERMITS` virtual cores shared equally by every request in the backend
-    /// (processor sharing), `SERVICE_TIME` of work each: capacity set by CPU, not by a number
+    /// CPU-bound: [`permits`] virtual cores shared equally by every request in the backend
+    /// (processor sharing), [`service_time`] of work each: capacity set by CPU, not by a number
     /// of slots, so every request more slows all of them.
     Cpu,
     /// Slots, and one request in ten costs ten times as much.
@@ -122,7 +122,7 @@ pub(crate) struct Backend {
 }
 
 impl Backend {
-    /// The demo's backend: a pool of `PERMITS` slots.
+    /// The demo's backend: a pool of [`permits`] slots.
     pub(crate) fn new() -> Arc<Self> {
         Self::with_model(Model::Slots)
     }
