@@ -209,6 +209,68 @@ fn capacity_that_comes_back_is_not_read_against_a_baseline_with_a_queue_in_it() 
     }
 }
 
+/// One window of a service of `k` slots that also costs its host a little per request in
+/// flight (half a percent each, as a shared CPU or allocator does): below the knee the latency
+/// still falls, slightly, with concurrency. Latencies spread by 3 % (deterministic from
+/// `seed`).
+fn host_window(law: &Law, k: f64, s: f64, seed: &mut u64) -> Window {
+    let n = law.limit();
+    let mean = s * (1.0 + 0.005 * f64::from(n)) * (f64::from(n) / k).max(1.0);
+    let mut w = Window::default();
+    for _ in 0..SAMPLES {
+        let latency = Duration::from_secs_f64(mean * (1.0 + 0.03 * (2.0 * uniform(seed) - 1.0)));
+        w.record(latency, n, n <= law.low_concurrency());
+        if law.target_latency().is_some_and(|t| latency <= t) {
+            w.record_served(n);
+        }
+    }
+    w.binding = true;
+    w.elapsed = Duration::from_secs_f64(mean * 4.0);
+    w
+}
+
+/// After capacity comes back, the law re-checks a quarter below the concurrency it saw the
+/// faster service at, and again while that finds the service faster — but only while it finds
+/// it faster by half the tolerance or more. A probe that found it only slightly faster (a
+/// host's cost per request in flight) found no queue: another, a quarter lower again, only
+/// leaves slots idle. Before, any difference beyond the window's noise called for the next
+/// probe: on 8 slots the chain ran at 8, 6, 5 and 4 (`capacity-halves`' restored phase lost
+/// a point or two of goodput to it).
+#[test]
+fn the_rechecks_after_capacity_comes_back_stop_once_a_probe_finds_no_queue() {
+    for (k, s) in [(8.0, 0.040), (16.0, 0.020), (32.0, 0.005)] {
+        let mut seed = 7;
+        let mut law = Law::new(LimitConfig::default());
+        let mut t = Instant::now();
+        for _ in 0..300 {
+            let w = host_window(&law, k, 2.0 * s, &mut seed);
+            t += w.elapsed;
+            law.observe(&w, t);
+        }
+        let slow = law.limit();
+        let limits: Vec<u32> = (0..40)
+            .map(|_| {
+                let w = host_window(&law, k, s, &mut seed);
+                t += w.elapsed;
+                law.observe(&w, t)
+            })
+            .collect();
+        // The first re-check runs at three quarters of the concurrency the faster service
+        // was seen at (the slow phase's limit), the second a quarter below that at most.
+        let lowest = limits.iter().copied().min().unwrap_or(0);
+        let floor = (f64::from(slow) * 0.75 * 0.75).floor() as u32;
+        assert!(
+            lowest >= floor,
+            "k {k}: from {slow}, down to {lowest} (< {floor}): {limits:?}"
+        );
+        let settled = median(limits[20..].to_vec());
+        assert!(
+            at_the_knee(settled, k, LimitConfig::default().tolerance),
+            "k {k}: settled at {settled}: {limits:?}"
+        );
+    }
+}
+
 /// A limit of one or two grows by a request a window while nothing queues: its windows last
 /// many service times (16 samples at a limit of 1 on a 200 ms service: over 3 s), and growth
 /// by the tolerance alone (10 %) took four of them to add one request.
