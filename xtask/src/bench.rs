@@ -57,7 +57,7 @@ const TABLE_BEGIN: &str =
 const TABLE_END: &str = "<!-- overload-table:end -->";
 
 /// Every configuration, in the order run and shown.
-const CONFIGS: [Protection; 8] = [
+pub(crate) const CONFIGS: [Protection; 8] = [
     Protection::Unprotected,
     Protection::Tower,
     Protection::Bulkhead,
@@ -69,7 +69,7 @@ const CONFIGS: [Protection; 8] = [
 ];
 
 /// Parses `--backend`'s `PxMS` (permits × milliseconds, e.g. `16x20`).
-fn parse_backend(shape: &str) -> Result<(usize, u64)> {
+pub(crate) fn parse_backend(shape: &str) -> Result<(usize, u64)> {
     let bad = || format!("`--backend {shape}`: expected PERMITSxMILLISECONDS, e.g. 16x20");
     let (p, ms) = shape.split_once(['x', 'X']).ok_or_else(bad)?;
     let p = p.trim().parse::<usize>().map_err(|_| bad())?;

@@ -486,7 +486,7 @@ pub(crate) async fn run_one(
     })
 }
 
-/// A server for an app on `127.0.0.1:0`, until [`Server::stop`].
+/// A server for an app on `127.0.0.1:0` (or a listener of the caller's), until [`Server::stop`].
 pub(crate) struct Server {
     pub(crate) addr: SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -498,6 +498,11 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|err| format!("cannot bind 127.0.0.1:0: {err}"))?;
+        Self::serve(listener, app)
+    }
+
+    /// Serves `app` on a bound `listener` (inside the runtime), until [`Server::stop`].
+    pub(crate) fn serve(listener: TcpListener, app: axum::Router) -> Result<Self> {
         let addr = listener
             .local_addr()
             .map_err(|err| format!("no local address: {err}"))?;

@@ -27,6 +27,7 @@ mod bench;
 mod demo;
 mod mutants;
 mod prereq;
+mod serve;
 mod soak;
 #[cfg(test)]
 mod tidy;
@@ -62,6 +63,11 @@ Commands:
         goodput, p50 / p99 and critical success at 0.5x..4x capacity, reaction and recovery
         times: unprotected, tower ConcurrencyLimit + LoadShed, tower-resilience bulkhead,
         degrade; <out>/overload.md, .svg, .json (default target/degrade-bench)
+  serve [--backend PxMS] [--model M] [--protection NAME] [--addr HOST:PORT] [--duration S]
+        the overload bench's backend (default 8 permits x 40 ms) behind one of its
+        protections (default the default DegradeLayer) on an address, for an external
+        client (wrk, a Python script); reports every 5 s, from the server's side, the
+        answers by status, goodput against capacity, the admitted p50 / p99 and the limit
   soak [--minutes N] [--out DIR]
         the demo's protected stack at 2x capacity for N minutes (default 10), sampling RSS
         and live tokio tasks every second; fails if RSS grows more than 5 % after the warm-up
@@ -104,6 +110,7 @@ fn dispatch(command: &str, args: &[String]) -> Option<Result> {
         "bench" => bench::run(args),
         "mutants" => mutants::run(args),
         "soak" => soak::run(args),
+        "serve" => serve::run(args),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

@@ -1,0 +1,468 @@
+//! `cargo xtask serve`: the overload bench's backend behind one of its protections, on an
+//! address an external client (wrk, hey, a Python grpcio or aiohttp script) can drive.
+//!
+//! The bench drives its server from the same process with its own open- or closed-loop
+//! client; this serves the same `/work` route to whatever client the user brings, and
+//! reports from the server's side what the client cannot tell apart: every few seconds the
+//! answers by status, the goodput against the backend's capacity, the admitted requests'
+//! p50 / p99 (measured around the whole stack, waits included) and, behind degrade, the
+//! adaptive limit. wrk, for one, reports one latency distribution for 200s and 503s alike:
+//! under overload it is mostly the refusals'.
+
+use crate::Result;
+use crate::bench::{CONFIGS, parse_backend};
+use crate::demo::service::{self, Backend, Model, Protection};
+use axum::extract::Request;
+use axum::middleware::Next;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+pub(crate) const USAGE: &str = "\
+Usage: cargo xtask serve [--backend PxMS] [--model slots|cpu|mixed] [--protection NAME]
+                         [--addr HOST:PORT] [--duration SECS] [--every SECS]
+  --backend     the backend's permits and service time (default 8x40: 200 req/s)
+  --model       slots (a pool of permits), cpu (processor sharing) or mixed (one request in
+                ten costs ten times as much); default slots
+  --protection  degrade (the default DegradeLayer, as the bench's), tower, bulkhead,
+                acc-gradient2, acc-vegas, adaptive-aimd, adaptive-vegas, unprotected,
+                degrade-stack (the demo's full stack); default degrade
+  --addr        where to listen (default 127.0.0.1:8080; port 0 picks a free one)
+  --duration    seconds to serve before the summary (default 60, at most 86400)
+  --every       seconds between report lines (default 5)
+Serves GET /work; e.g. `wrk -t2 -c64 -d30s http://127.0.0.1:8080/work`.";
+
+/// What `serve` was asked for.
+#[derive(Debug, Clone, PartialEq)]
+struct Args {
+    backend: Option<(usize, u64)>,
+    model: Model,
+    protection: Protection,
+    addr: SocketAddr,
+    duration: Duration,
+    every: Duration,
+}
+
+fn parse(args: &[String]) -> Result<Option<Args>> {
+    let mut parsed = Args {
+        backend: None,
+        model: Model::Slots,
+        protection: Protection::DegradeLayer,
+        addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        duration: Duration::from_secs(60),
+        every: Duration::from_secs(5),
+    };
+    let secs = |flag: &str, v: &str, max: u64| -> Result<Duration> {
+        match v.parse::<u64>() {
+            Ok(s) if (1..=max).contains(&s) => Ok(Duration::from_secs(s)),
+            _ => Err(format!("`{flag} {v}`: expected whole seconds in 1..={max}")),
+        }
+    };
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let mut value = || {
+            iter.next()
+                .map(String::as_str)
+                .ok_or_else(|| format!("`{arg}` needs a value\n\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--backend" => parsed.backend = Some(parse_backend(value()?)?),
+            "--model" => {
+                parsed.model = match value()? {
+                    "slots" => Model::Slots,
+                    "cpu" => Model::Cpu,
+                    "mixed" => Model::Mixed,
+                    other => return Err(format!("unknown model `{other}`\n\n{USAGE}")),
+                }
+            }
+            "--protection" => {
+                let name = value()?;
+                parsed.protection = CONFIGS
+                    .iter()
+                    .copied()
+                    .chain([Protection::Degrade])
+                    .find(|p| p.key() == name)
+                    .ok_or_else(|| format!("unknown protection `{name}`\n\n{USAGE}"))?;
+            }
+            "--addr" => {
+                let v = value()?;
+                parsed.addr = v.parse().map_err(|_| {
+                    format!("`--addr {v}`: expected HOST:PORT, e.g. 127.0.0.1:8080")
+                })?;
+            }
+            "--duration" => parsed.duration = secs("--duration", value()?, 86_400)?,
+            "--every" => parsed.every = secs("--every", value()?, 3_600)?,
+            "-h" | "--help" => return Ok(None),
+            other => return Err(format!("unexpected argument `{other}`\n\n{USAGE}")),
+        }
+    }
+    Ok(Some(parsed))
+}
+
+pub(crate) fn run(args: &[String]) -> Result {
+    let Some(args) = parse(args)? else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    if let Some((permits, ms)) = args.backend {
+        service::set_shape(permits, Duration::from_millis(ms))?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| format!("cannot start the tokio runtime: {err}"))?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(args.addr)
+            .await
+            .map_err(|err| format!("cannot bind {}: {err}", args.addr))?;
+        let server = start(&args, listener)?;
+        println!(
+            "serving GET http://{}/work: {} in front of {} × {:?} ({:?}, capacity {:.0} req/s) for {:?}",
+            server.addr,
+            args.protection.name(),
+            service::permits(),
+            service::service_time(),
+            args.model,
+            capacity(args.model),
+            args.duration,
+        );
+        let started = Instant::now();
+        let mut last = Snapshot::default();
+        let mut tick = tokio::time::interval_at(started + args.every, args.every);
+        while started.elapsed() < args.duration {
+            tick.tick().await;
+            let now = server.stats.snapshot();
+            println!(
+                "{:>5.0} s  {}",
+                started.elapsed().as_secs_f64(),
+                now.since(&last, args.every, capacity(args.model), &server)
+            );
+            last = now;
+        }
+        let total = server.stats.snapshot();
+        println!(
+            "total    {}",
+            total.since(
+                &Snapshot::default(),
+                started.elapsed(),
+                capacity(args.model),
+                &server
+            )
+        );
+        server.stop().await
+    })
+}
+
+/// The backend's capacity in requests per second under `model` (`mixed`: of its mean cost,
+/// 1.9 service times).
+fn capacity(model: Model) -> f64 {
+    match model {
+        Model::Mixed => service::capacity() / 1.9,
+        Model::Slots | Model::Cpu => service::capacity(),
+    }
+}
+
+/// A server of the bench's backend behind a protection, counting what it answers.
+struct Served {
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+    parts: Option<service::Parts>,
+    server: crate::demo::Server,
+}
+
+impl Served {
+    async fn stop(self) -> Result {
+        self.server.stop().await
+    }
+
+    fn limit(&self) -> Option<u32> {
+        self.parts
+            .as_ref()
+            .and_then(|p| p.degrade_snapshot().limit)
+            .map(|l| l.limit)
+    }
+}
+
+/// Builds the app for `args` and serves it on `listener`.
+fn start(args: &Args, listener: TcpListener) -> Result<Served> {
+    let backend = Backend::with_model(args.model);
+    let ladder = crate::demo::ladder_config(Duration::from_secs(1));
+    let (app, parts) = service::app(args.protection, &backend, &ladder)?;
+    let stats = Arc::new(Stats::default());
+    let counted = Arc::clone(&stats);
+    let app = app.layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| {
+            let stats = Arc::clone(&counted);
+            async move {
+                let start = Instant::now();
+                let response = next.run(req).await;
+                stats.record(response.status().as_u16(), start.elapsed());
+                response
+            }
+        },
+    ));
+    let server = crate::demo::Server::serve(listener, app)?;
+    Ok(Served {
+        addr: server.addr,
+        stats,
+        parts,
+        server,
+    })
+}
+
+/// Answers by status class and the admitted (200) requests' latencies, in a histogram of
+/// fixed size: however long the run and however fast the client, the memory stays the same.
+#[derive(Debug, Default)]
+struct Stats {
+    ok: AtomicU64,
+    refused: AtomicU64,
+    other: AtomicU64,
+    latencies: Mutex<Histogram>,
+}
+
+impl Stats {
+    fn record(&self, status: u16, latency: Duration) {
+        match status {
+            200 => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                self.latencies
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .record(latency);
+            }
+            429 | 503 => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                self.other.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            ok: self.ok.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            other: self.other.load(Ordering::Relaxed),
+            latencies: self
+                .latencies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Snapshot {
+    ok: u64,
+    refused: u64,
+    other: u64,
+    latencies: Histogram,
+}
+
+impl Snapshot {
+    /// One report line: what was answered since `before`, over `elapsed`.
+    fn since(
+        &self,
+        before: &Snapshot,
+        elapsed: Duration,
+        capacity: f64,
+        served: &Served,
+    ) -> String {
+        let ok = self.ok - before.ok;
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let window = self.latencies.minus(&before.latencies);
+        let ms = |q: f64| {
+            window
+                .quantile(q)
+                .map_or("-".to_string(), |d| format!("{:.1}", d.as_secs_f64() * 1e3))
+        };
+        let limit = served
+            .limit()
+            .map_or(String::new(), |l| format!("  limit {l}"));
+        format!(
+            "200: {ok} ({:.0}/s, {:.1} % of capacity)  refused: {}  other: {}  admitted p50 {} ms, p99 {} ms{limit}",
+            ok as f64 / secs,
+            100.0 * ok as f64 / secs / capacity,
+            self.refused - before.refused,
+            self.other - before.other,
+            ms(0.5),
+            ms(0.99),
+        )
+    }
+}
+
+/// Buckets per doubling of latency: each bucket spans 1/32 of an octave (about 2 %).
+const PER_OCTAVE: usize = 32;
+/// Octaves from 1 µs: up to about 1.1 hours.
+const OCTAVES: usize = 32;
+
+/// A log-scaled histogram of latencies from 1 µs, about 2 % wide per bucket.
+#[derive(Debug, Clone)]
+struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            counts: vec![0; PER_OCTAVE * OCTAVES],
+            total: 0,
+        }
+    }
+}
+
+impl Histogram {
+    fn bucket(latency: Duration) -> usize {
+        let us = latency.as_secs_f64() * 1e6;
+        if us <= 1.0 {
+            return 0;
+        }
+        ((us.log2() * PER_OCTAVE as f64) as usize).min(PER_OCTAVE * OCTAVES - 1)
+    }
+
+    /// The upper edge of bucket `i`.
+    fn upper(i: usize) -> Duration {
+        Duration::from_secs_f64(2f64.powf((i + 1) as f64 / PER_OCTAVE as f64) / 1e6)
+    }
+
+    fn record(&mut self, latency: Duration) {
+        self.counts[Self::bucket(latency)] += 1;
+        self.total += 1;
+    }
+
+    /// The counts recorded since `earlier` (a snapshot of this histogram).
+    fn minus(&self, earlier: &Histogram) -> Histogram {
+        Histogram {
+            counts: self
+                .counts
+                .iter()
+                .zip(&earlier.counts)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect(),
+            total: self.total.saturating_sub(earlier.total),
+        }
+    }
+
+    /// The `q` quantile, to the upper edge of its bucket (`None` when empty).
+    fn quantile(&self, q: f64) -> Option<Duration> {
+        if self.total == 0 {
+            return None;
+        }
+        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(Self::upper(i));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    fn args(list: &[&str]) -> Result<Option<Args>> {
+        parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn the_arguments_parse_and_name_what_is_wrong() {
+        let a = args(&[
+            "--protection",
+            "tower",
+            "--addr",
+            "127.0.0.1:0",
+            "--duration",
+            "5",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.protection, Protection::Tower);
+        assert_eq!(a.addr.port(), 0);
+        assert_eq!(a.duration, Duration::from_secs(5));
+        assert_eq!(
+            args(&[]).unwrap().unwrap().protection,
+            Protection::DegradeLayer
+        );
+        assert_eq!(args(&["--help"]).unwrap(), None);
+        let err = args(&["--protection", "nginx"]).unwrap_err();
+        assert!(err.contains("unknown protection `nginx`"), "{err}");
+        let err = args(&["--duration", "0"]).unwrap_err();
+        assert!(err.contains("--duration 0"), "{err}");
+        let err = args(&["--addr"]).unwrap_err();
+        assert!(err.contains("`--addr` needs a value"), "{err}");
+        let err = args(&["--backend", "8by40"]).unwrap_err();
+        assert!(err.contains("PERMITSxMILLISECONDS"), "{err}");
+    }
+
+    #[test]
+    fn the_histogram_reads_quantiles_within_its_bucket_width() {
+        let mut h = Histogram::default();
+        for ms in 1..=100 {
+            h.record(Duration::from_millis(ms));
+        }
+        let p50 = h.quantile(0.5).unwrap().as_secs_f64() * 1e3;
+        let p99 = h.quantile(0.99).unwrap().as_secs_f64() * 1e3;
+        assert!((50.0..=51.2).contains(&p50), "{p50}");
+        assert!((99.0..=101.3).contains(&p99), "{p99}");
+        let later = {
+            let mut l = h.clone();
+            l.record(Duration::from_secs(2));
+            l
+        };
+        let only = later.minus(&h);
+        assert_eq!(only.total, 1);
+        assert!(only.quantile(0.5).unwrap() >= Duration::from_secs(2));
+        assert_eq!(Histogram::default().quantile(0.99), None);
+        // Out of range either way lands in the first or last bucket, never out of bounds.
+        h.record(Duration::ZERO);
+        h.record(Duration::from_secs(1 << 40));
+    }
+
+    /// A real server on a free port, a real client: the answers are counted by status and
+    /// the admitted ones timed; behind degrade the report names the adaptive limit.
+    #[test]
+    fn a_served_backend_answers_an_external_client_and_counts_it() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let a = args(&["--addr", "127.0.0.1:0"]).unwrap().unwrap();
+            let listener = TcpListener::bind(a.addr).await.unwrap();
+            let served = start(&a, listener).unwrap();
+            let client: Client<_, Empty<&'static [u8]>> =
+                Client::builder(TokioExecutor::new()).build_http();
+            let uri: http::Uri = format!("http://{}/work", served.addr).parse().unwrap();
+            for _ in 0..4 {
+                let response = client.get(uri.clone()).await.unwrap();
+                assert_eq!(response.status(), 200);
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                assert!(body.starts_with(b"v1"), "{body:?}");
+            }
+            let snapshot = served.stats.snapshot();
+            assert_eq!((snapshot.ok, snapshot.refused, snapshot.other), (4, 0, 0));
+            // Each took the backend's 40 ms at least.
+            assert!(snapshot.latencies.quantile(0.5).unwrap() >= service::service_time());
+            let line = snapshot.since(&Snapshot::default(), Duration::from_secs(1), 200.0, &served);
+            assert!(
+                line.starts_with("200: 4 (4/s, 2.0 % of capacity)"),
+                "{line}"
+            );
+            assert!(line.contains("limit 16"), "{line}");
+            served.stop().await.unwrap();
+        });
+    }
+}
