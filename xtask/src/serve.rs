@@ -14,9 +14,10 @@ use crate::bench::{CONFIGS, parse_backend};
 use crate::demo::service::{self, Backend, Model, Protection};
 use axum::extract::Request;
 use axum::middleware::Next;
+use degrade_core::histogram::{AtomicHistogram, Histogram, Layout};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -213,14 +214,26 @@ fn start(args: &Args, listener: TcpListener) -> Result<Served> {
     })
 }
 
-/// Answers by status class and the admitted (200) requests' latencies, in a histogram of
-/// fixed size: however long the run and however fast the client, the memory stays the same.
-#[derive(Debug, Default)]
+/// Answers by status class and the admitted (200) requests' latencies, in core's lock-free
+/// histogram (fine layout): however long the run and however fast the client, the memory
+/// stays the same.
+#[derive(Debug)]
 struct Stats {
     ok: AtomicU64,
     refused: AtomicU64,
     other: AtomicU64,
-    latencies: Mutex<Histogram>,
+    latencies: AtomicHistogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            ok: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            other: AtomicU64::new(0),
+            latencies: AtomicHistogram::per_thread(Layout::FINE),
+        }
+    }
 }
 
 impl Stats {
@@ -228,10 +241,7 @@ impl Stats {
         match status {
             200 => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
-                self.latencies
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .record(latency);
+                self.latencies.record(latency);
             }
             429 | 503 => {
                 self.refused.fetch_add(1, Ordering::Relaxed);
@@ -247,21 +257,28 @@ impl Stats {
             ok: self.ok.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
             other: self.other.load(Ordering::Relaxed),
-            latencies: self
-                .latencies
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
+            latencies: self.latencies.snapshot(),
         }
     }
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Clone)]
 struct Snapshot {
     ok: u64,
     refused: u64,
     other: u64,
     latencies: Histogram,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self {
+            ok: 0,
+            refused: 0,
+            other: 0,
+            latencies: Histogram::new(Layout::FINE),
+        }
+    }
 }
 
 impl Snapshot {
@@ -275,7 +292,7 @@ impl Snapshot {
     ) -> String {
         let ok = self.ok - before.ok;
         let secs = elapsed.as_secs_f64().max(1e-9);
-        let window = self.latencies.minus(&before.latencies);
+        let window = self.latencies.since(&before.latencies);
         let ms = |q: f64| {
             window
                 .quantile(q)
@@ -293,76 +310,6 @@ impl Snapshot {
             ms(0.5),
             ms(0.99),
         )
-    }
-}
-
-/// Buckets per doubling of latency: each bucket spans 1/32 of an octave (about 2 %).
-const PER_OCTAVE: usize = 32;
-/// Octaves from 1 µs: up to about 1.1 hours.
-const OCTAVES: usize = 32;
-
-/// A log-scaled histogram of latencies from 1 µs, about 2 % wide per bucket.
-#[derive(Debug, Clone)]
-struct Histogram {
-    counts: Vec<u64>,
-    total: u64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Self {
-            counts: vec![0; PER_OCTAVE * OCTAVES],
-            total: 0,
-        }
-    }
-}
-
-impl Histogram {
-    fn bucket(latency: Duration) -> usize {
-        let us = latency.as_secs_f64() * 1e6;
-        if us <= 1.0 {
-            return 0;
-        }
-        ((us.log2() * PER_OCTAVE as f64) as usize).min(PER_OCTAVE * OCTAVES - 1)
-    }
-
-    /// The upper edge of bucket `i`.
-    fn upper(i: usize) -> Duration {
-        Duration::from_secs_f64(2f64.powf((i + 1) as f64 / PER_OCTAVE as f64) / 1e6)
-    }
-
-    fn record(&mut self, latency: Duration) {
-        self.counts[Self::bucket(latency)] += 1;
-        self.total += 1;
-    }
-
-    /// The counts recorded since `earlier` (a snapshot of this histogram).
-    fn minus(&self, earlier: &Histogram) -> Histogram {
-        Histogram {
-            counts: self
-                .counts
-                .iter()
-                .zip(&earlier.counts)
-                .map(|(a, b)| a.saturating_sub(*b))
-                .collect(),
-            total: self.total.saturating_sub(earlier.total),
-        }
-    }
-
-    /// The `q` quantile, to the upper edge of its bucket (`None` when empty).
-    fn quantile(&self, q: f64) -> Option<Duration> {
-        if self.total == 0 {
-            return None;
-        }
-        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
-        let mut seen = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                return Some(Self::upper(i));
-            }
-        }
-        None
     }
 }
 
@@ -407,30 +354,6 @@ mod tests {
         assert!(err.contains("PERMITSxMILLISECONDS"), "{err}");
     }
 
-    #[test]
-    fn the_histogram_reads_quantiles_within_its_bucket_width() {
-        let mut h = Histogram::default();
-        for ms in 1..=100 {
-            h.record(Duration::from_millis(ms));
-        }
-        let p50 = h.quantile(0.5).unwrap().as_secs_f64() * 1e3;
-        let p99 = h.quantile(0.99).unwrap().as_secs_f64() * 1e3;
-        assert!((50.0..=51.2).contains(&p50), "{p50}");
-        assert!((99.0..=101.3).contains(&p99), "{p99}");
-        let later = {
-            let mut l = h.clone();
-            l.record(Duration::from_secs(2));
-            l
-        };
-        let only = later.minus(&h);
-        assert_eq!(only.total, 1);
-        assert!(only.quantile(0.5).unwrap() >= Duration::from_secs(2));
-        assert_eq!(Histogram::default().quantile(0.99), None);
-        // Out of range either way lands in the first or last bucket, never out of bounds.
-        h.record(Duration::ZERO);
-        h.record(Duration::from_secs(1 << 40));
-    }
-
     /// A real server on a free port, a real client: the answers are counted by status and
     /// the admitted ones timed; behind degrade the report names the adaptive limit.
     #[test]
@@ -455,7 +378,7 @@ mod tests {
             let snapshot = served.stats.snapshot();
             assert_eq!((snapshot.ok, snapshot.refused, snapshot.other), (4, 0, 0));
             // Each took the backend's 40 ms at least.
-            assert!(snapshot.latencies.quantile(0.5).unwrap() >= service::service_time());
+            assert!(snapshot.latencies.quantile_upper(0.5).unwrap() >= service::service_time());
             let line = snapshot.since(&Snapshot::default(), Duration::from_secs(1), 200.0, &served);
             assert!(
                 line.starts_with("200: 4 (4/s, 2.0 % of capacity)"),
