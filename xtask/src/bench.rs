@@ -286,8 +286,7 @@ fn scenario(name: &str, step: u64) -> Scenario {
                 "cpu" => s.model = service::Model::Cpu,
                 "mixed" => {
                     s.model = service::Model::Mixed;
-                    // Nine requests of one service time and one of ten: 1.9 on average.
-                    s.capacity = service::capacity() / 1.9;
+                    s.capacity = service::capacity_of(s.model);
                 }
                 _ => {
                     s.mix = load::Mix::new([

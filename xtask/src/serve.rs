@@ -127,7 +127,7 @@ pub(crate) fn run(args: &[String]) -> Result {
             service::permits(),
             service::service_time(),
             args.model,
-            capacity(args.model),
+            service::capacity_of(args.model),
             args.duration,
         );
         let started = Instant::now();
@@ -139,7 +139,7 @@ pub(crate) fn run(args: &[String]) -> Result {
             println!(
                 "{:>5.0} s  {}",
                 started.elapsed().as_secs_f64(),
-                now.since(&last, args.every, capacity(args.model), &server)
+                now.since(&last, args.every, service::capacity_of(args.model), &server)
             );
             last = now;
         }
@@ -149,21 +149,12 @@ pub(crate) fn run(args: &[String]) -> Result {
             total.since(
                 &Snapshot::default(),
                 started.elapsed(),
-                capacity(args.model),
+                service::capacity_of(args.model),
                 &server
             )
         );
         server.stop().await
     })
-}
-
-/// The backend's capacity in requests per second under `model` (`mixed`: of its mean cost,
-/// 1.9 service times).
-fn capacity(model: Model) -> f64 {
-    match model {
-        Model::Mixed => service::capacity() / 1.9,
-        Model::Slots | Model::Cpu => service::capacity(),
-    }
 }
 
 /// A server of the bench's backend behind a protection, counting what it answers.

@@ -78,6 +78,24 @@ pub(crate) fn capacity() -> f64 {
     permits() as f64 / service_time().as_secs_f64()
 }
 
+/// In [`Model::Mixed`], one request in this many costs [`COSTLY`] service times.
+const COSTLY_EVERY: u64 = 10;
+/// What a costly request of [`Model::Mixed`] costs, in service times.
+const COSTLY: u32 = 10;
+
+/// The backend's capacity in requests per second under `model`: [`capacity`], and in
+/// [`Model::Mixed`] that of its mean cost (nine requests of one service time and one of ten:
+/// 1.9 on average).
+pub(crate) fn capacity_of(model: Model) -> f64 {
+    match model {
+        Model::Mixed => {
+            let mean = (COSTLY_EVERY - 1 + u64::from(COSTLY)) as f64 / COSTLY_EVERY as f64;
+            capacity() / mean
+        }
+        Model::Slots | Model::Cpu => capacity(),
+    }
+}
+
 /// The version deployed as the canary candidate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -194,8 +212,13 @@ impl Backend {
             service_time()
         };
         let mut work = nominal.mul_f64(self.slowdown.load(Ordering::Relaxed) as f64 / 1000.0);
-        if self.model == Model::Mixed && self.calls.load(Ordering::Relaxed).is_multiple_of(10) {
-            work *= 10;
+        if self.model == Model::Mixed
+            && self
+                .calls
+                .load(Ordering::Relaxed)
+                .is_multiple_of(COSTLY_EVERY)
+        {
+            work *= COSTLY;
         }
         if self.model == Model::Cpu {
             self.cpu.run(work).await;
