@@ -71,14 +71,16 @@ fn drive(
 }
 
 /// A service that got twice as slow, at a moment that falls anywhere in the law's probe
-/// cadence (one window in 32 runs at half the limit). When the first slower window cut the
-/// limit and a probe was due, or the slower window was the probe itself, the probe runs at a
-/// quarter (or half) of the concurrency and is no faster: the service itself got slower. The
-/// law learns the slower service's own latency from that probe, within two slower windows
-/// wherever the slowdown falls; before, a probe window only ever lowered the baseline, and the
-/// next window at the cut limit had to show it (the overload benchmark's `capacity-halves`,
-/// where a probe fell due within a window of the slowdown, ran its slowed backend at two to
-/// five of its eight slots for most of a second).
+/// cadence (one window in 32 runs at three quarters of the limit). The law learns the slower
+/// service's own latency within three slower windows wherever the slowdown falls, and the
+/// slots are all in use again by then; before a probe could show it, the next window at the
+/// cut limit had to (the overload benchmark's `capacity-halves` ran its slowed backend at two
+/// to five of its eight slots for most of a second). A probe that was itself the first slower
+/// window is slower than the window before it at more concurrency: the service changed between
+/// the two, and they cannot tell a slower service from one that lost slots (see
+/// `a_service_that_loses_half_its_slots_is_not_taken_for_a_slower_one`), so the next window,
+/// at the limit, and its probe decide — a window more than when the probe alone was read as a
+/// slowdown.
 #[test]
 fn a_slowdown_that_meets_a_probe_is_learnt_from_the_probe() {
     let (k, s) = (8.0, 0.040);
@@ -90,7 +92,7 @@ fn a_slowdown_that_meets_a_probe_is_learnt_from_the_probe() {
         let mut law = law.clone();
         let (mut t, mut seed) = (t, seed);
         drive(&mut law, &mut t, k, s, offset, &mut seed);
-        let first = drive(&mut law, &mut t, k, 2.0 * s, 2, &mut seed);
+        let first = drive(&mut law, &mut t, k, 2.0 * s, 3, &mut seed);
         let baseline = law.baseline().unwrap().as_secs_f64();
         assert!(
             baseline > 1.5 * s,
@@ -101,6 +103,71 @@ fn a_slowdown_that_meets_a_probe_is_learnt_from_the_probe() {
         assert!(
             first.iter().chain(&limits).any(|&l| f64::from(l) >= k),
             "slowdown {offset} windows on: limits {first:?} {limits:?}"
+        );
+    }
+}
+
+/// A service that got twice as slow while the limit sat at its knee: the first slower window
+/// cuts, and the next runs as a probe at three quarters of the concurrency the service served
+/// without a queue, not at the cut limit (half) or at three quarters of that; the probe is about
+/// as slow, so the law learns the slower latency and gives the cut back. Wherever the slowdown
+/// falls in the probe cadence, no window of the slowdown runs below 5 of the 8 slots (before:
+/// 4, and 3 when a regular probe fell due on the cut; `capacity-halves` ran its slowed backend
+/// at 4 of 8 slots for up to 0.7 s).
+#[test]
+fn a_slowdown_at_the_knee_is_probed_at_three_quarters_of_it() {
+    let (k, s) = (8.0, 0.040);
+    let mut seed = 7;
+    let mut law = Law::new(LimitConfig::default());
+    let mut t = Instant::now();
+    drive(&mut law, &mut t, k, s, 300, &mut seed);
+    for offset in 0..40 {
+        let mut law = law.clone();
+        let (mut t, mut seed) = (t, seed);
+        drive(&mut law, &mut t, k, s, offset, &mut seed);
+        let before = law.limit();
+        let limits = drive(&mut law, &mut t, k, 2.0 * s, 4, &mut seed);
+        let baseline = law.baseline().unwrap().as_secs_f64();
+        assert!(
+            baseline > 1.5 * s,
+            "slowdown {offset} windows on: limits {before} {limits:?}, baseline {baseline}"
+        );
+        assert!(
+            limits.iter().all(|&l| l >= 5),
+            "slowdown {offset} windows on: limits {before} {limits:?}"
+        );
+        assert!(
+            limits[2..].iter().any(|&l| f64::from(l) >= k),
+            "slowdown {offset} windows on: limits {before} {limits:?}"
+        );
+    }
+}
+
+/// The same rise for the other reason: the service lost half its slots and is as fast as before.
+/// The probe at three quarters of the knee is still slow in proportion to its concurrency (a
+/// queue), so the cut stands and the baseline stays the service's own latency: the limit comes
+/// down to the four slots left.
+#[test]
+fn a_service_that_loses_half_its_slots_is_not_taken_for_a_slower_one() {
+    let s = 0.040;
+    let mut seed = 7;
+    let mut law = Law::new(LimitConfig::default());
+    let mut t = Instant::now();
+    drive(&mut law, &mut t, 8.0, s, 300, &mut seed);
+    for offset in 0..40 {
+        let mut law = law.clone();
+        let (mut t, mut seed) = (t, seed);
+        drive(&mut law, &mut t, 8.0, s, offset, &mut seed);
+        let limits = drive(&mut law, &mut t, 4.0, s, 12, &mut seed);
+        let baseline = law.baseline().unwrap().as_secs_f64();
+        assert!(
+            baseline < 1.2 * s,
+            "{offset} windows on: limits {limits:?}, baseline {baseline}"
+        );
+        let m = median(limits[4..].to_vec());
+        assert!(
+            (4.0..=5.0).contains(&m),
+            "{offset} windows on: limits {limits:?}"
         );
     }
 }

@@ -290,6 +290,15 @@ const DOWN_GAIN: f64 = 0.5;
 const REFINE_GAIN: f64 = 0.25;
 /// Low-concurrency samples a window needs to move the baseline with them.
 const MIN_LOW_SAMPLES: u32 = 4;
+/// A window read as a queue or a slower service whose latencies spread more than this many
+/// times the service's own did changed within it (a slowdown half-way, a queue forming at
+/// once): its spread is the change's, and the next window needs only the samples the service's
+/// own spread asks for. A queue that merely stands (a CPU-shared service over its cores) and a
+/// service whose own latencies spread widely (log-normal costs) spread a window's latencies
+/// less than that, and their windows keep their length: shorter ones there made the cuts
+/// noisier and refused critical requests (two CPU-shared cores at 4x: 92.4 % answered), or
+/// taught a slower baseline from a mean of 25 log-normal samples, a tenth low.
+const SPREAD_CHANGE: f64 = 2.0;
 /// A difference counts once it exceeds this many standard errors of the window's mean.
 const NOISE_Z: f64 = 2.0;
 /// A cut counts as a test of the baseline when the concurrency fell by at least this factor.
@@ -340,6 +349,14 @@ const QUEUE_FLOOR: f64 = 1e-6;
 /// with the limit full, is a slower host (a late timer, a neighbour on the same cores): it
 /// leaves the limit alone, so the callers' next burst is not refused; a real queue grows until
 /// it fills the limit, and that window cuts.
+///
+/// A window slower by more than a queue of one or two requests explains (over 1.5 times the
+/// target), at no more than the concurrency the service last met the target at, is a service
+/// that got slower or smaller: the law cuts as for a queue, and runs the next window as a
+/// probe at three quarters of that concurrency's share without a queue. If the service lost
+/// slots, the probe is still slow in proportion and the cut stands; if it got slower, the
+/// probe is about as slow, the law learns the slower latency as the baseline and gives the cut
+/// back — a quarter of the slots idle for one window instead of half of them.
 ///
 /// ```
 /// use degrade_core::limit::{Law, LimitConfig, Window};
@@ -397,6 +414,10 @@ pub struct Law {
     /// The typical longest latency of a window in which nothing queued, seconds (a moving
     /// average; `None` before such a window): how far the service's own latencies reach.
     tail: Option<f64>,
+    /// The spread of the service's own latencies: the coefficient of variation of windows in
+    /// which nothing queued (`None` before such a window; up at once to a wider window's, down
+    /// a quarter of the way to a narrower one's). See [`Law::samples_needed`].
+    spread: Option<f64>,
     /// The longest latency of the latest window, seconds: the next window lasts at least that
     /// long, so that its slowest requests (admitted within it or the window before) finish
     /// inside it and the mean is not biased towards the fast ones.
@@ -432,6 +453,7 @@ impl Law {
             served: 0,
             ratio: None,
             tail: None,
+            spread: None,
             needed: MIN_SAMPLES,
             longest: 0.0,
             last_update: None,
@@ -690,12 +712,58 @@ impl Law {
     /// Latency samples the current window needs: the limiter times every request until it
     /// has them, and one in [`timing_every`](LimitConfig::timing_every) afterwards.
     ///
+    /// Enough for the window's mean to resolve the tolerance at two standard errors given the
+    /// spread of the latest window's latencies (at least 16, at most 128). After a window read
+    /// as a queue, the spread of the service's own latencies instead (learnt from windows in
+    /// which nothing queued) when that asks for fewer: a queue widens a window's spread, and
+    /// so does a change of the service within it, and the next window decides between a queue
+    /// and a slower service, which differ by far more than the tolerance.
+    ///
     /// ```
-    /// # use degrade_core::limit::{Law, LimitConfig};
-    /// assert_eq!(Law::new(LimitConfig::default()).samples_needed(), 16);
+    /// use degrade_core::limit::{Law, LimitConfig, Window};
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    ///
+    /// let mut law = Law::new(LimitConfig::default());
+    /// assert_eq!(law.samples_needed(), 16);
+    /// let (ms, now) = (Duration::from_millis, Instant::now());
+    /// let window = |latencies: &[u64]| {
+    ///     let mut w = Window::default();
+    ///     for &l in latencies.iter().cycle().take(32) {
+    ///         w.record(ms(l), 8, false);
+    ///     }
+    ///     w.binding = true;
+    ///     w.elapsed = ms(200);
+    ///     w
+    /// };
+    /// // A service of a steady 40 ms: the fewest samples do.
+    /// law.observe(&window(&[40]), now);
+    /// law.observe(&window(&[40]), now + ms(200));
+    /// assert_eq!(law.samples_needed(), 16);
+    /// // It slows down to 80 ms half-way through a window: that window's spread (a coefficient
+    /// // of variation of a third) would ask for 45 samples, but it reads as a queue, and the
+    /// // next window needs what the service's own spread asks for.
+    /// law.observe(&window(&[40, 80]), now + ms(400));
+    /// assert!(law.limit() < 16);
+    /// assert_eq!(law.samples_needed(), 16);
     /// ```
     pub fn samples_needed(&self) -> u32 {
         self.needed
+    }
+
+    /// Whether latency that was `t0` at `c0` requests in flight and is `t` at fewer, `c`, fell
+    /// by less than a queue's would: under a queue latency falls in proportion to concurrency,
+    /// and a fall of less than [`QUEUE_ELASTICITY`] of it is the service's own latency.
+    fn not_a_queue(&self, c0: f64, t0: f64, c: f64, t: f64) -> bool {
+        (t0 / t).ln() < (c0 / c).ln() * QUEUE_ELASTICITY
+    }
+
+    /// Samples a window needs to resolve the tolerance at two standard errors when single
+    /// latencies spread by a coefficient of variation `cv`: `(2 cv / tolerance)^2`, within
+    /// [`MIN_SAMPLES`] and [`MAX_SAMPLES`].
+    fn samples_for(&self, cv: f64) -> u32 {
+        ((NOISE_Z * cv / self.config.tolerance).powi(2).ceil() as u32)
+            .clamp(MIN_SAMPLES, MAX_SAMPLES)
     }
 
     /// Takes one window into account and returns the new limit.
@@ -720,14 +788,19 @@ impl Law {
             return self.limit();
         }
         let t = latency.as_secs_f64().max(1e-9);
+        // The window's mean with nothing cut off by the sample cap: a slower service's own
+        // latency is learnt from it. The cap of the faster baseline reads a slower service
+        // whose latencies spread low (log-normal 0.5 at 40 ms: 34-37 ms under the cap of a
+        // 19 ms baseline, 43-45 under its own), and a baseline learnt that low kept the limit
+        // below the knee of a 16-slot service for seconds (0.90 of its halved capacity).
+        let whole = t + window.capped_excess_ns as f64 / 1e9 / f64::from(window.samples);
         let se = window.standard_error().unwrap_or(0.0);
         self.longest = window.max_latency_ns as f64 / 1e9;
         // The spread of single latencies decides how many samples resolve the tolerance at
         // two standard errors: n = (2 cv / tolerance)^2. A window with fewer is too noisy to
         // teach the baseline (it may still cut the limit, when it is clearly too slow).
         let cv = se * f64::from(window.samples).sqrt() / t;
-        let needed = ((NOISE_Z * cv / self.config.tolerance).powi(2).ceil() as u32)
-            .clamp(MIN_SAMPLES, MAX_SAMPLES);
+        let needed = self.samples_for(cv);
         self.needed = needed;
         let resolved = window.samples >= needed;
         // Low-concurrency samples count once they are half the samples a window needs. The
@@ -780,12 +853,18 @@ impl Law {
             // slower (the same test as after cuts, below, and the probe the clearest one).
             // Learn it now and give the cuts back: left to the next window, a slowdown that
             // met a due probe ran a quarter of the limit for a window, then half for one more.
+            // Only from a streak that started slower than a queue at the knee explains (the
+            // change came before it): a streak begun at a small queue just before the service
+            // changed compares the probe with a service that is gone, and a probe at 7 that
+            // read 70 ms after 45 ms at 9 is as much a service that lost half its slots as
+            // one that got slower; the next window, at the limit, and its probe tell which.
             if let (Some((c0, t0)), Some(b)) = (self.previous, self.baseline)
                 && concurrency <= c0 * PROBE_CUT
                 && t > self.target(b) + noise
-                && (t0 / t).ln() < (c0 / concurrency).ln() * QUEUE_ELASTICITY
+                && t0 > self.target(b) * KNEE_RISE
+                && self.not_a_queue(c0, t0, concurrency, t)
             {
-                self.baseline = Some(t);
+                self.baseline = Some(whole);
                 self.baseline_concurrency = concurrency;
                 self.previous = None;
                 self.limit = self.limit.max(c0.min(f64::from(self.config.max)));
@@ -867,16 +946,39 @@ impl Law {
                         if entry.1 > self.target(b) + noise {
                             // Clearly slower at no more concurrency than the baseline was
                             // measured at: the service itself got slower (give back the
-                            // cuts that read it as a queue, as below).
-                            self.baseline = Some(entry.1);
-                            if let Some((c0, _)) = self.previous.take() {
-                                self.limit = self.limit.max(c0.min(f64::from(self.config.max)));
+                            // cuts that read it as a queue, as below) — unless the streak of
+                            // cuts this window ends shows the latency fell with concurrency
+                            // as a queue's does: the service lost slots, and serves fewer at
+                            // once than the baseline's concurrency (90 ms at 9 on 4 of 8
+                            // slots, then 50 at 5: a 50 ms baseline, and the cuts given back,
+                            // read a queue as the service's own).
+                            //
+                            // A rise larger than a queue at the knee explains, with no streak
+                            // to tell, is left to the cut and its probe (below): at the knee's
+                            // concurrency a service that lost half its slots reads as one twice
+                            // as slow.
+                            // A streak begun at a small queue before the change says nothing
+                            // (as for a probe, below).
+                            let slower = match self.previous {
+                                Some((c0, t0))
+                                    if c0 > entry.0 && t0 > self.target(b) * KNEE_RISE =>
+                                {
+                                    self.not_a_queue(c0, t0, entry.0, entry.1)
+                                }
+                                _ => entry.1 <= self.target(b) * KNEE_RISE,
+                            };
+                            if slower {
+                                self.baseline = Some(if entry.1 < t { entry.1 } else { whole });
+                                if let Some((c0, _)) = self.previous.take() {
+                                    self.limit = self.limit.max(c0.min(f64::from(self.config.max)));
+                                }
+                                self.baseline_concurrency = entry.0;
                             }
                         } else {
                             // The same conditions: refine.
                             self.baseline = Some(b + (entry.1 - b) * REFINE_GAIN);
+                            self.baseline_concurrency = entry.0;
                         }
-                        self.baseline_concurrency = entry.0;
                     }
                     // Else slower at more concurrency: a queue, not the service's own.
                 }
@@ -905,19 +1007,16 @@ impl Law {
         if let (Some((c0, t0)), Some(b)) = (self.previous, self.baseline)
             && concurrency <= c0 * PROBE_CUT
             && t > self.target(b) + noise
+            && self.not_a_queue(c0, t0, concurrency, t)
         {
-            let fell = (t0 / t).ln();
-            let cut = (c0 / concurrency).ln();
-            if fell < cut * QUEUE_ELASTICITY {
-                self.baseline = Some(t);
-                self.baseline_concurrency = concurrency;
-                self.previous = None;
-                // The cuts of the streak read the slowdown as a queue: undo them. A service
-                // that got slower keeps its parallelism (its slots, its cores), so the
-                // concurrency it ran at before is where the knee still is; if the knee fell
-                // too, the next window shows a queue and cuts again, from the new baseline.
-                self.limit = self.limit.max(c0.min(f64::from(self.config.max)));
-            }
+            self.baseline = Some(whole);
+            self.baseline_concurrency = concurrency;
+            self.previous = None;
+            // The cuts of the streak read the slowdown as a queue: undo them. A service that
+            // got slower keeps its parallelism (its slots, its cores), so the concurrency it
+            // ran at before is where the knee still is; if the knee fell too, the next window
+            // shows a queue and cuts again, from the new baseline.
+            self.limit = self.limit.max(c0.min(f64::from(self.config.max)));
         }
         let Some(baseline) = self.baseline else {
             return self.limit();
@@ -931,6 +1030,12 @@ impl Law {
             // own latencies reach (the first window's were not capped, and may hold a
             // preempted request).
             let longest = window.max_latency_ns as f64 / 1e9;
+            if resolved || self.spread.is_none() {
+                self.spread = Some(
+                    self.spread
+                        .map_or(cv, |s| if cv > s { cv } else { s + (cv - s) * TAIL_GAIN }),
+                );
+            }
             self.tail = Some(
                 self.tail
                     .map_or(longest, |tail| tail + (longest - tail) * TAIL_GAIN),
@@ -952,12 +1057,17 @@ impl Law {
         // margin of a fifth below the knee, one stall after a 4x overload, at 0.83 of the
         // knee, halved the limit and the noisy-host recovery took seconds).
         let host = !filled && self.knee.is_some_and(|k| concurrency < k);
+        // A window read as a queue, and the concurrency its successor probes at when the rise
+        // is more than a queue at the knee explains.
+        let mut queued = false;
+        let mut test = None;
         let gradient = if first {
             1.0
         } else if t > target + noise && host {
             self.growing = 0;
             1.0
         } else if t > target + noise {
+            queued = true;
             // Clearly above the target: under a queue, latency grows in proportion to
             // concurrency, so the concurrency that meets the target is the window's own times
             // target / latency. At most half the limit in one window.
@@ -988,7 +1098,26 @@ impl Law {
                 {
                     k / self.limit
                 }
-                _ => cut,
+                // A larger rise at no more than about the knee's concurrency is not our queue
+                // (a queue of a request or two above the knee reads within 1.5 targets): the
+                // service got slower, or lost slots. Cut, and probe next at three quarters of
+                // the concurrency it served without a queue (the knee's, less the tolerance
+                // it allows), unless that is no lower than the window ran at by a fifth: the
+                // probe path tells the two apart (`PROBE_CUT`, `QUEUE_ELASTICITY`) and gives
+                // the cut back to a slower service. Before, the cut alone (to half) tested it,
+                // or a probe due then ran at three quarters of the half: 3 of 8 slots for a
+                // window, then up to 41 samples at the cut limit (`capacity-halves`).
+                Some(k) => {
+                    let at = k * PROBE_SHARE / (1.0 + tolerance);
+                    if t > target * KNEE_RISE
+                        && concurrency <= k * (1.0 + tolerance) + 1.0
+                        && at <= concurrency * PROBE_CUT
+                    {
+                        test = Some(at);
+                    }
+                    cut
+                }
+                None => cut,
             }
         } else if window.binding {
             // Nothing queues and demand wants more: grow, faster with each window in a row
@@ -1031,7 +1160,20 @@ impl Law {
             }
             self.limit = self.limit.min(untested.clamp(min, max));
         }
-        if window.binding && self.since_low >= PROBE_EVERY && self.limit >= 2.0 * min {
+        if let Some(at) = test.map(|at| at.clamp(min, max)) {
+            // The test of a slower service (above), against this window: the streak of cuts
+            // starts here whatever came before (a streak begun at a queue before the change
+            // compares a service that no longer exists: 50 ms at 10 on 8 slots, then 50 ms at
+            // 5 on the 4 left, read as a slower service). It runs as a probe when the cut
+            // limit is lower, else at the cut limit; after it, the cut stands or is given
+            // back. A probe due now waits: it would run below the test.
+            self.previous = Some((concurrency, t));
+            if at.round() > self.limit.round() {
+                self.probing = Some(self.limit);
+                self.limit = at;
+            }
+            self.recheck = None;
+        } else if window.binding && self.since_low >= PROBE_EVERY && self.limit >= 2.0 * min {
             // Demand has kept the limit full for a long time: probe below it for one window,
             // by a request at least (a limit of 2 probes at 1: on a service of one slot, a
             // limit of 2 and a baseline learnt with one request queued behind the other would
@@ -1049,6 +1191,23 @@ impl Law {
             } else {
                 self.since_low = 0;
             }
+        }
+        let slower = before
+            .zip(self.baseline)
+            .is_some_and(|(b0, b1)| b1 > b0 * (1.0 + tolerance));
+        if let Some(spread) = self.spread
+            && (slower || test.is_some() || queued)
+            && cv > SPREAD_CHANGE * spread
+        {
+            // A window that changed within it (read as a queue or a slower service, or starting
+            // the test of one, its latencies far wider spread than the service's own) asks its
+            // successor for the samples the service's own spread needs, not its own: one that
+            // straddled a slowdown (half its samples at 40 ms, half at 80) read a cv of 0.3 and
+            // asked for 41 samples, ~0.6 s of a window at the cut limit with a third of the
+            // slots idle (or at a limit grown on a baseline half-way to the slower one,
+            // queueing). Its successor decides between a queue and a slower service, which
+            // differ by far more than the tolerance.
+            self.needed = self.needed.min(self.samples_for(spread));
         }
         // A probe set for this window starts now or not at all.
         self.recheck = None;
