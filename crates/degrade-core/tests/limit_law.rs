@@ -70,6 +70,21 @@ fn drive(
         .collect()
 }
 
+/// Runs `check` on a law settled on `k` slots of `s` (300 windows), then advanced by each
+/// offset of the probe cadence (0 to 39 windows): a change that falls anywhere in it.
+fn at_every_offset(k: f64, s: f64, mut check: impl FnMut(usize, &mut Law, &mut Instant, &mut u64)) {
+    let mut seed = 7;
+    let mut law = Law::new(LimitConfig::default());
+    let mut t = Instant::now();
+    drive(&mut law, &mut t, k, s, 300, &mut seed);
+    for offset in 0..40 {
+        let mut law = law.clone();
+        let (mut t, mut seed) = (t, seed);
+        drive(&mut law, &mut t, k, s, offset, &mut seed);
+        check(offset, &mut law, &mut t, &mut seed);
+    }
+}
+
 /// A service that got twice as slow, at a moment that falls anywhere in the law's probe
 /// cadence (one window in 32 runs at three quarters of the limit). The law learns the slower
 /// service's own latency within three slower windows wherever the slowdown falls, and the
@@ -84,27 +99,20 @@ fn drive(
 #[test]
 fn a_slowdown_that_meets_a_probe_is_learnt_from_the_probe() {
     let (k, s) = (8.0, 0.040);
-    let mut seed = 7;
-    let mut law = Law::new(LimitConfig::default());
-    let mut t = Instant::now();
-    drive(&mut law, &mut t, k, s, 300, &mut seed);
-    for offset in 0..40 {
-        let mut law = law.clone();
-        let (mut t, mut seed) = (t, seed);
-        drive(&mut law, &mut t, k, s, offset, &mut seed);
-        let first = drive(&mut law, &mut t, k, 2.0 * s, 3, &mut seed);
+    at_every_offset(k, s, |offset, law, t, seed| {
+        let first = drive(law, t, k, 2.0 * s, 3, seed);
         let baseline = law.baseline().unwrap().as_secs_f64();
         assert!(
             baseline > 1.5 * s,
             "slowdown {offset} windows on: limits {first:?}, baseline {baseline}"
         );
-        let limits = drive(&mut law, &mut t, k, 2.0 * s, 2, &mut seed);
+        let limits = drive(law, t, k, 2.0 * s, 2, seed);
         // The slots are all in use again (unless a probe fell on this window).
         assert!(
             first.iter().chain(&limits).any(|&l| f64::from(l) >= k),
             "slowdown {offset} windows on: limits {first:?} {limits:?}"
         );
-    }
+    });
 }
 
 /// A service that got twice as slow while the limit sat at its knee: the first slower window
@@ -117,16 +125,9 @@ fn a_slowdown_that_meets_a_probe_is_learnt_from_the_probe() {
 #[test]
 fn a_slowdown_at_the_knee_is_probed_at_three_quarters_of_it() {
     let (k, s) = (8.0, 0.040);
-    let mut seed = 7;
-    let mut law = Law::new(LimitConfig::default());
-    let mut t = Instant::now();
-    drive(&mut law, &mut t, k, s, 300, &mut seed);
-    for offset in 0..40 {
-        let mut law = law.clone();
-        let (mut t, mut seed) = (t, seed);
-        drive(&mut law, &mut t, k, s, offset, &mut seed);
+    at_every_offset(k, s, |offset, law, t, seed| {
         let before = law.limit();
-        let limits = drive(&mut law, &mut t, k, 2.0 * s, 4, &mut seed);
+        let limits = drive(law, t, k, 2.0 * s, 4, seed);
         let baseline = law.baseline().unwrap().as_secs_f64();
         assert!(
             baseline > 1.5 * s,
@@ -140,7 +141,7 @@ fn a_slowdown_at_the_knee_is_probed_at_three_quarters_of_it() {
             limits[2..].iter().any(|&l| f64::from(l) >= k),
             "slowdown {offset} windows on: limits {before} {limits:?}"
         );
-    }
+    });
 }
 
 /// The same rise for the other reason: the service lost half its slots and is as fast as before.
@@ -150,15 +151,8 @@ fn a_slowdown_at_the_knee_is_probed_at_three_quarters_of_it() {
 #[test]
 fn a_service_that_loses_half_its_slots_is_not_taken_for_a_slower_one() {
     let s = 0.040;
-    let mut seed = 7;
-    let mut law = Law::new(LimitConfig::default());
-    let mut t = Instant::now();
-    drive(&mut law, &mut t, 8.0, s, 300, &mut seed);
-    for offset in 0..40 {
-        let mut law = law.clone();
-        let (mut t, mut seed) = (t, seed);
-        drive(&mut law, &mut t, 8.0, s, offset, &mut seed);
-        let limits = drive(&mut law, &mut t, 4.0, s, 12, &mut seed);
+    at_every_offset(8.0, s, |offset, law, t, seed| {
+        let limits = drive(law, t, 4.0, s, 12, seed);
         let baseline = law.baseline().unwrap().as_secs_f64();
         assert!(
             baseline < 1.2 * s,
@@ -169,7 +163,7 @@ fn a_service_that_loses_half_its_slots_is_not_taken_for_a_slower_one() {
             (4.0..=5.0).contains(&m),
             "{offset} windows on: limits {limits:?}"
         );
-    }
+    });
 }
 
 /// Capacity comes back: a service that ran twice as slow (the baseline learnt at its latency)
