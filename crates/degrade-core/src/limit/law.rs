@@ -714,10 +714,11 @@ impl Law {
     ///
     /// Enough for the window's mean to resolve the tolerance at two standard errors given the
     /// spread of the latest window's latencies (at least 16, at most 128). After a window read
-    /// as a queue, the spread of the service's own latencies instead (learnt from windows in
-    /// which nothing queued) when that asks for fewer: a queue widens a window's spread, and
-    /// so does a change of the service within it, and the next window decides between a queue
-    /// and a slower service, which differ by far more than the tolerance.
+    /// as a queue or a slower service whose latencies spread more than twice as wide as the
+    /// service's own (learnt from windows in which nothing queued), what the service's own
+    /// spread asks for when that is fewer: the window changed within it (a slowdown half-way,
+    /// a queue forming at once), and the next decides between a queue and a slower service,
+    /// which differ by far more than the tolerance.
     ///
     /// ```
     /// use degrade_core::limit::{Law, LimitConfig, Window};
@@ -951,14 +952,12 @@ impl Law {
                             // as a queue's does: the service lost slots, and serves fewer at
                             // once than the baseline's concurrency (90 ms at 9 on 4 of 8
                             // slots, then 50 at 5: a 50 ms baseline, and the cuts given back,
-                            // read a queue as the service's own).
-                            //
-                            // A rise larger than a queue at the knee explains, with no streak
-                            // to tell, is left to the cut and its probe (below): at the knee's
-                            // concurrency a service that lost half its slots reads as one twice
-                            // as slow.
-                            // A streak begun at a small queue before the change says nothing
-                            // (as for a probe, below).
+                            // read a queue as the service's own). Only a streak that began
+                            // above 1.5 targets tells (one begun at a small queue before the
+                            // change says nothing, as for a probe, above). Without one, a rise
+                            // larger than a queue at the knee explains is left to the cut and
+                            // its probe (below): at the knee's concurrency a service that lost
+                            // half its slots reads as one twice as slow.
                             let slower = match self.previous {
                                 Some((c0, t0))
                                     if c0 > entry.0 && t0 > self.target(b) * KNEE_RISE =>
@@ -1196,11 +1195,11 @@ impl Law {
             .zip(self.baseline)
             .is_some_and(|(b0, b1)| b1 > b0 * (1.0 + tolerance));
         if let Some(spread) = self.spread
-            && (slower || test.is_some() || queued)
+            && (slower || queued)
             && cv > SPREAD_CHANGE * spread
         {
-            // A window that changed within it (read as a queue or a slower service, or starting
-            // the test of one, its latencies far wider spread than the service's own) asks its
+            // A window that changed within it (read as a queue or a slower service, its
+            // latencies spread more than twice as wide as the service's own) asks its
             // successor for the samples the service's own spread needs, not its own: one that
             // straddled a slowdown (half its samples at 40 ms, half at 80) read a cv of 0.3 and
             // asked for 41 samples, ~0.6 s of a window at the cut limit with a third of the
