@@ -1333,8 +1333,8 @@ mod tests {
     /// the knee, where the latency is still a queue's, so it keeps the baseline and the cut
     /// and the limit follows the slots left. Before, a streak of cuts begun at a small queue
     /// just before the loss read the later, slower windows as a slower service: on one seed
-    /// of three the limit stood at 6.8 on the 4 slots (a 70 ms "baseline"), the admitted p99
-    /// at 2.3 times the unloaded one.
+    /// of three the limit stood at 6.8 on the 4 slots, the admitted p99 at 2.3 times the
+    /// unloaded one.
     #[test]
     fn the_limit_follows_a_backend_that_loses_half_its_slots() {
         let b = Backend::slots(8, 0.04, 0.0);
