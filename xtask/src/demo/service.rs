@@ -9,6 +9,7 @@ use degrade_breaker::{BreakerConfig, BreakerHandle, BreakerLayer, WindowConfig};
 use degrade_canary::{Canary, CanaryHandle};
 use degrade_core::degrade::DegradeSnapshot;
 use degrade_core::ladder::LadderConfig;
+use degrade_core::limit::LimitConfig;
 use degrade_core::priority::HeaderPriority;
 use degrade_core::{BoxError, Controller, DegradeLayer, HttpClassifier, Priority};
 use degrade_ratelimit::key::HeaderKey;
@@ -54,6 +55,30 @@ pub(crate) fn set_shape(permits: usize, service_time: Duration) -> Result<(), St
     SHAPE
         .set((permits, service_time))
         .map_err(|_| "the backend's shape is already set".to_string())
+}
+
+/// degrade's [`LimitConfig::queue_delay`] when the overload bench's `--queue-delay` sets one
+/// (`None`: the default). Set once per process, before any layer is built.
+static QUEUE_DELAY: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+/// Runs degrade's adaptive limit with `queue_delay` (in baselines) instead of the default: how
+/// long a request may wait for a slot, the one trade of latency for goodput its configuration
+/// offers. Checked as the layer's builder checks it.
+pub(crate) fn set_queue_delay(queue_delay: f64) -> Result<(), String> {
+    LimitConfig {
+        queue_delay,
+        ..LimitConfig::default()
+    }
+    .validate()
+    .map_err(|err| format!("`--queue-delay {queue_delay}`: {err}"))?;
+    QUEUE_DELAY
+        .set(queue_delay)
+        .map_err(|_| "the queue delay is already set".to_string())
+}
+
+/// The `queue_delay` set by [`set_queue_delay`], if any.
+pub(crate) fn queue_delay() -> Option<f64> {
+    QUEUE_DELAY.get().copied()
 }
 
 /// Requests the backend serves at once.
@@ -591,12 +616,19 @@ pub(crate) fn app(
                 Controller::new(ladder.clone()).map_err(|err| format!("ladder: {err}"))?;
             // The default: the adaptive limit, highest priority first. Nothing of this
             // backend (its permits, its service time) is configured.
-            let degrade = DegradeLayer::builder(controller.handle())
+            let mut degrade = DegradeLayer::builder(controller.handle())
                 .prioritize(
                     HeaderPriority::new(PRIORITY_HEADER, Priority::Normal)
                         .map_err(|err| format!("priority header: {err}"))?,
                 )
-                .retry_after(Duration::from_secs(1))
+                .retry_after(Duration::from_secs(1));
+            if let Some(queue_delay) = queue_delay() {
+                degrade = degrade.limit(LimitConfig {
+                    queue_delay,
+                    ..LimitConfig::default()
+                });
+            }
+            let degrade = degrade
                 .build()
                 .map_err(|err| format!("degrade layer: {err}"))?;
             let rate_limit = RateLimitLayer::builder(rate_limit())
