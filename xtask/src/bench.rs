@@ -167,10 +167,7 @@ pub(crate) fn run(args: &[String]) -> Result {
                 let value = iter
                     .next()
                     .ok_or("`--queue-delay` needs a value, e.g. 0.3")?;
-                let delay: f64 = value
-                    .parse()
-                    .map_err(|_| format!("`--queue-delay {value}`: expected a number, e.g. 0.3"))?;
-                queue_delay = Some(delay);
+                queue_delay = Some(service::parse_queue_delay(value)?);
             }
             "-h" | "--help" => {
                 println!("{USAGE}");

@@ -24,13 +24,15 @@ use tokio::time::Instant;
 
 pub(crate) const USAGE: &str = "\
 Usage: cargo xtask serve [--backend PxMS] [--model slots|cpu|mixed] [--protection NAME]
-                         [--addr HOST:PORT] [--duration SECS] [--every SECS]
+                         [--queue-delay Q] [--addr HOST:PORT] [--duration SECS] [--every SECS]
   --backend     the backend's permits and service time (default 8x40: 200 req/s)
   --model       slots (a pool of permits), cpu (processor sharing) or mixed (one request in
                 ten costs ten times as much); default slots
   --protection  degrade (the default DegradeLayer, as the bench's), tower, bulkhead,
                 acc-gradient2, acc-vegas, adaptive-aimd, adaptive-vegas, unprotected,
                 degrade-stack (the demo's full stack); default degrade
+  --queue-delay degrade's `LimitConfig::queue_delay` in baselines (default 0.5): how long
+                a request may wait for a slot
   --addr        where to listen (default 127.0.0.1:8080; port 0 picks a free one)
   --duration    seconds to serve before the summary (default 60, at most 86400)
   --every       seconds between report lines (default 5)
@@ -42,6 +44,7 @@ struct Args {
     backend: Option<(usize, u64)>,
     model: Model,
     protection: Protection,
+    queue_delay: Option<f64>,
     addr: SocketAddr,
     duration: Duration,
     every: Duration,
@@ -52,6 +55,7 @@ fn parse(args: &[String]) -> Result<Option<Args>> {
         backend: None,
         model: Model::Slots,
         protection: Protection::DegradeLayer,
+        queue_delay: None,
         addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
         duration: Duration::from_secs(60),
         every: Duration::from_secs(5),
@@ -88,6 +92,7 @@ fn parse(args: &[String]) -> Result<Option<Args>> {
                     .find(|p| p.key() == name)
                     .ok_or_else(|| format!("unknown protection `{name}`\n\n{USAGE}"))?;
             }
+            "--queue-delay" => parsed.queue_delay = Some(service::parse_queue_delay(value()?)?),
             "--addr" => {
                 let v = value()?;
                 parsed.addr = v.parse().map_err(|_| {
@@ -111,6 +116,9 @@ pub(crate) fn run(args: &[String]) -> Result {
     if let Some((permits, ms)) = args.backend {
         service::set_shape(permits, Duration::from_millis(ms))?;
     }
+    if let Some(queue_delay) = args.queue_delay {
+        service::set_queue_delay(queue_delay)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -121,9 +129,11 @@ pub(crate) fn run(args: &[String]) -> Result {
             .map_err(|err| format!("cannot bind {}: {err}", args.addr))?;
         let server = start(&args, listener)?;
         println!(
-            "serving GET http://{}/work: {} in front of {} × {:?} ({:?}, capacity {:.0} req/s) for {:?}",
+            "serving GET http://{}/work: {}{} in front of {} × {:?} ({:?}, capacity {:.0} req/s) for {:?}",
             server.addr,
             args.protection.name(),
+            args.queue_delay
+                .map_or_else(String::new, |q| format!(" (queue_delay {q})")),
             service::permits(),
             service::service_time(),
             args.model,
@@ -343,6 +353,13 @@ mod tests {
         assert!(err.contains("`--addr` needs a value"), "{err}");
         let err = args(&["--backend", "8by40"]).unwrap_err();
         assert!(err.contains("PERMITSxMILLISECONDS"), "{err}");
+        let a = args(&["--queue-delay", "0.3"]).unwrap().unwrap();
+        assert_eq!(a.queue_delay, Some(0.3));
+        let err = args(&["--queue-delay", "11"]).unwrap_err();
+        assert!(
+            err.contains("`--queue-delay 11`") && err.contains("queue_delay"),
+            "{err}"
+        );
     }
 
     /// A real server on a free port, a real client: the answers are counted by status and

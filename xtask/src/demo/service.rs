@@ -61,16 +61,26 @@ pub(crate) fn set_shape(permits: usize, service_time: Duration) -> Result<(), St
 /// (`None`: the default). Set once per process, before any layer is built.
 static QUEUE_DELAY: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
 
-/// Runs degrade's adaptive limit with `queue_delay` (in baselines) instead of the default: how
-/// long a request may wait for a slot, the one trade of latency for goodput its configuration
-/// offers. Checked as the layer's builder checks it.
-pub(crate) fn set_queue_delay(queue_delay: f64) -> Result<(), String> {
+/// Reads the value of a `--queue-delay` flag: a number of baselines that
+/// [`LimitConfig::validate`] accepts (checked as the layer's builder checks it).
+pub(crate) fn parse_queue_delay(value: &str) -> Result<f64, String> {
+    let queue_delay: f64 = value
+        .parse()
+        .map_err(|_| format!("`--queue-delay {value}`: expected a number, e.g. 0.3"))?;
     LimitConfig {
         queue_delay,
         ..LimitConfig::default()
     }
     .validate()
-    .map_err(|err| format!("`--queue-delay {queue_delay}`: {err}"))?;
+    .map_err(|err| format!("`--queue-delay {value}`: {err}"))?;
+    Ok(queue_delay)
+}
+
+/// Runs degrade's adaptive limit with `queue_delay` (in baselines, as read by
+/// [`parse_queue_delay`]) instead of the default: how long a request may wait for a slot, the
+/// one trade of latency for goodput its configuration offers. Once per process, before any
+/// layer is built.
+pub(crate) fn set_queue_delay(queue_delay: f64) -> Result<(), String> {
     QUEUE_DELAY
         .set(queue_delay)
         .map_err(|_| "the queue delay is already set".to_string())
