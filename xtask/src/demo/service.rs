@@ -57,8 +57,8 @@ pub(crate) fn set_shape(permits: usize, service_time: Duration) -> Result<(), St
         .map_err(|_| "the backend's shape is already set".to_string())
 }
 
-/// degrade's [`LimitConfig::queue_delay`] when the overload bench's `--queue-delay` sets one
-/// (`None`: the default). Set once per process, before any layer is built.
+/// degrade's [`LimitConfig::queue_delay`] when `--queue-delay` (of `bench overload` or of
+/// `serve`) sets one (`None`: the default). Set once per process, before any layer is built.
 static QUEUE_DELAY: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
 
 /// Reads the value of a `--queue-delay` flag: a number of baselines that
