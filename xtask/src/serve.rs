@@ -1,20 +1,25 @@
 //! `cargo xtask serve`: the overload bench's backend behind one of its protections, on an
-//! address an external client (wrk, hey, a Python grpcio or aiohttp script) can drive.
+//! address an external client can drive: over HTTP/1.1 (wrk, hey, an aiohttp script) or, with
+//! `--grpc`, as a unary gRPC method over HTTP/2 (a Python grpcio script, grpcurl, ghz).
 //!
 //! The bench drives its server from the same process with its own open- or closed-loop
-//! client; this serves the same `/work` route to whatever client the user brings, and
+//! client; this serves the same work to whatever client the user brings, and
 //! reports from the server's side what the client cannot tell apart: every few seconds the
 //! answers by status, the goodput against the backend's capacity, the admitted requests'
 //! p50 / p99 (measured around the whole stack, waits included) and, behind degrade, the
 //! adaptive limit. wrk, for one, reports one latency distribution for 200s and 503s alike:
 //! under overload it is mostly the refusals'.
 
+mod grpc;
+
 use crate::Result;
 use crate::bench::{CONFIGS, parse_backend};
 use crate::demo::service::{self, Backend, Model, Protection};
 use axum::extract::Request;
 use axum::middleware::Next;
+use degrade_core::DegradeLayer;
 use degrade_core::histogram::{AtomicHistogram, Histogram, Layout};
+use degrade_core::priority::HeaderPriority;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +29,8 @@ use tokio::time::Instant;
 
 pub(crate) const USAGE: &str = "\
 Usage: cargo xtask serve [--backend PxMS] [--model slots|cpu|mixed] [--protection NAME]
-                         [--queue-delay Q] [--addr HOST:PORT] [--duration SECS] [--every SECS]
+                         [--queue-delay Q] [--grpc] [--addr HOST:PORT] [--duration SECS]
+                         [--every SECS]
   --backend     the backend's permits and service time (default 8x40: 200 req/s)
   --model       slots (a pool of permits), cpu (processor sharing) or mixed (one request in
                 ten costs ten times as much); default slots
@@ -33,10 +39,18 @@ Usage: cargo xtask serve [--backend PxMS] [--model slots|cpu|mixed] [--protectio
                 degrade-stack (the demo's full stack); default degrade
   --queue-delay degrade's `LimitConfig::queue_delay` in baselines (default 0.5): how long
                 a request may wait for a slot
+  --grpc        serve gRPC over HTTP/2 instead: the unary method /degrade.bench.Work/Call
+                (request and reply `message Work { bytes payload = 1; }`, so any client can
+                send empty bytes), a call's priority from its `x-priority` metadata; degrade
+                answers a refused call UNAVAILABLE with a RetryInfo delay. Protections:
+                degrade or unprotected
   --addr        where to listen (default 127.0.0.1:8080; port 0 picks a free one)
   --duration    seconds to serve before the summary (default 60, at most 86400)
   --every       seconds between report lines (default 5)
 Serves GET /work; e.g. `wrk -t2 -c64 -d30s http://127.0.0.1:8080/work`.";
+
+/// The one gRPC method `--grpc` serves.
+pub(crate) const GRPC_PATH: &str = "/degrade.bench.Work/Call";
 
 /// What `serve` was asked for.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +59,7 @@ struct Args {
     model: Model,
     protection: Protection,
     queue_delay: Option<f64>,
+    grpc: bool,
     addr: SocketAddr,
     duration: Duration,
     every: Duration,
@@ -56,6 +71,7 @@ fn parse(args: &[String]) -> Result<Option<Args>> {
         model: Model::Slots,
         protection: Protection::DegradeLayer,
         queue_delay: None,
+        grpc: false,
         addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
         duration: Duration::from_secs(60),
         every: Duration::from_secs(5),
@@ -93,6 +109,7 @@ fn parse(args: &[String]) -> Result<Option<Args>> {
                     .ok_or_else(|| format!("unknown protection `{name}`\n\n{USAGE}"))?;
             }
             "--queue-delay" => parsed.queue_delay = Some(service::parse_queue_delay(value()?)?),
+            "--grpc" => parsed.grpc = true,
             "--addr" => {
                 let v = value()?;
                 parsed.addr = v.parse().map_err(|_| {
@@ -104,6 +121,17 @@ fn parse(args: &[String]) -> Result<Option<Args>> {
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unexpected argument `{other}`\n\n{USAGE}")),
         }
+    }
+    if parsed.grpc
+        && !matches!(
+            parsed.protection,
+            Protection::DegradeLayer | Protection::Unprotected
+        )
+    {
+        return Err(format!(
+            "`--grpc` serves `--protection degrade` or `unprotected`, not `{}`",
+            parsed.protection.key()
+        ));
     }
     Ok(Some(parsed))
 }
@@ -128,9 +156,13 @@ pub(crate) fn run(args: &[String]) -> Result {
             .await
             .map_err(|err| format!("cannot bind {}: {err}", args.addr))?;
         let server = start(&args, listener)?;
+        let what = if args.grpc {
+            format!("gRPC {GRPC_PATH} on http://{}", server.addr)
+        } else {
+            format!("GET http://{}/work", server.addr)
+        };
         println!(
-            "serving GET http://{}/work: {}{} in front of {} × {:?} ({:?}, capacity {:.0} req/s) for {:?}",
-            server.addr,
+            "serving {what}: {}{} in front of {} × {:?} ({:?}, capacity {:.0} req/s) for {:?}",
             args.protection.name(),
             args.queue_delay
                 .map_or_else(String::new, |q| format!(" (queue_delay {q})")),
@@ -171,25 +203,49 @@ pub(crate) fn run(args: &[String]) -> Result {
 struct Served {
     addr: SocketAddr,
     stats: Arc<Stats>,
-    parts: Option<service::Parts>,
-    server: crate::demo::Server,
+    /// The DegradeLayer in front of the backend (`None` for the peers).
+    degrade: Option<DegradeLayer<HeaderPriority>>,
+    server: Running,
+}
+
+/// The server task: axum's over HTTP/1.1, or tonic's over HTTP/2.
+enum Running {
+    Http(crate::demo::Server),
+    Grpc {
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    },
 }
 
 impl Served {
     async fn stop(self) -> Result {
-        self.server.stop().await
+        match self.server {
+            Running::Http(server) => server.stop().await,
+            Running::Grpc { stop, task } => {
+                let _ = stop.send(());
+                match tokio::time::timeout(Duration::from_secs(10), task).await {
+                    Ok(Ok(Ok(()))) => Ok(()),
+                    Ok(Ok(Err(err))) => Err(format!("gRPC server failed: {err}")),
+                    Ok(Err(err)) => Err(format!("gRPC server task failed: {err}")),
+                    Err(_) => Err("the gRPC server did not stop within 10 s".to_string()),
+                }
+            }
+        }
     }
 
     fn limit(&self) -> Option<u32> {
-        self.parts
+        self.degrade
             .as_ref()
-            .and_then(|p| p.degrade_snapshot().limit)
+            .and_then(|d| d.snapshot().limit)
             .map(|l| l.limit)
     }
 }
 
 /// Builds the app for `args` and serves it on `listener`.
 fn start(args: &Args, listener: TcpListener) -> Result<Served> {
+    if args.grpc {
+        return grpc::start(args, listener);
+    }
     let backend = Backend::with_model(args.model);
     let ladder = crate::demo::ladder_config(Duration::from_secs(1));
     let (app, parts) = service::app(args.protection, &backend, &ladder)?;
@@ -210,8 +266,8 @@ fn start(args: &Args, listener: TcpListener) -> Result<Served> {
     Ok(Served {
         addr: server.addr,
         stats,
-        parts,
-        server,
+        degrade: parts.map(|p| p.degrade),
+        server: Running::Http(server),
     })
 }
 
@@ -355,6 +411,9 @@ mod tests {
         assert!(err.contains("PERMITSxMILLISECONDS"), "{err}");
         let a = args(&["--queue-delay", "0.3"]).unwrap().unwrap();
         assert_eq!(a.queue_delay, Some(0.3));
+        assert!(args(&["--grpc"]).unwrap().unwrap().grpc);
+        let err = args(&["--grpc", "--protection", "tower"]).unwrap_err();
+        assert!(err.contains("`--grpc`") && err.contains("`tower`"), "{err}");
         let err = args(&["--queue-delay", "11"]).unwrap_err();
         assert!(
             err.contains("`--queue-delay 11`") && err.contains("queue_delay"),

@@ -228,7 +228,7 @@ impl Backend {
     }
 
     /// Serves one request as `version` ("v1" or "v2"); the body starts with the version.
-    async fn serve(&self, v2: bool) -> Response<Body> {
+    pub(crate) async fn serve(&self, v2: bool) -> Response<Body> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let version = if v2 { "v2" } else { "v1" };
         if self.outage.load(Ordering::Relaxed) {
@@ -528,6 +528,30 @@ impl Parts {
     }
 }
 
+/// The overload bench's DegradeLayer (returning rejections as errors; `.http()` or `.grpc()`
+/// answers them): the default adaptive limit, highest priority first, the priority read from
+/// the `x-priority` header (gRPC metadata are headers too). Nothing of the backend (its
+/// permits, its service time) is configured; `--queue-delay` sets the wait for a slot.
+pub(crate) fn degrade_layer(
+    controller: &Controller,
+) -> Result<DegradeLayer<HeaderPriority>, String> {
+    let mut degrade = DegradeLayer::builder(controller.handle())
+        .prioritize(
+            HeaderPriority::new(PRIORITY_HEADER, Priority::Normal)
+                .map_err(|err| format!("priority header: {err}"))?,
+        )
+        .retry_after(Duration::from_secs(1));
+    if let Some(queue_delay) = queue_delay() {
+        degrade = degrade.limit(LimitConfig {
+            queue_delay,
+            ..LimitConfig::default()
+        });
+    }
+    degrade
+        .build()
+        .map_err(|err| format!("degrade layer: {err}"))
+}
+
 /// The app for `protection`, and the protected run's handles.
 pub(crate) fn app(
     protection: Protection,
@@ -624,23 +648,7 @@ pub(crate) fn app(
             let quota = protection == Protection::Degrade;
             let controller =
                 Controller::new(ladder.clone()).map_err(|err| format!("ladder: {err}"))?;
-            // The default: the adaptive limit, highest priority first. Nothing of this
-            // backend (its permits, its service time) is configured.
-            let mut degrade = DegradeLayer::builder(controller.handle())
-                .prioritize(
-                    HeaderPriority::new(PRIORITY_HEADER, Priority::Normal)
-                        .map_err(|err| format!("priority header: {err}"))?,
-                )
-                .retry_after(Duration::from_secs(1));
-            if let Some(queue_delay) = queue_delay() {
-                degrade = degrade.limit(LimitConfig {
-                    queue_delay,
-                    ..LimitConfig::default()
-                });
-            }
-            let degrade = degrade
-                .build()
-                .map_err(|err| format!("degrade layer: {err}"))?;
+            let degrade = degrade_layer(&controller)?;
             let rate_limit = RateLimitLayer::builder(rate_limit())
                 .keyed(
                     HeaderKey::new(CLIENT_HEADER).map_err(|err| format!("client key: {err}"))?,
