@@ -1477,6 +1477,36 @@ mod tests {
         assert!(worst <= 1.0, "recovery after 4x -> 0.5x: {all:?} s");
     }
 
+    /// The noisy-host recovery above over many seeds, printed: the three the test runs pass,
+    /// but the law's trajectory after 4x is chaotic under stalls, and a change to it moves
+    /// which seeds take seconds (stop 39: seeds 1-30 took more than a second on 5 of 30 with
+    /// the landed law — 7, 9, 13, 26 at 3.0-5.25 s, 30 never; every variant tried failed 6-8).
+    /// `SIM_SEEDS=a-b` (default 1-30), `SIM_TRACE` (the law's windows).
+    #[test]
+    #[ignore = "exploration: prints the recovery per seed"]
+    fn noisy_recovery_over_seeds() {
+        TRACE.with(|t| t.set(std::env::var("SIM_TRACE").is_ok()));
+        let b = Backend::slots(8, 0.04, 0.0).noisy();
+        let seeds = env_seeds(1..=30);
+        let mut slow = Vec::new();
+        for &seed in &seeds {
+            let r = bench(b, adaptive(), 3.0, seed);
+            let unloaded = r.phases[0].p99();
+            let took = r
+                .settle(7, 0.25, 2.0 * unloaded, 0.99)
+                .unwrap_or(f64::INFINITY);
+            if took > 1.0 {
+                slow.push((seed, took));
+            }
+            println!("seed {seed}: recovery after 4x -> 0.5x {took} s");
+        }
+        println!(
+            "over a second: {} of {} seeds {slow:?}",
+            slow.len(),
+            seeds.len()
+        );
+    }
+
     /// Critical requests alone at twice the capacity: served at capacity, with the admitted
     /// latency bounded by the queueing-delay target.
     #[test]
