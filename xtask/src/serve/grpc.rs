@@ -263,20 +263,26 @@ mod tests {
             .unwrap()
     }
 
+    /// `serve --grpc` on a free port, and a tonic channel (one HTTP/2 connection) to it.
+    async fn serve() -> (Served, Channel) {
+        let a = args(&["--grpc", "--addr", "127.0.0.1:0"]);
+        let listener = TcpListener::bind(a.addr).await.unwrap();
+        let served = start(&a, listener).unwrap();
+        let channel = Channel::from_shared(format!("http://{}", served.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        (served, channel)
+    }
+
     /// A real tonic server on a free port, a real tonic client over one HTTP/2 connection:
     /// calls are answered OK and counted; a method the server does not have is UNIMPLEMENTED
     /// and counted apart; the report names the adaptive limit.
     #[test]
     fn a_grpc_client_is_served_and_counted() {
         runtime().block_on(async {
-            let a = args(&["--grpc", "--addr", "127.0.0.1:0"]);
-            let listener = TcpListener::bind(a.addr).await.unwrap();
-            let served = start(&a, listener).unwrap();
-            let channel = Channel::from_shared(format!("http://{}", served.addr))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
+            let (served, channel) = serve().await;
             for _ in 0..4 {
                 let reply = call(&channel, GRPC_PATH, None).await.unwrap();
                 assert!(reply.payload.is_empty(), "{reply:?}");
@@ -306,14 +312,7 @@ mod tests {
     #[test]
     fn a_grpc_burst_over_capacity_is_refused_unavailable_with_retry_info() {
         runtime().block_on(async {
-            let a = args(&["--grpc", "--addr", "127.0.0.1:0"]);
-            let listener = TcpListener::bind(a.addr).await.unwrap();
-            let served = start(&a, listener).unwrap();
-            let channel = Channel::from_shared(format!("http://{}", served.addr))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
+            let (served, channel) = serve().await;
             // First the limit learns the backend at its 8 slots (nothing refused): rounds of
             // 8 calls at once.
             let mut warm = 0;
