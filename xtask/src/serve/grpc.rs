@@ -83,21 +83,22 @@ pub(super) fn start(args: &Args, listener: TcpListener) -> Result<Served> {
     })
 }
 
-/// The HTTP status [`Stats`] counts a gRPC answer as: 200 for OK, 503 for a refusal
-/// (UNAVAILABLE or RESOURCE_EXHAUSTED), 500 for anything else. A call's status is in the
-/// response's headers when the answer has no message (a trailers-only answer: every refusal
-/// and error), else in its trailers, after the message: an OK unary call.
-fn counted_status(headers: &http::HeaderMap) -> u16 {
-    let code = headers
+/// The HTTP status [`Stats`] counts a gRPC answer as: 503 for a call the DegradeLayer refused
+/// (the response carries core's rejection mark, as its HTTP answers do), 200 for OK, 500 for
+/// anything else. A call's status is in the response's headers when the answer has no message
+/// (a trailers-only answer: every refusal and error), else in its trailers, after the message:
+/// an OK unary call.
+fn counted_status<B>(response: &http::Response<B>) -> u16 {
+    if degrade_core::rejection::http::rejected(response).is_some() {
+        return 503;
+    }
+    let code = response
+        .headers()
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i32>().ok())
         .map_or(Code::Ok, Code::from_i32);
-    match code {
-        Code::Ok => 200,
-        Code::Unavailable | Code::ResourceExhausted => 503,
-        _ => 500,
-    }
+    if code == Code::Ok { 200 } else { 500 }
 }
 
 /// Counts every answer by status, and times the admitted ones around everything inside it
@@ -147,9 +148,7 @@ where
         let answer = self.inner.call(req);
         Box::pin(async move {
             let answer = answer.await;
-            let status = answer
-                .as_ref()
-                .map_or(500, |response| counted_status(response.headers()));
+            let status = answer.as_ref().map_or(500, counted_status);
             stats.record(status, start.elapsed());
             answer
         })
