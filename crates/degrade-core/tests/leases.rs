@@ -93,6 +93,9 @@ fn fixed(limit: u32) -> DegradeLayer {
             min: limit,
             max: limit,
             queue_size: 0.0,
+            // Refused at once over the limit, never queued: the calls here are answered at
+            // once (a queue would leave `call_once` pending).
+            queue_delay: 0.0,
             ..LimitConfig::default()
         })
         .build()

@@ -1,3 +1,6 @@
+//! Gaps in what the limiter sees: a host stall, a service that slows down at once, a cold
+//! start before anything was learnt.
+//!
 //! A host stall (the process does not run for a while: a loaded machine, a GC pause of a
 //! neighbour, a debugger) ages every waiter at once. When the process runs again, the slots
 //! freed meanwhile go to the waiters first, and only the waiters left over are judged against
@@ -79,4 +82,128 @@ async fn a_critical_waiter_aged_by_a_stall_takes_the_slot_that_frees() {
     assert_eq!(snap.limited_by(Priority::Critical), 0);
     assert_eq!(snap.limited_by(Priority::Normal), 1);
     assert_eq!(snapshot().in_flight, 0);
+}
+
+/// The service slows down at once (10 ms to 18 ms a request): every request in flight started
+/// after the change, and nothing completes for a whole new service time. A critical request
+/// that comes meanwhile outlasts its wait (twice the 5 ms target) with nothing handed to
+/// anyone: it waits on (the reprieve, to twice its wait) and takes the first slot that
+/// frees. A normal request in its place has no reprieve, and is refused at its deadline.
+#[tokio::test(start_paused = true)]
+async fn a_critical_request_waits_out_a_sudden_slowdown() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let c = Controller::new(Default::default()).unwrap();
+    let layer = DegradeLayer::builder(c.handle())
+        .prioritize(|p: &Priority| *p)
+        .limit(LimitConfig {
+            initial: 2,
+            min: 2,
+            max: 2,
+            ..LimitConfig::default()
+        })
+        .build()
+        .unwrap();
+    let service_ms = Arc::new(AtomicU64::new(10));
+    let ms = Arc::clone(&service_ms);
+    let svc = layer.layer(tower::service_fn(move |p: Priority| {
+        let took = Duration::from_millis(ms.load(Ordering::Relaxed));
+        async move {
+            tokio::time::sleep(took).await;
+            Ok::<_, Infallible>(p)
+        }
+    }));
+    for _ in 0..40 {
+        svc.clone().oneshot(Priority::Normal).await.unwrap();
+    }
+    let snapshot = || layer.snapshot().limit.unwrap();
+    assert_eq!(snapshot().queue_target, Some(Duration::from_millis(5)));
+
+    // The slowdown: three critical requests fill the limit (two slots and a tenth over for
+    // critical requests), each to take 18 ms.
+    service_ms.store(18, Ordering::Relaxed);
+    let held: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(svc.clone().oneshot(Priority::Critical)))
+        .collect();
+    tokio::task::yield_now().await;
+    assert_eq!(snapshot().in_flight, 3);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let critical = tokio::spawn(svc.clone().oneshot(Priority::Critical));
+    let normal = tokio::spawn(svc.clone().oneshot(Priority::Normal));
+    tokio::task::yield_now().await;
+    assert_eq!(snapshot().waiting, 2);
+
+    // Past both waits (5 ms for normal, 10 for critical) and before the first completion.
+    tokio::time::advance(Duration::from_millis(12)).await;
+    tokio::task::yield_now().await;
+    assert!(
+        normal.is_finished(),
+        "the normal request was refused at its deadline"
+    );
+    let refused = normal.await.unwrap().unwrap_err();
+    assert!(refused.downcast_ref::<Shed>().is_some(), "{refused}");
+    assert!(!critical.is_finished(), "the critical request waits on");
+    assert_eq!(snapshot().waiting, 1);
+
+    // The slowed requests complete at 18 ms: the first slot goes to the critical request.
+    for h in held {
+        assert_eq!(h.await.unwrap().unwrap(), Priority::Critical);
+    }
+    assert_eq!(critical.await.unwrap().unwrap(), Priority::Critical);
+    let snap = layer.snapshot();
+    assert_eq!(snap.limited_by(Priority::Critical), 0);
+    assert_eq!(snap.limited_by(Priority::Normal), 1);
+    assert_eq!(snapshot().in_flight, 0);
+}
+
+/// A cold start: no baseline and no queueing-delay target until the first window of
+/// completions is judged. A request that finds the initial limit full meanwhile waits on the
+/// target the first completions give (`queue_delay` times their mean latency) instead of being
+/// refused at once whatever its priority: from a cold start at 3x over gRPC, 3 critical calls
+/// of 1,189 were refused in the first 200 ms before this. Before anything completes there is
+/// nothing to wait on, and a request over the initial limit is still refused at once.
+#[tokio::test(start_paused = true)]
+async fn a_cold_start_waits_on_the_first_completions() {
+    let c = Controller::new(Default::default()).unwrap();
+    let layer = DegradeLayer::builder(c.handle())
+        .prioritize(|p: &Priority| *p)
+        .limit(LimitConfig {
+            initial: 4,
+            ..LimitConfig::default()
+        })
+        .build()
+        .unwrap();
+    let svc = layer.layer(tower::service_fn(|p: Priority| async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok::<_, Infallible>(p)
+    }));
+    let snapshot = || layer.snapshot().limit.unwrap();
+    let call = |p| tokio::spawn(svc.clone().oneshot(p));
+
+    // Nothing has completed yet: the initial limit full, a request is refused at once.
+    let first: Vec<_> = (0..4).map(|_| call(Priority::Normal)).collect();
+    tokio::task::yield_now().await;
+    let early = svc.clone().oneshot(Priority::Normal).await.unwrap_err();
+    assert!(early.downcast_ref::<Shed>().is_some(), "{early}");
+    for h in first {
+        h.await.unwrap().unwrap();
+    }
+    assert_eq!(snapshot().queue_target, None, "no window judged yet");
+
+    // Four completions of 20 ms: requests may wait half that (critical ones twice as long).
+    let busy: Vec<_> = (0..4).map(|_| call(Priority::Normal)).collect();
+    tokio::task::yield_now().await;
+    let critical: Vec<_> = (0..3).map(|_| call(Priority::Critical)).collect();
+    tokio::task::yield_now().await;
+    assert!(snapshot().waiting > 0, "a critical request waits");
+    for h in critical {
+        assert_eq!(h.await.unwrap().unwrap(), Priority::Critical);
+    }
+    for h in busy {
+        h.await.unwrap().unwrap();
+    }
+    let snap = layer.snapshot();
+    assert_eq!(snap.limited_by(Priority::Critical), 0);
+    assert_eq!(snap.admitted_by(Priority::Critical), 3);
 }

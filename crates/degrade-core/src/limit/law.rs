@@ -414,6 +414,9 @@ pub struct Law {
     /// The typical longest latency of a window in which nothing queued, seconds (a moving
     /// average; `None` before such a window): how far the service's own latencies reach.
     tail: Option<f64>,
+    /// The mean latency of the last window judged (seconds): what a critical request's wait
+    /// scales with ([`max_wait`](Law::max_wait)).
+    recent: Option<f64>,
     /// The spread of the service's own latencies: the coefficient of variation of windows in
     /// which nothing queued (`None` before such a window; up at once to a wider window's, down
     /// a quarter of the way to a narrower one's). See [`Law::samples_needed`].
@@ -453,6 +456,7 @@ impl Law {
             served: 0,
             ratio: None,
             tail: None,
+            recent: None,
             spread: None,
             needed: MIN_SAMPLES,
             longest: 0.0,
@@ -644,21 +648,52 @@ impl Law {
     }
 
     /// How long a request of `priority` may wait at most: the
-    /// [`queue_target`](Law::queue_target), twice as long for a critical request (it is served
-    /// before any other, so it waits longer only when critical requests alone fill the limit).
+    /// [`queue_target`](Law::queue_target), and for a critical request (served before any
+    /// other, so it waits longer only when critical requests alone fill the limit, or nothing
+    /// completes) twice as long, or `2 × queue_delay` times the mean latency of the last
+    /// window when that is longer (at most four baselines): the wait for the next slot scales
+    /// with the service's latency now, and the target with the baseline, which a service
+    /// that just slowed down has not re-learnt yet. With the queue's reprieve of a gap in the
+    /// completions and its crowd of two (`Patience` in `limit/queue.rs`), the simulator's
+    /// `capacity-halves` (5 backends, seeds 1-20, `SIM_VERBOSE=1 cargo test -p degrade-core
+    /// --release --lib halves_bench -- --ignored --nocapture`) refused 19 critical requests
+    /// instead of 82, 15 of them on 2 cores that slow to 40 ms.
     /// The limiter shortens a critical request's wait to the target while critical requests
     /// alone wait and some were refused lately: they are then more than the limit serves, and
     /// the longer wait would only add to the latency of those it serves.
     ///
     /// ```
-    /// # use degrade_core::limit::{Law, LimitConfig};
-    /// # use degrade_core::Priority;
-    /// assert_eq!(Law::new(LimitConfig::default()).max_wait(Priority::Critical), None);
+    /// use degrade_core::limit::{Law, LimitConfig, Window};
+    /// use degrade_core::Priority;
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    ///
+    /// let mut law = Law::new(LimitConfig::default());
+    /// assert_eq!(law.max_wait(Priority::Critical), None, "nothing learnt: refused at once");
+    /// let ms = Duration::from_millis;
+    /// let now = Instant::now();
+    /// let mut w = Window::default();
+    /// for _ in 0..20 { w.record(ms(10), 1, true); }
+    /// law.observe(&w, now);
+    /// assert_eq!(law.max_wait(Priority::Normal), Some(ms(5)));
+    /// assert_eq!(law.max_wait(Priority::Critical), Some(ms(10)));
+    /// // The service slows to 30 ms: a critical request waits as long as one is served.
+    /// let mut w = Window::default();
+    /// for _ in 0..20 { w.record_capped(ms(30), law.sample_cap(), 8, false); }
+    /// law.observe(&w, now + ms(400));
+    /// assert_eq!(law.max_wait(Priority::Critical), Some(ms(30)));
     /// ```
     pub fn max_wait(&self, priority: crate::Priority) -> Option<Duration> {
         let target = self.queue_target()?;
         Some(if priority == crate::Priority::Critical {
-            target * 2
+            let baseline = self.baseline.unwrap_or_default();
+            let recent = self
+                .recent
+                .map_or(0.0, |r| r.min(baseline * TAIL_MAX_BASELINES));
+            let scale = self.wait_scale(baseline).max(recent);
+            (target * 2).max(Duration::from_secs_f64(
+                2.0 * scale * self.config.queue_delay,
+            ))
         } else {
             target
         })
@@ -795,6 +830,7 @@ impl Law {
         // 19 ms baseline, 43-45 under its own), and a baseline learnt that low kept the limit
         // below the knee of a 16-slot service for seconds (0.90 of its halved capacity).
         let whole = t + window.capped_excess_ns as f64 / 1e9 / f64::from(window.samples);
+        self.recent = Some(whole);
         let se = window.standard_error().unwrap_or(0.0);
         self.longest = window.max_latency_ns as f64 / 1e9;
         // The spread of single latencies decides how many samples resolve the tolerance at

@@ -266,6 +266,9 @@ impl Cells {
     }
 }
 
+/// Below this (nanoseconds), [`Limiter::first_target`] gives no target.
+const FIRST_TARGET_FLOOR_NS: f64 = 1_000.0;
+
 /// A window short of samples times at most this many requests per sample it needs: when
 /// answers do not become samples (a service whose calls all fail fast, or are rejected by a
 /// layer further in), the window fills through the one-in-`timing_every` requests instead of
@@ -696,6 +699,8 @@ pub(crate) struct Limiter {
     pressure: AtomicU32,
     low: AtomicU32,
     queue_target_ns: AtomicU64,
+    /// How long a critical request may wait ([`Law::max_wait`]).
+    critical_wait_ns: AtomicU64,
     binding: AtomicBool,
     /// The window (its epoch plus one) that may still be short of samples, 0 once it is not:
     /// a line written twice a window, read by every untimed request instead of the window's
@@ -760,6 +765,7 @@ impl Limiter {
             pressure: AtomicU32::new(0),
             low: AtomicU32::new(0),
             queue_target_ns: AtomicU64::new(0),
+            critical_wait_ns: AtomicU64::new(0),
             binding: AtomicBool::new(false),
             short: AtomicU32::new(1),
             near_every: AtomicU32::new(1),
@@ -799,6 +805,10 @@ impl Limiter {
         self.shared.baseline_ns.store(baseline, Ordering::Relaxed);
         self.queue_target_ns
             .store(law.queue_target().map_or(0, nanos), Ordering::Relaxed);
+        self.critical_wait_ns.store(
+            law.max_wait(Priority::Critical).map_or(0, nanos),
+            Ordering::Relaxed,
+        );
         self.shared
             .sample_cap_ns
             .store(law.sample_cap().map_or(0, nanos), Ordering::Relaxed);
@@ -1033,7 +1043,8 @@ impl Limiter {
         let alone = queue.len() == 0;
         if !alone {
             let at = *now.get_or_insert_with(|| self.clock.now());
-            self.expire(&mut queue, at);
+            let granted = queue.granted_at();
+            self.expire(&mut queue, at, granted);
             if self.shared.leases.stranded() > 0 {
                 // Slots idle threads still keep are free: the waiters take them first.
                 self.drain(&mut queue, at);
@@ -1053,7 +1064,10 @@ impl Limiter {
             return Entry::Admitted(self.permit(n, limit, true));
         }
         self.bind();
-        let target = self.queue_target_ns.load(Ordering::Relaxed);
+        let mut target = self.queue_target_ns.load(Ordering::Relaxed);
+        if target == 0 {
+            target = self.first_target();
+        }
         if target == 0 {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
             self.press(&queue, priority);
@@ -1062,9 +1076,10 @@ impl Limiter {
         let now = now.unwrap_or_else(|| self.clock.now());
         let patience = Patience::under(
             Duration::from_nanos(target),
+            self.critical_wait(),
             priority,
             self.pressured(),
-            queue.only(Priority::Critical),
+            queue.critical_crowd(1),
         );
         let bound = queue_bound(&self.config, self.limit.load(Ordering::Relaxed));
         match queue.push(priority, now, bound as usize, None) {
@@ -1159,24 +1174,31 @@ impl Limiter {
     /// Ends the waits past their deadline (under the queue's lock): a waiter past its target
     /// is refused only once the queue stands (see [`Patience`]), so one late waiter of a
     /// burst at the knee is served instead.
-    fn expire(&self, queue: &mut WaitQueue<Option<Waker>>, now: Instant) {
+    fn expire(&self, queue: &mut WaitQueue<Option<Waker>>, now: Instant, granted: Option<Instant>) {
         let target = Duration::from_nanos(self.queue_target_ns.load(Ordering::Relaxed));
         if target.is_zero() || queue.len() == 0 {
             return;
         }
         let mut expired = 0u64;
+        let critical = self.critical_wait();
         let pressured = self.pressured();
-        let alone = queue.only(Priority::Critical);
+        let alone = queue.critical_crowd(0);
         for priority in Priority::ALL {
-            let patience = Patience::under(target, priority, pressured, alone);
+            let patience = Patience::under(target, critical, priority, pressured, alone);
             let lane = priority.index();
             let before = expired;
-            queue.expire_lanes(lane..lane + 1, now, patience, |_, waker: Option<Waker>| {
-                expired += 1;
-                if let Some(w) = waker {
-                    w.wake();
-                }
-            });
+            queue.expire_lanes(
+                lane..lane + 1,
+                now,
+                patience,
+                granted,
+                |_, waker: Option<Waker>| {
+                    expired += 1;
+                    if let Some(w) = waker {
+                        w.wake();
+                    }
+                },
+            );
             if expired > before {
                 self.press(queue, priority);
             }
@@ -1233,6 +1255,74 @@ impl Limiter {
         fate
     }
 
+    /// A queued request of `priority` reached its deadline: until when it may wait on, if
+    /// nobody has been handed a slot since it queued (see
+    /// [`Patience::reprieve`](super::queue::Patience::reprieve)); `None` when it is to
+    /// [`withdraw`](Self::withdraw).
+    pub(crate) fn reprieve(&self, ticket: Ticket, priority: Priority) -> Option<Instant> {
+        let target = Duration::from_nanos(self.queue_target_ns.load(Ordering::Relaxed));
+        let now = self.clock.now();
+        let mut queue = self.lock_queue();
+        let patience = Patience::under(
+            target,
+            self.critical_wait(),
+            priority,
+            self.pressured(),
+            queue.critical_crowd(0),
+        );
+        queue.reprieve(ticket, now, patience)
+    }
+
+    /// How long a critical request may wait, as the law last published it.
+    fn critical_wait(&self) -> Duration {
+        Duration::from_nanos(self.critical_wait_ns.load(Ordering::Relaxed))
+    }
+
+    /// A queueing-delay target before the law has one (under the queue's lock), in
+    /// nanoseconds: `queue_delay` times the mean latency of the completions timed so far
+    /// (every request is timed until the first window has its samples), published until the
+    /// law's first target replaces it; 0 while nothing has completed, or when that is under
+    /// a microsecond (a service of nanoseconds has no use for a queue, and `queue_delay` 0
+    /// none at all).
+    ///
+    /// Without it a request that found the initial limit full was refused at once, whatever
+    /// its priority, until the first window was judged: from a cold start at 3x, 3 critical
+    /// calls of 1,189 over gRPC (`xtask/clients/grpc_load.py` against `cargo xtask serve
+    /// --grpc`), all in the first 200 ms.
+    #[cold]
+    fn first_target(&self) -> u64 {
+        let cells = &self.shared.cells;
+        let samples = cells.samples();
+        if samples == 0 {
+            return 0;
+        }
+        let sum = cells
+            .sums
+            .get(LATENCY_SUM)
+            .wrapping_sub(cells.taken[LATENCY_SUM].load(Ordering::Relaxed));
+        let target = (sum / samples) as f64 * self.config.queue_delay;
+        if !(target >= FIRST_TARGET_FLOOR_NS) {
+            return 0;
+        }
+        let target = target.min(u64::MAX as f64 / 4.0) as u64;
+        // The law's own, if it published one meanwhile, stands.
+        match self
+            .queue_target_ns
+            .compare_exchange(0, target, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => {
+                let _ = self.critical_wait_ns.compare_exchange(
+                    0,
+                    target * 2,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                target
+            }
+            Err(published) => published,
+        }
+    }
+
     /// A slot comes back (a granted waiter that will not use it).
     pub(crate) fn release(&self) {
         self.shared.get().release();
@@ -1248,8 +1338,9 @@ impl Limiter {
     fn hand_on(&self) {
         let now = self.clock.now();
         let mut queue = self.lock_queue();
+        let granted = queue.granted_at();
         self.drain(&mut queue, now);
-        self.expire(&mut queue, now);
+        self.expire(&mut queue, now, granted);
     }
 
     /// A waiter held to its priority's share reached the hold's end: a free slot goes to the
@@ -1722,7 +1813,12 @@ mod tests {
     /// thread exits and gives its slots back the word counts exactly the four in flight.
     #[test]
     fn slots_an_idle_thread_kept_do_not_shrink_a_smaller_limit() {
-        let limiter = Limiter::new(fixed(32));
+        // No waits: the first completions would otherwise give a target to wait on.
+        let no_wait = |limit| LimitConfig {
+            queue_delay: 0.0,
+            ..fixed(limit)
+        };
+        let limiter = Limiter::new(no_wait(32));
         let (park, parked) = std::sync::mpsc::channel::<()>();
         let (kept_tx, kept_rx) = std::sync::mpsc::channel::<u32>();
         let idle = {
@@ -1740,7 +1836,7 @@ mod tests {
             })
         };
         assert_eq!(kept_rx.recv().expect("kept"), 2, "two slots kept under 32");
-        *limiter.lock_law() = Law::new(fixed(4));
+        *limiter.lock_law() = Law::new(no_wait(4));
         limiter.publish(&limiter.lock_law());
         limiter.publish_limits(&limiter.lock_queue());
         assert_eq!(limiter.shared.leases.stranded(), 2, "revoked, still kept");
@@ -1757,7 +1853,7 @@ mod tests {
         assert!(limiter.try_acquire(Priority::Normal).is_none());
         assert!(
             matches!(limiter.enter(Priority::Normal), Entry::Refused),
-            "a fifth is over the limit of 4 (nothing learnt: no queue)"
+            "a fifth is over the limit of 4 (no queue)"
         );
         park.send(()).expect("the idle thread waits");
         idle.join().expect("the idle thread exits");

@@ -551,6 +551,8 @@ pub(crate) fn run(setup: &Setup) -> Report {
         }),
         _ => None,
     };
+    // The last grant before the completions whose expiry pass is pending (see `Ev::Deadline`).
+    let mut after_grants: Option<Option<Instant>> = None;
     let mut in_flight: u32 = 0; // inside the backend (past the guard)
     // FIFO backend state.
     let mut busy: u32 = 0;
@@ -682,11 +684,16 @@ pub(crate) fn run(setup: &Setup) -> Report {
                     });
                 }
             }
-            Ev::Deadline(_) => {
+            Ev::Deadline(id) => {
                 // The limiter's expiry pass: every waiter past its deadline is refused.
                 if let Some(l) = limiter.as_mut()
                     && let Some(target) = l.law.queue_target()
                 {
+                    // After a completion, the last grant before it (the limiter's rule).
+                    let granted = match (id, after_grants.take()) {
+                        (u64::MAX, Some(granted)) => granted,
+                        _ => l.queue.granted_at(),
+                    };
                     let mut expired = Vec::new();
                     let critical = Priority::Critical.index();
                     for (lanes, p) in [
@@ -695,12 +702,15 @@ pub(crate) fn run(setup: &Setup) -> Report {
                     ] {
                         let patience = super::queue::Patience::under(
                             target,
+                            l.law.max_wait(Priority::Critical).unwrap_or(target),
                             p,
                             l.pressure | l.pressure_before,
-                            l.queue.only(Priority::Critical),
+                            l.queue.critical_crowd(0),
                         );
                         l.queue
-                            .expire_lanes(lanes, at(now), patience, |t, id| expired.push((t, id)));
+                            .expire_lanes(lanes, at(now), patience, granted, |t, id| {
+                                expired.push((t, id))
+                            });
                     }
                     for (ticket, id) in expired {
                         l.queue.take(ticket);
@@ -796,9 +806,10 @@ pub(crate) fn run(setup: &Setup) -> Report {
                                         // it waits).
                                         let patience = super::queue::Patience::under(
                                             target,
+                                            l.law.max_wait(Priority::Critical).unwrap_or(target),
                                             priority,
                                             l.pressure | l.pressure_before,
-                                            l.queue.only(Priority::Critical),
+                                            l.queue.critical_crowd(1),
                                         );
                                         let deadline = l.queue.deadline(at(now), patience);
                                         // At its target (refused if the queue stands by
@@ -813,6 +824,15 @@ pub(crate) fn run(setup: &Setup) -> Report {
                                             now + (deadline - at(now)).as_secs_f64(),
                                             Ev::Deadline(id),
                                         );
+                                        // A critical waiter's reprieve ends (it waited on
+                                        // while nobody was served).
+                                        if let Some(reprieve) = patience.reprieve {
+                                            push(
+                                                &mut heap,
+                                                now + reprieve.as_secs_f64(),
+                                                Ev::Deadline(id),
+                                            );
+                                        }
                                         // Held to its share: woken at the hold's end (the
                                         // pass after every event hands it a free slot then).
                                         let limits = l.limits();
@@ -917,6 +937,7 @@ pub(crate) fn run(setup: &Setup) -> Report {
         }
 
         // Completions leave the backend and the limit.
+        let released = !finished.is_empty();
         for id in finished {
             in_flight -= 1;
             if let (Some(l), Some((start, concurrency, timed, low, epoch))) =
@@ -1010,6 +1031,7 @@ pub(crate) fn run(setup: &Setup) -> Report {
 
         // Hand freed slots to the best waiters.
         if let Some(l) = limiter.as_mut() {
+            let granted_before = l.queue.granted_at();
             let limit = l.law.limit();
             let target = l.law.queue_target().unwrap_or_default();
             let _ = limit;
@@ -1034,6 +1056,12 @@ pub(crate) fn run(setup: &Setup) -> Report {
                 l.queue.take(ticket);
                 reqs[id as usize].ticket = None;
                 to_start.push(id);
+            }
+            // The limiter's expiry pass after a completion hands slots on (critical waiters
+            // reprieved while nobody was served are judged by their target from then on).
+            if released && l.queue.lane_len(Priority::Critical) > 0 {
+                after_grants = Some(granted_before);
+                push(&mut heap, now, Ev::Deadline(u64::MAX));
             }
         }
 
@@ -2108,6 +2136,10 @@ mod halves_tests {
                 phases[3].slots = 0.5;
             }
             for &seed in &seeds {
+                let verbose = std::env::var("SIM_VERBOSE").is_ok();
+                if verbose {
+                    REFUSED.with(|r| *r.borrow_mut() = Some(Vec::new()));
+                }
                 let r = run(&Setup {
                     backend: b,
                     clients: Clients::Open,
@@ -2130,7 +2162,7 @@ mod halves_tests {
                     // p99 of each phase over the unloaded p99 of the backend of that moment.
                     let (slow, fast) = (r.phases[0].p99(), r.phases[1].p99());
                     println!(
-                        "  {:?} seed {seed}: 1.5x L{:.1} halved {h:.1} [{}] L{:.1} restored {back:.1} L{:.1} p99 1.5x {:.2} halved {:.2} restored {:.2}",
+                        "  {:?} seed {seed}: 1.5x L{:.1} halved {h:.1} [{}] L{:.1} restored {back:.1} L{:.1} p99 1.5x {:.2} halved {:.2} restored {:.2} crit {:.2}/{:.2}/{:.2} causes {:?}",
                         b.kind,
                         r.phases[2].mean_limit,
                         per.join(" "),
@@ -2139,7 +2171,18 @@ mod halves_tests {
                         r.phases[2].p99() / fast,
                         r.phases[3].p99() / if lose { fast } else { slow },
                         r.phases[4].p99() / fast,
+                        r.phases[2].critical_percent(),
+                        r.phases[3].critical_percent(),
+                        r.phases[4].critical_percent(),
+                        CRIT.with(|c| c.replace([0; 4])),
                     );
+                    let refused = REFUSED.with(|r| r.borrow_mut().take()).unwrap_or_default();
+                    for x in refused.iter().filter(|x| x.1 == Priority::Critical) {
+                        println!(
+                            "    critical refused at {:.3} s (halved from {:.1} s): cause {} limit {} in flight {} queued {}",
+                            x.0, s0, x.2, x.3, x.4, x.5
+                        );
+                    }
                 }
                 hmin = hmin.min(h);
                 hsum += h;
