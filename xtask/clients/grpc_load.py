@@ -102,11 +102,15 @@ class Tally:
         self.critical = [0, 0]  # sent, answered OK
         self.retry = {}  # delay (s) or None -> count, over refused calls
         self.bad = 0
+        self.started = time.perf_counter()
+        self.critical_refused_at = []  # seconds since the start, when each was sent
 
-    def add(self, priority, code, latency, trailing):
+    def add(self, priority, code, sent, latency, trailing):
         self.codes[code] = self.codes.get(code, 0) + 1
         if priority == "critical":
             self.critical[0] += 1
+            if code != grpc.StatusCode.OK:
+                self.critical_refused_at.append((sent - self.started, latency))
         if code == grpc.StatusCode.OK:
             self.ok_latencies.append(latency)
             if priority == "critical":
@@ -138,7 +142,7 @@ async def one(stub, tally, priority, timeout):
     except grpc.aio.AioRpcError as err:
         code = err.code()
     trailing = await call.trailing_metadata()
-    tally.add(priority, code, time.perf_counter() - start, trailing)
+    tally.add(priority, code, start, time.perf_counter() - start, trailing)
 
 
 def quantile(values, q):
@@ -170,7 +174,7 @@ async def main():
         for ch in channels
     ]
     tally = Tally()
-    started = time.perf_counter()
+    started = tally.started = time.perf_counter()
     end = started + a.duration
     if a.rate:
         pending, n = set(), 0
@@ -210,6 +214,11 @@ async def main():
     sent, served = tally.critical
     if sent:
         print(f"critical answered OK: {served} of {sent} ({100.0 * served / sent:.2f} %)")
+        if tally.critical_refused_at:
+            at = ", ".join(
+                f"{t:.3f} (after {1e3 * l:.0f} ms)" for t, l in sorted(tally.critical_refused_at)[:10]
+            )
+            print(f"  critical not OK, sent at (s from the start): {at}")
     if tally.retry:
         parts = ", ".join(
             f"{'none' if d is None else f'{d:g} s'}: {c}" for d, c in sorted(tally.retry.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))

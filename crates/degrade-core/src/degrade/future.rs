@@ -202,15 +202,6 @@ where
                         if !due(&mut wait.timer, wait.deadline, limiter.now(), cx) {
                             return Poll::Pending;
                         }
-                        if let Some(later) = limiter.reprieve(wait.ticket, wait.priority) {
-                            // A critical request nobody was served ahead of since it came
-                            // (a gap in the completions): it waits on, to a later deadline.
-                            wait.deadline = later;
-                            if let Some(timer) = wait.timer.as_mut() {
-                                timer.as_mut().reset(later);
-                            }
-                            continue;
-                        }
                         // Past its deadline: it leaves the queue, counted expired there (once:
                         // by `withdraw`, or by the expiry pass that decided its fate first),
                         // unless a slot was handed to it meanwhile, which it then uses.

@@ -1043,8 +1043,7 @@ impl Limiter {
         let alone = queue.len() == 0;
         if !alone {
             let at = *now.get_or_insert_with(|| self.clock.now());
-            let granted = queue.granted_at();
-            self.expire(&mut queue, at, granted);
+            self.expire(&mut queue, at);
             if self.shared.leases.stranded() > 0 {
                 // Slots idle threads still keep are free: the waiters take them first.
                 self.drain(&mut queue, at);
@@ -1174,7 +1173,7 @@ impl Limiter {
     /// Ends the waits past their deadline (under the queue's lock): a waiter past its target
     /// is refused only once the queue stands (see [`Patience`]), so one late waiter of a
     /// burst at the knee is served instead.
-    fn expire(&self, queue: &mut WaitQueue<Option<Waker>>, now: Instant, granted: Option<Instant>) {
+    fn expire(&self, queue: &mut WaitQueue<Option<Waker>>, now: Instant) {
         let target = Duration::from_nanos(self.queue_target_ns.load(Ordering::Relaxed));
         if target.is_zero() || queue.len() == 0 {
             return;
@@ -1187,18 +1186,12 @@ impl Limiter {
             let patience = Patience::under(target, critical, priority, pressured, alone);
             let lane = priority.index();
             let before = expired;
-            queue.expire_lanes(
-                lane..lane + 1,
-                now,
-                patience,
-                granted,
-                |_, waker: Option<Waker>| {
-                    expired += 1;
-                    if let Some(w) = waker {
-                        w.wake();
-                    }
-                },
-            );
+            queue.expire_lanes(lane..lane + 1, now, patience, |_, waker: Option<Waker>| {
+                expired += 1;
+                if let Some(w) = waker {
+                    w.wake();
+                }
+            });
             if expired > before {
                 self.press(queue, priority);
             }
@@ -1255,24 +1248,6 @@ impl Limiter {
         fate
     }
 
-    /// A queued request of `priority` reached its deadline: until when it may wait on, if
-    /// nobody has been handed a slot since it queued (see
-    /// [`Patience::reprieve`](super::queue::Patience::reprieve)); `None` when it is to
-    /// [`withdraw`](Self::withdraw).
-    pub(crate) fn reprieve(&self, ticket: Ticket, priority: Priority) -> Option<Instant> {
-        let target = Duration::from_nanos(self.queue_target_ns.load(Ordering::Relaxed));
-        let now = self.clock.now();
-        let mut queue = self.lock_queue();
-        let patience = Patience::under(
-            target,
-            self.critical_wait(),
-            priority,
-            self.pressured(),
-            queue.critical_crowd(0),
-        );
-        queue.reprieve(ticket, now, patience)
-    }
-
     /// How long a critical request may wait, as the law last published it.
     fn critical_wait(&self) -> Duration {
         Duration::from_nanos(self.critical_wait_ns.load(Ordering::Relaxed))
@@ -1301,7 +1276,8 @@ impl Limiter {
             .get(LATENCY_SUM)
             .wrapping_sub(cells.taken[LATENCY_SUM].load(Ordering::Relaxed));
         let target = (sum / samples) as f64 * self.config.queue_delay;
-        if !(target >= FIRST_TARGET_FLOOR_NS) {
+        // NaN (no latency summed yet) is not a target either.
+        if target.is_nan() || target < FIRST_TARGET_FLOOR_NS {
             return 0;
         }
         let target = target.min(u64::MAX as f64 / 4.0) as u64;
@@ -1313,7 +1289,7 @@ impl Limiter {
             Ok(_) => {
                 let _ = self.critical_wait_ns.compare_exchange(
                     0,
-                    target * 2,
+                    target * u64::from(super::law::CRITICAL_WAITS),
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 );
@@ -1338,9 +1314,8 @@ impl Limiter {
     fn hand_on(&self) {
         let now = self.clock.now();
         let mut queue = self.lock_queue();
-        let granted = queue.granted_at();
         self.drain(&mut queue, now);
-        self.expire(&mut queue, now, granted);
+        self.expire(&mut queue, now);
     }
 
     /// A waiter held to its priority's share reached the hold's end: a free slot goes to the

@@ -45,10 +45,6 @@ pub(crate) const STANDING: u32 = 2;
 /// p99 over seeds 1-30 rose from 1.04 to 1.16 of the unloaded p99 there; 1.07 with 8).
 pub(crate) const MEMORY: u32 = 16;
 
-/// How long a critical waiter may wait on while no slot has been handed to anyone since it
-/// queued, in its own waits (see [`Patience::reprieve`]).
-pub(crate) const REPRIEVE: u32 = 2;
-
 /// How long a waiter may wait: its target (`wait`) once the queue stands, and until the
 /// queue has stood `interval` otherwise (see [`WaitQueue::stands`]). No wait outlasts
 /// `max(wait, interval)`.
@@ -58,21 +54,6 @@ pub(crate) struct Patience {
     pub(crate) wait: Duration,
     /// How long the queue must hold waiters without emptying to stand.
     pub(crate) interval: Duration,
-    /// How long a waiter may wait, at most, when its wait ends while no slot has been handed
-    /// to anyone for the last half of it (`None`: no longer than `wait`). Once reprieved, it
-    /// waits on to this bound (or a slot), whatever the grants meanwhile.
-    ///
-    /// Critical requests have it ([`REPRIEVE`] waits): one that waits while nothing is
-    /// handed out waits on a backend that finishes nothing, not behind other requests, and
-    /// refusing it frees no slot for anyone. That happens when the service slows down at
-    /// once (every request in flight started after the change, and none completes for a
-    /// whole new service time) and after a cut (nothing is admitted until the requests in
-    /// flight fall below the new limit): the simulator's `capacity-halves` on 8 slots x
-    /// 40 ms refused one critical request in such a gap in 6 of 20 seeds, and the overload
-    /// bench in 3 of 10 runs (critical 99.2 % while it alone was a third of the halved
-    /// capacity). A waiter that a slot passed over lately (it went to an older critical
-    /// waiter) is judged by `wait` as before: critical requests then compete for the slots.
-    pub(crate) reprieve: Option<Duration>,
 }
 
 impl Patience {
@@ -98,15 +79,14 @@ impl Patience {
         Self {
             wait,
             interval: target.saturating_mul(STANDING),
-            reprieve: (priority == Priority::Critical).then(|| wait.saturating_mul(REPRIEVE)),
         }
     }
 
     /// The patience of a waiter of `priority` while the priorities whose bits are set in
     /// `pressured` (bit `1 << index`) had requests refused lately, and `alone` when only
     /// critical requests wait, two or more ([`WaitQueue::critical_crowd`]): as
-    /// [`Patience::waits`], but a critical waiter waits only the target, with no reprieve,
-    /// while critical requests are refused and crowd the queue alone. They are then more than the
+    /// [`Patience::waits`], but a critical waiter waits only the target while critical
+    /// requests are refused and crowd the queue alone. They are then more than the
     /// limit serves (the limit holds critical requests only: the others would be waiting
     /// too), the queue holds more of them than the free slots take, and a longer wait only
     /// adds to the latency of those served (the overload bench's `critical-only` at 1.5x: p99
@@ -118,7 +98,7 @@ impl Patience {
     /// their shares and a single critical request often waits alone; read as a crowd after one
     /// refusal, the target refused the next ones in turn (the simulator's `capacity-halves`
     /// on 2 cores x 20 ms over seeds 1-20: 25 critical requests refused, 15 with the crowd
-    /// at two).
+    /// at two; at a cold start over gRPC, four critical calls at once after one refusal).
     pub(crate) fn under(
         target: Duration,
         critical: Duration,
@@ -129,37 +109,14 @@ impl Patience {
         let patience = Self::waits(target, critical, priority);
         let critical = priority == Priority::Critical;
         if critical && alone && pressured & (1 << Priority::Critical.index()) != 0 {
-            // They alone are more than the limit serves: no gap to wait out.
             Self {
                 wait: target,
-                reprieve: None,
                 ..patience
             }
         } else {
             patience
         }
     }
-}
-
-/// Whether a waiter queued at `since` may wait on at `now` under `patience`'s reprieve: it
-/// has not waited the whole reprieve, and it was reprieved `already`, or no slot was handed
-/// out in the last half of its wait (the queue's last grant, `granted_at`, came before that
-/// half, or at or after the wait's end: the end of the gap, which says nothing of the wait).
-fn reprieved(
-    granted_at: Option<Instant>,
-    since: Instant,
-    now: Instant,
-    already: bool,
-    patience: Patience,
-) -> bool {
-    patience.reprieve.is_some_and(|reprieve| {
-        let end = since + patience.wait;
-        now.saturating_duration_since(since) < reprieve
-            && (already
-                || granted_at.is_none_or(|granted| {
-                    granted >= end || end.saturating_duration_since(granted) >= patience.wait / 2
-                }))
-    })
 }
 
 /// One waiter's place: its index and the generation of the slot, so a stale ticket (kept by a
@@ -188,8 +145,6 @@ enum State<T> {
         priority: Priority,
         since: Instant,
         payload: T,
-        /// It waits on past its wait (see [`Patience::reprieve`]).
-        reprieved: bool,
     },
     Done(Fate),
 }
@@ -227,8 +182,6 @@ pub(crate) struct WaitQueue<T> {
     busy_since: Option<Instant>,
     /// When it last refused a waiter past its target.
     expired_at: Option<Instant>,
-    /// When it last handed a slot to a waiter.
-    granted_at: Option<Instant>,
 }
 
 impl<T> WaitQueue<T> {
@@ -243,7 +196,6 @@ impl<T> WaitQueue<T> {
             waiting: 0,
             busy_since: None,
             expired_at: None,
-            granted_at: None,
         }
     }
 
@@ -344,7 +296,6 @@ impl<T> WaitQueue<T> {
             priority,
             since: now,
             payload,
-            reprieved: false,
         };
         let ticket = Ticket {
             index,
@@ -376,12 +327,6 @@ impl<T> WaitQueue<T> {
     /// requests alone fill the limit (see [`Patience::under`]).
     pub(crate) fn critical_crowd(&self, coming: usize) -> bool {
         self.only(Priority::Critical) && self.lanes[Priority::Critical.index()].len() + coming >= 2
-    }
-
-    /// Requests of `priority` waiting now.
-    #[cfg(test)]
-    pub(crate) fn lane_len(&self, priority: Priority) -> usize {
-        self.lanes[priority.index()].len()
     }
 
     /// The priority of the best waiter, if any.
@@ -426,7 +371,6 @@ impl<T> WaitQueue<T> {
         } else {
             lane.pop_front()
         }?;
-        self.granted_at = Some(now);
         self.waiting -= 1;
         if self.waiting == 0 {
             self.busy_since = None;
@@ -448,27 +392,17 @@ impl<T> WaitQueue<T> {
     /// target), calling `f` with each one's ticket and payload.
     #[cfg(test)]
     pub(crate) fn expire(&mut self, now: Instant, patience: Patience, f: impl FnMut(Ticket, T)) {
-        self.expire_lanes(0..5, now, patience, self.granted_at, f);
-    }
-
-    /// When a slot was last handed to a waiter.
-    pub(crate) fn granted_at(&self) -> Option<Instant> {
-        self.granted_at
+        self.expire_lanes(0..5, now, patience, f);
     }
 
     /// [`expire`](Self::expire) for the waiters of the priorities in `priorities` (indices):
     /// nothing while the queue does not stand (see [`stands`](Self::stands)), then every
-    /// waiter that has waited `patience.wait` or longer, unless reprieved
-    /// ([`Patience::reprieve`]) with `granted_at` as the last grant. The limiter passes the
-    /// last grant before the completion it is handing on: when a slot frees after a gap and
-    /// goes to an older critical waiter, the gap ends for the younger ones too (the next
-    /// completions of the burst are theirs), and is no reason to refuse them.
+    /// waiter that has waited `patience.wait` or longer.
     pub(crate) fn expire_lanes(
         &mut self,
         priorities: std::ops::Range<usize>,
         now: Instant,
         patience: Patience,
-        granted_at: Option<Instant>,
         mut f: impl FnMut(Ticket, T),
     ) {
         if !self.stands(now, patience) {
@@ -476,27 +410,17 @@ impl<T> WaitQueue<T> {
         }
         for lane in &mut self.lanes[priorities] {
             // Waiters enter each lane in time order; LIFO grants take from the back, so the
-            // front is always the oldest, and the first within its target ends the pass.
-            let mut i = 0;
-            while let Some(&ticket) = lane.get(i) {
+            // front is always the oldest.
+            while let Some(&ticket) = lane.front() {
                 let slot = &mut self.slots[ticket.index as usize];
-                let State::Waiting {
-                    since, reprieved, ..
-                } = &mut slot.state
-                else {
-                    lane.remove(i);
+                let State::Waiting { since, .. } = &slot.state else {
+                    lane.pop_front();
                     continue;
                 };
-                let waited = now.saturating_duration_since(*since);
-                if waited < patience.wait {
+                if now.saturating_duration_since(*since) < patience.wait {
                     break;
                 }
-                if self::reprieved(granted_at, *since, now, *reprieved, patience) {
-                    *reprieved = true;
-                    i += 1;
-                    continue;
-                }
-                lane.remove(i);
+                lane.pop_front();
                 self.waiting -= 1;
                 self.expired_at = Some(now);
                 if let State::Waiting { payload, .. } =
@@ -508,31 +432,6 @@ impl<T> WaitQueue<T> {
         }
         if self.waiting == 0 {
             self.busy_since = None;
-        }
-    }
-
-    /// How long `ticket`, past its deadline under `patience`, may wait on (see
-    /// [`Patience::reprieve`]): until the returned instant, unless a slot is handed to anyone
-    /// before (the limiter's expiry pass then judges it by its target). `None`: it may not.
-    pub(crate) fn reprieve(
-        &mut self,
-        ticket: Ticket,
-        now: Instant,
-        patience: Patience,
-    ) -> Option<Instant> {
-        let granted_at = self.granted_at;
-        let slot = self.slots.get_mut(ticket.index as usize)?;
-        match &mut slot.state {
-            State::Waiting {
-                since, reprieved, ..
-            } if slot.generation == ticket.generation => {
-                if !self::reprieved(granted_at, *since, now, *reprieved, patience) {
-                    return None;
-                }
-                *reprieved = true;
-                Some(*since + patience.reprieve.unwrap_or_default())
-            }
-            _ => None,
         }
     }
 
@@ -755,7 +654,6 @@ mod tests {
         let patience = Patience {
             wait: Duration::from_millis(10),
             interval: Duration::from_millis(10),
-            reprieve: None,
         };
         q.expire(t0 + Duration::from_millis(10), patience, |t, p| {
             expired.push((t, p))
@@ -839,61 +737,7 @@ mod tests {
         queued(q.push(Priority::Critical, t1, 8, 7));
         assert_eq!(q.deadline(t1, critical), t1 + 2 * TARGET);
         assert!(expired_at(&mut q, t1 + ms(19), Priority::Critical).is_empty());
-        // A slot went to another waiter within the last target: no gap to wait out.
-        queued(q.push(Priority::Critical, t1, 8, 8));
-        assert!(q.grant(t1 + ms(11), None).is_some_and(|(_, p, _)| p == 7));
-        assert_eq!(expired_at(&mut q, t1 + ms(20), Priority::Critical), [8]);
-    }
-
-    /// A critical waiter whose wait ends while nobody has been handed a slot for the last
-    /// half of it waits on, to [`REPRIEVE`] waits, and stays reprieved once it is: it waits
-    /// on a backend that completes nothing (a sudden slowdown, a cut draining), not behind
-    /// other requests. Only critical waiters have the reprieve, and not while critical
-    /// requests alone crowd the queue and are refused.
-    #[test]
-    fn a_critical_waiter_waits_on_through_a_gap_in_the_grants() {
-        let t0 = Instant::now();
-        let critical = Patience::new(TARGET, Priority::Critical);
-        assert_eq!(critical.reprieve, Some(2 * TARGET * REPRIEVE));
-        let mut q = WaitQueue::new(8);
-        queued(q.push(Priority::Low, t0, 8, 1));
-        assert!(q.grant(t0 + ms(2), None).is_some());
-        let gap = queued(q.push(Priority::Critical, t0 + ms(5), 8, 2));
-        // Its 20 ms are up at t0 + 25 ms, nothing granted since t0 + 2: reprieved.
-        assert!(expired_at(&mut q, t0 + ms(25), Priority::Critical).is_empty());
-        assert_eq!(
-            q.reprieve(gap, t0 + ms(25), critical),
-            Some(t0 + ms(5) + 2 * TARGET * REPRIEVE)
-        );
-        // The next slot that frees goes to it: served, not refused.
-        queued(q.push(Priority::Critical, t0 + ms(26), 8, 3));
-        assert!(q.grant(t0 + ms(27), None).is_some_and(|(_, p, _)| p == 2));
-        // A waiter past its wait just after a slot went to another: refused.
-        queued(q.push(Priority::Critical, t0 + ms(40), 8, 4));
-        let b = queued(q.push(Priority::Critical, t0 + ms(41), 8, 5));
-        assert!(q.grant(t0 + ms(58), None).is_some_and(|(_, p, _)| p == 3));
-        assert!(q.grant(t0 + ms(59), None).is_some_and(|(_, p, _)| p == 4));
-        assert_eq!(
-            q.reprieve(b, t0 + ms(61), critical),
-            None,
-            "a grant 2 ms ago"
-        );
-        assert_eq!(expired_at(&mut q, t0 + ms(61), Priority::Critical), [5]);
-        // A reprieve ends at its end, whatever the grants.
-        let t1 = t0 + ms(100);
-        queued(q.push(Priority::Critical, t1, 8, 6));
-        assert!(expired_at(&mut q, t1 + 2 * TARGET, Priority::Critical).is_empty());
-        let end = t1 + 2 * TARGET * REPRIEVE;
-        assert!(expired_at(&mut q, end - ms(1), Priority::Critical).is_empty());
-        assert_eq!(expired_at(&mut q, end, Priority::Critical), [6]);
-
-        // Normal waiters have no reprieve.
-        let normal = Patience::new(TARGET, Priority::Normal);
-        assert_eq!(normal.reprieve, None);
-        // Nor critical ones crowding the queue alone while refused.
-        let pressured = 1 << Priority::Critical.index();
-        let crowd = Patience::under(TARGET, 2 * TARGET, Priority::Critical, pressured, true);
-        assert_eq!((crowd.wait, crowd.reprieve), (TARGET, None));
+        assert_eq!(expired_at(&mut q, t1 + ms(20), Priority::Critical), [7]);
     }
 
     /// Critical requests alone crowd the queue once two of them wait and nothing else does.
@@ -975,22 +819,6 @@ mod proptests {
         since: Instant,
         patience: Patience,
         deadline: Instant,
-        /// Kept past its wait by the reprieve.
-        reprieved: bool,
-    }
-
-    impl Waiter {
-        /// Whether the queue may keep it at `now` past its deadline: critical, within its
-        /// reprieve, and reprieved already or nobody granted a slot in the last half of its
-        /// wait (`granted`: the last grant).
-        fn reprieved(&self, now: Instant, granted: Option<Instant>) -> bool {
-            let end = self.since + self.patience.wait;
-            self.patience.reprieve.is_some_and(|r| {
-                now - self.since < r
-                    && (self.reprieved
-                        || granted.is_none_or(|g| g >= end || end - g >= self.patience.wait / 2))
-            })
-        }
     }
 
     /// An expiry pass as the limiter runs it (every priority below critical, then critical),
@@ -999,7 +827,6 @@ mod proptests {
         q: &mut WaitQueue<u32>,
         waiting: &mut Vec<Waiter>,
         now: Instant,
-        granted: Option<Instant>,
     ) -> Result<(), TestCaseError> {
         let critical = Priority::Critical.index();
         let mut expired = Vec::new();
@@ -1010,21 +837,17 @@ mod proptests {
             let patience = Patience::new(TARGET, p);
             let stood = q.stands(now, patience);
             let before = expired.len();
-            q.expire_lanes(lanes, now, patience, q.granted_at(), |t, _| expired.push(t));
+            q.expire_lanes(lanes, now, patience, |t, _| expired.push(t));
             prop_assert!(stood || expired.len() == before, "refused unstood");
         }
         for t in expired {
             let w = waiting.iter().position(|w| w.ticket == t).unwrap();
             let w = waiting.remove(w);
             prop_assert!(now - w.since >= w.patience.wait, "refused early");
-            prop_assert!(!w.reprieved(now, granted), "refused in a gap");
             prop_assert_eq!(q.take(t), Some(Fate::Expired));
         }
-        for w in waiting.iter_mut() {
-            if now >= w.deadline {
-                prop_assert!(w.reprieved(now, granted), "kept past its deadline");
-                w.reprieved = true;
-            }
+        for w in waiting.iter() {
+            prop_assert!(now < w.deadline, "kept past its deadline");
         }
         Ok(())
     }
@@ -1050,7 +873,6 @@ mod proptests {
             let mut q = WaitQueue::new(8);
             let mut waiting: Vec<Waiter> = Vec::new();
             let mut next = 0u32;
-            let mut granted = None;
             for op in ops {
                 match op {
                     Op::Advance(ms) => now += Duration::from_millis(ms),
@@ -1068,28 +890,18 @@ mod proptests {
                                 let bound = patience.wait.max(patience.interval);
                                 prop_assert!(deadline >= now + patience.wait);
                                 prop_assert!(deadline <= now + bound);
-                                waiting.push(Waiter {
-                                    ticket,
-                                    since: now,
-                                    patience,
-                                    deadline,
-                                    reprieved: false,
-                                });
+                                waiting.push(Waiter { ticket, since: now, patience, deadline });
                             }
                             Pushed::Full(_) => {}
                         }
                     }
                     Op::Grant(newest) => {
                         // As the limiter hands a slot on: the expiry pass first.
-                        pass(&mut q, &mut waiting, now, granted)?;
+                        pass(&mut q, &mut waiting, now)?;
                         if let Some((t, _, waited)) = q.grant(now, newest.then_some(TARGET)) {
-                            granted = Some(now);
                             let w = waiting.iter().position(|w| w.ticket == t).unwrap();
                             prop_assert_eq!(waited, now - waiting[w].since);
-                            prop_assert!(
-                                now < waiting[w].deadline || waiting[w].reprieved,
-                                "granted past its deadline"
-                            );
+                            prop_assert!(now < waiting[w].deadline, "granted past its deadline");
                             prop_assert_eq!(q.take(t), Some(Fate::Granted));
                             waiting.remove(w);
                         }
@@ -1100,7 +912,7 @@ mod proptests {
                             prop_assert_eq!(q.cancel(w.ticket), None);
                         }
                     }
-                    Op::Expire => pass(&mut q, &mut waiting, now, granted)?,
+                    Op::Expire => pass(&mut q, &mut waiting, now)?,
                 }
                 prop_assert_eq!(q.len(), waiting.len());
             }

@@ -551,8 +551,6 @@ pub(crate) fn run(setup: &Setup) -> Report {
         }),
         _ => None,
     };
-    // The last grant before the completions whose expiry pass is pending (see `Ev::Deadline`).
-    let mut after_grants: Option<Option<Instant>> = None;
     let mut in_flight: u32 = 0; // inside the backend (past the guard)
     // FIFO backend state.
     let mut busy: u32 = 0;
@@ -684,16 +682,11 @@ pub(crate) fn run(setup: &Setup) -> Report {
                     });
                 }
             }
-            Ev::Deadline(id) => {
+            Ev::Deadline(_) => {
                 // The limiter's expiry pass: every waiter past its deadline is refused.
                 if let Some(l) = limiter.as_mut()
                     && let Some(target) = l.law.queue_target()
                 {
-                    // After a completion, the last grant before it (the limiter's rule).
-                    let granted = match (id, after_grants.take()) {
-                        (u64::MAX, Some(granted)) => granted,
-                        _ => l.queue.granted_at(),
-                    };
                     let mut expired = Vec::new();
                     let critical = Priority::Critical.index();
                     for (lanes, p) in [
@@ -708,9 +701,7 @@ pub(crate) fn run(setup: &Setup) -> Report {
                             l.queue.critical_crowd(0),
                         );
                         l.queue
-                            .expire_lanes(lanes, at(now), patience, granted, |t, id| {
-                                expired.push((t, id))
-                            });
+                            .expire_lanes(lanes, at(now), patience, |t, id| expired.push((t, id)));
                     }
                     for (ticket, id) in expired {
                         l.queue.take(ticket);
@@ -824,15 +815,7 @@ pub(crate) fn run(setup: &Setup) -> Report {
                                             now + (deadline - at(now)).as_secs_f64(),
                                             Ev::Deadline(id),
                                         );
-                                        // A critical waiter's reprieve ends (it waited on
-                                        // while nobody was served).
-                                        if let Some(reprieve) = patience.reprieve {
-                                            push(
-                                                &mut heap,
-                                                now + reprieve.as_secs_f64(),
-                                                Ev::Deadline(id),
-                                            );
-                                        }
+
                                         // Held to its share: woken at the hold's end (the
                                         // pass after every event hands it a free slot then).
                                         let limits = l.limits();
@@ -937,7 +920,6 @@ pub(crate) fn run(setup: &Setup) -> Report {
         }
 
         // Completions leave the backend and the limit.
-        let released = !finished.is_empty();
         for id in finished {
             in_flight -= 1;
             if let (Some(l), Some((start, concurrency, timed, low, epoch))) =
@@ -1031,7 +1013,6 @@ pub(crate) fn run(setup: &Setup) -> Report {
 
         // Hand freed slots to the best waiters.
         if let Some(l) = limiter.as_mut() {
-            let granted_before = l.queue.granted_at();
             let limit = l.law.limit();
             let target = l.law.queue_target().unwrap_or_default();
             let _ = limit;
@@ -1056,12 +1037,6 @@ pub(crate) fn run(setup: &Setup) -> Report {
                 l.queue.take(ticket);
                 reqs[id as usize].ticket = None;
                 to_start.push(id);
-            }
-            // The limiter's expiry pass after a completion hands slots on (critical waiters
-            // reprieved while nobody was served are judged by their target from then on).
-            if released && l.queue.lane_len(Priority::Critical) > 0 {
-                after_grants = Some(granted_before);
-                push(&mut heap, now, Ev::Deadline(u64::MAX));
             }
         }
 
