@@ -160,10 +160,11 @@ async fn a_critical_request_waits_out_a_sudden_slowdown() {
 
 /// A cold start: no baseline and no queueing-delay target until the first window of
 /// completions is judged. A request that finds the initial limit full meanwhile waits on the
-/// target the first completions give (`queue_delay` times their mean latency) instead of being
-/// refused at once whatever its priority: from a cold start at 3x over gRPC, 3 critical calls
-/// of 1,189 were refused in the first 200 ms before this. Before anything completes there is
-/// nothing to wait on, and a request over the initial limit is still refused at once.
+/// target the first completions give (`queue_delay` times their mean latency); before anything
+/// completes, a critical request waits for the first completions (at most a second) and any
+/// other is refused at once. Before these, every request over the initial limit was refused
+/// at once, whatever its priority: from a cold start at 3x over gRPC, one or two critical
+/// calls in about one start of four, all in the first 200 ms.
 #[tokio::test(start_paused = true)]
 async fn a_cold_start_waits_on_the_first_completions() {
     let c = Controller::new(Default::default()).unwrap();
@@ -182,17 +183,32 @@ async fn a_cold_start_waits_on_the_first_completions() {
     let snapshot = || layer.snapshot().limit.unwrap();
     let call = |p| tokio::spawn(svc.clone().oneshot(p));
 
-    // Nothing has completed yet: the initial limit full, a request is refused at once.
-    let first: Vec<_> = (0..4).map(|_| call(Priority::Normal)).collect();
+    // Nothing has completed yet: over the initial limit, a normal request is refused at once
+    // (and the critical requests' limit is a tenth over the others' from then on, as ever),
+    // and a critical one over that waits.
+    let mut first: Vec<_> = (0..4).map(|_| call(Priority::Normal)).collect();
     tokio::task::yield_now().await;
+    assert_eq!(snapshot().in_flight, 4);
     let early = svc.clone().oneshot(Priority::Normal).await.unwrap_err();
     assert!(early.downcast_ref::<Shed>().is_some(), "{early}");
+    first.push(call(Priority::Critical));
+    tokio::task::yield_now().await;
+    assert_eq!(snapshot().in_flight, 5);
+    let cold = call(Priority::Critical);
+    tokio::task::yield_now().await;
+    assert_eq!(snapshot().waiting, 1, "the critical request waits");
     for h in first {
         h.await.unwrap().unwrap();
     }
+    assert_eq!(
+        cold.await.unwrap().unwrap(),
+        Priority::Critical,
+        "served at 20 ms"
+    );
     assert_eq!(snapshot().queue_target, None, "no window judged yet");
 
-    // Four completions of 20 ms: requests may wait half that (critical ones twice as long).
+    // Four completions of 20 ms: requests may wait half that (critical ones four times as
+    // long).
     let busy: Vec<_> = (0..4).map(|_| call(Priority::Normal)).collect();
     tokio::task::yield_now().await;
     let critical: Vec<_> = (0..3).map(|_| call(Priority::Critical)).collect();
@@ -206,5 +222,6 @@ async fn a_cold_start_waits_on_the_first_completions() {
     }
     let snap = layer.snapshot();
     assert_eq!(snap.limited_by(Priority::Critical), 0);
-    assert_eq!(snap.admitted_by(Priority::Critical), 3);
+    assert_eq!(snap.admitted_by(Priority::Critical), 5);
+    assert_eq!(snap.limited_by(Priority::Normal), 1);
 }

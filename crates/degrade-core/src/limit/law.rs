@@ -668,8 +668,8 @@ impl Law {
     /// --nocapture`) refused 82 critical requests, 37 of the 100 runs under 99.9 %; with four
     /// targets, the latency of the last window and the crowd of two (`Patience::under` in
     /// `limit/queue.rs`), 12 (6 runs; none on 8 slots x 40 ms), with the same admitted p99 in
-    /// every phase; the overload bench's halved phase served every critical request in 10 of 10
-    /// runs (99.2 % in 3 of 10 before).
+    /// every phase; the overload bench's halved phase served every critical request in 10 of
+    /// 10 runs (99.2 % in 3 of 10 before).
     ///
     /// ```
     /// use degrade_core::limit::{Law, LimitConfig, Window};

@@ -266,6 +266,14 @@ impl Cells {
     }
 }
 
+/// How long a critical request may wait at a cold start, before anything has completed:
+/// there is no latency to scale a wait by yet, and refusing it at once refused critical calls
+/// that came in the first service time over the initial limit (from a cold start at 3x over
+/// gRPC, one or two in about one start of four). Once the first completions give a target,
+/// the expiry passes judge it by that; the second bounds a service that completes nothing
+/// (the `Retry-After` a refusal carries is a second too).
+const COLD_WAIT: Duration = Duration::from_secs(1);
+
 /// Below this (nanoseconds), [`Limiter::first_target`] gives no target.
 const FIRST_TARGET_FLOOR_NS: f64 = 1_000.0;
 
@@ -1067,19 +1075,33 @@ impl Limiter {
         if target == 0 {
             target = self.first_target();
         }
-        if target == 0 {
+        // No target: a request is refused, unless nothing has completed yet and it is critical
+        // (it waits for the first completions, see `COLD_WAIT`; never with `queue_delay` 0).
+        let cold = target == 0;
+        if cold
+            && (priority != Priority::Critical
+                || self.shared.cells.samples() > 0
+                || self.config.queue_delay <= 0.0)
+        {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
             self.press(&queue, priority);
             return Entry::Refused;
         }
         let now = now.unwrap_or_else(|| self.clock.now());
-        let patience = Patience::under(
-            Duration::from_nanos(target),
-            self.critical_wait(),
-            priority,
-            self.pressured(),
-            queue.critical_crowd(1),
-        );
+        let patience = if cold {
+            Patience {
+                wait: COLD_WAIT,
+                interval: COLD_WAIT,
+            }
+        } else {
+            Patience::under(
+                Duration::from_nanos(target),
+                self.critical_wait(),
+                priority,
+                self.pressured(),
+                queue.critical_crowd(1),
+            )
+        };
         let bound = queue_bound(&self.config, self.limit.load(Ordering::Relaxed));
         match queue.push(priority, now, bound as usize, None) {
             Pushed::Queued { ticket, evicted } => {
@@ -1132,8 +1154,10 @@ impl Limiter {
     fn drain(&self, queue: &mut WaitQueue<Option<Waker>>, now: Instant) {
         let target = Duration::from_nanos(self.queue_target_ns.load(Ordering::Relaxed));
         while let Some(best) = queue.best_priority() {
-            // Under a standing queue (it has not emptied for a whole target), newest first.
-            let mut standing = (queue.standing_for(now) > target).then_some(target);
+            // Under a standing queue (it has not emptied for a whole target), newest first
+            // (not before there is a target: critical waiters at a cold start, oldest first).
+            let mut standing =
+                (!target.is_zero() && queue.standing_for(now) > target).then_some(target);
             if self
                 .shared
                 .in_flight
