@@ -17,19 +17,34 @@ use std::convert::Infallible;
 use std::time::Duration;
 use tower::{Layer, Service, ServiceExt};
 
-#[tokio::test(start_paused = true)]
-async fn a_critical_waiter_aged_by_a_stall_takes_the_slot_that_frees() {
+/// Each request is its own priority.
+type Own = fn(&Priority) -> Priority;
+
+/// A layer under `config`'s limit that reads each request's priority from the request, and the
+/// controller it answers to.
+fn layer(config: LimitConfig) -> (Controller, DegradeLayer<Own>) {
     let c = Controller::new(Default::default()).unwrap();
     let layer = DegradeLayer::builder(c.handle())
-        .prioritize(|p: &Priority| *p)
-        .limit(LimitConfig {
-            initial: 2,
-            min: 2,
-            max: 2,
-            ..LimitConfig::default()
-        })
+        .prioritize((|p: &Priority| *p) as Own)
+        .limit(config)
         .build()
         .unwrap();
+    (c, layer)
+}
+
+/// A limit held at `limit`.
+fn fixed(limit: u32) -> LimitConfig {
+    LimitConfig {
+        initial: limit,
+        min: limit,
+        max: limit,
+        ..LimitConfig::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_critical_waiter_aged_by_a_stall_takes_the_slot_that_frees() {
+    let (_c, layer) = layer(fixed(2));
     let mut svc = layer.layer(tower::service_fn(|p: Priority| async move {
         tokio::time::sleep(Duration::from_millis(10)).await;
         Ok::<_, Infallible>(p)
@@ -94,17 +109,7 @@ async fn a_critical_request_waits_out_a_sudden_slowdown() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    let c = Controller::new(Default::default()).unwrap();
-    let layer = DegradeLayer::builder(c.handle())
-        .prioritize(|p: &Priority| *p)
-        .limit(LimitConfig {
-            initial: 2,
-            min: 2,
-            max: 2,
-            ..LimitConfig::default()
-        })
-        .build()
-        .unwrap();
+    let (_c, layer) = layer(fixed(2));
     let service_ms = Arc::new(AtomicU64::new(10));
     let ms = Arc::clone(&service_ms);
     let svc = layer.layer(tower::service_fn(move |p: Priority| {
@@ -167,15 +172,10 @@ async fn a_critical_request_waits_out_a_sudden_slowdown() {
 /// calls in about one start of four, all in the first 200 ms.
 #[tokio::test(start_paused = true)]
 async fn a_cold_start_waits_on_the_first_completions() {
-    let c = Controller::new(Default::default()).unwrap();
-    let layer = DegradeLayer::builder(c.handle())
-        .prioritize(|p: &Priority| *p)
-        .limit(LimitConfig {
-            initial: 4,
-            ..LimitConfig::default()
-        })
-        .build()
-        .unwrap();
+    let (_c, layer) = layer(LimitConfig {
+        initial: 4,
+        ..LimitConfig::default()
+    });
     let svc = layer.layer(tower::service_fn(|p: Priority| async move {
         tokio::time::sleep(Duration::from_millis(20)).await;
         Ok::<_, Infallible>(p)
