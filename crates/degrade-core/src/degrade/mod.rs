@@ -24,7 +24,8 @@
 //!   (one compare-and-swap). At the limit, a request waits in a short queue served highest
 //!   priority first, for at most half a baseline — longer for a service with a heavy tail of
 //!   costly requests, see [`Law::queue_target`](crate::limit::Law::queue_target) — (a
-//!   critical request, twice that); a waiter
+//!   critical request, four times that, or two of the service's latencies now when longer:
+//!   see [`Law::max_wait`](crate::limit::Law::max_wait)); a waiter
 //!   past its target is refused, and under a standing queue the newest of a priority is served
 //!   first, so the admitted latency stays low. A full queue makes room for a higher priority
 //!   by refusing the newest waiter of the lowest. Critical requests may also go a tenth over
@@ -55,8 +56,9 @@
 //! at most).
 //!
 //! A waiting request's wait is bounded by its deadline (its queueing-delay target, or until
-//! the queue has stood two targets; twice that for a critical request), even when nothing
-//! else happens — a backend that never answers and no new request: the waiting future wakes
+//! the queue has stood two targets; for a critical request its
+//! [`Law::max_wait`](crate::limit::Law::max_wait)), even when nothing else happens — a
+//! backend that never answers and no new request: the waiting future wakes
 //! itself at the deadline with a tokio timer (`sleep_until`; the limiter's clock follows
 //! tokio's in a current-thread runtime, so paused test time and `advance` drive it too, and
 //! elsewhere reads the counter timeline kept within about a microsecond of the OS clock that

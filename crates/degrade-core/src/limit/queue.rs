@@ -521,9 +521,9 @@ mod tests {
     /// reach the service late anyway. While other priorities wait too (they keep the queue
     /// standing), or while the oldest is within its target, critical waiters are served in
     /// turn.
-    /// A critical waiter has twice the target unless critical requests are being refused and
-    /// wait alone: then they are more than the limit serves, and the target bounds the latency
-    /// of those it serves.
+    /// A critical waiter has its longer wait (here twice the target) unless critical requests
+    /// are being refused and wait alone: then they are more than the limit serves, and the
+    /// target bounds the latency of those it serves.
     #[test]
     fn critical_waiters_wait_the_target_only_when_refused_and_alone() {
         let critical = 1 << Priority::Critical.index();
