@@ -277,7 +277,13 @@ const RECHECK_GAIN: f64 = 0.5;
 /// Windows between probes, when no window ran that low by itself.
 const PROBE_EVERY: u32 = 32;
 /// A critical request may wait this many queueing-delay targets (see [`Law::max_wait`]).
-pub(crate) const CRITICAL_WAITS: u32 = 4;
+const CRITICAL_WAITS: u32 = 4;
+
+/// The least a critical request may wait under a queueing-delay `target` (see
+/// [`Law::max_wait`]; the limiter's provisional target at a cold start uses it too).
+pub(crate) fn critical_wait(target: Duration) -> Duration {
+    target.saturating_mul(CRITICAL_WAITS)
+}
 /// A request may wait for a slot up to `queue_delay` times the longer of the baseline and this
 /// share of the [tail](Law::wait_scale) (the typical longest latency of a window in which
 /// nothing queued).
@@ -700,7 +706,7 @@ impl Law {
                 .recent
                 .map_or(0.0, |r| r.min(baseline * TAIL_MAX_BASELINES));
             let scale = self.wait_scale(baseline).max(recent);
-            (target * CRITICAL_WAITS).max(Duration::from_secs_f64(
+            critical_wait(target).max(Duration::from_secs_f64(
                 f64::from(CRITICAL_WAITS) * scale * self.config.queue_delay,
             ))
         } else {

@@ -270,8 +270,8 @@ impl Cells {
 /// there is no latency to scale a wait by yet, and refusing it at once refused critical calls
 /// that came in the first service time over the initial limit (from a cold start at 3x over
 /// gRPC, one or two in about one start of four). Once the first completions give a target,
-/// the expiry passes judge it by that; the second bounds a service that completes nothing
-/// (the `Retry-After` a refusal carries is a second too).
+/// the expiry passes judge it by that; the second only bounds a service that completes
+/// nothing (as long as the layer's default `Retry-After`, not a figure of any backend).
 const COLD_WAIT: Duration = Duration::from_secs(1);
 
 /// Below this (nanoseconds), [`Limiter::first_target`] gives no target.
@@ -1313,7 +1313,7 @@ impl Limiter {
             Ok(_) => {
                 let _ = self.critical_wait_ns.compare_exchange(
                     0,
-                    target * u64::from(super::law::CRITICAL_WAITS),
+                    nanos(super::law::critical_wait(Duration::from_nanos(target))),
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 );

@@ -91,7 +91,7 @@ impl Patience {
     /// too), the queue holds more of them than the free slots take, and a longer wait only
     /// adds to the latency of those served (the overload bench's `critical-only` at 1.5x: p99
     /// 1.55-1.59x the unloaded with twice the target, 1.30-1.32x with the target). While none
-    /// is refused, or others wait beside them, the double allowance carries them through a
+    /// is refused, or others wait beside them, the longer allowance carries them through a
     /// transient (an onset, a cut, a slow slot on a small backend) without a refusal: the
     /// target alone there doubled the critical requests refused on 2 cores in the simulator.
     /// One critical waiter alone is no crowd: on a small backend the others are refused at
