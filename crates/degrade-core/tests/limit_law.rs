@@ -854,3 +854,41 @@ fn a_first_window_that_found_the_service_nearly_empty_leaves_the_limit_alone() {
     assert_eq!(law.baseline(), Some(Duration::from_millis(20)));
     assert_eq!(law.limit(), before);
 }
+
+/// A window that cuts does not also probe: one window takes the limit down by half at most.
+/// At a cold start at 3x (gRPC callers that all send at once to 8 slots of 40 ms behind the
+/// initial limit of 16), the first window learns the baseline from its half-limit samples and
+/// reads the rest as a queue: a cut to 8. The probe the first binding window owes the initial
+/// guess ran in the same window, at three quarters of the cut (6): nothing was admitted until
+/// 16 in flight fell below 7, critical calls filled the wait queue for that drain, and 3-4 of
+/// 20 cold starts refused a batch of them. The probe runs in the next binding window instead.
+#[test]
+fn a_window_that_cuts_leaves_its_probe_to_the_next_one() {
+    let mut law = Law::new(LimitConfig::default());
+    let (low, half) = (law.low_concurrency(), law.half_concurrency());
+    let initial = law.limit();
+    assert_eq!((initial, half), (16, 8));
+    let mut w = Window::default();
+    for n in 1..=initial {
+        // The first 8 found a slot free (40 ms); the next 8 queued behind them (80 ms).
+        let latency = Duration::from_millis(if n <= 8 { 40 } else { 80 });
+        w.record(latency, n, n <= low);
+        if n <= half {
+            w.record_half(latency, None);
+        }
+    }
+    w.binding = true;
+    w.elapsed = Duration::from_millis(80);
+    let mut t = Instant::now() + w.elapsed;
+    assert_eq!(law.observe(&w, t), 8, "cut by half, no probe below it");
+    assert_eq!(law.baseline(), Some(Duration::from_millis(40)));
+    // The next window, at the cut limit and the baseline's latency, grows the limit (8 -> 9)
+    // and runs the probe the initial guess is owed at three quarters of it (7); the one after
+    // gives the limit back.
+    let w = flat_window(8, Duration::from_millis(40));
+    t += w.elapsed;
+    assert_eq!(law.observe(&w, t), 7, "the probe");
+    let w = flat_window(7, Duration::from_millis(40));
+    t += w.elapsed;
+    assert_eq!(law.observe(&w, t), 9, "back from the probe");
+}

@@ -1454,54 +1454,57 @@ mod tests {
         }
     }
 
-    /// After 4x overload the load drops to 0.5x on a noisy host (stalls that slow requests by
-    /// half, five times a second, as on the shared machine the overload benchmark ran on):
-    /// within a second, 99 % of the requests are answered with the p99 within twice the
-    /// unloaded p99. Before, a window that fell in a stall read the slower host as a queue
-    /// and cut the limit to half, below what the 0.5x load's bursts use, though demand was
-    /// nowhere near the concurrency the service had just served at 4x: the next bursts waited
-    /// and were refused, and the benchmark's recovery was "never" (here 4.25 s for two of the
-    /// three seeds). With stalls as long as a whole window (200 ms, once a second) the worst
-    /// seed still takes seconds: a known limit.
-    #[test]
-    fn recovery_after_overload_is_within_a_second_on_a_noisy_host() {
-        let b = Backend::slots(8, 0.04, 0.0).noisy();
-        let runs: Vec<Report> = SEEDS
-            .iter()
-            .map(|&s| bench(b, adaptive(), 3.0, s))
-            .collect();
-        let recover = |r: &Report| {
-            let unloaded = r.phases[0].p99();
-            r.settle(7, 0.25, 2.0 * unloaded, 0.99)
-                .unwrap_or(f64::INFINITY)
-        };
-        let worst = runs.iter().map(recover).fold(0.0, f64::max);
-        let all: Vec<f64> = runs.iter().map(recover).collect();
-        assert!(worst <= 1.0, "recovery after 4x -> 0.5x: {all:?} s");
+    /// How long the 0.5x load after 4x takes on a noisy host (stalls that slow requests by
+    /// half, twice a second, as on the shared machine the overload benchmark ran on) until
+    /// 99 % of the requests are answered with the p99 within twice the unloaded p99, for good
+    /// (`INFINITY`: never).
+    fn noisy_recovery(guard: Guard, seed: u64) -> f64 {
+        let r = bench(Backend::slots(8, 0.04, 0.0).noisy(), guard, 3.0, seed);
+        r.settle(7, 0.25, 2.0 * r.phases[0].p99(), 0.99)
+            .unwrap_or(f64::INFINITY)
     }
 
-    /// The noisy-host recovery above over many seeds, printed: the three the test runs pass,
-    /// but the law's trajectory after 4x is chaotic under stalls, and a change to it moves
-    /// which seeds take seconds (stop 39: seeds 1-30 took more than a second on 5 of 30 with
-    /// the landed law — 7, 9, 13, 26 at 3.0-5.25 s, 30 never; every variant tried failed 6-8).
+    /// After 4x overload the load drops to 0.5x on a noisy host: within a second on at least
+    /// three seeds in four of 30, and within a quarter of a second on half of them. Before, a
+    /// window that fell in a stall read the slower host as a queue and cut the limit to half,
+    /// below what the 0.5x load's bursts use, though demand was nowhere near the concurrency
+    /// the service had just served at 4x: the next bursts waited and were refused, and the
+    /// benchmark's recovery was "never". The law's trajectory through 4x is chaotic under
+    /// stalls, and any change to it moves which seeds take seconds (a stall the size of a
+    /// window read as a slower service): the landed law takes more than a second on 5 or 6
+    /// of these 30 (stops 39-41), every variant tried on 5-8, so the test judges the share
+    /// over many seeds, not three picked ones. A fixed limit at capacity (tower's limit and
+    /// `LoadShed`, knowing the capacity) recovers on none of them: it refuses what a stall
+    /// holds up.
+    #[test]
+    fn recovery_after_overload_is_within_a_second_on_a_noisy_host() {
+        let mut took: Vec<f64> = (1..=30).map(|s| noisy_recovery(adaptive(), s)).collect();
+        let within = took.iter().filter(|&&t| t <= 1.0).count();
+        took.sort_by(f64::total_cmp);
+        assert!(
+            within >= 23,
+            "within a second on {within} of 30 seeds: {took:?}"
+        );
+        assert!(took[14] <= 0.25, "median recovery {} s: {took:?}", took[14]);
+    }
+
+    /// The noisy-host recovery above per seed, beside a fixed limit of the capacity (8).
     /// `SIM_SEEDS=a-b` (default 1-30), `SIM_TRACE` (the law's windows).
     #[test]
     #[ignore = "exploration: prints the recovery per seed"]
     fn noisy_recovery_over_seeds() {
         TRACE.with(|t| t.set(std::env::var("SIM_TRACE").is_ok()));
-        let b = Backend::slots(8, 0.04, 0.0).noisy();
         let seeds = env_seeds(1..=30);
         let mut slow = Vec::new();
         for &seed in &seeds {
-            let r = bench(b, adaptive(), 3.0, seed);
-            let unloaded = r.phases[0].p99();
-            let took = r
-                .settle(7, 0.25, 2.0 * unloaded, 0.99)
-                .unwrap_or(f64::INFINITY);
+            let took = noisy_recovery(adaptive(), seed);
             if took > 1.0 {
                 slow.push((seed, took));
             }
-            println!("seed {seed}: recovery after 4x -> 0.5x {took} s");
+            let fixed = noisy_recovery(Guard::Fixed(8), seed);
+            println!(
+                "seed {seed}: recovery after 4x -> 0.5x {took} s (a fixed limit of 8: {fixed} s)"
+            );
         }
         println!(
             "over a second: {} of {} seeds {slow:?}",
