@@ -892,3 +892,48 @@ fn a_window_that_cuts_leaves_its_probe_to_the_next_one() {
     t += w.elapsed;
     assert_eq!(law.observe(&w, t), 9, "back from the probe");
 }
+
+/// Growth speeds up only over windows that met the target: one above it, within its noise,
+/// grows by the first step and starts the streak over. A window that straddled capacity
+/// coming back (half its samples at the slow service's latency, half at twice the concurrency
+/// on the fast one) reads about as slow as the stale baseline with a wide spread; growing
+/// faster on such windows took the limit from 9 to 28 on 8 slots in four windows.
+#[test]
+fn growth_speeds_up_only_over_windows_that_met_the_target() {
+    let ms = Duration::from_millis;
+    let learnt = || {
+        let mut law = Law::new(LimitConfig::default());
+        let w = flat_window(4, ms(40));
+        law.observe(&w, Instant::now());
+        assert_eq!(law.baseline(), Some(ms(40)));
+        law
+    };
+    // A window at the limit whose samples alternate around `mean` by `spread`.
+    let spread_window = |limit: u32, mean: f64, spread: f64| {
+        let mut w = Window::default();
+        for i in 0..SAMPLES {
+            let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
+            w.record(Duration::from_secs_f64(mean + sign * spread), limit, false);
+        }
+        w.binding = true;
+        w.elapsed = Duration::from_secs_f64(mean * 4.0);
+        w
+    };
+    let grow = |law: &mut Law, mean: f64, spread: f64| {
+        let mut t = Instant::now();
+        (0..4)
+            .map(|_| {
+                let w = spread_window(law.limit(), mean, spread);
+                t += w.elapsed;
+                law.observe(&w, t)
+            })
+            .collect::<Vec<u32>>()
+    };
+    // At the baseline: each window grows more than the one before.
+    let clean = grow(&mut learnt(), 0.040, 0.002);
+    assert_eq!(clean, [18, 21, 30, 53]);
+    // 46 ms against a 44 ms target, within the noise of a wide spread: the first step only.
+    let mut law = learnt();
+    let above = grow(&mut law, 0.046, 0.020);
+    assert_eq!(above, [18, 19, 21, 23]);
+}
