@@ -1178,7 +1178,7 @@ impl Law {
             // fast one, read about as slow as the stale baseline with a wide spread). Growing
             // faster on such windows took the limit from 9 to 28 on 8 slots in four windows
             // after `capacity-halves` restored the service, the admitted p99 2.9 times the
-            // unloaded in 2 runs of 23 (1.47-1.82 in 10 runs without it).
+            // unloaded in 2 runs of 23 (1.47-1.82 in 10 runs with this rule).
             if t > target {
                 self.growing = 1;
             } else {
