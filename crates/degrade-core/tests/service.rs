@@ -422,25 +422,32 @@ async fn a_queue_full_of_critical_waiters_refuses_its_oldest_for_a_critical_newc
         held.push(svc.ready().await.unwrap().call(n));
     }
     assert_eq!((snapshot().in_flight, snapshot().waiting), (3, 0));
-    // The queue holds as many as the limit: two.
+    // The queue holds as many as the limit, a limit below four counting as four: four.
     let mut oldest = Box::pin(svc.ready().await.unwrap().call(110));
-    let mut second = Box::pin(svc.ready().await.unwrap().call(111));
-    assert_eq!(snapshot().waiting, 2);
+    let mut rest = Vec::new();
+    for n in 111..114 {
+        rest.push(Box::pin(svc.ready().await.unwrap().call(n)));
+    }
+    assert_eq!(snapshot().waiting, 4);
     assert!(oldest.as_mut().now_or_never().is_none(), "waits");
-    // A third critical request: the oldest waiter is refused, the newcomer waits.
-    let mut newest = Box::pin(svc.ready().await.unwrap().call(112));
-    assert_eq!((snapshot().waiting, snapshot().evicted), (2, 1));
+    // A fifth critical request: the oldest waiter is refused, the newcomer waits.
+    let mut newest = Box::pin(svc.ready().await.unwrap().call(114));
+    assert_eq!((snapshot().waiting, snapshot().evicted), (4, 1));
     let refused = oldest.now_or_never().expect("decided").unwrap_err();
     assert!(refused.downcast_ref::<Shed>().is_some(), "{refused}");
-    assert!(second.as_mut().now_or_never().is_none());
+    for waiter in &mut rest {
+        assert!(waiter.as_mut().now_or_never().is_none());
+    }
     assert!(newest.as_mut().now_or_never().is_none());
 
-    // A slot frees: the older of the two waiters gets it.
+    // A slot frees: the oldest of the waiters gets it.
     drop(held.pop());
-    assert_eq!((snapshot().in_flight, snapshot().waiting), (3, 1));
+    assert_eq!((snapshot().in_flight, snapshot().waiting), (3, 3));
     drop(held);
-    assert_eq!(second.await.unwrap(), 111);
-    assert_eq!(newest.await.unwrap(), 112);
+    for (waiter, n) in rest.into_iter().zip(111..) {
+        assert_eq!(waiter.await.unwrap(), n);
+    }
+    assert_eq!(newest.await.unwrap(), 114);
     assert_eq!(snapshot().in_flight, 0);
 }
 

@@ -103,7 +103,11 @@ pub struct LimitConfig {
     /// bound the phase after a slower one (1.36× and 1.98×). BENCHMARKS.md's "The wait for a
     /// slot" has every figure.
     pub queue_delay: f64,
-    /// Most requests waiting at once, in limits (default 1.0: as many as the limit).
+    /// Most requests waiting at once, in limits (default 1.0: as many as the limit), a limit
+    /// below four counting as four: at a limit of one or two, room for one or two waiters
+    /// refused critical requests that a short burst brought (see `MIN_QUEUE_LIMIT` in the
+    /// limiter's source for the figures). Each waiter still waits no longer than
+    /// [`queue_delay`](Self::queue_delay) allows.
     pub queue_size: f64,
     /// Below the limit, one admitted request in this many is timed (default 16); every request
     /// is timed once demand reaches half the limit, until a window gathers more than eight

@@ -9,7 +9,7 @@
 //! measures on a real server: goodput against capacity, the admitted p99 against the unloaded
 //! p99, critical requests answered, and the time to react and recover.
 
-use super::limiter::hold;
+use super::limiter::{hold, queue_bound};
 use super::{Law, LimitConfig, Pushed, WaitQueue, Window};
 use crate::priority::Priority;
 use std::cmp::Ordering;
@@ -785,8 +785,7 @@ pub(crate) fn run(setup: &Setup) -> Report {
                         to_start.push(id);
                     } else {
                         l.window.binding = true;
-                        let bound =
-                            ((l.config.queue_size * f64::from(limit)).ceil() as usize).max(1);
+                        let bound = queue_bound(&l.config, limit) as usize;
                         match l.law.queue_target() {
                             Some(target) if !target.is_zero() => {
                                 match l.queue.push(priority, at(now), bound, id) {
