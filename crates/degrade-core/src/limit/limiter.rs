@@ -2367,8 +2367,8 @@ mod loom_models {
             initial: 1,
             min: 1,
             max: 1,
-            // Room for a second waiter (the request arriving meanwhile).
-            queue_size: 2.0,
+            // The queue has room for a second waiter (the request arriving meanwhile): a limit
+            // below `MIN_QUEUE_LIMIT` counts as that many for its bound.
             ..LimitConfig::default()
         };
         let limiter = Limiter::new_in(pool, config);
