@@ -1052,41 +1052,38 @@ impl Law {
             let n = f64::from(window.samples);
             t = (t - f64::from(window.capped_samples) * excess / n).max(new);
         }
-        // Up after cuts that did not help: since the first cut of a streak the concurrency
-        // fell by a fifth or more and the latency hardly moved, so the latency is the
-        // service's own, not a queue's: the service got slower.
+        // Up after cuts that did not help: since the first cut of a streak (or the window that
+        // last moved its reference, below) the concurrency fell by a fifth or more and the
+        // latency hardly moved, so the latency is the service's own, not a queue's: the
+        // service got slower.
         if let (Some((c0, t0)), Some(b)) = (self.previous, self.baseline)
             && concurrency <= c0 * PROBE_CUT
             && t > self.target(b) + noise
-            && self.not_a_queue(c0, t0, concurrency, t)
         {
-            self.baseline = Some(whole);
-            self.baseline_concurrency = concurrency;
-            self.previous = None;
-            // The cuts of the streak read the slowdown as a queue: undo them. A service that
-            // got slower keeps its parallelism (its slots, its cores), so the concurrency it
-            // ran at before is where the knee still is; if the knee fell too, the next window
-            // shows a queue and cuts again, from the new baseline.
-            self.limit = self.limit.max(c0.min(f64::from(self.config.max)));
-        } else if let (Some((c0, _)), Some(b)) = (self.previous, self.baseline)
-            && concurrency <= c0 * PROBE_CUT
-            && t > self.target(b) + noise
-        {
-            // The same test said "a queue": the latency fell with the concurrency. That queue
-            // is gone now, and the streak's next test starts from this window: from the
-            // streak's first window it compares a service that still queued there with one
-            // that no longer does, and a slower service under that queue's fall stays hidden.
-            // On 6 slots of 30 ms slowed to 60 (the simulator's `capacity-halves`, seed 12), a
-            // window that straddled the change taught a baseline of 49.5 ms, the next queued
-            // (89 ms at 9.2 in flight) and began a streak; the windows at 6.2, 4.6 and 4.3 in
-            // flight read 67, 62 and 57 ms, each a draining queue against 89 ms at 9.2, and
-            // the limit sat at 3-4 of the 6 slots for three seconds (82 % of the halved
-            // capacity). Against the window at 6.2, the one at 4.6 is the slower service it
-            // is, and the cuts are given back (over seeds 1-50: the worst halved phase on 6
-            // slots 82.1 -> 92.6 %, on two CPU-shared cores 75.3 -> 82.1 % and their worst
-            // restored one 74.8 -> 79.8 %; no phase of any backend worse by more than 0.6 points:
-            // `a_slowdown_under_a_draining_queue_is_learnt_within_the_phase` in `sim.rs`).
-            self.previous = Some((concurrency, t));
+            if self.not_a_queue(c0, t0, concurrency, t) {
+                self.baseline = Some(whole);
+                self.baseline_concurrency = concurrency;
+                self.previous = None;
+                // The cuts of the streak read the slowdown as a queue: undo them. A service
+                // that got slower keeps its parallelism (its slots, its cores), so the
+                // concurrency it ran at before is where the knee still is; if the knee fell
+                // too, the next window shows a queue and cuts again, from the new baseline.
+                self.limit = self.limit.max(c0.min(f64::from(self.config.max)));
+            } else {
+                // A queue: the latency fell with the concurrency. That queue is gone now, and
+                // the streak's next test starts from this window: against the streak's first
+                // window it compares a service that still queued there with one that no
+                // longer does, and a slower service under that queue's fall stays hidden. On 6
+                // slots of 30 ms slowed to 60 (the simulator's `capacity-halves`, seed 12) a
+                // window that straddled the change taught a baseline of 49.5 ms, the next
+                // queued (89 ms at 9.2 in flight) and began a streak; the windows at 6.2, 4.6
+                // and 4.3 in flight read 67, 62 and 57 ms, each a draining queue against 89 ms
+                // at 9.2, and the limit sat at 3-4 of the 6 slots for three seconds. Against
+                // the window at 6.2, the one at 4.6 is the slower service it is, and the cuts
+                // are given back (figures: the CHANGELOG, and
+                // `a_slowdown_under_a_draining_queue_is_learnt_within_the_phase` in `sim.rs`).
+                self.previous = Some((concurrency, t));
+            }
         }
         let Some(baseline) = self.baseline else {
             return self.limit();
