@@ -572,6 +572,35 @@ proptest! {
         }
     }
 
+    /// Whatever the windows and however many requests each says were refused, the share
+    /// refused stays a share (in `[0, 1]`, never NaN), and the wait for a slot is at most half
+    /// again the longest it may be otherwise (`queue_delay` times four baselines).
+    #[test]
+    fn the_refused_share_stays_a_share(
+        windows in prop::collection::vec((any_window(), any::<u32>()), 1..200),
+    ) {
+        let mut law = Law::new(LimitConfig::default());
+        let mut t = Instant::now();
+        for ((samples, latency_ns, concurrency, binding, elapsed_ns), refused) in windows {
+            let mut w = Window::default();
+            for i in 0..samples {
+                let l = latency_ns.saturating_mul(u64::from(i % 7 + 1)) / 4;
+                w.record(Duration::from_nanos(l), concurrency, concurrency <= law.low_concurrency());
+            }
+            w.binding = binding;
+            w.elapsed = Duration::from_nanos(elapsed_ns);
+            w.refused = refused;
+            t += w.elapsed;
+            law.observe(&w, t);
+            let share = law.refused_share();
+            prop_assert!((0.0..=1.0).contains(&share), "{share}");
+            if let (Some(wait), Some(b)) = (law.queue_target(), law.baseline()) {
+                let most = b.mul_f64(4.0 * LimitConfig::default().queue_delay * 1.5);
+                prop_assert!(wait <= most + Duration::from_nanos(1), "{wait:?} > {most:?}");
+            }
+        }
+    }
+
     /// A service of `k` slots and service time `s`, over a range neither the law nor its
     /// defaults know: the limit settles at the knee (every slot busy, no standing queue).
     #[test]

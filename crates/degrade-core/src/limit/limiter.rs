@@ -316,6 +316,20 @@ struct Counters {
     evicted: AtomicU64,
     refused: AtomicU64,
     queue_delay_ns: AtomicU64,
+    /// `refused + expired + evicted` when the last window closed.
+    at_close: AtomicU64,
+}
+
+impl Counters {
+    /// The requests turned away (refused at once, expired or evicted) since the last call:
+    /// the window's [`refused`](Window::refused), counted when it closes.
+    fn turned_away_since_close(&self) -> u32 {
+        let total = self.refused.load(Ordering::Relaxed)
+            + self.expired.load(Ordering::Relaxed)
+            + self.evicted.load(Ordering::Relaxed);
+        let last = self.at_close.swap(total, Ordering::Relaxed);
+        u32::try_from(total.saturating_sub(last)).unwrap_or(u32::MAX)
+    }
 }
 
 /// What a limiter shares with its response futures, in memory that outlives the limiter: the
@@ -578,6 +592,8 @@ impl Shared {
             capped_excess_ns: d[CAPPED_EXCESS],
             served_concurrency: self.cells.served.swap(0, Ordering::Relaxed),
             elapsed,
+            // Counted by the limiter when the window closes.
+            refused: 0,
         }
     }
 
@@ -707,6 +723,9 @@ pub(crate) struct Limiter {
     pressure: AtomicU32,
     low: AtomicU32,
     queue_target_ns: AtomicU64,
+    /// The law's longer target near capacity (see [`Law::refused_share`]), in force while
+    /// no request was refused in this window or the last ([`Limiter::target_ns`]).
+    light_target_ns: AtomicU64,
     /// How long a critical request may wait ([`Law::max_wait`]).
     critical_wait_ns: AtomicU64,
     binding: AtomicBool,
@@ -773,6 +792,7 @@ impl Limiter {
             pressure: AtomicU32::new(0),
             low: AtomicU32::new(0),
             queue_target_ns: AtomicU64::new(0),
+            light_target_ns: AtomicU64::new(0),
             critical_wait_ns: AtomicU64::new(0),
             binding: AtomicBool::new(false),
             short: AtomicU32::new(1),
@@ -812,6 +832,8 @@ impl Limiter {
         let baseline = law.baseline().map_or(0, nanos);
         self.shared.baseline_ns.store(baseline, Ordering::Relaxed);
         self.queue_target_ns
+            .store(law.plain_queue_target().map_or(0, nanos), Ordering::Relaxed);
+        self.light_target_ns
             .store(law.queue_target().map_or(0, nanos), Ordering::Relaxed);
         self.critical_wait_ns.store(
             law.max_wait(Priority::Critical).map_or(0, nanos),
@@ -846,6 +868,17 @@ impl Limiter {
     }
 
     /// The priorities pressured in this window or the last (bit `1 << index`).
+    /// The queueing-delay target of a waiter of `priority`, in nanoseconds (0 before one is
+    /// known): the law's [`queue_target`](Law::queue_target), half again as long near
+    /// capacity; for a critical waiter the plain one ([`Law::plain_queue_target`]).
+    fn target_ns(&self, priority: Priority) -> u64 {
+        let plain = self.queue_target_ns.load(Ordering::Relaxed);
+        if priority == Priority::Critical {
+            return plain;
+        }
+        self.light_target_ns.load(Ordering::Relaxed).max(plain)
+    }
+
     fn pressured(&self) -> u8 {
         let bits = self.pressure.load(Ordering::Relaxed);
         ((bits | bits >> PREVIOUS) & PRIORITY_BITS) as u8
@@ -1071,7 +1104,7 @@ impl Limiter {
             return Entry::Admitted(self.permit(n, limit, true));
         }
         self.bind();
-        let mut target = self.queue_target_ns.load(Ordering::Relaxed);
+        let mut target = self.target_ns(priority);
         if target == 0 {
             target = self.first_target();
         }
@@ -1152,8 +1185,8 @@ impl Limiter {
 
     /// Hands free slots to the best waiters (under the queue's lock).
     fn drain(&self, queue: &mut WaitQueue<Option<Waker>>, now: Instant) {
-        let target = Duration::from_nanos(self.queue_target_ns.load(Ordering::Relaxed));
         while let Some(best) = queue.best_priority() {
+            let target = Duration::from_nanos(self.target_ns(best));
             // Under a standing queue (it has not emptied for a whole target), newest first
             // (not before there is a target: critical waiters at a cold start, oldest first).
             let mut standing =
@@ -1198,8 +1231,7 @@ impl Limiter {
     /// is refused only once the queue stands (see [`Patience`]), so one late waiter of a
     /// burst at the knee is served instead.
     fn expire(&self, queue: &mut WaitQueue<Option<Waker>>, now: Instant) {
-        let target = Duration::from_nanos(self.queue_target_ns.load(Ordering::Relaxed));
-        if target.is_zero() || queue.len() == 0 {
+        if self.target_ns(Priority::Critical) == 0 || queue.len() == 0 {
             return;
         }
         let mut expired = 0u64;
@@ -1207,6 +1239,7 @@ impl Limiter {
         let pressured = self.pressured();
         let alone = queue.critical_crowd(0);
         for priority in Priority::ALL {
+            let target = Duration::from_nanos(self.target_ns(priority));
             let patience = Patience::under(target, critical, priority, pressured, alone);
             let lane = priority.index();
             let before = expired;
@@ -1362,7 +1395,8 @@ impl Limiter {
         if !law.window_done(samples, elapsed) {
             return;
         }
-        let window = shared.take_window(self.binding.swap(false, Ordering::Relaxed), elapsed);
+        let mut window = shared.take_window(self.binding.swap(false, Ordering::Relaxed), elapsed);
+        window.refused = self.counters.turned_away_since_close();
         let before = law.limit();
         let after = law.observe(&window, now);
         let every = self.near_every.load(Ordering::Relaxed);
@@ -1388,6 +1422,7 @@ impl Limiter {
                 ratio = law.latency_ratio().unwrap_or(0.0),
                 served = law.served(),
                 samples = window.samples,
+                refused_share = law.refused_share(),
                 "concurrency limit changed"
             );
         }
@@ -1413,6 +1448,7 @@ impl Limiter {
             latency_ratio: law.latency_ratio(),
             served: law.served(),
             queue_target: law.queue_target(),
+            refused_share: law.refused_share(),
             queue_delay: Duration::from_nanos(self.counters.queue_delay_ns.load(Ordering::Relaxed)),
             queued: self.counters.queued.load(Ordering::Relaxed),
             expired: self.counters.expired.load(Ordering::Relaxed),
@@ -1495,6 +1531,7 @@ pub(crate) fn queue_bound(config: &LimitConfig, limit: u32) -> u32 {
 /// assert_eq!(limit.limit, 16); // the initial limit, before anything is learnt
 /// assert_eq!(limit.baseline, None);
 /// assert_eq!(limit.served, 0);
+/// assert_eq!(limit.refused_share, 1.0); // nothing judged yet
 /// assert_eq!(limit.pressured, [false; 5]); // nothing refused yet
 /// assert_eq!(limit.kept, 0); // no thread has given a slot back yet
 /// ```
@@ -1515,8 +1552,12 @@ pub struct LimitSnapshot {
     /// a window demand does not fill leaves the limit at most a tolerance and one request
     /// above it (see [`Law::served`]).
     pub served: u32,
-    /// How long a request may wait for a slot.
+    /// How long a request may wait for a slot (a critical one: see [`Law::max_wait`]).
     pub queue_target: Option<Duration>,
+    /// The share of the requests offered that the limiter turned away lately, a moving
+    /// average over windows (1 until a window is judged): under 15 %, demand is about
+    /// capacity and the wait is half again as long (see [`Law::refused_share`]).
+    pub refused_share: f64,
     /// How long the latest request handed a slot had waited.
     pub queue_delay: Duration,
     /// Requests that waited for a slot, ever.
@@ -2321,6 +2362,53 @@ mod tests {
             drop(limiter.try_acquire(Priority::Low).expect("room"));
             assert_eq!(limiter.shared.leases.kept(), 1, "allowed again, and kept");
         });
+    }
+
+    /// Near capacity (nothing refused over the windows judged) a waiter may wait half again
+    /// as long, except a critical one, which keeps the plain target; once a third of the
+    /// requests are refused, every priority has the plain target.
+    #[test]
+    fn the_longer_wait_near_capacity_is_for_every_priority_but_critical() {
+        let limiter = Limiter::new(LimitConfig::default());
+        let ms = Duration::from_millis;
+        let window = |refused| {
+            let mut w = Window::default();
+            for _ in 0..20 {
+                w.record(ms(40), 8, false);
+            }
+            w.elapsed = ms(100);
+            w.refused = refused;
+            w
+        };
+        let mut now = Instant::now();
+        let mut observe = |refused, windows| {
+            let mut law = limiter.lock_law();
+            for _ in 0..windows {
+                now += ms(100);
+                law.observe(&window(refused), now);
+            }
+            limiter.publish(&law);
+        };
+        observe(0, 8);
+        let target = |p| Duration::from_nanos(limiter.target_ns(p));
+        assert_eq!(
+            target(Priority::Critical),
+            ms(20),
+            "half the 40 ms baseline"
+        );
+        for p in [
+            Priority::High,
+            Priority::Normal,
+            Priority::Low,
+            Priority::Background,
+        ] {
+            assert_eq!(target(p), ms(30), "{p:?}");
+        }
+        // Demand at 1.5x: 10 refused for 20 completed in every window.
+        observe(10, 3);
+        for p in Priority::ALL {
+            assert_eq!(target(p), ms(20), "{p:?}");
+        }
     }
 }
 

@@ -439,6 +439,17 @@ struct Limiter {
     pressure_before: u8,
 }
 
+/// The queueing-delay target of a waiter of `priority` under the law's `light` one (its
+/// [`queue_target`](Law::queue_target)): the plain target for a critical waiter, as the
+/// limiter's `target_ns`.
+fn target_for(law: &Law, light: Duration, priority: Priority) -> Duration {
+    if priority == Priority::Critical {
+        law.plain_queue_target().unwrap_or(light)
+    } else {
+        light
+    }
+}
+
 impl Limiter {
     /// Each priority's limit for a new request or a waiter, as the limiter publishes it.
     fn limits(&self) -> [u32; 5] {
@@ -456,8 +467,10 @@ impl Limiter {
         cause: usize,
         in_flight: u32,
     ) {
-        // Refused (at once, at its deadline, or evicted): pressured, as in the limiter.
+        // Refused (at once, at its deadline, or evicted): pressured, as in the limiter, and
+        // counted in the window.
         self.pressure |= 1 << priority.index();
+        self.window.refused = self.window.refused.saturating_add(1);
         count_critical_refusal(priority, cause);
         log_refusal(
             phase,
@@ -685,7 +698,7 @@ pub(crate) fn run(setup: &Setup) -> Report {
             Ev::Deadline(_) => {
                 // The limiter's expiry pass: every waiter past its deadline is refused.
                 if let Some(l) = limiter.as_mut()
-                    && let Some(target) = l.law.queue_target()
+                    && let Some(light) = l.law.queue_target()
                 {
                     let mut expired = Vec::new();
                     let critical = Priority::Critical.index();
@@ -693,6 +706,8 @@ pub(crate) fn run(setup: &Setup) -> Report {
                         (0..critical, Priority::Normal),
                         (critical..critical + 1, Priority::Critical),
                     ] {
+                        // The limiter's rule: a critical waiter's target is the plain one.
+                        let target = target_for(&l.law, light, p);
                         let patience = super::queue::Patience::under(
                             target,
                             l.law.max_wait(Priority::Critical).unwrap_or(target),
@@ -787,7 +802,8 @@ pub(crate) fn run(setup: &Setup) -> Report {
                         l.window.binding = true;
                         let bound = queue_bound(&l.config, limit) as usize;
                         match l.law.queue_target() {
-                            Some(target) if !target.is_zero() => {
+                            Some(light) if !light.is_zero() => {
+                                let target = target_for(&l.law, light, priority);
                                 match l.queue.push(priority, at(now), bound, id) {
                                     Pushed::Queued { ticket, evicted } => {
                                         reqs[id as usize].ticket = Some(ticket);
@@ -1013,10 +1029,11 @@ pub(crate) fn run(setup: &Setup) -> Report {
         // Hand freed slots to the best waiters.
         if let Some(l) = limiter.as_mut() {
             let limit = l.law.limit();
-            let target = l.law.queue_target().unwrap_or_default();
+            let light = l.law.queue_target().unwrap_or_default();
             let _ = limit;
             let limits = l.limits();
             while let Some(best) = l.queue.best_priority() {
+                let target = target_for(&l.law, light, best);
                 let mut standing = (l.queue.standing_for(at(now)) > target).then_some(target);
                 let taken = in_flight + (to_start.len() as u32);
                 if taken >= limits[best.index()] {
