@@ -790,8 +790,9 @@ impl Law {
     pub fn max_wait(&self, priority: crate::Priority) -> Option<Duration> {
         let target = self.queue_target()?;
         Some(if priority == crate::Priority::Critical {
-            // Four times the target away from capacity (`plain_queue_target`): the longer
-            // wait near capacity is for a burst's tail of other requests.
+            // Four `queue_delay`s of the wait's scale (at least four plain targets), not four
+            // of the longer target near capacity: that one is for a burst's tail of other
+            // requests (see `plain_queue_target`).
             let baseline = self.baseline.unwrap_or_default();
             let recent = self
                 .recent

@@ -723,8 +723,9 @@ pub(crate) struct Limiter {
     pressure: AtomicU32,
     low: AtomicU32,
     queue_target_ns: AtomicU64,
-    /// The law's longer target near capacity (see [`Law::refused_share`]), in force while
-    /// no request was refused in this window or the last ([`Limiter::target_ns`]).
+    /// The law's [`queue_target`](Law::queue_target), half again as long as
+    /// `queue_target_ns` near capacity (see [`Law::refused_share`]): every priority's but
+    /// critical's ([`Limiter::target_ns`]).
     light_target_ns: AtomicU64,
     /// How long a critical request may wait ([`Law::max_wait`]).
     critical_wait_ns: AtomicU64,
@@ -867,7 +868,6 @@ impl Limiter {
         }
     }
 
-    /// The priorities pressured in this window or the last (bit `1 << index`).
     /// The queueing-delay target of a waiter of `priority`, in nanoseconds (0 before one is
     /// known): the law's [`queue_target`](Law::queue_target), half again as long near
     /// capacity; for a critical waiter the plain one ([`Law::plain_queue_target`]).
@@ -879,6 +879,7 @@ impl Limiter {
         self.light_target_ns.load(Ordering::Relaxed).max(plain)
     }
 
+    /// The priorities pressured in this window or the last (bit `1 << index`).
     fn pressured(&self) -> u8 {
         let bits = self.pressure.load(Ordering::Relaxed);
         ((bits | bits >> PREVIOUS) & PRIORITY_BITS) as u8
