@@ -524,6 +524,26 @@ fn any_window() -> impl Strategy<Value = (u32, u64, u32, bool, u64)> {
     )
 }
 
+/// The window [`any_window`] drew, for `law`: `samples` latencies around the mean, some far
+/// from it, each at `concurrency` (low when `law` says so).
+fn any_window_for(
+    law: &Law,
+    (samples, latency_ns, concurrency, binding, elapsed_ns): (u32, u64, u32, bool, u64),
+) -> Window {
+    let mut w = Window::default();
+    for i in 0..samples {
+        let l = latency_ns.saturating_mul(u64::from(i % 7 + 1)) / 4;
+        w.record(
+            Duration::from_nanos(l),
+            concurrency,
+            concurrency <= law.low_concurrency(),
+        );
+    }
+    w.binding = binding;
+    w.elapsed = Duration::from_nanos(elapsed_ns);
+    w
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 256,
@@ -554,15 +574,8 @@ proptest! {
         config.validate().unwrap();
         let mut law = Law::new(config);
         let mut t = Instant::now();
-        for (samples, latency_ns, concurrency, binding, elapsed_ns) in windows {
-            let mut w = Window::default();
-            for i in 0..samples {
-                // Latencies around the mean, some far from it.
-                let l = latency_ns.saturating_mul(u64::from(i % 7 + 1)) / 4;
-                w.record(Duration::from_nanos(l), concurrency, concurrency <= law.low_concurrency());
-            }
-            w.binding = binding;
-            w.elapsed = Duration::from_nanos(elapsed_ns);
+        for drawn in windows {
+            let w = any_window_for(&law, drawn);
             t += w.elapsed;
             let limit = law.observe(&w, t);
             prop_assert!((min..=max).contains(&limit), "{limit} outside [{min}, {max}]");
@@ -581,14 +594,8 @@ proptest! {
     ) {
         let mut law = Law::new(LimitConfig::default());
         let mut t = Instant::now();
-        for ((samples, latency_ns, concurrency, binding, elapsed_ns), refused) in windows {
-            let mut w = Window::default();
-            for i in 0..samples {
-                let l = latency_ns.saturating_mul(u64::from(i % 7 + 1)) / 4;
-                w.record(Duration::from_nanos(l), concurrency, concurrency <= law.low_concurrency());
-            }
-            w.binding = binding;
-            w.elapsed = Duration::from_nanos(elapsed_ns);
+        for (drawn, refused) in windows {
+            let mut w = any_window_for(&law, drawn);
             w.refused = refused;
             t += w.elapsed;
             law.observe(&w, t);
