@@ -589,17 +589,17 @@ proptest! {
     /// refused stays a share (in `[0, 1]`, never NaN), and the wait for a slot is at most half
     /// again the longest it may be otherwise (`queue_delay` times four baselines).
     #[test]
-    fn the_refused_share_stays_a_share(
+    fn the_rejected_share_stays_a_share(
         windows in prop::collection::vec((any_window(), any::<u32>()), 1..200),
     ) {
         let mut law = Law::new(LimitConfig::default());
         let mut t = Instant::now();
         for (drawn, refused) in windows {
             let mut w = any_window_for(&law, drawn);
-            w.refused = refused;
+            w.rejected = refused;
             t += w.elapsed;
             law.observe(&w, t);
-            let share = law.refused_share();
+            let share = law.rejected_share();
             prop_assert!((0.0..=1.0).contains(&share), "{share}");
             if let (Some(wait), Some(b)) = (law.queue_target(), law.baseline()) {
                 let most = b.mul_f64(4.0 * LimitConfig::default().queue_delay * 1.5);

@@ -4,7 +4,7 @@
 //! few costly requests hold the slots for a while — there the short wait refused the requests
 //! that came while every slot was taken, and the slot that freed next stood idle. Both are
 //! half again as long here, where nothing is refused (demand about capacity, see
-//! [`Law::refused_share`](degrade_core::limit::Law::refused_share)). A lone waiter (a burst,
+//! [`Law::rejected_share`](degrade_core::limit::Law::rejected_share)). A lone waiter (a burst,
 //! not a standing queue) may wait twice its target. Driven through the `DegradeLayer` on
 //! paused tokio time: the waits and the refusals are the limiter's own.
 
@@ -50,7 +50,7 @@ async fn learnt(
         svc.ready().await.unwrap().call(cost(i)).await.unwrap();
     }
     let snap = layer.snapshot().limit.unwrap();
-    assert!(snap.refused_share < 0.15, "{}", snap.refused_share);
+    assert!(snap.rejected_share < 0.15, "{}", snap.rejected_share);
     let baseline = snap.baseline.expect("a baseline is learnt");
     let target = snap.queue_target.expect("a target is learnt");
     (svc, baseline, target)

@@ -79,10 +79,11 @@ pub struct Window {
     pub served_concurrency: u32,
     /// Time the window covered.
     pub elapsed: Duration,
-    /// Requests the limiter turned away during the window: refused at once, past their wait,
-    /// or evicted from a full queue. With the completions (by Little's law, the window's
-    /// concurrency over its latency) it gives the share refused ([`Law::refused_share`]).
-    pub refused: u32,
+    /// Requests the limiter rejected during the window, whatever the reason: refused at once,
+    /// past their wait, or evicted from a full queue. With the completions (by Little's law,
+    /// the window's concurrency over its latency) it gives the share rejected
+    /// ([`Law::rejected_share`]).
+    pub rejected: u32,
 }
 
 impl Window {
@@ -296,13 +297,13 @@ const TAIL_SHARE: f64 = 0.5;
 const TAIL_MAX_BASELINES: f64 = 4.0;
 /// How far each window in which nothing queued moves the tail towards its longest latency.
 const TAIL_GAIN: f64 = 0.25;
-/// While under this share of the requests are refused ([`Law::refused_share`]), demand is
+/// While under this share of the requests are refused ([`Law::rejected_share`]), demand is
 /// about capacity, not above it, and the wait for a slot is [`LIGHT_WAIT`] times as long.
 const LIGHT_SHARE: f64 = 0.15;
 /// How much longer a request may wait for a slot while demand is about capacity (see
 /// [`Law::queue_target`]).
 const LIGHT_WAIT: f64 = 1.5;
-/// How far each window moves the [share refused](Law::refused_share) towards its own.
+/// How far each window moves the [share rejected](Law::rejected_share) towards its own.
 const SHARE_GAIN: f64 = 0.25;
 /// How far a faster window pulls the baseline down.
 const DOWN_GAIN: f64 = 0.5;
@@ -438,9 +439,9 @@ pub struct Law {
     /// The mean latency of the last window judged (seconds): what a critical request's wait
     /// scales with ([`max_wait`](Law::max_wait)).
     recent: Option<f64>,
-    /// The share of the requests offered that the limiter turned away, a moving average over
-    /// windows (see [`Law::refused_share`]).
-    refused_share: f64,
+    /// The share of the requests offered that the limiter rejected, a moving average over
+    /// windows (see [`Law::rejected_share`]).
+    rejected_share: f64,
     /// The spread of the service's own latencies: the coefficient of variation of windows in
     /// which nothing queued (`None` before such a window; up at once to a wider window's, down
     /// a quarter of the way to a narrower one's). See [`Law::samples_needed`].
@@ -481,7 +482,7 @@ impl Law {
             ratio: None,
             tail: None,
             recent: None,
-            refused_share: 1.0,
+            rejected_share: 1.0,
             spread: None,
             needed: MIN_SAMPLES,
             longest: 0.0,
@@ -625,7 +626,7 @@ impl Law {
     /// the typical longest latency of a window in which nothing queued when that is longer (a
     /// service with a heavy tail of costly requests), at most four baselines (`None` until a
     /// baseline is known, when a request that finds the limit full is refused at once); half
-    /// again as long while demand is about capacity (see [`refused_share`](Law::refused_share)).
+    /// again as long while demand is about capacity (see [`rejected_share`](Law::rejected_share)).
     ///
     /// Why the tail: a wait for a slot counts against the latency the callers already see, and
     /// when one request in ten costs ten times as much, slots free unevenly — none for a while
@@ -660,7 +661,7 @@ impl Law {
     /// assert!(wait > ms(15) && wait <= law.baseline().unwrap() * 2, "{wait:?}");
     /// ```
     pub fn queue_target(&self) -> Option<Duration> {
-        let light = if self.refused_share < LIGHT_SHARE {
+        let light = if self.rejected_share < LIGHT_SHARE {
             LIGHT_WAIT
         } else {
             1.0
@@ -669,7 +670,7 @@ impl Law {
     }
 
     /// The [`queue_target`](Law::queue_target) away from capacity, whatever the
-    /// [share refused](Law::refused_share): a critical waiter's target. Critical waiters are
+    /// [share rejected](Law::rejected_share): a critical waiter's target. Critical waiters are
     /// served first and wait long only when critical requests alone fill the limit, where a
     /// longer target adds to the latency of every one of them (the overload bench's
     /// `critical-only` read its 1.5x p99 1.40-1.52x the unloaded with the longer target at an
@@ -679,8 +680,8 @@ impl Law {
             .map(|b| Duration::from_secs_f64(self.wait_scale(b) * self.config.queue_delay))
     }
 
-    /// The share of the requests offered that the limiter turned away (refused at once, past
-    /// their wait, or evicted), a moving average over windows: each moves it a quarter of the
+    /// The share of the requests offered that the limiter rejected, whatever the reason
+    /// (refused at once, past their wait, or evicted), a moving average over windows: each moves it a quarter of the
     /// way to its own share, the requests it completed counted by Little's law (its mean
     /// concurrency times its length over its mean latency). It starts at 1: nothing is known
     /// to fit yet.
@@ -705,13 +706,13 @@ impl Law {
     ///
     /// let ms = Duration::from_millis;
     /// let mut law = Law::new(LimitConfig::default());
-    /// assert_eq!(law.refused_share(), 1.0);
+    /// assert_eq!(law.rejected_share(), 1.0);
     /// // Windows of 100 ms at 8 in flight and 40 ms each: 20 completions. None refused.
     /// let window = |refused| {
     ///     let mut w = Window::default();
     ///     for _ in 0..20 { w.record(ms(40), 8, false); }
     ///     w.elapsed = ms(100);
-    ///     w.refused = refused;
+    ///     w.rejected = refused;
     ///     w
     /// };
     /// let mut now = Instant::now();
@@ -719,18 +720,18 @@ impl Law {
     ///     now += ms(100);
     ///     law.observe(&window(0), now);
     /// }
-    /// assert!(law.refused_share() < 0.15);
+    /// assert!(law.rejected_share() < 0.15);
     /// assert_eq!(law.queue_target(), Some(ms(30)), "1.5 x half the 40 ms baseline");
     /// // Demand at 1.5x: a third refused. The wait shortens within three windows.
     /// for _ in 0..3 {
     ///     now += ms(100);
     ///     law.observe(&window(10), now);
     /// }
-    /// assert!(law.refused_share() > 0.15);
+    /// assert!(law.rejected_share() > 0.15);
     /// assert_eq!(law.queue_target(), Some(ms(20)));
     /// ```
-    pub fn refused_share(&self) -> f64 {
-        self.refused_share
+    pub fn rejected_share(&self) -> f64 {
+        self.rejected_share
     }
 
     /// What [`queue_target`](Law::queue_target) multiplies by `queue_delay` for a `baseline`
@@ -745,7 +746,7 @@ impl Law {
     /// How long a request of `priority` may wait at most: the
     /// [`queue_target`](Law::queue_target); for a critical request, four times the target
     /// away from capacity (the longer wait near capacity is for a burst's tail, see
-    /// [`refused_share`](Law::refused_share)), or four times `queue_delay` times the mean
+    /// [`rejected_share`](Law::rejected_share)), or four times `queue_delay` times the mean
     /// latency of the last window when that is longer (that latency counted up to four
     /// baselines). A critical request is served before any other,
     /// so it waits long only when nothing completes — the service just slowed down (every
@@ -941,10 +942,10 @@ impl Law {
         // The requests completed over the window, by Little's law (the timed ones may be a
         // sample of them), against those refused.
         let completed = concurrency * window.elapsed.as_secs_f64() / whole;
-        let refused = f64::from(window.refused);
+        let refused = f64::from(window.rejected);
         if refused + completed > 0.0 {
             let share = refused / (refused + completed);
-            self.refused_share += (share - self.refused_share) * SHARE_GAIN;
+            self.rejected_share += (share - self.rejected_share) * SHARE_GAIN;
         }
         let se = window.standard_error().unwrap_or(0.0);
         self.longest = window.max_latency_ns as f64 / 1e9;

@@ -321,9 +321,9 @@ struct Counters {
 }
 
 impl Counters {
-    /// The requests turned away (refused at once, expired or evicted) since the last call:
-    /// the window's [`refused`](Window::refused), counted when it closes.
-    fn turned_away_since_close(&self) -> u32 {
+    /// The requests rejected (refused at once, expired or evicted) since the last call:
+    /// the window's [`rejected`](Window::rejected), counted when it closes.
+    fn rejected_since_close(&self) -> u32 {
         let total = self.refused.load(Ordering::Relaxed)
             + self.expired.load(Ordering::Relaxed)
             + self.evicted.load(Ordering::Relaxed);
@@ -593,7 +593,7 @@ impl Shared {
             served_concurrency: self.cells.served.swap(0, Ordering::Relaxed),
             elapsed,
             // Counted by the limiter when the window closes.
-            refused: 0,
+            rejected: 0,
         }
     }
 
@@ -724,7 +724,7 @@ pub(crate) struct Limiter {
     low: AtomicU32,
     queue_target_ns: AtomicU64,
     /// The law's [`queue_target`](Law::queue_target), half again as long as
-    /// `queue_target_ns` near capacity (see [`Law::refused_share`]): every priority's but
+    /// `queue_target_ns` near capacity (see [`Law::rejected_share`]): every priority's but
     /// critical's ([`Limiter::target_ns`]).
     light_target_ns: AtomicU64,
     /// How long a critical request may wait ([`Law::max_wait`]).
@@ -1397,7 +1397,7 @@ impl Limiter {
             return;
         }
         let mut window = shared.take_window(self.binding.swap(false, Ordering::Relaxed), elapsed);
-        window.refused = self.counters.turned_away_since_close();
+        window.rejected = self.counters.rejected_since_close();
         let before = law.limit();
         let after = law.observe(&window, now);
         let every = self.near_every.load(Ordering::Relaxed);
@@ -1423,7 +1423,7 @@ impl Limiter {
                 ratio = law.latency_ratio().unwrap_or(0.0),
                 served = law.served(),
                 samples = window.samples,
-                refused_share = law.refused_share(),
+                rejected_share = law.rejected_share(),
                 "concurrency limit changed"
             );
         }
@@ -1449,7 +1449,7 @@ impl Limiter {
             latency_ratio: law.latency_ratio(),
             served: law.served(),
             queue_target: law.queue_target(),
-            refused_share: law.refused_share(),
+            rejected_share: law.rejected_share(),
             queue_delay: Duration::from_nanos(self.counters.queue_delay_ns.load(Ordering::Relaxed)),
             queued: self.counters.queued.load(Ordering::Relaxed),
             expired: self.counters.expired.load(Ordering::Relaxed),
@@ -1532,7 +1532,7 @@ pub(crate) fn queue_bound(config: &LimitConfig, limit: u32) -> u32 {
 /// assert_eq!(limit.limit, 16); // the initial limit, before anything is learnt
 /// assert_eq!(limit.baseline, None);
 /// assert_eq!(limit.served, 0);
-/// assert_eq!(limit.refused_share, 1.0); // nothing judged yet
+/// assert_eq!(limit.rejected_share, 1.0); // nothing judged yet
 /// assert_eq!(limit.pressured, [false; 5]); // nothing refused yet
 /// assert_eq!(limit.kept, 0); // no thread has given a slot back yet
 /// ```
@@ -1555,10 +1555,10 @@ pub struct LimitSnapshot {
     pub served: u32,
     /// How long a request may wait for a slot (a critical one: see [`Law::max_wait`]).
     pub queue_target: Option<Duration>,
-    /// The share of the requests offered that the limiter turned away lately, a moving
+    /// The share of the requests offered that the limiter rejected lately, a moving
     /// average over windows (1 until a window is judged): under 15 %, demand is about
-    /// capacity and the wait is half again as long (see [`Law::refused_share`]).
-    pub refused_share: f64,
+    /// capacity and the wait is half again as long (see [`Law::rejected_share`]).
+    pub rejected_share: f64,
     /// How long the latest request handed a slot had waited.
     pub queue_delay: Duration,
     /// Requests that waited for a slot, ever.
@@ -2378,7 +2378,7 @@ mod tests {
                 w.record(ms(40), 8, false);
             }
             w.elapsed = ms(100);
-            w.refused = refused;
+            w.rejected = refused;
             w
         };
         let mut now = Instant::now();

@@ -470,7 +470,7 @@ impl Limiter {
         // Refused (at once, at its deadline, or evicted): pressured, as in the limiter, and
         // counted in the window.
         self.pressure |= 1 << priority.index();
-        self.window.refused = self.window.refused.saturating_add(1);
+        self.window.rejected = self.window.rejected.saturating_add(1);
         count_critical_refusal(priority, cause);
         log_refusal(
             phase,
