@@ -594,9 +594,9 @@ proptest! {
     ) {
         let mut law = Law::new(LimitConfig::default());
         let mut t = Instant::now();
-        for (drawn, refused) in windows {
+        for (drawn, rejected) in windows {
             let mut w = any_window_for(&law, drawn);
-            w.rejected = refused;
+            w.rejected = rejected;
             t += w.elapsed;
             law.observe(&w, t);
             let share = law.rejected_share();

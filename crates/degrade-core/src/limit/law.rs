@@ -680,6 +680,18 @@ impl Law {
             .map(|b| Duration::from_secs_f64(self.wait_scale(b) * self.config.queue_delay))
     }
 
+    /// The queueing-delay target of a waiter of `priority`: the
+    /// [`queue_target`](Law::queue_target), or for a critical waiter the
+    /// [`plain_queue_target`](Law::plain_queue_target). The limiter publishes the critical
+    /// target and every other priority's (`Limiter::target_ns`).
+    pub(crate) fn queue_target_for(&self, priority: crate::Priority) -> Option<Duration> {
+        if priority == crate::Priority::Critical {
+            self.plain_queue_target()
+        } else {
+            self.queue_target()
+        }
+    }
+
     /// The share of the requests offered that the limiter rejected, whatever the reason
     /// (refused at once, past their wait, or evicted), a moving average over windows: each moves it a quarter of the
     /// way to its own share, the requests it completed counted by Little's law (its mean
@@ -708,11 +720,11 @@ impl Law {
     /// let mut law = Law::new(LimitConfig::default());
     /// assert_eq!(law.rejected_share(), 1.0);
     /// // Windows of 100 ms at 8 in flight and 40 ms each: 20 completions. None refused.
-    /// let window = |refused| {
+    /// let window = |rejected| {
     ///     let mut w = Window::default();
     ///     for _ in 0..20 { w.record(ms(40), 8, false); }
     ///     w.elapsed = ms(100);
-    ///     w.rejected = refused;
+    ///     w.rejected = rejected;
     ///     w
     /// };
     /// let mut now = Instant::now();
@@ -942,9 +954,9 @@ impl Law {
         // The requests completed over the window, by Little's law (the timed ones may be a
         // sample of them), against those refused.
         let completed = concurrency * window.elapsed.as_secs_f64() / whole;
-        let refused = f64::from(window.rejected);
-        if refused + completed > 0.0 {
-            let share = refused / (refused + completed);
+        let rejected = f64::from(window.rejected);
+        if rejected + completed > 0.0 {
+            let share = rejected / (rejected + completed);
             self.rejected_share += (share - self.rejected_share) * SHARE_GAIN;
         }
         let se = window.standard_error().unwrap_or(0.0);

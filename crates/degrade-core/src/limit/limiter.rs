@@ -832,10 +832,12 @@ impl Limiter {
             .store(law.samples_needed(), Ordering::Relaxed);
         let baseline = law.baseline().map_or(0, nanos);
         self.shared.baseline_ns.store(baseline, Ordering::Relaxed);
+        // The law's rule for each priority's target: critical, and every other.
+        let target = |p| law.queue_target_for(p).map_or(0, nanos);
         self.queue_target_ns
-            .store(law.plain_queue_target().map_or(0, nanos), Ordering::Relaxed);
+            .store(target(Priority::Critical), Ordering::Relaxed);
         self.light_target_ns
-            .store(law.queue_target().map_or(0, nanos), Ordering::Relaxed);
+            .store(target(Priority::Normal), Ordering::Relaxed);
         self.critical_wait_ns.store(
             law.max_wait(Priority::Critical).map_or(0, nanos),
             Ordering::Relaxed,
@@ -869,8 +871,8 @@ impl Limiter {
     }
 
     /// The queueing-delay target of a waiter of `priority`, in nanoseconds (0 before one is
-    /// known): the law's [`queue_target`](Law::queue_target), half again as long near
-    /// capacity; for a critical waiter the plain one ([`Law::plain_queue_target`]).
+    /// known), as published at the last window: the law's rule
+    /// ([`Law::queue_target_for`]) on the two targets it gave.
     fn target_ns(&self, priority: Priority) -> u64 {
         let plain = self.queue_target_ns.load(Ordering::Relaxed);
         if priority == Priority::Critical {
@@ -2372,21 +2374,21 @@ mod tests {
     fn the_longer_wait_near_capacity_is_for_every_priority_but_critical() {
         let limiter = Limiter::new(LimitConfig::default());
         let ms = Duration::from_millis;
-        let window = |refused| {
+        let window = |rejected| {
             let mut w = Window::default();
             for _ in 0..20 {
                 w.record(ms(40), 8, false);
             }
             w.elapsed = ms(100);
-            w.rejected = refused;
+            w.rejected = rejected;
             w
         };
         let mut now = Instant::now();
-        let mut observe = |refused, windows| {
+        let mut observe = |rejected, windows| {
             let mut law = limiter.lock_law();
             for _ in 0..windows {
                 now += ms(100);
-                law.observe(&window(refused), now);
+                law.observe(&window(rejected), now);
             }
             limiter.publish(&law);
         };

@@ -439,17 +439,6 @@ struct Limiter {
     pressure_before: u8,
 }
 
-/// The queueing-delay target of a waiter of `priority` under the law's `light` one (its
-/// [`queue_target`](Law::queue_target)): the plain target for a critical waiter, as the
-/// limiter's `target_ns`.
-fn target_for(law: &Law, light: Duration, priority: Priority) -> Duration {
-    if priority == Priority::Critical {
-        law.plain_queue_target().unwrap_or(light)
-    } else {
-        light
-    }
-}
-
 impl Limiter {
     /// Each priority's limit for a new request or a waiter, as the limiter publishes it.
     fn limits(&self) -> [u32; 5] {
@@ -698,7 +687,7 @@ pub(crate) fn run(setup: &Setup) -> Report {
             Ev::Deadline(_) => {
                 // The limiter's expiry pass: every waiter past its deadline is refused.
                 if let Some(l) = limiter.as_mut()
-                    && let Some(light) = l.law.queue_target()
+                    && l.law.queue_target().is_some()
                 {
                     let mut expired = Vec::new();
                     let critical = Priority::Critical.index();
@@ -706,8 +695,7 @@ pub(crate) fn run(setup: &Setup) -> Report {
                         (0..critical, Priority::Normal),
                         (critical..critical + 1, Priority::Critical),
                     ] {
-                        // The limiter's rule: a critical waiter's target is the plain one.
-                        let target = target_for(&l.law, light, p);
+                        let target = l.law.queue_target_for(p).unwrap_or_default();
                         let patience = super::queue::Patience::under(
                             target,
                             l.law.max_wait(Priority::Critical).unwrap_or(target),
@@ -801,9 +789,8 @@ pub(crate) fn run(setup: &Setup) -> Report {
                     } else {
                         l.window.binding = true;
                         let bound = queue_bound(&l.config, limit) as usize;
-                        match l.law.queue_target() {
-                            Some(light) if !light.is_zero() => {
-                                let target = target_for(&l.law, light, priority);
+                        match l.law.queue_target_for(priority) {
+                            Some(target) if !target.is_zero() => {
                                 match l.queue.push(priority, at(now), bound, id) {
                                     Pushed::Queued { ticket, evicted } => {
                                         reqs[id as usize].ticket = Some(ticket);
@@ -1029,11 +1016,10 @@ pub(crate) fn run(setup: &Setup) -> Report {
         // Hand freed slots to the best waiters.
         if let Some(l) = limiter.as_mut() {
             let limit = l.law.limit();
-            let light = l.law.queue_target().unwrap_or_default();
             let _ = limit;
             let limits = l.limits();
             while let Some(best) = l.queue.best_priority() {
-                let target = target_for(&l.law, light, best);
+                let target = l.law.queue_target_for(best).unwrap_or_default();
                 let mut standing = (l.queue.standing_for(at(now)) > target).then_some(target);
                 let taken = in_flight + (to_start.len() as u32);
                 if taken >= limits[best.index()] {
