@@ -51,6 +51,9 @@ Usage: cargo xtask bench overload [--quick] [--scenario NAME]... [--only CONFIG]
   --queue-delay Q  degrade's `LimitConfig::queue_delay` (default 0.5 baselines):
                    how long a request may wait for a slot; shorter trades goodput
                    for a lower admitted p99
+  --tail           also print where each phase's admitted tail lies: its answers
+                   slower than 1.5x the unloaded p99, by the 100 ms they were sent in
+                   (always in overload.json as `over_bar`)
   --update-benchmarks  also replace the table in BENCHMARKS.md (between the
                    `overload-table` markers) with this run's";
 
@@ -133,6 +136,7 @@ pub(crate) fn run(args: &[String]) -> Result {
     let mut configs: Vec<Protection> = Vec::new();
     let mut backend_set = false;
     let mut queue_delay = None;
+    let mut tail = false;
     let mut iter = rest.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
@@ -157,6 +161,7 @@ pub(crate) fn run(args: &[String]) -> Result {
                 out = PathBuf::from(iter.next().ok_or("`--out` needs a value")?);
             }
             "--update-benchmarks" => update = true,
+            "--tail" => tail = true,
             "--backend" => {
                 let shape = iter.next().ok_or("`--backend` needs a value, e.g. 16x20")?;
                 let (permits, ms) = parse_backend(shape)?;
@@ -206,6 +211,7 @@ pub(crate) fn run(args: &[String]) -> Result {
         &scenarios,
         &configs,
         out,
+        tail,
     ))?;
     if update {
         let path = workspace_root().join("BENCHMARKS.md");
@@ -350,6 +356,14 @@ struct Point {
     /// The phase's p99 over `unloaded_p99_ms`.
     p99_over_unloaded: Option<f64>,
     critical_success_percent: Option<f64>,
+    /// Where the phase's admitted tail lies: its answers slower than the p99 bar
+    /// (1.5 × `unloaded_p99_ms`), counted by the 100 ms in which they were sent (`[ms from
+    /// the run's start, count]`; empty without an unloaded p99). An overload's onset, a
+    /// change of the backend, or a tail spread over the phase read differently here.
+    over_bar: Vec<(u32, u32)>,
+    /// How many answers may be over the bar with the p99 within it: the phase's answers
+    /// less the rank of its p99.
+    over_bar_allowed: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -384,6 +398,7 @@ async fn overload(
     scenarios: &[&'static str],
     configs: &[Protection],
     out: PathBuf,
+    tail: bool,
 ) -> Result<String> {
     let ladder = demo::ladder_config(Duration::from_secs(1));
     let rollout = demo::rollout_config(true);
@@ -419,6 +434,9 @@ async fn overload(
     }
     let table = table(&results, step_secs);
     println!("\n{table}");
+    if tail {
+        println!("{}", tail_report(&results));
+    }
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let md = out.join("overload.md");
     std::fs::write(&md, &table).map_err(|e| format!("cannot write {}: {e}", md.display()))?;
@@ -489,6 +507,14 @@ fn measure(run: &Run, scenario: &Scenario, name: &str, reference: Option<f64>) -
             let capacity = capacity_of(phase);
             let (p50, p99) = phase_p99(phase);
             let unloaded = unloaded_p99(phase.event);
+            let answered = seconds()
+                .map(|s| s.latency_us.iter().map(Vec::len).sum::<usize>())
+                .sum::<usize>();
+            let over_bar = unloaded.map_or_else(Vec::new, |u| {
+                let ms = |s: u64| u32::try_from(s * 1000).unwrap_or(u32::MAX);
+                let bar_us = (u * P99_BAR * 1000.0) as u32;
+                over_bar(&run.answers, ms(phase.start)..ms(phase.end), bar_us)
+            });
             Point {
                 phase: phase.name,
                 factor: phase.from,
@@ -505,6 +531,8 @@ fn measure(run: &Run, scenario: &Scenario, name: &str, reference: Option<f64>) -
                 critical_success_percent: critical
                     .success_percent()
                     .map(|c| (c * 100.0).round() / 100.0),
+                over_bar,
+                over_bar_allowed: answered.saturating_sub(load::rank(0.99, answered.max(1))),
             }
         })
         .collect();
@@ -559,6 +587,56 @@ fn measure(run: &Run, scenario: &Scenario, name: &str, reference: Option<f64>) -
         warm_up_p99_ms: warm_up_p99,
         limit,
     }
+}
+
+/// Each phase's answers over the p99 bar, by the 100 ms they were sent in, one line a phase
+/// that has any (`--tail`).
+fn tail_report(results: &[ScenarioResult]) -> String {
+    let mut out = format!(
+        "Answers slower than {P99_BAR}x the unloaded p99, by the {TAIL_BIN_MS} ms they were sent in (s: count):"
+    );
+    for scenario in results {
+        for config in &scenario.configs {
+            for point in config.points.iter().filter(|p| !p.over_bar.is_empty()) {
+                let total: u32 = point.over_bar.iter().map(|(_, n)| n).sum();
+                let bins: Vec<String> = point
+                    .over_bar
+                    .iter()
+                    .map(|(ms, n)| format!("{:.1}: {n}", f64::from(*ms) / 1000.0))
+                    .collect();
+                let _ = write!(
+                    out,
+                    "\n{} / {} / {}: {total} over, {} allowed | {}",
+                    scenario.name,
+                    config.key,
+                    point.phase,
+                    point.over_bar_allowed,
+                    bins.join(", ")
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Issue 16's bar for the admitted p99: this many times the unloaded p99.
+const P99_BAR: f64 = 1.5;
+
+/// How long a bin of [`over_bar`] is, in milliseconds.
+const TAIL_BIN_MS: u32 = 100;
+
+/// The answers sent within `sent_ms` that succeeded slower than `bar_us`, counted by the
+/// [`TAIL_BIN_MS`] of their sending (`(first ms of the bin, count)`, bins with none left out).
+fn over_bar(answers: &[Answer], sent_ms: std::ops::Range<u32>, bar_us: u32) -> Vec<(u32, u32)> {
+    let mut bins: std::collections::BTreeMap<u32, u32> = std::collections::BTreeMap::new();
+    for a in answers {
+        if a.ok && a.latency_us > bar_us && sent_ms.contains(&a.sent_ms) {
+            *bins
+                .entry(a.sent_ms / TAIL_BIN_MS * TAIL_BIN_MS)
+                .or_default() += 1;
+        }
+    }
+    bins.into_iter().collect()
 }
 
 /// The backend's capacity during `phase` (halved while it is slowed).
@@ -868,6 +946,35 @@ mod tests {
         let err = run(&args(&["--queue-delay", "0.3", "--update-benchmarks"])).unwrap_err();
         assert!(err.contains("drop `--queue-delay`"), "{err}");
         assert_eq!(service::queue_delay(), None);
+    }
+
+    #[test]
+    fn the_tail_is_counted_by_the_100_ms_its_answers_were_sent_in() {
+        let answer = |sent_ms, ok, latency_ms: u32| Answer {
+            sent_ms,
+            ok,
+            latency_us: latency_ms * 1000,
+        };
+        let answers = [
+            answer(999, true, 200),   // before the phase
+            answer(1000, true, 80),   // at the bar: not over it
+            answer(1001, true, 81),   // the phase's first 100 ms
+            answer(1099, true, 300),  // the same bin
+            answer(1100, false, 900), // refused: not an admitted answer
+            answer(1650, true, 95),   // a later bin
+            answer(2000, true, 500),  // after the phase
+        ];
+        assert_eq!(
+            over_bar(&answers, 1000..2000, 80_000),
+            vec![(1000, 2), (1600, 1)]
+        );
+        assert!(over_bar(&answers, 1000..2000, 1_000_000).is_empty());
+        // The p99 is the value at rank ceil(0.99 n): of 770 answers, 7 may be slower than it.
+        assert_eq!(770 - load::rank(0.99, 770), 7);
+        assert_eq!(100 - load::rank(0.99, 100), 1);
+        assert_eq!(1 - load::rank(0.99, 1), 0);
+        let mut values: Vec<u32> = (1..=770).collect();
+        assert_eq!(load::quantile(&mut values, 0.99), Some(763));
     }
 
     #[test]

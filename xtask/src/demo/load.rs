@@ -678,8 +678,13 @@ pub(crate) fn quantile(values: &mut [u32], q: f64) -> Option<u32> {
         return None;
     }
     values.sort_unstable();
-    let rank = (q * values.len() as f64).ceil() as usize;
-    Some(values[rank.clamp(1, values.len()) - 1])
+    Some(values[rank(q, values.len()) - 1])
+}
+
+/// The rank (from 1) of the `q` quantile among `n > 0` sorted values, as [`quantile`] takes
+/// it: the smallest value with at least `q` of them at or below it.
+pub(crate) fn rank(q: f64, n: usize) -> usize {
+    ((q * n as f64).ceil() as usize).clamp(1, n)
 }
 
 #[cfg(test)]
