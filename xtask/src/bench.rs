@@ -468,7 +468,7 @@ fn measure(run: &Run, scenario: &Scenario, name: &str, reference: Option<f64>) -
             .collect();
         let p50 = crate::demo::report_ms(load::quantile(&mut latencies, 0.5));
         let p99 = crate::demo::report_ms(load::quantile(&mut latencies, 0.99));
-        (p50, p99)
+        (p50, p99, latencies.len())
     };
     let capacity_of = |phase: &Phase| capacity_of(scenario, phase);
     // The unloaded p99 of the backend a phase runs on, measured in this run (never assumed
@@ -505,11 +505,8 @@ fn measure(run: &Run, scenario: &Scenario, name: &str, reference: Option<f64>) -
             let secs = (phase.end - phase.start) as f64;
             let goodput = completed as f64 / secs;
             let capacity = capacity_of(phase);
-            let (p50, p99) = phase_p99(phase);
+            let (p50, p99, answered) = phase_p99(phase);
             let unloaded = unloaded_p99(phase.event);
-            let answered = seconds()
-                .map(|s| s.latency_us.iter().map(Vec::len).sum::<usize>())
-                .sum::<usize>();
             let over_bar = unloaded.map_or_else(Vec::new, |u| {
                 let ms = |s: u64| u32::try_from(s * 1000).unwrap_or(u32::MAX);
                 let bar_us = (u * P99_BAR * 1000.0) as u32;
