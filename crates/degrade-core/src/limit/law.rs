@@ -303,8 +303,20 @@ const LIGHT_SHARE: f64 = 0.15;
 /// How much longer a request may wait for a slot while demand is about capacity (see
 /// [`Law::queue_target`]).
 const LIGHT_WAIT: f64 = 1.5;
+/// While at least [`LIGHT_SHARE`] of the requests are refused, demand is above capacity, and a
+/// request other than a critical one may wait this share of the plain target (see
+/// [`Law::queue_target`])...
+const OVER_WAIT: f64 = 0.6;
+/// ... but never less than this many completions' time at the limit (the baseline over the
+/// limit), nor more than the plain target.
+const OVER_WAIT_COMPLETIONS: f64 = 3.0;
 /// How far each window moves the [share rejected](Law::rejected_share) towards its own.
 const SHARE_GAIN: f64 = 0.25;
+/// How far above the tolerance over the concurrency served at the target a limit demand did
+/// not fill may stay, in requests (see [`Law::served`]): half a request, the least that always
+/// leaves a whole request above the concurrency served once rounded (2 served: 2.2 + 0.5, a
+/// limit of 3; 8 served: 9.3, a limit of 9).
+const UNTESTED_HEADROOM: f64 = 0.5;
 /// How far a faster window pulls the baseline down.
 const DOWN_GAIN: f64 = 0.5;
 /// How far a window at the baseline's concurrency moves it.
@@ -579,7 +591,7 @@ impl Law {
     /// at once without a queue, so it has at least that much parallelism.
     ///
     /// It bounds a limit that demand does not fill: such a window leaves the limit at most
-    /// `served × (1 + tolerance) + 1`, and a limit above that only by windows that fill it. A
+    /// `served × (1 + tolerance) + ½`, and a limit above that only by windows that fill it. A
     /// limit nothing has tested — the configured initial guess, or one grown while demand was
     /// light — is otherwise a promise the service may not keep: a step from light load to
     /// overload admits that many at once, and every request beyond the service's own slots
@@ -609,8 +621,8 @@ impl Law {
     ///     law.observe(&w, now + Duration::from_millis(200 * i));
     /// }
     /// assert_eq!(law.served(), 8);
-    /// // The initial limit of 16 was never used: it comes down to 8 x 1.1 + 1.
-    /// assert_eq!(law.limit(), 10);
+    /// // The initial limit of 16 was never used: it comes down to 8 x 1.1 + 0.5, rounded.
+    /// assert_eq!(law.limit(), 9);
     /// ```
     pub fn served(&self) -> u32 {
         self.served
@@ -626,7 +638,24 @@ impl Law {
     /// the typical longest latency of a window in which nothing queued when that is longer (a
     /// service with a heavy tail of costly requests), at most four baselines (`None` until a
     /// baseline is known, when a request that finds the limit full is refused at once); half
-    /// again as long while demand is about capacity (see [`rejected_share`](Law::rejected_share)).
+    /// again as long while demand is about capacity (see [`rejected_share`](Law::rejected_share)),
+    /// and 0.6 times as long above it, but no less than three completions' time at the limit
+    /// (the baseline over the limit) nor more than the plain target. A critical waiter has the
+    /// [plain target](Law::plain_queue_target) at any load.
+    ///
+    /// Why shorter above capacity: the queue stands, a slot that frees finds a waiter at once,
+    /// and a longer wait only adds to the latency of the requests served. Behind an adaptive
+    /// limit it adds to a queue inside the service too: the limit settles where the latency is
+    /// `1 + tolerance` baselines, a request or two queued inside the service over its slots
+    /// (9-10 on the overload bench's 8 × 40 ms), and a request that waited most of the plain
+    /// target and then found two ahead of it inside the service was the admitted tail.
+    /// Overload bench (`cargo xtask bench overload --quick --scenario S --only degrade --tail`,
+    /// AMD EPYC, 2 vCPU): `capacity-halves` 1.5x p99 1.36-1.45x the unloaded in five runs
+    /// (1.52-1.58x in four before), restored 1.37-1.50x (1.56-1.65x); `steps` 1x goodput
+    /// 92.3 % in four runs (92.3-92.5 %), 2x-4x p99 1.00-1.15x (1.15-1.27x). The floor
+    /// keeps a waiter through the gaps between completions on a small backend (2 slots × 200
+    /// ms: a completion every 100 ms at best), where 0.6 of the plain target alone cost the
+    /// simulator's range of backends 1-2 points of goodput at 1.5x.
     ///
     /// Why the tail: a wait for a slot counts against the latency the callers already see, and
     /// when one request in ten costs ten times as much, slots free unevenly — none for a while
@@ -649,7 +678,10 @@ impl Law {
     /// let mut w = Window::default();
     /// for _ in 0..20 { w.record(ms(10), 1, true); }
     /// law.observe(&w, now);
-    /// assert_eq!(law.queue_target(), Some(ms(5))); // half the 10 ms baseline
+    /// // Half the 10 ms baseline is the plain target (a critical waiter's); nothing is known to
+    /// // fit yet (the share refused starts at 1), so the others wait 0.6 of it.
+    /// assert_eq!(law.plain_queue_target(), Some(ms(5)));
+    /// assert_eq!(law.queue_target(), Some(ms(3)));
     /// // One request in ten costs 100 ms: the slots free unevenly, and waits may be longer.
     /// let mut w = Window::default();
     /// for i in 0..40 {
@@ -657,25 +689,49 @@ impl Law {
     ///     w.record_capped(latency, law.sample_cap(), 1, true);
     /// }
     /// law.observe(&w, now + ms(400));
-    /// let wait = law.queue_target().unwrap();
+    /// let wait = law.plain_queue_target().unwrap();
     /// assert!(wait > ms(15) && wait <= law.baseline().unwrap() * 2, "{wait:?}");
+    /// assert_eq!(law.queue_target(), Some(wait.mul_f64(0.6)));
     /// ```
     pub fn queue_target(&self) -> Option<Duration> {
-        let light = if self.rejected_share < LIGHT_SHARE {
-            LIGHT_WAIT
-        } else {
-            1.0
-        };
-        self.plain_queue_target().map(|t| t.mul_f64(light))
+        let plain = self.plain_queue_target()?;
+        if self.rejected_share < LIGHT_SHARE {
+            return Some(plain.mul_f64(LIGHT_WAIT));
+        }
+        // Above capacity: the queue stands, a slot that frees finds a waiter at once, and a
+        // longer wait only adds to the latency of the requests served. A waiter still needs
+        // to outlast the gaps between completions, or the slots stand idle between them.
+        let gaps = self.baseline.unwrap_or_default() * OVER_WAIT_COMPLETIONS / self.limit.max(1.0);
+        Some(
+            plain
+                .mul_f64(OVER_WAIT)
+                .max(Duration::from_secs_f64(gaps).min(plain)),
+        )
     }
 
-    /// The [`queue_target`](Law::queue_target) away from capacity, whatever the
-    /// [share rejected](Law::rejected_share): a critical waiter's target. Critical waiters are
-    /// served first and wait long only when critical requests alone fill the limit, where a
-    /// longer target adds to the latency of every one of them (the overload bench's
-    /// `critical-only` read its 1.5x p99 1.40-1.52x the unloaded with the longer target at an
-    /// overload's onset, 1.29-1.30x with this one, 1.25-1.30x before the longer wait).
-    pub(crate) fn plain_queue_target(&self) -> Option<Duration> {
+    /// The plain queueing-delay target, whatever the [share rejected](Law::rejected_share):
+    /// `queue_delay` times the wait's scale (see [`queue_target`](Law::queue_target)), a
+    /// critical waiter's target. Critical waiters are served first and wait long only when
+    /// critical requests alone fill the limit, where a longer target adds to the latency of
+    /// every one of them (the overload bench's `critical-only` read its 1.5x p99 1.40-1.52x
+    /// the unloaded with the longer target at an overload's onset, 1.29-1.30x with this one,
+    /// 1.25-1.30x before the longer wait); a shorter one refuses critical requests that a
+    /// transient (an onset, a cut) kept waiting.
+    ///
+    /// ```
+    /// use degrade_core::limit::{Law, LimitConfig, Window};
+    /// use std::time::Duration;
+    ///
+    /// let mut law = Law::new(LimitConfig::default());
+    /// assert_eq!(law.plain_queue_target(), None);
+    /// let mut w = Window::default();
+    /// for _ in 0..20 { w.record(Duration::from_millis(40), 1, true); }
+    /// law.observe(&w, tokio::time::Instant::now());
+    /// assert_eq!(law.plain_queue_target(), Some(Duration::from_millis(20)));
+    /// // Nothing is known to fit yet (the share refused starts at 1): the others wait less.
+    /// assert_eq!(law.queue_target(), Some(Duration::from_millis(12)));
+    /// ```
+    pub fn plain_queue_target(&self) -> Option<Duration> {
         self.baseline
             .map(|b| Duration::from_secs_f64(self.wait_scale(b) * self.config.queue_delay))
     }
@@ -734,13 +790,15 @@ impl Law {
     /// }
     /// assert!(law.rejected_share() < 0.15);
     /// assert_eq!(law.queue_target(), Some(ms(30)), "1.5 x half the 40 ms baseline");
-    /// // Demand at 1.5x: a third refused. The wait shortens within three windows.
+    /// // Demand at 1.5x: a third refused. Within three windows the wait is 0.6 of the plain
+    /// // 20 ms (a critical waiter keeps 20 ms).
     /// for _ in 0..3 {
     ///     now += ms(100);
     ///     law.observe(&window(10), now);
     /// }
     /// assert!(law.rejected_share() > 0.15);
-    /// assert_eq!(law.queue_target(), Some(ms(20)));
+    /// assert_eq!(law.queue_target(), Some(ms(12)));
+    /// assert_eq!(law.plain_queue_target(), Some(ms(20)));
     /// ```
     pub fn rejected_share(&self) -> f64 {
         self.rejected_share
@@ -792,7 +850,7 @@ impl Law {
     /// let mut w = Window::default();
     /// for _ in 0..20 { w.record(ms(10), 1, true); }
     /// law.observe(&w, now);
-    /// assert_eq!(law.max_wait(Priority::Normal), Some(ms(5)));
+    /// assert_eq!(law.max_wait(Priority::Normal), Some(ms(3))); // see `queue_target`
     /// assert_eq!(law.max_wait(Priority::Critical), Some(ms(20)));
     /// // The service slows to 30 ms: a critical request may wait two of its service times.
     /// let mut w = Window::default();
@@ -1344,7 +1402,7 @@ impl Law {
             // no longer the initial guess the first binding window probes below (that probe
             // cost the CPU-bound simulator backend 3 points of goodput at 1x): the probe
             // cadence starts over.
-            let untested = f64::from(self.served) * (1.0 + tolerance) + 1.0;
+            let untested = f64::from(self.served) * (1.0 + tolerance) + UNTESTED_HEADROOM;
             if untested < self.limit {
                 self.since_low = 0;
             }

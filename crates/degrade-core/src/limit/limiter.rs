@@ -724,8 +724,8 @@ pub(crate) struct Limiter {
     low: AtomicU32,
     queue_target_ns: AtomicU64,
     /// The law's [`queue_target`](Law::queue_target), half again as long as
-    /// `queue_target_ns` near capacity (see [`Law::rejected_share`]): every priority's but
-    /// critical's ([`Limiter::target_ns`]).
+    /// `queue_target_ns` near capacity and shorter above it (see [`Law::rejected_share`]):
+    /// every priority's but critical's ([`Limiter::target_ns`]).
     light_target_ns: AtomicU64,
     /// How long a critical request may wait ([`Law::max_wait`]).
     critical_wait_ns: AtomicU64,
@@ -878,7 +878,11 @@ impl Limiter {
         if priority == Priority::Critical {
             return plain;
         }
-        self.light_target_ns.load(Ordering::Relaxed).max(plain)
+        // Before the law published one (a cold start's first target), the plain one.
+        match self.light_target_ns.load(Ordering::Relaxed) {
+            0 => plain,
+            other => other,
+        }
     }
 
     /// The priorities pressured in this window or the last (bit `1 << index`).
@@ -2407,10 +2411,18 @@ mod tests {
         ] {
             assert_eq!(target(p), ms(30), "{p:?}");
         }
-        // Demand at 1.5x: 10 refused for 20 completed in every window.
+        // Demand at 1.5x: 10 refused for 20 completed in every window. Critical waiters keep
+        // the plain target; the others wait 0.6 of it (at least three completions' time at
+        // the limit of 16: 7.5 ms).
         observe(10, 3);
-        for p in Priority::ALL {
-            assert_eq!(target(p), ms(20), "{p:?}");
+        assert_eq!(target(Priority::Critical), ms(20));
+        for p in [
+            Priority::High,
+            Priority::Normal,
+            Priority::Low,
+            Priority::Background,
+        ] {
+            assert_eq!(target(p), ms(12), "{p:?}");
         }
     }
 }
