@@ -90,8 +90,9 @@ pub struct LimitConfig {
     pub tolerance: f64,
     /// How long a request may wait for a slot, in baselines (default 0.5; in halves of the
     /// service's tail when that is longer, at most four baselines: see
-    /// [`Law::queue_target`]). A waiting request is served highest priority first; one that
-    /// waited longer is refused.
+    /// [`Law::queue_target`]). Near capacity a request may wait half again as long, above it
+    /// 0.6 as long (a critical one: this long at any load). A waiting request is served
+    /// highest priority first; one that waited longer is refused.
     ///
     /// The trade of latency for goodput this configuration offers: a wait lets a slot that
     /// frees before the next arrival be used at once, and adds to the latency of the request
