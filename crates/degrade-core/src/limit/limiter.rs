@@ -723,10 +723,10 @@ pub(crate) struct Limiter {
     pressure: AtomicU32,
     low: AtomicU32,
     queue_target_ns: AtomicU64,
-    /// The law's [`queue_target`](Law::queue_target), half again as long as
-    /// `queue_target_ns` near capacity and shorter above it (see [`Law::rejected_share`]):
-    /// every priority's but critical's ([`Limiter::target_ns`]).
-    light_target_ns: AtomicU64,
+    /// The law's [`queue_target`](Law::queue_target), the target of every priority but
+    /// critical ([`Limiter::target_ns`]): half again as long as `queue_target_ns` near
+    /// capacity, shorter above it (see [`Law::rejected_share`]).
+    others_target_ns: AtomicU64,
     /// How long a critical request may wait ([`Law::max_wait`]).
     critical_wait_ns: AtomicU64,
     binding: AtomicBool,
@@ -793,7 +793,7 @@ impl Limiter {
             pressure: AtomicU32::new(0),
             low: AtomicU32::new(0),
             queue_target_ns: AtomicU64::new(0),
-            light_target_ns: AtomicU64::new(0),
+            others_target_ns: AtomicU64::new(0),
             critical_wait_ns: AtomicU64::new(0),
             binding: AtomicBool::new(false),
             short: AtomicU32::new(1),
@@ -836,7 +836,7 @@ impl Limiter {
         let target = |p| law.queue_target_for(p).map_or(0, nanos);
         self.queue_target_ns
             .store(target(Priority::Critical), Ordering::Relaxed);
-        self.light_target_ns
+        self.others_target_ns
             .store(target(Priority::Normal), Ordering::Relaxed);
         self.critical_wait_ns.store(
             law.max_wait(Priority::Critical).map_or(0, nanos),
@@ -879,7 +879,7 @@ impl Limiter {
             return plain;
         }
         // Before the law published one (a cold start's first target), the plain one.
-        match self.light_target_ns.load(Ordering::Relaxed) {
+        match self.others_target_ns.load(Ordering::Relaxed) {
             0 => plain,
             other => other,
         }
@@ -2398,17 +2398,17 @@ mod tests {
         };
         observe(0, 8);
         let target = |p| Duration::from_nanos(limiter.target_ns(p));
+        let others = || {
+            Priority::ALL
+                .into_iter()
+                .filter(|&p| p != Priority::Critical)
+        };
         assert_eq!(
             target(Priority::Critical),
             ms(20),
             "half the 40 ms baseline"
         );
-        for p in [
-            Priority::High,
-            Priority::Normal,
-            Priority::Low,
-            Priority::Background,
-        ] {
+        for p in others() {
             assert_eq!(target(p), ms(30), "{p:?}");
         }
         // Demand at 1.5x: 10 refused for 20 completed in every window. Critical waiters keep
@@ -2416,12 +2416,7 @@ mod tests {
         // the limit of 16: 7.5 ms).
         observe(10, 3);
         assert_eq!(target(Priority::Critical), ms(20));
-        for p in [
-            Priority::High,
-            Priority::Normal,
-            Priority::Low,
-            Priority::Background,
-        ] {
+        for p in others() {
             assert_eq!(target(p), ms(12), "{p:?}");
         }
     }
